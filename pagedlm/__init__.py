@@ -1,0 +1,31 @@
+"""pagedlm: a high-throughput LLM inference and serving engine (a vLLM drop-in)."""
+
+from pagedlm.version import __version__
+from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
+from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
+from pagedlm.engine_args import EngineArgs
+
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "Logprob",
+    "EngineArgs",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    # LLM pulls in torch and transformers; import it on first use so `import pagedlm`
+    # (e.g. for SamplingParams in a client) stays light.
+    if name == "LLM":
+        from pagedlm.entrypoints.llm import LLM
+
+        return LLM
+    if name == "LLMEngine":
+        from pagedlm.engine.llm_engine import LLMEngine
+
+        return LLMEngine
+    raise AttributeError(f"module 'pagedlm' has no attribute {name!r}")

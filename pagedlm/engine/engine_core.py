@@ -1,0 +1,49 @@
+"""EngineCore: the scheduler and the model runner, one step at a time."""
+
+from __future__ import annotations
+
+import logging
+
+from pagedlm.config import EngineConfig
+from pagedlm.engine.messages import EngineCoreOutput
+from pagedlm.engine.request import Request, RequestStatus
+from pagedlm.engine.scheduler import Scheduler, SchedulerStats
+from pagedlm.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        num_blocks = self.runner.determine_num_blocks()
+        self.runner.initialize_kv_cache(num_blocks)
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
+        self.runner.warm_up()
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def stop_requests(self, request_ids: list[str]) -> None:
+        """Finish requests the frontend found a stop string in."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[EngineCoreOutput]:
+        if not self.scheduler.has_unfinished_requests():
+            return []
+        sched = self.scheduler.schedule()
+        runner_output = self.runner.execute_model(sched)
+        return self.scheduler.update_from_output(sched, runner_output)
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
+
+    def reset_prefix_cache(self) -> bool:
+        return self.scheduler.kv.reset_prefix_cache()

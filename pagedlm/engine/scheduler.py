@@ -1,0 +1,255 @@
+"""Continuous-batching scheduler (pure Python, no torch).
+
+One invariant, no phases: every request has ``num_computed_tokens`` catching up with
+``num_tokens`` (prompt + generated). Each step hands out a token budget over running
+requests first (decodes and unfinished prefill chunks), then waiting ones in FCFS order,
+capped at ``max_num_seqs``. When blocks run out the newest running request is preempted
+(recompute): its blocks go back to the pool, still cached, and it rejoins the front of the
+waiting queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from pagedlm.config import CacheConfig, SchedulerConfig
+from pagedlm.engine.kv_cache import KVCacheManager
+from pagedlm.engine.messages import (
+    CachedRequestData,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+from pagedlm.engine.request import Request, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SchedulerStats:
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0
+    num_preemptions_total: int = 0
+    prefix_cache_queries_total: int = 0
+    prefix_cache_hits_total: int = 0
+    num_free_blocks: int = 0
+    num_total_blocks: int = 0
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+        self.config = scheduler_config
+        self.block_size = cache_config.block_size
+        self.max_model_len = scheduler_config.max_model_len
+        self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()
+        self.num_preemptions_total = 0
+        # Requests finished inside schedule() (they can never fit): reported by the next update.
+        self._errored: list[Request] = []
+
+    # ---- queue management -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
+        """Abort (or stop, for stop strings found by the frontend) requests by id."""
+        for req_id in request_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free(request)
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running or self._errored)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # ---- scheduling -------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        new_blocks: dict[str, list[int]] = {}
+        preempted: list[Request] = []
+        budget = self._schedule_running(budget, num_scheduled, new_blocks, preempted)
+        new_reqs: list[Request] = []
+        if not preempted:
+            self._schedule_waiting(budget, num_scheduled, new_reqs)
+        return self._make_output(num_scheduled, new_blocks, new_reqs, preempted)
+
+    def _schedule_running(
+        self, budget: int, num_scheduled: dict[str, int], new_blocks: dict[str, list[int]], preempted: list[Request]
+    ) -> int:
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(num_new, self.max_model_len - request.num_computed_tokens)
+            if num_new <= 0:
+                index += 1
+                continue
+            while (blocks := self.kv.allocate_slots(request, num_new)) is None:
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is request:
+                    break
+            if blocks is None:
+                break
+            num_scheduled[request.request_id] = num_new
+            new_blocks[request.request_id] = [b.block_id for b in blocks]
+            budget -= num_new
+            index += 1
+        return budget
+
+    def _preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.appendleft(request)
+        logger.warning(
+            "Request %s preempted (recompute): not enough KV cache blocks; total preemptions %d. "
+            "Raise gpu_memory_utilization or lower max_num_seqs to avoid it.",
+            request.request_id, self.num_preemptions_total,
+        )
+
+    def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            hits, num_hit_tokens = self.kv.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_hit_tokens, budget)
+            if self.kv.allocate_slots(request, num_new, hits) is None:
+                if not self.running and not new_reqs:
+                    self._fail_unfittable(self.waiting.popleft())
+                    continue
+                break
+            self.waiting.popleft()
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_hit_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit_tokens
+            self.running.append(request)
+            new_reqs.append(request)
+            num_scheduled[request.request_id] = num_new
+            budget -= num_new
+
+    def _fail_unfittable(self, request: Request) -> None:
+        # With nothing else holding blocks, this request's next chunk cannot be placed: it
+        # would wait forever. Finish it with an error instead of stalling the engine.
+        request.status = RequestStatus.FINISHED_ERROR
+        request.error = (
+            f"request needs more KV cache blocks than exist ({self.kv.num_blocks} blocks of "
+            f"{self.block_size} tokens)"
+        )
+        self._errored.append(request)
+        self._free(request)
+
+    def _make_output(
+        self, num_scheduled: dict[str, int], new_blocks: dict[str, list[int]], new_reqs: list[Request],
+        preempted: list[Request],
+    ) -> SchedulerOutput:
+        new_ids = {r.request_id for r in new_reqs}
+        new_data = [
+            NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
+                           self.kv.get_block_ids(r.request_id), r.num_computed_tokens)
+            for r in new_reqs
+        ]
+        cached_data = [
+            CachedRequestData(r.request_id, new_blocks[r.request_id], r.num_computed_tokens)
+            for r in self.running if r.request_id in num_scheduled and r.request_id not in new_ids
+        ]
+        out = SchedulerOutput(
+            scheduled_new_reqs=new_data,
+            scheduled_cached_reqs=cached_data,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            finished_req_ids=self.finished_req_ids,
+            preempted_req_ids={r.request_id for r in preempted},
+        )
+        self.finished_req_ids = set()
+        for req_id, n in num_scheduled.items():
+            self.requests[req_id].num_computed_tokens += n
+        return out
+
+    # ---- results ------------------------------------------------------------------------
+    def update_from_output(self, sched: SchedulerOutput, runner: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        outputs = [self._error_output(r) for r in self._errored]
+        self._errored = []
+        for i, req_id in enumerate(runner.req_ids):
+            request = self.requests.get(req_id)
+            if request is None:  # aborted while the step ran
+                continue
+            new_ids = runner.sampled_token_ids[i]
+            prompt_lp = runner.prompt_logprobs.get(req_id)
+            if not new_ids and prompt_lp is None:
+                continue
+            new_ids = self._append_and_check_stop(request, new_ids)
+            outputs.append(
+                EngineCoreOutput(
+                    req_id=req_id,
+                    new_token_ids=new_ids,
+                    new_logprobs=runner.logprobs.get(req_id),
+                    new_prompt_logprobs=prompt_lp,
+                    finish_reason=request.status.finish_reason,
+                    stop_reason=request.stop_reason,
+                    num_cached_tokens=max(request.num_cached_tokens, 0),
+                )
+            )
+            if request.is_finished:
+                self.running.remove(request)
+                self._free(request)
+        return outputs
+
+    def _append_and_check_stop(self, request: Request, new_ids: list[int]) -> list[int]:
+        params = request.sampling_params
+        for n, token_id in enumerate(new_ids, start=1):
+            request.append_output_token(token_id)
+            if request.num_output_tokens >= params.min_tokens:
+                if token_id == request.eos_token_id and not params.ignore_eos:
+                    request.status = RequestStatus.FINISHED_STOPPED
+                elif token_id in params.stop_token_ids:
+                    request.status = RequestStatus.FINISHED_STOPPED
+                    request.stop_reason = token_id
+            if not request.is_finished and (
+                request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len
+            ):
+                request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            if request.is_finished:
+                return new_ids[:n]
+        return new_ids
+
+    @staticmethod
+    def _error_output(request: Request) -> EngineCoreOutput:
+        return EngineCoreOutput(request.request_id, [], finish_reason="error", error=request.error)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running_reqs=len(self.running),
+            num_waiting_reqs=len(self.waiting),
+            kv_cache_usage=self.kv.usage(),
+            num_preemptions_total=self.num_preemptions_total,
+            prefix_cache_queries_total=self.kv.stats.queries,
+            prefix_cache_hits_total=self.kv.stats.hits,
+            num_free_blocks=self.kv.num_free_blocks,
+            num_total_blocks=self.kv.num_blocks,
+        )

@@ -1,0 +1,145 @@
+"""PyTorch reference implementations of every custom op.
+
+These are the CPU path and the oracle for the Triton kernels, which keep the same
+signatures (see ``pagedlm.kernels.ops``). Shapes use T = tokens in the step, B = sequences,
+Hq / Hkv = query / KV heads, D = head dim, NB = KV blocks, BS = block size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: [T, H]
+    orig_dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf.to(orig_dtype) * weight) if orig_dtype == torch.float32 else (xf * weight.float()).to(orig_dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (rms_norm(x + residual), x + residual)."""
+    new_residual = x + residual
+    return rms_norm(new_residual, weight, eps), new_residual
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    # x: [T, 2 * I] -> [T, I]
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D]
+    key: torch.Tensor,  # [T, Hkv * D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D] float32: cos in the first half, sin in the second
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style (rotate-half) RoPE, as Llama/Qwen/Mistral checkpoints use."""
+    cos_sin = cos_sin_cache.index_select(0, positions)
+    cos, sin = cos_sin.chunk(2, dim=-1)  # [T, D/2] each
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.view(shape[0], -1, head_dim).float()
+        x1, x2 = x.chunk(2, dim=-1)
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return out.to(query.dtype).view(shape)
+
+    return rotate(query), rotate(key)
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T] int64, block_id * BS + offset; -1 = padding, not written
+) -> None:
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
+    flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
+    flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+
+
+def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # -> K, V each [seq_len, Hkv, D]
+    blocks = kv_cache[:, block_ids]  # [2, nb, BS, Hkv, D]
+    kv = blocks.flatten(1, 2)[:, :seq_len]
+    return kv[0], kv[1]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    # q [B, Hq, Q, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] bool (True = attend)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, Hq, D]
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    query_start_loc: torch.Tensor,  # [B + 1] int32
+    seq_lens: torch.Tensor,  # [B] int32: context length including this step's tokens
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of each sequence's new tokens over its whole context, read through
+    the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
+    (query tokens start at seq_len - query_len), in one call for a mixed batch.
+    max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them)."""
+    out = torch.empty_like(query)
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    block_size = kv_cache.shape[2]
+    decode_rows = [b for b in range(len(lens)) if starts[b + 1] - starts[b] == 1]
+    if decode_rows:
+        _decode_batch(query, kv_cache, starts, lens, block_tables, decode_rows, block_size, scale, sliding_window, out)
+    for b in range(len(lens)):
+        q_len = starts[b + 1] - starts[b]
+        if q_len <= 1:
+            continue
+        seq_len = lens[b]
+        num_blocks = (seq_len + block_size - 1) // block_size
+        k, v = _gather_kv(kv_cache, block_tables[b, :num_blocks].long(), seq_len)
+        q_pos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)  # [Q, 1]
+        k_pos = torch.arange(seq_len).unsqueeze(0)  # [1, L]
+        mask = k_pos <= q_pos
+        if sliding_window is not None:
+            mask &= k_pos > q_pos - sliding_window
+        q = query[starts[b] : starts[b + 1]].transpose(0, 1).unsqueeze(0)
+        o = _attend(q, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), mask[None, None], scale)
+        out[starts[b] : starts[b + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size, scale, sliding_window, out) -> None:
+    """All single-token queries at once: K/V gathered padded to the longest context."""
+    max_len = max(lens[b] for b in rows)
+    num_blocks = (max_len + block_size - 1) // block_size
+    row_idx = torch.tensor(rows)
+    tables = block_tables[row_idx, :num_blocks].long()  # [R, nb]
+    kv = kv_cache[:, tables]  # [2, R, nb, BS, Hkv, D]
+    kv = kv.flatten(2, 3)[:, :, :max_len]  # [2, R, L, Hkv, D]
+    seq_lens = torch.tensor([lens[b] for b in rows])
+    k_pos = torch.arange(max_len).unsqueeze(0)
+    mask = k_pos < seq_lens.unsqueeze(1)  # [R, L]
+    if sliding_window is not None:
+        mask &= k_pos > (seq_lens.unsqueeze(1) - 1 - sliding_window)
+    token_idx = torch.tensor([starts[b] for b in rows])
+    q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
+    o = _attend(q, kv[0].transpose(1, 2), kv[1].transpose(1, 2), mask[:, None, None, :], scale)
+    out[token_idx] = o.squeeze(2)

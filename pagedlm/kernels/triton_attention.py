@@ -1,0 +1,295 @@
+"""Paged attention in Triton for mixed batches (prefill chunks, prefill after a cached prefix,
+decodes) in one launch, plus a split-K (flash-decoding) variant for decode batches too small
+to fill the GPU.
+
+One program owns a tile of BLOCK_M rows = BLOCK_Q query tokens x the QUERIES_PER_KV query
+heads that share one KV head (GQA packing), so every K/V tile it gathers through the block
+table is read once for the whole group. KV tiles are TILE_N tokens wide (several pages when
+the block size is small). Softmax is the online (flash-attention) form in float32, base 2.
+
+Program -> sequence mapping without a host sync: sequence b owns the q-block ids
+[query_start_loc[b] // BLOCK_Q + b, ...); that range holds at least cdiv(q_len, BLOCK_Q) ids,
+so a grid of num_tokens // BLOCK_Q + num_seqs programs covers every sequence and a binary
+search over query_start_loc finds a program's sequence. Spare programs exit at once. When
+every sequence has at most one query token (max_query_len == 1), program i is sequence i.
+
+Split-K: axis 2 of the grid cuts each sequence's KV tiles into segments of
+``tiles_per_segment``; each program writes an unnormalised partial output with its running
+max and sum, and a second kernel combines the segments (log-sum-exp weights).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+# Split-K: at most this many segments per sequence (the combine kernel holds them all).
+_MAX_SEGMENTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionConfig:
+    block_m: int  # rows per program: query tokens x query heads of one KV head
+    tile_n: int  # KV tokens per inner iteration
+    num_warps: int
+    num_stages: int
+    num_segments: int = 1  # split-K segments per sequence (decode only); 1 = no split
+
+
+@triton.jit
+def _find_seq_idx(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.constexpr):
+    """Largest b with query_start_loc[b] // BLOCK_Q + b <= q_block_idx."""
+    lo: tl.int32 = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first_block = tl.load(query_start_loc_ptr + mid).to(tl.int32) // BLOCK_Q + mid
+        if first_block <= q_block_idx:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+# num_seqs == 1 must not become a compile-time constant (the binary search re-assigns it).
+@triton.jit(do_not_specialize=["num_seqs", "tiles_per_segment", "num_segments"])
+def _paged_attention_kernel(
+    out_ptr, query_ptr, k_cache_ptr, v_cache_ptr,
+    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+    part_out_ptr, part_max_ptr, part_sum_ptr,
+    scale_log2e, num_seqs, num_q_heads, tiles_per_segment, num_segments,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_cblk, stride_ctok, stride_chead, stride_bt,
+    QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr, DECODE_ONLY: tl.constexpr, SPLIT: tl.constexpr,
+):
+    kv_head = tl.program_id(1)
+    if DECODE_ONLY:
+        seq_idx = tl.program_id(0)
+        q_block = 0
+    else:
+        seq_idx = _find_seq_idx(query_start_loc_ptr, tl.program_id(0), num_seqs, BLOCK_Q)
+        q_block = tl.program_id(0) - (tl.load(query_start_loc_ptr + seq_idx).to(tl.int32) // BLOCK_Q + seq_idx)
+    q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int32)
+    q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int32) - q_start
+    if q_block * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq_idx).to(tl.int32)
+    context_len = seq_len - q_len  # tokens cached before this step's queries
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_PAD)
+    d_valid = offs_d < HEAD_DIM
+    q_idx = q_block * BLOCK_Q + offs_m // QUERIES_PER_KV  # query index within the sequence
+    head = kv_head * QUERIES_PER_KV + offs_m % QUERIES_PER_KV
+    row_valid = (q_idx < q_len) & (offs_m < BLOCK_Q * QUERIES_PER_KV)
+    token = (q_start + q_idx).to(tl.int64)
+    q = tl.load(query_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+    q_pos = context_len + q_idx  # absolute position of each row's query token
+
+    # Keys [kv_start, kv_end) can be seen by some row of this program.
+    kv_end = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len)
+    tile_start = 0
+    if SLIDING_WINDOW > 0:
+        tile_start = tl.maximum(context_len + q_block * BLOCK_Q - SLIDING_WINDOW + 1, 0) // TILE_N
+    tile_end = tl.cdiv(kv_end, TILE_N)
+    if SPLIT:
+        segment = tl.program_id(2)
+        tile_start = tl.maximum(tile_start, segment * tiles_per_segment)
+        tile_end = tl.minimum(tile_end, (segment + 1) * tiles_per_segment)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
+    offs_n = tl.arange(0, TILE_N)
+    table_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
+    head_off = kv_head.to(tl.int64) * stride_chead
+    for tile in range(tile_start, tile_end):
+        key_pos = tile * TILE_N + offs_n
+        key_valid = key_pos < kv_end
+        block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
+        kv_off = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
+        kv_mask = key_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2e  # [BLOCK_M, TILE_N]
+        allowed = key_pos[None, :] <= q_pos[:, None]
+        if SLIDING_WINDOW > 0:
+            allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+        m_i = m_new
+
+    if SPLIT:
+        part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
+        tl.store(part_max_ptr + part, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+        tl.store(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
+    else:
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
+def _combine_segments_kernel(
+    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, query_start_loc_ptr,
+    num_q_heads, num_segments, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SEG_PAD: tl.constexpr,
+):
+    # One program per (sequence, query head) of a decode-only batch.
+    seq_idx = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int64)
+    q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int64) - q_start
+    if q_len <= 0:
+        return
+    offs_s = tl.arange(0, SEG_PAD)
+    offs_d = tl.arange(0, HEAD_PAD)
+    seg_valid = offs_s < num_segments
+    part = (q_start * num_q_heads + head) * num_segments + offs_s
+    m = tl.load(part_max_ptr + part, mask=seg_valid, other=float("-inf"))
+    l = tl.load(part_sum_ptr + part, mask=seg_valid, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))
+    acc = tl.load(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], mask=seg_valid[:, None], other=0.0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(out_ptr + q_start * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _device_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # Triton's CPU interpreter: any plausible number
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def default_config(
+    num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+    max_query_len: int, max_seq_len: int, device: torch.device,
+) -> AttentionConfig:
+    group = num_q_heads // num_kv_heads
+    head_pad = max(16, triton.next_power_of_2(head_dim))
+    tile_n = 64 if head_pad <= 128 else 32
+    if max_query_len <= 1:
+        block_m = max(16, triton.next_power_of_2(group))
+        num_sms = _device_sms(device)
+        programs = max(1, num_seqs * num_kv_heads)
+        num_tiles = triton.cdiv(max(max_seq_len, 1), tile_n)
+        num_segments = 1
+        if programs < 2 * num_sms and num_tiles > 1:
+            num_segments = min(triton.cdiv(4 * num_sms, programs), num_tiles, _MAX_SEGMENTS)
+        return AttentionConfig(block_m, tile_n, num_warps=4, num_stages=3, num_segments=num_segments)
+    block_m = max(64, triton.next_power_of_2(group))
+    num_warps = 8 if block_m * head_pad > 8192 else 4
+    return AttentionConfig(block_m, tile_n, num_warps=num_warps, num_stages=2)
+
+
+def paged_attention_with_config(
+    query: torch.Tensor,  # [T, Hq, D]
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    query_start_loc: torch.Tensor,  # [B + 1] int32/int64
+    seq_lens: torch.Tensor,  # [B] int32/int64
+    block_tables: torch.Tensor,  # [B, max_blocks] int32/int64
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None,
+    config: AttentionConfig,
+) -> torch.Tensor:
+    num_tokens, num_q_heads, head_dim = query.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=query.dtype, device=query.device)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    _check_layout(query, kv_cache, block_tables)
+    group = num_q_heads // num_kv_heads
+    head_pad = max(16, triton.next_power_of_2(head_dim))
+    block_m = max(config.block_m, triton.next_power_of_2(group))
+    block_q = block_m // group
+    decode_only = max_query_len <= 1
+    num_segments = config.num_segments if decode_only else 1
+    tiles_per_segment = 0
+    if num_segments > 1:
+        num_tiles = triton.cdiv(max(max_seq_len, 1), config.tile_n)
+        tiles_per_segment = triton.cdiv(num_tiles, num_segments)
+        num_segments = triton.cdiv(num_tiles, tiles_per_segment)
+    split = num_segments > 1
+    if split:
+        part_out = torch.empty((num_tokens, num_q_heads, num_segments, head_pad), dtype=torch.float32, device=query.device)
+        part_max = torch.empty((num_tokens, num_q_heads, num_segments), dtype=torch.float32, device=query.device)
+        part_sum = torch.empty_like(part_max)
+    else:
+        part_out = part_max = part_sum = out  # unused
+    grid_q = num_seqs if decode_only else num_tokens // block_q + num_seqs
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    _paged_attention_kernel[(grid_q, num_kv_heads, num_segments)](
+        out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
+        part_out, part_max, part_sum,
+        scale * _LOG2E, num_seqs, num_q_heads, tiles_per_segment, num_segments,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
+        HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
+        SLIDING_WINDOW=sliding_window or 0, DECODE_ONLY=decode_only, SPLIT=split,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if split:
+        _combine_segments_kernel[(num_seqs, num_q_heads)](
+            out, part_out, part_max, part_sum, query_start_loc,
+            num_q_heads, num_segments, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
+        )
+    return out
+
+
+def _check_layout(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor) -> None:
+    if query.stride(-1) != 1 or kv_cache.stride(-1) != 1 or block_tables.stride(-1) != 1:
+        raise ValueError("paged_attention needs unit stride along head_dim (query, kv_cache) and along block_tables rows")
+    if query.shape[1] % kv_cache.shape[3]:
+        raise ValueError(f"{query.shape[1]} query heads are not a multiple of {kv_cache.shape[3]} KV heads")
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, Hq, D]
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    query_start_loc: torch.Tensor,  # [B + 1] int32
+    seq_lens: torch.Tensor,  # [B] int32: context length including this step's tokens
+    block_tables: torch.Tensor,  # [B, max_blocks] int32
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Same contract as ``reference.paged_attention``; never syncs with the host.
+    max_query_len must bound every sequence's query length (== 1 selects the decode path)
+    and max_seq_len every seq_len (the split-K decode path sizes its segments by it)."""
+    config = default_config(
+        seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len, query.device,
+    )
+    return paged_attention_with_config(
+        query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
+        sliding_window, config,
+    )
+
+
+__all__ = ["AttentionConfig", "default_config", "paged_attention", "paged_attention_with_config"]

@@ -1,0 +1,28 @@
+"""The Triton (CUDA) implementations of the op table, same signatures and semantics as
+``pagedlm.kernels.reference``; ``ops.use_backend("triton")`` takes the six names from here.
+
+Each kernel lives in its own module beside this one:
+  triton_norm        rms_norm, fused_add_rms_norm
+  triton_activation  silu_and_mul
+  triton_rotary      rotary_embedding
+  triton_kv_cache    write_kv_cache
+  triton_attention   paged_attention (mixed batches; split-K decode)
+None of them synchronises with the host, so all can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from pagedlm.kernels.triton_activation import silu_and_mul
+from pagedlm.kernels.triton_attention import paged_attention
+from pagedlm.kernels.triton_kv_cache import write_kv_cache
+from pagedlm.kernels.triton_norm import fused_add_rms_norm, rms_norm
+from pagedlm.kernels.triton_rotary import rotary_embedding
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv_cache",
+]

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedlm.forward_context import get_attn_metadata
+from pagedlm.kernels import ops
+
+
+class Attention(nn.Module):
+    """Paged attention: writes this step's K/V through the slot mapping, then attends over
+    each sequence's context through its block table. The runner binds ``kv_cache``
+    ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first forward."""
+
+    def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
+                 sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_kv_heads = num_kv_heads
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.kv_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q [T, Hq * D], k/v [T, Hkv * D] -> [T, Hq * D]
+        meta = get_attn_metadata()
+        num_tokens = q.shape[0]
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        # Every sequence's K/V for this step is written before any sequence attends, so a
+        # request may read blocks another request in the same batch fills (prefix sharing).
+        ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping)
+        out = ops.paged_attention(
+            q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+            meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window,
+        )
+        return out.view(num_tokens, self.num_heads * self.head_dim)

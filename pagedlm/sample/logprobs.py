@@ -1,0 +1,41 @@
+"""Top-k logprobs plus the sampled (or prompt) token's logprob and rank, vLLM V1 layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class LogprobsTensors:
+    token_ids: torch.Tensor  # [N, k+1] int64: column 0 the sampled/target token, then top-k (descending)
+    logprobs: torch.Tensor  # [N, k+1] float32, same layout
+    ranks: torch.Tensor  # [N] int64, 1-based rank of column 0's token (1 = most likely)
+
+    def slice_rows(self, start: int, end: int) -> "LogprobsTensors":
+        return LogprobsTensors(self.token_ids[start:end], self.logprobs[start:end], self.ranks[start:end])
+
+    def to_cpu(self) -> "LogprobsTensors":
+        return LogprobsTensors(self.token_ids.cpu(), self.logprobs.cpu(), self.ranks.cpu())
+
+
+def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """Raw logprobs: log_softmax of the logits as the model produced them."""
+    return logits.log_softmax(dim=-1, dtype=torch.float32)  # [N, V]
+
+
+def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: int) -> LogprobsTensors:
+    """logprobs [N, V] (already log_softmax-ed), token_ids [N] -> LogprobsTensors with k = num_logprobs.
+
+    The rank counts the tokens whose logprob is >= the target's (vLLM's convention), so a
+    target tied with others gets the worst rank of the tie.
+    """
+    token_ids = token_ids.to(torch.int64).unsqueeze(-1)  # [N, 1]
+    token_logprobs = logprobs.gather(-1, token_ids)  # [N, 1]
+    ranks = (logprobs >= token_logprobs).sum(dim=-1)  # [N]
+    if num_logprobs > 0:
+        top_logprobs, top_ids = torch.topk(logprobs, num_logprobs, dim=-1)  # [N, k]
+        token_ids = torch.cat((token_ids, top_ids), dim=1)
+        token_logprobs = torch.cat((token_logprobs, top_logprobs), dim=1)
+    return LogprobsTensors(token_ids=token_ids, logprobs=token_logprobs.float(), ranks=ranks.to(torch.int64))

@@ -1,0 +1,158 @@
+"""The sampler: logits -> next token ids (+ raw logprobs), vLLM V1 semantics.
+
+Order: raw logprobs (before anything touches the logits) -> allowed_token_ids -> bad words
+and min_tokens -> logit_bias -> penalties -> greedy rows take the argmax; random rows:
+temperature -> min_p -> top-k -> top-p -> exponential-race sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
+from pagedlm.sample.metadata import SamplingMetadata
+from pagedlm.sample.penalties import apply_penalties
+
+_SAMPLING_EPS = 1e-5
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    sampled_token_ids: torch.Tensor  # [B] int64
+    logprobs: LogprobsTensors | None  # [B, max_num_logprobs + 1] when any row asked, else None
+
+
+def _needs_processing(md: SamplingMetadata) -> bool:
+    return (
+        md.allowed_token_ids_mask is not None
+        or md.banned_token_indices is not None
+        or md.logit_bias is not None
+        or md.penalties is not None
+    )
+
+
+def apply_logits_processors(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """The processors that can change the argmax; logits [B, V] float32, not modified.
+
+    -inf is absorbing under every later step (bias adds a finite value, penalties scale or
+    subtract finite values), so the order among the masks does not matter.
+    """
+    if not _needs_processing(md):
+        return logits
+    logits = logits.clone()  # [B, V]
+    if md.allowed_token_ids_mask is not None:
+        logits.masked_fill_(md.allowed_token_ids_mask, float("-inf"))
+    if md.banned_token_indices is not None:
+        logits.index_put_(md.banned_token_indices, torch.tensor(float("-inf"), device=logits.device))
+    if md.logit_bias is not None:
+        rows, token_ids, bias = md.logit_bias
+        logits.index_put_((rows, token_ids), bias, accumulate=True)
+    if md.penalties is not None:
+        apply_penalties(logits, md.penalties)
+    return logits
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p * (the row's top probability).
+
+    logits [B, V], min_p [B] (0 = off). In place; returns logits.
+    """
+    probs = logits.softmax(dim=-1)  # [B, V]
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)  # [B, 1]
+    return logits.masked_fill_(probs < threshold, float("-inf"))
+
+
+def apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
+    """Keep the top_k largest logits per row (ties with the k-th kept); no full sort.
+
+    logits [R, V], top_k [R] (vocab_size = off), max_top_k = the largest k in use. In place.
+    """
+    vocab_size = logits.shape[1]
+    no_top_k = top_k >= vocab_size  # [R]
+    kth_index = (top_k.clamp(max=max_top_k) - 1).unsqueeze(1)  # [R, 1]
+    kth_value = logits.topk(max_top_k, dim=-1).values.gather(1, kth_index)  # [R, 1]
+    kth_value.masked_fill_(no_top_k.unsqueeze(1), float("-inf"))
+    return logits.masked_fill_(logits < kth_value, float("-inf"))
+
+
+def apply_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, max_top_k: int
+) -> torch.Tensor:
+    """Top-k, then top-p: keep the smallest set of tokens whose probability sums to >= top_p
+    (the most likely token always stays). logits [R, V], top_k/top_p [R]. Returns [R, V]."""
+    if top_p is None:
+        return logits if top_k is None else apply_top_k_only(logits, top_k, max_top_k)
+    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)  # [R, V] ascending
+    if top_k is not None:
+        kth_index = (sorted_logits.shape[1] - top_k).unsqueeze(1)  # [R, 1]
+        kth_value = sorted_logits.gather(1, kth_index)
+        sorted_logits.masked_fill_(sorted_logits < kth_value, float("-inf"))
+    # cumsum[i] = mass of token i and every less likely token; drop i when the mass of the
+    # tokens more likely than i already reaches top_p.
+    cumsum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # [R, V]
+    drop = cumsum <= 1.0 - top_p.unsqueeze(1)
+    drop[:, -1] = False
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    return sorted_logits.scatter(dim=-1, index=sorted_idx, src=sorted_logits)
+
+
+def _apply_to_rows(
+    logits: torch.Tensor, rows: torch.Tensor | None, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """fn on logits[rows] only (all rows when rows is None), written back in place."""
+    if rows is None:
+        return fn(logits)
+    logits[rows] = fn(logits[rows])
+    return logits
+
+
+def exponential_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """argmax(probs / q), q ~ Exp(1): a draw from probs without a cumsum or a sync.
+
+    probs [B, V] (modified). A seeded row draws its own q of shape [V] from its generator,
+    so its tokens do not depend on the rest of the batch or its row position.
+    """
+    q = torch.empty_like(probs)  # [B, V]
+    if len(generators) != probs.shape[0]:
+        q.exponential_()
+    for row, generator in generators.items():
+        q[row].exponential_(generator=generator)
+    return probs.div_(q).argmax(dim=-1)  # [B]
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        """logits [B, V] -> SamplerOutput; the input logits are left as they are."""
+        logits = logits.to(torch.float32)
+        raw_logprobs = None
+        if metadata.max_num_logprobs is not None:
+            raw_logprobs = compute_logprobs(logits)  # [B, V]
+        logits = apply_logits_processors(logits, metadata)
+        sampled = self.sample(logits, metadata)  # [B]
+        logprobs = None
+        if raw_logprobs is not None:
+            logprobs = gather_logprobs(raw_logprobs, sampled, metadata.max_num_logprobs)
+        return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
+
+    def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """Processed logits [B, V] -> token ids [B] int64."""
+        greedy = None if md.all_random else logits.argmax(dim=-1)  # [B]
+        if md.all_greedy:
+            return greedy
+        temperature = md.temperature
+        if not md.all_random:  # greedy rows are discarded below; avoid dividing by 0
+            temperature = torch.where(temperature < _SAMPLING_EPS, 1.0, temperature)
+        logits = logits / temperature.unsqueeze(1)  # [B, V], a new tensor from here on
+        if md.min_p is not None:
+            apply_min_p(logits, md.min_p)
+        if md.top_k is not None or md.top_p is not None:
+            logits = _apply_to_rows(
+                logits, md.filter_rows, lambda x: apply_top_k_top_p(x, md.top_k, md.top_p, md.max_top_k)
+            )
+        sampled = exponential_sample(logits.softmax(dim=-1), md.generators)
+        if greedy is None:
+            return sampled
+        return torch.where(md.temperature < _SAMPLING_EPS, greedy, sampled)

@@ -1,0 +1,149 @@
+"""SamplingParams: vLLM-compatible names and defaults, validated on construction."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+_SAMPLING_EPS = 1e-5
+MAX_N = 128
+MAX_LOGPROBS = 20
+
+
+@dataclass
+class StructuredOutputsParams:
+    """Constraint on the output (json / regex / choice / grammar / json_object)."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    detokenize: bool = True
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    # Filled in by the engine's input processor, not by users.
+    all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.logit_bias is not None:
+            try:
+                self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            except (TypeError, ValueError, AttributeError) as e:
+                raise ValueError(f"logit_bias must map token ids to floats, got {self.logit_bias!r}") from e
+        if isinstance(self.top_k, bool) or self.top_k is None:
+            raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
+        if self.top_k == -1:
+            self.top_k = 0
+        if self.temperature < _SAMPLING_EPS:
+            # Greedy: the filters have no effect, normalise them so batching treats it simply.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        self._verify()
+        self.all_stop_token_ids = set(self.stop_token_ids)
+
+    def _verify(self) -> None:
+        def bad(field_name: str, why: str) -> ValueError:
+            value = getattr(self, field_name)
+            return ValueError(f"{field_name} {why}, got {value!r}.")
+
+        if not isinstance(self.n, int) or self.n < 1:
+            raise bad("n", "must be at least 1")
+        if self.n > MAX_N:
+            raise bad("n", f"must be at most {MAX_N}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise bad(name, "must be in [-2, 2]")
+        if not self.repetition_penalty > 0.0:
+            raise bad("repetition_penalty", "must be greater than zero")
+        if not self.temperature >= 0.0:
+            raise bad("temperature", "must be non-negative")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "must be -1 (disable), 0 (disable) or at least 1")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise bad("min_p", "must be in [0, 1]")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise bad("max_tokens", "must be at least 1")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise bad("min_tokens", "must be greater than or equal to 0")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise bad(name, "must be a non-negative integer")
+            if value is not None and value > MAX_LOGPROBS:
+                raise bad(name, f"must be at most {MAX_LOGPROBS}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise bad("seed", "must be an integer")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise bad("stop", "must contain only non-empty strings")
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings are only supported when detokenize is True.")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "must contain non-negative integers")
+        if self.allowed_token_ids is not None:
+            if len(self.allowed_token_ids) == 0:
+                raise bad("allowed_token_ids", "must not be empty")
+            if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
+                raise bad("allowed_token_ids", "must contain non-negative integers")
+        if self.bad_words is not None and any(not isinstance(w, str) for w in self.bad_words):
+            raise bad("bad_words", "must be a list of strings")
+
+    @property
+    def sampling_type_greedy(self) -> bool:
+        return self.temperature < _SAMPLING_EPS
+
+    def verify_vocab(self, vocab_size: int) -> None:
+        """Token ids named by the user must exist in the model's vocabulary."""
+        for name, ids in (
+            ("stop_token_ids", self.stop_token_ids),
+            ("allowed_token_ids", self.allowed_token_ids or []),
+            ("logit_bias", list((self.logit_bias or {}).keys())),
+        ):
+            out_of_range = [t for t in ids if not 0 <= t < vocab_size]
+            if out_of_range:
+                raise ValueError(
+                    f"{name} contains token ids outside the vocabulary (size {vocab_size}): {out_of_range[:5]}"
+                )
+
+    def clone(self) -> "SamplingParams":
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("all_stop_token_ids", "bad_words_token_ids")}

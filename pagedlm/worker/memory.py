@@ -1,0 +1,80 @@
+"""How many KV cache blocks fit: from free memory on CPU, from a profiled forward on GPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import torch
+
+from pagedlm.config import ConfigError, EngineConfig
+
+logger = logging.getLogger(__name__)
+
+_CPU_KV_CACHE_MAX_BYTES = 4 << 30
+
+
+def kv_cache_bytes_per_block(config: EngineConfig) -> int:
+    hf = config.model_config.hf_config
+    num_heads = hf.num_attention_heads
+    num_kv_heads = getattr(hf, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // num_heads
+    dtype_size = torch.empty((), dtype=config.model_config.torch_dtype).element_size()
+    return 2 * hf.num_hidden_layers * config.cache_config.block_size * num_kv_heads * head_dim * dtype_size
+
+
+def _available_host_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def cpu_num_blocks(config: EngineConfig) -> int:
+    """A quarter of free host memory (at most 4 GiB), and never more blocks than
+    max_num_seqs full-length sequences could use."""
+    per_block = kv_cache_bytes_per_block(config)
+    budget = min(_CPU_KV_CACHE_MAX_BYTES, _available_host_memory() // 4)
+    bs = config.cache_config.block_size
+    useful = config.scheduler_config.max_num_seqs * -(-config.scheduler_config.max_model_len // bs)
+    return max(1, min(budget // per_block, useful))
+
+
+def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], None]) -> int:
+    """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    free_before, total = torch.cuda.mem_get_info()
+    used_before = total - free_before
+    profile_run()
+    torch.cuda.synchronize()
+    peak_activation = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+    torch.cuda.empty_cache()
+    free_after, _ = torch.cuda.mem_get_info()
+    used_now = total - free_after
+    budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation
+    per_block = kv_cache_bytes_per_block(config)
+    num_blocks = int(budget // per_block)
+    logger.info(
+        "GPU memory: total %.2f GiB, in use %.2f GiB (before profiling %.2f), peak activations %.2f GiB, "
+        "KV cache budget %.2f GiB", total / 2**30, used_now / 2**30, used_before / 2**30,
+        peak_activation / 2**30, max(budget, 0) / 2**30,
+    )
+    if num_blocks < 1:
+        raise ConfigError(
+            "No memory left for the KV cache after loading the model; raise gpu_memory_utilization "
+            f"(now {config.cache_config.gpu_memory_utilization}) or lower max_num_batched_tokens."
+        )
+    return num_blocks
+
+
+def check_max_model_len_fits(config: EngineConfig, num_blocks: int) -> None:
+    bs = config.cache_config.block_size
+    needed = -(-config.scheduler_config.max_model_len // bs)
+    if needed > num_blocks:
+        raise ConfigError(
+            f"The KV cache holds {num_blocks} blocks of {bs} tokens ({num_blocks * bs} tokens), fewer than one "
+            f"sequence of max_model_len={config.scheduler_config.max_model_len} needs. Set max_model_len to at most "
+            f"{num_blocks * bs}, or give the cache more memory (gpu_memory_utilization / num_gpu_blocks_override)."
+        )

@@ -1,0 +1,172 @@
+"""ModelRunner: SchedulerOutput in, ModelRunnerOutput out. Owns the model, the KV cache
+tensors and the runner-side copy of every running request."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from pagedlm.attention.metadata import AttentionMetadata
+from pagedlm.config import EngineConfig
+from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedlm.forward_context import set_forward_context
+from pagedlm.kernels import ops
+from pagedlm.models.loader import load_model
+from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
+from pagedlm.sample.metadata import build_sampling_metadata
+from pagedlm.sample.sampler import Sampler
+from pagedlm.worker import memory
+from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device_config.device)
+        self.block_size = config.cache_config.block_size
+        ops.use_backend("triton" if self.device.type == "cuda" else "torch")
+        torch.manual_seed(config.model_config.seed)
+        self.model = load_model(config.model_config, self.device.type)
+        self.vocab_size = config.model_config.vocab_size
+        self.sampler = Sampler()
+        self.requests: dict[str, CachedRequestState] = {}
+        self.kv_caches: list[torch.Tensor] = []
+        self.num_blocks = 0
+
+    # ---- start-up -------------------------------------------------------------------
+    def determine_num_blocks(self) -> int:
+        override = self.config.cache_config.num_gpu_blocks_override
+        if override is not None:
+            num_blocks = override
+        elif self.device.type == "cuda":
+            num_blocks = memory.gpu_num_blocks(self.config, self._profile_run)
+        else:
+            num_blocks = memory.cpu_num_blocks(self.config)
+        memory.check_max_model_len_fits(self.config, num_blocks)
+        return num_blocks
+
+    def _profile_run(self) -> None:
+        """A forward (and logits) at the largest step the scheduler can produce."""
+        num_tokens = self.config.scheduler_config.max_num_batched_tokens
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        positions = torch.arange(num_tokens, device=self.device) % self.config.model_config.max_model_len
+        hf = self.config.model_config.hf_config
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        num_blocks = -(-num_tokens // self.block_size)
+        dummy_cache = torch.empty(2, num_blocks, self.block_size, num_kv_heads, head_dim,
+                                  dtype=self.config.model_config.torch_dtype, device=self.device)
+        for attn in self.model.attention_layers():
+            attn.kv_cache = dummy_cache
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(num_tokens, device=self.device),
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
+            max_query_len=num_tokens, max_seq_len=num_tokens, num_actual_tokens=num_tokens,
+        )
+        with torch.inference_mode(), set_forward_context(meta):
+            hidden = self.model(input_ids, positions)
+            self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
+        for attn in self.model.attention_layers():
+            attn.kv_cache = None
+        del dummy_cache, hidden
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        dtype = self.config.model_config.torch_dtype
+        for attn in self.model.attention_layers():
+            cache = torch.zeros(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
+                                dtype=dtype, device=self.device)
+            attn.kv_cache = cache
+            self.kv_caches.append(cache)
+        logger.info("KV cache: %d blocks of %d tokens = %d tokens", num_blocks, self.block_size,
+                    num_blocks * self.block_size)
+
+    def warm_up(self) -> None:
+        """Hook for compilation / CUDA graph capture once the KV cache exists."""
+
+    # ---- one step ---------------------------------------------------------------------
+    def _update_states(self, sched: SchedulerOutput) -> None:
+        for req_id in sched.finished_req_ids | sched.preempted_req_ids:
+            self.requests.pop(req_id, None)
+        for data in sched.scheduled_new_reqs:
+            self.requests[data.req_id] = CachedRequestState.from_new(data, self.device)
+        for data in sched.scheduled_cached_reqs:
+            state = self.requests[data.req_id]
+            state.block_ids.extend(data.new_block_ids)
+            state.num_computed_tokens = data.num_computed_tokens
+
+    def _attention_metadata(self, inputs: StepInputs) -> AttentionMetadata:
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+        return AttentionMetadata(
+            slot_mapping=dev(inputs.slot_mapping),
+            query_start_loc=dev(inputs.query_start_loc),
+            seq_lens=dev(inputs.seq_lens),
+            block_tables=dev(inputs.block_tables),
+            max_query_len=int(np.diff(inputs.query_start_loc).max()),
+            max_seq_len=int(inputs.seq_lens.max()),
+            num_actual_tokens=len(inputs.input_ids),
+        )
+
+    @torch.inference_mode()
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(sched)
+        if sched.total_num_scheduled_tokens == 0:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
+        meta = self._attention_metadata(inputs)
+        input_ids = torch.from_numpy(inputs.input_ids).to(self.device, non_blocking=True)
+        positions = torch.from_numpy(inputs.positions).to(self.device, non_blocking=True)
+        with set_forward_context(meta):
+            hidden = self.model(input_ids, positions)  # [T, hidden]
+        output = ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids])
+        if inputs.sample_rows:
+            self._sample(hidden, inputs, output)
+        if inputs.prompt_logprob_spans:
+            self._prompt_logprobs(hidden, inputs, output)
+        for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
+            state.num_computed_tokens += num
+        return output
+
+    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
+        states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
+        indices = torch.from_numpy(inputs.logits_indices).to(self.device, non_blocking=True)
+        logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V]
+        metadata = build_sampling_metadata(
+            [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
+            [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
+        )
+        result = self.sampler(logits, metadata)
+        sampled = result.sampled_token_ids.tolist()  # the step's one device-to-host copy
+        logprobs = result.logprobs.to_cpu() if result.logprobs is not None else None
+        for row, (i, state) in enumerate(zip(inputs.sample_rows, states)):
+            token_id = sampled[row]
+            state.output_token_ids.append(token_id)
+            state.token_ids.append(token_id)
+            output.sampled_token_ids[i] = [token_id]
+            k = state.sampling_params.logprobs
+            if logprobs is not None and k is not None:
+                output.logprobs[state.req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
+        for i, (first, count, target_pos) in inputs.prompt_logprob_spans.items():
+            state = self.requests[inputs.req_ids[i]]
+            k = state.sampling_params.prompt_logprobs
+            if count <= 0:
+                output.prompt_logprobs[state.req_id] = LogprobsLists([], [], [])
+                continue
+            logits = self.model.compute_logits(hidden[first : first + count])
+            targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
+            tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
+            output.prompt_logprobs[state.req_id] = _to_lists(tensors, k)
+
+
+def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
+    return LogprobsLists(t.token_ids[:, : k + 1].tolist(), t.logprobs[:, : k + 1].tolist(), t.ranks.tolist())
