@@ -152,7 +152,8 @@ class IncrementalDetokenizer:
         return text
 
     def decode_token(self, token_id: int) -> str:
-        """Text of one token on its own (for ``Logprob.decoded_token``); cached per tokenizer."""
+        """Text of one token on its own (for ``Logprob.decoded_token``): the tokenizer's
+        ``convert_tokens_to_string(convert_ids_to_tokens([id]))``, cached per tokenizer."""
         cache = self._info.token_text
         text = cache.get(token_id)
         if text is None:
@@ -231,8 +232,6 @@ class IncrementalDetokenizer:
         self._ids, self._prefix, self._prefix_index = [], "", 0
 
     def _single_token_text(self, token_id: int) -> str:
-        if token_id in self._info.added:
-            return self._info.added[token_id]
         if self._backend is None:
             tokens = self.tokenizer.convert_ids_to_tokens([token_id])
             return self.tokenizer.convert_tokens_to_string(tokens)

@@ -259,7 +259,8 @@ def test_min_tokens_masks_stop_ids_until_reached():
 def _seeded_run(target: SamplingParams, seed: int, position: int, others: list[SamplingParams], steps: int):
     """Target row at `position` among `others` (some seeded too); returns its tokens."""
     generator = torch.Generator().manual_seed(seed)
-    other_gens = [torch.Generator().manual_seed(100 + i) if sp.seed is not None else None for i, sp in enumerate(others)]
+    other_gens = [torch.Generator().manual_seed(100 + i) if sp.seed is not None else None
+                  for i, sp in enumerate(others)]
     tokens = []
     for step in range(steps):
         step_logits = torch.randn(V, generator=torch.Generator().manual_seed(1000 + step)) * 0.5

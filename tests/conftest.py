@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny checkpoints built locally (no download ever)."""
+
+from __future__ import annotations
+
+import pytest
+
+# arch name -> config overrides exercising each family member's distinctive parts
+CHECKPOINTS = {
+    "llama": ("LlamaForCausalLM", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                                       rope_theta=10000.0)),
+    "llama_linear_tied": ("LlamaForCausalLM", dict(rope_scaling={"rope_type": "linear", "factor": 2.0},
+                                                    tie_word_embeddings=True)),
+    "mistral": ("MistralForCausalLM", dict(sliding_window=None)),
+    "qwen2": ("Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+    "qwen3_sharded": ("Qwen3ForCausalLM", dict()),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    from pagedlm.demo import build_tiny_checkpoint
+
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            arch, overrides = CHECKPOINTS[name]
+            shard = "60KB" if name.endswith("_sharded") else None
+            path = tmp_path_factory.mktemp(name)
+            build_tiny_checkpoint(path, arch, seed=len(built) + 1, max_shard_size=shard, **overrides)
+            built[name] = str(path)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llama_checkpoint(checkpoint_factory) -> str:
+    return checkpoint_factory("llama")

@@ -1,0 +1,307 @@
+"""Triton kernels against the PyTorch references (float32 on CPU as the oracle).
+
+Runs on a CUDA machine with Triton; skipped elsewhere (CI has neither). With
+TRITON_INTERPRET=1 and Triton installed it also runs on CPU through Triton's interpreter
+(slow; a debugging aid). Every case draws fresh random inputs; the paged KV cache is
+poisoned with NaN outside the positions a sequence owns, so a kernel that reads past a
+sequence's context (or through an unused block-table entry) fails loudly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not torch.cuda.is_available() and not _INTERPRET:
+    pytest.skip("Triton kernels need CUDA (or TRITON_INTERPRET=1)", allow_module_level=True)
+pytest.importorskip("triton")
+
+from pagedlm.kernels import reference, triton_ops  # noqa: E402
+from pagedlm.kernels.triton_attention import AttentionConfig, paged_attention_with_config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-2  # ||out - ref|| / ||ref|| against a float32 reference, for bf16 and fp16 kernels
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert torch.isfinite(out.float()).all(), "non-finite values in the output"
+    err = rel_err(out, ref)
+    assert err < tol, f"relative error {err:.3e} >= {tol}"
+
+
+def poison_allocator(num_bytes: int) -> None:
+    """Leave NaN in the memory the next allocation of this size will likely get, so an
+    output element the kernel forgets to write shows up."""
+    if DEVICE == "cuda":
+        torch.full((num_bytes // 4 + 1,), float("nan"), device=DEVICE)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- norms and activation
+
+NORM_SHAPES = [(1, 4096), (37, 1000), (5, 64)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", NORM_SHAPES)
+def test_rms_norm(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    g = gen(1)
+    wide = torch.randn(shape[0], shape[1] + 8, generator=g).to(dtype)
+    x = wide[:, 3 : 3 + shape[1]]  # a strided view, as a slice of a fused output would be
+    w = (1 + 0.1 * torch.randn(shape[1], generator=g)).to(dtype)
+    ref = reference.rms_norm(x.float(), w.float(), 1e-6)
+    poison_allocator(x.numel() * x.element_size())
+    out = triton_ops.rms_norm(x.to(DEVICE), w.to(DEVICE), 1e-6)
+    assert out.dtype == dtype
+    assert_close(out, ref)
+
+
+def test_rms_norm_3d_head_norm() -> None:
+    # Qwen3-style q/k norm: [T, H, D] with a [D] weight.
+    g = gen(2)
+    x = torch.randn(7, 8, 128, generator=g).to(torch.bfloat16)
+    w = torch.randn(128, generator=g).to(torch.bfloat16)
+    out = triton_ops.rms_norm(x.to(DEVICE), w.to(DEVICE), 1e-5)
+    assert out.shape == x.shape
+    assert_close(out, reference.rms_norm(x.float(), w.float(), 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", NORM_SHAPES)
+def test_fused_add_rms_norm(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    g = gen(3)
+    x = torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
+    res = torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
+    w = (1 + 0.1 * torch.randn(shape[1], generator=g)).to(dtype).to(DEVICE)
+    x_before, res_before = x.clone(), res.clone()
+    ref_out, ref_res = reference.fused_add_rms_norm(x.float().cpu(), res.float().cpu(), w.float().cpu(), 1e-6)
+    out, new_res = triton_ops.fused_add_rms_norm(x, res, w, 1e-6)
+    assert out.dtype == dtype and new_res.dtype == dtype
+    assert_close(out, ref_out)
+    assert_close(new_res, ref_res)
+    assert torch.equal(x, x_before) and torch.equal(res, res_before), "inputs must be left untouched"
+    if DEVICE == "cuda":  # (Triton's CPU interpreter truncates where the GPU rounds to nearest)
+        # The residual is rounded exactly as torch's bf16/fp16 add rounds it.
+        assert torch.equal(new_res, x + res)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 2 * 14336), (17, 2 * 100), (3, 4, 2 * 64)])
+def test_silu_and_mul(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    x = (2 * torch.randn(*shape, generator=gen(4))).to(dtype)
+    ref = reference.silu_and_mul(x.float())
+    poison_allocator(x.numel() * x.element_size() // 2)
+    out = triton_ops.silu_and_mul(x.to(DEVICE))
+    assert out.dtype == dtype
+    assert_close(out, ref)
+
+
+# ---------------------------------------------------------------- rotary embedding
+
+
+def _cos_sin_cache(max_pos: int, head_dim: int) -> torch.Tensor:
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_tokens,num_q_heads,num_kv_heads,head_dim", [
+    (1, 32, 8, 128), (37, 8, 8, 64), (5, 16, 2, 128), (9, 12, 4, 96),
+])
+def test_rotary_embedding(dtype, num_tokens, num_q_heads, num_kv_heads, head_dim) -> None:
+    g = gen(5)
+    q_size, kv_size = num_q_heads * head_dim, num_kv_heads * head_dim
+    qkv = torch.randn(num_tokens, q_size + 2 * kv_size, generator=g).to(dtype)
+    positions = torch.randint(0, 4000, (num_tokens,), generator=g)
+    cache = _cos_sin_cache(4096, head_dim)
+    q, k = qkv[:, :q_size], qkv[:, q_size : q_size + kv_size]
+    ref_q, ref_k = reference.rotary_embedding(positions, q.float(), k.float(), cache, head_dim)
+    qkv_d = qkv.to(DEVICE)
+    q_d, k_d = qkv_d[:, :q_size], qkv_d[:, q_size : q_size + kv_size]
+    out_q, out_k = triton_ops.rotary_embedding(positions.to(DEVICE), q_d, k_d, cache.to(DEVICE), head_dim)
+    assert out_q.shape == q.shape and out_k.shape == k.shape and out_q.dtype == dtype
+    assert_close(out_q, ref_q)
+    assert_close(out_k, ref_k)
+    # 3-D views [T, H, D] work too.
+    out_q3, _ = triton_ops.rotary_embedding(
+        positions.to(DEVICE), q_d.view(num_tokens, num_q_heads, head_dim),
+        k_d.view(num_tokens, num_kv_heads, head_dim), cache.to(DEVICE), head_dim,
+    )
+    assert_close(out_q3.reshape(num_tokens, -1), ref_q)
+
+
+# ---------------------------------------------------------------- KV cache write
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("num_kv_heads,head_dim", [(8, 128), (2, 64)])
+def test_write_kv_cache(dtype, block_size, num_kv_heads, head_dim) -> None:
+    g = gen(6)
+    num_tokens, num_blocks, q_size = 50, 12, 4 * head_dim
+    kv_size = num_kv_heads * head_dim
+    qkv = torch.randn(num_tokens, q_size + 2 * kv_size, generator=g).to(dtype)
+    key = qkv[:, q_size : q_size + kv_size].view(num_tokens, num_kv_heads, head_dim)
+    value = qkv[:, q_size + kv_size :].view(num_tokens, num_kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=g)[:7]] = -1  # padding tokens
+    cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
+    expected = cache.clone()
+    reference.write_kv_cache(key, value, expected, slots)
+    cache_d = cache.to(DEVICE)
+    qkv_d = qkv.to(DEVICE)
+    key_d = qkv_d[:, q_size : q_size + kv_size].view(num_tokens, num_kv_heads, head_dim)
+    value_d = qkv_d[:, q_size + kv_size :].view(num_tokens, num_kv_heads, head_dim)
+    triton_ops.write_kv_cache(key_d, value_d, cache_d, slots.to(DEVICE))
+    assert torch.equal(cache_d.cpu(), expected)
+    # int32 slot mappings work too.
+    cache_d = cache.to(DEVICE)
+    triton_ops.write_kv_cache(key_d, value_d, cache_d, slots.to(torch.int32).to(DEVICE))
+    assert torch.equal(cache_d.cpu(), expected)
+
+
+# ---------------------------------------------------------------- paged attention
+
+
+def make_paged_batch(q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, seed,
+                     strided_query=False):
+    """A batch whose blocks are scattered over the cache; block 0 and every position a
+    sequence does not own hold NaN. Returns device tensors and the float32 CPU reference."""
+    g = gen(seed)
+    blocks_per_seq = [math.ceil(s / block_size) for s in seq_lens]
+    num_blocks = 1 + sum(blocks_per_seq) + 3
+    block_tables = torch.zeros(len(seq_lens), max(blocks_per_seq) + 2, dtype=torch.int32)
+    ids = torch.randperm(num_blocks - 1, generator=g) + 1
+    kv = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), float("nan"))
+    flat = kv.view(2, -1, num_kv_heads, head_dim)
+    used = 0
+    for b, (n, seq_len) in enumerate(zip(blocks_per_seq, seq_lens)):
+        block_tables[b, :n] = ids[used : used + n].int()
+        used += n
+        pos = torch.arange(seq_len)
+        slots = block_tables[b, pos // block_size].long() * block_size + pos % block_size
+        flat[:, slots] = torch.randn(2, seq_len, num_kv_heads, head_dim, generator=g)
+    kv = kv.to(dtype)
+    num_tokens = sum(q_lens)
+    query = torch.randn(num_tokens, num_q_heads, head_dim, generator=g).to(dtype)
+    qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    qsl[1:] = torch.cumsum(torch.tensor(q_lens), 0)
+    seq_lens_t = torch.tensor(seq_lens, dtype=torch.int32)
+    scale = head_dim**-0.5
+    ref = lambda window: reference.paged_attention(  # noqa: E731
+        query.float(), torch.nan_to_num(kv.float()), qsl, seq_lens_t, block_tables,
+        max(q_lens), max(seq_lens), scale, window,
+    )
+    query_d = query.to(DEVICE)
+    if strided_query:  # a view into a wider fused-QKV buffer
+        wide = torch.randn(num_tokens, num_q_heads + 3, head_dim).to(dtype).to(DEVICE)
+        wide[:, :num_q_heads] = query_d
+        query_d = wide[:, :num_q_heads]
+    args = (query_d, kv.to(DEVICE), qsl.to(DEVICE), seq_lens_t.to(DEVICE), block_tables.to(DEVICE),
+            max(q_lens), max(seq_lens), scale)
+    return args, ref
+
+
+SCENARIOS = {
+    # name: (q_lens, seq_lens)
+    "decode_small": ([1] * 5, [1, 17, 100, 513, 1000]),
+    "decode_batch": ([1] * 40, [1 + (37 * i) % 300 for i in range(40)]),
+    "mixed": ([37, 50, 1, 1, 130, 1], [37, 120, 33, 1, 330, 700]),
+    "prefill": ([300, 64, 3], [300, 564, 20]),
+}
+HEAD_CONFIGS = [
+    # dtype, block_size, num_q_heads, num_kv_heads, head_dim
+    (torch.bfloat16, 16, 32, 8, 128),  # Llama-3.1-8B, GQA 4
+    (torch.bfloat16, 32, 32, 4, 128),  # GQA 8
+    (torch.bfloat16, 16, 8, 8, 64),  # MHA
+    (torch.float16, 32, 16, 4, 64),  # GQA 4, fp16
+    (torch.float16, 16, 16, 2, 128),  # GQA 8, fp16
+    (torch.bfloat16, 32, 4, 4, 128),  # MHA, block 32
+]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("head_config", HEAD_CONFIGS, ids=lambda c: f"{str(c[0])[6:]}-bs{c[1]}-{c[2]}q{c[3]}kv-d{c[4]}")
+def test_paged_attention(scenario, head_config) -> None:
+    dtype, block_size, num_q_heads, num_kv_heads, head_dim = head_config
+    q_lens, seq_lens = SCENARIOS[scenario]
+    seed = sum(map(ord, scenario)) + 100 * HEAD_CONFIGS.index(head_config)
+    args, ref = make_paged_batch(q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype, seed,
+                                 strided_query=scenario == "mixed")
+    poison_allocator(args[0].numel() * args[0].element_size())
+    out = triton_ops.paged_attention(*args)
+    assert out.dtype == dtype
+    assert_close(out, ref(None))
+
+
+@pytest.mark.parametrize("scenario", ["decode_small", "mixed", "prefill"])
+@pytest.mark.parametrize("window", [1, 40])
+def test_paged_attention_sliding_window(scenario, window) -> None:
+    q_lens, seq_lens = SCENARIOS[scenario]
+    args, ref = make_paged_batch(q_lens, seq_lens, 16, 4, 128, 16, torch.bfloat16, seed=window)
+    out = triton_ops.paged_attention(*args, sliding_window=window)
+    assert_close(out, ref(window))
+
+
+@pytest.mark.parametrize("config", [
+    AttentionConfig(block_m=16, tile_n=64, num_warps=4, num_stages=3, num_segments=1),
+    AttentionConfig(block_m=16, tile_n=32, num_warps=4, num_stages=2, num_segments=3),
+    AttentionConfig(block_m=16, tile_n=16, num_warps=4, num_stages=2, num_segments=64),
+    AttentionConfig(block_m=64, tile_n=64, num_warps=4, num_stages=2),  # the mixed-batch kernel on decodes
+], ids=["nosplit", "split3", "split64", "general"])
+def test_paged_attention_decode_configs(config) -> None:
+    q_lens, seq_lens = SCENARIOS["decode_small"]
+    args, ref = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, torch.bfloat16, seed=7)
+    query, kv, qsl, lens, tables, max_q, max_s, scale = args
+    if config.block_m == 64:
+        max_q = 2  # not "decode only": take the general path
+    out = paged_attention_with_config(query, kv, qsl, lens, tables, max_q, max_s, scale, None, config)
+    assert_close(out, ref(None))
+
+
+@pytest.mark.parametrize("config", [
+    AttentionConfig(block_m=16, tile_n=64, num_warps=4, num_stages=2),
+    AttentionConfig(block_m=128, tile_n=32, num_warps=8, num_stages=2),
+], ids=["m16", "m128"])
+def test_paged_attention_prefill_configs(config) -> None:
+    q_lens, seq_lens = SCENARIOS["mixed"]
+    args, ref = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, torch.bfloat16, seed=8)
+    out = paged_attention_with_config(*args, None, config)
+    assert_close(out, ref(None))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
+def test_paged_attention_in_cuda_graph() -> None:
+    """The decode path (split-K included) never syncs, so it captures and replays."""
+    q_lens, seq_lens = SCENARIOS["decode_small"]
+    args, ref = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, torch.bfloat16, seed=9)
+    query, kv, qsl, lens, tables, _, _, scale = args
+    max_seq_len = 2048  # captured once for the longest context it will replay with
+    triton_ops.paged_attention(query, kv, qsl, lens, tables, 1, max_seq_len, scale)  # compile first
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_ops.paged_attention(query, kv, qsl, lens, tables, 1, max_seq_len, scale)
+    new_query = torch.randn_like(query)
+    query.copy_(new_query)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = reference.paged_attention(
+        new_query.float().cpu(), torch.nan_to_num(kv.float().cpu()), qsl.cpu(), lens.cpu(), tables.cpu(),
+        1, max(seq_lens), scale,
+    )
+    assert_close(out, expected)
