@@ -1,5 +1,5 @@
-"""Neox-style (rotate-half) rotary embedding in Triton: one program per token rotates all of
-its query and key heads, reading the token's cos/sin row once.
+"""Neox-style (rotate-half) rotary embedding in Triton: one program per (token, block of
+query or key heads); for Llama-8B shapes that is two programs per token.
 
 Returns new tensors shaped like the inputs (the inputs are untouched), as the reference does.
 The inputs may be column slices of a fused QKV output (any row stride); within a row the
@@ -17,22 +17,20 @@ from pagedlm.kernels import reference
 
 @triton.jit
 def _rotate_heads(
-    x_ptr, out_ptr, stride_x, stride_out, num_heads, cos, sin,
+    x_row_ptr, out_row_ptr, first_head, num_heads, cos, sin,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_BLOCK: tl.constexpr,
 ):
-    # cos/sin: [HALF_PAD] float32 of this token; x row: num_heads * 2 * HALF values.
-    offs_h = tl.arange(0, HEADS_BLOCK)
+    # cos/sin: [HALF_PAD] float32 of this token; a row holds num_heads * 2 * HALF values.
+    heads = first_head + tl.arange(0, HEADS_BLOCK)
     offs_d = tl.arange(0, HALF_PAD)
-    for h0 in range(0, num_heads, HEADS_BLOCK):
-        heads = h0 + offs_h
-        mask = (heads < num_heads)[:, None] & (offs_d < HALF)[None, :]
-        col = heads[:, None] * (2 * HALF) + offs_d[None, :]
-        x1 = tl.load(x_ptr + stride_x + col, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + stride_x + col + HALF, mask=mask, other=0.0).to(tl.float32)
-        o1 = x1 * cos[None, :] - x2 * sin[None, :]
-        o2 = x2 * cos[None, :] + x1 * sin[None, :]
-        tl.store(out_ptr + stride_out + col, o1.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_ptr + stride_out + col + HALF, o2.to(out_ptr.dtype.element_ty), mask=mask)
+    mask = (heads < num_heads)[:, None] & (offs_d < HALF)[None, :]
+    col = heads[:, None] * (2 * HALF) + offs_d[None, :]
+    x1 = tl.load(x_row_ptr + col, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_row_ptr + col + HALF, mask=mask, other=0.0).to(tl.float32)
+    o1 = x1 * cos[None, :] - x2 * sin[None, :]
+    o2 = x2 * cos[None, :] + x1 * sin[None, :]
+    tl.store(out_row_ptr + col, o1.to(out_row_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_row_ptr + col + HALF, o2.to(out_row_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -42,17 +40,21 @@ def _rotary_kernel(
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_BLOCK: tl.constexpr,
 ):
+    # Grid: (tokens, query head blocks + key head blocks).
     token = tl.program_id(0).to(tl.int64)
+    head_block = tl.program_id(1)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     offs_d = tl.arange(0, HALF_PAD)
     cs_row = cos_sin_ptr + pos * stride_cs
     cos = tl.load(cs_row + offs_d, mask=offs_d < HALF, other=0.0)
     sin = tl.load(cs_row + HALF + offs_d, mask=offs_d < HALF, other=0.0)
-    # Row offsets are passed as "stride" arguments so the helper needs no token index.
-    _rotate_heads(q_ptr, q_out_ptr, token * stride_q, token * stride_q_out, num_q_heads, cos, sin,
-                  HALF, HALF_PAD, HEADS_BLOCK)
-    _rotate_heads(k_ptr, k_out_ptr, token * stride_k, token * stride_k_out, num_kv_heads, cos, sin,
-                  HALF, HALF_PAD, HEADS_BLOCK)
+    num_q_blocks = tl.cdiv(num_q_heads, HEADS_BLOCK)
+    if head_block < num_q_blocks:
+        _rotate_heads(q_ptr + token * stride_q, q_out_ptr + token * stride_q_out, head_block * HEADS_BLOCK,
+                      num_q_heads, cos, sin, HALF, HALF_PAD, HEADS_BLOCK)
+    else:
+        _rotate_heads(k_ptr + token * stride_k, k_out_ptr + token * stride_k_out,
+                      (head_block - num_q_blocks) * HEADS_BLOCK, num_kv_heads, cos, sin, HALF, HALF_PAD, HEADS_BLOCK)
 
 
 def _as_rows(x: torch.Tensor, head_dim: int) -> torch.Tensor | None:
@@ -88,7 +90,8 @@ def rotary_embedding(
     half = head_dim // 2
     half_pad = triton.next_power_of_2(half)
     heads_block = min(triton.next_power_of_2(max(num_q_heads, num_kv_heads)), max(1, 2048 // half_pad))
-    _rotary_kernel[(num_tokens,)](
+    grid = (num_tokens, triton.cdiv(num_q_heads, heads_block) + triton.cdiv(num_kv_heads, heads_block))
+    _rotary_kernel[grid](
         positions, q2, k2, q_out, k_out, cos_sin,
         q2.stride(0), k2.stride(0), q_out.stride(0), k_out.stride(0), cos_sin.stride(0),
         num_q_heads, num_kv_heads,

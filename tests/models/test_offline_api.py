@@ -1,0 +1,168 @@
+"""The offline LLM API end to end on a tiny checkpoint: sampling, stops, n > 1, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.engine.input_processor import InvalidRequestError
+
+
+@pytest.fixture(scope="module")
+def llm(llama_checkpoint):
+    return LLM(llama_checkpoint, max_model_len=256, block_size=8)
+
+
+def ids(outputs):
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_outputs_in_input_order_and_fields(llm):
+    prompts = ["Hello, my name is", {"prompt_token_ids": [1, 2, 3]}, "The capital of France is"]
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)
+    assert [o.prompt for o in outs] == ["Hello, my name is", None, "The capital of France is"]
+    assert outs[1].prompt_token_ids == [1, 2, 3]
+    for o in outs:
+        c = o.outputs[0]
+        assert o.finished and c.finish_reason == "length" and len(c.token_ids) == 6
+        assert c.text == llm.get_tokenizer().decode(c.token_ids, skip_special_tokens=True)
+        assert c.logprobs is None and c.cumulative_logprob is None
+
+
+def test_seeded_sampling_reproducible_alone_and_in_batch(llm):
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
+    alone = ids(llm.generate("Once upon a time", seeded, use_tqdm=False))[0]
+    noisy = SamplingParams(temperature=1.3, max_tokens=12, ignore_eos=True)
+    batch = llm.generate(["One, two", "Once upon a time", "Paged attention", "Once upon a time"],
+                         [noisy, seeded, noisy, seeded], use_tqdm=False)
+    assert ids(batch)[1] == alone and ids(batch)[3] == alone
+    other_seed = SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_tokens=12, ignore_eos=True)
+    assert ids(llm.generate("Once upon a time", other_seed, use_tqdm=False))[0] != alone
+
+
+def test_n_choices_share_prompt_and_differ(llm):
+    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=8, ignore_eos=True)
+    out = llm.generate("Hello", params, use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2, 3]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+    again = llm.generate("Hello", params, use_tqdm=False)[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]
+    stats = llm.llm_engine.get_stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_stop_string_cut_and_included(llm):
+    base = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+                        use_tqdm=False)[0].outputs[0]
+    text = base.text
+    assert len(text) > 6
+    stop = text[3:6]  # somewhere inside, likely across a token boundary
+    cut = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=20, stop=[stop]),
+                       use_tqdm=False)[0].outputs[0]
+    first = text.index(stop)
+    assert cut.text == text[:first]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    kept = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=20, stop=[stop],
+                                                           include_stop_str_in_output=True), use_tqdm=False)[0]
+    assert kept.outputs[0].text == text[: first + len(stop)]
+
+
+def test_stop_token_ids_and_eos(llm):
+    base = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=10, ignore_eos=True),
+                        use_tqdm=False)[0].outputs[0]
+    target = base.token_ids[4]
+    out = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[target]),
+                       use_tqdm=False)[0].outputs[0]
+    stop_at = base.token_ids.index(target)
+    assert out.token_ids == base.token_ids[: stop_at + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == target
+    # min_tokens suppresses the stop token until reached
+    longer = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[target],
+                                                  min_tokens=stop_at + 2), use_tqdm=False)[0].outputs[0]
+    assert len(longer.token_ids) >= stop_at + 2
+    assert target not in longer.token_ids[: stop_at + 2]
+
+
+def test_logprobs_and_cumulative(llm):
+    out = llm.generate("Hi", SamplingParams(temperature=0.8, seed=3, max_tokens=5, logprobs=3),
+                       use_tqdm=False)[0].outputs[0]
+    assert len(out.logprobs) == 5
+    total = 0.0
+    for token_id, entry in zip(out.token_ids, out.logprobs):
+        assert token_id in entry and len(entry) in (3, 4)
+        ranks = sorted(lp.rank for t, lp in entry.items() if t != token_id or lp.rank <= 3)
+        assert ranks[:3] == [1, 2, 3]
+        assert isinstance(entry[token_id].decoded_token, str)
+        total += entry[token_id].logprob
+    assert out.cumulative_logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_chat_applies_template(llm):
+    tok = llm.get_tokenizer()
+    messages = [{"role": "user", "content": "hi there"}]
+    out = llm.chat(messages, SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)[0]
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert out.prompt_token_ids == list(expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=-2), "top_k"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(presence_penalty=3.0), "presence_penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(n=0), "n"),
+        (dict(logprobs=-1), "logprobs"),
+        (dict(min_tokens=5, max_tokens=2), "min_tokens"),
+        (dict(stop=[""]), "stop"),
+    ],
+)
+def test_invalid_sampling_params_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_bad_prompts_raise_and_leak_nothing(llm):
+    with pytest.raises(InvalidRequestError, match="empty"):
+        llm.generate({"prompt_token_ids": []}, use_tqdm=False)
+    with pytest.raises(InvalidRequestError, match="vocabulary"):
+        llm.generate({"prompt_token_ids": [1, 10**6]}, use_tqdm=False)
+    with pytest.raises(InvalidRequestError, match="maximum model length"):
+        llm.generate({"prompt_token_ids": [5] * 300}, use_tqdm=False)
+    with pytest.raises(InvalidRequestError, match="stop_token_ids"):
+        llm.generate("hi", SamplingParams(stop_token_ids=[10**6]), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+    out = llm.generate("still works", SamplingParams(max_tokens=2), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 2
+
+
+def test_unknown_architecture_and_missing_files(tmp_path, llama_checkpoint):
+    import json
+    import shutil
+
+    from pagedlm.config import ConfigError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(llama_checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["architectures"] = ["FancyNewForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="FancyNewForCausalLM"):
+        LLM(str(bad))
+    with pytest.raises(ConfigError, match="config.json"):
+        LLM(str(tmp_path))
+    empty = tmp_path / "noweights"
+    shutil.copytree(llama_checkpoint, empty)
+    (empty / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="safetensors"):
+        LLM(str(empty))
+
+
+def test_dummy_load_format_runs(llama_checkpoint):
+    llm = LLM(llama_checkpoint, load_format="dummy", max_model_len=64)
+    out = llm.generate("x", SamplingParams(max_tokens=3, temperature=0), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 3
