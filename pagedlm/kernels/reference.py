@@ -80,10 +80,14 @@ def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) ->
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     # q [B, Hq, Q, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] bool (True = attend)
     group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale)
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    if group > 1 and q.shape[2] == 1:
+        # Decode: the group's query heads become a length-`group` query over their shared
+        # K/V head, so K/V are read once and never copied per query head.
+        b, hq, _, d = q.shape
+        out = F.scaled_dot_product_attention(q.view(b, hq // group, group, d), k, v, attn_mask=mask, scale=scale)
+        return out.reshape(b, hq, 1, d)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)
 
 
 def paged_attention(

@@ -1,0 +1,86 @@
+"""Chat messages -> prompt token ids through the model's chat template.
+
+The template comes from the tokenizer (tokenizer_config.json / chat_template.jinja) or the
+server's --chat-template (EngineArgs puts it on the tokenizer). transformers renders it in
+Jinja's immutable sandbox. The rendered text already holds the template's special tokens
+(BOS...), so it is tokenized without adding them again, as vLLM does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.entrypoints.openai.protocol import ChatMessage
+
+# Keys the caller of apply_chat_template sets itself; chat_template_kwargs may not override them.
+_RESERVED_TEMPLATE_KWARGS = {
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "return_dict", "return_tensors", "tokenizer_kwargs",
+}
+
+NO_TEMPLATE_MESSAGE = (
+    "The model has no chat template (none in its tokenizer_config.json or chat_template.jinja), "
+    "so chat requests cannot be formatted. Start the server with --chat-template <file or template>, "
+    "or use /v1/completions with a plain prompt."
+)
+
+
+def message_text(message: ChatMessage, index: int) -> str | None:
+    """Content as text; a list of parts joins its text parts with newlines (vLLM's 'string'
+    content format). Non-text parts (images, audio) are not supported."""
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for part in content:
+        part_type = part.get("type")
+        if part_type in ("text", "input_text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part_type == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise OpenAIError(f"messages[{index}].content: content part type {part_type!r} is not supported; "
+                              "only text parts are", 400, f"messages[{index}].content")
+    return "\n".join(texts)
+
+
+def to_conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    conversation = []
+    for i, message in enumerate(messages):
+        item = message.model_dump(exclude_none=True)
+        item["content"] = message_text(message, i) or ""
+        conversation.append(item)
+    return conversation
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[ChatMessage],
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
+    add_special_tokens: bool = False,
+) -> tuple[str, list[int]]:
+    """-> (prompt text, prompt token ids). Raises OpenAIError(400) on a template problem."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise OpenAIError(NO_TEMPLATE_MESSAGE, 400, "messages")
+    conversation = to_conversation(messages)
+    if continue_final_message and conversation[-1]["role"] != "assistant":
+        raise OpenAIError("continue_final_message needs the last message to be from the assistant", 400,
+                          "continue_final_message")
+    extra = dict(template_kwargs or {})
+    clash = sorted(set(extra) & _RESERVED_TEMPLATE_KWARGS)
+    if clash:
+        raise OpenAIError(f"chat_template_kwargs may not set {clash}", 400, "chat_template_kwargs")
+    try:
+        text = tokenizer.apply_chat_template(
+            conversation, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, **extra,
+        )
+    except Exception as e:  # noqa: BLE001 - jinja TemplateError, raise_exception(), bad input
+        raise OpenAIError(f"the chat template could not render these messages: {e}", 400, "messages") from e
+    if not isinstance(text, str):
+        raise OpenAIError("the chat template did not render to text", 400, "messages")
+    return text, tokenizer.encode(text, add_special_tokens=add_special_tokens)

@@ -1,0 +1,161 @@
+"""Prometheus metrics with vLLM's names under the ``pagedlm:`` prefix.
+
+Each server app owns a CollectorRegistry (tests start several apps in one process). The
+engine thread feeds the logger: gauges and token counters from the engine's stats after every
+iteration, latency histograms and finish reasons from each step's RequestOutputs.
+prometheus_client is thread-safe, so /metrics can be scraped from the event loop at any time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the server
+
+from pagedlm.engine.llm_engine import EngineStats
+from pagedlm.outputs import RequestOutput
+
+PREFIX = "pagedlm:"
+
+# vLLM's buckets, so dashboards built for vLLM read the same.
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0]
+REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                           120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]
+TOKEN_COUNT_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
+
+# Finish reasons counted by request_success_total (all pre-created so they read 0, not absent).
+FINISH_REASONS = ("stop", "length", "abort", "error")
+
+
+@dataclass
+class _RequestState:
+    arrival_time: float
+    num_generated: int = 0
+    last_token_time: float | None = None
+    first_token_time: float | None = None
+
+
+class PrometheusStatLogger:
+    """The engine's metrics; see SPEC.md "Metrics" for the names."""
+
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.model_name = model_name
+        labels = ["model_name"]
+        r = self.registry
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(PREFIX + name, doc, labels, registry=r).labels(model_name)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(PREFIX + name, doc, labels, registry=r).labels(model_name)
+
+        def histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=r).labels(model_name)
+
+        self.num_requests_running = gauge("num_requests_running", "Sequences in the running batch.")
+        self.num_requests_waiting = gauge("num_requests_waiting", "Sequences waiting to be scheduled.")
+        self.kv_cache_usage_perc = gauge("kv_cache_usage_perc", "KV cache usage; 1 means 100 percent.")
+        self.prompt_tokens = counter("prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.num_preemptions = counter("num_preemptions", "Cumulative preemptions.")
+        self.prefix_cache_queries = counter("prefix_cache_queries", "Tokens queried in the prefix cache.")
+        self.prefix_cache_hits = counter("prefix_cache_hits", "Tokens found in the prefix cache.")
+        success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
+                          labels + ["finished_reason"], registry=r)
+        self.request_success = {reason: success.labels(model_name, reason) for reason in FINISH_REASONS}
+        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between generated tokens.", ITL_BUCKETS)
+        self.tpot = histogram("time_per_output_token_seconds", "Mean time per output token of a request.",
+                              ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS)
+        self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.",
+                                    REQUEST_LATENCY_BUCKETS)
+        self.request_prompt_tokens = histogram("request_prompt_tokens", "Prompt tokens per request.",
+                                               TOKEN_COUNT_BUCKETS)
+        self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
+                                                   TOKEN_COUNT_BUCKETS)
+        self._last = EngineStats()
+        self._requests: dict[str, _RequestState] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ engine-thread hooks
+
+    def record_stats(self, stats: EngineStats) -> None:
+        self.num_requests_running.set(stats.num_running_reqs)
+        self.num_requests_waiting.set(stats.num_waiting_reqs)
+        self.kv_cache_usage_perc.set(stats.kv_cache_usage)
+        # The engine keeps running totals; counters advance by the difference.
+        last = self._last
+        for counter, now, before in (
+            (self.prompt_tokens, stats.prompt_tokens_total, last.prompt_tokens_total),
+            (self.generation_tokens, stats.generation_tokens_total, last.generation_tokens_total),
+            (self.num_preemptions, stats.num_preemptions_total, last.num_preemptions_total),
+            (self.prefix_cache_queries, stats.prefix_cache_queries_total, last.prefix_cache_queries_total),
+            (self.prefix_cache_hits, stats.prefix_cache_hits_total, last.prefix_cache_hits_total),
+        ):
+            if now > before:
+                counter.inc(now - before)
+        self._last = stats
+
+    def record_outputs(self, outputs: list[RequestOutput], now: float, step_start: float | None = None) -> None:
+        """``step_start``: when the step that produced ``outputs`` began; stands in for the
+        first-scheduled time of requests whose metrics lack it."""
+        with self._lock:
+            for output in outputs:
+                self._record_output(output, now, step_start)
+
+    def record_aborts(self, request_ids: list[str]) -> None:
+        with self._lock:
+            for request_id in request_ids:
+                if self._requests.pop(request_id, None) is not None:
+                    self.request_success["abort"].inc()
+
+    # ------------------------------------------------------------------ per request
+
+    def _record_output(self, output: RequestOutput, now: float, step_start: float | None) -> None:
+        state = self._requests.get(output.request_id)
+        if state is None:
+            arrival = output.metrics.arrival_time if output.metrics is not None else now
+            state = self._requests[output.request_id] = _RequestState(arrival)
+            self._record_queue_time(output, state, step_start)
+        num_generated = sum(len(c.token_ids) for c in output.outputs)
+        if num_generated > state.num_generated:
+            if state.last_token_time is None:
+                state.first_token_time = now
+                self.ttft.observe(now - state.arrival_time)
+            else:
+                # One observation per step a request advances, as vLLM does.
+                self.itl.observe(now - state.last_token_time)
+            state.last_token_time = now
+            state.num_generated = num_generated
+        if output.finished:
+            self._record_finished(output, state, now)
+
+    def _record_queue_time(self, output: RequestOutput, state: _RequestState, step_start: float | None) -> None:
+        scheduled = output.metrics.first_scheduled_time if output.metrics is not None else None
+        # Without the engine's own timestamp, the start of the step that produced the first
+        # output: exact when the prompt fits one step's budget, an overestimate otherwise.
+        scheduled = scheduled if scheduled is not None else step_start
+        if scheduled is not None:
+            self.queue_time.observe(max(0.0, scheduled - state.arrival_time))
+
+    def _record_finished(self, output: RequestOutput, state: _RequestState, now: float) -> None:
+        del self._requests[output.request_id]
+        reason = "error" if output.error is not None else (output.outputs[0].finish_reason or "stop")
+        self.request_success.get(reason, self.request_success["stop"]).inc()
+        self.e2e.observe(now - state.arrival_time)
+        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+        self.request_generation_tokens.observe(state.num_generated)
+        if state.first_token_time is not None and state.num_generated > 1:
+            per_seq = state.num_generated / max(1, len(output.outputs))
+            if per_seq > 1:
+                self.tpot.observe((now - state.first_token_time) / (per_seq - 1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
