@@ -36,7 +36,13 @@ class EngineDeadError(RuntimeError):
 
 
 class RequestFailedError(RuntimeError):
-    """The engine finished one request with an error (e.g. it can never fit the KV cache)."""
+    """The engine finished one request with an error. ``status`` is the HTTP status a server
+    should answer with: 400 when the request itself cannot be served (e.g. it needs more KV
+    cache blocks than exist), 500 for an unexpected failure."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StatLogger(Protocol):
@@ -257,7 +263,7 @@ class AsyncEngine:
                     continue
                 item: Any = output
                 if output.error is not None:
-                    item = RequestFailedError(output.error)
+                    item = RequestFailedError(output.error, status=400)
                 if output.finished:
                     del self._streams[output.request_id]
                 by_loop.setdefault(stream.loop, []).append((stream, item))

@@ -18,7 +18,9 @@ from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_lo
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
 from pagedlm.worker import memory
+from pagedlm.worker.cuda_graphs import CUDAGraphRunner
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
+from pagedlm.worker.step_buffers import StepBuffers
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ class ModelRunner:
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
+        sched = config.scheduler_config
+        self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs,
+                                   -(-sched.max_model_len // self.block_size), self.device)
+        self.graph_runner: CUDAGraphRunner | None = None
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -88,7 +94,11 @@ class ModelRunner:
                     num_blocks * self.block_size)
 
     def warm_up(self) -> None:
-        """Hook for compilation / CUDA graph capture once the KV cache exists."""
+        """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
+        if self.device.type == "cuda" and not self.config.device_config.enforce_eager:
+            sched = self.config.scheduler_config
+            self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
+            self.graph_runner.capture()
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -101,19 +111,21 @@ class ModelRunner:
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
 
-    def _attention_metadata(self, inputs: StepInputs) -> AttentionMetadata:
-        def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(self.device, non_blocking=True)
-
-        return AttentionMetadata(
-            slot_mapping=dev(inputs.slot_mapping),
-            query_start_loc=dev(inputs.query_start_loc),
-            seq_lens=dev(inputs.seq_lens),
-            block_tables=dev(inputs.block_tables),
-            max_query_len=int(np.diff(inputs.query_start_loc).max()),
-            max_seq_len=int(inputs.seq_lens.max()),
-            num_actual_tokens=len(inputs.input_ids),
-        )
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+        """hidden states [T, H] for the step: through a CUDA graph for decode-only steps that
+        fit one, else eagerly. Either way the inputs reach the device in one copy."""
+        num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
+        max_query_len = int(np.diff(inputs.query_start_loc).max())
+        if self.graph_runner is not None and max_query_len == 1:
+            size = self.graph_runner.padded_size(num_seqs)
+            if size is not None:
+                return self.graph_runner.run(inputs, size)
+        self.buffers.stage(inputs, num_tokens, num_seqs)
+        self.buffers.upload(num_seqs)
+        input_ids, positions, meta = self.buffers.device_inputs(
+            num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
+        with set_forward_context(meta):
+            return self.model(input_ids, positions)
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -121,11 +133,7 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
-        meta = self._attention_metadata(inputs)
-        input_ids = torch.from_numpy(inputs.input_ids).to(self.device, non_blocking=True)
-        positions = torch.from_numpy(inputs.positions).to(self.device, non_blocking=True)
-        with set_forward_context(meta):
-            hidden = self.model(input_ids, positions)  # [T, hidden]
+        hidden = self._forward(inputs)  # [T, hidden]
         output = ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids])
         if inputs.sample_rows:
             self._sample(hidden, inputs, output)

@@ -1,0 +1,235 @@
+"""The OpenAI-compatible HTTP server: FastAPI app over an AsyncEngine, run by uvicorn.
+
+``build_app`` makes the app from a ready engine (tests use it with starlette's TestClient);
+``run_server`` builds the engine from CLI args and serves until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from typing import Any, AsyncIterator, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from pagedlm.engine.async_engine import AsyncEngine
+from pagedlm.entrypoints.openai.chat_utils import render_chat
+from pagedlm.entrypoints.openai.errors import (
+    OpenAIError,
+    error_body,
+    from_validation_error,
+    install_error_handlers,
+)
+from pagedlm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
+from pagedlm.version import __version__
+
+logger = logging.getLogger("pagedlm.server")
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# Paths that stay reachable without the API key (probes and scrapers carry no key).
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class APIKeyMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware: it would buffer streams and hide disconnects)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(error_body("Unauthorized: a valid API key is required (Authorization: Bearer "
+                                           "<key>).", 401), status_code=401)
+        await response(scope, receive, send)
+
+
+async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
+    """Read at most ``max_bytes`` (413 beyond), parse strict JSON (no NaN/Infinity) that must
+    be an object, and validate it; every failure is a 400 in the OpenAI envelope."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise OpenAIError(f"The request body is not valid JSON: {e}", 400) from e
+    if not isinstance(data, dict):
+        raise OpenAIError(f"The request body must be a JSON object, got {type(data).__name__}.", 400)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e) from e
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def build_app(engine: AsyncEngine, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
+              served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    names = served_model_names or [engine.model_config.served_model_name]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        await asyncio.to_thread(engine.shutdown)
+
+    app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.state.engine = engine
+    app.state.stat_logger = stat_logger
+    completions = OpenAIServingCompletion(engine, names)
+    chat = OpenAIServingChat(engine, names)
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request) -> Response:
+        body = await read_json_body(request, CompletionRequest, max_body_bytes)
+        return await completions.create_completion(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        body = await read_json_body(request, ChatCompletionRequest, max_body_bytes)
+        return await chat.create_chat_completion(body, request)
+
+    _add_info_routes(app, engine, names, stat_logger)
+    _add_tokenizer_routes(app, engine, names, max_body_bytes)
+    return app
+
+
+def _add_info_routes(app: FastAPI, engine: AsyncEngine, names: list[str],
+                     stat_logger: PrometheusStatLogger | None) -> None:
+    created = int(time.time())
+
+    @app.get("/v1/models")
+    async def show_models() -> dict[str, Any]:
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "pagedlm",
+             "root": engine.model_config.model, "parent": None, "max_model_len": engine.model_config.max_model_len}
+            for name in names
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health() -> Response:
+        if engine.is_dead:
+            return JSONResponse(error_body("The engine has failed; restart the server.", 503), status_code=503)
+        return Response(status_code=200)
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        return await health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body = stat_logger.render() if stat_logger is not None else b""
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+
+def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], max_body_bytes: int) -> None:
+    tokenizer = engine.tokenizer
+    max_model_len = engine.model_config.max_model_len
+    vocab_size = engine.model_config.vocab_size
+
+    def check_model(model: str | None) -> None:
+        if model and model not in names:
+            raise OpenAIError(f"The model `{model}` does not exist.", 404, "model")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        body = await read_json_body(request, TokenizeRequest, max_body_bytes)
+        check_model(body.model)
+        if body.messages is not None:
+            _, tokens = render_chat(tokenizer, body.messages, body.add_generation_prompt,
+                                    body.continue_final_message, add_special_tokens=bool(body.add_special_tokens))
+        else:
+            add_special = True if body.add_special_tokens is None else body.add_special_tokens
+            tokens = tokenizer.encode(body.prompt, add_special_tokens=add_special) if body.prompt else []
+        result: dict[str, Any] = {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
+        if body.return_token_strs:
+            result["token_strs"] = tokenizer.convert_ids_to_tokens(tokens)
+        return result
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        body = await read_json_body(request, DetokenizeRequest, max_body_bytes)
+        check_model(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < vocab_size]
+        if bad:
+            raise OpenAIError(f"Token ids {bad[:5]} are out of vocabulary (size {vocab_size}).", 400, "tokens")
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+
+# ---------------------------------------------------------------------- CLI entry
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--host", type=str, default="127.0.0.1",
+                        help="address to bind (default loopback; use 0.0.0.0 to accept remote clients)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", type=str, default=None,
+                        help="require 'Authorization: Bearer KEY' (except /health, /metrics, /version)")
+    parser.add_argument("--uvicorn-log-level", type=str, default="info",
+                        choices=["debug", "info", "warning", "error", "critical", "trace"])
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    return parser
+
+
+def run_server(args: argparse.Namespace) -> None:
+    """Load the engine (minutes for a big model), then serve until interrupted."""
+    import uvicorn
+    from prometheus_client import disable_created_metrics
+
+    from pagedlm.engine_args import EngineArgs
+
+    disable_created_metrics()  # vLLM does too: the *_created series only add noise
+    engine_args = EngineArgs.from_cli_args(args)
+    engine = AsyncEngine.from_engine_args(engine_args)
+    engine.stat_logger = PrometheusStatLogger(engine.model_config.served_model_name)
+    app = build_app(engine, engine.stat_logger, api_key=args.api_key)
+    logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
+                engine.model_config.served_model_name, args.host, args.port)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
+                            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        engine.shutdown()

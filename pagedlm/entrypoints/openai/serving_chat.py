@@ -1,0 +1,161 @@
+"""POST /v1/chat/completions: messages -> chat template -> engine request -> chat.completion
+JSON or chat.completion.chunk SSE (first chunk per choice carries role "assistant")."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pagedlm.entrypoints.openai.chat_utils import render_chat
+from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest
+from pagedlm.entrypoints.openai.serving_common import (
+    ChoiceProgress,
+    OpenAIServing,
+    RequestGroup,
+    MIN_LOGPROB,
+    Usage,
+    clamp_logprob,
+    random_id,
+    sse,
+)
+from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
+
+
+class OpenAIServingChat(OpenAIServing):
+    async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request) -> Response:
+        self.check_request(request)
+        self._check_chat_features(request)
+        text, token_ids = render_chat(
+            self.tokenizer, request.messages, request.add_generation_prompt, request.continue_final_message,
+            request.tools, request.chat_template_kwargs, request.add_special_tokens,
+        )
+        if not token_ids:
+            raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
+        max_tokens = request.requested_max_tokens()
+        self.check_length(len(token_ids), max_tokens, what="messages")
+        params = self.make_params(request, request.num_logprobs(), max_tokens)
+        request_id = random_id("chatcmpl")
+        group = await self.start(request_id, [(text, token_ids)], params)
+        model = self.model_name(request)
+        return await self.respond(
+            raw, group, bool(request.stream),
+            lambda g: self._stream(request, g, request_id, model),
+            lambda g: self._full(request, g, request_id, model),
+        )
+
+    @staticmethod
+    def _check_chat_features(request: ChatCompletionRequest) -> None:
+        if request.chat_template is not None:
+            raise OpenAIError("chat_template in the request is not allowed; start the server with "
+                              "--chat-template instead.", 400, "chat_template")
+        if request.tools and request.tool_choice != "none":
+            raise OpenAIError("tool calling is not supported yet: remove tools, or set tool_choice to \"none\" "
+                              "to only show the tools to the chat template.", 400, "tools")
+        if request.tool_choice not in (None, "none", "auto") and not request.tools:
+            raise OpenAIError("tool_choice needs tools, and tool calling is not supported yet.", 400,
+                              "tool_choice")
+
+    # ------------------------------------------------------------------ full response
+
+    async def _full(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
+                    model: str) -> dict[str, Any]:
+        final: RequestOutput | None = None
+        async for _, output in group.merged():
+            final = output
+        if final is None or not final.finished:
+            raise OpenAIError("the request was aborted before it finished", 500)
+        usage = Usage()
+        usage.add_output(final)
+        choices = [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text, "refusal": None, "tool_calls": []},
+                "logprobs": self._logprobs(request, c.token_ids, c.logprobs),
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+            for c in final.outputs
+        ]
+        return {
+            "id": request_id, "object": "chat.completion", "created": group.created, "model": model,
+            "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,
+        }
+
+    @staticmethod
+    def _logprobs(request: ChatCompletionRequest, token_ids: list[int],
+                  entries: list[dict[int, Logprob]] | None) -> dict[str, Any] | None:
+        if not request.logprobs:
+            return None
+        return {"content": chat_logprobs(token_ids, entries or [], request.top_logprobs or 0), "refusal": None}
+
+    # ------------------------------------------------------------------ streaming
+
+    async def _stream(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
+                      model: str) -> AsyncIterator[str]:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        head = {"id": request_id, "object": "chat.completion.chunk", "created": group.created, "model": model}
+        extra = {"usage": None} if include_usage else {}
+        # The role goes first, for every choice, before any token is generated (as vLLM).
+        for index in range(request.n):
+            role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None}
+            yield sse({**head, "choices": [role], **extra})
+        progress = [ChoiceProgress(started=True) for _ in range(request.n)]
+        final: RequestOutput | None = None
+        async for _, output in group.merged():
+            for completion in output.outputs:
+                choice = self._stream_choice(request, completion, progress[completion.index])
+                if choice is not None:
+                    yield sse({**head, "choices": [choice], **extra})
+            final = output
+        if include_usage:
+            usage = Usage()
+            if final is not None:
+                usage.add_output(final)
+            yield sse({**head, "choices": [], "usage": usage.to_dict()})
+
+    def _stream_choice(self, request: ChatCompletionRequest, completion: CompletionOutput,
+                       state: ChoiceProgress) -> dict[str, Any] | None:
+        if state.finished:
+            return None
+        delta = completion.text[state.num_chars:]
+        finishing = completion.finish_reason is not None
+        if not delta and not finishing:
+            return None
+        new_ids = completion.token_ids[state.num_tokens:]
+        new_lps = (completion.logprobs or [])[state.num_tokens:len(completion.token_ids)]
+        state.num_chars = len(completion.text)
+        state.num_tokens = len(completion.token_ids)
+        state.finished = finishing
+        return {
+            "index": completion.index,
+            "delta": {"content": delta} if delta or not finishing else {},
+            "logprobs": self._logprobs(request, new_ids, new_lps),
+            "finish_reason": completion.finish_reason,
+            "stop_reason": completion.stop_reason,
+        }
+
+
+def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int) -> list[dict[str, Any]]:
+    """OpenAI chat format: per token its text, logprob, UTF-8 bytes and the ``num_top`` most
+    likely alternatives (by rank, so the sampled token appears only if it is among them)."""
+    content = []
+    for token_id, entry in zip(token_ids, entries):
+        own = entry.get(token_id)
+        token = own.decoded_token if own is not None and own.decoded_token is not None else ""
+        ranked = sorted(entry.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 62)
+        content.append({
+            "token": token,
+            "logprob": clamp_logprob(own.logprob) if own is not None else MIN_LOGPROB,
+            "bytes": list(token.encode("utf-8")),
+            "top_logprobs": [_top_entry(lp) for lp in ranked[:num_top]],
+        })
+    return content
+
+
+def _top_entry(lp: Logprob) -> dict[str, Any]:
+    token = lp.decoded_token or ""
+    return {"token": token, "logprob": clamp_logprob(lp.logprob), "bytes": list(token.encode("utf-8"))}

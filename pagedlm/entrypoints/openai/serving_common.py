@@ -1,0 +1,248 @@
+"""What /v1/completions and /v1/chat/completions share: model check, length check, sampling
+params, starting engine requests, merging their outputs, disconnects, SSE framing, usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pagedlm.engine.async_engine import AsyncEngine, EngineDeadError, RequestFailedError, RequestStream
+from pagedlm.engine.input_processor import InvalidRequestError
+from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
+from pagedlm.entrypoints.openai.protocol import SamplingFields
+from pagedlm.outputs import RequestOutput
+from pagedlm.sampling_params import SamplingParams
+
+SSE_DONE = "data: [DONE]\n\n"
+# JSON has no -inf; vLLM clamps logprobs the same way.
+MIN_LOGPROB = -9999.0
+
+
+def clamp_logprob(value: float) -> float:
+    return max(value, MIN_LOGPROB) if not math.isnan(value) else MIN_LOGPROB
+
+
+def sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def to_openai_error(e: BaseException) -> OpenAIError:
+    """Engine-side exceptions -> the status a client should see."""
+    if isinstance(e, OpenAIError):
+        return e
+    if isinstance(e, EngineDeadError):
+        return OpenAIError(str(e), 500)
+    if isinstance(e, RequestFailedError):
+        return OpenAIError(str(e), e.status)
+    if isinstance(e, ValueError):  # InvalidRequestError, SamplingParams validation
+        return OpenAIError(str(e), 400, _guess_param(str(e)))
+    return OpenAIError(f"Internal server error: {type(e).__name__}: {e}", 500)
+
+
+def _guess_param(message: str) -> str | None:
+    """SamplingParams messages start with the field name; prompt errors mention the prompt."""
+    first = message.split(" ", 1)[0].strip(".,:")
+    if first in SamplingParams.__dataclass_fields__:
+        return first
+    return "prompt" if "prompt" in message.lower() or "token id" in message.lower() else None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add_output(self, output: RequestOutput) -> None:
+        self.prompt_tokens += len(output.prompt_token_ids)
+        self.completion_tokens += sum(len(c.token_ids) for c in output.outputs)
+        self.cached_tokens += output.num_cached_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+@dataclass
+class ChoiceProgress:
+    """What a stream has already sent of one choice."""
+
+    num_chars: int = 0
+    num_tokens: int = 0
+    finished: bool = False
+    started: bool = False
+
+
+@dataclass
+class RequestGroup:
+    """The engine requests (one per prompt) behind one HTTP request."""
+
+    streams: list[RequestStream]
+    prompts: list[tuple[str | None, list[int]]]  # (text, token ids) per stream
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def cancel(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+
+    async def merged(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, newest output) as they come, over all streams."""
+        if len(self.streams) == 1:
+            async for output in self.streams[0]:
+                yield 0, output
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, stream: RequestStream) -> None:
+            try:
+                async for output in stream:
+                    queue.put_nowait((index, output))
+            except BaseException as e:  # noqa: BLE001 - handed to the reader below
+                queue.put_nowait((index, e))
+            finally:
+                queue.put_nowait((index, None))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self.streams)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                index, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client goes away. The body has been read, so the next ASGI message
+    is the disconnect (uvicorn with ASGI 2.4 sends nothing else)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class OpenAIServing:
+    """Base of the completion and chat handlers."""
+
+    def __init__(self, engine: AsyncEngine, served_model_names: list[str]) -> None:
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.max_model_len = engine.model_config.max_model_len
+        self.tokenizer = engine.tokenizer
+
+    def check_request(self, request: SamplingFields) -> None:
+        if request.model and request.model not in self.served_model_names:
+            raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
+        unsupported = request.unsupported_feature()
+        if unsupported is not None:
+            raise OpenAIError(unsupported[1], 400, unsupported[0])
+
+    def model_name(self, request: SamplingFields) -> str:
+        return request.model or self.served_model_names[0]
+
+    def check_length(self, num_prompt_tokens: int, max_tokens: int | None, what: str = "prompt") -> None:
+        """vLLM's messages: the prompt must leave room, and prompt + max_tokens must fit."""
+        if num_prompt_tokens >= self.max_model_len:
+            raise OpenAIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your request has "
+                f"{num_prompt_tokens} input tokens. Please reduce the length of the {what}.", 400, what)
+        if max_tokens is not None and num_prompt_tokens + max_tokens > self.max_model_len:
+            raise OpenAIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the {what}, {max_tokens} in "
+                f"the completion). Please reduce the length of the {what} or completion.", 400, "max_tokens")
+
+    @staticmethod
+    def make_params(request: SamplingFields, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
+        if max_tokens is not None and max_tokens < 1:
+            raise OpenAIError(f"max_tokens must be at least 1, got {max_tokens}.", 400, "max_tokens")
+        try:
+            return request.sampling_params(logprobs, max_tokens)
+        except (ValueError, TypeError) as e:
+            raise OpenAIError(str(e), 400, _guess_param(str(e))) from e
+
+    async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
+                    params: SamplingParams) -> RequestGroup:
+        """Add one engine request per prompt; on any failure abort those already added."""
+        streams: list[RequestStream] = []
+        try:
+            for i, (text, token_ids) in enumerate(prompts):
+                engine_prompt = {"prompt_token_ids": token_ids, "prompt": text}
+                sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+                streams.append(await self.engine.add_request(sub_id, engine_prompt, params))
+        except BaseException as e:
+            for stream in streams:
+                stream.cancel()
+            if isinstance(e, (InvalidRequestError, EngineDeadError, RequestFailedError, ValueError)):
+                raise to_openai_error(e) from e
+            raise
+        return RequestGroup(streams, prompts)
+
+    async def respond(self, raw: Request, group: RequestGroup, stream: bool,
+                      make_chunks: Callable[[RequestGroup], AsyncIterator[str]],
+                      make_full: Callable[[RequestGroup], Awaitable[dict[str, Any]]]) -> Response:
+        """Stream or collect; either way a client disconnect aborts the engine requests."""
+        watcher = asyncio.create_task(wait_for_disconnect(raw))
+        watcher.add_done_callback(lambda t: _on_disconnect(t, group))
+        if stream:
+            return StreamingResponse(_stream_body(make_chunks(group), group, watcher),
+                                     media_type="text/event-stream")
+        collect = asyncio.create_task(make_full(group))
+        try:
+            await asyncio.wait({collect, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the handler itself was cancelled (shutdown)
+            group.cancel()
+            collect.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if not collect.done():  # the client is gone: nobody reads the answer
+            group.cancel()
+            collect.cancel()
+            return Response(status_code=499)
+        try:
+            return JSONResponse(collect.result())
+        except BaseException as e:
+            group.cancel()
+            raise to_openai_error(e) from e
+
+
+def _on_disconnect(task: asyncio.Task, group: RequestGroup) -> None:
+    if task.cancelled():  # the response finished first
+        return
+    task.exception()  # retrieve it: a failing receive() also means the client is unreachable
+    group.cancel()
+
+
+async def _stream_body(chunks: AsyncIterator[str], group: RequestGroup, watcher: asyncio.Task) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as e:  # noqa: BLE001 - an error after the 200 went out travels in the stream
+        yield sse_error(to_openai_error(e))
+    finally:
+        watcher.cancel()
+        group.cancel()
+    yield SSE_DONE

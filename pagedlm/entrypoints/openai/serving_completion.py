@@ -1,0 +1,187 @@
+"""POST /v1/completions: prompts -> engine requests -> text_completion JSON or SSE chunks."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.entrypoints.openai.protocol import CompletionRequest
+from pagedlm.entrypoints.openai.serving_common import (
+    ChoiceProgress,
+    OpenAIServing,
+    RequestGroup,
+    Usage,
+    clamp_logprob,
+    random_id,
+    sse,
+)
+from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
+
+
+class OpenAIServingCompletion(OpenAIServing):
+    async def create_completion(self, request: CompletionRequest, raw: Request) -> Response:
+        self.check_request(request)
+        if request.suffix is not None:
+            raise OpenAIError("suffix is not supported.", 400, "suffix")
+        prompts = [self._tokenize(p, request.add_special_tokens) for p in request.prompts()]
+        for _, token_ids in prompts:
+            self.check_length(len(token_ids), request.max_tokens)
+        params = self.make_params(request, request.logprobs, request.max_tokens)
+        if request.echo and request.logprobs is not None:
+            # The echoed prompt carries its own logprobs (the first token has none).
+            params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
+        request_id = random_id("cmpl")
+        group = await self.start(request_id, prompts, params)
+        model = self.model_name(request)
+        return await self.respond(
+            raw, group, bool(request.stream),
+            lambda g: self._stream(request, g, request_id, model),
+            lambda g: self._full(request, g, request_id, model),
+        )
+
+    def _tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens) if prompt else []
+            text: str | None = prompt
+        else:
+            text, token_ids = None, list(prompt)
+        if not token_ids:
+            raise OpenAIError("The prompt cannot be empty.", 400, "prompt")
+        return text, token_ids
+
+    def _prompt_text(self, group: RequestGroup, index: int) -> str:
+        text, token_ids = group.prompts[index]
+        return text if text is not None else self.tokenizer.decode(token_ids)
+
+    # ------------------------------------------------------------------ full response
+
+    async def _full(self, request: CompletionRequest, group: RequestGroup, request_id: str,
+                    model: str) -> dict[str, Any]:
+        finals: list[RequestOutput | None] = [None] * len(group.streams)
+        async for index, output in group.merged():
+            finals[index] = output
+        usage = Usage()
+        choices = []
+        for index, output in enumerate(finals):
+            if output is None or not output.finished:
+                raise OpenAIError("the request was aborted before it finished", 500)
+            usage.add_output(output)
+            for completion in output.outputs:
+                choices.append(self._choice(request, group, index, output, completion))
+        return {
+            "id": request_id, "object": "text_completion", "created": group.created, "model": model,
+            "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,
+        }
+
+    def _choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
+                completion: CompletionOutput) -> dict[str, Any]:
+        prefix = self._prompt_text(group, index) if request.echo else ""
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = self._echo_logprobs(output) if request.echo else _empty_logprobs()
+            _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix))
+        return {
+            "index": index * request.n + completion.index,
+            "text": prefix + completion.text,
+            "logprobs": logprobs,
+            "finish_reason": completion.finish_reason,
+            "stop_reason": completion.stop_reason,
+            "prompt_logprobs": _prompt_logprobs_json(output) if request.prompt_logprobs is not None else None,
+        }
+
+    def _echo_logprobs(self, output: RequestOutput) -> dict[str, list]:
+        logprobs = _empty_logprobs()
+        prompt_lps: list = list(output.prompt_logprobs or [])
+        prompt_lps += [None] * (len(output.prompt_token_ids) - len(prompt_lps))
+        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.tokenizer)
+        return logprobs
+
+    # ------------------------------------------------------------------ streaming
+
+    async def _stream(self, request: CompletionRequest, group: RequestGroup, request_id: str,
+                      model: str) -> AsyncIterator[str]:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        head = {"id": request_id, "object": "text_completion", "created": group.created, "model": model}
+        progress: dict[int, ChoiceProgress] = {}
+        usage = Usage()
+        async for index, output in group.merged():
+            for completion in output.outputs:
+                choice_index = index * request.n + completion.index
+                state = progress.setdefault(choice_index, ChoiceProgress())
+                choice = self._stream_choice(request, group, index, output, completion, state, choice_index)
+                if choice is not None:
+                    chunk = {**head, "choices": [choice]}
+                    if include_usage:
+                        chunk["usage"] = None
+                    yield sse(chunk)
+            if output.finished:
+                usage.add_output(output)
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": usage.to_dict()})
+
+    def _stream_choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
+                       completion: CompletionOutput, state: ChoiceProgress, choice_index: int) -> dict | None:
+        """The chunk for one choice's progress, or None while it has nothing new to say."""
+        if state.finished:
+            return None
+        delta = completion.text[state.num_chars:]
+        finishing = completion.finish_reason is not None
+        prefix = self._prompt_text(group, index) if request.echo and not state.started else ""
+        if not delta and not finishing and not prefix:
+            return None
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = self._echo_logprobs(output) if prefix else _empty_logprobs()
+            new_ids = completion.token_ids[state.num_tokens:]
+            new_lps = (completion.logprobs or [])[state.num_tokens:len(completion.token_ids)]
+            _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix))
+        state.started = True
+        state.num_chars = len(completion.text)
+        state.num_tokens = len(completion.token_ids)
+        state.finished = finishing
+        return {
+            "index": choice_index, "text": prefix + delta, "logprobs": logprobs,
+            "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason,
+        }
+
+
+def _empty_logprobs() -> dict[str, list]:
+    return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+
+def _extend_logprobs(logprobs: dict[str, list], token_ids: list[int], entries: list[dict[int, Logprob] | None],
+                     text_offset: int, tokenizer: Any = None) -> None:
+    """Append the legacy completions format: per token its text, logprob, the top
+    alternatives (the sampled token plus the top-k, as vLLM) and its offset in the text."""
+    offset = text_offset
+    for token_id, entry in zip(token_ids, entries):
+        own = entry.get(token_id) if entry else None
+        if own is not None and own.decoded_token is not None:
+            token = own.decoded_token
+        else:
+            token = tokenizer.decode([token_id]) if tokenizer is not None else ""
+        logprobs["tokens"].append(token)
+        logprobs["token_logprobs"].append(clamp_logprob(own.logprob) if own is not None else None)
+        top = None
+        if entry:
+            top = {(lp.decoded_token if lp.decoded_token is not None else str(tid)): clamp_logprob(lp.logprob)
+                   for tid, lp in entry.items()}
+        logprobs["top_logprobs"].append(top)
+        logprobs["text_offset"].append(offset)
+        offset += len(token)
+
+
+def _prompt_logprobs_json(output: RequestOutput) -> list[dict[str, dict[str, Any]] | None] | None:
+    """vLLM's extra ``prompt_logprobs``: per prompt position {token_id: {logprob, rank, decoded_token}}."""
+    if output.prompt_logprobs is None:
+        return None
+    return [
+        None if entry is None else {
+            str(tid): {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tid, lp in entry.items()
+        }
+        for entry in output.prompt_logprobs
+    ]

@@ -1,0 +1,77 @@
+"""CUDA graphs for decode steps: one graph per batch size in a ladder; a step is padded
+up to the next captured size. Graphs read their inputs from StepBuffers' fixed views."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from pagedlm.forward_context import set_forward_context
+from pagedlm.worker.input_batch import StepInputs
+from pagedlm.worker.step_buffers import StepBuffers
+
+logger = logging.getLogger(__name__)
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [s for s in (1, 2, 4) if s <= max_num_seqs] + list(range(8, max_num_seqs + 1, 8))
+    if sizes[-1] != max_num_seqs:
+        sizes.append(max_num_seqs)
+    return sizes
+
+
+class CUDAGraphRunner:
+    def __init__(self, model: nn.Module, buffers: StepBuffers, max_num_seqs: int, max_model_len: int) -> None:
+        self.model = model
+        self.buffers = buffers
+        self.sizes = capture_sizes(max_num_seqs)
+        # Kernels size their grids by max_seq_len, so graphs are captured for the longest context.
+        self.max_seq_len = max_model_len
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = None
+
+    def padded_size(self, num_seqs: int) -> int | None:
+        for size in self.sizes:
+            if size >= num_seqs:
+                return size
+        return None
+
+    def _dummy_step(self, size: int) -> None:
+        empty = StepInputs([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                           np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros((0, 1), np.int32), [],
+                           np.zeros(0, np.int64), {})
+        self.buffers.stage(empty, size, size)
+        self.buffers.upload(size)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        start = time.perf_counter()
+        for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
+            self._dummy_step(size)
+            input_ids, positions, meta = self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
+            with set_forward_context(meta):
+                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
+                    self.model(input_ids, positions)
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    self.outputs[size] = self.model(input_ids, positions)
+            if self.pool is None:
+                self.pool = graph.pool()
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+        logger.info("Captured %d CUDA graphs (batch sizes %d..%d) in %.1f s", len(self.graphs), self.sizes[0],
+                    self.sizes[-1], time.perf_counter() - start)
+
+    def run(self, inputs: StepInputs, size: int) -> torch.Tensor:
+        """A decode step (one token per sequence) through the graph of ``size``: hidden [n, H]."""
+        n = len(inputs.input_ids)
+        self.buffers.stage(inputs, size, size)
+        self.buffers.upload(size)
+        self.graphs[size].replay()
+        return self.outputs[size][:n]

@@ -1,0 +1,69 @@
+"""Persistent step-input buffers: every integer input of a step is packed into one pinned
+host buffer and reaches the device in one copy. The device views sit at fixed addresses,
+so CUDA graphs captured on them replay with the next step's values."""
+
+from __future__ import annotations
+
+import torch
+
+from pagedlm.attention.metadata import AttentionMetadata
+from pagedlm.worker.input_batch import StepInputs
+
+
+class StepBuffers:
+    def __init__(self, max_tokens: int, max_seqs: int, max_blocks_per_seq: int, device: torch.device) -> None:
+        self.max_tokens, self.max_seqs, self.width = max_tokens, max_seqs, max_blocks_per_seq
+        self.device = device
+        sizes = {"input_ids": max_tokens, "positions": max_tokens, "slot_mapping": max_tokens,
+                 "query_start_loc": max_seqs + 1, "seq_lens": max_seqs, "block_tables": max_seqs * max_blocks_per_seq}
+        self.offsets: dict[str, int] = {}
+        total = 0
+        for name, size in sizes.items():  # block_tables last: only its used rows are copied
+            self.offsets[name] = total
+            total += size
+        on_cuda = device.type == "cuda"
+        self.host = torch.zeros(total, dtype=torch.int64, pin_memory=on_cuda)
+        self.dev = torch.zeros(total, dtype=torch.int64, device=device) if on_cuda else self.host
+        self.host_np = self.host.numpy()
+
+    def _view(self, buf: torch.Tensor, name: str, n: int) -> torch.Tensor:
+        start = self.offsets[name]
+        return buf[start : start + n]
+
+    def stage(self, inputs: StepInputs, num_tokens: int, num_seqs: int) -> None:
+        """Write a step into the host buffer, padded to (num_tokens, num_seqs): padded tokens
+        write no KV (slot -1); each padded sequence gets one token and a context of one."""
+        h, o = self.host_np, self.offsets
+        n_tok, n_seq = len(inputs.input_ids), len(inputs.seq_lens)
+        h[o["input_ids"] : o["input_ids"] + n_tok] = inputs.input_ids
+        h[o["positions"] : o["positions"] + n_tok] = inputs.positions
+        h[o["slot_mapping"] : o["slot_mapping"] + n_tok] = inputs.slot_mapping
+        h[o["input_ids"] + n_tok : o["input_ids"] + num_tokens] = 0
+        h[o["positions"] + n_tok : o["positions"] + num_tokens] = 0
+        h[o["slot_mapping"] + n_tok : o["slot_mapping"] + num_tokens] = -1
+        qsl = o["query_start_loc"]
+        h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
+        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + torch.arange(num_seqs - n_seq).numpy()
+        h[o["seq_lens"] : o["seq_lens"] + n_seq] = inputs.seq_lens
+        h[o["seq_lens"] + n_seq : o["seq_lens"] + num_seqs] = 1
+        tables = h[o["block_tables"] : o["block_tables"] + num_seqs * self.width].reshape(num_seqs, self.width)
+        tables[:n_seq, : inputs.block_tables.shape[1]] = inputs.block_tables
+        tables[n_seq:] = 0
+
+    def upload(self, num_seqs: int) -> None:
+        """The step's one host-to-device copy (nothing to do on CPU)."""
+        if self.dev is not self.host:
+            end = self.offsets["block_tables"] + num_seqs * self.width
+            self.dev[:end].copy_(self.host[:end], non_blocking=True)
+
+    def device_inputs(self, num_tokens: int, num_seqs: int, max_query_len: int, max_seq_len: int,
+                      num_actual_tokens: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        d = self.dev
+        meta = AttentionMetadata(
+            slot_mapping=self._view(d, "slot_mapping", num_tokens),
+            query_start_loc=self._view(d, "query_start_loc", num_seqs + 1),
+            seq_lens=self._view(d, "seq_lens", num_seqs),
+            block_tables=self._view(d, "block_tables", num_seqs * self.width).view(num_seqs, self.width),
+            max_query_len=max_query_len, max_seq_len=max_seq_len, num_actual_tokens=num_actual_tokens,
+        )
+        return self._view(d, "input_ids", num_tokens), self._view(d, "positions", num_tokens), meta
