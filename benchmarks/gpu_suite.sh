@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Everything the GPU issue checks, in one device call (H100/H200 machine, repo root):
+#   bash benchmarks/gpu_suite.sh  [quick]
+set -uo pipefail
+export PYTHONPATH=.:${PYTHONPATH:-}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pytest -q tests/kernels tests/gpu tests/unit/test_sampler.py 2>&1 | tail -n 15
+python3 benchmarks/gpu_latency.py 2>&1 | tee "$OUT/latency.log" | tail -n 3
+[ "${1:-}" = quick ] && exit 0
+python3 benchmarks/compare_throughput.py --shape llama-3.1-8b --num-prompts 1000 --input-len 512 --output-len 256 \
+  --hf-batch-size 64 --hf-num-prompts 128 --output-json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" | tail -n 6

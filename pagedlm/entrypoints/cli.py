@@ -1,0 +1,129 @@
+"""The ``pagedlm`` command: ``serve [MODEL]`` and ``bench throughput|latency|serve``.
+
+Heavy modules (torch, the engine) are imported only by the subcommand that needs them, so
+``pagedlm bench serve`` stays a light HTTP client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from types import ModuleType
+from typing import Callable
+
+from pagedlm.version import __version__
+
+logger = logging.getLogger("pagedlm")
+
+DEMO_WARNING = (
+    "No model given: serving the built-in demo checkpoint %s. It is a tiny model with RANDOM weights: "
+    "its output is not meaningful text. Pass a Hugging Face checkpoint directory to serve a real model: "
+    "`pagedlm serve /path/to/model`."
+)
+
+# `pagedlm bench KIND` -> module providing add_cli_args(parser) and main(args).
+BENCH_MODULES = {
+    "throughput": ("pagedlm.benchmarks.throughput", "offline throughput: requests/s and tokens/s"),
+    "latency": ("pagedlm.benchmarks.latency", "latency of one batch: end-to-end and per output token"),
+    "serve": ("pagedlm.benchmarks.serve", "against a running OpenAI-compatible server: TTFT, TPOT, ITL, E2EL"),
+}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+                        datefmt="%m-%d %H:%M:%S")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from pagedlm.entrypoints.openai.api_server import run_server
+
+    if args.model is None:
+        from pagedlm.demo import DEMO_MODEL_NAME, demo_model_dir
+
+        args.model = str(demo_model_dir())
+        if args.served_model_name is None:
+            args.served_model_name = DEMO_MODEL_NAME
+        logger.warning(DEMO_WARNING, args.model)
+    run_server(args)
+
+
+def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pagedlm.engine_args import EngineArgs
+    from pagedlm.entrypoints.openai.api_server import add_server_args
+
+    parser = subparsers.add_parser("serve", help="start the OpenAI-compatible server",
+                                   description="Serve MODEL (a Hugging Face checkpoint directory) over an "
+                                               "OpenAI-compatible HTTP API. Without MODEL, a tiny demo model "
+                                               "with random weights is served.")
+    parser.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: demo model)")
+    EngineArgs.add_cli_args(parser, model_positional=True)
+    add_server_args(parser)
+    parser.set_defaults(func=_cmd_serve)
+
+
+def _load_bench_module(name: str) -> ModuleType | None:
+    import importlib
+
+    try:
+        return importlib.import_module(BENCH_MODULES[name][0])
+    except ImportError as e:
+        # Only a missing benchmark module itself is "not available"; a broken import inside
+        # an existing one should surface.
+        if e.name != BENCH_MODULES[name][0]:
+            raise
+        return None
+
+
+def _add_bench_parser(subparsers: argparse._SubParsersAction, argv: list[str]) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks: throughput, latency, serve")
+    kinds = parser.add_subparsers(dest="bench_kind", metavar="{throughput,latency,serve}")
+    kinds.required = True
+    # Import only the benchmark asked for (bench serve must not pull in torch).
+    wanted = [argv[argv.index("bench") + 1]] if "bench" in argv and argv.index("bench") + 1 < len(argv) else []
+    for name, (_, help_text) in BENCH_MODULES.items():
+        sub = kinds.add_parser(name, help=help_text)
+        module = _load_bench_module(name) if name in wanted else None
+        if module is not None:
+            module.add_cli_args(sub)
+            sub.set_defaults(func=_bench_runner(module.main))
+        else:
+            sub.set_defaults(func=_bench_unavailable(name), _bench_known=name in wanted)
+
+
+def _bench_runner(fn: Callable[[argparse.Namespace], object]) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        result = fn(args)
+        if isinstance(result, int) and result != 0:
+            sys.exit(result)
+
+    return run
+
+
+def _bench_unavailable(name: str) -> Callable[[argparse.Namespace], None]:
+    def fail(_: argparse.Namespace) -> None:
+        sys.exit(f"pagedlm bench {name} is not available in this build ({BENCH_MODULES[name][0]} is missing).")
+
+    return fail
+
+
+def make_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagedlm", description="pagedlm: LLM inference and serving engine "
+                                     "(a vLLM drop-in)")
+    parser.add_argument("--version", action="version", version=f"pagedlm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{serve,bench}")
+    subparsers.required = True
+    _add_serve_parser(subparsers)
+    _add_bench_parser(subparsers, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    args = make_parser(argv).parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
