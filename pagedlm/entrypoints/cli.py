@@ -50,7 +50,6 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     from pagedlm.engine_args import EngineArgs
-    from pagedlm.entrypoints.openai.api_server import add_server_args
 
     parser = subparsers.add_parser("serve", help="start the OpenAI-compatible server",
                                    description="Serve MODEL (a Hugging Face checkpoint directory) over an "
@@ -60,6 +59,20 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     EngineArgs.add_cli_args(parser, model_positional=True)
     add_server_args(parser)
     parser.set_defaults(func=_cmd_serve)
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Server flags (engine flags come from EngineArgs). Kept here, not in api_server, so
+    building the parser does not import the engine."""
+    parser.add_argument("--host", type=str, default="127.0.0.1",
+                        help="address to bind (default loopback; 0.0.0.0 accepts remote clients)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", type=str, default=None,
+                        help="require 'Authorization: Bearer KEY' (except /health, /metrics, /version)")
+    parser.add_argument("--uvicorn-log-level", type=str, default="info",
+                        choices=["debug", "info", "warning", "error", "critical", "trace"])
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    return parser
 
 
 def _load_bench_module(name: str) -> ModuleType | None:
@@ -80,7 +93,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction, argv: list[str]) -
     kinds = parser.add_subparsers(dest="bench_kind", metavar="{throughput,latency,serve}")
     kinds.required = True
     # Import only the benchmark asked for (bench serve must not pull in torch).
-    wanted = [argv[argv.index("bench") + 1]] if "bench" in argv and argv.index("bench") + 1 < len(argv) else []
+    wanted = argv[1:2] if argv[:1] == ["bench"] else []
     for name, (_, help_text) in BENCH_MODULES.items():
         sub = kinds.add_parser(name, help=help_text)
         module = _load_bench_module(name) if name in wanted else None
@@ -88,7 +101,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction, argv: list[str]) -
             module.add_cli_args(sub)
             sub.set_defaults(func=_bench_runner(module.main))
         else:
-            sub.set_defaults(func=_bench_unavailable(name), _bench_known=name in wanted)
+            sub.set_defaults(func=_bench_unavailable(name))
 
 
 def _bench_runner(fn: Callable[[argparse.Namespace], object]) -> Callable[[argparse.Namespace], None]:

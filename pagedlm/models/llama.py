@@ -33,7 +33,7 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
@@ -48,8 +48,7 @@ class LlamaAttention(nn.Module):
         if self.use_qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        base, rope_type, params, original_max = rope_settings(config)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, max_position, base, rope_type, params, original_max)
+        self.rotary_emb = rotary_emb
         sliding_window = getattr(config, "sliding_window", None)
         if model_type.startswith("qwen") and not getattr(config, "use_sliding_window", False):
             sliding_window = None
@@ -81,9 +80,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, max_position)
+        self.self_attn = LlamaAttention(config, rotary_emb)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -105,7 +104,11 @@ class LlamaModel(nn.Module):
     def __init__(self, config: Any, max_position: int) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, max_position) for _ in range(config.num_hidden_layers))
+        # One cos/sin table for all layers, sized for the longest sequence the engine allows.
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        base, rope_type, params, original_max = rope_settings(config)
+        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -130,7 +133,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         super().__init__()
         self.config = config
-        max_position = max(max_position or 0, config.max_position_embeddings)
+        max_position = max_position or config.max_position_embeddings
         self.model = LlamaModel(config, max_position)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)

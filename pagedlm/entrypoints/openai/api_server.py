@@ -200,18 +200,6 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], m
 # ---------------------------------------------------------------------- CLI entry
 
 
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--host", type=str, default="127.0.0.1",
-                        help="address to bind (default loopback; use 0.0.0.0 to accept remote clients)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", type=str, default=None,
-                        help="require 'Authorization: Bearer KEY' (except /health, /metrics, /version)")
-    parser.add_argument("--uvicorn-log-level", type=str, default="info",
-                        choices=["debug", "info", "warning", "error", "critical", "trace"])
-    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
-    return parser
-
-
 def run_server(args: argparse.Namespace) -> None:
     """Load the engine (minutes for a big model), then serve until interrupted."""
     import uvicorn

@@ -1,0 +1,334 @@
+"""Correctness and speed of the Triton kernels against the PyTorch references, at
+Llama-3.1-8B shapes (32 query heads, 8 KV heads, head_dim 128, hidden 4096, intermediate
+14336, bf16, block size 16).
+
+Run on the GPU machine from the repo root:
+    PYTHONPATH=. python3 benchmarks/kernels_bench.py [--no-sweep] [--json PATH]
+Each kernel's output is checked against the reference computed in float32 from the same
+inputs (rel err = ||out - ref|| / ||ref||). Times are medians of triton.testing.do_bench
+(CUDA events; L2 flushed before every call), in microseconds. "bytes" is the least the
+kernel must move (each input read once, each output written once); GB/s is bytes / time and
+"%copy" compares that with a large device-to-device copy measured in the same run. The
+attention sweep (printed first) times other tile configurations of the same kernel; the
+summary table comes last.
+
+--device cpu --small runs the same script on tiny shapes through Triton's interpreter
+(TRITON_INTERPRET=1), to check the script itself without a GPU; its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from pagedlm.kernels import reference, triton_ops
+from pagedlm.kernels.triton_attention import AttentionConfig, default_config, paged_attention_with_config
+
+HQ, HKV, D, HIDDEN, INTER, BS = 32, 8, 128, 4096, 14336, 16
+DTYPE = torch.bfloat16
+
+
+@dataclass
+class Row:
+    kernel: str
+    case: str
+    triton_us: float
+    torch_us: float | None
+    bytes: int
+    flops: float
+    rel_err: float
+    note: str = ""
+
+
+class Bench:
+    def __init__(self, device: str, small: bool) -> None:
+        self.device = device
+        self.small = small
+        self.rows: list[Row] = []
+        self.sweep: list[tuple[str, str, float, float]] = []
+        self.copy_gbps = float("nan")
+
+    # ------------------------------------------------------------- timing helpers
+    def time_us(self, fn: Callable[[], object]) -> float:
+        if self.device != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e6
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+    def measure_copy(self) -> None:
+        n = (1 << 28) if self.device == "cuda" else (1 << 16)  # 512 MiB of bf16 each way
+        src = torch.empty(n, dtype=DTYPE, device=self.device).normal_()
+        dst = torch.empty_like(src)
+        t = self.time_us(lambda: dst.copy_(src))
+        self.copy_gbps = 2 * src.numel() * src.element_size() / (t * 1e-6) / 1e9
+        self.rows.append(Row("copy (d2d)", f"{src.numel() * 2 >> 20} MiB", t, None, 2 * src.numel() * 2, 0, 0.0))
+        del src, dst
+
+    def add(self, kernel: str, case: str, fast: Callable, slow: Callable | None, ref_out, nbytes: int,
+            flops: float = 0.0, note: str = "") -> None:
+        out = fast()
+        err = rel_err(out, ref_out)
+        self.rows.append(Row(kernel, case, self.time_us(fast), self.time_us(slow) if slow else None, nbytes, flops,
+                             err, note))
+
+    # ------------------------------------------------------------- kernels
+    def token_counts(self) -> list[int]:
+        return [1, 16] if self.small else [1, 256, 512]
+
+    def norms(self) -> None:
+        hidden = 256 if self.small else HIDDEN
+        for t in self.token_counts():
+            x, res = (torch.randn(t, hidden, device=self.device, dtype=DTYPE) for _ in range(2))
+            w = (1 + 0.1 * torch.randn(hidden, device=self.device)).to(DTYPE)
+            ref = reference.rms_norm(x.float(), w.float(), 1e-5)
+            self.add("rms_norm", f"T={t} H={hidden}", lambda: triton_ops.rms_norm(x, w, 1e-5),
+                     lambda: reference.rms_norm(x, w, 1e-5), ref, 2 * t * hidden * 2 + hidden * 2)
+            ref = torch.cat(reference.fused_add_rms_norm(x.float(), res.float(), w.float(), 1e-5))
+            self.add("fused_add_rms_norm", f"T={t} H={hidden}",
+                     lambda: torch.cat(triton_ops.fused_add_rms_norm(x, res, w, 1e-5)),
+                     lambda: reference.fused_add_rms_norm(x, res, w, 1e-5), ref, 4 * t * hidden * 2 + hidden * 2,
+                     note="timed incl. a torch.cat")
+
+    def silu(self) -> None:
+        inter = 512 if self.small else INTER
+        for t in self.token_counts():
+            x = torch.randn(t, 2 * inter, device=self.device, dtype=DTYPE)
+            self.add("silu_and_mul", f"T={t} I={inter}", lambda: triton_ops.silu_and_mul(x),
+                     lambda: reference.silu_and_mul(x), reference.silu_and_mul(x.float()), 3 * t * inter * 2)
+
+    def rotary(self) -> None:
+        hq, hkv, d = (8, 2, 64) if self.small else (HQ, HKV, D)
+        cache = torch.randn(8192, d, device=self.device)  # values need not be real cos/sin
+        for t in self.token_counts():
+            qkv = torch.randn(t, (hq + 2 * hkv) * d, device=self.device, dtype=DTYPE)
+            q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
+            pos = torch.randint(0, 8192, (t,), device=self.device)
+            ref = torch.cat(reference.rotary_embedding(pos, q.float(), k.float(), cache, d), dim=1)
+            nbytes = 2 * t * (hq + hkv) * d * 2 + t * d * 4 + t * 8
+            self.add("rotary_embedding", f"T={t} {hq}q/{hkv}kv x{d}",
+                     lambda: torch.cat(triton_ops.rotary_embedding(pos, q, k, cache, d), dim=1),
+                     lambda: reference.rotary_embedding(pos, q, k, cache, d), ref, nbytes,
+                     note="q,k = slices of qkv; timed incl. a torch.cat")
+
+    def kv_write(self) -> None:
+        hkv, d = (2, 64) if self.small else (HKV, D)
+        num_blocks = 64 if self.small else 4096
+        kv = torch.randn(2, num_blocks, BS, hkv, d, device=self.device, dtype=DTYPE)
+        for t in self.token_counts():
+            qkv = torch.randn(t, 3 * hkv * d, device=self.device, dtype=DTYPE)
+            key = qkv[:, hkv * d : 2 * hkv * d].view(t, hkv, d)
+            value = qkv[:, 2 * hkv * d :].view(t, hkv, d)
+            slots = torch.randperm(num_blocks * BS, device=self.device)[:t]
+            expected = kv.clone()
+            reference.write_kv_cache(key, value, expected, slots)
+            self.add("write_kv_cache", f"T={t} {hkv}kv x{d}",
+                     lambda: (triton_ops.write_kv_cache(key, value, kv, slots), kv)[1],
+                     lambda: reference.write_kv_cache(key, value, kv, slots), expected,
+                     2 * 2 * t * hkv * d * 2 + t * 8, note="torch ref syncs (valid.all())")
+
+    # ------------------------------------------------------------- attention
+    def attention_cases(self) -> list[tuple[str, list[int], list[int]]]:
+        g = torch.Generator().manual_seed(0)
+        if self.small:
+            return [("decode B=1 ctx=100", [1], [100]), ("mixed", [1, 1, 40], [50, 70, 90])]
+        b256 = torch.randint(500, 701, (256,), generator=g).tolist()
+        mixed = [1] * 128 + [512], torch.randint(500, 701, (128,), generator=g).tolist() + [1024]
+        return [
+            ("decode B=1 ctx=768", [1], [768]),
+            ("decode B=16 ctx=2048", [1] * 16, [2048] * 16),
+            ("decode B=256 ctx=500-700", [1] * 256, b256),
+            ("prefill 1x512", [512], [512]),
+            ("mixed 128 dec + 512 chunk@512", mixed[0], mixed[1]),
+        ]
+
+    def attention(self, sweep: bool) -> None:
+        hq, hkv, d = (8, 2, 64) if self.small else (HQ, HKV, D)
+        for name, q_lens, seq_lens in self.attention_cases():
+            batch = make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
+            query, kv, qsl, lens, tables, max_q, max_s, scale = batch
+            ref = reference.paged_attention(query.float().cpu(), kv.float().cpu(), qsl.cpu(), lens.cpu(), tables.cpu(),
+                                            max_q, max_s, scale)
+            config = default_config(len(seq_lens), hq, hkv, d, max_q, max_s, query.device)
+            plan = torch_attention_plan(q_lens, seq_lens, tables, BS)
+            nbytes = 2 * query.numel() * 2 + sum(seq_lens) * hkv * d * 2 * 2 + tables.numel() * 4
+            flops = sum(4.0 * d * hq * sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens))
+            self.add("paged_attention", name,
+                     lambda: paged_attention_with_config(*batch, None, config),
+                     lambda: torch_attention(query, kv, plan, scale), ref, nbytes, flops,
+                     note=f"{config_str(config)}; torch = gather+SDPA")
+            if sweep:
+                for variant in config_variants(config, max_q):
+                    fn = lambda v=variant: paged_attention_with_config(*batch, None, v)  # noqa: E731
+                    err = rel_err(fn(), ref)
+                    self.sweep.append((name, config_str(variant), self.time_us(fn), err))
+            del batch, kv
+
+    # ------------------------------------------------------------- report
+    def report(self) -> None:
+        if self.sweep:
+            print("\n## attention config sweep (median us; default config marked *)")
+            by_case: dict[str, list] = {}
+            for case, cfg, us, err in self.sweep:
+                by_case.setdefault(case, []).append((us, cfg, err))
+            for case, entries in by_case.items():
+                best = min(entries)[0]
+                print(f"{case}:")
+                for us, cfg, err in sorted(entries):
+                    mark = "*" if cfg.endswith("(default)") else " "
+                    print(f"  {mark} {us:9.1f} us  x{us / best:4.2f}  err {err:.1e}  {cfg}")
+        print(f"\n## kernels vs torch reference ({device_name(self.device)}; copy bandwidth {self.copy_gbps:.0f} GB/s)")
+        print(f"{'kernel':<20} {'case':<30} {'triton us':>10} {'torch us':>10} {'speedup':>8} {'MB':>8} "
+              f"{'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'rel err':>8}")
+        for r in self.rows:
+            gbps = r.bytes / (r.triton_us * 1e-6) / 1e9
+            torch_s = f"{r.torch_us:10.1f}" if r.torch_us else f"{'-':>10}"
+            speed = f"{r.torch_us / r.triton_us:7.1f}x" if r.torch_us else f"{'-':>8}"
+            tflops = f"{r.flops / (r.triton_us * 1e-6) / 1e12:8.1f}" if r.flops else f"{'-':>8}"
+            print(f"{r.kernel:<20} {r.case:<30} {r.triton_us:10.1f} {torch_s} {speed} {r.bytes / 1e6:8.2f} "
+                  f"{gbps:7.0f} {100 * gbps / self.copy_gbps:5.0f}% {tflops} {r.rel_err:8.1e}")
+        bad = [r for r in self.rows if not r.rel_err < 1e-2] + [s for s in self.sweep if not s[3] < 1e-2]
+        print(f"\ncorrectness: {'ALL OK (rel err < 1e-2)' if not bad else f'{len(bad)} FAILED: {bad}'}")
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def rel_err(out, ref) -> float:
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def device_name(device: str) -> str:
+    if device != "cuda":
+        return "CPU interpreter"
+    return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}"
+
+
+def config_str(c: AttentionConfig, default: bool = False) -> str:
+    s = f"M{c.block_m} N{c.tile_n} w{c.num_warps} s{c.num_stages} seg{c.num_segments}"
+    return s + (" (default)" if default else "")
+
+
+def config_variants(base: AttentionConfig, max_query_len: int) -> list[AttentionConfig]:
+    out = [base]
+    if max_query_len <= 1:
+        out += [replace(base, tile_n=32), replace(base, tile_n=128, num_stages=2), replace(base, num_stages=2),
+                replace(base, num_stages=4), replace(base, num_warps=8), replace(base, tile_n=32, num_stages=4)]
+        if base.num_segments > 1:
+            out += [replace(base, num_segments=1), replace(base, num_segments=max(2, base.num_segments // 2)),
+                    replace(base, tile_n=32, num_segments=2 * base.num_segments)]
+        else:
+            out += [replace(base, num_segments=2)]
+    else:
+        out += [replace(base, num_stages=3), replace(base, tile_n=32), replace(base, tile_n=128, num_warps=8),
+                AttentionConfig(128, 64, 8, 2), AttentionConfig(128, 32, 8, 3), AttentionConfig(128, 64, 8, 3),
+                AttentionConfig(16, 64, 4, 2), AttentionConfig(32, 64, 4, 2)]
+    # Keep the default first and label it; drop duplicates.
+    seen, result = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            result.append(c)
+    return result
+
+
+def make_batch(q_lens, seq_lens, hq, hkv, d, device):
+    """Random scattered block tables over a cache just large enough; random K/V and queries."""
+    blocks = [math.ceil(s / BS) for s in seq_lens]
+    num_blocks = sum(blocks) + 1
+    perm = torch.randperm(num_blocks, device=device).int()
+    tables = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=device)
+    used = 0
+    for b, n in enumerate(blocks):
+        tables[b, :n] = perm[used : used + n]
+        used += n
+    kv = torch.randn(2, num_blocks, BS, hkv, d, device=device, dtype=DTYPE)
+    query = torch.randn(sum(q_lens), hq, d, device=device, dtype=DTYPE)
+    qsl = torch.tensor([0] + list(torch.cumsum(torch.tensor(q_lens), 0).tolist()), dtype=torch.int32, device=device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    return query, kv, qsl, lens, tables, max(q_lens), max(seq_lens), d**-0.5
+
+
+def torch_attention_plan(q_lens, seq_lens, tables, block_size) -> dict:
+    """Index tensors for the torch baseline, built outside the timed region (no syncs inside)."""
+    device = tables.device
+    starts = [0]
+    for q in q_lens:
+        starts.append(starts[-1] + q)
+    dec = [b for b, q in enumerate(q_lens) if q == 1]
+    plan: dict = {"prefills": []}
+    if dec:
+        max_len = max(seq_lens[b] for b in dec)
+        nb = math.ceil(max_len / block_size)
+        rows = torch.tensor(dec, device=device)
+        lens = torch.tensor([seq_lens[b] for b in dec], device=device)
+        plan["decode"] = (tables[rows, :nb].long(), max_len,
+                          (torch.arange(max_len, device=device)[None, :] < lens[:, None])[:, None, None, :],
+                          torch.tensor([starts[b] for b in dec], device=device))
+    for b, q in enumerate(q_lens):
+        if q > 1:
+            s = seq_lens[b]
+            nb = math.ceil(s / block_size)
+            mask = torch.arange(s, device=device)[None, :] <= torch.arange(s - q, s, device=device)[:, None]
+            plan["prefills"].append((starts[b], starts[b] + q, tables[b, :nb].long(), s, mask))
+    return plan
+
+
+def torch_attention(query, kv, plan, scale):
+    """Eager PyTorch paged attention on the GPU (gather the pages, then SDPA): the peer."""
+    out = torch.empty_like(query)
+    if "decode" in plan:
+        tables, max_len, mask, token_idx = plan["decode"]
+        k, v = kv[:, tables].flatten(2, 3)[:, :, :max_len].transpose(2, 3).unbind(0)  # [R, Hkv, L, D]
+        q = query[token_idx].unsqueeze(2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[token_idx] = o.squeeze(2)
+    for start, end, table, s, mask in plan["prefills"]:
+        k, v = kv[:, table].flatten(1, 2)[:, :s].transpose(1, 2).unbind(0)  # [Hkv, L, D]
+        q = query[start:end].transpose(0, 1)
+        o = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale, enable_gqa=True)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (with --device cpu)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the attention config sweep")
+    parser.add_argument("--only", default="", help="comma list: copy,norm,silu,rotary,kv,attn")
+    parser.add_argument("--json", default="", help="also write every number to this file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bench = Bench(args.device, args.small)
+    parts = {"copy": bench.measure_copy, "norm": bench.norms, "silu": bench.silu, "rotary": bench.rotary,
+             "kv": bench.kv_write, "attn": lambda: bench.attention(not args.no_sweep)}
+    wanted = args.only.split(",") if args.only else list(parts)
+    if "copy" not in wanted:
+        wanted = ["copy", *wanted]
+    for name in wanted:
+        t0 = time.perf_counter()
+        parts[name]()
+        print(f"[{name} done in {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+    bench.report()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(args.device), "copy_gbps": bench.copy_gbps,
+                       "rows": [asdict(r) for r in bench.rows], "sweep": bench.sweep}, f, indent=1)
+    ok = all(r.rel_err < 1e-2 for r in bench.rows) and all(s[3] < 1e-2 for s in bench.sweep)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
