@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -48,6 +47,7 @@ class Row:
     flops: float
     rel_err: float
     note: str = ""
+    graph_us: float | None = None  # per call, replayed from a CUDA graph (no host launch cost)
 
 
 class Bench:
@@ -66,21 +66,41 @@ class Bench:
             return (time.perf_counter() - t0) * 1e6
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
+    def graph_us(self, fns: list[Callable[[], object]]) -> float | None:
+        """Per-call time of fns captured back to back in one CUDA graph (L2 flushed before each
+        replay); passing calls on distinct inputs keeps repeats from being served by L2."""
+        if self.device != "cuda":
+            return None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for fn in fns:
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for fn in fns:
+                fn()
+        us = self.time_us(graph.replay) / len(fns)
+        del graph
+        return us
+
     def measure_copy(self) -> None:
         n = (1 << 28) if self.device == "cuda" else (1 << 16)  # 512 MiB of bf16 each way
         src = torch.empty(n, dtype=DTYPE, device=self.device).normal_()
         dst = torch.empty_like(src)
-        t = self.time_us(lambda: dst.copy_(src))
+        t = self.time_us(lambda: dst.copy_(src))  # one 512 MiB copy: no graph needed
         self.copy_gbps = 2 * src.numel() * src.element_size() / (t * 1e-6) / 1e9
         self.rows.append(Row("copy (d2d)", f"{src.numel() * 2 >> 20} MiB", t, None, 2 * src.numel() * 2, 0, 0.0))
         del src, dst
 
     def add(self, kernel: str, case: str, fast: Callable, slow: Callable | None, ref_out, nbytes: int,
-            flops: float = 0.0, note: str = "") -> None:
-        out = fast()
-        err = rel_err(out, ref_out)
+            flops: float = 0.0, note: str = "", view: Callable = lambda out: out,
+            graph_fns: list[Callable] | None = None) -> None:
+        err = rel_err(view(fast()), ref_out)
+        graph = self.graph_us(graph_fns or [fast] * 20)
         self.rows.append(Row(kernel, case, self.time_us(fast), self.time_us(slow) if slow else None, nbytes, flops,
-                             err, note))
+                             err, note, graph))
 
     # ------------------------------------------------------------- kernels
     def token_counts(self) -> list[int]:
@@ -96,9 +116,9 @@ class Bench:
                      lambda: reference.rms_norm(x, w, 1e-5), ref, 2 * t * hidden * 2 + hidden * 2)
             ref = torch.cat(reference.fused_add_rms_norm(x.float(), res.float(), w.float(), 1e-5))
             self.add("fused_add_rms_norm", f"T={t} H={hidden}",
-                     lambda: torch.cat(triton_ops.fused_add_rms_norm(x, res, w, 1e-5)),
+                     lambda: triton_ops.fused_add_rms_norm(x, res, w, 1e-5),
                      lambda: reference.fused_add_rms_norm(x, res, w, 1e-5), ref, 4 * t * hidden * 2 + hidden * 2,
-                     note="timed incl. a torch.cat")
+                     view=torch.cat)
 
     def silu(self) -> None:
         inter = 512 if self.small else INTER
@@ -117,9 +137,9 @@ class Bench:
             ref = torch.cat(reference.rotary_embedding(pos, q.float(), k.float(), cache, d), dim=1)
             nbytes = 2 * t * (hq + hkv) * d * 2 + t * d * 4 + t * 8
             self.add("rotary_embedding", f"T={t} {hq}q/{hkv}kv x{d}",
-                     lambda: torch.cat(triton_ops.rotary_embedding(pos, q, k, cache, d), dim=1),
+                     lambda: triton_ops.rotary_embedding(pos, q, k, cache, d),
                      lambda: reference.rotary_embedding(pos, q, k, cache, d), ref, nbytes,
-                     note="q,k = slices of qkv; timed incl. a torch.cat")
+                     note="q,k = slices of qkv", view=lambda out: torch.cat(out, dim=1))
 
     def kv_write(self) -> None:
         hkv, d = (2, 64) if self.small else (HKV, D)
@@ -133,9 +153,9 @@ class Bench:
             expected = kv.clone()
             reference.write_kv_cache(key, value, expected, slots)
             self.add("write_kv_cache", f"T={t} {hkv}kv x{d}",
-                     lambda: (triton_ops.write_kv_cache(key, value, kv, slots), kv)[1],
+                     lambda: triton_ops.write_kv_cache(key, value, kv, slots),
                      lambda: reference.write_kv_cache(key, value, kv, slots), expected,
-                     2 * 2 * t * hkv * d * 2 + t * 8, note="torch ref syncs (valid.all())")
+                     2 * 2 * t * hkv * d * 2 + t * 8, note="torch ref syncs (valid.all())", view=lambda _: kv)
 
     # ------------------------------------------------------------- attention
     def attention_cases(self) -> list[tuple[str, list[int], list[int]]]:
@@ -157,27 +177,36 @@ class Bench:
         for name, q_lens, seq_lens in self.attention_cases():
             batch = make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
             query, kv, qsl, lens, tables, max_q, max_s, scale = batch
-            ref = reference.paged_attention(query.float().cpu(), kv.float().cpu(), qsl.cpu(), lens.cpu(), tables.cpu(),
-                                            max_q, max_s, scale)
             config = default_config(len(seq_lens), hq, hkv, d, max_q, max_s, query.device)
             plan = torch_attention_plan(q_lens, seq_lens, tables, BS)
+            # Oracle: the torch baseline in float32 on the device (reference.paged_attention builds
+            # its masks on the CPU, so it runs on CPU tensors only; --small checks the two agree).
+            ref = torch_attention(query.float(), kv.float(), plan, scale)
+            if self.small:
+                cpu_ref = reference.paged_attention(query.float().cpu(), kv.float().cpu(), qsl.cpu(), lens.cpu(),
+                                                    tables.cpu(), max_q, max_s, scale)
+                assert rel_err(ref, cpu_ref) < 1e-5, "torch baseline disagrees with reference.paged_attention"
             nbytes = 2 * query.numel() * 2 + sum(seq_lens) * hkv * d * 2 * 2 + tables.numel() * 4
             flops = sum(4.0 * d * hq * sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens))
+            # Independent copies of the batch (>= 128 MB in all) for the graph timing.
+            copies = [batch] + [make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
+                                for _ in range(min(31, (128 << 20) // nbytes))]
+            calls = lambda cfg: [lambda b=b: paged_attention_with_config(*b, None, cfg) for b in copies]  # noqa: E731
             self.add("paged_attention", name,
                      lambda: paged_attention_with_config(*batch, None, config),
                      lambda: torch_attention(query, kv, plan, scale), ref, nbytes, flops,
-                     note=f"{config_str(config)}; torch = gather+SDPA")
+                     note=f"{config_str(config)}; torch = gather+SDPA", graph_fns=calls(config))
             if sweep:
                 for variant in config_variants(config, max_q):
-                    fn = lambda v=variant: paged_attention_with_config(*batch, None, v)  # noqa: E731
-                    err = rel_err(fn(), ref)
-                    self.sweep.append((name, config_str(variant), self.time_us(fn), err))
-            del batch, kv
+                    err = rel_err(paged_attention_with_config(*batch, None, variant), ref)
+                    us = self.graph_us(calls(variant)) if self.device == "cuda" else self.time_us(calls(variant)[0])
+                    self.sweep.append((name, config_str(variant, variant == config), us, err))
+            del batch, kv, copies
 
     # ------------------------------------------------------------- report
     def report(self) -> None:
         if self.sweep:
-            print("\n## attention config sweep (median us; default config marked *)")
+            print("\n## attention config sweep (median us per call from CUDA-graph replay; default marked *)")
             by_case: dict[str, list] = {}
             for case, cfg, us, err in self.sweep:
                 by_case.setdefault(case, []).append((us, cfg, err))
@@ -188,17 +217,22 @@ class Bench:
                     mark = "*" if cfg.endswith("(default)") else " "
                     print(f"  {mark} {us:9.1f} us  x{us / best:4.2f}  err {err:.1e}  {cfg}")
         print(f"\n## kernels vs torch reference ({device_name(self.device)}; copy bandwidth {self.copy_gbps:.0f} GB/s)")
-        print(f"{'kernel':<20} {'case':<30} {'triton us':>10} {'torch us':>10} {'speedup':>8} {'MB':>8} "
-              f"{'GB/s':>7} {'%copy':>6} {'TFLOP/s':>8} {'rel err':>8}")
+        print("triton/torch us: eager call (do_bench median, L2 flushed); graph us: the triton call replayed from a\n"
+              "CUDA graph (attention: rotating over independent batches); GB/s, %copy, TFLOP/s from the graph time.")
+        print(f"{'kernel':<20} {'case':<30} {'triton us':>9} {'graph us':>8} {'torch us':>9} {'speedup':>8} {'MB':>8} "
+              f"{'GB/s':>6} {'%copy':>6} {'TFLOP/s':>7} {'rel err':>8}")
         for r in self.rows:
-            gbps = r.bytes / (r.triton_us * 1e-6) / 1e9
-            torch_s = f"{r.torch_us:10.1f}" if r.torch_us else f"{'-':>10}"
+            t = r.graph_us or r.triton_us
+            gbps = r.bytes / (t * 1e-6) / 1e9
+            torch_s = f"{r.torch_us:9.1f}" if r.torch_us else f"{'-':>9}"
+            graph_s = f"{r.graph_us:8.1f}" if r.graph_us else f"{'-':>8}"
             speed = f"{r.torch_us / r.triton_us:7.1f}x" if r.torch_us else f"{'-':>8}"
-            tflops = f"{r.flops / (r.triton_us * 1e-6) / 1e12:8.1f}" if r.flops else f"{'-':>8}"
-            print(f"{r.kernel:<20} {r.case:<30} {r.triton_us:10.1f} {torch_s} {speed} {r.bytes / 1e6:8.2f} "
-                  f"{gbps:7.0f} {100 * gbps / self.copy_gbps:5.0f}% {tflops} {r.rel_err:8.1e}")
-        bad = [r for r in self.rows if not r.rel_err < 1e-2] + [s for s in self.sweep if not s[3] < 1e-2]
-        print(f"\ncorrectness: {'ALL OK (rel err < 1e-2)' if not bad else f'{len(bad)} FAILED: {bad}'}")
+            tflops = f"{r.flops / (t * 1e-6) / 1e12:7.1f}" if r.flops else f"{'-':>7}"
+            print(f"{r.kernel:<20} {r.case:<30} {r.triton_us:9.1f} {graph_s} {torch_s} {speed} {r.bytes / 1e6:8.2f} "
+                  f"{gbps:6.0f} {100 * gbps / self.copy_gbps:5.0f}% {tflops} {r.rel_err:8.1e}")
+        bad = [f"{r.kernel} {r.case}" for r in self.rows if not r.rel_err < 1e-2]
+        bad += [f"{case} {cfg}" for case, cfg, _, err in self.sweep if not err < 1e-2]
+        print(f"\ncorrectness ({DTYPE}): {'ALL OK (rel err < 1e-2)' if not bad else f'{len(bad)} FAILED: {bad}'}")
 
 
 # ----------------------------------------------------------------- helpers
@@ -309,7 +343,10 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the attention config sweep")
     parser.add_argument("--only", default="", help="comma list: copy,norm,silu,rotary,kv,attn")
     parser.add_argument("--json", default="", help="also write every number to this file")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     args = parser.parse_args()
+    global DTYPE
+    DTYPE = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     torch.manual_seed(0)
     bench = Bench(args.device, args.small)
     parts = {"copy": bench.measure_copy, "norm": bench.norms, "silu": bench.silu, "rotary": bench.rotary,

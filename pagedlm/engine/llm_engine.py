@@ -85,12 +85,13 @@ class LLMEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self.output_processor.parents)
 
-    def step(self, delta: bool = False) -> list[RequestOutput]:
-        """Run one engine step; returns outputs of the requests that progressed. ``delta``
-        gives each choice only the text produced since the last call."""
+    def step(self, delta: bool = False, final_only: bool = False) -> list[RequestOutput]:
+        """Run one engine step; returns outputs of the requests that progressed (or, with
+        ``final_only``, of those that finished). ``delta`` gives each choice only the text
+        produced since the last call."""
         core_outputs = self.engine_core.step()
         self.generation_tokens_total += sum(len(o.new_token_ids) for o in core_outputs)
-        outputs, stopped = self.output_processor.process_outputs(core_outputs, delta)
+        outputs, stopped = self.output_processor.process_outputs(core_outputs, delta, final_only)
         if stopped:
             self.engine_core.stop_requests(stopped)
         return outputs

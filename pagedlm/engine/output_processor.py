@@ -85,9 +85,13 @@ class OutputProcessor:
             metrics=RequestMetrics(arrival_time=first.arrival_time),
         )
 
-    def process_outputs(self, outputs: list[EngineCoreOutput], delta: bool = False) -> tuple[list[RequestOutput], list[str]]:
+    def process_outputs(
+        self, outputs: list[EngineCoreOutput], delta: bool = False, final_only: bool = False
+    ) -> tuple[list[RequestOutput], list[str]]:
         """-> (RequestOutputs of parents that changed, child ids stopped by a stop string, which
-        the caller must finish in the engine core)."""
+        the caller must finish in the engine core). ``final_only`` builds outputs for finished
+        requests only (offline generate needs nothing else, and copying every running
+        request's tokens each step costs time that grows with the output)."""
         changed: dict[str, ParentState] = {}
         stopped: list[str] = []
         now = time.time()
@@ -102,7 +106,7 @@ class OutputProcessor:
             if self._process_one(parent, child, out, now):
                 stopped.append(out.req_id)
             changed[parent_id] = parent
-        results = [self._make_output(p, delta) for p in changed.values()]
+        results = [self._make_output(p, delta) for p in changed.values() if not final_only or p.finished]
         for parent in changed.values():
             if parent.finished:
                 self._remove(parent)

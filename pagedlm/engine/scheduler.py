@@ -106,6 +106,10 @@ class Scheduler:
             if num_new <= 0:
                 index += 1
                 continue
+            if self._never_fits(request.num_computed_tokens + num_new):
+                self.running.pop(index)
+                self._fail_unfittable(request)
+                continue
             while (blocks := self.kv.allocate_slots(request, num_new)) is None:
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -136,6 +140,9 @@ class Scheduler:
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if self._never_fits(request.num_tokens):
+                self._fail_unfittable(self.waiting.popleft())
+                continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit_tokens, budget)
             if self.kv.allocate_slots(request, num_new, hits) is None:
@@ -152,6 +159,9 @@ class Scheduler:
             new_reqs.append(request)
             num_scheduled[request.request_id] = num_new
             budget -= num_new
+
+    def _never_fits(self, num_tokens: int) -> bool:
+        return -(-num_tokens // self.block_size) > self.kv.num_blocks
 
     def _fail_unfittable(self, request: Request) -> None:
         # With nothing else holding blocks, this request's next chunk cannot be placed: it

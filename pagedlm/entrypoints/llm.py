@@ -97,7 +97,7 @@ class LLM:
 
             pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
         while engine.has_unfinished_requests():
-            for output in engine.step():
+            for output in engine.step(final_only=True):
                 if output.finished:
                     finished[output.request_id] = output
                     if pbar is not None:

@@ -503,20 +503,17 @@ def test_request_outgrowing_the_pool_while_decoding_errors():
     assert_no_leaks(sched)
 
 
-# BUG (scheduler.py, _schedule_waiting/_fail_unfittable): a request larger than the whole
-# pool is only failed when its *first chunk* cannot be placed. When the token budget is
-# smaller than the pool, the first chunks fit; the request then preempts itself when the
-# pool runs out, is re-admitted from scratch (no prefix cache to serve its blocks: caching
-# off, or prompt_logprobs which skips the cache), and loops admit -> chunk -> preempt
-# forever. With caching on, the retry hits every block it computed, so the first chunk
-# cannot be placed and it errors (test_prompt_larger_than_the_pool_* above).
-# Not reachable through the engine today: worker.memory.check_max_model_len_fits refuses to
-# start when max_model_len exceeds the pool. Remove the xfail marks once fixed.
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="livelock: unfittable request re-admitted forever")
-@pytest.mark.parametrize("caching, extra", [(False, {}), (True, {"prompt_logprobs": 1})], ids=["no-cache", "prompt-logprobs"])
-def test_unfittable_chunked_prompt_without_cache_hits_errors(caching, extra):
-    sched, runner = make_scheduler(num_blocks=4, budget=8, caching=caching), FakeRunner()  # 16 slots
-    sched.add_request(make_request("huge", 20, max_tokens=2, **extra))
+# A request larger than the whole pool must finish with an error even when each chunk
+# fits on its own (caching off, prompt_logprobs skipping the cache, a partial last block),
+# instead of being admitted, preempting itself and being re-admitted forever.
+@pytest.mark.parametrize(
+    "caching, extra, budget, prompt_len",
+    [(False, {}, 8, 20), (True, {"prompt_logprobs": 1}, 8, 20), (True, {}, 3, 18)],
+    ids=["no-cache", "prompt-logprobs", "cache-partial-block"],
+)
+def test_unfittable_chunked_prompt_errors(caching, extra, budget, prompt_len):
+    sched, runner = make_scheduler(num_blocks=4, budget=budget, caching=caching), FakeRunner()  # 16 slots
+    sched.add_request(make_request("huge", prompt_len, max_tokens=2, **extra))
     sched.add_request(make_request("ok", 3, max_tokens=2))
     history = run_to_completion(sched, runner, max_steps=40)
     assert history["huge"][-1].finish_reason == "error"
@@ -524,9 +521,8 @@ def test_unfittable_chunked_prompt_without_cache_hits_errors(caching, extra):
     assert_no_leaks(sched)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="livelock: unfittable request re-admitted forever")
 def test_request_outgrowing_the_pool_without_prefix_cache_errors():
-    # Same bug as above, through decoding: 14 + 3 tokens need a 5th block; without the cache
+    # The same, through decoding: 14 + 3 tokens need a 5th block; without the cache
     # the recompute is chunked by the budget (8), its first chunk fits, and it loops.
     sched, runner = make_scheduler(num_blocks=4, budget=8, max_model_len=64, caching=False), FakeRunner()
     sched.add_request(make_request("grow", 14, max_tokens=10))
@@ -726,3 +722,46 @@ def test_mixed_workload_finishes_without_leaks(num_blocks):
         assert history[req_id][-1].finish_reason == "length"
         assert sum(len(o.new_token_ids) for o in history[req_id]) == max_tokens
     assert_no_leaks(sched)
+
+
+def _random_workload(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    num_blocks = rng.randint(3, 12)
+    # The engine refuses to start unless one max_model_len sequence fits the pool.
+    max_model_len = num_blocks * BS - rng.randint(0, 3)
+    sched = make_scheduler(num_blocks=num_blocks, budget=rng.randint(1, 20), max_num_seqs=rng.randint(1, 5),
+                           max_model_len=max_model_len, caching=rng.random() < 0.7)
+    runner = FakeRunner()
+    prefixes = [[rng.randint(10, 14) for _ in range(rng.randint(0, 10))] for _ in range(3)]
+    added, finished = set(), set()
+    for _ in range(400):
+        if len(added) < 12 and rng.random() < 0.3:
+            num_prompt = rng.randint(1, max_model_len - 1)
+            prompt = (rng.choice(prefixes) + [rng.randint(10, 14) for _ in range(num_prompt)])[:num_prompt]
+            extra = {"prompt_logprobs": 1} if rng.random() < 0.1 else {}
+            req_id = f"r{len(added)}"
+            sched.add_request(make_request(req_id, prompt, max_tokens=rng.randint(1, 12), **extra))
+            added.add(req_id)
+        if sched.requests and rng.random() < 0.05:
+            req_id = rng.choice(sorted(sched.requests))
+            sched.finish_requests([req_id], RequestStatus.FINISHED_ABORTED)
+            finished.add(req_id)
+            check_invariants(sched)
+        if not sched.has_unfinished_requests():
+            if len(added) == 12:
+                break
+            continue
+        tokens = {r: EOS if rng.random() < 0.05 else rng.randint(10, 14) for r in sched.requests}
+        _, results = step(sched, runner, tokens)
+        finished |= {r for r, o in results.items() if o.finished}
+    assert finished == added, f"seed {seed}: unfinished {sorted(added - finished)}"
+    assert_no_leaks(sched)
+
+
+def test_random_workloads_keep_invariants_and_finish():
+    """Small pools, budgets and batch caps, shared prefixes, aborts, random eos: block
+    tables, ref counts and the free queue stay consistent every step; all requests finish."""
+    for seed in range(120):
+        _random_workload(seed)
