@@ -178,6 +178,9 @@ class Bench:
             batch = make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
             query, kv, qsl, lens, tables, max_q, max_s, scale = batch
             config = default_config(len(seq_lens), hq, hkv, d, max_q, max_s, query.device)
+            dec_config = None  # paged_attention's default: decodes of a mixed batch get their own launch
+            if max_q > 1 and len(seq_lens) > 1:
+                dec_config = default_config(len(seq_lens), hq, hkv, d, 1, max_s, query.device)
             plan = torch_attention_plan(q_lens, seq_lens, tables, BS)
             # Oracle: the torch baseline in float32 on the device (reference.paged_attention builds
             # its masks on the CPU, so it runs on CPU tensors only; --small checks the two agree).
@@ -191,16 +194,19 @@ class Bench:
             # Independent copies of the batch (>= 128 MB in all) for the graph timing.
             copies = [batch] + [make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
                                 for _ in range(min(31, (128 << 20) // nbytes))]
-            calls = lambda cfg: [lambda b=b: paged_attention_with_config(*b, None, cfg) for b in copies]  # noqa: E731
+            calls = lambda cfg, dcfg: [  # noqa: E731
+                lambda b=b: paged_attention_with_config(*b, None, cfg, dcfg) for b in copies]
             self.add("paged_attention", name,
-                     lambda: paged_attention_with_config(*batch, None, config),
+                     lambda: paged_attention_with_config(*batch, None, config, dec_config),
                      lambda: torch_attention(query, kv, plan, scale), ref, nbytes, flops,
-                     note=f"{config_str(config)}; torch = gather+SDPA", graph_fns=calls(config))
+                     note=f"{pair_str(config, dec_config)}; torch = gather+SDPA", graph_fns=calls(config, dec_config))
             if sweep:
-                for variant in config_variants(config, max_q):
-                    err = rel_err(paged_attention_with_config(*batch, None, variant), ref)
-                    us = self.graph_us(calls(variant)) if self.device == "cuda" else self.time_us(calls(variant)[0])
-                    self.sweep.append((name, config_str(variant, variant == config), us, err))
+                for cfg, dcfg in config_variants(config, dec_config, max_q):
+                    err = rel_err(paged_attention_with_config(*batch, None, cfg, dcfg), ref)
+                    fns = calls(cfg, dcfg)
+                    us = self.graph_us(fns) if self.device == "cuda" else self.time_us(fns[0])
+                    label = pair_str(cfg, dcfg) + (" (default)" if (cfg, dcfg) == (config, dec_config) else "")
+                    self.sweep.append((name, label, us, err))
             del batch, kv, copies
 
     # ------------------------------------------------------------- report
@@ -249,12 +255,26 @@ def device_name(device: str) -> str:
     return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}"
 
 
-def config_str(c: AttentionConfig, default: bool = False) -> str:
-    s = f"M{c.block_m} N{c.tile_n} w{c.num_warps} s{c.num_stages} seg{c.num_segments}"
-    return s + (" (default)" if default else "")
+def config_str(c: AttentionConfig) -> str:
+    return f"M{c.block_m} N{c.tile_n} w{c.num_warps} s{c.num_stages} seg{c.num_segments}"
 
 
-def config_variants(base: AttentionConfig, max_query_len: int) -> list[AttentionConfig]:
+def pair_str(c: AttentionConfig, dc: AttentionConfig | None) -> str:
+    return config_str(c) + (f" + decodes[{config_str(dc)}]" if dc else "")
+
+
+def config_variants(base: AttentionConfig, dec: AttentionConfig | None, max_query_len: int):
+    """(config, decode_config) pairs to time, the default first."""
+    if max_query_len <= 1:
+        return [(c, None) for c in _variants(base, max_query_len)]
+    pairs = [(c, dec) for c in _variants(base, max_query_len)]
+    if dec is not None:
+        pairs += [(base, None), (AttentionConfig(16, 64, 4, 2), None), (base, replace(dec, num_stages=2)),
+                  (base, replace(dec, num_segments=1)) if dec.num_segments > 1 else (base, replace(dec, tile_n=32))]
+    return pairs
+
+
+def _variants(base: AttentionConfig, max_query_len: int) -> list[AttentionConfig]:
     out = [base]
     if max_query_len <= 1:
         out += [replace(base, tile_n=32), replace(base, tile_n=128, num_stages=2), replace(base, num_stages=2),
@@ -268,7 +288,7 @@ def config_variants(base: AttentionConfig, max_query_len: int) -> list[Attention
         out += [replace(base, num_stages=3), replace(base, tile_n=32), replace(base, tile_n=128, num_warps=8),
                 AttentionConfig(128, 64, 8, 2), AttentionConfig(128, 32, 8, 3), AttentionConfig(128, 64, 8, 3),
                 AttentionConfig(16, 64, 4, 2), AttentionConfig(32, 64, 4, 2)]
-    # Keep the default first and label it; drop duplicates.
+    # Keep the default first; drop duplicates.
     seen, result = set(), []
     for c in out:
         if c not in seen:

@@ -215,6 +215,11 @@ class KVCacheManager:
         owned = self.req_to_blocks.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(hits) * self.block_size
         num_required = -(-(num_computed + num_new_tokens) // self.block_size)
+        if not hits and num_required <= len(owned):
+            # The common decode step: the token lands in a block the request already owns.
+            if self.enable_caching and (num_computed + num_new_tokens) % self.block_size == 0:
+                self._register_full_blocks(request, num_computed + num_new_tokens)
+            return []
         num_new_blocks = max(0, num_required - len(owned) - len(hits))
         num_revived = sum(1 for b in hits if b.ref_cnt == 0)
         if num_new_blocks > self.pool.num_free_blocks - num_revived:

@@ -10,8 +10,14 @@ the block size is small). Softmax is the online (flash-attention) form in float3
 Program -> sequence mapping without a host sync: sequence b owns the q-block ids
 [query_start_loc[b] // BLOCK_Q + b, ...); that range holds at least cdiv(q_len, BLOCK_Q) ids,
 so a grid of num_tokens // BLOCK_Q + num_seqs programs covers every sequence and a binary
-search over query_start_loc finds a program's sequence. Spare programs exit at once. When
-every sequence has at most one query token (max_query_len == 1), program i is sequence i.
+search over query_start_loc finds a program's sequence. Spare programs exit at once.
+
+Three launch modes of the one kernel (MODE):
+  0 every row, one launch (BLOCK_M sized for prefill; decodes ride along).
+  1 decode rows only: program i is sequence i, sequences whose q_len != 1 exit. Small BLOCK_M
+    (just the GQA group), optional split-K. Used alone when max_query_len == 1.
+  2 multi-token rows only (q_len == 1 exits). A mixed batch runs mode 1 then mode 2, so the
+    decodes keep the lean decode tiles and the prefill chunks get large query tiles.
 
 Split-K: axis 2 of the grid cuts each sequence's KV tiles into segments of
 ``tiles_per_segment``; each program writes an unnormalised partial output with its running
@@ -67,10 +73,10 @@ def _paged_attention_kernel(
     stride_cblk, stride_ctok, stride_chead, stride_bt,
     QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    SLIDING_WINDOW: tl.constexpr, DECODE_ONLY: tl.constexpr, SPLIT: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     kv_head = tl.program_id(1)
-    if DECODE_ONLY:
+    if MODE == 1:
         seq_idx = tl.program_id(0)
         q_block = 0
     else:
@@ -78,7 +84,12 @@ def _paged_attention_kernel(
         q_block = tl.program_id(0) - (tl.load(query_start_loc_ptr + seq_idx).to(tl.int32) // BLOCK_Q + seq_idx)
     q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int32)
     q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int32) - q_start
-    if q_block * BLOCK_Q >= q_len:
+    skip = q_block * BLOCK_Q >= q_len
+    if MODE == 1:
+        skip = q_len != 1
+    if MODE == 2:
+        skip = skip | (q_len == 1)
+    if skip:
         return
     seq_len = tl.load(seq_lens_ptr + seq_idx).to(tl.int32)
     context_len = seq_len - q_len  # tokens cached before this step's queries
@@ -150,12 +161,12 @@ def _combine_segments_kernel(
     num_q_heads, num_segments, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SEG_PAD: tl.constexpr,
 ):
-    # One program per (sequence, query head) of a decode-only batch.
+    # One program per (sequence, query head); only decode rows (q_len == 1) were split.
     seq_idx = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int64)
     q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int64) - q_start
-    if q_len <= 0:
+    if q_len != 1:
         return
     offs_s = tl.arange(0, SEG_PAD)
     offs_d = tl.arange(0, HEAD_PAD)
@@ -186,6 +197,7 @@ def default_config(
     num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
     max_query_len: int, max_seq_len: int, device: torch.device,
 ) -> AttentionConfig:
+    """Decode tiles (and split-K for small batches) when max_query_len <= 1, else prefill tiles."""
     group = num_q_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_dim))
     tile_n = 64 if head_pad <= 128 else 32
@@ -214,24 +226,40 @@ def paged_attention_with_config(
     scale: float,
     sliding_window: int | None,
     config: AttentionConfig,
+    decode_config: AttentionConfig | None = None,
 ) -> torch.Tensor:
+    """max_query_len <= 1: one decode launch with ``config``. Otherwise one launch over every
+    row with ``config``, or, given ``decode_config``, a decode launch for the q_len == 1 rows
+    and a launch with ``config`` for the rest."""
+    num_tokens, num_q_heads, head_dim = query.shape
+    out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=query.dtype, device=query.device)
+    if num_tokens == 0 or seq_lens.shape[0] == 0:
+        return out
+    _check_layout(query, kv_cache, block_tables)
+    args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0)
+    if max_query_len <= 1:
+        _launch(*args, config, mode=1)
+    elif decode_config is None:
+        _launch(*args, config, mode=0)
+    else:
+        _launch(*args, decode_config, mode=1)
+        _launch(*args, config, mode=2)
+    return out
+
+
+def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window,
+            config: AttentionConfig, mode: int) -> None:
     num_tokens, num_q_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     num_seqs = seq_lens.shape[0]
-    out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=query.dtype, device=query.device)
-    if num_tokens == 0 or num_seqs == 0:
-        return out
-    _check_layout(query, kv_cache, block_tables)
     group = num_q_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_dim))
     block_m = max(config.block_m, triton.next_power_of_2(group))
     block_q = block_m // group
-    decode_only = max_query_len <= 1
-    num_segments = config.num_segments if decode_only else 1
-    tiles_per_segment = 0
-    if num_segments > 1:
+    num_segments, tiles_per_segment = 1, 0
+    if mode == 1 and config.num_segments > 1:
         num_tiles = triton.cdiv(max(max_seq_len, 1), config.tile_n)
-        tiles_per_segment = triton.cdiv(num_tiles, num_segments)
+        tiles_per_segment = triton.cdiv(num_tiles, config.num_segments)
         num_segments = triton.cdiv(num_tiles, tiles_per_segment)
     split = num_segments > 1
     if split:
@@ -240,7 +268,7 @@ def paged_attention_with_config(
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = out  # unused
-    grid_q = num_seqs if decode_only else num_tokens // block_q + num_seqs
+    grid_q = num_seqs if mode == 1 else num_tokens // block_q + num_seqs
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_attention_kernel[(grid_q, num_kv_heads, num_segments)](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
@@ -250,7 +278,7 @@ def paged_attention_with_config(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
-        SLIDING_WINDOW=sliding_window or 0, DECODE_ONLY=decode_only, SPLIT=split,
+        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
@@ -259,7 +287,6 @@ def paged_attention_with_config(
             num_q_heads, num_segments, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
         )
-    return out
 
 
 def _check_layout(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor) -> None:
@@ -283,12 +310,17 @@ def paged_attention(
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
     and max_seq_len every seq_len (the split-K decode path sizes its segments by it)."""
-    config = default_config(
-        seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len, query.device,
-    )
+    num_seqs = seq_lens.shape[0]
+    shape = (query.shape[1], kv_cache.shape[3], query.shape[2])
+    config = default_config(num_seqs, *shape, max_query_len, max_seq_len, query.device)
+    # A batch of several sequences with multi-token rows may also hold decodes: give them
+    # their own launch (a pure prefill batch pays one launch whose programs all exit).
+    decode_config = None
+    if max_query_len > 1 and num_seqs > 1:
+        decode_config = default_config(num_seqs, *shape, 1, max_seq_len, query.device)
     return paged_attention_with_config(
         query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-        sliding_window, config,
+        sliding_window, config, decode_config,
     )
 
 

@@ -277,14 +277,16 @@ def test_paged_attention_decode_configs(config) -> None:
     assert_close(out, ref(None))
 
 
-@pytest.mark.parametrize("config", [
-    AttentionConfig(block_m=16, tile_n=64, num_warps=4, num_stages=2),
-    AttentionConfig(block_m=128, tile_n=32, num_warps=8, num_stages=2),
-], ids=["m16", "m128"])
-def test_paged_attention_prefill_configs(config) -> None:
+@pytest.mark.parametrize("config,decode_config", [
+    (AttentionConfig(block_m=16, tile_n=64, num_warps=4, num_stages=2), None),
+    (AttentionConfig(block_m=128, tile_n=32, num_warps=8, num_stages=2), None),
+    (AttentionConfig(block_m=64, tile_n=64, num_warps=4, num_stages=2),
+     AttentionConfig(block_m=16, tile_n=32, num_warps=4, num_stages=2, num_segments=4)),
+], ids=["one-launch-m16", "one-launch-m128", "two-launch-split"])
+def test_paged_attention_prefill_configs(config, decode_config) -> None:
     q_lens, seq_lens = SCENARIOS["mixed"]
     args, ref = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, ATTN_DTYPE, seed=8)
-    out = paged_attention_with_config(*args, None, config)
+    out = paged_attention_with_config(*args, None, config, decode_config)
     assert_close(out, ref(None))
 
 
