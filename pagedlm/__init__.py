@@ -1,9 +1,12 @@
 """pagedlm: a high-throughput LLM inference and serving engine (a vLLM drop-in)."""
 
+from pagedlm.logger import configure_logging
 from pagedlm.version import __version__
 from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagedlm.engine_args import EngineArgs
+
+configure_logging()
 
 __all__ = [
     "LLM",

@@ -145,7 +145,8 @@ class ModelRunner:
 
     def _sample(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
-        indices = torch.from_numpy(inputs.logits_indices).to(self.device, non_blocking=True)
+        # Already on the device: a pageable host copy here would wait for the forward pass.
+        indices = self.buffers.logits_indices(len(inputs.sample_rows))
         logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V]
         metadata = build_sampling_metadata(
             [s.sampling_params for s in states], [s.prompt_token_ids for s in states],

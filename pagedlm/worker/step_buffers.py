@@ -15,7 +15,8 @@ class StepBuffers:
         self.max_tokens, self.max_seqs, self.width = max_tokens, max_seqs, max_blocks_per_seq
         self.device = device
         sizes = {"input_ids": max_tokens, "positions": max_tokens, "slot_mapping": max_tokens,
-                 "query_start_loc": max_seqs + 1, "seq_lens": max_seqs, "block_tables": max_seqs * max_blocks_per_seq}
+                 "logits_indices": max_seqs, "query_start_loc": max_seqs + 1, "seq_lens": max_seqs,
+                 "block_tables": max_seqs * max_blocks_per_seq}
         self.offsets: dict[str, int] = {}
         total = 0
         for name, size in sizes.items():  # block_tables last: only its used rows are copied
@@ -41,6 +42,7 @@ class StepBuffers:
         h[o["input_ids"] + n_tok : o["input_ids"] + num_tokens] = 0
         h[o["positions"] + n_tok : o["positions"] + num_tokens] = 0
         h[o["slot_mapping"] + n_tok : o["slot_mapping"] + num_tokens] = -1
+        h[o["logits_indices"] : o["logits_indices"] + len(inputs.logits_indices)] = inputs.logits_indices
         qsl = o["query_start_loc"]
         h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
         h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + torch.arange(num_seqs - n_seq).numpy()
@@ -67,3 +69,7 @@ class StepBuffers:
             max_query_len=max_query_len, max_seq_len=max_seq_len, num_actual_tokens=num_actual_tokens,
         )
         return self._view(d, "input_ids", num_tokens), self._view(d, "positions", num_tokens), meta
+
+    def logits_indices(self, n: int) -> torch.Tensor:
+        """Device view of the step's sampling token indices (uploaded with everything else)."""
+        return self._view(self.dev, "logits_indices", n)
