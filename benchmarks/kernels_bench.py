@@ -98,7 +98,7 @@ class Bench:
             flops: float = 0.0, note: str = "", view: Callable = lambda out: out,
             graph_fns: list[Callable] | None = None) -> None:
         err = rel_err(view(fast()), ref_out)
-        graph = self.graph_us(graph_fns or [fast] * 20)
+        graph = self.graph_us(graph_fns or [fast])
         self.rows.append(Row(kernel, case, self.time_us(fast), self.time_us(slow) if slow else None, nbytes, flops,
                              err, note, graph))
 
@@ -106,56 +106,76 @@ class Bench:
     def token_counts(self) -> list[int]:
         return [1, 16] if self.small else [1, 256, 512]
 
+    @staticmethod
+    def rotation(make: Callable[[], tuple], nbytes: int) -> list[tuple]:
+        """Independent input sets, >= 128 MB together (at most 32), for the graph timing."""
+        return [make() for _ in range(max(1, min(32, (128 << 20) // max(nbytes, 1))))]
+
     def norms(self) -> None:
         hidden = 256 if self.small else HIDDEN
+        w = (1 + 0.1 * torch.randn(hidden, device=self.device)).to(DTYPE)
         for t in self.token_counts():
-            x, res = (torch.randn(t, hidden, device=self.device, dtype=DTYPE) for _ in range(2))
-            w = (1 + 0.1 * torch.randn(hidden, device=self.device)).to(DTYPE)
+            make = lambda: tuple(torch.randn(t, hidden, device=self.device, dtype=DTYPE) for _ in range(2))  # noqa: E731
+            sets = self.rotation(make, 4 * t * hidden * 2)
+            x, res = sets[0]
             ref = reference.rms_norm(x.float(), w.float(), 1e-5)
             self.add("rms_norm", f"T={t} H={hidden}", lambda: triton_ops.rms_norm(x, w, 1e-5),
-                     lambda: reference.rms_norm(x, w, 1e-5), ref, 2 * t * hidden * 2 + hidden * 2)
+                     lambda: reference.rms_norm(x, w, 1e-5), ref, 2 * t * hidden * 2 + hidden * 2,
+                     graph_fns=[lambda a=a: triton_ops.rms_norm(a[0], w, 1e-5) for a in sets])
             ref = torch.cat(reference.fused_add_rms_norm(x.float(), res.float(), w.float(), 1e-5))
             self.add("fused_add_rms_norm", f"T={t} H={hidden}",
                      lambda: triton_ops.fused_add_rms_norm(x, res, w, 1e-5),
                      lambda: reference.fused_add_rms_norm(x, res, w, 1e-5), ref, 4 * t * hidden * 2 + hidden * 2,
-                     view=torch.cat)
+                     view=torch.cat, graph_fns=[lambda a=a: triton_ops.fused_add_rms_norm(*a, w, 1e-5) for a in sets])
 
     def silu(self) -> None:
         inter = 512 if self.small else INTER
         for t in self.token_counts():
-            x = torch.randn(t, 2 * inter, device=self.device, dtype=DTYPE)
+            sets = self.rotation(lambda: (torch.randn(t, 2 * inter, device=self.device, dtype=DTYPE),),
+                                 3 * t * inter * 2)
+            x = sets[0][0]
             self.add("silu_and_mul", f"T={t} I={inter}", lambda: triton_ops.silu_and_mul(x),
-                     lambda: reference.silu_and_mul(x), reference.silu_and_mul(x.float()), 3 * t * inter * 2)
+                     lambda: reference.silu_and_mul(x), reference.silu_and_mul(x.float()), 3 * t * inter * 2,
+                     graph_fns=[lambda a=a: triton_ops.silu_and_mul(a[0]) for a in sets])
 
     def rotary(self) -> None:
         hq, hkv, d = (8, 2, 64) if self.small else (HQ, HKV, D)
         cache = torch.randn(8192, d, device=self.device)  # values need not be real cos/sin
         for t in self.token_counts():
-            qkv = torch.randn(t, (hq + 2 * hkv) * d, device=self.device, dtype=DTYPE)
-            q, k = qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]
-            pos = torch.randint(0, 8192, (t,), device=self.device)
-            ref = torch.cat(reference.rotary_embedding(pos, q.float(), k.float(), cache, d), dim=1)
+            def make():
+                qkv = torch.randn(t, (hq + 2 * hkv) * d, device=self.device, dtype=DTYPE)
+                pos = torch.randint(0, 8192, (t,), device=self.device)
+                return pos, qkv[:, : hq * d], qkv[:, hq * d : (hq + hkv) * d]  # q, k: slices of qkv
             nbytes = 2 * t * (hq + hkv) * d * 2 + t * d * 4 + t * 8
+            sets = self.rotation(make, nbytes)
+            pos, q, k = sets[0]
+            ref = torch.cat(reference.rotary_embedding(pos, q.float(), k.float(), cache, d), dim=1)
             self.add("rotary_embedding", f"T={t} {hq}q/{hkv}kv x{d}",
                      lambda: triton_ops.rotary_embedding(pos, q, k, cache, d),
                      lambda: reference.rotary_embedding(pos, q, k, cache, d), ref, nbytes,
-                     note="q,k = slices of qkv", view=lambda out: torch.cat(out, dim=1))
+                     note="q,k = slices of qkv", view=lambda out: torch.cat(out, dim=1),
+                     graph_fns=[lambda a=a: triton_ops.rotary_embedding(*a, cache, d) for a in sets])
 
     def kv_write(self) -> None:
         hkv, d = (2, 64) if self.small else (HKV, D)
         num_blocks = 64 if self.small else 4096
         kv = torch.randn(2, num_blocks, BS, hkv, d, device=self.device, dtype=DTYPE)
         for t in self.token_counts():
-            qkv = torch.randn(t, 3 * hkv * d, device=self.device, dtype=DTYPE)
-            key = qkv[:, hkv * d : 2 * hkv * d].view(t, hkv, d)
-            value = qkv[:, 2 * hkv * d :].view(t, hkv, d)
-            slots = torch.randperm(num_blocks * BS, device=self.device)[:t]
+            def make():
+                qkv = torch.randn(t, 3 * hkv * d, device=self.device, dtype=DTYPE)
+                key = qkv[:, hkv * d : 2 * hkv * d].view(t, hkv, d)  # views of a fused qkv output
+                value = qkv[:, 2 * hkv * d :].view(t, hkv, d)
+                return key, value, torch.randperm(num_blocks * BS, device=self.device)[:t]
+            nbytes = 2 * 2 * t * hkv * d * 2 + t * 8
+            sets = self.rotation(make, nbytes)
+            key, value, slots = sets[0]
             expected = kv.clone()
             reference.write_kv_cache(key, value, expected, slots)
             self.add("write_kv_cache", f"T={t} {hkv}kv x{d}",
                      lambda: triton_ops.write_kv_cache(key, value, kv, slots),
                      lambda: reference.write_kv_cache(key, value, kv, slots), expected,
-                     2 * 2 * t * hkv * d * 2 + t * 8, note="torch ref syncs (valid.all())", view=lambda _: kv)
+                     nbytes, note="torch ref syncs (valid.all())", view=lambda _: kv,
+                     graph_fns=[lambda a=a: triton_ops.write_kv_cache(a[0], a[1], kv, a[2]) for a in sets[1:] or sets])
 
     # ------------------------------------------------------------- attention
     def attention_cases(self) -> list[tuple[str, list[int], list[int]]]:
@@ -177,10 +197,8 @@ class Bench:
         for name, q_lens, seq_lens in self.attention_cases():
             batch = make_batch(q_lens, seq_lens, hq, hkv, d, self.device)
             query, kv, qsl, lens, tables, max_q, max_s, scale = batch
-            config = default_config(len(seq_lens), hq, hkv, d, max_q, max_s, query.device)
-            dec_config = None  # paged_attention's default: decodes of a mixed batch get their own launch
-            if max_q > 1 and len(seq_lens) > 1:
-                dec_config = default_config(len(seq_lens), hq, hkv, d, 1, max_s, query.device)
+            config = default_config(len(seq_lens), hq, hkv, d, max_q, max_s, query.device, num_tokens=sum(q_lens))
+            dec_config = None  # as paged_attention does: one launch
             plan = torch_attention_plan(q_lens, seq_lens, tables, BS)
             # Oracle: the torch baseline in float32 on the device (reference.paged_attention builds
             # its masks on the CPU, so it runs on CPU tensors only; --small checks the two agree).
@@ -223,8 +241,9 @@ class Bench:
                     mark = "*" if cfg.endswith("(default)") else " "
                     print(f"  {mark} {us:9.1f} us  x{us / best:4.2f}  err {err:.1e}  {cfg}")
         print(f"\n## kernels vs torch reference ({device_name(self.device)}; copy bandwidth {self.copy_gbps:.0f} GB/s)")
-        print("triton/torch us: eager call (do_bench median, L2 flushed); graph us: the triton call replayed from a\n"
-              "CUDA graph (attention: rotating over independent batches); GB/s, %copy, TFLOP/s from the graph time.")
+        print("triton/torch us: one eager call (do_bench median, L2 flushed; includes host launch time where the GPU\n"
+              "work is shorter). graph us: the triton call replayed from a CUDA graph, rotating over independent\n"
+              "input sets (>= 128 MB in all) so L2 can't serve repeats. GB/s, %copy, TFLOP/s use the graph time.")
         print(f"{'kernel':<20} {'case':<30} {'triton us':>9} {'graph us':>8} {'torch us':>9} {'speedup':>8} {'MB':>8} "
               f"{'GB/s':>6} {'%copy':>6} {'TFLOP/s':>7} {'rel err':>8}")
         for r in self.rows:
@@ -268,26 +287,29 @@ def config_variants(base: AttentionConfig, dec: AttentionConfig | None, max_quer
     if max_query_len <= 1:
         return [(c, None) for c in _variants(base, max_query_len)]
     pairs = [(c, dec) for c in _variants(base, max_query_len)]
-    if dec is not None:
-        pairs += [(base, None), (AttentionConfig(16, 64, 4, 2), None), (base, replace(dec, num_stages=2)),
-                  (base, replace(dec, num_segments=1)) if dec.num_segments > 1 else (base, replace(dec, tile_n=32))]
+    # Two launches for a mixed batch: decode rows with decode tiles, then the multi-token rows.
+    pairs += [(AttentionConfig(64, 64, 4, 2), AttentionConfig(16, 64, 4, 2)),
+              (AttentionConfig(64, 64, 4, 2), AttentionConfig(16, 32, 4, 3, num_segments=2))]
     return pairs
 
 
 def _variants(base: AttentionConfig, max_query_len: int) -> list[AttentionConfig]:
     out = [base]
     if max_query_len <= 1:
-        out += [replace(base, tile_n=32), replace(base, tile_n=128, num_stages=2), replace(base, num_stages=2),
-                replace(base, num_stages=4), replace(base, num_warps=8), replace(base, tile_n=32, num_stages=4)]
         if base.num_segments > 1:
-            out += [replace(base, num_segments=1), replace(base, num_segments=max(2, base.num_segments // 2)),
-                    replace(base, tile_n=32, num_segments=2 * base.num_segments)]
+            half = max(2, base.num_segments // 2)
+            out += [replace(base, num_stages=2), replace(base, num_stages=4), replace(base, num_warps=8),
+                    replace(base, tile_n=64, num_segments=half), replace(base, tile_n=64),
+                    replace(base, num_segments=half), replace(base, num_segments=min(64, 2 * base.num_segments)),
+                    AttentionConfig(base.block_m, 64, 4, 2)]  # no split
         else:
-            out += [replace(base, num_segments=2)]
+            out += [replace(base, tile_n=32), replace(base, tile_n=128), replace(base, num_stages=3),
+                    replace(base, num_stages=4), replace(base, num_warps=8),
+                    replace(base, tile_n=32, num_stages=3, num_segments=2)]
     else:
-        out += [replace(base, num_stages=3), replace(base, tile_n=32), replace(base, tile_n=128, num_warps=8),
-                AttentionConfig(128, 64, 8, 2), AttentionConfig(128, 32, 8, 3), AttentionConfig(128, 64, 8, 3),
-                AttentionConfig(16, 64, 4, 2), AttentionConfig(32, 64, 4, 2)]
+        out += [replace(base, num_stages=3), replace(base, tile_n=32), AttentionConfig(64, 64, 4, 2),
+                AttentionConfig(128, 64, 8, 2), AttentionConfig(128, 64, 8, 3), AttentionConfig(16, 64, 4, 2),
+                AttentionConfig(16, 32, 4, 3), AttentionConfig(32, 64, 4, 2)]
     # Keep the default first; drop duplicates.
     seen, result = set(), []
     for c in out:

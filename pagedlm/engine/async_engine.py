@@ -123,6 +123,7 @@ class AsyncEngine:
         self._stop = False
         self._dead: BaseException | None = None
         self._stats: EngineStats = engine.get_stats()
+        self._inflight_ops: list[_AddOp | _AbortOp] = []
         self._thread = threading.Thread(target=self._run, name="pagedlm-engine", daemon=True)
 
     @classmethod
@@ -213,12 +214,18 @@ class AsyncEngine:
                 ops = self._wait_for_work()
                 if ops is None:
                     return
+                self._inflight_ops = ops  # resolved by _die if applying them fails midway
                 self._apply(ops)
+                self._inflight_ops = []
+                outputs: list[RequestOutput] = []
+                step_start = time.time()
                 if self.engine.has_unfinished_requests():
-                    step_start = time.time()
                     outputs = self.engine.step()
-                    self._dispatch(outputs, step_start)
+                # Stats first: a client that sees its request finish must not then read
+                # metrics that still count it as running.
                 self._record_stats()
+                if outputs:
+                    self._dispatch(outputs, step_start)
         except BaseException as e:  # noqa: BLE001 - any failure kills the engine, loudly
             logger.exception("Engine thread failed; the engine is dead")
             self._die(e)
@@ -249,12 +256,11 @@ class AsyncEngine:
                 logger.exception("add_request failed for %s", op.request_id)
                 error = RequestFailedError(f"could not add the request: {e}")
             _resolve(op.accepted, error)
-        if aborted and self.stat_logger is not None:
-            self.stat_logger.record_aborts(aborted)
+        if aborted:
+            self._log_stats("record_aborts", aborted)
 
     def _dispatch(self, outputs: list[RequestOutput], step_start: float) -> None:
-        if self.stat_logger is not None and outputs:
-            self.stat_logger.record_outputs(outputs, time.time(), step_start)
+        self._log_stats("record_outputs", outputs, time.time(), step_start)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
         with self._cond:
             for output in outputs:
@@ -272,8 +278,16 @@ class AsyncEngine:
 
     def _record_stats(self) -> None:
         self._stats = self.engine.get_stats()
-        if self.stat_logger is not None:
-            self.stat_logger.record_stats(self._stats)
+        self._log_stats("record_stats", self._stats)
+
+    def _log_stats(self, method: str, *args: Any) -> None:
+        # Metrics must never take serving down: a failing logger is reported, not raised.
+        if self.stat_logger is None:
+            return
+        try:
+            getattr(self.stat_logger, method)(*args)
+        except Exception:  # noqa: BLE001
+            logger.exception("stat logger %s failed", method)
 
     def _die(self, error: BaseException) -> None:
         dead = EngineDeadError(f"the engine failed: {type(error).__name__}: {error}")
@@ -281,7 +295,7 @@ class AsyncEngine:
             self._dead = error
             streams = list(self._streams.values())
             self._streams.clear()
-            pending = [op for op in self._ops if isinstance(op, _AddOp)]
+            pending = [op for op in [*self._inflight_ops, *self._ops] if isinstance(op, _AddOp)]
             self._ops.clear()
         for op in pending:
             _resolve(op.accepted, dead)

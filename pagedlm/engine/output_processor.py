@@ -47,10 +47,18 @@ class ParentState:
     metrics: RequestMetrics
     num_cached_tokens: int = 0
     error: str | None = None
+    num_unfinished: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_unfinished = len(self.children)
 
     @property
     def finished(self) -> bool:
-        return all(c.finish_reason is not None for c in self.children.values())
+        return self.num_unfinished == 0
+
+    def finish_child(self, child: ChildState, reason: str, stop_reason: int | str | None) -> None:
+        child.finish_reason, child.stop_reason = reason, stop_reason
+        self.num_unfinished -= 1
 
 
 def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode) -> dict[int, Logprob]:
@@ -130,10 +138,10 @@ class OutputProcessor:
         stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
         stop_str = child.detokenizer.update(out.new_token_ids, stop_terminated)
         if stop_str is not None:
-            child.finish_reason, child.stop_reason = "stop", stop_str
+            parent.finish_child(child, "stop", stop_str)
             return not out.finished
         if out.finished:
-            child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
+            parent.finish_child(child, out.finish_reason, out.stop_reason)
         return False
 
     def _to_dicts(self, lists: LogprobsLists, child: ChildState) -> list[dict[int, Logprob]]:

@@ -87,26 +87,26 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         num_scheduled: dict[str, int] = {}
-        new_blocks: dict[str, list[int]] = {}
+        cached: list[CachedRequestData] = []
         preempted: list[Request] = []
-        budget = self._schedule_running(budget, num_scheduled, new_blocks, preempted)
+        budget = self._schedule_running(budget, num_scheduled, cached, preempted)
         new_reqs: list[Request] = []
         if not preempted:
             self._schedule_waiting(budget, num_scheduled, new_reqs)
-        return self._make_output(num_scheduled, new_blocks, new_reqs, preempted)
+        return self._make_output(num_scheduled, cached, new_reqs, preempted)
 
     def _schedule_running(
-        self, budget: int, num_scheduled: dict[str, int], new_blocks: dict[str, list[int]], preempted: list[Request]
+        self, budget: int, num_scheduled: dict[str, int], cached: list[CachedRequestData], preempted: list[Request]
     ) -> int:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            num_new = min(num_new, self.max_model_len - request.num_computed_tokens)
+            num_computed = request.num_computed_tokens
+            num_new = min(len(request.all_token_ids) - num_computed, budget, self.max_model_len - num_computed)
             if num_new <= 0:
                 index += 1
                 continue
-            if self._never_fits(request.num_computed_tokens + num_new):
+            if self._never_fits(num_computed + num_new):
                 self.running.pop(index)
                 self._fail_unfittable(request)
                 continue
@@ -119,7 +119,8 @@ class Scheduler:
             if blocks is None:
                 break
             num_scheduled[request.request_id] = num_new
-            new_blocks[request.request_id] = [b.block_id for b in blocks]
+            cached.append(CachedRequestData(request.request_id, [b.block_id for b in blocks], num_computed))
+            request.num_computed_tokens = num_computed + num_new
             budget -= num_new
             index += 1
         return budget
@@ -175,30 +176,24 @@ class Scheduler:
         self._free(request)
 
     def _make_output(
-        self, num_scheduled: dict[str, int], new_blocks: dict[str, list[int]], new_reqs: list[Request],
+        self, num_scheduled: dict[str, int], cached: list[CachedRequestData], new_reqs: list[Request],
         preempted: list[Request],
     ) -> SchedulerOutput:
-        new_ids = {r.request_id for r in new_reqs}
-        new_data = [
-            NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
-                           self.kv.get_block_ids(r.request_id), r.num_computed_tokens)
-            for r in new_reqs
-        ]
-        cached_data = [
-            CachedRequestData(r.request_id, new_blocks[r.request_id], r.num_computed_tokens)
-            for r in self.running if r.request_id in num_scheduled and r.request_id not in new_ids
-        ]
+        # Running requests already advanced their num_computed_tokens as they were scheduled.
+        new_data = []
+        for r in new_reqs:
+            new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
+                                           self.kv.get_block_ids(r.request_id), r.num_computed_tokens))
+            r.num_computed_tokens += num_scheduled[r.request_id]
         out = SchedulerOutput(
             scheduled_new_reqs=new_data,
-            scheduled_cached_reqs=cached_data,
+            scheduled_cached_reqs=cached,
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=sum(num_scheduled.values()),
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
         )
         self.finished_req_ids = set()
-        for req_id, n in num_scheduled.items():
-            self.requests[req_id].num_computed_tokens += n
         return out
 
     # ---- results ------------------------------------------------------------------------
@@ -234,17 +229,17 @@ class Scheduler:
         params = request.sampling_params
         for n, token_id in enumerate(new_ids, start=1):
             request.append_output_token(token_id)
-            if request.num_output_tokens >= params.min_tokens:
+            num_output = len(request.output_token_ids)
+            if num_output >= params.min_tokens:
                 if token_id == request.eos_token_id and not params.ignore_eos:
                     request.status = RequestStatus.FINISHED_STOPPED
-                elif token_id in params.stop_token_ids:
+                    return new_ids[:n]
+                if token_id in params.stop_token_ids:
                     request.status = RequestStatus.FINISHED_STOPPED
                     request.stop_reason = token_id
-            if not request.is_finished and (
-                request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len
-            ):
+                    return new_ids[:n]
+            if num_output >= request.max_tokens or len(request.all_token_ids) >= self.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
-            if request.is_finished:
                 return new_ids[:n]
         return new_ids
 

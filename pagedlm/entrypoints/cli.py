@@ -36,7 +36,7 @@ def _setup_logging() -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from pagedlm.entrypoints.openai.api_server import run_server
+    from pagedlm.entrypoints.openai.api_server import ServerStartError, run_server
 
     if args.model is None:
         from pagedlm.demo import DEMO_MODEL_NAME, demo_model_dir
@@ -45,7 +45,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         if args.served_model_name is None:
             args.served_model_name = DEMO_MODEL_NAME
         logger.warning(DEMO_WARNING, args.model)
-    run_server(args)
+    try:
+        run_server(args)
+    except ServerStartError as e:
+        sys.exit(f"pagedlm serve: error: {e}")
 
 
 def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:

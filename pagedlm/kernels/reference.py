@@ -119,8 +119,8 @@ def paged_attention(
         seq_len = lens[b]
         num_blocks = (seq_len + block_size - 1) // block_size
         k, v = _gather_kv(kv_cache, block_tables[b, :num_blocks].long(), seq_len)
-        q_pos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)  # [Q, 1]
-        k_pos = torch.arange(seq_len).unsqueeze(0)  # [1, L]
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device).unsqueeze(1)  # [Q, 1]
+        k_pos = torch.arange(seq_len, device=query.device).unsqueeze(0)  # [1, L]
         mask = k_pos <= q_pos
         if sliding_window is not None:
             mask &= k_pos > q_pos - sliding_window
@@ -134,16 +134,17 @@ def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size,
     """All single-token queries at once: K/V gathered padded to the longest context."""
     max_len = max(lens[b] for b in rows)
     num_blocks = (max_len + block_size - 1) // block_size
-    row_idx = torch.tensor(rows)
+    device = query.device
+    row_idx = torch.tensor(rows, device=device)
     tables = block_tables[row_idx, :num_blocks].long()  # [R, nb]
     kv = kv_cache[:, tables]  # [2, R, nb, BS, Hkv, D]
     kv = kv.flatten(2, 3)[:, :, :max_len]  # [2, R, L, Hkv, D]
-    seq_lens = torch.tensor([lens[b] for b in rows])
-    k_pos = torch.arange(max_len).unsqueeze(0)
+    seq_lens = torch.tensor([lens[b] for b in rows], device=device)
+    k_pos = torch.arange(max_len, device=device).unsqueeze(0)
     mask = k_pos < seq_lens.unsqueeze(1)  # [R, L]
     if sliding_window is not None:
         mask &= k_pos > (seq_lens.unsqueeze(1) - 1 - sliding_window)
-    token_idx = torch.tensor([starts[b] for b in rows])
+    token_idx = torch.tensor([starts[b] for b in rows], device=device)
     q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
     o = _attend(q, kv[0].transpose(1, 2), kv[1].transpose(1, 2), mask[:, None, None, :], scale)
     out[token_idx] = o.squeeze(2)

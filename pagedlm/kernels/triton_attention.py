@@ -16,8 +16,9 @@ Three launch modes of the one kernel (MODE):
   0 every row, one launch (BLOCK_M sized for prefill; decodes ride along).
   1 decode rows only: program i is sequence i, sequences whose q_len != 1 exit. Small BLOCK_M
     (just the GQA group), optional split-K. Used alone when max_query_len == 1.
-  2 multi-token rows only (q_len == 1 exits). A mixed batch runs mode 1 then mode 2, so the
-    decodes keep the lean decode tiles and the prefill chunks get large query tiles.
+  2 multi-token rows only (q_len == 1 exits). Mode 1 then mode 2 is an option for mixed
+    batches (``decode_config``); measured on H100 it was slower than one mode-0 launch, where
+    the decode programs overlap the prefill programs, so the default is mode 0.
 
 Split-K: axis 2 of the grid cuts each sequence's KV tiles into segments of
 ``tiles_per_segment``; each program writes an unnormalised partial output with its running
@@ -195,9 +196,16 @@ def _device_sms(device: torch.device) -> int:
 
 def default_config(
     num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
-    max_query_len: int, max_seq_len: int, device: torch.device,
+    max_query_len: int, max_seq_len: int, device: torch.device, num_tokens: int | None = None,
 ) -> AttentionConfig:
-    """Decode tiles (and split-K for small batches) when max_query_len <= 1, else prefill tiles."""
+    """Tiles picked from sweeps on an H100 (benchmarks/kernels_bench.py, Llama-3.1-8B shapes).
+
+    Decode (max_query_len <= 1): BLOCK_M = the GQA group padded to 16; a batch with fewer
+    (sequence, KV head) programs than 2x the SMs splits each context into segments so that
+    about 4 programs per SM run, with 32-token tiles; otherwise 64-token tiles, no split.
+    Otherwise 64-row query tiles, or 16 rows when the multi-token part is small (few query
+    tokens per sequence, or no more prefill tokens than sequences): the decodes in a mixed
+    batch then keep lean tiles."""
     group = num_q_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head_dim))
     tile_n = 64 if head_pad <= 128 else 32
@@ -205,12 +213,15 @@ def default_config(
         block_m = max(16, triton.next_power_of_2(group))
         num_sms = _device_sms(device)
         programs = max(1, num_seqs * num_kv_heads)
-        num_tiles = triton.cdiv(max(max_seq_len, 1), tile_n)
-        num_segments = 1
-        if programs < 2 * num_sms and num_tiles > 1:
+        split_tile_n = tile_n // 2
+        num_tiles = triton.cdiv(max(max_seq_len, 1), split_tile_n)
+        if programs < 2 * num_sms and num_tiles > 2:
             num_segments = min(triton.cdiv(4 * num_sms, programs), num_tiles, _MAX_SEGMENTS)
-        return AttentionConfig(block_m, tile_n, num_warps=4, num_stages=3, num_segments=num_segments)
-    block_m = max(64, triton.next_power_of_2(group))
+            return AttentionConfig(block_m, split_tile_n, num_warps=4, num_stages=3, num_segments=num_segments)
+        return AttentionConfig(block_m, tile_n, num_warps=4, num_stages=2)
+    few_prefill_tokens = num_tokens is not None and num_tokens - num_seqs <= num_seqs
+    block_m = 16 if max_query_len * group <= 16 or few_prefill_tokens else 64
+    block_m = max(block_m, triton.next_power_of_2(group))
     num_warps = 8 if block_m * head_pad > 8192 else 4
     return AttentionConfig(block_m, tile_n, num_warps=num_warps, num_stages=2)
 
@@ -310,17 +321,13 @@ def paged_attention(
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
     and max_seq_len every seq_len (the split-K decode path sizes its segments by it)."""
-    num_seqs = seq_lens.shape[0]
-    shape = (query.shape[1], kv_cache.shape[3], query.shape[2])
-    config = default_config(num_seqs, *shape, max_query_len, max_seq_len, query.device)
-    # A batch of several sequences with multi-token rows may also hold decodes: give them
-    # their own launch (a pure prefill batch pays one launch whose programs all exit).
-    decode_config = None
-    if max_query_len > 1 and num_seqs > 1:
-        decode_config = default_config(num_seqs, *shape, 1, max_seq_len, query.device)
+    config = default_config(
+        seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,
+        query.device, num_tokens=query.shape[0],
+    )
     return paged_attention_with_config(
         query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-        sliding_window, config, decode_config,
+        sliding_window, config,
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 import time
 from typing import Any, AsyncIterator, TypeVar
 
@@ -200,16 +201,33 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], m
 # ---------------------------------------------------------------------- CLI entry
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before loading the model, so a busy port fails in a second, not after the load."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port.") from e
+
+
+class ServerStartError(RuntimeError):
+    """The server cannot start as configured; the message says what to change."""
+
+
 def run_server(args: argparse.Namespace) -> None:
-    """Load the engine (minutes for a big model), then serve until interrupted."""
+    """Bind, load the engine (minutes for a big model), then serve until interrupted."""
     import uvicorn
     from prometheus_client import disable_created_metrics
 
     from pagedlm.engine_args import EngineArgs
 
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
-    engine_args = EngineArgs.from_cli_args(args)
-    engine = AsyncEngine.from_engine_args(engine_args)
+    sock = bind_socket(args.host, args.port)
+    try:
+        engine = AsyncEngine.from_engine_args(EngineArgs.from_cli_args(args))
+    except ValueError as e:  # ConfigError, a tokenizer that cannot load: the user's to fix
+        sock.close()
+        raise ServerStartError(str(e)) from e
     engine.stat_logger = PrometheusStatLogger(engine.model_config.served_model_name)
     app = build_app(engine, engine.stat_logger, api_key=args.api_key)
     logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
@@ -218,6 +236,7 @@ def run_server(args: argparse.Namespace) -> None:
                             access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             timeout_graceful_shutdown=5)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         engine.shutdown()
+        sock.close()

@@ -1,0 +1,87 @@
+"""End-to-end fixtures: one tiny checkpoint, one real ``pagedlm serve`` process on a free
+loopback port (with an API key, so auth is exercised by every test), the offline LLM on the
+same checkpoint for parity, and clients."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from e2e_helpers import (  # noqa: E402
+    API_KEY,
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    NUM_BLOCKS,
+    REPO_ROOT,
+    STARTUP_TIMEOUT_S,
+    Server,
+    free_port,
+    stop,
+    wait_healthy,
+)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+        "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY,
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_healthy(srv, STARTUP_TIMEOUT_S)
+        yield srv
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def offline_llm(checkpoint: Path):
+    from pagedlm import LLM
+
+    return LLM(str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=NUM_BLOCKS, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def client(server: Server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def async_client_factory(server: Server):
+    import openai
+
+    def make() -> "openai.AsyncOpenAI":
+        return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+    return make
+
+
+@pytest.fixture()
+def http(server: Server) -> Iterator["httpx.Client"]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as c:
+        yield c
