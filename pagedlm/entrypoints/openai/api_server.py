@@ -237,6 +237,8 @@ def run_server(args: argparse.Namespace) -> None:
                             timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        logger.info("Interrupted: server stopped")
     finally:
         engine.shutdown()
         sock.close()
