@@ -56,7 +56,9 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     max_model_len: int = 2048
-    enable_chunked_prefill: bool = True
+    # Schedule step N+1 while the device runs step N (its sampled ids are fed back on the
+    # device). Hides the host's per-step work; a finished request costs one extra step.
+    async_scheduling: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     device: str = "auto"
     chat_template: str | None = None
+    async_scheduling: bool | None = None  # default: on for CUDA, off on CPU
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -62,6 +63,8 @@ class EngineArgs:
         parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
         parser.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"])
         parser.add_argument("--chat-template", type=str, default=None)
+        parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                            help="overlap scheduling with the device step (default: on for CUDA)")
         return parser
 
     @classmethod
@@ -115,6 +118,7 @@ class EngineArgs:
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=max_batched,
                 max_model_len=max_model_len,
+                async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

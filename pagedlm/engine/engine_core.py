@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from pagedlm.config import EngineConfig
-from pagedlm.engine.messages import EngineCoreOutput
+from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
 from pagedlm.worker.model_runner import ModelRunner
@@ -20,6 +20,7 @@ class EngineCore:
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
+        self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
         self.runner.warm_up()
 
     def add_request(self, request: Request) -> None:
@@ -33,14 +34,29 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None
 
     def step(self) -> list[EngineCoreOutput]:
+        if self.config.scheduler_config.async_scheduling:
+            return self._step_overlapped()
         if not self.scheduler.has_unfinished_requests():
             return []
         sched = self.scheduler.schedule()
         runner_output = self.runner.execute_model(sched)
         return self.scheduler.update_from_output(sched, runner_output)
+
+    def _step_overlapped(self) -> list[EngineCoreOutput]:
+        """Launch step N, then collect step N-1 while the device runs N: the host's
+        scheduling and bookkeeping overlap the device instead of leaving it idle."""
+        launched = None
+        if self.scheduler.has_unfinished_requests():
+            launched = self.scheduler.schedule()
+            self.runner.launch(launched)
+        outputs: list[EngineCoreOutput] = []
+        if self._inflight is not None:
+            outputs = self.scheduler.update_from_output(self._inflight, self.runner.take_output())
+        self._inflight = launched
+        return outputs
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()

@@ -53,6 +53,10 @@ class Request:
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
+        # Tokens the runner has sampled (or will sample in a step already scheduled) that the
+        # scheduler has not received yet. With async scheduling the next step is scheduled
+        # before the last one's tokens arrive, so the count of tokens to compute includes them.
+        self.num_pending_tokens = 0
         self.num_cached_tokens = -1  # set when first scheduled
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None

@@ -102,7 +102,8 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_computed = request.num_computed_tokens
-            num_new = min(len(request.all_token_ids) - num_computed, budget, self.max_model_len - num_computed)
+            num_known = len(request.all_token_ids) + request.num_pending_tokens
+            num_new = min(num_known - num_computed, budget, self.max_model_len - num_computed)
             if num_new <= 0:
                 index += 1
                 continue
@@ -121,6 +122,8 @@ class Scheduler:
             num_scheduled[request.request_id] = num_new
             cached.append(CachedRequestData(request.request_id, [b.block_id for b in blocks], num_computed))
             request.num_computed_tokens = num_computed + num_new
+            if request.num_computed_tokens == num_known:
+                request.num_pending_tokens += 1  # this step samples its next token
             budget -= num_new
             index += 1
         return budget
@@ -141,6 +144,8 @@ class Scheduler:
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if request.num_pending_tokens:
+                break  # preempted with a token still in flight: resume once it has arrived
             if self._never_fits(request.num_tokens):
                 self._fail_unfittable(self.waiting.popleft())
                 continue
@@ -159,6 +164,8 @@ class Scheduler:
             self.running.append(request)
             new_reqs.append(request)
             num_scheduled[request.request_id] = num_new
+            if num_hit_tokens + num_new == request.num_tokens:
+                request.num_pending_tokens = 1
             budget -= num_new
 
     def _never_fits(self, num_tokens: int) -> bool:
@@ -208,6 +215,7 @@ class Scheduler:
             prompt_lp = runner.prompt_logprobs.get(req_id)
             if not new_ids and prompt_lp is None:
                 continue
+            request.num_pending_tokens -= len(new_ids)
             new_ids = self._append_and_check_stop(request, new_ids)
             outputs.append(
                 EngineCoreOutput(
@@ -221,7 +229,8 @@ class Scheduler:
                 )
             )
             if request.is_finished:
-                self.running.remove(request)
+                # Usually running; a request preempted while its token was in flight waits.
+                (self.running if request in self.running else self.waiting).remove(request)
                 self._free(request)
         return outputs
 

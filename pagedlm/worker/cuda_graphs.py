@@ -68,10 +68,8 @@ class CUDAGraphRunner:
         logger.info("Captured %d CUDA graphs (batch sizes %d..%d) in %.1f s", len(self.graphs), self.sizes[0],
                     self.sizes[-1], time.perf_counter() - start)
 
-    def run(self, inputs: StepInputs, size: int) -> torch.Tensor:
-        """A decode step (one token per sequence) through the graph of ``size``: hidden [n, H]."""
-        n = len(inputs.input_ids)
-        self.buffers.stage(inputs, size, size)
-        self.buffers.upload(size)
+    def replay(self, size: int, num_tokens: int) -> torch.Tensor:
+        """Replay the graph of ``size`` over inputs already staged and uploaded into the
+        buffers (one token per sequence, padded to ``size``): hidden [num_tokens, H]."""
         self.graphs[size].replay()
-        return self.outputs[size][:n]
+        return self.outputs[size][:num_tokens]

@@ -22,6 +22,9 @@ class CachedRequestState:
     block_ids: list[int]
     num_computed_tokens: int
     token_ids: list[int] = field(default_factory=list)  # prompt + output, grows as the runner samples
+    # 1 while this request's last sampled token is still on the device (async scheduling):
+    # the next step reads that input token there.
+    num_pending: int = 0
 
     @classmethod
     def from_new(cls, data: NewRequestData, device: torch.device) -> "CachedRequestState":
@@ -53,6 +56,10 @@ class StepInputs:
     sample_rows: list[int]  # indices into req_ids of requests that sample a token this step
     logits_indices: np.ndarray  # [len(sample_rows)] token index of each sampling request's last token
     prompt_logprob_spans: dict[int, tuple[int, int, int]]  # row -> (first token index, count, first target position)
+    # Input tokens not known on the host yet (the previous step's samples): token index in
+    # this step -> request id whose last sample fills it.
+    pending_token_indices: list[int] = field(default_factory=list)
+    pending_req_ids: list[str] = field(default_factory=list)
 
 
 def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
@@ -83,17 +90,28 @@ def build_step_inputs(
     input_ids = np.fromiter(
         itertools.chain.from_iterable(
             s.token_ids[lo : lo + n] for s, lo, n in zip(reqs, starts.tolist(), counts.tolist())),
-        dtype=np.int64, count=total)
+        dtype=np.int64, count=total - sum(s.num_pending for s in reqs))
     sample_rows, logits_indices, spans = [], [], {}
+    pending_idx, pending_reqs = [], []
     for i, (state, hi) in enumerate(zip(reqs, seq_lens.tolist())):
-        if hi == len(state.token_ids):
+        if state.num_pending:
+            # Its last input token is the previous step's sample, still on the device.
+            pending_idx.append(int(query_start_loc[i + 1]) - 1)
+            pending_reqs.append(state.req_id)
+        if hi == len(state.token_ids) + state.num_pending:
             sample_rows.append(i)
             logits_indices.append(int(query_start_loc[i + 1]) - 1)
         if state.sampling_params.prompt_logprobs is not None and hi - counts[i] < state.num_prompt_tokens - 1:
             # logits at position p score prompt token p + 1
             lo = int(hi - counts[i])
             spans[i] = (int(query_start_loc[i]), min(hi, state.num_prompt_tokens - 1) - lo, lo + 1)
+    if pending_idx:  # placeholders (0) where the device fills in the pending tokens
+        known = np.ones(total, dtype=bool)
+        known[pending_idx] = False
+        full = np.zeros(total, dtype=np.int64)
+        full[known] = input_ids
+        input_ids = full
     block_ids = block_tables[token_req, positions // block_size]
     slot_mapping = block_ids.astype(np.int64) * block_size + positions % block_size
     return StepInputs(req_ids, input_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables,
-                      sample_rows, np.array(logits_indices, dtype=np.int64), spans)
+                      sample_rows, np.array(logits_indices, dtype=np.int64), spans, pending_idx, pending_reqs)

@@ -4,6 +4,8 @@ tensors and the runner-side copy of every running request."""
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ class ModelRunner:
         self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs,
                                    -(-sched.max_model_len // self.block_size), self.device)
         self.graph_runner: CUDAGraphRunner | None = None
+        self._inflight: deque[InflightStep] = deque()
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -113,15 +116,23 @@ class ModelRunner:
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         """hidden states [T, H] for the step: through a CUDA graph for decode-only steps that
-        fit one, else eagerly. Either way the inputs reach the device in one copy."""
+        fit one, else eagerly. Either way the inputs reach the device in one copy, and input
+        tokens still on the device (the last step's samples) are filled in there."""
         num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
+        size = None
         if self.graph_runner is not None and max_query_len == 1:
             size = self.graph_runner.padded_size(num_seqs)
-            if size is not None:
-                return self.graph_runner.run(inputs, size)
-        self.buffers.stage(inputs, num_tokens, num_seqs)
-        self.buffers.upload(num_seqs)
+        padded = size or num_tokens
+        self.buffers.stage(inputs, padded, size or num_seqs)
+        if inputs.pending_req_ids:
+            prev = self._inflight[-1]
+            self.buffers.stage_pending_sources([prev.row_of[r] for r in inputs.pending_req_ids])
+        self.buffers.upload(size or num_seqs)
+        if inputs.pending_req_ids:
+            self.buffers.fill_pending(len(inputs.pending_req_ids), self._inflight[-1].sampled)
+        if size is not None:
+            return self.graph_runner.replay(size, num_tokens)
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
@@ -129,21 +140,41 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run a step and wait for its sampled tokens."""
+        self.launch(sched)
+        return self.take_output()
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput) -> None:
+        """Start a step on the device without waiting for it; take_output() collects it.
+        At most one earlier step may still be in flight: its samples feed this step's inputs."""
         self._update_states(sched)
         if sched.total_num_scheduled_tokens == 0:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+            self._inflight.append(InflightStep(ModelRunnerOutput(req_ids=[], sampled_token_ids=[])))
+            return
+        sample_states = [self.requests[r] for r, n in sched.num_scheduled_tokens.items()
+                         if self.requests[r].num_computed_tokens + n == len(self.requests[r].token_ids)
+                         + self.requests[r].num_pending]
+        if self._inflight and any(_needs_history(s.sampling_params) for s in sample_states):
+            self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
         hidden = self._forward(inputs)  # [T, hidden]
-        output = ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids])
+        step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows:
-            self._sample(hidden, inputs, output)
+            self._sample(hidden, inputs, step)
         if inputs.prompt_logprob_spans:
-            self._prompt_logprobs(hidden, inputs, output)
+            self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
             state.num_computed_tokens += num
-        return output
+        self._inflight.append(step)
 
-    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
+    def take_output(self) -> ModelRunnerOutput:
+        """The oldest launched step's output (waits for its sampled ids)."""
+        step = self._inflight.popleft()
+        step.resolve(self.requests)
+        return step.output
+
+    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, step: "InflightStep") -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
         # Already on the device: a pageable host copy here would wait for the forward pass.
         indices = self.buffers.logits_indices(len(inputs.sample_rows))
@@ -153,28 +184,63 @@ class ModelRunner:
             [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
         )
         result = self.sampler(logits, metadata)
-        sampled = result.sampled_token_ids.tolist()  # the step's one device-to-host copy
-        logprobs = result.logprobs.to_cpu() if result.logprobs is not None else None
-        for row, (i, state) in enumerate(zip(inputs.sample_rows, states)):
-            token_id = sampled[row]
-            state.output_token_ids.append(token_id)
-            state.token_ids.append(token_id)
-            output.sampled_token_ids[i] = [token_id]
-            k = state.sampling_params.logprobs
-            if logprobs is not None and k is not None:
-                output.logprobs[state.req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
+        step.sampled = result.sampled_token_ids
+        step.logprobs = result.logprobs
+        step.rows = inputs.sample_rows
+        step.row_of = {s.req_id: row for row, s in enumerate(states)}
+        step.num_logprobs = [s.sampling_params.logprobs for s in states]
+        for state in states:
+            state.num_pending += 1
 
     def _prompt_logprobs(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
         for i, (first, count, target_pos) in inputs.prompt_logprob_spans.items():
             state = self.requests[inputs.req_ids[i]]
             k = state.sampling_params.prompt_logprobs
-            if count <= 0:
-                output.prompt_logprobs[state.req_id] = LogprobsLists([], [], [])
-                continue
             logits = self.model.compute_logits(hidden[first : first + count])
             targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
             tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
             output.prompt_logprobs[state.req_id] = _to_lists(tensors, k)
+
+
+def _needs_history(params) -> bool:
+    """Sampling that reads the tokens generated so far (they must all be on the host)."""
+    return bool(params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
+                or params.bad_words_token_ids or params.min_tokens)
+
+
+@dataclass
+class InflightStep:
+    """A launched step: its sampled ids stay on the device until resolve()."""
+
+    output: ModelRunnerOutput
+    sampled: torch.Tensor | None = None  # [S] int64 on the device
+    logprobs: LogprobsTensors | None = None
+    rows: list[int] = field(default_factory=list)  # sample row -> index in output.req_ids
+    row_of: dict[str, int] = field(default_factory=dict)  # req_id -> sample row
+    num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
+    resolved: bool = False
+
+    def resolve(self, states: dict[str, CachedRequestState]) -> None:
+        """Bring the sampled ids to the host (the step's one device-to-host copy) and append
+        them to the runner's copy of each request that still exists."""
+        if self.resolved or self.sampled is None:
+            self.resolved = True
+            return
+        self.resolved = True
+        sampled = self.sampled.tolist()
+        logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
+        for row, i in enumerate(self.rows):
+            req_id = self.output.req_ids[i]
+            token_id = sampled[row]
+            self.output.sampled_token_ids[i] = [token_id]
+            k = self.num_logprobs[row]
+            if logprobs is not None and k is not None:
+                self.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
+            state = states.get(req_id)
+            if state is not None:  # gone if finished or preempted meanwhile
+                state.output_token_ids.append(token_id)
+                state.token_ids.append(token_id)
+                state.num_pending -= 1
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:

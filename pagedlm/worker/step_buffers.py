@@ -15,7 +15,8 @@ class StepBuffers:
         self.max_tokens, self.max_seqs, self.width = max_tokens, max_seqs, max_blocks_per_seq
         self.device = device
         sizes = {"input_ids": max_tokens, "positions": max_tokens, "slot_mapping": max_tokens,
-                 "logits_indices": max_seqs, "query_start_loc": max_seqs + 1, "seq_lens": max_seqs,
+                 "logits_indices": max_seqs, "pending_dst": max_seqs, "pending_src": max_seqs,
+                 "query_start_loc": max_seqs + 1, "seq_lens": max_seqs,
                  "block_tables": max_seqs * max_blocks_per_seq}
         self.offsets: dict[str, int] = {}
         total = 0
@@ -43,6 +44,7 @@ class StepBuffers:
         h[o["positions"] + n_tok : o["positions"] + num_tokens] = 0
         h[o["slot_mapping"] + n_tok : o["slot_mapping"] + num_tokens] = -1
         h[o["logits_indices"] : o["logits_indices"] + len(inputs.logits_indices)] = inputs.logits_indices
+        h[o["pending_dst"] : o["pending_dst"] + len(inputs.pending_token_indices)] = inputs.pending_token_indices
         qsl = o["query_start_loc"]
         h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
         h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + torch.arange(num_seqs - n_seq).numpy()
@@ -69,6 +71,18 @@ class StepBuffers:
             max_query_len=max_query_len, max_seq_len=max_seq_len, num_actual_tokens=num_actual_tokens,
         )
         return self._view(d, "input_ids", num_tokens), self._view(d, "positions", num_tokens), meta
+
+    def stage_pending_sources(self, rows: list[int]) -> None:
+        """Rows of the previous step's sampled ids that fill this step's pending tokens."""
+        start = self.offsets["pending_src"]
+        self.host_np[start : start + len(rows)] = rows
+
+    def fill_pending(self, num_pending: int, prev_sampled: torch.Tensor) -> None:
+        """On the device, after the upload: input_ids[dst] = prev_sampled[src]. No host sync."""
+        if num_pending:
+            dst = self._view(self.dev, "pending_dst", num_pending)
+            src = self._view(self.dev, "pending_src", num_pending)
+            self._view(self.dev, "input_ids", self.max_tokens).index_copy_(0, dst, prev_sampled.index_select(0, src))
 
     def logits_indices(self, n: int) -> torch.Tensor:
         """Device view of the step's sampling token indices (uploaded with everything else)."""

@@ -29,6 +29,27 @@ def test_outputs_in_input_order_and_fields(llm):
         assert c.logprobs is None and c.cumulative_logprob is None
 
 
+@pytest.fixture(scope="module")
+def async_llm(llama_checkpoint):
+    return LLM(llama_checkpoint, max_model_len=256, block_size=8, async_scheduling=True)
+
+
+def test_async_scheduling_gives_the_same_outputs(llm, async_llm):
+    prompts = ["Hello, my name is", "Once upon a time", {"prompt_token_ids": [1, 2, 3]}, "x"]
+    params = [SamplingParams(temperature=0, max_tokens=9, logprobs=2),
+              SamplingParams(temperature=0.9, seed=11, max_tokens=12, presence_penalty=0.5),
+              SamplingParams(n=3, temperature=1.0, seed=2, max_tokens=6, stop_token_ids=[7]),
+              SamplingParams(temperature=0, max_tokens=30, stop=["e"])]
+    sync = llm.generate(prompts, params, use_tqdm=False)
+    overlapped = async_llm.generate(prompts, params, use_tqdm=False)
+    for a, b in zip(sync, overlapped):
+        assert [(c.token_ids, c.text, c.finish_reason, c.stop_reason) for c in a.outputs] == \
+            [(c.token_ids, c.text, c.finish_reason, c.stop_reason) for c in b.outputs]
+    assert [lp.keys() for lp in sync[0].outputs[0].logprobs] == [lp.keys() for lp in overlapped[0].outputs[0].logprobs]
+    stats = async_llm.llm_engine.get_stats()
+    assert stats.num_free_blocks == stats.num_total_blocks and not async_llm.llm_engine.has_unfinished_requests()
+
+
 def test_seeded_sampling_reproducible_alone_and_in_batch(llm):
     seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=1234, max_tokens=12, ignore_eos=True)
     alone = ids(llm.generate("Once upon a time", seeded, use_tqdm=False))[0]

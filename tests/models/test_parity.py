@@ -88,9 +88,10 @@ def llama_ref(checkpoint_factory):
     return path, prompts, hf_reference(path, prompts, MAX_TOKENS)
 
 
-def test_parity_with_prefix_cache_hits(llama_ref):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_parity_with_prefix_cache_hits(llama_ref, async_scheduling):
     path, prompts, ref = llama_ref
-    llm, first = run(path, prompts, max_model_len=128, block_size=4)
+    llm, first = run(path, prompts, max_model_len=128, block_size=4, async_scheduling=async_scheduling)
     check_close(ref, first, prompts)
     again = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(), use_tqdm=False)
     check_close(ref, again, prompts)
@@ -102,17 +103,20 @@ def test_parity_with_prefix_cache_hits(llama_ref):
     assert stats.num_free_blocks == stats.num_total_blocks
 
 
-def test_parity_with_chunked_prefill(llama_ref):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_parity_with_chunked_prefill(llama_ref, async_scheduling):
     path, prompts, ref = llama_ref
-    llm, outputs = run(path, prompts, max_model_len=128, block_size=4, max_num_batched_tokens=7)
+    llm, outputs = run(path, prompts, max_model_len=128, block_size=4, max_num_batched_tokens=7,
+                       async_scheduling=async_scheduling)
     check_close(ref, outputs, prompts)
 
 
-def test_parity_under_preemption(llama_ref):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_parity_under_preemption(llama_ref, async_scheduling):
     path, prompts, ref = llama_ref
     # 96 tokens of KV for 8 requests of up to 80 tokens: they must take turns.
     llm, outputs = run(path, prompts, max_model_len=96, block_size=4, num_gpu_blocks_override=24,
-                       max_num_batched_tokens=32)
+                       max_num_batched_tokens=32, async_scheduling=async_scheduling)
     check_close(ref, outputs, prompts)
     stats = llm.llm_engine.get_stats()
     assert stats.num_preemptions_total > 0
