@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import socket
 import time
 from typing import Any, AsyncIterator, TypeVar
@@ -82,7 +83,7 @@ async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
             raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
         chunks.append(chunk)
     try:
-        data = json.loads(b"".join(chunks), parse_constant=_reject_constant)
+        data = json.loads(b"".join(chunks), parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         raise OpenAIError(f"The request body is not valid JSON: {e}", 400) from e
     if not isinstance(data, dict):
@@ -95,6 +96,14 @@ async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf; no sampling field has a meaning for it.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the range of a float")
+    return value
 
 
 def build_app(engine: AsyncEngine, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,

@@ -83,6 +83,16 @@ class SamplingFields(OpenAIBaseModel):
             raise ValueError(f"each stop sequence must be at most {MAX_STOP_SEQUENCE_CHARS} characters")
         return stop
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"values must be in [-100, 100], got {value} for token {key}")
+        return bias
+
     @model_validator(mode="after")
     def _check_common(self) -> "SamplingFields":
         if self.stream_options is not None and not self.stream:
