@@ -299,8 +299,13 @@ async def _main(args: argparse.Namespace) -> int:
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as client:
         model, root = args.model, None
         if model is None or args.tokenizer is None:
-            found, root = await _discover_model(client, base_url)
-            model = model or found
+            try:
+                found, root = await _discover_model(client, base_url)
+                model = model or found
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+                if model is None:
+                    print(f"Could not list the server's models ({e}); pass --model.", file=sys.stderr)
+                    return 1
         tokenizer = load_tokenizer(args.tokenizer or root)
         prompts = random_dataset(args, tokenizer)
         url = f"{base_url}{args.endpoint}"

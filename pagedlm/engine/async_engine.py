@@ -149,11 +149,11 @@ class AsyncEngine:
                           arrival_time: float | None = None) -> RequestStream:
         """Queue a request; returns once the engine accepted it. Raises InvalidRequestError
         (a ValueError) on bad input and EngineDeadError when the engine has failed."""
-        self._check_alive()
         loop = asyncio.get_running_loop()
         stream = RequestStream(request_id, self, loop)
         accepted: asyncio.Future = loop.create_future()
         with self._cond:
+            self._check_alive()  # under the lock: the thread cannot exit between check and queue
             if request_id in self._streams:
                 raise InvalidRequestError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
@@ -212,7 +212,8 @@ class AsyncEngine:
         try:
             while True:
                 ops = self._wait_for_work()
-                if ops is None:
+                if ops is None:  # shutdown: nobody will step these any more
+                    self._fail_all(EngineDeadError("the engine was shut down"))
                     return
                 self._inflight_ops = ops  # resolved by _die if applying them fails midway
                 self._apply(ops)
@@ -290,9 +291,13 @@ class AsyncEngine:
             logger.exception("stat logger %s failed", method)
 
     def _die(self, error: BaseException) -> None:
-        dead = EngineDeadError(f"the engine failed: {type(error).__name__}: {error}")
         with self._cond:
             self._dead = error
+        self._fail_all(EngineDeadError(f"the engine failed: {type(error).__name__}: {error}"))
+
+    def _fail_all(self, dead: EngineDeadError) -> None:
+        """Every waiting caller gets ``dead`` instead of waiting forever."""
+        with self._cond:
             streams = list(self._streams.values())
             self._streams.clear()
             pending = [op for op in [*self._inflight_ops, *self._ops] if isinstance(op, _AddOp)]

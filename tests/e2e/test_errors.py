@@ -29,6 +29,7 @@ CASES = [
     ("infinite-float", CMPL, b'{"prompt": "hi", "logit_bias": {"5": 1e400}}', 400, "not valid JSON", None),
     ("logit-bias-range", CMPL, _c(logit_bias={"5": 101}), 400, "[-100, 100]", "logit_bias"),
     ("logit-bias-key", CMPL, _c(logit_bias={"abc": 1}), 400, "token ids", "logit_bias"),
+    ("lone-surrogate", CMPL, b'{"prompt": "\\ud800 hi"}', 400, "not valid JSON", None),
     ("non-object", CMPL, b"[1, 2, 3]", 400, "must be a JSON object", None),
     ("string-body", CHAT, b'"hello"', 400, "must be a JSON object", None),
     ("missing-prompt", CMPL, {"model": MODEL_NAME}, 400, "prompt", "prompt"),

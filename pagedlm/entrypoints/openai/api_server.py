@@ -82,9 +82,12 @@ async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
         if size > max_bytes:
             raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        data = json.loads(b"".join(chunks), parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as e:
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        if b"\\ud" in raw.lower():  # an escaped surrogate: lone ones cannot become UTF-8 text
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as e:  # UnicodeError is a ValueError
         raise OpenAIError(f"The request body is not valid JSON: {e}", 400) from e
     if not isinstance(data, dict):
         raise OpenAIError(f"The request body must be a JSON object, got {type(data).__name__}.", 400)
