@@ -69,6 +69,7 @@ class EngineCoreOutput:
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     error: str | None = None
+    first_scheduled_time: float | None = None  # wall clock when the request first got a step
 
     @property
     def finished(self) -> bool:

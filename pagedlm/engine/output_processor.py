@@ -124,6 +124,8 @@ class OutputProcessor:
         if out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
             parent.prompt_logprobs.extend(self._to_dicts(out.new_prompt_logprobs, child))
         parent.num_cached_tokens = out.num_cached_tokens
+        if parent.metrics.first_scheduled_time is None:
+            parent.metrics.first_scheduled_time = out.first_scheduled_time
         if out.error is not None:
             parent.error = out.error
         if out.new_token_ids:

@@ -62,6 +62,7 @@ class Request:
         self.stop_reason: int | str | None = None
         self.error: str | None = None
         self.num_preemptions = 0
+        self.first_scheduled_time: float | None = None
         # Chain hashes of the full blocks of all_token_ids, filled by the KV cache manager.
         self.block_hashes: list[bytes] = []
 
