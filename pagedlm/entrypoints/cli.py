@@ -33,6 +33,8 @@ BENCH_MODULES = {
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
                         datefmt="%m-%d %H:%M:%S")
+    # One INFO line per HTTP request from the benchmark's client would drown its report.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
