@@ -187,3 +187,23 @@ def test_dummy_load_format_runs(llama_checkpoint):
     llm = LLM(llama_checkpoint, load_format="dummy", max_model_len=64)
     out = llm.generate("x", SamplingParams(max_tokens=3, temperature=0), use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 3
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_abort_mid_generation_frees_blocks(llm, async_llm, use_async):
+    engine = (async_llm if use_async else llm).llm_engine
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    for i in range(4):
+        engine.add_request(f"abort-{i}", {"prompt_token_ids": list(range(10 + i, 40 + i))}, params)
+    for _ in range(5):
+        engine.step()
+    engine.abort_request(["abort-1", "abort-3"])
+    finished = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+    assert set(finished) == {"abort-0", "abort-2"}
+    assert all(len(o.outputs[0].token_ids) == 40 for o in finished.values())
+    stats = engine.get_stats()
+    assert stats.num_free_blocks == stats.num_total_blocks and stats.num_running_reqs == 0
