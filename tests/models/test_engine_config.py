@@ -15,7 +15,7 @@ from pagedlm.layers.rotary import compute_cos_sin_cache
 
 def test_max_model_len_that_does_not_fit_names_the_largest_that_does(llama_checkpoint):
     with pytest.raises(ConfigError, match="max_model_len to at most 80"):
-        LLM(llama_checkpoint, num_gpu_blocks_override=5, block_size=16, max_model_len=200)
+        LLM(llama_checkpoint, num_gpu_blocks_override=5, block_size=16, max_model_len=200, device="cpu")
 
 
 def test_dynamic_rope_within_the_original_context_is_the_default():
@@ -44,7 +44,7 @@ def test_unsupported_rope_type_is_a_clear_error():
 ])
 def test_bench_cli_runs(llama_checkpoint, bench, extra):
     cmd = [sys.executable, "-m", "pagedlm", "bench", bench, "--model", llama_checkpoint, "--load-format", "dummy",
-           "--max-model-len", "64", *extra]
+           "--max-model-len", "64", "--device", "cpu", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     expected = "Throughput:" if bench == "throughput" else "Time per output token:"

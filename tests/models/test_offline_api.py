@@ -10,7 +10,7 @@ from pagedlm.engine.input_processor import InvalidRequestError
 
 @pytest.fixture(scope="module")
 def llm(llama_checkpoint):
-    return LLM(llama_checkpoint, max_model_len=256, block_size=8)
+    return LLM(llama_checkpoint, max_model_len=256, block_size=8, device="cpu")
 
 
 def ids(outputs):
@@ -31,7 +31,7 @@ def test_outputs_in_input_order_and_fields(llm):
 
 @pytest.fixture(scope="module")
 def async_llm(llama_checkpoint):
-    return LLM(llama_checkpoint, max_model_len=256, block_size=8, async_scheduling=True)
+    return LLM(llama_checkpoint, max_model_len=256, block_size=8, async_scheduling=True, device="cpu")
 
 
 def test_async_scheduling_gives_the_same_outputs(llm, async_llm):
@@ -184,7 +184,7 @@ def test_unknown_architecture_and_missing_files(tmp_path, llama_checkpoint):
 
 
 def test_dummy_load_format_runs(llama_checkpoint):
-    llm = LLM(llama_checkpoint, load_format="dummy", max_model_len=64)
+    llm = LLM(llama_checkpoint, load_format="dummy", max_model_len=64, device="cpu")
     out = llm.generate("x", SamplingParams(max_tokens=3, temperature=0), use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 3
 

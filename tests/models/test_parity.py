@@ -66,7 +66,7 @@ def greedy(max_tokens: int = MAX_TOKENS) -> SamplingParams:
 
 
 def run(path: str, prompts, **kwargs):
-    llm = LLM(path, **kwargs)
+    llm = LLM(path, device="cpu", **kwargs)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(), use_tqdm=False)
     return llm, outputs
 
@@ -131,7 +131,7 @@ def test_prompt_logprobs_match_forward(llama_ref):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = model(torch.tensor([prompt])).logits[0].log_softmax(-1)
-    llm = LLM(path, max_model_len=128, block_size=4, max_num_batched_tokens=16)  # several chunks
+    llm = LLM(path, max_model_len=128, block_size=4, max_num_batched_tokens=16, device="cpu")  # several chunks
     out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(max_tokens=1, prompt_logprobs=3), use_tqdm=False)[0]
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
     for pos in range(1, len(prompt)):
