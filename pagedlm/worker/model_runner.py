@@ -152,10 +152,8 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             self._inflight.append(InflightStep(ModelRunnerOutput(req_ids=[], sampled_token_ids=[])))
             return
-        sample_states = [self.requests[r] for r, n in sched.num_scheduled_tokens.items()
-                         if self.requests[r].num_computed_tokens + n == len(self.requests[r].token_ids)
-                         + self.requests[r].num_pending]
-        if self._inflight and any(_needs_history(s.sampling_params) for s in sample_states):
+        if self._inflight and not self._inflight[-1].resolved and any(
+                _needs_history(self.requests[r].sampling_params) for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
         hidden = self._forward(inputs)  # [T, hidden]
