@@ -21,7 +21,10 @@ def load_hf_model(model_dir: str, dtype: torch.dtype, device: str, dummy: bool, 
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.fill_(1.0) if "norm" in name else p.uniform_(-0.05, 0.05)
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.uniform_(-0.05, 0.05)
     return model.eval()
 
 
