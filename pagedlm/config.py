@@ -81,6 +81,15 @@ class EngineConfig:
     device_config: DeviceConfig
 
 
+def attention_shape(hf_config: Any) -> tuple[int, int, int]:
+    """(num_heads, num_kv_heads, head_dim) of a HF config; head_dim and the KV head count
+    are optional there (defaulting to hidden_size / heads and to no GQA)."""
+    num_heads = hf_config.num_attention_heads
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    return num_heads, num_kv_heads, head_dim
+
+
 def resolve_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")

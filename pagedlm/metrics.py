@@ -103,12 +103,10 @@ class PrometheusStatLogger:
                 counter.inc(now - before)
         self._last = stats
 
-    def record_outputs(self, outputs: list[RequestOutput], now: float, step_start: float | None = None) -> None:
-        """``step_start``: when the step that produced ``outputs`` began; stands in for the
-        first-scheduled time of requests whose metrics lack it."""
+    def record_outputs(self, outputs: list[RequestOutput], now: float) -> None:
         with self._lock:
             for output in outputs:
-                self._record_output(output, now, step_start)
+                self._record_output(output, now)
 
     def record_aborts(self, request_ids: list[str]) -> None:
         with self._lock:
@@ -118,12 +116,12 @@ class PrometheusStatLogger:
 
     # ------------------------------------------------------------------ per request
 
-    def _record_output(self, output: RequestOutput, now: float, step_start: float | None) -> None:
+    def _record_output(self, output: RequestOutput, now: float) -> None:
         state = self._requests.get(output.request_id)
         if state is None:
             arrival = output.metrics.arrival_time if output.metrics is not None else now
             state = self._requests[output.request_id] = _RequestState(arrival)
-            self._record_queue_time(output, state, step_start)
+            self._record_queue_time(output, state)
         num_generated = sum(len(c.token_ids) for c in output.outputs)
         if num_generated > state.num_generated:
             if state.last_token_time is None:
@@ -137,11 +135,10 @@ class PrometheusStatLogger:
         if output.finished:
             self._record_finished(output, state, now)
 
-    def _record_queue_time(self, output: RequestOutput, state: _RequestState, step_start: float | None) -> None:
+    def _record_queue_time(self, output: RequestOutput, state: _RequestState) -> None:
+        # Set by the scheduler when the request first gets a step; absent only for a request
+        # that failed before it was ever scheduled, which has no queue time to report.
         scheduled = output.metrics.first_scheduled_time if output.metrics is not None else None
-        # Without the engine's own timestamp, the start of the step that produced the first
-        # output: exact when the prompt fits one step's budget, an overestimate otherwise.
-        scheduled = scheduled if scheduled is not None else step_start
         if scheduled is not None:
             self.queue_time.observe(max(0.0, scheduled - state.arrival_time))
 

@@ -48,7 +48,7 @@ class RequestFailedError(RuntimeError):
 class StatLogger(Protocol):
     """Receives engine-thread events (see pagedlm.metrics.PrometheusStatLogger)."""
 
-    def record_outputs(self, outputs: list[RequestOutput], now: float, step_start: float | None = None) -> None: ...
+    def record_outputs(self, outputs: list[RequestOutput], now: float) -> None: ...
     def record_aborts(self, request_ids: list[str]) -> None: ...
     def record_stats(self, stats: EngineStats) -> None: ...
 
@@ -219,14 +219,13 @@ class AsyncEngine:
                 self._apply(ops)
                 self._inflight_ops = []
                 outputs: list[RequestOutput] = []
-                step_start = time.time()
                 if self.engine.has_unfinished_requests():
                     outputs = self.engine.step()
                 # Stats first: a client that sees its request finish must not then read
                 # metrics that still count it as running.
                 self._record_stats()
                 if outputs:
-                    self._dispatch(outputs, step_start)
+                    self._dispatch(outputs)
         except BaseException as e:  # noqa: BLE001 - any failure kills the engine, loudly
             logger.exception("Engine thread failed; the engine is dead")
             self._die(e)
@@ -260,8 +259,8 @@ class AsyncEngine:
         if aborted:
             self._log_stats("record_aborts", aborted)
 
-    def _dispatch(self, outputs: list[RequestOutput], step_start: float) -> None:
-        self._log_stats("record_outputs", outputs, time.time(), step_start)
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        self._log_stats("record_outputs", outputs, time.time())
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, Any]]] = {}
         with self._cond:
             for output in outputs:

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from pagedlm.config import attention_shape
 from pagedlm.layers.activation import SiluAndMul
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import LMHead, VocabEmbedding
@@ -35,9 +36,7 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         model_type = getattr(config, "model_type", "llama")
@@ -105,7 +104,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         # One cos/sin table for all layers, sized for the longest sequence the engine allows.
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        _, _, head_dim = attention_shape(config)
         base, rope_type, params, original_max = rope_settings(config)
         rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))

@@ -25,6 +25,9 @@ class CachedRequestState:
     # 1 while this request's last sampled token is still on the device (async scheduling):
     # the next step reads that input token there.
     num_pending: int = 0
+    # Its sampling reads the tokens generated so far (penalties, bad words, min_tokens), so
+    # they must all be on the host before its next step is sampled.
+    needs_history: bool = False
 
     @classmethod
     def from_new(cls, data: NewRequestData, device: torch.device) -> "CachedRequestState":
@@ -35,6 +38,9 @@ class CachedRequestState:
         state = cls(data.req_id, list(data.prompt_token_ids), list(data.output_token_ids), data.sampling_params,
                     generator, list(data.block_ids), data.num_computed_tokens)
         state.token_ids = state.prompt_token_ids + state.output_token_ids
+        p = data.sampling_params
+        state.needs_history = bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                                   or p.bad_words_token_ids or p.min_tokens)
         return state
 
     @property

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from pagedlm.config import ConfigError, EngineConfig
+from pagedlm.config import ConfigError, EngineConfig, attention_shape
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +17,7 @@ _CPU_KV_CACHE_MAX_BYTES = 4 << 30
 
 def kv_cache_bytes_per_block(config: EngineConfig) -> int:
     hf = config.model_config.hf_config
-    num_heads = hf.num_attention_heads
-    num_kv_heads = getattr(hf, "num_key_value_heads", None) or num_heads
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // num_heads
+    _, num_kv_heads, head_dim = attention_shape(hf)
     dtype_size = torch.empty((), dtype=config.model_config.torch_dtype).element_size()
     return 2 * hf.num_hidden_layers * config.cache_config.block_size * num_kv_heads * head_dim * dtype_size
 

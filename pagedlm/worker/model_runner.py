@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pagedlm.attention.metadata import AttentionMetadata
-from pagedlm.config import EngineConfig
+from pagedlm.config import EngineConfig, attention_shape
 from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedlm.forward_context import set_forward_context
 from pagedlm.kernels import ops
@@ -63,9 +63,7 @@ class ModelRunner:
         num_tokens = self.config.scheduler_config.max_num_batched_tokens
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
         positions = torch.arange(num_tokens, device=self.device) % self.config.model_config.max_model_len
-        hf = self.config.model_config.hf_config
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        _, num_kv_heads, head_dim = attention_shape(self.config.model_config.hf_config)
         num_blocks = -(-num_tokens // self.block_size)
         dummy_cache = torch.empty(2, num_blocks, self.block_size, num_kv_heads, head_dim,
                                   dtype=self.config.model_config.torch_dtype, device=self.device)
@@ -153,7 +151,7 @@ class ModelRunner:
             self._inflight.append(InflightStep(ModelRunnerOutput(req_ids=[], sampled_token_ids=[])))
             return
         if self._inflight and not self._inflight[-1].resolved and any(
-                _needs_history(self.requests[r].sampling_params) for r in sched.num_scheduled_tokens):
+                self.requests[r].needs_history for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
         hidden = self._forward(inputs)  # [T, hidden]
@@ -198,12 +196,6 @@ class ModelRunner:
             targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
             tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
             output.prompt_logprobs[state.req_id] = _to_lists(tensors, k)
-
-
-def _needs_history(params) -> bool:
-    """Sampling that reads the tokens generated so far (they must all be on the host)."""
-    return bool(params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
-                or params.bad_words_token_ids or params.min_tokens)
 
 
 @dataclass
