@@ -1,21 +1,18 @@
 """Prometheus metrics with vLLM's names under the ``pagedlm:`` prefix.
 
 Each server app owns a CollectorRegistry (tests start several apps in one process). The
-engine thread feeds the logger: gauges and token counters from the engine's stats after every
-iteration, latency histograms and finish reasons from each step's RequestOutputs.
-prometheus_client is thread-safe, so /metrics can be scraped from the event loop at any time.
+frontend's output handler feeds the logger: gauges and token counters from the engine cores'
+stats after every step, latency histograms and finish reasons from the output processor's
+per-step IterationStats.
 """
 
 from __future__ import annotations
-
-import threading
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the server
 
 from pagedlm.engine.llm_engine import EngineStats
-from pagedlm.outputs import RequestOutput
+from pagedlm.engine.output_processor import FinishedRequestStats, IterationStats
 
 PREFIX = "pagedlm:"
 
@@ -30,14 +27,6 @@ TOKEN_COUNT_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 100
 
 # Finish reasons counted by request_success_total (all pre-created so they read 0, not absent).
 FINISH_REASONS = ("stop", "length", "abort", "error")
-
-
-@dataclass
-class _RequestState:
-    arrival_time: float
-    num_generated: int = 0
-    last_token_time: float | None = None
-    first_token_time: float | None = None
 
 
 class PrometheusStatLogger:
@@ -81,10 +70,8 @@ class PrometheusStatLogger:
         self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
                                                    TOKEN_COUNT_BUCKETS)
         self._last = EngineStats()
-        self._requests: dict[str, _RequestState] = {}
-        self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------ engine-thread hooks
+    # ------------------------------------------------------------------ frontend hooks (event loop)
 
     def record_stats(self, stats: EngineStats) -> None:
         self.num_requests_running.set(stats.num_running_reqs)
@@ -103,56 +90,28 @@ class PrometheusStatLogger:
                 counter.inc(now - before)
         self._last = stats
 
-    def record_outputs(self, outputs: list[RequestOutput], now: float) -> None:
-        with self._lock:
-            for output in outputs:
-                self._record_output(output, now)
+    def record_iteration(self, stats: IterationStats) -> None:
+        """One batch of core outputs, as the output processor summarised it."""
+        for ttft in stats.time_to_first_tokens:
+            self.ttft.observe(ttft)
+        for itl in stats.inter_token_latencies:
+            self.itl.observe(itl)
+        for finished in stats.finished_requests:
+            self._record_finished(finished)
 
     def record_aborts(self, request_ids: list[str]) -> None:
-        with self._lock:
-            for request_id in request_ids:
-                if self._requests.pop(request_id, None) is not None:
-                    self.request_success["abort"].inc()
+        if request_ids:
+            self.request_success["abort"].inc(len(request_ids))
 
-    # ------------------------------------------------------------------ per request
-
-    def _record_output(self, output: RequestOutput, now: float) -> None:
-        state = self._requests.get(output.request_id)
-        if state is None:
-            arrival = output.metrics.arrival_time if output.metrics is not None else now
-            state = self._requests[output.request_id] = _RequestState(arrival)
-            self._record_queue_time(output, state)
-        num_generated = sum(len(c.token_ids) for c in output.outputs)
-        if num_generated > state.num_generated:
-            if state.last_token_time is None:
-                state.first_token_time = now
-                self.ttft.observe(now - state.arrival_time)
-            else:
-                # One observation per step a request advances, as vLLM does.
-                self.itl.observe(now - state.last_token_time)
-            state.last_token_time = now
-            state.num_generated = num_generated
-        if output.finished:
-            self._record_finished(output, state, now)
-
-    def _record_queue_time(self, output: RequestOutput, state: _RequestState) -> None:
-        # Set by the scheduler when the request first gets a step; absent only for a request
-        # that failed before it was ever scheduled, which has no queue time to report.
-        scheduled = output.metrics.first_scheduled_time if output.metrics is not None else None
-        if scheduled is not None:
-            self.queue_time.observe(max(0.0, scheduled - state.arrival_time))
-
-    def _record_finished(self, output: RequestOutput, state: _RequestState, now: float) -> None:
-        del self._requests[output.request_id]
-        reason = "error" if output.error is not None else (output.outputs[0].finish_reason or "stop")
-        self.request_success.get(reason, self.request_success["stop"]).inc()
-        self.e2e.observe(now - state.arrival_time)
-        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
-        self.request_generation_tokens.observe(state.num_generated)
-        if state.first_token_time is not None and state.num_generated > 1:
-            per_seq = state.num_generated / max(1, len(output.outputs))
-            if per_seq > 1:
-                self.tpot.observe((now - state.first_token_time) / (per_seq - 1))
+    def _record_finished(self, req: FinishedRequestStats) -> None:
+        self.request_success.get(req.finish_reason, self.request_success["stop"]).inc()
+        self.e2e.observe(req.e2e_latency)
+        self.request_prompt_tokens.observe(req.num_prompt_tokens)
+        self.request_generation_tokens.observe(req.num_generation_tokens)
+        if req.queue_time is not None:
+            self.queue_time.observe(req.queue_time)
+        if req.mean_time_per_output_token is not None:
+            self.tpot.observe(req.mean_time_per_output_token)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

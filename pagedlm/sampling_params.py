@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 _SAMPLING_EPS = 1e-5
 MAX_N = 128
 MAX_LOGPROBS = 20
+
+
+class RequestOutputKind(enum.IntEnum):
+    """What each RequestOutput of a running request carries (vLLM's names)."""
+
+    CUMULATIVE = 0  # everything so far
+    DELTA = 1  # only what is new since the last output
+    FINAL_ONLY = 2  # one output, when the request finishes
 
 
 @dataclass
@@ -48,6 +57,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # Filled in by the engine's input processor, not by users.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
@@ -72,8 +82,10 @@ class SamplingParams:
         if self.temperature < _SAMPLING_EPS:
             # Greedy: the filters have no effect, normalise them so batching treats it simply.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        self.output_kind = RequestOutputKind(self.output_kind)
         self._verify()
-        self.all_stop_token_ids = set(self.stop_token_ids)
+        # Union, not assignment: a copy decoded from a message keeps the ids the engine added.
+        self.all_stop_token_ids = set(self.all_stop_token_ids) | set(self.stop_token_ids)
 
     def _verify(self) -> None:
         def bad(field_name: str, why: str) -> ValueError:
@@ -146,4 +158,5 @@ class SamplingParams:
         return copy.deepcopy(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("all_stop_token_ids", "bad_words_token_ids")}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in ("all_stop_token_ids", "bad_words_token_ids", "output_kind")}

@@ -1,13 +1,17 @@
-"""Prompts and sampling params -> validated engine Requests (tokenize, check, fill defaults)."""
+"""Prompts and sampling params -> validated EngineCoreRequests (tokenize, check, fill
+defaults). Runs in the frontend: the engine core never sees text."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Union
 
+import msgspec
+
 from pagedlm.config import ModelConfig
-from pagedlm.engine.request import Request
+from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.sampling_params import SamplingParams
 
 # str | {"prompt": str} | {"prompt_token_ids": [...]} | list[int]
@@ -52,15 +56,34 @@ class InputProcessor:
             eos = getattr(model_config.hf_config, "eos_token_id", None)
             self.eos_token_id = eos if isinstance(eos, int) else (eos[0] if eos else None)
         self.extra_eos_ids = [t for t in generation_eos_ids(model_config.model) if t != self.eos_token_id]
+        self.max_chars_per_token = max_chars_per_token(tokenizer) if tokenizer is not None else None
+
+    def check_num_chars(self, num_chars: int) -> None:
+        """Reject text whose length alone proves it too long, before paying to tokenize it:
+        no token covers more than ``max_chars_per_token`` characters, so a text of L characters
+        has at least about L / max_chars_per_token tokens."""
+        if self.max_chars_per_token is None:
+            return
+        # x4: a normalizer may compose characters (NFC/NFKC) before the vocabulary applies.
+        min_tokens = num_chars // (4 * self.max_chars_per_token)
+        if min_tokens >= self.max_model_len:
+            raise InvalidRequestError(
+                f"The prompt ({num_chars} characters, so at least {min_tokens} tokens) is too long: it must be "
+                f"shorter than the maximum model length of {self.max_model_len} tokens."
+            )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.check_num_chars(len(text))
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
+            return prompt, self.encode(prompt)
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return prompt.get("prompt"), list(prompt["prompt_token_ids"])
             if "prompt" in prompt:
-                return prompt["prompt"], self.tokenizer.encode(prompt["prompt"])
+                return prompt["prompt"], self.encode(prompt["prompt"])
             raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             return None, list(prompt)
@@ -107,12 +130,41 @@ class InputProcessor:
         return out
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                arrival_time: float | None = None) -> tuple[str | None, Request]:
-        """-> (prompt text if known, Request). Raises InvalidRequestError on bad input."""
+                arrival_time: float | None = None) -> tuple[str | None, EngineCoreRequest]:
+        """-> (prompt text if known, request). Raises InvalidRequestError on bad input."""
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"sampling params must be SamplingParams, got {type(params).__name__}")
         text, token_ids = self.tokenize_prompt(prompt)
         self.validate_prompt(token_ids)
         params = self.prepare_params(params, len(token_ids))
-        request = Request(request_id, token_ids, params, self.eos_token_id, arrival_time)
-        return text, request
+        arrival = arrival_time if arrival_time is not None else time.time()
+        return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival)
+
+
+def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:
+    """n > 1 becomes n sequences sharing the prompt (their prompt blocks are shared through the
+    prefix cache). A seeded request gives choice i the seed + i, as vLLM does. The fan-out lives
+    in the frontend: the core only ever sees single sequences."""
+    params = request.sampling_params
+    if params.n == 1:
+        return [request]
+    children = []
+    for i in range(params.n):
+        child_params = params.clone()
+        child_params.n = 1
+        if params.seed is not None:
+            child_params.seed = params.seed + i
+        children.append(msgspec.structs.replace(request, request_id=f"{i}_{request.request_id}",
+                                                sampling_params=child_params))
+    return children
+
+
+def max_chars_per_token(tokenizer: Any) -> int | None:
+    """An upper bound on the characters one token decodes to: the longest vocabulary entry.
+    Byte-level and SentencePiece vocabularies spell each byte or space as one character, so a
+    token never decodes to more characters than its vocabulary string has."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return None
+    return max((len(piece) for piece in vocab), default=0) or None

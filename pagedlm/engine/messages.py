@@ -1,14 +1,32 @@
 """Plain data that crosses the scheduler / model runner / frontend boundaries.
 
-No torch here: these must pickle (or msgpack) so the runner and the frontend can live in
-other processes later without redesign.
+No torch here. Scheduler <-> runner messages are dataclasses (they must pickle or msgpack,
+so workers can live in other processes). Frontend <-> engine core messages are msgspec
+structs sent as msgpack over ZMQ: the frontend sends ``EngineCoreInput`` (add / abort /
+utility), the core answers ``EngineCoreEvent`` (per-step outputs, utility results, start-up
+and death notices). Nothing here is ever pickled onto a socket.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgspec
 
 from pagedlm.sampling_params import SamplingParams
+
+
+@dataclass
+class SchedulerStats:
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0
+    num_preemptions_total: int = 0
+    prefix_cache_queries_total: int = 0
+    prefix_cache_hits_total: int = 0
+    num_free_blocks: int = 0
+    num_total_blocks: int = 0
 
 
 @dataclass(slots=True)
@@ -42,8 +60,7 @@ class SchedulerOutput:
     preempted_req_ids: set[str] = field(default_factory=set)
 
 
-@dataclass(slots=True)
-class LogprobsLists:
+class LogprobsLists(msgspec.Struct, array_like=True, gc=False):
     """Per position: the target token first, then the top-k."""
 
     token_ids: list[list[int]]
@@ -59,8 +76,9 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)  # rows for this chunk
 
 
-@dataclass(slots=True)
-class EngineCoreOutput:
+class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """What one request gained in one step: only the new tokens (a delta), never history."""
+
     req_id: str
     new_token_ids: list[int]
     new_logprobs: LogprobsLists | None = None
@@ -74,3 +92,80 @@ class EngineCoreOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+# ---------------------------------------------------------------- frontend -> engine core
+
+
+class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """A validated, tokenized request: everything the core needs and nothing textual."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_id: int | None
+    arrival_time: float
+    lora_request: dict[str, Any] | None = None  # room for multi-LoRA
+    cache_salt: str | None = None
+    priority: int = 0
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+class AddRequest(msgspec.Struct, tag="add", array_like=True):
+    request: EngineCoreRequest
+
+
+class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
+    request_ids: list[str]
+    # True when the frontend found a stop string: the request ends as "stop", not "abort".
+    stopped: bool = False
+
+
+class UtilityCall(msgspec.Struct, tag="utility", array_like=True):
+    call_id: int
+    method: str  # one of EngineCoreProc.UTILITY_METHODS
+    args: list[Any] = []
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", array_like=True):
+    pass
+
+
+EngineCoreInput = Union[AddRequest, AbortRequests, UtilityCall, Shutdown]
+
+
+# ---------------------------------------------------------------- engine core -> frontend
+
+
+class EngineCoreOutputs(msgspec.Struct, tag="outputs", array_like=True, gc=False):
+    engine_index: int
+    outputs: list[EngineCoreOutput]
+    scheduler_stats: SchedulerStats | None = None
+    timestamp: float = 0.0
+
+
+class UtilityResult(msgspec.Struct, tag="utility_result", array_like=True):
+    engine_index: int
+    call_id: int
+    result: Any = None
+    error: str | None = None
+
+
+class EngineReady(msgspec.Struct, tag="ready", array_like=True):
+    engine_index: int
+    num_blocks: int
+
+
+class EngineFailed(msgspec.Struct, tag="failed", array_like=True):
+    """The core could not start (``during_startup``) or died while serving."""
+
+    engine_index: int
+    message: str
+    during_startup: bool = False
+    user_error: bool = False  # a setting the user can fix (bad path, KV cache too small)
+
+
+EngineCoreEvent = Union[EngineCoreOutputs, UtilityResult, EngineReady, EngineFailed]

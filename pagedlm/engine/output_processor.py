@@ -1,4 +1,10 @@
-"""EngineCoreOutputs -> RequestOutputs: detokenize, stop strings, logprobs, n > 1 fan-in."""
+"""EngineCoreOutputs -> RequestOutputs: detokenize, stop strings, logprobs, n > 1 fan-in.
+
+Runs in the frontend (the API process, or the offline LLM's process). Each step's work is
+proportional to what is new: a running request's history is never copied, and each parent
+request builds an output only when its kind asks for one (DELTA: what is new; FINAL_ONLY: one
+output at the end; CUMULATIVE: everything so far, for callers that want vLLM's old shape).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
-from pagedlm.engine.messages import EngineCoreOutput, LogprobsLists
-from pagedlm.engine.request import Request
+from pagedlm.engine.messages import EngineCoreOutput, EngineCoreRequest, LogprobsLists
 from pagedlm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestMetrics, RequestOutput, SampleLogprobs
+from pagedlm.sampling_params import RequestOutputKind
 
 
 @dataclass
@@ -23,15 +29,23 @@ class ChildState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    num_sent: int = 0  # tokens (and logprob rows) already handed out in DELTA outputs
 
-    def completion(self, delta: bool) -> CompletionOutput:
+    def completion(self, kind: RequestOutputKind) -> CompletionOutput:
         finished = self.finish_reason is not None
+        delta = kind == RequestOutputKind.DELTA
+        if delta:
+            token_ids = self.token_ids[self.num_sent:]
+            logprobs = self.logprobs[self.num_sent:] if self.logprobs is not None else None
+            self.num_sent = len(self.token_ids)
+        else:
+            token_ids, logprobs = list(self.token_ids), self.logprobs
         return CompletionOutput(
             index=self.index,
             text=self.detokenizer.get_next_output_text(finished, delta),
-            token_ids=list(self.token_ids),
+            token_ids=token_ids,
             cumulative_logprob=self.cumulative_logprob,
-            logprobs=self.logprobs,
+            logprobs=logprobs,
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )
@@ -45,9 +59,12 @@ class ParentState:
     children: dict[str, ChildState]
     prompt_logprobs: PromptLogprobs | None
     metrics: RequestMetrics
+    output_kind: RequestOutputKind
     num_cached_tokens: int = 0
     error: str | None = None
     num_unfinished: int = 0
+    num_outputs_sent: int = 0
+    num_generated: int = 0  # over all children
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -59,6 +76,35 @@ class ParentState:
     def finish_child(self, child: ChildState, reason: str, stop_reason: int | str | None) -> None:
         child.finish_reason, child.stop_reason = reason, stop_reason
         self.num_unfinished -= 1
+
+
+@dataclass
+class FinishedRequestStats:
+    finish_reason: str
+    e2e_latency: float
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    queue_time: float | None
+    prefill_time: float | None  # first scheduled -> first token
+    decode_time: float | None  # first token -> last token
+    mean_time_per_output_token: float | None
+
+
+@dataclass
+class IterationStats:
+    """What one batch of core outputs changed, for the metrics (computed once, here)."""
+
+    num_generation_tokens: int = 0
+    time_to_first_tokens: list[float] = field(default_factory=list)
+    inter_token_latencies: list[float] = field(default_factory=list)
+    finished_requests: list[FinishedRequestStats] = field(default_factory=list)
+
+
+@dataclass
+class ProcessedOutputs:
+    request_outputs: list[RequestOutput]
+    stopped_child_ids: list[str]  # stop strings found here: the caller finishes them in the core
+    iteration_stats: IterationStats
 
 
 def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode) -> dict[int, Logprob]:
@@ -76,7 +122,7 @@ class OutputProcessor:
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, str] = {}
 
-    def add_request(self, parent_id: str, prompt: str | None, children: list[Request]) -> None:
+    def add_request(self, parent_id: str, prompt: str | None, children: list[EngineCoreRequest]) -> None:
         first = children[0]
         params = first.sampling_params
         states = {}
@@ -90,19 +136,15 @@ class OutputProcessor:
         self.parents[parent_id] = ParentState(
             request_id=parent_id, prompt=prompt, prompt_token_ids=first.prompt_token_ids, children=states,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
-            metrics=RequestMetrics(arrival_time=first.arrival_time),
+            metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
         )
 
-    def process_outputs(
-        self, outputs: list[EngineCoreOutput], delta: bool = False, final_only: bool = False
-    ) -> tuple[list[RequestOutput], list[str]]:
-        """-> (RequestOutputs of parents that changed, child ids stopped by a stop string, which
-        the caller must finish in the engine core). ``final_only`` builds outputs for finished
-        requests only (offline generate needs nothing else, and copying every running
-        request's tokens each step costs time that grows with the output)."""
+    def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:
+        """One step's core outputs -> the RequestOutputs their parents' kinds ask for."""
         changed: dict[str, ParentState] = {}
         stopped: list[str] = []
-        now = time.time()
+        stats = IterationStats()
+        now = time.time() if now is None else now
         for out in outputs:
             parent_id = self.child_to_parent.get(out.req_id)
             if parent_id is None:
@@ -111,16 +153,21 @@ class OutputProcessor:
             child = parent.children[out.req_id]
             if child.finish_reason is not None:
                 continue
-            if self._process_one(parent, child, out, now):
+            if self._process_one(parent, child, out, now, stats):
                 stopped.append(out.req_id)
             changed[parent_id] = parent
-        results = [self._make_output(p, delta) for p in changed.values() if not final_only or p.finished]
+        results = []
         for parent in changed.values():
+            output = self._make_output(parent)
+            if output is not None:
+                results.append(output)
             if parent.finished:
+                stats.finished_requests.append(_finished_stats(parent, now))
                 self._remove(parent)
-        return results, stopped
+        return ProcessedOutputs(results, stopped, stats)
 
-    def _process_one(self, parent: ParentState, child: ChildState, out: EngineCoreOutput, now: float) -> bool:
+    def _process_one(self, parent: ParentState, child: ChildState, out: EngineCoreOutput, now: float,
+                     stats: IterationStats) -> bool:
         if out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
             parent.prompt_logprobs.extend(self._to_dicts(out.new_prompt_logprobs, child))
         parent.num_cached_tokens = out.num_cached_tokens
@@ -129,9 +176,9 @@ class OutputProcessor:
         if out.error is not None:
             parent.error = out.error
         if out.new_token_ids:
-            if parent.metrics.first_token_time is None:
-                parent.metrics.first_token_time = now
-            parent.metrics.last_token_time = now
+            _record_token_times(parent.metrics, now, stats)
+            stats.num_generation_tokens += len(out.new_token_ids)
+            parent.num_generated += len(out.new_token_ids)
         child.token_ids.extend(out.new_token_ids)
         if out.new_logprobs is not None and child.logprobs is not None:
             child.logprobs.extend(self._to_dicts(out.new_logprobs, child))
@@ -150,16 +197,25 @@ class OutputProcessor:
         decode = child.detokenizer.decode_token
         return [_logprob_dict(ids, lps, rank, decode) for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks)]
 
-    def _make_output(self, parent: ParentState, delta: bool) -> RequestOutput:
+    def _make_output(self, parent: ParentState) -> RequestOutput | None:
         finished = parent.finished
+        kind = parent.output_kind
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
         if finished:
             parent.metrics.finished_time = time.time()
+        # A DELTA stream sends the prompt's logprobs once, with its first output (the prompt
+        # is fully computed before the first token exists).
+        prompt_logprobs = parent.prompt_logprobs
+        if kind == RequestOutputKind.DELTA and parent.num_outputs_sent > 0:
+            prompt_logprobs = None
+        parent.num_outputs_sent += 1
         return RequestOutput(
             request_id=parent.request_id,
             prompt=parent.prompt,
             prompt_token_ids=parent.prompt_token_ids,
-            prompt_logprobs=parent.prompt_logprobs,
-            outputs=[c.completion(delta) for c in parent.children.values()],
+            prompt_logprobs=prompt_logprobs,
+            outputs=[c.completion(kind) for c in parent.children.values()],
             finished=finished,
             num_cached_tokens=parent.num_cached_tokens,
             metrics=parent.metrics,
@@ -182,3 +238,34 @@ class OutputProcessor:
 
     def has_unfinished(self) -> bool:
         return bool(self.parents)
+
+
+def _record_token_times(metrics: RequestMetrics, now: float, stats: IterationStats) -> None:
+    # One TTFT per request, then one ITL observation per step the request advances (as vLLM).
+    if metrics.first_token_time is None:
+        metrics.first_token_time = now
+        stats.time_to_first_tokens.append(now - metrics.arrival_time)
+    elif metrics.last_token_time != now:
+        stats.inter_token_latencies.append(now - metrics.last_token_time)
+    metrics.last_token_time = now
+
+
+def _finished_stats(parent: ParentState, now: float) -> FinishedRequestStats:
+    m = parent.metrics
+    reason = "error" if parent.error is not None else next(
+        (c.finish_reason for c in parent.children.values() if c.finish_reason), "stop")
+    first, last, scheduled = m.first_token_time, m.last_token_time, m.first_scheduled_time
+    per_seq = parent.num_generated / max(1, len(parent.children))
+    tpot = None
+    if first is not None and last is not None and per_seq > 1:
+        tpot = (last - first) / (per_seq - 1)
+    return FinishedRequestStats(
+        finish_reason=reason,
+        e2e_latency=now - m.arrival_time,
+        num_prompt_tokens=len(parent.prompt_token_ids),
+        num_generation_tokens=parent.num_generated,
+        queue_time=max(0.0, scheduled - m.arrival_time) if scheduled is not None else None,
+        prefill_time=first - scheduled if first is not None and scheduled is not None else None,
+        decode_time=last - first if first is not None and last is not None else None,
+        mean_time_per_output_token=tpot,
+    )

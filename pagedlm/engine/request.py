@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 from pagedlm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagedlm.engine.messages import EngineCoreRequest
 
 
 class RequestStatus(enum.IntEnum):
@@ -65,6 +69,11 @@ class Request:
         self.first_scheduled_time: float | None = None
         # Chain hashes of the full blocks of all_token_ids, filled by the KV cache manager.
         self.block_hashes: list[bytes] = []
+
+    @classmethod
+    def from_engine_core_request(cls, req: "EngineCoreRequest") -> "Request":
+        return cls(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_id,
+                   req.arrival_time, req.cache_salt)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from pagedlm.config import CacheConfig, SchedulerConfig
 from pagedlm.engine.kv_cache import KVCacheManager
@@ -23,22 +22,11 @@ from pagedlm.engine.messages import (
     ModelRunnerOutput,
     NewRequestData,
     SchedulerOutput,
+    SchedulerStats,
 )
 from pagedlm.engine.request import Request, RequestStatus
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SchedulerStats:
-    num_running_reqs: int = 0
-    num_waiting_reqs: int = 0
-    kv_cache_usage: float = 0.0
-    num_preemptions_total: int = 0
-    prefix_cache_queries_total: int = 0
-    prefix_cache_hits_total: int = 0
-    num_free_blocks: int = 0
-    num_total_blocks: int = 0
 
 
 class Scheduler:

@@ -77,6 +77,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--uvicorn-log-level", type=str, default="info",
                         choices=["debug", "info", "warning", "error", "critical", "trace"])
     parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    parser.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                        help="engine-core processes behind this server, each with its own device(s); requests "
+                             "go to the least-loaded one")
+    parser.add_argument("--shutdown-grace-period", type=float, default=5.0,
+                        help="seconds that unfinished requests may run after SIGTERM/Ctrl-C before they are "
+                             "aborted (default 5)")
     return parser
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, Sequence
 
 from pagedlm.engine.input_processor import PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import RequestOutput
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import RequestOutputKind, SamplingParams
+
+# The offline engine's core runs in this process unless this debug switch asks for an
+# engine-core process (measured: docs/architecture.md, "Offline: in-process core").
+MULTIPROCESSING_ENV = "PAGEDLM_ENABLE_MULTIPROCESSING"
 
 
 class LLM:
@@ -21,7 +26,8 @@ class LLM:
         unknown = sorted(set(kwargs) - set(EngineArgs.__dataclass_fields__))
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword arguments: {unknown}")
-        self.llm_engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs))
+        multiprocess = os.environ.get(MULTIPROCESSING_ENV, "0") == "1"
+        self.llm_engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs), multiprocess=multiprocess)
         self._counter = itertools.count()
 
     def get_tokenizer(self):
@@ -79,14 +85,20 @@ class LLM:
 
     @staticmethod
     def _as_params_list(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+        """One params per prompt, each asking for its final output only (generate returns
+        finished requests; building outputs for running ones would be wasted work)."""
         if params is None:
-            return [SamplingParams() for _ in range(n)]
+            params = SamplingParams()
         if isinstance(params, SamplingParams):
-            return [params] * n
+            return [_final_only(params)] * n
         params = list(params)
         if len(params) != n:
             raise ValueError(f"got {len(params)} sampling params for {n} prompts")
-        return params
+        finals: dict[int, SamplingParams] = {}
+        for p in params:
+            if id(p) not in finals:
+                finals[id(p)] = _final_only(p)
+        return [finals[id(p)] for p in params]
 
     def _run_engine(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
@@ -97,7 +109,7 @@ class LLM:
 
             pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
         while engine.has_unfinished_requests():
-            for output in engine.step(final_only=True):
+            for output in engine.step():
                 if output.finished:
                     finished[output.request_id] = output
                     if pbar is not None:
@@ -105,3 +117,11 @@ class LLM:
         if pbar is not None:
             pbar.close()
         return [finished[r] for r in request_ids]
+
+
+def _final_only(params: SamplingParams) -> SamplingParams:
+    if not isinstance(params, SamplingParams) or params.output_kind == RequestOutputKind.FINAL_ONLY:
+        return params
+    final = params.clone()
+    final.output_kind = RequestOutputKind.FINAL_ONLY
+    return final

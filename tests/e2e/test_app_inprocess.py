@@ -1,9 +1,11 @@
-"""The app in-process (starlette TestClient) for what one shared server cannot show: no API
-key means open access, a model without a chat template, and a dead engine."""
+"""The app in-process (starlette TestClient; the engine core is still its own process) for
+what one shared server cannot show: no API key means open access, a model without a chat
+template, and a dead engine core."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -11,22 +13,22 @@ import pytest
 from e2e_helpers import MAX_MODEL_LEN, metric_values
 from fastapi.testclient import TestClient
 
-from pagedlm.engine.async_engine import AsyncEngine
+from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine_args import EngineArgs
 from pagedlm.entrypoints.openai.api_server import build_app
 from pagedlm.metrics import PrometheusStatLogger
 
 
-def _make_client(checkpoint: Path, num_blocks: int = 64) -> tuple[AsyncEngine, TestClient]:
+def _make_client(checkpoint: Path, num_blocks: int = 64) -> tuple[AsyncLLM, TestClient]:
     args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=num_blocks,
                       device="cpu")
-    engine = AsyncEngine.from_engine_args(args)
+    engine = AsyncLLM.from_engine_args(args)
     engine.stat_logger = PrometheusStatLogger("inproc")  # its own registry: no clash with other apps
     return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"]))
 
 
 @pytest.fixture()
-def app_client(checkpoint: Path) -> Iterator[tuple[AsyncEngine, TestClient]]:
+def app_client(checkpoint: Path) -> Iterator[tuple[AsyncLLM, TestClient]]:
     engine, client = _make_client(checkpoint)
     with client:  # runs the lifespan: starts and stops the engine thread
         yield engine, client
@@ -51,41 +53,39 @@ def test_model_without_chat_template(app_client) -> None:
     assert client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2}).status_code == 200
 
 
-def test_dead_engine(app_client, monkeypatch) -> None:
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_dead_engine(app_client) -> None:
     engine, client = app_client
-
-    def broken_step(*args, **kwargs):
-        raise RuntimeError("simulated device failure")
-
-    monkeypatch.setattr(engine.engine, "step", broken_step)
+    engine.client.processes[0].kill()
+    _wait_for(lambda: client.get("/health").status_code == 503)
     resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3})
     assert resp.status_code == 500
-    assert "simulated device failure" in resp.json()["error"]["message"]
-    assert client.get("/health").status_code == 503
+    assert "engine core 0" in resp.json()["error"]["message"]
     # Later requests fail fast instead of hanging, streamed or not.
     assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 500
     assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
                                                      "stream": True}).status_code == 500
 
 
-def test_error_mid_stream(checkpoint: Path, monkeypatch) -> None:
+def test_error_mid_stream(checkpoint: Path) -> None:
     engine, client = _make_client(checkpoint)
     with client:
-        real_step = engine.engine.step
-        calls = {"n": 0}
-
-        def step_then_fail(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > 3:
-                raise RuntimeError("failed after a few steps")
-            return real_step(*args, **kwargs)
-
-        monkeypatch.setattr(engine.engine, "step", step_then_fail)
         with client.stream("POST", "/v1/completions",
-                           json={"prompt": "Hello", "max_tokens": 50, "ignore_eos": True, "stream": True}) as resp:
+                           json={"prompt": "Hello", "max_tokens": 200, "ignore_eos": True, "stream": True}) as resp:
             assert resp.status_code == 200
-            events = [line[len("data: "):] for line in resp.iter_lines() if line.startswith("data: ")]
+            events = []
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[len("data: "):])
+                    if len(events) == 3:
+                        engine.client.processes[0].kill()
         assert events[-1] == "[DONE]"
         error = json.loads(events[-2])["error"]
-        assert error["code"] == 500 and "failed after a few steps" in error["message"]
+        assert error["code"] == 500 and "exited unexpectedly" in error["message"]
         assert any("choices" in json.loads(e) for e in events[:-2])

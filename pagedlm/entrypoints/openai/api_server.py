@@ -1,7 +1,9 @@
-"""The OpenAI-compatible HTTP server: FastAPI app over an AsyncEngine, run by uvicorn.
+"""The OpenAI-compatible HTTP server: FastAPI app over an AsyncLLM, run by uvicorn.
 
-``build_app`` makes the app from a ready engine (tests use it with starlette's TestClient);
-``run_server`` builds the engine from CLI args and serves until SIGINT/SIGTERM.
+The API process does the text work; the engine cores run in their own processes (see
+pagedlm/engine/async_llm.py). ``build_app`` makes the app from a ready engine (tests use it
+with starlette's TestClient); ``run_server`` builds the engine from CLI args and serves until
+SIGINT/SIGTERM (a graceful drain) or until an engine core dies (exit code 1).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import socket
+import sys
 import time
 from typing import Any, AsyncIterator, TypeVar
 
@@ -21,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from pagedlm.engine.async_engine import AsyncEngine
+from pagedlm.engine.async_llm import AsyncLLM, RequestFailedError
+from pagedlm.engine.core_client import EngineStartupError
 from pagedlm.entrypoints.openai.chat_utils import render_chat
 from pagedlm.entrypoints.openai.errors import (
     OpenAIError,
@@ -109,15 +113,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def build_app(engine: AsyncEngine, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
+def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
               served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     names = served_model_names or [engine.model_config.served_model_name]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # for signal handlers (GracefulServer)
         engine.start()
         yield
-        await asyncio.to_thread(engine.shutdown)
+        engine.shutdown()
 
     app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -143,7 +148,7 @@ def build_app(engine: AsyncEngine, stat_logger: PrometheusStatLogger | None = No
     return app
 
 
-def _add_info_routes(app: FastAPI, engine: AsyncEngine, names: list[str],
+def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
                      stat_logger: PrometheusStatLogger | None) -> None:
     created = int(time.time())
 
@@ -176,8 +181,8 @@ def _add_info_routes(app: FastAPI, engine: AsyncEngine, names: list[str],
         return {"version": __version__}
 
 
-def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], max_body_bytes: int) -> None:
-    tokenizer = engine.tokenizer
+def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int) -> None:
+    tokenizer = engine.tokenizer  # used on the engine's tokenizer thread only
     max_model_len = engine.model_config.max_model_len
     vocab_size = engine.model_config.vocab_size
 
@@ -189,16 +194,7 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], m
     async def tokenize(request: Request) -> dict[str, Any]:
         body = await read_json_body(request, TokenizeRequest, max_body_bytes)
         check_model(body.model)
-        if body.messages is not None:
-            _, tokens = render_chat(tokenizer, body.messages, body.add_generation_prompt,
-                                    body.continue_final_message, add_special_tokens=bool(body.add_special_tokens))
-        else:
-            add_special = True if body.add_special_tokens is None else body.add_special_tokens
-            tokens = tokenizer.encode(body.prompt, add_special_tokens=add_special) if body.prompt else []
-        result: dict[str, Any] = {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
-        if body.return_token_strs:
-            result["token_strs"] = tokenizer.convert_ids_to_tokens(tokens)
-        return result
+        return await engine.run_in_tokenizer(_tokenize, tokenizer, body, max_model_len)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
@@ -207,7 +203,20 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncEngine, names: list[str], m
         bad = [t for t in body.tokens if not 0 <= t < vocab_size]
         if bad:
             raise OpenAIError(f"Token ids {bad[:5]} are out of vocabulary (size {vocab_size}).", 400, "tokens")
-        return {"prompt": tokenizer.decode(body.tokens)}
+        return {"prompt": await engine.run_in_tokenizer(tokenizer.decode, body.tokens)}
+
+
+def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int) -> dict[str, Any]:
+    if body.messages is not None:
+        _, tokens = render_chat(tokenizer, body.messages, body.add_generation_prompt,
+                                body.continue_final_message, add_special_tokens=bool(body.add_special_tokens))
+    else:
+        add_special = True if body.add_special_tokens is None else body.add_special_tokens
+        tokens = tokenizer.encode(body.prompt, add_special_tokens=add_special) if body.prompt else []
+    result: dict[str, Any] = {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
+    if body.return_token_strs:
+        result["token_strs"] = tokenizer.convert_ids_to_tokens(tokens)
+    return result
 
 
 # ---------------------------------------------------------------------- CLI entry
@@ -226,8 +235,65 @@ class ServerStartError(RuntimeError):
     """The server cannot start as configured; the message says what to change."""
 
 
+class GracefulServer:
+    """uvicorn, with vLLM-style lifecycle on top:
+
+    - SIGTERM / Ctrl-C: refuse new requests (503), let unfinished ones run up to the grace
+      period, then abort the rest (their clients get the error event and ``[DONE]``; the log
+      gets one line per aborted request) and exit 0. A second signal exits at once.
+    - An engine core that dies: in-flight requests have already failed; the server stops and
+      the process exits 1, so a supervisor restarts it.
+    """
+
+    def __init__(self, config: Any, app: FastAPI, engine: AsyncLLM, grace_period_s: float) -> None:
+        import uvicorn
+
+        outer = self
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:  # runs in the signal handler
+                loop = getattr(app.state, "loop", None)
+                if outer.draining or loop is None:
+                    super().handle_exit(sig, frame)
+                else:
+                    outer.draining = True
+                    loop.call_soon_threadsafe(outer.start_drain)
+
+        self.server = _Server(config)
+        self.engine = engine
+        self.grace_period_s = grace_period_s
+        self.draining = False
+        self.exit_code = 0
+        engine.on_dead.append(self._on_engine_dead)
+
+    def run(self, sock: socket.socket) -> int:
+        self.server.run(sockets=[sock])
+        return self.exit_code
+
+    def start_drain(self) -> None:
+        self.engine.draining = True
+        logger.info("Shutting down: no new requests; waiting up to %.1fs for %d unfinished request(s)",
+                    self.grace_period_s, self.engine.num_unfinished_requests)
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace_period_s
+        while self.engine.num_unfinished_requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        error = RequestFailedError("The server is shutting down; the request was aborted.", status=503)
+        for request_id in self.engine.abort_all(error):
+            logger.warning("Aborted request %s: the server is shutting down", request_id)
+        await asyncio.sleep(0)  # let the aborted streams write their last events
+        self.server.should_exit = True
+
+    def _on_engine_dead(self, error: BaseException) -> None:
+        logger.error("The engine is dead (%s); the server exits", error)
+        self.exit_code = 1
+        self.server.should_exit = True
+
+
 def run_server(args: argparse.Namespace) -> None:
-    """Bind, load the engine (minutes for a big model), then serve until interrupted."""
+    """Bind, start the engine cores (minutes for a big model), then serve until interrupted."""
     import uvicorn
     from prometheus_client import disable_created_metrics
 
@@ -236,9 +302,12 @@ def run_server(args: argparse.Namespace) -> None:
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
     sock = bind_socket(args.host, args.port)
     try:
-        engine = AsyncEngine.from_engine_args(EngineArgs.from_cli_args(args))
-    except ValueError as e:  # ConfigError, a tokenizer that cannot load: the user's to fix
+        engine = AsyncLLM.from_engine_args(EngineArgs.from_cli_args(args),
+                                           data_parallel_size=args.data_parallel_size)
+    except (ValueError, EngineStartupError) as e:  # ConfigError, bad model path, KV cache too small
         sock.close()
+        if isinstance(e, EngineStartupError) and not e.user_error:
+            raise
         raise ServerStartError(str(e)) from e
     engine.stat_logger = PrometheusStatLogger(engine.model_config.served_model_name)
     app = build_app(engine, engine.stat_logger, api_key=args.api_key)
@@ -247,10 +316,12 @@ def run_server(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
                             access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             timeout_graceful_shutdown=5)
+    server = GracefulServer(config, app, engine, args.shutdown_grace_period)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
-        logger.info("Interrupted: server stopped")
+        exit_code = server.run(sock)
     finally:
         engine.shutdown()
         sock.close()
+    logger.info("Server stopped")
+    if exit_code:
+        sys.exit(exit_code)

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import Response
 
-from pagedlm.entrypoints.openai.chat_utils import render_chat
+from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest
 from pagedlm.entrypoints.openai.serving_common import (
@@ -20,6 +20,7 @@ from pagedlm.entrypoints.openai.serving_common import (
     clamp_logprob,
     random_id,
     sse,
+    to_openai_error,
 )
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
@@ -28,23 +29,32 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request) -> Response:
         self.check_request(request)
         self._check_chat_features(request)
-        text, token_ids = render_chat(
-            self.tokenizer, request.messages, request.add_generation_prompt, request.continue_final_message,
-            request.tools, request.chat_template_kwargs, request.add_special_tokens,
-        )
+        max_tokens = request.requested_max_tokens()
+        params = self.make_params(request, request.num_logprobs(), max_tokens)
+        text, token_ids = await self._render(request)
         if not token_ids:
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
-        max_tokens = request.requested_max_tokens()
         self.check_length(len(token_ids), max_tokens, what="messages")
-        params = self.make_params(request, request.num_logprobs(), max_tokens)
         request_id = random_id("chatcmpl")
-        group = await self.start(request_id, [(text, token_ids)], params)
+        group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream))
         model = self.model_name(request)
         return await self.respond(
             raw, group, bool(request.stream),
             lambda g: self._stream(request, g, request_id, model),
             lambda g: self._full(request, g, request_id, model),
         )
+
+    async def _render(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+        """The chat template, on the tokenizer thread; text too long to be worth rendering
+        is refused first."""
+        num_chars = sum(len(message_text(m, i) or "") for i, m in enumerate(request.messages))
+        try:
+            self.engine.input_processor.check_num_chars(num_chars)
+        except ValueError as e:
+            raise to_openai_error(e) from e
+        return await self.engine.run_in_tokenizer(
+            render_chat, self.tokenizer, request.messages, request.add_generation_prompt,
+            request.continue_final_message, request.tools, request.chat_template_kwargs, request.add_special_tokens)
 
     @staticmethod
     def _check_chat_features(request: ChatCompletionRequest) -> None:
@@ -104,31 +114,29 @@ class OpenAIServingChat(OpenAIServing):
                     "finish_reason": None}
             yield sse({**head, "choices": [role], **extra})
         progress = [ChoiceProgress(started=True) for _ in range(request.n)]
-        final: RequestOutput | None = None
+        usage = Usage()
         async for _, output in group.merged():
             for completion in output.outputs:
                 choice = self._stream_choice(request, completion, progress[completion.index])
                 if choice is not None:
                     yield sse({**head, "choices": [choice], **extra})
-            final = output
+            usage.add_completion(output)
+            if output.finished:
+                usage.add_prompt(output)
         if include_usage:
-            usage = Usage()
-            if final is not None:
-                usage.add_output(final)
             yield sse({**head, "choices": [], "usage": usage.to_dict()})
 
     def _stream_choice(self, request: ChatCompletionRequest, completion: CompletionOutput,
                        state: ChoiceProgress) -> dict[str, Any] | None:
         if state.finished:
             return None
-        delta = completion.text[state.num_chars:]
+        delta = completion.text
         finishing = completion.finish_reason is not None
         if not delta and not finishing:
+            state.hold(completion.token_ids, completion.logprobs)
             return None
-        new_ids = completion.token_ids[state.num_tokens:]
-        new_lps = (completion.logprobs or [])[state.num_tokens:len(completion.token_ids)]
-        state.num_chars = len(completion.text)
-        state.num_tokens = len(completion.token_ids)
+        new_ids, new_lps = state.take(completion.token_ids, completion.logprobs)
+        state.num_chars += len(delta)
         state.finished = finishing
         return {
             "index": completion.index,

@@ -14,12 +14,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pagedlm.engine.async_engine import AsyncEngine, EngineDeadError, RequestFailedError, RequestStream
+from pagedlm.engine.async_llm import AsyncLLM, EngineDeadError, RequestFailedError, RequestStream
 from pagedlm.engine.input_processor import InvalidRequestError
 from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
 from pagedlm.entrypoints.openai.protocol import SamplingFields
 from pagedlm.outputs import RequestOutput
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
 SSE_DONE = "data: [DONE]\n\n"
 # JSON has no -inf; vLLM clamps logprobs the same way.
@@ -46,6 +46,7 @@ def to_openai_error(e: BaseException) -> OpenAIError:
         return OpenAIError(str(e), 500)
     if isinstance(e, RequestFailedError):
         return OpenAIError(str(e), e.status)
+
     if isinstance(e, ValueError):  # InvalidRequestError, SamplingParams validation
         return OpenAIError(str(e), 400, _guess_param(str(e)))
     return OpenAIError(f"Internal server error: {type(e).__name__}: {e}", 500)
@@ -66,9 +67,17 @@ class Usage:
     cached_tokens: int = 0
 
     def add_output(self, output: RequestOutput) -> None:
+        """A final (FINAL_ONLY) output: its prompt and all its tokens."""
+        self.add_prompt(output)
+        self.add_completion(output)
+
+    def add_prompt(self, output: RequestOutput) -> None:
         self.prompt_tokens += len(output.prompt_token_ids)
-        self.completion_tokens += sum(len(c.token_ids) for c in output.outputs)
         self.cached_tokens += output.num_cached_tokens
+
+    def add_completion(self, output: RequestOutput) -> None:
+        """The tokens an output carries (a DELTA output: the new ones)."""
+        self.completion_tokens += sum(len(c.token_ids) for c in output.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,12 +90,27 @@ class Usage:
 
 @dataclass
 class ChoiceProgress:
-    """What a stream has already sent of one choice."""
+    """What a stream has sent of one choice, and the tokens whose text is still held back
+    (a stop string may be starting, or a character is incomplete): their logprobs go out
+    with the chunk that carries their text."""
 
     num_chars: int = 0
-    num_tokens: int = 0
     finished: bool = False
     started: bool = False
+    pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list = field(default_factory=list)
+
+    def take(self, token_ids: list[int], logprobs: list | None) -> tuple[list[int], list]:
+        """Add a delta's tokens; returns all tokens not yet sent (the caller sends them now)."""
+        self.pending_ids.extend(token_ids)
+        self.pending_logprobs.extend(logprobs or [])
+        ids, lps = self.pending_ids, self.pending_logprobs
+        self.pending_ids, self.pending_logprobs = [], []
+        return ids, lps
+
+    def hold(self, token_ids: list[int], logprobs: list | None) -> None:
+        self.pending_ids.extend(token_ids)
+        self.pending_logprobs.extend(logprobs or [])
 
 
 @dataclass
@@ -146,11 +170,14 @@ async def wait_for_disconnect(request: Request) -> None:
 class OpenAIServing:
     """Base of the completion and chat handlers."""
 
-    def __init__(self, engine: AsyncEngine, served_model_names: list[str]) -> None:
+    def __init__(self, engine: AsyncLLM, served_model_names: list[str]) -> None:
         self.engine = engine
         self.served_model_names = served_model_names
         self.max_model_len = engine.model_config.max_model_len
+        # Input tokenizer: only ever used on the engine's tokenizer thread (engine.run_in_tokenizer).
         self.tokenizer = engine.tokenizer
+        # Decoding on the event loop uses the output side's own tokenizer instance.
+        self.loop_tokenizer = engine.output_processor.tokenizer
 
     def check_request(self, request: SamplingFields) -> None:
         if request.model and request.model not in self.served_model_names:
@@ -184,8 +211,10 @@ class OpenAIServing:
             raise OpenAIError(str(e), 400, _guess_param(str(e))) from e
 
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
-                    params: SamplingParams) -> RequestGroup:
-        """Add one engine request per prompt; on any failure abort those already added."""
+                    params: SamplingParams, stream: bool) -> RequestGroup:
+        """Add one engine request per prompt; on any failure abort those already added.
+        Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt."""
+        params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         streams: list[RequestStream] = []
         try:
             for i, (text, token_ids) in enumerate(prompts):

@@ -17,6 +17,7 @@ from pagedlm.entrypoints.openai.serving_common import (
     clamp_logprob,
     random_id,
     sse,
+    to_openai_error,
 )
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
@@ -26,15 +27,15 @@ class OpenAIServingCompletion(OpenAIServing):
         self.check_request(request)
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
-        prompts = [self._tokenize(p, request.add_special_tokens) for p in request.prompts()]
+        params = self.make_params(request, request.logprobs, request.max_tokens)
+        prompts = [await self._tokenize(p, request.add_special_tokens) for p in request.prompts()]
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
-        params = self.make_params(request, request.logprobs, request.max_tokens)
         if request.echo and request.logprobs is not None:
             # The echoed prompt carries its own logprobs (the first token has none).
             params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
         request_id = random_id("cmpl")
-        group = await self.start(request_id, prompts, params)
+        group = await self.start(request_id, prompts, params, bool(request.stream))
         model = self.model_name(request)
         return await self.respond(
             raw, group, bool(request.stream),
@@ -42,9 +43,12 @@ class OpenAIServingCompletion(OpenAIServing):
             lambda g: self._full(request, g, request_id, model),
         )
 
-    def _tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> tuple[str | None, list[int]]:
+    async def _tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens) if prompt else []
+            try:
+                token_ids = await self.engine.encode(prompt, add_special_tokens) if prompt else []
+            except ValueError as e:  # too long to be worth tokenizing
+                raise to_openai_error(e) from e
             text: str | None = prompt
         else:
             text, token_ids = None, list(prompt)
@@ -54,7 +58,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def _prompt_text(self, group: RequestGroup, index: int) -> str:
         text, token_ids = group.prompts[index]
-        return text if text is not None else self.tokenizer.decode(token_ids)
+        return text if text is not None else self.loop_tokenizer.decode(token_ids)
 
     # ------------------------------------------------------------------ full response
 
@@ -96,7 +100,7 @@ class OpenAIServingCompletion(OpenAIServing):
         logprobs = _empty_logprobs()
         prompt_lps: list = list(output.prompt_logprobs or [])
         prompt_lps += [None] * (len(output.prompt_token_ids) - len(prompt_lps))
-        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.tokenizer)
+        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.loop_tokenizer)
         return logprobs
 
     # ------------------------------------------------------------------ streaming
@@ -117,30 +121,30 @@ class OpenAIServingCompletion(OpenAIServing):
                     if include_usage:
                         chunk["usage"] = None
                     yield sse(chunk)
+            usage.add_completion(output)
             if output.finished:
-                usage.add_output(output)
+                usage.add_prompt(output)
         if include_usage:
             yield sse({**head, "choices": [], "usage": usage.to_dict()})
 
     def _stream_choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
                        completion: CompletionOutput, state: ChoiceProgress, choice_index: int) -> dict | None:
-        """The chunk for one choice's progress, or None while it has nothing new to say."""
+        """The chunk for one choice's delta, or None while it has nothing new to say."""
         if state.finished:
             return None
-        delta = completion.text[state.num_chars:]
+        delta = completion.text
         finishing = completion.finish_reason is not None
         prefix = self._prompt_text(group, index) if request.echo and not state.started else ""
         if not delta and not finishing and not prefix:
+            state.hold(completion.token_ids, completion.logprobs)
             return None
+        new_ids, new_lps = state.take(completion.token_ids, completion.logprobs)
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output) if prefix else _empty_logprobs()
-            new_ids = completion.token_ids[state.num_tokens:]
-            new_lps = (completion.logprobs or [])[state.num_tokens:len(completion.token_ids)]
             _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix))
         state.started = True
-        state.num_chars = len(completion.text)
-        state.num_tokens = len(completion.token_ids)
+        state.num_chars += len(prefix) + len(delta)
         state.finished = finishing
         return {
             "index": choice_index, "text": prefix + delta, "logprobs": logprobs,

@@ -1,0 +1,330 @@
+"""AsyncLLM: the server's frontend. Text work here, scheduling and the model in engine-core
+processes reached through ``MPClient``.
+
+On the way in, prompts are tokenized (and chat templates rendered) on a tokenizer thread, so
+a huge prompt never stalls the event loop. On the way out, one asyncio task reads each step's
+``EngineCoreOutputs``, detokenizes, checks stop strings (a hit sends the core an ABORT that
+finishes the request as "stop"), and hands each request its outputs through a collector.
+Outputs of streaming requests are deltas: a slow reader gets its pending deltas merged into
+one, so nothing is dropped and nothing is recomputed, and the per-step cost does not grow
+with how long the outputs already are.
+
+If an engine core dies, every in-flight request and every later call raises EngineDeadError
+and ``on_dead`` callbacks run (the server uses one to exit so a supervisor can restart it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
+
+from pagedlm.engine.core_client import EngineDeadError, MPClient
+from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType, fan_out, load_tokenizer
+from pagedlm.engine.llm_engine import EngineStats
+from pagedlm.engine.messages import EngineCoreOutputs, SchedulerStats
+from pagedlm.engine.output_processor import IterationStats, OutputProcessor
+from pagedlm.engine_args import EngineArgs
+from pagedlm.outputs import RequestOutput
+from pagedlm.sampling_params import RequestOutputKind, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Outputs handled between yields to the event loop: a step of 1,000 requests must not hold
+# the loop for its whole duration.
+OUTPUT_CHUNK_SIZE = 256
+
+__all__ = ["AsyncLLM", "EngineDeadError", "RequestFailedError", "RequestStream"]
+
+
+class RequestFailedError(RuntimeError):
+    """The engine finished one request with an error. ``status`` is the HTTP status a server
+    should answer with: 400 when the request itself cannot be served (e.g. it needs more KV
+    cache blocks than exist), 500 for an unexpected failure."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StatLogger(Protocol):
+    """Receives frontend events (see pagedlm.metrics.PrometheusStatLogger)."""
+
+    def record_iteration(self, stats: IterationStats) -> None: ...
+    def record_aborts(self, request_ids: list[str]) -> None: ...
+    def record_stats(self, stats: EngineStats) -> None: ...
+
+
+class RequestStream:
+    """The outputs of one request, as an async iterator. Pending DELTA outputs merge into one;
+    CUMULATIVE ones are replaced by the newest. Ends after the finished output; raises
+    EngineDeadError / RequestFailedError if the engine or the request failed."""
+
+    def __init__(self, request_id: str, engine: "AsyncLLM", kind: RequestOutputKind) -> None:
+        self.request_id = request_id
+        self.finished = False
+        self._engine = engine
+        self._kind = kind
+        self._pending: RequestOutput | BaseException | None = None
+        self._cancelled = False
+        self._ready = asyncio.Event()
+
+    def put(self, item: RequestOutput | BaseException | None) -> None:
+        """Event loop only. None means 'cancelled': the iteration stops quietly."""
+        if item is None:
+            self._cancelled = True
+        elif isinstance(item, RequestOutput) and isinstance(self._pending, RequestOutput):
+            if self._kind == RequestOutputKind.DELTA:
+                _merge_delta(self._pending, item)
+            else:
+                self._pending = item
+        elif not isinstance(self._pending, BaseException):  # an error, once queued, wins
+            self._pending = item
+        self._ready.set()
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        while not self.finished:
+            if self._pending is None and not self._cancelled:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            item, self._pending = self._pending, None
+            if item is None:  # cancelled with nothing left to hand out
+                break
+            if isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            self.finished = item.finished
+            return item
+        self.finished = True
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        """Abort the request (idempotent) and end the iteration."""
+        if not self.finished:
+            self._engine.abort(self.request_id)
+            self.put(None)
+
+
+def _merge_delta(into: RequestOutput, new: RequestOutput) -> None:
+    by_index = {c.index: c for c in into.outputs}
+    for completion in new.outputs:
+        old = by_index.get(completion.index)
+        if old is None:
+            into.outputs.append(completion)
+            continue
+        old.text += completion.text
+        old.token_ids.extend(completion.token_ids)
+        if completion.logprobs is not None:
+            old.logprobs = (old.logprobs or []) + completion.logprobs
+        old.cumulative_logprob = completion.cumulative_logprob
+        old.finish_reason, old.stop_reason = completion.finish_reason, completion.stop_reason
+    if into.prompt_logprobs is None:
+        into.prompt_logprobs = new.prompt_logprobs
+    into.finished, into.num_cached_tokens, into.error = new.finished, new.num_cached_tokens, new.error
+
+
+class AsyncLLM:
+    def __init__(self, engine_args: EngineArgs, stat_logger: StatLogger | None = None,
+                 data_parallel_size: int = 1) -> None:
+        self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
+        self.model_config = self.config.model_config
+        # Two tokenizers: HF fast tokenizers must not be used from two threads at once
+        # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
+        self.tokenizer = load_tokenizer(self.model_config)
+        self.input_processor = InputProcessor(self.model_config, self.tokenizer)
+        self.output_processor = OutputProcessor(load_tokenizer(self.model_config))
+        self.stat_logger = stat_logger
+        self.on_dead: list[Callable[[BaseException], None]] = []
+        self._streams: dict[str, RequestStream] = {}
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="pagedlm-tokenize")
+        self._output_task: asyncio.Task | None = None
+        self._dead: BaseException | None = None
+        self._engine_stats: dict[int, SchedulerStats] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.draining = False  # set by a server that is shutting down: no new requests
+        self.client = MPClient(engine_args, num_engines=data_parallel_size)
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs, stat_logger: StatLogger | None = None,
+                         data_parallel_size: int = 1) -> "AsyncLLM":
+        return cls(args, stat_logger, data_parallel_size)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "AsyncLLM":
+        """Start the output handler on the running event loop (idempotent)."""
+        if self._output_task is None:
+            self.client.attach_loop(asyncio.get_running_loop())
+            self._output_task = asyncio.create_task(self._output_handler(), name="pagedlm-output-handler")
+        return self
+
+    def shutdown(self) -> None:
+        if self._output_task is not None:
+            self._output_task.cancel()
+        self.client.shutdown()
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def is_dead(self) -> bool:
+        return self._dead is not None
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._streams)
+
+    def get_stats(self) -> EngineStats:
+        """The engine cores' latest stats, summed over data-parallel ranks."""
+        return _sum_stats(list(self._engine_stats.values()), self.prompt_tokens_total, self.generation_tokens_total)
+
+    # ------------------------------------------------------------------ text work, off the loop
+
+    async def run_in_tokenizer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run tokenizer work (encode, chat templates) on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
+
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return await self.run_in_tokenizer(self.input_processor.encode, text, add_special_tokens)
+
+    # ------------------------------------------------------------------ requests
+
+    async def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                          arrival_time: float | None = None) -> RequestStream:
+        """Validate (on the tokenizer thread) and queue a request. Raises InvalidRequestError
+        (a ValueError) on bad input and EngineDeadError when the engine has failed."""
+        self._check_alive()
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        arrival = arrival_time if arrival_time is not None else time.time()
+        text, request = await self.run_in_tokenizer(self.input_processor.process, request_id, prompt, params,
+                                                    arrival)
+        self._check_alive()
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        children = fan_out(request)
+        stream = RequestStream(request_id, self, request.sampling_params.output_kind)
+        self.output_processor.add_request(request_id, text, children)
+        self._streams[request_id] = stream
+        self.client.add_requests(children)
+        self.prompt_tokens_total += request.num_prompt_tokens
+        return stream
+
+    async def generate(self, prompt: PromptType, params: SamplingParams, request_id: str,
+                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
+        """add_request + iterate; aborts the request if the caller stops early."""
+        stream = await self.add_request(request_id, prompt, params, arrival_time)
+        try:
+            async for output in stream:
+                yield output
+        finally:
+            stream.cancel()
+
+    def abort(self, request_id: str | list[str], error: BaseException | None = None) -> None:
+        """Abort requests (idempotent); their KV blocks go back to the pool. With ``error``,
+        their streams end with it instead of quietly."""
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        aborted = []
+        for rid in ids:
+            stream = self._streams.pop(rid, None)
+            if stream is None:
+                continue
+            aborted.append(rid)
+            self.client.abort_requests(self.output_processor.abort_request(rid))
+            stream.put(error)
+        if aborted:
+            self._log("record_aborts", aborted)
+
+    def abort_all(self, error: BaseException) -> list[str]:
+        ids = list(self._streams)
+        self.abort(ids, error)
+        return ids
+
+    async def reset_prefix_cache(self) -> bool:
+        self._check_alive()
+        return all(await asyncio.wrap_future(self.client.call_utility_future("reset_prefix_cache")))
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine has failed and cannot serve requests: {self._dead}")
+        if self.draining:
+            raise RequestFailedError("The server is shutting down and accepts no new requests.", status=503)
+
+    # ------------------------------------------------------------------ outputs
+
+    async def _output_handler(self) -> None:
+        try:
+            while True:
+                outputs = await self.client.get_output_async()
+                await self._handle(outputs)
+        except EngineDeadError as e:
+            self._die(e)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - a frontend bug must not leave clients hanging
+            logger.exception("The output handler failed; the engine is dead")
+            self._die(EngineDeadError(f"the output handler failed: {type(e).__name__}: {e}"))
+
+    async def _handle(self, batch: EngineCoreOutputs) -> None:
+        outputs = batch.outputs
+        for start in range(0, len(outputs), OUTPUT_CHUNK_SIZE):
+            if start:
+                await asyncio.sleep(0)  # let the loop serve sockets between chunks
+            processed = self.output_processor.process_outputs(outputs[start:start + OUTPUT_CHUNK_SIZE])
+            for output in processed.request_outputs:
+                self._deliver(output)
+            if processed.stopped_child_ids:
+                self.client.abort_requests(processed.stopped_child_ids, stopped=True)
+            self.generation_tokens_total += processed.iteration_stats.num_generation_tokens
+            self._log("record_iteration", processed.iteration_stats)
+        if batch.scheduler_stats is not None:
+            self._engine_stats[batch.engine_index] = batch.scheduler_stats
+            self._log("record_stats", self.get_stats())
+
+    def _deliver(self, output: RequestOutput) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is None:
+            return
+        if output.finished:
+            del self._streams[output.request_id]
+        stream.put(RequestFailedError(output.error, status=400) if output.error is not None else output)
+
+    def _log(self, method: str, *args: Any) -> None:
+        # Metrics must never take serving down: a failing logger is reported, not raised.
+        if self.stat_logger is None:
+            return
+        try:
+            getattr(self.stat_logger, method)(*args)
+        except Exception:  # noqa: BLE001
+            logger.exception("stat logger %s failed", method)
+
+    def _die(self, error: EngineDeadError) -> None:
+        if self._dead is not None:
+            return
+        self._dead = error
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for stream in streams:
+            stream.put(error)
+        for callback in self.on_dead:
+            try:
+                callback(error)
+            except Exception:  # noqa: BLE001
+                logger.exception("on_dead callback failed")
+
+
+def _sum_stats(per_engine: list[SchedulerStats], prompt_tokens: int, generation_tokens: int) -> EngineStats:
+    total = EngineStats(prompt_tokens_total=prompt_tokens, generation_tokens_total=generation_tokens)
+    for s in per_engine:
+        for name, value in vars(s).items():
+            if name != "kv_cache_usage":
+                setattr(total, name, getattr(total, name) + value)
+    if per_engine:
+        total.kv_cache_usage = sum(s.kv_cache_usage for s in per_engine) / len(per_engine)
+    return total
