@@ -133,6 +133,8 @@ def _merge_delta(into: RequestOutput, new: RequestOutput) -> None:
 class AsyncLLM:
     def __init__(self, engine_args: EngineArgs, stat_logger: StatLogger | None = None,
                  data_parallel_size: int = 1) -> None:
+        if data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
         self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
         self.model_config = self.config.model_config
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once

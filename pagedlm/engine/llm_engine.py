@@ -31,17 +31,19 @@ class EngineStats(SchedulerStats):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, engine_args: EngineArgs | None = None,
-                 multiprocess: bool = False) -> None:
+                 multiprocess: bool = False, data_parallel_size: int = 1) -> None:
         self.config = config
         self.model_config = config.model_config
         logger.info("Initialising engine: %s", dump_config(config))
         self.tokenizer = load_tokenizer(config.model_config)
         self.input_processor = InputProcessor(config.model_config, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
-        if multiprocess:
+        if data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
+        if multiprocess or data_parallel_size > 1:
             if engine_args is None:
                 raise ValueError("a multiprocess engine needs the EngineArgs to start its core process")
-            self.core_client: InprocClient | MPClient = MPClient(engine_args)
+            self.core_client: InprocClient | MPClient = MPClient(engine_args, data_parallel_size)
         else:
             self.core_client = InprocClient(config)
         self.prompt_tokens_total = 0
@@ -49,8 +51,9 @@ class LLMEngine:
         self._scheduler_stats = SchedulerStats()
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False) -> "LLMEngine":
-        return cls(args.create_engine_config(), args, multiprocess)
+    def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False,
+                         data_parallel_size: int = 1) -> "LLMEngine":
+        return cls(args.create_engine_config(), args, multiprocess, data_parallel_size)
 
     @property
     def engine_core(self):

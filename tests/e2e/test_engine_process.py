@@ -1,0 +1,308 @@
+"""The two-process server: tokens stream one per chunk, huge prompts never stall the loop,
+and the process lifecycle (core killed, API process killed, SIGTERM drain, start-up errors,
+data parallelism) ends cleanly with nothing hanging and nothing orphaned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, REPO_ROOT, Server, free_port, metric_values, \
+    stop, wait_healthy
+
+LONG = {"model": MODEL_NAME, "max_tokens": 200, "ignore_eos": True, "temperature": 1.0}
+
+
+def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--port", str(port), "--served-model-name",
+           MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN), "--num-gpu-blocks-override", str(NUM_BLOCKS),
+           "--device", "cpu", "--api-key", API_KEY, *extra]
+    log_path = tmp_path / f"server-{port}.log"
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    return Server(f"http://127.0.0.1:{port}", proc, log_path)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _core_pids(server: Server) -> list[int]:
+    """The engine-core processes (spawned children that run pagedlm's core entry point)."""
+    pids = []
+    for pid in _children(server.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing" in cmdline and b"spawn_main" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _sse_events(resp: httpx.Response):
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            yield line[len("data: "):]
+
+
+# ---------------------------------------------------------------- the shared server
+
+
+def _offline_chunking(offline_llm, prompt: str, max_tokens: int) -> list[int]:
+    """Tokens per chunk when every step's delta is sent at once: a token whose text is held
+    back (an incomplete character, a skipped special token) goes out with the next text."""
+    from pagedlm import SamplingParams
+    from pagedlm.sampling_params import RequestOutputKind
+
+    engine = offline_llm.llm_engine
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
+                            output_kind=RequestOutputKind.DELTA)
+    engine.add_request("chunking", prompt, params)
+    sizes, pending = [], 0
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            completion = output.outputs[0]
+            pending += len(completion.token_ids)
+            if completion.text or completion.finish_reason:
+                sizes.append(pending)
+                pending = 0
+    return sizes
+
+
+def test_every_token_in_its_own_chunk(http: httpx.Client, offline_llm) -> None:
+    """At concurrency 1 nothing is batched up: each step's token is its own SSE chunk."""
+    prompt, max_tokens = "Once upon a time", 24
+    body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+            "temperature": 0.0, "logprobs": 0, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as resp:
+        assert resp.status_code == 200
+        chunks = [json.loads(e) for e in _sse_events(resp) if e != "[DONE]"]
+    tokens_per_chunk = [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks]
+    assert sum(tokens_per_chunk) == max_tokens
+    assert tokens_per_chunk == _offline_chunking(offline_llm, prompt, max_tokens)
+
+
+def test_huge_prompt_is_rejected_without_stalling(server: Server, http: httpx.Client) -> None:
+    """A 6 MB prompt is refused from its length alone, and /health answers meanwhile."""
+    prompt = "lorem ipsum dolor " * 350_000
+    health_times: list[float] = []
+
+    def probe() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for _ in range(10):
+                start = time.monotonic()
+                assert c.get("/health").status_code == 200
+                health_times.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=probe)
+    start = time.monotonic()
+    thread.start()
+    resp = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": 4})
+    elapsed = time.monotonic() - start
+    thread.join()
+    assert resp.status_code == 400 and "too long" in resp.json()["error"]["message"]
+    assert elapsed < 3.0, f"rejecting took {elapsed:.2f}s"
+    assert max(health_times) < 1.0, health_times
+    chat = http.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": [{"role": "user",
+                                                                                     "content": prompt}]})
+    assert chat.status_code == 400 and "too long" in chat.json()["error"]["message"]
+
+
+async def _storm(base_url: str, headers: dict[str, str], num: int) -> list[bool]:
+    limits = httpx.Limits(max_keepalive_connections=0, max_connections=num)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as client:
+        async def one(i: int) -> bool:
+            body = {**LONG, "max_tokens": 24 if i % 2 else 200, "prompt": f"Story {i}:", "stream": True}
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if i % 2 == 0 and line.startswith("data: {"):
+                        return False  # half the clients leave after their first chunk
+                    if line == "data: [DONE]":
+                        return True
+            return False
+
+        return list(await asyncio.gather(*(one(i) for i in range(num))))
+
+
+def test_200_streams_half_disconnecting(server: Server, http: httpx.Client) -> None:
+    finished = asyncio.run(_storm(server.url, server.headers, 200))
+    assert sum(finished) == 100
+    assert _wait(lambda: _idle(http), timeout=15.0), metric_values(http.get("/metrics").text)
+    resp = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "next", "max_tokens": 3})
+    assert resp.status_code == 200
+
+
+def _idle(http: httpx.Client) -> bool:
+    values = metric_values(http.get("/metrics").text)
+    return (values["pagedlm:num_requests_running"] == 0 and values["pagedlm:num_requests_waiting"] == 0
+            and values["pagedlm:kv_cache_usage_perc"] == 0)
+
+
+# ---------------------------------------------------------------- servers of their own
+
+
+def test_core_killed_mid_stream(checkpoint: Path, tmp_path: Path) -> None:
+    server = _start(checkpoint, tmp_path)
+    try:
+        wait_healthy(server, 120)
+        [core] = _core_pids(server)
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as c:
+            with c.stream("POST", "/v1/completions", json={**LONG, "prompt": "Hi", "stream": True}) as resp:
+                events = []
+                for event in _sse_events(resp):
+                    events.append(event)
+                    if len(events) == 2:
+                        os.kill(core, signal.SIGKILL)
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 500
+        server.proc.wait(timeout=10)
+        assert server.proc.returncode != 0
+        assert "engine core 0 exited unexpectedly" in server.log_tail(200)
+    finally:
+        stop(server.proc)
+
+
+def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> None:
+    server = _start(checkpoint, tmp_path)
+    try:
+        wait_healthy(server, 120)
+        cores = _core_pids(server)
+        assert len(cores) == 1
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        assert _wait(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+    finally:
+        stop(server.proc)
+
+
+def test_sigterm_drains_then_aborts(checkpoint: Path, tmp_path: Path) -> None:
+    server = _start(checkpoint, tmp_path, "--shutdown-grace-period", "1.5")
+    try:
+        wait_healthy(server, 120)
+        cores = _core_pids(server)
+        results: dict[str, list[str]] = {}
+
+        def run(name: str, max_tokens: int) -> None:
+            body = {**LONG, "prompt": name, "max_tokens": max_tokens, "stream": True}
+            with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as c:
+                with c.stream("POST", "/v1/completions", json=body) as resp:
+                    results[name] = list(_sse_events(resp))
+
+        # The long one cannot finish within the grace period on any machine.
+        threads = [threading.Thread(target=run, args=("short", 30)),
+                   threading.Thread(target=run, args=("long", MAX_MODEL_LEN - 8))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # both are streaming
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=30)
+        assert server.proc.wait(timeout=15) == 0
+        short, long = results["short"], results["long"]
+        assert short[-1] == "[DONE]" and json.loads(short[-2])["choices"][0]["finish_reason"] == "length"
+        assert long[-1] == "[DONE]" and json.loads(long[-2])["error"]["code"] == 503
+        log = server.log_tail(400)
+        assert log.count("Aborted request") == 1 and "Traceback" not in log
+        assert _wait(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+    finally:
+        stop(server.proc)
+
+
+def test_startup_error_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    """The core cannot start (a KV cache too small for max_model_len): one clear line, exit 1."""
+    cmd = [sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--port", str(free_port()),
+           "--max-model-len", str(MAX_MODEL_LEN), "--num-gpu-blocks-override", "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 1
+    assert "pagedlm serve: error:" in result.stderr and "max_model_len" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_parallel_two_cores(checkpoint: Path, tmp_path: Path, offline_llm) -> None:
+    from pagedlm import SamplingParams
+
+    server = _start(checkpoint, tmp_path, "--data-parallel-size", "2")
+    try:
+        wait_healthy(server, 120)
+        assert len(_core_pids(server)) == 2
+        prompts = [f"Count to {i}:" for i in range(8)]
+        expected = [o.outputs[0].text for o in offline_llm.generate(prompts, SamplingParams(temperature=0,
+                                                                                              max_tokens=8))]
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=60) as c:
+            resp = c.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompts, "max_tokens": 8,
+                                                   "temperature": 0})
+        assert resp.status_code == 200
+        assert [ch["text"] for ch in resp.json()["choices"]] == expected
+    finally:
+        stop(server.proc)
+
+
+@pytest.fixture(scope="module")
+def mp_engine(checkpoint: Path):
+    from pagedlm.engine.llm_engine import LLMEngine
+    from pagedlm.engine_args import EngineArgs
+
+    args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=256,
+                      device="cpu")
+    engine = LLMEngine.from_engine_args(args, multiprocess=True, data_parallel_size=2)
+    yield engine
+    engine.shutdown()
+
+
+def test_data_parallel_balances_by_load(mp_engine) -> None:
+    from pagedlm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=4)
+    for i in range(6):
+        mp_engine.add_request(str(i), f"prompt {i}", params)
+    assert mp_engine.core_client._load == [3, 3]
+    engines_seen: set[int] = set()
+    done = 0
+    client = mp_engine.core_client
+    while done < 6:
+        batch = client.get_output(timeout=30)
+        if batch.outputs:
+            engines_seen.add(batch.engine_index)
+        processed = mp_engine.output_processor.process_outputs(batch.outputs)
+        done += sum(o.finished for o in processed.request_outputs)
+    assert engines_seen == {0, 1}
+    assert client._load == [0, 0] and not client.has_unfinished_requests()
