@@ -27,7 +27,7 @@ from pagedlm.engine.llm_engine import EngineStats
 from pagedlm.engine.messages import EngineCoreOutputs, SchedulerStats
 from pagedlm.engine.output_processor import IterationStats, OutputProcessor
 from pagedlm.engine_args import EngineArgs
-from pagedlm.outputs import RequestOutput
+from pagedlm.outputs import CompletionOutput, RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -59,16 +59,19 @@ class StatLogger(Protocol):
 
 
 class RequestStream:
-    """The outputs of one request, as an async iterator. Pending DELTA outputs merge into one;
-    CUMULATIVE ones are replaced by the newest. Ends after the finished output; raises
-    EngineDeadError / RequestFailedError if the engine or the request failed."""
+    """The outputs of one request, as an async iterator. A reader that falls behind gets its
+    pending DELTA outputs merged into one when it next reads (each delta is kept once and
+    joined once: O(new) per step however slow the reader); of CUMULATIVE outputs it gets the
+    newest. Ends after the finished output; raises EngineDeadError / RequestFailedError if the
+    engine or the request failed."""
 
     def __init__(self, request_id: str, engine: "AsyncLLM", kind: RequestOutputKind) -> None:
         self.request_id = request_id
         self.finished = False
         self._engine = engine
         self._kind = kind
-        self._pending: RequestOutput | BaseException | None = None
+        self._pending: list[RequestOutput] = []
+        self._error: BaseException | None = None
         self._cancelled = False
         self._ready = asyncio.Event()
 
@@ -76,13 +79,12 @@ class RequestStream:
         """Event loop only. None means 'cancelled': the iteration stops quietly."""
         if item is None:
             self._cancelled = True
-        elif isinstance(item, RequestOutput) and isinstance(self._pending, RequestOutput):
-            if self._kind == RequestOutputKind.DELTA:
-                _merge_delta(self._pending, item)
-            else:
-                self._pending = item
-        elif not isinstance(self._pending, BaseException):  # an error, once queued, wins
-            self._pending = item
+        elif isinstance(item, BaseException):
+            self._error = self._error or item  # an error, once queued, wins
+        elif self._kind == RequestOutputKind.DELTA:
+            self._pending.append(item)
+        else:
+            self._pending = [item]
         self._ready.set()
 
     def __aiter__(self) -> "RequestStream":
@@ -90,18 +92,18 @@ class RequestStream:
 
     async def __anext__(self) -> RequestOutput:
         while not self.finished:
-            if self._pending is None and not self._cancelled:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            item, self._pending = self._pending, None
-            if item is None:  # cancelled with nothing left to hand out
-                break
-            if isinstance(item, BaseException):
+            if self._error is not None:
                 self.finished = True
-                raise item
-            self.finished = item.finished
-            return item
+                raise self._error
+            if self._pending:
+                pending, self._pending = self._pending, []
+                output = merge_deltas(pending) if len(pending) > 1 else pending[0]
+                self.finished = output.finished
+                return output
+            if self._cancelled:
+                break
+            self._ready.clear()
+            await self._ready.wait()
         self.finished = True
         raise StopAsyncIteration
 
@@ -112,22 +114,31 @@ class RequestStream:
             self.put(None)
 
 
-def _merge_delta(into: RequestOutput, new: RequestOutput) -> None:
-    by_index = {c.index: c for c in into.outputs}
-    for completion in new.outputs:
-        old = by_index.get(completion.index)
-        if old is None:
-            into.outputs.append(completion)
-            continue
-        old.text += completion.text
-        old.token_ids.extend(completion.token_ids)
-        if completion.logprobs is not None:
-            old.logprobs = (old.logprobs or []) + completion.logprobs
-        old.cumulative_logprob = completion.cumulative_logprob
-        old.finish_reason, old.stop_reason = completion.finish_reason, completion.stop_reason
-    if into.prompt_logprobs is None:
-        into.prompt_logprobs = new.prompt_logprobs
-    into.finished, into.num_cached_tokens, into.error = new.finished, new.num_cached_tokens, new.error
+def merge_deltas(outputs: list[RequestOutput]) -> RequestOutput:
+    """Consecutive DELTA outputs of one request -> one DELTA output covering them all."""
+    last = outputs[-1]
+    merged: dict[int, CompletionOutput] = {}
+    texts: dict[int, list[str]] = {}
+    for output in outputs:
+        for c in output.outputs:
+            into = merged.get(c.index)
+            if into is None:
+                merged[c.index] = into = CompletionOutput(c.index, "", [], c.cumulative_logprob,
+                                                          [] if c.logprobs is not None else None)
+                texts[c.index] = []
+            texts[c.index].append(c.text)
+            into.token_ids.extend(c.token_ids)
+            if c.logprobs is not None:
+                into.logprobs = (into.logprobs or [])
+                into.logprobs.extend(c.logprobs)
+            into.cumulative_logprob, into.finish_reason, into.stop_reason = (
+                c.cumulative_logprob, c.finish_reason, c.stop_reason)
+    for index, parts in texts.items():
+        merged[index].text = "".join(parts)
+    prompt_logprobs = next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None)
+    return RequestOutput(last.request_id, last.prompt, last.prompt_token_ids, prompt_logprobs,
+                         [merged[i] for i in sorted(merged)], last.finished, last.num_cached_tokens, last.metrics,
+                         last.error)
 
 
 class AsyncLLM:

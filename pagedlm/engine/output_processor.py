@@ -29,15 +29,14 @@ class ChildState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    num_sent: int = 0  # tokens (and logprob rows) already handed out in DELTA outputs
-
     def completion(self, kind: RequestOutputKind) -> CompletionOutput:
         finished = self.finish_reason is not None
         delta = kind == RequestOutputKind.DELTA
         if delta:
-            token_ids = self.token_ids[self.num_sent:]
-            logprobs = self.logprobs[self.num_sent:] if self.logprobs is not None else None
-            self.num_sent = len(self.token_ids)
+            # A DELTA request keeps no history here: what is handed out is forgotten.
+            token_ids, logprobs = self.token_ids, self.logprobs
+            self.token_ids = []
+            self.logprobs = [] if logprobs is not None else None
         else:
             token_ids, logprobs = list(self.token_ids), self.logprobs
         return CompletionOutput(
