@@ -129,7 +129,7 @@ def _payload(args: argparse.Namespace, model: str, prompt: Prompt) -> dict[str, 
 async def send_request(client: httpx.AsyncClient, url: str, payload: dict, prompt_len: int) -> RequestResult:
     result = RequestResult(prompt_len=prompt_len)
     start = last = time.perf_counter()
-    chunks_with_text = 0
+    num_chunks = 0
     try:
         async with client.stream("POST", url, json=payload) as response:
             if response.status_code != 200:
@@ -149,17 +149,19 @@ async def send_request(client: httpx.AsyncClient, url: str, payload: dict, promp
                 if usage:
                     result.output_tokens = usage.get("completion_tokens", 0)
                     result.prompt_len = result.prompt_len or usage.get("prompt_tokens", 0)
-                if any(c.get("text") for c in obj.get("choices") or []):
+                # Every chunk with choices is progress, text or not (a token whose text is held
+                # back, e.g. an incomplete character, still arrives as a chunk), as vLLM counts.
+                if obj.get("choices"):
                     now = time.perf_counter()
-                    if chunks_with_text == 0:
+                    if num_chunks == 0:
                         result.ttft = now - start
                     else:
                         result.itl.append(now - last)
                     last = now
-                    chunks_with_text += 1
+                    num_chunks += 1
         result.latency = time.perf_counter() - start
-        result.output_tokens = result.output_tokens or chunks_with_text
-        result.success = chunks_with_text > 0 or result.output_tokens > 0
+        result.output_tokens = result.output_tokens or num_chunks
+        result.success = num_chunks > 0 or result.output_tokens > 0
         if not result.success:
             result.error = "the stream carried no text"
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:

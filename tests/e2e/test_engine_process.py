@@ -86,38 +86,20 @@ def _sse_events(resp: httpx.Response):
 # ---------------------------------------------------------------- the shared server
 
 
-def _offline_chunking(offline_llm, prompt: str, max_tokens: int) -> list[int]:
-    """Tokens per chunk when every step's delta is sent at once: a token whose text is held
-    back (an incomplete character, a skipped special token) goes out with the next text."""
-    from pagedlm import SamplingParams
-    from pagedlm.sampling_params import RequestOutputKind
-
-    engine = offline_llm.llm_engine
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True,
-                            output_kind=RequestOutputKind.DELTA)
-    engine.add_request("chunking", prompt, params)
-    sizes, pending = [], 0
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            completion = output.outputs[0]
-            pending += len(completion.token_ids)
-            if completion.text or completion.finish_reason:
-                sizes.append(pending)
-                pending = 0
-    return sizes
-
-
-def test_every_token_in_its_own_chunk(http: httpx.Client, offline_llm) -> None:
-    """At concurrency 1 nothing is batched up: each step's token is its own SSE chunk."""
-    prompt, max_tokens = "Once upon a time", 24
-    body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+def test_every_token_in_its_own_chunk(http: httpx.Client) -> None:
+    """At concurrency 1 nothing is batched up: each step's token is its own SSE chunk, also
+    when its text is held back (the tiny model emits incomplete characters)."""
+    body = {"model": MODEL_NAME, "prompt": "Once upon a time", "max_tokens": 24, "ignore_eos": True,
             "temperature": 0.0, "logprobs": 0, "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as resp:
         assert resp.status_code == 200
         chunks = [json.loads(e) for e in _sse_events(resp) if e != "[DONE]"]
-    tokens_per_chunk = [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks]
-    assert sum(tokens_per_chunk) == max_tokens
-    assert tokens_per_chunk == _offline_chunking(offline_llm, prompt, max_tokens)
+    assert [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks] == [1] * 24
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24,
+            "ignore_eos": True, "temperature": 0.0, "logprobs": True, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=chat) as resp:
+        chunks = [json.loads(e) for e in _sse_events(resp) if e != "[DONE]"]
+    assert [len(c["choices"][0]["logprobs"]["content"]) for c in chunks[1:]] == [1] * 24  # after the role chunk
 
 
 def test_huge_prompt_is_rejected_without_stalling(server: Server, http: httpx.Client) -> None:

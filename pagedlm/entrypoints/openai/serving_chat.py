@@ -132,15 +132,14 @@ class OpenAIServingChat(OpenAIServing):
             return None
         delta = completion.text
         finishing = completion.finish_reason is not None
-        if not delta and not finishing:
-            state.hold(completion.token_ids, completion.logprobs)
+        if not delta and not finishing and not completion.token_ids:
             return None
-        new_ids, new_lps = state.take(completion.token_ids, completion.logprobs)
+        new_ids, new_lps = completion.token_ids, completion.logprobs or []
         state.num_chars += len(delta)
         state.finished = finishing
         return {
             "index": completion.index,
-            "delta": {"content": delta} if delta or not finishing else {},
+            "delta": {"content": delta} if delta or not finishing else {},  # tokens without text yet: ""
             "logprobs": self._logprobs(request, new_ids, new_lps),
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,

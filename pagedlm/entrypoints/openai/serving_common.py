@@ -90,27 +90,11 @@ class Usage:
 
 @dataclass
 class ChoiceProgress:
-    """What a stream has sent of one choice, and the tokens whose text is still held back
-    (a stop string may be starting, or a character is incomplete): their logprobs go out
-    with the chunk that carries their text."""
+    """What a stream has sent of one choice."""
 
     num_chars: int = 0
     finished: bool = False
     started: bool = False
-    pending_ids: list[int] = field(default_factory=list)
-    pending_logprobs: list = field(default_factory=list)
-
-    def take(self, token_ids: list[int], logprobs: list | None) -> tuple[list[int], list]:
-        """Add a delta's tokens; returns all tokens not yet sent (the caller sends them now)."""
-        self.pending_ids.extend(token_ids)
-        self.pending_logprobs.extend(logprobs or [])
-        ids, lps = self.pending_ids, self.pending_logprobs
-        self.pending_ids, self.pending_logprobs = [], []
-        return ids, lps
-
-    def hold(self, token_ids: list[int], logprobs: list | None) -> None:
-        self.pending_ids.extend(token_ids)
-        self.pending_logprobs.extend(logprobs or [])
 
 
 @dataclass

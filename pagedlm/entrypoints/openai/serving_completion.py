@@ -129,16 +129,17 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def _stream_choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
                        completion: CompletionOutput, state: ChoiceProgress, choice_index: int) -> dict | None:
-        """The chunk for one choice's delta, or None while it has nothing new to say."""
+        """The chunk for one choice's delta, or None when it has nothing new. Every step with new
+        tokens is a chunk, even when their text is still held back (an incomplete character, a
+        possible stop string), as vLLM streams: clients count chunks as tokens arrive."""
         if state.finished:
             return None
         delta = completion.text
         finishing = completion.finish_reason is not None
         prefix = self._prompt_text(group, index) if request.echo and not state.started else ""
-        if not delta and not finishing and not prefix:
-            state.hold(completion.token_ids, completion.logprobs)
+        if not delta and not finishing and not prefix and not completion.token_ids:
             return None
-        new_ids, new_lps = state.take(completion.token_ids, completion.logprobs)
+        new_ids, new_lps = completion.token_ids, completion.logprobs or []
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output) if prefix else _empty_logprobs()
