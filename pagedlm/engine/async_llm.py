@@ -216,9 +216,12 @@ class AsyncLLM:
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         arrival = arrival_time if arrival_time is not None else time.time()
-        text, request = await self.run_in_tokenizer(self.input_processor.process, request_id, prompt, params,
-                                                    arrival)
-        self._check_alive()
+        if _needs_tokenizer(prompt, params):
+            text, request = await self.run_in_tokenizer(self.input_processor.process, request_id, prompt, params,
+                                                        arrival)
+            self._check_alive()
+        else:  # token ids in, nothing to tokenize: no thread hop on the way to the first token
+            text, request = self.input_processor.process(request_id, prompt, params, arrival)
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         children = fan_out(request)
@@ -330,6 +333,15 @@ class AsyncLLM:
                 callback(error)
             except Exception:  # noqa: BLE001
                 logger.exception("on_dead callback failed")
+
+
+def _needs_tokenizer(prompt: PromptType, params: SamplingParams) -> bool:
+    """Whether processing this request touches the (input) tokenizer."""
+    if isinstance(params, SamplingParams) and params.bad_words:
+        return True
+    if isinstance(prompt, dict):
+        return "prompt_token_ids" not in prompt
+    return not isinstance(prompt, list)
 
 
 def _sum_stats(per_engine: list[SchedulerStats], prompt_tokens: int, generation_tokens: int) -> EngineStats:
