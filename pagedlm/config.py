@@ -73,12 +73,20 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class StructuredOutputsConfig:
+    backend: str = "xgrammar"
+    # Constraints apply after this parser's reasoning block ends (qwen3 | deepseek_r1).
+    reasoning_parser: str | None = None
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
     scheduler_config: SchedulerConfig
     parallel_config: ParallelConfig
     device_config: DeviceConfig
+    structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:

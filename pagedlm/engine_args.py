@@ -14,6 +14,7 @@ from pagedlm.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    StructuredOutputsConfig,
     derive_max_model_len,
     load_hf_config,
     read_chat_template,
@@ -42,6 +43,7 @@ class EngineArgs:
     device: str = "auto"
     chat_template: str | None = None
     async_scheduling: bool | None = None  # default: on for CUDA, off on CPU
+    reasoning_parser: str | None = None  # qwen3 | deepseek_r1: reasoning_content; constraints start after it
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -65,6 +67,9 @@ class EngineArgs:
         parser.add_argument("--chat-template", type=str, default=None)
         parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                             help="overlap scheduling with the device step (default: on for CUDA)")
+        parser.add_argument("--reasoning-parser", type=str, default=None, choices=["deepseek_r1", "qwen3"],
+                            help="split <think>...</think> into reasoning_content; structured output "
+                                 "constraints apply after it")
         return parser
 
     @classmethod
@@ -85,6 +90,8 @@ class EngineArgs:
             raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
+        if self.reasoning_parser not in (None, "deepseek_r1", "qwen3"):
+            raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {self.reasoning_parser!r}")
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
@@ -122,4 +129,5 @@ class EngineArgs:
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
+            structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
         )

@@ -8,6 +8,7 @@ from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
+from pagedlm.structured_output.manager import StructuredOutputManager
 from pagedlm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ class EngineCore:
         self.runner = ModelRunner(config)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
-        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
+        self.structured_output = StructuredOutputManager.from_config(config)
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
         self.runner.warm_up()
 
@@ -42,6 +44,8 @@ class EngineCore:
         if not self.scheduler.has_unfinished_requests():
             return []
         sched = self.scheduler.schedule()
+        if sched.total_num_scheduled_tokens == 0:
+            self.structured_output.wait_for_compiles(0.01)  # only grammar-waiting requests: don't spin
         runner_output = self.runner.execute_model(sched)
         return self.scheduler.update_from_output(sched, runner_output)
 
@@ -51,6 +55,8 @@ class EngineCore:
         launched = None
         if self.scheduler.has_unfinished_requests():
             launched = self.scheduler.schedule()
+            if launched.total_num_scheduled_tokens == 0 and self._inflight is None:
+                self.structured_output.wait_for_compiles(0.01)
             self.runner.launch(launched)
         outputs: list[EngineCoreOutput] = []
         if self._inflight is not None:

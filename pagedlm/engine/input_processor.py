@@ -13,6 +13,7 @@ import msgspec
 from pagedlm.config import ModelConfig
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.sampling_params import SamplingParams
+from pagedlm.structured_output.validate import validate_structured_outputs
 
 # str | {"prompt": str} | {"prompt_token_ids": [...]} | list[int]
 PromptType = Union[str, dict, list]
@@ -116,6 +117,8 @@ class InputProcessor:
             params.all_stop_token_ids.add(self.eos_token_id)
         if params.bad_words:
             params.bad_words_token_ids = self._tokenize_bad_words(params.bad_words)
+        if params.structured_outputs is not None:  # a bad schema is refused here, before queueing
+            validate_structured_outputs(params.structured_outputs)
         return params
 
     def _tokenize_bad_words(self, words: list[str]) -> list[list[int]]:

@@ -14,6 +14,8 @@ from typing import Any, Union
 
 import msgspec
 
+import numpy as np
+
 from pagedlm.sampling_params import SamplingParams
 
 
@@ -58,6 +60,10 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str]  # finished or aborted since the last step: drop their state
     preempted_req_ids: set[str] = field(default_factory=set)
+    # Structured outputs: the constrained requests that sample this step, and their allowed
+    # tokens as a bitmask int32 [len(structured_output_request_ids), ceil(vocab / 32)].
+    structured_output_request_ids: list[str] = field(default_factory=list)
+    grammar_bitmask: np.ndarray | None = None
 
 
 class LogprobsLists(msgspec.Struct, array_like=True, gc=False):

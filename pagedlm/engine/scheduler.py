@@ -25,12 +25,15 @@ from pagedlm.engine.messages import (
     SchedulerStats,
 )
 from pagedlm.engine.request import Request, RequestStatus
+from pagedlm.structured_output.manager import StructuredOutputManager, Verdict
+from pagedlm.structured_output.validate import InvalidStructuredOutputError
 
 logger = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
+                 structured_output: StructuredOutputManager | None = None) -> None:
         self.config = scheduler_config
         self.block_size = cache_config.block_size
         self.max_model_len = scheduler_config.max_model_len
@@ -42,11 +45,13 @@ class Scheduler:
         self.num_preemptions_total = 0
         # Requests finished inside schedule() (they can never fit): reported by the next update.
         self._errored: list[Request] = []
+        self.structured_output = structured_output or StructuredOutputManager(None)
 
     # ---- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        self.structured_output.add_request(request)  # constrained: WAITING_FOR_GRAMMAR, compiling
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
         """Abort (or stop, for stop strings found by the frontend) requests by id."""
@@ -93,7 +98,8 @@ class Scheduler:
             num_computed = request.num_computed_tokens
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_new = min(num_known - num_computed, budget, self.max_model_len - num_computed)
-            if num_new <= 0:
+            if num_new <= 0 or (request.num_pending_tokens and request.structured_output is not None):
+                # (async scheduling) a constrained request's next bitmask needs its last token.
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -131,8 +137,13 @@ class Scheduler:
         )
 
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
+        compiling: deque[Request] = deque()  # skipped, not blocking: they keep their place
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
+            if request.status == RequestStatus.WAITING_FOR_GRAMMAR and not self._grammar_ready(request):
+                if request.status == RequestStatus.WAITING_FOR_GRAMMAR:
+                    compiling.append(self.waiting.popleft())
+                continue
             if request.num_pending_tokens:
                 break  # preempted with a token still in flight: resume once it has arrived
             if self._never_fits(request.num_tokens):
@@ -157,6 +168,22 @@ class Scheduler:
             if num_hit_tokens + num_new == request.num_tokens:
                 request.num_pending_tokens = 1
             budget -= num_new
+        self.waiting.extendleft(reversed(compiling))
+
+    def _grammar_ready(self, request: Request) -> bool:
+        """True once its grammar compiled; a grammar that cannot compile fails the request."""
+        try:
+            if not self.structured_output.grammar_ready(request):
+                return False
+        except InvalidStructuredOutputError as e:
+            self.waiting.popleft()
+            request.status = RequestStatus.FINISHED_ERROR
+            request.error = str(e)
+            self._errored.append(request)
+            self._free(request)
+            return False
+        request.status = RequestStatus.WAITING
+        return True
 
     def _never_fits(self, num_tokens: int) -> bool:
         return -(-num_tokens // self.block_size) > self.kv.num_blocks
@@ -182,6 +209,7 @@ class Scheduler:
             new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
                                            self.kv.get_block_ids(r.request_id), r.num_computed_tokens))
             r.num_computed_tokens += num_scheduled[r.request_id]
+        grammar_req_ids, bitmask = self.structured_output.grammar_bitmask(self.requests, list(num_scheduled))
         out = SchedulerOutput(
             scheduled_new_reqs=new_data,
             scheduled_cached_reqs=cached,
@@ -189,6 +217,8 @@ class Scheduler:
             total_num_scheduled_tokens=sum(num_scheduled.values()),
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
+            structured_output_request_ids=grammar_req_ids,
+            grammar_bitmask=bitmask,
         )
         self.finished_req_ids = set()
         return out
@@ -217,6 +247,7 @@ class Scheduler:
                     stop_reason=request.stop_reason,
                     num_cached_tokens=max(request.num_cached_tokens, 0),
                     first_scheduled_time=request.first_scheduled_time,
+                    error=request.error,
                 )
             )
             if request.is_finished:
@@ -229,6 +260,8 @@ class Scheduler:
         params = request.sampling_params
         for n, token_id in enumerate(new_ids, start=1):
             request.append_output_token(token_id)
+            if request.structured_output is not None and self._grammar_finished(request, token_id):
+                return new_ids[:n]
             num_output = len(request.output_token_ids)
             if num_output >= params.min_tokens:
                 if token_id == request.eos_token_id and not params.ignore_eos:
@@ -242,6 +275,16 @@ class Scheduler:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
                 return new_ids[:n]
         return new_ids
+
+    def _grammar_finished(self, request: Request, token_id: int) -> bool:
+        verdict = self.structured_output.accept_token(request, token_id)
+        if verdict == Verdict.TERMINATED:  # its stop token (EOS or another) completed the grammar
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = None if token_id == request.eos_token_id else token_id
+        elif verdict == Verdict.REJECTED:
+            request.status = RequestStatus.FINISHED_ERROR
+            request.error = f"token {token_id} was sampled against the request's grammar (internal error)"
+        return verdict != Verdict.OK
 
     @staticmethod
     def _error_output(request: Request) -> EngineCoreOutput:

@@ -19,6 +19,7 @@ from pagedlm.models.loader import load_model
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
+from pagedlm.structured_output.apply import apply_grammar_bitmask
 from pagedlm.worker import memory
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
@@ -157,7 +158,7 @@ class ModelRunner:
         hidden = self._forward(inputs)  # [T, hidden]
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows:
-            self._sample(hidden, inputs, step)
+            self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans:
             self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
@@ -170,11 +171,15 @@ class ModelRunner:
         step.resolve(self.requests)
         return step.output
 
-    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, step: "InflightStep") -> None:
+    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, step: "InflightStep", sched: SchedulerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
         # Already on the device: a pageable host copy here would wait for the forward pass.
         indices = self.buffers.logits_indices(len(inputs.sample_rows))
         logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V]
+        step.row_of = {s.req_id: row for row, s in enumerate(states)}
+        if sched.grammar_bitmask is not None:  # structured outputs: only grammar-allowed tokens
+            rows = [step.row_of[r] for r in sched.structured_output_request_ids]
+            logits = apply_grammar_bitmask(logits, sched.grammar_bitmask, rows)
         metadata = build_sampling_metadata(
             [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
             [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
@@ -183,7 +188,6 @@ class ModelRunner:
         step.sampled = result.sampled_token_ids
         step.logprobs = result.logprobs
         step.rows = inputs.sample_rows
-        step.row_of = {s.req_id: row for row, s in enumerate(states)}
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         for state in states:
             state.num_pending += 1

@@ -1,0 +1,26 @@
+"""Reasoning parsers (``--reasoning-parser NAME``): split ``<think>...</think>`` from the answer.
+
+The registry maps names to classes; the engine core reads only each class's marker strings
+(``start_token``, ``end_token``, ``implicit_start``) to start constraints after the reasoning.
+"""
+
+from __future__ import annotations
+
+from pagedlm.entrypoints.openai.reasoning.base import ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.deepseek_r1 import DeepSeekR1ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.qwen3 import Qwen3ReasoningParser
+
+REASONING_PARSERS: dict[str, type[ReasoningParser]] = {
+    "deepseek_r1": DeepSeekR1ReasoningParser,
+    "qwen3": Qwen3ReasoningParser,
+}
+
+
+def get_reasoning_parser(name: str) -> type[ReasoningParser]:
+    try:
+        return REASONING_PARSERS[name]
+    except KeyError:
+        raise ValueError(f"unknown reasoning parser {name!r}; choose one of {sorted(REASONING_PARSERS)}") from None
+
+
+__all__ = ["REASONING_PARSERS", "ReasoningParser", "get_reasoning_parser"]
