@@ -23,21 +23,20 @@ from pagedlm.sampling_params import StructuredOutputsParams  # noqa: E402
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "pattern": "^[a-z]{1,6}$"},
-        "kind": {"enum": ["cat", "dog", "fox"]},
-        "age": {"type": "integer", "minimum": 0, "maximum": 99},
-        "owner": {
+        "n": {"type": "string", "pattern": "^[a-z]{1,3}$"},
+        "k": {"enum": ["cat", "dog", "fox"]},
+        "o": {
             "type": "object",
-            "properties": {"id": {"type": "string", "pattern": "^[A-Z][0-9]{2}$"}, "vip": {"type": "boolean"}},
-            "required": ["id", "vip"],
+            "properties": {"i": {"type": "string", "pattern": "^[A-Z][0-9]$"}, "v": {"type": "boolean"}},
+            "required": ["i", "v"],
             "additionalProperties": False,
         },
-        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "minItems": 1, "maxItems": 3},
+        "t": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
     },
-    "required": ["name", "kind", "age", "owner", "tags"],
+    "required": ["n", "k", "o", "t"],
     "additionalProperties": False,
 }
-MAX_TOKENS = 120
+MAX_TOKENS = 80
 REGEX = r"[0-9]{3}-[a-c]{1,8}"
 CHOICES = ["yes", "no", "maybe later", "I don't know"]
 
@@ -60,11 +59,11 @@ def assert_valid_json(outputs) -> int:
 
 @pytest.fixture(scope="module")
 def llm(llama_checkpoint: str) -> LLM:
-    return LLM(llama_checkpoint, device="cpu", max_model_len=512, num_gpu_blocks_override=512, max_num_seqs=256)
+    return LLM(llama_checkpoint, device="cpu", max_model_len=256, num_gpu_blocks_override=1600, max_num_seqs=256)
 
 
 def test_thousand_json_schema_samples_all_validate(llm: LLM) -> None:
-    prompts = [f"Describe pet number {i}:" for i in range(125)]
+    prompts = [f"Pet {i}:" for i in range(125)]
     outputs = llm.generate(prompts, json_params(n=8), use_tqdm=False)
     assert assert_valid_json(outputs) == 1000
     texts = {c.text for o in outputs for c in o.outputs}
@@ -76,14 +75,14 @@ def test_regex_and_choice_outputs_all_match(llm: LLM) -> None:
                            structured_outputs=StructuredOutputsParams(regex=REGEX))
     choice = SamplingParams(temperature=1.0, max_tokens=32,
                             structured_outputs=StructuredOutputsParams(choice=CHOICES))
-    outputs = llm.generate([f"prompt {i}" for i in range(200)], [regex, choice] * 100, use_tqdm=False)
+    outputs = llm.generate([f"prompt {i}" for i in range(100)], [regex, choice] * 50, use_tqdm=False)
     for i, out in enumerate(outputs):
         text = out.outputs[0].text
         if i % 2 == 0:
             assert re.fullmatch(REGEX, text), text
         else:
             assert text in CHOICES, text
-    assert {o.outputs[0].text for o in outputs[1::2]} == set(CHOICES)
+    assert {o.outputs[0].text for o in outputs[1::2]} == set(CHOICES)  # all reachable, none else
 
 
 def test_mixed_batch_leaves_unconstrained_requests_alone(llm: LLM) -> None:
@@ -96,13 +95,13 @@ def test_mixed_batch_leaves_unconstrained_requests_alone(llm: LLM) -> None:
 
 @pytest.mark.parametrize("async_scheduling", [False, True])
 def test_json_under_chunked_prefill_prefix_cache_and_preemption(llama_checkpoint: str, async_scheduling: bool) -> None:
-    # 24 blocks of 16 tokens for 12 sequences with ~70-token prompts: requests get preempted;
+    # 16 blocks of 16 tokens for 8 sequences with ~70-token prompts: requests get preempted;
     # 32-token steps split each prompt into chunks; the shared prompt prefix hits the cache.
-    llm = LLM(llama_checkpoint, device="cpu", max_model_len=256, num_gpu_blocks_override=24,
-              max_num_batched_tokens=32, max_num_seqs=12, async_scheduling=async_scheduling)
+    llm = LLM(llama_checkpoint, device="cpu", max_model_len=256, num_gpu_blocks_override=16,
+              max_num_batched_tokens=32, max_num_seqs=8, async_scheduling=async_scheduling)
     prefix = "The quick brown fox jumps over the lazy dog. " * 5
-    outputs = llm.generate([prefix + f"Pet {i}:" for i in range(6)], json_params(n=2), use_tqdm=False)
-    assert assert_valid_json(outputs) == 12
+    outputs = llm.generate([prefix + f"Pet {i}:" for i in range(4)], json_params(n=2), use_tqdm=False)
+    assert assert_valid_json(outputs) == 8
     stats = llm.llm_engine.get_stats()
     assert stats.num_preemptions_total > 0
     assert stats.prefix_cache_hits_total > 0
