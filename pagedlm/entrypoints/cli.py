@@ -83,6 +83,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-grace-period", type=float, default=5.0,
                         help="seconds that unfinished requests may run after SIGTERM/Ctrl-C before they are "
                              "aborted (default 5)")
+    parser.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help="let the model choose to call tools (tool_choice 'auto'); needs --tool-call-parser")
+    parser.add_argument("--tool-call-parser", type=str, default=None,
+                        choices=["hermes", "llama3_json", "mistral", "pythonic"],
+                        help="how tool calls are written in this model's output")
     return parser
 
 

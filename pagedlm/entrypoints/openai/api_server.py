@@ -41,6 +41,7 @@ from pagedlm.entrypoints.openai.protocol import (
 )
 from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
 
@@ -114,7 +115,8 @@ def _finite_float(text: str) -> float:
 
 
 def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
-              served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+              serving_options: ServingOptions | None = None) -> FastAPI:
     names = served_model_names or [engine.model_config.served_model_name]
 
     @contextlib.asynccontextmanager
@@ -132,6 +134,7 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     app.state.stat_logger = stat_logger
     completions = OpenAIServingCompletion(engine, names)
     chat = OpenAIServingChat(engine, names)
+    chat.options = serving_options or ServingOptions()
 
     @app.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
@@ -300,6 +303,11 @@ def run_server(args: argparse.Namespace) -> None:
     from pagedlm.engine_args import EngineArgs
 
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
+    options = ServingOptions(args.enable_auto_tool_choice, args.tool_call_parser, args.reasoning_parser)
+    try:
+        options.check()
+    except ValueError as e:
+        raise ServerStartError(str(e)) from e
     sock = bind_socket(args.host, args.port)
     try:
         engine = AsyncLLM.from_engine_args(EngineArgs.from_cli_args(args),
@@ -310,7 +318,7 @@ def run_server(args: argparse.Namespace) -> None:
             raise
         raise ServerStartError(str(e)) from e
     engine.stat_logger = PrometheusStatLogger(engine.model_config.served_model_name)
-    app = build_app(engine, engine.stat_logger, api_key=args.api_key)
+    app = build_app(engine, engine.stat_logger, api_key=args.api_key, serving_options=options)
     logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
                 engine.model_config.served_model_name, args.host, args.port)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,

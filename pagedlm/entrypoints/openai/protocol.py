@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pagedlm.entrypoints.openai.structured import request_structured_outputs
 from pagedlm.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
 
 MAX_STOP_SEQUENCES = 64
@@ -66,7 +67,7 @@ class SamplingFields(OpenAIBaseModel):
     prompt_logprobs: int | None = None
     use_beam_search: bool = False
     best_of: int | None = None
-    # Structured output (not implemented yet: any of these set is a clear 400).
+    # Structured output (pagedlm.entrypoints.openai.structured maps them to one constraint).
     structured_outputs: dict[str, Any] | None = None
     guided_json: Any = None
     guided_regex: str | None = None
@@ -105,12 +106,6 @@ class SamplingFields(OpenAIBaseModel):
 
     def unsupported_feature(self) -> tuple[str, str] | None:
         """(param, message) for a feature we accept in the schema but do not implement."""
-        if self.response_format is not None and self.response_format.type != "text":
-            return ("response_format", f"response_format type {self.response_format.type!r} (structured "
-                    "output) is not supported yet; only {'type': 'text'} is")
-        for name in ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"):
-            if getattr(self, name) is not None:
-                return (name, f"{name} (structured output) is not supported yet")
         return None
 
     def sampling_params(self, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
@@ -138,6 +133,7 @@ class SamplingFields(OpenAIBaseModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             logit_bias=self.logit_bias,
             allowed_token_ids=self.allowed_token_ids,
+            structured_outputs=request_structured_outputs(self),
         )
 
 

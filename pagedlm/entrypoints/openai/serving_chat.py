@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, add_tool_constraint, plan_tools
 from pagedlm.entrypoints.openai.serving_common import (
     ChoiceProgress,
     OpenAIServing,
@@ -26,11 +27,15 @@ from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
 class OpenAIServingChat(OpenAIServing):
+    options = ServingOptions()  # set by build_app from the server's flags
+
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request) -> Response:
         self.check_request(request)
         self._check_chat_features(request)
+        plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls, self.options)
         max_tokens = request.requested_max_tokens()
         params = self.make_params(request, request.num_logprobs(), max_tokens)
+        add_tool_constraint(params, plan)
         text, token_ids = await self._render(request)
         if not token_ids:
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
@@ -38,10 +43,11 @@ class OpenAIServingChat(OpenAIServing):
         request_id = random_id("chatcmpl")
         group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream))
         model = self.model_name(request)
+        shapers = [ChoiceShaper(plan, self.options, text) for _ in range(request.n)]
         return await self.respond(
             raw, group, bool(request.stream),
-            lambda g: self._stream(request, g, request_id, model),
-            lambda g: self._full(request, g, request_id, model),
+            lambda g: self._stream(request, g, request_id, model, shapers),
+            lambda g: self._full(request, g, request_id, model, shapers),
         )
 
     async def _render(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
@@ -61,17 +67,11 @@ class OpenAIServingChat(OpenAIServing):
         if request.chat_template is not None:
             raise OpenAIError("chat_template in the request is not allowed; start the server with "
                               "--chat-template instead.", 400, "chat_template")
-        if request.tools and request.tool_choice != "none":
-            raise OpenAIError("tool calling is not supported yet: remove tools, or set tool_choice to \"none\" "
-                              "to only show the tools to the chat template.", 400, "tools")
-        if request.tool_choice not in (None, "none", "auto") and not request.tools:
-            raise OpenAIError("tool_choice needs tools, and tool calling is not supported yet.", 400,
-                              "tool_choice")
 
     # ------------------------------------------------------------------ full response
 
     async def _full(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
-                    model: str) -> dict[str, Any]:
+                    model: str, shapers: list[ChoiceShaper]) -> dict[str, Any]:
         final: RequestOutput | None = None
         async for _, output in group.merged():
             final = output
@@ -82,9 +82,9 @@ class OpenAIServingChat(OpenAIServing):
         choices = [
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text, "refusal": None, "tool_calls": []},
+                "message": shapers[c.index].message(c.text),
                 "logprobs": self._logprobs(request, c.token_ids, c.logprobs),
-                "finish_reason": c.finish_reason,
+                "finish_reason": shapers[c.index].finish_reason(c.finish_reason, c.text),
                 "stop_reason": c.stop_reason,
             }
             for c in final.outputs
@@ -104,7 +104,7 @@ class OpenAIServingChat(OpenAIServing):
     # ------------------------------------------------------------------ streaming
 
     async def _stream(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
-                      model: str) -> AsyncIterator[str]:
+                      model: str, shapers: list[ChoiceShaper]) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         head = {"id": request_id, "object": "chat.completion.chunk", "created": group.created, "model": model}
         extra = {"usage": None} if include_usage else {}
@@ -117,7 +117,8 @@ class OpenAIServingChat(OpenAIServing):
         usage = Usage()
         async for _, output in group.merged():
             for completion in output.outputs:
-                choice = self._stream_choice(request, completion, progress[completion.index])
+                choice = self._stream_choice(request, completion, progress[completion.index],
+                                             shapers[completion.index])
                 if choice is not None:
                     yield sse({**head, "choices": [choice], **extra})
             usage.add_completion(output)
@@ -127,21 +128,25 @@ class OpenAIServingChat(OpenAIServing):
             yield sse({**head, "choices": [], "usage": usage.to_dict()})
 
     def _stream_choice(self, request: ChatCompletionRequest, completion: CompletionOutput,
-                       state: ChoiceProgress) -> dict[str, Any] | None:
+                       state: ChoiceProgress, shaper: ChoiceShaper) -> dict[str, Any] | None:
         if state.finished:
             return None
-        delta = completion.text
         finishing = completion.finish_reason is not None
-        if not delta and not finishing and not completion.token_ids:
+        if not completion.text and not finishing and not completion.token_ids:
             return None
+        if shaper.plain:
+            delta = completion.text
+            message = {"content": delta} if delta or not finishing else {}  # tokens without text yet: ""
+        else:  # reasoning / tool calls: the shaper splits the text so far
+            message = shaper.feed(completion.text, finishing)
         new_ids, new_lps = completion.token_ids, completion.logprobs or []
-        state.num_chars += len(delta)
+        state.num_chars += len(completion.text)
         state.finished = finishing
         return {
             "index": completion.index,
-            "delta": {"content": delta} if delta or not finishing else {},  # tokens without text yet: ""
+            "delta": message,
             "logprobs": self._logprobs(request, new_ids, new_lps),
-            "finish_reason": completion.finish_reason,
+            "finish_reason": shaper.finish_reason(completion.finish_reason, shaper.text) if finishing else None,
             "stop_reason": completion.stop_reason,
         }
 

@@ -1,0 +1,237 @@
+"""Tools and reasoning for the chat (and responses) endpoints.
+
+``plan_tools`` checks ``tools`` / ``tool_choice`` and says how calls are produced:
+- ``none``: the template sees the tools; the output is text.
+- ``auto``: the model decides; ``--tool-call-parser`` finds the calls in its text.
+- ``required`` / a named function: a JSON-schema constraint makes the output a valid call
+  (a list of ``{"name", "parameters"}`` / the named function's arguments), so the arguments
+  always parse and match the function's schema.
+
+``ChoiceShaper`` turns one choice's text into the message (``content``, ``reasoning_content``,
+``tool_calls``) or, streaming, into deltas; both come from the same parse of the text so far,
+so streamed fragments concatenate to the non-streamed message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.entrypoints.openai.reasoning import ReasoningParser, get_reasoning_parser
+from pagedlm.entrypoints.openai.structured import check
+from pagedlm.entrypoints.openai.tool_parsers import ToolParser, get_tool_parser
+from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser as _Base
+from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, scan_call_array, skip_ws
+from pagedlm.sampling_params import StructuredOutputsParams
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Server flags that shape chat outputs."""
+
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+
+    def check(self) -> None:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+        if self.tool_call_parser is not None:
+            get_tool_parser(self.tool_call_parser)
+        if self.reasoning_parser is not None:
+            get_reasoning_parser(self.reasoning_parser)
+
+
+@dataclass
+class ToolPlan:
+    mode: str = "none"  # none | auto | required | named
+    function_name: str | None = None
+    constraint: StructuredOutputsParams | None = None
+    parallel: bool = True
+
+
+def _function_specs(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    specs: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if tool.get("type") != "function" or not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise OpenAIError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., "
+                              "'parameters': {...}}}}; only function tools are supported", 400, f"tools[{i}]")
+        parameters = function.get("parameters") or {"type": "object"}
+        if not isinstance(parameters, dict):
+            raise OpenAIError(f"tools[{i}].function.parameters must be a JSON schema object", 400, f"tools[{i}]")
+        specs[function["name"]] = parameters
+    return specs
+
+
+def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel_tool_calls: bool | None,
+               options: ServingOptions) -> ToolPlan:
+    specs = _function_specs(tools or [])
+    if tool_choice is None:
+        tool_choice = "auto" if tools else "none"
+    parallel = parallel_tool_calls is not False
+    if tool_choice == "none":
+        return ToolPlan()
+    if not tools:
+        raise OpenAIError(f"tool_choice {tool_choice!r} needs tools", 400, "tool_choice")
+    if tool_choice == "auto":
+        if not options.enable_auto_tool_choice:
+            raise OpenAIError('"auto" tool choice needs the server to run with --enable-auto-tool-choice and '
+                              '--tool-call-parser; or use tool_choice "required", a named function, or "none"',
+                              400, "tool_choice")
+        return ToolPlan("auto", parallel=parallel)
+    if tool_choice == "required":
+        plan = ToolPlan("required", constraint=StructuredOutputsParams(json=_required_schema(specs, parallel)),
+                        parallel=parallel)
+    elif isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
+        name = tool_choice["function"]["name"]
+        if name not in specs:
+            raise OpenAIError(f"tool_choice names function {name!r}, which is not in tools", 400, "tool_choice")
+        plan = ToolPlan("named", name, StructuredOutputsParams(json=specs[name]), parallel)
+    else:
+        raise OpenAIError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
+                          "{'name': ...}}", 400, "tool_choice")
+    check(plan.constraint, "tools")
+    return plan
+
+
+def _required_schema(specs: dict[str, dict[str, Any]], parallel: bool) -> dict[str, Any]:
+    # "name" first in each item: xgrammar emits properties in schema order, so a stream
+    # learns the function's name before its arguments.
+    items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [name]}, "parameters": params},
+              "required": ["name", "parameters"], "additionalProperties": False}
+             for name, params in specs.items()]
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+    if not parallel:
+        schema["maxItems"] = 1
+    return schema
+
+
+class _RequiredParser(_Base):
+    def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
+        calls, _ = scan_call_array(text, skip_ws(text, 0))
+        return self.finish(None, calls, text, final)
+
+
+class _NamedParser(_Base):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
+        return None, [PartialCall(self.name, text, complete=final)]
+
+
+def tool_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class _Sent:
+    reasoning: str = ""
+    content: str = ""
+    names: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+class ChoiceShaper:
+    """One choice's output text -> message or stream deltas (content, reasoning, tool calls)."""
+
+    def __init__(self, plan: ToolPlan, options: ServingOptions, prompt_text: str | None) -> None:
+        self.plan = plan
+        self.reasoning: ReasoningParser | None = None
+        if options.reasoning_parser is not None:
+            self.reasoning = get_reasoning_parser(options.reasoning_parser)(prompt_text)
+        self.tools: ToolParser | None = None
+        if plan.mode == "auto":
+            self.tools = get_tool_parser(options.tool_call_parser)()
+        elif plan.mode == "required":
+            self.tools = _RequiredParser()
+        elif plan.mode == "named":
+            self.tools = _NamedParser(plan.function_name)
+        self._sent = _Sent()
+        self.text = ""  # a stream's text so far (outputs arrive as deltas)
+
+    @property
+    def plain(self) -> bool:
+        return self.reasoning is None and self.tools is None
+
+    def parse(self, text: str, final: bool) -> tuple[str | None, str | None, list[PartialCall]]:
+        """-> (reasoning, content, calls) of the text so far."""
+        reasoning, content = self.reasoning.split(text, final) if self.reasoning is not None else (None, text)
+        calls: list[PartialCall] = []
+        if self.tools is not None and (content is not None or final or self.plan.mode == "named"):
+            content, calls = self.tools.parse(content or "", final)
+            if not self.plan.parallel:
+                calls = calls[:1]
+        return reasoning, content, calls
+
+    def message(self, text: str) -> dict[str, Any]:
+        reasoning, content, calls = self.parse(text, final=True)
+        message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
+                                   "refusal": None, "tool_calls": [self._call_entry(i, c) for i, c in enumerate(calls)]}
+        if self.reasoning is not None:
+            message["reasoning_content"] = reasoning
+        if message["content"] is None and not calls:
+            message["content"] = ""
+        return message
+
+    def _call_entry(self, index: int, call: PartialCall) -> dict[str, Any]:
+        return {"id": self._id(index), "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or ""}}
+
+    def _id(self, index: int) -> str:
+        while len(self._sent.ids) <= index:
+            self._sent.ids.append(tool_call_id())
+        return self._sent.ids[index]
+
+    def finish_reason(self, reason: str | None, text: str) -> str | None:
+        if reason == "stop" and self.plan.mode in ("auto", "required") and self.parse(text, True)[2]:
+            return "tool_calls"
+        return reason
+
+    def feed(self, piece: str, final: bool) -> dict[str, Any]:
+        """Streaming with delta outputs: append the new text, then as delta()."""
+        self.text += piece
+        return self.delta(self.text, final)
+
+    def delta(self, text: str, final: bool) -> dict[str, Any]:
+        """What is new since the last delta (only growth is sent: a stream cannot retract)."""
+        reasoning, content, calls = self.parse(text, final)
+        sent, out = self._sent, {}
+        if reasoning and reasoning.startswith(sent.reasoning) and len(reasoning) > len(sent.reasoning):
+            out["reasoning_content"], sent.reasoning = reasoning[len(sent.reasoning):], reasoning
+        if content and content.startswith(sent.content) and len(content) > len(sent.content):
+            out["content"], sent.content = content[len(sent.content):], content
+        entries = [e for i, c in enumerate(calls) if (e := self._call_delta(i, c)) is not None]
+        if entries:
+            out["tool_calls"] = entries
+        return out
+
+    def _call_delta(self, index: int, call: PartialCall) -> dict[str, Any] | None:
+        sent = self._sent
+        arguments = call.arguments or ""
+        if index == len(sent.names):  # first sight: id, type and name, then argument fragments
+            sent.names.append(call.name)
+            sent.arguments.append(arguments)
+            return {"index": index, "id": self._id(index), "type": "function",
+                    "function": {"name": call.name, "arguments": arguments}}
+        if index > len(sent.names) or not arguments.startswith(sent.arguments[index]):
+            return None
+        fragment = arguments[len(sent.arguments[index]):]
+        if not fragment:
+            return None
+        sent.arguments[index] = arguments
+        return {"index": index, "function": {"arguments": fragment}}
+
+
+def add_tool_constraint(params: Any, plan: ToolPlan) -> None:
+    """required / named tool choice: the call's JSON schema becomes the request's constraint."""
+    if plan.constraint is None:
+        return
+    if params.structured_outputs is not None:
+        raise OpenAIError(f"tool_choice {plan.mode!r} already constrains the output; remove response_format / "
+                          "structured_outputs", 400, "tool_choice")
+    params.structured_outputs = plan.constraint

@@ -1,0 +1,26 @@
+"""Tool call parsers for ``tool_choice="auto"`` (``--tool-call-parser NAME``), one per file."""
+
+from __future__ import annotations
+
+from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
+from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
+from pagedlm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
+from pagedlm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
+from pagedlm.entrypoints.openai.tool_parsers.pythonic import PythonicToolParser
+
+TOOL_PARSERS: dict[str, type[ToolParser]] = {
+    "hermes": HermesToolParser,
+    "llama3_json": Llama3JsonToolParser,
+    "mistral": MistralToolParser,
+    "pythonic": PythonicToolParser,
+}
+
+
+def get_tool_parser(name: str) -> type[ToolParser]:
+    try:
+        return TOOL_PARSERS[name]
+    except KeyError:
+        raise ValueError(f"unknown tool call parser {name!r}; choose one of {sorted(TOOL_PARSERS)}") from None
+
+
+__all__ = ["TOOL_PARSERS", "ToolParser", "get_tool_parser"]
