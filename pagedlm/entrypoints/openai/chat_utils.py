@@ -12,6 +12,7 @@ from typing import Any
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage
+from pagedlm.entrypoints.openai.tool_calling import template_tool_calls
 
 # Keys the caller of apply_chat_template sets itself; chat_template_kwargs may not override them.
 _RESERVED_TEMPLATE_KWARGS = {
@@ -50,6 +51,7 @@ def to_conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         item = message.model_dump(exclude_none=True)
         item["content"] = message_text(message, i) or ""
+        template_tool_calls(item)
         conversation.append(item)
     return conversation
 

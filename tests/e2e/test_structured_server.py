@@ -1,0 +1,230 @@
+"""Structured outputs, tool calling and reasoning through a real ``pagedlm serve`` and the
+official openai client. The checkpoint has random weights, so only the constraint makes the
+arguments valid; its tokenizer has <think>/</think>/<tool_call> tokens and the model's vocab
+is padded beyond the tokenizer's (xgrammar must use the model's size)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+jsonschema = pytest.importorskip("jsonschema")
+pytest.importorskip("xgrammar")
+
+from e2e_helpers import API_KEY, REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, stop, wait_healthy  # noqa: E402
+
+TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nTools:"
+    "{% for t in tools %} {{ t['function']['name'] }}{% endfor %}<|eot_id|>{% endif %}"
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c['function']['arguments'] | tojson }}</tool_call>"
+    "{% endfor %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    # Like Qwen3: thinking opens the block in the prompt; otherwise an empty block closes it.
+    "{% if enable_thinking %}<think>{% else %}<think></think>{% endif %}{% endif %}"
+)
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}, "days": {"type": "integer", "minimum": 1,
+                                                                          "maximum": 7}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+ADD = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}},
+       "required": ["a"], "additionalProperties": False}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "weather", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "add_one", "parameters": ADD}},
+]
+SCHEMAS = {"get_weather": WEATHER, "add_one": ADD}
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+PET = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "age": {"type": "integer", "minimum": 0,
+                                                                                  "maximum": 20}},
+       "required": ["kind", "age"], "additionalProperties": False}
+
+
+def build_checkpoint(path: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pagedlm.demo import build_tiny_checkpoint
+
+    build_tiny_checkpoint(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_tokens(["<think>", "</think>", "<tool_call>", "</tool_call>"])
+    tokenizer.save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.resize_token_embeddings(len(tokenizer) + 28, mean_resizing=False)  # padded model vocab
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    ckpt = build_checkpoint(tmp_path_factory.mktemp("tools_ckpt"))
+    template = tmp_path_factory.mktemp("tpl") / "template.jinja"
+    template.write_text(TEMPLATE)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("tools_server") / "server.log"
+    cmd = [sys.executable, "-m", "pagedlm", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
+           "--max-model-len", "512", "--num-gpu-blocks-override", "256", "--device", "cpu", "--api-key", API_KEY,
+           "--chat-template", str(template), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+           "--reasoning-parser", "qwen3"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_healthy(server, STARTUP_TIMEOUT_S)
+        yield server
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def oai(tool_server: Server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{tool_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def check_calls(calls: list, names: set[str] | None = None) -> None:
+    assert calls
+    for call in calls:
+        assert call.id and call.type == "function"
+        assert names is None or call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def collect_stream(stream) -> tuple[dict[int, dict], str | None, str, str]:
+    """-> (calls by index {id, name, arguments}, finish_reason, content, reasoning)."""
+    calls: dict[int, dict] = {}
+    finish, content, reasoning = None, "", ""
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        delta = choice.delta
+        content += delta.content or ""
+        reasoning += getattr(delta, "reasoning_content", None) or ""
+        for tc in delta.tool_calls or []:
+            if tc.index not in calls:  # the first fragment of a call names it
+                assert tc.id and tc.function.name
+                calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": ""}
+            else:
+                assert tc.function.name is None
+            calls[tc.index]["arguments"] += tc.function.arguments or ""
+        finish = choice.finish_reason or finish
+    return calls, finish, content, reasoning
+
+
+def test_tool_choice_required_gives_valid_calls(oai) -> None:
+    resp = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
+                                       max_tokens=300, n=4, temperature=1.0, seed=0)
+    for choice in resp.choices:
+        assert choice.finish_reason == "tool_calls", choice.message
+        check_calls(choice.message.tool_calls, set(SCHEMAS))
+
+
+def test_named_tool_choice_gives_valid_arguments(oai) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    resp = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=choice,
+                                       max_tokens=100, n=4, temperature=1.0)
+    for c in resp.choices:
+        check_calls(c.message.tool_calls, {"get_weather"})
+        assert len(c.message.tool_calls) == 1
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "add_one"}}])
+def test_streamed_tool_calls_concatenate_to_valid_arguments(oai, tool_choice) -> None:
+    for seed in range(3):
+        stream = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice,
+                                             max_tokens=200, temperature=1.0, seed=seed, stream=True,
+                                             parallel_tool_calls=False)  # a random model may add calls forever
+        calls, finish, _, _ = collect_stream(stream)
+        assert finish == ("tool_calls" if tool_choice == "required" else "stop")
+        for call in calls.values():
+            jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+        same = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice,
+                                           max_tokens=200, temperature=1.0, seed=seed,
+                                           parallel_tool_calls=False)
+        full = same.choices[0].message.tool_calls
+        assert [(c.function.name, c.function.arguments) for c in full] == [
+            (c["name"], c["arguments"]) for c in calls.values()]
+
+
+HERMES_REGEX = r'<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "(Paris|Rome)", "days": [1-7]\}\}\n</tool_call>'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_tool_choice_parses_hermes_calls(oai, stream) -> None:
+    # The regex makes the model write a Hermes call; the parser must find it (no constraint
+    # is involved in parsing: tool_choice stays "auto").
+    kwargs = dict(model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=80, temperature=1.0,
+                  extra_body={"guided_regex": r"Sure\.\n" + HERMES_REGEX})
+    if stream:
+        calls, finish, content, _ = collect_stream(oai.chat.completions.create(stream=True, **kwargs))
+        assert [c["name"] for c in calls.values()] == ["get_weather"]
+        jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER)
+    else:
+        choice = oai.chat.completions.create(**kwargs).choices[0]
+        finish, content = choice.finish_reason, choice.message.content
+        check_calls(choice.message.tool_calls, {"get_weather"})
+    assert finish == "tool_calls"
+    assert content.strip() == "Sure."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_after_reasoning(oai, tool_server, stream) -> None:
+    import httpx
+
+    ids = httpx.post(f"{tool_server.url}/tokenize", json={"prompt": "<think></think>", "add_special_tokens": False},
+                     headers=tool_server.headers).json()["tokens"]
+    # The prompt opens a reasoning block; </think> is made likely so it ends soon: the
+    # constraint applies only after it (before, the model writes anything).
+    kwargs = dict(model="tiny", messages=[{"role": "user", "content": "a pet"}], max_tokens=120, temperature=1.0,
+                  response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": PET, "strict": True}},
+                  logit_bias={str(ids[1]): 5}, extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    reasonings = []
+    for seed in range(3):
+        if stream:
+            _, finish, content, reasoning = collect_stream(oai.chat.completions.create(stream=True, seed=seed, **kwargs))
+        else:
+            message = oai.chat.completions.create(seed=seed, **kwargs).choices[0].message
+            content, reasoning = message.content, message.reasoning_content
+        jsonschema.validate(json.loads(content), PET)
+        assert "</think>" not in (reasoning or "")
+        reasonings.append(reasoning)
+    assert any(reasonings)  # some seeds reasoned before answering
+
+
+def test_chat_template_receives_tools_and_tool_messages(oai) -> None:
+    plain = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1)
+    with_tools = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="none",
+                                             max_tokens=1)
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens
+    history = MESSAGES + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "add_one", "arguments": '{"a": 41}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    turn = oai.chat.completions.create(model="tiny", messages=history, tools=TOOLS, tool_choice="none", max_tokens=1)
+    assert turn.usage.prompt_tokens > with_tools.usage.prompt_tokens + 5
+
+
+def test_invalid_schema_is_a_400_before_streaming(oai) -> None:
+    import openai
+
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+                                                                         "properties": {"a": {"type": "nope"}}}}}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="not a valid JSON schema"):
+            oai.chat.completions.create(model="tiny", messages=MESSAGES, response_format=bad, stream=stream)
+    bad_tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "required": 3}}}]
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=bad_tool, tool_choice="required")
