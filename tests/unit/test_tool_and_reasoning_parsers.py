@@ -1,0 +1,131 @@
+"""Tool call and reasoning parsers on recorded model outputs: whole, and streamed in every
+possible split (one character at a time), where the deltas must concatenate to the whole
+answer and each call's name must come before its argument fragments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, ToolPlan
+
+# (parser, recorded output, expected content, expected [(name, arguments dict)])
+RECORDED = [
+    ("hermes", 'I will check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n'
+               '</tool_call>\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": [2, {"c": "}"}]}}\n</tool_call>',
+     "I will check.\n", [("get_weather", {"city": "Paris", "unit": "c"}), ("add", {"a": 1, "b": [2, {"c": "}"}]})]),
+    ("hermes", "<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>", None, [("ping", {})]),
+    ("hermes", "Just text, no calls.", "Just text, no calls.", []),
+    ("hermes", '<tool_call>\n{"name": "f", "arguments": {"x": 1</tool_call>',  # broken JSON: all text
+     '<tool_call>\n{"name": "f", "arguments": {"x": 1</tool_call>', []),
+    ("llama3_json", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Rome"}}; '
+                    '{"name": "add", "parameters": {"a": 2}}',
+     None, [("get_weather", {"city": "Rome"}), ("add", {"a": 2})]),
+    ("llama3_json", '{"name": "search", "parameters": {"q": "a \\"quoted\\" word"}}', None,
+     [("search", {"q": 'a "quoted" word'})]),
+    ("llama3_json", "The answer is 4.", "The answer is 4.", []),
+    ("mistral", 'Sure.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
+                '{"name": "add", "arguments": {"a": 3}}]',
+     "Sure.", [("get_weather", {"city": "Oslo"}), ("add", {"a": 3})]),
+    ("mistral", "No tools needed.", "No tools needed.", []),
+    ("pythonic", '[get_weather(city="Paris", days=3), add(a=1, b=[2, 3], c={"k": "v"})]', None,
+     [("get_weather", {"city": "Paris", "days": 3}), ("add", {"a": 1, "b": [2, 3], "c": {"k": "v"}})]),
+    ("pythonic", "[ping()]", None, [("ping", {})]),
+    ("pythonic", "Hello there", "Hello there", []),
+]
+
+
+def shaper(parser: str, reasoning: str | None = None, prompt: str = "") -> ChoiceShaper:
+    return ChoiceShaper(ToolPlan("auto"), ServingOptions(True, parser, reasoning), prompt)
+
+
+@pytest.mark.parametrize("parser,text,content,calls", RECORDED)
+def test_parser_whole_output(parser: str, text: str, content: str | None, calls: list) -> None:
+    message = shaper(parser).message(text)
+    assert message["content"] == content
+    got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+    assert got == calls
+    assert len({c["id"] for c in message["tool_calls"]}) == len(calls)
+    expected_reason = "tool_calls" if calls else "stop"
+    assert shaper(parser).finish_reason("stop", text) == expected_reason
+
+
+def stream(s: ChoiceShaper, text: str, step: int = 1) -> list[dict]:
+    deltas = []
+    for end in list(range(step, len(text), step)) + [len(text)]:
+        d = s.delta(text[:end], end == len(text))
+        if d:
+            deltas.append(d)
+    return deltas
+
+
+@pytest.mark.parametrize("parser,text,content,calls", [r for r in RECORDED if r[3]])
+@pytest.mark.parametrize("step", [1, 7])
+def test_parser_streamed_fragments_concatenate(parser: str, text: str, content: str | None, calls: list,
+                                               step: int) -> None:
+    s = shaper(parser)
+    streamed: dict[int, dict] = {}
+    streamed_content = ""
+    for delta in stream(s, text, step):
+        streamed_content += delta.get("content", "")
+        for entry in delta.get("tool_calls", []):
+            if entry["index"] not in streamed:
+                assert entry["id"].startswith("call_") and entry["function"]["name"]  # name first
+                streamed[entry["index"]] = {"name": entry["function"]["name"], "arguments": ""}
+            else:
+                assert "name" not in entry["function"]
+            streamed[entry["index"]]["arguments"] += entry["function"]["arguments"]
+    assert [(c["name"], json.loads(c["arguments"])) for c in streamed.values()] == calls
+    assert streamed_content == (content or "")
+    whole = s.message(text)  # same ids and argument text as the stream
+    assert [(c["id"] is not None, c["function"]["arguments"]) for c in whole["tool_calls"]] == [
+        (True, c["arguments"]) for c in streamed.values()]
+
+
+def test_partial_marker_is_held_back_while_streaming() -> None:
+    s = shaper("hermes")
+    assert s.delta("Hi <tool_", False) == {"content": "Hi "}
+    assert s.delta("Hi <tool_call>\n{\"na", False) == {}
+    assert s.delta('Hi <tool_call>\n{"name": "f"', False)["tool_calls"][0]["function"] == {"name": "f", "arguments": ""}
+
+
+@pytest.mark.parametrize("name,prompt,text,reasoning,content", [
+    ("deepseek_r1", "<think>\n", "Let me think.\n</think>\n\nThe answer.", "Let me think.\n", "\n\nThe answer."),
+    ("deepseek_r1", "", "<think>Hmm</think>Yes", "Hmm", "Yes"),
+    ("deepseek_r1", "", "Still thinking when cut off", "Still thinking when cut off", None),
+    ("qwen3", "", "<think>Plan it.</think>\n\nDone.", "Plan it.", "\n\nDone."),
+    ("qwen3", "", "No reasoning at all.", None, "No reasoning at all."),
+    ("qwen3", "<think>\n\n</think>\n\n", "Thinking disabled.", None, "Thinking disabled."),
+    ("qwen3", "<|im_start|>assistant\n<think>", "Opened by the template</think>OK", "Opened by the template", "OK"),
+])
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_reasoning_parsers(name: str, prompt: str, text: str, reasoning: str | None, content: str | None,
+                           step: int | None) -> None:
+    s = ChoiceShaper(ToolPlan(), ServingOptions(reasoning_parser=name), prompt)
+    if step is None:
+        message = s.message(text)
+        assert (message["reasoning_content"], message["content"] or None) == (reasoning, content)
+        return
+    deltas = stream(s, text, step)
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == (reasoning or "")
+    assert "".join(d.get("content", "") for d in deltas) == (content or "")
+    assert all("<think" not in d.get("content", "") + d.get("reasoning_content", "") for d in deltas)
+
+
+def test_reasoning_then_tool_call_streamed() -> None:
+    text = '<think>need weather</think><tool_call>\n{"name": "w", "arguments": {"c": "Oslo"}}\n</tool_call>'
+    deltas = stream(shaper("hermes", "qwen3"), text, 2)
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "need weather"
+    args = "".join(e["function"]["arguments"] for d in deltas for e in d.get("tool_calls", []))
+    assert json.loads(args) == {"c": "Oslo"}
+    assert "".join(d.get("content", "") for d in deltas) == ""
+
+
+def test_unknown_parsers_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown tool call parser"):
+        ServingOptions(True, "nope").check()
+    with pytest.raises(ValueError, match="--tool-call-parser"):
+        ServingOptions(True, None).check()
+    with pytest.raises(ValueError, match="unknown reasoning parser"):
+        ServingOptions(reasoning_parser="nope").check()
