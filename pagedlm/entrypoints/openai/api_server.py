@@ -41,6 +41,7 @@ from pagedlm.entrypoints.openai.protocol import (
 )
 from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
@@ -135,6 +136,8 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     completions = OpenAIServingCompletion(engine, names)
     chat = OpenAIServingChat(engine, names)
     chat.options = serving_options or ServingOptions()
+    responses = OpenAIServingResponses(engine, names)
+    responses.options = chat.options
 
     @app.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
@@ -145,6 +148,11 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     async def create_chat_completion(request: Request) -> Response:
         body = await read_json_body(request, ChatCompletionRequest, max_body_bytes)
         return await chat.create_chat_completion(body, request)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        body = await read_json_body(request, ResponsesRequest, max_body_bytes)
+        return await responses.create_response(body, request)
 
     _add_info_routes(app, engine, names, stat_logger)
     _add_tokenizer_routes(app, engine, names, max_body_bytes)

@@ -1,0 +1,286 @@
+"""POST /v1/responses (the Responses API) for what the chat endpoint covers: text, function
+tools (none / auto / required / named) and structured output (``text.format``), with
+reasoning split out by --reasoning-parser; non-streaming and streaming events.
+
+A responses request becomes a chat request (instructions -> system message, input items ->
+messages, function_call / function_call_output items -> assistant tool calls / tool
+messages) and goes through the same template, constraints and ChoiceShaper as chat. Nothing
+is stored: ``previous_response_id`` and ``store: true`` are refused, as is any field this
+server does not implement (a 400 naming it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import ConfigDict, Field, ValidationError
+
+from pagedlm.entrypoints.openai.chat_utils import render_chat
+from pagedlm.entrypoints.openai.errors import OpenAIError, from_validation_error
+from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest, OpenAIBaseModel
+from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, add_tool_constraint, plan_tools
+from pagedlm.outputs import RequestOutput
+
+
+class ResponsesRequest(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown fields are refused by name, not dropped
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    stream: bool | None = False
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    seed: int | None = None  # vLLM extra
+    previous_response_id: str | None = None
+
+
+def _refuse_unsupported(req: ResponsesRequest) -> None:
+    extra = sorted(k for k, v in (req.model_extra or {}).items() if v is not None)
+    if extra:
+        raise OpenAIError(f"/v1/responses does not support {extra}", 400, extra[0])
+    if req.previous_response_id is not None:
+        raise OpenAIError("previous_response_id is not supported: responses are not stored; send the whole "
+                          "conversation as input", 400, "previous_response_id")
+    if req.store:
+        raise OpenAIError("store: true is not supported: responses are not stored; set store to false", 400, "store")
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text"):
+                texts.append(str(part.get("text", "")))
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise OpenAIError(f"{where}: content part type {kind!r} is not supported; only text", 400, where)
+        return "\n".join(texts)
+    raise OpenAIError(f"{where}: content must be text or a list of text parts", 400, where)
+
+
+def to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        return messages + [{"role": "user", "content": req.input}]
+    for i, item in enumerate(req.input):
+        kind = item.get("type", "message")
+        if kind == "message":
+            messages.append({"role": item.get("role", "user"), "content": _text_of(item.get("content"), f"input[{i}]")})
+        elif kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                             "content": _text_of(item.get("output", ""), f"input[{i}].output")})
+        else:
+            raise OpenAIError(f"input[{i}]: item type {kind!r} is not supported", 400, f"input[{i}]")
+    return messages
+
+
+def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+    tools = None
+    if req.tools is not None:
+        tools = []
+        for i, tool in enumerate(req.tools):
+            if tool.get("type") != "function":
+                raise OpenAIError(f"tools[{i}]: only function tools are supported", 400, f"tools[{i}]")
+            tools.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
+    tool_choice = req.tool_choice
+    if isinstance(tool_choice, dict) and "name" in tool_choice:  # {"type": "function", "name": ...}
+        tool_choice = {"type": "function", "function": {"name": tool_choice["name"]}}
+    fmt = (req.text or {}).get("format")
+    response_format = None
+    if fmt is not None:
+        response_format = {"type": fmt.get("type")}
+        if fmt.get("type") == "json_schema":
+            response_format["json_schema"] = {"name": fmt.get("name"), "schema": fmt.get("schema"),
+                                              "strict": fmt.get("strict")}
+    return ChatCompletionRequest.model_validate({
+        "model": req.model, "messages": to_messages(req), "max_tokens": req.max_output_tokens,
+        "temperature": req.temperature, "top_p": req.top_p, "tools": tools, "tool_choice": tool_choice,
+        "parallel_tool_calls": req.parallel_tool_calls, "response_format": response_format, "seed": req.seed,
+    })
+
+
+class OpenAIServingResponses(OpenAIServing):
+    options = ServingOptions()  # set by build_app from the server's flags
+
+    async def create_response(self, req: ResponsesRequest, raw: Request) -> Response:
+        _refuse_unsupported(req)
+        try:
+            chat = to_chat_request(req)
+        except ValidationError as e:
+            raise from_validation_error(e) from e
+        self.check_request(chat)
+        plan = plan_tools(chat.tools, chat.tool_choice, chat.parallel_tool_calls, self.options)
+        text, token_ids = render_chat(self.tokenizer, chat.messages, tools=chat.tools)
+        self.check_length(len(token_ids), req.max_output_tokens, what="input")
+        params = self.make_params(chat, None, req.max_output_tokens)
+        add_tool_constraint(params, plan)
+        response_id = random_id("resp")
+        group = await self.start(response_id, [(text, token_ids)], params)
+        shaper = ChoiceShaper(plan, self.options, text)
+        base = self._base(req, response_id, self.model_name(chat))
+        return await self.respond(raw, group, bool(req.stream),
+                                  lambda g: self._stream(g, shaper, base),
+                                  lambda g: self._full(g, shaper, base))
+
+    @staticmethod
+    def _base(req: ResponsesRequest, response_id: str, model: str) -> dict[str, Any]:
+        return {
+            "id": response_id, "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "in_progress", "output": [], "error": None, "incomplete_details": None,
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+            "temperature": req.temperature, "top_p": req.top_p, "tools": req.tools or [],
+            "tool_choice": req.tool_choice or ("auto" if req.tools else "none"),
+            "parallel_tool_calls": req.parallel_tool_calls is not False, "text": req.text or {"format": {"type": "text"}},
+            "metadata": req.metadata or {}, "previous_response_id": None, "reasoning": None, "store": False,
+            "truncation": "disabled", "user": req.user, "usage": None,
+        }
+
+    async def _full(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any]) -> dict[str, Any]:
+        final: RequestOutput | None = None
+        async for _, output in group.merged():
+            final = output
+        if final is None or not final.finished:
+            raise OpenAIError("the request was aborted before it finished", 500)
+        return _completed(base, final, output_items(shaper.message(final.outputs[0].text)))
+
+    async def _stream(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any]) -> AsyncIterator[str]:
+        events = ResponseEvents(base)
+        yield events.emit("response.created", response=base)
+        yield events.emit("response.in_progress", response=base)
+        final: RequestOutput | None = None
+        async for _, output in group.merged():
+            final = output
+            completion = output.outputs[0]
+            for chunk in events.on_delta(shaper.delta(completion.text, completion.finish_reason is not None)):
+                yield chunk
+        if final is None:
+            return
+        items = output_items(shaper.message(final.outputs[0].text), events.item_ids)
+        for chunk in events.close(items):
+            yield chunk
+        yield events.emit("response.completed", response=_completed(base, final, items))
+
+
+def _completed(base: dict[str, Any], final: RequestOutput, items: list[dict[str, Any]]) -> dict[str, Any]:
+    completion = final.outputs[0]
+    num_output = len(completion.token_ids)
+    num_input = len(final.prompt_token_ids)
+    incomplete = completion.finish_reason == "length"
+    return {**base, "status": "incomplete" if incomplete else "completed", "output": items,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "usage": {"input_tokens": num_input, "output_tokens": num_output, "total_tokens": num_input + num_output,
+                      "input_tokens_details": {"cached_tokens": final.num_cached_tokens},
+                      "output_tokens_details": {"reasoning_tokens": 0}}}
+
+
+def output_items(message: dict[str, Any], ids: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """A chat message -> Responses output items: reasoning, message, function calls (in order)."""
+    ids = ids if ids is not None else {}
+    items: list[dict[str, Any]] = []
+    if message.get("reasoning_content"):
+        items.append({"type": "reasoning", "id": ids.setdefault("reasoning", random_id("rs")), "summary": [],
+                      "content": [{"type": "reasoning_text", "text": message["reasoning_content"]}],
+                      "status": "completed"})
+    if message.get("content"):
+        items.append({"type": "message", "id": ids.setdefault("message", random_id("msg")), "role": "assistant",
+                      "status": "completed", "content": [{"type": "output_text", "text": message["content"],
+                                                          "annotations": [], "logprobs": []}]})
+    for call in message.get("tool_calls") or []:
+        items.append({"type": "function_call", "id": ids.setdefault(call["id"], random_id("fc")),
+                      "call_id": call["id"], "name": call["function"]["name"],
+                      "arguments": call["function"]["arguments"], "status": "completed"})
+    return items
+
+
+class ResponseEvents:
+    """Streaming events of one response: items open as their first delta arrives and close at
+    the end, every event numbered (sequence_number)."""
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.base = base
+        self.seq = 0
+        self.item_ids: dict[str, str] = {}  # key (reasoning | message | call id) -> item id
+        self.output_index: dict[str, int] = {}
+        self.call_keys: dict[int, str] = {}  # tool call index -> its call id
+
+    def emit(self, kind: str, **fields: Any) -> str:
+        event = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    def _open(self, key: str, item: dict[str, Any]) -> list[str]:
+        if key in self.output_index:
+            return []
+        self.output_index[key] = len(self.output_index)
+        item = {**item, "id": self.item_ids.setdefault(key, random_id(item["id"])), "status": "in_progress"}
+        out = [self.emit("response.output_item.added", output_index=self.output_index[key], item=item)]
+        if key == "message":
+            out.append(self.emit("response.content_part.added", item_id=item["id"], output_index=self.output_index[key],
+                                 content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+        return out
+
+    def _where(self, key: str) -> dict[str, Any]:
+        return {"item_id": self.item_ids[key], "output_index": self.output_index[key]}
+
+    def on_delta(self, delta: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        if delta.get("reasoning_content"):
+            out += self._open("reasoning", {"type": "reasoning", "id": "rs", "summary": []})
+            out.append(self.emit("response.reasoning_text.delta", **self._where("reasoning"), content_index=0,
+                                 delta=delta["reasoning_content"]))
+        if delta.get("content"):
+            out += self._open("message", {"type": "message", "id": "msg", "role": "assistant", "content": []})
+            out.append(self.emit("response.output_text.delta", **self._where("message"), content_index=0,
+                                 delta=delta["content"], logprobs=[]))
+        for entry in delta.get("tool_calls", []):
+            if "id" in entry:
+                key = self.call_keys.setdefault(entry["index"], entry["id"])
+                out += self._open(key, {"type": "function_call", "id": "fc", "call_id": entry["id"],
+                                        "name": entry["function"]["name"], "arguments": ""})
+            key = self.call_keys[entry["index"]]
+            if entry["function"].get("arguments"):
+                out.append(self.emit("response.function_call_arguments.delta", **self._where(key),
+                                     delta=entry["function"]["arguments"]))
+        return out
+
+    def close(self, items: list[dict[str, Any]]) -> list[str]:
+        out: list[str] = []
+        for item in items:
+            key = {"reasoning": "reasoning", "message": "message"}.get(item["type"]) or item["call_id"]
+            out += self._open(key, {**item, "id": item["type"][:2]})
+            where = self._where(key)
+            if item["type"] == "reasoning":
+                out.append(self.emit("response.reasoning_text.done", **where, content_index=0,
+                                     text=item["content"][0]["text"]))
+            elif item["type"] == "message":
+                part = item["content"][0]
+                out.append(self.emit("response.output_text.done", **where, content_index=0, text=part["text"],
+                                     logprobs=[]))
+                out.append(self.emit("response.content_part.done", **where, content_index=0, part=part))
+            else:
+                out.append(self.emit("response.function_call_arguments.done", **where, name=item["name"],
+                                     arguments=item["arguments"]))
+            out.append(self.emit("response.output_item.done", output_index=where["output_index"], item=item))
+        return out
