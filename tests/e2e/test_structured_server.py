@@ -228,3 +228,63 @@ def test_invalid_schema_is_a_400_before_streaming(oai) -> None:
     bad_tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "required": 3}}}]
     with pytest.raises(openai.BadRequestError, match="tools"):
         oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=bad_tool, tool_choice="required")
+
+
+RESP_TOOLS = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]}
+              for t in TOOLS]
+
+
+def test_responses_text_and_json_schema(oai) -> None:
+    resp = oai.responses.create(model="tiny", input="Hello", instructions="Be brief.", max_output_tokens=6,
+                                temperature=0.0)
+    assert resp.object == "response" and resp.status == "incomplete"  # random weights: cut at the limit
+    assert resp.output[0].type == "message" and resp.output_text
+    assert resp.usage.output_tokens == 6
+    fmt = {"format": {"type": "json_schema", "name": "pet", "schema": PET, "strict": True}}
+    for seed in range(3):
+        resp = oai.responses.create(model="tiny", input="A pet:", text=fmt, max_output_tokens=100, temperature=1.0,
+                                    extra_body={"seed": seed})
+        assert resp.status == "completed"
+        jsonschema.validate(json.loads(resp.output_text), PET)
+
+
+def test_responses_required_tool_non_streaming_and_streaming(oai) -> None:
+    resp = oai.responses.create(model="tiny", input="weather?", tools=RESP_TOOLS, tool_choice="required",
+                                parallel_tool_calls=False, max_output_tokens=200, temperature=1.0)
+    (call,) = [item for item in resp.output if item.type == "function_call"]
+    jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
+    assert call.call_id.startswith("call_")
+    stream = oai.responses.create(model="tiny", input="weather?", tools=RESP_TOOLS,
+                                  tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=200,
+                                  temperature=1.0, stream=True)
+    events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = kinds.index("response.output_item.added")
+    assert events[added].item.name == "get_weather"  # the name comes before any argument fragment
+    assert added < kinds.index("response.function_call_arguments.delta")
+    fragments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert fragments == done.arguments
+    jsonschema.validate(json.loads(fragments), WEATHER)
+    final = events[-1].response.output
+    assert [i.arguments for i in final if i.type == "function_call"] == [fragments]
+
+
+def test_responses_tool_history_and_unsupported_fields(oai) -> None:
+    import openai
+
+    history = [
+        {"role": "user", "content": "add one to 41"},
+        {"type": "function_call", "call_id": "call_1", "name": "add_one", "arguments": '{"a": 41}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+    ]
+    resp = oai.responses.create(model="tiny", input=history, tools=RESP_TOOLS, tool_choice="none", max_output_tokens=2)
+    assert resp.usage.input_tokens > 20
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        oai.responses.create(model="tiny", input="x", previous_response_id="resp_1")
+    with pytest.raises(openai.BadRequestError, match="background"):
+        oai.responses.create(model="tiny", input="x", background=True)
+    with pytest.raises(openai.BadRequestError, match="store"):
+        oai.responses.create(model="tiny", input="x", store=True)
