@@ -137,7 +137,7 @@ class OpenAIServingResponses(OpenAIServing):
         params = self.make_params(chat, None, req.max_output_tokens)
         add_tool_constraint(params, plan)
         response_id = random_id("resp")
-        group = await self.start(response_id, [(text, token_ids)], params)
+        group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream))
         shaper = ChoiceShaper(plan, self.options, text)
         base = self._base(req, response_id, self.model_name(chat))
         return await self.respond(raw, group, bool(req.stream),
@@ -170,22 +170,25 @@ class OpenAIServingResponses(OpenAIServing):
         yield events.emit("response.created", response=base)
         yield events.emit("response.in_progress", response=base)
         final: RequestOutput | None = None
+        num_output_tokens = 0  # streamed outputs are deltas
         async for _, output in group.merged():
             final = output
             completion = output.outputs[0]
-            for chunk in events.on_delta(shaper.delta(completion.text, completion.finish_reason is not None)):
+            num_output_tokens += len(completion.token_ids)
+            for chunk in events.on_delta(shaper.feed(completion.text, completion.finish_reason is not None)):
                 yield chunk
         if final is None:
             return
-        items = output_items(shaper.message(final.outputs[0].text), events.item_ids)
+        items = output_items(shaper.message(shaper.text), events.item_ids)
         for chunk in events.close(items):
             yield chunk
-        yield events.emit("response.completed", response=_completed(base, final, items))
+        yield events.emit("response.completed", response=_completed(base, final, items, num_output_tokens))
 
 
-def _completed(base: dict[str, Any], final: RequestOutput, items: list[dict[str, Any]]) -> dict[str, Any]:
+def _completed(base: dict[str, Any], final: RequestOutput, items: list[dict[str, Any]],
+               num_output: int | None = None) -> dict[str, Any]:
     completion = final.outputs[0]
-    num_output = len(completion.token_ids)
+    num_output = len(completion.token_ids) if num_output is None else num_output
     num_input = len(final.prompt_token_ids)
     incomplete = completion.finish_reason == "length"
     return {**base, "status": "incomplete" if incomplete else "completed", "output": items,
