@@ -170,6 +170,10 @@ class Scheduler:
             budget -= num_new
         self.waiting.extendleft(reversed(compiling))
 
+    def grammar_needs_inflight_token(self) -> bool:
+        """(async scheduling) a running constrained request waits for its sampled token."""
+        return any(r.structured_output is not None and r.num_pending_tokens for r in self.running)
+
     def _grammar_ready(self, request: Request) -> bool:
         """True once its grammar compiled; a grammar that cannot compile fails the request."""
         try:
