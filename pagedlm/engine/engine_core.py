@@ -53,11 +53,6 @@ class EngineCore:
         """Launch step N, then collect step N-1 while the device runs N: the host's
         scheduling and bookkeeping overlap the device instead of leaving it idle."""
         outputs: list[EngineCoreOutput] = []
-        if self._inflight is not None and self.scheduler.grammar_needs_inflight_token():
-            # A constrained request's next bitmask needs the token in flight: collect it first
-            # (no overlap this step) rather than leave the request out of every other step.
-            outputs = self.scheduler.update_from_output(self._inflight, self.runner.take_output())
-            self._inflight = None
         launched = None
         if self.scheduler.has_unfinished_requests():
             launched = self.scheduler.schedule()
@@ -65,7 +60,10 @@ class EngineCore:
                 self.structured_output.wait_for_compiles(0.01)
             self.runner.launch(launched)
         if self._inflight is not None:
-            outputs += self.scheduler.update_from_output(self._inflight, self.runner.take_output())
+            outputs = self.scheduler.update_from_output(self._inflight, self.runner.take_output())
+        if launched is not None and launched.grammar_deferred:
+            # The forward runs while the last step's tokens advance the matchers; then sample.
+            self.runner.sample_deferred(self.scheduler.deferred_grammar_bitmask(launched))
         self._inflight = launched
         return outputs
 

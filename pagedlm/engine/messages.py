@@ -65,6 +65,11 @@ class SchedulerOutput:
     structured_output_request_ids: list[str] = field(default_factory=list)
     grammar_bitmask: np.ndarray | None = None
 
+    @property
+    def grammar_deferred(self) -> bool:
+        """Constrained rows whose bitmask comes after launch (async scheduling)."""
+        return bool(self.structured_output_request_ids) and self.grammar_bitmask is None
+
 
 class LogprobsLists(msgspec.Struct, array_like=True, gc=False):
     """Per position: the target token first, then the top-k."""

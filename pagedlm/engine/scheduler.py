@@ -14,6 +14,8 @@ import logging
 import time
 from collections import deque
 
+import numpy as np
+
 from pagedlm.config import CacheConfig, SchedulerConfig
 from pagedlm.engine.kv_cache import KVCacheManager
 from pagedlm.engine.messages import (
@@ -98,8 +100,7 @@ class Scheduler:
             num_computed = request.num_computed_tokens
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_new = min(num_known - num_computed, budget, self.max_model_len - num_computed)
-            if num_new <= 0 or (request.num_pending_tokens and request.structured_output is not None):
-                # (async scheduling) a constrained request's next bitmask needs its last token.
+            if num_new <= 0:
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -170,9 +171,10 @@ class Scheduler:
             budget -= num_new
         self.waiting.extendleft(reversed(compiling))
 
-    def grammar_needs_inflight_token(self) -> bool:
-        """(async scheduling) a running constrained request waits for its sampled token."""
-        return any(r.structured_output is not None and r.num_pending_tokens for r in self.running)
+    def deferred_grammar_bitmask(self, sched: SchedulerOutput) -> np.ndarray:
+        """(async scheduling) the bitmask of a launched step, once the previous step's tokens
+        have advanced the matchers (the device runs the step's forward meanwhile)."""
+        return self.structured_output.bitmask_for(self.requests, sched.structured_output_request_ids)
 
     def _grammar_ready(self, request: Request) -> bool:
         """True once its grammar compiled; a grammar that cannot compile fails the request."""
@@ -213,7 +215,11 @@ class Scheduler:
             new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
                                            self.kv.get_block_ids(r.request_id), r.num_computed_tokens))
             r.num_computed_tokens += num_scheduled[r.request_id]
-        grammar_req_ids, bitmask = self.structured_output.grammar_bitmask(self.requests, list(num_scheduled))
+        if self.config.async_scheduling:  # the bitmask waits for the tokens in flight: deferred_grammar_bitmask
+            grammar_req_ids = self.structured_output.sampling_request_ids(self.requests, list(num_scheduled))
+            bitmask = None
+        else:
+            grammar_req_ids, bitmask = self.structured_output.grammar_bitmask(self.requests, list(num_scheduled))
         out = SchedulerOutput(
             scheduled_new_reqs=new_data,
             scheduled_cached_reqs=cached,

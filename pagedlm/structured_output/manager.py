@@ -140,33 +140,48 @@ class StructuredOutputManager:
             concurrent.futures.wait(self._pending, timeout, concurrent.futures.FIRST_COMPLETED)
 
     # ---- one step ---------------------------------------------------------------------
+    @staticmethod
+    def sampling_request_ids(requests: dict[str, Request], scheduled_req_ids: list[str]) -> list[str]:
+        """The constrained requests that sample a token this step (just scheduled: the step
+        computes up to their last known token, so each has a token pending)."""
+        ids = []
+        for req_id in scheduled_req_ids:
+            r = requests[req_id]
+            if (r.structured_output is not None and r.num_pending_tokens
+                    and r.num_computed_tokens == r.num_tokens + r.num_pending_tokens - 1):
+                ids.append(req_id)
+        return ids
+
     def grammar_bitmask(self, requests: dict[str, Request], scheduled_req_ids: list[str]
                         ) -> tuple[list[str], np.ndarray | None]:
-        """(req ids, bitmask int32 [len(req ids), ceil(V/32)]) of the constrained requests that
-        sample a token this step (their prefill is complete and their reasoning is over)."""
-        req_ids, matchers, undecided = [], [], []
-        for req_id in scheduled_req_ids:
-            request = requests[req_id]
-            grammar: RequestGrammar | None = request.structured_output
-            if grammar is None or grammar.reasoning == Reasoning.THINKING:
-                continue
-            if request.num_computed_tokens < request.num_tokens:
-                continue  # a prefill chunk that does not sample
-            if grammar.reasoning == Reasoning.UNDECIDED:
-                undecided.append(len(req_ids))
-            req_ids.append(req_id)
-            matchers.append(grammar.matcher)
-        if not req_ids:
-            return [], None
+        """(req ids, bitmask) for a step whose previous tokens are all known (sync scheduling)."""
+        ids = [r for r in self.sampling_request_ids(requests, scheduled_req_ids)
+               if requests[r].structured_output.reasoning != Reasoning.THINKING]
+        return (ids, self.bitmask_for(requests, ids)) if ids else ([], None)
+
+    def bitmask_for(self, requests: dict[str, Request], req_ids: list[str]) -> np.ndarray:
+        """int32 [len(req_ids), ceil(V/32)]: row i = what request i's matcher allows next. A request
+        that finished meanwhile, or is reasoning, gets an all-ones row (unconstrained)."""
         from pagedlm.structured_output.xgrammar_backend import bitmask_width
 
-        bitmask = np.empty((len(req_ids), bitmask_width(self._backend.vocab_size)), dtype=np.int32)
-        self._backend.fill_bitmask(matchers, bitmask)
+        bitmask = np.full((len(req_ids), bitmask_width(self._backend.vocab_size)), -1, dtype=np.int32)
+        rows, matchers, undecided = [], [], []
+        for row, req_id in enumerate(req_ids):
+            request = requests.get(req_id)
+            grammar: RequestGrammar | None = request.structured_output if request is not None else None
+            if grammar is None or request.is_finished or grammar.reasoning == Reasoning.THINKING:
+                continue
+            if grammar.reasoning == Reasoning.UNDECIDED:
+                undecided.append(row)
+            rows.append(row)
+            matchers.append(grammar.matcher)
+        if matchers:
+            self._backend.fill_bitmask(matchers, bitmask, rows)
         if undecided:  # the first token may also open a reasoning block
             start = self.reasoning.start_id
             word = bitmask[undecided, start // 32].view(np.uint32) | np.uint32(1 << (start % 32))
             bitmask[undecided, start // 32] = word.view(np.int32)
-        return req_ids, bitmask
+        return bitmask
 
     def accept_token(self, request: Request, token_id: int) -> Verdict:
         grammar: RequestGrammar | None = request.structured_output

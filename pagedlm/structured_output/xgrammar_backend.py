@@ -51,6 +51,6 @@ class XgrammarBackend:
     def new_matcher(compiled: "xgr.CompiledGrammar") -> "xgr.GrammarMatcher":
         return xgr.GrammarMatcher(compiled)
 
-    def fill_bitmask(self, matchers: list["xgr.GrammarMatcher"], bitmask: np.ndarray) -> None:
-        """Row i of bitmask [len(matchers), W] <- the tokens matcher i allows next."""
-        self.batch.batch_fill_next_token_bitmask(matchers, bitmask, list(range(len(matchers))))
+    def fill_bitmask(self, matchers: list["xgr.GrammarMatcher"], bitmask: np.ndarray, rows: list[int]) -> None:
+        """Row rows[i] of bitmask [N, W] <- the tokens matcher i allows next (xgrammar's threads)."""
+        self.batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)

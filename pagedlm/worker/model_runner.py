@@ -46,6 +46,7 @@ class ModelRunner:
                                    -(-sched.max_model_len // self.block_size), self.device)
         self.graph_runner: CUDAGraphRunner | None = None
         self._inflight: deque[InflightStep] = deque()
+        self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -177,9 +178,23 @@ class ModelRunner:
         indices = self.buffers.logits_indices(len(inputs.sample_rows))
         logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V]
         step.row_of = {s.req_id: row for row, s in enumerate(states)}
-        if sched.grammar_bitmask is not None:  # structured outputs: only grammar-allowed tokens
-            rows = [step.row_of[r] for r in sched.structured_output_request_ids]
-            logits = apply_grammar_bitmask(logits, sched.grammar_bitmask, rows)
+        step.rows = inputs.sample_rows
+        if sched.grammar_deferred:  # sample_deferred() finishes once the bitmask is known
+            self._deferred = (logits, states, step, sched.structured_output_request_ids)
+            return
+        self._sample_logits(logits, states, step, sched.structured_output_request_ids, sched.grammar_bitmask)
+
+    @torch.inference_mode()
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        """(async scheduling) sample the launched step whose grammar bitmask came after launch."""
+        logits, states, step, req_ids = self._deferred
+        self._deferred = None
+        self._sample_logits(logits, states, step, req_ids, bitmask)
+
+    def _sample_logits(self, logits: torch.Tensor, states: list[CachedRequestState], step: "InflightStep",
+                       grammar_req_ids: list[str], bitmask: np.ndarray | None) -> None:
+        if bitmask is not None:  # structured outputs: only grammar-allowed tokens
+            logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
         metadata = build_sampling_metadata(
             [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
             [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
@@ -187,7 +202,6 @@ class ModelRunner:
         result = self.sampler(logits, metadata)
         step.sampled = result.sampled_token_ids
         step.logprobs = result.logprobs
-        step.rows = inputs.sample_rows
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         for state in states:
             state.num_pending += 1

@@ -46,6 +46,7 @@ def ready(manager: StructuredOutputManager, request: Request) -> None:
     request.structured_output.future.result(timeout=30)
     assert manager.grammar_ready(request)
     request.num_computed_tokens = request.num_tokens  # as if scheduled to sample
+    request.num_pending_tokens = 1
 
 
 def allowed(bitmask_row: np.ndarray) -> set[int]:
