@@ -6,6 +6,7 @@ is padded beyond the tokenizer's (xgrammar must use the model's size)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -288,3 +289,15 @@ def test_responses_tool_history_and_unsupported_fields(oai) -> None:
         oai.responses.create(model="tiny", input="x", background=True)
     with pytest.raises(openai.BadRequestError, match="store"):
         oai.responses.create(model="tiny", input="x", store=True)
+
+
+def test_completions_guided_choice_and_structured_outputs_extra(oai) -> None:
+    # This server has --reasoning-parser qwen3: a prompt that closes the reasoning block makes
+    # the constraint apply from the first token (otherwise the model may open one first).
+    choices = ["red", "green", "blue sky"]
+    resp = oai.completions.create(model="tiny", prompt="<think></think>Colour:", n=6, max_tokens=10, temperature=1.0,
+                                  extra_body={"guided_choice": choices})
+    assert all(c.text in choices for c in resp.choices)
+    resp = oai.completions.create(model="tiny", prompt="<think></think>Code:", n=4, max_tokens=16, temperature=1.0,
+                                  extra_body={"structured_outputs": {"regex": "[A-Z]{2}-[0-9]{3}"}})
+    assert all(re.fullmatch("[A-Z]{2}-[0-9]{3}", c.text) for c in resp.choices)
