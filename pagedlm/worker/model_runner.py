@@ -187,6 +187,8 @@ class ModelRunner:
     @torch.inference_mode()
     def sample_deferred(self, bitmask: np.ndarray) -> None:
         """(async scheduling) sample the launched step whose grammar bitmask came after launch."""
+        if self._deferred is None:  # the scheduler and the runner disagree on which rows sample
+            raise RuntimeError("sample_deferred: no launched step is waiting for a grammar bitmask")
         logits, states, step, req_ids = self._deferred
         self._deferred = None
         self._sample_logits(logits, states, step, req_ids, bitmask)
