@@ -12,7 +12,8 @@ GPU (Llama-3.1-8B shape, random weights; target constrained/unconstrained >= 0.8
           --output-len 256 --tokenizer /path/to/llama-3.1-tokenizer
 Without --tokenizer the shape directory's small BPE (512 tokens) is used, padded to the model's
 vocabulary; a real 128k-token tokenizer makes the grammar's per-step mask fill more expensive,
-so pass one for the figure that goes into BENCHMARKS.md.
+so pass one for the figure that goes into BENCHMARKS.md, or `--synthetic-vocab` for a tokenizer of
+the shape's full vocabulary size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from pagedlm.benchmarks.datasets import random_requests
-from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
+from pagedlm.benchmarks.shapes import SHAPES, build_synthetic_vocab_tokenizer, make_shape_dir
 
 SCHEMA = {
     "type": "object",
@@ -62,6 +63,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
     p.add_argument("--tokenizer", default=None, help="a real tokenizer directory (default: the shape's tiny BPE)")
+    p.add_argument("--synthetic-vocab", action="store_true",
+                   help="a byte-level tokenizer with the shape's full vocabulary size (distinct strings), when no "
+                        "real tokenizer of that size is at hand")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -76,6 +80,8 @@ def main() -> None:
         for f in Path(args.tokenizer).glob("tokenizer*"):
             shutil.copy(f, model_dir / f.name)
     vocab = SHAPES[args.shape]["vocab_size"]
+    if args.synthetic_vocab:
+        build_synthetic_vocab_tokenizer(model_dir, vocab)
     requests = random_requests(args.num_prompts, args.input_len, args.output_len, 0.0, vocab)
     llm = LLM(str(model_dir), load_format="dummy", max_num_seqs=args.max_num_seqs,
               max_model_len=args.input_len + args.output_len + 16)

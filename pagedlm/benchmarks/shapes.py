@@ -37,5 +37,45 @@ def make_shape_dir(name: str, out_dir: str | Path) -> Path:
     return out
 
 
+def build_synthetic_vocab_tokenizer(out_dir: str | Path, vocab_size: int) -> Path:
+    """A byte-level BPE tokenizer with ``vocab_size`` distinct entries (bytes, then letter
+    strings with and without a leading space, longest last), for benchmarks whose per-step
+    cost depends on the vocabulary's strings (structured-output masks): the shape's small
+    training tokenizer would make those far cheaper than a real 128k vocabulary."""
+    import itertools
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from pagedlm.demo import SPECIAL_TOKENS
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab: dict[str, int] = {}
+    for piece in sorted(alphabet):
+        vocab.setdefault(piece, len(vocab))
+    letters = string.ascii_lowercase + string.ascii_uppercase[:6] + string.digits[:4] + "{}[]\":,"
+    budget = vocab_size - len(SPECIAL_TOKENS)
+    for length in itertools.count(2):
+        for chars in itertools.product(letters, repeat=length):
+            word = "".join(chars)
+            for piece in (word, "\u0120" + word):
+                if len(vocab) < budget:
+                    vocab.setdefault(piece, len(vocab))
+            if len(vocab) >= budget:
+                break
+        if len(vocab) >= budget:
+            break
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|end_of_text|>")
+    out = Path(out_dir)
+    fast.save_pretrained(str(out))
+    return out
+
+
 if __name__ == "__main__":
     print(make_shape_dir(sys.argv[1], sys.argv[2]))
