@@ -3,7 +3,16 @@
 from pagedlm.logger import configure_logging
 from pagedlm.version import __version__
 from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
-from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
+from pagedlm.outputs import (
+    CompletionOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+)
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.engine_args import EngineArgs
 
 configure_logging()
@@ -15,6 +24,11 @@ __all__ = [
     "RequestOutput",
     "CompletionOutput",
     "Logprob",
+    "PoolingParams",
+    "PoolingOutput",
+    "PoolingRequestOutput",
+    "EmbeddingOutput",
+    "EmbeddingRequestOutput",
     "EngineArgs",
     "__version__",
 ]

@@ -6,7 +6,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pagedlm.pooling_config import PoolerConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float", "bf16", "fp16", "fp32")
 
@@ -26,6 +29,8 @@ class ModelConfig:
     load_format: str = "auto"
     seed: int = 0
     chat_template: str | None = None
+    runner: str = "generate"  # "generate" | "pooling" (resolved from "auto")
+    pooler_config: "PoolerConfig | None" = None  # set when runner == "pooling"
 
     @property
     def vocab_size(self) -> int:
@@ -59,6 +64,8 @@ class SchedulerConfig:
     # Schedule step N+1 while the device runs step N (its sampled ids are fed back on the
     # device). Hides the host's per-step work; a finished request costs one extra step.
     async_scheduling: bool = False
+    # Off: a prompt is scheduled whole or waits (pooling needs all of a prompt's hidden states in one step).
+    enable_chunked_prefill: bool = True
 
 
 @dataclass(frozen=True)

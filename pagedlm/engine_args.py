@@ -21,6 +21,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
+from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
 
 @dataclass
@@ -44,6 +45,8 @@ class EngineArgs:
     chat_template: str | None = None
     async_scheduling: bool | None = None  # default: on for CUDA, off on CPU
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1: reasoning_content; constraints start after it
+    runner: str = "auto"  # "auto" | "generate" | "pooling"
+    pooler_config: dict | str | None = None  # {"pooling_type": "CLS"|"MEAN"|"LAST", "normalize": bool}
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -70,6 +73,10 @@ class EngineArgs:
         parser.add_argument("--reasoning-parser", type=str, default=None, choices=["deepseek_r1", "qwen3"],
                             help="split <think>...</think> into reasoning_content; structured output "
                                  "constraints apply after it")
+        parser.add_argument("--runner", type=str, default="auto", choices=["auto", "generate", "pooling"],
+                            help="generate text, or pool hidden states into embeddings (auto: from the checkpoint)")
+        parser.add_argument("--pooler-config", "--override-pooler-config", dest="pooler_config", type=str,
+                            default=None, help='JSON, e.g. \'{"pooling_type": "MEAN", "normalize": false}\'')
         return parser
 
     @classmethod
@@ -97,7 +104,11 @@ class EngineArgs:
         self._verify()
         hf_config = load_hf_config(self.model)
         device = resolve_device(self.device)
-        max_model_len = derive_max_model_len(hf_config, self.max_model_len)
+        runner, pooler_config = resolve_pooling(self.runner, self.model, hf_config,
+                                                list(getattr(hf_config, "architectures", None) or []),
+                                                self.pooler_config)
+        max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
+            sentence_transformers_max_len(self.model) if pooler_config else None))
         model_config = ModelConfig(
             model=self.model,
             tokenizer=self.tokenizer or self.model,
@@ -108,17 +119,23 @@ class EngineArgs:
             load_format=self.load_format,
             seed=self.seed,
             chat_template=read_chat_template(self.chat_template),
+            runner=runner,
+            pooler_config=pooler_config,
         )
         default_tokens = 8192 if device == "cuda" else 2048
         max_batched = self.max_num_batched_tokens or default_tokens
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
+        pooling = pooler_config is not None
+        if pooling:
+            max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
                 block_size=self.block_size,
                 gpu_memory_utilization=self.gpu_memory_utilization,
-                enable_prefix_caching=self.enable_prefix_caching,
+                # A prefix hit would skip the hidden states the pooler reads.
+                enable_prefix_caching=self.enable_prefix_caching and not pooling,
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
             ),
             scheduler_config=SchedulerConfig(
@@ -126,6 +143,7 @@ class EngineArgs:
                 max_num_batched_tokens=max_batched,
                 max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
+                enable_chunked_prefill=not pooling,
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

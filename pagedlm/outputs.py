@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -52,3 +53,46 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
     error: str | None = field(default=None)
+
+
+@dataclass
+class PoolingOutput:
+    """data: a torch.Tensor, [hidden] for "embed" or [num_prompt_tokens, hidden] for "token_embed"."""
+
+    data: Any
+
+
+@dataclass
+class PoolingRequestOutput:
+    request_id: str
+    outputs: Any  # PoolingOutput, or EmbeddingOutput in an EmbeddingRequestOutput
+    prompt_token_ids: list[int]
+    finished: bool
+    num_cached_tokens: int = 0
+    prompt: str | None = None
+    metrics: RequestMetrics | None = None
+    error: str | None = field(default=None)
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @staticmethod
+    def from_base(output: PoolingOutput) -> "EmbeddingOutput":
+        if output.data.dim() != 1:
+            raise ValueError("pooled data is not a single embedding vector (token_embed output?)")
+        return EmbeddingOutput(output.data.tolist())
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput(PoolingRequestOutput):
+    @staticmethod
+    def from_base(output: PoolingRequestOutput) -> "EmbeddingRequestOutput":
+        return EmbeddingRequestOutput(output.request_id, EmbeddingOutput.from_base(output.outputs),
+                                      output.prompt_token_ids, output.finished, output.num_cached_tokens,
+                                      output.prompt, output.metrics, output.error)

@@ -12,6 +12,7 @@ import msgspec
 
 from pagedlm.config import ModelConfig
 from pagedlm.engine.messages import EngineCoreRequest
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
 
@@ -73,30 +74,35 @@ class InputProcessor:
                 f"shorter than the maximum model length of {self.max_model_len} tokens."
             )
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        self.check_num_chars(len(text))
+    def encode(self, text: str, add_special_tokens: bool = True, check_chars: bool = True) -> list[int]:
+        if check_chars:  # off when the tokens will be truncated (pooling's truncate_prompt_tokens)
+            self.check_num_chars(len(text))
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
-    def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+    def tokenize_prompt(self, prompt: PromptType, check_chars: bool = True) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            return prompt, self.encode(prompt)
+            return prompt, self.encode(prompt, check_chars=check_chars)
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return prompt.get("prompt"), list(prompt["prompt_token_ids"])
             if "prompt" in prompt:
-                return prompt["prompt"], self.encode(prompt["prompt"])
+                return prompt["prompt"], self.encode(prompt["prompt"], check_chars=check_chars)
             raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             return None, list(prompt)
         raise InvalidRequestError(f"prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
 
-    def validate_prompt(self, token_ids: list[int]) -> None:
+    def validate_prompt(self, token_ids: list[int], pooling: bool = False) -> None:
         if not token_ids:
             raise InvalidRequestError("The prompt cannot be empty.")
         bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(f"Token ids {bad[:5]} are out of vocabulary (size {self.vocab_size}).")
-        if len(token_ids) >= self.max_model_len:
+        if pooling and len(token_ids) > self.max_model_len:
+            raise InvalidRequestError(
+                f"The input (length {len(token_ids)}) is longer than the maximum model length of "
+                f"{self.max_model_len}; shorten it or set truncate_prompt_tokens.")
+        if not pooling and len(token_ids) >= self.max_model_len:
             raise InvalidRequestError(
                 f"The prompt (length {len(token_ids)}) is too long: it must be shorter than the maximum "
                 f"model length of {self.max_model_len} to leave room for at least one generated token."
@@ -132,16 +138,47 @@ class InputProcessor:
                     out.append(ids)
         return out
 
-    def process(self, request_id: str, prompt: PromptType, params: SamplingParams,
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
                 arrival_time: float | None = None) -> tuple[str | None, EngineCoreRequest]:
         """-> (prompt text if known, request). Raises InvalidRequestError on bad input."""
+        if isinstance(params, PoolingParams):
+            return self._process_pooling(request_id, prompt, params, arrival_time)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"sampling params must be SamplingParams, got {type(params).__name__}")
+        if self.model_config.runner == "pooling":
+            raise InvalidRequestError(
+                "This model runs as a pooling (embedding) model and cannot generate text: use LLM.embed / "
+                "LLM.encode or POST /v1/embeddings (a decoder checkpoint generates with --runner generate).")
         text, token_ids = self.tokenize_prompt(prompt)
         self.validate_prompt(token_ids)
         params = self.prepare_params(params, len(token_ids))
         arrival = arrival_time if arrival_time is not None else time.time()
         return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival)
+
+    def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams,
+                         arrival_time: float | None) -> tuple[str | None, EngineCoreRequest]:
+        if self.model_config.pooler_config is None:
+            raise InvalidRequestError(
+                "This model runs as a generative model and computes no embeddings: start it with "
+                "--runner pooling (runner='pooling') to embed.")
+        params = params.clone()
+        params.task = params.task or "embed"
+        try:
+            self.model_config.pooler_config.check_dimensions(params.dimensions)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
+        keep = params.truncate_prompt_tokens
+        text, token_ids = self.tokenize_prompt(prompt, check_chars=keep is None)
+        if keep is not None:
+            if keep > self.max_model_len:
+                raise InvalidRequestError(f"truncate_prompt_tokens ({keep}) is greater than the maximum model "
+                                          f"length ({self.max_model_len}); use at most that, or -1")
+            token_ids = token_ids[-(self.max_model_len if keep == -1 else keep):]  # keep the last tokens
+        self.validate_prompt(token_ids, pooling=True)
+        arrival = arrival_time if arrival_time is not None else time.time()
+        # The placeholder SamplingParams keeps the shared request path uniform; nothing is sampled.
+        return text, EngineCoreRequest(request_id, token_ids, SamplingParams(max_tokens=1, detokenize=False), None,
+                                       arrival, pooling_params=params)
 
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:

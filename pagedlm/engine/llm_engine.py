@@ -18,6 +18,7 @@ from pagedlm.engine.messages import SchedulerStats
 from pagedlm.engine.output_processor import OutputProcessor
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import RequestOutput
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class LLMEngine:
         """The in-process EngineCore (tests and benchmarks reach the runner through it)."""
         return getattr(self.core_client, "engine_core", None)
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
                     arrival_time: float | None = None) -> None:
         """Validate and queue a request; raises InvalidRequestError (a ValueError) on bad input."""
         if request_id in self.output_processor.parents:

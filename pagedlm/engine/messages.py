@@ -16,6 +16,7 @@ import msgspec
 
 import numpy as np
 
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import SamplingParams
 
 
@@ -41,6 +42,7 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    pooling_params: PoolingParams | None = None  # set for pooling requests (they sample nothing)
 
 
 @dataclass(slots=True)
@@ -85,6 +87,9 @@ class ModelRunnerOutput:
     sampled_token_ids: list[list[int]]  # per request; empty while its prefill is partial
     logprobs: dict[str, LogprobsLists] = field(default_factory=dict)  # one row per sampled token
     prompt_logprobs: dict[str, LogprobsLists] = field(default_factory=dict)  # rows for this chunk
+    # Pooling requests whose prompt was computed this step: the pooled vector (embed) or one
+    # vector per prompt token (token_embed), as plain floats.
+    pooler_output: dict[str, list[float] | list[list[float]]] = field(default_factory=dict)
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -99,6 +104,8 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=F
     num_cached_tokens: int = 0
     error: str | None = None
     first_scheduled_time: float | None = None  # wall clock when the request first got a step
+    # A finished pooling request's result: floats (embed) or lists of floats (token_embed).
+    pooling_output: list[Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -119,6 +126,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     lora_request: dict[str, Any] | None = None  # room for multi-LoRA
     cache_salt: str | None = None
     priority: int = 0
+    pooling_params: PoolingParams | None = None  # set: a pooling request (sampling_params is a placeholder)
 
     @property
     def num_prompt_tokens(self) -> int:

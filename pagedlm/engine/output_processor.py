@@ -14,7 +14,16 @@ from typing import Any
 
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.engine.messages import EngineCoreOutput, EngineCoreRequest, LogprobsLists
-from pagedlm.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestMetrics, RequestOutput, SampleLogprobs
+from pagedlm.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    PromptLogprobs,
+    RequestMetrics,
+    RequestOutput,
+    SampleLogprobs,
+)
 from pagedlm.sampling_params import RequestOutputKind
 
 
@@ -64,6 +73,8 @@ class ParentState:
     num_unfinished: int = 0
     num_outputs_sent: int = 0
     num_generated: int = 0  # over all children
+    is_pooling: bool = False
+    pooling_output: Any = None  # the engine's pooled floats, once the request finished
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -136,6 +147,7 @@ class OutputProcessor:
             request_id=parent_id, prompt=prompt, prompt_token_ids=first.prompt_token_ids, children=states,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
+            is_pooling=first.pooling_params is not None,
         )
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:
@@ -174,6 +186,8 @@ class OutputProcessor:
             parent.metrics.first_scheduled_time = out.first_scheduled_time
         if out.error is not None:
             parent.error = out.error
+        if out.pooling_output is not None:
+            parent.pooling_output = out.pooling_output
         if out.new_token_ids:
             _record_token_times(parent.metrics, now, stats)
             stats.num_generation_tokens += len(out.new_token_ids)
@@ -203,6 +217,8 @@ class OutputProcessor:
             return None
         if finished:
             parent.metrics.finished_time = time.time()
+        if parent.is_pooling:
+            return _pooling_output(parent)
         # A DELTA stream sends the prompt's logprobs once, with its first output (the prompt
         # is fully computed before the first token exists).
         prompt_logprobs = parent.prompt_logprobs
@@ -268,3 +284,11 @@ def _finished_stats(parent: ParentState, now: float) -> FinishedRequestStats:
         decode_time=last - first if first is not None and last is not None else None,
         mean_time_per_output_token=tpot,
     )
+
+
+def _pooling_output(parent: ParentState) -> PoolingRequestOutput:
+    import torch
+
+    data = torch.tensor(parent.pooling_output, dtype=torch.float32) if parent.pooling_output is not None else None
+    return PoolingRequestOutput(parent.request_id, PoolingOutput(data), parent.prompt_token_ids, parent.finished,
+                                parent.num_cached_tokens, parent.prompt, parent.metrics, parent.error)

@@ -6,6 +6,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any
 
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Request:
         eos_token_id: int | None = None,
         arrival_time: float | None = None,
         cache_salt: str | None = None,
+        pooling_params: PoolingParams | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -55,6 +57,8 @@ class Request:
         self.eos_token_id = eos_token_id
         self.arrival_time = arrival_time if arrival_time is not None else time.time()
         self.cache_salt = cache_salt
+        # A pooling request samples no token: it finishes once its prompt is computed.
+        self.pooling_params = pooling_params
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -76,7 +80,7 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, req: "EngineCoreRequest") -> "Request":
         return cls(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_id,
-                   req.arrival_time, req.cache_salt)
+                   req.arrival_time, req.cache_salt, req.pooling_params)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -152,6 +152,8 @@ class Scheduler:
                 continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit_tokens, budget)
+            if num_new < request.num_tokens - num_hit_tokens and not self.config.enable_chunked_prefill:
+                break  # whole prompts only: it runs in a later step with more budget
             if self.kv.allocate_slots(request, num_new, hits) is None:
                 if not self.running and not new_reqs:
                     self._fail_unfittable(self.waiting.popleft())
@@ -166,8 +168,8 @@ class Scheduler:
             self.running.append(request)
             new_reqs.append(request)
             num_scheduled[request.request_id] = num_new
-            if num_hit_tokens + num_new == request.num_tokens:
-                request.num_pending_tokens = 1
+            if num_hit_tokens + num_new == request.num_tokens and request.pooling_params is None:
+                request.num_pending_tokens = 1  # pooling requests sample nothing: done after this step
             budget -= num_new
         self.waiting.extendleft(reversed(compiling))
 
@@ -213,7 +215,8 @@ class Scheduler:
         new_data = []
         for r in new_reqs:
             new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
-                                           self.kv.get_block_ids(r.request_id), r.num_computed_tokens))
+                                           self.kv.get_block_ids(r.request_id), r.num_computed_tokens,
+                                           r.pooling_params))
             r.num_computed_tokens += num_scheduled[r.request_id]
         if self.config.async_scheduling:  # the bitmask waits for the tokens in flight: deferred_grammar_bitmask
             grammar_req_ids = self.structured_output.sampling_request_ids(self.requests, list(num_scheduled))
@@ -243,10 +246,13 @@ class Scheduler:
                 continue
             new_ids = runner.sampled_token_ids[i]
             prompt_lp = runner.prompt_logprobs.get(req_id)
-            if not new_ids and prompt_lp is None:
+            pooled = runner.pooler_output.get(req_id)
+            if not new_ids and prompt_lp is None and pooled is None:
                 continue
             request.num_pending_tokens -= len(new_ids)
             new_ids = self._append_and_check_stop(request, new_ids)
+            if pooled is not None:
+                request.status = RequestStatus.FINISHED_STOPPED  # its prompt is computed: nothing more to do
             outputs.append(
                 EngineCoreOutput(
                     req_id=req_id,
@@ -258,6 +264,7 @@ class Scheduler:
                     num_cached_tokens=max(request.num_cached_tokens, 0),
                     first_scheduled_time=request.first_scheduled_time,
                     error=request.error,
+                    pooling_output=pooled,
                 )
             )
             if request.is_finished:

@@ -1,4 +1,4 @@
-"""The offline API: LLM.generate / LLM.chat, as in vLLM."""
+"""The offline API: LLM.generate / LLM.chat / LLM.embed / LLM.encode, as in vLLM."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any, Sequence
 from pagedlm.engine.input_processor import PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
-from pagedlm.outputs import RequestOutput
+from pagedlm.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from pagedlm.pooling_params import POOLING_TASKS, PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
 # The offline engine's core runs in this process unless this debug switch asks for an
@@ -41,6 +42,48 @@ class LLM:
     ) -> list[RequestOutput]:
         prompt_list = self._as_prompt_list(prompts)
         params_list = self._as_params_list(sampling_params, len(prompt_list))
+        return self._add_and_run(prompt_list, params_list, use_tqdm)
+
+    def embed(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora_request: Any = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding vector per prompt (runner='pooling' models), in input order."""
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
+        return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def encode(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        lora_request: Any = None,
+        pooling_task: str | None = None,
+    ) -> list[PoolingRequestOutput]:
+        """Pooled hidden states per prompt: ``pooling_task="embed"`` (the default) gives one
+        vector, ``"token_embed"`` (alias ``"encode"``) one vector per prompt token."""
+        if lora_request is not None:
+            raise ValueError("lora_request is not supported for pooling models")
+        task = {None: "embed", "encode": "token_embed"}.get(pooling_task, pooling_task)
+        if task not in POOLING_TASKS:
+            raise ValueError(f"pooling_task must be one of {POOLING_TASKS} or 'encode', got {pooling_task!r}")
+        prompt_list = self._as_prompt_list(prompts)
+        params_list = _pooling_params_list(pooling_params, len(prompt_list), task, truncate_prompt_tokens)
+        outputs = self._add_and_run(prompt_list, params_list, use_tqdm)
+        failed = [o.error for o in outputs if o.error is not None]
+        if failed:
+            raise RuntimeError(f"pooling failed: {failed[0]}")
+        return outputs
+
+    def _add_and_run(self, prompt_list: list[PromptType], params_list: list[Any], use_tqdm: bool) -> list[Any]:
         request_ids = []
         try:
             for prompt, params in zip(prompt_list, params_list):
@@ -125,3 +168,28 @@ def _final_only(params: SamplingParams) -> SamplingParams:
     final = params.clone()
     final.output_kind = RequestOutputKind.FINAL_ONLY
     return final
+
+
+def _pooling_params_list(params: PoolingParams | Sequence[PoolingParams] | None, n: int, task: str,
+                         truncate_prompt_tokens: int | None) -> list[PoolingParams]:
+    if params is None or isinstance(params, PoolingParams):
+        params_list = [params or PoolingParams()] * n
+    else:
+        params_list = list(params)
+        if len(params_list) != n:
+            raise ValueError(f"got {len(params_list)} pooling params for {n} prompts")
+    out = []
+    for p in params_list:
+        if not isinstance(p, PoolingParams):
+            raise TypeError(f"pooling_params must be PoolingParams, got {type(p).__name__}")
+        p = p.clone()
+        if p.task is not None and p.task != task:
+            raise ValueError(f"pooling_params.task {p.task!r} conflicts with the pooling task {task!r}")
+        p.task = task
+        if truncate_prompt_tokens is not None:
+            if p.truncate_prompt_tokens not in (None, truncate_prompt_tokens):
+                raise ValueError("truncate_prompt_tokens is set both as an argument and in pooling_params")
+            p.truncate_prompt_tokens = truncate_prompt_tokens
+            p.__post_init__()  # validate the value
+        out.append(p)
+    return out

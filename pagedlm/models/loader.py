@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pagedlm.config import ConfigError, ModelConfig
+from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def _init_dummy(model: nn.Module, seed: int) -> None:
 
 def load_model(model_config: ModelConfig, device: str) -> nn.Module:
     model_cls = resolve_model_class(model_config.architectures)
+    if model_config.runner == "pooling" and getattr(model_cls, "supports_generation", True):
+        model_cls = as_pooling_model(model_cls)  # pooled hidden states need no LM head
     dtype = model_config.torch_dtype
     prev_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from pagedlm.models.adapters import as_pooling_model
+from pagedlm.models.bert import BertModel
 from pagedlm.models.llama import LlamaForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
+    "BertModel": BertModel,
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    # Decoder checkpoints saved without an LM head (embedding models): pooling only.
+    "LlamaModel": as_pooling_model(LlamaForCausalLM),
+    "MistralModel": as_pooling_model(LlamaForCausalLM),
+    "Qwen2Model": as_pooling_model(LlamaForCausalLM),
+    "Qwen3Model": as_pooling_model(LlamaForCausalLM),
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pagedlm.engine.messages import NewRequestData
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import SamplingParams
 
 
@@ -28,6 +29,7 @@ class CachedRequestState:
     # Its sampling reads the tokens generated so far (penalties, bad words, min_tokens), so
     # they must all be on the host before its next step is sampled.
     needs_history: bool = False
+    pooling_params: PoolingParams | None = None  # pooling requests: pooled, not sampled, when computed
 
     @classmethod
     def from_new(cls, data: NewRequestData, device: torch.device) -> "CachedRequestState":
@@ -38,6 +40,7 @@ class CachedRequestState:
         state = cls(data.req_id, list(data.prompt_token_ids), list(data.output_token_ids), data.sampling_params,
                     generator, list(data.block_ids), data.num_computed_tokens)
         state.token_ids = state.prompt_token_ids + state.output_token_ids
+        state.pooling_params = data.pooling_params
         p = data.sampling_params
         state.needs_history = bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
                                    or p.bad_words_token_ids or p.min_tokens)

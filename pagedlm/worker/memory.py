@@ -39,6 +39,13 @@ def cpu_num_blocks(config: EngineConfig) -> int:
     return max(1, min(budget // per_block, useful))
 
 
+def no_kv_num_blocks(config: EngineConfig) -> int:
+    """Encoder-only models keep no KV cache: blocks are scheduler bookkeeping without memory
+    behind them, enough for max_num_seqs full-length prompts."""
+    bs = config.cache_config.block_size
+    return config.scheduler_config.max_num_seqs * -(-config.scheduler_config.max_model_len // bs)
+
+
 def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], None]) -> int:
     """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves."""
     torch.cuda.empty_cache()

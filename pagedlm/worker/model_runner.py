@@ -15,6 +15,7 @@ from pagedlm.config import EngineConfig, attention_shape
 from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedlm.forward_context import set_forward_context
 from pagedlm.kernels import ops
+from pagedlm.layers.pooler import Pooler
 from pagedlm.models.loader import load_model
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import build_sampling_metadata
@@ -38,6 +39,9 @@ class ModelRunner:
         self.model = load_model(config.model_config, self.device.type)
         self.vocab_size = config.model_config.vocab_size
         self.sampler = Sampler()
+        pooler_config = config.model_config.pooler_config
+        # runner="pooling": finished prompts are pooled into embeddings instead of sampled.
+        self.pooler = Pooler(pooler_config) if pooler_config is not None else None
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
@@ -53,6 +57,8 @@ class ModelRunner:
         override = self.config.cache_config.num_gpu_blocks_override
         if override is not None:
             num_blocks = override
+        elif not self.model.attention_layers():
+            num_blocks = memory.no_kv_num_blocks(self.config)
         elif self.device.type == "cuda":
             num_blocks = memory.gpu_num_blocks(self.config, self._profile_run)
         else:
@@ -80,7 +86,8 @@ class ModelRunner:
         )
         with torch.inference_mode(), set_forward_context(meta):
             hidden = self.model(input_ids, positions)
-            self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
+            if self.pooler is None:  # pooling models have no LM head
+                self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
         for attn in self.model.attention_layers():
             attn.kv_cache = None
         del dummy_cache, hidden
@@ -98,7 +105,8 @@ class ModelRunner:
 
     def warm_up(self) -> None:
         """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
-        if self.device.type == "cuda" and not self.config.device_config.enforce_eager:
+        # Pooling runs whole prompts only: decode graphs would never replay.
+        if self.device.type == "cuda" and not self.config.device_config.enforce_eager and self.pooler is None:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
@@ -158,7 +166,9 @@ class ModelRunner:
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
         hidden = self._forward(inputs)  # [T, hidden]
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
-        if inputs.sample_rows:
+        if inputs.sample_rows and self.pooler is not None:
+            self._pool(hidden, inputs, step.output)
+        elif inputs.sample_rows:
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans:
             self._prompt_logprobs(hidden, inputs, step.output)
@@ -207,6 +217,12 @@ class ModelRunner:
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         for state in states:
             state.num_pending += 1
+
+    def _pool(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
+        states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
+        results = self.pooler(hidden, inputs.query_start_loc, inputs.sample_rows, [s.pooling_params for s in states])
+        for state, result in zip(states, results):
+            output.pooler_output[state.req_id] = result
 
     def _prompt_logprobs(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
         for i, (first, count, target_pos) in inputs.prompt_logprob_spans.items():

@@ -43,6 +43,7 @@ from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
+from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
 
@@ -153,6 +154,13 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     async def create_response(request: Request) -> Response:
         body = await read_json_body(request, ResponsesRequest, max_body_bytes)
         return await responses.create_response(body, request)
+
+    embeddings = OpenAIServingEmbedding(engine, names)
+
+    @app.post("/v1/embeddings")
+    async def create_embedding(request: Request) -> Response:
+        body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
+        return await embeddings.create_embedding(body, request)
 
     _add_info_routes(app, engine, names, stat_logger)
     _add_tokenizer_routes(app, engine, names, max_body_bytes)

@@ -166,6 +166,9 @@ class OpenAIServing:
     def check_request(self, request: SamplingFields) -> None:
         if request.model and request.model not in self.served_model_names:
             raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
+        if self.engine.model_config.runner == "pooling":
+            raise OpenAIError("This model is a pooling (embedding) model and does not support the Completions or "
+                              "Chat Completions API; use /v1/embeddings.", 400, "model")
         unsupported = request.unsupported_feature()
         if unsupported is not None:
             raise OpenAIError(unsupported[1], 400, unsupported[0])

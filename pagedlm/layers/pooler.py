@@ -1,0 +1,63 @@
+"""Pooler: the hidden states of a computed prompt -> its embedding.
+
+Pooling requests run their whole prompt in one step (no chunked prefill, no prefix-cache
+hits: the engine config guarantees both), so each request's rows of the step's hidden states
+are exactly its prompt's hidden states.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pagedlm.pooling_config import PoolerConfig
+from pagedlm.pooling_params import PoolingParams
+
+
+class Pooler:
+    def __init__(self, config: PoolerConfig) -> None:
+        self.config = config
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,  # [T, H] the step's hidden states
+        query_start_loc: np.ndarray,  # [B + 1] token offsets of the step's requests
+        rows: Sequence[int],  # which of the step's requests to pool
+        params: Sequence[PoolingParams],  # one per row
+    ) -> list[list[float] | list[list[float]]]:
+        starts = torch.as_tensor(np.asarray(query_start_loc)[list(rows)], dtype=torch.long)
+        ends = torch.as_tensor(np.asarray(query_start_loc)[[r + 1 for r in rows]], dtype=torch.long)
+        pooled = self._pool(hidden_states, starts.to(hidden_states.device), ends.to(hidden_states.device)).cpu()
+        results: list[list[float] | list[list[float]]] = []
+        for i, p in enumerate(params):
+            if p.task == "token_embed":
+                vectors = hidden_states[int(starts[i]) : int(ends[i])].float().cpu()
+            else:
+                vectors = pooled[i]
+            results.append(self._finish(vectors, p).tolist())
+        return results
+
+    def _pool(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        # -> [B, H] float32 (mean in float32: bf16 sums over long prompts lose digits)
+        kind = self.config.pooling_type
+        if kind == "CLS":
+            return hidden.index_select(0, starts).float()
+        if kind == "LAST":
+            return hidden.index_select(0, ends - 1).float()
+        lengths = ends - starts
+        segment = torch.repeat_interleave(torch.arange(len(starts), device=hidden.device), lengths)
+        token_idx = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+        token_idx = token_idx + torch.arange(len(token_idx), device=hidden.device)
+        sums = torch.zeros(len(starts), hidden.shape[1], dtype=torch.float32, device=hidden.device)
+        sums.index_add_(0, segment, hidden.index_select(0, token_idx).float())
+        return sums / lengths.unsqueeze(1).float()
+
+    def _finish(self, vectors: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+        """Matryoshka truncation, then L2 normalisation (so a truncated vector is unit length)."""
+        if params.dimensions is not None:
+            vectors = vectors[..., : params.dimensions]
+        normalize = self.config.normalize if params.normalize is None else params.normalize
+        return F.normalize(vectors, p=2, dim=-1) if normalize else vectors

@@ -1,0 +1,178 @@
+"""Runner mode and pooler settings of a checkpoint (torch-free).
+
+Sources, lowest priority first: the model's default pooling type, the sentence-transformers
+files of the checkpoint (``modules.json``, its Pooling module's ``config.json``, a
+``Normalize`` module, ``sentence_bert_config.json``), then the user's ``pooler_config``
+(``--pooler-config '{"pooling_type": "MEAN", "normalize": false}'``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pagedlm.config import ConfigError
+
+RUNNERS = ("auto", "generate", "pooling")
+POOLING_TYPES = ("CLS", "MEAN", "LAST")
+_ST_MODULES = "sentence_transformers.models."
+# sentence-transformers Pooling flags we implement -> our pooling type
+_ST_MODES = {"pooling_mode_cls_token": "CLS", "pooling_mode_mean_tokens": "MEAN", "pooling_mode_lasttoken": "LAST"}
+_ST_UNSUPPORTED_MODES = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                         "pooling_mode_weightedmean_tokens")
+
+
+@dataclass(frozen=True)
+class PoolerConfig:
+    pooling_type: str  # "CLS" | "MEAN" | "LAST"
+    normalize: bool
+    hidden_size: int
+    # Matryoshka models accept `dimensions`: None = not supported; () = any size up to hidden_size.
+    matryoshka_dimensions: tuple[int, ...] | None = None
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Raises ValueError (a 400 on the server) when the model cannot give that size."""
+        if dimensions is None:
+            return
+        if self.matryoshka_dimensions is None:
+            raise ValueError("dimensions: this model does not support Matryoshka representation; changing the "
+                             "output dimensions would give meaningless embeddings. Leave dimensions unset.")
+        if not 1 <= dimensions <= self.hidden_size:
+            raise ValueError(f"dimensions must be between 1 and the model's hidden size {self.hidden_size}, "
+                             f"got {dimensions}")
+        if self.matryoshka_dimensions and dimensions not in self.matryoshka_dimensions:
+            raise ValueError(f"dimensions: this model supports only {list(self.matryoshka_dimensions)}, "
+                             f"got {dimensions}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+
+
+def sentence_transformers_modules(model_dir: str) -> list[dict[str, Any]] | None:
+    path = Path(model_dir) / "modules.json"
+    return read_json(path) if path.exists() else None
+
+
+def resolve_runner(runner: str, model_dir: str, can_generate: bool, can_pool: bool) -> str:
+    """auto: pooling for encoder-only checkpoints and sentence-transformers models, else generate."""
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if runner == "auto":
+        runner = "pooling" if not can_generate or sentence_transformers_modules(model_dir) else "generate"
+    if runner == "generate" and not can_generate:
+        raise ConfigError("this checkpoint is an encoder (pooling) model and cannot generate text; "
+                          "use --runner pooling (or runner='pooling')")
+    if runner == "pooling" and not can_pool:
+        raise ConfigError("this architecture has no pooling support; use --runner generate")
+    return runner
+
+
+def _st_pooling(model_dir: str, modules: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """(pooling type or None, normalize) from a sentence-transformers pipeline."""
+    pooling_type, normalize = None, False
+    for module in modules:
+        kind = str(module.get("type", "")).removeprefix(_ST_MODULES)
+        if kind == "Transformer":
+            continue
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            pooling_type = _st_pooling_type(read_json(Path(model_dir) / module.get("path", "") / "config.json"))
+        else:
+            raise ConfigError(f"sentence-transformers module {module.get('type')!r} is not supported "
+                              "(supported: Transformer, Pooling, Normalize)")
+    return pooling_type, normalize
+
+
+def _st_pooling_type(cfg: dict[str, Any]) -> str:
+    unsupported = [m for m in _ST_UNSUPPORTED_MODES if cfg.get(m)]
+    if cfg.get("include_prompt") is False:
+        unsupported.append("include_prompt=false")
+    chosen = [kind for flag, kind in _ST_MODES.items() if cfg.get(flag)]
+    if unsupported or len(chosen) != 1:
+        raise ConfigError(f"sentence-transformers pooling {unsupported or chosen} is not supported: "
+                          "exactly one of CLS, mean or last-token pooling is")
+    return chosen[0]
+
+
+def _override(base: dict[str, Any], override: dict[str, Any] | str | None) -> dict[str, Any]:
+    if override is None:
+        return base
+    if isinstance(override, str):
+        try:
+            override = json.loads(override)
+        except ValueError as e:
+            raise ConfigError(f"pooler_config is not valid JSON: {e}") from e
+    if not isinstance(override, dict):
+        raise ConfigError(f"pooler_config must be a JSON object, got {type(override).__name__}")
+    unknown = sorted(set(override) - {"pooling_type", "normalize"})
+    if unknown:
+        raise ConfigError(f"pooler_config: unknown keys {unknown} (supported: pooling_type, normalize)")
+    merged = {**base, **override}
+    merged["pooling_type"] = str(merged["pooling_type"]).upper()
+    if merged["pooling_type"] not in POOLING_TYPES:
+        raise ConfigError(f"pooler_config.pooling_type must be one of {POOLING_TYPES}, got "
+                          f"{override.get('pooling_type')!r}")
+    if not isinstance(merged["normalize"], bool):
+        raise ConfigError(f"pooler_config.normalize must be true or false, got {merged['normalize']!r}")
+    return merged
+
+
+def build_pooler_config(model_dir: str, hf_config: Any, default_pooling_type: str,
+                        override: dict[str, Any] | str | None = None) -> PoolerConfig:
+    settings: dict[str, Any] = {"pooling_type": default_pooling_type, "normalize": True}
+    modules = sentence_transformers_modules(model_dir)
+    if modules is not None:
+        st_type, st_normalize = _st_pooling(model_dir, modules)
+        settings = {"pooling_type": st_type or default_pooling_type, "normalize": st_normalize}
+    settings = _override(settings, override)
+    matryoshka = getattr(hf_config, "matryoshka_dimensions", None)
+    dims = tuple(int(d) for d in matryoshka) if matryoshka else (() if getattr(hf_config, "is_matryoshka", False)
+                                                                 else None)
+    return PoolerConfig(settings["pooling_type"], settings["normalize"], int(hf_config.hidden_size), dims)
+
+
+def sentence_transformers_max_len(model_dir: str) -> int | None:
+    """sentence-transformers truncates inputs at max_seq_length; the engine's limit follows it."""
+    path = Path(model_dir) / "sentence_bert_config.json"
+    if not path.exists():
+        return None
+    value = read_json(path).get("max_seq_length")
+    return int(value) if value else None
+
+
+def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: list[str],
+                    override: dict[str, Any] | str | None) -> tuple[str, PoolerConfig | None]:
+    """-> (runner, pooler config when pooling). Capabilities come from the model class:
+    ``supports_generation = False`` marks pooling-only models (encoders, headless decoders);
+    every model returns hidden states, so every model can pool (``default_pooling_type`` says
+    how: CLS for BERT, else the last token)."""
+    from pagedlm.models.registry import resolve_model_class
+
+    try:
+        model_cls = resolve_model_class(architectures)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    can_generate = getattr(model_cls, "supports_generation", True)
+    runner = resolve_runner(runner, model_dir, can_generate, can_pool=True)
+    if runner != "pooling":
+        if override is not None:
+            raise ConfigError("pooler_config applies only with runner='pooling'")
+        return runner, None
+    default_type = getattr(model_cls, "default_pooling_type", "LAST")
+    return runner, build_pooler_config(model_dir, hf_config, default_type, override)
+
+
+def pooling_batched_tokens(requested: int | None, default: int, max_model_len: int) -> int:
+    """Pooling prompts run whole in one step (no chunked prefill), so a step must hold the
+    longest prompt."""
+    if requested is not None and requested < max_model_len:
+        raise ConfigError(f"with runner='pooling', max_num_batched_tokens ({requested}) must be at least "
+                          f"max_model_len ({max_model_len}): prompts are pooled whole, never in chunks")
+    return max(default, max_model_len)

