@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from pagedlm.sampling_params import RequestOutputKind
+
 # "embed": one vector per prompt; "token_embed": one vector per prompt token.
 POOLING_TASKS = ("embed", "token_embed")
 
@@ -20,6 +22,8 @@ class PoolingParams:
     dimensions: int | None = None
     normalize: bool | None = None
     task: str | None = None
+    # A pooling request has one output, when it finishes (vLLM's default for pooling too).
+    output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
 
     def __post_init__(self) -> None:
         if self.truncate_prompt_tokens is not None and (
@@ -33,6 +37,8 @@ class PoolingParams:
             raise ValueError(f"normalize must be a bool or None, got {self.normalize!r}")
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be one of {POOLING_TASKS}, got {self.task!r}")
+        if RequestOutputKind(self.output_kind) != RequestOutputKind.FINAL_ONLY:
+            raise ValueError("pooling requests have one final output: output_kind must be FINAL_ONLY")
 
     def clone(self) -> "PoolingParams":
         return copy.deepcopy(self)

@@ -13,7 +13,7 @@ import msgspec
 from pagedlm.config import ModelConfig
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.pooling_params import PoolingParams
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
 
 # str | {"prompt": str} | {"prompt_token_ids": [...]} | list[int]
@@ -177,8 +177,8 @@ class InputProcessor:
         self.validate_prompt(token_ids, pooling=True)
         arrival = arrival_time if arrival_time is not None else time.time()
         # The placeholder SamplingParams keeps the shared request path uniform; nothing is sampled.
-        return text, EngineCoreRequest(request_id, token_ids, SamplingParams(max_tokens=1, detokenize=False), None,
-                                       arrival, pooling_params=params)
+        placeholder = SamplingParams(max_tokens=1, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
+        return text, EngineCoreRequest(request_id, token_ids, placeholder, None, arrival, pooling_params=params)
 
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
-from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id
+from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id, to_openai_error
 from pagedlm.pooling_params import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on items per request
@@ -74,16 +74,22 @@ class OpenAIServingEmbedding(OpenAIServing):
             pooler_config.check_dimensions(request.dimensions)
         except ValueError as e:
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
-        prompts = [self._tokenize(item, request.add_special_tokens) for item in request.inputs()]
+        check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
+        prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in request.inputs()]
         request_id = random_id("embd")
-        group = await self.start(request_id, prompts, params)
+        group = await self.start(request_id, prompts, params, False)
         model = request.model or self.served_model_names[0]
         return await self.respond(raw, group, False, _no_stream,
                                   lambda g: self._full(g, request_id, model, request.encoding_format))
 
-    def _tokenize(self, item: str | list[int], add_special_tokens: bool) -> tuple[str | None, list[int]]:
+    async def _tokenize(self, item: str | list[int], add_special_tokens: bool,
+                        check_chars: bool) -> tuple[str | None, list[int]]:
         if isinstance(item, str):
-            token_ids = self.tokenizer.encode(item, add_special_tokens=add_special_tokens)
+            try:
+                token_ids = await self.engine.run_in_tokenizer(self.engine.input_processor.encode, item,
+                                                               add_special_tokens, check_chars)
+            except ValueError as e:  # too long to be worth tokenizing
+                raise to_openai_error(e) from e
             text: str | None = item
         else:
             text, token_ids = None, list(item)
