@@ -167,7 +167,8 @@ def dump_config(config: EngineConfig) -> str:
     m, c, s = config.model_config, config.cache_config, config.scheduler_config
     return json.dumps(
         {
-            "model": m.model, "dtype": m.dtype, "max_model_len": m.max_model_len, "block_size": c.block_size,
+            "model": m.model, "runner": m.runner, "dtype": m.dtype, "max_model_len": m.max_model_len,
+            "block_size": c.block_size,
             "enable_prefix_caching": c.enable_prefix_caching, "max_num_seqs": s.max_num_seqs,
             "max_num_batched_tokens": s.max_num_batched_tokens, "device": config.device_config.device,
         }

@@ -133,3 +133,18 @@ def test_runner_resolution_and_dimensions(tmp_path):
         any_size.check_dimensions(33)
     with pytest.raises(ValueError, match="Matryoshka"):
         PoolerConfig("MEAN", True, 32, None).check_dimensions(7)
+
+
+def test_cli_flags_reach_engine_args():
+    import argparse
+
+    from pagedlm.engine_args import EngineArgs
+
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", "m", "--runner", "pooling",
+                              "--override-pooler-config", '{"pooling_type": "MEAN"}'])
+    engine_args = EngineArgs.from_cli_args(args)
+    assert (engine_args.runner, engine_args.pooler_config) == ("pooling", '{"pooling_type": "MEAN"}')
+    assert EngineArgs.from_cli_args(parser.parse_args(["--model", "m"])).runner == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m", "--runner", "embed"])
