@@ -128,6 +128,8 @@ def test_bert_errors(bert_dir, bert_llm):
         LLM(str(bert_dir), device="cpu", runner="generate")
     with pytest.raises(ConfigError, match="unknown keys"):
         LLM(str(bert_dir), device="cpu", pooler_config={"pooling": "MEAN"})
+    with pytest.raises(ConfigError, match="must be at least max_model_len"):
+        LLM(str(bert_dir), device="cpu", max_num_batched_tokens=16)
     with pytest.raises(ConfigError, match="pooling_type must be one of"):
         LLM(str(bert_dir), device="cpu", pooler_config='{"pooling_type": "MAX"}')
 

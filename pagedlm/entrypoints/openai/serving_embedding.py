@@ -118,6 +118,6 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-async def _no_stream(_: RequestGroup):  # embeddings are never streamed
-    raise AssertionError("unreachable")
-    yield ""
+def _no_stream(_: RequestGroup) -> Any:
+    """respond() asks for chunks only when streaming, and embeddings never stream."""
+    raise OpenAIError("Embeddings are not streamed.", 400, "stream")
