@@ -9,7 +9,15 @@ from typing import Any
 
 _SAMPLING_EPS = 1e-5
 MAX_N = 128
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
+
+
+class RequestOutputKind(enum.Enum):
+    """What each streamed RequestOutput holds (vLLM's names)."""
+
+    CUMULATIVE = 0  # everything generated so far
+    DELTA = 1  # only what is new since the previous output
+    FINAL_ONLY = 2  # one output, when the request finishes
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -163,8 +171,6 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise bad(name, "must be a non-negative integer")
-            if value is not None and value > MAX_LOGPROBS:
-                raise bad(name, f"must be at most {MAX_LOGPROBS}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
@@ -178,6 +184,8 @@ class SamplingParams:
                 raise bad("allowed_token_ids", "must not be empty")
             if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
                 raise bad("allowed_token_ids", "must contain non-negative integers")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise bad("output_kind", "must be a RequestOutputKind (CUMULATIVE, DELTA or FINAL_ONLY)")
         if self.bad_words is not None and any(not isinstance(w, str) for w in self.bad_words):
             raise bad("bad_words", "must be a list of strings")
 
