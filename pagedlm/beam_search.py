@@ -120,12 +120,15 @@ class BeamSearch:
         return beam_score(seq, self.eos_token_id, self.params.length_penalty)
 
 
-def run_beam_search(search: BeamSearch, generate: Callable[[list[list[int]], SamplingParams], list[RequestOutput]]) -> None:
+def run_beam_search(search: BeamSearch, generate: Callable[[list[list[int]], SamplingParams], list[RequestOutput]],
+                    on_step: Callable[[], None] | None = None) -> None:
     for _ in range(search.params.max_tokens):
         beams = search.live_beams()
         if not beams:
             break
         search.advance(generate([b.tokens for b in beams], search.step_params()))
+        if on_step is not None:
+            on_step()
 
 
 async def run_beam_search_async(search: BeamSearch,

@@ -63,8 +63,16 @@ class LLM:
         processor = self.llm_engine.input_processor
         token_lists = [processor.tokenize_prompt(p)[1] for p in self._as_prompt_list(prompts)]
         search = BeamSearch(token_lists, params, processor.eos_token_id)
+        pbar = None
+        if use_tqdm:  # one tick per beam-search step, as vLLM's
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=params.max_tokens, desc="Beam search", dynamic_ncols=True)
         run_beam_search(search, lambda ids, sp: self.generate([{"prompt_token_ids": t} for t in ids], sp,
-                                                                use_tqdm=False))
+                                                                use_tqdm=False),
+                        on_step=pbar.update if pbar is not None else None)
+        if pbar is not None:
+            pbar.close()
         return search.finish(self.get_tokenizer().decode, include_prompt_text=True)
 
     def _record_metrics(self) -> None:
