@@ -170,13 +170,14 @@ def test_vllm_style_offline_script(llm: LLM) -> None:
     assert generated.value >= 8 * 4
 
 
-def test_beam_search_keeps_the_best_beams(llm: LLM) -> None:
+def test_beam_search_keeps_the_best_beams(llm: LLM, capsys: pytest.CaptureFixture) -> None:
     from pagedlm import BeamSearchParams
     from pagedlm.inputs import TokensPrompt
 
     width, steps = 3, 4
     out = llm.beam_search([TokensPrompt(prompt_token_ids=[5, 6, 7]), "Hello"],
-                          BeamSearchParams(beam_width=width, max_tokens=steps))
+                          BeamSearchParams(beam_width=width, max_tokens=steps), use_tqdm=True)
+    assert "Beam search" in capsys.readouterr().err
     assert len(out) == 2
     seqs = out[0].sequences
     assert len(seqs) == width and seqs[0].tokens[:3] == [5, 6, 7]
