@@ -12,14 +12,6 @@ MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
 
 
-class RequestOutputKind(enum.Enum):
-    """What each streamed RequestOutput holds (vLLM's names)."""
-
-    CUMULATIVE = 0  # everything generated so far
-    DELTA = 1  # only what is new since the previous output
-    FINAL_ONLY = 2  # one output, when the request finishes
-
-
 class RequestOutputKind(enum.IntEnum):
     """What each RequestOutput of a running request carries (vLLM's names)."""
 
@@ -184,8 +176,6 @@ class SamplingParams:
                 raise bad("allowed_token_ids", "must not be empty")
             if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
                 raise bad("allowed_token_ids", "must contain non-negative integers")
-        if not isinstance(self.output_kind, RequestOutputKind):
-            raise bad("output_kind", "must be a RequestOutputKind (CUMULATIVE, DELTA or FINAL_ONLY)")
         if self.bad_words is not None and any(not isinstance(w, str) for w in self.bad_words):
             raise bad("bad_words", "must be a list of strings")
 
