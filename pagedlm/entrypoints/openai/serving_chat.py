@@ -25,6 +25,7 @@ from pagedlm.entrypoints.openai.serving_common import (
     stream_usage_flags,
     to_openai_error,
 )
+from pagedlm.entrypoints.openai.serving_completion import prompt_logprobs_json
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
@@ -93,8 +94,6 @@ class OpenAIServingChat(OpenAIServing):
             }
             for c in final.outputs
         ]
-        from pagedlm.entrypoints.openai.serving_completion import prompt_logprobs_json
-
         return {
             "id": request_id, "object": "chat.completion", "created": group.created, "model": model,
             "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,

@@ -18,6 +18,7 @@ from pagedlm.engine.async_llm import AsyncLLM, EngineDeadError, RequestFailedErr
 from pagedlm.engine.input_processor import InvalidRequestError
 from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
 from pagedlm.entrypoints.openai.protocol import SamplingFields
+from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_search_params
 from pagedlm.outputs import RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -238,8 +239,6 @@ class OpenAIServing:
 
     def start_beam_search(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
                           request: SamplingFields, max_tokens: int | None) -> RequestGroup:
-        from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_search_params
-
         streams: list[Any] = []
         for i, prompt in enumerate(prompts):
             limit = max_tokens if max_tokens is not None else self.max_model_len - len(prompt[1])
