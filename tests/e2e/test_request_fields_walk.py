@@ -106,7 +106,8 @@ def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[],
         is not None and all(e.get("usage") for e in sse_events(call(stream=True, stream_options={
             "include_usage": True, "continuous_usage_stats": True}))),
         "user": lambda: greedy(user="someone") == greedy(),
-        "response_format": lambda: refused(call(response_format={"type": "json_object"}), "not supported"),
+        # Structured outputs and tools: shown with a model that follows them, in the named tests.
+        "response_format": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_response_format_json_schema_after_reasoning"),
         "min_tokens": lambda: tokens(call(logit_bias={str(EOS): 100}, min_tokens=4)) == 5,
         "ignore_eos": lambda: tokens(call(logit_bias={str(EOS): 100}, ignore_eos=True)) == 8
         and tokens(call(logit_bias={str(EOS): 100})) == 1,
@@ -129,11 +130,11 @@ def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[],
         "length_penalty": lambda: refused(call(length_penalty=2.0), "beam search")
         and call(use_beam_search=True, n=2, length_penalty=2.0).status_code == 200,
         "best_of": lambda: refused(call(best_of=3), "best_of"),
-        "structured_outputs": lambda: refused(call(structured_outputs={"regex": "a+"}), "not supported"),
-        "guided_json": lambda: refused(call(guided_json={"type": "object"}), "not supported"),
-        "guided_regex": lambda: refused(call(guided_regex="a+"), "not supported"),
-        "guided_choice": lambda: refused(call(guided_choice=["a", "b"]), "not supported"),
-        "guided_grammar": lambda: refused(call(guided_grammar="root ::= 'a'"), "not supported"),
+        "structured_outputs": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_json": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_regex": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_choice": lambda: text(call(guided_choice=["yes", "no"])) in ("yes", "no"),
+        "guided_grammar": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
     }
 
 
@@ -174,9 +175,10 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "top_logprobs": lambda: len(c(logprobs=True, top_logprobs=2).json()["choices"][0]["logprobs"]["content"][0][
             "top_logprobs"]) == 2,
         "max_completion_tokens": lambda: tokens(c(max_completion_tokens=3)) == 3,
-        "tools": lambda: refused(c(tools=[{"type": "function", "function": {"name": "f"}}]), "tool"),
-        "tool_choice": lambda: refused(c(tool_choice="required"), "tool"),
-        "parallel_tool_calls": lambda: refused(c(parallel_tool_calls=True), "tool"),
+        "tools": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_chat_template_receives_tools_and_tool_messages"),
+        "tool_choice": lambda: refused(c(tool_choice="required"), "tool")
+        and _shown_by("tests/e2e/test_structured_server.py", "test_named_tool_choice_gives_valid_arguments"),
+        "parallel_tool_calls": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_tool_choice_required_gives_valid_calls"),
         "add_generation_prompt": lambda: prompt_tokens(c(add_generation_prompt=False)) < prompt_tokens(c()),
         "continue_final_message": lambda: prompt_tokens(c(**cont)) == prompt_tokens(
             c(messages=partial, add_generation_prompt=False)) - 1,

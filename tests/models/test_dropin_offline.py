@@ -116,8 +116,8 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
         _stop_string(g)),
     "logit_bias": lambda g: set(g(logit_bias={65: 100}).token_ids) == {65},
     "allowed_token_ids": lambda g: set(g(allowed_token_ids=[65, 66]).token_ids) <= {65, 66},
-    "structured_outputs": lambda g: _refused(lambda: g(structured_outputs=StructuredOutputsParams(regex="a+")),
-                                             "structured output is not supported"),
+    "structured_outputs": lambda g: g(structured_outputs=StructuredOutputsParams(choice=["yes", "no"])).text
+    in ("yes", "no"),
     "output_kind": _check_output_kind,
     # Filled in by the engine, not user settings (repr=False).
     "all_stop_token_ids": None,

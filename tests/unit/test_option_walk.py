@@ -65,6 +65,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
     "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
     "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
+    "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
     "generation_config": Refused("vllm", "generation-config"),
     "runner": Refused("pooling", "pooling"),
     "quantization": Refused("awq", "quantization"),
@@ -118,9 +119,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "enable_prompt_tokens_details": Notice(True, "always reported"),
     "disable_frontend_multiprocessing": Notice(True, "in a thread"),
     "lora_modules": Refused(["a=/x"], "LoRA"),
-    "tool_call_parser": Refused("hermes", "tool calling"),
-    "enable_auto_tool_choice": Refused(True, "tool calling"),
-    "reasoning_parser": Refused("qwen3", "reasoning"),
+    "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
+    "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
 }
 
 
