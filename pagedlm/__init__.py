@@ -2,7 +2,9 @@
 
 from pagedlm.logger import configure_logging
 from pagedlm.version import __version__
-from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
+from pagedlm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from pagedlm.beam_search import BeamSearchParams
+from pagedlm.inputs import TextPrompt, TokensPrompt
 from pagedlm.outputs import (
     CompletionOutput,
     EmbeddingOutput,
@@ -20,6 +22,10 @@ configure_logging()
 __all__ = [
     "LLM",
     "SamplingParams",
+    "RequestOutputKind",
+    "BeamSearchParams",
+    "TextPrompt",
+    "TokensPrompt",
     "StructuredOutputsParams",
     "RequestOutput",
     "CompletionOutput",

@@ -31,6 +31,9 @@ class ModelConfig:
     chat_template: str | None = None
     runner: str = "generate"  # "generate" | "pooling" (resolved from "auto")
     pooler_config: "PoolerConfig | None" = None  # set when runner == "pooling"
+    trust_remote_code: bool = False
+    max_logprobs: int = 20
+    served_model_names: tuple[str, ...] = ()  # all names clients may use; the first is reported
 
     @property
     def vocab_size(self) -> int:
@@ -53,7 +56,11 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     num_gpu_blocks_override: int | None = None
-    cpu_kv_cache_bytes: int | None = None  # KV budget on CPU; default derived from free memory
+    # KV budget in bytes (CPU and GPU); None: a quarter of free RAM (at most 4 GiB) on CPU,
+    # what gpu_memory_utilization leaves on GPU.
+    kv_cache_memory_bytes: int | None = None
+    # What a user should change when KV blocks run out (the preemption warning says it).
+    memory_hint: str = "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)"
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,13 @@ def attention_shape(hf_config: Any) -> tuple[int, int, int]:
 def resolve_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device != "auto":
-        return device
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was given but CUDA is not available here (no GPU, or a CPU-only torch "
+                          f"build: torch {torch.__version__}); use --device cpu or auto")
+    if device != "auto":
+        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -129,7 +139,7 @@ def resolve_dtype(dtype: str, hf_config: Any, device: str) -> str:
     return "bfloat16" if cfg == "float32" else cfg if cfg in ("float16", "bfloat16") else "bfloat16"
 
 
-def load_hf_config(model: str) -> Any:
+def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     path = Path(model)
@@ -140,15 +150,23 @@ def load_hf_config(model: str) -> Any:
         )
     if not (path / "config.json").exists():
         raise ConfigError(f"model directory {model!r} has no config.json")
-    return AutoConfig.from_pretrained(model)
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
 
 
-def derive_max_model_len(hf_config: Any, requested: int | None) -> int:
-    limit = getattr(hf_config, "max_position_embeddings", None) or 2048
+def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False) -> int:
+    """The model's trained context unless a length is asked for; beyond that context
+    positions the model never saw give garbage, so that needs an explicit opt-in."""
+    limit = int(getattr(hf_config, "max_position_embeddings", None) or 2048)
     if requested is None:
-        return int(limit)
+        return limit
     if requested < 1:
         raise ConfigError(f"max_model_len must be positive, got {requested}")
+    if requested > limit and not allow_long:
+        raise ConfigError(
+            f"max_model_len={requested} is larger than the model's trained context of {limit} tokens "
+            "(max_position_embeddings); use --max-model-len {limit} or less, or pass --allow-long-max-model-len "
+            "(env PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN=1 or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1) to accept output that "
+            "may be wrong beyond it".replace("{limit}", str(limit)))
     return int(requested)
 
 
@@ -157,10 +175,31 @@ def read_chat_template(arg: str | None) -> str | None:
     if arg is None:
         return None
     if os.path.exists(arg):
-        return Path(arg).read_text()
-    if "{" not in arg:
+        template = Path(arg).read_text()
+    elif "{" not in arg:
         raise ConfigError(f"chat template {arg!r} is neither a file nor a Jinja template")
-    return arg
+    else:
+        template = arg
+    check_chat_template(template)
+    return template
+
+
+def check_chat_template(template: str) -> None:
+    """Compile it now (as transformers will, with its Jinja extensions), so a broken
+    template stops start-up instead of failing every chat request."""
+    import jinja2
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
+    except ImportError:  # a transformers without it: plain sandboxed Jinja
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        compile_template = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string
+    try:
+        compile_template(template)
+    except jinja2.TemplateError as e:
+        line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+        raise ConfigError(f"the chat template is not valid Jinja{line}: {e}") from e
 
 
 def dump_config(config: EngineConfig) -> str:

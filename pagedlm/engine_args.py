@@ -1,11 +1,18 @@
-"""EngineArgs: the user-facing settings (LLM kwargs and CLI flags) -> EngineConfig."""
+"""EngineArgs: the user-facing engine settings (LLM kwargs and CLI flags) -> EngineConfig.
+
+Every option is one field declared with ``opt`` (help line and ``serve --help`` group beside
+it); pagedlm.arg_utils turns the fields into flags and refuses what is not built yet.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import logging
+import os
 from dataclasses import dataclass
+from typing import Any
 
+from pagedlm.arg_utils import add_dataclass_args, dataclass_kwargs, log_no_effect, opt, refuse_unsupported
 from pagedlm.config import (
     CacheConfig,
     ConfigError,
@@ -23,107 +30,142 @@ from pagedlm.config import (
 )
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
+MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
+    "Model", "Model loading", "KV cache", "Scheduler", "Parallelism", "Device", "LoRA", "Speculative decoding",
+    "Observability")
+LONG_LEN_ENV_VARS = ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+
 
 @dataclass
 class EngineArgs:
-    model: str
-    tokenizer: str | None = None
-    served_model_name: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    max_model_len: int | None = None
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    tensor_parallel_size: int = 1
-    load_format: str = "auto"
-    num_gpu_blocks_override: int | None = None
-    device: str = "auto"
-    chat_template: str | None = None
-    async_scheduling: bool | None = None  # default: on for CUDA, off on CPU
-    reasoning_parser: str | None = None  # qwen3 | deepseek_r1: reasoning_content; constraints start after it
-    runner: str = "auto"  # "auto" | "generate" | "pooling"
-    pooler_config: dict | str | None = None  # {"pooling_type": "CLS"|"MEAN"|"LAST", "normalize": bool}
+    model: str = opt(None, "Hugging Face checkpoint directory (or give it as the positional MODEL)", MODEL)
+    tokenizer: str | None = opt(None, "tokenizer directory, if not the model's", MODEL)
+    tokenizer_mode: str = opt("auto", "tokenizer implementation", MODEL, choices=["auto", "hf", "slow", "mistral"])
+    trust_remote_code: bool = opt(False, "let transformers run code shipped with the checkpoint (config, "
+                                  "tokenizer)", MODEL)
+    served_model_name: str | list[str] | None = opt(None, "name(s) clients use in 'model'; the first is "
+                                                    "reported (default: the model path)", MODEL)
+    dtype: str = opt("auto", "weight/activation dtype: auto (float32 on CPU, the checkpoint's 16-bit type on "
+                     "GPU), float32, float16, bfloat16", MODEL)
+    seed: int = opt(0, "random seed of the engine", MODEL)
+    max_model_len: int | None = opt(None, "context length (prompt + output); default: the model's trained "
+                                    "context", MODEL)
+    allow_long_max_model_len: bool = opt(False, "allow --max-model-len above the model's trained context "
+                                         "(also env PAGEDLM_/VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)", MODEL)
+    max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for", MODEL)
+    chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
+    reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
+                                       "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
+    generation_config: str = opt("auto", "where default sampling settings come from", MODEL)
+    runner: str = opt("auto", "generate text, or pool hidden states into embeddings (auto: from the checkpoint)",
+                      MODEL, choices=["auto", "generate", "pooling"])
+    pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
+                                               'false}', MODEL, flags=("--override-pooler-config",))
+    quantization: str | None = opt(None, "weight quantization method", MODEL, flags=("-q",))
+    enforce_eager: bool = opt(False, "never use CUDA graphs", MODEL)
+    load_format: str = opt("auto", "auto, safetensors, or dummy (random weights of the real shapes)", LOAD,
+                           choices=["auto", "safetensors", "dummy"])
+    revision: str | None = opt(None, "Hub revision of the model", LOAD)
+    tokenizer_revision: str | None = opt(None, "Hub revision of the tokenizer", LOAD)
+    download_dir: str | None = opt(None, "where Hub downloads go", LOAD)
+    block_size: int = opt(16, "tokens per KV cache block", CACHE)
+    gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory for weights, activations and KV cache "
+                                        "(GPU only; on CPU see --kv-cache-memory-bytes)", CACHE)
+    kv_cache_memory_bytes: int | None = opt(None, "KV cache size in bytes (overrides --gpu-memory-utilization; "
+                                            "CPU default: a quarter of free RAM, at most 4 GiB)", CACHE)
+    num_gpu_blocks_override: int | None = opt(None, "fix the number of KV cache blocks", CACHE)
+    kv_cache_dtype: str = opt("auto", "KV cache dtype", CACHE, choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
+    enable_prefix_caching: bool = opt(True, "reuse the KV blocks of shared prompt prefixes", CACHE)
+    swap_space: float = opt(4, "CPU swap space in GiB (vLLM; no effect here)", CACHE)
+    cpu_offload_gb: float = opt(0, "GiB of weights to offload to CPU", CACHE)
+    max_num_seqs: int = opt(256, "most sequences in one step", SCHED)
+    max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
+                                             "CPU)", SCHED)
+    enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA)",
+                                        SCHED)
+    scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
+    tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
+    pipeline_parallel_size: int = opt(1, "pipeline-parallel stages", PARALLEL, flags=("-pp",))
+    data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
+                                  "least-loaded one", PARALLEL, flags=("-dp",))
+    distributed_executor_backend: str | None = opt(None, "executor for several ranks", PARALLEL,
+                                                   choices=["mp", "ray", "uni", "external_launcher"])
+    disable_custom_all_reduce: bool = opt(False, "vLLM's custom all-reduce switch (no effect here)", PARALLEL)
+    device: str = opt("auto", "auto (CUDA when available), cpu or cuda", DEVICE, choices=["auto", "cpu", "cuda"])
+    max_seq_len_to_capture: int = opt(8192, "vLLM's CUDA-graph length limit (no effect here)", DEVICE)
+    enable_lora: bool = opt(False, "serve LoRA adapters", LORA)
+    max_loras: int = opt(1, "LoRA adapters in one batch", LORA)
+    max_lora_rank: int = opt(16, "largest LoRA rank", LORA)
+    max_cpu_loras: int | None = opt(None, "LoRA adapters kept in CPU memory", LORA)
+    speculative_config: dict[str, Any] | None = opt(None, "speculative decoding settings as JSON", SPEC)
+    disable_log_stats: bool = opt(False, "vLLM's periodic stats log switch", OBS)
 
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
-        if not model_positional:
-            parser.add_argument("--model", type=str, default=None, help="path to a Hugging Face checkpoint")
-        parser.add_argument("--tokenizer", type=str, default=None)
-        parser.add_argument("--served-model-name", type=str, default=None)
-        parser.add_argument("--dtype", type=str, default="auto")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--max-model-len", type=int, default=None)
-        parser.add_argument("--block-size", type=int, default=16)
-        parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-        parser.add_argument("--max-num-seqs", type=int, default=256)
-        parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-        parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
-        parser.add_argument("--enforce-eager", action="store_true")
-        parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-        parser.add_argument("--load-format", type=str, default="auto", choices=["auto", "safetensors", "dummy"])
-        parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-        parser.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"])
-        parser.add_argument("--chat-template", type=str, default=None)
-        parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
-                            help="overlap scheduling with the device step (default: on for CUDA)")
-        parser.add_argument("--reasoning-parser", type=str, default=None, choices=["deepseek_r1", "qwen3"],
-                            help="split <think>...</think> into reasoning_content; structured output "
-                                 "constraints apply after it")
-        parser.add_argument("--runner", type=str, default="auto", choices=["auto", "generate", "pooling"],
-                            help="generate text, or pool hidden states into embeddings (auto: from the checkpoint)")
-        parser.add_argument("--pooler-config", "--override-pooler-config", dest="pooler_config", type=str,
-                            default=None, help='JSON, e.g. \'{"pooling_type": "MEAN", "normalize": false}\'')
+    def add_cli_args(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+        add_dataclass_args(parser, EngineArgs, groups if groups is not None else {})
         return parser
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        return cls(**dataclass_kwargs(cls, args))
+
+    def served_model_names(self) -> list[str]:
+        names = self.served_model_name
+        if not names:
+            return [self.model]
+        return [names] if isinstance(names, str) else list(names)
 
     def _verify(self) -> None:
+        if not self.model:
+            raise ConfigError("no model given: pass a checkpoint directory (LLM(model=...) or serve MODEL)")
+        refuse_unsupported(self)
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
             raise ConfigError(f"block_size must be a power of two up to 128, got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
-        if self.tensor_parallel_size != 1:
-            raise ConfigError("tensor_parallel_size > 1 is not supported yet; use tensor_parallel_size=1")
-        if self.load_format not in ("auto", "safetensors", "dummy"):
-            raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
+            raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
         if self.reasoning_parser not in (None, "deepseek_r1", "qwen3"):
             raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {self.reasoning_parser!r}")
+        if self.max_logprobs < 0:
+            raise ConfigError(f"max_logprobs must be non-negative, got {self.max_logprobs}")
+
+    def log_notices(self) -> None:
+        """One line per option that is set but has no effect here (entry points call this once)."""
+        log_no_effect(self)
+        if (self.gpu_memory_utilization != 0.9 and self.kv_cache_memory_bytes is None
+                and resolve_device(self.device) == "cpu"):
+            logging.getLogger("pagedlm").warning(
+                "--gpu-memory-utilization has no effect on CPU: the KV cache takes a quarter of free RAM (at most "
+                "4 GiB); set its size with --kv-cache-memory-bytes.")
+
+    def _allow_long(self) -> bool:
+        return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
+                                                    for v in LONG_LEN_ENV_VARS)
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
-        hf_config = load_hf_config(self.model)
+        hf_config = load_hf_config(self.model, self.trust_remote_code)
         device = resolve_device(self.device)
         runner, pooler_config = resolve_pooling(self.runner, self.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
-            sentence_transformers_max_len(self.model) if pooler_config else None))
+            sentence_transformers_max_len(self.model) if pooler_config else None), self._allow_long())
         model_config = ModelConfig(
-            model=self.model,
-            tokenizer=self.tokenizer or self.model,
-            hf_config=hf_config,
-            dtype=resolve_dtype(self.dtype, hf_config, device),
-            max_model_len=max_model_len,
-            served_model_name=self.served_model_name or self.model,
-            load_format=self.load_format,
-            seed=self.seed,
-            chat_template=read_chat_template(self.chat_template),
-            runner=runner,
-            pooler_config=pooler_config,
+            model=self.model, tokenizer=self.tokenizer or self.model, hf_config=hf_config,
+            dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
+            served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self.seed,
+            chat_template=read_chat_template(self.chat_template), trust_remote_code=self.trust_remote_code,
+            max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
+            runner=runner, pooler_config=pooler_config,
         )
-        default_tokens = 8192 if device == "cuda" else 2048
-        max_batched = self.max_num_batched_tokens or default_tokens
+        max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
         pooling = pooler_config is not None
@@ -132,16 +174,16 @@ class EngineArgs:
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
-                block_size=self.block_size,
-                gpu_memory_utilization=self.gpu_memory_utilization,
+                block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
                 # A prefix hit would skip the hidden states the pooler reads.
                 enable_prefix_caching=self.enable_prefix_caching and not pooling,
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
+                kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+                memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
+                "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
             ),
             scheduler_config=SchedulerConfig(
-                max_num_seqs=self.max_num_seqs,
-                max_num_batched_tokens=max_batched,
-                max_model_len=max_model_len,
+                max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
                 enable_chunked_prefill=not pooling,
             ),

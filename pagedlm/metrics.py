@@ -8,13 +8,25 @@ per-step IterationStats.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the server
 
+from pagedlm.config import EngineConfig
 from pagedlm.engine.llm_engine import EngineStats
+from pagedlm.engine.messages import SchedulerStats
 from pagedlm.engine.output_processor import FinishedRequestStats, IterationStats
 
 PREFIX = "pagedlm:"
+PREFIXES = ("pagedlm:", "vllm:")  # `--metrics-prefix vllm`: vLLM's names, for its Grafana dashboards
 
 # vLLM's buckets, so dashboards built for vLLM read the same.
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -23,6 +35,7 @@ ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
                40.0, 80.0]
 REQUEST_LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                            120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]
+ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 TOKEN_COUNT_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
 
 # Finish reasons counted by request_success_total (all pre-created so they read 0, not absent).
@@ -32,20 +45,24 @@ FINISH_REASONS = ("stop", "length", "abort", "error")
 class PrometheusStatLogger:
     """The engine's metrics; see SPEC.md "Metrics" for the names."""
 
-    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None, prefix: str = PREFIX,
+                 engine_config: EngineConfig | None = None) -> None:
+        if prefix not in PREFIXES:
+            raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.model_name = model_name
+        self.prefix = prefix
         labels = ["model_name"]
         r = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(PREFIX + name, doc, labels, registry=r).labels(model_name)
+            return Gauge(prefix + name, doc, labels, registry=r).labels(model_name)
 
         def counter(name: str, doc: str) -> Counter:
-            return Counter(PREFIX + name, doc, labels, registry=r).labels(model_name)
+            return Counter(prefix + name, doc, labels, registry=r).labels(model_name)
 
         def histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
-            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=r).labels(model_name)
+            return Histogram(prefix + name, doc, labels, buckets=buckets, registry=r).labels(model_name)
 
         self.num_requests_running = gauge("num_requests_running", "Sequences in the running batch.")
         self.num_requests_waiting = gauge("num_requests_waiting", "Sequences waiting to be scheduled.")
@@ -55,7 +72,7 @@ class PrometheusStatLogger:
         self.num_preemptions = counter("num_preemptions", "Cumulative preemptions.")
         self.prefix_cache_queries = counter("prefix_cache_queries", "Tokens queried in the prefix cache.")
         self.prefix_cache_hits = counter("prefix_cache_hits", "Tokens found in the prefix cache.")
-        success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
+        success = Counter(prefix + "request_success", "Finished requests by finish reason.",
                           labels + ["finished_reason"], registry=r)
         self.request_success = {reason: success.labels(model_name, reason) for reason in FINISH_REASONS}
         self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
@@ -69,7 +86,38 @@ class PrometheusStatLogger:
                                                TOKEN_COUNT_BUCKETS)
         self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
                                                    TOKEN_COUNT_BUCKETS)
+        self._add_step_and_phase_families(histogram)
+        if engine_config is not None:
+            self._add_cache_config_info(engine_config)
+        # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self._last = EngineStats()
+        self._steps_seen: dict[int, int] = {}  # engine index -> num_steps_total already observed
+
+    def _add_step_and_phase_families(self, histogram) -> None:
+        self.iteration_tokens = histogram("iteration_tokens_total", "Tokens (prefill + decode) per engine step.",
+                                          ITERATION_TOKEN_BUCKETS)
+        self.prefill_time = histogram("request_prefill_time_seconds", "First scheduled to first token.",
+                                      REQUEST_LATENCY_BUCKETS)
+        self.decode_time = histogram("request_decode_time_seconds", "First token to last token.",
+                                     REQUEST_LATENCY_BUCKETS)
+        self.inference_time = histogram("request_inference_time_seconds", "First scheduled to last token.",
+                                        REQUEST_LATENCY_BUCKETS)
+
+    def _add_cache_config_info(self, config: EngineConfig) -> None:
+        cache = config.cache_config
+        info = {
+            "block_size": str(cache.block_size), "cache_dtype": "auto",
+            "enable_prefix_caching": str(cache.enable_prefix_caching),
+            "gpu_memory_utilization": str(cache.gpu_memory_utilization),
+            "kv_cache_memory_bytes": str(cache.kv_cache_memory_bytes),
+            "num_gpu_blocks_override": str(cache.num_gpu_blocks_override),
+        }
+        gauge = Gauge(self.prefix + "cache_config_info", "Information of the KV cache configuration (value 1).",
+                      list(info), registry=self.registry)
+        gauge.labels(**info).set(1)
 
     # ------------------------------------------------------------------ frontend hooks (event loop)
 
@@ -89,6 +137,12 @@ class PrometheusStatLogger:
             if now > before:
                 counter.inc(now - before)
         self._last = stats
+
+    def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None:
+        """One engine core's own stats (not summed): each step it ran is observed once."""
+        if stats.num_steps_total > self._steps_seen.get(engine_index, 0) and stats.last_step_num_tokens > 0:
+            self.iteration_tokens.observe(stats.last_step_num_tokens)
+        self._steps_seen[engine_index] = stats.num_steps_total
 
     def record_iteration(self, stats: IterationStats) -> None:
         """One batch of core outputs, as the output processor summarised it."""
@@ -112,6 +166,12 @@ class PrometheusStatLogger:
             self.queue_time.observe(req.queue_time)
         if req.mean_time_per_output_token is not None:
             self.tpot.observe(req.mean_time_per_output_token)
+        if req.prefill_time is not None:
+            self.prefill_time.observe(req.prefill_time)
+        if req.decode_time is not None:
+            self.decode_time.observe(req.decode_time)
+        if req.prefill_time is not None and req.decode_time is not None:
+            self.inference_time.observe(req.prefill_time + req.decode_time)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ from typing import Any
 
 _SAMPLING_EPS = 1e-5
 MAX_N = 128
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -163,8 +163,6 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise bad(name, "must be a non-negative integer")
-            if value is not None and value > MAX_LOGPROBS:
-                raise bad(name, f"must be at most {MAX_LOGPROBS}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
         if any(not isinstance(s, str) or s == "" for s in self.stop):

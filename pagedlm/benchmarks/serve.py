@@ -126,6 +126,20 @@ def _payload(args: argparse.Namespace, model: str, prompt: Prompt) -> dict[str, 
     return payload
 
 
+async def sse_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Lines of an SSE stream, split only at the line ends SSE defines (LF, CRLF). Not
+    str.splitlines (what httpx's aiter_lines does): it also splits at U+0085, U+2028 and
+    others, which JSON carries unescaped inside strings."""
+    buffer = ""
+    async for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            yield line.removesuffix("\r")
+    if buffer:
+        yield buffer.removesuffix("\r")
+
+
 async def send_request(client: httpx.AsyncClient, url: str, payload: dict, prompt_len: int) -> RequestResult:
     result = RequestResult(prompt_len=prompt_len)
     start = last = time.perf_counter()
@@ -135,7 +149,7 @@ async def send_request(client: httpx.AsyncClient, url: str, payload: dict, promp
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:500]!r}"
                 return result
-            async for line in response.aiter_lines():
+            async for line in sse_lines(response.aiter_text()):
                 data = line[len("data:"):].strip() if line.startswith("data:") else ""
                 if not data:
                     continue

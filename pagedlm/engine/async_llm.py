@@ -56,6 +56,7 @@ class StatLogger(Protocol):
     def record_iteration(self, stats: IterationStats) -> None: ...
     def record_aborts(self, request_ids: list[str]) -> None: ...
     def record_stats(self, stats: EngineStats) -> None: ...
+    def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None: ...
 
 
 class RequestStream:
@@ -301,6 +302,7 @@ class AsyncLLM:
             self._log("record_iteration", processed.iteration_stats)
         if batch.scheduler_stats is not None:
             self._engine_stats[batch.engine_index] = batch.scheduler_stats
+            self._log("record_engine_stats", batch.engine_index, batch.scheduler_stats)
             self._log("record_stats", self.get_stats())
 
     def _deliver(self, output: RequestOutput) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import msgspec
 
-from pagedlm.config import ModelConfig
+from pagedlm.config import ModelConfig, check_chat_template
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
@@ -28,11 +28,14 @@ def load_tokenizer(model_config: ModelConfig):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer,
+                                                  trust_remote_code=model_config.trust_remote_code)
     except (OSError, ValueError) as e:
         raise InvalidRequestError(f"could not load a tokenizer from {model_config.tokenizer!r}: {e}") from e
     if model_config.chat_template is not None:
         tokenizer.chat_template = model_config.chat_template
+    elif isinstance(getattr(tokenizer, "chat_template", None), str):
+        check_chat_template(tokenizer.chat_template)  # the checkpoint's own: broken is a start-up error
     return tokenizer
 
 
@@ -83,6 +86,10 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, self.encode(prompt, check_chars=check_chars)
         if isinstance(prompt, dict):
+            unknown = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+            if unknown:  # e.g. multi_modal_data: refused, never dropped
+                raise InvalidRequestError(f"prompt keys {unknown} are not supported (pagedlm serves text models); "
+                                          "use 'prompt' or 'prompt_token_ids'")
             if "prompt_token_ids" in prompt:
                 return prompt.get("prompt"), list(prompt["prompt_token_ids"])
             if "prompt" in prompt:
@@ -114,6 +121,12 @@ class InputProcessor:
             params.verify_vocab(self.vocab_size)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
+        max_logprobs = self.model_config.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > max_logprobs:
+                raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
+                                          f"--max-logprobs={max_logprobs}.")
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - num_prompt_tokens
         if not params.ignore_eos:

@@ -15,7 +15,7 @@ from pagedlm.config import EngineConfig, dump_config
 from pagedlm.engine.core_client import InprocClient, MPClient
 from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType, fan_out, load_tokenizer
 from pagedlm.engine.messages import SchedulerStats
-from pagedlm.engine.output_processor import OutputProcessor
+from pagedlm.engine.output_processor import IterationStats, OutputProcessor
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import RequestOutput
 from pagedlm.pooling_params import PoolingParams
@@ -50,6 +50,7 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._scheduler_stats = SchedulerStats()
+        self.last_iteration_stats = IterationStats()
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False,
@@ -92,6 +93,7 @@ class LLMEngine:
         if core_outputs.scheduler_stats is not None:
             self._scheduler_stats = core_outputs.scheduler_stats
         processed = self.output_processor.process_outputs(core_outputs.outputs)
+        self.last_iteration_stats = processed.iteration_stats  # for LLM.get_metrics()
         self.generation_tokens_total += processed.iteration_stats.num_generation_tokens
         if processed.stopped_child_ids:
             self.core_client.abort_requests(processed.stopped_child_ids, stopped=True)

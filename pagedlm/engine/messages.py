@@ -30,6 +30,8 @@ class SchedulerStats:
     prefix_cache_hits_total: int = 0
     num_free_blocks: int = 0
     num_total_blocks: int = 0
+    num_steps_total: int = 0  # schedule() calls, so a metrics reader sees each step once
+    last_step_num_tokens: int = 0  # tokens (prefill + decode) of the latest step
 
 
 @dataclass(slots=True)

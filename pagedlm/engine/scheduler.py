@@ -38,6 +38,7 @@ class Scheduler:
                  structured_output: StructuredOutputManager | None = None) -> None:
         self.config = scheduler_config
         self.block_size = cache_config.block_size
+        self.memory_hint = cache_config.memory_hint
         self.max_model_len = scheduler_config.max_model_len
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
         self.requests: dict[str, Request] = {}
@@ -45,6 +46,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
         self.num_preemptions_total = 0
+        self.num_steps_total = 0
+        self.last_step_num_tokens = 0
         # Requests finished inside schedule() (they can never fit): reported by the next update.
         self._errored: list[Request] = []
         self.structured_output = structured_output or StructuredOutputManager(None)
@@ -133,8 +136,8 @@ class Scheduler:
         self.waiting.appendleft(request)
         logger.warning(
             "Request %s preempted (recompute): not enough KV cache blocks; total preemptions %d. "
-            "Raise gpu_memory_utilization or lower max_num_seqs to avoid it.",
-            request.request_id, self.num_preemptions_total,
+            "To avoid it, %s or lower --max-num-seqs.",
+            request.request_id, self.num_preemptions_total, self.memory_hint,
         )
 
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
@@ -234,6 +237,8 @@ class Scheduler:
             grammar_bitmask=bitmask,
         )
         self.finished_req_ids = set()
+        self.num_steps_total += 1
+        self.last_step_num_tokens = out.total_num_scheduled_tokens
         return out
 
     # ---- results ------------------------------------------------------------------------
@@ -317,4 +322,6 @@ class Scheduler:
             prefix_cache_hits_total=self.kv.stats.hits,
             num_free_blocks=self.kv.num_free_blocks,
             num_total_blocks=self.kv.num_blocks,
+            num_steps_total=self.num_steps_total,
+            last_step_num_tokens=self.last_step_num_tokens,
         )

@@ -40,11 +40,11 @@ def _setup_logging() -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from pagedlm.entrypoints.openai.api_server import ServerStartError, run_server
 
-    if args.model is None:
+    if getattr(args, "model", None) is None:
         from pagedlm.demo import DEMO_MODEL_NAME, demo_model_dir
 
         args.model = str(demo_model_dir())
-        if args.served_model_name is None:
+        if getattr(args, "served_model_name", None) is None:
             args.served_model_name = DEMO_MODEL_NAME
         logger.warning(DEMO_WARNING, args.model)
     try:
@@ -53,42 +53,51 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(f"pagedlm serve: error: {e}")
 
 
-def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
-    from pagedlm.engine_args import EngineArgs
-
-    parser = subparsers.add_parser("serve", help="start the OpenAI-compatible server",
-                                   description="Serve MODEL (a Hugging Face checkpoint directory) over an "
-                                               "OpenAI-compatible HTTP API. Without MODEL, a tiny demo model "
-                                               "with random weights is served.")
-    parser.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: demo model)")
-    EngineArgs.add_cli_args(parser, model_positional=True)
-    add_server_args(parser)
-    parser.set_defaults(func=_cmd_serve)
+SERVE_DESCRIPTION = ("Serve MODEL (a Hugging Face checkpoint directory) over an OpenAI-compatible HTTP API. "
+                     "Without MODEL, a tiny demo model with random weights is served. Flags follow `vllm serve`; "
+                     "--config FILE.yaml reads flags from a YAML mapping (the command line wins).")
 
 
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Server flags (engine flags come from EngineArgs). Kept here, not in api_server, so
-    building the parser does not import the engine."""
-    parser.add_argument("--host", type=str, default="127.0.0.1",
-                        help="address to bind (default loopback; 0.0.0.0 accepts remote clients)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", type=str, default=None,
-                        help="require 'Authorization: Bearer KEY' (except /health, /metrics, /version)")
-    parser.add_argument("--uvicorn-log-level", type=str, default="info",
-                        choices=["debug", "info", "warning", "error", "critical", "trace"])
-    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
-    parser.add_argument("--data-parallel-size", "-dp", type=int, default=1,
-                        help="engine-core processes behind this server, each with its own device(s); requests "
-                             "go to the least-loaded one")
-    parser.add_argument("--shutdown-grace-period", type=float, default=5.0,
-                        help="seconds that unfinished requests may run after SIGTERM/Ctrl-C before they are "
-                             "aborted (default 5)")
-    parser.add_argument("--enable-auto-tool-choice", action="store_true",
-                        help="let the model choose to call tools (tool_choice 'auto'); needs --tool-call-parser")
-    parser.add_argument("--tool-call-parser", type=str, default=None,
-                        choices=["hermes", "llama3_json", "mistral", "pythonic"],
-                        help="how tool calls are written in this model's output")
+def make_serve_parser(prog: str = "pagedlm serve") -> argparse.ArgumentParser:
+    """The serve parser on its own, so its errors show its own usage line."""
+    parser = argparse.ArgumentParser(prog=prog, description=SERVE_DESCRIPTION,
+                                     usage=f"{prog} [MODEL] [--model MODEL] [--config FILE.yaml] [options]")
+    add_serve_args(parser)
     return parser
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from pagedlm.engine_args import EngineArgs
+    from pagedlm.entrypoints.server_args import ServerArgs
+    from pagedlm.arg_utils import add_dataclass_args
+
+    parser.add_argument("model_tag", nargs="?", default=argparse.SUPPRESS, metavar="MODEL",
+                        help="checkpoint directory (or --model; default: the demo model)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="read flags from a YAML file (keys are flag names)")
+    groups: dict = {}
+    add_dataclass_args(parser, ServerArgs, groups)
+    EngineArgs.add_cli_args(parser, groups)
+    return parser
+
+
+def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+    """``--config`` flags first, then the command line's (which win); MODEL or --model."""
+    from pagedlm.entrypoints.server_args import split_config_flag
+
+    parser = make_serve_parser()
+    try:
+        config_argv, rest = split_config_flag(argv)
+    except ValueError as e:
+        parser.error(str(e))
+    merged = {**vars(parser.parse_args(config_argv)), **vars(parser.parse_args(rest))}
+    tag = merged.pop("model_tag", None)
+    merged.pop("config", None)
+    if tag is not None and merged.get("model") not in (None, tag) and "--model" in " ".join(rest):
+        parser.error(f"two models given: MODEL {tag!r} and --model {merged['model']!r}; give one")
+    if tag is not None:
+        merged["model"] = tag
+    merged["func"] = _cmd_serve
+    return argparse.Namespace(**merged)
 
 
 def _load_bench_module(name: str) -> ModuleType | None:
@@ -142,7 +151,9 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pagedlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="{serve,bench}")
     subparsers.required = True
-    _add_serve_parser(subparsers)
+    # Listed for `pagedlm --help`; `pagedlm serve ...` is parsed by make_serve_parser().
+    subparsers.add_parser("serve", help="start the OpenAI-compatible server (see `pagedlm serve --help`)",
+                          add_help=False)
     _add_bench_parser(subparsers, argv)
     return parser
 
@@ -150,7 +161,10 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
-    args = make_parser(argv).parse_args(argv)
+    if argv[:1] == ["serve"]:
+        args = parse_serve_args(argv[1:])
+    else:
+        args = make_parser(argv).parse_args(argv)
     args.func(args)
 
 

@@ -6,9 +6,12 @@ import itertools
 import os
 from typing import Any, Sequence
 
+from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
 from pagedlm.engine.input_processor import PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
+from pagedlm.metrics import PrometheusStatLogger
+from pagedlm.metrics_reader import Metric, get_metrics_snapshot
 from pagedlm.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
 from pagedlm.pooling_params import POOLING_TASKS, PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
@@ -16,6 +19,9 @@ from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 # The offline engine's core runs in this process unless this debug switch asks for an
 # engine-core process (measured: docs/architecture.md, "Offline: in-process core").
 MULTIPROCESSING_ENV = "PAGEDLM_ENABLE_MULTIPROCESSING"
+
+# LLM.get_metrics() names series as vLLM's does, so vLLM scripts that read them keep working.
+OFFLINE_METRICS_PREFIX = "vllm:"
 
 
 class LLM:
@@ -27,9 +33,54 @@ class LLM:
         unknown = sorted(set(kwargs) - set(EngineArgs.__dataclass_fields__))
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword arguments: {unknown}")
+        engine_args = EngineArgs(model=model, **kwargs)
+        engine_args.log_notices()
         multiprocess = os.environ.get(MULTIPROCESSING_ENV, "0") == "1"
-        self.llm_engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs), multiprocess=multiprocess)
+        self.llm_engine = LLMEngine.from_engine_args(engine_args, multiprocess=multiprocess,
+                                                     data_parallel_size=engine_args.data_parallel_size)
         self._counter = itertools.count()
+        self._stat_logger = PrometheusStatLogger(engine_args.served_model_names()[0], prefix=OFFLINE_METRICS_PREFIX,
+                                                 engine_config=self.llm_engine.config)
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's defaults (a checkpoint's generation_config.json is not read: --generation-config
+        is 'auto' only for now, and 'auto' here means SamplingParams' own defaults)."""
+        return SamplingParams()
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix block; False while requests still hold blocks."""
+        return self.llm_engine.reset_prefix_cache()
+
+    def get_metrics(self) -> list[Metric]:
+        """The engine's metrics (vLLM's names, ``vllm:`` prefix) as Counter/Gauge/Histogram."""
+        return get_metrics_snapshot(self._stat_logger.registry, OFFLINE_METRICS_PREFIX)
+
+    def beam_search(self, prompts: Sequence[PromptType], params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """vLLM's LLM.beam_search: each output's sequences carry prompt + generated tokens and
+        their text, best first."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        processor = self.llm_engine.input_processor
+        token_lists = [processor.tokenize_prompt(p)[1] for p in self._as_prompt_list(prompts)]
+        search = BeamSearch(token_lists, params, processor.eos_token_id)
+        pbar = None
+        if use_tqdm:  # one tick per beam-search step, as vLLM's
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=params.max_tokens, desc="Beam search", dynamic_ncols=True)
+        run_beam_search(search, lambda ids, sp: self.generate([{"prompt_token_ids": t} for t in ids], sp,
+                                                                use_tqdm=False),
+                        on_step=pbar.update if pbar is not None else None)
+        if pbar is not None:
+            pbar.close()
+        return search.finish(self.get_tokenizer().decode, include_prompt_text=True)
+
+    def _record_metrics(self) -> None:
+        stats = self.llm_engine.get_stats()
+        self._stat_logger.record_iteration(self.llm_engine.last_iteration_stats)
+        self._stat_logger.record_engine_stats(0, stats)
+        self._stat_logger.record_stats(stats)
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
@@ -109,12 +160,12 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts = []
         for conversation in conversations:
-            ids = tokenizer.apply_chat_template(
-                conversation, chat_template=chat_template, tokenize=True, return_dict=False,
-                add_generation_prompt=add_generation_prompt and not continue_final_message,
-                continue_final_message=continue_final_message, **(chat_template_kwargs or {}),
-            )
-            prompts.append({"prompt_token_ids": list(ids)})
+            kwargs = dict(chat_template=chat_template, add_generation_prompt=add_generation_prompt and not
+                          continue_final_message, continue_final_message=continue_final_message,
+                          **(chat_template_kwargs or {}))
+            ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
+            text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
+            prompts.append({"prompt_token_ids": list(ids), "prompt": text})  # RequestOutput.prompt, as vLLM
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     @staticmethod
@@ -152,7 +203,9 @@ class LLM:
 
             pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
         while engine.has_unfinished_requests():
-            for output in engine.step():
+            step_outputs = engine.step()
+            self._record_metrics()
+            for output in step_outputs:
                 if output.finished:
                     finished[output.request_id] = output
                     if pbar is not None:

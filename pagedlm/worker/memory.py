@@ -30,10 +30,14 @@ def _available_host_memory() -> int:
 
 
 def cpu_num_blocks(config: EngineConfig) -> int:
-    """A quarter of free host memory (at most 4 GiB), and never more blocks than
-    max_num_seqs full-length sequences could use."""
+    """kv_cache_memory_bytes, else a quarter of free host memory (at most 4 GiB); never more
+    blocks than max_num_seqs full-length sequences could use."""
     per_block = kv_cache_bytes_per_block(config)
-    budget = min(_CPU_KV_CACHE_MAX_BYTES, _available_host_memory() // 4)
+    budget = config.cache_config.kv_cache_memory_bytes
+    if budget is None:
+        budget = min(_CPU_KV_CACHE_MAX_BYTES, _available_host_memory() // 4)
+    if budget < per_block:
+        raise ConfigError(f"kv_cache_memory_bytes={budget} is smaller than one KV block ({per_block} bytes)")
     bs = config.cache_config.block_size
     useful = config.scheduler_config.max_num_seqs * -(-config.scheduler_config.max_model_len // bs)
     return max(1, min(budget // per_block, useful))
@@ -59,6 +63,8 @@ def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], None]) -> int
     free_after, _ = torch.cuda.mem_get_info()
     used_now = total - free_after
     budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation
+    if config.cache_config.kv_cache_memory_bytes is not None:  # the user sized it: no guessing
+        budget = config.cache_config.kv_cache_memory_bytes
     per_block = kv_cache_bytes_per_block(config)
     num_blocks = int(budget // per_block)
     logger.info(

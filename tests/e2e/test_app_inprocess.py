@@ -89,3 +89,37 @@ def test_error_mid_stream(checkpoint: Path) -> None:
         error = json.loads(events[-2])["error"]
         assert error["code"] == 500 and "exited unexpectedly" in error["message"]
         assert any("choices" in json.loads(e) for e in events[:-2])
+
+
+def test_disable_fastapi_docs(app_client) -> None:
+    engine, _ = app_client
+
+    def paths(app) -> set:
+        return {getattr(r, "path", None) for r in app.routes}
+
+    assert {"/docs", "/openapi.json"} <= paths(build_app(engine))
+    assert not {"/docs", "/redoc", "/openapi.json"} & paths(build_app(engine, disable_docs=True))
+
+
+def test_add_special_tokens_reaches_the_tokenizer(app_client) -> None:
+    from tokenizers.processors import TemplateProcessing
+
+    engine, client = app_client
+    # Make the demo tokenizer add BOS, as Llama 3's does, so the flag has something to switch.
+    engine.tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", engine.tokenizer.bos_token_id)])
+
+    def prompt_tokens(path: str, body: dict) -> int:
+        resp = client.post(path, json={**body, "max_tokens": 1})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["usage"]["prompt_tokens"]
+
+    cmpl = {"prompt": "Hello world"}
+    assert prompt_tokens("/v1/completions", {**cmpl, "add_special_tokens": False}) == prompt_tokens(
+        "/v1/completions", cmpl) - 1
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert prompt_tokens("/v1/chat/completions", {**chat, "add_special_tokens": True}) == prompt_tokens(
+        "/v1/chat/completions", chat) + 1
+    count = [client.post("/tokenize", json={"prompt": "Hello world", **extra}).json()["count"]
+             for extra in ({}, {"add_special_tokens": False})]
+    assert count[1] == count[0] - 1

@@ -80,7 +80,7 @@ CASES = [
     ("continue-and-generation-prompt", CHAT, _chat(continue_final_message=True), 400, "continue_final_message",
      None),
     ("request-chat-template", CHAT, _chat(chat_template="{{ 'x' }}"), 400, "chat_template", "chat_template"),
-    ("beam-search", CMPL, _c(use_beam_search=True), 400, "beam search", None),
+    ("beam-search-with-top-p", CMPL, _c(use_beam_search=True, top_p=0.5), 400, "cannot be combined", "top_p"),
     ("seed-type", CMPL, _c(seed="abc"), 400, "seed", "seed"),
     ("detokenize-out-of-vocab", "/detokenize", {"tokens": [10**7]}, 400, "vocabulary", "tokens"),
     ("tokenize-unknown-model", "/tokenize", {"model": "nope", "prompt": "x"}, 404, "does not exist", "model"),

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from pagedlm.engine.async_llm import AsyncLLM, RequestFailedError
 from pagedlm.engine.core_client import EngineStartupError
@@ -84,11 +85,17 @@ async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
         raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; one line, not an ERROR with tracebacks.
+        logger.info("Client disconnected while sending the request body of %s %s", request.method,
+                    request.url.path)
+        raise OpenAIError("The client disconnected before the request body was complete.", 499) from None
     raw = b"".join(chunks)
     try:
         data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -118,8 +125,9 @@ def _finite_float(text: str) -> float:
 
 def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
               served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-              serving_options: ServingOptions | None = None) -> FastAPI:
-    names = served_model_names or [engine.model_config.served_model_name]
+              serving_options: ServingOptions | None = None, disable_docs: bool = False) -> FastAPI:
+    names = served_model_names or list(engine.model_config.served_model_names) or [
+        engine.model_config.served_model_name]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -128,7 +136,8 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         yield
         engine.shutdown()
 
-    app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan)
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if disable_docs else {}
+    app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
@@ -171,14 +180,20 @@ def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
                      stat_logger: PrometheusStatLogger | None) -> None:
     created = int(time.time())
 
+    def card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "pagedlm",
+                "root": engine.model_config.model, "parent": None, "max_model_len": engine.model_config.max_model_len}
+
     @app.get("/v1/models")
     async def show_models() -> dict[str, Any]:
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "pagedlm",
-             "root": engine.model_config.model, "parent": None, "max_model_len": engine.model_config.max_model_len}
-            for name in names
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [card(name) for name in names]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def show_model(model_id: str) -> dict[str, Any]:
+        # :path, because served names are often paths or org/name ids with slashes.
+        if model_id not in names:
+            raise OpenAIError(f"The model `{model_id}` does not exist.", 404, "model")
+        return card(model_id)
 
     @app.get("/health")
     async def health() -> Response:
@@ -317,30 +332,39 @@ def run_server(args: argparse.Namespace) -> None:
     from prometheus_client import disable_created_metrics
 
     from pagedlm.engine_args import EngineArgs
+    from pagedlm.entrypoints.server_args import ServerArgs
 
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
-    options = ServingOptions(args.enable_auto_tool_choice, args.tool_call_parser, args.reasoning_parser)
-    try:
+    try:  # every option is checked before the port is taken or the model loaded
+        server_args = ServerArgs.from_cli_args(args)
+        engine_args = EngineArgs.from_cli_args(args)
+        engine_config = engine_args.create_engine_config()
+        options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
+                                 engine_args.reasoning_parser)
         options.check()
-    except ValueError as e:
+        engine_args.log_notices()
+    except ValueError as e:  # ConfigError: the user's to fix
         raise ServerStartError(str(e)) from e
-    sock = bind_socket(args.host, args.port)
+    sock = bind_socket(server_args.host, server_args.port)
     try:
-        engine = AsyncLLM.from_engine_args(EngineArgs.from_cli_args(args),
-                                           data_parallel_size=args.data_parallel_size)
-    except (ValueError, EngineStartupError) as e:  # ConfigError, bad model path, KV cache too small
+        engine = AsyncLLM.from_engine_args(engine_args, data_parallel_size=engine_args.data_parallel_size)
+    except (ValueError, EngineStartupError) as e:  # bad model path, KV cache too small
         sock.close()
         if isinstance(e, EngineStartupError) and not e.user_error:
             raise
         raise ServerStartError(str(e)) from e
-    engine.stat_logger = PrometheusStatLogger(engine.model_config.served_model_name)
-    app = build_app(engine, engine.stat_logger, api_key=args.api_key, serving_options=options)
+    names = list(engine.model_config.served_model_names) or [engine.model_config.served_model_name]
+    engine.stat_logger = PrometheusStatLogger(names[0], prefix=server_args.metrics_prefix + ":",
+                                              engine_config=engine_config)
+    app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
+                    serving_options=options, disable_docs=server_args.disable_fastapi_docs)
     logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
-                engine.model_config.served_model_name, args.host, args.port)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
+                names[0], server_args.host, server_args.port)
+    config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
+                            log_level=server_args.uvicorn_log_level,
+                            access_log=not server_args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             timeout_graceful_shutdown=5)
-    server = GracefulServer(config, app, engine, args.shutdown_grace_period)
+    server = GracefulServer(config, app, engine, server_args.shutdown_grace_period)
     try:
         exit_code = server.run(sock)
     finally:

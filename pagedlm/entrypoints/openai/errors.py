@@ -22,6 +22,7 @@ _TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowedError",
     413: "RequestEntityTooLargeError",
+    499: "ClientClosedRequestError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pagedlm.entrypoints.openai.structured import request_structured_outputs
-from pagedlm.sampling_params import MAX_LOGPROBS, MAX_N, SamplingParams
+from pagedlm.sampling_params import MAX_N, SamplingParams
 
 MAX_STOP_SEQUENCES = 64
 MAX_STOP_SEQUENCE_CHARS = 1024
@@ -66,6 +66,7 @@ class SamplingFields(OpenAIBaseModel):
     bad_words: list[str] | None = None
     prompt_logprobs: int | None = None
     use_beam_search: bool = False
+    length_penalty: float = 1.0  # beam search only
     best_of: int | None = None
     # Structured output (pagedlm.entrypoints.openai.structured maps them to one constraint).
     structured_outputs: dict[str, Any] | None = None
@@ -98,8 +99,8 @@ class SamplingFields(OpenAIBaseModel):
     def _check_common(self) -> "SamplingFields":
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options can only be set when stream is true")
-        if self.use_beam_search:
-            raise ValueError("beam search is not supported; remove use_beam_search")
+        if self.length_penalty != 1.0 and not self.use_beam_search:
+            raise ValueError("length_penalty applies to beam search only; set use_beam_search or remove it")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of is not supported (only best_of == n); remove best_of")
         return self
@@ -141,7 +142,7 @@ class CompletionRequest(SamplingFields):
     prompt: Any
     suffix: str | None = None
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     add_special_tokens: bool = True
 
     @field_validator("prompt")
@@ -182,13 +183,14 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     max_completion_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    echo: bool = False
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None

@@ -19,10 +19,13 @@ from pagedlm.entrypoints.openai.serving_common import (
     MIN_LOGPROB,
     Usage,
     clamp_logprob,
+    partial_usage,
     random_id,
     sse,
+    stream_usage_flags,
     to_openai_error,
 )
+from pagedlm.entrypoints.openai.serving_completion import prompt_logprobs_json
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
@@ -33,6 +36,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_request(request)
         self._check_chat_features(request)
         plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls, self.options)
+        self.check_logprobs("top_logprobs", request.top_logprobs)
         max_tokens = request.requested_max_tokens()
         params = self.make_params(request, request.num_logprobs(), max_tokens)
         add_tool_constraint(params, plan)
@@ -41,7 +45,7 @@ class OpenAIServingChat(OpenAIServing):
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
         self.check_length(len(token_ids), max_tokens, what="messages")
         request_id = random_id("chatcmpl")
-        group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream))
+        group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream), request)
         model = self.model_name(request)
         shapers = [ChoiceShaper(plan, self.options, text) for _ in range(request.n)]
         return await self.respond(
@@ -79,10 +83,11 @@ class OpenAIServingChat(OpenAIServing):
             raise OpenAIError("the request was aborted before it finished", 500)
         usage = Usage()
         usage.add_output(final)
+        echo = echo_text(request)
         choices = [
             {
                 "index": c.index,
-                "message": shapers[c.index].message(c.text),
+                "message": _with_echo(shapers[c.index].message(c.text), request, echo),
                 "logprobs": self._logprobs(request, c.token_ids, c.logprobs),
                 "finish_reason": shapers[c.index].finish_reason(c.finish_reason, c.text),
                 "stop_reason": c.stop_reason,
@@ -92,6 +97,8 @@ class OpenAIServingChat(OpenAIServing):
         return {
             "id": request_id, "object": "chat.completion", "created": group.created, "model": model,
             "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,
+            # vLLM's extra, at the top level for chat
+            "prompt_logprobs": prompt_logprobs_json(final) if request.prompt_logprobs is not None else None,
         }
 
     @staticmethod
@@ -105,17 +112,27 @@ class OpenAIServingChat(OpenAIServing):
 
     async def _stream(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
                       model: str, shapers: list[ChoiceShaper]) -> AsyncIterator[str]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage, continuous = stream_usage_flags(request)
         head = {"id": request_id, "object": "chat.completion.chunk", "created": group.created, "model": model}
-        extra = {"usage": None} if include_usage else {}
+        prompt_usage = {"prompt_tokens": len(group.prompts[0][1]), "completion_tokens": 0,
+                        "total_tokens": len(group.prompts[0][1])}
+        extra = {"usage": prompt_usage if continuous else None} if include_usage else {}
         # The role goes first, for every choice, before any token is generated (as vLLM).
+        echo = echo_text(request)
         for index in range(request.n):
-            role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+            role = {"index": index, "delta": {"role": chat_role(request), "content": ""}, "logprobs": None,
                     "finish_reason": None}
             yield sse({**head, "choices": [role], **extra})
+            if echo:
+                yield sse({**head, "choices": [{"index": index, "delta": {"content": echo}, "logprobs": None,
+                                                "finish_reason": None}], **extra})
         progress = [ChoiceProgress(started=True) for _ in range(request.n)]
         usage = Usage()
+        num_generated = 0  # outputs are deltas
         async for _, output in group.merged():
+            num_generated += sum(len(c.token_ids) for c in output.outputs)
+            if continuous:
+                extra = {"usage": partial_usage(len(group.prompts[0][1]), num_generated)}
             for completion in output.outputs:
                 choice = self._stream_choice(request, completion, progress[completion.index],
                                              shapers[completion.index])
@@ -149,6 +166,30 @@ class OpenAIServingChat(OpenAIServing):
             "finish_reason": shaper.finish_reason(completion.finish_reason, shaper.text) if finishing else None,
             "stop_reason": completion.stop_reason,
         }
+
+
+def _with_echo(message: dict[str, Any], request: ChatCompletionRequest, echo: str) -> dict[str, Any]:
+    """The reply's message, with its role and (for chat ``echo``) the echoed text first."""
+    message["role"] = chat_role(request)
+    if echo:
+        message["content"] = echo + (message.get("content") or "")
+    return message
+
+
+def chat_role(request: ChatCompletionRequest) -> str:
+    """vLLM: the reply continues the last message's role when no generation prompt is added."""
+    return "assistant" if request.add_generation_prompt else request.messages[-1].role
+
+
+def echo_text(request: ChatCompletionRequest) -> str:
+    """vLLM's chat ``echo``: the reply starts with the last message's content when that
+    message has the reply's role (e.g. an assistant message being continued)."""
+    last = request.messages[-1]
+    if not request.echo or last.role != chat_role(request):
+        return ""
+    if isinstance(last.content, str):
+        return last.content
+    return "".join(part.get("text", "") for part in last.content or [] if part.get("type") == "text")
 
 
 def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from pagedlm.engine.async_llm import AsyncLLM, EngineDeadError, RequestFailedErr
 from pagedlm.engine.input_processor import InvalidRequestError
 from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
 from pagedlm.entrypoints.openai.protocol import SamplingFields
+from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_search_params
 from pagedlm.outputs import RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -86,6 +87,20 @@ class Usage:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
+
+
+def stream_usage_flags(request: SamplingFields) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats) as vLLM reads them: usage on every chunk only
+    when both are set."""
+    options = request.stream_options
+    include = bool(options and options.include_usage)
+    return include, include and bool(options and options.continuous_usage_stats)
+
+
+def partial_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """Usage so far of one engine request (continuous_usage_stats)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 @dataclass
@@ -162,6 +177,7 @@ class OpenAIServing:
         self.tokenizer = engine.tokenizer
         # Decoding on the event loop uses the output side's own tokenizer instance.
         self.loop_tokenizer = engine.output_processor.tokenizer
+        self.eos_token_id = engine.input_processor.eos_token_id
 
     def check_request(self, request: SamplingFields) -> None:
         if request.model and request.model not in self.served_model_names:
@@ -172,6 +188,12 @@ class OpenAIServing:
         unsupported = request.unsupported_feature()
         if unsupported is not None:
             raise OpenAIError(unsupported[1], 400, unsupported[0])
+
+    def check_logprobs(self, name: str, value: int | None) -> None:
+        limit = self.engine.model_config.max_logprobs
+        if value is not None and value > limit:
+            raise OpenAIError(f"{name}: requested {value} logprobs, more than the server's --max-logprobs={limit}.",
+                              400, name)
 
     def model_name(self, request: SamplingFields) -> str:
         return request.model or self.served_model_names[0]
@@ -198,9 +220,11 @@ class OpenAIServing:
             raise OpenAIError(str(e), 400, _guess_param(str(e))) from e
 
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
-                    params: SamplingParams, stream: bool) -> RequestGroup:
+                    params: SamplingParams, stream: bool, request: SamplingFields | None = None) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt."""
+        if request is not None and request.use_beam_search:
+            return self.start_beam_search(request_id, prompts, request, params.max_tokens)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         streams: list[RequestStream] = []
         try:
@@ -214,6 +238,16 @@ class OpenAIServing:
             if isinstance(e, (InvalidRequestError, EngineDeadError, RequestFailedError, ValueError)):
                 raise to_openai_error(e) from e
             raise
+        return RequestGroup(streams, prompts)
+
+    def start_beam_search(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
+                          request: SamplingFields, max_tokens: int | None) -> RequestGroup:
+        streams: list[Any] = []
+        for i, prompt in enumerate(prompts):
+            limit = max_tokens if max_tokens is not None else self.max_model_len - len(prompt[1])
+            params = beam_search_params(request, limit, self.engine.model_config.max_logprobs)
+            sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id))
         return RequestGroup(streams, prompts)
 
     async def respond(self, raw: Request, group: RequestGroup, stream: bool,

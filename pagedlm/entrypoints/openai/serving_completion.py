@@ -15,8 +15,10 @@ from pagedlm.entrypoints.openai.serving_common import (
     RequestGroup,
     Usage,
     clamp_logprob,
+    partial_usage,
     random_id,
     sse,
+    stream_usage_flags,
     to_openai_error,
 )
 from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
@@ -27,6 +29,7 @@ class OpenAIServingCompletion(OpenAIServing):
         self.check_request(request)
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
+        self.check_logprobs("logprobs", request.logprobs)
         params = self.make_params(request, request.logprobs, request.max_tokens)
         prompts = [await self._tokenize(p, request.add_special_tokens) for p in request.prompts()]
         for _, token_ids in prompts:
@@ -35,7 +38,7 @@ class OpenAIServingCompletion(OpenAIServing):
             # The echoed prompt carries its own logprobs (the first token has none).
             params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
         request_id = random_id("cmpl")
-        group = await self.start(request_id, prompts, params, bool(request.stream))
+        group = await self.start(request_id, prompts, params, bool(request.stream), request)
         model = self.model_name(request)
         return await self.respond(
             raw, group, bool(request.stream),
@@ -93,7 +96,7 @@ class OpenAIServingCompletion(OpenAIServing):
             "logprobs": logprobs,
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,
-            "prompt_logprobs": _prompt_logprobs_json(output) if request.prompt_logprobs is not None else None,
+            "prompt_logprobs": prompt_logprobs_json(output) if request.prompt_logprobs is not None else None,
         }
 
     def _echo_logprobs(self, output: RequestOutput) -> dict[str, list]:
@@ -107,11 +110,13 @@ class OpenAIServingCompletion(OpenAIServing):
 
     async def _stream(self, request: CompletionRequest, group: RequestGroup, request_id: str,
                       model: str) -> AsyncIterator[str]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        include_usage, continuous = stream_usage_flags(request)
         head = {"id": request_id, "object": "text_completion", "created": group.created, "model": model}
         progress: dict[int, ChoiceProgress] = {}
         usage = Usage()
+        generated: dict[int, int] = {}  # prompt index -> tokens so far (outputs are deltas)
         async for index, output in group.merged():
+            generated[index] = generated.get(index, 0) + sum(len(c.token_ids) for c in output.outputs)
             for completion in output.outputs:
                 choice_index = index * request.n + completion.index
                 state = progress.setdefault(choice_index, ChoiceProgress())
@@ -119,7 +124,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 if choice is not None:
                     chunk = {**head, "choices": [choice]}
                     if include_usage:
-                        chunk["usage"] = None
+                        chunk["usage"] = partial_usage(len(group.prompts[index][1]), generated[index]) \
+                            if continuous else None
                     yield sse(chunk)
             usage.add_completion(output)
             if output.finished:
@@ -179,7 +185,7 @@ def _extend_logprobs(logprobs: dict[str, list], token_ids: list[int], entries: l
         offset += len(token)
 
 
-def _prompt_logprobs_json(output: RequestOutput) -> list[dict[str, dict[str, Any]] | None] | None:
+def prompt_logprobs_json(output: RequestOutput) -> list[dict[str, dict[str, Any]] | None] | None:
     """vLLM's extra ``prompt_logprobs``: per prompt position {token_id: {logprob, rank, decoded_token}}."""
     if output.prompt_logprobs is None:
         return None

@@ -1,0 +1,104 @@
+"""ServerArgs: the flags of ``pagedlm serve`` that are not engine settings (EngineArgs has
+those), declared the same way (pagedlm.arg_utils), plus ``--config FILE.yaml``.
+
+Kept out of api_server so that building the parser does not import the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pagedlm.arg_utils import dataclass_kwargs, log_no_effect, opt, refuse_unsupported
+
+SERVER, FRONTEND, LOGGING = "Server", "Frontend (chat, tools, LoRA)", "Logging and metrics"
+API_KEY_ENV_VARS = ("PAGEDLM_API_KEY", "VLLM_API_KEY")
+
+
+@dataclass
+class ServerArgs:
+    host: str = opt("127.0.0.1", "address to bind (0.0.0.0 accepts remote clients)", SERVER)
+    port: int = opt(8000, "port to listen on", SERVER)
+    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /metrics, /version "
+                              "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
+    ssl_keyfile: str | None = opt(None, "TLS key file", SERVER)
+    ssl_certfile: str | None = opt(None, "TLS certificate file", SERVER)
+    disable_fastapi_docs: bool = opt(False, "do not serve /docs, /redoc and /openapi.json", SERVER)
+    shutdown_grace_period: float = opt(5.0, "seconds that unfinished requests may run after SIGTERM/Ctrl-C "
+                                       "before they are aborted", SERVER)
+    uvicorn_log_level: str = opt("info", "uvicorn's log level", LOGGING,
+                                 choices=["debug", "info", "warning", "error", "critical", "trace"])
+    disable_uvicorn_access_log: bool = opt(False, "no access log line per HTTP request", LOGGING)
+    metrics_prefix: str = opt("pagedlm", "prefix of the Prometheus series: 'vllm' serves them under vLLM's "
+                              "names (vllm:...) for vLLM dashboards", LOGGING, choices=["pagedlm", "vllm"])
+    disable_log_requests: bool = opt(False, "vLLM's request-log switch", LOGGING)
+    enable_log_requests: bool = opt(False, "vLLM's request-log switch", LOGGING)
+    max_log_len: int | None = opt(None, "vLLM's request-log length", LOGGING)
+    enable_prompt_tokens_details: bool = opt(False, "report cached prompt tokens in usage", FRONTEND)
+    disable_frontend_multiprocessing: bool = opt(False, "vLLM's frontend process switch", FRONTEND)
+    lora_modules: list[str] | None = opt(None, "LoRA adapters to serve, name=path ...", FRONTEND)
+    tool_call_parser: str | None = opt(None, "how tool calls are written in this model's output", FRONTEND,
+                                       choices=["hermes", "llama3_json", "mistral", "pythonic"])
+    enable_auto_tool_choice: bool = opt(False, "let the model choose to call tools (tool_choice 'auto'); needs "
+                                        "--tool-call-parser", FRONTEND)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+        server_args = cls(**dataclass_kwargs(cls, args))
+        if server_args.api_key is None:
+            server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
+        refuse_unsupported(server_args)
+        log_no_effect(server_args)
+        return server_args
+
+
+def load_yaml_config(path: str) -> list[str]:
+    """vLLM's --config: a YAML mapping of flag names (dashes or underscores) to values,
+    turned into flags that go before the command line's own (so the command line wins)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data: Any = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read --config {path}: {e}") from e
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of option names to values")
+    argv: list[str] = []
+    for key, value in data.items():
+        flag = "--" + str(key).replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            import json
+
+            argv += [flag, json.dumps(value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def split_config_flag(argv: list[str]) -> tuple[list[str], list[str]]:
+    """-> (the flags of every ``--config FILE`` in ``argv``, the rest of ``argv``). The caller
+    parses both and lets the command line win."""
+    rest: list[str] = []
+    config_argv: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            config_argv += load_yaml_config(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_argv += load_yaml_config(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return config_argv, rest

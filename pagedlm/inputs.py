@@ -1,0 +1,20 @@
+"""Prompt types, as vLLM's ``vllm.inputs``: plain dicts with these keys (TypedDicts, so a
+literal dict works the same)."""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict, Union
+
+
+class TextPrompt(TypedDict):
+    prompt: str
+
+
+class TokensPrompt(TypedDict):
+    prompt_token_ids: list[int]
+    prompt: NotRequired[str]  # the text, if known (reported back in RequestOutput.prompt)
+
+
+PromptType = Union[str, TextPrompt, TokensPrompt, list[int]]
+
+__all__ = ["TextPrompt", "TokensPrompt", "PromptType"]

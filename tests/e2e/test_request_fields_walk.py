@@ -1,0 +1,241 @@
+"""Walk every request-body field of every endpoint on the shared server: each one changes
+the answer or is refused with a clear 400/404. One entry per field, per endpoint; a field
+added to a request model without an entry fails test_every_field_has_an_entry.
+
+The only field that is accepted and changes nothing is OpenAI's ``user`` (an end-user id for
+the caller's own records, which OpenAI and vLLM also leave alone).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import httpx
+import pytest
+from e2e_helpers import MODEL_NAME
+
+from pagedlm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+
+INFORMATIONAL = {"user"}
+ADD_SPECIAL_TOKENS_TEST = ("tests/e2e/test_app_inprocess.py", "test_add_special_tokens_reaches_the_tokenizer")
+BOS, EOS, RBRACKET = 0, 4, 65  # token ids of the demo tokenizer: <|begin_of_text|>, <|eot_id|>, "]"
+
+
+# Answers to identical bodies, shared by the walk: every request here is greedy or seeded, so
+# the same body gets the same answer, and baselines are asked for once.
+_ANSWERS: dict[str, httpx.Response] = {}
+
+
+class Api:
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        key = path + json.dumps(body, sort_keys=True)
+        if key not in _ANSWERS:
+            _ANSWERS[key] = self.http.post(path, json=body)
+        return _ANSWERS[key]
+
+    def cmpl(self, **patch: Any) -> httpx.Response:
+        body = {"model": MODEL_NAME, "prompt": "Hello world, this is", "max_tokens": 8, "temperature": 0.0}
+        return self.post("/v1/completions", {**body, **patch})
+
+    def chat(self, **patch: Any) -> httpx.Response:
+        body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8,
+                "temperature": 0.0}
+        return self.post("/v1/chat/completions", {**body, **patch})
+
+    def tok(self, **patch: Any) -> httpx.Response:
+        return self.post("/tokenize", {"model": MODEL_NAME, "prompt": "Hello world", **patch})
+
+
+def text(resp: httpx.Response) -> str:
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    return choice["text"] if "text" in choice else choice["message"]["content"]
+
+
+def tokens(resp: httpx.Response) -> int:
+    assert resp.status_code == 200, resp.text
+    return resp.json()["usage"]["completion_tokens"]
+
+
+def prompt_tokens(resp: httpx.Response) -> int:
+    assert resp.status_code == 200, resp.text
+    return resp.json()["usage"]["prompt_tokens"]
+
+
+def refused(resp: httpx.Response, needle: str, status: int = 400) -> bool:
+    return resp.status_code == status and needle.lower() in resp.json()["error"]["message"].lower()
+
+
+def sse_events(resp: httpx.Response) -> list[dict[str, Any]]:
+    assert resp.status_code == 200, resp.text
+    return [json.loads(line[6:]) for line in resp.text.split("\n") if line.startswith("data: {")]
+
+
+def sampled(call: Callable[..., httpx.Response], **patch: Any) -> str:
+    return text(call(temperature=1.0, seed=7, **patch))
+
+
+def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[], bool]]:
+    """SamplingFields: the same checks through either endpoint."""
+    greedy = lambda **p: text(call(**p))  # noqa: E731
+    return {
+        "model": lambda: refused(call(model="nope"), "does not exist", 404),
+        "n": lambda: len(call(n=2, temperature=1.0).json()["choices"]) == 2,
+        "max_tokens": lambda: tokens(call(max_tokens=3)) == 3,
+        "temperature": lambda: sampled(call) != greedy(),
+        "top_p": lambda: sampled(call, top_p=0.3) != sampled(call),
+        "top_k": lambda: sampled(call, top_k=3) != sampled(call),
+        "min_p": lambda: sampled(call, min_p=0.3) != sampled(call),
+        "presence_penalty": lambda: greedy(presence_penalty=2.0) != greedy(),
+        "frequency_penalty": lambda: greedy(frequency_penalty=2.0) != greedy(),
+        "repetition_penalty": lambda: greedy(repetition_penalty=3.0) != greedy(),
+        "logit_bias": lambda: greedy(logit_bias={str(RBRACKET): 100}) == "]" * 8,
+        "seed": lambda: sampled(call) != text(call(temperature=1.0, seed=8)),
+        "stop": lambda: greedy(stop=[greedy()[4:6]]) == greedy()[: greedy().index(greedy()[4:6])],
+        "stream": lambda: len(sse_events(call(stream=True))) > 1,
+        "stream_options": lambda: sse_events(call(stream=True, stream_options={"include_usage": True}))[-1]["usage"]
+        is not None and all(e.get("usage") for e in sse_events(call(stream=True, stream_options={
+            "include_usage": True, "continuous_usage_stats": True}))),
+        "user": lambda: greedy(user="someone") == greedy(),
+        # Structured outputs and tools: shown with a model that follows them, in the named tests.
+        "response_format": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_response_format_json_schema_after_reasoning"),
+        "min_tokens": lambda: tokens(call(logit_bias={str(EOS): 100}, min_tokens=4)) == 5,
+        "ignore_eos": lambda: tokens(call(logit_bias={str(EOS): 100}, ignore_eos=True)) == 8
+        and tokens(call(logit_bias={str(EOS): 100})) == 1,
+        "stop_token_ids": lambda: tokens(call(allowed_token_ids=[RBRACKET], stop_token_ids=[RBRACKET])) == 1,
+        "skip_special_tokens": lambda: "<|begin_of_text|>" in greedy(allowed_token_ids=[BOS], skip_special_tokens=False)
+        and "<|begin_of_text|>" not in greedy(allowed_token_ids=[BOS]),
+        # Only a WordPiece-style decoder adds spaces: shown by the named detokenizer test, and
+        # here it must reach SamplingParams.
+        "spaces_between_special_tokens": lambda: _shown_by("tests/unit/test_detokenizer.py",
+                                                           "test_spaces_between_special_tokens")
+        and CompletionRequest(prompt="x", spaces_between_special_tokens=False).sampling_params(
+            None, 1).spaces_between_special_tokens is False,
+        "include_stop_str_in_output": lambda: greedy(stop=[greedy()[4:6]], include_stop_str_in_output=True).endswith(
+            greedy()[4:6]),
+        "allowed_token_ids": lambda: greedy(allowed_token_ids=[RBRACKET]) == "]" * 8,
+        "bad_words": lambda: "]" not in greedy(allowed_token_ids=[RBRACKET, RBRACKET + 1], bad_words=["]"]),
+        "prompt_logprobs": lambda: _prompt_logprobs(call),
+        "use_beam_search": lambda: len({c.get("text", (c.get("message") or {}).get("content")) for c in call(
+            use_beam_search=True, n=2).json()["choices"]}) == 2,
+        "length_penalty": lambda: refused(call(length_penalty=2.0), "beam search")
+        and call(use_beam_search=True, n=2, length_penalty=2.0).status_code == 200,
+        "best_of": lambda: refused(call(best_of=3), "best_of"),
+        "structured_outputs": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_json": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_regex": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_choice": lambda: text(call(guided_choice=["yes", "no"])) in ("yes", "no"),
+        "guided_grammar": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+    }
+
+
+def _shown_by(path: str, test_name: str) -> bool:
+    from e2e_helpers import REPO_ROOT
+
+    return f"def {test_name}(" in (REPO_ROOT / path).read_text()
+
+
+def _prompt_logprobs(call: Callable[..., httpx.Response]) -> bool:
+    body = call(prompt_logprobs=1).json()
+    return bool(body["choices"][0].get("prompt_logprobs") or body.get("prompt_logprobs"))
+
+
+def completion_fields(api: Api) -> dict[str, Callable[[], bool]]:
+    c = api.cmpl
+    return {
+        **shared_fields(c),
+        "prompt": lambda: prompt_tokens(c(prompt="Hi")) != prompt_tokens(c()),
+        "suffix": lambda: refused(c(suffix="x"), "suffix"),
+        "echo": lambda: text(c(echo=True)) == "Hello world, this is" + text(c()),
+        "logprobs": lambda: c(logprobs=2).json()["choices"][0]["logprobs"] is not None
+        and c().json()["choices"][0]["logprobs"] is None,
+        # The demo tokenizer adds no special tokens; one that does is used there.
+        "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
+    }
+
+
+def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
+    c = api.chat
+    partial = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Sure, "}]
+    cont = dict(messages=partial, add_generation_prompt=False, continue_final_message=True)
+    return {
+        **shared_fields(c),
+        "messages": lambda: prompt_tokens(c(messages=[{"role": "user", "content": "Hi there you"}]))
+        != prompt_tokens(c()),
+        "logprobs": lambda: c(logprobs=True).json()["choices"][0]["logprobs"] is not None,
+        "top_logprobs": lambda: len(c(logprobs=True, top_logprobs=2).json()["choices"][0]["logprobs"]["content"][0][
+            "top_logprobs"]) == 2,
+        "max_completion_tokens": lambda: tokens(c(max_completion_tokens=3)) == 3,
+        "tools": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_chat_template_receives_tools_and_tool_messages"),
+        "tool_choice": lambda: refused(c(tool_choice="required"), "tool")
+        and _shown_by("tests/e2e/test_structured_server.py", "test_named_tool_choice_gives_valid_arguments"),
+        "parallel_tool_calls": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_tool_choice_required_gives_valid_calls"),
+        "add_generation_prompt": lambda: prompt_tokens(c(add_generation_prompt=False)) < prompt_tokens(c()),
+        "continue_final_message": lambda: prompt_tokens(c(**cont)) == prompt_tokens(
+            c(messages=partial, add_generation_prompt=False)) - 1,
+        "echo": lambda: text(c(**cont, echo=True)) == "Sure, " + text(c(**cont)),
+        "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
+        "chat_template": lambda: refused(c(chat_template="{{ 'x' }}"), "chat_template"),
+        "chat_template_kwargs": lambda: prompt_tokens(c(chat_template_kwargs={"bos_token": ""}))
+        == prompt_tokens(c()) - 1,
+    }
+
+
+def tokenizer_fields(api: Api) -> dict[str, Callable[[], bool]]:
+    msgs = [{"role": "user", "content": "Hello"}]
+    count = lambda r: r.json()["count"]  # noqa: E731
+    return {
+        "model": lambda: refused(api.tok(model="nope"), "does not exist", 404),
+        "prompt": lambda: count(api.tok(prompt="Hello there friend")) > count(api.tok()),
+        "messages": lambda: count(api.post("/tokenize", {"messages": msgs})) > 3,
+        "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
+        "add_generation_prompt": lambda: count(api.post("/tokenize", {"messages": msgs, "add_generation_prompt": False}))
+        < count(api.post("/tokenize", {"messages": msgs})),
+        "continue_final_message": lambda: count(api.post("/tokenize", {
+            "messages": msgs + [{"role": "assistant", "content": "Hi"}], "add_generation_prompt": False,
+            "continue_final_message": True})) == count(api.post("/tokenize", {
+                "messages": msgs + [{"role": "assistant", "content": "Hi"}], "add_generation_prompt": False})) - 1,
+        "return_token_strs": lambda: "token_strs" in api.tok(return_token_strs=True).json()
+        and "token_strs" not in api.tok().json(),
+    }
+
+
+def detokenizer_fields(api: Api) -> dict[str, Callable[[], bool]]:
+    return {
+        "model": lambda: refused(api.post("/detokenize", {"model": "nope", "tokens": [65]}), "does not exist", 404),
+        "tokens": lambda: api.post("/detokenize", {"tokens": [65, 65]}).json()["prompt"] == "]]",
+    }
+
+
+ENDPOINTS = {
+    "completions": (CompletionRequest, completion_fields),
+    "chat": (ChatCompletionRequest, chat_fields),
+    "tokenize": (TokenizeRequest, tokenizer_fields),
+    "detokenize": (DetokenizeRequest, detokenizer_fields),
+}
+CASES = [(ep, name) for ep, (model, _) in ENDPOINTS.items() for name in model.model_fields]
+
+
+@pytest.fixture()
+def api(http: httpx.Client) -> Api:
+    return Api(http)
+
+
+def test_every_field_has_an_entry() -> None:
+    for endpoint, (model, fields) in ENDPOINTS.items():
+        assert set(fields(Api(None))) == set(model.model_fields), endpoint  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("endpoint, field", CASES, ids=[f"{e}-{f}" for e, f in CASES])
+def test_request_field(api: Api, endpoint: str, field: str) -> None:
+    _, fields = ENDPOINTS[endpoint]
+    assert fields(api)[field](), f"{endpoint}.{field} had no effect and was not refused"

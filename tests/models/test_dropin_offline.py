@@ -1,0 +1,204 @@
+"""The offline API as a vLLM user writes it: every SamplingParams field walked (each changes
+the output or is refused), a vLLM-style script unchanged but for the import, beam search,
+output kinds, prompts as TextPrompt/TokensPrompt, and the offline extras."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.outputs import CompletionOutput
+from pagedlm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+PROMPT = "Hello world, this is"
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LLM:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("dropin_ckpt"))
+    return LLM(str(path), max_model_len=256, num_gpu_blocks_override=256, device="cpu")
+
+
+class Gen:
+    """Greedy, 12 tokens, unless told otherwise; ``base`` is the default-params output."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.tok = llm.get_tokenizer()
+        self.base = self(temperature=0)
+
+    def __call__(self, **kw: Any) -> CompletionOutput:
+        return self.all(**kw).outputs[0]
+
+    def all(self, **kw: Any):
+        params = {"temperature": 0.0, "max_tokens": 12, **kw}
+        return self.llm.generate(PROMPT, SamplingParams(**params), use_tqdm=False)[0]
+
+
+def _sampled(g: Gen, **kw: Any) -> list[int]:
+    return g(temperature=1.0, seed=7, **kw).token_ids
+
+
+def _clean_word(g: Gen) -> tuple[int, str]:
+    """(position, text) of the first generated token that is a plain word on its own."""
+    for i, t in enumerate(g.base.token_ids):
+        text = g.tok.decode([t]).strip()
+        if text.isalnum() and g.tok.encode(text, add_special_tokens=False) == [t]:
+            return i, text
+    pytest.skip("no plain-word token in the greedy output")
+
+
+def _stop_string(g: Gen) -> str:
+    return g.base.text[4:6]
+
+
+def _check_stop(g: Gen) -> bool:
+    stop = _stop_string(g)
+    return g(stop=[stop]).text == g.base.text[: g.base.text.index(stop)]
+
+
+def _check_output_kind(g: Gen) -> bool:
+    engine = g.llm.llm_engine
+    seen: dict[RequestOutputKind, list] = {}
+    for kind in RequestOutputKind:
+        engine.add_request(f"kind-{kind.name}", PROMPT, SamplingParams(temperature=0, max_tokens=5, output_kind=kind))
+        outs = []
+        while engine.has_unfinished_requests():
+            outs += engine.step()
+        seen[kind] = outs
+    cumulative, delta, final = (seen[k] for k in RequestOutputKind)
+    return (len(final) == 1 and final[0].finished and len(cumulative) == len(delta) > 1
+            and [len(o.outputs[0].token_ids) for o in cumulative] == list(range(1, len(cumulative) + 1))
+            and all(len(o.outputs[0].token_ids) == 1 for o in delta))
+
+
+def _refused(fn: Callable[[], Any], needle: str) -> bool:
+    try:
+        fn()
+    except ValueError as e:
+        return needle in str(e)
+    return False
+
+
+# field -> check(g) that is True only if the field did what it says. One entry per field.
+SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
+    "n": lambda g: len(g.all(n=2, temperature=1.0, seed=1).outputs) == 2,
+    "presence_penalty": lambda g: g(presence_penalty=2.0).token_ids != g.base.token_ids,
+    "frequency_penalty": lambda g: g(frequency_penalty=2.0).token_ids != g.base.token_ids,
+    "repetition_penalty": lambda g: g(repetition_penalty=3.0).token_ids != g.base.token_ids,
+    "temperature": lambda g: _sampled(g) != g.base.token_ids,
+    "top_p": lambda g: _sampled(g, top_p=0.3) != _sampled(g),
+    "top_k": lambda g: _sampled(g, top_k=3) != _sampled(g),
+    "min_p": lambda g: _sampled(g, min_p=0.3) != _sampled(g),
+    "seed": lambda g: _sampled(g) != g(temperature=1.0, seed=8).token_ids,
+    "stop": _check_stop,
+    "stop_token_ids": lambda g: g(stop_token_ids=[g.base.token_ids[2]]).token_ids == g.base.token_ids[:3],
+    "bad_words": lambda g: g(bad_words=[_clean_word(g)[1]]).token_ids[_clean_word(g)[0]]
+    != g.base.token_ids[_clean_word(g)[0]],
+    "ignore_eos": lambda g: len(g(logit_bias={g.tok.eos_token_id: 100}, ignore_eos=True).token_ids) == 12
+    and len(g(logit_bias={g.tok.eos_token_id: 100}).token_ids) == 1,
+    "max_tokens": lambda g: len(g(max_tokens=3).token_ids) == 3,
+    "min_tokens": lambda g: len(g(logit_bias={g.tok.eos_token_id: 100}, min_tokens=4).token_ids) == 5,
+    "logprobs": lambda g: g.base.logprobs is None and len(g(logprobs=2).logprobs) == 12,
+    "prompt_logprobs": lambda g: g.all(prompt_logprobs=1).prompt_logprobs is not None,
+    "detokenize": lambda g: g(detokenize=False).text == "" and g.base.text != "",
+    "skip_special_tokens": lambda g: "<|begin_of_text|>" in g(allowed_token_ids=[g.tok.bos_token_id], max_tokens=3,
+                                                              skip_special_tokens=False).text,
+    # Byte-level BPE decoders add no spaces, so this needs a WordPiece tokenizer: shown there.
+    "spaces_between_special_tokens": "tests/unit/test_detokenizer.py::test_spaces_between_special_tokens",
+    "include_stop_str_in_output": lambda g: g(stop=[_stop_string(g)], include_stop_str_in_output=True).text.endswith(
+        _stop_string(g)),
+    "logit_bias": lambda g: set(g(logit_bias={65: 100}).token_ids) == {65},
+    "allowed_token_ids": lambda g: set(g(allowed_token_ids=[65, 66]).token_ids) <= {65, 66},
+    "structured_outputs": lambda g: g(structured_outputs=StructuredOutputsParams(choice=["yes", "no"])).text
+    in ("yes", "no"),
+    "output_kind": _check_output_kind,
+    # Filled in by the engine, not user settings (repr=False).
+    "all_stop_token_ids": None,
+    "bad_words_token_ids": None,
+}
+
+
+def test_every_sampling_field_has_an_entry() -> None:
+    assert {f.name for f in dataclasses.fields(SamplingParams)} == set(SAMPLING_FIELDS)
+
+
+@pytest.fixture(scope="module")
+def gen(llm: LLM) -> Gen:
+    return Gen(llm)
+
+
+@pytest.mark.parametrize("field", [k for k, v in SAMPLING_FIELDS.items() if v is not None])
+def test_sampling_field(gen: Gen, field: str) -> None:
+    check = SAMPLING_FIELDS[field]
+    if isinstance(check, str):  # shown by the named test
+        path, name = check.split("::")
+        assert f"def {name}(" in (Path(__file__).resolve().parents[2] / path).read_text()
+        return
+    assert check(gen), field
+
+
+def test_vllm_style_offline_script(llm: LLM) -> None:
+    # As in vLLM's docs, with `vllm` replaced by `pagedlm`.
+    from pagedlm import BeamSearchParams, RequestOutputKind  # noqa: F401
+    from pagedlm.inputs import TextPrompt, TokensPrompt
+
+    prompts = ["Hello, my name is", "The capital of France is", TextPrompt(prompt="The future of AI is"),
+               TokensPrompt(prompt_token_ids=[1, 2, 3])]
+    sampling_params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=8, seed=0)
+    outputs = llm.generate(prompts, sampling_params)
+    for output in outputs:
+        assert isinstance(output.outputs[0].text, str) and len(output.outputs[0].token_ids) == 8
+    assert outputs[0].prompt == "Hello, my name is" and outputs[3].prompt_token_ids == [1, 2, 3]
+    conversation = [{"role": "system", "content": "You are a helpful assistant"},
+                    {"role": "user", "content": "Hello"}]
+    chat_out = llm.chat(conversation, sampling_params, use_tqdm=False)[0]
+    assert chat_out.prompt is not None and "You are a helpful assistant" in chat_out.prompt
+    defaults = llm.get_default_sampling_params()
+    defaults.max_tokens = 4
+    assert len(llm.generate("Hi", defaults, use_tqdm=False)[0].outputs[0].token_ids) == 4
+    assert llm.reset_prefix_cache() is True
+    names = {m.name for m in llm.get_metrics()}
+    assert {"vllm:generation_tokens", "vllm:num_requests_running", "vllm:iteration_tokens_total"} <= names
+    generated = next(m for m in llm.get_metrics() if m.name == "vllm:generation_tokens")
+    assert generated.value >= 8 * 4
+
+
+def test_beam_search_keeps_the_best_beams(llm: LLM, capsys: pytest.CaptureFixture) -> None:
+    from pagedlm import BeamSearchParams
+    from pagedlm.inputs import TokensPrompt
+
+    width, steps = 3, 4
+    out = llm.beam_search([TokensPrompt(prompt_token_ids=[5, 6, 7]), "Hello"],
+                          BeamSearchParams(beam_width=width, max_tokens=steps), use_tqdm=True)
+    assert "Beam search" in capsys.readouterr().err
+    assert len(out) == 2
+    seqs = out[0].sequences
+    assert len(seqs) == width and seqs[0].tokens[:3] == [5, 6, 7]
+    scores = [s.cum_logprob / len(s.tokens) for s in seqs]
+    assert scores == sorted(scores, reverse=True)
+    # The best beam's score beats greedy decoding's (beam search explores more).
+    greedy = llm.generate({"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0, max_tokens=steps,
+                                                                          logprobs=0), use_tqdm=False)[0]
+    greedy_lp = greedy.outputs[0].cumulative_logprob
+    if len(greedy.outputs[0].token_ids) == steps:
+        assert seqs[0].cum_logprob >= greedy_lp - 1e-4
+    assert seqs[0].text == llm.get_tokenizer().decode(seqs[0].tokens)
+    with pytest.raises(ValueError, match="beam_width"):
+        BeamSearchParams(beam_width=0, max_tokens=2)
+
+
+def test_prompt_dict_with_unknown_keys_is_refused(llm: LLM) -> None:
+    with pytest.raises(ValueError, match="multi_modal_data"):
+        llm.generate({"prompt": "hi", "multi_modal_data": {"image": None}}, use_tqdm=False)
+
+
+def test_max_logprobs_is_enforced(tmp_path: Path, llm: LLM) -> None:
+    with pytest.raises(ValueError, match="max-logprobs=20"):
+        llm.generate("hi", SamplingParams(logprobs=21), use_tqdm=False)

@@ -1,0 +1,82 @@
+"""Regressions for issue #16's findings that need no model: the preemption warning on CPU,
+bench serve's SSE reader, the metrics prefix, beam scores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import AsyncIterator
+
+import pytest
+
+from pagedlm.beam_search import BeamSearchSequence, beam_score
+from pagedlm.benchmarks.serve import sse_lines
+from pagedlm.config import CacheConfig, SchedulerConfig
+from pagedlm.engine.messages import ModelRunnerOutput
+from pagedlm.engine.request import Request
+from pagedlm.engine.scheduler import Scheduler
+from pagedlm.metrics import PrometheusStatLogger
+from pagedlm.sampling_params import SamplingParams
+
+
+def test_preemption_warning_names_the_cpu_setting(caplog: pytest.LogCaptureFixture) -> None:
+    hint = "raise --kv-cache-memory-bytes"  # what EngineArgs sets on CPU
+    sched = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64),
+                      CacheConfig(block_size=4, memory_hint=hint), num_blocks=4)
+    for i in range(2):  # two 8-token prompts fill the 4 blocks; their 9th tokens need a 5th
+        sched.add_request(Request(f"r{i}", list(range(10 * i + 3, 10 * i + 11)), SamplingParams(max_tokens=20), None))
+    logger = logging.getLogger("pagedlm")
+    logger.addHandler(caplog.handler)
+    try:
+        for _ in range(3):
+            out = sched.schedule()
+            ids = list(out.num_scheduled_tokens)
+            sched.update_from_output(out, ModelRunnerOutput(req_ids=ids, sampled_token_ids=[[7] for _ in ids]))
+    finally:
+        logger.removeHandler(caplog.handler)
+    warnings = [r.getMessage() for r in caplog.records if "preempted" in r.getMessage()]
+    assert warnings and all(hint in w and "gpu_memory_utilization" not in w for w in warnings)
+
+
+def test_engine_args_pick_the_memory_hint_for_the_device(tmp_path) -> None:
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine_args import EngineArgs
+
+    ckpt = build_tiny_checkpoint(tmp_path)
+    hint = EngineArgs(model=str(ckpt), device="cpu").create_engine_config().cache_config.memory_hint
+    assert "--kv-cache-memory-bytes" in hint and "gpu" not in hint
+
+
+def test_sse_reader_splits_only_at_lf_and_crlf() -> None:
+    event = json.dumps({"choices": [{"text": "a\u0085b\u2028c\x1cd"}]}, ensure_ascii=False)
+    stream = f"data: {event}\r\n\r\ndata: [DONE]\n\n"
+
+    async def chunks() -> AsyncIterator[str]:
+        for i in range(0, len(stream), 7):  # arbitrary chunk boundaries
+            yield stream[i:i + 7]
+
+    async def collect() -> list[str]:
+        return [line async for line in sse_lines(chunks())]
+
+    lines = asyncio.run(collect())
+    assert lines == [f"data: {event}", "", "data: [DONE]", ""]
+    assert json.loads(lines[0][6:])["choices"][0]["text"] == "a\u0085b\u2028c\x1cd"
+
+
+def test_metrics_prefix_serves_the_same_series_under_vllm_names() -> None:
+    pagedlm = PrometheusStatLogger("m").render().decode()
+    vllm = PrometheusStatLogger("m", prefix="vllm:").render().decode()
+    names = lambda text, p: sorted(  # noqa: E731
+        line.split(" ")[2].removeprefix(p) for line in text.splitlines() if line.startswith(f"# TYPE {p}"))
+    assert names(pagedlm, "pagedlm:") == names(vllm, "vllm:")
+    assert "vllm:iteration_tokens_total" in vllm and "process_cpu_seconds_total" in vllm
+    with pytest.raises(ValueError):
+        PrometheusStatLogger("m", prefix="other:")
+
+
+def test_beam_score_applies_length_penalty_without_counting_eos() -> None:
+    seq = BeamSearchSequence(tokens=[1, 2, 3, 9], cum_logprob=-6.0)
+    assert beam_score(seq, eos_token_id=9, length_penalty=1.0) == -2.0
+    assert beam_score(seq, eos_token_id=None, length_penalty=1.0) == -1.5
+    assert beam_score(seq, eos_token_id=9, length_penalty=0.0) == -6.0

@@ -1,0 +1,295 @@
+"""Walk every engine and server option (each LLM kwarg is a CLI flag and back): each one
+either changes the configuration the engine is built from, is refused with one clear line,
+logs a one-line notice that it has no effect here, or is shown by a named end-to-end test.
+
+The table has one entry per option; a new EngineArgs/ServerArgs field without an entry fails
+test_every_option_has_an_entry, so nothing can be added and silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from pagedlm.arg_utils import NO_EFFECT, NOT_YET_SUPPORTED
+from pagedlm.config import ConfigError, EngineConfig
+from pagedlm.engine_args import EngineArgs
+from pagedlm.entrypoints.cli import make_serve_parser, parse_serve_args
+from pagedlm.entrypoints.server_args import ServerArgs
+
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@dataclass
+class Changes:
+    """The option, set to ``value``, makes ``probe(config)`` true (false at the default)."""
+
+    value: Any
+    probe: Callable[[EngineConfig], bool]
+
+
+@dataclass
+class Refused:
+    value: Any
+    needle: str
+
+
+@dataclass
+class Notice:
+    value: Any
+    needle: str
+
+
+@dataclass
+class ShownBy:
+    """Behaviour only visible with a running server/engine: the named test shows it."""
+
+    value: Any
+    test: str  # "module_path::test_name"
+
+
+ENGINE_OPTIONS: dict[str, Any] = {
+    "model": ShownBy("/x", "tests/unit/test_option_walk.py::test_model_flag_and_positional_agree"),
+    "tokenizer": Changes("{ckpt}/.", lambda c: c.model_config.tokenizer.endswith("/.")),
+    "tokenizer_mode": Refused("slow", "tokenizer modes"),
+    "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code),
+    "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b")),
+    "dtype": Changes("bfloat16", lambda c: c.model_config.dtype == "bfloat16"),
+    "seed": Changes(5, lambda c: c.model_config.seed == 5),
+    "max_model_len": Changes(100, lambda c: c.model_config.max_model_len == 100),
+    "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
+    "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
+    "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
+    "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
+    "generation_config": Refused("vllm", "generation-config"),
+    "runner": Refused("pooling", "pooling"),
+    "quantization": Refused("awq", "quantization"),
+    "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager),
+    "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy"),
+    "revision": Refused("main", "Hub"),
+    "tokenizer_revision": Refused("main", "Hub"),
+    "download_dir": Refused("/tmp/x", "Hub"),
+    "block_size": Changes(32, lambda c: c.cache_config.block_size == 32),
+    "gpu_memory_utilization": Notice(0.5, "no effect on CPU"),
+    "kv_cache_memory_bytes": Changes(1 << 20, lambda c: c.cache_config.kv_cache_memory_bytes == 1 << 20),
+    "num_gpu_blocks_override": Changes(7, lambda c: c.cache_config.num_gpu_blocks_override == 7),
+    "kv_cache_dtype": Refused("fp8", "fp8"),
+    "enable_prefix_caching": Changes(False, lambda c: not c.cache_config.enable_prefix_caching),
+    "swap_space": Notice(8, "never swaps"),
+    "cpu_offload_gb": Refused(2, "offloading"),
+    "max_num_seqs": Changes(3, lambda c: c.scheduler_config.max_num_seqs == 3),
+    "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64),
+    "enable_chunked_prefill": Refused(False, "chunked prefill"),
+    "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling),
+    "scheduling_policy": Refused("priority", "priority scheduling"),
+    "tensor_parallel_size": Refused(2, "tensor parallelism"),
+    "pipeline_parallel_size": Refused(2, "pipeline parallelism"),
+    "data_parallel_size": ShownBy(2, "tests/e2e/test_engine_process.py::test_data_parallel_two_cores"),
+    "distributed_executor_backend": Refused("ray", "distributed"),
+    "disable_custom_all_reduce": Notice(True, "no custom all-reduce"),
+    "device": Refused("cuda", "CUDA is not available"),
+    "max_seq_len_to_capture": Notice(1024, "CUDA graphs"),
+    "enable_lora": Refused(True, "LoRA"),
+    "max_loras": Refused(4, "LoRA"),
+    "max_lora_rank": Refused(64, "LoRA"),
+    "max_cpu_loras": Refused(4, "LoRA"),
+    "speculative_config": Refused({"method": "ngram", "num_speculative_tokens": 3}, "speculative decoding"),
+    "disable_log_stats": Notice(True, "no periodic stats"),
+}
+
+SERVER_OPTIONS: dict[str, Any] = {
+    "host": ShownBy("127.0.0.1", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "port": ShownBy(8123, "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "api_key": ShownBy("k", "tests/e2e/test_dropin_server.py::test_api_key_from_vllm_env"),
+    "ssl_keyfile": Refused("/k.pem", "TLS"),
+    "ssl_certfile": Refused("/c.pem", "TLS"),
+    "shutdown_grace_period": ShownBy(1.5, "tests/e2e/test_engine_process.py::test_sigterm_drains_then_aborts"),
+    "disable_fastapi_docs": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_disable_fastapi_docs"),
+    "uvicorn_log_level": ShownBy("warning", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "disable_uvicorn_access_log": ShownBy(True, "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "metrics_prefix": ShownBy("vllm", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "disable_log_requests": Notice(True, "does not log request"),
+    "enable_log_requests": Notice(True, "does not log request"),
+    "max_log_len": Notice(100, "does not log request"),
+    "enable_prompt_tokens_details": Notice(True, "always reported"),
+    "disable_frontend_multiprocessing": Notice(True, "in a thread"),
+    "lora_modules": Refused(["a=/x"], "LoRA"),
+    "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
+    "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def _fill(value: Any, ckpt: Path) -> Any:
+    return value.replace("{ckpt}", str(ckpt)) if isinstance(value, str) else value
+
+
+def test_every_option_has_an_entry() -> None:
+    assert {f.name for f in dataclasses.fields(EngineArgs)} == set(ENGINE_OPTIONS)
+    assert {f.name for f in dataclasses.fields(ServerArgs)} == set(SERVER_OPTIONS)
+    # The tables of arg_utils name real options only.
+    every = set(ENGINE_OPTIONS) | set(SERVER_OPTIONS)
+    assert set(NOT_YET_SUPPORTED) <= every and set(NO_EFFECT) <= every
+
+
+def test_every_cli_flag_is_an_option() -> None:
+    parser = make_serve_parser()
+    dests = {a.dest for a in parser._actions} - {"help", "config", "model_tag"}
+    assert dests == set(ENGINE_OPTIONS) | set(SERVER_OPTIONS)
+    for action in parser._actions:
+        assert action.dest in ("help",) or action.help, f"{action.dest} has no help line"
+
+
+def _argv(name: str, value: Any) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False:
+        return ["--no-" + flag[2:]]
+    if isinstance(value, list):
+        return [flag, *map(str, value)]
+    if isinstance(value, dict):
+        import json
+
+        return [flag, json.dumps(value)]
+    return [flag, str(value)]
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_OPTIONS))
+def test_engine_option(name: str, ckpt: Path, caplog: pytest.LogCaptureFixture) -> None:
+    case = ENGINE_OPTIONS[name]
+    value = _fill(case.value, ckpt)
+    if name == "device" and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA is available here")
+    # The flag and the kwarg reach the same EngineArgs: CLI and LLM(**kwargs) agree.
+    positional = [] if name == "model" else [str(ckpt)]
+    ns = parse_serve_args([*positional, *_argv(name, value)])
+    from_cli = EngineArgs.from_cli_args(ns)
+    assert getattr(from_cli, name) == value
+    if name == "model":
+        return
+    args = EngineArgs(model=str(ckpt), device="cpu" if name != "device" else value, **(
+        {name: value} if name != "device" else {}))
+
+    def build() -> EngineConfig:  # what an entry point does: build the config, then log notices
+        config = args.create_engine_config()
+        args.log_notices()
+        return config
+
+    _check(case, build, EngineArgs(model=str(ckpt), device="cpu").create_engine_config, caplog)
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_OPTIONS))
+def test_server_option(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    case = SERVER_OPTIONS[name]
+    ns = parse_serve_args(["/m", *_argv(name, case.value)])
+    _check(case, lambda: ServerArgs.from_cli_args(ns), None, caplog)
+
+
+def _check(case: Any, build: Callable[[], Any], build_default: Callable[[], Any] | None,
+           caplog: pytest.LogCaptureFixture) -> None:
+    if isinstance(case, Refused):
+        with pytest.raises(ConfigError, match="(?i)" + case.needle) as info:
+            build()
+        assert "\n" not in str(info.value)  # one line
+    elif isinstance(case, Notice):
+        logger = logging.getLogger("pagedlm")  # it does not propagate: attach caplog's handler
+        logger.addHandler(caplog.handler)
+        try:
+            build()
+        finally:
+            logger.removeHandler(caplog.handler)
+        notices = [r.getMessage() for r in caplog.records if case.needle.lower() in r.getMessage().lower()]
+        assert len(notices) == 1, caplog.text
+    elif isinstance(case, Changes):
+        assert case.probe(build()) and not case.probe(build_default())
+    else:  # ShownBy: the test it names exists
+        path, test_name = case.test.split("::")
+        source = (Path(__file__).resolve().parents[2] / path).read_text()
+        assert f"def {test_name}(" in source, case.test
+
+
+def test_model_flag_and_positional_agree(ckpt: Path) -> None:
+    assert parse_serve_args(["--model", str(ckpt)]).model == str(ckpt)
+    assert parse_serve_args([str(ckpt)]).model == str(ckpt)
+    with pytest.raises(SystemExit):
+        parse_serve_args([str(ckpt), "--model", "/elsewhere"])
+
+
+def test_max_model_len_above_trained_context(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="max_model_len=100000 .* trained context of 512 tokens"):
+        EngineArgs(model=str(ckpt), max_model_len=100000, device="cpu").create_engine_config()
+    allowed = EngineArgs(model=str(ckpt), max_model_len=1000, allow_long_max_model_len=True, device="cpu")
+    assert allowed.create_engine_config().model_config.max_model_len == 1000
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    assert EngineArgs(model=str(ckpt), max_model_len=1000, device="cpu").create_engine_config()
+
+
+def test_config_yaml_flags_with_the_command_line_winning(ckpt: Path, tmp_path: Path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"model: {ckpt}\nmax-model-len: 128\nmax_num_seqs: 4\nenable-prefix-caching: false\n"
+                      "served-model-name: [one, two]\n")
+    ns = parse_serve_args(["--config", str(config), "--max-num-seqs", "8"])
+    args = EngineArgs.from_cli_args(ns)
+    assert (args.model, args.max_model_len, args.max_num_seqs) == (str(ckpt), 128, 8)
+    assert args.enable_prefix_caching is False and args.served_model_names() == ["one", "two"]
+    (tmp_path / "bad.yaml").write_text("- a\n- b\n")
+    with pytest.raises(SystemExit):
+        parse_serve_args(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid Jinja"):
+        EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()
+
+
+def test_kv_cache_memory_bytes_sizes_the_cpu_cache(ckpt: Path) -> None:
+    from pagedlm.worker.memory import cpu_num_blocks, kv_cache_bytes_per_block
+
+    config = EngineArgs(model=str(ckpt), kv_cache_memory_bytes=1 << 20, device="cpu").create_engine_config()
+    assert cpu_num_blocks(config) == (1 << 20) // kv_cache_bytes_per_block(config)
+
+
+def test_serve_errors_show_serves_usage(capsys: pytest.CaptureFixture) -> None:
+    from pagedlm.entrypoints.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "/m", "--no-such-flag"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: pagedlm serve" in err and "unrecognized arguments: --no-such-flag" in err
+
+
+def test_llm_kwargs_refuse_unbuilt_features_by_name(ckpt: Path) -> None:
+    from pagedlm import LLM
+
+    with pytest.raises(ConfigError, match="quantization is not supported yet"):
+        LLM(str(ckpt), quantization="awq", device="cpu")
+    with pytest.raises(TypeError, match="no_such_kwarg"):
+        LLM(str(ckpt), no_such_kwarg=1)
+
+
+def test_broken_checkpoint_chat_template_is_a_start_up_error(ckpt: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pagedlm.engine.input_processor import load_tokenizer
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "chat_template.jinja").write_text("{% if messages %}")
+    config = EngineArgs(model=str(broken), device="cpu").create_engine_config()
+    with pytest.raises(ConfigError, match="not valid Jinja"):
+        load_tokenizer(config.model_config)
