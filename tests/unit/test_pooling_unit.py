@@ -144,7 +144,7 @@ def test_cli_flags_reach_engine_args():
     args = parser.parse_args(["--model", "m", "--runner", "pooling",
                               "--override-pooler-config", '{"pooling_type": "MEAN"}'])
     engine_args = EngineArgs.from_cli_args(args)
-    assert (engine_args.runner, engine_args.pooler_config) == ("pooling", '{"pooling_type": "MEAN"}')
+    assert (engine_args.runner, engine_args.pooler_config) == ("pooling", {"pooling_type": "MEAN"})
     assert EngineArgs.from_cli_args(parser.parse_args(["--model", "m"])).runner == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", "m", "--runner", "embed"])
