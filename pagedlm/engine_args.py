@@ -23,6 +23,10 @@ from pagedlm.config import (
 )
 
 
+# "pt": pytorch_model*.bin; "gguf": a .gguf file ("auto" picks it from the path too).
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+
+
 @dataclass
 class EngineArgs:
     model: str
@@ -44,12 +48,25 @@ class EngineArgs:
     chat_template: str | None = None
     async_scheduling: bool | None = None  # default: on for CUDA, off on CPU
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1: reasoning_content; constraints start after it
+    revision: str | None = None
+    tokenizer_revision: str | None = None
+    download_dir: str | None = None
+    generation_config: str = "auto"  # "auto" | "vllm" | a directory with generation_config.json
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
         if not model_positional:
-            parser.add_argument("--model", type=str, default=None, help="path to a Hugging Face checkpoint")
-        parser.add_argument("--tokenizer", type=str, default=None)
+            parser.add_argument("--model", type=str, default=None,
+                                help="a checkpoint directory, a .gguf file or a Hugging Face Hub id")
+        parser.add_argument("--tokenizer", type=str, default=None,
+                            help="tokenizer directory or Hub id (default: the model's; for GGUF its metadata)")
+        parser.add_argument("--revision", type=str, default=None, help="Hub branch, tag or commit of the model")
+        parser.add_argument("--tokenizer-revision", type=str, default=None)
+        parser.add_argument("--download-dir", type=str, default=None,
+                            help="Hugging Face cache directory to download to / load from")
+        parser.add_argument("--generation-config", type=str, default="auto",
+                            help="'auto': sampling defaults from the model's generation_config.json; "
+                                 "'vllm': ignore it; or a directory holding a generation_config.json")
         parser.add_argument("--served-model-name", type=str, default=None)
         parser.add_argument("--dtype", type=str, default="auto")
         parser.add_argument("--seed", type=int, default=0)
@@ -61,7 +78,7 @@ class EngineArgs:
         parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
         parser.add_argument("--enforce-eager", action="store_true")
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-        parser.add_argument("--load-format", type=str, default="auto", choices=["auto", "safetensors", "dummy"])
+        parser.add_argument("--load-format", type=str, default="auto", choices=list(LOAD_FORMATS))
         parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
         parser.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"])
         parser.add_argument("--chat-template", type=str, default=None)
@@ -86,8 +103,8 @@ class EngineArgs:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
         if self.tensor_parallel_size != 1:
             raise ConfigError("tensor_parallel_size > 1 is not supported yet; use tensor_parallel_size=1")
-        if self.load_format not in ("auto", "safetensors", "dummy"):
-            raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
         if self.reasoning_parser not in (None, "deepseek_r1", "qwen3"):
@@ -95,12 +112,19 @@ class EngineArgs:
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
-        hf_config = load_hf_config(self.model)
+        from pagedlm.models.generation_config import log_generation_defaults, read_generation_defaults
+        from pagedlm.models.loader.source import resolve_model_source
+
+        source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
+                                      self.tokenizer, self.tokenizer_revision)
+        hf_config = load_hf_config(source.config_dir)
         device = resolve_device(self.device)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len)
+        generation_defaults = read_generation_defaults(self.generation_config, source.model)
+        log_generation_defaults(generation_defaults)
         model_config = ModelConfig(
-            model=self.model,
-            tokenizer=self.tokenizer or self.model,
+            model=source.model,
+            tokenizer=source.tokenizer,
             hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device),
             max_model_len=max_model_len,
@@ -108,6 +132,7 @@ class EngineArgs:
             load_format=self.load_format,
             seed=self.seed,
             chat_template=read_chat_template(self.chat_template),
+            generation_defaults=generation_defaults,
         )
         default_tokens = 8192 if device == "cuda" else 2048
         max_batched = self.max_num_batched_tokens or default_tokens

@@ -1,0 +1,68 @@
+"""Build a model from a ModelConfig and fill its weights.
+
+Weight sources, each a module of this package: safetensors (default), PyTorch ``.bin``
+(``load_format="pt"``, or "auto" when a directory has no safetensors), GGUF (a ``.gguf``
+file), or random values of the real shapes (``load_format="dummy"``). Where the files come
+from (local path or Hub) is resolved before this, in ``source.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from pagedlm.config import ConfigError, ModelConfig
+from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_files
+from pagedlm.models.registry import resolve_model_class
+
+__all__ = ["load_model", "iterate_weights", "iterate_safetensors", "safetensors_files"]
+
+logger = logging.getLogger(__name__)
+
+
+def _init_dummy(model: nn.Module, seed: int) -> None:
+    """Random weights of the real shapes: speed depends on shapes, not values."""
+    torch.manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.data.fill_(1.0)
+        else:
+            param.data.uniform_(-0.05, 0.05)
+
+
+def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF parameter name, tensor) pairs of the checkpoint, in the format load_format picks."""
+    from pagedlm.models.loader.bin import bin_files, has_bin, iterate_bin
+    from pagedlm.models.loader.gguf import is_gguf_file, iterate_gguf
+    from pagedlm.models.loader.safetensors import has_safetensors
+
+    path, load_format = model_config.model, model_config.load_format
+    if is_gguf_file(path):
+        return iterate_gguf(path, model_config.hf_config, model_config.torch_dtype)
+    if load_format == "pt" or (load_format == "auto" and not has_safetensors(path) and has_bin(path)):
+        return iterate_bin(bin_files(path))
+    return iterate_safetensors(safetensors_files(path))
+
+
+def load_model(model_config: ModelConfig, device: str) -> nn.Module:
+    model_cls = resolve_model_class(model_config.architectures)
+    dtype = model_config.torch_dtype
+    prev_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_cls(model_config.hf_config, max_position=model_config.max_model_len)
+    finally:
+        torch.set_default_dtype(prev_dtype)
+    if model_config.load_format == "dummy":
+        _init_dummy(model, model_config.seed)
+    else:
+        loaded = model.load_weights(iterate_weights(model_config))
+        expected = {n for n, _ in model.named_parameters()}
+        missing = sorted(expected - loaded)
+        if missing:
+            raise ConfigError(f"checkpoint {model_config.model!r} is missing weights for: {missing[:8]}")
+    return model.eval()
