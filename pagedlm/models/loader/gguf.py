@@ -69,9 +69,13 @@ def gguf_sidecar_dir(gguf_path: str | os.PathLike) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     logger.info("Reading config and tokenizer from the GGUF metadata of %s (once; cached in %s)", path, out)
-    _write_config(path, tmp)
-    _write_tokenizer(path, tmp)
-    (tmp / ".complete").write_text(json.dumps({"gguf": str(path.resolve())}))
+    try:
+        _write_config(path, tmp)
+        _write_tokenizer(path, tmp)
+        (tmp / ".complete").write_text(json.dumps({"gguf": str(path.resolve())}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     try:
         os.replace(tmp, out)
