@@ -112,7 +112,7 @@ class EngineArgs:
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
-        from pagedlm.models.generation_config import log_generation_defaults, read_generation_defaults
+        from pagedlm.models.generation_config import read_generation_defaults
         from pagedlm.models.loader.source import resolve_model_source
 
         source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
@@ -121,7 +121,6 @@ class EngineArgs:
         device = resolve_device(self.device)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len)
         generation_defaults = read_generation_defaults(self.generation_config, source.model)
-        log_generation_defaults(generation_defaults)
         model_config = ModelConfig(
             model=source.model,
             tokenizer=source.tokenizer,
