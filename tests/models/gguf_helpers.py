@@ -20,6 +20,12 @@ _LAYER_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # qwen2: q/k/v biases; qwen3: per-head RMSNorm of q and k
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
 
 
@@ -29,16 +35,19 @@ def permute_for_llama_cpp(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def gguf_tensors(state: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+def gguf_tensors(state: dict[str, np.ndarray], config, permute: bool = True) -> dict[str, np.ndarray]:
     out = {"token_embd.weight": state["model.embed_tokens.weight"], "output_norm.weight": state["model.norm.weight"]}
     if "lm_head.weight" in state and not config.tie_word_embeddings:
         out["output.weight"] = state["lm_head.weight"]
     for i in range(config.num_hidden_layers):
         for hf, cpp in _LAYER_NAMES.items():
-            w = state[f"model.layers.{i}.{hf}"]
-            if cpp == "attn_q.weight":
+            w = state.get(f"model.layers.{i}.{hf}")
+            if w is None:
+                continue
+            # llama.cpp permutes Q/K (weights and biases) of llama models only
+            if permute and cpp.startswith("attn_q."):
                 w = permute_for_llama_cpp(w, config.num_attention_heads)
-            elif cpp == "attn_k.weight":
+            elif permute and cpp.startswith("attn_k."):
                 w = permute_for_llama_cpp(w, config.num_key_value_heads)
             out[f"blk.{i}.{cpp}"] = w
     return out
@@ -83,9 +92,12 @@ def write_llama_gguf(checkpoint_dir: str | Path, out: str | Path,
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
-    for i, (name, w) in enumerate(gguf_tensors(state, config).items()):
+    for i, (name, w) in enumerate(gguf_tensors(state, config, permute=arch == "llama").items()):
         _add_tensor(writer, name, np.ascontiguousarray(w, dtype=np.float32), tensor_type(name, w), seed=i)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -111,6 +111,20 @@ def test_quantized_gguf_matches_transformers(tiny_llama, tmp_path):
     _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(tiny_llama)), tol=1e-3)
 
 
+@pytest.mark.parametrize("arch, hf_arch, overrides", [
+    ("qwen2", "Qwen2ForCausalLM", {}),
+    # head_dim 32 != hidden 64 / 4 heads: transformers' qwen3 GGUF mapping drops key_length
+    ("qwen3", "Qwen3ForCausalLM", {"head_dim": 32}),
+])
+def test_qwen_gguf_matches_safetensors_original(arch, hf_arch, overrides, tmp_path):
+    from pagedlm.demo import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path / "src", hf_arch, seed=11, **overrides)
+    gguf_path = write_llama_gguf(src, tmp_path / f"tiny-{arch}.gguf", arch=arch)
+    ref_ids, ref_lps = _as_reference(_run(str(src)))
+    _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)
+
+
 def test_unsupported_tensor_type_is_named(tiny_llama, tmp_path):
     gguf_path = write_llama_gguf(tiny_llama, tmp_path / "tiny-i8.gguf",
                                  tensor_type=lambda name, w: "I8" if name == "blk.1.attn_v.weight" else "F32")
