@@ -82,9 +82,11 @@ def test_hub_id_not_cached_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert str(tmp_path) in msg and "HF_HUB_OFFLINE" in msg and "local checkpoint directory or .gguf file" in msg
 
 
-def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
+def test_missing_local_path_is_not_sent_to_the_hub(tiny, tmp_path):
     with pytest.raises(ConfigError, match="does not exist: give an existing checkpoint directory"):
         EngineArgs(model=str(tmp_path / "nope"), device="cpu").create_engine_config()
+    with pytest.raises(ConfigError, match="applies to Hugging Face Hub ids only"):
+        EngineArgs(model=str(tiny), revision="main", device="cpu").create_engine_config()
 
 
 def _state_dict(tiny: Path) -> dict[str, torch.Tensor]:

@@ -19,12 +19,6 @@ class ModelSource:
     config_dir: str  # the directory holding config.json: the checkpoint, or the GGUF's sidecar
     tokenizer: str  # a local tokenizer directory
 
-    @property
-    def is_gguf(self) -> bool:
-        from pagedlm.models.loader.gguf import is_gguf_file
-
-        return is_gguf_file(self.model)
-
 
 def _looks_like_path(arg: str) -> bool:
     return arg.startswith(("/", ".", "~")) or arg.lower().endswith(".gguf") or "\\" in arg
@@ -34,6 +28,9 @@ def _local_or_hub(arg: str, revision: str | None, download_dir: str | None, load
                   tokenizer_only: bool) -> Path:
     path = Path(arg).expanduser()
     if path.exists():
+        if revision is not None:
+            raise ConfigError(f"a revision ({revision!r}) applies to Hugging Face Hub ids only, but {arg!r} is a "
+                              "local path; drop --revision/--tokenizer-revision")
         return path
     if _looks_like_path(arg):
         raise ConfigError(f"{arg!r} does not exist: give an existing checkpoint directory, a .gguf file, or a "
@@ -62,6 +59,8 @@ def resolve_model_source(model: str, revision: str | None = None, download_dir: 
                          tokenizer_revision: str | None = None) -> ModelSource:
     from pagedlm.models.loader.gguf import gguf_sidecar_dir, is_gguf_file
 
+    if tokenizer is None and tokenizer_revision is not None:
+        tokenizer = model  # the model's own tokenizer, at another revision
     path = _local_or_hub(model, revision, download_dir, load_format, tokenizer_only=False)
     if path.is_file() and not is_gguf_file(path):
         raise ConfigError(f"model {model!r} is a file but not a .gguf file; give a checkpoint directory "
