@@ -34,6 +34,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     max_logprobs: int = 20
     served_model_names: tuple[str, ...] = ()  # all names clients may use; the first is reported
+    # Sampling defaults from generation_config.json (SamplingParams field -> value); see
+    # pagedlm/models/generation_config.py. Request fields override them.
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vocab_size(self) -> int:
@@ -144,10 +147,7 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
 
     path = Path(model)
     if not path.is_dir():
-        raise ConfigError(
-            f"model {model!r} is not a local directory; pagedlm loads Hugging Face checkpoints from disk "
-            "(config.json, *.safetensors, tokenizer files) and never downloads"
-        )
+        raise ConfigError(f"model {model!r} is not a local checkpoint directory (config.json, weights, tokenizer)")
     if not (path / "config.json").exists():
         raise ConfigError(f"model directory {model!r} has no config.json")
     return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -36,10 +36,16 @@ MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
 LONG_LEN_ENV_VARS = ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
 
 
+# "pt": pytorch_model*.bin; "gguf": a .gguf file ("auto" picks it from the path too).
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+
+
 @dataclass
 class EngineArgs:
-    model: str = opt(None, "Hugging Face checkpoint directory (or give it as the positional MODEL)", MODEL)
-    tokenizer: str | None = opt(None, "tokenizer directory, if not the model's", MODEL)
+    model: str = opt(None, "checkpoint directory, .gguf file or Hugging Face Hub id (or give it as the positional "
+                     "MODEL)", MODEL)
+    tokenizer: str | None = opt(None, "tokenizer directory or Hub id (default: the model's; for GGUF its metadata)",
+                                MODEL)
     tokenizer_mode: str = opt("auto", "tokenizer implementation", MODEL, choices=["auto", "hf", "slow", "mistral"])
     trust_remote_code: bool = opt(False, "let transformers run code shipped with the checkpoint (config, "
                                   "tokenizer)", MODEL)
@@ -56,18 +62,19 @@ class EngineArgs:
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
                                        "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
-    generation_config: str = opt("auto", "where default sampling settings come from", MODEL)
+    generation_config: str = opt("auto", "'auto': sampling defaults from the model's generation_config.json; "
+                                 "'vllm': ignore it; or a directory holding a generation_config.json", MODEL)
     runner: str = opt("auto", "generate text, or pool hidden states into embeddings (auto: from the checkpoint)",
                       MODEL, choices=["auto", "generate", "pooling"])
     pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
                                                'false}', MODEL, flags=("--override-pooler-config",))
     quantization: str | None = opt(None, "weight quantization method", MODEL, flags=("-q",))
     enforce_eager: bool = opt(False, "never use CUDA graphs", MODEL)
-    load_format: str = opt("auto", "auto, safetensors, or dummy (random weights of the real shapes)", LOAD,
-                           choices=["auto", "safetensors", "dummy"])
-    revision: str | None = opt(None, "Hub revision of the model", LOAD)
+    load_format: str = opt("auto", "auto, safetensors, pt (pytorch_model*.bin), gguf, or dummy (random weights of "
+                           "the real shapes)", LOAD, choices=list(LOAD_FORMATS))
+    revision: str | None = opt(None, "Hub branch, tag or commit of the model", LOAD)
     tokenizer_revision: str | None = opt(None, "Hub revision of the tokenizer", LOAD)
-    download_dir: str | None = opt(None, "where Hub downloads go", LOAD)
+    download_dir: str | None = opt(None, "Hugging Face cache directory to download to / load from", LOAD)
     block_size: int = opt(16, "tokens per KV cache block", CACHE)
     gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory for weights, activations and KV cache "
                                         "(GPU only; on CPU see --kv-cache-memory-bytes)", CACHE)
@@ -126,6 +133,8 @@ class EngineArgs:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
@@ -150,20 +159,26 @@ class EngineArgs:
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
-        hf_config = load_hf_config(self.model, self.trust_remote_code)
+        from pagedlm.models.generation_config import read_generation_defaults
+        from pagedlm.models.loader.source import resolve_model_source
+
+        source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
+                                      self.tokenizer, self.tokenizer_revision)
+        hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
         device = resolve_device(self.device)
-        runner, pooler_config = resolve_pooling(self.runner, self.model, hf_config,
+        runner, pooler_config = resolve_pooling(self.runner, source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
-            sentence_transformers_max_len(self.model) if pooler_config else None), self._allow_long())
+            sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long())
         model_config = ModelConfig(
-            model=self.model, tokenizer=self.tokenizer or self.model, hf_config=hf_config,
+            model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
             served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self.seed,
             chat_template=read_chat_template(self.chat_template), trust_remote_code=self.trust_remote_code,
             max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
             runner=runner, pooler_config=pooler_config,
+            generation_defaults=read_generation_defaults(self.generation_config, source.model),
         )
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:

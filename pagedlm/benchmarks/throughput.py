@@ -49,14 +49,13 @@ def print_result(r: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from pagedlm.config import load_hf_config
-
     engine_args = EngineArgs.from_cli_args(args)
     if engine_args.model is None:
         from pagedlm.demo import demo_model_dir
 
         engine_args.model = str(demo_model_dir())
-    vocab = load_hf_config(engine_args.model).vocab_size
+    # Through the engine config, so a Hub id or .gguf file resolves as the engine will see it.
+    vocab = engine_args.create_engine_config().model_config.vocab_size
     requests = random_requests(args.num_prompts, args.input_len, args.output_len, args.random_range_ratio, vocab,
                                args.dataset_seed)
     result = run_pagedlm(engine_args, requests, use_tqdm=True)

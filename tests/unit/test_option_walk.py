@@ -66,16 +66,16 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
     "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
     "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
-    "generation_config": Refused("vllm", "generation-config"),
+    "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
     "pooler_config": Refused({"pooling_type": "MEAN", "normalize": False}, "applies only with runner='pooling'"),
     "quantization": Refused("awq", "quantization"),
     "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager),
     "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy"),
-    "revision": Refused("main", "Hub"),
-    "tokenizer_revision": Refused("main", "Hub"),
-    "download_dir": Refused("/tmp/x", "Hub"),
+    "revision": Refused("main", "applies to Hugging Face Hub ids only"),  # a Hub id: test_model_sources.py
+    "tokenizer_revision": Refused("main", "applies to Hugging Face Hub ids only"),
+    "download_dir": Notice("/tmp/x", "download-dir has no effect"),  # a Hub id: test_hub_id_resolves_from_cache_offline
     "block_size": Changes(32, lambda c: c.cache_config.block_size == 32),
     "gpu_memory_utilization": Notice(0.5, "no effect on CPU"),
     "kv_cache_memory_bytes": Changes(1 << 20, lambda c: c.cache_config.kv_cache_memory_bytes == 1 << 20),

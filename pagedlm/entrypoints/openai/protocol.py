@@ -109,23 +109,32 @@ class SamplingFields(OpenAIBaseModel):
         """(param, message) for a feature we accept in the schema but do not implement."""
         return None
 
-    def sampling_params(self, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
-        """-> SamplingParams; raises ValueError naming the field on bad values."""
+    def sampling_params(self, logprobs: int | None, max_tokens: int | None,
+                        defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """-> SamplingParams; raises ValueError naming the field on bad values. ``defaults``
+        (from the model's generation config) fill the fields the request leaves unset; its
+        max_tokens caps the request's, as in vLLM."""
+        defaults = defaults or {}
+        caps = [t for t in (max_tokens, defaults.get("max_tokens")) if t is not None]
+
+        def pick(value: Any, name: str, fallback: Any) -> Any:
+            return value if value is not None else defaults.get(name, fallback)
+
         return SamplingParams(
             n=self.n,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=0 if self.top_k is None else self.top_k,
-            min_p=0.0 if self.min_p is None else self.min_p,
+            temperature=pick(self.temperature, "temperature", 1.0),
+            top_p=pick(self.top_p, "top_p", 1.0),
+            top_k=pick(self.top_k, "top_k", 0),
+            min_p=pick(self.min_p, "min_p", 0.0),
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            repetition_penalty=pick(self.repetition_penalty, "repetition_penalty", 1.0),
             seed=self.seed,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
             bad_words=self.bad_words,
             ignore_eos=self.ignore_eos,
-            max_tokens=max_tokens,
+            max_tokens=min(caps) if caps else None,
             min_tokens=self.min_tokens,
             logprobs=logprobs,
             prompt_logprobs=self.prompt_logprobs,

@@ -210,12 +210,11 @@ class OpenAIServing:
                 f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the {what}, {max_tokens} in "
                 f"the completion). Please reduce the length of the {what} or completion.", 400, "max_tokens")
 
-    @staticmethod
-    def make_params(request: SamplingFields, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
+    def make_params(self, request: SamplingFields, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
         if max_tokens is not None and max_tokens < 1:
             raise OpenAIError(f"max_tokens must be at least 1, got {max_tokens}.", 400, "max_tokens")
         try:
-            return request.sampling_params(logprobs, max_tokens)
+            return request.sampling_params(logprobs, max_tokens, self.engine.model_config.generation_defaults)
         except (ValueError, TypeError) as e:
             raise OpenAIError(str(e), 400, _guess_param(str(e))) from e
 

@@ -1,46 +1,27 @@
-"""Build a model from a ModelConfig and fill its weights (safetensors or dummy)."""
+"""Build a model from a ModelConfig and fill its weights.
+
+Weight sources, each a module of this package: safetensors (default), PyTorch ``.bin``
+(``load_format="pt"``, or "auto" when a directory has no safetensors), GGUF (a ``.gguf``
+file), or random values of the real shapes (``load_format="dummy"``). Where the files come
+from (local path or Hub) is resolved before this, in ``source.py``.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from pagedlm.config import ConfigError, ModelConfig
+from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_files
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
 
+__all__ = ["load_model", "iterate_weights", "iterate_safetensors", "safetensors_files"]
+
 logger = logging.getLogger(__name__)
-
-
-def safetensors_files(model_dir: str) -> list[Path]:
-    """The checkpoint's weight files: from model.safetensors.index.json when sharded."""
-    root = Path(model_dir)
-    index = root / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [root / name for name in sorted(set(weight_map.values()))]
-        missing = [str(f) for f in files if not f.exists()]
-        if missing:
-            raise ConfigError(f"checkpoint index names files that are missing: {missing}")
-        return files
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"no *.safetensors weights found in {model_dir!r}")
-    return files
-
-
-def iterate_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
 
 
 def _init_dummy(model: nn.Module, seed: int) -> None:
@@ -51,6 +32,20 @@ def _init_dummy(model: nn.Module, seed: int) -> None:
             param.data.fill_(1.0)
         else:
             param.data.uniform_(-0.05, 0.05)
+
+
+def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF parameter name, tensor) pairs of the checkpoint, in the format load_format picks."""
+    from pagedlm.models.loader.bin import bin_files, has_bin, iterate_bin
+    from pagedlm.models.loader.gguf import is_gguf_file, iterate_gguf
+    from pagedlm.models.loader.safetensors import has_safetensors
+
+    path, load_format = model_config.model, model_config.load_format
+    if is_gguf_file(path):
+        return iterate_gguf(path, model_config.hf_config, model_config.torch_dtype)
+    if load_format == "pt" or (load_format == "auto" and not has_safetensors(path) and has_bin(path)):
+        return iterate_bin(bin_files(path))
+    return iterate_safetensors(safetensors_files(path))
 
 
 def load_model(model_config: ModelConfig, device: str) -> nn.Module:
@@ -68,7 +63,7 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
     if model_config.load_format == "dummy":
         _init_dummy(model, model_config.seed)
     else:
-        loaded = model.load_weights(iterate_safetensors(safetensors_files(model_config.model)))
+        loaded = model.load_weights(iterate_weights(model_config))
         expected = {n for n, _ in model.named_parameters()}
         missing = sorted(expected - loaded)
         if missing:
