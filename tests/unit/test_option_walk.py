@@ -55,7 +55,7 @@ class ShownBy:
 
 ENGINE_OPTIONS: dict[str, Any] = {
     "model": ShownBy("/x", "tests/unit/test_option_walk.py::test_model_flag_and_positional_agree"),
-    "tokenizer": Changes("{ckpt}/.", lambda c: c.model_config.tokenizer.endswith("/.")),
+    "tokenizer": Changes("{ckpt}/../{ckpt_name}", lambda c: "/../" in c.model_config.tokenizer),
     "tokenizer_mode": Refused("slow", "tokenizer modes"),
     "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code),
     "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b")),
@@ -134,7 +134,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fill(value: Any, ckpt: Path) -> Any:
-    return value.replace("{ckpt}", str(ckpt)) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    return value.replace("{ckpt}", str(ckpt)).replace("{ckpt_name}", ckpt.name)
 
 
 def test_every_option_has_an_entry() -> None:

@@ -7,9 +7,9 @@ tokenizer and weight loader all read the resolved paths, never the original argu
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-import logging
 
 from pagedlm.config import ConfigError
 
