@@ -88,10 +88,24 @@ def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) ->
     return k.flatten(0, 1)[:seq_len], v.flatten(0, 1)[:seq_len]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _attend_softcap(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                    softcap: float) -> torch.Tensor:
+    """Gemma 2's capped logits, softcap * tanh(s / softcap), which SDPA cannot express."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+            softcap: float | None = None) -> torch.Tensor:
     # q [B, Hq, Q, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] bool (True = attend)
     group = q.shape[1] // k.shape[1]
     k, v = k.to(q.dtype), v.to(q.dtype)
+    if softcap:
+        return _attend_softcap(q, k, v, mask, scale, softcap)
     if group > 1 and q.shape[2] == 1:
         # Decode: the group's query heads become a length-`group` query over their shared
         # K/V head, so K/V are read once and never copied per query head.
@@ -111,18 +125,21 @@ def paged_attention(
     max_seq_len: int,
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its whole context, read through
     the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
     (query tokens start at seq_len - query_len), in one call for a mixed batch.
-    max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them)."""
+    max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them).
+    ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off."""
     out = torch.empty_like(query)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
     block_size = kv_cache.shape[2]
     decode_rows = [b for b in range(len(lens)) if starts[b + 1] - starts[b] == 1]
     if decode_rows:
-        _decode_batch(query, kv_cache, starts, lens, block_tables, decode_rows, block_size, scale, sliding_window, out)
+        _decode_batch(query, kv_cache, starts, lens, block_tables, decode_rows, block_size, scale, sliding_window,
+                      softcap, out)
     for b in range(len(lens)):
         q_len = starts[b + 1] - starts[b]
         if q_len <= 1:
@@ -136,12 +153,13 @@ def paged_attention(
         if sliding_window is not None:
             mask &= k_pos > q_pos - sliding_window
         q = query[starts[b] : starts[b + 1]].transpose(0, 1).unsqueeze(0)
-        o = _attend(q, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), mask[None, None], scale)
+        o = _attend(q, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), mask[None, None], scale, softcap)
         out[starts[b] : starts[b + 1]] = o[0].transpose(0, 1)
     return out
 
 
-def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size, scale, sliding_window, out) -> None:
+def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size, scale, sliding_window, softcap,
+                  out) -> None:
     """All single-token queries at once: K/V gathered padded to the longest context."""
     max_len = max(lens[b] for b in rows)
     num_blocks = (max_len + block_size - 1) // block_size
@@ -157,5 +175,5 @@ def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size,
         mask &= k_pos > (seq_lens.unsqueeze(1) - 1 - sliding_window)
     token_idx = torch.tensor([starts[b] for b in rows], device=device)
     q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
-    o = _attend(q, k.transpose(1, 2), v.transpose(1, 2), mask[:, None, None, :], scale)
+    o = _attend(q, k.transpose(1, 2), v.transpose(1, 2), mask[:, None, None, :], scale, softcap)
     out[token_idx] = o.squeeze(2)

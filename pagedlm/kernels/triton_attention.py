@@ -74,7 +74,7 @@ def _paged_attention_kernel(
     stride_cblk, stride_ctok, stride_chead, stride_bt,
     QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-    SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, SOFTCAP: tl.constexpr = 0.0,
 ):
     kv_head = tl.program_id(1)
     if MODE == 1:
@@ -132,6 +132,12 @@ def _paged_attention_kernel(
         k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2e  # [BLOCK_M, TILE_N]
+        if SOFTCAP > 0:
+            # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
+            # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
+            x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
+            t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+            s = t * (SOFTCAP * 1.4426950408889634)
         allowed = key_pos[None, :] <= q_pos[:, None]
         if SLIDING_WINDOW > 0:
             allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
@@ -238,6 +244,7 @@ def paged_attention_with_config(
     sliding_window: int | None,
     config: AttentionConfig,
     decode_config: AttentionConfig | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """max_query_len <= 1: one decode launch with ``config``. Otherwise one launch over every
     row with ``config``, or, given ``decode_config``, a decode launch for the q_len == 1 rows
@@ -247,7 +254,8 @@ def paged_attention_with_config(
     if num_tokens == 0 or seq_lens.shape[0] == 0:
         return out
     _check_layout(query, kv_cache, block_tables)
-    args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0)
+    args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0,
+            float(softcap or 0.0))
     if max_query_len <= 1:
         _launch(*args, config, mode=1)
     elif decode_config is None:
@@ -259,7 +267,7 @@ def paged_attention_with_config(
 
 
 def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window,
-            config: AttentionConfig, mode: int) -> None:
+            softcap: float, config: AttentionConfig, mode: int) -> None:
     num_tokens, num_q_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     num_seqs = seq_lens.shape[0]
@@ -289,7 +297,7 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
-        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split,
+        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
@@ -317,6 +325,7 @@ def paged_attention(
     max_seq_len: int,
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
@@ -327,7 +336,7 @@ def paged_attention(
     )
     return paged_attention_with_config(
         query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-        sliding_window, config,
+        sliding_window, config, softcap=softcap,
     )
 
 

@@ -13,13 +13,14 @@ class Attention(nn.Module):
     ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first forward."""
 
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
-                 sliding_window: int | None = None) -> None:
+                 sliding_window: int | None = None, softcap: float | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.num_kv_heads = num_kv_heads
         self.scale = scale
         self.sliding_window = sliding_window
+        self.softcap = softcap  # attention logit soft-capping (Gemma 2); None = off
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,6 @@ class Attention(nn.Module):
         ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping)
         out = ops.paged_attention(
             q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-            meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window,
+            meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window, self.softcap,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)

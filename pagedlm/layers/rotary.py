@@ -10,7 +10,9 @@ from torch import nn
 
 from pagedlm.kernels import ops
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+# Older Phi-3 configs call LongRoPE "su" (transformers maps it the same way).
+_ROPE_TYPE_ALIASES = {"su": "longrope"}
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
@@ -28,12 +30,72 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Te
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, params: dict[str, Any],
+                   original_max: int, config_max_position: int) -> tuple[torch.Tensor, float]:
+    """YaRN (transformers' _compute_yarn_parameters): interpolate low frequencies by ``factor``,
+    keep high ones, a linear ramp between the correction dims set by beta_fast / beta_slow;
+    cos/sin are scaled by the attention factor (mscale)."""
+    original_max = params.get("original_max_position_embeddings", original_max)
+    factor = params.get("factor") or config_max_position / original_max
+
+    def get_mscale(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = params.get("beta_fast") or 32
+    beta_slow = params.get("beta_slow") or 1
+
+    def correction_dim(num_rotations: float) -> float:
+        return (head_dim * math.log(original_max / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    return inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation, float(attention_factor)
+
+
+def _longrope_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any], original_max: int, max_position: int,
+                       config_max_position: int) -> tuple[torch.Tensor, float]:
+    """LongRoPE / "su" (Phi-3): per-frequency divisors, ``short_factor`` within the original
+    context and ``long_factor`` beyond it. transformers picks the set per forward call from
+    the longest position in it; the engine caches one table, so the set is picked once from
+    the longest sequence it allows (max_model_len): within the original context this equals
+    transformers, and so does a model run beyond it on prompts longer than that context."""
+    original_max = params.get("original_max_position_embeddings", original_max)
+    factor = params.get("factor") or config_max_position / original_max
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original_max))
+    ext = params["long_factor"] if max_position > original_max else params["short_factor"]
+    ext_t = torch.tensor(ext, dtype=torch.float64)
+    if ext_t.shape != inv_freq.shape:
+        raise ValueError(f"longrope factors have {ext_t.numel()} entries, expected {inv_freq.numel()} (head_dim / 2)")
+    return inv_freq / ext_t, float(attention_factor)
+
+
 def compute_cos_sin_cache(
-    head_dim: int, max_position: int, base: float, rope_type: str, params: dict[str, Any], original_max: int
+    head_dim: int, max_position: int, base: float, rope_type: str, params: dict[str, Any], original_max: int,
+    config_max_position: int | None = None,
 ) -> torch.Tensor:
-    """[max_position, head_dim] float32: cos of each frequency, then sin."""
+    """[max_position, head_dim] float32: cos of each frequency, then sin (both times the
+    attention factor of yarn / longrope). ``config_max_position`` is the checkpoint's
+    max_position_embeddings (LongRoPE derives its default factor from it)."""
+    rope_type = _ROPE_TYPE_ALIASES.get(rope_type, rope_type)
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ValueError(f"rope scaling type {rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("partial_rotary_factor < 1 (RoPE on part of each head) is not supported")
     if rope_type == "dynamic" and max_position > original_max:
         # Dynamic NTK: HF rescales the base once a sequence outgrows the original context.
         # Positions are cached once, so use the base for the longest allowed sequence (vLLM
@@ -41,21 +103,30 @@ def compute_cos_sin_cache(
         factor = params["factor"]
         base = base * ((factor * max_position / original_max) - (factor - 1)) ** (head_dim / (head_dim - 2))
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    attention_factor = 1.0
     if rope_type == "llama3":
         inv_freq = _llama3_inv_freq(inv_freq, params)
+    elif rope_type == "yarn":
+        inv_freq, attention_factor = _yarn_inv_freq(
+            inv_freq, head_dim, base, params, original_max, config_max_position or original_max)
+    elif rope_type == "longrope":
+        inv_freq, attention_factor = _longrope_inv_freq(
+            inv_freq, params, original_max, max_position, config_max_position or original_max)
     t = torch.arange(max_position, dtype=torch.float64)
     if rope_type == "linear":
         t = t / params["factor"]
     freqs = torch.outer(t, inv_freq)
-    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).float()
+    return (torch.cat((freqs.cos(), freqs.sin()), dim=-1) * attention_factor).float()
 
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, base: float, rope_type: str = "default",
-                 params: dict[str, Any] | None = None, original_max: int | None = None) -> None:
+                 params: dict[str, Any] | None = None, original_max: int | None = None,
+                 config_max_position: int | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
-        cache = compute_cos_sin_cache(head_dim, max_position, base, rope_type, params or {}, original_max or max_position)
+        cache = compute_cos_sin_cache(head_dim, max_position, base, rope_type, params or {},
+                                      original_max or max_position, config_max_position)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -205,9 +205,9 @@ def make_paged_batch(q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, bloc
     qsl[1:] = torch.cumsum(torch.tensor(q_lens), 0)
     seq_lens_t = torch.tensor(seq_lens, dtype=torch.int32)
     scale = head_dim**-0.5
-    ref = lambda window: reference.paged_attention(  # noqa: E731
+    ref = lambda window, softcap=None: reference.paged_attention(  # noqa: E731
         query.float(), torch.nan_to_num(kv.float()), qsl, seq_lens_t, block_tables,
-        max(q_lens), max(seq_lens), scale, window,
+        max(q_lens), max(seq_lens), scale, window, softcap,
     )
     query_d = query.to(DEVICE)
     if strided_query:  # a view into a wider fused-QKV buffer
@@ -259,6 +259,19 @@ def test_paged_attention_sliding_window(scenario, window) -> None:
     args, ref = make_paged_batch(q_lens, seq_lens, 16, 4, 128, 16, ATTN_DTYPE, seed=window)
     out = triton_ops.paged_attention(*args, sliding_window=window)
     assert_close(out, ref(window))
+
+
+@pytest.mark.parametrize("scenario", ["decode_small", "decode_batch", "mixed", "prefill"])
+@pytest.mark.parametrize("softcap, window", [(0.5, None), (2.0, None), (1.0, 40)])
+def test_paged_attention_softcap(scenario, softcap, window) -> None:
+    """Gemma 2 logit soft-capping; caps of 0.5-2 bite hard on N(0, 1) logits (the uncapped
+    output differs), with and without a sliding window, decode and split-K included."""
+    q_lens, seq_lens = SCENARIOS[scenario]
+    args, ref = make_paged_batch(q_lens, seq_lens, 8, 4, 256, 16, ATTN_DTYPE, seed=int(softcap * 10))
+    out = triton_ops.paged_attention(*args, sliding_window=window, softcap=softcap)
+    expected = ref(window, softcap)
+    assert_close(out, expected)
+    assert rel_err(ref(window), expected) > 0.05  # the cap changes the result
 
 
 @pytest.mark.parametrize("config", [

@@ -33,8 +33,8 @@ def test_linear_rope_divides_positions():
 
 
 def test_unsupported_rope_type_is_a_clear_error():
-    with pytest.raises(ValueError, match="yarn"):
-        compute_cos_sin_cache(16, 64, 10000.0, "yarn", {"factor": 2.0}, 64)
+    with pytest.raises(ValueError, match="mrope"):
+        compute_cos_sin_cache(16, 64, 10000.0, "mrope", {"factor": 2.0}, 64)
 
 
 @pytest.mark.parametrize("bench, extra", [
