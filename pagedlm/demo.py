@@ -90,6 +90,13 @@ def _model_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, **overri
         "MistralForCausalLM": transformers.MistralConfig,
         "Qwen2ForCausalLM": transformers.Qwen2Config,
         "Qwen3ForCausalLM": transformers.Qwen3Config,
+        "Gemma2ForCausalLM": transformers.Gemma2Config,
+        "Gemma3ForCausalLM": transformers.Gemma3TextConfig,
+        "Phi3ForCausalLM": transformers.Phi3Config,
+        "MixtralForCausalLM": transformers.MixtralConfig,
+        "Qwen2MoeForCausalLM": transformers.Qwen2MoeConfig,
+        "Qwen3MoeForCausalLM": transformers.Qwen3MoeConfig,
+        "GPT2LMHeadModel": transformers.GPT2Config,
     }[arch]
     if arch == "Qwen3ForCausalLM":
         common["head_dim"] = 16
@@ -128,7 +135,7 @@ def build_tiny_checkpoint(
         # HF initialises with std 0.02, which makes every logit nearly equal; larger weights
         # give peaked distributions so greedy parity checks are meaningful.
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:
                 p.uniform_(0.5, 1.5)
             else:
                 p.normal_(0.0, 0.15 if p.dim() > 1 else 0.1)

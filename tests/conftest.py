@@ -14,6 +14,16 @@ CHECKPOINTS = {
     "mistral": ("MistralForCausalLM", dict(sliding_window=None)),
     "qwen2": ("Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
     "qwen3_sharded": ("Qwen3ForCausalLM", dict()),
+    # Sliding windows shorter than most prompts, caps that bite, query_pre_attn_scalar != head_dim.
+    "gemma2": ("Gemma2ForCausalLM", dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                                         attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                                         attn_implementation="eager")),
+    "gemma3": ("Gemma3ForCausalLM", dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                                         sliding_window_pattern=2, final_logit_softcapping=4.0,
+                                         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                             "rope_theta": 10000.0},
+                                                          "sliding_attention": {"rope_type": "default",
+                                                                                "rope_theta": 100.0}})),
 }
 
 

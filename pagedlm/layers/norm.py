@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.kernels import ops
@@ -8,13 +9,23 @@ from pagedlm.layers.linear import default_weight_loader
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm; with ``residual`` given, fuses the residual add: returns (normed, new residual)."""
+    """RMSNorm; with ``residual`` given, fuses the residual add: returns (normed, new residual).
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    ``unit_offset``: the checkpoint stores w and the norm multiplies by (1 + w) (Gemma). The
+    loader stores 1 + w once, so the forward is the plain kernel."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, unit_offset: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.unit_offset = unit_offset
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
-        self.weight.weight_loader = lambda p, w, shard_id=None: default_weight_loader(p, w)  # type: ignore[attr-defined]
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if self.unit_offset:
+            # (1 + w) in float32 first, as Gemma's norm computes it, then one rounding to the model dtype
+            loaded_weight = loaded_weight.float() + 1.0
+        default_weight_loader(param, loaded_weight)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
@@ -22,3 +33,16 @@ class RMSNorm(nn.Module):
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with weight and bias (GPT-2), loadable through weight_loader."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__(hidden_size, eps=eps)
+        for p in (self.weight, self.bias):
+            p.requires_grad_(False)
+            p.weight_loader = lambda param, w, shard_id=None: default_weight_loader(param, w)  # type: ignore[attr-defined]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)

@@ -6,6 +6,8 @@ from torch import nn
 
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
+from pagedlm.models.gemma2 import Gemma2ForCausalLM
+from pagedlm.models.gemma3 import Gemma3ForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
@@ -19,6 +21,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralModel": as_pooling_model(LlamaForCausalLM),
     "Qwen2Model": as_pooling_model(LlamaForCausalLM),
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
 }
 
 

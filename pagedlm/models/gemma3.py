@@ -1,0 +1,76 @@
+"""Gemma 3 (text): Gemma 2's layout plus per-head q/k RMSNorm (1 + w), a separate RoPE per
+layer type (local base ``rope_local_base_freq`` for sliding layers, the global base and
+scaling for full ones), and no attention soft-capping (transformers' Gemma 3 does not apply
+``attn_logit_softcapping``, so neither does this)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedlm.config import attention_shape
+from pagedlm.layers.embedding import VocabEmbedding
+from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.gemma2 import (
+    Gemma2Attention,
+    Gemma2DecoderLayer,
+    Gemma2ForCausalLM,
+    check_causal,
+    layer_sliding_windows,
+)
+
+
+def layer_type_rotary(config: Any, layer_type: str, max_position: int) -> RotaryEmbedding:
+    """The RoPE of one layer type from ``rope_parameters[layer_type]`` (transformers 5 puts
+    rope_theta / rope_local_base_freq / rope_scaling of older configs there)."""
+    params = dict(config.rope_parameters[layer_type])
+    _, _, head_dim = attention_shape(config)
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    original_max = params.get("original_max_position_embeddings", config.max_position_embeddings)
+    return RotaryEmbedding(head_dim, max_position, float(params["rope_theta"]), rope_type, params,
+                           int(original_max), config.max_position_embeddings)
+
+
+class Gemma3Attention(Gemma2Attention):
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, sliding_window: int | None) -> None:
+        super().__init__(config, rotary_emb, sliding_window, softcap=None)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset=True)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset=True)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project_qkv(hidden_states)
+        num_tokens = q.shape[0]
+        q = self.q_norm(q.reshape(-1, self.head_dim)).view(num_tokens, self.q_size)
+        k = self.k_norm(k.reshape(-1, self.head_dim)).view(num_tokens, self.kv_size)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v))
+
+
+class Gemma3TextModel(nn.Module):
+    def __init__(self, config: Any, max_position: int) -> None:
+        super().__init__()
+        check_causal(config)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.register_buffer("normalizer", torch.tensor(config.hidden_size**0.5), persistent=False)
+        windows = layer_sliding_windows(config)
+        layer_types = ["sliding_attention" if w is not None else "full_attention" for w in windows]
+        rotary = {t: layer_type_rotary(config, t, max_position) for t in sorted(set(layer_types))}
+        self.layers = nn.ModuleList(
+            Gemma2DecoderLayer(config, Gemma3Attention(config, rotary[t], w)) for t, w in zip(layer_types, windows)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, unit_offset=True)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.embed_tokens(input_ids) * self.normalizer.to(self.embed_tokens.weight.dtype)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class Gemma3ForCausalLM(Gemma2ForCausalLM):
+    model_cls = Gemma3TextModel

@@ -1,0 +1,47 @@
+"""Weight loading shared by the model files: checkpoint names -> parameters, with fused
+parameters (qkv_proj, gate_up_proj, stacked experts) filled part by part."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+# checkpoint name fragment -> (our fused parameter fragment, shard id)
+LLAMA_STACKED_PARAMS: list[tuple[str, str, Any]] = [
+    (".q_proj", ".qkv_proj", "q"),
+    (".k_proj", ".qkv_proj", "k"),
+    (".v_proj", ".qkv_proj", "v"),
+    (".gate_proj", ".gate_up_proj", 0),
+    (".up_proj", ".gate_up_proj", 1),
+]
+
+
+def load_params(
+    model: nn.Module,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    stacked_params: Sequence[tuple[str, str, Any]] = (),
+    skip_prefixes: Sequence[str] = (),
+) -> set[str]:
+    """Load (name, tensor) pairs; returns the names of the parameters loaded.
+
+    A name containing a ``stacked_params`` fragment (first match wins) goes to the fused
+    parameter named with that fragment replaced, with that shard id: ``.q_proj`` ->
+    ``.qkv_proj`` shard "q"; ``experts.3.w1.`` -> ``experts.w13_`` shard (3, "w1")."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if "rotary_emb.inv_freq" in name or any(name.startswith(p) for p in skip_prefixes):
+            continue
+        target, shard_id = name, None
+        for ckpt_part, fused_part, sid in stacked_params:
+            if ckpt_part in name:
+                target, shard_id = name.replace(ckpt_part, fused_part), sid
+                break
+        param = params.get(target)
+        if param is None:
+            raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}")
+        param.weight_loader(param, tensor, shard_id)
+        loaded.add(target)
+    return loaded
