@@ -24,6 +24,19 @@ CHECKPOINTS = {
                                                                              "rope_theta": 10000.0},
                                                           "sliding_attention": {"rope_type": "default",
                                                                                 "rope_theta": 100.0}})),
+    "phi3": ("Phi3ForCausalLM", dict(sliding_window=24, pad_token_id=0)),
+    # LongRoPE: head_dim 16 -> 8 factors each; original context 48 of 512.
+    "phi3_longrope": ("Phi3ForCausalLM", dict(
+        original_max_position_embeddings=48, pad_token_id=0,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0],
+                      "long_factor": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0]})),
+    "mixtral": ("MixtralForCausalLM", dict(num_local_experts=6, num_experts_per_tok=2, sliding_window=24)),
+    # Layer 1 dense (mlp_only_layers), a shared expert, un-normalised top-k.
+    "qwen2_moe": ("Qwen2MoeForCausalLM", dict(num_hidden_layers=3, num_experts=6, num_experts_per_tok=2,
+                                              moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                                              mlp_only_layers=[1], norm_topk_prob=False)),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", dict(head_dim=16, num_experts=8, num_experts_per_tok=3,
+                                              moe_intermediate_size=32, norm_topk_prob=True)),
 }
 
 

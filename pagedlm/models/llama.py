@@ -34,16 +34,20 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, qkv_bias: bool | None = None,
+                 qk_norm: bool | None = None) -> None:
+        """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
+        families, e.g. the MoE ones, set them)."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         model_type = getattr(config, "model_type", "llama")
-        qkv_bias = getattr(config, "attention_bias", False) or model_type == "qwen2"
+        if qkv_bias is None:
+            qkv_bias = getattr(config, "attention_bias", False) or model_type == "qwen2"
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
         self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, getattr(config, "attention_bias", False))
-        self.use_qk_norm = model_type == "qwen3"
+        self.use_qk_norm = model_type == "qwen3" if qk_norm is None else qk_norm
         if self.use_qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -106,7 +110,8 @@ class LlamaModel(nn.Module):
         # One cos/sin table for all layers, sized for the longest sequence the engine allows.
         _, _, head_dim = attention_shape(config)
         base, rope_type, params, original_max = rope_settings(config)
-        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max)
+        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
+                                     config.max_position_embeddings)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

@@ -9,6 +9,10 @@ from pagedlm.models.bert import BertModel
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
+from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.phi3 import Phi3ForCausalLM
+from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
+from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
@@ -23,6 +27,10 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
 }
 
 

@@ -1,0 +1,89 @@
+"""FusedMoE: the routed experts of one MoE block, stored stacked (w13 [E, 2I, H], w2
+[E, H, I]) and run as one fused op: the PyTorch reference on CPU, the Triton grouped-GEMM
+kernel on CUDA (``ops.current_backend()`` picks, as for every other op).
+
+Checkpoints store one tensor per expert and projection (``experts.3.w1.weight`` in
+Mixtral, ``experts.3.gate_proj.weight`` in Qwen MoE); ``expert_params_mapping`` routes each
+into its slice through ``weight_loader``. Under tensor parallelism each rank keeps a slice
+of the intermediate dim: the loader cuts it with one ``narrow`` from ``moe_tp_rank_size()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedlm.kernels import ops
+from pagedlm.layers.fused_moe import reference
+
+
+def moe_tp_rank_size() -> tuple[int, int]:
+    """(tp_rank, tp_size) for sharding experts; (0, 1) while no tensor-parallel module exists."""
+    try:
+        from pagedlm.worker import distributed  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        return 0, 1
+    rank_fn = getattr(distributed, "get_tp_rank", None) or getattr(distributed, "get_tensor_model_parallel_rank")
+    size_fn = getattr(distributed, "get_tp_size", None) or getattr(distributed, "get_tensor_model_parallel_world_size")
+    return int(rank_fn()), int(size_fn())
+
+
+def fused_moe_impl():
+    """The module holding select_experts / fused_experts for the current kernel backend."""
+    if ops.current_backend() == "triton":
+        from pagedlm.layers.fused_moe import triton_moe  # noqa: PLC0415 - needs CUDA + Triton
+
+        return triton_moe
+    return reference
+
+
+class FusedMoE(nn.Module):
+    def __init__(self, num_experts: int, top_k: int, hidden_size: int, intermediate_size: int,
+                 renormalize: bool) -> None:
+        super().__init__()
+        self.tp_rank, self.tp_size = moe_tp_rank_size()
+        if intermediate_size % self.tp_size:
+            raise ValueError(f"moe intermediate size {intermediate_size} is not divisible by tp size {self.tp_size}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.renormalize = renormalize
+        self.intermediate_size = intermediate_size // self.tp_size  # this rank's share
+        i = self.intermediate_size
+        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, i), requires_grad=False)
+        for p in (self.w13_weight, self.w2_weight):
+            p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    @staticmethod
+    def expert_params_mapping(num_experts: int, gate: str, down: str, up: str) -> list[tuple[str, str, Any]]:
+        """(checkpoint fragment, parameter fragment, (expert, shard)) for ``load_params``:
+        ``experts.3.<gate>.`` -> ``experts.w13_`` shard (3, "w1"), <up> -> "w3", <down> -> "w2"."""
+        mapping = []
+        for e in range(num_experts):
+            for ckpt, shard in ((gate, "w1"), (up, "w3"), (down, "w2")):
+                target = "experts.w2_" if shard == "w2" else "experts.w13_"
+                mapping.append((f"experts.{e}.{ckpt}.", target, (e, shard)))
+        return mapping
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: tuple[int, str]) -> None:
+        expert, shard = shard_id
+        i = self.intermediate_size
+        # This rank's slice of the intermediate dim: rows of w1 / w3, columns of w2.
+        dim = 1 if shard == "w2" else 0
+        loaded_weight = loaded_weight.narrow(dim, self.tp_rank * i, i)
+        if shard == "w2":
+            target = param.data[expert]
+        else:
+            target = param.data[expert].narrow(0, 0 if shard == "w1" else i, i)
+        if target.shape != loaded_weight.shape:
+            raise ValueError(f"expert {expert} {shard}: checkpoint shape {tuple(loaded_weight.shape)}, "
+                             f"expected {tuple(target.shape)}")
+        target.copy_(loaded_weight)
+
+    def forward(self, hidden_states: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+        # hidden_states [T, H], router_logits [T, E] -> [T, H] (this rank's partial sum under TP)
+        impl = fused_moe_impl()
+        topk_weights, topk_ids = impl.select_experts(router_logits, self.top_k, self.renormalize)
+        return impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids)

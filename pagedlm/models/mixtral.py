@@ -1,0 +1,130 @@
+"""Mixtral: Llama attention with a sparse MoE block in place of the MLP: a router
+(``gate``, softmax then top-k, always renormalised) and stacked experts run by FusedMoE.
+``MoEModel`` is the decoder stack the Qwen MoE files share (their layers differ)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from pagedlm.config import attention_shape
+from pagedlm.layers.attention import Attention
+from pagedlm.layers.embedding import LMHead, VocabEmbedding
+from pagedlm.layers.fused_moe import FusedMoE
+from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.llama import LlamaAttention, rope_settings
+from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
+
+
+class MixtralSparseMoeBlock(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for MoE experts (only silu)")
+        self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts)
+        self.experts = FusedMoE(config.num_local_experts, config.num_experts_per_tok, config.hidden_size,
+                                config.intermediate_size, renormalize=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.experts(hidden_states, self.gate(hidden_states))
+
+
+class MoEDecoderLayer(nn.Module):
+    """Pre-norm attention then the feed-forward block, with the fused residual adds of the
+    Llama layer. ``ffn_name`` is the block's checkpoint name (block_sparse_moe / mlp)."""
+
+    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str) -> None:
+        super().__init__()
+        self.self_attn = self_attn
+        self.ffn_name = ffn_name
+        self.add_module(ffn_name, ffn)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden_states
+            hidden_states = self.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return getattr(self, self.ffn_name)(hidden_states), residual
+
+
+# (config, layer index, shared rotary embedding) -> decoder layer
+LayerFactory = Callable[[Any, int, RotaryEmbedding], nn.Module]
+
+
+class MoEModel(nn.Module):
+    def __init__(self, config: Any, max_position: int, make_layer: LayerFactory) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        _, _, head_dim = attention_shape(config)
+        base, rope_type, params, original_max = rope_settings(config)
+        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
+                                     config.max_position_embeddings)
+        self.layers = nn.ModuleList(make_layer(config, i, rotary_emb) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class MoEForCausalLM(nn.Module):
+    """Embedding, MoE decoder stack, LM head; subclasses give the layer and expert names."""
+
+    expert_names = ("w1", "w2", "w3")  # checkpoint names of (gate, down, up) per expert
+
+    def __init__(self, config: Any, max_position: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.model = MoEModel(config, max_position or config.max_position_embeddings, self.make_layer)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+        raise NotImplementedError
+
+    def num_experts(self) -> int:
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden_states)
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        gate, down, up = self.expert_names
+        # Expert names first: Qwen's experts.N.gate_proj must not match the plain .gate_proj entry.
+        mapping = FusedMoE.expert_params_mapping(self.num_experts(), gate, down, up) + LLAMA_STACKED_PARAMS
+        skip = ("lm_head.",) if self.tie_word_embeddings else ()
+        return load_params(self, weights, mapping, skip)
+
+
+class MixtralForCausalLM(MoEForCausalLM):
+    @staticmethod
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+        attn = LlamaAttention(config, rotary_emb, qkv_bias=False, qk_norm=False)
+        return MoEDecoderLayer(config, attn, MixtralSparseMoeBlock(config), "block_sparse_moe")
+
+    def num_experts(self) -> int:
+        return self.config.num_local_experts
