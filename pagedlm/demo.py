@@ -135,7 +135,7 @@ def build_tiny_checkpoint(
         # HF initialises with std 0.02, which makes every logit nearly equal; larger weights
         # give peaked distributions so greedy parity checks are meaningful.
         for name, p in model.named_parameters():
-            if "norm" in name or ".ln_" in name:
+            if ("norm" in name or ".ln_" in name) and not name.endswith(".bias"):
                 p.uniform_(0.5, 1.5)
             else:
                 p.normal_(0.0, 0.15 if p.dim() > 1 else 0.1)

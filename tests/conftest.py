@@ -37,6 +37,9 @@ CHECKPOINTS = {
                                               mlp_only_layers=[1], norm_topk_prob=False)),
     "qwen3_moe": ("Qwen3MoeForCausalLM", dict(head_dim=16, num_experts=8, num_experts_per_tok=3,
                                               moe_intermediate_size=32, norm_topk_prob=True)),
+    # num_key_value_heads only keeps the shared test config from claiming GQA (GPT-2 has none).
+    "gpt2": ("GPT2LMHeadModel", dict(n_inner=96, activation_function="gelu_new", tie_word_embeddings=True,
+                                     num_key_value_heads=4)),
 }
 
 

@@ -8,6 +8,7 @@ from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM
+from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
@@ -31,6 +32,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "GPT2LMHeadModel": GPT2LMHeadModel,
 }
 
 
