@@ -37,6 +37,13 @@ CHECKPOINTS = {
                                               mlp_only_layers=[1], norm_topk_prob=False)),
     "qwen3_moe": ("Qwen3MoeForCausalLM", dict(head_dim=16, num_experts=8, num_experts_per_tok=3,
                                               moe_intermediate_size=32, norm_topk_prob=True)),
+    # yarn: head_dim 16 over an original context of 32 puts the ramp inside the frequencies.
+    "llama_yarn": ("LlamaForCausalLM", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 8.0,
+                                                          "beta_slow": 1.0, "original_max_position_embeddings": 32},
+                                            rope_theta=10000.0)),
+    "qwen2_yarn": ("Qwen2ForCausalLM", dict(rope_scaling={"rope_type": "yarn", "factor": 8.0, "mscale": 1.5,
+                                                          "mscale_all_dim": 0.5, "original_max_position_embeddings": 64},
+                                            tie_word_embeddings=True)),
     # num_key_value_heads only keeps the shared test config from claiming GQA (GPT-2 has none).
     "gpt2": ("GPT2LMHeadModel", dict(n_inner=96, activation_function="gelu_new", tie_word_embeddings=True,
                                      num_key_value_heads=4)),
