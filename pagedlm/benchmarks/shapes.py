@@ -1,5 +1,6 @@
 """Checkpoint directories (config + tokenizer, no weights) of benchmark shapes, for
-`--load-format dummy`. `python -m pagedlm.benchmarks.shapes NAME OUT_DIR`."""
+`--load-format dummy`. `python -m pagedlm.benchmarks.shapes NAME OUT_DIR`. A shape is a Llama
+config unless it names its own ``architectures`` / ``model_type``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,29 @@ SHAPES = {
         rope_theta=500000.0, torch_dtype="bfloat16",
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 8192},
+    ),
+    # MoE shapes (benchmarks/gpu_moe.py): 128 experts top-8, 3.3B of 30.5B parameters active.
+    "qwen3-30b-a3b": dict(
+        architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+        num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+        num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+        vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        torch_dtype="bfloat16",
+    ),
+    "mixtral-8x7b": dict(
+        architectures=["MixtralForCausalLM"], model_type="mixtral",
+        hidden_size=4096, intermediate_size=14336, num_local_experts=8, num_experts_per_tok=2,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+        max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1000000.0, torch_dtype="bfloat16",
+    ),
+    # The MoE code path at toy size (CPU smoke run of benchmarks/gpu_moe.py).
+    "moe-tiny": dict(
+        architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="float32",
     ),
     # A few tens of millions of parameters: the CPU benchmark.
     "cpu-small": dict(
