@@ -78,7 +78,7 @@ def _grouped_gemm_kernel(
     num_rows, n_size, k_size,
     stride_am, stride_be, stride_bn, stride_bk, stride_cm,
     A_ROWS_PER_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """c[row] = (weight[row] *) a[row // A_ROWS_PER_TOKEN] @ b[expert]^T for the sorted
     rows of one BLOCK_M tile (one expert) and one BLOCK_N slice of the output."""
@@ -102,7 +102,7 @@ def _grouped_gemm_kernel(
         k_valid = offs_k + k0 < k_size
         a = tl.load(a_ptrs, mask=row_valid[:, None] & k_valid[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_valid[:, None] & n_valid[None, :], other=0.0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
     if MUL_WEIGHT:
@@ -123,6 +123,8 @@ def _grouped_gemm(a, b, c, weights, aligned, top_k_rows: int, mul_weight: bool, 
         a.stride(0), b.stride(0), b.stride(1), b.stride(2), c.stride(0),
         A_ROWS_PER_TOKEN=top_k_rows, MUL_WEIGHT=mul_weight,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        # float32 models get full-precision products (no tf32), as the reference computes
+        DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
