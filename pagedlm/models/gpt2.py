@@ -18,7 +18,6 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import LMHead, VocabEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
-from pagedlm.models.utils import load_params
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
@@ -83,9 +82,9 @@ class GPT2Model(nn.Module):
         return self.ln_f(hidden_states)
 
 
-def _checkpoint_names(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Canonical names and [out, in] weights: adds the ``transformer.`` prefix old
-    checkpoints lack, drops causal-mask buffers, transposes Conv1D weights."""
+def _checkpoint_tensors(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor, Any]]:
+    """(name, [out, in] tensor, shard id): adds the ``transformer.`` prefix old checkpoints
+    lack, drops causal-mask buffers, transposes Conv1D weights, splits c_attn into q, k, v."""
     for name, tensor in weights:
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue
@@ -93,7 +92,12 @@ def _checkpoint_names(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[t
             name = "transformer." + name
         if name.endswith(_CONV1D):
             tensor = tensor.t()
-        yield name, tensor
+        if ".c_attn." in name:
+            # q | k | v rows (bias entries) each go to their shard of the fused projection.
+            for shard, piece in zip("qkv", tensor.chunk(3, dim=0)):
+                yield name, piece, shard
+        else:
+            yield name, tensor, None
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -121,5 +125,13 @@ class GPT2LMHeadModel(nn.Module):
         return [block.attn.attn for block in self.transformer.h]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        skip = ("lm_head.",) if self.tie_word_embeddings else ()
-        return load_params(self, _checkpoint_names(weights), (), skip)
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        for name, tensor, shard_id in _checkpoint_tensors(weights):
+            if self.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in GPT2LMHeadModel")
+            params[name].weight_loader(params[name], tensor, shard_id)
+            loaded.add(name)
+        return loaded

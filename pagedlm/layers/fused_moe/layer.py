@@ -83,7 +83,13 @@ class FusedMoE(nn.Module):
         target.copy_(loaded_weight)
 
     def forward(self, hidden_states: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
-        # hidden_states [T, H], router_logits [T, E] -> [T, H] (this rank's partial sum under TP)
+        # hidden_states [T, H], router_logits [T, E] -> [T, H]
         impl = fused_moe_impl()
         topk_weights, topk_ids = impl.select_experts(router_logits, self.top_k, self.renormalize)
-        return impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        out = impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        if self.tp_size > 1:
+            # Each rank holds a slice of every expert's intermediate dim: partial sums.
+            from pagedlm.worker.distributed import tensor_model_parallel_all_reduce  # noqa: PLC0415
+
+            out = tensor_model_parallel_all_reduce(out)
+        return out
