@@ -71,6 +71,12 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "uni"  # "uni" | "mp" | "ray", resolved by EngineArgs
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,39 @@ def attention_shape(hf_config: Any) -> tuple[int, int, int]:
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     return num_heads, num_kv_heads, head_dim
+
+
+def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str) -> ParallelConfig:
+    """Check the world shape and pick the executor like vLLM: one rank in process; several
+    as processes on this host, or as Ray actors when the world outgrows the host's GPUs."""
+    for name, size in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {size!r}")
+    world = tp * pp
+    if backend not in (None, "uni", "mp", "ray"):
+        raise ConfigError(f"distributed_executor_backend must be 'mp', 'ray' or 'uni', got {backend!r}")
+    if backend is None:
+        backend = "uni" if world == 1 else "mp"
+        if world > 1 and device == "cuda":
+            import torch
+
+            if world > torch.cuda.device_count():
+                backend = "ray"
+    if backend == "uni" and world > 1:
+        raise ConfigError(f"distributed_executor_backend='uni' runs one rank; tensor_parallel_size x "
+                          f"pipeline_parallel_size = {world} needs 'mp' or 'ray'")
+    if backend == "mp" and device == "cuda":
+        import torch
+
+        if world > torch.cuda.device_count():
+            raise ConfigError(f"{world} ranks need {world} GPUs on this host, found {torch.cuda.device_count()}; "
+                              "use distributed_executor_backend='ray' to span hosts")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("distributed_executor_backend='ray' needs Ray: pip install 'pagedlm[ray]'") from e
+    return ParallelConfig(tp, pp, backend)
 
 
 def resolve_device(device: str) -> str:

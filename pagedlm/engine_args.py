@@ -18,6 +18,7 @@ from pagedlm.config import (
     derive_max_model_len,
     load_hf_config,
     read_chat_template,
+    resolve_parallel_config,
     resolve_device,
     resolve_dtype,
 )
@@ -47,6 +48,9 @@ class EngineArgs:
     reasoning_parser: str | None = None  # qwen3 | deepseek_r1: reasoning_content; constraints start after it
     runner: str = "auto"  # "auto" | "generate" | "pooling"
     pooler_config: dict | str | None = None  # {"pooling_type": "CLS"|"MEAN"|"LAST", "normalize": bool}
+    # ---- parallelism (tensor_parallel_size above) ----
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "uni" | "mp" | "ray"; None: vLLM's default
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -77,6 +81,12 @@ class EngineArgs:
                             help="generate text, or pool hidden states into embeddings (auto: from the checkpoint)")
         parser.add_argument("--pooler-config", "--override-pooler-config", dest="pooler_config", type=str,
                             default=None, help='JSON, e.g. \'{"pooling_type": "MEAN", "normalize": false}\'')
+        # ---- parallelism ----
+        parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+        parser.add_argument("--distributed-executor-backend", type=str, default=None, choices=["mp", "ray", "uni"],
+                            help="how ranks run: uni (one rank, in process), mp (a process per rank), ray "
+                                 "(Ray actors, ranks may span hosts); default mp, or ray when the world is "
+                                 "larger than this host's GPUs")
         return parser
 
     @classmethod
@@ -91,8 +101,6 @@ class EngineArgs:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
-        if self.tensor_parallel_size != 1:
-            raise ConfigError("tensor_parallel_size > 1 is not supported yet; use tensor_parallel_size=1")
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
@@ -145,7 +153,8 @@ class EngineArgs:
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
                 enable_chunked_prefill=not pooling,
             ),
-            parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            parallel_config=resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                                    self.distributed_executor_backend, device),
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
         )

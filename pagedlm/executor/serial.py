@@ -1,0 +1,72 @@
+"""msgpack encodings of the per-step messages between the engine core and worker processes.
+
+No pickle crosses a socket: SchedulerOutput goes out and ModelRunnerOutput comes back as
+msgpack (msgspec). Decoding rebuilds the dataclasses field by field; SamplingParams is
+restored without re-running its constructor, so fields the engine filled in (e.g. the EOS
+id in all_stop_token_ids) survive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgspec
+
+from pagedlm.engine.messages import (
+    CachedRequestData,
+    LogprobsLists,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(msgspec.to_builtins(obj, builtin_types=(bytes,)))
+
+
+def decode_raw(data: bytes) -> Any:
+    return _decoder.decode(data)
+
+
+def _sampling_params(d: dict[str, Any]) -> SamplingParams:
+    sp = SamplingParams.__new__(SamplingParams)
+    for f in dataclasses.fields(SamplingParams):
+        setattr(sp, f.name, d.get(f.name, f.default))
+    sp.all_stop_token_ids = set(sp.all_stop_token_ids or ())
+    if sp.logit_bias is not None:  # msgpack map keys come back as they went: ints
+        sp.logit_bias = {int(k): float(v) for k, v in sp.logit_bias.items()}
+    if sp.structured_outputs is not None:
+        sp.structured_outputs = StructuredOutputsParams(**sp.structured_outputs)
+    return sp
+
+
+def decode_scheduler_output(data: bytes) -> SchedulerOutput:
+    d = _decoder.decode(data)
+    new_reqs = []
+    for r in d["scheduled_new_reqs"]:
+        r["sampling_params"] = _sampling_params(r["sampling_params"])
+        new_reqs.append(NewRequestData(**r))
+    return SchedulerOutput(
+        scheduled_new_reqs=new_reqs,
+        scheduled_cached_reqs=[CachedRequestData(**r) for r in d["scheduled_cached_reqs"]],
+        num_scheduled_tokens=d["num_scheduled_tokens"],
+        total_num_scheduled_tokens=d["total_num_scheduled_tokens"],
+        finished_req_ids=set(d["finished_req_ids"]),
+        preempted_req_ids=set(d["preempted_req_ids"]),
+    )
+
+
+def decode_runner_output(data: bytes) -> ModelRunnerOutput:
+    d = _decoder.decode(data)
+    return ModelRunnerOutput(
+        req_ids=d["req_ids"],
+        sampled_token_ids=d["sampled_token_ids"],
+        logprobs={k: LogprobsLists(**v) for k, v in d["logprobs"].items()},
+        prompt_logprobs={k: LogprobsLists(**v) for k, v in d["prompt_logprobs"].items()},
+    )
