@@ -53,7 +53,7 @@ class MultiprocExecutor(Executor):
             sock = self._ctx.socket(zmq.PUSH)
             sock.bind(f"ipc://{self._dir}/commands-{rank}")
             self._commands.append(sock)
-        spawn = multiprocessing.get_context("spawn")
+        spawn = _process_context(config)
         self.procs = [
             spawn.Process(target=worker_main, name=f"pagedlm-worker-{rank}", daemon=True,
                           args=(config, rank, rank, f"file://{self._dir}/dist-init", self._dir))
@@ -122,6 +122,17 @@ class MultiprocExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def _process_context(config: EngineConfig) -> multiprocessing.context.BaseContext:
+    """A forkserver that has imported torch, transformers (with this model's config class)
+    and the worker code once: every worker (of this engine and of later ones in the same
+    process) forks from it instead of paying those imports again (seconds each on a busy
+    host). The forkserver never touches CUDA, so forked workers may."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", type(config.model_config.hf_config).__module__,
+                                "pagedlm.worker.model_runner", "pagedlm.entrypoints.llm"])
+    return ctx
 
 
 def _cleanup(procs: list, commands: list, results: Any, ctx: zmq.Context, directory: str) -> None:
