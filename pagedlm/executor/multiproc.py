@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 import traceback
 import weakref
 from typing import Any
@@ -84,7 +85,7 @@ class MultiprocExecutor(Executor):
             if self._results.poll(_POLL_MS):
                 rank, ok, payload = serial.decode_raw(self._results.recv())
                 if not ok:
-                    self._fail(f"worker rank {rank} failed:\n{payload}")
+                    self._report_failure(rank, payload)
                 results[rank] = payload
             else:
                 self._check_alive()
@@ -93,9 +94,24 @@ class MultiprocExecutor(Executor):
     def _check_alive(self) -> None:
         if self._dead is not None:
             raise WorkerDiedError(self._dead)
-        dead = [(rank, p.exitcode) for rank, p in enumerate(self.procs) if not p.is_alive()]
+        dead = self._dead_ranks()
         if dead:
-            self._fail("worker process(es) died: " + ", ".join(f"rank {r} (exit code {c})" for r, c in dead))
+            self._fail(dead)
+
+    def _dead_ranks(self) -> str:
+        dead = [(rank, p.exitcode) for rank, p in enumerate(self.procs) if not p.is_alive()]
+        return ("worker process(es) died: " + ", ".join(f"rank {r} (exit code {c})" for r, c in dead)) if dead else ""
+
+    def _report_failure(self, rank: int, payload: str) -> None:
+        """A worker raised. When a peer died, the survivor's collective fails first: name
+        the dead rank (given a moment to be reaped) as the cause."""
+        last_line = payload.strip().splitlines()[-1] if payload.strip() else "?"
+        for _ in range(10):
+            dead = self._dead_ranks()
+            if dead:
+                self._fail(f"{dead}; rank {rank} then failed: {last_line}")
+            time.sleep(0.1)
+        self._fail(f"worker rank {rank} failed:\n{payload}")
 
     def _fail(self, why: str) -> None:
         self._dead = why
