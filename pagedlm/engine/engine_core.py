@@ -27,6 +27,12 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
 
+    @property
+    def runner(self):
+        """The model runner when it lives in this process (the 'uni' executor), else None."""
+        worker = getattr(self.executor, "worker", None)
+        return worker.runner if worker is not None else None
+
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
 
