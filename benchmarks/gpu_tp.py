@@ -25,7 +25,7 @@ import tempfile
 import time
 
 NUM_LOGPROBS = 5
-CHECK_PROMPTS = [[1 + (i * 7919 + j * 104729) % 30000 for j in range(16 + 8 * i)] for i in range(4)]
+CHECK_PROMPTS = [[1 + (i * 7919 + j * 104729) % 500 for j in range(16 + 8 * i)] for i in range(4)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
