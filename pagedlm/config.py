@@ -144,6 +144,22 @@ def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str) 
     return ParallelConfig(tp, pp, backend)
 
 
+def verify_parallel_shapes(hf_config: Any, parallel: ParallelConfig) -> None:
+    """Refuse, before any worker starts, a model the world shape cannot split evenly."""
+    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    num_heads, num_kv_heads, _ = attention_shape(hf_config)
+    if num_heads % tp:
+        raise ConfigError(f"num_attention_heads ({num_heads}) must be divisible by tensor_parallel_size ({tp})")
+    if num_kv_heads % tp and tp % num_kv_heads:
+        raise ConfigError(f"num_key_value_heads ({num_kv_heads}) and tensor_parallel_size ({tp}) must divide "
+                          "one another (KV heads are split, or replicated when there are more ranks)")
+    intermediate = getattr(hf_config, "intermediate_size", None)
+    if intermediate and intermediate % tp:
+        raise ConfigError(f"intermediate_size ({intermediate}) must be divisible by tensor_parallel_size ({tp})")
+    if hf_config.num_hidden_layers < pp:
+        raise ConfigError(f"pipeline_parallel_size ({pp}) exceeds the model's {hf_config.num_hidden_layers} layers")
+
+
 def resolve_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")

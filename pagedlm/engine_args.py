@@ -19,6 +19,7 @@ from pagedlm.config import (
     load_hf_config,
     read_chat_template,
     resolve_parallel_config,
+    verify_parallel_shapes,
     resolve_device,
     resolve_dtype,
 )
@@ -130,6 +131,13 @@ class EngineArgs:
             runner=runner,
             pooler_config=pooler_config,
         )
+        parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                                  self.distributed_executor_backend, device)
+        verify_parallel_shapes(hf_config, parallel_config)
+        if parallel_config.pipeline_parallel_size > 1:
+            from pagedlm.models.registry import verify_pipeline_support
+
+            verify_pipeline_support(model_config.architectures)
         default_tokens = 8192 if device == "cuda" else 2048
         max_batched = self.max_num_batched_tokens or default_tokens
         if max_batched < 1:
@@ -153,8 +161,7 @@ class EngineArgs:
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
                 enable_chunked_prefill=not pooling,
             ),
-            parallel_config=resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
-                                                    self.distributed_executor_backend, device),
+            parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
         )

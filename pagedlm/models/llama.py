@@ -131,6 +131,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
     # checkpoint name fragment -> (our fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".q_proj", ".qkv_proj", "q"),
