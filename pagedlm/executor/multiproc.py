@@ -141,10 +141,13 @@ class MultiprocExecutor(Executor):
 
 
 def _process_context(config: EngineConfig) -> multiprocessing.context.BaseContext:
-    """A forkserver that has imported torch, transformers (with this model's config class)
-    and the worker code once: every worker (of this engine and of later ones in the same
-    process) forks from it instead of paying those imports again (seconds each on a busy
-    host). The forkserver never touches CUDA, so forked workers may."""
+    """On CPU, a forkserver that has imported torch, transformers (with this model's config
+    class) and the worker code once: every worker (of this engine and of later ones in the
+    same process) forks from it instead of paying those imports again (seconds each on a
+    busy host). On CUDA, plain spawn: a fresh interpreter per rank can never inherit CUDA
+    state, and a few seconds of imports are small next to loading a GPU model."""
+    if config.device_config.device == "cuda":
+        return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", type(config.model_config.hf_config).__module__,
                                 "pagedlm.worker.model_runner", "pagedlm.entrypoints.llm"])
