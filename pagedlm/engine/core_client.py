@@ -90,7 +90,7 @@ class InprocClient:
         return [getattr(self.engine_core, method)(*args)]
 
     def shutdown(self) -> None:
-        pass
+        self.engine_core.shutdown()  # stops worker processes / actors, if any
 
 
 class MPClient:

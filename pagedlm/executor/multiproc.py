@@ -16,6 +16,7 @@ engine process disappears (their parent pid changes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ import tempfile
 import time
 import traceback
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import zmq
 
@@ -62,8 +63,9 @@ class MultiprocExecutor(Executor):
         ]
         self._finalizer = weakref.finalize(self, _cleanup, self.procs, self._commands, self._results, self._ctx,
                                            self._dir)
-        for proc in self.procs:
-            proc.start()
+        with _children_allowed():
+            for proc in self.procs:
+                proc.start()
         try:
             self._wait(set(range(self.world_size)))  # each worker reports: model loaded
         except BaseException:
@@ -138,6 +140,20 @@ class MultiprocExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """The engine core may itself run as a daemonic process, which multiprocessing forbids
+    to start children. Our workers need no daemon semantics from it: the executor's
+    finalizer stops them, and they exit on their own when their parent disappears."""
+    current = multiprocessing.current_process()
+    was_daemon = current.daemon
+    current._config["daemon"] = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        current._config["daemon"] = was_daemon  # type: ignore[attr-defined]
 
 
 def _process_context(config: EngineConfig) -> multiprocessing.context.BaseContext:
