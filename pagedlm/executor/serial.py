@@ -15,7 +15,6 @@ import msgspec
 
 from pagedlm.engine.messages import (
     CachedRequestData,
-    LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
     SchedulerOutput,
@@ -62,11 +61,8 @@ def decode_scheduler_output(data: bytes) -> SchedulerOutput:
     )
 
 
+_runner_output_decoder = msgspec.msgpack.Decoder(ModelRunnerOutput)
+
+
 def decode_runner_output(data: bytes) -> ModelRunnerOutput:
-    d = _decoder.decode(data)
-    return ModelRunnerOutput(
-        req_ids=d["req_ids"],
-        sampled_token_ids=d["sampled_token_ids"],
-        logprobs={k: LogprobsLists(**v) for k, v in d["logprobs"].items()},
-        prompt_logprobs={k: LogprobsLists(**v) for k, v in d["prompt_logprobs"].items()},
-    )
+    return _runner_output_decoder.decode(data)
