@@ -226,5 +226,8 @@ def dump_config(config: EngineConfig) -> str:
             "block_size": c.block_size,
             "enable_prefix_caching": c.enable_prefix_caching, "max_num_seqs": s.max_num_seqs,
             "max_num_batched_tokens": s.max_num_batched_tokens, "device": config.device_config.device,
+            "tensor_parallel_size": config.parallel_config.tensor_parallel_size,
+            "pipeline_parallel_size": config.parallel_config.pipeline_parallel_size,
+            "distributed_executor_backend": config.parallel_config.distributed_executor_backend,
         }
     )
