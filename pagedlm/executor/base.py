@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 
+import numpy as np
+
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 
@@ -63,6 +65,10 @@ class Executor(ABC):
     @abstractmethod
     def take_output(self) -> ModelRunnerOutput:
         ...
+
+    @abstractmethod
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        """(async scheduling, structured outputs) sample the launched step with its bitmask."""
 
     def shutdown(self) -> None:
         pass

@@ -27,6 +27,7 @@ import traceback
 import weakref
 from typing import Any, Iterator
 
+import numpy as np
 import zmq
 
 from pagedlm.config import EngineConfig
@@ -138,6 +139,9 @@ class MultiprocExecutor(Executor):
         self._send("take_output")
         return serial.decode_runner_output(self._wait({self.output_rank})[self.output_rank])
 
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        self._send("sample_deferred", serial.encode(bitmask))
+
     def shutdown(self) -> None:
         self._finalizer()
 
@@ -237,6 +241,8 @@ def _serve(worker: Any, commands: zmq.Socket, reply: Any, parent: int) -> None:
             out = worker.execute_model(sched) if method == "execute_model" else worker.launch(sched)
         elif method == "take_output":
             out = worker.take_output()
+        elif method == "sample_deferred":
+            out = worker.sample_deferred(serial.decode_ndarray(serial.decode_raw(args[0])))
         elif method in _RPC_METHODS:
             reply(True, getattr(worker, method)(*args))
             continue

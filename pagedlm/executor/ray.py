@@ -68,6 +68,9 @@ class RayWorkerWrapper:
         out = self.worker.take_output()
         return None if out is None else serial.encode(out)
 
+    def sample_deferred(self, data: bytes) -> None:
+        self.worker.sample_deferred(serial.decode_ndarray(serial.decode_raw(data)))
+
 
 class RayExecutor(Executor):
     def __init__(self, config: EngineConfig) -> None:
@@ -148,6 +151,10 @@ class RayExecutor(Executor):
         launched, self._launched = self._launched, []
         outs = self._get(launched + [a.take_output.remote() for a in self.actors])[len(launched):]
         return serial.decode_runner_output(outs[self.output_rank])
+
+    def sample_deferred(self, bitmask: Any) -> None:
+        data = serial.encode(bitmask)
+        self._launched.extend(a.sample_deferred.remote(data) for a in self.actors)
 
     def shutdown(self) -> None:
         import ray

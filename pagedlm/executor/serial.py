@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from pagedlm.engine.messages import (
     CachedRequestData,
@@ -25,8 +26,20 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):  # e.g. the grammar bitmask: raw bytes, shape, dtype
+        return {"__ndarray__": obj.tobytes(), "shape": list(obj.shape), "dtype": str(obj.dtype)}
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def decode_ndarray(d: dict[str, Any] | None) -> np.ndarray | None:
+    if d is None:
+        return None
+    return np.frombuffer(d["__ndarray__"], dtype=d["dtype"]).reshape(d["shape"]).copy()
+
+
 def encode(obj: Any) -> bytes:
-    return _encoder.encode(msgspec.to_builtins(obj, builtin_types=(bytes,)))
+    return _encoder.encode(msgspec.to_builtins(obj, builtin_types=(bytes,), enc_hook=_enc_hook))
 
 
 def decode_raw(data: bytes) -> Any:
@@ -58,6 +71,8 @@ def decode_scheduler_output(data: bytes) -> SchedulerOutput:
         total_num_scheduled_tokens=d["total_num_scheduled_tokens"],
         finished_req_ids=set(d["finished_req_ids"]),
         preempted_req_ids=set(d["preempted_req_ids"]),
+        structured_output_request_ids=d.get("structured_output_request_ids", []),
+        grammar_bitmask=decode_ndarray(d.get("grammar_bitmask")),
     )
 
 

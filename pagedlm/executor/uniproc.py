@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.executor.base import Executor
@@ -28,3 +30,6 @@ class UniProcExecutor(Executor):
 
     def take_output(self) -> ModelRunnerOutput:
         return self.worker.take_output()
+
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        self.worker.sample_deferred(bitmask)

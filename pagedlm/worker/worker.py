@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 import torch
 
 from pagedlm.config import EngineConfig
@@ -84,3 +85,6 @@ class Worker:
     def take_output(self) -> ModelRunnerOutput | None:
         output = self.runner.take_output()
         return output if is_output_rank() else None
+
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        self.runner.sample_deferred(bitmask)
