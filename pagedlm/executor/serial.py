@@ -16,6 +16,7 @@ import numpy as np
 
 from pagedlm.engine.messages import (
     CachedRequestData,
+    LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
     SchedulerOutput,
@@ -76,8 +77,12 @@ def decode_scheduler_output(data: bytes) -> SchedulerOutput:
     )
 
 
-_runner_output_decoder = msgspec.msgpack.Decoder(ModelRunnerOutput)
-
-
 def decode_runner_output(data: bytes) -> ModelRunnerOutput:
-    return _runner_output_decoder.decode(data)
+    d = _decoder.decode(data)
+    return ModelRunnerOutput(
+        req_ids=d["req_ids"],
+        sampled_token_ids=d["sampled_token_ids"],
+        logprobs=msgspec.convert(d["logprobs"], dict[str, LogprobsLists]),
+        prompt_logprobs=msgspec.convert(d["prompt_logprobs"], dict[str, LogprobsLists]),
+        pooler_output=d.get("pooler_output", {}),
+    )
