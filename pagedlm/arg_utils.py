@@ -26,9 +26,6 @@ logger = logging.getLogger("pagedlm")
 # option -> the feature it needs. Any value other than the default (or an equivalent listed
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "tensor_parallel_size": "tensor parallelism",
-    "pipeline_parallel_size": "pipeline parallelism",
-    "distributed_executor_backend": "distributed executors",
     "quantization": "quantization",
     "kv_cache_dtype": "a quantized (fp8) KV cache",
     "cpu_offload_gb": "CPU weight offloading",
@@ -50,7 +47,6 @@ DEFAULT_EQUIVALENTS: dict[str, tuple[Any, ...]] = {
     "tokenizer_mode": ("hf",),
     "kv_cache_dtype": ("auto",),
     "enable_chunked_prefill": (True,),
-    "distributed_executor_backend": ("uni",),
 }
 
 # option -> why it has no effect here; a non-default value logs this one line.

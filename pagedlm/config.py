@@ -81,6 +81,12 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "uni"  # "uni" | "mp" | "ray", resolved by EngineArgs
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,55 @@ def attention_shape(hf_config: Any) -> tuple[int, int, int]:
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     return num_heads, num_kv_heads, head_dim
+
+
+def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str) -> ParallelConfig:
+    """Check the world shape and pick the executor like vLLM: one rank in process; several
+    as processes on this host, or as Ray actors when the world outgrows the host's GPUs."""
+    for name, size in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {size!r}")
+    world = tp * pp
+    if backend not in (None, "uni", "mp", "ray"):
+        raise ConfigError(f"distributed_executor_backend must be 'mp', 'ray' or 'uni', got {backend!r}")
+    if backend is None:
+        backend = "uni" if world == 1 else "mp"
+        if world > 1 and device == "cuda":
+            import torch
+
+            if world > torch.cuda.device_count():
+                backend = "ray"
+    if backend == "uni" and world > 1:
+        raise ConfigError(f"distributed_executor_backend='uni' runs one rank; tensor_parallel_size x "
+                          f"pipeline_parallel_size = {world} needs 'mp' or 'ray'")
+    if backend == "mp" and device == "cuda":
+        import torch
+
+        if world > torch.cuda.device_count():
+            raise ConfigError(f"{world} ranks need {world} GPUs on this host, found {torch.cuda.device_count()}; "
+                              "use distributed_executor_backend='ray' to span hosts")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("distributed_executor_backend='ray' needs Ray: pip install 'pagedlm[ray]'") from e
+    return ParallelConfig(tp, pp, backend)
+
+
+def verify_parallel_shapes(hf_config: Any, parallel: ParallelConfig) -> None:
+    """Refuse, before any worker starts, a model the world shape cannot split evenly."""
+    tp, pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+    num_heads, num_kv_heads, _ = attention_shape(hf_config)
+    if num_heads % tp:
+        raise ConfigError(f"num_attention_heads ({num_heads}) must be divisible by tensor_parallel_size ({tp})")
+    if num_kv_heads % tp and tp % num_kv_heads:
+        raise ConfigError(f"num_key_value_heads ({num_kv_heads}) and tensor_parallel_size ({tp}) must divide "
+                          "one another (KV heads are split, or replicated when there are more ranks)")
+    intermediate = getattr(hf_config, "intermediate_size", None)
+    if intermediate and intermediate % tp:
+        raise ConfigError(f"intermediate_size ({intermediate}) must be divisible by tensor_parallel_size ({tp})")
+    if hf_config.num_hidden_layers < pp:
+        raise ConfigError(f"pipeline_parallel_size ({pp}) exceeds the model's {hf_config.num_hidden_layers} layers")
 
 
 def resolve_device(device: str) -> str:
@@ -210,5 +265,8 @@ def dump_config(config: EngineConfig) -> str:
             "block_size": c.block_size,
             "enable_prefix_caching": c.enable_prefix_caching, "max_num_seqs": s.max_num_seqs,
             "max_num_batched_tokens": s.max_num_batched_tokens, "device": config.device_config.device,
+            "tensor_parallel_size": config.parallel_config.tensor_parallel_size,
+            "pipeline_parallel_size": config.parallel_config.pipeline_parallel_size,
+            "distributed_executor_backend": config.parallel_config.distributed_executor_backend,
         }
     )

@@ -25,6 +25,8 @@ from pagedlm.config import (
     derive_max_model_len,
     load_hf_config,
     read_chat_template,
+    resolve_parallel_config,
+    verify_parallel_shapes,
     resolve_device,
     resolve_dtype,
 )
@@ -96,7 +98,9 @@ class EngineArgs:
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages", PARALLEL, flags=("-pp",))
     data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
                                   "least-loaded one", PARALLEL, flags=("-dp",))
-    distributed_executor_backend: str | None = opt(None, "executor for several ranks", PARALLEL,
+    distributed_executor_backend: str | None = opt(None, "how ranks run: uni (one rank, in process), mp (a process "
+                                                   "per rank), ray (Ray actors, ranks may span hosts); default mp, or "
+                                                   "ray when the world is larger than this host's GPUs", PARALLEL,
                                                    choices=["mp", "ray", "uni", "external_launcher"])
     disable_custom_all_reduce: bool = opt(False, "vLLM's custom all-reduce switch (no effect here)", PARALLEL)
     device: str = opt("auto", "auto (CUDA when available), cpu or cuda", DEVICE, choices=["auto", "cpu", "cuda"])
@@ -180,6 +184,13 @@ class EngineArgs:
             runner=runner, pooler_config=pooler_config,
             generation_defaults=read_generation_defaults(self.generation_config, source.model),
         )
+        parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                                  self.distributed_executor_backend, device)
+        verify_parallel_shapes(hf_config, parallel_config)
+        if parallel_config.pipeline_parallel_size > 1:
+            from pagedlm.models.registry import verify_pipeline_support
+
+            verify_pipeline_support(model_config.architectures)
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
@@ -202,7 +213,7 @@ class EngineArgs:
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
                 enable_chunked_prefill=not pooling,
             ),
-            parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
         )

@@ -40,6 +40,14 @@ SHAPES = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=1024,
         rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="float32",
     ),
+    # The tensor-parallel target (TP=2 on two H200s; 141 GB of bf16 weights).
+    "llama-3.1-70b": dict(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_theta=500000.0, torch_dtype="bfloat16",
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+    ),
     # A few tens of millions of parameters: the CPU benchmark.
     "cpu-small": dict(
         hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,

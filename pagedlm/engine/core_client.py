@@ -90,7 +90,7 @@ class InprocClient:
         return [getattr(self.engine_core, method)(*args)]
 
     def shutdown(self) -> None:
-        pass
+        self.engine_core.shutdown()  # stops worker processes / actors, if any
 
 
 class MPClient:
@@ -327,7 +327,8 @@ def _device_env(engine_args: Any, index: int, num_engines: int) -> dict[str, str
     """Data-parallel rank ``index`` gets its own GPUs (tensor_parallel_size of them)."""
     if num_engines == 1 or getattr(engine_args, "device", "auto") == "cpu":
         return {}
-    per_engine = getattr(engine_args, "tensor_parallel_size", 1)
+    # Each core's executor runs tp x pp ranks, one GPU each.
+    per_engine = getattr(engine_args, "tensor_parallel_size", 1) * getattr(engine_args, "pipeline_parallel_size", 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else [str(i) for i in range(num_engines * per_engine)]
     mine = devices[index * per_engine:(index + 1) * per_engine]

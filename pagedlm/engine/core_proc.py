@@ -163,7 +163,9 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
         logger.exception("Engine core %d failed; it is dead", engine_index)
         output_socket.send(encoder.encode(EngineFailed(engine_index, f"{type(e).__name__}: {e}")))
         time.sleep(0.2)  # let the notice leave before the process goes
+        core.shutdown()  # os._exit skips finalizers: stop the worker processes first
         os._exit(1)
+    core.shutdown()
     os._exit(0)
 
 

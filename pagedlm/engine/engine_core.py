@@ -1,4 +1,4 @@
-"""EngineCore: the scheduler and the model runner, one step at a time."""
+"""EngineCore: the scheduler and the executor (which drives the workers), one step at a time."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
+from pagedlm.executor.base import Executor
 from pagedlm.structured_output.manager import StructuredOutputManager
-from pagedlm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -17,13 +17,21 @@ logger = logging.getLogger(__name__)
 class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.runner = ModelRunner(config)
-        num_blocks = self.runner.determine_num_blocks()
-        self.runner.initialize_kv_cache(num_blocks)
+        self.executor = Executor.create(config)
+        try:
+            num_blocks = self.executor.initialize()
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self.structured_output = StructuredOutputManager.from_config(config)
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
-        self.runner.warm_up()
+
+    @property
+    def runner(self):
+        """The model runner when it lives in this process (the 'uni' executor), else None."""
+        worker = getattr(self.executor, "worker", None)
+        return worker.runner if worker is not None else None
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -46,7 +54,7 @@ class EngineCore:
         sched = self.scheduler.schedule()
         if sched.total_num_scheduled_tokens == 0:
             self.structured_output.wait_for_compiles(0.01)  # only grammar-waiting requests: don't spin
-        runner_output = self.runner.execute_model(sched)
+        runner_output = self.executor.execute_model(sched)
         return self.scheduler.update_from_output(sched, runner_output)
 
     def _step_overlapped(self) -> list[EngineCoreOutput]:
@@ -58,12 +66,12 @@ class EngineCore:
             launched = self.scheduler.schedule()
             if launched.total_num_scheduled_tokens == 0 and self._inflight is None:
                 self.structured_output.wait_for_compiles(0.01)
-            self.runner.launch(launched)
+            self.executor.launch(launched)
         if self._inflight is not None:
-            outputs = self.scheduler.update_from_output(self._inflight, self.runner.take_output())
+            outputs = self.scheduler.update_from_output(self._inflight, self.executor.take_output())
         if launched is not None and launched.grammar_deferred:
             # The forward runs while the last step's tokens advance the matchers; then sample.
-            self.runner.sample_deferred(self.scheduler.deferred_grammar_bitmask(launched))
+            self.executor.sample_deferred(self.scheduler.deferred_grammar_bitmask(launched))
         self._inflight = launched
         return outputs
 
@@ -72,3 +80,7 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.kv.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the workers (idempotent)."""
+        self.executor.shutdown()

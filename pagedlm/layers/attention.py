@@ -5,19 +5,22 @@ from torch import nn
 
 from pagedlm.forward_context import get_attn_metadata
 from pagedlm.kernels import ops
+from pagedlm.worker.distributed import local_attention_heads
 
 
 class Attention(nn.Module):
     """Paged attention: writes this step's K/V through the slot mapping, then attends over
     each sequence's context through its block table. The runner binds ``kv_cache``
-    ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first forward."""
+    ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first forward.
+
+    ``num_heads`` / ``num_kv_heads`` are the model's; the layer keeps this tensor-parallel
+    rank's share (KV heads replicated when there are more ranks than KV heads)."""
 
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
                  sliding_window: int | None = None, softcap: float | None = None) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.num_kv_heads = local_attention_heads(num_heads, num_kv_heads)
         self.head_dim = head_dim
-        self.num_kv_heads = num_kv_heads
         self.scale = scale
         self.sliding_window = sliding_window
         self.softcap = softcap  # attention logit soft-capping (Gemma 2); None = off

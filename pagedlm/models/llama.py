@@ -14,10 +14,12 @@ from torch import nn
 from pagedlm.config import attention_shape
 from pagedlm.layers.activation import SiluAndMul
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import LMHead, VocabEmbedding
+from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.pipeline import IntermediateTensors, PPMissingLayer, is_pp_missing, make_layers, missing_prefixes
+from pagedlm.worker.distributed import is_first_pp_rank, is_last_pp_rank
 
 
 def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
@@ -40,13 +42,14 @@ class LlamaAttention(nn.Module):
         families, e.g. the MoE ones, set them)."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
         model_type = getattr(config, "model_type", "llama")
         if qkv_bias is None:
             qkv_bias = getattr(config, "attention_bias", False) or model_type == "qwen2"
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, getattr(config, "attention_bias", False))
+        # This tensor-parallel rank's widths of q and of k / v.
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size,
+                                        getattr(config, "attention_bias", False))
         self.use_qk_norm = model_type == "qwen3" if qk_norm is None else qk_norm
         if self.use_qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -106,25 +109,34 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: Any, max_position: int) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        # Pipeline stages hold the embedding (first), their layers, and the norm (last).
+        self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, config.hidden_size) if is_first_pp_rank()
+                             else PPMissingLayer())
         # One cos/sin table for all layers, sized for the longest sequence the engine allows.
         _, _, head_dim = attention_shape(config)
         base, rope_type, params, original_max = rope_settings(config)
         rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
                                      config.max_position_embeddings)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            config.num_hidden_layers, lambda i: LlamaDecoderLayer(config, rotary_emb))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is None:
+            hidden_states, residual = self.embed_tokens(input_ids), None
+        else:
+            hidden_states, residual = intermediate_tensors.hidden_states, intermediate_tensors.residual
+        for layer in self.layers[self.start_layer:self.end_layer]:
             hidden_states, residual = layer(positions, hidden_states, residual)
+        if not is_last_pp_rank():
+            return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
     # checkpoint name fragment -> (our fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".q_proj", ".qkv_proj", "q"),
@@ -140,27 +152,36 @@ class LlamaForCausalLM(nn.Module):
         max_position = max_position or config.max_position_embeddings
         self.model = LlamaModel(config, max_position)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size) if is_last_pp_rank() else PPMissingLayer()
+        # With pipeline stages the tied weight lives on two ranks: the last stage loads its
+        # copy from the embedding's checkpoint tensor (see load_weights).
+        if self.tie_word_embeddings and is_first_pp_rank() and is_last_pp_rank():
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states)
 
     def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
+        return [layer.self_attn.attn for layer in self.model.layers[self.model.start_layer:self.model.end_layer]]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load (name, tensor) pairs from a checkpoint; returns the names of loaded params."""
         params = dict(self.named_parameters(remove_duplicate=False))
+        skipped = missing_prefixes(self)
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
             if self.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            if self.tie_word_embeddings and name == "model.embed_tokens.weight" and "lm_head.weight" in params:
+                params["lm_head.weight"].weight_loader(params["lm_head.weight"], tensor, None)
+                loaded.add("lm_head.weight")
+            if is_pp_missing(name, skipped):
                 continue
             target, shard_id = name, None
             for ckpt_part, fused_part, sid in self.stacked_params_mapping:

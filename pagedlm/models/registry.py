@@ -48,3 +48,13 @@ def resolve_model_class(architectures: list[str] | None) -> type[nn.Module]:
         f"Model architectures {architectures} are not supported by pagedlm. "
         f"Supported architectures: {supported_architectures()}"
     )
+
+
+def verify_pipeline_support(architectures: list[str] | None) -> None:
+    """Pipeline stages need a model whose forward takes and returns IntermediateTensors."""
+    from pagedlm.config import ConfigError
+
+    model_cls = resolve_model_class(architectures)
+    if not getattr(model_cls, "supports_pp", False):
+        raise ConfigError(f"{model_cls.__name__} does not support pipeline parallelism yet; "
+                          "use pipeline_parallel_size=1")

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from pagedlm.config import ConfigError, EngineConfig, attention_shape
+from pagedlm.worker.distributed import local_attention_heads, pp_layer_range
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +17,14 @@ _CPU_KV_CACHE_MAX_BYTES = 4 << 30
 
 
 def kv_cache_bytes_per_block(config: EngineConfig) -> int:
+    """Bytes of one block on this rank: its pipeline stage's layers, its tensor-parallel
+    share of the KV heads."""
     hf = config.model_config.hf_config
-    _, num_kv_heads, head_dim = attention_shape(hf)
+    num_heads, num_kv_heads, head_dim = attention_shape(hf)
+    _, local_kv_heads = local_attention_heads(num_heads, num_kv_heads)
+    start, end = pp_layer_range(hf.num_hidden_layers)
     dtype_size = torch.empty((), dtype=config.model_config.torch_dtype).element_size()
-    return 2 * hf.num_hidden_layers * config.cache_config.block_size * num_kv_heads * head_dim * dtype_size
+    return 2 * (end - start) * config.cache_config.block_size * local_kv_heads * head_dim * dtype_size
 
 
 def _available_host_memory() -> int:

@@ -11,17 +11,26 @@ import numpy as np
 import torch
 
 from pagedlm.attention.metadata import AttentionMetadata
-from pagedlm.config import EngineConfig, attention_shape
+from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
 from pagedlm.forward_context import set_forward_context
 from pagedlm.kernels import ops
 from pagedlm.layers.pooler import Pooler
 from pagedlm.models.loader import load_model
+from pagedlm.models.pipeline import IntermediateTensors
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
 from pagedlm.structured_output.apply import apply_grammar_bitmask
 from pagedlm.worker import memory
+from pagedlm.worker.distributed import (
+    broadcast_from_output_rank,
+    get_parallel_state,
+    is_first_pp_rank,
+    is_output_rank,
+    pp_recv,
+    pp_send,
+)
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
 from pagedlm.worker.step_buffers import StepBuffers
@@ -71,12 +80,11 @@ class ModelRunner:
         num_tokens = self.config.scheduler_config.max_num_batched_tokens
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
         positions = torch.arange(num_tokens, device=self.device) % self.config.model_config.max_model_len
-        _, num_kv_heads, head_dim = attention_shape(self.config.model_config.hf_config)
         num_blocks = -(-num_tokens // self.block_size)
-        dummy_cache = torch.empty(2, num_blocks, self.block_size, num_kv_heads, head_dim,
-                                  dtype=self.config.model_config.torch_dtype, device=self.device)
+        dtype = self.config.model_config.torch_dtype
         for attn in self.model.attention_layers():
-            attn.kv_cache = dummy_cache
+            attn.kv_cache = torch.empty(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
+                                        dtype=dtype, device=self.device)
         meta = AttentionMetadata(
             slot_mapping=torch.arange(num_tokens, device=self.device),
             query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
@@ -84,13 +92,19 @@ class ModelRunner:
             block_tables=torch.arange(num_blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
             max_query_len=num_tokens, max_seq_len=num_tokens, num_actual_tokens=num_tokens,
         )
+        hidden_size = self.config.model_config.hf_config.hidden_size
         with torch.inference_mode(), set_forward_context(meta):
-            hidden = self.model(input_ids, positions)
-            if self.pooler is None:  # pooling models have no LM head
+            intermediate = None
+            if not is_first_pp_rank():  # stand-in for what the previous stage would send
+                zeros = torch.zeros(num_tokens, hidden_size, dtype=dtype, device=self.device)
+                intermediate = IntermediateTensors(zeros, zeros.clone())
+            hidden = self._call_model(input_ids, positions, intermediate)
+            # Pooling models have no LM head; a pipeline stage but the last has no logits.
+            if self.pooler is None and not isinstance(hidden, IntermediateTensors):
                 self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
         for attn in self.model.attention_layers():
             attn.kv_cache = None
-        del dummy_cache, hidden
+        del hidden
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
@@ -105,8 +119,10 @@ class ModelRunner:
 
     def warm_up(self) -> None:
         """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
-        # Pooling runs whole prompts only: decode graphs would never replay.
-        if self.device.type == "cuda" and not self.config.device_config.enforce_eager and self.pooler is None:
+        # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
+        # exchange tensors between graph replays; those steps run eagerly.
+        if self.device.type == "cuda" and not self.config.device_config.enforce_eager and self.pooler is None \
+                and get_parallel_state().pp_size == 1:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
@@ -122,9 +138,29 @@ class ModelRunner:
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor:
-        """hidden states [T, H] for the step: through a CUDA graph for decode-only steps that
-        fit one, else eagerly. Either way the inputs reach the device in one copy, and input
+    def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                    intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+        if get_parallel_state().pp_size == 1:
+            return self.model(input_ids, positions)
+        return self.model(input_ids, positions, intermediate)
+
+    def _run_stage(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """This pipeline stage's part of the forward: receive the previous stage's hidden
+        states and residual, run, and send on; None on every stage but the last."""
+        intermediate = None
+        if not is_first_pp_rank():
+            shape = (len(input_ids), self.config.model_config.hf_config.hidden_size)
+            hidden, residual = pp_recv([shape, shape], self.config.model_config.torch_dtype, self.device)
+            intermediate = IntermediateTensors(hidden, residual)
+        out = self._call_model(input_ids, positions, intermediate)
+        if isinstance(out, IntermediateTensors):
+            pp_send([out.hidden_states, out.residual])
+            return None
+        return out
+
+    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
+        """hidden states [T, H] for the step (None on a pipeline stage but the last):
+        through a CUDA graph for decode-only steps that fit one, else eagerly. Either way the inputs reach the device in one copy, and input
         tokens still on the device (the last step's samples) are filled in there."""
         num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
@@ -144,7 +180,7 @@ class ModelRunner:
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
-            return self.model(input_ids, positions)
+            return self._run_stage(input_ids, positions)
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -164,13 +200,13 @@ class ModelRunner:
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
-        hidden = self._forward(inputs)  # [T, hidden]
+        hidden = self._forward(inputs)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
         elif inputs.sample_rows:
             self._sample(hidden, inputs, step, sched)
-        if inputs.prompt_logprob_spans:
+        if inputs.prompt_logprob_spans and hidden is not None:
             self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
             state.num_computed_tokens += num
@@ -182,11 +218,14 @@ class ModelRunner:
         step.resolve(self.requests)
         return step.output
 
-    def _sample(self, hidden: torch.Tensor, inputs: StepInputs, step: "InflightStep", sched: SchedulerOutput) -> None:
+    def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: "InflightStep",
+                sched: SchedulerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
-        # Already on the device: a pageable host copy here would wait for the forward pass.
-        indices = self.buffers.logits_indices(len(inputs.sample_rows))
-        logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V]
+        logits = None
+        if hidden is not None:  # the last pipeline stage
+            # Already on the device: a pageable host copy here would wait for the forward pass.
+            indices = self.buffers.logits_indices(len(inputs.sample_rows))
+            logits = self.model.compute_logits(hidden.index_select(0, indices))  # [S, V], a TP collective
         step.row_of = {s.req_id: row for row, s in enumerate(states)}
         step.rows = inputs.sample_rows
         if sched.grammar_deferred:  # sample_deferred() finishes once the bitmask is known
@@ -203,17 +242,25 @@ class ModelRunner:
         self._deferred = None
         self._sample_logits(logits, states, step, req_ids, bitmask)
 
-    def _sample_logits(self, logits: torch.Tensor, states: list[CachedRequestState], step: "InflightStep",
+    def _sample_logits(self, logits: torch.Tensor | None, states: list[CachedRequestState], step: "InflightStep",
                        grammar_req_ids: list[str], bitmask: np.ndarray | None) -> None:
-        if bitmask is not None:  # structured outputs: only grammar-allowed tokens
-            logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
-        metadata = build_sampling_metadata(
-            [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
-            [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
-        )
-        result = self.sampler(logits, metadata)
-        step.sampled = result.sampled_token_ids
-        step.logprobs = result.logprobs
+        """The output rank samples; with several ranks it broadcasts the ids, so every rank's
+        copy of each request (and the on-device feedback of async scheduling) stays identical."""
+        sampled = None
+        if logits is not None and is_output_rank():
+            if bitmask is not None:  # structured outputs: only grammar-allowed tokens
+                logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
+            metadata = build_sampling_metadata(
+                [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
+                [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
+            )
+            result = self.sampler(logits, metadata)
+            sampled, step.logprobs = result.sampled_token_ids, result.logprobs
+        if get_parallel_state().world_size > 1:
+            if sampled is None:
+                sampled = torch.empty(len(states), dtype=torch.long, device=self.device)
+            broadcast_from_output_rank(sampled)
+        step.sampled = sampled
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         for state in states:
             state.num_pending += 1

@@ -1,0 +1,154 @@
+"""Tensor parallelism on GPUs: TP=N equals TP=1, then batch-1 latency and throughput.
+
+    python benchmarks/gpu_tp.py                      # 2 GPUs: check TP=2, 8B @ TP=1/2, 70B @ TP=2
+    python benchmarks/gpu_tp.py --configs llama-3.1-8b@1 --check-tp 1   # one GPU
+    python benchmarks/gpu_tp.py --tiny --device cpu  # CPU smoke run (tiny shapes, TP=1 and 2)
+
+1. Check: a random-weight checkpoint (written to disk, so every rank loads its shard through
+   the weight loaders) generates greedily at TP=1 and at TP=``--check-tp``; token ids must
+   agree up to the first divergence, where each side's token is in the other's top-5
+   (vLLM's rule; bf16 sums in another order may flip near-ties).
+2. Measure, per ``shape@tp`` config with ``--load-format dummy``: batch-1 latency (TTFT,
+   time per output token) and offline throughput on random prompts.
+Each engine runs in its own subprocess so its GPU memory is returned before the next one.
+Prints one JSON document (also written to ``--output-json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+NUM_LOGPROBS = 5
+CHECK_PROMPTS = [[1 + (i * 7919 + j * 104729) % 500 for j in range(16 + 8 * i)] for i in range(4)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--configs", default="llama-3.1-8b@1,llama-3.1-8b@2,llama-3.1-70b@2",
+                   help="comma-separated SHAPE@TP to measure")
+    p.add_argument("--check-tp", type=int, default=2, help="TP size checked against TP=1 (1: skip the check)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes and workloads (CPU smoke run)")
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=256, help="throughput workload size")
+    p.add_argument("--output-json", default=None)
+    p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: one engine, JSON spec
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.configs = "cpu-small@1,cpu-small@2" if args.configs == p.get_default("configs") else args.configs
+        args.input_len, args.output_len, args.num_prompts = 32, 8, 8
+    return args
+
+
+def engine_kwargs(device: str, tp: int, max_model_len: int) -> dict:
+    kw = dict(device=device, tensor_parallel_size=tp, max_model_len=max_model_len, max_num_seqs=256)
+    if device == "cpu":
+        kw.update(dtype="float32", num_gpu_blocks_override=max(64, 4 * max_model_len // 16), max_num_seqs=16)
+    return kw
+
+
+def run_check(spec: dict) -> dict:
+    """One engine: greedy ids and top-k logprobs of CHECK_PROMPTS."""
+    from pagedlm import LLM, SamplingParams
+
+    llm = LLM(spec["model"], **engine_kwargs(spec["device"], spec["tp"], 256))
+    params = SamplingParams(temperature=0.0, max_tokens=16, logprobs=NUM_LOGPROBS, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in CHECK_PROMPTS], params, use_tqdm=False)
+    llm.llm_engine.engine_core.shutdown()
+    return {"ids": [o.outputs[0].token_ids for o in outs],
+            "logprobs": [[{str(t): lp.logprob for t, lp in pos.items()} for pos in o.outputs[0].logprobs]
+                         for o in outs]}
+
+
+def run_measure(spec: dict) -> dict:
+    from pagedlm import LLM, SamplingParams
+    from pagedlm.benchmarks.datasets import random_requests
+    from pagedlm.benchmarks.latency import measure
+
+    max_len = spec["input_len"] + spec["output_len"] + 16
+    start = time.perf_counter()
+    llm = LLM(spec["model"], load_format="dummy", **engine_kwargs(spec["device"], spec["tp"], max_len))
+    startup_s = time.perf_counter() - start
+    latency = measure(llm, 1, spec["input_len"], spec["output_len"], warmup=1, iters=3)
+    vocab = llm.llm_engine.model_config.vocab_size
+    reqs = random_requests(spec["num_prompts"], spec["input_len"], spec["output_len"], 0.0, vocab)
+    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=spec["output_len"], detokenize=False)
+    start = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in reqs], params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    num_out = sum(len(o.outputs[0].token_ids) for o in outs)
+    num_in = sum(len(r.prompt_token_ids) for r in reqs)
+    llm.llm_engine.engine_core.shutdown()
+    return {"shape": spec["shape"], "tp": spec["tp"], "startup_s": startup_s, "batch1": latency,
+            "throughput": {"num_prompts": len(reqs), "elapsed_s": elapsed, "output_tokens_per_s": num_out / elapsed,
+                           "total_tokens_per_s": (num_in + num_out) / elapsed}}
+
+
+def in_subprocess(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--run-one", json.dumps(spec)],
+                         stdout=subprocess.PIPE, check=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(ref: dict, ours: dict) -> dict:
+    """vLLM's rule: equal ids until the first divergence, where each token is in the other's top-k."""
+    matched, max_diff = 0, 0.0
+    for ref_ids, our_ids, ref_lps, our_lps in zip(ref["ids"], ours["ids"], ref["logprobs"], ours["logprobs"]):
+        for pos, (a, b) in enumerate(zip(ref_ids, our_ids)):
+            if a != b:
+                if str(b) not in ref_lps[pos] or str(a) not in our_lps[pos]:
+                    return {"ok": False, "why": f"diverged at {pos}: {a} vs {b}, not in each other's top-k"}
+                break
+            matched += 1
+            max_diff = max(max_diff, abs(ref_lps[pos][str(a)] - our_lps[pos][str(b)]))
+    return {"ok": True, "matched_tokens": matched, "max_logprob_diff": max_diff}
+
+
+def check(args: argparse.Namespace) -> dict:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    size = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=2) if args.tiny else \
+        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
+             num_key_value_heads=4, max_position_embeddings=4096)
+    model = str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="gpu_tp_check_"), **size))
+    base = {"mode": "check", "model": model, "device": args.device}
+    ref = in_subprocess({**base, "tp": 1})
+    ours = in_subprocess({**base, "tp": args.check_tp})
+    return {"tp": args.check_tp, **compare(ref, ours)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.run_one is not None:
+        spec = json.loads(args.run_one)
+        print(json.dumps(run_check(spec) if spec["mode"] == "check" else run_measure(spec)))
+        return {}
+    from pagedlm.benchmarks.shapes import make_shape_dir
+
+    result: dict = {"device": args.device, "check": check(args) if args.check_tp > 1 else None, "runs": []}
+    if result["check"] is not None and not result["check"]["ok"]:
+        print(json.dumps(result, indent=2))
+        sys.exit(f"TP={args.check_tp} does not match TP=1: {result['check']['why']}")
+    for config in args.configs.split(","):
+        shape, tp = config.split("@")
+        model = str(make_shape_dir(shape, tempfile.mkdtemp(prefix=f"gpu_tp_{shape}_")))
+        spec = {"mode": "measure", "model": model, "shape": shape, "tp": int(tp), "device": args.device,
+                "input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts}
+        result["runs"].append(in_subprocess(spec))
+    print(json.dumps(result, indent=2))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

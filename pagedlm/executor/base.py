@@ -1,0 +1,74 @@
+"""The executor seam: EngineCore talks to an Executor, never to a model runner."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from pagedlm.config import EngineConfig
+from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process or actor died or failed; the engine cannot continue."""
+
+
+class Executor(ABC):
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def create(config: EngineConfig) -> "Executor":
+        backend = config.parallel_config.distributed_executor_backend
+        if backend == "uni":
+            from pagedlm.executor.uniproc import UniProcExecutor
+
+            return UniProcExecutor(config)
+        if backend == "mp":
+            from pagedlm.executor.multiproc import MultiprocExecutor
+
+            return MultiprocExecutor(config)
+        if backend == "ray":
+            from pagedlm.executor.ray import RayExecutor
+
+            return RayExecutor(config)
+        raise ValueError(f"unknown distributed_executor_backend {backend!r}")
+
+    def initialize(self) -> int:
+        """Size the KV cache on every rank (the same block count everywhere: the minimum),
+        allocate it, warm up; returns the block count the scheduler gets."""
+        per_rank = self.collective_rpc("determine_num_blocks")
+        num_blocks = min(per_rank)
+        self.collective_rpc("initialize_kv_cache", num_blocks)
+        self.collective_rpc("warm_up")
+        layout = self.collective_rpc("describe")
+        logger.info("World of %d rank(s), KV blocks per rank %s -> %d on every rank:\n  %s",
+                    len(layout), per_rank, num_blocks, "\n  ".join(layout))
+        return num_blocks
+
+    @abstractmethod
+    def collective_rpc(self, method: str, *args: object) -> list:
+        """Call ``method`` on every worker; their results in rank order."""
+
+    @abstractmethod
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run a step and wait for its output."""
+
+    @abstractmethod
+    def launch(self, sched: SchedulerOutput) -> None:
+        """Start a step without waiting (async scheduling); take_output() collects it."""
+
+    @abstractmethod
+    def take_output(self) -> ModelRunnerOutput:
+        ...
+
+    @abstractmethod
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        """(async scheduling, structured outputs) sample the launched step with its bitmask."""
+
+    def shutdown(self) -> None:
+        pass

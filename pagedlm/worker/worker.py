@@ -1,0 +1,90 @@
+"""Worker: one rank of the world. Owns its device, joins the process groups, and drives a
+ModelRunner; the same class runs in process (one rank), in a worker process, or in a Ray
+actor. Only the output rank returns ModelRunnerOutputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from pagedlm.config import EngineConfig
+from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+from pagedlm.worker.distributed import (
+    get_parallel_state,
+    init_distributed_environment,
+    is_output_rank,
+    local_attention_heads,
+    pp_layer_range,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, rank: int = 0, local_rank: int = 0,
+                 distributed_init_method: str | None = None) -> None:
+        self.config = config
+        self.rank = rank
+        self.local_rank = local_rank
+        self.distributed_init_method = distributed_init_method
+        self.runner = None
+
+    def init_device(self) -> None:
+        parallel = self.config.parallel_config
+        world_size = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+        on_cuda = self.config.device_config.device == "cuda"
+        if on_cuda:
+            torch.cuda.set_device(self.local_rank)
+        elif world_size > 1:
+            # Ranks on one host share its cores; more threads than cores only thrash.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        if world_size > 1:
+            if self.distributed_init_method is None:
+                raise ValueError("a multi-rank worker needs a distributed_init_method")
+            init_distributed_environment(self.rank, parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                                         self.distributed_init_method, "nccl" if on_cuda else "gloo")
+
+    def load_model(self) -> None:
+        from pagedlm.worker.model_runner import ModelRunner
+
+        self.runner = ModelRunner(self.config)
+
+    def determine_num_blocks(self) -> int:
+        return self.runner.determine_num_blocks()
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.runner.initialize_kv_cache(num_blocks)
+
+    def warm_up(self) -> None:
+        self.runner.warm_up()
+
+    def describe(self) -> str:
+        """One line of the world layout, for the start-up log."""
+        hf = self.config.model_config.hf_config
+        state = get_parallel_state()
+        start, end = pp_layer_range(hf.num_hidden_layers)
+        from pagedlm.config import attention_shape
+
+        num_heads, num_kv_heads, _ = attention_shape(hf)
+        heads, kv_heads = local_attention_heads(num_heads, num_kv_heads)
+        device = f"cuda:{self.local_rank}" if self.config.device_config.device == "cuda" else "cpu"
+        return (f"rank {state.rank}/{state.world_size} (tp {state.tp_rank}/{state.tp_size}, pp {state.pp_rank}/"
+                f"{state.pp_size}) pid {os.getpid()} on {device}: layers [{start}, {end}), {heads} query heads, "
+                f"{kv_heads} KV heads, {self.runner.num_blocks} KV blocks")
+
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput | None:
+        output = self.runner.execute_model(sched)
+        return output if is_output_rank() else None
+
+    def launch(self, sched: SchedulerOutput) -> None:
+        self.runner.launch(sched)
+
+    def take_output(self) -> ModelRunnerOutput | None:
+        output = self.runner.take_output()
+        return output if is_output_rank() else None
+
+    def sample_deferred(self, bitmask: np.ndarray) -> None:
+        self.runner.sample_deferred(bitmask)

@@ -1,0 +1,57 @@
+"""Tensor and pipeline parallelism on CPU (gloo, worker processes): greedy ids, top-k
+logprobs, prompt logprobs and a seeded random request equal the single-rank engine, on a
+workload with chunked prefill, prefix-cache hits and preemption; with fewer KV heads than
+ranks (replicated KV heads), tied embeddings split across pipeline stages, and async
+scheduling over the worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedlm import LLM
+
+from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+
+CHECKPOINTS = {
+    "kv1_tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "kv2": dict(num_key_value_heads=2),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return {name: str(build_tiny_checkpoint(tmp_path_factory.mktemp(name), seed=i + 7, **overrides))
+            for i, (name, overrides) in enumerate(CHECKPOINTS.items())}
+
+
+@pytest.fixture(scope="module")
+def references(checkpoints) -> dict[str, list]:
+    refs = {}
+    for name, path in checkpoints.items():
+        llm = LLM(path, **ENGINE_KWARGS)
+        refs[name] = run_workload(llm)
+        stats = llm.llm_engine.get_stats()
+        # The workload really exercises what it claims to.
+        assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
+        llm.llm_engine.engine_core.shutdown()
+    return refs
+
+
+@pytest.mark.parametrize("checkpoint,tp,pp,extra", [
+    ("kv1_tied", 2, 1, dict(async_scheduling=True)),  # 1 KV head on 2 ranks: replicated
+    ("kv2", 1, 2, {}),
+    ("kv2", 2, 2, {}),
+    ("kv1_tied", 2, 2, {}),  # the tied LM head on the last stage loads the embedding's tensor
+])
+def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, tp: int, pp: int, extra: dict) -> None:
+    llm = LLM(checkpoints[checkpoint], tensor_parallel_size=tp, pipeline_parallel_size=pp, **ENGINE_KWARGS, **extra)
+    try:
+        assert llm.llm_engine.config.parallel_config.distributed_executor_backend == "mp"
+        outputs = run_workload(llm)
+        stats = llm.llm_engine.get_stats()
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
+    assert_same(references[checkpoint], outputs)

@@ -1,0 +1,121 @@
+"""``pagedlm serve --tensor-parallel-size 2`` (two worker processes, gloo): completions and
+chat, streamed and not, equal the single-rank offline engine; then a worker killed in the
+middle of a stream ends that stream with an error and the server exits (its engine is
+dead), within a bounded time, leaving no worker process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, REPO_ROOT, STARTUP_TIMEOUT_S, Server, \
+    free_port, stop, wait_healthy
+
+from pagedlm import SamplingParams
+
+PROMPTS = ["Hello, my name is", "The capital of France is"]
+
+
+@pytest.fixture(scope="module")
+def tp_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("tp_server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
+        "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN), "--num-gpu-blocks-override",
+        str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY, "--tensor-parallel-size", "2",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        wait_healthy(srv, STARTUP_TIMEOUT_S)
+        yield srv
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def tp_client(tp_server: Server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{tp_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    except FileNotFoundError:  # exited meanwhile
+        pass
+    return out
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    """Workers fork from a forkserver somewhere below the server (under its engine core)."""
+    pids, todo = [], [server_pid]
+    while todo:
+        pid = todo.pop()
+        children = _children(pid)
+        try:
+            is_forkserver = b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if is_forkserver:
+            pids.extend(children)
+        else:
+            todo.extend(children)
+    return pids
+
+
+def test_layout_logged(tp_server: Server) -> None:
+    log = tp_server.log_path.read_text(errors="replace")
+    assert "World of 2 rank(s)" in log and "rank 1/2 (tp 1/2, pp 0/1)" in log
+
+
+def test_completions_match_single_rank(tp_client, offline_llm) -> None:
+    expected = offline_llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=12), use_tqdm=False)
+    resp = tp_client.completions.create(model=MODEL_NAME, prompt=PROMPTS, temperature=0.0, max_tokens=12)
+    assert [c.text for c in resp.choices] == [e.outputs[0].text for e in expected]
+    stream = tp_client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], temperature=0.0, max_tokens=12,
+                                          stream=True)
+    assert "".join(c.choices[0].text for c in stream) == expected[0].outputs[0].text
+
+
+def test_chat(tp_client) -> None:
+    messages = [{"role": "user", "content": "Name a color."}]
+    resp = tp_client.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0.0, max_tokens=8)
+    assert resp.choices[0].message.role == "assistant" and resp.usage.completion_tokens > 0
+
+
+def test_killed_worker_fails_stream_and_health(tp_server: Server, tp_client) -> None:
+    import openai
+
+    workers = _worker_pids(tp_server.proc.pid)
+    assert len(workers) == 2
+    stream = tp_client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], max_tokens=MAX_MODEL_LEN - 16,
+                                          stream=True, extra_body={"ignore_eos": True})
+    start = None
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            if start is None:
+                os.kill(workers[1], signal.SIGKILL)
+                start = time.monotonic()
+    assert time.monotonic() - start < 20
+    # The engine is dead: the server exits with an error, naming the rank that died, and
+    # leaves no worker behind.
+    tp_server.proc.wait(timeout=30)
+    assert tp_server.proc.returncode != 0
+    assert "worker process(es) died: rank 1" in tp_server.log_tail(300)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
