@@ -59,11 +59,11 @@ class Gemma2Attention(nn.Module):
                  softcap: float | None) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
         bias = bool(getattr(config, "attention_bias", False))
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias)
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias)
+        # This tensor-parallel rank's widths of q and of k / v.
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size, bias)
         self.rotary_emb = rotary_emb
         scale = config.query_pre_attn_scalar**-0.5
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, scale, sliding_window, softcap)
