@@ -5,14 +5,16 @@ pay nothing) and the reasoning markers as token ids."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pagedlm.config import ConfigError, EngineConfig
 from pagedlm.structured_output.manager import ReasoningMarkers
-from pagedlm.structured_output.xgrammar_backend import XgrammarBackend
+
+if TYPE_CHECKING:  # xgrammar is imported on the first constrained request, not at start-up
+    from pagedlm.structured_output.xgrammar_backend import XgrammarBackend
 
 
-def make_backend_factory(config: EngineConfig) -> tuple[Callable[[], XgrammarBackend], Callable[[], Any]]:
+def make_backend_factory(config: EngineConfig) -> tuple[Callable[[], "XgrammarBackend"], Callable[[], Any]]:
     from pagedlm.engine.input_processor import generation_eos_ids, load_tokenizer
 
     model_config = config.model_config
@@ -21,7 +23,9 @@ def make_backend_factory(config: EngineConfig) -> tuple[Callable[[], XgrammarBac
                           "supported; use 'xgrammar'")
     tokenizer_loader = functools.cache(lambda: load_tokenizer(model_config))
 
-    def factory() -> XgrammarBackend:
+    def factory() -> "XgrammarBackend":
+        from pagedlm.structured_output.xgrammar_backend import XgrammarBackend
+
         tokenizer = tokenizer_loader()
         stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         stop_ids += [t for t in generation_eos_ids(model_config.model) if t not in stop_ids]

@@ -27,7 +27,7 @@ def test_gpu_greedy_matches_cpu(checkpoint_factory, name):
     path = checkpoint_factory(name)
     cpu = greedy_ids(LLM(path, device="cpu", max_model_len=128))
     gpu_llm = LLM(path, device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8,
-                  gpu_memory_utilization=0.3)
+                  num_gpu_blocks_override=256)
     gpu = greedy_ids(gpu_llm)
     matches = sum(a == b for a, b in zip(cpu, gpu))
     # The attention kernel's float32 dots may run in tf32: equal bar a rare near-tie.
@@ -37,7 +37,7 @@ def test_gpu_greedy_matches_cpu(checkpoint_factory, name):
 @pytest.mark.parametrize("name", ["gemma2", "qwen3_moe"])
 def test_gpu_bf16_runs(checkpoint_factory, name):
     llm = LLM(checkpoint_factory(name), device="cuda", dtype="bfloat16", max_model_len=128, max_num_seqs=4,
-              gpu_memory_utilization=0.3)
+              num_gpu_blocks_override=256)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(max_tokens=6, temperature=0),
                         use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 6 for o in outs)

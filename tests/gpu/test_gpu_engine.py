@@ -24,7 +24,7 @@ def greedy_ids(llm: LLM) -> list[list[int]]:
 def test_gpu_greedy_matches_cpu(llama_checkpoint, enforce_eager):
     cpu = greedy_ids(LLM(llama_checkpoint, device="cpu", max_model_len=128))
     gpu_llm = LLM(llama_checkpoint, device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8,
-                  enforce_eager=enforce_eager, gpu_memory_utilization=0.3)
+                  enforce_eager=enforce_eager, num_gpu_blocks_override=512)
     assert (gpu_llm.llm_engine.engine_core.runner.graph_runner is None) == enforce_eager
     gpu = greedy_ids(gpu_llm)
     matches = sum(a == b for a, b in zip(cpu, gpu))
@@ -33,7 +33,7 @@ def test_gpu_greedy_matches_cpu(llama_checkpoint, enforce_eager):
 
 
 def test_gpu_bf16_default_dtype(llama_checkpoint):
-    llm = LLM(llama_checkpoint, device="cuda", max_model_len=128, max_num_seqs=4, gpu_memory_utilization=0.3)
+    llm = LLM(llama_checkpoint, device="cuda", max_model_len=128, max_num_seqs=4, num_gpu_blocks_override=512)
     assert llm.llm_engine.model_config.dtype == "bfloat16"
     out = llm.generate("hello", SamplingParams(max_tokens=4, temperature=0), use_tqdm=False)[0]
     assert len(out.outputs[0].token_ids) == 4

@@ -12,7 +12,7 @@ from pagedlm import LLM, SamplingParams
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 
 PROMPTS = [[7], [11, 23, 5, 60, 2], list(range(30, 46)), [(i * 37) % 500 + 5 for i in range(41)]]
-KWARGS = dict(device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8, gpu_memory_utilization=0.3)
+KWARGS = dict(device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8, num_gpu_blocks_override=512)
 
 
 def greedy_ids(llm: LLM) -> list[list[int]]:

@@ -28,7 +28,7 @@ def test_gpu_minilm_matches_sentence_transformers(dtype, min_cos):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = str(minilm.get_model_path())
     ref = st_module.SentenceTransformer(path, device="cpu").encode(SENTENCES, convert_to_numpy=True)
-    llm = LLM(path, device="cuda", dtype=dtype, gpu_memory_utilization=0.3)
+    llm = LLM(path, device="cuda", dtype=dtype, num_gpu_blocks_override=512)
     ours = np.array([o.outputs.embedding for o in llm.embed(SENTENCES, use_tqdm=False)])
     assert _cosines(ours, ref).min() >= min_cos
 
@@ -37,6 +37,6 @@ def test_gpu_decoder_pooling_matches_cpu(llama_checkpoint):
     prompts = [{"prompt_token_ids": p} for p in ([7], [11, 23, 5, 60, 2], list(range(30, 76)))]
     kwargs = dict(runner="pooling", max_model_len=128, max_num_seqs=4, pooler_config={"pooling_type": "MEAN"})
     cpu = np.array([o.outputs.embedding for o in LLM(llama_checkpoint, device="cpu", **kwargs).embed(prompts)])
-    gpu_llm = LLM(llama_checkpoint, device="cuda", dtype="float32", gpu_memory_utilization=0.3, **kwargs)
+    gpu_llm = LLM(llama_checkpoint, device="cuda", dtype="float32", num_gpu_blocks_override=512, **kwargs)
     gpu = np.array([o.outputs.embedding for o in gpu_llm.embed(prompts, use_tqdm=False)])
     assert _cosines(gpu, cpu).min() >= 0.9999

@@ -23,7 +23,7 @@ SCHEMA = {"type": "object", "properties": {"k": {"enum": ["cat", "dog"]}, "n": {
 
 @pytest.mark.parametrize("async_scheduling", [True, False])
 def test_gpu_json_and_regex_outputs_validate(llama_checkpoint, async_scheduling):
-    llm = LLM(llama_checkpoint, device="cuda", max_model_len=256, max_num_seqs=64, gpu_memory_utilization=0.3,
+    llm = LLM(llama_checkpoint, device="cuda", max_model_len=256, max_num_seqs=64, num_gpu_blocks_override=512,
               async_scheduling=async_scheduling)
     json_params = SamplingParams(temperature=1.0, max_tokens=60, n=4, structured_outputs=StructuredOutputsParams(
         json=SCHEMA, disable_any_whitespace=True))
