@@ -38,6 +38,6 @@ def test_gpu_greedy_matches_cpu(checkpoint_factory, name):
 def test_gpu_bf16_runs(checkpoint_factory, name):
     llm = LLM(checkpoint_factory(name), device="cuda", dtype="bfloat16", max_model_len=128, max_num_seqs=4,
               num_gpu_blocks_override=256)
-    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(max_tokens=6, temperature=0),
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True),
                         use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 6 for o in outs)
