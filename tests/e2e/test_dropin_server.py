@@ -4,15 +4,12 @@ twenty common flags, the API key from VLLM_API_KEY, vLLM's metric names)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-from e2e_helpers import REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, metric_values, stop, wait_healthy
+from e2e_helpers import Server, metric_values, running_server
 
 KEY = "vllm-env-key"
 NAMES = ["tiny-a", "org/tiny-b"]
@@ -20,11 +17,8 @@ NAMES = ["tiny-a", "org/tiny-b"]
 
 @pytest.fixture(scope="module")
 def vllm_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "pagedlm", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
-        "--port", str(port), "--served-model-name", *NAMES, "--max-model-len", "256", "--dtype", "auto",
+    args = [
+        "--model", str(checkpoint), "--served-model-name", *NAMES, "--max-model-len", "256", "--dtype", "auto",
         "--seed", "0", "--block-size", "16", "--max-num-seqs", "8", "--max-num-batched-tokens", "512",
         "--enable-prefix-caching", "--enable-chunked-prefill", "--trust-remote-code", "--disable-log-requests",
         "--disable-log-stats", "--swap-space", "8", "--max-logprobs", "6", "--uvicorn-log-level", "info",
@@ -32,16 +26,9 @@ def vllm_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "--generation-config", "auto", "--tokenizer-mode", "auto", "--load-format", "auto", "--device", "cpu",
         "--gpu-memory-utilization", "0.9", "-tp", "1",
     ]
-    env = {**os.environ, "VLLM_API_KEY": KEY, "PAGEDLM_API_KEY": "",
-           "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(srv, STARTUP_TIMEOUT_S)
+    env = {"VLLM_API_KEY": KEY, "PAGEDLM_API_KEY": ""}
+    with running_server(args, tmp_path_factory.mktemp("vllm_server") / "server.log", env) as srv:
         yield srv
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

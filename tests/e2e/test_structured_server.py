@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +15,7 @@ import pytest
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("xgrammar")
 
-from e2e_helpers import API_KEY, REPO_ROOT, STARTUP_TIMEOUT_S, Server, free_port, stop, wait_healthy  # noqa: E402
+from e2e_helpers import API_KEY, Server, running_server  # noqa: E402
 
 TEMPLATE = (
     "{{ bos_token }}{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nTools:"
@@ -70,21 +67,11 @@ def tool_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ckpt = build_checkpoint(tmp_path_factory.mktemp("tools_ckpt"))
     template = tmp_path_factory.mktemp("tpl") / "template.jinja"
     template.write_text(TEMPLATE)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("tools_server") / "server.log"
-    cmd = [sys.executable, "-m", "pagedlm", "serve", str(ckpt), "--port", str(port), "--served-model-name", "tiny",
-           "--max-model-len", "512", "--num-gpu-blocks-override", "256", "--device", "cpu", "--api-key", API_KEY,
-           "--chat-template", str(template), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-           "--reasoning-parser", "qwen3"]
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(server, STARTUP_TIMEOUT_S)
+    args = [str(ckpt), "--served-model-name", "tiny", "--max-model-len", "512", "--num-gpu-blocks-override", "256",
+            "--device", "cpu", "--api-key", API_KEY, "--chat-template", str(template), "--enable-auto-tool-choice",
+            "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"]
+    with running_server(args, tmp_path_factory.mktemp("tools_server") / "server.log") as server:
         yield server
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

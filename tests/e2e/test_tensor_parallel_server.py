@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, REPO_ROOT, STARTUP_TIMEOUT_S, Server, \
-    free_port, stop, wait_healthy
+from e2e_helpers import (
+    API_KEY,
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    NUM_BLOCKS,
+    Server,
+    running_server,
+)
 
 from pagedlm import SamplingParams
 
@@ -24,22 +28,11 @@ PROMPTS = ["Hello, my name is", "The capital of France is"]
 
 @pytest.fixture(scope="module")
 def tp_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("tp_server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "pagedlm", "serve", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
-        "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN), "--num-gpu-blocks-override",
-        str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY, "--tensor-parallel-size", "2",
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        wait_healthy(srv, STARTUP_TIMEOUT_S)
+    args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+            "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY,
+            "--tensor-parallel-size", "2"]
+    with running_server(args, tmp_path_factory.mktemp("tp_server") / "server.log") as srv:
         yield srv
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
