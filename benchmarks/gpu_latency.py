@@ -9,7 +9,6 @@ import argparse
 import json
 import tempfile
 
-import torch
 
 from benchmarks.floors import measure_floors
 from pagedlm import LLM

@@ -19,7 +19,6 @@ from pagedlm.config import (
     DeviceConfig,
     EngineConfig,
     ModelConfig,
-    ParallelConfig,
     SchedulerConfig,
     StructuredOutputsConfig,
     derive_max_model_len,

@@ -42,11 +42,6 @@ class LLM:
         self._stat_logger = PrometheusStatLogger(engine_args.served_model_names()[0], prefix=OFFLINE_METRICS_PREFIX,
                                                  engine_config=self.llm_engine.config)
 
-    def get_default_sampling_params(self) -> SamplingParams:
-        """vLLM's defaults (a checkpoint's generation_config.json is not read: --generation-config
-        is 'auto' only for now, and 'auto' here means SamplingParams' own defaults)."""
-        return SamplingParams()
-
     def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix block; False while requests still hold blocks."""
         return self.llm_engine.reset_prefix_cache()
