@@ -85,11 +85,15 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
-class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+class PreNormDecoderLayer(nn.Module):
+    """Pre-norm attention then the feed-forward block, the residual adds fused into the norms.
+    ``ffn_name`` is the block's checkpoint name (``mlp``, Mixtral's ``block_sparse_moe``)."""
+
+    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp") -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary_emb)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = self_attn
+        self.ffn_name = ffn_name
+        self.add_module(ffn_name, ffn)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -103,7 +107,12 @@ class LlamaDecoderLayer(nn.Module):
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
         hidden_states = self.self_attn(positions, hidden_states)
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp(hidden_states), residual
+        return getattr(self, self.ffn_name)(hidden_states), residual
+
+
+class LlamaDecoderLayer(PreNormDecoderLayer):
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__(config, LlamaAttention(config, rotary_emb), LlamaMLP(config))
 
 
 class LlamaModel(nn.Module):

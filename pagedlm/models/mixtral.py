@@ -16,7 +16,7 @@ from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.rotary import RotaryEmbedding
-from pagedlm.models.llama import LlamaAttention, rope_settings
+from pagedlm.models.llama import LlamaAttention, PreNormDecoderLayer, rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
 
@@ -33,29 +33,8 @@ class MixtralSparseMoeBlock(nn.Module):
         return self.experts(hidden_states, self.gate(hidden_states))
 
 
-class MoEDecoderLayer(nn.Module):
-    """Pre-norm attention then the feed-forward block, with the fused residual adds of the
-    Llama layer. ``ffn_name`` is the block's checkpoint name (block_sparse_moe / mlp)."""
-
-    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str) -> None:
-        super().__init__()
-        self.self_attn = self_attn
-        self.ffn_name = ffn_name
-        self.add_module(ffn_name, ffn)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(
-        self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(positions, hidden_states)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return getattr(self, self.ffn_name)(hidden_states), residual
+# The MoE families share Llama's layer; only the feed-forward block (and its name) differs.
+MoEDecoderLayer = PreNormDecoderLayer
 
 
 # (config, layer index, shared rotary embedding) -> decoder layer
