@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--shape", default="llama-3.1-8b")
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--concurrency-1-prompts", type=int, default=16)
-    p.add_argument("--rate", type=float, default=16.0)
+    p.add_argument("--rate", type=float, default=16.0, help="the fixed-rate run's req/s (0: skip that run)")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--port", type=int, default=8321)
@@ -78,8 +78,9 @@ def main() -> None:
         wait_healthy(url, proc, 600)
         common = dict(input_len=args.input_len, output_len=args.output_len)
         runs["concurrency 1"] = bench(url, model_dir, out_dir, "c1", args.concurrency_1_prompts, "inf", 1, **common)
-        runs[f"rate {args.rate:g}"] = bench(url, model_dir, out_dir, "rate", args.num_prompts, str(args.rate), None,
-                                            **common)
+        if args.rate > 0:
+            runs[f"rate {args.rate:g}"] = bench(url, model_dir, out_dir, "rate", args.num_prompts, str(args.rate),
+                                                None, **common)
         runs["rate inf"] = bench(url, model_dir, out_dir, "inf", args.num_prompts, "inf", None, **common)
     finally:
         proc.terminate()

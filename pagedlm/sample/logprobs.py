@@ -19,6 +19,18 @@ class LogprobsTensors:
     def to_cpu(self) -> "LogprobsTensors":
         return LogprobsTensors(self.token_ids.cpu(), self.logprobs.cpu(), self.ranks.cpu())
 
+    def to_host_async(self) -> "LogprobsTensors":
+        """Copies queued on the current stream into pinned memory; valid once the stream
+        has reached this point (the caller records an event)."""
+        return LogprobsTensors(pinned_copy(self.token_ids), pinned_copy(self.logprobs), pinned_copy(self.ranks))
+
+
+def pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A non-blocking device-to-host copy into page-locked memory (a plain ``.cpu()`` would
+    wait for everything queued on the stream, including work launched after this point)."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
 
 def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:
     """Raw logprobs: log_softmax of the logits as the model produced them."""

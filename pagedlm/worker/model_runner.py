@@ -18,7 +18,7 @@ from pagedlm.kernels import ops
 from pagedlm.layers.pooler import Pooler
 from pagedlm.models.loader import load_model
 from pagedlm.models.pipeline import IntermediateTensors
-from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
+from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs, pinned_copy
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
 from pagedlm.structured_output.apply import apply_grammar_bitmask
@@ -262,6 +262,7 @@ class ModelRunner:
             broadcast_from_output_rank(sampled)
         step.sampled = sampled
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
+        step.start_host_copy()
         for state in states:
             state.num_pending += 1
 
@@ -292,6 +293,22 @@ class InflightStep:
     row_of: dict[str, int] = field(default_factory=dict)  # req_id -> sample row
     num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
     resolved: bool = False
+    # CUDA: the samples' copy to pinned host memory, queued right behind the sampler, and the
+    # event that marks it done. Under async scheduling the next step is launched before this
+    # one is collected; waiting on this event (not the stream) keeps the collection from also
+    # waiting for that next step, which would delay every token by a step and idle the device
+    # while the host processes outputs.
+    host_sampled: torch.Tensor | None = None
+    host_logprobs: LogprobsTensors | None = None
+    ready: torch.cuda.Event | None = None
+
+    def start_host_copy(self) -> None:
+        if self.sampled is None or self.sampled.device.type != "cuda":
+            return
+        self.host_sampled = pinned_copy(self.sampled)
+        self.host_logprobs = self.logprobs.to_host_async() if self.logprobs is not None else None
+        self.ready = torch.cuda.Event()
+        self.ready.record()
 
     def resolve(self, states: dict[str, CachedRequestState]) -> None:
         """Bring the sampled ids to the host (the step's one device-to-host copy) and append
@@ -300,8 +317,12 @@ class InflightStep:
             self.resolved = True
             return
         self.resolved = True
-        sampled = self.sampled.tolist()
-        logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
+        if self.ready is not None:
+            self.ready.synchronize()
+            sampled, logprobs = self.host_sampled.tolist(), self.host_logprobs
+        else:
+            sampled = self.sampled.tolist()
+            logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
         for row, i in enumerate(self.rows):
             req_id = self.output.req_ids[i]
             token_id = sampled[row]
