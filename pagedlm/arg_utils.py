@@ -29,7 +29,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "quantization": "quantization",
     "kv_cache_dtype": "a quantized (fp8) KV cache",
     "cpu_offload_gb": "CPU weight offloading",
-    "speculative_config": "speculative decoding",
     "enable_lora": "LoRA adapters",
     "max_loras": "LoRA adapters",
     "max_lora_rank": "LoRA adapters",

@@ -76,6 +76,10 @@ class SchedulerConfig:
     async_scheduling: bool = False
     # Off: a prompt is scheduled whole or waits (pooling needs all of a prompt's hidden states in one step).
     enable_chunked_prefill: bool = True
+    # Speculative decoding: drafts per request and step, and KV slots the proposer writes
+    # past them (allocated with each step's blocks, rolled back with rejected drafts).
+    num_spec_tokens: int = 0
+    num_lookahead_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class EngineConfig:
     parallel_config: ParallelConfig
     device_config: DeviceConfig
     structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    speculative_config: Any = None  # pagedlm.spec_decode.config.SpeculativeConfig | None
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:

@@ -29,6 +29,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
+from pagedlm.spec_decode.config import resolve_speculative_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -194,6 +195,7 @@ class EngineArgs:
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
         pooling = pooler_config is not None
+        spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if pooling:
             max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(
@@ -211,8 +213,11 @@ class EngineArgs:
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
                 enable_chunked_prefill=not pooling,
+                num_spec_tokens=spec.num_speculative_tokens if spec else 0,
+                num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
+            speculative_config=spec,
         )

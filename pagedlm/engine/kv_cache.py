@@ -206,15 +206,18 @@ class KVCacheManager:
         return hits, len(hits) * self.block_size
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, new_computed_blocks: list[KVCacheBlock] | None = None
+        self, request: Request, num_new_tokens: int, new_computed_blocks: list[KVCacheBlock] | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> list[KVCacheBlock] | None:
         """Blocks for ``num_new_tokens`` more tokens after the computed ones (and after any
-        prefix-hit blocks given). Returns the newly allocated blocks, or None if the pool
-        cannot supply them (nothing is changed then)."""
+        prefix-hit blocks given), plus ``num_lookahead_tokens`` scratch slots a speculative
+        proposer writes past them. Returns the newly allocated blocks, or None if the pool
+        cannot supply them (nothing is changed then). Only blocks full of the request's own
+        tokens are ever hashed, never draft or lookahead slots."""
         hits = new_computed_blocks or []
         owned = self.req_to_blocks.setdefault(request.request_id, [])
         num_computed = request.num_computed_tokens + len(hits) * self.block_size
-        num_required = -(-(num_computed + num_new_tokens) // self.block_size)
+        num_required = -(-(num_computed + num_new_tokens + num_lookahead_tokens) // self.block_size)
         if not hits and num_required <= len(owned):
             # The common decode step: the token lands in a block the request already owns.
             if self.enable_caching and (num_computed + num_new_tokens) % self.block_size == 0:
@@ -244,6 +247,21 @@ class KVCacheManager:
         for i in range(start, num_full):
             self.pool.register(owned[i], request.block_hashes[i])
         self.num_registered[request.request_id] = max(start, num_full)
+
+    def trim(self, request: Request, num_tokens: int) -> int:
+        """Roll back to ``num_tokens`` computed tokens (after rejected drafts): blocks past the
+        last one those tokens touch go back to the pool, tail first. They were never hashed
+        (hashes cover the request's accepted tokens only). Returns how many blocks remain."""
+        owned = self.req_to_blocks.get(request.request_id)
+        if owned is None:
+            return 0
+        num_keep = -(-num_tokens // self.block_size)
+        if len(owned) > num_keep:
+            tail = owned[num_keep:]
+            del owned[num_keep:]
+            assert all(b.block_hash is None or b.ref_cnt > 1 for b in tail), "a hashed block was rolled back"
+            self.pool.free(list(reversed(tail)))
+        return len(owned)
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so its unshared tail is evicted first."""

@@ -32,6 +32,9 @@ class SchedulerStats:
     num_total_blocks: int = 0
     num_steps_total: int = 0  # schedule() calls, so a metrics reader sees each step once
     last_step_num_tokens: int = 0  # tokens (prefill + decode) of the latest step
+    # Speculative decoding counters (cumulative; None when speculation is off):
+    # num_drafts, num_draft_tokens, num_accepted_tokens, accepted per draft position.
+    spec_decoding: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -68,6 +71,8 @@ class SchedulerOutput:
     # tokens as a bitmask int32 [len(structured_output_request_ids), ceil(vocab / 32)].
     structured_output_request_ids: list[str] = field(default_factory=list)
     grammar_bitmask: np.ndarray | None = None
+    # Speculative decoding: draft ids verified this step after each request's last token.
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def grammar_deferred(self) -> bool:
@@ -92,6 +97,8 @@ class ModelRunnerOutput:
     # Pooling requests whose prompt was computed this step: the pooled vector (embed) or one
     # vector per prompt token (token_embed), as plain floats.
     pooler_output: dict[str, list[float] | list[list[float]]] = field(default_factory=dict)
+    # Speculative decoding: drafts proposed for each request's next step.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

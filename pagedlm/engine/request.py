@@ -74,6 +74,8 @@ class Request:
         self.first_scheduled_time: float | None = None
         # Chain hashes of the full blocks of all_token_ids, filled by the KV cache manager.
         self.block_hashes: list[bytes] = []
+        # Speculative decoding: draft tokens proposed after its last step, verified in the next.
+        self.spec_token_ids: list[int] = []
         # The engine core's grammar state (structured_output.manager.RequestGrammar) when constrained.
         self.structured_output: Any = None
 

@@ -27,6 +27,7 @@ from pagedlm.engine.messages import (
     SchedulerStats,
 )
 from pagedlm.engine.request import Request, RequestStatus
+from pagedlm.spec_decode.metrics import SpecDecodingStats
 from pagedlm.structured_output.manager import StructuredOutputManager, Verdict
 from pagedlm.structured_output.validate import InvalidStructuredOutputError
 
@@ -51,6 +52,9 @@ class Scheduler:
         # Requests finished inside schedule() (they can never fit): reported by the next update.
         self._errored: list[Request] = []
         self.structured_output = structured_output or StructuredOutputManager(None)
+        # Speculative decoding: drafts scheduled this step (req_id -> draft ids) and counters.
+        self._scheduled_spec: dict[str, list[int]] = {}
+        self.spec_stats = SpecDecodingStats(scheduler_config.num_spec_tokens)
 
     # ---- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -85,6 +89,7 @@ class Scheduler:
     # ---- scheduling -------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
+        self._scheduled_spec = {}
         num_scheduled: dict[str, int] = {}
         cached: list[CachedRequestData] = []
         preempted: list[Request] = []
@@ -102,7 +107,8 @@ class Scheduler:
             request = self.running[index]
             num_computed = request.num_computed_tokens
             num_known = len(request.all_token_ids) + request.num_pending_tokens
-            num_new = min(num_known - num_computed, budget, self.max_model_len - num_computed)
+            num_wanted = num_known + len(request.spec_token_ids) - num_computed  # drafts are verified too
+            num_new = min(num_wanted, budget, self.max_model_len - num_computed)
             if num_new <= 0:
                 index += 1
                 continue
@@ -110,7 +116,8 @@ class Scheduler:
                 self.running.pop(index)
                 self._fail_unfittable(request)
                 continue
-            while (blocks := self.kv.allocate_slots(request, num_new)) is None:
+            lookahead = self._lookahead(num_computed + num_new, num_known)
+            while (blocks := self.kv.allocate_slots(request, num_new, None, lookahead)) is None:
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted.append(victim)
@@ -121,7 +128,10 @@ class Scheduler:
             num_scheduled[request.request_id] = num_new
             cached.append(CachedRequestData(request.request_id, [b.block_id for b in blocks], num_computed))
             request.num_computed_tokens = num_computed + num_new
-            if request.num_computed_tokens == num_known:
+            if request.spec_token_ids:  # the budget may cut the drafts short; the rest are dropped
+                self._scheduled_spec[request.request_id] = request.spec_token_ids[: max(0, num_computed + num_new - num_known)]
+                request.spec_token_ids = []
+            if request.num_computed_tokens >= num_known:
                 request.num_pending_tokens += 1  # this step samples its next token
             budget -= num_new
             index += 1
@@ -131,6 +141,7 @@ class Scheduler:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(request)
@@ -157,7 +168,8 @@ class Scheduler:
             num_new = min(request.num_tokens - num_hit_tokens, budget)
             if num_new < request.num_tokens - num_hit_tokens and not self.config.enable_chunked_prefill:
                 break  # whole prompts only: it runs in a later step with more budget
-            if self.kv.allocate_slots(request, num_new, hits) is None:
+            lookahead = self._lookahead(num_hit_tokens + num_new, request.num_tokens)
+            if self.kv.allocate_slots(request, num_new, hits, lookahead) is None:
                 if not self.running and not new_reqs:
                     self._fail_unfittable(self.waiting.popleft())
                     continue
@@ -195,6 +207,12 @@ class Scheduler:
             return False
         request.status = RequestStatus.WAITING
         return True
+
+    def _lookahead(self, num_computed_after_step: int, num_known: int) -> int:
+        """Scratch KV slots for a proposer that drafts after this step (only when it samples)."""
+        if num_computed_after_step < num_known:
+            return 0
+        return max(0, min(self.config.num_lookahead_tokens, self.max_model_len - num_computed_after_step))
 
     def _never_fits(self, num_tokens: int) -> bool:
         return -(-num_tokens // self.block_size) > self.kv.num_blocks
@@ -235,6 +253,7 @@ class Scheduler:
             preempted_req_ids={r.request_id for r in preempted},
             structured_output_request_ids=grammar_req_ids,
             grammar_bitmask=bitmask,
+            scheduled_spec_decode_tokens=self._scheduled_spec,
         )
         self.finished_req_ids = set()
         self.num_steps_total += 1
@@ -254,7 +273,11 @@ class Scheduler:
             pooled = runner.pooler_output.get(req_id)
             if not new_ids and prompt_lp is None and pooled is None:
                 continue
-            request.num_pending_tokens -= len(new_ids)
+            request.num_pending_tokens -= min(len(new_ids), 1)  # one sampling step, however many tokens
+            drafts = sched.scheduled_spec_decode_tokens.get(req_id)
+            if drafts:  # rejected drafts' KV is stale: roll the computed tokens back over it
+                request.num_computed_tokens -= len(drafts) + 1 - len(new_ids)
+                self.spec_stats.observe(len(drafts), len(new_ids) - 1)
             new_ids = self._append_and_check_stop(request, new_ids)
             if pooled is not None:
                 request.status = RequestStatus.FINISHED_STOPPED  # its prompt is computed: nothing more to do
@@ -276,7 +299,18 @@ class Scheduler:
                 # Usually running; a request preempted while its token was in flight waits.
                 (self.running if request in self.running else self.waiting).remove(request)
                 self._free(request)
+            elif self.config.num_spec_tokens:
+                self._after_spec_step(request, runner.spec_token_ids.get(req_id))
         return outputs
+
+    def _after_spec_step(self, request: Request, drafts: list[int] | None) -> None:
+        """Free blocks past the computed tokens (rejected drafts, proposer scratch), then keep
+        the drafts for the next step: no more than the request may still generate or hold."""
+        self.kv.trim(request, request.num_computed_tokens)
+        if not drafts or request.status != RequestStatus.RUNNING:
+            return
+        room = min(request.max_tokens - request.num_output_tokens - 1, self.max_model_len - request.num_tokens)
+        request.spec_token_ids = list(drafts[: max(room, 0)])
 
     def _append_and_check_stop(self, request: Request, new_ids: list[int]) -> list[int]:
         params = request.sampling_params
@@ -324,4 +358,5 @@ class Scheduler:
             num_total_blocks=self.kv.num_blocks,
             num_steps_total=self.num_steps_total,
             last_step_num_tokens=self.last_step_num_tokens,
+            spec_decoding=self.spec_stats.snapshot() if self.config.num_spec_tokens else None,
         )

@@ -74,6 +74,7 @@ def decode_scheduler_output(data: bytes) -> SchedulerOutput:
         preempted_req_ids=set(d["preempted_req_ids"]),
         structured_output_request_ids=d.get("structured_output_request_ids", []),
         grammar_bitmask=decode_ndarray(d.get("grammar_bitmask")),
+        scheduled_spec_decode_tokens=d.get("scheduled_spec_decode_tokens", {}),
     )
 
 
@@ -85,4 +86,5 @@ def decode_runner_output(data: bytes) -> ModelRunnerOutput:
         logprobs=msgspec.convert(d["logprobs"], dict[str, LogprobsLists]),
         prompt_logprobs=msgspec.convert(d["prompt_logprobs"], dict[str, LogprobsLists]),
         pooler_output=d.get("pooler_output", {}),
+        spec_token_ids=d.get("spec_token_ids", {}),
     )
