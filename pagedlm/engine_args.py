@@ -29,7 +29,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
-from pagedlm.spec_decode.config import resolve_speculative_config
+from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -196,6 +196,8 @@ class EngineArgs:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
         pooling = pooler_config is not None
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
+        if spec is not None:
+            check_speculation_fits(parallel_config.world_size, self.async_scheduling)
         if pooling:
             max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(
@@ -211,7 +213,8 @@ class EngineArgs:
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
+                async_scheduling=self.async_scheduling if self.async_scheduling is not None else (
+                    device == "cuda" and spec is None),
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,

@@ -105,3 +105,13 @@ def resolve_speculative_config(raw: dict[str, Any] | str | None, pooling: bool,
         raise ConfigError(f"speculative_config: num_speculative_tokens must be below max_model_len - 1 "
                           f"({max_model_len - 1})")
     return spec
+
+
+def check_speculation_fits(world_size: int, async_scheduling: bool | None) -> None:
+    """What speculation does not combine with yet, refused in one line each."""
+    if world_size > 1:
+        raise ConfigError("speculative_config: speculative decoding runs on one device; "
+                          "drop --tensor-parallel-size / --pipeline-parallel-size")
+    if async_scheduling:
+        raise ConfigError("speculative_config: a verify step needs the last step's accepted tokens before it "
+                          "is scheduled; drop --async-scheduling (speculation steps synchronously)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,6 +61,11 @@ class ModelRunner:
         self.graph_runner: CUDAGraphRunner | None = None
         self._inflight: deque[InflightStep] = deque()
         self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
+        self.spec = None  # speculative decoding's seam (pagedlm.spec_decode.spec_runner)
+        if config.speculative_config is not None:
+            from pagedlm.spec_decode.spec_runner import SpecDecodeRunner
+
+            self.spec = SpecDecodeRunner(self)
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -72,6 +78,8 @@ class ModelRunner:
             num_blocks = memory.gpu_num_blocks(self.config, self._profile_run)
         else:
             num_blocks = memory.cpu_num_blocks(self.config)
+        if self.spec is not None and override is None:  # the draft's cache shares the budget
+            num_blocks = self.spec.share_kv_budget(num_blocks)
         memory.check_max_model_len_fits(self.config, num_blocks)
         return num_blocks
 
@@ -114,6 +122,8 @@ class ModelRunner:
                                 dtype=dtype, device=self.device)
             attn.kv_cache = cache
             self.kv_caches.append(cache)
+        if self.spec is not None:
+            self.spec.proposer.initialize_kv_cache(num_blocks)
         logger.info("KV cache: %d blocks of %d tokens = %d tokens", num_blocks, self.block_size,
                     num_blocks * self.block_size)
 
@@ -137,6 +147,8 @@ class ModelRunner:
             state = self.requests[data.req_id]
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
+        if self.spec is not None:
+            self.spec.update_states(sched, self.requests)
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -199,11 +211,19 @@ class ModelRunner:
         if self._inflight and not self._inflight[-1].resolved and any(
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
-        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
+        if self.spec is None:
+            inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
+        else:
+            with self.spec.append_drafts(self.requests):
+                inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
         hidden = self._forward(inputs)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
+        if self.spec is not None:
+            self.spec.after_forward(inputs, hidden)
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
+        elif inputs.sample_rows and self.spec is not None:
+            self.spec.sample(hidden, inputs, step, sched)
         elif inputs.sample_rows:
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans and hidden is not None:
@@ -216,6 +236,8 @@ class ModelRunner:
         """The oldest launched step's output (waits for its sampled ids)."""
         step = self._inflight.popleft()
         step.resolve(self.requests)
+        if self.spec is not None:
+            self.spec.propose(step.output, self.requests)
         return step.output
 
     def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: "InflightStep",
@@ -301,6 +323,8 @@ class InflightStep:
     host_sampled: torch.Tensor | None = None
     host_logprobs: LogprobsTensors | None = None
     ready: torch.cuda.Event | None = None
+    # A step sampled another way (speculative verification) brings its results back itself.
+    resolver: Callable[["InflightStep", dict[str, CachedRequestState]], None] | None = None
 
     def start_host_copy(self) -> None:
         if self.sampled is None or self.sampled.device.type != "cuda":
@@ -317,6 +341,8 @@ class InflightStep:
             self.resolved = True
             return
         self.resolved = True
+        if self.resolver is not None:
+            return self.resolver(self, states)
         if self.ready is not None:
             self.ready.synchronize()
             sampled, logprobs = self.host_sampled.tolist(), self.host_logprobs

@@ -1,0 +1,192 @@
+"""The model runner's speculative-decoding seam: drafts into the step, verification of every
+draft position from one target forward, and proposals for the next step.
+
+The runner calls five hooks (update_states, append_drafts, after_forward, sample, propose);
+everything else about speculation lives here and in the proposers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+
+from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+from pagedlm.sample.metadata import build_sampling_metadata
+from pagedlm.spec_decode.rejection_sampler import RejectionOutput, emitted_counts, rejection_sample
+from pagedlm.structured_output.apply import apply_grammar_bitmask
+
+if TYPE_CHECKING:
+    from pagedlm.worker.input_batch import CachedRequestState, StepInputs
+    from pagedlm.worker.model_runner import InflightStep, ModelRunner
+
+
+def can_speculate(state: "CachedRequestState") -> bool:
+    """Per-request opt-out: prompt logprobs (scored in prefill chunks only) and grammars
+    (one bitmask per step) run without drafts; the rest of the batch still speculates."""
+    sp = state.sampling_params
+    return state.pooling_params is None and sp.prompt_logprobs is None and sp.structured_outputs is None
+
+
+@dataclass
+class SpecStep:
+    """A verify step's results on the device, read back by resolve()."""
+
+    result: RejectionOutput
+    num_drafts: list[int]  # per sample row
+    states: list["CachedRequestState"]
+
+
+class SpecDecodeRunner:
+    def __init__(self, runner: "ModelRunner") -> None:
+        from pagedlm.spec_decode.proposers import build_proposer
+
+        self.runner = runner
+        self.config = runner.config.speculative_config
+        self.proposer = build_proposer(self.config, runner)
+        # req_id -> draft distributions [k, V] of its pending drafts (draft models; None for n-gram)
+        self.draft_probs: dict[str, torch.Tensor] = {}
+
+    def share_kv_budget(self, num_blocks: int) -> int:
+        """Blocks when a draft model's cache (same block ids) takes its share of the budget."""
+        from pagedlm.worker.memory import kv_cache_bytes_per_block
+
+        draft = self.proposer.kv_bytes_per_block()
+        if not draft:
+            return num_blocks
+        target = kv_cache_bytes_per_block(self.runner.config)
+        return max(1, num_blocks * target // (target + draft))
+
+    # ---- before the forward -------------------------------------------------------------
+    def update_states(self, sched: SchedulerOutput, states: dict[str, "CachedRequestState"]) -> None:
+        """Mirror the scheduler's rollback (blocks past the computed tokens were freed) and
+        take this step's drafts."""
+        bs = self.runner.block_size
+        for data in sched.scheduled_cached_reqs:  # block_ids already end with data.new_block_ids
+            state = states[data.req_id]
+            num_old = len(state.block_ids) - len(data.new_block_ids)
+            num_kept = -(-data.num_computed_tokens // bs)
+            if num_old > num_kept:
+                del state.block_ids[num_kept:num_old]
+        for req_id in list(self.draft_probs):
+            if req_id not in states:
+                del self.draft_probs[req_id]
+        for req_id, state in states.items():
+            state.spec_token_ids = sched.scheduled_spec_decode_tokens.get(req_id, [])
+
+    @contextmanager
+    def append_drafts(self, states: dict[str, "CachedRequestState"]) -> Iterator[None]:
+        """The drafts are input tokens of this step (after each request's last token) while
+        the step inputs are built; they are not part of the request until accepted."""
+        drafted = [s for s in states.values() if s.spec_token_ids]
+        for state in drafted:
+            state.token_ids.extend(state.spec_token_ids)
+        try:
+            yield
+        finally:
+            for state in drafted:
+                del state.token_ids[len(state.token_ids) - len(state.spec_token_ids):]
+
+    def after_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
+        self.proposer.after_target_forward(inputs, hidden)
+
+    # ---- verification -------------------------------------------------------------------
+    def sample(self, hidden: torch.Tensor, inputs: "StepInputs", step: "InflightStep", sched: SchedulerOutput) -> None:
+        runner = self.runner
+        states = [runner.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
+        num_drafts = [len(s.spec_token_ids) for s in states]
+        last = inputs.query_start_loc[1:][inputs.sample_rows].astype(np.int64) - 1  # each request's last token
+        rows = np.concatenate([np.arange(e - k, e + 1) for e, k in zip(last.tolist(), num_drafts)])
+        indices = torch.from_numpy(rows).to(runner.device, non_blocking=True)
+        logits = runner.model.compute_logits(hidden.index_select(0, indices))  # [N, V]
+        bonus_rows = np.cumsum(np.array(num_drafts) + 1) - 1
+        if sched.structured_output_request_ids:  # constrained requests have no drafts: their bonus row
+            row_of = {s.req_id: int(bonus_rows[b]) for b, s in enumerate(states)}
+            logits = apply_grammar_bitmask(logits, sched.grammar_bitmask,
+                                           [row_of[r] for r in sched.structured_output_request_ids])
+        md = self._expanded_metadata(states)
+        drafts = [d for s in states for d in s.spec_token_ids + [-1]]
+        draft_ids = torch.tensor(drafts, dtype=torch.int64).to(runner.device, non_blocking=True)
+        is_draft = draft_ids >= 0
+        result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)))
+        step.row_of = {s.req_id: row for row, s in enumerate(states)}
+        step.rows = inputs.sample_rows
+        step.num_logprobs = [s.sampling_params.logprobs for s in states]
+        step.sampled = result.tokens  # marks the step as sampling; resolve() goes through SpecStep
+        step.resolver = lambda st, all_states: resolve(st, SpecStep(result, num_drafts, states), all_states)
+        for state in states:
+            state.num_pending += 1
+
+    def _expanded_metadata(self, states: list["CachedRequestState"]):
+        """One sampling row per verified position: row j of a request sees its drafts 1..j as
+        already generated (penalties, min_tokens, bad words), as the plain path would."""
+        params, prompts, outputs, gens = [], [], [], []
+        for s in states:
+            for j in range(len(s.spec_token_ids) + 1):
+                params.append(s.sampling_params)
+                prompts.append(s.prompt_token_ids)
+                outputs.append(s.output_token_ids + s.spec_token_ids[:j] if j else s.output_token_ids)
+                gens.append(s.generator)
+        return build_sampling_metadata(params, prompts, outputs, gens, self.runner.vocab_size, self.runner.device)
+
+    def _draft_probs(self, states: list["CachedRequestState"], num_rows: int) -> torch.Tensor | None:
+        """[N, V] draft distributions (bonus rows zero), or None when drafts are point masses."""
+        if not any(s.req_id in self.draft_probs for s in states if s.spec_token_ids):
+            return None
+        out = torch.zeros(num_rows, self.runner.vocab_size, device=self.runner.device)
+        row = 0
+        for s in states:
+            k = len(s.spec_token_ids)
+            probs = self.draft_probs.pop(s.req_id, None)
+            if k and probs is not None:
+                out[row : row + k] = probs[:k]
+            elif k:  # no distribution kept (cannot happen with one proposer): a point mass
+                out[row + torch.arange(k, device=out.device), torch.tensor(s.spec_token_ids, device=out.device)] = 1.0
+            row += k + 1
+        return out
+
+    # ---- after the step -----------------------------------------------------------------
+    def propose(self, output: ModelRunnerOutput, states: dict[str, "CachedRequestState"]) -> None:
+        """Drafts for every request that sampled this step and may speculate."""
+        sampled = [states[r] for r, ids in zip(output.req_ids, output.sampled_token_ids)
+                   if ids and r in states and can_speculate(states[r])]
+        max_len = self.runner.config.model_config.max_model_len
+        sampled = [s for s in sampled if len(s.token_ids) < max_len]
+        if not sampled:
+            return
+        drafts, probs = self.proposer.propose(sampled)
+        for state, ids in zip(sampled, drafts):
+            if ids:
+                output.spec_token_ids[state.req_id] = ids
+        if probs is not None:
+            for state, p in zip(sampled, probs):
+                if p is not None:
+                    self.draft_probs[state.req_id] = p
+
+
+def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedRequestState"]) -> None:
+    """The verify step's one device-to-host copy, then each request's emitted tokens."""
+    from pagedlm.worker.model_runner import _to_lists
+
+    result = spec.result
+    packed = torch.stack((result.tokens, result.accepted.to(torch.int64))).tolist()
+    tokens, accepted = packed[0], [bool(a) for a in packed[1]]
+    logprobs = result.logprobs.to_cpu() if result.logprobs is not None else None
+    counts = emitted_counts(accepted, spec.num_drafts)
+    first = 0
+    for b, i in enumerate(step.rows):
+        req_id = step.output.req_ids[i]
+        emitted = tokens[first : first + counts[b]]
+        step.output.sampled_token_ids[i] = emitted
+        k = step.num_logprobs[b]
+        if logprobs is not None and k is not None:
+            step.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(first, first + counts[b]), k)
+        state = states.get(req_id)
+        if state is not None:
+            state.output_token_ids.extend(emitted)
+            state.token_ids.extend(emitted)
+            state.num_pending -= 1
+        first += spec.num_drafts[b] + 1
