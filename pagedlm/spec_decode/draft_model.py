@@ -1,0 +1,149 @@
+"""Draft-model proposer: a smaller checkpoint with the target's vocabulary drafts k tokens by
+chained single-token steps.
+
+Its KV cache is its own tensors indexed by the target's block ids (one block table for both).
+Every target step is mirrored into it (same tokens, positions and slots), so the draft's
+cache is valid exactly where the target's is, prefix-cache hits and rollbacks included.
+Drafting then starts from each request's newest token and writes k scratch slots past it
+(the scheduler's lookahead); the next step rewrites them with the verified tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pagedlm.attention.metadata import AttentionMetadata
+from pagedlm.config import ConfigError, attention_shape, load_hf_config
+from pagedlm.forward_context import set_forward_context
+from pagedlm.spec_decode.config import SpeculativeConfig
+
+if TYPE_CHECKING:
+    from pagedlm.worker.input_batch import CachedRequestState, StepInputs
+    from pagedlm.worker.model_runner import ModelRunner
+
+_SAMPLING_EPS = 1e-5
+
+
+def sample_draft(logits: torch.Tensor, states: list["CachedRequestState"],
+                 temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draft tokens [B] and, when any row samples, their distributions q [B, V] (the
+    request's temperature; seeded rows draw from the request's generator). Greedy rows
+    take the argmax (greedy verification never reads q)."""
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    random_rows = [i for i, s in enumerate(states) if s.sampling_params.temperature >= _SAMPLING_EPS]
+    if not random_rows:
+        return greedy, None
+    probs = (logits / temperature.clamp(min=_SAMPLING_EPS).unsqueeze(1)).softmax(dim=-1)  # [B, V]
+    exp = torch.empty_like(probs)
+    torch.rand(exp.shape, out=exp).log_().neg_()
+    for i in random_rows:
+        if states[i].generator is not None:
+            exp[i].exponential_(generator=states[i].generator)
+    sampled = (probs / exp).argmax(dim=-1)
+    return torch.where(temperature < _SAMPLING_EPS, greedy, sampled), probs
+
+
+class ChainDrafter:
+    """k chained single-token steps of a draft network over the batch, one upload of all
+    positions and slots, one download of all drafts. Subclasses say how one step runs."""
+
+    def __init__(self, config: SpeculativeConfig, runner: "ModelRunner") -> None:
+        self.k = config.num_speculative_tokens
+        self.num_lookahead_tokens = self.k
+        self.runner = runner
+        self.device = runner.device
+        self.block_size = runner.block_size
+
+    def _plan(self, states: list["CachedRequestState"]) -> tuple[np.ndarray, ...]:
+        """Per chain step j and request b: position, slot (-1 past the request's room) and
+        context length; plus each request's draft count."""
+        max_len = self.runner.config.model_config.max_model_len
+        start = np.array([len(s.token_ids) - 1 for s in states], dtype=np.int64)  # newest token's position
+        num_drafts = np.minimum(self.k, max_len - start - 1).clip(min=0)  # the bonus slot stays in range
+        width = max(len(s.block_ids) for s in states)
+        tables = np.zeros((len(states), width), dtype=np.int64)
+        for b, s in enumerate(states):
+            tables[b, : len(s.block_ids)] = s.block_ids
+        steps = np.arange(self.k)[:, None]  # [k, 1]
+        live = steps < num_drafts[None, :]  # [k, B]
+        positions = np.where(live, start[None, :] + steps, start[None, :])
+        blocks = tables[np.arange(len(states))[None, :], positions // self.block_size]
+        slots = np.where(live, blocks * self.block_size + positions % self.block_size, -1)
+        return positions, slots, tables, num_drafts
+
+    def propose(self, states: list["CachedRequestState"]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        positions, slots, tables, num_drafts = self._plan(states)
+        dev = self.device
+        pos_d = torch.from_numpy(positions).to(dev)
+        slot_d = torch.from_numpy(slots).to(dev)
+        tables_d = torch.from_numpy(tables.astype(np.int32)).to(dev)
+        qsl = torch.arange(len(states) + 1, dtype=torch.int32, device=dev)
+        temperature = torch.tensor([s.sampling_params.temperature for s in states], dtype=torch.float32).to(dev)
+        tokens = torch.tensor([s.token_ids[-1] for s in states], dtype=torch.int64).to(dev)
+        self.start_chain(states)
+        drafted, probs = [], []
+        for j in range(int(num_drafts.max(initial=0))):
+            meta = AttentionMetadata(slot_mapping=slot_d[j], query_start_loc=qsl, seq_lens=(pos_d[j] + 1).to(torch.int32),
+                                     block_tables=tables_d, max_query_len=1,
+                                     max_seq_len=int(positions[j].max()) + 1, num_actual_tokens=len(states))
+            with set_forward_context(meta):
+                logits = self.chain_step(j, tokens, pos_d[j])  # [B, V]
+            tokens, q = sample_draft(logits, states, temperature)
+            drafted.append(tokens)
+            probs.append(q)
+        if not drafted:
+            return [[] for _ in states], [None] * len(states)
+        ids = torch.stack(drafted, dim=1).tolist()  # [B, k]: the drafts' one device-to-host copy
+        out_probs: list[torch.Tensor | None] = [None] * len(states)
+        if any(q is not None for q in probs):
+            stacked = torch.stack([q if q is not None else torch.zeros_like(probs[0]) for q in probs], dim=1)
+            out_probs = [stacked[b, : num_drafts[b]] for b in range(len(states))]
+        return [row[: num_drafts[b]] for b, row in enumerate(ids)], out_probs
+
+    def start_chain(self, states: list["CachedRequestState"]) -> None:
+        pass
+
+    def chain_step(self, j: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DraftModelProposer(ChainDrafter):
+    def __init__(self, config: SpeculativeConfig, runner: "ModelRunner") -> None:
+        super().__init__(config, runner)
+        from pagedlm.models.loader import load_model
+
+        target = runner.config.model_config
+        hf_config = load_hf_config(config.model, target.trust_remote_code)
+        if hf_config.vocab_size != target.vocab_size:
+            raise ConfigError(f"speculative_config: the draft model's vocabulary ({hf_config.vocab_size}) differs from "
+                              f"the target's ({target.vocab_size}); a draft must share the target's tokenizer")
+        self.model_config = dataclasses.replace(target, model=config.model, hf_config=hf_config, runner="generate",
+                                                pooler_config=None)
+        self.model = load_model(self.model_config, self.device.type)
+
+    def kv_bytes_per_block(self) -> int:
+        _, num_kv_heads, head_dim = attention_shape(self.model_config.hf_config)
+        size = torch.empty((), dtype=self.model_config.torch_dtype).element_size()
+        return 2 * len(self.model.attention_layers()) * self.block_size * num_kv_heads * head_dim * size
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        for attn in self.model.attention_layers():
+            attn.kv_cache = torch.zeros(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
+                                        dtype=self.model_config.torch_dtype, device=self.device)
+
+    def after_target_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
+        """The step's tokens through the draft too (same device buffers, same metadata)."""
+        num_tokens, num_seqs = len(inputs.input_ids), len(inputs.seq_lens)
+        max_query_len = int(np.diff(inputs.query_start_loc).max())
+        input_ids, positions, meta = self.runner.buffers.device_inputs(
+            num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
+        with set_forward_context(meta):
+            self.model(input_ids, positions)
+
+    def chain_step(self, j: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(self.model(tokens, positions))
