@@ -1,0 +1,173 @@
+"""Speculative decoding in the pure scheduler and KV manager: drafts in the token budget,
+lookahead slots, rollback of rejected drafts (num_computed_tokens, block tails, ref counts,
+hashes), with a fake runner that keeps its block tables only from SchedulerOutput messages
+and applies the same rollback rule as the real runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from test_scheduler import BS, EOS, assert_no_leaks, check_invariants, make_request
+
+from pagedlm.config import CacheConfig, SchedulerConfig
+from pagedlm.engine.kv_cache import hash_block_tokens
+from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+from pagedlm.engine.scheduler import Scheduler
+
+
+def make_spec_scheduler(num_blocks: int = 64, *, k: int = 3, lookahead: int = 0, budget: int = 64,
+                        max_model_len: int = 256, caching: bool = True) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                        num_spec_tokens=k, num_lookahead_tokens=lookahead),
+        CacheConfig(block_size=BS, enable_prefix_caching=caching), num_blocks)
+
+
+@dataclass
+class SpecFakeRunner:
+    """Emits ``accept`` of each request's drafts plus one token, and proposes ``drafts``."""
+
+    accept: int = 0
+    drafts: list[int] = field(default_factory=lambda: [900, 901, 902])
+    block_ids: dict[str, list[int]] = field(default_factory=dict)
+    seen_spec: list[dict[str, list[int]]] = field(default_factory=list)
+    next_token: int = 500
+
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        for req_id in out.finished_req_ids | out.preempted_req_ids:
+            self.block_ids.pop(req_id, None)
+        for new in out.scheduled_new_reqs:
+            self.block_ids[new.req_id] = list(new.block_ids)
+        for cached in out.scheduled_cached_reqs:  # the runner's rollback rule
+            blocks = self.block_ids[cached.req_id]
+            del blocks[-(-cached.num_computed_tokens // BS):]
+            blocks += cached.new_block_ids
+        self.seen_spec.append(dict(out.scheduled_spec_decode_tokens))
+        req_ids, sampled, spec = [], [], {}
+        for req_id, num in out.num_scheduled_tokens.items():
+            drafts = out.scheduled_spec_decode_tokens.get(req_id, [])
+            req_ids.append(req_id)
+            n = min(self.accept, len(drafts))
+            self.next_token += 1
+            sampled.append(drafts[:n] + [self.next_token])
+            spec[req_id] = list(self.drafts)
+        return ModelRunnerOutput(req_ids, sampled, spec_token_ids=spec)
+
+
+def spec_step(sched: Scheduler, runner: SpecFakeRunner) -> tuple[SchedulerOutput, list]:
+    out = sched.schedule()
+    check_invariants(sched)
+    results = sched.update_from_output(out, runner.execute(out))
+    check_invariants(sched)
+    for r in sched.running:  # the runner's tables equal the manager's after the next rollback
+        blocks = runner.block_ids[r.request_id][: -(-r.num_computed_tokens // BS)]
+        assert blocks == sched.kv.get_block_ids(r.request_id)[: len(blocks)]
+    return out, results
+
+
+def test_drafts_are_scheduled_verified_and_rejected_ones_rolled_back():
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=1)
+    req = make_request("r", 6)  # 6 prompt tokens: blocks of 4 -> 2 blocks
+    sched.add_request(req)
+    out, _ = spec_step(sched, runner)  # prefill; samples one token, proposes 3 drafts
+    assert out.scheduled_spec_decode_tokens == {} and req.spec_token_ids == [900, 901, 902]
+    assert req.num_computed_tokens == 6 and req.num_tokens == 7
+    out, results = spec_step(sched, runner)  # verify: 1 + 3 tokens, 1 draft accepted
+    assert out.num_scheduled_tokens == {"r": 4}
+    assert out.scheduled_spec_decode_tokens == {"r": [900, 901, 902]}
+    assert results[0].new_token_ids == [900, 502]
+    # 7 + 2 tokens; the bonus token (502) is not computed yet; 2 rejected drafts rolled back
+    assert req.num_tokens == 9 and req.num_computed_tokens == 8
+    assert len(sched.kv.get_block_ids("r")) == 2  # the block that held only rejected drafts is free
+    assert sched.spec_stats.snapshot() == {"num_drafts": 1, "num_draft_tokens": 3, "num_accepted_tokens": 1,
+                                           "accepted_per_pos": [1, 0, 0]}
+    sched.finish_requests(["r"], req.status.FINISHED_ABORTED)
+    assert_no_leaks(sched)
+
+
+def test_hashes_cover_accepted_tokens_only():
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=0)
+    req = make_request("r", 3)
+    sched.add_request(req)
+    spec_step(sched, runner)  # prompt 3 + sampled 1 = 4 tokens; 3 computed
+    spec_step(sched, runner)  # verify 4 positions (1 + 3 drafts) into slots 3..6; none accepted
+    tokens = req.all_token_ids
+    assert len(tokens) == 5 and req.num_computed_tokens == 4
+    blocks = sched.kv.req_to_blocks["r"]
+    assert blocks[0].block_hash == hash_block_tokens(None, tokens[:4])  # full of accepted tokens
+    assert len(blocks) == 1  # the second block (drafts only) went back, unhashed
+    assert all(b.block_hash is None for b in sched.kv.pool.blocks if b is not blocks[0])
+    assert set(sched.kv.pool.cached) == {blocks[0].block_hash}
+
+
+def test_shared_prefix_blocks_keep_their_ref_counts_through_rollback():
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=0)
+    prompt = list(range(100, 109))  # 2 full blocks + 1 token
+    sched.add_request(make_request("a", prompt))
+    spec_step(sched, runner)
+    sched.add_request(make_request("b", prompt))
+    spec_step(sched, runner)  # b hits a's two full blocks
+    shared = sched.kv.req_to_blocks["a"][:2]
+    assert sched.kv.req_to_blocks["b"][:2] == shared and all(b.ref_cnt == 2 for b in shared)
+    for _ in range(3):
+        spec_step(sched, runner)  # rejected drafts roll back tails, never the shared blocks
+        assert all(b.ref_cnt == 2 for b in shared)
+    sched.finish_requests(["a", "b"], sched.requests["a"].status.FINISHED_ABORTED)
+    assert_no_leaks(sched)
+
+
+def test_lookahead_slots_are_allocated_then_freed():
+    sched, runner = make_spec_scheduler(k=3, lookahead=3), SpecFakeRunner(accept=3)
+    req = make_request("r", 4)
+    sched.add_request(req)
+    out = sched.schedule()
+    # 4 prompt tokens + 3 lookahead slots for drafting after the step -> 2 blocks
+    assert len(out.scheduled_new_reqs[0].block_ids) == 2
+    sched.update_from_output(out, runner.execute(out))
+    assert len(sched.kv.get_block_ids("r")) == 1  # back to the computed tokens' blocks
+    for _ in range(4):
+        spec_step(sched, runner)  # all accepted: 4 tokens per step
+    assert req.num_output_tokens == 1 + 4 * 4
+    sched.finish_requests(["r"], req.status.FINISHED_ABORTED)
+    assert_no_leaks(sched)
+
+
+def test_budget_cuts_drafts_and_max_tokens_caps_them():
+    sched, runner = make_spec_scheduler(k=3, budget=3), SpecFakeRunner(accept=3)
+    req = make_request("r", 2, max_tokens=4)
+    sched.add_request(req)
+    spec_step(sched, runner)
+    assert req.spec_token_ids == [900, 901]  # 3 more tokens allowed: 2 drafts + the bonus
+    out, results = spec_step(sched, runner)
+    assert out.scheduled_spec_decode_tokens == {"r": [900, 901]}
+    assert results[0].new_token_ids == [900, 901, runner.next_token] and results[0].finish_reason == "length"
+    assert_no_leaks(sched)
+    sched2, runner2 = make_spec_scheduler(k=3, budget=2), SpecFakeRunner(accept=3)
+    sched2.add_request(make_request("q", 2))
+    spec_step(sched2, runner2)
+    out, _ = spec_step(sched2, runner2)
+    assert out.scheduled_spec_decode_tokens == {"q": [900]}  # budget 2: last token + 1 draft
+
+
+def test_stop_inside_accepted_drafts_and_preemption_drop_drafts():
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=3, drafts=[900, EOS, 902])
+    sched.add_request(make_request("r", 3))
+    spec_step(sched, runner)
+    _, results = spec_step(sched, runner)
+    assert results[0].new_token_ids == [900, EOS] and results[0].finish_reason == "stop"
+    assert_no_leaks(sched)
+    # Preemption: few blocks, two requests; the preempted one forgets its drafts.
+    sched, runner = make_spec_scheduler(num_blocks=5, k=3), SpecFakeRunner(accept=0)
+    sched.add_request(make_request("a", 7))
+    sched.add_request(make_request("b", 7))
+    spec_step(sched, runner)
+    out, _ = spec_step(sched, runner)
+    assert out.preempted_req_ids == {"b"} and sched.requests["b"].spec_token_ids == []
+    while sched.has_unfinished_requests():
+        if len(runner.seen_spec) > 200:
+            raise AssertionError("hangs")
+        spec_step(sched, runner)
+        for r in list(sched.running):
+            if r.num_output_tokens >= 6:
+                sched.finish_requests([r.request_id], r.status.FINISHED_ABORTED)
+    assert_no_leaks(sched)
