@@ -12,7 +12,7 @@ from pagedlm.sampling_params import SamplingParams
 from pagedlm.spec_decode.rejection_sampler import emitted_counts, rejection_sample
 
 V = 5
-NUM_REQS = 40_000
+NUM_REQS = 20_000
 # chi-square critical values at p = 1e-4 (a correct sampler fails once in 10^4 runs)
 CHI2_CRIT = {1: 15.14, 2: 18.42, 3: 21.11, 4: 23.51}
 

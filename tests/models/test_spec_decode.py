@@ -1,0 +1,158 @@
+"""Speculative decoding end to end on CPU: with every proposer, greedy token ids and logprobs
+equal speculation off (prefix caching, chunked prefill with drafts cut by the budget,
+preemption, n > 1, a prompt-logprobs request opting out in the same batch); a draft equal to
+the target accepts every draft; seeded sampling reproduces; bad configs are refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.config import ConfigError
+
+NUM_LOGPROBS = 3
+PROMPTS = [
+    [5, 6, 7, 8, 5, 6, 7, 8, 5, 6],
+    [11, 23, 5, 60, 2],
+    list(range(30, 46)),
+    [(i * 37) % 500 + 5 for i in range(41)],
+]
+SETTINGS = {
+    "prefix_caching": dict(enable_prefix_caching=True, max_model_len=128),
+    # budget 8: prompts in chunks, drafts cut short; 24 blocks of 4 tokens: preemption
+    "chunked_preempt": dict(max_num_batched_tokens=8, block_size=4, num_gpu_blocks_override=24,
+                            enable_prefix_caching=True, max_model_len=96),
+}
+
+
+def greedy(n: int = 1) -> SamplingParams:
+    return SamplingParams(n=n, temperature=0.0, max_tokens=24, logprobs=NUM_LOGPROBS, ignore_eos=True)
+
+
+def perturbed_copy(src: str, dst: str, scale: float) -> str:
+    """The target with noise on its matrices: a draft that agrees often, not always."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for name in os.listdir(dst):
+        if name.endswith(".safetensors"):
+            path = os.path.join(dst, name)
+            weights = {k: v + scale * v.std() * torch.randn(v.shape, generator=gen) if v.dim() > 1 else v
+                       for k, v in load_file(path).items()}
+            save_file(weights, path, metadata={"format": "pt"})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def target(checkpoint_factory) -> str:
+    return checkpoint_factory("llama_linear_tied")  # tied embeddings echo tokens: n-grams get accepted
+
+
+@pytest.fixture(scope="module")
+def spec_configs(target, tmp_path_factory) -> dict[str, dict]:
+    noisy = perturbed_copy(target, str(tmp_path_factory.mktemp("noisy_draft")), 0.05)
+    return {
+        "ngram": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3},
+        "draft_model": {"method": "draft_model", "model": noisy, "num_speculative_tokens": 3},
+    }
+
+
+def generate(path: str, settings: dict, spec: dict | None, n: int = 1):
+    llm = LLM(path, device="cpu", speculative_config=spec, **settings)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy(n)] * len(PROMPTS)
+    params[1] = SamplingParams(n=n, temperature=0.0, max_tokens=24, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)  # opts out of speculation; the others still draft
+    return llm, llm.generate(prompts, params, use_tqdm=False)
+
+
+_baselines: dict[tuple[str, int], list] = {}
+
+
+def baseline(path: str, setting: str, n: int = 1):
+    if (setting, n) not in _baselines:
+        _baselines[setting, n] = generate(path, SETTINGS[setting], None, n)[1]
+    return _baselines[setting, n]
+
+
+def assert_same(ref, ours) -> None:
+    for r, o in zip(ref, ours):
+        assert len(r.outputs) == len(o.outputs)
+        for rc, oc in zip(r.outputs, o.outputs):
+            assert oc.token_ids == rc.token_ids
+            for pos, (rl, ol) in enumerate(zip(rc.logprobs, oc.logprobs)):
+                assert set(rl) == set(ol), f"top-k differs at {pos}"
+                for tid in rl:
+                    assert abs(rl[tid].logprob - ol[tid].logprob) < 1e-4 and rl[tid].rank == ol[tid].rank
+        if r.prompt_logprobs is not None:
+            assert [set(x or {}) for x in o.prompt_logprobs] == [set(x or {}) for x in r.prompt_logprobs]
+
+
+def spec_stats(llm: LLM) -> dict:
+    return llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_greedy_equals_speculation_off(target, spec_configs, method, setting):
+    llm, outputs = generate(target, SETTINGS[setting], spec_configs[method])
+    assert_same(baseline(target, setting), outputs)
+    stats = spec_stats(llm)
+    # Drafts were verified, some accepted and some rejected (both paths ran).
+    assert stats["num_drafts"] > 5 and 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    if setting == "chunked_preempt":
+        assert llm.llm_engine.engine_core.scheduler.num_preemptions_total > 0
+    assert llm.llm_engine.engine_core.scheduler.kv.num_free_blocks == llm.llm_engine.engine_core.scheduler.kv.num_blocks
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_n_greater_than_one(target, spec_configs, method):
+    _, outputs = generate(target, SETTINGS["prefix_caching"], spec_configs[method], n=2)
+    assert_same(baseline(target, "prefix_caching", 2), outputs)
+
+
+def test_draft_equal_to_target_accepts_everything_and_sampling_reproduces(target):
+    llm, outputs = generate(target, SETTINGS["prefix_caching"],
+                            {"method": "draft_model", "model": target, "num_speculative_tokens": 4})
+    assert_same(baseline(target, "prefix_caching"), outputs)
+    stats = spec_stats(llm)
+    assert stats["num_draft_tokens"] > 20 and stats["num_accepted_tokens"] == stats["num_draft_tokens"]
+    sampled = SamplingParams(temperature=0.9, top_p=0.9, seed=11, max_tokens=16, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    first = [o.outputs[0].token_ids for o in llm.generate(prompts, sampled, use_tqdm=False)]
+    again = [o.outputs[0].token_ids for o in llm.generate(prompts, sampled, use_tqdm=False)]
+    assert first == again
+    other = SamplingParams(temperature=0.9, top_p=0.9, seed=12, max_tokens=16, ignore_eos=True)
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, other, use_tqdm=False)] != first
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"method": "medusa", "num_speculative_tokens": 2}, "method must be one of"),
+    ({"method": "ngram"}, "num_speculative_tokens"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 3, "prompt_lookup_max": 2},
+     "prompt_lookup_min"),
+    ({"method": "draft_model", "num_speculative_tokens": 2}, "needs a draft 'model'"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 4}, "not supported"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "bogus": 1}, "unknown key"),
+])
+def test_bad_speculative_configs_are_refused(target, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        LLM(target, device="cpu", max_model_len=128, speculative_config=spec)
+
+
+def test_speculation_refuses_async_scheduling_and_a_foreign_vocabulary(target, checkpoint_factory):
+    with pytest.raises(ConfigError, match="async"):
+        LLM(target, device="cpu", max_model_len=128, async_scheduling=True,
+            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+    gpt2 = checkpoint_factory("gpt2")
+    from pagedlm.config import load_hf_config
+
+    if load_hf_config(gpt2).vocab_size != load_hf_config(target).vocab_size:
+        with pytest.raises(ConfigError, match="vocabulary"):
+            LLM(target, device="cpu", max_model_len=128,
+                speculative_config={"method": "draft_model", "model": gpt2, "num_speculative_tokens": 2})
