@@ -95,6 +95,7 @@ class PrometheusStatLogger:
         GCCollector(registry=r)
         self._last = EngineStats()
         self._steps_seen: dict[int, int] = {}  # engine index -> num_steps_total already observed
+        self.spec_decoding = None  # spec-decode counters, made on the first stats that carry them
 
     def _add_step_and_phase_families(self, histogram) -> None:
         self.iteration_tokens = histogram("iteration_tokens_total", "Tokens (prefill + decode) per engine step.",
@@ -140,6 +141,12 @@ class PrometheusStatLogger:
 
     def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None:
         """One engine core's own stats (not summed): each step it ran is observed once."""
+        if stats.spec_decoding is not None:
+            if self.spec_decoding is None:
+                from pagedlm.spec_decode.metrics import SpecDecodingPrometheus
+
+                self.spec_decoding = SpecDecodingPrometheus(self.registry, self.prefix, self.model_name)
+            self.spec_decoding.record(engine_index, stats.spec_decoding)
         if stats.num_steps_total > self._steps_seen.get(engine_index, 0) and stats.last_step_num_tokens > 0:
             self.iteration_tokens.observe(stats.last_step_num_tokens)
         self._steps_seen[engine_index] = stats.num_steps_total

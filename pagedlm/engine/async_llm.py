@@ -350,7 +350,7 @@ def _sum_stats(per_engine: list[SchedulerStats], prompt_tokens: int, generation_
     total = EngineStats(prompt_tokens_total=prompt_tokens, generation_tokens_total=generation_tokens)
     for s in per_engine:
         for name, value in vars(s).items():
-            if name != "kv_cache_usage":
+            if name not in ("kv_cache_usage", "spec_decoding"):  # spec counters are per engine
                 setattr(total, name, getattr(total, name) + value)
     if per_engine:
         total.kv_cache_usage = sum(s.kv_cache_usage for s in per_engine) / len(per_engine)

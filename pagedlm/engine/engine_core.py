@@ -9,6 +9,7 @@ from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
 from pagedlm.executor.base import Executor
+from pagedlm.spec_decode.metrics import SpecDecodingLogger
 from pagedlm.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class EngineCore:
         self.structured_output = StructuredOutputManager.from_config(config)
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
+        self.spec_logger = SpecDecodingLogger() if config.speculative_config is not None else None
 
     @property
     def runner(self):
@@ -55,7 +57,10 @@ class EngineCore:
         if sched.total_num_scheduled_tokens == 0:
             self.structured_output.wait_for_compiles(0.01)  # only grammar-waiting requests: don't spin
         runner_output = self.executor.execute_model(sched)
-        return self.scheduler.update_from_output(sched, runner_output)
+        outputs = self.scheduler.update_from_output(sched, runner_output)
+        if self.spec_logger is not None:  # the periodic acceptance line
+            self.spec_logger.maybe_log(self.scheduler.spec_stats.snapshot())
+        return outputs
 
     def _step_overlapped(self) -> list[EngineCoreOutput]:
         """Launch step N, then collect step N-1 while the device runs N: the host's

@@ -65,3 +65,37 @@ class SpecDecodingLogger:
         line = summarize(delta)
         logger.info(line)
         return line
+
+
+class SpecDecodingPrometheus:
+    """vLLM's spec-decode counters: {prefix}spec_decode_num_drafts_total, ..._num_draft_tokens_total,
+    ..._num_accepted_tokens_total and ..._num_accepted_tokens_per_pos_total{position}. The
+    engine sends running totals; counters advance by the difference, per engine."""
+
+    def __init__(self, registry: Any, prefix: str, model_name: str) -> None:
+        from prometheus_client import Counter
+
+        def counter(name: str, doc: str, extra: list[str] | None = None) -> Any:
+            return Counter(prefix + name, doc, ["model_name"] + (extra or []), registry=registry)
+
+        self.model_name = model_name
+        self.num_drafts = counter("spec_decode_num_drafts", "Draft sequences verified.").labels(model_name)
+        self.num_draft_tokens = counter("spec_decode_num_draft_tokens", "Draft tokens verified.").labels(model_name)
+        self.num_accepted = counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.").labels(model_name)
+        self.per_pos = counter("spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens by position.",
+                               ["position"])
+        self._last: dict[int, dict[str, Any]] = {}
+
+    def record(self, engine_index: int, snapshot: dict[str, Any]) -> None:
+        last = self._last.get(engine_index)
+        for counter, key in ((self.num_drafts, "num_drafts"), (self.num_draft_tokens, "num_draft_tokens"),
+                             (self.num_accepted, "num_accepted_tokens")):
+            delta = snapshot[key] - (last[key] if last else 0)
+            if delta > 0:
+                counter.inc(delta)
+        for pos, now in enumerate(snapshot["accepted_per_pos"]):
+            delta = now - (last["accepted_per_pos"][pos] if last else 0)
+            child = self.per_pos.labels(self.model_name, str(pos))  # created at 0 on the first report
+            if delta > 0:
+                child.inc(delta)
+        self._last[engine_index] = snapshot

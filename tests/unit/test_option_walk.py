@@ -100,7 +100,9 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "max_loras": Refused(4, "LoRA"),
     "max_lora_rank": Refused(64, "LoRA"),
     "max_cpu_loras": Refused(4, "LoRA"),
-    "speculative_config": Refused({"method": "ngram", "num_speculative_tokens": 3}, "speculative decoding"),
+    "speculative_config": Changes({"method": "ngram", "num_speculative_tokens": 3},
+                                  lambda c: c.speculative_config is not None
+                                  and c.scheduler_config.num_spec_tokens == 3),
     "disable_log_stats": Notice(True, "no periodic stats"),
 }
 
