@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pagedlm.attention.metadata import AttentionMetadata
-from pagedlm.config import ConfigError, attention_shape, load_hf_config
+from pagedlm.config import ConfigError, load_hf_config
 from pagedlm.forward_context import set_forward_context
 from pagedlm.spec_decode.config import SpeculativeConfig
 
@@ -48,9 +48,28 @@ def sample_draft(logits: torch.Tensor, states: list["CachedRequestState"],
     return torch.where(temperature < _SAMPLING_EPS, greedy, sampled), probs
 
 
+def kv_cache_bytes(attention_layers: list, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one KV block over a proposer's own attention layers."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(2 * block_size * a.num_kv_heads * a.head_dim * size for a in attention_layers)
+
+
+def make_kv_caches(attention_layers: list, num_blocks: int, block_size: int, dtype: torch.dtype,
+                   device: torch.device) -> None:
+    """A proposer's own KV cache, indexed by the target's block ids."""
+    for attn in attention_layers:
+        attn.kv_cache = torch.zeros(2, num_blocks, block_size, attn.num_kv_heads, attn.head_dim,
+                                    dtype=dtype, device=device)
+
+
 class ChainDrafter:
     """k chained single-token steps of a draft network over the batch, one upload of all
     positions and slots, one download of all drafts. Subclasses say how one step runs."""
+
+    # Chain step j runs at (newest token's position + j + position_offset): a draft model
+    # feeds the newest token at its own position; EAGLE's first draft comes from its pass
+    # over the step (first_logits) and step j feeds draft j one position earlier.
+    position_offset = 0
 
     def __init__(self, config: SpeculativeConfig, runner: "ModelRunner") -> None:
         self.k = config.num_speculative_tokens
@@ -71,12 +90,14 @@ class ChainDrafter:
             tables[b, : len(s.block_ids)] = s.block_ids
         steps = np.arange(self.k)[:, None]  # [k, 1]
         live = steps < num_drafts[None, :]  # [k, B]
-        positions = np.where(live, start[None, :] + steps, start[None, :])
+        positions = np.where(live, start[None, :] + steps + self.position_offset, start[None, :])
         blocks = tables[np.arange(len(states))[None, :], positions // self.block_size]
         slots = np.where(live, blocks * self.block_size + positions % self.block_size, -1)
         return positions, slots, tables, num_drafts
 
     def propose(self, states: list["CachedRequestState"]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        if not states:
+            return [], []
         positions, slots, tables, num_drafts = self._plan(states)
         dev = self.device
         pos_d = torch.from_numpy(positions).to(dev)
@@ -85,14 +106,18 @@ class ChainDrafter:
         qsl = torch.arange(len(states) + 1, dtype=torch.int32, device=dev)
         temperature = torch.tensor([s.sampling_params.temperature for s in states], dtype=torch.float32).to(dev)
         tokens = torch.tensor([s.token_ids[-1] for s in states], dtype=torch.int64).to(dev)
-        self.start_chain(states)
+        first = self.first_logits(states)
         drafted, probs = [], []
         for j in range(int(num_drafts.max(initial=0))):
-            meta = AttentionMetadata(slot_mapping=slot_d[j], query_start_loc=qsl, seq_lens=(pos_d[j] + 1).to(torch.int32),
-                                     block_tables=tables_d, max_query_len=1,
-                                     max_seq_len=int(positions[j].max()) + 1, num_actual_tokens=len(states))
-            with set_forward_context(meta):
-                logits = self.chain_step(j, tokens, pos_d[j])  # [B, V]
+            if j == 0 and first is not None:
+                logits = first
+            else:
+                meta = AttentionMetadata(slot_mapping=slot_d[j], query_start_loc=qsl,
+                                         seq_lens=(pos_d[j] + 1).to(torch.int32), block_tables=tables_d,
+                                         max_query_len=1, max_seq_len=int(positions[j].max()) + 1,
+                                         num_actual_tokens=len(states))
+                with set_forward_context(meta):
+                    logits = self.chain_step(j, tokens, pos_d[j])  # [B, V]
             tokens, q = sample_draft(logits, states, temperature)
             drafted.append(tokens)
             probs.append(q)
@@ -105,8 +130,8 @@ class ChainDrafter:
             out_probs = [stacked[b, : num_drafts[b]] for b in range(len(states))]
         return [row[: num_drafts[b]] for b, row in enumerate(ids)], out_probs
 
-    def start_chain(self, states: list["CachedRequestState"]) -> None:
-        pass
+    def first_logits(self, states: list["CachedRequestState"]) -> torch.Tensor | None:
+        return None
 
     def chain_step(self, j: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -127,14 +152,11 @@ class DraftModelProposer(ChainDrafter):
         self.model = load_model(self.model_config, self.device.type)
 
     def kv_bytes_per_block(self) -> int:
-        _, num_kv_heads, head_dim = attention_shape(self.model_config.hf_config)
-        size = torch.empty((), dtype=self.model_config.torch_dtype).element_size()
-        return 2 * len(self.model.attention_layers()) * self.block_size * num_kv_heads * head_dim * size
+        return kv_cache_bytes(self.model.attention_layers(), self.block_size, self.model_config.torch_dtype)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
-        for attn in self.model.attention_layers():
-            attn.kv_cache = torch.zeros(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
-                                        dtype=self.model_config.torch_dtype, device=self.device)
+        make_kv_caches(self.model.attention_layers(), num_blocks, self.block_size, self.model_config.torch_dtype,
+                       self.device)
 
     def after_target_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
         """The step's tokens through the draft too (same device buffers, same metadata)."""

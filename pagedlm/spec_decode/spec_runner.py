@@ -50,6 +50,11 @@ class SpecDecodeRunner:
         # req_id -> draft distributions [k, V] of its pending drafts (draft models; None for n-gram)
         self.draft_probs: dict[str, torch.Tensor] = {}
 
+    @property
+    def allows_target_graphs(self) -> bool:
+        """EAGLE-3 reads target layers' inputs through hooks, which a graph replay skips."""
+        return self.config.method != "eagle3"
+
     def share_kv_budget(self, num_blocks: int) -> int:
         """Blocks when a draft model's cache (same block ids) takes its share of the budget."""
         from pagedlm.worker.memory import kv_cache_bytes_per_block
@@ -151,6 +156,8 @@ class SpecDecodeRunner:
     # ---- after the step -----------------------------------------------------------------
     def propose(self, output: ModelRunnerOutput, states: dict[str, "CachedRequestState"]) -> None:
         """Drafts for every request that sampled this step and may speculate."""
+        if hasattr(self.proposer, "before_propose"):  # EAGLE: its pass over the step's tokens
+            self.proposer.before_propose(output, states)
         sampled = [states[r] for r, ids in zip(output.req_ids, output.sampled_token_ids)
                    if ids and r in states and can_speculate(states[r])]
         max_len = self.runner.config.model_config.max_model_len

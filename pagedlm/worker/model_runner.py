@@ -132,7 +132,7 @@ class ModelRunner:
         # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
         # exchange tensors between graph replays; those steps run eagerly.
         if self.device.type == "cuda" and not self.config.device_config.enforce_eager and self.pooler is None \
-                and get_parallel_state().pp_size == 1:
+                and get_parallel_state().pp_size == 1 and (self.spec is None or self.spec.allows_target_graphs):
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
