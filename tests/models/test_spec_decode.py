@@ -1,10 +1,13 @@
-"""Speculative decoding end to end on CPU: with every proposer, greedy token ids and logprobs
-equal speculation off (prefix caching, chunked prefill with drafts cut by the budget,
-preemption, n > 1, a prompt-logprobs request opting out in the same batch); a draft equal to
-the target accepts every draft; seeded sampling reproduces; bad configs are refused."""
+"""Speculative decoding end to end on CPU: with every proposer (n-gram, draft model, EAGLE,
+EAGLE-3), greedy token ids and logprobs equal speculation off (prefix caching, chunked
+prefill with drafts cut by the budget, preemption, n > 1, a prompt-logprobs request opting
+out in the same batch); a draft equal to the target accepts every draft; seeded sampling
+reproduces; bad configs are refused. Tiny EAGLE heads are written here in the checkpoint
+layouts vLLM loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -13,6 +16,7 @@ import torch
 
 from pagedlm import LLM, SamplingParams
 from pagedlm.config import ConfigError
+from safetensors.torch import save_file
 
 NUM_LOGPROBS = 3
 PROMPTS = [
@@ -22,15 +26,19 @@ PROMPTS = [
     [(i * 37) % 500 + 5 for i in range(41)],
 ]
 SETTINGS = {
-    "prefix_caching": dict(enable_prefix_caching=True, max_model_len=128),
-    # budget 8: prompts in chunks, drafts cut short; 24 blocks of 4 tokens: preemption
-    "chunked_preempt": dict(max_num_batched_tokens=8, block_size=4, num_gpu_blocks_override=24,
-                            enable_prefix_caching=True, max_model_len=96),
+    # n = 2: the copies share prompt blocks through the prefix cache
+    "prefix_caching_n2": dict(enable_prefix_caching=True, max_model_len=128),
+    # budget 12: prompts in chunks, drafts cut short; 16 blocks of 4 tokens: preemption
+    "chunked_preempt": dict(max_num_batched_tokens=12, block_size=4, num_gpu_blocks_override=16,
+                            enable_prefix_caching=True, max_model_len=64),
 }
 
 
+MAX_TOKENS = 16
+
+
 def greedy(n: int = 1) -> SamplingParams:
-    return SamplingParams(n=n, temperature=0.0, max_tokens=24, logprobs=NUM_LOGPROBS, ignore_eos=True)
+    return SamplingParams(n=n, temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True)
 
 
 def perturbed_copy(src: str, dst: str, scale: float) -> str:
@@ -59,25 +67,83 @@ def spec_configs(target, tmp_path_factory) -> dict[str, dict]:
     return {
         "ngram": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3},
         "draft_model": {"method": "draft_model", "model": noisy, "num_speculative_tokens": 3},
+        "eagle": {"method": "eagle", "model": write_eagle(target, str(tmp_path_factory.mktemp("eagle"))),
+                  "num_speculative_tokens": 3},
+        "eagle3": {"method": "eagle3", "model": write_eagle3(target, str(tmp_path_factory.mktemp("eagle3"))),
+                   "num_speculative_tokens": 3},
     }
+
+
+def _shapes(target: str) -> tuple[dict, int, int, int, int, int]:
+    cfg = json.load(open(os.path.join(target, "config.json")))
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hidden = cfg["hidden_size"]
+    return cfg, hidden, cfg["intermediate_size"], heads * (hidden // heads), kv_heads * (hidden // heads), cfg["vocab_size"]
+
+
+def write_eagle(target: str, out: str) -> str:
+    """An EAGLE head in SafeAILab's layout (fc, layers.0 without input_layernorm). fc passes
+    the target's hidden state through and the layer adds nothing, so the head predicts the
+    target's next token again: drafts repeat the newest token, which the echoing target
+    sometimes accepts."""
+    cfg, h, inter, q, kv, _ = _shapes(target)
+    json.dump(dict(cfg, num_hidden_layers=1), open(os.path.join(out, "config.json"), "w"))
+    gen = torch.Generator().manual_seed(3)
+    rand = lambda *shape: 0.1 * torch.randn(*shape, generator=gen)  # noqa: E731
+    weights = {"fc.weight": torch.cat([torch.zeros(h, h), torch.eye(h)], 1),
+               "layers.0.self_attn.q_proj.weight": rand(q, h), "layers.0.self_attn.k_proj.weight": rand(kv, h),
+               "layers.0.self_attn.v_proj.weight": rand(kv, h), "layers.0.self_attn.o_proj.weight": torch.zeros(h, q),
+               "layers.0.mlp.gate_proj.weight": rand(inter, h), "layers.0.mlp.up_proj.weight": rand(inter, h),
+               "layers.0.mlp.down_proj.weight": torch.zeros(h, inter),
+               "layers.0.post_attention_layernorm.weight": torch.ones(h)}
+    save_file(weights, os.path.join(out, "model.safetensors"))
+    return out
+
+
+def write_eagle3(target: str, out: str) -> str:
+    """An EAGLE-3 head in vLLM's layout: midlayer.* (2H-wide q/k/v, hidden_norm), fc over three
+    target layers, norm, its own lm_head over a 300-token draft vocabulary with d2t."""
+    cfg, h, inter, q, kv, vocab = _shapes(target)
+    draft_vocab = 300
+    json.dump(dict(cfg, num_hidden_layers=1, draft_vocab_size=draft_vocab,
+                   eagle_config={"eagle_aux_hidden_state_layer_ids": [0, 1, 1]}),
+              open(os.path.join(out, "config.json"), "w"))
+    gen = torch.Generator().manual_seed(4)
+    rand = lambda *shape: 0.1 * torch.randn(*shape, generator=gen)  # noqa: E731
+    kept = torch.randperm(vocab, generator=gen)[:draft_vocab].sort().values
+    m = "midlayer."
+    weights = {"fc.weight": rand(h, 3 * h), m + "self_attn.q_proj.weight": rand(q, 2 * h),
+               m + "self_attn.k_proj.weight": rand(kv, 2 * h), m + "self_attn.v_proj.weight": rand(kv, 2 * h),
+               m + "self_attn.o_proj.weight": rand(h, q), m + "mlp.gate_proj.weight": rand(inter, h),
+               m + "mlp.up_proj.weight": rand(inter, h), m + "mlp.down_proj.weight": rand(h, inter),
+               m + "input_layernorm.weight": torch.ones(h), m + "hidden_norm.weight": torch.ones(h),
+               m + "post_attention_layernorm.weight": torch.ones(h), "norm.weight": torch.ones(h),
+               "lm_head.weight": rand(draft_vocab, h), "d2t": kept - torch.arange(draft_vocab),
+               "t2d": torch.zeros(vocab, dtype=torch.bool)}
+    save_file(weights, os.path.join(out, "model.safetensors"))
+    return out
 
 
 def generate(path: str, settings: dict, spec: dict | None, n: int = 1):
     llm = LLM(path, device="cpu", speculative_config=spec, **settings)
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     params = [greedy(n)] * len(PROMPTS)
-    params[1] = SamplingParams(n=n, temperature=0.0, max_tokens=24, logprobs=NUM_LOGPROBS, ignore_eos=True,
+    params[1] = SamplingParams(n=n, temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
                                prompt_logprobs=2)  # opts out of speculation; the others still draft
     return llm, llm.generate(prompts, params, use_tqdm=False)
 
 
-_baselines: dict[tuple[str, int], list] = {}
+_baselines: dict[str, list] = {}
 
 
-def baseline(path: str, setting: str, n: int = 1):
-    if (setting, n) not in _baselines:
-        _baselines[setting, n] = generate(path, SETTINGS[setting], None, n)[1]
-    return _baselines[setting, n]
+def n_of(setting: str) -> int:
+    return 2 if setting.endswith("_n2") else 1
+
+
+def baseline(path: str, setting: str):
+    if setting not in _baselines:
+        _baselines[setting] = generate(path, SETTINGS[setting], None, n_of(setting))[1]
+    return _baselines[setting]
 
 
 def assert_same(ref, ours) -> None:
@@ -97,29 +163,25 @@ def spec_stats(llm: LLM) -> dict:
     return llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle", "eagle3"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_greedy_equals_speculation_off(target, spec_configs, method, setting):
-    llm, outputs = generate(target, SETTINGS[setting], spec_configs[method])
+    llm, outputs = generate(target, SETTINGS[setting], spec_configs[method], n_of(setting))
     assert_same(baseline(target, setting), outputs)
     stats = spec_stats(llm)
-    # Drafts were verified, some accepted and some rejected (both paths ran).
-    assert stats["num_drafts"] > 5 and 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    assert stats["num_drafts"] > 5
+    if method != "eagle3":  # a random EAGLE-3 head is almost never right
+        # Drafts were verified, some accepted and some rejected (both paths ran).
+        assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
     if setting == "chunked_preempt":
         assert llm.llm_engine.engine_core.scheduler.num_preemptions_total > 0
     assert llm.llm_engine.engine_core.scheduler.kv.num_free_blocks == llm.llm_engine.engine_core.scheduler.kv.num_blocks
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
-def test_n_greater_than_one(target, spec_configs, method):
-    _, outputs = generate(target, SETTINGS["prefix_caching"], spec_configs[method], n=2)
-    assert_same(baseline(target, "prefix_caching", 2), outputs)
-
-
 def test_draft_equal_to_target_accepts_everything_and_sampling_reproduces(target):
-    llm, outputs = generate(target, SETTINGS["prefix_caching"],
-                            {"method": "draft_model", "model": target, "num_speculative_tokens": 4})
-    assert_same(baseline(target, "prefix_caching"), outputs)
+    llm, outputs = generate(target, SETTINGS["prefix_caching_n2"],
+                            {"method": "draft_model", "model": target, "num_speculative_tokens": 4}, n=2)
+    assert_same(baseline(target, "prefix_caching_n2"), outputs)
     stats = spec_stats(llm)
     assert stats["num_draft_tokens"] > 20 and stats["num_accepted_tokens"] == stats["num_draft_tokens"]
     sampled = SamplingParams(temperature=0.9, top_p=0.9, seed=11, max_tokens=16, ignore_eos=True)
