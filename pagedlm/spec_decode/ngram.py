@@ -5,22 +5,38 @@ Host-only numpy, no model, writes no KV."""
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from pagedlm.spec_decode.config import SpeculativeConfig
 
 
 def ngram_propose(token_ids: np.ndarray, min_n: int, max_n: int, k: int) -> list[int]:
-    """token_ids [L] int64 -> up to k draft ids ([] when no n-gram of the suffix recurs)."""
+    """token_ids [L] int64 -> up to k draft ids ([] when no n-gram of the suffix recurs).
+
+    One vectorised compare finds the earlier occurrences of the last token; only those are
+    extended backwards (usually a handful), so a step over a large batch stays cheap."""
     length = len(token_ids)
-    for n in range(min(max_n, length - 1), min_n - 1, -1):
-        # Windows starting at 0..L-n-1: every earlier occurrence, the suffix itself excluded.
-        windows = sliding_window_view(token_ids[: length - 1], n)  # [L - n, n]
-        hits = np.flatnonzero((windows == token_ids[length - n :]).all(axis=1))
-        if len(hits):
-            start = int(hits[-1]) + n  # the most recent occurrence predicts best
-            return token_ids[start : start + k].tolist()
-    return []
+    if length < min_n + 1:
+        return []
+    ends = np.flatnonzero(token_ids[: length - 1] == token_ids[-1])  # candidate match ends
+    if not len(ends):
+        return []
+    max_n = min(max_n, length - 1)
+    # match length of the suffix ending at each candidate, up to max_n
+    match = np.ones(len(ends), dtype=np.int64)
+    alive = np.ones(len(ends), dtype=bool)
+    for back in range(1, max_n):
+        idx = ends - back
+        ok = alive & (idx >= 0)
+        ok[ok] = token_ids[idx[ok]] == token_ids[length - 1 - back]
+        alive &= ok
+        match += alive
+        if not alive.any():
+            break
+    best = match.max()
+    if best < min_n:
+        return []
+    start = int(ends[np.flatnonzero(match == best)[-1]]) + 1  # the most recent longest match
+    return token_ids[start : start + k].tolist()
 
 
 class NgramProposer:

@@ -1,0 +1,283 @@
+"""Speculative decoding on the Llama-3.1-8B shape (bf16, dummy weights), H200.
+
+PYTHONPATH=. python benchmarks/gpu_spec_decode.py [--output-json out.json]   # the GPU run (about 5 minutes)
+PYTHONPATH=. python benchmarks/gpu_spec_decode.py --smoke    # the same code path on CPU at toy size
+
+Random weights make acceptance arbitrary, so acceptance is controlled and always reported:
+- n-gram on a prompt that repeats a 16-token phrase (the lookup always finds a match;
+  whether the target agrees is up to the dummy weights), and on a random prompt;
+- a 1B-shape draft (dummy weights of another shape: almost nothing accepted, the cost of
+  speculating in vain);
+- the target as its own draft (everything accepted: the machinery's best case).
+
+Rows: batch-1 TPOT for k = 2 and 4; acceptance rate and mean acceptance length; the overhead
+figure = measured speedup / the speedup predicted from the measured acceptance length and the
+measured target-forward and proposer-forward times (target >= 0.85); the cost of speculation
+when (almost) nothing is accepted vs off (<= 10% slower); throughput at rate inf with n-gram
+on vs off (>= 0.9x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.benchmarks.shapes import make_shape_dir
+
+
+class ForwardTimer:
+    """Device time of a module's forward calls (CUDA events; wall clock on CPU)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.inner = module, module.forward
+        self.events: list = []
+        self.cpu_times: list[float] = []
+        module.forward = self._timed
+
+    def _timed(self, *args, **kwargs):
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.inner(*args, **kwargs)
+            end.record()
+            self.events.append((start, end))
+            return out
+        t0 = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        self.cpu_times.append(time.perf_counter() - t0)
+        return out
+
+    def take(self) -> list[float]:
+        """Seconds of each call since the last take."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) / 1e3 for s, e in self.events]
+        else:
+            times = list(self.cpu_times)
+        self.events, self.cpu_times = [], []
+        return times
+
+
+def build(model_dir: str, args, spec: dict | None) -> LLM:
+    return LLM(model_dir, load_format="dummy", max_model_len=args.input_len + args.output_len + 64,
+               max_num_seqs=args.num_prompts, num_gpu_blocks_override=args.num_blocks, device=args.device,
+               speculative_config=spec, dtype=args.dtype, seed=0)
+
+
+def set_k(llm: LLM, k: int) -> None:
+    """Fewer drafts per step without reloading (the engine was built with the largest k)."""
+    import dataclasses
+
+    core = llm.llm_engine.engine_core
+    sched = core.scheduler
+    lookahead = k if sched.config.num_lookahead_tokens else 0
+    sched.config = dataclasses.replace(sched.config, num_spec_tokens=k, num_lookahead_tokens=lookahead)
+    proposer = core.runner.spec.proposer
+    proposer.k = k
+    if hasattr(proposer, "num_lookahead_tokens"):
+        proposer.num_lookahead_tokens = lookahead
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+
+
+def batch1(llm: LLM, prompt: list[int], output_len: int, on_start=None) -> tuple[float, list[int]]:
+    """TPOT (s) at batch 1 and the output ids; TTFT taken out with a 1-token run."""
+    req = [{"prompt_token_ids": prompt}]
+    llm.generate(req, greedy(8), use_tqdm=False)  # warm-up
+    t0 = time.perf_counter()
+    llm.generate(req, greedy(1), use_tqdm=False)
+    ttft = time.perf_counter() - t0
+    if on_start is not None:
+        on_start()
+    t0 = time.perf_counter()
+    out = llm.generate(req, greedy(output_len), use_tqdm=False)[0].outputs[0].token_ids
+    total = time.perf_counter() - t0
+    return (total - ttft) / (output_len - 1), list(out)
+
+
+def throughput(llm: LLM, prompts: list[list[int]], output_len: int) -> float:
+    reqs = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(reqs[: min(8, len(reqs))], greedy(4), use_tqdm=False)
+    t0 = time.perf_counter()
+    llm.generate(reqs, greedy(output_len), use_tqdm=False)
+    return len(prompts) * output_len / (time.perf_counter() - t0)
+
+
+def spec_delta(llm: LLM, before: dict | None) -> dict:
+    now = llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
+    b = before or {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
+    d = {k: now[k] - b[k] for k in ("num_drafts", "num_draft_tokens", "num_accepted_tokens")}
+    d["acceptance_rate"] = d["num_accepted_tokens"] / d["num_draft_tokens"] if d["num_draft_tokens"] else 0.0
+    d["mean_acceptance_length"] = 1 + d["num_accepted_tokens"] / d["num_drafts"] if d["num_drafts"] else 1.0
+    return d
+
+
+def first_divergence(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: dict, timers: list) -> list[dict]:
+    rows = []
+    core = llm.llm_engine.engine_core
+    for k in ks:
+        set_k(llm, k)
+        mark: dict = {}
+
+        def start() -> None:
+            for t in timers:
+                t.take()
+            mark.update(stats=core.scheduler.spec_stats.snapshot(), steps=core.scheduler.num_steps_total)
+
+        tpot, ids = batch1(llm, prompt, args.output_len, start)
+        acc = spec_delta(llm, mark["stats"])
+        steps = max(1, core.scheduler.num_steps_total - mark["steps"])
+        target_times = timers[0].take()
+        # The median target forward is a verify (the run's one prefill is an outlier); the
+        # proposer's time per step leaves out its own largest call (its mirror of the prefill).
+        target_fwd = float(np.median(target_times)) if target_times else 0.0
+        draft_times = [x for t in timers[1:] for x in t.take()]
+        draft_per_step = (sum(draft_times) - max(draft_times, default=0.0)) / steps
+        step_cost = target_fwd + draft_per_step
+        predicted = acc["mean_acceptance_length"] * off["tpot"][tuple(prompt)] / step_cost if step_cost else float("nan")
+        measured = off["tpot"][tuple(prompt)] / tpot
+        rows.append(dict(proposer=name, k=k, tpot_ms=tpot * 1e3, speedup=measured, predicted_speedup=predicted,
+                         overhead_figure=measured / predicted, target_fwd_ms=target_fwd * 1e3,
+                         proposer_ms_per_step=draft_per_step * 1e3,
+                         same_tokens_until=first_divergence(ids, off["ids"][tuple(prompt)]), **acc))
+    return rows
+
+
+def release(llm: LLM) -> None:
+    llm.llm_engine.shutdown()
+    del llm
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="llama-3.1-8b")
+    p.add_argument("--draft-shape", default="llama-3.2-1b")
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=256, help="throughput at rate inf")
+    p.add_argument("--output-json", default=None)
+    p.add_argument("--smoke", action="store_true", help="CPU, toy shapes: checks the script runs")
+    args = p.parse_args()
+    args.device, args.dtype = "cuda", "bfloat16"
+    if args.smoke:
+        args.shape, args.draft_shape, args.device, args.dtype = "cpu-small", "cpu-small", "cpu", "float32"
+        args.input_len, args.output_len, args.num_prompts = 48, 24, 6
+    per_seq = -(-(args.input_len + args.output_len + 64) // 16)
+    args.num_blocks = args.num_prompts * per_seq + 64
+    return args
+
+
+def make_dirs(args) -> tuple[str, str, int]:
+    root = Path(tempfile.mkdtemp())
+    target = make_shape_dir(args.shape, root / "target")
+    draft = make_shape_dir(args.draft_shape, root / "draft")
+    if args.smoke:  # a smaller draft of the toy shape
+        cfg = json.loads((draft / "config.json").read_text())
+        (draft / "config.json").write_text(json.dumps(dict(cfg, num_hidden_layers=2)))
+    vocab = json.loads((target / "config.json").read_text())["vocab_size"]
+    return str(target), str(draft), vocab
+
+
+def main() -> None:
+    args = parse_args()
+    target, draft, vocab = make_dirs(args)
+    rng = np.random.default_rng(0)
+    phrase = rng.integers(10, vocab - 10, 16).tolist()
+    repeating = (phrase * (args.input_len // 16 + 1))[: args.input_len]
+    random_prompt = rng.integers(10, vocab - 10, args.input_len).tolist()
+    tp_prompts = [rng.integers(10, vocab - 10, args.input_len).tolist() for _ in range(args.num_prompts)]
+    results: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "args": vars(args)}
+
+    llm = build(target, args, None)
+    off = {"tpot": {}, "ids": {}}
+    for prompt in (repeating, random_prompt):
+        off["tpot"][tuple(prompt)], off["ids"][tuple(prompt)] = batch1(llm, prompt, args.output_len)
+    results["off"] = {"tpot_ms_repeating": off["tpot"][tuple(repeating)] * 1e3,
+                      "tpot_ms_random": off["tpot"][tuple(random_prompt)] * 1e3,
+                      "throughput_tok_s": throughput(llm, tp_prompts, args.output_len)}
+    release(llm)
+
+    rows = []
+    llm = build(target, args, {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4})
+    timers = [ForwardTimer(llm.llm_engine.engine_core.runner.model)]
+    rows += run_spec(llm, "ngram repeating", [4, 2], repeating, args, off, timers)
+    rows += run_spec(llm, "ngram random", [4], random_prompt, args, off, timers)
+    set_k(llm, 2)
+    results["ngram_throughput_tok_s"] = throughput(llm, tp_prompts, args.output_len)
+    release(llm)
+
+    for name, draft_dir in (("draft 1B-shape", draft), ("draft = target", target)):
+        llm = build(target, args, {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": 4})
+        runner = llm.llm_engine.engine_core.runner
+        timers = [ForwardTimer(runner.model), ForwardTimer(runner.spec.proposer.model)]
+        rows += run_spec(llm, name, [4, 2], repeating, args, off, timers)
+        release(llm)
+    results["rows"] = rows
+    report(results, args)
+
+
+def report(results: dict, args) -> None:
+    rows = results["rows"]
+    print(json.dumps(results, indent=2, default=str))
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(results, indent=2, default=str))
+    off = results["off"]
+    print(f"\n{results['device']}: {args.shape} {args.dtype}, dummy weights, batch 1, input {args.input_len}, "
+          f"output {args.output_len}; off: TPOT {off['tpot_ms_repeating']:.2f} ms (repeating prompt), "
+          f"{off['tpot_ms_random']:.2f} ms (random)")
+    print(f"{'proposer':18} {'k':>2} {'TPOT ms':>8} {'speedup':>8} {'predicted':>9} {'overhead':>8} "
+          f"{'accept':>7} {'mean len':>8} {'verify ms':>9} {'propose ms':>10} {'same ids':>8}")
+    for r in rows:
+        print(f"{r['proposer']:18} {r['k']:>2} {r['tpot_ms']:>8.2f} {r['speedup']:>8.2f} {r['predicted_speedup']:>9.2f} "
+              f"{r['overhead_figure']:>8.2f} {r['acceptance_rate']:>7.2f} {r['mean_acceptance_length']:>8.2f} "
+              f"{r['target_fwd_ms']:>9.2f} {r['proposer_ms_per_step']:>10.2f} {r['same_tokens_until']:>8}")
+    verdicts(results, args)
+
+
+def verdicts(results: dict, args) -> None:
+    rows = results["rows"]
+
+    def line(ok: bool, text: str) -> None:
+        print(("PASS " if ok else "FAIL ") + text)
+
+    full = [r for r in rows if r["proposer"] == "draft = target"]
+    line(all(r["acceptance_rate"] >= 0.95 for r in full),
+         "draft = target accepts (almost) every draft: " + ", ".join(f"k={r['k']} {r['acceptance_rate']:.3f}" for r in full))
+    for r in full:
+        line(r["overhead_figure"] >= 0.85, f"overhead figure draft = target k={r['k']}: {r['overhead_figure']:.2f} "
+             f"(measured {r['speedup']:.2f}x / predicted {r['predicted_speedup']:.2f}x) >= 0.85")
+    ngram = {(r["proposer"], r["k"]): r for r in rows if r["proposer"].startswith("ngram")}
+    vain = min(ngram.values(), key=lambda r: r["acceptance_rate"])
+    off_ms = vain["tpot_ms"] * vain["speedup"]  # speedup = off / spec
+    line(vain["tpot_ms"] <= 1.10 * off_ms,
+         f"speculating in vain ({vain['proposer']} k={vain['k']}, acceptance {vain['acceptance_rate']:.2f}, "
+         f"{vain['num_draft_tokens']} draft tokens): TPOT {vain['tpot_ms']:.2f} ms vs off {off_ms:.2f} ms (<= 1.10x)"
+         + ("" if vain["acceptance_rate"] < 0.1 else "  [note: the dummy weights accepted drafts here]"))
+    ratio = results["ngram_throughput_tok_s"] / results["off"]["throughput_tok_s"]
+    line(ratio >= 0.9, f"throughput at rate inf ({args.num_prompts} prompts): n-gram k=2 "
+         f"{results['ngram_throughput_tok_s']:.0f} tok/s vs off {results['off']['throughput_tok_s']:.0f} tok/s "
+         f"= {ratio:.2f} (>= 0.9)")
+    line(all(r["same_tokens_until"] >= min(16, args.output_len) for r in full),
+         "greedy ids of draft = target equal speculation off for the first 16 tokens (bf16: later near-ties may flip)")
+
+
+if __name__ == "__main__":
+    main()
