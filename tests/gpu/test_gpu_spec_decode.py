@@ -1,0 +1,40 @@
+"""Speculative decoding on a GPU (float32 tiny checkpoint, CUDA graphs on for decode-only
+steps): greedy ids equal speculation off for every proposer, and a draft equal to the target
+accepts everything. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedlm import LLM, SamplingParams
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [11, 23, 5, 60, 2], list(range(30, 46)),
+           [(i * 37) % 500 + 5 for i in range(41)]]
+
+
+def greedy_ids(llm: LLM) -> list[list[int]]:
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def gpu_llm(path: str, spec: dict | None) -> LLM:
+    return LLM(path, device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8,
+               num_gpu_blocks_override=256, speculative_config=spec)
+
+
+def test_gpu_speculation_matches_off(checkpoint_factory):
+    path = checkpoint_factory("llama_linear_tied")
+    off = greedy_ids(gpu_llm(path, None))
+    for spec in ({"method": "ngram", "num_speculative_tokens": 3},
+                 {"method": "draft_model", "model": path, "num_speculative_tokens": 3}):
+        llm = gpu_llm(path, spec)
+        ids = greedy_ids(llm)
+        assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (spec["method"], off, ids)
+        stats = llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
+        assert stats["num_drafts"] > 0
+        if spec["method"] == "draft_model":  # the target as its own draft
+            assert stats["num_accepted_tokens"] >= 0.95 * stats["num_draft_tokens"]
