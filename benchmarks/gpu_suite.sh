@@ -11,3 +11,4 @@ python3 benchmarks/gpu_latency.py 2>&1 | tee "$OUT/latency.log" | tail -n 3
 python3 benchmarks/compare_throughput.py --shape llama-3.1-8b --num-prompts 1000 --input-len 512 --output-len 256 \
   --hf-batch-size 64 --hf-num-prompts 128 --output-json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" | tail -n 6
 python3 benchmarks/gpu_moe.py --shape qwen3-30b-a3b --output-json "$OUT/moe.json" 2>&1 | tee "$OUT/moe.log" | grep -E "^(batch 1|throughput):"
+python3 benchmarks/gpu_spec_decode.py --output-json "$OUT/spec_decode.json" 2>&1 | tee "$OUT/spec_decode.log" | grep -E "^(PASS|FAIL)|proposer|^(ngram|draft)"
