@@ -184,12 +184,12 @@ def test_draft_equal_to_target_accepts_everything_and_sampling_reproduces(target
     assert_same(baseline(target, "prefix_caching_n2"), outputs)
     stats = spec_stats(llm)
     assert stats["num_draft_tokens"] > 20 and stats["num_accepted_tokens"] == stats["num_draft_tokens"]
-    sampled = SamplingParams(temperature=0.9, top_p=0.9, seed=11, max_tokens=16, ignore_eos=True)
-    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    sampled = SamplingParams(temperature=0.9, top_p=0.9, seed=11, max_tokens=8, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS[:2]]
     first = [o.outputs[0].token_ids for o in llm.generate(prompts, sampled, use_tqdm=False)]
     again = [o.outputs[0].token_ids for o in llm.generate(prompts, sampled, use_tqdm=False)]
     assert first == again
-    other = SamplingParams(temperature=0.9, top_p=0.9, seed=12, max_tokens=16, ignore_eos=True)
+    other = SamplingParams(temperature=0.9, top_p=0.9, seed=12, max_tokens=8, ignore_eos=True)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, other, use_tqdm=False)] != first
 
 
@@ -218,3 +218,18 @@ def test_speculation_refuses_async_scheduling_and_a_foreign_vocabulary(target, c
         with pytest.raises(ConfigError, match="vocabulary"):
             LLM(target, device="cpu", max_model_len=128,
                 speculative_config={"method": "draft_model", "model": gpt2, "num_speculative_tokens": 2})
+
+
+def test_structured_output_request_opts_out_in_a_speculating_batch(target):
+    """A grammar-constrained request runs without drafts (its bitmask applies to its one
+    row) while the others speculate; every output equals speculation off."""
+    prompts = ["hello there", "the cat sat on the mat the cat sat", "abc"]
+    params = [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=10, structured_outputs={"choice": ["yes", "no", "maybe so"]}),
+              SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, logprobs=1)]
+    off = LLM(target, device="cpu", max_model_len=128).generate(prompts, params, use_tqdm=False)
+    llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    on = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in on] == [o.outputs[0].token_ids for o in off]
+    assert on[1].outputs[0].text in ("yes", "no", "maybe so")
+    assert spec_stats(llm)["num_drafts"] > 0
