@@ -63,8 +63,10 @@ def k_quant_bytes(rows: int, cols: int, type_name: str, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(rows * cols // block_elems, block_bytes), dtype=np.uint8)
     scale = np.frombuffer(np.float16(0.002).tobytes(), dtype=np.uint8)
-    # Byte offsets of the f16 scale(s) in a block: Q4_K/Q5_K start with d, dmin; Q6_K ends with d.
-    offsets = {"Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [block_bytes - 2]}[type_name]
+    # Byte offsets of the f16 scale(s) in a block (ggml-common.h's block_q*_K): Q4_K/Q5_K start
+    # with d, dmin; Q2_K ends with d, dmin; Q3_K and Q6_K end with d.
+    offsets = {"Q4_K": [0, 2], "Q5_K": [0, 2], "Q2_K": [block_bytes - 4, block_bytes - 2],
+               "Q3_K": [block_bytes - 2], "Q6_K": [block_bytes - 2]}[type_name]
     for off in offsets:
         blocks[:, off:off + 2] = scale
     return blocks.reshape(rows, cols // block_elems * block_bytes)
@@ -113,7 +115,7 @@ def _add_tensor(writer, name: str, w: np.ndarray, type_name: str, seed: int) -> 
     qtype = GGMLQuantizationType[type_name]
     if type_name == "F32":
         writer.add_tensor(name, w)
-    elif type_name in ("Q4_K", "Q5_K", "Q6_K"):
+    elif type_name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
         writer.add_tensor(name, k_quant_bytes(*w.shape, type_name, seed), raw_dtype=qtype)
     elif type_name == "I8":
         writer.add_tensor(name, np.clip(w * 100, -127, 127).astype(np.int8), raw_dtype=qtype)

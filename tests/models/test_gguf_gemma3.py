@@ -35,7 +35,9 @@ GEMMA3_CONFIG = dict(
 )
 _MIXED = {"attn_q.": "F16", "attn_k.": "BF16", "attn_v.": "Q8_0", "attn_output": "Q4_0", "ffn_gate": "Q8_0",
           "ffn_up": "Q5_1", "token_embd": "Q8_0"}
-_K_TYPES = {"blk.0.ffn_down": "Q4_K", "blk.5.ffn_down": "Q6_K"}
+# Every K type on the ffn_down tensors, whose rows are one 256-element super-block.
+_K_TYPES = {"blk.0.ffn_down": "Q2_K", "blk.1.ffn_down": "Q3_K", "blk.2.ffn_down": "Q4_K", "blk.3.ffn_down": "Q5_K",
+            "blk.5.ffn_down": "Q6_K"}
 
 
 def _mixed_type(name: str, weights) -> str:
@@ -82,14 +84,14 @@ def test_f32_gemma3_gguf_matches_transformers_on_the_original(gemma3_src, f32_gg
 
 
 def test_quantized_gemma3_gguf_matches_transformers(f32_gguf, gemma3_src, tmp_path):
-    """F16, BF16, Q8_0, Q4_0, Q5_1, Q4_K, Q6_K dequantize as transformers does."""
+    """F16, BF16, Q8_0, Q4_0, Q5_1 and Q2_K..Q6_K dequantize as transformers does."""
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from pagedlm.models.loader.gguf import gguf_sidecar_dir
 
     path = write_gemma3_gguf(gemma3_src, tmp_path / "gemma3-mixed.gguf", tensor_type=_mixed_type)
-    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_1", "Q4_K", "Q6_K"} <= {
+    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"} <= {
         t.tensor_type.name for t in GGUFReader(str(path)).tensors}
     llm, outputs = run(str(path), PROMPTS, max_model_len=128)
     sidecar = AutoConfig.from_pretrained(str(gguf_sidecar_dir(path)))  # the config pagedlm read from the file
@@ -108,13 +110,18 @@ def _generate(model, prompts: list[list[int]]):
     return results
 
 
-def test_gemma3_gguf_tokenizer_and_chat_template(f32_gguf):
+def test_gemma3_gguf_tokenizer_and_chat_template(f32_gguf, capsys):
     """The Gemma SentencePiece vocabulary and chat template come from the file's metadata,
-    tokenizing as transformers' GGUF tokenizer does (BOS added, turn markers kept whole)."""
+    tokenizing as transformers' GGUF tokenizer does (BOS added, turn markers kept whole); the
+    tensors load under a progress bar."""
     from transformers import AutoTokenizer
 
     reference = AutoTokenizer.from_pretrained(str(f32_gguf.parent), gguf_file=f32_gguf.name)
+    capsys.readouterr()
     llm = LLM(str(f32_gguf), device="cpu", max_model_len=128)
+    num_tensors = 2 + 6 * 13  # token_embd, output_norm, 13 per layer (tied: no output.weight)
+    err = capsys.readouterr().err
+    assert "Loading GGUF tensors: 100%" in err and f"{num_tensors}/{num_tensors}" in err
     tokenizer = llm.get_tokenizer()
     for text in ("the cat sat on the mat", "What is the capital of France?", "<start_of_turn>user\nhi"):
         assert tokenizer.encode(text) == reference.encode(text)
