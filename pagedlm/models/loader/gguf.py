@@ -5,6 +5,8 @@ transformers' GGUF support maps the metadata to a HF config and tokenizer and th
 tensor names to HF names (undoing llama.cpp's rotary permutation of Q/K for llama, and the
 ``+1`` stored in Gemma norms). What is ours:
 
+- the metadata transformers' mapping leaves out, read as llama.cpp reads it (``gguf_config.py``:
+  gemma3's RoPE scaling, query scale and sliding pattern; qwen3's head size);
 - a *sidecar* directory per GGUF file (``config.json`` + tokenizer files + chat template),
   written once under the pagedlm cache. Parsing a GGUF's metadata costs seconds per read, and
   config and tokenizer are read several times per start-up (engine, API frontend); with the
