@@ -147,8 +147,9 @@ _GEMMA3_LAYER_NAMES = {
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
 GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    "{{ bos_token }}{% for m in messages %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 _WORDS = ("the cat sat on mat and dog ran to park paris is capital of france what hello world model user "
           "quick brown fox jumps over lazy answer question engine paged attention token block cache").split()
@@ -161,7 +162,7 @@ def gemma_spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     merges; transformers rebuilds them from the vocabulary, as for real Gemma files)."""
     tokens = list(GEMMA_SPECIALS) + [f"<0x{b:02X}>" for b in range(256)]
     types = [_CONTROL, _CONTROL, _CONTROL, _UNKNOWN, _CONTROL, _CONTROL, _CONTROL] + [_BYTE] * 256
-    chars = ["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!'\n")
+    chars = ["\u2581", *"abcdefghijklmnopqrstuvwxyz", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,?!'\n"]
     pieces = chars + [f"\u2581{w[:n]}" for w in _WORDS for n in range(1, len(w) + 1)]
     pieces += [f"{a}{b}" for a in "etaoinshr" for b in "etaoinshrdlu"]
     for piece in dict.fromkeys(pieces):
