@@ -190,6 +190,10 @@ class EngineArgs:
             from pagedlm.models.registry import verify_pipeline_support
 
             verify_pipeline_support(model_config.architectures)
+            from pagedlm.engine.batch_queue import verify_pipeline_options
+
+            verify_pipeline_options(parallel_config.pipeline_parallel_size, self.async_scheduling,
+                                    pooler_config is not None)
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
@@ -209,7 +213,8 @@ class EngineArgs:
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
+                async_scheduling=self.async_scheduling if self.async_scheduling is not None else
+                device == "cuda" and parallel_config.pipeline_parallel_size == 1,  # PP: its batch queue overlaps
                 enable_chunked_prefill=not pooling,
             ),
             parallel_config=parallel_config,
