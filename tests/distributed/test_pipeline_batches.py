@@ -1,0 +1,141 @@
+"""Pipeline parallelism keeps one batch per stage in flight (engine/batch_queue.py).
+
+- The batch queue on one in-process rank equals the one-batch engine on the workload with
+  chunked prefill, prefix caching and preemption; the batches in flight never share a
+  request, and nothing leaks (no in-flight ids, every KV block free) at the end.
+- Structured outputs under PP=2 with two batches in flight: every output follows its
+  constraint (at temperature 1 on random weights only the mask can make it so).
+- A worker killed while two batches are in flight fails the engine quickly and cleanly.
+- The start-up log names each stage's layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from pagedlm import LLM, EngineArgs, SamplingParams
+from pagedlm.engine.batch_queue import BatchQueue
+from pagedlm.engine.llm_engine import LLMEngine
+from pagedlm.executor.base import WorkerDiedError
+from pagedlm.sampling_params import StructuredOutputsParams
+
+from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("pp_batches"), seed=5, num_key_value_heads=2))
+
+
+def _watch_batches(core) -> list[list[set[str]]]:
+    """Record, at every launch, the request ids of each batch then in flight."""
+    seen: list[list[set[str]]] = []
+    queue = core.batch_queue
+    submit = queue.executor.submit
+
+    def spy(sched):
+        future = submit(sched)
+        seen.append([set(s.num_scheduled_tokens) for s, _ in queue.queue] + [set(sched.num_scheduled_tokens)])
+        return future
+
+    queue.executor.submit = spy
+    return seen
+
+
+def test_batch_queue_on_one_rank_equals_one_batch_engine(checkpoint: str) -> None:
+    reference = run_workload(LLM(checkpoint, **ENGINE_KWARGS))
+    llm = LLM(checkpoint, **ENGINE_KWARGS)
+    core = llm.llm_engine.engine_core
+    core.batch_queue = BatchQueue(core.scheduler, core.executor, core.structured_output, 2)
+    seen = _watch_batches(core)
+    outputs = run_workload(llm)
+    stats = core.stats()
+    assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
+    assert core.batch_queue.max_depth_reached == 2
+    for batches in seen:  # a request is never in two batches in flight at once
+        assert sum(map(len, batches)) == len(set().union(*batches))
+    assert not core.scheduler.inflight_req_ids and stats.num_free_blocks == stats.num_total_blocks
+    assert_same(reference, outputs)
+
+
+def test_structured_outputs_with_batches_in_flight(llama_checkpoint: str) -> None:
+    pytest.importorskip("xgrammar")
+    llm = LLM(llama_checkpoint, pipeline_parallel_size=2, device="cpu", max_model_len=128, block_size=4,
+              max_num_batched_tokens=16, num_gpu_blocks_override=128, seed=0)
+    try:
+        regex = r"[0-9]{3}-[a-c]{1,6}"
+        choices = ["yes", "no", "maybe later"]
+        schema = {"type": "object", "properties": {"k": {"enum": ["cat", "dog"]}}, "required": ["k"],
+                  "additionalProperties": False}
+        params = [SamplingParams(temperature=1.0, max_tokens=40, structured_outputs=so) for so in (
+            StructuredOutputsParams(regex=regex), StructuredOutputsParams(choice=choices),
+            StructuredOutputsParams(json=schema, disable_any_whitespace=True))]
+        outputs = llm.generate([f"prompt number {i}" for i in range(9)], params * 3, use_tqdm=False)
+        assert llm.llm_engine.engine_core.batch_queue.max_depth_reached == 2
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    for i, out in enumerate(outputs):
+        text = out.outputs[0].text
+        assert out.error is None and out.outputs[0].finish_reason == "stop", (i, text)
+        if i % 3 == 0:
+            assert re.fullmatch(regex, text), text
+        elif i % 3 == 1:
+            assert text in choices
+        else:
+            assert json.loads(text)["k"] in ("cat", "dog")
+
+
+def test_killed_worker_with_batches_in_flight(checkpoint: str) -> None:
+    engine = LLMEngine.from_engine_args(EngineArgs(checkpoint, pipeline_parallel_size=2, device="cpu",
+                                                   max_model_len=128, max_num_batched_tokens=16,
+                                                   num_gpu_blocks_override=64))
+    core = engine.engine_core
+    try:
+        for i in range(4):
+            engine.add_request(str(i), {"prompt_token_ids": [5 + i] * 8},
+                               SamplingParams(max_tokens=100, ignore_eos=True))
+        submit, killed_at = core.executor.submit, []
+
+        def submit_then_kill(sched):  # the last stage dies once a second batch is launched
+            future = submit(sched)
+            if len(core.batch_queue) == 1 and not killed_at:
+                os.kill(core.executor.procs[1].pid, signal.SIGKILL)
+                killed_at.append(time.monotonic())
+            return future
+
+        core.executor.submit = submit_then_kill
+        with pytest.raises(WorkerDiedError, match=r"died: rank 1 \(exit code -9\)"):
+            for _ in range(200):
+                engine.step()
+        assert killed_at and time.monotonic() - killed_at[0] < 15
+        assert not any(p.is_alive() for p in core.executor.procs)
+        with pytest.raises(WorkerDiedError):
+            engine.step()
+    finally:
+        core.shutdown()
+
+
+def test_start_up_log_names_the_stages(checkpoint: str) -> None:
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("pagedlm.executor.base")
+    logger.addHandler(handler)
+    try:
+        llm = LLM(checkpoint, pipeline_parallel_size=2, **ENGINE_KWARGS)
+        llm.llm_engine.engine_core.shutdown()
+    finally:
+        logger.removeHandler(handler)
+    log = "\n".join(records)
+    assert "World of 2 rank(s), KV blocks per rank [16, 16] -> 16" in log
+    assert "rank 0/2 (tp 0/1, pp 0/2)" in log and "layers [0, 1)" in log
+    assert "rank 1/2 (tp 0/1, pp 1/2)" in log and "layers [1, 2)" in log
