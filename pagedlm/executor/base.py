@@ -70,16 +70,26 @@ class Executor(ABC):
         return num_blocks
 
     def submit(self, sched: SchedulerOutput) -> StepFuture:
-        """Launch a step without waiting (pipeline parallelism keeps several in flight)."""
-        self.launch(sched)
+        """Start a step without waiting (pipeline parallelism keeps several in flight)."""
+        self._start_step(sched)
         future = StepFuture(self)
         self._pending.append(future)
         return future
 
     def _collect_oldest(self) -> None:
         future = self._pending[0]
-        future._output = self.take_output()  # raises WorkerDiedError if a worker died meanwhile
+        future._output = self._finish_step()  # raises WorkerDiedError if a worker died meanwhile
         self._pending.popleft()
+
+    def _start_step(self, sched: SchedulerOutput) -> None:
+        """submit()'s transport. Workers in other processes override it so the output rank
+        answers each step as soon as it is done: an output must never wait for a step
+        launched after it, or the next batch could not enter the first stage meanwhile."""
+        self.launch(sched)
+
+    def _finish_step(self) -> ModelRunnerOutput:
+        """The oldest started step's output (waits for it)."""
+        return self.take_output()
 
     @abstractmethod
     def collective_rpc(self, method: str, *args: object) -> list:

@@ -6,6 +6,8 @@
 - Structured outputs under PP=2 with two batches in flight: every output follows its
   constraint (at temperature 1 on random weights only the mask can make it so).
 - A worker killed while two batches are in flight fails the engine quickly and cleanly.
+- The stages really overlap: the first stage runs ahead while the last one is stopped, and
+  an output never waits for a batch launched after it.
 - The start-up log names each stage's layers.
 """
 
@@ -23,6 +25,7 @@ import pytest
 from pagedlm import LLM, EngineArgs, SamplingParams
 from pagedlm.engine.batch_queue import BatchQueue
 from pagedlm.engine.llm_engine import LLMEngine
+from pagedlm.executor import serial
 from pagedlm.executor.base import WorkerDiedError
 from pagedlm.sampling_params import StructuredOutputsParams
 
@@ -139,3 +142,40 @@ def test_start_up_log_names_the_stages(checkpoint: str) -> None:
     assert "World of 2 rank(s), KV blocks per rank [16, 16] -> 16" in log
     assert "rank 0/2 (tp 0/1, pp 0/2)" in log and "layers [0, 1)" in log
     assert "rank 1/2 (tp 0/1, pp 1/2)" in log and "layers [1, 2)" in log
+
+
+def test_stages_overlap_and_outputs_never_wait_for_later_batches(checkpoint: str) -> None:
+    """Deterministic (a stopped process, no timing): (1) with the last stage stopped, the
+    first stage still runs two launched batches and answers a command queued behind them,
+    so it never waits for the last stage; (2) collecting an output sends the workers nothing
+    (the output rank answers each step as soon as it is done), so an output can never queue
+    behind a batch launched after it."""
+    engine = LLMEngine.from_engine_args(EngineArgs(checkpoint, pipeline_parallel_size=2, device="cpu",
+                                                   max_model_len=128, max_num_batched_tokens=16,
+                                                   num_gpu_blocks_override=64))
+    core, executor = engine.engine_core, engine.engine_core.executor
+    queue, scheduler = core.batch_queue, core.scheduler
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    try:
+        for i in range(4):
+            engine.add_request(str(i), {"prompt_token_ids": [5 + i] * 8}, params)
+        last = executor.procs[1].pid
+        os.kill(last, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                queue._submit(scheduler.schedule())
+            assert [set(s.num_scheduled_tokens) for s, _ in queue.queue] == [{"0", "1"}, {"2", "3"}]
+            executor._commands[0].send(serial.encode(["describe"]))  # to the first stage only
+            assert "pp 0/2" in executor._wait({0})[0]
+        finally:
+            os.kill(last, signal.SIGCONT)
+        sent: list[str] = []
+        send = executor._send
+        executor._send = lambda *msg: (sent.append(msg[0]), send(*msg))[1]
+        assert [len(queue._collect()) for _ in range(2)] == [2, 2]  # each request's first token
+        assert sent == []
+        for _ in range(3):
+            engine.step()
+        assert sent == ["execute_model"] * 2  # one per launched batch, nothing to collect one
+    finally:
+        core.shutdown()
