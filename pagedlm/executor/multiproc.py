@@ -87,6 +87,8 @@ class MultiprocExecutor(Executor):
         """The next reply of each of ``ranks``; raises WorkerDiedError as soon as any worker
         dies or fails. A reply from another rank (or a later one) is kept for its own wait:
         with steps in flight the output rank answers each one unasked."""
+        if self._dead is not None:  # e.g. a step still queued after the failure that stopped us
+            raise WorkerDiedError(self._dead)
         results = {rank: self._early[rank].popleft() for rank in ranks if self._early.get(rank)}
         while len(results) < len(ranks):
             if self._results.poll(_POLL_MS):
