@@ -146,3 +146,23 @@ def test_messages_round_trip() -> None:
     out = ModelRunnerOutput(["a"], [[4]], {"a": LogprobsLists([[4, 1]], [[-0.5, -1.0]], [1])},
                             {"a": LogprobsLists([[2]], [[-2.0]], [3])})
     assert serial.decode_runner_output(serial.encode(out)) == out
+
+
+def test_every_rank_gets_the_smallest_block_count() -> None:
+    """KV blocks: each rank sizes its own (local KV heads), all get the minimum, so one scheduler fits all."""
+    from pagedlm.executor.base import Executor
+
+    class Recording(Executor):
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.calls: list[tuple] = []
+
+        def collective_rpc(self, method: str, *args: object) -> list:
+            self.calls.append((method, *args))
+            return {"determine_num_blocks": [10, 7, 9], "describe": ["a", "b", "c"]}.get(method, [None] * 3)
+
+        execute_model = launch = take_output = sample_deferred = lambda *_: None
+
+    executor = Recording()
+    assert executor.initialize() == 7
+    assert executor.calls == [("determine_num_blocks",), ("initialize_kv_cache", 7), ("warm_up",), ("describe",)]
