@@ -67,7 +67,7 @@ class BatchQueue:
     def step(self) -> list[EngineCoreOutput]:
         """Launch one more batch if there is room and work; else (or when the queue is
         full after it) wait for the oldest batch and return its outputs."""
-        if len(self.queue) < self.max_depth and self.scheduler.has_unfinished_requests():
+        if len(self.queue) < self.max_depth and self._may_schedule():
             sched = self.scheduler.schedule()
             if sched.total_num_scheduled_tokens > 0:
                 self._submit(sched)
@@ -83,6 +83,15 @@ class BatchQueue:
                 # and preempted ids) for the next batch the runners see.
                 self.scheduler.finished_req_ids |= sched.finished_req_ids | sched.preempted_req_ids
         return self._collect() if self.queue else []
+
+    def _may_schedule(self) -> bool:
+        """False when every unfinished request is in flight: schedule() could only return
+        an empty step (and count it in the step metrics)."""
+        s = self.scheduler
+        if not s.has_unfinished_requests():
+            return False
+        # (Nothing waiting or running but unfinished: errors to report, which a step does.)
+        return bool(s.waiting) or not s.running or any(r.request_id not in s.inflight_req_ids for r in s.running)
 
     def _submit(self, sched: SchedulerOutput) -> None:
         attach_new_token_ids(sched, self.scheduler.requests)

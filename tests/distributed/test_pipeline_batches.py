@@ -8,7 +8,7 @@
 - A worker killed while two batches are in flight fails the engine quickly and cleanly.
 - The stages really overlap: the first stage runs ahead while the last one is stopped, and
   an output never waits for a batch launched after it.
-- The start-up log names each stage's layers.
+- The start-up log names each stage's layers (with the structured-outputs engine).
 """
 
 from __future__ import annotations
@@ -70,10 +70,26 @@ def test_batch_queue_on_one_rank_equals_one_batch_engine(checkpoint: str) -> Non
     assert_same(reference, outputs)
 
 
+def _start_up_log(start) -> tuple[object, str]:
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("pagedlm.executor.base")
+    logger.addHandler(handler)
+    try:
+        return start(), "\n".join(records)
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_structured_outputs_with_batches_in_flight(llama_checkpoint: str) -> None:
     pytest.importorskip("xgrammar")
-    llm = LLM(llama_checkpoint, pipeline_parallel_size=2, device="cpu", max_model_len=128, block_size=4,
-              max_num_batched_tokens=16, num_gpu_blocks_override=128, seed=0)
+    llm, log = _start_up_log(lambda: LLM(llama_checkpoint, pipeline_parallel_size=2, device="cpu", max_model_len=128,
+                                         block_size=4, max_num_batched_tokens=16, num_gpu_blocks_override=128, seed=0))
+    # The start-up log names the world layout: ranks, stages, their layers and KV blocks.
+    assert "World of 2 rank(s), KV blocks per rank [128, 128] -> 128" in log
+    assert "rank 0/2 (tp 0/1, pp 0/2)" in log and "layers [0, 1)" in log
+    assert "rank 1/2 (tp 0/1, pp 1/2)" in log and "layers [1, 2)" in log
     try:
         regex = r"[0-9]{3}-[a-c]{1,6}"
         choices = ["yes", "no", "maybe later"]
@@ -125,23 +141,6 @@ def test_killed_worker_with_batches_in_flight(checkpoint: str) -> None:
             engine.step()
     finally:
         core.shutdown()
-
-
-def test_start_up_log_names_the_stages(checkpoint: str) -> None:
-    records: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("pagedlm.executor.base")
-    logger.addHandler(handler)
-    try:
-        llm = LLM(checkpoint, pipeline_parallel_size=2, **ENGINE_KWARGS)
-        llm.llm_engine.engine_core.shutdown()
-    finally:
-        logger.removeHandler(handler)
-    log = "\n".join(records)
-    assert "World of 2 rank(s), KV blocks per rank [16, 16] -> 16" in log
-    assert "rank 0/2 (tp 0/1, pp 0/2)" in log and "layers [0, 1)" in log
-    assert "rank 1/2 (tp 0/1, pp 1/2)" in log and "layers [1, 2)" in log
 
 
 def test_stages_overlap_and_outputs_never_wait_for_later_batches(checkpoint: str) -> None:
