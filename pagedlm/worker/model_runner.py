@@ -60,6 +60,9 @@ class ModelRunner:
         self.graph_runner: CUDAGraphRunner | None = None
         self._inflight: deque[InflightStep] = deque()
         self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
+        # Pipeline parallelism: only the last stage samples; every rank learns the sampled
+        # tokens from the next SchedulerOutput (engine/batch_queue.py), so no stage waits on another's sampling.
+        self._tokens_from_scheduler = get_parallel_state().pp_size > 1
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -137,6 +140,9 @@ class ModelRunner:
             state = self.requests[data.req_id]
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
+            if data.new_token_ids is not None:
+                _append_missing_tokens(state, data.new_token_ids, data.num_computed_tokens
+                                       + sched.num_scheduled_tokens[data.req_id])
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -196,7 +202,7 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             self._inflight.append(InflightStep(ModelRunnerOutput(req_ids=[], sampled_token_ids=[])))
             return
-        if self._inflight and not self._inflight[-1].resolved and any(
+        if self._inflight and not self._inflight[-1].resolved and not self._tokens_from_scheduler and any(
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
@@ -256,13 +262,16 @@ class ModelRunner:
             )
             result = self.sampler(logits, metadata)
             sampled, step.logprobs = result.sampled_token_ids, result.logprobs
-        if get_parallel_state().world_size > 1:
+        if get_parallel_state().world_size > 1 and not self._tokens_from_scheduler:
             if sampled is None:
                 sampled = torch.empty(len(states), dtype=torch.long, device=self.device)
             broadcast_from_output_rank(sampled)
         step.sampled = sampled
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         step.start_host_copy()
+        if self._tokens_from_scheduler:
+            step.feeds_states = False  # each token comes back with the request's next step
+            return
         for state in states:
             state.num_pending += 1
 
@@ -293,6 +302,7 @@ class InflightStep:
     row_of: dict[str, int] = field(default_factory=dict)  # req_id -> sample row
     num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
     resolved: bool = False
+    feeds_states: bool = True  # append the samples to the runner's requests (False: the scheduler sends them)
     # CUDA: the samples' copy to pinned host memory, queued right behind the sampler, and the
     # event that marks it done. Under async scheduling the next step is launched before this
     # one is collected; waiting on this event (not the stream) keeps the collection from also
@@ -330,11 +340,24 @@ class InflightStep:
             k = self.num_logprobs[row]
             if logprobs is not None and k is not None:
                 self.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
-            state = states.get(req_id)
+            state = states.get(req_id) if self.feeds_states else None
             if state is not None:  # gone if finished or preempted meanwhile
                 state.output_token_ids.append(token_id)
                 state.token_ids.append(token_id)
                 state.num_pending -= 1
+
+
+def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> None:
+    """(pipeline parallelism) extend the request to ``num_tokens`` tokens with the tail of
+    ``new_token_ids``, the step's tokens past its prompt, as the scheduler sent them."""
+    missing = num_tokens - len(state.token_ids)
+    if missing > len(new_token_ids):
+        raise RuntimeError(f"request {state.req_id}: the runner lacks {missing} tokens, the step brought "
+                           f"{len(new_token_ids)}")
+    if missing > 0:
+        tail = new_token_ids[len(new_token_ids) - missing:]
+        state.token_ids.extend(tail)
+        state.output_token_ids.extend(tail)
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
