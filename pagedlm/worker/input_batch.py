@@ -42,8 +42,8 @@ class CachedRequestState:
         state.token_ids = state.prompt_token_ids + state.output_token_ids
         state.pooling_params = data.pooling_params
         p = data.sampling_params
-        state.needs_history = bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                                   or p.bad_words_token_ids or p.min_tokens)
+        # Penalties are not here: they read the persistent batch's on-device token counts.
+        state.needs_history = bool(p.bad_words_token_ids or p.min_tokens)
         return state
 
     @property
@@ -82,8 +82,11 @@ def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
 
 
 def build_step_inputs(
-    states: dict[str, CachedRequestState], num_scheduled: dict[str, int], block_size: int
+    states: dict[str, CachedRequestState], num_scheduled: dict[str, int], block_size: int,
+    block_tables: np.ndarray | None = None,
 ) -> StepInputs:
+    """``block_tables``: the rows' tables from the persistent batch (rebuilt from the
+    requests' block lists when None)."""
     req_ids = list(num_scheduled)
     reqs = [states[r] for r in req_ids]
     counts = np.fromiter(num_scheduled.values(), dtype=np.int64, count=len(req_ids))
@@ -95,7 +98,8 @@ def build_step_inputs(
     # positions of every token: start of its request + offset inside the request's chunk
     token_req = np.repeat(np.arange(len(req_ids)), counts)
     positions = starts[token_req] + (np.arange(total) - query_start_loc[:-1][token_req])
-    block_tables = _padded_block_tables([s.block_ids for s in reqs])
+    if block_tables is None:
+        block_tables = _padded_block_tables([s.block_ids for s in reqs])
     input_ids = np.fromiter(
         itertools.chain.from_iterable(
             s.token_ids[lo : lo + n] for s, lo, n in zip(reqs, starts.tolist(), counts.tolist())),

@@ -33,6 +33,7 @@ from pagedlm.worker.distributed import (
 )
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
+from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class ModelRunner:
         sched = config.scheduler_config
         self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs,
                                    -(-sched.max_model_len // self.block_size), self.device)
+        # One row per running request, updated by each step's diff (block tables, penalty counts).
+        self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
+                                     -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
         self.graph_runner: CUDAGraphRunner | None = None
         self._inflight: deque[InflightStep] = deque()
         self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
@@ -131,12 +135,19 @@ class ModelRunner:
     def _update_states(self, sched: SchedulerOutput) -> None:
         for req_id in sched.finished_req_ids | sched.preempted_req_ids:
             self.requests.pop(req_id, None)
+            self.batch.remove(req_id)
+        self.batch.condense()
         for data in sched.scheduled_new_reqs:
             self.requests[data.req_id] = CachedRequestState.from_new(data, self.device)
+            self.batch.add(data.req_id, data.prompt_token_ids, data.output_token_ids, data.block_ids,
+                           data.num_computed_tokens, None if data.pooling_params else data.sampling_params)
         for data in sched.scheduled_cached_reqs:
             state = self.requests[data.req_id]
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
+            row = self.batch.row_of[data.req_id]
+            self.batch.append_blocks(row, data.new_block_ids)
+            self.batch.num_computed_tokens[row] = data.num_computed_tokens
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -198,8 +209,9 @@ class ModelRunner:
             return
         if self._inflight and not self._inflight[-1].resolved and any(
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
-            self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
-        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
+            self._inflight[-1].resolve(self.requests, self.batch)  # bad words, min_tokens need the last token
+        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size,
+                                   self.batch.block_tables(self.batch.rows_of(list(sched.num_scheduled_tokens))))
         hidden = self._forward(inputs)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:
@@ -210,12 +222,13 @@ class ModelRunner:
             self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
             state.num_computed_tokens += num
+            self.batch.num_computed_tokens[self.batch.row_of[state.req_id]] = state.num_computed_tokens
         self._inflight.append(step)
 
     def take_output(self) -> ModelRunnerOutput:
         """The oldest launched step's output (waits for its sampled ids)."""
         step = self._inflight.popleft()
-        step.resolve(self.requests)
+        step.resolve(self.requests, self.batch)
         return step.output
 
     def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: "InflightStep",
@@ -247,12 +260,15 @@ class ModelRunner:
         """The output rank samples; with several ranks it broadcasts the ids, so every rank's
         copy of each request (and the on-device feedback of async scheduling) stays identical."""
         sampled = None
+        # Penalised rows read (and bump) their token counts on the device: no padding, no sync.
+        rows = self._penalty_rows(states)
         if logits is not None and is_output_rank():
             if bitmask is not None:  # structured outputs: only grammar-allowed tokens
                 logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
             metadata = build_sampling_metadata(
                 [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
                 [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
+                self.batch.penalty_tensors(rows) if rows is not None else None,
             )
             result = self.sampler(logits, metadata)
             sampled, step.logprobs = result.sampled_token_ids, result.logprobs
@@ -260,11 +276,21 @@ class ModelRunner:
             if sampled is None:
                 sampled = torch.empty(len(states), dtype=torch.long, device=self.device)
             broadcast_from_output_rank(sampled)
+        if rows is not None and sampled is not None:
+            self.batch.record_sampled(rows, sampled)
         step.sampled = sampled
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         step.start_host_copy()
         for state in states:
             state.num_pending += 1
+
+    def _penalty_rows(self, states: list[CachedRequestState]) -> torch.Tensor | None:
+        """Device tensor of the sampling rows' persistent rows, when any row is penalised."""
+        rows = self.batch.rows_of([s.req_id for s in states])
+        if not self.batch.penalised[rows].any():
+            return None
+        rows_t = torch.from_numpy(rows)
+        return rows_t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else rows_t
 
     def _pool(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
@@ -310,7 +336,7 @@ class InflightStep:
         self.ready = torch.cuda.Event()
         self.ready.record()
 
-    def resolve(self, states: dict[str, CachedRequestState]) -> None:
+    def resolve(self, states: dict[str, CachedRequestState], batch: PersistentBatch | None = None) -> None:
         """Bring the sampled ids to the host (the step's one device-to-host copy) and append
         them to the runner's copy of each request that still exists."""
         if self.resolved or self.sampled is None:
@@ -335,6 +361,8 @@ class InflightStep:
                 state.output_token_ids.append(token_id)
                 state.token_ids.append(token_id)
                 state.num_pending -= 1
+                if batch is not None and req_id in batch.row_of:
+                    batch.append_tokens(batch.row_of[req_id], [token_id])
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
