@@ -69,6 +69,10 @@ class StepInputs:
     # this step -> request id whose last sample fills it.
     pending_token_indices: list[int] = field(default_factory=list)
     pending_req_ids: list[str] = field(default_factory=list)
+    num_computed: np.ndarray | None = None  # [B] int64 tokens in the KV cache before this step
+    # positions / slot_mapping / block_tables are empty when the device prepares them
+    # (pagedlm.kernels.step_prep) from the persistent batch.
+    host_slots: bool = True
 
 
 def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
@@ -83,7 +87,7 @@ def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
 
 def build_step_inputs(
     states: dict[str, CachedRequestState], num_scheduled: dict[str, int], block_size: int,
-    block_tables: np.ndarray | None = None,
+    block_tables: np.ndarray | None = None, host_slots: bool = True,
 ) -> StepInputs:
     """``block_tables``: the rows' tables from the persistent batch (rebuilt from the
     requests' block lists when None)."""
@@ -98,7 +102,9 @@ def build_step_inputs(
     # positions of every token: start of its request + offset inside the request's chunk
     token_req = np.repeat(np.arange(len(req_ids)), counts)
     positions = starts[token_req] + (np.arange(total) - query_start_loc[:-1][token_req])
-    if block_tables is None:
+    if not host_slots:
+        block_tables = np.zeros((len(req_ids), 0), dtype=np.int32)
+    elif block_tables is None:
         block_tables = _padded_block_tables([s.block_ids for s in reqs])
     input_ids = np.fromiter(
         itertools.chain.from_iterable(
@@ -124,7 +130,11 @@ def build_step_inputs(
         full = np.zeros(total, dtype=np.int64)
         full[known] = input_ids
         input_ids = full
-    block_ids = block_tables[token_req, positions // block_size]
-    slot_mapping = block_ids.astype(np.int64) * block_size + positions % block_size
+    if host_slots:
+        block_ids = block_tables[token_req, positions // block_size]
+        slot_mapping = block_ids.astype(np.int64) * block_size + positions % block_size
+    else:
+        positions = slot_mapping = np.zeros(0, dtype=np.int64)
     return StepInputs(req_ids, input_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables,
-                      sample_rows, np.array(logits_indices, dtype=np.int64), spans, pending_idx, pending_reqs)
+                      sample_rows, np.array(logits_indices, dtype=np.int64), spans, pending_idx, pending_reqs,
+                      starts, host_slots)

@@ -62,6 +62,9 @@ class ModelRunner:
         self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
                                      -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
         self.graph_runner: CUDAGraphRunner | None = None
+        # Positions, slots and block tables derived on the device from the persistent batch
+        # (the host sends rows and counts); on CPU numpy on the host is as fast.
+        self.device_step_prep = self.device.type == "cuda"
         self._inflight: deque[InflightStep] = deque()
         self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
 
@@ -169,7 +172,7 @@ class ModelRunner:
             return None
         return out
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
+    def _forward(self, inputs: StepInputs, rows: np.ndarray) -> torch.Tensor | None:
         """hidden states [T, H] for the step (None on a pipeline stage but the last):
         through a CUDA graph for decode-only steps that fit one, else eagerly. Either way the inputs reach the device in one copy, and input
         tokens still on the device (the last step's samples) are filled in there."""
@@ -179,11 +182,16 @@ class ModelRunner:
         if self.graph_runner is not None and max_query_len == 1:
             size = self.graph_runner.padded_size(num_seqs)
         padded = size or num_tokens
-        self.buffers.stage(inputs, padded, size or num_seqs)
+        if self.device_step_prep:
+            self.buffers.stage_rows(inputs, rows, padded, size or num_seqs)
+        else:
+            self.buffers.stage(inputs, padded, size or num_seqs)
         if inputs.pending_req_ids:
             prev = self._inflight[-1]
             self.buffers.stage_pending_sources([prev.row_of[r] for r in inputs.pending_req_ids])
-        self.buffers.upload(size or num_seqs)
+        self.buffers.upload(size or num_seqs, with_tables=not self.device_step_prep)
+        if self.device_step_prep:
+            self.buffers.prepare(self.batch.block_table_dev, padded, size or num_seqs, num_seqs, self.block_size)
         if inputs.pending_req_ids:
             self.buffers.fill_pending(len(inputs.pending_req_ids), self._inflight[-1].sampled)
         if size is not None:
@@ -210,9 +218,11 @@ class ModelRunner:
         if self._inflight and not self._inflight[-1].resolved and any(
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
             self._inflight[-1].resolve(self.requests, self.batch)  # bad words, min_tokens need the last token
+        rows = self.batch.rows_of(list(sched.num_scheduled_tokens))
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size,
-                                   self.batch.block_tables(self.batch.rows_of(list(sched.num_scheduled_tokens))))
-        hidden = self._forward(inputs)  # [T, hidden]; None on a pipeline stage but the last
+                                   None if self.device_step_prep else self.batch.block_tables(rows),
+                                   host_slots=not self.device_step_prep)
+        hidden = self._forward(inputs, rows)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
