@@ -66,3 +66,9 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     from pagedlm.kernels.triton_gemv import gemv  # noqa: PLC0415
 
     return gemv(x, weight, bias, config)
+
+
+def unquantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What the unquantized linear method's apply() can call: the GEMV where it wins, else F.linear."""
+    out = gemv_linear(x, weight, bias)
+    return out if out is not None else F.linear(x, weight, bias)

@@ -47,3 +47,10 @@ def test_dispatch_is_right_or_declines() -> None:
         ref = torch.nn.functional.linear(x, w).float()
         assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
     assert gemv_linear(torch.randn(32, 4096, device="cuda", dtype=torch.bfloat16), w) is None  # M > 8
+
+
+def test_unquantized_linear_falls_back_off_gpu_or_for_wide_batches() -> None:
+    from pagedlm.kernels.gemv import unquantized_linear
+
+    x, w = torch.randn(12, 32, dtype=torch.float32), torch.randn(16, 32, dtype=torch.float32)
+    torch.testing.assert_close(unquantized_linear(x, w), torch.nn.functional.linear(x, w))  # CPU/fp32: F.linear
