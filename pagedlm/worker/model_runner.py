@@ -32,6 +32,7 @@ from pagedlm.worker.distributed import (
     pp_send,
 )
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner
+from pagedlm.worker.graph_sampling import GraphSampler
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
 from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers
@@ -62,6 +63,8 @@ class ModelRunner:
         self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
                                      -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
         self.graph_runner: CUDAGraphRunner | None = None
+        self.graph_sampler: GraphSampler | None = None  # lm_head + plain sampling per decode graph
+        self._graph_size: int | None = None  # the decode graph size the last _forward replayed
         # Positions, slots and block tables derived on the device from the persistent batch
         # (the host sends rows and counts); on CPU numpy on the host is as fast.
         self.device_step_prep = self.device.type == "cuda"
@@ -133,6 +136,10 @@ class ModelRunner:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
+            if get_parallel_state().world_size == 1:  # sampled ids are broadcast under TP: eager there
+                sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
+                                       sched.max_num_seqs, self.device)
+                self.graph_sampler = sampler if sampler.capture() else None
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -182,6 +189,7 @@ class ModelRunner:
         if self.graph_runner is not None and max_query_len == 1:
             size = self.graph_runner.padded_size(num_seqs)
         padded = size or num_tokens
+        self._graph_size = size
         if self.device_step_prep:
             self.buffers.stage_rows(inputs, rows, padded, size or num_seqs)
         else:
@@ -226,7 +234,7 @@ class ModelRunner:
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
-        elif inputs.sample_rows:
+        elif inputs.sample_rows and not self._sample_in_graph(inputs, step, sched, rows):
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans and hidden is not None:
             self._prompt_logprobs(hidden, inputs, step.output)
@@ -293,6 +301,23 @@ class ModelRunner:
         step.start_host_copy()
         for state in states:
             state.num_pending += 1
+
+    def _sample_in_graph(self, inputs: StepInputs, step: "InflightStep", sched: SchedulerOutput,
+                         rows: np.ndarray) -> bool:
+        """A decode-graph step whose rows all sample plainly: lm_head and sampling replay as
+        the size's sampling graph. False (nothing done) for every other step."""
+        size = self._graph_size
+        if (self.graph_sampler is None or size not in self.graph_sampler.graphs or sched.structured_output_request_ids
+                or inputs.prompt_logprob_spans or len(inputs.sample_rows) != len(inputs.req_ids)
+                or not self.batch.plain[rows].all()):
+            return False
+        step.sampled = self.graph_sampler.replay(size, self.batch.temperature[rows])
+        step.row_of = {r: i for i, r in enumerate(inputs.req_ids)}
+        step.rows = inputs.sample_rows
+        step.num_logprobs = [None] * len(inputs.req_ids)
+        for req_id in inputs.req_ids:
+            self.requests[req_id].num_pending += 1
+        return True
 
     def _penalty_rows(self, states: list[CachedRequestState]) -> torch.Tensor | None:
         """Device tensor of the sampling rows' persistent rows, when any row is penalised."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pagedlm.sampling_params import SamplingParams
+from pagedlm.worker.graph_sampling import is_plain
 
 _SAMPLING_EPS = 1e-5
 
@@ -55,6 +56,7 @@ class PersistentBatch:
         self.frequency = np.zeros(max_num_reqs, dtype=np.float32)
         self.repetition = np.ones(max_num_reqs, dtype=np.float32)
         self.penalised = np.zeros(max_num_reqs, dtype=bool)
+        self.plain = np.zeros(max_num_reqs, dtype=bool)  # greedy/temperature only (graph sampling)
         self.output_counts: torch.Tensor | None = None  # [R, V] int32 on the device, lazily
         self.prompt_mask: torch.Tensor | None = None  # [R, V] bool on the device, lazily
 
@@ -176,12 +178,13 @@ class PersistentBatch:
     def _set_params(self, row: int, sp: SamplingParams | None) -> None:
         if sp is None:  # pooling requests sample nothing
             self.temperature[row], self.presence[row], self.frequency[row], self.repetition[row] = 0, 0, 0, 1
-            self.penalised[row] = False
+            self.penalised[row] = self.plain[row] = False
             return
         self.temperature[row] = sp.temperature
         self.presence[row], self.frequency[row] = sp.presence_penalty, sp.frequency_penalty
         self.repetition[row] = sp.repetition_penalty
         self.penalised[row] = has_penalties(sp)
+        self.plain[row] = is_plain(sp, self.vocab_size)
 
     def _init_penalty_row(self, row: int, prompt_token_ids: list[int], output_token_ids: list[int],
                           sp: SamplingParams) -> None:
@@ -207,7 +210,7 @@ class PersistentBatch:
         nb = int(self.num_blocks[src])
         self.block_table[dst, :nb] = self.block_table[src, :nb]
         for arr in (self.num_tokens, self.num_prompt_tokens, self.num_computed_tokens, self.num_blocks,
-                    self.temperature, self.presence, self.frequency, self.repetition, self.penalised):
+                    self.temperature, self.presence, self.frequency, self.repetition, self.penalised, self.plain):
             arr[dst] = arr[src]
         self.penalised[src] = False
         if self.block_table_dev is not self._block_table_host:
