@@ -155,9 +155,12 @@ class ModelRunner:
             state = self.requests[data.req_id]
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
-            row = self.batch.row_of[data.req_id]
-            self.batch.append_blocks(row, data.new_block_ids)
-            self.batch.num_computed_tokens[row] = data.num_computed_tokens
+            if data.new_block_ids:
+                self.batch.append_blocks(self.batch.row_of[data.req_id], data.new_block_ids)
+        if sched.scheduled_cached_reqs:
+            cached = sched.scheduled_cached_reqs
+            self.batch.num_computed_tokens[self.batch.rows_of([d.req_id for d in cached])] = np.fromiter(
+                (d.num_computed_tokens for d in cached), dtype=np.int32, count=len(cached))
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -240,7 +243,7 @@ class ModelRunner:
             self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
             state.num_computed_tokens += num
-            self.batch.num_computed_tokens[self.batch.row_of[state.req_id]] = state.num_computed_tokens
+        self.batch.num_computed_tokens[rows] += np.diff(inputs.query_start_loc)
         self._inflight.append(step)
 
     def take_output(self) -> ModelRunnerOutput:
@@ -384,6 +387,8 @@ class InflightStep:
         else:
             sampled = self.sampled.tolist()
             logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
+        landed_rows: list[int] = []  # persistent rows of the requests still there, and their tokens
+        landed_ids: list[int] = []
         for row, i in enumerate(self.rows):
             req_id = self.output.req_ids[i]
             token_id = sampled[row]
@@ -396,8 +401,11 @@ class InflightStep:
                 state.output_token_ids.append(token_id)
                 state.token_ids.append(token_id)
                 state.num_pending -= 1
-                if batch is not None and req_id in batch.row_of:
-                    batch.append_tokens(batch.row_of[req_id], [token_id])
+                if batch is not None:
+                    landed_rows.append(batch.row_of[req_id])
+                    landed_ids.append(token_id)
+        if landed_rows:
+            batch.append_sampled(np.array(landed_rows), np.array(landed_ids))
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:

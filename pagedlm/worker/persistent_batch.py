@@ -108,6 +108,11 @@ class PersistentBatch:
         self.token_ids[row, lo : lo + len(token_ids)] = token_ids
         self.num_tokens[row] = lo + len(token_ids)
 
+    def append_sampled(self, rows: np.ndarray, token_ids: np.ndarray) -> None:
+        """One token for each of ``rows`` (distinct), in one vectorised write."""
+        self.token_ids[rows, self.num_tokens[rows]] = token_ids
+        self.num_tokens[rows] += 1
+
     def record_sampled(self, rows: torch.Tensor, sampled: torch.Tensor) -> None:
         """On the device: bump the penalty counts of ``rows`` [S] by ``sampled`` [S] (or [S, k]
         with -1 for rejected drafts). No sync; stream order keeps it before the next sample."""

@@ -133,7 +133,11 @@ def test_state_equals_rebuild_after_every_step(seed: int) -> None:
             b.record_sampled(torch.from_numpy(b.rows_of(live)), torch.tensor(sampled))
             for r, t in zip(live, sampled):
                 refs[r].output.append(t)
-                b.append_tokens(b.row_of[r], [t])
+            if rng.random() < 0.5:  # the runner's vectorised write, or one row at a time
+                b.append_sampled(b.rows_of(live), np.array(sampled))
+            else:
+                for r, t in zip(live, sampled):
+                    b.append_tokens(b.row_of[r], [t])
         b.condense()
         _check_equal(b, refs)
 
