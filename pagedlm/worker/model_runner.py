@@ -318,6 +318,7 @@ class ModelRunner:
         step.row_of = {r: i for i, r in enumerate(inputs.req_ids)}
         step.rows = inputs.sample_rows
         step.num_logprobs = [None] * len(inputs.req_ids)
+        step.start_host_copy()
         for req_id in inputs.req_ids:
             self.requests[req_id].num_pending += 1
         return True
