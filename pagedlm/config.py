@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pagedlm.lora.config import LoRAConfig
     from pagedlm.pooling_config import PoolerConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float", "bf16", "fp16", "fp32")
@@ -110,6 +111,7 @@ class EngineConfig:
     parallel_config: ParallelConfig
     device_config: DeviceConfig
     structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    lora_config: "LoRAConfig | None" = None  # set with --enable-lora
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:

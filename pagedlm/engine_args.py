@@ -29,6 +29,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
+from pagedlm.lora.config import build_lora_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -105,10 +106,11 @@ class EngineArgs:
     disable_custom_all_reduce: bool = opt(False, "vLLM's custom all-reduce switch (no effect here)", PARALLEL)
     device: str = opt("auto", "auto (CUDA when available), cpu or cuda", DEVICE, choices=["auto", "cpu", "cuda"])
     max_seq_len_to_capture: int = opt(8192, "vLLM's CUDA-graph length limit (no effect here)", DEVICE)
-    enable_lora: bool = opt(False, "serve LoRA adapters", LORA)
-    max_loras: int = opt(1, "LoRA adapters in one batch", LORA)
-    max_lora_rank: int = opt(16, "largest LoRA rank", LORA)
-    max_cpu_loras: int | None = opt(None, "LoRA adapters kept in CPU memory", LORA)
+    enable_lora: bool = opt(False, "serve LoRA adapters (PEFT format)", LORA)
+    max_loras: int = opt(1, "LoRA adapters resident on the device, the most one step mixes", LORA)
+    max_lora_rank: int = opt(16, "largest LoRA rank an adapter may have", LORA)
+    max_cpu_loras: int | None = opt(None, "LoRA adapters kept loaded in CPU memory, an LRU (default: max_loras)",
+                                    LORA)
     speculative_config: dict[str, Any] | None = opt(None, "speculative decoding settings as JSON", SPEC)
     disable_log_stats: bool = opt(False, "vLLM's periodic stats log switch", OBS)
 
@@ -221,4 +223,7 @@ class EngineArgs:
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
+            lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
+                                          model_config.architectures, parallel_config.pipeline_parallel_size,
+                                          runner),
         )

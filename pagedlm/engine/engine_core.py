@@ -25,7 +25,9 @@ class EngineCore:
             self.executor.shutdown()
             raise
         self.structured_output = StructuredOutputManager.from_config(config)
-        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
+        lora = config.lora_config
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output,
+                                   max_loras=lora.max_loras if lora is not None else None)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
         # Pipeline parallelism: up to one batch per stage in flight (engine/batch_queue.py).
         pp = config.parallel_config.pipeline_parallel_size

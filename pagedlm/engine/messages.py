@@ -32,6 +32,10 @@ class SchedulerStats:
     num_total_blocks: int = 0
     num_steps_total: int = 0  # schedule() calls, so a metrics reader sees each step once
     last_step_num_tokens: int = 0  # tokens (prefill + decode) of the latest step
+    # LoRA (vLLM's lora_requests_info): requests per adapter name; max_lora 0 when LoRA is off.
+    max_lora: int = 0
+    running_lora_adapters: dict[str, int] = field(default_factory=dict)
+    waiting_lora_adapters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -45,6 +49,7 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     pooling_params: PoolingParams | None = None  # set for pooling requests (they sample nothing)
+    lora_request: dict[str, Any] | None = None  # {"name", "id", "path"} of its LoRA adapter
 
 
 @dataclass(slots=True)

@@ -62,6 +62,7 @@ class ModelRunner:
         # One row per running request, updated by each step's diff (block tables, penalty counts).
         self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
                                      -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
+        self.lora = self._make_lora_manager()  # wraps the target layers before memory is profiled
         self.graph_runner: CUDAGraphRunner | None = None
         self.graph_sampler: GraphSampler | None = None  # lm_head + plain sampling per decode graph
         self._graph_size: int | None = None  # the decode graph size the last _forward replayed
@@ -75,6 +76,14 @@ class ModelRunner:
         self._tokens_from_scheduler = get_parallel_state().pp_size > 1
 
     # ---- start-up -------------------------------------------------------------------
+    def _make_lora_manager(self):
+        if self.config.lora_config is None:
+            return None
+        from pagedlm.lora.manager import LoRAManager
+
+        return LoRAManager(self.model, self.config.lora_config, self.config.model_config.hf_config,
+                           self.buffers.max_tokens, self.device, self.config.model_config.torch_dtype)
+
     def determine_num_blocks(self) -> int:
         override = self.config.cache_config.num_gpu_blocks_override
         if override is not None:
@@ -170,6 +179,8 @@ class ModelRunner:
             cached = sched.scheduled_cached_reqs
             self.batch.num_computed_tokens[self.batch.rows_of([d.req_id for d in cached])] = np.fromiter(
                 (d.num_computed_tokens for d in cached), dtype=np.int32, count=len(cached))
+        if self.lora is not None:
+            self.lora.update_requests(sched)
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -242,6 +253,8 @@ class ModelRunner:
         inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size,
                                    None if self.device_step_prep else self.batch.block_tables(rows),
                                    host_slots=not self.device_step_prep)
+        if self.lora is not None:  # the step's token -> adapter slot mapping
+            self.lora.prepare_step(inputs.req_ids, inputs.query_start_loc)
         hidden = self._forward(inputs, rows)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:

@@ -1,0 +1,51 @@
+"""Adapters for the tests, made with peft on the tiny checkpoints, and their merged
+transformers reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(base_path: str, out_dir: str | Path, targets: list[str], r: int = 8, alpha: float = 16,
+                 seed: int = 0, use_rslora: bool = False, std: float = 0.1) -> str:
+    """A PEFT adapter with non-zero A and B (peft starts B at zero: a no-op adapter)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                  use_rslora=use_rslora, lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    peft_model.save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
+def merged_model(base_path: str, adapter_dir: str | None):
+    """transformers + PEFT with the adapter merged into the weights, float32 (the oracle)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.eval()
+
+
+def reference(model, prompts: list[list[int]], max_tokens: int) -> list[tuple[list[int], list[torch.Tensor]]]:
+    results = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                                 do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        results.append((out.sequences[0, len(prompt):].tolist(),
+                        [step[0].float().log_softmax(-1) for step in out.logits]))
+    return results
