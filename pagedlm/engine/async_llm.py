@@ -350,7 +350,13 @@ def _sum_stats(per_engine: list[SchedulerStats], prompt_tokens: int, generation_
     total = EngineStats(prompt_tokens_total=prompt_tokens, generation_tokens_total=generation_tokens)
     for s in per_engine:
         for name, value in vars(s).items():
-            if name != "kv_cache_usage":
+            if isinstance(value, dict):  # requests per LoRA adapter
+                merged = getattr(total, name)
+                for key, count in value.items():
+                    merged[key] = merged.get(key, 0) + count
+            elif name == "max_lora":  # the same setting on every engine
+                total.max_lora = max(total.max_lora, value)
+            elif name != "kv_cache_usage":
                 setattr(total, name, getattr(total, name) + value)
     if per_engine:
         total.kv_cache_usage = sum(s.kv_cache_usage for s in per_engine) / len(per_engine)

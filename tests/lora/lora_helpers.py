@@ -49,3 +49,18 @@ def reference(model, prompts: list[list[int]], max_tokens: int) -> list[tuple[li
         results.append((out.sequences[0, len(prompt):].tolist(),
                         [step[0].float().log_softmax(-1) for step in out.logits]))
     return results
+
+
+def check_close(ref: list[tuple[list[int], list[torch.Tensor]]], outputs, num_logprobs: int, what: str) -> None:
+    """Greedy ids and logprobs equal the reference (1e-4); where a token differs, vLLM's rule:
+    each side's token is in the other's top-k, and the comparison stops there."""
+    for (ref_ids, ref_lps), out in zip(ref, outputs):
+        completion = out.outputs[0]
+        assert len(completion.token_ids) == len(ref_ids), what
+        for pos, (ref_id, ours_id) in enumerate(zip(ref_ids, completion.token_ids)):
+            ours = completion.logprobs[pos]
+            if ref_id != ours_id:
+                assert ours_id in torch.topk(ref_lps[pos], num_logprobs).indices.tolist() and ref_id in ours, (
+                    f"{what}: diverged at {pos}: hf {ref_id}, pagedlm {ours_id}")
+                break
+            assert abs(ours[ours_id].logprob - ref_lps[pos][ref_id].item()) < 1e-4, what
