@@ -64,3 +64,18 @@ def check_close(ref: list[tuple[list[int], list[torch.Tensor]]], outputs, num_lo
                     f"{what}: diverged at {pos}: hf {ref_id}, pagedlm {ours_id}")
                 break
             assert abs(ours[ours_id].logprob - ref_lps[pos][ref_id].item()) < 1e-4, what
+
+
+def assert_same(ref_outputs, outputs, num_logprobs: int) -> None:
+    """Two pagedlm runs agree: ids, and top-k logprobs to 1e-4 (vLLM's rule where a token differs)."""
+    for r, o in zip(ref_outputs, outputs, strict=True):
+        ref_c, our_c = r.outputs[0], o.outputs[0]
+        assert len(our_c.token_ids) == len(ref_c.token_ids)
+        for pos, (ref_id, our_id) in enumerate(zip(ref_c.token_ids, our_c.token_ids)):
+            ref_lp, our_lp = ref_c.logprobs[pos], our_c.logprobs[pos]
+            if ref_id != our_id:
+                assert our_id in ref_lp and ref_id in our_lp, f"diverged at {pos}"
+                break
+            for tid, lp in ref_lp.items():
+                if lp.rank <= num_logprobs:
+                    assert tid in our_lp and abs(our_lp[tid].logprob - lp.logprob) < 1e-4, (pos, tid)
