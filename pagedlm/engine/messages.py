@@ -133,7 +133,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     sampling_params: SamplingParams
     eos_token_id: int | None
     arrival_time: float
-    lora_request: dict[str, Any] | None = None  # room for multi-LoRA
+    lora_request: dict[str, Any] | None = None  # {"name", "id", "path"} of its LoRA adapter (LoRARequest.to_wire)
     cache_salt: str | None = None
     priority: int = 0
     pooling_params: PoolingParams | None = None  # set: a pooling request (sampling_params is a placeholder)

@@ -159,6 +159,7 @@ class LLM:
         messages: list[dict] | list[list[dict]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
@@ -175,7 +176,7 @@ class LLM:
             ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
             text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
             prompts.append({"prompt_token_ids": list(ids), "prompt": text})  # RequestOutput.prompt, as vLLM
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     @staticmethod
     def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
