@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -43,6 +45,22 @@ class StepLoRAState:
         # without adapters skips them.
         self.always = device.type == "cuda"
         self.active = self.always
+        # Two pinned host buffers, used in turn: the copy of step N may still be queued behind
+        # step N-1 when step N+1 is prepared (async scheduling), never behind N-2's collection.
+        self._host = [torch.empty(max_num_tokens, dtype=torch.int32, pin_memory=True) for _ in range(2)] \
+            if self.always else []
+        self._turn = 0
+
+    def upload(self, token_slots: np.ndarray) -> None:
+        """This step's token -> slot mapping into the device buffer, without a host sync."""
+        n = len(token_slots)
+        if not self._host:
+            self.token_slots[:n].copy_(torch.from_numpy(token_slots))
+            return
+        host = self._host[self._turn]
+        self._turn ^= 1
+        host.numpy()[:n] = token_slots
+        self.token_slots[:n].copy_(host[:n], non_blocking=True)
 
 
 class LoRALinear(nn.Module):

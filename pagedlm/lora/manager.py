@@ -122,8 +122,7 @@ class LoRAManager:
         for lora in needed.values():
             self._make_resident(lora, needed)
         slots = np.array([self.slot_of[wire_id(lora)] if lora else -1 for lora in loras], dtype=np.int32)
-        token_slots = np.repeat(slots, np.diff(query_start_loc))
-        self.state.token_slots[: len(token_slots)].copy_(torch.from_numpy(token_slots))
+        self.state.upload(np.repeat(slots, np.diff(query_start_loc)))
 
     def _make_resident(self, lora: dict[str, Any], needed: dict[int, Any]) -> None:
         lora_id = wire_id(lora)
