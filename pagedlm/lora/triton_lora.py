@@ -16,24 +16,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _shrink_kernel(x_ptr, a_ptr, slot_ptr, out_ptr, T, N, K, stride_xt, stride_al, stride_an, stride_ot,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, slot = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _shrink_kernel(x_ptr, a_ptr, slot_ptr, out_ptr, T, N, K, K_PER_SPLIT, stride_xt, stride_al, stride_an,
+                   stride_ot, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    pid_m, pid_nk, slot = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_n, pid_k = pid_nk // SPLIT_K, pid_nk % SPLIT_K
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slots = tl.load(slot_ptr + offs_m, mask=offs_m < T, other=-1)
     rows = slots == slot
     if tl.sum(rows.to(tl.int32), axis=0) > 0:
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        k_start = pid_k * K_PER_SPLIT
+        for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(x_ptr + offs_m[:, None] * stride_xt + offs_k[None, :],
                         mask=rows[:, None] & (offs_k[None, :] < K), other=0.0)
             a = tl.load(a_ptr + slot * stride_al + offs_n[None, :] * stride_an + offs_k[:, None],
                         mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0.0)
             acc += tl.dot(x, a)
-        tl.store(out_ptr + offs_m[:, None] * stride_ot + offs_n[None, :], acc,
-                 mask=rows[:, None] & (offs_n[None, :] < N))
+        out_ptrs = out_ptr + offs_m[:, None] * stride_ot + offs_n[None, :]
+        out_mask = rows[:, None] & (offs_n[None, :] < N)
+        if SPLIT_K == 1:
+            tl.store(out_ptrs, acc, mask=out_mask)
+        else:  # partial sums over this program's share of K, into the zeroed float32 output
+            tl.atomic_add(out_ptrs, acc, mask=out_mask)
 
 
 @triton.jit
@@ -73,6 +80,10 @@ def _expand_kernel(s_ptr, b_ptr, slot_ptr, y_ptr, T, M, R, stride_st, stride_bl,
         tl.store(y_ptrs, (y.to(tl.float32) + acc).to(y.dtype), mask=mask)
 
 
+BLOCK_K = 64
+SPLIT_K_WIDTH = 512
+
+
 def _block_m(num_tokens: int) -> int:
     return 16 if num_tokens <= 32 else 64
 
@@ -85,9 +96,14 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, token_slots: torch.Tensor
         return out
     x = x.contiguous()
     block_m, block_n = _block_m(num_tokens), min(64, max(16, triton.next_power_of_2(n)))
-    grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(n, block_n), num_slots)
-    _shrink_kernel[grid](x, lora_a, token_slots, out, num_tokens, n, k, x.stride(0), lora_a.stride(0),
-                         lora_a.stride(1), out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64)
+    # Split K (the layer's input width, up to 14336) so a decode batch, only a few token
+    # blocks tall, still spreads over the SMs: about SPLIT_K_WIDTH of K per program.
+    k_per_split = triton.cdiv(min(k, SPLIT_K_WIDTH), BLOCK_K) * BLOCK_K
+    split_k = triton.cdiv(k, k_per_split)
+    grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(n, block_n) * split_k, num_slots)
+    _shrink_kernel[grid](x, lora_a, token_slots, out, num_tokens, n, k, k_per_split, x.stride(0), lora_a.stride(0),
+                         lora_a.stride(1), out.stride(0), SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n,
+                         BLOCK_K=BLOCK_K)
     return out
 
 

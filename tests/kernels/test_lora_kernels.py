@@ -61,6 +61,16 @@ def test_shrink_expand_match_reference(num_tokens, widths, max_rank, rank):
     assert _rel(out_y.cpu() - before.cpu(), ref_y - y) < TOL
 
 
+@pytest.mark.parametrize("num_tokens", [5, 100])
+def test_shrink_split_k_matches_reference(num_tokens):
+    """An input wider than one K split (down_proj-like): partial sums added atomically."""
+    x, a, _, slots, _ = _case(num_tokens, 1100, [32], 16, 16, 3, seed=7)
+    ref = ops.lora_shrink_ref(x, a, slots)
+    out = triton_lora.lora_shrink(x.to(DTYPE).to(DEVICE), a.to(DTYPE).to(DEVICE), slots.to(DEVICE))
+    assert 1100 > triton_lora.SPLIT_K_WIDTH and _rel(out.cpu(), ref) < TOL
+    assert not out.cpu()[slots < 0].any()
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
 def test_kernels_replay_in_a_cuda_graph_with_a_new_mapping():
     """The mapping is read at replay: the same graph serves another step's adapters."""
