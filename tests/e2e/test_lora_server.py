@@ -13,6 +13,7 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
+import torch
 
 from e2e_helpers import MAX_MODEL_LEN, Server, metric_values, running_server
 
@@ -28,7 +29,7 @@ def adapters(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
     hf_config = AutoConfig.from_pretrained(str(checkpoint))
     root = tmp_path_factory.mktemp("lora_adapters")
-    return {name: write_random_adapter(root / name, hf_config, rank=8, seed=i, std=0.3, dtype=__import__("torch").float32)
+    return {name: write_random_adapter(root / name, hf_config, rank=8, seed=i, std=0.3, dtype=torch.float32)
             for i, name in enumerate(["sql", "poet", "late"])}
 
 

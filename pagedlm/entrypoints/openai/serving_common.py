@@ -14,14 +14,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pagedlm.entrypoints.openai.serving_lora import resolve_lora
-from pagedlm.lora.registry import LoRAModules
-from pagedlm.lora.request import LoRARequest
 from pagedlm.engine.async_llm import AsyncLLM, EngineDeadError, RequestFailedError, RequestStream
 from pagedlm.engine.input_processor import InvalidRequestError
 from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
 from pagedlm.entrypoints.openai.protocol import SamplingFields
 from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_search_params
+from pagedlm.entrypoints.openai.serving_lora import resolve_lora
+from pagedlm.lora.registry import LoRAModules
+from pagedlm.lora.request import LoRARequest
 from pagedlm.outputs import RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict
 
 from pagedlm.config import ConfigError, EngineConfig
 from pagedlm.entrypoints.openai.errors import OpenAIError
-from pagedlm.lora.peft import LoRAAdapterError
 from pagedlm.lora.registry import RUNTIME_UPDATING_ENV_VARS, LoRAModules, LoRAValidator, parse_lora_module
 from pagedlm.lora.request import LoRARequest
 
@@ -102,4 +101,4 @@ def add_lora_routes(app: FastAPI, modules: LoRAModules,
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
-__all__ = ["LoRAAdapterError", "add_lora_routes", "adapter_cards", "build_lora_modules", "resolve_lora"]
+__all__ = ["add_lora_routes", "adapter_cards", "build_lora_modules", "resolve_lora"]
