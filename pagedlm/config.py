@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pagedlm.lora.config import LoRAConfig
     from pagedlm.pooling_config import PoolerConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float", "bf16", "fp16", "fp32")
@@ -115,6 +116,7 @@ class EngineConfig:
     device_config: DeviceConfig
     structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative_config: Any = None  # pagedlm.spec_decode.config.SpeculativeConfig | None
+    lora_config: "LoRAConfig | None" = None  # set with --enable-lora
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:
@@ -210,7 +212,9 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model {model!r} is not a local checkpoint directory (config.json, weights, tokenizer)")
     if not (path / "config.json").exists():
         raise ConfigError(f"model directory {model!r} has no config.json")
-    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    from pagedlm.models.multimodal import text_only_config
+
+    return text_only_config(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code))
 
 
 def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False) -> int:

@@ -30,6 +30,7 @@ from pagedlm.config import (
     resolve_dtype,
 )
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
+from pagedlm.lora.config import build_lora_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -91,11 +92,12 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
-    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA)",
-                                        SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
+                                        "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
-    pipeline_parallel_size: int = opt(1, "pipeline-parallel stages", PARALLEL, flags=("-pp",))
+    pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
+                                      flags=("-pp",))
     data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
                                   "least-loaded one", PARALLEL, flags=("-dp",))
     distributed_executor_backend: str | None = opt(None, "how ranks run: uni (one rank, in process), mp (a process "
@@ -105,10 +107,11 @@ class EngineArgs:
     disable_custom_all_reduce: bool = opt(False, "vLLM's custom all-reduce switch (no effect here)", PARALLEL)
     device: str = opt("auto", "auto (CUDA when available), cpu or cuda", DEVICE, choices=["auto", "cpu", "cuda"])
     max_seq_len_to_capture: int = opt(8192, "vLLM's CUDA-graph length limit (no effect here)", DEVICE)
-    enable_lora: bool = opt(False, "serve LoRA adapters", LORA)
-    max_loras: int = opt(1, "LoRA adapters in one batch", LORA)
-    max_lora_rank: int = opt(16, "largest LoRA rank", LORA)
-    max_cpu_loras: int | None = opt(None, "LoRA adapters kept in CPU memory", LORA)
+    enable_lora: bool = opt(False, "serve LoRA adapters (PEFT format)", LORA)
+    max_loras: int = opt(1, "LoRA adapters resident on the device, the most one step mixes", LORA)
+    max_lora_rank: int = opt(16, "largest LoRA rank an adapter may have", LORA)
+    max_cpu_loras: int | None = opt(None, "LoRA adapters kept loaded in CPU memory, an LRU (default: max_loras)",
+                                    LORA)
     speculative_config: dict[str, Any] | None = opt(None, "speculative decoding settings as JSON", SPEC)
     disable_log_stats: bool = opt(False, "vLLM's periodic stats log switch", OBS)
 
@@ -191,6 +194,10 @@ class EngineArgs:
             from pagedlm.models.registry import verify_pipeline_support
 
             verify_pipeline_support(model_config.architectures)
+            from pagedlm.engine.batch_queue import verify_pipeline_options
+
+            verify_pipeline_options(parallel_config.pipeline_parallel_size, self.async_scheduling,
+                                    pooler_config is not None)
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
@@ -214,7 +221,8 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else (
-                    device == "cuda" and spec is None),
+                    device == "cuda" and spec is None
+                    and parallel_config.pipeline_parallel_size == 1),  # PP: its batch queue overlaps
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
@@ -223,4 +231,7 @@ class EngineArgs:
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
             structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
             speculative_config=spec,
+            lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
+                                          model_config.architectures, parallel_config.pipeline_parallel_size,
+                                          runner),
         )

@@ -89,6 +89,11 @@ class PrometheusStatLogger:
         self._add_step_and_phase_families(histogram)
         if engine_config is not None:
             self._add_cache_config_info(engine_config)
+        self.lora_info: Gauge | None = None
+        if engine_config is not None and engine_config.lora_config is not None:
+            # vLLM's lora_requests_info: the value is the time of the update, the adapters are labels.
+            self.lora_info = Gauge(prefix + "lora_requests_info", "Running stats on lora requests.",
+                                   ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r)
         # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -138,6 +143,12 @@ class PrometheusStatLogger:
             if now > before:
                 counter.inc(now - before)
         self._last = stats
+        if self.lora_info is not None:
+            self.lora_info.clear()  # one series: the current adapters, not every set ever seen
+            self.lora_info.labels(max_lora=str(stats.max_lora),
+                                  waiting_lora_adapters=",".join(sorted(stats.waiting_lora_adapters)),
+                                  running_lora_adapters=",".join(sorted(stats.running_lora_adapters)),
+                                  ).set_to_current_time()
 
     def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None:
         """One engine core's own stats (not summed): each step it ran is observed once."""

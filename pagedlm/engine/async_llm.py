@@ -152,7 +152,7 @@ class AsyncLLM:
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once
         # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
         self.tokenizer = load_tokenizer(self.model_config)
-        self.input_processor = InputProcessor(self.model_config, self.tokenizer)
+        self.input_processor = InputProcessor(self.model_config, self.tokenizer, self.config.lora_config)
         self.output_processor = OutputProcessor(load_tokenizer(self.model_config))
         self.stat_logger = stat_logger
         self.on_dead: list[Callable[[BaseException], None]] = []
@@ -210,7 +210,7 @@ class AsyncLLM:
     # ------------------------------------------------------------------ requests
 
     async def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                          arrival_time: float | None = None) -> RequestStream:
+                          arrival_time: float | None = None, lora_request: Any = None) -> RequestStream:
         """Validate (on the tokenizer thread) and queue a request. Raises InvalidRequestError
         (a ValueError) on bad input and EngineDeadError when the engine has failed."""
         self._check_alive()
@@ -219,10 +219,10 @@ class AsyncLLM:
         arrival = arrival_time if arrival_time is not None else time.time()
         if _needs_tokenizer(prompt, params):
             text, request = await self.run_in_tokenizer(self.input_processor.process, request_id, prompt, params,
-                                                        arrival)
+                                                        arrival, lora_request)
             self._check_alive()
         else:  # token ids in, nothing to tokenize: no thread hop on the way to the first token
-            text, request = self.input_processor.process(request_id, prompt, params, arrival)
+            text, request = self.input_processor.process(request_id, prompt, params, arrival, lora_request)
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         children = fan_out(request)
@@ -234,9 +234,9 @@ class AsyncLLM:
         return stream
 
     async def generate(self, prompt: PromptType, params: SamplingParams, request_id: str,
-                       arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
+                       arrival_time: float | None = None, lora_request: Any = None) -> AsyncIterator[RequestOutput]:
         """add_request + iterate; aborts the request if the caller stops early."""
-        stream = await self.add_request(request_id, prompt, params, arrival_time)
+        stream = await self.add_request(request_id, prompt, params, arrival_time, lora_request)
         try:
             async for output in stream:
                 yield output
@@ -350,7 +350,15 @@ def _sum_stats(per_engine: list[SchedulerStats], prompt_tokens: int, generation_
     total = EngineStats(prompt_tokens_total=prompt_tokens, generation_tokens_total=generation_tokens)
     for s in per_engine:
         for name, value in vars(s).items():
-            if name not in ("kv_cache_usage", "spec_decoding"):  # spec counters are per engine
+            if name in ("kv_cache_usage", "spec_decoding"):  # spec counters are per engine
+                continue
+            if isinstance(value, dict):  # requests per LoRA adapter
+                merged = getattr(total, name)
+                for key, count in value.items():
+                    merged[key] = merged.get(key, 0) + count
+            elif name == "max_lora":  # the same setting on every engine
+                total.max_lora = max(total.max_lora, value)
+            else:
                 setattr(total, name, getattr(total, name) + value)
     if per_engine:
         total.kv_cache_usage = sum(s.kv_cache_usage for s in per_engine) / len(per_engine)

@@ -52,8 +52,11 @@ def generation_eos_ids(model_dir: str) -> list[int]:
 
 
 class InputProcessor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any, lora_config: Any = None) -> None:
+        from pagedlm.lora.registry import LoRAValidator
+
         self.model_config = model_config
+        self.lora = LoRAValidator(lora_config, model_config.hf_config)
         self.tokenizer = tokenizer
         self.vocab_size = model_config.vocab_size
         self.max_model_len = model_config.max_model_len
@@ -156,8 +159,14 @@ class InputProcessor:
         return out
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
-                arrival_time: float | None = None) -> tuple[str | None, EngineCoreRequest]:
+                arrival_time: float | None = None, lora_request: Any = None) -> tuple[str | None, EngineCoreRequest]:
         """-> (prompt text if known, request). Raises InvalidRequestError on bad input."""
+        if lora_request is not None and isinstance(params, PoolingParams):
+            raise InvalidRequestError("lora_request is not supported for pooling requests")
+        try:
+            lora = self.lora.check(lora_request)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
         if isinstance(params, PoolingParams):
             return self._process_pooling(request_id, prompt, params, arrival_time)
         if not isinstance(params, SamplingParams):
@@ -170,7 +179,7 @@ class InputProcessor:
         self.validate_prompt(token_ids)
         params = self.prepare_params(params, len(token_ids))
         arrival = arrival_time if arrival_time is not None else time.time()
-        return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival)
+        return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival, lora_request=lora)
 
     def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams,
                          arrival_time: float | None) -> tuple[str | None, EngineCoreRequest]:

@@ -185,7 +185,8 @@ class KVCacheManager:
         while (len(hashes) + 1) * bs <= request.num_tokens:
             start = len(hashes) * bs
             parent = hashes[-1] if hashes else None
-            hashes.append(hash_block_tokens(parent, request.all_token_ids[start : start + bs], request.cache_salt))
+            hashes.append(hash_block_tokens(parent, request.all_token_ids[start : start + bs],
+                                             request.block_hash_extra))
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest cached prefix of the request, in whole blocks. The last token is never

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 from dataclasses import dataclass
+from typing import Any
 
 from pagedlm.config import EngineConfig, dump_config
 from pagedlm.engine.core_client import InprocClient, MPClient
@@ -37,7 +38,7 @@ class LLMEngine:
         self.model_config = config.model_config
         logger.info("Initialising engine: %s", dump_config(config))
         self.tokenizer = load_tokenizer(config.model_config)
-        self.input_processor = InputProcessor(config.model_config, self.tokenizer)
+        self.input_processor = InputProcessor(config.model_config, self.tokenizer, config.lora_config)
         self.output_processor = OutputProcessor(self.tokenizer)
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
@@ -63,11 +64,11 @@ class LLMEngine:
         return getattr(self.core_client, "engine_core", None)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
-                    arrival_time: float | None = None) -> None:
+                    arrival_time: float | None = None, lora_request: Any = None) -> None:
         """Validate and queue a request; raises InvalidRequestError (a ValueError) on bad input."""
         if request_id in self.output_processor.parents:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        text, request = self.input_processor.process(request_id, prompt, params, arrival_time)
+        text, request = self.input_processor.process(request_id, prompt, params, arrival_time, lora_request)
         children = fan_out(request)
         self.output_processor.add_request(request_id, text, children)
         self.core_client.add_requests(children)

@@ -35,6 +35,10 @@ class SchedulerStats:
     # Speculative decoding counters (cumulative; None when speculation is off):
     # num_drafts, num_draft_tokens, num_accepted_tokens, accepted per draft position.
     spec_decoding: dict[str, Any] | None = None
+    # LoRA (vLLM's lora_requests_info): requests per adapter name; max_lora 0 when LoRA is off.
+    max_lora: int = 0
+    running_lora_adapters: dict[str, int] = field(default_factory=dict)
+    waiting_lora_adapters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     pooling_params: PoolingParams | None = None  # set for pooling requests (they sample nothing)
+    lora_request: dict[str, Any] | None = None  # {"name", "id", "path"} of its LoRA adapter
 
 
 @dataclass(slots=True)
@@ -57,6 +62,9 @@ class CachedRequestData:
     req_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    # Pipeline parallelism: the tokens this step computes (vLLM's new_token_ids). Only the
+    # last stage samples, so the other stages learn each sampled token from here.
+    new_token_ids: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -132,7 +140,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     sampling_params: SamplingParams
     eos_token_id: int | None
     arrival_time: float
-    lora_request: dict[str, Any] | None = None  # room for multi-LoRA
+    lora_request: dict[str, Any] | None = None  # {"name", "id", "path"} of its LoRA adapter (LoRARequest.to_wire)
     cache_salt: str | None = None
     priority: int = 0
     pooling_params: PoolingParams | None = None  # set: a pooling request (sampling_params is a placeholder)

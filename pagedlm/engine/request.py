@@ -50,6 +50,7 @@ class Request:
         arrival_time: float | None = None,
         cache_salt: str | None = None,
         pooling_params: PoolingParams | None = None,
+        lora_request: dict[str, Any] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -59,6 +60,7 @@ class Request:
         self.cache_salt = cache_salt
         # A pooling request samples no token: it finishes once its prompt is computed.
         self.pooling_params = pooling_params
+        self.lora_request = lora_request  # {"name", "id", "path"}; None: the base model
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -71,6 +73,7 @@ class Request:
         self.stop_reason: int | str | None = None
         self.error: str | None = None
         self.num_preemptions = 0
+        self.num_prompt_logprobs_sent = 0  # prompt positions scored and delivered (engine/prompt_logprobs.py)
         self.first_scheduled_time: float | None = None
         # Chain hashes of the full blocks of all_token_ids, filled by the KV cache manager.
         self.block_hashes: list[bytes] = []
@@ -82,7 +85,16 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, req: "EngineCoreRequest") -> "Request":
         return cls(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_id,
-                   req.arrival_time, req.cache_salt, req.pooling_params)
+                   req.arrival_time, req.cache_salt, req.pooling_params, req.lora_request)
+
+    @property
+    def block_hash_extra(self) -> str | None:
+        """What besides the tokens keys its cached KV blocks: the cache salt and the LoRA
+        adapter (another adapter computes other KV for the same tokens)."""
+        if not self.lora_request:
+            return self.cache_salt
+        lora = f"lora:{self.lora_request['id']}:{self.lora_request['path']}"
+        return lora if self.cache_salt is None else f"{self.cache_salt}\x00{lora}"
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -26,7 +26,9 @@ from pagedlm.engine.messages import (
     SchedulerOutput,
     SchedulerStats,
 )
+from pagedlm.engine.prompt_logprobs import unsent_prompt_logprobs
 from pagedlm.engine.request import Request, RequestStatus
+from pagedlm.lora.scheduling import LoRAStepGate, lora_stats
 from pagedlm.spec_decode.metrics import SpecDecodingStats
 from pagedlm.structured_output.manager import StructuredOutputManager, Verdict
 from pagedlm.structured_output.validate import InvalidStructuredOutputError
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int,
-                 structured_output: StructuredOutputManager | None = None) -> None:
+                 structured_output: StructuredOutputManager | None = None, max_loras: int | None = None) -> None:
         self.config = scheduler_config
         self.block_size = cache_config.block_size
         self.memory_hint = cache_config.memory_hint
@@ -55,6 +57,10 @@ class Scheduler:
         # Speculative decoding: drafts scheduled this step (req_id -> draft ids) and counters.
         self._scheduled_spec: dict[str, list[int]] = {}
         self.spec_stats = SpecDecodingStats(scheduler_config.num_spec_tokens)
+        # Pipeline parallelism: requests in a launched batch whose output has not come back.
+        # schedule() skips them (and never preempts them) until it does; the engine core owns the set.
+        self.inflight_req_ids: set[str] = set()
+        self.lora_gate = LoRAStepGate(max_loras)  # at most max_loras adapters per step
 
     # ---- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -109,7 +115,7 @@ class Scheduler:
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_wanted = num_known + len(request.spec_token_ids) - num_computed  # drafts are verified too
             num_new = min(num_wanted, budget, self.max_model_len - num_computed)
-            if num_new <= 0:
+            if num_new <= 0 or request.request_id in self.inflight_req_ids:
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -118,7 +124,7 @@ class Scheduler:
                 continue
             lookahead = self._lookahead(num_computed + num_new, num_known)
             while (blocks := self.kv.allocate_slots(request, num_new, None, lookahead)) is None:
-                victim = self.running.pop()
+                victim = self.running.pop(self._victim_index(index))
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is request:
@@ -137,6 +143,14 @@ class Scheduler:
             index += 1
         return budget
 
+    def _victim_index(self, index: int) -> int:
+        """The newest running request not yet scheduled this step and not in flight (at
+        worst the one at ``index``, which is neither): a batch in flight keeps its blocks."""
+        victim = len(self.running) - 1
+        while victim > index and self.running[victim].request_id in self.inflight_req_ids:
+            victim -= 1
+        return victim
+
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
@@ -153,11 +167,15 @@ class Scheduler:
 
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
         compiling: deque[Request] = deque()  # skipped, not blocking: they keep their place
+        self.lora_gate.begin(self.running)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             if request.status == RequestStatus.WAITING_FOR_GRAMMAR and not self._grammar_ready(request):
                 if request.status == RequestStatus.WAITING_FOR_GRAMMAR:
                     compiling.append(self.waiting.popleft())
+                continue
+            if not self.lora_gate.admits(request):  # its adapter would be one too many this step
+                compiling.append(self.waiting.popleft())
                 continue
             if request.num_pending_tokens:
                 break  # preempted with a token still in flight: resume once it has arrived
@@ -181,6 +199,7 @@ class Scheduler:
                 request.num_cached_tokens = num_hit_tokens
                 request.first_scheduled_time = time.time()
             self.running.append(request)
+            self.lora_gate.admitted(request)
             new_reqs.append(request)
             num_scheduled[request.request_id] = num_new
             if num_hit_tokens + num_new == request.num_tokens and request.pooling_params is None:
@@ -237,7 +256,7 @@ class Scheduler:
         for r in new_reqs:
             new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
                                            self.kv.get_block_ids(r.request_id), r.num_computed_tokens,
-                                           r.pooling_params))
+                                           r.pooling_params, r.lora_request))
             r.num_computed_tokens += num_scheduled[r.request_id]
         if self.config.async_scheduling:  # the bitmask waits for the tokens in flight: deferred_grammar_bitmask
             grammar_req_ids = self.structured_output.sampling_request_ids(self.requests, list(num_scheduled))
@@ -270,6 +289,8 @@ class Scheduler:
                 continue
             new_ids = runner.sampled_token_ids[i]
             prompt_lp = runner.prompt_logprobs.get(req_id)
+            if prompt_lp is not None:  # a recompute after preemption scores delivered positions again
+                prompt_lp = unsent_prompt_logprobs(request, sched, prompt_lp)
             pooled = runner.pooler_output.get(req_id)
             if not new_ids and prompt_lp is None and pooled is None:
                 continue
@@ -347,6 +368,13 @@ class Scheduler:
         return EngineCoreOutput(request.request_id, [], finish_reason="error", error=request.error)
 
     def stats(self) -> SchedulerStats:
+        stats = self._stats()
+        if self.lora_gate.max_loras is not None:
+            stats.max_lora = self.lora_gate.max_loras
+            stats.running_lora_adapters, stats.waiting_lora_adapters = lora_stats(self.running, self.waiting)
+        return stats
+
+    def _stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_running_reqs=len(self.running),
             num_waiting_reqs=len(self.waiting),

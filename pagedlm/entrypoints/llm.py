@@ -7,9 +7,10 @@ import os
 from typing import Any, Sequence
 
 from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
-from pagedlm.engine.input_processor import PromptType
+from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
+from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
 from pagedlm.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
@@ -90,12 +91,15 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
+        """``lora_request``: one LoRARequest for every prompt, or a list with one per prompt
+        (None: the base model); needs LLM(enable_lora=True)."""
         prompt_list = self._as_prompt_list(prompts)
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         params_list = self._as_params_list(sampling_params, len(prompt_list))
-        return self._add_and_run(prompt_list, params_list, use_tqdm)
+        return self._add_and_run(prompt_list, params_list, use_tqdm, _lora_list(lora_request, len(prompt_list)))
 
     def embed(
         self,
@@ -136,12 +140,14 @@ class LLM:
             raise RuntimeError(f"pooling failed: {failed[0]}")
         return outputs
 
-    def _add_and_run(self, prompt_list: list[PromptType], params_list: list[Any], use_tqdm: bool) -> list[Any]:
+    def _add_and_run(self, prompt_list: list[PromptType], params_list: list[Any], use_tqdm: bool,
+                     lora_list: list[LoRARequest | None] | None = None) -> list[Any]:
         request_ids = []
         try:
-            for prompt, params in zip(prompt_list, params_list):
+            for i, (prompt, params) in enumerate(zip(prompt_list, params_list)):
                 request_id = str(next(self._counter))
-                self.llm_engine.add_request(request_id, prompt, params)
+                self.llm_engine.add_request(request_id, prompt, params,
+                                            lora_request=lora_list[i] if lora_list else None)
                 request_ids.append(request_id)
         except Exception:
             self.llm_engine.abort_request(request_ids)
@@ -153,6 +159,7 @@ class LLM:
         messages: list[dict] | list[list[dict]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
@@ -162,13 +169,14 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts = []
         for conversation in conversations:
+            _check_text_only(conversation)
             kwargs = dict(chat_template=chat_template, add_generation_prompt=add_generation_prompt and not
                           continue_final_message, continue_final_message=continue_final_message,
                           **(chat_template_kwargs or {}))
             ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
             text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
             prompts.append({"prompt_token_ids": list(ids), "prompt": text})  # RequestOutput.prompt, as vLLM
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     @staticmethod
     def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
@@ -215,6 +223,28 @@ class LLM:
         if pbar is not None:
             pbar.close()
         return [finished[r] for r in request_ids]
+
+
+def _check_text_only(conversation: list[dict]) -> None:
+    """Refuse non-text content parts (images, audio): handed to the chat template, an image
+    would become a placeholder token and the image itself would be silently dropped."""
+    for i, message in enumerate(conversation):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind not in ("text", "input_text", "refusal"):
+                raise InvalidRequestError(f"messages[{i}].content: content part type {kind!r} is not supported; "
+                                          "pagedlm serves text only (of a multimodal checkpoint, its language model)")
+
+
+def _lora_list(lora_request: Any, n: int) -> list[LoRARequest | None] | None:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * n
+    if isinstance(lora_request, (list, tuple)):
+        if len(lora_request) != n:
+            raise ValueError(f"got {len(lora_request)} lora requests for {n} prompts")
+        return list(lora_request)
+    raise TypeError(f"lora_request must be a LoRARequest or a list of them, got {type(lora_request).__name__}")
 
 
 def _final_only(params: SamplingParams) -> SamplingParams:

@@ -38,7 +38,9 @@ class ServerArgs:
     max_log_len: int | None = opt(None, "vLLM's request-log length", LOGGING)
     enable_prompt_tokens_details: bool = opt(False, "report cached prompt tokens in usage", FRONTEND)
     disable_frontend_multiprocessing: bool = opt(False, "vLLM's frontend process switch", FRONTEND)
-    lora_modules: list[str] | None = opt(None, "LoRA adapters to serve, name=path ...", FRONTEND)
+    lora_modules: list[str] | None = opt(None, "LoRA adapters to serve: name=path or JSON "
+                                         '{"name": ..., "path": ..., "base_model_name": ...}; needs --enable-lora',
+                                         FRONTEND)
     tool_call_parser: str | None = opt(None, "how tool calls are written in this model's output", FRONTEND,
                                        choices=["hermes", "llama3_json", "mistral", "pythonic"])
     enable_auto_tool_choice: bool = opt(False, "let the model choose to call tools (tool_choice 'auto'); needs "

@@ -276,7 +276,7 @@ class EagleProposer(ChainDrafter):
             if state is None:
                 continue
             lo, n = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1] - inputs.query_start_loc[i])
-            start = int(inputs.positions[lo])
+            start = int(inputs.num_computed[i])  # positions stay on the device under device step prep
             emitted = sampled_count.get(req_id, 0)
             valid = n - drafts[req_id] + emitted - 1 if emitted else n  # rejected drafts' rows are dropped
             shifted = state.token_ids[start + 1 : start + valid + 1]

@@ -22,6 +22,7 @@ from pagedlm.structured_output.apply import apply_grammar_bitmask
 if TYPE_CHECKING:
     from pagedlm.worker.input_batch import CachedRequestState, StepInputs
     from pagedlm.worker.model_runner import InflightStep, ModelRunner
+    from pagedlm.worker.persistent_batch import PersistentBatch
 
 
 def can_speculate(state: "CachedRequestState") -> bool:
@@ -66,16 +67,19 @@ class SpecDecodeRunner:
         return max(1, num_blocks * target // (target + draft))
 
     # ---- before the forward -------------------------------------------------------------
-    def update_states(self, sched: SchedulerOutput, states: dict[str, "CachedRequestState"]) -> None:
-        """Mirror the scheduler's rollback (blocks past the computed tokens were freed) and
-        take this step's drafts."""
-        bs = self.runner.block_size
-        for data in sched.scheduled_cached_reqs:  # block_ids already end with data.new_block_ids
+    def roll_back(self, sched: SchedulerOutput, states: dict[str, "CachedRequestState"]) -> None:
+        """Before this step's new blocks are appended: mirror the scheduler's rollback (blocks
+        past the computed tokens were freed) in the request and its persistent row."""
+        bs, batch = self.runner.block_size, self.runner.batch
+        for data in sched.scheduled_cached_reqs:
             state = states[data.req_id]
-            num_old = len(state.block_ids) - len(data.new_block_ids)
             num_kept = -(-data.num_computed_tokens // bs)
-            if num_old > num_kept:
-                del state.block_ids[num_kept:num_old]
+            if len(state.block_ids) > num_kept:
+                del state.block_ids[num_kept:]
+                batch.truncate_blocks(batch.row_of[data.req_id], num_kept)
+
+    def update_states(self, sched: SchedulerOutput, states: dict[str, "CachedRequestState"]) -> None:
+        """Take this step's drafts (and forget the draft distributions of requests gone)."""
         for req_id in list(self.draft_probs):
             if req_id not in states:
                 del self.draft_probs[req_id]
@@ -121,7 +125,8 @@ class SpecDecodeRunner:
         step.rows = inputs.sample_rows
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         step.sampled = result.tokens  # marks the step as sampling; resolve() goes through SpecStep
-        step.resolver = lambda st, all_states: resolve(st, SpecStep(result, num_drafts, states), all_states)
+        step.resolver = lambda st, all_states, batch: resolve(st, SpecStep(result, num_drafts, states), all_states,
+                                                              batch)
         for state in states:
             state.num_pending += 1
 
@@ -174,8 +179,10 @@ class SpecDecodeRunner:
                     self.draft_probs[state.req_id] = p
 
 
-def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedRequestState"]) -> None:
-    """The verify step's one device-to-host copy, then each request's emitted tokens."""
+def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedRequestState"],
+            batch: "PersistentBatch | None") -> None:
+    """The verify step's one device-to-host copy, then each request's emitted tokens (the
+    accepted drafts and the bonus token) into the runner's requests and persistent rows."""
     from pagedlm.worker.model_runner import _to_lists
 
     result = spec.result
@@ -184,6 +191,7 @@ def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedReque
     logprobs = result.logprobs.to_cpu() if result.logprobs is not None else None
     counts = emitted_counts(accepted, spec.num_drafts)
     first = 0
+    landed: dict[int, list[int]] = {}  # persistent row -> its emitted tokens
     for b, i in enumerate(step.rows):
         req_id = step.output.req_ids[i]
         emitted = tokens[first : first + counts[b]]
@@ -196,4 +204,21 @@ def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedReque
             state.output_token_ids.extend(emitted)
             state.token_ids.extend(emitted)
             state.num_pending -= 1
+            if batch is not None:
+                batch.append_tokens(batch.row_of[req_id], emitted)
+                landed[batch.row_of[req_id]] = emitted
         first += spec.num_drafts[b] + 1
+    if batch is not None and landed:
+        _record_penalty_counts(batch, landed)
+
+
+def _record_penalty_counts(batch: "PersistentBatch", landed: dict[int, list[int]]) -> None:
+    """Penalty counts on the device for the accepted tokens only (-1 pads the rest). The
+    verify path itself reads penalties from the token lists; the counts stay exact so a
+    later plain sampling step of the same row reads them right."""
+    if batch.output_counts is None:
+        return
+    width = max(map(len, landed.values()))
+    padded = [ids + [-1] * (width - len(ids)) for ids in landed.values()]
+    batch.record_sampled(torch.tensor(list(landed), dtype=torch.int64, device=batch.device),
+                         torch.tensor(padded, dtype=torch.int64, device=batch.device))

@@ -96,10 +96,11 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "disable_custom_all_reduce": Notice(True, "no custom all-reduce"),
     "device": Refused("cuda", "CUDA is not available"),
     "max_seq_len_to_capture": Notice(1024, "CUDA graphs"),
-    "enable_lora": Refused(True, "LoRA"),
-    "max_loras": Refused(4, "LoRA"),
-    "max_lora_rank": Refused(64, "LoRA"),
-    "max_cpu_loras": Refused(4, "LoRA"),
+    "enable_lora": Changes(True, lambda c: c.lora_config is not None),
+    # Alone they are refused (they need --enable-lora); with it, the named tests show them.
+    "max_loras": Refused(4, "need --enable-lora"),
+    "max_lora_rank": Refused(64, "need --enable-lora"),
+    "max_cpu_loras": Refused(4, "need --enable-lora"),
     "speculative_config": Changes({"method": "ngram", "num_speculative_tokens": 3},
                                   lambda c: c.speculative_config is not None
                                   and c.scheduler_config.num_spec_tokens == 3),
@@ -122,7 +123,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "max_log_len": Notice(100, "does not log request"),
     "enable_prompt_tokens_details": Notice(True, "always reported"),
     "disable_frontend_multiprocessing": Notice(True, "in a thread"),
-    "lora_modules": Refused(["a=/x"], "LoRA"),
+    "lora_modules": ShownBy(["a=/x"], "tests/e2e/test_lora_server.py::test_models_list_adapters_under_the_base"),
     "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
     "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
 }

@@ -45,6 +45,8 @@ from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletio
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding
+from pagedlm.entrypoints.openai.serving_lora import adapter_cards, add_lora_routes, build_lora_modules
+from pagedlm.lora.registry import LoRAModules
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
 
@@ -125,9 +127,12 @@ def _finite_float(text: str) -> float:
 
 def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
               served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-              serving_options: ServingOptions | None = None, disable_docs: bool = False) -> FastAPI:
+              serving_options: ServingOptions | None = None, disable_docs: bool = False,
+              lora_modules: LoRAModules | None = None) -> FastAPI:
     names = served_model_names or list(engine.model_config.served_model_names) or [
         engine.model_config.served_model_name]
+    if lora_modules is None:
+        lora_modules = build_lora_modules(None, engine.config, names)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -148,6 +153,8 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     chat.options = serving_options or ServingOptions()
     responses = OpenAIServingResponses(engine, names)
     responses.options = chat.options
+    for serving in (completions, chat, responses):
+        serving.lora_modules = lora_modules
 
     @app.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
@@ -171,13 +178,14 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
         return await embeddings.create_embedding(body, request)
 
-    _add_info_routes(app, engine, names, stat_logger)
+    _add_info_routes(app, engine, names, stat_logger, lora_modules)
+    add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
     _add_tokenizer_routes(app, engine, names, max_body_bytes)
     return app
 
 
 def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
-                     stat_logger: PrometheusStatLogger | None) -> None:
+                     stat_logger: PrometheusStatLogger | None, lora_modules: LoRAModules) -> None:
     created = int(time.time())
 
     def card(name: str) -> dict[str, Any]:
@@ -186,11 +194,13 @@ def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
 
     @app.get("/v1/models")
     async def show_models() -> dict[str, Any]:
-        return {"object": "list", "data": [card(name) for name in names]}
+        return {"object": "list", "data": [card(name) for name in names] + adapter_cards(lora_modules, names[0], card)}
 
     @app.get("/v1/models/{model_id:path}")
     async def show_model(model_id: str) -> dict[str, Any]:
         # :path, because served names are often paths or org/name ids with slashes.
+        if model_id in lora_modules.by_name:
+            return next(c for c in adapter_cards(lora_modules, names[0], card) if c["id"] == model_id)
         if model_id not in names:
             raise OpenAIError(f"The model `{model_id}` does not exist.", 404, "model")
         return card(model_id)
@@ -342,6 +352,7 @@ def run_server(args: argparse.Namespace) -> None:
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
                                  engine_args.reasoning_parser)
         options.check()
+        lora_modules = build_lora_modules(server_args.lora_modules, engine_config, engine_args.served_model_names())
         engine_args.log_notices()
     except ValueError as e:  # ConfigError: the user's to fix
         raise ServerStartError(str(e)) from e
@@ -357,7 +368,7 @@ def run_server(args: argparse.Namespace) -> None:
     engine.stat_logger = PrometheusStatLogger(names[0], prefix=server_args.metrics_prefix + ":",
                                               engine_config=engine_config)
     app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
-                    serving_options=options, disable_docs=server_args.disable_fastapi_docs)
+                    serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules)
     logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
                 names[0], server_args.host, server_args.port)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,

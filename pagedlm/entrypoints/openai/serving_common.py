@@ -19,6 +19,9 @@ from pagedlm.engine.input_processor import InvalidRequestError
 from pagedlm.entrypoints.openai.errors import OpenAIError, sse_error
 from pagedlm.entrypoints.openai.protocol import SamplingFields
 from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_search_params
+from pagedlm.entrypoints.openai.serving_lora import resolve_lora
+from pagedlm.lora.registry import LoRAModules
+from pagedlm.lora.request import LoRARequest
 from pagedlm.outputs import RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -178,10 +181,19 @@ class OpenAIServing:
         # Decoding on the event loop uses the output side's own tokenizer instance.
         self.loop_tokenizer = engine.output_processor.tokenizer
         self.eos_token_id = engine.input_processor.eos_token_id
+        self.lora_modules: LoRAModules | None = None  # the served LoRA adapters (build_app sets it)
+
+    def lora_for(self, model: str | None) -> LoRARequest | None:
+        """The adapter a request's ``model`` names (None: the base model); 404 for an unknown name."""
+        if not model or model in self.served_model_names:
+            return None
+        lora = resolve_lora(self.lora_modules, model)
+        if lora is None:
+            raise OpenAIError(f"The model `{model}` does not exist.", 404, "model")
+        return lora
 
     def check_request(self, request: SamplingFields) -> None:
-        if request.model and request.model not in self.served_model_names:
-            raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
+        self.lora_for(request.model)
         if self.engine.model_config.runner == "pooling":
             raise OpenAIError("This model is a pooling (embedding) model and does not support the Completions or "
                               "Chat Completions API; use /v1/embeddings.", 400, "model")
@@ -219,9 +231,14 @@ class OpenAIServing:
             raise OpenAIError(str(e), 400, _guess_param(str(e))) from e
 
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
-                    params: SamplingParams, stream: bool, request: SamplingFields | None = None) -> RequestGroup:
+                    params: SamplingParams, stream: bool, request: SamplingFields | None = None,
+                    model: str | None = None) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
-        Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt."""
+        Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
+        request's ``model`` (or ``model``) may name a LoRA adapter."""
+        lora = self.lora_for(request.model if request is not None else model)
+        if lora is not None and request is not None and request.use_beam_search:
+            raise OpenAIError("use_beam_search is not supported with a LoRA adapter.", 400, "use_beam_search")
         if request is not None and request.use_beam_search:
             return self.start_beam_search(request_id, prompts, request, params.max_tokens)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
@@ -230,7 +247,7 @@ class OpenAIServing:
             for i, (text, token_ids) in enumerate(prompts):
                 engine_prompt = {"prompt_token_ids": token_ids, "prompt": text}
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await self.engine.add_request(sub_id, engine_prompt, params))
+                streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora))
         except BaseException as e:
             for stream in streams:
                 stream.cancel()

@@ -137,7 +137,7 @@ class OpenAIServingResponses(OpenAIServing):
         params = self.make_params(chat, None, req.max_output_tokens)
         add_tool_constraint(params, plan)
         response_id = random_id("resp")
-        group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream))
+        group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream), model=chat.model)
         shaper = ChoiceShaper(plan, self.options, text)
         base = self._base(req, response_id, self.model_name(chat))
         return await self.respond(raw, group, bool(req.stream),
