@@ -233,3 +233,56 @@ def test_structured_output_request_opts_out_in_a_speculating_batch(target):
     assert [o.outputs[0].token_ids for o in on] == [o.outputs[0].token_ids for o in off]
     assert on[1].outputs[0].text in ("yes", "no", "maybe so")
     assert spec_stats(llm)["num_drafts"] > 0
+
+
+@pytest.mark.parametrize("method", ["ngram", "eagle"])
+def test_device_step_preparation_with_rollback(target, spec_configs, method):
+    """The CUDA path of step preparation (positions, slots, block tables from the persistent
+    batch), run through its PyTorch reference: rejected drafts roll the row's block-table
+    tail back before new blocks land, so every step's row equals the request's block list
+    and the output equals speculation off (chunked prefill, preemption)."""
+    llm = LLM(target, device="cpu", speculative_config=spec_configs[method], **SETTINGS["chunked_preempt"])
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    runner.device_step_prep = True
+    forward, checked = runner._forward, []
+
+    def checking_forward(inputs, rows):
+        for req_id, row in zip(inputs.req_ids, rows.tolist()):
+            blocks = runner.requests[req_id].block_ids
+            assert runner.batch.block_table[row, : runner.batch.num_blocks[row]].tolist() == blocks
+            assert not runner.batch.block_table[row, len(blocks):].any()  # the tail reads zero
+        checked.append(len(rows))
+        return forward(inputs, rows)
+
+    runner._forward = checking_forward
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy()] * len(PROMPTS)
+    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    assert spec_stats(llm)["num_accepted_tokens"] < spec_stats(llm)["num_draft_tokens"]  # rollbacks happened
+    assert len(checked) > 10
+
+
+def test_penalties_under_speculation_equal_speculation_off(target, spec_configs):
+    """Penalised rows verify with the drafts counted as generated; the persistent batch's
+    on-device counts take the accepted tokens only (a plain step after would read them)."""
+    # Mild: a strong penalty leaves the n-grams nothing to accept.
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, repetition_penalty=1.05)
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS[:2]]
+    plain = LLM(target, device="cpu", max_model_len=128)
+    ref = [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)]
+    unpenalised = plain.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True),
+                                 use_tqdm=False)
+    assert ref != [o.outputs[0].token_ids for o in unpenalised]  # the penalty matters here
+    llm = LLM(target, device="cpu", speculative_config=spec_configs["ngram"], max_model_len=128)
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == ref
+    assert spec_stats(llm)["num_accepted_tokens"] > 0
+    # The counts match the emitted tokens of a request still running.
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    llm.llm_engine.add_request("live", prompts[0], params)
+    for _ in range(4):
+        llm.llm_engine.step()
+    row, state = runner.batch.row_of["live"], runner.requests["live"]
+    expected = torch.bincount(torch.tensor(state.output_token_ids), minlength=runner.vocab_size).to(torch.int32)
+    assert torch.equal(runner.batch.output_counts[row].cpu(), expected)
