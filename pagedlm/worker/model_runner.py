@@ -158,7 +158,8 @@ class ModelRunner:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
-            if get_parallel_state().world_size == 1:  # sampled ids are broadcast under TP: eager there
+            # Sampled ids are broadcast under TP (eager there); speculation verifies instead.
+            if get_parallel_state().world_size == 1 and self.spec is None:
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
