@@ -26,7 +26,6 @@ logger = logging.getLogger("pagedlm")
 # option -> the feature it needs. Any value other than the default (or an equivalent listed
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "quantization": "quantization",
     "kv_cache_dtype": "a quantized (fp8) KV cache",
     "cpu_offload_gb": "CPU weight offloading",
     "speculative_config": "speculative decoding",

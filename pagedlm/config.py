@@ -37,6 +37,9 @@ class ModelConfig:
     # Sampling defaults from generation_config.json (SamplingParams field -> value); see
     # pagedlm/models/generation_config.py. Request fields override them.
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # Weight quantization (a name in pagedlm.layers.quantization.QUANTIZATION_METHODS), resolved
+    # from the checkpoint's quantization_config and --quantization; None: unquantized.
+    quantization: str | None = None
 
     @property
     def vocab_size(self) -> int:

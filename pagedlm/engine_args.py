@@ -69,7 +69,8 @@ class EngineArgs:
                       MODEL, choices=["auto", "generate", "pooling"])
     pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
                                                'false}', MODEL, flags=("--override-pooler-config",))
-    quantization: str | None = opt(None, "weight quantization method", MODEL, flags=("-q",))
+    quantization: str | None = opt(None, "weight quantization method (default: the checkpoint's "
+                                   "quantization_config); see docs/quantization.md", MODEL, flags=("-q",))
     enforce_eager: bool = opt(False, "never use CUDA graphs", MODEL)
     load_format: str = opt("auto", "auto, safetensors, pt (pytorch_model*.bin), gguf, or dummy (random weights of "
                            "the real shapes)", LOAD, choices=list(LOAD_FORMATS))
@@ -162,6 +163,7 @@ class EngineArgs:
 
     def create_engine_config(self) -> EngineConfig:
         self._verify()
+        from pagedlm.layers.quantization import resolve_quantization_name
         from pagedlm.models.generation_config import read_generation_defaults
         from pagedlm.models.loader.source import resolve_model_source
 
@@ -182,6 +184,7 @@ class EngineArgs:
             max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
             runner=runner, pooler_config=pooler_config,
             generation_defaults=read_generation_defaults(self.generation_config, source.model),
+            quantization=resolve_quantization_name(hf_config, self.quantization),
         )
         parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
                                                   self.distributed_executor_backend, device)

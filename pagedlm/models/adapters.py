@@ -18,8 +18,8 @@ def as_pooling_model(cls: type[nn.Module]) -> type[nn.Module]:
         supports_generation = False
         default_pooling_type = "LAST"
 
-        def __init__(self, config: Any, max_position: int | None = None) -> None:
-            super().__init__(config, max_position)
+        def __init__(self, config: Any, max_position: int | None = None, **kwargs: Any) -> None:
+            super().__init__(config, max_position, **kwargs)
             del self.lm_head  # the output is the hidden states; no vocabulary projection
 
         def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:

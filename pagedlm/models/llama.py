@@ -17,6 +17,7 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.pipeline import IntermediateTensors, PPMissingLayer, is_pp_missing, make_layers, missing_prefixes
 from pagedlm.worker.distributed import is_first_pp_rank, is_last_pp_rank
@@ -37,7 +38,8 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, qkv_bias: bool | None = None,
-                 qk_norm: bool | None = None) -> None:
+                 qk_norm: bool | None = None, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
         families, e.g. the MoE ones, set them)."""
         super().__init__()
@@ -45,11 +47,13 @@ class LlamaAttention(nn.Module):
         model_type = getattr(config, "model_type", "llama")
         if qkv_bias is None:
             qkv_bias = getattr(config, "attention_bias", False) or model_type == "qwen2"
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         # This tensor-parallel rank's widths of q and of k / v.
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
         self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size,
-                                        getattr(config, "attention_bias", False))
+                                        getattr(config, "attention_bias", False), quant_config=quant_config,
+                                        prefix=f"{prefix}.o_proj")
         self.use_qk_norm = model_type == "qwen3" if qk_norm is None else qk_norm
         if self.use_qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -72,13 +76,15 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (only silu)")
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias,
+                                                       quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,12 +117,16 @@ class PreNormDecoderLayer(nn.Module):
 
 
 class LlamaDecoderLayer(PreNormDecoderLayer):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
-        super().__init__(config, LlamaAttention(config, rotary_emb), LlamaMLP(config))
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
+        super().__init__(config, LlamaAttention(config, rotary_emb, quant_config=quant_config,
+                                                prefix=f"{prefix}.self_attn"),
+                         LlamaMLP(config, quant_config, f"{prefix}.mlp"))
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         # Pipeline stages hold the embedding (first), their layers, and the norm (last).
         self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, config.hidden_size) if is_first_pp_rank()
@@ -127,7 +137,8 @@ class LlamaModel(nn.Module):
         rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
                                      config.max_position_embeddings)
         self.start_layer, self.end_layer, self.layers = make_layers(
-            config.num_hidden_layers, lambda i: LlamaDecoderLayer(config, rotary_emb))
+            config.num_hidden_layers,
+            lambda i: LlamaDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.layers.{i}"))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -146,6 +157,7 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
+    supports_quantization = True  # linear layers take quant_config (the LM head stays unquantized)
     # checkpoint name fragment -> (our fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".q_proj", ".qkv_proj", "q"),
@@ -155,11 +167,12 @@ class LlamaForCausalLM(nn.Module):
         (".up_proj", ".gate_up_proj", 1),
     ]
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         super().__init__()
         self.config = config
         max_position = max_position or config.max_position_embeddings
-        self.model = LlamaModel(config, max_position)
+        self.model = LlamaModel(config, max_position, quant_config)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size) if is_last_pp_rank() else PPMissingLayer()
         # With pipeline stages the tied weight lives on two ranks: the last stage loads its

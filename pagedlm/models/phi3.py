@@ -33,6 +33,9 @@ def split_fused(weights: Iterable[tuple[str, torch.Tensor]], q_size: int, kv_siz
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):
+    # Its checkpoints store qkv / gate_up fused; splitting quantized scales is not built.
+    supports_quantization = False
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for Phi-3 (only silu)")

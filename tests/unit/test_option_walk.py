@@ -70,7 +70,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
     "pooler_config": Refused({"pooling_type": "MEAN", "normalize": False}, "applies only with runner='pooling'"),
-    "quantization": Refused("awq", "quantization"),
+    "quantization": Refused("no_such_method", "unknown quantization"),
     "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager),
     "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy"),
     "revision": Refused("main", "applies to Hugging Face Hub ids only"),  # a Hub id: test_model_sources.py
@@ -280,8 +280,8 @@ def test_serve_errors_show_serves_usage(capsys: pytest.CaptureFixture) -> None:
 def test_llm_kwargs_refuse_unbuilt_features_by_name(ckpt: Path) -> None:
     from pagedlm import LLM
 
-    with pytest.raises(ConfigError, match="quantization is not supported yet"):
-        LLM(str(ckpt), quantization="awq", device="cpu")
+    with pytest.raises(ConfigError, match="CPU weight offloading is not supported yet"):
+        LLM(str(ckpt), cpu_offload_gb=2, device="cpu")
     with pytest.raises(TypeError, match="no_such_kwarg"):
         LLM(str(ckpt), no_such_kwarg=1)
 

@@ -15,6 +15,13 @@ import torch
 from torch import nn
 
 from pagedlm.config import ConfigError, ModelConfig
+from pagedlm.layers.quantization import resolve_quantization
+from pagedlm.layers.quantization.loading import (
+    drop_format_tensors,
+    init_dummy_quantized,
+    process_weights_after_loading,
+    verify_model_supports,
+)
 from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_files
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
@@ -25,9 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 def _init_dummy(model: nn.Module, seed: int) -> None:
-    """Random weights of the real shapes: speed depends on shapes, not values."""
+    """Random weights of the real shapes: speed depends on shapes, not values. Quantized
+    layers get valid codes and scales from their QuantMethod."""
+    quantized = init_dummy_quantized(model, seed)
     torch.manual_seed(seed)
     for name, param in model.named_parameters():
+        if id(param) in quantized:
+            continue
         if "norm" in name:
             param.data.fill_(1.0)
         else:
@@ -52,20 +63,24 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
     model_cls = resolve_model_class(model_config.architectures)
     if model_config.runner == "pooling" and getattr(model_cls, "supports_generation", True):
         model_cls = as_pooling_model(model_cls)  # pooled hidden states need no LM head
+    quant_config = resolve_quantization(model_config.hf_config, model_config.quantization)
+    verify_model_supports(model_cls, quant_config)
+    extra = {"quant_config": quant_config} if quant_config is not None else {}
     dtype = model_config.torch_dtype
     prev_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = model_cls(model_config.hf_config, max_position=model_config.max_model_len)
+            model = model_cls(model_config.hf_config, max_position=model_config.max_model_len, **extra)
     finally:
         torch.set_default_dtype(prev_dtype)
     if model_config.load_format == "dummy":
         _init_dummy(model, model_config.seed)
     else:
-        loaded = model.load_weights(iterate_weights(model_config))
+        loaded = model.load_weights(drop_format_tensors(iterate_weights(model_config), quant_config))
         expected = {n for n, _ in model.named_parameters()}
         missing = sorted(expected - loaded)
         if missing:
             raise ConfigError(f"checkpoint {model_config.model!r} is missing weights for: {missing[:8]}")
+    process_weights_after_loading(model)
     return model.eval()

@@ -1,0 +1,107 @@
+"""Weight quantization formats, one ``QuantizationConfig`` each (the seam is documented in
+``base.py``), and the one place a checkpoint's ``quantization_config`` and ``--quantization``
+become a config.
+
+Formats register themselves with ``@register_quantization_config``; the modules that define
+them are imported by ``_load_builtin_formats`` (add yours there).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pagedlm.layers.quantization.base import (
+    QuantizationConfig,
+    QuantizationError,
+    QuantMethod,
+    is_layer_skipped,
+    new_param,
+    set_weight_attrs,
+)
+
+__all__ = [
+    "QUANTIZATION_METHODS", "QuantizationConfig", "QuantizationError", "QuantMethod", "get_quantization_config",
+    "is_layer_skipped", "new_param", "register_quantization_config", "resolve_quantization", "resolve_quantization_name",
+    "set_weight_attrs",
+]
+
+# name (``--quantization`` value) -> config class
+QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {}
+
+# Modules defining formats; each registers its configs when imported. A module another branch
+# has not merged yet is simply absent.
+_BUILTIN_FORMAT_MODULES: tuple[str, ...] = ()
+_loaded = False
+
+
+def register_quantization_config(cls: type[QuantizationConfig]) -> type[QuantizationConfig]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    QUANTIZATION_METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin_formats() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_FORMAT_MODULES:
+        importlib.import_module(module)
+
+
+def get_quantization_config(name: str) -> type[QuantizationConfig]:
+    _load_builtin_formats()
+    if name not in QUANTIZATION_METHODS:
+        raise QuantizationError(f"unknown quantization {name!r}; supported: {sorted(QUANTIZATION_METHODS)}")
+    return QUANTIZATION_METHODS[name]
+
+
+def _checkpoint_quant_config(hf_config: Any) -> dict[str, Any] | None:
+    cfg = getattr(hf_config, "quantization_config", None)
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict):  # transformers may hand back its own config object
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    return dict(cfg)
+
+
+def _config_for_checkpoint_method(quant_method: str) -> type[QuantizationConfig]:
+    _load_builtin_formats()
+    for cls in QUANTIZATION_METHODS.values():
+        if quant_method in cls.checkpoint_method_names():
+            return cls
+    known = sorted({m for c in QUANTIZATION_METHODS.values() for m in c.checkpoint_method_names()})
+    raise QuantizationError(f"the checkpoint's quantization_config has quant_method {quant_method!r}, which "
+                            f"pagedlm cannot run; supported: {known}")
+
+
+def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationConfig | None:
+    """The model's quantization: the checkpoint's ``quantization_config`` and ``--quantization``.
+
+    A checkpoint format runs when ``requested`` is None or names it; a different name is an
+    error unless that config says it can override the format. An unquantized checkpoint takes
+    an online method (``--quantization fp8``) with an empty config."""
+    hf_quant = _checkpoint_quant_config(hf_config)
+    if hf_quant is None:
+        if requested is None:
+            return None
+        return get_quantization_config(requested).from_config({})
+    quant_method = str(hf_quant.get("quant_method", "")).lower()
+    if not quant_method:
+        raise QuantizationError("the checkpoint's quantization_config has no quant_method")
+    cls = _config_for_checkpoint_method(quant_method)
+    if requested is not None and requested != cls.name:
+        override = get_quantization_config(requested)
+        if not override.override_checkpoint(hf_quant):
+            raise QuantizationError(f"--quantization {requested} does not match the checkpoint, which is quantized "
+                                    f"with {quant_method!r}; drop --quantization or pass --quantization {cls.name}")
+        cls = override
+    return cls.from_config(hf_quant)
+
+
+def resolve_quantization_name(hf_config: Any, requested: str | None) -> str | None:
+    """Check the checkpoint and ``--quantization`` at config time; the name the workers build."""
+    quant_config = resolve_quantization(hf_config, requested)
+    return quant_config.name if quant_config is not None else None
