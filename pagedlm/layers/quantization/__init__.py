@@ -31,7 +31,10 @@ QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {}
 
 # Modules defining formats; each registers its configs when imported. A module another branch
 # has not merged yet is simply absent.
-_BUILTIN_FORMAT_MODULES: tuple[str, ...] = ()
+_BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
+    "pagedlm.layers.quantization.fp8",
+    "pagedlm.layers.quantization.compressed_tensors",
+)
 _loaded = False
 
 

@@ -95,7 +95,7 @@ def replace_param(layer: nn.Module, name: str, value: torch.Tensor) -> None:
     layer.register_parameter(name, nn.Parameter(value, requires_grad=False))
 
 
-def _matches(pattern: str, name: str) -> bool:
+def matches_name(pattern: str, name: str) -> bool:
     """An ignore/target entry: ``re:<regex>`` (``re.match``, as compressed-tensors and vLLM do),
     or a module name matched as a dotted suffix (``lm_head`` matches ``lm_head``;
     ``model.layers.0.mlp.gate`` matches itself)."""
@@ -118,7 +118,7 @@ def is_layer_skipped(prefix: str, ignored: Iterable[str]) -> bool:
     parts are; some but not all is a checkpoint pagedlm cannot fuse, refused."""
     ignored = list(ignored)
     names = checkpoint_names(prefix)
-    hits = [any(_matches(p, n) for p in ignored) for n in names]
+    hits = [any(matches_name(p, n) for p in ignored) for n in names]
     if all(hits):
         return True
     if any(hits):

@@ -1,0 +1,104 @@
+"""The 8-bit GEMM ops a quantized layer calls, picked once per device.
+
+On CPU: the references (``quant_reference``). On CUDA: the kernels of ``quant_cuda`` and
+``triton_quant``, each first run once on a small problem against its reference; one that
+raises or disagrees is replaced by the next candidate (finally the reference) with a log
+line, so an unsupported torch/driver/card combination degrades to a slower path instead of
+failing at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from pagedlm.kernels import quant_reference as ref
+
+logger = logging.getLogger("pagedlm")
+
+
+@dataclass(frozen=True)
+class QuantOps:
+    per_token_quant: Callable[[torch.Tensor, torch.dtype], tuple[torch.Tensor, torch.Tensor]]
+    per_tensor_quant: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    fp8_scaled_mm: Callable[..., torch.Tensor]
+    int8_scaled_mm: Callable[..., torch.Tensor]
+    weight_only_mm: Callable[..., torch.Tensor]
+    fp8_gemm: bool  # False: the device has no fp8 GEMM (fp8 weights run as W8A16)
+
+
+REFERENCE_OPS = QuantOps(ref.per_token_quant, ref.per_tensor_quant, ref.scaled_mm, ref.scaled_mm,
+                         ref.weight_only_mm, fp8_gemm=True)
+
+
+def fp8_gemm_supported(device: torch.device) -> bool:
+    """fp8 tensor-core GEMMs need compute capability 8.9 (Ada) or later."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _probe_gemm(fn: Callable[..., torch.Tensor], dtype: torch.dtype, device: torch.device) -> bool:
+    """Run ``fn`` on a small problem (5 rows: the padded/unaligned case) against the reference."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(5, 64, generator=g).to(device, torch.bfloat16)
+    w = torch.randn(96, 64, generator=g).to(device, torch.bfloat16)
+    a, scale_a = ref.per_token_quant(x, dtype)
+    wq, w_scale = ref.per_token_quant(w, dtype)  # per output channel
+    bias = torch.randn(96, generator=g).to(device, torch.bfloat16)
+    args = (a, wq.t(), scale_a, w_scale.reshape(1, -1), torch.bfloat16, bias)
+    out = fn(*args).float()
+    expect = ref.scaled_mm(*args).float()
+    return bool(torch.allclose(out, expect, rtol=2e-2, atol=2e-2 * expect.abs().max().item()))
+
+
+def _probe_quant(fn: Callable, dtype: torch.dtype, device: torch.device) -> bool:
+    x = torch.randn(7, 4096 + 64, generator=torch.Generator().manual_seed(1)).to(device, torch.bfloat16)
+    q, scale = fn(x, dtype)
+    rq, rscale = ref.per_token_quant(x, dtype)
+    # fp8 codes may differ by one step where a value sits on a rounding boundary.
+    return bool(torch.allclose(scale, rscale, rtol=1e-5) and
+                torch.allclose(q.float() * scale, rq.float() * rscale, rtol=0.07, atol=1e-6))
+
+
+def _first_working(name: str, candidates: list[tuple[str, Callable]], probe: Callable[[Callable], bool],
+                   fallback: Callable) -> Callable:
+    for label, fn in candidates:
+        try:
+            if probe(fn):
+                logger.debug("%s: %s", name, label)
+                return fn
+            logger.warning("%s: %s disagrees with the reference on this device; trying the next kernel", name, label)
+        except Exception as exc:  # an unsupported op/shape/arch: fall through to the next candidate
+            logger.warning("%s: %s is unavailable on this device (%s); trying the next kernel", name, label,
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    logger.warning("%s: using the PyTorch reference (slow)", name)
+    return fallback
+
+
+@lru_cache(maxsize=None)
+def quant_ops(device: torch.device) -> QuantOps:
+    if device.type != "cuda":
+        return REFERENCE_OPS
+    from pagedlm.kernels import quant_cuda
+
+    fp8_gemm = fp8_gemm_supported(device)
+    per_token = ref.per_token_quant
+    try:
+        from pagedlm.kernels import triton_quant
+
+        per_token = _first_working("per-token quantization", [("triton", triton_quant.per_token_quant)],
+                                   lambda fn: all(_probe_quant(fn, d, device) for d in (torch.int8, ref.FP8_DTYPE)),
+                                   ref.per_token_quant)
+    except ImportError:
+        logger.warning("per-token quantization: Triton is not installed; using the PyTorch reference")
+    fp8_mm = ref.scaled_mm
+    if fp8_gemm:
+        fp8_mm = _first_working("fp8 GEMM", [("torch._scaled_mm row-wise", quant_cuda.fp8_scaled_mm_rowwise),
+                                             ("torch._scaled_mm unit scales", quant_cuda.fp8_scaled_mm_unit)],
+                                lambda fn: _probe_gemm(fn, ref.FP8_DTYPE, device), ref.scaled_mm)
+    int8_mm = _first_working("int8 GEMM", [("torch._int_mm", quant_cuda.int8_scaled_mm)],
+                             lambda fn: _probe_gemm(fn, torch.int8, device), ref.scaled_mm)
+    return QuantOps(per_token, ref.per_tensor_quant, fp8_mm, int8_mm, quant_cuda.weight_only_mm, fp8_gemm)

@@ -1,0 +1,49 @@
+"""Dynamic per-token activation quantization (fp8 e4m3 or int8) in Triton: one program per
+row, the whole row in registers: one read of x, one write of the codes and the row's scale.
+
+Same semantics as ``quant_reference.per_token_quant``: scale = max(|x|) / qmax (at least
+MIN_SCALE), codes = x / scale, saturated (fp8) or rounded half to even and clamped (int8).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedlm.kernels import quant_reference as ref
+
+_MAX_ROW = 32768  # wider rows use the reference
+
+
+@triton.jit
+def _per_token_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, hidden, qmax, qmin, min_scale,
+                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < hidden
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, min_scale)
+    y = x / scale
+    if IS_INT8:
+        # round half to even, as torch.round
+        r = tl.floor(y + 0.5)
+        r = tl.where((r - y == 0.5) & ((r.to(tl.int32) & 1) == 1), r - 1.0, r)
+        y = r
+    y = tl.minimum(tl.maximum(y, qmin), qmax)
+    tl.store(q_ptr + row * stride_q + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
+def per_token_quant(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = x.shape[-1]
+    if x.dim() != 2 or x.stride(-1) != 1 or hidden > _MAX_ROW or x.shape[0] == 0:
+        return ref.per_token_quant(x, dtype)
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    limit = ref.qmax(dtype)
+    block = triton.next_power_of_2(hidden)
+    _per_token_quant_kernel[(x.shape[0],)](
+        x, q, scale, x.stride(0), q.stride(0), hidden, limit, -limit - 1.0 if dtype == torch.int8 else -limit,
+        ref.MIN_SCALE, IS_INT8=dtype == torch.int8, BLOCK=block, num_warps=min(16, max(4, block // 1024)))
+    return q, scale

@@ -1,0 +1,129 @@
+"""Quantized tiny checkpoints in each format's exact tensor names and dtypes, and their
+transformers oracle: the dequantized weights in float32, with the activations fake-quantized
+by forward pre-hooks exactly as the scheme says (per token, or the static per-tensor scale).
+
+The quantizer here is written from the formats' definitions (AutoFP8 / llm-compressor):
+weight = codes * scale, codes = round(weight / scale) in fp8 e4m3 (saturating at 448) or
+int8 (symmetric, [-128, 127]); scale = amax / qmax per tensor or per output channel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    fmt: str  # "fp8" (HF/AutoFP8) or "compressed-tensors"
+    dtype: torch.dtype  # FP8 or torch.int8
+    per_channel: bool
+    activations: str | None  # None, "token", "static"
+
+    @property
+    def qmax(self) -> float:
+        return 448.0 if self.dtype == FP8 else 127.0
+
+
+def to_codes(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    y = x.float() / scale
+    if dtype == torch.int8:
+        return y.round().clamp(-128, 127).to(torch.int8)
+    return y.clamp(-448, 448).to(FP8)
+
+
+def fake_quant_rows(x: torch.Tensor, scheme: Scheme, static_scale: float | None) -> torch.Tensor:
+    """What the engine feeds its 8-bit GEMM, dequantized: per token (row) or one static scale."""
+    if static_scale is not None:
+        scale = torch.tensor(static_scale)
+    else:
+        scale = (x.abs().amax(dim=-1, keepdim=True).float() / scheme.qmax).clamp(min=1e-12)
+    return to_codes(x, scale, scheme.dtype).float() * scale
+
+
+def _quant_config(scheme: Scheme) -> dict:
+    if scheme.fmt == "fp8":
+        return {"quant_method": "fp8", "activation_scheme": "static" if scheme.activations == "static" else "dynamic"}
+    kind = "float" if scheme.dtype == FP8 else "int"
+    acts = None if scheme.activations is None else {
+        "num_bits": 8, "type": kind, "symmetric": True, "dynamic": scheme.activations == "token",
+        "strategy": "token" if scheme.activations == "token" else "tensor"}
+    fmt = "float-quantized" if kind == "float" else ("int-quantized" if acts else "naive-quantized")
+    return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+            "ignore": ["lm_head"], "config_groups": {"group_0": {
+                "targets": ["Linear"], "input_activations": acts, "output_activations": None,
+                "weights": {"num_bits": 8, "type": kind, "symmetric": True, "dynamic": False,
+                            "strategy": "channel" if scheme.per_channel else "tensor"}}}}
+
+
+def calibrate_input_amax(src: str, prompts: list[list[int]]) -> dict[str, float]:
+    """Largest |input| each linear layer sees on the prompts (static activation scales)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    amax: dict[str, float] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LINEARS:
+            def hook(_m, args, name=name):
+                amax[name] = max(amax.get(name, 0.0), args[0].abs().max().item())
+            hooks.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for p in prompts:
+            model(torch.tensor([p]))
+    # q/k/v (and gate/up) read the same input, so their scales agree.
+    return amax
+
+
+def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: list[list[int]]) -> dict[str, float]:
+    """``out``: the checkpoint in ``scheme``'s format; ``oracle``: its dequantized float32
+    copy. Returns the static input scales by module name (empty unless static)."""
+    from safetensors.torch import load_file, save_file
+
+    for d in (out, oracle):
+        shutil.copytree(src, d)
+        for f in d.glob("*.safetensors*"):
+            f.unlink()
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(src).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    input_scales = {k: v / scheme.qmax for k, v in calibrate_input_amax(src, prompts).items()} \
+        if scheme.activations == "static" else {}
+    quant, dequant = {}, {}
+    for name, t in tensors.items():
+        module = name.removesuffix(".weight")
+        if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS):
+            quant[name] = dequant[name] = t
+            continue
+        amax = t.abs().amax(dim=1, keepdim=True) if scheme.per_channel else t.abs().amax()
+        scale = (amax.float() / scheme.qmax).clamp(min=1e-12)
+        codes = to_codes(t, scale, scheme.dtype)
+        quant[name], quant[f"{module}.weight_scale"] = codes, scale
+        dequant[name] = codes.float() * scale
+        if module in input_scales:
+            quant[f"{module}.input_scale"] = torch.tensor(input_scales[module], dtype=torch.float32)
+    save_file(quant, str(out / "model.safetensors"))
+    save_file(dequant, str(oracle / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = _quant_config(scheme)
+    (out / "config.json").write_text(json.dumps(config))
+    return input_scales
+
+
+def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: dict[str, float]) -> None:
+    if scheme.activations is None:
+        return
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LINEARS:
+            static = input_scales.get(name) if scheme.activations == "static" else None
+
+            def hook(_m, args, static=static):
+                return (fake_quant_rows(args[0], scheme, static),)
+            module.register_forward_pre_hook(hook)
