@@ -70,7 +70,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
     "pooler_config": Refused({"pooling_type": "MEAN", "normalize": False}, "applies only with runner='pooling'"),
-    "quantization": Refused("no_such_method", "unknown quantization"),
+    "quantization": Changes("fp8", lambda c: c.model_config.quantization == "fp8"),
     "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager),
     "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy"),
     "revision": Refused("main", "applies to Hugging Face Hub ids only"),  # a Hub id: test_model_sources.py

@@ -107,4 +107,10 @@ def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationC
 def resolve_quantization_name(hf_config: Any, requested: str | None) -> str | None:
     """Check the checkpoint and ``--quantization`` at config time; the name the workers build."""
     quant_config = resolve_quantization(hf_config, requested)
-    return quant_config.name if quant_config is not None else None
+    if quant_config is None:
+        return None
+    from pagedlm.layers.quantization.loading import verify_model_supports
+    from pagedlm.models.registry import resolve_model_class
+
+    verify_model_supports(resolve_model_class(list(getattr(hf_config, "architectures", None) or [])), quant_config)
+    return quant_config.name

@@ -90,8 +90,9 @@ def new_param(shape: Iterable[int] | tuple[int, ...], dtype: torch.dtype, **attr
 
 
 def replace_param(layer: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Swap a parameter for ``value`` after loading (new dtype or shape), freeing the old one."""
-    delattr(layer, name)
+    """Set (or swap) a parameter after loading: a new dtype or shape, the old one freed."""
+    if hasattr(layer, name):
+        delattr(layer, name)
     layer.register_parameter(name, nn.Parameter(value, requires_grad=False))
 
 

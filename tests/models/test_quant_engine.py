@@ -1,0 +1,137 @@
+"""Quantization through the engine: online fp8 (a float checkpoint quantized while loading)
+against the same model saved as an fp8 checkpoint and against the unquantized model; dummy
+weights per format; and the errors a user can cause (mismatched --quantization, unknown or
+unsupported formats, an architecture without quantized layers)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.config import ConfigError
+
+from quant_helpers import FP8, Scheme, write_quantized
+from test_parity import PROMPTS, greedy
+
+ENGINE = dict(device="cpu", max_model_len=128)
+# Online fp8 (e4m3: 3 mantissa bits) against float32 on the tiny random model, whose large
+# weights give peaked logits: the mean |logprob error| over all prompt positions, measured
+# 0.15 (prompt logprobs average -7).
+ONLINE_FP8_MEAN_TOL = 0.3
+TEACHER_FORCED = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+
+
+def _prompts() -> list[dict]:
+    return [{"prompt_token_ids": p} for p in PROMPTS]
+
+
+def _prompt_logprobs(outputs) -> list[float]:
+    return [o.prompt_logprobs[pos][t].logprob for o in outputs for pos, t in enumerate(o.prompt_token_ids[1:], 1)]
+
+
+@pytest.fixture(scope="module")
+def llama(checkpoint_factory) -> str:
+    return checkpoint_factory("llama")
+
+
+def test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float(llama: str, tmp_path: Path) -> None:
+    online = LLM(llama, quantization="fp8", **ENGINE)
+    layer = online.llm_engine.engine_core.runner.model.model.layers[0].mlp.down_proj
+    assert layer.weight.dtype == FP8 and layer.weight_scale.shape == (1, layer.weight.shape[0])
+    # The same quantization written as a compressed-tensors checkpoint gives the same outputs.
+    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
+    write_quantized(llama, tmp_path / "ckpt", tmp_path / "oracle", scheme, PROMPTS)
+    saved = LLM(str(tmp_path / "ckpt"), **ENGINE)
+    ours, theirs = (llm.generate(_prompts(), greedy(), use_tqdm=False) for llm in (online, saved))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for lp_a, lp_b in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert all(abs(lp_a[t].logprob - lp_b[t].logprob) < 1e-5 for t in lp_a)
+    # Against the float model: teacher-forced prompt logprobs, so nothing diverges.
+    quant = _prompt_logprobs(online.generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
+    ref = _prompt_logprobs(LLM(llama, **ENGINE).generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
+    errors = [abs(a - b) for a, b in zip(quant, ref, strict=True)]
+    assert 0 < statistics.mean(errors) < ONLINE_FP8_MEAN_TOL
+
+
+def _with_quant_config(src: str, out: Path, quant_config: dict) -> Path:
+    shutil.copytree(src, out)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = quant_config
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+INT8_W8A8 = {"quant_method": "compressed-tensors", "format": "int-quantized", "ignore": ["lm_head"],
+             "config_groups": {"g": {"targets": ["Linear"],
+                                     "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"},
+                                     "input_activations": {"num_bits": 8, "type": "int", "symmetric": True,
+                                                           "dynamic": True, "strategy": "token"}}}}
+
+
+@pytest.mark.parametrize("quant_config,dtype", [
+    ({"quant_method": "fp8", "activation_scheme": "static"}, FP8),
+    (INT8_W8A8, torch.int8),
+], ids=["fp8_static", "int8_w8a8"])
+def test_dummy_weights_are_valid_quantized_params(llama: str, tmp_path: Path, quant_config: dict, dtype) -> None:
+    path = _with_quant_config(llama, tmp_path / "q", quant_config)
+    llm = LLM(str(path), load_format="dummy", **ENGINE)
+    model = llm.llm_engine.engine_core.runner.model
+    qkv = model.model.layers[1].self_attn.qkv_proj
+    assert qkv.weight.dtype == dtype and qkv.weight.float().abs().max() > 0
+    assert torch.all(qkv.weight_scale > 0) and torch.isfinite(qkv.weight_scale).all()
+    out = llm.generate(_prompts()[:2], SamplingParams(max_tokens=4, logprobs=1, temperature=0.0), use_tqdm=False)
+    assert all(len(o.outputs[0].token_ids) == 4 and all(
+        torch.isfinite(torch.tensor(lp[t].logprob)) for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids))
+        for o in out)
+
+
+def test_refusals(llama: str, checkpoint_factory, tmp_path: Path) -> None:
+    fp8 = _with_quant_config(llama, tmp_path / "fp8", {"quant_method": "fp8", "activation_scheme": "dynamic"})
+    with pytest.raises(ConfigError, match="does not match the checkpoint.*'fp8'"):
+        LLM(str(fp8), quantization="compressed-tensors", **ENGINE)
+    unknown = _with_quant_config(llama, tmp_path / "unknown", {"quant_method": "bitsandbytes_9bit"})
+    with pytest.raises(ConfigError, match="quant_method 'bitsandbytes_9bit'.*supported.*fp8"):
+        LLM(str(unknown), **ENGINE)
+    block = _with_quant_config(llama, tmp_path / "block", {"quant_method": "fp8", "weight_block_size": [128, 128]})
+    with pytest.raises(ConfigError, match="block-wise"):
+        LLM(str(block), **ENGINE)
+    packed = _with_quant_config(llama, tmp_path / "packed", {**INT8_W8A8, "format": "pack-quantized"})
+    with pytest.raises(ConfigError, match="format 'pack-quantized' is not supported"):
+        LLM(str(packed), **ENGINE)
+    group = {**INT8_W8A8, "config_groups": {"g": {**INT8_W8A8["config_groups"]["g"], "weights": {
+        "num_bits": 8, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128}}}}
+    with pytest.raises(ConfigError, match="weight strategy 'group'"):
+        LLM(str(_with_quant_config(llama, tmp_path / "group", group)), **ENGINE)
+    with pytest.raises(ConfigError, match="unknown quantization 'int3'"):
+        LLM(llama, quantization="int3", **ENGINE)
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel does not support quantization"):
+        LLM(checkpoint_factory("gpt2"), quantization="fp8", **ENGINE)
+
+
+@pytest.mark.parametrize("activations", ["static", None], ids=["fp8_static", "int8_w8a16"])
+def test_tensor_parallel_equals_single_rank(llama: str, tmp_path: Path, activations: str | None) -> None:
+    """Per-tensor scales of q/k/v and gate/up loaded per shard on two gloo ranks; the shared
+    workload (chunked prefill, prefix hits, preemption) gives TP=1's ids and logprobs."""
+    from distributed.parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+
+    dtype = FP8 if activations else torch.int8
+    scheme = Scheme("fp8" if activations else "compressed-tensors", dtype, per_channel=False, activations=activations)
+    write_quantized(llama, tmp_path / "q", tmp_path / "o", scheme, PROMPTS)
+    single = LLM(str(tmp_path / "q"), **ENGINE_KWARGS)
+    ref = run_workload(single)
+    single.llm_engine.engine_core.shutdown()
+    tp = LLM(str(tmp_path / "q"), tensor_parallel_size=2, **ENGINE_KWARGS)
+    try:
+        outputs = run_workload(tp)
+        stats = tp.llm_engine.get_stats()
+    finally:
+        tp.llm_engine.engine_core.shutdown()
+    assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
+    assert_same(ref, outputs)
