@@ -102,3 +102,12 @@ def quant_ops(device: torch.device) -> QuantOps:
     int8_mm = _first_working("int8 GEMM", [("torch._int_mm", quant_cuda.int8_scaled_mm)],
                              lambda fn: _probe_gemm(fn, torch.int8, device), ref.scaled_mm)
     return QuantOps(per_token, ref.per_tensor_quant, fp8_mm, int8_mm, quant_cuda.weight_only_mm, fp8_gemm)
+
+
+def gemm_for(ops: QuantOps, is_fp8: bool, k: int, n: int) -> Callable[..., torch.Tensor]:
+    """The 8-bit GEMM for a [K -> N] layer: cuBLAS wants K and N multiples of 16 (fp8) or 8
+    (int8); a layer that is not aligned takes the reference (no model in sight has one)."""
+    align = 16 if is_fp8 else 8
+    if k % align or n % align:
+        return ref.scaled_mm
+    return ops.fp8_scaled_mm if is_fp8 else ops.int8_scaled_mm

@@ -145,8 +145,8 @@ class QuantMethod(ABC):
         """Runs once after the checkpoint (or dummy values) filled every parameter."""
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
-        """Random but valid values for ``--load-format dummy``. The default suits float
-        parameters only; quantized methods override it."""
+        """Random but valid values for ``--load-format dummy``, drawn from ``generator`` (on the
+        layer's device). The default suits float parameters only; quantized methods override it."""
         for name, param in layer.named_parameters(recurse=False):
             if not param.dtype.is_floating_point or param.element_size() < 2:
                 raise NotImplementedError(f"{type(self).__name__} needs init_dummy for {name} ({param.dtype})")
@@ -154,9 +154,10 @@ class QuantMethod(ABC):
 
 
 def fill_uniform(param: torch.Tensor, low: float, high: float, generator: torch.Generator) -> None:
-    """Uniform values drawn on the CPU generator (same values on every device), then copied."""
-    values = torch.rand(param.shape, generator=generator, dtype=torch.float32) * (high - low) + low
-    param.data.copy_(values.to(param.dtype))
+    """Uniform values from ``generator``, which lives on the parameter's device (an 8B model's
+    dummy weights are drawn on the GPU, not the host)."""
+    values = torch.rand(param.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    param.data.copy_((values * (high - low) + low).to(param.dtype))
 
 
 class QuantizationConfig(ABC):

@@ -28,10 +28,13 @@ def verify_model_supports(model_cls: type, quant_config: QuantizationConfig | No
 def init_dummy_quantized(model: nn.Module, seed: int) -> set[int]:
     """Fill the quantized layers' parameters with valid random values (codes and sane scales);
     returns the ids of the parameters filled, which the plain dummy init then leaves alone."""
-    generator = torch.Generator().manual_seed(seed + 1)
+    generators: dict[torch.device, torch.Generator] = {}
     filled: set[int] = set()
     for layer in quantized_layers(model):
-        layer.quant_method.init_dummy(layer, generator)
+        device = next(layer.parameters()).device
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed + 1)
+        layer.quant_method.init_dummy(layer, generators[device])
         filled.update(id(p) for name, p in layer.named_parameters(recurse=False) if name != "bias")
     return filled
 

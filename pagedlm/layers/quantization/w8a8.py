@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pagedlm.kernels import quant_reference as ref
-from pagedlm.kernels.quant_ops import QuantOps, quant_ops
+from pagedlm.kernels.quant_ops import QuantOps, gemm_for, quant_ops
 from pagedlm.layers.quantization.base import QuantMethod, WeightLoader, fill_uniform, new_param, replace_param
 
 logger = logging.getLogger("pagedlm")
@@ -58,6 +58,7 @@ class W8LinearMethod(QuantMethod):
     def __init__(self, scheme: W8Scheme) -> None:
         self.scheme = scheme
         self.ops: QuantOps | None = None
+        self.gemm = None  # picked after loading, by device and shape
         self.weight_only = scheme.activations is None
 
     def create_weights(self, layer: nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
@@ -93,6 +94,7 @@ class W8LinearMethod(QuantMethod):
         if s.activations == "static":
             replace_param(layer, "input_scale", layer.input_scale.data.float().max().reshape(1, 1))
         self.ops = quant_ops(layer.weight.device)
+        self.gemm = gemm_for(self.ops, s.is_fp8, layer.weight.shape[1], layer.weight.shape[0])
         if s.is_fp8 and not self.ops.fp8_gemm and not self.weight_only:
             _log_fp8_fallback()
             self.weight_only = True
@@ -112,8 +114,7 @@ class W8LinearMethod(QuantMethod):
             y = self.ops.weight_only_mm(x2, weight_t, layer.weight_scale, bias)
         else:
             xq, x_scale = self._quantize_input(x2, layer)
-            gemm = self.ops.fp8_scaled_mm if self.scheme.is_fp8 else self.ops.int8_scaled_mm
-            y = gemm(xq, weight_t, x_scale, layer.weight_scale, x.dtype, bias)
+            y = self.gemm(xq, weight_t, x_scale, layer.weight_scale, x.dtype, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
@@ -123,8 +124,8 @@ class W8LinearMethod(QuantMethod):
         if s.online:
             return super().init_dummy(layer, generator)
         limit = ref.qmax(s.weight_dtype) / 2
-        codes = torch.rand(layer.weight.shape, generator=generator) * (2 * limit) - limit
-        layer.weight.data.copy_(ref.quantize_with_scale(codes, torch.ones(()), s.weight_dtype))
+        codes = torch.rand(layer.weight.shape, generator=generator, device=generator.device) * (2 * limit) - limit
+        layer.weight.data.copy_(ref.quantize_with_scale(codes, torch.ones((), device=codes.device), s.weight_dtype))
         fill_uniform(layer.weight_scale, 0.04 / limit, 0.06 / limit, generator)
         if s.activations == "static":
             layer.input_scale.data.fill_(0.05)
