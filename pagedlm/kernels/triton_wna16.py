@@ -42,11 +42,11 @@ class KernelConfig:
 
 @triton.jit
 def _wna16_gemm_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr,
     M, N, K, stride_xm, k_per_split,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_ALIGNED: tl.constexpr,
+    GROUP_ALIGNED: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr,
 ):
     """out[pid_k, m, n] = sum over this split's k of x[m, k] * W[k, n] (float32)."""
     pid_n = tl.program_id(0)
@@ -77,7 +77,11 @@ def _wna16_gemm_kernel(
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)[None, :]
             z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0)[None, :]
         else:
-            g_off = (k[:, None] // GROUP_SIZE).to(tl.int64) * N + offs_n[None, :]
+            if HAS_ROW_GROUPS:
+                g = tl.load(g_ptr + k, mask=mask_k, other=0)
+            else:
+                g = k // GROUP_SIZE
+            g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
             s = tl.load(s_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             z = tl.load(z_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         w = (codes.to(x.dtype) - z) * s
@@ -88,8 +92,9 @@ def _wna16_gemm_kernel(
 
 @triton.jit
 def _wna16_dequant_kernel(
-    qw_ptr, s_ptr, z_ptr, out_ptr, N, K,
+    qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N, K,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ROW_GROUPS: tl.constexpr,
 ):
     """out[k, n] = (code - zero) * scale: the dense [K, N] weight in the scales' dtype."""
     PACK: tl.constexpr = 32 // BITS
@@ -99,7 +104,11 @@ def _wna16_dequant_kernel(
     mask = (k[:, None] < K) & (n[None, :] < N)
     packed = tl.load(qw_ptr + (k[:, None] // PACK).to(tl.int64) * N + n[None, :], mask=mask, other=0)
     codes = (packed >> ((k[:, None] % PACK) * BITS)) & MASK
-    g_off = (k[:, None] // GROUP_SIZE).to(tl.int64) * N + n[None, :]
+    if HAS_ROW_GROUPS:
+        g = tl.load(g_ptr + k, mask=k < K, other=0)
+    else:
+        g = k // GROUP_SIZE
+    g_off = g[:, None].to(tl.int64) * N + n[None, :]
     s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
     z = tl.load(z_ptr + g_off, mask=mask, other=0.0)
     w = (codes.to(s.dtype) - z) * s
@@ -124,7 +133,7 @@ def pick_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> Kernel
 
 
 def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                           zeros: torch.Tensor, group_size: int, bits: int,
+                           zeros: torch.Tensor, row_groups: torch.Tensor | None, group_size: int, bits: int,
                            cfg: KernelConfig) -> torch.Tensor:
     """The in-kernel dequantizing GEMM at a given tile config; x2d: [M, K] contiguous rows."""
     m, k = x2d.shape
@@ -135,32 +144,36 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     out_dtype = x2d.dtype if split_k == 1 else torch.float32
     out = torch.empty((split_k, m, n), device=x2d.device, dtype=out_dtype)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split_k)
+    has_row_groups = row_groups is not None
     _wna16_gemm_kernel[grid](
-        x2d, qweight, scales, zeros, out, m, n, k, x2d.stride(0), k_per_split,
+        x2d, qweight, scales, zeros, row_groups if has_row_groups else qweight, out,
+        m, n, k, x2d.stride(0), k_per_split,
         GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_ALIGNED=group_size % cfg.block_k == 0,
+        BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
+        HAS_ROW_GROUPS=has_row_groups,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out[0] if split_k == 1 else out.sum(dim=0).to(x2d.dtype)
 
 
 def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                     group_size: int, bits: int) -> torch.Tensor:
+                     row_groups: torch.Tensor | None, group_size: int, bits: int) -> torch.Tensor:
     """Same as ``wna16_reference.wna16_dequantize``: [K, N] in the scales' dtype."""
     k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
     out = torch.empty((k, n), device=qweight.device, dtype=scales.dtype)
     grid = (triton.cdiv(k, 64), triton.cdiv(n, 128))
-    _wna16_dequant_kernel[grid](qweight, scales, zeros, out, n, k, GROUP_SIZE=group_size, BITS=bits,
-                                BLOCK_K=64, BLOCK_N=128, num_warps=4)
+    _wna16_dequant_kernel[grid](qweight, scales, zeros, row_groups if row_groups is not None else qweight, out,
+                                n, k, GROUP_SIZE=group_size, BITS=bits, BLOCK_K=64, BLOCK_N=128,
+                                HAS_ROW_GROUPS=row_groups is not None, num_warps=4)
     return out
 
 
 def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               perm: torch.Tensor | None, group_size: int, bits: int,
+               perm: torch.Tensor | None, row_groups: torch.Tensor | None, group_size: int, bits: int,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x[..., perm] @ W (+ bias); x: [..., K] -> [..., N] in x's dtype."""
     if x.dtype not in (torch.float16, torch.bfloat16) or x.device.type == "cpu" and not _interpreting():
-        return wna16_reference.wna16_gemm(x, qweight, scales, zeros, perm, group_size, bits, bias)
+        return wna16_reference.wna16_gemm(x, qweight, scales, zeros, perm, row_groups, group_size, bits, bias)
     lead_shape = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1])
     if perm is not None:
@@ -168,10 +181,11 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     x2d = x2d.contiguous()
     m = x2d.shape[0]
     if m >= _DEQUANT_MIN_M:
-        y = x2d @ wna16_dequantize(qweight, scales, zeros, group_size, bits).to(x.dtype)
+        y = x2d @ wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
     else:
         cfg = pick_config(m, qweight.shape[1], x2d.shape[1], group_size, _sms(x2d.device))
-        y = wna16_gemm_with_config(x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), group_size, bits, cfg)
+        y = wna16_gemm_with_config(x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), row_groups, group_size,
+                                   bits, cfg)
     if bias is not None:
         y = y + bias
     return y.reshape(*lead_shape, y.shape[-1])

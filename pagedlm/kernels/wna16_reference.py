@@ -11,6 +11,9 @@ module and ``triton_wna16`` share (same signatures; this is the CPU path and the
                                   so  W[k, n] = (code - zeros[k // gs, n]) * scales[k // gs, n]
   perm     int32 [K] or None       act-order (GPTQ desc_act): input k of the repacked weight is
                                   input perm[k] of the original layer, so x is gathered first
+  row_groups int32 [K] or None     the group of each row when rows are not whole contiguous
+                                  groups of ``group_size`` (a row-parallel shard of an act-order
+                                  layer); None means group = k // group_size
 
 Codes below 256 and their differences with the zero point are exact in fp16/bf16, so the
 dequantized weight is the checkpoint's (code - zero) * scale rounded once, as in AutoAWQ's
@@ -44,19 +47,22 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                     group_size: int, bits: int) -> torch.Tensor:
+                     row_groups: torch.Tensor | None, group_size: int, bits: int) -> torch.Tensor:
     """The dense weight, transposed for x @ W: [K, N] in the scales' dtype."""
     codes = unpack_codes(qweight, bits)  # [K, N]
-    group_ids = torch.arange(codes.shape[0], device=codes.device) // group_size
+    if row_groups is not None:
+        group_ids = row_groups.long()
+    else:
+        group_ids = torch.arange(codes.shape[0], device=codes.device) // group_size
     return (codes.to(scales.dtype) - zeros[group_ids]) * scales[group_ids]
 
 
 def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               perm: torch.Tensor | None, group_size: int, bits: int,
+               perm: torch.Tensor | None, row_groups: torch.Tensor | None, group_size: int, bits: int,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x[..., perm] @ W (+ bias); x: [..., K] -> [..., N] in x's dtype."""
     if perm is not None:
         x = x.index_select(-1, perm)
-    w = wna16_dequantize(qweight, scales, zeros, group_size, bits).to(x.dtype)
+    w = wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
     y = x @ w
     return y + bias if bias is not None else y
