@@ -18,7 +18,7 @@ from pagedlm.layers.quantization.gptq import GPTQConfig
 from pagedlm.layers.quantization.wna16 import input_order, unpack_along_cols, unpack_along_rows
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 
-from tests.models import wna16_helpers as ref
+import wna16_helpers as ref  # noqa: E402 - tests/models is on sys.path (rootdir import mode)
 
 
 def _word(value: int) -> torch.Tensor:
