@@ -22,10 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedlm.kernels import wna16_reference
+from pagedlm.kernels import wna16_reference, wna16_tuning
 
-# From benchmarks/gpu_w4a16.py on an H200 (8B shapes): at and above this many rows the
-# dequantize + cuBLAS path wins over the tiled int4 kernel.
+# Defaults when no table was measured at load (wna16_tuning): at and above this many rows
+# the dequantize + cuBLAS path is taken (compute-bound GEMMs, where cuBLAS wins).
 _DEQUANT_MIN_M = 256
 _SMALL_M = 16
 
@@ -38,6 +38,10 @@ class KernelConfig:
     split_k: int
     num_warps: int
     num_stages: int
+    # Load each packed word once and unpack in registers (shift + reshape) instead of
+    # loading it once per code it holds (the repeats hit L1): fewer load instructions, at
+    # the price of a register reshuffle. benchmarks/gpu_w4a16.py times both.
+    reshape_unpack: bool = False
 
 
 @triton.jit
@@ -46,7 +50,7 @@ def _wna16_gemm_kernel(
     M, N, K, stride_xm, k_per_split,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_ALIGNED: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr,
+    GROUP_ALIGNED: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, RESHAPE_UNPACK: tl.constexpr,
 ):
     """out[pid_k, m, n] = sum over this split's k of x[m, k] * W[k, n] (float32)."""
     pid_n = tl.program_id(0)
@@ -67,10 +71,19 @@ def _wna16_gemm_kernel(
         mask_k = k < k_end
         x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        # Each int32 is read PACK times (once per code it holds); the repeats hit L1.
-        packed = tl.load(qw_ptr + (k[:, None] // PACK).to(tl.int64) * N + offs_n[None, :],
-                         mask=mask_k[:, None] & mask_n[None, :], other=0)
-        codes = (packed >> ((k[:, None] % PACK) * BITS)) & MASK
+        if RESHAPE_UNPACK:
+            # k0 is a multiple of BLOCK_K (and so of PACK): rows k0/PACK .. + BLOCK_K/PACK.
+            rows = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
+            packed = tl.load(qw_ptr + rows[:, None].to(tl.int64) * N + offs_n[None, :],
+                             mask=(rows[:, None] * PACK < k_end) & mask_n[None, :], other=0)
+            shifts = tl.arange(0, PACK) * BITS
+            codes = (packed[:, None, :] >> shifts[None, :, None]) & MASK  # [BLOCK_K/PACK, PACK, BLOCK_N]
+            codes = tl.reshape(codes, (BLOCK_K, BLOCK_N))
+        else:
+            # Each int32 is read PACK times (once per code it holds); the repeats hit L1.
+            packed = tl.load(qw_ptr + (k[:, None] // PACK).to(tl.int64) * N + offs_n[None, :],
+                             mask=mask_k[:, None] & mask_n[None, :], other=0)
+            codes = (packed >> ((k[:, None] % PACK) * BITS)) & MASK
         if GROUP_ALIGNED:
             # The whole tile lies in one group: one scale / zero row, broadcast over k.
             g = k0 // GROUP_SIZE
@@ -119,14 +132,23 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def pick_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> KernelConfig:
-    """Tile sizes by M. Small M is memory-bound: split K until every SM has ~2 programs."""
+def auto_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> int:
+    """Split K until every SM has ~2 programs, keeping at least 4 K tiles per program."""
+    n_tiles = triton.cdiv(n, block_n)
+    max_split = max(1, k // (4 * block_k))
+    return max(1, min(max_split, triton.cdiv(2 * num_sms, n_tiles)))
+
+
+def pick_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> KernelConfig | None:
+    """The tile config for M rows; None: dequantize + cuBLAS. A table measured at load
+    (``wna16_tuning``) for this weight shape wins over these defaults."""
+    tuned = wna16_tuning.lookup(m, n, k, bits, group_size)
+    if tuned is not wna16_tuning.NOT_TUNED:
+        return tuned
     if m <= _SMALL_M:
-        block_n, block_k = 64, 128
-        n_tiles = triton.cdiv(n, block_n)
-        max_split = max(1, k // (4 * block_k))  # keep at least 4 K tiles per program
-        split_k = max(1, min(max_split, triton.cdiv(2 * num_sms, n_tiles)))
-        return KernelConfig(16, block_n, block_k, split_k, num_warps=4, num_stages=4)
+        return KernelConfig(16, 64, 128, auto_split_k(n, k, 64, 128, num_sms), num_warps=4, num_stages=4)
+    if m >= _DEQUANT_MIN_M:
+        return None
     if m <= 64:
         return KernelConfig(64, 128, 64, 1, num_warps=4, num_stages=4)
     return KernelConfig(128, 128, 64, 1, num_warps=8, num_stages=3)
@@ -150,7 +172,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
         m, n, k, x2d.stride(0), k_per_split,
         GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
-        HAS_ROW_GROUPS=has_row_groups,
+        HAS_ROW_GROUPS=has_row_groups, RESHAPE_UNPACK=cfg.reshape_unpack,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out[0] if split_k == 1 else out.sum(dim=0).to(x2d.dtype)
@@ -179,11 +201,10 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if perm is not None:
         x2d = x2d.index_select(1, perm)
     x2d = x2d.contiguous()
-    m = x2d.shape[0]
-    if m >= _DEQUANT_MIN_M:
+    cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device))
+    if cfg is None:
         y = x2d @ wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
     else:
-        cfg = pick_config(m, qweight.shape[1], x2d.shape[1], group_size, _sms(x2d.device))
         y = wna16_gemm_with_config(x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), row_groups, group_size,
                                    bits, cfg)
     if bias is not None:

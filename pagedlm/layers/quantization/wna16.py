@@ -85,6 +85,11 @@ class WNA16LinearMethod(QuantMethod):
         layer.register_buffer("wna16_perm", perm, persistent=False)
         layer.register_buffer("wna16_row_groups", row_group_ids, persistent=False)
         layer.wna16_group_size = group_size
+        if ops.current_backend() == "triton" and codes.is_cuda:
+            from pagedlm.kernels import wna16_tuning  # noqa: PLC0415 - CUDA only
+
+            # Once per weight shape: the fastest kernel per batch-size bucket on this device.
+            wna16_tuning.tune(layer.qweight, layer.scales, layer.zeros, row_group_ids, group_size, self.bits)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if ops.current_backend() == "triton":
