@@ -154,6 +154,7 @@ def test_input_order():
     ({"quant_method": "gptq", "bits": 3, "group_size": 128}, "3-bit"),
     ({"quant_method": "gptq", "bits": 4, "group_size": 0}, "group size 0"),
     ({"quant_method": "gptq", "bits": 4, "checkpoint_format": "marlin"}, "marlin"),
+    ({"quant_method": "gptq", "bits": 4, "is_marlin_format": True}, "marlin"),
     ({"quant_method": "gptq", "bits": 4, "lm_head": True}, "lm_head"),
     ({"quant_method": "gptq", "bits": 4, "dynamic": {"-:.*": {}}}, "dynamic"),
 ])

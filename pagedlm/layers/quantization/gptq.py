@@ -70,6 +70,8 @@ class GPTQConfig(QuantizationConfig):
         if group_size != -1 and group_size <= 0:
             raise QuantizationError(f"GPTQ group size {group_size} is not supported; use a positive size or -1")
         fmt = str(hf_quant_cfg.get("checkpoint_format") or "gptq").lower()
+        if hf_quant_cfg.get("is_marlin_format"):  # older optimum / AutoGPTQ spelling
+            fmt = "marlin"
         if fmt not in _FORMATS:
             raise QuantizationError(f"GPTQ checkpoint_format {fmt!r} stores its weights in another layout; pagedlm "
                                     f"runs {sorted(_FORMATS)}")
