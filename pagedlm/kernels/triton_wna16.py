@@ -42,6 +42,26 @@ class KernelConfig:
     # loading it once per code it holds (the repeats hit L1): fewer load instructions, at
     # the price of a register reshuffle. benchmarks/gpu_w4a16.py times both.
     reshape_unpack: bool = False
+    # Build (code - zero) from float bits instead of converting ints (see _codes_minus_zero).
+    magic_dequant: bool = True
+
+
+@triton.jit
+def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
+    """(code - zero) in z's dtype, exact. With MAGIC the code is OR-ed into the bits of 128.0
+    (bf16) or 1024.0 (fp16), which gives 128 + code / 1024 + code with no int-to-float
+    conversion (a quarter-rate instruction that would bound a decode GEMV); subtracting
+    base + zero is exact since both are integers the format represents. The host only asks
+    for it where they are (4-bit codes in bf16, up to 8-bit in fp16)."""
+    if MAGIC:
+        if IS_BF16:
+            f = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+            return f - (z + 128.0)
+        else:
+            f = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+            return f - (z + 1024.0)
+    else:
+        return codes.to(z.dtype) - z
 
 
 @triton.jit
@@ -51,6 +71,7 @@ def _wna16_gemm_kernel(
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_ALIGNED: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, RESHAPE_UNPACK: tl.constexpr,
+    MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
 ):
     """out[pid_k, m, n] = sum over this split's k of x[m, k] * W[k, n] (float32)."""
     pid_n = tl.program_id(0)
@@ -97,7 +118,7 @@ def _wna16_gemm_kernel(
             g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
             s = tl.load(s_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             z = tl.load(z_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        w = (codes.to(x.dtype) - z) * s
+        w = _codes_minus_zero(codes, z, MAGIC, IS_BF16) * s
         acc += tl.dot(x, w.to(x.dtype))
     out_off = pid_k.to(tl.int64) * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -107,7 +128,7 @@ def _wna16_gemm_kernel(
 def _wna16_dequant_kernel(
     qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N, K,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ROW_GROUPS: tl.constexpr,
+    HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
 ):
     """out[k, n] = (code - zero) * scale: the dense [K, N] weight in the scales' dtype."""
     PACK: tl.constexpr = 32 // BITS
@@ -124,7 +145,7 @@ def _wna16_dequant_kernel(
     g_off = g[:, None].to(tl.int64) * N + n[None, :]
     s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
     z = tl.load(z_ptr + g_off, mask=mask, other=0.0)
-    w = (codes.to(s.dtype) - z) * s
+    w = _codes_minus_zero(codes, z, MAGIC, IS_BF16) * s
     tl.store(out_ptr + k[:, None].to(tl.int64) * N + n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -173,6 +194,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
         GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
         HAS_ROW_GROUPS=has_row_groups, RESHAPE_UNPACK=cfg.reshape_unpack,
+        MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out[0] if split_k == 1 else out.sum(dim=0).to(x2d.dtype)
@@ -186,7 +208,8 @@ def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.T
     grid = (triton.cdiv(k, 64), triton.cdiv(n, 128))
     _wna16_dequant_kernel[grid](qweight, scales, zeros, row_groups if row_groups is not None else qweight, out,
                                 n, k, GROUP_SIZE=group_size, BITS=bits, BLOCK_K=64, BLOCK_N=128,
-                                HAS_ROW_GROUPS=row_groups is not None, num_warps=4)
+                                HAS_ROW_GROUPS=row_groups is not None, MAGIC=_magic_exact(scales.dtype, bits),
+                                IS_BF16=scales.dtype == torch.bfloat16, num_warps=4)
     return out
 
 
@@ -210,6 +233,11 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if bias is not None:
         y = y + bias
     return y.reshape(*lead_shape, y.shape[-1])
+
+
+def _magic_exact(dtype: torch.dtype, bits: int) -> bool:
+    """Whether base + code and base + zero are exact in ``dtype`` (bf16: integers to 256)."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and bits == 4)
 
 
 def _interpreting() -> bool:

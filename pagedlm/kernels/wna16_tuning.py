@@ -12,6 +12,7 @@ every call and must stay importable wherever the kernel module is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -45,7 +46,8 @@ def small_m_candidates(n: int, k: int, num_sms: int) -> list[Any]:
 
     shapes = [(64, 128, 4, 4, False), (64, 128, 4, 4, True), (128, 128, 4, 3, True), (32, 256, 4, 3, False),
               (128, 64, 4, 4, False)]
-    return [KernelConfig(16, bn, bk, auto_split_k(n, k, bn, bk, num_sms), w, s, r) for bn, bk, w, s, r in shapes]
+    configs = [KernelConfig(16, bn, bk, auto_split_k(n, k, bn, bk, num_sms), w, s, r) for bn, bk, w, s, r in shapes]
+    return configs + [dataclasses.replace(configs[0], magic_dequant=False)]
 
 
 def tiled_candidates(m: int) -> list[Any]:
@@ -53,7 +55,7 @@ def tiled_candidates(m: int) -> list[Any]:
 
     configs = [KernelConfig(32, 64, 128, 1, 4, 4), KernelConfig(64, 128, 64, 1, 4, 4),
                KernelConfig(128, 128, 64, 1, 8, 3), KernelConfig(128, 128, 64, 1, 8, 3, reshape_unpack=True),
-               KernelConfig(64, 256, 64, 1, 8, 3)]
+               KernelConfig(64, 256, 64, 1, 8, 3), KernelConfig(128, 128, 64, 1, 8, 3, magic_dequant=False)]
     return [c for c in configs if c.block_m <= max(32, m)] + [None]
 
 
@@ -108,5 +110,5 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 def describe(choice: Any) -> str:
     if choice is None:
         return "dequant+cuBLAS"
-    tag = "r" if choice.reshape_unpack else ""
+    tag = ("r" if choice.reshape_unpack else "") + ("" if choice.magic_dequant else "i")
     return f"{choice.block_m}x{choice.block_n}x{choice.block_k}/s{choice.split_k}{tag}"

@@ -85,7 +85,8 @@ def test_every_kernel_config_and_bias(bits):
     ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
     configs = [triton_wna16.KernelConfig(16, 32, 64, 5, 4, 2), triton_wna16.KernelConfig(16, 64, 128, 1, 4, 2),
                triton_wna16.KernelConfig(32, 32, 32, 2, 4, 2)]
-    for cfg in configs + [dataclasses.replace(c, reshape_unpack=True) for c in configs]:
+    configs += [dataclasses.replace(c, reshape_unpack=True) for c in configs]
+    for cfg in configs + [dataclasses.replace(c, magic_dequant=False) for c in configs]:
         out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
         assert rel_err(out, ref) < TOL, cfg
     dense = triton_wna16.wna16_dequantize(qweight, scales, zeros, None, group_size, bits)
@@ -134,3 +135,19 @@ def test_tuned_table_is_used_and_correct():
         x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
         out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
         assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL, m
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantize_is_exact(dtype, bits):
+    """The dequantizer equals the reference bit for bit: the float-bits trick and the int
+    conversion give the same (code - zero). (The interpreter also mishandles bitcasts to
+    bf16, so bf16 runs on CUDA only.)"""
+    k, n, group_size = 256, 128, 32
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
+    zeros[0, :4] = 2**bits  # GPTQ v1's corrupt zero-point (stored -1, read back as 2**bits)
+    rg = torch.arange(k, device=DEVICE, dtype=torch.int32).flip(0) // group_size
+    for row_groups in (None, rg):
+        out = triton_wna16.wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits)
+        ref = wna16_reference.wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits)
+        assert out.dtype == dtype and torch.equal(out.cpu(), ref.cpu())
