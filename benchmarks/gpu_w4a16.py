@@ -198,8 +198,8 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"floors": floors, "bits": args.bits, "group_size": args.group_size,
                        "rows": [asdict(r) for r in rows]}, f, indent=1)
-    print(f"\n{'PASS' if not failures else 'FAIL'}: w4a16 correctness ({len(failures)} failures{': ' if failures else ''}"
-          f"{', '.join(failures[:10])})")
+    listed = f": {', '.join(failures[:10])}" if failures else ""
+    print(f"\n{'PASS' if not failures else 'FAIL'}: w4a16 correctness ({len(failures)} failures{listed})")
     return 1 if failures else 0
 
 

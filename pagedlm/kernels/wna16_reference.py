@@ -27,8 +27,7 @@ import torch
 
 def unpack_codes(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     """int32 [K // pack, N] -> int32 [K, N] unsigned codes (internal layout, sequential)."""
-    pack = 32 // bits
-    shifts = torch.arange(0, 32, bits, device=qweight.device, dtype=torch.int32)  # [pack]
+    shifts = torch.arange(0, 32, bits, device=qweight.device, dtype=torch.int32)  # [32 // bits]
     codes = (qweight[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)  # [K/pack, pack, N]
     return codes.reshape(-1, qweight.shape[1])
 

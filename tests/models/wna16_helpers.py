@@ -237,7 +237,8 @@ def quantize_checkpoint(float_dir: str | Path, out_dir: str | Path, ref_dir: str
         for f in float_dir.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
                 shutil.copy(f, d / f.name)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(d / "model.safetensors"),
+                  metadata={"format": "pt"})
     config = json.loads((out_dir / "config.json").read_text())
     config["quantization_config"] = _quant_config(fmt, **options)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
