@@ -114,11 +114,12 @@ def init_dummy_wna16(layer: nn.Module, bits: int, generator: torch.Generator) ->
 
 def random_codes_int32(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Uniform random int32 words: every field of every word is a valid code."""
-    return torch.randint(-(2**31), 2**31 - 1, shape, generator=generator, dtype=torch.int64).to(torch.int32)
+    return torch.randint(-(2**31), 2**31 - 1, shape, generator=generator, device=generator.device,
+                         dtype=torch.int64).to(torch.int32)
 
 
 def fill_dummy_scales(param: torch.Tensor, bits: int, generator: torch.Generator) -> None:
     """Scales that keep dequantized weights near +-0.05, as the float dummy init does."""
     span = 2 ** (bits - 1)
-    values = (torch.rand(param.shape, generator=generator) * 0.5 + 0.5) * (0.05 / span)
+    values = (torch.rand(param.shape, generator=generator, device=generator.device) * 0.5 + 0.5) * (0.05 / span)
     param.data.copy_(values.to(param.dtype))
