@@ -55,13 +55,12 @@ def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
     for it where they are (4-bit codes in bf16, up to 8-bit in fp16)."""
     if MAGIC:
         if IS_BF16:
-            f = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
-            return f - (z + 128.0)
+            diff = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True) - (z + 128.0)
         else:
-            f = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-            return f - (z + 1024.0)
+            diff = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024.0)
     else:
-        return codes.to(z.dtype) - z
+        diff = codes.to(z.dtype) - z
+    return diff
 
 
 @triton.jit
