@@ -101,7 +101,8 @@ def check_layer(llm: LLM, fmt: str) -> bool:
             method.ops, method.gemm = kernels
     err = ((out - expect).norm() / expect.norm().clamp_min(1e-12)).item()
     ok = err < 2e-2
-    names = f"quant={method.ops.per_token_quant.__module__.rsplit('.', 1)[-1]}, gemm={method.gemm.__name__}"
+    quantizer = method.ops.per_token_impl.get(method.scheme.weight_dtype, method.ops.per_token_quant)
+    names = f"quant={quantizer.__module__.rsplit('.', 1)[-1]}, gemm={method.gemm.__name__}"
     print(f"{'PASS' if ok else 'FAIL'} {fmt}: layer {layer.prefix} rel err {err:.2e} vs reference ({names}, "
           f"weight_only={method.weight_only})")
     return ok
