@@ -6,7 +6,7 @@ each format (``--load-format dummy`` builds valid quantized parameters per Quant
   python benchmarks/gpu_quant.py --formats bf16,fp8,int8,awq,gptq   # awq/gptq when registered
   python benchmarks/gpu_quant.py --skip-throughput                 # batch 1 only (faster)
   python benchmarks/gpu_quant.py --shape cpu-small --formats bf16,fp8,int8 --num-prompts 8 \
-      --input-len 32 --output-len 8                                # CPU smoke run
+      --input-len 32 --output-len 8 --kv-blocks 256                # CPU smoke run
 
 First, per format, a correctness line: one quantized layer's output on the device against
 the same method through the PyTorch reference ops (PASS / FAIL), and which kernels were picked.
@@ -29,8 +29,6 @@ from pagedlm import LLM
 from pagedlm.benchmarks.datasets import random_requests
 from pagedlm.benchmarks.latency import measure
 from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
-from pagedlm.benchmarks.throughput import run_pagedlm
-from pagedlm.engine_args import EngineArgs
 
 INT8_W8A8 = {"quant_method": "compressed-tensors", "format": "int-quantized", "ignore": ["lm_head"],
              "config_groups": {"group_0": {
@@ -103,7 +101,8 @@ def check_layer(llm: LLM, fmt: str) -> bool:
             method.ops, method.gemm = kernels
     err = ((out - expect).norm() / expect.norm().clamp_min(1e-12)).item()
     ok = err < 2e-2
-    names = f"quant={method.ops.per_token_quant.__module__.rsplit('.', 1)[-1]}, gemm={method.gemm.__name__}"
+    quantizer = method.ops.per_token_impl.get(method.scheme.weight_dtype, method.ops.per_token_quant)
+    names = f"quant={quantizer.__module__.rsplit('.', 1)[-1]}, gemm={method.gemm.__name__}"
     print(f"{'PASS' if ok else 'FAIL'} {fmt}: layer {layer.prefix} rel err {err:.2e} vs reference ({names}, "
           f"weight_only={method.weight_only})")
     return ok
@@ -116,33 +115,37 @@ def free(llm: LLM | None) -> None:
         torch.cuda.empty_cache()
 
 
-def batch1(model_dir: Path, fmt: str, args, copy_bw: float | None) -> dict:
+def run_format(model_dir: Path, fmt: str, args, copy_bw: float | None) -> dict:
+    """One engine per format (loaded once): the correctness line, batch-1 TPOT, then throughput."""
+    import time
+
+    from pagedlm import SamplingParams
+
     _, quantization = FORMATS[fmt]
-    llm = LLM(str(model_dir), load_format="dummy", quantization=quantization, num_gpu_blocks_override=args.latency_blocks,
-              max_model_len=args.input_len + args.output_len + 16, max_num_seqs=8, device=args.device)
-    ok = check_layer(llm, fmt)
+    llm = LLM(str(model_dir), load_format="dummy", quantization=quantization, device=args.device,
+              num_gpu_blocks_override=args.kv_blocks, max_num_seqs=args.max_num_seqs,
+              max_model_len=args.input_len + args.output_len + 16)
+    row = {"format": fmt, "check": check_layer(llm, fmt)}
     model = llm.llm_engine.engine_core.runner.model
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    row["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     embed = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" in n)
+    row["floor_ms"] = (row["weight_bytes"] - embed) / copy_bw * 1e3 if copy_bw else float("nan")
     r = measure(llm, 1, args.input_len, args.output_len, warmup=1, iters=args.iters)
+    row.update(tpot_ms=r["time_per_output_token_ms"], ttft_ms=r["time_to_first_token_s"] * 1e3)
+    if not args.skip_throughput:
+        vocab = llm.llm_engine.model_config.vocab_size
+        requests = random_requests(args.num_prompts, args.input_len, args.output_len, 0.0, vocab)
+        prompts = [{"prompt_token_ids": q.prompt_token_ids} for q in requests]
+        params = [SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=q.output_len, detokenize=False)
+                  for q in requests]
+        llm.llm_engine.reset_prefix_cache()
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+        row["output_tokens_per_s"] = sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
+        row["preemptions"] = llm.llm_engine.get_stats().num_preemptions_total
     free(llm)
-    floor_ms = (weight_bytes - embed) / copy_bw * 1e3 if copy_bw else float("nan")
-    return {"format": fmt, "check": ok, "weight_bytes": weight_bytes, "floor_ms": floor_ms,
-            "tpot_ms": r["time_per_output_token_ms"], "ttft_ms": r["time_to_first_token_s"] * 1e3}
-
-
-def throughput(model_dir: Path, fmt: str, args) -> float:
-    _, quantization = FORMATS[fmt]
-    vocab = SHAPES[args.shape]["vocab_size"]
-    requests = random_requests(args.num_prompts, args.input_len, args.output_len, 0.0, vocab)
-    engine_args = EngineArgs(model=str(model_dir), load_format="dummy", quantization=quantization,
-                             num_gpu_blocks_override=args.throughput_blocks, device=args.device,
-                             max_model_len=args.input_len + args.output_len + 16)
-    r = run_pagedlm(engine_args, requests)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return r["output_tokens_per_s"]
+    return row
 
 
 def verdict(ratio: float, target: float | None, at_most: bool) -> str:
@@ -178,8 +181,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--latency-blocks", type=int, default=256)
-    p.add_argument("--throughput-blocks", type=int, default=12288, help="fixed KV blocks (16 tokens) per format")
+    p.add_argument("--kv-blocks", type=int, default=12288, help="fixed KV blocks (16 tokens) for every format")
+    p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output-json", default=None)
@@ -199,9 +202,7 @@ def main() -> None:
         model_dir = format_dir(args.shape, fmt, root)
         if model_dir is None:
             continue
-        row = batch1(model_dir, fmt, args, floors["copy_bytes_per_s"] if floors else None)
-        if not args.skip_throughput:
-            row["output_tokens_per_s"] = throughput(model_dir, fmt, args)
+        row = run_format(model_dir, fmt, args, floors["copy_bytes_per_s"] if floors else None)
         row["shape"] = args.shape
         rows.append(row)
         print(json.dumps(row))

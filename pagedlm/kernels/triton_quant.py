@@ -24,7 +24,7 @@ def _per_token_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, hidden,
     mask = offs < hidden
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, min_scale)
-    y = x / scale
+    y = tl.math.div_rn(x, scale)  # IEEE division, as torch (Triton's `/` is approximate)
     if IS_INT8:
         # round half to even, as torch.round
         r = tl.floor(y + 0.5)

@@ -95,6 +95,8 @@ def test_start_up_selection_picks_the_fast_kernels() -> None:
     ops = quant_ops(DEVICE)
     assert ops.fp8_gemm == fp8_gemm_supported(DEVICE)
     assert ops.int8_scaled_mm is quant_cuda.int8_scaled_mm
-    assert ops.per_token_quant is triton_quant.per_token_quant
+    assert ops.per_token_impl[torch.int8] is triton_quant.per_token_quant
+    if ops.fp8_gemm:
+        assert ops.per_token_impl[FP8] is triton_quant.per_token_quant
     if CAPABILITY >= (9, 0):
         assert ops.fp8_scaled_mm is quant_cuda.fp8_scaled_mm_rowwise

@@ -135,3 +135,22 @@ def test_tensor_parallel_equals_single_rank(llama: str, tmp_path: Path, activati
         tp.llm_engine.engine_core.shutdown()
     assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
     assert_same(ref, outputs)
+
+
+def test_fp8_without_fp8_gemm_runs_as_w8a16(llama: str, tmp_path: Path, monkeypatch, caplog) -> None:
+    """A GPU below compute capability 8.9 (simulated): fp8 weights, unquantized activations, a log line."""
+    import dataclasses
+
+    from pagedlm.kernels.quant_ops import REFERENCE_OPS
+    from pagedlm.layers.quantization import w8a8
+
+    monkeypatch.setattr(w8a8, "quant_ops", lambda device: dataclasses.replace(REFERENCE_OPS, fp8_gemm=False))
+    monkeypatch.setattr(w8a8, "_fallback_logged", False)
+    path = _with_quant_config(llama, tmp_path / "fp8", {"quant_method": "fp8", "activation_scheme": "static"})
+    llm = LLM(str(path), load_format="dummy", **ENGINE)
+    layer = llm.llm_engine.engine_core.runner.model.model.layers[0].mlp.down_proj
+    assert layer.weight.dtype == FP8 and layer.quant_method.weight_only
+    assert "no fp8 GEMM" in caplog.text and "W8A16" in caplog.text
+    x = torch.randn(3, layer.weight.shape[1])
+    expect = x @ (layer.weight.float() * layer.weight_scale).t()  # no activation quantization
+    torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
