@@ -1,14 +1,16 @@
-"""Tensor parallelism on GPUs: TP=N equals TP=1, then batch-1 latency and throughput.
+"""Tensor and pipeline parallelism on GPUs: TP=N and PP=M equal TP=1, then batch-1 latency
+and throughput.
 
-    python benchmarks/gpu_tp.py                      # 2 GPUs: check TP=2, 8B @ TP=1/2, 70B @ TP=2
-    python benchmarks/gpu_tp.py --configs llama-3.1-8b@1 --check-tp 1   # one GPU
-    python benchmarks/gpu_tp.py --tiny --device cpu  # CPU smoke run (tiny shapes, TP=1 and 2)
+    python benchmarks/gpu_tp.py       # 2 GPUs: check TP=2 and PP=2, 8B @ TP=1/TP=2/PP=2, 70B @ TP=2
+    python benchmarks/gpu_tp.py --configs llama-3.1-8b@1 --check-tp 1 --check-pp 1   # one GPU
+    python benchmarks/gpu_tp.py --tiny --device cpu  # CPU smoke run (tiny shapes, TP=1, TP=2, PP=2)
 
 1. Check: a random-weight checkpoint (written to disk, so every rank loads its shard through
-   the weight loaders) generates greedily at TP=1 and at TP=``--check-tp``; token ids must
+   the weight loaders) generates greedily at TP=1, at TP=``--check-tp`` and at
+   PP=``--check-pp`` (up to PP batches in flight: the batch queue must fill); token ids must
    agree up to the first divergence, where each side's token is in the other's top-5
    (vLLM's rule; bf16 sums in another order may flip near-ties).
-2. Measure, per ``shape@tp`` config with ``--load-format dummy``: batch-1 latency (TTFT,
+2. Measure, per ``shape@tp`` (or ``shape@tpxpp``, e.g. ``llama-3.1-8b@1x2``) config with ``--load-format dummy``: batch-1 latency (TTFT,
    time per output token) and offline throughput on random prompts.
 Each engine runs in its own subprocess so its GPU memory is returned before the next one.
 Prints one JSON document (also written to ``--output-json``).
@@ -31,9 +33,10 @@ CHECK_PROMPTS = [[1 + (i * 7919 + j * 104729) % 500 for j in range(16 + 8 * i)] 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--configs", default="llama-3.1-8b@1,llama-3.1-8b@2,llama-3.1-70b@2",
-                   help="comma-separated SHAPE@TP to measure")
+    p.add_argument("--configs", default="llama-3.1-8b@1,llama-3.1-8b@2,llama-3.1-8b@1x2,llama-3.1-70b@2",
+                   help="comma-separated SHAPE@TP or SHAPE@TPxPP to measure")
     p.add_argument("--check-tp", type=int, default=2, help="TP size checked against TP=1 (1: skip the check)")
+    p.add_argument("--check-pp", type=int, default=2, help="PP size checked against TP=1 (1: skip the check)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and workloads (CPU smoke run)")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=128)
@@ -42,13 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: one engine, JSON spec
     args = p.parse_args(argv)
     if args.tiny:
-        args.configs = "cpu-small@1,cpu-small@2" if args.configs == p.get_default("configs") else args.configs
+        args.configs = "cpu-small@1,cpu-small@2,cpu-small@1x2" if args.configs == p.get_default("configs") else args.configs
         args.input_len, args.output_len, args.num_prompts = 32, 8, 8
     return args
 
 
-def engine_kwargs(device: str, tp: int, max_model_len: int) -> dict:
-    kw = dict(device=device, tensor_parallel_size=tp, max_model_len=max_model_len, max_num_seqs=256)
+def engine_kwargs(device: str, tp: int, max_model_len: int, pp: int = 1) -> dict:
+    kw = dict(device=device, tensor_parallel_size=tp, pipeline_parallel_size=pp, max_model_len=max_model_len,
+              max_num_seqs=256)
     if device == "cpu":
         kw.update(dtype="float32", num_gpu_blocks_override=max(64, 4 * max_model_len // 16), max_num_seqs=16)
     return kw
@@ -58,11 +62,15 @@ def run_check(spec: dict) -> dict:
     """One engine: greedy ids and top-k logprobs of CHECK_PROMPTS."""
     from pagedlm import LLM, SamplingParams
 
-    llm = LLM(spec["model"], **engine_kwargs(spec["device"], spec["tp"], 256))
+    # A small token budget splits the prompts over several batches, so PP fills its batch queue.
+    llm = LLM(spec["model"], max_num_batched_tokens=64, **engine_kwargs(spec["device"], spec["tp"], 256,
+                                                                       spec.get("pp", 1)))
     params = SamplingParams(temperature=0.0, max_tokens=16, logprobs=NUM_LOGPROBS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in CHECK_PROMPTS], params, use_tqdm=False)
+    queue = llm.llm_engine.engine_core.batch_queue
     llm.llm_engine.engine_core.shutdown()
-    return {"ids": [o.outputs[0].token_ids for o in outs],
+    return {"batch_queue_depth": queue.max_depth_reached if queue is not None else 1,
+            "ids": [o.outputs[0].token_ids for o in outs],
             "logprobs": [[{str(t): lp.logprob for t, lp in pos.items()} for pos in o.outputs[0].logprobs]
                          for o in outs]}
 
@@ -74,7 +82,8 @@ def run_measure(spec: dict) -> dict:
 
     max_len = spec["input_len"] + spec["output_len"] + 16
     start = time.perf_counter()
-    llm = LLM(spec["model"], load_format="dummy", **engine_kwargs(spec["device"], spec["tp"], max_len))
+    llm = LLM(spec["model"], load_format="dummy", **engine_kwargs(spec["device"], spec["tp"], max_len,
+                                                                 spec.get("pp", 1)))
     startup_s = time.perf_counter() - start
     latency = measure(llm, 1, spec["input_len"], spec["output_len"], warmup=1, iters=3)
     vocab = llm.llm_engine.model_config.vocab_size
@@ -86,7 +95,7 @@ def run_measure(spec: dict) -> dict:
     num_out = sum(len(o.outputs[0].token_ids) for o in outs)
     num_in = sum(len(r.prompt_token_ids) for r in reqs)
     llm.llm_engine.engine_core.shutdown()
-    return {"shape": spec["shape"], "tp": spec["tp"], "startup_s": startup_s, "batch1": latency,
+    return {"shape": spec["shape"], "tp": spec["tp"], "pp": spec.get("pp", 1), "startup_s": startup_s, "batch1": latency,
             "throughput": {"num_prompts": len(reqs), "elapsed_s": elapsed, "output_tokens_per_s": num_out / elapsed,
                            "total_tokens_per_s": (num_in + num_out) / elapsed}}
 
@@ -111,7 +120,7 @@ def compare(ref: dict, ours: dict) -> dict:
     return {"ok": True, "matched_tokens": matched, "max_logprob_diff": max_diff}
 
 
-def check(args: argparse.Namespace) -> dict:
+def check(args: argparse.Namespace) -> list[dict]:
     from pagedlm.demo import build_tiny_checkpoint
 
     size = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
@@ -121,8 +130,17 @@ def check(args: argparse.Namespace) -> dict:
     model = str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="gpu_tp_check_"), **size))
     base = {"mode": "check", "model": model, "device": args.device}
     ref = in_subprocess({**base, "tp": 1})
-    ours = in_subprocess({**base, "tp": args.check_tp})
-    return {"tp": args.check_tp, **compare(ref, ours)}
+    results = []
+    for tp, pp in ((args.check_tp, 1), (1, args.check_pp)):
+        if tp * pp > 1:
+            ours = in_subprocess({**base, "tp": tp, "pp": pp})
+            result = {"tp": tp, "pp": pp, **compare(ref, ours), "batch_queue_depth": ours["batch_queue_depth"]}
+            if result["ok"] and ours["batch_queue_depth"] != pp:  # PP ran one batch at a time
+                result.update(ok=False, why=f"the batch queue reached depth {ours['batch_queue_depth']}, not {pp}")
+            results.append(result)
+            print(f"{'PASS' if result['ok'] else 'FAIL'}: TP={tp} PP={pp} vs TP=1 "
+                  f"{result.get('why', '')}", file=sys.stderr)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,14 +151,17 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     from pagedlm.benchmarks.shapes import make_shape_dir
 
-    result: dict = {"device": args.device, "check": check(args) if args.check_tp > 1 else None, "runs": []}
-    if result["check"] is not None and not result["check"]["ok"]:
+    result: dict = {"device": args.device, "check": check(args), "runs": []}
+    failed = [c for c in result["check"] if not c["ok"]]
+    if failed:
         print(json.dumps(result, indent=2))
-        sys.exit(f"TP={args.check_tp} does not match TP=1: {result['check']['why']}")
+        sys.exit("; ".join(f"TP={c['tp']} PP={c['pp']} does not match TP=1: {c['why']}" for c in failed))
     for config in args.configs.split(","):
-        shape, tp = config.split("@")
+        shape, world = config.split("@")
+        tp, _, pp = world.partition("x")
         model = str(make_shape_dir(shape, tempfile.mkdtemp(prefix=f"gpu_tp_{shape}_")))
-        spec = {"mode": "measure", "model": model, "shape": shape, "tp": int(tp), "device": args.device,
+        spec = {"mode": "measure", "model": model, "shape": shape, "tp": int(tp), "pp": int(pp or 1),
+                "device": args.device,
                 "input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts}
         result["runs"].append(in_subprocess(spec))
     print(json.dumps(result, indent=2))

@@ -45,12 +45,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def bench(url: str, model_dir: Path, out_dir: Path, name: str, num_prompts: int, rate: str,
-          concurrency: int | None, input_len: int, output_len: int) -> dict:
+          concurrency: int | None, input_len: int, output_len: int, seed: int) -> dict:
+    """One `pagedlm bench serve` run. Each run gets its own seed: runs with the same prompts
+    would hit the prefix cache the run before filled and overstate the throughput."""
     cmd = [sys.executable, "-m", "pagedlm", "bench", "serve", "--base-url", url, "--tokenizer", str(model_dir),
            "--random-input-len", str(input_len), "--random-output-len", str(output_len), "--ignore-eos",
            "--num-prompts", str(num_prompts), "--request-rate", rate, "--metric-percentiles", "50,99",
            "--temperature", "1.0",  # as benchmarks/compare_throughput.py samples
-           "--save-result", "--result-dir", str(out_dir), "--result-filename", f"{name}.json"]
+           "--save-result", "--result-dir", str(out_dir), "--result-filename", f"{name}.json", "--seed", str(seed)]
     if concurrency is not None:
         cmd += ["--max-concurrency", str(concurrency)]
     subprocess.run(cmd, check=True)
@@ -77,11 +79,12 @@ def main() -> None:
     try:
         wait_healthy(url, proc, 600)
         common = dict(input_len=args.input_len, output_len=args.output_len)
-        runs["concurrency 1"] = bench(url, model_dir, out_dir, "c1", args.concurrency_1_prompts, "inf", 1, **common)
+        runs["concurrency 1"] = bench(url, model_dir, out_dir, "c1", args.concurrency_1_prompts, "inf", 1, seed=1,
+                                     **common)
         if args.rate > 0:
             runs[f"rate {args.rate:g}"] = bench(url, model_dir, out_dir, "rate", args.num_prompts, str(args.rate),
-                                                None, **common)
-        runs["rate inf"] = bench(url, model_dir, out_dir, "inf", args.num_prompts, "inf", None, **common)
+                                                None, seed=2, **common)
+        runs["rate inf"] = bench(url, model_dir, out_dir, "inf", args.num_prompts, "inf", None, seed=3, **common)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

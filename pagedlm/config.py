@@ -208,7 +208,9 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model {model!r} is not a local checkpoint directory (config.json, weights, tokenizer)")
     if not (path / "config.json").exists():
         raise ConfigError(f"model directory {model!r} has no config.json")
-    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    from pagedlm.models.multimodal import text_only_config
+
+    return text_only_config(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code))
 
 
 def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False) -> int:

@@ -91,11 +91,12 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
-    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA)",
-                                        SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
+                                        "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
-    pipeline_parallel_size: int = opt(1, "pipeline-parallel stages", PARALLEL, flags=("-pp",))
+    pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
+                                      flags=("-pp",))
     data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
                                   "least-loaded one", PARALLEL, flags=("-dp",))
     distributed_executor_backend: str | None = opt(None, "how ranks run: uni (one rank, in process), mp (a process "
@@ -193,6 +194,10 @@ class EngineArgs:
             from pagedlm.models.registry import verify_pipeline_support
 
             verify_pipeline_support(model_config.architectures)
+            from pagedlm.engine.batch_queue import verify_pipeline_options
+
+            verify_pipeline_options(parallel_config.pipeline_parallel_size, self.async_scheduling,
+                                    pooler_config is not None)
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
@@ -212,7 +217,8 @@ class EngineArgs:
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=self.async_scheduling if self.async_scheduling is not None else device == "cuda",
+                async_scheduling=self.async_scheduling if self.async_scheduling is not None else
+                device == "cuda" and parallel_config.pipeline_parallel_size == 1,  # PP: its batch queue overlaps
                 enable_chunked_prefill=not pooling,
             ),
             parallel_config=parallel_config,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pagedlm.config import EngineConfig
+from pagedlm.engine.batch_queue import BatchQueue
 from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
@@ -26,6 +27,9 @@ class EngineCore:
         self.structured_output = StructuredOutputManager.from_config(config)
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
+        # Pipeline parallelism: up to one batch per stage in flight (engine/batch_queue.py).
+        pp = config.parallel_config.pipeline_parallel_size
+        self.batch_queue = BatchQueue(self.scheduler, self.executor, self.structured_output, pp) if pp > 1 else None
 
     @property
     def runner(self):
@@ -44,9 +48,11 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._inflight is not None
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None or bool(self.batch_queue)
 
     def step(self) -> list[EngineCoreOutput]:
+        if self.batch_queue is not None:
+            return self.batch_queue.step()
         if self.config.scheduler_config.async_scheduling:
             return self._step_overlapped()
         if not self.scheduler.has_unfinished_requests():

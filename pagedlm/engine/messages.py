@@ -54,6 +54,9 @@ class CachedRequestData:
     req_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    # Pipeline parallelism: the tokens this step computes (vLLM's new_token_ids). Only the
+    # last stage samples, so the other stages learn each sampled token from here.
+    new_token_ids: list[int] | None = None
 
 
 @dataclass(slots=True)

@@ -71,6 +71,7 @@ class Request:
         self.stop_reason: int | str | None = None
         self.error: str | None = None
         self.num_preemptions = 0
+        self.num_prompt_logprobs_sent = 0  # prompt positions scored and delivered (engine/prompt_logprobs.py)
         self.first_scheduled_time: float | None = None
         # Chain hashes of the full blocks of all_token_ids, filled by the KV cache manager.
         self.block_hashes: list[bytes] = []

@@ -26,6 +26,7 @@ from pagedlm.engine.messages import (
     SchedulerOutput,
     SchedulerStats,
 )
+from pagedlm.engine.prompt_logprobs import unsent_prompt_logprobs
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.structured_output.manager import StructuredOutputManager, Verdict
 from pagedlm.structured_output.validate import InvalidStructuredOutputError
@@ -51,6 +52,9 @@ class Scheduler:
         # Requests finished inside schedule() (they can never fit): reported by the next update.
         self._errored: list[Request] = []
         self.structured_output = structured_output or StructuredOutputManager(None)
+        # Pipeline parallelism: requests in a launched batch whose output has not come back.
+        # schedule() skips them (and never preempts them) until it does; the engine core owns the set.
+        self.inflight_req_ids: set[str] = set()
 
     # ---- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -103,7 +107,7 @@ class Scheduler:
             num_computed = request.num_computed_tokens
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_new = min(num_known - num_computed, budget, self.max_model_len - num_computed)
-            if num_new <= 0:
+            if num_new <= 0 or request.request_id in self.inflight_req_ids:
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -111,7 +115,7 @@ class Scheduler:
                 self._fail_unfittable(request)
                 continue
             while (blocks := self.kv.allocate_slots(request, num_new)) is None:
-                victim = self.running.pop()
+                victim = self.running.pop(self._victim_index(index))
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is request:
@@ -126,6 +130,14 @@ class Scheduler:
             budget -= num_new
             index += 1
         return budget
+
+    def _victim_index(self, index: int) -> int:
+        """The newest running request not yet scheduled this step and not in flight (at
+        worst the one at ``index``, which is neither): a batch in flight keeps its blocks."""
+        victim = len(self.running) - 1
+        while victim > index and self.running[victim].request_id in self.inflight_req_ids:
+            victim -= 1
+        return victim
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
@@ -251,6 +263,8 @@ class Scheduler:
                 continue
             new_ids = runner.sampled_token_ids[i]
             prompt_lp = runner.prompt_logprobs.get(req_id)
+            if prompt_lp is not None:  # a recompute after preemption scores delivered positions again
+                prompt_lp = unsent_prompt_logprobs(request, sched, prompt_lp)
             pooled = runner.pooler_output.get(req_id)
             if not new_ids and prompt_lp is None and pooled is None:
                 continue

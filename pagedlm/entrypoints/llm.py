@@ -7,7 +7,7 @@ import os
 from typing import Any, Sequence
 
 from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
-from pagedlm.engine.input_processor import PromptType
+from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
 from pagedlm.metrics import PrometheusStatLogger
@@ -162,6 +162,7 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts = []
         for conversation in conversations:
+            _check_text_only(conversation)
             kwargs = dict(chat_template=chat_template, add_generation_prompt=add_generation_prompt and not
                           continue_final_message, continue_final_message=continue_final_message,
                           **(chat_template_kwargs or {}))
@@ -215,6 +216,18 @@ class LLM:
         if pbar is not None:
             pbar.close()
         return [finished[r] for r in request_ids]
+
+
+def _check_text_only(conversation: list[dict]) -> None:
+    """Refuse non-text content parts (images, audio): handed to the chat template, an image
+    would become a placeholder token and the image itself would be silently dropped."""
+    for i, message in enumerate(conversation):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind not in ("text", "input_text", "refusal"):
+                raise InvalidRequestError(f"messages[{i}].content: content part type {kind!r} is not supported; "
+                                          "pagedlm serves text only (of a multimodal checkpoint, its language model)")
 
 
 def _final_only(params: SamplingParams) -> SamplingParams:

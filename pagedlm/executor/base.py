@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 
 import numpy as np
 
@@ -17,9 +18,27 @@ class WorkerDiedError(RuntimeError):
     """A worker process or actor died or failed; the engine cannot continue."""
 
 
+class StepFuture:
+    """A launched step's output, to come. Steps finish in launch order, so ``result()``
+    first collects every older step still pending (each future keeps its own output)."""
+
+    def __init__(self, executor: "Executor") -> None:
+        self._executor = executor
+        self._output: ModelRunnerOutput | None = None
+
+    def done(self) -> bool:
+        return self._output is not None
+
+    def result(self) -> ModelRunnerOutput:
+        while self._output is None:
+            self._executor._collect_oldest()
+        return self._output
+
+
 class Executor(ABC):
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self._pending: deque[StepFuture] = deque()  # submitted, not yet collected, oldest first
 
     @staticmethod
     def create(config: EngineConfig) -> "Executor":
@@ -49,6 +68,28 @@ class Executor(ABC):
         logger.info("World of %d rank(s), KV blocks per rank %s -> %d on every rank:\n  %s",
                     len(layout), per_rank, num_blocks, "\n  ".join(layout))
         return num_blocks
+
+    def submit(self, sched: SchedulerOutput) -> StepFuture:
+        """Start a step without waiting (pipeline parallelism keeps several in flight)."""
+        self._start_step(sched)
+        future = StepFuture(self)
+        self._pending.append(future)
+        return future
+
+    def _collect_oldest(self) -> None:
+        future = self._pending[0]
+        future._output = self._finish_step()  # raises WorkerDiedError if a worker died meanwhile
+        self._pending.popleft()
+
+    def _start_step(self, sched: SchedulerOutput) -> None:
+        """submit()'s transport. Workers in other processes override it so the output rank
+        answers each step as soon as it is done: an output must never wait for a step
+        launched after it, or the next batch could not enter the first stage meanwhile."""
+        self.launch(sched)
+
+    def _finish_step(self) -> ModelRunnerOutput:
+        """The oldest started step's output (waits for it)."""
+        return self.take_output()
 
     @abstractmethod
     def collective_rpc(self, method: str, *args: object) -> list:

@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 import weakref
+from collections import deque
 from typing import Any, Iterator
 
 import numpy as np
@@ -47,6 +48,7 @@ class MultiprocExecutor(Executor):
         self.world_size = config.parallel_config.world_size
         self.output_rank = (config.parallel_config.pipeline_parallel_size - 1) * config.parallel_config.tensor_parallel_size
         self._dead: str | None = None
+        self._early: dict[int, deque] = {}  # replies that came before their wait, per rank
         self._dir = tempfile.mkdtemp(prefix="pagedlm-mp-")  # mode 0700: only this user can connect
         self._ctx = zmq.Context()
         self._results = self._ctx.socket(zmq.PULL)
@@ -82,14 +84,21 @@ class MultiprocExecutor(Executor):
             sock.send(data, copy=False)
 
     def _wait(self, ranks: set[int]) -> dict[int, Any]:
-        """Replies of ``ranks``; raises WorkerDiedError as soon as any worker dies or fails."""
-        results: dict[int, Any] = {}
+        """The next reply of each of ``ranks``; raises WorkerDiedError as soon as any worker
+        dies or fails. A reply from another rank (or a later one) is kept for its own wait:
+        with steps in flight the output rank answers each one unasked."""
+        if self._dead is not None:  # e.g. a step still queued after the failure that stopped us
+            raise WorkerDiedError(self._dead)
+        results = {rank: self._early[rank].popleft() for rank in ranks if self._early.get(rank)}
         while len(results) < len(ranks):
             if self._results.poll(_POLL_MS):
                 rank, ok, payload = serial.decode_raw(self._results.recv())
                 if not ok:
                     self._report_failure(rank, payload)
-                results[rank] = payload
+                if rank in ranks and rank not in results:
+                    results[rank] = payload
+                else:
+                    self._early.setdefault(rank, deque()).append(payload)
             else:
                 self._check_alive()
         return results
@@ -129,7 +138,14 @@ class MultiprocExecutor(Executor):
         return [results[rank] for rank in range(self.world_size)]
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._start_step(sched)
+        return self._finish_step()
+
+    def _start_step(self, sched: SchedulerOutput) -> None:
+        # Each rank runs the step whole; the output rank replies the moment it is done.
         self._send("execute_model", serial.encode(sched))
+
+    def _finish_step(self) -> ModelRunnerOutput:
         return serial.decode_runner_output(self._wait({self.output_rank})[self.output_rank])
 
     def launch(self, sched: SchedulerOutput) -> None:

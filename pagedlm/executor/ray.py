@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class RayExecutor(Executor):
             ray.init(address=os.environ.get("RAY_ADDRESS"))  # None: start a local cluster
         self._dead: str | None = None
         self._launched: list = []
+        self._steps: deque[list] = deque()  # per submitted step: its calls on every actor
         self.actors: list = []
         self.pg = None
         try:
@@ -142,6 +144,14 @@ class RayExecutor(Executor):
         data = serial.encode(sched)
         outs = self._get([a.execute_model.remote(data) for a in self.actors])
         return serial.decode_runner_output(outs[self.output_rank])
+
+    def _start_step(self, sched: SchedulerOutput) -> None:
+        data = serial.encode(sched)
+        self._steps.append([a.execute_model.remote(data) for a in self.actors])
+
+    def _finish_step(self) -> ModelRunnerOutput:
+        # Only this step's calls: a step launched after it never delays its output.
+        return serial.decode_runner_output(self._get(self._steps.popleft())[self.output_rank])
 
     def launch(self, sched: SchedulerOutput) -> None:
         data = serial.encode(sched)

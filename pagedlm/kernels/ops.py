@@ -15,6 +15,7 @@ silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
 write_kv_cache = reference.write_kv_cache
 paged_attention = reference.paged_attention
+prepare_step = reference.prepare_step
 
 _OP_NAMES = (
     "rms_norm",
@@ -23,6 +24,7 @@ _OP_NAMES = (
     "rotary_embedding",
     "write_kv_cache",
     "paged_attention",
+    "prepare_step",
 )
 _current = "torch"
 

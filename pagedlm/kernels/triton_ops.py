@@ -17,6 +17,7 @@ from pagedlm.kernels.triton_attention import paged_attention
 from pagedlm.kernels.triton_kv_cache import write_kv_cache
 from pagedlm.kernels.triton_norm import fused_add_rms_norm, rms_norm
 from pagedlm.kernels.triton_rotary import rotary_embedding
+from pagedlm.kernels.step_prep import prepare_step_triton as prepare_step
 
 __all__ = [
     "fused_add_rms_norm",

@@ -5,7 +5,8 @@ scaling for full ones), and no attention soft-capping (transformers' Gemma 3 doe
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from pagedlm.models.gemma2 import (
     check_causal,
     layer_sliding_windows,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def layer_type_rotary(config: Any, layer_type: str, max_position: int) -> RotaryEmbedding:
@@ -74,3 +77,32 @@ class Gemma3TextModel(nn.Module):
 
 class Gemma3ForCausalLM(Gemma2ForCausalLM):
     model_cls = Gemma3TextModel
+
+
+# Checkpoint prefixes of Gemma3ForConditionalGeneration: the legacy layout of the Hub's Gemma 3
+# 4B/12B/27B (language_model.model.*) and transformers 5's (model.language_model.*).
+_TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                  ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
+    """The language model of a multimodal Gemma 3 checkpoint, served as a text-only model: its
+    config is ``text_config`` (see ``pagedlm.models.multimodal``), the vision tower and
+    projector weights are skipped at load, and image inputs are refused before they get here."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        skipped = 0
+
+        def text_weights() -> Iterator[tuple[str, torch.Tensor]]:
+            nonlocal skipped
+            for name, tensor in weights:
+                if name.startswith(_VISION_PREFIXES):
+                    skipped += 1
+                    continue
+                yield next((new + name[len(old):] for old, new in _TEXT_PREFIXES if name.startswith(old)), name), tensor
+
+        loaded = super().load_weights(text_weights())
+        logger.info("Gemma3ForConditionalGeneration: serving the language model only; skipped %d vision tower / "
+                    "projector weights (image inputs are refused)", skipped)
+        return loaded

@@ -7,7 +7,7 @@ from torch import nn
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
-from pagedlm.models.gemma3 import Gemma3ForCausalLM
+from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
@@ -28,6 +28,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
+    "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,  # its language model (text only)
     "Phi3ForCausalLM": Phi3ForCausalLM,
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,

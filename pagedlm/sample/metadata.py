@@ -26,7 +26,10 @@ class PenaltyMetadata:
     # Padded with vocab_size. Rows without penalties are all padding. prompt_token_ids is
     # None when no row has a repetition penalty (the only penalty that looks at the prompt).
     prompt_token_ids: torch.Tensor | None  # [B, max_prompt_len] int64
-    output_token_ids: torch.Tensor  # [B, max_output_len] int64
+    output_token_ids: torch.Tensor | None  # [B, max_output_len] int64; None when output_counts is given
+    # The persistent batch's on-device state instead of the padded lists (no per-step padding):
+    output_counts: torch.Tensor | None = None  # [B, V] int32
+    prompt_mask: torch.Tensor | None = None  # [B, V] bool; None when no row has a repetition penalty
 
 
 @dataclass(slots=True)
@@ -145,10 +148,19 @@ def _penalties(
     output_token_ids: list[list[int]],
     vocab_size: int,
     device: torch.device,
+    penalty_state: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> PenaltyMetadata | None:
     penalized = [_has_penalties(sp) for sp in params]
     if not any(penalized):
         return None
+    if penalty_state is not None:  # the persistent batch's device counts: nothing to pad
+        return PenaltyMetadata(
+            presence=_to_device([sp.presence_penalty for sp in params], torch.float32, device),
+            frequency=_to_device([sp.frequency_penalty for sp in params], torch.float32, device),
+            repetition=_to_device([sp.repetition_penalty for sp in params], torch.float32, device),
+            prompt_token_ids=None, output_token_ids=None,
+            output_counts=penalty_state[0], prompt_mask=penalty_state[1],
+        )
     outputs = [out if p else [] for out, p in zip(output_token_ids, penalized)]
     use_prompt = [abs(sp.repetition_penalty - 1.0) >= _SAMPLING_EPS for sp in params]
     prompt_ids = None
@@ -191,8 +203,11 @@ def build_sampling_metadata(
     generators: list[torch.Generator | None],
     vocab_size: int,
     device: torch.device,
+    penalty_state: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> SamplingMetadata:
-    """One row per row of logits. output_token_ids are the tokens generated before this step."""
+    """One row per row of logits. output_token_ids are the tokens generated before this step.
+    ``penalty_state``: (output counts [B, V], prompt mask [B, V] or None) kept on the device by
+    the persistent batch; when given, penalties read it and output/prompt lists are not padded."""
     device = torch.device(device)
     greedy = [sp.temperature < _SAMPLING_EPS for sp in params]
     random_rows = [i for i, g in enumerate(greedy) if not g]
@@ -218,5 +233,5 @@ def build_sampling_metadata(
         allowed_token_ids_mask=_allowed_mask(params, vocab_size, device),
         banned_token_indices=banned,
         logit_bias=_logit_bias(params, vocab_size, device),
-        penalties=_penalties(params, prompt_token_ids, output_token_ids, vocab_size, device),
+        penalties=_penalties(params, prompt_token_ids, output_token_ids, vocab_size, device, penalty_state),
     )

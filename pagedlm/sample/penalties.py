@@ -33,10 +33,15 @@ def apply_penalties(logits: torch.Tensor, penalties: PenaltyMetadata) -> torch.T
     frequency/presence (OpenAI semantics).
     """
     vocab_size = logits.shape[1]
-    output_counts = token_bin_counts(penalties.output_token_ids, vocab_size, logits.dtype)  # [B, V]
+    if penalties.output_counts is not None:  # kept on the device by the persistent batch
+        output_counts = penalties.output_counts.to(logits.dtype)  # [B, V]
+    else:
+        output_counts = token_bin_counts(penalties.output_token_ids, vocab_size, logits.dtype)  # [B, V]
     output_mask = output_counts > 0
-    if penalties.prompt_token_ids is not None:
+    prompt_mask = penalties.prompt_mask
+    if prompt_mask is None and penalties.prompt_token_ids is not None:
         prompt_mask = token_bin_counts(penalties.prompt_token_ids, vocab_size, logits.dtype) > 0
+    if prompt_mask is not None:
         apply_repetition_penalty(logits, prompt_mask | output_mask, penalties.repetition)
     logits.sub_(penalties.frequency.unsqueeze(1) * output_counts)
     logits.sub_(penalties.presence.unsqueeze(1) * output_mask.to(logits.dtype))

@@ -17,6 +17,7 @@ kernel replays against the same communicator, so no custom all-reduce is needed.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,6 +80,7 @@ def set_parallel_state_for_tests(rank: int, tp_size: int, pp_size: int) -> None:
 
 def destroy_distributed_environment() -> None:
     global _state
+    _pending_sends.clear()  # a peer that is gone will never receive them
     if dist.is_initialized():
         dist.destroy_process_group()
     _state = ParallelState()
@@ -134,11 +136,25 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Te
     return torch.cat(parts, dim=dim)
 
 
+# Sends posted by pp_send, per call, oldest first: (work, tensor kept alive until sent).
+_pending_sends: deque[list[tuple[object, torch.Tensor]]] = deque()
+
+
 def pp_send(tensors: list[torch.Tensor]) -> None:
-    """Send to the same tp rank of the next stage."""
+    """Send to the same tp rank of the next stage without waiting for it to receive
+    (gloo's send waits for the receiver), so this stage can start its next batch while the
+    next stage still computes the last one. With at most pp_size batches in flight, the
+    sends of pp_size calls ago were received before this batch was launched: waiting on
+    them here keeps the list bounded and never blocks."""
+    while len(_pending_sends) >= _state.pp_size:
+        for work, _ in _pending_sends.popleft():
+            work.wait()
     dst = _state.rank + _state.tp_size
+    posted = []
     for t in tensors:
-        dist.send(t.contiguous(), dst)
+        t = t.contiguous()
+        posted.append((dist.isend(t, dst), t))
+    _pending_sends.append(posted)
 
 
 def pp_recv(shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:

@@ -42,8 +42,8 @@ class CachedRequestState:
         state.token_ids = state.prompt_token_ids + state.output_token_ids
         state.pooling_params = data.pooling_params
         p = data.sampling_params
-        state.needs_history = bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                                   or p.bad_words_token_ids or p.min_tokens)
+        # Penalties are not here: they read the persistent batch's on-device token counts.
+        state.needs_history = bool(p.bad_words_token_ids or p.min_tokens)
         return state
 
     @property
@@ -69,6 +69,10 @@ class StepInputs:
     # this step -> request id whose last sample fills it.
     pending_token_indices: list[int] = field(default_factory=list)
     pending_req_ids: list[str] = field(default_factory=list)
+    num_computed: np.ndarray | None = None  # [B] int64 tokens in the KV cache before this step
+    # positions / slot_mapping / block_tables are empty when the device prepares them
+    # (pagedlm.kernels.step_prep) from the persistent batch.
+    host_slots: bool = True
 
 
 def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
@@ -82,8 +86,11 @@ def _padded_block_tables(block_lists: list[list[int]]) -> np.ndarray:
 
 
 def build_step_inputs(
-    states: dict[str, CachedRequestState], num_scheduled: dict[str, int], block_size: int
+    states: dict[str, CachedRequestState], num_scheduled: dict[str, int], block_size: int,
+    block_tables: np.ndarray | None = None, host_slots: bool = True,
 ) -> StepInputs:
+    """``block_tables``: the rows' tables from the persistent batch (rebuilt from the
+    requests' block lists when None)."""
     req_ids = list(num_scheduled)
     reqs = [states[r] for r in req_ids]
     counts = np.fromiter(num_scheduled.values(), dtype=np.int64, count=len(req_ids))
@@ -95,7 +102,10 @@ def build_step_inputs(
     # positions of every token: start of its request + offset inside the request's chunk
     token_req = np.repeat(np.arange(len(req_ids)), counts)
     positions = starts[token_req] + (np.arange(total) - query_start_loc[:-1][token_req])
-    block_tables = _padded_block_tables([s.block_ids for s in reqs])
+    if not host_slots:
+        block_tables = np.zeros((len(req_ids), 0), dtype=np.int32)
+    elif block_tables is None:
+        block_tables = _padded_block_tables([s.block_ids for s in reqs])
     input_ids = np.fromiter(
         itertools.chain.from_iterable(
             s.token_ids[lo : lo + n] for s, lo, n in zip(reqs, starts.tolist(), counts.tolist())),
@@ -120,7 +130,11 @@ def build_step_inputs(
         full = np.zeros(total, dtype=np.int64)
         full[known] = input_ids
         input_ids = full
-    block_ids = block_tables[token_req, positions // block_size]
-    slot_mapping = block_ids.astype(np.int64) * block_size + positions % block_size
+    if host_slots:
+        block_ids = block_tables[token_req, positions // block_size]
+        slot_mapping = block_ids.astype(np.int64) * block_size + positions % block_size
+    else:
+        positions = slot_mapping = np.zeros(0, dtype=np.int64)
     return StepInputs(req_ids, input_ids, positions, slot_mapping, query_start_loc, seq_lens, block_tables,
-                      sample_rows, np.array(logits_indices, dtype=np.int64), spans, pending_idx, pending_reqs)
+                      sample_rows, np.array(logits_indices, dtype=np.int64), spans, pending_idx, pending_reqs,
+                      starts, host_slots)

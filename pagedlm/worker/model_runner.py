@@ -32,7 +32,9 @@ from pagedlm.worker.distributed import (
     pp_send,
 )
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner
+from pagedlm.worker.graph_sampling import GraphSampler
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
+from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers
 
 logger = logging.getLogger(__name__)
@@ -57,9 +59,20 @@ class ModelRunner:
         sched = config.scheduler_config
         self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs,
                                    -(-sched.max_model_len // self.block_size), self.device)
+        # One row per running request, updated by each step's diff (block tables, penalty counts).
+        self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
+                                     -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
         self.graph_runner: CUDAGraphRunner | None = None
+        self.graph_sampler: GraphSampler | None = None  # lm_head + plain sampling per decode graph
+        self._graph_size: int | None = None  # the decode graph size the last _forward replayed
+        # Positions, slots and block tables derived on the device from the persistent batch
+        # (the host sends rows and counts); on CPU numpy on the host is as fast.
+        self.device_step_prep = self.device.type == "cuda"
         self._inflight: deque[InflightStep] = deque()
         self._deferred: tuple | None = None  # a launched step waiting for its grammar bitmask
+        # Pipeline parallelism: only the last stage samples; every rank learns the sampled
+        # tokens from the next SchedulerOutput (engine/batch_queue.py), so no stage waits on another's sampling.
+        self._tokens_from_scheduler = get_parallel_state().pp_size > 1
 
     # ---- start-up -------------------------------------------------------------------
     def determine_num_blocks(self) -> int:
@@ -126,17 +139,37 @@ class ModelRunner:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
+            if get_parallel_state().world_size == 1:  # sampled ids are broadcast under TP: eager there
+                sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
+                                       sched.max_num_seqs, self.device)
+                self.graph_sampler = sampler if sampler.capture() else None
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
         for req_id in sched.finished_req_ids | sched.preempted_req_ids:
             self.requests.pop(req_id, None)
+            self.batch.remove(req_id)
+        self.batch.condense()
         for data in sched.scheduled_new_reqs:
             self.requests[data.req_id] = CachedRequestState.from_new(data, self.device)
+            self.batch.add(data.req_id, data.prompt_token_ids, data.output_token_ids, data.block_ids,
+                           data.num_computed_tokens, None if data.pooling_params else data.sampling_params)
         for data in sched.scheduled_cached_reqs:
             state = self.requests[data.req_id]
             state.block_ids.extend(data.new_block_ids)
             state.num_computed_tokens = data.num_computed_tokens
+            if data.new_token_ids is not None:
+                tail = _append_missing_tokens(state, data.new_token_ids, data.num_computed_tokens
+                                              + sched.num_scheduled_tokens[data.req_id])
+                row = np.array([self.batch.row_of[data.req_id]])
+                for token_id in tail:
+                    self.batch.append_sampled(row, np.array([token_id]))
+            if data.new_block_ids:
+                self.batch.append_blocks(self.batch.row_of[data.req_id], data.new_block_ids)
+        if sched.scheduled_cached_reqs:
+            cached = sched.scheduled_cached_reqs
+            self.batch.num_computed_tokens[self.batch.rows_of([d.req_id for d in cached])] = np.fromiter(
+                (d.num_computed_tokens for d in cached), dtype=np.int32, count=len(cached))
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -158,7 +191,7 @@ class ModelRunner:
             return None
         return out
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor | None:
+    def _forward(self, inputs: StepInputs, rows: np.ndarray) -> torch.Tensor | None:
         """hidden states [T, H] for the step (None on a pipeline stage but the last):
         through a CUDA graph for decode-only steps that fit one, else eagerly. Either way the inputs reach the device in one copy, and input
         tokens still on the device (the last step's samples) are filled in there."""
@@ -168,11 +201,17 @@ class ModelRunner:
         if self.graph_runner is not None and max_query_len == 1:
             size = self.graph_runner.padded_size(num_seqs)
         padded = size or num_tokens
-        self.buffers.stage(inputs, padded, size or num_seqs)
+        self._graph_size = size
+        if self.device_step_prep:
+            self.buffers.stage_rows(inputs, rows, padded, size or num_seqs)
+        else:
+            self.buffers.stage(inputs, padded, size or num_seqs)
         if inputs.pending_req_ids:
             prev = self._inflight[-1]
             self.buffers.stage_pending_sources([prev.row_of[r] for r in inputs.pending_req_ids])
-        self.buffers.upload(size or num_seqs)
+        self.buffers.upload(size or num_seqs, with_tables=not self.device_step_prep)
+        if self.device_step_prep:
+            self.buffers.prepare(self.batch.block_table_dev, padded, size or num_seqs, num_seqs, self.block_size)
         if inputs.pending_req_ids:
             self.buffers.fill_pending(len(inputs.pending_req_ids), self._inflight[-1].sampled)
         if size is not None:
@@ -196,26 +235,30 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             self._inflight.append(InflightStep(ModelRunnerOutput(req_ids=[], sampled_token_ids=[])))
             return
-        if self._inflight and not self._inflight[-1].resolved and any(
+        if self._inflight and not self._inflight[-1].resolved and not self._tokens_from_scheduler and any(
                 self.requests[r].needs_history for r in sched.num_scheduled_tokens):
-            self._inflight[-1].resolve(self.requests)  # penalties etc. need the last token on the host
-        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size)
-        hidden = self._forward(inputs)  # [T, hidden]; None on a pipeline stage but the last
+            self._inflight[-1].resolve(self.requests, self.batch)  # bad words, min_tokens need the last token
+        rows = self.batch.rows_of(list(sched.num_scheduled_tokens))
+        inputs = build_step_inputs(self.requests, sched.num_scheduled_tokens, self.block_size,
+                                   None if self.device_step_prep else self.batch.block_tables(rows),
+                                   host_slots=not self.device_step_prep)
+        hidden = self._forward(inputs, rows)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids]))
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
-        elif inputs.sample_rows:
+        elif inputs.sample_rows and not self._sample_in_graph(inputs, step, sched, rows):
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans and hidden is not None:
             self._prompt_logprobs(hidden, inputs, step.output)
         for state, num in zip((self.requests[r] for r in inputs.req_ids), sched.num_scheduled_tokens.values()):
             state.num_computed_tokens += num
+        self.batch.num_computed_tokens[rows] += np.diff(inputs.query_start_loc)
         self._inflight.append(step)
 
     def take_output(self) -> ModelRunnerOutput:
         """The oldest launched step's output (waits for its sampled ids)."""
         step = self._inflight.popleft()
-        step.resolve(self.requests)
+        step.resolve(self.requests, self.batch)
         return step.output
 
     def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: "InflightStep",
@@ -247,24 +290,58 @@ class ModelRunner:
         """The output rank samples; with several ranks it broadcasts the ids, so every rank's
         copy of each request (and the on-device feedback of async scheduling) stays identical."""
         sampled = None
+        # Penalised rows read (and bump) their token counts on the device: no padding, no sync.
+        rows = self._penalty_rows(states)
         if logits is not None and is_output_rank():
             if bitmask is not None:  # structured outputs: only grammar-allowed tokens
                 logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
             metadata = build_sampling_metadata(
                 [s.sampling_params for s in states], [s.prompt_token_ids for s in states],
                 [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
+                self.batch.penalty_tensors(rows) if rows is not None else None,
             )
             result = self.sampler(logits, metadata)
             sampled, step.logprobs = result.sampled_token_ids, result.logprobs
-        if get_parallel_state().world_size > 1:
+        if get_parallel_state().world_size > 1 and not self._tokens_from_scheduler:
             if sampled is None:
                 sampled = torch.empty(len(states), dtype=torch.long, device=self.device)
             broadcast_from_output_rank(sampled)
+        if rows is not None and sampled is not None:
+            self.batch.record_sampled(rows, sampled)
         step.sampled = sampled
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         step.start_host_copy()
+        if self._tokens_from_scheduler:
+            step.feeds_states = False  # each token comes back with the request's next step
+            return
         for state in states:
             state.num_pending += 1
+
+    def _sample_in_graph(self, inputs: StepInputs, step: "InflightStep", sched: SchedulerOutput,
+                         rows: np.ndarray) -> bool:
+        """A decode-graph step whose rows all sample plainly: lm_head and sampling replay as
+        the size's sampling graph. False (nothing done) for every other step."""
+        size = self._graph_size
+        if (self.graph_sampler is None or size not in self.graph_sampler.graphs or sched.structured_output_request_ids
+                or inputs.prompt_logprob_spans or len(inputs.sample_rows) != len(inputs.req_ids)
+                or not self.batch.plain[rows].all()):
+            return False
+        step.sampled = self.graph_sampler.replay(size, self.batch.temperature[rows])
+        step.row_of = {r: i for i, r in enumerate(inputs.req_ids)}
+        step.rows = inputs.sample_rows
+        step.num_logprobs = [None] * len(inputs.req_ids)
+        step.start_host_copy()
+        for req_id in inputs.req_ids:
+            self.requests[req_id].num_pending += 1
+        return True
+
+    def _penalty_rows(self, states: list[CachedRequestState]) -> torch.Tensor | None:
+        """Device tensor of the sampling rows' persistent rows, when any row is penalised."""
+        rows = self.batch.rows_of([s.req_id for s in states])
+        if not self.batch.penalised[rows].any():
+            return None
+        rows_t = torch.from_numpy(rows)
+        return rows_t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else rows_t
 
     def _pool(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
@@ -293,6 +370,7 @@ class InflightStep:
     row_of: dict[str, int] = field(default_factory=dict)  # req_id -> sample row
     num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
     resolved: bool = False
+    feeds_states: bool = True  # append the samples to the runner's requests (False: the scheduler sends them)
     # CUDA: the samples' copy to pinned host memory, queued right behind the sampler, and the
     # event that marks it done. Under async scheduling the next step is launched before this
     # one is collected; waiting on this event (not the stream) keeps the collection from also
@@ -310,7 +388,7 @@ class InflightStep:
         self.ready = torch.cuda.Event()
         self.ready.record()
 
-    def resolve(self, states: dict[str, CachedRequestState]) -> None:
+    def resolve(self, states: dict[str, CachedRequestState], batch: PersistentBatch | None = None) -> None:
         """Bring the sampled ids to the host (the step's one device-to-host copy) and append
         them to the runner's copy of each request that still exists."""
         if self.resolved or self.sampled is None:
@@ -323,6 +401,8 @@ class InflightStep:
         else:
             sampled = self.sampled.tolist()
             logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
+        landed_rows: list[int] = []  # persistent rows of the requests still there, and their tokens
+        landed_ids: list[int] = []
         for row, i in enumerate(self.rows):
             req_id = self.output.req_ids[i]
             token_id = sampled[row]
@@ -330,11 +410,32 @@ class InflightStep:
             k = self.num_logprobs[row]
             if logprobs is not None and k is not None:
                 self.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
-            state = states.get(req_id)
+            state = states.get(req_id) if self.feeds_states else None
             if state is not None:  # gone if finished or preempted meanwhile
                 state.output_token_ids.append(token_id)
                 state.token_ids.append(token_id)
                 state.num_pending -= 1
+                if batch is not None:
+                    landed_rows.append(batch.row_of[req_id])
+                    landed_ids.append(token_id)
+        if landed_rows:
+            batch.append_sampled(np.array(landed_rows), np.array(landed_ids))
+
+
+def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> list[int]:
+    """(pipeline parallelism) extend the request to ``num_tokens`` tokens with the tail of
+    ``new_token_ids``, the step's tokens past its prompt, as the scheduler sent them; returns
+    the tokens appended."""
+    missing = num_tokens - len(state.token_ids)
+    if missing > len(new_token_ids):
+        raise RuntimeError(f"request {state.req_id}: the runner lacks {missing} tokens, the step brought "
+                           f"{len(new_token_ids)}")
+    if missing <= 0:
+        return []
+    tail = new_token_ids[len(new_token_ids) - missing:]
+    state.token_ids.extend(tail)
+    state.output_token_ids.extend(tail)
+    return tail
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:

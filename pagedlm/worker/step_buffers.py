@@ -4,9 +4,11 @@ so CUDA graphs captured on them replay with the next step's values."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pagedlm.attention.metadata import AttentionMetadata
+from pagedlm.kernels import ops
 from pagedlm.worker.input_batch import StepInputs
 
 
@@ -17,6 +19,7 @@ class StepBuffers:
         sizes = {"input_ids": max_tokens, "positions": max_tokens, "slot_mapping": max_tokens,
                  "logits_indices": max_seqs, "pending_dst": max_seqs, "pending_src": max_seqs,
                  "query_start_loc": max_seqs + 1, "seq_lens": max_seqs,
+                 "rows": max_seqs, "num_computed": max_seqs,  # device step preparation's inputs
                  "block_tables": max_seqs * max_blocks_per_seq}
         self.offsets: dict[str, int] = {}
         total = 0
@@ -54,11 +57,40 @@ class StepBuffers:
         tables[:n_seq, : inputs.block_tables.shape[1]] = inputs.block_tables
         tables[n_seq:] = 0
 
-    def upload(self, num_seqs: int) -> None:
-        """The step's one host-to-device copy (nothing to do on CPU)."""
+    def upload(self, num_seqs: int, with_tables: bool = True) -> None:
+        """The step's one host-to-device copy (nothing to do on CPU); without the block
+        tables when the device prepares them."""
         if self.dev is not self.host:
-            end = self.offsets["block_tables"] + num_seqs * self.width
+            end = self.offsets["block_tables"] + (num_seqs * self.width if with_tables else 0)
             self.dev[:end].copy_(self.host[:end], non_blocking=True)
+
+    def stage_rows(self, inputs: StepInputs, rows: np.ndarray, num_tokens: int, num_seqs: int) -> None:
+        """The host half of device step preparation: input ids, query starts, and each
+        sequence's persistent row and computed count, padded like stage(); prepare() then
+        derives positions, slots, seq lens and block tables on the device."""
+        h, o = self.host_np, self.offsets
+        n_tok, n_seq = len(inputs.input_ids), len(inputs.seq_lens)
+        h[o["input_ids"] : o["input_ids"] + n_tok] = inputs.input_ids
+        h[o["input_ids"] + n_tok : o["input_ids"] + num_tokens] = 0
+        h[o["logits_indices"] : o["logits_indices"] + len(inputs.logits_indices)] = inputs.logits_indices
+        h[o["pending_dst"] : o["pending_dst"] + len(inputs.pending_token_indices)] = inputs.pending_token_indices
+        qsl = o["query_start_loc"]
+        h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
+        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + np.arange(num_seqs - n_seq)
+        h[o["rows"] : o["rows"] + n_seq] = rows
+        h[o["rows"] + n_seq : o["rows"] + num_seqs] = 0  # padding reads row 0 and writes nothing
+        h[o["num_computed"] : o["num_computed"] + n_seq] = inputs.num_computed
+        h[o["num_computed"] + n_seq : o["num_computed"] + num_seqs] = 0
+
+    def prepare(self, block_table: torch.Tensor, num_tokens: int, num_seqs: int, num_actual_seqs: int,
+                block_size: int) -> None:
+        """On the device, after upload(): positions, slots, seq lens, block tables."""
+        d = self.dev
+        ops.prepare_step(block_table, self._view(d, "rows", num_seqs), self._view(d, "num_computed", num_seqs),
+                         self._view(d, "query_start_loc", num_seqs + 1), num_actual_seqs, block_size,
+                         self._view(d, "positions", num_tokens), self._view(d, "slot_mapping", num_tokens),
+                         self._view(d, "seq_lens", num_seqs),
+                         self._view(d, "block_tables", num_seqs * self.width).view(num_seqs, self.width))
 
     def device_inputs(self, num_tokens: int, num_seqs: int, max_query_len: int, max_seq_len: int,
                       num_actual_tokens: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

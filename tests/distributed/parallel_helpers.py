@@ -48,7 +48,8 @@ def assert_same(ref: list, ours: list) -> None:
             for tid, lp in ref_lp.items():
                 if lp.rank <= NUM_LOGPROBS:
                     assert tid in our_lp and abs(our_lp[tid].logprob - lp.logprob) < 1e-4, (pos, tid)
-        if r.prompt_logprobs is not None:
+        if r.prompt_logprobs is not None:  # one entry per prompt token, even across preemptions
+            assert len(r.prompt_logprobs) == len(o.prompt_logprobs) == len(r.prompt_token_ids)
             for ref_pos, our_pos in zip(r.prompt_logprobs[1:], o.prompt_logprobs[1:], strict=True):
                 for tid, lp in ref_pos.items():
                     assert abs(our_pos[tid].logprob - lp.logprob) < 1e-4

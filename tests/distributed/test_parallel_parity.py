@@ -2,7 +2,8 @@
 logprobs, prompt logprobs and a seeded random request equal the single-rank engine, on a
 workload with chunked prefill, prefix-cache hits and preemption; with fewer KV heads than
 ranks (replicated KV heads), tied embeddings split across pipeline stages, and async
-scheduling over the worker processes."""
+scheduling over the worker processes. With pipeline stages the engine keeps one batch
+per stage in flight (the batch queue reaches depth P)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
         assert llm.llm_engine.config.parallel_config.distributed_executor_backend == "mp"
         outputs = run_workload(llm)
         stats = llm.llm_engine.get_stats()
+        batch_queue = llm.llm_engine.engine_core.batch_queue
+        # With P stages, P batches were really in flight at once (not one at a time).
+        assert (batch_queue.max_depth_reached if batch_queue is not None else 1) == pp
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0

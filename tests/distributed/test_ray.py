@@ -1,5 +1,6 @@
-"""TP=2 over Ray equals TP=1: a local Ray cluster with two worker nodes of one CPU each, so
-the two ranks are placed on different nodes and meet over torch.distributed (gloo/TCP)."""
+"""TP=2 and PP=2 over Ray equal TP=1: a local Ray cluster with two worker nodes of one CPU
+each, so the two ranks are placed on different nodes and meet over torch.distributed
+(gloo/TCP). The PP engine finds the cluster through RAY_ADDRESS alone."""
 
 from __future__ import annotations
 
@@ -34,10 +35,16 @@ def checkpoint(tmp_path_factory) -> str:
     return str(build_tiny_checkpoint(tmp_path_factory.mktemp("ray"), seed=11, num_key_value_heads=1))
 
 
-def test_tp2_over_ray_equals_tp1(cluster, checkpoint: str) -> None:
+@pytest.fixture(scope="module")
+def reference(checkpoint: str) -> list:
     ref_llm = LLM(checkpoint, **ENGINE_KWARGS)
-    reference = run_workload(ref_llm)
-    ref_llm.llm_engine.engine_core.shutdown()
+    try:
+        return run_workload(ref_llm)
+    finally:
+        ref_llm.llm_engine.engine_core.shutdown()
+
+
+def test_tp2_over_ray_equals_tp1(cluster, checkpoint: str, reference: list) -> None:
     llm = LLM(checkpoint, tensor_parallel_size=2, distributed_executor_backend="ray", **ENGINE_KWARGS)
     try:
         executor = llm.llm_engine.engine_core.executor
@@ -45,4 +52,22 @@ def test_tp2_over_ray_equals_tp1(cluster, checkpoint: str) -> None:
         outputs = run_workload(llm)
     finally:
         llm.llm_engine.engine_core.shutdown()
+    assert_same(reference, outputs)
+
+
+def test_pp2_joins_the_cluster_ray_address_names(cluster, checkpoint: str, reference: list,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not connected to Ray, the engine joins the cluster RAY_ADDRESS names (a local one of
+    its own would be a single node); two pipeline stages on two nodes, two batches in flight."""
+    ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    llm = LLM(checkpoint, pipeline_parallel_size=2, distributed_executor_backend="ray", **ENGINE_KWARGS)
+    try:
+        executor = llm.llm_engine.engine_core.executor
+        assert executor._started_ray and len(set(executor.node_ids)) == 2
+        outputs = run_workload(llm)
+        assert llm.llm_engine.engine_core.batch_queue.max_depth_reached == 2
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert not ray.is_initialized()  # it disconnected from the cluster it joined
     assert_same(reference, outputs)

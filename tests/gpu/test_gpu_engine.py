@@ -27,6 +27,8 @@ def test_gpu_greedy_matches_cpu(llama_checkpoint, enforce_eager):
                   enforce_eager=enforce_eager, num_gpu_blocks_override=512)
     assert (gpu_llm.llm_engine.engine_core.runner.graph_runner is None) == enforce_eager
     gpu = greedy_ids(gpu_llm)
+    if not enforce_eager:  # decode steps sampled by the LM-head + sampling graphs
+        assert gpu_llm.llm_engine.engine_core.runner.graph_sampler.num_replays > 0
     matches = sum(a == b for a, b in zip(cpu, gpu))
     # tf32-free float32 on both sides: token-for-token equal, bar a rare near-tie.
     assert matches >= len(PROMPTS) - 1, (cpu, gpu)

@@ -207,3 +207,34 @@ def test_abort_mid_generation_frees_blocks(llm, async_llm, use_async):
     assert all(len(o.outputs[0].token_ids) == 40 for o in finished.values())
     stats = engine.get_stats()
     assert stats.num_free_blocks == stats.num_total_blocks and stats.num_running_reqs == 0
+
+
+def test_penalties_use_device_counts_sync_and_async(llm, async_llm):
+    """presence_penalty 2.0 outweighs every logit of the tiny random model, so greedy output
+    never repeats a token exactly when each sample reaches the on-device counts before the
+    next step (with async scheduling too, where the host has not seen the last token yet)."""
+    plain = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    penalised = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, presence_penalty=2.0)
+    prompts = ["Once upon a time", "Hello, my name is"]
+    base = ids(llm.generate(prompts, plain, use_tqdm=False))
+    assert any(len(set(t)) < len(t) for t in base)  # without the penalty greedy output repeats
+    for engine in (llm, async_llm):
+        mixed = ids(engine.generate(prompts * 2, [plain, penalised, penalised, plain], use_tqdm=False))
+        assert mixed[0] == base[0] and mixed[3] == base[1]
+        assert len(set(mixed[1])) == 24 and len(set(mixed[2])) == 24
+
+
+def test_device_step_preparation_gives_the_same_outputs(llm, llama_checkpoint):
+    """The device path of step preparation (positions, slots and block tables derived from
+    the persistent batch; on CUDA it is the default), run here through its PyTorch reference,
+    under chunked prefill, prefix hits and async scheduling, equals the host path."""
+    prep = LLM(llama_checkpoint, max_model_len=256, block_size=8, device="cpu", async_scheduling=True,
+               max_num_batched_tokens=24, enable_prefix_caching=True)
+    runner = prep.llm_engine.engine_core.executor.worker.runner
+    runner.device_step_prep = True
+    prompts = ["Once upon a time " * 4, "Hello, my name is", {"prompt_token_ids": list(range(1, 40))},
+               "Once upon a time " * 4 + "there"]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    assert ids(prep.generate(prompts, params, use_tqdm=False)) == ids(llm.generate(prompts, params, use_tqdm=False))
+    # Rows follow the runner's requests (the last finished ones leave with the next step).
+    assert set(runner.batch.row_of) == set(runner.requests) and runner.batch.num_rows == len(runner.requests)

@@ -100,6 +100,8 @@ def test_layer_split_and_kv_shards() -> None:
     (dict(tensor_parallel_size=2, distributed_executor_backend="uni"), "needs 'mp' or 'ray'"),
     (dict(tensor_parallel_size=0), "positive integer"),
     (dict(distributed_executor_backend="threads"), "must be 'mp', 'ray' or 'uni'"),
+    (dict(pipeline_parallel_size=2, async_scheduling=True), "async_scheduling is not supported with pipeline"),
+    (dict(pipeline_parallel_size=2, runner="pooling"), "pooling models do not support pipeline_parallel_size"),
 ])
 def test_bad_world_shapes_are_refused(llama_checkpoint: str, kwargs: dict, match: str) -> None:
     from pagedlm import EngineArgs
@@ -116,15 +118,51 @@ def test_default_backend(llama_checkpoint: str) -> None:
             .distributed_executor_backend
 
     assert backend() == "uni" and backend(tensor_parallel_size=2) == "mp" and backend(pipeline_parallel_size=2) == "mp"
+    # Pipeline stages overlap through the batch queue, not async scheduling.
+    config = EngineArgs(llama_checkpoint, device="cpu", pipeline_parallel_size=2).create_engine_config()
+    assert not config.scheduler_config.async_scheduling
+
+
+def test_default_backend_on_cuda_is_ray_past_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's rule: worker processes while the world fits this host's GPUs, Ray beyond."""
+    pytest.importorskip("ray")
+    from pagedlm.config import resolve_parallel_config
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_parallel_config(1, 1, None, "cuda").distributed_executor_backend == "uni"
+    assert resolve_parallel_config(2, 1, None, "cuda").distributed_executor_backend == "mp"
+    assert resolve_parallel_config(2, 2, None, "cuda").distributed_executor_backend == "ray"
+    with pytest.raises(ConfigError, match="use distributed_executor_backend='ray' to span hosts"):
+        resolve_parallel_config(2, 2, "mp", "cuda")
 
 
 def test_messages_round_trip() -> None:
     params = SamplingParams(temperature=0.7, seed=5, logit_bias={3: 1.5}, stop=["x"], min_tokens=2)
     params.all_stop_token_ids.add(2)  # filled in by the engine: must survive
-    sched = SchedulerOutput([NewRequestData("a", [1, 2], [9], params, [0, 1], 1)], [CachedRequestData("b", [3], 5)],
+    sched = SchedulerOutput([NewRequestData("a", [1, 2], [9], params, [0, 1], 1)], [CachedRequestData("b", [3], 5, [8])],
                             {"a": 2, "b": 1}, 3, {"c"}, {"d"})
     back = serial.decode_scheduler_output(serial.encode(sched))
     assert back == sched and back.scheduled_new_reqs[0].sampling_params.all_stop_token_ids == {2}
     out = ModelRunnerOutput(["a"], [[4]], {"a": LogprobsLists([[4, 1]], [[-0.5, -1.0]], [1])},
                             {"a": LogprobsLists([[2]], [[-2.0]], [3])})
     assert serial.decode_runner_output(serial.encode(out)) == out
+
+
+def test_every_rank_gets_the_smallest_block_count() -> None:
+    """KV blocks: each rank sizes its own (local KV heads), all get the minimum, so one scheduler fits all."""
+    from pagedlm.executor.base import Executor
+
+    class Recording(Executor):
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.calls: list[tuple] = []
+
+        def collective_rpc(self, method: str, *args: object) -> list:
+            self.calls.append((method, *args))
+            return {"determine_num_blocks": [10, 7, 9], "describe": ["a", "b", "c"]}.get(method, [None] * 3)
+
+        execute_model = launch = take_output = sample_deferred = lambda *_: None
+
+    executor = Recording()
+    assert executor.initialize() == 7
+    assert executor.calls == [("determine_num_blocks",), ("initialize_kv_cache", 7), ("warm_up",), ("describe",)]

@@ -5,6 +5,8 @@ transformers' GGUF support maps the metadata to a HF config and tokenizer and th
 tensor names to HF names (undoing llama.cpp's rotary permutation of Q/K for llama, and the
 ``+1`` stored in Gemma norms). What is ours:
 
+- the metadata transformers' mapping leaves out, read as llama.cpp reads it (``gguf_config.py``:
+  gemma3's RoPE scaling, query scale and sliding pattern; qwen3's head size);
 - a *sidecar* directory per GGUF file (``config.json`` + tokenizer files + chat template),
   written once under the pagedlm cache. Parsing a GGUF's metadata costs seconds per read, and
   config and tokenizer are read several times per start-up (engine, API frontend); with the
@@ -26,11 +28,12 @@ from typing import Any, Iterator
 import torch
 
 from pagedlm.config import ConfigError
+from pagedlm.models.loader.gguf_config import fix_config
 
 logger = logging.getLogger(__name__)
 
 # Bump when the sidecar's content changes, so stale sidecars are rebuilt.
-_SIDECAR_VERSION = 1
+_SIDECAR_VERSION = 2
 _NO_TOKENIZER_MARKER = "NO_TOKENIZER"
 
 # GGUF general.architecture -> what we map; the rest is refused before any weight is read.
@@ -117,17 +120,8 @@ def _write_config(path: Path, out: Path) -> None:
     except (ValueError, KeyError, OSError) as e:
         raise ConfigError(f"could not read a model config from the GGUF metadata of {str(path)!r}: {e}") from e
     config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
-    _fix_head_dim(reader, config)
+    fix_config(reader, arch, config)
     config.save_pretrained(str(out))
-
-
-def _fix_head_dim(reader: Any, config: Any) -> None:
-    """transformers' GGUF mapping skips ``attention.key_length`` for some architectures
-    (qwen3), whose head_dim is not hidden_size / heads; the Q projection's rows say it."""
-    q = next((t for t in reader.tensors if t.name == "blk.0.attn_q.weight"), None)
-    if q is None or len(q.shape) != 2:
-        return
-    config.head_dim = int(q.shape[1]) // config.num_attention_heads  # ggml shape: [in, out]
 
 
 def _write_tokenizer(path: Path, out: Path) -> None:

@@ -1,0 +1,102 @@
+"""Where a decode step's time goes: device kernel time vs gaps (the device idle, waiting on
+the host), per step, over N decode steps of a full batch (default: 256 requests, the
+Llama-3.1-8B shape, bf16, dummy weights, a fixed KV block count).
+
+  python benchmarks/gpu_step_profile.py [--batch-size 256 --steps 20 --input-len 512] [--enforce-eager]
+
+Prints, per step: wall time, kernel time (the union of kernel intervals on the device
+timeline), gaps = wall - kernel, kernels launched; then the top kernels. Runs on CPU too
+(--shape cpu-small) as a smoke test, where only wall time is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from pagedlm import LLM, SamplingParams
+from pagedlm.benchmarks.datasets import random_requests
+from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
+
+
+def kernel_intervals(prof: torch.profiler.profile) -> list[tuple[float, float]]:
+    """[start, end) in microseconds of every device kernel the profiler saw."""
+    out = []
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start:
+            out.append((e.time_range.start, e.time_range.end))
+    return sorted(out)
+
+
+def union_us(intervals: list[tuple[float, float]]) -> float:
+    busy, cur_start, cur_end = 0.0, None, None
+    for start, end in intervals:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return busy + (cur_end - cur_start if cur_end is not None else 0.0)
+
+
+def fill_batch(llm: LLM, args: argparse.Namespace) -> None:
+    """Add the requests and step until every one has left prefill (all decode from here)."""
+    engine = llm.llm_engine
+    vocab = SHAPES[args.shape]["vocab_size"]
+    reqs = random_requests(args.batch_size, args.input_len, 1, 0.0, vocab, seed=1)
+    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=args.steps * 3 + 64, detokenize=False)
+    for i, r in enumerate(reqs):
+        engine.add_request(str(i), {"prompt_token_ids": r.prompt_token_ids}, params)
+    prefill_steps = -(-args.batch_size * args.input_len // args.max_num_batched_tokens)
+    for _ in range(prefill_steps + 8):  # prefill chunks, then a few decode steps (graphs warm)
+        engine.step()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--enforce-eager", action="store_true")
+    args = p.parse_args()
+    on_cuda = torch.cuda.is_available()
+    max_len = args.input_len + args.steps * 3 + 128
+    block_size = 16
+    llm = LLM(str(make_shape_dir(args.shape, tempfile.mkdtemp())), load_format="dummy", max_model_len=max_len,
+              max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_num_batched_tokens,
+              enforce_eager=args.enforce_eager, block_size=block_size,
+              num_gpu_blocks_override=args.batch_size * (-(-max_len // block_size)) + 64)
+    fill_batch(llm, args)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        if on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            llm.llm_engine.step()
+        if on_cuda:
+            torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    intervals = kernel_intervals(prof) if on_cuda else []
+    busy_us = union_us(intervals)
+    n = args.steps
+    print(f"{args.steps} decode steps at batch {args.batch_size}, {args.shape}, eager={args.enforce_eager}")
+    if on_cuda:
+        print(f"per step: wall {wall_us / n / 1e3:.2f} ms, kernels {busy_us / n / 1e3:.2f} ms, "
+              f"gaps {(wall_us - busy_us) / n / 1e3:.2f} ms ({1 - busy_us / wall_us:.0%} of the step idle), "
+              f"{len(intervals) / n:.0f} kernels")
+    else:
+        print(f"per step: wall {wall_us / n / 1e3:.2f} ms (no device timeline on CPU)")
+    sort_key = "device_time_total" if on_cuda else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_key, row_limit=15, max_name_column_width=60))
+    llm.llm_engine.abort_request([str(i) for i in range(args.batch_size)])
+
+
+if __name__ == "__main__":
+    main()

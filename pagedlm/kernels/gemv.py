@@ -1,0 +1,74 @@
+"""Decode GEMV dispatch for the unquantized linear method: the Triton split-K GEMV
+(pagedlm.kernels.triton_gemv) where it beats cuBLAS for a shape, F.linear everywhere else.
+
+``gemv_linear(x, weight, bias)`` returns None when the GEMV does not apply or does not win;
+the caller then runs F.linear. Whether it wins is timed once per (M, N, K, dtype) on first
+use outside CUDA-graph capture (the runner's warm-up and graph warm-up steps run every
+decode shape before capture), against cuBLAS on the same tensors; the winner is cached.
+During capture an untimed shape takes F.linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_M = 8  # the decode batch sizes the GEMV is meant for
+_choice: dict[tuple[int, int, int, torch.dtype], object] = {}  # shape -> GemvConfig, or None = cuBLAS
+
+
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
+
+
+def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_M and x.dtype in (torch.bfloat16, torch.float16)
+            and weight.dtype == x.dtype and x.stride(1) == 1 and weight.stride(1) == 1)
+
+
+def _time_ms(fn, reps: int = 20) -> float:
+    from triton.testing import do_bench  # noqa: PLC0415
+
+    return do_bench(fn, warmup=5, rep=reps, return_mode="median")
+
+
+def tune(x: torch.Tensor, weight: torch.Tensor) -> object:
+    """The fastest GEMV config for this shape if it beats cuBLAS, else None."""
+    from pagedlm.kernels.triton_gemv import gemv, quick_configs  # noqa: PLC0415
+
+    best, best_ms = None, _time_ms(lambda: F.linear(x, weight))
+    reference = F.linear(x, weight).float()
+    for config in quick_configs():
+        try:
+            out = gemv(x, weight, None, config)
+        except Exception:  # a config the card cannot run (shared memory): not a candidate
+            continue
+        if (out.float() - reference).norm() > 1e-2 * reference.norm() + 1e-6:
+            continue
+        ms = _time_ms(lambda c=config: gemv(x, weight, None, c))
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best
+
+
+def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x @ weight.T (+ bias) through the GEMV when it wins for this shape; None otherwise."""
+    if not _applies(x, weight):
+        return None
+    key = (x.shape[0], weight.shape[0], weight.shape[1], x.dtype)
+    if key not in _choice:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        _choice[key] = tune(x, weight)
+    config = _choice[key]
+    if config is None:
+        return None
+    from pagedlm.kernels.triton_gemv import gemv  # noqa: PLC0415
+
+    return gemv(x, weight, bias, config)
+
+
+def unquantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What the unquantized linear method's apply() can call: the GEMV where it wins, else F.linear."""
+    out = gemv_linear(x, weight, bias)
+    return out if out is not None else F.linear(x, weight, bias)

@@ -1,0 +1,83 @@
+"""What a GGUF's HF config needs beyond transformers' metadata mapping, read as llama.cpp reads it.
+
+transformers maps the GGUF metadata keys it knows to a HF config and leaves the rest at the
+config class's defaults. For some architectures that is not the model llama.cpp runs from the
+same file (llama.cpp is the format's reference): qwen3 loses ``attention.key_length``, and
+gemma3 loses its RoPE scaling and gets a query scale that only fits head_dim 256. The fixes
+here are per architecture (one function each), applied once when the sidecar config is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pagedlm.config import ConfigError
+
+
+def field_value(reader: Any, key: str) -> Any:
+    """A metadata value (str, number, or list for arrays); None when the key is absent."""
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
+
+
+def fix_head_dim(reader: Any, config: Any) -> None:
+    """transformers' GGUF mapping skips ``attention.key_length`` for some architectures
+    (qwen3), whose head_dim is not hidden_size / heads; the Q projection's rows say it."""
+    q = next((t for t in reader.tensors if t.name == "blk.0.attn_q.weight"), None)
+    if q is None or len(q.shape) != 2:
+        return
+    config.head_dim = int(q.shape[1]) // config.num_attention_heads  # ggml shape: [in, out]
+
+
+# llama.cpp's Gemma 3: every 6th layer global, local RoPE base 10000 (llama-model.cpp, LLM_ARCH_GEMMA3)
+_GEMMA3_SWA_PATTERN = 6
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
+_GEMMA3_27B_LAYERS = 62
+
+
+def _gemma3_layer_types(reader: Any, num_layers: int, window: int | None) -> list[str]:
+    if not window:
+        return ["full_attention"] * num_layers
+    pattern = field_value(reader, "gemma3.attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # newer writers: one bool per layer, True = sliding
+        return ["sliding_attention" if p else "full_attention" for p in pattern]
+    period = int(pattern) if pattern else _GEMMA3_SWA_PATTERN
+    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(num_layers)]
+
+
+def _gemma3_global_rope(reader: Any, theta: float) -> dict[str, Any]:
+    scaling = field_value(reader, "gemma3.rope.scaling.type")
+    factor = field_value(reader, "gemma3.rope.scaling.factor")
+    if scaling in (None, "none") or (scaling == "linear" and not factor):
+        return {"rope_type": "default", "rope_theta": theta}
+    if scaling != "linear":
+        raise ConfigError(f"gemma3 GGUF with rope.scaling.type {scaling!r} is not supported (Gemma 3 uses 'linear')")
+    return {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+
+
+def fix_gemma3(reader: Any, config: Any) -> None:
+    """llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden / heads) for the 27B's 62
+    layers), applies ``rope.scaling`` (linear, converted from the HF config) to global layers
+    only, and fixes the local RoPE base and the sliding pattern, which the file does not store."""
+    theta = field_value(reader, "gemma3.rope.freq_base")
+    theta = float(theta) if theta is not None else config.rope_parameters["full_attention"]["rope_theta"]
+    local = field_value(reader, "gemma3.rope.freq_base_swa")
+    config.rope_parameters = {
+        "full_attention": _gemma3_global_rope(reader, theta),
+        "sliding_attention": {"rope_type": "default",
+                              "rope_theta": float(local) if local is not None else _GEMMA3_LOCAL_ROPE_BASE},
+    }
+    if config.num_hidden_layers == _GEMMA3_27B_LAYERS:
+        config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads
+    else:
+        config.query_pre_attn_scalar = config.head_dim
+    config.layer_types = _gemma3_layer_types(reader, config.num_hidden_layers, config.sliding_window)
+
+
+_ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma3": fix_gemma3}
+
+
+def fix_config(reader: Any, arch: str, config: Any) -> None:
+    fix_head_dim(reader, config)
+    if arch in _ARCH_FIXES:
+        _ARCH_FIXES[arch](reader, config)

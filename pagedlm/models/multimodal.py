@@ -1,0 +1,31 @@
+"""Multimodal checkpoints served as text-only models (their language model alone).
+
+Such a checkpoint's config.json nests the language model's config under ``text_config``; the
+engine (KV sizing, vocab, context length, parallel checks) reads a flat decoder config. So the
+nested one is lifted out once, at config load, keeping the checkpoint's architecture name so
+the registry picks the model class that maps the checkpoint's weight prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Architectures whose text part pagedlm serves; their image inputs are refused.
+TEXT_ONLY_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
+
+
+def text_only_config(hf_config: Any) -> Any:
+    """``hf_config`` itself, or for a supported multimodal checkpoint its ``text_config``
+    carrying the checkpoint's architecture, dtype and embedding tying."""
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    arch = next((a for a in architectures if a in TEXT_ONLY_ARCHITECTURES), None)
+    text = getattr(hf_config, "text_config", None)
+    if arch is None or text is None:
+        return hf_config
+    text.architectures = [arch]
+    if getattr(text, "dtype", None) is None:
+        text.dtype = getattr(hf_config, "dtype", None)
+    # The top-level flag is the one transformers' multimodal model ties its LM head by.
+    if getattr(hf_config, "tie_word_embeddings", None) is not None:
+        text.tie_word_embeddings = hf_config.tie_word_embeddings
+    return text
