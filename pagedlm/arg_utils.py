@@ -27,7 +27,8 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "quantization": "quantization",
-    "kv_cache_dtype": "a quantized (fp8) KV cache",
+    "calculate_kv_scales": "calculating fp8 KV scales at start-up (the scales come from the checkpoint's "
+                           "k_scale/v_scale, else 1.0)",
     "cpu_offload_gb": "CPU weight offloading",
     "speculative_config": "speculative decoding",
     "enable_lora": "LoRA adapters",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pagedlm.config import ConfigError, ModelConfig
+from pagedlm.models.loader.kv_scales import take_kv_scales
 from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_files
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
@@ -63,7 +64,8 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
     if model_config.load_format == "dummy":
         _init_dummy(model, model_config.seed)
     else:
-        loaded = model.load_weights(iterate_weights(model_config))
+        # KV cache scales go into the attention layers, not through the model's loader.
+        loaded = model.load_weights(take_kv_scales(model, iterate_weights(model_config)))
         expected = {n for n, _ in model.named_parameters()}
         missing = sorted(expected - loaded)
         if missing:
