@@ -216,3 +216,13 @@ def test_fp8_kv_engine_sizes_its_cache_by_the_fp8_bytes(ckpt: str) -> None:
     assert memory.kv_cache_bytes_per_block(r.config) == per_block
     assert r.num_blocks == budget // per_block
     assert sum(c.numel() * c.element_size() for c in r.kv_caches) <= budget
+
+
+def test_kv_cache_dtype_spellings(ckpt: str) -> None:
+    def cache_dtype(value: str) -> str:
+        return EngineArgs(model=ckpt, device="cpu", kv_cache_dtype=value).create_engine_config().cache_config.cache_dtype
+
+    assert [cache_dtype(v) for v in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")] == [
+        "auto", "fp8_e4m3", "fp8_e4m3", "fp8_e5m2"]
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        cache_dtype("int8")
