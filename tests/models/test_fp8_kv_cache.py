@@ -127,15 +127,45 @@ def test_fp8_kv_matches_transformers_with_fp8_rounded_kv(ckpt: str, kv_cache_dty
 @pytest.mark.parametrize("naming", ["hf", "compressed_tensors"])
 def test_kv_scales_from_the_checkpoint_are_applied(ckpt: str, tmp_path: Path, naming: str) -> None:
     path = with_scales(ckpt, tmp_path / "scaled", naming)
+    if naming != "hf":  # the names reach the same buffers; their use is shown once, below
+        layers = runner(LLM(path, device="cpu", max_model_len=128, kv_cache_dtype="fp8")).model.attention_layers()
+        assert [round(a.k_scale.item(), 6) for a in layers] == K_SCALES
+        assert [round(a.v_scale.item(), 6) for a in layers] == V_SCALES
+        return
     llm, outputs = generate(path, kv_cache_dtype="fp8")
     layers = runner(llm).model.attention_layers()
     assert [round(a.k_scale.item(), 6) for a in layers] == K_SCALES
     assert [round(a.v_scale.item(), 6) for a in layers] == V_SCALES
     scaled = hf_fp8_reference(path, torch.float8_e4m3fn, K_SCALES, V_SCALES)
     check_matches(scaled, outputs, tol=2e-3)
-    if naming == "hf":  # once: the oracle is sensitive to the scales (a run ignoring them fails above)
-        unit = hf_fp8_reference(path, torch.float8_e4m3fn, [1.0, 1.0], [1.0, 1.0])
-        assert max((u[1][0] - s[1][0]).abs().max().item() for u, s in zip(unit, scaled)) > 2e-2
+    # The oracle is sensitive to the scales: the unit-scale one differs by far more than the
+    # tolerance, so a run that ignored them (on write, read or both) fails above.
+    unit = hf_fp8_reference(path, torch.float8_e4m3fn, [1.0, 1.0], [1.0, 1.0])
+    assert max((u[1][0] - s[1][0]).abs().max().item() for u, s in zip(unit, scaled)) > 2e-2
+
+
+def test_every_kv_scale_name_reaches_its_layer(ckpt: str) -> None:
+    from transformers import AutoConfig
+
+    from pagedlm.models.llama import LlamaForCausalLM
+    from pagedlm.models.loader.kv_scales import take_kv_scales
+
+    model = LlamaForCausalLM(AutoConfig.from_pretrained(ckpt))
+    t = torch.tensor
+    weights = [
+        ("model.layers.0.self_attn.k_proj.k_scale", t(0.5)),  # ModelOpt
+        ("model.layers.0.self_attn.v_proj.v_scale", t([0.25])),
+        ("model.layers.1.self_attn.kv_scale", t(0.125)),  # AutoFP8: both
+        ("model.layers.1.self_attn.attn.v_scale", t(2.0)),  # already at the Attention layer
+        ("model.layers.0.self_attn.q_scale", t(3.0)),  # fp8 attention's query scale: unused here
+        ("model.norm.weight", t([1.0])),
+    ]
+    rest = list(take_kv_scales(model, weights))
+    assert [name for name, _ in rest] == ["model.norm.weight"]
+    layers = model.attention_layers()
+    assert [(a.k_scale.item(), a.v_scale.item()) for a in layers] == [(0.5, 0.25), (0.125, 2.0)]
+    with pytest.raises(ValueError, match="must be positive"):
+        list(take_kv_scales(model, [("model.layers.0.self_attn.k_scale", t(0.0))]))
 
 
 def test_kv_scales_load_without_fp8_cache_and_bad_scales_are_refused(ckpt: str, tmp_path: Path) -> None:
