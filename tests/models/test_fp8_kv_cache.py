@@ -256,3 +256,14 @@ def test_kv_cache_dtype_spellings(ckpt: str) -> None:
         "auto", "fp8_e4m3", "fp8_e4m3", "fp8_e5m2"]
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
         cache_dtype("int8")
+
+
+def test_fp8_kv_refused_on_gpus_without_fp8(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pagedlm.attention.kv_cache_dtype import resolve_kv_cache_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    with pytest.raises(ValueError, match="compute capability 8.9 .* this one is 8.0"):
+        resolve_kv_cache_dtype("fp8", "cuda")
+    assert resolve_kv_cache_dtype("auto", "cuda") == "auto"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert resolve_kv_cache_dtype("fp8_e5m2", "cuda") == "fp8_e5m2"
