@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # x: [T, H]
@@ -56,21 +58,17 @@ def rotary_embedding(
     return rotate(query), rotate(key)
 
 
-def _is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
-
-
 def quantize_kv(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """fp8(x / scale), clamped to the format's range (e4m3fn has no inf: an overflow would be
     NaN). Float32 math, round to nearest even, as the Triton write does."""
     xf = x.float() if scale is None else x.float() / scale.float()
-    limit = torch.finfo(dtype).max
+    limit = fp8_max(dtype)
     return xf.clamp(-limit, limit).to(dtype)
 
 
 def dequantize_kv(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """x * scale in ``dtype``; a non-fp8 cache passes through unchanged."""
-    if not _is_fp8(x.dtype):
+    if not is_fp8(x.dtype):
         return x.to(dtype)
     xf = x.float() if scale is None else x.float() * scale.float()
     return xf.to(dtype)
@@ -88,7 +86,7 @@ def write_kv_cache(
     if not bool(valid.all()):
         key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
     flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
-    if _is_fp8(kv_cache.dtype):
+    if is_fp8(kv_cache.dtype):
         # index_copy_ has no fp8 kernel on CPU: copy the bytes.
         key = quantize_kv(key, k_scale, kv_cache.dtype).view(torch.uint8)
         value = quantize_kv(value, v_scale, kv_cache.dtype).view(torch.uint8)

@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.attention.kv_cache_dtype import is_fp8
+
 _LOG2E = 1.4426950408889634
 # Split-K: at most this many segments per sequence (the combine kernel holds them all).
 _MAX_SEGMENTS = 64
@@ -311,7 +313,7 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
-        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=_is_fp8(kv_cache.dtype),
+        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=is_fp8(kv_cache.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
@@ -320,10 +322,6 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
             num_q_heads, num_segments, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
         )
-
-
-def _is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @functools.lru_cache(maxsize=8)

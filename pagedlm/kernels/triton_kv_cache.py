@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
+
 
 @triton.jit
 def _quantize(x, scale_ptr, FP8_MAX: tl.constexpr):
@@ -84,9 +86,9 @@ def write_kv_cache(
     head_pad = triton.next_power_of_2(head_dim)
     heads_pad = triton.next_power_of_2(num_kv_heads)
     num_warps = 4 if heads_pad * head_pad <= 4096 else 8
-    fp8_max = 0.0
-    if kv_cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        fp8_max = float(torch.finfo(kv_cache.dtype).max)
+    limit = 0.0  # 0: not an fp8 cache
+    if is_fp8(kv_cache.dtype):
+        limit = fp8_max(kv_cache.dtype)
         k_scale = k_scale if k_scale is not None else _unit_scale(kv_cache.device)
         v_scale = v_scale if v_scale is not None else _unit_scale(kv_cache.device)
     else:
@@ -96,6 +98,6 @@ def write_kv_cache(
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         num_kv_heads,
-        HEAD_DIM=head_dim, HEAD_PAD=head_pad, HEADS_PAD=heads_pad, BLOCK_SIZE=block_size, FP8_MAX=fp8_max,
+        HEAD_DIM=head_dim, HEAD_PAD=head_pad, HEADS_PAD=heads_pad, BLOCK_SIZE=block_size, FP8_MAX=limit,
         num_warps=num_warps,
     )
