@@ -66,6 +66,8 @@ class CacheConfig:
     # KV budget in bytes (CPU and GPU); None: a quarter of free RAM (at most 4 GiB) on CPU,
     # what gpu_memory_utilization leaves on GPU.
     kv_cache_memory_bytes: int | None = None
+    # "auto" (the model dtype) | "fp8_e4m3" | "fp8_e5m2"; see pagedlm/attention/kv_cache_dtype.py
+    cache_dtype: str = "auto"
     # What a user should change when KV blocks run out (the preemption warning says it).
     memory_hint: str = "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)"
 
@@ -274,7 +276,7 @@ def dump_config(config: EngineConfig) -> str:
     return json.dumps(
         {
             "model": m.model, "runner": m.runner, "dtype": m.dtype, "max_model_len": m.max_model_len,
-            "block_size": c.block_size,
+            "block_size": c.block_size, "kv_cache_dtype": c.cache_dtype,
             "enable_prefix_caching": c.enable_prefix_caching, "max_num_seqs": s.max_num_seqs,
             "max_num_batched_tokens": s.max_num_batched_tokens, "device": config.device_config.device,
             "tensor_parallel_size": config.parallel_config.tensor_parallel_size,

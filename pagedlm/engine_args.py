@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedlm.arg_utils import add_dataclass_args, dataclass_kwargs, log_no_effect, opt, refuse_unsupported
+from pagedlm.attention.kv_cache_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
 from pagedlm.config import (
     CacheConfig,
     ConfigError,
@@ -85,7 +86,10 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = opt(None, "KV cache size in bytes (overrides --gpu-memory-utilization; "
                                             "CPU default: a quarter of free RAM, at most 4 GiB)", CACHE)
     num_gpu_blocks_override: int | None = opt(None, "fix the number of KV cache blocks", CACHE)
-    kv_cache_dtype: str = opt("auto", "KV cache dtype", CACHE, choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
+    kv_cache_dtype: str = opt("auto", "KV cache element type: auto (the model dtype), fp8 (= fp8_e4m3) or fp8_e5m2: "
+                              "half the bytes, about twice the KV blocks; per-layer k/v scales from the checkpoint, "
+                              "else 1.0", CACHE, choices=list(KV_CACHE_DTYPES))
+    calculate_kv_scales: bool = opt(False, "compute fp8 KV scales from the first batch (vLLM)", CACHE)
     enable_prefix_caching: bool = opt(True, "reuse the KV blocks of shared prompt prefixes", CACHE)
     swap_space: float = opt(4, "CPU swap space in GiB (vLLM; no effect here)", CACHE)
     cpu_offload_gb: float = opt(0, "GiB of weights to offload to CPU", CACHE)
@@ -218,6 +222,7 @@ class EngineArgs:
                 enable_prefix_caching=self.enable_prefix_caching and not pooling,
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
                 kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+                cache_dtype=resolve_kv_cache_dtype(self.kv_cache_dtype, device),
                 memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
                 "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
             ),

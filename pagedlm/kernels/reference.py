@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
 from pagedlm.kernels.step_prep import prepare_step  # noqa: F401 - the op table's reference entry
 
 
@@ -58,35 +59,63 @@ def rotary_embedding(
     return rotate(query), rotate(key)
 
 
+def quantize_kv(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """fp8(x / scale), clamped to the format's range (e4m3fn has no inf: an overflow would be
+    NaN). Float32 math, round to nearest even, as the Triton write does."""
+    xf = x.float() if scale is None else x.float() / scale.float()
+    limit = fp8_max(dtype)
+    return xf.clamp(-limit, limit).to(dtype)
+
+
+def dequantize_kv(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """x * scale in ``dtype``; a non-fp8 cache passes through unchanged."""
+    if not is_fp8(x.dtype):
+        return x.to(dtype)
+    xf = x.float() if scale is None else x.float() * scale.float()
+    return xf.to(dtype)
+
+
 def write_kv_cache(
     key: torch.Tensor,  # [T, Hkv, D]
     value: torch.Tensor,  # [T, Hkv, D]
     kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
     slot_mapping: torch.Tensor,  # [T] int64, block_id * BS + offset; -1 = padding, not written
+    k_scale: torch.Tensor | None = None,  # [1] float32: an fp8 cache stores fp8(key / k_scale)
+    v_scale: torch.Tensor | None = None,  # [1] float32; None = 1.0; ignored by non-fp8 caches
 ) -> None:
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
     flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
-    flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
-    flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+    if is_fp8(kv_cache.dtype):
+        # index_copy_ has no fp8 kernel on CPU: copy the bytes.
+        key = quantize_kv(key, k_scale, kv_cache.dtype).view(torch.uint8)
+        value = quantize_kv(value, v_scale, kv_cache.dtype).view(torch.uint8)
+        flat = flat.view(torch.uint8)
+    flat[0].index_copy_(0, slot_mapping, key.to(flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, value.to(flat.dtype))
 
 
-def _gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V of the given blocks, each [*block_ids.shape, BS, Hkv, D]. index_select on a
-    2-D view copies whole blocks at memory speed (advanced indexing of the 5-D cache is
-    several times slower on CPU)."""
+_Scales = tuple[torch.Tensor | None, torch.Tensor | None]  # (k_scale, v_scale) of an fp8 cache
+
+
+def _gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor, scales: _Scales,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of the given blocks, each [*block_ids.shape, BS, Hkv, D], in ``dtype`` (an
+    fp8 cache dequantized with ``scales``). index_select on a 2-D view copies whole blocks at
+    memory speed (advanced indexing of the 5-D cache is several times slower on CPU)."""
     num_blocks = kv_cache.shape[1]
     shape = (*block_ids.shape, *kv_cache.shape[2:])
     flat_ids = block_ids.reshape(-1)
     k = kv_cache[0].view(num_blocks, -1).index_select(0, flat_ids).view(shape)
     v = kv_cache[1].view(num_blocks, -1).index_select(0, flat_ids).view(shape)
-    return k, v
+    return dequantize_kv(k, scales[0], dtype), dequantize_kv(v, scales[1], dtype)
 
 
-def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int, scales: _Scales,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     # -> K, V each [seq_len, Hkv, D]
-    k, v = _gather_blocks(kv_cache, block_ids)
+    k, v = _gather_blocks(kv_cache, block_ids, scales, dtype)
     return k.flatten(0, 1)[:seq_len], v.flatten(0, 1)[:seq_len]
 
 
@@ -128,27 +157,31 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    k_scale: torch.Tensor | None = None,  # [1] float32: an fp8 cache holds K / k_scale (None = 1.0)
+    v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its whole context, read through
     the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
     (query tokens start at seq_len - query_len), in one call for a mixed batch.
     max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them).
-    ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off."""
+    ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off.
+    An fp8 cache is read as fp8 * scale in the query's dtype."""
     out = torch.empty_like(query)
+    scales = (k_scale, v_scale)
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
     block_size = kv_cache.shape[2]
     decode_rows = [b for b in range(len(lens)) if starts[b + 1] - starts[b] == 1]
     if decode_rows:
         _decode_batch(query, kv_cache, starts, lens, block_tables, decode_rows, block_size, scale, sliding_window,
-                      softcap, out)
+                      softcap, out, scales)
     for b in range(len(lens)):
         q_len = starts[b + 1] - starts[b]
         if q_len <= 1:
             continue
         seq_len = lens[b]
         num_blocks = (seq_len + block_size - 1) // block_size
-        k, v = _gather_kv(kv_cache, block_tables[b, :num_blocks].long(), seq_len)
+        k, v = _gather_kv(kv_cache, block_tables[b, :num_blocks].long(), seq_len, scales, query.dtype)
         q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device).unsqueeze(1)  # [Q, 1]
         k_pos = torch.arange(seq_len, device=query.device).unsqueeze(0)  # [1, L]
         mask = k_pos <= q_pos
@@ -161,14 +194,14 @@ def paged_attention(
 
 
 def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size, scale, sliding_window, softcap,
-                  out) -> None:
+                  out, scales: _Scales) -> None:
     """All single-token queries at once: K/V gathered padded to the longest context."""
     max_len = max(lens[b] for b in rows)
     num_blocks = (max_len + block_size - 1) // block_size
     device = query.device
     row_idx = torch.tensor(rows, device=device)
     tables = block_tables[row_idx, :num_blocks].long()  # [R, nb]
-    k, v = _gather_blocks(kv_cache, tables)  # [R, nb, BS, Hkv, D] each
+    k, v = _gather_blocks(kv_cache, tables, scales, query.dtype)  # [R, nb, BS, Hkv, D] each
     k, v = k.flatten(1, 2)[:, :max_len], v.flatten(1, 2)[:, :max_len]  # [R, L, Hkv, D]
     seq_lens = torch.tensor([lens[b] for b in rows], device=device)
     k_pos = torch.arange(max_len, device=device).unsqueeze(0)

@@ -20,6 +20,10 @@ Three launch modes of the one kernel (MODE):
     batches (``decode_config``); measured on H100 it was slower than one mode-0 launch, where
     the decode programs overlap the prefill programs, so the default is mode 0.
 
+fp8 KV cache (float8_e4m3fn / e5m2): K/V tiles are loaded as fp8 and widened to the query's
+dtype (exact); the per-tensor k_scale folds into the logit scale and v_scale multiplies the
+accumulated output, so the inner loop does no extra work.
+
 Split-K: axis 2 of the grid cuts each sequence's KV tiles into segments of
 ``tiles_per_segment``; each program writes an unnormalised partial output with its running
 max and sum, and a second kernel combines the segments (log-sum-exp weights).
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from pagedlm.attention.kv_cache_dtype import is_fp8
 
 _LOG2E = 1.4426950408889634
 # Split-K: at most this many segments per sequence (the combine kernel holds them all).
@@ -68,13 +74,14 @@ def _find_seq_idx(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.conste
 def _paged_attention_kernel(
     out_ptr, query_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    part_out_ptr, part_max_ptr, part_sum_ptr,
+    part_out_ptr, part_max_ptr, part_sum_ptr, k_scale_ptr, v_scale_ptr,
     scale_log2e, num_seqs, num_q_heads, tiles_per_segment, num_segments,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cblk, stride_ctok, stride_chead, stride_bt,
     QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
     SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, SOFTCAP: tl.constexpr = 0.0,
+    KV_FP8: tl.constexpr = False,
 ):
     kv_head = tl.program_id(1)
     if MODE == 1:
@@ -105,6 +112,10 @@ def _paged_attention_kernel(
     q = tl.load(query_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
                 mask=row_valid[:, None] & d_valid[None, :], other=0.0)
     q_pos = context_len + q_idx  # absolute position of each row's query token
+    if KV_FP8:
+        # The cache holds K / k_scale: fold k_scale into the logit scale (q . k_fp8 is exact
+        # in the query's dtype); v_scale multiplies the output once at the end.
+        scale_log2e = scale_log2e * tl.load(k_scale_ptr)
 
     # Keys [kv_start, kv_end) can be seen by some row of this program.
     kv_end = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len)
@@ -151,6 +162,8 @@ def _paged_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
         m_i = m_new
 
+    if KV_FP8:
+        acc = acc * tl.load(v_scale_ptr)
     if SPLIT:
         part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
         tl.store(part_max_ptr + part, m_i, mask=row_valid)
@@ -245,17 +258,20 @@ def paged_attention_with_config(
     config: AttentionConfig,
     decode_config: AttentionConfig | None = None,
     softcap: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """max_query_len <= 1: one decode launch with ``config``. Otherwise one launch over every
     row with ``config``, or, given ``decode_config``, a decode launch for the q_len == 1 rows
-    and a launch with ``config`` for the rest."""
+    and a launch with ``config`` for the rest. An fp8 cache is read as fp8 * k_scale / v_scale
+    ([1] float32 device tensors; None = 1.0)."""
     num_tokens, num_q_heads, head_dim = query.shape
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=query.dtype, device=query.device)
     if num_tokens == 0 or seq_lens.shape[0] == 0:
         return out
     _check_layout(query, kv_cache, block_tables)
     args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0,
-            float(softcap or 0.0))
+            float(softcap or 0.0), _scale_or_one(k_scale, kv_cache), _scale_or_one(v_scale, kv_cache))
     if max_query_len <= 1:
         _launch(*args, config, mode=1)
     elif decode_config is None:
@@ -267,7 +283,7 @@ def paged_attention_with_config(
 
 
 def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window,
-            softcap: float, config: AttentionConfig, mode: int) -> None:
+            softcap: float, k_scale: torch.Tensor, v_scale: torch.Tensor, config: AttentionConfig, mode: int) -> None:
     num_tokens, num_q_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     num_seqs = seq_lens.shape[0]
@@ -291,13 +307,13 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_attention_kernel[(grid_q, num_kv_heads, num_segments)](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        part_out, part_max, part_sum,
+        part_out, part_max, part_sum, k_scale, v_scale,
         scale * _LOG2E, num_seqs, num_q_heads, tiles_per_segment, num_segments,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
-        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap,
+        SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=is_fp8(kv_cache.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
@@ -306,6 +322,17 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
             num_q_heads, num_segments, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_scale(device: torch.device) -> torch.Tensor:
+    # Made once per device: a fresh tensor per call could not be captured in a CUDA graph.
+    return torch.ones(1, dtype=torch.float32, device=device)
+
+
+def _scale_or_one(scale: torch.Tensor | None, kv_cache: torch.Tensor) -> torch.Tensor:
+    """The scale the kernel reads (only an fp8 cache reads it)."""
+    return scale if scale is not None else _unit_scale(kv_cache.device)
 
 
 def _check_layout(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor) -> None:
@@ -326,6 +353,8 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    k_scale: torch.Tensor | None = None,  # [1] float32: an fp8 cache holds K / k_scale (None = 1.0)
+    v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
 ) -> torch.Tensor:
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
@@ -336,7 +365,7 @@ def paged_attention(
     )
     return paged_attention_with_config(
         query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-        sliding_window, config, softcap=softcap,
+        sliding_window, config, softcap=softcap, k_scale=k_scale, v_scale=v_scale,
     )
 
 

@@ -14,7 +14,8 @@ class Attention(nn.Module):
     ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first forward.
 
     ``num_heads`` / ``num_kv_heads`` are the model's; the layer keeps this tensor-parallel
-    rank's share (KV heads replicated when there are more ranks than KV heads)."""
+    rank's share (KV heads replicated when there are more ranks than KV heads). The cache's
+    dtype says whether K/V are stored as they are or as fp8 with ``k_scale`` / ``v_scale``."""
 
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
                  sliding_window: int | None = None, softcap: float | None = None) -> None:
@@ -25,6 +26,11 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
         self.softcap = softcap  # attention logit soft-capping (Gemma 2); None = off
         self.kv_cache: torch.Tensor | None = None
+        # Per-tensor scales of an fp8 KV cache (it holds fp8(k / k_scale)); 1.0 unless the
+        # checkpoint has k_scale / v_scale (pagedlm.models.loader.kv_scales). Device tensors,
+        # not floats, so the kernels read them at run time (CUDA graphs keep working).
+        self.register_buffer("k_scale", torch.ones(1, dtype=torch.float32), persistent=False)
+        self.register_buffer("v_scale", torch.ones(1, dtype=torch.float32), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q [T, Hq * D], k/v [T, Hkv * D] -> [T, Hq * D]
@@ -35,9 +41,10 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         # Every sequence's K/V for this step is written before any sequence attends, so a
         # request may read blocks another request in the same batch fills (prefix sharing).
-        ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping)
+        ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
         out = ops.paged_attention(
             q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window, self.softcap,
+            self.k_scale, self.v_scale,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)

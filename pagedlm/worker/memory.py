@@ -8,12 +8,18 @@ from typing import Callable
 
 import torch
 
+from pagedlm.attention.kv_cache_dtype import kv_cache_torch_dtype
 from pagedlm.config import ConfigError, EngineConfig, attention_shape
 from pagedlm.worker.distributed import local_attention_heads, pp_layer_range
 
 logger = logging.getLogger(__name__)
 
 _CPU_KV_CACHE_MAX_BYTES = 4 << 30
+
+
+def kv_cache_dtype(config: EngineConfig) -> torch.dtype:
+    """The KV cache tensors' element type (--kv-cache-dtype; auto = the model dtype)."""
+    return kv_cache_torch_dtype(config.cache_config.cache_dtype, config.model_config.torch_dtype)
 
 
 def kv_cache_bytes_per_block(config: EngineConfig) -> int:
@@ -23,7 +29,7 @@ def kv_cache_bytes_per_block(config: EngineConfig) -> int:
     num_heads, num_kv_heads, head_dim = attention_shape(hf)
     _, local_kv_heads = local_attention_heads(num_heads, num_kv_heads)
     start, end = pp_layer_range(hf.num_hidden_layers)
-    dtype_size = torch.empty((), dtype=config.model_config.torch_dtype).element_size()
+    dtype_size = torch.empty((), dtype=kv_cache_dtype(config)).element_size()  # fp8: half of bf16
     return 2 * (end - start) * config.cache_config.block_size * local_kv_heads * head_dim * dtype_size
 
 

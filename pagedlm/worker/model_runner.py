@@ -114,7 +114,7 @@ class ModelRunner:
         dtype = self.config.model_config.torch_dtype
         for attn in self.model.attention_layers():
             attn.kv_cache = torch.empty(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
-                                        dtype=dtype, device=self.device)
+                                        dtype=memory.kv_cache_dtype(self.config), device=self.device)
         meta = AttentionMetadata(
             slot_mapping=torch.arange(num_tokens, device=self.device),
             query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
@@ -138,7 +138,7 @@ class ModelRunner:
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
-        dtype = self.config.model_config.torch_dtype
+        dtype = memory.kv_cache_dtype(self.config)
         for attn in self.model.attention_layers():
             cache = torch.zeros(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
                                 dtype=dtype, device=self.device)
@@ -146,8 +146,8 @@ class ModelRunner:
             self.kv_caches.append(cache)
         if self.spec is not None:
             self.spec.proposer.initialize_kv_cache(num_blocks)
-        logger.info("KV cache: %d blocks of %d tokens = %d tokens", num_blocks, self.block_size,
-                    num_blocks * self.block_size)
+        logger.info("KV cache: %d blocks of %d tokens = %d tokens (%s)", num_blocks, self.block_size,
+                    num_blocks * self.block_size, str(dtype).removeprefix("torch."))
 
     def warm_up(self) -> None:
         """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""

@@ -36,7 +36,7 @@ def run_workload(llm: LLM) -> list:
     return first + second
 
 
-def assert_same(ref: list, ours: list) -> None:
+def assert_same(ref: list, ours: list, tol: float = 1e-4) -> None:
     for r, o in zip(ref, ours, strict=True):
         ref_c, our_c = r.outputs[0], o.outputs[0]
         assert len(our_c.token_ids) == len(ref_c.token_ids) == MAX_TOKENS
@@ -47,9 +47,9 @@ def assert_same(ref: list, ours: list) -> None:
                 break
             for tid, lp in ref_lp.items():
                 if lp.rank <= NUM_LOGPROBS:
-                    assert tid in our_lp and abs(our_lp[tid].logprob - lp.logprob) < 1e-4, (pos, tid)
+                    assert tid in our_lp and abs(our_lp[tid].logprob - lp.logprob) < tol, (pos, tid)
         if r.prompt_logprobs is not None:  # one entry per prompt token, even across preemptions
             assert len(r.prompt_logprobs) == len(o.prompt_logprobs) == len(r.prompt_token_ids)
             for ref_pos, our_pos in zip(r.prompt_logprobs[1:], o.prompt_logprobs[1:], strict=True):
                 for tid, lp in ref_pos.items():
-                    assert abs(our_pos[tid].logprob - lp.logprob) < 1e-4
+                    assert abs(our_pos[tid].logprob - lp.logprob) < tol

@@ -98,8 +98,14 @@ def test_structured_outputs_with_batches_in_flight(llama_checkpoint: str) -> Non
         params = [SamplingParams(temperature=1.0, max_tokens=40, structured_outputs=so) for so in (
             StructuredOutputsParams(regex=regex), StructuredOutputsParams(choice=choices),
             StructuredOutputsParams(json=schema, disable_any_whitespace=True))]
+        # Compile the three grammars first (they are cached): every request is then ready at
+        # once, so the token budget splits them over two batches whatever the box's load.
+        llm.generate(["warm up"] * 3, [SamplingParams(max_tokens=2, structured_outputs=p.structured_outputs)
+                                       for p in params], use_tqdm=False)
+        batch_queue = llm.llm_engine.engine_core.batch_queue
+        batch_queue.max_depth_reached = 0
         outputs = llm.generate([f"prompt number {i}" for i in range(9)], params * 3, use_tqdm=False)
-        assert llm.llm_engine.engine_core.batch_queue.max_depth_reached == 2
+        assert batch_queue.max_depth_reached == 2
     finally:
         llm.llm_engine.engine_core.shutdown()
     for i, out in enumerate(outputs):

@@ -134,7 +134,10 @@ def test_tensor_parallel_equals_single_rank(llama: str, tmp_path: Path, activati
     finally:
         tp.llm_engine.engine_core.shutdown()
     assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
-    assert_same(ref, outputs)
+    # Static fp8 activations: the all-reduce sums the row-parallel partials in another order,
+    # and a last-bit difference can move one activation across an fp8 rounding step (~1e-3 in
+    # a logprob, as in test_quant_parity's static formats). Weight-only int8 stays exact.
+    assert_same(ref, outputs, tol=5e-3 if activations else 1e-4)
 
 
 def test_fp8_without_fp8_gemm_runs_as_w8a16(llama: str, tmp_path: Path, monkeypatch) -> None:

@@ -34,6 +34,8 @@ QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {}
 _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.fp8",
     "pagedlm.layers.quantization.compressed_tensors",
+    "pagedlm.layers.quantization.awq",
+    "pagedlm.layers.quantization.gptq",
 )
 _loaded = False
 

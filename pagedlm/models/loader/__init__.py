@@ -22,6 +22,7 @@ from pagedlm.layers.quantization.loading import (
     process_weights_after_loading,
     verify_model_supports,
 )
+from pagedlm.models.loader.kv_scales import take_kv_scales
 from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_files
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
@@ -77,7 +78,9 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
     if model_config.load_format == "dummy":
         _init_dummy(model, model_config.seed)
     else:
-        loaded = model.load_weights(drop_format_tensors(iterate_weights(model_config), quant_config))
+        # KV cache scales go into the attention layers, not through the model's loader.
+        weights = take_kv_scales(model, iterate_weights(model_config))
+        loaded = model.load_weights(drop_format_tensors(weights, quant_config))
         expected = {n for n, _ in model.named_parameters()}
         missing = sorted(expected - loaded)
         if missing:

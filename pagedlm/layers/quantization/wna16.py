@@ -1,0 +1,125 @@
+"""What AWQ and GPTQ share once loaded: weight-only int4/int8 codes with per-group scales and
+zero points, repacked into one internal layout (``pagedlm/kernels/wna16_reference.py``
+describes it) and applied by one GEMM (``triton_wna16`` on CUDA, the reference elsewhere).
+
+Each format's method creates its checkpoint tensors with their own names, shapes and packing
+(so tensor-parallel narrowing and fused q/k/v, gate/up placement work through the layer's
+weight loader), and in ``process_weights_after_loading`` turns them into unsigned codes
+[K, N], scales [G, N], zero points [G, N] and the input order; ``finish_repack`` below then
+replaces the checkpoint parameters by the internal ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedlm.kernels import ops, wna16_reference
+from pagedlm.layers.quantization.base import QuantizationError, QuantMethod, fill_uniform, replace_param
+
+
+def unpack_along_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [R, C] with ``32 // bits`` codes per element along dim 0, sequential -> [R * pack, C]."""
+    return wna16_reference.unpack_codes(packed, bits)
+
+
+def unpack_along_cols(packed: torch.Tensor, bits: int, order: list[int] | None = None) -> torch.Tensor:
+    """int32 [R, C] with ``32 // bits`` codes per element along dim 1 -> [R, C * pack].
+
+    ``order[i]`` is the column (within its pack) that the i-th lowest field holds: AutoGPTQ
+    packs sequentially (None), AutoAWQ's GEMM layout uses [0, 2, 4, 6, 1, 3, 5, 7]."""
+    pack = 32 // bits
+    shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
+    fields = (packed[:, :, None] >> shifts[None, None, :]) & ((1 << bits) - 1)  # [R, C, pack]
+    if order is not None:
+        inverse = [order.index(col) for col in range(pack)]  # field index holding each column
+        fields = fields[:, :, inverse]
+    return fields.reshape(packed.shape[0], -1)
+
+
+def check_group_size(group_size: int, input_size_per_partition: int, prefix: str) -> None:
+    if input_size_per_partition % group_size:
+        raise QuantizationError(f"{prefix or 'a linear layer'}: input size per rank {input_size_per_partition} is "
+                                f"not a multiple of group_size {group_size}; use a smaller tensor_parallel_size")
+
+
+def input_order(g_idx: torch.Tensor, group_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """(perm, per-row group ids, group ids in the new order) for a GPTQ ``g_idx`` [K].
+
+    The kernel's fast path wants the groups contiguous and ``group_size`` rows each. Act-order
+    checkpoints store the rows in the original order with a shuffled ``g_idx``: sorting the rows
+    by group restores that, at the cost of gathering x's columns (``perm``). When even sorted rows
+    are not whole groups (a row-parallel shard of an act-order layer), each row keeps its group
+    id and the kernel reads it per row."""
+    k = g_idx.numel()
+    g_idx = g_idx.long()  # local group ids: the caller subtracted the shard's first group
+    contiguous = torch.arange(k, device=g_idx.device) // group_size
+    if torch.equal(g_idx, contiguous):
+        return None, None, g_idx
+    perm = torch.argsort(g_idx, stable=True)
+    sorted_ids = g_idx[perm]
+    if torch.equal(sorted_ids, contiguous):
+        return perm.to(torch.int32), None, sorted_ids
+    return perm.to(torch.int32), sorted_ids.to(torch.int32), sorted_ids
+
+
+class WNA16LinearMethod(QuantMethod):
+    """The apply half of AWQ and GPTQ; subclasses create and repack the checkpoint tensors."""
+
+    def __init__(self, bits: int, group_size: int) -> None:
+        self.bits = bits
+        self.group_size = group_size  # -1: one group over the whole input
+
+    def finish_repack(self, layer: nn.Module, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      perm: torch.Tensor | None, row_group_ids: torch.Tensor | None, group_size: int,
+                      drop: tuple[str, ...]) -> None:
+        """Install the internal layout. codes [K, N] (rows already in kernel order), scales and
+        zeros [G, N] in the activation dtype; ``drop`` names the checkpoint tensors to free."""
+        for name in drop:
+            if hasattr(layer, name):
+                delattr(layer, name)
+        replace_param(layer, "qweight", wna16_reference.pack_codes(codes, self.bits))
+        replace_param(layer, "scales", scales.contiguous())
+        layer.register_parameter("zeros", nn.Parameter(zeros.contiguous(), requires_grad=False))
+        # Non-persistent: derived at load, never part of a checkpoint or a state_dict.
+        layer.register_buffer("wna16_perm", perm, persistent=False)
+        layer.register_buffer("wna16_row_groups", row_group_ids, persistent=False)
+        layer.wna16_group_size = group_size
+        if ops.current_backend() == "triton" and codes.is_cuda:
+            from pagedlm.kernels import wna16_tuning  # noqa: PLC0415 - CUDA only
+
+            # Once per weight shape: the fastest kernel per batch-size bucket on this device.
+            wna16_tuning.tune(layer.qweight, layer.scales, layer.zeros, row_group_ids, group_size, self.bits)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if ops.current_backend() == "triton":
+            from pagedlm.kernels import triton_wna16 as impl  # noqa: PLC0415 - needs CUDA + Triton
+        else:
+            impl = wna16_reference
+        return impl.wna16_gemm(x, layer.qweight, layer.scales, layer.zeros, layer.wna16_perm,
+                               layer.wna16_row_groups, layer.wna16_group_size, self.bits, bias)
+
+
+def init_dummy_wna16(layer: nn.Module, bits: int, generator: torch.Generator) -> None:
+    """Random words for packed int32 tensors (every field is a valid code), sane scales,
+    uniform floats elsewhere (bias); the repack then runs as after a checkpoint."""
+    for name, param in layer.named_parameters(recurse=False):
+        if param.dtype == torch.int32:
+            param.data.copy_(random_codes_int32(tuple(param.shape), generator))
+        elif name == "scales":
+            fill_dummy_scales(param, bits, generator)
+        else:
+            fill_uniform(param, -0.05, 0.05, generator)
+
+
+def random_codes_int32(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Uniform random int32 words: every field of every word is a valid code."""
+    return torch.randint(-(2**31), 2**31 - 1, shape, generator=generator, device=generator.device,
+                         dtype=torch.int64).to(torch.int32)
+
+
+def fill_dummy_scales(param: torch.Tensor, bits: int, generator: torch.Generator) -> None:
+    """Scales that keep dequantized weights near +-0.05, as the float dummy init does."""
+    span = 2 ** (bits - 1)
+    values = (torch.rand(param.shape, generator=generator, device=generator.device) * 0.5 + 0.5) * (0.05 / span)
+    param.data.copy_(values.to(param.dtype))

@@ -1,0 +1,153 @@
+"""The W4A16 / W8A16 Triton GEMM against its PyTorch reference (float32 oracle).
+
+Runs on CUDA; skipped elsewhere, or through Triton's CPU interpreter with TRITON_INTERPRET=1
+(small shapes only there). Every path is covered: split-K (M <= 16), tiled, dequantize +
+cuBLAS (large M), group-aligned and per-row group loads, act-order permutation, 4 and 8 bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not torch.cuda.is_available() and not _INTERPRET:
+    pytest.skip("Triton kernels need CUDA (or TRITON_INTERPRET=1)", allow_module_level=True)
+pytest.importorskip("triton")
+
+from pagedlm.kernels import triton_wna16, wna16_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The interpreter computes tl.dot on bf16 wrongly (see test_triton_kernels.py): fp16 there.
+DTYPES = [torch.float16] if DEVICE == "cpu" else [torch.float16, torch.bfloat16]
+TOL = 1e-2  # ||out - ref|| / ||ref||, bf16 / fp16 against float32
+
+# Llama-3.1-8B per-layer shapes (K, N): qkv, o, gate_up, down.
+MODEL_SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]
+SMALL_SHAPES = [(256, 96), (512, 192)]
+M_VALUES = [1, 4, 16, 64, 256] if DEVICE == "cuda" else [1, 16, 64]
+
+
+def make_weights(k: int, n: int, bits: int, group_size: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (k, n), generator=g)
+    num_groups = k // group_size
+    scales = (torch.rand(num_groups, n, generator=g) * 0.5 + 0.5) * (0.05 / 2 ** (bits - 1))
+    zeros = torch.randint(0, 2**bits, (num_groups, n), generator=g).float()
+    qweight = wna16_reference.pack_codes(codes, bits)
+    return qweight.to(DEVICE), scales.to(DEVICE, dtype), zeros.to(DEVICE, dtype)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float().cpu(), ref.float().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def reference(x, qweight, scales, zeros, perm, row_groups, group_size, bits):
+    return wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), perm, row_groups,
+                                      group_size, bits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", M_VALUES)
+def test_gemm_small_shapes(dtype, bits, m):
+    for (k, n), group_size in zip(SMALL_SHAPES, (32, 128)):
+        qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype, seed=m)
+        x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+        out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
+        assert out.dtype == dtype and out.shape == (m, n)
+        assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL
+
+
+@pytest.mark.parametrize("m", [1, 64] if DEVICE == "cpu" else [1, 16, 64, 256])
+def test_act_order_and_row_groups(m):
+    k, n, group_size, bits, dtype = 256, 64, 32, 4, torch.float16
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
+    x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(1)).to(DEVICE, torch.int32)
+    row_groups = torch.randint(0, k // group_size, (k,), generator=torch.Generator().manual_seed(2))
+    row_groups = row_groups.sort().values.to(DEVICE, torch.int32)
+    for p, rg in ((perm, None), (perm, row_groups), (None, row_groups)):
+        out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, p, rg, group_size, bits)
+        assert rel_err(out, reference(x, qweight, scales, zeros, p, rg, group_size, bits)) < TOL
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_every_kernel_config_and_bias(bits):
+    """Each path at a forced config: split-K with uneven splits, tiled, and the dequantizer."""
+    k, n, group_size, dtype = 384, 96, 64, torch.float16
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
+    x = torch.randn(5, k, device=DEVICE, dtype=dtype)
+    ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
+    configs = [triton_wna16.KernelConfig(16, 32, 64, 5, 4, 2), triton_wna16.KernelConfig(16, 64, 128, 1, 4, 2),
+               triton_wna16.KernelConfig(32, 32, 32, 2, 4, 2)]
+    configs += [dataclasses.replace(c, reshape_unpack=True) for c in configs]
+    for cfg in configs + [dataclasses.replace(c, magic_dequant=False) for c in configs]:
+        out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
+        assert rel_err(out, ref) < TOL, cfg
+    dense = triton_wna16.wna16_dequantize(qweight, scales, zeros, None, group_size, bits)
+    torch.testing.assert_close(dense.cpu(), wna16_reference.wna16_dequantize(
+        qweight, scales, zeros, None, group_size, bits).cpu())
+    bias = torch.randn(n, device=DEVICE, dtype=dtype)
+    out = triton_wna16.wna16_gemm(x[None], qweight, scales, zeros, None, None, group_size, bits, bias)
+    assert out.shape == (1, 5, n) and rel_err(out[0], ref + bias.float()) < TOL
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="8B shapes are too slow for the interpreter")
+@pytest.mark.parametrize("k,n", MODEL_SHAPES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gemm_model_shapes(k, n, bits):
+    group_size = 128
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, torch.bfloat16)
+    for m in M_VALUES + [1024]:
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
+        assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL, m
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
+def test_graph_capture():
+    k, n, group_size, bits = 4096, 4096, 128, 4
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, torch.bfloat16)
+    x = torch.randn(8, k, device=DEVICE, dtype=torch.bfloat16)
+    eager = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
+    graph.replay()
+    torch.testing.assert_close(captured, eager)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="tuning times kernels on the device")
+def test_tuned_table_is_used_and_correct():
+    from pagedlm.kernels import wna16_tuning
+
+    k, n, group_size, bits = 2048, 1536, 128, 4
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, torch.bfloat16)
+    wna16_tuning.tune(qweight, scales, zeros, None, group_size, bits)
+    assert wna16_tuning.lookup(1, n, k, bits, group_size) is not wna16_tuning.NOT_TUNED
+    assert wna16_tuning.lookup(4096, n, k, bits, group_size) is None  # past the buckets: dequant + cuBLAS
+    for m in (1, 3, 16, 17, 100, 512, 700):
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits)
+        assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL, m
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantize_is_exact(dtype, bits):
+    """The dequantizer equals the reference bit for bit: the float-bits trick and the int
+    conversion give the same (code - zero). (The interpreter also mishandles bitcasts to
+    bf16, so bf16 runs on CUDA only.)"""
+    k, n, group_size = 256, 128, 32
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
+    zeros[0, :4] = 2**bits  # GPTQ v1's corrupt zero-point (stored -1, read back as 2**bits)
+    rg = torch.arange(k, device=DEVICE, dtype=torch.int32).flip(0) // group_size
+    for row_groups in (None, rg):
+        out = triton_wna16.wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits)
+        ref = wna16_reference.wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits)
+        assert out.dtype == dtype and torch.equal(out.cpu(), ref.cpu())
