@@ -69,5 +69,20 @@ def checkpoint_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def seeded_checkpoint(tmp_path_factory):
+    """build(name, seed): a tiny checkpoint with a fixed seed, for tests whose assertions hold
+    for particular weights (checkpoint_factory's seed follows the session's build order)."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    def build(name: str, seed: int) -> str:
+        arch, overrides = CHECKPOINTS[name]
+        path = tmp_path_factory.mktemp(f"{name}_seed{seed}")
+        build_tiny_checkpoint(path, arch, seed=seed, **overrides)
+        return str(path)
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def llama_checkpoint(checkpoint_factory) -> str:
     return checkpoint_factory("llama")

@@ -77,20 +77,10 @@ def check_close(ref: list, outputs, prompts) -> None:
 
 
 @pytest.fixture(scope="module")
-def fixed_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """llama and qwen2 with fixed seeds (the seeds they get when this module runs alone): the
-    shared factory's seeds follow the session's order, and how many activations sit near an
-    fp8/int8 rounding boundary depends on the weights."""
-    from conftest import CHECKPOINTS
-    from pagedlm.demo import build_tiny_checkpoint
-
-    paths = {}
-    for seed, name in enumerate(("llama", "qwen2"), start=1):
-        arch, overrides = CHECKPOINTS[name]
-        path = tmp_path_factory.mktemp(f"quant_src_{name}")
-        build_tiny_checkpoint(path, arch, seed=seed, **overrides)
-        paths[name] = str(path)
-    return paths
+def fixed_checkpoints(seeded_checkpoint) -> dict[str, str]:
+    """llama and qwen2 with fixed seeds (the seeds they get when this module runs alone): how
+    many activations sit near an fp8/int8 rounding boundary depends on the weights."""
+    return {"llama": seeded_checkpoint("llama", 1), "qwen2": seeded_checkpoint("qwen2", 2)}
 
 
 @pytest.mark.parametrize("name", list(SCHEMES))

@@ -57,17 +57,10 @@ def perturbed_copy(src: str, dst: str, scale: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory) -> str:
-    """Tied embeddings echo tokens, so n-grams get accepted. Built here with a fixed seed:
-    the shared factory's seed depends on how many checkpoints the session built before, and
-    the acceptance assertions below hold for these weights, not for any random ones."""
-    from conftest import CHECKPOINTS
-    from pagedlm.demo import build_tiny_checkpoint
-
-    arch, overrides = CHECKPOINTS["llama_linear_tied"]
-    path = tmp_path_factory.mktemp("spec_target")
-    build_tiny_checkpoint(path, arch, seed=1, **overrides)
-    return str(path)
+def target(seeded_checkpoint) -> str:
+    """Tied embeddings echo tokens, so n-grams get accepted. A fixed seed: the acceptance
+    assertions below hold for these weights, not for any random ones."""
+    return seeded_checkpoint("llama_linear_tied", 1)
 
 
 @pytest.fixture(scope="module")
