@@ -115,7 +115,7 @@ class Scheduler:
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_wanted = num_known + len(request.spec_token_ids) - num_computed  # drafts are verified too
             num_new = min(num_wanted, budget, self.max_model_len - num_computed)
-            if num_new <= 0 or request.request_id in self.inflight_req_ids:
+            if num_new <= 0 or request.request_id in self.inflight_req_ids or self._reaches_max_tokens(request):
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -142,6 +142,12 @@ class Scheduler:
             budget -= num_new
             index += 1
         return budget
+
+    @staticmethod
+    def _reaches_max_tokens(request: Request) -> bool:
+        """Whether the steps in flight already sample the request's last token (each yields at
+        least one): under async scheduling another step would compute a token nobody reads."""
+        return request.num_pending_tokens > 0 and request.num_output_tokens + request.num_pending_tokens >= request.max_tokens
 
     def _victim_index(self, index: int) -> int:
         """The newest running request not yet scheduled this step and not in flight (at

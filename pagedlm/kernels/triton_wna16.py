@@ -187,16 +187,32 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     out = torch.empty((split_k, m, n), device=x2d.device, dtype=out_dtype)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split_k)
     has_row_groups = row_groups is not None
-    _wna16_gemm_kernel[grid](
-        x2d, qweight, scales, zeros, row_groups if has_row_groups else qweight, out,
-        m, n, k, x2d.stride(0), k_per_split,
-        GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
-        HAS_ROW_GROUPS=has_row_groups, RESHAPE_UNPACK=cfg.reshape_unpack,
-        MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    fit_key = (cfg, bits, x2d.dtype)
+    num_stages = _fitting_stages.get(fit_key, cfg.num_stages)
+    while True:
+        try:
+            _wna16_gemm_kernel[grid](
+                x2d, qweight, scales, zeros, row_groups if has_row_groups else qweight, out,
+                m, n, k, x2d.stride(0), k_per_split,
+                GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
+                HAS_ROW_GROUPS=has_row_groups, RESHAPE_UNPACK=cfg.reshape_unpack,
+                MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16,
+                num_warps=cfg.num_warps, num_stages=num_stages,
+            )
+            break
+        except triton.runtime.errors.OutOfResources:
+            # Shared memory grows with the pipeline depth (and, for some variants, with the
+            # dtype and bit width): a config that does not fit this device runs shallower.
+            if num_stages <= 1:
+                raise
+            num_stages -= 1
+            _fitting_stages[fit_key] = num_stages
     return out[0] if split_k == 1 else out.sum(dim=0).to(x2d.dtype)
+
+
+# (config, bits, dtype) -> the pipeline depth that fits the device (only where the asked one did not).
+_fitting_stages: dict[tuple[KernelConfig, int, torch.dtype], int] = {}
 
 
 def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
