@@ -1,0 +1,76 @@
+"""Decode-batch dispatch for 8-bit linear layers: the Triton scaled GEMV
+(``triton_scaled_gemv``) where it beats the layer's GEMM, the GEMM everywhere else.
+
+``scaled_gemv_or_none(a, w, scale_a, scale_b, out_dtype, bias, baseline)`` returns None when
+the GEMV does not apply or does not win; the caller then runs its GEMM. Whether it wins is
+timed once per (M bucket, N, K, code dtypes) on first use outside CUDA-graph capture against
+``baseline`` (the layer's own GEMM on the same tensors); the runner's warm-up forwards before
+each graph capture run every decode batch size, so the captured graphs see decided shapes.
+During capture an undecided shape takes the GEMM.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+MAX_M = 16
+_BUCKETS = (1, 2, 4, 8, 16)
+# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> ScaledGemvConfig, or None = the GEMM
+_choice: dict[tuple, object] = {}
+
+
+def _bucket(m: int) -> int:
+    return next(b for b in _BUCKETS if b >= m)
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench  # noqa: PLC0415
+
+    return do_bench(fn, warmup=5, rep=20, return_mode="median")
+
+
+def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+          out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
+    """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
+    from pagedlm.kernels.triton_scaled_gemv import fits, quick_configs, scaled_gemv  # noqa: PLC0415
+
+    expect = baseline().float()
+    best, best_ms = None, _time_ms(baseline)
+    for config in (c for c in quick_configs() if fits(a.shape[1], c)):
+        try:
+            out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config).float()
+        except Exception:  # noqa: BLE001 - a config the card cannot run (resources) is no candidate
+            continue
+        if (out - expect).norm() > 1e-2 * expect.norm() + 1e-6:
+            continue
+        ms = _time_ms(lambda c=config: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best
+
+
+def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+                        out_dtype: torch.dtype, bias: torch.Tensor | None,
+                        baseline: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor | None:
+    """(a @ w.T) * scale_a * scale_b (+ bias) through the GEMV where it wins; None otherwise.
+    ``baseline(a, scale_a)`` computes the same product without bias through the layer's GEMM."""
+    m = a.shape[0]
+    if not a.is_cuda or not 1 <= m <= MAX_M or a.stride(1) != 1 or w.stride(1) != 1:
+        return None
+    key = (_bucket(m), w.shape[0], w.shape[1], a.dtype, w.dtype, scale_a is not None and scale_a.numel() > 1)
+    if key not in _choice:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        # Timed at the bucket's row count so every M of the bucket shares the decision.
+        rows = key[0]
+        a_t = a[:1].expand(rows, -1).contiguous() if rows != m else a
+        sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
+        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
+    config = _choice[key]
+    if config is None:
+        return None
+    from pagedlm.kernels.triton_scaled_gemv import scaled_gemv  # noqa: PLC0415
+
+    return scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
