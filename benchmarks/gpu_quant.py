@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import json
 import tempfile
 from pathlib import Path
@@ -173,6 +174,7 @@ def print_table(rows: list[dict], floors: dict | None) -> None:
 
 
 def main() -> None:
+    logging.getLogger("pagedlm.kernels.scaled_gemv").setLevel(logging.DEBUG)  # which decode GEMMs it replaced
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
     p.add_argument("--formats", default="bf16,fp8,fp8-online,int8",

@@ -11,9 +11,12 @@ During capture an undecided shape takes the GEMM.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 MAX_M = 16
 _BUCKETS = (1, 2, 4, 8, 16)
@@ -37,7 +40,8 @@ def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_
     from pagedlm.kernels.triton_scaled_gemv import fits, quick_configs, scaled_gemv  # noqa: PLC0415
 
     expect = baseline().float()
-    best, best_ms = None, _time_ms(baseline)
+    baseline_ms = _time_ms(baseline)
+    best, best_ms = None, baseline_ms
     for config in (c for c in quick_configs() if fits(a.shape[1], c)):
         try:
             out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config).float()
@@ -48,6 +52,8 @@ def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_
         ms = _time_ms(lambda c=config: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
         if ms < best_ms:
             best, best_ms = config, ms
+    logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
+                 w.shape[1], a.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, baseline_ms * 1e3)
     return best
 
 
