@@ -22,22 +22,12 @@ partial sums [SPLIT_K, M, N] that one ``sum`` reduces (deterministic, no atomics
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-MAX_M = 16
-
-
-@dataclass(frozen=True)
-class ScaledGemvConfig:
-    block_n: int = 64
-    block_k: int = 256
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 3
+# The tile config and row limit of the bf16 GEMV (same program layout).
+from pagedlm.kernels.triton_gemv import MAX_M, GemvConfig
 
 
 @triton.jit
@@ -73,7 +63,7 @@ def _scaled_gemv_kernel(
 
 def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
                 out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-                config: ScaledGemvConfig = ScaledGemvConfig()) -> torch.Tensor:
+                config: GemvConfig = GemvConfig()) -> torch.Tensor:
     """a [M <= 16, K] (codes with scale_a [M, 1] or [1, 1], or float with scale_a None),
     w [N, K] 8-bit codes, scale_b [1, N] or [N] float32 -> [M, N] in ``out_dtype``.
     K must be a multiple of ``config.block_k`` (``fits``)."""
@@ -102,13 +92,13 @@ def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, 
     return y if bias is None else y + bias.to(out_dtype)
 
 
-def fits(k: int, config: ScaledGemvConfig) -> bool:
+def fits(k: int, config: GemvConfig) -> bool:
     return k % config.block_k == 0
 
 
-def quick_configs() -> list[ScaledGemvConfig]:
+def quick_configs() -> list[GemvConfig]:
     """The candidates the load-time tuner times (few compiles): wide K tiles, since 8-bit
     rows are half as many bytes per element as the bf16 GEMV's."""
-    return [ScaledGemvConfig(64, 256, 1, 4), ScaledGemvConfig(32, 512, 2, 4), ScaledGemvConfig(64, 512, 1, 4),
-            ScaledGemvConfig(32, 512, 4, 4), ScaledGemvConfig(16, 512, 4, 4), ScaledGemvConfig(64, 256, 4, 4),
-            ScaledGemvConfig(128, 256, 2, 8), ScaledGemvConfig(16, 1024, 8, 4)]
+    return [GemvConfig(64, 256, 1, 4), GemvConfig(32, 512, 2, 4), GemvConfig(64, 512, 1, 4),
+            GemvConfig(32, 512, 4, 4), GemvConfig(16, 512, 4, 4), GemvConfig(64, 256, 4, 4),
+            GemvConfig(128, 256, 2, 8), GemvConfig(16, 1024, 8, 4)]

@@ -14,7 +14,8 @@ pytest.importorskip("triton")
 
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels import scaled_gemv as dispatch  # noqa: E402
-from pagedlm.kernels.triton_scaled_gemv import ScaledGemvConfig, scaled_gemv  # noqa: E402
+from pagedlm.kernels.triton_gemv import GemvConfig
+from pagedlm.kernels.triton_scaled_gemv import scaled_gemv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's CPU interpreter computes on bf16 wrongly; fp16 activations there.
@@ -22,7 +23,7 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16
 # bf16 outputs: two accumulation orders may round a value to neighbouring bf16 numbers (2**-8).
 
 CODES = [torch.int8, ref.FP8_DTYPE]
-CONFIGS = [ScaledGemvConfig(32, 128, 1), ScaledGemvConfig(64, 128, 3), ScaledGemvConfig(16, 256, 2, 8)]
+CONFIGS = [GemvConfig(32, 128, 1), GemvConfig(64, 128, 3), GemvConfig(16, 256, 2, 8)]
 
 
 def _problem(m: int, n: int, k: int, code: torch.dtype, seed: int):
@@ -40,7 +41,7 @@ def _rel(out: torch.Tensor, expect: torch.Tensor) -> float:
 @pytest.mark.parametrize("code", CODES)
 @pytest.mark.parametrize("m", [1, 3, 16])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_w8a8_per_token_and_static(code: torch.dtype, m: int, config: ScaledGemvConfig) -> None:
+def test_w8a8_per_token_and_static(code: torch.dtype, m: int, config: GemvConfig) -> None:
     """Quantized activations (per token, and a static per-tensor scale): the reference's math."""
     x, wq, w_scale, bias = _problem(m, 90, 512, code, m)
     a, a_scale = ref.per_token_quant(x, code)
@@ -57,7 +58,7 @@ def test_w8a8_per_token_and_static(code: torch.dtype, m: int, config: ScaledGemv
 @pytest.mark.parametrize("m", [1, 5])
 def test_weight_only(code: torch.dtype, m: int) -> None:
     x, wq, w_scale, bias = _problem(m, 70, 256, code, 7 + m)
-    out = scaled_gemv(x, wq, None, w_scale, DTYPE, bias, ScaledGemvConfig(32, 128, 2))
+    out = scaled_gemv(x, wq, None, w_scale, DTYPE, bias, GemvConfig(32, 128, 2))
     assert _rel(out, ref.weight_only_mm(x, wq.t(), w_scale, bias)) < 1e-2
 
 
