@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_M = 16
 _BUCKETS = (1, 2, 4, 8, 16)
-# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> ScaledGemvConfig, or None = the GEMM
+# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> GemvConfig, or None = the GEMM
 _choice: dict[tuple, object] = {}
 
 
