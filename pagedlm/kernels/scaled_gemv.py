@@ -42,7 +42,7 @@ def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_
     expect = baseline().float()
     baseline_ms = _time_ms(baseline)
     best, best_ms = None, baseline_ms
-    for config in (c for c in quick_configs() if fits(a.shape[1], c)):
+    for config in (c for c in quick_configs(a.shape[0]) if fits(a.shape[1], c)):
         try:
             out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config).float()
         except Exception:  # noqa: BLE001 - a config the card cannot run (resources) is no candidate

@@ -22,6 +22,8 @@ partial sums [SPLIT_K, M, N] that one ``sum`` reduces (deterministic, no atomics
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -29,13 +31,23 @@ import triton.language as tl
 # The tile config and row limit of the bf16 GEMV (same program layout).
 from pagedlm.kernels.triton_gemv import MAX_M, GemvConfig
 
+FMA_MAX_M = 4
+
+
+@dataclass(frozen=True)
+class ScaledGemvConfig(GemvConfig):
+    # For M <= FMA_MAX_M: plain multiply-adds on [M, BLOCK_N, BLOCK_K] register tiles reduced
+    # once at the end, instead of tl.dot on a 16-row tile (which stages the weight tile through
+    # shared memory for the tensor cores: work a GEMV at one row does not need).
+    fma: bool = False
+
 
 @triton.jit
 def _scaled_gemv_kernel(
     a_ptr, w_ptr, scale_a_ptr, scale_b_ptr, out_ptr, M, N, K, k_per_split,
     stride_am, stride_wn, stride_sa, stride_os, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, HAS_SCALE_A: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, FMA: tl.constexpr,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K (the host checks), and rows / columns
     # past M / N re-read the last valid one (clamped index); only the store is masked.
@@ -48,12 +60,21 @@ def _scaled_gemv_kernel(
     compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])  # [BLOCK_N, BLOCK_K] codes
-        a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :])  # [BLOCK_M, BLOCK_K]
-        acc += tl.dot(a.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
+    if FMA:  # products of codes are exact in float32, as in the dot
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
+            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
+            acc3 += a[:, None, :] * w[None, :, :]
+        acc = tl.sum(acc3, axis=2)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])  # [BLOCK_N, BLOCK_K] codes
+            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :])  # [BLOCK_M, BLOCK_K]
+            acc += tl.dot(a.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
     acc = acc * tl.load(scale_b_ptr + rn_load)[None, :]
     if HAS_SCALE_A:
         acc = acc * tl.load(scale_a_ptr + rm_load * stride_sa)[:, None]
@@ -69,6 +90,9 @@ def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, 
     K must be a multiple of ``config.block_k`` (``fits``)."""
     m, k = a.shape
     n = w.shape[0]
+    fma = getattr(config, "fma", False)
+    if fma and m > FMA_MAX_M:
+        raise ValueError(f"the FMA GEMV takes at most {FMA_MAX_M} rows, got {m}")
     if m > MAX_M or w.shape[1] != k:
         raise ValueError(f"scaled_gemv takes a [M <= {MAX_M}, K] and w [N, K]; got {tuple(a.shape)}, {tuple(w.shape)}")
     if a.stride(1) != 1 or w.stride(1) != 1:
@@ -85,7 +109,7 @@ def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, 
     _scaled_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
         a, w, sa, scale_b.reshape(-1), out, m, n, k, k_per_split,
         a.stride(0), w.stride(0), 1 if sa.numel() > 1 else 0, out.stride(0), out.stride(1),
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=MAX_M, HAS_SCALE_A=has_scale_a,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=triton.next_power_of_2(m) if fma else MAX_M, HAS_SCALE_A=has_scale_a, FMA=fma,
         COMPUTE_BF16=a.dtype == torch.bfloat16, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     y = out[0] if split == 1 else out.sum(0).to(out_dtype)
@@ -96,9 +120,16 @@ def fits(k: int, config: GemvConfig) -> bool:
     return k % config.block_k == 0
 
 
-def quick_configs() -> list[GemvConfig]:
-    """The candidates the load-time tuner times (few compiles): wide K tiles, since 8-bit
-    rows are half as many bytes per element as the bf16 GEMV's."""
-    return [GemvConfig(64, 256, 1, 4), GemvConfig(32, 512, 2, 4), GemvConfig(64, 512, 1, 4),
-            GemvConfig(32, 512, 4, 4), GemvConfig(16, 512, 4, 4), GemvConfig(64, 256, 4, 4),
-            GemvConfig(128, 256, 2, 8), GemvConfig(16, 1024, 8, 4)]
+def quick_configs(m: int) -> list[GemvConfig]:
+    """The candidates the first-use tuner times for M rows (few compiles): wide K tiles, since
+    8-bit rows are half as many bytes per element as the bf16 GEMV's; for M <= FMA_MAX_M also
+    FMA tiles of 8192 products (64 float32 accumulators per thread at 4 warps)."""
+    configs: list[GemvConfig] = [
+        GemvConfig(64, 256, 1, 4), GemvConfig(32, 512, 2, 4), GemvConfig(64, 512, 1, 4), GemvConfig(32, 512, 4, 4),
+        GemvConfig(16, 512, 4, 4), GemvConfig(64, 256, 4, 4), GemvConfig(128, 256, 2, 8), GemvConfig(16, 1024, 8, 4)]
+    if m <= FMA_MAX_M:
+        rows = triton.next_power_of_2(m)
+        for block_k in (256, 512):
+            for split in (1, 2, 4):
+                configs.append(ScaledGemvConfig(max(4, 8192 // (rows * block_k)), block_k, split, 4, fma=True))
+    return configs

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels import scaled_gemv as dispatch  # noqa: E402
 from pagedlm.kernels.triton_gemv import GemvConfig
-from pagedlm.kernels.triton_scaled_gemv import scaled_gemv  # noqa: E402
+from pagedlm.kernels.triton_scaled_gemv import ScaledGemvConfig, scaled_gemv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's CPU interpreter computes on bf16 wrongly; fp16 activations there.
@@ -23,7 +23,8 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16
 # bf16 outputs: two accumulation orders may round a value to neighbouring bf16 numbers (2**-8).
 
 CODES = [torch.int8, ref.FP8_DTYPE]
-CONFIGS = [GemvConfig(32, 128, 1), GemvConfig(64, 128, 3), GemvConfig(16, 256, 2, 8)]
+CONFIGS = [GemvConfig(32, 128, 1), GemvConfig(64, 128, 3), GemvConfig(16, 256, 2, 8),
+           ScaledGemvConfig(16, 128, 1, fma=True), ScaledGemvConfig(8, 256, 2, fma=True)]
 
 
 def _problem(m: int, n: int, k: int, code: torch.dtype, seed: int):
@@ -43,6 +44,8 @@ def _rel(out: torch.Tensor, expect: torch.Tensor) -> float:
 @pytest.mark.parametrize("config", CONFIGS)
 def test_w8a8_per_token_and_static(code: torch.dtype, m: int, config: GemvConfig) -> None:
     """Quantized activations (per token, and a static per-tensor scale): the reference's math."""
+    if getattr(config, "fma", False) and m > 4:
+        pytest.skip("the FMA tiles take up to 4 rows")
     x, wq, w_scale, bias = _problem(m, 90, 512, code, m)
     a, a_scale = ref.per_token_quant(x, code)
     out = scaled_gemv(a, wq, a_scale, w_scale, DTYPE, bias, config)
@@ -55,10 +58,11 @@ def test_w8a8_per_token_and_static(code: torch.dtype, m: int, config: GemvConfig
 
 
 @pytest.mark.parametrize("code", CODES)
-@pytest.mark.parametrize("m", [1, 5])
-def test_weight_only(code: torch.dtype, m: int) -> None:
+@pytest.mark.parametrize("m,config", [(1, GemvConfig(32, 128, 2)), (5, GemvConfig(32, 128, 2)),
+                                      (2, ScaledGemvConfig(16, 128, 2, fma=True))])
+def test_weight_only(code: torch.dtype, m: int, config: GemvConfig) -> None:
     x, wq, w_scale, bias = _problem(m, 70, 256, code, 7 + m)
-    out = scaled_gemv(x, wq, None, w_scale, DTYPE, bias, GemvConfig(32, 128, 2))
+    out = scaled_gemv(x, wq, None, w_scale, DTYPE, bias, config)
     assert _rel(out, ref.weight_only_mm(x, wq.t(), w_scale, bias)) < 1e-2
 
 
@@ -66,6 +70,8 @@ def test_refusals() -> None:
     x, wq, w_scale, _ = _problem(17, 32, 256, torch.int8, 0)
     with pytest.raises(ValueError, match="M <= 16"):
         scaled_gemv(x, wq, None, w_scale, DTYPE)
+    with pytest.raises(ValueError, match="at most 4 rows"):
+        scaled_gemv(x[:5], wq, None, w_scale, DTYPE, None, ScaledGemvConfig(16, 128, 1, fma=True))
     with pytest.raises(ValueError, match="multiple of block_k"):
         scaled_gemv(x[:2, :200].contiguous(), wq[:, :200].contiguous(), None, w_scale, DTYPE)
 
