@@ -234,6 +234,7 @@ class EngineArgs:
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
+                spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

@@ -96,6 +96,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         self._scheduled_spec = {}
+        self._pause_speculation()
         num_scheduled: dict[str, int] = {}
         cached: list[CachedRequestData] = []
         preempted: list[Request] = []
@@ -142,6 +143,14 @@ class Scheduler:
             budget -= num_new
             index += 1
         return budget
+
+    def _pause_speculation(self) -> None:
+        """speculative_config's disable_by_batch_size: a step with that many running requests
+        verifies no drafts (they are dropped; the proposer drafts again after the step)."""
+        limit = self.config.spec_disable_by_batch_size
+        if limit is not None and len(self.running) >= limit:
+            for request in self.running:
+                request.spec_token_ids = []
 
     @staticmethod
     def _reaches_max_tokens(request: Request) -> bool:

@@ -201,7 +201,9 @@ def test_draft_equal_to_target_accepts_everything_and_sampling_reproduces(target
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 3, "prompt_lookup_max": 2},
      "prompt_lookup_min"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "needs a draft 'model'"),
-    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 4}, "not supported"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "speculative_token_tree": "[(0,)]"}, "not supported"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 1}, "integer >= 2 or null"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": "8"}, "integer >= 2 or null"),
     ({"method": "ngram", "num_speculative_tokens": 2, "bogus": 1}, "unknown key"),
 ])
 def test_bad_speculative_configs_are_refused(target, spec, message):
@@ -288,3 +290,71 @@ def test_penalties_under_speculation_equal_speculation_off(target, spec_configs)
     row, state = runner.batch.row_of["live"], runner.requests["live"]
     expected = torch.bincount(torch.tensor(state.output_token_ids), minlength=runner.vocab_size).to(torch.int32)
     assert torch.equal(runner.batch.output_counts[row].cpu(), expected)
+
+
+@pytest.mark.parametrize("method, device_prep", [("ngram", True), ("draft_model", False), ("eagle", True)])
+def test_padded_verify_graph_layout_equals_eager(target, spec_configs, method, device_prep):
+    """The verify CUDA graphs' padded layout, replayed eagerly on CPU (the same staging,
+    step preparation and padded forward a graph replays): requests with fewer drafts than
+    k (n-gram misses, budget cuts) and padding sequences leave the output equal to
+    speculation off, with chunked prefill, preemption and rollbacks."""
+    from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+
+    llm = LLM(target, device="cpu", speculative_config=spec_configs[method], **SETTINGS["chunked_preempt"])
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    runner.device_step_prep = device_prep
+    query_len = spec_configs[method]["num_speculative_tokens"] + 1
+    sizes = verify_sizes(8, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
+    graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, 64)
+    runner.verify_graphs = graphs
+    replay, padded = graphs.replay, []
+
+    def recording_replay(size, num_tokens):
+        padded.append(size * query_len - num_tokens)
+        return replay(size, num_tokens)
+
+    graphs.replay = recording_replay
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy()] * len(PROMPTS)
+    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    assert graphs.num_replays >= 3 and any(p > 0 for p in padded)  # padded verify steps ran
+    stats = spec_stats(llm)
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+
+
+def test_disable_by_batch_size_pauses_speculation(target):
+    """With disable_by_batch_size=3, steps with 3 or more running requests verify no drafts;
+    once fewer run (requests finish at different lengths), speculation resumes. Output
+    equals speculation off."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 3}
+    llm = LLM(target, device="cpu", speculative_config=spec, **SETTINGS["prefix_caching_n2"])
+    sched = llm.llm_engine.engine_core.scheduler
+    assert sched.config.spec_disable_by_batch_size == 3
+    schedule, scheduled = sched.schedule, []
+
+    def recording_schedule():
+        num_running = len(sched.running)
+        out = schedule()
+        scheduled.append((num_running, bool(out.scheduled_spec_decode_tokens)))
+        return out
+
+    sched.schedule = recording_schedule
+    lengths = (MAX_TOKENS, 12, 8, 4)
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in lengths]
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    ref = baseline(target, "prefix_caching_n2")
+    assert [o.outputs[0].token_ids for o in outs] == [r.outputs[0].token_ids[:m] for r, m in zip(ref, lengths)]
+    assert not any(drafted for running, drafted in scheduled if running >= 3)
+    assert any(drafted for running, drafted in scheduled if running < 3)
+
+
+def test_disable_by_batch_size_default_and_null():
+    from pagedlm.spec_decode.config import SpeculativeConfig, default_disable_by_batch_size
+
+    cfg = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3})
+    assert cfg.disable_by_batch_size == default_disable_by_batch_size(3) == 32
+    assert default_disable_by_batch_size(4) == 25 and default_disable_by_batch_size(16) == 7
+    never = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": None})
+    assert never.disable_by_batch_size is None
