@@ -69,6 +69,7 @@ class VerifyGraphRunner:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool  # shared with the decode graphs: one step replays one graph at a time
         self.num_replays = 0  # verify steps that went through this runner (tests, benchmarks)
+        self.num_padded_replays = 0  # ... of which some request carried fewer than k drafts
 
     def shape_for(self, num_seqs: int, max_query_len: int) -> GraphShape | None:
         """Steps of 2..query_len query tokens per sequence that fit a size (one token per
@@ -122,6 +123,7 @@ class VerifyGraphRunner:
         buffers under ``shape_for``'s shape. A size without a captured graph (no CUDA: the
         CPU tests of the padding) runs the same padded forward eagerly."""
         self.num_replays += 1
+        self.num_padded_replays += num_tokens < size * self.query_len
         graph = self.graphs.get(size)
         if graph is not None:
             graph.replay()
