@@ -117,6 +117,15 @@ class SpecDecodeRunner:
         self.proposer.after_target_forward(inputs, hidden)
 
     # ---- verification -------------------------------------------------------------------
+    def verifies(self, inputs: "StepInputs") -> bool:
+        """Whether any request of the step carries drafts. A step without any samples
+        through the plain sampler (and its CUDA graphs), as with speculation off: the
+        rejection sampler without drafts would compute the same greedy tokens and logprobs
+        and sample from the same distribution, only slower (speculation paused at a large
+        batch, n-gram misses, prefills)."""
+        requests = self.runner.requests
+        return any(requests[r].spec_token_ids for r in inputs.req_ids)
+
     def sample(self, hidden: torch.Tensor, inputs: "StepInputs", step: "InflightStep", sched: SchedulerOutput) -> None:
         runner = self.runner
         states = [runner.requests[inputs.req_ids[i]] for i in inputs.sample_rows]

@@ -163,8 +163,9 @@ class ModelRunner:
             self.graph_runner.capture()
             if self.spec is not None:
                 self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)
-            # Sampled ids are broadcast under TP (eager there); speculation verifies instead.
-            if get_parallel_state().world_size == 1 and self.spec is None:
+            # Sampled ids are broadcast under TP (eager there). Speculation samples through
+            # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
+            if get_parallel_state().world_size == 1:
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
@@ -224,8 +225,9 @@ class ModelRunner:
 
     def _forward(self, inputs: StepInputs, rows: np.ndarray) -> torch.Tensor | None:
         """hidden states [T, H] for the step (None on a pipeline stage but the last):
-        through a CUDA graph for decode-only steps (and speculative verify steps) that fit one, else eagerly. Either way the inputs reach the device in one copy, and input
-        tokens still on the device (the last step's samples) are filled in there."""
+        through a CUDA graph for decode-only steps and speculative verify steps that fit one,
+        else eagerly. Either way the inputs reach the device in one copy, and input tokens
+        still on the device (the last step's samples) are filled in there."""
         num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
         graphs, shape = None, None
@@ -282,8 +284,8 @@ class ModelRunner:
             self.spec.after_forward(inputs, hidden)
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
-        elif inputs.sample_rows and self.spec is not None:  # verification replaces graph sampling
-            self.spec.sample(hidden, inputs, step, sched)
+        elif inputs.sample_rows and self.spec is not None and self.spec.verifies(inputs):
+            self.spec.sample(hidden, inputs, step, sched)  # drafts to verify: the rejection sampler
         elif inputs.sample_rows and not self._sample_in_graph(inputs, step, sched, rows):
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans and hidden is not None:
