@@ -146,7 +146,9 @@ class Scheduler:
 
     def _pause_speculation(self) -> None:
         """speculative_config's disable_by_batch_size: a step with that many running requests
-        verifies no drafts (they are dropped; the proposer drafts again after the step)."""
+        verifies no drafts (they are dropped; the proposer drafts again after the step). The
+        proposer's lookahead slots are still allocated: the runner decides whether to draft
+        from its own request count, which can differ (preemptions, admissions)."""
         limit = self.config.spec_disable_by_batch_size
         if limit is not None and len(self.running) >= limit:
             for request in self.running:
