@@ -92,9 +92,11 @@ def set_k(llm: LLM, k: int) -> None:
     runner.spec.config = dataclasses.replace(runner.spec.config, num_speculative_tokens=k)
     graphs = getattr(runner, "_bench_verify_graphs", runner.verify_graphs)
     if graphs is not None:
+        pool = graphs.pool
+        del graphs  # the old graphs' memory goes back to the pool before the new capture
         runner.verify_graphs = runner._bench_verify_graphs = None
         gc.collect()
-        runner._bench_verify_graphs = runner.spec.capture_verify_graphs(graphs.pool)
+        runner._bench_verify_graphs = runner.spec.capture_verify_graphs(pool)
         runner.verify_graphs = runner._bench_verify_graphs
 
 
