@@ -1,6 +1,6 @@
 """Speculative decoding on the Llama-3.1-8B shape (bf16, dummy weights), H200.
 
-PYTHONPATH=. python benchmarks/gpu_spec_decode.py [--output-json out.json]   # the GPU run (about 5 minutes)
+PYTHONPATH=. python benchmarks/gpu_spec_decode.py [--output-json out.json]   # the GPU run (about 7 minutes)
 PYTHONPATH=. python benchmarks/gpu_spec_decode.py --smoke    # the same code path on CPU at toy size
 
 Random weights make acceptance arbitrary, so acceptance is controlled and always reported:
