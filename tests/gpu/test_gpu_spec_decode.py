@@ -63,3 +63,15 @@ def test_gpu_verify_graphs_equal_eager_and_speculation_off(checkpoint_factory, m
     assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
     stats = llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
     assert stats["num_accepted_tokens"] > 0
+
+
+def test_gpu_paused_speculation_samples_in_the_decode_graphs(checkpoint_factory):
+    """disable_by_batch_size=2 with 4 prompts: speculation pauses until one request is left;
+    the paused decode steps sample through the decode graphs' LM-head and sampling graphs."""
+    path = checkpoint_factory("llama_linear_tied")
+    off = greedy_ids(gpu_llm(path, None))
+    llm = gpu_llm(path, {"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 2})
+    ids = greedy_ids(llm)
+    runner = llm.llm_engine.engine_core.runner
+    assert runner.graph_sampler is not None and runner.graph_sampler.num_replays > 0
+    assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
