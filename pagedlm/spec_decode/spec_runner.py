@@ -57,7 +57,7 @@ class SpecDecodeRunner:
         """EAGLE-3 reads target layers' inputs through hooks, which a graph replay skips."""
         return self.config.method != "eagle3"
 
-    def capture_verify_graphs(self, pool) -> "VerifyGraphRunner":
+    def capture_verify_graphs(self, pool: tuple | None) -> "VerifyGraphRunner":
         """CUDA graphs for verify steps (1 + k query tokens per request), in the decode
         graphs' memory pool."""
         from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes

@@ -57,7 +57,7 @@ class VerifyGraphRunner:
     """Verify-step graphs; ``shape_for`` says whether (and how padded) a step replays one."""
 
     def __init__(self, model: nn.Module, buffers: StepBuffers, sizes: list[int], query_len: int,
-                 max_model_len: int, pool=None) -> None:
+                 max_model_len: int, pool: tuple | None = None) -> None:
         self.model = model
         self.buffers = buffers
         self.sizes = sizes
@@ -69,11 +69,11 @@ class VerifyGraphRunner:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool  # shared with the decode graphs: one step replays one graph at a time
         self.num_replays = 0  # verify steps that went through this runner (tests, benchmarks)
-        self.num_padded_replays = 0  # ... of which some request carried fewer than k drafts
+        self.num_padded_replays = 0  # ... with padding tokens (fewer requests than the size, or fewer than k drafts)
 
     def shape_for(self, num_seqs: int, max_query_len: int) -> GraphShape | None:
-        """Steps of 2..query_len query tokens per sequence that fit a size (one token per
-        sequence is a decode step: the decode graphs take it)."""
+        """Steps whose longest query is 2..query_len tokens and whose requests fit a size (one
+        token per sequence is a decode step: the decode graphs take it)."""
         if not 1 < max_query_len <= self.query_len:
             return None
         size = next((s for s in self.sizes if s >= num_seqs), None)
