@@ -211,7 +211,7 @@ class EngineArgs:
         pooling = pooler_config is not None
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
-            check_speculation_fits(parallel_config.world_size, self.async_scheduling)
+            check_speculation_fits(parallel_config.world_size, self.async_scheduling, spec.method)
         if pooling:
             max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(

@@ -211,10 +211,11 @@ def test_bad_speculative_configs_are_refused(target, spec, message):
         LLM(target, device="cpu", max_model_len=128, speculative_config=spec)
 
 
-def test_speculation_refuses_async_scheduling_and_a_foreign_vocabulary(target, checkpoint_factory):
-    with pytest.raises(ConfigError, match="async"):
-        LLM(target, device="cpu", max_model_len=128, async_scheduling=True,
-            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+def test_speculation_refuses_async_scheduling_with_eagle_and_a_foreign_vocabulary(target, spec_configs,
+                                                                                  checkpoint_factory):
+    for method in ("eagle", "eagle3"):
+        with pytest.raises(ConfigError, match="async"):
+            LLM(target, device="cpu", max_model_len=128, async_scheduling=True, speculative_config=spec_configs[method])
     gpt2 = checkpoint_factory("gpt2")
     from pagedlm.config import load_hf_config
 
@@ -351,3 +352,23 @@ def test_disable_by_batch_size_default_and_null():
     assert default_disable_by_batch_size(4) == 25 and default_disable_by_batch_size(16) == 7
     never = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": None})
     assert never.disable_by_batch_size is None
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_async_scheduling_with_speculation_equals_off(target, spec_configs, method):
+    """Async scheduling: a request with a sampling step in flight waits for its output
+    (accepted drafts, new drafts) before its next step; prefill chunks of other requests
+    overlap. Chunked prefill, preemption (with a verify step in flight), a prompt-logprobs
+    request; output equals speculation off."""
+    llm = LLM(target, device="cpu", speculative_config=spec_configs[method], async_scheduling=True,
+              **SETTINGS["chunked_preempt"])
+    assert llm.llm_engine.engine_core.config.scheduler_config.async_scheduling
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy()] * len(PROMPTS)
+    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    stats = spec_stats(llm)
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    sched = llm.llm_engine.engine_core.scheduler
+    assert sched.num_preemptions_total > 0 and sched.kv.num_free_blocks == sched.kv.num_blocks

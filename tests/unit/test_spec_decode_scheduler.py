@@ -190,3 +190,29 @@ def test_disable_by_batch_size_drops_drafts_while_that_many_run():
     sched.finish_requests(["a"], RequestStatus.FINISHED_ABORTED)
     spec_step(sched, runner)
     assert_no_leaks(sched)
+
+
+def test_async_verify_waits_for_its_output_and_survives_preemption_in_flight():
+    """Async scheduling: a request whose verify step is in flight is not scheduled again
+    until its output is back; if a later step preempts it meanwhile, the output's tokens
+    still land and no rollback runs on its reset computed count."""
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=1)
+    req = make_request("r", 6, max_tokens=12)
+    sched.add_request(req)
+    spec_step(sched, runner)  # prefill; drafts proposed
+    out_n = sched.schedule()  # verify 1 + 3 tokens
+    assert out_n.scheduled_spec_decode_tokens == {"r": [900, 901, 902]}
+    res_n = runner.execute(out_n)
+    assert sched.schedule().num_scheduled_tokens == {}  # step N+1: nothing for r before step N is back
+    sched.running.remove(req)
+    sched._preempt(req)  # as a step N+1 short of blocks would (async: step N still in flight)
+    sched.update_from_output(out_n, res_n)
+    assert req.status == RequestStatus.PREEMPTED and req.num_computed_tokens == 0
+    assert req.output_token_ids[-2:] == [900, res_n.sampled_token_ids[0][-1]]
+    check_invariants(sched)
+    for _ in range(20):
+        if not sched.has_unfinished_requests():
+            break
+        spec_step(sched, runner)
+    assert req.num_output_tokens == 12
+    assert_no_leaks(sched)
