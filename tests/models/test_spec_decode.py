@@ -225,15 +225,18 @@ def test_speculation_refuses_async_scheduling_with_eagle_and_a_foreign_vocabular
                 speculative_config={"method": "draft_model", "model": gpt2, "num_speculative_tokens": 2})
 
 
-def test_structured_output_request_opts_out_in_a_speculating_batch(target):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_structured_output_request_opts_out_in_a_speculating_batch(target, async_scheduling):
     """A grammar-constrained request runs without drafts (its bitmask applies to its one
-    row) while the others speculate; every output equals speculation off."""
+    row) while the others speculate; every output equals speculation off (with async
+    scheduling too: the bitmask is computed when the step is scheduled)."""
     prompts = ["hello there", "the cat sat on the mat the cat sat", "abc"]
     params = [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True),
               SamplingParams(temperature=0.0, max_tokens=10, structured_outputs={"choice": ["yes", "no", "maybe so"]}),
               SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, logprobs=1)]
     off = LLM(target, device="cpu", max_model_len=128).generate(prompts, params, use_tqdm=False)
-    llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3},
+              async_scheduling=async_scheduling)
     on = llm.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in on] == [o.outputs[0].token_ids for o in off]
     assert on[1].outputs[0].text in ("yes", "no", "maybe so")
