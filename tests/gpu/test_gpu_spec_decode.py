@@ -22,9 +22,10 @@ def greedy_ids(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outs]
 
 
-def gpu_llm(path: str, spec: dict | None, enforce_eager: bool = False) -> LLM:
+def gpu_llm(path: str, spec: dict | None, enforce_eager: bool = False, async_scheduling: bool | None = None) -> LLM:
     return LLM(path, device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8,
-               num_gpu_blocks_override=256, speculative_config=spec, enforce_eager=enforce_eager)
+               num_gpu_blocks_override=256, speculative_config=spec, enforce_eager=enforce_eager,
+               async_scheduling=async_scheduling)
 
 
 def test_gpu_speculation_matches_off(checkpoint_factory):
@@ -75,3 +76,15 @@ def test_gpu_paused_speculation_samples_in_the_decode_graphs(checkpoint_factory)
     runner = llm.llm_engine.engine_core.runner
     assert runner.graph_sampler is not None and runner.graph_sampler.num_replays > 0
     assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
+
+
+def test_gpu_async_scheduling_with_speculation_matches_off(checkpoint_factory):
+    path = checkpoint_factory("llama_linear_tied")
+    off = greedy_ids(gpu_llm(path, None))
+    for spec in ({"method": "ngram", "num_speculative_tokens": 3},
+                 {"method": "draft_model", "model": path, "num_speculative_tokens": 3}):
+        llm = gpu_llm(path, spec, async_scheduling=True)
+        assert llm.llm_engine.engine_core.config.scheduler_config.async_scheduling
+        ids = greedy_ids(llm)
+        assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (spec["method"], off, ids)
+        assert llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()["num_accepted_tokens"] > 0
