@@ -97,8 +97,9 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
-    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
-                                        "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA, off "
+                                        "with --speculative-config; refused with -pp > 1, whose batch queue "
+                                        "overlaps instead, and with EAGLE proposers)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
