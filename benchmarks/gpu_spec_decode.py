@@ -1,6 +1,6 @@
 """Speculative decoding on the Llama-3.1-8B shape (bf16, dummy weights), H200.
 
-PYTHONPATH=. python benchmarks/gpu_spec_decode.py [--output-json out.json]   # the GPU run (about 5 minutes)
+PYTHONPATH=. python benchmarks/gpu_spec_decode.py [--output-json out.json]   # the GPU run (about 7 minutes)
 PYTHONPATH=. python benchmarks/gpu_spec_decode.py --smoke    # the same code path on CPU at toy size
 
 Random weights make acceptance arbitrary, so acceptance is controlled and always reported:
@@ -10,16 +10,20 @@ Random weights make acceptance arbitrary, so acceptance is controlled and always
   speculating in vain);
 - the target as its own draft (everything accepted: the machinery's best case).
 
-Rows: batch-1 TPOT for k = 2 and 4; acceptance rate and mean acceptance length; the overhead
-figure = measured speedup / the speedup predicted from the measured acceptance length and the
-measured target-forward and proposer-forward times (target >= 0.85); the cost of speculation
-when (almost) nothing is accepted vs off (<= 10% slower); throughput at rate inf with n-gram
-on vs off (>= 0.9x).
+Rows: batch-1 TPOT for k = 2 and 4, each with the verify steps' CUDA graphs on and off
+(``verify``: graphs / eager; the graphs are re-captured for each k); acceptance rate and
+mean acceptance length; the overhead figure = measured speedup / the speedup predicted from
+the measured acceptance length and the measured target-step and proposer-forward device
+times (target >= 0.85); the cost of speculation when (almost) nothing is accepted vs off
+(<= 10% slower); throughput at rate inf with n-gram on vs off (>= 0.9x), with the default
+disable_by_batch_size and, for the record, with speculation never paused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import tempfile
 import time
@@ -30,16 +34,19 @@ import torch
 
 from pagedlm import LLM, SamplingParams
 from pagedlm.benchmarks.shapes import make_shape_dir
+from pagedlm.spec_decode.config import default_disable_by_batch_size
 
 
 class ForwardTimer:
-    """Device time of a module's forward calls (CUDA events; wall clock on CPU)."""
+    """Device time of an object's ``attr`` calls (CUDA events; wall clock on CPU): a module's
+    forward, or the runner's whole target step (``_forward``: staging, upload, step
+    preparation and the eager forward or the graph replay, which calls no forward)."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.inner = module, module.forward
+    def __init__(self, obj, attr: str = "forward") -> None:
+        self.inner = getattr(obj, attr)
         self.events: list = []
         self.cpu_times: list[float] = []
-        module.forward = self._timed
+        setattr(obj, attr, self._timed)
 
     def _timed(self, *args, **kwargs):
         if torch.cuda.is_available():
@@ -72,17 +79,47 @@ def build(model_dir: str, args, spec: dict | None) -> LLM:
 
 
 def set_k(llm: LLM, k: int) -> None:
-    """Fewer drafts per step without reloading (the engine was built with the largest k)."""
-    import dataclasses
-
+    """Fewer drafts per step without reloading (the engine was built with the largest k); the
+    verify graphs are captured again for 1 + k query tokens per request."""
     core = llm.llm_engine.engine_core
-    sched = core.scheduler
+    sched, runner = core.scheduler, core.runner
     lookahead = k if sched.config.num_lookahead_tokens else 0
     sched.config = dataclasses.replace(sched.config, num_spec_tokens=k, num_lookahead_tokens=lookahead)
-    proposer = core.runner.spec.proposer
+    proposer = runner.spec.proposer
     proposer.k = k
     if hasattr(proposer, "num_lookahead_tokens"):
         proposer.num_lookahead_tokens = lookahead
+    runner.spec.config = dataclasses.replace(runner.spec.config, num_speculative_tokens=k)
+    graphs = getattr(runner, "_bench_verify_graphs", runner.verify_graphs)
+    if graphs is not None:
+        pool = graphs.pool
+        del graphs  # the old graphs' memory goes back to the pool before the new capture
+        runner.verify_graphs = runner._bench_verify_graphs = None
+        gc.collect()
+        runner._bench_verify_graphs = runner.spec.capture_verify_graphs(pool)
+        runner.verify_graphs = runner._bench_verify_graphs
+
+
+def set_verify_graphs(llm: LLM, on: bool) -> bool:
+    """Verify steps through their CUDA graphs or eagerly; False when there are none (CPU)."""
+    runner = llm.llm_engine.engine_core.runner
+    if not hasattr(runner, "_bench_verify_graphs"):
+        runner._bench_verify_graphs = runner.verify_graphs
+    runner.verify_graphs = runner._bench_verify_graphs if on else None
+    return runner.verify_graphs is not None or not on
+
+
+def set_pause(llm: LLM, disable_by_batch_size: int | None) -> None:
+    """disable_by_batch_size at run time (scheduler and proposer)."""
+    core = llm.llm_engine.engine_core
+    core.scheduler.config = dataclasses.replace(core.scheduler.config, spec_disable_by_batch_size=disable_by_batch_size)
+    spec = core.runner.spec
+    spec.config = dataclasses.replace(spec.config, disable_by_batch_size=disable_by_batch_size)
+
+
+def verify_replays(llm: LLM) -> int:
+    graphs = getattr(llm.llm_engine.engine_core.runner, "_bench_verify_graphs", None)
+    return graphs.num_replays if graphs is not None else 0
 
 
 def greedy(n: int) -> SamplingParams:
@@ -127,40 +164,47 @@ def first_divergence(a: list[int], b: list[int]) -> int:
 
 def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: dict, timers: list) -> list[dict]:
     rows = []
-    core = llm.llm_engine.engine_core
     for k in ks:
         set_k(llm, k)
-        mark: dict = {}
-
-        def start() -> None:
-            for t in timers:
-                t.take()
-            mark.update(stats=core.scheduler.spec_stats.snapshot(), steps=core.scheduler.num_steps_total)
-
-        tpot, ids = batch1(llm, prompt, args.output_len, start)
-        acc = spec_delta(llm, mark["stats"])
-        steps = max(1, core.scheduler.num_steps_total - mark["steps"])
-        target_times = timers[0].take()
-        # The median target forward is a verify (the run's one prefill is an outlier); the
-        # proposer's time per step leaves out its own largest call (its mirror of the prefill).
-        target_fwd = float(np.median(target_times)) if target_times else 0.0
-        draft_times = [x for t in timers[1:] for x in t.take()]
-        draft_per_step = (sum(draft_times) - max(draft_times, default=0.0)) / steps
-        step_cost = target_fwd + draft_per_step
-        predicted = acc["mean_acceptance_length"] * off["tpot"][tuple(prompt)] / step_cost if step_cost else float("nan")
-        measured = off["tpot"][tuple(prompt)] / tpot
-        rows.append(dict(proposer=name, k=k, tpot_ms=tpot * 1e3, speedup=measured, predicted_speedup=predicted,
-                         overhead_figure=measured / predicted, target_fwd_ms=target_fwd * 1e3,
-                         proposer_ms_per_step=draft_per_step * 1e3,
-                         same_tokens_until=first_divergence(ids, off["ids"][tuple(prompt)]), **acc))
+        for verify in ("graphs", "eager"):
+            if set_verify_graphs(llm, verify == "graphs"):
+                rows.append(dict(verify=verify, **run_one(llm, name, k, prompt, args, off, timers)))
+        set_verify_graphs(llm, True)
     return rows
+
+
+def run_one(llm: LLM, name: str, k: int, prompt: list[int], args, off: dict, timers: list) -> dict:
+    """One batch-1 run: TPOT, acceptance, device times per step, verify graph replays."""
+    core = llm.llm_engine.engine_core
+    mark: dict = {}
+
+    def start() -> None:
+        for t in timers:
+            t.take()
+        mark.update(stats=core.scheduler.spec_stats.snapshot(), steps=core.scheduler.num_steps_total,
+                    replays=verify_replays(llm))
+
+    tpot, ids = batch1(llm, prompt, args.output_len, start)
+    acc = spec_delta(llm, mark["stats"])
+    steps = max(1, core.scheduler.num_steps_total - mark["steps"])
+    target_times = timers[0].take()
+    # The median target step is a verify (the run's one prefill is an outlier); the
+    # proposer's time per step leaves out its own largest call (its mirror of the prefill).
+    target_fwd = float(np.median(target_times)) if target_times else 0.0
+    draft_times = [x for t in timers[1:] for x in t.take()]
+    draft_per_step = (sum(draft_times) - max(draft_times, default=0.0)) / steps
+    step_cost = target_fwd + draft_per_step
+    predicted = acc["mean_acceptance_length"] * off["tpot"][tuple(prompt)] / step_cost if step_cost else float("nan")
+    measured = off["tpot"][tuple(prompt)] / tpot
+    return dict(proposer=name, k=k, tpot_ms=tpot * 1e3, speedup=measured, predicted_speedup=predicted,
+                overhead_figure=measured / predicted, target_fwd_ms=target_fwd * 1e3,
+                proposer_ms_per_step=draft_per_step * 1e3, verify_graph_replays=verify_replays(llm) - mark["replays"],
+                same_tokens_until=first_divergence(ids, off["ids"][tuple(prompt)]), **acc)
 
 
 def release(llm: LLM) -> None:
     llm.llm_engine.shutdown()
     del llm
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -217,17 +261,22 @@ def main() -> None:
 
     rows = []
     llm = build(target, args, {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4})
-    timers = [ForwardTimer(llm.llm_engine.engine_core.runner.model)]
+    timers = [ForwardTimer(llm.llm_engine.engine_core.runner, "_forward")]
     rows += run_spec(llm, "ngram repeating", [4, 2], repeating, args, off, timers)
     rows += run_spec(llm, "ngram random", [4], random_prompt, args, off, timers)
-    set_k(llm, 2)
+    set_pause(llm, default_disable_by_batch_size(2))  # the default for k = 2 (the engine was built for k = 4)
+    set_k(llm, 2)  # verify graphs up to the size the pause leaves
+    results["ngram_disable_by_batch_size"] = default_disable_by_batch_size(2)
     results["ngram_throughput_tok_s"] = throughput(llm, tp_prompts, args.output_len)
+    # For the record: never paused (vLLM's default); verify steps past the largest verify graph run eagerly.
+    set_pause(llm, None)
+    results["ngram_throughput_never_paused_tok_s"] = throughput(llm, tp_prompts, args.output_len)
     release(llm)
 
     for name, draft_dir in (("draft 1B-shape", draft), ("draft = target", target)):
         llm = build(target, args, {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": 4})
         runner = llm.llm_engine.engine_core.runner
-        timers = [ForwardTimer(runner.model), ForwardTimer(runner.spec.proposer.model)]
+        timers = [ForwardTimer(runner, "_forward"), ForwardTimer(runner.spec.proposer.model)]
         rows += run_spec(llm, name, [4, 2], repeating, args, off, timers)
         release(llm)
     results["rows"] = rows
@@ -243,21 +292,39 @@ def report(results: dict, args) -> None:
     print(f"\n{results['device']}: {args.shape} {args.dtype}, dummy weights, batch 1, input {args.input_len}, "
           f"output {args.output_len}; off: TPOT {off['tpot_ms_repeating']:.2f} ms (repeating prompt), "
           f"{off['tpot_ms_random']:.2f} ms (random)")
-    print(f"{'proposer':18} {'k':>2} {'TPOT ms':>8} {'speedup':>8} {'predicted':>9} {'overhead':>8} "
-          f"{'accept':>7} {'mean len':>8} {'verify ms':>9} {'propose ms':>10} {'same ids':>8}")
+    print(f"{'proposer':18} {'k':>2} {'verify':>6} {'TPOT ms':>8} {'speedup':>8} {'predicted':>9} {'overhead':>8} "
+          f"{'accept':>7} {'mean len':>8} {'step ms':>8} {'propose ms':>10} {'replays':>7} {'same ids':>8}")
     for r in rows:
-        print(f"{r['proposer']:18} {r['k']:>2} {r['tpot_ms']:>8.2f} {r['speedup']:>8.2f} {r['predicted_speedup']:>9.2f} "
-              f"{r['overhead_figure']:>8.2f} {r['acceptance_rate']:>7.2f} {r['mean_acceptance_length']:>8.2f} "
-              f"{r['target_fwd_ms']:>9.2f} {r['proposer_ms_per_step']:>10.2f} {r['same_tokens_until']:>8}")
+        print(f"{r['proposer']:18} {r['k']:>2} {r['verify']:>6} {r['tpot_ms']:>8.2f} {r['speedup']:>8.2f} "
+              f"{r['predicted_speedup']:>9.2f} {r['overhead_figure']:>8.2f} {r['acceptance_rate']:>7.2f} "
+              f"{r['mean_acceptance_length']:>8.2f} {r['target_fwd_ms']:>8.2f} {r['proposer_ms_per_step']:>10.2f} "
+              f"{r['verify_graph_replays']:>7} {r['same_tokens_until']:>8}")
+    print(f"throughput at rate inf, {args.num_prompts} prompts: off {off['throughput_tok_s']:.0f} tok/s; n-gram k=2 "
+          f"{results['ngram_throughput_tok_s']:.0f} tok/s (disable_by_batch_size="
+          f"{results['ngram_disable_by_batch_size']}), never paused {results['ngram_throughput_never_paused_tok_s']:.0f} tok/s")
     verdicts(results, args)
 
 
 def verdicts(results: dict, args) -> None:
-    rows = results["rows"]
+    on_gpu = any(r["verify"] == "graphs" for r in results["rows"])
+    # The verdicts judge the default path: verify graphs on the GPU, eager on CPU (smoke run).
+    rows = [r for r in results["rows"] if r["verify"] == ("graphs" if on_gpu else "eager")]
 
     def line(ok: bool, text: str) -> None:
         print(("PASS " if ok else "FAIL ") + text)
 
+    if on_gpu:
+        graphed = [r for r in rows if r["num_drafts"]]
+        line(all(r["verify_graph_replays"] > 0 for r in graphed),
+             "verify steps replayed their CUDA graphs: " + ", ".join(
+                 f"{r['proposer']} k={r['k']} {r['verify_graph_replays']}" for r in graphed))
+        eager = {(r["proposer"], r["k"]): r for r in results["rows"] if r["verify"] == "eager"}
+        for r in rows:
+            e = eager.get((r["proposer"], r["k"]))
+            if e is not None:
+                line(r["tpot_ms"] <= e["tpot_ms"] * 1.02, f"verify graphs vs eager, {r['proposer']} k={r['k']}: "
+                     f"TPOT {r['tpot_ms']:.2f} ms vs {e['tpot_ms']:.2f} ms; step {r['target_fwd_ms']:.2f} ms vs "
+                     f"{e['target_fwd_ms']:.2f} ms")
     full = [r for r in rows if r["proposer"] == "draft = target"]
     line(all(r["acceptance_rate"] >= 0.95 for r in full),
          "draft = target accepts (almost) every draft: " + ", ".join(f"k={r['k']} {r['acceptance_rate']:.3f}" for r in full))

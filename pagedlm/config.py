@@ -86,6 +86,7 @@ class SchedulerConfig:
     # past them (allocated with each step's blocks, rolled back with rejected drafts).
     num_spec_tokens: int = 0
     num_lookahead_tokens: int = 0
+    spec_disable_by_batch_size: int | None = None  # steps with this many running requests speculate not
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,9 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
-    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
-                                        "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA, off "
+                                        "with --speculative-config; refused with -pp > 1, whose batch queue "
+                                        "overlaps instead, and with EAGLE proposers)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
@@ -211,7 +212,7 @@ class EngineArgs:
         pooling = pooler_config is not None
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
-            check_speculation_fits(parallel_config.world_size, self.async_scheduling)
+            check_speculation_fits(parallel_config.world_size, self.async_scheduling, spec.method)
         if pooling:
             max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(
@@ -234,6 +235,7 @@ class EngineArgs:
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
+                spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

@@ -96,6 +96,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         self._scheduled_spec = {}
+        self._pause_speculation()
         num_scheduled: dict[str, int] = {}
         cached: list[CachedRequestData] = []
         preempted: list[Request] = []
@@ -115,7 +116,8 @@ class Scheduler:
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_wanted = num_known + len(request.spec_token_ids) - num_computed  # drafts are verified too
             num_new = min(num_wanted, budget, self.max_model_len - num_computed)
-            if num_new <= 0 or request.request_id in self.inflight_req_ids or self._reaches_max_tokens(request):
+            if num_new <= 0 or request.request_id in self.inflight_req_ids or self._reaches_max_tokens(request) \
+                    or self._waits_for_verify(request):
                 index += 1
                 continue
             if self._never_fits(num_computed + num_new):
@@ -142,6 +144,23 @@ class Scheduler:
             budget -= num_new
             index += 1
         return budget
+
+    def _pause_speculation(self) -> None:
+        """speculative_config's disable_by_batch_size: a step with that many running requests
+        verifies no drafts (they are dropped; the proposer drafts again after the step). The
+        proposer's lookahead slots are still allocated: the runner decides whether to draft
+        from its own request count, which can differ (preemptions, admissions)."""
+        limit = self.config.spec_disable_by_batch_size
+        if limit is not None and len(self.running) >= limit:
+            for request in self.running:
+                request.spec_token_ids = []
+
+    def _waits_for_verify(self, request: Request) -> bool:
+        """(async scheduling with speculation) a request is not scheduled again while a step
+        that samples it is in flight: that step's accepted drafts decide the request's next
+        positions, and the proposer drafts from that step's tokens. Other requests (prefill
+        chunks, new prompts) still overlap."""
+        return self.config.num_spec_tokens > 0 and request.num_pending_tokens > 0
 
     @staticmethod
     def _reaches_max_tokens(request: Request) -> bool:
@@ -264,7 +283,9 @@ class Scheduler:
                                            self.kv.get_block_ids(r.request_id), r.num_computed_tokens,
                                            r.pooling_params, r.lora_request))
             r.num_computed_tokens += num_scheduled[r.request_id]
-        if self.config.async_scheduling:  # the bitmask waits for the tokens in flight: deferred_grammar_bitmask
+        # The bitmask waits for the tokens in flight (deferred_grammar_bitmask); with speculation
+        # no scheduled request has a sampling step in flight (_waits_for_verify).
+        if self.config.async_scheduling and not self.config.num_spec_tokens:
             grammar_req_ids = self.structured_output.sampling_request_ids(self.requests, list(num_scheduled))
             bitmask = None
         else:
@@ -303,7 +324,8 @@ class Scheduler:
             request.num_pending_tokens -= min(len(new_ids), 1)  # one sampling step, however many tokens
             drafts = sched.scheduled_spec_decode_tokens.get(req_id)
             if drafts:  # rejected drafts' KV is stale: roll the computed tokens back over it
-                request.num_computed_tokens -= len(drafts) + 1 - len(new_ids)
+                if request.status == RequestStatus.RUNNING:  # (async) preempted meanwhile: recomputed from 0
+                    request.num_computed_tokens -= len(drafts) + 1 - len(new_ids)
                 self.spec_stats.observe(len(drafts), len(new_ids) - 1)
             new_ids = self._append_and_check_stop(request, new_ids)
             if pooled is not None:

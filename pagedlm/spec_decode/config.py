@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from pagedlm.config import ConfigError
 
+logger = logging.getLogger(__name__)
+
 METHODS = ("ngram", "draft_model", "eagle", "eagle3")
 # vLLM keys that pagedlm does not build; refused by name rather than accepted and ignored.
 _REFUSED_KEYS = {
-    "disable_by_batch_size": "disabling speculation above a batch size",
     "speculative_token_tree": "tree drafting",
     "quantization": "a quantized draft model",
     "draft_pipeline_parallel_size": "a pipeline-parallel draft",
@@ -18,7 +20,11 @@ _REFUSED_KEYS = {
     "prompt_lookup_min_len": "prompt_lookup_min_len (use prompt_lookup_min)",
 }
 _KNOWN_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
-               "draft_tensor_parallel_size", "max_model_len", "revision"}
+               "draft_tensor_parallel_size", "max_model_len", "revision", "disable_by_batch_size"}
+# A step of many requests is compute-bound: verifying (1 + k) tokens for each costs about
+# (1 + k) times a decode, more than the accepted drafts win back. The default pauses
+# speculation once the verify tokens of the running requests would pass this many.
+_AUTO_PAUSE_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     prompt_lookup_max: int = 4
     draft_tensor_parallel_size: int = 1
+    # A step with at least this many running requests runs without drafts (None: never).
+    disable_by_batch_size: int | None = None
 
     @property
     def num_lookahead_tokens(self) -> int:
@@ -73,7 +81,29 @@ class SpeculativeConfig:
         if d.get("max_model_len") is not None:
             raise ConfigError("speculative_config: 'max_model_len' is not supported; the draft uses the target's")
         return cls(method=method, num_speculative_tokens=k, model=d.get("model"), prompt_lookup_min=lo,
-                   prompt_lookup_max=hi)
+                   prompt_lookup_max=hi, disable_by_batch_size=_disable_by_batch_size(d, k))
+
+
+def default_disable_by_batch_size(num_speculative_tokens: int) -> int:
+    """pagedlm's default when the key is left out (vLLM's is never): the batch size at which
+    the running requests' verify tokens reach _AUTO_PAUSE_TOKENS."""
+    return max(2, _AUTO_PAUSE_TOKENS // (num_speculative_tokens + 1))
+
+
+def _disable_by_batch_size(d: dict[str, Any], k: int) -> int | None:
+    """The key as given (an integer >= 2, or null for never), else the default, logged once."""
+    if "disable_by_batch_size" not in d:
+        value = default_disable_by_batch_size(k)
+        logger.info("speculative_config: speculation pauses while %d or more requests are running "
+                    "(disable_by_batch_size's default for num_speculative_tokens=%d; set it, or null for never)",
+                    value, k)
+        return value
+    value = d["disable_by_batch_size"]
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        raise ConfigError(f"speculative_config: disable_by_batch_size must be an integer >= 2 or null, got {value!r}")
+    return value
 
 
 def _infer_method(model: str | None) -> str | None:
@@ -107,11 +137,12 @@ def resolve_speculative_config(raw: dict[str, Any] | str | None, pooling: bool,
     return spec
 
 
-def check_speculation_fits(world_size: int, async_scheduling: bool | None) -> None:
+def check_speculation_fits(world_size: int, async_scheduling: bool | None, method: str) -> None:
     """What speculation does not combine with yet, refused in one line each."""
     if world_size > 1:
         raise ConfigError("speculative_config: speculative decoding runs on one device; "
                           "drop --tensor-parallel-size / --pipeline-parallel-size")
-    if async_scheduling:
-        raise ConfigError("speculative_config: a verify step needs the last step's accepted tokens before it "
-                          "is scheduled; drop --async-scheduling (speculation steps synchronously)")
+    if async_scheduling and method in ("eagle", "eagle3"):
+        raise ConfigError(f"speculative_config: method {method!r} drafts from the features of the step just "
+                          "collected, which async scheduling has already replaced by the next one; drop "
+                          "--async-scheduling (supported with 'ngram' and 'draft_model')")

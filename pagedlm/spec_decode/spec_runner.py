@@ -20,6 +20,7 @@ from pagedlm.spec_decode.rejection_sampler import RejectionOutput, emitted_count
 from pagedlm.structured_output.apply import apply_grammar_bitmask
 
 if TYPE_CHECKING:
+    from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner
     from pagedlm.worker.input_batch import CachedRequestState, StepInputs
     from pagedlm.worker.model_runner import InflightStep, ModelRunner
     from pagedlm.worker.persistent_batch import PersistentBatch
@@ -55,6 +56,19 @@ class SpecDecodeRunner:
     def allows_target_graphs(self) -> bool:
         """EAGLE-3 reads target layers' inputs through hooks, which a graph replay skips."""
         return self.config.method != "eagle3"
+
+    def capture_verify_graphs(self, pool: tuple | None) -> "VerifyGraphRunner":
+        """CUDA graphs for verify steps (1 + k query tokens per request), in the decode
+        graphs' memory pool."""
+        from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+
+        runner, sched = self.runner, self.runner.config.scheduler_config
+        query_len = self.config.num_speculative_tokens + 1
+        sizes = verify_sizes(sched.max_num_seqs, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens,
+                             self.config.disable_by_batch_size)
+        graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, sched.max_model_len, pool)
+        graphs.capture()
+        return graphs
 
     def share_kv_budget(self, num_blocks: int) -> int:
         """Blocks when a draft model's cache (same block ids) takes its share of the budget."""
@@ -103,6 +117,15 @@ class SpecDecodeRunner:
         self.proposer.after_target_forward(inputs, hidden)
 
     # ---- verification -------------------------------------------------------------------
+    def verifies(self, inputs: "StepInputs") -> bool:
+        """Whether any request of the step carries drafts. A step without any samples
+        through the plain sampler (and its CUDA graphs), as with speculation off: the
+        rejection sampler without drafts would compute the same greedy tokens and logprobs
+        and sample from the same distribution, only slower (speculation paused at a large
+        batch, n-gram misses, prefills)."""
+        requests = self.runner.requests
+        return any(requests[r].spec_token_ids for r in inputs.req_ids)
+
     def sample(self, hidden: torch.Tensor, inputs: "StepInputs", step: "InflightStep", sched: SchedulerOutput) -> None:
         runner = self.runner
         states = [runner.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
@@ -167,7 +190,8 @@ class SpecDecodeRunner:
                    if ids and r in states and can_speculate(states[r])]
         max_len = self.runner.config.model_config.max_model_len
         sampled = [s for s in sampled if len(s.token_ids) < max_len]
-        if not sampled:
+        limit = self.config.disable_by_batch_size
+        if not sampled or (limit is not None and len(states) >= limit):  # the scheduler would drop them
             return
         drafts, probs = self.proposer.propose(sampled)
         for state, ids in zip(sampled, drafts):

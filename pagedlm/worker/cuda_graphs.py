@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +16,18 @@ from pagedlm.worker.input_batch import StepInputs
 from pagedlm.worker.step_buffers import StepBuffers
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """The padded shape a step replays a graph under: ``size`` is the graph's batch size;
+    the step's tokens and sequences are padded to ``num_tokens`` and ``num_seqs``, the
+    padded sequences taking ``pad_query_len`` tokens each (StepBuffers.stage)."""
+
+    size: int
+    num_tokens: int
+    num_seqs: int
+    pad_query_len: int = 1
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -40,6 +53,11 @@ class CUDAGraphRunner:
             if size >= num_seqs:
                 return size
         return None
+
+    def shape_for(self, num_seqs: int, max_query_len: int) -> GraphShape | None:
+        """Decode-only steps (one query token per sequence) that fit a captured size."""
+        size = self.padded_size(num_seqs) if max_query_len == 1 else None
+        return None if size is None else GraphShape(size, size, size)
 
     def _dummy_step(self, size: int) -> None:
         empty = StepInputs([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),

@@ -58,13 +58,16 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         sched = config.scheduler_config
-        self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), sched.max_num_seqs,
+        # Verify graphs pad a step with up to one padding sequence per request (verify_graphs.py).
+        max_seq_slots = sched.max_num_seqs * (2 if config.speculative_config is not None else 1)
+        self.buffers = StepBuffers(max(sched.max_num_batched_tokens, sched.max_num_seqs), max_seq_slots,
                                    -(-sched.max_model_len // self.block_size), self.device)
         # One row per running request, updated by each step's diff (block tables, penalty counts).
         self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
                                      -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
         self.lora = self._make_lora_manager()  # wraps the target layers before memory is profiled
         self.graph_runner: CUDAGraphRunner | None = None
+        self.verify_graphs = None  # speculative verify steps' graphs (spec_decode/verify_graphs.py)
         self.graph_sampler: GraphSampler | None = None  # lm_head + plain sampling per decode graph
         self._graph_size: int | None = None  # the decode graph size the last _forward replayed
         # Positions, slots and block tables derived on the device from the persistent batch
@@ -158,8 +161,11 @@ class ModelRunner:
             sched = self.config.scheduler_config
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
             self.graph_runner.capture()
-            # Sampled ids are broadcast under TP (eager there); speculation verifies instead.
-            if get_parallel_state().world_size == 1 and self.spec is None:
+            if self.spec is not None:
+                self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)
+            # Sampled ids are broadcast under TP (eager there). Speculation samples through
+            # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
+            if get_parallel_state().world_size == 1:
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
@@ -219,29 +225,33 @@ class ModelRunner:
 
     def _forward(self, inputs: StepInputs, rows: np.ndarray) -> torch.Tensor | None:
         """hidden states [T, H] for the step (None on a pipeline stage but the last):
-        through a CUDA graph for decode-only steps that fit one, else eagerly. Either way the inputs reach the device in one copy, and input
-        tokens still on the device (the last step's samples) are filled in there."""
+        through a CUDA graph for decode-only steps and speculative verify steps that fit one,
+        else eagerly. Either way the inputs reach the device in one copy, and input tokens
+        still on the device (the last step's samples) are filled in there."""
         num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
-        size = None
-        if self.graph_runner is not None and max_query_len == 1:
-            size = self.graph_runner.padded_size(num_seqs)
-        padded = size or num_tokens
-        self._graph_size = size
+        graphs, shape = None, None
+        for candidate in (self.graph_runner, self.verify_graphs):  # decode steps, verify steps
+            if candidate is not None and (shape := candidate.shape_for(num_seqs, max_query_len)) is not None:
+                graphs = candidate
+                break
+        padded = shape.num_tokens if shape else num_tokens
+        padded_seqs, pad_len = (shape.num_seqs, shape.pad_query_len) if shape else (num_seqs, 1)
+        self._graph_size = shape.size if shape and graphs is self.graph_runner else None
         if self.device_step_prep:
-            self.buffers.stage_rows(inputs, rows, padded, size or num_seqs)
+            self.buffers.stage_rows(inputs, rows, padded, padded_seqs, pad_len)
         else:
-            self.buffers.stage(inputs, padded, size or num_seqs)
+            self.buffers.stage(inputs, padded, padded_seqs, pad_len)
         if inputs.pending_req_ids:
             prev = self._inflight[-1]
             self.buffers.stage_pending_sources([prev.row_of[r] for r in inputs.pending_req_ids])
-        self.buffers.upload(size or num_seqs, with_tables=not self.device_step_prep)
+        self.buffers.upload(padded_seqs, with_tables=not self.device_step_prep)
         if self.device_step_prep:
-            self.buffers.prepare(self.batch.block_table_dev, padded, size or num_seqs, num_seqs, self.block_size)
+            self.buffers.prepare(self.batch.block_table_dev, padded, padded_seqs, num_seqs, self.block_size)
         if inputs.pending_req_ids:
             self.buffers.fill_pending(len(inputs.pending_req_ids), self._inflight[-1].sampled)
-        if size is not None:
-            return self.graph_runner.replay(size, num_tokens)
+        if shape is not None:
+            return graphs.replay(shape.size, num_tokens)
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
@@ -274,8 +284,8 @@ class ModelRunner:
             self.spec.after_forward(inputs, hidden)
         if inputs.sample_rows and self.pooler is not None:
             self._pool(hidden, inputs, step.output)
-        elif inputs.sample_rows and self.spec is not None:  # verification replaces graph sampling
-            self.spec.sample(hidden, inputs, step, sched)
+        elif inputs.sample_rows and self.spec is not None and self.spec.verifies(inputs):
+            self.spec.sample(hidden, inputs, step, sched)  # drafts to verify: the rejection sampler
         elif inputs.sample_rows and not self._sample_in_graph(inputs, step, sched, rows):
             self._sample(hidden, inputs, step, sched)
         if inputs.prompt_logprob_spans and hidden is not None:

@@ -12,6 +12,21 @@ from pagedlm.kernels import ops
 from pagedlm.worker.input_batch import StepInputs
 
 
+def padding_query_starts(num_actual_tokens: int, num_padded_seqs: int, num_tokens: int,
+                         pad_query_len: int) -> np.ndarray:
+    """query_start_loc[b + 1] of the padded sequences b of a CUDA-graph step: they split the
+    padded tokens [num_actual_tokens, num_tokens) ``pad_query_len`` each, so every token
+    belongs to a sequence (the attention kernel writes every row) and no padded sequence is
+    longer than the graph's query length (its context stays inside a block-table row);
+    sequences past the last padded token are empty. The caller sizes the step so that the
+    padded sequences cover every padded token."""
+    ends = num_actual_tokens + pad_query_len * np.arange(1, num_padded_seqs + 1)
+    if (ends[-1] if num_padded_seqs else num_actual_tokens) < num_tokens:
+        raise ValueError(f"{num_padded_seqs} padded sequences of {pad_query_len} tokens cannot cover "
+                         f"{num_tokens - num_actual_tokens} padded tokens")
+    return np.minimum(ends, num_tokens)
+
+
 class StepBuffers:
     def __init__(self, max_tokens: int, max_seqs: int, max_blocks_per_seq: int, device: torch.device) -> None:
         self.max_tokens, self.max_seqs, self.width = max_tokens, max_seqs, max_blocks_per_seq
@@ -35,9 +50,10 @@ class StepBuffers:
         start = self.offsets[name]
         return buf[start : start + n]
 
-    def stage(self, inputs: StepInputs, num_tokens: int, num_seqs: int) -> None:
+    def stage(self, inputs: StepInputs, num_tokens: int, num_seqs: int, pad_query_len: int = 1) -> None:
         """Write a step into the host buffer, padded to (num_tokens, num_seqs): padded tokens
-        write no KV (slot -1); each padded sequence gets one token and a context of one."""
+        write no KV (slot -1); the padded sequences take the padded tokens, ``pad_query_len``
+        each (their context is just those tokens), and any left over take none."""
         h, o = self.host_np, self.offsets
         n_tok, n_seq = len(inputs.input_ids), len(inputs.seq_lens)
         h[o["input_ids"] : o["input_ids"] + n_tok] = inputs.input_ids
@@ -50,9 +66,10 @@ class StepBuffers:
         h[o["pending_dst"] : o["pending_dst"] + len(inputs.pending_token_indices)] = inputs.pending_token_indices
         qsl = o["query_start_loc"]
         h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
-        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + torch.arange(num_seqs - n_seq).numpy()
+        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = padding_query_starts(n_tok, num_seqs - n_seq, num_tokens,
+                                                                       pad_query_len)
         h[o["seq_lens"] : o["seq_lens"] + n_seq] = inputs.seq_lens
-        h[o["seq_lens"] + n_seq : o["seq_lens"] + num_seqs] = 1
+        h[o["seq_lens"] + n_seq : o["seq_lens"] + num_seqs] = np.diff(h[qsl + n_seq : qsl + num_seqs + 1])
         tables = h[o["block_tables"] : o["block_tables"] + num_seqs * self.width].reshape(num_seqs, self.width)
         tables[:n_seq, : inputs.block_tables.shape[1]] = inputs.block_tables
         tables[n_seq:] = 0
@@ -64,7 +81,8 @@ class StepBuffers:
             end = self.offsets["block_tables"] + (num_seqs * self.width if with_tables else 0)
             self.dev[:end].copy_(self.host[:end], non_blocking=True)
 
-    def stage_rows(self, inputs: StepInputs, rows: np.ndarray, num_tokens: int, num_seqs: int) -> None:
+    def stage_rows(self, inputs: StepInputs, rows: np.ndarray, num_tokens: int, num_seqs: int,
+                   pad_query_len: int = 1) -> None:
         """The host half of device step preparation: input ids, query starts, and each
         sequence's persistent row and computed count, padded like stage(); prepare() then
         derives positions, slots, seq lens and block tables on the device."""
@@ -76,7 +94,8 @@ class StepBuffers:
         h[o["pending_dst"] : o["pending_dst"] + len(inputs.pending_token_indices)] = inputs.pending_token_indices
         qsl = o["query_start_loc"]
         h[qsl : qsl + n_seq + 1] = inputs.query_start_loc
-        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = n_tok + 1 + np.arange(num_seqs - n_seq)
+        h[qsl + n_seq + 1 : qsl + num_seqs + 1] = padding_query_starts(n_tok, num_seqs - n_seq, num_tokens,
+                                                                       pad_query_len)
         h[o["rows"] : o["rows"] + n_seq] = rows
         h[o["rows"] + n_seq : o["rows"] + num_seqs] = 0  # padding reads row 0 and writes nothing
         h[o["num_computed"] : o["num_computed"] + n_seq] = inputs.num_computed

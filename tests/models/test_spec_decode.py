@@ -201,7 +201,9 @@ def test_draft_equal_to_target_accepts_everything_and_sampling_reproduces(target
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 3, "prompt_lookup_max": 2},
      "prompt_lookup_min"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "needs a draft 'model'"),
-    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 4}, "not supported"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "speculative_token_tree": "[(0,)]"}, "not supported"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 1}, "integer >= 2 or null"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": "8"}, "integer >= 2 or null"),
     ({"method": "ngram", "num_speculative_tokens": 2, "bogus": 1}, "unknown key"),
 ])
 def test_bad_speculative_configs_are_refused(target, spec, message):
@@ -209,10 +211,11 @@ def test_bad_speculative_configs_are_refused(target, spec, message):
         LLM(target, device="cpu", max_model_len=128, speculative_config=spec)
 
 
-def test_speculation_refuses_async_scheduling_and_a_foreign_vocabulary(target, checkpoint_factory):
-    with pytest.raises(ConfigError, match="async"):
-        LLM(target, device="cpu", max_model_len=128, async_scheduling=True,
-            speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+def test_speculation_refuses_async_scheduling_with_eagle_and_a_foreign_vocabulary(target, spec_configs,
+                                                                                  checkpoint_factory):
+    for method in ("eagle", "eagle3"):
+        with pytest.raises(ConfigError, match="async"):
+            LLM(target, device="cpu", max_model_len=128, async_scheduling=True, speculative_config=spec_configs[method])
     gpt2 = checkpoint_factory("gpt2")
     from pagedlm.config import load_hf_config
 
@@ -222,15 +225,18 @@ def test_speculation_refuses_async_scheduling_and_a_foreign_vocabulary(target, c
                 speculative_config={"method": "draft_model", "model": gpt2, "num_speculative_tokens": 2})
 
 
-def test_structured_output_request_opts_out_in_a_speculating_batch(target):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_structured_output_request_opts_out_in_a_speculating_batch(target, async_scheduling):
     """A grammar-constrained request runs without drafts (its bitmask applies to its one
-    row) while the others speculate; every output equals speculation off."""
+    row) while the others speculate; every output equals speculation off (with async
+    scheduling too: the bitmask is computed when the step is scheduled)."""
     prompts = ["hello there", "the cat sat on the mat the cat sat", "abc"]
     params = [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True),
               SamplingParams(temperature=0.0, max_tokens=10, structured_outputs={"choice": ["yes", "no", "maybe so"]}),
               SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, logprobs=1)]
     off = LLM(target, device="cpu", max_model_len=128).generate(prompts, params, use_tqdm=False)
-    llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3},
+              async_scheduling=async_scheduling)
     on = llm.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in on] == [o.outputs[0].token_ids for o in off]
     assert on[1].outputs[0].text in ("yes", "no", "maybe so")
@@ -288,3 +294,84 @@ def test_penalties_under_speculation_equal_speculation_off(target, spec_configs)
     row, state = runner.batch.row_of["live"], runner.requests["live"]
     expected = torch.bincount(torch.tensor(state.output_token_ids), minlength=runner.vocab_size).to(torch.int32)
     assert torch.equal(runner.batch.output_counts[row].cpu(), expected)
+
+
+@pytest.mark.parametrize("method, device_prep", [("ngram", True), ("draft_model", False), ("eagle", True)])
+def test_padded_verify_graph_layout_equals_eager(target, spec_configs, method, device_prep):
+    """The verify CUDA graphs' padded layout, replayed eagerly on CPU (the same staging,
+    step preparation and padded forward a graph replays): requests with fewer drafts than
+    k (n-gram misses, budget cuts) and padding sequences leave the output equal to
+    speculation off, with chunked prefill, preemption and rollbacks."""
+    from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+
+    llm = LLM(target, device="cpu", speculative_config=spec_configs[method], **SETTINGS["chunked_preempt"])
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    runner.device_step_prep = device_prep
+    query_len = spec_configs[method]["num_speculative_tokens"] + 1
+    sizes = verify_sizes(8, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
+    graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, 64)
+    runner.verify_graphs = graphs
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy()] * len(PROMPTS)
+    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    assert graphs.num_replays >= 3 and graphs.num_padded_replays > 0  # padded verify steps ran
+    stats = spec_stats(llm)
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+
+
+def test_disable_by_batch_size_pauses_speculation(target):
+    """With disable_by_batch_size=3, steps with 3 or more running requests verify no drafts;
+    once fewer run (requests finish at different lengths), speculation resumes. Output
+    equals speculation off."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 3}
+    llm = LLM(target, device="cpu", speculative_config=spec, **SETTINGS["prefix_caching_n2"])
+    sched = llm.llm_engine.engine_core.scheduler
+    assert sched.config.spec_disable_by_batch_size == 3
+    schedule, scheduled = sched.schedule, []
+
+    def recording_schedule():
+        num_running = len(sched.running)
+        out = schedule()
+        scheduled.append((num_running, bool(out.scheduled_spec_decode_tokens)))
+        return out
+
+    sched.schedule = recording_schedule
+    lengths = (MAX_TOKENS, 12, 8, 4)
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in lengths]
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    ref = baseline(target, "prefix_caching_n2")
+    assert [o.outputs[0].token_ids for o in outs] == [r.outputs[0].token_ids[:m] for r, m in zip(ref, lengths)]
+    assert not any(drafted for running, drafted in scheduled if running >= 3)
+    assert any(drafted for running, drafted in scheduled if running < 3)
+
+
+def test_disable_by_batch_size_default_and_null():
+    from pagedlm.spec_decode.config import SpeculativeConfig, default_disable_by_batch_size
+
+    cfg = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3})
+    assert cfg.disable_by_batch_size == default_disable_by_batch_size(3) == 32
+    assert default_disable_by_batch_size(4) == 25 and default_disable_by_batch_size(16) == 7
+    never = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": None})
+    assert never.disable_by_batch_size is None
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_async_scheduling_with_speculation_equals_off(target, spec_configs, method):
+    """Async scheduling: a request with a sampling step in flight waits for its output
+    (accepted drafts, new drafts) before its next step; prefill chunks of other requests
+    overlap. Chunked prefill, preemption (with a verify step in flight), a prompt-logprobs
+    request; output equals speculation off."""
+    llm = LLM(target, device="cpu", speculative_config=spec_configs[method], async_scheduling=True,
+              **SETTINGS["chunked_preempt"])
+    assert llm.llm_engine.engine_core.config.scheduler_config.async_scheduling
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [greedy()] * len(PROMPTS)
+    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                               prompt_logprobs=2)
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    stats = spec_stats(llm)
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    sched = llm.llm_engine.engine_core.scheduler
+    assert sched.num_preemptions_total > 0 and sched.kv.num_free_blocks == sched.kv.num_blocks

@@ -12,14 +12,15 @@ from test_scheduler import BS, EOS, assert_no_leaks, check_invariants, make_requ
 from pagedlm.config import CacheConfig, SchedulerConfig
 from pagedlm.engine.kv_cache import hash_block_tokens
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+from pagedlm.engine.request import RequestStatus
 from pagedlm.engine.scheduler import Scheduler
 
 
 def make_spec_scheduler(num_blocks: int = 64, *, k: int = 3, lookahead: int = 0, budget: int = 64,
-                        max_model_len: int = 256, caching: bool = True) -> Scheduler:
+                        max_model_len: int = 256, caching: bool = True, pause_at: int | None = None) -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=budget, max_model_len=max_model_len,
-                        num_spec_tokens=k, num_lookahead_tokens=lookahead),
+                        num_spec_tokens=k, num_lookahead_tokens=lookahead, spec_disable_by_batch_size=pause_at),
         CacheConfig(block_size=BS, enable_prefix_caching=caching), num_blocks)
 
 
@@ -170,4 +171,48 @@ def test_stop_inside_accepted_drafts_and_preemption_drop_drafts():
         for r in list(sched.running):
             if r.num_output_tokens >= 6:
                 sched.finish_requests([r.request_id], r.status.FINISHED_ABORTED)
+    assert_no_leaks(sched)
+
+
+def test_disable_by_batch_size_drops_drafts_while_that_many_run():
+    """A step with disable_by_batch_size running requests verifies no drafts (the proposer's
+    drafts are dropped, no budget or blocks spent on them); with fewer, drafts return."""
+    sched, runner = make_spec_scheduler(k=3, lookahead=3, pause_at=2), SpecFakeRunner(accept=1)
+    for name in ("a", "b"):
+        sched.add_request(make_request(name, 6))
+    spec_step(sched, runner)  # prefills; the runner proposes for both
+    out, _ = spec_step(sched, runner)
+    assert out.scheduled_spec_decode_tokens == {} and out.num_scheduled_tokens == {"a": 1, "b": 1}
+    assert all(r.spec_token_ids == [900, 901, 902] for r in sched.running)  # proposed again after the step
+    sched.finish_requests(["b"], RequestStatus.FINISHED_ABORTED)
+    out, _ = spec_step(sched, runner)
+    assert out.scheduled_spec_decode_tokens == {"a": [900, 901, 902]} and out.num_scheduled_tokens == {"a": 4}
+    sched.finish_requests(["a"], RequestStatus.FINISHED_ABORTED)
+    spec_step(sched, runner)
+    assert_no_leaks(sched)
+
+
+def test_async_verify_waits_for_its_output_and_survives_preemption_in_flight():
+    """Async scheduling: a request whose verify step is in flight is not scheduled again
+    until its output is back; if a later step preempts it meanwhile, the output's tokens
+    still land and no rollback runs on its reset computed count."""
+    sched, runner = make_spec_scheduler(k=3), SpecFakeRunner(accept=1)
+    req = make_request("r", 6, max_tokens=12)
+    sched.add_request(req)
+    spec_step(sched, runner)  # prefill; drafts proposed
+    out_n = sched.schedule()  # verify 1 + 3 tokens
+    assert out_n.scheduled_spec_decode_tokens == {"r": [900, 901, 902]}
+    res_n = runner.execute(out_n)
+    assert sched.schedule().num_scheduled_tokens == {}  # step N+1: nothing for r before step N is back
+    sched.running.remove(req)
+    sched._preempt(req)  # as a step N+1 short of blocks would (async: step N still in flight)
+    sched.update_from_output(out_n, res_n)
+    assert req.status == RequestStatus.PREEMPTED and req.num_computed_tokens == 0
+    assert req.output_token_ids[-2:] == [900, res_n.sampled_token_ids[0][-1]]
+    check_invariants(sched)
+    for _ in range(20):
+        if not sched.has_unfinished_requests():
+            break
+        spec_step(sched, runner)
+    assert req.num_output_tokens == 12
     assert_no_leaks(sched)
