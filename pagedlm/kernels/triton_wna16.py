@@ -1,21 +1,36 @@
 """Weight-only int4/int8 GEMM in Triton, dequantizing inside the kernel (AWQ and GPTQ).
 
-Same signature and semantics as ``wna16_reference.wna16_gemm`` (the internal layout is
-described there). Three paths, picked by the number of rows M:
+Same signature and semantics as ``wna16_reference.wna16_gemm``; the internal layout (codes
+interleaved in tiles of R packed rows) is described there. Every kernel walks K one tile of
+R packed rows (R * pack inputs) at a time: it loads the int32 tile q [R, BLOCK_N] once, with
+coalesced vector loads along N, and for each field j (a static loop) ``(q >> j*bits) & mask``
+*is* the weight sub-tile for the R contiguous inputs kbase + j*R ..: no reshape, no reload,
+no layout change of the packed words in the inner loop. Three kinds, picked by M (a table
+measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
 
-  M <= 16   split-K GEMV-like path: a 16-row tile, the K loop cut into SPLIT_K chunks so
-            that a decode step puts a few programs on every SM; partial sums in float32 are
-            added by one ``sum`` (deterministic, no atomics)
-  M <= _DEQUANT_MIN_M  tiled path: [BLOCK_M, BLOCK_N] tiles, whole K per program
-  larger M  dequantize the weight to the activation dtype once (a Triton kernel) and call
-            cuBLAS: at large M the GEMM is compute-bound and cuBLAS beats a dequantizing
-            tile loop, while the extra weight traffic is amortised over the rows
+  gemv   M <= 4-8: no tensor cores. A [BLOCK_M, R, BLOCK_N] float32 accumulator takes one
+         FMA per weight and row; the sum over R happens once, after the K loop (no shuffles
+         in the loop). (code - zero) is built from float bits (``_field_f32``: 2 integer ops
+         and 1 add per weight, no int-to-float conversion) and the group scale is applied once
+         per group and column, not per weight. K is split across programs (SPLIT_K) so that a
+         decode step puts a few programs on every SM.
+  dot    tensor-core tiles: acc[BLOCK_M, BLOCK_N] += x[:, kbase+jR..] @ W_j for each field j
+         (R = 16: one K=16 MMA step per field).
+  dot_t  the same with the roles swapped, acc^T[BLOCK_N, BLOCK_M] += W_j^T @ x^T: the
+         dequantized weight is the MMA's first operand, which Hopper's wgmma may take from
+         registers (the second must sit in shared memory), and N fills the MMA's 64-row side
+         while a small M only needs 16 columns. Which of the two wins is measured.
+  dequantize + cuBLAS for large M (compute-bound; the weight traffic is amortised).
 
-No path synchronises with the host, so all of them can be captured in a CUDA graph.
+Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order by one small kernel
+that also casts and adds the bias (deterministic, no atomics). No path synchronises with the
+host, so all of them can be captured in a CUDA graph. The dot kinds need R >= 16 (a layer
+whose width or group size does not allow it runs the gemv kind or dequantize + cuBLAS).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -24,35 +39,59 @@ import triton.language as tl
 
 from pagedlm.kernels import wna16_reference, wna16_tuning
 
-# Defaults when no table was measured at load (wna16_tuning): at and above this many rows
-# the dequantize + cuBLAS path is taken (compute-bound GEMMs, where cuBLAS wins).
-_DEQUANT_MIN_M = 256
-_SMALL_M = 16
+# Defaults when no table was measured at load (wna16_tuning).
+_DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
+_GEMV_MAX_M = 4  # at and below: the FMA kind
+_DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
+_F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code (_field_f32)
+KINDS = ("gemv", "dot", "dot_t")
 
 
 @dataclass(frozen=True, slots=True)
 class KernelConfig:
+    kind: str  # one of KINDS
     block_m: int
     block_n: int
-    block_k: int
     split_k: int
     num_warps: int
     num_stages: int
-    # Load each packed word once and unpack in registers (shift + reshape) instead of
-    # loading it once per code it holds (the repeats hit L1): fewer load instructions, at
-    # the price of a register reshuffle. benchmarks/gpu_w4a16.py times both.
-    reshape_unpack: bool = False
-    # Build (code - zero) from float bits instead of converting ints (see _codes_minus_zero).
+    # K tiles per loop iteration (gemv): their loads are issued together, more bytes in flight.
+    unroll: int = 1
+    # Build (code - zero) from float bits instead of converting ints (see _field_f32).
     magic_dequant: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kernel kind {self.kind!r} is not one of {KINDS}")
+        if self.kind != "gemv" and self.block_m < 16:
+            raise ValueError("the tensor-core kinds need block_m >= 16")
+
+
+@triton.jit
+def _field(q, J: tl.constexpr, BITS: tl.constexpr):
+    """Field j of every packed word: the codes of one R-row sub-tile (int32, unsigned)."""
+    return (q >> (J * BITS)) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _field_f32(q, J: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr):
+    """Field j as float32. With MAGIC the code is OR-ed into the bits of 2**23, giving
+    2**23 + code exactly with no int-to-float conversion (a quarter-rate instruction that
+    would bound a decode GEMV); the caller subtracts 2**23 + zero (exact: integers < 2**24)."""
+    if MAGIC:
+        f = (_field(q, J, BITS) | 0x4B000000).to(tl.float32, bitcast=True)
+    else:
+        f = _field(q, J, BITS).to(tl.float32)
+    return f
 
 
 @triton.jit
 def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
     """(code - zero) in z's dtype, exact. With MAGIC the code is OR-ed into the bits of 128.0
     (bf16) or 1024.0 (fp16), which gives 128 + code / 1024 + code with no int-to-float
-    conversion (a quarter-rate instruction that would bound a decode GEMV); subtracting
-    base + zero is exact since both are integers the format represents. The host only asks
-    for it where they are (4-bit codes in bf16, up to 8-bit in fp16)."""
+    conversion; subtracting base + zero is exact since both are integers the format
+    represents. The host only asks for it where they are (4-bit codes in bf16, up to 8-bit
+    in fp16)."""
     if MAGIC:
         if IS_BF16:
             diff = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True) - (z + 128.0)
@@ -64,165 +103,308 @@ def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _wna16_gemm_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr,
-    M, N, K, stride_xm, k_per_split,
-    GROUP_SIZE: tl.constexpr, BITS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_ALIGNED: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, RESHAPE_UNPACK: tl.constexpr,
-    MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
-):
-    """out[pid_k, m, n] = sum over this split's k of x[m, k] * W[k, n] (float32)."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
+def _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt, kt_end, offs_m, mask_m, offs_n, mask_n,
+               GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr):
+    """acc[BLOCK_M, R, BLOCK_N] += the products of K tile ``kt`` (nothing if kt >= kt_end)."""
     PACK: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_r = tl.arange(0, R)
+    # Whether this tile is in the split, as vectors (a scalar & a tensor mask trips the interpreter).
+    valid_r = (offs_r * 0 + kt) < kt_end
+    valid_n = mask_n & ((offs_n * 0 + kt) < kt_end)
+    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :],
+                mask=valid_r[:, None] & mask_n[None, :], other=0)
+    kbase = kt * R * PACK
+    for j in tl.static_range(PACK):
+        k = kbase + j * R + offs_r
+        # x is 0 outside the valid rows / tiles, so those products vanish whatever q holds.
+        xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=mask_m[:, None] & valid_r[None, :],
+                     other=0.0).to(tl.float32)[:, :, None]  # [BLOCK_M, R, 1]
+        if HAS_ROW_GROUPS:
+            g = tl.load(g_ptr + k, mask=valid_r, other=0)
+            g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
+            s = tl.load(s_ptr + g_off, mask=valid_r[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            zf = tl.load(z_ptr + g_off, mask=valid_r[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            if MAGIC:
+                zf += _F32_MAGIC
+            acc += (((_field_f32(q, j, BITS, MAGIC) - zf) * s)[None, :, :]) * xj
+        else:
+            # Each R-row sub-tile lies in one group (R divides the group size): a new scale row
+            # only where a group starts (a compile-time condition); the scale multiplies the
+            # group's partial sums once instead of every weight.
+            if (j * R) % GROUP_SIZE == 0:
+                if j > 0:
+                    acc += part * s[None, None, :]
+                g_off = ((kbase + j * R) // GROUP_SIZE).to(tl.int64) * N + offs_n
+                s = tl.load(s_ptr + g_off, mask=valid_n, other=0.0).to(tl.float32)
+                zf = tl.load(z_ptr + g_off, mask=valid_n, other=0.0).to(tl.float32)
+                if MAGIC:
+                    zf += _F32_MAGIC
+                part = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
+            part += ((_field_f32(q, j, BITS, MAGIC) - zf[None, :])[None, :, :]) * xj
+    if not HAS_ROW_GROUPS:
+        acc += part * s[None, None, :]
+    return acc
+
+
+@triton.jit
+def _wna16_gemv_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
+    M, N, stride_xm, k_tiles, tiles_per_split,
+    GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    MAGIC: tl.constexpr,
+):
+    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32)."""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    k_start = pid_k * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        k = k0 + offs_k
-        mask_k = k < k_end
-        x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        if RESHAPE_UNPACK:
-            # k0 is a multiple of BLOCK_K (and so of PACK): rows k0/PACK .. + BLOCK_K/PACK.
-            rows = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
-            packed = tl.load(qw_ptr + rows[:, None].to(tl.int64) * N + offs_n[None, :],
-                             mask=(rows[:, None] * PACK < k_end) & mask_n[None, :], other=0)
-            shifts = tl.arange(0, PACK) * BITS
-            codes = (packed[:, None, :] >> shifts[None, :, None]) & MASK  # [BLOCK_K/PACK, PACK, BLOCK_N]
-            codes = tl.reshape(codes, (BLOCK_K, BLOCK_N))
-        else:
-            # Each int32 is read PACK times (once per code it holds); the repeats hit L1.
-            packed = tl.load(qw_ptr + (k[:, None] // PACK).to(tl.int64) * N + offs_n[None, :],
-                             mask=mask_k[:, None] & mask_n[None, :], other=0)
-            codes = (packed >> ((k[:, None] % PACK) * BITS)) & MASK
-        if GROUP_ALIGNED:
-            # The whole tile lies in one group: one scale / zero row, broadcast over k.
-            g = k0 // GROUP_SIZE
-            s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)[None, :]
-            z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0)[None, :]
-        else:
-            if HAS_ROW_GROUPS:
-                g = tl.load(g_ptr + k, mask=mask_k, other=0)
-            else:
-                g = k // GROUP_SIZE
-            g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
-            s = tl.load(s_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            z = tl.load(z_ptr + g_off, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        w = _codes_minus_zero(codes, z, MAGIC, IS_BF16) * s
-        acc += tl.dot(x, w.to(x.dtype))
+    mask_m, mask_n = offs_m < M, offs_n < N
+    kt0 = pid_k * tiles_per_split
+    kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
+    acc = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
+    for kt in range(kt0, kt1, UNROLL):
+        for u in tl.static_range(UNROLL):
+            acc = _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt + u, kt1, offs_m,
+                             mask_m, offs_n, mask_n, GROUP_SIZE, BITS, R, BLOCK_M, BLOCK_N, HAS_ROW_GROUPS, MAGIC)
+    y = tl.sum(acc, axis=1)  # [BLOCK_M, BLOCK_N]: the one reduction over R
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out_off = pid_k.to(tl.int64) * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, J: tl.constexpr, GROUP_SIZE: tl.constexpr,
+                BITS: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr,
+                IS_BF16: tl.constexpr):
+    """The dequantized sub-tile j in the activation dtype: [R, BLOCK_N], or [BLOCK_N, R] if SWAP."""
+    if HAS_ROW_GROUPS:
+        g = tl.load(g_ptr + k)
+        if SWAP:
+            g_off = g[None, :].to(tl.int64) * N + offs_n[:, None]
+            m2 = mask_n[:, None]
+        else:
+            g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
+            m2 = mask_n[None, :]
+        s = tl.load(s_ptr + g_off, mask=m2, other=0.0)
+        z = tl.load(z_ptr + g_off, mask=m2, other=0.0)
+    else:
+        # One scale row per sub-tile (R divides the group size); the repeats hit L1.
+        g_off = (k0 // GROUP_SIZE).to(tl.int64) * N + offs_n
+        s = tl.load(s_ptr + g_off, mask=mask_n, other=0.0)
+        z = tl.load(z_ptr + g_off, mask=mask_n, other=0.0)
+        if SWAP:
+            s, z = s[:, None], z[:, None]
+        else:
+            s, z = s[None, :], z[None, :]
+    return _codes_minus_zero(_field(q, J, BITS), z, MAGIC, IS_BF16) * s
+
+
+@triton.jit
+def _wna16_dot_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
+    M, N, stride_xm, k_tiles, tiles_per_split,
+    GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
+):
+    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (tensor cores)."""
+    PACK: tl.constexpr = 32 // BITS
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R)
+    mask_m, mask_n = offs_m < M, offs_n < N
+    kt0 = pid_k * tiles_per_split
+    kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kt in range(kt0, kt1):
+        rows = (kt * R + offs_r).to(tl.int64)
+        if SWAP:
+            q = tl.load(qw_ptr + rows[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0)
+        else:
+            q = tl.load(qw_ptr + rows[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
+        for j in tl.static_range(PACK):
+            k0 = kt * R * PACK + j * R
+            k = k0 + offs_r
+            w = _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, j, GROUP_SIZE, BITS, SWAP,
+                            HAS_ROW_GROUPS, MAGIC, IS_BF16).to(x_ptr.dtype.element_ty)
+            if SWAP:
+                xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=mask_m[None, :], other=0.0)
+                acc = tl.dot(w, xt, acc)
+            else:
+                xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=mask_m[:, None], other=0.0)
+                acc = tl.dot(xv, w, acc)
+    out_base = out_ptr + pid_k.to(tl.int64) * M * N
+    if SWAP:
+        y = acc
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_base + offs_m[None, :].to(tl.int64) * N + offs_n[:, None], y.to(out_ptr.dtype.element_ty),
+                 mask=mask_m[None, :] & mask_n[:, None])
+    else:
+        y = acc
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_base + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, SPLITS, MN, N, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """out = sum over splits of the float32 partials (fixed order) + bias, in out's dtype."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLITS):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _wna16_dequant_kernel(
-    qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N, K,
-    GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N,
+    GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
 ):
-    """out[k, n] = (code - zero) * scale: the dense [K, N] weight in the scales' dtype."""
+    """out[k, n] = (code - zero) * scale for the inputs of K tile ``program_id(0)``."""
     PACK: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    kt = tl.program_id(0)
+    offs_r = tl.arange(0, R)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (k[:, None] < K) & (n[None, :] < N)
-    packed = tl.load(qw_ptr + (k[:, None] // PACK).to(tl.int64) * N + n[None, :], mask=mask, other=0)
-    codes = (packed >> ((k[:, None] % PACK) * BITS)) & MASK
-    if HAS_ROW_GROUPS:
-        g = tl.load(g_ptr + k, mask=k < K, other=0)
-    else:
-        g = k // GROUP_SIZE
-    g_off = g[:, None].to(tl.int64) * N + n[None, :]
-    s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
-    z = tl.load(z_ptr + g_off, mask=mask, other=0.0)
-    w = _codes_minus_zero(codes, z, MAGIC, IS_BF16) * s
-    tl.store(out_ptr + k[:, None].to(tl.int64) * N + n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
+    mask = (offs_r[:, None] < R) & (n[None, :] < N)
+    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + n[None, :], mask=mask, other=0)
+    for j in tl.static_range(PACK):
+        k = kt * R * PACK + j * R + offs_r
+        if HAS_ROW_GROUPS:
+            g = tl.load(g_ptr + k)
+        else:
+            g = k // GROUP_SIZE
+        g_off = g[:, None].to(tl.int64) * N + n[None, :]
+        s = tl.load(s_ptr + g_off, mask=mask, other=0.0)
+        z = tl.load(z_ptr + g_off, mask=mask, other=0.0)
+        w = _codes_minus_zero(_field(q, j, BITS), z, MAGIC, IS_BF16) * s
+        tl.store(out_ptr + k[:, None].to(tl.int64) * N + n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def auto_split_k(tiles_mn: int, k_tiles: int, num_sms: int, waves: float = 2.0, min_tiles: int = 2) -> int:
+    """Split K until about ``waves`` programs per SM, keeping >= ``min_tiles`` K tiles per split."""
+    return max(1, min(k_tiles // min_tiles, triton.cdiv(int(waves * num_sms), max(1, tiles_mn))))
 
 
-def auto_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> int:
-    """Split K until every SM has ~2 programs, keeping at least 4 K tiles per program."""
-    n_tiles = triton.cdiv(n, block_n)
-    max_split = max(1, k // (4 * block_k))
-    return max(1, min(max_split, triton.cdiv(2 * num_sms, n_tiles)))
+def layout_rows(k: int, group_size: int, bits: int) -> int:
+    """R of the internal layout (``wna16_reference.interleave_rows``)."""
+    return wna16_reference.interleave_rows(k, group_size, bits)
+
+
+def _pow2_at_least(m: int) -> int:
+    return 1 << max(0, m - 1).bit_length()
+
+
+def default_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> KernelConfig | None:
+    """The kernel for M rows when no table was measured; None: dequantize + cuBLAS."""
+    r = layout_rows(k, group_size, bits)
+    k_tiles = k // (r * (32 // bits))
+    dot_ok = r >= _DOT_MIN_R
+    if m <= _GEMV_MAX_M or not dot_ok and m <= 16:
+        bm = min(_pow2_at_least(m), 4)
+        n_tiles = triton.cdiv(n, 128) * triton.cdiv(m, bm)
+        return KernelConfig("gemv", bm, 128, auto_split_k(n_tiles, k_tiles, num_sms), 4, 3)
+    if not dot_ok or m >= _DEQUANT_MIN_M:
+        return None
+    if m <= 16:
+        return KernelConfig("dot_t", 16, 64, auto_split_k(triton.cdiv(n, 64), k_tiles, num_sms), 4, 3)
+    bm, bn = (64, 128) if m <= 64 else (128, 128)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    return KernelConfig("dot", bm, bn, auto_split_k(tiles, k_tiles, num_sms, waves=1.0), 4 if bm <= 64 else 8, 3)
 
 
 def pick_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> KernelConfig | None:
-    """The tile config for M rows; None: dequantize + cuBLAS. A table measured at load
-    (``wna16_tuning``) for this weight shape wins over these defaults."""
+    """The kernel for M rows; None: dequantize + cuBLAS. A table measured at load
+    (``wna16_tuning``) for this weight shape wins over the defaults."""
     tuned = wna16_tuning.lookup(m, n, k, bits, group_size)
     if tuned is not wna16_tuning.NOT_TUNED:
         return tuned
-    if m <= _SMALL_M:
-        return KernelConfig(16, 64, 128, auto_split_k(n, k, 64, 128, num_sms), num_warps=4, num_stages=4)
-    if m >= _DEQUANT_MIN_M:
-        return None
-    if m <= 64:
-        return KernelConfig(64, 128, 64, 1, num_warps=4, num_stages=4)
-    return KernelConfig(128, 128, 64, 1, num_warps=8, num_stages=3)
+    return default_config(m, n, k, bits, group_size, num_sms)
+
+
+def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int) -> bool:
+    """Whether ``cfg`` can run this layer (the tensor-core kinds need R >= 16)."""
+    return cfg.kind == "gemv" or layout_rows(k, group_size, bits) >= _DOT_MIN_R
 
 
 def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                            zeros: torch.Tensor, row_groups: torch.Tensor | None, group_size: int, bits: int,
-                           cfg: KernelConfig) -> torch.Tensor:
-    """The in-kernel dequantizing GEMM at a given tile config; x2d: [M, K] contiguous rows."""
+                           cfg: KernelConfig, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The in-kernel dequantizing GEMM at a given config; x2d [M, K] contiguous rows, scales
+    and zeros in x's dtype -> [M, N] in x's dtype (+ bias)."""
     m, k = x2d.shape
     n = qweight.shape[1]
-    # A split must start on a tile boundary, and with aligned groups on a group boundary.
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    split_k = triton.cdiv(k, k_per_split)
-    out_dtype = x2d.dtype if split_k == 1 else torch.float32
-    out = torch.empty((split_k, m, n), device=x2d.device, dtype=out_dtype)
+    r = layout_rows(k, group_size, bits)
+    if not config_fits(cfg, k, group_size, bits):
+        raise ValueError(f"{cfg.kind} needs K tiles of >= {_DOT_MIN_R} packed rows; this layer's have {r}")
+    k_tiles = k // (r * (32 // bits))
+    tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
+    split_k = triton.cdiv(k_tiles, tiles_per_split)
+    out = torch.empty((split_k, m, n), device=x2d.device, dtype=x2d.dtype if split_k == 1 else torch.float32)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split_k)
-    has_row_groups = row_groups is not None
-    fit_key = (cfg, bits, x2d.dtype)
+    has_rg, fused_bias = row_groups is not None, bias is not None and split_k == 1
+    args = (x2d, qweight, scales, zeros, row_groups if has_rg else qweight, bias if fused_bias else scales, out,
+            m, n, x2d.stride(0), k_tiles, tiles_per_split)
+    common = dict(GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  HAS_ROW_GROUPS=has_rg, HAS_BIAS=fused_bias, num_warps=cfg.num_warps)
+    if cfg.kind == "gemv":
+        _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
+                MAGIC=cfg.magic_dequant)
+    else:
+        _launch(_wna16_dot_kernel, grid, args, common, cfg, (bits, x2d.dtype), SWAP=cfg.kind == "dot_t",
+                MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16)
+    if split_k == 1:
+        return out[0]
+    y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
+    block = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else y, y, split_k, m * n, n,
+                                                         HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+    return y
+
+
+def _launch(kernel, grid: tuple[int, int, int], args: tuple, common: dict, cfg: KernelConfig, key: tuple,
+            **extra) -> None:
+    """Launch at the config's pipeline depth, or shallower where it needs more shared memory
+    than the device has (remembered per config)."""
+    fit_key = (cfg, *key)
     num_stages = _fitting_stages.get(fit_key, cfg.num_stages)
     while True:
         try:
-            _wna16_gemm_kernel[grid](
-                x2d, qweight, scales, zeros, row_groups if has_row_groups else qweight, out,
-                m, n, k, x2d.stride(0), k_per_split,
-                GROUP_SIZE=group_size, BITS=bits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                BLOCK_K=cfg.block_k, GROUP_ALIGNED=not has_row_groups and group_size % cfg.block_k == 0,
-                HAS_ROW_GROUPS=has_row_groups, RESHAPE_UNPACK=cfg.reshape_unpack,
-                MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16,
-                num_warps=cfg.num_warps, num_stages=num_stages,
-            )
-            break
+            kernel[grid](*args, **common, **extra, num_stages=num_stages)
+            return
         except triton.runtime.errors.OutOfResources:
-            # Shared memory grows with the pipeline depth (and, for some variants, with the
-            # dtype and bit width): a config that does not fit this device runs shallower.
             if num_stages <= 1:
                 raise
             num_stages -= 1
             _fitting_stages[fit_key] = num_stages
-    return out[0] if split_k == 1 else out.sum(dim=0).to(x2d.dtype)
 
 
 # (config, bits, dtype) -> the pipeline depth that fits the device (only where the asked one did not).
-_fitting_stages: dict[tuple[KernelConfig, int, torch.dtype], int] = {}
+_fitting_stages: dict[tuple, int] = {}
 
 
 def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                      row_groups: torch.Tensor | None, group_size: int, bits: int) -> torch.Tensor:
     """Same as ``wna16_reference.wna16_dequantize``: [K, N] in the scales' dtype."""
     k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
+    r = layout_rows(k, group_size, bits)
     out = torch.empty((k, n), device=qweight.device, dtype=scales.dtype)
-    grid = (triton.cdiv(k, 64), triton.cdiv(n, 128))
-    _wna16_dequant_kernel[grid](qweight, scales, zeros, row_groups if row_groups is not None else qweight, out,
-                                n, k, GROUP_SIZE=group_size, BITS=bits, BLOCK_K=64, BLOCK_N=128,
+    block_n = 256 if r >= 8 else 1024 // r
+    grid = (k // (r * (32 // bits)), triton.cdiv(n, block_n))
+    _wna16_dequant_kernel[grid](qweight, scales, zeros, row_groups if row_groups is not None else qweight, out, n,
+                                GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_N=block_n,
                                 HAS_ROW_GROUPS=row_groups is not None, MAGIC=_magic_exact(scales.dtype, bits),
                                 IS_BF16=scales.dtype == torch.bfloat16, num_warps=4)
     return out
@@ -241,12 +423,11 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     x2d = x2d.contiguous()
     cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device))
     if cfg is None:
-        y = x2d @ wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
+        w = wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
+        y = x2d @ w if bias is None else torch.addmm(bias.to(x.dtype), x2d, w)
     else:
         y = wna16_gemm_with_config(x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), row_groups, group_size,
-                                   bits, cfg)
-    if bias is not None:
-        y = y + bias
+                                   bits, cfg, bias)
     return y.reshape(*lead_shape, y.shape[-1])
 
 
@@ -256,8 +437,6 @@ def _magic_exact(dtype: torch.dtype, bits: int) -> bool:
 
 
 def _interpreting() -> bool:
-    import os  # noqa: PLC0415 - only the CPU interpreter (a debugging aid) reaches here
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -269,5 +448,5 @@ def _sms(device: torch.device) -> int:
         return 132  # the interpreter: any count exercises the split path
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = _num_sms(torch.device("cuda", idx))
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]

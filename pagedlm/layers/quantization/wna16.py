@@ -78,7 +78,9 @@ class WNA16LinearMethod(QuantMethod):
         for name in drop:
             if hasattr(layer, name):
                 delattr(layer, name)
-        replace_param(layer, "qweight", wna16_reference.pack_codes(codes, self.bits))
+        # The kernels' interleaved packing (tiles of R rows, see wna16_reference); TP shards
+        # were cut from the checkpoint tensors before this, so each rank packs its own rows.
+        replace_param(layer, "qweight", wna16_reference.pack_internal(codes, self.bits, group_size))
         replace_param(layer, "scales", scales.contiguous())
         layer.register_parameter("zeros", nn.Parameter(zeros.contiguous(), requires_grad=False))
         # Non-persistent: derived at load, never part of a checkpoint or a state_dict.
