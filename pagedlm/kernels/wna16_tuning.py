@@ -22,12 +22,22 @@ logger = logging.getLogger(__name__)
 
 # Upper ends of the M buckets that get a measured choice; above the last, dequantize + cuBLAS
 # (compute-bound GEMMs, where cuBLAS wins and the dequant is amortised over many rows).
-SMALL_M_BUCKETS = (1, 4, 16)
+SMALL_M_BUCKETS = (1, 2, 4, 8, 16)
 TILED_M_BUCKETS = (32, 64, 128, 256, 512)
 NOT_TUNED: Any = object()
 
 # (n, k, bits, group_size) -> [(m_max, config or None for dequantize + cuBLAS)]
 _TABLE: dict[tuple[int, int, int, int], list[tuple[int, Any]]] = {}
+
+# gemv shapes (block_n, num_warps, num_stages, unroll, waves of programs per SM): wide tiles
+# for fewer programs with long K runs, narrow ones split more; unroll 2 puts two K tiles'
+# loads in flight per iteration.
+_GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (256, 8, 3, 1, 2.0), (64, 4, 3, 2, 4.0), (128, 4, 2, 2, 4.0))
+# tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
+_SMALL_DOT_SHAPES = (("dot_t", 16, 64, 4, 3), ("dot_t", 16, 128, 4, 3), ("dot", 16, 64, 4, 3))
+_TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 128, 8, 3),
+                 ("dot_t", 128, 32, 4, 3), ("dot_t", 128, 64, 8, 3), ("dot_t", 64, 64, 4, 3),
+                 ("dot_t", 128, 128, 8, 3))
 
 
 def lookup(m: int, n: int, k: int, bits: int, group_size: int) -> Any:
@@ -41,35 +51,69 @@ def lookup(m: int, n: int, k: int, bits: int, group_size: int) -> Any:
     return None
 
 
-def small_m_candidates(n: int, k: int, num_sms: int) -> list[Any]:
+def _k_tiles(k: int, bits: int, group_size: int) -> int:
+    from pagedlm.kernels.wna16_reference import interleave_rows  # noqa: PLC0415
+
+    return k // (interleave_rows(k, group_size, bits) * (32 // bits))
+
+
+def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, bits: int, group_size: int,
+                num_sms: int, num_warps: int, num_stages: int, waves: float, unroll: int = 1,
+                magic: bool = True) -> Any:
+    """A config whose split-K puts about ``waves`` programs on each SM for M rows."""
     from pagedlm.kernels.triton_wna16 import KernelConfig, auto_split_k  # noqa: PLC0415
 
-    shapes = [(64, 128, 4, 4, False), (64, 128, 4, 4, True), (128, 128, 4, 3, True), (32, 256, 4, 3, False),
-              (128, 64, 4, 4, False)]
-    configs = [KernelConfig(16, bn, bk, auto_split_k(n, k, bn, bk, num_sms), w, s, r) for bn, bk, w, s, r in shapes]
-    return configs + [dataclasses.replace(configs[0], magic_dequant=False)]
+    tiles = -(-n // block_n) * -(-m // block_m)
+    split = auto_split_k(tiles, _k_tiles(k, bits, group_size), num_sms, waves, min_tiles=max(2, unroll))
+    return KernelConfig(kind, block_m, block_n, split, num_warps, num_stages, unroll, magic)
 
 
-def tiled_candidates(m: int) -> list[Any]:
-    from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
+def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
+    """Decode-sized M (<= 16): FMA GEMVs (M <= 8) and 16-row tensor-core tiles."""
+    from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
-    configs = [KernelConfig(32, 64, 128, 1, 4, 4), KernelConfig(64, 128, 64, 1, 4, 4),
-               KernelConfig(128, 128, 64, 1, 8, 3), KernelConfig(128, 128, 64, 1, 8, 3, reshape_unpack=True),
-               KernelConfig(64, 256, 64, 1, 8, 3), KernelConfig(128, 128, 64, 1, 8, 3, magic_dequant=False)]
-    return [c for c in configs if c.block_m <= max(32, m)] + [None]
+    out = []
+    if m <= 8:
+        bm = min(1 << max(0, m - 1).bit_length(), 4)
+        out += [make_config("gemv", bm, bn if bm < 4 else min(bn, 128), m, n, k, bits, group_size, num_sms, w, s,
+                            waves, unroll) for bn, w, s, unroll, waves in _GEMV_SHAPES]
+    out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
+            for kind, bm, bn, w, s in _SMALL_DOT_SHAPES]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)]
 
 
-def time_ms(fn: Callable[[], Any], iters: int = 20) -> float:
-    """Mean time of one call over ``iters`` back-to-back runs after two warm-ups (CUDA events)."""
+def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
+    """Batched decode / prefill (M > 16): tensor-core tiles (split only to fill one wave), and
+    dequantize + cuBLAS (None)."""
+    from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
+
+    out = [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 1.0)
+           for kind, bm, bn, w, s in _TILED_SHAPES if bm <= max(32, m)]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
+
+
+def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
+    if m <= SMALL_M_BUCKETS[-1]:
+        return small_m_candidates(m, n, k, bits, group_size, num_sms) + [None]
+    return tiled_candidates(m, n, k, bits, group_size, num_sms)
+
+
+def time_ms(fn: Callable[[], Any], iters: int = 20, flush: torch.Tensor | None = None) -> float:
+    """Mean time of one call over ``iters`` runs after two warm-ups (CUDA events). With
+    ``flush`` (a buffer larger than L2) each run starts from a cold L2, as a decode step's
+    layer does (the other layers' weights passed through it since), so a config is not
+    rewarded for a weight that only fits in L2 back to back."""
     for _ in range(2):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        if flush is not None:
+            flush.zero_()
+        start.record()
         fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
+        end.record()
+    events[-1][1].synchronize()
+    return sum(start.elapsed_time(end) for start, end in events) / iters
 
 
 def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -88,16 +132,18 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
     key = (n, k, bits, group_size)
     if key in _TABLE or qweight.device.type != "cuda":
         return
-    num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
+    props = torch.cuda.get_device_properties(qweight.device)
+    num_sms = props.multi_processor_count
+    flush = torch.empty(2 * max(getattr(props, "L2_cache_size", 0), 64 << 20), dtype=torch.int8,
+                        device=qweight.device)
     entries: list[tuple[int, Any]] = []
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
-        candidates = small_m_candidates(n, k, num_sms) if m_max <= 16 else tiled_candidates(m_max)
         timed = []
-        for choice in candidates:
+        for choice in candidates(m_max, n, k, bits, group_size, num_sms):
             try:
                 timed.append((time_ms(lambda: run_choice(choice, x, qweight, scales, zeros, row_groups, group_size,
-                                                         bits)), choice))
+                                                         bits), flush=flush), choice))
             except Exception as exc:  # noqa: BLE001 - a config the device cannot run (resources) is skipped
                 logger.debug("w4a16 config %s failed on %s: %s", choice, key, exc)
         # Nothing ran (should not happen): the dequantize path is always correct.
@@ -108,7 +154,9 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 
 
 def describe(choice: Any) -> str:
+    """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/int] (int: no float-bits dequant)."""
     if choice is None:
         return "dequant+cuBLAS"
-    tag = ("r" if choice.reshape_unpack else "") + ("" if choice.magic_dequant else "i")
-    return f"{choice.block_m}x{choice.block_n}x{choice.block_k}/s{choice.split_k}{tag}"
+    tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + ("" if choice.magic_dequant else "/int")
+    return (f"{choice.kind}:{choice.block_m}x{choice.block_n}/s{choice.split_k}/w{choice.num_warps}"
+            f"/p{choice.num_stages}{tag}")

@@ -1,8 +1,10 @@
 """The W4A16 / W8A16 Triton GEMM against its PyTorch reference (float32 oracle).
 
 Runs on CUDA; skipped elsewhere, or through Triton's CPU interpreter with TRITON_INTERPRET=1
-(small shapes only there). Every path is covered: split-K (M <= 16), tiled, dequantize +
-cuBLAS (large M), group-aligned and per-row group loads, act-order permutation, 4 and 8 bits.
+(small shapes only there). Every kernel kind is covered (the FMA gemv, the tensor-core dot and
+its swapped form dot_t, dequantize + cuBLAS), with even and uneven split-K, unrolled K loops,
+both dequant forms, fused and split-K bias, group-aligned and per-row group loads, act-order
+permutation, 4 and 8 bits, and layers whose interleave is too short for the dot kinds.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def make_weights(k: int, n: int, bits: int, group_size: int, dtype: torch.dtype,
     num_groups = k // group_size
     scales = (torch.rand(num_groups, n, generator=g) * 0.5 + 0.5) * (0.05 / 2 ** (bits - 1))
     zeros = torch.randint(0, 2**bits, (num_groups, n), generator=g).float()
-    qweight = wna16_reference.pack_codes(codes, bits)
+    qweight = wna16_reference.pack_internal(codes, bits, group_size)
     return qweight.to(DEVICE), scales.to(DEVICE, dtype), zeros.to(DEVICE, dtype)
 
 
@@ -63,7 +65,14 @@ def test_gemm_small_shapes(dtype, bits, m):
         assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL
 
 
-@pytest.mark.parametrize("m", [1, 64] if DEVICE == "cpu" else [1, 16, 64, 256])
+def kind_configs(split: int) -> list:
+    KC = triton_wna16.KernelConfig  # noqa: N806
+    return [KC("gemv", 1, 32, split, 4, 2), KC("gemv", 4, 64, split, 4, 2, unroll=2),
+            KC("gemv", 2, 32, split, 4, 2, magic_dequant=False), KC("dot", 16, 32, split, 4, 2),
+            KC("dot_t", 16, 64, split, 4, 2), KC("dot_t", 32, 32, split, 4, 2, magic_dequant=False)]
+
+
+@pytest.mark.parametrize("m", [1, 5] if DEVICE == "cpu" else [1, 16, 64, 256])
 def test_act_order_and_row_groups(m):
     k, n, group_size, bits, dtype = 256, 64, 32, 4, torch.float16
     qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
@@ -72,29 +81,66 @@ def test_act_order_and_row_groups(m):
     row_groups = torch.randint(0, k // group_size, (k,), generator=torch.Generator().manual_seed(2))
     row_groups = row_groups.sort().values.to(DEVICE, torch.int32)
     for p, rg in ((perm, None), (perm, row_groups), (None, row_groups)):
+        ref = reference(x, qweight, scales, zeros, p, rg, group_size, bits)
         out = triton_wna16.wna16_gemm(x, qweight, scales, zeros, p, rg, group_size, bits)
-        assert rel_err(out, reference(x, qweight, scales, zeros, p, rg, group_size, bits)) < TOL
+        assert rel_err(out, ref) < TOL
+    # Per-row groups in every kernel kind (x already in kernel order).
+    ref = reference(x, qweight, scales, zeros, None, row_groups, group_size, bits)
+    for cfg in kind_configs(split=3):
+        out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, row_groups, group_size, bits, cfg)
+        assert rel_err(out, ref) < TOL, cfg
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_every_kernel_config_and_bias(bits):
-    """Each path at a forced config: split-K with uneven splits, tiled, and the dequantizer."""
+    """Each kind at forced configs: no split, an uneven split (3 of 6 or 12 K tiles, and 5 of
+    6: one tile per split plus an empty one), unroll past a split's end, bias fused and after
+    a split; then the dequantizer and the public entry with a bias."""
     k, n, group_size, dtype = 384, 96, 64, torch.float16
     qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
     x = torch.randn(5, k, device=DEVICE, dtype=dtype)
+    bias = torch.randn(n, device=DEVICE, dtype=dtype)
     ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
-    configs = [triton_wna16.KernelConfig(16, 32, 64, 5, 4, 2), triton_wna16.KernelConfig(16, 64, 128, 1, 4, 2),
-               triton_wna16.KernelConfig(32, 32, 32, 2, 4, 2)]
-    configs += [dataclasses.replace(c, reshape_unpack=True) for c in configs]
-    for cfg in configs + [dataclasses.replace(c, magic_dequant=False) for c in configs]:
-        out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
-        assert rel_err(out, ref) < TOL, cfg
+    for split in (1, 3, 5):
+        for cfg in kind_configs(split):
+            out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
+            assert out.dtype == dtype and out.shape == (5, n) and rel_err(out, ref) < TOL, cfg
+            out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg, bias)
+            assert rel_err(out, ref + bias.float()) < TOL, cfg
     dense = triton_wna16.wna16_dequantize(qweight, scales, zeros, None, group_size, bits)
     torch.testing.assert_close(dense.cpu(), wna16_reference.wna16_dequantize(
         qweight, scales, zeros, None, group_size, bits).cpu())
-    bias = torch.randn(n, device=DEVICE, dtype=dtype)
     out = triton_wna16.wna16_gemm(x[None], qweight, scales, zeros, None, None, group_size, bits, bias)
     assert out.shape == (1, 5, n) and rel_err(out[0], ref + bias.float()) < TOL
+
+
+def test_short_interleave_runs_gemv_and_refuses_dot():
+    """A layer whose width allows only R = 4 (K = 96, one group): the gemv kind and the
+    default path run it, the tensor-core kinds say why they cannot."""
+    k, n, group_size, bits, dtype = 96, 40, 96, 4, torch.float16
+    assert wna16_reference.interleave_rows(k, group_size, bits) == 4
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, dtype)
+    for m in (1, 3, 20):
+        x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+        ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
+        assert rel_err(triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits), ref) < TOL
+        cfg = triton_wna16.KernelConfig("gemv", 2, 64, 2, 4, 2)
+        out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
+        assert rel_err(out, ref) < TOL
+    with pytest.raises(ValueError, match="packed rows"):
+        triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits,
+                                            triton_wna16.KernelConfig("dot", 16, 32, 1, 4, 2))
+    with pytest.raises(ValueError, match="block_m"):
+        triton_wna16.KernelConfig("dot_t", 8, 32, 1, 4, 2)
+
+
+def test_default_configs_cover_every_m():
+    """Without a measured table: gemv for a few rows, tensor cores up to 255, then dequant."""
+    kinds = [getattr(triton_wna16.default_config(m, 4096, 4096, 4, 128, 132), "kind", None)
+             for m in (1, 4, 5, 16, 17, 255, 256)]
+    assert kinds == ["gemv", "gemv", "dot_t", "dot_t", "dot", "dot", None]
+    gemv = triton_wna16.default_config(1, 4096, 14336, 4, 128, 132)
+    assert gemv.split_k > 1  # 32 column tiles fill 132 SMs only with K split
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="8B shapes are too slow for the interpreter")
