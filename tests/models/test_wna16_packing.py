@@ -57,6 +57,30 @@ def test_internal_pack_roundtrip():
     for bits in (4, 8):
         codes = torch.randint(0, 2**bits, (64, 24))
         assert torch.equal(wna16_reference.unpack_codes(wna16_reference.pack_codes(codes, bits), bits), codes)
+        for interleave in (2, 16):
+            packed = wna16_reference.pack_codes(torch.cat([codes] * 4), bits, interleave)
+            assert torch.equal(wna16_reference.unpack_codes(packed, bits, interleave), torch.cat([codes] * 4))
+
+
+def test_internal_layout_interleaves_rows():
+    """Field j of packed row r holds input (r // R) * R * pack + j * R + r % R: the kernels
+    read one [R, N] tile and take field j as the contiguous inputs kbase + j*R ... ."""
+    assert wna16_reference.interleave_rows(4096, 128, 4) == 16  # Llama: 128 inputs per tile
+    assert wna16_reference.interleave_rows(14336, 128, 8) == 16
+    assert wna16_reference.interleave_rows(96, 96, 4) == 4  # 96 = 4 * 8 * 3: no 8- or 16-row tile
+    assert wna16_reference.interleave_rows(256, 8, 4) == 8  # a sub-tile may not straddle groups
+    assert wna16_reference.interleave_rows(24, 24, 8) == 2
+    assert wna16_reference.interleave_rows(8, 8, 4) == 1  # the plain sequential packing
+    codes = torch.arange(256)[:, None] % 16  # input k has code k % 16 (R = 16 at 4 bits: 2 tiles)
+    packed = wna16_reference.pack_internal(codes, 4, 128)
+    fields = [[(int(word) >> (4 * j)) & 15 for j in range(8)] for word in packed[:, 0]]
+    # Row 0: inputs 0, 16, ..., 112 -> codes all 0; row 1: inputs 1, 17, ... -> all 1; row 16
+    # starts the second tile (inputs 128, 144, ...).
+    assert fields[0] == [0] * 8 and fields[1] == [1] * 8 and fields[16] == [0] * 8
+    codes = torch.arange(256)[:, None] // 16 % 16  # now the code names the 16-row block
+    fields = [[(int(word) >> (4 * j)) & 15 for j in range(8)] for word in
+              wna16_reference.pack_internal(codes, 4, 128)[:, 0]]
+    assert fields[0] == list(range(8)) and fields[15] == list(range(8)) and fields[16] == list(range(8, 16))
 
 
 def _load(layer, tensors: dict[str, torch.Tensor], shard_id=None) -> None:
