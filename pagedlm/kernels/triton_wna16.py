@@ -153,7 +153,7 @@ def _wna16_gemv_kernel(
     M, N, stride_xm, k_tiles, tiles_per_split,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    MAGIC: tl.constexpr,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr,
 ):
     """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32)."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -163,7 +163,9 @@ def _wna16_gemv_kernel(
     kt0 = pid_k * tiles_per_split
     kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
     acc = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
-    for kt in range(kt0, kt1, UNROLL):
+    # The pipeliner only takes loops without tl.dot when asked per loop: STAGES (the launch's
+    # num_stages) makes it prefetch the next tiles' words while this one is unpacked.
+    for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
         for u in tl.static_range(UNROLL):
             acc = _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt + u, kt1, offs_m,
                              mask_m, offs_n, mask_n, GROUP_SIZE, BITS, R, BLOCK_M, BLOCK_N, HAS_ROW_GROUPS, MAGIC)
@@ -175,10 +177,10 @@ def _wna16_gemv_kernel(
 
 
 @triton.jit
-def _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, J: tl.constexpr, GROUP_SIZE: tl.constexpr,
-                BITS: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr,
-                IS_BF16: tl.constexpr):
-    """The dequantized sub-tile j in the activation dtype: [R, BLOCK_N], or [BLOCK_N, R] if SWAP."""
+def _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE: tl.constexpr, SWAP: tl.constexpr,
+                HAS_ROW_GROUPS: tl.constexpr):
+    """Scale and zero of a sub-tile, shaped to broadcast over it: [R, BLOCK_N] / [BLOCK_N, R]
+    per row with row groups, else one row [1, BLOCK_N] / [BLOCK_N, 1] (the group of input k0)."""
     if HAS_ROW_GROUPS:
         g = tl.load(g_ptr + k)
         if SWAP:
@@ -190,7 +192,6 @@ def _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, J: tl.constexp
         s = tl.load(s_ptr + g_off, mask=m2, other=0.0)
         z = tl.load(z_ptr + g_off, mask=m2, other=0.0)
     else:
-        # One scale row per sub-tile (R divides the group size); the repeats hit L1.
         g_off = (k0 // GROUP_SIZE).to(tl.int64) * N + offs_n
         s = tl.load(s_ptr + g_off, mask=mask_n, other=0.0)
         z = tl.load(z_ptr + g_off, mask=mask_n, other=0.0)
@@ -198,7 +199,7 @@ def _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, J: tl.constexp
             s, z = s[:, None], z[:, None]
         else:
             s, z = s[None, :], z[None, :]
-    return _codes_minus_zero(_field(q, J, BITS), z, MAGIC, IS_BF16) * s
+    return s, z
 
 
 @triton.jit
@@ -231,8 +232,12 @@ def _wna16_dot_kernel(
         for j in tl.static_range(PACK):
             k0 = kt * R * PACK + j * R
             k = k0 + offs_r
-            w = _dot_weight(q, s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, j, GROUP_SIZE, BITS, SWAP,
-                            HAS_ROW_GROUPS, MAGIC, IS_BF16).to(x_ptr.dtype.element_ty)
+            # A new scale row only where a group starts (compile-time; R divides the group size).
+            if HAS_ROW_GROUPS:
+                s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, True)
+            elif (j * R) % GROUP_SIZE == 0:
+                s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, False)
+            w = (_codes_minus_zero(_field(q, j, BITS), z, MAGIC, IS_BF16) * s).to(x_ptr.dtype.element_ty)
             if SWAP:
                 xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=mask_m[None, :], other=0.0)
                 acc = tl.dot(w, xt, acc)
@@ -382,7 +387,8 @@ def _launch(kernel, grid: tuple[int, int, int], args: tuple, common: dict, cfg: 
     num_stages = _fitting_stages.get(fit_key, cfg.num_stages)
     while True:
         try:
-            kernel[grid](*args, **common, **extra, num_stages=num_stages)
+            stages = {"STAGES": num_stages} if kernel is _wna16_gemv_kernel else {}
+            kernel[grid](*args, **common, **extra, **stages, num_stages=num_stages)
             return
         except triton.runtime.errors.OutOfResources:
             if num_stages <= 1:
