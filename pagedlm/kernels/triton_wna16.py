@@ -103,7 +103,7 @@ def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt, kt_end, offs_m, mask_m, offs_n, mask_n,
+def _gemv_tile(acc, x_rows, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, mask_m, offs_n, mask_n,
                GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr):
     """acc[BLOCK_M, R, BLOCK_N] += the products of K tile ``kt`` (nothing if kt >= kt_end)."""
@@ -118,7 +118,7 @@ def _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt, kt_end
     for j in tl.static_range(PACK):
         k = kbase + j * R + offs_r
         # x is 0 outside the valid rows / tiles, so those products vanish whatever q holds.
-        xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=mask_m[:, None] & valid_r[None, :],
+        xj = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & valid_r[None, :],
                      other=0.0).to(tl.float32)[:, :, None]  # [BLOCK_M, R, 1]
         if HAS_ROW_GROUPS:
             g = tl.load(g_ptr + k, mask=valid_r, other=0)
@@ -162,13 +162,14 @@ def _wna16_gemv_kernel(
     mask_m, mask_n = offs_m < M, offs_n < N
     kt0 = pid_k * tiles_per_split
     kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm  # [BLOCK_M, 1] row starts
     acc = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
     # The pipeliner only takes loops without tl.dot when asked per loop: STAGES (the launch's
     # num_stages) makes it prefetch the next tiles' words while this one is unpacked.
     for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
         for u in tl.static_range(UNROLL):
-            acc = _gemv_tile(acc, x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, N, stride_xm, kt + u, kt1, offs_m,
-                             mask_m, offs_n, mask_n, GROUP_SIZE, BITS, R, BLOCK_M, BLOCK_N, HAS_ROW_GROUPS, MAGIC)
+            acc = _gemv_tile(acc, x_rows, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, mask_m, offs_n, mask_n,
+                             GROUP_SIZE, BITS, R, BLOCK_M, BLOCK_N, HAS_ROW_GROUPS, MAGIC)
     y = tl.sum(acc, axis=1)  # [BLOCK_M, BLOCK_N]: the one reduction over R
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -219,6 +220,7 @@ def _wna16_dot_kernel(
     mask_m, mask_n = offs_m < M, offs_n < N
     kt0 = pid_k * tiles_per_split
     kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
+    x_rows = x_ptr + offs_m.to(tl.int64) * stride_xm  # [BLOCK_M] row starts
     if SWAP:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
@@ -239,10 +241,10 @@ def _wna16_dot_kernel(
                 s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, False)
             w = (_codes_minus_zero(_field(q, j, BITS), z, MAGIC, IS_BF16) * s).to(x_ptr.dtype.element_ty)
             if SWAP:
-                xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k[:, None], mask=mask_m[None, :], other=0.0)
+                xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
                 acc = tl.dot(w, xt, acc)
             else:
-                xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=mask_m[:, None], other=0.0)
+                xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
                 acc = tl.dot(xv, w, acc)
     out_base = out_ptr + pid_k.to(tl.int64) * M * N
     if SWAP:

@@ -157,6 +157,28 @@ def test_gemm_model_shapes(k, n, bits):
         assert rel_err(out, reference(x, qweight, scales, zeros, None, None, group_size, bits)) < TOL, m
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiles every load-time candidate (GPU compiler, not the interpreter)")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_every_load_time_candidate_on_gpu(bits):
+    """What the loader may pick, compiled for the card: each candidate of each M bucket, bf16,
+    a K long enough for several splits, and per-row groups for the small-M kinds."""
+    from pagedlm.kernels import wna16_tuning
+
+    k, n, group_size = 2048, 1536, 128
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, torch.bfloat16)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    row_groups = (torch.arange(k, device=DEVICE, dtype=torch.int32) // group_size)
+    for m in (1, 2, 8, 16, 64, 256):
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16)
+        ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
+        for cand in wna16_tuning.candidates(m, n, k, bits, group_size, sms):
+            out = wna16_tuning.run_choice(cand, x, qweight, scales, zeros, None, group_size, bits)
+            assert rel_err(out, ref) < TOL, (m, wna16_tuning.describe(cand))
+            if m <= 16 and cand is not None:
+                out = wna16_tuning.run_choice(cand, x, qweight, scales, zeros, row_groups, group_size, bits)
+                assert rel_err(out, ref) < TOL, (m, wna16_tuning.describe(cand), "row groups")
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
 def test_graph_capture():
     k, n, group_size, bits = 4096, 4096, 128, 4
