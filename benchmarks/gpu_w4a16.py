@@ -91,11 +91,10 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
     out = list(wna16_tuning.candidates(m, n, k, bits, gs, sms))
     if level == "quick":
         return out
-    if m <= 8:
-        bm = min(1 << max(0, m - 1).bit_length(), 4)
-        out += [mk("gemv", bm, bn, w, 3, waves, u) for bn in (64, 128, 256) for w in (4, 8) for u in (1, 2)
-                for waves in (1.0, 2.0, 4.0)]
-        out += [mk("gemv", bm, 128, 4, p, 2.0) for p in (1, 2, 4)] + [mk("gemv", bm, 128, 4, 3, 2.0, 1, False)]
+    if m == 1:
+        out += [mk("gemv", 1, bn, w, 3, waves, u) for bn in (64, 128, 256, 512) for w in (4, 8) for u in (1, 2)
+                for waves in (1.0, 2.0, 4.0, 8.0) if bn * 4 <= 512 * w]
+        out += [mk("gemv", 1, 128, 4, p, 4.0) for p in (1, 2, 4)] + [mk("gemv", 1, 128, 4, 3, 4.0, 1, False)]
     if m <= 16:
         out += [mk(kind, 16, bn, 4, 3, waves) for kind in ("dot_t", "dot") for bn in (64, 128)
                 for waves in (1.0, 2.0, 4.0)]

@@ -8,12 +8,12 @@ coalesced vector loads along N, and for each field j (a static loop) ``(q >> j*b
 no layout change of the packed words in the inner loop. Three kinds, picked by M (a table
 measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
 
-  gemv   M <= 4-8: no tensor cores. A [BLOCK_M, R, BLOCK_N] float32 accumulator takes one
-         FMA per weight and row; the sum over R happens once, after the K loop (no shuffles
-         in the loop). (code - zero) is built from float bits (``_field_f32``: 2 integer ops
-         and 1 add per weight, no int-to-float conversion) and the group scale is applied once
-         per group and column, not per weight. K is split across programs (SPLIT_K) so that a
-         decode step puts a few programs on every SM.
+  gemv   M = 1 (one row per program): no tensor cores. A [R, BLOCK_N] float32 accumulator
+         in the packed words' load layout; per weight one LOP3 (the field masked in place
+         and OR-ed into the bits of 2**23), one FADD and one FFMA (``_gemv_tile``); the zero
+         point and the scale enter once per group and column, and the sum over R happens
+         once, after the K loop. K is split across programs (SPLIT_K) so that a decode step
+         puts a few programs on every SM.
   dot    tensor-core tiles: acc[BLOCK_M, BLOCK_N] += x[:, kbase+jR..] @ W_j for each field j
          (R = 16: one K=16 MMA step per field).
   dot_t  the same with the roles swapped, acc^T[BLOCK_N, BLOCK_M] += W_j^T @ x^T: the
@@ -41,7 +41,7 @@ from pagedlm.kernels import wna16_reference, wna16_tuning
 
 # Defaults when no table was measured at load (wna16_tuning).
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
-_GEMV_MAX_M = 4  # at and below: the FMA kind
+_GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds do less per weight)
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
 _F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code (_field_f32)
 KINDS = ("gemv", "dot", "dot_t")
@@ -65,6 +65,8 @@ class KernelConfig:
             raise ValueError(f"kernel kind {self.kind!r} is not one of {KINDS}")
         if self.kind != "gemv" and self.block_m < 16:
             raise ValueError("the tensor-core kinds need block_m >= 16")
+        if self.kind == "gemv" and self.block_m != 1:
+            raise ValueError("the gemv kind takes one row per program (block_m 1)")
 
 
 @triton.jit
@@ -103,78 +105,117 @@ def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _gemv_tile(acc, x_rows, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, mask_m, offs_n, mask_n,
-               GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr):
-    """acc[BLOCK_M, R, BLOCK_N] += the products of K tile ``kt`` (nothing if kt >= kt_end)."""
+def _field_scaled_f32(q, magic_bits, J: tl.constexpr, BITS: tl.constexpr, LOW: tl.constexpr):
+    """Field j as float32 times a power of two: (code * 2**sh, 2**-sh). The field is masked *in
+    place* (no shift) and OR-ed into the bits of 2**23: one LOP3 gives 2**23 + code * 2**sh
+    exactly while the field sits below bit 23, and one subtraction leaves code * 2**sh. The
+    fields from LOW up are read after the caller shifted the word down once (q >> LOW*BITS).
+    The caller folds 2**-sh into x (exact: a power of two). ``magic_bits`` (0x4B000000) is a
+    kernel argument, not a literal, so that it sits in a register and the field mask is the
+    LOP3's immediate (with the magic as the immediate the compiler re-creates each mask)."""
+    if J < LOW:
+        SH: tl.constexpr = J * BITS
+    else:
+        SH: tl.constexpr = (J - LOW) * BITS
+    f = ((q & (((1 << BITS) - 1) << SH)) | magic_bits).to(tl.float32, bitcast=True) - _F32_MAGIC
+    inv: tl.constexpr = 1.0 / (1 << SH)
+    return f, inv
+
+
+@triton.jit
+def _gemv_flush(acc, part, xsum, s_ptr, z_ptr, g, N, offs_r, offs_n, mask2):
+    """acc += (sum (code * x) - zero * sum x) * scale for the group ``g`` just finished. The
+    scale / zero rows are loaded as [R, BLOCK_N] (repeated rows; L1 hits) so that they share
+    the packed words' layout: no layout change in the loop."""
+    g_off = g.to(tl.int64) * N + offs_n[None, :] + offs_r[:, None] * 0
+    sc = tl.load(s_ptr + g_off, mask=mask2, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + g_off, mask=mask2, other=0.0).to(tl.float32)
+    return acc + (part - z * xsum[:, None]) * sc
+
+
+@triton.jit
+def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, mask_n, magic_bits,
+                   GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, MASK_K: tl.constexpr):
+    """acc[R, BLOCK_N] += the products of K tile ``kt`` for one row of x (nothing if kt >=
+    kt_end). The 2-D accumulator keeps the packed words' load layout (several columns per
+    thread, so each x value a thread loads serves several weights). Per weight with MAGIC: one LOP3, one
+    FADD, one FFMA (``_field_scaled_f32``); the zero point enters once per group and column as
+    zero * sum(x), the scale once per group and column. MASK_K: the tile may lie past the
+    split's end (unrolled loops); otherwise no K masks (fewer instructions per x load)."""
     PACK: tl.constexpr = 32 // BITS
+    # Fields 0 .. LOW-1 lie below bit 23 in place; the rest (3 at 4 bits, 2 at 8) do after one shift.
+    LOW: tl.constexpr = 23 // BITS
     offs_r = tl.arange(0, R)
-    # Whether this tile is in the split, as vectors (a scalar & a tensor mask trips the interpreter).
-    valid_r = (offs_r * 0 + kt) < kt_end
-    valid_n = mask_n & ((offs_n * 0 + kt) < kt_end)
-    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :],
-                mask=valid_r[:, None] & mask_n[None, :], other=0)
     kbase = kt * R * PACK
+    x_tile = x_row + kbase
+    valid_r = (offs_r * 0 + kt) < kt_end
+    mask2 = mask_n[None, :]
+    if MASK_K:
+        mask2 = valid_r[:, None] & mask2
+    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask2, other=0)
+    part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+    xsum = tl.zeros((R,), dtype=tl.float32)
     for j in tl.static_range(PACK):
-        k = kbase + j * R + offs_r
-        # x is 0 outside the valid rows / tiles, so those products vanish whatever q holds.
-        xj = tl.load(x_rows + k[None, :], mask=mask_m[:, None] & valid_r[None, :],
-                     other=0.0).to(tl.float32)[:, :, None]  # [BLOCK_M, R, 1]
-        if HAS_ROW_GROUPS:
-            g = tl.load(g_ptr + k, mask=valid_r, other=0)
-            g_off = g[:, None].to(tl.int64) * N + offs_n[None, :]
-            s = tl.load(s_ptr + g_off, mask=valid_r[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            zf = tl.load(z_ptr + g_off, mask=valid_r[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            if MAGIC:
-                zf += _F32_MAGIC
-            acc += (((_field_f32(q, j, BITS, MAGIC) - zf) * s)[None, :, :]) * xj
+        if MASK_K:
+            xj = tl.load(x_tile + j * R + offs_r, mask=valid_r, other=0.0).to(tl.float32)
         else:
-            # Each R-row sub-tile lies in one group (R divides the group size): a new scale row
-            # only where a group starts (a compile-time condition); the scale multiplies the
-            # group's partial sums once instead of every weight.
-            if (j * R) % GROUP_SIZE == 0:
-                if j > 0:
-                    acc += part * s[None, None, :]
-                g_off = ((kbase + j * R) // GROUP_SIZE).to(tl.int64) * N + offs_n
-                s = tl.load(s_ptr + g_off, mask=valid_n, other=0.0).to(tl.float32)
-                zf = tl.load(z_ptr + g_off, mask=valid_n, other=0.0).to(tl.float32)
-                if MAGIC:
-                    zf += _F32_MAGIC
-                part = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
-            part += ((_field_f32(q, j, BITS, MAGIC) - zf[None, :])[None, :, :]) * xj
-    if not HAS_ROW_GROUPS:
-        acc += part * s[None, None, :]
+            xj = tl.load(x_tile + j * R + offs_r).to(tl.float32)
+        if HAS_ROW_GROUPS:
+            k = kbase + j * R + offs_r
+            g_off = tl.load(g_ptr + k, mask=valid_r, other=0)[:, None].to(tl.int64) * N + offs_n[None, :]
+            sc = tl.load(s_ptr + g_off, mask=mask2, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + g_off, mask=mask2, other=0.0).to(tl.float32)
+            acc += (_field(q, j, BITS).to(tl.float32) - z) * sc * xj[:, None]
+        else:
+            if MAGIC:
+                if j == LOW:
+                    q = q >> (LOW * BITS)  # the high fields, moved down (the sign bits are masked off per field)
+                f, inv = _field_scaled_f32(q, magic_bits, j, BITS, LOW)
+                part += f * (xj * inv)[:, None]
+            else:
+                part += _field(q, j, BITS).to(tl.float32) * xj[:, None]
+            xsum += xj
+            if j == PACK - 1:
+                acc = _gemv_flush(acc, part, xsum, s_ptr, z_ptr, (kbase + j * R) // GROUP_SIZE, N, offs_r, offs_n,
+                                  mask2)
+            elif ((j + 1) * R) % GROUP_SIZE == 0:  # a group ends inside the tile (R divides the group size)
+                acc = _gemv_flush(acc, part, xsum, s_ptr, z_ptr, (kbase + j * R) // GROUP_SIZE, N, offs_r, offs_n,
+                                  mask2)
+                part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+                xsum = tl.zeros((R,), dtype=tl.float32)
     return acc
 
 
 @triton.jit
 def _wna16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
-    M, N, stride_xm, k_tiles, tiles_per_split,
+    M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
     MAGIC: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32)."""
+    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32);
+    one row per program (BLOCK_M = 1: a second row in the same program costs more registers
+    and instructions per weight than the tensor-core kinds at 16 rows)."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m, mask_n = offs_m < M, offs_n < N
+    mask_n = offs_n < N
     kt0 = pid_k * tiles_per_split
     kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm  # [BLOCK_M, 1] row starts
-    acc = tl.zeros((BLOCK_M, R, BLOCK_N), dtype=tl.float32)
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm  # the grid has exactly M row programs
+    acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     # The pipeliner only takes loops without tl.dot when asked per loop: STAGES (the launch's
     # num_stages) makes it prefetch the next tiles' words while this one is unpacked.
     for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
         for u in tl.static_range(UNROLL):
-            acc = _gemv_tile(acc, x_rows, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, mask_m, offs_n, mask_n,
-                             GROUP_SIZE, BITS, R, BLOCK_M, BLOCK_N, HAS_ROW_GROUPS, MAGIC)
-    y = tl.sum(acc, axis=1)  # [BLOCK_M, BLOCK_N]: the one reduction over R
+            acc = _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, offs_n, mask_n,
+                                 magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
+    y = tl.sum(acc, axis=0)  # the one reduction over R
     if HAS_BIAS:
-        y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out_off = pid_k.to(tl.int64) * M * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    out_off = (pid_k.to(tl.int64) * M + pid_m) * N + offs_n
+    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -315,14 +356,13 @@ def _pow2_at_least(m: int) -> int:
 
 
 def default_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> KernelConfig | None:
-    """The kernel for M rows when no table was measured; None: dequantize + cuBLAS."""
+    """The kernel for M rows when no table was measured; None: dequantize + cuBLAS (also for
+    a few rows of a layer too narrow for the tensor-core kinds: tiny models)."""
     r = layout_rows(k, group_size, bits)
     k_tiles = k // (r * (32 // bits))
     dot_ok = r >= _DOT_MIN_R
-    if m <= _GEMV_MAX_M or not dot_ok and m <= 16:
-        bm = min(_pow2_at_least(m), 4)
-        n_tiles = triton.cdiv(n, 128) * triton.cdiv(m, bm)
-        return KernelConfig("gemv", bm, 128, auto_split_k(n_tiles, k_tiles, num_sms), 4, 3)
+    if m <= _GEMV_MAX_M or not dot_ok and m <= 4:
+        return KernelConfig("gemv", 1, 128, auto_split_k(triton.cdiv(n, 128) * m, k_tiles, num_sms), 4, 3)
     if not dot_ok or m >= _DEQUANT_MIN_M:
         return None
     if m <= 16:
@@ -367,7 +407,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     common = dict(GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   HAS_ROW_GROUPS=has_rg, HAS_BIAS=fused_bias, num_warps=cfg.num_warps)
     if cfg.kind == "gemv":
-        _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
+        _launch(_wna16_gemv_kernel, grid, args + (0x4B000000,), common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
                 MAGIC=cfg.magic_dequant)
     else:
         _launch(_wna16_dot_kernel, grid, args, common, cfg, (bits, x2d.dtype), SWAP=cfg.kind == "dot_t",

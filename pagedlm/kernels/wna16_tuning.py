@@ -29,10 +29,10 @@ NOT_TUNED: Any = object()
 # (n, k, bits, group_size) -> [(m_max, config or None for dequantize + cuBLAS)]
 _TABLE: dict[tuple[int, int, int, int], list[tuple[int, Any]]] = {}
 
-# gemv shapes (block_n, num_warps, num_stages, unroll, waves of programs per SM): wide tiles
-# for fewer programs with long K runs, narrow ones split more; unroll 2 puts two K tiles'
-# loads in flight per iteration.
-_GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (256, 8, 3, 1, 2.0), (64, 4, 3, 2, 4.0), (128, 4, 2, 2, 4.0))
+# gemv shapes for M = 1 (block_n, num_warps, num_stages, unroll, waves of programs per SM):
+# wide tiles amortise each x value over more columns, more waves keep more words in flight.
+_GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (128, 4, 3, 1, 4.0), (256, 8, 3, 1, 4.0), (256, 4, 3, 1, 2.0),
+                (128, 4, 2, 2, 4.0))
 # tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
 _SMALL_DOT_SHAPES = (("dot_t", 16, 64, 4, 3), ("dot_t", 16, 128, 4, 3), ("dot", 16, 64, 4, 3))
 _TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 128, 8, 3),
@@ -69,14 +69,13 @@ def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, b
 
 
 def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
-    """Decode-sized M (<= 16): FMA GEMVs (M <= 8) and 16-row tensor-core tiles."""
+    """Decode-sized M (<= 16): the FMA GEMV (M = 1) and 16-row tensor-core tiles."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
     out = []
-    if m <= 8:
-        bm = min(1 << max(0, m - 1).bit_length(), 4)
-        out += [make_config("gemv", bm, bn if bm < 4 else min(bn, 128), m, n, k, bits, group_size, num_sms, w, s,
-                            waves, unroll) for bn, w, s, unroll, waves in _GEMV_SHAPES]
+    if m == 1:
+        out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll)
+                for bn, w, s, unroll, waves in _GEMV_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
             for kind, bm, bn, w, s in _SMALL_DOT_SHAPES]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)]

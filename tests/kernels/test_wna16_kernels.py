@@ -67,8 +67,8 @@ def test_gemm_small_shapes(dtype, bits, m):
 
 def kind_configs(split: int) -> list:
     KC = triton_wna16.KernelConfig  # noqa: N806
-    return [KC("gemv", 1, 32, split, 4, 2), KC("gemv", 4, 64, split, 4, 2, unroll=2),
-            KC("gemv", 2, 32, split, 4, 2, magic_dequant=False), KC("dot", 16, 32, split, 4, 2),
+    return [KC("gemv", 1, 32, split, 4, 2), KC("gemv", 1, 64, split, 4, 2, unroll=2),
+            KC("gemv", 1, 32, split, 4, 2, magic_dequant=False), KC("dot", 16, 32, split, 4, 2),
             KC("dot_t", 16, 64, split, 4, 2), KC("dot_t", 32, 32, split, 4, 2, magic_dequant=False)]
 
 
@@ -126,7 +126,7 @@ def test_short_interleave_runs_gemv_and_refuses_dot():
         x = torch.randn(m, k, device=DEVICE, dtype=dtype)
         ref = reference(x, qweight, scales, zeros, None, None, group_size, bits)
         assert rel_err(triton_wna16.wna16_gemm(x, qweight, scales, zeros, None, None, group_size, bits), ref) < TOL
-        cfg = triton_wna16.KernelConfig("gemv", 2, 64, 2, 4, 2)
+        cfg = triton_wna16.KernelConfig("gemv", 1, 64, 2, 4, 2)
         out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
         assert rel_err(out, ref) < TOL
     with pytest.raises(ValueError, match="packed rows"):
@@ -134,13 +134,18 @@ def test_short_interleave_runs_gemv_and_refuses_dot():
                                             triton_wna16.KernelConfig("dot", 16, 32, 1, 4, 2))
     with pytest.raises(ValueError, match="block_m"):
         triton_wna16.KernelConfig("dot_t", 8, 32, 1, 4, 2)
+    with pytest.raises(ValueError, match="block_m 1"):
+        triton_wna16.KernelConfig("gemv", 2, 32, 1, 4, 2)
 
 
 def test_default_configs_cover_every_m():
-    """Without a measured table: gemv for a few rows, tensor cores up to 255, then dequant."""
+    """Without a measured table: gemv for one row, tensor cores up to 255, then dequant; a
+    layer too narrow for tensor cores: gemv up to 4 rows, then dequant."""
     kinds = [getattr(triton_wna16.default_config(m, 4096, 4096, 4, 128, 132), "kind", None)
-             for m in (1, 4, 5, 16, 17, 255, 256)]
-    assert kinds == ["gemv", "gemv", "dot_t", "dot_t", "dot", "dot", None]
+             for m in (1, 2, 16, 17, 255, 256)]
+    assert kinds == ["gemv", "dot_t", "dot_t", "dot", "dot", None]
+    kinds = [getattr(triton_wna16.default_config(m, 40, 96, 4, 96, 132), "kind", None) for m in (1, 4, 5)]
+    assert kinds == ["gemv", "gemv", None]
     gemv = triton_wna16.default_config(1, 4096, 14336, 4, 128, 132)
     assert gemv.split_k > 1  # 32 column tiles fill 132 SMs only with K split
 
