@@ -85,21 +85,21 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
     """The load-time candidates, then (full) a grid around them for each kernel kind."""
     from pagedlm.kernels import triton_wna16, wna16_tuning
 
-    def mk(kind, bm, bn, warps, stages, waves, unroll=1, magic=True):
-        return wna16_tuning.make_config(kind, bm, bn, m, n, k, bits, gs, sms, warps, stages, waves, unroll, magic)
+    def mk(kind, bm, bn, warps, stages, waves, unroll=1, dequant=""):
+        return wna16_tuning.make_config(kind, bm, bn, m, n, k, bits, gs, sms, warps, stages, waves, unroll, dequant)
 
     out = list(wna16_tuning.candidates(m, n, k, bits, gs, sms))
     if level == "quick":
         return out
     if m == 1:
         out += [mk("gemv", 1, bn, w, 3, waves, u) for bn in (64, 128, 256, 512) for w in (4, 8) for u in (1, 2)
-                for waves in (1.0, 2.0, 4.0, 8.0) if bn * 4 <= 512 * w]
-        out += [mk("gemv", 1, 128, 4, p, 4.0) for p in (1, 2, 4)] + [mk("gemv", 1, 128, 4, 3, 4.0, 1, False)]
+                for waves in (1.0, 2.0, 4.0, 8.0)]
+        out += [mk("gemv", 1, 128, 4, p, 4.0) for p in (1, 2, 4)] + [mk("gemv", 1, 128, 4, 3, 4.0, 1, "int")]
     if m <= 16:
         out += [mk(kind, 16, bn, 4, 3, waves) for kind in ("dot_t", "dot") for bn in (64, 128)
                 for waves in (1.0, 2.0, 4.0)]
         out += [mk("dot_t", 16, 64, 4, p, 2.0) for p in (2, 4)] + [mk("dot_t", 16, 128, 8, 3, 2.0)]
-        out += [mk("dot_t", 16, 64, 4, 3, 2.0, 1, False)]
+        out += [mk(kind, 16, 64, 4, 3, 2.0, 1, d) for kind in ("dot_t", "dot") for d in ("f32", "int")]
     else:
         big = max(32, 1 << max(0, m - 1).bit_length())
         out += [mk("dot", bm, bn, w, 3, 1.0) for bm in (32, 64, 128) for bn in (64, 128, 256) for w in (4, 8)
@@ -108,9 +108,18 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
                 if bm <= big]
         out += [mk(kind, 64, 128, 4, p, 1.0) for kind in ("dot", "dot_t") for p in (2, 4)]
         out += [mk(kind, 64, 128, 4, 3, 2.0) for kind in ("dot", "dot_t")]
-        out += [mk("dot_t", 64, 128, 4, 3, 1.0, 1, False)]
-    seen = dict.fromkeys(out)
+        out += [mk(kind, 64, 128, 4, 3, 1.0, 1, d) for kind in ("dot", "dot_t") for d in ("f32", "int")]
+    seen = dict.fromkeys(c for c in out if c is None or _fits_registers(c))
     return [c for c in seen if c is None or triton_wna16.config_fits(c, k, gs, bits)]
+
+
+def _fits_registers(c) -> bool:
+    """Leave out configs that spill or overflow shared memory on sm_90 (compiled offline: a
+    float32 accumulator over 128 registers a thread, or a gemv tile of more than 512 words
+    a K step per 4 warps)."""
+    if c.kind == "gemv":
+        return c.block_n * c.unroll <= 128 * c.num_warps and c.block_n * c.unroll <= 512
+    return c.block_m * c.block_n <= 128 * 32 * c.num_warps
 
 
 def bench_us(fn, device: str) -> float:

@@ -45,6 +45,7 @@ _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds 
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
 _F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code (_field_f32)
 KINDS = ("gemv", "dot", "dot_t")
+_DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +58,12 @@ class KernelConfig:
     num_stages: int
     # K tiles per loop iteration (gemv): their loads are issued together, more bytes in flight.
     unroll: int = 1
-    # Build (code - zero) from float bits instead of converting ints (see _field_f32).
-    magic_dequant: bool = True
+    # How codes become numbers: "f32" masks each field in place into the bits of 2**23 (one
+    # LOP3; see _field_scaled_f32 / _dequant_f32), "half" ORs the shifted field into the bits
+    # of 128.0 / 1024.0 in the activation dtype (_codes_minus_zero), "int" converts integers.
+    # Default "": f32 for gemv, half for the tensor-core kinds (what compiles to fewer
+    # instructions per weight on sm_90: the float32 form needs a layout change before the MMA).
+    dequant: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +72,10 @@ class KernelConfig:
             raise ValueError("the tensor-core kinds need block_m >= 16")
         if self.kind == "gemv" and self.block_m != 1:
             raise ValueError("the gemv kind takes one row per program (block_m 1)")
+        if not self.dequant:
+            object.__setattr__(self, "dequant", "f32" if self.kind == "gemv" else "half")
+        if self.dequant not in (_DEQUANT_MODES if self.kind != "gemv" else ("f32", "int")):
+            raise ValueError(f"dequant {self.dequant!r} is not available for the {self.kind} kind")
 
 
 @triton.jit
@@ -76,24 +85,13 @@ def _field(q, J: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _field_f32(q, J: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr):
-    """Field j as float32. With MAGIC the code is OR-ed into the bits of 2**23, giving
-    2**23 + code exactly with no int-to-float conversion (a quarter-rate instruction that
-    would bound a decode GEMV); the caller subtracts 2**23 + zero (exact: integers < 2**24)."""
-    if MAGIC:
-        f = (_field(q, J, BITS) | 0x4B000000).to(tl.float32, bitcast=True)
-    else:
-        f = _field(q, J, BITS).to(tl.float32)
-    return f
-
-
-@triton.jit
 def _codes_minus_zero(codes, z, MAGIC: tl.constexpr, IS_BF16: tl.constexpr):
     """(code - zero) in z's dtype, exact. With MAGIC the code is OR-ed into the bits of 128.0
     (bf16) or 1024.0 (fp16), which gives 128 + code / 1024 + code with no int-to-float
     conversion; subtracting base + zero is exact since both are integers the format
     represents. The host only asks for it where they are (4-bit codes in bf16, up to 8-bit
-    in fp16)."""
+    in fp16). (Unlike the float32 form, the literal magic is better here: the compiler pairs
+    two codes in one LOP3 and keeps the packed weights in the MMA operand layout.)"""
     if MAGIC:
         if IS_BF16:
             diff = (codes | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True) - (z + 128.0)
@@ -120,6 +118,22 @@ def _field_scaled_f32(q, magic_bits, J: tl.constexpr, BITS: tl.constexpr, LOW: t
     f = ((q & (((1 << BITS) - 1) << SH)) | magic_bits).to(tl.float32, bitcast=True) - _F32_MAGIC
     inv: tl.constexpr = 1.0 / (1 << SH)
     return f, inv
+
+
+@triton.jit
+def _dequant_f32(q, magic_bits, s, z, J: tl.constexpr, BITS: tl.constexpr, LOW: tl.constexpr):
+    """(code - zero) * scale in float32 for the tensor-core kinds: the field masked in place
+    into 2**23 (one LOP3, as in ``_field_scaled_f32``), one FADD of 2**23 + zero * 2**sh and
+    one FMUL by scale * 2**-sh (both per column, not per weight). (code - zero) * scale is
+    exact in float32 (9-bit integer times an 8- or 11-bit mantissa), so the caller's cast to
+    bf16 / fp16 rounds once, as the reference does."""
+    if J < LOW:
+        SH: tl.constexpr = J * BITS
+    else:
+        SH: tl.constexpr = (J - LOW) * BITS
+    f = ((q & (((1 << BITS) - 1) << SH)) | magic_bits).to(tl.float32, bitcast=True)
+    zf = z.to(tl.float32) * (1 << SH) + _F32_MAGIC
+    return (f - zf) * (s.to(tl.float32) * (1.0 / (1 << SH)))
 
 
 @triton.jit
@@ -247,13 +261,14 @@ def _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE: tl.co
 @triton.jit
 def _wna16_dot_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
-    M, N, stride_xm, k_tiles, tiles_per_split,
+    M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
+    DEQUANT: tl.constexpr, IS_BF16: tl.constexpr,
 ):
     """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (tensor cores)."""
     PACK: tl.constexpr = 32 // BITS
+    LOW: tl.constexpr = 23 // BITS  # fields below bit 23 in place (see _gemv_tile)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -280,7 +295,12 @@ def _wna16_dot_kernel(
                 s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, True)
             elif (j * R) % GROUP_SIZE == 0:
                 s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, False)
-            w = (_codes_minus_zero(_field(q, j, BITS), z, MAGIC, IS_BF16) * s).to(x_ptr.dtype.element_ty)
+            if DEQUANT == 2:
+                if j == LOW:
+                    q = q >> (LOW * BITS)  # the high fields, moved down once
+                w = _dequant_f32(q, magic_bits, s, z, j, BITS, LOW).to(x_ptr.dtype.element_ty)
+            else:
+                w = (_codes_minus_zero(_field(q, j, BITS), z, DEQUANT == 1, IS_BF16) * s).to(x_ptr.dtype.element_ty)
             if SWAP:
                 xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
                 acc = tl.dot(w, xt, acc)
@@ -403,15 +423,16 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split_k)
     has_rg, fused_bias = row_groups is not None, bias is not None and split_k == 1
     args = (x2d, qweight, scales, zeros, row_groups if has_rg else qweight, bias if fused_bias else scales, out,
-            m, n, x2d.stride(0), k_tiles, tiles_per_split)
+            m, n, x2d.stride(0), k_tiles, tiles_per_split, 0x4B000000)
     common = dict(GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   HAS_ROW_GROUPS=has_rg, HAS_BIAS=fused_bias, num_warps=cfg.num_warps)
     if cfg.kind == "gemv":
-        _launch(_wna16_gemv_kernel, grid, args + (0x4B000000,), common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
-                MAGIC=cfg.magic_dequant)
+        _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
+                MAGIC=cfg.dequant == "f32")
     else:
         _launch(_wna16_dot_kernel, grid, args, common, cfg, (bits, x2d.dtype), SWAP=cfg.kind == "dot_t",
-                MAGIC=cfg.magic_dequant and _magic_exact(x2d.dtype, bits), IS_BF16=x2d.dtype == torch.bfloat16)
+                DEQUANT=_DEQUANT_MODES.index(cfg.dequant if cfg.dequant != "half" or _magic_exact(x2d.dtype, bits)
+                                             else "int"), IS_BF16=x2d.dtype == torch.bfloat16)
     if split_k == 1:
         return out[0]
     y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)

@@ -59,13 +59,13 @@ def _k_tiles(k: int, bits: int, group_size: int) -> int:
 
 def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, bits: int, group_size: int,
                 num_sms: int, num_warps: int, num_stages: int, waves: float, unroll: int = 1,
-                magic: bool = True) -> Any:
+                dequant: str = "") -> Any:
     """A config whose split-K puts about ``waves`` programs on each SM for M rows."""
     from pagedlm.kernels.triton_wna16 import KernelConfig, auto_split_k  # noqa: PLC0415
 
     tiles = -(-n // block_n) * -(-m // block_m)
     split = auto_split_k(tiles, _k_tiles(k, bits, group_size), num_sms, waves, min_tiles=max(2, unroll))
-    return KernelConfig(kind, block_m, block_n, split, num_warps, num_stages, unroll, magic)
+    return KernelConfig(kind, block_m, block_n, split, num_warps, num_stages, unroll, dequant)
 
 
 def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
@@ -153,9 +153,11 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 
 
 def describe(choice: Any) -> str:
-    """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/int] (int: no float-bits dequant)."""
+    """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/f32|/half|/int] (the dequant form when not
+    the kind's default: f32 for gemv, half for dot / dot_t)."""
     if choice is None:
         return "dequant+cuBLAS"
-    tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + ("" if choice.magic_dequant else "/int")
+    default = "f32" if choice.kind == "gemv" else "half"
+    tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + ("" if choice.dequant == default else f"/{choice.dequant}")
     return (f"{choice.kind}:{choice.block_m}x{choice.block_n}/s{choice.split_k}/w{choice.num_warps}"
             f"/p{choice.num_stages}{tag}")

@@ -68,8 +68,10 @@ def test_gemm_small_shapes(dtype, bits, m):
 def kind_configs(split: int) -> list:
     KC = triton_wna16.KernelConfig  # noqa: N806
     return [KC("gemv", 1, 32, split, 4, 2), KC("gemv", 1, 64, split, 4, 2, unroll=2),
-            KC("gemv", 1, 32, split, 4, 2, magic_dequant=False), KC("dot", 16, 32, split, 4, 2),
-            KC("dot_t", 16, 64, split, 4, 2), KC("dot_t", 32, 32, split, 4, 2, magic_dequant=False)]
+            KC("gemv", 1, 32, split, 4, 2, dequant="int"), KC("dot", 16, 32, split, 4, 2),
+            KC("dot", 16, 32, split, 4, 2, dequant="f32"), KC("dot_t", 16, 64, split, 4, 2, dequant="f32"),
+            KC("dot_t", 16, 64, split, 4, 2),
+            KC("dot_t", 32, 32, split, 4, 2, dequant="int")]
 
 
 @pytest.mark.parametrize("m", [1, 5] if DEVICE == "cpu" else [1, 16, 64, 256])
@@ -136,6 +138,8 @@ def test_short_interleave_runs_gemv_and_refuses_dot():
         triton_wna16.KernelConfig("dot_t", 8, 32, 1, 4, 2)
     with pytest.raises(ValueError, match="block_m 1"):
         triton_wna16.KernelConfig("gemv", 2, 32, 1, 4, 2)
+    with pytest.raises(ValueError, match="dequant"):
+        triton_wna16.KernelConfig("gemv", 1, 32, 1, 4, 2, dequant="half")
 
 
 def test_default_configs_cover_every_m():
