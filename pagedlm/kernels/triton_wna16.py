@@ -43,7 +43,7 @@ from pagedlm.kernels import wna16_reference, wna16_tuning
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
 _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds do less per weight)
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
-_F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code (_field_f32)
+_F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code
 KINDS = ("gemv", "dot", "dot_t")
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
 
@@ -149,12 +149,12 @@ def _gemv_flush(acc, part, xsum, s_ptr, z_ptr, g, N, offs_r, offs_n, mask2):
 
 @triton.jit
 def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, mask_n, magic_bits,
-                   GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-                   HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, MASK_K: tl.constexpr):
+               GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
+               HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, MASK_K: tl.constexpr):
     """acc[R, BLOCK_N] += the products of K tile ``kt`` for one row of x (nothing if kt >=
     kt_end). The 2-D accumulator keeps the packed words' load layout (several columns per
-    thread, so each x value a thread loads serves several weights). Per weight with MAGIC: one LOP3, one
-    FADD, one FFMA (``_field_scaled_f32``); the zero point enters once per group and column as
+    thread, so each x value a thread loads serves several weights). Per weight with MAGIC:
+    one LOP3, one FADD, one FFMA (``_field_scaled_f32``); the zero point enters once per group and column as
     zero * sum(x), the scale once per group and column. MASK_K: the tile may lie past the
     split's end (unrolled loops); otherwise no K masks (fewer instructions per x load)."""
     PACK: tl.constexpr = 32 // BITS
@@ -184,7 +184,7 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
         else:
             if MAGIC:
                 if j == LOW:
-                    q = q >> (LOW * BITS)  # the high fields, moved down (the sign bits are masked off per field)
+                    q = q >> (LOW * BITS)  # the high fields, moved down (sign bits: masked per field)
                 f, inv = _field_scaled_f32(q, magic_bits, j, BITS, LOW)
                 part += f * (xj * inv)[:, None]
             else:
@@ -224,7 +224,7 @@ def _wna16_gemv_kernel(
     for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
         for u in tl.static_range(UNROLL):
             acc = _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, offs_n, mask_n,
-                                 magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
+                             magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
     y = tl.sum(acc, axis=0)  # the one reduction over R
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -424,8 +424,8 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     has_rg, fused_bias = row_groups is not None, bias is not None and split_k == 1
     args = (x2d, qweight, scales, zeros, row_groups if has_rg else qweight, bias if fused_bias else scales, out,
             m, n, x2d.stride(0), k_tiles, tiles_per_split, 0x4B000000)
-    common = dict(GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  HAS_ROW_GROUPS=has_rg, HAS_BIAS=fused_bias, num_warps=cfg.num_warps)
+    common = {"GROUP_SIZE": group_size, "BITS": bits, "R": r, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+              "HAS_ROW_GROUPS": has_rg, "HAS_BIAS": fused_bias, "num_warps": cfg.num_warps}
     if cfg.kind == "gemv":
         _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
                 MAGIC=cfg.dequant == "f32")

@@ -12,7 +12,6 @@ every call and must stay importable wherever the kernel module is.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -141,8 +140,8 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
         timed = []
         for choice in candidates(m_max, n, k, bits, group_size, num_sms):
             try:
-                timed.append((time_ms(lambda: run_choice(choice, x, qweight, scales, zeros, row_groups, group_size,
-                                                         bits), flush=flush), choice))
+                timed.append((time_ms(lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,
+                                                                        group_size, bits), flush=flush), choice))
             except Exception as exc:  # noqa: BLE001 - a config the device cannot run (resources) is skipped
                 logger.debug("w4a16 config %s failed on %s: %s", choice, key, exc)
         # Nothing ran (should not happen): the dequantize path is always correct.
@@ -158,6 +157,7 @@ def describe(choice: Any) -> str:
     if choice is None:
         return "dequant+cuBLAS"
     default = "f32" if choice.kind == "gemv" else "half"
-    tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + ("" if choice.dequant == default else f"/{choice.dequant}")
+    tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + (f"/{choice.dequant}" if choice.dequant != default
+                                                                  else "")
     return (f"{choice.kind}:{choice.block_m}x{choice.block_n}/s{choice.split_k}/w{choice.num_warps}"
             f"/p{choice.num_stages}{tag}")

@@ -9,7 +9,6 @@ permutation, 4 and 8 bits, and layers whose interleave is too short for the dot 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
