@@ -98,8 +98,8 @@ class EngineArgs:
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
     async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA, off "
-                                        "with --speculative-config; refused with -pp > 1, whose batch queue "
-                                        "overlaps instead, and with EAGLE proposers)", SCHED)
+                                        "with EAGLE proposers, where it is refused; refused with -pp > 1, whose "
+                                        "batch queue overlaps instead)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
@@ -230,7 +230,7 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else (
-                    device == "cuda" and spec is None
+                    device == "cuda" and (spec is None or spec.method in ("ngram", "draft_model"))
                     and parallel_config.pipeline_parallel_size == 1),  # PP: its batch queue overlaps
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,

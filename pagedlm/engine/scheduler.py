@@ -29,6 +29,7 @@ from pagedlm.engine.messages import (
 from pagedlm.engine.prompt_logprobs import unsent_prompt_logprobs
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.lora.scheduling import LoRAStepGate, lora_stats
+from pagedlm.spec_decode.async_gate import SpecAheadGate
 from pagedlm.spec_decode.metrics import SpecDecodingStats
 from pagedlm.structured_output.manager import StructuredOutputManager, Verdict
 from pagedlm.structured_output.validate import InvalidStructuredOutputError
@@ -57,6 +58,7 @@ class Scheduler:
         # Speculative decoding: drafts scheduled this step (req_id -> draft ids) and counters.
         self._scheduled_spec: dict[str, list[int]] = {}
         self.spec_stats = SpecDecodingStats(scheduler_config.num_spec_tokens)
+        self.spec_gate = SpecAheadGate()  # (async) which requests run ahead of their step in flight
         # Pipeline parallelism: requests in a launched batch whose output has not come back.
         # schedule() skips them (and never preempts them) until it does; the engine core owns the set.
         self.inflight_req_ids: set[str] = set()
@@ -83,6 +85,7 @@ class Scheduler:
 
     def _free(self, request: Request) -> None:
         self.kv.free(request)
+        self.spec_gate.forget(request.request_id)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
 
@@ -125,6 +128,10 @@ class Scheduler:
                 self._fail_unfittable(request)
                 continue
             lookahead = self._lookahead(num_computed + num_new, num_known)
+            if request.num_pending_tokens and self.config.num_spec_tokens:
+                # Running ahead of a plain step: its proposer scratch is stale (the runner's
+                # rollback keeps blocks up to the computed tokens only).
+                self.kv.trim(request, num_computed)
             while (blocks := self.kv.allocate_slots(request, num_new, None, lookahead)) is None:
                 victim = self.running.pop(self._victim_index(index))
                 self._preempt(victim)
@@ -156,11 +163,10 @@ class Scheduler:
                 request.spec_token_ids = []
 
     def _waits_for_verify(self, request: Request) -> bool:
-        """(async scheduling with speculation) a request is not scheduled again while a step
-        that samples it is in flight: that step's accepted drafts decide the request's next
-        positions, and the proposer drafts from that step's tokens. Other requests (prefill
-        chunks, new prompts) still overlap."""
-        return self.config.num_spec_tokens > 0 and request.num_pending_tokens > 0
+        """(async scheduling with speculation) a request with a step in flight waits for it
+        when that step verifies drafts or a proposal is due; a plain decode runs ahead
+        (spec_decode/async_gate.py)."""
+        return self.config.num_spec_tokens > 0 and self.spec_gate.waits(request)
 
     @staticmethod
     def _reaches_max_tokens(request: Request) -> bool:
@@ -284,7 +290,7 @@ class Scheduler:
                                            r.pooling_params, r.lora_request))
             r.num_computed_tokens += num_scheduled[r.request_id]
         # The bitmask waits for the tokens in flight (deferred_grammar_bitmask); with speculation
-        # no scheduled request has a sampling step in flight (_waits_for_verify).
+        # no constrained request is scheduled with a sampling step in flight (async_gate.py).
         if self.config.async_scheduling and not self.config.num_spec_tokens:
             grammar_req_ids = self.structured_output.sampling_request_ids(self.requests, list(num_scheduled))
             bitmask = None
@@ -354,7 +360,12 @@ class Scheduler:
 
     def _after_spec_step(self, request: Request, drafts: list[int] | None) -> None:
         """Free blocks past the computed tokens (rejected drafts, proposer scratch), then keep
-        the drafts for the next step: no more than the request may still generate or hold."""
+        the drafts for the next step: no more than the request may still generate or hold.
+        With a later step of the request in flight (async) nothing is trimmed (that step's
+        lookahead slots are in use) and the proposal is stale."""
+        drafts = self.spec_gate.output_back(request, drafts)
+        if request.num_pending_tokens:
+            return
         self.kv.trim(request, request.num_computed_tokens)
         if not drafts or request.status != RequestStatus.RUNNING:
             return

@@ -144,7 +144,9 @@ class SpecDecodeRunner:
         draft_ids = torch.tensor(drafts, dtype=torch.int64).to(runner.device, non_blocking=True)
         is_draft = draft_ids >= 0
         result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)))
-        step.row_of = {s.req_id: row for row, s in enumerate(states)}
+        # (async) a request without drafts may run ahead: the next step's input is its one
+        # token in result.tokens, which has one row per verified position (fill_pending).
+        step.row_of = {s.req_id: int(bonus_rows[b]) for b, s in enumerate(states)}
         step.rows = inputs.sample_rows
         step.num_logprobs = [s.sampling_params.logprobs for s in states]
         step.sampled = result.tokens  # marks the step as sampling; resolve() goes through SpecStep

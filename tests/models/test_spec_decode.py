@@ -231,9 +231,9 @@ def test_structured_output_request_opts_out_in_a_speculating_batch(target, async
     row) while the others speculate; every output equals speculation off (with async
     scheduling too: the bitmask is computed when the step is scheduled)."""
     prompts = ["hello there", "the cat sat on the mat the cat sat", "abc"]
-    params = [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True),
+    params = [SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
               SamplingParams(temperature=0.0, max_tokens=10, structured_outputs={"choice": ["yes", "no", "maybe so"]}),
-              SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, logprobs=1)]
+              SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=1)]
     off = LLM(target, device="cpu", max_model_len=128).generate(prompts, params, use_tqdm=False)
     llm = LLM(target, device="cpu", max_model_len=128, speculative_config={"method": "ngram", "num_speculative_tokens": 3},
               async_scheduling=async_scheduling)
@@ -358,20 +358,34 @@ def test_disable_by_batch_size_default_and_null():
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
-def test_async_scheduling_with_speculation_equals_off(target, spec_configs, method):
-    """Async scheduling: a request with a sampling step in flight waits for its output
-    (accepted drafts, new drafts) before its next step; prefill chunks of other requests
-    overlap. Chunked prefill, preemption (with a verify step in flight), a prompt-logprobs
-    request; output equals speculation off."""
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_async_scheduling_with_speculation_equals_off(target, spec_configs, method, setting):
+    """Async scheduling: a request whose step in flight carries no drafts (and whose last
+    proposal was empty) runs ahead as a plain decode; a verify step, or a proposal due,
+    makes it wait for its output. Prefix caching with n = 2, chunked prefill, preemption
+    (with steps in flight), a prompt-logprobs request; greedy ids and logprobs equal
+    speculation off."""
     llm = LLM(target, device="cpu", speculative_config=spec_configs[method], async_scheduling=True,
-              **SETTINGS["chunked_preempt"])
+              **SETTINGS[setting])
     assert llm.llm_engine.engine_core.config.scheduler_config.async_scheduling
+    sched = llm.llm_engine.engine_core.scheduler
+    ahead, schedule = [], sched.schedule
+
+    def recording_schedule():
+        out = schedule()  # a request scheduled while a step of its own is in flight: 2 pending
+        ahead.extend(r for r in out.num_scheduled_tokens if sched.requests[r].num_pending_tokens > 1)
+        return out
+
+    sched.schedule = recording_schedule
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
-    params = [greedy()] * len(PROMPTS)
-    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
-                               prompt_logprobs=2)
-    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    params = [greedy(n_of(setting))] * len(PROMPTS)
+    params[1] = SamplingParams(n=n_of(setting), temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS,
+                               ignore_eos=True, prompt_logprobs=2)
+    assert_same(baseline(target, setting), llm.generate(prompts, params, use_tqdm=False))
     stats = spec_stats(llm)
     assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
-    sched = llm.llm_engine.engine_core.scheduler
-    assert sched.num_preemptions_total > 0 and sched.kv.num_free_blocks == sched.kv.num_blocks
+    assert ahead, "no request ran ahead of its step in flight"
+    if setting == "chunked_preempt":
+        assert sched.num_preemptions_total > 0
+    assert sched.kv.num_free_blocks == sched.kv.num_blocks
+    assert not sched.spec_gate.ahead_ok  # forgotten as requests finish

@@ -216,3 +216,61 @@ def test_async_verify_waits_for_its_output_and_survives_preemption_in_flight():
         spec_step(sched, runner)
     assert req.num_output_tokens == 12
     assert_no_leaks(sched)
+
+
+def _runner_tables(tables: dict[str, list[int]], out: SchedulerOutput) -> None:
+    """The real runner's block tables after receiving ``out`` (its rollback rule)."""
+    for new in out.scheduled_new_reqs:
+        tables[new.req_id] = list(new.block_ids)
+    for cached in out.scheduled_cached_reqs:
+        del tables[cached.req_id][-(-cached.num_computed_tokens // BS):]
+        tables[cached.req_id] += cached.new_block_ids
+
+
+def _launch(sched: Scheduler, tables: dict[str, list[int]]) -> SchedulerOutput:
+    out = sched.schedule()
+    check_invariants(sched)
+    _runner_tables(tables, out)
+    for req_id in out.num_scheduled_tokens:  # the runner and the manager agree on every block
+        assert tables[req_id] == sched.kv.get_block_ids(req_id)
+    return out
+
+
+def test_async_no_draft_request_runs_ahead_and_a_drafted_one_waits():
+    """Async scheduling with speculation: a request whose step in flight carries no drafts
+    and whose latest proposal was empty is scheduled again at once (a plain decode); one
+    whose step verifies drafts, or that has not been proposed for yet, is not; a proposal
+    that comes back while a later step of the request is in flight is stale (dropped, and
+    the request waits for that step); the next proposal drives a verify step. Block tables
+    (with proposer lookahead) stay in step with the runner's."""
+    sched, tables = make_spec_scheduler(k=3, lookahead=3), {}
+    a, b = make_request("a", 6, max_tokens=30), make_request("b", 6, max_tokens=30)
+    sched.add_request(a)
+    sched.add_request(b)
+    out0 = _launch(sched, tables)  # both prefills
+    assert _launch(sched, tables).num_scheduled_tokens == {}  # no proposal yet: both wait
+    sched.update_from_output(out0, ModelRunnerOutput(["a", "b"], [[100], [200]], spec_token_ids={"b": [7, 8, 9]}))
+    out1 = _launch(sched, tables)  # a: plain decode; b: verify
+    assert out1.num_scheduled_tokens == {"a": 1, "b": 4} and out1.scheduled_spec_decode_tokens == {"b": [7, 8, 9]}
+    out2 = _launch(sched, tables)  # out1 in flight: a (nothing proposed) runs ahead, b (verifying) waits
+    assert out2.num_scheduled_tokens == {"a": 1} and a.num_pending_tokens == 2
+    sched.update_from_output(out1, ModelRunnerOutput(["a", "b"], [[101], [7, 201]]))  # b: one draft accepted
+    assert b.output_token_ids == [200, 7, 201] and b.num_computed_tokens == 6 + 2
+    out3 = _launch(sched, tables)  # out2 in flight: a runs ahead again; b (empty proposal) decodes
+    assert out3.num_scheduled_tokens == {"a": 1, "b": 1} and out3.scheduled_spec_decode_tokens == {}
+    sched.update_from_output(out2, ModelRunnerOutput(["a"], [[102]], spec_token_ids={"a": [5, 6, 7]}))
+    assert a.spec_token_ids == []  # stale: made without out3's token
+    out4 = _launch(sched, tables)  # out3 in flight: a waits for it, b runs ahead
+    assert out4.num_scheduled_tokens == {"b": 1}
+    sched.update_from_output(out3, ModelRunnerOutput(["a", "b"], [[103], [202]], spec_token_ids={"a": [5, 6]}))
+    assert a.spec_token_ids == [5, 6] and a.num_pending_tokens == 0  # fresh: kept
+    out5 = _launch(sched, tables)  # out4 in flight: a verifies, b runs ahead
+    assert out5.num_scheduled_tokens == {"a": 3, "b": 1} and out5.scheduled_spec_decode_tokens == {"a": [5, 6]}
+    sched.update_from_output(out4, ModelRunnerOutput(["b"], [[203]]))
+    sched.update_from_output(out5, ModelRunnerOutput(["a", "b"], [[5, 6, 104], [204]]))
+    assert a.output_token_ids == [100, 101, 102, 103, 5, 6, 104]
+    assert b.output_token_ids == [200, 7, 201, 202, 203, 204]
+    assert a.num_computed_tokens == 6 + 6 and b.num_computed_tokens == 6 + 5
+    sched.finish_requests(["a", "b"], RequestStatus.FINISHED_ABORTED)
+    assert_no_leaks(sched)
+    assert not sched.spec_gate.ahead_ok
