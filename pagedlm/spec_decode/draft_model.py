@@ -22,6 +22,7 @@ from pagedlm.forward_context import set_forward_context
 from pagedlm.spec_decode.config import SpeculativeConfig
 
 if TYPE_CHECKING:
+    from pagedlm.spec_decode.draft_graphs import DraftGraphs
     from pagedlm.worker.input_batch import CachedRequestState, StepInputs
     from pagedlm.worker.model_runner import ModelRunner
 
@@ -60,6 +61,22 @@ def make_kv_caches(attention_layers: list, num_blocks: int, block_size: int, dty
     for attn in attention_layers:
         attn.kv_cache = torch.zeros(2, num_blocks, block_size, attn.num_kv_heads, attn.head_dim,
                                     dtype=dtype, device=device)
+
+
+def collect_drafts(drafted: list[torch.Tensor], probs: list[torch.Tensor | None],
+                   num_drafts: np.ndarray) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+    """Chain steps' drafts [B] each -> per request its drafts (one device-to-host copy) and
+    draft distributions [n, V] (None when every row was greedy)."""
+    batch = len(num_drafts)
+    if not drafted:
+        return [[] for _ in range(batch)], [None] * batch
+    ids = torch.stack(drafted, dim=1).tolist()  # [B, k]: the drafts' one device-to-host copy
+    out_probs: list[torch.Tensor | None] = [None] * batch
+    if any(q is not None for q in probs):
+        stacked = torch.stack([q if q is not None else torch.zeros_like(next(p for p in probs if p is not None))
+                               for q in probs], dim=1)
+        out_probs = [stacked[b, : num_drafts[b]] for b in range(batch)]
+    return [row[: num_drafts[b]] for b, row in enumerate(ids)], out_probs
 
 
 class ChainDrafter:
@@ -121,14 +138,7 @@ class ChainDrafter:
             tokens, q = sample_draft(logits, states, temperature)
             drafted.append(tokens)
             probs.append(q)
-        if not drafted:
-            return [[] for _ in states], [None] * len(states)
-        ids = torch.stack(drafted, dim=1).tolist()  # [B, k]: the drafts' one device-to-host copy
-        out_probs: list[torch.Tensor | None] = [None] * len(states)
-        if any(q is not None for q in probs):
-            stacked = torch.stack([q if q is not None else torch.zeros_like(probs[0]) for q in probs], dim=1)
-            out_probs = [stacked[b, : num_drafts[b]] for b in range(len(states))]
-        return [row[: num_drafts[b]] for b, row in enumerate(ids)], out_probs
+        return collect_drafts(drafted, probs, num_drafts)
 
     def first_logits(self, states: list["CachedRequestState"]) -> torch.Tensor | None:
         return None
@@ -150,6 +160,35 @@ class DraftModelProposer(ChainDrafter):
         self.model_config = dataclasses.replace(target, model=config.model, hf_config=hf_config, runner="generate",
                                                 pooler_config=None)
         self.model = load_model(self.model_config, self.device.type)
+        self.graphs: DraftGraphs | None = None  # CUDA graphs of its chain steps and mirrors (draft_graphs.py)
+
+    def use_graphs(self, chain_sizes: list[int], capture: bool = True) -> None:
+        """Draft through graphs (after the target's graphs exist). ``capture=False`` (CPU
+        tests) runs the same padded, staged chain steps eagerly."""
+        from pagedlm.spec_decode.draft_graphs import DraftGraphs
+
+        self.graphs = DraftGraphs(self.model, self.runner, chain_sizes)
+        if capture:
+            self.graphs.capture()
+
+    def propose(self, states: list["CachedRequestState"]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        size = self.graphs.chain_size(len(states)) if self.graphs is not None and states else None
+        if size is None:
+            return super().propose(states)
+        positions, slots, tables, num_drafts = self._plan(states)
+        n = int(num_drafts.max(initial=0))
+        if n == 0:
+            return collect_drafts([], [], num_drafts)
+        self.graphs.stage(positions[:n], slots[:n], tables, size)
+        temperature = torch.tensor([s.sampling_params.temperature for s in states], dtype=torch.float32).to(self.device)
+        tokens = torch.tensor([s.token_ids[-1] for s in states], dtype=torch.int64).to(self.device)
+        drafted, probs = [], []
+        for j in range(n):
+            logits = self.graphs.chain_step(size, j, tokens)[: len(states)]
+            tokens, q = sample_draft(logits, states, temperature)
+            drafted.append(tokens)
+            probs.append(q)
+        return collect_drafts(drafted, probs, num_drafts)
 
     def kv_bytes_per_block(self) -> int:
         return kv_cache_bytes(self.model.attention_layers(), self.block_size, self.model_config.torch_dtype)
@@ -162,6 +201,8 @@ class DraftModelProposer(ChainDrafter):
         """The step's tokens through the draft too (same device buffers, same metadata)."""
         num_tokens, num_seqs = len(inputs.input_ids), len(inputs.seq_lens)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
+        if self.graphs is not None and self.graphs.replay_mirror(num_seqs, max_query_len):
+            return  # the target's step replayed a graph: so does its mirror
         input_ids, positions, meta = self.runner.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):

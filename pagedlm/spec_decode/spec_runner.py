@@ -70,6 +70,18 @@ class SpecDecodeRunner:
         graphs.capture()
         return graphs
 
+    def capture_proposer_graphs(self, capture: bool = True) -> None:
+        """A draft model's chain steps (one token per request, batch sizes on the decode
+        ladder up to where speculation pauses) and mirrors of the target's graphs."""
+        if not hasattr(self.proposer, "use_graphs"):
+            return
+        from pagedlm.spec_decode.verify_graphs import verify_sizes
+
+        unbounded = 1 << 62  # the chain has buffers of its own: only the ladder and the pause bound it
+        sizes = verify_sizes(self.runner.config.scheduler_config.max_num_seqs, 1, unbounded, unbounded,
+                             self.config.disable_by_batch_size)
+        self.proposer.use_graphs(sizes, capture)
+
     def share_kv_budget(self, num_blocks: int) -> int:
         """Blocks when a draft model's cache (same block ids) takes its share of the budget."""
         from pagedlm.worker.memory import kv_cache_bytes_per_block

@@ -163,6 +163,7 @@ class ModelRunner:
             self.graph_runner.capture()
             if self.spec is not None:
                 self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)
+                self.spec.capture_proposer_graphs()  # a draft model's, after the target's it mirrors
             # Sampled ids are broadcast under TP (eager there). Speculation samples through
             # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
             if get_parallel_state().world_size == 1:

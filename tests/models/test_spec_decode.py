@@ -128,11 +128,15 @@ def write_eagle3(target: str, out: str) -> str:
 
 def generate(path: str, settings: dict, spec: dict | None, n: int = 1):
     llm = LLM(path, device="cpu", speculative_config=spec, **settings)
+    return llm, generate_with(llm, n)
+
+
+def generate_with(llm: LLM, n: int = 1):
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     params = [greedy(n)] * len(PROMPTS)
     params[1] = SamplingParams(n=n, temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
                                prompt_logprobs=2)  # opts out of speculation; the others still draft
-    return llm, llm.generate(prompts, params, use_tqdm=False)
+    return llm.generate(prompts, params, use_tqdm=False)
 
 
 _baselines: dict[str, list] = {}
@@ -389,3 +393,27 @@ def test_async_scheduling_with_speculation_equals_off(target, spec_configs, meth
         assert sched.num_preemptions_total > 0
     assert sched.kv.num_free_blocks == sched.kv.num_blocks
     assert not sched.spec_gate.ahead_ok  # forgotten as requests finish
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_draft_model_chain_through_staged_graph_buffers_equals_off(target, spec_configs, async_scheduling):
+    """The draft model's CUDA-graph chain path on CPU (the graphs' padded static buffers,
+    one staged upload per proposal, per-step copies; the forward eager where a GPU replays
+    the graph), with chunked prefill and preemption: output equals speculation off, and the
+    drafts equal the eager chain's (same acceptance, position by position: padding rows
+    write no KV, every row reads its own positions and blocks)."""
+    def run(graphed: bool):
+        llm = LLM(target, device="cpu", speculative_config=spec_configs["draft_model"],
+                  async_scheduling=async_scheduling, **SETTINGS["chunked_preempt"])
+        spec = llm.llm_engine.engine_core.runner.spec
+        if graphed:
+            spec.capture_proposer_graphs(capture=False)
+            assert spec.proposer.graphs.chain_sizes[:3] == [1, 2, 4]
+        return llm, generate_with(llm)
+
+    llm, outputs = run(graphed=True)
+    assert_same(baseline(target, "chunked_preempt"), outputs)
+    assert llm.llm_engine.engine_core.runner.spec.proposer.graphs.num_chain_replays > 0
+    stats = spec_stats(llm)
+    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    assert stats == spec_stats(run(graphed=False)[0])
