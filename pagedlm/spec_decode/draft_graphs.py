@@ -38,6 +38,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class Replayable:
+    """A captured graph and its static output; off CUDA (CPU tests) the same forward over
+    the same static buffers, run eagerly at each replay."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor], pool: tuple | None, on_cuda: bool) -> None:
+        self.forward = forward
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+        if on_cuda:
+            for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
+                forward()
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.out = forward()
+
+    def replay(self) -> torch.Tensor:
+        if self.graph is None:
+            return self.forward()
+        self.graph.replay()
+        return self.out
+
+
 class DraftGraphs:
     def __init__(self, model: torch.nn.Module, runner: "ModelRunner", chain_sizes: list[int]) -> None:
         self.model = model
@@ -54,9 +77,8 @@ class DraftGraphs:
         self.qsl = torch.arange(size + 1, dtype=torch.int64, device=self.device)
         self.tables = torch.zeros(size, self.width, dtype=torch.int64, device=self.device)
         self.staged = torch.zeros(0, dtype=torch.int64, device=self.device)  # [k, 3, S] of a proposal
-        self.chain: dict[int, torch.cuda.CUDAGraph] = {}
-        self.chain_out: dict[int, torch.Tensor] = {}
-        self.mirror: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (which target graphs, size)
+        self.chain: dict[int, Replayable] = {}
+        self.mirror: dict[tuple[str, int, int], Replayable] = {}  # (target graphs, size, tokens)
         self.pool = None
         self.num_chain_replays = 0  # chain steps through this class (tests, benchmarks)
         self.num_mirror_replays = 0
@@ -102,8 +124,7 @@ class DraftGraphs:
         graph = self.chain.get(size)
         if graph is None:  # not captured (CPU tests): the same padded step, eagerly
             return self._chain_forward(size)
-        graph.replay()
-        return self.chain_out[size]
+        return graph.replay()
 
     # ---- mirror -------------------------------------------------------------------------
     def _target_graphs(self) -> list[tuple[str, object]]:
@@ -116,8 +137,8 @@ class DraftGraphs:
         runner's _forward chooses it); False when the step ran eagerly."""
         for name, graphs in self._target_graphs():
             shape = graphs.shape_for(num_seqs, max_query_len)
-            if shape is not None:
-                graph = self.mirror.get((name, shape.size))
+            if shape is not None:  # (the token count tells verify graphs of another k apart)
+                graph = self.mirror.get((name, shape.size, shape.num_tokens))
                 if graph is None:
                     return False
                 graph.replay()
@@ -126,31 +147,28 @@ class DraftGraphs:
         return False
 
     # ---- capture ------------------------------------------------------------------------
-    def _capture(self, forward: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
-            forward()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = forward()
-        if self.pool is None:
-            self.pool = graph.pool()
-        return graph, out
+    def _capture(self, forward: Callable[[], torch.Tensor]) -> Replayable:
+        graph = Replayable(forward, self.pool, self.device.type == "cuda")
+        if self.pool is None and graph.graph is not None:
+            self.pool = graph.graph.pool()
+        return graph
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """After the target's graphs (the mirror graphs follow their shapes)."""
+        """After the target's graphs (the mirror graphs follow their shapes). Off CUDA the
+        graphs are eager stand-ins over the same buffers (CPU tests of this path)."""
         start = time.perf_counter()
         for size in reversed(self.chain_sizes):  # largest first, so smaller graphs reuse its memory
-            self.chain[size], self.chain_out[size] = self._capture(lambda: self._chain_forward(size))
+            self.chain[size] = self._capture(lambda size=size: self._chain_forward(size))
         for name, graphs in self._target_graphs():
             for size in reversed(graphs.sizes):
-                self.mirror[(name, size)] = self._capture_mirror(name, graphs, size)
-        torch.cuda.synchronize()
+                self._capture_mirror(name, graphs, size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         logger.info("Captured %d draft-model chain and %d mirror CUDA graphs in %.1f s", len(self.chain),
                     len(self.mirror), time.perf_counter() - start)
 
-    def _capture_mirror(self, name: str, graphs, size: int) -> torch.cuda.CUDAGraph:
+    def _capture_mirror(self, name: str, graphs, size: int) -> None:
         """On the target's buffers staged with an all-padding step of the target graph's
         shape (no KV written), reading the views that graph reads."""
         if name == "decode":
@@ -166,4 +184,4 @@ class DraftGraphs:
             with set_forward_context(meta):
                 return self.model(input_ids, positions)
 
-        return self._capture(forward)[0]
+        self.mirror[(name, size, shape.num_tokens)] = self._capture(forward)

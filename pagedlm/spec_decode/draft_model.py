@@ -163,8 +163,8 @@ class DraftModelProposer(ChainDrafter):
         self.graphs: DraftGraphs | None = None  # CUDA graphs of its chain steps and mirrors (draft_graphs.py)
 
     def use_graphs(self, chain_sizes: list[int], capture: bool = True) -> None:
-        """Draft through graphs (after the target's graphs exist). ``capture=False`` (CPU
-        tests) runs the same padded, staged chain steps eagerly."""
+        """Draft through graphs (after the target's graphs exist). ``capture=False``: the
+        same padded, staged chain steps, run eagerly (CPU tests; mirrors stay eager)."""
         from pagedlm.spec_decode.draft_graphs import DraftGraphs
 
         self.graphs = DraftGraphs(self.model, self.runner, chain_sizes)

@@ -88,3 +88,44 @@ def test_gpu_async_scheduling_with_speculation_matches_off(checkpoint_factory):
         ids = greedy_ids(llm)
         assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (spec["method"], off, ids)
         assert llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()["num_accepted_tokens"] > 0
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_gpu_draft_model_graphs_equal_eager_and_off(checkpoint_factory, async_scheduling):
+    """The draft model drafts through its chain graphs and mirrors the target's graph steps
+    through its own: ids equal the eager engine's and speculation off; a draft equal to the
+    target accepts every draft in float32 (bf16 misses are near-ties of random weights)."""
+    path = checkpoint_factory("llama_linear_tied")
+    spec = {"method": "draft_model", "model": path, "num_speculative_tokens": 3}
+    off = greedy_ids(gpu_llm(path, None))
+    eager_ids = greedy_ids(gpu_llm(path, spec, enforce_eager=True, async_scheduling=async_scheduling))
+    llm = gpu_llm(path, spec, async_scheduling=async_scheduling)
+    graphs = llm.llm_engine.engine_core.runner.spec.proposer.graphs
+    assert graphs is not None and graphs.chain and graphs.mirror, "no draft graph was captured"
+    ids = greedy_ids(llm)
+    assert graphs.num_chain_replays > 0 and graphs.num_mirror_replays > 0, "the draft replayed no graph"
+    assert sum(a == b for a, b in zip(eager_ids, ids)) >= len(PROMPTS) - 1, (eager_ids, ids)
+    assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
+    stats = llm.llm_engine.engine_core.scheduler.spec_stats.snapshot()
+    assert stats["num_draft_tokens"] > 0 and stats["num_accepted_tokens"] == stats["num_draft_tokens"], stats
+
+
+def test_gpu_ngram_async_runs_ahead_and_matches_off(checkpoint_factory):
+    """Async is the default with n-gram on a GPU; requests whose proposals miss run ahead of
+    their step in flight; ids equal speculation off."""
+    path = checkpoint_factory("llama_linear_tied")
+    off = greedy_ids(gpu_llm(path, None))
+    llm = gpu_llm(path, {"method": "ngram", "num_speculative_tokens": 3})
+    core = llm.llm_engine.engine_core
+    assert core.config.scheduler_config.async_scheduling
+    ahead, schedule = [], core.scheduler.schedule
+
+    def recording_schedule():
+        out = schedule()
+        ahead.extend(r for r in out.num_scheduled_tokens if core.scheduler.requests[r].num_pending_tokens > 1)
+        return out
+
+    core.scheduler.schedule = recording_schedule
+    ids = greedy_ids(llm)
+    assert ahead, "no request ran ahead of its step in flight"
+    assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)

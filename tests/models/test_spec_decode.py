@@ -397,23 +397,30 @@ def test_async_scheduling_with_speculation_equals_off(target, spec_configs, meth
 
 @pytest.mark.parametrize("async_scheduling", [False, True])
 def test_draft_model_chain_through_staged_graph_buffers_equals_off(target, spec_configs, async_scheduling):
-    """The draft model's CUDA-graph chain path on CPU (the graphs' padded static buffers,
-    one staged upload per proposal, per-step copies; the forward eager where a GPU replays
-    the graph), with chunked prefill and preemption: output equals speculation off, and the
+    """The draft model's CUDA-graph path on CPU, the forward eager where a GPU replays a
+    graph: chain steps over the graphs' padded static buffers (one staged upload per
+    proposal, per-step copies), mirrors of verify steps over the target's padded verify
+    layout. With chunked prefill and preemption, output equals speculation off, and the
     drafts equal the eager chain's (same acceptance, position by position: padding rows
     write no KV, every row reads its own positions and blocks)."""
+    from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+
     def run(graphed: bool):
         llm = LLM(target, device="cpu", speculative_config=spec_configs["draft_model"],
                   async_scheduling=async_scheduling, **SETTINGS["chunked_preempt"])
-        spec = llm.llm_engine.engine_core.runner.spec
-        if graphed:
-            spec.capture_proposer_graphs(capture=False)
-            assert spec.proposer.graphs.chain_sizes[:3] == [1, 2, 4]
+        runner = llm.llm_engine.engine_core.runner
+        if graphed:  # verify steps in the graphs' padded layout, mirrored by the draft's stand-ins
+            sizes = verify_sizes(8, 4, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
+            runner.verify_graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, 4, 64)
+            runner.spec.capture_proposer_graphs()
+            assert runner.spec.proposer.graphs.chain_sizes[:3] == [1, 2, 4]
+            assert sorted(runner.spec.proposer.graphs.mirror) == [("verify", s, 4 * s) for s in sizes]
         return llm, generate_with(llm)
 
     llm, outputs = run(graphed=True)
     assert_same(baseline(target, "chunked_preempt"), outputs)
-    assert llm.llm_engine.engine_core.runner.spec.proposer.graphs.num_chain_replays > 0
+    graphs = llm.llm_engine.engine_core.runner.spec.proposer.graphs
+    assert graphs.num_chain_replays > 0 and graphs.num_mirror_replays > 0
     stats = spec_stats(llm)
     assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
     assert stats == spec_stats(run(graphed=False)[0])
