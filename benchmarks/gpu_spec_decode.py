@@ -11,7 +11,10 @@ Random weights make acceptance arbitrary, so acceptance is controlled and always
 - the target as its own draft (everything accepted: the machinery's best case).
 
 Rows: batch-1 TPOT for k = 2 and 4, each with the verify steps' CUDA graphs on and off
-(``verify``: graphs / eager; the graphs are re-captured for each k); acceptance rate and
+(``verify``: graphs / eager; the graphs are re-captured for each k), plus at k = 4 a draft
+model drafting eagerly (``draft eager``: no draft-model CUDA graphs) and the n-gram
+proposer on the random prompt without async scheduling (``async off``; with it, requests
+whose proposals miss run ahead of their step in flight); acceptance rate and
 mean acceptance length; the overhead figure = measured speedup / the speedup predicted from
 the measured acceptance length and the measured target-step and proposer-forward device
 times (target >= 0.85); the cost of speculation when (almost) nothing is accepted vs off
@@ -98,6 +101,9 @@ def set_k(llm: LLM, k: int) -> None:
         gc.collect()
         runner._bench_verify_graphs = runner.spec.capture_verify_graphs(pool)
         runner.verify_graphs = runner._bench_verify_graphs
+        draft_graphs = getattr(proposer, "graphs", None)
+        if draft_graphs is not None:  # the draft's mirrors of the verify graphs, for the new shape
+            draft_graphs.recapture_verify_mirrors()
 
 
 def set_verify_graphs(llm: LLM, on: bool) -> bool:
@@ -107,6 +113,27 @@ def set_verify_graphs(llm: LLM, on: bool) -> bool:
         runner._bench_verify_graphs = runner.verify_graphs
     runner.verify_graphs = runner._bench_verify_graphs if on else None
     return runner.verify_graphs is not None or not on
+
+
+def set_draft_graphs(llm: LLM, on: bool) -> bool:
+    """The draft model's chain and mirror steps through its CUDA graphs or eagerly; False
+    when it has none (CPU, n-gram)."""
+    proposer = llm.llm_engine.engine_core.runner.spec.proposer
+    if not hasattr(proposer, "_bench_graphs"):
+        proposer._bench_graphs = getattr(proposer, "graphs", None)
+    if proposer._bench_graphs is None:
+        return False
+    proposer.graphs = proposer._bench_graphs if on else None
+    return True
+
+
+def set_async(llm: LLM, on: bool) -> bool:
+    """Async scheduling on or off between runs (nothing is in flight between generate calls)."""
+    core = llm.llm_engine.engine_core
+    core.config = dataclasses.replace(
+        core.config, scheduler_config=dataclasses.replace(core.config.scheduler_config, async_scheduling=on))
+    core.scheduler.config = dataclasses.replace(core.scheduler.config, async_scheduling=on)
+    return True
 
 
 def set_pause(llm: LLM, disable_by_batch_size: int | None) -> None:
@@ -162,14 +189,22 @@ def first_divergence(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: dict, timers: list) -> list[dict]:
+def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: dict, timers: list,
+             variants: tuple = ()) -> list[dict]:
+    """Per k: verify graphs on and off; at the first k also each (name, setter) variant
+    switched off (draft graphs, async scheduling), everything else at its default."""
     rows = []
     for k in ks:
         set_k(llm, k)
         for verify in ("graphs", "eager"):
             if set_verify_graphs(llm, verify == "graphs"):
-                rows.append(dict(verify=verify, **run_one(llm, name, k, prompt, args, off, timers)))
+                rows.append(dict(verify=verify, variant="default", **run_one(llm, name, k, prompt, args, off, timers)))
         set_verify_graphs(llm, True)
+        verify = "graphs" if llm.llm_engine.engine_core.runner.verify_graphs is not None else "eager"
+        for variant, setter in variants if k == ks[0] else ():
+            if setter(llm, False):
+                rows.append(dict(verify=verify, variant=variant, **run_one(llm, name, k, prompt, args, off, timers)))
+                setter(llm, True)
     return rows
 
 
@@ -263,7 +298,7 @@ def main() -> None:
     llm = build(target, args, {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4})
     timers = [ForwardTimer(llm.llm_engine.engine_core.runner, "_forward")]
     rows += run_spec(llm, "ngram repeating", [4, 2], repeating, args, off, timers)
-    rows += run_spec(llm, "ngram random", [4], random_prompt, args, off, timers)
+    rows += run_spec(llm, "ngram random", [4], random_prompt, args, off, timers, (("async off", set_async),))
     set_pause(llm, default_disable_by_batch_size(2))  # the default for k = 2 (the engine was built for k = 4)
     set_k(llm, 2)  # verify graphs up to the size the pause leaves
     results["ngram_disable_by_batch_size"] = default_disable_by_batch_size(2)
@@ -276,8 +311,12 @@ def main() -> None:
     for name, draft_dir in (("draft 1B-shape", draft), ("draft = target", target)):
         llm = build(target, args, {"method": "draft_model", "model": draft_dir, "num_speculative_tokens": 4})
         runner = llm.llm_engine.engine_core.runner
-        timers = [ForwardTimer(runner, "_forward"), ForwardTimer(runner.spec.proposer.model)]
-        rows += run_spec(llm, name, [4, 2], repeating, args, off, timers)
+        # The proposer's device time: its mirror of each target step and its k chained steps
+        # (graph replays call no forward, so the proposer's own calls are timed).
+        proposer = runner.spec.proposer
+        timers = [ForwardTimer(runner, "_forward"), ForwardTimer(proposer, "after_target_forward"),
+                  ForwardTimer(proposer, "propose")]
+        rows += run_spec(llm, name, [4, 2], repeating, args, off, timers, (("draft eager", set_draft_graphs),))
         release(llm)
     results["rows"] = rows
     report(results, args)
@@ -292,10 +331,10 @@ def report(results: dict, args) -> None:
     print(f"\n{results['device']}: {args.shape} {args.dtype}, dummy weights, batch 1, input {args.input_len}, "
           f"output {args.output_len}; off: TPOT {off['tpot_ms_repeating']:.2f} ms (repeating prompt), "
           f"{off['tpot_ms_random']:.2f} ms (random)")
-    print(f"{'proposer':18} {'k':>2} {'verify':>6} {'TPOT ms':>8} {'speedup':>8} {'predicted':>9} {'overhead':>8} "
+    print(f"{'proposer':18} {'k':>2} {'verify':>6} {'variant':>11} {'TPOT ms':>8} {'speedup':>8} {'predicted':>9} {'overhead':>8} "
           f"{'accept':>7} {'mean len':>8} {'step ms':>8} {'propose ms':>10} {'replays':>7} {'same ids':>8}")
     for r in rows:
-        print(f"{r['proposer']:18} {r['k']:>2} {r['verify']:>6} {r['tpot_ms']:>8.2f} {r['speedup']:>8.2f} "
+        print(f"{r['proposer']:18} {r['k']:>2} {r['verify']:>6} {r['variant']:>11} {r['tpot_ms']:>8.2f} {r['speedup']:>8.2f} "
               f"{r['predicted_speedup']:>9.2f} {r['overhead_figure']:>8.2f} {r['acceptance_rate']:>7.2f} "
               f"{r['mean_acceptance_length']:>8.2f} {r['target_fwd_ms']:>8.2f} {r['proposer_ms_per_step']:>10.2f} "
               f"{r['verify_graph_replays']:>7} {r['same_tokens_until']:>8}")
@@ -308,7 +347,7 @@ def report(results: dict, args) -> None:
 def verdicts(results: dict, args) -> None:
     on_gpu = any(r["verify"] == "graphs" for r in results["rows"])
     # The verdicts judge the default path: verify graphs on the GPU, eager on CPU (smoke run).
-    rows = [r for r in results["rows"] if r["verify"] == ("graphs" if on_gpu else "eager")]
+    rows = [r for r in results["rows"] if r["verify"] == ("graphs" if on_gpu else "eager") and r["variant"] == "default"]
 
     def line(ok: bool, text: str) -> None:
         print(("PASS " if ok else "FAIL ") + text)
@@ -318,7 +357,7 @@ def verdicts(results: dict, args) -> None:
         line(all(r["verify_graph_replays"] > 0 for r in graphed),
              "verify steps replayed their CUDA graphs: " + ", ".join(
                  f"{r['proposer']} k={r['k']} {r['verify_graph_replays']}" for r in graphed))
-        eager = {(r["proposer"], r["k"]): r for r in results["rows"] if r["verify"] == "eager"}
+        eager = {(r["proposer"], r["k"]): r for r in results["rows"] if r["verify"] == "eager" and r["variant"] == "default"}
         for r in rows:
             e = eager.get((r["proposer"], r["k"]))
             if e is not None:
@@ -338,12 +377,32 @@ def verdicts(results: dict, args) -> None:
          f"speculating in vain ({vain['proposer']} k={vain['k']}, acceptance {vain['acceptance_rate']:.2f}, "
          f"{vain['num_draft_tokens']} draft tokens): TPOT {vain['tpot_ms']:.2f} ms vs off {off_ms:.2f} ms (<= 1.10x)"
          + ("" if vain["acceptance_rate"] < 0.1 else "  [note: the dummy weights accepted drafts here]"))
+    variant_verdicts(results, rows, line)
     ratio = results["ngram_throughput_tok_s"] / results["off"]["throughput_tok_s"]
     line(ratio >= 0.9, f"throughput at rate inf ({args.num_prompts} prompts): n-gram k=2 "
          f"{results['ngram_throughput_tok_s']:.0f} tok/s vs off {results['off']['throughput_tok_s']:.0f} tok/s "
          f"= {ratio:.2f} (>= 0.9)")
     line(all(r["same_tokens_until"] >= min(16, args.output_len) for r in full),
          "greedy ids of draft = target equal speculation off for the first 16 tokens (bf16: later near-ties may flip)")
+
+
+
+def variant_verdicts(results: dict, rows: list[dict], line) -> None:
+    """Draft graphs vs an eager draft (proposer time per step), async scheduling vs not for
+    an n-gram proposer drafting in vain (TPOT)."""
+    default = {(r["proposer"], r["k"]): r for r in rows}
+    for v in (r for r in results["rows"] if r["variant"] != "default"):
+        d = default.get((v["proposer"], v["k"]))
+        if d is None:
+            continue
+        if v["variant"] == "draft eager":
+            line(d["proposer_ms_per_step"] < v["proposer_ms_per_step"],
+                 f"draft graphs, {d['proposer']} k={d['k']}: proposer {d['proposer_ms_per_step']:.2f} ms/step vs eager "
+                 f"{v['proposer_ms_per_step']:.2f} ms/step; TPOT {d['tpot_ms']:.2f} vs {v['tpot_ms']:.2f} ms")
+        elif v["variant"] == "async off":
+            line(d["tpot_ms"] <= v["tpot_ms"] * 1.02,
+                 f"async scheduling, {d['proposer']} k={d['k']} ({d['num_draft_tokens']} draft tokens): TPOT "
+                 f"{d['tpot_ms']:.2f} ms vs {v['tpot_ms']:.2f} ms without")
 
 
 if __name__ == "__main__":

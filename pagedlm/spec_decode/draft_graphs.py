@@ -146,6 +146,14 @@ class DraftGraphs:
                 return True
         return False
 
+    def recapture_verify_mirrors(self) -> None:
+        """(benchmarks) after the target's verify graphs were captured again for another k."""
+        self.mirror = {key: g for key, g in self.mirror.items() if key[0] != "verify"}
+        if self.runner.verify_graphs is not None:
+            with torch.inference_mode():
+                for size in reversed(self.runner.verify_graphs.sizes):
+                    self._capture_mirror("verify", self.runner.verify_graphs, size)
+
     # ---- capture ------------------------------------------------------------------------
     def _capture(self, forward: Callable[[], torch.Tensor]) -> Replayable:
         graph = Replayable(forward, self.pool, self.device.type == "cuda")

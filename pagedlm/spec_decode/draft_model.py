@@ -6,6 +6,7 @@ Every target step is mirrored into it (same tokens, positions and slots), so the
 cache is valid exactly where the target's is, prefix-cache hits and rollbacks included.
 Drafting then starts from each request's newest token and writes k scratch slots past it
 (the scheduler's lookahead); the next step rewrites them with the verified tokens.
+On a GPU both the chain and the mirror replay CUDA graphs (draft_graphs.py).
 """
 
 from __future__ import annotations
