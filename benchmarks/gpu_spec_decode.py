@@ -12,9 +12,9 @@ Random weights make acceptance arbitrary, so acceptance is controlled and always
 
 Rows: batch-1 TPOT for k = 2 and 4, each with the verify steps' CUDA graphs on and off
 (``verify``: graphs / eager; the graphs are re-captured for each k), plus at k = 4 a draft
-model drafting eagerly (``draft eager``: no draft-model CUDA graphs) and the n-gram
-proposer on the random prompt without async scheduling (``async off``; with it, requests
-whose proposals miss run ahead of their step in flight); acceptance rate and
+model drafting eagerly (``draft eager``: no draft-model CUDA graphs), and the draft models
+and the n-gram proposer on the random prompt without async scheduling (``async off``; with
+it, the default, requests whose proposals miss run ahead of their step in flight); acceptance rate and
 mean acceptance length; the overhead figure = measured speedup / the speedup predicted from
 the measured acceptance length and the measured target-step and proposer-forward device
 times (target >= 0.85); the cost of speculation when (almost) nothing is accepted vs off
@@ -316,7 +316,8 @@ def main() -> None:
         proposer = runner.spec.proposer
         timers = [ForwardTimer(runner, "_forward"), ForwardTimer(proposer, "after_target_forward"),
                   ForwardTimer(proposer, "propose")]
-        rows += run_spec(llm, name, [4, 2], repeating, args, off, timers, (("draft eager", set_draft_graphs),))
+        rows += run_spec(llm, name, [4, 2], repeating, args, off, timers,
+                         (("draft eager", set_draft_graphs), ("async off", set_async)))
         release(llm)
     results["rows"] = rows
     report(results, args)
