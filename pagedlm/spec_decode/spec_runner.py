@@ -7,6 +7,7 @@ everything else about speculation lives here and in the proposers.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from pagedlm.worker.model_runner import InflightStep, ModelRunner
     from pagedlm.worker.persistent_batch import PersistentBatch
 
+
+logger = logging.getLogger(__name__)
 
 def can_speculate(state: "CachedRequestState") -> bool:
     """Per-request opt-out: prompt logprobs (scored in prefill chunks only) and grammars
@@ -80,7 +83,11 @@ class SpecDecodeRunner:
         unbounded = 1 << 62  # the chain has buffers of its own: only the ladder and the pause bound it
         sizes = verify_sizes(self.runner.config.scheduler_config.max_num_seqs, 1, unbounded, unbounded,
                              self.config.disable_by_batch_size)
-        self.proposer.use_graphs(sizes, capture)
+        try:
+            self.proposer.use_graphs(sizes, capture)
+        except Exception:  # a model whose forward cannot be captured still drafts, eagerly
+            logger.warning("draft model CUDA graphs not captured; the draft model runs eagerly", exc_info=True)
+            self.proposer.graphs = None
 
     def share_kv_budget(self, num_blocks: int) -> int:
         """Blocks when a draft model's cache (same block ids) takes its share of the budget."""
