@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_M = 16
 _BUCKETS = (1, 2, 4, 8, 16)
-# (bucket, N, K, a dtype, w dtype, per-token scale_a, quantize_a) -> GemvConfig, or None = the GEMM
+# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> GemvConfig, or None = the GEMM
 _choice: dict[tuple, object] = {}
 
 
@@ -35,7 +35,7 @@ def _time_ms(fn: Callable[[], object]) -> float:
 
 
 def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
-          out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor], quantize_a: torch.dtype | None) -> object:
+          out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
     """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
     from pagedlm.kernels.triton_scaled_gemv import fits, quick_configs, scaled_gemv  # noqa: PLC0415
 
@@ -44,12 +44,12 @@ def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_
     best, best_ms = None, baseline_ms
     for config in (c for c in quick_configs(a.shape[0]) if fits(a.shape[1], c)):
         try:
-            out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config, quantize_a).float()
+            out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config).float()
         except Exception:  # noqa: BLE001 - a config the card cannot run (resources) is no candidate
             continue
         if (out - expect).norm() > 1e-2 * expect.norm() + 1e-6:
             continue
-        ms = _time_ms(lambda c=config: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c, quantize_a))
+        ms = _time_ms(lambda c=config: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
         if ms < best_ms:
             best, best_ms = config, ms
     logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
@@ -59,16 +59,13 @@ def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_
 
 def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
                         out_dtype: torch.dtype, bias: torch.Tensor | None,
-                        baseline: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-                        quantize_a: torch.dtype | None = None) -> torch.Tensor | None:
+                        baseline: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor | None:
     """(a @ w.T) * scale_a * scale_b (+ bias) through the GEMV where it wins; None otherwise.
-    ``baseline(a, scale_a)`` computes the same product without bias through the layer's GEMM
-    (with ``quantize_a``, a is float and the baseline quantizes it itself)."""
+    ``baseline(a, scale_a)`` computes the same product without bias through the layer's GEMM."""
     m = a.shape[0]
     if not a.is_cuda or not 1 <= m <= MAX_M or a.stride(1) != 1 or w.stride(1) != 1:
         return None
-    key = (_bucket(m), w.shape[0], w.shape[1], a.dtype, w.dtype, scale_a is not None and scale_a.numel() > 1,
-           quantize_a)
+    key = (_bucket(m), w.shape[0], w.shape[1], a.dtype, w.dtype, scale_a is not None and scale_a.numel() > 1)
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():
             return None
@@ -76,10 +73,10 @@ def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor 
         rows = key[0]
         a_t = a[:1].expand(rows, -1).contiguous() if rows != m else a
         sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
-        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t), quantize_a)
+        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
     config = _choice[key]
     if config is None:
         return None
     from pagedlm.kernels.triton_scaled_gemv import scaled_gemv  # noqa: PLC0415
 
-    return scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config, quantize_a)
+    return scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)

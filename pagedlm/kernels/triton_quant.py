@@ -17,17 +17,6 @@ _MAX_ROW = 32768  # wider rows use the reference
 
 
 @triton.jit
-def quantized_values(x, scale, qmax, qmin, IS_INT8: tl.constexpr):
-    """x / scale (float32) as the codes' values, still float32: rounded half to even for int8
-    (as torch.round), clamped to [qmin, qmax]; the cast to fp8 rounds to nearest even."""
-    y = tl.math.div_rn(x, scale)  # IEEE division, as torch (Triton's `/` is approximate)
-    if IS_INT8:
-        r = tl.floor(y + 0.5)
-        y = tl.where((r - y == 0.5) & ((r.to(tl.int32) & 1) == 1), r - 1.0, r)
-    return tl.minimum(tl.maximum(y, qmin), qmax)
-
-
-@triton.jit
 def _per_token_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, hidden, qmax, qmin, min_scale,
                             IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -35,7 +24,13 @@ def _per_token_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, hidden,
     mask = offs < hidden
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, min_scale)
-    y = quantized_values(x, scale, qmax, qmin, IS_INT8)
+    y = tl.math.div_rn(x, scale)  # IEEE division, as torch (Triton's `/` is approximate)
+    if IS_INT8:
+        # round half to even, as torch.round
+        r = tl.floor(y + 0.5)
+        r = tl.where((r - y == 0.5) & ((r.to(tl.int32) & 1) == 1), r - 1.0, r)
+        y = r
+    y = tl.minimum(tl.maximum(y, qmin), qmax)
     tl.store(q_ptr + row * stride_q + offs, y.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + row, scale)
 

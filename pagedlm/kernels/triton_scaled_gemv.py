@@ -29,9 +29,7 @@ import triton
 import triton.language as tl
 
 # The tile config and row limit of the bf16 GEMV (same program layout).
-from pagedlm.kernels import quant_reference as ref
 from pagedlm.kernels.triton_gemv import MAX_M, GemvConfig
-from pagedlm.kernels.triton_quant import quantized_values
 
 FMA_MAX_M = 4
 
@@ -45,23 +43,11 @@ class ScaledGemvConfig(GemvConfig):
 
 
 @triton.jit
-def _a_values(a_ptr, offs, a_scale, qmax, qmin, QUANT_A: tl.constexpr, CODE_INT8: tl.constexpr):
-    """The a tile as float32: its codes, or (QUANT_A) the activations quantized per token
-    exactly as ``triton_quant.per_token_quant`` does, then widened."""
-    a = tl.load(a_ptr + offs).to(tl.float32)
-    if QUANT_A:
-        a = quantized_values(a, a_scale[:, None], qmax, qmin, CODE_INT8)
-        if not CODE_INT8:
-            a = a.to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.float32)
-    return a
-
-
-@triton.jit
 def _scaled_gemv_kernel(
     a_ptr, w_ptr, scale_a_ptr, scale_b_ptr, out_ptr, M, N, K, k_per_split,
-    stride_am, stride_wn, stride_sa, stride_os, stride_om, qmax, qmin, min_scale,
+    stride_am, stride_wn, stride_sa, stride_os, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, HAS_SCALE_A: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr, FMA: tl.constexpr, QUANT_A: tl.constexpr, CODE_INT8: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, FMA: tl.constexpr,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K (the host checks), and rows / columns
     # past M / N re-read the last valid one (clamped index); only the store is masked.
@@ -72,14 +58,6 @@ def _scaled_gemv_kernel(
     rn_load = tl.minimum(rn, N - 1).to(tl.int64)
     rm_load = tl.minimum(rm, M - 1)
     compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
-    a_rows = a_ptr + rm_load[:, None] * stride_am
-    a_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if QUANT_A:  # the per-token scale needs the whole row: every program reads it (from L2)
-        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            x = tl.load(a_rows + k0 + tl.arange(0, BLOCK_K)[None, :]).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        a_scale = tl.maximum(tl.math.div_rn(amax, qmax), min_scale)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     if FMA:  # products of codes are exact in float32, as in the dot
@@ -87,7 +65,7 @@ def _scaled_gemv_kernel(
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-            a = _a_values(a_rows, rk[None, :], a_scale, qmax, qmin, QUANT_A, CODE_INT8)  # [BLOCK_M, BLOCK_K]
+            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
             acc3 += a[:, None, :] * w[None, :, :]
         acc = tl.sum(acc3, axis=2)
     else:
@@ -95,57 +73,25 @@ def _scaled_gemv_kernel(
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])  # [BLOCK_N, BLOCK_K] codes
-            if QUANT_A:
-                a = _a_values(a_rows, rk[None, :], a_scale, qmax, qmin, QUANT_A, CODE_INT8).to(compute)
-            else:
-                a = tl.load(a_rows + rk[None, :]).to(compute)  # [BLOCK_M, BLOCK_K]
-            acc += tl.dot(a, tl.trans(w.to(compute)), out_dtype=tl.float32)
+            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :])  # [BLOCK_M, BLOCK_K]
+            acc += tl.dot(a.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
     acc = acc * tl.load(scale_b_ptr + rn_load)[None, :]
     if HAS_SCALE_A:
         acc = acc * tl.load(scale_a_ptr + rm_load * stride_sa)[:, None]
-    if QUANT_A:
-        acc = acc * a_scale[:, None]
     out = out_ptr + pid_k.to(tl.int64) * stride_os + rm[:, None] * stride_om + rn[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
                 out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-                config: GemvConfig = GemvConfig(), quantize_a: torch.dtype | None = None) -> torch.Tensor:
+                config: GemvConfig = GemvConfig()) -> torch.Tensor:
     """a [M <= 16, K] (codes with scale_a [M, 1] or [1, 1], or float with scale_a None),
     w [N, K] 8-bit codes, scale_b [1, N] or [N] float32 -> [M, N] in ``out_dtype``.
-    ``quantize_a`` (fp8 e4m3 or int8): a is float and is quantized per token inside the
-    kernel, exactly as ``per_token_quant`` would (one launch instead of two).
     K must be a multiple of ``config.block_k`` (``fits``)."""
     m, k = a.shape
     n = w.shape[0]
-    _check(a, w, scale_a, config, quantize_a)
-    split = max(1, config.split_k)
-    # Each split's K range is a multiple of BLOCK_K, so only the last one is ragged.
-    k_per_split = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
-    split = triton.cdiv(k, k_per_split)
-    out = torch.empty(split, m, n, dtype=out_dtype if split == 1 else torch.float32, device=a.device)
-    has_scale_a = scale_a is not None
-    sa = scale_a.reshape(-1) if has_scale_a else scale_b
     fma = getattr(config, "fma", False)
-    limit = ref.qmax(quantize_a) if quantize_a is not None else 1.0
-    _scaled_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
-        a, w, sa, scale_b.reshape(-1), out, m, n, k, k_per_split,
-        a.stride(0), w.stride(0), 1 if sa.numel() > 1 else 0, out.stride(0), out.stride(1),
-        limit, -limit - 1.0 if quantize_a == torch.int8 else -limit, ref.MIN_SCALE,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=triton.next_power_of_2(m) if fma else MAX_M,
-        HAS_SCALE_A=has_scale_a, FMA=fma, QUANT_A=quantize_a is not None, CODE_INT8=quantize_a == torch.int8,
-        COMPUTE_BF16=a.dtype == torch.bfloat16 and quantize_a is None,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    y = out[0] if split == 1 else out.sum(0).to(out_dtype)
-    return y if bias is None else y + bias.to(out_dtype)
-
-
-def _check(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, config: GemvConfig,
-           quantize_a: torch.dtype | None) -> None:
-    m, k = a.shape
-    if getattr(config, "fma", False) and m > FMA_MAX_M:
+    if fma and m > FMA_MAX_M:
         raise ValueError(f"the FMA GEMV takes at most {FMA_MAX_M} rows, got {m}")
     if m > MAX_M or w.shape[1] != k:
         raise ValueError(f"scaled_gemv takes a [M <= {MAX_M}, K] and w [N, K]; got {tuple(a.shape)}, {tuple(w.shape)}")
@@ -153,9 +99,21 @@ def _check(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, confi
         raise ValueError("scaled_gemv needs unit stride along K")
     if k % config.block_k:
         raise ValueError(f"scaled_gemv needs K ({k}) to be a multiple of block_k ({config.block_k})")
-    if quantize_a is not None and (scale_a is not None or quantize_a not in (torch.int8, ref.FP8_DTYPE)
-                                   or not a.dtype.is_floating_point):
-        raise ValueError("quantize_a (int8 or fp8 e4m3) takes float activations and no scale_a")
+    split = max(1, config.split_k)
+    # Each split's K range is a multiple of BLOCK_K, so only the last one is ragged.
+    k_per_split = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
+    split = triton.cdiv(k, k_per_split)
+    out = torch.empty(split, m, n, dtype=out_dtype if split == 1 else torch.float32, device=a.device)
+    has_scale_a = scale_a is not None
+    sa = scale_a.reshape(-1) if has_scale_a else scale_b
+    _scaled_gemv_kernel[(triton.cdiv(n, config.block_n), split)](
+        a, w, sa, scale_b.reshape(-1), out, m, n, k, k_per_split,
+        a.stride(0), w.stride(0), 1 if sa.numel() > 1 else 0, out.stride(0), out.stride(1),
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=triton.next_power_of_2(m) if fma else MAX_M, HAS_SCALE_A=has_scale_a, FMA=fma,
+        COMPUTE_BF16=a.dtype == torch.bfloat16, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    y = out[0] if split == 1 else out.sum(0).to(out_dtype)
+    return y if bias is None else y + bias.to(out_dtype)
 
 
 def fits(k: int, config: GemvConfig) -> bool:

@@ -14,7 +14,6 @@ pytest.importorskip("triton")
 
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels import scaled_gemv as dispatch  # noqa: E402
-from pagedlm.kernels import triton_quant  # noqa: E402
 from pagedlm.kernels.triton_gemv import GemvConfig
 from pagedlm.kernels.triton_scaled_gemv import ScaledGemvConfig, scaled_gemv  # noqa: E402
 
@@ -97,24 +96,3 @@ def test_dispatch_decides_once_and_matches_the_gemm() -> None:
     n_calls = len(calls)
     dispatch.scaled_gemv_or_none(a, wq, a_scale, w_scale, DTYPE, bias, gemm)
     assert len(calls) == n_calls  # decided: no second timing
-
-
-@pytest.mark.parametrize("code", CODES)
-@pytest.mark.parametrize("m,config", [(1, GemvConfig(32, 128, 1)), (3, GemvConfig(64, 128, 3)),
-                                      (16, GemvConfig(16, 256, 2, 8)), (2, ScaledGemvConfig(16, 128, 2, fma=True)),
-                                      (4, ScaledGemvConfig(8, 256, 1, fma=True))])
-def test_fused_per_token_quantization(code: torch.dtype, m: int, config: GemvConfig) -> None:
-    """quantize_a: the same result as quantizing first with the Triton quantizer (one launch
-    instead of two), rows of very different ranges (each row its own scale), and an all-zero
-    row (the minimum scale). (Triton's CPU interpreter rounds some float32 -> fp8 casts unlike
-    torch; on CUDA both round to nearest even.)"""
-    x, wq, w_scale, bias = _problem(m, 90, 512, code, 11 * m)
-    x = x * torch.logspace(-2, 2, m, device=DEVICE, dtype=torch.float32)[:, None].to(DTYPE)
-    x[-1] = 0
-    a, a_scale = triton_quant.per_token_quant(x, code)
-    expect = ref.scaled_mm(a, wq.t(), a_scale, w_scale, DTYPE, bias)
-    out = scaled_gemv(x, wq, None, w_scale, DTYPE, bias, config, quantize_a=code)
-    assert _rel(out, expect) < 1e-2
-    assert out[-1].float().sub(bias.float()).abs().max().item() == 0  # zero row: bias only
-    with pytest.raises(ValueError, match="quantize_a"):
-        scaled_gemv(a, wq, a_scale, w_scale, DTYPE, None, config, quantize_a=code)

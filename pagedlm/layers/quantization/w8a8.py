@@ -110,38 +110,23 @@ class W8LinearMethod(QuantMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])  # [num_tokens, K]
-        if self.weight_only or self.scheme.activations == "token":
-            y = self._decode_gemv(layer, x2, bias) if self.ops is not REFERENCE_OPS else None
-            if y is None:
-                y = self._gemm(layer, x2, bias)
-        else:  # per-tensor activation scales: quantize, then the GEMV or the GEMM on the codes
-            a, a_scale = self._quantize_input(x2, layer)
-            y = self._codes_mm(layer, a, a_scale, x2.dtype, bias)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-    def _gemm(self, layer: nn.Module, x2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """The GEMM path: the weight as the [K, N] column-major view the GEMMs want."""
+        weight_t = layer.weight.t()  # [K, N] column-major view
         if self.weight_only:
-            return self.ops.weight_only_mm(x2, layer.weight.t(), layer.weight_scale, bias)
-        a, a_scale = self._quantize_input(x2, layer)
-        return self.gemm(a, layer.weight.t(), a_scale, layer.weight_scale, x2.dtype, bias)
+            a, a_scale = x2, None
 
-    def _decode_gemv(self, layer: nn.Module, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-        """Decode batches: the 8-bit GEMV where it beats the GEMM, quantizing per token inside
-        the kernel (one launch instead of two); None: not applicable or slower."""
-        quantize_a = None if self.weight_only else self.scheme.weight_dtype
-        return scaled_gemv_or_none(x2, layer.weight, None, layer.weight_scale, x2.dtype, bias,
-                                   lambda a, _: self._gemm(layer, a), quantize_a)
+            def gemm(a, a_scale, bias=None):
+                return self.ops.weight_only_mm(a, weight_t, layer.weight_scale, bias)
+        else:
+            a, a_scale = self._quantize_input(x2, layer)
 
-    def _codes_mm(self, layer: nn.Module, a: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-        def gemm(a, a_scale, bias=None):
-            return self.gemm(a, layer.weight.t(), a_scale, layer.weight_scale, out_dtype, bias)
-
+            def gemm(a, a_scale, bias=None):
+                return self.gemm(a, weight_t, a_scale, layer.weight_scale, x.dtype, bias)
         y = None
-        if self.ops is not REFERENCE_OPS:
-            y = scaled_gemv_or_none(a, layer.weight, a_scale, layer.weight_scale, out_dtype, bias, gemm)
-        return y if y is not None else gemm(a, a_scale, bias)
+        if self.ops is not REFERENCE_OPS:  # decode batches: the 8-bit GEMV where it beats the GEMM
+            y = scaled_gemv_or_none(a, layer.weight, a_scale, layer.weight_scale, x.dtype, bias, gemm)
+        if y is None:
+            y = gemm(a, a_scale, bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         """Codes spread over half the 8-bit range with scales that put the weights in about
