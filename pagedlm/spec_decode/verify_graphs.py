@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pagedlm.forward_context import set_forward_context
-from pagedlm.worker.cuda_graphs import GraphShape, capture_sizes
+from pagedlm.worker.cuda_graphs import GraphShape, capture_forward, capture_sizes
 from pagedlm.worker.input_batch import StepInputs
 from pagedlm.worker.step_buffers import StepBuffers
 
@@ -103,13 +103,7 @@ class VerifyGraphRunner:
             shape = self._shape(size)
             self._dummy_step(shape)
             input_ids, positions, meta = self._metadata(shape)
-            with set_forward_context(meta):
-                for _ in range(2):  # warm up: Triton compiles this shape's kernels
-                    self.model(input_ids, positions)
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    self.outputs[size] = self.model(input_ids, positions)
+            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph

@@ -37,6 +37,20 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return sizes
 
 
+def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, meta,
+                    pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Two warm-up forwards (Triton compiles, cuBLAS picks its kernels), then one forward
+    captured into a new graph in ``pool``: (graph, its output tensor)."""
+    with set_forward_context(meta):
+        for _ in range(2):
+            model(input_ids, positions)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            output = model(input_ids, positions)
+    return graph, output
+
+
 class CUDAGraphRunner:
     def __init__(self, model: nn.Module, buffers: StepBuffers, max_num_seqs: int, max_model_len: int) -> None:
         self.model = model
@@ -72,13 +86,7 @@ class CUDAGraphRunner:
         for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
             self._dummy_step(size)
             input_ids, positions, meta = self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
-            with set_forward_context(meta):
-                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks its kernels
-                    self.model(input_ids, positions)
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    self.outputs[size] = self.model(input_ids, positions)
+            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph
