@@ -10,6 +10,8 @@ During capture an untimed shape takes F.linear.
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -32,23 +34,32 @@ def _time_ms(fn, reps: int = 20) -> float:
     return do_bench(fn, warmup=5, rep=reps, return_mode="median")
 
 
+def fastest_agreeing(baseline: Callable[[], torch.Tensor], configs: Iterable[object],
+                     run: Callable[[object], torch.Tensor]) -> tuple[object | None, float, float]:
+    """The config whose ``run(config)`` agrees with ``baseline()`` (1e-2 relative) and beats it
+    by time: (config or None when none does, its ms, the baseline's ms). A config that raises
+    (e.g. more shared memory than the card has) is no candidate."""
+    expect = baseline().float()
+    baseline_ms = _time_ms(baseline)
+    best, best_ms = None, baseline_ms
+    for config in configs:
+        try:
+            out = run(config).float()
+        except Exception:  # noqa: BLE001
+            continue
+        if (out - expect).norm() > 1e-2 * expect.norm() + 1e-6:
+            continue
+        ms = _time_ms(lambda c=config: run(c))
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best, best_ms, baseline_ms
+
+
 def tune(x: torch.Tensor, weight: torch.Tensor) -> object:
     """The fastest GEMV config for this shape if it beats cuBLAS, else None."""
     from pagedlm.kernels.triton_gemv import gemv, quick_configs  # noqa: PLC0415
 
-    best, best_ms = None, _time_ms(lambda: F.linear(x, weight))
-    reference = F.linear(x, weight).float()
-    for config in quick_configs():
-        try:
-            out = gemv(x, weight, None, config)
-        except Exception:  # a config the card cannot run (shared memory): not a candidate
-            continue
-        if (out.float() - reference).norm() > 1e-2 * reference.norm() + 1e-6:
-            continue
-        ms = _time_ms(lambda c=config: gemv(x, weight, None, c))
-        if ms < best_ms:
-            best, best_ms = config, ms
-    return best
+    return fastest_agreeing(lambda: F.linear(x, weight), quick_configs(), lambda c: gemv(x, weight, None, c))[0]
 
 
 def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from pagedlm.kernels.gemv import fastest_agreeing
+
 logger = logging.getLogger(__name__)
 
 MAX_M = 16
@@ -28,30 +30,14 @@ def _bucket(m: int) -> int:
     return next(b for b in _BUCKETS if b >= m)
 
 
-def _time_ms(fn: Callable[[], object]) -> float:
-    from triton.testing import do_bench  # noqa: PLC0415
-
-    return do_bench(fn, warmup=5, rep=20, return_mode="median")
-
-
 def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
           out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
     """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
     from pagedlm.kernels.triton_scaled_gemv import fits, quick_configs, scaled_gemv  # noqa: PLC0415
 
-    expect = baseline().float()
-    baseline_ms = _time_ms(baseline)
-    best, best_ms = None, baseline_ms
-    for config in (c for c in quick_configs(a.shape[0]) if fits(a.shape[1], c)):
-        try:
-            out = scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, config).float()
-        except Exception:  # noqa: BLE001 - a config the card cannot run (resources) is no candidate
-            continue
-        if (out - expect).norm() > 1e-2 * expect.norm() + 1e-6:
-            continue
-        ms = _time_ms(lambda c=config: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
-        if ms < best_ms:
-            best, best_ms = config, ms
+    best, best_ms, baseline_ms = fastest_agreeing(
+        baseline, [c for c in quick_configs(a.shape[0]) if fits(a.shape[1], c)],
+        lambda c: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
     logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
                  w.shape[1], a.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, baseline_ms * 1e3)
     return best
