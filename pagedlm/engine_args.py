@@ -30,7 +30,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
-from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
+from pagedlm.spec_decode.config import SpeculativeConfig, check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
@@ -42,6 +42,22 @@ LONG_LEN_ENV_VARS = ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MO
 
 # "pt": pytorch_model*.bin; "gguf": a .gguf file ("auto" picks it from the path too).
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+
+
+def default_async_scheduling(device: str, spec: SpeculativeConfig | None, pipeline_parallel_size: int) -> bool:
+    """On by default on CUDA, except with EAGLE speculation (refused there) and with pipeline
+    stages (their batch queue overlaps steps instead)."""
+    return (device == "cuda" and (spec is None or spec.method in ("ngram", "draft_model"))
+            and pipeline_parallel_size == 1)
+
+
+def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, async_scheduling: bool | None,
+                     pooling: bool) -> None:
+    from pagedlm.engine.batch_queue import verify_pipeline_options
+    from pagedlm.models.registry import verify_pipeline_support
+
+    verify_pipeline_support(model_config.architectures)
+    verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
 
 
 @dataclass
@@ -199,13 +215,8 @@ class EngineArgs:
                                                   self.distributed_executor_backend, device)
         verify_parallel_shapes(hf_config, parallel_config)
         if parallel_config.pipeline_parallel_size > 1:
-            from pagedlm.models.registry import verify_pipeline_support
-
-            verify_pipeline_support(model_config.architectures)
-            from pagedlm.engine.batch_queue import verify_pipeline_options
-
-            verify_pipeline_options(parallel_config.pipeline_parallel_size, self.async_scheduling,
-                                    pooler_config is not None)
+            _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling,
+                             pooler_config is not None)
         max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
@@ -229,9 +240,8 @@ class EngineArgs:
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=self.async_scheduling if self.async_scheduling is not None else (
-                    device == "cuda" and (spec is None or spec.method in ("ngram", "draft_model"))
-                    and parallel_config.pipeline_parallel_size == 1),  # PP: its batch queue overlaps
+                async_scheduling=self.async_scheduling if self.async_scheduling is not None else
+                default_async_scheduling(device, spec, parallel_config.pipeline_parallel_size),
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
