@@ -109,6 +109,38 @@ def check_layer(llm: LLM, fmt: str) -> bool:
     return ok
 
 
+def profile_batch1(llm: LLM, fmt: str, input_len: int, steps: int = 20) -> dict:
+    """Where one batch-1 decode step's time goes: wall, device kernel time (union of kernel
+    intervals), gaps, and the kernels by device time per step."""
+    import time
+
+    from benchmarks.gpu_step_profile import kernel_intervals, union_us
+    from pagedlm import SamplingParams
+
+    engine = llm.llm_engine
+    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=steps * 3 + 32, detokenize=False)
+    engine.add_request("profile", {"prompt_token_ids": list(range(100, 100 + input_len))}, params)
+    for _ in range(12):  # the prefill, then decode steps with the graphs warm
+        engine.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    engine.abort_request(["profile"])
+    intervals = kernel_intervals(prof)
+    busy = union_us(intervals)
+    out = {"wall_ms": wall_us / steps / 1e3, "kernel_ms": busy / steps / 1e3, "kernels_per_step": len(intervals) / steps}
+    print(f"PROFILE {fmt} batch 1: wall {out['wall_ms']:.3f} ms/step, kernels {out['kernel_ms']:.3f} ms, "
+          f"gaps {out['wall_ms'] - out['kernel_ms']:.3f} ms, {out['kernels_per_step']:.0f} kernels/step")
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=70)
+    print(table)
+    return out
+
+
 def free(llm: LLM | None) -> None:
     del llm
     gc.collect()
@@ -133,6 +165,8 @@ def run_format(model_dir: Path, fmt: str, args, copy_bw: float | None) -> dict:
     row["floor_ms"] = (row["weight_bytes"] - embed) / copy_bw * 1e3 if copy_bw else float("nan")
     r = measure(llm, 1, args.input_len, args.output_len, warmup=1, iters=args.iters)
     row.update(tpot_ms=r["time_per_output_token_ms"], ttft_ms=r["time_to_first_token_s"] * 1e3)
+    if args.profile_batch1:
+        row["batch1_profile"] = profile_batch1(llm, fmt, args.input_len)
     if not args.skip_throughput:
         vocab = llm.llm_engine.model_config.vocab_size
         requests = random_requests(args.num_prompts, args.input_len, args.output_len, 0.0, vocab)
@@ -174,7 +208,8 @@ def print_table(rows: list[dict], floors: dict | None) -> None:
 
 
 def main() -> None:
-    logging.getLogger("pagedlm.kernels.scaled_gemv").setLevel(logging.DEBUG)  # which decode GEMMs it replaced
+    for name in ("pagedlm.kernels.scaled_gemv", "pagedlm.kernels.gemv"):  # which decode GEMMs the GEMVs replaced
+        logging.getLogger(name).setLevel(logging.DEBUG)
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
     p.add_argument("--formats", default="bf16,fp8,fp8-online,int8",
@@ -186,6 +221,7 @@ def main() -> None:
     p.add_argument("--kv-blocks", type=int, default=12288, help="fixed KV blocks (16 tokens) for every format")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--profile-batch1", action="store_true", help="print where a batch-1 decode step's time goes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()

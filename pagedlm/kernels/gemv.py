@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 MAX_M = 8  # the decode batch sizes the GEMV is meant for
 _choice: dict[tuple[int, int, int, torch.dtype], object] = {}  # shape -> GemvConfig, or None = cuBLAS
@@ -55,11 +59,29 @@ def fastest_agreeing(baseline: Callable[[], torch.Tensor], configs: Iterable[obj
     return best, best_ms, baseline_ms
 
 
+def _run(config: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One of the two GEMV kernels, by the type of its config."""
+    from pagedlm.kernels import triton_gemv, triton_gemv_fused  # noqa: PLC0415
+
+    if isinstance(config, triton_gemv_fused.FusedGemvConfig):
+        return triton_gemv_fused.fused_gemv(x, weight, None, None, x.dtype, bias, config)
+    return triton_gemv.gemv(x, weight, bias, config)
+
+
+def candidates(m: int, k: int) -> list[object]:
+    from pagedlm.kernels import triton_gemv, triton_gemv_fused  # noqa: PLC0415
+
+    fused = [c for c in triton_gemv_fused.quick_configs(m) if triton_gemv_fused.fits(m, k, c)]
+    return triton_gemv.quick_configs() + fused
+
+
 def tune(x: torch.Tensor, weight: torch.Tensor) -> object:
     """The fastest GEMV config for this shape if it beats cuBLAS, else None."""
-    from pagedlm.kernels.triton_gemv import gemv, quick_configs  # noqa: PLC0415
-
-    return fastest_agreeing(lambda: F.linear(x, weight), quick_configs(), lambda c: gemv(x, weight, None, c))[0]
+    best, best_ms, cublas_ms = fastest_agreeing(lambda: F.linear(x, weight), candidates(*x.shape),
+                                                lambda c: _run(c, x, weight, None))
+    logger.debug("bf16 GEMV, M=%d N=%d K=%d: %s (%.1f us; cuBLAS %.1f us)", x.shape[0], weight.shape[0],
+                 weight.shape[1], best or "cuBLAS", best_ms * 1e3, cublas_ms * 1e3)
+    return best
 
 
 def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -72,11 +94,7 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             return None
         _choice[key] = tune(x, weight)
     config = _choice[key]
-    if config is None:
-        return None
-    from pagedlm.kernels.triton_gemv import gemv  # noqa: PLC0415
-
-    return gemv(x, weight, bias, config)
+    return None if config is None else _run(config, x, weight, bias)
 
 
 def unquantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,14 +30,28 @@ def _bucket(m: int) -> int:
     return next(b for b in _BUCKETS if b >= m)
 
 
+def _candidates(m: int, k: int) -> list[object]:
+    from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+
+    return ([c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)]
+            + [c for c in triton_gemv_fused.quick_configs(m) if triton_gemv_fused.fits(m, k, c)])
+
+
+def _run(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+         out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
+    """One of the two GEMV kernels, by the type of its config."""
+    from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+
+    if isinstance(config, triton_gemv_fused.FusedGemvConfig):
+        return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
+    return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
+
+
 def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
           out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
     """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
-    from pagedlm.kernels.triton_scaled_gemv import fits, quick_configs, scaled_gemv  # noqa: PLC0415
-
     best, best_ms, baseline_ms = fastest_agreeing(
-        baseline, [c for c in quick_configs(a.shape[0]) if fits(a.shape[1], c)],
-        lambda c: scaled_gemv(a, w, scale_a, scale_b, out_dtype, None, c))
+        baseline, _candidates(*a.shape), lambda c: _run(c, a, w, scale_a, scale_b, out_dtype, None))
     logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
                  w.shape[1], a.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, baseline_ms * 1e3)
     return best
@@ -61,8 +75,4 @@ def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor 
         sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
         _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
     config = _choice[key]
-    if config is None:
-        return None
-    from pagedlm.kernels.triton_scaled_gemv import scaled_gemv  # noqa: PLC0415
-
-    return scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
+    return None if config is None else _run(config, a, w, scale_a, scale_b, out_dtype, bias)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedlm.kernels.gemv import MAX_M, unquantized_linear
 from pagedlm.layers.quantization.base import QuantMethod, WeightLoader, new_param
 
 
@@ -18,4 +19,6 @@ class UnquantizedLinearMethod(QuantMethod):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_M:  # decode batches: the GEMV where it wins
+            return unquantized_linear(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)

@@ -1,0 +1,182 @@
+"""One-launch decode GEMV: y[M, N] = (x[M, K] @ w[N, K]^T) * scale_x[M] * scale_w[N] (+ bias),
+for M = 1-8 rows and 16-bit or 8-bit weights.
+
+At decode batch sizes a linear layer is one pass over its weight, so the kernel must keep
+enough bytes in flight on every SM for the whole pass, and must not add launches: inside a
+CUDA graph each extra kernel (a split-K reduction, a cast, a bias add) costs 1.5-3 us, as much
+as streaming 6-12 MB. Hence:
+
+- programs own BLOCK_N output columns and one of SPLIT_K slices of K (enough programs for
+  every SM even at N = 4096);
+- with SPLIT_K > 1 each slice stores its float32 partial sums, then takes a ticket from a
+  per-column-block counter; the program that draws the last ticket sums the partials in slice
+  order (deterministic), applies scales and bias, stores the output and resets the counter to
+  zero for the next launch. One launch, no atomics on the data, no memset;
+- the products are plain multiply-adds on register tiles (``DOT=False``: a GEMV row does not
+  need the tensor cores, whose shared-memory staging costs bandwidth) or ``tl.dot`` on rows
+  padded to 16 (``DOT=True``), whichever the tuner finds faster for the shape.
+
+8-bit codes (fp8 e4m3, int8) and 16-bit values widen to float32 exactly; the accumulation is
+float32 like the references' (F.linear, ``quant_reference.scaled_mm`` / ``weight_only_mm``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_M = 8
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_MAX_COLUMN_BLOCKS = 1 << 16
+
+
+@dataclass(frozen=True)
+class FusedGemvConfig:
+    block_n: int = 16
+    block_k: int = 512
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+    dot: bool = False
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    """Per-device ticket counters, zero between launches (the last program of a column block
+    resets its own). One buffer serves every layer: launches on a stream run one at a time."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(_MAX_COLUMN_BLOCKS, dtype=torch.int32, device=device)
+    return _COUNTERS[device]
+
+
+@triton.jit
+def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+                  COMPUTE_BF16: tl.constexpr):
+    if DOT:  # codes and values widen exactly to the 16-bit type the tensor cores take
+        compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(compute)
+            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(compute)
+            acc += tl.dot(x, tl.trans(w), out_dtype=tl.float32)
+    else:
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
+            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
+            acc3 += x[:, None, :] * w[None, :, :]
+        acc = tl.sum(acc3, axis=2)
+    return acc
+
+
+@triton.jit
+def _fused_gemv_kernel(
+    x_ptr, w_ptr, sx_ptr, sw_ptr, bias_ptr, part_ptr, count_ptr, out_ptr, M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_sx, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr,
+):
+    # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
+    # columns past M / N re-read the last valid one (clamped index); only stores are masked.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    rn_load = tl.minimum(rn, N - 1).to(tl.int64)
+    rm_load = tl.minimum(rm, M - 1)
+    k_lo = pid_k * k_per_split
+    acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
+                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    last = True
+    if SPLIT_K > 1:
+        tile = rm[:, None] * N + rn[None, :]
+        tl.store(part_ptr + pid_k * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partials written before the ticket is taken
+        ticket = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        last = ticket == SPLIT_K - 1
+        if last:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(SPLIT_K):  # slice order: the same sum whichever program is last
+                acc += tl.load(part_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    if last:
+        if HAS_SW:
+            acc = acc * tl.load(sw_ptr + rn_load)[None, :]
+        if HAS_SX:
+            acc = acc * tl.load(sx_ptr + rm_load * stride_sx)[:, None]
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + rn_load)[None, :].to(tl.float32)
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def fits(m: int, k: int, config: FusedGemvConfig) -> bool:
+    return 1 <= m <= MAX_M and k % (config.block_k * config.split_k) == 0
+
+
+def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
+               out_dtype: torch.dtype, bias: torch.Tensor | None = None,
+               config: FusedGemvConfig = FusedGemvConfig()) -> torch.Tensor:
+    """x [M <= 8, K] (values, or 8-bit codes with scale_x [M, 1] / [1, 1]), w [N, K] (values or
+    8-bit codes with scale_w [N] / [1, N] float32) -> [M, N] in ``out_dtype``.
+    K must be a multiple of block_k * split_k (``fits``)."""
+    m, k = x.shape
+    n = w.shape[0]
+    if not fits(m, k, config) or w.shape[1] != k:
+        raise ValueError(f"fused_gemv takes x [M <= {MAX_M}, K] with K a multiple of "
+                         f"{config.block_k * config.split_k}, and w [N, K]; got {tuple(x.shape)}, {tuple(w.shape)}")
+    if x.stride(1) != 1 or w.stride(1) != 1:
+        raise ValueError("fused_gemv needs unit stride along K")
+    out = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    grid_n = triton.cdiv(n, config.block_n)
+    if config.split_k > 1 and grid_n > _MAX_COLUMN_BLOCKS:
+        raise ValueError(f"fused_gemv split-K handles at most {_MAX_COLUMN_BLOCKS} column blocks")
+    part = torch.empty(config.split_k, m, n, dtype=torch.float32, device=x.device) if config.split_k > 1 else out
+    counters = _counters(x.device) if config.split_k > 1 else out
+    sx = scale_x.reshape(-1) if scale_x is not None else out
+    sw = scale_w.reshape(-1) if scale_w is not None else out
+    _fused_gemv_kernel[(grid_n, config.split_k)](
+        x, w, sx, sw, bias if bias is not None else out, part, counters, out, m, n, k, k // config.split_k,
+        x.stride(0), w.stride(0), 1 if scale_x is not None and scale_x.numel() > 1 else 0, out.stride(0),
+        BLOCK_M=max(16, triton.next_power_of_2(m)) if config.dot else triton.next_power_of_2(m),
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
+        HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
+        COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+def sweep_configs(m: int) -> list[FusedGemvConfig]:
+    """The benchmark's sweep: register-tile products of 2-16K elements per program, split-K
+    1-8, and a few tensor-core tiles."""
+    rows = triton.next_power_of_2(m)
+    configs = []
+    for block_k in (128, 256, 512, 1024):
+        for block_n in (4, 8, 16, 32, 64):
+            if not 2048 <= rows * block_n * block_k <= 16384:
+                continue
+            for split in (1, 2, 4, 8):
+                for warps in (4, 8):
+                    configs.append(FusedGemvConfig(block_n, block_k, split, warps))
+    for block_n, block_k, split in ((32, 256, 1), (32, 256, 4), (64, 128, 2), (16, 512, 4)):
+        configs.append(FusedGemvConfig(block_n, block_k, split, 4, dot=True))
+    return configs
+
+
+def quick_configs(m: int) -> list[FusedGemvConfig]:
+    """The candidates the engine's first-use tuners time for M rows (few compiles): register
+    tiles of about 8K products per program at 1-4 split-K slices, and tensor-core tiles for
+    the wider buckets."""
+    rows = triton.next_power_of_2(m)
+    fma = [(8, 512), (16, 256)] if rows <= 2 else [(4, 512), (8, 256)] if rows <= 4 else [(4, 256)]
+    configs = [FusedGemvConfig(bn, bk, split) for bn, bk in fma for split in (1, 2, 4)]
+    configs += [FusedGemvConfig(32, 256, split, dot=True) for split in (1, 4)]
+    if rows >= 4:
+        configs += [FusedGemvConfig(64, 128, 2, dot=True), FusedGemvConfig(16, 512, 4, dot=True)]
+    return configs
