@@ -5,10 +5,12 @@ copy floor (weight bytes / measured copy bandwidth), for bf16 weights and 8-bit 
 For each (format, layer, M): every candidate is checked against the reference first (PASS /
 FAIL), then timed cold (L2 flushed, one launch); the best of each family is then timed the
 way a decode step runs it: a CUDA graph of back-to-back launches over distinct weight copies
-(more bytes than L2), so launch gaps and tails count. Families:
-  base   cuBLAS (F.linear for bf16, the layer's GEMM for 8-bit)
+(more bytes than L2), so launch gaps and tails count. 8-bit rows start from bf16
+activations, so the per-token quantization is part of every time. Families:
+  base   cuBLAS (F.linear for bf16; quantize + the layer's GEMM for 8-bit)
   splitk the split-K GEMV with a separate reduction (triton_gemv / triton_scaled_gemv)
-  fused  the one-launch GEMV (triton_gemv_fused), swept
+  fused  the one-launch GEMV (triton_gemv_fused), swept (8-bit: with native 8-bit dots too)
+  fusedq the one-launch GEMV quantizing the activations itself (8-bit only)
 One H200 call:
   python benchmarks/gpu_gemv.py [--formats bf16,fp8,int8] [--m 1,4] [--output-json gemv.json]
 """
@@ -16,6 +18,7 @@ One H200 call:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -23,7 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.floors import measure_floors
+from pagedlm.kernels import gemv as gemv_dispatch
 from pagedlm.kernels import quant_reference as ref
+from pagedlm.kernels import scaled_gemv as w8_dispatch
 from pagedlm.kernels import triton_gemv, triton_gemv_fused, triton_scaled_gemv
 from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig
 
@@ -39,74 +44,77 @@ def cold_ms(fn) -> float:
     return do_bench(fn, warmup=5, rep=30, return_mode="median")
 
 
-def fused_sweep(m: int) -> list[FusedGemvConfig]:
-    rows = triton_gemv_fused.quick_configs(m)
-    tiles = [(4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512), (32, 256)] if m <= 2 else [(4, 512), (8, 256), (4, 256)]
-    rows += [FusedGemvConfig(bn, bk, s) for bn, bk in tiles for s in (1, 2, 4, 8)]
-    rows += [FusedGemvConfig(16, 512, s, 8) for s in (1, 4)] if m <= 2 else []
-    rows += [FusedGemvConfig(64, 256, 2, dot=True), FusedGemvConfig(32, 512, 4, dot=True)]
+def fused_sweep(m: int, eight_bit: bool) -> list[FusedGemvConfig]:
+    rows = triton_gemv_fused.quick_configs(m, eight_bit)
+    tiles = [(4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)] if m <= 2 else [(4, 512), (8, 256)]
+    rows += [FusedGemvConfig(bn, bk, s) for bn, bk in tiles for s in (1, 2, 4)]
+    dots = [FusedGemvConfig(64, 128, 2, dot=True), FusedGemvConfig(32, 512, 2, dot=True),
+            FusedGemvConfig(64, 512, 2, dot=True), FusedGemvConfig(32, 1024, 4, dot=True)]
+    rows += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit else [])
     return list(dict.fromkeys(rows))
 
 
 class Problem:
-    """One (format, layer, M): weight copies, the activation, the reference and each family's runner."""
+    """One (format, layer, M): weight copies, the activation, the reference and the runners."""
 
     def __init__(self, fmt: str, n: int, k: int, m: int, copies: int) -> None:
         g = torch.Generator(device="cuda").manual_seed(n + k + m)
         self.fmt, self.m, self.n, self.k = fmt, m, n, k
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+        self.x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
         if fmt == "bf16":
             self.ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
                        for _ in range(copies)]
-            self.x, self.sx, self.scales = x, None, [None] * copies
-            self.expect = F.linear(x.float(), self.ws[0].float())
+            self.scales = [None] * copies
+            self.expect = F.linear(self.x.float(), self.ws[0].float())
             self.weight_bytes = n * k * 2
         else:
-            code = CODES[fmt]
-            pairs = [ref.per_token_quant(torch.randn(n, k, device="cuda", generator=g), code) for _ in range(copies)]
+            from pagedlm.kernels.quant_ops import gemm_for, quant_ops
+
+            self.code = CODES[fmt]
+            pairs = [ref.per_token_quant(torch.randn(n, k, device="cuda", generator=g), self.code)
+                     for _ in range(copies)]
             self.ws = [w for w, _ in pairs]
             self.scales = [s.reshape(1, -1).contiguous() for _, s in pairs]
-            self.x, self.sx = ref.per_token_quant(x, code)
-            self.expect = ref.scaled_mm(self.x, self.ws[0].t(), self.sx, self.scales[0], torch.bfloat16).float()
+            self.ops = quant_ops(self.x.device)
+            self.gemm = gemm_for(self.ops, fmt == "fp8", k, n)
+            a, sa = self.quantize(self.x)
+            self.expect = ref.scaled_mm(a, self.ws[0].t(), sa, self.scales[0], torch.bfloat16).float()
             self.weight_bytes = n * k
         self.floor_bytes = self.weight_bytes + m * k * 2 + m * n * 2
 
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ops.per_token_quant(x, self.code)
+
     def base(self, i: int) -> torch.Tensor:
-        """cuBLAS: F.linear, or the 8-bit GEMM the engine's W8A8 layers run."""
+        """cuBLAS: F.linear, or the engine's W8A8 path (quantize, then its 8-bit GEMM)."""
         if self.fmt == "bf16":
             return F.linear(self.x, self.ws[i])
-        from pagedlm.kernels.quant_ops import gemm_for, quant_ops
+        a, sa = self.quantize(self.x)
+        return self.gemm(a, self.ws[i].t(), sa, self.scales[i], torch.bfloat16)
 
-        gemm = gemm_for(quant_ops(self.x.device), self.fmt == "fp8", self.k, self.n)
-        return gemm(self.x, self.ws[i].t(), self.sx, self.scales[i], torch.bfloat16)
-
-    def run(self, config: object, i: int) -> torch.Tensor:
-        if isinstance(config, FusedGemvConfig):
-            return triton_gemv_fused.fused_gemv(self.x, self.ws[i], self.sx, self.scales[i], torch.bfloat16,
-                                                None, config)
+    def run(self, candidate: object, i: int) -> torch.Tensor:
         if self.fmt == "bf16":
-            return triton_gemv.gemv(self.x, self.ws[i], None, config)
-        return triton_scaled_gemv.scaled_gemv(self.x, self.ws[i], self.sx, self.scales[i], torch.bfloat16, None,
-                                              config)
+            return gemv_dispatch._run(candidate, self.x, self.ws[i], None)
+        return w8_dispatch._run(candidate, self.x, self.ws[i], self.scales[i], torch.bfloat16, None, self.quantize)
 
     def agrees(self, out: torch.Tensor) -> bool:
         return ((out.float() - self.expect).norm() / self.expect.norm()).item() < 1e-2
 
-    def best(self, configs: list) -> tuple[object | None, float, int]:
-        """(fastest agreeing config, its cold ms, configs that disagreed)."""
+    def best(self, candidates: list) -> tuple[object | None, float, int]:
+        """(fastest agreeing candidate, its cold ms, candidates that disagreed)."""
         best, best_ms, bad = None, math.inf, 0
-        for config in configs:
+        for candidate in candidates:
             try:
-                out = self.run(config, 0)
+                out = self.run(candidate, 0)
             except Exception:  # noqa: BLE001 - e.g. too much shared memory for this tile
                 continue
             if not self.agrees(out):
                 bad += 1
-                print(f"  FAIL {self.fmt} M={self.m} N={self.n} K={self.k} {config}")
+                print(f"  FAIL {self.fmt} M={self.m} N={self.n} K={self.k} {candidate}")
                 continue
-            ms = cold_ms(lambda c=config: self.run(c, 0))
+            ms = cold_ms(lambda c=candidate: self.run(c, 0))
             if ms < best_ms:
-                best, best_ms = config, ms
+                best, best_ms = candidate, ms
         return best, best_ms, bad
 
     def graph_us(self, fn) -> float:
@@ -127,23 +135,31 @@ class Problem:
         return start.elapsed_time(end) * 1e3 / (5 * len(self.ws))
 
 
+def families(fmt: str, m: int, k: int) -> dict[str, list]:
+    fused = [c for c in fused_sweep(m, fmt != "bf16") if triton_gemv_fused.fits(m, k, c)]
+    if fmt == "bf16":
+        return {"splitk": triton_gemv.quick_configs(), "fused": [c for c in fused if not c.native]}
+    Candidate = w8_dispatch.Candidate
+    return {"splitk": [Candidate(c) for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)],
+            "fused": [Candidate(c) for c in fused], "fusedq": [Candidate(c, True) for c in fused]}
+
+
+FAMILIES = ("splitk", "fused", "fusedq")
+
+
 def measure(fmt: str, layer: str, m: int, bw: float) -> dict:
     n, k = SHAPES[layer]
     bytes_per = n * k * (2 if fmt == "bf16" else 1)
     copies = max(2, min(32, math.ceil(2e9 / bytes_per)))
     p = Problem(fmt, n, k, m, copies)
-    splitk = (triton_gemv.quick_configs() if fmt == "bf16"
-              else [c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)])
-    fused = [c for c in fused_sweep(m) if triton_gemv_fused.fits(m, k, c)]
-    s_cfg, s_ms, s_bad = p.best(splitk)
-    f_cfg, f_ms, f_bad = p.best(fused)
-    floor_us = p.floor_bytes / bw * 1e6
-    row = dict(format=fmt, layer=layer, m=m, n=n, k=k, floor_us=floor_us, fails=s_bad + f_bad,
-               base_cold_us=cold_ms(lambda: p.base(0)) * 1e3, splitk_cold_us=s_ms * 1e3, fused_cold_us=f_ms * 1e3,
-               splitk_config=repr(s_cfg), fused_config=repr(f_cfg))
-    row["base_graph_us"] = p.graph_us(p.base)
-    row["splitk_graph_us"] = p.graph_us(lambda i: p.run(s_cfg, i)) if s_cfg else math.nan
-    row["fused_graph_us"] = p.graph_us(lambda i: p.run(f_cfg, i)) if f_cfg else math.nan
+    row = dict(format=fmt, layer=layer, m=m, n=n, k=k, floor_us=p.floor_bytes / bw * 1e6, fails=0,
+               base_cold_us=cold_ms(lambda: p.base(0)) * 1e3, base_graph_us=p.graph_us(p.base))
+    for name, candidates in families(fmt, m, k).items():
+        best, ms, bad = p.best(candidates)
+        row["fails"] += bad
+        row[f"{name}_config"] = repr(best)
+        row[f"{name}_cold_us"] = ms * 1e3
+        row[f"{name}_graph_us"] = p.graph_us(lambda i, c=best: p.run(c, i)) if best is not None else math.nan
     return row
 
 
@@ -158,9 +174,8 @@ def main() -> None:
     bw = floors["copy_bytes_per_s"]
     print(f"{floors['card']}: copy {bw / 1e12:.2f} TB/s")
     rows = []
-    head = (f"{'fmt':<5} {'layer':<13} {'M':>2} {'floor':>7} | {'cold: base':>10} {'splitk':>7} {'fused':>7} | "
-            f"{'graph: base':>11} {'%bw':>4} {'splitk':>7} {'%bw':>4} {'fused':>7} {'%bw':>4}  fused config")
-    print(head)
+    print(f"{'fmt':<5} {'layer':<13} {'M':>2} {'floor':>7} | graph us (% of floor): {'base':>12} "
+          + " ".join(f"{f:>12}" for f in FAMILIES) + "  | best fused config")
     for fmt in args.formats.split(","):
         for layer in args.layers.split(","):
             for m in (int(v) for v in args.m.split(",")):
@@ -168,22 +183,25 @@ def main() -> None:
                     continue  # the LM head stays 16-bit in every format
                 r = measure(fmt, layer, m, bw)
                 rows.append(r)
-                pct = {key: r["floor_us"] / r[key] for key in ("base_graph_us", "splitk_graph_us", "fused_graph_us")}
-                print(f"{fmt:<5} {layer:<13} {m:>2} {r['floor_us']:>7.1f} | {r['base_cold_us']:>10.1f} "
-                      f"{r['splitk_cold_us']:>7.1f} {r['fused_cold_us']:>7.1f} | {r['base_graph_us']:>11.1f} "
-                      f"{pct['base_graph_us']:>4.0%} {r['splitk_graph_us']:>7.1f} {pct['splitk_graph_us']:>4.0%} "
-                      f"{r['fused_graph_us']:>7.1f} {pct['fused_graph_us']:>4.0%}  {r['fused_config']}", flush=True)
+                cells = []
+                for f in ("base",) + FAMILIES:
+                    us = r.get(f"{f}_graph_us", math.nan)
+                    cells.append(f"{us:>6.1f} ({r['floor_us'] / us:>3.0%})" if us == us else f"{'-':>12}")
+                best = min((f for f in FAMILIES if r.get(f"{f}_graph_us", math.nan) == r.get(f"{f}_graph_us")),
+                           key=lambda f: r[f"{f}_graph_us"], default=None)
+                print(f"{fmt:<5} {layer:<13} {m:>2} {r['floor_us']:>7.1f} | {'':>22}" + " ".join(cells)
+                      + f"  | {best}: {r.get(f'{best}_config') if best else '-'}", flush=True)
                 torch.cuda.empty_cache()
     for fmt in args.formats.split(","):
         for m in (int(v) for v in args.m.split(",")):
             sel = [r for r in rows if r["format"] == fmt and r["m"] == m and r["layer"] != "lm_head"]
             if sel:
-                tot = {key: 32 * sum(r[key] for r in sel) for key in ("floor_us", "base_graph_us", "fused_graph_us")}
-                best = 32 * sum(min(v for v in (r["base_graph_us"], r["splitk_graph_us"], r["fused_graph_us"])
+                floor = 32 * sum(r["floor_us"] for r in sel)
+                base = 32 * sum(r["base_graph_us"] for r in sel)
+                best = 32 * sum(min(v for v in (r.get(f"{f}_graph_us", math.nan) for f in ("base",) + FAMILIES)
                                     if v == v) for r in sel)
-                print(f"TOTAL {fmt} M={m}, 32 layers: floor {tot['floor_us'] / 1e3:.3f} ms, base "
-                      f"{tot['base_graph_us'] / 1e3:.3f} ms, fused {tot['fused_graph_us'] / 1e3:.3f} ms, best of "
-                      f"three {best / 1e3:.3f} ms")
+                print(f"TOTAL {fmt} M={m}, 32 layers: floor {floor / 1e3:.3f} ms, base {base / 1e3:.3f} ms, "
+                      f"best per layer {best / 1e3:.3f} ms ({floor / best:.0%} of the floor)")
     fails = sum(r["fails"] for r in rows)
     print("FAIL: some GEMV configs disagreed with the reference" if fails else "PASS: every GEMV config agrees")
     if args.output_json:

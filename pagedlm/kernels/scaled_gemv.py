@@ -1,17 +1,23 @@
-"""Decode-batch dispatch for 8-bit linear layers: the Triton scaled GEMV
-(``triton_scaled_gemv``) where it beats the layer's GEMM, the GEMM everywhere else.
+"""Decode-batch dispatch for 8-bit linear layers: a Triton GEMV where it beats the layer's
+GEMM, the GEMM everywhere else.
 
-``scaled_gemv_or_none(a, w, scale_a, scale_b, out_dtype, bias, baseline)`` returns None when
-the GEMV does not apply or does not win; the caller then runs its GEMM. Whether it wins is
-timed once per (M bucket, N, K, code dtypes) on first use outside CUDA-graph capture against
-``baseline`` (the layer's own GEMM on the same tensors); the runner's warm-up forwards before
-each graph capture run every decode batch size, so the captured graphs see decided shapes.
-During capture an undecided shape takes the GEMM.
+``w8_gemv_or_none(x, w, scale_w, out_dtype, bias, quantize, gemm, per_token)`` returns None
+when no GEMV applies or wins; the caller then quantizes and runs its GEMM. The candidates:
+- ``quantize(x)`` then the split-K GEMV (``triton_scaled_gemv``) or the one-launch GEMV
+  (``triton_gemv_fused``) on the codes;
+- with dynamic per-token activations (``per_token``), the one-launch GEMV quantizing x inside
+  the kernel: no separate quantization launch.
+Which one wins is timed once per (M bucket, N, K, dtypes, scheme) on first use outside
+CUDA-graph capture against ``quantize`` + ``gemm`` (each candidate timed with its
+quantization, so a launch saved counts); the runner's warm-up forwards before each graph
+capture run every decode batch size, so the captured graphs see decided shapes. During
+capture an undecided shape takes the GEMM.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,57 +28,67 @@ logger = logging.getLogger(__name__)
 
 MAX_M = 16
 _BUCKETS = (1, 2, 4, 8, 16)
-# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> GemvConfig, or None = the GEMM
+# (bucket, N, K, x dtype, w dtype, per-token scheme) -> Candidate, or None = the GEMM
 _choice: dict[tuple, object] = {}
+
+Quantize = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: object  # GemvConfig (split-K GEMV) or FusedGemvConfig (one-launch GEMV)
+    quantize_in_kernel: bool = False
 
 
 def _bucket(m: int) -> int:
     return next(b for b in _BUCKETS if b >= m)
 
 
-def _candidates(m: int, k: int) -> list[object]:
+def _candidates(m: int, k: int, per_token: bool) -> list[Candidate]:
     from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
 
-    return ([c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)]
-            + [c for c in triton_gemv_fused.quick_configs(m) if triton_gemv_fused.fits(m, k, c)])
+    split = [Candidate(c) for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)]
+    fused = [c for c in triton_gemv_fused.quick_configs(m, eight_bit=True) if triton_gemv_fused.fits(m, k, c)]
+    # native configs multiply codes by codes: they need the activations quantized
+    out = split + [Candidate(c) for c in fused if not c.native or per_token]
+    return out + ([Candidate(c, True) for c in fused] if per_token else [])
 
 
-def _run(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
-         out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
-    """One of the two GEMV kernels, by the type of its config."""
+def _run(candidate: Candidate, x: torch.Tensor, w: torch.Tensor, scale_w: torch.Tensor, out_dtype: torch.dtype,
+         bias: torch.Tensor | None, quantize: Quantize) -> torch.Tensor:
     from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
 
+    config = candidate.config
+    if candidate.quantize_in_kernel:
+        return triton_gemv_fused.fused_gemv(x, w, None, scale_w, out_dtype, bias, config, quantize_x=True)
+    a, scale_a = quantize(x)
     if isinstance(config, triton_gemv_fused.FusedGemvConfig):
-        return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
-    return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
+        return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_w, out_dtype, bias, config)
+    return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_w, out_dtype, bias, config)
 
 
-def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
-          out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
-    """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
-    best, best_ms, baseline_ms = fastest_agreeing(
-        baseline, _candidates(*a.shape), lambda c: _run(c, a, w, scale_a, scale_b, out_dtype, None))
-    logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
-                 w.shape[1], a.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, baseline_ms * 1e3)
-    return best
-
-
-def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
-                        out_dtype: torch.dtype, bias: torch.Tensor | None,
-                        baseline: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor | None:
-    """(a @ w.T) * scale_a * scale_b (+ bias) through the GEMV where it wins; None otherwise.
-    ``baseline(a, scale_a)`` computes the same product without bias through the layer's GEMM."""
-    m = a.shape[0]
-    if not a.is_cuda or not 1 <= m <= MAX_M or a.stride(1) != 1 or w.stride(1) != 1:
+def w8_gemv_or_none(x: torch.Tensor, w: torch.Tensor, scale_w: torch.Tensor, out_dtype: torch.dtype,
+                    bias: torch.Tensor | None, quantize: Quantize,
+                    gemm: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                    per_token: bool) -> torch.Tensor | None:
+    """x [M, K] 16-bit activations -> (x @ w.T) * scales (+ bias) through a GEMV where one
+    wins; None otherwise. ``quantize(x)`` gives the GEMM's (codes, scale) (x itself and None
+    for weight-only layers); ``gemm(a, scale_a)`` is the layer's GEMM without bias;
+    ``per_token``: the activations are quantized dynamically per token (the kernel can do it)."""
+    m = x.shape[0]
+    if not x.is_cuda or not 1 <= m <= MAX_M or x.stride(1) != 1 or w.stride(1) != 1:
         return None
-    key = (_bucket(m), w.shape[0], w.shape[1], a.dtype, w.dtype, scale_a is not None and scale_a.numel() > 1)
+    key = (_bucket(m), w.shape[0], w.shape[1], x.dtype, w.dtype, per_token)
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():
             return None
         # Timed at the bucket's row count so every M of the bucket shares the decision.
-        rows = key[0]
-        a_t = a[:1].expand(rows, -1).contiguous() if rows != m else a
-        sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
-        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
-    config = _choice[key]
-    return None if config is None else _run(config, a, w, scale_a, scale_b, out_dtype, bias)
+        x_t = x[:1].expand(key[0], -1).contiguous() if key[0] != m else x
+        best, best_ms, gemm_ms = fastest_agreeing(
+            lambda: gemm(*quantize(x_t)), _candidates(key[0], w.shape[1], per_token),
+            lambda c: _run(c, x_t, w, scale_w, out_dtype, None, quantize))
+        logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; quantize + GEMM %.1f us)", key[0],
+                     w.shape[0], w.shape[1], x.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, gemm_ms * 1e3)
+        _choice[key] = best
+    candidate = _choice[key]
+    return None if candidate is None else _run(candidate, x, w, scale_w, out_dtype, bias, quantize)

@@ -22,11 +22,14 @@ float32 like the references' (F.linear, ``quant_reference.scaled_mm`` / ``weight
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from pagedlm.kernels import quant_reference as ref
 
 MAX_M = 8
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -41,6 +44,7 @@ class FusedGemvConfig:
     num_warps: int = 4
     num_stages: int = 2
     dot: bool = False
+    native: bool = False  # with dot: 8-bit codes on the tensor cores without widening
 
 
 def _counters(device: torch.device) -> torch.Tensor:
@@ -52,23 +56,60 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
+def _row_scales(x_ptr, rm_load, K, stride_xm, qmax, min_scale, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-token activation scales, max(|x|) / qmax over the whole row (each program of a row
+    computes the same one; the row is read from L2)."""
+    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+    return tl.maximum(amax / qmax, min_scale)
+
+
+@triton.jit
+def _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT: tl.constexpr):
+    """x tile [BLOCK_M, BLOCK_K]: as stored, or quantized to codes with the row scales exactly
+    as ``triton_quant.per_token_quant`` does (IEEE division, int8 rounded half to even)."""
+    x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :])
+    if QUANT == 0:
+        return x
+    y = tl.math.div_rn(x.to(tl.float32), scale[:, None])
+    if QUANT == 2:
+        r = tl.floor(y + 0.5)
+        y = tl.where((r - y == 0.5) & ((r.to(tl.int32) & 1) == 1), r - 1.0, r)
+        y = tl.minimum(tl.maximum(y, -qmax - 1.0), qmax)
+    else:
+        y = tl.minimum(tl.maximum(y, -qmax), qmax)
+    return y.to(code_ty)
+
+
+@triton.jit
+def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn, scale, qmax,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
-                  COMPUTE_BF16: tl.constexpr):
-    if DOT:  # codes and values widen exactly to the 16-bit type the tensor cores take
+                  COMPUTE_BF16: tl.constexpr, QUANT: tl.constexpr, NATIVE: tl.constexpr):
+    code_ty = w_ptr.dtype.element_ty
+    if DOT:
+        # NATIVE: 8-bit codes times 8-bit codes on the tensor cores as they are (int8 into an
+        # exact int32 sum); else both widen exactly to the 16-bit type the tensor cores take.
         compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_ty = tl.int32 if NATIVE and code_ty == tl.int8 else tl.float32
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_ty)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
-            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(compute)
-            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(compute)
-            acc += tl.dot(x, tl.trans(w), out_dtype=tl.float32)
+            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])
+            x = _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT)
+            if NATIVE:
+                acc += tl.dot(x, tl.trans(w), out_dtype=acc_ty)
+            else:
+                acc += tl.dot(x.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
+        acc = acc.to(tl.float32)
     else:
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
+            x = _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT).to(tl.float32)
             acc3 += x[:, None, :] * w[None, :, :]
         acc = tl.sum(acc3, axis=2)
     return acc
@@ -77,11 +118,13 @@ def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_
 @triton.jit
 def _fused_gemv_kernel(
     x_ptr, w_ptr, sx_ptr, sw_ptr, bias_ptr, part_ptr, count_ptr, out_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sx, stride_om,
+    stride_xm, stride_wn, stride_sx, stride_om, qmax, min_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, QUANT: tl.constexpr, NATIVE: tl.constexpr,
 ):
+    # QUANT: 0 = x as given; 1 / 2 = x is 16-bit, quantized here per token to the weight's
+    # fp8 / int8 codes (the scales computed in every program, see _row_scales).
     # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
     pid_n = tl.program_id(0)
@@ -91,8 +134,11 @@ def _fused_gemv_kernel(
     rn_load = tl.minimum(rn, N - 1).to(tl.int64)
     rm_load = tl.minimum(rm, M - 1)
     k_lo = pid_k * k_per_split
-    acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
-                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16)
+    scale = tl.full((BLOCK_M,), 1.0, tl.float32)
+    if QUANT != 0:
+        scale = _row_scales(x_ptr, rm_load, K, stride_xm, qmax, min_scale, BLOCK_M, BLOCK_K)
+    acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn, scale,
+                        qmax, BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, QUANT, NATIVE)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     last = True
     if SPLIT_K > 1:
@@ -111,6 +157,8 @@ def _fused_gemv_kernel(
             acc = acc * tl.load(sw_ptr + rn_load)[None, :]
         if HAS_SX:
             acc = acc * tl.load(sx_ptr + rm_load * stride_sx)[:, None]
+        if QUANT != 0:
+            acc = acc * scale[:, None]
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + rn_load)[None, :].to(tl.float32)
         tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -122,12 +170,19 @@ def fits(m: int, k: int, config: FusedGemvConfig) -> bool:
 
 def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
                out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-               config: FusedGemvConfig = FusedGemvConfig()) -> torch.Tensor:
+               config: FusedGemvConfig = FusedGemvConfig(), quantize_x: bool = False) -> torch.Tensor:
     """x [M <= 8, K] (values, or 8-bit codes with scale_x [M, 1] / [1, 1]), w [N, K] (values or
     8-bit codes with scale_w [N] / [1, N] float32) -> [M, N] in ``out_dtype``.
-    K must be a multiple of block_k * split_k (``fits``)."""
+    ``quantize_x``: x holds 16-bit values that the kernel quantizes per token to w's codes
+    (W8A8 with dynamic per-token activations, one launch). K must be a multiple of
+    block_k * split_k (``fits``)."""
     m, k = x.shape
     n = w.shape[0]
+    eight_bit = w.element_size() == 1
+    if quantize_x and (not eight_bit or scale_x is not None):
+        raise ValueError("quantize_x takes 16-bit x (no scale_x) against 8-bit weight codes")
+    if config.native and not (config.dot and eight_bit and (quantize_x or x.dtype == w.dtype)):
+        raise ValueError("a native config multiplies 8-bit codes of one type on the tensor cores")
     if not fits(m, k, config) or w.shape[1] != k:
         raise ValueError(f"fused_gemv takes x [M <= {MAX_M}, K] with K a multiple of "
                          f"{config.block_k * config.split_k}, and w [N, K]; got {tuple(x.shape)}, {tuple(w.shape)}")
@@ -144,10 +199,13 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
     _fused_gemv_kernel[(grid_n, config.split_k)](
         x, w, sx, sw, bias if bias is not None else out, part, counters, out, m, n, k, k // config.split_k,
         x.stride(0), w.stride(0), 1 if scale_x is not None and scale_x.numel() > 1 else 0, out.stride(0),
+        ref.qmax(w.dtype) if eight_bit else 1.0, ref.MIN_SCALE,
         BLOCK_M=max(16, triton.next_power_of_2(m)) if config.dot else triton.next_power_of_2(m),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
-        COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), num_warps=config.num_warps, num_stages=config.num_stages,
+        COMPUTE_BF16=w.dtype == torch.bfloat16 or (x.dtype == torch.bfloat16 and not quantize_x),
+        QUANT=(2 if w.dtype == torch.int8 else 1) if quantize_x else 0, NATIVE=config.native,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
 
@@ -169,14 +227,16 @@ def sweep_configs(m: int) -> list[FusedGemvConfig]:
     return configs
 
 
-def quick_configs(m: int) -> list[FusedGemvConfig]:
-    """The candidates the engine's first-use tuners time for M rows (few compiles): register
-    tiles of about 8K products per program at 1-4 split-K slices, and tensor-core tiles for
-    the wider buckets."""
+def quick_configs(m: int, eight_bit: bool = False) -> list[FusedGemvConfig]:
+    """The candidates the engine's first-use tuners time for M rows (few compiles): the tiles
+    that won some 8B decode shape in the sweep (``benchmarks/gpu_gemv.py``), and for 8-bit
+    codes the same tensor-core tiles without widening."""
     rows = triton.next_power_of_2(m)
-    fma = [(8, 512), (16, 256)] if rows <= 2 else [(4, 512), (8, 256)] if rows <= 4 else [(4, 256)]
-    configs = [FusedGemvConfig(bn, bk, split) for bn, bk in fma for split in (1, 2, 4)]
-    configs += [FusedGemvConfig(32, 256, split, dot=True) for split in (1, 4)]
-    if rows >= 4:
-        configs += [FusedGemvConfig(64, 128, 2, dot=True), FusedGemvConfig(16, 512, 4, dot=True)]
+    dots = [FusedGemvConfig(32, 256, 4, dot=True), FusedGemvConfig(32, 512, 4, dot=True),
+            FusedGemvConfig(64, 256, 2, dot=True), FusedGemvConfig(16, 512, 4, dot=True)]
+    fma = ([(8, 512, 1), (8, 1024, 1), (4, 1024, 1), (16, 256, 2)] if rows <= 2
+           else [(4, 512, 1), (8, 256, 2)] if rows <= 4 else [])
+    configs = [FusedGemvConfig(bn, bk, split) for bn, bk, split in fma] + dots
+    if eight_bit:
+        configs += [dataclasses.replace(c, native=True) for c in dots]
     return configs

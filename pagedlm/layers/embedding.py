@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedlm.kernels.gemv import unquantized_linear
 from pagedlm.layers.linear import default_weight_loader
 from pagedlm.worker.distributed import (
     get_tensor_model_parallel_rank,
@@ -56,7 +57,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     (both are sharded the same way)."""
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden_states, self.weight)  # [S, V / tp]
+        logits = unquantized_linear(hidden_states, self.weight)  # [S, V / tp]; decode rows: the GEMV where it wins
         if self.tp_size == 1:
             return logits
         return tensor_model_parallel_all_gather(logits, dim=-1)[:, : self.vocab_size]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pagedlm.sample.sampler import exponential_noise, row_argmax
 from pagedlm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -34,16 +35,13 @@ def is_plain(sp: SamplingParams, vocab_size: int) -> bool:
 
 def sample_plain(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """logits [B, V], temperature [B] (0 = greedy) -> ids [B]; the Sampler's ops in its order
-    (an unseeded random row draws the same q for the same RNG state), without host syncs."""
+    (an unseeded random row draws the same q for the same RNG state), without host syncs.
+    A greedy row's noise is zeroed, so one argmax serves greedy and random rows alike."""
     logits = logits.to(torch.float32)
-    greedy_rows = temperature < _SAMPLING_EPS
-    greedy = logits.argmax(dim=-1)
-    scaled = logits / torch.where(greedy_rows, 1.0, temperature).unsqueeze(1)
-    probs = scaled.softmax(dim=-1)
-    q = torch.empty_like(probs)
-    torch.rand(q.shape, out=q, device=q.device).log_().neg_()  # Exp(1), as exponential_sample draws it
-    sampled = probs.div_(q).argmax(dim=-1)
-    return torch.where(greedy_rows, greedy, sampled)
+    greedy_rows = (temperature < _SAMPLING_EPS).unsqueeze(1)
+    scaled = logits / torch.where(greedy_rows, 1.0, temperature.unsqueeze(1))
+    log_q = exponential_noise(scaled.shape, scaled.device, {}).log_()
+    return row_argmax(scaled.sub_(log_q.masked_fill_(greedy_rows, 0.0)))
 
 
 class GraphSampler:

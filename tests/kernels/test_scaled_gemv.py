@@ -77,22 +77,27 @@ def test_refusals() -> None:
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the dispatch only runs on CUDA tensors")
-def test_dispatch_decides_once_and_matches_the_gemm() -> None:
+@pytest.mark.parametrize("per_token", [True, False])
+def test_dispatch_decides_once_and_matches_the_gemm(per_token: bool) -> None:
     x, wq, w_scale, bias = _problem(3, 4096, 4096, ref.FP8_DTYPE, 3)
-    a, a_scale = ref.per_token_quant(x, ref.FP8_DTYPE)
     calls = []
+
+    def quantize(x):
+        return ref.per_token_quant(x, ref.FP8_DTYPE)
 
     def gemm(a, a_scale, bias=None):
         calls.append(a.shape[0])
         return ref.scaled_mm(a, wq.t(), a_scale, w_scale, DTYPE, bias)
 
     dispatch._choice.clear()
-    out = dispatch.scaled_gemv_or_none(a, wq, a_scale, w_scale, DTYPE, bias, gemm)
+    out = dispatch.w8_gemv_or_none(x, wq, w_scale, DTYPE, bias, quantize, gemm, per_token)
     key = next(iter(dispatch._choice))
     assert key[0] == 4 and len(dispatch._choice) == 1  # M=3 is decided for its bucket of 4 rows
-    expect = gemm(a, a_scale, bias)
-    if out is not None:  # the GEMV won: same numbers
+    expect = gemm(*quantize(x), bias)
+    if out is not None:  # a GEMV won: same numbers
         assert _rel(out, expect) < 1e-2
     n_calls = len(calls)
-    dispatch.scaled_gemv_or_none(a, wq, a_scale, w_scale, DTYPE, bias, gemm)
+    dispatch.w8_gemv_or_none(x, wq, w_scale, DTYPE, bias, quantize, gemm, per_token)
     assert len(calls) == n_calls  # decided: no second timing
+    candidates = dispatch._candidates(4, 4096, per_token)
+    assert any(c.quantize_in_kernel for c in candidates) == per_token

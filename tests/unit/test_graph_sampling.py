@@ -33,3 +33,15 @@ def test_is_plain_only_for_greedy_and_temperature() -> None:
                    dict(repetition_penalty=1.1), dict(top_k=5), dict(top_p=0.9), dict(min_p=0.1),
                    dict(logit_bias={1: 1.0}), dict(allowed_token_ids=[1]), dict(min_tokens=2)):
         assert not is_plain(SamplingParams(**kwargs), V), kwargs
+
+
+@pytest.mark.parametrize("shape", [(1, 300), (3, 128256), (2, 97), (40, 300)])
+def test_row_argmax_is_argmax_with_first_index_on_ties(shape: tuple[int, int]) -> None:
+    from pagedlm.sample.sampler import row_argmax
+
+    x = torch.randn(*shape)
+    x[0, 5] = x[0, shape[1] - 1] = x[0].max() + 1  # a tie across chunks: the first index wins
+    if shape[0] > 1:
+        x[1, 7] = x[1, 8] = x[1].max() + 1  # a tie inside a chunk
+    assert torch.equal(row_argmax(x), x.argmax(dim=-1))
+    assert row_argmax(x)[0] == 5
