@@ -14,11 +14,19 @@ step the head runs over the step's accepted positions (every request, so its cac
 valid for later prefix hits) with the tokens shifted by one (the newest sampled token last);
 its last row gives the first draft, then k - 1 chained steps feed each draft with the head's
 own output feature.
+
+Under async scheduling the next step is launched (its forward run, a CUDA graph's static
+output overwritten) before a step is collected and proposed from. So everything the pass
+over a step reads is taken right after that step's target forward (``StepFeatures``: the
+features, the step's host arrays, its draft counts and request objects) and queued; the
+collected step's proposal takes its own entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -176,6 +184,18 @@ def aux_layer_ids(hf_config: Any, num_target_layers: int) -> list[int]:
     return ids
 
 
+@dataclass
+class StepFeatures:
+    """One step's inputs to the head's pass, taken right after its target forward."""
+
+    inputs: "StepInputs"  # host arrays built for this step alone (req_ids, query_start_loc, num_computed)
+    features: torch.Tensor  # [T, H] (EAGLE-3: [T, 3H]), the head's own copy
+    drafts: dict[str, int]  # each request's draft count in this step (a later step rewrites spec_token_ids)
+    # The runner's request objects in this step: a request preempted and scheduled again
+    # since is a new object, whose blocks and positions are not this step's.
+    states: list["CachedRequestState"]
+
+
 class EagleProposer(ChainDrafter):
     position_offset = -1
 
@@ -191,7 +211,11 @@ class EagleProposer(ChainDrafter):
             layers = runner.model.model.layers
             for i in aux_layer_ids(hf_config, len(layers)):
                 layers[i].register_forward_pre_hook(self._capture_aux)
-        self._step: tuple | None = None
+        # Steps launched and not yet proposed from, oldest first (two under async scheduling).
+        self._steps: deque[StepFeatures] = deque()
+        # A graph's static output (EAGLE's final hidden states) is rewritten by the next step's
+        # replay, which async scheduling runs before this step is proposed from.
+        self._copy_hidden = runner.config.scheduler_config.async_scheduling and not self.eagle3
         self._first: dict[str, int] = {}
         self._first_out: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prev_hidden: torch.Tensor | None = None
@@ -236,11 +260,26 @@ class EagleProposer(ChainDrafter):
                        self.device)
 
     def after_target_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
-        """Keep the step's target features (final hidden states, or EAGLE-3's three layers)."""
-        features = torch.cat(self._aux, dim=-1) if self.eagle3 else hidden
+        """Take the step's target features (final hidden states, or EAGLE-3's three layers,
+        which the hooks captured into fresh tensors) and what the pass over it reads."""
+        # The last forward's three layers: a forward outside a step (the memory profile run on a
+        # GPU) also ran the hooks.
+        features = torch.cat(self._aux[-3:], dim=-1) if self.eagle3 else hidden
         self._aux = []
-        drafts = {r: len(self.runner.requests[r].spec_token_ids) for r in inputs.req_ids}
-        self._step = (inputs, features, drafts)
+        if self._copy_hidden:
+            features = features.clone()
+        states = [self.runner.requests[r] for r in inputs.req_ids]
+        self._steps.append(StepFeatures(inputs, features, {s.req_id: len(s.spec_token_ids) for s in states}, states))
+
+    def _take_step(self, output: "ModelRunnerOutput") -> StepFeatures | None:
+        """The collected step's entry: its output carries the step's own req_ids list. A step
+        that ran no forward (nothing scheduled) has none."""
+        for i, step in enumerate(self._steps):
+            if step.inputs.req_ids is output.req_ids:
+                for _ in range(i + 1):  # (older entries would be steps never collected)
+                    self._steps.popleft()
+                return step
+        return None
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head.compute_logits(hidden) if self.eagle3 else self.runner.model.compute_logits(hidden)
@@ -248,11 +287,9 @@ class EagleProposer(ChainDrafter):
     def before_propose(self, output: "ModelRunnerOutput", states: dict[str, "CachedRequestState"]) -> None:
         """The head over every request's accepted positions of the step (its KV for them),
         tokens shifted by one; each request's last row is kept for its first draft."""
-        if self._step is None:
-            return
-        inputs, features, drafts = self._step
-        self._step = None
-        plan = self._first_pass_plan(inputs, output, states, drafts)
+        self._first, self._first_out = {}, None
+        step = self._take_step(output)
+        plan = None if step is None else self._first_pass_plan(step, output, states)
         if plan is None:
             return
         rows, tokens, positions, qsl, seq_lens, tables, slots, last_rows = plan
@@ -261,19 +298,20 @@ class EagleProposer(ChainDrafter):
             slot_mapping=torch.from_numpy(slots).to(dev), query_start_loc=torch.from_numpy(qsl).to(dev),
             seq_lens=torch.from_numpy(seq_lens).to(dev), block_tables=torch.from_numpy(tables).to(dev),
             max_query_len=int(np.diff(qsl).max()), max_seq_len=int(seq_lens.max()), num_actual_tokens=len(tokens))
-        hidden_in = self.head.prepare_features(features.index_select(0, torch.from_numpy(rows).to(dev)))
+        hidden_in = self.head.prepare_features(step.features.index_select(0, torch.from_numpy(rows).to(dev)))
         with set_forward_context(meta):
             normed, nxt = self.head(torch.from_numpy(tokens).to(dev), torch.from_numpy(positions).to(dev), hidden_in)
         self._first = last_rows
         self._first_out = (normed, nxt)
 
-    def _first_pass_plan(self, inputs: "StepInputs", output: "ModelRunnerOutput",
-                         states: dict[str, "CachedRequestState"], drafts: dict[str, int]) -> tuple | None:
+    def _first_pass_plan(self, step: StepFeatures, output: "ModelRunnerOutput",
+                         states: dict[str, "CachedRequestState"]) -> tuple | None:
+        inputs, drafts = step.inputs, step.drafts
         sampled_count = dict(zip(output.req_ids, map(len, output.sampled_token_ids)))
         rows, tokens, positions, lens, starts, block_lists, last_rows = [], [], [], [], [], [], {}
         for i, req_id in enumerate(inputs.req_ids):
             state = states.get(req_id)
-            if state is None:
+            if state is None or state is not step.states[i]:  # finished, or preempted since
                 continue
             lo, n = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1] - inputs.query_start_loc[i])
             start = int(inputs.num_computed[i])  # positions stay on the device under device step prep
@@ -288,7 +326,9 @@ class EagleProposer(ChainDrafter):
             positions.extend(range(start, start + valid))
             lens.append(valid)
             starts.append(start)
-            block_lists.append(state.block_ids)
+            # The blocks of this step's positions: a later step only appends blocks or rolls
+            # back ones past its computed tokens, which cover these.
+            block_lists.append(state.block_ids[: -(-(start + valid) // self.block_size)])
             last_rows[req_id] = len(rows) - 1
         if not rows:
             return None
@@ -303,6 +343,17 @@ class EagleProposer(ChainDrafter):
         seq_lens = (np.array(starts) + np.array(lens)).astype(np.int32)
         return (np.array(rows, dtype=np.int64), np.array(tokens, dtype=np.int64), pos, qsl, seq_lens, tables, slots,
                 last_rows)
+
+    def propose(self, states: list["CachedRequestState"]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Drafts for the requests the pass over the collected step covered (a request that
+        sampled in it but is another object now was preempted since: no drafts)."""
+        covered = [s for s in states if s.req_id in self._first]
+        if len(covered) == len(states):
+            return super().propose(states)
+        drafts, probs = super().propose(covered)
+        by_id = {s.req_id: b for b, s in enumerate(covered)}
+        return ([drafts[by_id[s.req_id]] if s.req_id in by_id else [] for s in states],
+                [probs[by_id[s.req_id]] if s.req_id in by_id else None for s in states])
 
     def first_logits(self, states: list["CachedRequestState"]) -> torch.Tensor | None:
         normed, nxt = self._first_out

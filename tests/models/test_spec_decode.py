@@ -361,7 +361,7 @@ def test_disable_by_batch_size_default_and_null():
     assert never.disable_by_batch_size is None
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle", "eagle3"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_async_scheduling_with_speculation_equals_off(target, spec_configs, method, setting):
     """Async scheduling: a request whose step in flight carries no drafts (and whose last
@@ -387,7 +387,10 @@ def test_async_scheduling_with_speculation_equals_off(target, spec_configs, meth
                                ignore_eos=True, prompt_logprobs=2)
     assert_same(baseline(target, setting), llm.generate(prompts, params, use_tqdm=False))
     stats = spec_stats(llm)
-    assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
+    if method == "eagle3":  # a random EAGLE-3 head is almost never right: drafts were verified
+        assert stats["num_drafts"] > 5
+    else:
+        assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
     assert ahead, "no request ran ahead of its step in flight"
     if setting == "chunked_preempt":
         assert sched.num_preemptions_total > 0
