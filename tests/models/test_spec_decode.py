@@ -215,11 +215,7 @@ def test_bad_speculative_configs_are_refused(target, spec, message):
         LLM(target, device="cpu", max_model_len=128, speculative_config=spec)
 
 
-def test_speculation_refuses_async_scheduling_with_eagle_and_a_foreign_vocabulary(target, spec_configs,
-                                                                                  checkpoint_factory):
-    for method in ("eagle", "eagle3"):
-        with pytest.raises(ConfigError, match="async"):
-            LLM(target, device="cpu", max_model_len=128, async_scheduling=True, speculative_config=spec_configs[method])
+def test_speculation_refuses_a_foreign_vocabulary(target, checkpoint_factory):
     gpt2 = checkpoint_factory("gpt2")
     from pagedlm.config import load_hf_config
 
@@ -427,3 +423,62 @@ def test_draft_model_chain_through_staged_graph_buffers_equals_off(target, spec_
     stats = spec_stats(llm)
     assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
     assert stats == spec_stats(run(graphed=False)[0])
+
+
+class _StaticHidden:
+    """The target's forward returning a view of one buffer, as a CUDA graph's static output
+    does: the step launched ahead (async) overwrites the hidden states of the step in flight."""
+
+    def __init__(self, forward) -> None:
+        self.forward, self.buffer = forward, None
+
+    def __call__(self, inputs, rows):
+        hidden = self.forward(inputs, rows)
+        if self.buffer is None:
+            self.buffer = hidden.new_empty(4096, hidden.shape[1])
+        self.buffer[: len(hidden)].copy_(hidden)
+        return self.buffer[: len(hidden)]
+
+
+def _eagle_run(target: str, spec: dict, async_scheduling: bool, max_tokens: list[int]):
+    """Outputs, spec stats and every proposal ((request, tokens so far) -> drafts) of a run of
+    requests finishing at different steps, n = 2 sharing prompt blocks, one opting out."""
+    llm = LLM(target, device="cpu", speculative_config=spec, async_scheduling=async_scheduling,
+              **SETTINGS["prefix_caching_n2"])
+    runner = llm.llm_engine.engine_core.runner
+    runner._forward = _StaticHidden(runner._forward)
+    proposals: dict[tuple[str, int], list[int]] = {}
+    if spec is not None:
+        propose = runner.spec.proposer.propose
+
+        def recording_propose(states):
+            drafts, probs = propose(states)
+            proposals.update(((s.req_id, len(s.token_ids)), d) for s, d in zip(states, drafts))
+            return drafts, probs
+
+        runner.spec.proposer.propose = recording_propose
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [SamplingParams(n=2, temperature=0.0, max_tokens=m, logprobs=NUM_LOGPROBS, ignore_eos=True,
+                             prompt_logprobs=2 if i == 1 else None) for i, m in enumerate(max_tokens)]
+    return llm.generate(prompts, params, use_tqdm=False), spec_stats(llm), proposals
+
+
+@pytest.mark.parametrize("method", ["eagle", "eagle3"])
+def test_eagle_under_async_drafts_from_the_collected_steps_features(target, spec_configs, method):
+    """Under async scheduling the step launched ahead (here a request that opts out and runs
+    ahead, and prefills) has replaced the target's hidden states (a static buffer, as a CUDA
+    graph's) before the step in flight is proposed from. Every proposal equals the one made
+    with async off at the same point of the same request (a stale or foreign feature row, a
+    later step's positions or draft counts would change it), so acceptance counts are equal
+    too; output equals speculation off."""
+    max_tokens = [16, 5, 11, 8]
+    if "mixed_lengths" not in _baselines:
+        _baselines["mixed_lengths"] = _eagle_run(target, None, False, max_tokens)[0]
+    ref = _baselines["mixed_lengths"]
+    sync_out, sync_stats, sync_proposals = _eagle_run(target, spec_configs[method], False, max_tokens)
+    out, stats, proposals = _eagle_run(target, spec_configs[method], True, max_tokens)
+    assert_same(ref, sync_out)
+    assert_same(ref, out)
+    assert [len(o.token_ids) for r in out for o in r.outputs] == [m for m in max_tokens for _ in range(2)]
+    assert len(proposals) > 20 and proposals == sync_proposals
+    assert stats == sync_stats and stats["num_drafts"] > 20
