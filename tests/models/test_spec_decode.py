@@ -7,7 +7,6 @@ layouts vLLM loads."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -16,7 +15,7 @@ import torch
 
 from pagedlm import LLM, SamplingParams
 from pagedlm.config import ConfigError
-from safetensors.torch import save_file
+from tests.models.eagle_helpers import write_eagle, write_eagle3
 
 NUM_LOGPROBS = 3
 PROMPTS = [
@@ -74,56 +73,6 @@ def spec_configs(target, tmp_path_factory) -> dict[str, dict]:
         "eagle3": {"method": "eagle3", "model": write_eagle3(target, str(tmp_path_factory.mktemp("eagle3"))),
                    "num_speculative_tokens": 3},
     }
-
-
-def _shapes(target: str) -> tuple[dict, int, int, int, int, int]:
-    cfg = json.load(open(os.path.join(target, "config.json")))
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hidden = cfg["hidden_size"]
-    return cfg, hidden, cfg["intermediate_size"], heads * (hidden // heads), kv_heads * (hidden // heads), cfg["vocab_size"]
-
-
-def write_eagle(target: str, out: str) -> str:
-    """An EAGLE head in SafeAILab's layout (fc, layers.0 without input_layernorm). fc passes
-    the target's hidden state through and the layer adds nothing, so the head predicts the
-    target's next token again: drafts repeat the newest token, which the echoing target
-    sometimes accepts."""
-    cfg, h, inter, q, kv, _ = _shapes(target)
-    json.dump(dict(cfg, num_hidden_layers=1), open(os.path.join(out, "config.json"), "w"))
-    gen = torch.Generator().manual_seed(3)
-    rand = lambda *shape: 0.1 * torch.randn(*shape, generator=gen)  # noqa: E731
-    weights = {"fc.weight": torch.cat([torch.zeros(h, h), torch.eye(h)], 1),
-               "layers.0.self_attn.q_proj.weight": rand(q, h), "layers.0.self_attn.k_proj.weight": rand(kv, h),
-               "layers.0.self_attn.v_proj.weight": rand(kv, h), "layers.0.self_attn.o_proj.weight": torch.zeros(h, q),
-               "layers.0.mlp.gate_proj.weight": rand(inter, h), "layers.0.mlp.up_proj.weight": rand(inter, h),
-               "layers.0.mlp.down_proj.weight": torch.zeros(h, inter),
-               "layers.0.post_attention_layernorm.weight": torch.ones(h)}
-    save_file(weights, os.path.join(out, "model.safetensors"))
-    return out
-
-
-def write_eagle3(target: str, out: str) -> str:
-    """An EAGLE-3 head in vLLM's layout: midlayer.* (2H-wide q/k/v, hidden_norm), fc over three
-    target layers, norm, its own lm_head over a 300-token draft vocabulary with d2t."""
-    cfg, h, inter, q, kv, vocab = _shapes(target)
-    draft_vocab = 300
-    json.dump(dict(cfg, num_hidden_layers=1, draft_vocab_size=draft_vocab,
-                   eagle_config={"eagle_aux_hidden_state_layer_ids": [0, 1, 1]}),
-              open(os.path.join(out, "config.json"), "w"))
-    gen = torch.Generator().manual_seed(4)
-    rand = lambda *shape: 0.1 * torch.randn(*shape, generator=gen)  # noqa: E731
-    kept = torch.randperm(vocab, generator=gen)[:draft_vocab].sort().values
-    m = "midlayer."
-    weights = {"fc.weight": rand(h, 3 * h), m + "self_attn.q_proj.weight": rand(q, 2 * h),
-               m + "self_attn.k_proj.weight": rand(kv, 2 * h), m + "self_attn.v_proj.weight": rand(kv, 2 * h),
-               m + "self_attn.o_proj.weight": rand(h, q), m + "mlp.gate_proj.weight": rand(inter, h),
-               m + "mlp.up_proj.weight": rand(inter, h), m + "mlp.down_proj.weight": rand(h, inter),
-               m + "input_layernorm.weight": torch.ones(h), m + "hidden_norm.weight": torch.ones(h),
-               m + "post_attention_layernorm.weight": torch.ones(h), "norm.weight": torch.ones(h),
-               "lm_head.weight": rand(draft_vocab, h), "d2t": kept - torch.arange(draft_vocab),
-               "t2d": torch.zeros(vocab, dtype=torch.bool)}
-    save_file(weights, os.path.join(out, "model.safetensors"))
-    return out
 
 
 def generate(path: str, settings: dict, spec: dict | None, n: int = 1):
@@ -441,19 +390,22 @@ class _StaticHidden:
 
 
 def _eagle_run(target: str, spec: dict, async_scheduling: bool, max_tokens: list[int]):
-    """Outputs, spec stats and every proposal ((request, tokens so far) -> drafts) of a run of
-    requests finishing at different steps, n = 2 sharing prompt blocks, one opting out."""
+    """Outputs, spec stats and every proposal ((request, tokens so far) -> (newest token,
+    drafts)) of a run of requests finishing at different steps, n = 2 sharing prompt blocks,
+    one opting out; the runner as on a GPU (step preparation on the device, hidden states in
+    a static buffer)."""
     llm = LLM(target, device="cpu", speculative_config=spec, async_scheduling=async_scheduling,
               **SETTINGS["prefix_caching_n2"])
     runner = llm.llm_engine.engine_core.runner
+    runner.device_step_prep = True  # the GPU's step preparation (positions stay on the device)
     runner._forward = _StaticHidden(runner._forward)
-    proposals: dict[tuple[str, int], list[int]] = {}
+    proposals: dict[tuple[str, int], tuple[int, list[int]]] = {}  # -> (newest token, drafts)
     if spec is not None:
         propose = runner.spec.proposer.propose
 
         def recording_propose(states):
             drafts, probs = propose(states)
-            proposals.update(((s.req_id, len(s.token_ids)), d) for s, d in zip(states, drafts))
+            proposals.update(((s.req_id, len(s.token_ids)), (s.token_ids[-1], d)) for s, d in zip(states, drafts))
             return drafts, probs
 
         runner.spec.proposer.propose = recording_propose
@@ -468,9 +420,9 @@ def test_eagle_under_async_drafts_from_the_collected_steps_features(target, spec
     """Under async scheduling the step launched ahead (here a request that opts out and runs
     ahead, and prefills) has replaced the target's hidden states (a static buffer, as a CUDA
     graph's) before the step in flight is proposed from. Every proposal equals the one made
-    with async off at the same point of the same request (a stale or foreign feature row, a
-    later step's positions or draft counts would change it), so acceptance counts are equal
-    too; output equals speculation off."""
+    with async off at the same point of the same request (a stale or foreign feature row
+    changes it: the pass-through EAGLE head's drafts repeat the token that its feature row
+    predicted), so acceptance counts are equal too; output equals speculation off."""
     max_tokens = [16, 5, 11, 8]
     if "mixed_lengths" not in _baselines:
         _baselines["mixed_lengths"] = _eagle_run(target, None, False, max_tokens)[0]
@@ -481,4 +433,6 @@ def test_eagle_under_async_drafts_from_the_collected_steps_features(target, spec
     assert_same(ref, out)
     assert [len(o.token_ids) for r in out for o in r.outputs] == [m for m in max_tokens for _ in range(2)]
     assert len(proposals) > 20 and proposals == sync_proposals
+    if method == "eagle":  # the head passes the target's feature through: drafts repeat the newest token
+        assert all(drafts == [newest] * 3 for newest, drafts in proposals.values())
     assert stats == sync_stats and stats["num_drafts"] > 20
