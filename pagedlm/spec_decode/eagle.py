@@ -256,14 +256,14 @@ class EagleProposer(ChainDrafter):
         return kv_cache_bytes(self._attention_layers(), self.block_size, self.model_config.torch_dtype)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
+        self._aux = []  # the memory profile run's layers (a GPU sizes the cache by a forward)
         make_kv_caches(self._attention_layers(), num_blocks, self.block_size, self.model_config.torch_dtype,
                        self.device)
 
     def after_target_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
         """Take the step's target features (final hidden states, or EAGLE-3's three layers,
         which the hooks captured into fresh tensors) and what the pass over it reads."""
-        # The last forward's three layers: a forward outside a step (the memory profile run on a
-        # GPU) also ran the hooks.
+        # The last forward's three layers (a forward outside a step also runs the hooks).
         features = torch.cat(self._aux[-3:], dim=-1) if self.eagle3 else hidden
         self._aux = []
         if self._copy_hidden:
