@@ -19,7 +19,9 @@ Under async scheduling the next step is launched (its forward run, a CUDA graph'
 output overwritten) before a step is collected and proposed from. So everything the pass
 over a step reads is taken right after that step's target forward (``StepFeatures``: the
 features, the step's host arrays, its draft counts and request objects) and queued; the
-collected step's proposal takes its own entry.
+collected step's proposal takes its own entry. A request preempted or aborted while its
+step was in flight still gets the head's KV for that step's positions (their target KV
+stays in the prefix cache, which its recompute or another request may hit).
 """
 
 from __future__ import annotations
@@ -307,17 +309,16 @@ class EagleProposer(ChainDrafter):
     def _first_pass_plan(self, step: StepFeatures, output: "ModelRunnerOutput",
                          states: dict[str, "CachedRequestState"]) -> tuple | None:
         inputs, drafts = step.inputs, step.drafts
-        sampled_count = dict(zip(output.req_ids, map(len, output.sampled_token_ids)))
         rows, tokens, positions, lens, starts, block_lists, last_rows = [], [], [], [], [], [], {}
         for i, req_id in enumerate(inputs.req_ids):
-            state = states.get(req_id)
-            if state is None or state is not step.states[i]:  # finished, or preempted since
-                continue
+            state, emitted = step.states[i], output.sampled_token_ids[i]  # (output.req_ids is inputs.req_ids)
             lo, n = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1] - inputs.query_start_loc[i])
             start = int(inputs.num_computed[i])  # positions stay on the device under device step prep
-            emitted = sampled_count.get(req_id, 0)
-            valid = n - drafts[req_id] + emitted - 1 if emitted else n  # rejected drafts' rows are dropped
+            valid = n - drafts[req_id] + len(emitted) - 1 if emitted else n  # rejected drafts' rows are dropped
             shifted = state.token_ids[start + 1 : start + valid + 1]
+            gone = states.get(req_id) is not state
+            if gone:  # preempted or aborted after this step was launched: its tokens were not appended
+                shifted = (shifted + emitted)[:valid]
             valid = len(shifted)
             if valid == 0:
                 continue
@@ -329,7 +330,8 @@ class EagleProposer(ChainDrafter):
             # The blocks of this step's positions: a later step only appends blocks or rolls
             # back ones past its computed tokens, which cover these.
             block_lists.append(state.block_ids[: -(-(start + valid) // self.block_size)])
-            last_rows[req_id] = len(rows) - 1
+            if not gone:
+                last_rows[req_id] = len(rows) - 1
         if not rows:
             return None
         qsl = np.zeros(len(lens) + 1, dtype=np.int32)
