@@ -30,7 +30,7 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
-from pagedlm.spec_decode.config import SpeculativeConfig, check_speculation_fits, resolve_speculative_config
+from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
 from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
 
@@ -44,11 +44,10 @@ LONG_LEN_ENV_VARS = ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MO
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 
 
-def default_async_scheduling(device: str, spec: SpeculativeConfig | None, pipeline_parallel_size: int) -> bool:
-    """On by default on CUDA, except with EAGLE speculation (refused there) and with pipeline
-    stages (their batch queue overlaps steps instead)."""
-    return (device == "cuda" and (spec is None or spec.method in ("ngram", "draft_model"))
-            and pipeline_parallel_size == 1)
+def default_async_scheduling(device: str, pipeline_parallel_size: int) -> bool:
+    """On by default on CUDA (with or without speculation), except with pipeline stages
+    (their batch queue overlaps steps instead)."""
+    return device == "cuda" and pipeline_parallel_size == 1
 
 
 def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, async_scheduling: bool | None,
@@ -113,9 +112,8 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
-    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA, off "
-                                        "with EAGLE proposers, where it is refused; refused with -pp > 1, whose "
-                                        "batch queue overlaps instead)", SCHED)
+    async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
+                                        "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
     scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
@@ -223,7 +221,7 @@ class EngineArgs:
         pooling = pooler_config is not None
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
-            check_speculation_fits(parallel_config.world_size, self.async_scheduling, spec.method)
+            check_speculation_fits(parallel_config.world_size)
         if pooling:
             max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
         return EngineConfig(
@@ -241,7 +239,7 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else
-                default_async_scheduling(device, spec, parallel_config.pipeline_parallel_size),
+                default_async_scheduling(device, parallel_config.pipeline_parallel_size),
                 enable_chunked_prefill=not pooling,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,

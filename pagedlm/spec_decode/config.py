@@ -137,12 +137,8 @@ def resolve_speculative_config(raw: dict[str, Any] | str | None, pooling: bool,
     return spec
 
 
-def check_speculation_fits(world_size: int, async_scheduling: bool | None, method: str) -> None:
+def check_speculation_fits(world_size: int) -> None:
     """What speculation does not combine with yet, refused in one line each."""
     if world_size > 1:
         raise ConfigError("speculative_config: speculative decoding runs on one device; "
                           "drop --tensor-parallel-size / --pipeline-parallel-size")
-    if async_scheduling and method in ("eagle", "eagle3"):
-        raise ConfigError(f"speculative_config: method {method!r} drafts from the features of the step just "
-                          "collected, which async scheduling has already replaced by the next one; drop "
-                          "--async-scheduling (supported with 'ngram' and 'draft_model')")

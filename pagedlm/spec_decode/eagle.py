@@ -14,11 +14,21 @@ step the head runs over the step's accepted positions (every request, so its cac
 valid for later prefix hits) with the tokens shifted by one (the newest sampled token last);
 its last row gives the first draft, then k - 1 chained steps feed each draft with the head's
 own output feature.
+
+Under async scheduling the next step is launched (its forward run, a CUDA graph's static
+output overwritten) before a step is collected and proposed from. So everything the pass
+over a step reads is taken right after that step's target forward (``StepFeatures``: the
+features, the step's host arrays, its draft counts and request objects) and queued; the
+collected step's proposal takes its own entry. A request preempted or aborted while its
+step was in flight still gets the head's KV for that step's positions (their target KV
+stays in the prefix cache, which its recompute or another request may hit).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -176,6 +186,18 @@ def aux_layer_ids(hf_config: Any, num_target_layers: int) -> list[int]:
     return ids
 
 
+@dataclass
+class StepFeatures:
+    """One step's inputs to the head's pass, taken right after its target forward."""
+
+    inputs: "StepInputs"  # host arrays built for this step alone (req_ids, query_start_loc, num_computed)
+    features: torch.Tensor  # [T, H] (EAGLE-3: [T, 3H]), the head's own copy
+    drafts: dict[str, int]  # each request's draft count in this step (a later step rewrites spec_token_ids)
+    # The runner's request objects in this step: a request preempted and scheduled again
+    # since is a new object, whose blocks and positions are not this step's.
+    states: list["CachedRequestState"]
+
+
 class EagleProposer(ChainDrafter):
     position_offset = -1
 
@@ -191,7 +213,11 @@ class EagleProposer(ChainDrafter):
             layers = runner.model.model.layers
             for i in aux_layer_ids(hf_config, len(layers)):
                 layers[i].register_forward_pre_hook(self._capture_aux)
-        self._step: tuple | None = None
+        # Steps launched and not yet proposed from, oldest first (two under async scheduling).
+        self._steps: deque[StepFeatures] = deque()
+        # A graph's static output (EAGLE's final hidden states) is rewritten by the next step's
+        # replay, which async scheduling runs before this step is proposed from.
+        self._copy_hidden = runner.config.scheduler_config.async_scheduling and not self.eagle3
         self._first: dict[str, int] = {}
         self._first_out: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prev_hidden: torch.Tensor | None = None
@@ -232,15 +258,30 @@ class EagleProposer(ChainDrafter):
         return kv_cache_bytes(self._attention_layers(), self.block_size, self.model_config.torch_dtype)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
+        self._aux = []  # the memory profile run's layers (a GPU sizes the cache by a forward)
         make_kv_caches(self._attention_layers(), num_blocks, self.block_size, self.model_config.torch_dtype,
                        self.device)
 
     def after_target_forward(self, inputs: "StepInputs", hidden: torch.Tensor | None) -> None:
-        """Keep the step's target features (final hidden states, or EAGLE-3's three layers)."""
-        features = torch.cat(self._aux, dim=-1) if self.eagle3 else hidden
+        """Take the step's target features (final hidden states, or EAGLE-3's three layers,
+        which the hooks captured into fresh tensors) and what the pass over it reads."""
+        # The last forward's three layers (a forward outside a step also runs the hooks).
+        features = torch.cat(self._aux[-3:], dim=-1) if self.eagle3 else hidden
         self._aux = []
-        drafts = {r: len(self.runner.requests[r].spec_token_ids) for r in inputs.req_ids}
-        self._step = (inputs, features, drafts)
+        if self._copy_hidden:
+            features = features.clone()
+        states = [self.runner.requests[r] for r in inputs.req_ids]
+        self._steps.append(StepFeatures(inputs, features, {s.req_id: len(s.spec_token_ids) for s in states}, states))
+
+    def _take_step(self, output: "ModelRunnerOutput") -> StepFeatures | None:
+        """The collected step's entry: its output carries the step's own req_ids list. A step
+        that ran no forward (nothing scheduled) has none."""
+        for i, step in enumerate(self._steps):
+            if step.inputs.req_ids is output.req_ids:
+                for _ in range(i + 1):  # (older entries would be steps never collected)
+                    self._steps.popleft()
+                return step
+        return None
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head.compute_logits(hidden) if self.eagle3 else self.runner.model.compute_logits(hidden)
@@ -248,11 +289,9 @@ class EagleProposer(ChainDrafter):
     def before_propose(self, output: "ModelRunnerOutput", states: dict[str, "CachedRequestState"]) -> None:
         """The head over every request's accepted positions of the step (its KV for them),
         tokens shifted by one; each request's last row is kept for its first draft."""
-        if self._step is None:
-            return
-        inputs, features, drafts = self._step
-        self._step = None
-        plan = self._first_pass_plan(inputs, output, states, drafts)
+        self._first, self._first_out = {}, None
+        step = self._take_step(output)
+        plan = None if step is None else self._first_pass_plan(step, output, states)
         if plan is None:
             return
         rows, tokens, positions, qsl, seq_lens, tables, slots, last_rows = plan
@@ -261,25 +300,25 @@ class EagleProposer(ChainDrafter):
             slot_mapping=torch.from_numpy(slots).to(dev), query_start_loc=torch.from_numpy(qsl).to(dev),
             seq_lens=torch.from_numpy(seq_lens).to(dev), block_tables=torch.from_numpy(tables).to(dev),
             max_query_len=int(np.diff(qsl).max()), max_seq_len=int(seq_lens.max()), num_actual_tokens=len(tokens))
-        hidden_in = self.head.prepare_features(features.index_select(0, torch.from_numpy(rows).to(dev)))
+        hidden_in = self.head.prepare_features(step.features.index_select(0, torch.from_numpy(rows).to(dev)))
         with set_forward_context(meta):
             normed, nxt = self.head(torch.from_numpy(tokens).to(dev), torch.from_numpy(positions).to(dev), hidden_in)
         self._first = last_rows
         self._first_out = (normed, nxt)
 
-    def _first_pass_plan(self, inputs: "StepInputs", output: "ModelRunnerOutput",
-                         states: dict[str, "CachedRequestState"], drafts: dict[str, int]) -> tuple | None:
-        sampled_count = dict(zip(output.req_ids, map(len, output.sampled_token_ids)))
+    def _first_pass_plan(self, step: StepFeatures, output: "ModelRunnerOutput",
+                         states: dict[str, "CachedRequestState"]) -> tuple | None:
+        inputs, drafts = step.inputs, step.drafts
         rows, tokens, positions, lens, starts, block_lists, last_rows = [], [], [], [], [], [], {}
         for i, req_id in enumerate(inputs.req_ids):
-            state = states.get(req_id)
-            if state is None:
-                continue
+            state, emitted = step.states[i], output.sampled_token_ids[i]  # (output.req_ids is inputs.req_ids)
             lo, n = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1] - inputs.query_start_loc[i])
             start = int(inputs.num_computed[i])  # positions stay on the device under device step prep
-            emitted = sampled_count.get(req_id, 0)
-            valid = n - drafts[req_id] + emitted - 1 if emitted else n  # rejected drafts' rows are dropped
+            valid = n - drafts[req_id] + len(emitted) - 1 if emitted else n  # rejected drafts' rows are dropped
             shifted = state.token_ids[start + 1 : start + valid + 1]
+            gone = states.get(req_id) is not state
+            if gone:  # preempted or aborted after this step was launched: its tokens were not appended
+                shifted = (shifted + emitted)[:valid]
             valid = len(shifted)
             if valid == 0:
                 continue
@@ -288,8 +327,11 @@ class EagleProposer(ChainDrafter):
             positions.extend(range(start, start + valid))
             lens.append(valid)
             starts.append(start)
-            block_lists.append(state.block_ids)
-            last_rows[req_id] = len(rows) - 1
+            # The blocks of this step's positions: a later step only appends blocks or rolls
+            # back ones past its computed tokens, which cover these.
+            block_lists.append(state.block_ids[: -(-(start + valid) // self.block_size)])
+            if not gone:
+                last_rows[req_id] = len(rows) - 1
         if not rows:
             return None
         qsl = np.zeros(len(lens) + 1, dtype=np.int32)
@@ -303,6 +345,17 @@ class EagleProposer(ChainDrafter):
         seq_lens = (np.array(starts) + np.array(lens)).astype(np.int32)
         return (np.array(rows, dtype=np.int64), np.array(tokens, dtype=np.int64), pos, qsl, seq_lens, tables, slots,
                 last_rows)
+
+    def propose(self, states: list["CachedRequestState"]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Drafts for the requests the pass over the collected step covered (a request that
+        sampled in it but is another object now was preempted since: no drafts)."""
+        covered = [s for s in states if s.req_id in self._first]
+        if len(covered) == len(states):
+            return super().propose(states)
+        drafts, probs = super().propose(covered)
+        by_id = {s.req_id: b for b, s in enumerate(covered)}
+        return ([drafts[by_id[s.req_id]] if s.req_id in by_id else [] for s in states],
+                [probs[by_id[s.req_id]] if s.req_id in by_id else None for s in states])
 
     def first_logits(self, states: list["CachedRequestState"]) -> torch.Tensor | None:
         normed, nxt = self._first_out

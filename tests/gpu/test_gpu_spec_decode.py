@@ -129,3 +129,43 @@ def test_gpu_ngram_async_runs_ahead_and_matches_off(checkpoint_factory):
     ids = greedy_ids(llm)
     assert ahead, "no request ran ahead of its step in flight"
     assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
+
+
+@pytest.mark.parametrize("method", ["eagle", "eagle3"])
+def test_gpu_eagle_under_async_default_matches_off(checkpoint_factory, tmp_path, method):
+    """Async scheduling is the default with EAGLE heads too: the head drafts from its own copy
+    of each step's features (the step launched ahead, here the opted-out request's plain
+    decode, replays the target's graphs into their static outputs first). ids equal
+    speculation off; the pass-through EAGLE head's drafts repeat the token its feature row
+    predicted, the newest one (a stale or foreign row would not)."""
+    from tests.models.eagle_helpers import write_eagle, write_eagle3
+
+    path = checkpoint_factory("llama_linear_tied")
+    head = (write_eagle if method == "eagle" else write_eagle3)(path, str(tmp_path))
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    params = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, prompt_logprobs=1 if i == 1 else None)
+              for i in range(len(PROMPTS))]  # prompt logprobs: opts out of speculation, runs ahead
+
+    def ids_of(llm: LLM) -> list[list[int]]:
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    off = ids_of(gpu_llm(path, None))
+    llm = gpu_llm(path, {"method": method, "model": head, "num_speculative_tokens": 3})
+    core = llm.llm_engine.engine_core
+    assert core.config.scheduler_config.async_scheduling
+    proposer, proposals = core.runner.spec.proposer, []
+    propose = proposer.propose
+
+    def recording_propose(states):
+        drafts, probs = propose(states)
+        proposals.extend((s.token_ids[-1], d) for s, d in zip(states, drafts))
+        return drafts, probs
+
+    proposer.propose = recording_propose
+    ids = ids_of(llm)
+    assert sum(a == b for a, b in zip(off, ids)) >= len(PROMPTS) - 1, (off, ids)
+    assert core.scheduler.spec_stats.snapshot()["num_drafts"] > 10
+    if method == "eagle":
+        assert core.runner.graph_runner is not None, "the target's CUDA graphs were not captured"
+        repeats = sum(d == [newest] * len(d) for newest, d in proposals)
+        assert repeats >= 0.9 * len(proposals) and len(proposals) > 10, (repeats, len(proposals))

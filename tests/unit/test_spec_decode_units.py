@@ -26,6 +26,19 @@ def test_ngram_lookup(tokens, min_n, max_n, k, expected):
     assert ngram_propose(np.array(tokens), min_n, max_n, k) == expected
 
 
+def test_async_default_is_the_same_for_every_method_and_only_a_second_device_is_refused():
+    """Async scheduling combines with every proposer (EAGLE heads take their own copy of each
+    step's features): on by default on CUDA, off on CPU and with pipeline stages."""
+    from pagedlm.engine_args import default_async_scheduling
+    from pagedlm.spec_decode.config import check_speculation_fits
+
+    assert default_async_scheduling("cuda", 1) and not default_async_scheduling("cpu", 1)
+    assert not default_async_scheduling("cuda", 2)
+    check_speculation_fits(1)
+    with pytest.raises(ConfigError, match="one device"):
+        check_speculation_fits(2)
+
+
 def test_config_keys_and_inference():
     c = SpeculativeConfig.from_dict({"model": "[ngram]", "num_speculative_tokens": 2})
     assert c.method == "ngram" and c.model is None and c.num_lookahead_tokens == 0
