@@ -10,7 +10,6 @@ activations, so the per-token quantization is part of every time. Families:
   base   cuBLAS (F.linear for bf16; quantize + the layer's GEMM for 8-bit)
   splitk the split-K GEMV with a separate reduction (triton_gemv / triton_scaled_gemv)
   fused  the one-launch GEMV (triton_gemv_fused), swept (8-bit: with native 8-bit dots too)
-  fusedq the one-launch GEMV quantizing the activations itself (8-bit only)
 One H200 call:
   python benchmarks/gpu_gemv.py [--formats bf16,fp8,int8] [--m 1,4] [--output-json gemv.json]
 """
@@ -139,12 +138,11 @@ def families(fmt: str, m: int, k: int) -> dict[str, list]:
     fused = [c for c in fused_sweep(m, fmt != "bf16") if triton_gemv_fused.fits(m, k, c)]
     if fmt == "bf16":
         return {"splitk": triton_gemv.quick_configs(), "fused": [c for c in fused if not c.native]}
-    Candidate = w8_dispatch.Candidate
-    return {"splitk": [Candidate(c) for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)],
-            "fused": [Candidate(c) for c in fused], "fusedq": [Candidate(c, True) for c in fused]}
+    return {"splitk": [c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)],
+            "fused": fused}
 
 
-FAMILIES = ("splitk", "fused", "fusedq")
+FAMILIES = ("splitk", "fused")
 
 
 def measure(fmt: str, layer: str, m: int, bw: float) -> dict:

@@ -29,8 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedlm.kernels import quant_reference as ref
-
 MAX_M = 8
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _MAX_COLUMN_BLOCKS = 1 << 16
@@ -56,38 +54,9 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _row_scales(x_ptr, rm_load, K, stride_xm, qmax, min_scale, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Per-token activation scales, max(|x|) / qmax over the whole row (each program of a row
-    computes the same one; the row is read from L2)."""
-    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-    return tl.maximum(amax / qmax, min_scale)
-
-
-@triton.jit
-def _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT: tl.constexpr):
-    """x tile [BLOCK_M, BLOCK_K]: as stored, or quantized to codes with the row scales exactly
-    as ``triton_quant.per_token_quant`` does (IEEE division, int8 rounded half to even)."""
-    x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :])
-    if QUANT == 0:
-        return x
-    y = tl.math.div_rn(x.to(tl.float32), scale[:, None])
-    if QUANT == 2:
-        r = tl.floor(y + 0.5)
-        y = tl.where((r - y == 0.5) & ((r.to(tl.int32) & 1) == 1), r - 1.0, r)
-        y = tl.minimum(tl.maximum(y, -qmax - 1.0), qmax)
-    else:
-        y = tl.minimum(tl.maximum(y, -qmax), qmax)
-    return y.to(code_ty)
-
-
-@triton.jit
-def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn, scale, qmax,
+def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
-                  COMPUTE_BF16: tl.constexpr, QUANT: tl.constexpr, NATIVE: tl.constexpr):
+                  COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr):
     code_ty = w_ptr.dtype.element_ty
     if DOT:
         # NATIVE: 8-bit codes times 8-bit codes on the tensor cores as they are (int8 into an
@@ -98,7 +67,7 @@ def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])
-            x = _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT)
+            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :])
             if NATIVE:
                 acc += tl.dot(x, tl.trans(w), out_dtype=acc_ty)
             else:
@@ -109,7 +78,7 @@ def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_
         for k0 in range(k_lo, k_hi, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-            x = _load_x(x_ptr, rm_load, rk, stride_xm, scale, qmax, code_ty, QUANT).to(tl.float32)
+            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
             acc3 += x[:, None, :] * w[None, :, :]
         acc = tl.sum(acc3, axis=2)
     return acc
@@ -118,13 +87,11 @@ def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_
 @triton.jit
 def _fused_gemv_kernel(
     x_ptr, w_ptr, sx_ptr, sw_ptr, bias_ptr, part_ptr, count_ptr, out_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sx, stride_om, qmax, min_scale,
+    stride_xm, stride_wn, stride_sx, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr, QUANT: tl.constexpr, NATIVE: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr,
 ):
-    # QUANT: 0 = x as given; 1 / 2 = x is 16-bit, quantized here per token to the weight's
-    # fp8 / int8 codes (the scales computed in every program, see _row_scales).
     # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
     pid_n = tl.program_id(0)
@@ -134,11 +101,8 @@ def _fused_gemv_kernel(
     rn_load = tl.minimum(rn, N - 1).to(tl.int64)
     rm_load = tl.minimum(rm, M - 1)
     k_lo = pid_k * k_per_split
-    scale = tl.full((BLOCK_M,), 1.0, tl.float32)
-    if QUANT != 0:
-        scale = _row_scales(x_ptr, rm_load, K, stride_xm, qmax, min_scale, BLOCK_M, BLOCK_K)
-    acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn, scale,
-                        qmax, BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, QUANT, NATIVE)
+    acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
+                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     last = True
     if SPLIT_K > 1:
@@ -157,8 +121,6 @@ def _fused_gemv_kernel(
             acc = acc * tl.load(sw_ptr + rn_load)[None, :]
         if HAS_SX:
             acc = acc * tl.load(sx_ptr + rm_load * stride_sx)[:, None]
-        if QUANT != 0:
-            acc = acc * scale[:, None]
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + rn_load)[None, :].to(tl.float32)
         tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -170,18 +132,14 @@ def fits(m: int, k: int, config: FusedGemvConfig) -> bool:
 
 def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
                out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-               config: FusedGemvConfig = FusedGemvConfig(), quantize_x: bool = False) -> torch.Tensor:
+               config: FusedGemvConfig = FusedGemvConfig()) -> torch.Tensor:
     """x [M <= 8, K] (values, or 8-bit codes with scale_x [M, 1] / [1, 1]), w [N, K] (values or
     8-bit codes with scale_w [N] / [1, N] float32) -> [M, N] in ``out_dtype``.
-    ``quantize_x``: x holds 16-bit values that the kernel quantizes per token to w's codes
-    (W8A8 with dynamic per-token activations, one launch). K must be a multiple of
-    block_k * split_k (``fits``)."""
+    K must be a multiple of block_k * split_k (``fits``)."""
     m, k = x.shape
     n = w.shape[0]
     eight_bit = w.element_size() == 1
-    if quantize_x and (not eight_bit or scale_x is not None):
-        raise ValueError("quantize_x takes 16-bit x (no scale_x) against 8-bit weight codes")
-    if config.native and not (config.dot and eight_bit and (quantize_x or x.dtype == w.dtype)):
+    if config.native and not (config.dot and eight_bit and x.dtype == w.dtype):
         raise ValueError("a native config multiplies 8-bit codes of one type on the tensor cores")
     if not fits(m, k, config) or w.shape[1] != k:
         raise ValueError(f"fused_gemv takes x [M <= {MAX_M}, K] with K a multiple of "
@@ -199,12 +157,10 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
     _fused_gemv_kernel[(grid_n, config.split_k)](
         x, w, sx, sw, bias if bias is not None else out, part, counters, out, m, n, k, k // config.split_k,
         x.stride(0), w.stride(0), 1 if scale_x is not None and scale_x.numel() > 1 else 0, out.stride(0),
-        ref.qmax(w.dtype) if eight_bit else 1.0, ref.MIN_SCALE,
         BLOCK_M=max(16, triton.next_power_of_2(m)) if config.dot else triton.next_power_of_2(m),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
-        COMPUTE_BF16=w.dtype == torch.bfloat16 or (x.dtype == torch.bfloat16 and not quantize_x),
-        QUANT=(2 if w.dtype == torch.int8 else 1) if quantize_x else 0, NATIVE=config.native,
+        COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), NATIVE=config.native,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

@@ -125,8 +125,8 @@ class W8LinearMethod(QuantMethod):
                 return self.gemm(a, weight_t, a_scale, layer.weight_scale, x.dtype, bias)
         y = None
         if self.ops is not REFERENCE_OPS:  # decode batches: an 8-bit GEMV where it beats the GEMM
-            per_token = not self.weight_only and self.scheme.activations == "token"
-            y = w8_gemv_or_none(x2, layer.weight, layer.weight_scale, x.dtype, bias, quantize, gemm, per_token)
+            y = w8_gemv_or_none(x2, layer.weight, layer.weight_scale, x.dtype, bias, quantize, gemm,
+                                not self.weight_only)
         if y is None:
             y = gemm(*quantize(x2), bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
