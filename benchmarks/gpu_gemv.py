@@ -94,7 +94,8 @@ class Problem:
     def run(self, candidate: object, i: int) -> torch.Tensor:
         if self.fmt == "bf16":
             return gemv_dispatch._run(candidate, self.x, self.ws[i], None)
-        return w8_dispatch._run(candidate, self.x, self.ws[i], self.scales[i], torch.bfloat16, None, self.quantize)
+        a, sa = self.quantize(self.x)
+        return w8_dispatch._run(candidate, a, self.ws[i], sa, self.scales[i], torch.bfloat16, None)
 
     def agrees(self, out: torch.Tensor) -> bool:
         return ((out.float() - self.expect).norm() / self.expect.norm()).item() < 1e-2

@@ -10,12 +10,13 @@ During capture an untimed shape takes F.linear.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
-
 import logging
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +33,13 @@ def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dtype == x.dtype and x.stride(1) == 1 and weight.stride(1) == 1)
 
 
-def _time_ms(fn, reps: int = 20) -> float:
-    from triton.testing import do_bench  # noqa: PLC0415
-
-    return do_bench(fn, warmup=5, rep=reps, return_mode="median")
-
-
 def fastest_agreeing(baseline: Callable[[], torch.Tensor], configs: Iterable[object],
                      run: Callable[[object], torch.Tensor]) -> tuple[object | None, float, float]:
     """The config whose ``run(config)`` agrees with ``baseline()`` (1e-2 relative) and beats it
     by time: (config or None when none does, its ms, the baseline's ms). A config that raises
     (e.g. more shared memory than the card has) is no candidate."""
     expect = baseline().float()
-    baseline_ms = _time_ms(baseline)
+    baseline_ms = decode_time_ms(baseline, expect.device)
     best, best_ms = None, baseline_ms
     for config in configs:
         try:
@@ -53,7 +48,10 @@ def fastest_agreeing(baseline: Callable[[], torch.Tensor], configs: Iterable[obj
             continue
         if (out - expect).norm() > 1e-2 * expect.norm() + 1e-6:
             continue
-        ms = _time_ms(lambda c=config: run(c))
+        try:
+            ms = decode_time_ms(lambda c=config: run(c), expect.device)
+        except RuntimeError:  # noqa: PERF203 - a kernel that cannot be captured is no candidate
+            continue
         if ms < best_ms:
             best, best_ms = config, ms
     return best, best_ms, baseline_ms

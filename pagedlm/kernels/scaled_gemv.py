@@ -1,16 +1,18 @@
 """Decode-batch dispatch for 8-bit linear layers: a Triton GEMV where it beats the layer's
 GEMM, the GEMM everywhere else.
 
-``w8_gemv_or_none(x, w, scale_w, out_dtype, bias, quantize, gemm, codes)`` returns None
-when no GEMV applies or wins; the caller then quantizes and runs its GEMM. The candidates run
-on ``quantize(x)``'s codes: the split-K GEMV (``triton_scaled_gemv``) and the one-launch GEMV
-(``triton_gemv_fused``; with per-token codes also its native 8-bit tensor-core tiles).
-(Quantizing inside the one-launch GEMV, every program computing its rows' scales, measured
-slower than the separate quantization launch at every 8B shape: not a candidate.)
-Which one wins is timed once per (M bucket, N, K, dtypes, scheme) on first use outside
-CUDA-graph capture against ``quantize`` + ``gemm``; the runner's warm-up forwards before
-each graph capture run every decode batch size, so the captured graphs see decided shapes.
-During capture an undecided shape takes the GEMM.
+``scaled_gemv_or_none(a, w, scale_a, scale_b, out_dtype, bias, baseline)`` returns None when
+no GEMV applies or wins; the caller then runs its GEMM. The candidates: the split-K GEMV
+(``triton_scaled_gemv``) and the one-launch GEMV (``triton_gemv_fused``; with activation
+codes also its native 8-bit tensor-core tiles). Which one wins is timed once per (M bucket,
+N, K, code dtypes) on first use outside CUDA-graph capture against ``baseline`` (the layer's
+own GEMM on the same tensors), the way a decode step runs it (``gemv.fastest_agreeing``);
+the runner's warm-up forwards before each graph capture run every decode batch size, so the
+captured graphs see decided shapes. During capture an undecided shape takes the GEMM.
+
+(Quantizing the activations inside the one-launch GEMV, every program computing its rows'
+scales, measured slower than the separate quantization launch at every 8B shape: the
+activations come in quantized.)
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ logger = logging.getLogger(__name__)
 
 MAX_M = 16
 _BUCKETS = (1, 2, 4, 8, 16)
-# (bucket, N, K, x dtype, w dtype, activation codes) -> GemvConfig / FusedGemvConfig, or None = the GEMM
+# (bucket, N, K, a dtype, w dtype, per-token scale_a) -> GemvConfig / FusedGemvConfig, or None = the GEMM
 _choice: dict[tuple, object] = {}
-
-Quantize = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def _bucket(m: int) -> int:
@@ -46,39 +46,44 @@ def _candidates(m: int, k: int, codes: bool) -> list[object]:
     return split + [c for c in fused if codes or not c.native]
 
 
-def _run(config: object, x: torch.Tensor, w: torch.Tensor, scale_w: torch.Tensor, out_dtype: torch.dtype,
-         bias: torch.Tensor | None, quantize: Quantize) -> torch.Tensor:
-    """``quantize(x)``, then one of the two GEMV kernels, by the type of its config."""
+def _run(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+         out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
+    """One of the two GEMV kernels, by the type of its config."""
     from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
 
-    a, scale_a = quantize(x)
     if isinstance(config, triton_gemv_fused.FusedGemvConfig):
-        return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_w, out_dtype, bias, config)
-    return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_w, out_dtype, bias, config)
+        return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
+    return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
 
 
-def w8_gemv_or_none(x: torch.Tensor, w: torch.Tensor, scale_w: torch.Tensor, out_dtype: torch.dtype,
-                    bias: torch.Tensor | None, quantize: Quantize,
-                    gemm: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-                    codes: bool) -> torch.Tensor | None:
-    """x [M, K] 16-bit activations -> (x @ w.T) * scales (+ bias) through a GEMV where one
-    wins; None otherwise. ``quantize(x)`` gives the GEMM's (codes, scale) (x itself and None
-    for weight-only layers: ``codes`` False); ``gemm(a, scale_a)`` is the layer's GEMM
-    without bias."""
-    m = x.shape[0]
-    if not x.is_cuda or not 1 <= m <= MAX_M or x.stride(1) != 1 or w.stride(1) != 1:
+def _tune(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+          out_dtype: torch.dtype, baseline: Callable[[], torch.Tensor]) -> object:
+    """The fastest GEMV config if it beats ``baseline`` at this shape and agrees with it, else None."""
+    codes = a.element_size() == 1
+    best, best_ms, baseline_ms = fastest_agreeing(
+        baseline, _candidates(a.shape[0], a.shape[1], codes),
+        lambda c: _run(c, a, w, scale_a, scale_b, out_dtype, None))
+    logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; the GEMM %.1f us)", a.shape[0], w.shape[0],
+                 w.shape[1], a.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, baseline_ms * 1e3)
+    return best
+
+
+def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
+                        out_dtype: torch.dtype, bias: torch.Tensor | None,
+                        baseline: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor | None:
+    """(a @ w.T) * scale_a * scale_b (+ bias) through a GEMV where one wins; None otherwise.
+    ``baseline(a, scale_a)`` computes the same product without bias through the layer's GEMM."""
+    m = a.shape[0]
+    if not a.is_cuda or not 1 <= m <= MAX_M or a.stride(1) != 1 or w.stride(1) != 1:
         return None
-    key = (_bucket(m), w.shape[0], w.shape[1], x.dtype, w.dtype, codes)
+    key = (_bucket(m), w.shape[0], w.shape[1], a.dtype, w.dtype, scale_a is not None and scale_a.numel() > 1)
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():
             return None
         # Timed at the bucket's row count so every M of the bucket shares the decision.
-        x_t = x[:1].expand(key[0], -1).contiguous() if key[0] != m else x
-        best, best_ms, gemm_ms = fastest_agreeing(
-            lambda: gemm(*quantize(x_t)), _candidates(key[0], w.shape[1], codes),
-            lambda c: _run(c, x_t, w, scale_w, out_dtype, None, quantize))
-        logger.debug("8-bit GEMV, M=%d N=%d K=%d %s x %s: %s (%.1f us; quantize + GEMM %.1f us)", key[0],
-                     w.shape[0], w.shape[1], x.dtype, w.dtype, best or "the GEMM", best_ms * 1e3, gemm_ms * 1e3)
-        _choice[key] = best
+        rows = key[0]
+        a_t = a[:1].expand(rows, -1).contiguous() if rows != m else a
+        sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
+        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
     config = _choice[key]
-    return None if config is None else _run(config, x, w, scale_w, out_dtype, bias, quantize)
+    return None if config is None else _run(config, a, w, scale_a, scale_b, out_dtype, bias)

@@ -49,6 +49,8 @@ def _counters(device: torch.device) -> torch.Tensor:
     """Per-device ticket counters, zero between launches (the last program of a column block
     resets its own). One buffer serves every layer: launches on a stream run one at a time."""
     if device not in _COUNTERS:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # it would die with the graph's pool
+            raise RuntimeError("fused_gemv: run a split-K config once outside CUDA-graph capture first")
         _COUNTERS[device] = torch.zeros(_MAX_COLUMN_BLOCKS, dtype=torch.int32, device=device)
     return _COUNTERS[device]
 

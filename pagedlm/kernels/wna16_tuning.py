@@ -13,9 +13,11 @@ every call and must stay importable wherever the kernel module is.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +98,6 @@ def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int)
     return tiled_candidates(m, n, k, bits, group_size, num_sms)
 
 
-def time_ms(fn: Callable[[], Any], iters: int = 20, flush: torch.Tensor | None = None) -> float:
-    """Mean time of one call over ``iters`` runs after two warm-ups (CUDA events). With
-    ``flush`` (a buffer larger than L2) each run starts from a cold L2, as a decode step's
-    layer does (the other layers' weights passed through it since), so a config is not
-    rewarded for a weight that only fits in L2 back to back."""
-    for _ in range(2):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, end in events:
-        if flush is not None:
-            flush.zero_()
-        start.record()
-        fn()
-        end.record()
-    events[-1][1].synchronize()
-    return sum(start.elapsed_time(end) for start, end in events) / iters
-
-
 def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                row_groups: torch.Tensor | None, group_size: int, bits: int) -> torch.Tensor:
     from pagedlm.kernels import triton_wna16  # noqa: PLC0415
@@ -130,18 +114,17 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
     key = (n, k, bits, group_size)
     if key in _TABLE or qweight.device.type != "cuda":
         return
-    props = torch.cuda.get_device_properties(qweight.device)
-    num_sms = props.multi_processor_count
-    flush = torch.empty(2 * max(getattr(props, "L2_cache_size", 0), 64 << 20), dtype=torch.int8,
-                        device=qweight.device)
+    num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
     entries: list[tuple[int, Any]] = []
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
         timed = []
         for choice in candidates(m_max, n, k, bits, group_size, num_sms):
             try:
-                timed.append((time_ms(lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,
-                                                                        group_size, bits), flush=flush), choice))
+                run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
+                                                        group_size, bits)
+                run()  # compiled and run once outside the timing graph
+                timed.append((decode_time_ms(run, qweight.device), choice))
             except Exception as exc:  # noqa: BLE001 - a config the device cannot run (resources) is skipped
                 logger.debug("w4a16 config %s failed on %s: %s", choice, key, exc)
         # Nothing ran (should not happen): the dequantize path is always correct.

@@ -77,28 +77,27 @@ def test_refusals() -> None:
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the dispatch only runs on CUDA tensors")
-@pytest.mark.parametrize("codes", [True, False])
-def test_dispatch_decides_once_and_matches_the_gemm(codes: bool) -> None:
+def test_dispatch_decides_once_and_matches_the_gemm() -> None:
     x, wq, w_scale, bias = _problem(3, 4096, 4096, ref.FP8_DTYPE, 3)
+    a, a_scale = ref.per_token_quant(x, ref.FP8_DTYPE)
     calls = []
-
-    def quantize(x):
-        return ref.per_token_quant(x, ref.FP8_DTYPE) if codes else (x, None)
 
     def gemm(a, a_scale, bias=None):
         calls.append(a.shape[0])
-        if not codes:
-            return ref.weight_only_mm(a, wq.t(), w_scale, bias)
         return ref.scaled_mm(a, wq.t(), a_scale, w_scale, DTYPE, bias)
 
     dispatch._choice.clear()
-    out = dispatch.w8_gemv_or_none(x, wq, w_scale, DTYPE, bias, quantize, gemm, codes)
+    out = dispatch.scaled_gemv_or_none(a, wq, a_scale, w_scale, DTYPE, bias, gemm)
     key = next(iter(dispatch._choice))
     assert key[0] == 4 and len(dispatch._choice) == 1  # M=3 is decided for its bucket of 4 rows
-    expect = gemm(*quantize(x), bias)
-    if out is not None:  # a GEMV won: same numbers
+    expect = gemm(a, a_scale, bias)
+    if out is not None:  # the GEMV won: same numbers
         assert _rel(out, expect) < 1e-2
     n_calls = len(calls)
-    dispatch.w8_gemv_or_none(x, wq, w_scale, DTYPE, bias, quantize, gemm, codes)
+    dispatch.scaled_gemv_or_none(a, wq, a_scale, w_scale, DTYPE, bias, gemm)
     assert len(calls) == n_calls  # decided: no second timing
-    assert any(getattr(c, "native", False) for c in dispatch._candidates(4, 4096, codes)) == codes
+
+
+def test_native_dots_are_candidates_only_for_activation_codes() -> None:
+    assert any(getattr(c, "native", False) for c in dispatch._candidates(4, 4096, True))
+    assert not any(getattr(c, "native", False) for c in dispatch._candidates(4, 4096, False))

@@ -18,7 +18,7 @@ from torch import nn
 
 from pagedlm.kernels import quant_reference as ref
 from pagedlm.kernels.quant_ops import REFERENCE_OPS, QuantOps, gemm_for, quant_ops
-from pagedlm.kernels.scaled_gemv import w8_gemv_or_none
+from pagedlm.kernels.scaled_gemv import scaled_gemv_or_none
 from pagedlm.layers.quantization.base import QuantMethod, WeightLoader, fill_uniform, new_param, replace_param
 
 logger = logging.getLogger("pagedlm")
@@ -112,23 +112,20 @@ class W8LinearMethod(QuantMethod):
         x2 = x.reshape(-1, x.shape[-1])  # [num_tokens, K]
         weight_t = layer.weight.t()  # [K, N] column-major view
         if self.weight_only:
-            def quantize(x2):
-                return x2, None
+            a, a_scale = x2, None
 
             def gemm(a, a_scale, bias=None):
                 return self.ops.weight_only_mm(a, weight_t, layer.weight_scale, bias)
         else:
-            def quantize(x2):
-                return self._quantize_input(x2, layer)
+            a, a_scale = self._quantize_input(x2, layer)
 
             def gemm(a, a_scale, bias=None):
                 return self.gemm(a, weight_t, a_scale, layer.weight_scale, x.dtype, bias)
         y = None
-        if self.ops is not REFERENCE_OPS:  # decode batches: an 8-bit GEMV where it beats the GEMM
-            y = w8_gemv_or_none(x2, layer.weight, layer.weight_scale, x.dtype, bias, quantize, gemm,
-                                not self.weight_only)
+        if self.ops is not REFERENCE_OPS:  # decode batches: the 8-bit GEMV where it beats the GEMM
+            y = scaled_gemv_or_none(a, layer.weight, a_scale, layer.weight_scale, x.dtype, bias, gemm)
         if y is None:
-            y = gemm(*quantize(x2), bias)
+            y = gemm(a, a_scale, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:

@@ -1,0 +1,49 @@
+"""Timing a kernel candidate the way a decode step runs it, for the first-use tuners
+(``gemv``, ``scaled_gemv``, ``wna16_tuning``).
+
+A decode step replays CUDA graphs: no host launch cost between kernels, and each layer's
+weight arrives from HBM (the other layers' weights passed through L2 since). An eager timing
+of a short kernel mostly measures the host's launch instead (Triton's Python launch above
+all), which picked slower kernels for the 8-bit layers (H200, 2026-11-29).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+_FLUSH_BYTES = 256 << 20  # more than any GPU's L2
+_CALLS = 8  # calls per graph replay
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+def _graph_ms(body: Callable[[], object]) -> float:
+    """Median device time of one replay of a CUDA graph of ``_CALLS`` calls of ``body``."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(_CALLS):
+            body()
+    graph.replay()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def decode_time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Device time of one ``fn()`` the way a decode step runs it: replayed from a CUDA graph
+    (an eager timing of a short kernel mostly measures the host's launch, Triton's above
+    all), with L2 flushed before every call (a step's weights are not in L2):
+    graph(flush, fn) minus graph(flush)."""
+    if device not in _flush_buffers:
+        _flush_buffers[device] = torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=device)
+    buf = _flush_buffers[device]
+    both = _graph_ms(lambda: (buf.zero_(), fn()))
+    flush = _graph_ms(buf.zero_)
+    return max(both - flush, 0.0) / _CALLS
