@@ -21,7 +21,8 @@ _flush_buffers: dict[torch.device, torch.Tensor] = {}
 def _graph_ms(body: Callable[[], object]) -> float:
     """Median device time of one replay of a CUDA graph of ``_CALLS`` calls of ``body``."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: another thread's CUDA calls (an engine's output thread) stay legal meanwhile
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(_CALLS):
             body()
     graph.replay()
