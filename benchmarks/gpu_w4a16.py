@@ -13,7 +13,8 @@ Run on the GPU machine from the repo root (about 5 minutes; --sweep quick: about
    pagedlm/kernels/triton_wna16.py), bf16 cuBLAS on the same shape, and the floors: int4
    bytes (packed weight + scales + zeros + x + y, once each) over the measured copy
    bandwidth, and 2*M*N*K over the measured bf16 matmul rate. "graph" is the chosen path
-   replayed from a CUDA graph (no launch cost), which is what decode steps see.
+   replayed from a CUDA graph with L2 flushed before each call (no launch cost, the weight
+   from HBM), which is what decode steps see.
 3. A summary per M over the four layers of one decoder layer (qkv, o, gate_up, down): int4 /
    bf16 for the chosen path and for the best config of the sweep (the issue's batch-1 target
    is <= 0.4 for the whole model, throughput >= 1.0), and % of the int4 bytes floor. The top
@@ -132,25 +133,16 @@ def bench_us(fn, device: str) -> float:
 
 
 def graph_us(fn, device: str) -> float | None:
-    """Per call from a CUDA graph of 20 calls (launch overhead excluded)."""
+    """Per call replayed from a CUDA graph, L2 flushed before each call (no launch cost; the
+    weight comes from HBM, as in a decode step): what the loader's tuner measures."""
     if device != "cuda":
         return None
     import torch
 
+    from pagedlm.kernels.timing import decode_time_ms
+
     fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(20):
-            fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(5):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / 100
+    return decode_time_ms(fn, torch.device("cuda")) * 1e3
 
 
 def rel_err(out, ref) -> float:
