@@ -29,9 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
+
 MAX_M = 8
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-_MAX_COLUMN_BLOCKS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,6 @@ class FusedGemvConfig:
     num_stages: int = 2
     dot: bool = False
     native: bool = False  # with dot: 8-bit codes on the tensor cores without widening
-
-
-def _counters(device: torch.device) -> torch.Tensor:
-    """Per-device ticket counters, zero between launches (the last program of a column block
-    resets its own). One buffer serves every layer: launches on a stream run one at a time."""
-    if device not in _COUNTERS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # it would die with the graph's pool
-            raise RuntimeError("fused_gemv: run a split-K config once outside CUDA-graph capture first")
-        _COUNTERS[device] = torch.zeros(_MAX_COLUMN_BLOCKS, dtype=torch.int32, device=device)
-    return _COUNTERS[device]
 
 
 @triton.jit
@@ -150,10 +140,10 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
         raise ValueError("fused_gemv needs unit stride along K")
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
     grid_n = triton.cdiv(n, config.block_n)
-    if config.split_k > 1 and grid_n > _MAX_COLUMN_BLOCKS:
-        raise ValueError(f"fused_gemv split-K handles at most {_MAX_COLUMN_BLOCKS} column blocks")
+    if config.split_k > 1 and grid_n > MAX_TICKETS:
+        raise ValueError(f"fused_gemv split-K handles at most {MAX_TICKETS} column blocks")
     part = torch.empty(config.split_k, m, n, dtype=torch.float32, device=x.device) if config.split_k > 1 else out
-    counters = _counters(x.device) if config.split_k > 1 else out
+    counters = ticket_counters(x.device, "fused_gemv") if config.split_k > 1 else out
     sx = scale_x.reshape(-1) if scale_x is not None else out
     sw = scale_w.reshape(-1) if scale_w is not None else out
     _fused_gemv_kernel[(grid_n, config.split_k)](
