@@ -46,6 +46,15 @@ class FusedGemvConfig:
 
 
 @triton.jit
+def _tile_indices(pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's output columns and rows, and the clamped indices it loads with (rows /
+    columns past M / N re-read the last valid one, so the K loop needs no masks)."""
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    return rn, rm, tl.minimum(rn, N - 1).to(tl.int64), tl.minimum(rm, M - 1)
+
+
+@triton.jit
 def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
                   COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr):
@@ -88,10 +97,7 @@ def _fused_gemv_kernel(
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
-    rn_load = tl.minimum(rn, N - 1).to(tl.int64)
-    rm_load = tl.minimum(rm, M - 1)
+    rn, rm, rn_load, rm_load = _tile_indices(pid_n, M, N, BLOCK_M, BLOCK_N)
     k_lo = pid_k * k_per_split
     acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
                         BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE)

@@ -30,6 +30,7 @@ import triton.language as tl
 
 # The tile config and row limit of the bf16 GEMV (same program layout).
 from pagedlm.kernels.triton_gemv import MAX_M, GemvConfig
+from pagedlm.kernels.triton_gemv_fused import _partial_sums, _tile_indices
 
 FMA_MAX_M = 4
 
@@ -51,30 +52,12 @@ def _scaled_gemv_kernel(
 ):
     # No masks in the loop: K is a multiple of BLOCK_K (the host checks), and rows / columns
     # past M / N re-read the last valid one (clamped index); only the store is masked.
-    pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rm = tl.arange(0, BLOCK_M)
-    rn_load = tl.minimum(rn, N - 1).to(tl.int64)
-    rm_load = tl.minimum(rm, M - 1)
-    compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
+    rn, rm, rn_load, rm_load = _tile_indices(tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
     k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    if FMA:  # products of codes are exact in float32, as in the dot
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
-            acc3 += a[:, None, :] * w[None, :, :]
-        acc = tl.sum(acc3, axis=2)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])  # [BLOCK_N, BLOCK_K] codes
-            a = tl.load(a_ptr + rm_load[:, None] * stride_am + rk[None, :])  # [BLOCK_M, BLOCK_K]
-            acc += tl.dot(a.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
+    # the same K loop as the one-launch GEMV's (FMA: products of codes exact in float32, as in the dot)
+    acc = _partial_sums(a_ptr, w_ptr, rm_load, rn_load, k_lo, tl.minimum(k_lo + k_per_split, K), stride_am,
+                        stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, not FMA, COMPUTE_BF16, False)
     acc = acc * tl.load(scale_b_ptr + rn_load)[None, :]
     if HAS_SCALE_A:
         acc = acc * tl.load(scale_a_ptr + rm_load * stride_sa)[:, None]
