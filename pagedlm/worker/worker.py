@@ -75,6 +75,12 @@ class Worker:
                 f"{state.pp_size}) pid {os.getpid()} on {device}: layers [{start}, {end}), {heads} query heads, "
                 f"{kv_heads} KV heads, {self.runner.num_blocks} KV blocks")
 
+    def runtime_stats(self) -> dict:
+        """This rank's weight bytes and how many forwards ran as graph replays or eagerly."""
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+        return {"rank": get_parallel_state().rank, "weight_bytes": weight_bytes,
+                "forward_counts": dict(self.runner.forward_counts)}
+
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput | None:
         output = self.runner.execute_model(sched)
         return output if is_output_rank() else None
