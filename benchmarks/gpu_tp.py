@@ -15,10 +15,10 @@ against its floor and throughput.
    dummy``: batch-1 latency (TTFT, time per output token) and offline throughput on random
    prompts. Each rank reports its weight bytes and how its batch-1 decode steps ran (CUDA
    graph replays or eager forwards).
-3. Floor of batch-1 time per output token (TP only): the largest rank's weight bytes over the
-   measured device-to-device copy bandwidth, plus one step's collectives at batch 1 (the
-   embedding's and two per layer all-reduces of one hidden row, the LM head's all-gather of
-   the logits), timed as one CUDA graph replay on ``tp`` GPUs.
+3. Floor of batch-1 time per output token: the largest rank's weight bytes over the measured
+   device-to-device copy bandwidth (stages one after another), plus one step's collectives at
+   batch 1 (the embedding's and two per layer all-reduces of one hidden row, the LM head's
+   all-gather of the logits), timed by the engine's own ranks as one CUDA graph replay.
 Each engine runs in its own subprocess so its GPU memory is returned before the next one.
 Prints one JSON document (also written to ``--output-json``) and a table.
 """
@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--num-prompts", type=int, default=1000, help="throughput workload size (configs without :N)")
     p.add_argument("--output-json", default=None)
+    p.add_argument("--run-timeout", type=float, default=None, help="seconds one config's engine may take")
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: one engine, JSON spec
     args = p.parse_args(argv)
     if args.tiny:
@@ -108,80 +109,26 @@ def run_measure(spec: dict) -> dict:
     elapsed = time.perf_counter() - start
     num_out = sum(len(o.outputs[0].token_ids) for o in outs)
     num_in = sum(len(r.prompt_token_ids) for r in reqs)
+    print(json.dumps({"partial": spec["shape"], "tp": spec["tp"], "batch1": latency, "ranks": ranks,
+                      "output_tokens_per_s": num_out / elapsed}), file=sys.stderr)  # kept if what follows hangs
+    collectives_ms = max(executor.collective_rpc("time_step_collectives"))  # last: the engine is idle
     llm.llm_engine.engine_core.shutdown()
     return {"shape": spec["shape"], "tp": spec["tp"], "pp": spec.get("pp", 1), "startup_s": startup_s, "batch1": latency,
-            "ranks": ranks,
+            "ranks": ranks, "collectives_ms": collectives_ms,
             "throughput": {"num_prompts": len(reqs), "elapsed_s": elapsed, "output_tokens_per_s": num_out / elapsed,
                            "total_tokens_per_s": (num_in + num_out) / elapsed}}
 
 
-def _collectives_rank(rank: int, spec: dict, port: int, out_path: str) -> None:
-    """One rank of the batch-1 collectives timing: the step's all-reduces and all-gather,
-    captured in one CUDA graph (as the decode graphs capture them) and replayed."""
-    import torch
-    import torch.distributed as dist
-
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=spec["tp"])
-    hidden = torch.randn(1, spec["hidden_size"], dtype=torch.bfloat16, device="cuda")
-    logits = torch.randn(1, -(-spec["vocab_size"] // spec["tp"]), dtype=torch.bfloat16, device="cuda")
-    parts = [torch.empty_like(logits) for _ in range(spec["tp"])]
-
-    def step() -> None:
-        for _ in range(2 * spec["num_layers"] + 1):  # embedding + attention and MLP outputs per layer
-            dist.all_reduce(hidden)
-        dist.all_gather(parts, logits)
-
-    step()  # NCCL's communicator is set up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    for _ in range(10):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(50):
-        dist.barrier(device_ids=[rank])
-        torch.cuda.synchronize()
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump({"collectives_ms": sorted(times)[len(times) // 2], "all_reduces": 2 * spec["num_layers"] + 1,
-                       "all_gathers": 1}, f)
-    dist.destroy_process_group()
-
-
 def run_floors(spec: dict) -> dict:
-    """Copy bandwidth on this GPU and, at TP > 1, one batch-1 step's collectives."""
-    import socket
-
-    import torch.multiprocessing as mp
-
+    """The device-to-device copy bandwidth of this GPU."""
     from benchmarks.floors import measure_floors
 
-    result = measure_floors()
-    if spec["tp"] > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        out_path = tempfile.mktemp(suffix=".json")
-        try:
-            mp.spawn(_collectives_rank, args=(spec, port, out_path), nprocs=spec["tp"], join=True)
-            with open(out_path) as f:
-                result.update(json.load(f))
-        except Exception as e:  # noqa: BLE001 - the table then shows the weights-only floor, marked
-            result["collectives_error"] = repr(e)
-    return result
+    return measure_floors()
 
 
-def in_subprocess(spec: dict) -> dict:
+def in_subprocess(spec: dict, timeout_s: float | None = None) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--run-one", json.dumps(spec)],
-                         stdout=subprocess.PIPE, check=True, text=True)
+                         stdout=subprocess.PIPE, check=True, text=True, timeout=timeout_s)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -236,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         print(json.dumps(result, indent=2))
         sys.exit("; ".join(f"TP={c['tp']} PP={c['pp']} does not match TP=1: {c['why']}" for c in failed))
-    floors: dict[tuple, dict] = {}
+    floors: dict = {}
     for config in filter(None, args.configs.split(",")):
         config, _, num_prompts = config.partition(":")
         shape, world = config.split("@")
@@ -245,15 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
         spec = {"mode": "measure", "model": model, "shape": shape, "tp": int(tp), "pp": int(pp or 1),
                 "device": args.device, "input_len": args.input_len, "output_len": args.output_len,
                 "num_prompts": int(num_prompts or args.num_prompts)}
-        if args.device == "cuda" and (shape, spec["tp"]) not in floors:
-            with open(os.path.join(model, "config.json")) as f:
-                hf = json.load(f)
-            floors[shape, spec["tp"]] = in_subprocess({
-                "mode": "floors", "tp": spec["tp"], "hidden_size": hf["hidden_size"],
-                "num_layers": hf["num_hidden_layers"], "vocab_size": hf["vocab_size"]})
-        run = in_subprocess(spec)
+        if args.device == "cuda" and not floors:
+            floors = in_subprocess({"mode": "floors"})
+        try:
+            run = in_subprocess(spec, args.run_timeout)
+        except subprocess.SubprocessError as e:  # the configs after it still run
+            result["runs"].append({"config": config, "error": repr(e)})
+            continue
         if args.device == "cuda":
-            run["floor"] = batch1_floor(run, floors[shape, spec["tp"]])
+            run["floor"] = batch1_floor(run, floors)
         result["runs"].append(run)
         if args.output_json:  # after every run: a later one that runs out of time keeps these
             with open(args.output_json, "w") as f:
@@ -269,7 +216,7 @@ def batch1_floor(run: dict, floors: dict) -> dict:
     tp = run["tp"]
     stage_bytes = [max(r["weight_bytes"] for r in run["ranks"][s * tp:(s + 1) * tp]) for s in range(run["pp"])]
     weights_ms = sum(stage_bytes) / floors["copy_bytes_per_s"] * 1e3
-    collectives_ms = floors.get("collectives_ms", float("nan") if "collectives_error" in floors else 0.0)
+    collectives_ms = run["collectives_ms"]
     tpot = run["batch1"]["time_per_output_token_ms"]
     return {"copy_bytes_per_s": floors["copy_bytes_per_s"], "weights_ms": weights_ms,
             "collectives_ms": collectives_ms, "floor_ms": weights_ms + collectives_ms,
@@ -280,6 +227,9 @@ def print_table(runs: list[dict]) -> None:
     print("\n| config | GB/rank | TPOT ms | floor ms (weights + collectives) | x floor | batch-1 decode forwards "
           "per rank (graph/eager) | out tok/s |")
     for r in runs:
+        if "error" in r:
+            print(f"| {r['config']} | {r['error']} |")
+            continue
         fl = r.get("floor")
         floor_txt = f"{fl['floor_ms']:.2f} ({fl['weights_ms']:.2f} + {fl['collectives_ms']:.2f})" if fl else "-"
         ratio = f"{fl['tpot_over_floor']:.2f}" if fl else "-"

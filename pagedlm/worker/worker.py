@@ -18,6 +18,7 @@ from pagedlm.worker.distributed import (
     is_output_rank,
     local_attention_heads,
     pp_layer_range,
+    time_collectives,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,17 @@ class Worker:
         weight_bytes = sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
         return {"rank": get_parallel_state().rank, "weight_bytes": weight_bytes,
                 "forward_counts": dict(self.runner.forward_counts)}
+
+    def time_step_collectives(self) -> float:
+        """Milliseconds of this stage's collectives in one batch-1 decode step (time_collectives):
+        the embedding's all-reduce, two per layer, the LM head's all-gather. 0 at tp=1."""
+        if get_parallel_state().tp_size == 1:
+            return 0.0
+        hf = self.config.model_config.hf_config
+        start, end = pp_layer_range(hf.num_hidden_layers)
+        tp = get_parallel_state().tp_size
+        return time_collectives(hf.hidden_size, -(-self.runner.vocab_size // tp), 2 * (end - start) + 1,
+                                self.config.model_config.torch_dtype, self.runner.device)
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput | None:
         output = self.runner.execute_model(sched)
