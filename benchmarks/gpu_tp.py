@@ -15,7 +15,8 @@ against its floor and throughput.
    dummy``: batch-1 latency (TTFT, time per output token) and offline throughput on random
    prompts. Each rank reports its weight bytes and how its batch-1 decode steps ran (CUDA
    graph replays or eager forwards).
-3. Floor of batch-1 time per output token: the largest rank's weight bytes over the measured
+3. Floor of batch-1 time per output token: the largest rank's weight bytes (less an untied input
+   embedding table, of which a step reads one row per token) over the measured
    device-to-device copy bandwidth (stages one after another), plus one step's collectives at
    batch 1 (the embedding's and two per layer all-reduces of one hidden row, the LM head's
    all-gather of the logits), timed by the engine's own ranks as one CUDA graph replay.
@@ -98,7 +99,7 @@ def run_measure(spec: dict) -> dict:
     before = executor.collective_rpc("runtime_stats")
     latency = measure(llm, 1, spec["input_len"], spec["output_len"], warmup=1, iters=3)
     after = executor.collective_rpc("runtime_stats")
-    ranks = [{"rank": a["rank"], "weight_bytes": a["weight_bytes"],
+    ranks = [{"rank": a["rank"], "weight_bytes": a["weight_bytes"], "decode_read_bytes": a["decode_read_bytes"],
               "batch1_forwards": {k: a["forward_counts"][k] - b["forward_counts"][k] for k in a["forward_counts"]}}
              for b, a in zip(before, after)]
     vocab = llm.llm_engine.model_config.vocab_size
@@ -211,10 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def batch1_floor(run: dict, floors: dict) -> dict:
-    """Weight reads: each stage's largest rank, stages one after another at batch 1; plus the
+    """Weight reads (input embedding excluded): each stage's largest rank, stages one after
+    another at batch 1; plus the
     step's collectives at TP > 1 (pipeline sends are not counted)."""
     tp = run["tp"]
-    stage_bytes = [max(r["weight_bytes"] for r in run["ranks"][s * tp:(s + 1) * tp]) for s in range(run["pp"])]
+    stage_bytes = [max(r["decode_read_bytes"] for r in run["ranks"][s * tp:(s + 1) * tp]) for s in range(run["pp"])]
     weights_ms = sum(stage_bytes) / floors["copy_bytes_per_s"] * 1e3
     collectives_ms = run["collectives_ms"]
     tpot = run["batch1"]["time_per_output_token_ms"]

@@ -77,10 +77,15 @@ class Worker:
                 f"{kv_heads} KV heads, {self.runner.num_blocks} KV blocks")
 
     def runtime_stats(self) -> dict:
-        """This rank's weight bytes and how many forwards ran as graph replays or eagerly."""
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+        """This rank's weight bytes, the bytes a decode step reads (all but an untied input
+        embedding table, of which it reads one row per token), and how many forwards ran as
+        graph replays or eagerly."""
+        params = dict(self.runner.model.named_parameters())  # a tied LM head appears once
+        weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
+        tied = getattr(self.config.model_config.hf_config, "tie_word_embeddings", False)
+        embedding = 0 if tied else sum(p.numel() * p.element_size() for n, p in params.items() if "embed_tokens" in n)
         return {"rank": get_parallel_state().rank, "weight_bytes": weight_bytes,
-                "forward_counts": dict(self.runner.forward_counts)}
+                "decode_read_bytes": weight_bytes - embedding, "forward_counts": dict(self.runner.forward_counts)}
 
     def time_step_collectives(self) -> float:
         """Milliseconds of this stage's collectives in one batch-1 decode step (time_collectives):

@@ -59,6 +59,8 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
         # With P stages, P batches were really in flight at once (not one at a time).
         assert (batch_queue.max_depth_reached if batch_queue is not None else 1) == pp
         per_rank = llm.llm_engine.engine_core.executor.collective_rpc("runtime_stats")
+        # One batch-1 step's collectives, timed by every rank at once (the benchmarks' floor).
+        collectives_ms = llm.llm_engine.engine_core.executor.collective_rpc("time_step_collectives")
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
@@ -68,6 +70,7 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
     # fewer layers, but a tied LM head on the last stage repeats the embedding) and ran every
     # step, eagerly on CPU: prefill chunks and decode-only steps.
     assert [s["rank"] for s in per_rank] == list(range(tp * pp))
+    assert all(ms > 0 for ms in collectives_ms) if tp > 1 else collectives_ms == [0.0] * pp
     for s in per_rank:
         assert s["weight_bytes"] < ref_weight_bytes / tp * 1.1
         assert s["forward_counts"]["graph"] == 0
