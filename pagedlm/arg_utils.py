@@ -32,8 +32,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "tokenizer_mode": "tokenizer modes other than 'auto'",
     "scheduling_policy": "priority scheduling",
     "enable_chunked_prefill": "disabling chunked prefill (prompts are always split into token-budget chunks)",
-    "ssl_keyfile": "TLS (--ssl-keyfile; put a TLS-terminating proxy in front)",
-    "ssl_certfile": "TLS (--ssl-certfile; put a TLS-terminating proxy in front)",
 }
 
 # Values that mean the same as the default (so they are not "non-default").
