@@ -123,7 +123,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "enable_log_requests": Notice(True, "does not log request"),
     "max_log_len": Notice(100, "does not log request"),
     "enable_prompt_tokens_details": Notice(True, "always reported"),
-    "disable_frontend_multiprocessing": Notice(True, "in a thread"),
+    "disable_frontend_multiprocessing": Notice(True, "in its own process"),
     "lora_modules": ShownBy(["a=/x"], "tests/e2e/test_lora_server.py::test_models_list_adapters_under_the_base"),
     "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
     "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
