@@ -30,7 +30,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
                            "k_scale/v_scale, else 1.0)",
     "cpu_offload_gb": "CPU weight offloading",
     "tokenizer_mode": "tokenizer modes other than 'auto'",
-    "scheduling_policy": "priority scheduling",
     "enable_chunked_prefill": "disabling chunked prefill (prompts are always split into token-budget chunks)",
 }
 

@@ -114,7 +114,9 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
     async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
                                         "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
-    scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
+    scheduling_policy: str = opt("fcfs", "order of waiting requests: fcfs (arrival), or priority (each request's "
+                                 "priority, lowest value first, then arrival; preemption takes the lowest first)",
+                                 SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
                                       flags=("-pp",))
@@ -244,6 +246,7 @@ class EngineArgs:
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
                 spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
+                scheduling_policy=self.scheduling_policy,
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

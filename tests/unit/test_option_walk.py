@@ -89,7 +89,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64),
     "enable_chunked_prefill": Refused(False, "chunked prefill"),
     "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling),
-    "scheduling_policy": Refused("priority", "priority scheduling"),
+    "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority"),
     "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2),
     "pipeline_parallel_size": Changes(2, lambda c: c.parallel_config.pipeline_parallel_size == 2),
     "data_parallel_size": ShownBy(2, "tests/e2e/test_engine_process.py::test_data_parallel_two_cores"),
