@@ -30,14 +30,12 @@ NOT_YET_SUPPORTED: dict[str, str] = {
                            "k_scale/v_scale, else 1.0)",
     "cpu_offload_gb": "CPU weight offloading",
     "tokenizer_mode": "tokenizer modes other than 'auto'",
-    "enable_chunked_prefill": "disabling chunked prefill (prompts are always split into token-budget chunks)",
 }
 
 # Values that mean the same as the default (so they are not "non-default").
 DEFAULT_EQUIVALENTS: dict[str, tuple[Any, ...]] = {
     "tokenizer_mode": ("hf",),
     "kv_cache_dtype": ("auto",),
-    "enable_chunked_prefill": (True,),
 }
 
 # option -> why it has no effect here; a non-default value logs this one line.

@@ -87,7 +87,8 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "cpu_offload_gb": Refused(2, "offloading"),
     "max_num_seqs": Changes(3, lambda c: c.scheduler_config.max_num_seqs == 3),
     "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64),
-    "enable_chunked_prefill": Refused(False, "chunked prefill"),
+    "enable_chunked_prefill": Changes(False, lambda c: not c.scheduler_config.enable_chunked_prefill
+                                      and c.scheduler_config.max_num_batched_tokens >= c.model_config.max_model_len),
     "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling),
     "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority"),
     "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2),
@@ -301,3 +302,13 @@ def test_broken_checkpoint_chat_template_is_a_start_up_error(ckpt: Path, tmp_pat
     config = EngineArgs(model=str(broken), device="cpu").create_engine_config()
     with pytest.raises(ConfigError, match="not valid Jinja"):
         load_tokenizer(config.model_config)
+
+
+def test_no_chunked_prefill_needs_a_budget_for_the_longest_prompt(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    args = EngineArgs(model=str(ckpt), device="cpu", max_model_len=64, enable_chunked_prefill=False,
+                      max_num_batched_tokens=32)
+    with pytest.raises(ConfigError, match=r"with chunked prefill disabled, max_num_batched_tokens \(32\) must be at "
+                                          r"least max_model_len \(64\)"):
+        args.create_engine_config()

@@ -817,3 +817,17 @@ def test_priority_preempts_the_lowest_priority_request_not_the_newest(policy: st
     history = run_to_completion(sched, runner)
     assert all(history[r][-1].finish_reason == "length" for r in "abcd")
     assert_no_leaks(sched)
+
+
+def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it_whole():
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=16, max_model_len=16,
+                                      enable_chunked_prefill=False), CacheConfig(block_size=BS), 64)
+    runner = FakeRunner()
+    sched.add_request(make_request("a", 4, max_tokens=3))
+    sched.add_request(make_request("b", 16, max_tokens=1))
+    steps = []
+    while sched.has_unfinished_requests():
+        steps.append(step(sched, runner)[0].num_scheduled_tokens)
+    # b needs the whole budget: it waits while a decodes (chunked prefill would give it 12, then 4).
+    assert steps == [{"a": 4}, {"a": 1}, {"a": 1}, {"b": 16}]
+    assert_no_leaks(sched)
