@@ -140,18 +140,19 @@ def time_collectives(hidden_size: int, gather_size: int, num_all_reduces: int, d
                      device: torch.device, iters: int = 30) -> float:
     """Median milliseconds of one batch-1 decode step's tensor-parallel collectives: ``num_all_reduces``
     all-reduces of one ``[1, hidden_size]`` row and one all-gather of ``[1, gather_size]``
-    logits, through the same functions the layers call. On CUDA they are captured in one graph
+    logits (none if 0), through the same functions the layers call. On CUDA they are captured in one graph
     and replayed, as the decode graphs run them; on CPU (gloo) they run eagerly. Every rank of
     the group must call it at once (benchmarks: ``collective_rpc("time_step_collectives")``)."""
     import time
 
     hidden = torch.randn(1, hidden_size, dtype=dtype, device=device)
-    logits = torch.randn(1, gather_size, dtype=dtype, device=device)
+    logits = torch.randn(1, max(gather_size, 1), dtype=dtype, device=device)
 
     def step() -> None:
         for _ in range(num_all_reduces):
             tensor_model_parallel_all_reduce(hidden)
-        tensor_model_parallel_all_gather(logits)
+        if gather_size:
+            tensor_model_parallel_all_gather(logits)
 
     step()  # communicators are set up outside any capture
     run = step

@@ -15,6 +15,8 @@ from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.worker.distributed import (
     get_parallel_state,
     init_distributed_environment,
+    is_first_pp_rank,
+    is_last_pp_rank,
     is_output_rank,
     local_attention_heads,
     pp_layer_range,
@@ -89,13 +91,15 @@ class Worker:
 
     def time_step_collectives(self) -> float:
         """Milliseconds of this stage's collectives in one batch-1 decode step (time_collectives):
-        the embedding's all-reduce, two per layer, the LM head's all-gather. 0 at tp=1."""
+        two all-reduces per layer, the embedding's on the first stage, the LM head's all-gather
+        on the last. 0 at tp=1."""
         if get_parallel_state().tp_size == 1:
             return 0.0
         hf = self.config.model_config.hf_config
         start, end = pp_layer_range(hf.num_hidden_layers)
         tp = get_parallel_state().tp_size
-        return time_collectives(hf.hidden_size, -(-self.runner.vocab_size // tp), 2 * (end - start) + 1,
+        gather = -(-self.runner.vocab_size // tp) if is_last_pp_rank() else 0
+        return time_collectives(hf.hidden_size, gather, 2 * (end - start) + int(is_first_pp_rank()),
                                 self.config.model_config.torch_dtype, self.runner.device)
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput | None:
