@@ -10,6 +10,7 @@ from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, 
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
+from pagedlm.entrypoints.chat_content import resolve_content_format, template_content
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
@@ -167,17 +168,24 @@ class LLM:
         use_tqdm: bool = True,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
         chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
+        """vLLM's LLM.chat: each conversation through the chat template (``tools`` go to the
+        template too), then generate. ``chat_template_content_format``: "string" (text parts
+        joined), "openai" (a list of text parts) or "auto" (openai when the template loops over
+        a message's content)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
+        content_format = resolve_content_format(chat_template_content_format, chat_template or tokenizer.chat_template)
         prompts = []
         for conversation in conversations:
-            _check_text_only(conversation)
+            conversation = [_template_message(m, i, content_format) for i, m in enumerate(conversation)]
             kwargs = dict(chat_template=chat_template, add_generation_prompt=add_generation_prompt and not
-                          continue_final_message, continue_final_message=continue_final_message,
+                          continue_final_message, continue_final_message=continue_final_message, tools=tools,
                           **(chat_template_kwargs or {}))
             ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
             text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
@@ -231,16 +239,13 @@ class LLM:
         return [finished[r] for r in request_ids]
 
 
-def _check_text_only(conversation: list[dict]) -> None:
-    """Refuse non-text content parts (images, audio): handed to the chat template, an image
-    would become a placeholder token and the image itself would be silently dropped."""
-    for i, message in enumerate(conversation):
-        content = message.get("content")
-        for part in content if isinstance(content, list) else ():
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind not in ("text", "input_text", "refusal"):
-                raise InvalidRequestError(f"messages[{i}].content: content part type {kind!r} is not supported; "
-                                          "pagedlm serves text only (of a multimodal checkpoint, its language model)")
+def _template_message(message: dict, index: int, content_format: str) -> dict:
+    """The message with its content in the template's content format (chat_content); an image
+    or audio part is refused: the template would turn it into a placeholder and drop it."""
+    try:
+        return {**message, "content": template_content(message.get("content"), index, content_format)}
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from e
 
 
 def _lora_list(lora_request: Any, n: int) -> list[LoRARequest | None] | None:

@@ -44,6 +44,10 @@ class ServerArgs:
                                          FRONTEND)
     tool_call_parser: str | None = opt(None, "how tool calls are written in this model's output", FRONTEND,
                                        choices=["hermes", "llama3_json", "mistral", "pythonic"])
+    chat_template_content_format: str = opt("auto", "how message content reaches the chat template: string (text "
+                                            "parts joined), openai (a list of text parts), auto (openai when the "
+                                            "template loops over a message's content)", FRONTEND,
+                                            choices=["auto", "string", "openai"])
     enable_auto_tool_choice: bool = opt(False, "let the model choose to call tools (tool_choice 'auto'); needs "
                                         "--tool-call-parser", FRONTEND)
 

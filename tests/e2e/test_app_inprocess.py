@@ -16,15 +16,18 @@ from fastapi.testclient import TestClient
 from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine_args import EngineArgs
 from pagedlm.entrypoints.openai.api_server import build_app
+from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.metrics import PrometheusStatLogger
 
 
-def _make_client(checkpoint: Path, num_blocks: int = 64, **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
+def _make_client(checkpoint: Path, num_blocks: int = 64, serving_options: ServingOptions | None = None,
+                 **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
     args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=num_blocks,
                       device="cpu", **engine_kwargs)
     engine = AsyncLLM.from_engine_args(args)
     engine.stat_logger = PrometheusStatLogger("inproc")  # its own registry: no clash with other apps
-    return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"]))
+    return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"],
+                                        serving_options=serving_options))
 
 
 @pytest.fixture()
@@ -150,3 +153,21 @@ def test_priority_reaches_the_engine_core(checkpoint: Path) -> None:
         assert sent and set(sent) == {7}
         resp = client.post("/v1/completions", json={"prompt": "Hello", "priority": "high", **body})
         assert resp.status_code == 400
+
+
+LOOPING_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]{% endfor %}{% endfor %}"
+
+
+@pytest.mark.parametrize("content_format,expected", [("auto", "<user>[a][b]"), ("openai", "<user>[a][b]"),
+                                                     ("string", "<user>[][][]")])
+def test_chat_template_content_format(checkpoint: Path, content_format: str, expected: str) -> None:
+    """--chat-template-content-format: a template that loops over content parts gets them under
+    auto and openai; forced to string it iterates the joined text's characters ("a\\nb")."""
+    engine, client = _make_client(checkpoint, chat_template=LOOPING_TEMPLATE,
+                                  serving_options=ServingOptions(chat_template_content_format=content_format))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    with client:
+        tokens = client.post("/tokenize", json={"messages": messages, "add_generation_prompt": False}).json()["tokens"]
+        assert client.post("/detokenize", json={"tokens": tokens}).json()["prompt"] == expected
+        resp = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+        assert resp.status_code == 200 and resp.json()["usage"]["prompt_tokens"] == len(tokens)

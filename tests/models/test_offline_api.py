@@ -126,6 +126,30 @@ def test_chat_applies_template(llm):
     assert out.prompt_token_ids == list(expected)
 
 
+# Loops over each message's content parts (so "auto" hands it the openai format) and lists tools.
+LOOPING_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]{% endfor %}"
+                    "{% endfor %}{% for t in tools or [] %}tool:{{ t['function']['name'] }};{% endfor %}")
+PLAIN_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+
+
+def test_chat_content_formats_and_tools(llm):
+    params = SamplingParams(temperature=0, max_tokens=1)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+
+    def prompt(messages, template, **kwargs) -> str:
+        return llm.chat(messages, params, use_tqdm=False, chat_template=template, **kwargs)[0].prompt
+
+    assert prompt(parts, LOOPING_TEMPLATE) == "<user>[a][b]"  # auto: openai, the parts
+    assert prompt([{"role": "user", "content": "hi"}], LOOPING_TEMPLATE) == "<user>[hi]"  # a string is one part
+    assert prompt(parts, PLAIN_TEMPLATE) == "<user>a\nb"  # auto: string, the parts joined
+    forced = prompt([{"role": "user", "content": "hi"}], PLAIN_TEMPLATE, chat_template_content_format="openai")
+    assert forced == "<user>[{'type': 'text', 'text': 'hi'}]"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    assert prompt(parts, LOOPING_TEMPLATE, tools=tools) == "<user>[a][b]tool:get_weather;"
+    with pytest.raises(ValueError, match="content format must be one of"):
+        prompt(parts, PLAIN_TEMPLATE, chat_template_content_format="xml")
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

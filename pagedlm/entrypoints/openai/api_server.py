@@ -180,7 +180,7 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
 
     _add_info_routes(app, engine, names, stat_logger, lora_modules)
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
-    _add_tokenizer_routes(app, engine, names, max_body_bytes)
+    _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
     return app
 
 
@@ -225,7 +225,8 @@ def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
         return {"version": __version__}
 
 
-def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int) -> None:
+def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int,
+                          content_format: str) -> None:
     tokenizer = engine.tokenizer  # used on the engine's tokenizer thread only
     max_model_len = engine.model_config.max_model_len
     vocab_size = engine.model_config.vocab_size
@@ -238,7 +239,7 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_
     async def tokenize(request: Request) -> dict[str, Any]:
         body = await read_json_body(request, TokenizeRequest, max_body_bytes)
         check_model(body.model)
-        return await engine.run_in_tokenizer(_tokenize, tokenizer, body, max_model_len)
+        return await engine.run_in_tokenizer(_tokenize, tokenizer, body, max_model_len, content_format)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
@@ -250,10 +251,11 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_
         return {"prompt": await engine.run_in_tokenizer(tokenizer.decode, body.tokens)}
 
 
-def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int) -> dict[str, Any]:
+def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int, content_format: str) -> dict[str, Any]:
     if body.messages is not None:
         _, tokens = render_chat(tokenizer, body.messages, body.add_generation_prompt,
-                                body.continue_final_message, add_special_tokens=bool(body.add_special_tokens))
+                                body.continue_final_message, add_special_tokens=bool(body.add_special_tokens),
+                                content_format=content_format)
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
         tokens = tokenizer.encode(body.prompt, add_special_tokens=add_special) if body.prompt else []
@@ -350,7 +352,7 @@ def run_server(args: argparse.Namespace) -> None:
         engine_args = EngineArgs.from_cli_args(args)
         engine_config = engine_args.create_engine_config()
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
-                                 engine_args.reasoning_parser)
+                                 engine_args.reasoning_parser, server_args.chat_template_content_format)
         options.check()
         lora_modules = build_lora_modules(server_args.lora_modules, engine_config, engine_args.served_model_names())
         engine_args.log_notices()

@@ -4,12 +4,16 @@ The template comes from the tokenizer (tokenizer_config.json / chat_template.jin
 server's --chat-template (EngineArgs puts it on the tokenizer). transformers renders it in
 Jinja's immutable sandbox. The rendered text already holds the template's special tokens
 (BOS...), so it is tokenized without adding them again, as vLLM does.
+
+Message content reaches the template in one of vLLM's content formats (string / openai /
+auto: ``pagedlm.entrypoints.chat_content``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pagedlm.entrypoints.chat_content import resolve_content_format, template_content
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage
 from pagedlm.entrypoints.openai.tool_calling import template_tool_calls
@@ -27,30 +31,23 @@ NO_TEMPLATE_MESSAGE = (
 )
 
 
+def _content(content: Any, index: int, content_format: str) -> str | list[dict[str, str]]:
+    try:
+        return template_content(content, index, content_format)
+    except ValueError as e:
+        raise OpenAIError(str(e), 400, f"messages[{index}].content") from e
+
+
 def message_text(message: ChatMessage, index: int) -> str | None:
-    """Content as text; a list of parts joins its text parts with newlines (vLLM's 'string'
-    content format). Non-text parts (images, audio) are not supported."""
-    content = message.content
-    if content is None or isinstance(content, str):
-        return content
-    texts: list[str] = []
-    for part in content:
-        part_type = part.get("type")
-        if part_type in ("text", "input_text") and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif part_type == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        else:
-            raise OpenAIError(f"messages[{index}].content: content part type {part_type!r} is not supported; "
-                              "only text parts are", 400, f"messages[{index}].content")
-    return "\n".join(texts)
+    """Content as text: the text parts joined with newlines (the 'string' content format)."""
+    return None if message.content is None else _content(message.content, index, "string")
 
 
-def to_conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+def to_conversation(messages: list[ChatMessage], content_format: str = "string") -> list[dict[str, Any]]:
     conversation = []
     for i, message in enumerate(messages):
         item = message.model_dump(exclude_none=True)
-        item["content"] = message_text(message, i) or ""
+        item["content"] = _content(message.content, i, content_format)
         template_tool_calls(item)
         conversation.append(item)
     return conversation
@@ -64,11 +61,12 @@ def render_chat(
     tools: list[dict[str, Any]] | None = None,
     template_kwargs: dict[str, Any] | None = None,
     add_special_tokens: bool = False,
+    content_format: str = "auto",
 ) -> tuple[str, list[int]]:
     """-> (prompt text, prompt token ids). Raises OpenAIError(400) on a template problem."""
     if not getattr(tokenizer, "chat_template", None):
         raise OpenAIError(NO_TEMPLATE_MESSAGE, 400, "messages")
-    conversation = to_conversation(messages)
+    conversation = to_conversation(messages, resolve_content_format(content_format, tokenizer.chat_template))
     if continue_final_message and conversation[-1]["role"] != "assistant":
         raise OpenAIError("continue_final_message needs the last message to be from the assistant", 400,
                           "continue_final_message")

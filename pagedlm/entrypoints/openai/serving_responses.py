@@ -132,7 +132,8 @@ class OpenAIServingResponses(OpenAIServing):
             raise from_validation_error(e) from e
         self.check_request(chat)
         plan = plan_tools(chat.tools, chat.tool_choice, chat.parallel_tool_calls, self.options)
-        text, token_ids = render_chat(self.tokenizer, chat.messages, tools=chat.tools)
+        text, token_ids = render_chat(self.tokenizer, chat.messages, tools=chat.tools,
+                                      content_format=self.options.chat_template_content_format)
         self.check_length(len(token_ids), req.max_output_tokens, what="input")
         params = self.make_params(chat, None, req.max_output_tokens)
         add_tool_constraint(params, plan)
