@@ -79,6 +79,8 @@ class EngineArgs:
                                          "(also env PAGEDLM_/VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)", MODEL)
     max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for", MODEL)
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
+    hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
+                                              "(nested objects merge into nested configs)", MODEL)
     reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
                                        "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
     generation_config: str = opt("auto", "'auto': sampling defaults from the model's generation_config.json; "
@@ -196,6 +198,7 @@ class EngineArgs:
         source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
                                       self.tokenizer, self.tokenizer_revision)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
+        apply_hf_overrides(hf_config, self.hf_overrides)
         device = resolve_device(self.device)
         runner, pooler_config = resolve_pooling(self.runner, source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
@@ -260,3 +263,17 @@ class EngineArgs:
                                           model_config.architectures, parallel_config.pipeline_parallel_size,
                                           runner),
         )
+
+
+def apply_hf_overrides(config: Any, overrides: dict[str, Any] | None) -> None:
+    """vLLM's --hf-overrides: each key set on the config; a JSON object merges into an attribute
+    that is itself a config or a dict (e.g. rope_scaling), key by key."""
+    for key, value in (overrides or {}).items():
+        current = getattr(config, key, None)
+        if isinstance(value, dict) and isinstance(current, dict):
+            setattr(config, key, {**current, **value})
+        elif isinstance(value, dict) and current is not None and hasattr(current, "to_dict"):
+            apply_hf_overrides(current, value)
+        else:
+            setattr(config, key, value)
+

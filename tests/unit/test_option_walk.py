@@ -65,6 +65,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
     "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
     "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
+    "hf_overrides": Changes({"rms_norm_eps": 0.5}, lambda c: c.model_config.hf_config.rms_norm_eps == 0.5),
     "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
     "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
