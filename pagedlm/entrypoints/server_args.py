@@ -48,6 +48,7 @@ class ServerArgs:
                                             "parts joined), openai (a list of text parts), auto (openai when the "
                                             "template loops over a message's content)", FRONTEND,
                                             choices=["auto", "string", "openai"])
+    response_role: str = opt("assistant", "role of a chat reply when the generation prompt is added", FRONTEND)
     enable_auto_tool_choice: bool = opt(False, "let the model choose to call tools (tool_choice 'auto'); needs "
                                         "--tool-call-parser", FRONTEND)
 

@@ -171,3 +171,18 @@ def test_chat_template_content_format(checkpoint: Path, content_format: str, exp
         assert client.post("/detokenize", json={"tokens": tokens}).json()["prompt"] == expected
         resp = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
         assert resp.status_code == 200 and resp.json()["usage"]["prompt_tokens"] == len(tokens)
+
+
+def test_response_role(checkpoint: Path) -> None:
+    """--response-role names the reply's role after a generation prompt, streamed or not;
+    without one the reply continues the last message's role (vLLM)."""
+    engine, client = _make_client(checkpoint, serving_options=ServingOptions(response_role="narrator"))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with client:
+        assert client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["role"] == "narrator"
+        stream = client.post("/v1/chat/completions", json={**body, "stream": True}).text
+        first = json.loads(next(line[6:] for line in stream.split("\n") if line.startswith("data: {")))
+        assert first["choices"][0]["delta"]["role"] == "narrator"
+        cont = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "he"}],
+                "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 2}
+        assert client.post("/v1/chat/completions", json=cont).json()["choices"][0]["message"]["role"] == "assistant"

@@ -352,7 +352,8 @@ def run_server(args: argparse.Namespace) -> None:
         engine_args = EngineArgs.from_cli_args(args)
         engine_config = engine_args.create_engine_config()
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
-                                 engine_args.reasoning_parser, server_args.chat_template_content_format)
+                                 engine_args.reasoning_parser, server_args.chat_template_content_format,
+                                 server_args.response_role)
         options.check()
         lora_modules = build_lora_modules(server_args.lora_modules, engine_config, engine_args.served_model_names())
         engine_args.log_notices()

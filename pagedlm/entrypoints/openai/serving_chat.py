@@ -84,11 +84,12 @@ class OpenAIServingChat(OpenAIServing):
             raise OpenAIError("the request was aborted before it finished", 500)
         usage = Usage()
         usage.add_output(final)
-        echo = echo_text(request)
+        role = chat_role(request, self.options.response_role)
+        echo = echo_text(request, role)
         choices = [
             {
                 "index": c.index,
-                "message": _with_echo(shapers[c.index].message(c.text), request, echo),
+                "message": _with_echo(shapers[c.index].message(c.text), role, echo),
                 "logprobs": self._logprobs(request, c.token_ids, c.logprobs),
                 "finish_reason": shapers[c.index].finish_reason(c.finish_reason, c.text),
                 "stop_reason": c.stop_reason,
@@ -119,11 +120,12 @@ class OpenAIServingChat(OpenAIServing):
                         "total_tokens": len(group.prompts[0][1])}
         extra = {"usage": prompt_usage if continuous else None} if include_usage else {}
         # The role goes first, for every choice, before any token is generated (as vLLM).
-        echo = echo_text(request)
+        role = chat_role(request, self.options.response_role)
+        echo = echo_text(request, role)
         for index in range(request.n):
-            role = {"index": index, "delta": {"role": chat_role(request), "content": ""}, "logprobs": None,
-                    "finish_reason": None}
-            yield sse({**head, "choices": [role], **extra})
+            first = {"index": index, "delta": {"role": role, "content": ""}, "logprobs": None,
+                     "finish_reason": None}
+            yield sse({**head, "choices": [first], **extra})
             if echo:
                 yield sse({**head, "choices": [{"index": index, "delta": {"content": echo}, "logprobs": None,
                                                 "finish_reason": None}], **extra})
@@ -169,24 +171,25 @@ class OpenAIServingChat(OpenAIServing):
         }
 
 
-def _with_echo(message: dict[str, Any], request: ChatCompletionRequest, echo: str) -> dict[str, Any]:
+def _with_echo(message: dict[str, Any], role: str, echo: str) -> dict[str, Any]:
     """The reply's message, with its role and (for chat ``echo``) the echoed text first."""
-    message["role"] = chat_role(request)
+    message["role"] = role
     if echo:
         message["content"] = echo + (message.get("content") or "")
     return message
 
 
-def chat_role(request: ChatCompletionRequest) -> str:
-    """vLLM: the reply continues the last message's role when no generation prompt is added."""
-    return "assistant" if request.add_generation_prompt else request.messages[-1].role
+def chat_role(request: ChatCompletionRequest, response_role: str = "assistant") -> str:
+    """vLLM: the reply has --response-role after a generation prompt, else it continues the last
+    message's role."""
+    return response_role if request.add_generation_prompt else request.messages[-1].role
 
 
-def echo_text(request: ChatCompletionRequest) -> str:
+def echo_text(request: ChatCompletionRequest, role: str) -> str:
     """vLLM's chat ``echo``: the reply starts with the last message's content when that
     message has the reply's role (e.g. an assistant message being continued)."""
     last = request.messages[-1]
-    if not request.echo or last.role != chat_role(request):
+    if not request.echo or last.role != role:
         return ""
     if isinstance(last.content, str):
         return last.content

@@ -35,7 +35,8 @@ class ServingOptions:
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
-    chat_template_content_format: str = "auto"  # chat_utils.CONTENT_FORMATS
+    chat_template_content_format: str = "auto"  # chat_content.CONTENT_FORMATS
+    response_role: str = "assistant"  # a chat reply's role after a generation prompt
 
     def check(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
