@@ -7,6 +7,7 @@ Kept out of api_server so that building the parser does not import the engine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,14 @@ class ServerArgs:
                               "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
     ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
+    allowed_origins: list[str] = opt(["*"], "CORS: origins a browser may call the API from (a JSON list, as "
+                                     "vLLM takes it, or space-separated)", SERVER)
+    allow_credentials: bool = opt(False, "CORS: allow credentials (cookies, authorization) cross-origin", SERVER)
+    allowed_methods: list[str] = opt(["*"], "CORS: allowed methods (a JSON list or space-separated)", SERVER)
+    allowed_headers: list[str] = opt(["*"], "CORS: allowed headers (a JSON list or space-separated)", SERVER)
+    root_path: str | None = opt(None, "path prefix under which a proxy serves the app (the ASGI root_path)", SERVER)
+    enable_request_id_headers: bool = opt(False, "every response carries X-Request-Id (the request's own, "
+                                          "else a new one)", SERVER)
     disable_fastapi_docs: bool = opt(False, "do not serve /docs, /redoc and /openapi.json", SERVER)
     shutdown_grace_period: float = opt(5.0, "seconds that unfinished requests may run after SIGTERM/Ctrl-C "
                                        "before they are aborted", SERVER)
@@ -54,7 +63,11 @@ class ServerArgs:
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
-        server_args = cls(**dataclass_kwargs(cls, args))
+        kwargs = dataclass_kwargs(cls, args)
+        for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
+            if name in kwargs:
+                kwargs[name] = _json_or_words(name, kwargs[name])
+        server_args = cls(**kwargs)
         if server_args.api_key is None:
             server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         refuse_unsupported(server_args)
@@ -75,6 +88,19 @@ class ServerArgs:
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"cannot load the TLS certificate {self.ssl_certfile!r}"
                               f"{f' with the key {self.ssl_keyfile!r}' if self.ssl_keyfile else ''}: {e}") from e
+
+
+def _json_or_words(name: str, values: list[str]) -> list[str]:
+    """vLLM writes list flags as one JSON list ('["https://a.example"]'); plain words work too."""
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            parsed = json.loads(values[0])
+        except ValueError as e:
+            raise ConfigError(f"--{name.replace('_', '-')}: not a valid JSON list: {e}") from e
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a JSON list of strings")
+        return parsed
+    return list(values)
 
 
 def load_yaml_config(path: str) -> list[str]:

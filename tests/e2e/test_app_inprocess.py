@@ -15,19 +15,20 @@ from fastapi.testclient import TestClient
 
 from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine_args import EngineArgs
-from pagedlm.entrypoints.openai.api_server import build_app
+from pagedlm.entrypoints.openai.api_server import HTTPOptions, build_app
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.metrics import PrometheusStatLogger
 
 
 def _make_client(checkpoint: Path, num_blocks: int = 64, serving_options: ServingOptions | None = None,
+                 http: HTTPOptions | None = None, api_key: str | None = None,
                  **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
     args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=num_blocks,
                       device="cpu", **engine_kwargs)
     engine = AsyncLLM.from_engine_args(args)
     engine.stat_logger = PrometheusStatLogger("inproc")  # its own registry: no clash with other apps
     return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"],
-                                        serving_options=serving_options))
+                                        serving_options=serving_options, http=http, api_key=api_key))
 
 
 @pytest.fixture()
@@ -186,3 +187,36 @@ def test_response_role(checkpoint: Path) -> None:
         cont = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "he"}],
                 "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 2}
         assert client.post("/v1/chat/completions", json=cont).json()["choices"][0]["message"]["role"] == "assistant"
+
+
+
+def test_cors_root_path_and_request_ids(checkpoint: Path) -> None:
+    """--allowed-origins (and methods, headers), --enable-request-id-headers, and the API key's
+    open paths behind a --root-path (uvicorn sets the ASGI root_path; the test client here)."""
+    http = HTTPOptions(allowed_origins=("https://ui.example",), allow_credentials=True, allowed_methods=("POST",),
+                       allowed_headers=("authorization", "content-type"), request_id_headers=True)
+    engine, client = _make_client(checkpoint, http=http, api_key="k")
+    client = TestClient(client.app, root_path="/api")
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    with client:
+        # A browser's preflight is answered without the API key, for the allowed origin only.
+        ok = client.options("/v1/completions", headers={"Origin": "https://ui.example", **preflight})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://ui.example"
+        assert ok.headers["access-control-allow-credentials"] == "true"
+        assert client.options("/v1/completions", headers={"Origin": "https://evil.example", **preflight}).status_code == 400
+        for bad in ({"Access-Control-Request-Method": "DELETE"}, {"Access-Control-Request-Headers": "x-other"}):
+            resp = client.options("/v1/completions", headers={"Origin": "https://ui.example", **preflight, **bad})
+            assert resp.status_code == 400, bad
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2},
+                           headers={"Authorization": "Bearer k", "Origin": "https://ui.example", "X-Request-Id": "abc"})
+        assert resp.status_code == 200 and resp.headers["x-request-id"] == "abc"
+        assert resp.headers["access-control-allow-origin"] == "https://ui.example"
+        health = client.get("/health")  # open, and given a fresh request id
+        assert health.status_code == 200 and len(health.headers["x-request-id"]) == 32
+        assert client.get("/api/health").status_code == 200  # a proxy that keeps the prefix
+        assert client.get("/api/v1/models").status_code == 401  # the prefix opens nothing else
+        assert client.get("/openapi.json", headers={"Authorization": "Bearer k"}).json()["servers"] == [{"url": "/api"}]
+    engine, client = _make_client(checkpoint)  # vLLM's defaults: every origin, no request ids
+    with client:
+        resp = client.get("/health", headers={"Origin": "https://any.example"})
+        assert resp.headers["access-control-allow-origin"] == "*" and "x-request-id" not in resp.headers

@@ -114,6 +114,9 @@ SERVER_OPTIONS: dict[str, Any] = {
     "host": ShownBy("127.0.0.1", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
     "port": ShownBy(8123, "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
     "api_key": ShownBy("k", "tests/e2e/test_dropin_server.py::test_api_key_from_vllm_env"),
+    **{name: ShownBy(value, "tests/e2e/test_app_inprocess.py::test_cors_root_path_and_request_ids") for name, value in (
+        ("allowed_origins", ["https://a.example"]), ("allow_credentials", True), ("allowed_methods", ["POST"]),
+        ("allowed_headers", ["authorization"]), ("root_path", "/api"), ("enable_request_id_headers", True))},
     "ssl_keyfile": ShownBy("/k.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
     "ssl_certfile": ShownBy("/c.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
     "shutdown_grace_period": ShownBy(60, "tests/e2e/test_engine_process.py::test_sigterm_lets_unfinished_requests_finish"),
@@ -315,3 +318,13 @@ def test_no_chunked_prefill_needs_a_budget_for_the_longest_prompt(ckpt: Path) ->
     with pytest.raises(ConfigError, match=r"with chunked prefill disabled, max_num_batched_tokens \(32\) must be at "
                                           r"least max_model_len \(64\)"):
         args.create_engine_config()
+
+
+def test_list_flags_take_vllms_json_lists() -> None:
+    ns = parse_serve_args(["/m", "--allowed-origins", '["https://a.example", "https://b.example"]',
+                           "--allowed-methods", "GET", "POST"])
+    server_args = ServerArgs.from_cli_args(ns)
+    assert server_args.allowed_origins == ["https://a.example", "https://b.example"]
+    assert server_args.allowed_methods == ["GET", "POST"] and server_args.allowed_headers == ["*"]
+    with pytest.raises(ConfigError, match="--allowed-origins: not a valid JSON list"):
+        ServerArgs.from_cli_args(parse_serve_args(["/m", "--allowed-origins", '["unclosed"']))

@@ -18,9 +18,12 @@ import math
 import socket
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
@@ -67,7 +70,7 @@ class APIKeyMiddleware:
         self.expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _route_path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
@@ -77,6 +80,45 @@ class APIKeyMiddleware:
         response = JSONResponse(error_body("Unauthorized: a valid API key is required (Authorization: Bearer "
                                            "<key>).", 401), status_code=401)
         await response(scope, receive, send)
+
+
+def _route_path(scope: dict) -> str:
+    """The path the routes see: behind --root-path a request may still carry the prefix."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+class RequestIdMiddleware:
+    """--enable-request-id-headers: every response carries X-Request-Id, the request's own when
+    it sent one, else a new one (pure ASGI, so streams are not buffered)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+@dataclass(frozen=True)
+class HTTPOptions:
+    """Server flags that shape HTTP itself: CORS (vLLM's defaults allow every origin, method and
+    header, without credentials) and request-id headers. (--root-path goes to uvicorn.)"""
+
+    allowed_origins: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
+    allowed_methods: tuple[str, ...] = ("*",)
+    allowed_headers: tuple[str, ...] = ("*",)
+    request_id_headers: bool = False
 
 
 async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
@@ -128,7 +170,7 @@ def _finite_float(text: str) -> float:
 def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
               served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
               serving_options: ServingOptions | None = None, disable_docs: bool = False,
-              lora_modules: LoRAModules | None = None) -> FastAPI:
+              lora_modules: LoRAModules | None = None, http: HTTPOptions | None = None) -> FastAPI:
     names = served_model_names or list(engine.model_config.served_model_names) or [
         engine.model_config.served_model_name]
     if lora_modules is None:
@@ -142,10 +184,16 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         engine.shutdown()
 
     docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if disable_docs else {}
+    http = http or HTTPOptions()
     app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    if http.request_id_headers:
+        app.add_middleware(RequestIdMiddleware)
+    # Added last, so outermost: a browser's preflight is answered before the API key is asked for.
+    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
+                       allow_methods=list(http.allowed_methods), allow_headers=list(http.allowed_headers))
     app.state.engine = engine
     app.state.stat_logger = stat_logger
     completions = OpenAIServingCompletion(engine, names)
@@ -370,12 +418,17 @@ def run_server(args: argparse.Namespace) -> None:
     names = list(engine.model_config.served_model_names) or [engine.model_config.served_model_name]
     engine.stat_logger = PrometheusStatLogger(names[0], prefix=server_args.metrics_prefix + ":",
                                               engine_config=engine_config)
+    http = HTTPOptions(tuple(server_args.allowed_origins), server_args.allow_credentials,
+                       tuple(server_args.allowed_methods), tuple(server_args.allowed_headers),
+                       server_args.enable_request_id_headers)
     app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
-                    serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules)
+                    serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules,
+                    http=http)
     logger.info("Serving model %r on %s://%s:%d (OpenAI-compatible API under /v1)", names[0],
                 "https" if server_args.ssl_certfile else "http", server_args.host, server_args.port)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
+                            root_path=server_args.root_path or "",
                             log_level=server_args.uvicorn_log_level,
                             access_log=not server_args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             timeout_graceful_shutdown=5)
