@@ -58,6 +58,10 @@ class ServerArgs:
                                             "template loops over a message's content)", FRONTEND,
                                             choices=["auto", "string", "openai"])
     response_role: str = opt("assistant", "role of a chat reply when the generation prompt is added", FRONTEND)
+    enable_force_include_usage: bool = opt(False, "every stream ends with usage, as if stream_options.include_usage "
+                                           "were set", FRONTEND)
+    return_tokens_as_token_ids: bool = opt(False, "logprobs name tokens 'token_id:N' instead of by their text (for "
+                                           "tokens that are not valid UTF-8 alone)", FRONTEND)
     enable_auto_tool_choice: bool = opt(False, "let the model choose to call tools (tool_choice 'auto'); needs "
                                         "--tool-call-parser", FRONTEND)
 

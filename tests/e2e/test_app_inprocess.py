@@ -220,3 +220,26 @@ def test_cors_root_path_and_request_ids(checkpoint: Path) -> None:
     with client:
         resp = client.get("/health", headers={"Origin": "https://any.example"})
         assert resp.headers["access-control-allow-origin"] == "*" and "x-request-id" not in resp.headers
+
+
+def test_force_include_usage_and_tokens_as_token_ids(checkpoint: Path) -> None:
+    """--enable-force-include-usage: streams end with usage unasked. --return-tokens-as-token-ids:
+    logprobs name every token (sampled and alternatives) "token_id:N"."""
+    options = ServingOptions(force_include_usage=True, return_tokens_as_token_ids=True)
+    engine, client = _make_client(checkpoint, serving_options=options)
+    with client:
+        stream = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "stream": True}).text
+        events = [json.loads(line[6:]) for line in stream.split("\n") if line.startswith("data: {")]
+        assert events[-1]["usage"]["completion_tokens"] == 3
+        body = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "logprobs": 2,
+                                                    "temperature": 0.0}).json()
+        lps = body["choices"][0]["logprobs"]
+        assert all(t.startswith("token_id:") for t in lps["tokens"]) and len(lps["tokens"]) == 3
+        assert all(k.startswith("token_id:") for top in lps["top_logprobs"] for k in top)
+        # Greedy: each sampled token is its position's most likely one, under the same name.
+        assert all(max(top, key=top.get) == tok for tok, top in zip(lps["tokens"], lps["top_logprobs"]))
+        chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "max_tokens": 2, "logprobs": True, "top_logprobs": 2}).json()
+        content = chat["choices"][0]["logprobs"]["content"]
+        assert all(c["token"].startswith("token_id:") and c["bytes"] == list(c["token"].encode()) for c in content)
+        assert all(t["token"].startswith("token_id:") for c in content for t in c["top_logprobs"])

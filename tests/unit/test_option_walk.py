@@ -132,6 +132,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "lora_modules": ShownBy(["a=/x"], "tests/e2e/test_lora_server.py::test_models_list_adapters_under_the_base"),
     "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
     "chat_template_content_format": ShownBy("openai", "tests/e2e/test_app_inprocess.py::test_chat_template_content_format"),
+    "enable_force_include_usage": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_force_include_usage_and_tokens_as_token_ids"),
+    "return_tokens_as_token_ids": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_force_include_usage_and_tokens_as_token_ids"),
     "response_role": ShownBy("narrator", "tests/e2e/test_app_inprocess.py::test_response_role"),
     "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
 }

@@ -198,9 +198,8 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     app.state.stat_logger = stat_logger
     completions = OpenAIServingCompletion(engine, names)
     chat = OpenAIServingChat(engine, names)
-    chat.options = serving_options or ServingOptions()
     responses = OpenAIServingResponses(engine, names)
-    responses.options = chat.options
+    completions.options = chat.options = responses.options = serving_options or ServingOptions()
     for serving in (completions, chat, responses):
         serving.lora_modules = lora_modules
 
@@ -401,7 +400,8 @@ def run_server(args: argparse.Namespace) -> None:
         engine_config = engine_args.create_engine_config()
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
                                  engine_args.reasoning_parser, server_args.chat_template_content_format,
-                                 server_args.response_role)
+                                 server_args.response_role, server_args.enable_force_include_usage,
+                                 server_args.return_tokens_as_token_ids)
         options.check()
         lora_modules = build_lora_modules(server_args.lora_modules, engine_config, engine_args.served_model_names())
         engine_args.log_notices()

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest
-from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, add_tool_constraint, plan_tools
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, add_tool_constraint, plan_tools
 from pagedlm.entrypoints.openai.serving_common import (
     ChoiceProgress,
     OpenAIServing,
@@ -19,6 +19,7 @@ from pagedlm.entrypoints.openai.serving_common import (
     MIN_LOGPROB,
     Usage,
     clamp_logprob,
+    logprob_token,
     partial_usage,
     random_id,
     sse,
@@ -30,7 +31,6 @@ from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 
 
 class OpenAIServingChat(OpenAIServing):
-    options = ServingOptions()  # set by build_app from the server's flags
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request) -> Response:
         self.check_request(request)
@@ -103,18 +103,19 @@ class OpenAIServingChat(OpenAIServing):
             "prompt_logprobs": prompt_logprobs_json(final) if request.prompt_logprobs is not None else None,
         }
 
-    @staticmethod
-    def _logprobs(request: ChatCompletionRequest, token_ids: list[int],
+    def _logprobs(self, request: ChatCompletionRequest, token_ids: list[int],
                   entries: list[dict[int, Logprob]] | None) -> dict[str, Any] | None:
         if not request.logprobs:
             return None
-        return {"content": chat_logprobs(token_ids, entries or [], request.top_logprobs or 0), "refusal": None}
+        content = chat_logprobs(token_ids, entries or [], request.top_logprobs or 0,
+                                self.options.return_tokens_as_token_ids)
+        return {"content": content, "refusal": None}
 
     # ------------------------------------------------------------------ streaming
 
     async def _stream(self, request: ChatCompletionRequest, group: RequestGroup, request_id: str,
                       model: str, shapers: list[ChoiceShaper]) -> AsyncIterator[str]:
-        include_usage, continuous = stream_usage_flags(request)
+        include_usage, continuous = stream_usage_flags(request, self.options.force_include_usage)
         head = {"id": request_id, "object": "chat.completion.chunk", "created": group.created, "model": model}
         prompt_usage = {"prompt_tokens": len(group.prompts[0][1]), "completion_tokens": 0,
                         "total_tokens": len(group.prompts[0][1])}
@@ -196,23 +197,24 @@ def echo_text(request: ChatCompletionRequest, role: str) -> str:
     return "".join(part.get("text", "") for part in last.content or [] if part.get("type") == "text")
 
 
-def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int) -> list[dict[str, Any]]:
-    """OpenAI chat format: per token its text, logprob, UTF-8 bytes and the ``num_top`` most
-    likely alternatives (by rank, so the sampled token appears only if it is among them)."""
+def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int,
+                  as_token_ids: bool = False) -> list[dict[str, Any]]:
+    """OpenAI chat format: per token its text (or "token_id:N"), logprob, UTF-8 bytes and the
+    ``num_top`` most likely alternatives (by rank, so the sampled token appears only if it is
+    among them)."""
     content = []
     for token_id, entry in zip(token_ids, entries):
         own = entry.get(token_id)
-        token = own.decoded_token if own is not None and own.decoded_token is not None else ""
-        ranked = sorted(entry.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 62)
+        token = logprob_token(token_id, own, as_token_ids)
+        ranked = sorted(entry.items(), key=lambda item: item[1].rank if item[1].rank is not None else 1 << 62)
         content.append({
             "token": token,
             "logprob": clamp_logprob(own.logprob) if own is not None else MIN_LOGPROB,
             "bytes": list(token.encode("utf-8")),
-            "top_logprobs": [_top_entry(lp) for lp in ranked[:num_top]],
+            "top_logprobs": [_top_entry(logprob_token(tid, lp, as_token_ids), lp) for tid, lp in ranked[:num_top]],
         })
     return content
 
 
-def _top_entry(lp: Logprob) -> dict[str, Any]:
-    token = lp.decoded_token or ""
+def _top_entry(token: str, lp: Logprob) -> dict[str, Any]:
     return {"token": token, "logprob": clamp_logprob(lp.logprob), "bytes": list(token.encode("utf-8"))}

@@ -22,7 +22,8 @@ from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream, beam_searc
 from pagedlm.entrypoints.openai.serving_lora import resolve_lora
 from pagedlm.lora.registry import LoRAModules
 from pagedlm.lora.request import LoRARequest
-from pagedlm.outputs import RequestOutput
+from pagedlm.entrypoints.openai.tool_calling import ServingOptions
+from pagedlm.outputs import Logprob, RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -92,12 +93,20 @@ class Usage:
         }
 
 
-def stream_usage_flags(request: SamplingFields) -> tuple[bool, bool]:
+def stream_usage_flags(request: SamplingFields, force_include_usage: bool = False) -> tuple[bool, bool]:
     """(include_usage, continuous_usage_stats) as vLLM reads them: usage on every chunk only
-    when both are set."""
+    when both are set; --enable-force-include-usage sets the first for every stream."""
     options = request.stream_options
-    include = bool(options and options.include_usage)
+    include = force_include_usage or bool(options and options.include_usage)
     return include, include and bool(options and options.continuous_usage_stats)
+
+
+def logprob_token(token_id: int, lp: Logprob | None, as_token_id: bool, fallback: str = "") -> str:
+    """How a logprobs entry names its token: the decoded text, or with
+    --return-tokens-as-token-ids "token_id:N" (for tokens that do not decode on their own)."""
+    if as_token_id:
+        return f"token_id:{token_id}"
+    return lp.decoded_token if lp is not None and lp.decoded_token is not None else fallback
 
 
 def partial_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -171,6 +180,8 @@ async def wait_for_disconnect(request: Request) -> None:
 
 class OpenAIServing:
     """Base of the completion and chat handlers."""
+
+    options = ServingOptions()  # set by build_app from the server's flags
 
     def __init__(self, engine: AsyncLLM, served_model_names: list[str]) -> None:
         self.engine = engine

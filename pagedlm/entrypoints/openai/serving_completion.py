@@ -15,6 +15,7 @@ from pagedlm.entrypoints.openai.serving_common import (
     RequestGroup,
     Usage,
     clamp_logprob,
+    logprob_token,
     partial_usage,
     random_id,
     sse,
@@ -89,7 +90,8 @@ class OpenAIServingCompletion(OpenAIServing):
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output) if request.echo else _empty_logprobs()
-            _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix))
+            _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix),
+                             as_token_ids=self.options.return_tokens_as_token_ids)
         return {
             "index": index * request.n + completion.index,
             "text": prefix + completion.text,
@@ -103,14 +105,15 @@ class OpenAIServingCompletion(OpenAIServing):
         logprobs = _empty_logprobs()
         prompt_lps: list = list(output.prompt_logprobs or [])
         prompt_lps += [None] * (len(output.prompt_token_ids) - len(prompt_lps))
-        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.loop_tokenizer)
+        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.loop_tokenizer,
+                         self.options.return_tokens_as_token_ids)
         return logprobs
 
     # ------------------------------------------------------------------ streaming
 
     async def _stream(self, request: CompletionRequest, group: RequestGroup, request_id: str,
                       model: str) -> AsyncIterator[str]:
-        include_usage, continuous = stream_usage_flags(request)
+        include_usage, continuous = stream_usage_flags(request, self.options.force_include_usage)
         head = {"id": request_id, "object": "text_completion", "created": group.created, "model": model}
         progress: dict[int, ChoiceProgress] = {}
         usage = Usage()
@@ -149,7 +152,8 @@ class OpenAIServingCompletion(OpenAIServing):
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output) if prefix else _empty_logprobs()
-            _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix))
+            _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix),
+                             as_token_ids=self.options.return_tokens_as_token_ids)
         state.started = True
         state.num_chars += len(prefix) + len(delta)
         state.finished = finishing
@@ -164,22 +168,21 @@ def _empty_logprobs() -> dict[str, list]:
 
 
 def _extend_logprobs(logprobs: dict[str, list], token_ids: list[int], entries: list[dict[int, Logprob] | None],
-                     text_offset: int, tokenizer: Any = None) -> None:
-    """Append the legacy completions format: per token its text, logprob, the top
-    alternatives (the sampled token plus the top-k, as vLLM) and its offset in the text."""
+                     text_offset: int, tokenizer: Any = None, as_token_ids: bool = False) -> None:
+    """Append the legacy completions format: per token its text (or "token_id:N"), logprob,
+    the top alternatives (the sampled token plus the top-k, as vLLM) and its offset in the text."""
     offset = text_offset
     for token_id, entry in zip(token_ids, entries):
         own = entry.get(token_id) if entry else None
-        if own is not None and own.decoded_token is not None:
-            token = own.decoded_token
-        else:
+        if as_token_ids or (own is not None and own.decoded_token is not None):
+            token = logprob_token(token_id, own, as_token_ids)
+        else:  # an echoed prompt token without logprobs
             token = tokenizer.decode([token_id]) if tokenizer is not None else ""
         logprobs["tokens"].append(token)
         logprobs["token_logprobs"].append(clamp_logprob(own.logprob) if own is not None else None)
         top = None
         if entry:
-            top = {(lp.decoded_token if lp.decoded_token is not None else str(tid)): clamp_logprob(lp.logprob)
-                   for tid, lp in entry.items()}
+            top = {logprob_token(tid, lp, as_token_ids, str(tid)): clamp_logprob(lp.logprob) for tid, lp in entry.items()}
         logprobs["top_logprobs"].append(top)
         logprobs["text_offset"].append(offset)
         offset += len(token)

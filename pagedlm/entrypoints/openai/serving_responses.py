@@ -23,7 +23,7 @@ from pagedlm.entrypoints.openai.chat_utils import render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError, from_validation_error
 from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest, OpenAIBaseModel
 from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id
-from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, add_tool_constraint, plan_tools
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, add_tool_constraint, plan_tools
 from pagedlm.outputs import RequestOutput
 
 
@@ -122,8 +122,6 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
 
 
 class OpenAIServingResponses(OpenAIServing):
-    options = ServingOptions()  # set by build_app from the server's flags
-
     async def create_response(self, req: ResponsesRequest, raw: Request) -> Response:
         _refuse_unsupported(req)
         try:

@@ -37,6 +37,8 @@ class ServingOptions:
     reasoning_parser: str | None = None
     chat_template_content_format: str = "auto"  # chat_content.CONTENT_FORMATS
     response_role: str = "assistant"  # a chat reply's role after a generation prompt
+    force_include_usage: bool = False  # streams end with usage even without stream_options.include_usage
+    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:N", not by their text
 
     def check(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
