@@ -81,6 +81,11 @@ class EngineArgs:
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
                                               "(nested objects merge into nested configs)", MODEL)
+    structured_outputs_config: dict[str, Any] | None = opt(
+        None, "vLLM's structured-output settings as JSON: backend 'auto' or 'xgrammar' (the one built in), "
+        "reasoning_parser (as --reasoning-parser)", MODEL)
+    guided_decoding_backend: str | None = opt(None, "vLLM's older name for the structured-output backend: auto or "
+                                              "xgrammar", MODEL, choices=["auto", "xgrammar"])
     reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
                                        "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
     generation_config: str = opt("auto", "'auto': sampling defaults from the model's generation_config.json; "
@@ -171,10 +176,25 @@ class EngineArgs:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
-        if self.reasoning_parser not in (None, "deepseek_r1", "qwen3"):
-            raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {self.reasoning_parser!r}")
+        self._structured_outputs()  # refuses what it cannot honour (and an unknown reasoning parser)
         if self.max_logprobs < 0:
             raise ConfigError(f"max_logprobs must be non-negative, got {self.max_logprobs}")
+
+    def _structured_outputs(self) -> StructuredOutputsConfig:
+        """--structured-outputs-config / --guided-decoding-backend, as far as they mean something
+        here: the backend is xgrammar ('auto' picks it); other backends and settings are refused."""
+        settings = dict(self.structured_outputs_config or {})
+        backend = settings.pop("backend", None) or self.guided_decoding_backend or "auto"
+        if backend not in ("auto", "xgrammar"):
+            raise ConfigError(f"structured-output backend {backend!r} is not available: pagedlm builds its "
+                              "grammars with xgrammar (backend 'auto' or 'xgrammar')")
+        reasoning = settings.pop("reasoning_parser", None) or self.reasoning_parser
+        if reasoning not in (None, "", "deepseek_r1", "qwen3"):
+            raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {reasoning!r}")
+        if settings:
+            raise ConfigError(f"structured_outputs_config: {sorted(settings)} not supported (only 'backend' and "
+                              "'reasoning_parser')")
+        return StructuredOutputsConfig(reasoning_parser=reasoning or None)
 
     def log_notices(self) -> None:
         """One line per option that is set but has no effect here (entry points call this once)."""
@@ -257,7 +277,7 @@ class EngineArgs:
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
-            structured_outputs_config=StructuredOutputsConfig(reasoning_parser=self.reasoning_parser),
+            structured_outputs_config=self._structured_outputs(),
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
                                           model_config.architectures, parallel_config.pipeline_parallel_size,

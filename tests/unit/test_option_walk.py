@@ -67,6 +67,10 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
     "hf_overrides": Changes({"rms_norm_eps": 0.5}, lambda c: c.model_config.hf_config.rms_norm_eps == 0.5),
     "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
+    "structured_outputs_config": Changes({"backend": "xgrammar", "reasoning_parser": "qwen3"},
+                                         lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
+    # The one backend there is: accepted by name, anything else refused (the named test).
+    "guided_decoding_backend": ShownBy("xgrammar", "tests/unit/test_option_walk.py::test_structured_output_backends"),
     "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
@@ -330,3 +334,21 @@ def test_list_flags_take_vllms_json_lists() -> None:
     assert server_args.allowed_methods == ["GET", "POST"] and server_args.allowed_headers == ["*"]
     with pytest.raises(ConfigError, match="--allowed-origins: not a valid JSON list"):
         ServerArgs.from_cli_args(parse_serve_args(["/m", "--allowed-origins", '["unclosed"']))
+
+
+def test_structured_output_backends(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    def config(**kwargs):
+        return EngineArgs(model=str(ckpt), device="cpu", **kwargs).create_engine_config().structured_outputs_config
+
+    assert config(guided_decoding_backend="xgrammar").backend == "xgrammar"
+    assert config(structured_outputs_config={"backend": "auto"}).backend == "xgrammar"
+    with pytest.raises(ConfigError, match="backend 'guidance' is not available.*xgrammar"):
+        config(structured_outputs_config={"backend": "guidance"})
+    with pytest.raises(ConfigError, match=r"\['disable_fallback'\] not supported"):
+        config(structured_outputs_config={"backend": "xgrammar", "disable_fallback": True})
+    with pytest.raises(ConfigError, match="reasoning_parser must be"):
+        config(structured_outputs_config={"reasoning_parser": "nope"})
+    with pytest.raises(SystemExit):  # argparse's choices
+        parse_serve_args(["/m", "--guided-decoding-backend", "outlines"])

@@ -399,7 +399,8 @@ def run_server(args: argparse.Namespace) -> None:
         engine_args = EngineArgs.from_cli_args(args)
         engine_config = engine_args.create_engine_config()
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
-                                 engine_args.reasoning_parser, server_args.chat_template_content_format,
+                                 engine_config.structured_outputs_config.reasoning_parser,
+                                 server_args.chat_template_content_format,
                                  server_args.response_role, server_args.enable_force_include_usage,
                                  server_args.return_tokens_as_token_ids)
         options.check()
