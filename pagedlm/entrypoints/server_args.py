@@ -27,6 +27,10 @@ class ServerArgs:
                               "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
     ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
+    ssl_ca_certs: str | None = opt(None, "TLS: CA certificates (PEM) that client certificates are checked against",
+                                   SERVER)
+    ssl_cert_reqs: int = opt(0, "TLS: client certificates, as Python's ssl module numbers it: 0 not asked for, "
+                             "1 optional, 2 required (needs --ssl-ca-certs)", SERVER, choices=[0, 1, 2])
     allowed_origins: list[str] = opt(["*"], "CORS: origins a browser may call the API from (a JSON list, as "
                                      "vLLM takes it, or space-separated)", SERVER)
     allow_credentials: bool = opt(False, "CORS: allow credentials (cookies, authorization) cross-origin", SERVER)
@@ -81,17 +85,27 @@ class ServerArgs:
 
     def check_tls(self) -> None:
         """Both PEM files readable and a key that matches the certificate, before the model loads."""
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise ConfigError("--ssl-keyfile needs --ssl-certfile (the certificate to serve https with)")
+        if self.ssl_certfile is None and (self.ssl_keyfile or self.ssl_ca_certs or self.ssl_cert_reqs):
+            raise ConfigError("--ssl-keyfile, --ssl-ca-certs and --ssl-cert-reqs need --ssl-certfile (the "
+                              "certificate to serve https with)")
+        if self.ssl_cert_reqs and self.ssl_ca_certs is None:
+            raise ConfigError("--ssl-cert-reqs needs --ssl-ca-certs (the CAs that client certificates are checked "
+                              "against)")
         if self.ssl_certfile is None:
             return
         import ssl
 
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"cannot load the TLS certificate {self.ssl_certfile!r}"
                               f"{f' with the key {self.ssl_keyfile!r}' if self.ssl_keyfile else ''}: {e}") from e
+        if self.ssl_ca_certs is not None:
+            try:
+                context.load_verify_locations(self.ssl_ca_certs)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"cannot load the CA certificates {self.ssl_ca_certs!r}: {e}") from e
 
 
 def _json_or_words(name: str, values: list[str]) -> list[str]:

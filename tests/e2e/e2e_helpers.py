@@ -85,25 +85,24 @@ def metric_values(text: str) -> dict[str, float]:
     return values
 
 
-def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None, ca_file: str | None = None) -> Server:
+def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+           tls: ssl.SSLContext | None = None) -> Server:
     """Start ``pagedlm serve ARGS`` on a free loopback port, its output going to ``log_path``
-    (``ca_file``: ARGS serve https with a certificate that this CA file verifies)."""
+    (``tls``: ARGS serve https, and this client context trusts them)."""
     port = free_port()
     cmd = [sys.executable, "-m", "pagedlm", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
     full_env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
-    scheme = "https" if ca_file else "http"
-    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    return Server(f"{scheme}://127.0.0.1:{port}", proc, log_path, verify=verify)
+    return Server(f"{'https' if tls else 'http'}://127.0.0.1:{port}", proc, log_path, verify=tls or True)
 
 
 @contextlib.contextmanager
 def running_server(args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                   timeout: float = STARTUP_TIMEOUT_S, ca_file: str | None = None) -> Iterator[Server]:
+                   timeout: float = STARTUP_TIMEOUT_S, tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     """``launch``, wait until healthy, and stop it (SIGINT, then kill) on the way out."""
-    srv = launch(args, log_path, env, ca_file)
+    srv = launch(args, log_path, env, tls)
     try:
         wait_healthy(srv, timeout)
         yield srv

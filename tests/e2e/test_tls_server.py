@@ -1,11 +1,13 @@
 """``--ssl-certfile`` / ``--ssl-keyfile``: the server speaks https with the given certificate
 (a self-signed one made here for 127.0.0.1), refuses plain http, and refuses unusable TLS
-files before the model loads."""
+files before the model loads; with ``--ssl-ca-certs`` and ``--ssl-cert-reqs 2`` it asks every
+client for a certificate that CA signed."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,27 @@ def write_self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def write_client_cert(directory: Path, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
+    """(certificate, key) PEM files of a client, signed by the given CA."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    issuer_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
+            .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(issuer_key, hashes.SHA256()))
+    cert_path, key_path = directory / "client.pem", directory / "client-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 def test_https_with_the_given_certificate(checkpoint: Path, tmp_path: Path) -> None:
     import openai
 
@@ -46,7 +69,7 @@ def test_https_with_the_given_certificate(checkpoint: Path, tmp_path: Path) -> N
     args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", "256", "--device", "cpu",
             "--num-gpu-blocks-override", "256", "--api-key", API_KEY, "--ssl-certfile", str(cert),
             "--ssl-keyfile", str(key)]
-    with running_server(args, tmp_path / "server.log", ca_file=str(cert)) as srv:
+    with running_server(args, tmp_path / "server.log", tls=ssl.create_default_context(cafile=str(cert))) as srv:
         assert srv.url.startswith("https://")
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=API_KEY, max_retries=0, timeout=60,
                                http_client=httpx.Client(verify=srv.verify))
@@ -59,7 +82,21 @@ def test_https_with_the_given_certificate(checkpoint: Path, tmp_path: Path) -> N
         assert "on https://127.0.0.1" in srv.log_path.read_text()
 
 
-@pytest.mark.parametrize("case", ["key without certificate", "missing file", "key of another certificate"])
+def test_client_certificates_required(checkpoint: Path, tmp_path: Path) -> None:
+    cert, key = write_self_signed(tmp_path)  # also the CA of the client certificate
+    client_cert, client_key = write_client_cert(tmp_path, cert, key)
+    args = [str(checkpoint), "--max-model-len", "256", "--device", "cpu", "--num-gpu-blocks-override", "256",
+            "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certs", str(cert), "--ssl-cert-reqs", "2"]
+    with_cert = ssl.create_default_context(cafile=str(cert))
+    with_cert.load_cert_chain(str(client_cert), str(client_key))
+    with running_server(args, tmp_path / "server.log", tls=with_cert) as srv:
+        assert httpx.get(f"{srv.url}/health", verify=with_cert, timeout=10).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # trusts the server, but shows no certificate
+            httpx.get(f"{srv.url}/v1/models", verify=ssl.create_default_context(cafile=str(cert)), timeout=10)
+
+
+@pytest.mark.parametrize("case", ["key without certificate", "missing file", "key of another certificate",
+                                  "client certificates without CAs"])
 def test_unusable_tls_files_are_refused_before_the_model_loads(tmp_path: Path, case: str) -> None:
     cert, key = write_self_signed(tmp_path)
     other_dir = tmp_path / "other"
@@ -67,11 +104,14 @@ def test_unusable_tls_files_are_refused_before_the_model_loads(tmp_path: Path, c
     _, other_key = write_self_signed(other_dir)
     flags = {"key without certificate": ["--ssl-keyfile", str(key)],
              "missing file": ["--ssl-certfile", str(tmp_path / "nope.pem")],
-             "key of another certificate": ["--ssl-certfile", str(cert), "--ssl-keyfile", str(other_key)]}[case]
+             "key of another certificate": ["--ssl-certfile", str(cert), "--ssl-keyfile", str(other_key)],
+             "client certificates without CAs": ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                                                 "--ssl-cert-reqs", "2"]}[case]
     # A model path that does not exist: the TLS files are checked before the model is looked at.
     proc = subprocess.run([sys.executable, "-m", "pagedlm", "serve", str(tmp_path / "no-model"), *flags],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     err = proc.stderr.strip().splitlines()[-1]
-    assert ("--ssl-keyfile needs --ssl-certfile" if case == "key without certificate"
-            else "cannot load the TLS certificate") in err, proc.stderr[-2000:]
+    needle = {"key without certificate": "need --ssl-certfile",
+              "client certificates without CAs": "--ssl-cert-reqs needs --ssl-ca-certs"}.get(case, "cannot load the TLS")
+    assert needle in err, proc.stderr[-2000:]

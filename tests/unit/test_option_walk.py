@@ -122,6 +122,8 @@ SERVER_OPTIONS: dict[str, Any] = {
         ("allowed_origins", ["https://a.example"]), ("allow_credentials", True), ("allowed_methods", ["POST"]),
         ("allowed_headers", ["authorization"]), ("root_path", "/api"), ("enable_request_id_headers", True))},
     "ssl_keyfile": ShownBy("/k.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
+    "ssl_ca_certs": ShownBy("/ca.pem", "tests/e2e/test_tls_server.py::test_client_certificates_required"),
+    "ssl_cert_reqs": ShownBy(2, "tests/e2e/test_tls_server.py::test_client_certificates_required"),
     "ssl_certfile": ShownBy("/c.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
     "shutdown_grace_period": ShownBy(60, "tests/e2e/test_engine_process.py::test_sigterm_lets_unfinished_requests_finish"),
     "disable_fastapi_docs": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_disable_fastapi_docs"),

@@ -429,6 +429,7 @@ def run_server(args: argparse.Namespace) -> None:
                 "https" if server_args.ssl_certfile else "http", server_args.host, server_args.port)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
+                            ssl_ca_certs=server_args.ssl_ca_certs, ssl_cert_reqs=server_args.ssl_cert_reqs,
                             root_path=server_args.root_path or "",
                             log_level=server_args.uvicorn_log_level,
                             access_log=not server_args.disable_uvicorn_access_log, timeout_keep_alive=5,
