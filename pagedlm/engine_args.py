@@ -180,6 +180,17 @@ class EngineArgs:
         if self.max_logprobs < 0:
             raise ConfigError(f"max_logprobs must be non-negative, got {self.max_logprobs}")
 
+    def _step_budget(self, device: str, max_model_len: int, pooling: bool) -> tuple[int, bool]:
+        """(max_num_batched_tokens, chunked prefill on). Without chunked prefill (pooling, or
+        --no-enable-chunked-prefill) a step must hold the longest prompt whole."""
+        max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
+        if max_batched < 1:
+            raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
+        if self.enable_chunked_prefill is not False and not pooling:
+            return max_batched, True
+        return whole_prompt_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len,
+                                           "with runner='pooling'" if pooling else "with chunked prefill disabled"), False
+
     def _structured_outputs(self) -> StructuredOutputsConfig:
         """--structured-outputs-config / --guided-decoding-backend, as far as they mean something
         here: the backend is xgrammar ('auto' picks it); other backends and settings are refused."""
@@ -241,18 +252,11 @@ class EngineArgs:
         if parallel_config.pipeline_parallel_size > 1:
             _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling,
                              pooler_config is not None)
-        max_batched = self.max_num_batched_tokens or (8192 if device == "cuda" else 2048)
-        if max_batched < 1:
-            raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
         pooling = pooler_config is not None
+        max_batched, chunked_prefill = self._step_budget(device, max_model_len, pooling)
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
-        chunked_prefill = self.enable_chunked_prefill is not False and not pooling
-        if not chunked_prefill:
-            max_batched = whole_prompt_batched_tokens(
-                self.max_num_batched_tokens, max_batched, max_model_len,
-                "with runner='pooling'" if pooling else "with chunked prefill disabled")
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(

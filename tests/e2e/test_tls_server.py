@@ -19,47 +19,44 @@ from e2e_helpers import API_KEY, MODEL_NAME, running_server
 x509 = pytest.importorskip("cryptography.x509")
 
 
-def write_self_signed(directory: Path) -> tuple[Path, Path]:
-    """(certificate, key) PEM files for 127.0.0.1; the certificate is its own CA."""
+def write_cert(directory: Path, stem: str, common_name: str, issuer: tuple[Path, Path] | None = None,
+               extensions: tuple = ()) -> tuple[Path, Path]:
+    """(certificate, key) PEM files ``stem.pem`` / ``stem-key.pem``, signed by the ``issuer``
+    (certificate, key) files, or by their own key when there is none."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    issuer_name, signing_key = name, key
+    if issuer is not None:
+        issuer_name = x509.load_pem_x509_certificate(issuer[0].read_bytes()).subject
+        signing_key = serialization.load_pem_private_key(issuer[1].read_bytes(), password=None)
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical)
+    cert = builder.sign(signing_key, hashes.SHA256())
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def write_self_signed(directory: Path) -> tuple[Path, Path]:
+    """(certificate, key) PEM files for 127.0.0.1; the certificate is its own CA."""
+    return write_cert(directory, "cert", "127.0.0.1", extensions=(
+        (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
+        (x509.BasicConstraints(ca=True, path_length=None), True)))
 
 
 def write_client_cert(directory: Path, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
     """(certificate, key) PEM files of a client, signed by the given CA."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
-    issuer_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
-            .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(issuer_key, hashes.SHA256()))
-    cert_path, key_path = directory / "client.pem", directory / "client-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    return write_cert(directory, "client", "client", issuer=(ca_cert, ca_key))
 
 
 def test_https_with_the_given_certificate(checkpoint: Path, tmp_path: Path) -> None:

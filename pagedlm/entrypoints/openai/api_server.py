@@ -184,16 +184,9 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         engine.shutdown()
 
     docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if disable_docs else {}
-    http = http or HTTPOptions()
     app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    if http.request_id_headers:
-        app.add_middleware(RequestIdMiddleware)
-    # Added last, so outermost: a browser's preflight is answered before the API key is asked for.
-    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
-                       allow_methods=list(http.allowed_methods), allow_headers=list(http.allowed_headers))
+    _add_middleware(app, api_key, http or HTTPOptions())
     app.state.engine = engine
     app.state.stat_logger = stat_logger
     completions = OpenAIServingCompletion(engine, names)
@@ -229,6 +222,17 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
     _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
     return app
+
+
+def _add_middleware(app: FastAPI, api_key: str | None, http: HTTPOptions) -> None:
+    """The API key, request ids, then CORS: the last added is outermost, so a browser's
+    preflight is answered before the API key is asked for."""
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    if http.request_id_headers:
+        app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
+                       allow_methods=list(http.allowed_methods), allow_headers=list(http.allowed_headers))
 
 
 def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],

@@ -248,8 +248,8 @@ class OpenAIServing:
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
         request's ``model`` (or ``model``) may name a LoRA adapter."""
         lora = self.lora_for(request.model if request is not None else model)
-        if request is not None:
-            try:  # here, before a beam search starts its engine requests
+        if request is not None and request.use_beam_search:
+            try:  # a beam search makes its engine requests later: refuse a bad priority now
                 self.engine.input_processor.check_priority(request.priority)
             except InvalidRequestError as e:
                 raise to_openai_error(e) from e
