@@ -14,6 +14,7 @@ fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
 write_kv_cache = reference.write_kv_cache
+rotary_write_kv_cache = reference.rotary_write_kv_cache
 paged_attention = reference.paged_attention
 prepare_step = reference.prepare_step
 
@@ -23,6 +24,7 @@ _OP_NAMES = (
     "silu_and_mul",
     "rotary_embedding",
     "write_kv_cache",
+    "rotary_write_kv_cache",
     "paged_attention",
     "prepare_step",
 )

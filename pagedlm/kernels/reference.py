@@ -96,6 +96,27 @@ def write_kv_cache(
     flat[1].index_copy_(0, slot_mapping, value.to(flat.dtype))
 
 
+def rotary_write_kv_cache(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D]
+    key: torch.Tensor,  # [T, Hkv * D]
+    value: torch.Tensor,  # [T, Hkv * D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D] float32
+    head_dim: int,
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T]; -1 = not written
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RoPE on query and key, then key and value into the cache; returns the rotated query.
+    The Triton op does both in one launch; this is ``rotary_embedding`` then ``write_kv_cache``."""
+    query, key = rotary_embedding(positions, query, key, cos_sin_cache, head_dim)
+    num_kv_heads = kv_cache.shape[-2]
+    write_kv_cache(key.view(key.shape[0], num_kv_heads, head_dim), value.reshape(value.shape[0], num_kv_heads, head_dim),
+                   kv_cache, slot_mapping, k_scale, v_scale)
+    return query
+
+
 _Scales = tuple[torch.Tensor | None, torch.Tensor | None]  # (k_scale, v_scale) of an fp8 cache
 
 

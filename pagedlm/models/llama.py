@@ -71,8 +71,7 @@ class LlamaAttention(nn.Module):
             num_tokens = q.shape[0]
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(num_tokens, self.q_size)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(num_tokens, self.kv_size)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
 
 
 class LlamaMLP(nn.Module):
