@@ -17,7 +17,7 @@ import triton.language as tl
 from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
 from pagedlm.kernels import reference
 from pagedlm.kernels.triton_kv_cache import _quantize, _unit_scale
-from pagedlm.kernels.triton_rotary import _as_rows, _rotate_heads
+from pagedlm.kernels.triton_rotary import _as_rows, _rotate_heads, token_cos_sin
 
 
 @triton.jit
@@ -39,11 +39,8 @@ def _rope_kv_kernel(
 ):
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
+    cos, sin = token_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cs, HALF, HALF_PAD)
     offs_d = tl.arange(0, HALF_PAD)
-    cs_row = cos_sin_ptr + pos * stride_cs
-    cos = tl.load(cs_row + offs_d, mask=offs_d < HALF, other=0.0)
-    sin = tl.load(cs_row + HALF + offs_d, mask=offs_d < HALF, other=0.0)
     if head_block < tl.cdiv(num_q_heads, HEADS_BLOCK):
         _rotate_heads(q_ptr + token * stride_q, q_out_ptr + token * stride_q_out, head_block * HEADS_BLOCK,
                       num_q_heads, cos, sin, HALF, HALF_PAD, HEADS_BLOCK)
