@@ -36,6 +36,34 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x[..., :d]) * x[..., d:]
 
 
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                   code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm, then dynamic per-token quantization of its output: (codes [T, H], scale [T, 1]).
+    What an 8-bit linear layer after the norm would do to its input first thing (the Triton
+    op does both in one launch)."""
+    from pagedlm.kernels import quant_reference  # noqa: PLC0415
+
+    normed = rms_norm(x, weight, eps)
+    return quant_reference.per_token_quant(normed.reshape(-1, normed.shape[-1]), code_dtype)
+
+
+def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                             code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fused_add_rms_norm with its normalised output quantized per token: (codes, scale, x + residual)."""
+    from pagedlm.kernels import quant_reference  # noqa: PLC0415
+
+    normed, new_residual = fused_add_rms_norm(x, residual, weight, eps)
+    return (*quant_reference.per_token_quant(normed.reshape(-1, normed.shape[-1]), code_dtype), new_residual)
+
+
+def silu_and_mul_quant(x: torch.Tensor, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu_and_mul, then dynamic per-token quantization of its output: (codes [T, I], scale [T, 1])."""
+    from pagedlm.kernels import quant_reference  # noqa: PLC0415
+
+    y = silu_and_mul(x)
+    return quant_reference.per_token_quant(y.reshape(-1, y.shape[-1]), code_dtype)
+
+
 def rotary_embedding(
     positions: torch.Tensor,  # [T] int64
     query: torch.Tensor,  # [T, Hq * D]
