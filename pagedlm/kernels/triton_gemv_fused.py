@@ -164,23 +164,6 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
     return out
 
 
-def sweep_configs(m: int) -> list[FusedGemvConfig]:
-    """The benchmark's sweep: register-tile products of 2-16K elements per program, split-K
-    1-8, and a few tensor-core tiles."""
-    rows = triton.next_power_of_2(m)
-    configs = []
-    for block_k in (128, 256, 512, 1024):
-        for block_n in (4, 8, 16, 32, 64):
-            if not 2048 <= rows * block_n * block_k <= 16384:
-                continue
-            for split in (1, 2, 4, 8):
-                for warps in (4, 8):
-                    configs.append(FusedGemvConfig(block_n, block_k, split, warps))
-    for block_n, block_k, split in ((32, 256, 1), (32, 256, 4), (64, 128, 2), (16, 512, 4)):
-        configs.append(FusedGemvConfig(block_n, block_k, split, 4, dot=True))
-    return configs
-
-
 def quick_configs(m: int, eight_bit: bool = False) -> list[FusedGemvConfig]:
     """The candidates the engine's first-use tuners time for M rows (few compiles): the tiles
     that won some 8B decode shape in the sweep (``benchmarks/gpu_gemv.py``), and for 8-bit

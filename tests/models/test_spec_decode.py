@@ -212,13 +212,17 @@ def test_device_step_preparation_with_rollback(target, spec_configs, method):
         return forward(inputs, rows)
 
     runner._forward = checking_forward
-    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(*_one_opting_out(), use_tqdm=False))
+    assert spec_stats(llm)["num_accepted_tokens"] < spec_stats(llm)["num_draft_tokens"]  # rollbacks happened
+    assert len(checked) > 10
+
+
+def _one_opting_out() -> tuple[list[dict], list[SamplingParams]]:
+    """PROMPTS, greedy, the second asking for prompt logprobs (which opts it out of speculation)."""
     params = [greedy()] * len(PROMPTS)
     params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
                                prompt_logprobs=2)
-    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
-    assert spec_stats(llm)["num_accepted_tokens"] < spec_stats(llm)["num_draft_tokens"]  # rollbacks happened
-    assert len(checked) > 10
+    return [{"prompt_token_ids": p} for p in PROMPTS], params
 
 
 def test_penalties_under_speculation_equal_speculation_off(target, spec_configs):
@@ -260,11 +264,7 @@ def test_padded_verify_graph_layout_equals_eager(target, spec_configs, method, d
     sizes = verify_sizes(8, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
     graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, 64)
     runner.verify_graphs = graphs
-    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
-    params = [greedy()] * len(PROMPTS)
-    params[1] = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=NUM_LOGPROBS, ignore_eos=True,
-                               prompt_logprobs=2)
-    assert_same(baseline(target, "chunked_preempt"), llm.generate(prompts, params, use_tqdm=False))
+    assert_same(baseline(target, "chunked_preempt"), llm.generate(*_one_opting_out(), use_tqdm=False))
     assert graphs.num_replays >= 3 and graphs.num_padded_replays > 0  # padded verify steps ran
     stats = spec_stats(llm)
     assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]

@@ -1,12 +1,12 @@
-"""Unquantized linear layers: one weight [out, in] in the model dtype, ``F.linear``."""
+"""Unquantized linear layers: one weight [out, in] in the model dtype, ``F.linear`` (a Triton GEMV for
+decode batches on a GPU where it is faster: ``pagedlm.kernels.gemv``)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pagedlm.kernels.gemv import MAX_M, unquantized_linear
+from pagedlm.kernels.gemv import unquantized_linear
 from pagedlm.layers.quantization.base import QuantMethod, WeightLoader, new_param
 
 
@@ -19,6 +19,4 @@ class UnquantizedLinearMethod(QuantMethod):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_M:  # decode batches: the GEMV where it wins
-            return unquantized_linear(x, layer.weight, bias)
-        return F.linear(x, layer.weight, bias)
+        return unquantized_linear(x, layer.weight, bias)  # decode batches: the GEMV where it wins
