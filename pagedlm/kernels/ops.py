@@ -14,7 +14,6 @@ fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
 rms_norm_quant = reference.rms_norm_quant
 fused_add_rms_norm_quant = reference.fused_add_rms_norm_quant
-silu_and_mul_quant = reference.silu_and_mul_quant
 rotary_embedding = reference.rotary_embedding
 write_kv_cache = reference.write_kv_cache
 rotary_write_kv_cache = reference.rotary_write_kv_cache
@@ -27,7 +26,6 @@ _OP_NAMES = (
     "silu_and_mul",
     "rms_norm_quant",
     "fused_add_rms_norm_quant",
-    "silu_and_mul_quant",
     "rotary_embedding",
     "write_kv_cache",
     "rotary_write_kv_cache",

@@ -56,14 +56,6 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
     return (*quant_reference.per_token_quant(normed.reshape(-1, normed.shape[-1]), code_dtype), new_residual)
 
 
-def silu_and_mul_quant(x: torch.Tensor, code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """silu_and_mul, then dynamic per-token quantization of its output: (codes [T, I], scale [T, 1])."""
-    from pagedlm.kernels import quant_reference  # noqa: PLC0415
-
-    y = silu_and_mul(x)
-    return quant_reference.per_token_quant(y.reshape(-1, y.shape[-1]), code_dtype)
-
-
 def rotary_embedding(
     positions: torch.Tensor,  # [T] int64
     query: torch.Tensor,  # [T, Hq * D]

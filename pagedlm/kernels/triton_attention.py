@@ -26,9 +26,7 @@ accumulated output, so the inner loop does no extra work.
 
 Split-K: axis 2 of the grid cuts each sequence's KV tiles into segments of
 ``tiles_per_segment``; each program writes an unnormalised partial output with its running
-max and sum and takes a ticket (``pagedlm.kernels.tickets``); the program that draws the
-last ticket of its (sequence, KV head) combines the segments (log-sum-exp weights) and
-writes the output, in the same launch.
+max and sum, and a second kernel combines the segments (log-sum-exp weights).
 """
 
 from __future__ import annotations
@@ -41,10 +39,9 @@ import triton
 import triton.language as tl
 
 from pagedlm.attention.kv_cache_dtype import is_fp8
-from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 
 _LOG2E = 1.4426950408889634
-# Split-K: at most this many segments per sequence.
+# Split-K: at most this many segments per sequence (the combine kernel holds them all).
 _MAX_SEGMENTS = 64
 
 
@@ -77,7 +74,7 @@ def _find_seq_idx(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.conste
 def _paged_attention_kernel(
     out_ptr, query_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    part_out_ptr, part_max_ptr, part_sum_ptr, count_ptr, k_scale_ptr, v_scale_ptr,
+    part_out_ptr, part_max_ptr, part_sum_ptr, k_scale_ptr, v_scale_ptr,
     scale_log2e, num_seqs, num_q_heads, tiles_per_segment, num_segments,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cblk, stride_ctok, stride_chead, stride_bt,
@@ -168,17 +165,10 @@ def _paged_attention_kernel(
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr)
     if SPLIT:
-        base = (token * num_q_heads + head) * num_segments  # [BLOCK_M]: row's first segment
-        part = base + tl.program_id(2)
+        part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
         tl.store(part_max_ptr + part, m_i, mask=row_valid)
         tl.store(part_sum_ptr + part, l_i, mask=row_valid)
         tl.store(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
-        tl.debug_barrier()  # every thread's partials written before the ticket is taken
-        counter = count_ptr + seq_idx * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_segments - 1:
-            _combine_segments(out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, base, token, head, row_valid,
-                              d_valid, offs_d, num_segments, stride_ot, stride_oh, BLOCK_M, HEAD_PAD)
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
     else:
         out = acc / l_i[:, None]
         tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -186,29 +176,33 @@ def _paged_attention_kernel(
 
 
 @triton.jit
-def _combine_segments(out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, base, token, head, row_valid, d_valid,
-                      offs_d, num_segments, stride_ot, stride_oh, BLOCK_M: tl.constexpr, HEAD_PAD: tl.constexpr):
-    """The last program of a (sequence, KV head): its rows' segments weighted by exp2(m - max m)
-    (a segment that saw no key has m = -inf, weight 0); the partials are read past L1 (.cg),
-    where another SM wrote them."""
-    m_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for seg in range(num_segments):
-        m_max = tl.maximum(m_max, tl.load(part_max_ptr + base + seg, mask=row_valid, other=float("-inf"),
-                                          cache_modifier=".cg"))
-    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
-    l_sum = tl.zeros([BLOCK_M], tl.float32)
-    for seg in range(num_segments):
-        m_s = tl.load(part_max_ptr + base + seg, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
-        w = tl.where(m_s == float("-inf"), 0.0, tl.exp2(m_s - m_ref))
-        l_sum += w * tl.load(part_sum_ptr + base + seg, mask=row_valid, other=0.0, cache_modifier=".cg")
-        acc += w[:, None] * tl.load(part_out_ptr + (base + seg)[:, None] * HEAD_PAD + offs_d[None, :],
-                                    mask=row_valid[:, None], other=0.0, cache_modifier=".cg")
-    out = acc / l_sum[:, None]
-    tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
+def _combine_segments_kernel(
+    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, query_start_loc_ptr,
+    num_q_heads, num_segments, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SEG_PAD: tl.constexpr,
+):
+    # One program per (sequence, query head); only decode rows (q_len == 1) were split.
+    seq_idx = tl.program_id(0)
+    head = tl.program_id(1)
+    q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int64)
+    q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int64) - q_start
+    if q_len != 1:
+        return
+    offs_s = tl.arange(0, SEG_PAD)
+    offs_d = tl.arange(0, HEAD_PAD)
+    seg_valid = offs_s < num_segments
+    part = (q_start * num_q_heads + head) * num_segments + offs_s
+    m = tl.load(part_max_ptr + part, mask=seg_valid, other=float("-inf"))
+    l = tl.load(part_sum_ptr + part, mask=seg_valid, other=0.0)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))
+    acc = tl.load(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], mask=seg_valid[:, None], other=0.0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(out_ptr + q_start * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+             mask=offs_d < HEAD_DIM)
 
 
+@functools.lru_cache(maxsize=8)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -276,8 +270,6 @@ def paged_attention_with_config(
     if num_tokens == 0 or seq_lens.shape[0] == 0:
         return out
     _check_layout(query, kv_cache, block_tables)
-    if query.device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
-        ticket_counters(query.device, "paged_attention")  # made eagerly, before any graph capture
     args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0,
             float(softcap or 0.0), _scale_or_one(k_scale, kv_cache), _scale_or_one(v_scale, kv_cache))
     if max_query_len <= 1:
@@ -304,21 +296,18 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         num_tiles = triton.cdiv(max(max_seq_len, 1), config.tile_n)
         tiles_per_segment = triton.cdiv(num_tiles, config.num_segments)
         num_segments = triton.cdiv(num_tiles, tiles_per_segment)
-    split = num_segments > 1 and num_seqs * num_kv_heads <= MAX_TICKETS
-    if not split:
-        num_segments, tiles_per_segment = 1, 0
+    split = num_segments > 1
     if split:
         part_out = torch.empty((num_tokens, num_q_heads, num_segments, head_pad), dtype=torch.float32, device=query.device)
         part_max = torch.empty((num_tokens, num_q_heads, num_segments), dtype=torch.float32, device=query.device)
         part_sum = torch.empty_like(part_max)
-        counters = ticket_counters(query.device, "paged_attention")
     else:
-        part_out = part_max = part_sum = counters = out  # unused
+        part_out = part_max = part_sum = out  # unused
     grid_q = num_seqs if mode == 1 else num_tokens // block_q + num_seqs
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_attention_kernel[(grid_q, num_kv_heads, num_segments)](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        part_out, part_max, part_sum, counters, k_scale, v_scale,
+        part_out, part_max, part_sum, k_scale, v_scale,
         scale * _LOG2E, num_seqs, num_q_heads, tiles_per_segment, num_segments,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
@@ -327,6 +316,12 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=is_fp8(kv_cache.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if split:
+        _combine_segments_kernel[(num_seqs, num_q_heads)](
+            out, part_out, part_max, part_sum, query_start_loc,
+            num_q_heads, num_segments, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
+        )
 
 
 @functools.lru_cache(maxsize=8)

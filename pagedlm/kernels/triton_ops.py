@@ -3,7 +3,7 @@
 
 Each kernel lives in its own module beside this one:
   triton_norm        rms_norm, fused_add_rms_norm (and each with per-token 8-bit output)
-  triton_activation  silu_and_mul (and with per-token 8-bit output)
+  triton_activation  silu_and_mul
   triton_rotary      rotary_embedding
   triton_kv_cache    write_kv_cache
   triton_rope_kv     rotary_write_kv_cache (the two above in one launch)
@@ -13,7 +13,7 @@ None of them synchronises with the host, so all can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-from pagedlm.kernels.triton_activation import silu_and_mul, silu_and_mul_quant
+from pagedlm.kernels.triton_activation import silu_and_mul
 from pagedlm.kernels.triton_attention import paged_attention
 from pagedlm.kernels.triton_kv_cache import write_kv_cache
 from pagedlm.kernels.triton_norm import fused_add_rms_norm, fused_add_rms_norm_quant, rms_norm, rms_norm_quant
@@ -30,6 +30,5 @@ __all__ = [
     "rotary_embedding",
     "rotary_write_kv_cache",
     "silu_and_mul",
-    "silu_and_mul_quant",
     "write_kv_cache",
 ]

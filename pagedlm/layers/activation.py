@@ -1,24 +1,17 @@
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.kernels import ops
-from pagedlm.layers.quantization.activation_codes import ActivationCodes
 
 
 class SiluAndMul(nn.Module):
     """x: [T, 2 * I] -> silu(x[:, :I]) * x[:, I:]"""
 
-    def forward(self, x: torch.Tensor, codes_dtype: torch.dtype | None = None) -> Any:
-        """``codes_dtype``: the next layer takes its input quantized per token to this 8-bit
-        type, so the gate emits ``ActivationCodes`` in the same launch."""
-        if codes_dtype is None:
-            return ops.silu_and_mul(x)
-        return ActivationCodes(*ops.silu_and_mul_quant(x, codes_dtype), x.dtype)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.silu_and_mul(x)
 
 
 # HF activation name -> torch's GELU ``approximate`` argument.

@@ -99,9 +99,9 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        codes = input_codes_dtype(self.down_proj)  # an 8-bit down_proj: the gate quantizes for it
-        return self.down_proj(self.act_fn(gate_up, codes) if codes is not None else self.act_fn(gate_up))
+        # down_proj quantizes its own input: a gate that emits codes runs on one program per
+        # row, 6.5 us against 1.5 + 2.3 us for the two launches at batch 1 (H200).
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class PreNormDecoderLayer(nn.Module):

@@ -1,4 +1,4 @@
-"""RMSNorm / fused add + RMSNorm / SiLU·mul with per-token 8-bit output in one launch, against
+"""RMSNorm / fused add + RMSNorm with per-token 8-bit output in one launch, against
 the two launches they replace (CUDA, or TRITON_INTERPRET=1 on CPU): the same bytes."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ pytest.importorskip("triton")
 
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels import reference  # noqa: E402
-from pagedlm.kernels.triton_activation import silu_and_mul, silu_and_mul_quant  # noqa: E402
 from pagedlm.kernels.triton_norm import (  # noqa: E402
     fused_add_rms_norm,
     fused_add_rms_norm_quant,
@@ -52,14 +51,6 @@ def test_norms_quantize_as_the_two_launches(code: torch.dtype, rows: int) -> Non
     normed, want_residual = fused_add_rms_norm(x, residual, weight, 1e-6)
     want_codes, want_scale = per_token_quant(normed, code)
     assert _same(codes, want_codes) and torch.equal(scale, want_scale) and torch.equal(new_residual, want_residual)
-
-
-@pytest.mark.parametrize("code", CODES)
-def test_silu_and_mul_quantizes_as_the_two_launches(code: torch.dtype) -> None:
-    x, _, _ = _inputs(3, 2 * 700, 9)
-    codes, scale = silu_and_mul_quant(x, code)
-    want_codes, want_scale = per_token_quant(silu_and_mul(x), code)
-    assert codes.shape == (3, 700) and _same(codes, want_codes) and torch.equal(scale, want_scale)
 
 
 def test_reference_ops_are_the_op_then_the_quantizer() -> None:

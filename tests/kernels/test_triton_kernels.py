@@ -288,9 +288,6 @@ def test_paged_attention_decode_configs(config) -> None:
         max_q = 2  # not "decode only": take the general path
     out = paged_attention_with_config(query, kv, qsl, lens, tables, max_q, max_s, scale, None, config)
     assert_close(out, ref(None))
-    # split-K: the last segment's program combines and leaves its ticket counter at zero
-    again = paged_attention_with_config(query, kv, qsl, lens, tables, max_q, max_s, scale, None, config)
-    assert torch.equal(out, again)
 
 
 @pytest.mark.parametrize("config,decode_config", [
@@ -321,10 +318,7 @@ def test_paged_attention_in_cuda_graph() -> None:
     new_query = torch.randn_like(query)
     query.copy_(new_query)
     graph.replay()
-    first = out.clone()
-    graph.replay()  # the split-K ticket counters are back at zero after every replay
     torch.cuda.synchronize()
-    assert torch.equal(out, first)
     expected = reference.paged_attention(
         new_query.float().cpu(), torch.nan_to_num(kv.float().cpu()), qsl.cpu(), lens.cpu(), tables.cpu(),
         1, max(seq_lens), scale,
