@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call that validates the branch next-gpu (split-K attention combined in-kernel,
-# RoPE + KV write in one launch, norm / gate emitting 8-bit codes) and measures batch 1:
+# One device call that validates the branch next-gpu (RoPE + KV write in one launch, RMSNorm
+# emitting 8-bit codes for W8A8 layers) and measures batch 1:
 #   bash benchmarks/gpu_next.sh        (repo root, H100/H200; about 7 minutes)
 set -uo pipefail
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
