@@ -1,5 +1,5 @@
 """Tensor and pipeline parallelism on GPUs: TP=N and PP=M equal TP=1, then batch-1 latency
-and throughput.
+against its floor and throughput.
 
     python benchmarks/gpu_tp.py       # 2 GPUs: check TP=2 and PP=2, 8B @ TP=1/TP=2/PP=2, 70B @ TP=2
     python benchmarks/gpu_tp.py --configs llama-3.1-8b@1 --check-tp 1 --check-pp 1   # one GPU
@@ -10,10 +10,18 @@ and throughput.
    PP=``--check-pp`` (up to PP batches in flight: the batch queue must fill); token ids must
    agree up to the first divergence, where each side's token is in the other's top-5
    (vLLM's rule; bf16 sums in another order may flip near-ties).
-2. Measure, per ``shape@tp`` (or ``shape@tpxpp``, e.g. ``llama-3.1-8b@1x2``) config with ``--load-format dummy``: batch-1 latency (TTFT,
-   time per output token) and offline throughput on random prompts.
+2. Measure, per ``shape@tp`` (or ``shape@tpxpp``, e.g. ``llama-3.1-8b@1x2``; an optional
+   ``:N`` sets that config's number of throughput prompts) config with ``--load-format
+   dummy``: batch-1 latency (TTFT, time per output token) and offline throughput on random
+   prompts. Each rank reports its weight bytes and how its batch-1 decode steps ran (CUDA
+   graph replays or eager forwards).
+3. Floor of batch-1 time per output token: the largest rank's weight bytes (less an untied input
+   embedding table, of which a step reads one row per token) over the measured
+   device-to-device copy bandwidth (stages one after another), plus one step's collectives at
+   batch 1 (the embedding's and two per layer all-reduces of one hidden row, the LM head's
+   all-gather of the logits), timed by the engine's own ranks as one CUDA graph replay.
 Each engine runs in its own subprocess so its GPU memory is returned before the next one.
-Prints one JSON document (also written to ``--output-json``).
+Prints one JSON document (also written to ``--output-json``) and a table.
 """
 
 from __future__ import annotations
@@ -33,15 +41,17 @@ CHECK_PROMPTS = [[1 + (i * 7919 + j * 104729) % 500 for j in range(16 + 8 * i)] 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--configs", default="llama-3.1-8b@1,llama-3.1-8b@2,llama-3.1-8b@1x2,llama-3.1-70b@2",
-                   help="comma-separated SHAPE@TP or SHAPE@TPxPP to measure")
+    p.add_argument("--configs",
+                   default="llama-3.1-8b@1:1000,llama-3.1-8b@2:1000,llama-3.1-8b@1x2:1000,llama-3.1-70b@2:500",
+                   help="comma-separated SHAPE@TP or SHAPE@TPxPP to measure, each with an optional :NUM_PROMPTS")
     p.add_argument("--check-tp", type=int, default=2, help="TP size checked against TP=1 (1: skip the check)")
     p.add_argument("--check-pp", type=int, default=2, help="PP size checked against TP=1 (1: skip the check)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and workloads (CPU smoke run)")
     p.add_argument("--input-len", type=int, default=512)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--num-prompts", type=int, default=256, help="throughput workload size")
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--num-prompts", type=int, default=1000, help="throughput workload size (configs without :N)")
     p.add_argument("--output-json", default=None)
+    p.add_argument("--run-timeout", type=float, default=None, help="seconds one config's engine may take")
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # internal: one engine, JSON spec
     args = p.parse_args(argv)
     if args.tiny:
@@ -85,7 +95,13 @@ def run_measure(spec: dict) -> dict:
     llm = LLM(spec["model"], load_format="dummy", **engine_kwargs(spec["device"], spec["tp"], max_len,
                                                                  spec.get("pp", 1)))
     startup_s = time.perf_counter() - start
+    executor = llm.llm_engine.engine_core.executor
+    before = executor.collective_rpc("runtime_stats")
     latency = measure(llm, 1, spec["input_len"], spec["output_len"], warmup=1, iters=3)
+    after = executor.collective_rpc("runtime_stats")
+    ranks = [{"rank": a["rank"], "weight_bytes": a["weight_bytes"], "decode_read_bytes": a["decode_read_bytes"],
+              "batch1_forwards": {k: a["forward_counts"][k] - b["forward_counts"][k] for k in a["forward_counts"]}}
+             for b, a in zip(before, after)]
     vocab = llm.llm_engine.model_config.vocab_size
     reqs = random_requests(spec["num_prompts"], spec["input_len"], spec["output_len"], 0.0, vocab)
     params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=spec["output_len"], detokenize=False)
@@ -94,15 +110,26 @@ def run_measure(spec: dict) -> dict:
     elapsed = time.perf_counter() - start
     num_out = sum(len(o.outputs[0].token_ids) for o in outs)
     num_in = sum(len(r.prompt_token_ids) for r in reqs)
+    print(json.dumps({"partial": spec["shape"], "tp": spec["tp"], "batch1": latency, "ranks": ranks,
+                      "output_tokens_per_s": num_out / elapsed}), file=sys.stderr)  # kept if what follows hangs
+    collectives_ms = max(executor.collective_rpc("time_step_collectives"))  # last: the engine is idle
     llm.llm_engine.engine_core.shutdown()
     return {"shape": spec["shape"], "tp": spec["tp"], "pp": spec.get("pp", 1), "startup_s": startup_s, "batch1": latency,
+            "ranks": ranks, "collectives_ms": collectives_ms,
             "throughput": {"num_prompts": len(reqs), "elapsed_s": elapsed, "output_tokens_per_s": num_out / elapsed,
                            "total_tokens_per_s": (num_in + num_out) / elapsed}}
 
 
-def in_subprocess(spec: dict) -> dict:
+def run_floors(spec: dict) -> dict:
+    """The device-to-device copy bandwidth of this GPU."""
+    from benchmarks.floors import measure_floors
+
+    return measure_floors()
+
+
+def in_subprocess(spec: dict, timeout_s: float | None = None) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--run-one", json.dumps(spec)],
-                         stdout=subprocess.PIPE, check=True, text=True)
+                         stdout=subprocess.PIPE, check=True, text=True, timeout=timeout_s)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.run_one is not None:
         spec = json.loads(args.run_one)
-        print(json.dumps(run_check(spec) if spec["mode"] == "check" else run_measure(spec)))
+        run = {"check": run_check, "measure": run_measure, "floors": run_floors}[spec["mode"]]
+        print(json.dumps(run(spec)))
         return {}
     from pagedlm.benchmarks.shapes import make_shape_dir
 
@@ -156,19 +184,62 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         print(json.dumps(result, indent=2))
         sys.exit("; ".join(f"TP={c['tp']} PP={c['pp']} does not match TP=1: {c['why']}" for c in failed))
-    for config in args.configs.split(","):
+    floors: dict = {}
+    for config in filter(None, args.configs.split(",")):
+        config, _, num_prompts = config.partition(":")
         shape, world = config.split("@")
         tp, _, pp = world.partition("x")
         model = str(make_shape_dir(shape, tempfile.mkdtemp(prefix=f"gpu_tp_{shape}_")))
         spec = {"mode": "measure", "model": model, "shape": shape, "tp": int(tp), "pp": int(pp or 1),
-                "device": args.device,
-                "input_len": args.input_len, "output_len": args.output_len, "num_prompts": args.num_prompts}
-        result["runs"].append(in_subprocess(spec))
+                "device": args.device, "input_len": args.input_len, "output_len": args.output_len,
+                "num_prompts": int(num_prompts or args.num_prompts)}
+        if args.device == "cuda" and not floors:
+            floors = in_subprocess({"mode": "floors"})
+        try:
+            run = in_subprocess(spec, args.run_timeout)
+        except subprocess.SubprocessError as e:  # the configs after it still run
+            result["runs"].append({"config": config, "error": repr(e)})
+            continue
+        if args.device == "cuda":
+            run["floor"] = batch1_floor(run, floors)
+        result["runs"].append(run)
+        if args.output_json:  # after every run: a later one that runs out of time keeps these
+            with open(args.output_json, "w") as f:
+                json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_table(result["runs"])
     return result
+
+
+def batch1_floor(run: dict, floors: dict) -> dict:
+    """Weight reads (input embedding excluded): each stage's largest rank, stages one after
+    another at batch 1; plus the
+    step's collectives at TP > 1 (pipeline sends are not counted)."""
+    tp = run["tp"]
+    stage_bytes = [max(r["decode_read_bytes"] for r in run["ranks"][s * tp:(s + 1) * tp]) for s in range(run["pp"])]
+    weights_ms = sum(stage_bytes) / floors["copy_bytes_per_s"] * 1e3
+    collectives_ms = run["collectives_ms"]
+    tpot = run["batch1"]["time_per_output_token_ms"]
+    return {"copy_bytes_per_s": floors["copy_bytes_per_s"], "weights_ms": weights_ms,
+            "collectives_ms": collectives_ms, "floor_ms": weights_ms + collectives_ms,
+            "tpot_over_floor": tpot / (weights_ms + collectives_ms), "card": floors["card"]}
+
+
+def print_table(runs: list[dict]) -> None:
+    print("\n| config | GB/rank | TPOT ms | floor ms (weights + collectives) | x floor | batch-1 decode forwards "
+          "per rank (graph/eager) | out tok/s |")
+    for r in runs:
+        if "error" in r:
+            print(f"| {r['config']} | {r['error']} |")
+            continue
+        fl = r.get("floor")
+        floor_txt = f"{fl['floor_ms']:.2f} ({fl['weights_ms']:.2f} + {fl['collectives_ms']:.2f})" if fl else "-"
+        ratio = f"{fl['tpot_over_floor']:.2f}" if fl else "-"
+        forwards = " ".join(f"{x['batch1_forwards']['graph']}/{x['batch1_forwards']['eager_decode']}"
+                            for x in r["ranks"])
+        print(f"| {r['shape']}@{r['tp']}x{r['pp']} | {max(x['weight_bytes'] for x in r['ranks']) / 1e9:.2f} | "
+              f"{r['batch1']['time_per_output_token_ms']:.2f} | {floor_txt} | {ratio} | {forwards} | "
+              f"{r['throughput']['output_tokens_per_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -30,17 +30,12 @@ NOT_YET_SUPPORTED: dict[str, str] = {
                            "k_scale/v_scale, else 1.0)",
     "cpu_offload_gb": "CPU weight offloading",
     "tokenizer_mode": "tokenizer modes other than 'auto'",
-    "scheduling_policy": "priority scheduling",
-    "enable_chunked_prefill": "disabling chunked prefill (prompts are always split into token-budget chunks)",
-    "ssl_keyfile": "TLS (--ssl-keyfile; put a TLS-terminating proxy in front)",
-    "ssl_certfile": "TLS (--ssl-certfile; put a TLS-terminating proxy in front)",
 }
 
 # Values that mean the same as the default (so they are not "non-default").
 DEFAULT_EQUIVALENTS: dict[str, tuple[Any, ...]] = {
     "tokenizer_mode": ("hf",),
     "kv_cache_dtype": ("auto",),
-    "enable_chunked_prefill": (True,),
 }
 
 # option -> why it has no effect here; a non-default value logs this one line.
@@ -50,10 +45,10 @@ NO_EFFECT: dict[str, str] = {
     "enable_log_requests": "pagedlm does not log request contents",
     "max_log_len": "pagedlm does not log request contents",
     "disable_log_stats": "pagedlm logs no periodic stats line; metrics are on /metrics",
-    "disable_custom_all_reduce": "there is no custom all-reduce (single device)",
+    "disable_custom_all_reduce": "tensor-parallel all-reduces always run through NCCL (there is no custom all-reduce)",
     "max_seq_len_to_capture": "CUDA graphs cover decode batches up to max_num_seqs",
     "enable_prompt_tokens_details": "usage.prompt_tokens_details.cached_tokens is always reported",
-    "disable_frontend_multiprocessing": "the server runs the engine in a thread of its own process",
+    "disable_frontend_multiprocessing": "the engine core always runs in its own process, the frontend in the server's",
 }
 
 

@@ -87,6 +87,7 @@ class SchedulerConfig:
     num_spec_tokens: int = 0
     num_lookahead_tokens: int = 0
     spec_disable_by_batch_size: int | None = None  # steps with this many running requests speculate not
+    scheduling_policy: str = "fcfs"  # "fcfs" | "priority" (engine/request_queue.py)
 
 
 @dataclass(frozen=True)

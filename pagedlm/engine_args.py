@@ -32,7 +32,7 @@ from pagedlm.config import (
 )
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
-from pagedlm.pooling_config import pooling_batched_tokens, resolve_pooling, sentence_transformers_max_len
+from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
     "Model", "Model loading", "KV cache", "Scheduler", "Parallelism", "Device", "LoRA", "Speculative decoding",
@@ -111,10 +111,13 @@ class EngineArgs:
     max_num_seqs: int = opt(256, "most sequences in one step", SCHED)
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default 8192 on GPU, 2048 on "
                                              "CPU)", SCHED)
-    enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (always on)", SCHED)
+    enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (default on; off: a prompt is "
+                                              "scheduled whole, max_num_batched_tokens >= max_model_len)", SCHED)
     async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
                                         "refused with -pp > 1, whose batch queue overlaps instead)", SCHED)
-    scheduling_policy: str = opt("fcfs", "order of waiting requests", SCHED, choices=["fcfs", "priority"])
+    scheduling_policy: str = opt("fcfs", "order of waiting requests: fcfs (arrival), or priority (each request's "
+                                 "priority, lowest value first, then arrival; preemption takes the lowest first)",
+                                 SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
                                       flags=("-pp",))
@@ -222,8 +225,11 @@ class EngineArgs:
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
-        if pooling:
-            max_batched = pooling_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len)
+        chunked_prefill = self.enable_chunked_prefill is not False and not pooling
+        if not chunked_prefill:
+            max_batched = whole_prompt_batched_tokens(
+                self.max_num_batched_tokens, max_batched, max_model_len,
+                "with runner='pooling'" if pooling else "with chunked prefill disabled")
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
@@ -240,10 +246,11 @@ class EngineArgs:
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
                 async_scheduling=self.async_scheduling if self.async_scheduling is not None else
                 default_async_scheduling(device, parallel_config.pipeline_parallel_size),
-                enable_chunked_prefill=not pooling,
+                enable_chunked_prefill=chunked_prefill,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
                 spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
+                scheduling_policy=self.scheduling_policy,
             ),
             parallel_config=parallel_config,
             device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),

@@ -169,10 +169,10 @@ def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: 
     return runner, build_pooler_config(model_dir, hf_config, default_type, override)
 
 
-def pooling_batched_tokens(requested: int | None, default: int, max_model_len: int) -> int:
-    """Pooling prompts run whole in one step (no chunked prefill), so a step must hold the
-    longest prompt."""
+def whole_prompt_batched_tokens(requested: int | None, default: int, max_model_len: int, why: str) -> int:
+    """Without chunked prefill (pooling models, or --no-enable-chunked-prefill) a prompt runs
+    whole in one step, so a step must hold the longest prompt; ``why`` names the setting."""
     if requested is not None and requested < max_model_len:
-        raise ConfigError(f"with runner='pooling', max_num_batched_tokens ({requested}) must be at least "
-                          f"max_model_len ({max_model_len}): prompts are pooled whole, never in chunks")
+        raise ConfigError(f"{why}, max_num_batched_tokens ({requested}) must be at least max_model_len "
+                          f"({max_model_len}): prompts are scheduled whole, never in chunks")
     return max(default, max_model_len)

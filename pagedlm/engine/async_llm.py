@@ -152,7 +152,8 @@ class AsyncLLM:
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once
         # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
         self.tokenizer = load_tokenizer(self.model_config)
-        self.input_processor = InputProcessor(self.model_config, self.tokenizer, self.config.lora_config)
+        self.input_processor = InputProcessor(self.model_config, self.tokenizer, self.config.lora_config,
+                                              self.config.scheduler_config.scheduling_policy)
         self.output_processor = OutputProcessor(load_tokenizer(self.model_config))
         self.stat_logger = stat_logger
         self.on_dead: list[Callable[[BaseException], None]] = []
@@ -210,7 +211,8 @@ class AsyncLLM:
     # ------------------------------------------------------------------ requests
 
     async def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                          arrival_time: float | None = None, lora_request: Any = None) -> RequestStream:
+                          arrival_time: float | None = None, lora_request: Any = None,
+                          priority: int = 0) -> RequestStream:
         """Validate (on the tokenizer thread) and queue a request. Raises InvalidRequestError
         (a ValueError) on bad input and EngineDeadError when the engine has failed."""
         self._check_alive()
@@ -219,10 +221,10 @@ class AsyncLLM:
         arrival = arrival_time if arrival_time is not None else time.time()
         if _needs_tokenizer(prompt, params):
             text, request = await self.run_in_tokenizer(self.input_processor.process, request_id, prompt, params,
-                                                        arrival, lora_request)
+                                                        arrival, lora_request, priority)
             self._check_alive()
         else:  # token ids in, nothing to tokenize: no thread hop on the way to the first token
-            text, request = self.input_processor.process(request_id, prompt, params, arrival, lora_request)
+            text, request = self.input_processor.process(request_id, prompt, params, arrival, lora_request, priority)
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         children = fan_out(request)
@@ -234,9 +236,10 @@ class AsyncLLM:
         return stream
 
     async def generate(self, prompt: PromptType, params: SamplingParams, request_id: str,
-                       arrival_time: float | None = None, lora_request: Any = None) -> AsyncIterator[RequestOutput]:
+                       arrival_time: float | None = None, lora_request: Any = None,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
         """add_request + iterate; aborts the request if the caller stops early."""
-        stream = await self.add_request(request_id, prompt, params, arrival_time, lora_request)
+        stream = await self.add_request(request_id, prompt, params, arrival_time, lora_request, priority)
         try:
             async for output in stream:
                 yield output

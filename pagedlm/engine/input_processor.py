@@ -52,10 +52,12 @@ def generation_eos_ids(model_dir: str) -> list[int]:
 
 
 class InputProcessor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any, lora_config: Any = None) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any, lora_config: Any = None,
+                 scheduling_policy: str = "fcfs") -> None:
         from pagedlm.lora.registry import LoRAValidator
 
         self.model_config = model_config
+        self.scheduling_policy = scheduling_policy
         self.lora = LoRAValidator(lora_config, model_config.hf_config)
         self.tokenizer = tokenizer
         self.vocab_size = model_config.vocab_size
@@ -159,8 +161,10 @@ class InputProcessor:
         return out
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
-                arrival_time: float | None = None, lora_request: Any = None) -> tuple[str | None, EngineCoreRequest]:
+                arrival_time: float | None = None, lora_request: Any = None,
+                priority: int = 0) -> tuple[str | None, EngineCoreRequest]:
         """-> (prompt text if known, request). Raises InvalidRequestError on bad input."""
+        self.check_priority(priority)
         if lora_request is not None and isinstance(params, PoolingParams):
             raise InvalidRequestError("lora_request is not supported for pooling requests")
         try:
@@ -168,7 +172,7 @@ class InputProcessor:
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         if isinstance(params, PoolingParams):
-            return self._process_pooling(request_id, prompt, params, arrival_time)
+            return self._process_pooling(request_id, prompt, params, arrival_time, priority)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"sampling params must be SamplingParams, got {type(params).__name__}")
         if self.model_config.runner == "pooling":
@@ -179,10 +183,20 @@ class InputProcessor:
         self.validate_prompt(token_ids)
         params = self.prepare_params(params, len(token_ids))
         arrival = arrival_time if arrival_time is not None else time.time()
-        return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival, lora_request=lora)
+        return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival, lora_request=lora,
+                                       priority=priority)
+
+    def check_priority(self, priority: Any) -> None:
+        """A request's priority is an int, and other than 0 only under --scheduling-policy priority
+        (vLLM refuses it the same way)."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidRequestError(f"priority must be an integer, got {priority!r}")
+        if priority != 0 and self.scheduling_policy != "priority":
+            raise InvalidRequestError(f"Got priority {priority} but priority scheduling is not enabled: start the "
+                                      "engine with --scheduling-policy priority (scheduling_policy='priority')")
 
     def _process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams,
-                         arrival_time: float | None) -> tuple[str | None, EngineCoreRequest]:
+                         arrival_time: float | None, priority: int) -> tuple[str | None, EngineCoreRequest]:
         if self.model_config.pooler_config is None:
             raise InvalidRequestError(
                 "This model runs as a generative model and computes no embeddings: start it with "
@@ -204,7 +218,8 @@ class InputProcessor:
         arrival = arrival_time if arrival_time is not None else time.time()
         # The placeholder SamplingParams keeps the shared request path uniform; nothing is sampled.
         placeholder = SamplingParams(max_tokens=1, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
-        return text, EngineCoreRequest(request_id, token_ids, placeholder, None, arrival, pooling_params=params)
+        return text, EngineCoreRequest(request_id, token_ids, placeholder, None, arrival, pooling_params=params,
+                                       priority=priority)
 
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:

@@ -38,7 +38,8 @@ class LLMEngine:
         self.model_config = config.model_config
         logger.info("Initialising engine: %s", dump_config(config))
         self.tokenizer = load_tokenizer(config.model_config)
-        self.input_processor = InputProcessor(config.model_config, self.tokenizer, config.lora_config)
+        self.input_processor = InputProcessor(config.model_config, self.tokenizer, config.lora_config,
+                                              config.scheduler_config.scheduling_policy)
         self.output_processor = OutputProcessor(self.tokenizer)
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
@@ -64,11 +65,13 @@ class LLMEngine:
         return getattr(self.core_client, "engine_core", None)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams,
-                    arrival_time: float | None = None, lora_request: Any = None) -> None:
-        """Validate and queue a request; raises InvalidRequestError (a ValueError) on bad input."""
+                    arrival_time: float | None = None, lora_request: Any = None, priority: int = 0) -> None:
+        """Validate and queue a request; raises InvalidRequestError (a ValueError) on bad input.
+        ``priority``: lower values are served first under --scheduling-policy priority."""
         if request_id in self.output_processor.parents:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        text, request = self.input_processor.process(request_id, prompt, params, arrival_time, lora_request)
+        text, request = self.input_processor.process(request_id, prompt, params, arrival_time, lora_request,
+                                                     priority)
         children = fan_out(request)
         self.output_processor.add_request(request_id, text, children)
         self.core_client.add_requests(children)

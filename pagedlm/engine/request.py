@@ -51,6 +51,7 @@ class Request:
         cache_salt: str | None = None,
         pooling_params: PoolingParams | None = None,
         lora_request: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -61,6 +62,7 @@ class Request:
         # A pooling request samples no token: it finishes once its prompt is computed.
         self.pooling_params = pooling_params
         self.lora_request = lora_request  # {"name", "id", "path"}; None: the base model
+        self.priority = priority  # --scheduling-policy priority: lower values are served first
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -85,7 +87,7 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, req: "EngineCoreRequest") -> "Request":
         return cls(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_id,
-                   req.arrival_time, req.cache_salt, req.pooling_params, req.lora_request)
+                   req.arrival_time, req.cache_salt, req.pooling_params, req.lora_request, req.priority)
 
     @property
     def block_hash_extra(self) -> str | None:

@@ -2,17 +2,18 @@
 
 One invariant, no phases: every request has ``num_computed_tokens`` catching up with
 ``num_tokens`` (prompt + generated). Each step hands out a token budget over running
-requests first (decodes and unfinished prefill chunks), then waiting ones in FCFS order,
-capped at ``max_num_seqs``. When blocks run out the newest running request is preempted
-(recompute): its blocks go back to the pool, still cached, and it rejoins the front of the
-waiting queue.
+requests first (decodes and unfinished prefill chunks), then waiting ones in the order of
+the scheduling policy (``request_queue``: FCFS, or by priority), capped at ``max_num_seqs``.
+Running requests are kept in the policy's order too (admission, or priority), so the budget
+goes to them in that order, and when blocks run out the last one is preempted (recompute:
+the newest, or the one of lowest priority): its blocks go back to the pool, still cached, and
+it rejoins the waiting queue ahead of newer requests.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from pagedlm.engine.messages import (
 )
 from pagedlm.engine.prompt_logprobs import unsent_prompt_logprobs
 from pagedlm.engine.request import Request, RequestStatus
+from pagedlm.engine.request_queue import make_waiting_queue
 from pagedlm.lora.scheduling import LoRAStepGate, lora_stats
 from pagedlm.spec_decode.async_gate import SpecAheadGate
 from pagedlm.spec_decode.metrics import SpecDecodingStats
@@ -46,7 +48,7 @@ class Scheduler:
         self.max_model_len = scheduler_config.max_model_len
         self.kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
         self.requests: dict[str, Request] = {}
-        self.waiting: deque[Request] = deque()
+        self.waiting = make_waiting_queue(scheduler_config.scheduling_policy)
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
         self.num_preemptions_total = 0
@@ -67,7 +69,7 @@ class Scheduler:
     # ---- queue management -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
-        self.waiting.append(request)
+        self.waiting.add(request)
         self.structured_output.add_request(request)  # constrained: WAITING_FOR_GRAMMAR, compiling
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> None:
@@ -175,8 +177,10 @@ class Scheduler:
         return request.num_pending_tokens > 0 and request.num_output_tokens + request.num_pending_tokens >= request.max_tokens
 
     def _victim_index(self, index: int) -> int:
-        """The newest running request not yet scheduled this step and not in flight (at
-        worst the one at ``index``, which is neither): a batch in flight keeps its blocks."""
+        """The last running request not yet scheduled this step and not in flight (at worst
+        the one at ``index``, which is neither): a batch in flight keeps its blocks. The
+        running list is in the policy's order (request_queue), so that is the newest one, or
+        under the priority policy the one of lowest priority."""
         victim = len(self.running) - 1
         while victim > index and self.running[victim].request_id in self.inflight_req_ids:
             victim -= 1
@@ -189,7 +193,7 @@ class Scheduler:
         request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions_total += 1
-        self.waiting.appendleft(request)
+        self.waiting.put_back([request])
         logger.warning(
             "Request %s preempted (recompute): not enough KV cache blocks; total preemptions %d. "
             "To avoid it, %s or lower --max-num-seqs.",
@@ -197,7 +201,7 @@ class Scheduler:
         )
 
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
-        compiling: deque[Request] = deque()  # skipped, not blocking: they keep their place
+        compiling: list[Request] = []  # skipped, not blocking: they keep their place
         self.lora_gate.begin(self.running)
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
@@ -229,14 +233,14 @@ class Scheduler:
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit_tokens
                 request.first_scheduled_time = time.time()
-            self.running.append(request)
+            self.waiting.add_running(self.running, request)
             self.lora_gate.admitted(request)
             new_reqs.append(request)
             num_scheduled[request.request_id] = num_new
             if num_hit_tokens + num_new == request.num_tokens and request.pooling_params is None:
                 request.num_pending_tokens = 1  # pooling requests sample nothing: done after this step
             budget -= num_new
-        self.waiting.extendleft(reversed(compiling))
+        self.waiting.put_back(compiling)
 
     def deferred_grammar_bitmask(self, sched: SchedulerOutput) -> np.ndarray:
         """(async scheduling) the bitmask of a launched step, once the previous step's tokens

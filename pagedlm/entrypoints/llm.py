@@ -92,14 +92,19 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        priority: list[int] | None = None,
     ) -> list[RequestOutput]:
         """``lora_request``: one LoRARequest for every prompt, or a list with one per prompt
-        (None: the base model); needs LLM(enable_lora=True)."""
+        (None: the base model); needs LLM(enable_lora=True). ``priority``: one int per prompt,
+        lower served first; needs LLM(scheduling_policy="priority")."""
         prompt_list = self._as_prompt_list(prompts)
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         params_list = self._as_params_list(sampling_params, len(prompt_list))
-        return self._add_and_run(prompt_list, params_list, use_tqdm, _lora_list(lora_request, len(prompt_list)))
+        if priority is not None and len(priority) != len(prompt_list):
+            raise ValueError(f"priority has {len(priority)} entries for {len(prompt_list)} prompts: give one per prompt")
+        return self._add_and_run(prompt_list, params_list, use_tqdm, _lora_list(lora_request, len(prompt_list)),
+                                 priority)
 
     def embed(
         self,
@@ -141,13 +146,14 @@ class LLM:
         return outputs
 
     def _add_and_run(self, prompt_list: list[PromptType], params_list: list[Any], use_tqdm: bool,
-                     lora_list: list[LoRARequest | None] | None = None) -> list[Any]:
+                     lora_list: list[LoRARequest | None] | None = None, priority: list[int] | None = None) -> list[Any]:
         request_ids = []
         try:
             for i, (prompt, params) in enumerate(zip(prompt_list, params_list)):
                 request_id = str(next(self._counter))
                 self.llm_engine.add_request(request_id, prompt, params,
-                                            lora_request=lora_list[i] if lora_list else None)
+                                            lora_request=lora_list[i] if lora_list else None,
+                                            priority=priority[i] if priority else 0)
                 request_ids.append(request_id)
         except Exception:
             self.llm_engine.abort_request(request_ids)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pagedlm.arg_utils import dataclass_kwargs, log_no_effect, opt, refuse_unsupported
+from pagedlm.config import ConfigError
 
 SERVER, FRONTEND, LOGGING = "Server", "Frontend (chat, tools, LoRA)", "Logging and metrics"
 API_KEY_ENV_VARS = ("PAGEDLM_API_KEY", "VLLM_API_KEY")
@@ -23,8 +24,8 @@ class ServerArgs:
     port: int = opt(8000, "port to listen on", SERVER)
     api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /metrics, /version "
                               "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
-    ssl_keyfile: str | None = opt(None, "TLS key file", SERVER)
-    ssl_certfile: str | None = opt(None, "TLS certificate file", SERVER)
+    ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
+    ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
     disable_fastapi_docs: bool = opt(False, "do not serve /docs, /redoc and /openapi.json", SERVER)
     shutdown_grace_period: float = opt(5.0, "seconds that unfinished requests may run after SIGTERM/Ctrl-C "
                                        "before they are aborted", SERVER)
@@ -53,7 +54,22 @@ class ServerArgs:
             server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         refuse_unsupported(server_args)
         log_no_effect(server_args)
+        server_args.check_tls()
         return server_args
+
+    def check_tls(self) -> None:
+        """Both PEM files readable and a key that matches the certificate, before the model loads."""
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError("--ssl-keyfile needs --ssl-certfile (the certificate to serve https with)")
+        if self.ssl_certfile is None:
+            return
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"cannot load the TLS certificate {self.ssl_certfile!r}"
+                              f"{f' with the key {self.ssl_keyfile!r}' if self.ssl_keyfile else ''}: {e}") from e
 
 
 def load_yaml_config(path: str) -> list[str]:

@@ -39,7 +39,8 @@ from pagedlm.executor.base import Executor, WorkerDiedError
 logger = logging.getLogger(__name__)
 
 _POLL_MS = 200
-_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe")
+_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "runtime_stats",
+                "time_step_collectives")
 
 
 class MultiprocExecutor(Executor):

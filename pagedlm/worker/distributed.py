@@ -136,6 +136,45 @@ def tensor_model_parallel_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Te
     return torch.cat(parts, dim=dim)
 
 
+def time_collectives(hidden_size: int, gather_size: int, num_all_reduces: int, dtype: torch.dtype,
+                     device: torch.device, iters: int = 30) -> float:
+    """Median milliseconds of one batch-1 decode step's tensor-parallel collectives: ``num_all_reduces``
+    all-reduces of one ``[1, hidden_size]`` row and one all-gather of ``[1, gather_size]``
+    logits, through the same functions the layers call. On CUDA they are captured in one graph
+    and replayed, as the decode graphs run them; on CPU (gloo) they run eagerly. Every rank of
+    the group must call it at once (benchmarks: ``collective_rpc("time_step_collectives")``)."""
+    import time
+
+    hidden = torch.randn(1, hidden_size, dtype=dtype, device=device)
+    logits = torch.randn(1, gather_size, dtype=dtype, device=device)
+
+    def step() -> None:
+        for _ in range(num_all_reduces):
+            tensor_model_parallel_all_reduce(hidden)
+        tensor_model_parallel_all_gather(logits)
+
+    step()  # communicators are set up outside any capture
+    run = step
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        run = graph.replay
+        run()
+    times = []
+    for _ in range(iters):
+        dist.barrier(group=_state.tp_group)  # start together: time the collectives, not a late peer
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 # Sends posted by pp_send, per call, oldest first: (work, tensor kept alive until sent).
 _pending_sends: deque[list[tuple[object, torch.Tensor]]] = deque()
 

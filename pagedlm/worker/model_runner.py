@@ -70,6 +70,8 @@ class ModelRunner:
         self.verify_graphs = None  # speculative verify steps' graphs (spec_decode/verify_graphs.py)
         self.graph_sampler: GraphSampler | None = None  # lm_head + plain sampling per decode graph
         self._graph_size: int | None = None  # the decode graph size the last _forward replayed
+        # How each forward ran (Worker.runtime_stats): a graph replay, or eagerly with/without prefill.
+        self.forward_counts = {"graph": 0, "eager_decode": 0, "eager_prefill": 0}
         # Positions, slots and block tables derived on the device from the persistent batch
         # (the host sends rows and counts); on CPU numpy on the host is as fast.
         self.device_step_prep = self.device.type == "cuda"
@@ -236,6 +238,7 @@ class ModelRunner:
             if candidate is not None and (shape := candidate.shape_for(num_seqs, max_query_len)) is not None:
                 graphs = candidate
                 break
+        self.forward_counts["graph" if shape else "eager_decode" if max_query_len == 1 else "eager_prefill"] += 1
         padded = shape.num_tokens if shape else num_tokens
         padded_seqs, pad_len = (shape.num_seqs, shape.pad_query_len) if shape else (num_seqs, 1)
         self._graph_size = shape.size if shape and graphs is self.graph_runner else None

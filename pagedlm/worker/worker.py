@@ -18,6 +18,7 @@ from pagedlm.worker.distributed import (
     is_output_rank,
     local_attention_heads,
     pp_layer_range,
+    time_collectives,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,28 @@ class Worker:
         return (f"rank {state.rank}/{state.world_size} (tp {state.tp_rank}/{state.tp_size}, pp {state.pp_rank}/"
                 f"{state.pp_size}) pid {os.getpid()} on {device}: layers [{start}, {end}), {heads} query heads, "
                 f"{kv_heads} KV heads, {self.runner.num_blocks} KV blocks")
+
+    def runtime_stats(self) -> dict:
+        """This rank's weight bytes, the bytes a decode step reads (all but an untied input
+        embedding table, of which it reads one row per token), and how many forwards ran as
+        graph replays or eagerly."""
+        params = dict(self.runner.model.named_parameters())  # a tied LM head appears once
+        weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
+        tied = getattr(self.config.model_config.hf_config, "tie_word_embeddings", False)
+        embedding = 0 if tied else sum(p.numel() * p.element_size() for n, p in params.items() if "embed_tokens" in n)
+        return {"rank": get_parallel_state().rank, "weight_bytes": weight_bytes,
+                "decode_read_bytes": weight_bytes - embedding, "forward_counts": dict(self.runner.forward_counts)}
+
+    def time_step_collectives(self) -> float:
+        """Milliseconds of this stage's collectives in one batch-1 decode step (time_collectives):
+        the embedding's all-reduce, two per layer, the LM head's all-gather. 0 at tp=1."""
+        if get_parallel_state().tp_size == 1:
+            return 0.0
+        hf = self.config.model_config.hf_config
+        start, end = pp_layer_range(hf.num_hidden_layers)
+        tp = get_parallel_state().tp_size
+        return time_collectives(hf.hidden_size, -(-self.runner.vocab_size // tp), 2 * (end - start) + 1,
+                                self.config.model_config.torch_dtype, self.runner.device)
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput | None:
         output = self.runner.execute_model(sched)

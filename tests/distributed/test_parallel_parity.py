@@ -28,14 +28,17 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def references(checkpoints) -> dict[str, list]:
+def references(checkpoints) -> dict[str, tuple[list, int]]:
+    """Per checkpoint: the single-rank outputs and weight bytes."""
     refs = {}
     for name, path in checkpoints.items():
         llm = LLM(path, **ENGINE_KWARGS)
-        refs[name] = run_workload(llm)
+        outputs = run_workload(llm)
         stats = llm.llm_engine.get_stats()
         # The workload really exercises what it claims to.
         assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
+        [rank_stats] = llm.llm_engine.engine_core.executor.collective_rpc("runtime_stats")
+        refs[name] = (outputs, rank_stats["weight_bytes"])
         llm.llm_engine.engine_core.shutdown()
     return refs
 
@@ -55,7 +58,20 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
         batch_queue = llm.llm_engine.engine_core.batch_queue
         # With P stages, P batches were really in flight at once (not one at a time).
         assert (batch_queue.max_depth_reached if batch_queue is not None else 1) == pp
+        per_rank = llm.llm_engine.engine_core.executor.collective_rpc("runtime_stats")
+        # One batch-1 step's collectives, timed by every rank at once (the benchmarks' floor).
+        collectives_ms = llm.llm_engine.engine_core.executor.collective_rpc("time_step_collectives")
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert stats.num_preemptions_total > 0 and stats.prefix_cache_hits_total > 0
-    assert_same(references[checkpoint], outputs)
+    ref_outputs, ref_weight_bytes = references[checkpoint]
+    assert_same(ref_outputs, outputs)
+    # Every rank holds its 1/tp share of the weights (plus small replicated norms; a stage holds
+    # fewer layers, but a tied LM head on the last stage repeats the embedding) and ran every
+    # step, eagerly on CPU: prefill chunks and decode-only steps.
+    assert [s["rank"] for s in per_rank] == list(range(tp * pp))
+    assert all(ms > 0 for ms in collectives_ms) if tp > 1 else collectives_ms == [0.0] * pp
+    for s in per_rank:
+        assert s["weight_bytes"] < ref_weight_bytes / tp * 1.1
+        assert s["forward_counts"]["graph"] == 0
+        assert s["forward_counts"]["eager_prefill"] > 0 and s["forward_counts"]["eager_decode"] > 0

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,9 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Server:
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT (https with TLS)
     proc: subprocess.Popen
     log_path: Path
+    verify: ssl.SSLContext | bool = True  # httpx's verify (a context trusting a self-signed certificate)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -50,7 +52,7 @@ def wait_healthy(server: Server, timeout: float) -> None:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=2, verify=server.verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -83,22 +85,25 @@ def metric_values(text: str) -> dict[str, float]:
     return values
 
 
-def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> Server:
-    """Start ``pagedlm serve ARGS`` on a free loopback port, its output going to ``log_path``."""
+def launch(args: list[str], log_path: Path, env: dict[str, str] | None = None, ca_file: str | None = None) -> Server:
+    """Start ``pagedlm serve ARGS`` on a free loopback port, its output going to ``log_path``
+    (``ca_file``: ARGS serve https with a certificate that this CA file verifies)."""
     port = free_port()
     cmd = [sys.executable, "-m", "pagedlm", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
     full_env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
-    return Server(f"http://127.0.0.1:{port}", proc, log_path)
+    scheme = "https" if ca_file else "http"
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    return Server(f"{scheme}://127.0.0.1:{port}", proc, log_path, verify=verify)
 
 
 @contextlib.contextmanager
 def running_server(args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                   timeout: float = STARTUP_TIMEOUT_S) -> Iterator[Server]:
+                   timeout: float = STARTUP_TIMEOUT_S, ca_file: str | None = None) -> Iterator[Server]:
     """``launch``, wait until healthy, and stop it (SIGINT, then kill) on the way out."""
-    srv = launch(args, log_path, env)
+    srv = launch(args, log_path, env, ca_file)
     try:
         wait_healthy(srv, timeout)
         yield srv

@@ -19,9 +19,9 @@ from pagedlm.entrypoints.openai.api_server import build_app
 from pagedlm.metrics import PrometheusStatLogger
 
 
-def _make_client(checkpoint: Path, num_blocks: int = 64) -> tuple[AsyncLLM, TestClient]:
+def _make_client(checkpoint: Path, num_blocks: int = 64, **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
     args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=num_blocks,
-                      device="cpu")
+                      device="cpu", **engine_kwargs)
     engine = AsyncLLM.from_engine_args(args)
     engine.stat_logger = PrometheusStatLogger("inproc")  # its own registry: no clash with other apps
     return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"]))
@@ -123,3 +123,30 @@ def test_add_special_tokens_reaches_the_tokenizer(app_client) -> None:
     count = [client.post("/tokenize", json={"prompt": "Hello world", **extra}).json()["count"]
              for extra in ({}, {"add_special_tokens": False})]
     assert count[1] == count[0] - 1
+
+
+def test_priority_reaches_the_engine_core(checkpoint: Path) -> None:
+    """With --scheduling-policy priority, a request's ``priority`` goes with every engine
+    request it makes (completions, chat, and each of a beam search's); the scheduler's
+    ordering is shown in tests/unit/test_priority_scheduling.py."""
+    engine, client = _make_client(checkpoint, scheduling_policy="priority")
+    sent: list[int] = []
+    forward = engine.client.add_requests
+
+    def record(requests):
+        sent.extend(r.priority for r in requests)
+        return forward(requests)
+
+    engine.client.add_requests = record
+    with client:
+        body = {"max_tokens": 2, "temperature": 0.0}
+        assert client.post("/v1/completions", json={"prompt": "Hello", "priority": -3, **body}).status_code == 200
+        assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "priority": 4, **body}).status_code == 200
+        assert [sent.pop(0), sent.pop(0)] == [-3, 4]
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "priority": 7, "use_beam_search": True,
+                                                    "n": 2, **body})
+        assert resp.status_code == 200, resp.text
+        assert sent and set(sent) == {7}
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "priority": "high", **body})
+        assert resp.status_code == 400

@@ -130,6 +130,12 @@ def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[],
         "length_penalty": lambda: refused(call(length_penalty=2.0), "beam search")
         and call(use_beam_search=True, n=2, length_penalty=2.0).status_code == 200,
         "best_of": lambda: refused(call(best_of=3), "best_of"),
+        # The shared server is fcfs: a priority is refused there (0 is the default); with the
+        # priority policy it reaches the engine core (the named test) and orders admission.
+        "priority": lambda: refused(call(priority=1), "priority scheduling is not enabled")
+        and greedy(priority=0) == greedy()
+        and _shown_by("tests/e2e/test_app_inprocess.py", "test_priority_reaches_the_engine_core")
+        and _shown_by("tests/unit/test_priority_scheduling.py", "test_priority_orders_admission_and_keeps_the_tokens"),
         "structured_outputs": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
         "guided_json": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
         "guided_regex": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),

@@ -111,6 +111,18 @@ def test_parity_with_chunked_prefill(llama_ref, async_scheduling):
     check_close(ref, outputs, prompts)
 
 
+def test_parity_without_chunked_prefill_under_preemption(llama_ref):
+    path, prompts, ref = llama_ref
+    # Whole prompts only (the step budget defaults to at least max_model_len), and a KV pool
+    # small enough that requests are preempted and recompute their prompts whole.
+    llm, outputs = run(path, prompts, max_model_len=96, block_size=4, num_gpu_blocks_override=24,
+                       enable_chunked_prefill=False)
+    config = llm.llm_engine.config.scheduler_config
+    assert not config.enable_chunked_prefill and config.max_num_batched_tokens >= 96
+    check_close(ref, outputs, prompts)
+    assert llm.llm_engine.get_stats().num_preemptions_total > 0
+
+
 @pytest.mark.parametrize("async_scheduling", [False, True])
 def test_parity_under_preemption(llama_ref, async_scheduling):
     path, prompts, ref = llama_ref

@@ -87,9 +87,10 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "cpu_offload_gb": Refused(2, "offloading"),
     "max_num_seqs": Changes(3, lambda c: c.scheduler_config.max_num_seqs == 3),
     "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64),
-    "enable_chunked_prefill": Refused(False, "chunked prefill"),
+    "enable_chunked_prefill": Changes(False, lambda c: not c.scheduler_config.enable_chunked_prefill
+                                      and c.scheduler_config.max_num_batched_tokens >= c.model_config.max_model_len),
     "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling),
-    "scheduling_policy": Refused("priority", "priority scheduling"),
+    "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority"),
     "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2),
     "pipeline_parallel_size": Changes(2, lambda c: c.parallel_config.pipeline_parallel_size == 2),
     "data_parallel_size": ShownBy(2, "tests/e2e/test_engine_process.py::test_data_parallel_two_cores"),
@@ -112,8 +113,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "host": ShownBy("127.0.0.1", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
     "port": ShownBy(8123, "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
     "api_key": ShownBy("k", "tests/e2e/test_dropin_server.py::test_api_key_from_vllm_env"),
-    "ssl_keyfile": Refused("/k.pem", "TLS"),
-    "ssl_certfile": Refused("/c.pem", "TLS"),
+    "ssl_keyfile": ShownBy("/k.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
+    "ssl_certfile": ShownBy("/c.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
     "shutdown_grace_period": ShownBy(60, "tests/e2e/test_engine_process.py::test_sigterm_lets_unfinished_requests_finish"),
     "disable_fastapi_docs": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_disable_fastapi_docs"),
     "uvicorn_log_level": ShownBy("warning", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
@@ -123,7 +124,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "enable_log_requests": Notice(True, "does not log request"),
     "max_log_len": Notice(100, "does not log request"),
     "enable_prompt_tokens_details": Notice(True, "always reported"),
-    "disable_frontend_multiprocessing": Notice(True, "in a thread"),
+    "disable_frontend_multiprocessing": Notice(True, "in its own process"),
     "lora_modules": ShownBy(["a=/x"], "tests/e2e/test_lora_server.py::test_models_list_adapters_under_the_base"),
     "tool_call_parser": ShownBy("hermes", "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
     "enable_auto_tool_choice": ShownBy(True, "tests/e2e/test_structured_server.py::test_auto_tool_choice_parses_hermes_calls"),
@@ -301,3 +302,13 @@ def test_broken_checkpoint_chat_template_is_a_start_up_error(ckpt: Path, tmp_pat
     config = EngineArgs(model=str(broken), device="cpu").create_engine_config()
     with pytest.raises(ConfigError, match="not valid Jinja"):
         load_tokenizer(config.model_config)
+
+
+def test_no_chunked_prefill_needs_a_budget_for_the_longest_prompt(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    args = EngineArgs(model=str(ckpt), device="cpu", max_model_len=64, enable_chunked_prefill=False,
+                      max_num_batched_tokens=32)
+    with pytest.raises(ConfigError, match=r"with chunked prefill disabled, max_num_batched_tokens \(32\) must be at "
+                                          r"least max_model_len \(64\)"):
+        args.create_engine_config()

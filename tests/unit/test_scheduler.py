@@ -32,16 +32,18 @@ EOS = 2
 
 def make_scheduler(
     num_blocks: int = 64, *, budget: int = 64, max_num_seqs: int = 16, max_model_len: int = 256,
-    caching: bool = True,
+    caching: bool = True, policy: str = "fcfs",
 ) -> Scheduler:
     return Scheduler(
-        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len),
+        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                        scheduling_policy=policy),
         CacheConfig(block_size=BS, enable_prefix_caching=caching),
         num_blocks,
     )
 
 
-def make_request(req_id: str, prompt: list[int] | int, *, eos: int | None = EOS, **params) -> Request:
+def make_request(req_id: str, prompt: list[int] | int, *, eos: int | None = EOS, priority: int = 0,
+                 arrival: float | None = None, **params) -> Request:
     if isinstance(prompt, int):  # a prompt of that many distinct tokens, unique per request
         base = (zlib.crc32(req_id.encode()) + 1) << 10  # deterministic, far from EOS/stop ids
         prompt = [base + i for i in range(prompt)]
@@ -49,7 +51,7 @@ def make_request(req_id: str, prompt: list[int] | int, *, eos: int | None = EOS,
     sp = SamplingParams(**params)
     # As the engine's input processor does: the sampler's stop set includes eos.
     sp.all_stop_token_ids = set(sp.stop_token_ids) | ({eos} if eos is not None and not sp.ignore_eos else set())
-    return Request(req_id, prompt, sp, eos_token_id=eos)
+    return Request(req_id, prompt, sp, eos_token_id=eos, arrival_time=arrival, priority=priority)
 
 
 @dataclass
@@ -765,3 +767,67 @@ def test_random_workloads_keep_invariants_and_finish():
     tables, ref counts and the free queue stay consistent every step; all requests finish."""
     for seed in range(120):
         _random_workload(seed)
+
+
+# ---- priority scheduling (--scheduling-policy priority) --------------------------------
+
+
+def test_priority_orders_waiting_requests_then_by_arrival():
+    sched, runner = make_scheduler(max_num_seqs=1, policy="priority"), FakeRunner()
+    for req_id, priority, arrival in [("a", 5, 1.0), ("b", 0, 2.0), ("c", 1, 3.0), ("d", 0, 4.0), ("e", 0, 0.5)]:
+        sched.add_request(make_request(req_id, 4, max_tokens=1, priority=priority, arrival=arrival))
+    order = []
+    while sched.has_unfinished_requests():
+        out, _ = step(sched, runner)
+        order += new_ids(out)
+    # Lowest value first; equal priorities by arrival (e arrived before b and d).
+    assert order == ["e", "b", "d", "c", "a"]
+    assert_no_leaks(sched)
+    # The same requests under fcfs: arrival order of add_request, whatever their priority.
+    sched, runner = make_scheduler(max_num_seqs=1), FakeRunner()
+    for req_id in "abc":
+        sched.add_request(make_request(req_id, 4, max_tokens=1, priority={"a": 5, "b": 0, "c": 1}[req_id]))
+    order = []
+    while sched.has_unfinished_requests():
+        order += new_ids(step(sched, runner)[0])
+    assert order == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("policy,victim,scheduled", [("priority", "a", {"b": 1, "c": 1}),
+                                                     ("fcfs", "c", {"a": 1, "b": 1})])
+def test_priority_preempts_the_lowest_priority_request_not_the_newest(policy: str, victim: str, scheduled: dict):
+    # a (priority 2) runs alone, then b and c (priority 1) join and fill the pool. When b needs
+    # a block, fcfs gives up the newest (c); the priority policy gives up a, which also gets
+    # its budget last (the running list is kept in priority order), and a resumes after them.
+    sched, runner = make_scheduler(num_blocks=6, policy=policy), FakeRunner()
+    sched.add_request(make_request("a", 6, max_tokens=5, priority=2, arrival=1.0))
+    step(sched, runner)
+    sched.add_request(make_request("b", 8, max_tokens=5, priority=1, arrival=2.0))
+    sched.add_request(make_request("c", 8, max_tokens=5, priority=1, arrival=3.0))
+    out, _ = step(sched, runner)
+    assert new_ids(out) == ["b", "c"] and sched.kv.num_free_blocks == 0
+    assert [r.request_id for r in sched.running] == (["b", "c", "a"] if policy == "priority" else ["a", "b", "c"])
+    out, _ = step(sched, runner)
+    assert out.preempted_req_ids == {victim}
+    assert out.num_scheduled_tokens == scheduled
+    sched.add_request(make_request("d", 1, max_tokens=1, priority=0, arrival=4.0))
+    # Waiting: under priority d (priority 0) goes ahead of the preempted a; under fcfs the
+    # preempted request keeps the front.
+    assert [r.request_id for r in sched.waiting] == (["d", "a"] if policy == "priority" else ["c", "d"])
+    history = run_to_completion(sched, runner)
+    assert all(history[r][-1].finish_reason == "length" for r in "abcd")
+    assert_no_leaks(sched)
+
+
+def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it_whole():
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=16, max_model_len=16,
+                                      enable_chunked_prefill=False), CacheConfig(block_size=BS), 64)
+    runner = FakeRunner()
+    sched.add_request(make_request("a", 4, max_tokens=3))
+    sched.add_request(make_request("b", 16, max_tokens=1))
+    steps = []
+    while sched.has_unfinished_requests():
+        steps.append(step(sched, runner)[0].num_scheduled_tokens)
+    # b needs the whole budget: it waits while a decodes (chunked prefill would give it 12, then 4).
+    assert steps == [{"a": 4}, {"a": 1}, {"a": 1}, {"b": 16}]
+    assert_no_leaks(sched)

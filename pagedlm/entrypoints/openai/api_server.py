@@ -369,9 +369,10 @@ def run_server(args: argparse.Namespace) -> None:
                                               engine_config=engine_config)
     app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
                     serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules)
-    logger.info("Serving model %r on http://%s:%d (OpenAI-compatible API under /v1)",
-                names[0], server_args.host, server_args.port)
+    logger.info("Serving model %r on %s://%s:%d (OpenAI-compatible API under /v1)", names[0],
+                "https" if server_args.ssl_certfile else "http", server_args.host, server_args.port)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
+                            ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
                             log_level=server_args.uvicorn_log_level,
                             access_log=not server_args.disable_uvicorn_access_log, timeout_keep_alive=5,
                             timeout_graceful_shutdown=5)

@@ -68,6 +68,7 @@ class SamplingFields(OpenAIBaseModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0  # beam search only
     best_of: int | None = None
+    priority: int = 0  # --scheduling-policy priority: lower values are served first
     # Structured output (pagedlm.entrypoints.openai.structured maps them to one constraint).
     structured_outputs: dict[str, Any] | None = None
     guided_json: Any = None

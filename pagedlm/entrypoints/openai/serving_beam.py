@@ -44,9 +44,10 @@ class BeamSearchStream:
     """Looks like a RequestStream: yields the one finished output; cancel() stops the search."""
 
     def __init__(self, engine: AsyncLLM, request_id: str, prompt: tuple[str | None, list[int]],
-                 params: BeamSearchParams, eos_token_id: int | None) -> None:
+                 params: BeamSearchParams, eos_token_id: int | None, priority: int = 0) -> None:
         self.engine = engine
         self.request_id = request_id
+        self.priority = priority  # of every engine request the search makes
         self.prompt = prompt
         self.search = BeamSearch([prompt[1]], params, eos_token_id)
         self._task: asyncio.Task | None = None
@@ -76,7 +77,8 @@ class BeamSearchStream:
 
     async def _one(self, request_id: str, token_ids: list[int], params: SamplingParams) -> RequestOutput:
         final: Any = None
-        async for output in self.engine.generate({"prompt_token_ids": token_ids}, params, request_id):
+        async for output in self.engine.generate({"prompt_token_ids": token_ids}, params, request_id,
+                                                 priority=self.priority):
             final = output
         return final
 

@@ -237,6 +237,11 @@ class OpenAIServing:
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
         request's ``model`` (or ``model``) may name a LoRA adapter."""
         lora = self.lora_for(request.model if request is not None else model)
+        if request is not None:
+            try:  # here, before a beam search starts its engine requests
+                self.engine.input_processor.check_priority(request.priority)
+            except InvalidRequestError as e:
+                raise to_openai_error(e) from e
         if lora is not None and request is not None and request.use_beam_search:
             raise OpenAIError("use_beam_search is not supported with a LoRA adapter.", 400, "use_beam_search")
         if request is not None and request.use_beam_search:
@@ -247,7 +252,8 @@ class OpenAIServing:
             for i, (text, token_ids) in enumerate(prompts):
                 engine_prompt = {"prompt_token_ids": token_ids, "prompt": text}
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora))
+                streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora,
+                                                             priority=request.priority if request is not None else 0))
         except BaseException as e:
             for stream in streams:
                 stream.cancel()
@@ -263,7 +269,7 @@ class OpenAIServing:
             limit = max_tokens if max_tokens is not None else self.max_model_len - len(prompt[1])
             params = beam_search_params(request, limit, self.engine.model_config.max_logprobs)
             sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id))
+            streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id, request.priority))
         return RequestGroup(streams, prompts)
 
     async def respond(self, raw: Request, group: RequestGroup, stream: bool,
