@@ -12,8 +12,11 @@ from pagedlm.kernels import reference
 rms_norm = reference.rms_norm
 fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
+rms_norm_quant = reference.rms_norm_quant
+fused_add_rms_norm_quant = reference.fused_add_rms_norm_quant
 rotary_embedding = reference.rotary_embedding
 write_kv_cache = reference.write_kv_cache
+rotary_write_kv_cache = reference.rotary_write_kv_cache
 paged_attention = reference.paged_attention
 prepare_step = reference.prepare_step
 
@@ -21,8 +24,11 @@ _OP_NAMES = (
     "rms_norm",
     "fused_add_rms_norm",
     "silu_and_mul",
+    "rms_norm_quant",
+    "fused_add_rms_norm_quant",
     "rotary_embedding",
     "write_kv_cache",
+    "rotary_write_kv_cache",
     "paged_attention",
     "prepare_step",
 )

@@ -36,6 +36,26 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x[..., :d]) * x[..., d:]
 
 
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                   code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm, then dynamic per-token quantization of its output: (codes [T, H], scale [T, 1]).
+    What an 8-bit linear layer after the norm would do to its input first thing (the Triton
+    op does both in one launch)."""
+    from pagedlm.kernels import quant_reference  # noqa: PLC0415
+
+    normed = rms_norm(x, weight, eps)
+    return quant_reference.per_token_quant(normed.reshape(-1, normed.shape[-1]), code_dtype)
+
+
+def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                             code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fused_add_rms_norm with its normalised output quantized per token: (codes, scale, x + residual)."""
+    from pagedlm.kernels import quant_reference  # noqa: PLC0415
+
+    normed, new_residual = fused_add_rms_norm(x, residual, weight, eps)
+    return (*quant_reference.per_token_quant(normed.reshape(-1, normed.shape[-1]), code_dtype), new_residual)
+
+
 def rotary_embedding(
     positions: torch.Tensor,  # [T] int64
     query: torch.Tensor,  # [T, Hq * D]
@@ -94,6 +114,27 @@ def write_kv_cache(
         flat = flat.view(torch.uint8)
     flat[0].index_copy_(0, slot_mapping, key.to(flat.dtype))
     flat[1].index_copy_(0, slot_mapping, value.to(flat.dtype))
+
+
+def rotary_write_kv_cache(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D]
+    key: torch.Tensor,  # [T, Hkv * D]
+    value: torch.Tensor,  # [T, Hkv * D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D] float32
+    head_dim: int,
+    kv_cache: torch.Tensor,  # [2, NB, BS, Hkv, D]
+    slot_mapping: torch.Tensor,  # [T]; -1 = not written
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RoPE on query and key, then key and value into the cache; returns the rotated query.
+    The Triton op does both in one launch; this is ``rotary_embedding`` then ``write_kv_cache``."""
+    query, key = rotary_embedding(positions, query, key, cos_sin_cache, head_dim)
+    num_kv_heads = kv_cache.shape[-2]
+    write_kv_cache(key.view(key.shape[0], num_kv_heads, head_dim), value.reshape(value.shape[0], num_kv_heads, head_dim),
+                   kv_cache, slot_mapping, k_scale, v_scale)
+    return query
 
 
 _Scales = tuple[torch.Tensor | None, torch.Tensor | None]  # (k_scale, v_scale) of an fp8 cache

@@ -12,17 +12,29 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedlm.kernels import reference
+from pagedlm.kernels import quant_reference, reference
+from pagedlm.kernels.triton_quant import quant_limits, quantize_row
 
 # Rows wider than this fall back to the reference (no model in sight comes close).
 _MAX_ROW = 65536
 
 
 @triton.jit
+def _store_normed(y, out_ptr, scale_ptr, row, stride_out, offs, mask, round_ty, qmax, qmin, min_scale,
+                  QUANT: tl.constexpr, IS_INT8: tl.constexpr):
+    """The normalised row: as it is, or (QUANT) rounded to the model dtype (what the unfused
+    path hands its quantizer) and quantized per token into 8-bit codes plus the row's scale."""
+    if QUANT:
+        y, scale = quantize_row(y.to(round_ty).to(tl.float32), mask, qmax, qmin, min_scale, IS_INT8)
+        tl.store(scale_ptr + row, scale)
+    tl.store(out_ptr + row * stride_out + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_norm_kernel(
-    x_ptr, weight_ptr, out_ptr,
-    stride_x, stride_out, hidden, eps,
-    BLOCK_H: tl.constexpr,
+    x_ptr, weight_ptr, out_ptr, scale_ptr,
+    stride_x, stride_out, hidden, eps, qmax, qmin, min_scale,
+    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
@@ -30,14 +42,15 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / hidden + eps)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_out + offs, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_normed(x * rstd * w, out_ptr, scale_ptr, row, stride_out, offs, mask, x_ptr.dtype.element_ty, qmax, qmin,
+                  min_scale, QUANT, IS_INT8)
 
 
 @triton.jit
 def _fused_add_rms_norm_kernel(
-    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
-    stride_x, stride_res, stride_out, stride_res_out, hidden, eps,
-    BLOCK_H: tl.constexpr,
+    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, scale_ptr,
+    stride_x, stride_res, stride_out, stride_res_out, hidden, eps, qmax, qmin, min_scale,
+    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
@@ -50,7 +63,8 @@ def _fused_add_rms_norm_kernel(
     sf = s.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(sf * sf, axis=0) / hidden + eps)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_out + offs, (sf * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_normed(sf * rstd * w, out_ptr, scale_ptr, row, stride_out, offs, mask, residual_out_ptr.dtype.element_ty,
+                  qmax, qmin, min_scale, QUANT, IS_INT8)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +91,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
     block_h, num_warps = _launch_params(hidden)
     _rms_norm_kernel[(x2.shape[0],)](
-        x2, weight, out, x2.stride(0), out.stride(0), hidden, eps, BLOCK_H=block_h, num_warps=num_warps,
+        x2, weight, out, out, x2.stride(0), out.stride(0), hidden, eps, 0.0, 0.0, 0.0, BLOCK_H=block_h,
+        num_warps=num_warps,
     )
     return out.view(x.shape)
 
@@ -96,8 +111,54 @@ def fused_add_rms_norm(
     out = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
     block_h, num_warps = _launch_params(hidden)
     _fused_add_rms_norm_kernel[(x2.shape[0],)](
-        x2, r2, weight, out, new_residual,
-        x2.stride(0), r2.stride(0), out.stride(0), new_residual.stride(0), hidden, eps,
+        x2, r2, weight, out, new_residual, out,
+        x2.stride(0), r2.stride(0), out.stride(0), new_residual.stride(0), hidden, eps, 0.0, 0.0, 0.0,
         BLOCK_H=block_h, num_warps=num_warps,
     )
     return out.view(x.shape), new_residual.view(x.shape)
+
+
+def _codes_and_scale(rows: int, hidden: int, code_dtype: torch.dtype, device: torch.device):
+    codes = torch.empty((rows, hidden), dtype=code_dtype, device=device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=device)
+    return codes, scale
+
+
+def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                   code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm, then per-token quantization to ``code_dtype``, in one launch: (codes [T, H],
+    scale [T, 1]); the same bytes as ``quant_reference.per_token_quant(rms_norm(x))``."""
+    hidden = x.shape[-1]
+    if hidden > _MAX_ROW or x.numel() == 0 or x.dtype == torch.float32:
+        return quant_reference.per_token_quant(reference.rms_norm(x, weight, eps).reshape(-1, hidden), code_dtype)
+    x2 = _rows(x)
+    codes, scale = _codes_and_scale(x2.shape[0], hidden, code_dtype, x.device)
+    block_h, num_warps = _launch_params(hidden)
+    qmax, qmin = quant_limits(code_dtype)
+    _rms_norm_kernel[(x2.shape[0],)](
+        x2, weight, codes, scale, x2.stride(0), codes.stride(0), hidden, eps, qmax, qmin, quant_reference.MIN_SCALE,
+        BLOCK_H=block_h, QUANT=True, IS_INT8=code_dtype == torch.int8, num_warps=num_warps,
+    )
+    return codes, scale
+
+
+def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                             code_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fused_add_rms_norm with its normalised output quantized per token in the same launch:
+    (codes [T, H], scale [T, 1], x + residual)."""
+    hidden = x.shape[-1]
+    if hidden > _MAX_ROW or x.numel() == 0 or x.shape != residual.shape or x.dtype == torch.float32:
+        normed, new_residual = reference.fused_add_rms_norm(x, residual, weight, eps)
+        return (*quant_reference.per_token_quant(normed.reshape(-1, hidden), code_dtype), new_residual)
+    x2, r2 = _rows(x), _rows(residual)
+    new_residual = torch.empty(x2.shape, dtype=torch.result_type(x, residual), device=x.device)
+    codes, scale = _codes_and_scale(x2.shape[0], hidden, code_dtype, x.device)
+    block_h, num_warps = _launch_params(hidden)
+    qmax, qmin = quant_limits(code_dtype)
+    _fused_add_rms_norm_kernel[(x2.shape[0],)](
+        x2, r2, weight, codes, new_residual, scale,
+        x2.stride(0), r2.stride(0), codes.stride(0), new_residual.stride(0), hidden, eps, qmax, qmin,
+        quant_reference.MIN_SCALE, BLOCK_H=block_h, QUANT=True, IS_INT8=code_dtype == torch.int8,
+        num_warps=num_warps,
+    )
+    return codes, scale, new_residual.view(x.shape)

@@ -34,6 +34,17 @@ def _rotate_heads(
 
 
 @triton.jit
+def token_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cs, HALF: tl.constexpr, HALF_PAD: tl.constexpr):
+    """cos and sin [HALF_PAD] float32 at this token's position (the fused RoPE + KV write uses it too)."""
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    offs_d = tl.arange(0, HALF_PAD)
+    cs_row = cos_sin_ptr + pos * stride_cs
+    cos = tl.load(cs_row + offs_d, mask=offs_d < HALF, other=0.0)
+    sin = tl.load(cs_row + HALF + offs_d, mask=offs_d < HALF, other=0.0)
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     positions_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr, cos_sin_ptr,
     stride_q, stride_k, stride_q_out, stride_k_out, stride_cs,
@@ -43,11 +54,7 @@ def _rotary_kernel(
     # Grid: (tokens, query head blocks + key head blocks).
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    offs_d = tl.arange(0, HALF_PAD)
-    cs_row = cos_sin_ptr + pos * stride_cs
-    cos = tl.load(cs_row + offs_d, mask=offs_d < HALF, other=0.0)
-    sin = tl.load(cs_row + HALF + offs_d, mask=offs_d < HALF, other=0.0)
+    cos, sin = token_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cs, HALF, HALF_PAD)
     num_q_blocks = tl.cdiv(num_q_heads, HEADS_BLOCK)
     if head_block < num_q_blocks:
         _rotate_heads(q_ptr + token * stride_q, q_out_ptr + token * stride_q_out, head_block * HEADS_BLOCK,

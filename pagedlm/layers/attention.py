@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from pagedlm.forward_context import get_attn_metadata
 from pagedlm.kernels import ops
 from pagedlm.worker.distributed import local_attention_heads
+
+if TYPE_CHECKING:
+    from pagedlm.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -32,16 +37,22 @@ class Attention(nn.Module):
         self.register_buffer("k_scale", torch.ones(1, dtype=torch.float32), persistent=False)
         self.register_buffer("v_scale", torch.ones(1, dtype=torch.float32), persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q [T, Hq * D], k/v [T, Hkv * D] -> [T, Hq * D]
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None,
+                rotary: "RotaryEmbedding | None" = None) -> torch.Tensor:
+        """q [T, Hq * D], k / v [T, Hkv * D] -> [T, Hq * D]. With ``rotary`` (and ``positions``)
+        q and k arrive unrotated: RoPE and the cache write run as one op (one launch on a GPU)."""
         meta = get_attn_metadata()
         num_tokens = q.shape[0]
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         # Every sequence's K/V for this step is written before any sequence attends, so a
         # request may read blocks another request in the same batch fills (prefix sharing).
-        ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+        if rotary is not None:
+            q = ops.rotary_write_kv_cache(positions, q, k, v, rotary.cos_sin_cache, rotary.head_dim, self.kv_cache,
+                                          meta.slot_mapping, self.k_scale, self.v_scale)
+        else:
+            k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+            v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+            ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
         out = ops.paged_attention(
             q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window, self.softcap,

@@ -93,6 +93,11 @@ class ReplicatedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
 
+    def input_codes_dtype(self) -> torch.dtype | None:
+        """The 8-bit type this layer also takes its input in, quantized per token by the
+        producer (``ActivationCodes``); None: float activations only."""
+        return self.quant_method.input_codes_dtype(self)
+
 
 class ColumnParallelLinear(ReplicatedLinear):
     """Output dimension split across tensor-parallel ranks; each rank keeps its slice of the

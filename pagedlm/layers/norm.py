@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.kernels import ops
 from pagedlm.layers.linear import default_weight_loader
+from pagedlm.layers.quantization.activation_codes import ActivationCodes
 
 
 class RMSNorm(nn.Module):
@@ -28,11 +31,23 @@ class RMSNorm(nn.Module):
         default_weight_loader(param, loaded_weight)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, codes_dtype: torch.dtype | None = None
+    ) -> Any:
+        """``codes_dtype``: the next layer takes its input quantized per token to this 8-bit
+        type (``ActivationCodes``), so the norm emits the codes in the same launch."""
+        if codes_dtype is not None:
+            return self._forward_codes(x, residual, codes_dtype)
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+    def _forward_codes(self, x: torch.Tensor, residual: torch.Tensor | None,
+                       codes_dtype: torch.dtype) -> ActivationCodes | tuple[ActivationCodes, torch.Tensor]:
+        out_dtype = torch.result_type(x, self.weight) if x.dtype == torch.float32 else x.dtype
+        if residual is None:
+            return ActivationCodes(*ops.rms_norm_quant(x, self.weight, self.eps, codes_dtype), out_dtype)
+        codes, scale, residual = ops.fused_add_rms_norm_quant(x, residual, self.weight, self.eps, codes_dtype)
+        return ActivationCodes(codes, scale, out_dtype), residual
 
 
 class LayerNorm(nn.LayerNorm):

@@ -73,8 +73,7 @@ class Gemma2Attention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project_qkv(hidden_states)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
 
 
 class Gemma2DecoderLayer(nn.Module):

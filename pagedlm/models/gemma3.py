@@ -48,8 +48,7 @@ class Gemma3Attention(Gemma2Attention):
         num_tokens = q.shape[0]
         q = self.q_norm(q.reshape(-1, self.head_dim)).view(num_tokens, self.q_size)
         k = self.k_norm(k.reshape(-1, self.head_dim)).view(num_tokens, self.kv_size)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
 
 
 class Gemma3TextModel(nn.Module):

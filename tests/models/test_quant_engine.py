@@ -159,3 +159,28 @@ def test_fp8_without_fp8_gemm_runs_as_w8a16(llama: str, tmp_path: Path, monkeypa
     x = torch.randn(3, layer.weight.shape[1])
     expect = x @ (layer.weight.float() * layer.weight_scale.t()).t()  # no activation quantization
     torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_norm_and_gate_quantize_for_per_token_8bit_layers(llama: str, monkeypatch) -> None:
+    """With per-token activations the RMSNorms hand the 8-bit layers their codes (one op
+    instead of two); the outputs are exactly those of quantizing in the layer."""
+    from pagedlm.kernels import reference  # the CPU op table is copied from it at engine start
+    from pagedlm.layers.quantization.w8a8 import W8LinearMethod
+
+    params = SamplingParams(max_tokens=4, logprobs=2, temperature=0.0)
+    calls = {"rms_norm_quant": 0, "fused_add_rms_norm_quant": 0}
+    for name in calls:
+        def counted(*args, _name=name, _fn=getattr(reference, name), **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(reference, name, counted)
+    fused = LLM(llama, quantization="fp8", **ENGINE).generate(_prompts(), params, use_tqdm=False)
+    assert all(n > 0 for n in calls.values()), calls
+    monkeypatch.setattr(W8LinearMethod, "input_codes_dtype", lambda self, layer: None)
+    before = dict(calls)
+    plain = LLM(llama, quantization="fp8", **ENGINE).generate(_prompts(), params, use_tqdm=False)
+    assert calls == before  # nothing fused when the layers take float input only
+    for a, b in zip(fused, plain, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert [{t: lp.logprob for t, lp in d.items()} for d in a.outputs[0].logprobs] == \
+            [{t: lp.logprob for t, lp in d.items()} for d in b.outputs[0].logprobs]

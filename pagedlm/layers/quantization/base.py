@@ -144,6 +144,11 @@ class QuantMethod(ABC):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Runs once after the checkpoint (or dummy values) filled every parameter."""
 
+    def input_codes_dtype(self, layer: nn.Module) -> torch.dtype | None:
+        """The 8-bit type ``apply`` also takes its input in (``ActivationCodes`` quantized per
+        token), so a producer may fuse the quantization; None: float activations only."""
+        return None
+
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         """Random but valid values for ``--load-format dummy``, drawn from ``generator`` (on the
         layer's device). The default suits float parameters only; quantized methods override it."""

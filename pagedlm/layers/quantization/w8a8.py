@@ -19,6 +19,7 @@ from torch import nn
 from pagedlm.kernels import quant_reference as ref
 from pagedlm.kernels.quant_ops import REFERENCE_OPS, QuantOps, gemm_for, quant_ops
 from pagedlm.kernels.scaled_gemv import scaled_gemv_or_none
+from pagedlm.layers.quantization.activation_codes import ActivationCodes
 from pagedlm.layers.quantization.base import QuantMethod, WeightLoader, fill_uniform, new_param, replace_param
 
 logger = logging.getLogger("pagedlm")
@@ -108,7 +109,16 @@ class W8LinearMethod(QuantMethod):
             return ops.per_tensor_quant(x, dtype)
         return ops.per_tensor_quant(x, dtype, layer.input_scale)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def input_codes_dtype(self, layer: nn.Module) -> torch.dtype | None:
+        """Dynamic per-token activations: a producer may hand over the codes (fp8 / int8)."""
+        if self.weight_only or self.scheme.activations != "token":
+            return None
+        return self.scheme.weight_dtype
+
+    def apply(self, layer: nn.Module, x: "torch.Tensor | ActivationCodes",
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(x, ActivationCodes):  # quantized by the producer (see input_codes_dtype)
+            return self._apply_codes(layer, x, bias)
         x2 = x.reshape(-1, x.shape[-1])  # [num_tokens, K]
         weight_t = layer.weight.t()  # [K, N] column-major view
         if self.weight_only:
@@ -127,6 +137,17 @@ class W8LinearMethod(QuantMethod):
         if y is None:
             y = gemm(a, a_scale, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _apply_codes(self, layer: nn.Module, x: ActivationCodes, bias: torch.Tensor | None) -> torch.Tensor:
+        a, a_scale = x.codes, x.scale
+
+        def gemm(a, a_scale, bias=None):
+            return self.gemm(a, layer.weight.t(), a_scale, layer.weight_scale, x.dtype, bias)
+
+        y = None
+        if self.ops is not REFERENCE_OPS:
+            y = scaled_gemv_or_none(a, layer.weight, a_scale, layer.weight_scale, x.dtype, bias, gemm)
+        return y if y is not None else gemm(a, a_scale, bias)
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         """Codes spread over half the 8-bit range with scales that put the weights in about
