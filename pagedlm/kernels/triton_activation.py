@@ -8,11 +8,14 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+
 _BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, inter, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, inter, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -33,5 +36,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if out.numel() == 0:
         return out.view(out_shape)
     grid = (x2.shape[0], triton.cdiv(inter, _BLOCK))
-    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), out.stride(0), inter, BLOCK=_BLOCK, num_warps=4)
+    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), out.stride(0), inter, BLOCK=_BLOCK, num_warps=4,
+                               **launch_kwargs())
     return out.view(out_shape)

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.attention.kv_cache_dtype import is_fp8
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 _LOG2E = 1.4426950408889634
 # Split-K: at most this many segments per sequence (the combine kernel holds them all).
@@ -81,8 +82,9 @@ def _paged_attention_kernel(
     QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
     SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, SOFTCAP: tl.constexpr = 0.0,
-    KV_FP8: tl.constexpr = False,
+    KV_FP8: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     kv_head = tl.program_id(1)
     if MODE == 1:
         seq_idx = tl.program_id(0)
@@ -179,9 +181,10 @@ def _paged_attention_kernel(
 def _combine_segments_kernel(
     out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, query_start_loc_ptr,
     num_q_heads, num_segments, stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SEG_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SEG_PAD: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # One program per (sequence, query head); only decode rows (q_len == 1) were split.
+    pdl_prologue(PDL)
     seq_idx = tl.program_id(0)
     head = tl.program_id(1)
     q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int64)
@@ -314,13 +317,14 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
         SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=is_fp8(kv_cache.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     if split:
         _combine_segments_kernel[(num_seqs, num_q_heads)](
             out, part_out, part_max, part_sum, query_start_loc,
             num_q_heads, num_segments, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, HEAD_PAD=head_pad, SEG_PAD=triton.next_power_of_2(num_segments), num_warps=4,
+            **launch_kwargs(),
         )
 
 

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+
 MAX_M = 16
 
 
@@ -33,8 +35,9 @@ class GemvConfig:
 def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, k_per_split,
     stride_xm, stride_wn, stride_os, stride_om,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -76,7 +79,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x, weight, out, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), out.stride(0), out.stride(1),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=MAX_M,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     y = out[0] if split == 1 else out.sum(0).to(x.dtype)
     if bias is not None:

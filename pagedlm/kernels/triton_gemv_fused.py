@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 MAX_M = 8
 
@@ -55,34 +56,47 @@ def _tile_indices(pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _tile_product(acc, x, w, DOT: tl.constexpr, COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr):
+    """acc plus one K tile's products: x [BLOCK_M, BLOCK_K] times w [BLOCK_N, BLOCK_K]^T (DOT: on
+    the tensor cores into [BLOCK_M, BLOCK_N]; else multiply-adds into [BLOCK_M, BLOCK_N, BLOCK_K],
+    summed over K once at the end)."""
+    if DOT:
+        if NATIVE:
+            acc += tl.dot(x, tl.trans(w), out_dtype=acc.dtype)
+        else:
+            compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
+            acc += tl.dot(x.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
+    else:
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    return acc
+
+
+@triton.jit
 def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
-                  COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr):
+                  COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False):
+    """x[rows, k_lo:k_hi] @ w[cols, k_lo:k_hi]^T in float32 [BLOCK_M, BLOCK_N] (k_hi > k_lo).
+
+    The first weight tile is loaded before the PDL prologue: the weights are never written
+    during a step, so this program's weight stream starts while the kernel ahead drains."""
     code_ty = w_ptr.dtype.element_ty
+    w_rows = w_ptr + rn_load[:, None] * stride_wn
+    x_rows = x_ptr + rm_load[:, None] * stride_xm
+    rk = k_lo + tl.arange(0, BLOCK_K)
+    w = tl.load(w_rows + rk[None, :])  # [BLOCK_N, BLOCK_K]
+    pdl_prologue(PDL)
     if DOT:
         # NATIVE: 8-bit codes times 8-bit codes on the tensor cores as they are (int8 into an
         # exact int32 sum); else both widen exactly to the 16-bit type the tensor cores take.
-        compute = tl.bfloat16 if COMPUTE_BF16 else tl.float16
-        acc_ty = tl.int32 if NATIVE and code_ty == tl.int8 else tl.float32
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_ty)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :])
-            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :])
-            if NATIVE:
-                acc += tl.dot(x, tl.trans(w), out_dtype=acc_ty)
-            else:
-                acc += tl.dot(x.to(compute), tl.trans(w.to(compute)), out_dtype=tl.float32)
-        acc = acc.to(tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if NATIVE and code_ty == tl.int8 else tl.float32)
     else:
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            w = tl.load(w_ptr + rn_load[:, None] * stride_wn + rk[None, :]).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-            x = tl.load(x_ptr + rm_load[:, None] * stride_xm + rk[None, :]).to(tl.float32)  # [BLOCK_M, BLOCK_K]
-            acc3 += x[:, None, :] * w[None, :, :]
-        acc = tl.sum(acc3, axis=2)
-    return acc
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc = _tile_product(acc, tl.load(x_rows + rk[None, :]), w, DOT, COMPUTE_BF16, NATIVE)
+    for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        acc = _tile_product(acc, tl.load(x_rows + rk[None, :]), tl.load(w_rows + rk[None, :]), DOT, COMPUTE_BF16,
+                            NATIVE)
+    return acc.to(tl.float32) if DOT else tl.sum(acc, axis=2)
 
 
 @triton.jit
@@ -91,7 +105,7 @@ def _fused_gemv_kernel(
     stride_xm, stride_wn, stride_sx, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
@@ -100,7 +114,7 @@ def _fused_gemv_kernel(
     rn, rm, rn_load, rm_load = _tile_indices(pid_n, M, N, BLOCK_M, BLOCK_N)
     k_lo = pid_k * k_per_split
     acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
-                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE)
+                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     last = True
     if SPLIT_K > 1:
@@ -159,7 +173,7 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
         COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), NATIVE=config.native,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     return out
 

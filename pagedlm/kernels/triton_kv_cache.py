@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 
 @triton.jit
@@ -34,8 +35,9 @@ def _write_kv_cache_kernel(
     stride_cblk, stride_ctok, stride_chead,
     num_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, HEADS_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    FP8_MAX: tl.constexpr = 0.0,
+    FP8_MAX: tl.constexpr = 0.0, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
@@ -99,5 +101,5 @@ def write_kv_cache(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         num_kv_heads,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, HEADS_PAD=heads_pad, BLOCK_SIZE=block_size, FP8_MAX=limit,
-        num_warps=num_warps,
+        num_warps=num_warps, **launch_kwargs(),
     )

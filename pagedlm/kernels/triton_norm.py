@@ -14,6 +14,7 @@ import triton.language as tl
 
 from pagedlm.kernels import quant_reference, reference
 from pagedlm.kernels.triton_quant import quant_limits, quantize_row
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 # Rows wider than this fall back to the reference (no model in sight comes close).
 _MAX_ROW = 65536
@@ -34,8 +35,9 @@ def _store_normed(y, out_ptr, scale_ptr, row, stride_out, offs, mask, round_ty, 
 def _rms_norm_kernel(
     x_ptr, weight_ptr, out_ptr, scale_ptr,
     stride_x, stride_out, hidden, eps, qmax, qmin, min_scale,
-    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False,
+    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
     mask = offs < hidden
@@ -50,8 +52,9 @@ def _rms_norm_kernel(
 def _fused_add_rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, scale_ptr,
     stride_x, stride_res, stride_out, stride_res_out, hidden, eps, qmax, qmin, min_scale,
-    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False,
+    BLOCK_H: tl.constexpr, QUANT: tl.constexpr = False, IS_INT8: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
     mask = offs < hidden
@@ -92,7 +95,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     block_h, num_warps = _launch_params(hidden)
     _rms_norm_kernel[(x2.shape[0],)](
         x2, weight, out, out, x2.stride(0), out.stride(0), hidden, eps, 0.0, 0.0, 0.0, BLOCK_H=block_h,
-        num_warps=num_warps,
+        num_warps=num_warps, **launch_kwargs(),
     )
     return out.view(x.shape)
 
@@ -113,7 +116,7 @@ def fused_add_rms_norm(
     _fused_add_rms_norm_kernel[(x2.shape[0],)](
         x2, r2, weight, out, new_residual, out,
         x2.stride(0), r2.stride(0), out.stride(0), new_residual.stride(0), hidden, eps, 0.0, 0.0, 0.0,
-        BLOCK_H=block_h, num_warps=num_warps,
+        BLOCK_H=block_h, num_warps=num_warps, **launch_kwargs(),
     )
     return out.view(x.shape), new_residual.view(x.shape)
 
@@ -137,7 +140,7 @@ def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float,
     qmax, qmin = quant_limits(code_dtype)
     _rms_norm_kernel[(x2.shape[0],)](
         x2, weight, codes, scale, x2.stride(0), codes.stride(0), hidden, eps, qmax, qmin, quant_reference.MIN_SCALE,
-        BLOCK_H=block_h, QUANT=True, IS_INT8=code_dtype == torch.int8, num_warps=num_warps,
+        BLOCK_H=block_h, QUANT=True, IS_INT8=code_dtype == torch.int8, num_warps=num_warps, **launch_kwargs(),
     )
     return codes, scale
 
@@ -159,6 +162,6 @@ def fused_add_rms_norm_quant(x: torch.Tensor, residual: torch.Tensor, weight: to
         x2, r2, weight, codes, new_residual, scale,
         x2.stride(0), r2.stride(0), codes.stride(0), new_residual.stride(0), hidden, eps, qmax, qmin,
         quant_reference.MIN_SCALE, BLOCK_H=block_h, QUANT=True, IS_INT8=code_dtype == torch.int8,
-        num_warps=num_warps,
+        num_warps=num_warps, **launch_kwargs(),
     )
     return codes, scale, new_residual.view(x.shape)

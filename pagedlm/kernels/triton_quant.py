@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels import quant_reference as ref
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 _MAX_ROW = 32768  # wider rows use the reference
 
@@ -33,7 +34,8 @@ def quantize_row(x, mask, qmax, qmin, min_scale, IS_INT8: tl.constexpr):
 
 @triton.jit
 def _per_token_quant_kernel(x_ptr, q_ptr, scale_ptr, stride_x, stride_q, hidden, qmax, qmin, min_scale,
-                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+                            IS_INT8: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
@@ -59,5 +61,6 @@ def per_token_quant(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     block = triton.next_power_of_2(hidden)
     _per_token_quant_kernel[(x.shape[0],)](
         x, q, scale, x.stride(0), q.stride(0), hidden, qmax, qmin,
-        ref.MIN_SCALE, IS_INT8=dtype == torch.int8, BLOCK=block, num_warps=min(16, max(4, block // 1024)))
+        ref.MIN_SCALE, IS_INT8=dtype == torch.int8, BLOCK=block, num_warps=min(16, max(4, block // 1024)),
+        **launch_kwargs())
     return q, scale

@@ -18,6 +18,7 @@ from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
 from pagedlm.kernels import reference
 from pagedlm.kernels.triton_kv_cache import _quantize, _unit_scale
 from pagedlm.kernels.triton_rotary import _as_rows, _rotate_heads, token_cos_sin
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 
 @triton.jit
@@ -35,8 +36,9 @@ def _rope_kv_kernel(
     stride_q, stride_k, stride_v, stride_q_out, stride_cs, stride_cblk, stride_ctok, stride_chead,
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_BLOCK: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, FP8_MAX: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, FP8_MAX: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     cos, sin = token_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cs, HALF, HALF_PAD)
@@ -98,6 +100,6 @@ def rotary_write_kv_cache(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         num_q_heads, num_kv_heads,
         HALF=half, HALF_PAD=half_pad, HEADS_BLOCK=heads_block, KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads),
-        BLOCK_SIZE=block_size, FP8_MAX=limit, num_warps=4,
+        BLOCK_SIZE=block_size, FP8_MAX=limit, num_warps=4, **launch_kwargs(),
     )
     return q_out.view(query.shape)

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels import reference
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 
 @triton.jit
@@ -49,9 +50,10 @@ def _rotary_kernel(
     positions_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr, cos_sin_ptr,
     stride_q, stride_k, stride_q_out, stride_k_out, stride_cs,
     num_q_heads, num_kv_heads,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_BLOCK: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, HEADS_BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # Grid: (tokens, query head blocks + key head blocks).
+    pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     head_block = tl.program_id(1)
     cos, sin = token_cos_sin(positions_ptr, cos_sin_ptr, token, stride_cs, HALF, HALF_PAD)
@@ -102,6 +104,6 @@ def rotary_embedding(
         positions, q2, k2, q_out, k_out, cos_sin,
         q2.stride(0), k2.stride(0), q_out.stride(0), k_out.stride(0), cos_sin.stride(0),
         num_q_heads, num_kv_heads,
-        HALF=half, HALF_PAD=half_pad, HEADS_BLOCK=heads_block, num_warps=4,
+        HALF=half, HALF_PAD=half_pad, HEADS_BLOCK=heads_block, num_warps=4, **launch_kwargs(),
     )
     return q_out.view(query.shape), k_out.view(key.shape)

@@ -31,6 +31,7 @@ import triton.language as tl
 # The tile config and row limit of the bf16 GEMV (same program layout).
 from pagedlm.kernels.triton_gemv import MAX_M, GemvConfig
 from pagedlm.kernels.triton_gemv_fused import _partial_sums, _tile_indices
+from pagedlm.kernels.pdl import launch_kwargs
 
 FMA_MAX_M = 4
 
@@ -48,7 +49,7 @@ def _scaled_gemv_kernel(
     a_ptr, w_ptr, scale_a_ptr, scale_b_ptr, out_ptr, M, N, K, k_per_split,
     stride_am, stride_wn, stride_sa, stride_os, stride_om,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, HAS_SCALE_A: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr, FMA: tl.constexpr,
+    COMPUTE_BF16: tl.constexpr, FMA: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K (the host checks), and rows / columns
     # past M / N re-read the last valid one (clamped index); only the store is masked.
@@ -57,7 +58,7 @@ def _scaled_gemv_kernel(
     k_lo = pid_k * k_per_split
     # the same K loop as the one-launch GEMV's (FMA: products of codes exact in float32, as in the dot)
     acc = _partial_sums(a_ptr, w_ptr, rm_load, rn_load, k_lo, tl.minimum(k_lo + k_per_split, K), stride_am,
-                        stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, not FMA, COMPUTE_BF16, False)
+                        stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, not FMA, COMPUTE_BF16, False, PDL)
     acc = acc * tl.load(scale_b_ptr + rn_load)[None, :]
     if HAS_SCALE_A:
         acc = acc * tl.load(scale_a_ptr + rm_load * stride_sa)[:, None]
@@ -94,6 +95,7 @@ def scaled_gemv(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, 
         a.stride(0), w.stride(0), 1 if sa.numel() > 1 else 0, out.stride(0), out.stride(1),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, BLOCK_M=triton.next_power_of_2(m) if fma else MAX_M, HAS_SCALE_A=has_scale_a, FMA=fma,
         COMPUTE_BF16=a.dtype == torch.bfloat16, num_warps=config.num_warps, num_stages=config.num_stages,
+        **launch_kwargs(),
     )
     y = out[0] if split == 1 else out.sum(0).to(out_dtype)
     return y if bias is None else y + bias.to(out_dtype)

@@ -6,14 +6,17 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+
 
 @triton.jit
 def _step_prep_kernel(
     block_table_ptr, stride_bt, rows_ptr, num_computed_ptr, qsl_ptr,
     positions_ptr, slots_ptr, seq_lens_ptr, tables_ptr, stride_tables,
     num_actual_seqs, width, block_size,
-    BLOCK: tl.constexpr, WIDTH_BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, WIDTH_BLOCK: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     seq = tl.program_id(0)
     row = tl.load(rows_ptr + seq).to(tl.int64)
     start = tl.load(qsl_ptr + seq).to(tl.int64)
@@ -54,5 +57,5 @@ def launch_step_prep(
         block_table, block_table.stride(0), rows, num_computed, query_start_loc,
         positions, slot_mapping, seq_lens, block_tables, block_tables.stride(0),
         num_actual_seqs, width, block_size,
-        BLOCK=128, WIDTH_BLOCK=min(triton.next_power_of_2(max(width, 1)), 1024),
+        BLOCK=128, WIDTH_BLOCK=min(triton.next_power_of_2(max(width, 1)), 1024), **launch_kwargs(),
     )
