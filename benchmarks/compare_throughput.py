@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--hf-batch-size", type=int, nargs="+", default=[16],
                    help="transformers' static batch sizes to sweep; its best is compared")
     p.add_argument("--hf-num-prompts", type=int, default=None, help="HF on the first N requests only (it is slow)")
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's (vLLM's defaults)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
@@ -54,9 +54,9 @@ def main() -> None:
     for ratio in args.random_range_ratio:
         print(f"\n=== workload: {args.num_prompts} x {args.input_len}/{args.output_len}, random-range-ratio {ratio}")
         all_results.append(run_workload(args, model_dir, ratio, device))
-    if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(all_results, f, indent=2)
+        if args.output_json:  # after every workload: a run cut short keeps what it measured
+            with open(args.output_json, "w") as f:
+                json.dump(all_results, f, indent=2)
 
 
 def run_hf_sweep(args: argparse.Namespace, model_dir, requests, device: str) -> list[dict]:
@@ -68,6 +68,8 @@ def run_hf_sweep(args: argparse.Namespace, model_dir, requests, device: str) -> 
     for batch_size in args.hf_batch_size:
         try:
             results.append(run_hf(hf, requests[: args.hf_num_prompts or len(requests)], batch_size, device))
+            print(f"{results[-1]['engine']}: {results[-1]['output_tokens_per_s']:.1f} out tok/s "
+                  f"({results[-1]['elapsed_s']:.1f} s)", flush=True)
         except torch.OutOfMemoryError:
             print(f"transformers static batch {batch_size}: out of memory, skipped")
         if device == "cuda":

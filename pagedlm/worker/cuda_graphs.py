@@ -30,10 +30,16 @@ class GraphShape:
     pad_query_len: int = 1
 
 
+MAX_CAPTURE_SIZE = 512  # larger decode batches run eagerly (their launches are a small part of a step)
+
+
 def capture_sizes(max_num_seqs: int) -> list[int]:
-    sizes = [s for s in (1, 2, 4) if s <= max_num_seqs] + list(range(8, max_num_seqs + 1, 8))
-    if sizes[-1] != max_num_seqs:
-        sizes.append(max_num_seqs)
+    """The decode batch sizes captured as graphs (vLLM's list): 1, 2, 4, then every 8 to 256,
+    every 16 to 512, and max_num_seqs itself when it lies below 512 between two of them."""
+    top = min(max_num_seqs, MAX_CAPTURE_SIZE)
+    sizes = [s for s in (1, 2, 4) if s <= top] + list(range(8, min(top, 256) + 1, 8)) + list(range(272, top + 1, 16))
+    if sizes[-1] != top:
+        sizes.append(top)
     return sizes
 
 

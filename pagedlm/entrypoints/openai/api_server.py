@@ -394,13 +394,13 @@ def run_server(args: argparse.Namespace) -> None:
     import uvicorn
     from prometheus_client import disable_created_metrics
 
-    from pagedlm.engine_args import EngineArgs
+    from pagedlm.engine_args import ServerEngineArgs
     from pagedlm.entrypoints.server_args import ServerArgs
 
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
     try:  # every option is checked before the port is taken or the model loaded
         server_args = ServerArgs.from_cli_args(args)
-        engine_args = EngineArgs.from_cli_args(args)
+        engine_args = ServerEngineArgs.from_cli_args(args)
         engine_config = engine_args.create_engine_config()
         options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
                                  engine_config.structured_outputs_config.reasoning_parser,
