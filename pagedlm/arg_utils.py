@@ -53,9 +53,11 @@ NO_EFFECT: dict[str, str] = {
 
 
 def opt(default: Any, help: str, group: str, *, flags: tuple[str, ...] = (), choices: list[Any] | None = None,
-        nargs: str | None = None, cli: bool = True) -> Any:
-    """A dataclass field that is also a CLI flag. ``flags`` adds short aliases (``-tp``)."""
-    meta = {"help": help, "group": group, "flags": flags, "choices": choices, "nargs": nargs, "cli": cli}
+        nargs: str | None = None, cli: bool = True, parse: Any = None) -> Any:
+    """A dataclass field that is also a CLI flag. ``flags`` adds short aliases (``-tp``);
+    ``parse`` replaces the flag's parser taken from the annotation."""
+    meta = {"help": help, "group": group, "flags": flags, "choices": choices, "nargs": nargs, "cli": cli,
+            "parse": parse}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -79,6 +81,11 @@ def json_or_dict(text: str) -> dict[str, Any]:
     return value
 
 
+def json_object_or_int(text: str) -> dict[str, Any] | int:
+    """A JSON object, or a bare integer (vLLM's ``-O3``: an optimization level)."""
+    return int(text) if text.strip().lstrip("-").isdigit() else json_or_dict(text)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, groups: dict[str, Any],
                        skip: tuple[str, ...] = ()) -> None:
     """One flag per ``opt`` field of ``cls``, in its ``serve --help`` group."""
@@ -92,7 +99,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, groups: dict[
         base = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(meta["help"], default)}
-        if base is bool:
+        if meta.get("parse") is not None:
+            kwargs["type"] = meta["parse"]
+        elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is list:
             kwargs.update(nargs=meta["nargs"] or "+", type=typing.get_args(base)[0])

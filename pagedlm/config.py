@@ -105,6 +105,9 @@ class ParallelConfig:
 class DeviceConfig:
     device: str = "cpu"  # "cpu" | "cuda"
     enforce_eager: bool = False
+    # Decode batch sizes captured as CUDA graphs (pagedlm.compilation); None: the default list
+    # for max_num_seqs, empty: none.
+    cuda_graph_sizes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,16 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pagedlm.arg_utils import add_dataclass_args, dataclass_kwargs, log_no_effect, opt, refuse_unsupported
+from pagedlm.arg_utils import (
+    add_dataclass_args,
+    dataclass_kwargs,
+    json_object_or_int,
+    log_no_effect,
+    opt,
+    refuse_unsupported,
+)
 from pagedlm.attention.kv_cache_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
+from pagedlm.compilation import compilation_notices, resolve_cuda_graph_sizes
 from pagedlm.config import (
     CacheConfig,
     ConfigError,
@@ -140,6 +148,15 @@ class EngineArgs:
     disable_custom_all_reduce: bool = opt(False, "vLLM's custom all-reduce switch (no effect here)", PARALLEL)
     device: str = opt("auto", "auto (CUDA when available), cpu or cuda", DEVICE, choices=["auto", "cpu", "cuda"])
     max_seq_len_to_capture: int = opt(8192, "vLLM's CUDA-graph length limit (no effect here)", DEVICE)
+    cuda_graph_sizes: list[int] | None = opt(None, "decode batch sizes captured as CUDA graphs: one value is the "
+                                             "largest of the default list (1, 2, 4, every 8 to 256, every 16 "
+                                             "above), several are the list (default: up to max_num_seqs, at most "
+                                             "512)", DEVICE)
+    compilation_config: dict[str, Any] | None = opt(
+        None, "vLLM's compilation settings as JSON, or an optimization level (-O3): cudagraph_capture_sizes, "
+        "max_cudagraph_capture_size and cudagraph_mode (NONE: no graphs; decode steps replay full graphs "
+        "otherwise) work; torch.compile settings have no effect (a notice), other keys are refused", DEVICE,
+        flags=("-O",), parse=json_object_or_int)
     enable_lora: bool = opt(False, "serve LoRA adapters (PEFT format)", LORA)
     max_loras: int = opt(1, "LoRA adapters resident on the device, the most one step mixes", LORA)
     max_lora_rank: int = opt(16, "largest LoRA rank an adapter may have", LORA)
@@ -228,6 +245,8 @@ class EngineArgs:
     def log_notices(self) -> None:
         """One line per option that is set but has no effect here (entry points call this once)."""
         log_no_effect(self)
+        for line in compilation_notices(self.compilation_config):
+            logging.getLogger("pagedlm").warning(line)
         if (self.gpu_memory_utilization != 0.9 and self.kv_cache_memory_bytes is None
                 and resolve_device(self.device) == "cpu"):
             logging.getLogger("pagedlm").warning(
@@ -299,7 +318,9 @@ class EngineArgs:
                 scheduling_policy=self.scheduling_policy,
             ),
             parallel_config=parallel_config,
-            device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager),
+            device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager,
+                                       cuda_graph_sizes=resolve_cuda_graph_sizes(max_num_seqs, self.cuda_graph_sizes,
+                                                                                 self.compilation_config)),
             structured_outputs_config=self._structured_outputs(),
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,

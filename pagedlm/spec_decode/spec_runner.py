@@ -67,7 +67,7 @@ class SpecDecodeRunner:
 
         runner, sched = self.runner, self.runner.config.scheduler_config
         query_len = self.config.num_speculative_tokens + 1
-        sizes = verify_sizes(sched.max_num_seqs, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens,
+        sizes = verify_sizes(runner.decode_graph_sizes(), query_len, runner.buffers.max_seqs, runner.buffers.max_tokens,
                              self.config.disable_by_batch_size)
         graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, sched.max_model_len, pool)
         graphs.capture()
@@ -81,7 +81,7 @@ class SpecDecodeRunner:
         from pagedlm.spec_decode.verify_graphs import verify_sizes
 
         unbounded = 1 << 62  # the chain has buffers of its own: only the ladder and the pause bound it
-        sizes = verify_sizes(self.runner.config.scheduler_config.max_num_seqs, 1, unbounded, unbounded,
+        sizes = verify_sizes(self.runner.decode_graph_sizes(), 1, unbounded, unbounded,
                              self.config.disable_by_batch_size)
         try:
             self.proposer.use_graphs(sizes, capture)

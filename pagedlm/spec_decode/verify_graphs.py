@@ -33,20 +33,20 @@ import torch
 from torch import nn
 
 from pagedlm.forward_context import set_forward_context
-from pagedlm.worker.cuda_graphs import GraphShape, capture_forward, capture_sizes
+from pagedlm.worker.cuda_graphs import GraphShape, capture_forward
 from pagedlm.worker.input_batch import StepInputs
 from pagedlm.worker.step_buffers import StepBuffers
 
 logger = logging.getLogger(__name__)
 
 
-def verify_sizes(max_num_seqs: int, query_len: int, max_buffer_seqs: int, max_buffer_tokens: int,
+def verify_sizes(decode_sizes: list[int], query_len: int, max_buffer_seqs: int, max_buffer_tokens: int,
                  disable_by_batch_size: int | None) -> list[int]:
-    """The decode ladder's sizes that a verify graph can take: 2 x size sequence slots and
-    size x query_len tokens must fit the step buffers; with ``disable_by_batch_size`` no
-    step of that many requests speculates, so sizes past the one that holds
-    ``disable_by_batch_size - 1`` requests would never replay."""
-    sizes = [s for s in capture_sizes(max_num_seqs) if 2 * s <= max_buffer_seqs and s * query_len <= max_buffer_tokens]
+    """The decode ladder's sizes (``decode_sizes``, the decode graphs') that a verify graph can
+    take: 2 x size sequence slots and size x query_len tokens must fit the step buffers; with
+    ``disable_by_batch_size`` no step of that many requests speculates, so sizes past the one
+    that holds ``disable_by_batch_size - 1`` requests would never replay."""
+    sizes = [s for s in decode_sizes if 2 * s <= max_buffer_seqs and s * query_len <= max_buffer_tokens]
     if disable_by_batch_size is not None:
         top = next((s for s in sizes if s >= disable_by_batch_size - 1), None)
         sizes = [s for s in sizes if top is None or s <= top]

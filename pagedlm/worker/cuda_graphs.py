@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pagedlm.compilation import MAX_CAPTURE_SIZE, default_capture_sizes
 from pagedlm.forward_context import set_forward_context
 from pagedlm.worker.input_batch import StepInputs
 from pagedlm.worker.step_buffers import StepBuffers
@@ -30,17 +31,9 @@ class GraphShape:
     pad_query_len: int = 1
 
 
-MAX_CAPTURE_SIZE = 512  # larger decode batches run eagerly (their launches are a small part of a step)
-
-
 def capture_sizes(max_num_seqs: int) -> list[int]:
-    """The decode batch sizes captured as graphs (vLLM's list): 1, 2, 4, then every 8 to 256,
-    every 16 to 512, and max_num_seqs itself when it lies below 512 between two of them."""
-    top = min(max_num_seqs, MAX_CAPTURE_SIZE)
-    sizes = [s for s in (1, 2, 4) if s <= top] + list(range(8, min(top, 256) + 1, 8)) + list(range(272, top + 1, 16))
-    if sizes[-1] != top:
-        sizes.append(top)
-    return sizes
+    """The default decode batch sizes captured as graphs (vLLM's list, at most 512)."""
+    return default_capture_sizes(min(max_num_seqs, MAX_CAPTURE_SIZE))
 
 
 def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, meta,
@@ -58,10 +51,10 @@ def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.
 
 
 class CUDAGraphRunner:
-    def __init__(self, model: nn.Module, buffers: StepBuffers, max_num_seqs: int, max_model_len: int) -> None:
+    def __init__(self, model: nn.Module, buffers: StepBuffers, sizes: list[int], max_model_len: int) -> None:
         self.model = model
         self.buffers = buffers
-        self.sizes = capture_sizes(max_num_seqs)
+        self.sizes = sorted(sizes)
         # Kernels size their grids by max_seq_len, so graphs are captured for the longest context.
         self.max_seq_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -32,7 +32,7 @@ from pagedlm.worker.distributed import (
     pp_recv,
     pp_send,
 )
-from pagedlm.worker.cuda_graphs import CUDAGraphRunner
+from pagedlm.worker.cuda_graphs import CUDAGraphRunner, capture_sizes
 from pagedlm.worker.graph_sampling import GraphSampler
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
 from pagedlm.worker.persistent_batch import PersistentBatch
@@ -154,14 +154,20 @@ class ModelRunner:
         logger.info("KV cache: %d blocks of %d tokens = %d tokens (%s)", num_blocks, self.block_size,
                     num_blocks * self.block_size, str(dtype).removeprefix("torch."))
 
+    def decode_graph_sizes(self) -> list[int]:
+        """The decode batch sizes captured as CUDA graphs (--cuda-graph-sizes, the compilation
+        config, else vLLM's default list up to max_num_seqs); empty: none."""
+        chosen = self.config.device_config.cuda_graph_sizes
+        return capture_sizes(self.config.scheduler_config.max_num_seqs) if chosen is None else list(chosen)
+
     def warm_up(self) -> None:
         """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
         # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
         # exchange tensors between graph replays; those steps run eagerly.
-        if self.device.type == "cuda" and not self.config.device_config.enforce_eager and self.pooler is None \
+        sched, sizes = self.config.scheduler_config, self.decode_graph_sizes()
+        if self.device.type == "cuda" and not self.config.device_config.enforce_eager and sizes and self.pooler is None \
                 and get_parallel_state().pp_size == 1 and (self.spec is None or self.spec.allows_target_graphs):
-            sched = self.config.scheduler_config
-            self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sched.max_num_seqs, sched.max_model_len)
+            self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sizes, sched.max_model_len)
             self.graph_runner.capture()
             if self.spec is not None:
                 self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)

@@ -256,12 +256,13 @@ def test_padded_verify_graph_layout_equals_eager(target, spec_configs, method, d
     k (n-gram misses, budget cuts) and padding sequences leave the output equal to
     speculation off, with chunked prefill, preemption and rollbacks."""
     from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+    from pagedlm.worker.cuda_graphs import capture_sizes
 
     llm = LLM(target, device="cpu", speculative_config=spec_configs[method], **SETTINGS["chunked_preempt"])
     runner = llm.llm_engine.engine_core.executor.worker.runner
     runner.device_step_prep = device_prep
     query_len = spec_configs[method]["num_speculative_tokens"] + 1
-    sizes = verify_sizes(8, query_len, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
+    sizes = verify_sizes(capture_sizes(8), query_len, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
     graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, 64)
     runner.verify_graphs = graphs
     assert_same(baseline(target, "chunked_preempt"), llm.generate(*_one_opting_out(), use_tqdm=False))
@@ -352,13 +353,14 @@ def test_draft_model_chain_through_staged_graph_buffers_equals_off(target, spec_
     drafts equal the eager chain's (same acceptance, position by position: padding rows
     write no KV, every row reads its own positions and blocks)."""
     from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+    from pagedlm.worker.cuda_graphs import capture_sizes
 
     def run(graphed: bool):
         llm = LLM(target, device="cpu", speculative_config=spec_configs["draft_model"],
                   async_scheduling=async_scheduling, **SETTINGS["chunked_preempt"])
         runner = llm.llm_engine.engine_core.runner
         if graphed:  # verify steps in the graphs' padded layout, mirrored by the draft's stand-ins
-            sizes = verify_sizes(8, 4, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
+            sizes = verify_sizes(capture_sizes(8), 4, runner.buffers.max_seqs, runner.buffers.max_tokens, None)
             runner.verify_graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, 4, 64)
             runner.spec.capture_proposer_graphs()
             assert runner.spec.proposer.graphs.chain_sizes[:3] == [1, 2, 4]

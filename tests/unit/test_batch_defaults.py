@@ -51,3 +51,41 @@ def test_capture_sizes_follow_vllm_and_stop_at_512() -> None:
     assert capture_sizes(300) == [1, 2, 4, *range(8, 257, 8), 272, 288, 300]
     assert capture_sizes(3) == [1, 2, 3]
     assert capture_sizes(12) == [1, 2, 4, 8, 12]
+
+
+def test_cuda_graph_settings_resolve_like_vllm() -> None:
+    from pagedlm.compilation import resolve_cuda_graph_sizes as resolve
+    from pagedlm.config import ConfigError
+
+    default = tuple(capture_sizes(256))
+    assert resolve(256, None, None) == default == resolve(256, None, 3) == resolve(256, None, {"level": 3})
+    assert resolve(1024, None, None)[-1] == 512
+    assert resolve(256, [32], None) == (1, 2, 4, 8, 16, 24, 32)  # one value: the largest size
+    assert resolve(256, [1, 3, 300, 3], None) == (1, 3)  # several: the list, at most max_num_seqs
+    assert resolve(256, None, {"cudagraph_capture_sizes": [4, 1]}) == (1, 4)
+    assert resolve(64, None, {"max_cudagraph_capture_size": 600}) == tuple(capture_sizes(64))
+    assert resolve(256, None, {"cudagraph_mode": "NONE"}) == () == resolve(256, None, {"use_cudagraph": False})
+    assert resolve(256, None, {"cudagraph_mode": "FULL_AND_PIECEWISE"}) == default
+    for bad, needle in [({"cudagraph_capture_sizes": [0]}, "positive"), ({"no_such_key": 1}, "unknown key"),
+                        ({"cudagraph_mode": "SOMETIMES"}, "cudagraph_mode"), ("3", "JSON object"),
+                        ({"cudagraph_capture_sizes": [512]}, "at or below max_num_seqs")]:
+        with pytest.raises(ConfigError, match=needle):
+            resolve(256, None, bad)
+    with pytest.raises(ConfigError, match="once"):
+        resolve(256, [8], {"max_cudagraph_capture_size": 8})
+
+
+def test_torch_compile_settings_log_that_they_have_no_effect() -> None:
+    from pagedlm.compilation import compilation_notices
+
+    lines = compilation_notices({"level": 3, "custom_ops": ["none"], "cudagraph_mode": "PIECEWISE",
+                                 "cudagraph_capture_sizes": [1]})
+    assert len(lines) == 3 and "'custom_ops'" in lines[0] and "'level'" in lines[1] and "FULL_DECODE_ONLY" in lines[2]
+    assert compilation_notices(None) == [] == compilation_notices({"max_cudagraph_capture_size": 8})
+
+
+def test_dash_o_takes_a_level_or_json() -> None:
+    from pagedlm.entrypoints.cli import parse_serve_args
+
+    assert parse_serve_args(["/m", "-O3"]).compilation_config == 3
+    assert parse_serve_args(["/m", "-O", '{"cudagraph_mode": "NONE"}']).compilation_config == {"cudagraph_mode": "NONE"}

@@ -103,6 +103,9 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "disable_custom_all_reduce": Notice(True, "no custom all-reduce"),
     "device": Refused("cuda", "CUDA is not available"),
     "max_seq_len_to_capture": Notice(1024, "CUDA graphs"),
+    "cuda_graph_sizes": Changes([1, 2], lambda c: c.device_config.cuda_graph_sizes == (1, 2)),
+    "compilation_config": Changes({"max_cudagraph_capture_size": 16},
+                                  lambda c: c.device_config.cuda_graph_sizes == (1, 2, 4, 8, 16)),
     "enable_lora": Changes(True, lambda c: c.lora_config is not None),
     # Alone they are refused (they need --enable-lora); with it, the named tests show them.
     "max_loras": Refused(4, "need --enable-lora"),

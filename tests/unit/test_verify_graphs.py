@@ -12,7 +12,7 @@ import torch
 from pagedlm.kernels.step_prep import prepare_step
 from pagedlm.sampling_params import SamplingParams
 from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
-from pagedlm.worker.cuda_graphs import CUDAGraphRunner, GraphShape
+from pagedlm.worker.cuda_graphs import CUDAGraphRunner, GraphShape, capture_sizes
 from pagedlm.worker.input_batch import CachedRequestState, build_step_inputs
 from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers, padding_query_starts
@@ -30,19 +30,19 @@ def test_padding_sequences_cover_every_padded_token():
 
 
 def test_verify_sizes_follow_the_decode_ladder_within_buffers_and_pause():
-    assert verify_sizes(64, 4, 128, 8192, None) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
-    assert verify_sizes(64, 4, 64, 8192, None)[-1] == 32  # 2 sequence slots per request
-    assert verify_sizes(64, 4, 128, 100, None)[-1] == 24  # 24 x 4 tokens <= 100
+    assert verify_sizes(capture_sizes(64), 4, 128, 8192, None) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert verify_sizes(capture_sizes(64), 4, 64, 8192, None)[-1] == 32  # 2 sequence slots per request
+    assert verify_sizes(capture_sizes(64), 4, 128, 100, None)[-1] == 24  # 24 x 4 tokens <= 100
     # disable_by_batch_size=25: at most 24 requests verify, padded up to the size 24 graph
-    assert verify_sizes(64, 5, 128, 8192, 25) == [1, 2, 4, 8, 16, 24]
-    assert verify_sizes(64, 5, 128, 8192, 26)[-1] == 32
-    assert verify_sizes(64, 5, 128, 8192, 1000)[-1] == 64
+    assert verify_sizes(capture_sizes(64), 5, 128, 8192, 25) == [1, 2, 4, 8, 16, 24]
+    assert verify_sizes(capture_sizes(64), 5, 128, 8192, 26)[-1] == 32
+    assert verify_sizes(capture_sizes(64), 5, 128, 8192, 1000)[-1] == 64
 
 
 def test_decode_and_verify_graphs_split_the_steps():
     buffers = StepBuffers(64, 16, WIDTH, CPU)
     verify = VerifyGraphRunner(torch.nn.Identity(), buffers, [1, 2, 4, 8], K + 1, WIDTH * BS)
-    decode = CUDAGraphRunner(torch.nn.Identity(), buffers, 8, WIDTH * BS)
+    decode = CUDAGraphRunner(torch.nn.Identity(), buffers, capture_sizes(8), WIDTH * BS)
     assert verify.shape_for(3, 1) is None and decode.shape_for(3, 1) == GraphShape(4, 4, 4, 1)
     assert verify.shape_for(3, 2) == verify.shape_for(3, K + 1) == GraphShape(4, 16, 8, K + 1)
     assert decode.shape_for(3, 2) is None
