@@ -46,7 +46,8 @@ NO_EFFECT: dict[str, str] = {
     "max_log_len": "pagedlm does not log request contents",
     "disable_log_stats": "pagedlm logs no periodic stats line; metrics are on /metrics",
     "disable_custom_all_reduce": "tensor-parallel all-reduces always run through NCCL (there is no custom all-reduce)",
-    "max_seq_len_to_capture": "CUDA graphs cover decode batches up to max_num_seqs",
+    "max_seq_len_to_capture": "CUDA graphs cover decode batches of any context length (their sizes: "
+                              "--cuda-graph-sizes)",
     "enable_prompt_tokens_details": "usage.prompt_tokens_details.cached_tokens is always reported",
     "disable_frontend_multiprocessing": "the engine core always runs in its own process, the frontend in the server's",
 }

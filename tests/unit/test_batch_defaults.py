@@ -89,3 +89,11 @@ def test_dash_o_takes_a_level_or_json() -> None:
 
     assert parse_serve_args(["/m", "-O3"]).compilation_config == 3
     assert parse_serve_args(["/m", "-O", '{"cudagraph_mode": "NONE"}']).compilation_config == {"cudagraph_mode": "NONE"}
+
+
+def test_the_runner_takes_the_resolved_sizes(llama_checkpoint) -> None:
+    from pagedlm import LLM
+
+    llm = LLM(llama_checkpoint, device="cpu", max_model_len=64, max_num_seqs=64,
+              compilation_config={"max_cudagraph_capture_size": 16})
+    assert llm.llm_engine.engine_core.runner.decode_graph_sizes() == [1, 2, 4, 8, 16]
