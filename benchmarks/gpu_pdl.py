@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from benchmarks.floors import measure_floors
 from pagedlm.kernels import gemv, pdl, triton_activation, triton_norm
+from pagedlm.kernels.timing import replay_ms
 
 HIDDEN, INTER, Q, KV = 4096, 14336, 4096, 1024
 SHAPES = {"qkv_proj": (Q + 2 * KV, HIDDEN), "o_proj": (HIDDEN, Q), "gate_up_proj": (2 * INTER, HIDDEN),
@@ -57,16 +58,7 @@ class Chain:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.run(linear)
-        graph.replay()
-        times = []
-        for _ in range(7):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-        return sorted(times)[len(times) // 2], out.clone()
+        return replay_ms(graph, replays=7) * 1e3, out.clone()
 
 
 def cublas(name, x, w):

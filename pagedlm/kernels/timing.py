@@ -25,9 +25,14 @@ def _graph_ms(body: Callable[[], object]) -> float:
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(_CALLS):
             body()
+    return replay_ms(graph)
+
+
+def replay_ms(graph: torch.cuda.CUDAGraph, replays: int = 5) -> float:
+    """Median device time of one replay of a captured graph (after one untimed replay)."""
     graph.replay()
     times = []
-    for _ in range(5):
+    for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         graph.replay()
