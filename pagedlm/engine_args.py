@@ -216,6 +216,10 @@ class EngineArgs:
             return max_seqs, 16384 if self.usage_context == "llm" else 8192
         return max_seqs, 8192 if device == "cuda" else 2048
 
+    def _device_config(self, device: str, max_num_seqs: int) -> DeviceConfig:
+        sizes = resolve_cuda_graph_sizes(max_num_seqs, self.cuda_graph_sizes, self.compilation_config)
+        return DeviceConfig(device=device, enforce_eager=self.enforce_eager, cuda_graph_sizes=sizes)
+
     def _step_budget(self, max_batched: int, max_model_len: int, pooling: bool) -> tuple[int, bool]:
         """(max_num_batched_tokens, chunked prefill on). Without chunked prefill (pooling, or
         --no-enable-chunked-prefill) a step must hold the longest prompt whole."""
@@ -318,9 +322,7 @@ class EngineArgs:
                 scheduling_policy=self.scheduling_policy,
             ),
             parallel_config=parallel_config,
-            device_config=DeviceConfig(device=device, enforce_eager=self.enforce_eager,
-                                       cuda_graph_sizes=resolve_cuda_graph_sizes(max_num_seqs, self.cuda_graph_sizes,
-                                                                                 self.compilation_config)),
+            device_config=self._device_config(device, max_num_seqs),
             structured_outputs_config=self._structured_outputs(),
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
