@@ -23,6 +23,8 @@ API_KEY_ENV_VARS = ("PAGEDLM_API_KEY", "VLLM_API_KEY")
 class ServerArgs:
     host: str = opt("127.0.0.1", "address to bind (0.0.0.0 accepts remote clients)", SERVER)
     port: int = opt(8000, "port to listen on", SERVER)
+    uds: str | None = opt(None, "listen on this Unix domain socket path instead (--host and --port are then "
+                          "not used)", SERVER)
     api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /metrics, /version "
                               "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)

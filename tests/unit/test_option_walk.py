@@ -120,6 +120,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
 SERVER_OPTIONS: dict[str, Any] = {
     "host": ShownBy("127.0.0.1", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
     "port": ShownBy(8123, "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "uds": ShownBy("/tmp/api.sock", "tests/e2e/test_uds_server.py::test_serves_on_a_unix_socket"),
     "api_key": ShownBy("k", "tests/e2e/test_dropin_server.py::test_api_key_from_vllm_env"),
     **{name: ShownBy(value, "tests/e2e/test_app_inprocess.py::test_cors_root_path_and_request_ids") for name, value in (
         ("allowed_origins", ["https://a.example"]), ("allow_credentials", True), ("allowed_methods", ["POST"]),

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import socket
 import sys
 import time
@@ -328,6 +329,27 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port.") from e
 
 
+def bind_unix_socket(path: str) -> socket.socket:
+    """--uds: listen on a Unix domain socket (the file keeps the process umask's permissions);
+    an existing file at the path is an error, not replaced."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise ServerStartError(f"cannot listen on unix:{path}: {e.strerror or e}. Remove the stale socket file "
+                               "or pick another --uds.") from e
+    return sock
+
+
+def _close(sock: socket.socket, uds: str | None) -> None:
+    sock.close()
+    if uds:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(uds)
+
+
 class ServerStartError(RuntimeError):
     """The server cannot start as configured; the message says what to change."""
 
@@ -412,11 +434,11 @@ def run_server(args: argparse.Namespace) -> None:
         engine_args.log_notices()
     except ValueError as e:  # ConfigError: the user's to fix
         raise ServerStartError(str(e)) from e
-    sock = bind_socket(server_args.host, server_args.port)
+    sock = bind_unix_socket(server_args.uds) if server_args.uds else bind_socket(server_args.host, server_args.port)
     try:
         engine = AsyncLLM.from_engine_args(engine_args, data_parallel_size=engine_args.data_parallel_size)
     except (ValueError, EngineStartupError) as e:  # bad model path, KV cache too small
-        sock.close()
+        _close(sock, server_args.uds)
         if isinstance(e, EngineStartupError) and not e.user_error:
             raise
         raise ServerStartError(str(e)) from e
@@ -429,8 +451,9 @@ def run_server(args: argparse.Namespace) -> None:
     app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
                     serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules,
                     http=http)
-    logger.info("Serving model %r on %s://%s:%d (OpenAI-compatible API under /v1)", names[0],
-                "https" if server_args.ssl_certfile else "http", server_args.host, server_args.port)
+    where = (f"unix:{server_args.uds}" if server_args.uds else
+             f"{'https' if server_args.ssl_certfile else 'http'}://{server_args.host}:{server_args.port}")
+    logger.info("Serving model %r on %s (OpenAI-compatible API under /v1)", names[0], where)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
                             ssl_ca_certs=server_args.ssl_ca_certs, ssl_cert_reqs=server_args.ssl_cert_reqs,
@@ -443,7 +466,7 @@ def run_server(args: argparse.Namespace) -> None:
         exit_code = server.run(sock)
     finally:
         engine.shutdown()
-        sock.close()
+        _close(sock, server_args.uds)
     logger.info("Server stopped")
     if exit_code:
         sys.exit(exit_code)
