@@ -236,10 +236,29 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
     return text_only_config(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code))
 
 
-def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False) -> int:
+def model_sliding_window(hf_config: Any) -> int | None:
+    """The sliding window the model's attention uses (the one of its local layers), None when
+    it has none in effect (Qwen configs carry a window that only use_sliding_window turns on)."""
+    window = getattr(hf_config, "sliding_window", None)
+    if str(getattr(hf_config, "model_type", "")).startswith("qwen") and not getattr(hf_config, "use_sliding_window",
+                                                                                      False):
+        return None
+    return int(window) if window else None
+
+
+def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False,
+                         disable_sliding_window: bool = False) -> int:
     """The model's trained context unless a length is asked for; beyond that context
-    positions the model never saw give garbage, so that needs an explicit opt-in."""
+    positions the model never saw give garbage, so that needs an explicit opt-in. With
+    ``disable_sliding_window`` (vLLM's) the context is capped at the model's sliding window, so
+    every layer attends to the whole sequence."""
     limit = int(getattr(hf_config, "max_position_embeddings", None) or 2048)
+    window = model_sliding_window(hf_config) if disable_sliding_window else None
+    if window is not None:
+        if requested is not None and requested > window:
+            raise ConfigError(f"max_model_len={requested} is larger than the sliding window ({window} tokens), the "
+                              f"most --disable-sliding-window allows; use --max-model-len {window} or less")
+        limit = min(limit, window)
     if requested is None:
         return limit
     if requested < 1:

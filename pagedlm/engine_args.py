@@ -86,6 +86,8 @@ class EngineArgs:
                                     "context", MODEL)
     allow_long_max_model_len: bool = opt(False, "allow --max-model-len above the model's trained context "
                                          "(also env PAGEDLM_/VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)", MODEL)
+    disable_sliding_window: bool = opt(False, "cap the context at the model's sliding window, so every layer "
+                                       "attends to the whole sequence (no effect on models without one)", MODEL)
     max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for", MODEL)
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
@@ -276,7 +278,8 @@ class EngineArgs:
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
-            sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long())
+            sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long(),
+            self.disable_sliding_window)
         model_config = ModelConfig(
             model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,

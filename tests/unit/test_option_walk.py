@@ -63,6 +63,8 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "seed": Changes(5, lambda c: c.model_config.seed == 5),
     "max_model_len": Changes(100, lambda c: c.model_config.max_model_len == 100),
     "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
+    "disable_sliding_window": ShownBy(True, "tests/unit/test_disable_sliding_window.py::"
+                                            "test_context_capped_at_the_window"),
     "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
     "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
     "hf_overrides": Changes({"rms_norm_eps": 0.5}, lambda c: c.model_config.hf_config.rms_norm_eps == 0.5),
