@@ -54,14 +54,15 @@ NO_EFFECT: dict[str, str] = {
 
 
 def opt(default: Any, help: str, group: str, *, flags: tuple[str, ...] = (), choices: list[Any] | None = None,
-        nargs: str | None = None, cli: bool = True, parse: Any = None) -> Any:
+        nargs: str | None = None, cli: bool = True, parse: Any = None, const: Any = None, secret: bool = False) -> Any:
     """A dataclass field that is also a CLI flag. ``flags`` adds short aliases (``-tp``);
-    ``parse`` replaces the flag's parser taken from the annotation."""
+    ``parse`` replaces the flag's parser taken from the annotation (with ``nargs="?"``, the
+    flag alone stands for ``const``); a ``secret`` stays out of the dataclass's repr."""
     meta = {"help": help, "group": group, "flags": flags, "choices": choices, "nargs": nargs, "cli": cli,
-            "parse": parse}
+            "parse": parse, "const": const}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def _base_type(annotation: Any) -> Any:
@@ -102,6 +103,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, groups: dict[
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(meta["help"], default)}
         if meta.get("parse") is not None:
             kwargs["type"] = meta["parse"]
+            if meta["nargs"] is not None:
+                kwargs.update(nargs=meta["nargs"], const=meta["const"])
         elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is list:

@@ -113,6 +113,9 @@ class EngineArgs:
     revision: str | None = opt(None, "Hub branch, tag or commit of the model", LOAD)
     tokenizer_revision: str | None = opt(None, "Hub revision of the tokenizer", LOAD)
     download_dir: str | None = opt(None, "Hugging Face cache directory to download to / load from", LOAD)
+    hf_token: str | bool | None = opt(None, "Hugging Face Hub token for gated or private models; the flag alone "
+                                      "uses the token `hf auth login` stored (default: huggingface_hub's own, "
+                                      "HF_TOKEN)", LOAD, parse=str, nargs="?", const=True, secret=True)
     block_size: int = opt(16, "tokens per KV cache block", CACHE)
     gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory for weights, activations and KV cache "
                                         "(GPU only; on CPU see --kv-cache-memory-bytes)", CACHE)
@@ -270,7 +273,7 @@ class EngineArgs:
         from pagedlm.models.loader.source import resolve_model_source
 
         source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
-                                      self.tokenizer, self.tokenizer_revision)
+                                      self.tokenizer, self.tokenizer_revision, self.hf_token)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
         apply_hf_overrides(hf_config, self.hf_overrides)
         device = resolve_device(self.device)

@@ -26,7 +26,7 @@ class ServerArgs:
     uds: str | None = opt(None, "listen on this Unix domain socket path instead (--host and --port are then "
                           "not used)", SERVER)
     api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /metrics, /version "
-                              "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER)
+                              "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER, secret=True)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
     ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
     ssl_ca_certs: str | None = opt(None, "TLS: CA certificates (PEM) that client certificates are checked against",

@@ -105,3 +105,15 @@ def test_hub_failures_are_config_errors_that_say_what_to_do(tmp_path, monkeypatc
     with pytest.raises(ConfigError) as info:
         hub.download_model("org/model", "v9", "/my/cache", "auto")
     assert fragment in str(info.value)
+
+
+def test_hf_token_reaches_the_hub_and_stays_out_of_reprs(recorder):
+    from pagedlm.engine_args import EngineArgs
+    from pagedlm.entrypoints.cli import parse_serve_args
+    from pagedlm.models.loader.source import resolve_model_source
+
+    resolve_model_source("org/model", token="hf_secret", tokenizer="org/tok")
+    assert [c["token"] for c in recorder.calls] == ["hf_secret", "hf_secret"]  # the model and its tokenizer
+    assert parse_serve_args(["org/model", "--hf-token"]).hf_token is True  # the stored login token
+    assert parse_serve_args(["org/model", "--hf-token", "hf_x"]).hf_token == "hf_x"
+    assert "hf_secret" not in repr(EngineArgs(model="org/model", hf_token="hf_secret"))

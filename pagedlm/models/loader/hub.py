@@ -44,7 +44,8 @@ def _not_found_message(repo_id: str, revision: str | None, cache_dir: str | None
     )
 
 
-def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, patterns: list[str]) -> Path:
+def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, patterns: list[str],
+              token: str | bool | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -55,9 +56,11 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, pattern
     )
 
     offline = hub_offline()
+    # --hf-token: a token, or True for the one `hf auth login` stored; unset, huggingface_hub reads HF_TOKEN
+    auth = {} if token is None else {"token": token}
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
-                                      local_files_only=offline))
+                                      local_files_only=offline, **auth))
     except HFValidationError as e:
         raise ConfigError(f"model {repo_id!r} is neither an existing local path nor a valid Hugging Face Hub "
                           f"id (org/name): {e}") from e
@@ -74,17 +77,19 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | None, pattern
         raise ConfigError(_not_found_message(repo_id, revision, cache_dir, why)) from e
 
 
-def download_model(repo_id: str, revision: str | None, download_dir: str | None, load_format: str) -> Path:
+def download_model(repo_id: str, revision: str | None, download_dir: str | None, load_format: str,
+                   token: str | bool | None = None) -> Path:
     """The local snapshot directory of ``repo_id`` with what ``load_format`` needs."""
     if load_format == "dummy":
-        return _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS)
+        return _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS, token)
     weights = BIN_PATTERNS if load_format == "pt" else SAFETENSORS_PATTERNS
-    path = _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS + weights)
+    path = _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS + weights, token)
     if load_format == "auto" and not any(path.glob("*.safetensors")):
         logger.info("%s has no safetensors weights; fetching pytorch_model*.bin", repo_id)
-        path = _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS + BIN_PATTERNS)
+        path = _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS + BIN_PATTERNS, token)
     return path
 
 
-def download_tokenizer(repo_id: str, revision: str | None, download_dir: str | None) -> Path:
-    return _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS)
+def download_tokenizer(repo_id: str, revision: str | None, download_dir: str | None,
+                       token: str | bool | None = None) -> Path:
+    return _snapshot(repo_id, revision, download_dir, CONFIG_PATTERNS, token)

@@ -29,7 +29,7 @@ logger = logging.getLogger("pagedlm")
 
 
 def _local_or_hub(arg: str, revision: str | None, download_dir: str | None, load_format: str,
-                  tokenizer_only: bool) -> Path:
+                  tokenizer_only: bool, token: str | bool | None = None) -> Path:
     path = Path(arg).expanduser()
     if path.exists():
         if revision is not None:
@@ -44,8 +44,8 @@ def _local_or_hub(arg: str, revision: str | None, download_dir: str | None, load
     from pagedlm.models.loader import hub
 
     if tokenizer_only:
-        return hub.download_tokenizer(arg, revision, download_dir)
-    return hub.download_model(arg, revision, download_dir, load_format)
+        return hub.download_tokenizer(arg, revision, download_dir, token)
+    return hub.download_model(arg, revision, download_dir, load_format, token)
 
 
 def _tokenizer_dir(path: Path) -> str:
@@ -62,12 +62,12 @@ def _tokenizer_dir(path: Path) -> str:
 
 def resolve_model_source(model: str, revision: str | None = None, download_dir: str | None = None,
                          load_format: str = "auto", tokenizer: str | None = None,
-                         tokenizer_revision: str | None = None) -> ModelSource:
+                         tokenizer_revision: str | None = None, token: str | bool | None = None) -> ModelSource:
     from pagedlm.models.loader.gguf import gguf_sidecar_dir, is_gguf_file
 
     if tokenizer is None and tokenizer_revision is not None:
         tokenizer = model  # the model's own tokenizer, at another revision
-    path = _local_or_hub(model, revision, download_dir, load_format, tokenizer_only=False)
+    path = _local_or_hub(model, revision, download_dir, load_format, tokenizer_only=False, token=token)
     if path.is_file() and not is_gguf_file(path):
         raise ConfigError(f"model {model!r} is a file but not a .gguf file; give a checkpoint directory "
                           "(config.json + weights) or a .gguf file")
@@ -79,7 +79,7 @@ def resolve_model_source(model: str, revision: str | None = None, download_dir: 
     if tokenizer is not None:
         # The model's --revision applies to the tokenizer only when both are the same repo.
         tok_revision = tokenizer_revision if tokenizer_revision is not None or tokenizer != model else revision
-        tok_path = _local_or_hub(tokenizer, tok_revision, download_dir, load_format, tokenizer_only=True)
+        tok_path = _local_or_hub(tokenizer, tok_revision, download_dir, load_format, tokenizer_only=True, token=token)
         tokenizer_dir = _tokenizer_dir(tok_path)
     else:
         tokenizer_dir = _tokenizer_dir(path)
