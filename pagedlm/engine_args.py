@@ -266,8 +266,9 @@ class EngineArgs:
         return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
                                                     for v in LONG_LEN_ENV_VARS)
 
-    def create_engine_config(self) -> EngineConfig:
-        self._verify()
+    def _model_config(self, device: str) -> ModelConfig:
+        """Where the model comes from, its HF config (with --hf-overrides), runner, context
+        length, dtype and the rest of what describes the model itself."""
         from pagedlm.layers.quantization import resolve_quantization_name
         from pagedlm.models.generation_config import read_generation_defaults
         from pagedlm.models.loader.source import resolve_model_source
@@ -276,14 +277,13 @@ class EngineArgs:
                                       self.tokenizer, self.tokenizer_revision, self.hf_token)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
         apply_hf_overrides(hf_config, self.hf_overrides)
-        device = resolve_device(self.device)
         runner, pooler_config = resolve_pooling(self.runner, source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
             sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long(),
             self.disable_sliding_window)
-        model_config = ModelConfig(
+        return ModelConfig(
             model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
             served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self.seed,
@@ -293,13 +293,17 @@ class EngineArgs:
             generation_defaults=read_generation_defaults(self.generation_config, source.model),
             quantization=resolve_quantization_name(hf_config, self.quantization),
         )
+
+    def create_engine_config(self) -> EngineConfig:
+        self._verify()
+        device = resolve_device(self.device)
+        model_config = self._model_config(device)
+        max_model_len, pooling = model_config.max_model_len, model_config.pooler_config is not None
         parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
                                                   self.distributed_executor_backend, device)
-        verify_parallel_shapes(hf_config, parallel_config)
+        verify_parallel_shapes(model_config.hf_config, parallel_config)
         if parallel_config.pipeline_parallel_size > 1:
-            _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling,
-                             pooler_config is not None)
-        pooling = pooler_config is not None
+            _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling, pooling)
         max_num_seqs, default_batched = self._batch_defaults(device)
         max_batched, chunked_prefill = self._step_budget(default_batched, max_model_len, pooling)
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
@@ -333,7 +337,7 @@ class EngineArgs:
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
                                           model_config.architectures, parallel_config.pipeline_parallel_size,
-                                          runner),
+                                          model_config.runner),
         )
 
 
