@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels import wna16_reference, wna16_tuning
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 # Defaults when no table was measured at load (wna16_tuning).
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
@@ -207,11 +208,12 @@ def _wna16_gemv_kernel(
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32);
     one row per program (BLOCK_M = 1: a second row in the same program costs more registers
     and instructions per weight than the tensor-core kinds at 16 rows)."""
+    pdl_prologue(PDL)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -264,9 +266,10 @@ def _wna16_dot_kernel(
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DEQUANT: tl.constexpr, IS_BF16: tl.constexpr,
+    DEQUANT: tl.constexpr, IS_BF16: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (tensor cores)."""
+    pdl_prologue(PDL)
     PACK: tl.constexpr = 32 // BITS
     LOW: tl.constexpr = 23 // BITS  # fields below bit 23 in place (see _gemv_tile)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -323,8 +326,10 @@ def _wna16_dot_kernel(
 
 
 @triton.jit
-def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, SPLITS, MN, N, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, SPLITS, MN, N, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = False):
     """out = sum over splits of the float32 partials (fixed order) + bias, in out's dtype."""
+    pdl_prologue(PDL)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -339,9 +344,10 @@ def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, SPLITS, MN, N, HAS_BIAS: tl.
 def _wna16_dequant_kernel(
     qw_ptr, s_ptr, z_ptr, g_ptr, out_ptr, N,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, IS_BF16: tl.constexpr,
+    HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, IS_BF16: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """out[k, n] = (code - zero) * scale for the inputs of K tile ``program_id(0)``."""
+    pdl_prologue(PDL)
     PACK: tl.constexpr = 32 // BITS
     kt = tl.program_id(0)
     offs_r = tl.arange(0, R)
@@ -438,7 +444,8 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
     block = 1024
     _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else y, y, split_k, m * n, n,
-                                                         HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+                                                         HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+                                                         **launch_kwargs())
     return y
 
 
@@ -451,7 +458,7 @@ def _launch(kernel, grid: tuple[int, int, int], args: tuple, common: dict, cfg: 
     while True:
         try:
             stages = {"STAGES": num_stages} if kernel is _wna16_gemv_kernel else {}
-            kernel[grid](*args, **common, **extra, **stages, num_stages=num_stages)
+            kernel[grid](*args, **common, **extra, **stages, num_stages=num_stages, **launch_kwargs())
             return
         except triton.runtime.errors.OutOfResources:
             if num_stages <= 1:
@@ -475,7 +482,7 @@ def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.T
     _wna16_dequant_kernel[grid](qweight, scales, zeros, row_groups if row_groups is not None else qweight, out, n,
                                 GROUP_SIZE=group_size, BITS=bits, R=r, BLOCK_N=block_n,
                                 HAS_ROW_GROUPS=row_groups is not None, MAGIC=_magic_exact(scales.dtype, bits),
-                                IS_BF16=scales.dtype == torch.bfloat16, num_warps=4)
+                                IS_BF16=scales.dtype == torch.bfloat16, num_warps=4, **launch_kwargs())
     return out
 
 

@@ -14,11 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+
 
 @triton.jit
 def _shrink_kernel(x_ptr, a_ptr, slot_ptr, out_ptr, T, N, K, K_PER_SPLIT, stride_xt, stride_al, stride_an,
                    stride_ot, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_prologue(PDL)
     pid_m, pid_nk, slot = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_n, pid_k = pid_nk // SPLIT_K, pid_nk % SPLIT_K
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -58,7 +61,8 @@ def _slice_dot(s_ptr, b_ptr, slot, offs_m, offs_n, offs_r, rows, R, stride_st, s
 @triton.jit
 def _expand_kernel(s_ptr, b_ptr, slot_ptr, y_ptr, T, M, R, stride_st, stride_bl, stride_bm, stride_yt,
                    ST0, ST1, ST2, ST3, NUM_SLICES: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr = False):
+    pdl_prologue(PDL)
     pid_m, pid_n, slot = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     slots = tl.load(slot_ptr + offs_m, mask=offs_m < T, other=-1)
@@ -103,7 +107,7 @@ def lora_shrink(x: torch.Tensor, lora_a: torch.Tensor, token_slots: torch.Tensor
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(n, block_n) * split_k, num_slots)
     _shrink_kernel[grid](x, lora_a, token_slots, out, num_tokens, n, k, k_per_split, x.stride(0), lora_a.stride(0),
                          lora_a.stride(1), out.stride(0), SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=BLOCK_K)
+                         BLOCK_K=BLOCK_K, **launch_kwargs())
     return out
 
 
@@ -121,4 +125,4 @@ def lora_expand(y: torch.Tensor, shrunk: torch.Tensor, lora_b: torch.Tensor, tok
     grid = (triton.cdiv(num_tokens, block_m), triton.cdiv(m, block_n), lora_b.shape[0])
     _expand_kernel[grid](shrunk, lora_b, token_slots, y, num_tokens, m, rank, shrunk.stride(0), lora_b.stride(0),
                          lora_b.stride(1), y.stride(0), *starts, NUM_SLICES=num_slices, BLOCK_M=block_m,
-                         BLOCK_N=block_n, BLOCK_R=max(16, triton.next_power_of_2(rank)))
+                         BLOCK_N=block_n, BLOCK_R=max(16, triton.next_power_of_2(rank)), **launch_kwargs())

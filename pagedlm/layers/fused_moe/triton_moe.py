@@ -20,6 +20,7 @@ import triton.language as tl
 
 from pagedlm.kernels.triton_activation import silu_and_mul
 from pagedlm.layers.fused_moe.reference import select_experts  # routing is a few tiny torch ops
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 __all__ = ["MoEConfig", "align_by_expert", "default_config", "fused_experts", "select_experts"]
 
@@ -79,9 +80,11 @@ def _grouped_gemm_kernel(
     stride_am, stride_be, stride_bn, stride_bk, stride_cm,
     A_ROWS_PER_TOKEN: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """c[row] = (weight[row] *) a[row // A_ROWS_PER_TOKEN] @ b[expert]^T for the sorted
     rows of one BLOCK_M tile (one expert) and one BLOCK_N slice of the output."""
+    pdl_prologue(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     num_padded = tl.load(num_padded_ptr)
@@ -125,7 +128,7 @@ def _grouped_gemm(a, b, c, weights, aligned, top_k_rows: int, mul_weight: bool, 
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         # float32 models get full-precision products (no tf32), as the reference computes
         DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
 
 
