@@ -26,8 +26,6 @@ logger = logging.getLogger("pagedlm")
 # option -> the feature it needs. Any value other than the default (or an equivalent listed
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "calculate_kv_scales": "calculating fp8 KV scales at start-up (the scales come from the checkpoint's "
-                           "k_scale/v_scale, else 1.0)",
     "cpu_offload_gb": "CPU weight offloading",
     "tokenizer_mode": "tokenizer modes other than 'auto'",
 }

@@ -70,6 +70,8 @@ class CacheConfig:
     cache_dtype: str = "auto"
     # What a user should change when KV blocks run out (the preemption warning says it).
     memory_hint: str = "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)"
+    # fp8 cache: k_scale / v_scale from the first real batch (--calculate-kv-scales)
+    calculate_kv_scales: bool = False
 
 
 @dataclass(frozen=True)

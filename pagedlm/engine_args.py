@@ -125,7 +125,9 @@ class EngineArgs:
     kv_cache_dtype: str = opt("auto", "KV cache element type: auto (the model dtype), fp8 (= fp8_e4m3) or fp8_e5m2: "
                               "half the bytes, about twice the KV blocks; per-layer k/v scales from the checkpoint, "
                               "else 1.0", CACHE, choices=list(KV_CACHE_DTYPES))
-    calculate_kv_scales: bool = opt(False, "compute fp8 KV scales from the first batch (vLLM)", CACHE)
+    calculate_kv_scales: bool = opt(False, "with an fp8 KV cache: each layer's k_scale / v_scale from the first "
+                                    "batch of requests (max |k| / 200, max |v| / 100, as vLLM), instead of the "
+                                    "checkpoint's or 1.0", CACHE)
     enable_prefix_caching: bool = opt(True, "reuse the KV blocks of shared prompt prefixes", CACHE)
     swap_space: float = opt(4, "CPU swap space in GiB (vLLM; no effect here)", CACHE)
     cpu_offload_gb: float = opt(0, "GiB of weights to offload to CPU", CACHE)
@@ -256,6 +258,9 @@ class EngineArgs:
         log_no_effect(self)
         for line in compilation_notices(self.compilation_config):
             logging.getLogger("pagedlm").warning(line)
+        if self.calculate_kv_scales and not self.kv_cache_dtype.startswith("fp8"):
+            logging.getLogger("pagedlm").warning("--calculate-kv-scales has no effect: the KV cache is not fp8 "
+                                                 "(--kv-cache-dtype fp8).")
         if (self.gpu_memory_utilization != 0.9 and self.kv_cache_memory_bytes is None
                 and resolve_device(self.device) == "cpu"):
             logging.getLogger("pagedlm").warning(
@@ -318,6 +323,7 @@ class EngineArgs:
                 num_gpu_blocks_override=self.num_gpu_blocks_override,
                 kv_cache_memory_bytes=self.kv_cache_memory_bytes,
                 cache_dtype=resolve_kv_cache_dtype(self.kv_cache_dtype, device),
+                calculate_kv_scales=self.calculate_kv_scales,
                 memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
                 "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
             ),

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from pagedlm.layers.rotary import RotaryEmbedding
 
 
+K_SCALE_CONSTANT = 200.0  # vLLM's defaults (its K_SCALE_CONSTANT / V_SCALE_CONSTANT)
+V_SCALE_CONSTANT = 100.0
+MIN_KV_SCALE = 1e-8  # an all-zero first batch must not give a zero scale
+
+
 class Attention(nn.Module):
     """Paged attention: writes this step's K/V through the slot mapping, then attends over
     each sequence's context through its block table. The runner binds ``kv_cache``
@@ -36,6 +41,9 @@ class Attention(nn.Module):
         # not floats, so the kernels read them at run time (CUDA graphs keep working).
         self.register_buffer("k_scale", torch.ones(1, dtype=torch.float32), persistent=False)
         self.register_buffer("v_scale", torch.ones(1, dtype=torch.float32), persistent=False)
+        # --calculate-kv-scales: armed by the runner once warmed up, so the first real batch
+        # sets k_scale / v_scale from its own keys and values (``_calculate_kv_scales``).
+        self.calculate_kv_scales = False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None,
                 rotary: "RotaryEmbedding | None" = None) -> torch.Tensor:
@@ -43,6 +51,11 @@ class Attention(nn.Module):
         q and k arrive unrotated: RoPE and the cache write run as one op (one launch on a GPU)."""
         meta = get_attn_metadata()
         num_tokens = q.shape[0]
+        if self.calculate_kv_scales:
+            if rotary is not None:  # the scales describe the rotated keys the cache stores
+                q, k = ops.rotary_embedding(positions, q, k, rotary.cos_sin_cache, rotary.head_dim)
+                rotary = None
+            self._calculate_kv_scales(k, v, meta.slot_mapping)
         # Every sequence's K/V for this step is written before any sequence attends, so a
         # request may read blocks another request in the same batch fills (prefix sharing).
         if rotary is not None:
@@ -59,3 +72,16 @@ class Attention(nn.Module):
             self.k_scale, self.v_scale,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)
+
+    def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        """vLLM's --calculate-kv-scales, once: k_scale = max|k| / 200 and v_scale = max|v| / 100
+        over this batch's real tokens (vLLM's K_SCALE_CONSTANT / V_SCALE_CONSTANT: the cached
+        fp8(k / k_scale) then stays within 200, fp8(v / v_scale) within 100, well inside e4m3's
+        448)."""
+        real = slot_mapping[: k.shape[0]] >= 0
+        if not bool(real.any()):  # nothing of a request in this batch: wait for one that has
+            return
+        for scale, x, constant in ((self.k_scale, k, K_SCALE_CONSTANT), (self.v_scale, v, V_SCALE_CONSTANT)):
+            peak = x.reshape(x.shape[0], -1)[real].abs().amax().float()
+            scale.copy_((peak / constant).clamp_min(MIN_KV_SCALE).reshape(1))
+        self.calculate_kv_scales = False

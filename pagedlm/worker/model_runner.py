@@ -161,7 +161,15 @@ class ModelRunner:
         return capture_sizes(self.config.scheduler_config.max_num_seqs) if chosen is None else list(chosen)
 
     def warm_up(self) -> None:
-        """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
+        """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager);
+        then arm --calculate-kv-scales, so that the first real batch, not a warm-up one, sets
+        the fp8 cache's scales."""
+        self._capture_graphs()
+        if self.config.cache_config.calculate_kv_scales:
+            for attn in self.model.attention_layers():
+                attn.calculate_kv_scales = True
+
+    def _capture_graphs(self) -> None:
         # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
         # exchange tensors between graph replays; those steps run eagerly.
         sched, sizes = self.config.scheduler_config, self.decode_graph_sizes()
