@@ -27,7 +27,6 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
-    "tokenizer_mode": "tokenizer modes other than 'auto'",
 }
 
 # Values that mean the same as the default (so they are not "non-default").

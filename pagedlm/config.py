@@ -33,6 +33,8 @@ class ModelConfig:
     runner: str = "generate"  # "generate" | "pooling" (resolved from "auto")
     pooler_config: "PoolerConfig | None" = None  # set when runner == "pooling"
     trust_remote_code: bool = False
+    # "auto": the fast tokenizer where the checkpoint has one; "slow": the Python one (use_fast=False)
+    tokenizer_mode: str = "auto"
     max_logprobs: int = 20
     served_model_names: tuple[str, ...] = ()  # all names clients may use; the first is reported
     # Sampling defaults from generation_config.json (SamplingParams field -> value); see

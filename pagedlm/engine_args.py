@@ -74,7 +74,9 @@ class EngineArgs:
                      "MODEL)", MODEL)
     tokenizer: str | None = opt(None, "tokenizer directory or Hub id (default: the model's; for GGUF its metadata)",
                                 MODEL)
-    tokenizer_mode: str = opt("auto", "tokenizer implementation", MODEL, choices=["auto", "hf", "slow", "mistral"])
+    tokenizer_mode: str = opt("auto", "auto (hf): the fast tokenizer where the checkpoint has one; slow: the "
+                              "Python one; mistral is refused (it needs mistral_common)", MODEL,
+                              choices=["auto", "hf", "slow", "mistral"])
     trust_remote_code: bool = opt(False, "let transformers run code shipped with the checkpoint (config, "
                                   "tokenizer)", MODEL)
     served_model_name: str | list[str] | None = opt(None, "name(s) clients use in 'model'; the first is "
@@ -198,6 +200,9 @@ class EngineArgs:
             raise ConfigError(f"block_size must be a power of two up to 128, got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.tokenizer_mode == "mistral":
+            raise ConfigError("--tokenizer-mode mistral needs the mistral_common tokenizer, which pagedlm does not "
+                              "use; use auto (the checkpoint's Hugging Face tokenizer) or slow")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
         if self.load_format not in LOAD_FORMATS:
@@ -293,6 +298,7 @@ class EngineArgs:
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
             served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self.seed,
             chat_template=read_chat_template(self.chat_template), trust_remote_code=self.trust_remote_code,
+            tokenizer_mode="slow" if self.tokenizer_mode == "slow" else "auto",
             max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
             runner=runner, pooler_config=pooler_config,
             generation_defaults=read_generation_defaults(self.generation_config, source.model),

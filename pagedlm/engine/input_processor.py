@@ -3,7 +3,9 @@ defaults). Runs in the frontend: the engine core never sees text."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Union
@@ -20,19 +22,30 @@ from pagedlm.structured_output.validate import validate_structured_outputs
 # str | {"prompt": str} | {"prompt_token_ids": [...]} | list[int]
 PromptType = Union[str, dict, list]
 
+logger = logging.getLogger(__name__)
+
 
 class InvalidRequestError(ValueError):
     """The request cannot be served as given; the message says which field and why."""
+
+
+@functools.cache
+def _fast_fallback_notice(path: str) -> None:
+    """Once per tokenizer (the frontend loads it more than once): transformers gives the fast
+    tokenizer where a model has no Python one (most models, from transformers 5 on)."""
+    logger.warning("--tokenizer-mode slow: transformers has no Python tokenizer for %r; using its fast one.", path)
 
 
 def load_tokenizer(model_config: ModelConfig):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer,
-                                                  trust_remote_code=model_config.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code,
+                                                  use_fast=model_config.tokenizer_mode != "slow")
     except (OSError, ValueError) as e:
         raise InvalidRequestError(f"could not load a tokenizer from {model_config.tokenizer!r}: {e}") from e
+    if model_config.tokenizer_mode == "slow" and tokenizer.is_fast:
+        _fast_fallback_notice(model_config.tokenizer)
     if model_config.chat_template is not None:
         tokenizer.chat_template = model_config.chat_template
     elif isinstance(getattr(tokenizer, "chat_template", None), str):

@@ -57,7 +57,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "model": ShownBy("/x", "tests/unit/test_option_walk.py::test_model_flag_and_positional_agree"),
     "tokenizer": Changes("{ckpt}/../{ckpt_name}", lambda c: "/../" in c.model_config.tokenizer),
     "hf_token": ShownBy("hf_x", "tests/unit/test_hub_resolution.py::test_hf_token_reaches_the_hub_and_stays_out_of_reprs"),
-    "tokenizer_mode": Refused("slow", "tokenizer modes"),
+    "tokenizer_mode": Changes("slow", lambda c: c.model_config.tokenizer_mode == "slow"),
     "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code),
     "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b")),
     "dtype": Changes("bfloat16", lambda c: c.model_config.dtype == "bfloat16"),
