@@ -27,6 +27,8 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
+    "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",
+    "max_long_partial_prefills": "more than one concurrent long partial prefill (vLLM V0's scheduler)",
 }
 
 # Values that mean the same as the default (so they are not "non-default").
@@ -41,6 +43,9 @@ NO_EFFECT: dict[str, str] = {
     "disable_log_requests": "pagedlm does not log request contents",
     "enable_log_requests": "pagedlm does not log request contents",
     "max_log_len": "pagedlm does not log request contents",
+    "enable_log_outputs": "pagedlm does not log request contents or outputs",
+    "disable_cascade_attn": "pagedlm has no cascade attention (shared prefixes share KV blocks instead)",
+    "max_parallel_loading_workers": "weights load in one pass per rank",
     "disable_log_stats": "pagedlm logs no periodic stats line; metrics are on /metrics",
     "disable_custom_all_reduce": "tensor-parallel all-reduces always run through NCCL (there is no custom all-reduce)",
     "max_seq_len_to_capture": "CUDA graphs cover decode batches of any context length (their sizes: "

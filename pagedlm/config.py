@@ -92,6 +92,7 @@ class SchedulerConfig:
     num_lookahead_tokens: int = 0
     spec_disable_by_batch_size: int | None = None  # steps with this many running requests speculate not
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" (engine/request_queue.py)
+    long_prefill_token_threshold: int = 0  # > 0: a request's prompt tokens per step at most this many
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,10 @@ class EngineArgs:
                                        "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
     generation_config: str = opt("auto", "'auto': sampling defaults from the model's generation_config.json; "
                                  "'vllm': ignore it; or a directory holding a generation_config.json", MODEL)
+    override_generation_config: dict[str, Any] | None = opt(
+        None, "sampling defaults as JSON by their generation-config names (temperature, top_p, top_k, min_p, "
+        "repetition_penalty, max_new_tokens), over the generation config's (alone with --generation-config vllm)",
+        MODEL)
     runner: str = opt("auto", "generate text, or pool hidden states into embeddings (auto: from the checkpoint)",
                       MODEL, choices=["auto", "generate", "pooling"])
     pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
@@ -138,6 +142,11 @@ class EngineArgs:
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default: on GPUs of 70 GiB or more "
                                              "other than the A100 16384 offline and 8192 served, on other GPUs "
                                              "8192, on CPU 2048)", SCHED)
+    long_prefill_token_threshold: int = opt(0, "with chunked prefill: at most this many of a request's prompt "
+                                            "tokens in one step, so long prompts share steps with others (0: "
+                                            "no limit but the step budget)", SCHED)
+    max_num_partial_prefills: int = opt(1, "vLLM V0's concurrent partial prefills (only 1 here)", SCHED)
+    max_long_partial_prefills: int = opt(1, "vLLM V0's concurrent long partial prefills (only 1 here)", SCHED)
     enable_chunked_prefill: bool | None = opt(None, "split long prompts over steps (default on; off: a prompt is "
                                               "scheduled whole, max_num_batched_tokens >= max_model_len)", SCHED)
     async_scheduling: bool | None = opt(None, "overlap scheduling with the device step (default: on for CUDA; "
@@ -173,6 +182,8 @@ class EngineArgs:
                                     LORA)
     speculative_config: dict[str, Any] | None = opt(None, "speculative decoding settings as JSON", SPEC)
     disable_log_stats: bool = opt(False, "vLLM's periodic stats log switch", OBS)
+    disable_cascade_attn: bool = opt(False, "vLLM's cascade-attention switch (no effect here)", DEVICE)
+    max_parallel_loading_workers: int | None = opt(None, "vLLM's weight-loading worker count (no effect here)", LOAD)
     # Not an option: who builds the engine (vLLM's usage context), which picks the default step
     # budget on large GPUs (``_batch_defaults``): "llm" here, "server" in ServerEngineArgs.
     usage_context: ClassVar[str] = "llm"
@@ -203,6 +214,9 @@ class EngineArgs:
         if self.tokenizer_mode == "mistral":
             raise ConfigError("--tokenizer-mode mistral needs the mistral_common tokenizer, which pagedlm does not "
                               "use; use auto (the checkpoint's Hugging Face tokenizer) or slow")
+        if self.long_prefill_token_threshold < 0:
+            raise ConfigError("long_prefill_token_threshold must be non-negative, got "
+                              f"{self.long_prefill_token_threshold}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
         if self.load_format not in LOAD_FORMATS:
@@ -301,7 +315,8 @@ class EngineArgs:
             tokenizer_mode="slow" if self.tokenizer_mode == "slow" else "auto",
             max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
             runner=runner, pooler_config=pooler_config,
-            generation_defaults=read_generation_defaults(self.generation_config, source.model),
+            generation_defaults=read_generation_defaults(self.generation_config, source.model,
+                                                         self.override_generation_config),
             quantization=resolve_quantization_name(hf_config, self.quantization),
         )
 
@@ -317,6 +332,9 @@ class EngineArgs:
             _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling, pooling)
         max_num_seqs, default_batched = self._batch_defaults(device)
         max_batched, chunked_prefill = self._step_budget(default_batched, max_model_len, pooling)
+        if self.long_prefill_token_threshold and not chunked_prefill:
+            raise ConfigError("--long-prefill-token-threshold splits prompts over steps, which needs chunked prefill "
+                              "(on by default; not with --no-enable-chunked-prefill or runner='pooling')")
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
@@ -342,6 +360,7 @@ class EngineArgs:
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
                 spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
                 scheduling_policy=self.scheduling_policy,
+                long_prefill_token_threshold=self.long_prefill_token_threshold,
             ),
             parallel_config=parallel_config,
             device_config=self._device_config(device, max_num_seqs),

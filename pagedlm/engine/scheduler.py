@@ -120,7 +120,7 @@ class Scheduler:
             num_computed = request.num_computed_tokens
             num_known = len(request.all_token_ids) + request.num_pending_tokens
             num_wanted = num_known + len(request.spec_token_ids) - num_computed  # drafts are verified too
-            num_new = min(num_wanted, budget, self.max_model_len - num_computed)
+            num_new = self._cap_prefill(min(num_wanted, budget, self.max_model_len - num_computed))
             if num_new <= 0 or request.request_id in self.inflight_req_ids or self._reaches_max_tokens(request) \
                     or self._waits_for_verify(request):
                 index += 1
@@ -200,6 +200,12 @@ class Scheduler:
             request.request_id, self.num_preemptions_total, self.memory_hint,
         )
 
+    def _cap_prefill(self, num_new: int) -> int:
+        """--long-prefill-token-threshold: a long prompt takes at most that many tokens a step
+        (vLLM's rule), leaving the rest of the budget to other requests."""
+        threshold = self.config.long_prefill_token_threshold
+        return threshold if 0 < threshold < num_new else num_new
+
     def _schedule_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[Request]) -> None:
         compiling: list[Request] = []  # skipped, not blocking: they keep their place
         self.lora_gate.begin(self.running)
@@ -218,7 +224,7 @@ class Scheduler:
                 self._fail_unfittable(self.waiting.popleft())
                 continue
             hits, num_hit_tokens = self.kv.get_computed_blocks(request)
-            num_new = min(request.num_tokens - num_hit_tokens, budget)
+            num_new = self._cap_prefill(min(request.num_tokens - num_hit_tokens, budget))
             if num_new < request.num_tokens - num_hit_tokens and not self.config.enable_chunked_prefill:
                 break  # whole prompts only: it runs in a later step with more budget
             lookahead = self._lookahead(num_hit_tokens + num_new, request.num_tokens)

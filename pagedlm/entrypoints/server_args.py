@@ -52,6 +52,7 @@ class ServerArgs:
     disable_log_requests: bool = opt(False, "vLLM's request-log switch", LOGGING)
     enable_log_requests: bool = opt(False, "vLLM's request-log switch", LOGGING)
     max_log_len: int | None = opt(None, "vLLM's request-log length", LOGGING)
+    enable_log_outputs: bool = opt(False, "vLLM's output-log switch", LOGGING)
     enable_prompt_tokens_details: bool = opt(False, "report cached prompt tokens in usage", FRONTEND)
     disable_frontend_multiprocessing: bool = opt(False, "vLLM's frontend process switch", FRONTEND)
     lora_modules: list[str] | None = opt(None, "LoRA adapters to serve: name=path or JSON "

