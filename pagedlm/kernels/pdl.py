@@ -20,8 +20,8 @@ program of a PDL kernel reaches ``gdc_wait`` (it is the prologue), so no kernel 
 before the one ahead of it has.
 
 Kernels take ``PDL: tl.constexpr`` and call ``pdl_prologue(PDL)``; launches pass
-``**launch_kwargs()``. PDL is on where the GPU has it (compute capability 9.0 or later)
-unless ``PAGEDLM_PDL=0``; never under the Triton interpreter.
+``**launch_kwargs()``. PDL is on where the GPU has it (NVIDIA, compute capability 9.0 or
+later) unless ``PAGEDLM_PDL=0``; never under the Triton interpreter.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def enabled() -> bool:
     global _enabled
     if _enabled is None:
         _enabled = (os.environ.get("PAGEDLM_PDL", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
+                    and torch.version.hip is None  # an NVIDIA feature (ROCm reports its own capabilities)
                     and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9)
     return _enabled
 
