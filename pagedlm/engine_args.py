@@ -91,6 +91,13 @@ class EngineArgs:
     disable_sliding_window: bool = opt(False, "cap the context at the model's sliding window, so every layer "
                                        "attends to the whole sequence (no effect on models without one)", MODEL)
     max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for", MODEL)
+    logprobs_mode: str = opt("raw_logprobs", "what logprobs report: raw_logprobs (the model's, before any "
+                             "sampling setting touches the logits; vLLM's default)", MODEL,
+                             choices=["raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"])
+    model_impl: str = opt("auto", "model implementation: auto or vllm (pagedlm's own)", MODEL,
+                          choices=["auto", "vllm", "transformers", "terratorch"])
+    skip_tokenizer_init: bool = opt(False, "vLLM's run-without-a-tokenizer switch", MODEL)
+    enable_sleep_mode: bool = opt(False, "vLLM's sleep mode (LLM.sleep / wake_up)", CACHE)
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
                                               "(nested objects merge into nested configs)", MODEL)
@@ -155,6 +162,7 @@ class EngineArgs:
                                  "priority, lowest value first, then arrival; preemption takes the lowest first)",
                                  SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
+    enable_expert_parallel: bool = opt(False, "vLLM's expert parallelism for MoE layers", PARALLEL)
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
                                       flags=("-pp",))
     data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
