@@ -68,9 +68,11 @@ def resolve_cuda_graph_sizes(max_num_seqs: int, cuda_graph_sizes: list[int] | No
         raise ConfigError(f"compilation_config: unknown key(s) {unknown}; pagedlm takes vLLM's CUDA-graph settings "
                           f"({sorted(_GRAPH_KEYS)}) and ignores its torch.compile ones")
     mode = cc.get("cudagraph_mode")
-    if mode is not None and str(mode).upper() not in _MODES:
-        raise ConfigError(f"compilation_config: unknown cudagraph_mode {mode!r}; one of {sorted(_MODES)}")
-    if cc.get("use_cudagraph") is False or (mode is not None and not _MODES[str(mode).upper()]):
+    mode = None if mode is None else str(mode).upper()
+    if mode is not None and mode not in _MODES:
+        raise ConfigError(f"compilation_config: unknown cudagraph_mode {cc['cudagraph_mode']!r}; one of "
+                          f"{sorted(_MODES)}")
+    if cc.get("use_cudagraph") is False or (mode is not None and not _MODES[mode]):
         return ()
     explicit = cc.get("cudagraph_capture_sizes")
     largest = cc.get("max_cudagraph_capture_size", cc.get("max_capture_size"))
@@ -98,7 +100,7 @@ def compilation_notices(compilation_config: Any) -> list[str]:
     lines = [f"compilation_config {key!r} has no effect: pagedlm does not use torch.compile (decode steps replay "
              "CUDA graphs)." for key in sorted(set(cc) & _NO_EFFECT_KEYS)]
     mode = str(cc.get("cudagraph_mode", "")).upper()
-    if mode in ("FULL", "2", "PIECEWISE", "1", "FULL_AND_PIECEWISE"):
+    if _MODES.get(mode) and mode != "FULL_DECODE_ONLY":  # graphs on, in a mode other than the one there is
         lines.append(f"compilation_config cudagraph_mode {cc['cudagraph_mode']!r} runs as FULL_DECODE_ONLY: "
                      "decode steps replay full CUDA graphs, other steps run eagerly.")
     return lines
