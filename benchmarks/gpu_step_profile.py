@@ -3,15 +3,21 @@ the host), per step, over N decode steps of a full batch (default: 256 requests,
 Llama-3.1-8B shape, bf16, dummy weights, a fixed KV block count).
 
   python benchmarks/gpu_step_profile.py [--batch-size 256 --steps 20 --input-len 512] [--enforce-eager]
+      [--phase decode|prefill]
 
 Prints, per step: wall time, kernel time (the union of kernel intervals on the device
-timeline), gaps = wall - kernel, kernels launched; then the top kernels. Runs on CPU too
-(--shape cpu-small) as a smoke test, where only wall time is reported.
+timeline), gaps = wall - kernel, kernels launched; the kernel time by kind (GEMM, attention,
+norms, ...); then the top kernels. `--phase prefill` profiles the first steps after the batch
+is added instead (prefill chunks of --max-num-batched-tokens, decodes riding along). Run with
+PAGEDLM_PDL=0 for per-kernel times: with programmatic dependent launch a kernel's interval
+starts while the one ahead still runs. Runs on CPU too (--shape cpu-small) as a smoke test,
+where only wall time is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 
@@ -43,14 +49,48 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return busy + (cur_end - cur_start if cur_end is not None else 0.0)
 
 
-def fill_batch(llm: LLM, args: argparse.Namespace) -> None:
-    """Add the requests and step until every one has left prefill (all decode from here)."""
+# Kernel kinds by name, first match wins (cuBLAS's Hopper GEMMs are the nvjet / sm90 kernels).
+KINDS = [
+    ("attention", r"attention|combine_segments|flash|fmha"),
+    ("GEMM / GEMV", r"nvjet|gemm|gemv|cutlass|sm90_|sm80_|splitk|_scaled_mm|wna16"),
+    ("norm", r"rms_norm"),
+    ("SiLU-mul", r"silu"),
+    ("RoPE + KV write", r"rope|kv_write|reshape_and_cache"),
+    ("quantize", r"quant"),
+    ("copies", r"Memcpy|Memset|copy"),
+]
+
+
+def kind_of(name: str) -> str:
+    for kind, pattern in KINDS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return kind
+    return "other (sampling, embedding, step prep)"
+
+
+def kernel_time_by_kind(prof: torch.profiler.profile) -> dict[str, float]:
+    """Summed device time in microseconds of the kernels of each kind."""
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start:
+            kind = kind_of(e.name)
+            out[kind] = out.get(kind, 0.0) + e.time_range.end - e.time_range.start
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def add_batch(llm: LLM, args: argparse.Namespace) -> None:
     engine = llm.llm_engine
     vocab = SHAPES[args.shape]["vocab_size"]
     reqs = random_requests(args.batch_size, args.input_len, 1, 0.0, vocab, seed=1)
     params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=args.steps * 3 + 64, detokenize=False)
     for i, r in enumerate(reqs):
         engine.add_request(str(i), {"prompt_token_ids": r.prompt_token_ids}, params)
+
+
+def fill_batch(llm: LLM, args: argparse.Namespace) -> None:
+    """Add the requests and step until every one has left prefill (all decode from here)."""
+    engine = llm.llm_engine
+    add_batch(llm, args)
     prefill_steps = -(-args.batch_size * args.input_len // args.max_num_batched_tokens)
     for _ in range(prefill_steps + 8):  # prefill chunks, then a few decode steps (graphs warm)
         engine.step()
@@ -64,6 +104,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
     args = p.parse_args()
     on_cuda = torch.cuda.is_available()
     max_len = args.input_len + args.steps * 3 + 128
@@ -72,7 +113,10 @@ def main() -> None:
               max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_num_batched_tokens,
               enforce_eager=args.enforce_eager, block_size=block_size,
               num_gpu_blocks_override=args.batch_size * (-(-max_len // block_size)) + 64)
-    fill_batch(llm, args)
+    if args.phase == "decode":
+        fill_batch(llm, args)
+    else:
+        add_batch(llm, args)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
         if on_cuda:
@@ -86,11 +130,14 @@ def main() -> None:
     intervals = kernel_intervals(prof) if on_cuda else []
     busy_us = union_us(intervals)
     n = args.steps
-    print(f"{args.steps} decode steps at batch {args.batch_size}, {args.shape}, eager={args.enforce_eager}")
+    print(f"{args.steps} {args.phase} steps at batch {args.batch_size}, {args.shape}, eager={args.enforce_eager}, "
+          f"{args.max_num_batched_tokens} batched tokens")
     if on_cuda:
         print(f"per step: wall {wall_us / n / 1e3:.2f} ms, kernels {busy_us / n / 1e3:.2f} ms, "
               f"gaps {(wall_us - busy_us) / n / 1e3:.2f} ms ({1 - busy_us / wall_us:.0%} of the step idle), "
               f"{len(intervals) / n:.0f} kernels")
+        for kind, us in kernel_time_by_kind(prof).items():
+            print(f"  {kind:<40} {us / n / 1e3:8.3f} ms per step")
     else:
         print(f"per step: wall {wall_us / n / 1e3:.2f} ms (no device timeline on CPU)")
     sort_key = "device_time_total" if on_cuda else "cpu_time_total"

@@ -15,7 +15,11 @@ from typing import Any
 
 from pagedlm.config import ConfigError
 
-MAX_CAPTURE_SIZE = 512  # vLLM's default largest size; larger decode batches run eagerly
+# The largest default capture size. vLLM stops at 512 and runs larger batches through its
+# piecewise-compiled model; pagedlm has no such path, and an eager 8B decode step at ~1,000
+# requests is host-bound on an H200 (48% of the step idle, BENCHMARKS.md session 12), so the
+# default list goes on (every 16) to 1,024, the largest default max_num_seqs.
+MAX_CAPTURE_SIZE = 1024
 
 # torch.compile and graph-mechanics settings of vLLM with no counterpart here.
 _NO_EFFECT_KEYS = frozenset({

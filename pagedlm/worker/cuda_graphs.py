@@ -32,7 +32,7 @@ class GraphShape:
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
-    """The default decode batch sizes captured as graphs (vLLM's list, at most 512)."""
+    """The default decode batch sizes captured as graphs (vLLM's list, continued to MAX_CAPTURE_SIZE)."""
     return default_capture_sizes(min(max_num_seqs, MAX_CAPTURE_SIZE))
 
 

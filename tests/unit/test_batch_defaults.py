@@ -45,9 +45,10 @@ def test_max_num_seqs_below_one_is_refused(tmp_path) -> None:
         EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu", max_num_seqs=0).create_engine_config()
 
 
-def test_capture_sizes_follow_vllm_and_stop_at_512() -> None:
+def test_capture_sizes_follow_vllm_and_stop_at_1024() -> None:
     assert capture_sizes(256) == [1, 2, 4, *range(8, 257, 8)]
-    assert capture_sizes(1024) == [1, 2, 4, *range(8, 257, 8), *range(272, 513, 16)]
+    assert capture_sizes(1024) == [1, 2, 4, *range(8, 257, 8), *range(272, 1025, 16)]
+    assert capture_sizes(4096) == capture_sizes(1024)
     assert capture_sizes(300) == [1, 2, 4, *range(8, 257, 8), 272, 288, 300]
     assert capture_sizes(3) == [1, 2, 3]
     assert capture_sizes(12) == [1, 2, 4, 8, 12]
@@ -59,7 +60,9 @@ def test_cuda_graph_settings_resolve_like_vllm() -> None:
 
     default = tuple(capture_sizes(256))
     assert resolve(256, None, None) == default == resolve(256, None, 3) == resolve(256, None, {"level": 3})
-    assert resolve(1024, None, None)[-1] == 512
+    assert resolve(1024, None, None)[-1] == 1024
+    assert resolve(2048, None, None)[-1] == 1024  # the default list stops at MAX_CAPTURE_SIZE
+    assert resolve(2048, None, {"max_cudagraph_capture_size": 2048})[-1] == 2048
     assert resolve(256, [32], None) == (1, 2, 4, 8, 16, 24, 32)  # one value: the largest size
     assert resolve(256, [1, 3, 300, 3], None) == (1, 3)  # several: the list, at most max_num_seqs
     assert resolve(256, None, {"cudagraph_capture_sizes": [4, 1]}) == (1, 4)
