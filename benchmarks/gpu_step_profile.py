@@ -17,6 +17,8 @@ where only wall time is reported.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import re
 import tempfile
 import time
@@ -84,7 +86,7 @@ def add_batch(llm: LLM, args: argparse.Namespace) -> None:
     vocab = SHAPES[args.shape]["vocab_size"]
     reqs = random_requests(args.batch_size, args.input_len, 1, 0.0, vocab, seed=1)
     # Final outputs only, as LLM.generate asks for them (no per-step RequestOutput objects).
-    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=args.steps * 3 + 64, detokenize=False,
+    params = SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=args.steps * 4 + 64, detokenize=False,
                             output_kind=RequestOutputKind.FINAL_ONLY)
     for i, r in enumerate(reqs):
         engine.add_request(str(i), {"prompt_token_ids": r.prompt_token_ids}, params)
@@ -97,6 +99,43 @@ def fill_batch(llm: LLM, args: argparse.Namespace) -> None:
     prefill_steps = -(-args.batch_size * args.input_len // args.max_num_batched_tokens)
     for _ in range(prefill_steps + 8):  # prefill chunks, then a few decode steps (graphs warm)
         engine.step()
+
+
+@contextlib.contextmanager
+def host_split(llm: LLM):
+    """Seconds spent in each host stage of a step (in-process engine core), accumulated into
+    the yielded dict while the context is open; 'waiting for the device' is the time the host
+    blocks on a step's sampled ids (large: the device is the bottleneck)."""
+    core = llm.llm_engine.engine_core
+    runner = core.runner
+    spent: dict[str, float] = collections.defaultdict(float)
+    patched = [(core.scheduler, "schedule", "schedule"),
+               (core.scheduler, "update_from_output", "scheduler bookkeeping of the outputs"),
+               (llm.llm_engine.output_processor, "process_outputs", "output processor"),
+               (runner, "launch", "runner: step inputs and launch"),
+               (runner, "take_output", "runner: collect the sampled ids"),
+               (torch.cuda.Event, "synchronize", "  of which waiting for the device")]
+    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patched]
+
+    def timed(fn, label):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - start
+        return wrapper
+
+    for (obj, name, label), (_, _, fn) in zip(patched, originals):
+        setattr(obj, name, timed(fn, label))
+    try:
+        yield spent
+    finally:
+        for obj, name, fn in originals:
+            if obj is torch.cuda.Event:
+                setattr(obj, name, fn)
+            else:
+                delattr(obj, name)  # back to the class's method
 
 
 def timed_steps(llm: LLM, steps: int, on_cuda: bool) -> float:
@@ -122,7 +161,7 @@ def main() -> None:
     p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
     args = p.parse_args()
     on_cuda = torch.cuda.is_available()
-    max_len = args.input_len + args.steps * 3 + 128
+    max_len = args.input_len + args.steps * 4 + 128
     block_size = 16
     llm = LLM(str(make_shape_dir(args.shape, tempfile.mkdtemp())), load_format="dummy", max_model_len=max_len,
               max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -136,6 +175,12 @@ def main() -> None:
     # the gaps), the kernels from the next as many steps under it. Prefill steps are too few to
     # spend on a second window and long enough that the profiler's host cost does not show.
     wall_us = timed_steps(llm, args.steps, on_cuda) if args.phase == "decode" else None
+    if args.phase == "decode" and llm.llm_engine.engine_core is not None:
+        with host_split(llm) as spent:  # a third window: where the host's time goes
+            split_us = timed_steps(llm, args.steps, on_cuda)
+        print(f"host, per decode step ({split_us / args.steps / 1e3:.2f} ms wall):")
+        for label, sec in spent.items():
+            print(f"  {label:<40} {sec / args.steps * 1e3:8.3f} ms")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
         profiled_us = timed_steps(llm, args.steps, on_cuda)
