@@ -19,6 +19,7 @@ write_kv_cache = reference.write_kv_cache
 rotary_write_kv_cache = reference.rotary_write_kv_cache
 paged_attention = reference.paged_attention
 prepare_step = reference.prepare_step
+sample_argmax = reference.sample_argmax
 
 _OP_NAMES = (
     "rms_norm",
@@ -31,6 +32,7 @@ _OP_NAMES = (
     "rotary_write_kv_cache",
     "paged_attention",
     "prepare_step",
+    "sample_argmax",
 )
 _current = "torch"
 

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from pagedlm.kernels import ops
+from pagedlm.kernels.reference import row_argmax
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.penalties import apply_penalties
@@ -109,45 +111,19 @@ def _apply_to_rows(
     return logits
 
 
-def row_argmax(x: torch.Tensor) -> torch.Tensor:
-    """x [B, V] -> the first index of each row's maximum [B], as ``x.argmax(-1)``.
-
-    At a few rows one reduction over a 128k vocabulary runs on a handful of blocks (27 us
-    on an H200 at batch 1); splitting each row into chunks reduces B x chunks rows in
-    parallel, then the chunk maxima (the first chunk among equal maxima: first index kept)."""
-    b, v = x.shape
-    chunks = _CHUNKS.get(v)
-    if chunks is None:
-        chunks = _CHUNKS[v] = next((c for c in range(256, 15, -1) if v % c == 0), 1)
-    if b >= 32 or chunks == 1 or not x.is_contiguous():
-        return x.argmax(dim=-1)
-    values, indices = x.view(b, chunks, v // chunks).max(dim=-1)  # [B, C]
-    best = values.argmax(dim=-1, keepdim=True)  # [B, 1]
-    return (indices.gather(1, best) + best * (v // chunks)).squeeze(1)
-
-
-_CHUNKS: dict[int, int] = {}
-
-
-def exponential_noise(shape: torch.Size, device: torch.device,
-                      generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """q ~ Exp(1) of ``shape`` [B, V]; a seeded row draws its own q from its generator, so its
-    tokens do not depend on the rest of the batch or its row position."""
-    q = torch.empty(shape, dtype=torch.float32, device=device)
-    if len(generators) != shape[0]:
-        # -log(U) is Exp(1); several times faster than exponential_() on CPU, same on GPU.
-        torch.rand(q.shape, out=q).log_().neg_()
-    for row, generator in generators.items():
-        q[row].exponential_(generator=generator)
-    return q
-
-
 def exponential_sample(logits: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """A draw from softmax(logits) per row: argmax(p / q) with q ~ Exp(1), computed as
-    argmax(logits - log q) (the same argmax: log is monotonic and softmax's normaliser is one
-    constant per row), so no softmax, no cumsum, no sync. logits [B, V] (modified)."""
-    q = exponential_noise(logits.shape, logits.device, generators)
-    return row_argmax(logits.sub_(q.log_()))
+    """A draw from softmax(logits) per row (logits [B, V] float32, may be modified): the
+    exponential race argmax(p / q), q ~ Exp(1), i.e. argmax(logits - log q) (``ops.sample_argmax``,
+    one pass on CUDA). A seeded row draws its own q from its generator, so its tokens do not
+    depend on the rest of the batch or its row position."""
+    seeded = {row: row_argmax(logits[row: row + 1] - torch.empty_like(logits[row]).exponential_(generator=g).log_())
+              for row, g in generators.items()}
+    if len(seeded) == logits.shape[0]:
+        return torch.cat([seeded[row] for row in range(logits.shape[0])])
+    sampled = ops.sample_argmax(logits, None)
+    for row, token in seeded.items():
+        sampled[row: row + 1] = token
+    return sampled
 
 
 class Sampler:

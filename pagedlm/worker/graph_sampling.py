@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pagedlm.sample.sampler import exponential_noise, row_argmax
+from pagedlm.kernels import ops
 from pagedlm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -34,14 +34,10 @@ def is_plain(sp: SamplingParams, vocab_size: int) -> bool:
 
 
 def sample_plain(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """logits [B, V], temperature [B] (0 = greedy) -> ids [B]; the Sampler's ops in its order
-    (an unseeded random row draws the same q for the same RNG state), without host syncs.
-    A greedy row's noise is zeroed, so one argmax serves greedy and random rows alike."""
-    logits = logits.to(torch.float32)
-    greedy_rows = (temperature < _SAMPLING_EPS).unsqueeze(1)
-    scaled = logits / torch.where(greedy_rows, 1.0, temperature.unsqueeze(1))
-    log_q = exponential_noise(scaled.shape, scaled.device, {}).log_()
-    return row_argmax(scaled.sub_(log_q.masked_fill_(greedy_rows, 0.0)))
+    """logits [B, V], temperature [B] (0 = greedy) -> ids [B], as the Sampler draws them (an
+    unseeded random row gets the same token for the same RNG state), without host syncs:
+    ``ops.sample_argmax`` with the temperatures (greedy rows take no noise)."""
+    return ops.sample_argmax(logits, temperature)
 
 
 class GraphSampler:
