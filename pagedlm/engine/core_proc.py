@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from pagedlm.engine.gc_heap import freeze_startup_heap
 from pagedlm.engine.messages import (
     AbortRequests,
     AddRequest,
@@ -155,6 +156,7 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
                                                        during_startup=True, user_error=user_error)))
         output_socket.close()
         sys.exit(1)
+    freeze_startup_heap()  # this process hosts one engine for its life (gc_heap.py)
     output_socket.send(encoder.encode(EngineReady(engine_index, core.stats().num_total_blocks)))
     proc = EngineCoreProc(core, engine_index, input_socket, output_socket)
     try:

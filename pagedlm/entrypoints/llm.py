@@ -7,6 +7,7 @@ import os
 from typing import Any, Sequence
 
 from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
+from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
@@ -226,14 +227,15 @@ class LLM:
             from tqdm.auto import tqdm
 
             pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
-        while engine.has_unfinished_requests():
-            step_outputs = engine.step()
-            self._record_metrics()
-            for output in step_outputs:
-                if output.finished:
-                    finished[output.request_id] = output
-                    if pbar is not None:
-                        pbar.update(1)
+        with heap_frozen():  # no full collections over the engine's start-up objects (gc_heap.py)
+            while engine.has_unfinished_requests():
+                step_outputs = engine.step()
+                self._record_metrics()
+                for output in step_outputs:
+                    if output.finished:
+                        finished[output.request_id] = output
+                        if pbar is not None:
+                            pbar.update(1)
         if pbar is not None:
             pbar.close()
         return [finished[r] for r in request_ids]

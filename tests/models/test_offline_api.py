@@ -262,3 +262,17 @@ def test_device_step_preparation_gives_the_same_outputs(llm, llama_checkpoint):
     assert ids(prep.generate(prompts, params, use_tqdm=False)) == ids(llm.generate(prompts, params, use_tqdm=False))
     # Rows follow the runner's requests (the last finished ones leave with the next step).
     assert set(runner.batch.row_of) == set(runner.requests) and runner.batch.num_rows == len(runner.requests)
+
+
+def test_generate_runs_with_the_startup_heap_frozen(llm, monkeypatch):
+    """No full garbage collection walks the engine's start-up objects during generate
+    (engine/gc_heap.py), and they are collectable again afterwards."""
+    import gc
+
+    counts = []
+    step = llm.llm_engine.step
+    monkeypatch.setattr(llm.llm_engine, "step", lambda: (counts.append(gc.get_freeze_count()), step())[1])
+    out = llm.generate(["Hello"], SamplingParams(max_tokens=3, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 3
+    assert counts and min(counts) > 10_000  # the engine, torch, transformers: frozen
+    assert gc.get_freeze_count() == 0

@@ -31,6 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from pagedlm.engine.async_llm import AsyncLLM, RequestFailedError
 from pagedlm.engine.core_client import EngineStartupError
+from pagedlm.engine.gc_heap import freeze_startup_heap
 from pagedlm.entrypoints.openai.chat_utils import render_chat
 from pagedlm.entrypoints.openai.errors import (
     OpenAIError,
@@ -454,6 +455,7 @@ def run_server(args: argparse.Namespace) -> None:
     where = (f"unix:{server_args.uds}" if server_args.uds else
              f"{'https' if server_args.ssl_certfile else 'http'}://{server_args.host}:{server_args.port}")
     logger.info("Serving model %r on %s (OpenAI-compatible API under /v1)", names[0], where)
+    freeze_startup_heap()  # the server process hosts this engine's frontend for its life (gc_heap.py)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
                             ssl_ca_certs=server_args.ssl_ca_certs, ssl_cert_reqs=server_args.ssl_cert_reqs,
