@@ -124,7 +124,8 @@ class InputProcessor:
     def validate_prompt(self, token_ids: list[int], pooling: bool = False) -> None:
         if not token_ids:
             raise InvalidRequestError("The prompt cannot be empty.")
-        bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
+        in_vocab = all(isinstance(t, int) for t in token_ids) and 0 <= min(token_ids) and max(token_ids) < self.vocab_size
+        bad = [] if in_vocab else [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(f"Token ids {bad[:5]} are out of vocabulary (size {self.vocab_size}).")
         if pooling and len(token_ids) > self.max_model_len:

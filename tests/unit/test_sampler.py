@@ -411,3 +411,20 @@ def test_cuda_matches_cpu_and_seeds_hold():
         md = build_sampling_metadata(params, prompts, outputs, gens, V, cuda)
         mixed.append(Sampler()(logits.to(cuda), md).sampled_token_ids[3].item())
     assert seeded[0] == seeded[1] == mixed
+
+
+def test_sampling_params_clone_shares_nothing_mutable() -> None:
+    from pagedlm.sampling_params import StructuredOutputsParams
+
+    p = SamplingParams(temperature=0.7, stop=["a"], stop_token_ids=[3], logit_bias={1: 2.0}, bad_words=["x"],
+                       structured_outputs=StructuredOutputsParams(regex="a+"), allowed_token_ids=[1, 2])
+    p.bad_words_token_ids = [[1, 2]]
+    q = p.clone()
+    assert q == p and type(q) is SamplingParams
+    for name in ("stop", "stop_token_ids", "logit_bias", "bad_words", "structured_outputs", "allowed_token_ids",
+                 "all_stop_token_ids", "bad_words_token_ids"):
+        assert getattr(q, name) is not getattr(p, name), name
+    assert q.bad_words_token_ids[0] is not p.bad_words_token_ids[0]
+    q.stop.append("b")
+    q.logit_bias[5] = 1.0
+    assert p.stop == ["a"] and p.logit_bias == {1: 2.0}
