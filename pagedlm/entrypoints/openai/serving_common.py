@@ -4,13 +4,13 @@ params, starting engine requests, merging their outputs, disconnects, SSE framin
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -35,8 +35,12 @@ def clamp_logprob(value: float) -> float:
     return max(value, MIN_LOGPROB) if not math.isnan(value) else MIN_LOGPROB
 
 
+_JSON = msgspec.json.Encoder()  # compact UTF-8 JSON, ~10x json.dumps on a stream chunk
+
+
 def sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One server-sent event (a stream chunk per token and request: it is on the hot path)."""
+    return "data: " + _JSON.encode(obj).decode() + "\n\n"
 
 
 def random_id(prefix: str) -> str:
