@@ -11,6 +11,8 @@
 #                  a decode and a prefill step's kernels vs gaps at 1,024 requests    (~6 min)
 #   mixed          floors; the same workload with lengths drawn from [0.5, 1.5] x the mean
 #                  (--random-range-ratio 0.5), where static batching pays for padding  (~8 min)
+#   serve          `pagedlm serve` + `pagedlm bench serve` at rate inf, 1,000 x 512/256, at the
+#                  server's defaults and at --max-num-seqs 256, beside the offline engine (~7 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present).
 set -uo pipefail
@@ -64,7 +66,18 @@ case "${1:-}" in
     timeout 560 python3 benchmarks/compare_throughput.py "${WORKLOAD[@]}" --random-range-ratio 0.5 \
       --hf-batch-size 256 128 64 --output-json "$OUT/mixed.json" > "$OUT/mixed.log" 2>&1
     grep -E "^(transformers|pagedlm)" "$OUT/mixed.log" | tail -n 8 ;;
+  serve)
+    timeout 150 python3 benchmarks/compare_throughput.py "${WORKLOAD[@]}" --random-range-ratio 0 --skip-hf \
+      > "$OUT/offline.log" 2>&1
+    grep -E "^pagedlm" "$OUT/offline.log" | tail -n 1
+    for seqs in default 256; do
+      extra=(); [ "$seqs" = default ] || extra=(--server-args "--max-num-seqs $seqs")
+      mkdir -p "/tmp/serve_$seqs"
+      timeout 200 python3 benchmarks/serve_vs_offline.py --num-prompts 1000 --concurrency-1-prompts 4 --rate 0 \
+        --out-dir "/tmp/serve_$seqs" "${extra[@]}" > "$OUT/serve_$seqs.log" 2>&1
+      echo "max_num_seqs $seqs:"; tail -n 3 "$OUT/serve_$seqs.log"
+    done ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve" >&2
     exit 2 ;;
 esac
