@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-_SAMPLING_EPS = 1e-5
+SAMPLING_EPS = 1e-5  # a temperature below it is greedy (every sampling path reads this one)
 MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
 
@@ -138,7 +138,7 @@ class SamplingParams:
             raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
         if self.top_k == -1:
             self.top_k = 0
-        if self.temperature < _SAMPLING_EPS:
+        if self.temperature < SAMPLING_EPS:
             # Greedy: the filters have no effect, normalise them so batching treats it simply.
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
         self.output_kind = RequestOutputKind(self.output_kind)
@@ -196,7 +196,7 @@ class SamplingParams:
 
     @property
     def sampling_type_greedy(self) -> bool:
-        return self.temperature < _SAMPLING_EPS
+        return self.temperature < SAMPLING_EPS
 
     def verify_vocab(self, vocab_size: int) -> None:
         """Token ids named by the user must exist in the model's vocabulary."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pagedlm.attention.kv_cache_dtype import fp8_max, is_fp8
 from pagedlm.kernels.step_prep import prepare_step  # noqa: F401 - the op table's reference entry
+from pagedlm.sampling_params import SAMPLING_EPS
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -256,7 +257,6 @@ def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size,
 
 
 # ---- sampling ---------------------------------------------------------------------------------
-_SAMPLING_EPS = 1e-5
 
 
 def row_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -297,7 +297,7 @@ def sample_argmax(logits: torch.Tensor, temperature: torch.Tensor | None,
     x = logits.to(torch.float32)
     greedy = None
     if temperature is not None:
-        greedy = (temperature < _SAMPLING_EPS).unsqueeze(1)
+        greedy = (temperature < SAMPLING_EPS).unsqueeze(1)
         x = x / torch.where(greedy, 1.0, temperature.unsqueeze(1))
     q = exponential_noise(x.shape, x.device) if uniforms is None else uniforms.to(torch.float32).log().neg_()
     log_q = q.log_()

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+from pagedlm.sampling_params import SAMPLING_EPS
 
-_EPS = 1e-5
 _BLOCK = 1024
 _CHUNK = 4096  # tokens per program: 32 programs for a 128k row, ~1 MB of logits in flight per row
 
@@ -101,7 +101,7 @@ def sample_argmax(logits: torch.Tensor, temperature: torch.Tensor | None,
     temp = temperature if temperature is not None else best_val  # a placeholder pointer when unused
     u = uniforms if uniforms is not None else best_val
     _sample_chunks_kernel[(b, num_chunks)](
-        logits, logits.stride(0), temp, seed, u, best_val, best_idx, vocab, num_chunks, EPS=_EPS, CHUNK=_CHUNK,
+        logits, logits.stride(0), temp, seed, u, best_val, best_idx, vocab, num_chunks, EPS=SAMPLING_EPS, CHUNK=_CHUNK,
         BLOCK=_BLOCK, HAS_TEMP=temperature is not None, HAS_U=uniforms is not None, num_warps=4, **launch_kwargs())
     _pick_chunk_kernel[(b,)](best_val, best_idx, out, num_chunks, BLOCK_C=max(16, triton.next_power_of_2(num_chunks)),
                              num_warps=1, **launch_kwargs())

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import SAMPLING_EPS, SamplingParams
 
-_SAMPLING_EPS = 1e-5
 
 
 @dataclass(slots=True)
@@ -136,9 +135,9 @@ def _logit_bias(
 
 def _has_penalties(sp: SamplingParams) -> bool:
     return (
-        abs(sp.presence_penalty) >= _SAMPLING_EPS
-        or abs(sp.frequency_penalty) >= _SAMPLING_EPS
-        or abs(sp.repetition_penalty - 1.0) >= _SAMPLING_EPS
+        abs(sp.presence_penalty) >= SAMPLING_EPS
+        or abs(sp.frequency_penalty) >= SAMPLING_EPS
+        or abs(sp.repetition_penalty - 1.0) >= SAMPLING_EPS
     )
 
 
@@ -162,7 +161,7 @@ def _penalties(
             output_counts=penalty_state[0], prompt_mask=penalty_state[1],
         )
     outputs = [out if p else [] for out, p in zip(output_token_ids, penalized)]
-    use_prompt = [abs(sp.repetition_penalty - 1.0) >= _SAMPLING_EPS for sp in params]
+    use_prompt = [abs(sp.repetition_penalty - 1.0) >= SAMPLING_EPS for sp in params]
     prompt_ids = None
     if any(use_prompt):
         prompts = [list(pr) if u else [] for pr, u in zip(prompt_token_ids, use_prompt)]
@@ -209,7 +208,7 @@ def build_sampling_metadata(
     ``penalty_state``: (output counts [B, V], prompt mask [B, V] or None) kept on the device by
     the persistent batch; when given, penalties read it and output/prompt lists are not padded."""
     device = torch.device(device)
-    greedy = [sp.temperature < _SAMPLING_EPS for sp in params]
+    greedy = [sp.temperature < SAMPLING_EPS for sp in params]
     random_rows = [i for i, g in enumerate(greedy) if not g]
     filter_rows, top_k, top_p, max_top_k = _top_k_top_p(params, random_rows, vocab_size, device)
     min_ps = [0.0 if g else sp.min_p for sp, g in zip(params, greedy)]
@@ -226,7 +225,7 @@ def build_sampling_metadata(
         top_k=top_k,
         top_p=top_p,
         max_top_k=max_top_k,
-        min_p=_to_device(min_ps, torch.float32, device) if max(min_ps, default=0.0) > _SAMPLING_EPS else None,
+        min_p=_to_device(min_ps, torch.float32, device) if max(min_ps, default=0.0) > SAMPLING_EPS else None,
         # A greedy row never draws, so its generator stays untouched.
         generators={i: gen for i, gen in enumerate(generators) if gen is not None and not greedy[i]},
         max_num_logprobs=max(requested) if requested else None,

@@ -17,8 +17,8 @@ from pagedlm.kernels.reference import row_argmax
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.penalties import apply_penalties
+from pagedlm.sampling_params import SAMPLING_EPS
 
-_SAMPLING_EPS = 1e-5
 
 
 @dataclass(slots=True)
@@ -147,7 +147,7 @@ class Sampler:
             return greedy
         temperature = md.temperature
         if not md.all_random:  # greedy rows are discarded below; avoid dividing by 0
-            temperature = torch.where(temperature < _SAMPLING_EPS, 1.0, temperature)
+            temperature = torch.where(temperature < SAMPLING_EPS, 1.0, temperature)
         logits = logits / temperature.unsqueeze(1)  # [B, V], a new tensor from here on
         if md.min_p is not None:
             apply_min_p(logits, md.min_p)
@@ -158,4 +158,4 @@ class Sampler:
         sampled = exponential_sample(logits, md.generators)
         if greedy is None:
             return sampled
-        return torch.where(md.temperature < _SAMPLING_EPS, greedy, sampled)
+        return torch.where(md.temperature < SAMPLING_EPS, greedy, sampled)

@@ -20,6 +20,7 @@ import torch
 from pagedlm.attention.metadata import AttentionMetadata
 from pagedlm.config import ConfigError, load_hf_config
 from pagedlm.forward_context import set_forward_context
+from pagedlm.sampling_params import SAMPLING_EPS
 from pagedlm.spec_decode.config import SpeculativeConfig
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from pagedlm.worker.input_batch import CachedRequestState, StepInputs
     from pagedlm.worker.model_runner import ModelRunner
 
-_SAMPLING_EPS = 1e-5
 
 
 def sample_draft(logits: torch.Tensor, states: list["CachedRequestState"],
@@ -37,17 +37,17 @@ def sample_draft(logits: torch.Tensor, states: list["CachedRequestState"],
     take the argmax (greedy verification never reads q)."""
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    random_rows = [i for i, s in enumerate(states) if s.sampling_params.temperature >= _SAMPLING_EPS]
+    random_rows = [i for i, s in enumerate(states) if s.sampling_params.temperature >= SAMPLING_EPS]
     if not random_rows:
         return greedy, None
-    probs = (logits / temperature.clamp(min=_SAMPLING_EPS).unsqueeze(1)).softmax(dim=-1)  # [B, V]
+    probs = (logits / temperature.clamp(min=SAMPLING_EPS).unsqueeze(1)).softmax(dim=-1)  # [B, V]
     exp = torch.empty_like(probs)
     torch.rand(exp.shape, out=exp).log_().neg_()
     for i in random_rows:
         if states[i].generator is not None:
             exp[i].exponential_(generator=states[i].generator)
     sampled = (probs / exp).argmax(dim=-1)
-    return torch.where(temperature < _SAMPLING_EPS, greedy, sampled), probs
+    return torch.where(temperature < SAMPLING_EPS, greedy, sampled), probs
 
 
 def kv_cache_bytes(attention_layers: list, block_size: int, dtype: torch.dtype) -> int:

@@ -29,8 +29,8 @@ import torch
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.sampler import _apply_to_rows, apply_logits_processors, apply_min_p, apply_top_k_top_p
+from pagedlm.sampling_params import SAMPLING_EPS
 
-_SAMPLING_EPS = 1e-5
 
 
 @dataclass(slots=True)
@@ -43,7 +43,7 @@ class RejectionOutput:
 def target_probs(processed: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     """The distribution the plain sampler draws from: processed logits [N, V] -> probs [N, V]
     (temperature, min-p, top-k, top-p; greedy rows come out at temperature 1, unused)."""
-    temperature = torch.where(md.temperature < _SAMPLING_EPS, 1.0, md.temperature)
+    temperature = torch.where(md.temperature < SAMPLING_EPS, 1.0, md.temperature)
     logits = processed / temperature.unsqueeze(1)  # [N, V], a new tensor
     if md.min_p is not None:
         apply_min_p(logits, md.min_p)
@@ -97,7 +97,7 @@ def rejection_sample(
         # Bonus rows draw from p itself.
         residual = torch.where(is_draft_row.unsqueeze(1), residual, probs)
         recovered = residual.div_(exp).argmax(dim=-1)  # [N], a draw from norm(residual)
-        greedy_row = md.temperature < _SAMPLING_EPS
+        greedy_row = md.temperature < SAMPLING_EPS
         accept_random = u * q_draft < p_draft  # u < p / q, without dividing by q
         accepted = torch.where(greedy_row, greedy_tokens == drafts.squeeze(1), accept_random) & is_draft_row
         tokens = torch.where(accepted, drafts.squeeze(1), torch.where(greedy_row, greedy_tokens, recovered))

@@ -17,18 +17,17 @@ import torch
 from torch import nn
 
 from pagedlm.kernels import ops
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import SAMPLING_EPS, SamplingParams
 
 logger = logging.getLogger(__name__)
-_SAMPLING_EPS = 1e-5
 
 
 def is_plain(sp: SamplingParams, vocab_size: int) -> bool:
     """True when the graph's greedy/temperature sampling is exactly what the Sampler does."""
     return (sp.logprobs is None and sp.prompt_logprobs is None and sp.seed is None
-            and abs(sp.presence_penalty) < _SAMPLING_EPS and abs(sp.frequency_penalty) < _SAMPLING_EPS
-            and abs(sp.repetition_penalty - 1.0) < _SAMPLING_EPS
-            and not 0 < sp.top_k < vocab_size and sp.top_p >= 1.0 and sp.min_p <= _SAMPLING_EPS
+            and abs(sp.presence_penalty) < SAMPLING_EPS and abs(sp.frequency_penalty) < SAMPLING_EPS
+            and abs(sp.repetition_penalty - 1.0) < SAMPLING_EPS
+            and not 0 < sp.top_k < vocab_size and sp.top_p >= 1.0 and sp.min_p <= SAMPLING_EPS
             and not sp.logit_bias and sp.allowed_token_ids is None and not sp.bad_words_token_ids
             and not sp.min_tokens)
 

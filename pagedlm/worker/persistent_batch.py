@@ -19,15 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagedlm.sampling_params import SamplingParams
+from pagedlm.sampling_params import SAMPLING_EPS, SamplingParams
 from pagedlm.worker.graph_sampling import is_plain
 
-_SAMPLING_EPS = 1e-5
 
 
 def has_penalties(sp: SamplingParams) -> bool:
-    return (abs(sp.presence_penalty) >= _SAMPLING_EPS or abs(sp.frequency_penalty) >= _SAMPLING_EPS
-            or abs(sp.repetition_penalty - 1.0) >= _SAMPLING_EPS)
+    return (abs(sp.presence_penalty) >= SAMPLING_EPS or abs(sp.frequency_penalty) >= SAMPLING_EPS
+            or abs(sp.repetition_penalty - 1.0) >= SAMPLING_EPS)
 
 
 class PersistentBatch:
@@ -210,7 +209,7 @@ class PersistentBatch:
         self.output_counts[row].zero_()
         out = _valid_ids(output_token_ids, self.vocab_size, self.device)
         self.output_counts[row].index_put_((out,), torch.ones_like(out, dtype=torch.int32), accumulate=True)
-        if abs(sp.repetition_penalty - 1.0) < _SAMPLING_EPS:
+        if abs(sp.repetition_penalty - 1.0) < SAMPLING_EPS:
             return
         if self.prompt_mask is None:
             self.prompt_mask = torch.zeros(self.max_num_reqs, self.vocab_size, dtype=torch.bool, device=self.device)
