@@ -8,6 +8,8 @@ per-step IterationStats.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +19,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401 - re-exported for the server
 
@@ -46,9 +49,20 @@ class PrometheusStatLogger:
     """The engine's metrics; see SPEC.md "Metrics" for the names."""
 
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None, prefix: str = PREFIX,
-                 engine_config: EngineConfig | None = None) -> None:
+                 engine_config: EngineConfig | None = None, multiprocess_dir: str | None = None,
+                 engine_stats: bool = True) -> None:
+        """``multiprocess_dir``: one of several API server processes (api_server_pool.py), whose
+        metrics are Prometheus multiprocess files there (the process must have started with
+        PROMETHEUS_MULTIPROC_DIR set to it); ``render`` reads them all. ``engine_stats``: this
+        process records what the engine cores report (gauges, preemptions, prefix cache, step
+        sizes): one process of a pool does, or those would count once per process."""
         if prefix not in PREFIXES:
             raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
+        if multiprocess_dir is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR") != multiprocess_dir:
+            raise ValueError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set to the directory before "
+                             "the process starts")
+        self.multiprocess_dir = multiprocess_dir
+        self.engine_stats = engine_stats
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.model_name = model_name
         self.prefix = prefix
@@ -56,7 +70,8 @@ class PrometheusStatLogger:
         r = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(prefix + name, doc, labels, registry=r).labels(model_name)
+            # Several processes: the value of the one that set it last (only one sets these).
+            return Gauge(prefix + name, doc, labels, registry=r, multiprocess_mode="mostrecent").labels(model_name)
 
         def counter(name: str, doc: str) -> Counter:
             return Counter(prefix + name, doc, labels, registry=r).labels(model_name)
@@ -93,11 +108,14 @@ class PrometheusStatLogger:
         if engine_config is not None and engine_config.lora_config is not None:
             # vLLM's lora_requests_info: the value is the time of the update, the adapters are labels.
             self.lora_info = Gauge(prefix + "lora_requests_info", "Running stats on lora requests.",
-                                   ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r)
-        # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+                                   ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r,
+                                   multiprocess_mode="mostrecent")
+        if multiprocess_dir is None:
+            # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM (one
+            # process of a pool would answer for all of them: none then, as vLLM).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self._last = EngineStats()
         self._steps_seen: dict[int, int] = {}  # engine index -> num_steps_total already observed
         self.spec_decoding = None  # spec-decode counters, made on the first stats that carry them
@@ -122,27 +140,28 @@ class PrometheusStatLogger:
             "num_gpu_blocks_override": str(cache.num_gpu_blocks_override),
         }
         gauge = Gauge(self.prefix + "cache_config_info", "Information of the KV cache configuration (value 1).",
-                      list(info), registry=self.registry)
+                      list(info), registry=self.registry, multiprocess_mode="mostrecent")
         gauge.labels(**info).set(1)
 
     # ------------------------------------------------------------------ frontend hooks (event loop)
 
     def record_stats(self, stats: EngineStats) -> None:
+        # Prompt and generation tokens are this frontend's own counts (EngineStats takes them
+        # from the AsyncLLM); everything else is the engine cores'.
+        # Both keep running totals; counters advance by the difference.
+        last, self._last = self._last, stats
+        counters = ["prompt_tokens", "generation_tokens"]
+        if self.engine_stats:
+            counters += ["num_preemptions", "prefix_cache_queries", "prefix_cache_hits"]
+        for name in counters:
+            now, before = getattr(stats, name + "_total"), getattr(last, name + "_total")
+            if now > before:
+                getattr(self, name).inc(now - before)
+        if not self.engine_stats:
+            return
         self.num_requests_running.set(stats.num_running_reqs)
         self.num_requests_waiting.set(stats.num_waiting_reqs)
         self.kv_cache_usage_perc.set(stats.kv_cache_usage)
-        # The engine keeps running totals; counters advance by the difference.
-        last = self._last
-        for counter, now, before in (
-            (self.prompt_tokens, stats.prompt_tokens_total, last.prompt_tokens_total),
-            (self.generation_tokens, stats.generation_tokens_total, last.generation_tokens_total),
-            (self.num_preemptions, stats.num_preemptions_total, last.num_preemptions_total),
-            (self.prefix_cache_queries, stats.prefix_cache_queries_total, last.prefix_cache_queries_total),
-            (self.prefix_cache_hits, stats.prefix_cache_hits_total, last.prefix_cache_hits_total),
-        ):
-            if now > before:
-                counter.inc(now - before)
-        self._last = stats
         if self.lora_info is not None:
             self.lora_info.clear()  # one series: the current adapters, not every set ever seen
             self.lora_info.labels(max_lora=str(stats.max_lora),
@@ -152,6 +171,8 @@ class PrometheusStatLogger:
 
     def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None:
         """One engine core's own stats (not summed): each step it ran is observed once."""
+        if not self.engine_stats:
+            return
         if stats.spec_decoding is not None:
             if self.spec_decoding is None:
                 from pagedlm.spec_decode.metrics import SpecDecodingPrometheus
@@ -192,4 +213,8 @@ class PrometheusStatLogger:
             self.inference_time.observe(req.prefill_time + req.decode_time)
 
     def render(self) -> bytes:
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)

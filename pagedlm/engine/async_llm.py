@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 from pagedlm.engine.core_client import EngineDeadError, MPClient
+from pagedlm.engine.core_launcher import CoreAddresses
 from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType, fan_out, load_tokenizer
 from pagedlm.engine.llm_engine import EngineStats
 from pagedlm.engine.messages import EngineCoreOutputs, SchedulerStats
@@ -144,7 +145,9 @@ def merge_deltas(outputs: list[RequestOutput]) -> RequestOutput:
 
 class AsyncLLM:
     def __init__(self, engine_args: EngineArgs, stat_logger: StatLogger | None = None,
-                 data_parallel_size: int = 1) -> None:
+                 data_parallel_size: int = 1, cores: CoreAddresses | None = None, client_index: int = 0) -> None:
+        """Starts ``data_parallel_size`` engine cores, or joins running ones (``cores``, as API
+        server ``client_index`` of several: see entrypoints/openai/api_server_pool.py)."""
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
         self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
@@ -165,12 +168,13 @@ class AsyncLLM:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.draining = False  # set by a server that is shutting down: no new requests
-        self.client = MPClient(engine_args, num_engines=data_parallel_size)
+        self.client = MPClient(engine_args, num_engines=data_parallel_size, cores=cores, client_index=client_index)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, stat_logger: StatLogger | None = None,
-                         data_parallel_size: int = 1) -> "AsyncLLM":
-        return cls(args, stat_logger, data_parallel_size)
+                         data_parallel_size: int = 1, cores: CoreAddresses | None = None,
+                         client_index: int = 0) -> "AsyncLLM":
+        return cls(args, stat_logger, data_parallel_size, cores, client_index)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -3,9 +3,11 @@
 - ``InprocClient``: the EngineCore lives here; ``get_output`` runs one step. The offline
   ``LLM``'s default (see docs/architecture.md for the measurement behind that choice).
 - ``MPClient``: one engine-core process per data-parallel rank (``run_engine_core``), msgpack
-  over ZMQ ``ipc://`` sockets in a private 0700 directory. A thread receives and decodes the
+  over ZMQ ``ipc://`` sockets in a private 0700 directory (``core_launcher``). The client
+  starts its own cores, or joins cores that a server's launcher started for several API
+  server processes (``cores=``, one ``client_index`` each). A thread receives and decodes the
   cores' messages and hands them to the caller (a queue, or an asyncio loop); another watches
-  the processes. A core that dies turns every waiting call into ``EngineDeadError``.
+  the processes it started. A core that dies turns every waiting call into ``EngineDeadError``.
   Requests go to the least-loaded core (unfinished requests it holds); a request's n > 1
   children stay together on one core so they share their prompt's KV blocks.
 """
@@ -18,10 +20,7 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
-import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from typing import Any
@@ -36,29 +35,22 @@ from pagedlm.engine.messages import (
     EngineCoreOutputs,
     EngineCoreRequest,
     EngineFailed,
-    EngineReady,
     Shutdown,
     UtilityCall,
     UtilityResult,
 )
+from pagedlm.engine.core_launcher import CoreAddresses, EngineCores, EngineStartupError, process_exists
 from pagedlm.engine.request import Request
+
+__all__ = ["EngineDeadError", "EngineStartupError", "InprocClient", "MPClient"]
 
 logger = logging.getLogger(__name__)
 
-STARTUP_POLL_S = 0.5
-SHUTDOWN_TIMEOUT_S = 5.0
+PID_POLL_S = 0.5
 
 
 class EngineDeadError(RuntimeError):
     """The engine core failed; no request can be served until the server restarts."""
-
-
-class EngineStartupError(RuntimeError):
-    """An engine core could not start. ``user_error``: the message says which setting to change."""
-
-    def __init__(self, message: str, user_error: bool) -> None:
-        super().__init__(message)
-        self.user_error = user_error
 
 
 class InprocClient:
@@ -98,71 +90,49 @@ class MPClient:
     thread of its own, which delivers to a queue (``get_output``) or, after
     ``attach_loop``, to an asyncio queue (``get_output_async``)."""
 
-    def __init__(self, engine_args: Any, num_engines: int = 1) -> None:
-        self.num_engines = num_engines
-        self.ipc_dir = tempfile.mkdtemp(prefix="pagedlm-")  # mode 0700: only this user connects
+    def __init__(self, engine_args: Any, num_engines: int = 1, cores: CoreAddresses | None = None,
+                 client_index: int = 0) -> None:
+        """Starts ``num_engines`` cores of its own, or (``cores``) joins running ones as frontend
+        ``client_index``; the process that started those stops them."""
+        self._own_cores = EngineCores(engine_args, num_engines) if cores is None else None
+        addresses = self._own_cores.addresses if self._own_cores is not None else cores
+        if not 0 <= client_index < addresses.num_clients:
+            raise ValueError(f"client_index {client_index} is not one of the cores' {addresses.num_clients} frontends")
+        self.num_engines = addresses.num_engines
+        self.client_index = client_index
+        self.num_blocks = list(addresses.num_blocks)
         self.context = zmq.Context()
-        self.output_socket = self._bind(zmq.PULL, "output")
-        self.input_sockets = [self._bind(zmq.PUSH, f"input{i}") for i in range(num_engines)]
+        self.output_socket = self.context.socket(zmq.PULL)
+        self.output_socket.setsockopt(zmq.LINGER, 0)
+        self.output_socket.bind(addresses.output(client_index))
+        self.input_sockets = []
+        for index in range(self.num_engines):
+            socket = self.context.socket(zmq.PUSH)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDHWM, 0)  # never block the event loop on a send
+            socket.connect(addresses.input(index))
+            self.input_sockets.append(socket)
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(EngineCoreEvent)
         self.dead_error: EngineDeadError | None = None
-        self.num_blocks: list[int] = [0] * num_engines
         self._engine_of: dict[str, int] = {}
-        self._load = [0] * num_engines
+        self._load = [0] * self.num_engines
         self._calls: dict[int, tuple[int, list[Any], concurrent.futures.Future]] = {}
         self._call_ids = itertools.count()
         self._outputs: queue.Queue[EngineCoreOutputs | EngineDeadError] = queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_outputs: asyncio.Queue | None = None
         self._closing = False
-        self.processes = [self._spawn(engine_args, i) for i in range(num_engines)]
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.shutdown()
-            raise
         self._receiver = threading.Thread(target=self._receive, name="pagedlm-core-client", daemon=True)
         self._receiver.start()
-        threading.Thread(target=self._watch_processes, name="pagedlm-core-monitor", daemon=True).start()
+        watch = self._watch_processes if self._own_cores is not None else self._watch_pids
+        threading.Thread(target=watch, args=(addresses,) if cores is not None else (), name="pagedlm-core-monitor",
+                         daemon=True).start()
 
-    # ------------------------------------------------------------------ start-up
-
-    def _bind(self, kind: int, name: str) -> zmq.Socket:
-        socket = self.context.socket(kind)
-        socket.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.PUSH:
-            socket.setsockopt(zmq.SNDHWM, 0)  # never block the event loop on a send
-        socket.bind(f"ipc://{self.ipc_dir}/{name}")
-        return socket
-
-    def _spawn(self, engine_args: Any, index: int) -> multiprocessing.Process:
-        from pagedlm.engine.core_proc import run_engine_core
-
-        env = _device_env(engine_args, index, self.num_engines)
-        process = multiprocessing.get_context("spawn").Process(
-            target=run_engine_core, name=f"pagedlm-engine-core-{index}", daemon=True,
-            args=(engine_args, index, f"ipc://{self.ipc_dir}/input{index}", f"ipc://{self.ipc_dir}/output",
-                  os.getpid(), env))
-        process.start()
-        return process
-
-    def _wait_ready(self) -> None:
-        """Block until every core reports ready; a failure or an early exit raises."""
-        waiting = set(range(self.num_engines))
-        while waiting:
-            if self.output_socket.poll(STARTUP_POLL_S * 1000):
-                event = self.decoder.decode(self.output_socket.recv())
-                if isinstance(event, EngineFailed):
-                    raise EngineStartupError(event.message, event.user_error)
-                if isinstance(event, EngineReady):
-                    self.num_blocks[event.engine_index] = event.num_blocks
-                    waiting.discard(event.engine_index)
-                continue
-            for i in waiting:
-                if not self.processes[i].is_alive():
-                    raise EngineStartupError(f"engine core {i} exited during start-up with code "
-                                             f"{self.processes[i].exitcode}; see the log above", user_error=False)
+    @property
+    def processes(self) -> list[multiprocessing.Process]:
+        """The core processes this client started (none when it joined a launcher's)."""
+        return self._own_cores.processes if self._own_cores is not None else []
 
     # ------------------------------------------------------------------ requests
 
@@ -171,6 +141,7 @@ class MPClient:
         self._check_alive()
         index = min(range(self.num_engines), key=self._load.__getitem__)
         for request in requests:
+            request.client_index = self.client_index
             self._engine_of[request.request_id] = index
             self._load[index] += 1
             self.input_sockets[index].send(self.encoder.encode(AddRequest(request)), copy=False)
@@ -260,7 +231,7 @@ class MPClient:
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._calls[call_id] = (self.num_engines, [None] * self.num_engines, future)
         for socket in self.input_sockets:
-            socket.send(self.encoder.encode(UtilityCall(call_id, method, list(args))))
+            socket.send(self.encoder.encode(UtilityCall(call_id, method, list(args), self.client_index)))
         return future
 
     def call_utility(self, method: str, *args: Any) -> list[Any]:
@@ -293,6 +264,16 @@ class MPClient:
         time.sleep(0.2)  # a dying core's own notice, if it sent one, says more than the exit code
         self._die(f"engine core {index} exited unexpectedly (exit code {self.processes[index].exitcode})")
 
+    def _watch_pids(self, addresses: CoreAddresses) -> None:
+        """Cores another process started: gone once their launcher has reaped them."""
+        while not self._closing:
+            for index, pid in enumerate(addresses.core_pids):
+                if not process_exists(pid):
+                    time.sleep(0.2)  # a dying core's own notice, if it sent one, says more
+                    self._die(f"engine core {index} exited unexpectedly")
+                    return
+            time.sleep(PID_POLL_S)
+
     def _die(self, message: str) -> None:
         if self.dead_error is not None or self._closing:
             return
@@ -305,31 +286,12 @@ class MPClient:
         self._deliver(self.dead_error)
 
     def shutdown(self) -> None:
+        """Close the sockets; stop the cores when this client started them."""
         if self._closing:
             return
         self._closing = True
-        for socket in self.input_sockets:
-            try:
-                socket.send(self.encoder.encode(Shutdown()), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
-        for process in self.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join(2)
+        if self._own_cores is not None:
+            self._own_cores.shutdown()
         self.context.destroy(linger=0)
-        shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
-def _device_env(engine_args: Any, index: int, num_engines: int) -> dict[str, str]:
-    """Data-parallel rank ``index`` gets its own GPUs (tensor_parallel_size of them)."""
-    if num_engines == 1 or getattr(engine_args, "device", "auto") == "cpu":
-        return {}
-    # Each core's executor runs tp x pp ranks, one GPU each.
-    per_engine = getattr(engine_args, "tensor_parallel_size", 1) * getattr(engine_args, "pipeline_parallel_size", 1)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = visible.split(",") if visible else [str(i) for i in range(num_engines * per_engine)]
-    mine = devices[index * per_engine:(index + 1) * per_engine]
-    return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}

@@ -5,7 +5,9 @@ Three threads, so the GIL-heavy step loop never waits on sockets:
   queues them;
 - the main thread applies queued inputs, steps the engine while there is work and blocks on
   the input queue when there is none (no spinning while idle);
-- the output thread encodes each step's EngineCoreOutputs and sends them.
+- the output thread encodes each step's EngineCoreOutputs and sends them: with several
+  frontends (``pagedlm serve --api-server-count N``), each gets the outputs of the requests it
+  sent and every step's stats.
 
 The process dies with its frontend: a watchdog thread exits when the parent process is gone,
 so a killed API server never leaves an orphan holding the GPU.
@@ -20,17 +22,20 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
 import msgspec
 import zmq
 
+from pagedlm.engine.core_launcher import exit_with_parent
 from pagedlm.engine.gc_heap import freeze_startup_heap
 from pagedlm.engine.messages import (
     AbortRequests,
     AddRequest,
     EngineCoreEvent,
     EngineCoreInput,
+    EngineCoreOutput,
     EngineCoreOutputs,
     EngineFailed,
     EngineReady,
@@ -42,23 +47,25 @@ from pagedlm.engine.request import Request
 
 logger = logging.getLogger("pagedlm.engine_core")
 
-PARENT_POLL_S = 0.5
-
 
 class EngineCoreProc:
     """Owns an EngineCore and its sockets; ``run`` returns when asked to shut down."""
 
     UTILITY_METHODS = ("reset_prefix_cache", "get_stats", "ping")
 
-    def __init__(self, core: Any, engine_index: int, input_socket: zmq.Socket, output_socket: zmq.Socket) -> None:
+    def __init__(self, core: Any, engine_index: int, input_socket: zmq.Socket,
+                 output_sockets: list[zmq.Socket]) -> None:
         self.core = core
         self.engine_index = engine_index
         self.input_queue: queue.Queue[EngineCoreInput] = queue.Queue()
         self.output_queue: queue.Queue[EngineCoreEvent | None] = queue.Queue()
+        self.num_clients = len(output_sockets)
+        # request id -> the frontend that sent it (kept only when there are several)
+        self._client_of: dict[str, int] = {}
         self._stop = False
         self._input_thread = threading.Thread(target=self._receive_inputs, args=(input_socket,),
                                               name="pagedlm-core-input", daemon=True)
-        self._output_thread = threading.Thread(target=self._send_outputs, args=(output_socket,),
+        self._output_thread = threading.Thread(target=self._send_outputs, args=(output_sockets,),
                                                name="pagedlm-core-output", daemon=True)
 
     def run(self) -> None:
@@ -89,8 +96,13 @@ class EngineCoreProc:
 
     def _apply(self, message: EngineCoreInput) -> None:
         if isinstance(message, AddRequest):
+            if self.num_clients > 1:
+                self._client_of[message.request.request_id] = message.request.client_index
             self.core.add_request(Request.from_engine_core_request(message.request))
         elif isinstance(message, AbortRequests):
+            if self.num_clients > 1:  # the frontend has forgotten them: later outputs are dropped
+                for request_id in message.request_ids:
+                    self._client_of.pop(request_id, None)
             if message.stopped:
                 self.core.stop_requests(message.request_ids)
             else:
@@ -101,13 +113,16 @@ class EngineCoreProc:
             self._stop = True
 
     def _call_utility(self, call: UtilityCall) -> UtilityResult:
+        result = UtilityResult(self.engine_index, call.call_id)
         if call.method not in self.UTILITY_METHODS:
-            return UtilityResult(self.engine_index, call.call_id, error=f"unknown utility method {call.method!r}")
-        if call.method == "ping":
-            return UtilityResult(self.engine_index, call.call_id, result=True)
-        if call.method == "get_stats":
-            return UtilityResult(self.engine_index, call.call_id, result=msgspec.to_builtins(self.core.stats()))
-        return UtilityResult(self.engine_index, call.call_id, result=getattr(self.core, call.method)(*call.args))
+            result.error = f"unknown utility method {call.method!r}"
+        elif call.method == "ping":
+            result.result = True
+        elif call.method == "get_stats":
+            result.result = msgspec.to_builtins(self.core.stats())
+        else:
+            result.result = getattr(self.core, call.method)(*call.args)
+        return RoutedResult(call.client_index, result)
 
     def _receive_inputs(self, socket: zmq.Socket) -> None:
         decoder = msgspec.msgpack.Decoder(EngineCoreInput)
@@ -118,18 +133,46 @@ class EngineCoreProc:
             except msgspec.ValidationError:
                 logger.exception("dropped a malformed engine-core message")
 
-    def _send_outputs(self, socket: zmq.Socket) -> None:
+    def _send_outputs(self, sockets: list[zmq.Socket]) -> None:
         encoder = msgspec.msgpack.Encoder()
         while True:
             message = self.output_queue.get()
             if message is None:
                 return
-            socket.send(encoder.encode(message), copy=False)
+            if isinstance(message, RoutedResult):
+                sockets[message.client_index].send(encoder.encode(message.result), copy=False)
+            elif len(sockets) == 1:
+                sockets[0].send(encoder.encode(message), copy=False)
+            else:
+                for client_index, outputs in enumerate(self._route(message)):
+                    sockets[client_index].send(encoder.encode(outputs), copy=False)
+
+    def _route(self, message: EngineCoreOutputs) -> list[EngineCoreOutputs]:
+        """One step's outputs split by frontend; every frontend gets the step's stats. Outputs
+        of requests their frontend aborted are dropped."""
+        per_client: list[list[EngineCoreOutput]] = [[] for _ in range(self.num_clients)]
+        client_of = self._client_of
+        for output in message.outputs:
+            client = client_of.pop(output.req_id, None) if output.finish_reason is not None else \
+                client_of.get(output.req_id)
+            if client is not None:
+                per_client[client].append(output)
+        return [EngineCoreOutputs(message.engine_index, outputs, message.scheduler_stats, message.timestamp)
+                for outputs in per_client]
 
 
-def run_engine_core(engine_args: Any, engine_index: int, input_address: str, output_address: str,
-                    parent_pid: int, env: dict[str, str]) -> None:
-    """Entry point of the engine-core process (spawned by the frontend's MP client)."""
+class RoutedResult(NamedTuple):
+    """A utility result on its way to the frontend that asked (never sent as such)."""
+
+    client_index: int
+    result: UtilityResult
+
+
+def run_engine_core(engine_args: Any, engine_index: int, input_address: str, output_addresses: list[str],
+                    ready_pipe: Connection, parent_pid: int, env: dict[str, str]) -> None:
+    """Entry point of an engine-core process (spawned by core_launcher.EngineCores): binds
+    ``input_address``, connects to each frontend's output address, reports ready (or why it
+    could not start) on ``ready_pipe``, then serves until told to shut down."""
     os.environ.update(env)
     # Ctrl-C in a terminal signals the whole process group: the frontend owns shutdown and
     # tells the core to stop (or disappears, which the watchdog notices).
@@ -138,32 +181,38 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
     from pagedlm.logger import configure_logging
 
     configure_logging()
-    _start_parent_watchdog(parent_pid)
+    exit_with_parent(parent_pid, f"engine core {engine_index}")
     context = zmq.Context()
-    output_socket = context.socket(zmq.PUSH)
-    output_socket.setsockopt(zmq.LINGER, 2000)
-    output_socket.connect(output_address)
+    output_sockets = []
+    for address in output_addresses:
+        socket = context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 2000)
+        socket.connect(address)
+        output_sockets.append(socket)
     input_socket = context.socket(zmq.PULL)
-    input_socket.connect(input_address)
+    input_socket.bind(input_address)
     encoder = msgspec.msgpack.Encoder()
     try:
         core = _build_core(engine_args)
-    except BaseException as e:  # noqa: BLE001 - reported to the frontend, which exits with it
+    except BaseException as e:  # noqa: BLE001 - reported to the launcher, which exits with it
         user_error = isinstance(e, ValueError)
         if not user_error:
             logger.exception("Engine core %d failed to start", engine_index)
-        output_socket.send(encoder.encode(EngineFailed(engine_index, str(e) if user_error else f"{type(e).__name__}: {e}",
-                                                       during_startup=True, user_error=user_error)))
-        output_socket.close()
+        ready_pipe.send_bytes(encoder.encode(EngineFailed(
+            engine_index, str(e) if user_error else f"{type(e).__name__}: {e}", during_startup=True,
+            user_error=user_error)))
         sys.exit(1)
     freeze_startup_heap()  # this process hosts one engine for its life (gc_heap.py)
-    output_socket.send(encoder.encode(EngineReady(engine_index, core.stats().num_total_blocks)))
-    proc = EngineCoreProc(core, engine_index, input_socket, output_socket)
+    ready_pipe.send_bytes(encoder.encode(EngineReady(engine_index, core.stats().num_total_blocks)))
+    ready_pipe.close()
+    proc = EngineCoreProc(core, engine_index, input_socket, output_sockets)
     try:
         proc.run()
-    except BaseException as e:  # noqa: BLE001 - a dead core tells the frontend before exiting
+    except BaseException as e:  # noqa: BLE001 - a dead core tells its frontends before exiting
         logger.exception("Engine core %d failed; it is dead", engine_index)
-        output_socket.send(encoder.encode(EngineFailed(engine_index, f"{type(e).__name__}: {e}")))
+        failed = encoder.encode(EngineFailed(engine_index, f"{type(e).__name__}: {e}"))
+        for socket in output_sockets:
+            socket.send(failed)
         time.sleep(0.2)  # let the notice leave before the process goes
         core.shutdown()  # os._exit skips finalizers: stop the worker processes first
         os._exit(1)
@@ -175,14 +224,3 @@ def _build_core(engine_args: Any) -> Any:
     from pagedlm.engine.engine_core import EngineCore
 
     return EngineCore(engine_args.create_engine_config())
-
-
-def _start_parent_watchdog(parent_pid: int) -> None:
-    def watch() -> None:
-        while True:
-            time.sleep(PARENT_POLL_S)
-            if os.getppid() != parent_pid:
-                logger.warning("The frontend process %d is gone; the engine core exits", parent_pid)
-                os._exit(1)
-
-    threading.Thread(target=watch, name="pagedlm-parent-watchdog", daemon=True).start()

@@ -144,6 +144,7 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     cache_salt: str | None = None
     priority: int = 0
     pooling_params: PoolingParams | None = None  # set: a pooling request (sampling_params is a placeholder)
+    client_index: int = 0  # the frontend (API server process) that sent it: its outputs go back there
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -164,6 +165,7 @@ class UtilityCall(msgspec.Struct, tag="utility", array_like=True):
     call_id: int
     method: str  # one of EngineCoreProc.UTILITY_METHODS
     args: list[Any] = []
+    client_index: int = 0  # the frontend that asked: the result goes back there
 
 
 class Shutdown(msgspec.Struct, tag="shutdown", array_like=True):

@@ -42,6 +42,9 @@ class ServerArgs:
     enable_request_id_headers: bool = opt(False, "every response carries X-Request-Id (the request's own, "
                                           "else a new one)", SERVER)
     disable_fastapi_docs: bool = opt(False, "do not serve /docs, /redoc and /openapi.json", SERVER)
+    api_server_count: int = opt(1, "API server processes sharing the port, all feeding the same engine cores: the "
+                                "text work (tokenizing, detokenizing, streaming) of many concurrent streams spread "
+                                "over that many CPU cores", SERVER, flags=("-asc",))
     shutdown_grace_period: float = opt(5.0, "seconds that unfinished requests may run after SIGTERM/Ctrl-C "
                                        "before they are aborted", SERVER)
     uvicorn_log_level: str = opt("info", "uvicorn's log level", LOGGING,
@@ -83,6 +86,8 @@ class ServerArgs:
             server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         refuse_unsupported(server_args)
         log_no_effect(server_args)
+        if server_args.api_server_count < 1:
+            raise ConfigError(f"--api-server-count must be at least 1, got {server_args.api_server_count}")
         server_args.check_tls()
         return server_args
 

@@ -50,7 +50,12 @@ from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletio
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding
-from pagedlm.entrypoints.openai.serving_lora import adapter_cards, add_lora_routes, build_lora_modules
+from pagedlm.entrypoints.openai.serving_lora import (
+    adapter_cards,
+    add_lora_routes,
+    build_lora_modules,
+    runtime_updating_allowed,
+)
 from pagedlm.lora.registry import LoRAModules
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
@@ -321,11 +326,25 @@ def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int, content
 # ---------------------------------------------------------------------- CLI entry
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before loading the model, so a busy port fails in a second, not after the load."""
+def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Bind before loading the model, so a busy port fails in a second, not after the load.
+    ``reuse_port``: one of a pool's sockets on the same port (SO_REUSEPORT: the kernel spreads
+    new connections evenly over the listening ones); the pool's launcher binds without
+    listening, to hold the port and fail early, and takes no connections."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     try:
-        return socket.create_server((host, port), family=family)
+        if not reuse_port:
+            return socket.create_server((host, port), family=family)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            if listen:
+                sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as e:
         raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port.") from e
 
@@ -412,49 +431,108 @@ class GracefulServer:
         self.server.should_exit = True
 
 
+@dataclass
+class ServerSetup:
+    """Everything ``pagedlm serve`` checked before taking the port or loading the model."""
+
+    server_args: Any  # ServerArgs
+    engine_args: Any  # ServerEngineArgs
+    engine_config: Any  # EngineConfig
+    options: ServingOptions
+    lora_modules: LoRAModules
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "ServerSetup":
+        """Every option is checked here; a bad one raises ServerStartError (the user's to fix)."""
+        from pagedlm.engine_args import ServerEngineArgs
+        from pagedlm.entrypoints.server_args import ServerArgs
+
+        try:
+            server_args = ServerArgs.from_cli_args(args)
+            engine_args = ServerEngineArgs.from_cli_args(args)
+            engine_config = engine_args.create_engine_config()
+            options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
+                                     engine_config.structured_outputs_config.reasoning_parser,
+                                     server_args.chat_template_content_format,
+                                     server_args.response_role, server_args.enable_force_include_usage,
+                                     server_args.return_tokens_as_token_ids)
+            options.check()
+            lora_modules = build_lora_modules(server_args.lora_modules, engine_config,
+                                              engine_args.served_model_names())
+        except ValueError as e:  # ConfigError: the user's to fix
+            raise ServerStartError(str(e)) from e
+        if server_args.api_server_count > 1 and engine_config.lora_config is not None and runtime_updating_allowed():
+            raise ServerStartError("runtime LoRA updating (/v1/load_lora_adapter) needs --api-server-count 1: each "
+                                   "API server process would keep its own list of adapters")
+        return cls(server_args, engine_args, engine_config, options, lora_modules)
+
+    def bind(self, pool: bool = False, listen: bool = True) -> socket.socket:
+        """The server's socket; ``pool``: one of an API server pool's (see bind_socket)."""
+        a = self.server_args
+        return bind_unix_socket(a.uds) if a.uds else bind_socket(a.host, a.port, reuse_port=pool, listen=listen)
+
+    def close(self, sock: socket.socket, owner: bool = True) -> None:
+        """Close the listening socket; its owner (the process that bound it) also removes a --uds file."""
+        _close(sock, self.server_args.uds if owner else None)
+
+
 def run_server(args: argparse.Namespace) -> None:
-    """Bind, start the engine cores (minutes for a big model), then serve until interrupted."""
-    import uvicorn
+    """Bind, start the engine cores (minutes for a big model), then serve until interrupted.
+    With ``--api-server-count`` N > 1, N API server processes share the socket
+    (api_server_pool.py)."""
     from prometheus_client import disable_created_metrics
 
-    from pagedlm.engine_args import ServerEngineArgs
-    from pagedlm.entrypoints.server_args import ServerArgs
-
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
-    try:  # every option is checked before the port is taken or the model loaded
-        server_args = ServerArgs.from_cli_args(args)
-        engine_args = ServerEngineArgs.from_cli_args(args)
-        engine_config = engine_args.create_engine_config()
-        options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,
-                                 engine_config.structured_outputs_config.reasoning_parser,
-                                 server_args.chat_template_content_format,
-                                 server_args.response_role, server_args.enable_force_include_usage,
-                                 server_args.return_tokens_as_token_ids)
-        options.check()
-        lora_modules = build_lora_modules(server_args.lora_modules, engine_config, engine_args.served_model_names())
-        engine_args.log_notices()
-    except ValueError as e:  # ConfigError: the user's to fix
-        raise ServerStartError(str(e)) from e
-    sock = bind_unix_socket(server_args.uds) if server_args.uds else bind_socket(server_args.host, server_args.port)
+    setup = ServerSetup.from_cli_args(args)
+    setup.engine_args.log_notices()
+    pool = setup.server_args.api_server_count > 1
+    sock = setup.bind(pool, listen=not pool)
+    if pool:
+        from pagedlm.entrypoints.openai.api_server_pool import run_api_server_pool
+
+        try:
+            exit_code = run_api_server_pool(args, setup, sock)
+        finally:
+            setup.close(sock)
+        if exit_code:
+            sys.exit(exit_code)
+        return
     try:
-        engine = AsyncLLM.from_engine_args(engine_args, data_parallel_size=engine_args.data_parallel_size)
+        engine = AsyncLLM.from_engine_args(setup.engine_args, data_parallel_size=setup.engine_args.data_parallel_size)
     except (ValueError, EngineStartupError) as e:  # bad model path, KV cache too small
-        _close(sock, server_args.uds)
-        if isinstance(e, EngineStartupError) and not e.user_error:
-            raise
-        raise ServerStartError(str(e)) from e
+        setup.close(sock)
+        raise startup_error(e) from e
+    serve_on(setup, engine, sock, metrics=PrometheusStatLogger)
+
+
+def startup_error(e: BaseException) -> BaseException:
+    """A core's start-up failure as the server reports it: the user's to fix (one line), or
+    the error itself (a traceback) when it is a bug."""
+    if isinstance(e, EngineStartupError) and not e.user_error:
+        return e
+    return ServerStartError(str(e))
+
+
+def serve_on(setup: ServerSetup, engine: AsyncLLM, sock: socket.socket, metrics: Any, owner: bool = True) -> None:
+    """Serve ``engine``'s API on ``sock`` until interrupted or the engine dies (then exit 1).
+    ``metrics(model_name, prefix=..., engine_config=...)`` makes the stat logger. ``owner``:
+    this process bound the socket (a pool's API servers did not: they neither announce it nor
+    remove a --uds file)."""
+    import uvicorn
+
+    server_args = setup.server_args
     names = list(engine.model_config.served_model_names) or [engine.model_config.served_model_name]
-    engine.stat_logger = PrometheusStatLogger(names[0], prefix=server_args.metrics_prefix + ":",
-                                              engine_config=engine_config)
+    engine.stat_logger = metrics(names[0], prefix=server_args.metrics_prefix + ":", engine_config=setup.engine_config)
     http = HTTPOptions(tuple(server_args.allowed_origins), server_args.allow_credentials,
                        tuple(server_args.allowed_methods), tuple(server_args.allowed_headers),
                        server_args.enable_request_id_headers)
     app = build_app(engine, engine.stat_logger, api_key=server_args.api_key, served_model_names=names,
-                    serving_options=options, disable_docs=server_args.disable_fastapi_docs, lora_modules=lora_modules,
-                    http=http)
-    where = (f"unix:{server_args.uds}" if server_args.uds else
-             f"{'https' if server_args.ssl_certfile else 'http'}://{server_args.host}:{server_args.port}")
-    logger.info("Serving model %r on %s (OpenAI-compatible API under /v1)", names[0], where)
+                    serving_options=setup.options, disable_docs=server_args.disable_fastapi_docs,
+                    lora_modules=setup.lora_modules, http=http)
+    if owner:
+        where = (f"unix:{server_args.uds}" if server_args.uds else
+                 f"{'https' if server_args.ssl_certfile else 'http'}://{server_args.host}:{server_args.port}")
+        logger.info("Serving model %r on %s (OpenAI-compatible API under /v1)", names[0], where)
     freeze_startup_heap()  # the server process hosts this engine's frontend for its life (gc_heap.py)
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             ssl_keyfile=server_args.ssl_keyfile, ssl_certfile=server_args.ssl_certfile,
@@ -468,7 +546,7 @@ def run_server(args: argparse.Namespace) -> None:
         exit_code = server.run(sock)
     finally:
         engine.shutdown()
-        _close(sock, server_args.uds)
+        setup.close(sock, owner)
     logger.info("Server stopped")
     if exit_code:
         sys.exit(exit_code)
