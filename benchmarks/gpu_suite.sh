@@ -13,6 +13,7 @@
 #                  (--random-range-ratio 0.5), where static batching pays for padding  (~8 min)
 #   serve          `pagedlm serve` + `pagedlm bench serve` at rate inf, 1,000 x 512/256, at the
 #                  server's defaults and at --max-num-seqs 256, beside the offline engine (~7 min)
+#   serve-pool     the same server run with --api-server-count 2, 4 and 8              (~7 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present).
 set -uo pipefail
@@ -75,9 +76,17 @@ case "${1:-}" in
       mkdir -p "/tmp/serve_$seqs"
       timeout 200 python3 benchmarks/serve_vs_offline.py --num-prompts 1000 --concurrency-1-prompts 4 --rate 0 \
         --out-dir "/tmp/serve_$seqs" "${extra[@]}" > "$OUT/serve_$seqs.log" 2>&1
-      echo "max_num_seqs $seqs:"; tail -n 3 "$OUT/serve_$seqs.log"
+      echo "max_num_seqs $seqs:"; tail -n 4 "$OUT/serve_$seqs.log"
+    done ;;
+  serve-pool)
+    for count in ${API_SERVER_COUNTS:-2 4 8}; do
+      mkdir -p "/tmp/serve_asc$count"
+      timeout 200 python3 benchmarks/serve_vs_offline.py --num-prompts 1000 --concurrency-1-prompts 4 --rate 0 \
+        --port $((8400 + count)) --out-dir "/tmp/serve_asc$count" --server-args "--api-server-count $count" \
+        > "$OUT/serve_asc$count.log" 2>&1
+      echo "api_server_count $count:"; tail -n 4 "$OUT/serve_asc$count.log"
     done ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool" >&2
     exit 2 ;;
 esac

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,31 @@ def bench(url: str, model_dir: Path, out_dir: Path, name: str, num_prompts: int,
     return json.loads((out_dir / f"{name}.json").read_text())
 
 
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of ``root`` and every process below it, by pid."""
+    parent, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
+        tree.update(frontier)
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def busy_cores(before: dict[int, float], after: dict[int, float], wall: float) -> list[float]:
+    """Per process of the server, the cores it kept busy between two snapshots (largest first)."""
+    return sorted(((after[pid] - before.get(pid, 0.0)) / wall for pid in after), reverse=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="llama-3.1-8b")
@@ -84,7 +110,13 @@ def main() -> None:
         if args.rate > 0:
             runs[f"rate {args.rate:g}"] = bench(url, model_dir, out_dir, "rate", args.num_prompts, str(args.rate),
                                                 None, seed=2, **common)
+        cpu_before, client_before, t0 = tree_cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN), \
+            time.monotonic()
         runs["rate inf"] = bench(url, model_dir, out_dir, "inf", args.num_prompts, "inf", None, seed=3, **common)
+        wall = time.monotonic() - t0
+        client = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_cores = busy_cores(cpu_before, tree_cpu_seconds(proc.pid), wall)
+        client_cores = (client.ru_utime + client.ru_stime - client_before.ru_utime - client_before.ru_stime) / wall
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -94,6 +126,9 @@ def main() -> None:
         print(f"{name:<14} {r['completed']:>5} {r['output_throughput']:>10.1f} {r['median_ttft_ms']:>9.2f} "
               f"{r['p99_ttft_ms']:>9.2f} {r['median_tpot_ms']:>9.2f} {r['p99_tpot_ms']:>9.2f} "
               f"{r['median_itl_ms']:>8.2f} {r['p99_itl_ms']:>8.2f}")
+    if "rate inf" in runs:
+        print("rate inf, cores busy: server processes " + " ".join(f"{c:.2f}" for c in server_cores if c >= 0.05)
+              + f"; bench client {client_cores:.2f}")
 
 
 if __name__ == "__main__":

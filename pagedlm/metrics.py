@@ -70,8 +70,8 @@ class PrometheusStatLogger:
         r = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
-            # Several processes: the value of the one that set it last (only one sets these).
-            return Gauge(prefix + name, doc, labels, registry=r, multiprocess_mode="mostrecent").labels(model_name)
+            # Several processes: only one sets these (the others hold 0); all values are >= 0.
+            return Gauge(prefix + name, doc, labels, registry=r, multiprocess_mode="max").labels(model_name)
 
         def counter(name: str, doc: str) -> Counter:
             return Counter(prefix + name, doc, labels, registry=r).labels(model_name)
@@ -109,7 +109,7 @@ class PrometheusStatLogger:
             # vLLM's lora_requests_info: the value is the time of the update, the adapters are labels.
             self.lora_info = Gauge(prefix + "lora_requests_info", "Running stats on lora requests.",
                                    ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r,
-                                   multiprocess_mode="mostrecent")
+                                   multiprocess_mode="max")
         if multiprocess_dir is None:
             # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM (one
             # process of a pool would answer for all of them: none then, as vLLM).
@@ -140,7 +140,7 @@ class PrometheusStatLogger:
             "num_gpu_blocks_override": str(cache.num_gpu_blocks_override),
         }
         gauge = Gauge(self.prefix + "cache_config_info", "Information of the KV cache configuration (value 1).",
-                      list(info), registry=self.registry, multiprocess_mode="mostrecent")
+                      list(info), registry=self.registry, multiprocess_mode="max")
         gauge.labels(**info).set(1)
 
     # ------------------------------------------------------------------ frontend hooks (event loop)
