@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
+import msgspec
+
+from pagedlm.benchmarks.sse_client import SSEClient
 
 _WORDS = ("the of and to in is was for on that with as by at from his her an which were are this be or "
           "time year people way day man thing woman life child world school state family student group "
@@ -140,47 +143,89 @@ async def sse_lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         yield buffer.removesuffix("\r")
 
 
-async def send_request(client: httpx.AsyncClient, url: str, payload: dict, prompt_len: int) -> RequestResult:
-    result = RequestResult(prompt_len=prompt_len)
-    start = last = time.perf_counter()
-    num_chunks = 0
-    try:
-        async with client.stream("POST", url, json=payload) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:500]!r}"
-                return result
-            async for line in sse_lines(response.aiter_text()):
-                data = line[len("data:"):].strip() if line.startswith("data:") else ""
-                if not data:
-                    continue
-                if data == "[DONE]":
-                    break
-                obj = json.loads(data)
-                if "error" in obj:
-                    result.error = json.dumps(obj["error"])
-                    return result
-                usage = obj.get("usage")
-                if usage:
-                    result.output_tokens = usage.get("completion_tokens", 0)
-                    result.prompt_len = result.prompt_len or usage.get("prompt_tokens", 0)
-                # Every chunk with choices is progress, text or not (a token whose text is held
-                # back, e.g. an incomplete character, still arrives as a chunk), as vLLM counts.
-                if obj.get("choices"):
-                    now = time.perf_counter()
-                    if num_chunks == 0:
-                        result.ttft = now - start
-                    else:
-                        result.itl.append(now - last)
-                    last = now
-                    num_chunks += 1
-        result.latency = time.perf_counter() - start
-        result.output_tokens = result.output_tokens or num_chunks
-        result.success = num_chunks > 0 or result.output_tokens > 0
+class _Chunk(msgspec.Struct):
+    """The fields of a streamed completion chunk that the benchmark reads (others are skipped)."""
+
+    choices: list[msgspec.Raw] | None = None
+    usage: dict[str, Any] | None = None
+    error: msgspec.Raw | None = None
+
+
+_CHUNK = msgspec.json.Decoder(_Chunk)
+
+
+class _Progress:
+    """One stream's timings, fed each SSE data payload as it arrives."""
+
+    def __init__(self, result: RequestResult, start: float) -> None:
+        self.result = result
+        self.start = self.last = start
+        self.num_chunks = 0
+        self.ended = False  # [DONE] or an error event
+
+    def on_data(self, data: bytes) -> None:
+        if not data or self.ended:
+            return
+        if data == b"[DONE]":
+            self.ended = True
+            return
+        chunk = _CHUNK.decode(data)
+        result = self.result
+        if chunk.error is not None:
+            result.error = bytes(chunk.error).decode()
+            self.ended = True
+            return
+        if chunk.usage:
+            result.output_tokens = chunk.usage.get("completion_tokens", 0)
+            result.prompt_len = result.prompt_len or chunk.usage.get("prompt_tokens", 0)
+        # Every chunk with choices is progress, text or not (a token whose text is held back,
+        # e.g. an incomplete character, still arrives as a chunk), as vLLM counts.
+        if chunk.choices:
+            now = time.perf_counter()
+            if self.num_chunks == 0:
+                result.ttft = now - self.start
+            else:
+                result.itl.append(now - self.last)
+            self.last = now
+            self.num_chunks += 1
+
+    def finish(self) -> RequestResult:
+        result = self.result
+        if result.error:
+            return result
+        result.latency = time.perf_counter() - self.start
+        result.output_tokens = result.output_tokens or self.num_chunks
+        result.success = self.num_chunks > 0 or result.output_tokens > 0
         if not result.success:
             result.error = "the stream carried no text"
-    except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
-        result.error = f"{type(e).__name__}: {e}"
-    return result
+        return result
+
+
+async def send_request(client: "httpx.AsyncClient | SSEClient", url: str, payload: dict,
+                       prompt_len: int) -> RequestResult:
+    """One streamed request. Over plain http through the lean SSEClient; over https (or any
+    other client) through httpx."""
+    progress = _Progress(RequestResult(prompt_len=prompt_len), time.perf_counter())
+    try:
+        if isinstance(client, SSEClient):
+            status, body = await client.post(url, msgspec.json.encode(payload), progress.on_data)
+            if status != 200:
+                progress.result.error = f"HTTP {status}: {body[:500]!r}"
+                return progress.result
+            return progress.finish()
+        async with client.stream("POST", url, json=payload) as response:
+            if response.status_code != 200:
+                progress.result.error = f"HTTP {response.status_code}: {(await response.aread())[:500]!r}"
+                return progress.result
+            async for line in sse_lines(response.aiter_text()):
+                if line.startswith("data:"):
+                    progress.on_data(line[len("data:"):].strip().encode())
+                if progress.ended:
+                    break
+        return progress.finish()
+    except (httpx.HTTPError, msgspec.DecodeError, OSError) as e:
+        progress.result.error = f"{type(e).__name__}: {e}"
+    return progress.result
 
 
 async def arrivals(n: int, rate: float, burstiness: float, rng: random.Random) -> AsyncIterator[int]:
@@ -192,7 +237,7 @@ async def arrivals(n: int, rate: float, burstiness: float, rng: random.Random) -
         await asyncio.sleep(rng.gammavariate(burstiness, 1.0 / (rate * burstiness)))
 
 
-async def run_benchmark(args: argparse.Namespace, client: httpx.AsyncClient, url: str, model: str,
+async def run_benchmark(args: argparse.Namespace, client: "httpx.AsyncClient | SSEClient", url: str, model: str,
                         prompts: list[Prompt]) -> tuple[list[RequestResult], float]:
     semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
@@ -327,11 +372,17 @@ async def _main(args: argparse.Namespace) -> int:
         url = f"{base_url}{args.endpoint}"
         print(f"Model {model!r} at {url}; {len(prompts)} prompts, request rate {args.request_rate}, "
               f"max concurrency {args.max_concurrency}.")
-        test = await send_request(client, url, _payload(args, model, prompts[0]), prompts[0].prompt_len)
-        if not test.success:
-            print(f"The initial test request failed: {test.error}", file=sys.stderr)
-            return 1
-        results, duration = await run_benchmark(args, client, url, model, prompts)
+        # plain http: the lean streaming client, so that the client is not what sets the pace
+        streamer = SSEClient(headers) if url.startswith("http://") else client
+        try:
+            test = await send_request(streamer, url, _payload(args, model, prompts[0]), prompts[0].prompt_len)
+            if not test.success:
+                print(f"The initial test request failed: {test.error}", file=sys.stderr)
+                return 1
+            results, duration = await run_benchmark(args, streamer, url, model, prompts)
+        finally:
+            if isinstance(streamer, SSEClient):
+                streamer.close()
     percentiles = [float(p) for p in args.metric_percentiles.split(",") if p.strip()]
     metrics = summarize(results, duration, percentiles)
     print_table(metrics, percentiles, args)
