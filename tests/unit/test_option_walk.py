@@ -145,6 +145,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "ssl_ca_certs": ShownBy("/ca.pem", "tests/e2e/test_tls_server.py::test_client_certificates_required"),
     "ssl_cert_reqs": ShownBy(2, "tests/e2e/test_tls_server.py::test_client_certificates_required"),
     "ssl_certfile": ShownBy("/c.pem", "tests/e2e/test_tls_server.py::test_https_with_the_given_certificate"),
+    "api_server_count": ShownBy(2, "tests/e2e/test_api_server_pool.py::test_connections_spread_over_both_api_servers"),
     "shutdown_grace_period": ShownBy(60, "tests/e2e/test_engine_process.py::test_sigterm_lets_unfinished_requests_finish"),
     "disable_fastapi_docs": ShownBy(True, "tests/e2e/test_app_inprocess.py::test_disable_fastapi_docs"),
     "uvicorn_log_level": ShownBy("warning", "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
