@@ -201,7 +201,7 @@ class _Progress:
         return result
 
 
-async def send_request(client: "httpx.AsyncClient | SSEClient", url: str, payload: dict,
+async def send_request(client: httpx.AsyncClient | SSEClient, url: str, payload: dict,
                        prompt_len: int) -> RequestResult:
     """One streamed request. Over plain http through the lean SSEClient; over https (or any
     other client) through httpx."""
@@ -237,7 +237,7 @@ async def arrivals(n: int, rate: float, burstiness: float, rng: random.Random) -
         await asyncio.sleep(rng.gammavariate(burstiness, 1.0 / (rate * burstiness)))
 
 
-async def run_benchmark(args: argparse.Namespace, client: "httpx.AsyncClient | SSEClient", url: str, model: str,
+async def run_benchmark(args: argparse.Namespace, client: httpx.AsyncClient | SSEClient, url: str, model: str,
                         prompts: list[Prompt]) -> tuple[list[RequestResult], float]:
     semaphore = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 

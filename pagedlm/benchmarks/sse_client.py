@@ -183,7 +183,7 @@ class SSEClient:
         connection, _ = await self._connection(host, port, fresh=True)
         return await self._post(connection, host, port, path, body, on_data)
 
-    async def _post(self, connection: "_Connection", host: str, port: int, path: str, body: bytes,
+    async def _post(self, connection: _Connection, host: str, port: int, path: str, body: bytes,
                     on_data: Callable[[bytes], None]) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()

@@ -35,7 +35,6 @@ from pagedlm.engine.messages import (
     EngineCoreOutputs,
     EngineCoreRequest,
     EngineFailed,
-    Shutdown,
     UtilityCall,
     UtilityResult,
 )

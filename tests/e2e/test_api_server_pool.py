@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,11 +23,13 @@ from e2e_helpers import (
     NUM_BLOCKS,
     REPO_ROOT,
     Server,
+    child_pids,
     free_port,
     launch,
     metric_values,
     stop,
     wait_healthy,
+    wait_until,
 )
 
 
@@ -43,17 +44,6 @@ def _port(server: Server) -> int:
     return int(server.url.rsplit(":", 1)[1])
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return out
 
 
 def _tcp_inodes(port: int, state: str) -> set[str]:
@@ -80,16 +70,9 @@ def _sockets_of(pid: int, inodes: set[str]) -> int:
 def _api_servers(server: Server) -> list[int]:
     """The launcher's children that listen on the port."""
     listening = _tcp_inodes(_port(server), "0A")
-    return [pid for pid in _children(server.proc.pid) if _sockets_of(pid, listening)]
+    return [pid for pid in child_pids(server.proc.pid) if _sockets_of(pid, listening)]
 
 
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +80,7 @@ def pool(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     server = _start(checkpoint, tmp_path_factory.mktemp("pool"))
     try:
         wait_healthy(server, 120)  # one API server answers; the other may still be starting
-        assert _wait(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
+        assert wait_until(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
         yield server
     finally:
         stop(server.proc)
@@ -113,7 +96,7 @@ def test_connections_spread_over_both_api_servers(pool: Server) -> None:
             established = _tcp_inodes(_port(pool), "01")
             return [_sockets_of(pid, established) for pid in servers]
 
-        assert _wait(lambda: sum(counts()) == 24, timeout=10), counts()
+        assert wait_until(lambda: sum(counts()) == 24, timeout=10), counts()
         # SO_REUSEPORT hashes each connection to one listener: both get some of 24
         # (all on one: probability 2 ** -23).
         assert min(counts()) > 0, counts()
@@ -169,20 +152,20 @@ def test_metrics_sum_over_both_processes(pool: Server) -> None:
 
 
 def test_sigterm_stops_the_whole_pool(pool: Server) -> None:
-    children = _children(pool.proc.pid)
+    children = child_pids(pool.proc.pid)
     assert len(children) >= 3  # two API servers and the engine core
     pool.proc.send_signal(signal.SIGTERM)
     assert pool.proc.wait(timeout=30) == 0
-    assert _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=10)
+    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=10)
 
 
 def test_core_killed_mid_stream_stops_the_pool(checkpoint: Path, tmp_path: Path) -> None:
     server = _start(checkpoint, tmp_path)
     try:
         wait_healthy(server, 120)
-        assert _wait(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
+        assert wait_until(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
         api_servers = _api_servers(server)
-        [core] = [pid for pid in _children(server.proc.pid) if pid not in api_servers
+        [core] = [pid for pid in child_pids(server.proc.pid) if pid not in api_servers
                   and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         body = {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
         events = []
@@ -196,7 +179,7 @@ def test_core_killed_mid_stream_stops_the_pool(checkpoint: Path, tmp_path: Path)
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 500
         assert server.proc.wait(timeout=30) == 1
         assert "engine core 0 exited unexpectedly" in server.log_tail(200)
-        assert _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in api_servers), timeout=10)
+        assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in api_servers), timeout=10)
     finally:
         stop(server.proc)
 

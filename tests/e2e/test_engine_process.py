@@ -23,11 +23,13 @@ from e2e_helpers import (
     NUM_BLOCKS,
     REPO_ROOT,
     Server,
+    child_pids,
     free_port,
     launch,
     metric_values,
     stop,
     wait_healthy,
+    wait_until,
 )
 
 LONG = {"model": MODEL_NAME, "max_tokens": 200, "ignore_eos": True, "temperature": 1.0}
@@ -39,23 +41,12 @@ def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
     return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log")
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return out
 
 
 def _core_pids(server: Server) -> list[int]:
     """The engine-core processes (spawned children that run pagedlm's core entry point)."""
     pids = []
-    for pid in _children(server.proc.pid):
+    for pid in child_pids(server.proc.pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -73,13 +64,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _sse_events(resp: httpx.Response):
@@ -160,7 +144,7 @@ async def _storm(base_url: str, headers: dict[str, str], num: int) -> list[bool]
 def test_200_streams_half_disconnecting(server: Server, http: httpx.Client) -> None:
     finished = asyncio.run(_storm(server.url, server.headers, 200))
     assert sum(finished) == 100
-    assert _wait(lambda: _idle(http), timeout=15.0), metric_values(http.get("/metrics").text)
+    assert wait_until(lambda: _idle(http), timeout=15.0), metric_values(http.get("/metrics").text)
     resp = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "next", "max_tokens": 3})
     assert resp.status_code == 200
 
@@ -202,7 +186,7 @@ def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> 
         assert len(cores) == 1
         server.proc.kill()
         server.proc.wait(timeout=10)
-        assert _wait(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+        assert wait_until(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
     finally:
         stop(server.proc)
 
@@ -260,7 +244,7 @@ def test_sigterm_aborts_what_outlives_the_grace_period(checkpoint: Path, tmp_pat
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 503
         log = server.log_tail(400)
         assert log.count("Aborted request") == 1 and "Traceback" not in log
-        assert _wait(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+        assert wait_until(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
     finally:
         stop(server.proc)
 

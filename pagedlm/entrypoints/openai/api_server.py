@@ -442,7 +442,7 @@ class ServerSetup:
     lora_modules: LoRAModules
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> "ServerSetup":
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerSetup:
         """Every option is checked here; a bad one raises ServerStartError (the user's to fix)."""
         from pagedlm.engine_args import ServerEngineArgs
         from pagedlm.entrypoints.server_args import ServerArgs
