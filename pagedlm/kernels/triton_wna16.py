@@ -22,8 +22,9 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          while a small M only needs 16 columns. Which of the two wins is measured.
   dequantize + cuBLAS for large M (compute-bound; the weight traffic is amortised).
 
-Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order by one small kernel
-that also casts and adds the bias (deterministic, no atomics). No path synchronises with the
+Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order inside the same
+launch by the program that finishes its tile's last slice (a ticket counter per output tile,
+``tickets.py``), which also casts and adds the bias: deterministic, and no second kernel. No path synchronises with the
 host, so all of them can be captured in a CUDA graph. The dot kinds need R >= 16 (a layer
 whose width or group size does not allow it runs the gemv kind or dequantize + cuBLAS).
 """
@@ -39,6 +40,7 @@ import triton.language as tl
 
 from pagedlm.kernels import wna16_reference, wna16_tuning
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
+from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 
 # Defaults when no table was measured at load (wna16_tuning).
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
@@ -203,15 +205,40 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
 
 
 @triton.jit
+def _finish(y, offs, mask, bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k, MN, SPLIT_K: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
+    """Store this program's float32 tile ``y`` (element offsets ``offs`` into [M, N]) as the
+    output, plus ``bias``. With SPLIT_K > 1 it is one slice's partial sums: stored, then a
+    ticket from the tile's counter (``tickets.py``); the program that draws the last one adds
+    the slices in slice order (the same sum whichever program is last), writes the output and
+    resets the counter. One launch, no reduction kernel."""
+    last = True
+    if SPLIT_K > 1:
+        tl.store(part_ptr + pid_k * MN + offs, y, mask=mask)
+        tl.debug_barrier()  # every thread's partials written before the ticket is taken
+        ticket = tl.atomic_add(count_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+        last = ticket == SPLIT_K - 1
+        if last:
+            y = tl.zeros_like(y)
+            for s in range(SPLIT_K):
+                y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(count_ptr + tile_id, 0, sem="relaxed", scope="gpu")
+    if last:
+        if HAS_BIAS:
+            y += bias
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _wna16_gemv_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, part_ptr, count_ptr, out_ptr,
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (FMA, float32);
-    one row per program (BLOCK_M = 1: a second row in the same program costs more registers
+    """out[m, n] = x[m, :] @ W[:, n] (+ bias), this program's split of K (FMA, float32; the
+    splits summed in-kernel, ``_finish``); one row per program (BLOCK_M = 1: a second row in the same program costs more registers
     and instructions per weight than the tensor-core kinds at 16 rows)."""
     pdl_prologue(PDL)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -228,10 +255,9 @@ def _wna16_gemv_kernel(
             acc = _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, offs_n, mask_n,
                              magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
     y = tl.sum(acc, axis=0)  # the one reduction over R
-    if HAS_BIAS:
-        y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    out_off = (pid_k.to(tl.int64) * M + pid_m) * N + offs_n
-    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=mask_n)
+    bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
+    _finish(y, pid_m.to(tl.int64) * N + offs_n, mask_n, bias, part_ptr, count_ptr, out_ptr,
+            pid_m * tl.num_programs(0) + pid_n, pid_k, M * N, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
@@ -262,13 +288,14 @@ def _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE: tl.co
 
 @triton.jit
 def _wna16_dot_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, out_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, part_ptr, count_ptr, out_ptr,
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SWAP: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DEQUANT: tl.constexpr, IS_BF16: tl.constexpr, PDL: tl.constexpr = False,
+    DEQUANT: tl.constexpr, IS_BF16: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """out[pid_k, m, n] = sum over this split's K tiles of x[m, k] * W[k, n] (tensor cores)."""
+    """out[m, n] = x[m, :] @ W[:, n] (+ bias), this program's split of K (tensor cores; the
+    splits summed in-kernel, ``_finish``)."""
     pdl_prologue(PDL)
     PACK: tl.constexpr = 32 // BITS
     LOW: tl.constexpr = 23 // BITS  # fields below bit 23 in place (see _gemv_tile)
@@ -310,34 +337,17 @@ def _wna16_dot_kernel(
             else:
                 xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
                 acc = tl.dot(xv, w, acc)
-    out_base = out_ptr + pid_k.to(tl.int64) * M * N
+    tile_id = pid_m * tl.num_programs(0) + pid_n
     if SWAP:
-        y = acc
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_base + offs_m[None, :].to(tl.int64) * N + offs_n[:, None], y.to(out_ptr.dtype.element_ty),
-                 mask=mask_m[None, :] & mask_n[:, None])
+        offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else 0.0
+        _finish(acc, offs, mask_m[None, :] & mask_n[:, None], bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k,
+                M * N, SPLIT_K, HAS_BIAS)
     else:
-        y = acc
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_base + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _splitk_reduce_kernel(part_ptr, b_ptr, out_ptr, SPLITS, MN, N, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
-                          PDL: tl.constexpr = False):
-    """out = sum over splits of the float32 partials (fixed order) + bias, in out's dtype."""
-    pdl_prologue(PDL)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(SPLITS):
-        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
+        _finish(acc, offs, mask_m[:, None] & mask_n[None, :], bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k,
+                M * N, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
@@ -425,13 +435,18 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     k_tiles = k // (r * (32 // bits))
     tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
     split_k = triton.cdiv(k_tiles, tiles_per_split)
-    out = torch.empty((split_k, m, n), device=x2d.device, dtype=x2d.dtype if split_k == 1 else torch.float32)
+    out = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
+    # made on the first (eager) call, before any CUDA graph captures one (tickets.py)
+    counters = ticket_counters(x2d.device, "wna16")
+    part = torch.empty((split_k, m, n), device=x2d.device, dtype=torch.float32) if split_k > 1 else out
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), split_k)
-    has_rg, fused_bias = row_groups is not None, bias is not None and split_k == 1
-    args = (x2d, qweight, scales, zeros, row_groups if has_rg else qweight, bias if fused_bias else scales, out,
-            m, n, x2d.stride(0), k_tiles, tiles_per_split, 0x4B000000)
+    if grid[0] * grid[1] > MAX_TICKETS:
+        raise ValueError(f"{grid[0] * grid[1]} output tiles: more than the {MAX_TICKETS} ticket counters")
+    has_rg, has_bias = row_groups is not None, bias is not None
+    args = (x2d, qweight, scales, zeros, row_groups if has_rg else qweight, bias if has_bias else scales, part,
+            counters, out, m, n, x2d.stride(0), k_tiles, tiles_per_split, 0x4B000000)
     common = {"GROUP_SIZE": group_size, "BITS": bits, "R": r, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-              "HAS_ROW_GROUPS": has_rg, "HAS_BIAS": fused_bias, "num_warps": cfg.num_warps}
+              "HAS_ROW_GROUPS": has_rg, "HAS_BIAS": has_bias, "SPLIT_K": split_k, "num_warps": cfg.num_warps}
     if cfg.kind == "gemv":
         _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
                 MAGIC=cfg.dequant == "f32")
@@ -439,14 +454,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
         _launch(_wna16_dot_kernel, grid, args, common, cfg, (bits, x2d.dtype), SWAP=cfg.kind == "dot_t",
                 DEQUANT=_DEQUANT_MODES.index(cfg.dequant if cfg.dequant != "half" or _magic_exact(x2d.dtype, bits)
                                              else "int"), IS_BF16=x2d.dtype == torch.bfloat16)
-    if split_k == 1:
-        return out[0]
-    y = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
-    block = 1024
-    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else y, y, split_k, m * n, n,
-                                                         HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-                                                         **launch_kwargs())
-    return y
+    return out
 
 
 def _launch(kernel, grid: tuple[int, int, int], args: tuple, common: dict, cfg: KernelConfig, key: tuple,
