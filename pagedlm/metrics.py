@@ -102,14 +102,7 @@ class PrometheusStatLogger:
         self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
                                                    TOKEN_COUNT_BUCKETS)
         self._add_step_and_phase_families(histogram)
-        if engine_config is not None:
-            self._add_cache_config_info(engine_config)
-        self.lora_info: Gauge | None = None
-        if engine_config is not None and engine_config.lora_config is not None:
-            # vLLM's lora_requests_info: the value is the time of the update, the adapters are labels.
-            self.lora_info = Gauge(prefix + "lora_requests_info", "Running stats on lora requests.",
-                                   ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=r,
-                                   multiprocess_mode="max")
+        self._add_config_families(engine_config)
         if multiprocess_dir is None:
             # Process metrics (process_*, python_info, python_gc_*), unprefixed as in vLLM (one
             # process of a pool would answer for all of them: none then, as vLLM).
@@ -129,6 +122,17 @@ class PrometheusStatLogger:
                                      REQUEST_LATENCY_BUCKETS)
         self.inference_time = histogram("request_inference_time_seconds", "First scheduled to last token.",
                                         REQUEST_LATENCY_BUCKETS)
+
+    def _add_config_families(self, config: EngineConfig | None) -> None:
+        self.lora_info: Gauge | None = None
+        if config is None:
+            return
+        self._add_cache_config_info(config)
+        if config.lora_config is not None:
+            # vLLM's lora_requests_info: the value is the time of the update, the adapters are labels.
+            self.lora_info = Gauge(self.prefix + "lora_requests_info", "Running stats on lora requests.",
+                                   ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+                                   registry=self.registry, multiprocess_mode="max")
 
     def _add_cache_config_info(self, config: EngineConfig) -> None:
         cache = config.cache_config
