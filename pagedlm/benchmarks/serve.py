@@ -394,13 +394,22 @@ async def _main(args: argparse.Namespace) -> int:
     return 0 if metrics["completed"] > 0 else 1
 
 
+def _event_loop_runner():
+    """uvloop's runner where it is installed (less client CPU per streamed chunk), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main(args: argparse.Namespace) -> int:
     if args.num_prompts < 1:
         raise SystemExit("--num-prompts must be at least 1")
     if not args.request_rate > 0:
         raise SystemExit("--request-rate must be positive (or inf)")
     try:
-        return asyncio.run(_main(args))
+        return _event_loop_runner()(_main(args))
     except httpx.HTTPError as e:
         print(f"Could not reach the server: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
