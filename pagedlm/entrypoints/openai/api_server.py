@@ -478,7 +478,7 @@ class ServerSetup:
 
 def run_server(args: argparse.Namespace) -> None:
     """Bind, start the engine cores (minutes for a big model), then serve until interrupted.
-    With ``--api-server-count`` N > 1, N API server processes share the socket
+    With ``--api-server-count`` N > 1, N API server processes share the port
     (api_server_pool.py)."""
     from prometheus_client import disable_created_metrics
 
