@@ -76,7 +76,9 @@ class ServerArgs:
                                         "--tool-call-parser", FRONTEND)
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> "ServerArgs":
+    def from_cli_args(cls, args: argparse.Namespace, notices: bool = True) -> "ServerArgs":
+        """``notices``: log the one-line notice of each flag set that has no effect (the process
+        that parses the command line does; a pool's API server processes, parsing it again, not)."""
         kwargs = dataclass_kwargs(cls, args)
         for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
             if name in kwargs:
@@ -85,7 +87,8 @@ class ServerArgs:
         if server_args.api_key is None:
             server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
         refuse_unsupported(server_args)
-        log_no_effect(server_args)
+        if notices:
+            log_no_effect(server_args)
         if server_args.api_server_count < 1:
             raise ConfigError(f"--api-server-count must be at least 1, got {server_args.api_server_count}")
         server_args.check_tls()

@@ -77,7 +77,8 @@ def _api_servers(server: Server) -> list[int]:
 
 @pytest.fixture(scope="module")
 def pool(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = _start(checkpoint, tmp_path_factory.mktemp("pool"))
+    # a flag with no effect here: its notice is logged once, by the launcher
+    server = _start(checkpoint, tmp_path_factory.mktemp("pool"), "--disable-frontend-multiprocessing")
     try:
         wait_healthy(server, 120)  # one API server answers; the other may still be starting
         assert wait_until(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
@@ -103,6 +104,10 @@ def test_connections_spread_over_both_api_servers(pool: Server) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_flag_notice_is_logged_once(pool: Server) -> None:
+    assert pool.log_tail(400).count("--disable-frontend-multiprocessing has no effect") == 1
 
 
 def test_each_stream_gets_its_own_tokens(pool: Server, offline_llm) -> None:

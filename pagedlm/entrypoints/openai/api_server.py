@@ -442,13 +442,14 @@ class ServerSetup:
     lora_modules: LoRAModules
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> ServerSetup:
-        """Every option is checked here; a bad one raises ServerStartError (the user's to fix)."""
+    def from_cli_args(cls, args: argparse.Namespace, notices: bool = True) -> ServerSetup:
+        """Every option is checked here; a bad one raises ServerStartError (the user's to fix).
+        ``notices``: log the no-effect notices of the flags (once per server, not per process)."""
         from pagedlm.engine_args import ServerEngineArgs
         from pagedlm.entrypoints.server_args import ServerArgs
 
         try:
-            server_args = ServerArgs.from_cli_args(args)
+            server_args = ServerArgs.from_cli_args(args, notices)
             engine_args = ServerEngineArgs.from_cli_args(args)
             engine_config = engine_args.create_engine_config()
             options = ServingOptions(server_args.enable_auto_tool_choice, server_args.tool_call_parser,

@@ -157,7 +157,7 @@ def run_api_server(args: argparse.Namespace, sock: socket.socket | None, cores: 
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()
-    setup = ServerSetup.from_cli_args(args)  # checked by the launcher already: cannot fail here
+    setup = ServerSetup.from_cli_args(args, notices=False)  # checked (and noticed) by the launcher already
     if sock is None:
         sock = setup.bind(pool=True)
     engine = AsyncLLM.from_engine_args(setup.engine_args, cores=cores, client_index=client_index)
