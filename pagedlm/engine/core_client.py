@@ -124,9 +124,9 @@ class MPClient:
         self._closing = False
         self._receiver = threading.Thread(target=self._receive, name="pagedlm-core-client", daemon=True)
         self._receiver.start()
+        self._core_pids = addresses.core_pids
         watch = self._watch_processes if self._own_cores is not None else self._watch_pids
-        threading.Thread(target=watch, args=(addresses,) if cores is not None else (), name="pagedlm-core-monitor",
-                         daemon=True).start()
+        threading.Thread(target=watch, name="pagedlm-core-monitor", daemon=True).start()
 
     @property
     def processes(self) -> list[multiprocessing.Process]:
@@ -263,10 +263,10 @@ class MPClient:
         time.sleep(0.2)  # a dying core's own notice, if it sent one, says more than the exit code
         self._die(f"engine core {index} exited unexpectedly (exit code {self.processes[index].exitcode})")
 
-    def _watch_pids(self, addresses: CoreAddresses) -> None:
+    def _watch_pids(self) -> None:
         """Cores another process started: gone once their launcher has reaped them."""
         while not self._closing:
-            for index, pid in enumerate(addresses.core_pids):
+            for index, pid in enumerate(self._core_pids):
                 if not process_exists(pid):
                     time.sleep(0.2)  # a dying core's own notice, if it sent one, says more
                     self._die(f"engine core {index} exited unexpectedly")

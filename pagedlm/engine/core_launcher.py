@@ -86,10 +86,6 @@ class EngineCores:
             self.shutdown()
             raise
 
-    @property
-    def num_blocks(self) -> list[int]:
-        return list(self.addresses.num_blocks)
-
     def _spawn(self, engine_args: Any, index: int) -> multiprocessing.Process:
         from pagedlm.engine.core_proc import run_engine_core
 
@@ -190,8 +186,6 @@ def exit_with_parent(parent_pid: int, what: str) -> None:
 def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process took the number: ours is gone
+    except OSError:  # no such process, or someone else's took the number: ours is gone
         return False
     return True
