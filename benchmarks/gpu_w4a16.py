@@ -61,8 +61,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny shapes (with --device cpu: the interpreter)")
     p.add_argument("--bits", type=int, default=4, choices=(4, 8))
     p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--sweep", default="full", choices=("full", "quick"),
-                   help="quick: only the load-time candidates")
+    p.add_argument("--sweep", default="full", choices=("full", "quick", "pair"),
+                   help="quick: only the load-time candidates; pair: those and a grid of the paired gemv (M=1)")
+    p.add_argument("--timing", default="graph", choices=("graph", "eager"),
+                   help="how the sweep and bf16 are timed: replayed from a CUDA graph with L2 flushed (what a "
+                        "decode step sees), or one eager call (do_bench: includes the host's launch)")
     p.add_argument("--layers", default=None, help="comma-separated subset of qkv,o,gate_up,down")
     p.add_argument("--m", default=None, help="comma-separated M values (default 1,8,64,256,1024)")
     p.add_argument("--json", default=None, help="write the rows here")
@@ -93,6 +96,11 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
     if level == "quick":
         return out
     if m == 1:
+        out += [mk("gemv", 1, bn, w, s, waves, 1, "pair") for bn in (256, 512) for w in (4, 8) for s in (1, 3)
+                for waves in (2.0, 4.0, 8.0)]
+        out += [mk("gemv", 1, 256, 4, 4, 4.0, 2, "pair"), mk("gemv", 1, 512, 4, 1, 4.0, 2, "pair")]
+        if level == "pair":
+            return [c for c in dict.fromkeys(out) if c is None or triton_wna16.config_fits(c, k, gs, bits)]
         out += [mk("gemv", 1, bn, w, 3, waves, u) for bn in (64, 128, 256, 512) for w in (4, 8) for u in (1, 2)
                 for waves in (1.0, 2.0, 4.0, 8.0)]
         out += [mk("gemv", 1, 128, 4, p, 4.0) for p in (1, 2, 4)] + [mk("gemv", 1, 128, 4, 3, 4.0, 1, "int")]
@@ -145,6 +153,13 @@ def graph_us(fn, device: str) -> float | None:
     return decode_time_ms(fn, torch.device("cuda")) * 1e3
 
 
+def time_us(fn, args) -> float:
+    """The sweep's timing (--timing)."""
+    if args.timing == "graph" and args.device == "cuda":
+        return graph_us(fn, args.device)
+    return bench_us(fn, args.device)
+
+
 def rel_err(out, ref) -> float:
     out, ref = out.float(), ref.float()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
@@ -169,7 +184,7 @@ def run_sweep(name: str, m: int, x, layer, ref, args, sms: int, failures: list) 
             failures.append(f"{name} M={m} {label}")
             print(f"FAIL correctness {name} M={m} {label}: rel err {cerr:.2e}", flush=True)
             continue
-        sweep[label] = round(bench_us(run, args.device), 2)
+        sweep[label] = round(time_us(run, args), 2)
     return sweep
 
 
@@ -193,7 +208,7 @@ def measure_case(name: str, k: int, n: int, m: int, layer, args, floors: dict, f
     sms = torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 132
     sweep = run_sweep(name, m, x, layer, ref, args, sms, failures)
     w_bf16 = wna16_reference.wna16_dequantize(qweight, scales, zeros, None, gs, bits).to(x.dtype)
-    bf16_us = bench_us(lambda w=w_bf16: x @ w, dev)
+    bf16_us = time_us(lambda w=w_bf16: x @ w, args)
     w_bf16 = None  # free the dense copy before the next case
     pick = triton_wna16.pick_config(m, n, k, bits, gs, sms)
     timed = {label: us for label, us in sweep.items() if isinstance(us, float)}

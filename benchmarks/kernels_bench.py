@@ -189,6 +189,8 @@ class Bench:
             ("decode B=16 ctx=2048", [1] * 16, [2048] * 16),
             ("decode B=256 ctx=500-700", [1] * 256, b256),
             ("prefill 1x512", [512], [512]),
+            ("prefill 32x512", [512] * 32, [512] * 32),
+            ("prefill 4x4096", [4096] * 4, [4096] * 4),
             ("mixed 128 dec + 512 chunk@512", mixed[0], mixed[1]),
         ]
 

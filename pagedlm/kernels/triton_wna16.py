@@ -49,6 +49,7 @@ _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
 _F32_MAGIC = tl.constexpr(8388608.0)  # 2**23: the float whose low mantissa bits take a code
 KINDS = ("gemv", "dot", "dot_t")
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
+_GEMV_DEQUANT_MODES = ("f32", "int", "pair")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,9 @@ class KernelConfig:
     unroll: int = 1
     # How codes become numbers: "f32" masks each field in place into the bits of 2**23 (one
     # LOP3; see _field_scaled_f32 / _dequant_f32), "half" ORs the shifted field into the bits
-    # of 128.0 / 1024.0 in the activation dtype (_codes_minus_zero), "int" converts integers.
+    # of 128.0 / 1024.0 in the activation dtype (_codes_minus_zero), "int" converts integers,
+    # "pair" (gemv; 4-bit codes, bf16, whole groups per K tile) does two codes per instruction
+    # in packed bf16 (``_pair_products``).
     # Default "": f32 for gemv, half for the tensor-core kinds (what compiles to fewer
     # instructions per weight on sm_90: the float32 form needs a layout change before the MMA).
     dequant: str = ""
@@ -77,7 +80,7 @@ class KernelConfig:
             raise ValueError("the gemv kind takes one row per program (block_m 1)")
         if not self.dequant:
             object.__setattr__(self, "dequant", "f32" if self.kind == "gemv" else "half")
-        if self.dequant not in (_DEQUANT_MODES if self.kind != "gemv" else ("f32", "int")):
+        if self.dequant not in (_DEQUANT_MODES if self.kind != "gemv" else _GEMV_DEQUANT_MODES):
             raise ValueError(f"dequant {self.dequant!r} is not available for the {self.kind} kind")
 
 
@@ -204,6 +207,89 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
     return acc
 
 
+# One packed word (8 codes of one column, fields j = 0..7) times its 8 activations in packed
+# bf16: (q >> 4i) & 0x000F000F | 0x43004300 puts fields i and i+4 in the two halves as
+# 128 + code (one LOP3 for two codes), one packed subtraction of (128 + zero) leaves the exact
+# code - zero, and packed multiply-adds with the activation pairs (x_i, x_{i+4}) sum four
+# products per half (bf16 rounding, as a bf16 GEMM's operands have; bf16 has float32's range,
+# so nothing overflows); the two halves then add in float32. $1 q, $2..$5 the activation
+# pairs for i = 0..3, $6 (128 + zero) in both halves. (fp16 activations keep the float32
+# form: four fp16 products of codes and activations of a few thousand overflow.)
+_PAIR_ASM = tl.constexpr("""{
+    .reg .b32 w, t, a, lo, hi;
+    lop3.b32 w, $1, 0x000F000F, 0x43004300, 0xEA;
+    sub.rn.bf16x2 w, w, $6;
+    mul.rn.bf16x2 a, w, $2;
+    shr.u32 t, $1, 4;
+    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
+    sub.rn.bf16x2 w, w, $6;
+    fma.rn.bf16x2 a, w, $3, a;
+    shr.u32 t, $1, 8;
+    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
+    sub.rn.bf16x2 w, w, $6;
+    fma.rn.bf16x2 a, w, $4, a;
+    shr.u32 t, $1, 12;
+    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
+    sub.rn.bf16x2 w, w, $6;
+    fma.rn.bf16x2 a, w, $5, a;
+    shl.b32 lo, a, 16;
+    and.b32 hi, a, 0xFFFF0000;
+    add.f32 $0, lo, hi;
+}""")
+
+
+@triton.jit
+def _pair_products(q, xp0, xp1, xp2, xp3, zz):
+    """sum_j (code_j - zero) * x_j over the 8 fields of each word, float32 (see _PAIR_ASM)."""
+    return tl.inline_asm_elementwise(_PAIR_ASM, "=r,r,r,r,r,r,r", [q, xp0, xp1, xp2, xp3, zz], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _half_pair(lo, hi):
+    """Two 16-bit floats in one int32 (lo in bits 0-15)."""
+    lo_bits = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return lo_bits | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, mask_n,
+                     GROUP_SIZE: tl.constexpr, R: tl.constexpr, MASK_K: tl.constexpr):
+    """acc[R, BLOCK_N] += scale * the products of K tile ``kt`` (4-bit codes, bf16; the tile's
+    8 * R inputs lie in one group, which the host checks): per word one inline-asm block of
+    packed bf16 math (``_pair_products``), then one FFMA with the column's scale."""
+    offs_r = tl.arange(0, R)
+    kbase = kt * R * 8
+    x_tile = x_row + kbase
+    valid_r = (offs_r * 0 + kt) < kt_end
+    mask2 = mask_n[None, :]
+    if MASK_K:
+        mask2 = valid_r[:, None] & mask2
+    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask2, other=0)
+    g_off = (kbase // GROUP_SIZE).to(tl.int64) * N + offs_n
+    m1 = mask_n & (kt < kt_end)
+    sc = tl.load(s_ptr + g_off, mask=m1, other=0.0)
+    z = tl.load(z_ptr + g_off, mask=m1, other=0.0)
+    zb = z + 128.0
+    zz = _half_pair(zb, zb)[None, :]
+    xp0 = _half_pair(_x_rows(x_tile, 0, offs_r, valid_r, MASK_K), _x_rows(x_tile, 4 * R, offs_r, valid_r, MASK_K))
+    xp1 = _half_pair(_x_rows(x_tile, R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 5 * R, offs_r, valid_r, MASK_K))
+    xp2 = _half_pair(_x_rows(x_tile, 2 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 6 * R, offs_r, valid_r, MASK_K))
+    xp3 = _half_pair(_x_rows(x_tile, 3 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 7 * R, offs_r, valid_r, MASK_K))
+    return acc + _pair_products(q, xp0[:, None], xp1[:, None], xp2[:, None], xp3[:, None],
+                                zz) * sc.to(tl.float32)[None, :]
+
+
+@triton.jit
+def _x_rows(x_tile, off, offs_r, valid_r, MASK_K: tl.constexpr):
+    """x[off + r] for the tile's R rows (0 past the split's end when MASK_K)."""
+    if MASK_K:
+        x = tl.load(x_tile + off + offs_r, mask=valid_r, other=0.0)
+    else:
+        x = tl.load(x_tile + off + offs_r)
+    return x
+
+
 @triton.jit
 def _finish(y, offs, mask, bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k, MN, SPLIT_K: tl.constexpr,
             HAS_BIAS: tl.constexpr):
@@ -235,7 +321,8 @@ def _wna16_gemv_kernel(
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNROLL: tl.constexpr, HAS_ROW_GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr,
-    MAGIC: tl.constexpr, STAGES: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
+    MAGIC: tl.constexpr, STAGES: tl.constexpr, SPLIT_K: tl.constexpr, PAIR: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """out[m, n] = x[m, :] @ W[:, n] (+ bias), this program's split of K (FMA, float32; the
     splits summed in-kernel, ``_finish``); one row per program (BLOCK_M = 1: a second row in the same program costs more registers
@@ -252,8 +339,12 @@ def _wna16_gemv_kernel(
     # num_stages) makes it prefetch the next tiles' words while this one is unpacked.
     for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
         for u in tl.static_range(UNROLL):
-            acc = _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, offs_n, mask_n,
-                             magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
+            if PAIR:
+                acc = _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt + u, kt1, offs_n, mask_n, GROUP_SIZE,
+                                       R, UNROLL > 1)
+            else:
+                acc = _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt + u, kt1, offs_n, mask_n,
+                                 magic_bits, GROUP_SIZE, BITS, R, BLOCK_N, HAS_ROW_GROUPS, MAGIC, UNROLL > 1)
     y = tl.sum(acc, axis=0)  # the one reduction over R
     bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32) if HAS_BIAS else 0.0
     _finish(y, pid_m.to(tl.int64) * N + offs_n, mask_n, bias, part_ptr, count_ptr, out_ptr,
@@ -408,18 +499,26 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: 
     return KernelConfig("dot", bm, bn, auto_split_k(tiles, k_tiles, num_sms, waves=1.0), 4 if bm <= 64 else 8, 3)
 
 
-def pick_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> KernelConfig | None:
+def pick_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
+                row_groups: bool = False) -> KernelConfig | None:
     """The kernel for M rows; None: dequantize + cuBLAS. A table measured at load
     (``wna16_tuning``) for this weight shape wins over the defaults."""
-    tuned = wna16_tuning.lookup(m, n, k, bits, group_size)
+    tuned = wna16_tuning.lookup(m, n, k, bits, group_size, row_groups)
     if tuned is not wna16_tuning.NOT_TUNED:
         return tuned
     return default_config(m, n, k, bits, group_size, num_sms)
 
 
-def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int) -> bool:
-    """Whether ``cfg`` can run this layer (the tensor-core kinds need R >= 16)."""
-    return cfg.kind == "gemv" or layout_rows(k, group_size, bits) >= _DOT_MIN_R
+def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_groups: bool = False,
+                dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether ``cfg`` can run this layer: the tensor-core kinds need R >= 16; the paired
+    gemv takes 4-bit codes and bf16 activations, K tiles that lie in one group each, no
+    act-order row groups, and a GPU (inline PTX: not the interpreter)."""
+    r = layout_rows(k, group_size, bits)
+    if cfg.dequant == "pair":
+        return (bits == 4 and dtype == torch.bfloat16 and group_size % (r * 8) == 0 and not row_groups
+                and not _interpreting())
+    return cfg.kind == "gemv" or r >= _DOT_MIN_R
 
 
 def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -430,8 +529,9 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     m, k = x2d.shape
     n = qweight.shape[1]
     r = layout_rows(k, group_size, bits)
-    if not config_fits(cfg, k, group_size, bits):
-        raise ValueError(f"{cfg.kind} needs K tiles of >= {_DOT_MIN_R} packed rows; this layer's have {r}")
+    if not config_fits(cfg, k, group_size, bits, row_groups is not None, x2d.dtype):
+        raise ValueError(f"{wna16_tuning.describe(cfg)} cannot run this layer (K {k}, group {group_size}, {bits}-bit, "
+                         f"{r} interleaved rows, {x2d.dtype}{', row groups' if row_groups is not None else ''})")
     k_tiles = k // (r * (32 // bits))
     tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
     split_k = triton.cdiv(k_tiles, tiles_per_split)
@@ -449,7 +549,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
               "HAS_ROW_GROUPS": has_rg, "HAS_BIAS": has_bias, "SPLIT_K": split_k, "num_warps": cfg.num_warps}
     if cfg.kind == "gemv":
         _launch(_wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
-                MAGIC=cfg.dequant == "f32")
+                MAGIC=cfg.dequant == "f32", PAIR=cfg.dequant == "pair")
     else:
         _launch(_wna16_dot_kernel, grid, args, common, cfg, (bits, x2d.dtype), SWAP=cfg.kind == "dot_t",
                 DEQUANT=_DEQUANT_MODES.index(cfg.dequant if cfg.dequant != "half" or _magic_exact(x2d.dtype, bits)
@@ -505,7 +605,8 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if perm is not None:
         x2d = x2d.index_select(1, perm)
     x2d = x2d.contiguous()
-    cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device))
+    cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device),
+                      row_groups is not None)
     if cfg is None:
         w = wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
         y = x2d @ w if bias is None else torch.addmm(bias.to(x.dtype), x2d, w)

@@ -27,13 +27,17 @@ SMALL_M_BUCKETS = (1, 2, 4, 8, 16)
 TILED_M_BUCKETS = (32, 64, 128, 256, 512)
 NOT_TUNED: Any = object()
 
-# (n, k, bits, group_size) -> [(m_max, config or None for dequantize + cuBLAS)]
-_TABLE: dict[tuple[int, int, int, int], list[tuple[int, Any]]] = {}
+# (n, k, bits, group_size, act-order row groups) -> [(m_max, config or None for dequantize + cuBLAS)]
+_TABLE: dict[tuple[int, int, int, int, bool], list[tuple[int, Any]]] = {}
 
 # gemv shapes for M = 1 (block_n, num_warps, num_stages, unroll, waves of programs per SM):
 # wide tiles amortise each x value over more columns, more waves keep more words in flight.
 _GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (128, 4, 3, 1, 4.0), (256, 8, 3, 1, 4.0), (256, 4, 3, 1, 2.0),
                 (128, 4, 2, 2, 4.0))
+# the same for the paired half-precision form (4-bit, whole groups per K tile; config_fits)
+# (H200, Llama-3.1-8B layers: the best of a graph-timed grid for each of qkv, o, gate_up, down)
+_PAIR_SHAPES = ((256, 4, 2, 1, 2.0), (256, 4, 4, 2, 4.0), (512, 4, 3, 1, 2.0), (512, 8, 3, 1, 2.0),
+                (512, 4, 3, 1, 4.0))
 # tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
 _SMALL_DOT_SHAPES = (("dot_t", 16, 64, 4, 3), ("dot_t", 16, 128, 4, 3), ("dot", 16, 64, 4, 3))
 _TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 128, 8, 3),
@@ -41,9 +45,9 @@ _TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 12
                  ("dot_t", 128, 128, 8, 3))
 
 
-def lookup(m: int, n: int, k: int, bits: int, group_size: int) -> Any:
+def lookup(m: int, n: int, k: int, bits: int, group_size: int, row_groups: bool = False) -> Any:
     """The measured choice for M rows, None for dequantize + cuBLAS, or NOT_TUNED."""
-    entries = _TABLE.get((n, k, bits, group_size))
+    entries = _TABLE.get((n, k, bits, group_size, row_groups))
     if entries is None:
         return NOT_TUNED
     for m_max, choice in entries:
@@ -69,33 +73,39 @@ def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, b
     return KernelConfig(kind, block_m, block_n, split, num_warps, num_stages, unroll, dequant)
 
 
-def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
-    """Decode-sized M (<= 16): the FMA GEMV (M = 1) and 16-row tensor-core tiles."""
+def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
+                       row_groups: bool = False, dtype: torch.dtype = torch.bfloat16) -> list[Any]:
+    """Decode-sized M (<= 16): the FMA GEMV and its paired form (M = 1) and 16-row
+    tensor-core tiles."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
     out = []
     if m == 1:
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll)
                 for bn, w, s, unroll, waves in _GEMV_SHAPES]
+        out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
+                for bn, w, s, unroll, waves in _PAIR_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
             for kind, bm, bn, w, s in _SMALL_DOT_SHAPES]
-    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups, dtype)]
 
 
-def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
+def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
+                     row_groups: bool = False) -> list[Any]:
     """Batched decode / prefill (M > 16): tensor-core tiles (split only to fill one wave), and
     dequantize + cuBLAS (None)."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
     out = [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 1.0)
            for kind, bm, bn, w, s in _TILED_SHAPES if bm <= max(32, m)]
-    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)] + [None]
 
 
-def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
+def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int, row_groups: bool = False,
+               dtype: torch.dtype = torch.bfloat16) -> list[Any]:
     if m <= SMALL_M_BUCKETS[-1]:
-        return small_m_candidates(m, n, k, bits, group_size, num_sms) + [None]
-    return tiled_candidates(m, n, k, bits, group_size, num_sms)
+        return small_m_candidates(m, n, k, bits, group_size, num_sms, row_groups, dtype) + [None]
+    return tiled_candidates(m, n, k, bits, group_size, num_sms, row_groups)
 
 
 def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -111,7 +121,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
          group_size: int, bits: int) -> None:
     """Measure and record the fastest choice per M bucket for this weight shape (once)."""
     k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
-    key = (n, k, bits, group_size)
+    key = (n, k, bits, group_size, row_groups is not None)
     if key in _TABLE or qweight.device.type != "cuda":
         return
     num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
@@ -119,7 +129,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
         timed = []
-        for choice in candidates(m_max, n, k, bits, group_size, num_sms):
+        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None, scales.dtype):
             try:
                 run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
                                                         group_size, bits)
@@ -135,7 +145,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 
 
 def describe(choice: Any) -> str:
-    """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/f32|/half|/int] (the dequant form when not
+    """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/f32|/half|/int|/pair] (the dequant form when not
     the kind's default: f32 for gemv, half for dot / dot_t)."""
     if choice is None:
         return "dequant+cuBLAS"

@@ -130,7 +130,7 @@ def test_short_interleave_runs_gemv_and_refuses_dot():
         cfg = triton_wna16.KernelConfig("gemv", 1, 64, 2, 4, 2)
         out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits, cfg)
         assert rel_err(out, ref) < TOL
-    with pytest.raises(ValueError, match="packed rows"):
+    with pytest.raises(ValueError, match="cannot run this layer"):
         triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, bits,
                                             triton_wna16.KernelConfig("dot", 16, 32, 1, 4, 2))
     with pytest.raises(ValueError, match="block_m"):
@@ -182,9 +182,46 @@ def test_every_load_time_candidate_on_gpu(bits):
         for cand in wna16_tuning.candidates(m, n, k, bits, group_size, sms):
             out = wna16_tuning.run_choice(cand, x, qweight, scales, zeros, None, group_size, bits)
             assert rel_err(out, ref) < TOL, (m, wna16_tuning.describe(cand))
-            if m <= 16 and cand is not None:
-                out = wna16_tuning.run_choice(cand, x, qweight, scales, zeros, row_groups, group_size, bits)
-                assert rel_err(out, ref) < TOL, (m, wna16_tuning.describe(cand), "row groups")
+        if m > 16:
+            continue
+        for cand in wna16_tuning.candidates(m, n, k, bits, group_size, sms, row_groups=True)[:-1]:
+            assert cand.dequant != "pair"
+            out = wna16_tuning.run_choice(cand, x, qweight, scales, zeros, row_groups, group_size, bits)
+            assert rel_err(out, ref) < TOL, (m, wna16_tuning.describe(cand), "row groups")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="inline PTX (not under the interpreter)")
+def test_paired_gemv():
+    """The paired bf16 GEMV against the float32 reference: column counts that are not a
+    multiple of the tile (masked), split-K through the tickets, unrolled K tiles past a
+    split's end, bias, one and three rows (a program per row), large activations."""
+    KC = triton_wna16.KernelConfig  # noqa: N806
+    for k, n, group_size in ((4096, 1536, 128), (2048, 1000, 256), (1024, 4096, 128)):
+        qweight, scales, zeros = make_weights(k, n, 4, group_size, torch.bfloat16, seed=k + n)
+        bias = torch.randn(n, device=DEVICE, dtype=torch.bfloat16)
+        for m, amp in ((1, 1.0), (3, 1000.0)):
+            x = torch.randn(m, k, device=DEVICE, dtype=torch.bfloat16) * amp
+            ref = reference(x, qweight, scales, zeros, None, None, group_size, 4) + bias.float()
+            for cfg in (KC("gemv", 1, 256, 1, 4, 3, dequant="pair"), KC("gemv", 1, 128, 5, 8, 2, 2, "pair"),
+                        KC("gemv", 1, 512, 3, 8, 4, dequant="pair")):
+                assert triton_wna16.config_fits(cfg, k, group_size, 4)
+                out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, 4, cfg, bias)
+                assert out.dtype == torch.bfloat16 and rel_err(out, ref) < TOL, (k, n, m, cfg)
+
+
+def test_paired_gemv_takes_only_whole_groups_of_4_bit_codes():
+    """Where the pairs cannot apply the config does not fit (the tuner never offers it)."""
+    cfg = triton_wna16.KernelConfig("gemv", 1, 256, 1, 4, 3, dequant="pair")
+    on_gpu = DEVICE == "cuda"
+    assert triton_wna16.config_fits(cfg, 4096, 128, 4) == on_gpu
+    assert not triton_wna16.config_fits(cfg, 4096, 128, 8)  # 8-bit codes
+    assert not triton_wna16.config_fits(cfg, 4096, 64, 4)  # a K tile (128 inputs) spans two groups
+    assert not triton_wna16.config_fits(cfg, 4096, 128, 4, row_groups=True)  # act-order shard
+    assert not triton_wna16.config_fits(cfg, 4096, 128, 4, dtype=torch.float16)  # fp16 products overflow
+    with pytest.raises(ValueError, match="cannot run this layer"):
+        qweight, scales, zeros = make_weights(512, 64, 4, 128, torch.float16)
+        x = torch.randn(1, 512, device=DEVICE, dtype=torch.float16)
+        triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, 128, 4, cfg)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
