@@ -35,9 +35,10 @@ _TABLE: dict[tuple[int, int, int, int, bool], list[tuple[int, Any]]] = {}
 _GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (128, 4, 3, 1, 4.0), (256, 8, 3, 1, 4.0), (256, 4, 3, 1, 2.0),
                 (128, 4, 2, 2, 4.0))
 # the same for the paired half-precision form (4-bit, whole groups per K tile; config_fits)
-# (H200, Llama-3.1-8B layers: the best of a graph-timed grid for each of qkv, o, gate_up, down)
-_PAIR_SHAPES = ((256, 4, 2, 1, 2.0), (256, 4, 4, 2, 4.0), (512, 4, 3, 1, 2.0), (512, 8, 3, 1, 2.0),
-                (512, 4, 3, 1, 4.0))
+# (H200, Llama-3.1-8B layers: the best of a graph-timed grid for each of qkv, o, gate_up, down;
+# one stage, i.e. the words loaded straight into registers, won at every layer)
+_PAIR_MAX_M = 4
+_PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (512, 4, 3, 1, 2.0))
 # tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
 _SMALL_DOT_SHAPES = (("dot_t", 16, 64, 4, 3), ("dot_t", 16, 128, 4, 3), ("dot", 16, 64, 4, 3))
 _TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 128, 8, 3),
@@ -75,7 +76,7 @@ def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, b
 
 def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
                        row_groups: bool = False, dtype: torch.dtype = torch.bfloat16) -> list[Any]:
-    """Decode-sized M (<= 16): the FMA GEMV and its paired form (M = 1) and 16-row
+    """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired bf16 form (M <= 4) and 16-row
     tensor-core tiles."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
@@ -83,6 +84,7 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     if m == 1:
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll)
                 for bn, w, s, unroll, waves in _GEMV_SHAPES]
+    if m <= _PAIR_MAX_M:  # a program per row: the rows after the first read the weight from L2
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
