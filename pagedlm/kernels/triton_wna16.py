@@ -13,8 +13,8 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          and OR-ed into the bits of 2**23), one FADD and one FFMA (``_gemv_tile``); the zero
          point and the scale enter once per group and column, and the sum over R happens
          once, after the K loop. K is split across programs (SPLIT_K) so that a decode step
-         puts a few programs on every SM. Its "pair" form (4-bit codes, bf16 activations,
-         whole groups per K tile) unpacks two codes per LOP3 into packed bf16 and sums four
+         puts a few programs on every SM. Its "pair" form (4-bit codes, whole groups per
+         K tile) unpacks two codes per LOP3 into packed bf16 and sums four
          products per half in bf16 before float32 (``_pair_products``): about 3.3 instructions
          per weight against 5.2 (sm_90 SASS), 0.65x the float32 form's time per 8B layer.
   dot    tensor-core tiles: acc[BLOCK_M, BLOCK_N] += x[:, kbase+jR..] @ W_j for each field j
@@ -68,8 +68,8 @@ class KernelConfig:
     # How codes become numbers: "f32" masks each field in place into the bits of 2**23 (one
     # LOP3; see _field_scaled_f32 / _dequant_f32), "half" ORs the shifted field into the bits
     # of 128.0 / 1024.0 in the activation dtype (_codes_minus_zero), "int" converts integers,
-    # "pair" (gemv; 4-bit codes, bf16, whole groups per K tile) does two codes per instruction
-    # in packed bf16 (``_pair_products``).
+    # "pair" (gemv; 4-bit codes, whole groups per K tile) does two codes per instruction in
+    # packed bf16 (``_pair_products``).
     # Default "": f32 for gemv, half for the tensor-core kinds (what compiles to fewer
     # instructions per weight on sm_90: the float32 form needs a layout change before the MMA).
     dequant: str = ""
@@ -216,8 +216,9 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
 # code - zero, and packed multiply-adds with the activation pairs (x_i, x_{i+4}) sum four
 # products per half (bf16 rounding, as a bf16 GEMM's operands have; bf16 has float32's range,
 # so nothing overflows); the two halves then add in float32. $1 q, $2..$5 the activation
-# pairs for i = 0..3, $6 (128 + zero) in both halves. (fp16 activations keep the float32
-# form: four fp16 products of codes and activations of a few thousand overflow.)
+# pairs for i = 0..3, $6 (128 + zero) in both halves. fp16 activations are rounded to bf16
+# first (fp16 pairs would overflow: four products of codes and activations of a few thousand);
+# the 4-bit weights' own error is far larger than that rounding.
 _PAIR_ASM = tl.constexpr("""{
     .reg .b32 w, t, a, lo, hi;
     lop3.b32 w, $1, 0x000F000F, 0x43004300, 0xEA;
@@ -258,9 +259,9 @@ def _half_pair(lo, hi):
 @triton.jit
 def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, mask_n,
                      GROUP_SIZE: tl.constexpr, R: tl.constexpr, MASK_K: tl.constexpr):
-    """acc[R, BLOCK_N] += scale * the products of K tile ``kt`` (4-bit codes, bf16; the tile's
-    8 * R inputs lie in one group, which the host checks): per word one inline-asm block of
-    packed bf16 math (``_pair_products``), then one FFMA with the column's scale."""
+    """acc[R, BLOCK_N] += scale * the products of K tile ``kt`` (4-bit codes; the tile's 8 * R
+    inputs lie in one group, which the host checks): per word one inline-asm block of packed
+    bf16 math (``_pair_products``), then one FFMA with the column's scale."""
     offs_r = tl.arange(0, R)
     kbase = kt * R * 8
     x_tile = x_row + kbase
@@ -273,7 +274,7 @@ def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, ma
     m1 = mask_n & (kt < kt_end)
     sc = tl.load(s_ptr + g_off, mask=m1, other=0.0)
     z = tl.load(z_ptr + g_off, mask=m1, other=0.0)
-    zb = z + 128.0
+    zb = (z.to(tl.float32) + 128.0).to(tl.bfloat16)  # exact: integer zero points below 128
     zz = _half_pair(zb, zb)[None, :]
     xp0 = _half_pair(_x_rows(x_tile, 0, offs_r, valid_r, MASK_K), _x_rows(x_tile, 4 * R, offs_r, valid_r, MASK_K))
     xp1 = _half_pair(_x_rows(x_tile, R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 5 * R, offs_r, valid_r, MASK_K))
@@ -285,12 +286,12 @@ def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, ma
 
 @triton.jit
 def _x_rows(x_tile, off, offs_r, valid_r, MASK_K: tl.constexpr):
-    """x[off + r] for the tile's R rows (0 past the split's end when MASK_K)."""
+    """x[off + r] for the tile's R rows in bf16 (0 past the split's end when MASK_K)."""
     if MASK_K:
         x = tl.load(x_tile + off + offs_r, mask=valid_r, other=0.0)
     else:
         x = tl.load(x_tile + off + offs_r)
-    return x
+    return x.to(tl.bfloat16)
 
 
 @triton.jit
@@ -512,15 +513,13 @@ def pick_config(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int
     return default_config(m, n, k, bits, group_size, num_sms)
 
 
-def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_groups: bool = False,
-                dtype: torch.dtype = torch.bfloat16) -> bool:
+def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_groups: bool = False) -> bool:
     """Whether ``cfg`` can run this layer: the tensor-core kinds need R >= 16; the paired
-    gemv takes 4-bit codes and bf16 activations, K tiles that lie in one group each, no
-    act-order row groups, and a GPU (inline PTX: not the interpreter)."""
+    gemv takes 4-bit codes, K tiles that lie in one group each, no act-order row groups,
+    and a GPU (inline PTX: not the interpreter)."""
     r = layout_rows(k, group_size, bits)
     if cfg.dequant == "pair":
-        return (bits == 4 and dtype == torch.bfloat16 and group_size % (r * 8) == 0 and not row_groups
-                and not _interpreting())
+        return bits == 4 and group_size % (r * 8) == 0 and not row_groups and not _interpreting()
     return cfg.kind == "gemv" or r >= _DOT_MIN_R
 
 
@@ -532,9 +531,9 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     m, k = x2d.shape
     n = qweight.shape[1]
     r = layout_rows(k, group_size, bits)
-    if not config_fits(cfg, k, group_size, bits, row_groups is not None, x2d.dtype):
+    if not config_fits(cfg, k, group_size, bits, row_groups is not None):
         raise ValueError(f"{wna16_tuning.describe(cfg)} cannot run this layer (K {k}, group {group_size}, {bits}-bit, "
-                         f"{r} interleaved rows, {x2d.dtype}{', row groups' if row_groups is not None else ''})")
+                         f"{r} interleaved rows{', row groups' if row_groups is not None else ''})")
     k_tiles = k // (r * (32 // bits))
     tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
     split_k = triton.cdiv(k_tiles, tiles_per_split)

@@ -75,8 +75,8 @@ def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, b
 
 
 def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
-                       row_groups: bool = False, dtype: torch.dtype = torch.bfloat16) -> list[Any]:
-    """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired bf16 form (M <= 4) and 16-row
+                       row_groups: bool = False) -> list[Any]:
+    """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired form (M <= 4) and 16-row
     tensor-core tiles."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
@@ -89,7 +89,7 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
             for kind, bm, bn, w, s in _SMALL_DOT_SHAPES]
-    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups, dtype)]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]
 
 
 def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
@@ -103,10 +103,10 @@ def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)] + [None]
 
 
-def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int, row_groups: bool = False,
-               dtype: torch.dtype = torch.bfloat16) -> list[Any]:
+def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
+               row_groups: bool = False) -> list[Any]:
     if m <= SMALL_M_BUCKETS[-1]:
-        return small_m_candidates(m, n, k, bits, group_size, num_sms, row_groups, dtype) + [None]
+        return small_m_candidates(m, n, k, bits, group_size, num_sms, row_groups) + [None]
     return tiled_candidates(m, n, k, bits, group_size, num_sms, row_groups)
 
 
@@ -131,7 +131,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
         timed = []
-        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None, scales.dtype):
+        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None):
             try:
                 run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
                                                         group_size, bits)
