@@ -157,6 +157,22 @@ def _gemv_flush(acc, part, xsum, s_ptr, z_ptr, g, N, offs_r, offs_n, mask2):
 
 
 @triton.jit
+def _gemv_words(x_row, qw_ptr, N, kt, kt_end, offs_n, mask_n, R: tl.constexpr, PACK: tl.constexpr,
+                MASK_K: tl.constexpr):
+    """The packed words q [R, BLOCK_N] of K tile ``kt`` (0 past kt_end when MASK_K), where the
+    tile's inputs start in x, its first input, the row indices, which rows are valid and the
+    words' mask."""
+    offs_r = tl.arange(0, R)
+    kbase = kt * R * PACK
+    valid_r = (offs_r * 0 + kt) < kt_end
+    mask2 = mask_n[None, :]
+    if MASK_K:
+        mask2 = valid_r[:, None] & mask2
+    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask2, other=0)
+    return q, x_row + kbase, kbase, offs_r, valid_r, mask2
+
+
+@triton.jit
 def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, mask_n, magic_bits,
                GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr,
                HAS_ROW_GROUPS: tl.constexpr, MAGIC: tl.constexpr, MASK_K: tl.constexpr):
@@ -169,14 +185,8 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
     PACK: tl.constexpr = 32 // BITS
     # Fields 0 .. LOW-1 lie below bit 23 in place; the rest (3 at 4 bits, 2 at 8) do after one shift.
     LOW: tl.constexpr = 23 // BITS
-    offs_r = tl.arange(0, R)
-    kbase = kt * R * PACK
-    x_tile = x_row + kbase
-    valid_r = (offs_r * 0 + kt) < kt_end
-    mask2 = mask_n[None, :]
-    if MASK_K:
-        mask2 = valid_r[:, None] & mask2
-    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask2, other=0)
+    q, x_tile, kbase, offs_r, valid_r, mask2 = _gemv_words(x_row, qw_ptr, N, kt, kt_end, offs_n, mask_n, R, PACK,
+                                                           MASK_K)
     part = tl.zeros((R, BLOCK_N), dtype=tl.float32)
     xsum = tl.zeros((R,), dtype=tl.float32)
     for j in tl.static_range(PACK):
@@ -262,14 +272,7 @@ def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, ma
     """acc[R, BLOCK_N] += scale * the products of K tile ``kt`` (4-bit codes; the tile's 8 * R
     inputs lie in one group, which the host checks): per word one inline-asm block of packed
     bf16 math (``_pair_products``), then one FFMA with the column's scale."""
-    offs_r = tl.arange(0, R)
-    kbase = kt * R * 8
-    x_tile = x_row + kbase
-    valid_r = (offs_r * 0 + kt) < kt_end
-    mask2 = mask_n[None, :]
-    if MASK_K:
-        mask2 = valid_r[:, None] & mask2
-    q = tl.load(qw_ptr + (kt * R + offs_r)[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask2, other=0)
+    q, x_tile, kbase, offs_r, valid_r, _ = _gemv_words(x_row, qw_ptr, N, kt, kt_end, offs_n, mask_n, R, 8, MASK_K)
     g_off = (kbase // GROUP_SIZE).to(tl.int64) * N + offs_n
     m1 = mask_n & (kt < kt_end)
     sc = tl.load(s_ptr + g_off, mask=m1, other=0.0)
