@@ -34,9 +34,9 @@ _TABLE: dict[tuple[int, int, int, int, bool], list[tuple[int, Any]]] = {}
 # wide tiles amortise each x value over more columns, more waves keep more words in flight.
 _GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (128, 4, 3, 1, 4.0), (256, 8, 3, 1, 4.0), (256, 4, 3, 1, 2.0),
                 (128, 4, 2, 2, 4.0))
-# the same for the paired half-precision form (4-bit, whole groups per K tile; config_fits)
-# (H200, Llama-3.1-8B layers: the best of a graph-timed grid for each of qkv, o, gate_up, down;
-# one stage, i.e. the words loaded straight into registers, won at every layer)
+# the same for the paired bf16 form (4-bit, whole groups per K tile: config_fits), up to
+# _PAIR_MAX_M rows: the best of a graph-timed grid for each Llama-3.1-8B layer on an H200
+# (one stage, i.e. the words loaded straight into registers, won at every layer)
 _PAIR_MAX_M = 4
 _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (512, 4, 3, 1, 2.0))
 # tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
@@ -92,22 +92,21 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]
 
 
-def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
-                     row_groups: bool = False) -> list[Any]:
+def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int) -> list[Any]:
     """Batched decode / prefill (M > 16): tensor-core tiles (split only to fill one wave), and
     dequantize + cuBLAS (None)."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
     out = [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 1.0)
            for kind, bm, bn, w, s in _TILED_SHAPES if bm <= max(32, m)]
-    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)] + [None]
+    return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
 
 
 def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
                row_groups: bool = False) -> list[Any]:
     if m <= SMALL_M_BUCKETS[-1]:
         return small_m_candidates(m, n, k, bits, group_size, num_sms, row_groups) + [None]
-    return tiled_candidates(m, n, k, bits, group_size, num_sms, row_groups)
+    return tiled_candidates(m, n, k, bits, group_size, num_sms)
 
 
 def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
