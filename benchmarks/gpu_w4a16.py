@@ -86,7 +86,8 @@ def make_layer(k: int, n: int, bits: int, group_size: int, device: str):
 
 
 def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: str) -> list:
-    """The load-time candidates, then (full) a grid around them for each kernel kind."""
+    """The load-time candidates, then (pair, full) a grid of the paired GEMV at M = 1 and
+    (full) a grid around them for each kernel kind."""
     from pagedlm.kernels import triton_wna16, wna16_tuning
 
     def mk(kind, bm, bn, warps, stages, waves, unroll=1, dequant=""):
@@ -99,8 +100,16 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
         out += [mk("gemv", 1, bn, w, s, waves, 1, "pair") for bn in (256, 512) for w in (4, 8) for s in (1, 3)
                 for waves in (2.0, 4.0, 8.0)]
         out += [mk("gemv", 1, 256, 4, 4, 4.0, 2, "pair"), mk("gemv", 1, 512, 4, 1, 4.0, 2, "pair")]
-        if level == "pair":
-            return [c for c in dict.fromkeys(out) if c is None or triton_wna16.config_fits(c, k, gs, bits)]
+    if level == "full":
+        out += _full_grid(m, mk)
+    seen = dict.fromkeys(c for c in out if c is None or _fits_registers(c))
+    return [c for c in seen if c is None or triton_wna16.config_fits(c, k, gs, bits)]
+
+
+def _full_grid(m: int, mk) -> list:
+    """The float32 GEMV (M = 1) and tensor-core tiles around the load-time candidates."""
+    out = []
+    if m == 1:
         out += [mk("gemv", 1, bn, w, 3, waves, u) for bn in (64, 128, 256, 512) for w in (4, 8) for u in (1, 2)
                 for waves in (1.0, 2.0, 4.0, 8.0)]
         out += [mk("gemv", 1, 128, 4, p, 4.0) for p in (1, 2, 4)] + [mk("gemv", 1, 128, 4, 3, 4.0, 1, "int")]
@@ -118,15 +127,14 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
         out += [mk(kind, 64, 128, 4, p, 1.0) for kind in ("dot", "dot_t") for p in (2, 4)]
         out += [mk(kind, 64, 128, 4, 3, 2.0) for kind in ("dot", "dot_t")]
         out += [mk(kind, 64, 128, 4, 3, 1.0, 1, d) for kind in ("dot", "dot_t") for d in ("f32", "int")]
-    seen = dict.fromkeys(c for c in out if c is None or _fits_registers(c))
-    return [c for c in seen if c is None or triton_wna16.config_fits(c, k, gs, bits)]
+    return out
 
 
 def _fits_registers(c) -> bool:
     """Leave out configs that spill or overflow shared memory on sm_90 (compiled offline: a
-    float32 accumulator over 128 registers a thread, or a gemv tile of more than 512 words
-    a K step per 4 warps)."""
-    if c.kind == "gemv":
+    float32 accumulator over 128 registers a thread, or a float32 gemv tile of more than 512
+    words a K step per 4 warps; the paired form ran 1024-word steps on 4 warps, session 14)."""
+    if c.kind == "gemv" and c.dequant != "pair":
         return c.block_n * c.unroll <= 128 * c.num_warps and c.block_n * c.unroll <= 512
     return c.block_m * c.block_n <= 128 * 32 * c.num_warps
 
