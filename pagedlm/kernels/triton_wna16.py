@@ -14,9 +14,9 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          point and the scale enter once per group and column, and the sum over R happens
          once, after the K loop. K is split across programs (SPLIT_K) so that a decode step
          puts a few programs on every SM. Its "pair" form (4-bit codes, whole groups per
-         K tile) unpacks two codes per LOP3 into packed bf16 and sums four
-         products per half in bf16 before float32 (``_pair_products``): about 3.3 instructions
-         per weight against 5.2 (sm_90 SASS), 0.65x the float32 form's time per 8B layer.
+         K tile) unpacks two codes per LOP3 into packed bf16 and sums four products per
+         half in bf16 before float32 (``int4_pairs``): about 3.3 instructions per weight
+         against 5.2 (sm_90 SASS), 0.65x the float32 form's time per 8B layer.
   dot    tensor-core tiles: acc[BLOCK_M, BLOCK_N] += x[:, kbase+jR..] @ W_j for each field j
          (R = 16: one K=16 MMA step per field).
   dot_t  the same with the roles swapped, acc^T[BLOCK_N, BLOCK_M] += W_j^T @ x^T: the
@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels import wna16_reference, wna16_tuning
+from pagedlm.kernels.int4_pairs import half_pair, pair_products
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 
@@ -69,7 +70,7 @@ class KernelConfig:
     # LOP3; see _field_scaled_f32 / _dequant_f32), "half" ORs the shifted field into the bits
     # of 128.0 / 1024.0 in the activation dtype (_codes_minus_zero), "int" converts integers,
     # "pair" (gemv; 4-bit codes, whole groups per K tile) does two codes per instruction in
-    # packed bf16 (``_pair_products``).
+    # packed bf16 (``int4_pairs.pair_products``).
     # Default "": f32 for gemv, half for the tensor-core kinds (what compiles to fewer
     # instructions per weight on sm_90: the float32 form needs a layout change before the MMA).
     dequant: str = ""
@@ -220,70 +221,24 @@ def _gemv_tile(acc, x_row, qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, kt_end, offs_n, m
     return acc
 
 
-# One packed word (8 codes of one column, fields j = 0..7) times its 8 activations in packed
-# bf16: (q >> 4i) & 0x000F000F | 0x43004300 puts fields i and i+4 in the two halves as
-# 128 + code (one LOP3 for two codes), one packed subtraction of (128 + zero) leaves the exact
-# code - zero, and packed multiply-adds with the activation pairs (x_i, x_{i+4}) sum four
-# products per half (bf16 rounding, as a bf16 GEMM's operands have; bf16 has float32's range,
-# so nothing overflows); the two halves then add in float32. $1 q, $2..$5 the activation
-# pairs for i = 0..3, $6 (128 + zero) in both halves. fp16 activations are rounded to bf16
-# first (fp16 pairs would overflow: four products of codes and activations of a few thousand);
-# the 4-bit weights' own error is far larger than that rounding.
-_PAIR_ASM = tl.constexpr("""{
-    .reg .b32 w, t, a, lo, hi;
-    lop3.b32 w, $1, 0x000F000F, 0x43004300, 0xEA;
-    sub.rn.bf16x2 w, w, $6;
-    mul.rn.bf16x2 a, w, $2;
-    shr.u32 t, $1, 4;
-    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
-    sub.rn.bf16x2 w, w, $6;
-    fma.rn.bf16x2 a, w, $3, a;
-    shr.u32 t, $1, 8;
-    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
-    sub.rn.bf16x2 w, w, $6;
-    fma.rn.bf16x2 a, w, $4, a;
-    shr.u32 t, $1, 12;
-    lop3.b32 w, t, 0x000F000F, 0x43004300, 0xEA;
-    sub.rn.bf16x2 w, w, $6;
-    fma.rn.bf16x2 a, w, $5, a;
-    shl.b32 lo, a, 16;
-    and.b32 hi, a, 0xFFFF0000;
-    add.f32 $0, lo, hi;
-}""")
-
-
-@triton.jit
-def _pair_products(q, xp0, xp1, xp2, xp3, zz):
-    """sum_j (code_j - zero) * x_j over the 8 fields of each word, float32 (see _PAIR_ASM)."""
-    return tl.inline_asm_elementwise(_PAIR_ASM, "=r,r,r,r,r,r,r", [q, xp0, xp1, xp2, xp3, zz], dtype=tl.float32,
-                                     is_pure=True, pack=1)
-
-
-@triton.jit
-def _half_pair(lo, hi):
-    """Two 16-bit floats in one int32 (lo in bits 0-15)."""
-    lo_bits = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return lo_bits | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
-
-
 @triton.jit
 def _gemv_tile_pairs(acc, x_row, qw_ptr, s_ptr, z_ptr, N, kt, kt_end, offs_n, mask_n,
                      GROUP_SIZE: tl.constexpr, R: tl.constexpr, MASK_K: tl.constexpr):
     """acc[R, BLOCK_N] += scale * the products of K tile ``kt`` (4-bit codes; the tile's 8 * R
     inputs lie in one group, which the host checks): per word one inline-asm block of packed
-    bf16 math (``_pair_products``), then one FFMA with the column's scale."""
+    bf16 math (``int4_pairs.pair_products``), then one FFMA with the column's scale."""
     q, x_tile, kbase, offs_r, valid_r, _ = _gemv_words(x_row, qw_ptr, N, kt, kt_end, offs_n, mask_n, R, 8, MASK_K)
     g_off = (kbase // GROUP_SIZE).to(tl.int64) * N + offs_n
     m1 = mask_n & (kt < kt_end)
     sc = tl.load(s_ptr + g_off, mask=m1, other=0.0)
     z = tl.load(z_ptr + g_off, mask=m1, other=0.0)
     zb = (z.to(tl.float32) + 128.0).to(tl.bfloat16)  # exact: integer zero points below 128
-    zz = _half_pair(zb, zb)[None, :]
-    xp0 = _half_pair(_x_rows(x_tile, 0, offs_r, valid_r, MASK_K), _x_rows(x_tile, 4 * R, offs_r, valid_r, MASK_K))
-    xp1 = _half_pair(_x_rows(x_tile, R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 5 * R, offs_r, valid_r, MASK_K))
-    xp2 = _half_pair(_x_rows(x_tile, 2 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 6 * R, offs_r, valid_r, MASK_K))
-    xp3 = _half_pair(_x_rows(x_tile, 3 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 7 * R, offs_r, valid_r, MASK_K))
-    return acc + _pair_products(q, xp0[:, None], xp1[:, None], xp2[:, None], xp3[:, None],
+    zz = half_pair(zb, zb)[None, :]
+    xp0 = half_pair(_x_rows(x_tile, 0, offs_r, valid_r, MASK_K), _x_rows(x_tile, 4 * R, offs_r, valid_r, MASK_K))
+    xp1 = half_pair(_x_rows(x_tile, R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 5 * R, offs_r, valid_r, MASK_K))
+    xp2 = half_pair(_x_rows(x_tile, 2 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 6 * R, offs_r, valid_r, MASK_K))
+    xp3 = half_pair(_x_rows(x_tile, 3 * R, offs_r, valid_r, MASK_K), _x_rows(x_tile, 7 * R, offs_r, valid_r, MASK_K))
+    return acc + pair_products(q, xp0[:, None], xp1[:, None], xp2[:, None], xp3[:, None],
                                 zz) * sc.to(tl.float32)[None, :]
 
 
