@@ -70,6 +70,78 @@ def _find_seq_idx(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.conste
     return lo - 1
 
 
+@triton.jit
+def _locate_queries(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr, MODE: tl.constexpr):
+    """This program's sequence, its block of queries within it, where the sequence's queries
+    start and how many there are, and whether the program has nothing to do (past the
+    sequence's queries; in MODE 1 a sequence that is not a decode, in MODE 2 one that is)."""
+    if MODE == 1:
+        seq_idx = tl.program_id(0)
+        q_block = 0
+    else:
+        seq_idx = _find_seq_idx(query_start_loc_ptr, tl.program_id(0), num_seqs, BLOCK_Q)
+        q_block = tl.program_id(0) - (tl.load(query_start_loc_ptr + seq_idx).to(tl.int32) // BLOCK_Q + seq_idx)
+    q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int32)
+    q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int32) - q_start
+    skip = q_block * BLOCK_Q >= q_len
+    if MODE == 1:
+        skip = q_len != 1
+    if MODE == 2:
+        skip = skip | (q_len == 1)
+    return seq_idx, q_block, q_start, q_len, skip
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr, head_off, offs_d,
+                 d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
+                 SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr):
+    """One KV tile of the online softmax: K/V gathered through the block table, logits in the
+    base-2 domain; keys past kv_end, after a row's query or before its window are dropped."""
+    key_pos = tile * TILE_N + tl.arange(0, TILE_N)
+    key_valid = key_pos < kv_end
+    block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
+    kv_off = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
+    kv_mask = key_valid[:, None] & d_valid[None, :]
+    k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2e  # [BLOCK_M, TILE_N]
+    if SOFTCAP > 0:
+        # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
+        # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
+        x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
+        t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+        s = t * (SOFTCAP * 1.4426950408889634)
+    allowed = key_pos[None, :] <= q_pos[:, None]
+    if SLIDING_WINDOW > 0:
+        allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
+    s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr, part_max_ptr,
+                part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD: tl.constexpr,
+                SPLIT: tl.constexpr):
+    """The program's rows: normalised into the output, or (SPLIT) this segment's unnormalised
+    sums with their running max and sum, for the combine kernel."""
+    if SPLIT:
+        part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
+        tl.store(part_max_ptr + part, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+        tl.store(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
+    else:
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
+
+
 # num_seqs == 1 must not become a compile-time constant (the binary search re-assigns it).
 @triton.jit(do_not_specialize=["num_seqs", "tiles_per_segment", "num_segments"])
 def _paged_attention_kernel(
@@ -86,19 +158,7 @@ def _paged_attention_kernel(
 ):
     pdl_prologue(PDL)
     kv_head = tl.program_id(1)
-    if MODE == 1:
-        seq_idx = tl.program_id(0)
-        q_block = 0
-    else:
-        seq_idx = _find_seq_idx(query_start_loc_ptr, tl.program_id(0), num_seqs, BLOCK_Q)
-        q_block = tl.program_id(0) - (tl.load(query_start_loc_ptr + seq_idx).to(tl.int32) // BLOCK_Q + seq_idx)
-    q_start = tl.load(query_start_loc_ptr + seq_idx).to(tl.int32)
-    q_len = tl.load(query_start_loc_ptr + seq_idx + 1).to(tl.int32) - q_start
-    skip = q_block * BLOCK_Q >= q_len
-    if MODE == 1:
-        skip = q_len != 1
-    if MODE == 2:
-        skip = skip | (q_len == 1)
+    seq_idx, q_block, q_start, q_len, skip = _locate_queries(query_start_loc_ptr, num_seqs, BLOCK_Q, MODE)
     if skip:
         return
     seq_len = tl.load(seq_lens_ptr + seq_idx).to(tl.int32)
@@ -133,48 +193,16 @@ def _paged_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
-    offs_n = tl.arange(0, TILE_N)
     table_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     head_off = kv_head.to(tl.int64) * stride_chead
     for tile in range(tile_start, tile_end):
-        key_pos = tile * TILE_N + offs_n
-        key_valid = key_pos < kv_end
-        block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
-        kv_off = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
-        kv_mask = key_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2e  # [BLOCK_M, TILE_N]
-        if SOFTCAP > 0:
-            # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
-            # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
-            x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
-            t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
-            s = t * (SOFTCAP * 1.4426950408889634)
-        allowed = key_pos[None, :] <= q_pos[:, None]
-        if SLIDING_WINDOW > 0:
-            allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-        m_i = m_new
-
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr,
+                                     head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE,
+                                     TILE_N, SLIDING_WINDOW, SOFTCAP)
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr)
-    if SPLIT:
-        part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
-        tl.store(part_max_ptr + part, m_i, mask=row_valid)
-        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
-        tl.store(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
-    else:
-        out = acc / l_i[:, None]
-        tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
+    _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr, part_max_ptr,
+                part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD, SPLIT)
 
 
 @triton.jit

@@ -340,6 +340,24 @@ def _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE: tl.co
 
 
 @triton.jit
+def _dot_field(acc, q, s, z, x_rows, k, mask_m, magic_bits, J: tl.constexpr, BITS: tl.constexpr, LOW: tl.constexpr,
+               DEQUANT: tl.constexpr, IS_BF16: tl.constexpr, SWAP: tl.constexpr):
+    """acc += x[:, k] @ W[k, :] for field J of the packed words q (the R inputs k), dequantized
+    in the form DEQUANT picks (``_DEQUANT_MODES``); SWAP: acc^T += W^T @ x^T."""
+    if DEQUANT == 2:
+        w = _dequant_f32(q, magic_bits, s, z, J, BITS, LOW).to(x_rows.dtype.element_ty)
+    else:
+        w = (_codes_minus_zero(_field(q, J, BITS), z, DEQUANT == 1, IS_BF16) * s).to(x_rows.dtype.element_ty)
+    if SWAP:
+        xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
+        acc = tl.dot(w, xt, acc)
+    else:
+        xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
+        acc = tl.dot(xv, w, acc)
+    return acc
+
+
+@triton.jit
 def _wna16_dot_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, g_ptr, b_ptr, part_ptr, count_ptr, out_ptr,
     M, N, stride_xm, k_tiles, tiles_per_split, magic_bits,
@@ -378,29 +396,19 @@ def _wna16_dot_kernel(
                 s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, True)
             elif (j * R) % GROUP_SIZE == 0:
                 s, z = _dot_scales(s_ptr, z_ptr, g_ptr, N, k0, k, offs_n, mask_n, GROUP_SIZE, SWAP, False)
-            if DEQUANT == 2:
-                if j == LOW:
-                    q = q >> (LOW * BITS)  # the high fields, moved down once
-                w = _dequant_f32(q, magic_bits, s, z, j, BITS, LOW).to(x_ptr.dtype.element_ty)
-            else:
-                w = (_codes_minus_zero(_field(q, j, BITS), z, DEQUANT == 1, IS_BF16) * s).to(x_ptr.dtype.element_ty)
-            if SWAP:
-                xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
-                acc = tl.dot(w, xt, acc)
-            else:
-                xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
-                acc = tl.dot(xv, w, acc)
+            if DEQUANT == 2 and j == LOW:
+                q = q >> (LOW * BITS)  # the high fields, moved down once
+            acc = _dot_field(acc, q, s, z, x_rows, k, mask_m, magic_bits, j, BITS, LOW, DEQUANT, IS_BF16, SWAP)
     tile_id = pid_m * tl.num_programs(0) + pid_n
     if SWAP:
         offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else 0.0
-        _finish(acc, offs, mask_m[None, :] & mask_n[:, None], bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k,
-                M * N, SPLIT_K, HAS_BIAS)
+        mask = mask_m[None, :] & mask_n[:, None]
     else:
         offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
-        _finish(acc, offs, mask_m[:, None] & mask_n[None, :], bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k,
-                M * N, SPLIT_K, HAS_BIAS)
+        mask = mask_m[:, None] & mask_n[None, :]
+    _finish(acc, offs, mask, bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k, M * N, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
