@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.floors import measure_floors
-from benchmarks.kernels_bench import make_batch
+from benchmarks.kernels_bench import make_batch, rel_err
 from pagedlm.kernels.triton_attention import (
     AttentionConfig,
     default_config,
@@ -43,10 +43,6 @@ def bench_ms(fn) -> float:
 
     fn()
     return decode_time_ms(fn, torch.device("cuda"))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def sdpa_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend) -> tuple[float, torch.Tensor]:
