@@ -14,7 +14,13 @@ as streaming 6-12 MB. Hence:
   zero for the next launch. One launch, no atomics on the data, no memset;
 - the products are plain multiply-adds on register tiles (``DOT=False``: a GEMV row does not
   need the tensor cores, whose shared-memory staging costs bandwidth) or ``tl.dot`` on rows
-  padded to 16 (``DOT=True``), whichever the tuner finds faster for the shape.
+  padded to 16 (``DOT=True``), whichever the tuner finds faster for the shape;
+- for one row, ``chunk`` sums each run of ``chunk`` neighbouring products (one thread's 16-byte
+  load) inside the thread every K tile, so the float32 accumulator is BLOCK_K / chunk wide
+  instead of BLOCK_K: the tile, and with it the bytes each program keeps in flight, grows
+  without the registers. 8-bit weights gain most (one float32 accumulator per byte otherwise):
+  fp8 gate_up at M = 1 streams at 93% of copy bandwidth this way against 80% for the best
+  other tile (H200, BENCHMARKS.md, 2026-11-30).
 
 8-bit codes (fp8 e4m3, int8) and 16-bit values widen to float32 exactly; the accumulation is
 float32 like the references' (F.linear, ``quant_reference.scaled_mm`` / ``weight_only_mm``).
@@ -44,6 +50,7 @@ class FusedGemvConfig:
     num_stages: int = 2
     dot: bool = False
     native: bool = False  # with dot: 8-bit codes on the tensor cores without widening
+    chunk: int = 0  # without dot, one row: products summed in runs of `chunk` inside each thread
 
 
 @triton.jit
@@ -72,13 +79,45 @@ def _tile_product(acc, x, w, DOT: tl.constexpr, COMPUTE_BF16: tl.constexpr, NATI
 
 
 @triton.jit
+def _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  CHUNK: tl.constexpr, PDL: tl.constexpr):
+    """Row 0 of x[:, k_lo:k_hi] @ w[cols, k_lo:k_hi]^T in float32 [1, BLOCK_N]: each K tile is
+    loaded as [BLOCK_N, BLOCK_K / CHUNK, CHUNK] and its runs of CHUNK products are summed in
+    the thread that loaded them (no shuffles), into a [BLOCK_N, BLOCK_K / CHUNK] accumulator."""
+    koff = tl.arange(0, BLOCK_K // CHUNK)[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+    w_tiles = w_ptr + rn_load[:, None, None] * stride_wn + koff[None, :, :]
+    w = tl.load(w_tiles + k_lo)  # before the PDL wait: the weights are never written in a step
+    pdl_prologue(PDL)
+    x = tl.load(x_ptr + k_lo + koff).to(tl.float32)
+    acc = tl.sum(x[None, :, :] * w.to(tl.float32), axis=2)
+    for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
+        x = tl.load(x_ptr + k0 + koff).to(tl.float32)
+        acc += tl.sum(x[None, :, :] * tl.load(w_tiles + k0).to(tl.float32), axis=2)
+    return tl.sum(acc, axis=1)[None, :]
+
+
+@triton.jit
 def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
-                  COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False):
+                  COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
+                  CHUNK: tl.constexpr = 0):
     """x[rows, k_lo:k_hi] @ w[cols, k_lo:k_hi]^T in float32 [BLOCK_M, BLOCK_N] (k_hi > k_lo).
 
     The first weight tile is loaded before the PDL prologue: the weights are never written
     during a step, so this program's weight stream starts while the kernel ahead drains."""
+    if CHUNK > 0:  # one row (BLOCK_M == 1)
+        sums = _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N, BLOCK_K, CHUNK, PDL)
+    else:
+        sums = _tile_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn, BLOCK_M, BLOCK_N,
+                          BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL)
+    return sums
+
+
+@triton.jit
+def _tile_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+               COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr):
+    """``_partial_sums`` on [BLOCK_M, BLOCK_N, BLOCK_K] FMA tiles or tensor-core dots."""
     code_ty = w_ptr.dtype.element_ty
     w_rows = w_ptr + rn_load[:, None] * stride_wn
     x_rows = x_ptr + rm_load[:, None] * stride_xm
@@ -105,7 +144,7 @@ def _fused_gemv_kernel(
     stride_xm, stride_wn, stride_sx, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-    COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
+    COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
@@ -114,7 +153,7 @@ def _fused_gemv_kernel(
     rn, rm, rn_load, rm_load = _tile_indices(pid_n, M, N, BLOCK_M, BLOCK_N)
     k_lo = pid_k * k_per_split
     acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
-                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL)
+                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL, CHUNK)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     last = True
     if SPLIT_K > 1:
@@ -139,7 +178,7 @@ def _fused_gemv_kernel(
 
 
 def fits(m: int, k: int, config: FusedGemvConfig) -> bool:
-    return 1 <= m <= MAX_M and k % (config.block_k * config.split_k) == 0
+    return 1 <= m <= (1 if config.chunk else MAX_M) and k % (config.block_k * config.split_k) == 0
 
 
 def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
@@ -153,6 +192,9 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
     eight_bit = w.element_size() == 1
     if config.native and not (config.dot and eight_bit and x.dtype == w.dtype):
         raise ValueError("a native config multiplies 8-bit codes of one type on the tensor cores")
+    if config.chunk and (config.dot or m != 1 or config.block_k % config.chunk):
+        raise ValueError("a chunk config sums runs of products of one row on multiply-add tiles "
+                         "(no dot, M = 1, block_k a multiple of chunk)")
     if not fits(m, k, config) or w.shape[1] != k:
         raise ValueError(f"fused_gemv takes x [M <= {MAX_M}, K] with K a multiple of "
                          f"{config.block_k * config.split_k}, and w [N, K]; got {tuple(x.shape)}, {tuple(w.shape)}")
@@ -172,7 +214,7 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
         BLOCK_M=max(16, triton.next_power_of_2(m)) if config.dot else triton.next_power_of_2(m),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
-        COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), NATIVE=config.native,
+        COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), NATIVE=config.native, CHUNK=config.chunk,
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     return out
@@ -180,14 +222,22 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
 
 def quick_configs(m: int, eight_bit: bool = False) -> list[FusedGemvConfig]:
     """The candidates the engine's first-use tuners time for M rows (few compiles): the tiles
-    that won some 8B decode shape in the sweep (``benchmarks/gpu_gemv.py``), and for 8-bit
-    codes the same tensor-core tiles without widening."""
+    that won some 8B decode shape in the sweeps (``benchmarks/gpu_gemv.py``): for one row the
+    chunked multiply-add tiles; for 8-bit codes also the tensor-core tiles without widening,
+    with deeper pipelines (three or four stages in flight), which won every int8 layer."""
     rows = triton.next_power_of_2(m)
     dots = [FusedGemvConfig(32, 256, 4, dot=True), FusedGemvConfig(32, 512, 4, dot=True),
             FusedGemvConfig(64, 256, 2, dot=True), FusedGemvConfig(16, 512, 4, dot=True)]
     fma = ([(8, 512, 1), (8, 1024, 1), (4, 1024, 1), (16, 256, 2)] if rows <= 2
            else [(4, 512, 1), (8, 256, 2)] if rows <= 4 else [])
     configs = [FusedGemvConfig(bn, bk, split) for bn, bk, split in fma] + dots
+    if m == 1:  # chunked tiles: the best few per 8B layer in the sweep
+        chunk, tiles = ((16, ((2, 1024, 2), (2, 2048, 2), (4, 2048, 2), (4, 2048, 4), (4, 2048, 8), (2, 4096, 4)))
+                        if eight_bit else (8, ((2, 4096, 4), (1, 2048, 2), (4, 1024, 8), (4, 2048, 4))))
+        configs += [FusedGemvConfig(bn, bk, 1, num_warps, chunk=chunk) for bn, bk, num_warps in tiles]
     if eight_bit:
         configs += [dataclasses.replace(c, native=True) for c in dots]
+        configs += [FusedGemvConfig(bn, bk, split, num_warps, stages, dot=True, native=True)
+                    for bn, bk, split, num_warps, stages in ((64, 256, 4, 4, 4), (64, 512, 4, 4, 3),
+                                                             (128, 512, 1, 8, 3), (128, 512, 4, 8, 3))]
     return configs

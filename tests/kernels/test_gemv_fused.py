@@ -67,6 +67,27 @@ def test_native_8bit_dots_match_scaled_mm(code: torch.dtype) -> None:
         assert _rel(out, ref.scaled_mm(a, wq.t(), a_scale, w_scale.reshape(1, -1), DTYPE)) < 1e-2
 
 
+@pytest.mark.parametrize("config", [FusedGemvConfig(4, 256, 1, chunk=8), FusedGemvConfig(8, 128, 4, chunk=16)])
+def test_one_row_chunked_sums_match_the_references(config: FusedGemvConfig) -> None:
+    """The chunked tiles (runs of products summed inside each thread) give the references'
+    results for 16-bit weights with a bias, 8-bit codes (W8A8) and 8-bit weights on 16-bit
+    activations (W8A16); split-K through the tickets."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 1024, generator=g).to(DEVICE, DTYPE)
+    w = torch.randn(90, 1024, generator=g).to(DEVICE, DTYPE)
+    bias = torch.randn(90, generator=g).to(DEVICE, DTYPE)
+    out = fused_gemv(x, w, None, None, DTYPE, bias, config)
+    assert _rel(out, torch.nn.functional.linear(x.float(), w.float(), bias.float())) < 1e-2
+    for code in (torch.int8, ref.FP8_DTYPE):
+        wq, w_scale = ref.per_token_quant(torch.randn(70, 1024, generator=g).to(DEVICE), code)
+        w_scale = w_scale.reshape(1, -1)
+        a, a_scale = ref.per_token_quant(x, code)
+        assert _rel(fused_gemv(a, wq, a_scale, w_scale, DTYPE, None, config),
+                    ref.scaled_mm(a, wq.t(), a_scale, w_scale, DTYPE)) < 1e-2
+        assert _rel(fused_gemv(x, wq, None, w_scale, DTYPE, None, config),
+                    ref.weight_only_mm(x, wq.t(), w_scale)) < 1e-2
+
+
 def test_refuses_what_it_cannot_do() -> None:
     x, w = torch.zeros(9, 512, device=DEVICE, dtype=DTYPE), torch.zeros(16, 512, device=DEVICE, dtype=DTYPE)
     with pytest.raises(ValueError, match="M <= 8"):
@@ -75,12 +96,21 @@ def test_refuses_what_it_cannot_do() -> None:
         fused_gemv(x[:1], w, None, None, DTYPE, config=FusedGemvConfig(32, 128, 1, dot=True, native=True))
     with pytest.raises(ValueError, match="multiple of 1024"):
         fused_gemv(x[:1], w, None, None, DTYPE, config=FusedGemvConfig(16, 256, 4))
+    with pytest.raises(ValueError, match="chunk config"):
+        fused_gemv(x[:2], w, None, None, DTYPE, config=FusedGemvConfig(4, 256, 1, chunk=8))
+    with pytest.raises(ValueError, match="chunk config"):
+        fused_gemv(x[:1], w, None, None, DTYPE, config=FusedGemvConfig(32, 128, 1, dot=True, chunk=8))
 
 
 def test_quick_configs_fit_every_bucket() -> None:
     for m in range(1, 9):
-        configs = quick_configs(m)
-        assert configs and all(c.block_k * c.split_k <= 4096 for c in configs)
+        for eight_bit in (False, True):
+            configs = quick_configs(m, eight_bit)
+            assert configs and all(c.block_k * c.split_k <= 4096 for c in configs)
+            # chunked tiles only for one row, and sized to one 16-byte load per run
+            assert all(c.chunk == 0 for c in configs) if m > 1 else \
+                {c.chunk for c in configs if c.chunk} == {16 if eight_bit else 8}
+            assert all(not c.native for c in configs) or eight_bit
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
