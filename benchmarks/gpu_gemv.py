@@ -1,17 +1,28 @@
 """Decode GEMV at the Llama-3.1-8B linear shapes: the kernels the engine can pick against the
 copy floor (weight bytes / measured copy bandwidth), for bf16 weights and 8-bit weights
-(fp8 / int8 codes with per-token activation codes, as W8A8 runs them).
+(fp8 / int8 codes times per-token activation codes, as W8A8 runs them).
 
-For each (format, layer, M): every candidate is checked against the reference first (PASS /
-FAIL), then timed cold (L2 flushed, one launch); the best of each family is then timed the
-way a decode step runs it: a CUDA graph of back-to-back launches over distinct weight copies
-(more bytes than L2), so launch gaps and tails count. 8-bit rows start from bf16
-activations, so the per-token quantization is part of every time. Families:
-  base   cuBLAS (F.linear for bf16; quantize + the layer's GEMM for 8-bit)
-  splitk the split-K GEMV with a separate reduction (triton_gemv / triton_scaled_gemv)
-  fused  the one-launch GEMV (triton_gemv_fused), swept (8-bit: with native 8-bit dots too)
-One H200 call:
-  python benchmarks/gpu_gemv.py [--formats bf16,fp8,int8] [--m 1,4] [--output-json gemv.json]
+Every time is taken the way a decode step runs the kernel: a CUDA graph of back-to-back
+launches over distinct weight copies (more bytes than L2), with PDL where the card has it, so
+launch gaps, ramps and tails count. The activations come in quantized (in a step the norm
+before qkv / gate_up emits the codes; the quantization of o / down's inputs is a kernel of its
+own and is counted in the layer chain below).
+
+For each (format, layer, M) every candidate is first checked against the reference (1e-2
+relative), then timed; the table shows the best of each family and the engine's own pick:
+  base    cuBLAS (F.linear for bf16; the layer's 8-bit GEMM)
+  splitk  the split-K GEMV with a separate reduction (triton_gemv / triton_scaled_gemv)
+  tiles   the one-launch GEMV (triton_gemv_fused) on [M, N, K] multiply-add tiles
+  chunk   the one-launch GEMV, one row, products summed in runs of one 16-byte load per thread
+  dots    the one-launch GEMV on tensor-core tiles (8-bit: also native 8-bit dots)
+  engine  what the first-use tuner picks (kernels.gemv / kernels.scaled_gemv), timed the same way
+
+``--layer-chain`` then times 32 decoder layers' linear part in one graph at M = 1 (norm (with
+codes), qkv, o's input quantization, o, add + norm (with codes), gate_up, SiLU·mul, down's input
+quantization, down; each layer its own weights) with the engine's picks and with the best
+candidate of each layer, against the weight-bytes floor.
+
+  python3 benchmarks/gpu_gemv.py [--formats bf16,fp8,int8] [--m 1,4] [--layer-chain] [--output-json gemv.json]
 """
 
 from __future__ import annotations
@@ -28,138 +39,189 @@ from benchmarks.floors import measure_floors
 from pagedlm.kernels import gemv as gemv_dispatch
 from pagedlm.kernels import quant_reference as ref
 from pagedlm.kernels import scaled_gemv as w8_dispatch
-from pagedlm.kernels import triton_gemv, triton_gemv_fused, triton_scaled_gemv
+from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv
+from pagedlm.kernels.timing import replay_ms
 from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig
 
 HIDDEN, INTER, VOCAB, Q, KV = 4096, 14336, 128256, 4096, 1024
 SHAPES = {"qkv_proj": (Q + 2 * KV, HIDDEN), "o_proj": (HIDDEN, Q), "gate_up_proj": (2 * INTER, HIDDEN),
           "down_proj": (HIDDEN, INTER), "lm_head": (VOCAB, HIDDEN)}
 CODES = {"fp8": ref.FP8_DTYPE, "int8": torch.int8}
+FAMILIES = ("base", "splitk", "tiles", "chunk", "dots", "engine")
 
 
-def cold_ms(fn) -> float:
-    from triton.testing import do_bench
+def family(config: object) -> str:
+    if config is None:
+        return "base"
+    if not isinstance(config, FusedGemvConfig):
+        return "splitk"
+    return "dots" if config.dot else "chunk" if config.chunk else "tiles"
 
-    return do_bench(fn, warmup=5, rep=30, return_mode="median")
 
-
-def fused_sweep(m: int, eight_bit: bool) -> list[FusedGemvConfig]:
-    rows = triton_gemv_fused.quick_configs(m, eight_bit)
+def sweep(fmt: str, m: int, k: int) -> list[object]:
+    """The engine's candidates plus a wider grid around the tiles that won before."""
+    eight_bit = fmt != "bf16"
+    configs = (w8_dispatch._candidates(m, k, True) if eight_bit else gemv_dispatch.candidates(m, k))
     tiles = [(4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)] if m <= 2 else [(4, 512), (8, 256)]
-    rows += [FusedGemvConfig(bn, bk, s) for bn, bk in tiles for s in (1, 2, 4)]
-    dots = [FusedGemvConfig(64, 128, 2, dot=True), FusedGemvConfig(32, 512, 2, dot=True),
-            FusedGemvConfig(64, 512, 2, dot=True), FusedGemvConfig(32, 1024, 4, dot=True)]
-    rows += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit else [])
-    return list(dict.fromkeys(rows))
+    configs += [FusedGemvConfig(bn, bk, s) for bn, bk in tiles for s in (1, 2, 4)]
+    if m == 1:  # chunked tiles: block_k counted in bytes' worth of 8-bit codes, halved for 16 bits
+        chunk, half = (16, 1) if eight_bit else (8, 2)
+        for bn, bk, s, w, st in [(4, 2048, 1, 4, 2), (2, 4096, 1, 4, 2), (4, 4096, 1, 4, 2), (8, 2048, 1, 4, 2),
+                                 (4, 2048, 1, 4, 1), (4, 2048, 1, 4, 3), (4, 2048, 1, 2, 2), (4, 2048, 1, 8, 2),
+                                 (8, 4096, 1, 8, 2), (16, 2048, 1, 8, 2), (4, 2048, 2, 4, 2), (2, 2048, 1, 2, 2),
+                                 (1, 4096, 1, 2, 2), (2, 1024, 1, 2, 2)]:
+            configs.append(FusedGemvConfig(bn, bk // half, s, w, st, chunk=chunk))
+        configs.append(FusedGemvConfig(4, 2048 // half, 1, 4, 2, chunk=2 * chunk))
+    dots = [FusedGemvConfig(bn, bk, s, w, st, dot=True) for bn, bk, s, w, st in
+            [(64, 128, 2, 4, 2), (32, 512, 2, 4, 2), (64, 512, 2, 4, 2), (64, 512, 4, 4, 3), (128, 512, 1, 8, 3),
+             (128, 256, 4, 8, 3), (64, 256, 4, 4, 4)]]
+    configs += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit else [])
+    fits = [c for c in configs if (triton_gemv_fused.fits(m, k, c) if isinstance(c, FusedGemvConfig)
+                                   else triton_scaled_gemv.fits(k, c))]
+    return list(dict.fromkeys(fits))
 
 
 class Problem:
-    """One (format, layer, M): weight copies, the activation, the reference and the runners."""
+    """One (format, layer, M): weight copies, the (quantized) activation, the reference, the runners."""
 
     def __init__(self, fmt: str, n: int, k: int, m: int, copies: int) -> None:
         g = torch.Generator(device="cuda").manual_seed(n + k + m)
         self.fmt, self.m, self.n, self.k = fmt, m, n, k
-        self.x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
         if fmt == "bf16":
             self.ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
                        for _ in range(copies)]
             self.scales = [None] * copies
-            self.expect = F.linear(self.x.float(), self.ws[0].float())
+            self.a, self.sa = x, None
+            self.expect = F.linear(x.float(), self.ws[0].float())
             self.weight_bytes = n * k * 2
         else:
             from pagedlm.kernels.quant_ops import gemm_for, quant_ops
 
-            self.code = CODES[fmt]
-            pairs = [ref.per_token_quant(torch.randn(n, k, device="cuda", generator=g), self.code)
+            pairs = [ref.per_token_quant(torch.randn(n, k, device="cuda", generator=g), CODES[fmt])
                      for _ in range(copies)]
             self.ws = [w for w, _ in pairs]
             self.scales = [s.reshape(1, -1).contiguous() for _, s in pairs]
-            self.ops = quant_ops(self.x.device)
-            self.gemm = gemm_for(self.ops, fmt == "fp8", k, n)
-            a, sa = self.quantize(self.x)
-            self.expect = ref.scaled_mm(a, self.ws[0].t(), sa, self.scales[0], torch.bfloat16).float()
+            self.gemm = gemm_for(quant_ops(x.device), fmt == "fp8", k, n)
+            self.a, self.sa = ref.per_token_quant(x, CODES[fmt])
+            self.expect = ref.scaled_mm(self.a, self.ws[0].t(), self.sa, self.scales[0], torch.bfloat16).float()
             self.weight_bytes = n * k
         self.floor_bytes = self.weight_bytes + m * k * 2 + m * n * 2
 
-    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ops.per_token_quant(x, self.code)
-
-    def base(self, i: int) -> torch.Tensor:
-        """cuBLAS: F.linear, or the engine's W8A8 path (quantize, then its 8-bit GEMM)."""
-        if self.fmt == "bf16":
-            return F.linear(self.x, self.ws[i])
-        a, sa = self.quantize(self.x)
-        return self.gemm(a, self.ws[i].t(), sa, self.scales[i], torch.bfloat16)
-
-    def run(self, candidate: object, i: int) -> torch.Tensor:
-        if self.fmt == "bf16":
-            return gemv_dispatch._run(candidate, self.x, self.ws[i], None)
-        a, sa = self.quantize(self.x)
-        return w8_dispatch._run(candidate, a, self.ws[i], sa, self.scales[i], torch.bfloat16, None)
+    def run(self, config: object, i: int) -> torch.Tensor:
+        return run_linear(config, self.a, self.sa, self.ws[i], self.scales[i])
 
     def agrees(self, out: torch.Tensor) -> bool:
         return ((out.float() - self.expect).norm() / self.expect.norm()).item() < 1e-2
 
-    def best(self, candidates: list) -> tuple[object | None, float, int]:
-        """(fastest agreeing candidate, its cold ms, candidates that disagreed)."""
-        best, best_ms, bad = None, math.inf, 0
-        for candidate in candidates:
-            try:
-                out = self.run(candidate, 0)
-            except Exception:  # noqa: BLE001 - e.g. too much shared memory for this tile
-                continue
-            if not self.agrees(out):
-                bad += 1
-                print(f"  FAIL {self.fmt} M={self.m} N={self.n} K={self.k} {candidate}")
-                continue
-            ms = cold_ms(lambda c=candidate: self.run(c, 0))
-            if ms < best_ms:
-                best, best_ms = candidate, ms
-        return best, best_ms, bad
-
-    def graph_us(self, fn) -> float:
+    def graph_us(self, config: object) -> float:
         """Per launch, in a CUDA graph of back-to-back launches over every weight copy."""
-        fn(0)
+        self.run(config, 0)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for i in range(len(self.ws)):
-                fn(i)
-        graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) * 1e3 / (5 * len(self.ws))
+                self.run(config, i)
+        return replay_ms(graph) * 1e3 / len(self.ws)
+
+    def engine_pick(self) -> object:
+        if self.fmt == "bf16":
+            return gemv_dispatch.tune(self.a, self.ws[0])
+        return w8_dispatch._tune(self.a, self.ws[0], self.sa, self.scales[0], torch.bfloat16,
+                                 lambda: self.run(None, 0))
 
 
-def families(fmt: str, m: int, k: int) -> dict[str, list]:
-    fused = [c for c in fused_sweep(m, fmt != "bf16") if triton_gemv_fused.fits(m, k, c)]
-    if fmt == "bf16":
-        return {"splitk": triton_gemv.quick_configs(), "fused": [c for c in fused if not c.native]}
-    return {"splitk": [c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)],
-            "fused": fused}
+def run_linear(config: object, a: torch.Tensor, sa: torch.Tensor | None, w: torch.Tensor,
+               sw: torch.Tensor | None) -> torch.Tensor:
+    """a @ w.T through ``config`` (None: cuBLAS / the layer's 8-bit GEMM)."""
+    if sw is None:
+        return F.linear(a, w) if config is None else gemv_dispatch._run(config, a, w, None)
+    if config is None:
+        from pagedlm.kernels.quant_ops import gemm_for, quant_ops
 
-
-FAMILIES = ("splitk", "fused")
+        return gemm_for(quant_ops(a.device), w.dtype == ref.FP8_DTYPE, w.shape[1], w.shape[0])(
+            a, w.t(), sa, sw, torch.bfloat16)
+    return w8_dispatch._run(config, a, w, sa, sw, torch.bfloat16, None)
 
 
 def measure(fmt: str, layer: str, m: int, bw: float) -> dict:
     n, k = SHAPES[layer]
     bytes_per = n * k * (2 if fmt == "bf16" else 1)
-    copies = max(2, min(32, math.ceil(2e9 / bytes_per)))
-    p = Problem(fmt, n, k, m, copies)
-    row = dict(format=fmt, layer=layer, m=m, n=n, k=k, floor_us=p.floor_bytes / bw * 1e6, fails=0,
-               base_cold_us=cold_ms(lambda: p.base(0)) * 1e3, base_graph_us=p.graph_us(p.base))
-    for name, candidates in families(fmt, m, k).items():
-        best, ms, bad = p.best(candidates)
-        row["fails"] += bad
-        row[f"{name}_config"] = repr(best)
-        row[f"{name}_cold_us"] = ms * 1e3
-        row[f"{name}_graph_us"] = p.graph_us(lambda i, c=best: p.run(c, i)) if best is not None else math.nan
+    p = Problem(fmt, n, k, m, max(2, min(48, math.ceil(1e9 / bytes_per))))
+    row = dict(format=fmt, layer=layer, m=m, n=n, k=k, floor_us=p.floor_bytes / bw * 1e6, fails=0)
+    timed = [(p.graph_us(None), None)]
+    for config in sweep(fmt, m, k):
+        try:
+            out = p.run(config, 0)
+        except Exception:  # noqa: BLE001 - e.g. more shared memory than the card has
+            continue
+        if not p.agrees(out):
+            row["fails"] += 1
+            print(f"  FAIL {fmt} {layer} M={m}: {config}")
+            continue
+        timed.append((p.graph_us(config), config))
+    for us, config in sorted(timed, key=lambda t: t[0]):
+        name = family(config)
+        if f"{name}_us" not in row:
+            row[f"{name}_us"], row[f"{name}_config"] = us, repr(config)
+    row["best_config"] = min(timed, key=lambda t: t[0])[1]
+    pick = p.engine_pick()
+    row["engine_us"], row["engine_config"], row["engine_pick"] = p.graph_us(pick), repr(pick), pick
     return row
+
+
+class LayerChain:
+    """32 decoder layers' linear part at M = 1, each layer its own weights (see the docstring)."""
+
+    def __init__(self, fmt: str, layers: int) -> None:
+        g = torch.Generator(device="cuda").manual_seed(7)
+        self.code = CODES.get(fmt)
+        self.w = []
+        for _ in range(layers):
+            weights = {}
+            for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                n, k = SHAPES[name]
+                w = torch.randn(n, k, device="cuda", generator=g, dtype=torch.bfloat16) * k**-0.5
+                weights[name] = (w, None) if self.code is None else \
+                    (lambda q, s: (q, s.reshape(1, -1).contiguous()))(*ref.per_token_quant(w, self.code))
+            self.w.append(weights)
+        self.bytes = sum(w.numel() * w.element_size() for layer in self.w for w, _ in layer.values())
+        self.norm = torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)
+        self.x0 = torch.randn(1, HIDDEN, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    def _norm(self, h, res):
+        from pagedlm.kernels import triton_norm
+
+        if self.code is None:
+            x, res = triton_norm.fused_add_rms_norm(h, res, self.norm, 1e-5)
+            return x, None, res
+        return triton_norm.fused_add_rms_norm_quant(h, res, self.norm, 1e-5, self.code)
+
+    def _quant(self, x):
+        from pagedlm.kernels.quant_ops import quant_ops
+
+        return (x, None) if self.code is None else quant_ops(x.device).per_token_quant(x, self.code)
+
+    def run(self, picks: dict) -> torch.Tensor:
+        from pagedlm.kernels import triton_activation
+
+        h, res = self.x0, torch.zeros_like(self.x0)
+        for layer in self.w:
+            a, sa, res = self._norm(h, res)
+            qkv = run_linear(picks["qkv_proj"], a, sa, *layer["qkv_proj"])
+            o = run_linear(picks["o_proj"], *self._quant(qkv[:, :Q]), *layer["o_proj"])
+            a, sa, res = self._norm(o, res)
+            up = run_linear(picks["gate_up_proj"], a, sa, *layer["gate_up_proj"])
+            h = run_linear(picks["down_proj"], *self._quant(triton_activation.silu_and_mul(up)), *layer["down_proj"])
+        return h
+
+    def graph_ms(self, picks: dict) -> float:
+        self.run(picks)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.run(picks)
+        return replay_ms(graph, replays=7)
 
 
 def main() -> None:
@@ -167,14 +229,15 @@ def main() -> None:
     p.add_argument("--formats", default="bf16,fp8,int8")
     p.add_argument("--m", default="1,4", help="comma-separated decode batch sizes (1-8)")
     p.add_argument("--layers", default=",".join(SHAPES))
+    p.add_argument("--layer-chain", action="store_true", help="also time 32 decoder layers' linear part at M = 1")
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
     floors = measure_floors()
     bw = floors["copy_bytes_per_s"]
     print(f"{floors['card']}: copy {bw / 1e12:.2f} TB/s")
-    rows = []
-    print(f"{'fmt':<5} {'layer':<13} {'M':>2} {'floor':>7} | graph us (% of floor): {'base':>12} "
-          + " ".join(f"{f:>12}" for f in FAMILIES) + "  | best fused config")
+    rows, chains = [], []
+    print(f"{'fmt':<5} {'layer':<13} {'M':>2} {'floor':>6} | graph us (% of floor): "
+          + " ".join(f"{f:>12}" for f in FAMILIES) + "  | best config")
     for fmt in args.formats.split(","):
         for layer in args.layers.split(","):
             for m in (int(v) for v in args.m.split(",")):
@@ -182,30 +245,31 @@ def main() -> None:
                     continue  # the LM head stays 16-bit in every format
                 r = measure(fmt, layer, m, bw)
                 rows.append(r)
-                cells = []
-                for f in ("base",) + FAMILIES:
-                    us = r.get(f"{f}_graph_us", math.nan)
-                    cells.append(f"{us:>6.1f} ({r['floor_us'] / us:>3.0%})" if us == us else f"{'-':>12}")
-                best = min((f for f in FAMILIES if r.get(f"{f}_graph_us", math.nan) == r.get(f"{f}_graph_us")),
-                           key=lambda f: r[f"{f}_graph_us"], default=None)
-                print(f"{fmt:<5} {layer:<13} {m:>2} {r['floor_us']:>7.1f} | {'':>22}" + " ".join(cells)
-                      + f"  | {best}: {r.get(f'{best}_config') if best else '-'}", flush=True)
+                cells = [f"{r[f'{f}_us']:>6.1f} ({r['floor_us'] / r[f'{f}_us']:>3.0%})" if f"{f}_us" in r
+                         else f"{'-':>12}" for f in FAMILIES]
+                print(f"{fmt:<5} {layer:<13} {m:>2} {r['floor_us']:>6.1f} | {'':>22}" + " ".join(cells)
+                      + f"  | {r['best_config']}", flush=True)
                 torch.cuda.empty_cache()
-    for fmt in args.formats.split(","):
-        for m in (int(v) for v in args.m.split(",")):
-            sel = [r for r in rows if r["format"] == fmt and r["m"] == m and r["layer"] != "lm_head"]
-            if sel:
-                floor = 32 * sum(r["floor_us"] for r in sel)
-                base = 32 * sum(r["base_graph_us"] for r in sel)
-                best = 32 * sum(min(v for v in (r.get(f"{f}_graph_us", math.nan) for f in ("base",) + FAMILIES)
-                                    if v == v) for r in sel)
-                print(f"TOTAL {fmt} M={m}, 32 layers: floor {floor / 1e3:.3f} ms, base {base / 1e3:.3f} ms, "
-                      f"best per layer {best / 1e3:.3f} ms ({floor / best:.0%} of the floor)")
+        if args.layer_chain:
+            chain = LayerChain(fmt, 32)
+            floor_ms = chain.bytes / bw * 1e3
+            for label, key in (("engine picks", "engine_pick"), ("best per layer", "best_config")):
+                picks = {r["layer"]: r[key] for r in rows if r["format"] == fmt and r["m"] == 1}
+                if len(picks) < 4:
+                    continue
+                ms = chain.graph_ms(picks)
+                chains.append(dict(format=fmt, picks=label, ms=ms, floor_ms=floor_ms))
+                print(f"LAYER CHAIN {fmt}, 32 layers, {label}: {ms:.3f} ms = {ms * 1e3 / 32:.1f} us/layer, "
+                      f"floor {floor_ms:.3f} ms ({floor_ms / ms:.0%})", flush=True)
+            del chain
+            torch.cuda.empty_cache()
     fails = sum(r["fails"] for r in rows)
     print("FAIL: some GEMV configs disagreed with the reference" if fails else "PASS: every GEMV config agrees")
     if args.output_json:
+        for r in rows:
+            r["engine_pick"], r["best_config"] = repr(r["engine_pick"]), repr(r["best_config"])
         with open(args.output_json, "w") as f:
-            json.dump({"floors": floors, "rows": rows}, f, indent=2)
+            json.dump({"floors": floors, "rows": rows, "layer_chains": chains}, f, indent=2)
 
 
 if __name__ == "__main__":
