@@ -19,7 +19,7 @@ as streaming 6-12 MB. Hence:
   load) inside the thread every K tile, so the float32 accumulator is BLOCK_K / chunk wide
   instead of BLOCK_K: the tile, and with it the bytes each program keeps in flight, grows
   without the registers. 8-bit weights gain most (one float32 accumulator per byte otherwise):
-  fp8 gate_up at M = 1 streams at 93% of copy bandwidth this way against 80% for the best
+  fp8 gate_up at M = 1 streams at 95% of copy bandwidth this way against 77% for the best
   other tile (H200, BENCHMARKS.md, 2026-11-30).
 
 8-bit codes (fp8 e4m3, int8) and 16-bit values widen to float32 exactly; the accumulation is
