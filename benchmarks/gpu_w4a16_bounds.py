@@ -1,7 +1,7 @@
 """What bounds the W4A16 (AWQ / GPTQ int4) GEMMs on this card, at Llama-3.1-8B layer shapes.
 
 Run on the GPU machine from the repo root:
-    PYTHONPATH=. python3 benchmarks/gpu_w4a16_bounds.py
+    PYTHONPATH=. python3 benchmarks/gpu_w4a16_bounds.py [--section 1|2|3 ...]
 
 1. Batch 1, the streaming ceiling: a kernel that only reads the packed int4 words in the
    GEMV's pattern (K tiles of 16 packed rows x BLOCK_N columns, split-K over a grid like the
@@ -12,6 +12,13 @@ Run on the GPU machine from the repo root:
 2. Large M: dequantize the whole weight + cuBLAS (the engine's path for M >= 256 on the large
    layers) against dequantizing column chunks small enough to stay in L2 and multiplying each
    right after (the bf16 copy then never reaches HBM), and bf16 cuBLAS.
+3. Batch 1 in another layout: the words stored output-major ([N, K / 8], each column's K
+   contiguous, 8 consecutive inputs per word) and streamed the way the one-row chunked GEMV
+   streams 8-bit weights (``triton_gemv_fused``, ``chunk``): each thread loads 16 bytes of one
+   column, the paired-bf16 step (``int4_pairs``) turns each word into its 8 products, the
+   thread sums its chunk, scales it once per group. The activation pairs are prepared once
+   per call outside the timing (a producer kernel could emit them). Against the engine's
+   layout, this says how much of the int4 batch-1 gap is the layout. ``--section 3`` alone.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import triton.language as tl
 
 from benchmarks.gpu_w4a16 import SHAPES_8B, make_layer, rel_err
 from pagedlm.kernels import triton_wna16
+from pagedlm.kernels.int4_pairs import pair_products
+from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 from pagedlm.kernels.timing import decode_time_ms
 
 R = 16  # packed rows per K tile (group 128, 4-bit)
@@ -128,14 +137,107 @@ def _large_m_case(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     return res
 
 
+@triton.jit
+def _column_major_gemv(xp_ptr, q_ptr, zz_ptr, s_ptr, out_ptr, N, words, stride_qn, stride_gn,
+                       BLOCK_N: tl.constexpr, WORDS: tl.constexpr, R: tl.constexpr, GROUP_WORDS: tl.constexpr,
+                       MATH: tl.constexpr, PDL: tl.constexpr = False):
+    """y[n] = sum_k (code[n, k] - zero[n, g]) * scale[n, g] * x[k] for BLOCK_N columns, WORDS
+    words of each column per iteration in chunks of R words (16 bytes) per thread. xp: the
+    activation pairs [4, K / 8] (x[8w + i], x[8w + i + 4]) as packed bf16; zz: 128 + zero in
+    both halves [N, groups]; MATH False: only read and sum the words (the ceiling)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_load = tl.minimum(rn, N - 1).to(tl.int64)
+    woff = tl.arange(0, WORDS // R)[:, None] * R + tl.arange(0, R)[None, :]  # [KC, R]
+    q_tiles = q_ptr + rn_load[:, None, None] * stride_qn + woff[None, :, :]
+    pdl_prologue(PDL)  # as the engine's GEMVs launch (the timing's flush kernel is a PDL kernel too)
+    acc = tl.zeros((BLOCK_N, WORDS // R), dtype=tl.float32)
+    for w0 in range(0, words, WORDS):
+        q = tl.load(q_tiles + w0)
+        if MATH:
+            g = (w0 + tl.arange(0, WORDS // R) * R) // GROUP_WORDS  # each chunk lies in one group
+            zz = tl.load(zz_ptr + rn_load[:, None] * stride_gn + g[None, :])
+            sc = tl.load(s_ptr + rn_load[:, None] * stride_gn + g[None, :]).to(tl.float32)
+            xp0 = tl.broadcast_to(tl.load(xp_ptr + w0 + woff)[None, :, :], (BLOCK_N, WORDS // R, R))
+            xp1 = tl.broadcast_to(tl.load(xp_ptr + words + w0 + woff)[None, :, :], (BLOCK_N, WORDS // R, R))
+            xp2 = tl.broadcast_to(tl.load(xp_ptr + 2 * words + w0 + woff)[None, :, :], (BLOCK_N, WORDS // R, R))
+            xp3 = tl.broadcast_to(tl.load(xp_ptr + 3 * words + w0 + woff)[None, :, :], (BLOCK_N, WORDS // R, R))
+            prod = pair_products(q, xp0, xp1, xp2, xp3, tl.broadcast_to(zz[:, :, None], (BLOCK_N, WORDS // R, R)))
+            acc += tl.sum(prod, axis=2) * sc
+        else:
+            acc += tl.sum(q.to(tl.float32), axis=2)
+    tl.store(out_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
+
+
+def _pack_pairs(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Two bf16 tensors as one int32 (lo in bits 0-15)."""
+    return (lo.view(torch.int16).to(torch.int32) & 0xFFFF) | (hi.view(torch.int16).to(torch.int32) << 16)
+
+
+def column_major(dev: torch.device, copy_bw: float) -> None:
+    print("\n## batch 1, output-major words streamed in 16-byte chunks (µs per layer; % of the copy rate)")
+    group = 128
+    total = {}
+    for name, (k, n) in SHAPES_8B.items():
+        gen = torch.Generator(device=dev).manual_seed(k + n)
+        q = torch.randint(-(2**31), 2**31 - 1, (n, k // 8), dtype=torch.int32, device=dev, generator=gen)
+        zeros = torch.randint(0, 16, (n, k // group), device=dev, generator=gen)
+        scales = (torch.rand(n, k // group, device=dev, generator=gen) * 0.5 + 0.5) * 0.006
+        x = torch.randn(k, device=dev, generator=gen).to(torch.bfloat16)
+        codes = (q[:, :, None] >> (4 * torch.arange(8, device=dev))) & 0xF  # [N, K/8, 8]: input 8w + j
+        w = (codes.reshape(n, k).float() - zeros.float().repeat_interleave(group, 1)) * \
+            scales.repeat_interleave(group, 1)
+        ref = w @ x.float()
+        del codes, w
+        xw = x.view(k // 8, 8)
+        xp = torch.stack([_pack_pairs(xw[:, i].contiguous(), xw[:, i + 4].contiguous()) for i in range(4)])
+        z16 = (zeros + 128).to(torch.bfloat16)
+        zz = _pack_pairs(z16, z16).contiguous()
+        sc = scales.to(torch.bfloat16).contiguous()
+        out = torch.empty(n, device=dev)
+        floor_us = q.numel() * 4 / copy_bw * 1e6
+        best = {}
+        for bn, words, warps in ((2, 256, 2), (2, 512, 2), (4, 256, 2), (4, 512, 2), (8, 256, 2), (4, 256, 4),
+                                 (4, 512, 4), (8, 512, 4), (2, 512, 4), (4, 128, 4)):
+            if (k // 8) % words:
+                continue  # the loop has no masks: each column's words must be whole iterations
+            for math_ in (False, True):
+                def run(bn=bn, words=words, warps=warps, math_=math_) -> None:
+                    _column_major_gemv[(triton.cdiv(n, bn),)](xp, q, zz, sc, out, n, k // 8, q.stride(0),
+                                                              zz.stride(0), bn, words, 4, group // 8, math_,
+                                                              num_warps=warps, **launch_kwargs())
+                run()
+                if math_:
+                    err = rel_err(out, ref)
+                    assert err < 2e-2, (name, bn, words, err)
+                us = decode_time_ms(run, dev) * 1e3
+                label = "gemv" if math_ else "read"
+                if label not in best or us < best[label][0]:
+                    best[label] = (us, f"{bn} cols x {words} words w{warps}")
+        for label, (us, cfg) in best.items():
+            total[label] = total.get(label, 0.0) + us
+            print(f"{name:8} {label}: {us:6.1f} µs ({100 * floor_us / us:3.0f}% of copy; floor {floor_us:.1f}) at {cfg}",
+                  flush=True)
+        total["floor"] = total.get("floor", 0.0) + floor_us
+    print(f"one layer: read-only {total['read']:.1f} µs, GEMV {total['gemv']:.1f} µs, floor {total['floor']:.1f} µs")
+
+
 def main() -> None:
+    import argparse
+
     from benchmarks.floors import measure_floors
 
+    p = argparse.ArgumentParser()
+    p.add_argument("--section", type=int, choices=(1, 2, 3), action="append", help="run only these (default: all)")
+    sections = p.parse_args().section or [1, 2, 3]
     floors = measure_floors()
     print(f"{floors['card']}: copy {floors['copy_bytes_per_s'] / 1e12:.2f} TB/s")
     dev = torch.device("cuda")
-    stream_ceiling(dev, floors["copy_bytes_per_s"])
-    large_m(dev)
+    if 1 in sections:
+        stream_ceiling(dev, floors["copy_bytes_per_s"])
+    if 2 in sections:
+        large_m(dev)
+    if 3 in sections:
+        column_major(dev, floors["copy_bytes_per_s"])
 
 
 if __name__ == "__main__":
