@@ -138,6 +138,29 @@ class Bench:
                      lambda: reference.silu_and_mul(x), reference.silu_and_mul(x.float()), 3 * t * inter * 2,
                      graph_fns=[lambda a=a: triton_ops.silu_and_mul(a[0]) for a in sets])
 
+    def quant(self) -> None:
+        """Per-token activation quantization (W8A8's dynamic scales), fp8 and int8, the widths
+        of o_proj's and down_proj's inputs. rel err compares the codes (as numbers) with the
+        reference's; the note counts codes that differ at all (0: the same bytes)."""
+        from pagedlm.kernels import quant_reference as qref
+        from pagedlm.kernels.triton_quant import per_token_quant
+
+        widths = [256] if self.small else [HIDDEN, INTER]
+        # (Triton's CPU interpreter casts some floats to fp8 wrongly, 32.0 to 16.0: int8 only there.)
+        for code in (torch.int8, qref.FP8_DTYPE) if self.device == "cuda" else (torch.int8,):
+            for hidden in widths:
+                for t in self.token_counts():
+                    sets = self.rotation(lambda: (torch.randn(t, hidden, device=self.device, dtype=DTYPE),),
+                                         3 * t * hidden)
+                    x = sets[0][0]
+                    want = qref.per_token_quant(x, code)[0]
+                    differ = int((per_token_quant(x, code)[0].view(torch.uint8) != want.view(torch.uint8)).sum())
+                    self.add(f"per_token_quant {'int8' if code == torch.int8 else 'fp8'}", f"T={t} H={hidden}",
+                             lambda: per_token_quant(x, code), lambda: qref.per_token_quant(x, code),
+                             want.float(), 3 * t * hidden, note=f"{differ} codes differ",
+                             view=lambda out: out[0].float(),
+                             graph_fns=[lambda a=a: per_token_quant(a[0], code) for a in sets])
+
     def rotary(self) -> None:
         hq, hkv, d = (8, 2, 64) if self.small else (HQ, HKV, D)
         cache = torch.randn(8192, d, device=self.device)  # values need not be real cos/sin
@@ -256,7 +279,8 @@ class Bench:
             speed = f"{r.torch_us / r.triton_us:7.1f}x" if r.torch_us else f"{'-':>8}"
             tflops = f"{r.flops / (t * 1e-6) / 1e12:7.1f}" if r.flops else f"{'-':>7}"
             print(f"{r.kernel:<20} {r.case:<30} {r.triton_us:9.1f} {graph_s} {torch_s} {speed} {r.bytes / 1e6:8.2f} "
-                  f"{gbps:6.0f} {100 * gbps / self.copy_gbps:5.0f}% {tflops} {r.rel_err:8.1e}")
+                  f"{gbps:6.0f} {100 * gbps / self.copy_gbps:5.0f}% {tflops} {r.rel_err:8.1e}"
+                  + (f"  {r.note}" if r.note else ""))
         bad = [f"{r.kernel} {r.case}" for r in self.rows if not r.rel_err < 1e-2]
         bad += [f"{case} {cfg}" for case, cfg, _, err in self.sweep if not err < 1e-2]
         print(f"\ncorrectness ({DTYPE}): {'ALL OK (rel err < 1e-2)' if not bad else f'{len(bad)} FAILED: {bad}'}")
@@ -385,7 +409,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny shapes (with --device cpu)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the attention config sweep")
-    parser.add_argument("--only", default="", help="comma list: copy,norm,silu,rotary,kv,attn")
+    parser.add_argument("--only", default="", help="comma list: copy,norm,silu,quant,rotary,kv,attn")
     parser.add_argument("--json", default="", help="also write every number to this file")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     args = parser.parse_args()
@@ -393,7 +417,8 @@ def main() -> int:
     DTYPE = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     torch.manual_seed(0)
     bench = Bench(args.device, args.small)
-    parts = {"copy": bench.measure_copy, "norm": bench.norms, "silu": bench.silu, "rotary": bench.rotary,
+    parts = {"copy": bench.measure_copy, "norm": bench.norms, "silu": bench.silu, "quant": bench.quant,
+             "rotary": bench.rotary,
              "kv": bench.kv_write, "attn": lambda: bench.attention(not args.no_sweep)}
     wanted = args.only.split(",") if args.only else list(parts)
     if "copy" not in wanted:

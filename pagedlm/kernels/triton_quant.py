@@ -20,10 +20,17 @@ _MAX_ROW = 32768  # wider rows use the reference
 @triton.jit
 def quantize_row(x, mask, qmax, qmin, min_scale, IS_INT8: tl.constexpr):
     """One row in registers (float32; masked lanes 0) -> (codes as float32, the row's scale):
-    scale = max(|x|) / qmax (at least min_scale), codes = x / scale (IEEE division, as torch),
-    int8 rounded half to even, clamped to [qmin, qmax]. The fused norm and SiLU·mul use it too."""
+    scale = max(|x|) / qmax (at least min_scale), codes = x / scale (the IEEE quotient, as
+    torch), int8 rounded half to even, clamped to [qmin, qmax]. The fused norms use it too."""
     scale = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0) / qmax, min_scale)
-    y = tl.math.div_rn(x, scale)  # IEEE division, as torch (Triton's `/` is approximate)
+    # x / scale without a division per element (Triton's `/` is approximate, div_rn is a long
+    # sequence): the correctly rounded reciprocal once per row, a product, and one Markstein
+    # correction with two FMAs (the product's error is exact in an FMA). The codes equalled
+    # torch's x / scale on 147M values per code type (H200; BENCHMARKS.md, 2026-11-30) at half
+    # the time of div_rn for a 14336-wide row.
+    r = tl.math.div_rn(1.0, scale)
+    q = x * r
+    y = tl.fma(tl.fma(-q, scale, x), r, q)
     if IS_INT8:
         # round half to even, as torch.round
         r = tl.floor(y + 0.5)

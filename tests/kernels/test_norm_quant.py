@@ -60,3 +60,18 @@ def test_reference_ops_are_the_op_then_the_quantizer() -> None:
     normed, want_residual = reference.fused_add_rms_norm(x, residual, weight, 1e-6)
     want_codes, want_scale = ref.per_token_quant(normed, torch.int8)
     assert torch.equal(codes, want_codes) and torch.equal(scale, want_scale) and torch.equal(new_residual, want_residual)
+
+
+@pytest.mark.parametrize("code", [torch.int8, pytest.param(ref.FP8_DTYPE, marks=pytest.mark.skipif(
+    DEVICE != "cuda", reason="the interpreter's float -> fp8 cast is wrong for some values (32.0 becomes 16.0)"))])
+@pytest.mark.parametrize("dtype", [DTYPE, torch.float32])
+def test_per_token_quant_codes_are_the_ieee_quotients(code: torch.dtype, dtype: torch.dtype) -> None:
+    """The Triton quantizer divides by the row's scale without a division per element (a
+    reciprocal and a Markstein correction): the codes must still be exactly torch's x / scale,
+    rounded, over rows whose magnitudes span six decades."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 1000, generator=g) * 10 ** (torch.rand(64, 1, generator=g) * 6 - 3)
+    x = x.to(DEVICE, dtype)
+    codes, scale = per_token_quant(x, code)
+    want_codes, want_scale = ref.per_token_quant(x, code)
+    assert torch.equal(scale, want_scale) and _same(codes, want_codes)
