@@ -28,9 +28,9 @@ def quantize_row(x, mask, qmax, qmin, min_scale, IS_INT8: tl.constexpr):
     # correction with two FMAs (the product's error is exact in an FMA). The codes equalled
     # torch's x / scale on 147M values per code type (H200; BENCHMARKS.md, 2026-11-30) at half
     # the time of div_rn for a 14336-wide row.
-    r = tl.math.div_rn(1.0, scale)
-    q = x * r
-    y = tl.fma(tl.fma(-q, scale, x), r, q)
+    inv = tl.math.div_rn(1.0, scale)
+    q = x * inv
+    y = tl.fma(tl.fma(-q, scale, x), inv, q)
     if IS_INT8:
         # round half to even, as torch.round
         r = tl.floor(y + 0.5)
