@@ -116,19 +116,23 @@ class Problem:
 
     def graph_us(self, config: object) -> float:
         """Per launch, in a CUDA graph of back-to-back launches over every weight copy."""
-        self.run(config, 0)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(len(self.ws)):
-                self.run(config, i)
-        return replay_ms(graph) * 1e3 / len(self.ws)
+        return captured_ms(lambda: [self.run(config, i) for i in range(len(self.ws))]) * 1e3 / len(self.ws)
 
     def engine_pick(self) -> object:
         if self.fmt == "bf16":
             return gemv_dispatch.tune(self.a, self.ws[0])
         return w8_dispatch._tune(self.a, self.ws[0], self.sa, self.scales[0], torch.bfloat16,
                                  lambda: self.run(None, 0))
+
+
+def captured_ms(body, replays: int = 5) -> float:
+    """Median ms of one replay of a CUDA graph of ``body()`` (run once eagerly first: compiles)."""
+    body()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return replay_ms(graph, replays)
 
 
 def run_linear(config: object, a: torch.Tensor, sa: torch.Tensor | None, w: torch.Tensor,
@@ -216,12 +220,7 @@ class LayerChain:
         return h
 
     def graph_ms(self, picks: dict) -> float:
-        self.run(picks)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.run(picks)
-        return replay_ms(graph, replays=7)
+        return captured_ms(lambda: self.run(picks), replays=7)
 
 
 def main() -> None:
