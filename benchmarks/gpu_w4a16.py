@@ -61,8 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny shapes (with --device cpu: the interpreter)")
     p.add_argument("--bits", type=int, default=4, choices=(4, 8))
     p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--sweep", default="full", choices=("full", "quick", "pair"),
-                   help="quick: only the load-time candidates; pair: those and a grid of the paired gemv (M=1)")
+    p.add_argument("--sweep", default="full", choices=("full", "quick", "pair", "wide"),
+                   help="quick: only the load-time candidates; pair: those and a grid of the paired gemv (M=1); "
+                        "wide: those and a grid of the wide-K tensor-core kinds (wide / wide_t)")
     p.add_argument("--timing", default="graph", choices=("graph", "eager"),
                    help="how the sweep and bf16 are timed: replayed from a CUDA graph with L2 flushed (what a "
                         "decode step sees), or one eager call (do_bench: includes the host's launch)")
@@ -102,6 +103,8 @@ def sweep_configs(m: int, n: int, k: int, bits: int, gs: int, sms: int, level: s
         out += [mk("gemv", 1, 256, 4, 4, 4.0, 2, "pair"), mk("gemv", 1, 512, 4, 1, 4.0, 2, "pair")]
     if level == "full":
         out += _full_grid(m, mk)
+    if level == "wide":
+        out += _wide_grid(m, mk)
     seen = dict.fromkeys(c for c in out if c is None or _fits_registers(c))
     return [c for c in seen if c is None or triton_wna16.config_fits(c, k, gs, bits)]
 
@@ -127,6 +130,20 @@ def _full_grid(m: int, mk) -> list:
         out += [mk(kind, 64, 128, 4, p, 1.0) for kind in ("dot", "dot_t") for p in (2, 4)]
         out += [mk(kind, 64, 128, 4, 3, 2.0) for kind in ("dot", "dot_t")]
         out += [mk(kind, 64, 128, 4, 3, 1.0, 1, d) for kind in ("dot", "dot_t") for d in ("f32", "int")]
+    return out
+
+
+def _wide_grid(m: int, mk) -> list:
+    """The wide-K tensor-core kinds (one MMA step per packed K tile, or two: unroll)."""
+    if m <= 16:
+        return ([mk("wide_t", 16, bn, w, p, waves, u) for bn in (64, 128, 256) for w in (4, 8) for p in (2, 3, 4)
+                 for u in (1, 2) for waves in (1.0, 2.0)]
+                + [mk("wide", 16, bn, 4, p, 2.0, u) for bn in (64, 128) for p in (3, 4) for u in (1, 2)])
+    big = max(32, 1 << max(0, m - 1).bit_length())
+    out = [mk("wide", bm, bn, w, p, 1.0, u) for bm in (64, 128, 256) for bn in (64, 128, 256) for w in (4, 8)
+           for p in (3, 4) for u in (1, 2) if bm <= big]
+    out += [mk("wide_t", bm, bn, w, 3, 1.0, u) for bn in (64, 128, 256) for bm in (32, 64, 128) for w in (4, 8)
+            for u in (1, 2) if bm <= big]
     return out
 
 

@@ -39,11 +39,15 @@ _GEMV_SHAPES = ((128, 4, 3, 1, 2.0), (128, 4, 3, 1, 4.0), (256, 8, 3, 1, 4.0), (
 # (one stage, i.e. the words loaded straight into registers, won at every layer)
 _PAIR_MAX_M = 4
 _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (512, 4, 3, 1, 2.0))
-# tensor-core shapes (kind, block_m, block_n, num_warps, num_stages)
-_SMALL_DOT_SHAPES = (("dot_t", 16, 64, 4, 3), ("dot_t", 16, 128, 4, 3), ("dot", 16, 64, 4, 3))
-_TILED_SHAPES = (("dot", 32, 128, 4, 3), ("dot", 64, 128, 4, 3), ("dot", 128, 128, 8, 3),
-                 ("dot_t", 128, 32, 4, 3), ("dot_t", 128, 64, 8, 3), ("dot_t", 64, 64, 4, 3),
-                 ("dot_t", 128, 128, 8, 3))
+# tensor-core shapes (kind, block_m, block_n, num_warps, num_stages, unroll). The wide kinds
+# (one MMA step per packed K tile, or two: unroll) took 0.68-0.97x the time of the dot kinds at
+# M = 16 and 0.59-0.81x at M = 64 on an H200 (Llama-3.1-8B layers, benchmarks/gpu_w4a16_tiles.py);
+# one dot shape of each kind stays for layers where those win.
+_SMALL_DOT_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
+                     ("dot_t", 16, 128, 4, 3, 1))
+_TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2), ("wide", 128, 256, 8, 3, 1),
+                 ("wide", 128, 128, 8, 3, 1), ("wide", 128, 128, 8, 3, 2), ("dot", 64, 128, 4, 3, 1),
+                 ("dot_t", 64, 64, 4, 3, 1))
 
 
 def lookup(m: int, n: int, k: int, bits: int, group_size: int, row_groups: bool = False) -> Any:
@@ -87,8 +91,8 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     if m <= _PAIR_MAX_M:  # a program per row: the rows after the first read the weight from L2
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
-    out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0)
-            for kind, bm, bn, w, s in _SMALL_DOT_SHAPES]
+    out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0, unroll)
+            for kind, bm, bn, w, s, unroll in _SMALL_DOT_SHAPES]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]
 
 
@@ -97,8 +101,8 @@ def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms
     dequantize + cuBLAS (None)."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
-    out = [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 1.0)
-           for kind, bm, bn, w, s in _TILED_SHAPES if bm <= max(32, m)]
+    out = [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 1.0, unroll)
+           for kind, bm, bn, w, s, unroll in _TILED_SHAPES if bm <= max(32, m)]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
 
 
@@ -147,7 +151,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 
 def describe(choice: Any) -> str:
     """kind:BMxBN/sSPLIT/wWARPS/pSTAGES[/uUNROLL][/f32|/half|/int|/pair] (the dequant form when not
-    the kind's default: f32 for gemv, half for dot / dot_t)."""
+    the kind's default: f32 for gemv, half for the tensor-core kinds)."""
     if choice is None:
         return "dequant+cuBLAS"
     default = "f32" if choice.kind == "gemv" else "half"

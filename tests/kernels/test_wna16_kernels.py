@@ -2,7 +2,7 @@
 
 Runs on CUDA; skipped elsewhere, or through Triton's CPU interpreter with TRITON_INTERPRET=1
 (small shapes only there). Every kernel kind is covered (the FMA gemv, the tensor-core dot and
-its swapped form dot_t, dequantize + cuBLAS), with even and uneven split-K, unrolled K loops,
+its swapped form dot_t, their wide-K forms wide and wide_t, dequantize + cuBLAS), with even and uneven split-K, unrolled K loops,
 both dequant forms, fused and split-K bias, group-aligned and per-row group loads, act-order
 permutation, 4 and 8 bits, and layers whose interleave is too short for the dot kinds.
 """
@@ -70,7 +70,8 @@ def kind_configs(split: int) -> list:
             KC("gemv", 1, 32, split, 4, 2, dequant="int"), KC("dot", 16, 32, split, 4, 2),
             KC("dot", 16, 32, split, 4, 2, dequant="f32"), KC("dot_t", 16, 64, split, 4, 2, dequant="f32"),
             KC("dot_t", 16, 64, split, 4, 2),
-            KC("dot_t", 32, 32, split, 4, 2, dequant="int")]
+            KC("dot_t", 32, 32, split, 4, 2, dequant="int"), KC("wide", 16, 32, split, 4, 2),
+            KC("wide_t", 16, 64, split, 4, 2), KC("wide", 32, 32, split, 4, 2, dequant="int")]
 
 
 @pytest.mark.parametrize("m", [1, 5] if DEVICE == "cpu" else [1, 16, 64, 256])
@@ -139,6 +140,26 @@ def test_short_interleave_runs_gemv_and_refuses_dot():
         triton_wna16.KernelConfig("gemv", 2, 32, 1, 4, 2)
     with pytest.raises(ValueError, match="dequant"):
         triton_wna16.KernelConfig("gemv", 1, 32, 1, 4, 2, dequant="half")
+
+
+def test_wide_kinds_step_over_two_tiles_and_refuse_what_they_cannot_run():
+    """The wide kinds with two packed K tiles per tensor-core step (unroll 2) and a split of
+    K, against the reference; a layer with an odd number of K tiles cannot take unroll 2, and
+    the wide kinds have no float32 dequant form."""
+    KC = triton_wna16.KernelConfig  # noqa: N806
+    for k, bits in ((512, 4), (256, 8)):
+        qweight, scales, zeros = make_weights(k, 64, bits, 128, torch.float16)
+        x = torch.randn(19, k, device=DEVICE, dtype=torch.float16)
+        ref = reference(x, qweight, scales, zeros, None, None, 128, bits)
+        for cfg in (KC("wide", 16, 32, 2, 4, 2, unroll=2), KC("wide_t", 32, 64, 1, 4, 2, unroll=2)):
+            out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, 128, bits, cfg)
+            assert rel_err(out, ref) < TOL, (k, bits, cfg)
+    qweight, scales, zeros = make_weights(384, 64, 4, 128, torch.float16)  # 3 K tiles of 128 inputs
+    with pytest.raises(ValueError, match="cannot run this layer"):
+        triton_wna16.wna16_gemm_with_config(torch.randn(4, 384, device=DEVICE, dtype=torch.float16), qweight,
+                                            scales, zeros, None, 128, 4, KC("wide", 16, 32, 1, 4, 2, unroll=2))
+    with pytest.raises(ValueError, match="dequant"):
+        KC("wide", 16, 32, 1, 4, 2, dequant="f32")
 
 
 def test_default_configs_cover_every_m():
