@@ -357,6 +357,12 @@ def _dot_field(acc, q, s, z, x_rows, k, mask_m, magic_bits, J: tl.constexpr, BIT
         w = _dequant_f32(q, magic_bits, s, z, J, BITS, LOW).to(x_rows.dtype.element_ty)
     else:
         w = (_codes_minus_zero(_field(q, J, BITS), z, DEQUANT == 1, IS_BF16) * s).to(x_rows.dtype.element_ty)
+    return _dot_x(acc, w, x_rows, k, mask_m, SWAP)
+
+
+@triton.jit
+def _dot_x(acc, w, x_rows, k, mask_m, SWAP: tl.constexpr):
+    """acc += x[:, k] @ w (SWAP: acc^T += w @ x[:, k]^T, w being the transposed weight)."""
     if SWAP:
         xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
         acc = tl.dot(w, xt, acc)
@@ -364,6 +370,21 @@ def _dot_field(acc, q, s, z, x_rows, k, mask_m, magic_bits, J: tl.constexpr, BIT
         xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
         acc = tl.dot(xv, w, acc)
     return acc
+
+
+@triton.jit
+def _dot_finish(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, part_ptr, count_ptr, out_ptr, tile_id, pid_k, M, N,
+                SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SWAP: tl.constexpr):
+    """``_finish`` for a tensor-core tile: acc [BLOCK_M, BLOCK_N] (SWAP: its transpose)."""
+    if SWAP:
+        offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else 0.0
+        mask = mask_m[None, :] & mask_n[:, None]
+    else:
+        offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
+        mask = mask_m[:, None] & mask_n[None, :]
+    _finish(acc, offs, mask, bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k, M * N, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
@@ -408,16 +429,8 @@ def _wna16_dot_kernel(
             if DEQUANT == 2 and j == LOW:
                 q = q >> (LOW * BITS)  # the high fields, moved down once
             acc = _dot_field(acc, q, s, z, x_rows, k, mask_m, magic_bits, j, BITS, LOW, DEQUANT, IS_BF16, SWAP)
-    tile_id = pid_m * tl.num_programs(0) + pid_n
-    if SWAP:
-        offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else 0.0
-        mask = mask_m[None, :] & mask_n[:, None]
-    else:
-        offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
-        mask = mask_m[:, None] & mask_n[None, :]
-    _finish(acc, offs, mask, bias, part_ptr, count_ptr, out_ptr, tile_id, pid_k, M * N, SPLIT_K, HAS_BIAS)
+    _dot_finish(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, part_ptr, count_ptr, out_ptr,
+                pid_m * tl.num_programs(0) + pid_n, pid_k, M, N, SPLIT_K, HAS_BIAS, SWAP)
 
 
 @triton.jit
@@ -498,22 +511,9 @@ def _wna16_wide_kernel(
     for kt in tl.range(kt0, kt1, TILES, num_stages=STAGES):
         w = _wide_tile(qw_ptr, s_ptr, z_ptr, g_ptr, N, kt, offs_n, mask_n, GROUP_SIZE, BITS, R, TILES, BLOCK_N,
                        HAS_ROW_GROUPS, MAGIC, IS_BF16, SWAP)
-        k = kt * BK + offs_k
-        if SWAP:
-            xt = tl.load(x_rows[None, :] + k[:, None], mask=mask_m[None, :], other=0.0)
-            acc = tl.dot(w, xt, acc)
-        else:
-            xv = tl.load(x_rows[:, None] + k[None, :], mask=mask_m[:, None], other=0.0)
-            acc = tl.dot(xv, w, acc)
-    if SWAP:
-        offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None] if HAS_BIAS else 0.0
-        mask = mask_m[None, :] & mask_n[:, None]
-    else:
-        offs = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :] if HAS_BIAS else 0.0
-        mask = mask_m[:, None] & mask_n[None, :]
-    _finish(acc, offs, mask, bias, part_ptr, count_ptr, out_ptr, pid, pid_k, M * N, SPLIT_K, HAS_BIAS)
+        acc = _dot_x(acc, w, x_rows, kt * BK + offs_k, mask_m, SWAP)
+    _dot_finish(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, part_ptr, count_ptr, out_ptr, pid, pid_k, M, N,
+                SPLIT_K, HAS_BIAS, SWAP)
 
 
 @triton.jit
