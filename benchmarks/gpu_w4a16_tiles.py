@@ -2,7 +2,13 @@
 dequantize + cuBLAS and bf16 cuBLAS (Llama-3.1-8B layers, 4-bit, group 128).
 
 Run on the GPU machine from the repo root (about 2 minutes, most of it compiling):
-    PYTHONPATH=. python3 benchmarks/gpu_w4a16_tiles.py
+    PYTHONPATH=. python3 benchmarks/gpu_w4a16_tiles.py [--swapped-tiles]
+
+--swapped-tiles adds wide_t tiles of 64-256 rows (``SWAPPED_TILES``). In them the dequantized
+weight is the tensor-core step's register operand and the compiled loop leaves one step in
+flight while the next tile is dequantized (wgmma wait 1 in the sm_90 PTX), where the wide kind
+stores the weight to shared memory and waits for each step (wait 0): the candidates for
+large M, where dequantize + cuBLAS still wins.
 
 For M = 16, 32, 64, 128, 256 and each layer (qkv, gate_up, down, o): every config of a
 fixed grid (``GRID``: the load-time candidates of ``wna16_tuning`` and a few more), each
@@ -17,6 +23,8 @@ multiple of bf16.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from benchmarks.gpu_w4a16 import SHAPES_8B, make_layer
@@ -30,17 +38,19 @@ GRID = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 1
         ("dot_t", 16, 128, 4, 3, 1), ("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2),
         ("wide", 64, 128, 4, 4, 2), ("dot", 64, 128, 4, 3, 1), ("wide", 128, 256, 8, 3, 1),
         ("wide", 128, 128, 8, 3, 1), ("wide", 128, 128, 8, 3, 2), ("wide", 256, 128, 8, 3, 1))
+SWAPPED_TILES = (("wide_t", 128, 128, 8, 3, 1), ("wide_t", 256, 128, 8, 3, 1), ("wide_t", 128, 64, 4, 3, 1),
+                 ("wide_t", 256, 64, 8, 3, 1), ("wide_t", 64, 128, 4, 4, 2))
 BASELINES = ("bf16", "deq+cuBLAS")
 
 
-def time_case(name: str, m: int, x, layer, w_bf16, dev, sms: int) -> dict:
+def time_case(name: str, m: int, x, layer, w_bf16, dev, sms: int, grid: tuple) -> dict:
     qweight, scales, zeros = layer
     k, n = x.shape[1], qweight.shape[1]
     ref = x.float() @ w_bf16.float()
     res = {"bf16": decode_time_ms(lambda: x @ w_bf16, dev) * 1e3,
            "deq+cuBLAS": decode_time_ms(lambda: wna16_tuning.run_choice(None, x, qweight, scales, zeros, None,
                                                                         GROUP, BITS), dev) * 1e3}
-    for kind, bm, bn, warps, stages, unroll in GRID:
+    for kind, bm, bn, warps, stages, unroll in grid:
         cfg = wna16_tuning.make_config(kind, bm, bn, m, n, k, BITS, GROUP, sms, warps, stages,
                                        2.0 if bm == 16 else 1.0, unroll)
         run = lambda c=cfg: wna16_tuning.run_choice(c, x, qweight, scales, zeros, None, GROUP, BITS)  # noqa: E731
@@ -57,6 +67,9 @@ def time_case(name: str, m: int, x, layer, w_bf16, dev, sms: int) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--swapped-tiles", action="store_true", help="add SWAPPED_TILES to the grid")
+    grid = GRID + (SWAPPED_TILES if parser.parse_args().swapped_tiles else ())
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
@@ -66,7 +79,7 @@ def main() -> None:
         w_bf16 = wna16_reference.wna16_dequantize(*layer, None, GROUP, BITS).to(torch.bfloat16)
         for m in M_VALUES:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            res = time_case(name, m, x, layer, w_bf16, dev, sms)
+            res = time_case(name, m, x, layer, w_bf16, dev, sms, grid)
             best = sorted((us, label) for label, us in res.items() if label not in BASELINES)[:3]
             dot = min(us for label, us in res.items() if label.startswith("dot"))
             print(f"{name:8} M={m:4} bf16 {res['bf16']:7.1f} deq {res['deq+cuBLAS']:7.1f} dot {dot:7.1f} | "
