@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from pagedlm.cache_dir import cache_root
+
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. Hello, my name is Ada and I like to write code.
 Paged attention keeps the key and value cache in small blocks, like pages of memory in an
@@ -151,7 +153,7 @@ def build_tiny_checkpoint(
 
 def demo_model_dir() -> Path:
     """The built-in demo checkpoint, created deterministically on first use."""
-    root = Path(os.environ.get("PAGEDLM_CACHE_DIR", Path.home() / ".cache" / "pagedlm"))
+    root = cache_root()
     path = root / DEMO_MODEL_NAME
     marker = path / ".complete"
     if not marker.exists():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Kernel choices are timed afresh in every test run, never read from a user's tuning cache
+# (tests/unit/test_tuning_cache.py turns it on for itself, in a temporary directory).
+os.environ.setdefault("PAGEDLM_TUNING_CACHE", "0")
 
 # arch name -> config overrides exercising each family member's distinctive parts
 CHECKPOINTS = {

@@ -4,7 +4,8 @@
 ``gemv_linear(x, weight, bias)`` returns None when the GEMV does not apply or does not win;
 the caller then runs F.linear. Whether it wins is timed once per (M, N, K, dtype) on first
 use outside CUDA-graph capture (the runner's warm-up and graph warm-up steps run every
-decode shape before capture), against cuBLAS on the same tensors; the winner is cached.
+decode shape before capture), against cuBLAS on the same tensors; the winner is kept, in
+memory and on disk for later starts (``tuning_cache``).
 During capture an untimed shape takes F.linear.
 """
 
@@ -16,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from pagedlm.kernels import tuning_cache
 from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ def candidates(m: int, k: int) -> list[object]:
     return triton_gemv.quick_configs() + fused
 
 
+def _config_types() -> tuple[type, ...]:
+    from pagedlm.kernels import triton_gemv, triton_gemv_fused  # noqa: PLC0415
+
+    return triton_gemv.GemvConfig, triton_gemv_fused.FusedGemvConfig
+
+
 def tune(x: torch.Tensor, weight: torch.Tensor) -> object:
     """The fastest GEMV config for this shape if it beats cuBLAS, else None."""
     best, best_ms, cublas_ms = fastest_agreeing(lambda: F.linear(x, weight), candidates(*x.shape),
@@ -90,7 +98,7 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if key not in _choice:
         if torch.cuda.is_current_stream_capturing():
             return None
-        _choice[key] = tune(x, weight)
+        _choice[key] = tuning_cache.cached("gemv", key, x.device, _config_types(), lambda: tune(x, weight))
     config = _choice[key]
     return None if config is None else _run(config, x, weight, bias)
 

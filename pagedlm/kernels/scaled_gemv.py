@@ -8,7 +8,8 @@ codes also its native 8-bit tensor-core tiles). Which one wins is timed once per
 N, K, code dtypes) on first use outside CUDA-graph capture against ``baseline`` (the layer's
 own GEMM on the same tensors), the way a decode step runs it (``gemv.fastest_agreeing``);
 the runner's warm-up forwards before each graph capture run every decode batch size, so the
-captured graphs see decided shapes. During capture an undecided shape takes the GEMM.
+captured graphs see decided shapes. During capture an undecided shape takes the GEMM. The
+decision is kept on disk for later starts (``tuning_cache``).
 
 (Quantizing the activations inside the one-launch GEMV, every program computing its rows'
 scales, measured slower than the separate quantization launch at every 8B shape: the
@@ -22,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from pagedlm.kernels import tuning_cache
 from pagedlm.kernels.gemv import fastest_agreeing
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ def _candidates(m: int, k: int, codes: bool) -> list[object]:
     split = [c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)]
     fused = [c for c in triton_gemv_fused.quick_configs(m, eight_bit=True) if triton_gemv_fused.fits(m, k, c)]
     return split + [c for c in fused if codes or not c.native]
+
+
+def _config_types() -> tuple[type, ...]:
+    from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+
+    return triton_scaled_gemv.ScaledGemvConfig, triton_gemv_fused.FusedGemvConfig
 
 
 def _run(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
@@ -84,6 +92,7 @@ def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor 
         rows = key[0]
         a_t = a[:1].expand(rows, -1).contiguous() if rows != m else a
         sa_t = scale_a if scale_a is None or scale_a.numel() == 1 else scale_a[:1].expand(rows, 1).contiguous()
-        _choice[key] = _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t))
+        _choice[key] = tuning_cache.cached("scaled_gemv", key, a.device, _config_types(),
+                                           lambda: _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t)))
     config = _choice[key]
     return None if config is None else _run(config, a, w, scale_a, scale_b, out_dtype, bias)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pagedlm.kernels import tuning_cache
 from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
@@ -124,11 +125,25 @@ def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torc
 
 def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_groups: torch.Tensor | None,
          group_size: int, bits: int) -> None:
-    """Measure and record the fastest choice per M bucket for this weight shape (once)."""
+    """Measure and record the fastest choice per M bucket for this weight shape (once; a
+    start with the same card, software and kernels reads it from ``tuning_cache``)."""
     k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
     key = (n, k, bits, group_size, row_groups is not None)
     if key in _TABLE or qweight.device.type != "cuda":
         return
+    from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
+
+    entries = tuning_cache.cached("wna16", (*key, scales.dtype), qweight.device, (KernelConfig,),
+                                  lambda: _measure(qweight, scales, zeros, row_groups, group_size, bits, key))
+    _TABLE[key] = entries
+    logger.info("w4a16 kernels for N=%d K=%d (%d-bit, group %d): %s", n, k, bits, group_size,
+                ", ".join(f"M<={m}: {describe(c)}" for m, c in entries))
+
+
+def _measure(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_groups: torch.Tensor | None,
+             group_size: int, bits: int, key: tuple) -> list[tuple[int, Any]]:
+    """The fastest choice per M bucket, timed on the device (``key``: the table's, for the log)."""
+    n, k = key[0], key[1]
     num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
     entries: list[tuple[int, Any]] = []
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
@@ -144,9 +159,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
                 logger.debug("w4a16 config %s failed on %s: %s", choice, key, exc)
         # Nothing ran (should not happen): the dequantize path is always correct.
         entries.append((m_max, min(timed, key=lambda t: t[0])[1] if timed else None))
-    _TABLE[key] = entries
-    logger.info("w4a16 kernels for N=%d K=%d (%d-bit, group %d): %s", n, k, bits, group_size,
-                ", ".join(f"M<={m}: {describe(c)}" for m, c in entries))
+    return entries
 
 
 def describe(choice: Any) -> str:

@@ -260,6 +260,25 @@ def test_graph_capture():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="tuning times kernels on the device")
+def test_a_second_start_reads_the_tuned_table_from_disk(tmp_path, monkeypatch):
+    from pagedlm.kernels import tuning_cache, wna16_tuning
+
+    monkeypatch.setenv("PAGEDLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PAGEDLM_TUNING_CACHE", "1")
+    monkeypatch.setattr(tuning_cache, "_loaded", {})
+    monkeypatch.setattr(wna16_tuning, "_TABLE", {})
+    k, n, group_size, bits = 1024, 384, 128, 4
+    qweight, scales, zeros = make_weights(k, n, bits, group_size, torch.bfloat16)
+    wna16_tuning.tune(qweight, scales, zeros, None, group_size, bits)
+    first = wna16_tuning._TABLE[(n, k, bits, group_size, False)]
+    monkeypatch.setattr(tuning_cache, "_loaded", {})  # a new process
+    monkeypatch.setattr(wna16_tuning, "_TABLE", {})
+    monkeypatch.setattr(wna16_tuning, "_measure", lambda *a: pytest.fail("timed again"))
+    wna16_tuning.tune(qweight, scales, zeros, None, group_size, bits)
+    assert wna16_tuning._TABLE[(n, k, bits, group_size, False)] == first
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="tuning times kernels on the device")
 def test_tuned_table_is_used_and_correct():
     from pagedlm.kernels import wna16_tuning
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
+from pagedlm.cache_dir import cache_root
 from pagedlm.config import ConfigError
 from pagedlm.models.loader.gguf_config import fix_config
 
@@ -49,7 +50,7 @@ def is_gguf_file(path: str | os.PathLike) -> bool:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("PAGEDLM_CACHE_DIR", Path.home() / ".cache" / "pagedlm")) / "gguf"
+    return cache_root() / "gguf"
 
 
 def _sidecar_key(gguf_path: Path) -> str:
