@@ -14,6 +14,10 @@
 #   serve          `pagedlm serve` + `pagedlm bench serve` at rate inf, 1,000 x 512/256, at the
 #                  server's defaults and at --max-num-seqs 256, beside the offline engine (~7 min)
 #   serve-pool     the same server run with --api-server-count 2, 4 and 8              (~7 min)
+#   int4-tiles     the W4A16 tensor-core tiles at M = 16-256 per 8B layer, with the large
+#                  swapped (wide_t) tiles; the wide-kind and tuning-cache kernel tests (~6 min)
+#   int4-engine    AWQ against bf16 in the engine: 1,000 x 512/256 (issue 10's throughput row)
+#                  and 128 x 512/256 at max_num_seqs 32 (batched decode at M <= 32)  (~8 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present).
 set -uo pipefail
@@ -86,7 +90,21 @@ case "${1:-}" in
         > "$OUT/serve_asc$count.log" 2>&1
       echo "api_server_count $count:"; tail -n 4 "$OUT/serve_asc$count.log"
     done ;;
+  int4-tiles)
+    timeout 300 python3 benchmarks/gpu_w4a16_tiles.py --swapped-tiles > "$OUT/int4_tiles.log" 2>&1
+    grep -E "^(ERR|M=)|M= 256" "$OUT/int4_tiles.log" | tail -n 12
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_wna16_kernels.py \
+      -k "wide or disk or tuned or every" > "$OUT/tests_int4.log" 2>&1
+    grep -E "passed|failed|FAILED" "$OUT/tests_int4.log" | tail -n 8 ;;
+  int4-engine)
+    floors
+    timeout 330 python3 benchmarks/gpu_quant.py --formats bf16,awq --iters 1 --output-json "$OUT/int4_1000.json" \
+      > "$OUT/int4_1000.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/int4_1000.log" | tail -n 4
+    timeout 200 python3 benchmarks/gpu_quant.py --formats bf16,awq --iters 1 --max-num-seqs 32 --num-prompts 128 \
+      --output-json "$OUT/int4_32.json" > "$OUT/int4_32.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/int4_32.log" | tail -n 4 ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|int4-tiles|int4-engine" >&2
     exit 2 ;;
 esac
