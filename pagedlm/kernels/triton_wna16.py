@@ -61,8 +61,8 @@ _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds 
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
 KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t")
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
-_GEMV_DEQUANT_MODES = ("f32", "int", "pair")
-_WIDE_DEQUANT_MODES = ("int", "half")
+# the dequant forms each kind has (the tensor-core kinds not named here: _DEQUANT_MODES)
+_KIND_DEQUANT_MODES = {"gemv": ("f32", "int", "pair"), "wide": ("int", "half"), "wide_t": ("int", "half")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +94,7 @@ class KernelConfig:
             raise ValueError("the gemv kind takes one row per program (block_m 1)")
         if not self.dequant:
             object.__setattr__(self, "dequant", "f32" if self.kind == "gemv" else "half")
-        modes = {"gemv": _GEMV_DEQUANT_MODES, "wide": _WIDE_DEQUANT_MODES, "wide_t": _WIDE_DEQUANT_MODES}
-        if self.dequant not in modes.get(self.kind, _DEQUANT_MODES):
+        if self.dequant not in _KIND_DEQUANT_MODES.get(self.kind, _DEQUANT_MODES):
             raise ValueError(f"dequant {self.dequant!r} is not available for the {self.kind} kind")
 
 

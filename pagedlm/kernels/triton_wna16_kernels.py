@@ -219,8 +219,9 @@ def wna16_gemv_kernel(
     PDL: tl.constexpr = False,
 ):
     """out[m, n] = x[m, :] @ W[:, n] (+ bias), this program's split of K (FMA, float32; the
-    splits summed in-kernel, ``_finish``); one row per program (BLOCK_M = 1: a second row in the same program costs more registers
-    and instructions per weight than the tensor-core kinds at 16 rows)."""
+    splits summed in-kernel, ``_finish``); one row per program (BLOCK_M = 1: a second row in the
+    same program costs more registers and instructions per weight than the tensor-core kinds at
+    16 rows)."""
     pdl_prologue(PDL)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -44,11 +44,11 @@ _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (
 # (one MMA step per packed K tile, or two: unroll) took 0.68-0.97x the time of the dot kinds at
 # M = 16 and 0.59-0.81x at M = 64 on an H200 (Llama-3.1-8B layers, benchmarks/gpu_w4a16_tiles.py);
 # one dot shape of each kind stays for layers where those win.
-_SMALL_DOT_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
-                     ("dot_t", 16, 128, 4, 3, 1))
-_TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2), ("wide", 128, 256, 8, 3, 1),
-                 ("wide", 128, 128, 8, 3, 1), ("wide", 128, 128, 8, 3, 2), ("dot", 64, 128, 4, 3, 1),
-                 ("dot_t", 64, 64, 4, 3, 1))
+_SMALL_TILE_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
+                      ("dot_t", 16, 128, 4, 3, 1))
+_TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2),
+                 ("wide", 128, 256, 8, 3, 1), ("wide", 128, 128, 8, 3, 1), ("wide", 128, 128, 8, 3, 2),
+                 ("dot", 64, 128, 4, 3, 1), ("dot_t", 64, 64, 4, 3, 1))
 
 
 def lookup(m: int, n: int, k: int, bits: int, group_size: int, row_groups: bool = False) -> Any:
@@ -93,7 +93,7 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0, unroll)
-            for kind, bm, bn, w, s, unroll in _SMALL_DOT_SHAPES]
+            for kind, bm, bn, w, s, unroll in _SMALL_TILE_SHAPES]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]
 
 

@@ -2,8 +2,8 @@
 
 Runs on CUDA; skipped elsewhere, or through Triton's CPU interpreter with TRITON_INTERPRET=1
 (small shapes only there). Every kernel kind is covered (the FMA gemv, the tensor-core dot and
-its swapped form dot_t, their wide-K forms wide and wide_t, dequantize + cuBLAS), with even and uneven split-K, unrolled K loops,
-both dequant forms, fused and split-K bias, group-aligned and per-row group loads, act-order
+its swapped form dot_t, their wide-K forms wide and wide_t, dequantize + cuBLAS), with even and
+uneven split-K, unrolled K loops, both dequant forms, fused and split-K bias, group-aligned and per-row group loads, act-order
 permutation, 4 and 8 bits, and layers whose interleave is too short for the dot kinds.
 """
 
