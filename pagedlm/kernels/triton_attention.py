@@ -10,7 +10,14 @@ the block size is small). Softmax is the online (flash-attention) form in float3
 Program -> sequence mapping without a host sync: sequence b owns the q-block ids
 [query_start_loc[b] // BLOCK_Q + b, ...); that range holds at least cdiv(q_len, BLOCK_Q) ids,
 so a grid of num_tokens // BLOCK_Q + num_seqs programs covers every sequence and a binary
-search over query_start_loc finds a program's sequence. Spare programs exit at once.
+search over query_start_loc finds a program's sequence. Spare programs exit at once. (Running
+a sequence's last query blocks first, the longest programs ahead, measured 12% slower on an
+H200 at 4 x 4,096 tokens.)
+
+Causal masking costs only where it bites: the KV tiles that every row of a program sees whole
+(those at or before its first query position) run without masks, bounds or guards, the scale
+folded into one multiply-add per logit; the diagonal tiles (and every tile of a sliding window
+or a decode launch) take the masked form.
 
 Three launch modes of the one kernel (MODE):
   0 every row, one launch (BLOCK_M sized for prefill; decodes ride along).
@@ -94,31 +101,53 @@ def _locate_queries(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr, MODE: 
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr, head_off, offs_d,
                  d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
-                 SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr):
+                 SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
+                 EVEN_D: tl.constexpr):
     """One KV tile of the online softmax: K/V gathered through the block table, logits in the
-    base-2 domain; keys past kv_end, after a row's query or before its window are dropped."""
+    base-2 domain. MASKED: keys past kv_end, after a row's query or before its window are
+    dropped. Otherwise every key of the tile is visible to every row (the caller's range
+    guarantees it), so the tile takes no bounds, no mask and no guard for rows that see
+    nothing yet, and the scale folds into one multiply-add per logit."""
     key_pos = tile * TILE_N + tl.arange(0, TILE_N)
-    key_valid = key_pos < kv_end
-    block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
-    kv_off = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
-    kv_mask = key_valid[:, None] & d_valid[None, :]
-    k = tl.load(k_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_cache_ptr + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-    s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2e  # [BLOCK_M, TILE_N]
-    if SOFTCAP > 0:
-        # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
-        # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
-        x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
-        t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
-        s = t * (SOFTCAP * 1.4426950408889634)
-    allowed = key_pos[None, :] <= q_pos[:, None]
-    if SLIDING_WINDOW > 0:
-        allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
-    s = tl.where(allowed, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_safe[:, None])
+    if MASKED:
+        key_valid = key_pos < kv_end
+        block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
+    else:
+        block = tl.load(table_row + key_pos // BLOCK_SIZE).to(tl.int64)
+    kv_row = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
+    kv_off = kv_row[:, None] + offs_d[None, :]
+    if MASKED:
+        kv_mask = key_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_cache_ptr + kv_off)
+        v = tl.load(v_cache_ptr + kv_off)
+    else:
+        k = tl.load(k_cache_ptr + kv_off, mask=d_valid[None, :], other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=d_valid[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k.to(q.dtype)))  # [BLOCK_M, TILE_N], unscaled
+    if MASKED or SOFTCAP > 0:
+        s = s * scale_log2e
+        if SOFTCAP > 0:
+            # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
+            # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
+            x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
+            t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+            s = t * (SOFTCAP * 1.4426950408889634)
+        if MASKED:
+            allowed = key_pos[None, :] <= q_pos[:, None]
+            if SLIDING_WINDOW > 0:
+                allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
+            s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2e)
+        m_safe = m_new
+        p = tl.exp2(s * scale_log2e - m_new[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
@@ -195,10 +224,22 @@ def _paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
     table_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     head_off = kv_head.to(tl.int64) * stride_chead
+    # Tiles before full_end lie wholly at or before the program's first query position, so
+    # every row sees all of their keys: they run unmasked, the rest (the diagonal, the
+    # sequence's end, a sliding window's edge) masked. Decode launches keep one loop: their
+    # segments are a tile or two, where a second pipelined loop costs more than it saves.
+    if SLIDING_WINDOW == 0 and MODE != 1:
+        full_end = tl.minimum(tl.maximum((context_len + q_block * BLOCK_Q + 1) // TILE_N, tile_start), tile_end)
+        for tile in range(tile_start, full_end):
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr,
+                                         head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e,
+                                         BLOCK_SIZE, TILE_N, SLIDING_WINDOW, SOFTCAP, MASKED=False,
+                                         EVEN_D=HEAD_PAD == HEAD_DIM)
+        tile_start = full_end
     for tile in range(tile_start, tile_end):
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr,
                                      head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE,
-                                     TILE_N, SLIDING_WINDOW, SOFTCAP)
+                                     TILE_N, SLIDING_WINDOW, SOFTCAP, MASKED=True, EVEN_D=HEAD_PAD == HEAD_DIM)
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr)
     _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr, part_max_ptr,

@@ -43,12 +43,15 @@ _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (
 # tensor-core shapes (kind, block_m, block_n, num_warps, num_stages, unroll). The wide kinds
 # (one MMA step per packed K tile, or two: unroll) took 0.68-0.97x the time of the dot kinds at
 # M = 16 and 0.59-0.81x at M = 64 on an H200 (Llama-3.1-8B layers, benchmarks/gpu_w4a16_tiles.py);
-# one dot shape of each kind stays for layers where those win.
+# one dot shape of each kind stays for layers where those win. The swapped wide tiles of 128-256
+# rows (the weight as the step's register operand) won qkv, down and o at M = 128 (0.80-0.95x
+# the time of the best other kind) and gate_up at M = 256 (0.97x dequantize + cuBLAS).
 _SMALL_TILE_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
                       ("dot_t", 16, 128, 4, 3, 1))
 _TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2),
                  ("wide", 128, 256, 8, 3, 1), ("wide", 128, 128, 8, 3, 1), ("wide", 128, 128, 8, 3, 2),
-                 ("dot", 64, 128, 4, 3, 1), ("dot_t", 64, 64, 4, 3, 1))
+                 ("wide_t", 128, 64, 4, 3, 1), ("wide_t", 256, 128, 8, 3, 1), ("dot", 64, 128, 4, 3, 1),
+                 ("dot_t", 64, 64, 4, 3, 1))
 
 
 def lookup(m: int, n: int, k: int, bits: int, group_size: int, row_groups: bool = False) -> Any:
