@@ -303,6 +303,22 @@ def test_paged_attention_prefill_configs(config, decode_config) -> None:
     assert_close(out, ref(None))
 
 
+@pytest.mark.parametrize("config", [AttentionConfig(block_m=16, tile_n=16, num_warps=4, num_stages=2),
+                                    AttentionConfig(block_m=64, tile_n=64, num_warps=4, num_stages=2)],
+                         ids=["m16-n16", "m64-n64"])
+def test_paged_attention_whole_tiles_sharp_logits(config) -> None:
+    """Chunks and a decode after cached prefixes several tiles long, so most KV tiles run in
+    the unmasked form; logits scaled 8x make each row's running max jump from tile to tile
+    (the online rescale), against the float32 reference at the same scale."""
+    q_lens, seq_lens = [40, 1, 7], [300, 200, 150]
+    args, _ = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, ATTN_DTYPE, seed=21)
+    query, kv, qsl, lens, tables, max_q, max_s, scale = args
+    expected = reference.paged_attention(query.float().cpu(), torch.nan_to_num(kv.float().cpu()), qsl.cpu(),
+                                         lens.cpu(), tables.cpu(), max_q, max_s, 8 * scale)
+    out = paged_attention_with_config(query, kv, qsl, lens, tables, max_q, max_s, 8 * scale, None, config)
+    assert_close(out, expected)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need CUDA")
 def test_paged_attention_in_cuda_graph() -> None:
     """The decode path (split-K included) never syncs, so it captures and replays."""
