@@ -114,18 +114,19 @@ def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, 
         block = tl.load(table_row + key_pos // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
     else:
         block = tl.load(table_row + key_pos // BLOCK_SIZE).to(tl.int64)
-    kv_row = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
-    kv_off = kv_row[:, None] + offs_d[None, :]
+    kv_off = block * stride_cblk + (key_pos % BLOCK_SIZE).to(tl.int64) * stride_ctok + head_off
+    k_ptrs = k_cache_ptr + kv_off[:, None] + offs_d[None, :]
+    v_ptrs = v_cache_ptr + kv_off[:, None] + offs_d[None, :]
     if MASKED:
         kv_mask = key_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     elif EVEN_D:
-        k = tl.load(k_cache_ptr + kv_off)
-        v = tl.load(v_cache_ptr + kv_off)
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
     else:
-        k = tl.load(k_cache_ptr + kv_off, mask=d_valid[None, :], other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=d_valid[None, :], other=0.0)
+        k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
+        v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k.to(q.dtype)))  # [BLOCK_M, TILE_N], unscaled
     if MASKED or SOFTCAP > 0:
         s = s * scale_log2e
