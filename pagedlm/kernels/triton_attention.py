@@ -99,6 +99,28 @@ def _locate_queries(query_start_loc_ptr, num_seqs, BLOCK_Q: tl.constexpr, MODE: 
 
 
 @triton.jit
+def _tile_range(context_len, q_block, q_len, tiles_per_segment, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
+                SLIDING_WINDOW: tl.constexpr, SPLIT: tl.constexpr, WHOLE_TILES: tl.constexpr):
+    """The KV tiles [tile_start, tile_end) this program visits (keys below kv_end can be seen
+    by some row; a window or a split-K segment cuts the range) and, with WHOLE_TILES, the end
+    of those that lie wholly at or before its first query position: every row sees all of
+    their keys, so they run unmasked. The rest (the diagonal, the sequence's end) run masked."""
+    kv_end = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len)
+    tile_start = 0
+    if SLIDING_WINDOW > 0:
+        tile_start = tl.maximum(context_len + q_block * BLOCK_Q - SLIDING_WINDOW + 1, 0) // TILE_N
+    tile_end = tl.cdiv(kv_end, TILE_N)
+    if SPLIT:
+        segment = tl.program_id(2)
+        tile_start = tl.maximum(tile_start, segment * tiles_per_segment)
+        tile_end = tl.minimum(tile_end, (segment + 1) * tiles_per_segment)
+    full_end = tile_start
+    if WHOLE_TILES:
+        full_end = tl.minimum(tl.maximum((context_len + q_block * BLOCK_Q + 1) // TILE_N, tile_start), tile_end)
+    return kv_end, tile_start, full_end, tile_end
+
+
+@triton.jit
 def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr, head_off, offs_d,
                  d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
                  SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
@@ -209,28 +231,17 @@ def _paged_attention_kernel(
         # in the query's dtype); v_scale multiplies the output once at the end.
         scale_log2e = scale_log2e * tl.load(k_scale_ptr)
 
-    # Keys [kv_start, kv_end) can be seen by some row of this program.
-    kv_end = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, q_len)
-    tile_start = 0
-    if SLIDING_WINDOW > 0:
-        tile_start = tl.maximum(context_len + q_block * BLOCK_Q - SLIDING_WINDOW + 1, 0) // TILE_N
-    tile_end = tl.cdiv(kv_end, TILE_N)
-    if SPLIT:
-        segment = tl.program_id(2)
-        tile_start = tl.maximum(tile_start, segment * tiles_per_segment)
-        tile_end = tl.minimum(tile_end, (segment + 1) * tiles_per_segment)
-
+    # Decode launches keep one loop: their segments are a tile or two, where a second pipelined
+    # loop costs more than it saves; sliding windows mask every tile.
+    WHOLE_TILES: tl.constexpr = SLIDING_WINDOW == 0 and MODE != 1
+    kv_end, tile_start, full_end, tile_end = _tile_range(context_len, q_block, q_len, tiles_per_segment, BLOCK_Q,
+                                                         TILE_N, SLIDING_WINDOW, SPLIT, WHOLE_TILES)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
     table_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     head_off = kv_head.to(tl.int64) * stride_chead
-    # Tiles before full_end lie wholly at or before the program's first query position, so
-    # every row sees all of their keys: they run unmasked, the rest (the diagonal, the
-    # sequence's end, a sliding window's edge) masked. Decode launches keep one loop: their
-    # segments are a tile or two, where a second pipelined loop costs more than it saves.
-    if SLIDING_WINDOW == 0 and MODE != 1:
-        full_end = tl.minimum(tl.maximum((context_len + q_block * BLOCK_Q + 1) // TILE_N, tile_start), tile_end)
+    if WHOLE_TILES:
         for tile in range(tile_start, full_end):
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr,
                                          head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e,
