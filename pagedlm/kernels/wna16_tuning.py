@@ -44,7 +44,7 @@ _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (
 # (one MMA step per packed K tile, or two: unroll) took 0.68-0.97x the time of the dot kinds at
 # M = 16 and 0.59-0.81x at M = 64 on an H200 (Llama-3.1-8B layers, benchmarks/gpu_w4a16_tiles.py);
 # one dot shape of each kind stays for layers where those win. The swapped wide tiles of 128-256
-# rows (the weight as the step's register operand) won qkv, down and o at M = 128 (0.80-0.95x
+# rows (the weight as the step's register operand) won qkv, down and o at M = 128 (0.78-0.88x
 # the time of the best other kind) and gate_up at M = 256 (0.97x dequantize + cuBLAS).
 _SMALL_TILE_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
                       ("dot_t", 16, 128, 4, 3, 1))
