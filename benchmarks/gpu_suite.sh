@@ -14,6 +14,8 @@
 #   serve          `pagedlm serve` + `pagedlm bench serve` at rate inf, 1,000 x 512/256, at the
 #                  server's defaults and at --max-num-seqs 256, beside the offline engine (~7 min)
 #   serve-pool     the same server run with --api-server-count 2, 4 and 8              (~7 min)
+#   attention      the paged attention against torch's FlashAttention-2 and cuDNN on causal
+#                  prefills, and the attention kernel tests                           (~3 min)
 #   int4-tiles     the W4A16 tensor-core tiles at M = 16-256 per 8B layer, with the large
 #                  swapped (wide_t) tiles; the wide-kind and tuning-cache kernel tests (~6 min)
 #   int4-engine    AWQ against bf16 in the engine: 1,000 x 512/256 (issue 10's throughput row)
@@ -90,6 +92,12 @@ case "${1:-}" in
         > "$OUT/serve_asc$count.log" 2>&1
       echo "api_server_count $count:"; tail -n 4 "$OUT/serve_asc$count.log"
     done ;;
+  attention)
+    timeout 240 python3 benchmarks/gpu_attention_peers.py > "$OUT/attention_peers.log" 2>&1
+    grep -E "matmul|^[0-9]+ x [0-9]+|^ragged" "$OUT/attention_peers.log" | tail -n 15
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_kernels.py \
+      tests/kernels/test_fp8_kv_kernels.py -k attention > "$OUT/tests_attention.log" 2>&1
+    grep -E "passed|failed|FAILED" "$OUT/tests_attention.log" | tail -n 8 ;;
   int4-tiles)
     timeout 300 python3 benchmarks/gpu_w4a16_tiles.py --swapped-tiles > "$OUT/int4_tiles.log" 2>&1
     grep -E "^(ERR|M=)|M= 256" "$OUT/int4_tiles.log" | tail -n 12
@@ -105,6 +113,6 @@ case "${1:-}" in
       --output-json "$OUT/int4_32.json" > "$OUT/int4_32.log" 2>&1
     grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/int4_32.log" | tail -n 4 ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|int4-tiles|int4-engine" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine" >&2
     exit 2 ;;
 esac
