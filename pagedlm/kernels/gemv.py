@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedlm.kernels import tuning_cache
+from pagedlm.kernels.cpu_linear import cpu_linear
 from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ def gemv_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def unquantized_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What the unquantized linear method's apply() can call: the GEMV where it wins, else F.linear."""
+    """What the unquantized linear method's apply() can call: the GEMV where it wins, else F.linear
+    (oneDNN's GEMM for float32 on the CPU: ``cpu_linear``)."""
+    if x.device.type == "cpu":
+        return cpu_linear(x, weight, bias)
     out = gemv_linear(x, weight, bias)
     return out if out is not None else F.linear(x, weight, bias)
