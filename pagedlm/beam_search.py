@@ -81,6 +81,10 @@ class BeamSearch:
     def live_beams(self) -> list[BeamSearchSequence]:
         return [beam for inst in self.instances for beam in inst.beams]
 
+    def live_owners(self) -> list[int]:
+        """The prompt index of each live beam, in live_beams() order."""
+        return [i for i, inst in enumerate(self.instances) for _ in inst.beams]
+
     def advance(self, outputs: list[RequestOutput]) -> None:
         """``outputs``: one per live beam, in live_beams() order."""
         key = self._key

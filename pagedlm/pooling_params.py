@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from pagedlm.sampling_params import RequestOutputKind
+from pagedlm.sampling_params import RequestOutputKind, check_truncate_prompt_tokens
 
 # "embed": one vector per prompt; "token_embed": one vector per prompt token.
 POOLING_TASKS = ("embed", "token_embed")
@@ -26,11 +26,7 @@ class PoolingParams:
     output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
 
     def __post_init__(self) -> None:
-        if self.truncate_prompt_tokens is not None and (
-                not isinstance(self.truncate_prompt_tokens, int) or self.truncate_prompt_tokens < -1
-                or self.truncate_prompt_tokens == 0):
-            raise ValueError(f"truncate_prompt_tokens must be -1 or a positive integer, got "
-                             f"{self.truncate_prompt_tokens!r}")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.dimensions is not None and (not isinstance(self.dimensions, int) or self.dimensions < 1):
             raise ValueError(f"dimensions must be a positive integer, got {self.dimensions!r}")
         if self.normalize is not None and not isinstance(self.normalize, bool):

@@ -70,6 +70,12 @@ class StructuredOutputsParams:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def check_truncate_prompt_tokens(keep: Any) -> None:
+    """truncate_prompt_tokens (sampling and pooling): None, -1 (up to max_model_len) or k >= 1."""
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < -1 or keep == 0):
+        raise ValueError(f"truncate_prompt_tokens must be -1 or a positive integer, got {keep!r}.")
+
+
 _IMMUTABLE = (int, float, str, type(None))  # bools and RequestOutputKind are ints
 
 
@@ -111,6 +117,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    truncate_prompt_tokens: int | None = None  # keep only the last k prompt tokens (-1: up to max_model_len)
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # Filled in by the engine's input processor, not by users.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
@@ -193,6 +200,7 @@ class SamplingParams:
                 raise bad("allowed_token_ids", "must contain non-negative integers")
         if self.bad_words is not None and any(not isinstance(w, str) for w in self.bad_words):
             raise bad("bad_words", "must be a list of strings")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
 
     @property
     def sampling_type_greedy(self) -> bool:

@@ -209,8 +209,9 @@ class AsyncLLM:
         """Run tokenizer work (encode, chat templates) on the tokenizer thread."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
 
-    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return await self.run_in_tokenizer(self.input_processor.encode, text, add_special_tokens)
+    async def encode(self, text: str, add_special_tokens: bool = True, check_chars: bool = True) -> list[int]:
+        """``check_chars``: refuse a text whose length alone proves it too long (off when it will be truncated)."""
+        return await self.run_in_tokenizer(self.input_processor.encode, text, add_special_tokens, check_chars)
 
     # ------------------------------------------------------------------ requests
 

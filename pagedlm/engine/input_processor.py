@@ -108,10 +108,10 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, self.encode(prompt, check_chars=check_chars)
         if isinstance(prompt, dict):
-            unknown = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+            unknown = sorted(set(prompt) - {"prompt", "prompt_token_ids", "cache_salt"})
             if unknown:  # e.g. multi_modal_data: refused, never dropped
                 raise InvalidRequestError(f"prompt keys {unknown} are not supported (pagedlm serves text models); "
-                                          "use 'prompt' or 'prompt_token_ids'")
+                                          "use 'prompt' or 'prompt_token_ids' (and optionally 'cache_salt')")
             if "prompt_token_ids" in prompt:
                 return prompt.get("prompt"), list(prompt["prompt_token_ids"])
             if "prompt" in prompt:
@@ -120,6 +120,24 @@ class InputProcessor:
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             return None, list(prompt)
         raise InvalidRequestError(f"prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
+
+    @staticmethod
+    def cache_salt(prompt: PromptType) -> str | None:
+        """A prompt dict's ``cache_salt`` (vLLM's): its KV blocks are shared through the prefix
+        cache only with requests of the same salt."""
+        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        if salt is not None and (not isinstance(salt, str) or not salt):
+            raise InvalidRequestError(f"cache_salt must be a non-empty string, got {salt!r}")
+        return salt
+
+    def truncate(self, token_ids: list[int], keep: int | None) -> list[int]:
+        """truncate_prompt_tokens: the last ``keep`` tokens (-1: the last max_model_len)."""
+        if keep is None:
+            return token_ids
+        if keep > self.max_model_len:
+            raise InvalidRequestError(f"truncate_prompt_tokens ({keep}) is greater than the maximum model "
+                                      f"length ({self.max_model_len}); use at most that, or -1")
+        return token_ids[-(self.max_model_len if keep == -1 else keep):]
 
     def validate_prompt(self, token_ids: list[int], pooling: bool = False) -> None:
         if not token_ids:
@@ -193,12 +211,15 @@ class InputProcessor:
             raise InvalidRequestError(
                 "This model runs as a pooling (embedding) model and cannot generate text: use LLM.embed / "
                 "LLM.encode or POST /v1/embeddings (a decoder checkpoint generates with --runner generate).")
-        text, token_ids = self.tokenize_prompt(prompt)
+        salt = self.cache_salt(prompt)
+        keep = params.truncate_prompt_tokens
+        text, token_ids = self.tokenize_prompt(prompt, check_chars=keep is None)
+        token_ids = self.truncate(token_ids, keep)
         self.validate_prompt(token_ids)
         params = self.prepare_params(params, len(token_ids))
         arrival = arrival_time if arrival_time is not None else time.time()
         return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival, lora_request=lora,
-                                       priority=priority)
+                                       cache_salt=salt, priority=priority)
 
     def check_priority(self, priority: Any) -> None:
         """A request's priority is an int, and other than 0 only under --scheduling-policy priority
@@ -221,19 +242,16 @@ class InputProcessor:
             self.model_config.pooler_config.check_dimensions(params.dimensions)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
+        salt = self.cache_salt(prompt)
         keep = params.truncate_prompt_tokens
         text, token_ids = self.tokenize_prompt(prompt, check_chars=keep is None)
-        if keep is not None:
-            if keep > self.max_model_len:
-                raise InvalidRequestError(f"truncate_prompt_tokens ({keep}) is greater than the maximum model "
-                                          f"length ({self.max_model_len}); use at most that, or -1")
-            token_ids = token_ids[-(self.max_model_len if keep == -1 else keep):]  # keep the last tokens
+        token_ids = self.truncate(token_ids, keep)
         self.validate_prompt(token_ids, pooling=True)
         arrival = arrival_time if arrival_time is not None else time.time()
         # The placeholder SamplingParams keeps the shared request path uniform; nothing is sampled.
         placeholder = SamplingParams(max_tokens=1, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
         return text, EngineCoreRequest(request_id, token_ids, placeholder, None, arrival, pooling_params=params,
-                                       priority=priority)
+                                       cache_salt=salt, priority=priority)
 
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:

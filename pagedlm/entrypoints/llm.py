@@ -54,25 +54,43 @@ class LLM:
         return get_metrics_snapshot(self._stat_logger.registry, OFFLINE_METRICS_PREFIX)
 
     def beam_search(self, prompts: Sequence[PromptType], params: BeamSearchParams,
-                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+                    lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+                    use_tqdm: bool = False, concurrency_limit: int | None = None) -> list[BeamSearchOutput]:
         """vLLM's LLM.beam_search: each output's sequences carry prompt + generated tokens and
-        their text, best first."""
+        their text, best first. ``lora_request``: one adapter for all prompts or one per prompt;
+        ``concurrency_limit``: search at most that many prompts at a time (None: all at once)."""
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        if concurrency_limit is not None and (not isinstance(concurrency_limit, int) or concurrency_limit < 1):
+            raise ValueError(f"concurrency_limit must be a positive integer or None, got {concurrency_limit!r}")
+        prompt_list = self._as_prompt_list(prompts)
+        loras = _lora_list(lora_request, len(prompt_list))
         processor = self.llm_engine.input_processor
-        token_lists = [processor.tokenize_prompt(p)[1] for p in self._as_prompt_list(prompts)]
-        search = BeamSearch(token_lists, params, processor.eos_token_id)
+        token_lists = [processor.tokenize_prompt(p)[1] for p in prompt_list]
+        salts = [processor.cache_salt(p) for p in prompt_list]
+        chunk = concurrency_limit or max(1, len(prompt_list))
         pbar = None
         if use_tqdm:  # one tick per beam-search step, as vLLM's
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=params.max_tokens, desc="Beam search", dynamic_ncols=True)
-        run_beam_search(search, lambda ids, sp: self.generate([{"prompt_token_ids": t} for t in ids], sp,
-                                                                use_tqdm=False),
-                        on_step=pbar.update if pbar is not None else None)
+            pbar = tqdm(total=params.max_tokens * -(-len(prompt_list) // chunk), desc="Beam search",
+                        dynamic_ncols=True)
+        outputs: list[BeamSearchOutput] = []
+        for start in range(0, len(prompt_list), chunk):
+            search = BeamSearch(token_lists[start:start + chunk], params, processor.eos_token_id)
+
+            def step(ids: list[list[int]], sp: SamplingParams, search: BeamSearch = search,
+                     start: int = start) -> list[RequestOutput]:
+                owners = [start + i for i in search.live_owners()]
+                step_prompts = [{"prompt_token_ids": t, **({"cache_salt": salts[o]} if salts[o] else {})}
+                                for t, o in zip(ids, owners)]
+                return self.generate(step_prompts, sp, use_tqdm=False, lora_request=[loras[o] for o in owners])
+
+            run_beam_search(search, step, on_step=pbar.update if pbar is not None else None)
+            outputs += search.finish(self.get_tokenizer().decode, include_prompt_text=True)
         if pbar is not None:
             pbar.close()
-        return search.finish(self.get_tokenizer().decode, include_prompt_text=True)
+        return outputs
 
     def _record_metrics(self) -> None:
         stats = self.llm_engine.get_stats()

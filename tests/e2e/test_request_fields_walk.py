@@ -84,8 +84,34 @@ def sampled(call: Callable[..., httpx.Response], **patch: Any) -> str:
     return text(call(temperature=1.0, seed=7, **patch))
 
 
-def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[], bool]]:
-    """SamplingFields: the same checks through either endpoint."""
+def _first_logprob_token(resp: httpx.Response) -> str:
+    logprobs = resp.json()["choices"][0]["logprobs"]
+    return logprobs["tokens"][0] if "tokens" in logprobs else logprobs["content"][0]["token"]
+
+
+def _cached(resp: httpx.Response) -> int:
+    assert resp.status_code == 200, resp.text
+    return resp.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def _salted(call: Callable[..., httpx.Response], long_input: dict[str, Any]) -> bool:
+    """The same long prompt hits the prefix cache under its own salt only."""
+    import uuid
+
+    salt, other = uuid.uuid4().hex, uuid.uuid4().hex
+    return (_cached(call(**long_input, cache_salt=salt, max_tokens=1)) == 0
+            and _cached(call(**long_input, cache_salt=salt, max_tokens=2)) >= 16
+            and _cached(call(**long_input, cache_salt=other, max_tokens=1)) == 0
+            and refused(call(cache_salt=""), "cache_salt"))
+
+
+def _unsupported(call: Callable[..., httpx.Response], name: str, value: Any) -> Callable[[], bool]:
+    return lambda: refused(call(**{name: value}), f"{name} is not supported")
+
+
+def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any]) -> dict[str, Callable[[], bool]]:
+    """SamplingFields: the same checks through either endpoint (``long_input``: a prompt of
+    several KV blocks, in the endpoint's own field)."""
     greedy = lambda **p: text(call(**p))  # noqa: E731
     return {
         "model": lambda: refused(call(model="nope"), "does not exist", 404),
@@ -141,7 +167,29 @@ def shared_fields(call: Callable[..., httpx.Response]) -> dict[str, Callable[[],
         "guided_regex": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
         "guided_choice": lambda: text(call(guided_choice=["yes", "no"])) in ("yes", "no"),
         "guided_grammar": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_completions_guided_choice_and_structured_outputs_extra"),
+        "guided_decoding_backend": lambda: refused(call(guided_decoding_backend="outlines"), "xgrammar")
+        and text(call(guided_choice=["yes", "no"], guided_decoding_backend="xgrammar")) in ("yes", "no"),
+        "truncate_prompt_tokens": lambda: prompt_tokens(call(truncate_prompt_tokens=2)) == 2
+        and prompt_tokens(call(**long_input, truncate_prompt_tokens=-1)) == prompt_tokens(call(**long_input))
+        and refused(call(truncate_prompt_tokens=0), "truncate_prompt_tokens"),
+        "cache_salt": lambda: _salted(call, long_input),
+        "return_tokens_as_token_ids": lambda: _first_logprob_token(_with_logprobs(call, return_tokens_as_token_ids=True))
+        .startswith("token_id:") and not _first_logprob_token(_with_logprobs(call)).startswith("token_id:"),
+        "request_id": lambda: call(request_id="walk-7").json()["id"].endswith("-walk-7")
+        and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
+        "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
+        "guided_whitespace_pattern": _unsupported(call, "guided_whitespace_pattern", " "),
+        "structural_tag": _unsupported(call, "structural_tag", "{}"),
+        "vllm_xargs": _unsupported(call, "vllm_xargs", {"k": 1}),
+        "kv_transfer_params": _unsupported(call, "kv_transfer_params", {"do_remote_decode": True}),
+        "mm_processor_kwargs": _unsupported(call, "mm_processor_kwargs", {"size": 1}),
     }
+
+
+def _with_logprobs(call: Callable[..., httpx.Response], **patch: Any) -> httpx.Response:
+    """Logprobs on, either endpoint's way (the body must be valid for both; the chat field wins)."""
+    resp = call(logprobs=True, **patch)
+    return resp if resp.status_code == 200 else call(logprobs=1, **patch)
 
 
 def _shown_by(path: str, test_name: str) -> bool:
@@ -158,7 +206,7 @@ def _prompt_logprobs(call: Callable[..., httpx.Response]) -> bool:
 def completion_fields(api: Api) -> dict[str, Callable[[], bool]]:
     c = api.cmpl
     return {
-        **shared_fields(c),
+        **shared_fields(c, {"prompt": "Hello world, this is " * 12}),
         "prompt": lambda: prompt_tokens(c(prompt="Hi")) != prompt_tokens(c()),
         "suffix": lambda: refused(c(suffix="x"), "suffix"),
         "echo": lambda: text(c(echo=True)) == "Hello world, this is" + text(c()),
@@ -174,7 +222,7 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
     partial = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Sure, "}]
     cont = dict(messages=partial, add_generation_prompt=False, continue_final_message=True)
     return {
-        **shared_fields(c),
+        **shared_fields(c, {"messages": [{"role": "user", "content": "Hello world, this is " * 12}]}),
         "messages": lambda: prompt_tokens(c(messages=[{"role": "user", "content": "Hi there you"}]))
         != prompt_tokens(c()),
         "logprobs": lambda: c(logprobs=True).json()["choices"][0]["logprobs"] is not None,
@@ -193,6 +241,9 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "chat_template": lambda: refused(c(chat_template="{{ 'x' }}"), "chat_template"),
         "chat_template_kwargs": lambda: prompt_tokens(c(chat_template_kwargs={"bos_token": ""}))
         == prompt_tokens(c()) - 1,
+        "documents": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_documents_reach_the_chat_template"),
+        "include_reasoning": lambda: _shown_by("tests/e2e/test_structured_server.py",
+                                               "test_include_reasoning_false_drops_the_reasoning"),
     }
 
 

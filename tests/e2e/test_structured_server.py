@@ -18,7 +18,8 @@ pytest.importorskip("xgrammar")
 from e2e_helpers import API_KEY, Server, running_server  # noqa: E402
 
 TEMPLATE = (
-    "{{ bos_token }}{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nTools:"
+    "{{ bos_token }}{% for d in documents or [] %}<doc>{{ d['title'] }}: {{ d['text'] }}</doc>{% endfor %}"
+    "{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nTools:"
     "{% for t in tools %} {{ t['function']['name'] }}{% endfor %}<|eot_id|>{% endif %}"
     "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c['function']['arguments'] | tojson }}</tool_call>"
@@ -189,6 +190,40 @@ def test_response_format_json_schema_after_reasoning(oai, tool_server, stream) -
         assert "</think>" not in (reasoning or "")
         reasonings.append(reasoning)
     assert any(reasonings)  # some seeds reasoned before answering
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_include_reasoning_false_drops_the_reasoning(oai, tool_server, stream) -> None:
+    """include_reasoning (vLLM's): false keeps the parsed reasoning out of the answer, the
+    content stays the same (same seed, same tokens)."""
+    import httpx
+
+    ids = httpx.post(f"{tool_server.url}/tokenize", json={"prompt": "<think></think>", "add_special_tokens": False},
+                     headers=tool_server.headers).json()["tokens"]
+    kwargs = dict(model="tiny", messages=[{"role": "user", "content": "a pet"}], max_tokens=40, temperature=1.0,
+                  logit_bias={str(ids[1]): 3}, extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    for seed in range(8):
+        if stream:
+            _, _, content, reasoning = collect_stream(oai.chat.completions.create(stream=True, seed=seed, **kwargs))
+            _, _, content_off, reasoning_off = collect_stream(oai.chat.completions.create(
+                stream=True, seed=seed, **{**kwargs, "extra_body": {**kwargs["extra_body"], "include_reasoning": False}}))
+        else:
+            on = oai.chat.completions.create(seed=seed, **kwargs).choices[0].message
+            off = oai.chat.completions.create(
+                seed=seed, **{**kwargs, "extra_body": {**kwargs["extra_body"], "include_reasoning": False}}).choices[0].message
+            content, reasoning, content_off, reasoning_off = on.content, on.reasoning_content, off.content, \
+                off.reasoning_content
+        if reasoning and content:
+            assert not reasoning_off and content_off == content
+            return
+    pytest.fail("no seed gave both reasoning and content")
+
+
+def test_documents_reach_the_chat_template(oai) -> None:
+    plain = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1)
+    with_docs = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1, extra_body={
+        "documents": [{"title": "Paris", "text": "sunny and warm all week"}]})
+    assert with_docs.usage.prompt_tokens > plain.usage.prompt_tokens + 5
 
 
 def test_chat_template_receives_tools_and_tool_messages(oai) -> None:

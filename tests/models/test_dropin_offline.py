@@ -119,6 +119,10 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     "structured_outputs": lambda g: g(structured_outputs=StructuredOutputsParams(choice=["yes", "no"])).text
     in ("yes", "no"),
     "output_kind": _check_output_kind,
+    "truncate_prompt_tokens": lambda g: len(g.all(truncate_prompt_tokens=2).prompt_token_ids) == 2
+    and g.all(truncate_prompt_tokens=2).prompt_token_ids == g.all().prompt_token_ids[-2:]
+    and g(truncate_prompt_tokens=2).token_ids != g.base.token_ids
+    and _refused(lambda: g(truncate_prompt_tokens=0), "truncate_prompt_tokens"),
     # Filled in by the engine, not user settings (repr=False).
     "all_stop_token_ids": None,
     "bad_words_token_ids": None,
@@ -192,6 +196,39 @@ def test_beam_search_keeps_the_best_beams(llm: LLM, capsys: pytest.CaptureFixtur
     assert seqs[0].text == llm.get_tokenizer().decode(seqs[0].tokens)
     with pytest.raises(ValueError, match="beam_width"):
         BeamSearchParams(beam_width=0, max_tokens=2)
+
+
+def test_beam_search_vllm_signature(llm: LLM) -> None:
+    """vLLM's beam_search(prompts, params, lora_request, use_tqdm, concurrency_limit): searching
+    the prompts two at a time gives what searching them together gives."""
+    from pagedlm import BeamSearchParams
+
+    params = BeamSearchParams(beam_width=2, max_tokens=3)
+    prompts = ["Hello", "The sky", {"prompt": "A cat", "cache_salt": "tenant"}]
+    together = llm.beam_search(prompts, params, None, False)
+    chunked = llm.beam_search(prompts, params, lora_request=None, use_tqdm=False, concurrency_limit=2)
+    assert [[s.tokens for s in o.sequences] for o in chunked] == [[s.tokens for s in o.sequences] for o in together]
+    with pytest.raises(ValueError, match="concurrency_limit"):
+        llm.beam_search(prompts, params, concurrency_limit=0)
+    with pytest.raises(ValueError, match="lora requests"):
+        llm.beam_search(prompts, params, lora_request=[None])
+
+
+def test_cache_salt_separates_prefix_cache_hits(llm: LLM) -> None:
+    """A prompt dict's cache_salt (vLLM's): the same prompt under another salt misses the prefix
+    cache; under the same salt it hits."""
+    prompt = {"prompt_token_ids": list(range(10, 60)), "cache_salt": "alice"}
+    params = SamplingParams(temperature=0, max_tokens=2)
+    llm.reset_prefix_cache()
+    first = llm.generate(prompt, params, use_tqdm=False)[0]
+    same = llm.generate(prompt, params, use_tqdm=False)[0]
+    other = llm.generate({**prompt, "cache_salt": "bob"}, params, use_tqdm=False)[0]
+    unsalted = llm.generate({"prompt_token_ids": prompt["prompt_token_ids"]}, params, use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0 and same.num_cached_tokens >= 32
+    assert other.num_cached_tokens == 0 and unsalted.num_cached_tokens == 0
+    assert same.outputs[0].token_ids == other.outputs[0].token_ids == first.outputs[0].token_ids
+    with pytest.raises(ValueError, match="cache_salt"):
+        llm.generate({**prompt, "cache_salt": ""}, params, use_tqdm=False)
 
 
 def test_prompt_dict_with_unknown_keys_is_refused(llm: LLM) -> None:

@@ -62,6 +62,7 @@ def render_chat(
     template_kwargs: dict[str, Any] | None = None,
     add_special_tokens: bool = False,
     content_format: str = "auto",
+    documents: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[int]]:
     """-> (prompt text, prompt token ids). Raises OpenAIError(400) on a template problem."""
     if not getattr(tokenizer, "chat_template", None):
@@ -76,8 +77,8 @@ def render_chat(
         raise OpenAIError(f"chat_template_kwargs may not set {clash}", 400, "chat_template_kwargs")
     try:
         text = tokenizer.apply_chat_template(
-            conversation, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message, **extra,
+            conversation, tools=tools, documents=documents, tokenize=False,
+            add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message, **extra,
         )
     except Exception as e:  # noqa: BLE001 - jinja TemplateError, raise_exception(), bad input
         raise OpenAIError(f"the chat template could not render these messages: {e}", 400, "messages") from e

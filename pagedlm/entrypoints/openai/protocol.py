@@ -1,19 +1,24 @@
 """Request bodies of the OpenAI-compatible API (pydantic), and their SamplingParams.
 
 Field names and defaults follow the OpenAI API plus vLLM's extra sampling fields (what the
-``openai`` client sends through ``extra_body``). Unknown fields are ignored, as vLLM does.
-Value ranges are checked by SamplingParams, whose errors name the field; here we check types
-and the bounds that keep a request from costing unbounded work.
+``openai`` client sends through ``extra_body``). Unknown fields are ignored with a warning in
+the log, as vLLM does; vLLM's own fields that pagedlm does not implement are declared and
+refused when set (``SamplingFields.unsupported_feature``). Value ranges are checked by
+SamplingParams, whose errors name the field; here we check types and the bounds that keep a
+request from costing unbounded work.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pagedlm.entrypoints.openai.structured import request_structured_outputs
 from pagedlm.sampling_params import MAX_N, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 64
 MAX_STOP_SEQUENCE_CHARS = 1024
@@ -23,6 +28,15 @@ _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _log_ignored_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            ignored = sorted(set(data) - set(cls.model_fields))
+            if ignored:
+                logger.warning("The following fields were present in the request but ignored: %s", ignored)
+        return data
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -75,6 +89,18 @@ class SamplingFields(OpenAIBaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # the server's own backend (xgrammar), or refused
+    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: up to max_model_len)
+    cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
+    return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
+    request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
+    # vLLM fields pagedlm does not implement: refused when set (see unsupported_feature).
+    logits_processors: Any = None
+    guided_whitespace_pattern: Any = None
+    structural_tag: Any = None
+    vllm_xargs: Any = None
+    kv_transfer_params: Any = None
+    mm_processor_kwargs: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -107,7 +133,16 @@ class SamplingFields(OpenAIBaseModel):
         return self
 
     def unsupported_feature(self) -> tuple[str, str] | None:
-        """(param, message) for a feature we accept in the schema but do not implement."""
+        """(param, message) for a vLLM field that is set but that pagedlm does not implement."""
+        for name, why in _UNSUPPORTED.items():
+            if getattr(self, name) is not None:
+                return name, f"{name} is not supported by pagedlm ({why}); remove it."
+        backend = self.guided_decoding_backend
+        if backend is not None and backend not in ("auto", "xgrammar"):
+            return "guided_decoding_backend", (f"guided_decoding_backend {backend!r} is not available: pagedlm's "
+                                               "structured output runs on xgrammar; remove it or use 'xgrammar'.")
+        if self.cache_salt is not None and not self.cache_salt:
+            return "cache_salt", "cache_salt must be a non-empty string."
         return None
 
     def sampling_params(self, logprobs: int | None, max_tokens: int | None,
@@ -145,7 +180,18 @@ class SamplingFields(OpenAIBaseModel):
             logit_bias=self.logit_bias,
             allowed_token_ids=self.allowed_token_ids,
             structured_outputs=request_structured_outputs(self),
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
         )
+
+
+_UNSUPPORTED = {
+    "logits_processors": "no custom logits processors are loaded",
+    "guided_whitespace_pattern": "xgrammar's JSON whitespace is not configurable per request",
+    "structural_tag": "structural tags are not implemented",
+    "vllm_xargs": "no extension reads extra arguments",
+    "kv_transfer_params": "no disaggregated prefill / KV transfer",
+    "mm_processor_kwargs": "text models only",
+}
 
 
 class CompletionRequest(SamplingFields):
@@ -204,6 +250,8 @@ class ChatCompletionRequest(SamplingFields):
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None  # RAG documents, handed to the chat template
+    include_reasoning: bool = True  # false: no reasoning_content in the answer (--reasoning-parser)
 
     @model_validator(mode="after")
     def _check_chat(self) -> "ChatCompletionRequest":

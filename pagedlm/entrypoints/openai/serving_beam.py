@@ -9,6 +9,7 @@ from typing import Any
 
 from pagedlm.beam_search import BeamSearch, BeamSearchParams, run_beam_search_async
 from pagedlm.engine.async_llm import AsyncLLM
+from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import SamplingFields
 from pagedlm.outputs import CompletionOutput, RequestOutput
@@ -44,8 +45,11 @@ class BeamSearchStream:
     """Looks like a RequestStream: yields the one finished output; cancel() stops the search."""
 
     def __init__(self, engine: AsyncLLM, request_id: str, prompt: tuple[str | None, list[int]],
-                 params: BeamSearchParams, eos_token_id: int | None, priority: int = 0) -> None:
+                 params: BeamSearchParams, eos_token_id: int | None, priority: int = 0,
+                 text_params: SamplingParams | None = None, cache_salt: str | None = None) -> None:
         self.engine = engine
+        self.text_params = text_params or SamplingParams()  # skip_special_tokens & co. for the text
+        self.salt = {"cache_salt": cache_salt} if cache_salt else {}
         self.request_id = request_id
         self.priority = priority  # of every engine request the search makes
         self.prompt = prompt
@@ -77,15 +81,13 @@ class BeamSearchStream:
 
     async def _one(self, request_id: str, token_ids: list[int], params: SamplingParams) -> RequestOutput:
         final: Any = None
-        async for output in self.engine.generate({"prompt_token_ids": token_ids}, params, request_id,
+        async for output in self.engine.generate({"prompt_token_ids": token_ids, **self.salt}, params, request_id,
                                                  priority=self.priority):
             final = output
         return final
 
     def _output(self) -> RequestOutput:
-        tokenizer = self.engine.output_processor.tokenizer  # the event loop's tokenizer instance
-        result = self.search.finish(lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                                    include_prompt_text=False)[0]
+        result = self.search.finish(self._decode, include_prompt_text=False)[0]
         prompt_len = len(self.prompt[1])
         outputs = [
             CompletionOutput(index=i, text=seq.text or "", token_ids=seq.tokens[prompt_len:],
@@ -94,3 +96,11 @@ class BeamSearchStream:
             for i, seq in enumerate(result.sequences)
         ]
         return RequestOutput(self.request_id, self.prompt[0], self.prompt[1], None, outputs, finished=True)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        """A finished beam's text, decoded as a sampled request's would be (the request's
+        skip_special_tokens / spaces_between_special_tokens)."""
+        tokenizer = self.engine.output_processor.tokenizer  # the event loop's tokenizer instance
+        detokenizer = IncrementalDetokenizer(tokenizer, self.prompt[1], self.text_params)
+        detokenizer.update(token_ids, stop_terminated=False)
+        return detokenizer.get_next_output_text(finished=True, delta=False)

@@ -21,7 +21,6 @@ from pagedlm.entrypoints.openai.serving_common import (
     clamp_logprob,
     logprob_token,
     partial_usage,
-    random_id,
     sse,
     stream_usage_flags,
     to_openai_error,
@@ -43,11 +42,12 @@ class OpenAIServingChat(OpenAIServing):
         text, token_ids = await self._render(request)
         if not token_ids:
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
+        token_ids = self.truncate(token_ids, request)
         self.check_length(len(token_ids), max_tokens, what="messages")
-        request_id = random_id("chatcmpl")
+        request_id = self.response_id("chatcmpl", request)
         group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream), request)
         model = self.model_name(request)
-        shapers = [ChoiceShaper(plan, self.options, text) for _ in range(request.n)]
+        shapers = [ChoiceShaper(plan, self.options, text, request.include_reasoning) for _ in range(request.n)]
         return await self.respond(
             raw, group, bool(request.stream),
             lambda g: self._stream(request, g, request_id, model, shapers),
@@ -59,13 +59,14 @@ class OpenAIServingChat(OpenAIServing):
         is refused first."""
         num_chars = sum(len(message_text(m, i) or "") for i, m in enumerate(request.messages))
         try:
-            self.engine.input_processor.check_num_chars(num_chars)
+            if request.truncate_prompt_tokens is None:  # else a long prompt is cut, not refused
+                self.engine.input_processor.check_num_chars(num_chars)
         except ValueError as e:
             raise to_openai_error(e) from e
         return await self.engine.run_in_tokenizer(
             render_chat, self.tokenizer, request.messages, request.add_generation_prompt,
             request.continue_final_message, request.tools, request.chat_template_kwargs, request.add_special_tokens,
-            self.options.chat_template_content_format)
+            self.options.chat_template_content_format, request.documents)
 
     @staticmethod
     def _check_chat_features(request: ChatCompletionRequest) -> None:
@@ -107,8 +108,7 @@ class OpenAIServingChat(OpenAIServing):
                   entries: list[dict[int, Logprob]] | None) -> dict[str, Any] | None:
         if not request.logprobs:
             return None
-        content = chat_logprobs(token_ids, entries or [], request.top_logprobs or 0,
-                                self.options.return_tokens_as_token_ids)
+        content = chat_logprobs(token_ids, entries or [], request.top_logprobs or 0, self.as_token_ids(request))
         return {"content": content, "refusal": None}
 
     # ------------------------------------------------------------------ streaming

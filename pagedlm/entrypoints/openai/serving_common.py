@@ -216,6 +216,24 @@ class OpenAIServing:
         if unsupported is not None:
             raise OpenAIError(unsupported[1], 400, unsupported[0])
 
+    @staticmethod
+    def response_id(prefix: str, request: SamplingFields) -> str:
+        """The response's id: ``prefix-<request_id>`` when the request names one (vLLM's), else random."""
+        return f"{prefix}-{request.request_id}" if request.request_id else random_id(prefix)
+
+    def as_token_ids(self, request: SamplingFields) -> bool:
+        """Logprob entries name tokens "token_id:N": the request's choice, else the server flag's."""
+        if request.return_tokens_as_token_ids is not None:
+            return request.return_tokens_as_token_ids
+        return self.options.return_tokens_as_token_ids
+
+    def truncate(self, token_ids: list[int], request: SamplingFields) -> list[int]:
+        """truncate_prompt_tokens, before the length check (as vLLM: a long prompt is cut, not refused)."""
+        try:
+            return self.engine.input_processor.truncate(token_ids, request.truncate_prompt_tokens)
+        except InvalidRequestError as e:
+            raise to_openai_error(e) from e
+
     def check_logprobs(self, name: str, value: int | None) -> None:
         limit = self.engine.model_config.max_logprobs
         if value is not None and value > limit:
@@ -257,15 +275,22 @@ class OpenAIServing:
                 self.engine.input_processor.check_priority(request.priority)
             except InvalidRequestError as e:
                 raise to_openai_error(e) from e
+        if request is not None and request.request_id:  # the caller's id may repeat: engine ids stay unique
+            request_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         if lora is not None and request is not None and request.use_beam_search:
             raise OpenAIError("use_beam_search is not supported with a LoRA adapter.", 400, "use_beam_search")
         if request is not None and request.use_beam_search:
-            return self.start_beam_search(request_id, prompts, request, params.max_tokens)
+            if params.structured_outputs is not None:  # the search's steps would not follow the grammar
+                raise OpenAIError("use_beam_search cannot be combined with structured output (response_format, "
+                                  "structured_outputs, guided_*, or a tool_choice that forces a call).", 400,
+                                  "use_beam_search")
+            return self.start_beam_search(request_id, prompts, request, params)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        salt = {"cache_salt": request.cache_salt} if request is not None and request.cache_salt else {}
         streams: list[RequestStream] = []
         try:
             for i, (text, token_ids) in enumerate(prompts):
-                engine_prompt = {"prompt_token_ids": token_ids, "prompt": text}
+                engine_prompt = {"prompt_token_ids": token_ids, "prompt": text, **salt}
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
                 streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora,
                                                              priority=request.priority if request is not None else 0))
@@ -278,13 +303,17 @@ class OpenAIServing:
         return RequestGroup(streams, prompts)
 
     def start_beam_search(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
-                          request: SamplingFields, max_tokens: int | None) -> RequestGroup:
+                          request: SamplingFields, text_params: SamplingParams) -> RequestGroup:
+        """``text_params``: the request's own parameters; the finished beams' text is decoded
+        with its special-token settings."""
         streams: list[Any] = []
         for i, prompt in enumerate(prompts):
+            max_tokens = text_params.max_tokens
             limit = max_tokens if max_tokens is not None else self.max_model_len - len(prompt[1])
             params = beam_search_params(request, limit, self.engine.model_config.max_logprobs)
             sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id, request.priority))
+            streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id, request.priority,
+                                            text_params, request.cache_salt))
         return RequestGroup(streams, prompts)
 
     async def respond(self, raw: Request, group: RequestGroup, stream: bool,

@@ -17,7 +17,6 @@ from pagedlm.entrypoints.openai.serving_common import (
     clamp_logprob,
     logprob_token,
     partial_usage,
-    random_id,
     sse,
     stream_usage_flags,
     to_openai_error,
@@ -32,13 +31,13 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("suffix is not supported.", 400, "suffix")
         self.check_logprobs("logprobs", request.logprobs)
         params = self.make_params(request, request.logprobs, request.max_tokens)
-        prompts = [await self._tokenize(p, request.add_special_tokens) for p in request.prompts()]
+        prompts = [await self._tokenize(p, request) for p in request.prompts()]
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
         if request.echo and request.logprobs is not None:
             # The echoed prompt carries its own logprobs (the first token has none).
             params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
-        request_id = random_id("cmpl")
+        request_id = self.response_id("cmpl", request)
         group = await self.start(request_id, prompts, params, bool(request.stream), request)
         model = self.model_name(request)
         return await self.respond(
@@ -47,10 +46,13 @@ class OpenAIServingCompletion(OpenAIServing):
             lambda g: self._full(request, g, request_id, model),
         )
 
-    async def _tokenize(self, prompt: str | list[int], add_special_tokens: bool) -> tuple[str | None, list[int]]:
+    async def _tokenize(self, prompt: str | list[int], request: CompletionRequest) -> tuple[str | None, list[int]]:
+        """-> (text, token ids), cut to the request's truncate_prompt_tokens."""
         if isinstance(prompt, str):
+            truncating = request.truncate_prompt_tokens is not None  # then a long text is cut, not refused
             try:
-                token_ids = await self.engine.encode(prompt, add_special_tokens) if prompt else []
+                token_ids = (await self.engine.encode(prompt, request.add_special_tokens, check_chars=not truncating)
+                             if prompt else [])
             except ValueError as e:  # too long to be worth tokenizing
                 raise to_openai_error(e) from e
             text: str | None = prompt
@@ -58,7 +60,7 @@ class OpenAIServingCompletion(OpenAIServing):
             text, token_ids = None, list(prompt)
         if not token_ids:
             raise OpenAIError("The prompt cannot be empty.", 400, "prompt")
-        return text, token_ids
+        return text, self.truncate(token_ids, request)
 
     def _prompt_text(self, group: RequestGroup, index: int) -> str:
         text, token_ids = group.prompts[index]
@@ -89,9 +91,9 @@ class OpenAIServingCompletion(OpenAIServing):
         prefix = self._prompt_text(group, index) if request.echo else ""
         logprobs = None
         if request.logprobs is not None:
-            logprobs = self._echo_logprobs(output) if request.echo else _empty_logprobs()
+            logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if request.echo else _empty_logprobs()
             _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix),
-                             as_token_ids=self.options.return_tokens_as_token_ids)
+                             as_token_ids=self.as_token_ids(request))
         return {
             "index": index * request.n + completion.index,
             "text": prefix + completion.text,
@@ -101,12 +103,11 @@ class OpenAIServingCompletion(OpenAIServing):
             "prompt_logprobs": prompt_logprobs_json(output) if request.prompt_logprobs is not None else None,
         }
 
-    def _echo_logprobs(self, output: RequestOutput) -> dict[str, list]:
+    def _echo_logprobs(self, output: RequestOutput, as_token_ids: bool) -> dict[str, list]:
         logprobs = _empty_logprobs()
         prompt_lps: list = list(output.prompt_logprobs or [])
         prompt_lps += [None] * (len(output.prompt_token_ids) - len(prompt_lps))
-        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.loop_tokenizer,
-                         self.options.return_tokens_as_token_ids)
+        _extend_logprobs(logprobs, output.prompt_token_ids, prompt_lps, 0, self.loop_tokenizer, as_token_ids)
         return logprobs
 
     # ------------------------------------------------------------------ streaming
@@ -151,9 +152,9 @@ class OpenAIServingCompletion(OpenAIServing):
         new_ids, new_lps = completion.token_ids, completion.logprobs or []
         logprobs = None
         if request.logprobs is not None:
-            logprobs = self._echo_logprobs(output) if prefix else _empty_logprobs()
+            logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if prefix else _empty_logprobs()
             _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix),
-                             as_token_ids=self.options.return_tokens_as_token_ids)
+                             as_token_ids=self.as_token_ids(request))
         state.started = True
         state.num_chars += len(prefix) + len(delta)
         state.finished = finishing

@@ -144,8 +144,11 @@ class _Sent:
 class ChoiceShaper:
     """One choice's output text -> message or stream deltas (content, reasoning, tool calls)."""
 
-    def __init__(self, plan: ToolPlan, options: ServingOptions, prompt_text: str | None) -> None:
+    def __init__(self, plan: ToolPlan, options: ServingOptions, prompt_text: str | None,
+                 include_reasoning: bool = True) -> None:
+        """``include_reasoning`` false: the reasoning is parsed out of the content and dropped."""
         self.plan = plan
+        self.include_reasoning = include_reasoning
         self.reasoning: ReasoningParser | None = None
         if options.reasoning_parser is not None:
             self.reasoning = get_reasoning_parser(options.reasoning_parser)(prompt_text)
@@ -178,7 +181,7 @@ class ChoiceShaper:
         message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
                                    "refusal": None, "tool_calls": [self._call_entry(i, c) for i, c in enumerate(calls)]}
         if self.reasoning is not None:
-            message["reasoning_content"] = reasoning
+            message["reasoning_content"] = reasoning if self.include_reasoning else None
         if message["content"] is None and not calls:
             message["content"] = ""
         return message
@@ -206,7 +209,8 @@ class ChoiceShaper:
         """What is new since the last delta (only growth is sent: a stream cannot retract)."""
         reasoning, content, calls = self.parse(text, final)
         sent, out = self._sent, {}
-        if reasoning and reasoning.startswith(sent.reasoning) and len(reasoning) > len(sent.reasoning):
+        if (self.include_reasoning and reasoning and reasoning.startswith(sent.reasoning)
+                and len(reasoning) > len(sent.reasoning)):
             out["reasoning_content"], sent.reasoning = reasoning[len(sent.reasoning):], reasoning
         if content and content.startswith(sent.content) and len(content) > len(sent.content):
             out["content"], sent.content = content[len(sent.content):], content

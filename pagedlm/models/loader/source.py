@@ -37,6 +37,8 @@ def _local_or_hub(arg: str, revision: str | None, download_dir: str | None, load
                               "local path; drop --revision/--tokenizer-revision")
         if download_dir is not None and not tokenizer_only:
             logger.warning("--download-dir has no effect: %r is a local path, not a Hub id", arg)
+        if token not in (None, False) and not tokenizer_only:
+            logger.warning("--hf-token has no effect: %r is a local path, not a Hub id", arg)
         return path
     if _looks_like_path(arg):
         raise ConfigError(f"{arg!r} does not exist: give an existing checkpoint directory, a .gguf file, or a "
