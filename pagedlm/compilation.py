@@ -5,8 +5,9 @@ pagedlm compiles nothing with torch.compile: a decode step (one token per sequen
 CUDA graph of the whole forward when its batch fits a captured size, and every other step runs
 eagerly (vLLM's ``FULL_DECODE_ONLY`` mode). So of vLLM's compilation settings the CUDA-graph
 ones work (capture sizes, the largest size, the mode ``NONE`` or ``use_cudagraph: false`` for
-no graphs), the torch.compile ones log that they have no effect, and a key vLLM does not have
-is refused by name.
+no graphs), optimization level 0 (``-O0``: vLLM's "no optimization", so no CUDA graphs either),
+the torch.compile ones log that they have no effect, and a key vLLM does not have is refused
+by name.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def resolve_cuda_graph_sizes(max_num_seqs: int, cuda_graph_sizes: list[int] | No
                           f"{sorted(_MODES)}")
     if cc.get("use_cudagraph") is False or (mode is not None and not _MODES[mode]):
         return ()
+    if mode is None and _level_zero(cc):  # -O0 without an explicit cudagraph_mode
+        return ()
     explicit = cc.get("cudagraph_capture_sizes")
     largest = cc.get("max_cudagraph_capture_size", cc.get("max_capture_size"))
     if cuda_graph_sizes is not None and (explicit is not None or largest is not None):
@@ -98,11 +101,17 @@ def resolve_cuda_graph_sizes(max_num_seqs: int, cuda_graph_sizes: list[int] | No
     return tuple(default_capture_sizes(min(top, max_num_seqs)))
 
 
+def _level_zero(cc: dict[str, Any]) -> bool:
+    """vLLM's optimization level 0 (``level`` before vLLM 0.12, ``mode`` since)."""
+    return any(str(cc.get(key)) in ("0", "NONE", "CompilationMode.NONE") for key in ("level", "mode") if key in cc)
+
+
 def compilation_notices(compilation_config: Any) -> list[str]:
     """One line per compilation setting that has no effect here (the entry point logs them)."""
     cc = as_compilation_dict(compilation_config)
+    level_keys = {"level", "mode"} if _level_zero(cc) else set()  # level 0 turns the graphs off: it acts
     lines = [f"compilation_config {key!r} has no effect: pagedlm does not use torch.compile (decode steps replay "
-             "CUDA graphs)." for key in sorted(set(cc) & _NO_EFFECT_KEYS)]
+             "CUDA graphs)." for key in sorted(set(cc) & _NO_EFFECT_KEYS - level_keys)]
     mode = str(cc.get("cudagraph_mode", "")).upper()
     if _MODES.get(mode) and mode != "FULL_DECODE_ONLY":  # graphs on, in a mode other than the one there is
         lines.append(f"compilation_config cudagraph_mode {cc['cudagraph_mode']!r} runs as FULL_DECODE_ONLY: "

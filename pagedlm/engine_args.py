@@ -222,6 +222,9 @@ class EngineArgs:
         if self.tokenizer_mode == "mistral":
             raise ConfigError("--tokenizer-mode mistral needs the mistral_common tokenizer, which pagedlm does not "
                               "use; use auto (the checkpoint's Hugging Face tokenizer) or slow")
+        if self.tokenizer_mode not in ("auto", "hf", "slow"):
+            raise ConfigError(f"tokenizer_mode {self.tokenizer_mode!r} is not supported: use auto (or hf: the "
+                              "checkpoint's Hugging Face tokenizer, fast where it has one) or slow")
         if self.long_prefill_token_threshold < 0:
             raise ConfigError("long_prefill_token_threshold must be non-negative, got "
                               f"{self.long_prefill_token_threshold}")
@@ -268,11 +271,13 @@ class EngineArgs:
         """--structured-outputs-config / --guided-decoding-backend, as far as they mean something
         here: the backend is xgrammar ('auto' picks it); other backends and settings are refused."""
         settings = dict(self.structured_outputs_config or {})
-        backend = settings.pop("backend", None) or self.guided_decoding_backend or "auto"
+        backend = _one_of(settings.pop("backend", None), self.guided_decoding_backend,
+                          "structured_outputs_config backend", "guided_decoding_backend") or "auto"
         if backend not in ("auto", "xgrammar"):
             raise ConfigError(f"structured-output backend {backend!r} is not available: pagedlm builds its "
                               "grammars with xgrammar (backend 'auto' or 'xgrammar')")
-        reasoning = settings.pop("reasoning_parser", None) or self.reasoning_parser
+        reasoning = _one_of(settings.pop("reasoning_parser", None), self.reasoning_parser,
+                            "structured_outputs_config reasoning_parser", "reasoning_parser")
         if reasoning not in (None, "", "deepseek_r1", "qwen3"):
             raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {reasoning!r}")
         if settings:
@@ -288,11 +293,18 @@ class EngineArgs:
         if self.calculate_kv_scales and not self.kv_cache_dtype.startswith("fp8"):
             logging.getLogger("pagedlm").warning("--calculate-kv-scales has no effect: the KV cache is not fp8 "
                                                  "(--kv-cache-dtype fp8).")
-        if (self.gpu_memory_utilization != 0.9 and self.kv_cache_memory_bytes is None
-                and resolve_device(self.device) == "cpu"):
+        on_cpu = resolve_device(self.device) == "cpu"
+        if self.gpu_memory_utilization != 0.9 and self.kv_cache_memory_bytes is None and on_cpu:
             logging.getLogger("pagedlm").warning(
                 "--gpu-memory-utilization has no effect on CPU: the KV cache takes a quarter of free RAM (at most "
                 "4 GiB); set its size with --kv-cache-memory-bytes.")
+        graph_options = [name for name, is_set in (("--enforce-eager", self.enforce_eager),
+                                                   ("--cuda-graph-sizes", self.cuda_graph_sizes is not None),
+                                                   ("--compilation-config", self.compilation_config is not None))
+                         if is_set]
+        if on_cpu and graph_options:
+            logging.getLogger("pagedlm").warning("%s: no effect on CPU (CUDA graphs are a GPU feature; CPU steps "
+                                                 "always run eagerly).", ", ".join(graph_options))
 
     def _allow_long(self) -> bool:
         return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
@@ -303,12 +315,13 @@ class EngineArgs:
         length, dtype and the rest of what describes the model itself."""
         from pagedlm.layers.quantization import resolve_quantization_name
         from pagedlm.models.generation_config import read_generation_defaults
+        from pagedlm.models.multimodal import text_only_overrides
         from pagedlm.models.loader.source import resolve_model_source
 
         source = resolve_model_source(self.model, self.revision, self.download_dir, self.load_format,
                                       self.tokenizer, self.tokenizer_revision, self.hf_token)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
-        apply_hf_overrides(hf_config, self.hf_overrides)
+        apply_hf_overrides(hf_config, text_only_overrides(hf_config, self.hf_overrides))
         runner, pooler_config = resolve_pooling(self.runner, source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
@@ -387,15 +400,53 @@ class ServerEngineArgs(EngineArgs):
     usage_context: ClassVar[str] = "server"
 
 
+def _one_of(a: Any, b: Any, name_a: str, name_b: str) -> Any:
+    """A setting given two ways: either one, or both when they agree; two different values are refused."""
+    if a and b and a != b:
+        raise ConfigError(f"{name_a} {a!r} and {name_b} {b!r} disagree: give one of them")
+    return a or b
+
+
+# Top-level RoPE keys that transformers 5 keeps inside ``config.rope_parameters`` (for models
+# with per-layer-type RoPE, e.g. Gemma 3: (the layer type, its key); None = every layer type).
+_ROPE_KEYS = {"rope_theta": ("full_attention", "rope_theta"), "partial_rotary_factor": (None, "partial_rotary_factor"),
+              "rope_local_base_freq": ("sliding_attention", "rope_theta")}
+
+
 def apply_hf_overrides(config: Any, overrides: dict[str, Any] | None) -> None:
     """vLLM's --hf-overrides: each key set on the config; a JSON object merges into an attribute
-    that is itself a config or a dict (e.g. rope_scaling), key by key."""
+    that is itself a config or a dict (e.g. rope_scaling), key by key. RoPE keys also reach
+    ``rope_parameters`` where the config keeps them there (transformers 5), which the models
+    read. A key the config did not have is set too (custom code may read it) and logged."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"hf_overrides must be a JSON object (a dict), got {type(overrides).__name__}")
     for key, value in (overrides or {}).items():
         current = getattr(config, key, None)
+        if current is None and key not in _ROPE_KEYS and not hasattr(config, key):
+            logging.getLogger("pagedlm").warning("hf_overrides sets %r, which the model's config does not have: "
+                                                 "it takes effect only where code reads it", key)
         if isinstance(value, dict) and isinstance(current, dict):
             setattr(config, key, {**current, **value})
         elif isinstance(value, dict) and current is not None and hasattr(current, "to_dict"):
             apply_hf_overrides(current, value)
         else:
             setattr(config, key, value)
+    _sync_rope_parameters(config, overrides or {})
+
+
+def _sync_rope_parameters(config: Any, overrides: dict[str, Any]) -> None:
+    params = getattr(config, "rope_parameters", None)
+    if not isinstance(params, dict) or not params:
+        return
+    per_layer_type = all(isinstance(v, dict) for v in params.values())
+    for key, (layer_type, name) in _ROPE_KEYS.items():
+        if key not in overrides:
+            continue
+        if not per_layer_type:
+            if layer_type != "sliding_attention":
+                params[name] = overrides[key]
+            continue
+        for kind, kind_params in params.items():
+            if layer_type is None or kind == layer_type:
+                kind_params[name] = overrides[key]
 

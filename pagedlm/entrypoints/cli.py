@@ -80,7 +80,7 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
 
     parser = make_serve_parser()
     try:
-        config_argv, rest = split_config_flag(argv)
+        config_argv, rest = split_config_flag(argv, {o for a in parser._actions for o in a.option_strings})
     except ValueError as e:
         parser.error(str(e))
     merged = {**vars(parser.parse_args(config_argv)), **vars(parser.parse_args(rest))}

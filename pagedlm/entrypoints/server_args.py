@@ -132,9 +132,10 @@ def _json_or_words(name: str, values: list[str]) -> list[str]:
     return list(values)
 
 
-def load_yaml_config(path: str) -> list[str]:
+def load_yaml_config(path: str, known_flags: set[str] | None = None) -> list[str]:
     """vLLM's --config: a YAML mapping of flag names (dashes or underscores) to values,
-    turned into flags that go before the command line's own (so the command line wins)."""
+    turned into flags that go before the command line's own (so the command line wins). A key
+    set to null keeps the flag's default; a key that names no flag is refused even then."""
     import yaml
 
     try:
@@ -149,6 +150,8 @@ def load_yaml_config(path: str) -> list[str]:
     argv: list[str] = []
     for key, value in data.items():
         flag = "--" + str(key).replace("_", "-")
+        if known_flags is not None and flag not in known_flags:
+            raise ValueError(f"--config {path}: {key!r} is not a pagedlm serve option")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
@@ -162,20 +165,20 @@ def load_yaml_config(path: str) -> list[str]:
     return argv
 
 
-def split_config_flag(argv: list[str]) -> tuple[list[str], list[str]]:
+def split_config_flag(argv: list[str], known_flags: set[str] | None = None) -> tuple[list[str], list[str]]:
     """-> (the flags of every ``--config FILE`` in ``argv``, the rest of ``argv``). The caller
-    parses both and lets the command line win."""
+    parses both and lets the command line win; ``known_flags``: the parser's option strings."""
     rest: list[str] = []
     config_argv: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
-            config_argv += load_yaml_config(argv[i + 1])
+            config_argv += load_yaml_config(argv[i + 1], known_flags)
             i += 2
             continue
         if arg.startswith("--config="):
-            config_argv += load_yaml_config(arg.split("=", 1)[1])
+            config_argv += load_yaml_config(arg.split("=", 1)[1], known_flags)
         else:
             rest.append(arg)
         i += 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedlm.config import ConfigError
+
 # Architectures whose text part pagedlm serves; their image inputs are refused.
 TEXT_ONLY_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
 
@@ -29,3 +31,16 @@ def text_only_config(hf_config: Any) -> Any:
     if getattr(hf_config, "tie_word_embeddings", None) is not None:
         text.tie_word_embeddings = hf_config.tie_word_embeddings
     return text
+
+
+def text_only_overrides(hf_config: Any, overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """--hf-overrides for a lifted text config: vLLM users write the language model's keys under
+    ``text_config``; here that config is the top level, so they apply there."""
+    if not isinstance(overrides, dict) or "text_config" not in overrides or hasattr(hf_config, "text_config"):
+        return overrides
+    if not set(getattr(hf_config, "architectures", None) or []) & set(TEXT_ONLY_ARCHITECTURES):
+        return overrides
+    nested = overrides["text_config"]
+    if not isinstance(nested, dict):
+        raise ConfigError(f"hf_overrides text_config must be a JSON object, got {type(nested).__name__}")
+    return {**{k: v for k, v in overrides.items() if k != "text_config"}, **nested}

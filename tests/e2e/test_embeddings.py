@@ -100,6 +100,47 @@ def test_server_token_id_inputs_and_raw_base64(server: Server, client, reference
     assert_same_embeddings(vector[None], reference[:1])
 
 
+@pytest.mark.parametrize("embed_dtype", ["float32", "float16", "bfloat16", "fp8_e4m3"])
+@pytest.mark.parametrize("endianness", ["native", "big"])
+def test_server_base64_embed_dtype_and_endianness(server: Server, reference: np.ndarray, embed_dtype: str,
+                                                  endianness: str) -> None:
+    """vLLM's base64 extras: the bytes decode, in that dtype and byte order, to the embedding."""
+    import base64
+
+    import httpx
+    import torch
+
+    body = {"input": SENTENCES[0], "encoding_format": "base64", "embed_dtype": embed_dtype, "endianness": endianness,
+            "request_id": "walk-1"}
+    raw = httpx.post(f"{server.url}/v1/embeddings", json=body).json()
+    assert raw["id"] == "embd-walk-1"
+    data = base64.b64decode(raw["data"][0]["embedding"])
+    width = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8_e4m3": 1}[embed_dtype]
+    order = ">" if endianness == "big" else "<"
+    ints = np.frombuffer(data, dtype=f"{order}u{width}").astype(f"<u{width}")
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                   "fp8_e4m3": torch.float8_e4m3fn}[embed_dtype]
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[width]
+    vector = torch.from_numpy(ints.view({1: np.uint8, 2: np.int16, 4: np.int32}[width]).copy()).view(as_int)
+    decoded = vector.view(torch_dtype).float().numpy()
+    ref = reference[0]
+    cos = float(decoded @ ref / (np.linalg.norm(decoded) * np.linalg.norm(ref)))
+    assert cos >= (0.9999 if width > 1 else 0.99), cos
+
+
+def test_server_embedding_vllm_extras(server: Server) -> None:
+    import httpx
+
+    post = lambda **body: httpx.post(f"{server.url}/v1/embeddings", json={"input": "hi", **body})  # noqa: E731
+    assert post(priority=0).status_code == 200
+    refused = post(priority=3)  # this server runs fcfs: a priority is refused, as on the generate endpoints
+    assert refused.status_code == 400 and "priority scheduling is not enabled" in refused.json()["error"]["message"]
+    chat = post(messages=[{"role": "user", "content": "hi"}])
+    assert chat.status_code == 400 and "messages" in chat.json()["error"]["message"]
+    plain = post(encoding_format="float", embed_dtype="float16")
+    assert plain.status_code == 400 and "base64" in plain.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("kwargs, status, fragment", [
     ({"input": []}, 400, "non-empty"),
     ({"input": [[]]}, 400, "cannot be empty"),

@@ -122,6 +122,19 @@ def test_runtime_load_and_unload(lora_server: Server, adapters: dict[str, str], 
     (tmp_path / "dora" / "adapter_model.safetensors").write_bytes(b"")
     dora = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "dora", "lora_path": str(tmp_path / "dora")})
     assert dora.status_code == 400 and "DoRA" in dora.json()["error"]["message"]
+    # vLLM's lora_int_id: an id no adapter has is a 404; an id naming another adapter than
+    # lora_name is a 400; the adapter's own id unloads it.
+    assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_int_id": 999}).status_code == 404
+    codes = []
+    for lora_int_id in range(1, 9):
+        resp = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "late", "lora_int_id": lora_int_id})
+        codes.append(resp.status_code)
+        if resp.status_code == 200:
+            break
+        assert resp.status_code in (400, 404) and "lora_int_id" in resp.json()["error"]["message"]
+    assert codes[-1] == 200 and 400 in codes  # sql and poet hold ids too
+    load = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "late", "lora_path": adapters["late"]})
+    assert load.status_code == 200
     unload = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "late"})
     assert unload.status_code == 200 and "removed successfully" in unload.text
     assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "late"}).status_code == 404

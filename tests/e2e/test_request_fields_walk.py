@@ -260,9 +260,18 @@ def tokenizer_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "continue_final_message": lambda: count(api.post("/tokenize", {
             "messages": msgs + [{"role": "assistant", "content": "Hi"}], "add_generation_prompt": False,
             "continue_final_message": True})) == count(api.post("/tokenize", {
-                "messages": msgs + [{"role": "assistant", "content": "Hi"}], "add_generation_prompt": False})) - 1,
+                "messages": msgs + [{"role": "assistant", "content": "Hi"}], "add_generation_prompt": False})) - 1
+        and refused(api.tok(continue_final_message=True), "apply to messages"),
         "return_token_strs": lambda: "token_strs" in api.tok(return_token_strs=True).json()
         and "token_strs" not in api.tok().json(),
+        "tools": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_tokenize_counts_what_chat_renders")
+        and refused(api.tok(tools=[]), "apply to messages"),
+        "chat_template_kwargs": lambda: count(api.post("/tokenize", {"messages": msgs, "chat_template_kwargs": {
+            "bos_token": ""}})) == count(api.post("/tokenize", {"messages": msgs})) - 1
+        and refused(api.tok(chat_template_kwargs={}), "apply to messages"),
+        "chat_template": lambda: refused(api.post("/tokenize", {"messages": msgs, "chat_template": "{{ 'x' }}"}),
+                                         "chat_template"),
+        "mm_processor_kwargs": lambda: refused(api.tok(mm_processor_kwargs={}), "mm_processor_kwargs"),
     }
 
 

@@ -226,6 +226,18 @@ def test_documents_reach_the_chat_template(oai) -> None:
     assert with_docs.usage.prompt_tokens > plain.usage.prompt_tokens + 5
 
 
+def test_tokenize_counts_what_chat_renders(oai, tool_server) -> None:
+    """/tokenize with messages and tools counts the prompt the chat endpoint would run."""
+    import httpx
+
+    body = {"messages": MESSAGES, "tools": TOOLS}
+    counted = httpx.post(f"{tool_server.url}/tokenize", json=body, headers=tool_server.headers).json()["count"]
+    plain = httpx.post(f"{tool_server.url}/tokenize", json={"messages": MESSAGES},
+                       headers=tool_server.headers).json()["count"]
+    ran = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="none", max_tokens=1)
+    assert counted == ran.usage.prompt_tokens > plain
+
+
 def test_chat_template_receives_tools_and_tool_messages(oai) -> None:
     plain = oai.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1)
     with_tools = oai.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="none",
@@ -311,6 +323,8 @@ def test_responses_tool_history_and_unsupported_fields(oai) -> None:
         oai.responses.create(model="tiny", input="x", background=True)
     with pytest.raises(openai.BadRequestError, match="store"):
         oai.responses.create(model="tiny", input="x", store=True)
+    with pytest.raises(openai.BadRequestError, match="text.verbosity"):
+        oai.responses.create(model="tiny", input="x", text={"format": {"type": "text"}, "verbosity": "low"})
 
 
 def test_completions_guided_choice_and_structured_outputs_extra(oai) -> None:

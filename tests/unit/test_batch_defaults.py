@@ -69,6 +69,9 @@ def test_cuda_graph_settings_resolve_like_vllm() -> None:
     assert resolve(64, None, {"max_cudagraph_capture_size": 600}) == tuple(capture_sizes(64))
     assert resolve(256, None, {"cudagraph_mode": "NONE"}) == () == resolve(256, None, {"use_cudagraph": False})
     assert resolve(256, None, {"cudagraph_mode": "FULL_AND_PIECEWISE"}) == default
+    # -O0 is vLLM's "no optimization": no graphs either (unless a cudagraph_mode says otherwise)
+    assert resolve(256, None, 0) == () == resolve(256, None, {"level": 0}) == resolve(256, None, {"mode": 0})
+    assert resolve(256, None, {"level": 0, "cudagraph_mode": "FULL"}) == default
     for bad, needle in [({"cudagraph_capture_sizes": [0]}, "positive"), ({"no_such_key": 1}, "unknown key"),
                         ({"cudagraph_mode": "SOMETIMES"}, "cudagraph_mode"), ("3", "JSON object"),
                         ({"cudagraph_capture_sizes": [512]}, "at or below max_num_seqs")]:
@@ -85,6 +88,7 @@ def test_torch_compile_settings_log_that_they_have_no_effect() -> None:
                                  "cudagraph_capture_sizes": [1]})
     assert len(lines) == 3 and "'custom_ops'" in lines[0] and "'level'" in lines[1] and "FULL_DECODE_ONLY" in lines[2]
     assert compilation_notices(None) == [] == compilation_notices({"max_cudagraph_capture_size": 8})
+    assert compilation_notices(0) == []  # level 0 has an effect (no graphs)
 
 
 def test_dash_o_takes_a_level_or_json() -> None:

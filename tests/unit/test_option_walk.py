@@ -294,6 +294,11 @@ def test_config_yaml_flags_with_the_command_line_winning(ckpt: Path, tmp_path: P
     (tmp_path / "bad.yaml").write_text("- a\n- b\n")
     with pytest.raises(SystemExit):
         parse_serve_args(["--config", str(tmp_path / "bad.yaml")])
+    (tmp_path / "null.yaml").write_text(f"model: {ckpt}\nmax-num-seqs:\n")  # null: the default
+    assert EngineArgs.from_cli_args(parse_serve_args(["--config", str(tmp_path / "null.yaml")])).max_num_seqs is None
+    (tmp_path / "typo.yaml").write_text(f"model: {ckpt}\nmax-num-seq:\n")  # a null typo is still a typo
+    with pytest.raises(SystemExit):
+        parse_serve_args(["--config", str(tmp_path / "typo.yaml")])
 
 
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
@@ -376,3 +381,40 @@ def test_structured_output_backends(ckpt: Path) -> None:
         config(structured_outputs_config={"reasoning_parser": "nope"})
     with pytest.raises(SystemExit):  # argparse's choices
         parse_serve_args(["/m", "--guided-decoding-backend", "outlines"])
+    # Given two ways: agreeing is fine, disagreeing is refused (neither silently wins).
+    assert config(guided_decoding_backend="xgrammar", structured_outputs_config={"backend": "xgrammar"}).backend \
+        == "xgrammar"
+    with pytest.raises(ConfigError, match="disagree"):
+        config(guided_decoding_backend="guidance", structured_outputs_config={"backend": "xgrammar"})
+    with pytest.raises(ConfigError, match="disagree"):
+        config(reasoning_parser="deepseek_r1", structured_outputs_config={"reasoning_parser": "qwen3"})
+
+
+def test_tokenizer_mode_values_outside_argparse(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    for mode in ("auto", "hf", "slow"):
+        EngineArgs(model=str(ckpt), device="cpu", tokenizer_mode=mode).create_engine_config()
+    for mode, needle in (("custom", "not supported"), ("bogus", "not supported"), ("mistral", "mistral_common")):
+        with pytest.raises(ConfigError, match=needle):
+            EngineArgs(model=str(ckpt), device="cpu", tokenizer_mode=mode).create_engine_config()
+
+
+def test_graph_options_on_cpu_say_they_have_no_effect(ckpt: Path) -> None:
+    import logging
+
+    from pagedlm.engine_args import EngineArgs
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("pagedlm")
+    logger.addHandler(handler)
+    try:
+        EngineArgs(model=str(ckpt), device="cpu", enforce_eager=True, cuda_graph_sizes=[8]).log_notices()
+        EngineArgs(model=str(ckpt), device="cpu").log_notices()
+    finally:
+        logger.removeHandler(handler)
+    assert [m for m in messages if "CUDA graphs" in m] == [
+        "--enforce-eager, --cuda-graph-sizes: no effect on CPU (CUDA graphs are a GPU feature; CPU steps always run "
+        "eagerly)."]

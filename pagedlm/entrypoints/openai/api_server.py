@@ -312,8 +312,8 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_
 def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int, content_format: str) -> dict[str, Any]:
     if body.messages is not None:
         _, tokens = render_chat(tokenizer, body.messages, body.add_generation_prompt,
-                                body.continue_final_message, add_special_tokens=bool(body.add_special_tokens),
-                                content_format=content_format)
+                                body.continue_final_message, body.tools, body.chat_template_kwargs,
+                                add_special_tokens=bool(body.add_special_tokens), content_format=content_format)
     else:
         add_special = True if body.add_special_tokens is None else body.add_special_tokens
         tokens = tokenizer.encode(body.prompt, add_special_tokens=add_special) if body.prompt else []

@@ -279,11 +279,22 @@ class TokenizeRequest(OpenAIBaseModel):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     return_token_strs: bool = False
+    tools: list[dict[str, Any]] | None = None  # with messages: what the chat template renders
+    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None  # refused, as on /v1/chat/completions (--chat-template)
+    mm_processor_kwargs: Any = None  # refused: text models only
 
     @model_validator(mode="after")
     def _one_input(self) -> "TokenizeRequest":
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
+        chat_only = {"add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs"}
+        if self.prompt is not None and self.model_fields_set & chat_only:
+            raise ValueError(f"{sorted(self.model_fields_set & chat_only)} apply to messages, not to a prompt")
+        if self.chat_template is not None:
+            raise ValueError("chat_template in the request is not allowed; start the server with --chat-template")
+        if self.mm_processor_kwargs is not None:
+            raise ValueError("mm_processor_kwargs is not supported (text models only)")
         return self
 
 

@@ -265,7 +265,7 @@ class OpenAIServing:
 
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
                     params: SamplingParams, stream: bool, request: SamplingFields | None = None,
-                    model: str | None = None) -> RequestGroup:
+                    model: str | None = None, priority: int = 0) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
         request's ``model`` (or ``model``) may name a LoRA adapter."""
@@ -293,7 +293,8 @@ class OpenAIServing:
                 engine_prompt = {"prompt_token_ids": token_ids, "prompt": text, **salt}
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
                 streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora,
-                                                             priority=request.priority if request is not None else 0))
+                                                             priority=request.priority if request is not None
+                                                             else priority))
         except BaseException as e:
             for stream in streams:
                 stream.cancel()

@@ -4,15 +4,20 @@
 ids (one embedding per item); ``encoding_format`` "float" or "base64" (little-endian float32,
 what the ``openai`` client decodes, and what it asks for by default); ``dimensions`` only
 for Matryoshka models. vLLM extras: ``truncate_prompt_tokens``, ``normalize``,
-``add_special_tokens``.
+``add_special_tokens``, ``priority``, ``request_id``, and for base64 ``embed_dtype``
+(float32, float16, bfloat16, fp8_e4m3, fp8_e5m2) and ``endianness`` (native, little, big).
+Chat-style inputs (``messages``) are refused.
 """
 
 from __future__ import annotations
 
 import base64
+import sys
+import uuid
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
@@ -38,6 +43,11 @@ class EmbeddingRequest(OpenAIBaseModel):
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     normalize: bool | None = None
     add_special_tokens: bool = True
+    priority: int = 0  # --scheduling-policy priority: lower values are served first
+    request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # base64 only
+    endianness: Literal["native", "little", "big"] = "native"  # base64 only
+    messages: Any = None  # vLLM's chat embeddings: refused
 
     @field_validator("input")
     @classmethod
@@ -65,6 +75,12 @@ class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest, raw: Request) -> Response:
         if request.model and request.model not in self.served_model_names:
             raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
+        if request.messages is not None:
+            raise OpenAIError("Chat-style embedding inputs (messages) are not supported; send the text as input.",
+                              400, "messages")
+        if request.encoding_format == "float" and (request.embed_dtype, request.endianness) != ("float32", "native"):
+            raise OpenAIError("embed_dtype and endianness apply to encoding_format 'base64' only.", 400,
+                              "embed_dtype" if request.embed_dtype != "float32" else "endianness")
         pooler_config = self.engine.model_config.pooler_config
         if pooler_config is None:
             raise OpenAIError("This model generates text and does not support the Embeddings API; start it with "
@@ -76,11 +92,11 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
         check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
         prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in request.inputs()]
-        request_id = random_id("embd")
-        group = await self.start(request_id, prompts, params, False)
+        request_id = f"embd-{request.request_id}" if request.request_id else random_id("embd")
+        engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request.request_id else request_id  # ids may repeat
+        group = await self.start(engine_id, prompts, params, False, priority=request.priority)
         model = request.model or self.served_model_names[0]
-        return await self.respond(raw, group, False, _no_stream,
-                                  lambda g: self._full(g, request_id, model, request.encoding_format))
+        return await self.respond(raw, group, False, _no_stream, lambda g: self._full(g, request_id, model, request))
 
     async def _tokenize(self, item: str | list[int], add_special_tokens: bool,
                         check_chars: bool) -> tuple[str | None, list[int]]:
@@ -97,7 +113,8 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError("The input cannot be empty.", 400, "input")
         return text, token_ids
 
-    async def _full(self, group: RequestGroup, request_id: str, model: str, encoding_format: str) -> dict[str, Any]:
+    async def _full(self, group: RequestGroup, request_id: str, model: str,
+                    request: EmbeddingRequest) -> dict[str, Any]:
         data: list[dict[str, Any] | None] = [None] * len(group.streams)
         num_prompt_tokens = 0
         async for index, output in group.merged():
@@ -105,17 +122,26 @@ class OpenAIServingEmbedding(OpenAIServing):
                 continue
             vector = output.outputs.data.numpy()
             num_prompt_tokens += len(output.prompt_token_ids)
-            data[index] = {"index": index, "object": "embedding", "embedding": _encode(vector, encoding_format)}
+            data[index] = {"index": index, "object": "embedding", "embedding": _encode(vector, request)}
         return {
             "id": request_id, "object": "list", "created": group.created, "model": model, "data": data,
             "usage": {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens},
         }
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def _encode(vector: np.ndarray, request: EmbeddingRequest) -> list[float] | str:
+    if request.encoding_format != "base64":
+        return vector.tolist()
+    values = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32)).to(_TORCH_DTYPES[request.embed_dtype])
+    width = values.element_size()
+    raw = values.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[width]).numpy()
+    order = sys.byteorder if request.endianness == "native" else request.endianness
+    raw = raw.astype(raw.dtype.newbyteorder("<" if order == "little" else ">"))
+    return base64.b64encode(raw.tobytes()).decode("ascii")
 
 
 def _no_stream(_: RequestGroup) -> Any:

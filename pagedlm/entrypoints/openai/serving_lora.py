@@ -92,13 +92,22 @@ def add_lora_routes(app: FastAPI, modules: LoRAModules,
     async def unload_lora_adapter(request: Request) -> Response:
         check_allowed()
         body = await read_body(request, UnloadLoRAAdapterRequest)
-        if not body.lora_name:
+        name = body.lora_name
+        if body.lora_int_id is not None:  # vLLM's other handle on an adapter: it must name the same one
+            by_id = next((n for n, lora in modules.by_name.items() if lora.lora_int_id == body.lora_int_id), None)
+            if by_id is None:
+                raise OpenAIError(f"No LoRA adapter has lora_int_id {body.lora_int_id}.", 404, "lora_int_id")
+            if name and name != by_id:
+                raise OpenAIError(f"lora_int_id {body.lora_int_id} is the adapter '{by_id}', not '{name}'.", 400,
+                                  "lora_int_id")
+            name = by_id
+        if not name:
             raise OpenAIError("'lora_name' needs to be provided to unload a LoRA adapter.", 400)
         try:
-            modules.remove(body.lora_name)
+            modules.remove(name)
         except KeyError:
-            raise OpenAIError(f"The lora adapter '{body.lora_name}' cannot be found.", 404, "lora_name") from None
-        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+            raise OpenAIError(f"The lora adapter '{name}' cannot be found.", 404, "lora_name") from None
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
 
 __all__ = ["add_lora_routes", "adapter_cards", "build_lora_modules", "resolve_lora"]

@@ -57,6 +57,10 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
                           "conversation as input", 400, "previous_response_id")
     if req.store:
         raise OpenAIError("store: true is not supported: responses are not stored; set store to false", 400, "store")
+    text_extra = sorted(k for k, v in (req.text or {}).items() if k != "format" and v is not None)
+    if text_extra:
+        raise OpenAIError(f"/v1/responses does not support text.{text_extra[0]} (only text.format)", 400,
+                          f"text.{text_extra[0]}")
 
 
 def _text_of(content: Any, where: str) -> str:
