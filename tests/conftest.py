@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -92,3 +93,16 @@ def seeded_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_checkpoint(checkpoint_factory) -> str:
     return checkpoint_factory("llama")
+
+
+@pytest.fixture
+def pagedlm_warnings():
+    """The messages pagedlm's loggers emit at WARNING or above during the test (its logger
+    has its own handler, so pytest's caplog does not see them)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("pagedlm")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)

@@ -119,20 +119,10 @@ def test_hf_token_reaches_the_hub_and_stays_out_of_reprs(recorder):
     assert "hf_secret" not in repr(EngineArgs(model="org/model", hf_token="hf_secret"))
 
 
-def test_hf_token_with_a_local_path_says_it_has_no_effect(tmp_path):
-    import logging
-
+def test_hf_token_with_a_local_path_says_it_has_no_effect(tmp_path, pagedlm_warnings):
     from pagedlm.models.loader.source import _local_or_hub
 
-    messages: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("pagedlm")
-    logger.addHandler(handler)
-    try:
-        assert _local_or_hub(str(tmp_path), None, None, "auto", tokenizer_only=False, token="hf_x") == tmp_path
-        _local_or_hub(str(tmp_path), None, None, "auto", tokenizer_only=False)
-    finally:
-        logger.removeHandler(handler)
-    assert [m for m in messages if "hf-token" in m] == [f"--hf-token has no effect: {str(tmp_path)!r} is a local "
-                                                        "path, not a Hub id"]
+    assert _local_or_hub(str(tmp_path), None, None, "auto", tokenizer_only=False, token="hf_x") == tmp_path
+    _local_or_hub(str(tmp_path), None, None, "auto", tokenizer_only=False)
+    assert [m for m in pagedlm_warnings if "hf-token" in m] == [
+        f"--hf-token has no effect: {str(tmp_path)!r} is a local path, not a Hub id"]

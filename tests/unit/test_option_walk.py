@@ -400,21 +400,11 @@ def test_tokenizer_mode_values_outside_argparse(ckpt: Path) -> None:
             EngineArgs(model=str(ckpt), device="cpu", tokenizer_mode=mode).create_engine_config()
 
 
-def test_graph_options_on_cpu_say_they_have_no_effect(ckpt: Path) -> None:
-    import logging
-
+def test_graph_options_on_cpu_say_they_have_no_effect(ckpt: Path, pagedlm_warnings: list[str]) -> None:
     from pagedlm.engine_args import EngineArgs
 
-    messages: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("pagedlm")
-    logger.addHandler(handler)
-    try:
-        EngineArgs(model=str(ckpt), device="cpu", enforce_eager=True, cuda_graph_sizes=[8]).log_notices()
-        EngineArgs(model=str(ckpt), device="cpu").log_notices()
-    finally:
-        logger.removeHandler(handler)
-    assert [m for m in messages if "CUDA graphs" in m] == [
+    EngineArgs(model=str(ckpt), device="cpu", enforce_eager=True, cuda_graph_sizes=[8]).log_notices()
+    EngineArgs(model=str(ckpt), device="cpu").log_notices()
+    assert [m for m in pagedlm_warnings if "CUDA graphs" in m] == [
         "--enforce-eager, --cuda-graph-sizes: no effect on CPU (CUDA graphs are a GPU feature; CPU steps always run "
         "eagerly)."]
