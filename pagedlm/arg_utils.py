@@ -52,7 +52,6 @@ NO_EFFECT: dict[str, str] = {
     "enable_log_outputs": "pagedlm does not log request contents or outputs",
     "disable_cascade_attn": "pagedlm has no cascade attention (shared prefixes share KV blocks instead)",
     "max_parallel_loading_workers": "weights load in one pass per rank",
-    "disable_log_stats": "pagedlm logs no periodic stats line; metrics are on /metrics",
     "disable_custom_all_reduce": "tensor-parallel all-reduces always run through NCCL (there is no custom all-reduce)",
     "max_seq_len_to_capture": "CUDA graphs cover decode batches of any context length (their sizes: "
                               "--cuda-graph-sizes)",

@@ -132,6 +132,7 @@ class EngineConfig:
     structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative_config: Any = None  # pagedlm.spec_decode.config.SpeculativeConfig | None
     lora_config: "LoRAConfig | None" = None  # set with --enable-lora
+    log_stats: bool = True  # the periodic speculative-decoding line (off: --disable-log-stats)
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:

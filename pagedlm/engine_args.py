@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -83,7 +84,7 @@ class EngineArgs:
                                                     "reported (default: the model path)", MODEL)
     dtype: str = opt("auto", "weight/activation dtype: auto (float32 on CPU, the checkpoint's 16-bit type on "
                      "GPU), float32, float16, bfloat16", MODEL)
-    seed: int = opt(0, "random seed of the engine", MODEL)
+    seed: int | None = opt(0, "random seed of the engine (None: a random one, logged)", MODEL)
     max_model_len: int | None = opt(None, "context length (prompt + output); default: the model's trained "
                                     "context", MODEL)
     allow_long_max_model_len: bool = opt(False, "allow --max-model-len above the model's trained context "
@@ -189,7 +190,8 @@ class EngineArgs:
     max_cpu_loras: int | None = opt(None, "LoRA adapters kept loaded in CPU memory, an LRU (default: max_loras)",
                                     LORA)
     speculative_config: dict[str, Any] | None = opt(None, "speculative decoding settings as JSON", SPEC)
-    disable_log_stats: bool = opt(False, "vLLM's periodic stats log switch", OBS)
+    disable_log_stats: bool = opt(False, "no periodic stats line (pagedlm's only one is speculative decoding's "
+                                  "acceptance line; metrics stay on /metrics)", OBS)
     disable_cascade_attn: bool = opt(False, "vLLM's cascade-attention switch (no effect here)", DEVICE)
     max_parallel_loading_workers: int | None = opt(None, "vLLM's weight-loading worker count (no effect here)", LOAD)
     # Not an option: who builds the engine (vLLM's usage context), which picks the default step
@@ -262,6 +264,9 @@ class EngineArgs:
         --no-enable-chunked-prefill) a step must hold the longest prompt whole."""
         if max_batched < 1:
             raise ConfigError(f"max_num_batched_tokens must be at least 1, got {max_batched}")
+        if self.enable_chunked_prefill and pooling:
+            raise ConfigError("enable_chunked_prefill is not supported with runner='pooling' (a pooling request's "
+                              "prompt runs in one step); leave it unset")
         if self.enable_chunked_prefill is not False and not pooling:
             return max_batched, True
         return whole_prompt_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len,
@@ -290,6 +295,9 @@ class EngineArgs:
         log_no_effect(self)
         for line in compilation_notices(self.compilation_config):
             logging.getLogger("pagedlm").warning(line)
+        if self.disable_log_stats and self.speculative_config is None:
+            logging.getLogger("pagedlm").warning("--disable-log-stats has no effect: pagedlm logs no periodic stats "
+                                                 "line without speculative decoding; metrics are on /metrics.")
         if self.calculate_kv_scales and not self.kv_cache_dtype.startswith("fp8"):
             logging.getLogger("pagedlm").warning("--calculate-kv-scales has no effect: the KV cache is not fp8 "
                                                  "(--kv-cache-dtype fp8).")
@@ -305,6 +313,16 @@ class EngineArgs:
         if on_cpu and graph_options:
             logging.getLogger("pagedlm").warning("%s: no effect on CPU (CUDA graphs are a GPU feature; CPU steps "
                                                  "always run eagerly).", ", ".join(graph_options))
+
+    def _seed(self) -> int:
+        """The engine's seed; None (vLLM's "no fixed seed") draws one, so every rank agrees on it."""
+        if self.seed is None:
+            seed = random.randrange(2**31)
+            logging.getLogger("pagedlm").info("seed=None: the engine's random seed is %d", seed)
+            return seed
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
+        return self.seed
 
     def _allow_long(self) -> bool:
         return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
@@ -331,7 +349,7 @@ class EngineArgs:
         return ModelConfig(
             model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
-            served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self.seed,
+            served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self._seed(),
             chat_template=read_chat_template(self.chat_template), trust_remote_code=self.trust_remote_code,
             tokenizer_mode="slow" if self.tokenizer_mode == "slow" else "auto",
             max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
@@ -390,6 +408,7 @@ class EngineArgs:
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
                                           model_config.architectures, parallel_config.pipeline_parallel_size,
                                           model_config.runner),
+            log_stats=not self.disable_log_stats,
         )
 
 

@@ -137,7 +137,7 @@ class PrometheusStatLogger:
     def _add_cache_config_info(self, config: EngineConfig) -> None:
         cache = config.cache_config
         info = {
-            "block_size": str(cache.block_size), "cache_dtype": "auto",
+            "block_size": str(cache.block_size), "cache_dtype": cache.cache_dtype,
             "enable_prefix_caching": str(cache.enable_prefix_caching),
             "gpu_memory_utilization": str(cache.gpu_memory_utilization),
             "kv_cache_memory_bytes": str(cache.kv_cache_memory_bytes),

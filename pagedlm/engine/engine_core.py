@@ -30,7 +30,7 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output,
                                    max_loras=lora.max_loras if lora is not None else None)
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
-        self.spec_logger = SpecDecodingLogger() if config.speculative_config is not None else None
+        self.spec_logger = SpecDecodingLogger() if config.speculative_config is not None and config.log_stats else None
         # Pipeline parallelism: up to one batch per stage in flight (engine/batch_queue.py).
         pp = config.parallel_config.pipeline_parallel_size
         self.batch_queue = BatchQueue(self.scheduler, self.executor, self.structured_output, pp) if pp > 1 else None
@@ -66,9 +66,12 @@ class EngineCore:
             self.structured_output.wait_for_compiles(0.01)  # only grammar-waiting requests: don't spin
         runner_output = self.executor.execute_model(sched)
         outputs = self.scheduler.update_from_output(sched, runner_output)
+        self._log_spec_decoding()
+        return outputs
+
+    def _log_spec_decoding(self) -> None:
         if self.spec_logger is not None:  # the periodic acceptance line
             self.spec_logger.maybe_log(self.scheduler.spec_stats.snapshot())
-        return outputs
 
     def _step_overlapped(self) -> list[EngineCoreOutput]:
         """Launch step N, then collect step N-1 while the device runs N: the host's
@@ -82,6 +85,7 @@ class EngineCore:
             self.executor.launch(launched)
         if self._inflight is not None:
             outputs = self.scheduler.update_from_output(self._inflight, self.executor.take_output())
+            self._log_spec_decoding()
         if launched is not None and launched.grammar_deferred:
             # The forward runs while the last step's tokens advance the matchers; then sample.
             self.executor.sample_deferred(self.scheduler.deferred_grammar_bitmask(launched))

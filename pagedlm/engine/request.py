@@ -94,9 +94,10 @@ class Request:
         """What besides the tokens keys its cached KV blocks: the cache salt and the LoRA
         adapter (another adapter computes other KV for the same tokens)."""
         if not self.lora_request:
-            return self.cache_salt
-        lora = f"lora:{self.lora_request['id']}:{self.lora_request['path']}"
-        return lora if self.cache_salt is None else f"{self.cache_salt}\x00{lora}"
+            return None if self.cache_salt is None else f"salt:{self.cache_salt}"
+        lora = f"lora:{self.lora_request['id']}:{len(self.lora_request['path'])}:{self.lora_request['path']}"
+        # Tagged and length-prefixed: no salt a client sends can spell another salt's or adapter's key.
+        return lora if self.cache_salt is None else f"{lora}\x00salt:{self.cache_salt}"
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -448,3 +448,22 @@ def test_eagle_under_async_drafts_from_the_collected_steps_features(target, spec
         assert llm.llm_engine.engine_core.scheduler.num_preemptions_total > 0
     else:
         assert proposals == sync_proposals and spec_stats(llm) == spec_stats(sync_llm)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_acceptance_line_follows_disable_log_stats(target, spec_configs, async_scheduling: bool) -> None:
+    """The periodic SpecDecoding line: logged with or without async scheduling (the overlapped
+    step used to skip it), and off with disable_log_stats, as vLLM's."""
+    prompts = ["the cat sat on the mat the cat sat on the mat the cat"] * 2
+    for disable, expect_lines in ((False, True), (True, False)):
+        llm = LLM(target, device="cpu", max_model_len=128, speculative_config=spec_configs["ngram"],
+                  async_scheduling=async_scheduling, disable_log_stats=disable)
+        core = llm.llm_engine.engine_core
+        assert (core.spec_logger is not None) == expect_lines
+        lines: list[str] = []
+        if core.spec_logger is not None:
+            core.spec_logger.interval_s = 0.0
+            log = core.spec_logger.maybe_log
+            core.spec_logger.maybe_log = lambda snap, force=False: lines.append(log(snap, force)) or lines[-1]
+        llm.generate(prompts, greedy(), use_tqdm=False)
+        assert any(lines) == expect_lines

@@ -560,3 +560,18 @@ def test_reset_prefix_cache_via_manager():
     assert manager.reset_prefix_cache() is True
     assert hit_ids(manager, make_request("b", list(range(9)))) == ([], 0)
     assert_all_free(manager)
+
+
+def test_cache_salt_cannot_spell_an_adapter_key():
+    """A salt that reads like an adapter's key does not share that adapter's blocks."""
+    manager = KVCacheManager(num_blocks=8, block_size=BS)
+    adapter = make_request("a", list(range(9)))
+    adapter.lora_request = {"name": "x", "id": 1, "path": "/p"}
+    admit(manager, adapter)
+    for salt in ("lora:1:/p", "lora:1:2:/p"):
+        assert hit_ids(manager, make_request("f", list(range(9)), cache_salt=salt)) == ([], 0)
+    twin = make_request("t", list(range(9)))
+    twin.lora_request = {"name": "x", "id": 1, "path": "/p"}
+    assert hit_ids(manager, twin) == ([0, 1], 8)
+    manager.free(adapter)
+    assert_all_free(manager)

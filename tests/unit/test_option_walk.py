@@ -408,3 +408,30 @@ def test_graph_options_on_cpu_say_they_have_no_effect(ckpt: Path, pagedlm_warnin
     assert [m for m in pagedlm_warnings if "CUDA graphs" in m] == [
         "--enforce-eager, --cuda-graph-sizes: no effect on CPU (CUDA graphs are a GPU feature; CPU steps always run "
         "eagerly)."]
+
+
+def test_cache_config_info_reports_the_kv_cache_dtype(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+    from pagedlm.metrics import PrometheusStatLogger
+
+    for dtype, label in (("auto", "auto"), ("fp8", "fp8_e4m3")):
+        config = EngineArgs(model=str(ckpt), device="cpu", kv_cache_dtype=dtype).create_engine_config()
+        text = PrometheusStatLogger("m", engine_config=config).render().decode()
+        assert f'cache_dtype="{label}"' in text
+
+
+def test_seed_none_draws_one_seed_for_the_engine(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    seeds = {EngineArgs(model=str(ckpt), device="cpu", seed=None).create_engine_config().model_config.seed
+             for _ in range(3)}
+    assert all(isinstance(s, int) for s in seeds) and len(seeds) > 1
+    with pytest.raises(ConfigError, match="seed must be an integer or None"):
+        EngineArgs(model=str(ckpt), device="cpu", seed="7").create_engine_config()
+
+
+def test_chunked_prefill_asked_for_on_a_pooling_runner_is_refused(ckpt: Path) -> None:
+    from pagedlm.engine_args import EngineArgs
+
+    with pytest.raises(ConfigError, match="enable_chunked_prefill is not supported with runner='pooling'"):
+        EngineArgs(model=str(ckpt), device="cpu", runner="pooling", enable_chunked_prefill=True).create_engine_config()
