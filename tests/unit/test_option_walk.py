@@ -66,7 +66,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code),
     "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b")),
     "dtype": Changes("bfloat16", lambda c: c.model_config.dtype == "bfloat16"),
-    "seed": Changes(5, lambda c: c.model_config.seed == 5),
+    "seed": ShownBy(5, "tests/unit/test_option_walk.py::test_engine_seed_makes_unseeded_sampling_repeat"),
     "max_model_len": Changes(100, lambda c: c.model_config.max_model_len == 100),
     "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
     "disable_sliding_window": ShownBy(True, "tests/unit/test_disable_sliding_window.py::"
@@ -435,3 +435,18 @@ def test_chunked_prefill_asked_for_on_a_pooling_runner_is_refused(ckpt: Path) ->
 
     with pytest.raises(ConfigError, match="enable_chunked_prefill is not supported with runner='pooling'"):
         EngineArgs(model=str(ckpt), device="cpu", runner="pooling", enable_chunked_prefill=True).create_engine_config()
+
+
+def test_engine_seed_makes_unseeded_sampling_repeat(ckpt: Path) -> None:
+    """LLM(seed=...) seeds the engine: requests without their own seed sample the same tokens
+    under the same engine seed, other tokens under another."""
+    from pagedlm import LLM, SamplingParams
+
+    params = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+
+    def sample(seed: int) -> list[list[int]]:
+        llm = LLM(str(ckpt), device="cpu", max_model_len=128, seed=seed)
+        return [o.outputs[0].token_ids for o in llm.generate(["Hello", "The sky is"], params, use_tqdm=False)]
+
+    first = sample(1)
+    assert sample(1) == first and sample(2) != first
