@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 

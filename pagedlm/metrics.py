@@ -79,28 +79,8 @@ class PrometheusStatLogger:
         def histogram(name: str, doc: str, buckets: list[float]) -> Histogram:
             return Histogram(prefix + name, doc, labels, buckets=buckets, registry=r).labels(model_name)
 
-        self.num_requests_running = gauge("num_requests_running", "Sequences in the running batch.")
-        self.num_requests_waiting = gauge("num_requests_waiting", "Sequences waiting to be scheduled.")
-        self.kv_cache_usage_perc = gauge("kv_cache_usage_perc", "KV cache usage; 1 means 100 percent.")
-        self.prompt_tokens = counter("prompt_tokens", "Prefill tokens processed.")
-        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
-        self.num_preemptions = counter("num_preemptions", "Cumulative preemptions.")
-        self.prefix_cache_queries = counter("prefix_cache_queries", "Tokens queried in the prefix cache.")
-        self.prefix_cache_hits = counter("prefix_cache_hits", "Tokens found in the prefix cache.")
-        success = Counter(prefix + "request_success", "Finished requests by finish reason.",
-                          labels + ["finished_reason"], registry=r)
-        self.request_success = {reason: success.labels(model_name, reason) for reason in FINISH_REASONS}
-        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
-        self.itl = histogram("inter_token_latency_seconds", "Time between generated tokens.", ITL_BUCKETS)
-        self.tpot = histogram("time_per_output_token_seconds", "Mean time per output token of a request.",
-                              ITL_BUCKETS)
-        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS)
-        self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.",
-                                    REQUEST_LATENCY_BUCKETS)
-        self.request_prompt_tokens = histogram("request_prompt_tokens", "Prompt tokens per request.",
-                                               TOKEN_COUNT_BUCKETS)
-        self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
-                                                   TOKEN_COUNT_BUCKETS)
+        self._add_engine_families(gauge, counter)
+        self._add_request_families(histogram)
         self._add_step_and_phase_families(histogram)
         self._add_config_families(engine_config)
         if multiprocess_dir is None:
@@ -112,6 +92,34 @@ class PrometheusStatLogger:
         self._last = EngineStats()
         self._steps_seen: dict[int, int] = {}  # engine index -> num_steps_total already observed
         self.spec_decoding = None  # spec-decode counters, made on the first stats that carry them
+
+    def _add_engine_families(self, gauge, counter) -> None:
+        """What the engine cores report: batch gauges, token and prefix-cache counters."""
+        self.num_requests_running = gauge("num_requests_running", "Sequences in the running batch.")
+        self.num_requests_waiting = gauge("num_requests_waiting", "Sequences waiting to be scheduled.")
+        self.kv_cache_usage_perc = gauge("kv_cache_usage_perc", "KV cache usage; 1 means 100 percent.")
+        self.prompt_tokens = counter("prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.num_preemptions = counter("num_preemptions", "Cumulative preemptions.")
+        self.prefix_cache_queries = counter("prefix_cache_queries", "Tokens queried in the prefix cache.")
+        self.prefix_cache_hits = counter("prefix_cache_hits", "Tokens found in the prefix cache.")
+
+    def _add_request_families(self, histogram) -> None:
+        """Per finished request: outcome, latencies and token counts."""
+        success = Counter(self.prefix + "request_success", "Finished requests by finish reason.",
+                          ["model_name", "finished_reason"], registry=self.registry)
+        self.request_success = {reason: success.labels(self.model_name, reason) for reason in FINISH_REASONS}
+        self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between generated tokens.", ITL_BUCKETS)
+        self.tpot = histogram("time_per_output_token_seconds", "Mean time per output token of a request.",
+                              ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS)
+        self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.",
+                                    REQUEST_LATENCY_BUCKETS)
+        self.request_prompt_tokens = histogram("request_prompt_tokens", "Prompt tokens per request.",
+                                               TOKEN_COUNT_BUCKETS)
+        self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per request.",
+                                                   TOKEN_COUNT_BUCKETS)
 
     def _add_step_and_phase_families(self, histogram) -> None:
         self.iteration_tokens = histogram("iteration_tokens_total", "Tokens (prefill + decode) per engine step.",

@@ -47,6 +47,12 @@ def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def engine_request_id(response_id: str, caller_named: bool) -> str:
+    """The engine's id for a response's requests: the response id, with a random tail when the
+    caller named it (``request_id``): callers may repeat their ids, the engine's must not."""
+    return f"{response_id}-{uuid.uuid4().hex[:8]}" if caller_named else response_id
+
+
 def to_openai_error(e: BaseException) -> OpenAIError:
     """Engine-side exceptions -> the status a client should see."""
     if isinstance(e, OpenAIError):
@@ -217,7 +223,7 @@ class OpenAIServing:
             raise OpenAIError(unsupported[1], 400, unsupported[0])
 
     @staticmethod
-    def response_id(prefix: str, request: SamplingFields) -> str:
+    def response_id(prefix: str, request: Any) -> str:
         """The response's id: ``prefix-<request_id>`` when the request names one (vLLM's), else random."""
         return f"{prefix}-{request.request_id}" if request.request_id else random_id(prefix)
 
@@ -275,8 +281,7 @@ class OpenAIServing:
                 self.engine.input_processor.check_priority(request.priority)
             except InvalidRequestError as e:
                 raise to_openai_error(e) from e
-        if request is not None and request.request_id:  # the caller's id may repeat: engine ids stay unique
-            request_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
+        request_id = engine_request_id(request_id, request is not None and bool(request.request_id))
         if lora is not None and request is not None and request.use_beam_search:
             raise OpenAIError("use_beam_search is not supported with a LoRA adapter.", 400, "use_beam_search")
         if request is not None and request.use_beam_search:

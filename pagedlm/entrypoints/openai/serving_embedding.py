@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import sys
-import uuid
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +23,7 @@ from pydantic import Field, field_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
-from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id, to_openai_error
+from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, engine_request_id, to_openai_error
 from pagedlm.pooling_params import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on items per request
@@ -92,9 +91,9 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
         check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
         prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in request.inputs()]
-        request_id = f"embd-{request.request_id}" if request.request_id else random_id("embd")
-        engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}" if request.request_id else request_id  # ids may repeat
-        group = await self.start(engine_id, prompts, params, False, priority=request.priority)
+        request_id = self.response_id("embd", request)
+        group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
+                                 priority=request.priority)
         model = request.model or self.served_model_names[0]
         return await self.respond(raw, group, False, _no_stream, lambda g: self._full(g, request_id, model, request))
 
