@@ -128,14 +128,17 @@ def rotary_write_kv_cache(
     slot_mapping: torch.Tensor,  # [T]; -1 = not written
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """RoPE on query and key, then key and value into the cache; returns the rotated query.
-    The Triton op does both in one launch; this is ``rotary_embedding`` then ``write_kv_cache``."""
+    return_key: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on query and key, then key and value into the cache; returns the rotated query
+    (with ``return_key``, the rotated query and key [T, Hkv * D], for an attention that reads
+    this step's keys directly). The Triton op does it in one launch; this is
+    ``rotary_embedding`` then ``write_kv_cache``."""
     query, key = rotary_embedding(positions, query, key, cos_sin_cache, head_dim)
     num_kv_heads = kv_cache.shape[-2]
     write_kv_cache(key.view(key.shape[0], num_kv_heads, head_dim), value.reshape(value.shape[0], num_kv_heads, head_dim),
                    kv_cache, slot_mapping, k_scale, v_scale)
-    return query
+    return (query, key) if return_key else query
 
 
 _Scales = tuple[torch.Tensor | None, torch.Tensor | None]  # (k_scale, v_scale) of an fp8 cache
@@ -201,9 +204,13 @@ def paged_attention(
     softcap: float | None = None,
     k_scale: torch.Tensor | None = None,  # [1] float32: an fp8 cache holds K / k_scale (None = 1.0)
     v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
+    key: torch.Tensor | None = None,  # [T, Hkv * D]: this step's keys as written to the cache
+    value: torch.Tensor | None = None,  # [T, Hkv * D]: likewise its values
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its whole context, read through
-    the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
+    the block table. ``key`` / ``value`` equal what this step wrote into the cache; a kernel
+    may read this step's positions from them instead (the Triton prefill kernel does); this
+    reference reads the cache for every position, which holds the same values. Covers decode (1 query token), prefill and prefill after a prefix hit
     (query tokens start at seq_len - query_len), in one call for a mixed batch.
     max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them).
     ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off.

@@ -49,6 +49,13 @@ from pagedlm.attention.kv_cache_dtype import is_fp8
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 _LOG2E = 1.4426950408889634
+# A step's prefill rows go to triton_prefill_attention (when it supports the step) from these
+# sizes on: the longest query and the tokens beyond one per sequence. H200 timings
+# (benchmarks/gpu_prefill_attention.py, BENCHMARKS.md): 1.13-1.39x from 2 x 1,024 tokens up,
+# 0.70-0.92x at 512 tokens or less (1 x 512, 4 x 128, a 512-token chunk beside 128 decodes),
+# where the one mixed launch of this module wins.
+PREFILL_KERNEL_MIN_QUERY_LEN = 256
+PREFILL_KERNEL_MIN_TOKENS = 1024
 # Split-K: at most this many segments per sequence (the combine kernel holds them all).
 _MAX_SEGMENTS = 64
 
@@ -121,6 +128,41 @@ def _tile_range(context_len, q_block, q_len, tiles_per_segment, BLOCK_Q: tl.cons
 
 
 @triton.jit
+def _softmax_step(acc, m_i, l_i, q, k, v, q_pos, key_pos, scale_log2e, SLIDING_WINDOW: tl.constexpr,
+                  SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+    """One KV tile (k, v: [TILE_N, D] at absolute positions key_pos) into the running max m_i,
+    sum l_i and unnormalised output acc of the rows at positions q_pos. MASKED: a row sees
+    the keys at or before its own position (and inside its window); otherwise the caller
+    guarantees every row sees every key of the tile."""
+    s = tl.dot(q, tl.trans(k.to(q.dtype)))  # [BLOCK_M, TILE_N], unscaled
+    if MASKED or SOFTCAP > 0:
+        s = s * scale_log2e
+        if SOFTCAP > 0:
+            # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
+            # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
+            x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
+            t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+            s = t * (SOFTCAP * 1.4426950408889634)
+        if MASKED:
+            allowed = key_pos[None, :] <= q_pos[:, None]
+            if SLIDING_WINDOW > 0:
+                allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
+            s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2e)
+        m_safe = m_new
+        p = tl.exp2(s * scale_log2e - m_new[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, v_cache_ptr, head_off, offs_d,
                  d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
                  SLIDING_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
@@ -149,32 +191,7 @@ def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, 
     else:
         k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
         v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
-    s = tl.dot(q, tl.trans(k.to(q.dtype)))  # [BLOCK_M, TILE_N], unscaled
-    if MASKED or SOFTCAP > 0:
-        s = s * scale_log2e
-        if SOFTCAP > 0:
-            # softcap * tanh(logit / softcap) in the base-2 domain; tanh(x) = 1 - 2 / (e^2x + 1)
-            # saturates to +-1 without overflow trouble (e^2x -> inf or 0).
-            x = s * (1.0 / (SOFTCAP * 1.4426950408889634))
-            t = 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
-            s = t * (SOFTCAP * 1.4426950408889634)
-        if MASKED:
-            allowed = key_pos[None, :] <= q_pos[:, None]
-            if SLIDING_WINDOW > 0:
-                allowed = allowed & (key_pos[None, :] > q_pos[:, None] - SLIDING_WINDOW)
-            s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A row with nothing visible yet keeps m = -inf; use 0 as its offset so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-    else:
-        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2e)
-        m_safe = m_new
-        p = tl.exp2(s * scale_log2e - m_new[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-    return acc, m_new, l_i
+    return _softmax_step(acc, m_i, l_i, q, k, v, q_pos, key_pos, scale_log2e, SLIDING_WINDOW, SOFTCAP, MASKED)
 
 
 @triton.jit
@@ -440,10 +457,26 @@ def paged_attention(
     softcap: float | None = None,
     k_scale: torch.Tensor | None = None,  # [1] float32: an fp8 cache holds K / k_scale (None = 1.0)
     v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
+    key: torch.Tensor | None = None,  # [T, Hkv * D]: this step's keys as written to the cache
+    value: torch.Tensor | None = None,  # [T, Hkv * D]: likewise its values
 ) -> torch.Tensor:
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
-    and max_seq_len every seq_len (the split-K decode path sizes its segments by it)."""
+    and max_seq_len every seq_len (the split-K decode path sizes its segments by it).
+    A step with enough prefill work and this step's ``key`` / ``value`` runs its decode rows
+    here and its prefill rows in ``triton_prefill_attention`` (TMA reads of the new keys)."""
+    from pagedlm.kernels import triton_prefill_attention as prefill  # noqa: PLC0415 - imports this module
+
+    num_seqs = seq_lens.shape[0]
+    if (max_query_len >= PREFILL_KERNEL_MIN_QUERY_LEN and query.shape[0] - num_seqs >= PREFILL_KERNEL_MIN_TOKENS
+            and prefill.supports(query, key, value, kv_cache, sliding_window, softcap)):
+        _check_layout(query, kv_cache, block_tables)
+        decode = default_config(num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], 1, max_seq_len,
+                                query.device, num_tokens=num_seqs)
+        out = paged_attention_with_config(query, kv_cache, query_start_loc, seq_lens, block_tables, 1, max_seq_len,
+                                          scale, None, decode)  # the decode rows; prefill programs exit
+        prefill.prefill_attention(out, query, key, value, kv_cache, query_start_loc, seq_lens, block_tables, scale)
+        return out
     config = default_config(
         seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,
         query.device, num_tokens=query.shape[0],

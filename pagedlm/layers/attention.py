@@ -58,18 +58,23 @@ class Attention(nn.Module):
             self._calculate_kv_scales(k, v, meta.slot_mapping)
         # Every sequence's K/V for this step is written before any sequence attends, so a
         # request may read blocks another request in the same batch fills (prefix sharing).
+        # A step with prefill rows hands the attention this step's (rotated) keys and values:
+        # the GPU prefill kernel reads the new positions from them rather than the cache.
+        new_kv = meta.max_query_len > 1
         if rotary is not None:
             q = ops.rotary_write_kv_cache(positions, q, k, v, rotary.cos_sin_cache, rotary.head_dim, self.kv_cache,
-                                          meta.slot_mapping, self.k_scale, self.v_scale)
+                                          meta.slot_mapping, self.k_scale, self.v_scale, return_key=new_kv)
+            if new_kv:
+                q, k = q
         else:
-            k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-            v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-            ops.write_kv_cache(k, v, self.kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+            ops.write_kv_cache(k.view(num_tokens, self.num_kv_heads, self.head_dim),
+                               v.view(num_tokens, self.num_kv_heads, self.head_dim),
+                               self.kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         out = ops.paged_attention(
             q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window, self.softcap,
-            self.k_scale, self.v_scale,
+            self.k_scale, self.v_scale, key=k if new_kv else None, value=v if new_kv else None,
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)
 

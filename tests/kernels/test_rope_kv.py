@@ -56,3 +56,26 @@ def test_matches_the_reference() -> None:
     torch.testing.assert_close(q_out, q_ref, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(cache.float(), ref_cache.float(), atol=1e-2, rtol=1e-2)
     assert cache[:, 0, 2].abs().sum() == 0  # slot -1 wrote nothing (slot 2 of block 0 is never mapped)
+
+
+@pytest.mark.parametrize("cache_dtype", ["model", "fp8"])
+def test_return_key_gives_the_rotated_keys(cache_dtype: str) -> None:
+    """return_key: the rotated key of every token (padding slots too), equal to what the
+    unfused rotation gives, with the same query and cache as without it."""
+    dtype = DTYPE if cache_dtype == "model" else torch.float8_e4m3fn
+    positions, q, k, v, cos_sin, cache, slots, scale = _problem(dtype, 5)
+    plain_cache = cache.clone()
+    q_out, k_out = rotary_write_kv_cache(positions, q, k, v, cos_sin, D, cache, slots, scale, scale, return_key=True)
+    q_plain = rotary_write_kv_cache(positions, q, k, v, cos_sin, D, plain_cache, slots, scale, scale)
+    q_rot, k_rot = rotary_embedding(positions, q, k, cos_sin, D)
+    assert k_out.shape == (q.shape[0], HKV * D) and k_out.dtype == q.dtype
+    assert torch.equal(k_out, k_rot.reshape(k_out.shape))
+    assert torch.equal(q_out, q_plain) and torch.equal(q_out, q_rot)
+    assert torch.equal(cache.view(torch.uint8), plain_cache.view(torch.uint8))
+    if cache_dtype == "model":  # the keys read back from the cache are these keys
+        flat = cache[0].view(-1, HKV * D)
+        written = slots >= 0
+        assert torch.equal(flat[slots[written]], k_out[written])
+    ref_q, ref_k = reference.rotary_write_kv_cache(positions, q, k, v, cos_sin, D, cache.clone(), slots, scale, scale,
+                                                   return_key=True)
+    torch.testing.assert_close(k_out.float(), ref_k.float().reshape(k_out.shape), atol=1e-2, rtol=1e-2)

@@ -340,3 +340,79 @@ def test_paged_attention_in_cuda_graph() -> None:
         1, max(seq_lens), scale,
     )
     assert_close(out, expected)
+
+
+# ---------------------------------------------------------------- prefill rows through TMA
+
+PREFILL_SCENARIOS = {
+    # name: (q_lens, seq_lens); every case has enough prefill work for the prefill kernel
+    "fresh": ([300, 129, 2, 700], [300, 129, 2, 700]),
+    "after_prefix": ([256, 540, 330], [320, 640, 337]),  # cached 64 (whole tiles), 100, 7 (partial)
+    "mixed": ([1, 300, 1, 1, 850], [50, 300, 700, 1, 1183]),  # decodes ride along
+}
+
+
+def step_kv(kv: torch.Tensor, tables: torch.Tensor, q_lens, seq_lens, strided: bool):
+    """This step's keys and values ([T, Hkv * D], token order) as the cache holds them; the
+    values as a column slice of a wider buffer, as a fused QKV projection hands them over."""
+    block_size = kv.shape[2]
+    keys, values = [], []
+    for b, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens)):
+        pos = torch.arange(seq_len - q_len, seq_len)
+        blocks, offs = tables[b, pos // block_size].long().cpu(), pos % block_size
+        keys.append(kv[0].cpu()[blocks, offs])
+        values.append(kv[1].cpu()[blocks, offs])
+    key = torch.cat(keys).flatten(1).to(DEVICE)
+    value = torch.cat(values).flatten(1)
+    if strided:
+        wide = torch.zeros(value.shape[0], 3 * value.shape[1], dtype=value.dtype)
+        wide[:, value.shape[1] : 2 * value.shape[1]] = value
+        value = wide.to(DEVICE)[:, value.shape[1] : 2 * value.shape[1]]
+    return key, value.to(DEVICE)
+
+
+@pytest.mark.parametrize("scenario", list(PREFILL_SCENARIOS))
+@pytest.mark.parametrize("heads", [(32, 8, 128, 16), (8, 8, 64, 32), (16, 2, 128, 16)],
+                         ids=lambda h: f"{h[0]}q{h[1]}kv-d{h[2]}-bs{h[3]}")
+def test_prefill_rows_read_this_steps_keys(scenario, heads) -> None:
+    """With this step's K/V handed over, the prefill rows read their own positions from them
+    (the cache holds NaN there, so a read through the block table would show) and the cached
+    prefix through the block table; decode rows read the cache. Against the float32 reference
+    on the clean cache."""
+    from pagedlm.kernels import triton_prefill_attention
+
+    num_q_heads, num_kv_heads, head_dim, block_size = heads
+    q_lens, seq_lens = PREFILL_SCENARIOS[scenario]
+    args, ref = make_paged_batch(q_lens, seq_lens, num_q_heads, num_kv_heads, head_dim, block_size, ATTN_DTYPE,
+                                 seed=31 + len(scenario), strided_query=scenario == "mixed")
+    query, kv, qsl, lens, tables, max_q, max_s, scale = args
+    key, value = step_kv(kv, tables, q_lens, seq_lens, strided=scenario != "fresh")
+    assert triton_prefill_attention.supports(query, key, value, kv, None, None)
+    expected = ref(None)  # before the poisoning (on CPU the reference shares the cache)
+    for b, (q_len, seq_len) in enumerate(zip(q_lens, seq_lens)):  # poison the prefill rows' own positions
+        if q_len > 1:
+            pos = torch.arange(seq_len - q_len, seq_len)
+            kv[:, tables[b, pos // block_size].long(), (pos % block_size).to(DEVICE)] = float("nan")
+    poison_allocator(query.numel() * query.element_size())
+    out = triton_ops.paged_attention(query, kv, qsl, lens, tables, max_q, max_s, scale, key=key, value=value)
+    assert_close(out, expected)
+
+
+def test_prefill_kernel_declines_what_it_does_not_cover() -> None:
+    """Windows, soft-capping, an fp8 cache, other head sizes and missing K/V stay on the paged kernel."""
+    from pagedlm.kernels import triton_prefill_attention
+
+    q_lens, seq_lens = PREFILL_SCENARIOS["fresh"]
+    args, _ = make_paged_batch(q_lens, seq_lens, 8, 2, 128, 16, ATTN_DTYPE, seed=3)
+    query, kv, _, _, tables, _, _, _ = args
+    key, value = step_kv(kv, tables, q_lens, seq_lens, strided=False)
+    supports = triton_prefill_attention.supports
+    assert supports(query, key, value, kv, None, None)
+    assert not supports(query, None, None, kv, None, None)
+    assert not supports(query, key, value, kv, 40, None)
+    assert not supports(query, key, value, kv, None, 30.0)
+    assert not supports(query, key, value, kv.to(torch.float8_e4m3fn), None, None)
+    assert not supports(query.float(), key.float(), value.float(), kv.float(), None, None)
+    args, _ = make_paged_batch(q_lens, seq_lens, 8, 2, 256, 16, ATTN_DTYPE, seed=3)
+    key, value = step_kv(args[1], args[4], q_lens, seq_lens, strided=False)
+    assert not supports(args[0], key, value, args[1], None, None)
