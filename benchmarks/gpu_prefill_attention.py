@@ -8,6 +8,7 @@ Run on the GPU machine from the repo root:
 Llama-3.1-8B heads (32 query, 8 KV, head dim 128, bf16), 16-token blocks scattered over the
 cache (``kernels_bench.make_batch``); this step's K/V are the cache's rows for the new
 positions, the values as a column slice of a fused-QKV-wide buffer (the engine's layout).
+``--sweep`` times the prefill kernel's tile configs on a few of the cases instead.
 Times: one call replayed from a CUDA graph with L2 flushed (``kernels/timing.py``); TFLOP/s
 counts the causal half; "% mm" is against a bf16 8192^3 matmul timed in the same run. The
 "engine" column is what ``triton_attention.paged_attention`` picks for the case (the prefill
@@ -15,6 +16,8 @@ kernel from ``PREFILL_KERNEL_MIN_*`` on).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +34,15 @@ def cases() -> list[tuple[str, list[int], list[int]]]:
     g = torch.Generator().manual_seed(0)
     ctx = torch.randint(500, 701, (128,), generator=g).tolist()
     ragged = torch.randint(256, 769, (32,), generator=g).tolist()
-    return [("1 x 128", [128], [128]), ("1 x 512", [512], [512]), ("4 x 128", [128] * 4, [128] * 4),
+    return [("1 x 128", [128], [128]), ("4 x 128", [128] * 4, [128] * 4), ("1 x 256", [256], [256]),
+            ("4 x 256", [256] * 4, [256] * 4), ("1 x 512", [512], [512]), ("1 x 1024", [1024], [1024]),
             ("2 x 1024", [1024] * 2, [1024] * 2), ("32 x 512", [512] * 32, [512] * 32),
             ("32 x 256-768", ragged, ragged), ("4 x 4096", [4096] * 4, [4096] * 4),
             ("1 x 16384", [16384], [16384]), ("chunk 2048 @ 6144", [2048], [8192]),
             ("8 x 1024 @ 1024", [1024] * 8, [2048] * 8),
+            ("128 dec + 256", [1] * 128 + [256], ctx + [256]),
             ("128 dec + 512 @ 512", [1] * 128 + [512], ctx + [1024]),
+            ("128 dec + 1024 @ 512", [1] * 128 + [1024], ctx + [1536]),
             ("128 dec + 2048", [1] * 128 + [2048], ctx + [2048])]
 
 
@@ -62,8 +68,50 @@ def bench_us(fn) -> float:
     return decode_time_ms(fn, torch.device("cuda")) * 1e3
 
 
+SWEEP = ((64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 4, 2), (128, 64, 4, 2), (128, 64, 4, 3),
+         (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (256, 64, 8, 2), (256, 128, 8, 2))
+
+
+def sweep(mm: float) -> None:
+    """Every PrefillConfig of SWEEP on a few cases (µs, TFLOP/s)."""
+    from pagedlm.kernels.triton_prefill_attention import PrefillConfig, default_config
+
+    wanted = {"1 x 512", "2 x 1024", "32 x 512", "4 x 4096", "chunk 2048 @ 6144"}
+    for name, q_lens, seq_lens in cases():
+        if name not in wanted:
+            continue
+        batch = make_batch(q_lens, seq_lens, HQ, HKV, D, "cuda")
+        key, value = step_kv(batch)
+        query, kv, qsl, lens, tables, _, _, scale = batch
+        flops = sum(4.0 * D * HQ * sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens))
+        out = torch.empty_like(query)
+        ref = None
+        for tile in SWEEP:
+            cfg = PrefillConfig(*tile)
+            try:
+                run = lambda c=cfg: triton_prefill_attention.prefill_attention(  # noqa: E731
+                    out, query, key, value, kv, qsl, lens, tables, scale, c)
+                run()
+                ref = out.clone() if ref is None else ref
+                err = rel_err(out, ref)
+                us = bench_us(run)
+                mark = " (default)" if cfg == default_config(max(q_lens)) else ""
+                print(f"sweep {name:20} M{tile[0]} N{tile[1]} w{tile[2]} s{tile[3]}{mark:10} {us:9.1f} µs "
+                      f"{flops / us / 1e6:5.0f} TFLOP/s ({100 * flops / us / 1e6 / mm:2.0f}%) err {err:.1e}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - a config this Triton cannot compile
+                print(f"sweep {name:20} {tile}: {type(exc).__name__} {str(exc)[-120:]}", flush=True)
+        del batch, key, value, kv
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", action="store_true", help="time the prefill kernel's tile configs instead")
+    args = parser.parse_args()
     mm = measure_floors()["bf16_tflops"]
+    if args.sweep:
+        sweep(mm)
+        return
     dev = torch.device("cuda")
     rows = []
     for name, q_lens, seq_lens in cases():
@@ -79,7 +127,8 @@ def main() -> None:
         def tma():
             out = triton_attention.paged_attention_with_config(query, kv, qsl, lens, tables, 1, max_s, scale, None,
                                                                decode)
-            triton_prefill_attention.prefill_attention(out, query, key, value, kv, qsl, lens, tables, scale)
+            triton_prefill_attention.prefill_attention(out, query, key, value, kv, qsl, lens, tables, scale,
+                                                       triton_prefill_attention.default_config(max_q))
             return out
 
         engine = lambda: triton_attention.paged_attention(*batch, key=key, value=value)  # noqa: E731

@@ -9,7 +9,7 @@ are contiguous rows of the layer's K/V tensors, so a tile of them is one TMA cop
 H200 (Llama-3.1-8B heads, causal) this reaches 73% of the bf16 matmul rate at 4 x 4,096
 tokens where the paged kernel reaches 54% (BENCHMARKS.md).
 
-One program: BLOCK_M query tokens of one query head (no GQA packing: the KV tiles are read
+One program: BLOCK_M query tokens (128, or 64 when no query is longer than 1,024) of one query head (no GQA packing: the KV tiles are read
 from L2 by the group's heads). Keys come in three runs:
   1. the cached prefix (positions before this step's tokens: prefix-cache hits, earlier
      chunks of a chunked prefill), gathered through the block table as the paged kernel does,
@@ -27,6 +27,7 @@ prefill tokens to pay for a second launch (``triton_attention.PREFILL_KERNEL_MIN
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -36,10 +37,31 @@ from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 from pagedlm.kernels.triton_attention import _attend_tile, _locate_queries, _softmax_step
 from pagedlm.kernels.triton_rotary import _as_rows
 
-BLOCK_M = 128
-TILE_N = 64
-NUM_WARPS = 4
-NUM_STAGES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillConfig:
+    block_m: int = 128  # query tokens per program (one query head)
+    tile_n: int = 64  # keys per TMA tile
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.block_m % self.tile_n:  # the diagonal starts on a tile boundary
+            raise ValueError(f"block_m ({self.block_m}) must be a multiple of tile_n ({self.tile_n})")
+
+
+# The best of a sweep on an H200 (benchmarks/gpu_prefill_attention.py --sweep): 128-token
+# blocks, two stages for long queries (4 x 4,096: 1,085 us against 1,114 for the short-query
+# config; a 2,048 chunk after 6,144 cached: 550 against 633), 64-token blocks with three
+# stages up to 1,024 (1 x 512: 13.3 us against 23.4; 2 x 1,024: 55.6 against 68.0).
+DEFAULT_CONFIG = PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=2)
+SHORT_QUERY_CONFIG = PrefillConfig(block_m=64, tile_n=64, num_warps=4, num_stages=3)
+SHORT_QUERY_LEN = 1024
+
+
+def default_config(max_query_len: int) -> PrefillConfig:
+    return SHORT_QUERY_CONFIG if max_query_len <= SHORT_QUERY_LEN else DEFAULT_CONFIG
 
 
 @triton.jit(do_not_specialize=["num_seqs"])
@@ -132,7 +154,7 @@ def supports(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor 
 
 def prefill_attention(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       kv_cache: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                      block_tables: torch.Tensor, scale: float) -> None:
+                      block_tables: torch.Tensor, scale: float, config: PrefillConfig = DEFAULT_CONFIG) -> None:
     """Writes ``out`` ([T, Hq, D]) for the rows of every sequence with more than one query
     token; the other rows are left as they are. ``key`` / ``value``: this step's K/V ([T, Hkv *
     D], rotated, equal to what the step wrote into the cache), read in place of the cache for
@@ -144,18 +166,19 @@ def prefill_attention(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
     q2 = _rows(query, num_q_heads, head_dim)
     k2 = _rows(key, num_kv_heads, head_dim)
     v2 = _rows(value, num_kv_heads, head_dim)
-    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [BLOCK_M, head_dim])
-    k_desc = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [TILE_N, head_dim])
-    v_desc = TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [TILE_N, head_dim])
+    block_m, tile_n = config.block_m, config.tile_n
+    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [block_m, head_dim])
+    k_desc = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [tile_n, head_dim])
+    v_desc = TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [tile_n, head_dim])
     num_seqs = seq_lens.shape[0]
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    _prefill_attention_kernel[(num_tokens // BLOCK_M + num_seqs, num_q_heads)](
+    _prefill_attention_kernel[(num_tokens // block_m + num_seqs, num_q_heads)](
         out, q_desc, k_desc, v_desc, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
         scale * 1.4426950408889634, num_seqs, out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        QUERIES_PER_KV=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=BLOCK_M,
-        TILE_N=TILE_N, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch_kwargs(),
+        QUERIES_PER_KV=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m,
+        TILE_N=tile_n, num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
 
 
-__all__ = ["prefill_attention", "supports"]
+__all__ = ["PrefillConfig", "default_config", "prefill_attention", "supports"]

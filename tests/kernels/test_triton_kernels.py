@@ -398,6 +398,35 @@ def test_prefill_rows_read_this_steps_keys(scenario, heads) -> None:
     assert_close(out, expected)
 
 
+@pytest.mark.parametrize("tile", [(128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
+                         ids=lambda t: "M{}-N{}-w{}-s{}".format(*t))
+def test_prefill_kernel_tile_configs(tile) -> None:
+    """Each tile config on chunks after cached prefixes (whole and partial tiles) and a fresh
+    prompt, decode rows left alone."""
+    from pagedlm.kernels import triton_prefill_attention
+
+    q_lens, seq_lens = [200, 1, 70, 133], [264, 30, 170, 133]
+    args, ref = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, ATTN_DTYPE, seed=tile[0] + tile[1])
+    query, kv, qsl, lens, tables, _, _, scale = args
+    key, value = step_kv(kv, tables, q_lens, seq_lens, strided=True)
+    expected = ref(None)
+    out = torch.full_like(query, 5.0)
+    triton_prefill_attention.prefill_attention(out, query, key, value, kv, qsl, lens, tables, scale,
+                                               triton_prefill_attention.PrefillConfig(*tile))
+    prefill_rows = torch.ones(query.shape[0], dtype=torch.bool)
+    prefill_rows[200] = False  # the decode row
+    assert (out[200].float() == 5.0).all()
+    assert_close(out[prefill_rows.to(out.device)], expected[prefill_rows])
+
+
+def test_prefill_config_needs_whole_tiles_per_block() -> None:
+    from pagedlm.kernels.triton_prefill_attention import PrefillConfig, default_config
+
+    with pytest.raises(ValueError, match="multiple of tile_n"):
+        PrefillConfig(block_m=64, tile_n=128)
+    assert default_config(512).block_m == 64 and default_config(4096).block_m == 128
+
+
 def test_prefill_kernel_declines_what_it_does_not_cover() -> None:
     """Windows, soft-capping, an fp8 cache, other head sizes and missing K/V stay on the paged kernel."""
     from pagedlm.kernels import triton_prefill_attention
