@@ -95,7 +95,7 @@ def sweep(mm: float) -> None:
                 ref = out.clone() if ref is None else ref
                 err = rel_err(out, ref)
                 us = bench_us(run)
-                mark = " (default)" if cfg == default_config(max(q_lens)) else ""
+                mark = " (default)" if cfg == default_config(max(seq_lens)) else ""
                 print(f"sweep {name:20} M{tile[0]} N{tile[1]} w{tile[2]} s{tile[3]}{mark:10} {us:9.1f} µs "
                       f"{flops / us / 1e6:5.0f} TFLOP/s ({100 * flops / us / 1e6 / mm:2.0f}%) err {err:.1e}", flush=True)
             except Exception as exc:  # noqa: BLE001 - a config this Triton cannot compile
@@ -128,7 +128,7 @@ def main() -> None:
             out = triton_attention.paged_attention_with_config(query, kv, qsl, lens, tables, 1, max_s, scale, None,
                                                                decode)
             triton_prefill_attention.prefill_attention(out, query, key, value, kv, qsl, lens, tables, scale,
-                                                       triton_prefill_attention.default_config(max_q))
+                                                       triton_prefill_attention.default_config(max_s))
             return out
 
         engine = lambda: triton_attention.paged_attention(*batch, key=key, value=value)  # noqa: E731

@@ -476,7 +476,7 @@ def paged_attention(
         out = paged_attention_with_config(query, kv_cache, query_start_loc, seq_lens, block_tables, 1, max_seq_len,
                                           scale, None, decode)  # the decode rows; prefill programs exit
         prefill.prefill_attention(out, query, key, value, kv_cache, query_start_loc, seq_lens, block_tables, scale,
-                                  prefill.default_config(max_query_len))
+                                  prefill.default_config(max_seq_len))
         return out
     config = default_config(
         seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,

@@ -9,7 +9,7 @@ are contiguous rows of the layer's K/V tensors, so a tile of them is one TMA cop
 H200 (Llama-3.1-8B heads, causal) this reaches 73% of the bf16 matmul rate at 4 x 4,096
 tokens where the paged kernel reaches 54% (BENCHMARKS.md).
 
-One program: BLOCK_M query tokens (128, or 64 when no query is longer than 1,024) of one query head (no GQA packing: the KV tiles are read
+One program: BLOCK_M query tokens (128, or 64 when no context passes 1,024) of one query head (no GQA packing: the KV tiles are read
 from L2 by the group's heads). Keys come in three runs:
   1. the cached prefix (positions before this step's tokens: prefix-cache hits, earlier
      chunks of a chunked prefill), gathered through the block table as the paged kernel does,
@@ -52,16 +52,18 @@ class PrefillConfig:
 
 
 # The best of a sweep on an H200 (benchmarks/gpu_prefill_attention.py --sweep): 128-token
-# blocks, two stages for long queries (4 x 4,096: 1,085 us against 1,114 for the short-query
-# config; a 2,048 chunk after 6,144 cached: 550 against 633), 64-token blocks with three
-# stages up to 1,024 (1 x 512: 13.3 us against 23.4; 2 x 1,024: 55.6 against 68.0).
-DEFAULT_CONFIG = PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=2)
-SHORT_QUERY_CONFIG = PrefillConfig(block_m=64, tile_n=64, num_warps=4, num_stages=3)
-SHORT_QUERY_LEN = 1024
+# blocks with two stages where the contexts are long (4 x 4,096: 1,085 us against 1,114 for
+# the short-context config; a 2,048 chunk after 6,144 cached: 550 against 633; 8 x 1,024
+# after 1,024 cached: 505 against 545), 64-token blocks with three stages when no context
+# passes 1,024 tokens (1 x 512: 13.3 us against 23.4; 2 x 1,024: 55.6 against 68.0).
+LONG_CONTEXT_CONFIG = PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=2)
+SHORT_CONTEXT_CONFIG = PrefillConfig(block_m=64, tile_n=64, num_warps=4, num_stages=3)
+SHORT_CONTEXT_LEN = 1024
 
 
-def default_config(max_query_len: int) -> PrefillConfig:
-    return SHORT_QUERY_CONFIG if max_query_len <= SHORT_QUERY_LEN else DEFAULT_CONFIG
+def default_config(max_seq_len: int) -> PrefillConfig:
+    """The tile config for a step whose longest context (cached + new tokens) is max_seq_len."""
+    return SHORT_CONTEXT_CONFIG if max_seq_len <= SHORT_CONTEXT_LEN else LONG_CONTEXT_CONFIG
 
 
 @triton.jit(do_not_specialize=["num_seqs"])
@@ -154,7 +156,7 @@ def supports(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor 
 
 def prefill_attention(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       kv_cache: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                      block_tables: torch.Tensor, scale: float, config: PrefillConfig = DEFAULT_CONFIG) -> None:
+                      block_tables: torch.Tensor, scale: float, config: PrefillConfig = LONG_CONTEXT_CONFIG) -> None:
     """Writes ``out`` ([T, Hq, D]) for the rows of every sequence with more than one query
     token; the other rows are left as they are. ``key`` / ``value``: this step's K/V ([T, Hkv *
     D], rotated, equal to what the step wrote into the cache), read in place of the cache for

@@ -424,7 +424,7 @@ def test_prefill_config_needs_whole_tiles_per_block() -> None:
 
     with pytest.raises(ValueError, match="multiple of tile_n"):
         PrefillConfig(block_m=64, tile_n=128)
-    assert default_config(512).block_m == 64 and default_config(4096).block_m == 128
+    assert default_config(1024).block_m == 64 and default_config(1025).block_m == 128
 
 
 def test_prefill_kernel_declines_what_it_does_not_cover() -> None:
