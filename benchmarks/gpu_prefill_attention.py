@@ -96,8 +96,9 @@ def sweep(mm: float) -> None:
                 err = rel_err(out, ref)
                 us = bench_us(run)
                 mark = " (default)" if cfg == default_config(max(seq_lens)) else ""
+                tflops = flops / us / 1e6
                 print(f"sweep {name:20} M{tile[0]} N{tile[1]} w{tile[2]} s{tile[3]}{mark:10} {us:9.1f} µs "
-                      f"{flops / us / 1e6:5.0f} TFLOP/s ({100 * flops / us / 1e6 / mm:2.0f}%) err {err:.1e}", flush=True)
+                      f"{tflops:5.0f} TFLOP/s ({100 * tflops / mm:2.0f}%) err {err:.1e}", flush=True)
             except Exception as exc:  # noqa: BLE001 - a config this Triton cannot compile
                 print(f"sweep {name:20} {tile}: {type(exc).__name__} {str(exc)[-120:]}", flush=True)
         del batch, key, value, kv

@@ -9,8 +9,8 @@ are contiguous rows of the layer's K/V tensors, so a tile of them is one TMA cop
 H200 (Llama-3.1-8B heads, causal) this reaches 73% of the bf16 matmul rate at 4 x 4,096
 tokens where the paged kernel reaches 54% (BENCHMARKS.md).
 
-One program: BLOCK_M query tokens (128, or 64 when no context passes 1,024) of one query head (no GQA packing: the KV tiles are read
-from L2 by the group's heads). Keys come in three runs:
+One program: BLOCK_M query tokens (128, or 64 when no context passes 1,024) of one query
+head (no GQA packing: the group's heads read the KV tiles from L2). Keys come in three runs:
   1. the cached prefix (positions before this step's tokens: prefix-cache hits, earlier
      chunks of a chunked prefill), gathered through the block table as the paged kernel does,
      every tile visible to every row; a last partial tile masked;
@@ -26,6 +26,7 @@ prefill tokens to pay for a second launch (``triton_attention.PREFILL_KERNEL_MIN
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -36,7 +37,6 @@ import triton.language as tl
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 from pagedlm.kernels.triton_attention import _attend_tile, _locate_queries, _softmax_step
 from pagedlm.kernels.triton_rotary import _as_rows
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +102,8 @@ def _prefill_attention_kernel(
     if whole * TILE_N < context_len:  # keys from context_len on are this step's: masked off here
         prefix_pos = tl.zeros_like(q_pos) + (context_len - 1)
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, prefix_pos, whole, context_len, table_row, k_cache_ptr,
-                                     v_cache_ptr, head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e, BLOCK_SIZE,
-                                     TILE_N, 0, 0.0, MASKED=True, EVEN_D=True)
+                                     v_cache_ptr, head_off, offs_d, d_valid, stride_cblk, stride_ctok, scale_log2e,
+                                     BLOCK_SIZE, TILE_N, 0, 0.0, MASKED=True, EVEN_D=True)
 
     # 2. This step's keys before the program's first query: every row sees them.
     key_col = kv_head * HEAD_DIM
@@ -136,6 +136,12 @@ def _rows(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor | None:
     return rows
 
 
+@functools.lru_cache(maxsize=8)
+def _has_tma(device: torch.device) -> bool:
+    """An NVIDIA GPU of compute capability 9.0 or later (TMA copies)."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def supports(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None, kv_cache: torch.Tensor,
              sliding_window: int | None, softcap: float | None) -> bool:
     """Whether this kernel can run the step's prefill rows (else the paged kernel does)."""
@@ -143,8 +149,7 @@ def supports(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor 
         return False
     if os.environ.get("PAGEDLM_PREFILL_ATTENTION") == "0":
         return False
-    on_device = query.is_cuda and torch.cuda.get_device_capability(query.device)[0] >= 9
-    if not (on_device or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not ((query.is_cuda and _has_tma(query.device)) or os.environ.get("TRITON_INTERPRET") == "1"):
         return False
     head_dim = query.shape[-1]
     num_kv_heads = kv_cache.shape[3]
