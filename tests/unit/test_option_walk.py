@@ -23,14 +23,22 @@ from pagedlm.entrypoints.cli import make_serve_parser, parse_serve_args
 from pagedlm.entrypoints.server_args import ServerArgs
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+# The behaviour tests of the options whose entries are Changes (their shown_by).
+CACHE = "tests/unit/test_option_behaviour_cache.py::"
+SCHEDULER = "tests/unit/test_option_behaviour_scheduler.py::"
+MODEL = "tests/unit/test_option_behaviour_model.py::"
 
 
 @dataclass
 class Changes:
-    """The option, set to ``value``, makes ``probe(config)`` true (false at the default)."""
+    """The option, set to ``value``, makes ``probe(config)`` true (false at the default).
+
+    That shows the option is parsed into the config, not that the engine honours it: ``shown_by``
+    names the test (or tests, joined by " + ") that shows the engine doing so at run time."""
 
     value: Any
     probe: Callable[[EngineConfig], bool]
+    shown_by: str | None = None  # "module_path::test_name"
 
 
 @dataclass
@@ -55,81 +63,125 @@ class ShownBy:
 
 ENGINE_OPTIONS: dict[str, Any] = {
     "model": ShownBy("/x", "tests/unit/test_option_walk.py::test_model_flag_and_positional_agree"),
-    "tokenizer": Changes("{ckpt}/../{ckpt_name}", lambda c: "/../" in c.model_config.tokenizer),
+    "tokenizer": Changes("{ckpt}/../{ckpt_name}", lambda c: "/../" in c.model_config.tokenizer,
+                         MODEL + "test_tokenizer_from_another_directory_encodes_the_prompts"),
     "hf_token": ShownBy("hf_x", "tests/unit/test_hub_resolution.py::test_hf_token_reaches_the_hub_and_stays_out_of_reprs"),
-    "tokenizer_mode": Changes("slow", lambda c: c.model_config.tokenizer_mode == "slow"),
+    "tokenizer_mode": Changes("slow", lambda c: c.model_config.tokenizer_mode == "slow",
+                              "tests/models/test_tokenizer_mode.py::test_slow_asks_for_the_python_tokenizer"),
     "logprobs_mode": Refused("processed_logprobs", "logprobs other than raw_logprobs"),
     "model_impl": Refused("transformers", "other model implementations"),
     "skip_tokenizer_init": Refused(True, "running without a tokenizer"),
     "enable_sleep_mode": Refused(True, "sleep mode"),
     "enable_expert_parallel": Refused(True, "expert parallelism"),
-    "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code),
-    "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b")),
-    "dtype": Changes("bfloat16", lambda c: c.model_config.dtype == "bfloat16"),
+    "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code,
+                                 MODEL + "test_trust_remote_code_runs_the_checkpoints_configuration_code"),
+    "served_model_name": Changes(["a", "b"], lambda c: c.model_config.served_model_names == ("a", "b"),
+                                 "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),
+    "dtype": Changes("bfloat16", lambda c: c.model_config.dtype == "bfloat16",
+                     MODEL + "test_dtype_bfloat16_runs_the_model_in_bfloat16"),
     "seed": ShownBy(5, "tests/unit/test_option_walk.py::test_engine_seed_makes_unseeded_sampling_repeat"),
-    "max_model_len": Changes(100, lambda c: c.model_config.max_model_len == 100),
+    "max_model_len": Changes(100, lambda c: c.model_config.max_model_len == 100,
+                             SCHEDULER + "test_max_model_len_caps_prompts_and_outputs"),
     "allow_long_max_model_len": ShownBy(True, "tests/unit/test_option_walk.py::test_max_model_len_above_trained_context"),
     "disable_sliding_window": ShownBy(True, "tests/unit/test_disable_sliding_window.py::"
                                             "test_context_capped_at_the_window"),
-    "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3),
-    "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE),
-    "hf_overrides": Changes({"rms_norm_eps": 0.5}, lambda c: c.model_config.hf_config.rms_norm_eps == 0.5),
-    "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
+    "max_logprobs": Changes(3, lambda c: c.model_config.max_logprobs == 3,
+                            "tests/e2e/test_dropin_server.py::test_vllm_style_launch_line"),  # --max-logprobs 6
+    "chat_template": Changes(TEMPLATE, lambda c: c.model_config.chat_template == TEMPLATE,
+                             "tests/e2e/test_app_inprocess.py::test_chat_template_content_format"),
+    "hf_overrides": Changes({"rms_norm_eps": 0.5}, lambda c: c.model_config.hf_config.rms_norm_eps == 0.5,
+                            "tests/models/test_hf_overrides.py::test_overrides_run_as_transformers_runs_them"),
+    "reasoning_parser": Changes("qwen3", lambda c: c.structured_outputs_config.reasoning_parser == "qwen3",
+                                "tests/e2e/test_structured_server.py::"
+                                "test_response_format_json_schema_after_reasoning"),
+    # The same reasoning_parser as --reasoning-parser (the probe): shown by the same test.
     "structured_outputs_config": Changes({"backend": "xgrammar", "reasoning_parser": "qwen3"},
-                                         lambda c: c.structured_outputs_config.reasoning_parser == "qwen3"),
+                                         lambda c: c.structured_outputs_config.reasoning_parser == "qwen3",
+                                         "tests/e2e/test_structured_server.py::"
+                                         "test_response_format_json_schema_after_reasoning"),
     # The one backend there is: accepted by name, anything else refused (the named test).
     "guided_decoding_backend": ShownBy("xgrammar", "tests/unit/test_option_walk.py::test_structured_output_backends"),
     "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
-    "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling"),
+    "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling",
+                      "tests/models/test_pooling.py::test_decoder_pooling_matches_transformers"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
     "pooler_config": Refused({"pooling_type": "MEAN", "normalize": False}, "applies only with runner='pooling'"),
-    "quantization": Changes("fp8", lambda c: c.model_config.quantization == "fp8"),
-    "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager),
-    "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy"),
+    "quantization": Changes("fp8", lambda c: c.model_config.quantization == "fp8", "tests/models/test_quant_engine.py::"
+                            "test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float"),
+    # CUDA only (on CPU a notice says it has no effect): the test runs where CUDA is.
+    "enforce_eager": Changes(True, lambda c: c.device_config.enforce_eager,
+                             "tests/gpu/test_gpu_engine.py::test_gpu_greedy_matches_cpu"),
+    "load_format": Changes("dummy", lambda c: c.model_config.load_format == "dummy",
+                           MODEL + "test_load_format_dummy_reads_no_weight_files"),
     "revision": Refused("main", "applies to Hugging Face Hub ids only"),  # a Hub id: test_model_sources.py
     "tokenizer_revision": Refused("main", "applies to Hugging Face Hub ids only"),
     "download_dir": Notice("/tmp/x", "download-dir has no effect"),  # a Hub id: test_hub_id_resolves_from_cache_offline
-    "block_size": Changes(32, lambda c: c.cache_config.block_size == 32),
+    "block_size": Changes(32, lambda c: c.cache_config.block_size == 32,
+                          CACHE + "test_block_size_sizes_the_cache_blocks_and_keeps_the_output"),
     "gpu_memory_utilization": Notice(0.5, "no effect on CPU"),
-    "kv_cache_memory_bytes": Changes(1 << 20, lambda c: c.cache_config.kv_cache_memory_bytes == 1 << 20),
-    "num_gpu_blocks_override": Changes(7, lambda c: c.cache_config.num_gpu_blocks_override == 7),
-    "kv_cache_dtype": Changes("fp8", lambda c: c.cache_config.cache_dtype == "fp8_e4m3"),  # test_fp8_kv_cache.py
+    "kv_cache_memory_bytes": Changes(1 << 20, lambda c: c.cache_config.kv_cache_memory_bytes == 1 << 20,
+                                     CACHE + "test_kv_cache_memory_bytes_gives_the_blocks_that_fit + "
+                                     "tests/models/test_fp8_kv_cache.py::"
+                                     "test_fp8_kv_engine_sizes_its_cache_by_the_fp8_bytes"),
+    "num_gpu_blocks_override": Changes(7, lambda c: c.cache_config.num_gpu_blocks_override == 7,
+                                       CACHE + "test_num_gpu_blocks_override_is_the_block_count"),
+    "kv_cache_dtype": Changes("fp8", lambda c: c.cache_config.cache_dtype == "fp8_e4m3",
+                              "tests/models/test_fp8_kv_cache.py::"
+                              "test_fp8_kv_matches_transformers_with_fp8_rounded_kv"),
     # Without an fp8 cache it has nothing to do (the notice); with one, see test_calculate_kv_scales.py.
     "calculate_kv_scales": Notice(True, "calculate-kv-scales has no effect"),
-    "enable_prefix_caching": Changes(False, lambda c: not c.cache_config.enable_prefix_caching),
+    "enable_prefix_caching": Changes(False, lambda c: not c.cache_config.enable_prefix_caching,
+                                     CACHE + "test_enable_prefix_caching"),
     "swap_space": Notice(8, "never swaps"),
     "cpu_offload_gb": Refused(2, "offloading"),
-    "max_num_seqs": Changes(3, lambda c: c.scheduler_config.max_num_seqs == 3),
-    "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64),
+    "max_num_seqs": Changes(3, lambda c: c.scheduler_config.max_num_seqs == 3,
+                            SCHEDULER + "test_max_num_seqs_caps_the_requests_in_a_step"),
+    "max_num_batched_tokens": Changes(64, lambda c: c.scheduler_config.max_num_batched_tokens == 64,
+                                      SCHEDULER + "test_max_num_batched_tokens_caps_every_step"),
     "enable_chunked_prefill": Changes(False, lambda c: not c.scheduler_config.enable_chunked_prefill
-                                      and c.scheduler_config.max_num_batched_tokens >= c.model_config.max_model_len),
-    "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling),
-    "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority"),
-    "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2),
-    "pipeline_parallel_size": Changes(2, lambda c: c.parallel_config.pipeline_parallel_size == 2),
+                                      and c.scheduler_config.max_num_batched_tokens >= c.model_config.max_model_len,
+                                      SCHEDULER + "test_without_chunked_prefill_prompts_run_whole"),
+    "async_scheduling": Changes(True, lambda c: c.scheduler_config.async_scheduling,
+                                SCHEDULER + "test_async_scheduling_returns_a_step_late"),
+    "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority",
+                                 "tests/unit/test_priority_scheduling.py::"
+                                 "test_priority_orders_admission_and_keeps_the_tokens"),
+    "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2,
+                                    "tests/distributed/test_parallel_parity.py::test_parallel_equals_single_rank"),
+    "pipeline_parallel_size": Changes(2, lambda c: c.parallel_config.pipeline_parallel_size == 2,
+                                      "tests/distributed/test_parallel_parity.py::test_parallel_equals_single_rank"),
     "data_parallel_size": ShownBy(2, "tests/e2e/test_engine_process.py::test_data_parallel_two_cores"),
-    "distributed_executor_backend": Changes("ray", lambda c: c.parallel_config.distributed_executor_backend == "ray"),
+    "distributed_executor_backend": Changes("ray", lambda c: c.parallel_config.distributed_executor_backend == "ray",
+                                            "tests/distributed/test_ray.py::test_tp2_over_ray_equals_tp1"),
     "disable_custom_all_reduce": Notice(True, "no custom all-reduce"),
     "device": Refused("cuda", "CUDA is not available"),
     "max_seq_len_to_capture": Notice(1024, "CUDA graphs"),
     "disable_cascade_attn": Notice(True, "cascade attention"),
     "max_parallel_loading_workers": Notice(4, "one pass per rank"),
+    # LLM's default sampling params take the override; generate() without params uses them.
     "override_generation_config": Changes({"temperature": 0.3},
-                                          lambda c: c.model_config.generation_defaults.get("temperature") == 0.3),
-    "long_prefill_token_threshold": Changes(32, lambda c: c.scheduler_config.long_prefill_token_threshold == 32),
+                                          lambda c: c.model_config.generation_defaults.get("temperature") == 0.3,
+                                          "tests/models/test_model_sources.py::"
+                                          "test_override_generation_config_goes_over_the_file + "
+                                          "tests/models/test_model_sources.py::"
+                                          "test_generation_config_auto_vllm_and_dir"),
+    "long_prefill_token_threshold": Changes(32, lambda c: c.scheduler_config.long_prefill_token_threshold == 32,
+                                            SCHEDULER + "test_long_prefill_token_threshold_chunks_long_prompts"),
     "max_num_partial_prefills": Refused(2, "concurrent partial prefill"),
     "max_long_partial_prefills": Refused(2, "concurrent long partial prefill"),
     "cuda_graph_sizes": Changes([1, 2], lambda c: c.device_config.cuda_graph_sizes == (1, 2)),
     "compilation_config": Changes({"max_cudagraph_capture_size": 16},
                                   lambda c: c.device_config.cuda_graph_sizes == (1, 2, 4, 8, 16)),
-    "enable_lora": Changes(True, lambda c: c.lora_config is not None),
+    "enable_lora": Changes(True, lambda c: c.lora_config is not None,
+                           "tests/lora/test_lora_parity.py::test_mixed_batch_prefix_cache_per_adapter"),
     # Alone they are refused (they need --enable-lora); with it, the named tests show them.
     "max_loras": Refused(4, "need --enable-lora"),
     "max_lora_rank": Refused(64, "need --enable-lora"),
     "max_cpu_loras": Refused(4, "need --enable-lora"),
     "speculative_config": Changes({"method": "ngram", "num_speculative_tokens": 3},
                                   lambda c: c.speculative_config is not None
-                                  and c.scheduler_config.num_spec_tokens == 3),
+                                  and c.scheduler_config.num_spec_tokens == 3,
+                                  "tests/models/test_spec_decode.py::test_greedy_equals_speculation_off"),
     "disable_log_stats": Notice(True, "no periodic stats"),
 }
 
@@ -259,10 +311,36 @@ def _check(case: Any, build: Callable[[], Any], build_default: Callable[[], Any]
         assert len(notices) == 1, caplog.text
     elif isinstance(case, Changes):
         assert case.probe(build()) and not case.probe(build_default())
+        if case.shown_by is not None:  # and the behaviour tests it names exist
+            for test in case.shown_by.split(" + "):
+                _assert_test_exists(test)
     else:  # ShownBy: the test it names exists
-        path, test_name = case.test.split("::")
-        source = (Path(__file__).resolve().parents[2] / path).read_text()
-        assert f"def {test_name}(" in source, case.test
+        _assert_test_exists(case.test)
+
+
+def _assert_test_exists(test: str) -> None:
+    """``test`` is "module_path::test_name" (from the repository root), a test function there."""
+    path, test_name = test.split("::")
+    source = (Path(__file__).resolve().parents[2] / path).read_text()
+    assert f"def {test_name}(" in source, test
+
+
+# Changes entries with no behaviour test, each for its reason: the config attribute has no
+# behaviour to show on CPU (keep this short; every other Changes entry names its test).
+NO_BEHAVIOUR_TEST = {
+    # Decode batch sizes captured as CUDA graphs: graphs exist on CUDA only (on CPU a notice
+    # says the option has no effect), and no GPU test captures a chosen list yet.
+    "cuda_graph_sizes": "CUDA graphs only",
+    # Its one setting with an effect here is that same list of CUDA graph sizes.
+    "compilation_config": "CUDA graphs only",
+}
+
+
+def test_every_changes_entry_names_a_behaviour_test() -> None:
+    """A Changes entry shows the option reaches the config; if a later stage ignored it the walk
+    would still pass, so each one names the test that shows the engine honouring it."""
+    unshown = {name for name, case in ENGINE_OPTIONS.items() if isinstance(case, Changes) and case.shown_by is None}
+    assert unshown == set(NO_BEHAVIOUR_TEST)
 
 
 def test_model_flag_and_positional_agree(ckpt: Path) -> None:
