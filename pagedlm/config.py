@@ -239,7 +239,14 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model directory {model!r} has no config.json")
     from pagedlm.models.multimodal import text_only_config
 
-    return text_only_config(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code))
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except ValueError as exc:  # transformers' several-line refusal of a checkpoint's own code
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(f"model {model!r} ships its own configuration code; run it with --trust-remote-code "
+                          "(trust_remote_code=True) if you trust it") from None
+    return text_only_config(config)
 
 
 def model_sliding_window(hf_config: Any) -> int | None:

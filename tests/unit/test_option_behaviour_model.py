@@ -94,8 +94,11 @@ def test_trust_remote_code_runs_the_checkpoints_configuration_code(llama_checkpo
     (remote / "tokenization_tiny.py").write_text(
         "from transformers import PreTrainedTokenizerFast\n\n\n"
         "class TinyRemoteTokenizer(PreTrainedTokenizerFast):\n    pass\n")
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    from pagedlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trust_remote_code=True") as refused:
         LLM(str(remote), **KWARGS)
+    assert "\n" not in str(refused.value)  # one line
     trusted = LLM(str(remote), trust_remote_code=True, **KWARGS)
     assert type(trusted.llm_engine.model_config.hf_config).__name__ == "TinyRemoteConfig"
     assert type(trusted.get_tokenizer()).__name__ == "TinyRemoteTokenizer"
