@@ -427,8 +427,9 @@ def test_prefill_config_needs_whole_tiles_per_block() -> None:
     assert default_config(1024).block_m == 64 and default_config(1025).block_m == 128
 
 
-def test_prefill_kernel_declines_what_it_does_not_cover() -> None:
-    """Windows, soft-capping, an fp8 cache, other head sizes and missing K/V stay on the paged kernel."""
+def test_prefill_kernel_declines_what_it_does_not_cover(monkeypatch) -> None:
+    """Windows, soft-capping, an fp8 cache, other head sizes, missing K/V and
+    PAGEDLM_PREFILL_ATTENTION=0 stay on the paged kernel."""
     from pagedlm.kernels import triton_prefill_attention
 
     q_lens, seq_lens = PREFILL_SCENARIOS["fresh"]
@@ -442,6 +443,9 @@ def test_prefill_kernel_declines_what_it_does_not_cover() -> None:
     assert not supports(query, key, value, kv, None, 30.0)
     assert not supports(query, key, value, kv.to(torch.float8_e4m3fn), None, None)
     assert not supports(query.float(), key.float(), value.float(), kv.float(), None, None)
+    monkeypatch.setenv("PAGEDLM_PREFILL_ATTENTION", "0")
+    assert not supports(query, key, value, kv, None, None)
+    monkeypatch.delenv("PAGEDLM_PREFILL_ATTENTION")
     args, _ = make_paged_batch(q_lens, seq_lens, 8, 2, 256, 16, ATTN_DTYPE, seed=3)
     key, value = step_kv(args[1], args[4], q_lens, seq_lens, strided=False)
     assert not supports(args[0], key, value, args[1], None, None)
