@@ -208,10 +208,11 @@ def paged_attention(
     value: torch.Tensor | None = None,  # [T, Hkv * D]: likewise its values
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its whole context, read through
-    the block table. ``key`` / ``value`` equal what this step wrote into the cache; a kernel
-    may read this step's positions from them instead (the Triton prefill kernel does); this
-    reference reads the cache for every position, which holds the same values. Covers decode (1 query token), prefill and prefill after a prefix hit
+    the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
     (query tokens start at seq_len - query_len), in one call for a mixed batch.
+    ``key`` / ``value`` are what this step wrote into the cache (before any fp8 rounding); a
+    kernel may read this step's positions from them instead (the Triton prefill kernel does,
+    for caches in the model's dtype); this reference reads the cache for every position.
     max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them).
     ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off.
     An fp8 cache is read as fp8 * scale in the query's dtype."""
