@@ -38,7 +38,6 @@ def build_lora_config(enable_lora: bool, max_loras: int, max_lora_rank: int, max
 
 
 def _check_model(architectures: list[str], pipeline_parallel_size: int, runner: str) -> None:
-    from pagedlm.models.llama import LlamaForCausalLM
     from pagedlm.models.registry import resolve_model_class
 
     if runner == "pooling":
@@ -46,6 +45,6 @@ def _check_model(architectures: list[str], pipeline_parallel_size: int, runner: 
     if pipeline_parallel_size > 1:
         raise ConfigError("--enable-lora is not supported with pipeline parallelism (-pp > 1) yet")
     cls: Any = resolve_model_class(architectures)
-    if not (isinstance(cls, type) and issubclass(cls, LlamaForCausalLM)):
+    if not getattr(cls, "supports_lora", False):
         raise ConfigError(f"LoRA adapters are supported for the Llama family (Llama, Mistral, Qwen2, Qwen3); "
                           f"this model is {architectures}")

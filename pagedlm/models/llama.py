@@ -173,6 +173,7 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
     supports_quantization = True  # linear layers take quant_config (the LM head stays unquantized)
+    supports_lora = True  # PEFT adapters on q/k/v/o and gate/up/down (pagedlm.lora)
     # checkpoint name fragment -> (our fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".q_proj", ".qkv_proj", "q"),

@@ -14,7 +14,6 @@ import torch
 
 from pagedlm.config import attention_shape
 from pagedlm.models.llama import LlamaForCausalLM
-from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
 
 def split_fused(weights: Iterable[tuple[str, torch.Tensor]], q_size: int, kv_size: int
@@ -33,8 +32,10 @@ def split_fused(weights: Iterable[tuple[str, torch.Tensor]], q_size: int, kv_siz
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):
-    # Its checkpoints store qkv / gate_up fused; splitting quantized scales is not built.
+    # Its checkpoints store qkv / gate_up fused; splitting quantized scales is not built, and
+    # its PEFT adapters target the fused qkv_proj / gate_up_proj, which the LoRA layers do not.
     supports_quantization = False
+    supports_lora = False
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         if getattr(config, "hidden_act", "silu") != "silu":
@@ -42,7 +43,7 @@ class Phi3ForCausalLM(LlamaForCausalLM):
         super().__init__(config, max_position)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The fused tensors split into Llama's names, then Llama's loader (it skips the layers
+        another pipeline stage holds and loads a tied LM head on the last stage)."""
         num_heads, num_kv_heads, head_dim = attention_shape(self.config)
-        parts = split_fused(weights, num_heads * head_dim, num_kv_heads * head_dim)
-        skip = ("lm_head.",) if self.tie_word_embeddings else ()
-        return load_params(self, parts, LLAMA_STACKED_PARAMS, skip)
+        return super().load_weights(split_fused(weights, num_heads * head_dim, num_kv_heads * head_dim))

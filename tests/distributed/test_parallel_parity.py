@@ -75,3 +75,19 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
         assert s["weight_bytes"] < ref_weight_bytes / tp * 1.1
         assert s["forward_counts"]["graph"] == 0
         assert s["forward_counts"]["eager_prefill"] > 0 and s["forward_counts"]["eager_decode"] > 0
+
+
+def test_phi3_pipeline_stages_equal_single_rank(checkpoint_factory) -> None:
+    """Phi-3 (fused qkv / gate_up tensors in the checkpoint) split over two pipeline stages:
+    each stage loads only its layers, and the outputs equal the single-rank engine's."""
+    path = checkpoint_factory("phi3")
+    single = LLM(path, **ENGINE_KWARGS)
+    try:
+        expected = run_workload(single)
+    finally:
+        single.llm_engine.engine_core.shutdown()
+    staged = LLM(path, pipeline_parallel_size=2, **ENGINE_KWARGS)
+    try:
+        assert_same(expected, run_workload(staged))
+    finally:
+        staged.llm_engine.engine_core.shutdown()

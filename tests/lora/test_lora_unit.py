@@ -168,6 +168,18 @@ def test_lora_options_need_enable_lora(tmp_path: Path) -> None:
     assert config.lora_config.max_cpu_loras == 3
 
 
+@pytest.mark.parametrize("name", ["phi3", "mixtral", "gemma2"])
+def test_lora_refused_outside_the_llama_family(checkpoint_factory, name: str) -> None:
+    """Phi-3 included: its classes extend Llama's, but its adapters target fused modules."""
+    from pagedlm.engine_args import EngineArgs
+
+    with pytest.raises(ConfigError, match="Llama family"):
+        EngineArgs(model=checkpoint_factory(name), device="cpu", enable_lora=True).create_engine_config()
+    for family in ("llama", "mistral", "qwen2"):
+        assert EngineArgs(model=checkpoint_factory(family), device="cpu",
+                          enable_lora=True).create_engine_config().lora_config is not None
+
+
 def test_stats_sum_over_engines() -> None:
     from pagedlm.engine.async_llm import _sum_stats
     from pagedlm.engine.messages import SchedulerStats
