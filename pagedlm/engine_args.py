@@ -178,7 +178,7 @@ class EngineArgs:
     cuda_graph_sizes: list[int] | None = opt(None, "decode batch sizes captured as CUDA graphs: one value is the "
                                              "largest of the default list (1, 2, 4, every 8 to 256, every 16 "
                                              "above), several are the list (default: up to max_num_seqs, at most "
-                                             "512)", DEVICE)
+                                             "1024)", DEVICE)
     compilation_config: dict[str, Any] | None = opt(
         None, "vLLM's compilation settings as JSON, or an optimization level (-O3): cudagraph_capture_sizes, "
         "max_cudagraph_capture_size and cudagraph_mode (NONE: no graphs; decode steps replay full graphs "

@@ -25,7 +25,7 @@ class ServerArgs:
     port: int = opt(8000, "port to listen on", SERVER)
     uds: str | None = opt(None, "listen on this Unix domain socket path instead (--host and --port are then "
                           "not used)", SERVER)
-    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /metrics, /version "
+    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /ping, /metrics, /version "
                               "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER, secret=True)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
     ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
