@@ -323,6 +323,7 @@ class ModelRunner:
         with self.spec.append_drafts(self.requests):  # drafts are input tokens of this step
             return build()
 
+    @torch.inference_mode()  # under async scheduling the worker calls it alone: penalty counts update in place
     def take_output(self) -> ModelRunnerOutput:
         """The oldest launched step's output (waits for its sampled ids)."""
         step = self._inflight.popleft()
