@@ -81,7 +81,8 @@ class BatchQueue:
             else:
                 # Every runnable request is in flight: keep this empty step's news (finished
                 # and preempted ids) for the next batch the runners see.
-                self.scheduler.finished_req_ids |= sched.finished_req_ids | sched.preempted_req_ids
+                self.scheduler.finished_req_ids |= sched.finished_req_ids
+                self.scheduler.preempted_req_ids |= sched.preempted_req_ids
         return self._collect() if self.queue else []
 
     def _may_schedule(self) -> bool:

@@ -51,6 +51,7 @@ class Scheduler:
         self.waiting = make_waiting_queue(scheduler_config.scheduling_policy)
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
+        self.preempted_req_ids: set[str] = set()  # carried over from a step no runner saw (batch_queue)
         self.num_preemptions_total = 0
         self.num_steps_total = 0
         self.last_step_num_tokens = 0
@@ -312,12 +313,13 @@ class Scheduler:
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=sum(num_scheduled.values()),
             finished_req_ids=self.finished_req_ids,
-            preempted_req_ids={r.request_id for r in preempted},
+            preempted_req_ids=self.preempted_req_ids | {r.request_id for r in preempted},
             structured_output_request_ids=grammar_req_ids,
             grammar_bitmask=bitmask,
             scheduled_spec_decode_tokens=self._scheduled_spec,
         )
         self.finished_req_ids = set()
+        self.preempted_req_ids = set()
         self.num_steps_total += 1
         self.last_step_num_tokens = out.total_num_scheduled_tokens
         return out

@@ -33,9 +33,10 @@ class CachedRequestState:
     spec_token_ids: list[int] = field(default_factory=list)  # this step's drafts (speculative decoding)
 
     @classmethod
-    def from_new(cls, data: NewRequestData, device: torch.device) -> "CachedRequestState":
-        generator = None
-        if data.sampling_params.seed is not None:
+    def from_new(cls, data: NewRequestData, device: torch.device,
+                 generator: torch.Generator | None = None) -> "CachedRequestState":
+        """``generator``: a preempted request's, resumed where it stopped (else a seeded one is new)."""
+        if generator is None and data.sampling_params.seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(data.sampling_params.seed)
         state = cls(data.req_id, list(data.prompt_token_ids), list(data.output_token_ids), data.sampling_params,

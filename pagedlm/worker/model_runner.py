@@ -55,6 +55,8 @@ class ModelRunner:
         # runner="pooling": finished prompts are pooled into embeddings instead of sampled.
         self.pooler = Pooler(pooler_config) if pooler_config is not None else None
         self.requests: dict[str, CachedRequestState] = {}
+        # Seeded requests preempted (to be recomputed): their generators, until they resume or end.
+        self._paused_generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         sched = config.scheduler_config
@@ -189,12 +191,19 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
-        for req_id in sched.finished_req_ids | sched.preempted_req_ids:
+        for req_id in sched.preempted_req_ids:  # recomputed later: a seeded stream goes on where it was
+            state = self.requests.pop(req_id, None)
+            if state is not None and state.generator is not None:
+                self._paused_generators[req_id] = state.generator
+            self.batch.remove(req_id)
+        for req_id in sched.finished_req_ids:
             self.requests.pop(req_id, None)
+            self._paused_generators.pop(req_id, None)
             self.batch.remove(req_id)
         self.batch.condense()
         for data in sched.scheduled_new_reqs:
-            self.requests[data.req_id] = CachedRequestState.from_new(data, self.device)
+            self.requests[data.req_id] = CachedRequestState.from_new(data, self.device,
+                                                                     self._paused_generators.pop(data.req_id, None))
             self.batch.add(data.req_id, data.prompt_token_ids, data.output_token_ids, data.block_ids,
                            data.num_computed_tokens, None if data.pooling_params else data.sampling_params)
         if self.spec is not None:  # rejected drafts' blocks went back to the pool
