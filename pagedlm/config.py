@@ -259,6 +259,18 @@ def model_sliding_window(hf_config: Any) -> int | None:
     return int(window) if window else None
 
 
+def layer_sliding_window(hf_config: Any, layer: int | None) -> int | None:
+    """Layer ``layer``'s sliding window (None: it attends to the whole sequence). A config with
+    ``layer_types`` windows only its ``sliding_attention`` layers (Qwen2 / Qwen3 with
+    use_sliding_window: the layers from max_window_layers on); otherwise the model's window
+    (``model_sliding_window``) applies to every layer, as in Mistral."""
+    window = model_sliding_window(hf_config)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if window is None or layer is None or not layer_types:
+        return window
+    return window if layer_types[layer] == "sliding_attention" else None
+
+
 def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False,
                          disable_sliding_window: bool = False) -> int:
     """The model's trained context unless a length is asked for; beyond that context

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from pagedlm.config import attention_shape, model_sliding_window
+from pagedlm.config import attention_shape, layer_sliding_window
 from pagedlm.layers.activation import SiluAndMul
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -39,9 +39,10 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, qkv_bias: bool | None = None,
                  qk_norm: bool | None = None, quant_config: QuantizationConfig | None = None,
-                 prefix: str = "") -> None:
+                 prefix: str = "", layer: int | None = None) -> None:
         """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
-        families, e.g. the MoE ones, set them)."""
+        families, e.g. the MoE ones, set them). ``layer``: the layer's index, for its sliding
+        window (``layer_sliding_window``); None: the model's window."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         model_type = getattr(config, "model_type", "llama")
@@ -60,7 +61,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.rotary_emb = rotary_emb
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim**-0.5,
-                              model_sliding_window(config))
+                              layer_sliding_window(config, layer))
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
@@ -133,9 +134,9 @@ class PreNormDecoderLayer(nn.Module):
 
 class LlamaDecoderLayer(PreNormDecoderLayer):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
-                 prefix: str = "") -> None:
+                 prefix: str = "", layer: int | None = None) -> None:
         super().__init__(config, LlamaAttention(config, rotary_emb, quant_config=quant_config,
-                                                prefix=f"{prefix}.self_attn"),
+                                                prefix=f"{prefix}.self_attn", layer=layer),
                          LlamaMLP(config, quant_config, f"{prefix}.mlp"))
 
 
@@ -153,7 +154,7 @@ class LlamaModel(nn.Module):
                                      config.max_position_embeddings)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
-            lambda i: LlamaDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.layers.{i}"))
+            lambda i: LlamaDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.layers.{i}", i))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,

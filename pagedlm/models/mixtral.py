@@ -102,7 +102,7 @@ class MoEForCausalLM(nn.Module):
 class MixtralForCausalLM(MoEForCausalLM):
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
-        attn = LlamaAttention(config, rotary_emb, qkv_bias=False, qk_norm=False)
+        attn = LlamaAttention(config, rotary_emb, qkv_bias=False, qk_norm=False, layer=layer_idx)
         return MoEDecoderLayer(config, attn, MixtralSparseMoeBlock(config), "block_sparse_moe")
 
     def num_experts(self) -> int:

@@ -66,7 +66,8 @@ class Qwen2MoeForCausalLM(MoEForCausalLM):
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
         check_moe_config(config)
-        attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "qkv_bias", True)), qk_norm=False)
+        attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "qkv_bias", True)), qk_norm=False,
+                              layer=layer_idx)
         if is_sparse_layer(config, layer_idx):
             mlp: nn.Module = Qwen2MoeSparseMoeBlock(config, shared_expert=True)
         else:

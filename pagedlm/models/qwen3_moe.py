@@ -24,7 +24,7 @@ class Qwen3MoeForCausalLM(Qwen2MoeForCausalLM):
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
         check_moe_config(config)
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
-                              qk_norm=True)
+                              qk_norm=True, layer=layer_idx)
         if is_sparse_layer(config, layer_idx):
             mlp: nn.Module = Qwen2MoeSparseMoeBlock(config, shared_expert=False)
         else:
