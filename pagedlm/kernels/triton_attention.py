@@ -467,37 +467,19 @@ def paged_attention(
     here and its prefill rows in ``triton_prefill_attention`` (TMA reads of the new keys)."""
     num_seqs = seq_lens.shape[0]
     if max_query_len >= PREFILL_KERNEL_MIN_QUERY_LEN and query.shape[0] - num_seqs >= PREFILL_KERNEL_MIN_TOKENS:
-        return _with_prefill_kernel(query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len,
-                                    max_seq_len, scale, sliding_window, softcap, k_scale, v_scale, key, value)
-    return _paged(query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-                  sliding_window, softcap, k_scale, v_scale)
+        from pagedlm.kernels import triton_prefill_attention as prefill  # noqa: PLC0415 - it imports this module
 
-
-def _with_prefill_kernel(query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len,
-                         scale, sliding_window, softcap, k_scale, v_scale, key, value) -> torch.Tensor:
-    """The decode rows here, the prefill rows in triton_prefill_attention, where it supports
-    the step; else everything here."""
-    from pagedlm.kernels import triton_prefill_attention as prefill  # noqa: PLC0415 - it imports this module
-
-    if not prefill.supports(query, key, value, kv_cache, sliding_window, softcap):
-        return _paged(query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-                      sliding_window, softcap, k_scale, v_scale)
-    _check_layout(query, kv_cache, block_tables)
-    num_seqs = seq_lens.shape[0]
-    decode = default_config(num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], 1, max_seq_len, query.device,
-                            num_tokens=num_seqs)
-    out = paged_attention_with_config(query, kv_cache, query_start_loc, seq_lens, block_tables, 1, max_seq_len, scale,
-                                      None, decode)  # the decode rows; the other sequences' programs exit
-    prefill.prefill_attention(out, query, key, value, kv_cache, query_start_loc, seq_lens, block_tables, scale,
-                              prefill.default_config(max_seq_len))
-    return out
-
-
-def _paged(query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-           sliding_window, softcap, k_scale, v_scale) -> torch.Tensor:
-    """Every row through this module's kernel, with the default tiles for the step."""
+        if prefill.supports(query, key, value, kv_cache, sliding_window, softcap):
+            _check_layout(query, kv_cache, block_tables)
+            decode = default_config(num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], 1, max_seq_len,
+                                    query.device, num_tokens=num_seqs)
+            out = paged_attention_with_config(query, kv_cache, query_start_loc, seq_lens, block_tables, 1,
+                                              max_seq_len, scale, None, decode)  # decode rows; the rest exit
+            prefill.prefill_attention(out, query, key, value, kv_cache, query_start_loc, seq_lens, block_tables,
+                                      scale, prefill.default_config(max_seq_len))
+            return out
     config = default_config(
-        seq_lens.shape[0], query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,
+        num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,
         query.device, num_tokens=query.shape[0],
     )
     return paged_attention_with_config(
