@@ -10,6 +10,8 @@ from typing import Any
 SAMPLING_EPS = 1e-5  # a temperature below it is greedy (every sampling path reads this one)
 MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
+# The seeds torch.Generator.manual_seed takes (a negative seed stands for seed mod 2**64).
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 
 class RequestOutputKind(enum.IntEnum):
@@ -187,6 +189,8 @@ class SamplingParams:
                 raise bad(name, "must be a non-negative integer")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
+        if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be in [{MIN_SEED}, {MAX_SEED}]")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise bad("stop", "must contain only non-empty strings")
         if self.stop and not self.detokenize:

@@ -16,7 +16,7 @@ from pagedlm.config import ModelConfig, check_chat_template
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.models.generation_config import log_generation_defaults
 from pagedlm.pooling_params import PoolingParams
-from pagedlm.sampling_params import RequestOutputKind, SamplingParams
+from pagedlm.sampling_params import MAX_SEED, RequestOutputKind, SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
 
 # str | {"prompt": str} | {"prompt_token_ids": [...]} | list[int]
@@ -256,8 +256,9 @@ class InputProcessor:
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:
     """n > 1 becomes n sequences sharing the prompt (their prompt blocks are shared through the
-    prefix cache). A seeded request gives choice i the seed + i, as vLLM does. The fan-out lives
-    in the frontend: the core only ever sees single sequences."""
+    prefix cache). A seeded request gives choice i the seed + i, as vLLM does (wrapping past the
+    largest seed, so every child's seed stays one torch takes). The fan-out lives in the
+    frontend: the core only ever sees single sequences."""
     params = request.sampling_params
     if params.n == 1:
         return [request]
@@ -266,7 +267,8 @@ def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:
         child_params = params.clone()
         child_params.n = 1
         if params.seed is not None:
-            child_params.seed = params.seed + i
+            seed = params.seed + i
+            child_params.seed = seed if seed <= MAX_SEED else seed - (MAX_SEED + 1)
         children.append(msgspec.structs.replace(request, request_id=f"{i}_{request.request_id}",
                                                 sampling_params=child_params))
     return children

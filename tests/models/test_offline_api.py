@@ -164,11 +164,28 @@ def test_chat_content_formats_and_tools(llm):
         (dict(logprobs=-1), "logprobs"),
         (dict(min_tokens=5, max_tokens=2), "min_tokens"),
         (dict(stop=[""]), "stop"),
+        (dict(seed=2**64), "seed"),
+        (dict(seed=-(2**63) - 1), "seed"),
     ],
 )
 def test_invalid_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_seeds_at_the_ends_of_the_range_generate(llm):
+    # A seed torch cannot take crashed the engine step and left the request and its blocks
+    # behind (every later generate then failed); seed + i of an n > 1 child wraps instead.
+    def run(**kwargs):
+        params = SamplingParams(max_tokens=3, ignore_eos=True, **kwargs)
+        return [c.token_ids for c in llm.generate("Hello", params, use_tqdm=False)[0].outputs]
+
+    top = run(n=2, seed=2**64 - 1)
+    assert [len(t) for t in top] == [3, 3]
+    assert top[1] == run(seed=0)[0]  # choice 1: (2**64 - 1) + 1 wraps to 0
+    assert len(run(seed=-(2**63))[0]) == 3
+    stats = llm.llm_engine.get_stats()
+    assert stats.num_free_blocks == stats.num_total_blocks and not llm.llm_engine.has_unfinished_requests()
 
 
 def test_bad_prompts_raise_and_leak_nothing(llm):
