@@ -202,8 +202,8 @@ class SamplingParams:
                 raise bad("allowed_token_ids", "must not be empty")
             if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
                 raise bad("allowed_token_ids", "must contain non-negative integers")
-        if self.bad_words is not None and any(not isinstance(w, str) for w in self.bad_words):
-            raise bad("bad_words", "must be a list of strings")
+        if self.bad_words is not None and any(not isinstance(w, str) or w == "" for w in self.bad_words):
+            raise bad("bad_words", "must be a list of non-empty strings")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
 
     @property

@@ -186,8 +186,11 @@ class InputProcessor:
         # BPEs tokenize differently: ban both forms.
         out: list[list[int]] = []
         for word in words:
-            for text in (word.lstrip(), " " + word.lstrip()):
-                ids = self.tokenizer.encode(text, add_special_tokens=False)
+            word = word.lstrip()
+            forms = [self.tokenizer.encode(text, add_special_tokens=False) for text in (word, " " + word)]
+            if not forms[0]:  # only whitespace: its spaced form would ban the bare space token
+                raise InvalidRequestError(f"bad_words entries must tokenize to at least one token, got {words!r}")
+            for ids in forms:
                 if ids and ids not in out:
                     out.append(ids)
         return out

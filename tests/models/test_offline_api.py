@@ -166,6 +166,7 @@ def test_chat_content_formats_and_tools(llm):
         (dict(stop=[""]), "stop"),
         (dict(seed=2**64), "seed"),
         (dict(seed=-(2**63) - 1), "seed"),
+        (dict(bad_words=[""]), "bad_words"),
     ],
 )
 def test_invalid_sampling_params_name_the_field(kwargs, field):
@@ -186,6 +187,15 @@ def test_seeds_at_the_ends_of_the_range_generate(llm):
     assert len(run(seed=-(2**63))[0]) == 3
     stats = llm.llm_engine.get_stats()
     assert stats.num_free_blocks == stats.num_total_blocks and not llm.llm_engine.has_unfinished_requests()
+
+
+def test_whitespace_bad_word_is_refused_not_a_ban_on_spaces(llm):
+    # " " (or "\n") has no word in it: its spaced form tokenized to the bare space token, which
+    # was then never generated, silently.
+    for word in (" ", "\n"):
+        with pytest.raises(InvalidRequestError, match="bad_words"):
+            llm.generate("hi", SamplingParams(bad_words=["fine", word]), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
 
 
 def test_bad_prompts_raise_and_leak_nothing(llm):
