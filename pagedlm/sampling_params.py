@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,8 @@ class SamplingParams:
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
             except (TypeError, ValueError, AttributeError) as e:
                 raise ValueError(f"logit_bias must map token ids to floats, got {self.logit_bias!r}") from e
+            if any(math.isnan(v) for v in self.logit_bias.values()):  # NaN would win every argmax
+                raise ValueError(f"logit_bias values must be numbers, got {self.logit_bias!r}")
         if isinstance(self.top_k, bool) or self.top_k is None:
             raise ValueError(f"top_k must be an integer, got {self.top_k!r}")
         if self.top_k == -1:
@@ -171,6 +174,11 @@ class SamplingParams:
             raise bad("repetition_penalty", "must be greater than zero")
         if not self.temperature >= 0.0:
             raise bad("temperature", "must be non-negative")
+        # Infinite values make NaN logits, which the sampler picks (an infinite temperature
+        # turns the -inf of tokens masked by allowed_token_ids, bad_words, min_tokens into NaN).
+        for name in ("temperature", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise bad(name, "must be a finite number")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be in (0, 1]")
         if not isinstance(self.top_k, int) or self.top_k < 0:

@@ -167,6 +167,9 @@ def test_chat_content_formats_and_tools(llm):
         (dict(seed=2**64), "seed"),
         (dict(seed=-(2**63) - 1), "seed"),
         (dict(bad_words=[""]), "bad_words"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+        (dict(logit_bias={7: float("nan")}), "logit_bias"),
     ],
 )
 def test_invalid_sampling_params_name_the_field(kwargs, field):
@@ -196,6 +199,16 @@ def test_whitespace_bad_word_is_refused_not_a_ban_on_spaces(llm):
         with pytest.raises(InvalidRequestError, match="bad_words"):
             llm.generate("hi", SamplingParams(bad_words=["fine", word]), use_tqdm=False)
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_masked_tokens_stay_masked_at_high_temperature(llm):
+    # An infinite temperature was accepted and turned the masked logits (-inf) into NaN, which
+    # the sampler picked: tokens outside allowed_token_ids came out.
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=float("inf"))
+    params = SamplingParams(temperature=1e30, seed=0, max_tokens=8, ignore_eos=True, allowed_token_ids=[5, 6])
+    out = llm.generate("hello", params, use_tqdm=False)[0].outputs[0]
+    assert set(out.token_ids) <= {5, 6}
 
 
 def test_bad_prompts_raise_and_leak_nothing(llm):
