@@ -200,12 +200,13 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         content_format = resolve_content_format(chat_template_content_format, chat_template or tokenizer.chat_template)
+        # As vLLM's, chat_template_kwargs may override the arguments (add_generation_prompt, ...).
+        kwargs = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
+                  "continue_final_message": continue_final_message, "tools": tools, **(chat_template_kwargs or {})}
+        kwargs["add_generation_prompt"] = kwargs["add_generation_prompt"] and not kwargs["continue_final_message"]
         prompts = []
         for conversation in conversations:
             conversation = [_template_message(m, i, content_format) for i, m in enumerate(conversation)]
-            kwargs = dict(chat_template=chat_template, add_generation_prompt=add_generation_prompt and not
-                          continue_final_message, continue_final_message=continue_final_message, tools=tools,
-                          **(chat_template_kwargs or {}))
             ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
             text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
             prompts.append({"prompt_token_ids": list(ids), "prompt": text})  # RequestOutput.prompt, as vLLM

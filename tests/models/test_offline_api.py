@@ -126,6 +126,19 @@ def test_chat_applies_template(llm):
     assert out.prompt_token_ids == list(expected)
 
 
+def test_chat_template_kwargs_override_the_arguments(llm):
+    # As vLLM's LLM.chat: chat_template_kwargs go over add_generation_prompt & co. (a TypeError,
+    # "got multiple values for keyword argument", before).
+    messages = [{"role": "user", "content": "hi there"}]
+    params = SamplingParams(temperature=0, max_tokens=1)
+
+    def prompt(**kwargs) -> str:
+        return llm.chat(messages, params, use_tqdm=False, **kwargs)[0].prompt
+
+    assert prompt(chat_template_kwargs={"add_generation_prompt": False}) == prompt(add_generation_prompt=False)
+    assert prompt(chat_template_kwargs={"chat_template": PLAIN_TEMPLATE}) == "<user>hi there"
+
+
 # Loops over each message's content parts (so "auto" hands it the openai format) and lists tools.
 LOOPING_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]{% endfor %}"
                     "{% endfor %}{% for t in tools or [] %}tool:{{ t['function']['name'] }};{% endfor %}")
