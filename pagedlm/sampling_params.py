@@ -73,6 +73,27 @@ class StructuredOutputsParams:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@dataclass
+class BeamSearchParams:
+    """LLM.beam_search's parameters (here, as in vLLM: ``from pagedlm.sampling_params import
+    BeamSearchParams``); the search itself is in pagedlm.beam_search."""
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.beam_width, int) or self.beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {self.beam_width!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}")
+
+
 def check_truncate_prompt_tokens(keep: Any) -> None:
     """truncate_prompt_tokens (sampling and pooling): None, -1 (up to max_model_len) or k >= 1."""
     if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < -1 or keep == 0):

@@ -201,7 +201,7 @@ def test_beam_search_keeps_the_best_beams(llm: LLM, capsys: pytest.CaptureFixtur
 def test_beam_search_vllm_signature(llm: LLM) -> None:
     """vLLM's beam_search(prompts, params, lora_request, use_tqdm, concurrency_limit): searching
     the prompts two at a time gives what searching them together gives."""
-    from pagedlm import BeamSearchParams
+    from pagedlm.sampling_params import BeamSearchParams  # where vLLM's is: vllm.sampling_params
 
     params = BeamSearchParams(beam_width=2, max_tokens=3)
     prompts = ["Hello", "The sky", {"prompt": "A cat", "cache_salt": "tenant"}]
