@@ -175,7 +175,7 @@ class LLM:
                                             lora_request=lora_list[i] if lora_list else None,
                                             priority=priority[i] if priority else 0)
                 request_ids.append(request_id)
-        except Exception:
+        except BaseException:  # a bad prompt, or Ctrl-C while tokenizing: none of them is left queued
             self.llm_engine.abort_request(request_ids)
             raise
         return self._run_engine(request_ids, use_tqdm)
@@ -246,17 +246,25 @@ class LLM:
             from tqdm.auto import tqdm
 
             pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
-        with heap_frozen():  # no full collections over the engine's start-up objects (gc_heap.py)
-            while engine.has_unfinished_requests():
-                step_outputs = engine.step()
-                self._record_metrics()
-                for output in step_outputs:
-                    if output.finished:
-                        finished[output.request_id] = output
-                        if pbar is not None:
-                            pbar.update(1)
-        if pbar is not None:
-            pbar.close()
+        try:
+            with heap_frozen():  # no full collections over the engine's start-up objects (gc_heap.py)
+                while engine.has_unfinished_requests():
+                    step_outputs = engine.step()
+                    self._record_metrics()
+                    for output in step_outputs:
+                        if output.finished:
+                            finished[output.request_id] = output
+                            if pbar is not None:
+                                pbar.update(1)
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed mid-step: the engine core may have scheduled a step the
+            # runner never finished. Abort the requests left, so their blocks go back and the next
+            # call neither runs them nor trips over the half-done step.
+            engine.abort_request([r for r in request_ids if r not in finished])
+            raise
+        finally:
+            if pbar is not None:
+                pbar.close()
         return [finished[r] for r in request_ids]
 
 

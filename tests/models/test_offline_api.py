@@ -286,6 +286,47 @@ def test_abort_mid_generation_frees_blocks(llm, async_llm, use_async):
     assert stats.num_free_blocks == stats.num_total_blocks and stats.num_running_reqs == 0
 
 
+@pytest.mark.parametrize(("use_async", "method"), [(False, "execute_model"), (True, "launch"), (True, "take_output")])
+def test_interrupted_generate_leaves_a_working_engine(llm, async_llm, monkeypatch, use_async, method):
+    """Ctrl-C inside a step (the model's forward) left the step half done and the requests in
+    the engine: their blocks stayed taken and every later generate failed in the runner."""
+    target = async_llm if use_async else llm
+    prompts = ["Hello there", {"prompt_token_ids": list(range(10, 40))}]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    expected = ids(target.generate(prompts, params, use_tqdm=False))
+    executor = target.llm_engine.engine_core.executor
+    real, calls = getattr(executor, method), []
+
+    def interrupted(*args):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(executor, method, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        target.generate(prompts, params, use_tqdm=False)
+    assert ids(target.generate(prompts, params, use_tqdm=False)) == expected
+    stats = target.llm_engine.get_stats()
+    assert stats.num_free_blocks == stats.num_total_blocks and not target.llm_engine.has_unfinished_requests()
+
+
+def test_generate_interrupted_while_adding_queues_nothing(llm, monkeypatch):
+    processor = llm.llm_engine.input_processor
+    real, calls = processor.process, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(processor, "process", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(["one", "two", "three"], SamplingParams(max_tokens=2), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
 def test_penalties_use_device_counts_sync_and_async(llm, async_llm):
     """presence_penalty 2.0 outweighs every logit of the tiny random model, so greedy output
     never repeats a token exactly when each sample reaches the on-device counts before the
