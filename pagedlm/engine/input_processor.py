@@ -159,6 +159,9 @@ class InputProcessor:
     def prepare_params(self, params: SamplingParams, num_prompt_tokens: int) -> SamplingParams:
         params = params.clone()
         try:
+            # Again: fields set after construction (params.max_tokens = 0, params.stop = "x")
+            # were never checked nor normalised.
+            params.__post_init__()
             params.verify_vocab(self.vocab_size)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e

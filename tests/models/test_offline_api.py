@@ -224,6 +224,27 @@ def test_masked_tokens_stay_masked_at_high_temperature(llm):
     assert set(out.token_ids) <= {5, 6}
 
 
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", 0), ("n", 0), ("logprobs", -1), ("top_p", 0.0)])
+def test_fields_set_after_construction_are_checked(llm, field, value):
+    # vLLM scripts tune a SamplingParams in place (params = llm.get_default_sampling_params();
+    # params.max_tokens = ...). A bad value set so was never checked: max_tokens=0 ran to
+    # max_model_len, n=0 and logprobs=-1 crashed with an IndexError inside the engine.
+    params = SamplingParams(max_tokens=3)
+    setattr(params, field, value)
+    with pytest.raises(InvalidRequestError, match=field):
+        llm.generate("hi", params, use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_stop_set_after_construction_is_one_string(llm):
+    base = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+                        use_tqdm=False)[0].outputs[0].text
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    params.stop = base[4:7]  # a str, as SamplingParams(stop=...) takes it: one stop string, not three characters
+    out = llm.generate("Hello", params, use_tqdm=False)[0].outputs[0]
+    assert out.stop_reason == base[4:7] and out.text == base[:base.index(base[4:7])]
+
+
 def test_bad_prompts_raise_and_leak_nothing(llm):
     with pytest.raises(InvalidRequestError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
