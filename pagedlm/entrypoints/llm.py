@@ -73,8 +73,9 @@ class LLM:
         if use_tqdm:  # one tick per beam-search step, as vLLM's
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=params.max_tokens * -(-len(prompt_list) // chunk), desc="Beam search",
-                        dynamic_ncols=True)
+            make_bar = use_tqdm if callable(use_tqdm) else tqdm  # a factory, as in _run_engine
+            pbar = make_bar(total=params.max_tokens * -(-len(prompt_list) // chunk), desc="Beam search",
+                            dynamic_ncols=True)
         outputs: list[BeamSearchOutput] = []
         for start in range(0, len(prompt_list), chunk):
             search = BeamSearch(token_lists[start:start + chunk], params, processor.eos_token_id)
@@ -245,7 +246,9 @@ class LLM:
         if use_tqdm and len(request_ids) > 1:
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
+            # As vLLM's: use_tqdm may be the progress bar's factory (functools.partial(tqdm, leave=False)).
+            make_bar = use_tqdm if callable(use_tqdm) else tqdm
+            pbar = make_bar(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True)
         try:
             with heap_frozen():  # no full collections over the engine's start-up objects (gc_heap.py)
                 while engine.has_unfinished_requests():

@@ -174,6 +174,24 @@ def test_vllm_style_offline_script(llm: LLM) -> None:
     assert generated.value >= 8 * 4
 
 
+def test_use_tqdm_may_be_the_progress_bar_factory(llm: LLM) -> None:
+    """vLLM's use_tqdm takes a callable that makes the bar (functools.partial(tqdm, ...)); it
+    was only tested for truth, and the default tqdm bar shown instead."""
+    from tqdm import tqdm
+
+    from pagedlm import BeamSearchParams
+
+    made: list[dict[str, Any]] = []
+
+    def factory(**kwargs: Any) -> tqdm:
+        made.append(kwargs)
+        return tqdm(disable=True, **kwargs)
+
+    llm.generate(["a", "b"], SamplingParams(max_tokens=2), use_tqdm=factory)
+    llm.beam_search(["a"], BeamSearchParams(beam_width=2, max_tokens=2), use_tqdm=factory)
+    assert [m["total"] for m in made] == [2, 2]
+
+
 def test_beam_search_keeps_the_best_beams(llm: LLM, capsys: pytest.CaptureFixture) -> None:
     from pagedlm import BeamSearchParams
     from pagedlm.inputs import TokensPrompt
