@@ -148,6 +148,8 @@ class SamplingParams:
     bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.seed == -1 and not isinstance(self.seed, bool):
+            self.seed = None  # as vLLM and OpenAI: -1 asks for a random seed
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):

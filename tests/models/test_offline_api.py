@@ -245,6 +245,13 @@ def test_stop_set_after_construction_is_one_string(llm):
     assert out.stop_reason == base[4:7] and out.text == base[:base.index(base[4:7])]
 
 
+def test_seed_minus_one_is_a_random_seed(llm):
+    # vLLM (and OpenAI) read seed=-1 as "no seed"; it was a fixed seed, every answer the same.
+    assert SamplingParams(seed=-1).seed is None
+    params = SamplingParams(seed=-1, temperature=1.0, max_tokens=12, ignore_eos=True)
+    assert ids(llm.generate("Hello", params, use_tqdm=False)) != ids(llm.generate("Hello", params, use_tqdm=False))
+
+
 def test_bad_prompts_raise_and_leak_nothing(llm):
     with pytest.raises(InvalidRequestError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
