@@ -113,7 +113,8 @@ class InputProcessor:
                 raise InvalidRequestError(f"prompt keys {unknown} are not supported (pagedlm serves text models); "
                                           "use 'prompt' or 'prompt_token_ids' (and optionally 'cache_salt')")
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+                ids = prompt["prompt_token_ids"]  # a numpy array or tensor: its Python ints
+                return prompt.get("prompt"), ids.tolist() if hasattr(ids, "tolist") else list(ids)
             if "prompt" in prompt:
                 return prompt["prompt"], self.encode(prompt["prompt"], check_chars=check_chars)
             raise InvalidRequestError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
@@ -144,6 +145,9 @@ class InputProcessor:
             raise InvalidRequestError("The prompt cannot be empty.")
         in_vocab = all(isinstance(t, int) for t in token_ids) and 0 <= min(token_ids) and max(token_ids) < self.vocab_size
         bad = [] if in_vocab else [t for t in token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
+        not_ints = [t for t in bad if not isinstance(t, int)]
+        if not_ints:
+            raise InvalidRequestError(f"Token ids must be integers, got {not_ints[:5]}.")
         if bad:
             raise InvalidRequestError(f"Token ids {bad[:5]} are out of vocabulary (size {self.vocab_size}).")
         if pooling and len(token_ids) > self.max_model_len:

@@ -252,6 +252,21 @@ def test_seed_minus_one_is_a_random_seed(llm):
     assert ids(llm.generate("Hello", params, use_tqdm=False)) != ids(llm.generate("Hello", params, use_tqdm=False))
 
 
+def test_prompt_token_ids_as_an_array(llm):
+    # TokensPrompt(prompt_token_ids=tokenizer(..., return_tensors="np")["input_ids"][0]) was
+    # refused as "out of vocabulary" (numpy ints are not ints); so was a tensor's row.
+    import numpy as np
+    import torch
+
+    params = SamplingParams(temperature=0, max_tokens=3)
+    expected = ids(llm.generate({"prompt_token_ids": [5, 6, 7]}, params, use_tqdm=False))
+    for array in (np.array([5, 6, 7]), torch.tensor([5, 6, 7])):
+        out = llm.generate({"prompt_token_ids": array}, params, use_tqdm=False)[0]
+        assert out.prompt_token_ids == [5, 6, 7] and [out.outputs[0].token_ids] == expected
+    with pytest.raises(InvalidRequestError, match="must be integers"):
+        llm.generate({"prompt_token_ids": [5, 6.0]}, params, use_tqdm=False)
+
+
 def test_bad_prompts_raise_and_leak_nothing(llm):
     with pytest.raises(InvalidRequestError, match="empty"):
         llm.generate({"prompt_token_ids": []}, use_tqdm=False)
