@@ -126,6 +126,20 @@ def test_completion_logprobs_and_echo(client, offline_llm) -> None:
     assert choice.logprobs.text_offset[num_prompt] == len(PROMPTS[0])
 
 
+def test_echo_without_generation(client, offline_llm) -> None:
+    """echo with max_tokens 0 (lm-eval's loglikelihood requests): the prompt alone with its logprobs."""
+    kwargs = dict(model=MODEL_NAME, prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=1)
+    choice = client.completions.create(**kwargs).choices[0]
+    num_prompt = len(offline_llm.get_tokenizer().encode(PROMPTS[0]))
+    assert choice.text == PROMPTS[0]
+    assert len(choice.logprobs.tokens) == num_prompt and choice.logprobs.token_logprobs[0] is None
+    assert all(lp is not None for lp in choice.logprobs.token_logprobs[1:])
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **kwargs) if c.choices]
+    assert "".join(c.text for c in chunks) == PROMPTS[0]
+    assert sum(len(c.logprobs.tokens) for c in chunks) == num_prompt
+    assert chunks[-1].finish_reason is not None
+
+
 def test_chat_logprobs(client) -> None:
     resp = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, temperature=0.0, max_tokens=5,
                                           logprobs=True, top_logprobs=2)

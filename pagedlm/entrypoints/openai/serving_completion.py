@@ -30,7 +30,9 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
         self.check_logprobs("logprobs", request.logprobs)
-        params = self.make_params(request, request.logprobs, request.max_tokens)
+        # echo with max_tokens 0 (lm-eval's loglikelihood requests): the prompt alone, with its
+        # logprobs; as vLLM, one token is generated and left out of the text.
+        params = self.make_params(request, request.logprobs, 1 if _echo_only(request) else request.max_tokens)
         prompts = [await self._tokenize(p, request) for p in request.prompts()]
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
@@ -89,14 +91,16 @@ class OpenAIServingCompletion(OpenAIServing):
     def _choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
                 completion: CompletionOutput) -> dict[str, Any]:
         prefix = self._prompt_text(group, index) if request.echo else ""
+        echo_only = _echo_only(request)
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if request.echo else _empty_logprobs()
-            _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix),
-                             as_token_ids=self.as_token_ids(request))
+            if not echo_only:
+                _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix),
+                                 as_token_ids=self.as_token_ids(request))
         return {
             "index": index * request.n + completion.index,
-            "text": prefix + completion.text,
+            "text": prefix if echo_only else prefix + completion.text,
             "logprobs": logprobs,
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,
@@ -144,12 +148,13 @@ class OpenAIServingCompletion(OpenAIServing):
         possible stop string), as vLLM streams: clients count chunks as tokens arrive."""
         if state.finished:
             return None
-        delta = completion.text
+        echo_only = _echo_only(request)  # the generated token is not part of the answer
+        delta = "" if echo_only else completion.text
         finishing = completion.finish_reason is not None
         prefix = self._prompt_text(group, index) if request.echo and not state.started else ""
-        if not delta and not finishing and not prefix and not completion.token_ids:
+        new_ids, new_lps = ([], []) if echo_only else (completion.token_ids, completion.logprobs or [])
+        if not delta and not finishing and not prefix and not new_ids:
             return None
-        new_ids, new_lps = completion.token_ids, completion.logprobs or []
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if prefix else _empty_logprobs()
@@ -162,6 +167,11 @@ class OpenAIServingCompletion(OpenAIServing):
             "index": choice_index, "text": prefix + delta, "logprobs": logprobs,
             "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason,
         }
+
+
+def _echo_only(request: CompletionRequest) -> bool:
+    """echo with max_tokens 0: the answer is the prompt alone."""
+    return request.echo and request.max_tokens == 0
 
 
 def _empty_logprobs() -> dict[str, list]:
