@@ -73,6 +73,8 @@ CASES = [
      "--enable-auto-tool-choice", "tool_choice"),
     ("tool-choice-unknown-function", CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}],
      tool_choice={"type": "function", "function": {"name": "g"}}), 400, "not in tools", "tool_choice"),
+    ("tool-choice-function-not-object", CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}],
+     tool_choice={"type": "function", "function": "f"}), 400, "tool_choice must be", "tool_choice"),
     ("empty-messages", CHAT, _chat(messages=[]), 400, "messages", "messages"),
     ("bad-role", CHAT, _chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "role", None),
     ("image-content", CHAT, _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),

@@ -87,11 +87,12 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel_to
                               '--tool-call-parser; or use tool_choice "required", a named function, or "none"',
                               400, "tool_choice")
         return ToolPlan("auto", parallel=parallel)
+    named = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     if tool_choice == "required":
         plan = ToolPlan("required", constraint=StructuredOutputsParams(json=_required_schema(specs, parallel)),
                         parallel=parallel)
-    elif isinstance(tool_choice, dict) and isinstance((tool_choice.get("function") or {}).get("name"), str):
-        name = tool_choice["function"]["name"]
+    elif isinstance(named, dict) and isinstance(named.get("name"), str):
+        name = named["name"]
         if name not in specs:
             raise OpenAIError(f"tool_choice names function {name!r}, which is not in tools", 400, "tool_choice")
         plan = ToolPlan("named", name, StructuredOutputsParams(json=specs[name]), parallel)
