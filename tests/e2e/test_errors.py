@@ -88,6 +88,8 @@ CASES = [
     ("beam-search-with-json-object", CHAT, _chat(use_beam_search=True, n=2, response_format={"type": "json_object"}),
      400, "structured output", "use_beam_search"),
     ("truncate-beyond-max-model-len", CMPL, _c(truncate_prompt_tokens=10**6), 400, "truncate_prompt_tokens", None),
+    ("responses-text-format-not-object", "/v1/responses", {"model": MODEL_NAME, "input": "hi", "max_output_tokens": 2,
+     "text": {"format": "json_object"}}, 400, "text.format", "text.format"),
     ("seed-type", CMPL, _c(seed="abc"), 400, "seed", "seed"),
     ("detokenize-out-of-vocab", "/detokenize", {"tokens": [10**7]}, 400, "vocabulary", "tokens"),
     ("tokenize-unknown-model", "/tokenize", {"model": "nope", "prompt": "x"}, 404, "does not exist", "model"),

@@ -113,6 +113,8 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         tool_choice = {"type": "function", "function": {"name": tool_choice["name"]}}
     fmt = (req.text or {}).get("format")
     response_format = None
+    if fmt is not None and not isinstance(fmt, dict):
+        raise OpenAIError("text.format must be an object such as {'type': 'json_object'}", 400, "text.format")
     if fmt is not None:
         response_format = {"type": fmt.get("type")}
         if fmt.get("type") == "json_schema":
