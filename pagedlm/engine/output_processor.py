@@ -219,11 +219,15 @@ class OutputProcessor:
             parent.metrics.finished_time = time.time()
         if parent.is_pooling:
             return _pooling_output(parent)
-        # A DELTA stream sends the prompt's logprobs once, with its first output (the prompt
-        # is fully computed before the first token exists).
+        # A DELTA stream sends the prompt's logprobs once, whole, with its first output: a long
+        # prompt's prefill chunks each bring some, and until the last has, there is nothing to send.
         prompt_logprobs = parent.prompt_logprobs
-        if kind == RequestOutputKind.DELTA and parent.num_outputs_sent > 0:
-            prompt_logprobs = None
+        if kind == RequestOutputKind.DELTA:
+            if (prompt_logprobs is not None and len(prompt_logprobs) < len(parent.prompt_token_ids)
+                    and not finished):
+                return None
+            if parent.num_outputs_sent > 0:
+                prompt_logprobs = None
         parent.num_outputs_sent += 1
         return RequestOutput(
             request_id=parent.request_id,

@@ -243,3 +243,18 @@ def test_force_include_usage_and_tokens_as_token_ids(checkpoint: Path) -> None:
         content = chat["choices"][0]["logprobs"]["content"]
         assert all(c["token"].startswith("token_id:") and c["bytes"] == list(c["token"].encode()) for c in content)
         assert all(t["token"].startswith("token_id:") for c in content for t in c["top_logprobs"])
+
+
+def test_streamed_echo_logprobs_of_a_chunked_prompt(checkpoint: Path) -> None:
+    """A prompt prefilled over several steps (chunked prefill): a stream's echoed prompt carries
+    the logprobs of every prompt position, as the full response does (only the first has none)."""
+    engine, client = _make_client(checkpoint, max_num_batched_tokens=16)
+    body = {"prompt": list(range(10, 60)), "max_tokens": 2, "echo": True, "logprobs": 1, "temperature": 0.0}
+    with client:
+        full = client.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["token_logprobs"]
+        stream = client.post("/v1/completions", json={**body, "stream": True}).text
+    events = [json.loads(line[6:]) for line in stream.split("\n") if line.startswith("data: {")]
+    streamed = [lp for e in events for c in e["choices"] for lp in c["logprobs"]["token_logprobs"]]
+    assert len(streamed) == len(full) == 52
+    assert streamed[0] is None and None not in streamed[1:]
+    assert streamed[:50] == full[:50]
