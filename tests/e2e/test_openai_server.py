@@ -140,6 +140,19 @@ def test_echo_without_generation(client, offline_llm) -> None:
     assert chunks[-1].finish_reason is not None
 
 
+def test_null_n_and_echo(http) -> None:
+    """OpenAI's API takes null for n and completions' echo (their defaults), as clients that pass
+    every keyword send them."""
+    chat = http.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 2,
+                                                   "n": None})
+    assert chat.status_code == 200, chat.text
+    assert len(chat.json()["choices"]) == 1
+    cmpl = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": PROMPTS[0], "max_tokens": 2, "n": None,
+                                              "echo": None})
+    assert cmpl.status_code == 200, cmpl.text
+    assert len(cmpl.json()["choices"]) == 1 and not cmpl.json()["choices"][0]["text"].startswith(PROMPTS[0])
+
+
 def test_chat_logprobs(client) -> None:
     resp = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, temperature=0.0, max_tokens=5,
                                           logprobs=True, top_logprobs=2)

@@ -102,6 +102,11 @@ class SamplingFields(OpenAIBaseModel):
     kv_transfer_params: Any = None
     mm_processor_kwargs: Any = None
 
+    @field_validator("n", mode="before")
+    @classmethod
+    def _null_n(cls, n: Any) -> Any:
+        return 1 if n is None else n  # OpenAI's API takes null for the default
+
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
@@ -197,7 +202,7 @@ _UNSUPPORTED = {
 class CompletionRequest(SamplingFields):
     prompt: Any
     suffix: str | None = None
-    echo: bool = False
+    echo: bool | None = False  # null: false, as OpenAI's API
     logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     add_special_tokens: bool = True
 
