@@ -52,6 +52,10 @@ class StructuredOutputsParams:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"structured_outputs.{name} must be a string, got {type(value).__name__}.")
+        for name in ("json_object", "disable_any_whitespace"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and (value is not None or name == "disable_any_whitespace"):
+                raise ValueError(f"structured_outputs.{name} must be true or false, got {value!r}.")
         if self.json is not None and not isinstance(self.json, (str, dict)):
             raise ValueError(f"structured_outputs.json must be a JSON schema (object or string), got "
                              f"{type(self.json).__name__}.")
