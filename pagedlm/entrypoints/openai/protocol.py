@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 MAX_STOP_SEQUENCES = 64
 MAX_STOP_SEQUENCE_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 1024
-_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 class OpenAIBaseModel(BaseModel):
@@ -67,10 +67,10 @@ class SamplingFields(OpenAIBaseModel):
     user: str | None = None
     response_format: ResponseFormat | None = None
     # vLLM extras
-    top_k: int | None = None
+    top_k: int | None = Field(None, le=_INT64_MAX)  # ints reach the engine core as 64-bit
     min_p: float | None = None
     repetition_penalty: float | None = None
-    min_tokens: int = 0
+    min_tokens: int = Field(0, le=_INT64_MAX)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     skip_special_tokens: bool = True
@@ -82,7 +82,7 @@ class SamplingFields(OpenAIBaseModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0  # beam search only
     best_of: int | None = None
-    priority: int = 0  # --scheduling-policy priority: lower values are served first
+    priority: int = Field(0, ge=_INT64_MIN, le=_INT64_MAX)  # --scheduling-policy priority: lower first
     # Structured output (pagedlm.entrypoints.openai.structured maps them to one constraint).
     structured_outputs: dict[str, Any] | None = None
     guided_json: Any = None

@@ -42,7 +42,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     normalize: bool | None = None
     add_special_tokens: bool = True
-    priority: int = 0  # --scheduling-policy priority: lower values are served first
+    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
     embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # base64 only
     endianness: Literal["native", "little", "big"] = "native"  # base64 only
