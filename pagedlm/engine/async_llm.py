@@ -236,7 +236,12 @@ class AsyncLLM:
         stream = RequestStream(request_id, self, request.sampling_params.output_kind)
         self.output_processor.add_request(request_id, text, children)
         self._streams[request_id] = stream
-        self.client.add_requests(children)
+        try:
+            self.client.add_requests(children)
+        except BaseException:  # not sent (e.g. a value msgpack cannot carry): forget it, or it never ends
+            self._streams.pop(request_id, None)
+            self.output_processor.abort_request(request_id)
+            raise
         self.prompt_tokens_total += request.num_prompt_tokens
         return stream
 

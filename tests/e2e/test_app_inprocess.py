@@ -258,3 +258,20 @@ def test_streamed_echo_logprobs_of_a_chunked_prompt(checkpoint: Path) -> None:
     assert len(streamed) == len(full) == 52
     assert streamed[0] is None and None not in streamed[1:]
     assert streamed[:50] == full[:50]
+
+
+def test_request_the_core_never_got_is_forgotten(checkpoint: Path) -> None:
+    """A request that could not be handed to the engine core (here: sending fails) leaves no
+    stream behind: it would never end, and a shutdown would wait its whole grace period for it."""
+    engine, client = _make_client(checkpoint)
+
+    def fail(requests):
+        raise OverflowError("can't serialize ints > 2**64 - 1")
+
+    client = TestClient(client.app, raise_server_exceptions=False)  # the 500 a server answers with
+    with client:
+        forward, engine.client.add_requests = engine.client.add_requests, fail
+        assert client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2}).status_code == 500
+        engine.client.add_requests = forward
+        assert engine.num_unfinished_requests == 0
+        assert client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2}).status_code == 200
