@@ -30,6 +30,11 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          loads are pipelined. On an H200 (Llama-3.1-8B layers) faster than the dot kinds at
          every M measured (16-256), and than dequantize + cuBLAS on every layer up to M = 64
          and on gate_up and down at 128.
+  mma    M <= 8 (4-bit, K tiles inside one group): Dᵀ = Wᵀ·xᵀ on ``mma.sync`` steps in inline
+         PTX (``int4_mma``), each lane dequantizing its own A fragment from the words it loaded
+         (no shared memory, no layout change), x rows as the MMA's 8 B columns. On an H200 at
+         M = 8 0.69-0.73x the time of the best 16-row tile per Llama-3.1-8B layer; at M = 1 about
+         level with the paired gemv (BENCHMARKS.md, session 21).
   dequantize + cuBLAS for large M (compute-bound; the weight traffic is amortised).
 
 Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order inside the same
@@ -59,10 +64,12 @@ from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
 _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds do less per weight)
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
-KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t")
+KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t", "mma")
+_MMA_MAX_M = 8  # the mma kind: x rows are the MMA's 8 B columns
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
 # the dequant forms each kind has (the tensor-core kinds not named here: _DEQUANT_MODES)
-_KIND_DEQUANT_MODES = {"gemv": ("f32", "int", "pair"), "wide": ("int", "half"), "wide_t": ("int", "half")}
+_KIND_DEQUANT_MODES = {"gemv": ("f32", "int", "pair"), "wide": ("int", "half"), "wide_t": ("int", "half"),
+                       "mma": ("half",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +95,10 @@ class KernelConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kernel kind {self.kind!r} is not one of {KINDS}")
-        if self.kind != "gemv" and self.block_m < 16:
+        if self.kind == "mma" and (self.block_m != _MMA_MAX_M or self.block_n != 16 * self.num_warps):
+            raise ValueError(f"the mma kind takes up to {_MMA_MAX_M} rows (block_m {_MMA_MAX_M}) and 16 columns "
+                             "a warp (block_n 16 * num_warps)")
+        if self.kind not in ("gemv", "mma") and self.block_m < 16:
             raise ValueError("the tensor-core kinds need block_m >= 16")
         if self.kind == "gemv" and self.block_m != 1:
             raise ValueError("the gemv kind takes one row per program (block_m 1)")
@@ -146,6 +156,9 @@ def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_group
     r = layout_rows(k, group_size, bits)
     if cfg.dequant == "pair":
         return bits == 4 and group_size % (r * 8) == 0 and not row_groups and not _interpreting()
+    if cfg.kind == "mma":  # 4-bit, R = 16, K tiles (128 inputs) inside one group; inline PTX
+        return (bits == 4 and r == 16 and group_size % 128 == 0 and not row_groups and not _interpreting()
+                and cfg.unroll in (1, 2) and (k // 128) % cfg.unroll == 0)
     if cfg.kind in ("wide", "wide_t"):
         return r * (32 // bits) >= _DOT_MIN_R and (k // (r * (32 // bits))) % cfg.unroll == 0
     return cfg.kind == "gemv" or r >= _DOT_MIN_R
@@ -164,7 +177,7 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
                          f"{r} interleaved rows{', row groups' if row_groups is not None else ''})")
     k_tiles = k // (r * (32 // bits))
     tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
-    if cfg.kind in ("wide", "wide_t"):  # a split is whole steps of ``unroll`` tiles
+    if cfg.kind in ("wide", "wide_t", "mma"):  # a split is whole steps of ``unroll`` tiles
         tiles_per_split = triton.cdiv(tiles_per_split, cfg.unroll) * cfg.unroll
     split_k = triton.cdiv(k_tiles, tiles_per_split)
     out = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
@@ -181,7 +194,16 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
             counters, out, m, n, x2d.stride(0), k_tiles, tiles_per_split, 0x4B000000)
     common = {"GROUP_SIZE": group_size, "BITS": bits, "R": r, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
               "HAS_ROW_GROUPS": has_rg, "HAS_BIAS": has_bias, "SPLIT_K": split_k, "num_warps": cfg.num_warps}
-    if cfg.kind == "gemv":
+    if cfg.kind == "mma":
+        if m > _MMA_MAX_M or x2d.dtype not in (torch.float16, torch.bfloat16) or x2d.stride(0) % 4:
+            raise ValueError(f"the mma kind takes up to {_MMA_MAX_M} rows of 16-bit activations whose row "
+                             "stride is a multiple of 4")
+        args = (x2d, qweight, scales, zeros, bias if has_bias else scales, part, counters, out, m, n, x2d.stride(0),
+                k_tiles, tiles_per_split, 1)
+        common = {"GROUP_SIZE": group_size, "WARPS": cfg.num_warps, "UNROLL": cfg.unroll, "HAS_BIAS": has_bias,
+                  "SPLIT_K": split_k, "num_warps": cfg.num_warps}
+        _launch(K.wna16_mma_kernel, grid, args, common, cfg, (bits, x2d.dtype), IS_FP16=x2d.dtype == torch.float16)
+    elif cfg.kind == "gemv":
         _launch(K.wna16_gemv_kernel, grid, args, common, cfg, (bits, x2d.dtype), UNROLL=cfg.unroll,
                 MAGIC=cfg.dequant == "f32", PAIR=cfg.dequant == "pair")
     elif cfg.kind in ("wide", "wide_t"):
@@ -203,7 +225,8 @@ def _launch(kernel, grid: tuple[int, int, int], args: tuple, common: dict, cfg: 
     num_stages = _fitting_stages.get(fit_key, cfg.num_stages)
     while True:
         try:
-            stages = {"STAGES": num_stages} if kernel in (K.wna16_gemv_kernel, K.wna16_wide_kernel) else {}
+            stages = ({"STAGES": num_stages} if kernel in (K.wna16_gemv_kernel, K.wna16_wide_kernel, K.wna16_mma_kernel)
+                      else {})
             kernel[grid](*args, **common, **extra, **stages, num_stages=num_stages, **launch_kwargs())
             return
         except triton.runtime.errors.OutOfResources:

@@ -5,8 +5,9 @@ Shared pieces: ``_field`` / ``_codes_minus_zero`` / ``_field_scaled_f32`` / ``_d
 packed codes into numbers, ``_finish`` stores a tile (and sums split-K slices in-kernel). Then
 one kernel per kind: ``wna16_gemv_kernel`` (FMA, one row per program; the paired bf16 form is
 ``int4_pairs``), ``wna16_dot_kernel`` (dot / dot_t: a K=16 tensor-core step per field),
-``wna16_wide_kernel`` (wide / wide_t: a step per packed K tile) and ``wna16_dequant_kernel``
-(the dense weight, for dequantize + cuBLAS).
+``wna16_wide_kernel`` (wide / wide_t: a step per packed K tile), ``wna16_mma_kernel`` (mma:
+per-lane fragments for ``mma.sync``, ``int4_mma``) and ``wna16_dequant_kernel`` (the dense
+weight, for dequantize + cuBLAS).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from pagedlm.kernels.int4_mma import mma_steps
 from pagedlm.kernels.int4_pairs import half_pair, pair_products
 from pagedlm.kernels.pdl import pdl_prologue
 
@@ -438,6 +440,108 @@ def wna16_wide_kernel(
         acc = _dot_x(acc, w, x_rows, kt * BK + offs_k, mask_m, SWAP)
     _dot_finish(acc, offs_m, offs_n, mask_m, mask_n, b_ptr, part_ptr, count_ptr, out_ptr, pid, pid_k, M, N,
                 SPLIT_K, HAS_BIAS, SWAP)
+
+
+@triton.jit
+def _base_plus_zero(z, IS_FP16: tl.constexpr):
+    """(base + zero) in both halves of a word: 1024 + z in fp16, 128 + z in bf16 (exact: integer
+    zero points below 128), what ``int4_mma``'s packed subtraction takes."""
+    zb = (z.to(tl.float32) + (1024.0 if IS_FP16 else 128.0)).to(z.dtype)
+    return half_pair(zb, zb)
+
+
+@triton.jit
+def _halves(v):
+    """An int64 of four 16-bit activations as its two int32 halves (two B-fragment words)."""
+    return v.to(tl.int32), (v >> 32).to(tl.int32)
+
+
+@triton.jit
+def _mma_loads(qw_ptr, s_ptr, z_ptr, x_row, N, kt, t, c0, c1, GROUP_SIZE: tl.constexpr, IS_FP16: tl.constexpr):
+    """What one K tile (128 inputs, inside one group) of the mma kind reads: the lane's words
+    (packed rows 4t .. 4t+3 of columns g and g + 8), the two columns' (base + zero) pairs and
+    float32 scales, and its activations x[16s + 4t .. 16s + 4t + 3] (one int64 per step s)."""
+    row = (kt * 16 + 4 * t).to(tl.int64) * N
+    grp = ((kt * 128) // GROUP_SIZE).to(tl.int64) * N
+    xk = x_row + kt * 32
+    return (tl.load(qw_ptr + row + c0), tl.load(qw_ptr + row + N + c0), tl.load(qw_ptr + row + 2 * N + c0),
+            tl.load(qw_ptr + row + 3 * N + c0), tl.load(qw_ptr + row + c1), tl.load(qw_ptr + row + N + c1),
+            tl.load(qw_ptr + row + 2 * N + c1), tl.load(qw_ptr + row + 3 * N + c1),
+            _base_plus_zero(tl.load(z_ptr + grp + c0), IS_FP16), _base_plus_zero(tl.load(z_ptr + grp + c1), IS_FP16),
+            tl.load(s_ptr + grp + c0).to(tl.float32), tl.load(s_ptr + grp + c1).to(tl.float32),
+            tl.load(xk), tl.load(xk + 4), tl.load(xk + 8), tl.load(xk + 12),
+            tl.load(xk + 16), tl.load(xk + 20), tl.load(xk + 24), tl.load(xk + 28))
+
+
+@triton.jit
+def _mma_tile(acc, ld, IS_FP16: tl.constexpr):
+    """acc (the four float32 D fragments) plus one K tile's products from its loads ``ld``
+    (``_mma_loads``): eight MMA steps in two inline-PTX blocks, the scales once."""
+    zero = tl.zeros_like(acc[0])
+    b0, b1 = _halves(ld[12])
+    b2, b3 = _halves(ld[13])
+    b4, b5 = _halves(ld[14])
+    b6, b7 = _halves(ld[15])
+    d = mma_steps(ld[0], ld[1], ld[2], ld[3], ld[4], ld[5], ld[6], ld[7], ld[8], ld[9], b0, b1, b2, b3, b4, b5,
+                  b6, b7, zero, zero, zero, zero, False, IS_FP16)
+    b0, b1 = _halves(ld[16])
+    b2, b3 = _halves(ld[17])
+    b4, b5 = _halves(ld[18])
+    b6, b7 = _halves(ld[19])
+    d = mma_steps(ld[0], ld[1], ld[2], ld[3], ld[4], ld[5], ld[6], ld[7], ld[8], ld[9], b0, b1, b2, b3, b4, b5,
+                  b6, b7, d[0], d[1], d[2], d[3], True, IS_FP16)
+    # D: (column g, x rows 2t / 2t+1), (column g + 8, the same rows)
+    return acc[0] + d[0] * ld[10], acc[1] + d[1] * ld[10], acc[2] + d[2] * ld[11], acc[3] + d[3] * ld[11]
+
+
+@triton.jit(do_not_specialize=["one"])
+def wna16_mma_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, part_ptr, count_ptr, out_ptr,
+    M, N, stride_xm, k_tiles, tiles_per_split, one,
+    GROUP_SIZE: tl.constexpr, WARPS: tl.constexpr, UNROLL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    IS_FP16: tl.constexpr, STAGES: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """out[m, n] = x[m, :] @ W[:, n] (+ bias) for M <= 8 rows, this program's split of K, on the
+    tensor cores (``int4_mma``): each warp one 16-column tile, each K tile (128 inputs, inside
+    one group) eight MMA steps whose A fragments every lane dequantizes from its own words;
+    UNROLL tiles' loads are issued before their math (splits are whole multiples of UNROLL).
+    The tensors hold one element per thread (32 * WARPS of them), element i in lane i % 32 of
+    warp i // 32, which is what the warp-wide MMA in the inline PTX relies on; ``one`` (1,
+    never specialised) keeps the compiler from proving the activation loads contiguous across
+    lanes and vectorising them into another layout."""
+    pdl_prologue(PDL)
+    pid_n, pid_k = tl.program_id(0), tl.program_id(2)
+    i = tl.arange(0, 32 * WARPS)
+    lane = i % 32
+    g = lane // 4
+    t = lane % 4
+    col0 = pid_n * (16 * WARPS) + (i // 32) * 16 + g  # A rows g and g + 8: two weight columns a lane
+    col1 = col0 + 8
+    c0 = tl.minimum(col0, N - 1).to(tl.int64)
+    c1 = tl.minimum(col1, N - 1).to(tl.int64)
+    # B column g is x row g (rows past M re-read the last one: their outputs are dropped)
+    x_row = (x_ptr.to(tl.pointer_type(tl.int64)) + tl.minimum(g, M - 1).to(tl.int64) * (stride_xm // 4)
+             + t * one)
+    kt0 = pid_k * tiles_per_split
+    kt1 = tl.minimum(kt0 + tiles_per_split, k_tiles)
+    zero = tl.zeros([32 * WARPS], dtype=tl.float32)
+    acc = (zero, zero, zero, zero)
+    for kt in tl.range(kt0, kt1, UNROLL, num_stages=STAGES):
+        ld = _mma_loads(qw_ptr, s_ptr, z_ptr, x_row, N, kt, t, c0, c1, GROUP_SIZE, IS_FP16)
+        if UNROLL == 2:
+            ld2 = _mma_loads(qw_ptr, s_ptr, z_ptr, x_row, N, kt + 1, t, c0, c1, GROUP_SIZE, IS_FP16)
+        acc = _mma_tile(acc, ld, IS_FP16)
+        if UNROLL == 2:
+            acc = _mma_tile(acc, ld2, IS_FP16)
+    rows = tl.join(2 * t, 2 * t + 1)  # [32 * WARPS, 2]
+    cols = tl.join(col0, col1)
+    y = tl.join(tl.join(acc[0], acc[1]), tl.join(acc[2], acc[3]))  # [element, row, column]
+    offs = rows[:, :, None].to(tl.int64) * N + cols[:, None, :]
+    mask = (rows[:, :, None] < M) & (cols[:, None, :] < N)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[:, None, :]
+    _finish(y, offs, mask, bias, part_ptr, count_ptr, out_ptr, pid_n, pid_k, M * N, SPLIT_K, HAS_BIAS)
 
 
 @triton.jit

@@ -46,6 +46,11 @@ _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (
 # one dot shape of each kind stays for layers where those win. The swapped wide tiles of 128-256
 # rows (the weight as the step's register operand) won qkv, down and o at M = 128 (0.78-0.88x
 # the time of the best other kind) and gate_up at M = 256 (0.97x dequantize + cuBLAS).
+# the mma kind (4-bit, M <= 8: each lane dequantizes its own tensor-core fragment): (num_warps,
+# unroll, waves); the best per Llama-3.1-8B layer on an H200 at M = 1 and 8 (BENCHMARKS.md,
+# session 21): at M = 8 0.69-0.73x the time of the tiles above, at M = 1 it won o_proj.
+_MMA_MAX_M = 8
+_MMA_SHAPES = ((4, 2, 4.0), (4, 2, 8.0), (4, 1, 4.0), (8, 2, 4.0))
 _SMALL_TILE_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
                       ("dot_t", 16, 128, 4, 3, 1))
 _TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2),
@@ -84,8 +89,8 @@ def make_config(kind: str, block_m: int, block_n: int, m: int, n: int, k: int, b
 
 def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
                        row_groups: bool = False) -> list[Any]:
-    """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired form (M <= 4) and 16-row
-    tensor-core tiles."""
+    """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired form (M <= 4), the mma kind
+    (M <= 8) and 16-row tensor-core tiles."""
     from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
 
     out = []
@@ -95,6 +100,9 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     if m <= _PAIR_MAX_M:  # a program per row: the rows after the first read the weight from L2
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
+    if m <= _MMA_MAX_M:
+        out += [make_config("mma", 8, 16 * w, m, n, k, bits, group_size, num_sms, w, 1, waves, unroll)
+                for w, unroll, waves in _MMA_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0, unroll)
             for kind, bm, bn, w, s, unroll in _SMALL_TILE_SHAPES]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]

@@ -232,6 +232,44 @@ def test_paired_gemv(dtype):
                 assert out.dtype == dtype and rel_err(out, ref) < TOL, (k, n, m, cfg)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="inline PTX (not under the interpreter)")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mma_kind(dtype):
+    """The tensor-core decode kind (each lane dequantizes its own MMA fragment) against the
+    float32 reference: 1, 3 and 8 rows (the MMA's B columns), column counts that leave part of
+    a warp's 16-column tile or of a program's tiles empty, split-K through the tickets (even
+    and uneven), bias, groups of 128 and 256, activations in the thousands (fp16: hundreds)."""
+    KC = triton_wna16.KernelConfig  # noqa: N806
+    for k, n, group_size in ((4096, 1536, 128), (2048, 1000, 256), (1024, 4104, 128)):
+        qweight, scales, zeros = make_weights(k, n, 4, group_size, dtype, seed=k + n)
+        bias = torch.randn(n, device=DEVICE, dtype=dtype)
+        for m, amp in ((1, 1.0), (3, 2000.0 if dtype == torch.bfloat16 else 200.0), (8, 1.0)):
+            x = torch.randn(m, k, device=DEVICE, dtype=dtype) * amp
+            ref = reference(x, qweight, scales, zeros, None, None, group_size, 4)
+            for cfg in (KC("mma", 8, 64, 1, 4, 1), KC("mma", 8, 64, 3, 4, 2, 2), KC("mma", 8, 128, 5, 8, 3)):
+                assert triton_wna16.config_fits(cfg, k, group_size, 4)
+                out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, 4, cfg)
+                assert out.dtype == dtype and rel_err(out, ref) < TOL, (k, n, m, cfg)
+                out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, group_size, 4, cfg, bias)
+                assert rel_err(out, ref + bias.float()) < TOL, (k, n, m, cfg, "bias")
+
+
+def test_mma_kind_refuses_what_it_cannot_run():
+    cfg = triton_wna16.KernelConfig("mma", 8, 64, 1, 4, 1)
+    on_gpu = DEVICE == "cuda"
+    assert triton_wna16.config_fits(cfg, 4096, 128, 4) == on_gpu
+    assert not triton_wna16.config_fits(cfg, 4096, 128, 8)  # 8-bit codes
+    assert not triton_wna16.config_fits(cfg, 4096, 64, 4)  # a K tile spans two groups
+    assert not triton_wna16.config_fits(cfg, 4096, 128, 4, row_groups=True)  # act-order shard
+    with pytest.raises(ValueError, match="16 columns a warp"):
+        triton_wna16.KernelConfig("mma", 8, 128, 1, 4, 1)
+    if on_gpu:
+        qweight, scales, zeros = make_weights(512, 64, 4, 128, torch.float16)
+        with pytest.raises(ValueError, match="up to 8 rows"):
+            triton_wna16.wna16_gemm_with_config(torch.randn(9, 512, device=DEVICE, dtype=torch.float16), qweight,
+                                                scales, zeros, None, 128, 4, cfg)
+
+
 def test_paired_gemv_takes_only_whole_groups_of_4_bit_codes():
     """Where the pairs cannot apply the config does not fit (the tuner never offers it)."""
     cfg = triton_wna16.KernelConfig("gemv", 1, 256, 1, 4, 3, dequant="pair")
