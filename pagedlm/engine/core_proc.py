@@ -2,7 +2,8 @@
 
 Three threads, so the GIL-heavy step loop never waits on sockets:
 - the input thread receives msgpack frames, decodes them into EngineCoreInput messages and
-  queues them;
+  queues them (a request whose fields do not decode into their types is failed back to its
+  frontend with an error, never silently dropped: its client would wait for ever);
 - the main thread applies queued inputs, steps the engine while there is work and blocks on
   the input queue when there is none (no spinning while idle);
 - the output thread encodes each step's EngineCoreOutputs and sends them: with several
@@ -34,6 +35,7 @@ from pagedlm.engine.messages import (
     AbortRequests,
     AddRequest,
     EngineCoreEvent,
+    EngineCoreRequest,
     EngineCoreInput,
     EngineCoreOutput,
     EngineCoreOutputs,
@@ -109,6 +111,11 @@ class EngineCoreProc:
                 self.core.abort_requests(message.request_ids)
         elif isinstance(message, UtilityCall):
             self.output_queue.put(self._call_utility(message))
+        elif isinstance(message, UndecodableRequest):
+            if self.num_clients > 1:
+                self._client_of[message.request_id] = message.client_index
+            failed = EngineCoreOutput(message.request_id, [], finish_reason="error", error=message.error)
+            self.output_queue.put(EngineCoreOutputs(self.engine_index, [failed], self.core.stats(), time.time()))
         elif isinstance(message, Shutdown):
             self._stop = True
 
@@ -130,8 +137,13 @@ class EngineCoreProc:
             frame = socket.recv(copy=False)
             try:
                 self.input_queue.put(decoder.decode(frame.buffer))
-            except msgspec.ValidationError:
-                logger.exception("dropped a malformed engine-core message")
+            except msgspec.ValidationError as e:
+                rejected = undecodable_request(frame.buffer, str(e))
+                if rejected is None:
+                    logger.exception("dropped a malformed engine-core message")
+                else:
+                    logger.error("request %s failed: the engine core cannot decode it (%s)", rejected.request_id, e)
+                    self.input_queue.put(rejected)
 
     def _send_outputs(self, sockets: list[zmq.Socket]) -> None:
         encoder = msgspec.msgpack.Encoder()
@@ -159,6 +171,34 @@ class EngineCoreProc:
                 per_client[client].append(output)
         return [EngineCoreOutputs(message.engine_index, outputs, message.scheduler_stats, message.timestamp)
                 for outputs in per_client]
+
+
+class UndecodableRequest(NamedTuple):
+    """An AddRequest whose fields did not decode into their types (never sent as such): the core
+    fails it back to its frontend."""
+
+    request_id: str
+    client_index: int
+    error: str
+
+
+_CLIENT_INDEX_FIELD = EngineCoreRequest.__struct_fields__.index("client_index")
+
+
+def undecodable_request(frame: Any, error: str) -> UndecodableRequest | None:
+    """The request of an AddRequest frame that failed typed decoding ([tag, [request_id, ...]]
+    as plain msgpack), or None when the frame is not one (or has no usable id)."""
+    try:
+        raw = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError:
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and raw[0] == "add" and isinstance(raw[1], list) and raw[1]
+            and isinstance(raw[1][0], str)):
+        return None
+    fields = raw[1]
+    client = fields[_CLIENT_INDEX_FIELD] if len(fields) > _CLIENT_INDEX_FIELD else 0
+    return UndecodableRequest(fields[0], client if isinstance(client, int) else 0,
+                              f"The request could not be passed to the engine: {error}")
 
 
 class RoutedResult(NamedTuple):

@@ -309,3 +309,28 @@ def test_data_parallel_balances_by_load(mp_engine) -> None:
         done += sum(o.finished for o in processed.request_outputs)
     assert engines_seen == {0, 1}
     assert client._load == [0, 0] and not client.has_unfinished_requests()
+
+
+def test_a_request_the_core_cannot_decode_fails_instead_of_hanging(mp_engine) -> None:
+    """A request whose fields reach the engine core in a type it cannot decode (a top_k string
+    set after validation) ends with an error output instead of being dropped, which left its
+    client waiting for ever; the other requests are served."""
+    from pagedlm import SamplingParams
+    from pagedlm.engine.messages import EngineCoreRequest
+
+    params = SamplingParams(temperature=0, max_tokens=3)
+    bad = params.clone()
+    bad.top_k = "many"
+    request = EngineCoreRequest("undecodable", [1, 2, 3], bad, None, time.time())
+    mp_engine.output_processor.add_request("undecodable", None, [request])
+    mp_engine.core_client.add_requests([request])
+    mp_engine.add_request("fine", "hello", params)
+    finished = {}
+    while len(finished) < 2:  # queue.Empty (a failure) if an answer does not come within 30 s
+        batch = mp_engine.core_client.get_output(timeout=30)
+        processed = mp_engine.output_processor.process_outputs(batch.outputs)
+        finished.update((o.request_id, o) for o in processed.request_outputs if o.finished)
+    assert set(finished) == {"undecodable", "fine"}
+    assert finished["undecodable"].outputs[0].finish_reason == "error"
+    assert len(finished["fine"].outputs[0].token_ids) == 3
+    assert not mp_engine.has_unfinished_requests() and mp_engine.core_client._load == [0, 0]
