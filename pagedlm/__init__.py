@@ -13,6 +13,8 @@ from pagedlm.outputs import (
     PoolingOutput,
     PoolingRequestOutput,
     RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
 )
 from pagedlm.pooling_params import PoolingParams
 from pagedlm.engine_args import EngineArgs
@@ -35,6 +37,8 @@ __all__ = [
     "PoolingRequestOutput",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
+    "ScoringOutput",
+    "ScoringRequestOutput",
     "EngineArgs",
     "__version__",
 ]

@@ -96,3 +96,22 @@ class EmbeddingRequestOutput(PoolingRequestOutput):
         return EmbeddingRequestOutput(output.request_id, EmbeddingOutput.from_base(output.outputs),
                                       output.prompt_token_ids, output.finished, output.num_cached_tokens,
                                       output.prompt, output.metrics, output.error)
+
+
+@dataclass
+class ScoringOutput:
+    """The score of one pair of texts: the cosine similarity of their embeddings (vLLM's score
+    for embedding models)."""
+
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """One pair's result of ``LLM.score``: ``request_id`` joins the two embedding requests' ids,
+    ``prompt_token_ids`` the two prompts' tokens, as vLLM's."""
+
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    finished: bool = True

@@ -6,6 +6,9 @@ import itertools
 import os
 from typing import Any, Sequence
 
+import torch
+import torch.nn.functional as F  # noqa: N812
+
 from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
 from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
@@ -15,7 +18,13 @@ from pagedlm.entrypoints.chat_content import resolve_content_format, template_co
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
-from pagedlm.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from pagedlm.outputs import (
+    EmbeddingRequestOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
 from pagedlm.pooling_params import POOLING_TASKS, PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -140,6 +149,50 @@ class LLM:
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="embed")
         return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def score(
+        self,
+        data_1: PromptType | Sequence[PromptType],
+        data_2: PromptType | Sequence[PromptType],
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+        lora_request: Any = None,
+    ) -> list[ScoringRequestOutput]:
+        """Scores of text pairs with an embedding model, as vLLM's: the cosine similarity of the
+        two embeddings. ``data_1`` may be one text scored against every entry of ``data_2``, or
+        as many texts as ``data_2`` (scored pairwise). Cross-encoder (sequence classification)
+        models, which vLLM also scores, are not served by pagedlm."""
+        first, second = self._as_prompt_list(data_1), self._as_prompt_list(data_2)
+        if not first or not second:
+            raise ValueError("score needs at least one text on each side")
+        if len(first) == 1:
+            first = first * len(second)
+        if len(first) != len(second):
+            raise ValueError(f"score pairs the texts of data_1 with those of data_2: got {len(first)} and "
+                             f"{len(second)} (give one data_1 text, or as many as data_2)")
+        if pooling_params is not None and not isinstance(pooling_params, PoolingParams):
+            raise TypeError(f"pooling_params must be a PoolingParams, got {type(pooling_params).__name__}")
+        embedded = self.embed(first + second, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
+                              pooling_params=pooling_params, lora_request=lora_request)
+        n = len(first)
+        vectors = torch.tensor([o.outputs.embedding for o in embedded], dtype=torch.float32)
+        scores = F.cosine_similarity(vectors[:n], vectors[n:], dim=-1).tolist()
+        return [ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score),
+                                     a.prompt_token_ids + b.prompt_token_ids)
+                for a, b, score in zip(embedded[:n], embedded[n:], scores)]
+
+    def classify(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """vLLM's classify needs a sequence-classification model; pagedlm serves none."""
+        raise NotImplementedError("LLM.classify needs a sequence-classification model, which pagedlm does not serve "
+                                  "(supported: generative models, and embedding models through embed / score)")
+
+    def reward(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """vLLM's reward needs a reward model; pagedlm serves none."""
+        raise NotImplementedError("LLM.reward needs a reward model, which pagedlm does not serve "
+                                  "(supported: generative models, and embedding models through embed / score)")
 
     def encode(
         self,

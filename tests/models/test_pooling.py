@@ -90,6 +90,32 @@ def test_bert_cls_embedding_matches_transformers(bert_llm, hf_bert_hidden):
         assert out.outputs.hidden_size == 32
 
 
+def test_score_is_the_cosine_of_the_embeddings(bert_llm, hf_bert_hidden):
+    """LLM.score as vLLM's for embedding models: one text against many, or pairwise; the score
+    is the cosine similarity of transformers' CLS vectors; ids and tokens join the pair's."""
+    from pagedlm import ScoringRequestOutput
+
+    cls = [ref[0] for ref in hf_bert_hidden]
+    prompts = _prompts()
+    one_to_many = bert_llm.score(prompts[0], prompts[1:], use_tqdm=False)
+    pairwise = bert_llm.score(prompts[:2], prompts[2:], use_tqdm=False)
+    for outs, pairs in ((one_to_many, [(0, 1), (0, 2), (0, 3)]), (pairwise, [(0, 2), (1, 3)])):
+        assert len(outs) == len(pairs)
+        for out, (i, j) in zip(outs, pairs):
+            assert isinstance(out, ScoringRequestOutput) and out.finished
+            assert out.prompt_token_ids == PROMPTS[i] + PROMPTS[j]
+            assert out.outputs.score == pytest.approx(F.cosine_similarity(cls[i], cls[j], dim=0).item(), abs=TOL)
+    assert len({o.request_id for o in one_to_many + pairwise}) == 5
+    (same,) = bert_llm.score("hello world", ["hello world"], use_tqdm=False)
+    assert same.outputs.score == pytest.approx(1.0, abs=TOL)
+    with pytest.raises(ValueError, match="as many as data_2"):
+        bert_llm.score(prompts[:2], prompts[:3], use_tqdm=False)
+    with pytest.raises(ValueError, match="at least one text"):
+        bert_llm.score([], prompts, use_tqdm=False)
+    with pytest.raises(NotImplementedError, match="sequence-classification"):
+        bert_llm.classify(prompts)
+
+
 def test_bert_mean_pooling_override_and_text_prompts(bert_dir, hf_bert_hidden):
     llm = LLM(str(bert_dir), device="cpu", pooler_config={"pooling_type": "MEAN", "normalize": False})
     outs = llm.embed(_prompts(), use_tqdm=False)
@@ -172,6 +198,8 @@ def test_generate_model_refuses_embed(llama_checkpoint):
     assert llm.llm_engine.model_config.runner == "generate"
     with pytest.raises(ValueError, match="--runner pooling"):
         llm.embed("hello", use_tqdm=False)
+    with pytest.raises(ValueError, match="--runner pooling"):
+        llm.score("hello", ["world"], use_tqdm=False)
     with pytest.raises(ConfigError, match="runner='pooling'"):
         LLM(llama_checkpoint, device="cpu", pooler_config={"pooling_type": "MEAN"})
 
