@@ -158,6 +158,39 @@ def test_server_embedding_errors(client, kwargs: dict, status: int, fragment: st
     assert fragment in info.value.message
 
 
+def test_server_score_and_rerank_are_cosines_of_sentence_transformers(server: Server, reference: np.ndarray) -> None:
+    """/score and /rerank as vLLM's for embedding models: the cosine similarity of the two
+    texts' embeddings, one text_1 against many or pairwise; rerank best first, top_n."""
+    import httpx
+
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    post = lambda path, **body: httpx.post(f"{server.url}{path}", json=body, timeout=60)  # noqa: E731
+    one = post("/score", model=MODEL_NAME, text_1=SENTENCES[0], text_2=SENTENCES[1:4])
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["object"] == "list" and body["model"] == MODEL_NAME and body["id"].startswith("score-")
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and {d["object"] for d in body["data"]} == {"score"}
+    np.testing.assert_allclose([d["score"] for d in body["data"]], cos[0, 1:4], atol=1e-4)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 4
+    pairwise = post("/v1/score", text_1=SENTENCES[:2], text_2=SENTENCES[2:4]).json()
+    np.testing.assert_allclose([d["score"] for d in pairwise["data"]], [cos[0, 2], cos[1, 3]], atol=1e-4)
+    rerank = post("/v1/rerank", model=MODEL_NAME, query=SENTENCES[2], documents=SENTENCES, top_n=3).json()
+    order = np.argsort(-cos[2])[:3]
+    assert [r["index"] for r in rerank["results"]] == order.tolist() and rerank["results"][0]["index"] == 2
+    np.testing.assert_allclose([r["relevance_score"] for r in rerank["results"]], cos[2, order], atol=1e-4)
+    assert rerank["results"][1]["document"] == {"text": SENTENCES[order[1]]} and rerank["usage"]["total_tokens"] > 4
+    everything = post("/rerank", query="hello", documents=SENTENCES[:3], return_documents=False).json()["results"]
+    assert len(everything) == 3 and all("document" not in r for r in everything)
+    for path, bad, param in (("/score", {"text_1": SENTENCES[:2], "text_2": SENTENCES[:3]}, "text_1"),
+                             ("/score", {"text_1": [], "text_2": "x"}, "text_1"),
+                             ("/rerank", {"query": "x", "documents": []}, "documents"),
+                             ("/rerank", {"query": "x", "documents": ["y"], "top_n": -1}, "top_n"),
+                             ("/score", {"text_1": "x", "text_2": "y", "model": "nope"}, "model")):
+        refused = post(path, **bad)
+        assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, refused.text
+
+
 def test_server_generation_apis_refused_on_pooling_model(client) -> None:
     with pytest.raises(openai.BadRequestError, match="pooling"):
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}])

@@ -25,6 +25,8 @@ def _chat(**fields) -> dict:
 # (id, path, body (dict or raw bytes), status, substring of the message, param or None)
 CASES = [
     ("malformed-json", CMPL, b'{"prompt": "hi", ', 400, "not valid JSON", None),
+    ("score-on-generative-model", "/v1/score", {"text_1": "a", "text_2": ["b"]}, 400, "embedding model", "model"),
+    ("rerank-on-generative-model", "/rerank", {"query": "a", "documents": ["b"]}, 400, "embedding model", "model"),
     ("nan", CMPL, b'{"prompt": "hi", "temperature": NaN}', 400, "not valid JSON", None),
     ("infinite-float", CMPL, b'{"prompt": "hi", "logit_bias": {"5": 1e400}}', 400, "not valid JSON", None),
     ("logit-bias-range", CMPL, _c(logit_bias={"5": 101}), 400, "[-100, 100]", "logit_bias"),

@@ -50,6 +50,7 @@ from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletio
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding
+from pagedlm.entrypoints.openai.serving_score import OpenAIServingScore, RerankRequest, ScoreRequest
 from pagedlm.entrypoints.openai.serving_lora import (
     adapter_cards,
     add_lora_routes,
@@ -224,6 +225,20 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     async def create_embedding(request: Request) -> Response:
         body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
         return await embeddings.create_embedding(body, request)
+
+    scores = OpenAIServingScore(engine, names)
+
+    @app.post("/score")
+    @app.post("/v1/score")
+    async def create_score(request: Request) -> Response:
+        body = await read_json_body(request, ScoreRequest, max_body_bytes)
+        return await scores.create_score(body, request)
+
+    @app.post("/rerank")
+    @app.post("/v1/rerank")
+    async def create_rerank(request: Request) -> Response:
+        body = await read_json_body(request, RerankRequest, max_body_bytes)
+        return await scores.create_rerank(body, request)
 
     _add_info_routes(app, engine, names, stat_logger, lora_modules)
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))

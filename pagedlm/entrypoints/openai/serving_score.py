@@ -1,0 +1,127 @@
+"""POST /score, /v1/score and /rerank, /v1/rerank (vLLM's, and Jina's / Cohere's rerank shape) for
+embedding models: a pair's score is the cosine similarity of the two texts' embeddings, as vLLM
+scores with embedding models. Cross-encoder (sequence classification) models are not served.
+
+``/score``: ``text_1`` (a string, or a list) against ``text_2`` (a string or a list): one
+``text_1`` is scored against every ``text_2``, otherwise the two lists pair up by position.
+``/rerank``: ``query`` against ``documents``, results ordered by relevance, the best ``top_n``
+(0: all). Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is
+embedded once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import Field, field_validator
+
+from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
+from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id, random_id
+from pagedlm.entrypoints.openai.serving_embedding import MAX_EMBEDDING_INPUTS, OpenAIServingEmbedding, _no_stream
+from pagedlm.pooling_params import PoolingParams
+
+
+def _texts(value: Any) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a string or a non-empty list of strings")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} texts per request, got {len(value)}")
+    return value
+
+
+class _ScoreFields(OpenAIBaseModel):
+    model: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
+
+
+class ScoreRequest(_ScoreFields):
+    text_1: str | list[str]
+    text_2: str | list[str]
+
+    @field_validator("text_1", "text_2", mode="before")
+    @classmethod
+    def check_texts(cls, value: Any) -> str | list[str]:
+        return _texts(value)
+
+
+class RerankRequest(_ScoreFields):
+    query: str
+    documents: list[str]
+    top_n: int = Field(0, ge=0)
+    return_documents: bool = True
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def check_documents(cls, value: Any) -> list[str]:
+        if not isinstance(value, list):
+            raise ValueError("must be a non-empty list of strings")
+        return _texts(value)
+
+
+class OpenAIServingScore(OpenAIServingEmbedding):
+    async def create_score(self, request: ScoreRequest, raw: Request) -> Response:
+        first = [request.text_1] if isinstance(request.text_1, str) else request.text_1
+        second = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+        if len(first) not in (1, len(second)):
+            raise OpenAIError(f"text_1 has {len(first)} texts and text_2 {len(second)}: give one text_1, or as many "
+                              "as text_2", 400, "text_1")
+        pairs = [(0 if len(first) == 1 else i, i) for i in range(len(second))]
+        request_id, model = random_id("score"), request.model or self.served_model_names[0]
+
+        def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
+            return {"id": request_id, "object": "list", "created": group.created, "model": model,
+                    "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
+
+        return await self._score(request, raw, request_id, first, second, pairs, body)
+
+    async def create_rerank(self, request: RerankRequest, raw: Request) -> Response:
+        if not request.documents:
+            raise OpenAIError("documents must not be empty", 400, "documents")
+        request_id, model = random_id("rerank"), request.model or self.served_model_names[0]
+        pairs = [(0, i) for i in range(len(request.documents))]
+
+        def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])
+            results = [{"index": i, "relevance_score": scores[i],
+                        **({"document": {"text": request.documents[i]}} if request.return_documents else {})}
+                       for i in order[:request.top_n or None]]
+            return {"id": request_id, "model": model, "usage": {"total_tokens": tokens}, "results": results}
+
+        return await self._score(request, raw, request_id, [request.query], request.documents, pairs, body)
+
+    async def _score(self, request: _ScoreFields, raw: Request, request_id: str, first: list[str],
+                     second: list[str], pairs: list[tuple[int, int]], body: Any) -> Response:
+        if request.model and request.model not in self.served_model_names:
+            raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
+        if self.engine.model_config.pooler_config is None:
+            raise OpenAIError("This model generates text and cannot score; scoring needs an embedding model "
+                              "(--runner pooling).", 400, "model")
+        params = PoolingParams(request.truncate_prompt_tokens, None, None, "embed")
+        check_chars = request.truncate_prompt_tokens is None
+        texts = list(dict.fromkeys(first + second))  # each distinct text embedded once
+        prompts = [await self._tokenize(text, True, check_chars) for text in texts]
+        group = await self.start(engine_request_id(request_id, False), prompts, params, False,
+                                 priority=request.priority)
+
+        async def full(group: RequestGroup) -> dict[str, Any]:
+            vectors: list[torch.Tensor | None] = [None] * len(texts)
+            tokens = 0
+            async for index, output in group.merged():
+                if output.finished:
+                    vectors[index] = output.outputs.data.float()
+                    tokens += len(output.prompt_token_ids)
+            where = {text: i for i, text in enumerate(texts)}
+            a = torch.stack([vectors[where[first[i]]] for i, _ in pairs])
+            b = torch.stack([vectors[where[second[j]]] for _, j in pairs])
+            return body(group, F.cosine_similarity(a, b, dim=-1).tolist(), tokens)
+
+        return await self.respond(raw, group, False, _no_stream, full)
