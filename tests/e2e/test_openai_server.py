@@ -191,9 +191,13 @@ def test_extra_sampling_fields_and_default_max_tokens(client, offline_llm) -> No
                     "skip_special_tokens": True, "seed": 5},
     )
     assert resp.usage.completion_tokens == 5
-    # Without max_tokens the request may use the rest of the context.
+    # Without max_tokens a completion stops at 16 tokens (OpenAI's and vLLM's default; chat has none).
+    default = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], extra_body={"ignore_eos": True})
+    assert default.usage.completion_tokens == 16 and default.choices[0].finish_reason == "length"
+    # With max_tokens null the request may use the rest of the context.
     long_prompt = offline_llm.get_tokenizer().encode("one two three " * 200)[: MAX_MODEL_LEN - 6]
-    rest = client.completions.create(model=MODEL_NAME, prompt=long_prompt, extra_body={"ignore_eos": True})
+    rest = client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=None,
+                                     extra_body={"ignore_eos": True})
     assert rest.usage.completion_tokens == 6 and rest.choices[0].finish_reason == "length"
 
 

@@ -201,6 +201,7 @@ _UNSUPPORTED = {
 
 class CompletionRequest(SamplingFields):
     prompt: Any
+    max_tokens: int | None = 16  # OpenAI's and vLLM's default for completions; null: the rest of the context
     suffix: str | None = None
     echo: bool | None = False  # null: false, as OpenAI's API
     logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
