@@ -53,6 +53,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
     error: str | None = field(default=None)
+    lora_request: Any = None  # the LoRARequest the request ran with, None for the base model
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.engine.messages import EngineCoreOutput, EngineCoreRequest, LogprobsLists
+from pagedlm.lora.request import LoRARequest
 from pagedlm.outputs import (
     CompletionOutput,
     Logprob,
@@ -75,6 +76,7 @@ class ParentState:
     num_generated: int = 0  # over all children
     is_pooling: bool = False
     pooling_output: Any = None  # the engine's pooled floats, once the request finished
+    lora_request: LoRARequest | None = None  # its adapter (RequestOutput.lora_request, as vLLM's)
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -148,6 +150,8 @@ class OutputProcessor:
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
             is_pooling=first.pooling_params is not None,
+            lora_request=LoRARequest(first.lora_request["name"], first.lora_request["id"], first.lora_request["path"])
+            if first.lora_request else None,
         )
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:
@@ -239,6 +243,7 @@ class OutputProcessor:
             num_cached_tokens=parent.num_cached_tokens,
             metrics=parent.metrics,
             error=parent.error,
+            lora_request=parent.lora_request,
         )
 
     def abort_request(self, parent_id: str) -> list[str]:

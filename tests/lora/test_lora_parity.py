@@ -60,6 +60,7 @@ def test_mixed_batch_prefix_cache_per_adapter(lora_setup):
     first = _generate(llm, requests)
     for name, outs in first.items():
         check_close(refs[name], outs, NUM_LOGPROBS, name)
+        assert [o.lora_request for o in outs] == [requests[name]] * len(PROMPTS), name  # as vLLM's RequestOutput
         # Same prompts under four adapters at once: no request is served another adapter's KV.
         assert [o.num_cached_tokens for o in outs] == [0, 0, 0], name
     second = _generate(llm, requests)
