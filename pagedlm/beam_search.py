@@ -9,6 +9,7 @@ completed and live beams compete together. Prefix caching makes the repeated pro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -37,7 +38,10 @@ def beam_score(seq: BeamSearchSequence, eos_token_id: int | None, length_penalty
     seq_len = len(seq.tokens)
     if eos_token_id is not None and seq.tokens[-1] == eos_token_id:
         seq_len -= 1
-    return seq.cum_logprob / (seq_len ** length_penalty)
+    try:
+        return seq.cum_logprob / (seq_len ** length_penalty)
+    except OverflowError:  # a length penalty so large the length term is infinite (a 500 before)
+        return seq.cum_logprob / math.inf
 
 
 @dataclass

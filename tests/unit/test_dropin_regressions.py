@@ -80,3 +80,9 @@ def test_beam_score_applies_length_penalty_without_counting_eos() -> None:
     assert beam_score(seq, eos_token_id=9, length_penalty=1.0) == -2.0
     assert beam_score(seq, eos_token_id=None, length_penalty=1.0) == -1.5
     assert beam_score(seq, eos_token_id=9, length_penalty=0.0) == -6.0
+    # A length penalty so large that len ** penalty overflows: the score goes to 0, no OverflowError.
+    assert beam_score(seq, eos_token_id=9, length_penalty=1e308) == 0.0
+    from pagedlm.sampling_params import BeamSearchParams
+
+    with pytest.raises(ValueError, match="length_penalty"):
+        BeamSearchParams(beam_width=2, max_tokens=4, length_penalty=float("inf"))
