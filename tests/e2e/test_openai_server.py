@@ -243,3 +243,18 @@ def test_open_paths_need_no_key(server, path) -> None:
     import httpx
 
     assert httpx.get(f"{server.url}{path}").status_code == 200
+
+
+def test_x_request_id_header_names_the_response(http) -> None:
+    """As vLLM's: the X-Request-Id header names the response, over the body's request_id; a
+    repeated id is fine (the engine's own ids stay unique); an over-long one is a 400."""
+    completion = {"model": MODEL_NAME, "prompt": PROMPTS[0], "max_tokens": 2}
+    for _ in range(2):
+        resp = http.post("/v1/completions", json=completion, headers={"X-Request-Id": "hdr-1"})
+        assert resp.status_code == 200 and resp.json()["id"] == "cmpl-hdr-1"
+    chat = {"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 2, "request_id": "in-body"}
+    assert http.post("/v1/chat/completions", json=chat).json()["id"] == "chatcmpl-in-body"
+    assert http.post("/v1/chat/completions", json=chat, headers={"X-Request-Id": "hdr-2"}).json()["id"] == \
+        "chatcmpl-hdr-2"
+    long = http.post("/v1/completions", json=completion, headers={"X-Request-Id": "x" * 300})
+    assert long.status_code == 400 and long.json()["error"]["param"] == "X-Request-Id"

@@ -44,7 +44,7 @@ class OpenAIServingChat(OpenAIServing):
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
         token_ids = self.truncate(token_ids, request)
         self.check_length(len(token_ids), max_tokens, what="messages")
-        request_id = self.response_id("chatcmpl", request)
+        request_id = self.response_id("chatcmpl", request, raw)
         group = await self.start(request_id, [(text, token_ids)], params, bool(request.stream), request)
         model = self.model_name(request)
         shapers = [ChoiceShaper(plan, self.options, text, request.include_reasoning) for _ in range(request.n)]

@@ -223,8 +223,15 @@ class OpenAIServing:
             raise OpenAIError(unsupported[1], 400, unsupported[0])
 
     @staticmethod
-    def response_id(prefix: str, request: Any) -> str:
-        """The response's id: ``prefix-<request_id>`` when the request names one (vLLM's), else random."""
+    def response_id(prefix: str, request: Any, raw: Request | None = None) -> str:
+        """The response's id, as vLLM's: ``prefix-<id>`` with the X-Request-Id header's id, else the
+        request's ``request_id``, else random. A header id becomes the request's own, so the
+        engine's ids stay unique when a caller repeats it."""
+        header = raw.headers.get("x-request-id") if raw is not None else None
+        if header:
+            if len(header) > 256:
+                raise OpenAIError("X-Request-Id must be at most 256 characters.", 400, "X-Request-Id")
+            request.request_id = header
         return f"{prefix}-{request.request_id}" if request.request_id else random_id(prefix)
 
     def as_token_ids(self, request: SamplingFields) -> bool:

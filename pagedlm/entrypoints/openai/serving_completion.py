@@ -39,7 +39,7 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.echo and request.logprobs is not None:
             # The echoed prompt carries its own logprobs (the first token has none).
             params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
-        request_id = self.response_id("cmpl", request)
+        request_id = self.response_id("cmpl", request, raw)
         group = await self.start(request_id, prompts, params, bool(request.stream), request)
         model = self.model_name(request)
         return await self.respond(

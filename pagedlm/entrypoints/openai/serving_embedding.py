@@ -91,7 +91,7 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
         check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
         prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in request.inputs()]
-        request_id = self.response_id("embd", request)
+        request_id = self.response_id("embd", request, raw)
         group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
                                  priority=request.priority)
         model = request.model or self.served_model_names[0]
