@@ -61,19 +61,8 @@ _CONSTRAINTS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 22))
 def mma_steps(w0, w1, w2, w3, w4, w5, w6, w7, zz0, zz1, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3,
               HIGH: tl.constexpr, FP16: tl.constexpr):
     """Four K-steps of a 16-column tile into the float32 fragment (c0..c3 in, D out); see _asm."""
-    args = [w0, w1, w2, w3, w4, w5, w6, w7, zz0, zz1, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3]
-    if FP16:
-        if HIGH:
-            d = tl.inline_asm_elementwise(_ASM_HI_FP16, _CONSTRAINTS, args, dtype=(tl.float32,) * 4, is_pure=True,
-                                          pack=1)
-        else:
-            d = tl.inline_asm_elementwise(_ASM_LO_FP16, _CONSTRAINTS, args, dtype=(tl.float32,) * 4, is_pure=True,
-                                          pack=1)
-    else:
-        if HIGH:
-            d = tl.inline_asm_elementwise(_ASM_HI_BF16, _CONSTRAINTS, args, dtype=(tl.float32,) * 4, is_pure=True,
-                                          pack=1)
-        else:
-            d = tl.inline_asm_elementwise(_ASM_LO_BF16, _CONSTRAINTS, args, dtype=(tl.float32,) * 4, is_pure=True,
-                                          pack=1)
-    return d
+    ASM: tl.constexpr = ((_ASM_HI_FP16 if HIGH else _ASM_LO_FP16) if FP16
+                         else (_ASM_HI_BF16 if HIGH else _ASM_LO_BF16))
+    return tl.inline_asm_elementwise(ASM, _CONSTRAINTS, [w0, w1, w2, w3, w4, w5, w6, w7, zz0, zz1, b0, b1, b2, b3,
+                                                         b4, b5, b6, b7, c0, c1, c2, c3],
+                                     dtype=(tl.float32,) * 4, is_pure=True, pack=1)
