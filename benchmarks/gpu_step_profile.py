@@ -3,15 +3,17 @@ the host), per step, over N decode steps of a full batch (default: 256 requests,
 Llama-3.1-8B shape, bf16, dummy weights, a fixed KV block count).
 
   python benchmarks/gpu_step_profile.py [--batch-size 256 --steps 20 --input-len 512] [--enforce-eager]
-      [--phase decode|prefill]
+      [--phase decode|prefill] [--format bf16|fp8|int8|awq|...]
 
 Prints, per step: wall time, kernel time (the union of kernel intervals on the device
 timeline), gaps = wall - kernel, kernels launched; the kernel time by kind (GEMM, attention,
 norms, ...); then the top kernels. `--phase prefill` profiles the first steps after the batch
 is added instead (prefill chunks of --max-num-batched-tokens, decodes riding along). Run with
 PAGEDLM_PDL=0 for per-kernel times: with programmatic dependent launch a kernel's interval
-starts while the one ahead still runs. Runs on CPU too (--shape cpu-small) as a smoke test,
-where only wall time is reported.
+starts while the one ahead still runs. `--format` loads the shape in one of
+`benchmarks/gpu_quant.py`'s quantized formats (dummy weights; run from the repo root with it on
+PYTHONPATH). Runs on CPU too (--shape cpu-small) as a smoke test, where only wall time is
+reported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import re
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -159,11 +162,24 @@ def main() -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
+    p.add_argument("--format", default="bf16", help="bf16, or a quantized format of benchmarks/gpu_quant.py")
     args = p.parse_args()
     on_cuda = torch.cuda.is_available()
     max_len = args.input_len + args.steps * 4 + 128
     block_size = 16
-    llm = LLM(str(make_shape_dir(args.shape, tempfile.mkdtemp())), load_format="dummy", max_model_len=max_len,
+    quantization = None
+    if args.format == "bf16":
+        model_dir = make_shape_dir(args.shape, tempfile.mkdtemp())
+    else:
+        from benchmarks.gpu_quant import FORMATS, format_dir
+
+        if args.format not in FORMATS:
+            raise SystemExit(f"unknown format {args.format!r}; choose from {sorted(FORMATS)}")
+        model_dir = format_dir(args.shape, args.format, Path(tempfile.mkdtemp()))
+        if model_dir is None:
+            raise SystemExit(f"format {args.format!r} is not available in this build")
+        quantization = FORMATS[args.format][1]
+    llm = LLM(str(model_dir), load_format="dummy", max_model_len=max_len, quantization=quantization,
               max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_num_batched_tokens,
               enforce_eager=args.enforce_eager, block_size=block_size,
               num_gpu_blocks_override=args.batch_size * (-(-max_len // block_size)) + 64)
@@ -188,7 +204,8 @@ def main() -> None:
     intervals = kernel_intervals(prof) if on_cuda else []
     busy_us = union_us(intervals)
     n = args.steps
-    print(f"{args.steps} {args.phase} steps at batch {args.batch_size}, {args.shape}, eager={args.enforce_eager}, "
+    print(f"{args.steps} {args.phase} steps at batch {args.batch_size}, {args.shape} {args.format}, "
+          f"eager={args.enforce_eager}, "
           f"{args.max_num_batched_tokens} batched tokens")
     if on_cuda:
         print(f"per step: wall {wall_us / n / 1e3:.2f} ms, kernels {busy_us / n / 1e3:.2f} ms, "

@@ -20,6 +20,8 @@
 #                  swapped (wide_t) tiles; the wide-kind and tuning-cache kernel tests (~6 min)
 #   int4-engine    AWQ against bf16 in the engine: 1,000 x 512/256 (issue 10's throughput row)
 #                  and 128 x 512/256 at max_num_seqs 32 (batched decode at M <= 32)  (~8 min)
+#   int4-mma       the int4 mma kind per 8B layer at M = 1 and 8, and the AWQ decode step at
+#                  batch 8 with and without it (kernels vs gaps)                     (~7 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present).
 set -uo pipefail
@@ -112,7 +114,17 @@ case "${1:-}" in
     timeout 200 python3 benchmarks/gpu_quant.py --formats bf16,awq --iters 1 --max-num-seqs 32 --num-prompts 128 \
       --output-json "$OUT/int4_32.json" > "$OUT/int4_32.log" 2>&1
     grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/int4_32.log" | tail -n 4 ;;
+  int4-mma)
+    # the mma kind per layer at M = 1 and 8, then the AWQ decode step at batch 8 with and
+    # without it (PAGEDLM_W4A16_MMA=0): wall vs kernels vs gaps, the GEMMs' share
+    timeout 200 python3 benchmarks/gpu_w4a16_mma.py > "$OUT/int4_mma_layers.log" 2>&1
+    grep -E "^(M=|RESULT|FAIL)" "$OUT/int4_mma_layers.log" | cut -c1-200
+    for mma in 1 0; do
+      PAGEDLM_W4A16_MMA=$mma timeout 170 python3 benchmarks/gpu_step_profile.py --format awq --batch-size 8 \
+        --steps 32 > "$OUT/int4_step8_mma$mma.log" 2>&1
+      echo "PAGEDLM_W4A16_MMA=$mma:"; grep -E "per step|GEMM|attention|other|waiting" "$OUT/int4_step8_mma$mma.log"
+    done ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma" >&2
     exit 2 ;;
 esac

@@ -13,6 +13,7 @@ every call and must stay importable wherever the kernel module is.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -51,6 +52,11 @@ _PAIR_SHAPES = ((256, 4, 1, 1, 2.0), (256, 4, 1, 1, 4.0), (512, 4, 1, 2, 4.0), (
 # session 21): at M = 8 0.69-0.73x the time of the tiles above, at M = 1 it won o_proj.
 _MMA_MAX_M = 8
 _MMA_SHAPES = ((4, 2, 4.0), (4, 2, 8.0), (4, 1, 4.0), (8, 2, 4.0))
+
+
+def mma_enabled() -> bool:
+    """``PAGEDLM_W4A16_MMA=0`` leaves the mma kind out of the candidates (an A/B switch)."""
+    return os.environ.get("PAGEDLM_W4A16_MMA", "1") != "0"
 _SMALL_TILE_SHAPES = (("wide_t", 16, 128, 8, 3, 2), ("wide_t", 16, 128, 8, 2, 2), ("wide_t", 16, 64, 4, 3, 2),
                       ("dot_t", 16, 128, 4, 3, 1))
 _TILED_SHAPES = (("wide", 32, 128, 4, 4, 2), ("wide", 64, 256, 8, 4, 2), ("wide", 64, 128, 4, 4, 2),
@@ -100,7 +106,7 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     if m <= _PAIR_MAX_M:  # a program per row: the rows after the first read the weight from L2
         out += [make_config("gemv", 1, bn, m, n, k, bits, group_size, num_sms, w, s, waves, unroll, "pair")
                 for bn, w, s, unroll, waves in _PAIR_SHAPES]
-    if m <= _MMA_MAX_M:
+    if m <= _MMA_MAX_M and mma_enabled():
         out += [make_config("mma", 8, 16 * w, m, n, k, bits, group_size, num_sms, w, 1, waves, unroll)
                 for w, unroll, waves in _MMA_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0, unroll)
@@ -144,7 +150,7 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
         return
     from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
 
-    entries = tuning_cache.cached("wna16", (*key, scales.dtype), qweight.device, (KernelConfig,),
+    entries = tuning_cache.cached("wna16", (*key, scales.dtype, mma_enabled()), qweight.device, (KernelConfig,),
                                   lambda: _measure(qweight, scales, zeros, row_groups, group_size, bits, key))
     _TABLE[key] = entries
     logger.info("w4a16 kernels for N=%d K=%d (%d-bit, group %d): %s", n, k, bits, group_size,
