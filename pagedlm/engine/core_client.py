@@ -141,9 +141,12 @@ class MPClient:
         index = min(range(self.num_engines), key=self._load.__getitem__)
         for request in requests:
             request.client_index = self.client_index
+        # Encoded first: a request that cannot be (an int past 64 bits) leaves nothing registered.
+        frames = [self.encoder.encode(AddRequest(request)) for request in requests]
+        for request, frame in zip(requests, frames):
             self._engine_of[request.request_id] = index
             self._load[index] += 1
-            self.input_sockets[index].send(self.encoder.encode(AddRequest(request)), copy=False)
+            self.input_sockets[index].send(frame, copy=False)
 
     def abort_requests(self, request_ids: list[str], stopped: bool = False) -> None:
         if self.dead_error is not None:

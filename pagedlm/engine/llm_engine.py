@@ -74,7 +74,13 @@ class LLMEngine:
                                                      priority)
         children = fan_out(request)
         self.output_processor.add_request(request_id, text, children)
-        self.core_client.add_requests(children)
+        try:
+            self.core_client.add_requests(children)
+        except BaseException as e:  # not sent: forget it, or has_unfinished_requests stays true for ever
+            self.output_processor.abort_request(request_id)
+            if isinstance(e, OverflowError):  # an int the engine-core message (64-bit) cannot carry
+                raise InvalidRequestError(f"request {request_id!r}: a value does not fit in 64 bits ({e})") from e
+            raise
         self.prompt_tokens_total += request.num_prompt_tokens
 
     def abort_request(self, request_ids: str | list[str]) -> None:

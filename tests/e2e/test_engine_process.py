@@ -334,3 +334,20 @@ def test_a_request_the_core_cannot_decode_fails_instead_of_hanging(mp_engine) ->
     assert finished["undecodable"].outputs[0].finish_reason == "error"
     assert len(finished["fine"].outputs[0].token_ids) == 3
     assert not mp_engine.has_unfinished_requests() and mp_engine.core_client._load == [0, 0]
+
+
+def test_a_request_that_cannot_be_sent_is_refused_and_forgotten(mp_engine) -> None:
+    """A value the engine-core message cannot carry (an int past 64 bits) is a typed error, and
+    the request is not left registered (a later generate would wait on it for ever)."""
+    from pagedlm import SamplingParams
+    from pagedlm.engine.input_processor import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="64 bits"):
+        mp_engine.add_request("too-big", "hello", SamplingParams(max_tokens=3, top_k=2**70))
+    assert not mp_engine.has_unfinished_requests()
+    mp_engine.add_request("fine-after", "hello", SamplingParams(temperature=0, max_tokens=3))
+    finished = []
+    while not finished:  # queue.Empty (a failure) if the answer does not come within 30 s
+        batch = mp_engine.core_client.get_output(timeout=30)
+        finished = [o for o in mp_engine.output_processor.process_outputs(batch.outputs).request_outputs if o.finished]
+    assert finished[0].request_id == "fine-after" and not mp_engine.has_unfinished_requests()
