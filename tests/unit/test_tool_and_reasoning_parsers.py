@@ -129,3 +129,16 @@ def test_unknown_parsers_are_refused() -> None:
         ServingOptions(True, None).check()
     with pytest.raises(ValueError, match="unknown reasoning parser"):
         ServingOptions(reasoning_parser="nope").check()
+
+
+@pytest.mark.parametrize("arguments,expected", [('{"city": "Oslo"}', {"city": "Oslo"}), ("", {}), (None, {}),
+                                                ({"a": 1}, {"a": 1})])
+def test_assistant_tool_call_arguments_reach_the_template_as_a_mapping(arguments, expected) -> None:
+    # A call without parameters may come back with "" (or null) arguments: vLLM gives the
+    # template {}, where json.loads("") was a 400.
+    from pagedlm.entrypoints.openai.chat_utils import to_conversation
+    from pagedlm.entrypoints.openai.protocol import ChatMessage
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "ping", "arguments": arguments}}
+    conversation = to_conversation([ChatMessage(role="assistant", content=None, tool_calls=[call])])
+    assert conversation[0]["tool_calls"][0]["function"]["arguments"] == expected

@@ -249,10 +249,13 @@ def add_tool_constraint(params: Any, plan: ToolPlan) -> None:
 
 def template_tool_calls(message: dict[str, Any]) -> None:
     """An assistant message's tool calls carry arguments as JSON text; chat templates (Qwen,
-    Hermes, Llama) iterate over them as a mapping, so they get the parsed object (as vLLM)."""
+    Hermes, Llama) iterate over them as a mapping, so they get the parsed object (as vLLM).
+    Empty or null arguments (a call without parameters) are an empty object, as vLLM's."""
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        if isinstance(function, dict) and function.get("arguments") in (None, ""):
+            function["arguments"] = {}
+        elif isinstance(function, dict) and isinstance(function.get("arguments"), str):
             try:
                 function["arguments"] = json.loads(function["arguments"])
             except ValueError:
