@@ -142,3 +142,35 @@ def test_assistant_tool_call_arguments_reach_the_template_as_a_mapping(arguments
     call = {"id": "call_1", "type": "function", "function": {"name": "ping", "arguments": arguments}}
     conversation = to_conversation([ChatMessage(role="assistant", content=None, tool_calls=[call])])
     assert conversation[0]["tool_calls"][0]["function"]["arguments"] == expected
+
+
+def test_required_tool_choice_with_pydantic_defs() -> None:
+    # pydantic's schemas refer to "#/$defs/..." from the parameters' root; the required-call
+    # array nests the parameters, so this was a 400 "Cannot find field '$defs'".
+    import jsonschema
+
+    from pagedlm.entrypoints.openai.errors import OpenAIError
+    from pagedlm.entrypoints.openai.tool_calling import plan_tools
+
+    unit = {"enum": ["c", "f"], "type": "string"}
+    tools = [
+        {"type": "function", "function": {"name": "weather", "parameters": {
+            "$defs": {"Unit": unit}, "type": "object", "required": ["unit"],
+            "properties": {"unit": {"$ref": "#/$defs/Unit"}}}}},
+        {"type": "function", "function": {"name": "pick", "parameters": {
+            "definitions": {"Item": {"type": "integer"}}, "type": "object",
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/definitions/Item"}}}}}},
+    ]
+    before = json.dumps(tools)
+    plan = plan_tools(tools, "required", None, ServingOptions())
+    assert json.dumps(tools) == before  # the chat template still sees the tools as given
+    schema = plan.constraint.json
+    jsonschema.validate([{"name": "weather", "parameters": {"unit": "c"}},
+                         {"name": "pick", "parameters": {"items": [1, 2]}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "weather", "parameters": {"unit": "kelvin"}}], schema)
+    other = {"type": "function", "function": {"name": "other", "parameters": {
+        "$defs": {"Unit": {"type": "integer"}}, "type": "object", "properties": {"u": {"$ref": "#/$defs/Unit"}}}}}
+    with pytest.raises(OpenAIError, match="Unit") as info:
+        plan_tools(tools + [other], "required", None, ServingOptions())
+    assert info.value.status == 400

@@ -103,15 +103,37 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel_to
     return plan
 
 
+_DEFS_KEYS = ("$defs", "definitions")
+
+
 def _required_schema(specs: dict[str, dict[str, Any]], parallel: bool) -> dict[str, Any]:
     # "name" first in each item: xgrammar emits properties in schema order, so a stream
     # learns the function's name before its arguments.
-    items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [name]}, "parameters": params},
-              "required": ["name", "parameters"], "additionalProperties": False}
-             for name, params in specs.items()]
+    # A tool's "#/$defs/X" refs (pydantic schemas) point at its parameters' root; inside the
+    # array they resolve from the array's root, so each tool's $defs / definitions move there
+    # (as vLLM's), and two tools defining one name differently are refused.
+    hoisted: dict[str, dict[str, Any]] = {}
+    items = []
+    for name, params in specs.items():
+        params = dict(params)
+        for key in _DEFS_KEYS:
+            defs = params.pop(key, None)
+            if defs is None:
+                continue
+            if not isinstance(defs, dict):
+                raise OpenAIError(f"tools: function {name!r}: parameters.{key} must be an object", 400, "tools")
+            merged = hoisted.setdefault(key, {})
+            for def_name, def_schema in defs.items():
+                if merged.setdefault(def_name, def_schema) != def_schema:
+                    raise OpenAIError(f"tools: {key}/{def_name} is defined differently by two tools; tool_choice "
+                                      f"{'required'!r} needs one definition per name", 400, "tools")
+        items.append({"type": "object", "properties": {"name": {"type": "string", "enum": [name]},
+                                                       "parameters": params},
+                      "required": ["name", "parameters"], "additionalProperties": False})
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
     if not parallel:
         schema["maxItems"] = 1
+    schema.update(hoisted)
     return schema
 
 
