@@ -174,3 +174,24 @@ def test_required_tool_choice_with_pydantic_defs() -> None:
     with pytest.raises(OpenAIError, match="Unit") as info:
         plan_tools(tools + [other], "required", None, ServingOptions())
     assert info.value.status == 400
+
+
+def test_empty_tool_calls_of_a_replayed_reply_are_dropped(tmp_path) -> None:
+    # Every chat reply has "tool_calls": []; a client sending the reply back as history
+    # must not make a Llama 3.x-style template (which tests 'tool_calls' in message and
+    # then wants exactly one call) fail with a 400.
+    from pagedlm.demo import build_tokenizer
+    from pagedlm.entrypoints.openai.chat_utils import render_chat
+    from pagedlm.entrypoints.openai.protocol import ChatMessage
+
+    tokenizer = build_tokenizer(tmp_path)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if 'tool_calls' in m %}{% if not m.tool_calls | length == 1 %}"
+        "{{ raise_exception('This model only supports single tool-calls at once!') }}{% endif %}"
+        "<call>{{ m.tool_calls[0].function.name }}</call>{% else %}<{{ m.role }}>{{ m.content }}{% endif %}"
+        "{% endfor %}")
+    messages = [ChatMessage(role="user", content="hi"),
+                ChatMessage(role="assistant", content="Hello!", refusal=None, tool_calls=[]),
+                ChatMessage(role="user", content="bye")]
+    text, _ = render_chat(tokenizer, messages)
+    assert text == "<user>hi<assistant>Hello!<user>bye"
