@@ -10,6 +10,7 @@ taken: an image or audio part would be dropped by the template, so it is refused
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 CONTENT_FORMATS = ("auto", "string", "openai")
@@ -38,6 +39,36 @@ def template_content(content: Any, index: int, content_format: str) -> str | lis
     if content_format == "openai":
         return [{"type": "text", "text": t} for t in texts]
     return "\n".join(texts)
+
+
+def template_tool_calls(message: dict[str, Any], index: int) -> dict[str, Any]:
+    """The message as the template gets it (a copy where it changes). A tool call carries its
+    arguments as JSON text; chat templates (Qwen, Hermes, Llama) use them as a mapping, so
+    they get the parsed object, as vLLM's; empty or null arguments (a call without
+    parameters) are an empty object. An empty ``tool_calls`` list (a reply without calls,
+    sent back as history) is dropped, as vLLM does: templates that test ``'tool_calls' in
+    message`` (Llama 3.x) would take it for a call turn and fail."""
+    calls = message.get("tool_calls")
+    if calls == []:
+        return {k: v for k, v in message.items() if k != "tool_calls"}
+    if not isinstance(calls, list):
+        return message
+    parsed = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            if arguments in (None, ""):
+                arguments = {}
+            elif isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    raise ValueError(f"messages[{index}].tool_calls[{j}].function.arguments is not valid JSON"
+                                     ) from None
+            call = {**call, "function": {**function, "arguments": arguments}}
+        parsed.append(call)
+    return {**message, "tool_calls": parsed}
 
 
 def resolve_content_format(requested: str, template: Any) -> str:

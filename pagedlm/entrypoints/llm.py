@@ -14,7 +14,7 @@ from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
-from pagedlm.entrypoints.chat_content import resolve_content_format, template_content
+from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_tool_calls
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
@@ -325,9 +325,11 @@ class LLM:
 
 
 def _template_message(message: dict, index: int, content_format: str) -> dict:
-    """The message with its content in the template's content format (chat_content); an image
-    or audio part is refused: the template would turn it into a placeholder and drop it."""
+    """The message with its content in the template's content format (chat_content) and its
+    tool calls' arguments parsed (as the server's); an image or audio part is refused: the
+    template would turn it into a placeholder and drop it."""
     try:
+        message = template_tool_calls(message, index)
         return {**message, "content": template_content(message.get("content"), index, content_format)}
     except ValueError as e:
         raise InvalidRequestError(str(e)) from e

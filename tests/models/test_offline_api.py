@@ -163,6 +163,22 @@ def test_chat_content_formats_and_tools(llm):
         prompt(parts, PLAIN_TEMPLATE, chat_template_content_format="xml")
 
 
+def test_chat_tool_call_history_reaches_the_template_as_objects(llm):
+    # As the server's and vLLM's LLM.chat: a tool call's JSON-text arguments reach the template
+    # parsed ("| tojson" double-encoded the text before) and an empty tool_calls list is
+    # dropped; the caller's messages are left as they were.
+    template = ("{% for m in messages %}<{{ m['role'] }}>{% if 'tool_calls' in m %}"
+                "{% for c in m['tool_calls'] %}{{ c['function']['name'] }}{{ c['function']['arguments'] | tojson }}"
+                "{% endfor %}{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    messages = [{"role": "user", "content": "add"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "2"},
+                {"role": "assistant", "content": "It is 2.", "tool_calls": []}]
+    out = llm.chat(messages, SamplingParams(max_tokens=1), use_tqdm=False, chat_template=template)[0]
+    assert out.prompt == '<user>add<assistant>add{"a": 1}<tool>2<assistant>It is 2.'
+    assert call["function"]["arguments"] == '{"a": 1}' and messages[3]["tool_calls"] == []
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pagedlm.entrypoints.chat_content import resolve_content_format, template_content
+from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_tool_calls
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage
-from pagedlm.entrypoints.openai.tool_calling import template_tool_calls
 
 # Keys the caller of apply_chat_template sets itself; chat_template_kwargs may not override them.
 _RESERVED_TEMPLATE_KWARGS = {
@@ -48,8 +47,10 @@ def to_conversation(messages: list[ChatMessage], content_format: str = "string")
     for i, message in enumerate(messages):
         item = message.model_dump(exclude_none=True)
         item["content"] = _content(message.content, i, content_format)
-        template_tool_calls(item)
-        conversation.append(item)
+        try:
+            conversation.append(template_tool_calls(item, i))
+        except ValueError as e:
+            raise OpenAIError(str(e), 400, "messages") from e
     return conversation
 
 

@@ -14,7 +14,6 @@ so streamed fragments concatenate to the non-streamed message.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,24 +266,3 @@ def add_tool_constraint(params: Any, plan: ToolPlan) -> None:
         raise OpenAIError(f"tool_choice {plan.mode!r} already constrains the output; remove response_format / "
                           "structured_outputs", 400, "tool_choice")
     params.structured_outputs = plan.constraint
-
-
-def template_tool_calls(message: dict[str, Any]) -> None:
-    """An assistant message's tool calls carry arguments as JSON text; chat templates (Qwen,
-    Hermes, Llama) iterate over them as a mapping, so they get the parsed object (as vLLM).
-    Empty or null arguments (a call without parameters) are an empty object, as vLLM's.
-    An empty ``tool_calls`` list (a reply without calls, sent back as history) is dropped, as
-    vLLM does: templates that test ``'tool_calls' in message`` (Llama 3.x) would take it for
-    a call turn and fail."""
-    if message.get("tool_calls") == []:
-        del message["tool_calls"]
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and function.get("arguments") in (None, ""):
-            function["arguments"] = {}
-        elif isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            try:
-                function["arguments"] = json.loads(function["arguments"])
-            except ValueError:
-                raise OpenAIError("an assistant message's tool_calls[].function.arguments is not valid JSON", 400,
-                                  "messages") from None
