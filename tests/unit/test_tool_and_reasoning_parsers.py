@@ -195,3 +195,20 @@ def test_empty_tool_calls_of_a_replayed_reply_are_dropped(tmp_path) -> None:
                 ChatMessage(role="user", content="bye")]
     text, _ = render_chat(tokenizer, messages)
     assert text == "<user>hi<assistant>Hello!<user>bye"
+
+
+def test_responses_output_with_reasoning_can_be_sent_back_as_input() -> None:
+    # The Responses tool loop sends a response's output back as input, then the tool's result;
+    # with --reasoning-parser that output has a "reasoning" item, which was a 400.
+    from pagedlm.entrypoints.openai.serving_responses import ResponsesRequest, output_items, to_chat_request
+
+    text = '<think>need weather</think><tool_call>\n{"name": "w", "arguments": {"c": "Oslo"}}\n</tool_call>'
+    output = output_items(shaper("hermes", "qwen3").message(text))
+    assert [item["type"] for item in output] == ["reasoning", "function_call"]
+    request = ResponsesRequest(input=[{"role": "user", "content": "weather in Oslo?"}, *output,
+                                      {"type": "function_call_output", "call_id": output[1]["call_id"],
+                                       "output": "sunny"}])
+    messages = [m.model_dump(exclude_none=True) for m in to_chat_request(request).messages]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["reasoning_content"] == "need weather"
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "w", "arguments": '{"c": "Oslo"}'}

@@ -84,6 +84,7 @@ def to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         messages.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):
         return messages + [{"role": "user", "content": req.input}]
+    reasoning: list[str] = []  # a replayed reasoning item's text, for the assistant turn after it
     for i, item in enumerate(req.input):
         kind = item.get("type", "message")
         if kind == "message":
@@ -92,11 +93,19 @@ def to_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
             call = {"id": item.get("call_id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "reasoning":  # a previous response's output, sent back with the conversation
+            parts = item.get("content") or item.get("summary")
+            if isinstance(parts, list):
+                reasoning.extend(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+            continue
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _text_of(item.get("output", ""), f"input[{i}].output")})
         else:
             raise OpenAIError(f"input[{i}]: item type {kind!r} is not supported", 400, f"input[{i}]")
+        if reasoning and messages[-1]["role"] == "assistant":
+            messages[-1]["reasoning_content"] = "\n".join(reasoning)
+        reasoning = []
     return messages
 
 
