@@ -212,3 +212,37 @@ def test_responses_output_with_reasoning_can_be_sent_back_as_input() -> None:
     assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
     assert messages[1]["reasoning_content"] == "need weather"
     assert messages[1]["tool_calls"][0]["function"] == {"name": "w", "arguments": '{"c": "Oslo"}'}
+
+
+@pytest.mark.parametrize("parser,marker,text", [
+    ("mistral", "[TOOL_CALLS]", '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1}}]'),
+    ("hermes", "<tool_call>", '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>'),
+])
+def test_tool_markers_that_are_special_tokens_reach_the_parser(tmp_path, parser, marker, text) -> None:
+    # [TOOL_CALLS] is a special token in Mistral's tokenizers (<tool_call> in some Hermes
+    # ones): the default skip_special_tokens dropped it from the text, so tool_choice "auto"
+    # never found a call. As vLLM's parsers do, the request keeps special tokens.
+    from pagedlm.demo import build_tokenizer
+    from pagedlm.engine.detokenizer import IncrementalDetokenizer
+    from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest
+    from pagedlm.entrypoints.openai.tool_calling import add_tool_constraint, plan_tools
+
+    tokenizer = build_tokenizer(tmp_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": [marker]})
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "1+1"}], tools=tools)
+    options = ServingOptions(True, parser)
+    plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls, options)
+    params = request.sampling_params(None, 50, {})
+    add_tool_constraint(params, plan)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.convert_tokens_to_ids(marker) in ids
+    detokenizer = IncrementalDetokenizer(tokenizer, [], params)
+    detokenizer.update(ids + [tokenizer.eos_token_id], stop_terminated=True)
+    message = ChoiceShaper(plan, options, "").message(detokenizer.output_text)
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
+        ("add", {"a": 1})]
+    none_plan = plan_tools(request.tools, "none", None, options)
+    plain = request.sampling_params(None, 50, {})
+    add_tool_constraint(plain, none_plan)
+    assert plain.skip_special_tokens  # only where a tool parser reads the text

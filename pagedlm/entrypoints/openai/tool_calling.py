@@ -54,6 +54,7 @@ class ToolPlan:
     function_name: str | None = None
     constraint: StructuredOutputsParams | None = None
     parallel: bool = True
+    keep_special_tokens: bool = False  # auto: the tool parser reads markers that are special tokens
 
 
 def _function_specs(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -85,7 +86,8 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel_to
             raise OpenAIError('"auto" tool choice needs the server to run with --enable-auto-tool-choice and '
                               '--tool-call-parser; or use tool_choice "required", a named function, or "none"',
                               400, "tool_choice")
-        return ToolPlan("auto", parallel=parallel)
+        return ToolPlan("auto", parallel=parallel,
+                        keep_special_tokens=get_tool_parser(options.tool_call_parser).keep_special_tokens)
     named = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     if tool_choice == "required":
         plan = ToolPlan("required", constraint=StructuredOutputsParams(json=_required_schema(specs, parallel)),
@@ -259,7 +261,10 @@ class ChoiceShaper:
 
 
 def add_tool_constraint(params: Any, plan: ToolPlan) -> None:
-    """required / named tool choice: the call's JSON schema becomes the request's constraint."""
+    """required / named tool choice: the call's JSON schema becomes the request's constraint.
+    auto: special tokens stay in the text when the tool parser's markers may be ones."""
+    if plan.keep_special_tokens:
+        params.skip_special_tokens = False
     if plan.constraint is None:
         return
     if params.structured_outputs is not None:

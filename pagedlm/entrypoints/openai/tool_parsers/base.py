@@ -15,6 +15,11 @@ from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, is_va
 
 
 class ToolParser:
+    # The parser needs the model's special tokens in the text: its markers are special tokens
+    # in some tokenizers ([TOOL_CALLS] in Mistral's, <tool_call> in some Hermes ones), which
+    # skip_special_tokens would drop before the parser sees them (vLLM's adjust_request).
+    keep_special_tokens = False
+
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
         raise NotImplementedError
 

@@ -9,6 +9,8 @@ START, END = "<tool_call>", "</tool_call>"
 
 
 class HermesToolParser(ToolParser):
+    keep_special_tokens = True
+
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
         content, rest = self.split_at_marker(text, START, final)
         calls: list[PartialCall] = []

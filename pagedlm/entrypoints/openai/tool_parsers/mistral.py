@@ -9,6 +9,8 @@ MARKER = "[TOOL_CALLS]"
 
 
 class MistralToolParser(ToolParser):
+    keep_special_tokens = True
+
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
         content, rest = self.split_at_marker(text, MARKER, final)
         calls: list[PartialCall] = []
