@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import decimal
 import json
 import logging
+import re
 import types
 import typing
 from typing import Any
@@ -88,6 +90,30 @@ def json_or_dict(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def human_readable_int(text: str) -> int:
+    """vLLM's sizes (--max-model-len, --max-num-batched-tokens, --kv-cache-memory-bytes): a plain
+    integer, or one with a suffix: k/m/g/t are powers of 1000 ('25.6k' = 25600), K/M/G/T powers
+    of 1024 ('1K' = 1024; whole numbers only)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT])", text.strip())
+    if match is None:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (an integer, optionally with a suffix "
+                                             "k/m/g (x1000) or K/M/G (x1024), e.g. 32k)") from None
+    number, suffix = match.groups()
+    if suffix in _BINARY:
+        if "." in number:
+            raise argparse.ArgumentTypeError(f"{text!r}: no decimals with a binary suffix ({suffix}); did you mean "
+                                             f"{number}{suffix.lower()}?")
+        return int(number) * _BINARY[suffix]
+    return int(decimal.Decimal(number) * _DECIMAL[suffix])  # exact: '1.001k' is 1001
 
 
 def json_object_or_int(text: str) -> dict[str, Any] | int:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pagedlm.arg_utils import (
     add_dataclass_args,
     dataclass_kwargs,
+    human_readable_int,
     json_object_or_int,
     log_no_effect,
     opt,
@@ -85,8 +86,8 @@ class EngineArgs:
     dtype: str = opt("auto", "weight/activation dtype: auto (float32 on CPU, the checkpoint's 16-bit type on "
                      "GPU), float32, float16, bfloat16", MODEL)
     seed: int | None = opt(0, "random seed of the engine (None: a random one, logged)", MODEL)
-    max_model_len: int | None = opt(None, "context length (prompt + output); default: the model's trained "
-                                    "context", MODEL)
+    max_model_len: int | None = opt(None, "context length (prompt + output; 32k = 32000, 32K = 32768); default: "
+                                    "the model's trained context", MODEL, parse=human_readable_int)
     allow_long_max_model_len: bool = opt(False, "allow --max-model-len above the model's trained context "
                                          "(also env PAGEDLM_/VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)", MODEL)
     disable_sliding_window: bool = opt(False, "cap the context at the model's sliding window, so every layer "
@@ -133,8 +134,9 @@ class EngineArgs:
     block_size: int = opt(16, "tokens per KV cache block", CACHE)
     gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory for weights, activations and KV cache "
                                         "(GPU only; on CPU see --kv-cache-memory-bytes)", CACHE)
-    kv_cache_memory_bytes: int | None = opt(None, "KV cache size in bytes (overrides --gpu-memory-utilization; "
-                                            "CPU default: a quarter of free RAM, at most 4 GiB)", CACHE)
+    kv_cache_memory_bytes: int | None = opt(None, "KV cache size in bytes, e.g. 8G (8 GiB; overrides "
+                                            "--gpu-memory-utilization; CPU default: a quarter of free RAM, at most "
+                                            "4 GiB)", CACHE, parse=human_readable_int)
     num_gpu_blocks_override: int | None = opt(None, "fix the number of KV cache blocks", CACHE)
     kv_cache_dtype: str = opt("auto", "KV cache element type: auto (the model dtype), fp8 (= fp8_e4m3) or fp8_e5m2: "
                               "half the bytes, about twice the KV blocks; per-layer k/v scales from the checkpoint, "
@@ -149,7 +151,8 @@ class EngineArgs:
                                    "other than the A100, else 256; vLLM's defaults)", SCHED)
     max_num_batched_tokens: int | None = opt(None, "token budget of one step (default: on GPUs of 70 GiB or more "
                                              "other than the A100 16384 offline and 8192 served, on other GPUs "
-                                             "8192, on CPU 2048)", SCHED)
+                                             "8192, on CPU 2048; 16k = 16000, 16K = 16384)", SCHED,
+                                             parse=human_readable_int)
     long_prefill_token_threshold: int = opt(0, "with chunked prefill: at most this many of a request's prompt "
                                             "tokens in one step, so long prompts share steps with others (0: "
                                             "no limit but the step budget)", SCHED)

@@ -379,6 +379,21 @@ def test_config_yaml_flags_with_the_command_line_winning(ckpt: Path, tmp_path: P
         parse_serve_args(["--config", str(tmp_path / "typo.yaml")])
 
 
+def test_size_flags_take_vllms_human_readable_suffixes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """vllm serve MODEL --max-model-len 32k: k/m/g are powers of 1000, K/M/G of 1024 (also in --config)."""
+    ns = parse_serve_args(["/m", "--max-model-len", "32k", "--max-num-batched-tokens", "16K",
+                           "--kv-cache-memory-bytes", "2G"])
+    assert (ns.max_model_len, ns.max_num_batched_tokens, ns.kv_cache_memory_bytes) == (32000, 16384, 2 << 30)
+    assert parse_serve_args(["/m", "--max-model-len", "25.6k"]).max_model_len == 25600
+    assert parse_serve_args(["/m", "--max-model-len", "4096"]).max_model_len == 4096
+    (tmp_path / "serve.yaml").write_text("max-model-len: 8K\n")
+    assert parse_serve_args(["/m", "--config", str(tmp_path / "serve.yaml")]).max_model_len == 8192
+    for bad in ("1.5K", "lots"):
+        with pytest.raises(SystemExit):
+            parse_serve_args(["/m", "--max-model-len", bad])
+        assert "--max-model-len" in capsys.readouterr().err
+
+
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="not valid Jinja"):
         EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()
