@@ -89,6 +89,8 @@ class ServerArgs:
         refuse_unsupported(server_args)
         if notices:
             log_no_effect(server_args)
+        if not 0 <= server_args.port <= 65535:
+            raise ConfigError(f"--port must be in [0, 65535], got {server_args.port}")
         if server_args.api_server_count < 1:
             raise ConfigError(f"--api-server-count must be at least 1, got {server_args.api_server_count}")
         server_args.check_tls()

@@ -394,6 +394,18 @@ def test_size_flags_take_vllms_human_readable_suffixes(tmp_path: Path, capsys: p
         assert "--max-model-len" in capsys.readouterr().err
 
 
+def test_bad_port_or_host_is_a_one_line_start_up_error() -> None:
+    """Not an OverflowError / socket.gaierror traceback: --port out of range is refused with the
+    flags, before the model loads; a --host that does not resolve is a ServerStartError."""
+    from pagedlm.entrypoints.openai.api_server import ServerStartError, bind_socket
+
+    for port in ("99999", "-1"):
+        with pytest.raises(ConfigError, match=r"--port must be in \[0, 65535\]"):
+            ServerArgs.from_cli_args(parse_serve_args(["/m", "--port", port]))
+    with pytest.raises(ServerStartError, match="no-such-host.invalid.*--host"):
+        bind_socket("no-such-host.invalid", 0)
+
+
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="not valid Jinja"):
         EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()

@@ -346,7 +346,11 @@ def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = T
     ``reuse_port``: one of a pool's sockets on the same port (SO_REUSEPORT: the kernel spreads
     new connections evenly over the listening ones); the pool's launcher binds without
     listening, to hold the port and fail early, and takes no connections."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Give --host an address or name "
+                               "of this machine (0.0.0.0 for all of them).") from e
     try:
         if not reuse_port:
             return socket.create_server((host, port), family=family)
