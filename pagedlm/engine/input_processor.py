@@ -175,6 +175,9 @@ class InputProcessor:
             if value is not None and value > max_logprobs:
                 raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
                                           f"--max-logprobs={max_logprobs}.")
+            if value is not None and value > self.vocab_size:  # (a --max-logprobs above it let it through)
+                raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the {self.vocab_size} "
+                                          "tokens of the model's vocabulary.")
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - num_prompt_tokens
         if not params.ignore_eos:

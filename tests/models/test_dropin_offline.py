@@ -257,3 +257,18 @@ def test_prompt_dict_with_unknown_keys_is_refused(llm: LLM) -> None:
 def test_max_logprobs_is_enforced(tmp_path: Path, llm: LLM) -> None:
     with pytest.raises(ValueError, match="max-logprobs=20"):
         llm.generate("hi", SamplingParams(logprobs=21), use_tqdm=False)
+
+
+def test_logprobs_beyond_the_vocabulary_are_refused_not_a_crash(tmp_path: Path) -> None:
+    """With a --max-logprobs above the vocabulary, asking for more logprobs than there are
+    tokens was a RuntimeError in the engine's step (torch.topk), not a request error."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    big = LLM(str(build_tiny_checkpoint(tmp_path)), max_model_len=64, num_gpu_blocks_override=32,
+              max_logprobs=100_000, device="cpu")
+    vocab = big.llm_engine.model_config.vocab_size
+    for name in ("logprobs", "prompt_logprobs"):
+        with pytest.raises(ValueError, match=f"{name}: requested {vocab + 1} logprobs, more than the {vocab} tokens"):
+            big.generate("hi", SamplingParams(max_tokens=2, **{name: vocab + 1}), use_tqdm=False)
+    out = big.generate("hi", SamplingParams(max_tokens=2, logprobs=vocab), use_tqdm=False)[0].outputs[0]
+    assert len(out.logprobs) == 2 and all(len(step) == vocab for step in out.logprobs)
