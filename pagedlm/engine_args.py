@@ -92,7 +92,8 @@ class EngineArgs:
                                          "(also env PAGEDLM_/VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)", MODEL)
     disable_sliding_window: bool = opt(False, "cap the context at the model's sliding window, so every layer "
                                        "attends to the whole sequence (no effect on models without one)", MODEL)
-    max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for", MODEL)
+    max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for (-1: no cap but the "
+                            "vocabulary size)", MODEL)
     logprobs_mode: str = opt("raw_logprobs", "what logprobs report: raw_logprobs (the model's, before any "
                              "sampling setting touches the logits; vLLM's default)", MODEL,
                              choices=["raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"])
@@ -242,8 +243,8 @@ class EngineArgs:
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
         self._structured_outputs()  # refuses what it cannot honour (and an unknown reasoning parser)
-        if self.max_logprobs < 0:
-            raise ConfigError(f"max_logprobs must be non-negative, got {self.max_logprobs}")
+        if self.max_logprobs < -1:
+            raise ConfigError(f"max_logprobs must be non-negative (or -1: no cap), got {self.max_logprobs}")
 
     def _batch_defaults(self, device: str) -> tuple[int, int]:
         """(max_num_seqs, max_num_batched_tokens) where they are not given: vLLM's defaults. GPUs

@@ -172,7 +172,7 @@ class InputProcessor:
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
-            if value is not None and value > max_logprobs:
+            if value is not None and max_logprobs != -1 and value > max_logprobs:
                 raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
                                           f"--max-logprobs={max_logprobs}.")
             if value is not None and value > self.vocab_size:  # (a --max-logprobs above it let it through)

@@ -190,6 +190,21 @@ def test_response_role(checkpoint: Path) -> None:
 
 
 
+def test_max_logprobs_minus_one_is_no_cap_over_http(checkpoint: Path) -> None:
+    """vllm serve --max-logprobs -1: logprobs / top_logprobs above 20 and beam search of any width."""
+    engine, client = _make_client(checkpoint, max_logprobs=-1)
+    with client:
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "logprobs": 30,
+                                                     "temperature": 0})
+        assert resp.status_code == 200, resp.text
+        tops = resp.json()["choices"][0]["logprobs"]["top_logprobs"]  # keyed by text: tokens may share one
+        assert len(tops) == 2 and all(len(top) > 20 for top in tops)
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "n": 12,
+                                                     "use_beam_search": True})
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["choices"]) == 12
+
+
 def test_cors_root_path_and_request_ids(checkpoint: Path) -> None:
     """--allowed-origins (and methods, headers), --enable-request-id-headers, and the API key's
     open paths behind a --root-path (uvicorn sets the ASGI root_path; the test client here)."""

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from pagedlm import LLM, SamplingParams
+from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import CompletionOutput
 from pagedlm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -257,6 +258,23 @@ def test_prompt_dict_with_unknown_keys_is_refused(llm: LLM) -> None:
 def test_max_logprobs_is_enforced(tmp_path: Path, llm: LLM) -> None:
     with pytest.raises(ValueError, match="max-logprobs=20"):
         llm.generate("hi", SamplingParams(logprobs=21), use_tqdm=False)
+
+
+def test_max_logprobs_minus_one_is_no_cap(tmp_path: Path) -> None:
+    """vLLM's --max-logprobs -1 (LLM(max_logprobs=-1)): any number of logprobs up to the
+    vocabulary, beam search of any width; it was refused as negative."""
+    from pagedlm.beam_search import BeamSearchParams
+    from pagedlm.demo import build_tiny_checkpoint
+
+    uncapped = LLM(str(build_tiny_checkpoint(tmp_path)), max_model_len=64, num_gpu_blocks_override=32,
+                   max_logprobs=-1, device="cpu")
+    params = SamplingParams(temperature=0, max_tokens=2, logprobs=100, prompt_logprobs=50)
+    out = uncapped.generate("hi", params, use_tqdm=False)[0]
+    assert [len(step) for step in out.outputs[0].logprobs] == [100, 100]  # greedy: the sampled token is the top one
+    assert all(len(step) >= 50 for step in out.prompt_logprobs[1:])
+    assert len(uncapped.beam_search(["hi"], BeamSearchParams(beam_width=12, max_tokens=2))[0].sequences) == 12
+    with pytest.raises(ValueError, match="max_logprobs must be non-negative"):
+        EngineArgs(model=str(tmp_path), max_logprobs=-2, device="cpu").create_engine_config()
 
 
 def test_logprobs_beyond_the_vocabulary_are_refused_not_a_crash(tmp_path: Path) -> None:

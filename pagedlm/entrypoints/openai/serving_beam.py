@@ -29,7 +29,7 @@ def beam_search_params(request: SamplingFields, max_tokens: int, max_logprobs: i
                 if name in request.model_fields_set and getattr(request, name) not in (None, defaults[name].default)]
     if clashing:
         raise OpenAIError(f"use_beam_search cannot be combined with {', '.join(clashing)}.", 400, clashing[0])
-    if 2 * request.n > max_logprobs:
+    if max_logprobs != -1 and 2 * request.n > max_logprobs:
         raise OpenAIError(f"use_beam_search needs n <= {max_logprobs // 2} (each step reads 2*n logprobs; "
                           f"--max-logprobs is {max_logprobs}), got n={request.n}.", 400, "n")
     try:

@@ -249,7 +249,7 @@ class OpenAIServing:
 
     def check_logprobs(self, name: str, value: int | None) -> None:
         limit = self.engine.model_config.max_logprobs
-        if value is not None and value > limit:
+        if value is not None and limit != -1 and value > limit:
             raise OpenAIError(f"{name}: requested {value} logprobs, more than the server's --max-logprobs={limit}.",
                               400, name)
 
