@@ -132,7 +132,7 @@ class EngineArgs:
     hf_token: str | bool | None = opt(None, "Hugging Face Hub token for gated or private models; the flag alone "
                                       "uses the token `hf auth login` stored (default: huggingface_hub's own, "
                                       "HF_TOKEN)", LOAD, parse=str, nargs="?", const=True, secret=True)
-    block_size: int = opt(16, "tokens per KV cache block", CACHE)
+    block_size: int | None = opt(16, "tokens per KV cache block", CACHE)
     gpu_memory_utilization: float = opt(0.9, "fraction of GPU memory for weights, activations and KV cache "
                                         "(GPU only; on CPU see --kv-cache-memory-bytes)", CACHE)
     kv_cache_memory_bytes: int | None = opt(None, "KV cache size in bytes, e.g. 8G (8 GiB; overrides "
@@ -145,7 +145,7 @@ class EngineArgs:
     calculate_kv_scales: bool = opt(False, "with an fp8 KV cache: each layer's k_scale / v_scale from the first "
                                     "batch of requests (max |k| / 200, max |v| / 100, as vLLM), instead of the "
                                     "checkpoint's or 1.0", CACHE)
-    enable_prefix_caching: bool = opt(True, "reuse the KV blocks of shared prompt prefixes", CACHE)
+    enable_prefix_caching: bool | None = opt(True, "reuse the KV blocks of shared prompt prefixes", CACHE)
     swap_space: float = opt(4, "CPU swap space in GiB (vLLM; no effect here)", CACHE)
     cpu_offload_gb: float = opt(0, "GiB of weights to offload to CPU", CACHE)
     max_num_seqs: int | None = opt(None, "most sequences in one step (default: 1024 on GPUs of 70 GiB or more "
@@ -201,6 +201,13 @@ class EngineArgs:
     # Not an option: who builds the engine (vLLM's usage context), which picks the default step
     # budget on large GPUs (``_batch_defaults``): "llm" here, "server" in ServerEngineArgs.
     usage_context: ClassVar[str] = "llm"
+
+    def __post_init__(self) -> None:
+        # vLLM's None for these is "the default" (as code that passes every setting through,
+        # LLM(block_size=None, enable_prefix_caching=None), relies on); None is not "off".
+        for name in ("block_size", "enable_prefix_caching"):
+            if getattr(self, name) is None:
+                setattr(self, name, type(self).__dataclass_fields__[name].default)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None) -> argparse.ArgumentParser:

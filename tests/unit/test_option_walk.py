@@ -406,6 +406,14 @@ def test_bad_port_or_host_is_a_one_line_start_up_error() -> None:
         bind_socket("no-such-host.invalid", 0)
 
 
+def test_none_is_the_default_for_block_size_and_prefix_caching(ckpt: Path) -> None:
+    """vLLM's EngineArgs default both to None (the default); LLM(enable_prefix_caching=None)
+    turned prefix caching off and LLM(block_size=None) was refused as not a power of two."""
+    cache = EngineArgs(model=str(ckpt), device="cpu", block_size=None,
+                       enable_prefix_caching=None).create_engine_config().cache_config
+    assert (cache.block_size, cache.enable_prefix_caching) == (16, True)
+
+
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="not valid Jinja"):
         EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()
