@@ -25,8 +25,9 @@ class ServerArgs:
     port: int = opt(8000, "port to listen on", SERVER)
     uds: str | None = opt(None, "listen on this Unix domain socket path instead (--host and --port are then "
                           "not used)", SERVER)
-    api_key: str | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /ping, /metrics, /version "
-                              "(default: env PAGEDLM_API_KEY, then VLLM_API_KEY)", SERVER, secret=True)
+    api_key: list[str] | None = opt(None, "require 'Authorization: Bearer KEY' except on /health, /ping, /metrics, "
+                                    "/version; several keys: any one of them (default: env PAGEDLM_API_KEY, then "
+                                    "VLLM_API_KEY)", SERVER, secret=True)
     ssl_keyfile: str | None = opt(None, "TLS private key file (PEM); needs --ssl-certfile", SERVER)
     ssl_certfile: str | None = opt(None, "TLS certificate file (PEM): serve https", SERVER)
     ssl_ca_certs: str | None = opt(None, "TLS: CA certificates (PEM) that client certificates are checked against",
@@ -85,7 +86,10 @@ class ServerArgs:
                 kwargs[name] = _json_or_words(name, kwargs[name])
         server_args = cls(**kwargs)
         if server_args.api_key is None:
-            server_args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
+            env_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
+            server_args.api_key = [env_key] if env_key else None
+        elif isinstance(server_args.api_key, str):  # ServerArgs(api_key="k")
+            server_args.api_key = [server_args.api_key]
         refuse_unsupported(server_args)
         if notices:
             log_no_effect(server_args)

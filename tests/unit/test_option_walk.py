@@ -414,6 +414,28 @@ def test_none_is_the_default_for_block_size_and_prefix_caching(ckpt: Path) -> No
     assert (cache.block_size, cache.enable_prefix_caching) == (16, True)
 
 
+def test_api_key_takes_several_keys_as_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vllm serve --api-key K1 K2: a request with any one of the keys is let in."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from pagedlm.entrypoints.openai.api_server import HTTPOptions, _add_middleware
+
+    for var in ("PAGEDLM_API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    keys = ServerArgs.from_cli_args(parse_serve_args(["/m", "--api-key", "k1", "k2"])).api_key
+    assert keys == ["k1", "k2"]
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    assert ServerArgs.from_cli_args(parse_serve_args(["/m"])).api_key == ["from-env"]
+    app = FastAPI()
+    app.get("/v1/models")(lambda: {"ok": True})
+    _add_middleware(app, keys, HTTPOptions())
+    client = TestClient(app)
+    for key, status in (("k1", 200), ("k2", 200), ("k3", 401), ("k1 k2", 401)):
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == status, key
+    assert client.get("/v1/models").status_code == 401
+
+
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="not valid Jinja"):
         EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()

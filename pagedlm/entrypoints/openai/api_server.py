@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Sequence, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -73,16 +73,17 @@ M = TypeVar("M", bound=BaseModel)
 class APIKeyMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware: it would buffer streams and hide disconnects)."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(self, app: Any, api_keys: Sequence[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = [f"Bearer {key}".encode() for key in api_keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or _route_path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if hmac.compare_digest(given, self.expected):
+        # Every key compared (no early exit), so the time taken does not tell which one matched.
+        if sum(hmac.compare_digest(given, expected) for expected in self.expected):
             await self.app(scope, receive, send)
             return
         response = JSONResponse(error_body("Unauthorized: a valid API key is required (Authorization: Bearer "
@@ -175,7 +176,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None, api_key: str | None = None,
+def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
+              api_key: str | Sequence[str] | None = None,
               served_model_names: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
               serving_options: ServingOptions | None = None, disable_docs: bool = False,
               lora_modules: LoRAModules | None = None, http: HTTPOptions | None = None) -> FastAPI:
@@ -246,11 +248,12 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     return app
 
 
-def _add_middleware(app: FastAPI, api_key: str | None, http: HTTPOptions) -> None:
-    """The API key, request ids, then CORS: the last added is outermost, so a browser's
-    preflight is answered before the API key is asked for."""
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+def _add_middleware(app: FastAPI, api_key: str | Sequence[str] | None, http: HTTPOptions) -> None:
+    """The API key(s: any one of them opens the API), request ids, then CORS: the last added is
+    outermost, so a browser's preflight is answered before the API key is asked for."""
+    api_keys = [key for key in ([api_key] if isinstance(api_key, str) else api_key or ()) if key]
+    if api_keys:
+        app.add_middleware(APIKeyMiddleware, api_keys=api_keys)
     if http.request_id_headers:
         app.add_middleware(RequestIdMiddleware)
     app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
