@@ -75,12 +75,24 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--ignore-eos", action="store_true", help="generate exactly the output length")
-    parser.add_argument("--metric-percentiles", type=str, default="99", help="comma-separated, e.g. 50,90,99")
+    parser.add_argument("--metric-percentiles", type=percentile_list, default=[99.0],
+                        help="comma-separated, e.g. 50,90,99 (default: 99)")
     parser.add_argument("--save-result", action="store_true", help="write the results as JSON")
     parser.add_argument("--result-dir", type=str, default=".")
     parser.add_argument("--result-filename", type=str, default=None)
     parser.add_argument("--disable-tqdm", action="store_true", help="accepted for vLLM compatibility")
     return parser
+
+
+def percentile_list(text: str) -> list[float]:
+    """'50,90,99' -> [50.0, 90.0, 99.0], checked when the flags are parsed (not after the run)."""
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or not all(0 <= p <= 100 for p in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give percentiles between 0 and 100, e.g. 50,90,99")
+    return values
 
 
 # ---------------------------------------------------------------------- dataset
@@ -383,7 +395,7 @@ async def _main(args: argparse.Namespace) -> int:
         finally:
             if isinstance(streamer, SSEClient):
                 streamer.close()
-    percentiles = [float(p) for p in args.metric_percentiles.split(",") if p.strip()]
+    percentiles = args.metric_percentiles
     metrics = summarize(results, duration, percentiles)
     print_table(metrics, percentiles, args)
     errors = [r.error for r in results if not r.success]
@@ -408,6 +420,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--num-prompts must be at least 1")
     if not args.request_rate > 0:
         raise SystemExit("--request-rate must be positive (or inf)")
+    if not 0 < args.burstiness < math.inf:
+        raise SystemExit("--burstiness must be positive (1: Poisson arrivals)")
     try:
         return _event_loop_runner()(_main(args))
     except httpx.HTTPError as e:
