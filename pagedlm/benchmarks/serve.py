@@ -55,6 +55,8 @@ class RequestResult:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--backend", choices=["openai", "vllm"], default="openai",
+                        help="vLLM's request kind: both are streamed /v1/completions requests (the only kind sent)")
     parser.add_argument("--base-url", type=str, default=None, help="server URL (default http://HOST:PORT)")
     parser.add_argument("--host", type=str, default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -339,7 +341,7 @@ def save_result(args: argparse.Namespace, model: str, metrics: dict[str, Any], r
     path = Path(args.result_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "date": now.isoformat(timespec="seconds"), "backend": "openai", "model_id": model,
+        "date": now.isoformat(timespec="seconds"), "backend": args.backend, "model_id": model,
         "base_url": args.base_url, "endpoint": args.endpoint, "dataset": args.dataset,
         "num_prompts": args.num_prompts, "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len, "request_rate": str(args.request_rate),

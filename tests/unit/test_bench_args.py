@@ -28,3 +28,12 @@ def test_bench_serve_burstiness_must_be_positive(burstiness: str) -> None:
     """A gamma shape of 0 was random.gammavariate's ValueError, after the first request."""
     with pytest.raises(SystemExit, match="--burstiness must be positive"):
         bench_serve.main(_serve_args("--burstiness", burstiness, "--base-url", "http://127.0.0.1:9"))
+
+
+def test_bench_serve_takes_vllms_backend_flag(capsys: pytest.CaptureFixture) -> None:
+    """vllm bench serve --backend vllm (its documented launch line): the completions client;
+    kinds of request it does not send are refused by name."""
+    assert _serve_args().backend == "openai" and _serve_args("--backend", "vllm").backend == "vllm"
+    with pytest.raises(SystemExit):
+        _serve_args("--backend", "openai-chat")
+    assert "invalid choice: 'openai-chat'" in capsys.readouterr().err
