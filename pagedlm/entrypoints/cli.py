@@ -90,8 +90,25 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"two models given: MODEL {tag!r} and --model {merged['model']!r}; give one")
     if tag is not None:
         merged["model"] = tag
+    elif merged.get("model") is None:
+        _refuse_swallowed_model(parser, merged)
     merged["func"] = _cmd_serve
     return argparse.Namespace(**merged)
+
+
+def _refuse_swallowed_model(parser: argparse.ArgumentParser, merged: dict) -> None:
+    """No MODEL, and a list flag's last value looks like one (``serve --api-key k MODEL``: the
+    flag took MODEL as one more value, and the default model would be served without a word,
+    as vLLM's list flags do): refuse with what happened."""
+    import re
+    from pathlib import Path
+
+    for dest, flag in (("api_key", "--api-key"), ("served_model_name", "--served-model-name")):
+        values = merged.get(dest)
+        if isinstance(values, list) and len(values) > 1 and isinstance(values[-1], str) and (
+                Path(values[-1]).exists() or re.fullmatch(r"[\w.-]+/[\w.-]+", values[-1])):
+            parser.error(f"{values[-1]!r} was read as one more {flag} value, so no model was given: put MODEL "
+                         "before the flags, or use --model")
 
 
 def _load_bench_module(name: str) -> ModuleType | None:

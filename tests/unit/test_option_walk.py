@@ -436,6 +436,16 @@ def test_api_key_takes_several_keys_as_vllm(monkeypatch: pytest.MonkeyPatch) -> 
     assert client.get("/v1/models").status_code == 401
 
 
+def test_a_model_after_a_list_flag_is_not_swallowed(tmp_path) -> None:
+    """serve --api-key k MODEL: the list flag would take MODEL as a second key and the default
+    model would be served; that is refused with what happened. Before the flags it is fine."""
+    for argv in (["--api-key", "k", "org/model"], ["--served-model-name", "a", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            parse_serve_args(argv)
+    assert parse_serve_args(["org/model", "--api-key", "k1", "k2"]).model == "org/model"
+    assert getattr(parse_serve_args(["--api-key", "k1", "k2"]), "model", None) is None  # two keys, the default model
+
+
 def test_broken_chat_template_is_a_start_up_error(ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="not valid Jinja"):
         EngineArgs(model=str(ckpt), chat_template="{% for m in messages %}", device="cpu").create_engine_config()
