@@ -86,7 +86,8 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
     merged = {**vars(parser.parse_args(config_argv)), **vars(parser.parse_args(rest))}
     tag = merged.pop("model_tag", None)
     merged.pop("config", None)
-    if tag is not None and merged.get("model") not in (None, tag) and "--model" in " ".join(rest):
+    model_flag = any(a == "--model" or a.startswith("--model=") for a in rest)  # not --model-impl & co.
+    if tag is not None and merged.get("model") not in (None, tag) and model_flag:
         parser.error(f"two models given: MODEL {tag!r} and --model {merged['model']!r}; give one")
     if tag is not None:
         merged["model"] = tag

@@ -595,3 +595,15 @@ def test_engine_seed_makes_unseeded_sampling_repeat(ckpt: Path) -> None:
 
     first = sample(1)
     assert sample(1) == first and sample(2) != first
+
+
+def test_model_impl_is_not_a_second_model(tmp_path) -> None:
+    """MODEL with a config file naming another model: the command line wins, with or without
+    --model-impl (its name starts with --model; it was taken for --model: "two models given").
+    MODEL and --model both on the command line are still refused."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model: from-config\n")
+    for extra in ([], ["--model-impl", "vllm"]):
+        assert parse_serve_args(["cli-model", *extra, "--config", str(config)]).model == "cli-model"
+    with pytest.raises(SystemExit):
+        parse_serve_args(["cli-model", "--model", "other"])
