@@ -243,6 +243,9 @@ class EngineArgs:
                               f"{self.long_prefill_token_threshold}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        dp = self.data_parallel_size
+        if isinstance(dp, bool) or not isinstance(dp, int) or dp < 1:  # refused later, when the cores start
+            raise ConfigError(f"data_parallel_size must be a positive integer, got {dp!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:

@@ -607,3 +607,13 @@ def test_model_impl_is_not_a_second_model(tmp_path) -> None:
         assert parse_serve_args(["cli-model", *extra, "--config", str(config)]).model == "cli-model"
     with pytest.raises(SystemExit):
         parse_serve_args(["cli-model", "--model", "other"])
+
+
+def test_data_parallel_size_is_checked_with_the_other_sizes() -> None:
+    """-dp 0 is a ConfigError when the config is made (it passed, and failed only when the
+    engine cores started: for serve, after the port was bound)."""
+    from pagedlm.demo import demo_model_dir
+
+    for dp in (0, -2):
+        with pytest.raises(ConfigError, match="data_parallel_size"):
+            EngineArgs(model=str(demo_model_dir()), device="cpu", data_parallel_size=dp).create_engine_config()
