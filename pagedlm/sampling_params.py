@@ -220,10 +220,10 @@ class SamplingParams:
             raise bad("min_tokens", "must be greater than or equal to 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}")
-        for name in ("logprobs", "prompt_logprobs"):
+        for name in ("logprobs", "prompt_logprobs"):  # -1: the whole vocabulary, as vLLM's
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise bad(name, "must be a non-negative integer")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < -1):
+                raise bad(name, "must be a non-negative integer, or -1 (the whole vocabulary)")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
         if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:

@@ -172,6 +172,9 @@ class InputProcessor:
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
+            if value == -1:  # the whole vocabulary (the engine's cap still applies, as vLLM's)
+                value = self.vocab_size
+                setattr(params, name, value)
             if value is not None and max_logprobs != -1 and value > max_logprobs:
                 raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
                                           f"--max-logprobs={max_logprobs}.")

@@ -258,6 +258,8 @@ def test_prompt_dict_with_unknown_keys_is_refused(llm: LLM) -> None:
 def test_max_logprobs_is_enforced(tmp_path: Path, llm: LLM) -> None:
     with pytest.raises(ValueError, match="max-logprobs=20"):
         llm.generate("hi", SamplingParams(logprobs=21), use_tqdm=False)
+    with pytest.raises(ValueError, match="max-logprobs"):  # -1: the whole vocabulary, above the cap
+        llm.generate("hi", SamplingParams(logprobs=-1), use_tqdm=False)
 
 
 def test_max_logprobs_minus_one_is_no_cap(tmp_path: Path) -> None:
@@ -273,6 +275,12 @@ def test_max_logprobs_minus_one_is_no_cap(tmp_path: Path) -> None:
     assert [len(step) for step in out.outputs[0].logprobs] == [100, 100]  # greedy: the sampled token is the top one
     assert all(len(step) >= 50 for step in out.prompt_logprobs[1:])
     assert len(uncapped.beam_search(["hi"], BeamSearchParams(beam_width=12, max_tokens=2))[0].sequences) == 12
+    # logprobs=-1 (vLLM's): the whole vocabulary, under no cap; refused under the default cap of 20.
+    vocab = uncapped.llm_engine.model_config.vocab_size
+    every = uncapped.generate("hi", SamplingParams(temperature=0, max_tokens=2, logprobs=-1, prompt_logprobs=-1),
+                              use_tqdm=False)[0]
+    assert [len(step) for step in every.outputs[0].logprobs] == [vocab, vocab]
+    assert all(len(step) == vocab for step in every.prompt_logprobs[1:])
     with pytest.raises(ValueError, match="max_logprobs must be non-negative"):
         EngineArgs(model=str(tmp_path), max_logprobs=-2, device="cpu").create_engine_config()
 

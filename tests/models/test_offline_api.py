@@ -190,7 +190,7 @@ def test_chat_tool_call_history_reaches_the_template_as_objects(llm):
         (dict(repetition_penalty=0.0), "repetition_penalty"),
         (dict(max_tokens=0), "max_tokens"),
         (dict(n=0), "n"),
-        (dict(logprobs=-1), "logprobs"),
+        (dict(logprobs=-2), "logprobs"),
         (dict(min_tokens=5, max_tokens=2), "min_tokens"),
         (dict(stop=[""]), "stop"),
         (dict(seed=2**64), "seed"),
@@ -240,11 +240,11 @@ def test_masked_tokens_stay_masked_at_high_temperature(llm):
     assert set(out.token_ids) <= {5, 6}
 
 
-@pytest.mark.parametrize(("field", "value"), [("max_tokens", 0), ("n", 0), ("logprobs", -1), ("top_p", 0.0)])
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", 0), ("n", 0), ("logprobs", -2), ("top_p", 0.0)])
 def test_fields_set_after_construction_are_checked(llm, field, value):
     # vLLM scripts tune a SamplingParams in place (params = llm.get_default_sampling_params();
     # params.max_tokens = ...). A bad value set so was never checked: max_tokens=0 ran to
-    # max_model_len, n=0 and logprobs=-1 crashed with an IndexError inside the engine.
+    # max_model_len, n=0 and logprobs=-2 crashed with an IndexError inside the engine.
     params = SamplingParams(max_tokens=3)
     setattr(params, field, value)
     with pytest.raises(InvalidRequestError, match=field):
