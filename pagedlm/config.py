@@ -271,13 +271,31 @@ def layer_sliding_window(hf_config: Any, layer: int | None) -> int | None:
     return window if layer_types[layer] == "sliding_attention" else None
 
 
+def rope_scaled_context(hf_config: Any, max_position: int) -> int:
+    """The context RoPE scaling stretches ``max_position`` to, as vLLM derives it: linear,
+    dynamic and yarn scaling multiply it by ``factor`` (yarn from its
+    ``original_max_position_embeddings``); llama3 and longrope configs, and Gemma 3's, already
+    state the stretched length in ``max_position_embeddings``."""
+    params = getattr(hf_config, "rope_scaling", None) or getattr(hf_config, "rope_parameters", None) or {}
+    if (not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values())
+            or "gemma3" in str(getattr(hf_config, "model_type", ""))):
+        return max_position  # per-layer-type RoPE (Gemma 3): no single scaling to apply
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("linear", "dynamic", "yarn"):
+        return max_position
+    if rope_type == "yarn":
+        max_position = int(params.get("original_max_position_embeddings") or max_position)
+    return int(max_position * float(params.get("factor") or 1.0))
+
+
 def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False,
                          disable_sliding_window: bool = False) -> int:
-    """The model's trained context unless a length is asked for; beyond that context
-    positions the model never saw give garbage, so that needs an explicit opt-in. With
-    ``disable_sliding_window`` (vLLM's) the context is capped at the model's sliding window, so
-    every layer attends to the whole sequence."""
-    limit = int(getattr(hf_config, "max_position_embeddings", None) or 2048)
+    """The model's trained context (stretched by its RoPE scaling, ``rope_scaled_context``)
+    unless a length is asked for; beyond that context positions the model never saw give
+    garbage, so that needs an explicit opt-in. With ``disable_sliding_window`` (vLLM's) the
+    context is capped at the model's sliding window, so every layer attends to the whole
+    sequence."""
+    limit = rope_scaled_context(hf_config, int(getattr(hf_config, "max_position_embeddings", None) or 2048))
     window = model_sliding_window(hf_config) if disable_sliding_window else None
     if window is not None:
         if requested is not None and requested > window:
@@ -291,9 +309,9 @@ def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool
     if requested > limit and not allow_long:
         raise ConfigError(
             f"max_model_len={requested} is larger than the model's trained context of {limit} tokens "
-            "(max_position_embeddings); use --max-model-len {limit} or less, or pass --allow-long-max-model-len "
-            "(env PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN=1 or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1) to accept output that "
-            "may be wrong beyond it".replace("{limit}", str(limit)))
+            "(max_position_embeddings, times its RoPE scaling factor); use --max-model-len {limit} or less, or "
+            "pass --allow-long-max-model-len (env PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN=1 or "
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1) to accept output that may be wrong beyond it".replace("{limit}", str(limit)))
     return int(requested)
 
 

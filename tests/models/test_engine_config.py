@@ -49,3 +49,34 @@ def test_bench_cli_runs(llama_checkpoint, bench, extra):
     assert result.returncode == 0, result.stderr[-2000:]
     expected = "Throughput:" if bench == "throughput" else "Time per output token:"
     assert expected in result.stdout
+
+
+def test_rope_scaling_stretches_the_default_max_model_len():
+    """vLLM's derivation: linear / dynamic / yarn scale the context by ``factor`` (yarn from its
+    original context), so Qwen2.5 with the yarn block its card recommends serves 131072 tokens
+    by default and accepts --max-model-len 131072; llama3, longrope and Gemma 3 configs already
+    state their stretched length."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
+
+    from pagedlm.config import derive_max_model_len
+
+    yarn = Qwen2Config(max_position_embeddings=32768, rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
+    assert derive_max_model_len(yarn, None) == 131072
+    assert derive_max_model_len(yarn, 131072) == 131072
+    with pytest.raises(ConfigError, match="trained context of 131072"):
+        derive_max_model_len(yarn, 131073)
+    linear = LlamaConfig(max_position_embeddings=4096, rope_scaling={"type": "linear", "factor": 2.0})
+    dynamic = LlamaConfig(max_position_embeddings=4096, rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    assert (derive_max_model_len(linear, None), derive_max_model_len(dynamic, None)) == (8192, 16384)
+    llama3 = LlamaConfig(max_position_embeddings=131072, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})
+    longrope = Phi3Config(max_position_embeddings=512, original_max_position_embeddings=48, pad_token_id=0,
+                          rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 48,
+                                        "long_factor": [2.0] * 48})
+    gemma3 = Gemma3TextConfig(max_position_embeddings=131072, rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    assert [derive_max_model_len(c, None) for c in (llama3, longrope, gemma3, LlamaConfig())] == [
+        131072, 512, 131072, 2048]
