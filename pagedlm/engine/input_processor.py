@@ -53,12 +53,17 @@ def load_tokenizer(model_config: ModelConfig):
     return tokenizer
 
 
-def generation_eos_ids(model_dir: str) -> list[int]:
-    """Extra EOS ids a checkpoint's generation_config.json names (e.g. Llama 3's <|eom_id|>)."""
+def generation_eos_ids(model_dir: str, hf_config: Any = None) -> list[int]:
+    """Extra EOS ids a checkpoint's generation_config.json names (e.g. Llama 3's <|eom_id|>).
+    A checkpoint directory without that file has them from config.json (``hf_config``), as in
+    vLLM, whose generation config is then transformers' ``GenerationConfig.from_model_config``."""
     path = Path(model_dir) / "generation_config.json"
-    if not path.exists():
+    if path.exists():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    elif Path(model_dir).is_dir():  # (a GGUF file has no generation config, in vLLM either)
+        eos = getattr(hf_config, "eos_token_id", None)
+    else:
         return []
-    eos = json.loads(path.read_text()).get("eos_token_id")
     if eos is None:
         return []
     return [eos] if isinstance(eos, int) else list(eos)
@@ -79,7 +84,8 @@ class InputProcessor:
         if self.eos_token_id is None:
             eos = getattr(model_config.hf_config, "eos_token_id", None)
             self.eos_token_id = eos if isinstance(eos, int) else (eos[0] if eos else None)
-        self.extra_eos_ids = [t for t in generation_eos_ids(model_config.model) if t != self.eos_token_id]
+        self.extra_eos_ids = [t for t in generation_eos_ids(model_config.model, model_config.hf_config)
+                              if t != self.eos_token_id]
         # Each frontend (LLM, API server) builds one InputProcessor: the defaults are logged once
         # there, not again in the engine-core process that re-creates the config.
         log_generation_defaults(model_config.generation_defaults)

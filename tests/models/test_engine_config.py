@@ -80,3 +80,28 @@ def test_rope_scaling_stretches_the_default_max_model_len():
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
     assert [derive_max_model_len(c, None) for c in (llama3, longrope, gemma3, LlamaConfig())] == [
         131072, 512, 131072, 2048]
+
+
+def test_eos_ids_of_config_json_stop_a_checkpoint_without_generation_config(tmp_path, llama_checkpoint):
+    """vLLM reads a checkpoint's extra EOS ids from config.json when it has no
+    generation_config.json (transformers' GenerationConfig.from_model_config), e.g. a Llama 3
+    fine-tune whose config lists <|eot_id|> besides the tokenizer's <|end_of_text|>."""
+    import json
+    import shutil
+
+    from pagedlm import SamplingParams
+
+    prompt = {"prompt_token_ids": [11, 23, 5, 60, 2]}
+    path = tmp_path / "ckpt"
+    shutil.copytree(llama_checkpoint, path)
+    assert not (path / "generation_config.json").exists()
+    free = LLM(str(path), device="cpu", max_model_len=64).generate(
+        prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    stop_at = next(i for i, t in enumerate(free.token_ids) if i >= 2 and t not in free.token_ids[:i])
+    config = json.loads((path / "config.json").read_text())
+    config["eos_token_id"] = [config["eos_token_id"], free.token_ids[stop_at]]
+    (path / "config.json").write_text(json.dumps(config))
+    out = LLM(str(path), device="cpu", max_model_len=64).generate(
+        prompt, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0]
+    assert list(out.token_ids) == list(free.token_ids[:stop_at + 1])
+    assert (out.finish_reason, out.stop_reason) == ("stop", free.token_ids[stop_at])
