@@ -242,7 +242,9 @@ class AsyncLLM:
             self._streams.pop(request_id, None)
             self.output_processor.abort_request(request_id)
             raise
-        self.prompt_tokens_total += request.num_prompt_tokens
+        # Every sequence prefills the prompt (vLLM counts n of them for n > 1; later ones may hit
+        # the prefix cache, which prefix_cache_hits shows).
+        self.prompt_tokens_total += request.num_prompt_tokens * len(children)
         return stream
 
     async def generate(self, prompt: PromptType, params: SamplingParams, request_id: str,

@@ -81,7 +81,9 @@ class LLMEngine:
             if isinstance(e, OverflowError):  # an int the engine-core message (64-bit) cannot carry
                 raise InvalidRequestError(f"request {request_id!r}: a value does not fit in 64 bits ({e})") from e
             raise
-        self.prompt_tokens_total += request.num_prompt_tokens
+        # Every sequence prefills the prompt (vLLM counts n of them for n > 1; later ones may hit
+        # the prefix cache, which prefix_cache_hits shows).
+        self.prompt_tokens_total += request.num_prompt_tokens * len(children)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         ids = [request_ids] if isinstance(request_ids, str) else request_ids

@@ -47,6 +47,14 @@ def test_no_api_key_means_open(app_client) -> None:
     assert values["pagedlm:generation_tokens_total"] >= 1
 
 
+def test_prompt_tokens_total_counts_every_sequence_of_n(app_client) -> None:
+    """As vLLM: the prompt is prefilled once per sequence, so n = 2 counts it twice."""
+    _, client = app_client
+    resp = client.post("/v1/completions", json={"prompt": list(range(5, 15)), "max_tokens": 2, "n": 2})
+    assert resp.status_code == 200, resp.text
+    assert metric_values(client.get("/metrics").text)["pagedlm:prompt_tokens_total"] == 2 * 10
+
+
 def test_model_without_chat_template(app_client) -> None:
     engine, client = app_client
     engine.tokenizer.chat_template = None

@@ -298,3 +298,15 @@ def test_logprobs_beyond_the_vocabulary_are_refused_not_a_crash(tmp_path: Path) 
             big.generate("hi", SamplingParams(max_tokens=2, **{name: vocab + 1}), use_tqdm=False)
     out = big.generate("hi", SamplingParams(max_tokens=2, logprobs=vocab), use_tqdm=False)[0].outputs[0]
     assert len(out.logprobs) == 2 and all(len(step) == vocab for step in out.logprobs)
+
+
+def test_prompt_tokens_counter_counts_every_sequence_of_n(llm: LLM) -> None:
+    """vLLM's prompt_tokens counter ("prefill tokens processed") counts the prompt once per
+    sequence: n = 3 adds 3 x its length, as the engine prefills it for each."""
+    def prompt_tokens() -> float:
+        return next(m.value for m in llm.get_metrics() if m.name == "vllm:prompt_tokens")
+
+    before = prompt_tokens()
+    llm.generate({"prompt_token_ids": list(range(5, 17))}, SamplingParams(n=3, max_tokens=2, seed=0),
+                 use_tqdm=False)
+    assert prompt_tokens() - before == 3 * 12
