@@ -111,8 +111,12 @@ class PrometheusStatLogger:
         self.request_success = {reason: success.labels(self.model_name, reason) for reason in FINISH_REASONS}
         self.ttft = histogram("time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
         self.itl = histogram("inter_token_latency_seconds", "Time between generated tokens.", ITL_BUCKETS)
-        self.tpot = histogram("time_per_output_token_seconds", "Mean time per output token of a request.",
+        # vLLM's per-request mean; its older time_per_output_token_seconds is the per-token ITL.
+        self.tpot = histogram("request_time_per_output_token_seconds", "Mean time per output token of a request.",
                               ITL_BUCKETS)
+        self.itl_legacy = histogram("time_per_output_token_seconds",
+                                    "Time between generated tokens; vLLM's older name of inter_token_latency_seconds.",
+                                    ITL_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "Arrival to finish.", REQUEST_LATENCY_BUCKETS)
         self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.",
                                     REQUEST_LATENCY_BUCKETS)
@@ -201,6 +205,7 @@ class PrometheusStatLogger:
             self.ttft.observe(ttft)
         for itl in stats.inter_token_latencies:
             self.itl.observe(itl)
+            self.itl_legacy.observe(itl)
         for finished in stats.finished_requests:
             self._record_finished(finished)
 

@@ -310,3 +310,17 @@ def test_prompt_tokens_counter_counts_every_sequence_of_n(llm: LLM) -> None:
     llm.generate({"prompt_token_ids": list(range(5, 17))}, SamplingParams(n=3, max_tokens=2, seed=0),
                  use_tqdm=False)
     assert prompt_tokens() - before == 3 * 12
+
+
+def test_time_per_output_token_series_have_vllms_names_and_meanings(llm: LLM) -> None:
+    """vLLM: request_time_per_output_token_seconds is one mean per request;
+    time_per_output_token_seconds is its older name for the per-token inter_token_latency."""
+    def counts() -> dict[str, float]:
+        return {m.name: m.count for m in llm.get_metrics() if m.name.endswith("_seconds")}
+
+    before = counts()
+    llm.generate({"prompt_token_ids": [7, 8, 9]}, SamplingParams(max_tokens=5, ignore_eos=True), use_tqdm=False)
+    after = counts()
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert delta["vllm:request_time_per_output_token_seconds"] == 1
+    assert delta["vllm:time_per_output_token_seconds"] == delta["vllm:inter_token_latency_seconds"] == 4
