@@ -221,14 +221,22 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         body = await read_json_body(request, ResponsesRequest, max_body_bytes)
         return await responses.create_response(body, request)
 
+    _add_pooling_routes(app, engine, names, max_body_bytes)
+    _add_info_routes(app, engine, names, stat_logger, lora_modules)
+    add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
+    _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
+    return app
+
+
+def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int) -> None:
+    """The pooling models' endpoints: /v1/embeddings, and /score, /rerank (embedding cosines)."""
     embeddings = OpenAIServingEmbedding(engine, names)
+    scores = OpenAIServingScore(engine, names)
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: Request) -> Response:
         body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
         return await embeddings.create_embedding(body, request)
-
-    scores = OpenAIServingScore(engine, names)
 
     @app.post("/score")
     @app.post("/v1/score")
@@ -241,11 +249,6 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     async def create_rerank(request: Request) -> Response:
         body = await read_json_body(request, RerankRequest, max_body_bytes)
         return await scores.create_rerank(body, request)
-
-    _add_info_routes(app, engine, names, stat_logger, lora_modules)
-    add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
-    _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
-    return app
 
 
 def _add_middleware(app: FastAPI, api_key: str | Sequence[str] | None, http: HTTPOptions) -> None:
