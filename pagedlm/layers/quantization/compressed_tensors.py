@@ -4,7 +4,8 @@ Read from ``quantization_config``: ``format`` (``float-quantized``, ``int-quanti
 ``naive-quantized``: weights saved unpacked), ``config_groups`` (each: ``targets``,
 ``weights``, ``input_activations``), and ``ignore``. Each layer takes the scheme of the group
 whose targets match it (``Linear`` matches every linear layer; ``re:`` entries are regexes
-over module names); a layer no group targets stays unquantized.
+over module names; a name or regex match in any group wins over ``Linear``); a layer no
+group targets stays unquantized.
 
 Runs: weights 8-bit ``float`` (fp8 e4m3) or symmetric ``int``, ``strategy`` ``tensor`` or
 ``channel``; input activations none (W8A16), dynamic per ``token``, or per ``tensor`` (static
@@ -106,9 +107,12 @@ class CompressedTensorsConfig(QuantizationConfig):
         return cls(groups, list(hf_quant_cfg.get("ignore") or []))
 
     def _scheme_for(self, name: str) -> W8Scheme | None:
-        for targets, scheme in self.groups:
-            if any(t == "Linear" or matches_name(t, name) for t in targets):
-                return scheme
+        """As compressed-tensors and vLLM resolve targets: a layer name or ``re:`` regex in any
+        group wins over a module class (``Linear``), whatever the order of the groups."""
+        for by_name in (True, False):
+            for targets, scheme in self.groups:
+                if any(matches_name(t, name) if by_name else t == "Linear" for t in targets):
+                    return scheme
         return None
 
     def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantMethod | None:

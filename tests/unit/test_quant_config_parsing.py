@@ -1,0 +1,41 @@
+"""quantization_config variants real checkpoints carry, parsed without a model: which scheme
+each layer gets, and what is refused (with a message) rather than silently ignored."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedlm.kernels.quant_reference import FP8_DTYPE
+from pagedlm.layers.quantization import QuantizationError, get_quantization_config
+
+INT8_W8A8_GROUP = {"weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"},
+                   "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "dynamic": True,
+                                         "strategy": "token"}}
+FP8_W8A8_GROUP = {"weights": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"},
+                  "input_activations": {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": True,
+                                        "strategy": "token"}}
+
+
+def compressed_tensors(groups: dict, **extra) -> dict:
+    return {"quant_method": "compressed-tensors", "format": "int-quantized", "ignore": ["lm_head"],
+            "config_groups": groups, **extra}
+
+
+def scheme_of(cfg, prefix: str):
+    method = cfg.get_quant_method(None, prefix)
+    return None if method is None else method.scheme
+
+
+@pytest.mark.parametrize("order", ["linear_first", "name_first"])
+def test_named_target_wins_over_linear_class(order: str) -> None:
+    """compressed-tensors (and vLLM) match layer names and re: regexes of every group before
+    module classes: a mixed checkpoint whose first group targets "Linear" still runs its
+    down_proj with the group that names it."""
+    linear = {**INT8_W8A8_GROUP, "targets": ["Linear"]}
+    named = {**FP8_W8A8_GROUP, "targets": ["re:.*down_proj$"]}
+    groups = {"group_0": linear, "group_1": named} if order == "linear_first" else \
+        {"group_0": named, "group_1": linear}
+    cfg = get_quantization_config("compressed-tensors").from_config(compressed_tensors(groups))
+    assert scheme_of(cfg, "model.layers.0.mlp.down_proj").weight_dtype == FP8_DTYPE
+    assert scheme_of(cfg, "model.layers.0.self_attn.o_proj").weight_dtype != FP8_DTYPE
+    assert scheme_of(cfg, "model.layers.0.self_attn.qkv_proj").weight_dtype != FP8_DTYPE
