@@ -39,3 +39,16 @@ def test_named_target_wins_over_linear_class(order: str) -> None:
     assert scheme_of(cfg, "model.layers.0.mlp.down_proj").weight_dtype == FP8_DTYPE
     assert scheme_of(cfg, "model.layers.0.self_attn.o_proj").weight_dtype != FP8_DTYPE
     assert scheme_of(cfg, "model.layers.0.self_attn.qkv_proj").weight_dtype != FP8_DTYPE
+
+
+def test_compressed_sparsity_is_refused_dense_runs() -> None:
+    """A 2:4 checkpoint stored compressed (sparse-24-bitmask: compressed / bitmask / shape
+    tensors instead of weight) is refused by its config, not by an unknown tensor mid-load."""
+    group = {"group_0": {**FP8_W8A8_GROUP, "targets": ["Linear"]}}
+    sparse = {"format": "sparse-24-bitmask", "sparsity_structure": "2:4", "targets": ["Linear"], "ignore": ["lm_head"]}
+    ct = get_quantization_config("compressed-tensors")
+    with pytest.raises(QuantizationError, match="sparsity_config format 'sparse-24-bitmask'"):
+        ct.from_config(compressed_tensors(group, format="float-quantized", sparsity_config=sparse))
+    cfg = ct.from_config(compressed_tensors(group, format="float-quantized",
+                                            sparsity_config={**sparse, "format": "dense"}))
+    assert scheme_of(cfg, "model.layers.0.mlp.down_proj").weight_dtype == FP8_DTYPE

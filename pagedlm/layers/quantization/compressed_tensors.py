@@ -10,7 +10,8 @@ group targets stays unquantized.
 Runs: weights 8-bit ``float`` (fp8 e4m3) or symmetric ``int``, ``strategy`` ``tensor`` or
 ``channel``; input activations none (W8A16), dynamic per ``token``, or per ``tensor`` (static
 ``input_scale`` or dynamic). Everything else (group / block strategies, asymmetric ints,
-packed 4-bit ``pack-quantized``, output activations) is refused with the reason.
+packed 4-bit ``pack-quantized``, output activations, sparse weights stored compressed by
+``sparsity_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain weights.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class CompressedTensorsConfig(QuantizationConfig):
         fmt = hf_quant_cfg.get("format")
         if fmt not in UNPACKED_FORMATS:
             raise _refuse(f"format {fmt!r}")
+        sparsity = hf_quant_cfg.get("sparsity_config") or {}
+        if sparsity.get("format", "dense") != "dense":  # dense: a sparse model stored as plain weights
+            raise _refuse(f"sparsity_config format {sparsity.get('format')!r} (compressed sparse weights, "
+                          f"{sparsity.get('sparsity_structure')})")
         groups = [(list(g.get("targets") or []), parse_scheme(g))
                   for g in (hf_quant_cfg.get("config_groups") or {}).values()]
         if not groups:
