@@ -52,3 +52,15 @@ def test_compressed_sparsity_is_refused_dense_runs() -> None:
     cfg = ct.from_config(compressed_tensors(group, format="float-quantized",
                                             sparsity_config={**sparse, "format": "dense"}))
     assert scheme_of(cfg, "model.layers.0.mlp.down_proj").weight_dtype == FP8_DTYPE
+
+
+def test_online_transforms_are_refused() -> None:
+    """transform_config (QuIP / SpinQuant Hadamards applied at run time) changes what every
+    targeted layer computes: running without it would be silently wrong."""
+    group = {"group_0": {**FP8_W8A8_GROUP, "targets": ["Linear"]}}
+    transforms = {"config_groups": {"u": {"type": "hadamard", "apply": [
+        {"targets": ["re:.*down_proj$"], "location": "input", "inverse": False}]}}}
+    ct = get_quantization_config("compressed-tensors")
+    with pytest.raises(QuantizationError, match="transform_config"):
+        ct.from_config(compressed_tensors(group, format="float-quantized", transform_config=transforms))
+    assert ct.from_config(compressed_tensors(group, format="float-quantized", transform_config=None)).groups

@@ -11,7 +11,7 @@ Runs: weights 8-bit ``float`` (fp8 e4m3) or symmetric ``int``, ``strategy`` ``te
 ``channel``; input activations none (W8A16), dynamic per ``token``, or per ``tensor`` (static
 ``input_scale`` or dynamic). Everything else (group / block strategies, asymmetric ints,
 packed 4-bit ``pack-quantized``, output activations, sparse weights stored compressed by
-``sparsity_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain weights.
+``sparsity_config``, online transforms of ``transform_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain weights.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class CompressedTensorsConfig(QuantizationConfig):
         if sparsity.get("format", "dense") != "dense":  # dense: a sparse model stored as plain weights
             raise _refuse(f"sparsity_config format {sparsity.get('format')!r} (compressed sparse weights, "
                           f"{sparsity.get('sparsity_structure')})")
+        if (hf_quant_cfg.get("transform_config") or {}).get("config_groups"):
+            raise _refuse("transform_config (online Hadamard / rotation transforms, e.g. QuIP or SpinQuant)")
         groups = [(list(g.get("targets") or []), parse_scheme(g))
                   for g in (hf_quant_cfg.get("config_groups") or {}).values()]
         if not groups:
