@@ -64,3 +64,13 @@ def test_online_transforms_are_refused() -> None:
     with pytest.raises(QuantizationError, match="transform_config"):
         ct.from_config(compressed_tensors(group, format="float-quantized", transform_config=transforms))
     assert ct.from_config(compressed_tensors(group, format="float-quantized", transform_config=None)).groups
+
+
+@pytest.mark.parametrize("kind", ["int", "float"])
+def test_asymmetric_weights_are_refused(kind: str) -> None:
+    """Zero points are dropped at load (symmetric checkpoints store zeros): an asymmetric
+    scheme of either type is refused, not run without its zero points."""
+    base = INT8_W8A8_GROUP if kind == "int" else FP8_W8A8_GROUP
+    group = {"group_0": {**base, "targets": ["Linear"], "weights": {**base["weights"], "symmetric": False}}}
+    with pytest.raises(QuantizationError, match=f"asymmetric {kind}8 weights"):
+        get_quantization_config("compressed-tensors").from_config(compressed_tensors(group))

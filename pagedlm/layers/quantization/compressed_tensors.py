@@ -47,11 +47,11 @@ def _weight_dtype(args: dict[str, Any]) -> torch.dtype:
     if args.get("num_bits") != 8:
         raise _refuse(f"{args.get('num_bits')}-bit weights")
     kind = args.get("type", "int")
+    if not args.get("symmetric", True):  # the zero points are dropped at load: symmetric only
+        raise _refuse(f"asymmetric {kind}8 weights (with zero points)")
     if kind == "float":
         return FP8_DTYPE
     if kind == "int":
-        if not args.get("symmetric", True):
-            raise _refuse("asymmetric int8 weights (with zero points)")
         return torch.int8
     raise _refuse(f"weight type {kind!r}")
 
