@@ -74,3 +74,15 @@ def test_asymmetric_weights_are_refused(kind: str) -> None:
     group = {"group_0": {**base, "targets": ["Linear"], "weights": {**base["weights"], "symmetric": False}}}
     with pytest.raises(QuantizationError, match=f"asymmetric {kind}8 weights"):
         get_quantization_config("compressed-tensors").from_config(compressed_tensors(group))
+
+
+@pytest.mark.parametrize("fmt", ["dense", "float-quantized"])
+def test_kv_cache_scheme_only_checkpoint_runs_unquantized_linears(fmt: str) -> None:
+    """llm-compressor's fp8-KV-cache-only checkpoints carry kv_cache_scheme and no config
+    groups: vLLM serves them (linear layers unquantized, k/v scales for --kv-cache-dtype fp8)."""
+    kv_only = {"quant_method": "compressed-tensors", "format": fmt, "config_groups": {}, "ignore": [],
+               "kv_cache_scheme": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor",
+                                   "dynamic": False}, "quantization_status": "compressed"}
+    cfg = get_quantization_config("compressed-tensors").from_config(kv_only)
+    assert scheme_of(cfg, "model.layers.0.self_attn.qkv_proj") is None
+    assert scheme_of(cfg, "model.layers.0.mlp.down_proj") is None

@@ -98,9 +98,6 @@ class CompressedTensorsConfig(QuantizationConfig):
         if not hf_quant_cfg:
             raise QuantizationError("--quantization compressed-tensors needs a compressed-tensors checkpoint (its "
                                     "config.json quantization_config); for online quantization use fp8")
-        fmt = hf_quant_cfg.get("format")
-        if fmt not in UNPACKED_FORMATS:
-            raise _refuse(f"format {fmt!r}")
         sparsity = hf_quant_cfg.get("sparsity_config") or {}
         if sparsity.get("format", "dense") != "dense":  # dense: a sparse model stored as plain weights
             raise _refuse(f"sparsity_config format {sparsity.get('format')!r} (compressed sparse weights, "
@@ -109,8 +106,11 @@ class CompressedTensorsConfig(QuantizationConfig):
             raise _refuse("transform_config (online Hadamard / rotation transforms, e.g. QuIP or SpinQuant)")
         groups = [(list(g.get("targets") or []), parse_scheme(g))
                   for g in (hf_quant_cfg.get("config_groups") or {}).values()]
-        if not groups:
-            raise QuantizationError("compressed-tensors: quantization_config has no config_groups")
+        # No config groups (a checkpoint with only kv_cache_scheme, or dense sparsity): every
+        # linear layer stays unquantized, as in vLLM; the weights' format is then moot.
+        fmt = hf_quant_cfg.get("format")
+        if groups and fmt not in UNPACKED_FORMATS:
+            raise _refuse(f"format {fmt!r}")
         return cls(groups, list(hf_quant_cfg.get("ignore") or []))
 
     def _scheme_for(self, name: str) -> W8Scheme | None:
