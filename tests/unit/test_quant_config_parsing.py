@@ -86,3 +86,20 @@ def test_kv_cache_scheme_only_checkpoint_runs_unquantized_linears(fmt: str) -> N
     cfg = get_quantization_config("compressed-tensors").from_config(kv_only)
     assert scheme_of(cfg, "model.layers.0.self_attn.qkv_proj") is None
     assert scheme_of(cfg, "model.layers.0.mlp.down_proj") is None
+
+
+def test_vllm_marlin_names_run_the_checkpoints_format() -> None:
+    """--quantization awq_marlin / gptq_marlin (vLLM's Marlin kernels for the same formats) run
+    the checkpoint's AWQ / GPTQ with pagedlm's kernels; they were "unknown quantization"."""
+    from types import SimpleNamespace
+
+    from pagedlm.layers.quantization import resolve_quantization
+
+    awq = SimpleNamespace(quantization_config={"quant_method": "awq", "bits": 4, "group_size": 128,
+                                               "zero_point": True, "version": "gemm"})
+    gptq = SimpleNamespace(quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128,
+                                                "desc_act": False, "sym": True})
+    assert resolve_quantization(awq, "awq_marlin").name == "awq"
+    assert resolve_quantization(gptq, "gptq_marlin").name == "gptq"
+    with pytest.raises(QuantizationError, match="does not match the checkpoint"):
+        resolve_quantization(gptq, "awq_marlin")

@@ -82,12 +82,19 @@ def _config_for_checkpoint_method(quant_method: str) -> type[QuantizationConfig]
                             f"pagedlm cannot run; supported: {known}")
 
 
+# vLLM's names for a format run by another of its kernels (Marlin): the same checkpoint format,
+# which pagedlm runs with its own kernels.
+KERNEL_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq"}
+
+
 def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationConfig | None:
     """The model's quantization: the checkpoint's ``quantization_config`` and ``--quantization``.
 
-    A checkpoint format runs when ``requested`` is None or names it; a different name is an
-    error unless that config says it can override the format. An unquantized checkpoint takes
-    an online method (``--quantization fp8``) with an empty config."""
+    A checkpoint format runs when ``requested`` is None or names it (or a vLLM kernel alias of
+    it, ``KERNEL_ALIASES``); a different name is an error unless that config says it can
+    override the format. An unquantized checkpoint takes an online method (``--quantization
+    fp8``) with an empty config."""
+    requested = KERNEL_ALIASES.get(requested, requested) if requested is not None else None
     hf_quant = _checkpoint_quant_config(hf_config)
     if hf_quant is None:
         if requested is None:
