@@ -59,7 +59,7 @@ def parse_lora_module(text: str) -> LoRARequest:
         unknown = sorted(set(spec) - {"name", "path", "base_model_name"})
         if unknown:
             raise LoRAAdapterError(f"--lora-modules {text!r}: unknown keys {unknown}")
-        return LoRARequest(spec["name"], 1, spec["path"], spec.get("base_model_name"))
+        return LoRARequest(spec["name"], 1, spec["path"], base_model_name=spec.get("base_model_name"))
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise LoRAAdapterError(f"--lora-modules {text!r}: expected name=path or a JSON object")
@@ -81,7 +81,7 @@ class LoRAModules:
             raise LoRAAdapterError("LoRA adapters need the server started with --enable-lora")
         if name in self.by_name or name in self.base_model_names:
             raise LoRAAdapterError(f"The lora adapter '{name}' has already been loaded.")
-        request = LoRARequest(name, next(self._ids), path, base_model_name)
+        request = LoRARequest(name, next(self._ids), path, base_model_name=base_model_name)
         self.validator.check(request)
         self.by_name[name] = request
         return request

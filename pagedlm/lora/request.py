@@ -6,18 +6,32 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoRARequest:
     """``LoRARequest(lora_name, lora_int_id, lora_path)``: ``lora_int_id`` (>= 1) identifies
     the adapter inside the engine (slots, the prefix cache); ``lora_path`` is a PEFT adapter
-    directory (adapter_config.json + adapter_model.safetensors)."""
+    directory (adapter_config.json + adapter_model.safetensors). vLLM's signature: the
+    deprecated ``lora_local_path`` stands in for an empty ``lora_path``; ``long_lora_max_len``
+    (long-context LoRA, gone from vLLM's V1 engine) is refused. Equal, and hashed, by name."""
 
     lora_name: str
     lora_int_id: int
     lora_path: str = ""
+    lora_local_path: str | None = None
+    long_lora_max_len: int | None = None
     base_model_name: str | None = None
 
+    def __eq__(self, other: object) -> bool:  # as vLLM's: one adapter per name
+        return isinstance(other, LoRARequest) and self.lora_name == other.lora_name
+
+    def __hash__(self) -> int:
+        return hash(self.lora_name)
+
     def __post_init__(self) -> None:
+        if not self.lora_path and self.lora_local_path:
+            object.__setattr__(self, "lora_path", self.lora_local_path)
+        if self.long_lora_max_len is not None:
+            raise ValueError("long_lora_max_len (long-context LoRA) is not supported")
         if not isinstance(self.lora_int_id, int) or isinstance(self.lora_int_id, bool) or self.lora_int_id < 1:
             raise ValueError(f"lora_int_id must be an integer >= 1, got {self.lora_int_id!r}")
         if not self.lora_name:

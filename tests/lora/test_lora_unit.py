@@ -189,3 +189,14 @@ def test_stats_sum_over_engines() -> None:
     total = _sum_stats([a, b], 0, 0)
     assert total.max_lora == 4 and total.running_lora_adapters == {"x": 3, "z": 1}
     assert total.waiting_lora_adapters == {"y": 2} and a.running_lora_adapters == {"x": 1}
+
+
+def test_lora_request_signature_as_vllm() -> None:
+    """vLLM's LoRARequest: the deprecated lora_local_path stands in for lora_path; equal and
+    hashed by name; long_lora_max_len (long-context LoRA) is refused, not ignored."""
+    assert LoRARequest("a", 1, lora_local_path="/p").lora_path == "/p"
+    assert LoRARequest("a", 1, "/p") == LoRARequest("a", 2, "/q") and LoRARequest("a", 1, "/p") != LoRARequest("b", 1, "/p")
+    assert len({LoRARequest("a", 1, "/p"), LoRARequest("a", 1, "/p")}) == 1
+    assert LoRARequest("a", 1, "/p", base_model_name="m").base_model_name == "m"
+    with pytest.raises(ValueError, match="long_lora_max_len"):
+        LoRARequest("a", 1, "/p", long_lora_max_len=4096)
