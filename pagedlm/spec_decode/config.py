@@ -61,7 +61,11 @@ class SpeculativeConfig:
         k = d.get("num_speculative_tokens")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 16:
             raise ConfigError(f"speculative_config: num_speculative_tokens must be an integer in [1, 16], got {k!r}")
-        lo, hi = d.get("prompt_lookup_min", 1), d.get("prompt_lookup_max", 4)
+        lo, hi = d.get("prompt_lookup_min"), d.get("prompt_lookup_max")
+        # Left out (or null), a bound takes its default; a lone prompt_lookup_min above the
+        # default maximum raises the maximum to it, as vLLM sets the missing bound to the given one.
+        lo = 1 if lo is None else lo
+        hi = (max(4, lo) if isinstance(lo, int) else 4) if hi is None else hi
         if method == "ngram":
             if d.get("model") is not None:
                 raise ConfigError("speculative_config: method 'ngram' takes no model")

@@ -51,6 +51,21 @@ def test_config_keys_and_inference():
         SpeculativeConfig.from_dict({"model": "/x", "num_speculative_tokens": 1, "prompt_lookup_max": 2})
 
 
+def test_a_lone_prompt_lookup_min_above_the_default_maximum_raises_the_maximum():
+    """vLLM sets a missing n-gram bound to the given one: {"prompt_lookup_min": 5} alone is
+    accepted there (5..5), not refused as min > the default max."""
+    def bounds(**keys):
+        c = SpeculativeConfig.from_dict({"method": "ngram", "num_speculative_tokens": 3, **keys})
+        return c.prompt_lookup_min, c.prompt_lookup_max
+
+    assert bounds(prompt_lookup_min=5) == (5, 5)
+    assert bounds(prompt_lookup_min=2) == (2, 4)
+    assert bounds(prompt_lookup_max=2) == (1, 2)
+    assert bounds(prompt_lookup_min=None, prompt_lookup_max=None) == (1, 4)
+    with pytest.raises(ConfigError, match="prompt_lookup_min"):
+        bounds(prompt_lookup_min=5, prompt_lookup_max=4)
+
+
 def test_counters_log_line_and_prometheus():
     stats = SpecDecodingStats(3)
     stats.observe(3, 2)
