@@ -53,7 +53,7 @@ class SpeculativeConfig:
                 raise ConfigError(f"speculative_config: {key!r} is not supported ({_REFUSED_KEYS[key]})")
             if key not in _KNOWN_KEYS:
                 raise ConfigError(f"speculative_config: unknown key {key!r}; known keys: {sorted(_KNOWN_KEYS)}")
-        if d.get("model") == "[ngram]":  # vLLM's old spelling of the n-gram proposer
+        if d.get("model") in ("ngram", "[ngram]"):  # vLLM's other spellings of the n-gram proposer
             d = {**{k: v for k, v in d.items() if k != "model"}, "method": d.get("method") or "ngram"}
         method = d.get("method") or _infer_method(d.get("model"))
         if method not in METHODS:

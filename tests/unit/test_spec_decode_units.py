@@ -42,6 +42,9 @@ def test_async_default_is_the_same_for_every_method_and_only_a_second_device_is_
 def test_config_keys_and_inference():
     c = SpeculativeConfig.from_dict({"model": "[ngram]", "num_speculative_tokens": 2})
     assert c.method == "ngram" and c.model is None and c.num_lookahead_tokens == 0
+    # vLLM takes "model": "ngram" as the n-gram proposer too (not a draft checkpoint named ngram)
+    c = SpeculativeConfig.from_dict({"model": "ngram", "num_speculative_tokens": 2})
+    assert c.method == "ngram" and c.model is None
     c = SpeculativeConfig.from_dict({"model": "/x/eagle3-llama", "num_speculative_tokens": 2})
     assert c.method == "eagle3" and c.num_lookahead_tokens == 2
     assert SpeculativeConfig.from_dict({"model": "/x/small", "num_speculative_tokens": 1}).method == "draft_model"
