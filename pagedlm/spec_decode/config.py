@@ -19,8 +19,11 @@ _REFUSED_KEYS = {
     "disable_padded_drafter_batch": "an unpadded drafter batch",
     "prompt_lookup_min_len": "prompt_lookup_min_len (use prompt_lookup_min)",
 }
+# vLLM keys whose only value pagedlm builds is their default: that value is taken, others refused.
+_DEFAULT_ONLY_KEYS = {"rejection_sample_method": "standard", "acceptance_method": "rejection_sampler"}
 _KNOWN_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
-               "draft_tensor_parallel_size", "max_model_len", "revision", "disable_by_batch_size"}
+               "draft_tensor_parallel_size", "max_model_len", "revision", "disable_by_batch_size",
+               *_DEFAULT_ONLY_KEYS}
 # A step of many requests is compute-bound: verifying (1 + k) tokens for each costs about
 # (1 + k) times a decode, more than the accepted drafts win back. The default pauses
 # speculation once the verify tokens of the running requests would pass this many.
@@ -53,6 +56,10 @@ class SpeculativeConfig:
                 raise ConfigError(f"speculative_config: {key!r} is not supported ({_REFUSED_KEYS[key]})")
             if key not in _KNOWN_KEYS:
                 raise ConfigError(f"speculative_config: unknown key {key!r}; known keys: {sorted(_KNOWN_KEYS)}")
+        for key, only in _DEFAULT_ONLY_KEYS.items():
+            if d.get(key, only) not in (only, None):
+                raise ConfigError(f"speculative_config: {key} {d[key]!r} is not supported; "
+                                  f"pagedlm verifies drafts by standard rejection sampling ({key}: {only!r})")
         if d.get("model") in ("ngram", "[ngram]"):  # vLLM's other spellings of the n-gram proposer
             d = {**{k: v for k, v in d.items() if k != "model"}, "method": d.get("method") or "ngram"}
         method = d.get("method") or _infer_method(d.get("model"))

@@ -69,6 +69,17 @@ def test_a_lone_prompt_lookup_min_above_the_default_maximum_raises_the_maximum()
         bounds(prompt_lookup_min=5, prompt_lookup_max=4)
 
 
+def test_rejection_sample_method_standard_is_taken_and_other_methods_refused_by_name():
+    """vLLM's rejection_sample_method (and its older acceptance_method) at their default, the
+    rule pagedlm runs, are accepted; "synthetic" / "block" / typical acceptance are refused."""
+    base = {"method": "ngram", "num_speculative_tokens": 3}
+    assert SpeculativeConfig.from_dict({**base, "rejection_sample_method": "standard"}).method == "ngram"
+    assert SpeculativeConfig.from_dict({**base, "acceptance_method": "rejection_sampler"}).method == "ngram"
+    for key, value in (("rejection_sample_method", "block"), ("acceptance_method", "typical_acceptance_sampler")):
+        with pytest.raises(ConfigError, match=f"{key} '{value}' is not supported"):
+            SpeculativeConfig.from_dict({**base, key: value})
+
+
 def test_counters_log_line_and_prometheus():
     stats = SpecDecodingStats(3)
     stats.observe(3, 2)
