@@ -411,7 +411,9 @@ class Scheduler:
             request.stop_reason = None if token_id == request.eos_token_id else token_id
         elif verdict == Verdict.REJECTED:
             request.status = RequestStatus.FINISHED_ERROR
-            request.error = f"token {token_id} was sampled against the request's grammar (internal error)"
+            request.error = (f"no token the request's structured output allows was left to sample (token {token_id} "
+                             "came out): its other settings (min_tokens, allowed_token_ids, bad_words, logit_bias, "
+                             "stop tokens) excluded every one")
         return verdict != Verdict.OK
 
     @staticmethod

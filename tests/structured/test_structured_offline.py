@@ -149,3 +149,16 @@ def test_grammar_compiling_does_not_block_other_requests(llm: LLM, monkeypatch: 
     while engine.has_unfinished_requests():
         done.update({o.request_id: o for o in engine.step() if o.finished})
     assert re.fullmatch("[a-z]{1,5}-slow", done["slow"].outputs[0].text)
+
+
+def test_a_grammar_other_settings_contradict_ends_with_a_message_that_says_so(llm: LLM) -> None:
+    """min_tokens past every choice's end: the only tokens the grammar allows are masked until
+    min_tokens, so the request ends in error; the message names the settings that can do that
+    (it said "internal error"), and the engine serves the next request."""
+    params = SamplingParams(temperature=0.0, max_tokens=16, min_tokens=12,
+                            structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    out = llm.generate(["Answer:"], params, use_tqdm=False)[0]
+    assert out.outputs[0].finish_reason == "error"
+    assert "min_tokens" in out.error and "internal error" not in out.error
+    ok = SamplingParams(temperature=0.0, max_tokens=16, structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    assert llm.generate(["Answer:"], ok, use_tqdm=False)[0].outputs[0].text in ("yes", "no")
