@@ -206,8 +206,8 @@ class ChoiceShaper:
                                    "refusal": None, "tool_calls": [self._call_entry(i, c) for i, c in enumerate(calls)]}
         if self.reasoning is not None:
             message["reasoning_content"] = reasoning if self.include_reasoning else None
-        if message["content"] is None and not calls:
-            message["content"] = ""
+        elif message["content"] is None and not calls:
+            message["content"] = ""  # (a reply that is all reasoning keeps null content, as vLLM's)
         return message
 
     def _call_entry(self, index: int, call: PartialCall) -> dict[str, Any]:
