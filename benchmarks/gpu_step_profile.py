@@ -153,18 +153,8 @@ def timed_steps(llm: LLM, steps: int, on_cuda: bool) -> float:
     return (time.perf_counter() - start) * 1e6
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--input-len", type=int, default=512)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    p.add_argument("--enforce-eager", action="store_true")
-    p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
-    p.add_argument("--format", default="bf16", help="bf16, or a quantized format of benchmarks/gpu_quant.py")
-    args = p.parse_args()
-    on_cuda = torch.cuda.is_available()
+def build_llm(args: argparse.Namespace) -> LLM:
+    """The shape in bf16 or one of gpu_quant.py's formats, dummy weights, KV blocks for the batch."""
     max_len = args.input_len + args.steps * 4 + 128
     block_size = 16
     quantization = None
@@ -179,10 +169,25 @@ def main() -> None:
         if model_dir is None:
             raise SystemExit(f"format {args.format!r} is not available in this build")
         quantization = FORMATS[args.format][1]
-    llm = LLM(str(model_dir), load_format="dummy", max_model_len=max_len, quantization=quantization,
+    return LLM(str(model_dir), load_format="dummy", max_model_len=max_len, quantization=quantization,
               max_num_seqs=args.batch_size, max_num_batched_tokens=args.max_num_batched_tokens,
               enforce_eager=args.enforce_eager, block_size=block_size,
               num_gpu_blocks_override=args.batch_size * (-(-max_len // block_size)) + 64)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--phase", choices=("decode", "prefill"), default="decode")
+    p.add_argument("--format", default="bf16", help="bf16, or a quantized format of benchmarks/gpu_quant.py")
+    args = p.parse_args()
+    on_cuda = torch.cuda.is_available()
+    llm = build_llm(args)
     if args.phase == "decode":
         fill_batch(llm, args)
     else:

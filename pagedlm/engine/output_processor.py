@@ -150,8 +150,7 @@ class OutputProcessor:
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
             is_pooling=first.pooling_params is not None,
-            lora_request=LoRARequest(first.lora_request["name"], first.lora_request["id"], first.lora_request["path"])
-            if first.lora_request else None,
+            lora_request=LoRARequest.from_wire(first.lora_request),
         )
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:

@@ -56,6 +56,11 @@ class LoRARequest:
         """The plain form that travels in EngineCoreRequest / NewRequestData."""
         return {"name": self.lora_name, "id": self.lora_int_id, "path": self.lora_path}
 
+    @classmethod
+    def from_wire(cls, lora: dict[str, Any] | None) -> "LoRARequest | None":
+        """The request back from ``to_wire``'s form (None: the base model)."""
+        return cls(lora["name"], lora["id"], lora["path"]) if lora else None
+
 
 def wire_id(lora: dict[str, Any] | None) -> int:
     """The adapter id of a wire-form LoRA request (0: the base model)."""
