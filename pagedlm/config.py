@@ -40,6 +40,10 @@ class ModelConfig:
     # Sampling defaults from generation_config.json (SamplingParams field -> value); see
     # pagedlm/models/generation_config.py. Request fields override them.
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # The directory whose generation_config.json names the extra EOS ids: the model's, or the
+    # one --generation-config names (vLLM reads it there even with 'vllm', which only drops
+    # the sampling defaults).
+    generation_config_dir: str | None = None
     # Weight quantization (a name in pagedlm.layers.quantization.QUANTIZATION_METHODS), resolved
     # from the checkpoint's quantization_config and --quantization; None: unquantized.
     quantization: str | None = None

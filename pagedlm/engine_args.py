@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import random
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -370,6 +371,8 @@ class EngineArgs:
             runner=runner, pooler_config=pooler_config,
             generation_defaults=read_generation_defaults(self.generation_config, source.model,
                                                          self.override_generation_config),
+            generation_config_dir=(source.model if self.generation_config in ("auto", "vllm")
+                                   else str(Path(self.generation_config).expanduser())),
             quantization=resolve_quantization_name(hf_config, self.quantization),
         )
 

@@ -53,10 +53,13 @@ def load_tokenizer(model_config: ModelConfig):
     return tokenizer
 
 
-def generation_eos_ids(model_dir: str, hf_config: Any = None) -> list[int]:
-    """Extra EOS ids a checkpoint's generation_config.json names (e.g. Llama 3's <|eom_id|>).
-    A checkpoint directory without that file has them from config.json (``hf_config``), as in
-    vLLM, whose generation config is then transformers' ``GenerationConfig.from_model_config``."""
+def generation_eos_ids(model_config: ModelConfig) -> list[int]:
+    """Extra EOS ids a checkpoint's generation_config.json names (e.g. Llama 3's <|eom_id|>),
+    read from the directory --generation-config names, else the model's. A checkpoint
+    directory without that file has them from config.json, as in vLLM, whose generation
+    config is then transformers' ``GenerationConfig.from_model_config``."""
+    model_dir = model_config.generation_config_dir or model_config.model
+    hf_config = model_config.hf_config
     path = Path(model_dir) / "generation_config.json"
     if path.exists():
         eos = json.loads(path.read_text()).get("eos_token_id")
@@ -84,7 +87,7 @@ class InputProcessor:
         if self.eos_token_id is None:
             eos = getattr(model_config.hf_config, "eos_token_id", None)
             self.eos_token_id = eos if isinstance(eos, int) else (eos[0] if eos else None)
-        self.extra_eos_ids = [t for t in generation_eos_ids(model_config.model, model_config.hf_config)
+        self.extra_eos_ids = [t for t in generation_eos_ids(model_config)
                               if t != self.eos_token_id]
         # Each frontend (LLM, API server) builds one InputProcessor: the defaults are logged once
         # there, not again in the engine-core process that re-creates the config.

@@ -28,7 +28,7 @@ def make_backend_factory(config: EngineConfig) -> tuple[Callable[[], "XgrammarBa
 
         tokenizer = tokenizer_loader()
         stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        stop_ids += [t for t in generation_eos_ids(model_config.model, model_config.hf_config)
+        stop_ids += [t for t in generation_eos_ids(model_config)
                      if t not in stop_ids]
         return XgrammarBackend(tokenizer, model_config.vocab_size, stop_ids)
 

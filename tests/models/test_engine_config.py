@@ -105,3 +105,38 @@ def test_eos_ids_of_config_json_stop_a_checkpoint_without_generation_config(tmp_
         prompt, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0]
     assert list(out.token_ids) == list(free.token_ids[:stop_at + 1])
     assert (out.finish_reason, out.stop_reason) == ("stop", free.token_ids[stop_at])
+
+
+def test_generation_config_directory_names_the_extra_eos_ids(tmp_path, llama_checkpoint):
+    """--generation-config DIR: the extra EOS ids come from DIR's generation_config.json, as in
+    vLLM (ModelConfig.try_get_generation_config reads that directory), not the model's; with
+    'vllm' the model's file still names them (only its sampling defaults are dropped)."""
+    import json
+    import shutil
+
+    from pagedlm import SamplingParams
+
+    prompt = {"prompt_token_ids": [11, 23, 5, 60, 2]}
+    path = tmp_path / "ckpt"
+    shutil.copytree(llama_checkpoint, path)
+    greedy = SamplingParams(temperature=0, max_tokens=8)
+    free = LLM(str(path), device="cpu", max_model_len=64).generate(
+        prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    stop_at = next(i for i, t in enumerate(free.token_ids) if i >= 2 and t not in free.token_ids[:i])
+    eos = json.loads((path / "config.json").read_text())["eos_token_id"]
+    elsewhere = tmp_path / "gen"
+    elsewhere.mkdir()
+    (elsewhere / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, free.token_ids[stop_at]]}))
+    out = LLM(str(path), device="cpu", max_model_len=64, generation_config=str(elsewhere)).generate(
+        prompt, greedy, use_tqdm=False)[0].outputs[0]
+    assert list(out.token_ids) == list(free.token_ids[:stop_at + 1])
+    assert out.stop_reason == free.token_ids[stop_at]
+    # the model's own file: ignored when a directory is named, read under 'vllm'
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, free.token_ids[stop_at]]}))
+    (elsewhere / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    out = LLM(str(path), device="cpu", max_model_len=64, generation_config=str(elsewhere)).generate(
+        prompt, greedy, use_tqdm=False)[0].outputs[0]
+    assert list(out.token_ids) == list(free.token_ids[:len(out.token_ids)]) and len(out.token_ids) > stop_at + 1
+    out = LLM(str(path), device="cpu", max_model_len=64, generation_config="vllm").generate(
+        prompt, greedy, use_tqdm=False)[0].outputs[0]
+    assert list(out.token_ids) == list(free.token_ids[:stop_at + 1])
