@@ -337,3 +337,53 @@ def test_completions_guided_choice_and_structured_outputs_extra(oai) -> None:
     resp = oai.completions.create(model="tiny", prompt="<think></think>Code:", n=4, max_tokens=16, temperature=1.0,
                                   extra_body={"structured_outputs": {"regex": "[A-Z]{2}-[0-9]{3}"}})
     assert all(re.fullmatch("[A-Z]{2}-[0-9]{3}", c.text) for c in resp.choices)
+
+
+def raw_chunks(server: Server, body: dict) -> list[dict]:
+    """The chat stream's chunks as sent (the openai client turns a missing key into None)."""
+    import httpx
+
+    chunks = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={"model": "tiny", "stream": True, **body},
+                      headers=server.headers, timeout=120) as resp:
+        assert resp.status_code == 200, resp.read()
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data: "):]))
+    return chunks
+
+
+def check_no_empty_deltas(chunks: list[dict]) -> None:
+    """vLLM sends no chunk for a step whose delta is empty (the parsers held the text back);
+    only the choice's final chunk (finish_reason) may have an empty delta."""
+    choices = [c for chunk in chunks for c in chunk["choices"]]
+    assert choices[0]["delta"]["role"] == "assistant"
+    for choice in choices:
+        assert choice["delta"] or choice["finish_reason"] is not None, choices
+    assert choices[-1]["finish_reason"] is not None
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_auto_tool_stream_sends_no_empty_deltas(oai, tool_server, logprobs) -> None:
+    """While the hermes parser holds a call back (its name not complete yet), nothing goes out;
+    the held-back tokens' logprobs come with the next chunk, so none is lost."""
+    body = {"messages": MESSAGES, "tools": TOOLS, "max_tokens": 80, "temperature": 1.0, "seed": 0,
+            "guided_regex": r"Sure\.\n" + HERMES_REGEX, "logprobs": logprobs, "stream_options": {"include_usage": True}}
+    chunks = raw_chunks(tool_server, body)
+    check_no_empty_deltas(chunks)
+    assert any(c["delta"].get("tool_calls") for chunk in chunks for c in chunk["choices"])
+    if logprobs:
+        streamed = [e for chunk in chunks for c in chunk["choices"] if c["logprobs"] for e in c["logprobs"]["content"]]
+        assert len(streamed) == chunks[-1]["usage"]["completion_tokens"]
+
+
+def test_reasoning_stream_sends_no_empty_deltas(oai, tool_server) -> None:
+    """The qwen3 reasoning parser holds back <think> / </think>: no empty chunk for them either."""
+    import httpx
+
+    ids = httpx.post(f"{tool_server.url}/tokenize", json={"prompt": "<think></think>", "add_special_tokens": False},
+                     headers=tool_server.headers).json()["tokens"]
+    body = {"messages": [{"role": "user", "content": "a pet"}], "max_tokens": 40, "temperature": 1.0,
+            "logit_bias": {str(ids[1]): 3}, "chat_template_kwargs": {"enable_thinking": True}}
+    for seed in range(4):
+        check_no_empty_deltas(raw_chunks(tool_server, {**body, "seed": seed}))

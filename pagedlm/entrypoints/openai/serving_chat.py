@@ -155,13 +155,20 @@ class OpenAIServingChat(OpenAIServing):
         finishing = completion.finish_reason is not None
         if not completion.text and not finishing and not completion.token_ids:
             return None
+        new_ids = state.held_token_ids + list(completion.token_ids)
+        new_lps = state.held_logprobs + list(completion.logprobs or [])
+        state.num_chars += len(completion.text)
         if shaper.plain:
             delta = completion.text
             message = {"content": delta} if delta or not finishing else {}  # tokens without text yet: ""
         else:  # reasoning / tool calls: the shaper splits the text so far
             message = shaper.feed(completion.text, finishing)
-        new_ids, new_lps = completion.token_ids, completion.logprobs or []
-        state.num_chars += len(completion.text)
+            if not message and not finishing:
+                # As vLLM: no chunk while the parsers hold the text back (a possible tool call
+                # or reasoning marker); those tokens' logprobs go with the next chunk.
+                state.held_token_ids, state.held_logprobs = new_ids, new_lps
+                return None
+        state.held_token_ids, state.held_logprobs = [], []
         state.finished = finishing
         return {
             "index": completion.index,

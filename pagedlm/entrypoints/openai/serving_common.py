@@ -132,6 +132,10 @@ class ChoiceProgress:
     num_chars: int = 0
     finished: bool = False
     started: bool = False
+    # Tokens whose chunk was not sent (the parsers held their text back): their logprobs go
+    # with the next chunk that is sent, so the streamed logprobs still cover every token.
+    held_token_ids: list[int] = field(default_factory=list)
+    held_logprobs: list = field(default_factory=list)
 
 
 @dataclass
