@@ -169,6 +169,23 @@ class InputProcessor:
                 f"model length of {self.max_model_len} to leave room for at least one generated token."
             )
 
+    def num_logprobs(self, name: str, value: int | None) -> int | None:
+        """A request's logprobs count, -1 resolved to the whole vocabulary, checked against
+        --max-logprobs (-1: no cap but the vocabulary), as vLLM's processor does. The server
+        calls it too, so a request is refused with the same message offline and served."""
+        if value is None:
+            return None
+        if value == -1:  # the whole vocabulary (the cap still applies, as vLLM's)
+            value = self.vocab_size
+        max_logprobs = self.model_config.max_logprobs
+        if max_logprobs != -1 and value > max_logprobs:
+            raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
+                                      f"--max-logprobs={max_logprobs}.")
+        if value > self.vocab_size:  # (a --max-logprobs above it let it through)
+            raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the {self.vocab_size} "
+                                      "tokens of the model's vocabulary.")
+        return value
+
     def prepare_params(self, params: SamplingParams, num_prompt_tokens: int) -> SamplingParams:
         params = params.clone()
         try:
@@ -178,18 +195,8 @@ class InputProcessor:
             params.verify_vocab(self.vocab_size)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
-        max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value == -1:  # the whole vocabulary (the engine's cap still applies, as vLLM's)
-                value = self.vocab_size
-                setattr(params, name, value)
-            if value is not None and max_logprobs != -1 and value > max_logprobs:
-                raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the server's "
-                                          f"--max-logprobs={max_logprobs}.")
-            if value is not None and value > self.vocab_size:  # (a --max-logprobs above it let it through)
-                raise InvalidRequestError(f"{name}: requested {value} logprobs, more than the {self.vocab_size} "
-                                          "tokens of the model's vocabulary.")
+            setattr(params, name, self.num_logprobs(name, getattr(params, name)))
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - num_prompt_tokens
         if not params.ignore_eos:

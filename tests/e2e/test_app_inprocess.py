@@ -199,7 +199,8 @@ def test_response_role(checkpoint: Path) -> None:
 
 
 def test_max_logprobs_minus_one_is_no_cap_over_http(checkpoint: Path) -> None:
-    """vllm serve --max-logprobs -1: logprobs / top_logprobs above 20 and beam search of any width."""
+    """vllm serve --max-logprobs -1: logprobs / top_logprobs above 20, -1 (the whole vocabulary)
+    and beam search of any width."""
     engine, client = _make_client(checkpoint, max_logprobs=-1)
     with client:
         resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "logprobs": 30,
@@ -211,6 +212,26 @@ def test_max_logprobs_minus_one_is_no_cap_over_http(checkpoint: Path) -> None:
                                                      "use_beam_search": True})
         assert resp.status_code == 200, resp.text
         assert len(resp.json()["choices"]) == 12
+        # -1 (vLLM's): the whole vocabulary, for prompt_logprobs and chat top_logprobs; a stream
+        # still takes prompt_logprobs 0 only, and completions logprobs stays >= 0 (as vLLM's protocol).
+        vocab = engine.model_config.vocab_size
+        resp = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 1, "prompt_logprobs": -1,
+                                                     "echo": True, "logprobs": 2})
+        assert resp.status_code == 200, resp.text
+        prompt_lps = resp.json()["choices"][0]["prompt_logprobs"]
+        assert prompt_lps[0] is None and all(len(entry) == vocab for entry in prompt_lps[1:])
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": True,
+                "top_logprobs": -1, "prompt_logprobs": -1}
+        resp = client.post("/v1/chat/completions", json=chat)
+        assert resp.status_code == 200, resp.text
+        assert [len(c["top_logprobs"]) for c in resp.json()["choices"][0]["logprobs"]["content"]] == [vocab, vocab]
+        assert all(len(entry) == vocab for entry in resp.json()["prompt_logprobs"][1:])
+        chunks = [json.loads(line[6:]) for line in client.post("/v1/chat/completions", json={
+            **chat, "prompt_logprobs": 0, "stream": True}).text.splitlines() if line.startswith("data: {")]
+        streamed = [c for chunk in chunks for ch in chunk["choices"] if ch["logprobs"] for c in ch["logprobs"]["content"]]
+        assert [len(c["top_logprobs"]) for c in streamed] == [vocab, vocab]
+        assert client.post("/v1/chat/completions", json={**chat, "stream": True}).status_code == 400
+        assert client.post("/v1/completions", json={"prompt": "Hello", "logprobs": -1}).status_code == 400
 
 
 def test_cors_root_path_and_request_ids(checkpoint: Path) -> None:

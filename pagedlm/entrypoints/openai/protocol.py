@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pagedlm.entrypoints.openai.structured import request_structured_outputs
 from pagedlm.sampling_params import MAX_N, SamplingParams
@@ -117,6 +117,14 @@ class SamplingFields(OpenAIBaseModel):
             raise ValueError(f"each stop sequence must be at most {MAX_STOP_SEQUENCE_CHARS} characters")
         return stop
 
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _check_prompt_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # As vLLM: a stream has no place for them (0 asks for none, so it is let through).
+        if value is not None and (value > 0 or value == -1) and info.data.get("stream"):
+            raise ValueError("not available when stream is true")
+        return value
+
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
@@ -204,6 +212,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = 16  # OpenAI's and vLLM's default for completions; null: the rest of the context
     suffix: str | None = None
     echo: bool | None = False  # null: false, as OpenAI's API
+    # Not -1 here: vLLM's completions protocol refuses a negative logprobs (prompt_logprobs may be -1).
     logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     add_special_tokens: bool = True
 
@@ -245,7 +254,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
+    # -1: the whole vocabulary (vLLM's); the engine enforces --max-logprobs
+    top_logprobs: int | None = Field(None, ge=-1)
     max_completion_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -261,7 +271,7 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check_chat(self) -> "ChatCompletionRequest":
-        if self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs:
+        if self.top_logprobs is not None and self.top_logprobs != 0 and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true; "

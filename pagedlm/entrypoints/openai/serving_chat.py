@@ -108,7 +108,8 @@ class OpenAIServingChat(OpenAIServing):
                   entries: list[dict[int, Logprob]] | None) -> dict[str, Any] | None:
         if not request.logprobs:
             return None
-        content = chat_logprobs(token_ids, entries or [], request.top_logprobs or 0, self.as_token_ids(request))
+        num_top = request.top_logprobs or 0
+        content = chat_logprobs(token_ids, entries or [], num_top if num_top != -1 else None, self.as_token_ids(request))
         return {"content": content, "refusal": None}
 
     # ------------------------------------------------------------------ streaming
@@ -204,11 +205,11 @@ def echo_text(request: ChatCompletionRequest, role: str) -> str:
     return "".join(part.get("text", "") for part in last.content or [] if part.get("type") == "text")
 
 
-def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int,
+def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int | None,
                   as_token_ids: bool = False) -> list[dict[str, Any]]:
     """OpenAI chat format: per token its text (or "token_id:N"), logprob, UTF-8 bytes and the
     ``num_top`` most likely alternatives (by rank, so the sampled token appears only if it is
-    among them)."""
+    among them; None: all of them, for top_logprobs -1)."""
     content = []
     for token_id, entry in zip(token_ids, entries):
         own = entry.get(token_id)

@@ -252,10 +252,11 @@ class OpenAIServing:
             raise to_openai_error(e) from e
 
     def check_logprobs(self, name: str, value: int | None) -> None:
-        limit = self.engine.model_config.max_logprobs
-        if value is not None and limit != -1 and value > limit:
-            raise OpenAIError(f"{name}: requested {value} logprobs, more than the server's --max-logprobs={limit}.",
-                              400, name)
+        """Before any work: the engine's own check (-1: the whole vocabulary, under --max-logprobs)."""
+        try:
+            self.engine.input_processor.num_logprobs(name, value)
+        except InvalidRequestError as e:
+            raise OpenAIError(str(e), 400, name) from e
 
     def model_name(self, request: SamplingFields) -> str:
         return request.model or self.served_model_names[0]
@@ -275,6 +276,8 @@ class OpenAIServing:
     def make_params(self, request: SamplingFields, logprobs: int | None, max_tokens: int | None) -> SamplingParams:
         if max_tokens is not None and max_tokens < 1:
             raise OpenAIError(f"max_tokens must be at least 1, got {max_tokens}.", 400, "max_tokens")
+        if request.prompt_logprobs is not None and request.prompt_logprobs >= -1:  # (below: SamplingParams says)
+            self.check_logprobs("prompt_logprobs", request.prompt_logprobs)
         try:
             return request.sampling_params(logprobs, max_tokens, self.engine.model_config.generation_defaults)
         except (ValueError, TypeError) as e:

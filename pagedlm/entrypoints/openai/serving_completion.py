@@ -37,8 +37,10 @@ class OpenAIServingCompletion(OpenAIServing):
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
         if request.echo and request.logprobs is not None:
-            # The echoed prompt carries its own logprobs (the first token has none).
-            params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
+            # The echoed prompt carries its own logprobs (the first token has none); -1 (the
+            # whole vocabulary) is already the most.
+            if params.prompt_logprobs != -1:
+                params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
         request_id = self.response_id("cmpl", request, raw)
         group = await self.start(request_id, prompts, params, bool(request.stream), request)
         model = self.model_name(request)
