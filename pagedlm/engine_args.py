@@ -188,7 +188,7 @@ class EngineArgs:
         None, "vLLM's compilation settings as JSON, or an optimization level (-O3): cudagraph_capture_sizes, "
         "max_cudagraph_capture_size and cudagraph_mode (NONE: no graphs; decode steps replay full graphs "
         "otherwise) work; torch.compile settings have no effect (a notice), other keys are refused", DEVICE,
-        flags=("-O",), parse=json_object_or_int)
+        flags=("-O", "-cc"), parse=json_object_or_int)
     enable_lora: bool = opt(False, "serve LoRA adapters (PEFT format)", LORA)
     max_loras: int = opt(1, "LoRA adapters resident on the device, the most one step mixes", LORA)
     max_lora_rank: int = opt(16, "largest LoRA rank an adapter may have", LORA)

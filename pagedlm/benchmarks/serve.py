@@ -432,4 +432,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(add_cli_args(argparse.ArgumentParser(description=__doc__)).parse_args()))
+    from pagedlm.flexible_args import FlexibleArgumentParser
+
+    sys.exit(main(add_cli_args(FlexibleArgumentParser(description=__doc__)).parse_args()))

@@ -54,7 +54,9 @@ SERVE_DESCRIPTION = ("Serve MODEL (a checkpoint directory, a .gguf file or a Hug
 
 def make_serve_parser(prog: str = "pagedlm serve") -> argparse.ArgumentParser:
     """The serve parser on its own, so its errors show its own usage line."""
-    parser = argparse.ArgumentParser(prog=prog, description=SERVE_DESCRIPTION,
+    from pagedlm.flexible_args import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog=prog, description=SERVE_DESCRIPTION,
                                      usage=f"{prog} [MODEL] [--model MODEL] [--config FILE.yaml] [options]")
     add_serve_args(parser)
     return parser
@@ -83,7 +85,7 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
         config_argv, rest = split_config_flag(argv, {o for a in parser._actions for o in a.option_strings})
     except ValueError as e:
         parser.error(str(e))
-    merged = {**vars(parser.parse_args(config_argv)), **vars(parser.parse_args(rest))}
+    merged = _merge_config(vars(parser.parse_args(config_argv)), vars(parser.parse_args(rest)))
     tag = merged.pop("model_tag", None)
     merged.pop("config", None)
     model_flag = any(a == "--model" or a.startswith("--model=") for a in rest)  # not --model-impl & co.
@@ -95,6 +97,19 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
         _refuse_swallowed_model(parser, merged)
     merged["func"] = _cmd_serve
     return argparse.Namespace(**merged)
+
+
+def _merge_config(from_file: dict, from_line: dict) -> dict:
+    """The command line wins over --config; a JSON option given in both merges key by key
+    (``--config serve.yaml --speculative-config.num_speculative_tokens 5`` keeps the file's method)."""
+    from pagedlm.flexible_args import merge_json
+
+    merged = {**from_file, **from_line}
+    for dest, value in from_line.items():
+        if isinstance(value, dict) and isinstance(from_file.get(dest), dict):
+            merged[dest] = from_file[dest]
+            merge_json(merged[dest], value)
+    return merged
 
 
 def _refuse_swallowed_model(parser: argparse.ArgumentParser, merged: dict) -> None:
@@ -158,7 +173,9 @@ def _bench_unavailable(name: str) -> Callable[[argparse.Namespace], None]:
 
 
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagedlm", description="pagedlm: LLM inference and serving engine "
+    from pagedlm.flexible_args import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="pagedlm", description="pagedlm: LLM inference and serving engine "
                                      "(a vLLM drop-in)")
     parser.add_argument("--version", action="version", version=f"pagedlm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="{serve,bench}")

@@ -141,7 +141,8 @@ def _json_or_words(name: str, values: list[str]) -> list[str]:
 def load_yaml_config(path: str, known_flags: set[str] | None = None) -> list[str]:
     """vLLM's --config: a YAML mapping of flag names (dashes or underscores) to values,
     turned into flags that go before the command line's own (so the command line wins). A key
-    set to null keeps the flag's default; a key that names no flag is refused even then."""
+    set to null keeps the flag's default; a key that names no flag is refused even then. A
+    JSON option's key may be given alone (``speculative-config.method: ngram``)."""
     import yaml
 
     try:
@@ -155,10 +156,14 @@ def load_yaml_config(path: str, known_flags: set[str] | None = None) -> list[str
         raise ValueError(f"--config {path} must hold a mapping of option names to values")
     argv: list[str] = []
     for key, value in data.items():
-        flag = "--" + str(key).replace("_", "-")
-        if known_flags is not None and flag not in known_flags:
+        # speculative_config.method: a JSON option's key, as on the command line (the key keeps its underscores)
+        name, dot, keys = str(key).partition(".")
+        flag = "--" + name.replace("_", "-") + dot + keys
+        if known_flags is not None and flag.partition(".")[0] not in known_flags:
             raise ValueError(f"--config {path}: {key!r} is not a pagedlm serve option")
-        if isinstance(value, bool):
+        if dot:  # one JSON key: its value as JSON, whatever its type
+            argv += [flag, json.dumps(value)]
+        elif isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
             argv += [flag, *map(str, value)]
