@@ -39,6 +39,11 @@ class ChildState:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # This sequence's own times and token count, for the metrics: vLLM keeps a request state
+    # per sequence of an n > 1 request, so each counts as a request (TTFT, ITL, success, ...).
+    timing: RequestMetrics | None = None
+    num_generated: int = 0
+
     def completion(self, kind: RequestOutputKind) -> CompletionOutput:
         finished = self.finish_reason is not None
         delta = kind == RequestOutputKind.DELTA
@@ -140,7 +145,7 @@ class OutputProcessor:
         states = {}
         for index, child in enumerate(children):
             detok = IncrementalDetokenizer(self.tokenizer, child.prompt_token_ids, child.sampling_params)
-            state = ChildState(index, detok)
+            state = ChildState(index, detok, timing=RequestMetrics(arrival_time=first.arrival_time))
             if params.logprobs is not None:
                 state.logprobs, state.cumulative_logprob = [], 0.0
             states[child.request_id] = state
@@ -176,7 +181,6 @@ class OutputProcessor:
             if output is not None:
                 results.append(output)
             if parent.finished:
-                stats.finished_requests.append(_finished_stats(parent, now))
                 self._remove(parent)
         return ProcessedOutputs(results, stopped, stats)
 
@@ -185,16 +189,19 @@ class OutputProcessor:
         if out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
             parent.prompt_logprobs.extend(self._to_dicts(out.new_prompt_logprobs, child))
         parent.num_cached_tokens = out.num_cached_tokens
-        if parent.metrics.first_scheduled_time is None:
-            parent.metrics.first_scheduled_time = out.first_scheduled_time
+        for metrics in (parent.metrics, child.timing):
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = out.first_scheduled_time
         if out.error is not None:
             parent.error = out.error
         if out.pooling_output is not None:
             parent.pooling_output = out.pooling_output
         if out.new_token_ids:
-            _record_token_times(parent.metrics, now, stats)
+            _record_token_times(child.timing, now, stats)
+            _record_token_times(parent.metrics, now, None)  # the RequestOutput's own times
             stats.num_generation_tokens += len(out.new_token_ids)
             parent.num_generated += len(out.new_token_ids)
+            child.num_generated += len(out.new_token_ids)
         child.token_ids.extend(out.new_token_ids)
         if out.new_logprobs is not None and child.logprobs is not None:
             child.logprobs.extend(self._to_dicts(out.new_logprobs, child))
@@ -204,9 +211,11 @@ class OutputProcessor:
         stop_str = child.detokenizer.update(out.new_token_ids, stop_terminated)
         if stop_str is not None:
             parent.finish_child(child, "stop", stop_str)
+            stats.finished_requests.append(_finished_stats(parent, child, now))
             return not out.finished
         if out.finished:
             parent.finish_child(child, out.finish_reason, out.stop_reason)
+            stats.finished_requests.append(_finished_stats(parent, child, now))
         return False
 
     def _to_dicts(self, lists: LogprobsLists, child: ChildState) -> list[dict[int, Logprob]]:
@@ -263,30 +272,30 @@ class OutputProcessor:
         return bool(self.parents)
 
 
-def _record_token_times(metrics: RequestMetrics, now: float, stats: IterationStats) -> None:
-    # One TTFT per request, then one ITL observation per step the request advances (as vLLM).
+def _record_token_times(metrics: RequestMetrics, now: float, stats: IterationStats | None) -> None:
+    # One TTFT per sequence, then one ITL observation per step the sequence advances (as vLLM).
     if metrics.first_token_time is None:
         metrics.first_token_time = now
-        stats.time_to_first_tokens.append(now - metrics.arrival_time)
-    elif metrics.last_token_time != now:
+        if stats is not None:
+            stats.time_to_first_tokens.append(now - metrics.arrival_time)
+    elif metrics.last_token_time != now and stats is not None:
         stats.inter_token_latencies.append(now - metrics.last_token_time)
     metrics.last_token_time = now
 
 
-def _finished_stats(parent: ParentState, now: float) -> FinishedRequestStats:
-    m = parent.metrics
-    reason = "error" if parent.error is not None else next(
-        (c.finish_reason for c in parent.children.values() if c.finish_reason), "stop")
+def _finished_stats(parent: ParentState, child: ChildState, now: float) -> FinishedRequestStats:
+    """One finished sequence (each of an n > 1 request's counts, as in vLLM)."""
+    m = child.timing
+    reason = "error" if parent.error is not None else child.finish_reason or "stop"
     first, last, scheduled = m.first_token_time, m.last_token_time, m.first_scheduled_time
-    per_seq = parent.num_generated / max(1, len(parent.children))
     tpot = None
-    if first is not None and last is not None and per_seq > 1:
-        tpot = (last - first) / (per_seq - 1)
+    if first is not None and last is not None and child.num_generated > 1:
+        tpot = (last - first) / (child.num_generated - 1)
     return FinishedRequestStats(
         finish_reason=reason,
         e2e_latency=now - m.arrival_time,
         num_prompt_tokens=len(parent.prompt_token_ids),
-        num_generation_tokens=parent.num_generated,
+        num_generation_tokens=child.num_generated,
         queue_time=max(0.0, scheduled - m.arrival_time) if scheduled is not None else None,
         prefill_time=first - scheduled if first is not None and scheduled is not None else None,
         decode_time=last - first if first is not None and last is not None else None,

@@ -238,6 +238,21 @@ def test_metrics(http, client) -> None:
     assert values['pagedlm:request_success_total{finished_reason="length",model_name="tiny"}'] >= 1
 
 
+def test_metrics_count_each_sequence_of_an_n_request(http, client) -> None:
+    """As vLLM (a request state per sequence): n = 3 finishes three requests, with three
+    TTFTs, e2e latencies and generation-token counts of 4 each."""
+    success = 'pagedlm:request_success_total{finished_reason="length",model_name="tiny"}'
+    names = (success, "pagedlm:time_to_first_token_seconds_count", "pagedlm:e2e_request_latency_seconds_count",
+             "pagedlm:request_generation_tokens_count", "pagedlm:request_generation_tokens_sum",
+             "pagedlm:inter_token_latency_seconds_count")
+    before = metric_values(http.get("/metrics").text)
+    client.completions.create(model=MODEL_NAME, prompt=PROMPTS[1], max_tokens=4, n=3, temperature=1.0, seed=3,
+                              extra_body={"ignore_eos": True})
+    after = metric_values(http.get("/metrics").text)
+    delta = [after[name] - before.get(name, 0) for name in names]
+    assert delta == [3, 3, 3, 3, 12, 9]
+
+
 @pytest.mark.parametrize("path", ["/health", "/metrics", "/version"])
 def test_open_paths_need_no_key(server, path) -> None:
     import httpx
