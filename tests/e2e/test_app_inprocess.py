@@ -22,12 +22,12 @@ from pagedlm.metrics import PrometheusStatLogger
 
 def _make_client(checkpoint: Path, num_blocks: int = 64, serving_options: ServingOptions | None = None,
                  http: HTTPOptions | None = None, api_key: str | None = None,
-                 **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
+                 served_model_names: list[str] | None = None, **engine_kwargs) -> tuple[AsyncLLM, TestClient]:
     args = EngineArgs(model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=num_blocks,
                       device="cpu", **engine_kwargs)
     engine = AsyncLLM.from_engine_args(args)
     engine.stat_logger = PrometheusStatLogger("inproc")  # its own registry: no clash with other apps
-    return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=["inproc"],
+    return engine, TestClient(build_app(engine, engine.stat_logger, served_model_names=served_model_names or ["inproc"],
                                         serving_options=serving_options, http=http, api_key=api_key))
 
 
@@ -45,6 +45,18 @@ def test_no_api_key_means_open(app_client) -> None:
     assert resp.json()["model"] == "inproc"
     values = metric_values(client.get("/metrics").text)
     assert values["pagedlm:generation_tokens_total"] >= 1
+
+
+def test_response_model_is_the_first_served_name(checkpoint: Path) -> None:
+    """As vLLM's: whichever served name a request uses, the response names the first one."""
+    _, client = _make_client(checkpoint, served_model_names=["first", "second"])
+    with client:
+        for path, body in [("/v1/completions", {"prompt": "Hello"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]:
+            for model in ("second", None):
+                resp = client.post(path, json={**body, "max_tokens": 1, **({"model": model} if model else {})})
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["model"] == "first", (path, model)
 
 
 def test_prompt_tokens_total_counts_every_sequence_of_n(app_client) -> None:

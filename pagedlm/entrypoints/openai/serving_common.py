@@ -258,8 +258,12 @@ class OpenAIServing:
         except InvalidRequestError as e:
             raise OpenAIError(str(e), 400, name) from e
 
-    def model_name(self, request: SamplingFields) -> str:
-        return request.model or self.served_model_names[0]
+    def model_name(self, request: Any) -> str:
+        """The response's ``model``, as vLLM's: the adapter's name for a LoRA request, else the
+        first served name, whichever of the served names the request used."""
+        if request.model and request.model not in self.served_model_names:
+            return request.model  # a LoRA adapter (lora_for has checked the name)
+        return self.served_model_names[0]
 
     def check_length(self, num_prompt_tokens: int, max_tokens: int | None, what: str = "prompt") -> None:
         """vLLM's messages: the prompt must leave room, and prompt + max_tokens must fit."""

@@ -94,7 +94,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         request_id = self.response_id("embd", request, raw)
         group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
                                  priority=request.priority)
-        model = request.model or self.served_model_names[0]
+        model = self.model_name(request)
         return await self.respond(raw, group, False, _no_stream, lambda g: self._full(g, request_id, model, request))
 
     async def _tokenize(self, item: str | list[int], add_special_tokens: bool,

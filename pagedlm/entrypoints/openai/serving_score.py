@@ -74,7 +74,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             raise OpenAIError(f"text_1 has {len(first)} texts and text_2 {len(second)}: give one text_1, or as many "
                               "as text_2", 400, "text_1")
         pairs = [(0 if len(first) == 1 else i, i) for i in range(len(second))]
-        request_id, model = random_id("score"), request.model or self.served_model_names[0]
+        request_id, model = random_id("score"), self.model_name(request)
 
         def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
             return {"id": request_id, "object": "list", "created": group.created, "model": model,
@@ -86,7 +86,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
     async def create_rerank(self, request: RerankRequest, raw: Request) -> Response:
         if not request.documents:
             raise OpenAIError("documents must not be empty", 400, "documents")
-        request_id, model = random_id("rerank"), request.model or self.served_model_names[0]
+        request_id, model = random_id("rerank"), self.model_name(request)
         pairs = [(0, i) for i in range(len(request.documents))]
 
         def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
