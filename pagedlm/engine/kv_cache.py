@@ -136,6 +136,10 @@ class BlockPool:
             if block.ref_cnt == 0:
                 self.free_queue.append(block)
 
+    def uncache(self, block: KVCacheBlock) -> None:
+        """A free block stops being findable by its hash (it stays in the free queue)."""
+        self._evict(block)
+
     def register(self, block: KVCacheBlock, block_hash: bytes) -> None:
         """Make a full block findable by its hash (a duplicate of a cached block stays private)."""
         if block.block_hash is None and block_hash not in self.cached:
@@ -264,11 +268,17 @@ class KVCacheManager:
             self.pool.free(list(reversed(tail)))
         return len(owned)
 
-    def free(self, request: Request) -> None:
-        """Release the request's blocks, tail first, so its unshared tail is evicted first."""
+    def free(self, request: Request, uncache: bool = False) -> None:
+        """Release the request's blocks, tail first, so its unshared tail is evicted first.
+        ``uncache``: their KV is not what their hashes say (it ran without its LoRA adapter);
+        those no other request holds lose their hash."""
         blocks = self.req_to_blocks.pop(request.request_id, [])
         self.num_registered.pop(request.request_id, None)
         self.pool.free(list(reversed(blocks)))
+        if uncache:
+            for block in blocks:
+                if block.ref_cnt == 0:
+                    self.pool.uncache(block)
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]

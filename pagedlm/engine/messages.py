@@ -107,6 +107,9 @@ class ModelRunnerOutput:
     pooler_output: dict[str, list[float] | list[list[float]]] = field(default_factory=dict)
     # Speculative decoding: drafts proposed for each request's next step.
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # Requests whose LoRA adapter could not be read this step (e.g. its directory is gone):
+    # req id -> why. Their tokens ran on the base model; the scheduler fails them.
+    lora_errors: dict[str, str] = field(default_factory=dict)
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

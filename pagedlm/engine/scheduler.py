@@ -86,8 +86,8 @@ class Scheduler:
             request.status = status
             self._free(request)
 
-    def _free(self, request: Request) -> None:
-        self.kv.free(request)
+    def _free(self, request: Request, uncache: bool = False) -> None:
+        self.kv.free(request, uncache)
         self.spec_gate.forget(request.request_id)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
@@ -328,9 +328,10 @@ class Scheduler:
     def update_from_output(self, sched: SchedulerOutput, runner: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs = [self._error_output(r) for r in self._errored]
         self._errored = []
+        outputs += self._fail_lora_requests(runner.lora_errors)
         for i, req_id in enumerate(runner.req_ids):
             request = self.requests.get(req_id)
-            if request is None:  # aborted while the step ran
+            if request is None:  # aborted while the step ran, or failed above
                 continue
             new_ids = runner.sampled_token_ids[i]
             prompt_lp = runner.prompt_logprobs.get(req_id)
@@ -369,6 +370,22 @@ class Scheduler:
             elif self.config.num_spec_tokens:
                 self._after_spec_step(request, runner.spec_token_ids.get(req_id))
         return outputs
+
+    def _fail_lora_requests(self, lora_errors: dict[str, str]) -> list[EngineCoreOutput]:
+        """Finish with an error the requests whose adapter the workers could not read. Their
+        tokens ran on the base model, so the hashes of their blocks go too: a later request
+        of the adapter must not hit KV computed without it."""
+        failed = []
+        for req_id, message in lora_errors.items():
+            request = self.requests.get(req_id)
+            if request is None:
+                continue
+            (self.running if request in self.running else self.waiting).remove(request)
+            request.status = RequestStatus.FINISHED_ERROR
+            request.error = message
+            failed.append(request)
+            self._free(request, uncache=True)
+        return [self._error_output(r) for r in failed]
 
     def _after_spec_step(self, request: Request, drafts: list[int] | None) -> None:
         """Free blocks past the computed tokens (rejected drafts, proposer scratch), then keep

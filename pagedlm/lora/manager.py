@@ -108,9 +108,13 @@ class LoRAManager:
             if data.lora_request:
                 self.req_lora[data.req_id] = data.lora_request
 
-    def prepare_step(self, req_ids: list[str], query_start_loc: np.ndarray) -> None:
+    def prepare_step(self, req_ids: list[str], query_start_loc: np.ndarray) -> dict[str, str]:
         """Make this step's adapters resident and write the token -> slot mapping (-1: the
-        base model) into the buffer the wrappers read."""
+        base model) into the buffer the wrappers read. Returns req id -> why for requests
+        whose adapter could not be read (the frontend checked it, but a host copy evicted
+        by --max-cpu-loras is read from disk again, and the files may be gone or changed):
+        their tokens run on the base model and the scheduler fails them; the step and the
+        other requests go on."""
         loras = [self.req_lora.get(r) for r in req_ids]
         needed = {wire_id(lora): lora for lora in loras if lora}
         if len(needed) > self.config.max_loras:  # the scheduler's invariant
@@ -118,11 +122,18 @@ class LoRAManager:
                                f"{self.config.max_loras}")
         self.state.active = self.state.always or bool(needed)
         if not self.state.active:
-            return
-        for lora in needed.values():
-            self._make_resident(lora, needed)
-        slots = np.array([self.slot_of[wire_id(lora)] if lora else -1 for lora in loras], dtype=np.int32)
+            return {}
+        failed: dict[int, str] = {}
+        for lora_id, lora in needed.items():
+            try:
+                self._make_resident(lora, needed)
+            except (LoRAAdapterError, OSError) as e:
+                logger.error("LoRA adapter %r (id %d) cannot be loaded: %s", lora["name"], lora_id, e)
+                failed[lora_id] = f"LoRA adapter {lora['name']!r} could not be loaded: {e}"
+        slots = np.array([self.slot_of[wire_id(lora)] if lora and wire_id(lora) not in failed else -1
+                          for lora in loras], dtype=np.int32)
         self.state.upload(np.repeat(slots, np.diff(query_start_loc)))
+        return {r: failed[wire_id(lora)] for r, lora in zip(req_ids, loras) if lora and wire_id(lora) in failed}
 
     def _make_resident(self, lora: dict[str, Any], needed: dict[int, Any]) -> None:
         lora_id = wire_id(lora)
@@ -145,7 +156,12 @@ class LoRAManager:
         if lora_id in self.host:
             self.host.move_to_end(lora_id)
             return self.host[lora_id]
-        adapter = load_adapter_weights(lora["path"], self.config.max_lora_rank, self.hf_config)
+        try:
+            adapter = load_adapter_weights(lora["path"], self.config.max_lora_rank, self.hf_config)
+        except (LoRAAdapterError, OSError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a file changed under us (truncated safetensors, ...)
+            raise LoRAAdapterError(f"cannot read the adapter at {lora['path']!r}: {e}") from e
         grouped: Grouped = {}
         for module, (a, b) in adapter.modules.items():
             if module not in self.targets:
