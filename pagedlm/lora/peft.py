@@ -46,6 +46,10 @@ class LoRAAdapterError(ValueError):
     """An adapter that cannot be served; the message says what is wrong with it."""
 
 
+class LoRAAdapterNotFoundError(LoRAAdapterError):
+    """The adapter path is not a directory (vLLM answers a runtime load of one with a 404)."""
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     rank: int
@@ -56,7 +60,7 @@ class AdapterConfig:
 
 def _read_config(path: str, max_rank: int) -> dict[str, Any]:
     if not os.path.isdir(path):
-        raise LoRAAdapterError(f"LoRA adapter path {path!r} is not a directory")
+        raise LoRAAdapterNotFoundError(f"LoRA adapter path {path!r} is not a directory")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not os.path.isfile(os.path.join(path, name)):
             extra = " (adapter_model.bin is not supported: save with safe_serialization)" \

@@ -80,7 +80,8 @@ class LoRAModules:
         if self.validator.config is None:
             raise LoRAAdapterError("LoRA adapters need the server started with --enable-lora")
         if name in self.by_name or name in self.base_model_names:
-            raise LoRAAdapterError(f"The lora adapter '{name}' has already been loaded.")
+            raise LoRAAdapterError(f"The lora adapter '{name}' has already been loaded. If you want to load the "
+                                   "adapter in place, set 'load_inplace' to True.")
         request = LoRARequest(name, next(self._ids), path, base_model_name=base_model_name)
         self.validator.check(request)
         self.by_name[name] = request

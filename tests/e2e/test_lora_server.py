@@ -1,7 +1,8 @@
 """LoRA over HTTP: two adapters from --lora-modules (name=path and JSON), /v1/models lists
 them under the base model, requests to each adapter and to the base model interleaved
 (answers equal the offline engine's), an unknown adapter is a 404, runtime load / unload
-(VLLM_ALLOW_RUNTIME_LORA_UPDATING) works, a bad adapter path is a 400 that says why."""
+(VLLM_ALLOW_RUNTIME_LORA_UPDATING) works, a missing adapter path is vLLM's 404 and a bad
+adapter a 400 that says why."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def adapters(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def lora_server(checkpoint: Path, adapters: dict[str, str], tmp_path_factory) -> Iterator[Server]:
     args = [str(checkpoint), "--served-model-name", BASE, "--max-model-len", str(MAX_MODEL_LEN), "--device", "cpu",
             "--num-gpu-blocks-override", "256", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
-            "--lora-modules", f"sql={adapters['sql']}", json.dumps({"name": "poet", "path": adapters["poet"]})]
+            "--lora-modules", f"sql={adapters['sql']}", json.dumps({"name": "poet", "path": adapters["poet"], "base_model_name": "not-served"})]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     with running_server(args, tmp_path_factory.mktemp("lora_server") / "server.log", env) as srv:
         yield srv
@@ -84,6 +85,7 @@ def test_models_list_adapters_under_the_base(lora_server: Server, adapters: dict
     assert set(by_id) == {BASE, "sql", "poet"}
     assert by_id["sql"]["parent"] == BASE and by_id["sql"]["root"] == adapters["sql"]
     assert by_id[BASE]["parent"] is None
+    # As vLLM's: a base_model_name that is not a served model is not shown as the parent.
     assert httpx.get(f"{lora_server.url}/v1/models/poet").json()["parent"] == BASE
 
 
@@ -110,13 +112,14 @@ def test_runtime_load_and_unload(lora_server: Server, adapters: dict[str, str], 
     load = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "late", "lora_path": adapters["late"]})
     assert load.status_code == 200 and "added successfully" in load.text
     again = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "late", "lora_path": adapters["late"]})
-    assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
+    assert again.status_code == 400 and "set 'load_inplace' to True" in again.json()["error"]["message"]
     assert "late" in {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
     got = asyncio.run(_complete_all(lora_server, ["late", "sql"]))
     assert got["late"] == offline["late"] and got["sql"] == offline["sql"]
-    # A bad path: 400 naming the problem, nothing registered.
+    # A path with no adapter: vLLM's 404 (NotFoundError), nothing registered.
     bad = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(tmp_path / "nope")})
-    assert bad.status_code == 400 and "is not a directory" in bad.json()["error"]["message"]
+    assert bad.status_code == 404 and bad.json()["error"]["type"] == "NotFoundError"
+    assert "Loading lora bad failed: No adapter found for" in bad.json()["error"]["message"]
     (tmp_path / "dora").mkdir()
     (tmp_path / "dora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "use_dora": True}))
     (tmp_path / "dora" / "adapter_model.safetensors").write_bytes(b"")

@@ -101,7 +101,7 @@ def test_validator_and_served_modules(hf_config, tmp_path: Path) -> None:
         validator.check(LoRARequest("b", 1, str(tmp_path)))
     modules = LoRAModules(validator, ["base"])
     assert modules.add("x", path).lora_int_id == 1 and modules.add("y", path).lora_int_id == 2
-    with pytest.raises(LoRAAdapterError, match="already been loaded"):
+    with pytest.raises(LoRAAdapterError, match="already been loaded. If you want to load the adapter in place"):
         modules.add("base", path)
     modules.remove("x")
     assert modules.add("x", path).lora_int_id == 3  # ids are never reused
@@ -200,3 +200,9 @@ def test_lora_request_signature_as_vllm() -> None:
     assert LoRARequest("a", 1, "/p", base_model_name="m").base_model_name == "m"
     with pytest.raises(ValueError, match="long_lora_max_len"):
         LoRARequest("a", 1, "/p", long_lora_max_len=4096)
+    # vLLM's positions: the fourth is base_model_name; its later fields are known, refused when set.
+    assert LoRARequest("a", 1, "/p", "m").base_model_name == "m"
+    assert LoRARequest("a", 1, "/p", load_inplace=False, tensorizer_config_dict=None).lora_path == "/p"
+    for kwargs in ({"load_inplace": True}, {"tensorizer_config_dict": {"x": 1}}, {"is_3d_lora_weight": True}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            LoRARequest("a", 1, "/p", **kwargs)

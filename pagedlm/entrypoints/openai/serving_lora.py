@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pagedlm.config import ConfigError, EngineConfig
 from pagedlm.entrypoints.openai.errors import OpenAIError
+from pagedlm.lora.peft import LoRAAdapterNotFoundError
 from pagedlm.lora.registry import RUNTIME_UPDATING_ENV_VARS, LoRAModules, LoRAValidator, parse_lora_module
 from pagedlm.lora.request import LoRARequest
 
@@ -50,11 +51,13 @@ def runtime_updating_allowed() -> bool:
 
 
 def adapter_cards(modules: LoRAModules, base_name: str, card: Callable[[str], dict[str, Any]]) -> list[dict]:
-    """/v1/models entries of the adapters: ``parent`` is the base model, ``root`` the adapter path."""
+    """/v1/models entries of the adapters: ``parent`` is the base model, ``root`` the adapter
+    path. As vLLM's, a ``base_model_name`` that is not a served model is not shown."""
     cards = []
     for name, lora in modules.by_name.items():
         entry = card(name)
-        entry.update(root=lora.lora_path, parent=lora.base_model_name or base_name)
+        parent = lora.base_model_name if lora.base_model_name in modules.base_model_names else base_name
+        entry.update(root=lora.lora_path, parent=parent)
         cards.append(entry)
     return cards
 
@@ -85,6 +88,9 @@ def add_lora_routes(app: FastAPI, modules: LoRAModules,
         except ValueError as e:  # LoRAAdapterError: a bad path, config or shapes
             if previous is not None:
                 modules.by_name[previous.lora_name] = previous
+            if isinstance(e, LoRAAdapterNotFoundError):  # vLLM's LoRAAdapterNotFoundError: a 404
+                raise OpenAIError(f"Loading lora {body.lora_name} failed: No adapter found for {body.lora_path} "
+                                  f"({e})", 404, "lora_path") from e
             raise OpenAIError(str(e), 400, "lora_path") from e
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
