@@ -36,10 +36,21 @@ class StructuredOutputsParams:
     json_object: bool | None = None
     # Compact JSON (no free whitespace between tokens): shorter outputs, fewer ways to ramble.
     disable_any_whitespace: bool = False
+    # vLLM's: objects keep to their listed properties. xgrammar (vLLM's default backend too)
+    # already reads a schema that way, so both values constrain alike.
+    disable_additional_properties: bool = False
+    # vLLM's fields for other backends / features: known, refused when set (not ignored).
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
 
     KINDS = ("json", "regex", "choice", "grammar", "json_object")
 
     def __post_init__(self) -> None:
+        for name, why in (("structural_tag", "structural tags are not implemented"),
+                          ("whitespace_pattern", "xgrammar's JSON whitespace is not configurable; "
+                                                 "disable_any_whitespace=True gives compact JSON")):
+            if getattr(self, name) is not None:
+                raise ValueError(f"structured_outputs.{name} is not supported by pagedlm ({why}).")
         given = [k for k in self.KINDS if getattr(self, k) not in (None, False)]
         if len(given) != 1:
             raise ValueError(
@@ -52,9 +63,9 @@ class StructuredOutputsParams:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"structured_outputs.{name} must be a string, got {type(value).__name__}.")
-        for name in ("json_object", "disable_any_whitespace"):
+        for name in ("json_object", "disable_any_whitespace", "disable_additional_properties"):
             value = getattr(self, name)
-            if not isinstance(value, bool) and (value is not None or name == "disable_any_whitespace"):
+            if not isinstance(value, bool) and (value is not None or name != "json_object"):
                 raise ValueError(f"structured_outputs.{name} must be true or false, got {value!r}.")
         if self.json is not None and not isinstance(self.json, (str, dict)):
             raise ValueError(f"structured_outputs.json must be a JSON schema (object or string), got "

@@ -162,3 +162,17 @@ def test_a_grammar_other_settings_contradict_ends_with_a_message_that_says_so(ll
     assert "min_tokens" in out.error and "internal error" not in out.error
     ok = SamplingParams(temperature=0.0, max_tokens=16, structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
     assert llm.generate(["Answer:"], ok, use_tqdm=False)[0].outputs[0].text in ("yes", "no")
+
+
+def test_vllm_structured_outputs_fields_known() -> None:
+    """vLLM's other StructuredOutputsParams fields are known: disable_additional_properties is
+    taken (xgrammar keeps objects to their properties either way); structural_tag and
+    whitespace_pattern are refused with a ValueError naming them, never a TypeError."""
+    params = StructuredOutputsParams(json={"type": "object"}, disable_additional_properties=True)
+    assert params.kind == "json" and StructuredOutputsParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="structured_outputs.structural_tag is not supported"):
+        StructuredOutputsParams(structural_tag='{"type": "structural_tag", "structures": [], "triggers": []}')
+    with pytest.raises(ValueError, match="structured_outputs.whitespace_pattern is not supported"):
+        SamplingParams(structured_outputs={"json": {"type": "object"}, "whitespace_pattern": " "})
+    with pytest.raises(ValueError, match="disable_additional_properties must be true or false"):
+        StructuredOutputsParams(json={}, disable_additional_properties="yes")
