@@ -26,6 +26,9 @@ SENTENCES = [
     "Unicode text: café, naïve, Straße, 東京 and emoji 🙂.",
     "A somewhat longer sentence, with punctuation; numbers like 12345 and words that repeat, repeat, repeat.",
 ]
+# For chat-style embedding requests (MiniLM ships no chat template).
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,11 @@ def reference(model_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    args = [str(model_dir), "--served-model-name", MODEL_NAME, "--device", "cpu"]
-    with running_server(args, tmp_path_factory.mktemp("embed_server") / "server.log", {"HF_HUB_OFFLINE": "1"}) as srv:
+    work = tmp_path_factory.mktemp("embed_server")
+    (work / "template.jinja").write_text(CHAT_TEMPLATE)
+    args = [str(model_dir), "--served-model-name", MODEL_NAME, "--device", "cpu",
+            "--chat-template", str(work / "template.jinja")]
+    with running_server(args, work / "server.log", {"HF_HUB_OFFLINE": "1"}) as srv:
         yield srv
 
 
@@ -135,10 +141,61 @@ def test_server_embedding_vllm_extras(server: Server) -> None:
     assert post(priority=0).status_code == 200
     refused = post(priority=3)  # this server runs fcfs: a priority is refused, as on the generate endpoints
     assert refused.status_code == 400 and "priority scheduling is not enabled" in refused.json()["error"]["message"]
-    chat = post(messages=[{"role": "user", "content": "hi"}])
-    assert chat.status_code == 400 and "messages" in chat.json()["error"]["message"]
+    both = post(messages=[{"role": "user", "content": "hi"}])  # input and messages
+    assert both.status_code == 400 and "messages" in both.json()["error"]["message"]
     plain = post(encoding_format="float", embed_dtype="float16")
     assert plain.status_code == 400 and "base64" in plain.json()["error"]["message"]
+
+
+def test_server_chat_style_embedding_input(server: Server) -> None:
+    """vLLM's chat embeddings: messages go through the chat template, with no special tokens
+    added on top and no generation prompt unless asked for."""
+    import httpx
+
+    post = lambda **body: httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60)  # noqa: E731
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The capital of France."}]
+    chat = post(messages=messages, encoding_format="float")
+    assert chat.status_code == 200, chat.text
+    rendered = "system: Be brief.\nuser: The capital of France.\n"
+    plain = post(input=rendered, add_special_tokens=False, encoding_format="float").json()
+    body = chat.json()
+    assert body["object"] == "list" and body["id"].startswith("embd-") and len(body["data"]) == 1
+    np.testing.assert_allclose(body["data"][0]["embedding"], plain["data"][0]["embedding"], atol=1e-6)
+    assert body["usage"] == plain["usage"]
+    prompted = post(messages=messages, add_generation_prompt=True, encoding_format="float").json()
+    with_prompt = post(input=rendered + "assistant:", add_special_tokens=False, encoding_format="float").json()
+    np.testing.assert_allclose(prompted["data"][0]["embedding"], with_prompt["data"][0]["embedding"], atol=1e-6)
+    for bad, param in (({}, "input"), ({"messages": []}, "messages"),
+                       ({"input": "x", "add_generation_prompt": True}, "add_generation_prompt"),
+                       ({"messages": messages, "chat_template": "{{ 1 }}"}, "chat_template")):
+        refused = post(**bad)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+
+
+def test_server_pooling_endpoint(server: Server, reference: np.ndarray) -> None:
+    """vLLM's /pooling: per-token vectors by default (task token_embed), one vector with task
+    embed; the pool- list shape; base64 is the flattened float32 bytes."""
+    import base64
+
+    import httpx
+
+    post = lambda **body: httpx.post(f"{server.url}/pooling", json=body, timeout=60)  # noqa: E731
+    tokens = httpx.post(f"{server.url}/tokenize", json={"prompt": SENTENCES[0]}).json()["tokens"]
+    per_token = post(model=MODEL_NAME, input=[SENTENCES[0], "hello"])
+    assert per_token.status_code == 200, per_token.text
+    body = per_token.json()
+    assert body["id"].startswith("pool-") and body["object"] == "list" and body["model"] == MODEL_NAME
+    assert [(d["index"], d["object"]) for d in body["data"]] == [(0, "pooling"), (1, "pooling")]
+    first = np.array(body["data"][0]["data"])
+    assert first.shape == (len(tokens), reference.shape[1])
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == len(tokens) + 3  # [CLS] hello [SEP]
+    packed = post(input=SENTENCES[0], encoding_format="base64").json()["data"][0]["data"]
+    np.testing.assert_allclose(np.frombuffer(base64.b64decode(packed), dtype="<f4").reshape(first.shape), first,
+                               atol=1e-6)
+    embed = post(input=SENTENCES[0], task="embed").json()
+    assert_same_embeddings(np.array([embed["data"][0]["data"]]), reference[:1])
+    refused = post(input="x", task="classify")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "task"
 
 
 @pytest.mark.parametrize("kwargs, status, fragment", [

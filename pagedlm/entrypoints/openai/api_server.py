@@ -49,7 +49,7 @@ from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
-from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding
+from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding, PoolingRequest
 from pagedlm.entrypoints.openai.serving_score import OpenAIServingScore, RerankRequest, ScoreRequest
 from pagedlm.entrypoints.openai.serving_lora import (
     adapter_cards,
@@ -221,22 +221,29 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
         body = await read_json_body(request, ResponsesRequest, max_body_bytes)
         return await responses.create_response(body, request)
 
-    _add_pooling_routes(app, engine, names, max_body_bytes)
+    _add_pooling_routes(app, engine, names, max_body_bytes, chat.options)
     _add_info_routes(app, engine, names, stat_logger, lora_modules)
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
     _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
     return app
 
 
-def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int) -> None:
-    """The pooling models' endpoints: /v1/embeddings, and /score, /rerank (embedding cosines)."""
+def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int,
+                        options: ServingOptions) -> None:
+    """The pooling models' endpoints: /v1/embeddings, /pooling, and /score, /rerank (embedding cosines)."""
     embeddings = OpenAIServingEmbedding(engine, names)
     scores = OpenAIServingScore(engine, names)
+    embeddings.options = scores.options = options  # the chat template's content format, for messages
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: Request) -> Response:
         body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
         return await embeddings.create_embedding(body, request)
+
+    @app.post("/pooling")
+    async def create_pooling(request: Request) -> Response:
+        body = await read_json_body(request, PoolingRequest, max_body_bytes)
+        return await embeddings.create_pooling(body, request)
 
     @app.post("/score")
     @app.post("/v1/score")

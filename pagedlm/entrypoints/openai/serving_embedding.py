@@ -6,7 +6,10 @@ what the ``openai`` client decodes, and what it asks for by default); ``dimensio
 for Matryoshka models. vLLM extras: ``truncate_prompt_tokens``, ``normalize``,
 ``add_special_tokens``, ``priority``, ``request_id``, and for base64 ``embed_dtype``
 (float32, float16, bfloat16, fp8_e4m3, fp8_e5m2) and ``endianness`` (native, little, big).
-Chat-style inputs (``messages``) are refused.
+Chat-style input (vLLM's): ``messages`` instead of ``input``, rendered by the model's chat
+template (``add_generation_prompt`` off and ``add_special_tokens`` off by default) into one
+prompt. ``POST /pooling`` takes the same body plus ``task`` ("token_embed", the default: one
+vector per prompt token, or "embed") and answers vLLM's ``pool-`` list of ``data``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 
+from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
-from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
+from pagedlm.entrypoints.openai.protocol import ChatMessage, OpenAIBaseModel
 from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, engine_request_id, to_openai_error
 from pagedlm.pooling_params import PoolingParams
 
@@ -34,19 +38,24 @@ def _is_token_id(value: Any) -> bool:
 
 
 class EmbeddingRequest(OpenAIBaseModel):
-    input: Any
+    input: Any = None  # this, or messages
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     normalize: bool | None = None
-    add_special_tokens: bool = True
+    add_special_tokens: bool | None = None  # None: True for input, False for messages (the template adds them)
     priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
     embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # base64 only
     endianness: Literal["native", "little", "big"] = "native"  # base64 only
-    messages: Any = None  # vLLM's chat embeddings: refused
+    # vLLM's chat-style embedding request: messages through the chat template, instead of input.
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    chat_template: str | None = None  # refused, as on /v1/chat/completions
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("input")
     @classmethod
@@ -65,37 +74,86 @@ class EmbeddingRequest(OpenAIBaseModel):
 
     def inputs(self) -> list[str | list[int]]:
         v = self.input
+        if v is None:  # the caller checked: messages are given instead
+            return []
         if isinstance(v, str) or all(_is_token_id(t) for t in v):
             return [v]
         return list(v)
 
 
+class PoolingRequest(EmbeddingRequest):
+    """vLLM's /pooling body: an embedding request plus the pooling task ("encode": vLLM's older
+    name of token_embed)."""
+
+    task: Literal["token_embed", "embed", "encode"] | None = None
+
+
 class OpenAIServingEmbedding(OpenAIServing):
     async def create_embedding(self, request: EmbeddingRequest, raw: Request) -> Response:
+        return await self._pool(request, raw, "embed", "embd", "embedding")
+
+    async def create_pooling(self, request: PoolingRequest, raw: Request) -> Response:
+        task = {None: "token_embed", "encode": "token_embed"}.get(request.task, request.task)
+        return await self._pool(request, raw, task, "pool", "pooling")
+
+    async def _pool(self, request: EmbeddingRequest, raw: Request, task: str, id_prefix: str,
+                    kind: str) -> Response:
+        """kind: "embedding" (the OpenAI shape) or "pooling" (vLLM's /pooling shape)."""
         if request.model and request.model not in self.served_model_names:
             raise OpenAIError(f"The model `{request.model}` does not exist.", 404, "model")
-        if request.messages is not None:
-            raise OpenAIError("Chat-style embedding inputs (messages) are not supported; send the text as input.",
-                              400, "messages")
-        if request.encoding_format == "float" and (request.embed_dtype, request.endianness) != ("float32", "native"):
-            raise OpenAIError("embed_dtype and endianness apply to encoding_format 'base64' only.", 400,
-                              "embed_dtype" if request.embed_dtype != "float32" else "endianness")
+        self._check_fields(request)
         pooler_config = self.engine.model_config.pooler_config
         if pooler_config is None:
-            raise OpenAIError("This model generates text and does not support the Embeddings API; start it with "
-                              "--runner pooling to embed.", 400, "model")
+            api = "Embeddings" if kind == "embedding" else "Pooling"
+            raise OpenAIError(f"This model generates text and does not support the {api} API; start "
+                              "it with --runner pooling to embed.", 400, "model")
         try:
-            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, request.normalize, "embed")
+            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, request.normalize, task)
             pooler_config.check_dimensions(request.dimensions)
         except ValueError as e:
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
-        check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
-        prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in request.inputs()]
-        request_id = self.response_id("embd", request, raw)
+        prompts = await self._prompts(request)
+        request_id = self.response_id(id_prefix, request, raw)
         group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
                                  priority=request.priority)
         model = self.model_name(request)
-        return await self.respond(raw, group, False, _no_stream, lambda g: self._full(g, request_id, model, request))
+        return await self.respond(raw, group, False, _no_stream,
+                                  lambda g: self._full(g, request_id, model, request, kind))
+
+    @staticmethod
+    def _check_fields(request: EmbeddingRequest) -> None:
+        if (request.input is None) == (request.messages is None):
+            raise OpenAIError("Give either input or messages (chat-style), not both and not neither.", 400,
+                              "input" if request.input is None else "messages")
+        if request.messages is None:
+            for name in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
+                if getattr(request, name):
+                    raise OpenAIError(f"{name} applies to chat-style input (messages) only.", 400, name)
+        if request.chat_template is not None:
+            raise OpenAIError("chat_template in the request is not allowed; start the server with "
+                              "--chat-template instead.", 400, "chat_template")
+        if request.encoding_format == "float" and (request.embed_dtype, request.endianness) != ("float32", "native"):
+            raise OpenAIError("embed_dtype and endianness apply to encoding_format 'base64' only.", 400,
+                              "embed_dtype" if request.embed_dtype != "float32" else "endianness")
+
+    async def _prompts(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
+        check_chars = request.truncate_prompt_tokens is None  # a truncated input may be long
+        if request.messages is None:
+            add_special_tokens = True if request.add_special_tokens is None else request.add_special_tokens
+            return [await self._tokenize(item, add_special_tokens, check_chars) for item in request.inputs()]
+        try:
+            if check_chars:  # text too long to be worth rendering is refused first
+                self.engine.input_processor.check_num_chars(
+                    sum(len(message_text(m, i) or "") for i, m in enumerate(request.messages)))
+        except ValueError as e:
+            raise to_openai_error(e) from e
+        text, token_ids = await self.engine.run_in_tokenizer(
+            render_chat, self.tokenizer, request.messages, request.add_generation_prompt,
+            request.continue_final_message, None, request.chat_template_kwargs, bool(request.add_special_tokens),
+            self.options.chat_template_content_format)
+        if not token_ids:
+            raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")
+        return [(text, token_ids)]
 
     async def _tokenize(self, item: str | list[int], add_special_tokens: bool,
                         check_chars: bool) -> tuple[str | None, list[int]]:
@@ -113,7 +171,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         return text, token_ids
 
     async def _full(self, group: RequestGroup, request_id: str, model: str,
-                    request: EmbeddingRequest) -> dict[str, Any]:
+                    request: EmbeddingRequest, kind: str = "embedding") -> dict[str, Any]:
         data: list[dict[str, Any] | None] = [None] * len(group.streams)
         num_prompt_tokens = 0
         async for index, output in group.merged():
@@ -121,7 +179,9 @@ class OpenAIServingEmbedding(OpenAIServing):
                 continue
             vector = output.outputs.data.numpy()
             num_prompt_tokens += len(output.prompt_token_ids)
-            data[index] = {"index": index, "object": "embedding", "embedding": _encode(vector, request)}
+            # kind "pooling": the vector, or per-token vectors, under "data" (vLLM's /pooling)
+            data[index] = {"index": index, "object": kind,
+                           "embedding" if kind == "embedding" else "data": _encode(vector, request)}
         return {
             "id": request_id, "object": "list", "created": group.created, "model": model, "data": data,
             "usage": {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens},
