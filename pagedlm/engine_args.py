@@ -120,6 +120,11 @@ class EngineArgs:
         MODEL)
     runner: str = opt("auto", "generate text, or pool hidden states into embeddings (auto: from the checkpoint)",
                       MODEL, choices=["auto", "generate", "pooling"])
+    convert: str = opt("auto", "vLLM's model conversion: embed runs the checkpoint as a pooling (embedding) model "
+                       "(as --runner pooling); auto and none leave the runner as it is", MODEL,
+                       choices=["auto", "none", "embed"])
+    task: str = opt("auto", "vLLM's older way to pick the runner: generate, or embed / embedding (as --runner "
+                    "pooling)", MODEL, choices=["auto", "generate", "embed", "embedding"])
     pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
                                                'false}', MODEL, flags=("--override-pooler-config",))
     quantization: str | None = opt(None, "weight quantization method (default: the checkpoint's "
@@ -343,6 +348,22 @@ class EngineArgs:
         return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
                                                     for v in LONG_LEN_ENV_VARS)
 
+    def _requested_runner(self) -> str:
+        """--runner, or what vLLM's --convert embed / --task (embed, generate) ask for."""
+        if self.convert not in ("auto", "none", "embed"):
+            raise ConfigError(f"convert {self.convert!r} is not supported: use embed (a pooling model), auto or none")
+        if self.task not in ("auto", "generate", "embed", "embedding"):
+            raise ConfigError(f"task {self.task!r} is not supported: use generate, embed, or runner='pooling' / "
+                              "'generate' (vLLM's newer names)")
+        asked = [(name, value, "generate" if value == "generate" else "pooling")
+                 for name, value in (("convert", self.convert), ("task", self.task)) if value not in ("auto", "none")]
+        if self.runner != "auto":
+            asked.append(("runner", self.runner, self.runner))
+        if len({runner for _, _, runner in asked}) > 1:
+            raise ConfigError("conflicting runner choices: " + ", ".join(f"{k}={v!r}" for k, v, _ in asked)
+                              + " (convert or task embed means runner 'pooling')")
+        return asked[0][2] if asked else "auto"
+
     def _model_config(self, device: str) -> ModelConfig:
         """Where the model comes from, its HF config (with --hf-overrides), runner, context
         length, dtype and the rest of what describes the model itself."""
@@ -355,7 +376,7 @@ class EngineArgs:
                                       self.tokenizer, self.tokenizer_revision, self.hf_token)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
         apply_hf_overrides(hf_config, text_only_overrides(hf_config, self.hf_overrides))
-        runner, pooler_config = resolve_pooling(self.runner, source.model, hf_config,
+        runner, pooler_config = resolve_pooling(self._requested_runner(), source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (

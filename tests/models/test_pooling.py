@@ -204,6 +204,35 @@ def test_generate_model_refuses_embed(llama_checkpoint):
         LLM(llama_checkpoint, device="cpu", pooler_config={"pooling_type": "MEAN"})
 
 
+@pytest.mark.parametrize("kwargs", [{"task": "embed"}, {"convert": "embed"}, {"runner": "pooling", "convert": "embed"}])
+def test_vllm_task_and_convert_embed_pick_the_pooling_runner(llama_checkpoint, hf_llama_hidden, kwargs):
+    """vLLM's LLM(model, task="embed") (older) and convert="embed" run a decoder as an embedding model."""
+    llm = LLM(llama_checkpoint, device="cpu", max_model_len=128, max_num_seqs=4, **kwargs)
+    assert llm.llm_engine.model_config.runner == "pooling"
+    (out,) = llm.embed(_prompts()[:1], use_tqdm=False)
+    torch.testing.assert_close(torch.tensor(out.outputs.embedding), F.normalize(hf_llama_hidden[0][-1], dim=-1),
+                               atol=TOL, rtol=0)
+
+
+def test_vllm_task_and_convert_errors(llama_checkpoint):
+    with pytest.raises(ConfigError, match="conflicting runner choices: convert='embed', runner='generate'"):
+        LLM(llama_checkpoint, device="cpu", runner="generate", convert="embed")
+    with pytest.raises(ConfigError, match="task 'classify' is not supported"):
+        LLM(llama_checkpoint, device="cpu", task="classify")
+    llm = LLM(llama_checkpoint, device="cpu", task="generate", max_model_len=128, num_gpu_blocks_override=32)
+    assert llm.llm_engine.model_config.runner == "generate"
+
+
+def test_activation_params_are_refused_as_vllm_does_for_embeddings(bert_llm):
+    """vLLM's PoolingParams fields in vLLM's order; the classification ones (softmax,
+    activation, use_activation) are refused for embedding tasks, with vLLM's message."""
+    assert PoolingParams(None, 8, False).dimensions == 8
+    for name in ("softmax", "activation", "use_activation"):
+        with pytest.raises(ValueError, match=rf"only supports \['dimensions', 'normalize'\].*\['{name}'\]"):
+            bert_llm.embed("hello", pooling_params=PoolingParams(**{name: True}), use_tqdm=False)
+    assert PoolingParams(use_activation=None).use_activation is None
+
+
 def test_headless_decoder_checkpoint_is_a_pooling_model(tmp_path, llama_checkpoint, hf_llama_hidden):
     """A decoder saved without its LM head (architectures ["LlamaModel"], tensor names without
     the "model." prefix), as embedding checkpoints are: auto runner = pooling, last token."""

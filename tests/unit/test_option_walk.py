@@ -104,6 +104,10 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling",
                       "tests/models/test_pooling.py::test_decoder_pooling_matches_transformers"),
+    "convert": Changes("embed", lambda c: c.model_config.runner == "pooling",
+                       "tests/models/test_pooling.py::test_vllm_task_and_convert_embed_pick_the_pooling_runner"),
+    "task": Changes("embed", lambda c: c.model_config.runner == "pooling",
+                    "tests/models/test_pooling.py::test_vllm_task_and_convert_embed_pick_the_pooling_runner"),
     # Alone, on a generative checkpoint, it is refused; with --runner pooling see test_pooling.py.
     "pooler_config": Refused({"pooling_type": "MEAN", "normalize": False}, "applies only with runner='pooling'"),
     "quantization": Changes("fp8", lambda c: c.model_config.quantization == "fp8", "tests/models/test_quant_engine.py::"

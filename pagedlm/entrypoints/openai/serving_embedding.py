@@ -108,7 +108,7 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError(f"This model generates text and does not support the {api} API; start "
                               "it with --runner pooling to embed.", 400, "model")
         try:
-            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, request.normalize, task)
+            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, request.normalize, task=task)
             pooler_config.check_dimensions(request.dimensions)
         except ValueError as e:
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e

@@ -105,7 +105,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
         if self.engine.model_config.pooler_config is None:
             raise OpenAIError("This model generates text and cannot score; scoring needs an embedding model "
                               "(--runner pooling).", 400, "model")
-        params = PoolingParams(request.truncate_prompt_tokens, None, None, "embed")
+        params = PoolingParams(request.truncate_prompt_tokens, task="embed")
         check_chars = request.truncate_prompt_tokens is None
         texts = list(dict.fromkeys(first + second))  # each distinct text embedded once
         prompts = [await self._tokenize(text, True, check_chars) for text in texts]
