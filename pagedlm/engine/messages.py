@@ -107,9 +107,10 @@ class ModelRunnerOutput:
     pooler_output: dict[str, list[float] | list[list[float]]] = field(default_factory=dict)
     # Speculative decoding: drafts proposed for each request's next step.
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
-    # Requests whose LoRA adapter could not be read this step (e.g. its directory is gone):
-    # req id -> why. Their tokens ran on the base model; the scheduler fails them.
-    lora_errors: dict[str, str] = field(default_factory=dict)
+    # Requests the workers could not run as asked this step (req id -> why), e.g. their LoRA
+    # adapter could not be read: their KV is not what their block hashes say, and the
+    # scheduler fails them (finish_reason "error") while the rest of the step goes on.
+    request_errors: dict[str, str] = field(default_factory=dict)
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

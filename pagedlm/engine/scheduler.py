@@ -328,7 +328,7 @@ class Scheduler:
     def update_from_output(self, sched: SchedulerOutput, runner: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs = [self._error_output(r) for r in self._errored]
         self._errored = []
-        outputs += self._fail_lora_requests(runner.lora_errors)
+        outputs += self._fail_requests(runner.request_errors)
         for i, req_id in enumerate(runner.req_ids):
             request = self.requests.get(req_id)
             if request is None:  # aborted while the step ran, or failed above
@@ -371,12 +371,12 @@ class Scheduler:
                 self._after_spec_step(request, runner.spec_token_ids.get(req_id))
         return outputs
 
-    def _fail_lora_requests(self, lora_errors: dict[str, str]) -> list[EngineCoreOutput]:
-        """Finish with an error the requests whose adapter the workers could not read. Their
-        tokens ran on the base model, so the hashes of their blocks go too: a later request
-        of the adapter must not hit KV computed without it."""
+    def _fail_requests(self, request_errors: dict[str, str]) -> list[EngineCoreOutput]:
+        """Finish with an error the requests the workers could not run as asked (an adapter
+        they could not read: its tokens ran on the base model). The hashes of their blocks go
+        too: a later request must not hit KV computed otherwise than its hash says."""
         failed = []
-        for req_id, message in lora_errors.items():
+        for req_id, message in request_errors.items():
             request = self.requests.get(req_id)
             if request is None:
                 continue

@@ -87,5 +87,5 @@ def decode_runner_output(data: bytes) -> ModelRunnerOutput:
         prompt_logprobs=msgspec.convert(d["prompt_logprobs"], dict[str, LogprobsLists]),
         pooler_output=d.get("pooler_output", {}),
         spec_token_ids=d.get("spec_token_ids", {}),
-        lora_errors=d.get("lora_errors", {}),
+        request_errors=d.get("request_errors", {}),
     )

@@ -303,12 +303,12 @@ class ModelRunner:
             self._inflight[-1].resolve(self.requests, self.batch)  # bad words, min_tokens need the last token
         rows = self.batch.rows_of(list(sched.num_scheduled_tokens))
         inputs = self._build_inputs(sched, rows)
-        lora_errors = {}
+        request_errors = {}
         if self.lora is not None:  # the step's token -> adapter slot mapping
-            lora_errors = self.lora.prepare_step(inputs.req_ids, inputs.query_start_loc)
+            request_errors = self.lora.prepare_step(inputs.req_ids, inputs.query_start_loc)
         hidden = self._forward(inputs, rows)  # [T, hidden]; None on a pipeline stage but the last
         step = InflightStep(ModelRunnerOutput(req_ids=inputs.req_ids, sampled_token_ids=[[] for _ in inputs.req_ids],
-                                              lora_errors=lora_errors))
+                                              request_errors=request_errors))
         if self.spec is not None:
             self.spec.after_forward(inputs, hidden)
         if inputs.sample_rows and self.pooler is not None:

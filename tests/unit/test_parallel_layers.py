@@ -144,7 +144,7 @@ def test_messages_round_trip() -> None:
     back = serial.decode_scheduler_output(serial.encode(sched))
     assert back == sched and back.scheduled_new_reqs[0].sampling_params.all_stop_token_ids == {2}
     out = ModelRunnerOutput(["a"], [[4]], {"a": LogprobsLists([[4, 1]], [[-0.5, -1.0]], [1])},
-                            {"a": LogprobsLists([[2]], [[-2.0]], [3])}, lora_errors={"a": "adapter gone"})
+                            {"a": LogprobsLists([[2]], [[-2.0]], [3])}, request_errors={"a": "adapter gone"})
     assert serial.decode_runner_output(serial.encode(out)) == out
 
 
