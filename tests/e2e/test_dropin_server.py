@@ -46,9 +46,9 @@ def test_vllm_style_launch_line(vllm_server: Server, vclient: httpx.Client) -> N
     assert client.models.retrieve(NAMES[1]).id == NAMES[1]  # a name with a slash
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
-    for name in NAMES:  # every served name is accepted
+    for name in NAMES:  # every served name is accepted; the reply names the first (vLLM's models.model_name)
         out = client.completions.create(model=name, prompt="Hello", max_tokens=3)
-        assert out.model == name and out.usage.completion_tokens == 3
+        assert out.model == NAMES[0] and out.usage.completion_tokens == 3
     # --max-logprobs is enforced
     resp = vclient.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "logprobs": 7})
     assert resp.status_code == 400 and "--max-logprobs=6" in resp.json()["error"]["message"]
