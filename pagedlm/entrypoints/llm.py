@@ -14,7 +14,7 @@ from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
-from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_tool_calls
+from pagedlm.entrypoints.chat_content import NO_TEMPLATE_MESSAGE, resolve_content_format, template_message
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
@@ -252,18 +252,8 @@ class LLM:
         joined), "openai" (a list of text parts) or "auto" (openai when the template loops over
         a message's content)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        tokenizer = self.get_tokenizer()
-        content_format = resolve_content_format(chat_template_content_format, chat_template or tokenizer.chat_template)
-        # As vLLM's, chat_template_kwargs may override the arguments (add_generation_prompt, ...).
-        kwargs = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
-                  "continue_final_message": continue_final_message, "tools": tools, **(chat_template_kwargs or {})}
-        kwargs["add_generation_prompt"] = kwargs["add_generation_prompt"] and not kwargs["continue_final_message"]
-        prompts = []
-        for conversation in conversations:
-            conversation = [_template_message(m, i, content_format) for i, m in enumerate(conversation)]
-            ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs)
-            text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
-            prompts.append({"prompt_token_ids": list(ids), "prompt": text})  # RequestOutput.prompt, as vLLM
+        prompts = chat_prompts(self.get_tokenizer(), conversations, chat_template, chat_template_content_format,
+                               add_generation_prompt, continue_final_message, tools, chat_template_kwargs)
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     @staticmethod
@@ -324,15 +314,33 @@ class LLM:
         return [finished[r] for r in request_ids]
 
 
-def _template_message(message: dict, index: int, content_format: str) -> dict:
-    """The message with its content in the template's content format (chat_content) and its
-    tool calls' arguments parsed (as the server's); an image or audio part is refused: the
-    template would turn it into a placeholder and drop it."""
-    try:
-        message = template_tool_calls(message, index)
-        return {**message, "content": template_content(message.get("content"), index, content_format)}
-    except ValueError as e:
-        raise InvalidRequestError(str(e)) from e
+def chat_prompts(tokenizer: Any, conversations: list[list[dict]], chat_template: str | None = None,
+                 content_format: str = "auto", add_generation_prompt: bool = True,
+                 continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each conversation through the chat template -> a tokens prompt that keeps its text
+    (RequestOutput.prompt, as vLLM). Messages reach the template as the server's do
+    (chat_content.template_message); an image or audio part is refused: the template would
+    turn it into a placeholder and drop it."""
+    template = chat_template or tokenizer.chat_template
+    if not template:
+        raise ValueError(NO_TEMPLATE_MESSAGE)
+    content_format = resolve_content_format(content_format, template)
+    # As vLLM's, chat_template_kwargs may override the arguments (add_generation_prompt, ...).
+    kwargs = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
+              "continue_final_message": continue_final_message, "tools": tools, **(chat_template_kwargs or {})}
+    kwargs["add_generation_prompt"] = kwargs["add_generation_prompt"] and not kwargs["continue_final_message"]
+    prompts = []
+    for conversation in conversations:
+        try:
+            conversation = [template_message(m, i, content_format) for i, m in enumerate(conversation)]
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
+        # The rendered text holds the template's own special tokens (BOS...): none are added.
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        prompts.append({"prompt_token_ids": list(ids), "prompt": text})
+    return prompts
 
 
 def _lora_list(lora_request: Any, n: int) -> list[LoRARequest | None] | None:

@@ -99,7 +99,7 @@ CASES = [
     ("tool-choice-function-not-object", CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}],
      tool_choice={"type": "function", "function": "f"}), 400, "tool_choice must be", "tool_choice"),
     ("empty-messages", CHAT, _chat(messages=[]), 400, "messages", "messages"),
-    ("bad-role", CHAT, _chat(messages=[{"role": "wizard", "content": "hi"}]), 400, "role", None),
+    ("bad-role", CHAT, _chat(messages=[{"role": 5, "content": "hi"}]), 400, "role", None),  # any string is a role
     ("image-content", CHAT, _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
      400, "not supported", None),
     ("continue-and-generation-prompt", CHAT, _chat(continue_final_message=True), 400, "continue_final_message",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_tool_calls
+from pagedlm.entrypoints.chat_content import NO_TEMPLATE_MESSAGE as VLLM_NO_TEMPLATE_MESSAGE
+from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_message
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage
 
@@ -23,8 +24,8 @@ _RESERVED_TEMPLATE_KWARGS = {
     "continue_final_message", "tokenize", "return_dict", "return_tensors", "tokenizer_kwargs",
 }
 
-NO_TEMPLATE_MESSAGE = (
-    "The model has no chat template (none in its tokenizer_config.json or chat_template.jinja), "
+NO_TEMPLATE_MESSAGE = VLLM_NO_TEMPLATE_MESSAGE + (
+    " The model has no chat template (none in its tokenizer_config.json or chat_template.jinja), "
     "so chat requests cannot be formatted. Start the server with --chat-template <file or template>, "
     "or use /v1/completions with a plain prompt."
 )
@@ -45,12 +46,10 @@ def message_text(message: ChatMessage, index: int) -> str | None:
 def to_conversation(messages: list[ChatMessage], content_format: str = "string") -> list[dict[str, Any]]:
     conversation = []
     for i, message in enumerate(messages):
-        item = message.model_dump(exclude_none=True)
-        item["content"] = _content(message.content, i, content_format)
         try:
-            conversation.append(template_tool_calls(item, i))
+            conversation.append(template_message(message.model_dump(exclude_none=True), i, content_format))
         except ValueError as e:
-            raise OpenAIError(str(e), 400, "messages") from e
+            raise OpenAIError(str(e), 400, f"messages[{i}]") from e
     return conversation
 
 
@@ -69,9 +68,6 @@ def render_chat(
     if not getattr(tokenizer, "chat_template", None):
         raise OpenAIError(NO_TEMPLATE_MESSAGE, 400, "messages")
     conversation = to_conversation(messages, resolve_content_format(content_format, tokenizer.chat_template))
-    if continue_final_message and conversation[-1]["role"] != "assistant":
-        raise OpenAIError("continue_final_message needs the last message to be from the assistant", 400,
-                          "continue_final_message")
     extra = dict(template_kwargs or {})
     clash = sorted(set(extra) & _RESERVED_TEMPLATE_KWARGS)
     if clash:

@@ -11,7 +11,7 @@ request from costing unbounded work.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -244,11 +244,13 @@ def _is_token_id(value: Any) -> bool:
 
 
 class ChatMessage(BaseModel):
-    # Extra keys (name, tool_calls, tool_call_id, reasoning_content...) reach the template.
+    # Extra keys (name, tool_calls, tool_call_id, reasoning...) are kept; chat_content's
+    # template_message picks those vLLM hands the template. Any role, as vLLM's (Llama 3.1's
+    # "ipython"): the template decides what it renders.
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    role: str
+    content: str | list[str | dict[str, Any]] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):

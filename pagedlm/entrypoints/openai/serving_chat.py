@@ -196,13 +196,12 @@ def chat_role(request: ChatCompletionRequest, response_role: str = "assistant") 
 
 def echo_text(request: ChatCompletionRequest, role: str) -> str:
     """vLLM's chat ``echo``: the reply starts with the last message's content when that
-    message has the reply's role (e.g. an assistant message being continued)."""
+    message has the reply's role (e.g. an assistant message being continued), its text parts
+    joined with newlines as the template got them."""
     last = request.messages[-1]
     if not request.echo or last.role != role:
         return ""
-    if isinstance(last.content, str):
-        return last.content
-    return "".join(part.get("text", "") for part in last.content or [] if part.get("type") == "text")
+    return message_text(last, len(request.messages) - 1) or ""
 
 
 def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], num_top: int | None,
