@@ -112,7 +112,8 @@ def test_no_chat_template_gives_vllms_error(tok: Any) -> None:
 def test_template_message_is_the_servers_conversation() -> None:
     # LLM.chat builds the same conversation as the server (one implementation).
     call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "u"}], "name": "n"},
+    msgs = [{"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "u"}], "name": "n"},
             {"role": "assistant", "content": None, "tool_calls": [call], "reasoning": "r"},
             {"role": "tool", "content": [{"type": "text", "text": "1"}], "tool_call_id": "c"}]
     server = to_conversation([ChatMessage(**m) for m in msgs])
@@ -165,8 +166,8 @@ def test_echo_joins_text_parts_with_newlines() -> None:
     from pagedlm.entrypoints.openai.serving_chat import echo_text
 
     parts = [{"type": "text", "text": "Once"}, {"type": "text", "text": "upon a"}]
-    request = ChatCompletionRequest(messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": parts}],
-                                    echo=True, add_generation_prompt=False, continue_final_message=True)
+    messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": parts}]
+    request = ChatCompletionRequest(messages=messages, echo=True, add_generation_prompt=False, continue_final_message=True)
     assert echo_text(request, "assistant") == "Once\nupon a"
     request = ChatCompletionRequest(messages=[{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}],
                                     echo=True)

@@ -138,7 +138,8 @@ def test_stop_strings_stream_as_vllms(tok: Any) -> None:
     for trial in range(400):
         ids = tok.encode(_random_text(rng, POOL[:-5], 25), add_special_tokens=False)
         full = tok.decode(ids)
-        stops = [full[a : a + rng.randrange(1, 6)] for a in (rng.randrange(len(full)) for _ in range(rng.randrange(1, 4)))]
+        starts = [rng.randrange(len(full)) for _ in range(rng.randrange(1, 4))]
+        stops = [full[a : a + rng.randrange(1, 6)] for a in starts]
         params = SamplingParams(stop=stops + (["zz"] if rng.random() < 0.3 else []), max_tokens=100,
                                 include_stop_str_in_output=rng.random() < 0.3, min_tokens=rng.choice([0, 0, 2, 5]))
         expected, expected_stop = vllm_stream(tok, [], ids, params)
