@@ -101,6 +101,7 @@ def collect_stream(stream) -> tuple[dict[int, dict], str | None, str, str]:
         delta = choice.delta
         content += delta.content or ""
         reasoning += getattr(delta, "reasoning_content", None) or ""
+        assert getattr(delta, "reasoning", None) == getattr(delta, "reasoning_content", None)  # both names
         for tc in delta.tool_calls or []:
             if tc.index not in calls:  # the first fragment of a call names it
                 assert tc.id and tc.function.name
@@ -186,6 +187,7 @@ def test_response_format_json_schema_after_reasoning(oai, tool_server, stream) -
         else:
             message = oai.chat.completions.create(seed=seed, **kwargs).choices[0].message
             content, reasoning = message.content, message.reasoning_content
+            assert message.reasoning == reasoning  # current vLLM's name, beside the older one
         jsonschema.validate(json.loads(content), PET)
         assert "</think>" not in (reasoning or "")
         reasonings.append(reasoning)

@@ -205,7 +205,9 @@ class ChoiceShaper:
         message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None,
                                    "refusal": None, "tool_calls": [self._call_entry(i, c) for i, c in enumerate(calls)]}
         if self.reasoning is not None:
-            message["reasoning_content"] = reasoning if self.include_reasoning else None
+            # Under both names: current vLLM's ``reasoning`` and ``reasoning_content`` (its older
+            # name, which DeepSeek-style clients read).
+            message["reasoning"] = message["reasoning_content"] = reasoning if self.include_reasoning else None
         elif message["content"] is None and not calls:
             message["content"] = ""  # (a reply that is all reasoning keeps null content, as vLLM's)
         return message
@@ -235,7 +237,8 @@ class ChoiceShaper:
         sent, out = self._sent, {}
         if (self.include_reasoning and reasoning and reasoning.startswith(sent.reasoning)
                 and len(reasoning) > len(sent.reasoning)):
-            out["reasoning_content"], sent.reasoning = reasoning[len(sent.reasoning):], reasoning
+            out["reasoning"] = out["reasoning_content"] = reasoning[len(sent.reasoning):]
+            sent.reasoning = reasoning
         if content and content.startswith(sent.content) and len(content) > len(sent.content):
             out["content"], sent.content = content[len(sent.content):], content
         entries = [e for i, c in enumerate(calls) if (e := self._call_delta(i, c)) is not None]
