@@ -86,3 +86,23 @@ def test_beam_score_applies_length_penalty_without_counting_eos() -> None:
 
     with pytest.raises(ValueError, match="length_penalty"):
         BeamSearchParams(beam_width=2, max_tokens=4, length_penalty=float("inf"))
+
+
+def test_vllm_logging_environment_variables():
+    """VLLM_LOGGING_LEVEL sets the level as PAGEDLM_LOGGING_LEVEL does (pagedlm's wins);
+    VLLM_CONFIGURE_LOGGING=0 leaves the logger unconfigured (no handler, the root's level)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import logging, pagedlm; l = logging.getLogger('pagedlm'); print(l.level, len(l.handlers))"
+
+    def run(**env):
+        clean = {k: v for k, v in os.environ.items() if not k.endswith(("_LOGGING_LEVEL", "_CONFIGURE_LOGGING"))}
+        return subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert run() == [str(logging.INFO), "1"]
+    assert run(VLLM_LOGGING_LEVEL="debug") == [str(logging.DEBUG), "1"]
+    assert run(VLLM_LOGGING_LEVEL="DEBUG", PAGEDLM_LOGGING_LEVEL="WARNING") == [str(logging.WARNING), "1"]
+    assert run(VLLM_CONFIGURE_LOGGING="0") == [str(logging.NOTSET), "0"]
