@@ -246,11 +246,15 @@ class LLM:
         continue_final_message: bool = False,
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """vLLM's LLM.chat: each conversation through the chat template (``tools`` go to the
         template too), then generate. ``chat_template_content_format``: "string" (text parts
         joined), "openai" (a list of text parts) or "auto" (openai when the template loops over
-        a message's content)."""
+        a message's content). ``mm_processor_kwargs`` (vLLM's multimodal processor settings)
+        is refused when given: pagedlm's chat takes text parts only."""
+        if mm_processor_kwargs:
+            raise ValueError("mm_processor_kwargs is not supported: pagedlm's LLM.chat takes text content only")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = chat_prompts(self.get_tokenizer(), conversations, chat_template, chat_template_content_format,
                                add_generation_prompt, continue_final_message, tools, chat_template_kwargs)

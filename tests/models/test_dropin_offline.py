@@ -165,6 +165,9 @@ def test_vllm_style_offline_script(llm: LLM) -> None:
                     {"role": "user", "content": "Hello"}]
     chat_out = llm.chat(conversation, sampling_params, use_tqdm=False)[0]
     assert chat_out.prompt is not None and "You are a helpful assistant" in chat_out.prompt
+    assert llm.chat(conversation, sampling_params, use_tqdm=False, mm_processor_kwargs=None)[0].prompt == chat_out.prompt
+    with pytest.raises(ValueError, match="mm_processor_kwargs"):
+        llm.chat(conversation, sampling_params, use_tqdm=False, mm_processor_kwargs={"num_crops": 4})
     defaults = llm.get_default_sampling_params()
     defaults.max_tokens = 4
     assert len(llm.generate("Hi", defaults, use_tqdm=False)[0].outputs[0].token_ids) == 4
