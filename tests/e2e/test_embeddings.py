@@ -239,10 +239,11 @@ def test_server_score_and_rerank_are_cosines_of_sentence_transformers(server: Se
     assert rerank["results"][1]["document"] == {"text": SENTENCES[order[1]]} and rerank["usage"]["total_tokens"] > 4
     everything = post("/rerank", query="hello", documents=SENTENCES[:3], return_documents=False).json()["results"]
     assert len(everything) == 3 and all("document" not in r for r in everything)
+    negative = post("/rerank", query="hello", documents=SENTENCES[:3], top_n=-1).json()["results"]  # as vLLM: all
+    assert [r["index"] for r in negative] == [r["index"] for r in everything]
     for path, bad, param in (("/score", {"text_1": SENTENCES[:2], "text_2": SENTENCES[:3]}, "text_1"),
                              ("/score", {"text_1": [], "text_2": "x"}, "text_1"),
                              ("/rerank", {"query": "x", "documents": []}, "documents"),
-                             ("/rerank", {"query": "x", "documents": ["y"], "top_n": -1}, "top_n"),
                              ("/score", {"text_1": "x", "text_2": "y", "model": "nope"}, "model")):
         refused = post(path, **bad)
         assert refused.status_code in (400, 404) and refused.json()["error"]["param"] == param, refused.text

@@ -55,7 +55,7 @@ class ScoreRequest(_ScoreFields):
 class RerankRequest(_ScoreFields):
     query: str
     documents: list[str]
-    top_n: int = Field(0, ge=0)
+    top_n: int = 0  # 0 or less: every document (vLLM's rule)
     return_documents: bool = True
 
     @field_validator("documents", mode="before")
@@ -93,7 +93,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             order = sorted(range(len(scores)), key=lambda i: -scores[i])
             results = [{"index": i, "relevance_score": scores[i],
                         **({"document": {"text": request.documents[i]}} if request.return_documents else {})}
-                       for i in order[:request.top_n or None]]
+                       for i in order[:request.top_n if request.top_n > 0 else None]]
             return {"id": request_id, "model": model, "usage": {"total_tokens": tokens}, "results": results}
 
         return await self._score(request, raw, request_id, [request.query], request.documents, pairs, body)
