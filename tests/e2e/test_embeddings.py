@@ -188,7 +188,8 @@ def test_server_pooling_endpoint(server: Server, reference: np.ndarray) -> None:
     assert [(d["index"], d["object"]) for d in body["data"]] == [(0, "pooling"), (1, "pooling")]
     first = np.array(body["data"][0]["data"])
     assert first.shape == (len(tokens), reference.shape[1])
-    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == len(tokens) + 3  # [CLS] hello [SEP]
+    assert body["usage"] == {"prompt_tokens": len(tokens) + 3, "total_tokens": len(tokens) + 3,  # [CLS] hello [SEP]
+                             "completion_tokens": 0}  # as vLLM's UsageInfo
     packed = post(input=SENTENCES[0], encoding_format="base64").json()["data"][0]["data"]
     np.testing.assert_allclose(np.frombuffer(base64.b64decode(packed), dtype="<f4").reshape(first.shape), first,
                                atol=1e-6)

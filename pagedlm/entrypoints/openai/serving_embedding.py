@@ -184,7 +184,7 @@ class OpenAIServingEmbedding(OpenAIServing):
                            "embedding" if kind == "embedding" else "data": _encode(vector, request)}
         return {
             "id": request_id, "object": "list", "created": group.created, "model": model, "data": data,
-            "usage": {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens},
+            "usage": {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens, "completion_tokens": 0},
         }
 
 
