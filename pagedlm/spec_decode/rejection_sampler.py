@@ -53,15 +53,19 @@ def target_probs(processed: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
 
 
 def _random_draws(num_rows: int, vocab_size: int, generators: dict[int, torch.Generator],
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """u ~ U[0, 1) [N] and E ~ Exp(1) [N, V]; a seeded row draws its u then its E from its generator."""
+                  seeded_draft_rows: set[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """u ~ U[0, 1) [N] and E ~ Exp(1) [N, V]. A seeded row draws from its generator: its u
+    (draft rows only) then its E. A bonus row thus draws what the plain sampler draws for the
+    request (its E alone), so a seeded request's tokens do not depend on whether another
+    request of the step has drafts (which picks this sampler over the plain one)."""
     u = torch.rand(num_rows, device=device)
     e = torch.empty(num_rows, vocab_size, device=device)
     if len(generators) != num_rows:
         torch.rand(e.shape, out=e).log_().neg_()  # -log(U) is Exp(1)
     for row in sorted(generators):
         gen = generators[row]
-        u[row] = torch.rand(1, generator=gen, device=device)[0]
+        if row in seeded_draft_rows:
+            u[row] = torch.rand(1, generator=gen, device=device)[0]
         e[row].exponential_(generator=gen)
     return u, e
 
@@ -72,10 +76,13 @@ def rejection_sample(
     is_draft_row: torch.Tensor,
     md: SamplingMetadata,
     draft_probs: torch.Tensor | None = None,
+    draft_rows: list[int] | None = None,
 ) -> RejectionOutput:
     """logits [N, V] (the target's, raw); draft_token_ids [N] int64 (any value on bonus rows);
     is_draft_row [N] bool; md: one row per logits row; draft_probs [N, V] or None (point
-    masses: n-gram drafts). Rows of one request are consecutive, drafts first, bonus last."""
+    masses: n-gram drafts). Rows of one request are consecutive, drafts first, bonus last.
+    draft_rows: the indices of the draft rows, known on the host (read from is_draft_row,
+    a device sync, when not given)."""
     logits = logits.to(torch.float32)
     raw_logprobs = compute_logprobs(logits) if md.max_num_logprobs is not None else None
     processed = apply_logits_processors(logits, md)
@@ -86,7 +93,12 @@ def rejection_sample(
         tokens = torch.where(accepted, drafts.squeeze(1), greedy_tokens)
     else:
         probs = target_probs(processed, md)  # [N, V]
-        u, exp = _random_draws(probs.shape[0], probs.shape[1], md.generators, probs.device)
+        seeded_draft_rows: set[int] = set()
+        if md.generators:
+            if draft_rows is None:
+                draft_rows = is_draft_row.nonzero().flatten().tolist()
+            seeded_draft_rows = set(md.generators).intersection(draft_rows)
+        u, exp = _random_draws(probs.shape[0], probs.shape[1], md.generators, seeded_draft_rows, probs.device)
         p_draft = probs.gather(1, drafts).squeeze(1)  # [N]
         if draft_probs is None:
             q_draft = torch.ones_like(p_draft)

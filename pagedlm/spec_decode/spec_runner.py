@@ -162,7 +162,8 @@ class SpecDecodeRunner:
         drafts = [d for s in states for d in s.spec_token_ids + [-1]]
         draft_ids = torch.tensor(drafts, dtype=torch.int64).to(runner.device, non_blocking=True)
         is_draft = draft_ids >= 0
-        result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)))
+        result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)),
+                                  draft_rows=[row for row, d in enumerate(drafts) if d >= 0])
         # (async) a request without drafts may run ahead: the next step's input is its one
         # token in result.tokens, which has one row per verified position (fill_pending).
         step.row_of = {s.req_id: int(bonus_rows[b]) for b, s in enumerate(states)}
