@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -37,18 +38,71 @@ def test_unsupported_rope_type_is_a_clear_error():
         compute_cos_sin_cache(16, 64, 10000.0, "mrope", {"factor": 2.0}, 64)
 
 
+# The keys of vLLM's `bench throughput|latency --output-json` files.
+VLLM_JSON_KEYS = {"throughput": {"elapsed_time", "num_requests", "total_num_tokens", "requests_per_second",
+                                 "tokens_per_second"},
+                  "latency": {"avg_latency", "latencies", "percentiles"}}
+
+
 @pytest.mark.parametrize("bench, extra", [
-    ("throughput", ["--num-prompts", "6", "--input-len", "12", "--output-len", "5", "--random-range-ratio", "0.5"]),
+    ("throughput", ["--num-prompts", "6", "--input-len", "12", "--output-len", "5", "--dataset-name", "random",
+                    "--n", "2", "--prefix-len", "3"]),
     ("latency", ["--batch-size", "2", "--input-len", "12", "--output-len", "4", "--num-iters", "2",
                  "--num-iters-warmup", "1"]),
 ])
-def test_bench_cli_runs(llama_checkpoint, bench, extra):
+def test_bench_cli_runs(llama_checkpoint, bench, extra, tmp_path):
+    out_json = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "pagedlm", "bench", bench, "--model", llama_checkpoint, "--load-format", "dummy",
-           "--max-model-len", "64", "--device", "cpu", *extra]
+           "--max-model-len", "64", "--device", "cpu", "--output-json", str(out_json), *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = "Throughput:" if bench == "throughput" else "Time per output token:"
-    assert expected in result.stdout
+    saved = json.loads(out_json.read_text())
+    assert VLLM_JSON_KEYS[bench] <= set(saved)
+    if bench == "throughput":
+        # vLLM's lines; --n 2 generates two sequences of 5 tokens for each of the 6 prompts of
+        # 3 shared prefix tokens + 12
+        assert "Throughput:" in result.stdout and "Total num output tokens:  60" in result.stdout
+        assert "Total num prompt tokens:  90" in result.stdout
+        assert saved["num_requests"] == 6 and saved["output_tokens"] == 60 and saved["total_num_tokens"] == 150
+    else:
+        assert "Avg latency: " in result.stdout and " seconds" in result.stdout
+        assert "Time per output token:" in result.stdout
+        assert len(saved["latencies"]) == 2 and set(saved["percentiles"]) == {"10", "25", "50", "75", "90", "99"}
+
+
+def test_bench_throughput_sharegpt_file(llama_checkpoint, tmp_path):
+    """vLLM's `bench throughput --dataset-name sharegpt --dataset-path FILE`: prompts are the
+    first turns, counted with the model's tokenizer; the reply's length is the output length."""
+    from transformers import AutoTokenizer
+
+    turns = [("Tell me about the sea and its ships.", "The sea is wide and deep and blue."),
+             ("What is a cat, in a few words?", "A small animal that likes to sleep."),
+             ("x", "too short a prompt: skipped by the length filter")]
+    data = tmp_path / "sharegpt.json"
+    data.write_text(json.dumps([{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+                                for q, a in turns]))
+    out_json = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "pagedlm", "bench", "throughput", "--model", llama_checkpoint, "--load-format",
+           "dummy", "--max-model-len", "64", "--device", "cpu", "--dataset-name", "sharegpt", "--dataset-path",
+           str(data), "--num-prompts", "2", "--output-json", str(out_json)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(out_json.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(llama_checkpoint)
+    assert saved["num_requests"] == 2
+    assert saved["input_tokens"] == sum(len(tokenizer(q).input_ids) for q, _ in turns[:2])
+    assert saved["output_tokens"] == sum(len(tokenizer(a).input_ids) for _, a in turns[:2])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset-name", "sharegpt", "--dataset-path", "/nonexistent.json"], "cannot read the ShareGPT file"),
+    (["--dataset-name", "random", "--random-range-ratio", "1.5"], "--random-range-ratio must be in [0, 1)"),
+])
+def test_bench_throughput_dataset_errors_are_one_line(llama_checkpoint, flags, message):
+    cmd = [sys.executable, "-m", "pagedlm", "bench", "throughput", "--model", llama_checkpoint, "--load-format",
+           "dummy", "--max-model-len", "64", "--device", "cpu", "--num-prompts", "2", *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_rope_scaling_stretches_the_default_max_model_len():
