@@ -165,7 +165,8 @@ class SSEClient:
         self.connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
 
-    async def post(self, url: str, body: bytes, on_data: Callable[[bytes], None]) -> tuple[int, bytes]:
+    async def post(self, url: str, body: bytes, on_data: Callable[[bytes], None],
+                   headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """(status, body of a non-200 response); ``on_data`` got every data payload of a 200 one.
         Raises HTTPError (an OSError) when the connection fails."""
         parts = urlsplit(url)
@@ -175,23 +176,23 @@ class SSEClient:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection, reused = await self._connection(host, port)
         try:
-            return await self._post(connection, host, port, path, body, on_data)
+            return await self._post(connection, host, port, path, body, on_data, headers)
         except HTTPError:
             if not reused or connection.response_started:
                 raise
         # the server closed the kept-alive connection before it saw the request: once more, anew
         connection, _ = await self._connection(host, port, fresh=True)
-        return await self._post(connection, host, port, path, body, on_data)
+        return await self._post(connection, host, port, path, body, on_data, headers)
 
     async def _post(self, connection: _Connection, host: str, port: int, path: str, body: bytes,
-                    on_data: Callable[[bytes], None]) -> tuple[int, bytes]:
+                    on_data: Callable[[bytes], None], headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         connection.response = _Response(on_data, done)
         connection.response_started = False
         head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
                 f"Content-Length: {len(body)}", "Accept: text/event-stream",
-                *(f"{k}: {v}" for k, v in self.headers.items())]
+                *(f"{k}: {v}" for k, v in {**self.headers, **(headers or {})}.items())]
         connection.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         if connection.buffer:  # bytes that arrived before the response was attached
             connection.data_received(b"")
