@@ -81,8 +81,9 @@ def main(args: argparse.Namespace) -> dict:
     llm = LLM(**vars(engine_args))
     max_model_len = llm.llm_engine.model_config.max_model_len
     if args.input_len + args.output_len > max_model_len:
-        raise SystemExit(f"pagedlm bench latency: error: --input-len + --output-len ({args.input_len + args.output_len}) "
-                         f"exceeds max_model_len {max_model_len}")
+        total = args.input_len + args.output_len
+        raise SystemExit(f"pagedlm bench latency: error: --input-len + --output-len ({total}) exceeds "
+                         f"max_model_len {max_model_len}")
     r = measure(llm, args.batch_size, args.input_len, args.output_len, args.num_iters_warmup, args.num_iters,
                 n=args.n, use_beam_search=args.use_beam_search, detokenize=not args.disable_detokenize)
     print(f"Avg latency: {r['avg_latency']} seconds")
