@@ -158,12 +158,15 @@ class SpecDecodeRunner:
             row_of = {s.req_id: int(bonus_rows[b]) for b, s in enumerate(states)}
             logits = apply_grammar_bitmask(logits, sched.grammar_bitmask,
                                            [row_of[r] for r in sched.structured_output_request_ids])
-        md = self._expanded_metadata(states)
+        penalty_rows = self._penalty_rows(states)
+        md = self._expanded_metadata(states, penalty_rows)
         drafts = [d for s in states for d in s.spec_token_ids + [-1]]
         draft_ids = torch.tensor(drafts, dtype=torch.int64).to(runner.device, non_blocking=True)
         is_draft = draft_ids >= 0
         result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)),
                                   draft_rows=[row for row, d in enumerate(drafts) if d >= 0])
+        if penalty_rows is not None:  # a request without drafts emits its bonus token: counted now
+            self._record_undrafted(penalty_rows, num_drafts, bonus_rows, result.tokens)
         # (async) a request without drafts may run ahead: the next step's input is its one
         # token in result.tokens, which has one row per verified position (fill_pending).
         step.row_of = {s.req_id: int(bonus_rows[b]) for b, s in enumerate(states)}
@@ -175,9 +178,19 @@ class SpecDecodeRunner:
         for state in states:
             state.num_pending += 1
 
-    def _expanded_metadata(self, states: list["CachedRequestState"]):
+    def _penalty_rows(self, states: list["CachedRequestState"]) -> np.ndarray | None:
+        """The sample rows' persistent rows, when any is penalised (None: no penalties)."""
+        batch = self.runner.batch
+        rows = batch.rows_of([s.req_id for s in states])
+        return rows if batch.output_counts is not None and batch.penalised[rows].any() else None
+
+    def _expanded_metadata(self, states: list["CachedRequestState"], penalty_rows: np.ndarray | None):
         """One sampling row per verified position: row j of a request sees its drafts 1..j as
-        already generated (penalties, min_tokens, bad words), as the plain path would."""
+        already generated (penalties, min_tokens, bad words), as the plain path would.
+
+        Penalties read the persistent batch's device counts, not the token lists: under
+        async scheduling a request without drafts may run ahead, and its list then lacks
+        the token of its step still in flight, which the device counts already hold."""
         params, prompts, outputs, gens = [], [], [], []
         for s in states:
             for j in range(len(s.spec_token_ids) + 1):
@@ -185,7 +198,44 @@ class SpecDecodeRunner:
                 prompts.append(s.prompt_token_ids)
                 outputs.append(s.output_token_ids + s.spec_token_ids[:j] if j else s.output_token_ids)
                 gens.append(s.generator)
-        return build_sampling_metadata(params, prompts, outputs, gens, self.runner.vocab_size, self.runner.device)
+        penalty_state = self._expanded_penalty_state(states, penalty_rows) if penalty_rows is not None else None
+        return build_sampling_metadata(params, prompts, outputs, gens, self.runner.vocab_size, self.runner.device,
+                                       penalty_state)
+
+    def _expanded_penalty_state(self, states: list["CachedRequestState"],
+                                rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output counts [N, V], prompt mask [N, V] or None) per verified position: the row's
+        device counts, plus its drafts 1..j on row j."""
+        batch, device, vocab = self.runner.batch, self.runner.device, self.runner.vocab_size
+        expanded = np.repeat(rows, [len(s.spec_token_ids) + 1 for s in states])
+        expanded_t = _upload(expanded, device)
+        counts = batch.output_counts.index_select(0, expanded_t)  # [N, V] int32, a copy
+        draft_rows, draft_ids = [], []
+        first = 0
+        for s in states:
+            for j in range(1, len(s.spec_token_ids) + 1):
+                for d in s.spec_token_ids[:j]:
+                    if 0 <= d < vocab:
+                        draft_rows.append(first + j)
+                        draft_ids.append(d)
+            first += len(s.spec_token_ids) + 1
+        if draft_rows:
+            index = (_upload(np.array(draft_rows), device), _upload(np.array(draft_ids), device))
+            counts.index_put_(index, torch.ones(len(draft_rows), dtype=counts.dtype, device=device), accumulate=True)
+        mask = batch.prompt_mask.index_select(0, expanded_t) if batch.prompt_mask is not None else None
+        return counts, mask
+
+    def _record_undrafted(self, rows: np.ndarray, num_drafts: list[int], bonus_rows: np.ndarray,
+                          tokens: torch.Tensor) -> None:
+        """Counts of the requests without drafts, at sample time as the plain sampler keeps
+        them: one of them may run ahead into a step launched before this one is resolved.
+        (A request with drafts waits for its step, so resolve() counts its tokens.)"""
+        undrafted = [b for b, k in enumerate(num_drafts) if k == 0]
+        if not undrafted:
+            return
+        device = self.runner.device
+        sampled = tokens.index_select(0, _upload(bonus_rows[undrafted], device))
+        self.runner.batch.record_sampled(_upload(rows[undrafted], device), sampled)
 
     def _draft_probs(self, states: list["CachedRequestState"], num_rows: int) -> torch.Tensor | None:
         """[N, V] draft distributions (bonus rows zero), or None when drafts are point masses."""
@@ -252,19 +302,25 @@ def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedReque
             state.num_pending -= 1
             if batch is not None:
                 batch.append_tokens(batch.row_of[req_id], emitted)
-                landed[batch.row_of[req_id]] = emitted
+                if spec.num_drafts[b]:  # counted at sample time without drafts (_record_undrafted)
+                    landed[batch.row_of[req_id]] = emitted
         first += spec.num_drafts[b] + 1
     if batch is not None and landed:
         _record_penalty_counts(batch, landed)
 
 
 def _record_penalty_counts(batch: "PersistentBatch", landed: dict[int, list[int]]) -> None:
-    """Penalty counts on the device for the accepted tokens only (-1 pads the rest). The
-    verify path itself reads penalties from the token lists; the counts stay exact so a
-    later plain sampling step of the same row reads them right."""
+    """Penalty counts on the device for the emitted tokens of requests that had drafts (-1
+    pads the rest), which the next step of theirs (verify or plain) reads."""
     if batch.output_counts is None:
         return
     width = max(map(len, landed.values()))
     padded = [ids + [-1] * (width - len(ids)) for ids in landed.values()]
     batch.record_sampled(torch.tensor(list(landed), dtype=torch.int64, device=batch.device),
                          torch.tensor(padded, dtype=torch.int64, device=batch.device))
+
+
+def _upload(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """int64 host indices -> device, without blocking (pinned on CUDA)."""
+    cpu = torch.from_numpy(np.ascontiguousarray(host, dtype=np.int64))
+    return cpu.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else cpu
