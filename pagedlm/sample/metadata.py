@@ -49,6 +49,10 @@ class SamplingMetadata:
     # Tokens forced to -inf this step: bad words whose prefix matched, and stop tokens
     # while min_tokens is not reached.
     banned_token_indices: tuple[torch.Tensor, torch.Tensor] | None  # (rows [M], token ids [M]) int64
+    # Stop tokens of structured-output rows while min_tokens is not reached: banned too, but
+    # kept where banning them would leave the row no token (a grammar that has reached its end
+    # allows only stop tokens; vLLM lets such a request stop rather than sample outside it).
+    min_tokens_grammar_stops: tuple[torch.Tensor, torch.Tensor] | None  # (rows [S], token ids [S]) int64
     logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rows [M], ids [M], bias [M] f32
     penalties: PenaltyMetadata | None
 
@@ -79,21 +83,31 @@ def _bad_word_matches(word: list[int], output_ids: list[int]) -> bool:
 
 def _banned_tokens(
     params: list[SamplingParams], output_token_ids: list[list[int]], vocab_size: int
-) -> tuple[list[int], list[int]]:
-    rows: list[int] = []
-    ids: list[int] = []
+) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    """-> ((rows, ids) always banned: bad words, stop tokens under min_tokens), ((rows, ids) of
+    structured-output rows' stop tokens under min_tokens, banned unless that empties the row)."""
+    banned_rows: list[int] = []
+    banned_ids: list[int] = []
+    stop_rows: list[int] = []
+    stop_ids: list[int] = []
     for row, (sp, out) in enumerate(zip(params, output_token_ids)):
         banned: set[int] = set()
         if len(out) < sp.min_tokens:
-            banned.update(sp.all_stop_token_ids)
+            if sp.structured_outputs is not None:
+                for token_id in sp.all_stop_token_ids:
+                    if 0 <= token_id < vocab_size:
+                        stop_rows.append(row)
+                        stop_ids.append(token_id)
+            else:
+                banned.update(sp.all_stop_token_ids)
         for word in sp.bad_words_token_ids or ():
             if _bad_word_matches(word, out):
                 banned.add(word[-1])
         for token_id in banned:
             if 0 <= token_id < vocab_size:
-                rows.append(row)
-                ids.append(token_id)
-    return rows, ids
+                banned_rows.append(row)
+                banned_ids.append(token_id)
+    return (banned_rows, banned_ids), (stop_rows, stop_ids)
 
 
 def _allowed_mask(params: list[SamplingParams], vocab_size: int, device: torch.device) -> torch.Tensor | None:
@@ -213,10 +227,12 @@ def build_sampling_metadata(
     filter_rows, top_k, top_p, max_top_k = _top_k_top_p(params, random_rows, vocab_size, device)
     min_ps = [0.0 if g else sp.min_p for sp, g in zip(params, greedy)]
     requested = [sp.logprobs for sp in params if sp.logprobs is not None]
-    banned_rows, banned_ids = _banned_tokens(params, output_token_ids, vocab_size)
-    banned = None
+    (banned_rows, banned_ids), (stop_rows, stop_ids) = _banned_tokens(params, output_token_ids, vocab_size)
+    banned = grammar_stops = None
     if banned_rows:
         banned = (_to_device(banned_rows, torch.int64, device), _to_device(banned_ids, torch.int64, device))
+    if stop_rows:
+        grammar_stops = (_to_device(stop_rows, torch.int64, device), _to_device(stop_ids, torch.int64, device))
     return SamplingMetadata(
         temperature=_to_device([0.0 if g else sp.temperature for sp, g in zip(params, greedy)], torch.float32, device),
         all_greedy=all(greedy),
@@ -231,6 +247,7 @@ def build_sampling_metadata(
         max_num_logprobs=max(requested) if requested else None,
         allowed_token_ids_mask=_allowed_mask(params, vocab_size, device),
         banned_token_indices=banned,
+        min_tokens_grammar_stops=grammar_stops,
         logit_bias=_logit_bias(params, vocab_size, device),
         penalties=_penalties(params, prompt_token_ids, output_token_ids, vocab_size, device, penalty_state),
     )

@@ -31,6 +31,7 @@ def _needs_processing(md: SamplingMetadata) -> bool:
     return (
         md.allowed_token_ids_mask is not None
         or md.banned_token_indices is not None
+        or md.min_tokens_grammar_stops is not None
         or md.logit_bias is not None
         or md.penalties is not None
     )
@@ -54,7 +55,20 @@ def apply_logits_processors(logits: torch.Tensor, md: SamplingMetadata) -> torch
         logits.index_put_((rows, token_ids), bias, accumulate=True)
     if md.penalties is not None:
         apply_penalties(logits, md.penalties)
+    if md.min_tokens_grammar_stops is not None:
+        _ban_grammar_stops(logits, *md.min_tokens_grammar_stops)
     return logits
+
+
+def _ban_grammar_stops(logits: torch.Tensor, rows: torch.Tensor, token_ids: torch.Tensor) -> None:
+    """min_tokens' stop-token ban on structured-output rows, except on a row it would leave
+    with no token: there the grammar has reached its end and allows only stop tokens, so the
+    request stops (vLLM's rule) instead of sampling a token the grammar rejects. In place,
+    after every other mask (the grammar's bitmask is applied before the sampler); no sync."""
+    kept = logits[rows, token_ids]  # [S]
+    logits.index_put_((rows, token_ids), torch.tensor(float("-inf"), device=logits.device))
+    emptied = torch.isneginf(logits.index_select(0, rows)).all(dim=-1)  # [S]: its row has no token left
+    logits.index_put_((rows, token_ids), torch.where(emptied, kept, torch.full_like(kept, float("-inf"))))
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

@@ -151,15 +151,31 @@ def test_grammar_compiling_does_not_block_other_requests(llm: LLM, monkeypatch: 
     assert re.fullmatch("[a-z]{1,5}-slow", done["slow"].outputs[0].text)
 
 
-def test_a_grammar_other_settings_contradict_ends_with_a_message_that_says_so(llm: LLM) -> None:
-    """min_tokens past every choice's end: the only tokens the grammar allows are masked until
-    min_tokens, so the request ends in error; the message names the settings that can do that
-    (it said "internal error"), and the engine serves the next request."""
+def test_a_grammar_at_its_end_stops_under_min_tokens(llm: LLM) -> None:
+    """min_tokens past every choice's end: once the grammar is complete it allows only stop
+    tokens, which min_tokens bans; as vLLM (PR 54218) the stop token survives where banning
+    it would leave no token, so the request stops with the choice (it ended in error), while
+    min_tokens still bans EOS on rows where other tokens remain."""
+    choices = ["yes", "no"]
     params = SamplingParams(temperature=0.0, max_tokens=16, min_tokens=12,
+                            structured_outputs=StructuredOutputsParams(choice=choices))
+    out = llm.generate(["Answer:"], params, use_tqdm=False)[0].outputs[0]
+    assert (out.finish_reason, out.text in choices) == ("stop", True)
+    plain = llm.generate(["Answer:"], SamplingParams(temperature=0.0, max_tokens=16, min_tokens=12), use_tqdm=False)
+    assert len(plain[0].outputs[0].token_ids) >= 12  # no grammar: min_tokens holds EOS off as before
+
+
+def test_a_grammar_other_settings_contradict_ends_with_a_message_that_says_so(llm: LLM) -> None:
+    """allowed_token_ids that exclude every token the grammar allows: the request ends in
+    error with a message naming the settings that can do that (it said "internal error"),
+    and the engine serves the next request."""
+    tok = llm.get_tokenizer()
+    outside = next(t for t in range(tok.vocab_size) if tok.decode([t]).strip() not in ("", "y", "n", "ye", "yes", "no"))
+    params = SamplingParams(temperature=0.0, max_tokens=16, allowed_token_ids=[outside],
                             structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
     out = llm.generate(["Answer:"], params, use_tqdm=False)[0]
     assert out.outputs[0].finish_reason == "error"
-    assert "min_tokens" in out.error and "internal error" not in out.error
+    assert "allowed_token_ids" in out.error and "internal error" not in out.error
     ok = SamplingParams(temperature=0.0, max_tokens=16, structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
     assert llm.generate(["Answer:"], ok, use_tqdm=False)[0].outputs[0].text in ("yes", "no")
 
