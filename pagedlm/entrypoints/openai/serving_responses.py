@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator
+import uuid
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -22,9 +23,15 @@ from pydantic import ConfigDict, Field, ValidationError
 from pagedlm.entrypoints.openai.chat_utils import render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError, from_validation_error
 from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest, OpenAIBaseModel
-from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, random_id
+from pagedlm.entrypoints.openai.serving_chat import chat_logprobs
+from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup
 from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, add_tool_constraint, plan_tools
 from pagedlm.outputs import RequestOutput
+
+
+def _item_id(prefix: str) -> str:
+    """OpenAI's (and vLLM's) ids: ``resp_<hex>``, ``msg_<hex>``, ``rs_<hex>``, ``fc_<hex>``."""
+    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 class ResponsesRequest(OpenAIBaseModel):
@@ -44,19 +51,41 @@ class ResponsesRequest(OpenAIBaseModel):
     store: bool | None = None
     metadata: dict[str, Any] | None = None
     user: str | None = None
-    seed: int | None = None  # vLLM extra
     previous_response_id: str | None = None
+    include: list[Literal[
+        "code_interpreter_call.outputs", "computer_call_output.output.image_url", "file_search_call.results",
+        "message.input_image.image_url", "message.output_text.logprobs", "reasoning.encrypted_content",
+    ]] | None = None  # as vLLM: only message.output_text.logprobs changes anything
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    reasoning: dict[str, Any] | None = None  # effort / enabled -> the template's enable_thinking
+    truncation: Literal["auto", "disabled"] | None = "disabled"
+    service_tier: str | None = None  # accepted, ignored (as vLLM)
+    prompt_cache_key: str | None = None  # accepted, ignored (as vLLM)
+    max_tool_calls: int | None = None  # accepted, ignored: no built-in tools here
+    # vLLM extras, as on chat
+    seed: int | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: str | list[str] | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    logit_bias: dict[str, float] | None = None
+    priority: int | None = None
+    cache_salt: str | None = None
+    request_id: str | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    def output_logprobs(self) -> bool:
+        return "message.output_text.logprobs" in (self.include or [])
 
 
 def _refuse_unsupported(req: ResponsesRequest) -> None:
     extra = sorted(k for k, v in (req.model_extra or {}).items() if v is not None)
     if extra:
         raise OpenAIError(f"/v1/responses does not support {extra}", 400, extra[0])
-    if req.previous_response_id is not None:
-        raise OpenAIError("previous_response_id is not supported: responses are not stored; send the whole "
-                          "conversation as input", 400, "previous_response_id")
-    if req.store:
-        raise OpenAIError("store: true is not supported: responses are not stored; set store to false", 400, "store")
+    if req.previous_response_id is not None:  # as vLLM without a store: no such response
+        raise OpenAIError(f"Response with id '{req.previous_response_id}' not found.", 404, "previous_response_id")
     text_extra = sorted(k for k, v in (req.text or {}).items() if k != "format" and v is not None)
     if text_extra:
         raise OpenAIError(f"/v1/responses does not support text.{text_extra[0]} (only text.format)", 400,
@@ -129,11 +158,47 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         if fmt.get("type") == "json_schema":
             response_format["json_schema"] = {"name": fmt.get("name"), "schema": fmt.get("schema"),
                                               "strict": fmt.get("strict")}
+    if response_format is not None and req.structured_outputs is not None:
+        raise OpenAIError("Cannot specify both structured_outputs and text.format", 400, "structured_outputs")
+    extras = {name: getattr(req, name) for name in _CHAT_EXTRAS if getattr(req, name) is not None}
+    if req.output_logprobs():
+        extras.update(logprobs=True, top_logprobs=req.top_logprobs or 0)
+    if req.truncation == "auto":  # as vLLM: keep the end of a prompt longer than the context
+        extras["truncate_prompt_tokens"] = -1
+    template_kwargs = reasoning_template_kwargs(req.reasoning)
+    if template_kwargs:
+        extras["chat_template_kwargs"] = template_kwargs
     return ChatCompletionRequest.model_validate({
         "model": req.model, "messages": to_messages(req), "max_tokens": req.max_output_tokens,
         "temperature": req.temperature, "top_p": req.top_p, "tools": tools, "tool_choice": tool_choice,
-        "parallel_tool_calls": req.parallel_tool_calls, "response_format": response_format, "seed": req.seed,
+        "parallel_tool_calls": req.parallel_tool_calls, "response_format": response_format, **extras,
     })
+
+
+_CHAT_EXTRAS = ("seed", "top_k", "repetition_penalty", "stop", "ignore_eos", "skip_special_tokens",
+                "include_stop_str_in_output", "logit_bias", "priority", "cache_salt", "request_id",
+                "structured_outputs")
+
+
+def reasoning_template_kwargs(reasoning: dict[str, Any] | None) -> dict[str, Any]:
+    """``reasoning`` -> chat template kwargs, as vLLM: effort "none" (or enabled: false) turns
+    thinking off, any other effort (or enabled: true) turns it on; the effort goes along as
+    ``reasoning_effort`` for templates that read it."""
+    if not reasoning:
+        return {}
+    enabled, effort = reasoning.get("enabled"), reasoning.get("effort")
+    if enabled is False:
+        effort = "none"
+    elif effort == "minimal":
+        effort = "low"
+    elif effort is None and enabled is True:
+        effort = "medium"
+    if effort is None:
+        return {}
+    if effort not in ("none", "low", "medium", "high"):
+        raise OpenAIError(f"reasoning.effort must be one of none, minimal, low, medium, high; got {effort!r}", 400,
+                          "reasoning.effort")
+    return {"enable_thinking": effort != "none", "reasoning_effort": effort}
 
 
 class OpenAIServingResponses(OpenAIServing):
@@ -145,18 +210,22 @@ class OpenAIServingResponses(OpenAIServing):
             raise from_validation_error(e) from e
         self.check_request(chat)
         plan = plan_tools(chat.tools, chat.tool_choice, chat.parallel_tool_calls, self.options)
-        text, token_ids = render_chat(self.tokenizer, chat.messages, tools=chat.tools,
-                                      content_format=self.options.chat_template_content_format)
+        self.check_logprobs("top_logprobs", chat.top_logprobs)
+        text, token_ids = await self.engine.run_in_tokenizer(
+            render_chat, self.tokenizer, chat.messages, True, False, chat.tools, chat.chat_template_kwargs, False,
+            self.options.chat_template_content_format)
+        token_ids = self.truncate(token_ids, chat)
         self.check_length(len(token_ids), req.max_output_tokens, what="input")
-        params = self.make_params(chat, None, req.max_output_tokens)
+        params = self.make_params(chat, chat.num_logprobs(), req.max_output_tokens)
         add_tool_constraint(params, plan)
-        response_id = random_id("resp")
-        group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream), model=chat.model)
+        response_id = req.request_id or _item_id("resp")  # vLLM: the request_id is the response's id
+        group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream), chat)
         shaper = ChoiceShaper(plan, self.options, text)
         base = self._base(req, response_id, self.model_name(chat))
+        num_top = chat.top_logprobs if chat.logprobs else None
         return await self.respond(raw, group, bool(req.stream),
-                                  lambda g: self._stream(g, shaper, base),
-                                  lambda g: self._full(g, shaper, base))
+                                  lambda g: self._stream(g, shaper, base, num_top),
+                                  lambda g: self._full(g, shaper, base, num_top))
 
     @staticmethod
     def _base(req: ResponsesRequest, response_id: str, model: str) -> dict[str, Any]:
@@ -165,35 +234,54 @@ class OpenAIServingResponses(OpenAIServing):
             "status": "in_progress", "output": [], "error": None, "incomplete_details": None,
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
             "temperature": req.temperature, "top_p": req.top_p, "tools": req.tools or [],
-            "tool_choice": req.tool_choice or ("auto" if req.tools else "none"),
+            "tool_choice": req.tool_choice or "auto", "top_logprobs": req.top_logprobs,
             "parallel_tool_calls": req.parallel_tool_calls is not False, "text": req.text or {"format": {"type": "text"}},
-            "metadata": req.metadata or {}, "previous_response_id": None, "reasoning": None, "store": False,
+            "metadata": req.metadata or {}, "previous_response_id": None, "reasoning": req.reasoning, "store": False,
             "truncation": "disabled", "user": req.user, "usage": None,
         }
 
-    async def _full(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any]) -> dict[str, Any]:
+    def _logprobs(self, completion: Any, num_top: int | None) -> list[dict[str, Any]]:
+        """Output-text logprobs (include: message.output_text.logprobs) in the chat format."""
+        if num_top is None:
+            return []
+        return chat_logprobs(completion.token_ids, completion.logprobs or [], num_top if num_top != -1 else None,
+                             self.options.return_tokens_as_token_ids)
+
+    async def _full(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any],
+                    num_top: int | None = None) -> dict[str, Any]:
         final: RequestOutput | None = None
         async for _, output in group.merged():
             final = output
         if final is None or not final.finished:
             raise OpenAIError("the request was aborted before it finished", 500)
-        return _completed(base, final, output_items(shaper.message(final.outputs[0].text)))
+        completion = final.outputs[0]
+        return _completed(base, final, output_items(shaper.message(completion.text),
+                                                    logprobs=self._logprobs(completion, num_top)))
 
-    async def _stream(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any]) -> AsyncIterator[str]:
+    async def _stream(self, group: RequestGroup, shaper: ChoiceShaper, base: dict[str, Any],
+                      num_top: int | None = None) -> AsyncIterator[str]:
         events = ResponseEvents(base)
         yield events.emit("response.created", response=base)
         yield events.emit("response.in_progress", response=base)
         final: RequestOutput | None = None
         num_output_tokens = 0  # streamed outputs are deltas
+        logprobs: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
         async for _, output in group.merged():
             final = output
             completion = output.outputs[0]
             num_output_tokens += len(completion.token_ids)
-            for chunk in events.on_delta(shaper.feed(completion.text, completion.finish_reason is not None)):
+            step_logprobs = self._logprobs(completion, num_top)
+            logprobs += step_logprobs
+            pending += step_logprobs  # a token whose text is held back goes with the next text delta
+            delta = shaper.feed(completion.text, completion.finish_reason is not None)
+            for chunk in events.on_delta(delta, [_delta_logprob(lp) for lp in pending]):
                 yield chunk
+            if delta.get("content"):
+                pending = []
         if final is None:
             return
-        items = output_items(shaper.message(shaper.text), events.item_ids)
+        items = output_items(shaper.message(shaper.text), events.item_ids, logprobs)
         for chunk in events.close(items):
             yield chunk
         yield events.emit("response.completed", response=_completed(base, final, items, num_output_tokens))
@@ -212,20 +300,27 @@ def _completed(base: dict[str, Any], final: RequestOutput, items: list[dict[str,
                       "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
-def output_items(message: dict[str, Any], ids: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _delta_logprob(lp: dict[str, Any]) -> dict[str, Any]:
+    """A streamed text delta's logprob entry: no bytes (OpenAI's delta-event shape)."""
+    return {"token": lp["token"], "logprob": lp["logprob"],
+            "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in lp["top_logprobs"]]}
+
+
+def output_items(message: dict[str, Any], ids: dict[str, str] | None = None,
+                 logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """A chat message -> Responses output items: reasoning, message, function calls (in order)."""
     ids = ids if ids is not None else {}
     items: list[dict[str, Any]] = []
     if message.get("reasoning_content"):
-        items.append({"type": "reasoning", "id": ids.setdefault("reasoning", random_id("rs")), "summary": [],
+        items.append({"type": "reasoning", "id": ids.setdefault("reasoning", _item_id("rs")), "summary": [],
                       "content": [{"type": "reasoning_text", "text": message["reasoning_content"]}],
                       "status": "completed"})
     if message.get("content"):
-        items.append({"type": "message", "id": ids.setdefault("message", random_id("msg")), "role": "assistant",
+        items.append({"type": "message", "id": ids.setdefault("message", _item_id("msg")), "role": "assistant",
                       "status": "completed", "content": [{"type": "output_text", "text": message["content"],
-                                                          "annotations": [], "logprobs": []}]})
+                                                          "annotations": [], "logprobs": logprobs or []}]})
     for call in message.get("tool_calls") or []:
-        items.append({"type": "function_call", "id": ids.setdefault(call["id"], random_id("fc")),
+        items.append({"type": "function_call", "id": ids.setdefault(call["id"], _item_id("fc")),
                       "call_id": call["id"], "name": call["function"]["name"],
                       "arguments": call["function"]["arguments"], "status": "completed"})
     return items
@@ -251,7 +346,7 @@ class ResponseEvents:
         if key in self.output_index:
             return []
         self.output_index[key] = len(self.output_index)
-        item = {**item, "id": self.item_ids.setdefault(key, random_id(item["id"])), "status": "in_progress"}
+        item = {**item, "id": self.item_ids.setdefault(key, _item_id(item["id"])), "status": "in_progress"}
         out = [self.emit("response.output_item.added", output_index=self.output_index[key], item=item)]
         if key == "message":
             out.append(self.emit("response.content_part.added", item_id=item["id"], output_index=self.output_index[key],
@@ -261,7 +356,7 @@ class ResponseEvents:
     def _where(self, key: str) -> dict[str, Any]:
         return {"item_id": self.item_ids[key], "output_index": self.output_index[key]}
 
-    def on_delta(self, delta: dict[str, Any]) -> list[str]:
+    def on_delta(self, delta: dict[str, Any], logprobs: list[dict[str, Any]] | None = None) -> list[str]:
         out: list[str] = []
         if delta.get("reasoning_content"):
             out += self._open("reasoning", {"type": "reasoning", "id": "rs", "summary": []})
@@ -270,7 +365,7 @@ class ResponseEvents:
         if delta.get("content"):
             out += self._open("message", {"type": "message", "id": "msg", "role": "assistant", "content": []})
             out.append(self.emit("response.output_text.delta", **self._where("message"), content_index=0,
-                                 delta=delta["content"], logprobs=[]))
+                                 delta=delta["content"], logprobs=logprobs or []))
         for entry in delta.get("tool_calls", []):
             if "id" in entry:
                 key = self.call_keys.setdefault(entry["index"], entry["id"])
