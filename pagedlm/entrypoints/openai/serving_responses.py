@@ -55,13 +55,12 @@ class ResponsesRequest(OpenAIBaseModel):
     include: list[Literal[
         "code_interpreter_call.outputs", "computer_call_output.output.image_url", "file_search_call.results",
         "message.input_image.image_url", "message.output_text.logprobs", "reasoning.encrypted_content",
-    ]] | None = None  # as vLLM: only message.output_text.logprobs changes anything
+    ]] | None = None  # as vLLM: the others name outputs this server never makes (no built-in tools,
+    # images or encrypted reasoning), so they add nothing; message.output_text.logprobs adds logprobs
     top_logprobs: int | None = Field(None, ge=0, le=20)
     reasoning: dict[str, Any] | None = None  # effort / enabled -> the template's enable_thinking
     truncation: Literal["auto", "disabled"] | None = "disabled"
-    service_tier: str | None = None  # accepted, ignored (as vLLM)
-    prompt_cache_key: str | None = None  # accepted, ignored (as vLLM)
-    max_tool_calls: int | None = None  # accepted, ignored: no built-in tools here
+    service_tier: Literal["auto", "default"] | None = None  # one tier here; flex/scale/priority are refused
     # vLLM extras, as on chat
     seed: int | None = None
     top_k: int | None = None
