@@ -195,3 +195,179 @@ def log_no_effect(obj: Any) -> None:
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+# vLLM's EngineArgs / LLM keyword arguments that pagedlm has no option for. A vLLM script may
+# pass them (often at their defaults): the default, or a value that means the same here, is
+# accepted and changes nothing; any other value is refused in one line naming the option
+# (not a TypeError "unexpected keyword"). Names that are simply not vLLM's stay a TypeError.
+_MM = "multimodal input (pagedlm serves text-only models)"
+_EPLB = "expert-parallel load balancing (MoE experts are split by tensor parallelism instead)"
+_DP = "multi-node / externally load-balanced data parallelism (data_parallel_size runs local engine cores)"
+_PA = "prompt adapters (removed from vLLM too)"
+_POOL = "tokenizer pools (removed from vLLM too; tokenization runs in the API process)"
+_MAMBA = "Mamba (state-space) models"
+VLLM_ONLY_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
+    # name: (values that change nothing, what a different value would need)
+    "additional_config": ((None, {}), "platform plugins' additional_config"),
+    "aggregate_engine_logging": ((False,), "per-engine-core stats logging"),
+    "all2all_backend": ((None,), "expert-parallel all-to-all backends"),
+    "allowed_local_media_path": ((None, ""), _MM),
+    "allowed_media_domains": ((None, []), _MM),
+    "code_revision": ((None,), "a separate Hub revision for the model code"),
+    "collect_detailed_traces": ((None, []), "OpenTelemetry tracing"),
+    "config_format": (("auto", "hf"), "model configs other than Hugging Face's config.json"),
+    "data_parallel_address": ((None,), _DP),
+    "data_parallel_backend": (("mp",), "data-parallel backends other than local processes"),
+    "data_parallel_hybrid_lb": ((False,), _DP),
+    "data_parallel_rank": ((None,), _DP),
+    "data_parallel_rpc_port": ((None,), _DP),
+    "data_parallel_size_local": ((None,), _DP),
+    "data_parallel_start_rank": ((None,), _DP),
+    "dbo_decode_token_threshold": ((32,), "dual-batch overlap"),
+    "dbo_prefill_token_threshold": ((512,), "dual-batch overlap"),
+    "decode_context_parallel_size": ((1,), "decode context parallelism"),
+    "default_mm_loras": ((None, {}), _MM),
+    "disable_chunked_mm_input": ((False,), _MM),
+    "disable_hybrid_kv_cache_manager": ((False,), "choosing the KV cache manager"),
+    "disable_mm_preprocessor_cache": ((False,), _MM),
+    "disable_nccl_for_dp_synchronization": ((False,), "choosing how data-parallel ranks synchronise"),
+    "enable_dbo": ((False,), "dual-batch overlap"),
+    "enable_eplb": ((False,), _EPLB),
+    "enable_lora_bias": ((False,), "LoRA adapters with bias terms"),
+    "enable_mm_embeds": ((False,), _MM),
+    "enable_multimodal_encoder_data_parallel": ((False,), _MM),
+    "enable_prompt_adapter": ((False,), _PA),
+    "enable_prompt_embeds": ((False,), "prompts given as embeddings (prompt_embeds)"),
+    "eplb_config": ((None, {}), _EPLB),
+    "eplb_log_balancedness": ((False,), _EPLB),
+    "eplb_step_interval": ((3000,), _EPLB),
+    "eplb_window_size": ((1000,), _EPLB),
+    "expert_placement_strategy": (("linear",), _EPLB),
+    "external_parameters": ((None, {}), "external scheduler parameters"),
+    "fully_sharded_loras": ((False,), "fully sharded LoRA layers"),
+    "guided_decoding_disable_additional_properties": ((None, False), "engine-wide structured-output settings "
+                                                      "(set disable_additional_properties per request)"),
+    "guided_decoding_disable_any_whitespace": ((None, False), "engine-wide structured-output settings "
+                                               "(set disable_any_whitespace per request)"),
+    "guided_decoding_disable_fallback": ((None, False), "structured-output backend fallback (xgrammar is the "
+                                         "only backend)"),
+    "hf_config_path": ((None,), "a model config read from another path"),
+    "ignore_patterns": ((None, [], "original/**/*", ["original/**/*"]), "choosing which weight files to ignore"),
+    "interleave_mm_strings": ((False,), _MM),
+    "io_processor_plugin": ((None,), "IO processor plugins"),
+    "kv_events_config": ((None,), "KV cache event publishing"),
+    "kv_sharing_fast_prefill": ((False,), "cross-layer KV sharing"),
+    "kv_transfer_config": ((None,), "KV cache transfer (disaggregated prefill)"),
+    "limit_mm_per_prompt": ((None, {}), _MM),
+    "logits_processor_pattern": ((None,), "custom logits processors"),
+    "logits_processors": ((None, []), "custom logits processors"),
+    "long_lora_scaling_factors": ((None,), "long-context LoRA"),
+    "lora_dtype": ((None, "auto"), "a LoRA dtype other than the model's"),
+    "lora_extra_vocab_size": ((0, 256), "LoRA adapters with extra vocabulary"),
+    "mamba_block_size": ((None,), _MAMBA),
+    "mamba_cache_dtype": (("auto",), _MAMBA),
+    "mamba_ssm_cache_dtype": (("auto",), _MAMBA),
+    "max_prompt_adapter_token": ((0,), _PA),
+    "max_prompt_adapters": ((1,), _PA),
+    "media_io_kwargs": ((None, {}), _MM),
+    "mm_encoder_attn_backend": ((None,), _MM),
+    "mm_encoder_tp_mode": (("weights",), _MM),
+    "mm_processor_cache_gb": ((4, 4.0), _MM),
+    "mm_processor_cache_type": ((None, "lru"), _MM),
+    "mm_processor_kwargs": ((None, {}), _MM),
+    "mm_shm_cache_max_object_size_mb": ((128,), _MM),
+    "model_loader_extra_config": ((None, {}), "model loader plugins' extra config"),
+    "num_lookahead_slots": ((0,), "lookahead slots (speculative decoding sizes them itself: speculative_config)"),
+    "num_redundant_experts": ((0,), _EPLB),
+    "num_scheduler_steps": ((1,), "multi-step scheduling (removed from vLLM too)"),
+    "num_speculative_tokens": ((None,), "speculation set by this old vLLM name (use speculative_config)"),
+    "otlp_traces_endpoint": ((None,), "OpenTelemetry tracing"),
+    "override_attention_dtype": ((None,), "an attention dtype other than the model's"),
+    "override_neuron_config": ((None, {}), "AWS Neuron devices"),
+    "preemption_mode": ((None, "recompute"), "preemption by swapping (pagedlm preempts by recompute)"),
+    "prefix_caching_hash_algo": (("sha256",), "prefix-cache hash algorithms other than sha256"),
+    "pt_load_map_location": (("cpu",), "a map_location for .bin weights"),
+    "qlora_adapter_name_or_path": ((None,), "QLoRA adapters"),
+    "ray_workers_use_nsight": ((False,), "Nsight profiling of Ray workers"),
+    "safetensors_load_strategy": (("lazy",), "safetensors load strategies"),
+    "scheduler_cls": ((None, "vllm.core.scheduler.Scheduler", "vllm.v1.core.sched.scheduler.Scheduler"),
+                      "custom scheduler classes"),
+    "scheduler_delay_factor": ((0, 0.0), "a scheduler delay (vLLM V0's scheduler)"),
+    "show_hidden_metrics_for_version": ((None,), "hidden deprecated metrics"),
+    "skip_mm_profiling": ((False,), _MM),
+    "speculative_model": ((None,), "speculation set by this old vLLM name (use speculative_config)"),
+    "tokenizer_pool_extra_config": ((None, {}), _POOL),
+    "tokenizer_pool_size": ((0,), _POOL),
+    "tokenizer_pool_type": (("ray",), _POOL),
+    "video_pruning_rate": ((None, 0, 0.0), _MM),
+    "worker_cls": (("auto",), "custom worker classes"),
+    "worker_extension_cls": ((None, ""), "worker extension classes"),
+}
+
+# vLLM keyword arguments that change nothing in pagedlm whatever their value (vLLM's own no-ops
+# among them): accepted with a one-line notice.
+VLLM_NO_EFFECT: dict[str, str] = {
+    "use_v2_block_manager": "pagedlm has one block manager (vLLM itself ignores it)",
+    "disable_async_output_proc": "pagedlm has no separate async output processing (vLLM V1 ignores it too)",
+    "multi_step_stream_outputs": "pagedlm has no multi-step scheduling (vLLM V1 ignores it too)",
+}
+
+# vLLM's other names for pagedlm options.
+VLLM_RENAMED: dict[str, str] = {
+    "override_pooler_config": "pooler_config",
+}
+# vLLM's top-level names for keys of a pagedlm option that is a dict: merged into it.
+VLLM_MERGED: dict[str, str] = {
+    "rope_scaling": "hf_overrides",
+    "rope_theta": "hf_overrides",
+    "cudagraph_capture_sizes": "compilation_config",
+    "max_cudagraph_capture_size": "compilation_config",
+}
+
+
+def translate_vllm_kwargs(kwargs: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """vLLM's keyword arguments as pagedlm options: renamed ones renamed, rope_scaling / rope_theta
+    into hf_overrides and the CUDA-graph sizes into compilation_config (as vLLM does),
+    vLLM-only ones at a no-op value dropped, at any other value refused with a ConfigError.
+    Names neither pagedlm's nor vLLM's are left for the caller's TypeError."""
+    if not any(k in VLLM_ONLY_OPTIONS or k in VLLM_NO_EFFECT or k in VLLM_RENAMED or k in VLLM_MERGED
+               for k in kwargs):
+        return kwargs
+    out = {k: v for k, v in kwargs.items() if k in known}
+    for name, value in kwargs.items():
+        if name in known:
+            continue
+        if name in VLLM_RENAMED:
+            target = VLLM_RENAMED[name]
+            if value is None:
+                continue
+            if out.get(target) is not None and out[target] != value:
+                raise ConfigError(f"{name}={value!r} and {target}={out[target]!r} disagree: they are the same "
+                                  f"option ({name} is vLLM's name for {target}); give one of them")
+            out[target] = value
+        elif name in VLLM_MERGED:
+            if value is None or value == {}:  # vLLM's defaults
+                continue
+            out[VLLM_MERGED[name]] = _merge_into(out.get(VLLM_MERGED[name]), name, value, VLLM_MERGED[name])
+        elif name in VLLM_NO_EFFECT:
+            logger.warning("%s has no effect: %s.", name, VLLM_NO_EFFECT[name])
+        elif name in VLLM_ONLY_OPTIONS:
+            no_op, feature = VLLM_ONLY_OPTIONS[name]
+            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+                raise ConfigError(f"{name}={value!r}: {feature} is not supported by pagedlm; remove the option "
+                                  f"(a vLLM option pagedlm accepts only at its default, {no_op[0]!r}).")
+        else:
+            out[name] = value  # the caller's TypeError names it
+    return out
+
+
+def _merge_into(target: dict[str, Any] | None, key: str, value: Any, target_name: str) -> dict[str, Any]:
+    if target is not None and not isinstance(target, dict):
+        raise ConfigError(f"{key}={value!r} cannot be merged into {target_name}={target!r} (not a dict); "
+                          f"give it as {target_name}={{{key!r}: ...}} instead")
+    target = dict(target or {})
+    if key in target and target[key] != value:
+        raise ConfigError(f"{key}={value!r} and {target_name}[{key!r}]={target[key]!r} disagree; give one of them")
+    target[key] = value
+    return target

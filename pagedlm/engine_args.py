@@ -7,6 +7,7 @@ it); pagedlm.arg_utils turns the fields into flags and refuses what is not built
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from pagedlm.arg_utils import (
     log_no_effect,
     opt,
     refuse_unsupported,
+    translate_vllm_kwargs,
 )
 from pagedlm.attention.kv_cache_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
 from pagedlm.compilation import compilation_notices, resolve_cuda_graph_sizes
@@ -71,6 +73,20 @@ def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, asy
     verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
 
 
+def _takes_vllm_kwargs(cls: type) -> type:
+    """EngineArgs(**kwargs) takes vLLM's names too (arg_utils.translate_vllm_kwargs): renamed ones,
+    and vLLM-only ones at their defaults; other values of those are refused by name."""
+    init, known = cls.__init__, set(cls.__dataclass_fields__)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **translate_vllm_kwargs(kwargs, known))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_takes_vllm_kwargs
 @dataclass
 class EngineArgs:
     model: str = opt(None, "checkpoint directory, .gguf file or Hugging Face Hub id (or give it as the positional "
@@ -450,6 +466,7 @@ class EngineArgs:
         )
 
 
+@_takes_vllm_kwargs
 @dataclass
 class ServerEngineArgs(EngineArgs):
     """The engine arguments of `pagedlm serve`: the same options, vLLM's server defaults."""

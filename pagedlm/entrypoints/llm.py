@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from pagedlm.arg_utils import translate_vllm_kwargs
 from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
 from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
@@ -42,6 +43,7 @@ class LLM:
             from pagedlm.models.default_model import default_model
 
             model, _ = default_model()
+        kwargs = translate_vllm_kwargs(kwargs, set(EngineArgs.__dataclass_fields__))  # vLLM's names
         unknown = sorted(set(kwargs) - set(EngineArgs.__dataclass_fields__))
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword arguments: {unknown}")

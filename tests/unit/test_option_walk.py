@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from pagedlm.arg_utils import NO_EFFECT, NOT_YET_SUPPORTED
+from pagedlm.arg_utils import NO_EFFECT, NOT_YET_SUPPORTED, VLLM_MERGED, VLLM_NO_EFFECT, VLLM_ONLY_OPTIONS, VLLM_RENAMED
 from pagedlm.config import ConfigError, EngineConfig
 from pagedlm.engine_args import EngineArgs
 from pagedlm.entrypoints.cli import make_serve_parser, parse_serve_args
@@ -479,6 +479,65 @@ def test_llm_kwargs_refuse_unbuilt_features_by_name(ckpt: Path) -> None:
         LLM(str(ckpt), cpu_offload_gb=2, device="cpu")
     with pytest.raises(TypeError, match="no_such_kwarg"):
         LLM(str(ckpt), no_such_kwarg=1)
+    # vLLM's names for features pagedlm lacks: refused by name, not a TypeError.
+    with pytest.raises(ConfigError, match="num_scheduler_steps=8: multi-step scheduling"):
+        LLM(str(ckpt), num_scheduler_steps=8, device="cpu")
+
+
+# vLLM's EngineArgs / LLM keyword arguments pagedlm has no option for (arg_utils.VLLM_ONLY_OPTIONS,
+# VLLM_NO_EFFECT, VLLM_RENAMED): none of them is a TypeError "unexpected keyword argument".
+def test_vllm_only_names_are_not_pagedlm_options() -> None:
+    fields = set(EngineArgs.__dataclass_fields__)
+    tables = (set(VLLM_ONLY_OPTIONS), set(VLLM_NO_EFFECT), set(VLLM_RENAMED), set(VLLM_MERGED))
+    assert all(not (t & fields) for t in tables)
+    assert sum(map(len, tables)) == len(set().union(*tables))
+    assert set(VLLM_RENAMED.values()) | set(VLLM_MERGED.values()) <= fields
+
+
+def _other_value(default: Any) -> Any:
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 7
+    if isinstance(default, str):
+        return default + "-other"
+    return {"x": 1}
+
+
+@pytest.mark.parametrize("name", sorted(VLLM_ONLY_OPTIONS))
+def test_vllm_only_option_default_accepted_other_refused(name: str) -> None:
+    no_op, _ = VLLM_ONLY_OPTIONS[name]
+    for value in no_op:
+        args = EngineArgs(model="/m", **{name: value})
+        assert not hasattr(args, name)
+    with pytest.raises(ConfigError, match=f"^{name}=") as info:
+        EngineArgs(model="/m", **{name: _other_value(no_op[0])})
+    assert "\n" not in str(info.value) and "not supported by pagedlm" in str(info.value)
+
+
+def test_vllm_no_effect_names_log_one_notice(pagedlm_warnings: list[str]) -> None:
+    for name in VLLM_NO_EFFECT:
+        EngineArgs(model="/m", **{name: True})
+    assert [w.split(" ", 1)[0] for w in pagedlm_warnings] == list(VLLM_NO_EFFECT)
+
+
+def test_vllm_renamed_and_merged_kwargs_reach_pagedlms_options(ckpt: Path) -> None:
+    args = EngineArgs(model=str(ckpt), device="cpu", max_cudagraph_capture_size=8, rope_theta=12345.0,
+                      rope_scaling=None, override_pooler_config=None)
+    assert args.compilation_config == {"max_cudagraph_capture_size": 8}
+    config = args.create_engine_config()
+    assert config.device_config.cuda_graph_sizes == (1, 2, 4, 8)
+    assert config.model_config.hf_config.rope_theta == 12345.0
+    sizes = EngineArgs(model=str(ckpt), device="cpu", cudagraph_capture_sizes=[3]).create_engine_config()
+    assert sizes.device_config.cuda_graph_sizes == (3,)
+    assert EngineArgs(model="/m", override_pooler_config={"pooling_type": "MEAN"}).pooler_config == {
+        "pooling_type": "MEAN"}
+    with pytest.raises(ConfigError, match="disagree"):
+        EngineArgs(model="/m", override_pooler_config={"pooling_type": "CLS"}, pooler_config={"pooling_type": "MEAN"})
+    with pytest.raises(ConfigError, match="disagree"):
+        EngineArgs(model="/m", rope_theta=1.0, hf_overrides={"rope_theta": 2.0})
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        EngineArgs(model="/m", max_cudagraph_capture_size=8, compilation_config=3)
 
 
 def test_broken_checkpoint_chat_template_is_a_start_up_error(ckpt: Path, tmp_path: Path) -> None:
