@@ -15,6 +15,23 @@ MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces it
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 
+# vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
+VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "extra_args": ((None, {}), "it is read by custom sampling code (logits processors, plugins), which "
+                   "pagedlm does not load"),
+    "stream_interval": ((None, 1), "outputs stream after every token"),
+    "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
+    "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
+    "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
+    "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
+    "skip_reading_prefix_cache": ((None,), "a per-request prefix-cache switch"),
+    "thinking_token_budget": ((None,), "a thinking-token budget"),
+    "repetition_detection": ((None,), "repetition detection"),
+    "routed_experts_prompt_start": ((0,), "returning MoE routing data"),
+    "trace_decode_token_ids": ((None,), "forced decode tokens"),
+}
+
+
 class RequestOutputKind(enum.IntEnum):
     """What each RequestOutput of a running request carries (vLLM's names)."""
 
@@ -160,6 +177,21 @@ class SamplingParams:
     structured_outputs: StructuredOutputsParams | None = None
     truncate_prompt_tokens: int | None = None  # keep only the last k prompt tokens (-1: up to max_model_len)
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # vLLM's: the caller promises these params serve one request only, so clone() is the object itself.
+    skip_clone: bool = False
+    # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
+    # by name (VLLM_ONLY_FIELDS), never ignored.
+    extra_args: dict[str, Any] | None = field(default=None, repr=False)
+    stream_interval: int | None = field(default=None, repr=False)
+    flat_logprobs: bool = field(default=False, repr=False)
+    logprob_token_ids: list[int] | None = field(default=None, repr=False)
+    prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)
+    prompt_logprob_start: int | None = field(default=None, repr=False)
+    skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
+    thinking_token_budget: int | None = field(default=None, repr=False)
+    repetition_detection: Any = field(default=None, repr=False)
+    routed_experts_prompt_start: int = field(default=0, repr=False)
+    trace_decode_token_ids: list[int] | None = field(default=None, repr=False)
     # Filled in by the engine's input processor, not by users.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     bad_words_token_ids: list[list[int]] | None = field(default=None, repr=False)
@@ -167,6 +199,11 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.seed == -1 and not isinstance(self.seed, bool):
             self.seed = None  # as vLLM and OpenAI: -1 asks for a random seed
+        if self.thinking_token_budget == -1 and not isinstance(self.thinking_token_budget, bool):
+            self.thinking_token_budget = None  # vLLM's "unlimited"
+        for name in ("logprobs", "prompt_logprobs"):  # as vLLM's: True is 1 (and False 0)
+            if isinstance(getattr(self, name), bool):
+                setattr(self, name, int(getattr(self, name)))
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):
@@ -253,6 +290,14 @@ class SamplingParams:
         if self.bad_words is not None and any(not isinstance(w, str) or w == "" for w in self.bad_words):
             raise bad("bad_words", "must be a list of non-empty strings")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        if self.stream_interval is not None and (not isinstance(self.stream_interval, int) or self.stream_interval < 1):
+            raise bad("stream_interval", "must be at least 1")
+        if not isinstance(self.skip_clone, bool):
+            raise bad("skip_clone", "must be true or false")
+        for name, (no_op, why) in VLLM_ONLY_FIELDS.items():
+            value = getattr(self, name)
+            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+                raise ValueError(f"{name} is not supported by pagedlm ({why}), got {value!r}.")
 
     @property
     def sampling_type_greedy(self) -> bool:
@@ -275,6 +320,12 @@ class SamplingParams:
         """A copy that shares nothing mutable with this one (what ``copy.deepcopy`` gives, in a
         tenth of its time: scalar fields are shared, containers deep-copied; the offline LLM
         clones every request's parameters, a thousand at a time)."""
+        if self.skip_clone:  # vLLM's: the caller vouches these params are this request's own
+            return self
+        return self.copy()
+
+    def copy(self) -> "SamplingParams":
+        """clone() whatever skip_clone says (for a request's own variants, such as its n choices)."""
         new = object.__new__(type(self))
         new.__dict__.update({name: _copy_field(value) for name, value in vars(self).items()})
         return new

@@ -296,7 +296,7 @@ def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:
         return [request]
     children = []
     for i in range(params.n):
-        child_params = params.clone()
+        child_params = params.copy()  # each choice its own, even with skip_clone
         child_params.n = 1
         if params.seed is not None:
             seed = params.seed + i

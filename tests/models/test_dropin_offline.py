@@ -13,7 +13,7 @@ import pytest
 from pagedlm import LLM, SamplingParams
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import CompletionOutput
-from pagedlm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from pagedlm.sampling_params import VLLM_ONLY_FIELDS, RequestOutputKind, StructuredOutputsParams
 
 PROMPT = "Hello world, this is"
 
@@ -106,8 +106,10 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     and len(g(logit_bias={g.tok.eos_token_id: 100}).token_ids) == 1,
     "max_tokens": lambda g: len(g(max_tokens=3).token_ids) == 3,
     "min_tokens": lambda g: len(g(logit_bias={g.tok.eos_token_id: 100}, min_tokens=4).token_ids) == 5,
-    "logprobs": lambda g: g.base.logprobs is None and len(g(logprobs=2).logprobs) == 12,
-    "prompt_logprobs": lambda g: g.all(prompt_logprobs=1).prompt_logprobs is not None,
+    "logprobs": lambda g: g.base.logprobs is None and len(g(logprobs=2).logprobs) == 12
+    and g(logprobs=True).logprobs == g(logprobs=1).logprobs,  # True is 1, as vLLM's
+    "prompt_logprobs": lambda g: g.all(prompt_logprobs=1).prompt_logprobs is not None
+    and g.all(prompt_logprobs=True).prompt_logprobs == g.all(prompt_logprobs=1).prompt_logprobs,
     "detokenize": lambda g: g(detokenize=False).text == "" and g.base.text != "",
     "skip_special_tokens": lambda g: "<|begin_of_text|>" in g(allowed_token_ids=[g.tok.bos_token_id], max_tokens=3,
                                                               skip_special_tokens=False).text,
@@ -124,6 +126,19 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     and g.all(truncate_prompt_tokens=2).prompt_token_ids == g.all().prompt_token_ids[-2:]
     and g(truncate_prompt_tokens=2).token_ids != g.base.token_ids
     and _refused(lambda: g(truncate_prompt_tokens=0), "truncate_prompt_tokens"),
+    # vLLM's: clone() is the params themselves, and the outputs are as without it (n choices still
+    # get their own seeds).
+    "skip_clone": lambda g: (lambda sp: sp.clone() is sp)(SamplingParams(skip_clone=True))
+    and [o.token_ids for o in g.all(n=2, temperature=1.0, seed=1, skip_clone=True).outputs]
+    == [o.token_ids for o in g.all(n=2, temperature=1.0, seed=1).outputs],
+    # vLLM's fields for features pagedlm lacks: the default changes nothing, another value is refused.
+    **{name: (lambda g, name=name, value=value: g(**{name: VLLM_ONLY_FIELDS[name][0][0]}).token_ids
+              == g.base.token_ids and _refused(lambda: SamplingParams(**{name: value}), name))
+       for name, value in (("extra_args", {"k": 1}), ("stream_interval", 4), ("flat_logprobs", True),
+                           ("logprob_token_ids", [1]), ("prompt_logprob_token_ids", [1]),
+                           ("prompt_logprob_start", 2), ("skip_reading_prefix_cache", True),
+                           ("thinking_token_budget", 64), ("repetition_detection", {"max_pattern_size": 2}),
+                           ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},
     # Filled in by the engine, not user settings (repr=False).
     "all_stop_token_ids": None,
     "bad_words_token_ids": None,
@@ -132,6 +147,7 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
 
 def test_every_sampling_field_has_an_entry() -> None:
     assert {f.name for f in dataclasses.fields(SamplingParams)} == set(SAMPLING_FIELDS)
+    assert set(VLLM_ONLY_FIELDS) <= set(SAMPLING_FIELDS)
 
 
 @pytest.fixture(scope="module")
