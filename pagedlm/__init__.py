@@ -1,10 +1,10 @@
 """pagedlm: a high-throughput LLM inference and serving engine (a vLLM drop-in)."""
 
 from pagedlm.logger import configure_logging
-from pagedlm.version import __version__
+from pagedlm.version import __version__, __version_tuple__
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 from pagedlm.beam_search import BeamSearchParams
-from pagedlm.inputs import TextPrompt, TokensPrompt
+from pagedlm.inputs import PromptType, TextPrompt, TokensPrompt
 from pagedlm.outputs import (
     CompletionOutput,
     EmbeddingOutput,
@@ -17,7 +17,7 @@ from pagedlm.outputs import (
     ScoringRequestOutput,
 )
 from pagedlm.pooling_params import PoolingParams
-from pagedlm.engine_args import EngineArgs
+from pagedlm.engine_args import AsyncEngineArgs, EngineArgs
 
 configure_logging()
 
@@ -28,6 +28,7 @@ __all__ = [
     "BeamSearchParams",
     "TextPrompt",
     "TokensPrompt",
+    "PromptType",
     "StructuredOutputsParams",
     "RequestOutput",
     "CompletionOutput",
@@ -40,8 +41,20 @@ __all__ = [
     "ScoringOutput",
     "ScoringRequestOutput",
     "EngineArgs",
+    "AsyncEngineArgs",
+    "LLMEngine",
+    "AsyncLLMEngine",
     "__version__",
+    "__version_tuple__",
 ]
+
+# Names `from vllm import ...` offers for features pagedlm lacks: importing one says so.
+_NOT_IN_PAGEDLM = {
+    "ClassificationOutput": "classification models (LLM.classify) are not supported by pagedlm",
+    "ClassificationRequestOutput": "classification models (LLM.classify) are not supported by pagedlm",
+    "ModelRegistry": "registering out-of-tree models is not supported by pagedlm",
+    "initialize_ray_cluster": "pagedlm starts Ray itself with --distributed-executor-backend ray",
+}
 
 
 def __getattr__(name: str):
@@ -55,4 +68,10 @@ def __getattr__(name: str):
         from pagedlm.engine.llm_engine import LLMEngine
 
         return LLMEngine
+    if name == "AsyncLLMEngine":  # vLLM's name for its async engine (AsyncLLM)
+        from pagedlm.engine.async_llm import AsyncLLM
+
+        return AsyncLLM
+    if name in _NOT_IN_PAGEDLM:
+        raise ImportError(f"pagedlm has no {name}: {_NOT_IN_PAGEDLM[name]}.", name=name)
     raise AttributeError(f"module 'pagedlm' has no attribute {name!r}")

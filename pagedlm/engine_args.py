@@ -474,6 +474,16 @@ class ServerEngineArgs(EngineArgs):
     usage_context: ClassVar[str] = "server"
 
 
+@_takes_vllm_kwargs
+@dataclass
+class AsyncEngineArgs(EngineArgs):
+    """vLLM's AsyncEngineArgs (for AsyncLLMEngine.from_engine_args): EngineArgs and its two
+    request-log switches, which have no effect here (a notice, as `serve`'s flags)."""
+
+    enable_log_requests: bool = False
+    disable_log_requests: bool = False
+
+
 def _one_of(a: Any, b: Any, name_a: str, name_b: str) -> Any:
     """A setting given two ways: either one, or both when they agree; two different values are refused."""
     if a and b and a != b:

@@ -221,6 +221,7 @@ class AsyncLLM:
         """Validate (on the tokenizer thread) and queue a request. Raises InvalidRequestError
         (a ValueError) on bad input and EngineDeadError when the engine has failed."""
         self._check_alive()
+        self.start()  # vLLM's AsyncLLMEngine starts its output loop on the first request too
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         arrival = arrival_time if arrival_time is not None else time.time()

@@ -331,3 +331,24 @@ def test_request_the_core_never_got_is_forgotten(checkpoint: Path) -> None:
         engine.client.add_requests = forward
         assert engine.num_unfinished_requests == 0
         assert client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2}).status_code == 200
+
+
+def test_vllm_style_async_engine_script(checkpoint: Path) -> None:
+    """vLLM's async offline script, the import swapped: AsyncLLMEngine.from_engine_args(AsyncEngineArgs)
+    and generate(prompt, params, request_id) with no start() call first."""
+    import asyncio
+
+    from pagedlm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+
+    async def main():
+        engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+            model=str(checkpoint), max_model_len=MAX_MODEL_LEN, num_gpu_blocks_override=64, device="cpu"))
+        try:
+            outputs = [out async for out in engine.generate("Hello", SamplingParams(max_tokens=4, temperature=0),
+                                                             "req-0")]
+        finally:
+            engine.shutdown()
+        return outputs
+
+    outputs = asyncio.run(asyncio.wait_for(main(), 120))
+    assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) == 4

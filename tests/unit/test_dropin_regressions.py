@@ -106,3 +106,27 @@ def test_vllm_logging_environment_variables():
     assert run(VLLM_LOGGING_LEVEL="debug") == [str(logging.DEBUG), "1"]
     assert run(VLLM_LOGGING_LEVEL="DEBUG", PAGEDLM_LOGGING_LEVEL="WARNING") == [str(logging.WARNING), "1"]
     assert run(VLLM_CONFIGURE_LOGGING="0") == [str(logging.NOTSET), "0"]
+
+
+def test_vllms_top_level_names_import_from_pagedlm() -> None:
+    """What `from vllm import ...` offers a script: importable from pagedlm, or an ImportError
+    that says why (never a bare "cannot import name")."""
+    import pagedlm
+    from pagedlm import (  # noqa: F401
+        LLM, AsyncEngineArgs, AsyncLLMEngine, CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, EngineArgs,
+        LLMEngine, PoolingOutput, PoolingParams, PoolingRequestOutput, PromptType, RequestOutput, SamplingParams,
+        ScoringOutput, ScoringRequestOutput, TextPrompt, TokensPrompt, __version__, __version_tuple__)
+
+    assert all(hasattr(pagedlm, name) for name in pagedlm.__all__)
+    assert issubclass(AsyncEngineArgs, EngineArgs) and AsyncLLMEngine.__name__ == "AsyncLLM"
+    assert __version_tuple__[:2] == tuple(int(p) for p in __version__.split(".")[:2])
+    for name in ("ClassificationOutput", "ClassificationRequestOutput", "ModelRegistry", "initialize_ray_cluster"):
+        with pytest.raises(ImportError, match=f"pagedlm has no {name}: .*not supported|pagedlm starts Ray"):
+            exec(f"from pagedlm import {name}")
+
+
+def test_async_engine_args_log_request_switches_say_they_have_no_effect(pagedlm_warnings: list[str]) -> None:
+    from pagedlm import AsyncEngineArgs
+
+    AsyncEngineArgs(model="/m", enable_log_requests=True).log_notices()
+    assert any("--enable-log-requests has no effect" in w for w in pagedlm_warnings)
