@@ -353,10 +353,7 @@ def translate_vllm_kwargs(kwargs: dict[str, Any], known: set[str]) -> dict[str, 
         elif name in VLLM_NO_EFFECT:
             logger.warning("%s has no effect: %s.", name, VLLM_NO_EFFECT[name])
         elif name in VLLM_ONLY_OPTIONS:
-            no_op, feature = VLLM_ONLY_OPTIONS[name]
-            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
-                raise ConfigError(f"{name}={value!r}: {feature} is not supported by pagedlm; remove the option "
-                                  f"(a vLLM option pagedlm accepts only at its default, {no_op[0]!r}).")
+            check_vllm_only(name, value, VLLM_ONLY_OPTIONS)
         else:
             out[name] = value  # the caller's TypeError names it
     return out
@@ -371,3 +368,113 @@ def _merge_into(target: dict[str, Any] | None, key: str, value: Any, target_name
         raise ConfigError(f"{key}={value!r} and {target_name}[{key!r}]={target[key]!r} disagree; give one of them")
     target[key] = value
     return target
+
+
+def check_vllm_only(name: str, value: Any, table: dict[str, tuple[tuple[Any, ...], str]], shown: str | None = None
+                    ) -> None:
+    """A vLLM-only option at one of its no-op values passes; any other value is refused in one
+    line naming it (``shown``: how to name it, e.g. as a flag; default: the keyword)."""
+    no_op, feature = table[name]
+    if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+        raise ConfigError(f"{shown or name}={value!r}: {feature} is not supported by pagedlm; remove the option "
+                          f"(a vLLM option pagedlm accepts only at its default, {no_op[0]!r}).")
+
+
+# vLLM's `vllm serve` flags (its frontend's, vllm/entrypoints/openai/cli_args.py) that pagedlm
+# serve has no option for: as VLLM_ONLY_OPTIONS, accepted at vLLM's default, any other value
+# refused in one line naming the flag. Not LLM(**kwargs) names: the engine never sees them.
+_SUPERVISOR = "the data-parallel supervisor of multi-port external load balancing"
+VLLM_ONLY_SERVER_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "trust_request_chat_template": ((False,), "chat templates sent in a request (a request's chat_template is "
+                                    "refused; start the server with --chat-template)"),
+    "default_chat_template_kwargs": ((None, {}), "server-wide default chat_template_kwargs (send "
+                                     "chat_template_kwargs in each request)"),
+    "exclude_tools_when_tool_choice_none": ((False,), "leaving the tools out of the prompt when tool_choice is "
+                                            "'none'"),
+    "tool_parser_plugin": (("",), "tool parser plugins (the built-in parsers: --tool-call-parser)"),
+    "tool_server": ((None,), "tool servers for the Responses API (built-in or MCP tools)"),
+    "log_config_file": ((None,), "a logging configuration file"),
+    "enable_per_request_metrics": ((False,), "per-request timing metrics in responses"),
+    "enable_server_load_tracking": ((False,), "server load tracking (the /load endpoint)"),
+    "enable_tokenizer_info_endpoint": ((False,), "the /tokenizer_info endpoint"),
+    "enable_log_deltas": ((True,), "logging request outputs"),
+    "cohere_is_reasoning_model": ((True,), "Cohere's /cohere/v2/chat endpoint"),
+    "cohere_format": (("cmd4",), "Cohere prompt formats (--tokenizer-mode cohere)"),
+    "log_error_stack": ((False,), "logging the stack trace of error responses"),
+    "tokens_only": ((False,), "a tokens-only (Tokens In<>Out) server"),
+    "fingerprint_mode": (("full",), "choosing the system_fingerprint of responses"),
+    "fingerprint_value": ((None,), "a custom system_fingerprint"),
+    "data_parallel_supervisor_port": ((9256,), _SUPERVISOR),
+    "dp_supervisor_probe_interval_s": ((5.0,), _SUPERVISOR),
+    "dp_supervisor_probe_timeout_s": ((5.0,), _SUPERVISOR),
+    "dp_supervisor_probe_failure_threshold": ((3,), _SUPERVISOR),
+    "disable_access_log_for_endpoints": ((None, ""), "leaving chosen endpoints out of the access log "
+                                         "(--disable-uvicorn-access-log turns it off altogether)"),
+    "enable_ssl_refresh": ((False,), "reloading the TLS certificate when its files change"),
+    "ssl_ciphers": ((None,), "choosing the TLS cipher suites"),
+    "middleware": (([], None), "extra ASGI middleware"),
+    "h11_max_incomplete_event_size": ((4194304,), "changing the HTTP parser's limits"),
+    "h11_max_header_count": ((256,), "changing the HTTP parser's limits"),
+    "enable_offline_docs": ((False,), "offline API docs"),
+    "enable_flash_late_interaction": ((True,), "late-interaction (MaxSim) scoring"),
+    "headless": ((False,), "headless mode (multi-node data parallelism)"),
+    "grpc": ((False,), "a gRPC server"),
+}
+
+# The serve flags of vLLM-only names (their dest: VLLM_DEST + name, so no dataclass reads them).
+VLLM_DEST = "vllm_only."
+
+
+def _vllm_value(text: str) -> Any:
+    """A vLLM-only flag's value: JSON where it parses (8, true, {...}), else a size (8g), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return human_readable_int(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
+def add_vllm_only_args(parser: argparse.ArgumentParser) -> None:
+    """One hidden flag per vLLM option pagedlm serve lacks (the tables above), so ``vllm serve``'s
+    command line gets the table's answer instead of argparse's bare "unrecognized arguments"."""
+    names = [*VLLM_ONLY_OPTIONS, *VLLM_NO_EFFECT, *VLLM_RENAMED, *VLLM_MERGED, *VLLM_ONLY_SERVER_OPTIONS]
+    for name in names:
+        flag = flag_name(name)
+        if flag in parser._option_string_actions:
+            continue
+        no_op = (VLLM_ONLY_OPTIONS.get(name) or VLLM_ONLY_SERVER_OPTIONS.get(name) or ((None,), ""))[0]
+        kwargs: dict[str, Any] = {"dest": VLLM_DEST + name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+        if name in VLLM_NO_EFFECT or any(isinstance(v, bool) for v in no_op):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name == "cudagraph_capture_sizes" or any(isinstance(v, list) for v in no_op):
+            kwargs.update(nargs="*", type=_vllm_value)
+        elif name.endswith(("_config", "_kwargs", "_loras")) or name in ("rope_scaling", "limit_mm_per_prompt",
+                                                                        "external_parameters"):
+            kwargs.update(type=json_or_dict, metavar="JSON")
+        else:
+            kwargs["type"] = _vllm_value
+        parser.add_argument(flag, **kwargs)
+
+
+def take_vllm_only_args(values: dict[str, Any], engine_fields: set[str]) -> None:
+    """Pop the vLLM-only flags out of parsed ``values`` (in place): refuse a value that is not a
+    no-op (ConfigError naming the flag), log the no-effect ones, and hand renamed / merged ones
+    to pagedlm's own options (as LLM(**kwargs) does)."""
+    given = {k[len(VLLM_DEST):]: values.pop(k) for k in list(values) if k.startswith(VLLM_DEST)}
+    engine_side: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in VLLM_ONLY_SERVER_OPTIONS:
+            check_vllm_only(name, value, VLLM_ONLY_SERVER_OPTIONS, flag_name(name))
+        elif name in VLLM_ONLY_OPTIONS:
+            check_vllm_only(name, value, VLLM_ONLY_OPTIONS, flag_name(name))
+        elif name in VLLM_NO_EFFECT:
+            if value:
+                logger.warning("%s has no effect: %s.", flag_name(name), VLLM_NO_EFFECT[name])
+        else:
+            engine_side[name] = value
+    if engine_side:
+        known = {k: values[k] for k in engine_fields if k in values}
+        values.update(translate_vllm_kwargs({**known, **engine_side}, engine_fields))

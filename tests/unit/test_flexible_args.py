@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pagedlm.arg_utils import VLLM_DEST
 from pagedlm.engine_args import EngineArgs
 from pagedlm.entrypoints.cli import make_parser, make_serve_parser, parse_serve_args
 from pagedlm.flexible_args import is_json_action
@@ -70,11 +71,20 @@ def test_an_optimization_level_is_left_to_argparse() -> None:
 
 
 @pytest.mark.parametrize("flag", sorted({a.option_strings[0] for a in make_serve_parser()._actions
-                                         if is_json_action(a)}))
+                                         if is_json_action(a) and not a.dest.startswith(VLLM_DEST)}))
 def test_every_json_option_takes_dotted_keys(flag: str) -> None:
     dest = next(a.dest for a in make_serve_parser()._actions if flag in a.option_strings)
     assert _serve(f"{flag}.some_key.inner", "7", f"{flag}.other=x")[dest] == {"some_key": {"inner": 7}, "other": "x"}
     assert _serve(f"--{flag[2:].replace('-', '_')}.k", "1")[dest] == {"k": 1}
+
+
+@pytest.mark.parametrize("argv,value", [(["--enable-chunked-prefill=false"], False),
+                                        (["--enable-chunked-prefill", "False"], False),
+                                        (["--enable_chunked_prefill=True"], True),
+                                        (["--enable-chunked-prefill"], True), (["--no-enable-chunked-prefill"], False)])
+def test_bool_flags_take_vllms_true_false_values(argv: list[str], value: bool) -> None:
+    # vLLM's StoreBoolean flags took a value (--enable-chunked-prefill=false); BooleanOptionalAction refuses one.
+    assert _serve(*argv)["enable_chunked_prefill"] is value
 
 
 def test_json_options_are_the_dict_fields() -> None:

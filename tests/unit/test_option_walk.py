@@ -9,6 +9,7 @@ test_every_option_has_an_entry, so nothing can be added and silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Any, Callable
 
 import pytest
 
-from pagedlm.arg_utils import NO_EFFECT, NOT_YET_SUPPORTED, VLLM_MERGED, VLLM_NO_EFFECT, VLLM_ONLY_OPTIONS, VLLM_RENAMED
+from pagedlm.arg_utils import (
+    NO_EFFECT,
+    NOT_YET_SUPPORTED,
+    VLLM_DEST,
+    VLLM_MERGED,
+    VLLM_NO_EFFECT,
+    VLLM_ONLY_OPTIONS,
+    VLLM_ONLY_SERVER_OPTIONS,
+    VLLM_RENAMED,
+)
 from pagedlm.config import ConfigError, EngineConfig
 from pagedlm.engine_args import EngineArgs
 from pagedlm.entrypoints.cli import make_serve_parser, parse_serve_args
@@ -246,10 +256,11 @@ def test_every_option_has_an_entry() -> None:
 
 def test_every_cli_flag_is_an_option() -> None:
     parser = make_serve_parser()
-    dests = {a.dest for a in parser._actions} - {"help", "config", "model_tag"}
+    dests = {a.dest for a in parser._actions if not a.dest.startswith(VLLM_DEST)} - {"help", "config", "model_tag"}
     assert dests == set(ENGINE_OPTIONS) | set(SERVER_OPTIONS)
     for action in parser._actions:
-        assert action.dest in ("help",) or action.help, f"{action.dest} has no help line"
+        assert action.dest in ("help",) or action.dest.startswith(VLLM_DEST) or action.help, \
+            f"{action.dest} has no help line"
 
 
 def _argv(name: str, value: Any) -> list[str]:
@@ -513,6 +524,63 @@ def test_vllm_only_option_default_accepted_other_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}=") as info:
         EngineArgs(model="/m", **{name: _other_value(no_op[0])})
     assert "\n" not in str(info.value) and "not supported by pagedlm" in str(info.value)
+
+
+def _cli_args(name: str, value: Any) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, list):
+        return [flag, *map(str, value)]
+    return [f"{flag}={json.dumps(value) if isinstance(value, dict) else value}"]
+
+
+# The same tables on `pagedlm serve`'s command line: a vLLM flag for a feature pagedlm lacks is
+# accepted at vLLM's default and refused by name otherwise, never argparse's "unrecognized arguments".
+@pytest.mark.parametrize("name", sorted({*VLLM_ONLY_OPTIONS, *VLLM_ONLY_SERVER_OPTIONS} - {"override_pooler_config"}))
+def test_vllm_only_flag_default_accepted_other_refused(name: str, capsys: pytest.CaptureFixture) -> None:
+    no_op, feature = VLLM_ONLY_OPTIONS.get(name) or VLLM_ONLY_SERVER_OPTIONS[name]
+    for value in no_op:
+        if value is None:
+            continue
+        ns = parse_serve_args(["/m", *_cli_args(name, value)])
+        assert not any(k.startswith(VLLM_DEST) or k == name for k in vars(ns)), name
+    other = (True if any(isinstance(v, bool) for v in no_op) and True not in no_op else
+             ["x.y"] if isinstance(no_op[0], list) else _other_value(no_op[0]))
+    with pytest.raises(SystemExit) as info:
+        parse_serve_args(["/m", *_cli_args(name, other)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--{name.replace('_', '-')}=" in err and feature in err and "not supported by pagedlm" in err
+
+
+def test_vllm_only_server_names_are_not_llm_kwargs_nor_serve_options() -> None:
+    assert not set(VLLM_ONLY_SERVER_OPTIONS) & (set(SERVER_OPTIONS) | set(ENGINE_OPTIONS) | set(VLLM_ONLY_OPTIONS))
+    with pytest.raises(TypeError, match="enable_server_load_tracking"):
+        EngineArgs(model="/m", enable_server_load_tracking=True)
+
+
+def test_vllm_renamed_merged_and_no_effect_flags(pagedlm_warnings: list[str]) -> None:
+    ns = parse_serve_args(["/m", "--max-cudagraph-capture-size", "8", "--rope-theta", "1e6", "--use-v2-block-manager",
+                           "--rope-scaling", '{"rope_type": "linear", "factor": 2.0}'])
+    assert ns.compilation_config == {"max_cudagraph_capture_size": 8}
+    assert ns.hf_overrides == {"rope_theta": 1e6, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    assert pagedlm_warnings == ["--use-v2-block-manager has no effect: " + VLLM_NO_EFFECT["use_v2_block_manager"] + "."]
+    assert parse_serve_args(["/m", "--cudagraph-capture-sizes", "1", "2", "4"]).compilation_config == {
+        "cudagraph_capture_sizes": [1, 2, 4]}
+    with pytest.raises(SystemExit):
+        parse_serve_args(["/m", "--max-cudagraph-capture-size", "8", "--compilation-config",
+                          '{"max_cudagraph_capture_size": 16}'])
+
+
+def test_vllm_only_flags_in_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text("num-scheduler-steps: 1\nenable-server-load-tracking: false\n")
+    assert parse_serve_args(["/m", "--config", str(config)]).model == "/m"
+    config.write_text("kv-transfer-config:\n  kv_connector: X\n")
+    with pytest.raises(SystemExit):
+        parse_serve_args(["/m", "--config", str(config)])
+    assert "--kv-transfer-config=" in capsys.readouterr().err
 
 
 def test_vllm_no_effect_names_log_one_notice(pagedlm_warnings: list[str]) -> None:
