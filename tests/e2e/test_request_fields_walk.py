@@ -183,7 +183,20 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         "vllm_xargs": _unsupported(call, "vllm_xargs", {"k": 1}),
         "kv_transfer_params": _unsupported(call, "kv_transfer_params", {"do_remote_decode": True}),
         "mm_processor_kwargs": _unsupported(call, "mm_processor_kwargs", {"size": 1}),
+        # vLLM's newer fields: vLLM's default is accepted (the answer unchanged), another value refused.
+        **{name: _refused_unless_default(call, greedy, name, value, default) for name, value, default in (
+            ("ec_transfer_params", {"a": 1}, None), ("watermarking", True, False),
+            ("truncation_side", "right", "left"), ("logprob_token_ids", [1], None), ("session_id", "s", None),
+            ("return_token_ids", True, False), ("routed_experts_prompt_start", 2, 0),
+            ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
+            ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1),
+            ("stream_interval", 4, 1))},
     }
+
+
+def _refused_unless_default(call: Callable[..., httpx.Response], greedy: Callable[..., str], name: str, value: Any,
+                            default: Any) -> Callable[[], bool]:
+    return lambda: refused(call(**{name: value}), f"{name} is not supported") and greedy(**{name: default}) == greedy()
 
 
 def _with_logprobs(call: Callable[..., httpx.Response], **patch: Any) -> httpx.Response:
@@ -214,6 +227,7 @@ def completion_fields(api: Api) -> dict[str, Callable[[], bool]]:
         and c().json()["choices"][0]["logprobs"] is None,
         # The demo tokenizer adds no special tokens; one that does is used there.
         "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
+        "prompt_embeds": _unsupported(c, "prompt_embeds", "AAAA"),
     }
 
 
@@ -244,6 +258,11 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "documents": lambda: _shown_by("tests/e2e/test_structured_server.py", "test_documents_reach_the_chat_template"),
         "include_reasoning": lambda: _shown_by("tests/e2e/test_structured_server.py",
                                                "test_include_reasoning_false_drops_the_reasoning"),
+        "reasoning_effort": lambda: _shown_by("tests/unit/test_request_fields.py",
+                                              "test_reasoning_effort_reaches_the_chat_template")
+        and refused(c(reasoning_effort="extreme"), "reasoning_effort"),
+        "media_io_kwargs": _unsupported(c, "media_io_kwargs", {"image": {}}),
+        "return_prompt_text": _unsupported(c, "return_prompt_text", True),
     }
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from pagedlm.beam_search import BeamSearchParams
-from pagedlm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
+from pagedlm.entrypoints.openai.protocol import _UNSUPPORTED, ChatCompletionRequest, CompletionRequest
 from pagedlm.entrypoints.openai.serving_beam import BeamSearchStream
 from pagedlm.sampling_params import SamplingParams
 
@@ -28,6 +28,75 @@ def test_unknown_fields_are_logged_not_refused(pagedlm_warnings: list[str]) -> N
 def test_vllm_fields_pagedlm_lacks_are_refused(name: str, value: object) -> None:
     param, message = CompletionRequest(prompt="hi", **{name: value}).unsupported_feature()
     assert param == name and "not supported" in message
+
+
+# vLLM's request fields pagedlm lacks (protocol._UNSUPPORTED): vLLM's default (or a value that
+# means the same here) is accepted, anything else is a 400 naming the field; never dropped.
+_OTHER = {"watermarking": True, "truncation_side": "right", "logprob_token_ids": [1], "session_id": "s",
+          "return_token_ids": True, "return_prompt_text": True, "routed_experts_prompt_start": 2,
+          "return_token_offsets": True, "return_mm_kwargs": False, "repetition_detection": {"max_pattern_size": 4},
+          "thinking_token_budget": 8, "stream_interval": 4, "ec_transfer_params": {"a": 1},
+          "media_io_kwargs": {"image": {}}, "prompt_embeds": "AAAA"}
+
+
+@pytest.mark.parametrize("name", sorted(_UNSUPPORTED))
+def test_every_vllm_field_pagedlm_lacks_is_declared_and_refused(name: str) -> None:
+    no_op, why = _UNSUPPORTED[name]
+    models = [m for m in (CompletionRequest, ChatCompletionRequest) if name in m.model_fields]
+    assert models, f"{name} is in no request model"
+    for model in models:
+        base = {"prompt": "hi"} if model is CompletionRequest else {"messages": [{"role": "user", "content": "hi"}]}
+        for value in no_op:
+            assert model(**base, **{name: value}).unsupported_feature() is None, (name, value)
+        other = _OTHER.get(name, {"x": 1})
+        param, message = model(**base, **{name: other}).unsupported_feature()
+        assert param == name and message.startswith(f"{name} is not supported") and why in message
+
+
+def test_vllm_request_fields_are_all_declared() -> None:
+    # vLLM's CompletionRequest / ChatCompletionRequest fields: each one works or is refused (none is
+    # dropped as an unknown field).
+    shared = {"model", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
+              "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user", "use_beam_search", "top_k",
+              "min_p", "repetition_penalty", "watermarking", "length_penalty", "stop_token_ids",
+              "include_stop_str_in_output", "ignore_eos", "min_tokens", "skip_special_tokens",
+              "spaces_between_special_tokens", "truncate_prompt_tokens", "truncation_side", "allowed_token_ids",
+              "prompt_logprobs", "logprob_token_ids", "bad_words", "add_special_tokens", "response_format",
+              "structured_outputs", "priority", "request_id", "session_id", "return_tokens_as_token_ids",
+              "return_token_ids", "routed_experts_prompt_start", "return_token_offsets", "return_mm_kwargs",
+              "cache_salt", "kv_transfer_params", "ec_transfer_params", "vllm_xargs", "repetition_detection",
+              "thinking_token_budget", "stream_interval", "best_of", "logits_processors", "guided_json",
+              "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+              "guided_whitespace_pattern", "structural_tag"}
+    completion = shared | {"prompt", "suffix", "prompt_embeds"}
+    chat = shared | {"messages", "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "reasoning_effort",
+                     "include_reasoning", "parallel_tool_calls", "continue_final_message", "add_generation_prompt",
+                     "documents", "chat_template", "chat_template_kwargs", "media_io_kwargs", "mm_processor_kwargs",
+                     "return_prompt_text"}
+    assert completion <= set(CompletionRequest.model_fields)
+    assert chat <= set(ChatCompletionRequest.model_fields)
+
+
+def test_reasoning_effort_reaches_the_chat_template(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.entrypoints.openai.chat_utils import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_checkpoint(tmp_path / "ckpt"))
+    tokenizer.chat_template = "{{ reasoning_effort }}/{{ enable_thinking }}"
+    messages = [{"role": "user", "content": "hi"}]
+
+    def rendered(**fields: object) -> str:
+        request = ChatCompletionRequest(messages=messages, **fields)
+        return render_chat(tokenizer, request.messages, template_kwargs=request.template_kwargs())[0]
+
+    assert rendered(reasoning_effort="low") == "low/True"
+    assert rendered(reasoning_effort="none") == "none/False"
+    assert rendered(reasoning_effort="high", chat_template_kwargs={"enable_thinking": False}) == "high/False"
+    assert rendered() == "/"
+    with pytest.raises(ValueError, match="reasoning_effort"):
+        ChatCompletionRequest(messages=messages, reasoning_effort="extreme")
 
 
 def test_truncate_prompt_tokens_reaches_sampling_params() -> None:

@@ -11,7 +11,7 @@ request from costing unbounded work.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -94,13 +94,26 @@ class SamplingFields(OpenAIBaseModel):
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
-    # vLLM fields pagedlm does not implement: refused when set (see unsupported_feature).
+    # vLLM fields pagedlm does not implement: refused when set to anything but vLLM's default (or
+    # a value that means the same here); see unsupported_feature and _UNSUPPORTED.
     logits_processors: Any = None
     guided_whitespace_pattern: Any = None
     structural_tag: Any = None
     vllm_xargs: Any = None
     kv_transfer_params: Any = None
     mm_processor_kwargs: Any = None
+    ec_transfer_params: Any = None
+    watermarking: Any = None
+    truncation_side: Any = None
+    logprob_token_ids: Any = None
+    session_id: Any = None
+    return_token_ids: Any = None
+    routed_experts_prompt_start: Any = 0
+    return_token_offsets: Any = False
+    return_mm_kwargs: Any = True
+    repetition_detection: Any = None
+    thinking_token_budget: Any = None
+    stream_interval: Any = None
 
     @field_validator("n", mode="before")
     @classmethod
@@ -147,8 +160,10 @@ class SamplingFields(OpenAIBaseModel):
 
     def unsupported_feature(self) -> tuple[str, str] | None:
         """(param, message) for a vLLM field that is set but that pagedlm does not implement."""
-        for name, why in _UNSUPPORTED.items():
-            if getattr(self, name) is not None:
+        fields = type(self).model_fields
+        for name, (no_op, why) in _UNSUPPORTED.items():
+            value = getattr(self, name, None) if name in fields else None
+            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
                 return name, f"{name} is not supported by pagedlm ({why}); remove it."
         backend = self.guided_decoding_backend
         if backend is not None and backend not in ("auto", "xgrammar"):
@@ -197,13 +212,31 @@ class SamplingFields(OpenAIBaseModel):
         )
 
 
-_UNSUPPORTED = {
-    "logits_processors": "no custom logits processors are loaded",
-    "guided_whitespace_pattern": "xgrammar's JSON whitespace is not configurable per request",
-    "structural_tag": "structural tags are not implemented",
-    "vllm_xargs": "no extension reads extra arguments",
-    "kv_transfer_params": "no disaggregated prefill / KV transfer",
-    "mm_processor_kwargs": "text models only",
+# vLLM request field -> (values that change nothing, why another value is refused). A field
+# of one endpoint only (prompt_embeds, media_io_kwargs, return_prompt_text) is declared there.
+_UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "logits_processors": ((None,), "no custom logits processors are loaded"),
+    "guided_whitespace_pattern": ((None,), "xgrammar's JSON whitespace is not configurable per request"),
+    "structural_tag": ((None,), "structural tags are not implemented"),
+    "vllm_xargs": ((None,), "no extension reads extra arguments"),
+    "kv_transfer_params": ((None,), "no disaggregated prefill / KV transfer"),
+    "mm_processor_kwargs": ((None,), "text models only"),
+    "media_io_kwargs": ((None, {}), "text models only"),
+    "prompt_embeds": ((None,), "prompts given as embeddings are not accepted"),
+    "ec_transfer_params": ((None,), "no encoder-cache transfer"),
+    "watermarking": ((None, False), "no watermarking"),
+    "truncation_side": ((None, "left"), "truncate_prompt_tokens keeps the last tokens (truncation_side 'left')"),
+    "logprob_token_ids": ((None,), "logprobs come as the top-k of each position (logprobs / top_logprobs)"),
+    "session_id": ((None,), "no session identity is kept"),
+    "return_token_ids": ((None, False), "responses carry no token ids (use /tokenize, or logprobs with "
+                                        "return_tokens_as_token_ids)"),
+    "return_prompt_text": ((None, False), "the rendered prompt is not returned (use /tokenize)"),
+    "routed_experts_prompt_start": ((0,), "no routed-expert data is returned"),
+    "return_token_offsets": ((None, False), "vLLM's /render endpoints only"),
+    "return_mm_kwargs": ((True,), "vLLM's /render endpoints only"),
+    "repetition_detection": ((None,), "no repetition detection"),
+    "thinking_token_budget": ((None, -1), "no thinking-token budget"),
+    "stream_interval": ((None, 1), "outputs stream after every token"),
 }
 
 
@@ -215,6 +248,7 @@ class CompletionRequest(SamplingFields):
     # Not -1 here: vLLM's completions protocol refuses a negative logprobs (prompt_logprobs may be -1).
     logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     add_special_tokens: bool = True
+    prompt_embeds: Any = None  # refused (_UNSUPPORTED)
 
     @field_validator("prompt")
     @classmethod
@@ -270,6 +304,11 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     documents: list[dict[str, Any]] | None = None  # RAG documents, handed to the chat template
     include_reasoning: bool = True  # false: no reasoning_content in the answer (--reasoning-parser)
+    # Handed to the chat template as reasoning_effort, with enable_thinking (effort != "none")
+    # unless chat_template_kwargs sets it, as vLLM does.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    media_io_kwargs: Any = None  # refused (_UNSUPPORTED)
+    return_prompt_text: Any = None  # refused (_UNSUPPORTED)
 
     @model_validator(mode="after")
     def _check_chat(self) -> "ChatCompletionRequest":
@@ -279,6 +318,13 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true; "
                              "set add_generation_prompt to false to continue the final message")
         return self
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """chat_template_kwargs, with reasoning_effort (and enable_thinking) where it is set."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        return {"reasoning_effort": self.reasoning_effort, "enable_thinking": self.reasoning_effort != "none",
+                **(self.chat_template_kwargs or {})}
 
     def num_logprobs(self) -> int | None:
         if not self.logprobs:

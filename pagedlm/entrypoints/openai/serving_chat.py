@@ -65,7 +65,7 @@ class OpenAIServingChat(OpenAIServing):
             raise to_openai_error(e) from e
         return await self.engine.run_in_tokenizer(
             render_chat, self.tokenizer, request.messages, request.add_generation_prompt,
-            request.continue_final_message, request.tools, request.chat_template_kwargs, request.add_special_tokens,
+            request.continue_final_message, request.tools, request.template_kwargs(), request.add_special_tokens,
             self.options.chat_template_content_format, request.documents)
 
     @staticmethod
