@@ -311,6 +311,7 @@ VLLM_NO_EFFECT: dict[str, str] = {
     "use_v2_block_manager": "pagedlm has one block manager (vLLM itself ignores it)",
     "disable_async_output_proc": "pagedlm has no separate async output processing (vLLM V1 ignores it too)",
     "multi_step_stream_outputs": "pagedlm has no multi-step scheduling (vLLM V1 ignores it too)",
+    "enable_reasoning": "--reasoning-parser alone turns reasoning parsing on (vLLM dropped enable_reasoning too)",
 }
 
 # vLLM's other names for pagedlm options.
@@ -419,6 +420,7 @@ VLLM_ONLY_SERVER_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
     "enable_flash_late_interaction": ((True,), "late-interaction (MaxSim) scoring"),
     "headless": ((False,), "headless mode (multi-node data parallelism)"),
     "grpc": ((False,), "a gRPC server"),
+    "prompt_adapters": ((None, []), _PA),
 }
 
 # The serve flags of vLLM-only names (their dest: VLLM_DEST + name, so no dataclass reads them).

