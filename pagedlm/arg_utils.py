@@ -427,8 +427,9 @@ VLLM_ONLY_SERVER_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
 VLLM_DEST = "vllm_only."
 
 
-def _vllm_value(text: str) -> Any:
-    """A vLLM-only flag's value: JSON where it parses (8, true, {...}), else a size (8g), else the text."""
+def parse_value(text: str) -> Any:
+    """A command-line value given without a type (a vLLM-only flag's, a JSON option's dotted key):
+    JSON where it parses (8, true, {...}), else a size with a suffix (8g), else the text."""
     try:
         return json.loads(text)
     except ValueError:
@@ -452,12 +453,12 @@ def add_vllm_only_args(parser: argparse.ArgumentParser) -> None:
         if name in VLLM_NO_EFFECT or any(isinstance(v, bool) for v in no_op):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif name == "cudagraph_capture_sizes" or any(isinstance(v, list) for v in no_op):
-            kwargs.update(nargs="*", type=_vllm_value)
+            kwargs.update(nargs="*", type=parse_value)
         elif name.endswith(("_config", "_kwargs", "_loras")) or name in ("rope_scaling", "limit_mm_per_prompt",
                                                                         "external_parameters"):
             kwargs.update(type=json_or_dict, metavar="JSON")
         else:
-            kwargs["type"] = _vllm_value
+            kwargs["type"] = parse_value
         parser.add_argument(flag, **kwargs)
 
 

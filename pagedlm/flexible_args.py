@@ -22,7 +22,7 @@ import json
 import logging
 from typing import Any
 
-from pagedlm.arg_utils import human_readable_int, json_object_or_int, json_or_dict
+from pagedlm.arg_utils import json_object_or_int, json_or_dict, parse_value
 
 logger = logging.getLogger("pagedlm")
 
@@ -37,18 +37,6 @@ JSON_TIP = ("A JSON option also takes its keys one by one: --speculative-config.
 
 def is_json_action(action: argparse.Action) -> bool:
     return action.type in JSON_PARSERS
-
-
-def parse_value(text: str) -> Any:
-    """A dotted key's value: JSON where it parses, else a size with a suffix (8g), else the text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return human_readable_int(text)
-    except argparse.ArgumentTypeError:
-        return text
 
 
 def merge_json(base: dict[str, Any], update: dict[str, Any], extend_lists: bool = False) -> list[str]:
