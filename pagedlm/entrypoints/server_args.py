@@ -14,6 +14,7 @@ from typing import Any
 
 from pagedlm.arg_utils import dataclass_kwargs, log_no_effect, opt, refuse_unsupported
 from pagedlm.config import ConfigError
+from pagedlm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 
 SERVER, FRONTEND, LOGGING = "Server", "Frontend (chat, tools, LoRA)", "Logging and metrics"
 API_KEY_ENV_VARS = ("PAGEDLM_API_KEY", "VLLM_API_KEY")
@@ -63,7 +64,7 @@ class ServerArgs:
                                          '{"name": ..., "path": ..., "base_model_name": ...}; needs --enable-lora',
                                          FRONTEND)
     tool_call_parser: str | None = opt(None, "how tool calls are written in this model's output", FRONTEND,
-                                       choices=["hermes", "llama3_json", "mistral", "pythonic"])
+                                       choices=sorted(TOOL_PARSERS))
     chat_template_content_format: str = opt("auto", "how message content reaches the chat template: string (text "
                                             "parts joined), openai (a list of text parts), auto (openai when the "
                                             "template loops over a message's content)", FRONTEND,

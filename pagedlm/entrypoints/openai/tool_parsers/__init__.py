@@ -11,6 +11,7 @@ from pagedlm.entrypoints.openai.tool_parsers.pythonic import PythonicToolParser
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "llama3_json": Llama3JsonToolParser,
+    "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
     "mistral": MistralToolParser,
     "pythonic": PythonicToolParser,
 }
