@@ -33,7 +33,55 @@ RECORDED = [
      [("get_weather", {"city": "Paris", "days": 3}), ("add", {"a": 1, "b": [2, 3], "c": {"k": "v"}})]),
     ("pythonic", "[ping()]", None, [("ping", {})]),
     ("pythonic", "Hello there", "Hello there", []),
+    # vLLM's own test outputs (tests/entrypoints/openai/tool_parsers, tests/tool_use):
+    # llama3_json: calls after / before text (the text is dropped), "arguments" for "parameters"
+    ("llama3_json", 'Here is the result: {"name": "getOpenIncidentsTool", "parameters": {}} Would you like to know more?',
+     None, [("getOpenIncidentsTool", {})]),
+    ("llama3_json", 'Here are the results: {"name": "searchTool", "parameters": {"query": "test1"}}; '
+                    '{"name": "getOpenIncidentsTool", "parameters": {}}; '
+                    '{"name": "searchTool", "parameters": {"query": "test2"}} Would you like to know more?',
+     None, [("searchTool", {"query": "test1"}), ("getOpenIncidentsTool", {}), ("searchTool", {"query": "test2"})]),
+    ("llama3_json", '{"name": "searchTool", "parameters": {"query": "test1"}} ; '
+                    '{"name": "getOpenIncidentsTool", "parameters": {}} ; {"name": "searchTool", "arguments": {"q": 2}}',
+     None, [("searchTool", {"query": "test1"}), ("getOpenIncidentsTool", {}), ("searchTool", {"q": 2})]),
+    ("llama3_json", '{"name": "invalidTool", "parameters": {invalid json}',
+     '{"name": "invalidTool", "parameters": {invalid json}', []),
+    ("llama3_json", "Use {braces} like this.", "Use {braces} like this.", []),
+    # mistral, tokenizers before v11: spaces around the array and keys, arguments before the name
+    ("mistral", '[TOOL_CALLS]  [ {"name":"add" , "arguments" : {"a": 3, "b": 4} } ]', None, [("add", {"a": 3, "b": 4})]),
+    ("mistral", '[TOOL_CALLS] [{"arguments":{"name": "John Doe"}, "name": "get_age"}]', None,
+     [("get_age", {"name": "John Doe"})]),
+    # mistral, v11+ tokenizers: [TOOL_CALLS]name{args} and [TOOL_CALLS]name[ARGS]{args}
+    ("mistral", '[TOOL_CALLS]add_this_and_that{"a": 3.5, "b": 4}', None, [("add_this_and_that", {"a": 3.5, "b": 4})]),
+    ("mistral", '[TOOL_CALLS]add{"a": 3.5, "b": 4}[TOOL_CALLS]multiply{"a": 3, "b": 6}', None,
+     [("add", {"a": 3.5, "b": 4}), ("multiply", {"a": 3, "b": 6})]),
+    ("mistral", '[TOOL_CALLS]add[ARGS]{"a": 3.5, "b": 4}[TOOL_CALLS]multiply[ARGS]{"a": 3, "b": 6}', None,
+     [("add", {"a": 3.5, "b": 4}), ("multiply", {"a": 3, "b": 6})]),
+    ("mistral", 'hi[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}', "hi", [("add", {"a": 1, "b": 2})]),
+    ("mistral", 'hi{hi[TOOL_CALLS]bash{"command": "print(\\"hello world!\\")\\nre.compile(r\'{}\')"}', "hi{hi",
+     [("bash", {"command": "print(\"hello world!\")\nre.compile(r'{}')"})]),
+    ("mistral", "[TOOL_CALLS]toolname_no_args", None, [("toolname_no_args", {})]),
+    ("mistral", '[TOOL_CALLS]add{"a": 1', '[TOOL_CALLS]add{"a": 1', []),  # cut short: all text
+    # pythonic: Python literals (None, True, quotes, escapes) -> JSON
+    ("pythonic", "[register_user(name='John Doe', age=37, address={'city': 'San Francisco', 'state': 'CA'}, "
+                 "role=None, passed_test=True, aliases=['John', 'Johnny'])]", None,
+     [("register_user", {"name": "John Doe", "age": 37, "address": {"city": "San Francisco", "state": "CA"},
+                         "role": None, "passed_test": True, "aliases": ["John", "Johnny"]})]),
+    ("pythonic", r"[get_weather(city='Martha\'s Vineyard', metric='\"cool units\"')]", None,
+     [("get_weather", {"city": "Martha's Vineyard", "metric": '"cool units"'})]),
+    ("pythonic", "[get_weather(), do_something_cool(additional_data={}), do_something_cool(steps=[])]", None,
+     [("get_weather", {}), ("do_something_cool", {"additional_data": {}}), ("do_something_cool", {"steps": []})]),
+    # hermes: a reply without a reasoning parser keeps </think> in the content; text after the call is dropped
+    ("hermes", '首先。\n</think>\n\n<tool_call>\n{"name": "internet_search", "arguments": {"question": "5MW燃气轮机 支点布局"}}'
+               '\n</tool_call>\n\n ', "首先。\n</think>\n\n", [("internet_search", {"question": "5MW燃气轮机 支点布局"})]),
+    ("hermes", '<tool_call>\n{"name": "a", "arguments": {"x": 1}}', None, [("a", {"x": 1})]),  # unclosed, as vLLM
 ]
+
+
+def is_call_id(parser: str, call_id: str) -> bool:
+    if parser == "mistral":  # what Mistral's templates accept back: 9 letters and digits
+        return len(call_id) == 9 and call_id.isalnum()
+    return call_id.startswith("call_")
 
 
 def shaper(parser: str, reasoning: str | None = None, prompt: str = "") -> ChoiceShaper:
@@ -47,6 +95,7 @@ def test_parser_whole_output(parser: str, text: str, content: str | None, calls:
     got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
     assert got == calls
     assert len({c["id"] for c in message["tool_calls"]}) == len(calls)
+    assert all(is_call_id(parser, c["id"]) for c in message["tool_calls"])
     expected_reason = "tool_calls" if calls else "stop"
     assert shaper(parser).finish_reason("stop", text) == expected_reason
 
@@ -71,13 +120,18 @@ def test_parser_streamed_fragments_concatenate(parser: str, text: str, content: 
         streamed_content += delta.get("content", "")
         for entry in delta.get("tool_calls", []):
             if entry["index"] not in streamed:
-                assert entry["id"].startswith("call_") and entry["function"]["name"]  # name first
+                assert is_call_id(parser, entry["id"]) and entry["function"]["name"]  # name first
                 streamed[entry["index"]] = {"name": entry["function"]["name"], "arguments": ""}
             else:
                 assert "name" not in entry["function"]
             streamed[entry["index"]]["arguments"] += entry["function"]["arguments"]
     assert [(c["name"], json.loads(c["arguments"])) for c in streamed.values()] == calls
-    assert streamed_content == (content or "")
+    if parser == "llama3_json" and text[0] not in "{<":
+        # Calls after text (found at the end, as vLLM's): the text before them was streamed
+        # as content by then; the message, as vLLM's, drops it.
+        assert streamed_content == text[:text.index('{"name"')] and content is None
+    else:
+        assert streamed_content == (content or "")
     whole = s.message(text)  # same ids and argument text as the stream
     assert [(c["id"] is not None, c["function"]["arguments"]) for c in whole["tool_calls"]] == [
         (True, c["arguments"]) for c in streamed.values()]
@@ -131,6 +185,30 @@ def test_unknown_parsers_are_refused() -> None:
         ServingOptions(True, None).check()
     with pytest.raises(ValueError, match="unknown reasoning parser"):
         ServingOptions(reasoning_parser="nope").check()
+    with pytest.raises(ValueError, match=r"choose one of \[.*'hermes'.*'llama3_json'.*'mistral'"):
+        ServingOptions(True, "qwen3_coder").check()
+    ServingOptions(True, "llama4_json").check()  # vLLM's other name of llama3_json
+
+
+def test_mistral_call_ids_are_nine_alphanumerics_whatever_the_tool_choice() -> None:
+    # Mistral's chat templates refuse other ids when the calls come back in the history.
+    options = ServingOptions(True, "mistral")
+    plans = [ToolPlan("auto"), ToolPlan("required"), ToolPlan("named", "f")]
+    texts = ['[TOOL_CALLS]f{"a": 1}', '[{"name": "f", "parameters": {"a": 1}}]', '{"a": 1}']
+    for plan, text in zip(plans, texts):
+        calls = ChoiceShaper(plan, options, "").message(text)["tool_calls"]
+        assert [c["function"]["name"] for c in calls] == ["f"]
+        assert len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum()
+    other = ChoiceShaper(ToolPlan("required"), ServingOptions(True, "hermes"), "")
+    assert other.message(texts[1])["tool_calls"][0]["id"].startswith("call_")
+
+
+def test_mistral_v11_name_is_sent_whole_once_its_arguments_start() -> None:
+    s = shaper("mistral")
+    assert s.delta("[TOOL_CALLS]get_wea", False) == {}
+    assert s.delta("[TOOL_CALLS]get_weather[AR", False) == {}
+    first = s.delta('[TOOL_CALLS]get_weather[ARGS]{"ci', False)["tool_calls"][0]
+    assert first["function"] == {"name": "get_weather", "arguments": '{"ci'}
 
 
 @pytest.mark.parametrize("arguments,expected", [('{"city": "Oslo"}', {"city": "Oslo"}), ("", {}), (None, {}),

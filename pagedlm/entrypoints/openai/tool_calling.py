@@ -14,7 +14,6 @@ so streamed fragments concatenate to the non-streamed message.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +152,7 @@ class _NamedParser(_Base):
 
 
 def tool_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+    return _Base.new_call_id()
 
 
 @dataclass
@@ -177,6 +176,10 @@ class ChoiceShaper:
         if options.reasoning_parser is not None:
             self.reasoning = get_reasoning_parser(options.reasoning_parser)(prompt_text)
         self.tools: ToolParser | None = None
+        # Ids in the shape the model's chat template accepts back (Mistral's: 9 alphanumerics),
+        # whichever way the calls were produced.
+        self._new_id = (get_tool_parser(options.tool_call_parser).new_call_id
+                        if options.tool_call_parser is not None else tool_call_id)
         if plan.mode == "auto":
             self.tools = get_tool_parser(options.tool_call_parser)()
         elif plan.mode == "required":
@@ -218,7 +221,7 @@ class ChoiceShaper:
 
     def _id(self, index: int) -> str:
         while len(self._sent.ids) <= index:
-            self._sent.ids.append(tool_call_id())
+            self._sent.ids.append(self._new_id())
         return self._sent.ids[index]
 
     def finish_reason(self, reason: str | None, text: str) -> str | None:

@@ -10,6 +10,8 @@ JSON; if the output does not hold valid calls, it is all content (as vLLM does).
 
 from __future__ import annotations
 
+import uuid
+
 from pagedlm.entrypoints.openai.reasoning.base import partial_suffix
 from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, is_valid_json
 
@@ -19,6 +21,11 @@ class ToolParser:
     # in some tokenizers ([TOOL_CALLS] in Mistral's, <tool_call> in some Hermes ones), which
     # skip_special_tokens would drop before the parser sees them (vLLM's adjust_request).
     keep_special_tokens = False
+
+    @staticmethod
+    def new_call_id() -> str:
+        """A tool call's id (OpenAI's ``call_...``; some chat templates want another shape)."""
+        return f"call_{uuid.uuid4().hex[:24]}"
 
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
         raise NotImplementedError
