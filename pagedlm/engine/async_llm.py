@@ -310,6 +310,7 @@ class AsyncLLM:
             if start:
                 await asyncio.sleep(0)  # let the loop serve sockets between chunks
             processed = self.output_processor.process_outputs(outputs[start:start + OUTPUT_CHUNK_SIZE])
+            processed.iteration_stats.engine_index = batch.engine_index
             for output in processed.request_outputs:
                 self._deliver(output)
             if processed.stopped_child_ids:

@@ -82,6 +82,7 @@ class ParentState:
     is_pooling: bool = False
     pooling_output: Any = None  # the engine's pooled floats, once the request finished
     lora_request: LoRARequest | None = None  # its adapter (RequestOutput.lora_request, as vLLM's)
+    max_tokens: int | None = None  # SamplingParams.max_tokens, for the metrics
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -105,6 +106,7 @@ class FinishedRequestStats:
     prefill_time: float | None  # first scheduled -> first token
     decode_time: float | None  # first token -> last token
     mean_time_per_output_token: float | None
+    max_tokens_param: int | None = None  # the request's max_tokens (vLLM's request_params_max_tokens)
 
 
 @dataclass
@@ -112,9 +114,16 @@ class IterationStats:
     """What one batch of core outputs changed, for the metrics (computed once, here)."""
 
     num_generation_tokens: int = 0
+    # Prompt tokens of the sequences that got their first token in this batch (vLLM counts the
+    # prompt once per sequence, when its prefill is done).
+    num_prompt_tokens: int = 0
+    engine_index: int = 0  # the engine core whose outputs these are (the metrics' "engine" label)
     time_to_first_tokens: list[float] = field(default_factory=list)
     inter_token_latencies: list[float] = field(default_factory=list)
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
+    # Once per request whose sequences all finished: its n and the most tokens one of them generated.
+    n_params: list[int] = field(default_factory=list)
+    max_num_generation_tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +165,7 @@ class OutputProcessor:
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
             is_pooling=first.pooling_params is not None,
             lora_request=LoRARequest.from_wire(first.lora_request),
+            max_tokens=getattr(params, "max_tokens", None) if first.pooling_params is None else None,
         )
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:
@@ -197,6 +207,8 @@ class OutputProcessor:
         if out.pooling_output is not None:
             parent.pooling_output = out.pooling_output
         if out.new_token_ids:
+            if child.timing.first_token_time is None:
+                stats.num_prompt_tokens += len(parent.prompt_token_ids)
             _record_token_times(child.timing, now, stats)
             _record_token_times(parent.metrics, now, None)  # the RequestOutput's own times
             stats.num_generation_tokens += len(out.new_token_ids)
@@ -211,11 +223,11 @@ class OutputProcessor:
         stop_str = child.detokenizer.update(out.new_token_ids, stop_terminated)
         if stop_str is not None:
             parent.finish_child(child, "stop", stop_str)
-            stats.finished_requests.append(_finished_stats(parent, child, now))
+            _observe_finished(parent, child, now, stats)
             return not out.finished
         if out.finished:
             parent.finish_child(child, out.finish_reason, out.stop_reason)
-            stats.finished_requests.append(_finished_stats(parent, child, now))
+            _observe_finished(parent, child, now, stats)
         return False
 
     def _to_dicts(self, lists: LogprobsLists, child: ChildState) -> list[dict[int, Logprob]]:
@@ -283,6 +295,13 @@ def _record_token_times(metrics: RequestMetrics, now: float, stats: IterationSta
     metrics.last_token_time = now
 
 
+def _observe_finished(parent: ParentState, child: ChildState, now: float, stats: IterationStats) -> None:
+    stats.finished_requests.append(_finished_stats(parent, child, now))
+    if parent.finished and not parent.is_pooling:
+        stats.n_params.append(len(parent.children))
+        stats.max_num_generation_tokens.append(max(c.num_generated for c in parent.children.values()))
+
+
 def _finished_stats(parent: ParentState, child: ChildState, now: float) -> FinishedRequestStats:
     """One finished sequence (each of an n > 1 request's counts, as in vLLM)."""
     m = child.timing
@@ -300,6 +319,7 @@ def _finished_stats(parent: ParentState, child: ChildState, now: float) -> Finis
         prefill_time=first - scheduled if first is not None and scheduled is not None else None,
         decode_time=last - first if first is not None and last is not None else None,
         mean_time_per_output_token=tpot,
+        max_tokens_param=parent.max_tokens,
     )
 
 

@@ -76,26 +76,31 @@ class SpecDecodingPrometheus:
         from prometheus_client import Counter
 
         def counter(name: str, doc: str, extra: list[str] | None = None) -> Any:
-            return Counter(prefix + name, doc, ["model_name"] + (extra or []), registry=registry)
+            return Counter(prefix + name, doc, ["model_name", "engine"] + (extra or []), registry=registry)
 
+        # vLLM's labels: model_name and engine (the engine core's index).
         self.model_name = model_name
-        self.num_drafts = counter("spec_decode_num_drafts", "Draft sequences verified.").labels(model_name)
-        self.num_draft_tokens = counter("spec_decode_num_draft_tokens", "Draft tokens verified.").labels(model_name)
-        self.num_accepted = counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.").labels(model_name)
-        self.per_pos = counter("spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens by position.",
+        self.num_drafts = counter("spec_decode_num_drafts", "Number of spec decoding drafts.")
+        self.num_draft_tokens = counter("spec_decode_num_draft_tokens", "Number of draft tokens.")
+        self.num_accepted = counter("spec_decode_num_accepted_tokens", "Number of accepted tokens.")
+        self.per_pos = counter("spec_decode_num_accepted_tokens_per_pos", "Accepted tokens per draft position.",
                                ["position"])
+        for family in (self.num_drafts, self.num_draft_tokens, self.num_accepted):
+            family.labels(model_name, "0")  # read 0, not absent
         self._last: dict[int, dict[str, Any]] = {}
 
     def record(self, engine_index: int, snapshot: dict[str, Any]) -> None:
         last = self._last.get(engine_index)
+        engine = str(engine_index)
         for counter, key in ((self.num_drafts, "num_drafts"), (self.num_draft_tokens, "num_draft_tokens"),
                              (self.num_accepted, "num_accepted_tokens")):
             delta = snapshot[key] - (last[key] if last else 0)
+            child = counter.labels(self.model_name, engine)
             if delta > 0:
-                counter.inc(delta)
+                child.inc(delta)
         for pos, now in enumerate(snapshot["accepted_per_pos"]):
             delta = now - (last["accepted_per_pos"][pos] if last else 0)
-            child = self.per_pos.labels(self.model_name, str(pos))  # created at 0 on the first report
+            child = self.per_pos.labels(self.model_name, engine, str(pos))  # created at 0 on the first report
             if delta > 0:
                 child.inc(delta)
         self._last[engine_index] = snapshot

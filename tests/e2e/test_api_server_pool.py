@@ -147,12 +147,12 @@ def test_metrics_sum_over_both_processes(pool: Server) -> None:
                           json={"model": MODEL_NAME, "prompt": f"metrics {i}", "max_tokens": 5, "ignore_eos": True})
         assert resp.status_code == 200
     after = scrape()
-    success = 'pagedlm:request_success_total{finished_reason="length",model_name="tiny"}'
+    success = 'pagedlm:request_success_total{engine="0",finished_reason="length",model_name="tiny"}'
     assert after[success] - before.get(success, 0.0) == 6
-    generated = 'pagedlm:generation_tokens_total{model_name="tiny"}'
+    generated = 'pagedlm:generation_tokens_total{engine="0",model_name="tiny"}'
     assert after[generated] - before.get(generated, 0.0) == 30
     # the engine's gauges come from one process, not summed over two
-    assert after['pagedlm:num_requests_running{model_name="tiny"}'] == 0
+    assert after['pagedlm:num_requests_running{engine="0",model_name="tiny"}'] == 0
     assert after['pagedlm:cache_config_info'] == 1
 
 

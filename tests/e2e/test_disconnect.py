@@ -75,8 +75,8 @@ def test_disconnects_free_everything(server, http: httpx.Client) -> None:
     assert values["pagedlm:num_requests_running"] == 0
     assert values["pagedlm:num_requests_waiting"] == 0
     assert values["pagedlm:kv_cache_usage_perc"] == 0
-    aborted = values['pagedlm:request_success_total{finished_reason="abort",model_name="tiny"}']
-    assert aborted - before['pagedlm:request_success_total{finished_reason="abort",model_name="tiny"}'] == \
+    aborted = values['pagedlm:request_success_total{engine="0",finished_reason="abort",model_name="tiny"}']
+    assert aborted - before['pagedlm:request_success_total{engine="0",finished_reason="abort",model_name="tiny"}'] == \
         NUM_STREAMS + sum(left_early)
     resp = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "still there?", "max_tokens": 4})
     assert resp.status_code == 200 and resp.json()["choices"][0]["finish_reason"] in ("length", "stop")

@@ -235,13 +235,13 @@ def test_metrics(http, client) -> None:
                  "request_queue_time_seconds"):
         assert values[f"pagedlm:{name}_count"] > 0, name
     assert values["pagedlm:generation_tokens_total"] >= 3
-    assert values['pagedlm:request_success_total{finished_reason="length",model_name="tiny"}'] >= 1
+    assert values['pagedlm:request_success_total{engine="0",finished_reason="length",model_name="tiny"}'] >= 1
 
 
 def test_metrics_count_each_sequence_of_an_n_request(http, client) -> None:
     """As vLLM (a request state per sequence): n = 3 finishes three requests, with three
     TTFTs, e2e latencies and generation-token counts of 4 each."""
-    success = 'pagedlm:request_success_total{finished_reason="length",model_name="tiny"}'
+    success = 'pagedlm:request_success_total{engine="0",finished_reason="length",model_name="tiny"}'
     names = (success, "pagedlm:time_to_first_token_seconds_count", "pagedlm:e2e_request_latency_seconds_count",
              "pagedlm:request_generation_tokens_count", "pagedlm:request_generation_tokens_sum",
              "pagedlm:inter_token_latency_seconds_count")

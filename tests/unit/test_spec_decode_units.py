@@ -99,7 +99,7 @@ def test_counters_log_line_and_prometheus():
     prom.record_engine_stats(0, SchedulerStats(num_steps_total=1, spec_decoding=snap))
     prom.record_engine_stats(0, SchedulerStats(num_steps_total=2, spec_decoding=stats.snapshot()))
     text = prom.render().decode()
-    assert 'pagedlm:spec_decode_num_drafts_total{model_name="m"} 4.0' in text
-    assert 'pagedlm:spec_decode_num_draft_tokens_total{model_name="m"} 11.0' in text
-    assert 'pagedlm:spec_decode_num_accepted_tokens_total{model_name="m"} 7.0' in text
-    assert 'pagedlm:spec_decode_num_accepted_tokens_per_pos_total{model_name="m",position="2"} 1.0' in text
+    assert 'pagedlm:spec_decode_num_drafts_total{engine="0",model_name="m"} 4.0' in text
+    assert 'pagedlm:spec_decode_num_draft_tokens_total{engine="0",model_name="m"} 11.0' in text
+    assert 'pagedlm:spec_decode_num_accepted_tokens_total{engine="0",model_name="m"} 7.0' in text
+    assert 'pagedlm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="2"} 1.0' in text
