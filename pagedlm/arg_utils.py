@@ -371,12 +371,17 @@ def _merge_into(target: dict[str, Any] | None, key: str, value: Any, target_name
     return target
 
 
+def is_no_op(value: Any, no_op: tuple[Any, ...]) -> bool:
+    """Whether a vLLM-only option's value is one of the values that change nothing (True is not 1)."""
+    return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op)
+
+
 def check_vllm_only(name: str, value: Any, table: dict[str, tuple[tuple[Any, ...], str]], shown: str | None = None
                     ) -> None:
     """A vLLM-only option at one of its no-op values passes; any other value is refused in one
     line naming it (``shown``: how to name it, e.g. as a flag; default: the keyword)."""
     no_op, feature = table[name]
-    if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+    if not is_no_op(value, no_op):
         raise ConfigError(f"{shown or name}={value!r}: {feature} is not supported by pagedlm; remove the option "
                           f"(a vLLM option pagedlm accepts only at its default, {no_op[0]!r}).")
 

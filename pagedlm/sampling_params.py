@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedlm.arg_utils import is_no_op
+
 SAMPLING_EPS = 1e-5  # a temperature below it is greedy (every sampling path reads this one)
 MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
@@ -290,13 +292,17 @@ class SamplingParams:
         if self.bad_words is not None and any(not isinstance(w, str) or w == "" for w in self.bad_words):
             raise bad("bad_words", "must be a list of non-empty strings")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        self._verify_vllm_fields(bad)
+
+    def _verify_vllm_fields(self, bad) -> None:
+        """vLLM's fields pagedlm takes only at values that change nothing here (VLLM_ONLY_FIELDS)."""
         if self.stream_interval is not None and (not isinstance(self.stream_interval, int) or self.stream_interval < 1):
             raise bad("stream_interval", "must be at least 1")
         if not isinstance(self.skip_clone, bool):
             raise bad("skip_clone", "must be true or false")
         for name, (no_op, why) in VLLM_ONLY_FIELDS.items():
             value = getattr(self, name)
-            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+            if not is_no_op(value, no_op):
                 raise ValueError(f"{name} is not supported by pagedlm ({why}), got {value!r}.")
 
     @property

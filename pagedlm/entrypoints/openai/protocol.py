@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pagedlm.arg_utils import is_no_op
 from pagedlm.entrypoints.openai.structured import request_structured_outputs
 from pagedlm.sampling_params import MAX_N, SamplingParams
 
@@ -163,7 +164,7 @@ class SamplingFields(OpenAIBaseModel):
         fields = type(self).model_fields
         for name, (no_op, why) in _UNSUPPORTED.items():
             value = getattr(self, name, None) if name in fields else None
-            if not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+            if not is_no_op(value, no_op):
                 return name, f"{name} is not supported by pagedlm ({why}); remove it."
         backend = self.guided_decoding_backend
         if backend is not None and backend not in ("auto", "xgrammar"):
