@@ -129,7 +129,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, groups: dict[
         if f.name in skip or not f.metadata.get("cli", False):
             continue
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if isinstance(parser, argparse.ArgumentParser):
+            group = groups.get(meta["group"]) or groups.setdefault(meta["group"],
+                                                                   parser.add_argument_group(meta["group"]))
+        else:  # the caller's argument group (vLLM's generate.py does this): argparse deprecates nesting
+            group = parser
         names = ["--" + f.name.replace("_", "-"), *meta["flags"]]
         base = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -1,5 +1,6 @@
 """``LLM.get_metrics()``: the offline engine's Prometheus registry as plain objects, shaped
-like vLLM's ``vllm.v1.metrics.reader`` (Counter / Gauge / Histogram with name and labels)."""
+like vLLM's ``vllm.v1.metrics.reader`` (Counter / Gauge / Histogram / Vector with name and
+labels; ``pagedlm.v1.metrics.reader`` is this module under vLLM's path)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ class Gauge(Metric):
 
 
 @dataclass
+class Vector(Metric):
+    """vLLM's one non-Prometheus shape: the per-position counters of
+    ``spec_decode_num_accepted_tokens_per_pos`` as a list indexed by draft position."""
+
+    values: list[int] = field(default_factory=list)
+
+
+# The counter family read back as a Vector (its ``position`` label becomes the list index).
+PER_POSITION_COUNTER = "spec_decode_num_accepted_tokens_per_pos"
+
+
+@dataclass
 class Histogram(Metric):
     count: float = 0.0
     sum: float = 0.0
@@ -39,6 +52,9 @@ def get_metrics_snapshot(registry: CollectorRegistry, prefix: str) -> list[Metri
             continue
         if family.type == "histogram":
             out.extend(_histograms(family))
+            continue
+        if family.type == "counter" and family.name == prefix + PER_POSITION_COUNTER:
+            out.extend(_vectors(family))
             continue
         for sample in family.samples:
             if sample.name.endswith("_created"):
@@ -60,3 +76,18 @@ def _histograms(family) -> list[Histogram]:
         elif sample.name.endswith("_sum"):
             hist.sum = sample.value
     return list(by_labels.values())
+
+
+def _vectors(family) -> list[Vector]:
+    """One Vector per label set (engine, model) other than ``position``; a position no sample
+    names reads 0, as vLLM's reader does."""
+    by_labels: dict[tuple, dict[int, float]] = {}
+    for sample in family.samples:
+        if not sample.name.endswith("_total"):
+            continue
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "position"))
+        by_labels.setdefault(labels, {})[int(sample.labels["position"])] = sample.value
+    num_positions = 1 + max((pos for counts in by_labels.values() for pos in counts), default=-1)
+    return [Vector(name=family.name, labels=dict(labels),
+                   values=[int(counts.get(pos, 0)) for pos in range(num_positions)])
+            for labels, counts in by_labels.items()]

@@ -107,6 +107,11 @@ class StructuredOutputsParams:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+# vLLM's name for StructuredOutputsParams before it was renamed (vLLM 0.10); scripts written
+# against older vLLM import it. Same class: pass it as SamplingParams(structured_outputs=...).
+GuidedDecodingParams = StructuredOutputsParams
+
+
 @dataclass
 class BeamSearchParams:
     """LLM.beam_search's parameters (here, as in vLLM: ``from pagedlm.sampling_params import

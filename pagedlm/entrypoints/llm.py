@@ -196,6 +196,16 @@ class LLM:
         raise NotImplementedError("LLM.reward needs a reward model, which pagedlm does not serve "
                                   "(supported: generative models, and embedding models through embed / score)")
 
+    def start_profile(self, *args: Any, **kwargs: Any) -> None:
+        """vLLM's torch-profiler hooks (VLLM_TORCH_PROFILER_DIR); pagedlm has no profiler hook."""
+        raise NotImplementedError("LLM.start_profile: pagedlm has no built-in torch profiler (vLLM's "
+                                  "VLLM_TORCH_PROFILER_DIR); wrap the generate call in torch.profiler.profile "
+                                  "yourself (the default uni executor runs the model in this process)")
+
+    def stop_profile(self, *args: Any, **kwargs: Any) -> None:
+        """See start_profile."""
+        raise NotImplementedError("LLM.stop_profile: pagedlm has no built-in torch profiler (see start_profile)")
+
     def encode(
         self,
         prompts: PromptType | Sequence[PromptType],

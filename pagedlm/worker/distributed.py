@@ -16,6 +16,7 @@ kernel replays against the same communicator, so no custom all-reduce is needed.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -84,6 +85,33 @@ def destroy_distributed_environment() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _state = ParallelState()
+
+
+def destroy_model_parallel() -> None:
+    """vLLM's: drop this rank's tensor-parallel group (the world stays until
+    destroy_distributed_environment); afterwards the getters answer as a single rank."""
+    global _state
+    if _state.tp_group is not None and dist.is_initialized():
+        dist.destroy_process_group(_state.tp_group)
+    _state = ParallelState()
+
+
+def cleanup_dist_env_and_memory(shutdown_ray: bool = False) -> None:
+    """vLLM's clean-up between two engines in one script: the parallel groups and the world
+    go, Ray too if asked, then garbage and the CUDA caching allocator's free blocks (only where
+    this process has used CUDA: clean-up never creates a CUDA context)."""
+    destroy_model_parallel()
+    destroy_distributed_environment()
+    if shutdown_ray:
+        try:
+            import ray
+        except ImportError:  # without Ray installed, nothing here started it
+            pass
+        else:
+            ray.shutdown()
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def get_parallel_state() -> ParallelState:
