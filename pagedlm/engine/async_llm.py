@@ -248,11 +248,12 @@ class AsyncLLM:
         self.prompt_tokens_total += request.num_prompt_tokens * len(children)
         return stream
 
-    async def generate(self, prompt: PromptType, params: SamplingParams, request_id: str,
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams, request_id: str,
                        arrival_time: float | None = None, lora_request: Any = None,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
-        """add_request + iterate; aborts the request if the caller stops early."""
-        stream = await self.add_request(request_id, prompt, params, arrival_time, lora_request, priority)
+        """add_request + iterate; aborts the request if the caller stops early. Keyword names
+        as vLLM's (``engine.generate(request_id=..., prompt=..., sampling_params=...)``)."""
+        stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, lora_request, priority)
         try:
             async for output in stream:
                 yield output

@@ -196,3 +196,16 @@ def test_spec_decode_per_position_counter_reads_as_vector() -> None:
     assert per_pos.labels == {"model_name": "m", "engine": "0"}
     drafts = metrics["vllm:spec_decode_num_drafts"]
     assert isinstance(drafts, Counter) and drafts.value == 5
+
+
+def test_async_llm_generate_takes_vllms_keywords() -> None:
+    """async_llm_streaming.py: engine.generate(request_id=..., prompt=..., sampling_params=...).
+    (Starting an engine-core process costs ~15 s on CPU; the call itself is bound here.)"""
+    import inspect
+
+    from pagedlm.v1.engine.async_llm import AsyncLLM as Engine
+
+    bound = inspect.signature(Engine.generate).bind(
+        object(), request_id="stream-example-1", prompt="The key to happiness is",
+        sampling_params=SamplingParams(output_kind=pagedlm.RequestOutputKind.DELTA))
+    assert bound.arguments["sampling_params"].output_kind is pagedlm.RequestOutputKind.DELTA
