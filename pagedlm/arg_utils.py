@@ -449,10 +449,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def add_vllm_only_args(parser: argparse.ArgumentParser) -> None:
+def add_vllm_only_args(parser: argparse.ArgumentParser, server: bool = True) -> None:
     """One hidden flag per vLLM option pagedlm serve lacks (the tables above), so ``vllm serve``'s
-    command line gets the table's answer instead of argparse's bare "unrecognized arguments"."""
-    names = [*VLLM_ONLY_OPTIONS, *VLLM_NO_EFFECT, *VLLM_RENAMED, *VLLM_MERGED, *VLLM_ONLY_SERVER_OPTIONS]
+    command line gets the table's answer instead of argparse's bare "unrecognized arguments".
+    ``server=False``: the engine's only (``run-batch`` has no HTTP server)."""
+    names = [*VLLM_ONLY_OPTIONS, *VLLM_NO_EFFECT, *VLLM_RENAMED, *VLLM_MERGED,
+             *(VLLM_ONLY_SERVER_OPTIONS if server else ())]
     for name in names:
         flag = flag_name(name)
         if flag in parser._option_string_actions:

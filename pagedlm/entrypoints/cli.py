@@ -1,4 +1,4 @@
-"""The ``pagedlm`` command: ``serve [MODEL]`` and ``bench throughput|latency|serve``.
+"""The ``pagedlm`` command: ``serve [MODEL]``, ``run-batch`` and ``bench throughput|latency|serve``.
 
 Heavy modules (torch, the engine) are imported only by the subcommand that needs them, so
 ``pagedlm bench serve`` stays a light HTTP client.
@@ -194,11 +194,13 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = FlexibleArgumentParser(prog="pagedlm", description="pagedlm: LLM inference and serving engine "
                                      "(a vLLM drop-in)")
     parser.add_argument("--version", action="version", version=f"pagedlm {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="{serve,bench}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{serve,run-batch,bench}")
     subparsers.required = True
     # Listed for `pagedlm --help`; `pagedlm serve ...` is parsed by make_serve_parser().
     subparsers.add_parser("serve", help="start the OpenAI-compatible server (see `pagedlm serve --help`)",
                           add_help=False)
+    subparsers.add_parser("run-batch", help="run a JSONL file of OpenAI batch requests (see `pagedlm run-batch "
+                          "--help`)", add_help=False)
     _add_bench_parser(subparsers, argv)
     return parser
 
@@ -208,6 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging()
     if argv[:1] == ["serve"]:
         args = parse_serve_args(argv[1:])
+    elif argv[:1] == ["run-batch"]:  # its own parser: pagedlm/entrypoints/openai/run_batch.py
+        from pagedlm.entrypoints.openai import run_batch
+
+        args = run_batch.parse_args(argv[1:])
+        args.func = run_batch.cli_main
     else:
         args = make_parser(argv).parse_args(argv)
     args.func(args)
