@@ -1,4 +1,5 @@
-"""The ``pagedlm`` command: ``serve [MODEL]``, ``run-batch`` and ``bench throughput|latency|serve``.
+"""The ``pagedlm`` command: ``serve [MODEL]``, ``run-batch``, ``bench throughput|latency|serve``, the
+clients ``chat`` and ``complete`` of a running server, and ``collect-env``.
 
 Heavy modules (torch, the engine) are imported only by the subcommand that needs them, so
 ``pagedlm bench serve`` stays a light HTTP client.
@@ -78,11 +79,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+def parse_serve_args(argv: list[str], prog: str = "pagedlm serve") -> argparse.Namespace:
     """``--config`` flags first, then the command line's (which win); MODEL or --model."""
     from pagedlm.entrypoints.server_args import split_config_flag
 
-    parser = make_serve_parser()
+    parser = make_serve_parser(prog)
     try:
         config_argv, rest = split_config_flag(argv, {o for a in parser._actions for o in a.option_strings})
     except ValueError as e:
@@ -194,7 +195,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = FlexibleArgumentParser(prog="pagedlm", description="pagedlm: LLM inference and serving engine "
                                      "(a vLLM drop-in)")
     parser.add_argument("--version", action="version", version=f"pagedlm {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="{serve,run-batch,bench}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{serve,run-batch,bench,chat,complete,collect-env}")
     subparsers.required = True
     # Listed for `pagedlm --help`; `pagedlm serve ...` is parsed by make_serve_parser().
     subparsers.add_parser("serve", help="start the OpenAI-compatible server (see `pagedlm serve --help`)",
@@ -202,7 +203,33 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     subparsers.add_parser("run-batch", help="run a JSONL file of OpenAI batch requests (see `pagedlm run-batch "
                           "--help`)", add_help=False)
     _add_bench_parser(subparsers, argv)
+    _add_client_and_env_parsers(subparsers)
     return parser
+
+
+def _add_client_and_env_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """``chat`` / ``complete`` (cli_clients.py) and ``collect-env`` (collect_env.py), as in vLLM."""
+    from pagedlm.entrypoints.cli_clients import add_client_parsers
+
+    add_client_parsers(subparsers)
+    env = subparsers.add_parser("collect-env", usage="pagedlm collect-env",
+                                help="print the environment (OS, Python, torch, CUDA, GPUs, packages, variables) "
+                                     "for a bug report")
+    env.set_defaults(func=_cmd_collect_env)
+
+
+def _cmd_collect_env(_: argparse.Namespace) -> None:
+    from pagedlm.entrypoints.collect_env import main
+
+    main()
+
+
+def serve_main(argv: list[str], prog: str = "pagedlm serve") -> None:
+    """``pagedlm serve ARGV``; also what ``python -m pagedlm.entrypoints.openai.api_server ARGV``
+    runs (the way vLLM users launch ``vllm.entrypoints.openai.api_server``)."""
+    _setup_logging()
+    args = parse_serve_args(argv, prog)
+    args.func(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -583,3 +583,11 @@ def serve_on(setup: ServerSetup, engine: AsyncLLM, sock: socket.socket, metrics:
     logger.info("Server stopped")
     if exit_code:
         sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    # vLLM users start the server as ``python -m vllm.entrypoints.openai.api_server --model M
+    # [flags]``; the same line with pagedlm is ``pagedlm serve`` (MODEL positional or --model).
+    from pagedlm.entrypoints.cli import serve_main
+
+    serve_main(sys.argv[1:], prog="python -m pagedlm.entrypoints.openai.api_server")
