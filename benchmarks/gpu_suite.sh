@@ -23,7 +23,10 @@
 #   int4-mma       the int4 mma kind per 8B layer at M = 1 and 8, and the AWQ decode step at
 #                  batch 8 with and without it (kernels vs gaps)                     (~7 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
-# Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present).
+# Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present). Beyond
+# the server's and client's packages, the GPU tests want xgrammar with its apache-tvm-ffi, and
+# jsonschema (+ jsonschema-specifications, referencing, rpds-py, attrs) for the structured-output
+# tests, which otherwise skip: the first line of every stage names what is missing.
 set -uo pipefail
 if [ -d .whl ]; then
   # once per machine (two stages may start side by side on a two-GPU host: the first installs)
@@ -41,6 +44,16 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 WORKLOAD=(--shape llama-3.1-8b --num-prompts 1000 --input-len 512 --output-len 256 --hf-batch-size 64 128 256
           --hf-num-prompts 256)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 - <<'PY'
+import importlib
+missing = []
+for name in ("xgrammar", "jsonschema", "fastapi", "uvicorn", "openai", "zmq", "msgspec", "gguf"):
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # a package present but broken (xgrammar without tvm_ffi) counts too
+        missing.append(f"{name} ({type(e).__name__}: {e})")
+print("optional packages missing: " + ("; ".join(missing) if missing else "none"))
+PY
 floors() { timeout 60 python3 benchmarks/floors.py 2>&1 | tail -n 1; }
 
 case "${1:-}" in
