@@ -253,6 +253,7 @@ def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_bo
 
     @app.post("/rerank")
     @app.post("/v1/rerank")
+    @app.post("/v2/rerank")  # Cohere's v2 client (as vLLM)
     async def create_rerank(request: Request) -> Response:
         body = await read_json_body(request, RerankRequest, max_body_bytes)
         return await scores.create_rerank(body, request)

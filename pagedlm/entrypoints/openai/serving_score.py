@@ -3,9 +3,10 @@ embedding models: a pair's score is the cosine similarity of the two texts' embe
 scores with embedding models. Cross-encoder (sequence classification) models are not served.
 
 ``/score``: ``text_1`` (a string, or a list) against ``text_2`` (a string or a list): one
-``text_1`` is scored against every ``text_2``, otherwise the two lists pair up by position.
-``/rerank``: ``query`` against ``documents``, results ordered by relevance, the best ``top_n``
-(0: all). Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is
+``text_1`` is scored against every ``text_2``, otherwise the two lists pair up by position;
+vLLM's other names for the pair (``data_1`` / ``data_2``, ``queries`` / ``documents``,
+``queries`` / ``items``) work the same. ``/rerank`` (also ``/v2/rerank``, Cohere's v2 client):
+``query`` against ``documents``, results ordered by relevance, the best ``top_n`` (0: all). Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is
 embedded once.
 """
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
@@ -42,14 +43,41 @@ class _ScoreFields(OpenAIBaseModel):
     priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
 
 
-class ScoreRequest(_ScoreFields):
-    text_1: str | list[str]
-    text_2: str | list[str]
+# vLLM's names for /score's two sides; a request uses exactly one pair.
+SCORE_PAIRS = (("text_1", "text_2"), ("data_1", "data_2"), ("queries", "documents"), ("queries", "items"))
 
-    @field_validator("text_1", "text_2", mode="before")
+
+class ScoreRequest(_ScoreFields):
+    text_1: str | list[str] | None = None
+    text_2: str | list[str] | None = None
+    data_1: str | list[str] | None = None
+    data_2: str | list[str] | None = None
+    queries: str | list[str] | None = None
+    documents: str | list[str] | None = None
+    items: str | list[str] | None = None
+
+    @field_validator("text_1", "text_2", "data_1", "data_2", "queries", "documents", "items", mode="before")
     @classmethod
-    def check_texts(cls, value: Any) -> str | list[str]:
-        return _texts(value)
+    def check_texts(cls, value: Any) -> str | list[str] | None:
+        return None if value is None else _texts(value)
+
+    @model_validator(mode="after")
+    def _one_pair(self) -> "ScoreRequest":
+        self.pair_names()
+        return self
+
+    def pair_names(self) -> tuple[str, str]:
+        """The names this request gives its two sides by (one of SCORE_PAIRS)."""
+        given = {name for pair in SCORE_PAIRS for name in pair if getattr(self, name) is not None}
+        for pair in SCORE_PAIRS:
+            if given == set(pair):
+                return pair
+        names = ", ".join(f"{a} and {b}" for a, b in SCORE_PAIRS)
+        raise ValueError(f"give one pair of inputs: {names}; got {sorted(given) or 'none'}")
+
+    def sides(self) -> tuple[list[str], list[str]]:
+        first, second = (getattr(self, name) for name in self.pair_names())
+        return ([first] if isinstance(first, str) else first), ([second] if isinstance(second, str) else second)
 
 
 class RerankRequest(_ScoreFields):
@@ -68,11 +96,11 @@ class RerankRequest(_ScoreFields):
 
 class OpenAIServingScore(OpenAIServingEmbedding):
     async def create_score(self, request: ScoreRequest, raw: Request) -> Response:
-        first = [request.text_1] if isinstance(request.text_1, str) else request.text_1
-        second = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+        first, second = request.sides()
         if len(first) not in (1, len(second)):
-            raise OpenAIError(f"text_1 has {len(first)} texts and text_2 {len(second)}: give one text_1, or as many "
-                              "as text_2", 400, "text_1")
+            name_1, name_2 = request.pair_names()
+            raise OpenAIError(f"{name_1} has {len(first)} texts and {name_2} {len(second)}: give one {name_1}, or "
+                              f"as many as {name_2}", 400, name_1)
         pairs = [(0 if len(first) == 1 else i, i) for i in range(len(second))]
         request_id, model = random_id("score"), self.model_name(request)
 
