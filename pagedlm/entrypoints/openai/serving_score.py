@@ -6,8 +6,8 @@ scores with embedding models. Cross-encoder (sequence classification) models are
 ``text_1`` is scored against every ``text_2``, otherwise the two lists pair up by position;
 vLLM's other names for the pair (``data_1`` / ``data_2``, ``queries`` / ``documents``,
 ``queries`` / ``items``) work the same. ``/rerank`` (also ``/v2/rerank``, Cohere's v2 client):
-``query`` against ``documents``, results ordered by relevance, the best ``top_n`` (0: all). Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is
-embedded once.
+``query`` against ``documents``, results ordered by relevance, the best ``top_n`` (0: all).
+Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is embedded once.
 """
 
 from __future__ import annotations
