@@ -309,10 +309,13 @@ async def run_batch(engine: Any, setup: Any, lines: list[BatchLine], out: TextIO
                     bar.update()
 
                 tasks = []
+                start = time.perf_counter()
                 for index, line in enumerate(lines):
                     await limit.acquire()
                     tasks.append(asyncio.create_task(one(index, line)))
                 await asyncio.gather(*tasks)
+                logger.info("Ran %d request(s) in %.2f s (the model loaded before)", len(lines),
+                            time.perf_counter() - start)
     finally:
         engine.shutdown()
     return num_errors
