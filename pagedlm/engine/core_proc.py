@@ -5,7 +5,9 @@ Three threads, so the GIL-heavy step loop never waits on sockets:
   queues them (a request whose fields do not decode into their types is failed back to its
   frontend with an error, never silently dropped: its client would wait for ever);
 - the main thread applies queued inputs, steps the engine while there is work and blocks on
-  the input queue when there is none (no spinning while idle);
+  the input queue when there is none (no spinning while idle), waking every
+  IDLE_HEALTH_CHECK_S to check that its workers are alive: a worker that dies while nothing
+  runs fails the engine at once, not when the next request reaches it;
 - the output thread encodes each step's EngineCoreOutputs and sends them: with several
   frontends (``pagedlm serve --api-server-count N``), each gets the outputs of the requests it
   sent and every step's stats.
@@ -49,6 +51,8 @@ from pagedlm.engine.request import Request
 
 logger = logging.getLogger("pagedlm.engine_core")
 
+IDLE_HEALTH_CHECK_S = 0.5
+
 
 class EngineCoreProc:
     """Owns an EngineCore and its sockets; ``run`` returns when asked to shut down."""
@@ -87,8 +91,12 @@ class EngineCoreProc:
             self._output_thread.join(timeout=5)
 
     def _process_inputs(self, block: bool) -> None:
-        if block:
-            self._apply(self.input_queue.get())
+        while block:
+            try:
+                self._apply(self.input_queue.get(timeout=IDLE_HEALTH_CHECK_S))
+                break
+            except queue.Empty:
+                self.core.check_health()  # raises when a worker is gone: run()'s caller reports it
         while True:
             try:
                 message = self.input_queue.get_nowait()

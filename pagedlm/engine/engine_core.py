@@ -92,6 +92,10 @@ class EngineCore:
         self._inflight = launched
         return outputs
 
+    def check_health(self) -> None:
+        """Raises WorkerDiedError when a worker is gone (the idle loop's check)."""
+        self.executor.check_health()
+
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
 

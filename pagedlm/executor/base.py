@@ -111,5 +111,10 @@ class Executor(ABC):
     def sample_deferred(self, bitmask: np.ndarray) -> None:
         """(async scheduling, structured outputs) sample the launched step with its bitmask."""
 
+    def check_health(self) -> None:
+        """Raises WorkerDiedError when a worker is gone; called while the engine idles, when
+        no step would notice. The default checks nothing: a worker in this process dies with it
+        (Ray's actors are still checked only when a step waits on them)."""
+
     def shutdown(self) -> None:
         pass

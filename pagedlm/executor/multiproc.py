@@ -159,6 +159,9 @@ class MultiprocExecutor(Executor):
     def sample_deferred(self, bitmask: np.ndarray) -> None:
         self._send("sample_deferred", serial.encode(bitmask))
 
+    def check_health(self) -> None:
+        self._check_alive()
+
     def shutdown(self) -> None:
         self._finalizer()
 
