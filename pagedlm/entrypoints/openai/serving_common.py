@@ -342,8 +342,9 @@ class OpenAIServing:
 
     async def respond(self, raw: Request, group: RequestGroup, stream: bool,
                       make_chunks: Callable[[RequestGroup], AsyncIterator[str]],
-                      make_full: Callable[[RequestGroup], Awaitable[dict[str, Any]]]) -> Response:
-        """Stream or collect; either way a client disconnect aborts the engine requests."""
+                      make_full: Callable[[RequestGroup], Awaitable[dict[str, Any] | Response]]) -> Response:
+        """Stream or collect; either way a client disconnect aborts the engine requests. make_full
+        gives a JSON body, or a whole Response (the embeddings' raw bytes)."""
         watcher = asyncio.create_task(wait_for_disconnect(raw))
         watcher.add_done_callback(lambda t: _on_disconnect(t, group))
         if stream:
@@ -363,7 +364,8 @@ class OpenAIServing:
             collect.cancel()
             return Response(status_code=499)
         try:
-            return JSONResponse(collect.result())
+            body = collect.result()
+            return body if isinstance(body, Response) else JSONResponse(body)
         except BaseException as e:
             group.cancel()
             raise to_openai_error(e) from e

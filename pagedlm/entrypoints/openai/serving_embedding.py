@@ -1,11 +1,13 @@
 """POST /v1/embeddings: inputs -> pooling requests -> the OpenAI embedding list.
 
 ``input`` is a string, a list of strings, a list of token ids or a list of lists of token
-ids (one embedding per item); ``encoding_format`` "float" or "base64" (little-endian float32,
-what the ``openai`` client decodes, and what it asks for by default); ``dimensions`` only
-for Matryoshka models. vLLM extras: ``truncate_prompt_tokens``, ``normalize``,
-``add_special_tokens``, ``priority``, ``request_id``, and for base64 ``embed_dtype``
-(float32, float16, bfloat16, fp8_e4m3, fp8_e5m2) and ``endianness`` (native, little, big).
+ids (one embedding per item); ``encoding_format`` "float", "base64" (little-endian float32,
+what the ``openai`` client decodes, and what it asks for by default), or vLLM's "bytes" (the
+raw arrays end to end as application/octet-stream, described by a JSON ``metadata`` header)
+and "bytes_only" (the same body, no header); ``dimensions`` only for Matryoshka models. vLLM
+extras: ``truncate_prompt_tokens``, ``normalize``, ``add_special_tokens``, ``priority``,
+``request_id``, and for base64 and bytes ``embed_dtype`` (float32, float16, bfloat16,
+fp8_e4m3, fp8_e5m2) and ``endianness`` (native, little, big).
 Chat-style input (vLLM's): ``messages`` instead of ``input``, rendered by the model's chat
 template (``add_generation_prompt`` off and ``add_special_tokens`` off by default) into one
 prompt. ``POST /pooling`` takes the same body plus ``task`` ("token_embed", the default: one
@@ -15,6 +17,7 @@ vector per prompt token, or "embed") and answers vLLM's ``pool-`` list of ``data
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from typing import Any, Literal
 
@@ -31,6 +34,7 @@ from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGrou
 from pagedlm.pooling_params import PoolingParams
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on items per request
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]  # vLLM's
 
 
 def _is_token_id(value: Any) -> bool:
@@ -40,7 +44,7 @@ def _is_token_id(value: Any) -> bool:
 class EmbeddingRequest(OpenAIBaseModel):
     input: Any = None  # this, or messages
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: EncodingFormat = "float"
     dimensions: int | None = None
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
@@ -48,8 +52,8 @@ class EmbeddingRequest(OpenAIBaseModel):
     add_special_tokens: bool | None = None  # None: True for input, False for messages (the template adds them)
     priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
-    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # base64 only
-    endianness: Literal["native", "little", "big"] = "native"  # base64 only
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # not for float
+    endianness: Literal["native", "little", "big"] = "native"  # not for float
     # vLLM's chat-style embedding request: messages through the chat template, instead of input.
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     add_generation_prompt: bool = False
@@ -133,7 +137,8 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise OpenAIError("chat_template in the request is not allowed; start the server with "
                               "--chat-template instead.", 400, "chat_template")
         if request.encoding_format == "float" and (request.embed_dtype, request.endianness) != ("float32", "native"):
-            raise OpenAIError("embed_dtype and endianness apply to encoding_format 'base64' only.", 400,
+            raise OpenAIError("embed_dtype and endianness apply to encoding_format 'base64', 'bytes' and "
+                              "'bytes_only' only.", 400,
                               "embed_dtype" if request.embed_dtype != "float32" else "endianness")
 
     async def _prompts(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
@@ -171,17 +176,20 @@ class OpenAIServingEmbedding(OpenAIServing):
         return text, token_ids
 
     async def _full(self, group: RequestGroup, request_id: str, model: str,
-                    request: EmbeddingRequest, kind: str = "embedding") -> dict[str, Any]:
-        data: list[dict[str, Any] | None] = [None] * len(group.streams)
+                    request: EmbeddingRequest, kind: str = "embedding") -> dict[str, Any] | Response:
+        vectors: list[np.ndarray] = [np.empty(0)] * len(group.streams)
         num_prompt_tokens = 0
         async for index, output in group.merged():
-            if not output.finished:
-                continue
-            vector = output.outputs.data.numpy()
-            num_prompt_tokens += len(output.prompt_token_ids)
-            # kind "pooling": the vector, or per-token vectors, under "data" (vLLM's /pooling)
-            data[index] = {"index": index, "object": kind,
-                           "embedding" if kind == "embedding" else "data": _encode(vector, request)}
+            if output.finished:
+                vectors[index] = output.outputs.data.numpy()
+                num_prompt_tokens += len(output.prompt_token_ids)
+        if request.encoding_format in ("bytes", "bytes_only"):
+            head = {"id": request_id, "created": group.created, "model": model}
+            return _bytes_response(vectors, request, head, num_prompt_tokens)
+        # kind "pooling": the vector, or per-token vectors, under "data" (vLLM's /pooling)
+        name = "embedding" if kind == "embedding" else "data"
+        data = [{"index": index, "object": kind, name: _encode(vector, request)}
+                for index, vector in enumerate(vectors)]
         return {
             "id": request_id, "object": "list", "created": group.created, "model": model, "data": data,
             "usage": {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens, "completion_tokens": 0},
@@ -193,14 +201,40 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 
 def _encode(vector: np.ndarray, request: EmbeddingRequest) -> list[float] | str:
+    """One item of a JSON answer: the floats, or base64 of _raw_bytes."""
     if request.encoding_format != "base64":
         return vector.tolist()
+    return base64.b64encode(_raw_bytes(vector, request)).decode("ascii")
+
+
+def _raw_bytes(vector: np.ndarray, request: EmbeddingRequest) -> bytes:
+    """The vector's values (flattened, row-major) in embed_dtype, each in the given byte order:
+    what base64 wraps and what the bytes formats put end to end."""
     values = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32)).to(_TORCH_DTYPES[request.embed_dtype])
     width = values.element_size()
     raw = values.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[width]).numpy()
     order = sys.byteorder if request.endianness == "native" else request.endianness
     raw = raw.astype(raw.dtype.newbyteorder("<" if order == "little" else ">"))
-    return base64.b64encode(raw.tobytes()).decode("ascii")
+    return raw.tobytes()
+
+
+def _bytes_response(vectors: list[np.ndarray], request: EmbeddingRequest, head: dict[str, Any],
+                    num_prompt_tokens: int) -> Response:
+    """vLLM's "bytes": the items' raw values end to end in input order, as
+    application/octet-stream, and a JSON ``metadata`` header: id, created, model, per item its
+    index, embed_dtype, endianness, byte range [start, end) in the body and shape, and the usage
+    (prompt and total tokens, as vLLM's header has it). "bytes_only": the same body, no header."""
+    chunks = [_raw_bytes(vector, request) for vector in vectors]
+    headers = None
+    if request.encoding_format == "bytes":
+        items, offset = [], 0
+        for index, (vector, chunk) in enumerate(zip(vectors, chunks)):
+            items.append({"index": index, "embed_dtype": request.embed_dtype, "endianness": request.endianness,
+                          "start": offset, "end": offset + len(chunk), "shape": list(vector.shape)})
+            offset += len(chunk)
+        usage = {"prompt_tokens": num_prompt_tokens, "total_tokens": num_prompt_tokens}
+        headers = {"metadata": json.dumps({**head, "data": items, "usage": usage})}  # ASCII: a valid header value
+    return Response(b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
 def _no_stream(_: RequestGroup) -> Any:
