@@ -44,8 +44,8 @@ class RequestOutputKind(enum.IntEnum):
 
 @dataclass
 class StructuredOutputsParams:
-    """Constraint on the output: exactly one of json / regex / choice / grammar / json_object.
-    Plain JSON-able values only (the compiled grammar lives in the engine core),
+    """Constraint on the output: exactly one of json / regex / choice / grammar / json_object /
+    structural_tag. Plain JSON-able values only (the compiled grammar lives in the engine core),
     so SamplingParams stays serialisable across processes."""
 
     json: str | dict | None = None
@@ -58,23 +58,25 @@ class StructuredOutputsParams:
     # vLLM's: objects keep to their listed properties. xgrammar (vLLM's default backend too)
     # already reads a schema that way, so both values constrain alike.
     disable_additional_properties: bool = False
-    # vLLM's fields for other backends / features: known, refused when set (not ignored).
+    # vLLM's field for other backends: known, refused when set (not ignored).
     whitespace_pattern: str | None = None
-    structural_tag: str | None = None
+    # vLLM's: JSON text, {"structures": [{"begin", "schema", "end"}], "triggers": [...]} or
+    # xgrammar's {"type": "structural_tag", "format": {...}}; free text until a trigger, then the
+    # structure it begins (validate.structural_tag_text reads both).
+    structural_tag: str | dict | None = None
 
-    KINDS = ("json", "regex", "choice", "grammar", "json_object")
+    KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
 
     def __post_init__(self) -> None:
-        for name, why in (("structural_tag", "structural tags are not implemented"),
-                          ("whitespace_pattern", "xgrammar's JSON whitespace is not configurable; "
-                                                 "disable_any_whitespace=True gives compact JSON")):
-            if getattr(self, name) is not None:
-                raise ValueError(f"structured_outputs.{name} is not supported by pagedlm ({why}).")
+        if self.whitespace_pattern is not None:
+            raise ValueError("structured_outputs.whitespace_pattern is not supported by pagedlm (xgrammar's JSON "
+                             "whitespace is not configurable; disable_any_whitespace=True gives compact JSON).")
         given = [k for k in self.KINDS if getattr(self, k) not in (None, False)]
         if len(given) != 1:
             raise ValueError(
-                "structured_outputs must set exactly one of json, regex, choice, grammar or json_object; "
-                f"got {given or 'none'}.")
+                "structured_outputs must set exactly one of json, regex, choice, grammar, json_object or "
+                f"structural_tag; got {given or 'none'}.")
+        self._verify_structural_tag()
         if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
                                         or not all(isinstance(c, str) for c in self.choice)):
             raise ValueError(f"structured_outputs.choice must be a non-empty list of strings, got {self.choice!r}.")
@@ -89,6 +91,17 @@ class StructuredOutputsParams:
         if self.json is not None and not isinstance(self.json, (str, dict)):
             raise ValueError(f"structured_outputs.json must be a JSON schema (object or string), got "
                              f"{type(self.json).__name__}.")
+
+    def _verify_structural_tag(self) -> None:
+        if self.structural_tag is None:
+            return
+        if not isinstance(self.structural_tag, (str, dict)):
+            raise ValueError("structured_outputs.structural_tag must be JSON text (json.dumps of the tag), got "
+                             f"{type(self.structural_tag).__name__}.")
+        if self.disable_any_whitespace:  # xgrammar's structural tags have no compact-JSON switch
+            raise ValueError("structured_outputs.disable_any_whitespace does not apply to structural_tag (its JSON "
+                             "bodies take xgrammar's free whitespace); leave it false, or bound whitespace with "
+                             "max_whitespace_cnt in a 'format' tag's json_schema.")
 
     @property
     def kind(self) -> str:

@@ -1,6 +1,7 @@
 """Frontend checks of a StructuredOutputsParams: each spec is parsed into an xgrammar Grammar
-(no tokenizer needed, microseconds for usual schemas) so an invalid schema, regex or grammar is
-refused with a message naming the problem before the request reaches the engine core."""
+(no tokenizer needed, microseconds for usual schemas) so an invalid schema, regex, grammar or
+structural tag is refused with a message naming the problem before the request reaches the
+engine core."""
 
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def grammar_spec(params: StructuredOutputsParams) -> tuple[str, str]:
         return "grammar", choice_ebnf(params.choice)
     if kind == "grammar":
         return ("grammar" if "::=" in params.grammar else "lark"), params.grammar
+    if kind == "structural_tag":
+        from pagedlm.structured_output.structural_tag import structural_tag_text
+
+        return kind, structural_tag_text(params.structural_tag)
     return kind, getattr(params, kind)
 
 
@@ -63,12 +68,18 @@ def validate_structured_outputs(params: StructuredOutputsParams) -> None:
     kind, spec = grammar_spec(params)
     if kind == "json":
         _check_json_schema(json.loads(spec))
+    if kind == "structural_tag":
+        from pagedlm.structured_output.structural_tag import FIELD, json_schemas
+
+        for schema in json_schemas(spec):
+            _check_json_schema(schema, FIELD)
     builders: dict[str, Any] = {
         "json": lambda: xgr.Grammar.from_json_schema(spec, any_whitespace=not params.disable_any_whitespace),
         "json_object": lambda: None,
         "regex": lambda: xgr.Grammar.from_regex(spec),
         "grammar": lambda: xgr.Grammar.from_ebnf(spec),
         "lark": lambda: xgr.Grammar.from_lark(spec),
+        "structural_tag": lambda: xgr.Grammar.from_structural_tag(spec),
     }
     field = {"lark": "grammar"}.get(kind, params.kind)
     try:
@@ -77,7 +88,7 @@ def validate_structured_outputs(params: StructuredOutputsParams) -> None:
         raise InvalidStructuredOutputError(f"structured_outputs.{field} is invalid: {clean_message(e)}") from e
 
 
-def _check_json_schema(schema: Any) -> None:
+def _check_json_schema(schema: Any, field: str = "structured_outputs.json") -> None:
     """The schema must itself be a valid JSON schema (draft 2020-12 meta-schema)."""
     import jsonschema
 
@@ -85,5 +96,4 @@ def _check_json_schema(schema: Any) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        raise InvalidStructuredOutputError(f"structured_outputs.json is not a valid JSON schema at {where}: "
-                                           f"{e.message}") from e
+        raise InvalidStructuredOutputError(f"{field} is not a valid JSON schema at {where}: {e.message}") from e

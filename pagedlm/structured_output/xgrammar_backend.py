@@ -43,6 +43,8 @@ class XgrammarBackend:
                 return self.compiler.compile_grammar(spec)
             if kind == "lark":
                 return self.compiler.compile_lark(spec)
+            if kind == "structural_tag":  # spec: the format form's JSON text (structural_tag.py)
+                return self.compiler.compile_structural_tag(spec)
         except Exception as e:  # noqa: BLE001 - xgrammar's RuntimeError carries the reason
             raise InvalidStructuredOutputError(f"the {kind} constraint cannot be compiled: {clean_message(e)}") from e
         raise InvalidStructuredOutputError(f"unknown structured output kind {kind!r}")

@@ -179,7 +179,8 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
         "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
         "guided_whitespace_pattern": _unsupported(call, "guided_whitespace_pattern", " "),
-        "structural_tag": _unsupported(call, "structural_tag", "{}"),
+        "structural_tag": lambda: refused(call(structural_tag="{}"), "structural_tag")
+        and _shown_by("tests/e2e/test_structural_tag_server.py", "test_structural_tag_request_shapes_reach_the_engine"),
         "vllm_xargs": _unsupported(call, "vllm_xargs", {"k": 1}),
         "kv_transfer_params": _unsupported(call, "kv_transfer_params", {"do_remote_decode": True}),
         "mm_processor_kwargs": _unsupported(call, "mm_processor_kwargs", {"size": 1}),

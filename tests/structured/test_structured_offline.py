@@ -182,12 +182,10 @@ def test_a_grammar_other_settings_contradict_ends_with_a_message_that_says_so(ll
 
 def test_vllm_structured_outputs_fields_known() -> None:
     """vLLM's other StructuredOutputsParams fields are known: disable_additional_properties is
-    taken (xgrammar keeps objects to their properties either way); structural_tag and
-    whitespace_pattern are refused with a ValueError naming them, never a TypeError."""
+    taken (xgrammar keeps objects to their properties either way); whitespace_pattern is refused
+    with a ValueError naming it, never a TypeError (structural_tag: test_structural_tag.py)."""
     params = StructuredOutputsParams(json={"type": "object"}, disable_additional_properties=True)
     assert params.kind == "json" and StructuredOutputsParams.from_dict(params.to_dict()) == params
-    with pytest.raises(ValueError, match="structured_outputs.structural_tag is not supported"):
-        StructuredOutputsParams(structural_tag='{"type": "structural_tag", "structures": [], "triggers": []}')
     with pytest.raises(ValueError, match="structured_outputs.whitespace_pattern is not supported"):
         SamplingParams(structured_outputs={"json": {"type": "object"}, "whitespace_pattern": " "})
     with pytest.raises(ValueError, match="disable_additional_properties must be true or false"):

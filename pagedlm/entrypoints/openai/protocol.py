@@ -48,6 +48,10 @@ class StreamOptions(OpenAIBaseModel):
 class ResponseFormat(OpenAIBaseModel):
     type: str
     json_schema: dict[str, Any] | None = None
+    # type "structural_tag": vLLM's two shapes, structures + triggers, or xgrammar's format.
+    structures: list[Any] | None = None
+    triggers: list[Any] | None = None
+    format: Any = None
 
 
 class SamplingFields(OpenAIBaseModel):
@@ -90,6 +94,7 @@ class SamplingFields(OpenAIBaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    structural_tag: str | dict[str, Any] | None = None  # vLLM's older spelling of structured_outputs.structural_tag
     guided_decoding_backend: str | None = None  # the server's own backend (xgrammar), or refused
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: up to max_model_len)
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
@@ -99,7 +104,6 @@ class SamplingFields(OpenAIBaseModel):
     # a value that means the same here); see unsupported_feature and _UNSUPPORTED.
     logits_processors: Any = None
     guided_whitespace_pattern: Any = None
-    structural_tag: Any = None
     vllm_xargs: Any = None
     kv_transfer_params: Any = None
     mm_processor_kwargs: Any = None
@@ -218,7 +222,6 @@ class SamplingFields(OpenAIBaseModel):
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "logits_processors": ((None,), "no custom logits processors are loaded"),
     "guided_whitespace_pattern": ((None,), "xgrammar's JSON whitespace is not configurable per request"),
-    "structural_tag": ((None,), "structural tags are not implemented"),
     "vllm_xargs": ((None,), "no extension reads extra arguments"),
     "kv_transfer_params": ((None,), "no disaggregated prefill / KV transfer"),
     "mm_processor_kwargs": ((None,), "text models only"),
