@@ -264,8 +264,8 @@ VLLM_ONLY_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
     "kv_sharing_fast_prefill": ((False,), "cross-layer KV sharing"),
     "kv_transfer_config": ((None,), "KV cache transfer (disaggregated prefill)"),
     "limit_mm_per_prompt": ((None, {}), _MM),
-    "logits_processor_pattern": ((None,), "custom logits processors"),
-    "logits_processors": ((None, []), "custom logits processors"),
+    "logits_processor_pattern": ((None,), "per-request logits processors named in requests (load them at start-up "
+                                 "with --logits-processors; requests configure them with extra_args / vllm_xargs)"),
     "long_lora_scaling_factors": ((None,), "long-context LoRA"),
     "lora_dtype": ((None, "auto"), "a LoRA dtype other than the model's"),
     "lora_extra_vocab_size": ((0, 256), "LoRA adapters with extra vocabulary"),

@@ -137,6 +137,13 @@ class EngineConfig:
     speculative_config: Any = None  # pagedlm.spec_decode.config.SpeculativeConfig | None
     lora_config: "LoRAConfig | None" = None  # set with --enable-lora
     log_stats: bool = True  # the periodic speculative-decoding line (off: --disable-log-stats)
+    # Custom logits processors (vLLM V1's): "module:Class" names, loaded in each worker
+    # (pagedlm.sample.custom_logits); each gets this config as vLLM's ``vllm_config``.
+    logits_processors: tuple[str, ...] = ()
+
+
+# vLLM's name for the engine config, as custom logits processors annotate their first argument.
+VllmConfig = EngineConfig
 
 
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:

@@ -46,6 +46,7 @@ from pagedlm.config import (
 )
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
+from pagedlm.sample.custom_logits import resolve_logits_processors
 from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -71,6 +72,24 @@ def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, asy
 
     verify_pipeline_support(model_config.architectures)
     verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
+
+
+def check_custom_logits_fit(pooling: bool, speculative: bool, pipeline_parallel_size: int,
+                            async_scheduling: bool | None) -> None:
+    """The paths custom logits processors cannot run on correctly: refused, never skipped."""
+    if pooling:
+        raise ConfigError("Pooling models do not support custom logits processors: remove logits_processors "
+                          "(or run the model with --runner generate)")
+    if speculative:
+        raise ConfigError("custom logits processors are not supported with speculative decoding (draft tokens "
+                          "are verified by the rejection sampler, which does not run them); remove "
+                          "speculative_config or logits_processors")
+    if pipeline_parallel_size > 1:
+        raise ConfigError("custom logits processors are not supported with pipeline parallelism yet; use "
+                          "--tensor-parallel-size instead of --pipeline-parallel-size")
+    if async_scheduling:
+        raise ConfigError("custom logits processors need each request's output tokens on the host before its "
+                          "next step is sampled, which async scheduling defers; remove --async-scheduling")
 
 
 def _takes_vllm_kwargs(cls: type) -> type:
@@ -128,6 +147,10 @@ class EngineArgs:
                                               "xgrammar", MODEL, choices=["auto", "xgrammar"])
     reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
                                        "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
+    logits_processors: list[Any] | None = opt(
+        None, "custom logits processors (vLLM V1's interface): 'module:Class' names of LogitsProcessor subclasses "
+        "(LLM() also takes the classes); requests configure them with extra_args (HTTP: vllm_xargs)", MODEL,
+        nargs="+", parse=str)
     generation_config: str = opt("auto", "'auto': sampling defaults from the model's generation_config.json; "
                                  "'vllm': ignore it; or a directory holding a generation_config.json", MODEL)
     override_generation_config: dict[str, Any] | None = opt(
@@ -431,6 +454,16 @@ class EngineArgs:
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
+        logits_processors = resolve_logits_processors(self.logits_processors)
+        async_scheduling = self.async_scheduling if self.async_scheduling is not None else \
+            default_async_scheduling(device, parallel_config.pipeline_parallel_size)
+        if logits_processors:
+            check_custom_logits_fit(pooling, spec is not None, parallel_config.pipeline_parallel_size,
+                                    self.async_scheduling)
+            if async_scheduling:
+                logging.getLogger("pagedlm").info("Async scheduling is off: custom logits processors read each request's output "
+                            "tokens, which must be on the host before the next step is sampled.")
+            async_scheduling = False
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
@@ -446,8 +479,7 @@ class EngineArgs:
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=self.async_scheduling if self.async_scheduling is not None else
-                default_async_scheduling(device, parallel_config.pipeline_parallel_size),
+                async_scheduling=async_scheduling,
                 enable_chunked_prefill=chunked_prefill,
                 num_spec_tokens=spec.num_speculative_tokens if spec else 0,
                 num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
@@ -463,6 +495,7 @@ class EngineArgs:
                                           model_config.architectures, parallel_config.pipeline_parallel_size,
                                           model_config.runner),
             log_stats=not self.disable_log_stats,
+            logits_processors=logits_processors,
         )
 
 

@@ -19,8 +19,6 @@ MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 # vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
 VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "extra_args": ((None, {}), "it is read by custom sampling code (logits processors, plugins), which "
-                   "pagedlm does not load"),
     "stream_interval": ((None, 1), "outputs stream after every token"),
     "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
     "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
@@ -199,9 +197,11 @@ class SamplingParams:
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # vLLM's: the caller promises these params serve one request only, so clone() is the object itself.
     skip_clone: bool = False
+    # Read by custom logits processors (vLLM's LogitsProcessor interface); the frontend refuses
+    # them when the engine loads none (pagedlm.sample.custom_logits.validate_request_params).
+    extra_args: dict[str, Any] | None = field(default=None, repr=False)
     # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
     # by name (VLLM_ONLY_FIELDS), never ignored.
-    extra_args: dict[str, Any] | None = field(default=None, repr=False)
     stream_interval: int | None = field(default=None, repr=False)
     flat_logprobs: bool = field(default=False, repr=False)
     logprob_token_ids: list[int] | None = field(default=None, repr=False)
@@ -318,6 +318,8 @@ class SamplingParams:
             raise bad("stream_interval", "must be at least 1")
         if not isinstance(self.skip_clone, bool):
             raise bad("skip_clone", "must be true or false")
+        if self.extra_args is not None and not isinstance(self.extra_args, dict):
+            raise bad("extra_args", "must be a dict")
         for name, (no_op, why) in VLLM_ONLY_FIELDS.items():
             value = getattr(self, name)
             if not is_no_op(value, no_op):

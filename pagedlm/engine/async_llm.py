@@ -156,7 +156,8 @@ class AsyncLLM:
         # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
         self.tokenizer = load_tokenizer(self.model_config)
         self.input_processor = InputProcessor(self.model_config, self.tokenizer, self.config.lora_config,
-                                              self.config.scheduler_config.scheduling_policy)
+                                              self.config.scheduler_config.scheduling_policy,
+                                              self.config.logits_processors)
         self.output_processor = OutputProcessor(load_tokenizer(self.model_config))
         self.stat_logger = stat_logger
         self.on_dead: list[Callable[[BaseException], None]] = []

@@ -16,6 +16,7 @@ from pagedlm.config import ModelConfig, check_chat_template
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.models.generation_config import log_generation_defaults
 from pagedlm.pooling_params import PoolingParams
+from pagedlm.sample.custom_logits import load_processor_class, validate_request_params
 from pagedlm.sampling_params import MAX_SEED, RequestOutputKind, SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
 
@@ -74,8 +75,11 @@ def generation_eos_ids(model_config: ModelConfig) -> list[int]:
 
 class InputProcessor:
     def __init__(self, model_config: ModelConfig, tokenizer: Any, lora_config: Any = None,
-                 scheduling_policy: str = "fcfs") -> None:
+                 scheduling_policy: str = "fcfs", logits_processors: tuple[str, ...] = ()) -> None:
         from pagedlm.lora.registry import LoRAValidator
+
+        # Custom logits processors' classes: each request's extra_args go through their validate_params.
+        self.logits_processor_classes = [load_processor_class(name) for name in logits_processors]
 
         self.model_config = model_config
         self.scheduling_policy = scheduling_policy
@@ -193,6 +197,7 @@ class InputProcessor:
             # were never checked nor normalised.
             params.__post_init__()
             params.verify_vocab(self.vocab_size)
+            validate_request_params(self.logits_processor_classes, params)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         for name in ("logprobs", "prompt_logprobs"):

@@ -39,7 +39,8 @@ class LLMEngine:
         logger.info("Initialising engine: %s", dump_config(config))
         self.tokenizer = load_tokenizer(config.model_config)
         self.input_processor = InputProcessor(config.model_config, self.tokenizer, config.lora_config,
-                                              config.scheduler_config.scheduling_policy)
+                                              config.scheduler_config.scheduling_policy,
+                                              config.logits_processors)
         self.output_processor = OutputProcessor(self.tokenizer)
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")

@@ -55,6 +55,8 @@ class SamplingMetadata:
     min_tokens_grammar_stops: tuple[torch.Tensor, torch.Tensor] | None  # (rows [S], token ids [S]) int64
     logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rows [M], ids [M], bias [M] f32
     penalties: PenaltyMetadata | None
+    # The persistent-batch row of each row [B] (host): custom logits processors index those rows.
+    batch_rows: np.ndarray | None = None
 
 
 def _to_device(data: list | np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from pagedlm.kernels import ops
 from pagedlm.kernels.reference import row_argmax
+from pagedlm.sample.custom_logits import CustomLogits
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.penalties import apply_penalties
@@ -141,6 +142,12 @@ def exponential_sample(logits: torch.Tensor, generators: dict[int, torch.Generat
 
 
 class Sampler:
+    def __init__(self, custom_logits: CustomLogits | None = None) -> None:
+        # vLLM's custom logits processors: those that can change the argmax run after the
+        # built-in processing, before greedy rows take the argmax; argmax-invariant ones run
+        # on random rows after the temperature (skipped when every row is greedy), as in vLLM.
+        self.custom_logits = custom_logits
+
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """logits [B, V] -> SamplerOutput; the input logits are left as they are."""
         logits = logits.to(torch.float32)
@@ -148,6 +155,8 @@ class Sampler:
         if metadata.max_num_logprobs is not None:
             raw_logprobs = compute_logprobs(logits)  # [B, V]
         logits = apply_logits_processors(logits, metadata)
+        if self.custom_logits is not None:
+            logits = self.custom_logits.apply(logits, metadata.batch_rows, argmax_invariant=False)
         sampled = self.sample(logits, metadata)  # [B]
         logprobs = None
         if raw_logprobs is not None:
@@ -163,6 +172,8 @@ class Sampler:
         if not md.all_random:  # greedy rows are discarded below; avoid dividing by 0
             temperature = torch.where(temperature < SAMPLING_EPS, 1.0, temperature)
         logits = logits / temperature.unsqueeze(1)  # [B, V], a new tensor from here on
+        if self.custom_logits is not None:
+            logits = self.custom_logits.apply(logits, md.batch_rows, argmax_invariant=True)
         if md.min_p is not None:
             apply_min_p(logits, md.min_p)
         if md.top_k is not None or md.top_p is not None:

@@ -19,6 +19,7 @@ from pagedlm.kernels import ops
 from pagedlm.layers.pooler import Pooler
 from pagedlm.models.loader import load_model
 from pagedlm.models.pipeline import IntermediateTensors
+from pagedlm.sample.custom_logits import build_custom_logits
 from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs, pinned_copy
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
@@ -50,7 +51,10 @@ class ModelRunner:
         torch.manual_seed(config.model_config.seed)
         self.model = load_model(config.model_config, self.device.type)
         self.vocab_size = config.model_config.vocab_size
-        self.sampler = Sampler()
+        # vLLM's custom logits processors (None without any): told of every row change by the
+        # persistent batch, applied by the sampler.
+        self.custom_logits = build_custom_logits(config, self.device)
+        self.sampler = Sampler(self.custom_logits)
         pooler_config = config.model_config.pooler_config
         # runner="pooling": finished prompts are pooled into embeddings instead of sampled.
         self.pooler = Pooler(pooler_config) if pooler_config is not None else None
@@ -66,7 +70,8 @@ class ModelRunner:
                                    -(-sched.max_model_len // self.block_size), self.device)
         # One row per running request, updated by each step's diff (block tables, penalty counts).
         self.batch = PersistentBatch(sched.max_num_seqs, sched.max_model_len + 1,
-                                     -(-sched.max_model_len // self.block_size), self.vocab_size, self.device)
+                                     -(-sched.max_model_len // self.block_size), self.vocab_size, self.device,
+                                     observer=self.custom_logits)
         self.lora = self._make_lora_manager()  # wraps the target layers before memory is profiled
         self.graph_runner: CUDAGraphRunner | None = None
         self.verify_graphs = None  # speculative verify steps' graphs (spec_decode/verify_graphs.py)
@@ -184,7 +189,8 @@ class ModelRunner:
                 self.spec.capture_proposer_graphs()  # a draft model's, after the target's it mirrors
             # Sampled ids are broadcast under TP (eager there). Speculation samples through
             # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
-            if get_parallel_state().world_size == 1:
+            # Custom logits processors run in the eager Sampler only.
+            if get_parallel_state().world_size == 1 and self.custom_logits is None:
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
@@ -200,12 +206,17 @@ class ModelRunner:
             self.requests.pop(req_id, None)
             self._paused_generators.pop(req_id, None)
             self.batch.remove(req_id)
-        self.batch.condense()
+        # New requests fill the holes first (lowest row first), then the last rows fill the
+        # holes left: vLLM's order, so custom logits processors get the same BatchUpdate.
         for data in sched.scheduled_new_reqs:
-            self.requests[data.req_id] = CachedRequestState.from_new(data, self.device,
-                                                                     self._paused_generators.pop(data.req_id, None))
-            self.batch.add(data.req_id, data.prompt_token_ids, data.output_token_ids, data.block_ids,
+            state = CachedRequestState.from_new(data, self.device, self._paused_generators.pop(data.req_id, None))
+            self.requests[data.req_id] = state
+            # The runner's own lists: the output list is the live one custom processors read.
+            self.batch.add(data.req_id, state.prompt_token_ids, state.output_token_ids, data.block_ids,
                            data.num_computed_tokens, None if data.pooling_params else data.sampling_params)
+        self.batch.condense()
+        if self.custom_logits is not None:
+            self.custom_logits.begin_step(self.batch.num_rows)
         if self.spec is not None:  # rejected drafts' blocks went back to the pool
             self.spec.roll_back(sched, self.requests)
         for data in sched.scheduled_cached_reqs:
@@ -373,7 +384,8 @@ class ModelRunner:
         copy of each request (and the on-device feedback of async scheduling) stays identical."""
         sampled = None
         # Penalised rows read (and bump) their token counts on the device: no padding, no sync.
-        rows = self._penalty_rows(states)
+        batch_rows = self.batch.rows_of([s.req_id for s in states])
+        rows = self._penalty_rows(batch_rows)
         if logits is not None and is_output_rank():
             if bitmask is not None:  # structured outputs: only grammar-allowed tokens
                 logits = apply_grammar_bitmask(logits, bitmask, [step.row_of[r] for r in grammar_req_ids])
@@ -382,6 +394,7 @@ class ModelRunner:
                 [s.output_token_ids for s in states], [s.generator for s in states], self.vocab_size, self.device,
                 self.batch.penalty_tensors(rows) if rows is not None else None,
             )
+            metadata.batch_rows = batch_rows
             result = self.sampler(logits, metadata)
             sampled, step.logprobs = result.sampled_token_ids, result.logprobs
         if get_parallel_state().world_size > 1 and not self._tokens_from_scheduler:
@@ -417,9 +430,8 @@ class ModelRunner:
             self.requests[req_id].num_pending += 1
         return True
 
-    def _penalty_rows(self, states: list[CachedRequestState]) -> torch.Tensor | None:
-        """Device tensor of the sampling rows' persistent rows, when any row is penalised."""
-        rows = self.batch.rows_of([s.req_id for s in states])
+    def _penalty_rows(self, rows: np.ndarray) -> torch.Tensor | None:
+        """Device tensor of the sampling rows' persistent ``rows``, when any row is penalised."""
         if not self.batch.penalised[rows].any():
             return None
         rows_t = torch.from_numpy(rows)

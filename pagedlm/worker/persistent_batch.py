@@ -12,9 +12,15 @@ penalised request and only kept exact for penalised rows (other rows pay nothing
 
 Token ids are kept per row with no assumption of one new token per row per step
 (``append_tokens`` takes any number), so speculative decoding's k drafts per row fit.
+
+An optional ``observer`` (custom logits processors' seam, pagedlm.sample.custom_logits) is told
+of every row change as it happens: ``removed(row)``, ``added(row, params, prompt ids, output
+ids)`` with the lists the caller passed (the runner passes its live lists), ``moved(src, dst)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +39,8 @@ class PersistentBatch:
     """Rows of the running requests; see the module docstring for the invariants."""
 
     def __init__(self, max_num_reqs: int, max_model_len: int, max_blocks_per_seq: int, vocab_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, observer: Any = None) -> None:
+        self.observer = observer
         self.max_num_reqs, self.max_model_len, self.vocab_size = max_num_reqs, max_model_len, vocab_size
         self.device = torch.device(device)
         self.req_ids: list[str | None] = [None] * max_num_reqs
@@ -80,6 +87,8 @@ class PersistentBatch:
         self._set_params(row, params)
         if self.penalised[row]:
             self._init_penalty_row(row, prompt_token_ids, output_token_ids, params)
+        if self.observer is not None and params is not None:
+            self.observer.added(row, params, prompt_token_ids, output_token_ids)
         return row
 
     def remove(self, req_id: str) -> int | None:
@@ -89,6 +98,8 @@ class PersistentBatch:
             self.req_ids[row] = None
             self.penalised[row] = False
             self._clear_blocks(row)  # rows past their block count stay zero, as in a rebuild
+            if self.observer is not None:
+                self.observer.removed(row)
         return row
 
     def append_blocks(self, row: int, block_ids: list[int]) -> None:
@@ -234,6 +245,8 @@ class PersistentBatch:
         for t in (self.output_counts, self.prompt_mask):
             if t is not None and self.penalised[dst]:
                 t[dst].copy_(t[src])
+        if self.observer is not None:
+            self.observer.moved(src, dst)
 
 
 def _valid_ids(token_ids: list[int], vocab_size: int, device: torch.device) -> torch.Tensor:

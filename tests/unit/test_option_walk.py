@@ -111,6 +111,11 @@ ENGINE_OPTIONS: dict[str, Any] = {
                                          "test_response_format_json_schema_after_reasoning"),
     # The one backend there is: accepted by name, anything else refused (the named test).
     "guided_decoding_backend": ShownBy("xgrammar", "tests/unit/test_option_walk.py::test_structured_output_backends"),
+    # Names of processors in tests/unit/custom_logits_procs.py (the walk's directory is on sys.path).
+    "logits_processors": Changes(["custom_logits_procs:DummyLogitsProcessor"],
+                                 lambda c: c.logits_processors == ("custom_logits_procs:DummyLogitsProcessor",),
+                                 "tests/unit/test_custom_logits_processors.py::"
+                                 "test_target_token_for_exactly_the_rows_that_ask"),
     "generation_config": ShownBy("vllm", "tests/models/test_model_sources.py::test_generation_config_auto_vllm_and_dir"),
     "runner": Changes("pooling", lambda c: c.model_config.runner == "pooling",
                       "tests/models/test_pooling.py::test_decoder_pooling_matches_transformers"),

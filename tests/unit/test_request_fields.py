@@ -22,8 +22,7 @@ def test_unknown_fields_are_logged_not_refused(pagedlm_warnings: list[str]) -> N
     assert pagedlm_warnings == ["The following fields were present in the request but ignored: ['metadata', 'store']"]
 
 
-@pytest.mark.parametrize("name,value", [("logits_processors", ["m:P"]),
-                                        ("vllm_xargs", {"a": 1}), ("kv_transfer_params", {}),
+@pytest.mark.parametrize("name,value", [("logits_processors", ["m:P"]), ("kv_transfer_params", {}),
                                         ("mm_processor_kwargs", {}), ("guided_whitespace_pattern", " ")])
 def test_vllm_fields_pagedlm_lacks_are_refused(name: str, value: object) -> None:
     param, message = CompletionRequest(prompt="hi", **{name: value}).unsupported_feature()

@@ -100,11 +100,13 @@ class SamplingFields(OpenAIBaseModel):
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
+    # vLLM's: SamplingParams.extra_args, read by the server's custom logits processors
+    # (--logits-processors); refused by the engine when none is loaded.
+    vllm_xargs: dict[str, str | int | float | list[str | int | float]] | None = None
     # vLLM fields pagedlm does not implement: refused when set to anything but vLLM's default (or
     # a value that means the same here); see unsupported_feature and _UNSUPPORTED.
     logits_processors: Any = None
     guided_whitespace_pattern: Any = None
-    vllm_xargs: Any = None
     kv_transfer_params: Any = None
     mm_processor_kwargs: Any = None
     ec_transfer_params: Any = None
@@ -214,15 +216,16 @@ class SamplingFields(OpenAIBaseModel):
             allowed_token_ids=self.allowed_token_ids,
             structured_outputs=request_structured_outputs(self),
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            extra_args=self.vllm_xargs or None,
         )
 
 
 # vLLM request field -> (values that change nothing, why another value is refused). A field
 # of one endpoint only (prompt_embeds, media_io_kwargs, return_prompt_text) is declared there.
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "logits_processors": ((None,), "no custom logits processors are loaded"),
+    "logits_processors": ((None,), "logits processors named in a request are not supported (load them at start-up "
+                                   "with --logits-processors and configure them per request with vllm_xargs)"),
     "guided_whitespace_pattern": ((None,), "xgrammar's JSON whitespace is not configurable per request"),
-    "vllm_xargs": ((None,), "no extension reads extra arguments"),
     "kv_transfer_params": ((None,), "no disaggregated prefill / KV transfer"),
     "mm_processor_kwargs": ((None,), "text models only"),
     "media_io_kwargs": ((None, {}), "text models only"),
