@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from custom_logits_procs import CountingAdapter, DummyLogitsProcessor, OnlyTokenWhenRandom
+from custom_logits_procs import DummyLogitsProcessor
 from pagedlm import LLM, SamplingParams
 from pagedlm.config import ConfigError
 from pagedlm.engine_args import EngineArgs
