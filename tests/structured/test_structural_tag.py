@@ -101,12 +101,15 @@ def test_every_trigger_in_sampled_outputs_begins_a_valid_structure(llm: LLM, tri
 
 def test_without_the_bias_outputs_are_free_text(llm: LLM) -> None:
     """The tag constrains nothing until a trigger: with the same seed, a prompt whose sample
-    never writes ``<`` gives the unconstrained tokens."""
+    never writes ``<`` gives the unconstrained tokens. (Special tokens such as
+    <|start_header_id|> are outside every grammar's text, so a sample holding one is skipped:
+    random weights write them, and which sample does depends on the device's random stream.)"""
     plain = SamplingParams(temperature=1.0, max_tokens=20, seed=7, ignore_eos=True)
     tagged = tag_params(max_tokens=20, seed=7, ignore_eos=True)
+    special = set(llm.get_tokenizer().all_special_ids)
     for i in range(8):
         free = llm.generate([f"Story {i}:"], plain, use_tqdm=False)[0].outputs[0]
-        if TRIGGER not in free.text:
+        if TRIGGER not in free.text and not special & set(free.token_ids):
             assert llm.generate([f"Story {i}:"], tagged, use_tqdm=False)[0].outputs[0].token_ids == free.token_ids
             return
     pytest.fail("every sample wrote the trigger")
