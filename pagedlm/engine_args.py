@@ -46,7 +46,7 @@ from pagedlm.config import (
 )
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
-from pagedlm.sample.custom_logits import resolve_logits_processors
+from pagedlm.engine.logits_processor_loading import resolve_logits_processors
 from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (

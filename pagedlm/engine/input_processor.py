@@ -16,7 +16,7 @@ from pagedlm.config import ModelConfig, check_chat_template
 from pagedlm.engine.messages import EngineCoreRequest
 from pagedlm.models.generation_config import log_generation_defaults
 from pagedlm.pooling_params import PoolingParams
-from pagedlm.sample.custom_logits import load_processor_class, validate_request_params
+from pagedlm.engine.logits_processor_loading import load_processor_class, validate_request_params
 from pagedlm.sampling_params import MAX_SEED, RequestOutputKind, SamplingParams
 from pagedlm.structured_output.validate import validate_structured_outputs
 

@@ -11,7 +11,8 @@ from custom_logits_procs import DummyLogitsProcessor
 from pagedlm import LLM, SamplingParams
 from pagedlm.config import ConfigError
 from pagedlm.engine_args import EngineArgs
-from pagedlm.sample.custom_logits import CustomLogits, resolve_logits_processors, validate_request_params
+from pagedlm.engine.logits_processor_loading import resolve_logits_processors, validate_request_params
+from pagedlm.sample.custom_logits import CustomLogits
 from pagedlm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 from pagedlm.worker.persistent_batch import PersistentBatch
 
