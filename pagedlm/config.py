@@ -138,7 +138,8 @@ class EngineConfig:
     lora_config: "LoRAConfig | None" = None  # set with --enable-lora
     log_stats: bool = True  # the periodic speculative-decoding line (off: --disable-log-stats)
     # Custom logits processors (vLLM V1's): "module:Class" names, loaded in each worker
-    # (pagedlm.engine.logits_processor_loading, pagedlm.sample.custom_logits); each gets this config as vLLM's ``vllm_config``.
+    # (pagedlm.engine.logits_processor_loading, pagedlm.sample.custom_logits); each gets this
+    # config as vLLM's ``vllm_config``.
     logits_processors: tuple[str, ...] = ()
 
 
