@@ -38,11 +38,11 @@ def _fast_fallback_notice(path: str) -> None:
 
 
 def load_tokenizer(model_config: ModelConfig):
-    from transformers import AutoTokenizer
+    from pagedlm.tokenizers import get_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer, trust_remote_code=model_config.trust_remote_code,
-                                                  use_fast=model_config.tokenizer_mode != "slow")
+        tokenizer = get_tokenizer(model_config.tokenizer, tokenizer_mode=model_config.tokenizer_mode,
+                                  trust_remote_code=model_config.trust_remote_code)
     except (OSError, ValueError) as e:
         raise InvalidRequestError(f"could not load a tokenizer from {model_config.tokenizer!r}: {e}") from e
     if model_config.tokenizer_mode == "slow" and tokenizer.is_fast:
