@@ -8,9 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# vLLM's config objects scripts pass to LLM(...) in place of a dict, under vLLM's import path
+# (``from vllm.config import CompilationConfig``); pagedlm.config_options says how they are read.
+from pagedlm.config_options import (  # noqa: F401
+    CompilationConfig,
+    CompilationMode,
+    CUDAGraphMode,
+    KVTransferConfig,
+    PoolerConfig,
+)
+
 if TYPE_CHECKING:
     from pagedlm.lora.config import LoRAConfig
-    from pagedlm.pooling_config import PoolerConfig
+    from pagedlm.pooling_config import PoolerConfig as ResolvedPoolerConfig
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float", "bf16", "fp16", "fp32")
 
@@ -31,7 +41,7 @@ class ModelConfig:
     seed: int = 0
     chat_template: str | None = None
     runner: str = "generate"  # "generate" | "pooling" (resolved from "auto")
-    pooler_config: "PoolerConfig | None" = None  # set when runner == "pooling"
+    pooler_config: "ResolvedPoolerConfig | None" = None  # set when runner == "pooling"
     trust_remote_code: bool = False
     # "auto": the fast tokenizer where the checkpoint has one; "slow": the Python one (use_fast=False)
     tokenizer_mode: str = "auto"

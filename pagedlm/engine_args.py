@@ -27,6 +27,7 @@ from pagedlm.arg_utils import (
 )
 from pagedlm.attention.kv_cache_dtype import KV_CACHE_DTYPES, resolve_kv_cache_dtype
 from pagedlm.compilation import compilation_notices, resolve_cuda_graph_sizes
+from pagedlm.config_options import as_option_dict
 from pagedlm.config import (
     CacheConfig,
     ConfigError,
@@ -46,7 +47,7 @@ from pagedlm.config import (
 )
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
-from pagedlm.engine.logits_processor_loading import resolve_logits_processors
+from pagedlm.engine.logits_processor_loading import engine_logits_processors
 from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -253,6 +254,10 @@ class EngineArgs:
         for name in ("block_size", "enable_prefix_caching"):
             if getattr(self, name) is None:
                 setattr(self, name, type(self).__dataclass_fields__[name].default)
+        # vLLM's config objects (CompilationConfig(...), PoolerConfig(...), StructuredOutputsConfig(...))
+        # are their dict form from here on: one place honours or refuses each field.
+        for name in ("compilation_config", "pooler_config", "structured_outputs_config"):
+            setattr(self, name, as_option_dict(getattr(self, name)))
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None) -> argparse.ArgumentParser:
@@ -454,7 +459,7 @@ class EngineArgs:
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
-        logits_processors = resolve_logits_processors(self.logits_processors)
+        logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
         async_scheduling = self.async_scheduling if self.async_scheduling is not None else \
             default_async_scheduling(device, parallel_config.pipeline_parallel_size)
         if logits_processors:
