@@ -7,15 +7,27 @@ The engine config names each processor class by its fully qualified name ("modul
 so the list travels to the engine-core process and to every worker as plain strings; classes
 given to ``LLM(logits_processors=[...])`` are turned into that name, and one that cannot be
 found again by it (a class defined inside a function) is refused at start-up.
+
+Installed packages add processors as vLLM's plugins do: an entry point in the group
+``pagedlm.logits_processors`` (vLLM's is ``vllm.logits_processors``, whose classes subclass
+vLLM's own interface) naming a LogitsProcessor subclass is loaded at start-up, before those
+the engine is given, wherever custom processors run (not for pooling models nor with
+speculative decoding, which vLLM skips too).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pagedlm.config import ConfigError
 from pagedlm.sampling_params import SamplingParams
+
+LOGITSPROCS_GROUP = "pagedlm.logits_processors"
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pagedlm.v1.sample.logits_processor.interface import LogitsProcessor
@@ -85,3 +97,31 @@ def validate_request_params(classes: Sequence[type[LogitsProcessor]], params: Sa
                          "with logits_processors=[...] / --logits-processors)")
     for cls in classes:
         cls.validate_params(params)
+
+
+def plugin_logits_processors() -> tuple[str, ...]:
+    """The names of the processors installed packages register under LOGITSPROCS_GROUP, in
+    entry-point order; one that fails to load, or is not a LogitsProcessor class, stops start-up
+    naming its entry point (as vLLM's loader does)."""
+    classes = []
+    for entry_point in importlib.metadata.entry_points(group=LOGITSPROCS_GROUP):
+        try:
+            obj = entry_point.load()
+        except Exception as e:  # noqa: BLE001 - any import failure is the plugin's
+            raise ConfigError(f"logits processor plugin {entry_point.name!r} ({entry_point.value}, entry-point group "
+                              f"{LOGITSPROCS_GROUP!r}) failed to load ({type(e).__name__}: {e}); fix or uninstall "
+                              "the package that registers it") from e
+        if not isinstance(obj, type):
+            raise ConfigError(f"logits processor plugin {entry_point.name!r} ({entry_point.value}) is not a class")
+        logger.info("Loading logits processor plugin %s (%s)", entry_point.name, entry_point.value)
+        classes.append(obj)
+    return resolve_logits_processors(classes)
+
+
+def engine_logits_processors(entries: Sequence[Any] | None, pooling: bool, speculative: bool) -> tuple[str, ...]:
+    """The engine's custom processors: the installed plugins' (where custom processors run at
+    all), then the ones given; a processor named by both runs once."""
+    given = resolve_logits_processors(entries)
+    if pooling or speculative:  # given ones are refused there (check_custom_logits_fit); plugins skipped
+        return given
+    return tuple(dict.fromkeys(plugin_logits_processors() + given))
