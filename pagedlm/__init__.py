@@ -7,6 +7,8 @@ from pagedlm.beam_search import BeamSearchParams
 from pagedlm.inputs import PromptType, TextPrompt, TokensPrompt
 from pagedlm.outputs import (
     CompletionOutput,
+    ClassificationOutput,
+    ClassificationRequestOutput,
     EmbeddingOutput,
     EmbeddingRequestOutput,
     Logprob,
@@ -36,6 +38,8 @@ __all__ = [
     "PoolingParams",
     "PoolingOutput",
     "PoolingRequestOutput",
+    "ClassificationOutput",
+    "ClassificationRequestOutput",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
     "ScoringOutput",

@@ -311,13 +311,15 @@ def rope_scaled_context(hf_config: Any, max_position: int) -> int:
 
 
 def derive_max_model_len(hf_config: Any, requested: int | None, allow_long: bool = False,
-                         disable_sliding_window: bool = False) -> int:
+                         disable_sliding_window: bool = False, position_offset: int = 0) -> int:
     """The model's trained context (stretched by its RoPE scaling, ``rope_scaled_context``)
     unless a length is asked for; beyond that context positions the model never saw give
     garbage, so that needs an explicit opt-in. With ``disable_sliding_window`` (vLLM's) the
     context is capped at the model's sliding window, so every layer attends to the whole
-    sequence."""
+    sequence. ``position_offset``: the first position a model numbers (RoBERTa's padding_idx
+    + 1) is that many rows into its position table, so that many fewer tokens fit."""
     limit = rope_scaled_context(hf_config, int(getattr(hf_config, "max_position_embeddings", None) or 2048))
+    limit -= position_offset
     window = model_sliding_window(hf_config) if disable_sliding_window else None
     if window is not None:
         if requested is not None and requested > window:

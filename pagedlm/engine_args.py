@@ -161,10 +161,12 @@ class EngineArgs:
     runner: str = opt("auto", "generate text, or pool hidden states into embeddings (auto: from the checkpoint)",
                       MODEL, choices=["auto", "generate", "pooling"])
     convert: str = opt("auto", "vLLM's model conversion: embed runs the checkpoint as a pooling (embedding) model "
-                       "(as --runner pooling); auto and none leave the runner as it is", MODEL,
-                       choices=["auto", "none", "embed"])
-    task: str = opt("auto", "vLLM's older way to pick the runner: generate, or embed / embedding (as --runner "
-                    "pooling)", MODEL, choices=["auto", "generate", "embed", "embedding"])
+                       "(as --runner pooling); classify asks for a sequence-classification checkpoint's head (as "
+                       "--runner pooling); auto and none leave the runner as it is", MODEL,
+                       choices=["auto", "none", "embed", "classify"])
+    task: str = opt("auto", "vLLM's older way to pick the runner: generate, or embed / embedding, or classify / "
+                    "score (a sequence-classification checkpoint) (as --runner pooling)", MODEL,
+                    choices=["auto", "generate", "embed", "embedding", "classify", "score"])
     pooler_config: dict[str, Any] | None = opt(None, 'pooling settings, e.g. {"pooling_type": "MEAN", "normalize": '
                                                'false}', MODEL, flags=("--override-pooler-config",))
     quantization: str | None = opt(None, "weight quantization method (default: the checkpoint's "
@@ -394,11 +396,12 @@ class EngineArgs:
 
     def _requested_runner(self) -> str:
         """--runner, or what vLLM's --convert embed / --task (embed, generate) ask for."""
-        if self.convert not in ("auto", "none", "embed"):
-            raise ConfigError(f"convert {self.convert!r} is not supported: use embed (a pooling model), auto or none")
-        if self.task not in ("auto", "generate", "embed", "embedding"):
-            raise ConfigError(f"task {self.task!r} is not supported: use generate, embed, or runner='pooling' / "
-                              "'generate' (vLLM's newer names)")
+        if self.convert not in ("auto", "none", "embed", "classify"):
+            raise ConfigError(f"convert {self.convert!r} is not supported: use embed (a pooling model), classify "
+                              "(a sequence-classification checkpoint), auto or none")
+        if self.task not in ("auto", "generate", "embed", "embedding", "classify", "score"):
+            raise ConfigError(f"task {self.task!r} is not supported: use generate, embed, classify, score, or "
+                              "runner='pooling' / 'generate' (vLLM's newer names)")
         asked = [(name, value, "generate" if value == "generate" else "pooling")
                  for name, value in (("convert", self.convert), ("task", self.task)) if value not in ("auto", "none")]
         if self.runner != "auto":
@@ -407,6 +410,20 @@ class EngineArgs:
             raise ConfigError("conflicting runner choices: " + ", ".join(f"{k}={v!r}" for k, v, _ in asked)
                               + " (convert or task embed means runner 'pooling')")
         return asked[0][2] if asked else "auto"
+
+    def _check_pooling_kind(self, pooler_config: Any) -> None:
+        """convert / task classify or score need a sequence-classification checkpoint (pagedlm
+        does not put a new head on a generative one, vLLM's as_seq_cls_model); embed needs an
+        embedding model."""
+        asked = {v for v in (self.convert, self.task) if v not in ("auto", "none", "generate")}
+        is_classifier = pooler_config is not None and pooler_config.is_classifier
+        if asked & {"classify", "score"} and not is_classifier:
+            raise ConfigError(f"task/convert {sorted(asked)}: classify and score need a *ForSequenceClassification "
+                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa); converting another model is not "
+                              "supported")
+        if asked & {"embed", "embedding"} and is_classifier:
+            raise ConfigError("task/convert embed: this checkpoint is a sequence-classification model; it serves "
+                              "classify and score (leave task and convert unset)")
 
     def _model_config(self, device: str) -> ModelConfig:
         """Where the model comes from, its HF config (with --hf-overrides), runner, context
@@ -423,9 +440,10 @@ class EngineArgs:
         runner, pooler_config = resolve_pooling(self._requested_runner(), source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config)
+        self._check_pooling_kind(pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
             sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long(),
-            self.disable_sliding_window)
+            self.disable_sliding_window, _position_offset(hf_config))
         return ModelConfig(
             model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
@@ -572,3 +590,12 @@ def _sync_rope_parameters(config: Any, overrides: dict[str, Any]) -> None:
             if layer_type is None or kind == layer_type:
                 kind_params[name] = overrides[key]
 
+
+
+def _position_offset(hf_config: Any) -> int:
+    """Positions a model numbers from above 0 (RoBERTa: padding_idx + 1) are not usable context."""
+    from pagedlm.models.registry import resolve_model_class
+
+    model_cls = resolve_model_class(list(getattr(hf_config, "architectures", None) or []))
+    offset = getattr(model_cls, "position_offset", None)
+    return offset(hf_config) if offset is not None else 0

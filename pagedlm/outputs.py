@@ -100,17 +100,45 @@ class EmbeddingRequestOutput(PoolingRequestOutput):
 
 
 @dataclass
+class ClassificationOutput:
+    """One prompt's class probabilities (softmax over the labels; sigmoid for one label), or
+    its logits with use_activation=False."""
+
+    probs: list[float]
+
+    @staticmethod
+    def from_base(output: PoolingOutput) -> "ClassificationOutput":
+        if output.data.dim() != 1:
+            raise ValueError("pooled data is not a single probability vector")
+        return ClassificationOutput(output.data.tolist())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput(PoolingRequestOutput):
+    @staticmethod
+    def from_base(output: PoolingRequestOutput) -> "ClassificationRequestOutput":
+        return ClassificationRequestOutput(output.request_id, ClassificationOutput.from_base(output.outputs),
+                                           output.prompt_token_ids, output.finished, output.num_cached_tokens,
+                                           output.prompt, output.metrics, output.error)
+
+
+@dataclass
 class ScoringOutput:
-    """The score of one pair of texts: the cosine similarity of their embeddings (vLLM's score
-    for embedding models)."""
+    """The score of one pair of texts: the cosine similarity of their embeddings (embedding
+    models), or a cross-encoder's relevance (its one label through its activation), as vLLM's."""
 
     score: float
 
 
 @dataclass
 class ScoringRequestOutput:
-    """One pair's result of ``LLM.score``: ``request_id`` joins the two embedding requests' ids,
-    ``prompt_token_ids`` the two prompts' tokens, as vLLM's."""
+    """One pair's result of ``LLM.score``: with an embedding model ``request_id`` joins the two
+    embedding requests' ids and ``prompt_token_ids`` the two prompts' tokens, as vLLM's; with a
+    cross-encoder they are the pair's one request's (the pair encoded as one sequence)."""
 
     request_id: str
     outputs: ScoringOutput

@@ -24,6 +24,16 @@ _ST_UNSUPPORTED_MODES = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_
                          "pooling_mode_weightedmean_tokens")
 
 
+EMBED_TASKS = ("embed", "token_embed")
+# Activations of a classifier's logits: "classify" is vLLM's PoolerClassify (sigmoid for one
+# label, else softmax over the labels); "sigmoid" each label alone; "identity" the raw logits.
+ACTIVATIONS = ("classify", "sigmoid", "identity")
+# A cross-encoder's sentence-transformers activation (torch.nn.modules only, as vLLM) -> ours.
+_ST_CE_ACTIVATIONS = {"torch.nn.modules.activation.Sigmoid": "classify",
+                      "torch.nn.modules.activation.Softmax": "classify",
+                      "torch.nn.modules.linear.Identity": "identity"}
+
+
 @dataclass(frozen=True)
 class PoolerConfig:
     pooling_type: str  # "CLS" | "MEAN" | "LAST"
@@ -31,6 +41,17 @@ class PoolerConfig:
     hidden_size: int
     # Matryoshka models accept `dimensions`: None = not supported; () = any size up to hidden_size.
     matryoshka_dimensions: tuple[int, ...] | None = None
+    # The pooling tasks the model serves: embedding models embed; sequence-classification
+    # models classify, and score pairs (as cross-encoders) when they have one label.
+    tasks: tuple[str, ...] = EMBED_TASKS
+    num_labels: int = 0  # a classifier's; 0 for embedding models
+    classify_activation: str = "classify"  # of LLM.classify / POST /classify (one of ACTIVATIONS)
+    score_activation: str = "classify"  # of cross-encoder LLM.score / POST /score, /rerank
+    id2label: tuple[str, ...] = ()  # a classifier's label names, by class index
+
+    @property
+    def is_classifier(self) -> bool:
+        return "classify" in self.tasks
 
     def check_dimensions(self, dimensions: int | None) -> None:
         """Raises ValueError (a 400 on the server) when the model cannot give that size."""
@@ -147,6 +168,46 @@ def sentence_transformers_max_len(model_dir: str) -> int | None:
     return int(value) if value else None
 
 
+def classify_activation(hf_config: Any) -> str:
+    """vLLM's rule, after transformers' loss for the checkpoint's problem_type."""
+    problem_type = getattr(hf_config, "problem_type", None)
+    return {"regression": "identity", "multi_label_classification": "sigmoid"}.get(problem_type, "classify")
+
+
+def score_activation(hf_config: Any) -> str:
+    """A cross-encoder's activation: the sentence-transformers CrossEncoder's (config.json
+    "sentence_transformers": {"activation_fn"}, or the older
+    "sbert_ce_default_activation_function"), else vLLM's default (sigmoid for one label)."""
+    st = getattr(hf_config, "sentence_transformers", None)
+    name = st.get("activation_fn") if isinstance(st, dict) else None
+    name = name or getattr(hf_config, "sbert_ce_default_activation_function", None)
+    if name is None:
+        return "classify"
+    if name not in _ST_CE_ACTIVATIONS:
+        raise ConfigError(f"cross-encoder activation {name!r} is not supported (supported: "
+                          f"{sorted(_ST_CE_ACTIVATIONS)})")
+    return _ST_CE_ACTIVATIONS[name]
+
+
+def build_classifier_config(hf_config: Any, override: dict[str, Any] | str | None) -> PoolerConfig:
+    """A *ForSequenceClassification model: its head reads the first token (CLS / <s>), so the
+    pooling is fixed; normalize applies to embeddings only."""
+    settings = _override({"pooling_type": "CLS", "normalize": False}, override)
+    if settings["pooling_type"] != "CLS" or settings["normalize"]:
+        raise ConfigError("pooler_config: a sequence-classification model's head reads the first token "
+                          "(pooling_type CLS) and its outputs are not normalised; leave pooling_type and "
+                          "normalize unset")
+    num_labels = int(getattr(hf_config, "num_labels", 0) or 0)
+    if num_labels < 1:
+        raise ConfigError(f"a sequence-classification model needs num_labels >= 1, got {num_labels}")
+    id2label = getattr(hf_config, "id2label", None) or {}
+    labels = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num_labels))
+    # vLLM serves the score task only with one label (a relevance logit).
+    tasks = ("classify",) + (("score",) if num_labels == 1 else ())
+    return PoolerConfig("CLS", False, int(hf_config.hidden_size), None, tasks, num_labels,
+                        classify_activation(hf_config), score_activation(hf_config), labels)
+
+
 def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: list[str],
                     override: dict[str, Any] | str | None) -> tuple[str, PoolerConfig | None]:
     """-> (runner, pooler config when pooling). Capabilities come from the model class:
@@ -165,6 +226,9 @@ def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: 
         if override is not None:
             raise ConfigError("pooler_config applies only with runner='pooling'")
         return runner, None
+    if getattr(model_cls, "is_sequence_classifier", False):
+        # (a CrossEncoder's sentence-transformers files describe no pooling: not read)
+        return runner, build_classifier_config(hf_config, override)
     default_type = getattr(model_cls, "default_pooling_type", "LAST")
     return runner, build_pooler_config(model_dir, hf_config, default_type, override)
 

@@ -275,20 +275,63 @@ class InputProcessor:
                 "--runner pooling (runner='pooling') to embed.")
         params = params.clone()
         params.task = params.task or "embed"
+        check_pooling_task(self.model_config.pooler_config, params.task)
         try:
+            params.verify_task()
             self.model_config.pooler_config.check_dimensions(params.dimensions)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         salt = self.cache_salt(prompt)
+        token_type_ids = None
+        if isinstance(prompt, dict) and "token_type_ids" in prompt:
+            token_type_ids = prompt["token_type_ids"]
+            prompt = {k: v for k, v in prompt.items() if k != "token_type_ids"}
         keep = params.truncate_prompt_tokens
         text, token_ids = self.tokenize_prompt(prompt, check_chars=keep is None)
         token_ids = self.truncate(token_ids, keep)
         self.validate_prompt(token_ids, pooling=True)
+        if token_type_ids is not None:
+            if keep is not None:
+                raise InvalidRequestError("truncate_prompt_tokens cannot cut a prompt given with token_type_ids "
+                                          "(it would cut its segments): truncate the text pair when tokenizing it")
+            params.extra_kwargs = self._compressed_token_types(token_type_ids, len(token_ids))
         arrival = arrival_time if arrival_time is not None else time.time()
         # The placeholder SamplingParams keeps the shared request path uniform; nothing is sampled.
         placeholder = SamplingParams(max_tokens=1, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
         return text, EngineCoreRequest(request_id, token_ids, placeholder, None, arrival, pooling_params=params,
                                        cache_salt=salt, priority=priority)
+
+
+    def _compressed_token_types(self, token_type_ids: Any, num_tokens: int) -> dict[str, int] | None:
+        """A prompt's token types (vLLM's TokensPrompt token_type_ids) as vLLM carries them:
+        the index of the first type-1 token (segments are 0...0 1...1); None for one segment."""
+        types = token_type_ids.tolist() if hasattr(token_type_ids, "tolist") else list(token_type_ids)
+        if len(types) != num_tokens or any(t not in (0, 1) for t in types) or types != sorted(types):
+            raise InvalidRequestError("token_type_ids must hold one 0 or 1 per prompt token, the first segment's "
+                                      f"0s then the second's 1s; got {len(types)} types for {num_tokens} tokens")
+        if 1 not in types:
+            return None
+        if int(getattr(self.model_config.hf_config, "type_vocab_size", 0) or 0) < 2:
+            raise InvalidRequestError("token_type_ids: this model has no second token type (type_vocab_size < 2); "
+                                      "give the pair as one segment")
+        return {"compressed_token_type_ids": types.index(1)}
+
+
+def check_pooling_task(pooler_config: Any, task: str) -> None:
+    """The pooling task must be one the model serves: embedding models embed, sequence-
+    classification models classify (and score, as cross-encoders, with one label)."""
+    if task in pooler_config.tasks:
+        return
+    served = ", ".join(pooler_config.tasks)
+    if pooler_config.is_classifier and task == "score":
+        raise InvalidRequestError(f"Score API is only enabled for num_labels == 1 (a cross-encoder); this "
+                                  f"classifier has {pooler_config.num_labels} labels: use classify.")
+    if pooler_config.is_classifier:
+        raise InvalidRequestError(f"This model is a sequence-classification model and does not support the {task} "
+                                  f"task (it serves {served}): use LLM.classify / LLM.score or POST /classify, "
+                                  "/score, /rerank.")
+    raise InvalidRequestError(f"This model is an embedding model and does not support the {task} task (it "
+                              f"serves {served}): {task} needs a *ForSequenceClassification checkpoint.")
 
 
 def fan_out(request: EngineCoreRequest) -> list[EngineCoreRequest]:

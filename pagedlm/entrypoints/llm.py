@@ -1,4 +1,5 @@
-"""The offline API: LLM.generate / LLM.chat / LLM.embed / LLM.encode, as in vLLM."""
+"""The offline API: LLM.generate / LLM.chat / LLM.embed / LLM.classify / LLM.score /
+LLM.encode, as in vLLM."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pagedlm.entrypoints.chat_content import NO_TEMPLATE_MESSAGE, resolve_conten
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
+from pagedlm.entrypoints.score_utils import cross_encoder_prompt, pair_max_length
 from pagedlm.outputs import (
+    ClassificationRequestOutput,
     EmbeddingRequestOutput,
     PoolingRequestOutput,
     RequestOutput,
@@ -163,10 +166,11 @@ class LLM:
         pooling_params: PoolingParams | None = None,
         lora_request: Any = None,
     ) -> list[ScoringRequestOutput]:
-        """Scores of text pairs with an embedding model, as vLLM's: the cosine similarity of the
-        two embeddings. ``data_1`` may be one text scored against every entry of ``data_2``, or
-        as many texts as ``data_2`` (scored pairwise). Cross-encoder (sequence classification)
-        models, which vLLM also scores, are not served by pagedlm."""
+        """Scores of text pairs, as vLLM's: with a cross-encoder (a sequence-classification
+        model with one label) each pair is encoded as one sequence and scored by the model's
+        head (sigmoid of its logit, unless use_activation=False); with an embedding model it is
+        the cosine similarity of the two embeddings. ``data_1`` may be one text scored against
+        every entry of ``data_2``, or as many texts as ``data_2`` (scored pairwise)."""
         first, second = self._as_prompt_list(data_1), self._as_prompt_list(data_2)
         if not first or not second:
             raise ValueError("score needs at least one text on each side")
@@ -177,6 +181,10 @@ class LLM:
                              f"{len(second)} (give one data_1 text, or as many as data_2)")
         if pooling_params is not None and not isinstance(pooling_params, PoolingParams):
             raise TypeError(f"pooling_params must be a PoolingParams, got {type(pooling_params).__name__}")
+        pooler_config = self.llm_engine.model_config.pooler_config
+        if pooler_config is not None and pooler_config.is_classifier:
+            return self._cross_encoding_score(first, second, truncate_prompt_tokens, use_tqdm, pooling_params,
+                                              lora_request)
         embedded = self.embed(first + second, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
                               pooling_params=pooling_params, lora_request=lora_request)
         n = len(first)
@@ -186,15 +194,41 @@ class LLM:
                                      a.prompt_token_ids + b.prompt_token_ids)
                 for a, b, score in zip(embedded[:n], embedded[n:], scores)]
 
-    def classify(self, *args: Any, **kwargs: Any) -> list[Any]:
-        """vLLM's classify needs a sequence-classification model; pagedlm serves none."""
-        raise NotImplementedError("LLM.classify needs a sequence-classification model, which pagedlm does not serve "
-                                  "(supported: generative models, and embedding models through embed / score)")
+    def _cross_encoding_score(self, first: list[Any], second: list[Any], truncate_prompt_tokens: int | None,
+                              use_tqdm: bool, pooling_params: PoolingParams | None,
+                              lora_request: Any) -> list[ScoringRequestOutput]:
+        max_length = pair_max_length(truncate_prompt_tokens, self.llm_engine.model_config.max_model_len)
+        tokenizer = self.get_tokenizer()
+        prompts = [cross_encoder_prompt(tokenizer, a, b, max_length) for a, b in zip(first, second)]
+        outputs = self.encode(prompts, pooling_params, use_tqdm=use_tqdm, lora_request=lora_request,
+                              pooling_task="score")
+        return [ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])), o.prompt_token_ids)
+                for o in outputs]
+
+    def classify(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora_request: Any = None,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per prompt with a sequence-classification model (vLLM's): softmax
+        over the labels, sigmoid for one label (the checkpoint's problem_type can ask for
+        others), or the logits with PoolingParams(use_activation=False)."""
+        if self.llm_engine.model_config.pooler_config is None:
+            raise ValueError("LLM.classify() is only supported for pooling models: this model generates text "
+                             "(classification needs a *ForSequenceClassification checkpoint)")
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                              use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify")
+        return [ClassificationRequestOutput.from_base(o) for o in outputs]
 
     def reward(self, *args: Any, **kwargs: Any) -> list[Any]:
         """vLLM's reward needs a reward model; pagedlm serves none."""
         raise NotImplementedError("LLM.reward needs a reward model, which pagedlm does not serve "
-                                  "(supported: generative models, and embedding models through embed / score)")
+                                  "(supported: generative models, embedding models through embed / score, and "
+                                  "sequence-classification models through classify / score)")
 
     def start_profile(self, *args: Any, **kwargs: Any) -> None:
         """vLLM's torch-profiler hooks (VLLM_TORCH_PROFILER_DIR); pagedlm has no profiler hook."""
@@ -217,7 +251,9 @@ class LLM:
         pooling_task: str | None = None,
     ) -> list[PoolingRequestOutput]:
         """Pooled hidden states per prompt: ``pooling_task="embed"`` (the default) gives one
-        vector, ``"token_embed"`` (alias ``"encode"``) one vector per prompt token."""
+        vector, ``"token_embed"`` (alias ``"encode"``) one vector per prompt token; with a
+        sequence-classification model ``"classify"`` the class probabilities and ``"score"``
+        a cross-encoder's score (of a prompt holding its pair, e.g. with ``token_type_ids``)."""
         if lora_request is not None:
             raise ValueError("lora_request is not supported for pooling models")
         task = {None: "embed", "encode": "token_embed"}.get(pooling_task, pooling_task)

@@ -1,4 +1,5 @@
-"""Pooler: the hidden states of a computed prompt -> its embedding.
+"""Pooler: the hidden states of a computed prompt -> its embedding, or (sequence-classification
+models) its class probabilities / cross-encoder score through the model's head.
 
 Pooling requests run their whole prompt in one step (no chunked prefill, no prefix-cache
 hits: the engine config guarantees both), so each request's rows of the step's hidden states
@@ -7,7 +8,7 @@ are exactly its prompt's hidden states.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,9 +18,23 @@ from pagedlm.pooling_config import PoolerConfig
 from pagedlm.pooling_params import PoolingParams
 
 
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # vLLM's PoolerClassify: one label is a logit (sigmoid), several a distribution (softmax)
+    "classify": lambda x: torch.sigmoid(x) if x.shape[-1] < 2 else torch.softmax(x, dim=-1),
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
 class Pooler:
-    def __init__(self, config: PoolerConfig) -> None:
+    def __init__(self, config: PoolerConfig,
+                 classifier: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """classifier: a sequence-classification model's head, [B, hidden] first-token states
+        -> [B, num_labels] logits (required when the config's tasks include classify)."""
+        if config.is_classifier and classifier is None:
+            raise ValueError("a classification pooler needs the model's classifier head")
         self.config = config
+        self.classifier = classifier
 
     def __call__(
         self,
@@ -30,6 +45,8 @@ class Pooler:
     ) -> list[list[float] | list[list[float]]]:
         starts = torch.as_tensor(np.asarray(query_start_loc)[list(rows)], dtype=torch.long)
         ends = torch.as_tensor(np.asarray(query_start_loc)[[r + 1 for r in rows]], dtype=torch.long)
+        if self.config.is_classifier:
+            return self._classify(hidden_states, starts.to(hidden_states.device), params)
         pooled = self._pool(hidden_states, starts.to(hidden_states.device), ends.to(hidden_states.device)).cpu()
         results: list[list[float] | list[list[float]]] = []
         for i, p in enumerate(params):
@@ -38,6 +55,18 @@ class Pooler:
             else:
                 vectors = pooled[i]
             results.append(self._finish(vectors, p).tolist())
+        return results
+
+    def _classify(self, hidden: torch.Tensor, starts: torch.Tensor,
+                  params: Sequence[PoolingParams]) -> list[list[float]]:
+        """The head on each prompt's first token (CLS / <s>), in the model's dtype; the
+        activation in float32, unless the request asks for the raw logits (use_activation=False)."""
+        logits = self.classifier(hidden.index_select(0, starts)).float().cpu()  # [B, num_labels]
+        results = []
+        for row, p in zip(logits, params):
+            name = self.config.score_activation if p.task == "score" else self.config.classify_activation
+            use = p.use_activation is None or p.use_activation
+            results.append((_ACTIVATIONS[name](row) if use else row).tolist())
         return results
 
     def _pool(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ embeddings, post-norm LayerNorm after each residual add, GELU MLP, bidirectional
 Module names follow the checkpoint so weights load by name; query/key/value load into one
 fused ``qkv_proj``. There is no LM head: the model serves only
 ``runner="pooling"`` (CLS pooling unless the checkpoint's sentence-transformers config says
-otherwise).
+otherwise). The sequence-classification heads (cross-encoders, classifiers) are in
+``bert_classifier.py``.
 """
 
 from __future__ import annotations
@@ -45,17 +46,23 @@ class LayerNorm(nn.Module):
 
 
 class BertEmbeddings(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, position_offset: int = 0) -> None:
         super().__init__()
+        # RoBERTa numbers positions from padding_idx + 1 (its position_offset); BERT from 0.
+        self.position_offset = position_offset
         self.word_embeddings = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = VocabEmbedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = VocabEmbedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # Every prompt is one segment: token type 0, as sentence-transformers feeds a single text.
-        embeds = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        return self.LayerNorm(embeds + self.token_type_embeddings.weight[0])
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        # No token types: every prompt is one segment (type 0), as sentence-transformers feeds
+        # a single text; a text pair's second segment is type 1.
+        embeds = self.word_embeddings(input_ids) + self.position_embeddings(positions + self.position_offset)
+        if token_type_ids is None:
+            return self.LayerNorm(embeds + self.token_type_embeddings.weight[0])
+        return self.LayerNorm(embeds + self.token_type_embeddings(token_type_ids))
 
 
 class BertSelfAttention(nn.Module):
@@ -138,20 +145,23 @@ class BertModel(nn.Module):
     # and the position-id buffer some checkpoints save.
     _skipped_prefixes = ("cls.", "pooler.", "embeddings.position_ids")
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, position_offset: int = 0) -> None:
         super().__init__()
         if getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ConfigError(f"BERT position_embedding_type {config.position_embedding_type!r} is not supported "
                               "(only absolute)")
-        if max_position is not None and max_position > config.max_position_embeddings:
-            raise ConfigError(f"max_model_len {max_position} exceeds this BERT model's "
-                              f"max_position_embeddings ({config.max_position_embeddings}); lower max_model_len")
+        if max_position is not None and max_position + position_offset > config.max_position_embeddings:
+            raise ConfigError(f"max_model_len {max_position} exceeds this model's max_position_embeddings "
+                              f"({config.max_position_embeddings}"
+                              + (f" less the position offset {position_offset}" if position_offset else "")
+                              + "); lower max_model_len")
         self.config = config
-        self.embeddings = BertEmbeddings(config)
+        self.embeddings = BertEmbeddings(config, position_offset)
         self.encoder = BertEncoder(config)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embeddings(input_ids, positions))
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(self.embeddings(input_ids, positions, token_type_ids))
 
     def attention_layers(self) -> list[nn.Module]:
         """No paged attention: an encoder keeps no KV cache."""

@@ -6,6 +6,7 @@ from torch import nn
 
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
+from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
@@ -17,6 +18,10 @@ from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
+    # Sequence classification (pooling only): classifiers, and cross-encoders with one label.
+    "BertForSequenceClassification": BertForSequenceClassification,
+    "RobertaForSequenceClassification": RobertaForSequenceClassification,
+    "XLMRobertaForSequenceClassification": RobertaForSequenceClassification,
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,

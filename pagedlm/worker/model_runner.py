@@ -57,7 +57,9 @@ class ModelRunner:
         self.sampler = Sampler(self.custom_logits)
         pooler_config = config.model_config.pooler_config
         # runner="pooling": finished prompts are pooled into embeddings instead of sampled.
-        self.pooler = Pooler(pooler_config) if pooler_config is not None else None
+        self.pooler = None
+        if pooler_config is not None:  # a classifier's head (its `classify`) runs in the pooler
+            self.pooler = Pooler(pooler_config, getattr(self.model, "classify", None))
         self.requests: dict[str, CachedRequestState] = {}
         # Seeded requests preempted (to be recomputed): their generators, until they resume or end.
         self._paused_generators: dict[str, torch.Generator] = {}
@@ -241,12 +243,34 @@ class ModelRunner:
             self.spec.update_states(sched, self.requests)
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                    intermediate: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+                    intermediate: IntermediateTensors | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
+        if token_type_ids is not None:  # (encoders only: no pipeline stages)
+            return self.model(input_ids, positions, token_type_ids=token_type_ids)
         if get_parallel_state().pp_size == 1:
             return self.model(input_ids, positions)
         return self.model(input_ids, positions, intermediate)
 
-    def _run_stage(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    def _token_type_ids(self, inputs: StepInputs) -> torch.Tensor | None:
+        """[T] token types of the step, for models that take them (BERT cross-encoders), when a
+        request is a text pair: its second segment is type 1. Pooling prompts run whole in one
+        step (the engine config guarantees it), so a request's rows are its prompt from position
+        0 and its second segment starts ``compressed_token_type_ids`` rows in."""
+        if not getattr(self.model, "accepts_token_type_ids", False):
+            return None
+        types = None
+        for i, req_id in enumerate(inputs.req_ids):
+            params = self.requests[req_id].pooling_params
+            boundary = (params.extra_kwargs or {}).get("compressed_token_type_ids") if params is not None else None
+            if boundary is None:
+                continue
+            if types is None:
+                types = np.zeros(int(inputs.query_start_loc[-1]), dtype=np.int64)
+            types[int(inputs.query_start_loc[i]) + boundary : int(inputs.query_start_loc[i + 1])] = 1
+        return None if types is None else torch.from_numpy(types).to(self.device)
+
+    def _run_stage(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor | None:
         """This pipeline stage's part of the forward: receive the previous stage's hidden
         states and residual, run, and send on; None on every stage but the last."""
         intermediate = None
@@ -254,7 +278,7 @@ class ModelRunner:
             shape = (len(input_ids), self.config.model_config.hf_config.hidden_size)
             hidden, residual = pp_recv([shape, shape], self.config.model_config.torch_dtype, self.device)
             intermediate = IntermediateTensors(hidden, residual)
-        out = self._call_model(input_ids, positions, intermediate)
+        out = self._call_model(input_ids, positions, intermediate, token_type_ids)
         if isinstance(out, IntermediateTensors):
             pp_send([out.hidden_states, out.residual])
             return None
@@ -293,7 +317,7 @@ class ModelRunner:
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
-            return self._run_stage(input_ids, positions)
+            return self._run_stage(input_ids, positions, self._token_type_ids(inputs))
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

@@ -112,8 +112,8 @@ def test_score_is_the_cosine_of_the_embeddings(bert_llm, hf_bert_hidden):
         bert_llm.score(prompts[:2], prompts[:3], use_tqdm=False)
     with pytest.raises(ValueError, match="at least one text"):
         bert_llm.score([], prompts, use_tqdm=False)
-    with pytest.raises(NotImplementedError, match="sequence-classification"):
-        bert_llm.classify(prompts)
+    with pytest.raises(ValueError, match="embedding model and does not support the classify task"):
+        bert_llm.classify(prompts, use_tqdm=False)
 
 
 def test_bert_mean_pooling_override_and_text_prompts(bert_dir, hf_bert_hidden):
@@ -217,7 +217,7 @@ def test_vllm_task_and_convert_embed_pick_the_pooling_runner(llama_checkpoint, h
 def test_vllm_task_and_convert_errors(llama_checkpoint):
     with pytest.raises(ConfigError, match="conflicting runner choices: convert='embed', runner='generate'"):
         LLM(llama_checkpoint, device="cpu", runner="generate", convert="embed")
-    with pytest.raises(ConfigError, match="task 'classify' is not supported"):
+    with pytest.raises(ConfigError, match=r"classify and score need a \*ForSequenceClassification checkpoint"):
         LLM(llama_checkpoint, device="cpu", task="classify")
     llm = LLM(llama_checkpoint, device="cpu", task="generate", max_model_len=128, num_gpu_blocks_override=32)
     assert llm.llm_engine.model_config.runner == "generate"
