@@ -257,3 +257,15 @@ def test_server_generation_apis_refused_on_pooling_model(client) -> None:
         client.completions.create(model=MODEL_NAME, prompt="hi")
     # The server is still healthy and serving after the refusals.
     assert len(client.embeddings.create(model=MODEL_NAME, input="still here").data) == 1
+
+
+def test_server_classify_refused_on_embedding_model(server: Server) -> None:
+    """/classify needs a sequence-classification model (vLLM's message); an embedding model's
+    /score takes no use_activation (vLLM refuses it for the embed task)."""
+    import httpx
+
+    refused = httpx.post(f"{server.url}/classify", json={"input": "hello"}, timeout=60)
+    assert refused.status_code == 400 and "does not support Classification API" in refused.json()["error"]["message"]
+    activation = httpx.post(f"{server.url}/score", json={"text_1": "a", "text_2": "b", "use_activation": True},
+                            timeout=60)
+    assert activation.status_code == 400 and "use_activation" in activation.json()["error"]["message"]

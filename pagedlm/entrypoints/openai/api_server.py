@@ -51,6 +51,7 @@ from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses,
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding, PoolingRequest
 from pagedlm.entrypoints.openai.serving_score import OpenAIServingScore, RerankRequest, ScoreRequest
+from pagedlm.entrypoints.openai.serving_classification import ClassificationRequest, OpenAIServingClassification
 from pagedlm.entrypoints.openai.serving_lora import (
     adapter_cards,
     add_lora_routes,
@@ -230,10 +231,18 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
 
 def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_body_bytes: int,
                         options: ServingOptions) -> None:
-    """The pooling models' endpoints: /v1/embeddings, /pooling, and /score, /rerank (embedding cosines)."""
+    """The pooling models' endpoints: /v1/embeddings, /pooling, /classify, and /score, /rerank
+    (a cross-encoder's scores, or embedding cosines)."""
     embeddings = OpenAIServingEmbedding(engine, names)
     scores = OpenAIServingScore(engine, names)
-    embeddings.options = scores.options = options  # the chat template's content format, for messages
+    classification = OpenAIServingClassification(engine, names)
+    embeddings.options = scores.options = classification.options = options  # the chat template's content format
+
+    @app.post("/classify")
+    @app.post("/v1/classify")
+    async def create_classify(request: Request) -> Response:
+        body = await read_json_body(request, ClassificationRequest, max_body_bytes)
+        return await classification.create_classify(body, request)
 
     @app.post("/v1/embeddings")
     async def create_embedding(request: Request) -> Response:

@@ -289,10 +289,12 @@ class OpenAIServing:
 
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
                     params: SamplingParams, stream: bool, request: SamplingFields | None = None,
-                    model: str | None = None, priority: int = 0) -> RequestGroup:
+                    model: str | None = None, priority: int = 0,
+                    token_type_ids: list[list[int] | None] | None = None) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
-        request's ``model`` (or ``model``) may name a LoRA adapter."""
+        request's ``model`` (or ``model``) may name a LoRA adapter. ``token_type_ids``: per
+        prompt, a text pair's token types (cross-encoder scoring), or None."""
         lora = self.lora_for(request.model if request is not None else model)
         if request is not None and request.use_beam_search:
             try:  # a beam search makes its engine requests later: refuse a bad priority now
@@ -314,6 +316,8 @@ class OpenAIServing:
         try:
             for i, (text, token_ids) in enumerate(prompts):
                 engine_prompt = {"prompt_token_ids": token_ids, "prompt": text, **salt}
+                if token_type_ids is not None and token_type_ids[i] is not None:
+                    engine_prompt["token_type_ids"] = token_type_ids[i]
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
                 streams.append(await self.engine.add_request(sub_id, engine_prompt, params, lora_request=lora,
                                                              priority=request.priority if request is not None

@@ -1,13 +1,17 @@
-"""POST /score, /v1/score and /rerank, /v1/rerank (vLLM's, and Jina's / Cohere's rerank shape) for
-embedding models: a pair's score is the cosine similarity of the two texts' embeddings, as vLLM
-scores with embedding models. Cross-encoder (sequence classification) models are not served.
+"""POST /score, /v1/score and /rerank, /v1/rerank (vLLM's, and Jina's / Cohere's rerank shape).
+With a cross-encoder (a sequence-classification model with one label) each pair is encoded as
+one sequence with its token types and scored by the model's head (sigmoid of its logit unless
+``use_activation`` is false); with an embedding model a pair's score is the cosine similarity of
+the two texts' embeddings, as vLLM scores with embedding models.
 
 ``/score``: ``text_1`` (a string, or a list) against ``text_2`` (a string or a list): one
 ``text_1`` is scored against every ``text_2``, otherwise the two lists pair up by position;
 vLLM's other names for the pair (``data_1`` / ``data_2``, ``queries`` / ``documents``,
 ``queries`` / ``items``) work the same. ``/rerank`` (also ``/v2/rerank``, Cohere's v2 client):
 ``query`` against ``documents``, results ordered by relevance, the best ``top_n`` (0: all).
-Both take ``truncate_prompt_tokens`` and ``priority``; each distinct input is embedded once.
+Both take ``truncate_prompt_tokens`` (a cross-encoder's pair is cut by the tokenizer, longest
+text first) and ``priority``, and for cross-encoders ``use_activation``; with an embedding model
+each distinct input is embedded once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pydantic import Field, field_validator, model_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
-from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id, random_id
+from pagedlm.engine.input_processor import InvalidRequestError
+from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id, random_id, to_openai_error
+from pagedlm.entrypoints.score_utils import cross_encoder_prompt, pair_max_length
 from pagedlm.entrypoints.openai.serving_embedding import MAX_EMBEDDING_INPUTS, OpenAIServingEmbedding, _no_stream
 from pagedlm.pooling_params import PoolingParams
 
@@ -41,6 +47,7 @@ class _ScoreFields(OpenAIBaseModel):
     model: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
+    use_activation: bool | None = None  # cross-encoders: False gives the raw logit (vLLM's)
 
 
 # vLLM's names for /score's two sides; a request uses exactly one pair.
@@ -133,7 +140,12 @@ class OpenAIServingScore(OpenAIServingEmbedding):
         if self.engine.model_config.pooler_config is None:
             raise OpenAIError("This model generates text and cannot score; scoring needs an embedding model "
                               "(--runner pooling).", 400, "model")
-        params = PoolingParams(request.truncate_prompt_tokens, task="embed")
+        if self.engine.model_config.pooler_config.is_classifier:
+            return await self._cross_encoder_score(request, raw, request_id, first, second, pairs, body)
+        try:
+            params = PoolingParams(request.truncate_prompt_tokens, use_activation=request.use_activation, task="embed")
+        except ValueError as e:
+            raise OpenAIError(str(e), 400, "use_activation") from e
         check_chars = request.truncate_prompt_tokens is None
         texts = list(dict.fromkeys(first + second))  # each distinct text embedded once
         prompts = [await self._tokenize(text, True, check_chars) for text in texts]
@@ -151,5 +163,29 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             a = torch.stack([vectors[where[first[i]]] for i, _ in pairs])
             b = torch.stack([vectors[where[second[j]]] for _, j in pairs])
             return body(group, F.cosine_similarity(a, b, dim=-1).tolist(), tokens)
+
+        return await self.respond(raw, group, False, _no_stream, full)
+
+    async def _cross_encoder_score(self, request: _ScoreFields, raw: Request, request_id: str, first: list[str],
+                                   second: list[str], pairs: list[tuple[int, int]], body: Any) -> Response:
+        """Each pair one request: [CLS] text_1 [SEP] text_2 [SEP] with its token types."""
+        try:
+            max_length = pair_max_length(request.truncate_prompt_tokens, self.engine.model_config.max_model_len)
+            prompts = [await self.engine.run_in_tokenizer(cross_encoder_prompt, self.tokenizer, first[i], second[j],
+                                                          max_length) for i, j in pairs]
+            params = PoolingParams(use_activation=request.use_activation, task="score")
+        except (InvalidRequestError, ValueError) as e:
+            raise to_openai_error(e) from e
+        group = await self.start(engine_request_id(request_id, False),
+                                 [(p["prompt"], p["prompt_token_ids"]) for p in prompts], params, False,
+                                 priority=request.priority, token_type_ids=[p.get("token_type_ids") for p in prompts])
+
+        async def full(group: RequestGroup) -> dict[str, Any]:
+            scores, tokens = [0.0] * len(pairs), 0
+            async for index, output in group.merged():
+                if output.finished:
+                    scores[index] = float(output.outputs.data[0])
+                    tokens += len(output.prompt_token_ids)
+            return body(group, scores, tokens)
 
         return await self.respond(raw, group, False, _no_stream, full)
