@@ -12,6 +12,7 @@ from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import SamplingFields
+from pagedlm.lora.request import LoRARequest
 from pagedlm.outputs import CompletionOutput, RequestOutput
 from pagedlm.sampling_params import SamplingParams
 
@@ -46,12 +47,14 @@ class BeamSearchStream:
 
     def __init__(self, engine: AsyncLLM, request_id: str, prompt: tuple[str | None, list[int]],
                  params: BeamSearchParams, eos_token_id: int | None, priority: int = 0,
-                 text_params: SamplingParams | None = None, cache_salt: str | None = None) -> None:
+                 text_params: SamplingParams | None = None, cache_salt: str | None = None,
+                 lora_request: LoRARequest | None = None) -> None:
         self.engine = engine
         self.text_params = text_params or SamplingParams()  # skip_special_tokens & co. for the text
         self.salt = {"cache_salt": cache_salt} if cache_salt else {}
         self.request_id = request_id
         self.priority = priority  # of every engine request the search makes
+        self.lora_request = lora_request  # likewise: each beam is scored under the adapter
         self.prompt = prompt
         self.search = BeamSearch([prompt[1]], params, eos_token_id)
         self._task: asyncio.Task | None = None
@@ -82,7 +85,7 @@ class BeamSearchStream:
     async def _one(self, request_id: str, token_ids: list[int], params: SamplingParams) -> RequestOutput:
         final: Any = None
         async for output in self.engine.generate({"prompt_token_ids": token_ids, **self.salt}, params, request_id,
-                                                 priority=self.priority):
+                                                 lora_request=self.lora_request, priority=self.priority):
             final = output
         return final
 

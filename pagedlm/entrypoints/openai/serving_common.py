@@ -302,14 +302,12 @@ class OpenAIServing:
             except InvalidRequestError as e:
                 raise to_openai_error(e) from e
         request_id = engine_request_id(request_id, request is not None and bool(request.request_id))
-        if lora is not None and request is not None and request.use_beam_search:
-            raise OpenAIError("use_beam_search is not supported with a LoRA adapter.", 400, "use_beam_search")
         if request is not None and request.use_beam_search:
             if params.structured_outputs is not None:  # the search's steps would not follow the grammar
                 raise OpenAIError("use_beam_search cannot be combined with structured output (response_format, "
                                   "structured_outputs, guided_*, or a tool_choice that forces a call).", 400,
                                   "use_beam_search")
-            return self.start_beam_search(request_id, prompts, request, params)
+            return self.start_beam_search(request_id, prompts, request, params, lora)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         salt = {"cache_salt": request.cache_salt} if request is not None and request.cache_salt else {}
         streams: list[RequestStream] = []
@@ -331,9 +329,11 @@ class OpenAIServing:
         return RequestGroup(streams, prompts)
 
     def start_beam_search(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
-                          request: SamplingFields, text_params: SamplingParams) -> RequestGroup:
+                          request: SamplingFields, text_params: SamplingParams,
+                          lora: LoRARequest | None = None) -> RequestGroup:
         """``text_params``: the request's own parameters; the finished beams' text is decoded
-        with its special-token settings."""
+        with its special-token settings. ``lora``: the adapter the request's model names; every
+        step request of every beam runs under it (vLLM's beam search does the same)."""
         streams: list[Any] = []
         for i, prompt in enumerate(prompts):
             max_tokens = text_params.max_tokens
@@ -341,7 +341,7 @@ class OpenAIServing:
             params = beam_search_params(request, limit, self.engine.model_config.max_logprobs)
             sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id, request.priority,
-                                            text_params, request.cache_salt))
+                                            text_params, request.cache_salt, lora))
         return RequestGroup(streams, prompts)
 
     async def respond(self, raw: Request, group: RequestGroup, stream: bool,
