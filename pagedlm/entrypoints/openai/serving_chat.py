@@ -133,15 +133,17 @@ class OpenAIServingChat(OpenAIServing):
                                                 "finish_reason": None}], **extra})
         progress = [ChoiceProgress(started=True) for _ in range(request.n)]
         usage = Usage()
-        num_generated = 0  # outputs are deltas
+        # As vLLM's: a chunk's continuous usage counts its own choice's tokens so far (held
+        # ones included); the final usage chunk sums every choice.
+        num_generated = [0] * request.n  # outputs are deltas
         async for _, output in group.merged():
-            num_generated += sum(len(c.token_ids) for c in output.outputs)
-            if continuous:
-                extra = {"usage": partial_usage(len(group.prompts[0][1]), num_generated)}
             for completion in output.outputs:
+                num_generated[completion.index] += len(completion.token_ids)
                 choice = self._stream_choice(request, completion, progress[completion.index],
                                              shapers[completion.index])
                 if choice is not None:
+                    if continuous:
+                        extra = {"usage": partial_usage(len(group.prompts[0][1]), num_generated[completion.index])}
                     yield sse({**head, "choices": [choice], **extra})
             usage.add_completion(output)
             if output.finished:

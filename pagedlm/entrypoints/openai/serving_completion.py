@@ -124,17 +124,19 @@ class OpenAIServingCompletion(OpenAIServing):
         head = {"id": request_id, "object": "text_completion", "created": group.created, "model": model}
         progress: dict[int, ChoiceProgress] = {}
         usage = Usage()
-        generated: dict[int, int] = {}  # prompt index -> tokens so far (outputs are deltas)
+        # As vLLM's: a chunk's continuous usage is its prompt's tokens and its own choice's
+        # tokens so far; the final usage chunk sums every prompt and every choice.
+        generated: dict[int, int] = {}  # choice index -> tokens so far (outputs are deltas)
         async for index, output in group.merged():
-            generated[index] = generated.get(index, 0) + sum(len(c.token_ids) for c in output.outputs)
             for completion in output.outputs:
                 choice_index = index * request.n + completion.index
+                generated[choice_index] = generated.get(choice_index, 0) + len(completion.token_ids)
                 state = progress.setdefault(choice_index, ChoiceProgress())
                 choice = self._stream_choice(request, group, index, output, completion, state, choice_index)
                 if choice is not None:
                     chunk = {**head, "choices": [choice]}
                     if include_usage:
-                        chunk["usage"] = partial_usage(len(group.prompts[index][1]), generated[index]) \
+                        chunk["usage"] = partial_usage(len(group.prompts[index][1]), generated[choice_index]) \
                             if continuous else None
                     yield sse(chunk)
             usage.add_completion(output)
