@@ -153,6 +153,7 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     if fmt is not None and not isinstance(fmt, dict):
         raise OpenAIError("text.format must be an object such as {'type': 'json_object'}", 400, "text.format")
     if fmt is not None:
+        _check_text_format_type(fmt.get("type"))
         response_format = {"type": fmt.get("type")}
         if fmt.get("type") == "json_schema":
             response_format["json_schema"] = {"name": fmt.get("name"), "schema": fmt.get("schema"),
@@ -172,6 +173,21 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         "temperature": req.temperature, "top_p": req.top_p, "tools": tools, "tool_choice": tool_choice,
         "parallel_tool_calls": req.parallel_tool_calls, "response_format": response_format, **extras,
     })
+
+
+TEXT_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def _check_text_format_type(kind: Any) -> None:
+    """vLLM's ResponsesRequest types ``text`` as OpenAI's ResponseTextConfig, whose ``format``
+    is text, json_object or json_schema only: any other type (structural_tag included) is a 400
+    there, so it is here, with a message that says where a structural tag does go."""
+    if kind in TEXT_FORMAT_TYPES:
+        return
+    hint = (" /v1/responses takes a structural tag as structured_outputs: {\"structural_tag\": \"<the tag as "
+            "JSON text>\"} (or use response_format on /v1/chat/completions)." if kind == "structural_tag" else "")
+    raise OpenAIError(f"text.format type {kind!r} is not supported: as in vLLM, it must be one of "
+                      f"{', '.join(repr(k) for k in TEXT_FORMAT_TYPES)}.{hint}", 400, "text.format.type")
 
 
 _CHAT_EXTRAS = ("seed", "top_k", "repetition_penalty", "stop", "ignore_eos", "skip_special_tokens",
