@@ -54,8 +54,6 @@ __all__ = [
 
 # Names `from vllm import ...` offers for features pagedlm lacks: importing one says so.
 _NOT_IN_PAGEDLM = {
-    "ClassificationOutput": "classification models (LLM.classify) are not supported by pagedlm",
-    "ClassificationRequestOutput": "classification models (LLM.classify) are not supported by pagedlm",
     "ModelRegistry": "registering out-of-tree models is not supported by pagedlm",
     "initialize_ray_cluster": "pagedlm starts Ray itself with --distributed-executor-backend ray",
 }

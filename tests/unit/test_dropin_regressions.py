@@ -206,14 +206,15 @@ def test_vllms_top_level_names_import_from_pagedlm() -> None:
     that says why (never a bare "cannot import name")."""
     import pagedlm
     from pagedlm import (  # noqa: F401
-        LLM, AsyncEngineArgs, AsyncLLMEngine, CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, EngineArgs,
+        LLM, AsyncEngineArgs, AsyncLLMEngine, ClassificationOutput, ClassificationRequestOutput, CompletionOutput,
+        EmbeddingOutput, EmbeddingRequestOutput, EngineArgs,
         LLMEngine, PoolingOutput, PoolingParams, PoolingRequestOutput, PromptType, RequestOutput, SamplingParams,
         ScoringOutput, ScoringRequestOutput, TextPrompt, TokensPrompt, __version__, __version_tuple__)
 
     assert all(hasattr(pagedlm, name) for name in pagedlm.__all__)
     assert issubclass(AsyncEngineArgs, EngineArgs) and AsyncLLMEngine.__name__ == "AsyncLLM"
     assert __version_tuple__[:2] == tuple(int(p) for p in __version__.split(".")[:2])
-    for name in ("ClassificationOutput", "ClassificationRequestOutput", "ModelRegistry", "initialize_ray_cluster"):
+    for name in ("ModelRegistry", "initialize_ray_cluster"):
         with pytest.raises(ImportError, match=f"pagedlm has no {name}: .*not supported|pagedlm starts Ray"):
             exec(f"from pagedlm import {name}")
 
