@@ -51,6 +51,9 @@ class Attention(nn.Module):
         q and k arrive unrotated: RoPE and the cache write run as one op (one launch on a GPU)."""
         meta = get_attn_metadata()
         num_tokens = q.shape[0]
+        if rotary is not None and not rotary.fuses_with_cache_write:  # partial / GPT-J-style RoPE
+            q, k = rotary(positions, q, k)
+            rotary = None
         if self.calculate_kv_scales:
             if rotary is not None:  # the scales describe the rotated keys the cache stores
                 q, k = ops.rotary_embedding(positions, q, k, rotary.cos_sin_cache, rotary.head_dim)

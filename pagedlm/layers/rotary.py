@@ -119,16 +119,62 @@ def compute_cos_sin_cache(
     return (torch.cat((freqs.cos(), freqs.sin()), dim=-1) * attention_factor).float()
 
 
+def rotate_partial(
+    positions: torch.Tensor,  # [T] int64
+    query: torch.Tensor,  # [T, Hq * D]
+    key: torch.Tensor,  # [T, Hkv * D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, R] float32: cos of the R / 2 frequencies, then sin
+    head_dim: int,
+    is_neox_style: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on the first R = rotary_dim features of each head, the rest passed through
+    (GPT-NeoX's ``rotary_pct``, GPT-J's ``rotary_dim``). Neox style rotates the halves of
+    those R features (x_i with x_{i + R/2}); GPT-J style (``is_neox_style=False``) rotates
+    adjacent pairs (x_{2i} with x_{2i+1}), frequency i on pair i. Plain torch on every device."""
+    rotary_dim = cos_sin_cache.shape[-1]
+    cos, sin = cos_sin_cache.index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, R/2] each
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        heads = x.reshape(x.shape[0], -1, head_dim)
+        rot = heads[..., :rotary_dim].float()
+        if is_neox_style:
+            x1, x2 = rot.chunk(2, dim=-1)
+            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+            out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        return torch.cat((out.to(x.dtype), heads[..., rotary_dim:]), dim=-1).reshape(x.shape)
+
+    return rotate(query), rotate(key)
+
+
 class RotaryEmbedding(nn.Module):
+    """RoPE with a cos/sin table for every position the engine allows. ``rotary_dim`` (default
+    the whole head) rotates only the first features of each head; ``is_neox_style=False``
+    rotates adjacent pairs (GPT-J, Cohere) instead of the two halves. The plain case (whole
+    head, neox style) runs fused with the KV cache write (``fuses_with_cache_write``); the
+    others through ``rotate_partial`` before it."""
+
     def __init__(self, head_dim: int, max_position: int, base: float, rope_type: str = "default",
                  params: dict[str, Any] | None = None, original_max: int | None = None,
-                 config_max_position: int | None = None) -> None:
+                 config_max_position: int | None = None, rotary_dim: int | None = None,
+                 is_neox_style: bool = True) -> None:
         super().__init__()
         self.head_dim = head_dim
-        cache = compute_cos_sin_cache(head_dim, max_position, base, rope_type, params or {},
+        self.rotary_dim = rotary_dim or head_dim
+        self.is_neox_style = is_neox_style
+        if self.rotary_dim > head_dim or self.rotary_dim % 2:
+            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and at most head_dim {head_dim}")
+        params = dict(params or {})
+        if rotary_dim is not None:
+            params.pop("partial_rotary_factor", None)  # the caller applied it: rotary_dim
+        cache = compute_cos_sin_cache(self.rotary_dim, max_position, base, rope_type, params,
                                       original_max or max_position, config_max_position)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
+        self.fuses_with_cache_write = self.rotary_dim == head_dim and is_neox_style
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # query [T, Hq * D], key [T, Hkv * D]
+        if not self.fuses_with_cache_write:
+            return rotate_partial(positions, query, key, self.cos_sin_cache, self.head_dim, self.is_neox_style)
         return ops.rotary_embedding(positions, query, key, self.cos_sin_cache, self.head_dim)

@@ -10,6 +10,7 @@ from pagedlm.models.bert_classifier import BertForSequenceClassification, Robert
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
+from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
@@ -39,6 +40,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "GPT2LMHeadModel": GPT2LMHeadModel,
+    "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
 }
 
 

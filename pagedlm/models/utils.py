@@ -45,3 +45,18 @@ def load_params(
         param.weight_loader(param, tensor, shard_id)
         loaded.add(target)
     return loaded
+
+
+def load_shards(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor, Any]]) -> set[str]:
+    """Load (parameter name, tensor, shard id) triples, the shard id passed to the parameter's
+    loader (None: the whole tensor); returns the names loaded. For model files that split
+    their checkpoint's fused tensors themselves (GPT-NeoX's per-head query_key_value)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded: set[str] = set()
+    for name, tensor, shard_id in weights:
+        param = params.get(name)
+        if param is None:
+            raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in {type(model).__name__}")
+        param.weight_loader(param, tensor, shard_id)
+        loaded.add(name)
+    return loaded

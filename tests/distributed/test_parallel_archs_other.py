@@ -1,0 +1,28 @@
+"""Tensor parallelism on the non-Llama decoders of tests/models/test_parity_archs_other.py:
+TP=2 (two gloo worker processes) gives the single-rank engine's greedy ids and logprobs on
+the shared multi-rank workload. Covers GPT-NeoX's per-head fused query_key_value split into
+each rank's heads."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagedlm import LLM
+
+from models.test_parity_archs_other import build_checkpoint
+
+from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+
+ARCHS = ["gpt_neox"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tp2_equals_tp1(tmp_path_factory, arch: str) -> None:
+    path = build_checkpoint(tmp_path_factory, arch, seed=7)
+    reference = run_workload(LLM(path, **ENGINE_KWARGS))
+    llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
+    try:
+        outputs = run_workload(llm)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert_same(reference, outputs)
