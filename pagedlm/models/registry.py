@@ -16,6 +16,7 @@ from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
+from pagedlm.models.starcoder2 import Starcoder2ForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
@@ -41,6 +42,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
+    "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
 }
 
 

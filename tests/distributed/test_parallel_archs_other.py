@@ -1,7 +1,8 @@
 """Tensor parallelism on the non-Llama decoders of tests/models/test_parity_archs_other.py:
 TP=2 (two gloo worker processes) gives the single-rank engine's greedy ids and logprobs on
 the shared multi-rank workload. Covers GPT-NeoX's per-head fused query_key_value split into
-each rank's heads."""
+each rank's heads, and StarCoder2's GQA with biases on
+every projection."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from models.test_parity_archs_other import build_checkpoint
 
 from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
 
-ARCHS = ["gpt_neox"]
+ARCHS = ["gpt_neox", "starcoder2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

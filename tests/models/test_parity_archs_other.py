@@ -19,6 +19,9 @@ CHECKPOINTS = {
     "gpt_neox_sequential": ("GPTNeoXForCausalLM", dict(
         num_key_value_heads=4, use_parallel_residual=False, hidden_act="gelu_new", tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.25})),
+    # GQA (4 query heads, 2 KV heads), a window shorter than most prompts, biases, tied head.
+    "starcoder2": ("Starcoder2ForCausalLM", dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", use_bias=True,
+                                                 tie_word_embeddings=True)),
 }
 
 
