@@ -7,6 +7,7 @@ from torch import nn
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
+from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
@@ -43,6 +44,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
+    "CohereForCausalLM": CohereForCausalLM,
+    "Cohere2ForCausalLM": Cohere2ForCausalLM,
 }
 
 

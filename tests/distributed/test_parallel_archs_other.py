@@ -2,7 +2,7 @@
 TP=2 (two gloo worker processes) gives the single-rank engine's greedy ids and logprobs on
 the shared multi-rank workload. Covers GPT-NeoX's per-head fused query_key_value split into
 each rank's heads, and StarCoder2's GQA with biases on
-every projection."""
+every projection, and Command-R+'s per-head q/k LayerNorm weights split by heads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from models.test_parity_archs_other import build_checkpoint
 
 from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
 
-ARCHS = ["gpt_neox", "starcoder2"]
+ARCHS = ["gpt_neox", "starcoder2", "cohere"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -22,6 +22,12 @@ CHECKPOINTS = {
     # GQA (4 query heads, 2 KV heads), a window shorter than most prompts, biases, tied head.
     "starcoder2": ("Starcoder2ForCausalLM", dict(sliding_window=8, hidden_act="gelu_pytorch_tanh", use_bias=True,
                                                  tie_word_embeddings=True)),
+    # Command-R+: per-head q/k LayerNorms; a logit scale that changes the logprobs; GQA.
+    "cohere": ("CohereForCausalLM", dict(use_qk_norm=True, logit_scale=0.5, layer_norm_eps=1e-5,
+                                         tie_word_embeddings=True, pad_token_id=0)),
+    # Command-R7B: layer 0 slides (window 8, RoPE), layer 1 is global without position embedding.
+    "cohere2": ("Cohere2ForCausalLM", dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                                           logit_scale=0.25, tie_word_embeddings=True, pad_token_id=0)),
 }
 
 
