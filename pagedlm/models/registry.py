@@ -12,6 +12,7 @@ from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
+from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
@@ -46,6 +47,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
     "CohereForCausalLM": CohereForCausalLM,
     "Cohere2ForCausalLM": Cohere2ForCausalLM,
+    "GPTJForCausalLM": GPTJForCausalLM,
 }
 
 

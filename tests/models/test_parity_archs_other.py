@@ -28,6 +28,9 @@ CHECKPOINTS = {
     # Command-R7B: layer 0 slides (window 8, RoPE), layer 1 is global without position embedding.
     "cohere2": ("Cohere2ForCausalLM", dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"],
                                            logit_scale=0.25, tie_word_embeddings=True, pad_token_id=0)),
+    # RoPE on half of each head, adjacent pairs; an LM head with a bias.
+    "gptj": ("GPTJForCausalLM", dict(num_key_value_heads=4, n_inner=128, rotary_dim=8,
+                                     activation_function="gelu_new")),
 }
 
 
