@@ -11,6 +11,7 @@ from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
+from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
@@ -48,6 +49,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "CohereForCausalLM": CohereForCausalLM,
     "Cohere2ForCausalLM": Cohere2ForCausalLM,
     "GPTJForCausalLM": GPTJForCausalLM,
+    "GPTBigCodeForCausalLM": GPTBigCodeForCausalLM,
 }
 
 

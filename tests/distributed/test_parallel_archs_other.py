@@ -1,8 +1,9 @@
 """Tensor parallelism on the non-Llama decoders of tests/models/test_parity_archs_other.py:
 TP=2 (two gloo worker processes) gives the single-rank engine's greedy ids and logprobs on
 the shared multi-rank workload. Covers GPT-NeoX's per-head fused query_key_value split into
-each rank's heads, and StarCoder2's GQA with biases on
-every projection, and Command-R+'s per-head q/k LayerNorm weights split by heads."""
+each rank's heads, StarCoder2's GQA with biases on every projection, Command-R+'s per-head
+q/k LayerNorm weights split by heads, and GPT-BigCode's single K/V head replicated on both
+ranks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from models.test_parity_archs_other import build_checkpoint
 
 from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
 
-ARCHS = ["gpt_neox", "starcoder2", "cohere"]
+ARCHS = ["gpt_neox", "starcoder2", "cohere", "gpt_bigcode"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -31,6 +31,11 @@ CHECKPOINTS = {
     # RoPE on half of each head, adjacent pairs; an LM head with a bias.
     "gptj": ("GPTJForCausalLM", dict(num_key_value_heads=4, n_inner=128, rotary_dim=8,
                                      activation_function="gelu_new")),
+    # StarCoder 1: multi-query (one K/V head), learned positions; and the per-head c_attn layout.
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", dict(multi_query=True, num_key_value_heads=1, n_inner=128,
+                                                  activation_function="gelu_pytorch_tanh")),
+    "gpt_bigcode_mha": ("GPTBigCodeForCausalLM", dict(multi_query=False, num_key_value_heads=4, n_inner=128,
+                                                      activation_function="gelu", tie_word_embeddings=False)),
 }
 
 

@@ -1,0 +1,136 @@
+"""GPT-BigCode (StarCoder 1, SantaCoder): GPT-2's block (learned absolute positions,
+pre-LayerNorm, biases, GELU MLP, head tied to the embedding) with ordinary [out, in] linear
+weights and multi-query attention (``multi_query``: one K/V head shared by all query heads).
+
+The fused ``c_attn`` holds [q | k | v] with multi-query, and per-head [q | k | v] blocks
+without it (transformers views it as [heads, 3 * head_dim]); either is split at load into
+q, k and v shards of the fused projection, so tensor-parallel ranks take their query heads
+(the single K/V head is replicated)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from pagedlm.config import ConfigError
+from pagedlm.layers.activation import Gelu, gelu_approximation
+from pagedlm.layers.attention import Attention
+from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedlm.layers.norm import LayerNorm
+from pagedlm.models.utils import load_shards
+
+
+class GPTBigCodeAttention(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        num_heads = config.num_attention_heads
+        self.head_dim = hidden // num_heads
+        num_kv_heads = 1 if config.multi_query else num_heads
+        self.c_attn = QKVParallelLinear(hidden, self.head_dim, num_heads, num_kv_heads, bias=True)
+        self.q_size, self.kv_size = self.c_attn.q_size, self.c_attn.kv_size
+        self.c_proj = RowParallelLinear(hidden, hidden, bias=True)
+        scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
+        self.attn = Attention(num_heads, self.head_dim, num_kv_heads, scale)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.c_attn(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return self.c_proj(self.attn(q, k, v))
+
+
+class GPTBigCodeMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        inner = config.n_inner or 4 * config.hidden_size
+        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, bias=True)
+        self.c_proj = RowParallelLinear(inner, config.hidden_size, bias=True)
+        self.act = Gelu(gelu_approximation(config.activation_function))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class GPTBigCodeBlock(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        eps = config.layer_norm_epsilon
+        self.ln_1 = LayerNorm(config.hidden_size, eps)
+        self.attn = GPTBigCodeAttention(config)
+        self.ln_2 = LayerNorm(config.hidden_size, eps)
+        self.mlp = GPTBigCodeMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states))
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPTBigCodeModel(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.wpe = VocabParallelEmbedding(config.max_position_embeddings, config.hidden_size)
+        self.h = nn.ModuleList(GPTBigCodeBlock(config) for _ in range(config.num_hidden_layers))
+        self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.wte(input_ids) + self.wpe(positions)
+        for block in self.h:
+            hidden_states = block(hidden_states)
+        return self.ln_f(hidden_states)
+
+
+def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any) -> Iterator[tuple[str, torch.Tensor, Any]]:
+    """(name, tensor, shard id): c_attn's rows split into q, k and v (contiguous with
+    multi-query, per head without it); old checkpoints' causal-mask buffers dropped."""
+    num_heads = config.num_attention_heads
+    head_dim = config.hidden_size // num_heads
+    for name, tensor in weights:
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        if ".attn.c_attn." not in name:
+            yield name, tensor, None
+        elif config.multi_query:
+            for shard, piece in zip("qkv", tensor.split([config.hidden_size, head_dim, head_dim])):
+                yield name, piece, shard
+        else:
+            per_head = tensor.reshape(num_heads, 3, head_dim, *tensor.shape[1:])  # [H, 3, D(, hidden)]
+            for index, shard in enumerate("qkv"):
+                yield name, per_head[:, index].reshape(-1, *tensor.shape[1:]), shard
+
+
+class GPTBigCodeForCausalLM(nn.Module):
+    def __init__(self, config: Any, max_position: int | None = None) -> None:
+        super().__init__()
+        if getattr(config, "add_cross_attention", False):
+            raise ConfigError("GPT-BigCode with cross-attention (add_cross_attention) is not supported")
+        if max_position is not None and max_position > config.max_position_embeddings:
+            raise ConfigError(f"max_model_len {max_position} exceeds GPT-BigCode's {config.max_position_embeddings} "
+                              "learned positions")
+        num_kv_heads = 1 if config.multi_query else config.num_attention_heads
+        if getattr(config, "num_key_value_heads", num_kv_heads) != num_kv_heads:
+            # The KV cache is sized from num_key_value_heads: it must say what multi_query does.
+            raise ConfigError(f"GPT-BigCode config has num_key_value_heads {config.num_key_value_heads} but "
+                              f"multi_query={config.multi_query} means {num_kv_heads} KV heads")
+        self.config = config
+        self.transformer = GPTBigCodeModel(config)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.transformer(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden_states)
+
+    def attention_layers(self) -> list[Attention]:
+        return [block.attn.attn for block in self.transformer.h]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        if self.tie_word_embeddings:
+            weights = ((n, t) for n, t in weights if not n.startswith("lm_head."))
+        return load_shards(self, split_c_attn(weights, self.config))
