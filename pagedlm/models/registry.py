@@ -26,6 +26,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "GraniteForCausalLM": LlamaForCausalLM,  # embedding / residual / attention multipliers, logits_scaling
+    "SmolLM3ForCausalLM": LlamaForCausalLM,  # NoPE layers (no_rope_layers)
     # Decoder checkpoints saved without an LM head (embedding models): pooling only.
     "LlamaModel": as_pooling_model(LlamaForCausalLM),
     "MistralModel": as_pooling_model(LlamaForCausalLM),
