@@ -163,6 +163,8 @@ class LlamaDecoderLayer(PreNormDecoderLayer):
 
 
 class LlamaModel(nn.Module):
+    layer_cls: type[nn.Module] = LlamaDecoderLayer  # (config, rotary_emb, quant_config, prefix, layer)
+
     def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
                  prefix: str = "model") -> None:
         super().__init__()
@@ -176,8 +178,8 @@ class LlamaModel(nn.Module):
                                      config.max_position_embeddings)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
-            lambda i: LlamaDecoderLayer(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
-                                        f"{prefix}.layers.{i}", i))
+            lambda i: self.layer_cls(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
+                                     f"{prefix}.layers.{i}", i))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
         self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))  # Granite
 
@@ -198,6 +200,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    model_cls: type[LlamaModel] = LlamaModel
     supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
     supports_quantization = True  # linear layers take quant_config (the LM head stays unquantized)
     supports_lora = True  # PEFT adapters on q/k/v/o and gate/up/down (pagedlm.lora)
@@ -215,7 +218,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         max_position = max_position or config.max_position_embeddings
-        self.model = LlamaModel(config, max_position, quant_config)
+        self.model = self.model_cls(config, max_position, quant_config)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size) if is_last_pp_rank() else PPMissingLayer()
         # With pipeline stages the tied weight lives on two ranks: the last stage loads its

@@ -12,6 +12,7 @@ from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGenerat
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.olmo2 import Olmo2ForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
@@ -33,6 +34,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralModel": as_pooling_model(LlamaForCausalLM),
     "Qwen2Model": as_pooling_model(LlamaForCausalLM),
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
+    "Olmo2ForCausalLM": Olmo2ForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,  # its language model (text only)

@@ -26,6 +26,7 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Layer 0 without RoPE; a window of 8 that use_sliding_window=False leaves off.
     "smollm3": ("SmolLM3ForCausalLM", dict(no_rope_layers=[0, 1], sliding_window=8, use_sliding_window=False,
                                            tie_word_embeddings=True, pad_token_id=0)),
+    "olmo2": ("Olmo2ForCausalLM", dict(pad_token_id=0)),
 }
 
 
@@ -79,6 +80,31 @@ def _window_on(model: torch.nn.Module, _: str) -> None:
         attn.sliding_window = 8
 
 
+class _PerHeadRMSNorm(torch.nn.Module):
+    """The Qwen3-style q / k norm: over each head, not over the whole projection."""
+
+    def __init__(self, norm: torch.nn.Module, head_dim: int) -> None:
+        super().__init__()
+        self.norm, self.head_dim = norm, head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.float().view(x.shape[0], -1, self.head_dim)
+        heads = heads * torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + self.norm.eps)
+        return heads.view_as(x) * self.norm.weight
+
+
+def _qk_norm_per_head(model: torch.nn.Module, _: str) -> None:
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        attn.q_norm = _PerHeadRMSNorm(attn.q_norm, attn.head_dim)
+        attn.k_norm = _PerHeadRMSNorm(attn.k_norm, attn.head_dim)
+
+
+def _post_norms_off(model: torch.nn.Module, _: str) -> None:
+    for layer in model.model.layers:
+        layer.post_attention_layernorm = torch.nn.Identity()
+
+
 @pytest.mark.parametrize("name,undo,which", [
     ("granite", _drop_granite_multiplier, "embedding"),
     ("granite", _drop_granite_multiplier, "residual"),
@@ -86,6 +112,8 @@ def _window_on(model: torch.nn.Module, _: str) -> None:
     ("granite", _drop_granite_multiplier, "logits"),
     ("smollm3", _rope_on_every_layer, ""),
     ("smollm3", _window_on, ""),
+    ("olmo2", _qk_norm_per_head, ""),
+    ("olmo2", _post_norms_off, ""),
 ])
 def test_quirks_bite(checkpoint, name, undo, which):
     """The parity above could not pass by luck: with one quirk undone in the engine, its
@@ -109,3 +137,37 @@ def test_quirks_bite(checkpoint, name, undo, which):
     assert max_error() < 1e-4
     undo(llm.llm_engine.engine_core.runner.model, which)
     assert max_error() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["granite", "olmo2"])
+def test_pipeline_stages(checkpoint, name):
+    """Two pipeline stages (gloo worker processes): the embedding multiplier on the first,
+    logits_scaling on the last, OLMo 2's (output, stream) pair handed between them; the
+    outputs still equal transformers'."""
+    path = checkpoint(name)
+    prompts = PROMPTS[1:4]
+    llm, outputs = run(path, prompts, max_model_len=64, pipeline_parallel_size=2, block_size=4,
+                       max_num_batched_tokens=16)
+    try:
+        assert llm.llm_engine.config.parallel_config.distributed_executor_backend == "mp"
+        check_close(hf_reference(path, prompts, 10), outputs, prompts)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def test_olmo2_refuses_tensor_parallel(checkpoint):
+    """Its q / k norms reduce over all heads, which tensor-parallel ranks split: refused in
+    one line, not computed per rank."""
+    from transformers import AutoConfig
+
+    from pagedlm.config import ConfigError
+    from pagedlm.models.olmo2 import Olmo2ForCausalLM
+    from pagedlm.worker.distributed import destroy_distributed_environment, set_parallel_state_for_tests
+
+    config = AutoConfig.from_pretrained(checkpoint("olmo2"))
+    set_parallel_state_for_tests(0, 2, 1)
+    try:
+        with pytest.raises(ConfigError, match="tensor_parallel_size"):
+            Olmo2ForCausalLM(config)
+    finally:
+        destroy_distributed_environment()
