@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pagedlm.config import attention_shape, layer_sliding_window
-from pagedlm.layers.activation import SiluAndMul
+from pagedlm.layers.activation import GeluAndMul, SiluAndMul, gelu_approximation
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -101,17 +101,25 @@ def _codes_kw(codes: torch.dtype | None) -> dict:
     return {} if codes is None else {"codes_dtype": codes}
 
 
+def gated_activation(act: str) -> nn.Module:
+    """SiLU (SwiGLU) or a GELU variant (GeGLU, Gemma's gelu_pytorch_tanh); others are refused."""
+    if act == "silu":
+        return SiluAndMul()
+    try:
+        return GeluAndMul(gelu_approximation(act))
+    except ValueError:
+        raise ValueError(f"hidden_act {act!r} is not supported (silu or a GELU variant)") from None
+
+
 class LlamaMLP(nn.Module):
     def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (only silu)")
         bias = getattr(config, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias,
                                                        quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias,
                                            quant_config=quant_config, prefix=f"{prefix}.down_proj")
-        self.act_fn = SiluAndMul()
+        self.act_fn = gated_activation(getattr(config, "hidden_act", "silu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # down_proj quantizes its own input: a gate that emits codes runs on one program per
@@ -124,13 +132,15 @@ class PreNormDecoderLayer(nn.Module):
     ``ffn_name`` is the block's checkpoint name (``mlp``, Mixtral's ``block_sparse_moe``).
     Granite's ``residual_multiplier`` scales both blocks' outputs before their residual add."""
 
-    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp") -> None:
+    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp",
+                 norm_unit_offset: bool = False) -> None:
+        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight)."""
         super().__init__()
         self.self_attn = self_attn
         self.ffn_name = ffn_name
         self.add_module(ffn_name, ffn)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
         self.residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
 
     def forward(
@@ -164,6 +174,7 @@ class LlamaDecoderLayer(PreNormDecoderLayer):
 
 class LlamaModel(nn.Module):
     layer_cls: type[nn.Module] = LlamaDecoderLayer  # (config, rotary_emb, quant_config, prefix, layer)
+    norm_unit_offset = False  # the final norm multiplies by (1 + weight) (Gemma)
 
     def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
                  prefix: str = "model") -> None:
@@ -180,7 +191,8 @@ class LlamaModel(nn.Module):
             config.num_hidden_layers,
             lambda i: self.layer_cls(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
                                      f"{prefix}.layers.{i}", i))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
+        self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset) if is_last_pp_rank()
+                     else PPMissingLayer())
         self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))  # Granite
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,

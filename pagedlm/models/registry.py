@@ -7,6 +7,7 @@ from torch import nn
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
+from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
@@ -35,6 +36,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen2Model": as_pooling_model(LlamaForCausalLM),
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
+    "GemmaForCausalLM": GemmaForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,  # its language model (text only)

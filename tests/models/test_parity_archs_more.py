@@ -27,6 +27,8 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm3": ("SmolLM3ForCausalLM", dict(no_rope_layers=[0, 1], sliding_window=8, use_sliding_window=False,
                                            tie_word_embeddings=True, pad_token_id=0)),
     "olmo2": ("Olmo2ForCausalLM", dict(pad_token_id=0)),
+    # head_dim 32 over hidden 64 (Gemma's head_dim is not hidden / heads); tied head.
+    "gemma": ("GemmaForCausalLM", dict(head_dim=32, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
 }
 
 
@@ -105,6 +107,17 @@ def _post_norms_off(model: torch.nn.Module, _: str) -> None:
         layer.post_attention_layernorm = torch.nn.Identity()
 
 
+def _drop_gemma_quirk(model: torch.nn.Module, which: str) -> None:
+    from pagedlm.layers.norm import RMSNorm
+
+    if which == "embedding":
+        model.model.embedding_multiplier = 1.0
+        return
+    for module in model.modules():  # the loader stored 1 + w: back to plain w
+        if isinstance(module, RMSNorm):
+            module.weight.data -= 1.0
+
+
 @pytest.mark.parametrize("name,undo,which", [
     ("granite", _drop_granite_multiplier, "embedding"),
     ("granite", _drop_granite_multiplier, "residual"),
@@ -114,6 +127,8 @@ def _post_norms_off(model: torch.nn.Module, _: str) -> None:
     ("smollm3", _window_on, ""),
     ("olmo2", _qk_norm_per_head, ""),
     ("olmo2", _post_norms_off, ""),
+    ("gemma", _drop_gemma_quirk, "embedding"),
+    ("gemma", _drop_gemma_quirk, "unit_offset"),
 ])
 def test_quirks_bite(checkpoint, name, undo, which):
     """The parity above could not pass by luck: with one quirk undone in the engine, its
@@ -153,6 +168,23 @@ def test_pipeline_stages(checkpoint, name):
         check_close(hf_reference(path, prompts, 10), outputs, prompts)
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("gemma", dict(use_bidirectional_attention=True), "bidirectional"),
+    ("gemma", dict(hidden_act="relu"), "relu"),
+    ("granite", dict(rope_parameters={"rope_type": "mrope", "rope_theta": 10000.0}), "mrope"),
+])
+def test_unsupported_settings_are_refused(checkpoint, name, override, message):
+    from transformers import AutoConfig
+
+    from pagedlm.models.registry import resolve_model_class
+
+    config = AutoConfig.from_pretrained(checkpoint(name))
+    for key, value in override.items():
+        setattr(config, key, value)
+    with pytest.raises(ValueError, match=message):
+        resolve_model_class(config.architectures)(config, max_position=64)
 
 
 def test_olmo2_refuses_tensor_parallel(checkpoint):
