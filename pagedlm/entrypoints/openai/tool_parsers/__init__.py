@@ -7,6 +7,7 @@ from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
 from pagedlm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
 from pagedlm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
 from pagedlm.entrypoints.openai.tool_parsers.pythonic import PythonicToolParser
+from pagedlm.entrypoints.openai.tool_parsers.qwen3_coder import Qwen3CoderToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
@@ -14,6 +15,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
     "mistral": MistralToolParser,
     "pythonic": PythonicToolParser,
+    "qwen3_coder": Qwen3CoderToolParser,
 }
 
 
