@@ -29,6 +29,9 @@ QWEN3_CODER_DALLAS = ("<tool_call>\n<function=get_current_weather>\n<parameter=c
                       "<parameter=state>\nTX\n</parameter>\n<parameter=unit>\nfahrenheit\n</parameter>\n"
                       "</function>\n</tool_call>")
 
+DS_BEGIN, DS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+DS_CALL = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{}\n```json\n{}\n```<｜tool▁call▁end｜>"
+
 # (parser, output, expected content, expected [(name, arguments)])
 CASES = [
     ("qwen3_coder", "This is a test response without any tool calls",
@@ -71,6 +74,22 @@ CASES = [
     # a marker without a call, or a call without '>' after its name: all text
     ("qwen3_coder", "Use <tool_call> like this.", "Use <tool_call> like this.", []),
     ("qwen3_coder", "<tool_call>\n<function=broken", "<tool_call>\n<function=broken", []),
+    # deepseek_v3 (vLLM's tests/entrypoints/openai/tool_parsers/test_deepseekv3_tool_parser.py)
+    ("deepseek_v3", "How can I help you today? I can check weather for you.",
+     "How can I help you today? I can check weather for you.", []),
+    ("deepseek_v3", DS_BEGIN + DS_CALL.format("get_weather", '{"city": "Tokyo", "unit": "celsius"}') + DS_END, None,
+     [("get_weather", {"city": "Tokyo", "unit": "celsius"})]),
+    ("deepseek_v3", "Let me check the weather for you." + DS_BEGIN + DS_CALL.format("get_weather", '{"city": "Paris"}')
+     + "\n" + DS_CALL.format("search_hotels", '{"location": "Tokyo", "check_in": "2025-01-15"}') + DS_END
+     + "<｜end▁of▁sentence｜>", "Let me check the weather for you.",
+     [("get_weather", {"city": "Paris"}), ("search_hotels", {"location": "Tokyo", "check_in": "2025-01-15"})]),
+    ("deepseek_v3", DS_BEGIN + DS_CALL.format("send_message", r'{"text": "He said \"hello\"", "path": "C:\\Users", '
+                                              r'"newline": "line1\nline2", "empty": {}}') + DS_END, None,
+     [("send_message", {"text": 'He said "hello"', "path": "C:\\Users", "newline": "line1\nline2", "empty": {}})]),
+    ("deepseek_v3", DS_BEGIN + DS_CALL.format("get_current_time", "{}") + DS_END, None, [("get_current_time", {})]),
+    # a marker without a complete call: the text before it, no calls (as vLLM's)
+    ("deepseek_v3", "Hi" + DS_BEGIN + 'function<｜tool▁sep｜>get_weather\n```json\n{"city": "Tokyo"}\n```<｜tool▁calls▁end｜>',
+     "Hi", []),
 ]
 
 
@@ -136,3 +155,18 @@ def test_qwen3_coder_without_tools_keeps_strings() -> None:
     s = ChoiceShaper(ToolPlan("auto"), options, "")
     message = s.message("<tool_call>\n<function=f>\n<parameter=n>\n42\n</parameter>\n</function>\n</tool_call>")
     assert calls_of(message) == [("f", {"n": "42"})]
+
+
+def test_deepseek_v3_arguments_are_taken_as_written() -> None:
+    # vLLM's takes the fenced line as the arguments without checking it is JSON
+    text = DS_BEGIN + DS_CALL.format("get_weather", '{"city": "Tokyo"') + DS_END
+    message = shaper("deepseek_v3").message(text)
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        ("get_weather", '{"city": "Tokyo"')]
+    s = shaper("deepseek_v3")
+    assert s.delta("Hi<｜tool▁calls", False) == {"content": "Hi"}
+    assert s.delta("Hi" + DS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_wea", False) == {}
+    first = s.delta("Hi" + DS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```js", False)
+    assert first["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
+    more = s.delta("Hi" + DS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"a\": 1}\n``", False)
+    assert more["tool_calls"][0]["function"] == {"arguments": '{"a": 1}'}
