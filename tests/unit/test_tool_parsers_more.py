@@ -90,6 +90,24 @@ CASES = [
     # a marker without a complete call: the text before it, no calls (as vLLM's)
     ("deepseek_v3", "Hi" + DS_BEGIN + 'function<｜tool▁sep｜>get_weather\n```json\n{"city": "Tokyo"}\n```<｜tool▁calls▁end｜>',
      "Hi", []),
+    # granite (vLLM's tests/entrypoints/openai/tool_parsers/test_granite_tool_parser.py)
+    ("granite", "This is a regular response without any tool calls.",
+     "This is a regular response without any tool calls.", []),
+    ("granite", '<|tool_call|> [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]', None,
+     [("get_weather", {"city": "Tokyo"})]),
+    ("granite", '<|tool_call|> [\n  {"name": "get_weather", "arguments": {"city": "Tokyo"}},\n  '
+                '{"name": "get_time", "arguments": {"timezone": "Asia/Tokyo"}}\n]', None,
+     [("get_weather", {"city": "Tokyo"}), ("get_time", {"timezone": "Asia/Tokyo"})]),
+    ("granite", '<tool_call> [{\n  "name": "test_function",\n  "arguments": {\n    "quoted": "He said \\"hello\\"",\n'
+                '    "unicode": "emoji: 🎉", "null_field": null, "empty_object": {}\n  }\n}]', None,
+     [("test_function", {"quoted": 'He said "hello"', "unicode": "emoji: 🎉", "null_field": None, "empty_object": {}})]),
+    ("granite", '  [{"name": "refresh", "arguments": {}}]\n', None, [("refresh", {})]),
+    ("granite", 'Let me check the weather for you.\n<|tool_call|> [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]'
+                "\nI'll get that information.", 'Let me check the weather for you.\n<|tool_call|> [{"name": '
+     '"get_weather", "arguments": {"city": "Tokyo"}}]\nI\'ll get that information.', []),
+    ("granite", '<|tool_call|> [{"name": "func", "arguments": {', '<|tool_call|> [{"name": "func", "arguments": {', []),
+    ("granite", '<|tool_call|> {"name": "func", "arguments": {}}', '<|tool_call|> {"name": "func", "arguments": {}}', []),
+    ("granite", '[{"name": "func"}]', '[{"name": "func"}]', []),  # no arguments: not a call
 ]
 
 
@@ -170,3 +188,14 @@ def test_deepseek_v3_arguments_are_taken_as_written() -> None:
     assert first["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
     more = s.delta("Hi" + DS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"a\": 1}\n``", False)
     assert more["tool_calls"][0]["function"] == {"arguments": '{"a": 1}'}
+
+
+def test_granite_arguments_are_reserialized_as_vllm_does() -> None:
+    # json.dumps of the parsed arguments: ASCII escapes, default separators, whatever was written
+    message = shaper("granite").message('<tool_call>[{"name": "f", "arguments": {"city":"Zürich","n":[1,2]}}]')
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"city": "Z\\u00fcrich", "n": [1, 2]}'
+    s = shaper("granite")
+    assert s.delta(" <|tool", False) == {}
+    assert s.delta(' <|tool_call|> [{"name": "f", "arguments": {"a": 1', False) == {}  # sent once closed
+    first = s.delta(' <|tool_call|> [{"name": "f", "arguments": {"a": 1}},', False)["tool_calls"][0]
+    assert first["function"] == {"name": "f", "arguments": '{"a": 1}'}

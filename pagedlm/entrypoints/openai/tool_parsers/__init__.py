@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.deepseek_v3 import DeepSeekV3ToolParser
+from pagedlm.entrypoints.openai.tool_parsers.granite import GraniteToolParser
 from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
 from pagedlm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
 from pagedlm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
@@ -12,6 +13,7 @@ from pagedlm.entrypoints.openai.tool_parsers.qwen3_coder import Qwen3CoderToolPa
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "deepseek_v3": DeepSeekV3ToolParser,
+    "granite": GraniteToolParser,
     "hermes": HermesToolParser,
     "llama3_json": Llama3JsonToolParser,
     "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
