@@ -420,8 +420,8 @@ class EngineArgs:
         is_classifier = pooler_config is not None and pooler_config.is_classifier
         if asked & {"classify", "score"} and not is_classifier:
             raise ConfigError(f"task/convert {sorted(asked)}: classify and score need a *ForSequenceClassification "
-                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa); converting another model is not "
-                              "supported")
+                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa, Llama, Mistral, Qwen2, Qwen3, Gemma 2); "
+                              "converting another model is not supported")
         if asked & {"embed", "embedding"} and is_classifier:
             raise ConfigError("task/convert embed: this checkpoint is a sequence-classification model; it serves "
                               "classify and score (leave task and convert unset)")
