@@ -7,6 +7,7 @@ from torch import nn
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
+from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
@@ -35,6 +36,14 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralModel": as_pooling_model(LlamaForCausalLM),
     "Qwen2Model": as_pooling_model(LlamaForCausalLM),
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
+    # Decoders with a score head on the last token (classifiers; cross-encoders with one label),
+    # and a reward model (a reward per token).
+    "LlamaForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "MistralForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Qwen2ForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Qwen3ForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Gemma2ForSequenceClassification": as_seq_cls_model(Gemma2ForCausalLM),
+    "Qwen2ForRewardModel": Qwen2ForRewardModel,
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
     "GemmaForCausalLM": GemmaForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
