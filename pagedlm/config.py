@@ -273,8 +273,11 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
 
 def model_sliding_window(hf_config: Any) -> int | None:
     """The sliding window the model's attention uses (the one of its local layers), None when
-    it has none in effect (Qwen configs carry a window that only use_sliding_window turns on)."""
+    it has none in effect (Qwen and SmolLM3 configs carry a window that only
+    use_sliding_window turns on)."""
     window = getattr(hf_config, "sliding_window", None)
+    if getattr(hf_config, "use_sliding_window", None) is False:
+        return None
     if str(getattr(hf_config, "model_type", "")).startswith("qwen") and not getattr(hf_config, "use_sliding_window",
                                                                                       False):
         return None

@@ -99,7 +99,7 @@ def _model_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, **overri
         "Qwen2MoeForCausalLM": transformers.Qwen2MoeConfig,
         "Qwen3MoeForCausalLM": transformers.Qwen3MoeConfig,
         "GPT2LMHeadModel": transformers.GPT2Config,
-    }.get(arch) or getattr(transformers, arch).config_class
+    }.get(arch) or getattr(transformers, arch.split("For")[0] + "Config")  # GraniteForCausalLM -> GraniteConfig
     if arch == "Qwen3ForCausalLM":
         common["head_dim"] = 16
     common.update(overrides)

@@ -48,6 +48,7 @@ from pagedlm.config import (
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
 from pagedlm.engine.logits_processor_loading import engine_logits_processors
+from pagedlm.entrypoints.openai.reasoning import REASONING_PARSERS
 from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
@@ -147,7 +148,7 @@ class EngineArgs:
     guided_decoding_backend: str | None = opt(None, "vLLM's older name for the structured-output backend: auto or "
                                               "xgrammar", MODEL, choices=["auto", "xgrammar"])
     reasoning_parser: str | None = opt(None, "split <think>...</think> into reasoning_content; structured output "
-                                       "constraints apply after it", MODEL, choices=["deepseek_r1", "qwen3"])
+                                       "constraints apply after it", MODEL, choices=sorted(REASONING_PARSERS))
     logits_processors: list[Any] | None = opt(
         None, "custom logits processors (vLLM V1's interface): 'module:Class' names of LogitsProcessor subclasses "
         "(LLM() also takes the classes); requests configure them with extra_args (HTTP: vllm_xargs)", MODEL,
@@ -349,8 +350,8 @@ class EngineArgs:
                               "grammars with xgrammar (backend 'auto' or 'xgrammar')")
         reasoning = _one_of(settings.pop("reasoning_parser", None), self.reasoning_parser,
                             "structured_outputs_config reasoning_parser", "reasoning_parser")
-        if reasoning not in (None, "", "deepseek_r1", "qwen3"):
-            raise ConfigError(f"reasoning_parser must be 'deepseek_r1' or 'qwen3', got {reasoning!r}")
+        if reasoning not in (None, "", *REASONING_PARSERS):
+            raise ConfigError(f"reasoning_parser must be one of {sorted(REASONING_PARSERS)}, got {reasoning!r}")
         if settings:
             raise ConfigError(f"structured_outputs_config: {sorted(settings)} not supported (only 'backend' and "
                               "'reasoning_parser')")
@@ -419,8 +420,8 @@ class EngineArgs:
         is_classifier = pooler_config is not None and pooler_config.is_classifier
         if asked & {"classify", "score"} and not is_classifier:
             raise ConfigError(f"task/convert {sorted(asked)}: classify and score need a *ForSequenceClassification "
-                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa); converting another model is not "
-                              "supported")
+                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa, Llama, Mistral, Qwen2, Qwen3, Gemma 2); "
+                              "converting another model is not supported")
         if asked & {"embed", "embedding"} and is_classifier:
             raise ConfigError("task/convert embed: this checkpoint is a sequence-classification model; it serves "
                               "classify and score (leave task and convert unset)")

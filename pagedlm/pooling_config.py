@@ -36,7 +36,7 @@ _ST_CE_ACTIVATIONS = {"torch.nn.modules.activation.Sigmoid": "classify",
 
 @dataclass(frozen=True)
 class PoolerConfig:
-    pooling_type: str  # "CLS" | "MEAN" | "LAST"
+    pooling_type: str  # "CLS" | "MEAN" | "LAST"; "ALL" (every token) for reward models
     normalize: bool
     hidden_size: int
     # Matryoshka models accept `dimensions`: None = not supported; () = any size up to hidden_size.
@@ -52,6 +52,15 @@ class PoolerConfig:
     @property
     def is_classifier(self) -> bool:
         return "classify" in self.tasks
+
+    @property
+    def has_head(self) -> bool:
+        """The model's head makes the outputs (classifiers, cross-encoders, reward models)."""
+        return self.is_classifier or self.is_reward_model
+
+    @property
+    def is_reward_model(self) -> bool:
+        return "token_classify" in self.tasks
 
     def check_dimensions(self, dimensions: int | None) -> None:
         """Raises ValueError (a 400 on the server) when the model cannot give that size."""
@@ -122,7 +131,8 @@ def _st_pooling_type(cfg: dict[str, Any]) -> str:
     return chosen[0]
 
 
-def _override(base: dict[str, Any], override: dict[str, Any] | str | None) -> dict[str, Any]:
+def _override(base: dict[str, Any], override: dict[str, Any] | str | None,
+              pooling_types: tuple[str, ...] = POOLING_TYPES) -> dict[str, Any]:
     if override is None:
         return base
     if isinstance(override, str):
@@ -137,7 +147,7 @@ def _override(base: dict[str, Any], override: dict[str, Any] | str | None) -> di
         raise ConfigError(f"pooler_config: unknown keys {unknown} (supported: pooling_type, normalize)")
     merged = {**base, **override}
     merged["pooling_type"] = str(merged["pooling_type"]).upper()
-    if merged["pooling_type"] not in POOLING_TYPES:
+    if merged["pooling_type"] not in POOLING_TYPES + pooling_types:
         raise ConfigError(f"pooler_config.pooling_type must be one of {POOLING_TYPES}, got "
                           f"{override.get('pooling_type')!r}")
     if not isinstance(merged["normalize"], bool):
@@ -189,14 +199,13 @@ def score_activation(hf_config: Any) -> str:
     return _ST_CE_ACTIVATIONS[name]
 
 
-def build_classifier_config(hf_config: Any, override: dict[str, Any] | str | None) -> PoolerConfig:
-    """A *ForSequenceClassification model: its head reads the first token (CLS / <s>), so the
-    pooling is fixed; normalize applies to embeddings only."""
-    settings = _override({"pooling_type": "CLS", "normalize": False}, override)
-    if settings["pooling_type"] != "CLS" or settings["normalize"]:
-        raise ConfigError("pooler_config: a sequence-classification model's head reads the first token "
-                          "(pooling_type CLS) and its outputs are not normalised; leave pooling_type and "
-                          "normalize unset")
+def build_classifier_config(hf_config: Any, override: dict[str, Any] | str | None,
+                            pooling_type: str = "CLS") -> PoolerConfig:
+    """A *ForSequenceClassification model: its head reads one token, the first (CLS / <s>) of
+    an encoder or the last of a decoder, so the pooling is fixed; normalize applies to
+    embeddings only."""
+    _check_fixed_pooling(override, pooling_type, "a sequence-classification model's head reads the "
+                         + ("first" if pooling_type == "CLS" else "last") + " token")
     num_labels = int(getattr(hf_config, "num_labels", 0) or 0)
     if num_labels < 1:
         raise ConfigError(f"a sequence-classification model needs num_labels >= 1, got {num_labels}")
@@ -204,8 +213,24 @@ def build_classifier_config(hf_config: Any, override: dict[str, Any] | str | Non
     labels = tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(num_labels))
     # vLLM serves the score task only with one label (a relevance logit).
     tasks = ("classify",) + (("score",) if num_labels == 1 else ())
-    return PoolerConfig("CLS", False, int(hf_config.hidden_size), None, tasks, num_labels,
+    return PoolerConfig(pooling_type, False, int(hf_config.hidden_size), None, tasks, num_labels,
                         classify_activation(hf_config), score_activation(hf_config), labels)
+
+
+def build_reward_config(hf_config: Any, override: dict[str, Any] | str | None) -> PoolerConfig:
+    """A reward model (vLLM's Qwen2ForRewardModel): its head gives one reward per token (vLLM's
+    ALL pooling, the token_classify task of LLM.reward), through the classify activation
+    (sigmoid of the one label) unless the request sets use_activation=False."""
+    _check_fixed_pooling(override, "ALL", "a reward model's head reads every token")
+    return PoolerConfig("ALL", False, int(hf_config.hidden_size), None, ("token_classify",), 1,
+                        classify_activation(hf_config), "classify", ("LABEL_0",))
+
+
+def _check_fixed_pooling(override: dict[str, Any] | str | None, pooling_type: str, why: str) -> None:
+    settings = _override({"pooling_type": pooling_type, "normalize": False}, override, (pooling_type,))
+    if settings["pooling_type"] != pooling_type or settings["normalize"]:
+        raise ConfigError(f"pooler_config: {why} (pooling_type {pooling_type}) and its outputs are not "
+                          "normalised; leave pooling_type and normalize unset")
 
 
 def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: list[str],
@@ -226,9 +251,11 @@ def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: 
         if override is not None:
             raise ConfigError("pooler_config applies only with runner='pooling'")
         return runner, None
+    if getattr(model_cls, "is_reward_model", False):
+        return runner, build_reward_config(hf_config, override)
     if getattr(model_cls, "is_sequence_classifier", False):
         # (a CrossEncoder's sentence-transformers files describe no pooling: not read)
-        return runner, build_classifier_config(hf_config, override)
+        return runner, build_classifier_config(hf_config, override, model_cls.default_pooling_type)
     default_type = getattr(model_cls, "default_pooling_type", "LAST")
     return runner, build_pooler_config(model_dir, hf_config, default_type, override)
 

@@ -11,11 +11,14 @@ from pagedlm.sampling_params import RequestOutputKind, check_truncate_prompt_tok
 
 # "embed": one vector per prompt; "token_embed": one vector per prompt token;
 # "classify": class probabilities of a sequence-classification model; "score": a
-# cross-encoder's relevance score of a (query, document) pair (num_labels == 1).
-POOLING_TASKS = ("embed", "token_embed", "classify", "score")
+# cross-encoder's relevance score of a (query, document) pair (num_labels == 1);
+# "token_classify": a reward model's reward per prompt token (LLM.reward).
+POOLING_TASKS = ("embed", "token_embed", "classify", "score", "token_classify")
 # The per-request settings each task takes (vLLM's valid_parameters).
 TASK_PARAMETERS = {"embed": ("dimensions", "normalize"), "token_embed": ("dimensions", "normalize"),
-                   "classify": ("use_activation",), "score": ("use_activation",)}
+                   "classify": ("use_activation",), "score": ("use_activation",),
+                   "token_classify": ("use_activation",)}
+_HEAD_TASKS = ("classify", "score", "token_classify")
 _SETTINGS = ("dimensions", "normalize", "use_activation")
 # extra_kwargs keys (internal, set by the input processor): the index of the first token of
 # the second segment of a text pair (vLLM's compressed token_type_ids).
@@ -29,8 +32,8 @@ class PoolingParams:
     normalize: L2-normalise the output (None: the model's default).
     softmax, activation: vLLM's deprecated names of use_activation (classify / score).
     use_activation: apply the classifier's activation (softmax, or sigmoid for one label;
-    None: yes) to classify and score outputs; False gives the raw logits.
-    task: set by LLM.embed / classify / score / encode and the server, not usually by users.
+    None: yes) to classify, score and token_classify (reward) outputs; False gives the raw logits.
+    task: set by LLM.embed / classify / score / reward / encode and the server, not usually by users.
     extra_kwargs: internal (vLLM's): where a text pair's second segment starts."""
 
     truncate_prompt_tokens: int | None = None
@@ -68,7 +71,7 @@ class PoolingParams:
         activation, which fold into it here)."""
         for old in ("softmax", "activation"):
             value = getattr(self, old)
-            if value is not None and self.task in ("classify", "score"):
+            if value is not None and self.task in _HEAD_TASKS:
                 if self.use_activation not in (None, value):
                     raise ValueError(f"{old}={value} conflicts with use_activation={self.use_activation}; "
                                      f"{old} is the deprecated name of use_activation: set only use_activation")

@@ -319,13 +319,21 @@ class InputProcessor:
 
 def check_pooling_task(pooler_config: Any, task: str) -> None:
     """The pooling task must be one the model serves: embedding models embed, sequence-
-    classification models classify (and score, as cross-encoders, with one label)."""
+    classification models classify (and score, as cross-encoders, with one label), reward
+    models token_classify (LLM.reward)."""
     if task in pooler_config.tasks:
         return
     served = ", ".join(pooler_config.tasks)
     if pooler_config.is_classifier and task == "score":
         raise InvalidRequestError(f"Score API is only enabled for num_labels == 1 (a cross-encoder); this "
                                   f"classifier has {pooler_config.num_labels} labels: use classify.")
+    if pooler_config.is_reward_model:
+        raise InvalidRequestError(f"This model is a reward model and does not support the {task} task (it serves "
+                                  f"{served}: a reward per token): use LLM.reward, or LLM.encode with "
+                                  "pooling_task='token_classify'.")
+    if task == "token_classify":
+        raise InvalidRequestError(f"The token_classify task (LLM.reward) needs a reward model such as "
+                                  f"Qwen2ForRewardModel; this model serves {served}.")
     if pooler_config.is_classifier:
         raise InvalidRequestError(f"This model is a sequence-classification model and does not support the {task} "
                                   f"task (it serves {served}): use LLM.classify / LLM.score or POST /classify, "

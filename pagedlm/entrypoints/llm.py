@@ -1,5 +1,5 @@
 """The offline API: LLM.generate / LLM.chat / LLM.embed / LLM.classify / LLM.score /
-LLM.encode, as in vLLM."""
+LLM.reward / LLM.encode, as in vLLM."""
 
 from __future__ import annotations
 
@@ -198,8 +198,8 @@ class LLM:
                               use_tqdm: bool, pooling_params: PoolingParams | None,
                               lora_request: Any) -> list[ScoringRequestOutput]:
         max_length = pair_max_length(truncate_prompt_tokens, self.llm_engine.model_config.max_model_len)
-        tokenizer = self.get_tokenizer()
-        prompts = [cross_encoder_prompt(tokenizer, a, b, max_length) for a, b in zip(first, second)]
+        tokenizer, hf_config = self.get_tokenizer(), self.llm_engine.model_config.hf_config
+        prompts = [cross_encoder_prompt(tokenizer, a, b, max_length, hf_config) for a, b in zip(first, second)]
         outputs = self.encode(prompts, pooling_params, use_tqdm=use_tqdm, lora_request=lora_request,
                               pooling_task="score")
         return [ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])), o.prompt_token_ids)
@@ -224,11 +224,26 @@ class LLM:
                               use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="classify")
         return [ClassificationRequestOutput.from_base(o) for o in outputs]
 
-    def reward(self, *args: Any, **kwargs: Any) -> list[Any]:
-        """vLLM's reward needs a reward model; pagedlm serves none."""
-        raise NotImplementedError("LLM.reward needs a reward model, which pagedlm does not serve "
-                                  "(supported: generative models, embedding models through embed / score, and "
-                                  "sequence-classification models through classify / score)")
+    def reward(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        /,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora_request: Any = None,
+    ) -> list[PoolingRequestOutput]:
+        """vLLM's reward: with a reward model (Qwen2ForRewardModel) one reward per prompt token,
+        ``outputs.data`` a [num_prompt_tokens, 1] tensor, through the sigmoid unless
+        PoolingParams(use_activation=False) asks for the raw head outputs (the token_classify
+        pooling task)."""
+        pooler_config = self.llm_engine.model_config.pooler_config
+        if pooler_config is None:
+            raise ValueError("LLM.reward() is only supported for pooling models: this model generates text "
+                             "(rewards need a reward model such as Qwen2ForRewardModel)")
+        return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_tqdm=use_tqdm, lora_request=lora_request, pooling_task="token_classify")
 
     def start_profile(self, *args: Any, **kwargs: Any) -> None:
         """vLLM's torch-profiler hooks (VLLM_TORCH_PROFILER_DIR); pagedlm has no profiler hook."""

@@ -1,5 +1,9 @@
-"""Pooler: the hidden states of a computed prompt -> its embedding, or (sequence-classification
-models) its class probabilities / cross-encoder score through the model's head.
+"""Pooler: the hidden states of a computed prompt -> its embedding, or (models with a head)
+its class probabilities / cross-encoder score / per-token rewards through the model's head.
+
+A head reads the rows its pooling type names: the first token (CLS, encoders' classifiers),
+the last token (LAST, decoders' classifiers) or every token (ALL, reward models); the model's
+``classify`` maps those rows' hidden states to logits and the pooler applies the activation.
 
 Pooling requests run their whole prompt in one step (no chunked prefill, no prefix-cache
 hits: the engine config guarantees both), so each request's rows of the step's hidden states
@@ -29,9 +33,10 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class Pooler:
     def __init__(self, config: PoolerConfig,
                  classifier: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """classifier: a sequence-classification model's head, [B, hidden] first-token states
-        -> [B, num_labels] logits (required when the config's tasks include classify)."""
-        if config.is_classifier and classifier is None:
+        """classifier: the model's head, [N, hidden] hidden states of the rows the pooling type
+        reads -> [N, num_labels] logits (required when the model has a head: classifiers,
+        cross-encoders and reward models)."""
+        if config.has_head and classifier is None:
             raise ValueError("a classification pooler needs the model's classifier head")
         self.config = config
         self.classifier = classifier
@@ -45,8 +50,9 @@ class Pooler:
     ) -> list[list[float] | list[list[float]]]:
         starts = torch.as_tensor(np.asarray(query_start_loc)[list(rows)], dtype=torch.long)
         ends = torch.as_tensor(np.asarray(query_start_loc)[[r + 1 for r in rows]], dtype=torch.long)
-        if self.config.is_classifier:
-            return self._classify(hidden_states, starts.to(hidden_states.device), params)
+        if self.config.has_head:
+            return self._classify(hidden_states, starts.to(hidden_states.device), ends.to(hidden_states.device),
+                                  params)
         pooled = self._pool(hidden_states, starts.to(hidden_states.device), ends.to(hidden_states.device)).cpu()
         results: list[list[float] | list[list[float]]] = []
         for i, p in enumerate(params):
@@ -57,11 +63,18 @@ class Pooler:
             results.append(self._finish(vectors, p).tolist())
         return results
 
-    def _classify(self, hidden: torch.Tensor, starts: torch.Tensor,
-                  params: Sequence[PoolingParams]) -> list[list[float]]:
-        """The head on each prompt's first token (CLS / <s>), in the model's dtype; the
-        activation in float32, unless the request asks for the raw logits (use_activation=False)."""
-        logits = self.classifier(hidden.index_select(0, starts)).float().cpu()  # [B, num_labels]
+    def _classify(self, hidden: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+                  params: Sequence[PoolingParams]) -> list[list[float]] | list[list[list[float]]]:
+        """The head on each prompt's pooled row (first or last token), or on every token (ALL:
+        one row of logits per token), in float32 from the head; then the activation, unless
+        the request asks for the raw logits (use_activation=False)."""
+        if self.config.pooling_type == "ALL":
+            offset = int(starts.min())
+            per_token = self.classifier(hidden[offset : int(ends.max())]).float().cpu()  # [N, num_labels]
+            logits = [per_token[int(a) - offset : int(b) - offset] for a, b in zip(starts, ends)]
+        else:
+            rows = starts if self.config.pooling_type == "CLS" else ends - 1
+            logits = list(self.classifier(hidden.index_select(0, rows)).float().cpu())  # B x [num_labels]
         results = []
         for row, p in zip(logits, params):
             name = self.config.score_activation if p.task == "score" else self.config.classify_activation

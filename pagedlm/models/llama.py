@@ -1,4 +1,6 @@
-"""The Llama family: Llama, Mistral, Qwen2 (QKV bias) and Qwen3 (per-head q/k RMSNorm).
+"""The Llama family: Llama, Mistral, Qwen2 (QKV bias), Qwen3 (per-head q/k RMSNorm), Granite
+(embedding / residual / attention multipliers and scaled-down logits) and SmolLM3 (no RoPE
+on every ``no_rope_layer_interval``-th layer), each difference a config field read here.
 
 Module names follow the Hugging Face checkpoints so weights load by name; the fused
 qkv_proj and gate_up_proj load their parts through ``stacked_params_mapping``.
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from pagedlm.config import attention_shape, layer_sliding_window
-from pagedlm.layers.activation import SiluAndMul
+from pagedlm.layers.activation import GeluAndMul, SiluAndMul, gelu_approximation
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -36,13 +38,27 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
     return float(base), rope_type, params, int(original_max)
 
 
+def layer_uses_rope(hf_config: Any, layer: int) -> bool:
+    """False for SmolLM3's NoPE layers: ``no_rope_layers[i]`` is 1 where layer i applies RoPE
+    and 0 where its queries and keys go unrotated (every ``no_rope_layer_interval``-th)."""
+    flags = getattr(hf_config, "no_rope_layers", None)
+    return not flags or bool(flags[layer])
+
+
+def attention_scale(hf_config: Any, head_dim: int) -> float:
+    """Granite's ``attention_multiplier`` replaces 1/sqrt(head_dim) as the softmax scale."""
+    multiplier = getattr(hf_config, "attention_multiplier", None)
+    return head_dim**-0.5 if multiplier is None else float(multiplier)
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, qkv_bias: bool | None = None,
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, qkv_bias: bool | None = None,
                  qk_norm: bool | None = None, quant_config: QuantizationConfig | None = None,
                  prefix: str = "", layer: int | None = None) -> None:
         """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
         families, e.g. the MoE ones, set them). ``layer``: the layer's index, for its sliding
-        window (``layer_sliding_window``); None: the model's window."""
+        window (``layer_sliding_window``); None: the model's window. ``rotary_emb`` None: a
+        NoPE layer (q and k reach the cache unrotated)."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         model_type = getattr(config, "model_type", "llama")
@@ -60,7 +76,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.rotary_emb = rotary_emb
-        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim**-0.5,
+        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, attention_scale(config, self.head_dim),
                               layer_sliding_window(config, layer))
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -85,17 +101,25 @@ def _codes_kw(codes: torch.dtype | None) -> dict:
     return {} if codes is None else {"codes_dtype": codes}
 
 
+def gated_activation(act: str) -> nn.Module:
+    """SiLU (SwiGLU) or a GELU variant (GeGLU, Gemma's gelu_pytorch_tanh); others are refused."""
+    if act == "silu":
+        return SiluAndMul()
+    try:
+        return GeluAndMul(gelu_approximation(act))
+    except ValueError:
+        raise ValueError(f"hidden_act {act!r} is not supported (silu or a GELU variant)") from None
+
+
 class LlamaMLP(nn.Module):
     def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
-        if getattr(config, "hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported (only silu)")
         bias = getattr(config, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias,
                                                        quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias,
                                            quant_config=quant_config, prefix=f"{prefix}.down_proj")
-        self.act_fn = SiluAndMul()
+        self.act_fn = gated_activation(getattr(config, "hidden_act", "silu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # down_proj quantizes its own input: a gate that emits codes runs on one program per
@@ -105,15 +129,19 @@ class LlamaMLP(nn.Module):
 
 class PreNormDecoderLayer(nn.Module):
     """Pre-norm attention then the feed-forward block, the residual adds fused into the norms.
-    ``ffn_name`` is the block's checkpoint name (``mlp``, Mixtral's ``block_sparse_moe``)."""
+    ``ffn_name`` is the block's checkpoint name (``mlp``, Mixtral's ``block_sparse_moe``).
+    Granite's ``residual_multiplier`` scales both blocks' outputs before their residual add."""
 
-    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp") -> None:
+    def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp",
+                 norm_unit_offset: bool = False) -> None:
+        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight)."""
         super().__init__()
         self.self_attn = self_attn
         self.ffn_name = ffn_name
         self.add_module(ffn_name, ffn)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        self.residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
 
     def forward(
         self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
@@ -127,20 +155,27 @@ class PreNormDecoderLayer(nn.Module):
             hidden_states = self.input_layernorm(hidden_states, **_codes_kw(attn_codes))
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual, **_codes_kw(attn_codes))
-        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states = self._scale_residual(self.self_attn(positions, hidden_states))
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual, **_codes_kw(ffn_codes))
-        return ffn(hidden_states), residual
+        return self._scale_residual(ffn(hidden_states)), residual
+
+    def _scale_residual(self, block_output: torch.Tensor) -> torch.Tensor:
+        # The next norm adds its input to the residual, so scaling here is residual + m * block.
+        return block_output if self.residual_multiplier == 1.0 else block_output * self.residual_multiplier
 
 
 class LlamaDecoderLayer(PreNormDecoderLayer):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
-                 prefix: str = "", layer: int | None = None) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None,
+                 quant_config: QuantizationConfig | None = None, prefix: str = "", layer: int | None = None) -> None:
         super().__init__(config, LlamaAttention(config, rotary_emb, quant_config=quant_config,
                                                 prefix=f"{prefix}.self_attn", layer=layer),
                          LlamaMLP(config, quant_config, f"{prefix}.mlp"))
 
 
 class LlamaModel(nn.Module):
+    layer_cls: type[nn.Module] = LlamaDecoderLayer  # (config, rotary_emb, quant_config, prefix, layer)
+    norm_unit_offset = False  # the final norm multiplies by (1 + weight) (Gemma)
+
     def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
                  prefix: str = "model") -> None:
         super().__init__()
@@ -154,13 +189,18 @@ class LlamaModel(nn.Module):
                                      config.max_position_embeddings)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
-            lambda i: LlamaDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.layers.{i}", i))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if is_last_pp_rank() else PPMissingLayer()
+            lambda i: self.layer_cls(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
+                                     f"{prefix}.layers.{i}", i))
+        self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset) if is_last_pp_rank()
+                     else PPMissingLayer())
+        self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))  # Granite
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         if intermediate_tensors is None:
             hidden_states, residual = self.embed_tokens(input_ids), None
+            if self.embedding_multiplier != 1.0:
+                hidden_states = hidden_states * self.embedding_multiplier
         else:
             hidden_states, residual = intermediate_tensors.hidden_states, intermediate_tensors.residual
         for layer in self.layers[self.start_layer:self.end_layer]:
@@ -172,6 +212,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    model_cls: type[LlamaModel] = LlamaModel
     supports_pp = True  # forward takes / returns IntermediateTensors between pipeline stages
     supports_quantization = True  # linear layers take quant_config (the LM head stays unquantized)
     supports_lora = True  # PEFT adapters on q/k/v/o and gate/up/down (pagedlm.lora)
@@ -189,20 +230,22 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         max_position = max_position or config.max_position_embeddings
-        self.model = LlamaModel(config, max_position, quant_config)
+        self.model = self.model_cls(config, max_position, quant_config)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size) if is_last_pp_rank() else PPMissingLayer()
         # With pipeline stages the tied weight lives on two ranks: the last stage loads its
         # copy from the embedding's checkpoint tensor (see load_weights).
         if self.tie_word_embeddings and is_first_pp_rank() and is_last_pp_rank():
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))  # Granite divides its logits
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
         return self.model(input_ids, positions, intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
+        logits = self.lm_head.compute_logits(hidden_states)
+        return logits if self.logits_scaling == 1.0 else logits / self.logits_scaling
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn.attn for layer in self.model.layers[self.model.start_layer:self.model.end_layer]]

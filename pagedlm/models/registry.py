@@ -8,6 +8,8 @@ from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.bert import BertModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
+from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
+from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.gpt2 import GPT2LMHeadModel
@@ -16,6 +18,7 @@ from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.olmo2 import Olmo2ForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
@@ -31,11 +34,23 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "GraniteForCausalLM": LlamaForCausalLM,  # embedding / residual / attention multipliers, logits_scaling
+    "SmolLM3ForCausalLM": LlamaForCausalLM,  # NoPE layers (no_rope_layers)
     # Decoder checkpoints saved without an LM head (embedding models): pooling only.
     "LlamaModel": as_pooling_model(LlamaForCausalLM),
     "MistralModel": as_pooling_model(LlamaForCausalLM),
     "Qwen2Model": as_pooling_model(LlamaForCausalLM),
     "Qwen3Model": as_pooling_model(LlamaForCausalLM),
+    # Decoders with a score head on the last token (classifiers; cross-encoders with one label),
+    # and a reward model (a reward per token).
+    "LlamaForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "MistralForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Qwen2ForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Qwen3ForSequenceClassification": as_seq_cls_model(LlamaForCausalLM),
+    "Gemma2ForSequenceClassification": as_seq_cls_model(Gemma2ForCausalLM),
+    "Qwen2ForRewardModel": Qwen2ForRewardModel,
+    "Olmo2ForCausalLM": Olmo2ForCausalLM,
+    "GemmaForCausalLM": GemmaForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,  # its language model (text only)

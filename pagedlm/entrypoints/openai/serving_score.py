@@ -168,11 +168,13 @@ class OpenAIServingScore(OpenAIServingEmbedding):
 
     async def _cross_encoder_score(self, request: _ScoreFields, raw: Request, request_id: str, first: list[str],
                                    second: list[str], pairs: list[tuple[int, int]], body: Any) -> Response:
-        """Each pair one request: [CLS] text_1 [SEP] text_2 [SEP] with its token types."""
+        """Each pair one request: the tokenizer's pair encoding ([CLS] text_1 [SEP] text_2 [SEP]
+        with its token types for BERT; see score_utils for decoders)."""
         try:
-            max_length = pair_max_length(request.truncate_prompt_tokens, self.engine.model_config.max_model_len)
+            model_config = self.engine.model_config
+            max_length = pair_max_length(request.truncate_prompt_tokens, model_config.max_model_len)
             prompts = [await self.engine.run_in_tokenizer(cross_encoder_prompt, self.tokenizer, first[i], second[j],
-                                                          max_length) for i, j in pairs]
+                                                          max_length, model_config.hf_config) for i, j in pairs]
             params = PoolingParams(use_activation=request.use_activation, task="score")
         except (InvalidRequestError, ValueError) as e:
             raise to_openai_error(e) from e

@@ -54,6 +54,7 @@ class ToolPlan:
     constraint: StructuredOutputsParams | None = None
     parallel: bool = True
     keep_special_tokens: bool = False  # auto: the tool parser reads markers that are special tokens
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> parameters' schema
 
 
 def _function_specs(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -86,7 +87,8 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel_to
                               '--tool-call-parser; or use tool_choice "required", a named function, or "none"',
                               400, "tool_choice")
         return ToolPlan("auto", parallel=parallel,
-                        keep_special_tokens=get_tool_parser(options.tool_call_parser).keep_special_tokens)
+                        keep_special_tokens=get_tool_parser(options.tool_call_parser).keep_special_tokens,
+                        tools=specs)
     named = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     if tool_choice == "required":
         plan = ToolPlan("required", constraint=StructuredOutputsParams(json=_required_schema(specs, parallel)),
@@ -181,7 +183,7 @@ class ChoiceShaper:
         self._new_id = (get_tool_parser(options.tool_call_parser).new_call_id
                         if options.tool_call_parser is not None else tool_call_id)
         if plan.mode == "auto":
-            self.tools = get_tool_parser(options.tool_call_parser)()
+            self.tools = get_tool_parser(options.tool_call_parser)(plan.tools)
         elif plan.mode == "required":
             self.tools = _RequiredParser()
         elif plan.mode == "named":

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pagedlm.entrypoints.openai.reasoning.base import ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.deepseek_r1 import DeepSeekR1ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.glm45 import Glm45ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.qwen3 import Qwen3ReasoningParser
 
 REASONING_PARSERS: dict[str, type[ReasoningParser]] = {
     "deepseek_r1": DeepSeekR1ReasoningParser,
+    "glm45": Glm45ReasoningParser,
     "qwen3": Qwen3ReasoningParser,
 }
 

@@ -22,6 +22,11 @@ class ToolParser:
     # skip_special_tokens would drop before the parser sees them (vLLM's adjust_request).
     keep_special_tokens = False
 
+    def __init__(self, tools: dict[str, dict] | None = None) -> None:
+        # The request's functions: name -> parameters' JSON schema (some formats write
+        # arguments as text and convert them by the schema's types, as Qwen3-Coder's).
+        self.tools = tools or {}
+
     @staticmethod
     def new_call_id() -> str:
         """A tool call's id (OpenAI's ``call_...``; some chat templates want another shape)."""
