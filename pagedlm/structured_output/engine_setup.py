@@ -42,6 +42,10 @@ def reasoning_markers(config: EngineConfig, tokenizer_loader: Callable[[], Any])
     from pagedlm.entrypoints.openai.reasoning import get_reasoning_parser
 
     parser = get_reasoning_parser(name)
+    if not parser.token_markers:
+        return ReasoningMarkers(-1, -1, False, refused=(
+            f"structured outputs are not supported with --reasoning-parser {name}: its reasoning markers are "
+            "not single tokens, so the engine cannot tell where the reasoning ends"))
     vocab = tokenizer_loader().get_vocab()
     missing = [t for t in (parser.start_token, parser.end_token) if t not in vocab]
     if missing:

@@ -46,6 +46,8 @@ class ReasoningMarkers:
     end_id: int
     # deepseek_r1: the chat template already opened the block, output starts inside it.
     implicit_start: bool
+    # The parser's markers are not single tokens (hunyuan_a13b): why constraints are refused.
+    refused: str | None = None
 
 
 @dataclass
@@ -88,6 +90,8 @@ class StructuredOutputManager:
             return
         if self._make_backend is None:
             raise InvalidStructuredOutputError("structured outputs are not available in this engine")
+        if self.reasoning is not None and self.reasoning.refused:
+            raise InvalidStructuredOutputError(self.reasoning.refused)
         kind, spec = grammar_spec(params)
         key = (kind, spec, not params.disable_any_whitespace)
         future = self._cache.get(key)

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from pagedlm.entrypoints.openai.reasoning.base import ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.deepseek_r1 import DeepSeekR1ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.ernie45 import Ernie45ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.glm45 import Glm45ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.hunyuan_a13b import HunyuanA13BReasoningParser
 from pagedlm.entrypoints.openai.reasoning.qwen3 import Qwen3ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.seed_oss import SeedOssReasoningParser
+from pagedlm.entrypoints.openai.reasoning.step3 import Step3ReasoningParser
 
 REASONING_PARSERS: dict[str, type[ReasoningParser]] = {
     "deepseek_r1": DeepSeekR1ReasoningParser,
+    "ernie45": Ernie45ReasoningParser,
     "glm45": Glm45ReasoningParser,
+    "hunyuan_a13b": HunyuanA13BReasoningParser,
     "qwen3": Qwen3ReasoningParser,
+    "seed_oss": SeedOssReasoningParser,
+    "step3": Step3ReasoningParser,
 }
 
 

@@ -29,6 +29,9 @@ class ReasoningParser:
     end_token = "</think>"
     # The chat template opens the block itself, so output without markers is reasoning.
     implicit_start = False
+    # The markers are single tokens, so the engine core can start constraints after the
+    # reasoning (false: structured outputs are refused with this parser).
+    token_markers = True
 
     def __init__(self, prompt_text: str | None = None) -> None:
         self.mode = self.initial_mode(prompt_text or "")
