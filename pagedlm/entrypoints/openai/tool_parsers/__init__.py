@@ -8,8 +8,10 @@ from pagedlm.entrypoints.openai.tool_parsers.granite import GraniteToolParser
 from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
 from pagedlm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
 from pagedlm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
+from pagedlm.entrypoints.openai.tool_parsers.phi4_mini_json import Phi4MiniJsonToolParser
 from pagedlm.entrypoints.openai.tool_parsers.pythonic import PythonicToolParser
 from pagedlm.entrypoints.openai.tool_parsers.qwen3_coder import Qwen3CoderToolParser
+from pagedlm.entrypoints.openai.tool_parsers.xlam import XlamToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "deepseek_v3": DeepSeekV3ToolParser,
@@ -18,8 +20,10 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "llama3_json": Llama3JsonToolParser,
     "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
     "mistral": MistralToolParser,
+    "phi4_mini_json": Phi4MiniJsonToolParser,
     "pythonic": PythonicToolParser,
     "qwen3_coder": Qwen3CoderToolParser,
+    "xlam": XlamToolParser,
 }
 
 
