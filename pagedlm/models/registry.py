@@ -19,6 +19,7 @@ from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.olmo2 import Olmo2ForCausalLM
+from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
@@ -65,6 +66,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Cohere2ForCausalLM": Cohere2ForCausalLM,
     "GPTJForCausalLM": GPTJForCausalLM,
     "GPTBigCodeForCausalLM": GPTBigCodeForCausalLM,
+    "PhiForCausalLM": PhiForCausalLM,
 }
 
 

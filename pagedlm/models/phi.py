@@ -1,0 +1,135 @@
+"""Phi-1 / Phi-1.5 / Phi-2: one LayerNorm feeding attention and the GELU MLP in parallel
+(x + attn(ln(x)) + mlp(ln(x))), q / k / v / dense / fc1 / fc2 all with biases, RoPE (halves,
+neox style) on the first ``partial_rotary_factor`` of each head, optional per-head q / k
+LayerNorms (``qk_layernorm``, one weight shared by all heads), a final LayerNorm and an
+untied LM head with a bias.
+
+q / k / v load into one fused projection by shard id, so tensor-parallel ranks take their
+heads; the head's bias is kept whole and added to the gathered logits."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from pagedlm.config import ConfigError, attention_shape
+from pagedlm.layers.activation import Gelu, gelu_approximation
+from pagedlm.layers.attention import Attention
+from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear, default_weight_loader
+from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.gpt_neox import partial_rotary_embedding
+from pagedlm.models.llama import rope_settings
+from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
+
+
+def partial_rotary_dim(config: Any, head_dim: int, default: float = 1.0) -> int:
+    """head_dim times ``partial_rotary_factor``, read from rope_parameters (new configs) or
+    the config itself (old ones)."""
+    _, _, params, _ = rope_settings(config)
+    factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    return int(head_dim * (default if factor is None else factor))
+
+
+class PhiAttention(nn.Module):
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__()
+        num_heads, num_kv_heads, self.head_dim = attention_shape(config)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias=True)
+        self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.dense = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias=True)
+        self.qk_layernorm = bool(getattr(config, "qk_layernorm", False))
+        if self.qk_layernorm:  # over each head's features, the same weights for every head
+            self.q_layernorm = LayerNorm(self.head_dim, config.layer_norm_eps)
+            self.k_layernorm = LayerNorm(self.head_dim, config.layer_norm_eps)
+        self.rotary_emb = rotary_emb
+        self.attn = Attention(num_heads, self.head_dim, num_kv_heads, self.head_dim**-0.5)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_layernorm:
+            num_tokens = q.shape[0]
+            q = self.q_layernorm(q.reshape(num_tokens, -1, self.head_dim)).view(num_tokens, self.q_size)
+            k = self.k_layernorm(k.reshape(num_tokens, -1, self.head_dim)).view(num_tokens, self.kv_size)
+        return self.dense(self.attn(q, k, v, positions, self.rotary_emb))
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True)
+        self.act = Gelu(gelu_approximation(config.hidden_act))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PhiDecoderLayer(nn.Module):
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.self_attn = PhiAttention(config, rotary_emb)
+        self.mlp = PhiMLP(config)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = self.input_layernorm(hidden_states)
+        return hidden_states + self.self_attn(positions, normed) + self.mlp(normed)
+
+
+class PhiModel(nn.Module):
+    def __init__(self, config: Any, max_position: int) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        _, _, head_dim = attention_shape(config)
+        rotary_emb = partial_rotary_embedding(config, head_dim, max_position,
+                                              rotary_dim=partial_rotary_dim(config, head_dim, 0.5))
+        self.layers = nn.ModuleList(PhiDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
+        self.final_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden_states = layer(positions, hidden_states)
+        return self.final_layernorm(hidden_states)
+
+
+class PhiForCausalLM(nn.Module):
+    def __init__(self, config: Any, max_position: int | None = None) -> None:
+        super().__init__()
+        try:
+            gelu_approximation(getattr(config, "hidden_act", "gelu_new"))
+        except ValueError as e:
+            raise ConfigError(f"Phi hidden_act {config.hidden_act!r} is not supported (a GELU variant)") from e
+        self.config = config
+        self.model = PhiModel(config, max_position or config.max_position_embeddings)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # The head's bias over the whole vocabulary, added after the ranks' logits are gathered.
+        self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size), requires_grad=False)
+        self.lm_head_bias.weight_loader = lambda p, w, shard_id=None: default_weight_loader(p, w)  # type: ignore[attr-defined]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden_states) + self.lm_head_bias
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        def renamed() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                if name == "lm_head.bias":
+                    name = "lm_head_bias"
+                elif self.tie_word_embeddings and name == "lm_head.weight":
+                    continue
+                yield name, tensor
+
+        return load_params(self, renamed(), LLAMA_STACKED_PARAMS[:3])

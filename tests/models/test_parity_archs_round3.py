@@ -1,0 +1,55 @@
+"""Round 3 of the decoders vLLM serves (Phi-1/2, ...): greedy token ids and logprobs equal
+transformers (float32, CPU) on tiny random checkpoints, a batch of prompts of 1 to 70
+tokens, plainly and with chunked prefill over 4-token blocks. Each config sets its family's
+quirks to values that change the result (partial or interleaved RoPE, parallel blocks,
+post-norms, biases, GQA / multi-query)."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.test_parity import PROMPTS, check_close, hf_reference, run
+
+# name -> (architecture, config overrides)
+CHECKPOINTS = {
+    # Phi-2: RoPE on 40% of each head, GQA, per-head q/k LayerNorms, GELU-new, LM head bias.
+    "phi": ("PhiForCausalLM", dict(hidden_act="gelu_new", qk_layernorm=True, layer_norm_eps=1e-5,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5})),
+    "phi_mha": ("PhiForCausalLM", dict(num_key_value_heads=4, hidden_act="gelu",
+                                       rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                                        "partial_rotary_factor": 0.25})),
+}
+
+
+def build_checkpoint(tmp_path_factory, name: str, seed: int) -> str:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    arch, overrides = CHECKPOINTS[name]
+    path = tmp_path_factory.mktemp(name)
+    build_tiny_checkpoint(path, arch, seed=seed, **overrides)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            built[name] = build_checkpoint(tmp_path_factory, name, 300 + len(built))
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_parity(checkpoint, name):
+    path = checkpoint(name)
+    ref = hf_reference(path, PROMPTS, 10)
+    _, outputs = run(path, PROMPTS, max_model_len=128, enable_prefix_caching=False)
+    check_close(ref, outputs, PROMPTS)
+    # Chunked prefill: the 41- and 70-token prompts arrive in 16-token chunks over 4-token blocks.
+    _, outputs = run(path, PROMPTS, max_model_len=128, block_size=4, max_num_batched_tokens=16,
+                     enable_prefix_caching=False)
+    check_close(ref, outputs, PROMPTS)
