@@ -183,10 +183,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, config.hidden_size) if is_first_pp_rank()
                              else PPMissingLayer())
         # One cos/sin table for all layers, sized for the longest sequence the engine allows.
-        _, _, head_dim = attention_shape(config)
-        base, rope_type, params, original_max = rope_settings(config)
-        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
-                                     config.max_position_embeddings)
+        rotary_emb = self.make_rotary_embedding(config, max_position)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
             lambda i: self.layer_cls(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
@@ -194,6 +191,14 @@ class LlamaModel(nn.Module):
         self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset) if is_last_pp_rank()
                      else PPMissingLayer())
         self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))  # Granite
+
+    def make_rotary_embedding(self, config: Any, max_position: int) -> RotaryEmbedding:
+        """RoPE over each whole head, halves rotated (neox style); subclasses change it (GLM's
+        partial GPT-J-style rotary)."""
+        _, _, head_dim = attention_shape(config)
+        base, rope_type, params, original_max = rope_settings(config)
+        return RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
+                               config.max_position_embeddings)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:

@@ -12,6 +12,7 @@ from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_mo
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+from pagedlm.models.glm import Glm4ForCausalLM, GlmForCausalLM
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
@@ -67,6 +68,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "GPTJForCausalLM": GPTJForCausalLM,
     "GPTBigCodeForCausalLM": GPTBigCodeForCausalLM,
     "PhiForCausalLM": PhiForCausalLM,
+    "GlmForCausalLM": GlmForCausalLM,
+    "Glm4ForCausalLM": Glm4ForCausalLM,
 }
 
 

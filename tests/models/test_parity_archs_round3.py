@@ -19,6 +19,12 @@ CHECKPOINTS = {
     "phi_mha": ("PhiForCausalLM", dict(num_key_value_heads=4, hidden_act="gelu",
                                        rope_parameters={"rope_type": "default", "rope_theta": 500.0,
                                                         "partial_rotary_factor": 0.25})),
+    # GLM-4: interleaved RoPE on half of each head (head_dim 32 over hidden 64), q/k/v biases
+    # but none on o_proj, fused gate_up; GLM-4-0414 adds post-attention / post-MLP norms.
+    "glm": ("GlmForCausalLM", dict(head_dim=32, pad_token_id=0)),
+    "glm4": ("Glm4ForCausalLM", dict(head_dim=16, pad_token_id=0, tie_word_embeddings=True,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                      "partial_rotary_factor": 0.5})),
 }
 
 
