@@ -9,6 +9,7 @@ from pagedlm.models.bert import BertModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
+from pagedlm.models.ernie45 import Ernie4_5ForCausalLM
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
@@ -70,6 +71,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "PhiForCausalLM": PhiForCausalLM,
     "GlmForCausalLM": GlmForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
+    "Ernie4_5ForCausalLM": Ernie4_5ForCausalLM,
 }
 
 

@@ -25,6 +25,11 @@ CHECKPOINTS = {
     "glm4": ("Glm4ForCausalLM", dict(head_dim=16, pad_token_id=0, tie_word_embeddings=True,
                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                       "partial_rotary_factor": 0.5})),
+    # ERNIE 4.5: interleaved RoPE over the whole head, biases everywhere (use_bias), tied head.
+    "ernie4_5": ("Ernie4_5ForCausalLM", dict(head_dim=16, use_bias=True, pad_token_id=0,
+                                             tie_word_embeddings=True)),
+    "ernie4_5_nobias": ("Ernie4_5ForCausalLM", dict(head_dim=32, use_bias=False, pad_token_id=0,
+                                                    tie_word_embeddings=False)),
 }
 
 
