@@ -157,11 +157,24 @@ class EngineConfig:
 VllmConfig = EngineConfig
 
 
+def falcon_kv_heads(hf_config: Any) -> int:
+    """Falcon's K/V head count, from its own fields (its configs have no num_key_value_heads):
+    ``num_kv_heads`` groups in the new decoder architecture (Falcon-40B / 180B), one head
+    with ``multi_query`` (Falcon-7B), else one per query head."""
+    num_heads = hf_config.num_attention_heads
+    if getattr(hf_config, "new_decoder_architecture", False):
+        return getattr(hf_config, "num_kv_heads", None) or num_heads
+    return 1 if getattr(hf_config, "multi_query", True) else num_heads
+
+
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:
     """(num_heads, num_kv_heads, head_dim) of a HF config; head_dim and the KV head count
     are optional there (defaulting to hidden_size / heads and to no GQA)."""
     num_heads = hf_config.num_attention_heads
-    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    if getattr(hf_config, "model_type", None) == "falcon":
+        num_kv_heads = falcon_kv_heads(hf_config)
+    else:
+        num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     return num_heads, num_kv_heads, head_dim
 

@@ -10,6 +10,7 @@ from pagedlm.models.bert_classifier import BertForSequenceClassification, Robert
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
 from pagedlm.models.ernie45 import Ernie4_5ForCausalLM
+from pagedlm.models.falcon import FalconForCausalLM
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
@@ -72,6 +73,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "GlmForCausalLM": GlmForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
     "Ernie4_5ForCausalLM": Ernie4_5ForCausalLM,
+    "FalconForCausalLM": FalconForCausalLM,
 }
 
 

@@ -30,6 +30,17 @@ CHECKPOINTS = {
                                              tie_word_embeddings=True)),
     "ernie4_5_nobias": ("Ernie4_5ForCausalLM", dict(head_dim=32, use_bias=False, pad_token_id=0,
                                                     tie_word_embeddings=False)),
+    # Falcon-7B: multi-query (one K/V head), one LayerNorm, parallel attention + MLP, tied head.
+    # num_key_value_heads (set by the shared tiny config) is not a Falcon field: it is ignored.
+    "falcon_mq": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, bias=False,
+                                            tie_word_embeddings=True, ffn_hidden_size=128)),
+    # Falcon-40B: 2 K/V groups, ln_attn / ln_mlp, biases, untied head.
+    "falcon_new": ("FalconForCausalLM", dict(new_decoder_architecture=True, num_kv_heads=2, bias=True,
+                                             parallel_attn=True, tie_word_embeddings=False)),
+    # The original layout: per-head [q | k | v], sequential attention then MLP.
+    "falcon_seq": ("FalconForCausalLM", dict(multi_query=False, parallel_attn=False, bias=True,
+                                             activation="gelu_new",
+                                             rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
 }
 
 
@@ -64,3 +75,35 @@ def test_parity(checkpoint, name):
     _, outputs = run(path, PROMPTS, max_model_len=128, block_size=4, max_num_batched_tokens=16,
                      enable_prefix_caching=False)
     check_close(ref, outputs, PROMPTS)
+
+
+@pytest.mark.parametrize("name,kv_heads", [("falcon_mq", 1), ("falcon_new", 2), ("falcon_seq", 4)])
+def test_falcon_kv_heads(checkpoint, name, kv_heads):
+    """The KV cache is sized from Falcon's own fields, not the stray num_key_value_heads."""
+    from transformers import AutoConfig
+
+    from pagedlm.config import attention_shape
+
+    config = AutoConfig.from_pretrained(checkpoint(name))
+    assert getattr(config, "num_key_value_heads", None) == 2
+    assert attention_shape(config) == (4, kv_heads, 16)
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("falcon_mq", dict(alibi=True), "alibi"),
+    ("falcon_new", dict(parallel_attn=False), "parallel_attn"),
+    ("falcon_seq", dict(num_ln_in_parallel_attn=2), "num_ln_in_parallel_attn"),
+    ("phi", dict(hidden_act="relu"), "relu"),
+    ("glm", dict(hidden_act="gelu"), "gelu"),
+])
+def test_unsupported_settings_are_refused(checkpoint, name, override, message):
+    from transformers import AutoConfig
+
+    from pagedlm.config import ConfigError
+    from pagedlm.models.registry import resolve_model_class
+
+    config = AutoConfig.from_pretrained(checkpoint(name))
+    for key, value in override.items():
+        setattr(config, key, value)
+    with pytest.raises(ConfigError, match=message):
+        resolve_model_class(config.architectures)(config, max_position=64)
