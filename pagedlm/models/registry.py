@@ -21,6 +21,7 @@ from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.olmo import OlmoForCausalLM
 from pagedlm.models.olmo2 import Olmo2ForCausalLM
 from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
@@ -74,6 +75,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Glm4ForCausalLM": Glm4ForCausalLM,
     "Ernie4_5ForCausalLM": Ernie4_5ForCausalLM,
     "FalconForCausalLM": FalconForCausalLM,
+    "OlmoForCausalLM": OlmoForCausalLM,
 }
 
 

@@ -41,6 +41,9 @@ CHECKPOINTS = {
     "falcon_seq": ("FalconForCausalLM", dict(multi_query=False, parallel_attn=False, bias=True,
                                              activation="gelu_new",
                                              rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+    # OLMo 1: parameter-free LayerNorms; clip_qkv small enough to clamp (the tiny weights give
+    # q / k / v entries beyond 0.5).
+    "olmo": ("OlmoForCausalLM", dict(clip_qkv=0.5, pad_token_id=0, tie_word_embeddings=True)),
 }
 
 
