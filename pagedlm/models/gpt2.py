@@ -54,11 +54,14 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, config: Any, layer_idx: int) -> None:
+    """Pre-LayerNorm attention then the GELU MLP; ``attn`` is the family's attention
+    (GPT-2's, or GPT-BigCode's multi-query one), called on the normed hidden states."""
+
+    def __init__(self, config: Any, attn: nn.Module) -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = LayerNorm(config.hidden_size, eps)
-        self.attn = GPT2Attention(config, layer_idx)
+        self.attn = attn
         self.ln_2 = LayerNorm(config.hidden_size, eps)
         self.mlp = GPT2MLP(config)
 
@@ -72,7 +75,7 @@ class GPT2Model(nn.Module):
         super().__init__()
         self.wte = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = VocabEmbedding(config.max_position_embeddings, config.hidden_size)
-        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(GPT2Block(config, GPT2Attention(config, i)) for i in range(config.num_hidden_layers))
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from pagedlm.config import ConfigError
-from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedlm.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.models.gpt2 import GPT2Block
 from pagedlm.models.utils import load_shards
 
 
@@ -41,38 +41,12 @@ class GPTBigCodeAttention(nn.Module):
         return self.c_proj(self.attn(q, k, v))
 
 
-class GPTBigCodeMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        inner = config.n_inner or 4 * config.hidden_size
-        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, bias=True)
-        self.c_proj = RowParallelLinear(inner, config.hidden_size, bias=True)
-        self.act = Gelu(gelu_approximation(config.activation_function))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
-
-
-class GPTBigCodeBlock(nn.Module):
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        eps = config.layer_norm_epsilon
-        self.ln_1 = LayerNorm(config.hidden_size, eps)
-        self.attn = GPTBigCodeAttention(config)
-        self.ln_2 = LayerNorm(config.hidden_size, eps)
-        self.mlp = GPTBigCodeMLP(config)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.ln_1(hidden_states))
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
-
-
 class GPTBigCodeModel(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = VocabParallelEmbedding(config.max_position_embeddings, config.hidden_size)
-        self.h = nn.ModuleList(GPTBigCodeBlock(config) for _ in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(GPT2Block(config, GPTBigCodeAttention(config)) for _ in range(config.num_hidden_layers))
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import pytest
 
 from pagedlm import LLM
 
-from models.test_parity_archs_other import build_checkpoint
+from models.arch_parity_helpers import checkpoint_getter
+from models.test_parity_archs_other import CHECKPOINTS
 
 from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
 
@@ -20,7 +21,7 @@ ARCHS = ["gpt_neox", "starcoder2", "cohere", "gpt_bigcode"]
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tp2_equals_tp1(tmp_path_factory, arch: str) -> None:
-    path = build_checkpoint(tmp_path_factory, arch, seed=7)
+    path = checkpoint_getter(tmp_path_factory, CHECKPOINTS, 7)(arch)
     reference = run_workload(LLM(path, **ENGINE_KWARGS))
     llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
     try:

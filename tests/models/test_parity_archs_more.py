@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from models.arch_parity_helpers import checkpoint_getter
 from models.test_parity import PROMPTS, hf_reference, check_close, run
 from models.test_parity_archs import run_stressed
 
@@ -34,19 +35,7 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Callable[[str], str]:
-    from pagedlm.demo import build_tiny_checkpoint
-
-    built: dict[str, str] = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            arch, overrides = CHECKPOINTS[name]
-            path = tmp_path_factory.mktemp(name)
-            build_tiny_checkpoint(path, arch, seed=len(built) + 11, **overrides)
-            built[name] = str(path)
-        return built[name]
-
-    return get
+    return checkpoint_getter(tmp_path_factory, CHECKPOINTS, 11)
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))

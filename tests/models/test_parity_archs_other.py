@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.test_parity import PROMPTS, check_close, hf_reference, run
+from models.arch_parity_helpers import check_plain_and_chunked, checkpoint_getter
 
 # name -> (architecture, config overrides). num_key_value_heads: the shared tiny config sets
 # 2; families without GQA must not carry it (pagedlm sizes the KV cache from it).
@@ -39,34 +39,11 @@ CHECKPOINTS = {
 }
 
 
-def build_checkpoint(tmp_path_factory, name: str, seed: int) -> str:
-    from pagedlm.demo import build_tiny_checkpoint
-
-    arch, overrides = CHECKPOINTS[name]
-    path = tmp_path_factory.mktemp(name)
-    build_tiny_checkpoint(path, arch, seed=seed, **overrides)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    built: dict[str, str] = {}
-
-    def get(name: str) -> str:
-        if name not in built:
-            built[name] = build_checkpoint(tmp_path_factory, name, 100 + len(built))
-        return built[name]
-
-    return get
+    return checkpoint_getter(tmp_path_factory, CHECKPOINTS, 100)
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_parity(checkpoint, name):
-    path = checkpoint(name)
-    ref = hf_reference(path, PROMPTS, 10)
-    _, outputs = run(path, PROMPTS, max_model_len=128, enable_prefix_caching=False)
-    check_close(ref, outputs, PROMPTS)
-    # Chunked prefill: the 41- and 70-token prompts arrive in 16-token chunks over 4-token blocks.
-    _, outputs = run(path, PROMPTS, max_model_len=128, block_size=4, max_num_batched_tokens=16,
-                     enable_prefix_caching=False)
-    check_close(ref, outputs, PROMPTS)
+    check_plain_and_chunked(checkpoint(name))

@@ -3,11 +3,11 @@ streamed in random chunk sizes, where the deltas must assemble into the whole an
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, ToolPlan
+from parser_checks import check_reasoning_output, check_reasoning_stream, reasoning_shaper
+
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions
 
 # (parser, prompt, output, expected reasoning, expected content)
 CASES = [
@@ -26,34 +26,20 @@ CASES = [
 ]
 
 
-def random_chunks(text: str, seed: int) -> list[str]:
-    rng, chunks, i = random.Random(seed), [], 0
-    while i < len(text):
-        n = rng.randint(1, 7)
-        chunks.append(text[i:i + n])
-        i += n
-    return chunks
-
-
 def shaper(name: str, prompt: str) -> ChoiceShaper:
-    return ChoiceShaper(ToolPlan(), ServingOptions(reasoning_parser=name), prompt)
+    return reasoning_shaper(name, prompt)
 
 
 @pytest.mark.parametrize("name,prompt,text,reasoning,content", CASES)
 def test_whole_output(name: str, prompt: str, text: str, reasoning: str | None, content: str | None) -> None:
-    message = shaper(name, prompt).message(text)
-    assert (message["reasoning_content"], message["content"] or None) == (reasoning, content)
+    check_reasoning_output(name, prompt, text, reasoning, content)
 
 
 @pytest.mark.parametrize("name,prompt,text,reasoning,content", CASES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_streamed_in_random_chunks(name: str, prompt: str, text: str, reasoning: str | None, content: str | None,
                                    seed: int) -> None:
-    s = shaper(name, prompt)
-    chunks = random_chunks(text, seed)
-    deltas = [s.feed(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
-    assert "".join(d.get("reasoning_content", "") for d in deltas) == (reasoning or "")
-    assert "".join(d.get("content", "") for d in deltas) == (content or "")
+    check_reasoning_stream(name, prompt, text, reasoning, content, seed)
 
 
 def test_new_reasoning_parsers_are_flag_choices() -> None:

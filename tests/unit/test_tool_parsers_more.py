@@ -4,12 +4,11 @@ content and calls as the whole answer (and each call's name must come before its
 
 from __future__ import annotations
 
-import json
-import random
-
 import pytest
 
-from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, ToolPlan, plan_tools
+from parser_checks import calls_of, check_tool_output, check_tool_stream, tool_shaper
+
+from pagedlm.entrypoints.openai.tool_calling import ChoiceShaper, ServingOptions, ToolPlan
 
 WEATHER = {"name": "get_current_weather", "parameters": {
     "type": "object", "required": ["city", "state"],
@@ -112,50 +111,18 @@ CASES = [
 
 
 def shaper(parser: str) -> ChoiceShaper:
-    options = ServingOptions(True, parser)
-    return ChoiceShaper(plan_tools(TOOLS, "auto", None, options), options, "")
-
-
-def calls_of(message: dict) -> list[tuple[str, dict]]:
-    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+    return tool_shaper(parser, TOOLS)
 
 
 @pytest.mark.parametrize("parser,text,content,calls", CASES)
 def test_whole_output(parser: str, text: str, content: str | None, calls: list) -> None:
-    message = shaper(parser).message(text)
-    assert (message["content"], calls_of(message)) == (content, calls)
-    assert shaper(parser).finish_reason("stop", text) == ("tool_calls" if calls else "stop")
-
-
-def random_chunks(text: str, seed: int) -> list[str]:
-    rng, chunks, i = random.Random(seed), [], 0
-    while i < len(text):
-        n = rng.randint(1, 9)
-        chunks.append(text[i:i + n])
-        i += n
-    return chunks
+    check_tool_output(parser, TOOLS, text, content, calls)
 
 
 @pytest.mark.parametrize("parser,text,content,calls", CASES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_streamed_in_random_chunks(parser: str, text: str, content: str | None, calls: list, seed: int) -> None:
-    s = shaper(parser)
-    chunks = random_chunks(text, seed)
-    streamed_content, streamed = "", {}
-    for i, chunk in enumerate(chunks):
-        delta = s.feed(chunk, i == len(chunks) - 1)
-        streamed_content += delta.get("content", "")
-        for entry in delta.get("tool_calls", []):
-            if entry["index"] not in streamed:
-                assert entry["function"]["name"] and entry["id"]  # the name comes first, whole
-                streamed[entry["index"]] = [entry["function"]["name"], ""]
-            else:
-                assert "name" not in entry["function"]
-            streamed[entry["index"]][1] += entry["function"]["arguments"]
-    assert [(n, json.loads(a)) for n, a in streamed.values()] == calls
-    assert streamed_content == (content or "")
-    whole = shaper(parser).message(text)  # the exact argument text of the whole answer
-    assert [a for _, a in streamed.values()] == [c["function"]["arguments"] for c in whole["tool_calls"]]
+    check_tool_stream(parser, TOOLS, text, content, calls, seed)
 
 
 def test_qwen3_coder_streams_each_parameter_as_it_closes() -> None:
