@@ -460,6 +460,21 @@ class EngineArgs:
             quantization=resolve_quantization_name(hf_config, self.quantization),
         )
 
+    def _async_scheduling(self, device: str, pipeline_parallel_size: int, logits_processors: tuple[str, ...],
+                          pooling: bool, speculative: bool) -> bool:
+        """The async_scheduling setting, or its default for the device; custom logits processors
+        (which read each request's output tokens on the host before its next step is sampled)
+        turn the default off and refuse the paths they cannot run on."""
+        default = default_async_scheduling(device, pipeline_parallel_size)
+        if not logits_processors:
+            return self.async_scheduling if self.async_scheduling is not None else default
+        check_custom_logits_fit(pooling, speculative, pipeline_parallel_size, self.async_scheduling)
+        if self.async_scheduling is None and default:
+            logging.getLogger("pagedlm").info("Async scheduling is off: custom logits processors read each request's "
+                                              "output tokens, which must be on the host before the next step is "
+                                              "sampled.")
+        return False
+
     def create_engine_config(self) -> EngineConfig:
         self._verify()
         device = resolve_device(self.device)
@@ -479,15 +494,8 @@ class EngineArgs:
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
         logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
-        async_scheduling = self.async_scheduling if self.async_scheduling is not None else \
-            default_async_scheduling(device, parallel_config.pipeline_parallel_size)
-        if logits_processors:
-            check_custom_logits_fit(pooling, spec is not None, parallel_config.pipeline_parallel_size,
-                                    self.async_scheduling)
-            if async_scheduling:
-                logging.getLogger("pagedlm").info("Async scheduling is off: custom logits processors read each request's output "
-                            "tokens, which must be on the host before the next step is sampled.")
-            async_scheduling = False
+        async_scheduling = self._async_scheduling(device, parallel_config.pipeline_parallel_size, logits_processors,
+                                                  pooling, spec is not None)
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
