@@ -35,6 +35,12 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          (no shared memory, no layout change), x rows as the MMA's 8 B columns. On an H200 at
          M = 8 0.69-0.73x the time of the best 16-row tile per Llama-3.1-8B layer; at M = 1 about
          level with the paired gemv (BENCHMARKS.md, session 21).
+  cuda   M <= 8 (4-bit, bf16): the same tensor-core step in CUDA C++ (``cuda_w4a16``,
+         ``csrc/w4a16_mma.cu``, built with nvcc at first use): 16-byte weight loads, B fragments
+         straight from x, the zero point applied per group on the float32 result, so a weight
+         costs about one integer instruction. On an H200 0.78x the mma kind's time per
+         Llama-3.1-8B layer at M = 8, 0.95x the paired gemv's at M = 1 (BENCHMARKS.md, session
+         24). Offered only where the library builds (an nvcc, ``PAGEDLM_CUDA_KERNELS`` not 0).
   dequantize + cuBLAS for large M (compute-bound; the weight traffic is amortised).
 
 Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order inside the same
@@ -55,8 +61,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from pagedlm.kernels import cuda_w4a16, wna16_reference, wna16_tuning
 from pagedlm.kernels import triton_wna16_kernels as K
-from pagedlm.kernels import wna16_reference, wna16_tuning
 from pagedlm.kernels.pdl import launch_kwargs
 from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 
@@ -64,7 +70,7 @@ from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
 _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds do less per weight)
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
-KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t", "mma")
+KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t", "mma", "cuda")
 _MMA_MAX_M = 8  # the mma kind: x rows are the MMA's 8 B columns
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
 # the dequant forms each kind has (the tensor-core kinds not named here: _DEQUANT_MODES)
@@ -98,7 +104,12 @@ class KernelConfig:
         if self.kind == "mma" and (self.block_m != _MMA_MAX_M or self.block_n != 16 * self.num_warps):
             raise ValueError(f"the mma kind takes up to {_MMA_MAX_M} rows (block_m {_MMA_MAX_M}) and 16 columns "
                              "a warp (block_n 16 * num_warps)")
-        if self.kind not in ("gemv", "mma") and self.block_m < 16:
+        if self.kind == "cuda" and (self.block_m != cuda_w4a16.MAX_M or self.block_n != cuda_w4a16.BLOCK_N
+                                    or self.num_warps not in cuda_w4a16.WARPS or self.unroll not in cuda_w4a16.UNROLL):
+            raise ValueError(f"the cuda kind takes up to {cuda_w4a16.MAX_M} rows (block_m {cuda_w4a16.MAX_M}), "
+                             f"{cuda_w4a16.BLOCK_N}-column slices, {cuda_w4a16.WARPS} warps and unroll "
+                             f"{cuda_w4a16.UNROLL}")
+        if self.kind not in ("gemv", "mma", "cuda") and self.block_m < 16:
             raise ValueError("the tensor-core kinds need block_m >= 16")
         if self.kind == "gemv" and self.block_m != 1:
             raise ValueError("the gemv kind takes one row per program (block_m 1)")
@@ -154,6 +165,8 @@ def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_group
     gemv takes 4-bit codes, K tiles that lie in one group each, no act-order row groups,
     and a GPU (inline PTX: not the interpreter)."""
     r = layout_rows(k, group_size, bits)
+    if cfg.kind == "cuda":  # N is checked at launch (whole 16-byte column quads)
+        return cuda_w4a16.layer_fits(k, 4, group_size, bits, row_groups) and r == 16 and not _interpreting()
     if cfg.dequant == "pair":
         return bits == 4 and group_size % (r * 8) == 0 and not row_groups and not _interpreting()
     if cfg.kind == "mma":  # 4-bit, R = 16, K tiles (128 inputs) inside one group; inline PTX
@@ -175,6 +188,9 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     if not config_fits(cfg, k, group_size, bits, row_groups is not None):
         raise ValueError(f"{wna16_tuning.describe(cfg)} cannot run this layer (K {k}, group {group_size}, {bits}-bit, "
                          f"{r} interleaved rows{', row groups' if row_groups is not None else ''})")
+    if cfg.kind == "cuda":
+        return cuda_w4a16.mma(x2d, qweight, scales, zeros, group_size, cfg.num_warps, cfg.unroll, cfg.split_k,
+                              ticket_counters(x2d.device, "wna16"), None if bias is None else bias.to(x2d.dtype))
     k_tiles = k // (r * (32 // bits))
     tiles_per_split = triton.cdiv(k_tiles, max(1, cfg.split_k))
     if cfg.kind in ("wide", "wide_t", "mma"):  # a split is whole steps of ``unroll`` tiles

@@ -54,6 +54,19 @@ _MMA_MAX_M = 8
 _MMA_SHAPES = ((4, 2, 4.0), (4, 2, 8.0), (4, 1, 4.0), (8, 2, 4.0))
 
 
+# the CUDA kind (``cuda_w4a16``, M <= 8): (num_warps, unroll, split_k); the best per
+# Llama-3.1-8B layer on an H200 at M = 1, 4 and 8 (BENCHMARKS.md, session 24): 8 warps without
+# split for qkv and o, 4 warps for gate_up, split 2-4 for down.
+_CUDA_SHAPES = ((8, 1, 1), (4, 1, 1), (8, 1, 2), (4, 1, 2), (4, 1, 4), (8, 4, 1))
+
+
+def cuda_enabled() -> bool:
+    """Whether the CUDA kind is among the candidates (its library builds on this machine)."""
+    from pagedlm.kernels import cuda_w4a16  # noqa: PLC0415
+
+    return cuda_w4a16.available()
+
+
 def mma_enabled() -> bool:
     """``PAGEDLM_W4A16_MMA=0`` leaves the mma kind out of the candidates (an A/B switch)."""
     return os.environ.get("PAGEDLM_W4A16_MMA", "1") != "0"
@@ -97,7 +110,7 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
                        row_groups: bool = False) -> list[Any]:
     """Decode-sized M (<= 16): the FMA GEMV (M = 1), its paired form (M <= 4), the mma kind
     (M <= 8) and 16-row tensor-core tiles."""
-    from pagedlm.kernels.triton_wna16 import config_fits  # noqa: PLC0415
+    from pagedlm.kernels.triton_wna16 import KernelConfig, config_fits  # noqa: PLC0415
 
     out = []
     if m == 1:
@@ -109,6 +122,8 @@ def small_m_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_s
     if m <= _MMA_MAX_M and mma_enabled():
         out += [make_config("mma", 8, 16 * w, m, n, k, bits, group_size, num_sms, w, 1, waves, unroll)
                 for w, unroll, waves in _MMA_SHAPES]
+    if m <= _MMA_MAX_M and bits == 4 and n % 4 == 0 and cuda_enabled():
+        out += [KernelConfig("cuda", 8, 32, split, w, 1, unroll) for w, unroll, split in _CUDA_SHAPES]
     out += [make_config(kind, bm, bn, m, n, k, bits, group_size, num_sms, w, s, 2.0, unroll)
             for kind, bm, bn, w, s, unroll in _SMALL_TILE_SHAPES]
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits, row_groups)]
@@ -150,7 +165,8 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
         return
     from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
 
-    entries = tuning_cache.cached("wna16", (*key, scales.dtype, mma_enabled()), qweight.device, (KernelConfig,),
+    entries = tuning_cache.cached("wna16", (*key, scales.dtype, mma_enabled(), cuda_enabled()), qweight.device,
+                                  (KernelConfig,),
                                   lambda: _measure(qweight, scales, zeros, row_groups, group_size, bits, key))
     _TABLE[key] = entries
     logger.info("w4a16 kernels for N=%d K=%d (%d-bit, group %d): %s", n, k, bits, group_size,

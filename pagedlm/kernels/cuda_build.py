@@ -1,0 +1,106 @@
+"""CUDA C++ kernels built at first use with the CUDA toolkit's ``nvcc``, loaded through ctypes.
+
+A few kernels need what Triton does not express (``csrc/*.cu``: the 4-bit decode GEMV). Each
+is a plain ``extern "C"`` launcher over raw device pointers and a stream, so it needs neither
+torch's headers nor a build system: ``nvcc -shared`` makes a small library in seconds, kept under
+``$PAGEDLM_CACHE_DIR/cuda`` by a hash of the source, the nvcc version and the GPU architecture,
+and a later start loads it straight away. Several processes may build at once: each writes its
+own temporary file and renames it into place.
+
+Where there is no nvcc (``$CUDA_HOME/bin``, then ``PATH``), the build fails, or
+``PAGEDLM_CUDA_KERNELS=0``, ``load`` returns None and callers keep their Triton kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pagedlm.cache_dir import cache_root
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+
+
+def enabled() -> bool:
+    return os.environ.get("PAGEDLM_CUDA_KERNELS", "1") != "0"
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").is_file():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def arch_flag(capability: tuple[int, int]) -> str:
+    """nvcc's -arch for a compute capability: the architecture-specific target (``sm_90a``)
+    where one exists, since the kernels may use its instructions."""
+    major, minor = capability
+    return f"sm_{major}{minor}" + ("a" if major in (9, 10) else "")
+
+
+def build_command(nvcc: str, source: Path, output: Path, arch: str) -> list[str]:
+    return [nvcc, "-O3", f"-arch={arch}", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
+            "-o", str(output), str(source)]
+
+
+@functools.cache
+def _nvcc_version(nvcc: str) -> str:
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def library_path(name: str, device: torch.device) -> Path | None:
+    """The built library of ``csrc/<name>.cu`` for ``device``, building it if needed; None
+    where it cannot be built (logged once)."""
+    return _library_path(name, torch.cuda.get_device_capability(device))
+
+
+@functools.cache
+def _library_path(name: str, capability: tuple[int, int]) -> Path | None:
+    nvcc = nvcc_path()
+    if not enabled() or nvcc is None:
+        logger.info("CUDA kernel %s not built: %s", name, "PAGEDLM_CUDA_KERNELS=0" if nvcc else "no nvcc found")
+        return None
+    source = SOURCE_DIR / f"{name}.cu"
+    arch = arch_flag(capability)
+    try:
+        digest = hashlib.sha256(source.read_bytes() + _nvcc_version(nvcc).encode() + arch.encode()).hexdigest()[:16]
+        target = cache_root() / "cuda" / f"{name}-{arch}-{digest}.so"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run(build_command(nvcc, source, built, arch), capture_output=True, text=True,
+                                      timeout=600)
+                if proc.returncode != 0:
+                    raise RuntimeError(proc.stderr.strip()[-2000:])
+                os.replace(built, target)
+            logger.info("built CUDA kernel %s for %s (%s)", name, arch, target)
+        return target
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        logger.warning("CUDA kernel %s could not be built (%s); using the Triton kernels", name, exc)
+        return None
+
+
+@functools.cache
+def _load(path: Path) -> ctypes.CDLL:
+    return ctypes.CDLL(str(path))
+
+
+def load(name: str, device: torch.device) -> ctypes.CDLL | None:
+    """The loaded library of ``csrc/<name>.cu`` for ``device``, or None (see the module docstring)."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return None
+    path = library_path(name, device)
+    return _load(path) if path is not None else None
