@@ -27,18 +27,36 @@ BLOCK_N = 32
 _fn: dict[torch.device, object] = {}
 
 
+def bind(lib: ctypes.CDLL):
+    """The kernel's entry point in a loaded library, with its argument types."""
+    fn = lib.pagedlm_w4a16_mma
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 10 + [ctypes.c_void_p]
+    lib.pagedlm_w4a16_error_string.restype = ctypes.c_char_p
+    lib.pagedlm_w4a16_error_string.argtypes = [ctypes.c_int]
+    fn.error_string = lib.pagedlm_w4a16_error_string
+    return fn
+
+
+def _indexed(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def use_build(device: torch.device, defines: tuple[str, ...]) -> None:
+    """Launch the kernel built with ``defines`` on ``device`` from now on (benchmarks compare a
+    source's build-time knobs this way)."""
+    device = _indexed(device)
+    lib = cuda_build.load(NAME, device, defines)
+    _fn[device] = bind(lib) if lib is not None else None
+
+
 def _function(device: torch.device):
+    device = _indexed(device)
     if device not in _fn:
         lib = cuda_build.load(NAME, device)
-        fn = None
-        if lib is not None:
-            fn = lib.pagedlm_w4a16_mma
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 10 + [ctypes.c_void_p]
-            lib.pagedlm_w4a16_error_string.restype = ctypes.c_char_p
-            lib.pagedlm_w4a16_error_string.argtypes = [ctypes.c_int]
-            fn.error_string = lib.pagedlm_w4a16_error_string
-        _fn[device] = fn
+        _fn[device] = bind(lib) if lib is not None else None
     return _fn[device]
 
 

@@ -40,6 +40,7 @@ namespace {
 constexpr int kBlockN = 32;
 constexpr int kMaxM = 8;
 
+
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -114,13 +115,13 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 // 4g + 2T + e / 2, x rows 2t + e % 2). Step s takes field s of the lane's packed rows: K slots
 // (2t, 2t + 1) are rows 4t, 4t + 1 (inputs 16s + 4t, + 1: one PRMT puts the two words' halves
 // side by side, a shift and a LOP3 give both codes) and slots (2t + 8, 2t + 9) rows 4t + 2,
-// 4t + 3; the B fragment is x[16s + 4t .. 16s + 4t + 3] of x row g, one 8-byte load (xg, null
-// for lanes past M). A second MMA chain with an all-ones A sums the same B: sum(x) of the tile
+// 4t + 3; the B fragment is x[16s + 4t .. 16s + 4t + 3] of x row g, one 8-byte load (xg;
+// lanes past M read the last row, whose products land in D columns nobody writes out). A second MMA chain with an all-ones A sums the same B: sum(x) of the tile
 // for the lane's D columns (x rows 2t, 2t + 1), which takes the zero point out per group.
 __device__ __forceinline__ void use_tile(const Tile& d, const uint16_t* xg, float (&acc)[2][4]) {
   uint2 b[8];
 #pragma unroll
-  for (int st = 0; st < 8; ++st) b[st] = xg != nullptr ? load_nc2(xg + 16 * st) : make_uint2(0, 0);
+  for (int st = 0; st < 8; ++st) b[st] = load_nc2(xg + 16 * st);
   const uint32_t* w = &d.w[0].x;  // w[4 * j + c]: packed row 4t + j, column 4g + c
   float dd[2][2][4] = {};  // [tile][step half][element]: four independent chains
   float ones[4] = {0.f, 0.f, 0.f, 0.f};
@@ -176,31 +177,31 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_mma_kernel(
 
   // The weights first: constant during a step, so loaded before waiting for the kernel ahead.
   Tile cur[UNROLL], nxt[UNROLL];
+  auto tile_of = [&](int j) { return tile0 + warp + j * WARPS; };  // the warp's j-th tile
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u)
-    if (u < my_tiles) load_tile(cur[u], qweight, scales, zeros, n, tile0 + warp + u * WARPS, t, col, group_tiles);
+    if (u < my_tiles) load_tile(cur[u], qweight, scales, zeros, n, tile_of(u), t, col, group_tiles);
   pdl_wait();
   pdl_launch_dependents();
 
   // x row g from input 4t on (the B fragments of every tile are 16-input steps from there)
-  const uint16_t* xg = g < m ? x + (size_t)g * x_stride + 4 * t : nullptr;
+  const uint16_t* xg = x + (size_t)min(g, m - 1) * x_stride + 4 * t;
   float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
   auto compute = [&](const Tile& d, int j) {  // the warp's j-th tile
-    use_tile(d, xg != nullptr ? xg + (size_t)(tile0 + warp + j * WARPS) * 128 : nullptr, acc);
+    use_tile(d, xg + (size_t)tile_of(j) * 128, acc);
   };
   for (int it = 0; it < my_tiles; it += 2 * UNROLL) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (it + UNROLL + u < my_tiles)
-        load_tile(nxt[u], qweight, scales, zeros, n, tile0 + warp + (it + UNROLL + u) * WARPS, t, col, group_tiles);
+        load_tile(nxt[u], qweight, scales, zeros, n, tile_of(it + UNROLL + u), t, col, group_tiles);
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (it + u < my_tiles) compute(cur[u], it + u);
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (it + 2 * UNROLL + u < my_tiles)
-        load_tile(cur[u], qweight, scales, zeros, n, tile0 + warp + (it + 2 * UNROLL + u) * WARPS, t, col,
-                  group_tiles);
+        load_tile(cur[u], qweight, scales, zeros, n, tile_of(it + 2 * UNROLL + u), t, col, group_tiles);
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u)
       if (it + UNROLL + u < my_tiles) compute(nxt[u], it + UNROLL + u);
