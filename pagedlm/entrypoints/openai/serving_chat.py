@@ -38,7 +38,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_logprobs("top_logprobs", request.top_logprobs)
         max_tokens = request.requested_max_tokens()
         params = self.make_params(request, request.num_logprobs(), max_tokens)
-        add_tool_constraint(params, plan)
+        add_tool_constraint(params, plan, self.options)
         text, token_ids = await self._render(request)
         if not token_ids:
             raise OpenAIError("The chat template rendered an empty prompt.", 400, "messages")

@@ -232,7 +232,7 @@ class OpenAIServingResponses(OpenAIServing):
         token_ids = self.truncate(token_ids, chat)
         self.check_length(len(token_ids), req.max_output_tokens, what="input")
         params = self.make_params(chat, chat.num_logprobs(), req.max_output_tokens)
-        add_tool_constraint(params, plan)
+        add_tool_constraint(params, plan, self.options)
         response_id = req.request_id or _item_id("resp")  # vLLM: the request_id is the response's id
         group = await self.start(response_id, [(text, token_ids)], params, bool(req.stream), chat)
         shaper = ChoiceShaper(plan, self.options, text)

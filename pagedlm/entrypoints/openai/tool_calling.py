@@ -218,12 +218,13 @@ class ChoiceShaper:
         return message
 
     def _call_entry(self, index: int, call: PartialCall) -> dict[str, Any]:
-        return {"id": self._id(index), "type": "function",
+        return {"id": self._id(index, call.id), "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments or ""}}
 
-    def _id(self, index: int) -> str:
+    def _id(self, index: int, written: str | None = None) -> str:
+        """The call's id: the one the model wrote, else a new one (kept for the later deltas)."""
         while len(self._sent.ids) <= index:
-            self._sent.ids.append(self._new_id())
+            self._sent.ids.append(written if written and len(self._sent.ids) == index else self._new_id())
         return self._sent.ids[index]
 
     def finish_reason(self, reason: str | None, text: str) -> str | None:
@@ -257,7 +258,7 @@ class ChoiceShaper:
         if index == len(sent.names):  # first sight: id, type and name, then argument fragments
             sent.names.append(call.name)
             sent.arguments.append(arguments)
-            return {"index": index, "id": self._id(index), "type": "function",
+            return {"index": index, "id": self._id(index, call.id), "type": "function",
                     "function": {"name": call.name, "arguments": arguments}}
         if index > len(sent.names) or not arguments.startswith(sent.arguments[index]):
             return None
@@ -268,10 +269,12 @@ class ChoiceShaper:
         return {"index": index, "function": {"arguments": fragment}}
 
 
-def add_tool_constraint(params: Any, plan: ToolPlan) -> None:
+def add_tool_constraint(params: Any, plan: ToolPlan, options: ServingOptions | None = None) -> None:
     """required / named tool choice: the call's JSON schema becomes the request's constraint.
-    auto: special tokens stay in the text when the tool parser's markers may be ones."""
-    if plan.keep_special_tokens:
+    auto: special tokens stay in the text when the tool parser's markers may be ones; so they
+    do, whatever the tool choice, when the reasoning parser's markers are ones."""
+    if plan.keep_special_tokens or (options is not None and options.reasoning_parser is not None
+                                    and get_reasoning_parser(options.reasoning_parser).keep_special_tokens):
         params.skip_special_tokens = False
     if plan.constraint is None:
         return

@@ -32,6 +32,9 @@ class ReasoningParser:
     # The markers are single tokens, so the engine core can start constraints after the
     # reasoning (false: structured outputs are refused with this parser).
     token_markers = True
+    # The markers are special tokens that skip_special_tokens would drop from the text the
+    # parser sees (Mistral's [THINK]): the server then keeps special tokens in the output.
+    keep_special_tokens = False
 
     def __init__(self, prompt_text: str | None = None) -> None:
         self.mode = self.initial_mode(prompt_text or "")

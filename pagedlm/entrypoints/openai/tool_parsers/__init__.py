@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.deepseek_v3 import DeepSeekV3ToolParser
+from pagedlm.entrypoints.openai.tool_parsers.glm45 import Glm45ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.granite import GraniteToolParser
 from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
+from pagedlm.entrypoints.openai.tool_parsers.internlm import InternLMToolParser
+from pagedlm.entrypoints.openai.tool_parsers.kimi_k2 import KimiK2ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.llama3_json import Llama3JsonToolParser
 from pagedlm.entrypoints.openai.tool_parsers.mistral import MistralToolParser
 from pagedlm.entrypoints.openai.tool_parsers.phi4_mini_json import Phi4MiniJsonToolParser
@@ -15,8 +18,11 @@ from pagedlm.entrypoints.openai.tool_parsers.xlam import XlamToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "deepseek_v3": DeepSeekV3ToolParser,
+    "glm45": Glm45ToolParser,
     "granite": GraniteToolParser,
     "hermes": HermesToolParser,
+    "internlm": InternLMToolParser,
+    "kimi_k2": KimiK2ToolParser,
     "llama3_json": Llama3JsonToolParser,
     "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
     "mistral": MistralToolParser,

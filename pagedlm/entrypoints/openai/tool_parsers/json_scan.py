@@ -71,6 +71,7 @@ class PartialCall:
     name: str | None = None  # known once its string is complete
     arguments: str | None = None  # raw JSON text of the arguments so far (a prefix of the final)
     complete: bool = False  # the call's object (hence its arguments) is closed
+    id: str | None = None  # the id the model wrote for the call (Kimi-K2's), else a fresh one
 
 
 def scan_call_object(text: str, pos: int, args_keys: tuple[str, ...] = ("arguments", "parameters")
