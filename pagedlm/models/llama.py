@@ -8,7 +8,7 @@ qkv_proj and gate_up_proj load their parts through ``stacked_params_mapping``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -177,14 +177,19 @@ class PreNormDecoderLayer(nn.Module):
     Granite's ``residual_multiplier`` scales both blocks' outputs before their residual add."""
 
     def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp",
-                 norm_unit_offset: bool = False) -> None:
-        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight)."""
+                 norm_unit_offset: bool = False, make_norm: Callable[[], nn.Module] | None = None) -> None:
+        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight). ``make_norm``:
+        builds each of the two norms instead of an RMSNorm (Nemotron's LayerNorms); it must
+        take the same (x, residual) arguments."""
         super().__init__()
         self.self_attn = self_attn
         self.ffn_name = ffn_name
         self.add_module(ffn_name, ffn)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        if make_norm is None:
+            def make_norm() -> nn.Module:
+                return RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        self.input_layernorm = make_norm()
+        self.post_attention_layernorm = make_norm()
         self.residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
 
     def forward(

@@ -32,6 +32,19 @@ CHECKPOINTS = {
     "arcee": ("ArceeForCausalLM", dict(mlp_bias=True, attention_bias=True)),
     # Helium: GPT-J-style RoPE, q/k/v bias but no o_proj bias.
     "helium": ("HeliumForCausalLM", dict(head_dim=16, attention_bias=True, num_key_value_heads=2, pad_token_id=0)),
+    # Nemotron: LayerNorm1P with biases, RoPE on half of each head, relu2 ungated MLP, biases.
+    "nemotron": ("NemotronForCausalLM", dict(head_dim=16, norm_eps=1e-5, attention_bias=True, mlp_bias=True,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                              "partial_rotary_factor": 0.5})),
+    # StableLM-2: per-head q/k LayerNorms, parallel attention + MLP, q/k/v biases, 25% RoPE.
+    "stablelm_par": ("StableLmForCausalLM", dict(qk_layernorm=True, use_parallel_residual=True, use_qkv_bias=True,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                  "partial_rotary_factor": 0.25})),
+    # StableLM-3B-4E1T: sequential blocks, no biases, no q/k norms, 50% RoPE.
+    "stablelm_seq": ("StableLmForCausalLM", dict(qk_layernorm=False, use_parallel_residual=False,
+                                                 use_qkv_bias=False,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                                                  "partial_rotary_factor": 0.5})),
     # Seed-OSS: q/k/v biases, none on o_proj (attention_out_bias False); head_dim 32 over hidden 64.
     "seed_oss": ("SeedOssForCausalLM", dict(head_dim=32, attention_bias=True, attention_out_bias=False,
                                             attention_dropout=0.0, residual_dropout=0.0, pad_token_id=0)),
