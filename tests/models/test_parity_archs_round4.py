@@ -45,6 +45,9 @@ CHECKPOINTS = {
                                                  use_qkv_bias=False,
                                                  rope_parameters={"rope_type": "default", "rope_theta": 500.0,
                                                                   "partial_rotary_factor": 0.5})),
+    # Phi-3 with RoPE on half of each head (the Llama model's partial rotary, as Phi-4-mini).
+    "phi3_partial": ("Phi3ForCausalLM", dict(pad_token_id=0, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
     # Seed-OSS: q/k/v biases, none on o_proj (attention_out_bias False); head_dim 32 over hidden 64.
     "seed_oss": ("SeedOssForCausalLM", dict(head_dim=32, attention_bias=True, attention_out_bias=False,
                                             attention_dropout=0.0, residual_dropout=0.0, pad_token_id=0)),
