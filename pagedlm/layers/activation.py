@@ -47,3 +47,56 @@ class Gelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate=self.approximate)
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (HF ``relu2``: Nemotron, Arcee's ungated MLP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.square(F.relu(x))
+
+
+class XIELU(nn.Module):
+    """xIELU (Apertus; transformers' XIELUActivation, its Python form): with
+    a_p = softplus(alpha_p) and a_n = beta + softplus(alpha_n),
+    x > 0: a_p x^2 + beta x; else: (expm1(min(x, eps)) - x) a_n + beta x.
+    alpha_p / alpha_n / beta / eps are checkpoint tensors (``mlp.act_fn.*``)."""
+
+    def __init__(self, alpha_p_init: float = 0.8, alpha_n_init: float = 0.8, beta: float = 0.5,
+                 eps: float = -1e-6) -> None:
+        super().__init__()
+        from pagedlm.layers.linear import default_weight_loader
+
+        def param(value: torch.Tensor) -> nn.Parameter:
+            p = nn.Parameter(value.float(), requires_grad=False)
+            p.weight_loader = lambda p_, w, shard_id=None: default_weight_loader(p_, w)  # type: ignore[attr-defined]
+            return p
+
+        self.alpha_p = param(torch.log(torch.expm1(torch.tensor(alpha_p_init))).unsqueeze(0))
+        self.alpha_n = param(torch.log(torch.expm1(torch.tensor(alpha_n_init - beta))).unsqueeze(0))
+        self.beta = param(torch.tensor(beta))
+        self.eps = param(torch.tensor(eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.to(x.dtype)
+        alpha_p = F.softplus(self.alpha_p).to(x.dtype)
+        alpha_n = beta + F.softplus(self.alpha_n).to(x.dtype)
+        return torch.where(x > 0, alpha_p * x * x + beta * x,
+                           (torch.expm1(torch.minimum(x, self.eps.to(x.dtype))) - x) * alpha_n + beta * x)
+
+
+def plain_activation(act: str) -> nn.Module:
+    """The activation of an ungated MLP (up -> act -> down) from its HF name: relu2, xielu,
+    silu, relu or a GELU variant; others are refused."""
+    if act == "relu2":
+        return ReLUSquared()
+    if act == "xielu":
+        return XIELU()
+    if act == "silu":
+        return nn.SiLU()
+    if act == "relu":
+        return nn.ReLU()
+    try:
+        return Gelu(gelu_approximation(act))
+    except ValueError:
+        raise ValueError(f"hidden_act {act!r} is not supported (relu2, xielu, silu, relu or a GELU variant)") from None

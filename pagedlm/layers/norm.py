@@ -51,13 +51,27 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm with weight and bias (GPT-2), loadable through weight_loader."""
+    """LayerNorm with weight and bias (GPT-2), loadable through weight_loader.
 
-    def __init__(self, hidden_size: int, eps: float = 1e-5) -> None:
+    ``unit_offset``: the checkpoint stores w and the norm multiplies by (1 + w) (Nemotron's
+    LayerNorm1P); the loader stores 1 + w. With ``residual`` given the forward adds it first,
+    as RMSNorm does: returns (normed, new residual)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, unit_offset: bool = False) -> None:
         super().__init__(hidden_size, eps=eps)
+        self.unit_offset = unit_offset
         for p in (self.weight, self.bias):
             p.requires_grad_(False)
             p.weight_loader = lambda param, w, shard_id=None: default_weight_loader(param, w)  # type: ignore[attr-defined]
+        self.weight.weight_loader = self._weight_loader  # type: ignore[attr-defined]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if self.unit_offset:
+            loaded_weight = loaded_weight.float() + 1.0
+        default_weight_loader(param, loaded_weight)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:
+        if residual is not None:
+            x = x + residual
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps), x
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)

@@ -96,6 +96,11 @@ def compute_cos_sin_cache(
         raise ValueError(f"rope scaling type {rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})")
     if params.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("partial_rotary_factor < 1 (RoPE on part of each head) is not supported")
+    if rope_type == "dynamic" and params.get("alpha"):
+        # NTK with a fixed alpha (HunYuan's "ntk_alpha"): the base is stretched once, whatever
+        # the sequence length.
+        base = base * float(params["alpha"]) ** (head_dim / (head_dim - 2))
+        rope_type = "default"
     if rope_type == "dynamic" and max_position > original_max:
         # Dynamic NTK: HF rescales the base once a sequence outgrows the original context.
         # Positions are cached once, so use the base for the longest allowed sequence (vLLM

@@ -8,16 +8,21 @@ qkv_proj and gate_up_proj load their parts through ``stacked_params_mapping``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from pagedlm.config import attention_shape, layer_sliding_window
-from pagedlm.layers.activation import GeluAndMul, SiluAndMul, gelu_approximation
+from pagedlm.layers.activation import GeluAndMul, SiluAndMul, gelu_approximation, plain_activation
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from pagedlm.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
@@ -38,6 +43,18 @@ def rope_settings(hf_config: Any) -> tuple[float, str, dict[str, Any], int]:
     return float(base), rope_type, params, int(original_max)
 
 
+def rope_parameters_by_layer_type(hf_config: Any) -> dict[str, dict[str, Any]] | None:
+    """``rope_parameters`` keyed by layer type ("sliding_attention" / "full_attention", each a
+    dict), as OLMo 3 and Gemma 3 configs hold them; None for one RoPE for every layer."""
+    params = getattr(hf_config, "rope_parameters", None)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if not isinstance(params, dict) or not layer_types or not all(t in params for t in set(layer_types)):
+        return None
+    if not all(isinstance(params[t], dict) for t in set(layer_types)):
+        return None
+    return {t: params[t] for t in set(layer_types)}
+
+
 def layer_uses_rope(hf_config: Any, layer: int) -> bool:
     """False for SmolLM3's NoPE layers: ``no_rope_layers[i]`` is 1 where layer i applies RoPE
     and 0 where its queries and keys go unrotated (every ``no_rope_layer_interval``-th)."""
@@ -54,11 +71,15 @@ def attention_scale(hf_config: Any, head_dim: int) -> float:
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, qkv_bias: bool | None = None,
                  qk_norm: bool | None = None, quant_config: QuantizationConfig | None = None,
-                 prefix: str = "", layer: int | None = None) -> None:
+                 prefix: str = "", layer: int | None = None, o_bias: bool | None = None,
+                 qk_norm_after_rope: bool = False) -> None:
         """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
         families, e.g. the MoE ones, set them). ``layer``: the layer's index, for its sliding
         window (``layer_sliding_window``); None: the model's window. ``rotary_emb`` None: a
-        NoPE layer (q and k reach the cache unrotated)."""
+        NoPE layer (q and k reach the cache unrotated). ``o_bias``: o_proj's bias (default:
+        ``attention_out_bias`` where the config has it, as Seed-OSS, else ``attention_bias``).
+        ``qk_norm_after_rope``: the per-head q / k norms apply to the rotated q and k
+        (HunYuan), not before RoPE."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         model_type = getattr(config, "model_type", "llama")
@@ -68,25 +89,32 @@ class LlamaAttention(nn.Module):
                                           quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         # This tensor-parallel rank's widths of q and of k / v.
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size,
-                                        getattr(config, "attention_bias", False), quant_config=quant_config,
-                                        prefix=f"{prefix}.o_proj")
+        if o_bias is None:
+            o_bias = getattr(config, "attention_out_bias", None)
+            o_bias = getattr(config, "attention_bias", False) if o_bias is None else o_bias
+        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size, bool(o_bias),
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.use_qk_norm = model_type == "qwen3" if qk_norm is None else qk_norm
         if self.use_qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.rotary_emb = rotary_emb
+        self.qk_norm_after_rope = qk_norm_after_rope
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, attention_scale(config, self.head_dim),
                               layer_sliding_window(config, layer))
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        rotary_emb = self.rotary_emb
         if self.use_qk_norm:
+            if self.qk_norm_after_rope and rotary_emb is not None:
+                q, k = rotary_emb(positions, q.contiguous(), k.contiguous())
+                rotary_emb = None
             num_tokens = q.shape[0]
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(num_tokens, self.q_size)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(num_tokens, self.kv_size)
-        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
+        return self.o_proj(self.attn(q, k, v, positions, rotary_emb))  # RoPE with the cache write
 
 
 def input_codes_dtype(layer: nn.Module | None) -> torch.dtype | None:
@@ -127,20 +155,41 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
+class UngatedMLP(nn.Module):
+    """up_proj -> activation -> down_proj, no gate (Nemotron, Arcee: relu2; Apertus: xIELU)."""
+
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.up_proj = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias,
+                                            quant_config=quant_config, prefix=f"{prefix}.up_proj")
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
+        self.act_fn = plain_activation(getattr(config, "hidden_act", "relu2"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
 class PreNormDecoderLayer(nn.Module):
     """Pre-norm attention then the feed-forward block, the residual adds fused into the norms.
     ``ffn_name`` is the block's checkpoint name (``mlp``, Mixtral's ``block_sparse_moe``).
     Granite's ``residual_multiplier`` scales both blocks' outputs before their residual add."""
 
     def __init__(self, config: Any, self_attn: nn.Module, ffn: nn.Module, ffn_name: str = "mlp",
-                 norm_unit_offset: bool = False) -> None:
-        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight)."""
+                 norm_unit_offset: bool = False, make_norm: Callable[[], nn.Module] | None = None) -> None:
+        """``norm_unit_offset``: Gemma's norms, which multiply by (1 + weight). ``make_norm``:
+        builds each of the two norms instead of an RMSNorm (Nemotron's LayerNorms); it must
+        take the same (x, residual) arguments."""
         super().__init__()
         self.self_attn = self_attn
         self.ffn_name = ffn_name
         self.add_module(ffn_name, ffn)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        if make_norm is None:
+            def make_norm() -> nn.Module:
+                return RMSNorm(config.hidden_size, config.rms_norm_eps, norm_unit_offset)
+        self.input_layernorm = make_norm()
+        self.post_attention_layernorm = make_norm()
         self.residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
 
     def forward(
@@ -175,6 +224,7 @@ class LlamaDecoderLayer(PreNormDecoderLayer):
 class LlamaModel(nn.Module):
     layer_cls: type[nn.Module] = LlamaDecoderLayer  # (config, rotary_emb, quant_config, prefix, layer)
     norm_unit_offset = False  # the final norm multiplies by (1 + weight) (Gemma)
+    rope_is_neox_style = True  # False: RoPE rotates adjacent pairs (GPT-J style)
 
     def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
                  prefix: str = "model") -> None:
@@ -182,23 +232,56 @@ class LlamaModel(nn.Module):
         # Pipeline stages hold the embedding (first), their layers, and the norm (last).
         self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, config.hidden_size) if is_first_pp_rank()
                              else PPMissingLayer())
-        # One cos/sin table for all layers, sized for the longest sequence the engine allows.
+        # One cos/sin table for all layers (one per layer type where RoPE differs by type), sized
+        # for the longest sequence the engine allows.
         rotary_emb = self.make_rotary_embedding(config, max_position)
         self.start_layer, self.end_layer, self.layers = make_layers(
             config.num_hidden_layers,
-            lambda i: self.layer_cls(config, rotary_emb if layer_uses_rope(config, i) else None, quant_config,
+            lambda i: self.layer_cls(config, self.layer_rotary(config, i, rotary_emb), quant_config,
                                      f"{prefix}.layers.{i}", i))
-        self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset) if is_last_pp_rank()
-                     else PPMissingLayer())
+        self.norm = self.make_norm(config) if is_last_pp_rank() else PPMissingLayer()
         self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))  # Granite
 
-    def make_rotary_embedding(self, config: Any, max_position: int) -> RotaryEmbedding:
-        """RoPE over each whole head, halves rotated (neox style); subclasses change it (GLM's
-        partial GPT-J-style rotary)."""
+    def make_rotary_embedding(self, config: Any, max_position: int
+                              ) -> RotaryEmbedding | dict[str, RotaryEmbedding]:
+        """RoPE on the first ``partial_rotary_factor`` of each head (default all of it), halves
+        rotated (neox style) or, with ``rope_is_neox_style`` False, adjacent pairs (Helium);
+        subclasses change it (GLM's partial GPT-J-style rotary). ``rope_parameters`` keyed by
+        layer type (OLMo 3: its own base / scaling for sliding and full layers) gives one
+        RoPE per layer type."""
+        by_type = rope_parameters_by_layer_type(config)
+        if by_type is not None:
+            return {layer_type: self._rotary(config, max_position, params)
+                    for layer_type, params in by_type.items()}
+        return self._rotary(config, max_position, None)
+
+    def _rotary(self, config: Any, max_position: int, type_params: dict[str, Any] | None) -> RotaryEmbedding:
+        """One RoPE from the config's settings, or from one layer type's ``type_params``."""
         _, _, head_dim = attention_shape(config)
-        base, rope_type, params, original_max = rope_settings(config)
+        if type_params is None:
+            base, rope_type, params, original_max = rope_settings(config)
+        else:
+            params = dict(type_params)
+            base = float(params.get("rope_theta", 10000.0))
+            rope_type = params.get("rope_type", params.get("type", "default"))
+            original_max = int(params.get("original_max_position_embeddings", config.max_position_embeddings))
+        factor = float(params.get("partial_rotary_factor") or 1.0)
+        rotary_dim = None if factor == 1.0 else int(head_dim * factor)
         return RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
-                               config.max_position_embeddings)
+                               config.max_position_embeddings, rotary_dim=rotary_dim,
+                               is_neox_style=self.rope_is_neox_style)
+
+    def layer_rotary(self, config: Any, layer: int, rotary_emb: RotaryEmbedding | dict[str, RotaryEmbedding]
+                     ) -> RotaryEmbedding | None:
+        """Layer ``layer``'s RoPE (its layer type's, where RoPE differs by type); None: a NoPE
+        layer (SmolLM3's ``no_rope_layers``)."""
+        if not layer_uses_rope(config, layer):
+            return None
+        return rotary_emb[config.layer_types[layer]] if isinstance(rotary_emb, dict) else rotary_emb
+
+    def make_norm(self, config: Any) -> nn.Module:
+        """The final norm (RMSNorm; a subclass may use a LayerNorm)."""
+        return RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
@@ -229,6 +312,9 @@ class LlamaForCausalLM(nn.Module):
         (".gate_proj", ".gate_up_proj", 0),
         (".up_proj", ".gate_up_proj", 1),
     ]
+    # checkpoint name fragment -> ours, applied before the fused mapping (Apertus's
+    # attention_layernorm is our input_layernorm)
+    checkpoint_renames: list[tuple[str, str]] = []
 
     def __init__(self, config: Any, max_position: int | None = None,
                  quant_config: QuantizationConfig | None = None) -> None:
@@ -263,6 +349,8 @@ class LlamaForCausalLM(nn.Module):
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
+            for ckpt_part, ours in self.checkpoint_renames:
+                name = name.replace(ckpt_part, ours)
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 continue
             if self.tie_word_embeddings and name == "model.embed_tokens.weight" and "lm_head.weight" in params:

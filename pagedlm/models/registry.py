@@ -20,13 +20,21 @@ from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
+from pagedlm.models.llama_variants import (
+    ApertusForCausalLM,
+    ArceeForCausalLM,
+    HeliumForCausalLM,
+    HunYuanDenseV1ForCausalLM,
+)
 from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.nemotron import NemotronForCausalLM
 from pagedlm.models.olmo import OlmoForCausalLM
-from pagedlm.models.olmo2 import Olmo2ForCausalLM
+from pagedlm.models.olmo2 import Exaone4ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM
 from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
+from pagedlm.models.stablelm import StableLmForCausalLM
 from pagedlm.models.starcoder2 import Starcoder2ForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
@@ -76,6 +84,15 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Ernie4_5ForCausalLM": Ernie4_5ForCausalLM,
     "FalconForCausalLM": FalconForCausalLM,
     "OlmoForCausalLM": OlmoForCausalLM,
+    "Olmo3ForCausalLM": Olmo3ForCausalLM,  # sliding-window layers, RoPE per layer type
+    "Exaone4ForCausalLM": Exaone4ForCausalLM,  # post-norms, per-head q/k norms, NoPE full layers
+    "ApertusForCausalLM": ApertusForCausalLM,  # xIELU ungated MLP, per-head q/k norms
+    "ArceeForCausalLM": ArceeForCausalLM,  # relu2 ungated MLP
+    "HeliumForCausalLM": HeliumForCausalLM,  # GPT-J-style RoPE
+    "NemotronForCausalLM": NemotronForCausalLM,  # LayerNorm1P, partial RoPE, relu2 ungated MLP
+    "StableLmForCausalLM": StableLmForCausalLM,  # LayerNorms, partial RoPE, per-head q/k norms, parallel blocks
+    "SeedOssForCausalLM": LlamaForCausalLM,  # q/k/v bias, o_proj bias from attention_out_bias
+    "HunYuanDenseV1ForCausalLM": HunYuanDenseV1ForCausalLM,  # q/k norms after RoPE, NTK-alpha RoPE
 }
 
 
