@@ -23,6 +23,7 @@ from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.olmo import OlmoForCausalLM
 from pagedlm.models.olmo2 import Olmo2ForCausalLM
+from pagedlm.models.olmoe import OlmoeForCausalLM
 from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
@@ -63,6 +64,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "OlmoeForCausalLM": OlmoeForCausalLM,
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

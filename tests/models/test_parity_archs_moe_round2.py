@@ -1,0 +1,29 @@
+"""Round 2 of the mixture-of-experts decoders vLLM serves: greedy token ids and logprobs equal
+transformers (float32, CPU) on tiny random checkpoints, plainly and with chunked prefill
+over 4-token blocks. Each config sets its family's routing quirks to values that change the
+result: un-normalised top-k, q / k norms with clip_qkv, Granite's multipliers and 3-D expert
+tensors, a shared MLP beside the experts, a correction bias on the choice, sigmoid scores
+with group-limited top-k and a routed scale, dense first layers, partial RoPE."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.arch_parity_helpers import check_plain_and_chunked, checkpoint_getter
+
+# name -> (architecture, config overrides)
+CHECKPOINTS = {
+    # OLMoE: whole-projection q / k norms, clip_qkv that clamps, softmax top-2 of 8 un-normalised.
+    "olmoe": ("OlmoeForCausalLM", dict(num_experts=8, num_experts_per_tok=2, intermediate_size=32,
+                                       clip_qkv=0.8, norm_topk_prob=False, pad_token_id=0)),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return checkpoint_getter(tmp_path_factory, CHECKPOINTS, 500)
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_parity(checkpoint, name):
+    check_plain_and_chunked(checkpoint(name))
