@@ -19,6 +19,7 @@ from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
+from pagedlm.models.granitemoe import GraniteMoeForCausalLM, GraniteMoeSharedForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.olmo import OlmoForCausalLM
@@ -65,6 +66,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "OlmoeForCausalLM": OlmoeForCausalLM,
+    "GraniteMoeForCausalLM": GraniteMoeForCausalLM,  # Granite multipliers, 3-D expert tensors
+    "GraniteMoeSharedForCausalLM": GraniteMoeSharedForCausalLM,  # plus a shared MLP
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

@@ -16,6 +16,16 @@ CHECKPOINTS = {
     # OLMoE: whole-projection q / k norms, clip_qkv that clamps, softmax top-2 of 8 un-normalised.
     "olmoe": ("OlmoeForCausalLM", dict(num_experts=8, num_experts_per_tok=2, intermediate_size=32,
                                        clip_qkv=0.8, norm_topk_prob=False, pad_token_id=0)),
+    # GraniteMoe: every multiplier away from 1, 3-D expert tensors, top-2 of 4, attention bias.
+    "granitemoe": ("GraniteMoeForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+                                                 embedding_multiplier=3.0, residual_multiplier=0.5,
+                                                 attention_multiplier=0.2, logits_scaling=2.5,
+                                                 attention_bias=True, tie_word_embeddings=True)),
+    # GraniteMoeShared: a shared MLP (width 48) beside top-3 of 6 experts.
+    "granitemoeshared": ("GraniteMoeSharedForCausalLM", dict(num_local_experts=6, num_experts_per_tok=3,
+                                                             intermediate_size=32, shared_intermediate_size=48,
+                                                             embedding_multiplier=2.0, residual_multiplier=0.7,
+                                                             attention_multiplier=0.25, logits_scaling=1.5)),
 }
 
 
