@@ -27,6 +27,7 @@ from pagedlm.models.olmo2 import Olmo2ForCausalLM
 from pagedlm.models.olmoe import OlmoeForCausalLM
 from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
+from pagedlm.models.phimoe import PhimoeForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
 from pagedlm.models.starcoder2 import Starcoder2ForCausalLM
@@ -68,6 +69,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "OlmoeForCausalLM": OlmoeForCausalLM,
     "GraniteMoeForCausalLM": GraniteMoeForCausalLM,  # Granite multipliers, 3-D expert tensors
     "GraniteMoeSharedForCausalLM": GraniteMoeSharedForCausalLM,  # plus a shared MLP
+    "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

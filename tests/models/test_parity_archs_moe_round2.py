@@ -26,6 +26,11 @@ CHECKPOINTS = {
                                                              intermediate_size=32, shared_intermediate_size=48,
                                                              embedding_multiplier=2.0, residual_multiplier=0.7,
                                                              attention_multiplier=0.25, logits_scaling=1.5)),
+    # PhiMoE: sparsemixer top-2 of 6 with a window wide enough to hold several experts,
+    # LayerNorms with biases, attention and LM head biases.
+    "phimoe": ("PhimoeForCausalLM", dict(num_local_experts=6, num_experts_per_tok=2, intermediate_size=32,
+                                         router_jitter_noise=0.3, attention_bias=True, lm_head_bias=True,
+                                         rms_norm_eps=1e-5)),
 }
 
 
