@@ -10,6 +10,7 @@ from pagedlm.models.bert_classifier import BertForSequenceClassification, Robert
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
 from pagedlm.models.ernie45 import Ernie4_5ForCausalLM
+from pagedlm.models.ernie45_moe import Ernie4_5_MoeForCausalLM
 from pagedlm.models.falcon import FalconForCausalLM
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
@@ -70,6 +71,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "GraniteMoeForCausalLM": GraniteMoeForCausalLM,  # Granite multipliers, 3-D expert tensors
     "GraniteMoeSharedForCausalLM": GraniteMoeSharedForCausalLM,  # plus a shared MLP
     "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
+    "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

@@ -31,6 +31,12 @@ CHECKPOINTS = {
     "phimoe": ("PhimoeForCausalLM", dict(num_local_experts=6, num_experts_per_tok=2, intermediate_size=32,
                                          router_jitter_noise=0.3, attention_bias=True, lm_head_bias=True,
                                          rms_norm_eps=1e-5)),
+    # ERNIE 4.5 MoE: layer 0 dense, 3 layers, MoE on layers 1-2; correction bias moves the
+    # choice (set in the test's weights); two shared experts; biases everywhere incl. LM head.
+    "ernie4_5_moe": ("Ernie4_5_MoeForCausalLM", dict(num_hidden_layers=3, moe_num_experts=6, moe_k=2,
+                                                     moe_intermediate_size=32, moe_num_shared_experts=2,
+                                                     moe_layer_start_index=1, moe_layer_end_index=-1,
+                                                     use_bias=True, head_dim=16, pad_token_id=0)),
 }
 
 
