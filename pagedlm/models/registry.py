@@ -16,6 +16,7 @@ from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.glm import Glm4ForCausalLM, GlmForCausalLM
+from pagedlm.models.glm4_moe import Glm4MoeForCausalLM
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
@@ -72,6 +73,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "GraniteMoeSharedForCausalLM": GraniteMoeSharedForCausalLM,  # plus a shared MLP
     "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
     "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
+    "Glm4MoeForCausalLM": Glm4MoeForCausalLM,  # sigmoid, grouped top-k with a correction bias
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

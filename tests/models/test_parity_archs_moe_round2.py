@@ -31,12 +31,22 @@ CHECKPOINTS = {
     "phimoe": ("PhimoeForCausalLM", dict(num_local_experts=6, num_experts_per_tok=2, intermediate_size=32,
                                          router_jitter_noise=0.3, attention_bias=True, lm_head_bias=True,
                                          rms_norm_eps=1e-5)),
-    # ERNIE 4.5 MoE: layer 0 dense, 3 layers, MoE on layers 1-2; correction bias moves the
-    # choice (set in the test's weights); two shared experts; biases everywhere incl. LM head.
+    # ERNIE 4.5 MoE: layer 0 dense, MoE on layers 1-2; the (random) correction bias moves the
+    # choice; two shared experts; biases everywhere, the LM head's included.
     "ernie4_5_moe": ("Ernie4_5_MoeForCausalLM", dict(num_hidden_layers=3, moe_num_experts=6, moe_k=2,
                                                      moe_intermediate_size=32, moe_num_shared_experts=2,
                                                      moe_layer_start_index=1, moe_layer_end_index=-1,
                                                      use_bias=True, head_dim=16, pad_token_id=0)),
+    # GLM-4.5: layer 0 dense, sigmoid scores with a (random) correction bias, top-3 of 8 within
+    # the best 2 of 4 groups, routed scale 2.5, a shared expert, q / k norms, RoPE on a quarter
+    # of each head, q / k / v biases.
+    "glm4_moe": ("Glm4MoeForCausalLM", dict(num_hidden_layers=3, n_routed_experts=8, num_experts_per_tok=3,
+                                            moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+                                            n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                                            norm_topk_prob=True, use_qk_norm=True, attention_bias=True,
+                                            head_dim=32, pad_token_id=0,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "partial_rotary_factor": 0.25})),
 }
 
 
