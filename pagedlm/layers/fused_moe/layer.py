@@ -8,7 +8,8 @@ into its slice through ``weight_loader``. Others store every expert in one 3-D t
 (GraniteMoe's ``input_linear`` [E, 2I, H] / ``output_linear`` [E, H, I], transformers 5's
 ``experts.gate_up_proj`` / ``experts.down_proj``): ``stacked_expert_params_mapping`` routes
 those, each expert's slice then loaded as a per-expert tensor would be. Under tensor
-parallelism each rank keeps a slice of the intermediate dim: the loader cuts it with one ``narrow`` from ``moe_tp_rank_size()``.
+parallelism each rank keeps a slice of the intermediate dim: the loader cuts it with one
+``narrow`` from ``moe_tp_rank_size()``.
 """
 
 from __future__ import annotations
