@@ -141,6 +141,9 @@ def build_tiny_checkpoint(
                 p.uniform_(0.5, 1.5)
             else:
                 p.normal_(0.0, 0.15 if p.dim() > 1 else 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # a buffer in GLM-4.5: nonzero so it moves the choice
+                b.normal_(0.0, 0.1)
     kwargs = {"safe_serialization": True}
     if max_shard_size is not None:
         kwargs["max_shard_size"] = max_shard_size

@@ -206,7 +206,12 @@ class PreNormDecoderLayer(nn.Module):
             hidden_states, residual = self.input_layernorm(hidden_states, residual, **_codes_kw(attn_codes))
         hidden_states = self._scale_residual(self.self_attn(positions, hidden_states))
         hidden_states, residual = self.post_attention_layernorm(hidden_states, residual, **_codes_kw(ffn_codes))
-        return self._scale_residual(ffn(hidden_states)), residual
+        return self._scale_residual(self.feed_forward(ffn, hidden_states)), residual
+
+    def feed_forward(self, ffn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The feed-forward block's output; a subclass adds its layer-level parts (GraniteMoe-
+        Shared's shared MLP beside the experts)."""
+        return ffn(hidden_states)
 
     def _scale_residual(self, block_output: torch.Tensor) -> torch.Tensor:
         # The next norm adds its input to the residual, so scaling here is residual + m * block.

@@ -13,7 +13,7 @@ from pagedlm.config import attention_shape
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import LMHead, VocabEmbedding
 from pagedlm.layers.fused_moe import FusedMoE
-from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.linear import ReplicatedLinear, default_weight_loader
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.llama import LlamaAttention, PreNormDecoderLayer, rope_settings
@@ -33,6 +33,12 @@ class MixtralSparseMoeBlock(nn.Module):
         return self.experts(hidden_states, self.gate(hidden_states))
 
 
+def plain_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+    """The loader of a replicated parameter outside the linear layers (a bias, a router's
+    correction bias): the checkpoint tensor copied whole, its shape checked."""
+    default_weight_loader(param, loaded_weight)
+
+
 # The MoE families share Llama's layer; only the feed-forward block (and its name) differs.
 MoEDecoderLayer = PreNormDecoderLayer
 
@@ -41,19 +47,32 @@ MoEDecoderLayer = PreNormDecoderLayer
 LayerFactory = Callable[[Any, int, RotaryEmbedding], nn.Module]
 
 
+def default_rotary_embedding(config: Any, max_position: int) -> RotaryEmbedding:
+    """RoPE over each whole head, halves rotated (neox style)."""
+    _, _, head_dim = attention_shape(config)
+    base, rope_type, params, original_max = rope_settings(config)
+    return RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
+                           config.max_position_embeddings)
+
+
 class MoEModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, make_layer: LayerFactory) -> None:
+    """``rotary_emb`` None: the default RoPE. Granite's ``embedding_multiplier`` scales the
+    embeddings; ``make_norm`` builds the final norm (default RMSNorm)."""
+
+    def __init__(self, config: Any, max_position: int, make_layer: LayerFactory,
+                 rotary_emb: RotaryEmbedding | None = None, make_norm: Callable[[Any], nn.Module] | None = None
+                 ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        _, _, head_dim = attention_shape(config)
-        base, rope_type, params, original_max = rope_settings(config)
-        rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
-                                     config.max_position_embeddings)
+        rotary_emb = rotary_emb or default_rotary_embedding(config, max_position)
         self.layers = nn.ModuleList(make_layer(config, i, rotary_emb) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = make_norm(config) if make_norm else RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden_states = self.embed_tokens(input_ids)
+        if self.embedding_multiplier != 1.0:
+            hidden_states = hidden_states * self.embedding_multiplier
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(positions, hidden_states, residual)
@@ -62,18 +81,37 @@ class MoEModel(nn.Module):
 
 
 class MoEForCausalLM(nn.Module):
-    """Embedding, MoE decoder stack, LM head; subclasses give the layer and expert names."""
+    """Embedding, MoE decoder stack, LM head; subclasses give the layer and expert names.
+    Granite's ``logits_scaling`` divides the logits; ``lm_head_bias`` adds a bias to them."""
 
     expert_names = ("w1", "w2", "w3")  # checkpoint names of (gate, down, up) per expert
+    extra_params_mapping: list[tuple[str, str, Any]] = []  # a family's own fused names, matched first
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         super().__init__()
         self.config = config
-        self.model = MoEModel(config, max_position or config.max_position_embeddings, self.make_layer)
+        max_position = max_position or config.max_position_embeddings
+        self.model = MoEModel(config, max_position, self.make_layer, self.make_rotary_embedding(config, max_position),
+                              self.make_norm)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))
+        self.lm_head_bias: nn.Parameter | None = None
+        if self.has_lm_head_bias(config):
+            self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size), requires_grad=False)
+            self.lm_head_bias.weight_loader = plain_loader  # type: ignore[attr-defined]
+
+    @staticmethod
+    def has_lm_head_bias(config: Any) -> bool:
+        return False
+
+    @staticmethod
+    def make_rotary_embedding(config: Any, max_position: int) -> RotaryEmbedding | None:
+        return None  # the default
+
+    make_norm: Callable[[Any], nn.Module] | None = None
 
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
@@ -86,7 +124,10 @@ class MoEForCausalLM(nn.Module):
         return self.model(input_ids, positions)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
+        logits = self.lm_head.compute_logits(hidden_states)
+        if self.lm_head_bias is not None:
+            logits = logits + self.lm_head_bias
+        return logits if self.logits_scaling == 1.0 else logits / self.logits_scaling
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn.attn for layer in self.model.layers]
@@ -94,8 +135,11 @@ class MoEForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         gate, down, up = self.expert_names
         # Expert names first: Qwen's experts.N.gate_proj must not match the plain .gate_proj entry.
-        mapping = FusedMoE.expert_params_mapping(self.num_experts(), gate, down, up) + LLAMA_STACKED_PARAMS
-        skip = ("lm_head.",) if self.tie_word_embeddings else ()
+        # Per-expert tensors, or all experts in one (transformers 5's experts.gate_up_proj).
+        mapping = (list(self.extra_params_mapping) + FusedMoE.expert_params_mapping(self.num_experts(), gate, down, up)
+                   + FusedMoE.stacked_expert_params_mapping() + LLAMA_STACKED_PARAMS)
+        weights = ((("lm_head_bias" if name == "lm_head.bias" else name), tensor) for name, tensor in weights)
+        skip = ("lm_head.weight",) if self.tie_word_embeddings else ()
         return load_params(self, weights, mapping, skip)
 
 

@@ -10,15 +10,18 @@ from pagedlm.models.bert_classifier import BertForSequenceClassification, Robert
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
 from pagedlm.models.ernie45 import Ernie4_5ForCausalLM
+from pagedlm.models.ernie45_moe import Ernie4_5_MoeForCausalLM
 from pagedlm.models.falcon import FalconForCausalLM
 from pagedlm.models.gemma import GemmaForCausalLM
 from pagedlm.models.gemma2 import Gemma2ForCausalLM
 from pagedlm.models.gemma3 import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 from pagedlm.models.glm import Glm4ForCausalLM, GlmForCausalLM
+from pagedlm.models.glm4_moe import Glm4MoeForCausalLM
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
+from pagedlm.models.granitemoe import GraniteMoeForCausalLM, GraniteMoeSharedForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
 from pagedlm.models.llama_variants import (
     ApertusForCausalLM,
@@ -30,8 +33,10 @@ from pagedlm.models.mixtral import MixtralForCausalLM
 from pagedlm.models.nemotron import NemotronForCausalLM
 from pagedlm.models.olmo import OlmoForCausalLM
 from pagedlm.models.olmo2 import Exaone4ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM
+from pagedlm.models.olmoe import OlmoeForCausalLM
 from pagedlm.models.phi import PhiForCausalLM
 from pagedlm.models.phi3 import Phi3ForCausalLM
+from pagedlm.models.phimoe import PhimoeForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
 from pagedlm.models.stablelm import StableLmForCausalLM
@@ -71,6 +76,12 @@ _MODELS: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "Qwen2MoeForCausalLM": Qwen2MoeForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "OlmoeForCausalLM": OlmoeForCausalLM,
+    "GraniteMoeForCausalLM": GraniteMoeForCausalLM,  # Granite multipliers, 3-D expert tensors
+    "GraniteMoeSharedForCausalLM": GraniteMoeSharedForCausalLM,  # plus a shared MLP
+    "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
+    "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
+    "Glm4MoeForCausalLM": Glm4MoeForCausalLM,  # sigmoid, grouped top-k with a correction bias
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

@@ -4,8 +4,12 @@ kernel on CUDA (``ops.current_backend()`` picks, as for every other op).
 
 Checkpoints store one tensor per expert and projection (``experts.3.w1.weight`` in
 Mixtral, ``experts.3.gate_proj.weight`` in Qwen MoE); ``expert_params_mapping`` routes each
-into its slice through ``weight_loader``. Under tensor parallelism each rank keeps a slice
-of the intermediate dim: the loader cuts it with one ``narrow`` from ``moe_tp_rank_size()``.
+into its slice through ``weight_loader``. Others store every expert in one 3-D tensor
+(GraniteMoe's ``input_linear`` [E, 2I, H] / ``output_linear`` [E, H, I], transformers 5's
+``experts.gate_up_proj`` / ``experts.down_proj``): ``stacked_expert_params_mapping`` routes
+those, each expert's slice then loaded as a per-expert tensor would be. Under tensor
+parallelism each rank keeps a slice of the intermediate dim: the loader cuts it with one
+``narrow`` from ``moe_tp_rank_size()``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,12 @@ def fused_moe_impl():
 
 class FusedMoE(nn.Module):
     def __init__(self, num_experts: int, top_k: int, hidden_size: int, intermediate_size: int,
-                 renormalize: bool) -> None:
+                 renormalize: bool, scoring_func: str = "softmax", num_expert_group: int | None = None,
+                 topk_group: int | None = None, routed_scaling_factor: float = 1.0,
+                 jitter_eps: float = 0.01) -> None:
+        """Routing options (see ``reference.select_experts``): ``scoring_func`` softmax /
+        sigmoid / sparsemixer, group-limited choice, a scale on the routed weights; a
+        correction bias comes with each forward (the router holds it)."""
         super().__init__()
         self.tp_rank, self.tp_size = moe_tp_rank_size()
         if intermediate_size % self.tp_size:
@@ -49,6 +58,8 @@ class FusedMoE(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.renormalize = renormalize
+        self.routing = dict(scoring_func=scoring_func, num_expert_group=num_expert_group, topk_group=topk_group,
+                            routed_scaling_factor=float(routed_scaling_factor), jitter_eps=float(jitter_eps))
         self.intermediate_size = intermediate_size // self.tp_size  # this rank's share
         i = self.intermediate_size
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size), requires_grad=False)
@@ -67,8 +78,29 @@ class FusedMoE(nn.Module):
                 mapping.append((f"experts.{e}.{ckpt}.", target, (e, shard)))
         return mapping
 
-    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: tuple[int, str]) -> None:
+    @staticmethod
+    def stacked_expert_params_mapping(gate_up: str = ".experts.gate_up_proj", down: str = ".experts.down_proj",
+                                      experts: str = ".experts.") -> list[tuple[str, str, Any]]:
+        """(checkpoint fragment, parameter fragment, (None, shard)) for checkpoints holding all
+        experts in one tensor: ``gate_up`` [E, 2I, H] (gate rows, then up) -> ``<experts>w13_weight``,
+        ``down`` [E, H, I] -> ``<experts>w2_weight``. Defaults: transformers 5's names;
+        GraniteMoe's are ``block_sparse_moe.input_linear.weight`` / ``output_linear.weight``."""
+        return [(gate_up, f"{experts}w13_weight", (None, "w13")), (down, f"{experts}w2_weight", (None, "w2"))]
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: tuple[int | None, str]) -> None:
         expert, shard = shard_id
+        if expert is None:  # every expert in one tensor
+            if loaded_weight.shape[0] != self.num_experts:
+                raise ValueError(f"stacked experts {shard}: checkpoint has {loaded_weight.shape[0]} experts, "
+                                 f"expected {self.num_experts}")
+            for e in range(self.num_experts):
+                if shard == "w2":
+                    self.weight_loader(param, loaded_weight[e], (e, "w2"))
+                else:
+                    gate, up = loaded_weight[e].chunk(2, dim=0)
+                    self.weight_loader(param, gate, (e, "w1"))
+                    self.weight_loader(param, up, (e, "w3"))
+            return
         i = self.intermediate_size
         # This rank's slice of the intermediate dim: rows of w1 / w3, columns of w2.
         dim = 1 if shard == "w2" else 0
@@ -82,10 +114,12 @@ class FusedMoE(nn.Module):
                              f"expected {tuple(target.shape)}")
         target.copy_(loaded_weight)
 
-    def forward(self, hidden_states: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
-        # hidden_states [T, H], router_logits [T, E] -> [T, H]
+    def forward(self, hidden_states: torch.Tensor, router_logits: torch.Tensor,
+                correction_bias: torch.Tensor | None = None) -> torch.Tensor:
+        # hidden_states [T, H], router_logits [T, E], correction_bias [E] (choice only) -> [T, H]
         impl = fused_moe_impl()
-        topk_weights, topk_ids = impl.select_experts(router_logits, self.top_k, self.renormalize)
+        topk_weights, topk_ids = impl.select_experts(router_logits, self.top_k, self.renormalize,
+                                                     correction_bias=correction_bias, **self.routing)
         out = impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
         if self.tp_size > 1:
             # Each rank holds a slice of every expert's intermediate dim: partial sums.

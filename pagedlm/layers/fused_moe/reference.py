@@ -10,14 +10,81 @@ import torch
 import torch.nn.functional as F
 
 
-def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over experts (float32), the top-k, optionally renormalised to sum to 1
-    (Mixtral always; Qwen MoE when ``norm_topk_prob``). -> (weights [T, K] float32, ids [T, K] int64)."""
-    probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
+def select_experts(
+    router_logits: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    scoring_func: str = "softmax",
+    correction_bias: torch.Tensor | None = None,
+    num_expert_group: int | None = None,
+    topk_group: int | None = None,
+    routed_scaling_factor: float = 1.0,
+    jitter_eps: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score the experts (float32), pick the top-k, optionally renormalise the picked weights
+    to sum to 1, scale them by ``routed_scaling_factor``. -> (weights [T, K] float32, ids [T, K] int64).
+
+    ``scoring_func``: "softmax" over the experts (Mixtral, Qwen MoE, OLMoE, ERNIE 4.5 MoE),
+    "sigmoid" per expert (GLM-4.5, DeepSeek-V3), or "sparsemixer" (PhiMoE's two-step masked
+    softmax, top-2 only, ``jitter_eps`` its relative window). ``correction_bias`` [E] is added
+    to the scores for the choice only (the weights stay the unbiased scores: ERNIE 4.5 MoE's
+    and DeepSeek-V3's noaux_tc).
+    ``num_expert_group`` / ``topk_group``: group-limited choice - the experts split into
+    groups, each scored by its best expert (the sum of its best two with a correction bias),
+    and only the ``topk_group`` best groups' experts are candidates."""
+    if scoring_func == "sparsemixer":
+        return sparsemixer_top2(router_logits, top_k, jitter_eps)
+    logits = router_logits.float()
+    if scoring_func == "softmax":
+        scores = torch.softmax(logits, dim=-1)
+    elif scoring_func == "sigmoid":
+        scores = logits.sigmoid()
+    else:
+        raise ValueError(f"unsupported MoE scoring function {scoring_func!r}")
+    choice = scores if correction_bias is None else scores + correction_bias.float().reshape(-1)
+    if num_expert_group is not None and num_expert_group > 1:
+        num_tokens, num_experts = choice.shape
+        grouped = choice.view(num_tokens, num_expert_group, num_experts // num_expert_group)
+        if correction_bias is None:
+            group_scores = grouped.max(dim=-1).values
+        else:
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        group_ids = torch.topk(group_scores, topk_group or num_expert_group, dim=-1).indices
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_ids, 1.0)
+        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)
+        choice = choice.masked_fill(expert_mask == 0, float("-inf"))
+    if correction_bias is None and num_expert_group in (None, 1):
+        weights, ids = torch.topk(scores, top_k, dim=-1)
+    else:
+        ids = torch.topk(choice, top_k, dim=-1).indices
+        weights = scores.gather(1, ids)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    if routed_scaling_factor != 1.0:
+        weights = weights * routed_scaling_factor
     return weights, ids
+
+
+def sparsemixer_top2(router_logits: torch.Tensor, top_k: int, jitter_eps: float = 0.01
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's routing at inference (``sparsemixer`` without its training-time sampling):
+    the best expert, weighted by its softmax over the experts whose logit is within a relative
+    ``2 * jitter_eps`` of it; then the best of the others, weighted the same way with the first
+    one masked out."""
+    if top_k != 2:
+        raise ValueError(f"sparsemixer routing picks 2 experts, not {top_k}")
+    scores = router_logits.float()
+    weights, ids = [], []
+    masked_scores = scores
+    for _ in range(2):
+        best, best_id = masked_scores.max(dim=-1, keepdim=True)
+        factor = scores.abs().clamp(min=best)
+        outside = ((best - scores) / factor) > (2 * jitter_eps)
+        gates = torch.softmax(masked_scores.masked_fill(outside, float("-inf")), dim=-1)
+        weights.append(gates.gather(-1, best_id))
+        ids.append(best_id)
+        masked_scores = torch.scatter(scores, -1, best_id, float("-inf"))
+    return torch.cat(weights, dim=-1), torch.cat(ids, dim=-1)
 
 
 def fused_experts(

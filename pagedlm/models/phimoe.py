@@ -1,0 +1,82 @@
+"""PhiMoE (``PhimoeForCausalLM``, microsoft/Phi-3.5-MoE-instruct): Mixtral's layout and
+checkpoint names with LayerNorms (weight and bias) in place of the RMSNorms, biases on q / k
+/ v / o (``attention_bias``) and on the LM head (``lm_head_bias``), LongRoPE whose cos/sin
+are scaled by ``short_mscale`` / ``long_mscale``, and sparsemixer routing: the best expert
+weighted by a softmax over the experts within a relative ``router_jitter_noise`` window of
+it, then the best of the rest weighted the same way (top-2 only; see
+``reference.sparsemixer_top2``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedlm.config import attention_shape
+from pagedlm.layers.fused_moe import FusedMoE
+from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.llama import LlamaAttention, rope_settings
+from pagedlm.models.mixtral import MoEDecoderLayer, MoEForCausalLM
+
+
+class ResidualLayerNorm(LayerNorm):
+    """LayerNorm with RMSNorm's fused residual interface: ``norm(x, residual)`` -> (normed
+    x + residual, x + residual)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+        if residual is not None:
+            x = x + residual
+        out = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return out if residual is None else (out, x)
+
+
+class PhimoeSparseMoeBlock(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for MoE experts (only silu)")
+        self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts)
+        self.experts = FusedMoE(config.num_local_experts, config.num_experts_per_tok, config.hidden_size,
+                                config.intermediate_size, renormalize=False, scoring_func="sparsemixer",
+                                jitter_eps=float(getattr(config, "router_jitter_noise", 0.01)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.experts(hidden_states, self.gate(hidden_states))
+
+
+class PhimoeForCausalLM(MoEForCausalLM):
+    @staticmethod
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+        attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
+                              qk_norm=False, layer=layer_idx)
+        layer = MoEDecoderLayer(config, attn, PhimoeSparseMoeBlock(config), "block_sparse_moe")
+        layer.input_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
+        layer.post_attention_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
+        return layer
+
+    @staticmethod
+    def make_norm(config: Any) -> nn.Module:
+        return ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
+
+    @staticmethod
+    def make_rotary_embedding(config: Any, max_position: int) -> RotaryEmbedding | None:
+        _, _, head_dim = attention_shape(config)
+        base, rope_type, params, original_max = rope_settings(config)
+        if rope_type in ("longrope", "su") and "attention_factor" not in params:
+            # PhiMoE's own cos/sin scale, chosen as the long / short factors are.
+            key = "long_mscale" if max_position > original_max else "short_mscale"
+            if params.get(key) is not None:
+                params = {**params, "attention_factor": float(params[key])}
+        return RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
+                               config.max_position_embeddings)
+
+    @staticmethod
+    def has_lm_head_bias(config: Any) -> bool:
+        return bool(getattr(config, "lm_head_bias", False))
+
+    def num_experts(self) -> int:
+        return self.config.num_local_experts
