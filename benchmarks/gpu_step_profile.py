@@ -58,7 +58,7 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
 # Kernel kinds by name, first match wins (cuBLAS's Hopper GEMMs are the nvjet / sm90 kernels).
 KINDS = [
     ("attention", r"attention|combine_segments|flash|fmha"),
-    ("GEMM / GEMV", r"nvjet|gemm|gemv|cutlass|sm90_|sm80_|splitk|_scaled_mm|wna16"),
+    ("GEMM / GEMV", r"nvjet|gemm|gemv|cutlass|sm90_|sm80_|splitk|_scaled_mm|wna16|w4a16"),
     ("norm", r"rms_norm"),
     ("SiLU-mul", r"silu"),
     ("RoPE + KV write", r"rope|kv_write|reshape_and_cache"),
