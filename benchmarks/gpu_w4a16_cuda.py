@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from pagedlm.kernels.timing import graph_ms
 from pagedlm.kernels import cuda_build, cuda_w4a16, pdl, triton_wna16, wna16_reference
 from pagedlm.kernels.tickets import ticket_counters
 from pagedlm.kernels.triton_wna16 import KernelConfig as KC
@@ -79,23 +80,6 @@ W = {name: [make(*shapes[name]) for _ in range(L)] for name in shapes}
 tiny = torch.empty(4096, device=dev, dtype=dt)
 
 
-def time_graph(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    st.record()
-    for _ in range(reps):
-        g.replay()
-    en.record()
-    torch.cuda.synchronize()
-    return st.elapsed_time(en) / reps
-
-
 def run(name, cfg, x, l=0):
     q, s, z = W[name][l]
     if isinstance(cfg, tuple):
@@ -108,7 +92,7 @@ def chain(name, cfg, x):
         for l in range(L):
             pdl.zero_(tiny)
             run(name, cfg, x, l)
-    return time_graph(fn) / L * 1e3
+    return graph_ms(fn) / L * 1e3
 
 
 def check(name, cfg, x):
@@ -149,7 +133,7 @@ def full_comparison():
                     for name in shapes:
                         pdl.zero_(tiny)
                         run(name, best[m, name, label][3], xs[name], l)
-            per = time_graph(layer) / L * 1e3
+            per = graph_ms(layer) / L * 1e3
             print(f"RESULT M={m} {label}: {per:.1f} us per layer (floor {floor:.1f}, {floor / per:.0%}) "
                   + " ".join(f"{nm}={best[m, nm, label][1]}" for nm in shapes), flush=True)
 

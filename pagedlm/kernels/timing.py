@@ -28,6 +28,17 @@ def _graph_ms(body: Callable[[], object]) -> float:
     return replay_ms(graph)
 
 
+def graph_ms(fn: Callable[[], object], replays: int = 20) -> float:
+    """Median device time of one replay of a CUDA graph of ``fn()`` (run once eagerly first:
+    Triton compiles, ticket counters exist); for benchmarks that chain many launches in ``fn``."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return replay_ms(graph, replays)
+
+
 def replay_ms(graph: torch.cuda.CUDAGraph, replays: int = 5) -> float:
     """Median device time of one replay of a captured graph (after one untimed replay)."""
     graph.replay()
