@@ -21,13 +21,14 @@ from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
 
 class MixtralSparseMoeBlock(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, **routing: Any) -> None:
+        """``routing``: FusedMoE's routing options (default: softmax top-k, renormalized)."""
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for MoE experts (only silu)")
         self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts)
         self.experts = FusedMoE(config.num_local_experts, config.num_experts_per_tok, config.hidden_size,
-                                config.intermediate_size, renormalize=True)
+                                config.intermediate_size, **{"renormalize": True, **routing})
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.experts(hidden_states, self.gate(hidden_states))

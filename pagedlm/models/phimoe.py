@@ -15,12 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.config import attention_shape
-from pagedlm.layers.fused_moe import FusedMoE
-from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.llama import LlamaAttention, rope_settings
-from pagedlm.models.mixtral import MoEDecoderLayer, MoEForCausalLM
+from pagedlm.models.mixtral import MixtralSparseMoeBlock, MoEDecoderLayer, MoEForCausalLM
 
 
 class ResidualLayerNorm(LayerNorm):
@@ -34,26 +32,14 @@ class ResidualLayerNorm(LayerNorm):
         return out if residual is None else (out, x)
 
 
-class PhimoeSparseMoeBlock(nn.Module):
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        if config.hidden_act != "silu":
-            raise ValueError(f"hidden_act {config.hidden_act!r} is not supported for MoE experts (only silu)")
-        self.gate = ReplicatedLinear(config.hidden_size, config.num_local_experts)
-        self.experts = FusedMoE(config.num_local_experts, config.num_experts_per_tok, config.hidden_size,
-                                config.intermediate_size, renormalize=False, scoring_func="sparsemixer",
-                                jitter_eps=float(getattr(config, "router_jitter_noise", 0.01)))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.experts(hidden_states, self.gate(hidden_states))
-
-
 class PhimoeForCausalLM(MoEForCausalLM):
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
                               qk_norm=False, layer=layer_idx)
-        layer = MoEDecoderLayer(config, attn, PhimoeSparseMoeBlock(config), "block_sparse_moe")
+        moe = MixtralSparseMoeBlock(config, renormalize=False, scoring_func="sparsemixer",
+                                    jitter_eps=float(getattr(config, "router_jitter_noise", 0.01)))
+        layer = MoEDecoderLayer(config, attn, moe, "block_sparse_moe")
         layer.input_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
         layer.post_attention_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
         return layer
