@@ -75,6 +75,17 @@ def layer_fits(k: int, n: int, group_size: int, bits: int, row_groups: bool) -> 
     return bits == 4 and k % 128 == 0 and group_size % 128 == 0 and n % 4 == 0 and not row_groups
 
 
+def operands_fit(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> bool:
+    """Whether the operands are laid out as the kernel reads them: contiguous, the words 16-byte
+    aligned, scales / zeros / activation rows 8-byte aligned, bf16 throughout."""
+    tensors = (x2d, qweight, scales, zeros) + ((bias,) if bias is not None else ())
+    return (x2d.dim() == 2 and x2d.stride(1) == 1 and x2d.stride(0) % 4 == 0 and x2d.data_ptr() % 8 == 0
+            and qweight.data_ptr() % 16 == 0 and scales.data_ptr() % 8 == 0 and zeros.data_ptr() % 8 == 0
+            and all(t.is_contiguous() for t in tensors[1:])
+            and all(t.dtype == torch.bfloat16 for t in tensors if t is not qweight))
+
+
 def split_plan(k: int, split_k: int) -> tuple[int, int]:
     """(split, K tiles per split) for about ``split_k`` slices of whole K tiles."""
     k_tiles = k // 128
@@ -96,12 +107,9 @@ def mma(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
         raise ValueError(f"the cuda kind takes {WARPS} warps and unroll {UNROLL} (got {warps}, {unroll})")
     if not layer_fits(k, n, group_size, 4, False):
         raise ValueError(f"the cuda kind cannot run K {k}, N {n}, group {group_size}")
-    tensors = (qweight, scales, zeros) + ((bias,) if bias is not None else ())
-    if x2d.stride(1) != 1 or x2d.stride(0) % 4 or x2d.data_ptr() % 8 or qweight.data_ptr() % 16 \
-            or scales.data_ptr() % 8 or zeros.data_ptr() % 8 or any(not t.is_contiguous() for t in tensors):
-        raise ValueError("the cuda kind needs contiguous, aligned operands (activation rows 8-byte aligned)")
-    if any(t.dtype != torch.bfloat16 for t in tensors[1:]):
-        raise ValueError("the cuda kind takes bf16 scales, zeros and bias")
+    if not operands_fit(x2d, qweight, scales, zeros, bias):
+        raise ValueError("the cuda kind needs contiguous, aligned operands (activation rows 8-byte aligned) and "
+                         "bf16 scales, zeros and bias")
     split, per_split = split_plan(k, split_k)
     out = torch.empty((m, n), device=x2d.device, dtype=torch.bfloat16)
     part = torch.empty((split, m, n), device=x2d.device, dtype=torch.float32) if split > 1 else out

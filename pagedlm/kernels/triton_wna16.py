@@ -284,6 +284,10 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     x2d = x2d.contiguous()
     cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device),
                       row_groups is not None)
+    if cfg is not None and cfg.kind == "cuda" and not cuda_w4a16.operands_fit(
+            x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), None if bias is None else bias.to(x.dtype)):
+        # measured on this shape's layers, but these operands (a view, another dtype) do not fit it
+        cfg = default_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device))
     if cfg is None:
         w = wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits).to(x.dtype)
         y = x2d @ w if bias is None else torch.addmm(bias.to(x.dtype), x2d, w)

@@ -177,3 +177,21 @@ def test_kernel_in_a_cuda_graph_and_through_the_kind():
     ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4,
                                      bias.float())
     assert _rel_err(out, ref) < 1e-2
+
+
+@needs_gpu
+def test_dispatch_falls_back_where_operands_do_not_fit(monkeypatch):
+    """A measured cuda choice for a weight shape, and a layer of that shape whose words are not
+    16-byte aligned (a view): wna16_gemm runs a Triton kind instead, with the same result."""
+    k, n, gs = 1024, 256, 128
+    qweight, scales, zeros = _weights(k, n, gs, seed=2)
+    backing = torch.empty(qweight.numel() + 1, dtype=torch.int32, device="cuda")
+    shifted = backing[1:].view_as(qweight)
+    shifted.copy_(qweight)
+    assert shifted.data_ptr() % 16 and not cuda_w4a16.operands_fit(
+        torch.empty(1, k, device="cuda", dtype=torch.bfloat16), shifted, scales, zeros)
+    monkeypatch.setitem(wna16_tuning._TABLE, (n, k, 4, gs, False), [(8, KernelConfig("cuda", 8, 32, 1, 4, 1, 1))])
+    x = torch.randn(2, k, device="cuda", dtype=torch.bfloat16)
+    ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4)
+    for w in (qweight, shifted):
+        assert _rel_err(triton_wna16.wna16_gemm(x, w, scales, zeros, None, None, gs, 4), ref) < 1e-2
