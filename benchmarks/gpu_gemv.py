@@ -15,6 +15,7 @@ relative), then timed; the table shows the best of each family and the engine's 
   tiles   the one-launch GEMV (triton_gemv_fused) on [M, N, K] multiply-add tiles
   chunk   the one-launch GEMV, one row, products summed in runs of one 16-byte load per thread
   dots    the one-launch GEMV on tensor-core tiles (8-bit: also native 8-bit dots)
+  cuda    (8-bit) the CUDA C++ kernel on native 8-bit tensor-core steps (cuda_w8a8), where it builds
   engine  what the first-use tuner picks (kernels.gemv / kernels.scaled_gemv), timed the same way
 
 ``--layer-chain`` then times 32 decoder layers' linear part in one graph at M = 1 (norm (with
@@ -47,12 +48,16 @@ HIDDEN, INTER, VOCAB, Q, KV = 4096, 14336, 128256, 4096, 1024
 SHAPES = {"qkv_proj": (Q + 2 * KV, HIDDEN), "o_proj": (HIDDEN, Q), "gate_up_proj": (2 * INTER, HIDDEN),
           "down_proj": (HIDDEN, INTER), "lm_head": (VOCAB, HIDDEN)}
 CODES = {"fp8": ref.FP8_DTYPE, "int8": torch.int8}
-FAMILIES = ("base", "splitk", "tiles", "chunk", "dots", "engine")
+FAMILIES = ("base", "splitk", "tiles", "chunk", "dots", "cuda", "engine")
 
 
 def family(config: object) -> str:
+    from pagedlm.kernels.cuda_w8a8 import CudaW8A8Config
+
     if config is None:
         return "base"
+    if isinstance(config, CudaW8A8Config):
+        return "cuda"
     if not isinstance(config, FusedGemvConfig):
         return "splitk"
     return "dots" if config.dot else "chunk" if config.chunk else "tiles"
@@ -76,8 +81,13 @@ def sweep(fmt: str, m: int, k: int) -> list[object]:
             [(64, 128, 2, 4, 2), (32, 512, 2, 4, 2), (64, 512, 2, 4, 2), (64, 512, 4, 4, 3), (128, 512, 1, 8, 3),
              (128, 256, 4, 8, 3), (64, 256, 4, 4, 4)]]
     configs += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit else [])
+    from pagedlm.kernels import cuda_w8a8
+
+    if eight_bit and m <= cuda_w8a8.MAX_M and k % 128 == 0 and cuda_w8a8.available():
+        configs += [cuda_w8a8.CudaW8A8Config(w, u, s) for w in cuda_w8a8.WARPS for u in cuda_w8a8.UNROLL
+                    for s in (1, 2, 4, 8)]
     fits = [c for c in configs if (triton_gemv_fused.fits(m, k, c) if isinstance(c, FusedGemvConfig)
-                                   else triton_scaled_gemv.fits(k, c))]
+                                   else family(c) == "cuda" or triton_scaled_gemv.fits(k, c))]
     return list(dict.fromkeys(fits))
 
 

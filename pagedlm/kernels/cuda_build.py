@@ -105,3 +105,22 @@ def load(name: str, device: torch.device, defines: tuple[str, ...] = ()) -> ctyp
         return None
     path = library_path(name, device, defines)
     return _load(path) if path is not None else None
+
+
+def entry_point(lib: ctypes.CDLL, name: str, pointers: int, ints: int, error_string: str):
+    """``lib``'s launcher ``name`` taking ``pointers`` pointers, ``ints`` ints and a stream, returning
+    a cudaError_t; its ``error_string`` attribute is the library's message function."""
+    fn = getattr(lib, name)
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int] * ints + [ctypes.c_void_p]
+    messages = getattr(lib, error_string)
+    messages.restype = ctypes.c_char_p
+    messages.argtypes = [ctypes.c_int]
+    fn.error_string = messages
+    return fn
+
+
+def check_launch(fn, err: int, what: str) -> None:
+    """Raise if a launcher returned a CUDA error."""
+    if err:
+        raise RuntimeError(f"{what} launch failed: {fn.error_string(err).decode()} (cudaError {err})")

@@ -29,16 +29,11 @@ _fn: dict[torch.device, object] = {}
 
 def bind(lib: ctypes.CDLL):
     """The kernel's entry point in a loaded library, with its argument types."""
-    fn = lib.pagedlm_w4a16_mma
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 10 + [ctypes.c_void_p]
-    lib.pagedlm_w4a16_error_string.restype = ctypes.c_char_p
-    lib.pagedlm_w4a16_error_string.argtypes = [ctypes.c_int]
-    fn.error_string = lib.pagedlm_w4a16_error_string
-    return fn
+    return cuda_build.entry_point(lib, "pagedlm_w4a16_mma", 8, 10, "pagedlm_w4a16_error_string")
 
 
-def _indexed(device: torch.device) -> torch.device:
+def indexed(device: torch.device) -> torch.device:
+    """``device`` with its index (the current GPU where it has none), as the kernels are keyed."""
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
@@ -47,13 +42,13 @@ def _indexed(device: torch.device) -> torch.device:
 def use_build(device: torch.device, defines: tuple[str, ...]) -> None:
     """Launch the kernel built with ``defines`` on ``device`` from now on (benchmarks compare a
     source's build-time knobs this way)."""
-    device = _indexed(device)
+    device = indexed(device)
     lib = cuda_build.load(NAME, device, defines)
     _fn[device] = bind(lib) if lib is not None else None
 
 
 def _function(device: torch.device):
-    device = _indexed(device)
+    device = indexed(device)
     if device not in _fn:
         lib = cuda_build.load(NAME, device)
         _fn[device] = bind(lib) if lib is not None else None
@@ -117,6 +112,5 @@ def mma(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: t
              bias.data_ptr() if bias is not None else None, part.data_ptr(), counters.data_ptr(), out.data_ptr(),
              m, n, k, x2d.stride(0), group_size, split, per_split, warps, unroll, int(pdl.enabled()),
              torch.cuda.current_stream(x2d.device).cuda_stream)
-    if err:
-        raise RuntimeError(f"CUDA W4A16 kernel launch failed: {fn.error_string(err).decode()} (cudaError {err})")
+    cuda_build.check_launch(fn, err, "CUDA W4A16 kernel")
     return out

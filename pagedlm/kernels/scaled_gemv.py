@@ -4,7 +4,8 @@ GEMM, the GEMM everywhere else.
 ``scaled_gemv_or_none(a, w, scale_a, scale_b, out_dtype, bias, baseline)`` returns None when
 no GEMV applies or wins; the caller then runs its GEMM. The candidates: the split-K GEMV
 (``triton_scaled_gemv``) and the one-launch GEMV (``triton_gemv_fused``; with activation
-codes also its native 8-bit tensor-core tiles). Which one wins is timed once per (M bucket,
+codes also its native 8-bit tensor-core tiles, and the CUDA C++ kernel ``cuda_w8a8`` where its
+library builds). Which one wins is timed once per (M bucket,
 N, K, code dtypes) on first use outside CUDA-graph capture against ``baseline`` (the layer's
 own GEMM on the same tensors), the way a decode step runs it (``gemv.fastest_agreeing``);
 the runner's warm-up forwards before each graph capture run every decode batch size, so the
@@ -45,20 +46,32 @@ def _candidates(m: int, k: int, codes: bool) -> list[object]:
 
     split = [c for c in triton_scaled_gemv.quick_configs(m) if triton_scaled_gemv.fits(k, c)]
     fused = [c for c in triton_gemv_fused.quick_configs(m, eight_bit=True) if triton_gemv_fused.fits(m, k, c)]
-    return split + [c for c in fused if codes or not c.native]
+    return split + [c for c in fused if codes or not c.native] + (_cuda_candidates(m, k) if codes else [])
+
+
+def _cuda_candidates(m: int, k: int) -> list[object]:
+    """The CUDA W8A8 kernel's configs where its library builds (codes times codes, K in chunks of 128)."""
+    from pagedlm.kernels import cuda_w8a8  # noqa: PLC0415
+
+    if k % 128 or not cuda_w8a8.available():
+        return []
+    return cuda_w8a8.quick_configs(m)
 
 
 def _config_types() -> tuple[type, ...]:
-    from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+    from pagedlm.kernels import cuda_w8a8, triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
 
-    return triton_scaled_gemv.ScaledGemvConfig, triton_gemv_fused.FusedGemvConfig
+    return triton_scaled_gemv.ScaledGemvConfig, triton_gemv_fused.FusedGemvConfig, cuda_w8a8.CudaW8A8Config
 
 
 def _run(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None, scale_b: torch.Tensor,
          out_dtype: torch.dtype, bias: torch.Tensor | None) -> torch.Tensor:
-    """One of the two GEMV kernels, by the type of its config."""
-    from pagedlm.kernels import triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+    """One of the GEMV kernels, by the type of its config."""
+    from pagedlm.kernels import cuda_w8a8, triton_gemv_fused, triton_scaled_gemv  # noqa: PLC0415
+    from pagedlm.kernels.tickets import ticket_counters  # noqa: PLC0415
 
+    if isinstance(config, cuda_w8a8.CudaW8A8Config):
+        return cuda_w8a8.gemm(a, w, scale_a, scale_b, out_dtype, bias, config, ticket_counters(a.device, "w8a8"))
     if isinstance(config, triton_gemv_fused.FusedGemvConfig):
         return triton_gemv_fused.fused_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
     return triton_scaled_gemv.scaled_gemv(a, w, scale_a, scale_b, out_dtype, bias, config)
@@ -95,4 +108,17 @@ def scaled_gemv_or_none(a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor 
         _choice[key] = tuning_cache.cached("scaled_gemv", key, a.device, _config_types(),
                                            lambda: _tune(a_t, w, sa_t, scale_b, out_dtype, lambda: baseline(a_t, sa_t)))
     config = _choice[key]
-    return None if config is None else _run(config, a, w, scale_a, scale_b, out_dtype, bias)
+    if config is None or not _runs_here(config, a, w, scale_a, scale_b, out_dtype):
+        return None
+    return _run(config, a, w, scale_a, scale_b, out_dtype, bias)
+
+
+def _runs_here(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.Tensor | None,
+               scale_b: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """False for a CUDA-kernel choice these operands do not fit (a view) or this machine cannot
+    build (a choice read from the disk cache): the caller's GEMM runs instead."""
+    from pagedlm.kernels import cuda_w8a8  # noqa: PLC0415
+
+    if not isinstance(config, cuda_w8a8.CudaW8A8Config):
+        return True
+    return cuda_w8a8.available(a.device) and cuda_w8a8.fits(a, w, scale_a, scale_b, out_dtype)
