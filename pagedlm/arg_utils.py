@@ -29,9 +29,7 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
-    "logprobs_mode": "logprobs other than raw_logprobs (raw logits, or after the sampling settings)",
     "model_impl": "other model implementations (the transformers / terratorch backends)",
-    "skip_tokenizer_init": "running without a tokenizer",
     "enable_sleep_mode": "sleep mode",
     "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
     "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",

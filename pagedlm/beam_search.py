@@ -17,6 +17,14 @@ from pagedlm.outputs import Logprob, RequestOutput
 from pagedlm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 
+
+def check_logprobs_mode(logprobs_mode: str) -> None:
+    """Beam search ranks beams by summed logprobs: refused under --logprobs-mode *_logits, whose
+    'logprobs' are logits (vLLM would sum those silently)."""
+    if logprobs_mode.endswith("_logits"):
+        raise ValueError(f"beam search is not supported with logprobs_mode={logprobs_mode!r}: it ranks beams by "
+                         "summed logprobs; use raw_logprobs or processed_logprobs")
+
 @dataclass
 class BeamSearchSequence:
     """``tokens`` holds the prompt and the generated tokens, as in vLLM."""

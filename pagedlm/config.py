@@ -46,6 +46,12 @@ class ModelConfig:
     # "auto": the fast tokenizer where the checkpoint has one; "slow": the Python one (use_fast=False)
     tokenizer_mode: str = "auto"
     max_logprobs: int = 20
+    # What sampled tokens' logprobs carry (vLLM's --logprobs-mode): raw_logprobs, raw_logits,
+    # processed_logprobs, processed_logits (pagedlm/sample/logprobs.py LOGPROBS_MODES).
+    logprobs_mode: str = "raw_logprobs"
+    # vLLM's --skip-tokenizer-init: no tokenizer anywhere; prompts are token ids, outputs carry
+    # token ids with empty text.
+    skip_tokenizer_init: bool = False
     served_model_names: tuple[str, ...] = ()  # all names clients may use; the first is reported
     # Sampling defaults from generation_config.json (SamplingParams field -> value); see
     # pagedlm/models/generation_config.py. Request fields override them.

@@ -133,11 +133,14 @@ class EngineArgs:
     max_logprobs: int = opt(20, "largest logprobs / prompt_logprobs a request may ask for (-1: no cap but the "
                             "vocabulary size)", MODEL)
     logprobs_mode: str = opt("raw_logprobs", "what logprobs report: raw_logprobs (the model's, before any "
-                             "sampling setting touches the logits; vLLM's default)", MODEL,
+                             "sampling setting touches the logits; vLLM's default), raw_logits, processed_logprobs "
+                             "or processed_logits (after the penalties, temperature, top-k/top-p the token is "
+                             "drawn with)", MODEL,
                              choices=["raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"])
     model_impl: str = opt("auto", "model implementation: auto or vllm (pagedlm's own)", MODEL,
                           choices=["auto", "vllm", "transformers", "terratorch"])
-    skip_tokenizer_init: bool = opt(False, "vLLM's run-without-a-tokenizer switch", MODEL)
+    skip_tokenizer_init: bool = opt(False, "run without a tokenizer: prompts are token ids, outputs carry token "
+                                    "ids and empty text (offline engine only)", MODEL)
     enable_sleep_mode: bool = opt(False, "vLLM's sleep mode (LLM.sleep / wake_up)", CACHE)
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
@@ -306,6 +309,7 @@ class EngineArgs:
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
         self._structured_outputs()  # refuses what it cannot honour (and an unknown reasoning parser)
+        self._check_skip_tokenizer_init()
         if self.max_logprobs < -1:
             raise ConfigError(f"max_logprobs must be non-negative (or -1: no cap), got {self.max_logprobs}")
 
@@ -356,6 +360,18 @@ class EngineArgs:
             raise ConfigError(f"structured_outputs_config: {sorted(settings)} not supported (only 'backend' and "
                               "'reasoning_parser')")
         return StructuredOutputsConfig(reasoning_parser=reasoning or None)
+
+    def _check_skip_tokenizer_init(self) -> None:
+        """--skip-tokenizer-init: what needs a tokenizer from start-up is refused here (requests
+        that need one are refused by the input processor)."""
+        if not self.skip_tokenizer_init:
+            return
+        if self.usage_context == "server":
+            raise ConfigError("--skip-tokenizer-init is not supported by pagedlm's OpenAI server (its endpoints "
+                              "take and return text); use it with the offline LLM and token-id prompts")
+        if self._structured_outputs().reasoning_parser:
+            raise ConfigError("reasoning_parser needs a tokenizer (its markers are tokenized), so it cannot be "
+                              "used with skip_tokenizer_init")
 
     def log_notices(self) -> None:
         """One line per option that is set but has no effect here (entry points call this once)."""
@@ -451,7 +467,8 @@ class EngineArgs:
             served_model_name=self.served_model_names()[0], load_format=self.load_format, seed=self._seed(),
             chat_template=read_chat_template(self.chat_template), trust_remote_code=self.trust_remote_code,
             tokenizer_mode="slow" if self.tokenizer_mode == "slow" else "auto",
-            max_logprobs=self.max_logprobs, served_model_names=tuple(self.served_model_names()),
+            max_logprobs=self.max_logprobs, logprobs_mode=self.logprobs_mode,
+            skip_tokenizer_init=self.skip_tokenizer_init, served_model_names=tuple(self.served_model_names()),
             runner=runner, pooler_config=pooler_config,
             generation_defaults=read_generation_defaults(self.generation_config, source.model,
                                                          self.override_generation_config),

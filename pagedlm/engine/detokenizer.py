@@ -75,8 +75,9 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.tokenizer = tokenizer
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._info = _tokenizer_info(tokenizer)
-        self.detokenize = params.detokenize
+        # No tokenizer (skip_tokenizer_init): ids only, empty text, no decoded logprob tokens.
+        self._info = _tokenizer_info(tokenizer) if tokenizer is not None else None
+        self.detokenize = params.detokenize and tokenizer is not None
         self.skip_special_tokens = params.skip_special_tokens
         # vLLM: with special tokens kept and no spaces between them, a special token that
         # follows another one is emitted as its raw content (no space the decoder may add).
@@ -151,9 +152,12 @@ class IncrementalDetokenizer:
         self._last_offset = length
         return text
 
-    def decode_token(self, token_id: int) -> str:
+    def decode_token(self, token_id: int) -> str | None:
         """Text of one token on its own (for ``Logprob.decoded_token``): the tokenizer's
-        ``convert_tokens_to_string(convert_ids_to_tokens([id]))``, cached per tokenizer."""
+        ``convert_tokens_to_string(convert_ids_to_tokens([id]))``, cached per tokenizer; None
+        without a tokenizer."""
+        if self._info is None:
+            return None
         cache = self._info.token_text
         text = cache.get(token_id)
         if text is None:

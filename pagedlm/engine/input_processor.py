@@ -38,7 +38,11 @@ def _fast_fallback_notice(path: str) -> None:
 
 
 def load_tokenizer(model_config: ModelConfig):
+    """The model's tokenizer; None under --skip-tokenizer-init."""
     from pagedlm.tokenizers import get_tokenizer
+
+    if model_config.skip_tokenizer_init:
+        return None
 
     try:
         tokenizer = get_tokenizer(model_config.tokenizer, tokenizer_mode=model_config.tokenizer_mode,
@@ -113,6 +117,10 @@ class InputProcessor:
             )
 
     def encode(self, text: str, add_special_tokens: bool = True, check_chars: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise InvalidRequestError("text prompts are not supported with skip_tokenizer_init=True (the engine "
+                                      "has no tokenizer): pass token ids ({'prompt_token_ids': [...]} or a list "
+                                      "of ints)")
         if check_chars:  # off when the tokens will be truncated (pooling's truncate_prompt_tokens)
             self.check_num_chars(len(text))
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
@@ -202,6 +210,9 @@ class InputProcessor:
             raise InvalidRequestError(str(e)) from e
         for name in ("logprobs", "prompt_logprobs"):
             setattr(params, name, self.num_logprobs(name, getattr(params, name)))
+        if self.tokenizer is None:
+            self._check_without_tokenizer(params)
+            params.detokenize = False  # vLLM: no tokenizer, no detokenization (outputs' text is "")
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - num_prompt_tokens
         if not params.ignore_eos:
@@ -214,6 +225,19 @@ class InputProcessor:
         if params.structured_outputs is not None:  # a bad schema is refused here, before queueing
             validate_structured_outputs(params.structured_outputs)
         return params
+
+    @staticmethod
+    def _check_without_tokenizer(params: SamplingParams) -> None:
+        """skip_tokenizer_init: refuse what needs text (the stop strings would never match)."""
+        if params.stop:
+            raise InvalidRequestError("stop strings need a tokenizer, so they cannot be used with "
+                                      "skip_tokenizer_init=True; use stop_token_ids")
+        if params.bad_words:
+            raise InvalidRequestError("bad_words need a tokenizer, so they cannot be used with "
+                                      "skip_tokenizer_init=True")
+        if params.structured_outputs is not None:
+            raise InvalidRequestError("Structured outputs requires a tokenizer so it can't be used with "
+                                      "'skip_tokenizer_init'")
 
     def _tokenize_bad_words(self, words: list[str]) -> list[list[int]]:
         # A word can appear at the start of the text or after a space, which byte-level

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from pagedlm.arg_utils import translate_vllm_kwargs
-from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, run_beam_search
+from pagedlm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, check_logprobs_mode, run_beam_search
 from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
@@ -77,6 +77,7 @@ class LLM:
             raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
         if concurrency_limit is not None and (not isinstance(concurrency_limit, int) or concurrency_limit < 1):
             raise ValueError(f"concurrency_limit must be a positive integer or None, got {concurrency_limit!r}")
+        check_logprobs_mode(self.llm_engine.model_config.logprobs_mode)
         prompt_list = self._as_prompt_list(prompts)
         loras = _lora_list(lora_request, len(prompt_list))
         processor = self.llm_engine.input_processor
@@ -102,7 +103,9 @@ class LLM:
                 return self.generate(step_prompts, sp, use_tqdm=False, lora_request=[loras[o] for o in owners])
 
             run_beam_search(search, step, on_step=pbar.update if pbar is not None else None)
-            outputs += search.finish(self.get_tokenizer().decode, include_prompt_text=True)
+            tokenizer = self.get_tokenizer()  # None under skip_tokenizer_init: empty texts
+            outputs += search.finish(tokenizer.decode if tokenizer is not None else lambda ids: "",
+                                     include_prompt_text=True)
         if pbar is not None:
             pbar.close()
         return outputs
@@ -114,7 +117,14 @@ class LLM:
         self._stat_logger.record_stats(stats)
 
     def get_tokenizer(self):
+        """The engine's tokenizer (None with skip_tokenizer_init=True)."""
         return self.llm_engine.tokenizer
+
+    def _require_tokenizer(self, what: str) -> Any:
+        tokenizer = self.get_tokenizer()
+        if tokenizer is None:
+            raise ValueError(f"{what} needs a tokenizer, so it cannot be used with skip_tokenizer_init=True")
+        return tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:
         """SamplingParams() with the model's generation_config.json defaults applied (unless the
@@ -198,7 +208,7 @@ class LLM:
                               use_tqdm: bool, pooling_params: PoolingParams | None,
                               lora_request: Any) -> list[ScoringRequestOutput]:
         max_length = pair_max_length(truncate_prompt_tokens, self.llm_engine.model_config.max_model_len)
-        tokenizer, hf_config = self.get_tokenizer(), self.llm_engine.model_config.hf_config
+        tokenizer, hf_config = self._require_tokenizer("scoring text pairs"), self.llm_engine.model_config.hf_config
         prompts = [cross_encoder_prompt(tokenizer, a, b, max_length, hf_config) for a, b in zip(first, second)]
         outputs = self.encode(prompts, pooling_params, use_tqdm=use_tqdm, lora_request=lora_request,
                               pooling_task="score")
@@ -319,7 +329,7 @@ class LLM:
         if mm_processor_kwargs:
             raise ValueError("mm_processor_kwargs is not supported: pagedlm's LLM.chat takes text content only")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = chat_prompts(self.get_tokenizer(), conversations, chat_template, chat_template_content_format,
+        prompts = chat_prompts(self._require_tokenizer("LLM.chat"), conversations, chat_template, chat_template_content_format,
                                add_generation_prompt, continue_final_message, tools, chat_template_kwargs)
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 

@@ -32,13 +32,33 @@ def pinned_copy(t: torch.Tensor) -> torch.Tensor:
     return host.copy_(t, non_blocking=True)
 
 
+# vLLM's --logprobs-mode values. raw_*: the logits as the model produced them (after a
+# structured-output grammar's mask, which is applied before the sampler, as in vLLM);
+# processed_*: what the sampler draws from (the Sampler's docstring lists the steps), masked
+# tokens at -inf. *_logits report the logits themselves instead of their log_softmax.
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
+
+
+def is_processed_mode(mode: str) -> bool:
+    return mode.startswith("processed_")
+
+
+def mode_values(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """logits [N, V] -> what ``mode`` reports for them ([N, V] float32; never ``logits`` itself,
+    so later in-place steps cannot change it)."""
+    if mode.endswith("_logits"):
+        return logits.to(torch.float32, copy=True)
+    return compute_logprobs(logits)
+
+
 def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:
     """Raw logprobs: log_softmax of the logits as the model produced them."""
     return logits.log_softmax(dim=-1, dtype=torch.float32)  # [N, V]
 
 
 def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: int) -> LogprobsTensors:
-    """logprobs [N, V] (already log_softmax-ed), token_ids [N] -> LogprobsTensors with k = num_logprobs.
+    """logprobs [N, V] (already log_softmax-ed, or logits under a *_logits mode: the same
+    order), token_ids [N] -> LogprobsTensors with k = num_logprobs.
 
     The rank counts the tokens whose logprob is >= the target's (vLLM's convention), so a
     target tied with others gets the worst rank of the tie.

@@ -1,8 +1,14 @@
-"""The sampler: logits -> next token ids (+ raw logprobs), vLLM V1 semantics.
+"""The sampler: logits -> next token ids (+ logprobs), vLLM V1 semantics.
 
 Order: raw logprobs (before anything touches the logits) -> allowed_token_ids -> bad words
 and min_tokens -> logit_bias -> penalties -> greedy rows take the argmax; random rows:
 temperature -> min_p -> top-k -> top-p -> exponential-race sampling.
+
+--logprobs-mode (vLLM's): raw_* report the logits as they came in (raw_logprobs, the
+default, their log_softmax); processed_* report the logits the tokens were drawn from, as
+vLLM V1's sampler does: in a batch of greedy rows only, after the logits processors and
+penalties; otherwise after those, the temperature (1 on greedy rows), min_p, top-k and top-p,
+the tokens those drop at -inf.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ import torch
 from pagedlm.kernels import ops
 from pagedlm.kernels.reference import row_argmax
 from pagedlm.sample.custom_logits import CustomLogits
-from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
+from pagedlm.sample.logprobs import (
+    LOGPROBS_MODES,
+    LogprobsTensors,
+    compute_logprobs,
+    gather_logprobs,
+    is_processed_mode,
+    mode_values,
+)
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.penalties import apply_penalties
 from pagedlm.sampling_params import SAMPLING_EPS
@@ -142,32 +155,46 @@ def exponential_sample(logits: torch.Tensor, generators: dict[int, torch.Generat
 
 
 class Sampler:
-    def __init__(self, custom_logits: CustomLogits | None = None) -> None:
+    def __init__(self, custom_logits: CustomLogits | None = None, logprobs_mode: str = "raw_logprobs") -> None:
         # vLLM's custom logits processors: those that can change the argmax run after the
         # built-in processing, before greedy rows take the argmax; argmax-invariant ones run
         # on random rows after the temperature (skipped when every row is greedy), as in vLLM.
         self.custom_logits = custom_logits
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {list(LOGPROBS_MODES)}, got {logprobs_mode!r}")
+        self.logprobs_mode = logprobs_mode
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """logits [B, V] -> SamplerOutput; the input logits are left as they are."""
         logits = logits.to(torch.float32)
-        raw_logprobs = None
-        if metadata.max_num_logprobs is not None:
-            raw_logprobs = compute_logprobs(logits)  # [B, V]
+        wanted = metadata.max_num_logprobs is not None
+        processed = wanted and is_processed_mode(self.logprobs_mode)
+        values = None
+        if wanted and not processed:
+            values = compute_logprobs(logits) if self.logprobs_mode == "raw_logprobs" \
+                else mode_values(logits, self.logprobs_mode)  # [B, V]
         logits = apply_logits_processors(logits, metadata)
         if self.custom_logits is not None:
             logits = self.custom_logits.apply(logits, metadata.batch_rows, argmax_invariant=False)
-        sampled = self.sample(logits, metadata)  # [B]
+        sampled, processed_values = self._sample(logits, metadata, processed)  # [B]
+        if processed_values is not None:
+            values = processed_values
         logprobs = None
-        if raw_logprobs is not None:
-            logprobs = gather_logprobs(raw_logprobs, sampled, metadata.max_num_logprobs)
+        if values is not None:
+            logprobs = gather_logprobs(values, sampled, metadata.max_num_logprobs)
         return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
 
     def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         """Processed logits [B, V] -> token ids [B] int64."""
+        return self._sample(logits, md, False)[0]
+
+    def _sample(self, logits: torch.Tensor, md: SamplingMetadata,
+                keep_processed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token ids [B], and with ``keep_processed`` the processed_* mode's values [B, V] of
+        the logits the tokens are drawn from, else None)."""
         greedy = None if md.all_random else row_argmax(logits)  # [B]
         if md.all_greedy:
-            return greedy
+            return greedy, (mode_values(logits, self.logprobs_mode) if keep_processed else None)
         temperature = md.temperature
         if not md.all_random:  # greedy rows are discarded below; avoid dividing by 0
             temperature = torch.where(temperature < SAMPLING_EPS, 1.0, temperature)
@@ -180,7 +207,9 @@ class Sampler:
             logits = _apply_to_rows(
                 logits, md.filter_rows, lambda x: apply_top_k_top_p(x, md.top_k, md.top_p, md.max_top_k)
             )
+        # (a copy: the exponential race may overwrite the logits in place)
+        processed = mode_values(logits, self.logprobs_mode) if keep_processed else None
         sampled = exponential_sample(logits, md.generators)
         if greedy is None:
-            return sampled
-        return torch.where(md.temperature < SAMPLING_EPS, greedy, sampled)
+            return sampled, processed
+        return torch.where(md.temperature < SAMPLING_EPS, greedy, sampled), processed

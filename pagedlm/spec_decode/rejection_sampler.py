@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs
+from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs, is_processed_mode, mode_values
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.sampler import _apply_to_rows, apply_logits_processors, apply_min_p, apply_top_k_top_p
 from pagedlm.sampling_params import SAMPLING_EPS
@@ -37,19 +37,24 @@ from pagedlm.sampling_params import SAMPLING_EPS
 class RejectionOutput:
     tokens: torch.Tensor  # [N] int64: per row, the draft if accepted, else the token emitted there
     accepted: torch.Tensor  # [N] bool: the row's draft was accepted (always False on bonus rows)
-    logprobs: LogprobsTensors | None  # [N, k+1] the target's raw logprobs of tokens, when asked
+    logprobs: LogprobsTensors | None  # [N, k+1] the target's logprobs of tokens (--logprobs-mode), when asked
 
 
-def target_probs(processed: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-    """The distribution the plain sampler draws from: processed logits [N, V] -> probs [N, V]
-    (temperature, min-p, top-k, top-p; greedy rows come out at temperature 1, unused)."""
+def target_logits(processed: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """The logits the plain sampler draws from: processed logits [N, V] -> [N, V], a new
+    tensor (temperature, min-p, top-k, top-p; greedy rows come out at temperature 1, unused)."""
     temperature = torch.where(md.temperature < SAMPLING_EPS, 1.0, md.temperature)
     logits = processed / temperature.unsqueeze(1)  # [N, V], a new tensor
     if md.min_p is not None:
         apply_min_p(logits, md.min_p)
     if md.top_k is not None or md.top_p is not None:
         logits = _apply_to_rows(logits, md.filter_rows, lambda x: apply_top_k_top_p(x, md.top_k, md.top_p, md.max_top_k))
-    return logits.softmax(dim=-1)
+    return logits
+
+
+def target_probs(processed: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """The distribution the plain sampler draws from: processed logits [N, V] -> probs [N, V]."""
+    return target_logits(processed, md).softmax(dim=-1)
 
 
 def _random_draws(num_rows: int, vocab_size: int, generators: dict[int, torch.Generator],
@@ -77,22 +82,33 @@ def rejection_sample(
     md: SamplingMetadata,
     draft_probs: torch.Tensor | None = None,
     draft_rows: list[int] | None = None,
+    logprobs_mode: str = "raw_logprobs",
 ) -> RejectionOutput:
     """logits [N, V] (the target's, raw); draft_token_ids [N] int64 (any value on bonus rows);
     is_draft_row [N] bool; md: one row per logits row; draft_probs [N, V] or None (point
     masses: n-gram drafts). Rows of one request are consecutive, drafts first, bonus last.
     draft_rows: the indices of the draft rows, known on the host (read from is_draft_row,
-    a device sync, when not given)."""
+    a device sync, when not given). logprobs_mode: what the logprobs report, as in the plain
+    Sampler (a processed_* mode: the values of the logits each row's token is drawn from)."""
     logits = logits.to(torch.float32)
-    raw_logprobs = compute_logprobs(logits) if md.max_num_logprobs is not None else None
+    wanted = md.max_num_logprobs is not None
+    keep_processed = wanted and is_processed_mode(logprobs_mode)
+    raw_logprobs = None
+    if wanted and not keep_processed:
+        raw_logprobs = compute_logprobs(logits) if logprobs_mode == "raw_logprobs" else mode_values(logits, logprobs_mode)
     processed = apply_logits_processors(logits, md)
     greedy_tokens = processed.argmax(dim=-1)  # [N]
     drafts = draft_token_ids.clamp(min=0).unsqueeze(1)  # [N, 1]
     if md.all_greedy:
         accepted = (greedy_tokens == drafts.squeeze(1)) & is_draft_row
         tokens = torch.where(accepted, drafts.squeeze(1), greedy_tokens)
+        if keep_processed:
+            raw_logprobs = mode_values(processed, logprobs_mode)
     else:
-        probs = target_probs(processed, md)  # [N, V]
+        final = target_logits(processed, md)  # [N, V]
+        if keep_processed:
+            raw_logprobs = mode_values(final, logprobs_mode)
+        probs = final.softmax(dim=-1)  # [N, V]
         seeded_draft_rows: set[int] = set()
         if md.generators:
             if draft_rows is None:

@@ -164,7 +164,8 @@ class SpecDecodeRunner:
         draft_ids = torch.tensor(drafts, dtype=torch.int64).to(runner.device, non_blocking=True)
         is_draft = draft_ids >= 0
         result = rejection_sample(logits, draft_ids, is_draft, md, self._draft_probs(states, len(drafts)),
-                                  draft_rows=[row for row, d in enumerate(drafts) if d >= 0])
+                                  draft_rows=[row for row, d in enumerate(drafts) if d >= 0],
+                                  logprobs_mode=runner.config.model_config.logprobs_mode)
         if penalty_rows is not None:  # a request without drafts emits its bonus token: counted now
             self._record_undrafted(penalty_rows, num_drafts, bonus_rows, result.tokens)
         # (async) a request without drafts may run ahead: the next step's input is its one

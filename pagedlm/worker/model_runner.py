@@ -54,7 +54,7 @@ class ModelRunner:
         # vLLM's custom logits processors (None without any): told of every row change by the
         # persistent batch, applied by the sampler.
         self.custom_logits = build_custom_logits(config, self.device)
-        self.sampler = Sampler(self.custom_logits)
+        self.sampler = Sampler(self.custom_logits, config.model_config.logprobs_mode)
         pooler_config = config.model_config.pooler_config
         # runner="pooling": finished prompts are pooled into embeddings instead of sampled.
         self.pooler = None
@@ -473,6 +473,7 @@ class ModelRunner:
             k = state.sampling_params.prompt_logprobs
             logits = self.model.compute_logits(hidden[first : first + count])
             targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
+            # Always raw logprobs, whatever --logprobs-mode says: vLLM's runner does the same.
             tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
             output.prompt_logprobs[state.req_id] = _to_lists(tensors, k)
 

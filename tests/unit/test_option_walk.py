@@ -78,9 +78,13 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "hf_token": ShownBy("hf_x", "tests/unit/test_hub_resolution.py::test_hf_token_reaches_the_hub_and_stays_out_of_reprs"),
     "tokenizer_mode": Changes("slow", lambda c: c.model_config.tokenizer_mode == "slow",
                               "tests/models/test_tokenizer_mode.py::test_slow_asks_for_the_python_tokenizer"),
-    "logprobs_mode": Refused("processed_logprobs", "logprobs other than raw_logprobs"),
+    "logprobs_mode": Changes("processed_logprobs", lambda c: c.model_config.logprobs_mode == "processed_logprobs",
+                             "tests/unit/test_logprobs_mode.py::test_random_request_values_match_an_independent_"
+                             "computation"),
     "model_impl": Refused("transformers", "other model implementations"),
-    "skip_tokenizer_init": Refused(True, "running without a tokenizer"),
+    "skip_tokenizer_init": Changes(True, lambda c: c.model_config.skip_tokenizer_init,
+                                   "tests/unit/test_skip_tokenizer_init.py::test_token_id_prompts_give_the_same_"
+                                   "tokens_with_empty_text"),
     "enable_sleep_mode": Refused(True, "sleep mode"),
     "enable_expert_parallel": Refused(True, "expert parallelism"),
     "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pagedlm.beam_search import BeamSearch, BeamSearchParams, run_beam_search_async
+from pagedlm.beam_search import BeamSearch, BeamSearchParams, check_logprobs_mode, run_beam_search_async
 from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.entrypoints.openai.errors import OpenAIError
@@ -24,7 +24,12 @@ BEAM_SEARCH_INCOMPATIBLE = (
 )
 
 
-def beam_search_params(request: SamplingFields, max_tokens: int, max_logprobs: int) -> BeamSearchParams:
+def beam_search_params(request: SamplingFields, max_tokens: int, max_logprobs: int,
+                       logprobs_mode: str = "raw_logprobs") -> BeamSearchParams:
+    try:
+        check_logprobs_mode(logprobs_mode)
+    except ValueError as e:
+        raise OpenAIError(str(e), 400, "use_beam_search") from e
     defaults = type(request).model_fields
     clashing = [name for name in BEAM_SEARCH_INCOMPATIBLE
                 if name in request.model_fields_set and getattr(request, name) not in (None, defaults[name].default)]

@@ -338,7 +338,8 @@ class OpenAIServing:
         for i, prompt in enumerate(prompts):
             max_tokens = text_params.max_tokens
             limit = max_tokens if max_tokens is not None else self.max_model_len - len(prompt[1])
-            params = beam_search_params(request, limit, self.engine.model_config.max_logprobs)
+            params = beam_search_params(request, limit, self.engine.model_config.max_logprobs,
+                                        self.engine.model_config.logprobs_mode)
             sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             streams.append(BeamSearchStream(self.engine, sub_id, prompt, params, self.eos_token_id, request.priority,
                                             text_params, request.cache_salt, lora))
