@@ -32,7 +32,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "logprobs_mode": "logprobs other than raw_logprobs (raw logits, or after the sampling settings)",
     "model_impl": "other model implementations (the transformers / terratorch backends)",
     "skip_tokenizer_init": "running without a tokenizer",
-    "enable_sleep_mode": "sleep mode",
     "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
     "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",
     "max_long_partial_prefills": "more than one concurrent long partial prefill (vLLM V0's scheduler)",
