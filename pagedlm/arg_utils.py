@@ -30,7 +30,6 @@ logger = logging.getLogger("pagedlm")
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
     "model_impl": "other model implementations (the transformers / terratorch backends)",
-    "enable_sleep_mode": "sleep mode",
     "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
     "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",
     "max_long_partial_prefills": "more than one concurrent long partial prefill (vLLM V0's scheduler)",

@@ -94,6 +94,8 @@ class CacheConfig:
     memory_hint: str = "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)"
     # fp8 cache: k_scale / v_scale from the first real batch (--calculate-kv-scales)
     calculate_kv_scales: bool = False
+    # vLLM's sleep mode: LLM.sleep / wake_up free and restore the weights and the KV cache.
+    enable_sleep_mode: bool = False
 
 
 @dataclass(frozen=True)

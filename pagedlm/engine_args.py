@@ -510,6 +510,8 @@ class EngineArgs:
         spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
         if spec is not None:
             check_speculation_fits(parallel_config.world_size)
+            if self.enable_sleep_mode:  # the draft's weights, cache and graphs are not put to sleep
+                raise ConfigError("--enable-sleep-mode does not combine with speculative decoding yet")
         logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
         async_scheduling = self._async_scheduling(device, parallel_config.pipeline_parallel_size, logits_processors,
                                                   pooling, spec is not None)
@@ -523,6 +525,7 @@ class EngineArgs:
                 kv_cache_memory_bytes=self.kv_cache_memory_bytes,
                 cache_dtype=resolve_kv_cache_dtype(self.kv_cache_dtype, device),
                 calculate_kv_scales=self.calculate_kv_scales,
+                enable_sleep_mode=self.enable_sleep_mode,
                 memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
                 "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
             ),

@@ -27,6 +27,7 @@ from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, 
 from pagedlm.engine.llm_engine import EngineStats
 from pagedlm.engine.messages import EngineCoreOutputs, SchedulerStats
 from pagedlm.engine.output_processor import IterationStats, OutputProcessor
+from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, check_sleep_args, typed_utility_error
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import CompletionOutput, RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
@@ -152,6 +153,7 @@ class AsyncLLM:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
         self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
         self.model_config = self.config.model_config
+        self._asleep = False  # put to sleep through this frontend (sleep mode)
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once
         # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
         self.tokenizer = load_tokenizer(self.model_config)
@@ -222,6 +224,8 @@ class AsyncLLM:
         """Validate (on the tokenizer thread) and queue a request. Raises InvalidRequestError
         (a ValueError) on bad input and EngineDeadError when the engine has failed."""
         self._check_alive()
+        if self._asleep:
+            raise RequestFailedError(SLEEPING_MESSAGE, status=503)
         self.start()  # vLLM's AsyncLLMEngine starts its output loop on the first request too
         if request_id in self._streams:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
@@ -280,6 +284,33 @@ class AsyncLLM:
         ids = list(self._streams)
         self.abort(ids, error)
         return ids
+
+    # ------------------------------------------------------------------ sleep mode
+
+    async def _call(self, method: str, *args: Any) -> list[Any]:
+        self._check_alive()
+        try:
+            return await asyncio.wrap_future(self.client.call_utility_future(method, *args))
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            typed = typed_utility_error(e)
+            if typed is e:
+                raise
+            raise typed from None
+
+    async def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode (LLMEngine.sleep): raises SleepModeError when it is off or
+        requests are unfinished; requests are refused (503) until wake_up."""
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, level)
+        await self._call("sleep", level)
+        self._asleep = True
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, tags=tags)
+        await self._call("wake_up", list(tags) if tags is not None else None)
+        self._asleep = await self.is_sleeping()
+
+    async def is_sleeping(self) -> bool:
+        return any(await self._call("is_sleeping"))
 
     async def reset_prefix_cache(self) -> bool:
         self._check_alive()

@@ -48,6 +48,7 @@ from pagedlm.engine.messages import (
     UtilityResult,
 )
 from pagedlm.engine.request import Request
+from pagedlm.engine.sleep_mode import EngineSleepingError, SleepModeError
 
 logger = logging.getLogger("pagedlm.engine_core")
 
@@ -57,7 +58,8 @@ IDLE_HEALTH_CHECK_S = 0.5
 class EngineCoreProc:
     """Owns an EngineCore and its sockets; ``run`` returns when asked to shut down."""
 
-    UTILITY_METHODS = ("reset_prefix_cache", "get_stats", "ping")
+    UTILITY_METHODS = ("reset_prefix_cache", "get_stats", "ping", "sleep", "wake_up", "is_sleeping",
+                       "collective_rpc")
 
     def __init__(self, core: Any, engine_index: int, input_socket: zmq.Socket,
                  output_sockets: list[zmq.Socket]) -> None:
@@ -108,7 +110,11 @@ class EngineCoreProc:
         if isinstance(message, AddRequest):
             if self.num_clients > 1:
                 self._client_of[message.request.request_id] = message.request.client_index
-            self.core.add_request(Request.from_engine_core_request(message.request))
+            try:
+                self.core.add_request(Request.from_engine_core_request(message.request))
+            except EngineSleepingError as e:  # failed back to its frontend, as an undecodable one
+                failed = EngineCoreOutput(message.request.request_id, [], finish_reason="error", error=str(e))
+                self.output_queue.put(EngineCoreOutputs(self.engine_index, [failed], self.core.stats(), time.time()))
         elif isinstance(message, AbortRequests):
             if self.num_clients > 1:  # the frontend has forgotten them: later outputs are dropped
                 for request_id in message.request_ids:
@@ -136,7 +142,10 @@ class EngineCoreProc:
         elif call.method == "get_stats":
             result.result = msgspec.to_builtins(self.core.stats())
         else:
-            result.result = getattr(self.core, call.method)(*call.args)
+            try:
+                result.result = getattr(self.core, call.method)(*call.args)
+            except (SleepModeError, ValueError, NotImplementedError) as e:  # the caller's error, not the core's
+                result.error = f"{type(e).__name__}: {e}"
         return RoutedResult(call.client_index, result)
 
     def _receive_inputs(self, socket: zmq.Socket) -> None:

@@ -9,6 +9,7 @@ from pagedlm.engine.batch_queue import BatchQueue
 from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
 from pagedlm.engine.scheduler import Scheduler, SchedulerStats
+from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, EngineSleepingError, SleepModeError, check_sleep_args
 from pagedlm.executor.base import Executor
 from pagedlm.spec_decode.metrics import SpecDecodingLogger
 from pagedlm.structured_output.manager import StructuredOutputManager
@@ -42,6 +43,8 @@ class EngineCore:
         return worker.runner if worker is not None else None
 
     def add_request(self, request: Request) -> None:
+        if self.executor.is_sleeping():  # nothing to run it on: refused, never queued
+            raise EngineSleepingError(SLEEPING_MESSAGE)
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -101,6 +104,38 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         return self.scheduler.kv.reset_prefix_cache()
+
+    # ---- sleep mode (vLLM's LLM.sleep / wake_up) ------------------------------------------
+    # The KV cache is freed, so every block must be free and the prefix cache empty first:
+    # sleep refuses while requests run (vLLM's callers sleep between rollouts).
+    def sleep(self, level: int = 1) -> bool:
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, level)
+        if self.executor.is_sleeping():
+            return True
+        if self.has_unfinished_requests():
+            raise SleepModeError(f"cannot sleep while {len(self.scheduler.running) + len(self.scheduler.waiting)} "
+                                 "request(s) are unfinished: finish or abort them first")
+        if not self.scheduler.kv.reset_prefix_cache():
+            raise SleepModeError("cannot sleep: KV blocks are still in use")
+        self.executor.sleep(level)
+        return True
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, tags=tags)
+        self.executor.wake_up(tags)
+        return True
+
+    def is_sleeping(self) -> bool:
+        return self.executor.is_sleeping()
+
+    # Worker methods a frontend may call on every rank (LLM.collective_rpc): results are
+    # msgspec-encodable, never pickled.
+    RPC_METHODS = ("reload_weights",)
+
+    def collective_rpc(self, method: str, *args: object) -> list:
+        if method not in self.RPC_METHODS:
+            raise ValueError(f"collective_rpc: unknown method {method!r} (supported: {list(self.RPC_METHODS)})")
+        return self.executor.collective_rpc(method, *args)
 
     def shutdown(self) -> None:
         """Stop the workers (idempotent)."""

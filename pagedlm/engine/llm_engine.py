@@ -17,6 +17,7 @@ from pagedlm.engine.core_client import InprocClient, MPClient
 from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType, fan_out, load_tokenizer
 from pagedlm.engine.messages import SchedulerStats
 from pagedlm.engine.output_processor import IterationStats, OutputProcessor
+from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, EngineSleepingError, check_sleep_args, typed_utility_error
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import RequestOutput
 from pagedlm.pooling_params import PoolingParams
@@ -54,6 +55,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self._scheduler_stats = SchedulerStats()
         self.last_iteration_stats = IterationStats()
+        self._asleep = False  # this frontend put the engine to sleep (requests are refused at once)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False,
@@ -69,6 +71,8 @@ class LLMEngine:
                     arrival_time: float | None = None, lora_request: Any = None, priority: int = 0) -> None:
         """Validate and queue a request; raises InvalidRequestError (a ValueError) on bad input.
         ``priority``: lower values are served first under --scheduling-policy priority."""
+        if self._asleep:
+            raise EngineSleepingError(SLEEPING_MESSAGE)
         if request_id in self.output_processor.parents:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         text, request = self.input_processor.process(request_id, prompt, params, arrival_time, lora_request,
@@ -124,6 +128,37 @@ class LLMEngine:
 
     def reset_prefix_cache(self) -> bool:
         return all(self.core_client.call_utility("reset_prefix_cache"))
+
+    def _call(self, method: str, *args: Any) -> list[Any]:
+        try:
+            return self.core_client.call_utility(method, *args)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            typed = typed_utility_error(e)
+            if typed is e:
+                raise
+            raise typed from None
+
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode: empty the prefix cache, free the KV cache and offload (level 1)
+        or discard (level 2) the weights. Raises SleepModeError when sleep mode is off or
+        requests are unfinished."""
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, level)
+        self._call("sleep", level)
+        self._asleep = True
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Restore what sleep freed: ``tags`` "weights" and/or "kv_cache" (None: both)."""
+        check_sleep_args(self.config.cache_config.enable_sleep_mode, tags=tags)
+        self._call("wake_up", list(tags) if tags is not None else None)
+        self._asleep = self.is_sleeping()
+
+    def is_sleeping(self) -> bool:
+        return any(self._call("is_sleeping"))
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> list[Any]:
+        """Call a worker method on every rank of every engine core (EngineCore.RPC_METHODS,
+        e.g. "reload_weights"); their results, rank by rank."""
+        return [r for per_core in self._call("collective_rpc", method, *args) for r in per_core]
 
     def shutdown(self) -> None:
         self.core_client.shutdown()

@@ -63,6 +63,29 @@ class LLM:
         """Drop every cached prefix block; False while requests still hold blocks."""
         return self.llm_engine.reset_prefix_cache()
 
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode (needs ``enable_sleep_mode=True``): empty the prefix cache,
+        free the KV cache and offload the weights to host memory (level 1) or discard them
+        (level 2: after ``wake_up``, load them again, e.g. ``collective_rpc("reload_weights")``).
+        Requests are refused until ``wake_up``; sleep refuses while requests are unfinished."""
+        self.llm_engine.sleep(level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Restore what ``sleep`` freed: ``tags`` "weights" and/or "kv_cache" (None: both)."""
+        self.llm_engine.wake_up(tags)
+
+    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """vLLM's LLM.collective_rpc for the worker methods pagedlm exposes ("reload_weights");
+        one result per rank. Methods are named, never pickled callables."""
+        if not isinstance(method, str):
+            raise TypeError("collective_rpc takes a method name; callables are not sent to the engine")
+        if kwargs:
+            raise TypeError("collective_rpc: keyword arguments are not supported")
+        if timeout is not None:
+            raise ValueError("collective_rpc: timeout is not supported (the call waits for every rank)")
+        return self.llm_engine.collective_rpc(method, tuple(args))
+
     def get_metrics(self) -> list[Metric]:
         """The engine's metrics (vLLM's names, ``vllm:`` prefix) as Counter/Gauge/Histogram."""
         return get_metrics_snapshot(self._stat_logger.registry, OFFLINE_METRICS_PREFIX)

@@ -69,6 +69,28 @@ class Executor(ABC):
                     len(layout), per_rank, num_blocks, "\n  ".join(layout))
         return num_blocks
 
+    # ---- sleep mode: every rank frees / restores its own weights and KV cache ----------------
+    sleeping_tags: frozenset[str] = frozenset()
+
+    def is_sleeping(self) -> bool:
+        return bool(self.sleeping_tags)
+
+    def sleep(self, level: int = 1) -> None:
+        if self.sleeping_tags:
+            logger.warning("The executor is already sleeping.")
+            return
+        self.collective_rpc("sleep", level)
+        self.sleeping_tags = frozenset(("weights", "kv_cache"))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if not self.sleeping_tags:
+            logger.warning("The executor is not sleeping.")
+            return
+        tags = [t for t in (tags or ("weights", "kv_cache")) if t in self.sleeping_tags]
+        if tags:
+            self.collective_rpc("wake_up", tags)
+        self.sleeping_tags = self.sleeping_tags - set(tags)
+
     def submit(self, sched: SchedulerOutput) -> StepFuture:
         """Start a step without waiting (pipeline parallelism keeps several in flight)."""
         self._start_step(sched)

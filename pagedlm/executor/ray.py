@@ -25,7 +25,7 @@ from pagedlm.executor.base import Executor, WorkerDiedError
 logger = logging.getLogger(__name__)
 
 _PLACEMENT_TIMEOUT_S = 120.0
-_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe")
+_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "sleep", "wake_up", "reload_weights")
 
 
 class RayWorkerWrapper:

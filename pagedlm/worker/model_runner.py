@@ -65,6 +65,9 @@ class ModelRunner:
         self._paused_generators: dict[str, torch.Generator] = {}
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
+        self.sleep_level = 0  # sleep mode: the level of the current sleep, 0 when awake
+        self.sleeping_tags: set[str] = set()  # the parts still asleep: "weights", "kv_cache"
+        self._discarded: list[tuple[torch.nn.Parameter, torch.Size]] = []  # level 2: the weights' shapes
         sched = config.scheduler_config
         # Verify graphs pad a step with up to one padding sequence per request (verify_graphs.py).
         max_seq_slots = sched.max_num_seqs * (2 if config.speculative_config is not None else 1)
@@ -196,6 +199,76 @@ class ModelRunner:
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
+
+    # ---- sleep mode (vLLM's LLM.sleep / wake_up) ---------------------------------------
+    # The decode CUDA graphs hold the addresses of the weights and of the KV cache; both move
+    # on sleep, so sleep drops the graphs (and their memory pool) and the wake-up that makes
+    # the runner whole again captures them afresh. No step runs while the runner sleeps (the
+    # engine core refuses requests then).
+    def sleep(self, level: int = 1) -> None:
+        """Level 1: weights to (pinned) host memory, KV cache freed. Level 2: weights
+        discarded too (registered buffers, e.g. rotary tables, are kept on the host); wake_up
+        then leaves zeros and ``reload_weights`` must load the weights again. On CPU, level 1
+        keeps the weights where they are."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level!r}")
+        if self.sleeping_tags:
+            return
+        self._drop_graphs()
+        for attn in self.model.attention_layers():
+            attn.kv_cache = None
+        self.kv_caches = []
+        on_cuda = self.device.type == "cuda"
+        if level == 2:  # storage freed; the shapes kept for wake_up
+            self._discarded = [(param, param.shape) for param in self.model.parameters()]
+            for param, _ in self._discarded:
+                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+        if on_cuda:  # the buffers (and at level 1 the weights) wait in pinned host memory
+            self.model._apply(_pinned_host_copy)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        self.sleep_level = level
+        self.sleeping_tags = {"weights", "kv_cache"}
+        logger.info("Sleeping (level %d): KV cache freed, weights %s", level,
+                    "discarded" if level == 2 else "offloaded to host memory" if on_cuda else "kept in place (CPU)")
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Restore ``tags`` ("weights", "kv_cache"; None: both). The KV cache comes back
+        zeroed; the CUDA graphs are captured again once neither part sleeps."""
+        tags = ["weights", "kv_cache"] if tags is None else list(tags)
+        unknown = sorted(set(tags) - {"weights", "kv_cache"})
+        if unknown:
+            raise ValueError(f"unknown wake_up tags {unknown}; expected 'weights' and/or 'kv_cache'")
+        if "weights" in tags and "weights" in self.sleeping_tags:
+            device = self.device
+            for param, shape in self._discarded:  # zeros until reload_weights
+                param.data = torch.zeros(shape, dtype=param.dtype, device=device)
+            self._discarded = []
+            if device.type == "cuda":
+                self.model._apply(lambda t: t.to(device, non_blocking=True))
+                torch.cuda.synchronize()
+            self.sleeping_tags.discard("weights")
+        if "kv_cache" in tags and "kv_cache" in self.sleeping_tags:
+            self.initialize_kv_cache(self.num_blocks)
+            self.sleeping_tags.discard("kv_cache")
+        if not self.sleeping_tags and self.sleep_level:
+            self.sleep_level = 0
+            self._capture_graphs()  # the weights and the cache are at new addresses
+
+    def reload_weights(self) -> None:
+        """Load the checkpoint's weights again into the model (after a level-2 sleep;
+        vLLM's ``collective_rpc("reload_weights")``)."""
+        from pagedlm.models.loader import reload_weights
+
+        if "weights" in self.sleeping_tags:
+            raise RuntimeError("reload_weights: the weights are asleep; wake_up(tags=['weights']) first")
+        reload_weights(self.model, self.config.model_config)
+
+    def _drop_graphs(self) -> None:
+        self.graph_runner = None
+        self.verify_graphs = None
+        self.graph_sampler = None
+        self._graph_size = None
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -543,6 +616,12 @@ class InflightStep:
                     landed_ids.append(token_id)
         if landed_rows:
             batch.append_sampled(np.array(landed_rows), np.array(landed_ids))
+
+
+def _pinned_host_copy(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+    host.copy_(t)
+    return host
 
 
 def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> list[int]:

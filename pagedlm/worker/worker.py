@@ -64,6 +64,18 @@ class Worker:
     def warm_up(self) -> None:
         self.runner.warm_up()
 
+    def sleep(self, level: int = 1) -> None:
+        self.runner.sleep(level)
+        if self.config.device_config.device == "cuda":
+            free, total = torch.cuda.mem_get_info()
+            logger.info("Asleep: %.2f GiB of %.2f GiB free on the device", free / 2**30, total / 2**30)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.runner.wake_up(tags)
+
+    def reload_weights(self) -> None:
+        self.runner.reload_weights()
+
     def describe(self) -> str:
         """One line of the world layout, for the start-up log."""
         hf = self.config.model_config.hf_config

@@ -85,7 +85,8 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "skip_tokenizer_init": Changes(True, lambda c: c.model_config.skip_tokenizer_init,
                                    "tests/unit/test_skip_tokenizer_init.py::test_token_id_prompts_give_the_same_"
                                    "tokens_with_empty_text"),
-    "enable_sleep_mode": Refused(True, "sleep mode"),
+    "enable_sleep_mode": Changes(True, lambda c: c.cache_config.enable_sleep_mode,
+                                 "tests/unit/test_sleep_mode.py::test_level1_round_trip"),
     "enable_expert_parallel": Refused(True, "expert parallelism"),
     "trust_remote_code": Changes(True, lambda c: c.model_config.trust_remote_code,
                                  MODEL + "test_trust_remote_code_runs_the_checkpoints_configuration_code"),

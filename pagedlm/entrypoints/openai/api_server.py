@@ -52,6 +52,7 @@ from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding, PoolingRequest
 from pagedlm.entrypoints.openai.serving_score import OpenAIServingScore, RerankRequest, ScoreRequest
 from pagedlm.entrypoints.openai.serving_classification import ClassificationRequest, OpenAIServingClassification
+from pagedlm.entrypoints.openai.serving_sleep import add_sleep_routes, server_dev_mode
 from pagedlm.entrypoints.openai.serving_lora import (
     adapter_cards,
     add_lora_routes,
@@ -226,6 +227,8 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     _add_info_routes(app, engine, names, stat_logger, lora_modules)
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
     _add_tokenizer_routes(app, engine, names, max_body_bytes, chat.options.chat_template_content_format)
+    if server_dev_mode():  # /sleep, /wake_up, /is_sleeping (vLLM's VLLM_SERVER_DEV_MODE routes)
+        add_sleep_routes(app, engine)
     return app
 
 

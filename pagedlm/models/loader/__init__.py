@@ -27,7 +27,7 @@ from pagedlm.models.loader.safetensors import iterate_safetensors, safetensors_f
 from pagedlm.models.adapters import as_pooling_model
 from pagedlm.models.registry import resolve_model_class
 
-__all__ = ["load_model", "iterate_weights", "iterate_safetensors", "safetensors_files"]
+__all__ = ["load_model", "reload_weights", "iterate_weights", "iterate_safetensors", "safetensors_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +87,17 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
             raise ConfigError(f"checkpoint {model_config.model!r} is missing weights for: {missing[:8]}")
     process_weights_after_loading(model)
     return model.eval()
+
+
+def reload_weights(model: nn.Module, model_config: ModelConfig) -> None:
+    """Load the checkpoint again into a model that load_model built (sleep mode: after a
+    level-2 sleep the weights are gone; vLLM's ``collective_rpc("reload_weights")``)."""
+    if model_config.load_format == "dummy":
+        _init_dummy(model, model_config.seed)
+        return
+    if resolve_quantization(model_config.hf_config, model_config.quantization) is not None:
+        # process_weights_after_loading may have reshaped the loaded tensors (transposed,
+        # folded scales): loading the checkpoint into them again would not reproduce them.
+        raise NotImplementedError("reload_weights supports unquantized checkpoints only")
+    with torch.no_grad():
+        model.load_weights(take_kv_scales(model, iterate_weights(model_config)))
