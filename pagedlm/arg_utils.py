@@ -30,7 +30,6 @@ logger = logging.getLogger("pagedlm")
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
     "logprobs_mode": "logprobs other than raw_logprobs (raw logits, or after the sampling settings)",
-    "model_impl": "other model implementations (the transformers / terratorch backends)",
     "skip_tokenizer_init": "running without a tokenizer",
     "enable_sleep_mode": "sleep mode",
     "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
@@ -40,7 +39,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
 
 # Values that mean the same as the default (so they are not "non-default").
 DEFAULT_EQUIVALENTS: dict[str, tuple[Any, ...]] = {
-    "model_impl": ("vllm",),
     "tokenizer_mode": ("hf",),
     "kv_cache_dtype": ("auto",),
 }
