@@ -29,7 +29,6 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
-    "model_impl": "other model implementations (the transformers / terratorch backends)",
     "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
     "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",
     "max_long_partial_prefills": "more than one concurrent long partial prefill (vLLM V0's scheduler)",
@@ -37,7 +36,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
 
 # Values that mean the same as the default (so they are not "non-default").
 DEFAULT_EQUIVALENTS: dict[str, tuple[Any, ...]] = {
-    "model_impl": ("vllm",),
     "tokenizer_mode": ("hf",),
     "kv_cache_dtype": ("auto",),
 }

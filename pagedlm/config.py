@@ -63,6 +63,8 @@ class ModelConfig:
     # Weight quantization (a name in pagedlm.layers.quantization.QUANTIZATION_METHODS), resolved
     # from the checkpoint's quantization_config and --quantization; None: unquantized.
     quantization: str | None = None
+    # "auto" | "vllm" / "pagedlm" | "transformers" (pagedlm.models.registry.resolve_model_class)
+    model_impl: str = "auto"
 
     @property
     def vocab_size(self) -> int:

@@ -72,8 +72,36 @@ def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, asy
     from pagedlm.engine.batch_queue import verify_pipeline_options
     from pagedlm.models.registry import verify_pipeline_support
 
-    verify_pipeline_support(model_config.architectures)
+    verify_pipeline_support(model_config.architectures, model_config.model_impl)
     verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
+
+
+def _verify_transformers_backend(model_config: ModelConfig, world_size: int) -> None:
+    """The transformers backend (pagedlm/models/transformers.py) runs on one rank, and its model
+    must not be a hybrid one (layers other than softmax attention)."""
+    from pagedlm.models.registry import resolve_model_class
+
+    model_cls = resolve_model_class(model_config.architectures, model_config.model_impl)
+    if not getattr(model_cls, "is_transformers_backend", False):
+        return
+    if world_size > 1:
+        raise ConfigError(f"the transformers backend (model_impl={model_config.model_impl!r}, architectures "
+                          f"{model_config.architectures}) runs on one rank: use tensor_parallel_size=1 and "
+                          "pipeline_parallel_size=1")
+    from pagedlm.models.transformers import check_layer_types
+
+    check_layer_types(model_config.hf_config, (model_config.architectures or ["?"])[0])
+
+
+def _verify_transformers_speculation(model_config: ModelConfig, method: str) -> None:
+    """EAGLE heads read the target's embedding and layer inputs, which a model on the
+    transformers backend does not expose as pagedlm's models do."""
+    from pagedlm.models.registry import uses_transformers_backend
+
+    if method in ("eagle", "eagle3") and uses_transformers_backend(model_config.architectures, model_config.model_impl):
+        raise ConfigError(f"speculative decoding with {method} needs pagedlm's own implementation of the target "
+                          f"model, not the transformers backend (model_impl={model_config.model_impl!r}); use "
+                          "ngram or a draft model")
 
 
 def check_custom_logits_fit(pooling: bool, speculative: bool, pipeline_parallel_size: int,
@@ -137,8 +165,10 @@ class EngineArgs:
                              "or processed_logits (after the penalties, temperature, top-k/top-p the token is "
                              "drawn with)", MODEL,
                              choices=["raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"])
-    model_impl: str = opt("auto", "model implementation: auto or vllm (pagedlm's own)", MODEL,
-                          choices=["auto", "vllm", "transformers", "terratorch"])
+    model_impl: str = opt("auto", "model implementation: auto (pagedlm's own, else the transformers backend for "
+                          "an architecture it has none for), vllm / pagedlm (pagedlm's own only), transformers "
+                          "(the Hugging Face model class with pagedlm's paged attention)", MODEL,
+                          choices=["auto", "vllm", "pagedlm", "transformers", "terratorch"])
     skip_tokenizer_init: bool = opt(False, "run without a tokenizer: prompts are token ids, outputs carry token "
                                     "ids and empty text (offline engine only)", MODEL)
     enable_sleep_mode: bool = opt(False, "vLLM's sleep mode (LLM.sleep / wake_up)", CACHE)
@@ -454,13 +484,16 @@ class EngineArgs:
                                       self.tokenizer, self.tokenizer_revision, self.hf_token)
         hf_config = load_hf_config(source.config_dir, self.trust_remote_code)
         apply_hf_overrides(hf_config, text_only_overrides(hf_config, self.hf_overrides))
+        if self.model_impl == "terratorch":
+            raise ConfigError("model_impl 'terratorch' (the TerraTorch backend) is not supported; use auto, vllm "
+                              "(pagedlm's own models) or transformers")
         runner, pooler_config = resolve_pooling(self._requested_runner(), source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
-                                                self.pooler_config)
+                                                self.pooler_config, self.model_impl)
         self._check_pooling_kind(pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
             sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long(),
-            self.disable_sliding_window, _position_offset(hf_config))
+            self.disable_sliding_window, _position_offset(hf_config, self.model_impl))
         return ModelConfig(
             model=source.model, tokenizer=source.tokenizer, hf_config=hf_config,
             dtype=resolve_dtype(self.dtype, hf_config, device), max_model_len=max_model_len,
@@ -474,7 +507,8 @@ class EngineArgs:
                                                          self.override_generation_config),
             generation_config_dir=(source.model if self.generation_config in ("auto", "vllm")
                                    else str(Path(self.generation_config).expanduser())),
-            quantization=resolve_quantization_name(hf_config, self.quantization),
+            quantization=resolve_quantization_name(hf_config, self.quantization, self.model_impl),
+            model_impl=self.model_impl,
         )
 
     def _async_scheduling(self, device: str, pipeline_parallel_size: int, logits_processors: tuple[str, ...],
@@ -500,6 +534,7 @@ class EngineArgs:
         parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
                                                   self.distributed_executor_backend, device)
         verify_parallel_shapes(model_config.hf_config, parallel_config)
+        _verify_transformers_backend(model_config, parallel_config.world_size)
         if parallel_config.pipeline_parallel_size > 1:
             _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling, pooling)
         max_num_seqs, default_batched = self._batch_defaults(device)
@@ -512,6 +547,7 @@ class EngineArgs:
             check_speculation_fits(parallel_config.world_size)
             if self.enable_sleep_mode:  # the draft's weights, cache and graphs are not put to sleep
                 raise ConfigError("--enable-sleep-mode does not combine with speculative decoding yet")
+            _verify_transformers_speculation(model_config, spec.method)
         logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
         async_scheduling = self._async_scheduling(device, parallel_config.pipeline_parallel_size, logits_processors,
                                                   pooling, spec is not None)
@@ -545,7 +581,7 @@ class EngineArgs:
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
                                           model_config.architectures, parallel_config.pipeline_parallel_size,
-                                          model_config.runner),
+                                          model_config.runner, model_config.model_impl),
             log_stats=not self.disable_log_stats,
             logits_processors=logits_processors,
         )
@@ -621,10 +657,10 @@ def _sync_rope_parameters(config: Any, overrides: dict[str, Any]) -> None:
 
 
 
-def _position_offset(hf_config: Any) -> int:
+def _position_offset(hf_config: Any, model_impl: str = "auto") -> int:
     """Positions a model numbers from above 0 (RoBERTa: padding_idx + 1) are not usable context."""
     from pagedlm.models.registry import resolve_model_class
 
-    model_cls = resolve_model_class(list(getattr(hf_config, "architectures", None) or []))
+    model_cls = resolve_model_class(list(getattr(hf_config, "architectures", None) or []), model_impl)
     offset = getattr(model_cls, "position_offset", None)
     return offset(hf_config) if offset is not None else 0

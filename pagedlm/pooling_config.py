@@ -234,7 +234,8 @@ def _check_fixed_pooling(override: dict[str, Any] | str | None, pooling_type: st
 
 
 def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: list[str],
-                    override: dict[str, Any] | str | None) -> tuple[str, PoolerConfig | None]:
+                    override: dict[str, Any] | str | None, model_impl: str = "auto"
+                    ) -> tuple[str, PoolerConfig | None]:
     """-> (runner, pooler config when pooling). Capabilities come from the model class:
     ``supports_generation = False`` marks pooling-only models (encoders, headless decoders);
     every model returns hidden states, so every model can pool (``default_pooling_type`` says
@@ -242,11 +243,13 @@ def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: 
     from pagedlm.models.registry import resolve_model_class
 
     try:
-        model_cls = resolve_model_class(architectures)
+        model_cls = resolve_model_class(architectures, model_impl)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     can_generate = getattr(model_cls, "supports_generation", True)
-    runner = resolve_runner(runner, model_dir, can_generate, can_pool=True)
+    # The transformers backend generates only (its pooling would need the model's own heads).
+    can_pool = not getattr(model_cls, "is_transformers_backend", False)
+    runner = resolve_runner(runner, model_dir, can_generate, can_pool=can_pool)
     if runner != "pooling":
         if override is not None:
             raise ConfigError("pooler_config applies only with runner='pooling'")

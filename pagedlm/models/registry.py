@@ -111,21 +111,48 @@ def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
-def resolve_model_class(architectures: list[str] | None) -> type[nn.Module]:
-    for arch in architectures or []:
-        if arch in _MODELS:
-            return _MODELS[arch]
+# model_impl values: "auto" (native, else the transformers backend), "transformers" (always the
+# transformers backend), "vllm" / "pagedlm" (native only).
+MODEL_IMPLS = ("auto", "vllm", "pagedlm", "transformers")
+
+
+def resolve_model_class(architectures: list[str] | None, model_impl: str = "auto") -> type[nn.Module]:
+    """The model class for the checkpoint's architectures: pagedlm's own, or (``model_impl``
+    "transformers", or "auto" for an architecture with no native class) the transformers
+    backend running transformers' class (pagedlm/models/transformers.py)."""
+    from pagedlm.models.transformers import TransformersForCausalLM, supports_transformers_backend
+
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl {model_impl!r} is not supported: use one of {list(MODEL_IMPLS)}")
+    if model_impl != "transformers":
+        for arch in architectures or []:
+            if arch in _MODELS:
+                return _MODELS[arch]
+    if model_impl in ("auto", "transformers"):
+        for arch in architectures or []:
+            if supports_transformers_backend(arch):
+                return TransformersForCausalLM
+    if model_impl == "transformers":
+        raise ValueError(
+            f"Model architectures {architectures} cannot run with model_impl='transformers': transformers has no "
+            "causal-LM class of that name that supports its attention interface (_supports_attention_backend)")
+    tried = (" (nor by the transformers backend: transformers has no causal-LM class of that name that "
+             "supports its attention interface)") if model_impl == "auto" else ""
     raise ValueError(
-        f"Model architectures {architectures} are not supported by pagedlm. "
+        f"Model architectures {architectures} are not supported by pagedlm{tried}. "
         f"Supported architectures: {supported_architectures()}"
     )
 
 
-def verify_pipeline_support(architectures: list[str] | None) -> None:
+def uses_transformers_backend(architectures: list[str] | None, model_impl: str = "auto") -> bool:
+    return getattr(resolve_model_class(architectures, model_impl), "is_transformers_backend", False)
+
+
+def verify_pipeline_support(architectures: list[str] | None, model_impl: str = "auto") -> None:
     """Pipeline stages need a model whose forward takes and returns IntermediateTensors."""
     from pagedlm.config import ConfigError
 
-    model_cls = resolve_model_class(architectures)
+    model_cls = resolve_model_class(architectures, model_impl)
     if not getattr(model_cls, "supports_pp", False):
         raise ConfigError(f"{model_cls.__name__} does not support pipeline parallelism yet; "
                           "use pipeline_parallel_size=1")

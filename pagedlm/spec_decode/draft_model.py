@@ -168,6 +168,8 @@ class DraftModelProposer(ChainDrafter):
         same padded, staged chain steps, run eagerly (CPU tests; mirrors stay eager)."""
         from pagedlm.spec_decode.draft_graphs import DraftGraphs
 
+        if not getattr(self.model, "supports_cuda_graphs", True):  # the transformers backend: eager only
+            return
         self.graphs = DraftGraphs(self.model, self.runner, chain_sizes)
         if capture:
             self.graphs.capture()

@@ -185,8 +185,10 @@ class ModelRunner:
         # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
         # exchange tensors between graph replays; those steps run eagerly.
         sched, sizes = self.config.scheduler_config, self.decode_graph_sizes()
+        # A model may run eagerly only (the transformers backend: its forward is transformers' code).
         if self.device.type == "cuda" and not self.config.device_config.enforce_eager and sizes and self.pooler is None \
-                and get_parallel_state().pp_size == 1 and (self.spec is None or self.spec.allows_target_graphs):
+                and get_parallel_state().pp_size == 1 and (self.spec is None or self.spec.allows_target_graphs) \
+                and getattr(self.model, "supports_cuda_graphs", True):
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sizes, sched.max_model_len)
             self.graph_runner.capture()
             if self.spec is not None:

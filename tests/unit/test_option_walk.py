@@ -81,7 +81,8 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "logprobs_mode": Changes("processed_logprobs", lambda c: c.model_config.logprobs_mode == "processed_logprobs",
                              "tests/unit/test_logprobs_mode.py::test_random_request_values_match_an_independent_"
                              "computation"),
-    "model_impl": Refused("transformers", "other model implementations"),
+    "model_impl": Changes("transformers", lambda c: c.model_config.model_impl == "transformers",
+                          "tests/models/test_transformers_backend.py::test_llama_matches_transformers_and_native"),
     "skip_tokenizer_init": Changes(True, lambda c: c.model_config.skip_tokenizer_init,
                                    "tests/unit/test_skip_tokenizer_init.py::test_token_id_prompts_give_the_same_"
                                    "tokens_with_empty_text"),

@@ -113,7 +113,7 @@ def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationC
     return cls.from_config(hf_quant)
 
 
-def resolve_quantization_name(hf_config: Any, requested: str | None) -> str | None:
+def resolve_quantization_name(hf_config: Any, requested: str | None, model_impl: str = "auto") -> str | None:
     """Check the checkpoint and ``--quantization`` at config time; the name the workers build."""
     quant_config = resolve_quantization(hf_config, requested)
     if quant_config is None:
@@ -121,5 +121,6 @@ def resolve_quantization_name(hf_config: Any, requested: str | None) -> str | No
     from pagedlm.layers.quantization.loading import verify_model_supports
     from pagedlm.models.registry import resolve_model_class
 
-    verify_model_supports(resolve_model_class(list(getattr(hf_config, "architectures", None) or [])), quant_config)
+    verify_model_supports(resolve_model_class(list(getattr(hf_config, "architectures", None) or []), model_impl),
+                          quant_config)
     return quant_config.name

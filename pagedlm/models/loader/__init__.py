@@ -61,7 +61,7 @@ def iterate_weights(model_config: ModelConfig) -> Iterator[tuple[str, torch.Tens
 
 
 def load_model(model_config: ModelConfig, device: str) -> nn.Module:
-    model_cls = resolve_model_class(model_config.architectures)
+    model_cls = resolve_model_class(model_config.architectures, model_config.model_impl)
     if model_config.runner == "pooling" and getattr(model_cls, "supports_generation", True):
         model_cls = as_pooling_model(model_cls)  # pooled hidden states need no LM head
     quant_config = resolve_quantization(model_config.hf_config, model_config.quantization)
@@ -86,7 +86,11 @@ def load_model(model_config: ModelConfig, device: str) -> nn.Module:
         if missing:
             raise ConfigError(f"checkpoint {model_config.model!r} is missing weights for: {missing[:8]}")
     process_weights_after_loading(model)
-    return model.eval()
+    model = model.eval()
+    check_runs = getattr(model, "check_runs", None)  # the transformers backend: its layers all attend
+    if check_runs is not None:
+        check_runs(device)
+    return model
 
 
 def reload_weights(model: nn.Module, model_config: ModelConfig) -> None:
