@@ -3,7 +3,8 @@
 A few kernels need what Triton does not express (``csrc/*.cu``: the 4-bit decode GEMV). Each
 is a plain ``extern "C"`` launcher over raw device pointers and a stream, so it needs neither
 torch's headers nor a build system: ``nvcc -shared`` makes a small library in seconds, kept under
-``$PAGEDLM_CACHE_DIR/cuda`` by a hash of the source, the nvcc version and the GPU architecture,
+``$PAGEDLM_CACHE_DIR/cuda`` by a hash of the source (with ``csrc/*.cuh``, which the sources
+include), the nvcc version and the GPU architecture,
 and a later start loads it straight away. Several processes may build at once: each writes its
 own temporary file and renames it into place.
 
@@ -75,7 +76,8 @@ def _library_path(name: str, capability: tuple[int, int], defines: tuple[str, ..
     source = SOURCE_DIR / f"{name}.cu"
     arch = arch_flag(capability)
     try:
-        digest = hashlib.sha256(source.read_bytes() + _nvcc_version(nvcc).encode() + arch.encode()
+        headers = b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.cuh")))  # what sources include
+        digest = hashlib.sha256(source.read_bytes() + headers + _nvcc_version(nvcc).encode() + arch.encode()
                                 + "\0".join(defines).encode()).hexdigest()[:16]
         target = cache_root() / "cuda" / f"{name}-{arch}-{digest}.so"
         if not target.is_file():

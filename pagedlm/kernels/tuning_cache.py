@@ -7,7 +7,7 @@ minutes on an H200). Their choices are kept in one JSON file per *fingerprint* u
 same card with the same software and kernel code reads them back instead of timing again. The
 fingerprint covers the GPU (name, compute capability, SM count), the torch, CUDA and Triton
 versions, whether programmatic dependent launch is on, and a hash of the kernel sources
-(``pagedlm/kernels/*.py`` and ``csrc/*.cu``): a change to any of them starts a new file. ``PAGEDLM_TUNING_CACHE=0``
+(``pagedlm/kernels/*.py`` and ``csrc/*``): a change to any of them starts a new file. ``PAGEDLM_TUNING_CACHE=0``
 turns the cache off.
 
 Choices are plain data, never pickles: None, a config dataclass of a type the tuner names
@@ -46,7 +46,7 @@ def enabled() -> bool:
 def _kernel_sources_hash() -> str:
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for path in sorted([*here.glob("*.py"), *here.glob("csrc/*.cu")]):
+    for path in sorted([*here.glob("*.py"), *here.glob("csrc/*.cu"), *here.glob("csrc/*.cuh")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 

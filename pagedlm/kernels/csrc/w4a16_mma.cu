@@ -32,27 +32,15 @@
 // Built at first use by pagedlm/kernels/cuda_build.py; pagedlm/kernels/cuda_w4a16.py is the
 // host side.
 
-#include <cuda_runtime.h>
-#include <stdint.h>
+#include "common.cuh"
 
 namespace {
+
+using namespace pagedlm;
 
 constexpr int kBlockN = 32;
 constexpr int kMaxM = 8;
 
-
-__device__ __forceinline__ uint4 load_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ uint2 load_nc2(const void* p) {
-  uint2 v;
-  asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ uint32_t codes(uint32_t q, int i) {  // fields i, i + 4 as 128 + code
   uint32_t r;
@@ -68,18 +56,6 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uin
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xFFFF0000u); }
-
-__device__ __forceinline__ uint16_t to_bf16(float f) {  // round to nearest even
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7F800000u) == 0x7F800000u) return (uint16_t)((u >> 16) | ((u & 0xFFFFu) ? 0x40u : 0u));
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 // One K tile of a lane: packed rows 4t .. 4t + 3 of the tile, columns 4g .. 4g + 3; the
 // group's scales and zeros of those columns.
@@ -116,8 +92,9 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 // (2t, 2t + 1) are rows 4t, 4t + 1 (inputs 16s + 4t, + 1: one PRMT puts the two words' halves
 // side by side, a shift and a LOP3 give both codes) and slots (2t + 8, 2t + 9) rows 4t + 2,
 // 4t + 3; the B fragment is x[16s + 4t .. 16s + 4t + 3] of x row g, one 8-byte load (xg;
-// lanes past M read the last row, whose products land in D columns nobody writes out). A second MMA chain with an all-ones A sums the same B: sum(x) of the tile
-// for the lane's D columns (x rows 2t, 2t + 1), which takes the zero point out per group.
+// lanes past M read the last row, whose products land in D columns nobody writes out). A
+// second MMA chain with an all-ones A sums the same B: sum(x) of the tile for the lane's D
+// columns (x rows 2t, 2t + 1), which takes the zero point out per group.
 __device__ __forceinline__ void use_tile(const Tile& d, const uint16_t* xg, float (&acc)[2][4]) {
   uint2 b[8];
 #pragma unroll
@@ -215,38 +192,10 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_mma_kernel(
       const int row = 2 * t + (e & 1);
       if (row < m) red[(warp * m + row) * kBlockN + 4 * g + 2 * tt + e / 2] = acc[tt][e];
     }
-  __syncthreads();
-  const int split = gridDim.y;
-  __shared__ int last;
-  for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-    float v = 0.f;
-    for (int w = 0; w < WARPS; ++w) v += red[w * m * kBlockN + e];
-    red[e] = v;  // warp 0's slot: read only by this thread
-  }
-  if (split > 1) {
-    for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-      const int row = e / kBlockN, cc = n0 + e % kBlockN;
-      if (cc < n) part[((size_t)blockIdx.y * m + row) * n + cc] = red[e];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1) == split - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-  }
-  for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-    const int row = e / kBlockN, cc = n0 + e % kBlockN;
-    if (cc >= n) continue;
-    float v = red[e];
-    if (split > 1) {
-      v = 0.f;
-      for (int s = 0; s < split; ++s) v += __ldcg(part + ((size_t)s * m + row) * n + cc);
-    }
-    if (bias != nullptr) v += __uint_as_float((uint32_t)bias[cc] << 16);
+  finish_block<kBlockN>(red, WARPS, m, n, n0, part, counters, [&](int row, int cc, float v) {
+    if (bias != nullptr) v += bf16_lo(bias[cc]);
     out[(size_t)row * n + cc] = to_bf16(v);
-  }
-  if (split > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;
+  });
 }
 
 template <int WARPS, int UNROLL>
@@ -261,20 +210,11 @@ cudaError_t launch(const void* x, const void* qweight, const void* scales, const
     if (err != cudaSuccess) return err;
     attr_set = true;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((n + kBlockN - 1) / kBlockN, split, 1);
-  cfg.blockDim = dim3(WARPS * 32, 1, 1);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, static_cast<const uint16_t*>(x), static_cast<const int32_t*>(qweight),
-                            static_cast<const uint16_t*>(scales), static_cast<const uint16_t*>(zeros),
-                            static_cast<const uint16_t*>(bias), part, counters, static_cast<uint16_t*>(out), m, n, k,
-                            x_stride, group_size, tiles_per_split);
+  return launch_pdl(kernel, dim3((n + kBlockN - 1) / kBlockN, split, 1), dim3(WARPS * 32, 1, 1), smem, pdl, stream,
+                    static_cast<const uint16_t*>(x), static_cast<const int32_t*>(qweight),
+                    static_cast<const uint16_t*>(scales), static_cast<const uint16_t*>(zeros),
+                    static_cast<const uint16_t*>(bias), part, counters, static_cast<uint16_t*>(out), m, n, k, x_stride,
+                    group_size, tiles_per_split);
 }
 
 }  // namespace

@@ -25,26 +25,14 @@
 // Built at first use by pagedlm/kernels/cuda_build.py; pagedlm/kernels/cuda_w8a8.py is the
 // host side.
 
-#include <cuda_runtime.h>
-#include <stdint.h>
+#include "common.cuh"
 
 namespace {
 
+using namespace pagedlm;
+
 constexpr int kBlockN = 16;
 constexpr int kMaxM = 8;
-
-__device__ __forceinline__ uint4 load_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ uint4 load_nc4(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
 
 template <bool FP8>
 struct Acc;
@@ -75,12 +63,6 @@ struct Acc<false> {  // s8 x s8 -> int32
   __device__ __forceinline__ float get(int e) const { return (float)d[e]; }
 };
 
-__device__ __forceinline__ uint16_t to_bf16(float f) {  // round to nearest even
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7F800000u) == 0x7F800000u) return (uint16_t)((u >> 16) | ((u & 0xFFFFu) ? 0x40u : 0u));
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 __device__ __forceinline__ uint16_t to_fp16(float f) {
   uint16_t h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
@@ -93,9 +75,6 @@ __device__ __forceinline__ float from_16(uint16_t h, int kind) {  // kind 0: bf1
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
   return f;
 }
-
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 // A lane's weights of one 128-input chunk: 32 bytes of column g (w0) and of column g + 8 (w1).
 struct Chunk {
@@ -172,41 +151,13 @@ __global__ void __launch_bounds__(WARPS * 32) w8a8_mma_kernel(
     const int row = 2 * t + (e & 1);
     if (row < m) red[(warp * m + row) * kBlockN + g + 8 * (e / 2)] = acc.get(e);
   }
-  __syncthreads();
-  const int split = gridDim.y;
-  __shared__ int last;
-  for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-    float v = 0.f;
-    for (int ww = 0; ww < WARPS; ++ww) v += red[ww * m * kBlockN + e];
-    red[e] = v;  // warp 0's slot: read only by this thread
-  }
-  if (split > 1) {
-    for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-      const int row = e / kBlockN, cc = n0 + e % kBlockN;
-      if (cc < n) part[((size_t)blockIdx.y * m + row) * n + cc] = red[e];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1) == split - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-  }
-  for (int e = threadIdx.x; e < m * kBlockN; e += WARPS * 32) {
-    const int row = e / kBlockN, cc = n0 + e % kBlockN;
-    if (cc >= n) continue;
-    float v = red[e];
-    if (split > 1) {
-      v = 0.f;
-      for (int s = 0; s < split; ++s) v += __ldcg(part + ((size_t)s * m + row) * n + cc);
-    }
+  finish_block<kBlockN>(red, WARPS, m, n, n0, part, counters, [&](int row, int cc, float v) {
     v *= sx[sx_per_row ? row : 0] * sw[sw_per_col ? cc : 0];
     if (bias != nullptr) v += from_16(bias[cc], out_kind == 1 ? 1 : 0);
     const size_t o = (size_t)row * n + cc;
     if (out_kind == 2) static_cast<float*>(out)[o] = v;
     else static_cast<uint16_t*>(out)[o] = out_kind == 1 ? to_fp16(v) : to_bf16(v);
-  }
-  if (split > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;
+  });
 }
 
 template <int WARPS, int UNROLL, bool FP8>
@@ -214,19 +165,10 @@ cudaError_t launch(const void* x, const void* w, const float* sx, const float* s
                    int* counters, void* out, int m, int n, int k, int x_stride, int w_stride, int sx_per_row,
                    int sw_per_col, int split, int chunks_per_split, int out_kind, int pdl, cudaStream_t stream) {
   auto kernel = w8a8_mma_kernel<WARPS, UNROLL, FP8>;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((n + kBlockN - 1) / kBlockN, split, 1);
-  cfg.blockDim = dim3(WARPS * 32, 1, 1);
-  cfg.dynamicSmemBytes = (size_t)WARPS * m * kBlockN * sizeof(float);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, static_cast<const uint8_t*>(x), static_cast<const uint8_t*>(w), sx, sw,
-                            static_cast<const uint16_t*>(bias), part, counters, out, m, n, k, x_stride, w_stride,
-                            sx_per_row, sw_per_col, chunks_per_split, out_kind);
+  return launch_pdl(kernel, dim3((n + kBlockN - 1) / kBlockN, split, 1), dim3(WARPS * 32, 1, 1),
+                    (size_t)WARPS * m * kBlockN * sizeof(float), pdl, stream, static_cast<const uint8_t*>(x),
+                    static_cast<const uint8_t*>(w), sx, sw, static_cast<const uint16_t*>(bias), part, counters, out, m,
+                    n, k, x_stride, w_stride, sx_per_row, sw_per_col, chunks_per_split, out_kind);
 }
 
 }  // namespace
