@@ -176,3 +176,72 @@ def test_bf16_and_mxfp4_experts_load_the_same(checkpoint, tmp_path):
     assert torch.equal(w13[1, :32], gate_up[:, 0::2].t()) and torch.equal(w13[1, 32:], gate_up[:, 1::2].t())
     sinks = a.model.layers[1].self_attn.attn.sinks
     assert torch.equal(sinks, tensors["model.layers.1.self_attn.sinks"])
+
+
+# ---------------------------------------------------------------- the MoE block alone
+
+def _moe_case(seed: int = 3):
+    """transformers' GptOssMLP with random weights (limit 1.0: the clamps bite) and the same
+    weights in FusedMoE's layout: gate / up de-interleaved, [E, out, in]."""
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+
+    config = GptOssConfig(hidden_size=64, intermediate_size=32, num_local_experts=6, num_experts_per_tok=3,
+                          swiglu_limit=1.0)
+    mlp = GptOssMLP(config).float()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.2))
+    e = mlp.experts
+    gate_up = e.gate_up_proj.detach().transpose(1, 2)  # [E, 2I, H], rows gate, up, gate, ...
+    w13 = torch.cat([gate_up[:, 0::2], gate_up[:, 1::2]], dim=1)
+    b13 = torch.cat([e.gate_up_proj_bias[:, 0::2], e.gate_up_proj_bias[:, 1::2]], dim=1).detach()
+    w2, b2 = e.down_proj.detach().transpose(1, 2).contiguous(), e.down_proj_bias.detach()
+    x = torch.randn(37, 64, generator=gen)
+    return mlp, config, x, (w13.contiguous(), w2, b13, b2)
+
+
+def test_moe_block_matches_transformers():
+    from pagedlm.layers.fused_moe import reference
+
+    mlp, config, x, (w13, w2, b13, b2) = _moe_case()
+    with torch.no_grad():
+        expected, _ = mlp(x.unsqueeze(0))
+        logits = mlp.router(x)[0]
+    weights, ids = reference.select_experts(logits, 3, True)
+    out = reference.fused_experts(x, w13, w2, weights, ids, w13_bias=b13, w2_bias=b2, activation="swigluoai",
+                                  swiglu_alpha=config.swiglu_alpha, swiglu_limit=config.swiglu_limit)
+    torch.testing.assert_close(out, expected[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton MoE kernel needs CUDA (or TRITON_INTERPRET=1)")
+def test_triton_moe_biases_and_clamped_swiglu():
+    """The Triton grouped GEMMs with gpt-oss's biases and activation against the reference."""
+    from pagedlm.layers.fused_moe import reference, triton_moe
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16  # the interpreter's bf16 dot is unreliable
+    mlp, config, x, tensors = _moe_case(seed=4)
+    with torch.no_grad():
+        logits = mlp.router(x)[0]
+    weights, ids = reference.select_experts(logits, 3, True)
+    kwargs = dict(activation="swigluoai", swiglu_alpha=config.swiglu_alpha, swiglu_limit=config.swiglu_limit)
+    w13, w2, b13, b2 = tensors
+    expected = reference.fused_experts(x, w13, w2, weights, ids, w13_bias=b13, w2_bias=b2, **kwargs)
+    w13, w2, b13, b2 = (t.to(device, dtype).contiguous() for t in tensors)
+    out = triton_moe.fused_experts(x.to(device, dtype), w13, w2, weights.to(device), ids.to(device),
+                                   w13_bias=b13, w2_bias=b2, **kwargs)
+    err = ((out.float().cpu() - expected).norm() / expected.norm()).item()
+    assert err < 2e-2, err
+
+
+def test_mxfp4_is_not_an_online_method():
+    from pagedlm.layers.quantization import QuantizationError, resolve_quantization
+
+    class Unquantized:
+        quantization_config = None
+
+    with pytest.raises(QuantizationError, match="needs an MXFP4 checkpoint"):
+        resolve_quantization(Unquantized(), "mxfp4")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pagedlm.layers.quantization import register_quantization_config
-from pagedlm.layers.quantization.base import QuantizationConfig
+from pagedlm.layers.quantization.base import QuantizationConfig, QuantizationError
 
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 MXFP4_BLOCK = 32  # elements per shared scale
@@ -58,6 +58,10 @@ class Mxfp4Config(QuantizationConfig):
 
     @classmethod
     def from_config(cls, hf_quant_cfg: dict[str, Any]) -> "Mxfp4Config":
+        if not hf_quant_cfg:
+            raise QuantizationError("--quantization mxfp4 needs an MXFP4 checkpoint (config.json quantization_config "
+                                    "with quant_method 'mxfp4', as gpt-oss ships); pagedlm does not quantize to MXFP4 "
+                                    "while loading")
         return cls(hf_quant_cfg.get("modules_to_not_convert"))
 
     def get_quant_method(self, layer: nn.Module, prefix: str) -> None:
