@@ -16,11 +16,12 @@ head (no GQA packing: the group's heads read the KV tiles from L2). Keys come in
      every tile visible to every row; a last partial tile masked;
   2. this step's keys before the program's first query token (TMA, unmasked);
   3. the diagonal: this step's keys inside the program's own query block (TMA, causal mask).
-Decode rows (one query token) are left to ``triton_attention``'s decode launch.
+Decode rows (one query token) are left to ``triton_attention``'s decode launch. Attention
+sinks (gpt-oss, ``HAS_SINKS``) seed each row's running max and sum with its head's sink.
 
 Used through ``triton_attention.paged_attention`` when ``supports`` holds (compute capability
 9.0+ or the interpreter, bf16/fp16, no fp8 cache, no sliding window or softcap, head_dim 64 or
-128, TMA-aligned tensors; attention sinks are supported, seeding each row's softmax; ``PAGEDLM_PREFILL_ATTENTION=0`` turns it off) and the step has enough
+128, TMA-aligned tensors; ``PAGEDLM_PREFILL_ATTENTION=0`` turns it off) and the step has enough
 prefill tokens to pay for a second launch (``triton_attention.PREFILL_KERNEL_MIN_*``).
 """
 

@@ -161,7 +161,9 @@ def fused_experts(
     gate_up = torch.empty(n, two_i, dtype=hidden_states.dtype, device=hidden_states.device)
     weights = topk_weights.reshape(-1).float().contiguous()
     _grouped_gemm(hidden_states, w13, gate_up, weights, aligned, top_k, False, config)
-    row_experts = topk_ids.reshape(-1).long()  # row n = token * K + slot
+    row_experts = None  # the expert of row n = token * K + slot, for the biases
+    if w13_bias is not None or w2_bias is not None:
+        row_experts = topk_ids.reshape(-1).long()
     if w13_bias is not None:
         gate_up += w13_bias.index_select(0, row_experts).to(gate_up.dtype)
     if activation == "silu":
@@ -170,7 +172,8 @@ def fused_experts(
         act = apply_activation(gate_up, activation, swiglu_alpha, swiglu_limit).contiguous()
     out = torch.empty(n, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
     _grouped_gemm(act, w2, out, weights, aligned, 1, True, config)  # routed weight applied in the GEMM
+    # Sum each token's K weighted rows in float32 (with their weighted down_proj biases).
+    rows = out.view(num_tokens, top_k, hidden).float()
     if w2_bias is not None:
-        out += (w2_bias.index_select(0, row_experts).float() * weights.unsqueeze(1)).to(out.dtype)
-    # Sum each token's K weighted rows in float32.
-    return out.view(num_tokens, top_k, hidden).float().sum(dim=1).to(hidden_states.dtype)
+        rows = rows + (w2_bias.index_select(0, row_experts).float() * weights.unsqueeze(1)).view(rows.shape)
+    return rows.sum(dim=1).to(hidden_states.dtype)
