@@ -164,24 +164,32 @@ def _gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int, sc
     return k.flatten(0, 1)[:seq_len], v.flatten(0, 1)[:seq_len]
 
 
-def _attend_softcap(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-                    softcap: float) -> torch.Tensor:
-    """Gemma 2's capped logits, softcap * tanh(s / softcap), which SDPA cannot express."""
+def _attend_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                     softcap: float | None, sinks: torch.Tensor | None) -> torch.Tensor:
+    """What SDPA cannot express: Gemma 2's capped logits, softcap * tanh(s / softcap), and
+    gpt-oss's attention sinks, one learned logit per query head in each softmax's
+    denominator that contributes no value (the sink's share of the probability is dropped)."""
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
+    if sinks is None:
+        probs = scores.softmax(-1)
+    else:  # [B, Hq, Q, L] + the sink column [B, Hq, Q, 1]; its probability dropped after the softmax
+        sink = sinks.float().reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.cat([scores, sink], dim=-1).softmax(-1)[..., :-1]
+    return torch.matmul(probs, v.float()).to(q.dtype)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
-            softcap: float | None = None) -> torch.Tensor:
-    # q [B, Hq, Q, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] bool (True = attend)
+            softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    # q [B, Hq, Q, D], k/v [B, Hkv, L, D], mask [B, 1, Q, L] bool (True = attend), sinks [Hq] or None
     group = q.shape[1] // k.shape[1]
     k, v = k.to(q.dtype), v.to(q.dtype)
-    if softcap:
-        return _attend_softcap(q, k, v, mask, scale, softcap)
+    if softcap or sinks is not None:
+        return _attend_explicit(q, k, v, mask, scale, softcap, sinks)
     if group > 1 and q.shape[2] == 1:
         # Decode: the group's query heads become a length-`group` query over their shared
         # K/V head, so K/V are read once and never copied per query head.
@@ -206,6 +214,7 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
     key: torch.Tensor | None = None,  # [T, Hkv * D]: this step's keys as written to the cache
     value: torch.Tensor | None = None,  # [T, Hkv * D]: likewise its values
+    sinks: torch.Tensor | None = None,  # [Hq]: attention-sink logits (gpt-oss), None = none
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its whole context, read through
     the block table. Covers decode (1 query token), prefill and prefill after a prefix hit
@@ -215,6 +224,8 @@ def paged_attention(
     for caches in the model's dtype); this reference reads the cache for every position.
     max_query_len / max_seq_len are the batch maxima (the GPU kernels size their grid by them).
     ``softcap`` (Gemma 2) caps the scaled logits: softcap * tanh(s / softcap); None or 0 = off.
+    ``sinks`` (gpt-oss): per query head, one extra logit in the softmax's denominator with no
+    value, so a row's weights sum to less than 1 (the sink is not scaled or capped).
     An fp8 cache is read as fp8 * scale in the query's dtype."""
     out = torch.empty_like(query)
     scales = (k_scale, v_scale)
@@ -224,7 +235,7 @@ def paged_attention(
     decode_rows = [b for b in range(len(lens)) if starts[b + 1] - starts[b] == 1]
     if decode_rows:
         _decode_batch(query, kv_cache, starts, lens, block_tables, decode_rows, block_size, scale, sliding_window,
-                      softcap, out, scales)
+                      softcap, out, scales, sinks)
     for b in range(len(lens)):
         q_len = starts[b + 1] - starts[b]
         if q_len <= 1:
@@ -238,13 +249,14 @@ def paged_attention(
         if sliding_window is not None:
             mask &= k_pos > q_pos - sliding_window
         q = query[starts[b] : starts[b + 1]].transpose(0, 1).unsqueeze(0)
-        o = _attend(q, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), mask[None, None], scale, softcap)
+        o = _attend(q, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), mask[None, None], scale,
+                    softcap, sinks)
         out[starts[b] : starts[b + 1]] = o[0].transpose(0, 1)
     return out
 
 
 def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size, scale, sliding_window, softcap,
-                  out, scales: _Scales) -> None:
+                  out, scales: _Scales, sinks: torch.Tensor | None = None) -> None:
     """All single-token queries at once: K/V gathered padded to the longest context."""
     max_len = max(lens[b] for b in rows)
     num_blocks = (max_len + block_size - 1) // block_size
@@ -260,7 +272,7 @@ def _decode_batch(query, kv_cache, starts, lens, block_tables, rows, block_size,
         mask &= k_pos > (seq_lens.unsqueeze(1) - 1 - sliding_window)
     token_idx = torch.tensor([starts[b] for b in rows], device=device)
     q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
-    o = _attend(q, k.transpose(1, 2), v.transpose(1, 2), mask[:, None, None, :], scale, softcap)
+    o = _attend(q, k.transpose(1, 2), v.transpose(1, 2), mask[:, None, None, :], scale, softcap, sinks)
     out[token_idx] = o.squeeze(2)
 
 

@@ -211,19 +211,34 @@ def _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr,
                  out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
 
 
+@triton.jit
+def _init_with_sinks(m_i, l_i, sinks_ptr, head, SPLIT: tl.constexpr):
+    """Attention sinks (gpt-oss): each row's softmax starts from its head's sink logit, as if
+    one key of weight exp(sink) and value 0 came first (base 2: running max = sink * log2(e),
+    sum = 1). Split-K: only segment 0 holds the sink, so the combine counts it once."""
+    sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+    m_init = sink
+    l_init = l_i + 1.0
+    if SPLIT:
+        first = tl.program_id(2) == 0
+        m_init = tl.where(first, sink, m_i)
+        l_init = tl.where(first, l_init, l_i)
+    return m_init, l_init
+
+
 # num_seqs == 1 must not become a compile-time constant (the binary search re-assigns it).
 @triton.jit(do_not_specialize=["num_seqs", "tiles_per_segment", "num_segments"])
 def _paged_attention_kernel(
     out_ptr, query_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    part_out_ptr, part_max_ptr, part_sum_ptr, k_scale_ptr, v_scale_ptr,
+    part_out_ptr, part_max_ptr, part_sum_ptr, k_scale_ptr, v_scale_ptr, sinks_ptr,
     scale_log2e, num_seqs, num_q_heads, tiles_per_segment, num_segments,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cblk, stride_ctok, stride_chead, stride_bt,
     QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
     SLIDING_WINDOW: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, SOFTCAP: tl.constexpr = 0.0,
-    KV_FP8: tl.constexpr = False, PDL: tl.constexpr = False,
+    KV_FP8: tl.constexpr = False, HAS_SINKS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_prologue(PDL)
     kv_head = tl.program_id(1)
@@ -255,6 +270,8 @@ def _paged_attention_kernel(
                                                          TILE_N, SLIDING_WINDOW, SPLIT, WHOLE_TILES)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS:
+        m_i, l_i = _init_with_sinks(m_i, l_i, sinks_ptr, head, SPLIT)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], tl.float32)
     table_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     head_off = kv_head.to(tl.int64) * stride_chead
@@ -361,18 +378,19 @@ def paged_attention_with_config(
     softcap: float | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """max_query_len <= 1: one decode launch with ``config``. Otherwise one launch over every
     row with ``config``, or, given ``decode_config``, a decode launch for the q_len == 1 rows
     and a launch with ``config`` for the rest. An fp8 cache is read as fp8 * k_scale / v_scale
-    ([1] float32 device tensors; None = 1.0)."""
+    ([1] float32 device tensors; None = 1.0). ``sinks`` [Hq]: attention-sink logits (gpt-oss)."""
     num_tokens, num_q_heads, head_dim = query.shape
     out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=query.dtype, device=query.device)
     if num_tokens == 0 or seq_lens.shape[0] == 0:
         return out
     _check_layout(query, kv_cache, block_tables)
     args = (out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window or 0,
-            float(softcap or 0.0), _scale_or_one(k_scale, kv_cache), _scale_or_one(v_scale, kv_cache))
+            float(softcap or 0.0), _scale_or_one(k_scale, kv_cache), _scale_or_one(v_scale, kv_cache), sinks)
     if max_query_len <= 1:
         _launch(*args, config, mode=1)
     elif decode_config is None:
@@ -384,7 +402,8 @@ def paged_attention_with_config(
 
 
 def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_seq_len, scale, sliding_window,
-            softcap: float, k_scale: torch.Tensor, v_scale: torch.Tensor, config: AttentionConfig, mode: int) -> None:
+            softcap: float, k_scale: torch.Tensor, v_scale: torch.Tensor, sinks: torch.Tensor | None,
+            config: AttentionConfig, mode: int) -> None:
     num_tokens, num_q_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     num_seqs = seq_lens.shape[0]
@@ -408,14 +427,14 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_attention_kernel[(grid_q, num_kv_heads, num_segments)](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        part_out, part_max, part_sum, k_scale, v_scale,
+        part_out, part_max, part_sum, k_scale, v_scale, k_scale if sinks is None else sinks,
         scale * _LOG2E, num_seqs, num_q_heads, tiles_per_segment, num_segments,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=group, BLOCK_M=block_m, BLOCK_Q=block_q,
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, BLOCK_SIZE=block_size, TILE_N=config.tile_n,
         SLIDING_WINDOW=sliding_window, MODE=mode, SPLIT=split, SOFTCAP=softcap, KV_FP8=is_fp8(kv_cache.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
+        HAS_SINKS=sinks is not None, num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     if split:
         _combine_segments_kernel[(num_seqs, num_q_heads)](
@@ -459,6 +478,7 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,  # [1] float32: likewise V / v_scale
     key: torch.Tensor | None = None,  # [T, Hkv * D]: this step's keys as written to the cache
     value: torch.Tensor | None = None,  # [T, Hkv * D]: likewise its values
+    sinks: torch.Tensor | None = None,  # [Hq]: attention-sink logits (gpt-oss)
 ) -> torch.Tensor:
     """Same contract as ``reference.paged_attention``; never syncs with the host.
     max_query_len must bound every sequence's query length (== 1 selects the decode path)
@@ -474,9 +494,9 @@ def paged_attention(
             decode = default_config(num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], 1, max_seq_len,
                                     query.device, num_tokens=num_seqs)
             out = paged_attention_with_config(query, kv_cache, query_start_loc, seq_lens, block_tables, 1,
-                                              max_seq_len, scale, None, decode)  # decode rows; the rest exit
+                                              max_seq_len, scale, None, decode, sinks=sinks)  # decode rows only
             prefill.prefill_attention(out, query, key, value, kv_cache, query_start_loc, seq_lens, block_tables,
-                                      scale, prefill.default_config(max_seq_len))
+                                      scale, prefill.default_config(max_seq_len), sinks=sinks)
             return out
     config = default_config(
         num_seqs, query.shape[1], kv_cache.shape[3], query.shape[2], max_query_len, max_seq_len,
@@ -484,7 +504,7 @@ def paged_attention(
     )
     return paged_attention_with_config(
         query, kv_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len, scale,
-        sliding_window, config, softcap=softcap, k_scale=k_scale, v_scale=v_scale,
+        sliding_window, config, softcap=softcap, k_scale=k_scale, v_scale=v_scale, sinks=sinks,
     )
 
 

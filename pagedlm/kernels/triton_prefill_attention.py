@@ -16,7 +16,8 @@ head (no GQA packing: the group's heads read the KV tiles from L2). Keys come in
      every tile visible to every row; a last partial tile masked;
   2. this step's keys before the program's first query token (TMA, unmasked);
   3. the diagonal: this step's keys inside the program's own query block (TMA, causal mask).
-Decode rows (one query token) are left to ``triton_attention``'s decode launch.
+Decode rows (one query token) are left to ``triton_attention``'s decode launch. Attention
+sinks (gpt-oss, ``HAS_SINKS``) seed each row's running max and sum with its head's sink.
 
 Used through ``triton_attention.paged_attention`` when ``supports`` holds (compute capability
 9.0+ or the interpreter, bf16/fp16, no fp8 cache, no sliding window or softcap, head_dim 64 or
@@ -69,9 +70,9 @@ def default_config(max_seq_len: int) -> PrefillConfig:
 @triton.jit(do_not_specialize=["num_seqs"])
 def _prefill_attention_kernel(
     out_ptr, q_desc, k_desc, v_desc, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    scale_log2e, num_seqs, stride_ot, stride_oh, stride_cblk, stride_ctok, stride_chead, stride_bt,
+    sinks_ptr, scale_log2e, num_seqs, stride_ot, stride_oh, stride_cblk, stride_ctok, stride_chead, stride_bt,
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-    TILE_N: tl.constexpr, PDL: tl.constexpr = False,
+    TILE_N: tl.constexpr, HAS_SINKS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_prologue(PDL)
     head = tl.program_id(1)
@@ -88,6 +89,9 @@ def _prefill_attention_kernel(
     q = q_desc.load([q_start + first, head * HEAD_DIM])
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS:  # the head's sink logit (gpt-oss) seeds every row's softmax: max = sink, sum = 1
+        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+        l_i = l_i + 1.0
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     # 1. The cached prefix, through the block table: whole tiles, then the partial one.
@@ -161,11 +165,12 @@ def supports(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor 
 
 def prefill_attention(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       kv_cache: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                      block_tables: torch.Tensor, scale: float, config: PrefillConfig = LONG_CONTEXT_CONFIG) -> None:
+                      block_tables: torch.Tensor, scale: float, config: PrefillConfig = LONG_CONTEXT_CONFIG,
+                      sinks: torch.Tensor | None = None) -> None:
     """Writes ``out`` ([T, Hq, D]) for the rows of every sequence with more than one query
     token; the other rows are left as they are. ``key`` / ``value``: this step's K/V ([T, Hkv *
     D], rotated, equal to what the step wrote into the cache), read in place of the cache for
-    this step's positions. Call ``supports`` first."""
+    this step's positions. ``sinks`` [Hq]: attention-sink logits (gpt-oss). Call ``supports`` first."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     num_tokens, num_q_heads, head_dim = query.shape
@@ -181,10 +186,11 @@ def prefill_attention(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _prefill_attention_kernel[(num_tokens // block_m + num_seqs, num_q_heads)](
         out, q_desc, k_desc, v_desc, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        scale * 1.4426950408889634, num_seqs, out.stride(0), out.stride(1),
+        seq_lens if sinks is None else sinks, scale * 1.4426950408889634, num_seqs, out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QUERIES_PER_KV=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_M=block_m,
-        TILE_N=tile_n, num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
+        TILE_N=tile_n, HAS_SINKS=sinks is not None, num_warps=config.num_warps, num_stages=config.num_stages,
+        **launch_kwargs(),
     )
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from pagedlm.forward_context import get_attn_metadata
 from pagedlm.kernels import ops
-from pagedlm.worker.distributed import local_attention_heads
+from pagedlm.worker.distributed import get_tensor_model_parallel_rank, local_attention_heads
 
 if TYPE_CHECKING:
     from pagedlm.layers.rotary import RotaryEmbedding
@@ -28,7 +28,10 @@ class Attention(nn.Module):
     dtype says whether K/V are stored as they are or as fp8 with ``k_scale`` / ``v_scale``."""
 
     def __init__(self, num_heads: int, head_dim: int, num_kv_heads: int, scale: float,
-                 sliding_window: int | None = None, softcap: float | None = None) -> None:
+                 sliding_window: int | None = None, softcap: float | None = None, sinks: bool = False) -> None:
+        """``sinks``: the layer has learned attention sinks (gpt-oss), a ``sinks`` parameter of
+        one logit per query head (this rank's heads, float32) that joins each softmax's
+        denominator; its checkpoint tensor holds every head and loads through ``_load_sinks``."""
         super().__init__()
         self.num_heads, self.num_kv_heads = local_attention_heads(num_heads, num_kv_heads)
         self.head_dim = head_dim
@@ -36,6 +39,10 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
         self.softcap = softcap  # attention logit soft-capping (Gemma 2); None = off
         self.kv_cache: torch.Tensor | None = None
+        self.sinks: nn.Parameter | None = None
+        if sinks:
+            self.sinks = nn.Parameter(torch.zeros(self.num_heads, dtype=torch.float32), requires_grad=False)
+            self.sinks.weight_loader = self._load_sinks  # type: ignore[attr-defined]
         # Per-tensor scales of an fp8 KV cache (it holds fp8(k / k_scale)); 1.0 unless the
         # checkpoint has k_scale / v_scale (pagedlm.models.loader.kv_scales). Device tensors,
         # not floats, so the kernels read them at run time (CUDA graphs keep working).
@@ -78,8 +85,17 @@ class Attention(nn.Module):
             q, self.kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, meta.max_seq_len, self.scale, self.sliding_window, self.softcap,
             self.k_scale, self.v_scale, key=k if new_kv else None, value=v if new_kv else None,
+            **({} if self.sinks is None else {"sinks": self.sinks}),
         )
         return out.view(num_tokens, self.num_heads * self.head_dim)
+
+    def _load_sinks(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: object = None) -> None:
+        """The checkpoint's sinks for every query head; this tensor-parallel rank keeps its own."""
+        start = get_tensor_model_parallel_rank() * self.num_heads
+        if loaded_weight.shape[0] < start + self.num_heads:
+            raise ValueError(f"attention sinks: checkpoint has {loaded_weight.shape[0]} heads, "
+                             f"this rank needs heads {start}..{start + self.num_heads - 1}")
+        param.data.copy_(loaded_weight[start : start + self.num_heads].to(param.dtype))
 
     def _calculate_kv_scales(self, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """vLLM's --calculate-kv-scales, once: k_scale = max|k| / 200 and v_scale = max|v| / 100

@@ -20,6 +20,7 @@ from pagedlm.models.glm4_moe import Glm4MoeForCausalLM
 from pagedlm.models.gpt2 import GPT2LMHeadModel
 from pagedlm.models.gpt_bigcode import GPTBigCodeForCausalLM
 from pagedlm.models.gpt_neox import GPTNeoXForCausalLM
+from pagedlm.models.gpt_oss import GptOssForCausalLM
 from pagedlm.models.gptj import GPTJForCausalLM
 from pagedlm.models.granitemoe import GraniteMoeForCausalLM, GraniteMoeSharedForCausalLM
 from pagedlm.models.llama import LlamaForCausalLM
@@ -82,6 +83,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
     "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
     "Glm4MoeForCausalLM": Glm4MoeForCausalLM,  # sigmoid, grouped top-k with a correction bias
+    "GptOssForCausalLM": GptOssForCausalLM,  # attention sinks, clamped SwiGLU experts with biases, MXFP4
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,
     "Starcoder2ForCausalLM": Starcoder2ForCausalLM,

@@ -47,10 +47,13 @@ class FusedMoE(nn.Module):
     def __init__(self, num_experts: int, top_k: int, hidden_size: int, intermediate_size: int,
                  renormalize: bool, scoring_func: str = "softmax", num_expert_group: int | None = None,
                  topk_group: int | None = None, routed_scaling_factor: float = 1.0,
-                 jitter_eps: float = 0.01) -> None:
+                 jitter_eps: float = 0.01, has_bias: bool = False, activation: str = "silu",
+                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0) -> None:
         """Routing options (see ``reference.select_experts``): ``scoring_func`` softmax /
         sigmoid / sparsemixer, group-limited choice, a scale on the routed weights; a
-        correction bias comes with each forward (the router holds it)."""
+        correction bias comes with each forward (the router holds it). ``has_bias``: per-expert
+        biases on both projections (w13_bias [E, 2I], w2_bias [E, H]; gpt-oss). ``activation``
+        (``reference.apply_activation``): "silu" or gpt-oss's clamped "swigluoai"."""
         super().__init__()
         self.tp_rank, self.tp_size = moe_tp_rank_size()
         if intermediate_size % self.tp_size:
@@ -64,8 +67,16 @@ class FusedMoE(nn.Module):
         i = self.intermediate_size
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size), requires_grad=False)
         self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, i), requires_grad=False)
-        for p in (self.w13_weight, self.w2_weight):
-            p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+        self.w13_bias: nn.Parameter | None = None
+        self.w2_bias: nn.Parameter | None = None
+        if has_bias:
+            self.w13_bias = nn.Parameter(torch.zeros(num_experts, 2 * i), requires_grad=False)
+            self.w2_bias = nn.Parameter(torch.zeros(num_experts, hidden_size), requires_grad=False)
+        self.activation = dict(activation=activation, swiglu_alpha=float(swiglu_alpha),
+                               swiglu_limit=float(swiglu_limit))
+        for p in (self.w13_weight, self.w2_weight, self.w13_bias, self.w2_bias):
+            if p is not None:
+                p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
 
     @staticmethod
     def expert_params_mapping(num_experts: int, gate: str, down: str, up: str) -> list[tuple[str, str, Any]]:
@@ -102,9 +113,11 @@ class FusedMoE(nn.Module):
                     self.weight_loader(param, up, (e, "w3"))
             return
         i = self.intermediate_size
-        # This rank's slice of the intermediate dim: rows of w1 / w3, columns of w2.
+        # This rank's slice of the intermediate dim: rows of w1 / w3, columns of w2 (w2's bias
+        # [H] is whole on every rank; only rank 0 adds it).
         dim = 1 if shard == "w2" else 0
-        loaded_weight = loaded_weight.narrow(dim, self.tp_rank * i, i)
+        if not (shard == "w2" and loaded_weight.dim() == 1):
+            loaded_weight = loaded_weight.narrow(dim, self.tp_rank * i, i)
         if shard == "w2":
             target = param.data[expert]
         else:
@@ -120,7 +133,13 @@ class FusedMoE(nn.Module):
         impl = fused_moe_impl()
         topk_weights, topk_ids = impl.select_experts(router_logits, self.top_k, self.renormalize,
                                                      correction_bias=correction_bias, **self.routing)
-        out = impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids)
+        extra = {}
+        if self.w13_bias is not None:
+            # Under tensor parallelism the partial sums are all-reduced: one rank adds w2's bias.
+            extra = dict(w13_bias=self.w13_bias, w2_bias=self.w2_bias if self.tp_rank == 0 else None)
+        if self.activation["activation"] != "silu":
+            extra.update(self.activation)
+        out = impl.fused_experts(hidden_states, self.w13_weight, self.w2_weight, topk_weights, topk_ids, **extra)
         if self.tp_size > 1:
             # Each rank holds a slice of every expert's intermediate dim: partial sums.
             from pagedlm.worker.distributed import tensor_model_parallel_all_reduce  # noqa: PLC0415

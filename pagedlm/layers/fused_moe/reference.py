@@ -87,15 +87,36 @@ def sparsemixer_top2(router_logits: torch.Tensor, top_k: int, jitter_eps: float 
     return torch.cat(weights, dim=-1), torch.cat(ids, dim=-1)
 
 
+def apply_activation(gate_up: torch.Tensor, activation: str = "silu", swiglu_alpha: float = 1.702,
+                     swiglu_limit: float = 7.0) -> torch.Tensor:
+    """[N, 2I] (gate columns, then up) -> [N, I]. "silu": silu(gate) * up. "swigluoai"
+    (gpt-oss's clamped SwiGLU): gate clamped above at ``swiglu_limit``, up clamped to
+    +-limit, then (up + 1) * gate * sigmoid(alpha * gate)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    if activation == "silu":
+        return F.silu(gate) * up
+    if activation == "swigluoai":
+        gate = gate.clamp(max=swiglu_limit)
+        up = up.clamp(min=-swiglu_limit, max=swiglu_limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * swiglu_alpha))
+    raise ValueError(f"unsupported MoE activation {activation!r}")
+
+
 def fused_experts(
     hidden_states: torch.Tensor,  # [T, H]
     w13: torch.Tensor,  # [E, 2I, H]: gate rows then up rows
     w2: torch.Tensor,  # [E, H, I]
     topk_weights: torch.Tensor,  # [T, K] float32
     topk_ids: torch.Tensor,  # [T, K] int
+    w13_bias: torch.Tensor | None = None,  # [E, 2I]
+    w2_bias: torch.Tensor | None = None,  # [E, H]
+    activation: str = "silu",
+    swiglu_alpha: float = 1.702,
+    swiglu_limit: float = 7.0,
 ) -> torch.Tensor:
-    """sum_k weight_k * w2[e_k] @ (silu(gate_e_k x) * up_e_k x), one expert at a time over the
-    tokens routed to it. -> [T, H] in the input dtype (accumulated in float32)."""
+    """sum_k weight_k * (w2[e_k] @ act(w13[e_k] x + b13[e_k]) + b2[e_k]), one expert at a time
+    over the tokens routed to it (``apply_activation``; the biases are gpt-oss's).
+    -> [T, H] in the input dtype (accumulated in float32)."""
     num_experts = w13.shape[0]
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
     flat_ids = topk_ids.reshape(-1)
@@ -111,7 +132,8 @@ def fused_experts(
         start += count
         tokens = slots // top_k
         x = hidden_states.index_select(0, tokens)
-        gate, up = F.linear(x, w13[expert]).chunk(2, dim=-1)
-        y = F.linear(F.silu(gate) * up, w2[expert])
+        gate_up = F.linear(x, w13[expert], None if w13_bias is None else w13_bias[expert])
+        act = apply_activation(gate_up, activation, swiglu_alpha, swiglu_limit)
+        y = F.linear(act, w2[expert], None if w2_bias is None else w2_bias[expert])
         out.index_add_(0, tokens, y.float() * topk_weights.reshape(-1)[slots].unsqueeze(1))
     return out.to(hidden_states.dtype)

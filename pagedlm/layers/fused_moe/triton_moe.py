@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from pagedlm.kernels.triton_activation import silu_and_mul
-from pagedlm.layers.fused_moe.reference import select_experts  # routing is a few tiny torch ops
+from pagedlm.layers.fused_moe.reference import apply_activation, select_experts  # a few tiny torch ops
 from pagedlm.kernels.pdl import launch_kwargs, pdl_prologue
 
 __all__ = ["MoEConfig", "align_by_expert", "default_config", "fused_experts", "select_experts"]
@@ -139,8 +139,15 @@ def fused_experts(
     topk_weights: torch.Tensor,  # [T, K] float32
     topk_ids: torch.Tensor,  # [T, K] int
     config: MoEConfig | None = None,
+    w13_bias: torch.Tensor | None = None,  # [E, 2I]
+    w2_bias: torch.Tensor | None = None,  # [E, H]
+    activation: str = "silu",
+    swiglu_alpha: float = 1.702,
+    swiglu_limit: float = 7.0,
 ) -> torch.Tensor:
-    """Same contract as ``reference.fused_experts``; never syncs with the host."""
+    """Same contract as ``reference.fused_experts``; never syncs with the host. The biases
+    (gpt-oss) are added to the GEMMs' rows by each row's expert, and activations other than
+    silu run as torch ops (``reference.apply_activation``)."""
     num_tokens, hidden = hidden_states.shape
     top_k = topk_ids.shape[1]
     num_experts, two_i, _ = w13.shape
@@ -154,8 +161,19 @@ def fused_experts(
     gate_up = torch.empty(n, two_i, dtype=hidden_states.dtype, device=hidden_states.device)
     weights = topk_weights.reshape(-1).float().contiguous()
     _grouped_gemm(hidden_states, w13, gate_up, weights, aligned, top_k, False, config)
-    act = silu_and_mul(gate_up)
+    row_experts = None  # the expert of row n = token * K + slot, for the biases
+    if w13_bias is not None or w2_bias is not None:
+        row_experts = topk_ids.reshape(-1).long()
+    if w13_bias is not None:
+        gate_up += w13_bias.index_select(0, row_experts).to(gate_up.dtype)
+    if activation == "silu":
+        act = silu_and_mul(gate_up)
+    else:
+        act = apply_activation(gate_up, activation, swiglu_alpha, swiglu_limit).contiguous()
     out = torch.empty(n, hidden, dtype=hidden_states.dtype, device=hidden_states.device)
-    _grouped_gemm(act, w2, out, weights, aligned, 1, True, config)
-    # Sum each token's K weighted rows in float32.
-    return out.view(num_tokens, top_k, hidden).float().sum(dim=1).to(hidden_states.dtype)
+    _grouped_gemm(act, w2, out, weights, aligned, 1, True, config)  # routed weight applied in the GEMM
+    # Sum each token's K weighted rows in float32 (with their weighted down_proj biases).
+    rows = out.view(num_tokens, top_k, hidden).float()
+    if w2_bias is not None:
+        rows = rows + (w2_bias.index_select(0, row_experts).float() * weights.unsqueeze(1)).view(rows.shape)
+    return rows.sum(dim=1).to(hidden_states.dtype)
