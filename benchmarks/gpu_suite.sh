@@ -22,6 +22,11 @@
 #                  and 128 x 512/256 at max_num_seqs 32 (batched decode at M <= 32)  (~8 min)
 #   int4-mma       the int4 mma kind per 8B layer at M = 1 and 8, and the AWQ decode step at
 #                  batch 8 with and without it (kernels vs gaps)                     (~7 min)
+#   cuda-kernels   the CUDA C++ decode GEMMs (int4, 8-bit): their tests, then per layer against the
+#                  Triton kinds, and AWQ / int8 / fp8 at batch 1 with and without them     (~8 min)
+#   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
+#                  the kernels they touched, sleep mode, the transformers backend, logprobs
+#                  modes, the new architectures                                       (~8 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present). Beyond
 # the server's and client's packages, the GPU tests want xgrammar with its apache-tvm-ffi, and
@@ -137,6 +142,29 @@ case "${1:-}" in
         --steps 32 > "$OUT/int4_step8_mma$mma.log" 2>&1
       echo "PAGEDLM_W4A16_MMA=$mma:"; grep -E "per step|GEMM|attention|other|waiting" "$OUT/int4_step8_mma$mma.log"
     done ;;
+  cuda-kernels)
+    timeout 150 python3 -m pytest -q tests/kernels/test_cuda_w4a16.py tests/kernels/test_cuda_w8a8.py 2>&1 | tail -n 3
+    timeout 150 python3 benchmarks/gpu_w4a16_cuda.py --m 1 8 > "$OUT/cuda_w4a16.log" 2>&1
+    grep -E "^(M=|RESULT|correctness)" "$OUT/cuda_w4a16.log" | cut -c1-220
+    for on in 1 0; do
+      PAGEDLM_CUDA_KERNELS=$on timeout 120 python3 benchmarks/gpu_quant.py --formats awq,int8 --skip-throughput \
+        > "$OUT/cuda_batch1_$on.log" 2>&1
+      echo "PAGEDLM_CUDA_KERNELS=$on:"; grep '"tpot_ms"' "$OUT/cuda_batch1_$on.log" | cut -c1-160
+    done ;;
+  new-paths)
+    timeout 300 python3 -m pytest -q tests/kernels/test_attention_sinks.py tests/models/test_parity_gpt_oss.py \
+      tests/kernels/test_triton_kernels.py tests/kernels/test_fused_moe.py tests/kernels/test_fp8_kv_kernels.py \
+      tests/kernels/test_verify_graph_kernels.py 2>&1 | tail -n 5
+    sed 's/device="cpu"/device="cuda", kv_cache_memory_bytes=1 << 28/' tests/unit/test_sleep_mode.py \
+      > tests/unit/test_zcuda_sleep_mode.py
+    sed 's/device="cpu"/device="cuda", kv_cache_memory_bytes=1 << 28/' tests/unit/test_logprobs_mode.py \
+      > tests/unit/test_zcuda_logprobs_mode.py
+    sed 's/device="cpu"/device="cuda", kv_cache_memory_bytes=1 << 28/' tests/models/test_transformers_backend.py \
+      > tests/models/test_zcuda_transformers_backend.py
+    timeout 200 python3 -m pytest -q tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_logprobs_mode.py \
+      tests/models/test_zcuda_transformers_backend.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
+    rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_logprobs_mode.py \
+      tests/models/test_zcuda_transformers_backend.py ;;
   *)
     echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma" >&2
     exit 2 ;;
