@@ -282,8 +282,12 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model {model!r} is not a local checkpoint directory (config.json, weights, tokenizer)")
     if not (path / "config.json").exists():
         raise ConfigError(f"model directory {model!r} has no config.json")
+    from pagedlm.models.encoder_configs import published_encoder_config
     from pagedlm.models.multimodal import text_only_config
 
+    encoder_config = published_encoder_config(model)  # nomic / gte: written for remote code
+    if encoder_config is not None:
+        return encoder_config
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # transformers' several-line refusal of a checkpoint's own code

@@ -204,8 +204,8 @@ def build_classifier_config(hf_config: Any, override: dict[str, Any] | str | Non
     """A *ForSequenceClassification model: its head reads one token, the first (CLS / <s>) of
     an encoder or the last of a decoder, so the pooling is fixed; normalize applies to
     embeddings only."""
-    _check_fixed_pooling(override, pooling_type, "a sequence-classification model's head reads the "
-                         + ("first" if pooling_type == "CLS" else "last") + " token")
+    reads = {"CLS": "the first token", "LAST": "the last token", "MEAN": "the mean of the tokens"}[pooling_type]
+    _check_fixed_pooling(override, pooling_type, f"a sequence-classification model's head reads {reads}")
     num_labels = int(getattr(hf_config, "num_labels", 0) or 0)
     if num_labels < 1:
         raise ConfigError(f"a sequence-classification model needs num_labels >= 1, got {num_labels}")
@@ -258,7 +258,10 @@ def resolve_pooling(runner: str, model_dir: str, hf_config: Any, architectures: 
         return runner, build_reward_config(hf_config, override)
     if getattr(model_cls, "is_sequence_classifier", False):
         # (a CrossEncoder's sentence-transformers files describe no pooling: not read)
-        return runner, build_classifier_config(hf_config, override, model_cls.default_pooling_type)
+        # (ModernBERT's head reads the CLS token or the mean, as its config's classifier_pooling says)
+        pick = getattr(model_cls, "classifier_pooling_type", None)
+        pooling_type = pick(hf_config) if pick is not None else model_cls.default_pooling_type
+        return runner, build_classifier_config(hf_config, override, pooling_type)
     default_type = getattr(model_cls, "default_pooling_type", "LAST")
     return runner, build_pooler_config(model_dir, hf_config, default_type, override)
 

@@ -2,7 +2,8 @@
 its class probabilities / cross-encoder score / per-token rewards through the model's head.
 
 A head reads the rows its pooling type names: the first token (CLS, encoders' classifiers),
-the last token (LAST, decoders' classifiers) or every token (ALL, reward models); the model's
+the last token (LAST, decoders' classifiers), the mean of the tokens (MEAN, ModernBERT
+classifiers that say so) or every token (ALL, reward models); the model's
 ``classify`` maps those rows' hidden states to logits and the pooler applies the activation.
 
 Pooling requests run their whole prompt in one step (no chunked prefill, no prefix-cache
@@ -72,6 +73,9 @@ class Pooler:
             offset = int(starts.min())
             per_token = self.classifier(hidden[offset : int(ends.max())]).float().cpu()  # [N, num_labels]
             logits = [per_token[int(a) - offset : int(b) - offset] for a, b in zip(starts, ends)]
+        elif self.config.pooling_type == "MEAN":  # (ModernBERT classifiers with classifier_pooling "mean")
+            pooled = self._pool(hidden, starts, ends).to(hidden.dtype)
+            logits = list(self.classifier(pooled).float().cpu())
         else:
             rows = starts if self.config.pooling_type == "CLS" else ends - 1
             logits = list(self.classifier(hidden.index_select(0, rows)).float().cpu())  # B x [num_labels]

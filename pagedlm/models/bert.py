@@ -31,15 +31,17 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with bias, parameters named as in HF checkpoints (weight, bias)."""
+    """LayerNorm, parameters named as in HF checkpoints (weight, and bias unless ``bias=False``:
+    ModernBERT's norms have none)."""
 
-    def __init__(self, hidden_size: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, eps: float, bias: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(hidden_size), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(hidden_size), requires_grad=False) if bias else None
         for p in (self.weight, self.bias):
-            p.weight_loader = lambda param, w, shard_id=None: default_weight_loader(param, w)  # type: ignore[attr-defined]
+            if p is not None:
+                p.weight_loader = lambda param, w, shard_id=None: default_weight_loader(param, w)  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
@@ -185,3 +187,21 @@ class BertModel(nn.Module):
             param.weight_loader(param, tensor, shard_id)
             loaded.add(target)
         return loaded
+
+
+class RobertaModel(BertModel):
+    """RobertaModel / XLMRobertaModel (e.g. bge-m3, multilingual-e5): BERT's modules, positions
+    numbered from ``padding_idx + 1`` (HF create_position_ids_from_input_ids on unpadded text)."""
+
+    _skipped_prefixes = BertModel._skipped_prefixes + ("lm_head.",)
+
+    def __init__(self, config: Any, max_position: int | None = None) -> None:
+        super().__init__(config, max_position, self.position_offset(config))
+
+    @staticmethod
+    def position_offset(config: Any) -> int:
+        # (also read by the engine: that many fewer tokens fit in max_position_embeddings)
+        return int(config.pad_token_id) + 1
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights((name.removeprefix("roberta."), tensor) for name, tensor in weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from pagedlm.models.adapters import as_pooling_model
-from pagedlm.models.bert import BertModel
+from pagedlm.models.bert import BertModel, RobertaModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
@@ -31,6 +31,7 @@ from pagedlm.models.llama_variants import (
     HunYuanDenseV1ForCausalLM,
 )
 from pagedlm.models.mixtral import MixtralForCausalLM
+from pagedlm.models.modernbert import ModernBertForSequenceClassification, ModernBertModel
 from pagedlm.models.nemotron import NemotronForCausalLM
 from pagedlm.models.olmo import OlmoForCausalLM
 from pagedlm.models.olmo2 import Exaone4ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM
@@ -40,15 +41,23 @@ from pagedlm.models.phi3 import Phi3ForCausalLM
 from pagedlm.models.phimoe import PhimoeForCausalLM
 from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM
 from pagedlm.models.qwen3_moe import Qwen3MoeForCausalLM
+from pagedlm.models.rotary_bert import GteModel, NomicBertModel
 from pagedlm.models.stablelm import StableLmForCausalLM
 from pagedlm.models.starcoder2 import Starcoder2ForCausalLM
 
 _MODELS: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
+    "RobertaModel": RobertaModel,  # positions from padding_idx + 1
+    "XLMRobertaModel": RobertaModel,  # e.g. bge-m3, multilingual-e5
+    "ModernBertModel": ModernBertModel,  # global / sliding-window layers, RoPE per layer type, GeGLU
+    "NomicBertModel": NomicBertModel,  # nomic-embed-text: RoPE, SwiGLU, no biases
+    "GteModel": GteModel,  # gte-*-v1.5 / gte-multilingual: RoPE, gated MLP
+    "NewModel": GteModel,  # (the published gte checkpoints' name)
     # Sequence classification (pooling only): classifiers, and cross-encoders with one label.
     "BertForSequenceClassification": BertForSequenceClassification,
     "RobertaForSequenceClassification": RobertaForSequenceClassification,
     "XLMRobertaForSequenceClassification": RobertaForSequenceClassification,
+    "ModernBertForSequenceClassification": ModernBertForSequenceClassification,  # CLS or mean head
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
