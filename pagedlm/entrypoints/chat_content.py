@@ -102,6 +102,19 @@ def template_message(message: dict[str, Any], index: int, content_format: str) -
     return template_tool_calls(out, index)
 
 
+def harmony_thinking(conversation: list[dict[str, Any]], template: str | None) -> list[dict[str, Any]]:
+    """gpt-oss's chat template renders an assistant's earlier reasoning (its ``analysis``
+    message, kept before a tool call) from ``message.thinking``; vLLM, which renders gpt-oss
+    with harmony itself, takes it from ``reasoning`` / ``reasoning_content``. So for a harmony
+    template (one that writes ``<|channel|>`` and reads ``thinking``) an assistant message's
+    reasoning is also its ``thinking``; other templates get the messages unchanged."""
+    if not template or "<|channel|>" not in template or "thinking" not in template:
+        return conversation
+    return [{**m, "thinking": m["reasoning"]}
+            if m.get("role") == "assistant" and m.get("reasoning") is not None and "thinking" not in m else m
+            for m in conversation]
+
+
 def template_tool_calls(message: dict[str, Any], index: int) -> dict[str, Any]:
     """The message as the template gets it (a copy where it changes). A tool call carries its
     arguments as JSON text; chat templates (Qwen, Hermes, Llama) use them as a mapping, so

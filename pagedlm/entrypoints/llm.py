@@ -16,7 +16,8 @@ from pagedlm.engine.gc_heap import heap_frozen
 from pagedlm.engine.input_processor import InvalidRequestError, PromptType
 from pagedlm.engine.llm_engine import LLMEngine
 from pagedlm.engine_args import EngineArgs
-from pagedlm.entrypoints.chat_content import NO_TEMPLATE_MESSAGE, resolve_content_format, template_message
+from pagedlm.entrypoints.chat_content import (NO_TEMPLATE_MESSAGE, harmony_thinking, resolve_content_format,
+                                              template_message)
 from pagedlm.lora.request import LoRARequest
 from pagedlm.metrics import PrometheusStatLogger
 from pagedlm.metrics_reader import Metric, get_metrics_snapshot
@@ -433,7 +434,8 @@ def chat_prompts(tokenizer: Any, conversations: list[list[dict]], chat_template:
     prompts = []
     for conversation in conversations:
         try:
-            conversation = [template_message(m, i, content_format) for i, m in enumerate(conversation)]
+            conversation = harmony_thinking(
+                [template_message(m, i, content_format) for i, m in enumerate(conversation)], template)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         text = tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from pagedlm.entrypoints.chat_content import NO_TEMPLATE_MESSAGE as VLLM_NO_TEMPLATE_MESSAGE
-from pagedlm.entrypoints.chat_content import resolve_content_format, template_content, template_message
+from pagedlm.entrypoints.chat_content import (harmony_thinking, resolve_content_format, template_content,
+                                              template_message)
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage
 
@@ -67,7 +68,9 @@ def render_chat(
     """-> (prompt text, prompt token ids). Raises OpenAIError(400) on a template problem."""
     if not getattr(tokenizer, "chat_template", None):
         raise OpenAIError(NO_TEMPLATE_MESSAGE, 400, "messages")
-    conversation = to_conversation(messages, resolve_content_format(content_format, tokenizer.chat_template))
+    conversation = harmony_thinking(
+        to_conversation(messages, resolve_content_format(content_format, tokenizer.chat_template)),
+        tokenizer.chat_template)
     extra = dict(template_kwargs or {})
     clash = sorted(set(extra) & _RESERVED_TEMPLATE_KWARGS)
     if clash:

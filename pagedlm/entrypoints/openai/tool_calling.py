@@ -199,10 +199,13 @@ class ChoiceShaper:
         """-> (reasoning, content, calls) of the text so far."""
         reasoning, content = self.reasoning.split(text, final) if self.reasoning is not None else (None, text)
         calls: list[PartialCall] = []
-        if self.tools is not None and (content is not None or final or self.plan.mode == "named"):
+        if self.tools is not None and self.tools.whole_output:
+            # (gpt-oss's harmony: the parser tells the channels apart itself)
+            content, calls = self.tools.parse(text, final)
+        elif self.tools is not None and (content is not None or final or self.plan.mode == "named"):
             content, calls = self.tools.parse(content or "", final)
-            if not self.plan.parallel:
-                calls = calls[:1]
+        if not self.plan.parallel:
+            calls = calls[:1]
         return reasoning, content, calls
 
     def message(self, text: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pagedlm.entrypoints.openai.reasoning.base import ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.deepseek_r1 import DeepSeekR1ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.ernie45 import Ernie45ReasoningParser
 from pagedlm.entrypoints.openai.reasoning.glm45 import Glm45ReasoningParser
+from pagedlm.entrypoints.openai.reasoning.gpt_oss import GptOssReasoningParser
 from pagedlm.entrypoints.openai.reasoning.granite import GraniteReasoningParser
 from pagedlm.entrypoints.openai.reasoning.hunyuan_a13b import HunyuanA13BReasoningParser
 from pagedlm.entrypoints.openai.reasoning.mistral import MistralReasoningParser
@@ -25,6 +26,7 @@ REASONING_PARSERS: dict[str, type[ReasoningParser]] = {
     "granite": GraniteReasoningParser,
     "hunyuan_a13b": HunyuanA13BReasoningParser,
     "mistral": MistralReasoningParser,
+    "openai_gptoss": GptOssReasoningParser,
     "qwen3": Qwen3ReasoningParser,
     "seed_oss": SeedOssReasoningParser,
     "step3": Step3ReasoningParser,

@@ -6,6 +6,7 @@ from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.deepseek_v3 import DeepSeekV3ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.glm45 import Glm45ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.granite import GraniteToolParser
+from pagedlm.entrypoints.openai.tool_parsers.harmony import OpenAIHarmonyToolParser
 from pagedlm.entrypoints.openai.tool_parsers.hermes import HermesToolParser
 from pagedlm.entrypoints.openai.tool_parsers.internlm import InternLMToolParser
 from pagedlm.entrypoints.openai.tool_parsers.kimi_k2 import KimiK2ToolParser
@@ -26,6 +27,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "llama3_json": Llama3JsonToolParser,
     "llama4_json": Llama3JsonToolParser,  # vLLM registers the same parser under both names
     "mistral": MistralToolParser,
+    "openai": OpenAIHarmonyToolParser,  # gpt-oss's harmony
     "phi4_mini_json": Phi4MiniJsonToolParser,
     "pythonic": PythonicToolParser,
     "qwen3_coder": Qwen3CoderToolParser,

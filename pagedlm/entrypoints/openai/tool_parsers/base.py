@@ -21,6 +21,9 @@ class ToolParser:
     # in some tokenizers ([TOOL_CALLS] in Mistral's, <tool_call> in some Hermes ones), which
     # skip_special_tokens would drop before the parser sees them (vLLM's adjust_request).
     keep_special_tokens = False
+    # The parser reads the whole output, not the content a reasoning parser leaves of it
+    # (gpt-oss's harmony: the calls sit beside the reasoning in channels it tells apart).
+    whole_output = False
 
     def __init__(self, tools: dict[str, dict] | None = None) -> None:
         # The request's functions: name -> parameters' JSON schema (some formats write
