@@ -36,6 +36,7 @@ _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.compressed_tensors",
     "pagedlm.layers.quantization.awq",
     "pagedlm.layers.quantization.gptq",
+    "pagedlm.layers.quantization.bitsandbytes",
 )
 _loaded = False
 
