@@ -58,7 +58,7 @@ LONG_LEN_ENV_VARS = ("PAGEDLM_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MO
 
 
 # "pt": pytorch_model*.bin; "gguf": a .gguf file ("auto" picks it from the path too).
-LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy", "bitsandbytes")
 
 
 def default_async_scheduling(device: str, pipeline_parallel_size: int) -> bool:
@@ -207,7 +207,8 @@ class EngineArgs:
                                    "quantization_config); see docs/quantization.md", MODEL, flags=("-q",))
     enforce_eager: bool = opt(False, "never use CUDA graphs", MODEL)
     load_format: str = opt("auto", "auto, safetensors, pt (pytorch_model*.bin), gguf, or dummy (random weights of "
-                           "the real shapes)", LOAD, choices=list(LOAD_FORMATS))
+                           "the real shapes); bitsandbytes (older vLLM's flag) reads safetensors", LOAD,
+                           choices=list(LOAD_FORMATS))
     revision: str | None = opt(None, "Hub branch, tag or commit of the model", LOAD)
     tokenizer_revision: str | None = opt(None, "Hub revision of the tokenizer", LOAD)
     download_dir: str | None = opt(None, "Hugging Face cache directory to download to / load from", LOAD)
@@ -334,6 +335,8 @@ class EngineArgs:
             raise ConfigError(f"data_parallel_size must be a positive integer, got {dp!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
+        if self.load_format == "bitsandbytes":  # older vLLM's flag for bnb checkpoints: safetensors here
+            self.load_format = "safetensors"
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be at least 1")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:

@@ -37,6 +37,7 @@ _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.awq",
     "pagedlm.layers.quantization.gptq",
     "pagedlm.layers.quantization.mxfp4",
+    "pagedlm.layers.quantization.bitsandbytes",
 )
 _loaded = False
 

@@ -190,6 +190,12 @@ class QuantizationConfig(ABC):
         (e.g. a Marlin-style name over a GPTQ checkpoint). Default: no."""
         return False
 
+    def checkpoint_tensor_name(self, name: str) -> str:
+        """The parameter name a checkpoint tensor of the format loads into, for formats whose
+        tensor names a module parameter cannot spell (bitsandbytes' ``weight.absmax``).
+        Default: the name as it is."""
+        return name
+
     def skip_checkpoint_tensor(self, name: str) -> bool:
         """Checkpoint tensors of the format that no parameter takes (they are dropped instead
         of refused as unknown)."""

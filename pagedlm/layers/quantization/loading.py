@@ -42,8 +42,10 @@ def init_dummy_quantized(model: nn.Module, seed: int) -> set[int]:
 def drop_format_tensors(weights: Iterable[tuple[str, torch.Tensor]],
                         quant_config: QuantizationConfig | None) -> Iterator[tuple[str, torch.Tensor]]:
     for name, tensor in weights:
-        if quant_config is None or not quant_config.skip_checkpoint_tensor(name):
+        if quant_config is None:
             yield name, tensor
+        elif not quant_config.skip_checkpoint_tensor(name):
+            yield quant_config.checkpoint_tensor_name(name), tensor
 
 
 def process_weights_after_loading(model: nn.Module) -> None:
