@@ -24,6 +24,7 @@ from pagedlm.layers.encoder_attention import EncoderOnlyAttention
 from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.models.bert import LayerNorm
 from pagedlm.models.encoder_rope import apply_rope, rope_cos_sin, rope_theta
+from pagedlm.models.utils import load_params
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -137,18 +138,8 @@ class ModernBertModel(nn.Module):
         return []
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            name = name.removeprefix("model.")
-            if name.startswith(self._skipped_prefixes):
-                continue
-            param = params.get(name)
-            if param is None:
-                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}")
-            param.weight_loader(param, tensor, None)
-            loaded.add(name)
-        return loaded
+        return load_params(self, ((name.removeprefix("model."), tensor) for name, tensor in weights),
+                           skip_prefixes=self._skipped_prefixes)
 
 
 class ModernBertPredictionHead(nn.Module):

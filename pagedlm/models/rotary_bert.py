@@ -27,6 +27,7 @@ from pagedlm.layers.encoder_attention import EncoderOnlyAttention
 from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.models.bert import LayerNorm
 from pagedlm.models.encoder_rope import apply_rope, rope_cos_sin, rope_theta
+from pagedlm.models.utils import load_params
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -107,19 +108,9 @@ class _RotaryBertModel(nn.Module):
         raise NotImplementedError
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            name = name.removeprefix(self._prefix)
-            if name.startswith(self._skipped_prefixes):
-                continue
-            target = self.checkpoint_name_to_param(name)
-            param = params.get(target)
-            if param is None:
-                raise ValueError(f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}")
-            param.weight_loader(param, tensor, None)
-            loaded.add(target)
-        return loaded
+        names = ((name.removeprefix(self._prefix), tensor) for name, tensor in weights)
+        return load_params(self, ((self.checkpoint_name_to_param(name), tensor) for name, tensor in names
+                                  if not name.startswith(self._skipped_prefixes)))
 
 
 class _Layer(nn.Module):
