@@ -95,6 +95,7 @@ class PrometheusStatLogger:
             return PerEngine(Histogram(prefix + name, doc, labels, buckets=buckets, registry=r), model_name)
 
         self._add_engine_families(gauge, counter)
+        self._add_sleep_state(labels)
         self._add_request_families(histogram)
         self._add_step_and_phase_families(histogram)
         self._add_config_families(engine_config)
@@ -122,6 +123,26 @@ class PrometheusStatLogger:
         self.prefix_cache_queries = counter("prefix_cache_queries",
                                             "Prefix cache queries, in terms of number of queried tokens.")
         self.prefix_cache_hits = counter("prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+
+    def _add_sleep_state(self, labels: list[str]) -> None:
+        """vLLM's engine_sleep_state: per engine, one series per ``sleep_state`` (awake,
+        weights_offloaded: sleep level 1, discard_all: level 2), the current one 1, the others 0."""
+        self.engine_sleep_state = Gauge(
+            self.prefix + "engine_sleep_state",
+            "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; "
+            "weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+            labels + ["sleep_state"], registry=self.registry, multiprocess_mode="mostrecent")
+        if self.engine_stats:
+            self.record_sleep_state(False)  # awake from the start (reads 1, not absent)
+
+    def record_sleep_state(self, sleeping: bool, level: int = 0, num_engines: int = 1) -> None:
+        """After sleep (``sleeping``, at ``level``) or wake_up, for engines 0..num_engines-1 (the
+        frontend's sleep and wake_up reach them all)."""
+        values = {"awake": int(not sleeping), "weights_offloaded": int(sleeping and level == 1),
+                  "discard_all": int(sleeping and level == 2)}
+        for engine in range(num_engines):
+            for state, value in values.items():
+                self.engine_sleep_state.labels(self.model_name, str(engine), state).set(value)
 
     def _add_request_families(self, histogram) -> None:
         """Per finished request: outcome, latencies and token counts."""

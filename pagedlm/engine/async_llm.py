@@ -59,6 +59,7 @@ class StatLogger(Protocol):
     def record_aborts(self, request_ids: list[str]) -> None: ...
     def record_stats(self, stats: EngineStats) -> None: ...
     def record_engine_stats(self, engine_index: int, stats: SchedulerStats) -> None: ...
+    def record_sleep_state(self, sleeping: bool, level: int = 0, num_engines: int = 1) -> None: ...
 
 
 class RequestStream:
@@ -154,6 +155,7 @@ class AsyncLLM:
         self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
         self.model_config = self.config.model_config
         self._asleep = False  # put to sleep through this frontend (sleep mode)
+        self._sleep_level = 0  # the level of that sleep (the engine_sleep_state metric)
         # Two tokenizers: HF fast tokenizers must not be used from two threads at once
         # ("Already borrowed"), and input runs on the tokenizer thread, output on the loop.
         self.tokenizer = load_tokenizer(self.model_config)
@@ -303,11 +305,15 @@ class AsyncLLM:
         check_sleep_args(self.config.cache_config.enable_sleep_mode, level)
         await self._call("sleep", level)
         self._asleep = True
+        self._sleep_level = level
+        self._log("record_sleep_state", True, level, self.client.num_engines)
 
     async def wake_up(self, tags: list[str] | None = None) -> None:
         check_sleep_args(self.config.cache_config.enable_sleep_mode, tags=tags)
         await self._call("wake_up", list(tags) if tags is not None else None)
         self._asleep = await self.is_sleeping()
+        # (vLLM's gauge: still asleep after waking only some of what sleep freed)
+        self._log("record_sleep_state", self._asleep, self._sleep_level, self.client.num_engines)
 
     async def is_sleeping(self) -> bool:
         return any(await self._call("is_sleeping"))

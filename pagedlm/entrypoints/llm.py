@@ -59,6 +59,8 @@ class LLM:
         self._counter = itertools.count()
         self._stat_logger = PrometheusStatLogger(engine_args.served_model_names()[0], prefix=OFFLINE_METRICS_PREFIX,
                                                  engine_config=self.llm_engine.config)
+        self._num_engines = engine_args.data_parallel_size
+        self._sleep_level = 0  # the level of the last sleep (engine_sleep_state in get_metrics)
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix block; False while requests still hold blocks."""
@@ -70,10 +72,14 @@ class LLM:
         (level 2: after ``wake_up``, load them again, e.g. ``collective_rpc("reload_weights")``).
         Requests are refused until ``wake_up``; sleep refuses while requests are unfinished."""
         self.llm_engine.sleep(level)
+        self._sleep_level = level
+        self._stat_logger.record_sleep_state(True, level, self._num_engines)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Restore what ``sleep`` freed: ``tags`` "weights" and/or "kv_cache" (None: both)."""
         self.llm_engine.wake_up(tags)
+        asleep = self.llm_engine.is_sleeping()
+        self._stat_logger.record_sleep_state(asleep, self._sleep_level, self._num_engines)
 
     def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (),
                        kwargs: dict[str, Any] | None = None) -> list[Any]:
