@@ -10,9 +10,10 @@ START, END = "<tool_call>", "</tool_call>"
 
 class HermesToolParser(ToolParser):
     keep_special_tokens = True
+    start = START  # the tag before each call's JSON
 
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
-        content, rest = self.split_at_marker(text, START, final)
+        content, rest = self.split_at_marker(text, self.start, final)
         calls: list[PartialCall] = []
         while rest is not None:
             start = skip_ws(rest, 0)
@@ -21,5 +22,5 @@ class HermesToolParser(ToolParser):
                 calls.append(call)
             if end is None:
                 break
-            _, rest = self.split_at_marker(rest[end:], START, final)
+            _, rest = self.split_at_marker(rest[end:], self.start, final)
         return self.finish(content, calls, text, final)

@@ -75,16 +75,17 @@ def convert_value(value: str, name: str, properties: dict[str, Any]) -> Any:
         return value
 
 
-def _function_texts(text: str) -> list[tuple[str, bool]]:
+def _function_texts(text: str, tool_call: re.Pattern = _TOOL_CALL) -> list[tuple[str, bool]]:
     """(text after ``<function=``, whether ``</function>`` closed it) of each call, in the
-    ``<tool_call>`` blocks or, without any, in the whole text."""
-    blocks = [m[0] or m[1] for m in _TOOL_CALL.findall(text)] or [text]
+    ``<tool_call>`` blocks (``tool_call``) or, without any, in the whole text."""
+    blocks = [m[0] or m[1] for m in tool_call.findall(text)] or [text]
     return [(m.group(1) if m.group(1) is not None else m.group(2), m.group(1) is not None)
             for block in blocks for m in _FUNCTION.finditer(block)]
 
 
 class Qwen3CoderToolParser(ToolParser):
     keep_special_tokens = True
+    tool_call, tool_call_re = TOOL_CALL, _TOOL_CALL  # the block's tag (Seed-OSS has its own)
 
     def _properties(self, name: str) -> dict[str, Any]:
         params = self.tools.get(name)
@@ -121,12 +122,12 @@ class Qwen3CoderToolParser(ToolParser):
         return PartialCall(name, text, complete=True)
 
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
-        start = text.find(TOOL_CALL)
+        start = text.find(self.tool_call)
         start = start if start >= 0 else text.find(FUNCTION)
         if start < 0:
             if final:
                 return text or None, []
-            hold = max(partial_suffix(text, TOOL_CALL), partial_suffix(text, FUNCTION))
+            hold = max(partial_suffix(text, self.tool_call), partial_suffix(text, FUNCTION))
             return text[:len(text) - hold] or None, []
         try:
             calls = self._calls(text, final)
@@ -138,7 +139,7 @@ class Qwen3CoderToolParser(ToolParser):
 
     def _calls(self, text: str, final: bool) -> list[PartialCall]:
         calls: list[PartialCall] = []
-        for source, closed in _function_texts(text):
+        for source, closed in _function_texts(text, self.tool_call_re):
             call = self._call(source, closed, final)
             if call is None:
                 break
