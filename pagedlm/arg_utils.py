@@ -29,7 +29,6 @@ logger = logging.getLogger("pagedlm")
 # in DEFAULT_EQUIVALENTS) is refused with one line naming the feature.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "cpu_offload_gb": "CPU weight offloading",
-    "enable_expert_parallel": "expert parallelism (MoE experts are split by tensor parallelism instead)",
     "max_num_partial_prefills": "more than one concurrent partial prefill (vLLM V0's scheduler)",
     "max_long_partial_prefills": "more than one concurrent long partial prefill (vLLM V0's scheduler)",
 }
@@ -201,7 +200,7 @@ def flag_name(field_name: str) -> str:
 # accepted and changes nothing; any other value is refused in one line naming the option
 # (not a TypeError "unexpected keyword"). Names that are simply not vLLM's stay a TypeError.
 _MM = "multimodal input (pagedlm serves text-only models)"
-_EPLB = "expert-parallel load balancing (MoE experts are split by tensor parallelism instead)"
+_EPLB = "expert-parallel load balancing (--enable-expert-parallel places the experts statically, in contiguous runs)"
 _DP = "multi-node / externally load-balanced data parallelism (data_parallel_size runs local engine cores)"
 _PA = "prompt adapters (removed from vLLM too)"
 _POOL = "tokenizer pools (removed from vLLM too; tokenization runs in the API process)"

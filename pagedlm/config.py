@@ -124,6 +124,8 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: str = "uni"  # "uni" | "mp" | "ray", resolved by EngineArgs
+    # MoE experts split whole over the tensor-parallel ranks (vLLM's --enable-expert-parallel)
+    enable_expert_parallel: bool = False
 
     @property
     def world_size(self) -> int:
@@ -189,7 +191,8 @@ def attention_shape(hf_config: Any) -> tuple[int, int, int]:
     return num_heads, num_kv_heads, head_dim
 
 
-def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str) -> ParallelConfig:
+def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str,
+                            enable_expert_parallel: bool = False) -> ParallelConfig:
     """Check the world shape and pick the executor like vLLM: one rank in process; several
     as processes on this host, or as Ray actors when the world outgrows the host's GPUs."""
     for name, size in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
@@ -219,7 +222,7 @@ def resolve_parallel_config(tp: int, pp: int, backend: str | None, device: str) 
             import ray  # noqa: F401
         except ImportError as e:
             raise ConfigError("distributed_executor_backend='ray' needs Ray: pip install 'pagedlm[ray]'") from e
-    return ParallelConfig(tp, pp, backend)
+    return ParallelConfig(tp, pp, backend, bool(enable_expert_parallel))
 
 
 def verify_parallel_shapes(hf_config: Any, parallel: ParallelConfig) -> None:

@@ -250,7 +250,9 @@ class EngineArgs:
                                  "priority, lowest value first, then arrival; preemption takes the lowest first)",
                                  SCHED, choices=["fcfs", "priority"])
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
-    enable_expert_parallel: bool = opt(False, "vLLM's expert parallelism for MoE layers", PARALLEL)
+    enable_expert_parallel: bool = opt(False, "MoE layers: each tensor-parallel rank holds a contiguous share of "
+                                       "the experts whole (vLLM's expert parallelism) instead of a slice of every "
+                                       "expert; no effect at tensor_parallel_size 1", PARALLEL)
     pipeline_parallel_size: int = opt(1, "pipeline-parallel stages, up to one batch per stage in flight", PARALLEL,
                                       flags=("-pp",))
     data_parallel_size: int = opt(1, "engine-core processes, each with its own device(s); requests go to the "
@@ -535,7 +537,8 @@ class EngineArgs:
         model_config = self._model_config(device)
         max_model_len, pooling = model_config.max_model_len, model_config.pooler_config is not None
         parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
-                                                  self.distributed_executor_backend, device)
+                                                  self.distributed_executor_backend, device,
+                                                  self.enable_expert_parallel)
         verify_parallel_shapes(model_config.hf_config, parallel_config)
         _verify_transformers_backend(model_config, parallel_config.world_size)
         if parallel_config.pipeline_parallel_size > 1:

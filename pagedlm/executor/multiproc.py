@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _POLL_MS = 200
 _RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "runtime_stats",
-                "time_step_collectives", "sleep", "wake_up", "reload_weights")
+                "time_step_collectives", "expert_layout", "sleep", "wake_up", "reload_weights")
 
 
 class MultiprocExecutor(Executor):

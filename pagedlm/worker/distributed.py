@@ -39,6 +39,9 @@ class ParallelState:
     tp_size: int = 1
     pp_size: int = 1
     tp_group: object | None = None  # torch ProcessGroup of this rank's stage
+    # vLLM's expert parallelism: the MoE layers' experts split whole over the tensor-parallel
+    # group (ep rank = tp rank) instead of each expert split on its intermediate dim.
+    enable_expert_parallel: bool = False
 
     @property
     def tp_rank(self) -> int:
@@ -57,7 +60,7 @@ _state = ParallelState()
 
 
 def init_distributed_environment(rank: int, tp_size: int, pp_size: int, init_method: str, backend: str,
-                                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                                 timeout_s: float = DEFAULT_TIMEOUT_S, enable_expert_parallel: bool = False) -> None:
     """Join the world and build one tensor-parallel group per pipeline stage. Every rank
     calls new_group for every group, in the same order, as torch.distributed requires."""
     global _state
@@ -70,13 +73,13 @@ def init_distributed_environment(rank: int, tp_size: int, pp_size: int, init_met
         group = dist.new_group(ranks, backend=backend, timeout=timedelta(seconds=timeout_s))
         if rank in ranks:
             my_group = group
-    _state = ParallelState(rank, world_size, tp_size, pp_size, my_group)
+    _state = ParallelState(rank, world_size, tp_size, pp_size, my_group, enable_expert_parallel)
 
 
-def set_parallel_state_for_tests(rank: int, tp_size: int, pp_size: int) -> None:
+def set_parallel_state_for_tests(rank: int, tp_size: int, pp_size: int, enable_expert_parallel: bool = False) -> None:
     """Pretend to be ``rank`` without a process group: layer shapes only (no collectives)."""
     global _state
-    _state = ParallelState(rank, tp_size * pp_size, tp_size, pp_size, None)
+    _state = ParallelState(rank, tp_size * pp_size, tp_size, pp_size, None, enable_expert_parallel)
 
 
 def destroy_distributed_environment() -> None:
@@ -124,6 +127,14 @@ def get_tensor_model_parallel_rank() -> int:
 
 def get_tensor_model_parallel_world_size() -> int:
     return _state.tp_size
+
+
+def get_expert_parallel_rank_size() -> tuple[int, int]:
+    """(ep_rank, ep_size) of the MoE layers: the tensor-parallel rank and size with expert
+    parallelism on (vLLM's EP group at data_parallel_size 1), (0, 1) otherwise."""
+    if not _state.enable_expert_parallel:
+        return 0, 1
+    return _state.tp_rank, _state.tp_size
 
 
 def get_pipeline_model_parallel_rank() -> int:

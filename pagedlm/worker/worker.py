@@ -48,7 +48,8 @@ class Worker:
             if self.distributed_init_method is None:
                 raise ValueError("a multi-rank worker needs a distributed_init_method")
             init_distributed_environment(self.rank, parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
-                                         self.distributed_init_method, "nccl" if on_cuda else "gloo")
+                                         self.distributed_init_method, "nccl" if on_cuda else "gloo",
+                                         enable_expert_parallel=parallel.enable_expert_parallel)
 
     def load_model(self) -> None:
         from pagedlm.worker.model_runner import ModelRunner
@@ -100,6 +101,19 @@ class Worker:
         embedding = 0 if tied else sum(p.numel() * p.element_size() for n, p in params.items() if "embed_tokens" in n)
         return {"rank": get_parallel_state().rank, "weight_bytes": weight_bytes,
                 "decode_read_bytes": weight_bytes - embedding, "forward_counts": dict(self.runner.forward_counts)}
+
+    def expert_layout(self) -> dict[str, dict]:
+        """Each MoE layer's experts on this rank: the global ids it holds (all of them without
+        expert parallelism) and its stacked weights' shapes."""
+        from pagedlm.layers.fused_moe import FusedMoE  # noqa: PLC0415
+
+        layout = {}
+        for name, module in self.runner.model.named_modules():
+            if isinstance(module, FusedMoE):
+                held = [e for e in range(module.num_experts) if module.local_expert(e) is not None]
+                layout[name] = {"experts": held, "w13": list(module.w13_weight.shape),
+                                "w2": list(module.w2_weight.shape)}
+        return layout
 
     def time_step_collectives(self) -> float:
         """Milliseconds of this stage's collectives in one batch-1 decode step (time_collectives):

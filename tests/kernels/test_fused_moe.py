@@ -95,3 +95,30 @@ def test_fused_experts_in_cuda_graph():
     graph.replay()
     expected = reference.fused_experts(x, w13, w2, new_w.cpu(), new_ids.cpu())
     assert rel_err(out, expected) < 2e-2
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_expert_parallel_shares_sum_to_the_whole(with_bias):
+    """Expert parallelism: each of two ranks holds a contiguous run of whole experts (5 = 3 + 2)
+    and gets the global top-k ids mapped to local ones, -1 for the other rank's experts. The
+    kernel skips those slots (their rows are never computed, nor summed); the two shares add
+    up to the single-rank output, each expert's down bias counted once."""
+    x, w13, w2, logits = make_case(19, 5, 2, 64, 32, seed=11)
+    g = torch.Generator().manual_seed(12)
+    b13, b2 = (torch.randn(5, 64, generator=g), torch.randn(5, 64, generator=g)) if with_bias else (None, None)
+    weights, ids = reference.select_experts(logits, 2, True)
+    extra = dict(activation="swigluoai") if with_bias else {}
+    ref = reference.fused_experts(x, w13, w2, weights, ids, b13, b2, **extra)
+    total = torch.zeros(ref.shape, dtype=torch.float32)
+    for start, local in ((0, 3), (3, 2)):
+        expert_map = torch.full((5,), -1, dtype=torch.int32)
+        expert_map[start : start + local] = torch.arange(local, dtype=torch.int32)
+        local_ids = expert_map[ids]
+        local_w = weights.masked_fill(local_ids < 0, 0.0)
+        cut = slice(start, start + local)
+        dev = lambda t: None if t is None else t[cut].to(DEVICE, DTYPE)  # noqa: E731
+        out = triton_moe.fused_experts(x.to(DEVICE, DTYPE), dev(w13), dev(w2), local_w.to(DEVICE), local_ids.to(DEVICE),
+                                       w13_bias=dev(b13), w2_bias=dev(b2), skip_negative_ids=True, **extra)
+        assert torch.isfinite(out.float()).all()
+        total += out.float().cpu()
+    assert rel_err(total, ref) < 2e-2

@@ -113,16 +113,20 @@ def fused_experts(
     activation: str = "silu",
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
+    skip_negative_ids: bool = False,
 ) -> torch.Tensor:
     """sum_k weight_k * (w2[e_k] @ act(w13[e_k] x + b13[e_k]) + b2[e_k]), one expert at a time
     over the tokens routed to it (``apply_activation``; the biases are gpt-oss's).
-    -> [T, H] in the input dtype (accumulated in float32)."""
+    ``skip_negative_ids``: slots whose id is negative (experts another expert-parallel rank
+    holds) contribute nothing. -> [T, H] in the input dtype (accumulated in float32)."""
     num_experts = w13.shape[0]
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)
-    flat_ids = topk_ids.reshape(-1)
+    flat_ids = topk_ids.reshape(-1).long()
+    if skip_negative_ids:  # -1 -> a last bucket that is never computed
+        flat_ids = torch.where(flat_ids < 0, num_experts, flat_ids)
     # Expert of each (token, slot), grouped: one sort instead of a mask per expert.
     order = torch.argsort(flat_ids, stable=True)
-    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
+    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()[:num_experts]
     top_k = topk_ids.shape[1]
     start = 0
     for expert, count in enumerate(counts):

@@ -44,16 +44,21 @@ def default_config(num_tokens: int, top_k: int, num_experts: int) -> MoEConfig:
     return MoEConfig(block_m=64, block_n=128, block_k=64, num_warps=8, num_stages=3)
 
 
-def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int
+def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int, skip_negative_ids: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (sorted_ids [P] int32: (token * K + slot) grouped by expert, each group padded to
     block_m with the value N; expert_ids [P / block_m] int32: the expert of each tile, -1
     past the end; num_padded [1] int32). P = N + E * (block_m - 1) rounded up to block_m,
-    the most padding can need, so shapes depend only on (T, K, E, block_m)."""
+    the most padding can need, so shapes depend only on (T, K, E, block_m).
+    ``skip_negative_ids`` (expert parallelism): negative ids (other ranks' experts) form one
+    more group after the last expert, past ``num_padded``, so no tile computes them."""
     flat = topk_ids.reshape(-1).long()
     n = flat.numel()
     device = flat.device
-    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
+    groups = num_experts + 1 if skip_negative_ids else num_experts
+    if skip_negative_ids:
+        flat = torch.where(flat < 0, num_experts, flat)
+    counts = torch.zeros(groups, dtype=torch.long, device=device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # no bincount: it syncs on CUDA
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, 0)
@@ -63,13 +68,13 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int
     # rank of each sorted row within its expert's run
     count_start = torch.cumsum(counts, 0) - counts
     rank = torch.arange(n, device=device) - count_start[sorted_experts]
-    max_padded = triton.cdiv(n + num_experts * (block_m - 1), block_m) * block_m
+    max_padded = triton.cdiv(n + groups * (block_m - 1), block_m) * block_m
     sorted_ids = torch.full((max_padded,), n, dtype=torch.int32, device=device)
     sorted_ids[padded_start[sorted_experts] + rank] = order.to(torch.int32)
     tile_start = torch.arange(0, max_padded, block_m, device=device)
     expert_ids = torch.searchsorted(padded_end, tile_start, right=True)
     expert_ids = torch.where(expert_ids < num_experts, expert_ids, -1).to(torch.int32)
-    num_padded = padded_end[-1:].to(torch.int32)
+    num_padded = padded_end[num_experts - 1 : num_experts].to(torch.int32)  # the real experts' tiles
     return sorted_ids, expert_ids, num_padded
 
 
@@ -144,10 +149,12 @@ def fused_experts(
     activation: str = "silu",
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
+    skip_negative_ids: bool = False,
 ) -> torch.Tensor:
     """Same contract as ``reference.fused_experts``; never syncs with the host. The biases
     (gpt-oss) are added to the GEMMs' rows by each row's expert, and activations other than
-    silu run as torch ops (``reference.apply_activation``)."""
+    silu run as torch ops (``reference.apply_activation``). With ``skip_negative_ids`` the
+    rows of negative ids are never computed (left unwritten) and zeroed in the final sum."""
     num_tokens, hidden = hidden_states.shape
     top_k = topk_ids.shape[1]
     num_experts, two_i, _ = w13.shape
@@ -156,14 +163,14 @@ def fused_experts(
     config = config or default_config(num_tokens, top_k, num_experts)
     if num_tokens == 0:
         return torch.zeros_like(hidden_states)
-    aligned = align_by_expert(topk_ids, num_experts, config.block_m)
+    aligned = align_by_expert(topk_ids, num_experts, config.block_m, skip_negative_ids)
     n = num_tokens * top_k
     gate_up = torch.empty(n, two_i, dtype=hidden_states.dtype, device=hidden_states.device)
     weights = topk_weights.reshape(-1).float().contiguous()
     _grouped_gemm(hidden_states, w13, gate_up, weights, aligned, top_k, False, config)
     row_experts = None  # the expert of row n = token * K + slot, for the biases
     if w13_bias is not None or w2_bias is not None:
-        row_experts = topk_ids.reshape(-1).long()
+        row_experts = topk_ids.reshape(-1).long().clamp(min=0)  # skipped rows: any valid index
     if w13_bias is not None:
         gate_up += w13_bias.index_select(0, row_experts).to(gate_up.dtype)
     if activation == "silu":
@@ -176,4 +183,6 @@ def fused_experts(
     rows = out.view(num_tokens, top_k, hidden).float()
     if w2_bias is not None:
         rows = rows + (w2_bias.index_select(0, row_experts).float() * weights.unsqueeze(1)).view(rows.shape)
+    if skip_negative_ids:  # unwritten rows (other ranks' experts) hold garbage: where, not a product
+        rows = torch.where((topk_ids >= 0).unsqueeze(-1), rows, 0.0)
     return rows.sum(dim=1).to(hidden_states.dtype)
