@@ -236,7 +236,6 @@ VLLM_ONLY_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
     "enable_mm_embeds": ((False,), _MM),
     "enable_multimodal_encoder_data_parallel": ((False,), _MM),
     "enable_prompt_adapter": ((False,), _PA),
-    "enable_prompt_embeds": ((False,), "prompts given as embeddings (prompt_embeds)"),
     "eplb_config": ((None, {}), _EPLB),
     "eplb_log_balancedness": ((False,), _EPLB),
     "eplb_step_interval": ((3000,), _EPLB),

@@ -65,6 +65,8 @@ class ModelConfig:
     quantization: str | None = None
     # "auto" | "vllm" / "pagedlm" | "transformers" (pagedlm.models.registry.resolve_model_class)
     model_impl: str = "auto"
+    # vLLM's --enable-prompt-embeds: prompts may be given as embeddings (pagedlm/engine/prompt_embeds.py).
+    enable_prompt_embeds: bool = False
 
     @property
     def vocab_size(self) -> int:

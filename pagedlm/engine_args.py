@@ -76,6 +76,27 @@ def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, asy
     verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
 
 
+def _verify_prompt_embeds(model_config: ModelConfig, pipeline_parallel_size: int, speculative: bool) -> None:
+    """--enable-prompt-embeds: where prompts given as embeddings cannot run, refuse at start-up."""
+    from pagedlm.engine.prompt_embeds import model_accepts_embeds
+    from pagedlm.models.registry import resolve_model_class
+
+    if model_config.pooler_config is not None:
+        raise ConfigError("--enable-prompt-embeds is not supported with runner='pooling' (pagedlm takes prompt "
+                          "embeddings for generation only)")
+    if pipeline_parallel_size > 1:
+        raise ConfigError("--enable-prompt-embeds is not supported with pipeline parallelism "
+                          "(pipeline_parallel_size > 1)")
+    if speculative:
+        raise ConfigError("--enable-prompt-embeds is not supported with speculative decoding (a draft model or "
+                          "n-gram proposer has no prompt tokens to read)")
+    model_cls = resolve_model_class(model_config.architectures, model_config.model_impl)
+    if not model_accepts_embeds(model_cls):
+        raise ConfigError(f"--enable-prompt-embeds: {model_cls.__name__} ({model_config.architectures}) cannot take "
+                          "prompts given as embeddings; supported: Llama-family decoders and the MoE decoders "
+                          "built on pagedlm.models.mixtral.MoEForCausalLM")
+
+
 def _verify_transformers_backend(model_config: ModelConfig, world_size: int) -> None:
     """The transformers backend (pagedlm/models/transformers.py) runs on one rank, and its model
     must not be a hybrid one (layers other than softmax attention)."""
@@ -171,6 +192,10 @@ class EngineArgs:
                           choices=["auto", "vllm", "pagedlm", "transformers", "terratorch"])
     skip_tokenizer_init: bool = opt(False, "run without a tokenizer: prompts are token ids, outputs carry token "
                                     "ids and empty text (offline engine only)", MODEL)
+    enable_prompt_embeds: bool = opt(False, "accept prompts given as embeddings ({'prompt_embeds': tensor "
+                                     "[num_tokens, hidden]} offline, base64 torch.save payloads in /v1/completions' "
+                                     "prompt_embeds); Llama-family and MoE decoders, one pipeline stage, no "
+                                     "speculative decoding", MODEL)
     enable_sleep_mode: bool = opt(False, "vLLM's sleep mode (LLM.sleep / wake_up)", CACHE)
     chat_template: str | None = opt(None, "chat template file or Jinja text (default: the tokenizer's)", MODEL)
     hf_overrides: dict[str, Any] | None = opt(None, "JSON object merged into the model's Hugging Face config "
@@ -514,6 +539,7 @@ class EngineArgs:
                                    else str(Path(self.generation_config).expanduser())),
             quantization=resolve_quantization_name(hf_config, self.quantization, self.model_impl),
             model_impl=self.model_impl,
+            enable_prompt_embeds=self.enable_prompt_embeds,
         )
 
     def _async_scheduling(self, device: str, pipeline_parallel_size: int, logits_processors: tuple[str, ...],
@@ -554,6 +580,8 @@ class EngineArgs:
             if self.enable_sleep_mode:  # the draft's weights, cache and graphs are not put to sleep
                 raise ConfigError("--enable-sleep-mode does not combine with speculative decoding yet")
             _verify_transformers_speculation(model_config, spec.method)
+        if self.enable_prompt_embeds:
+            _verify_prompt_embeds(model_config, parallel_config.pipeline_parallel_size, spec is not None)
         logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
         async_scheduling = self._async_scheduling(device, parallel_config.pipeline_parallel_size, logits_processors,
                                                   pooling, spec is not None)

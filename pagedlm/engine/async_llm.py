@@ -398,7 +398,7 @@ def _needs_tokenizer(prompt: PromptType, params: SamplingParams) -> bool:
     if isinstance(params, SamplingParams) and params.bad_words:
         return True
     if isinstance(prompt, dict):
-        return "prompt_token_ids" not in prompt
+        return "prompt_token_ids" not in prompt and "prompt_embeds" not in prompt
     return not isinstance(prompt, list)
 
 

@@ -129,6 +129,9 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, self.encode(prompt, check_chars=check_chars)
         if isinstance(prompt, dict):
+            if "prompt_embeds" in prompt:  # (generation takes them before tokenizing: pooling gets here)
+                raise InvalidRequestError("prompt_embeds is supported for text generation only, not for pooling, "
+                                          "scoring or beam search")
             unknown = sorted(set(prompt) - {"prompt", "prompt_token_ids", "cache_salt"})
             if unknown:  # e.g. multi_modal_data: refused, never dropped
                 raise InvalidRequestError(f"prompt keys {unknown} are not supported (pagedlm serves text models); "
@@ -274,6 +277,8 @@ class InputProcessor:
                 "LLM.encode or POST /v1/embeddings (a decoder checkpoint generates with --runner generate).")
         salt = self.cache_salt(prompt)
         keep = params.truncate_prompt_tokens
+        if isinstance(prompt, dict) and "prompt_embeds" in prompt:
+            return self._process_embeds(request_id, prompt, params, arrival_time, priority, lora, salt)
         text, token_ids = self.tokenize_prompt(prompt, check_chars=keep is None)
         token_ids = self.truncate(token_ids, keep)
         self.validate_prompt(token_ids)
@@ -281,6 +286,47 @@ class InputProcessor:
         arrival = arrival_time if arrival_time is not None else time.time()
         return text, EngineCoreRequest(request_id, token_ids, params, self.eos_token_id, arrival, lora_request=lora,
                                        cache_salt=salt, priority=priority)
+
+    def _process_embeds(self, request_id: str, prompt: dict, params: SamplingParams, arrival_time: float | None,
+                        priority: int, lora: Any, salt: str | None) -> tuple[str | None, EngineCoreRequest]:
+        """A prompt given as embeddings (vLLM's EmbedsPrompt): checked, cast to the model's dtype
+        and sent as raw bytes, with one placeholder token id (0) per row, as vLLM's."""
+        from pagedlm.engine.prompt_embeds import PromptEmbedsError, check_tensor, to_wire
+
+        self.check_embeds_prompt_keys(prompt)
+        try:
+            tensor = check_tensor(prompt["prompt_embeds"], self.model_config.hf_config.hidden_size)
+        except PromptEmbedsError as e:
+            raise InvalidRequestError(str(e)) from e
+        keep = params.truncate_prompt_tokens
+        if keep is not None:
+            tensor = tensor[-len(self.truncate(list(range(tensor.shape[0])), keep)):]
+        num_tokens = int(tensor.shape[0])
+        if num_tokens >= self.max_model_len:
+            raise InvalidRequestError(
+                f"The prompt (length {num_tokens}) is too long: it must be shorter than the maximum model length "
+                f"of {self.max_model_len} to leave room for at least one generated token.")
+        if params.prompt_logprobs is not None:
+            raise InvalidRequestError("prompt_logprobs is not supported with prompt_embeds (the prompt has no token "
+                                      "ids to score)")
+        if params.repetition_penalty != 1.0:
+            raise InvalidRequestError("repetition_penalty is not supported with prompt_embeds (it penalises the "
+                                      "prompt's token ids, which a prompt given as embeddings does not have)")
+        params = self.prepare_params(params, num_tokens)
+        embeds = to_wire(tensor, self.model_config.torch_dtype)
+        arrival = arrival_time if arrival_time is not None else time.time()
+        return None, EngineCoreRequest(request_id, [0] * num_tokens, params, self.eos_token_id, arrival,
+                                       lora_request=lora, cache_salt=salt, priority=priority, prompt_embeds=embeds)
+
+    def check_embeds_prompt_keys(self, prompt: dict) -> None:
+        """Prompt embeds need --enable-prompt-embeds, and come alone (with an optional cache_salt)."""
+        if not self.model_config.enable_prompt_embeds:
+            raise InvalidRequestError("prompt_embeds is only accepted when the engine was started with "
+                                      "--enable-prompt-embeds (enable_prompt_embeds=True)")
+        unknown = sorted(set(prompt) - {"prompt_embeds", "cache_salt"})
+        if unknown:
+            raise InvalidRequestError(f"a prompt given as embeddings takes 'prompt_embeds' (and optionally "
+                                      f"'cache_salt') only, got also {unknown}")
 
     def check_priority(self, priority: Any) -> None:
         """A request's priority is an int, and other than 0 only under --scheduling-policy priority

@@ -190,7 +190,7 @@ class KVCacheManager:
             start = len(hashes) * bs
             parent = hashes[-1] if hashes else None
             hashes.append(hash_block_tokens(parent, request.all_token_ids[start : start + bs],
-                                             request.block_hash_extra))
+                                             request.block_extra(start, start + bs)))
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest cached prefix of the request, in whole blocks. The last token is never

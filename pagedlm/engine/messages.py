@@ -41,6 +41,21 @@ class SchedulerStats:
     waiting_lora_adapters: dict[str, int] = field(default_factory=dict)
 
 
+class PromptEmbeds(msgspec.Struct, array_like=True, gc=False):
+    """A prompt given as embeddings (vLLM's EmbedsPrompt), as it crosses processes: the raw
+    bytes of a C-contiguous [num_tokens, hidden] tensor already cast to the model's dtype,
+    with that dtype's torch name ("float32", "bfloat16", ...) and the shape. Never a pickle;
+    pagedlm/engine/prompt_embeds.py turns it into a tensor and back."""
+
+    data: bytes
+    dtype: str
+    shape: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.shape[0]
+
+
 @dataclass(slots=True)
 class NewRequestData:
     """A request the runner has not seen (or must rebuild after preemption), in full."""
@@ -53,6 +68,7 @@ class NewRequestData:
     num_computed_tokens: int
     pooling_params: PoolingParams | None = None  # set for pooling requests (they sample nothing)
     lora_request: dict[str, Any] | None = None  # {"name", "id", "path"} of its LoRA adapter
+    prompt_embeds: PromptEmbeds | None = None  # its prompt's embeddings (prompt_token_ids are placeholders)
 
 
 @dataclass(slots=True)
@@ -149,6 +165,9 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=
     priority: int = 0
     pooling_params: PoolingParams | None = None  # set: a pooling request (sampling_params is a placeholder)
     client_index: int = 0  # the frontend (API server process) that sent it: its outputs go back there
+    # A prompt given as embeddings: then prompt_token_ids are placeholders (0, one per row), as
+    # vLLM's, and the model reads these rows instead of its embedding table at those positions.
+    prompt_embeds: PromptEmbeds | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

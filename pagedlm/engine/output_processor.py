@@ -69,7 +69,7 @@ class ChildState:
 class ParentState:
     request_id: str
     prompt: str | None
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int] | None  # None: a prompt given as embeddings (as vLLM's)
     children: dict[str, ChildState]
     prompt_logprobs: PromptLogprobs | None
     metrics: RequestMetrics
@@ -83,6 +83,7 @@ class ParentState:
     pooling_output: Any = None  # the engine's pooled floats, once the request finished
     lora_request: LoRARequest | None = None  # its adapter (RequestOutput.lora_request, as vLLM's)
     max_tokens: int | None = None  # SamplingParams.max_tokens, for the metrics
+    num_prompt_tokens: int = 0  # (prompt_token_ids is None for a prompt given as embeddings)
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -153,14 +154,18 @@ class OutputProcessor:
         params = first.sampling_params
         states = {}
         for index, child in enumerate(children):
-            detok = IncrementalDetokenizer(self.tokenizer, child.prompt_token_ids, child.sampling_params)
+            # An embeds prompt's ids are placeholders: its text starts from nothing.
+            prompt_ids = [] if child.prompt_embeds is not None else child.prompt_token_ids
+            detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, child.sampling_params)
             state = ChildState(index, detok, timing=RequestMetrics(arrival_time=first.arrival_time))
             if params.logprobs is not None:
                 state.logprobs, state.cumulative_logprob = [], 0.0
             states[child.request_id] = state
             self.child_to_parent[child.request_id] = parent_id
         self.parents[parent_id] = ParentState(
-            request_id=parent_id, prompt=prompt, prompt_token_ids=first.prompt_token_ids, children=states,
+            request_id=parent_id, prompt=prompt, children=states,
+            prompt_token_ids=None if first.prompt_embeds is not None else first.prompt_token_ids,
+            num_prompt_tokens=first.num_prompt_tokens,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
             is_pooling=first.pooling_params is not None,
@@ -208,7 +213,7 @@ class OutputProcessor:
             parent.pooling_output = out.pooling_output
         if out.new_token_ids:
             if child.timing.first_token_time is None:
-                stats.num_prompt_tokens += len(parent.prompt_token_ids)
+                stats.num_prompt_tokens += parent.num_prompt_tokens
             _record_token_times(child.timing, now, stats)
             _record_token_times(parent.metrics, now, None)  # the RequestOutput's own times
             stats.num_generation_tokens += len(out.new_token_ids)
@@ -247,7 +252,7 @@ class OutputProcessor:
         # prompt's prefill chunks each bring some, and until the last has, there is nothing to send.
         prompt_logprobs = parent.prompt_logprobs
         if kind == RequestOutputKind.DELTA:
-            if (prompt_logprobs is not None and len(prompt_logprobs) < len(parent.prompt_token_ids)
+            if (prompt_logprobs is not None and len(prompt_logprobs) < parent.num_prompt_tokens
                     and not finished):
                 return None
             if parent.num_outputs_sent > 0:
@@ -313,7 +318,7 @@ def _finished_stats(parent: ParentState, child: ChildState, now: float) -> Finis
     return FinishedRequestStats(
         finish_reason=reason,
         e2e_latency=now - m.arrival_time,
-        num_prompt_tokens=len(parent.prompt_token_ids),
+        num_prompt_tokens=parent.num_prompt_tokens,
         num_generation_tokens=child.num_generated,
         queue_time=max(0.0, scheduled - m.arrival_time) if scheduled is not None else None,
         prefill_time=first - scheduled if first is not None and scheduled is not None else None,

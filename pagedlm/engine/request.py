@@ -52,6 +52,7 @@ class Request:
         pooling_params: PoolingParams | None = None,
         lora_request: dict[str, Any] | None = None,
         priority: int = 0,
+        prompt_embeds: Any = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -63,6 +64,9 @@ class Request:
         self.pooling_params = pooling_params
         self.lora_request = lora_request  # {"name", "id", "path"}; None: the base model
         self.priority = priority  # --scheduling-policy priority: lower values are served first
+        # messages.PromptEmbeds of a prompt given as embeddings (prompt_token_ids are placeholders).
+        self.prompt_embeds = prompt_embeds
+        self._embeds_digests: dict[int, str] = {}  # block start -> digest of its prompt rows
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -87,7 +91,8 @@ class Request:
     @classmethod
     def from_engine_core_request(cls, req: "EngineCoreRequest") -> "Request":
         return cls(req.request_id, req.prompt_token_ids, req.sampling_params, req.eos_token_id,
-                   req.arrival_time, req.cache_salt, req.pooling_params, req.lora_request, req.priority)
+                   req.arrival_time, req.cache_salt, req.pooling_params, req.lora_request, req.priority,
+                   req.prompt_embeds)
 
     @property
     def block_hash_extra(self) -> str | None:
@@ -98,6 +103,22 @@ class Request:
         lora = f"lora:{self.lora_request['id']}:{len(self.lora_request['path'])}:{self.lora_request['path']}"
         # Tagged and length-prefixed: no salt a client sends can spell another salt's or adapter's key.
         return lora if self.cache_salt is None else f"{lora}\x00salt:{self.cache_salt}"
+
+    def block_extra(self, start: int, end: int) -> str | None:
+        """The extra key of the block of tokens [start, end): ``block_hash_extra``, and for a
+        prompt given as embeddings the digest of the block's embedding rows (vLLM's
+        _gen_prompt_embeds_extra_hash_keys): its placeholder token ids never match a token
+        prompt's blocks, and only identical embeddings share a block."""
+        extra = self.block_hash_extra
+        if self.prompt_embeds is None or start >= self.num_prompt_tokens:
+            return extra
+        digest = self._embeds_digests.get(start)
+        if digest is None:
+            from pagedlm.engine.prompt_embeds import block_digest
+
+            digest = self._embeds_digests[start] = block_digest(self.prompt_embeds, start,
+                                                                min(end, self.num_prompt_tokens))
+        return f"embeds:{digest}" if extra is None else f"{extra}\x00embeds:{digest}"
 
     @property
     def num_prompt_tokens(self) -> int:

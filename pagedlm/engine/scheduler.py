@@ -298,7 +298,7 @@ class Scheduler:
         for r in new_reqs:
             new_data.append(NewRequestData(r.request_id, r.prompt_token_ids, r.output_token_ids[:], r.sampling_params,
                                            self.kv.get_block_ids(r.request_id), r.num_computed_tokens,
-                                           r.pooling_params, r.lora_request))
+                                           r.pooling_params, r.lora_request, r.prompt_embeds))
             r.num_computed_tokens += num_scheduled[r.request_id]
         # The bitmask waits for the tokens in flight (deferred_grammar_bitmask); with speculation
         # no constrained request is scheduled with a sampling step in flight (async_gate.py).

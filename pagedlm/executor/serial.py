@@ -19,6 +19,7 @@ from pagedlm.engine.messages import (
     LogprobsLists,
     ModelRunnerOutput,
     NewRequestData,
+    PromptEmbeds,
     SchedulerOutput,
 )
 from pagedlm.sampling_params import SamplingParams, StructuredOutputsParams
@@ -64,6 +65,8 @@ def decode_scheduler_output(data: bytes) -> SchedulerOutput:
     new_reqs = []
     for r in d["scheduled_new_reqs"]:
         r["sampling_params"] = _sampling_params(r["sampling_params"])
+        if r.get("prompt_embeds") is not None:  # (an array-like struct: [data, dtype, shape])
+            r["prompt_embeds"] = PromptEmbeds(*r["prompt_embeds"])
         new_reqs.append(NewRequestData(**r))
     return SchedulerOutput(
         scheduled_new_reqs=new_reqs,

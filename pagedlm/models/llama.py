@@ -288,10 +288,17 @@ class LlamaModel(nn.Module):
         """The final norm (RMSNorm; a subclass may use a LayerNorm)."""
         return RMSNorm(config.hidden_size, config.rms_norm_eps, self.norm_unit_offset)
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The embedding table's rows (before any embedding multiplier): what a prompt given as
+        embeddings (``inputs_embeds``) stands in for."""
+        return self.embed_tokens(input_ids)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
+                intermediate_tensors: IntermediateTensors | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
         if intermediate_tensors is None:
-            hidden_states, residual = self.embed_tokens(input_ids), None
+            hidden_states = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
             if self.embedding_multiplier != 1.0:
                 hidden_states = hidden_states * self.embedding_multiplier
         else:
@@ -335,9 +342,17 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))  # Granite divides its logits
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                intermediate_tensors: IntermediateTensors | None = None) -> torch.Tensor | IntermediateTensors:
-        return self.model(input_ids, positions, intermediate_tensors)
+                intermediate_tensors: IntermediateTensors | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
+        """``inputs_embeds`` [T, hidden]: used in place of the embedding lookup of ``input_ids``
+        (prompts given as embeddings)."""
+        if inputs_embeds is None:
+            return self.model(input_ids, positions, intermediate_tensors)
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden_states)

@@ -70,8 +70,12 @@ class MoEModel(nn.Module):
         self.norm = make_norm(config) if make_norm else RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids)
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = self.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds
         if self.embedding_multiplier != 1.0:
             hidden_states = hidden_states * self.embedding_multiplier
         residual = None
@@ -121,8 +125,14 @@ class MoEForCausalLM(nn.Module):
     def num_experts(self) -> int:
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_input_ids(input_ids)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs_embeds is None:
+            return self.model(input_ids, positions)
+        return self.model(input_ids, positions, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.compute_logits(hidden_states)

@@ -31,6 +31,7 @@ class CachedRequestState:
     needs_history: bool = False
     pooling_params: PoolingParams | None = None  # pooling requests: pooled, not sampled, when computed
     spec_token_ids: list[int] = field(default_factory=list)  # this step's drafts (speculative decoding)
+    prompt_embeds: torch.Tensor | None = None  # [num_prompt_tokens, hidden] on the device: a prompt given as embeddings
 
     @classmethod
     def from_new(cls, data: NewRequestData, device: torch.device,
@@ -43,6 +44,10 @@ class CachedRequestState:
                     generator, list(data.block_ids), data.num_computed_tokens)
         state.token_ids = state.prompt_token_ids + state.output_token_ids
         state.pooling_params = data.pooling_params
+        if data.prompt_embeds is not None:
+            from pagedlm.engine.prompt_embeds import from_wire
+
+            state.prompt_embeds = from_wire(data.prompt_embeds, device)
         p = data.sampling_params
         # Penalties are not here: they read the persistent batch's on-device token counts.
         state.needs_history = bool(p.bad_words_token_ids or p.min_tokens)

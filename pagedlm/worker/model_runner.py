@@ -97,6 +97,15 @@ class ModelRunner:
             from pagedlm.spec_decode.spec_runner import SpecDecodeRunner
 
             self.spec = SpecDecodeRunner(self)
+        # --enable-prompt-embeds (checked at start-up: one pipeline stage, no speculation, a
+        # generative model whose forward takes inputs_embeds).
+        self.has_prompt_embeds = config.model_config.enable_prompt_embeds
+        if self.has_prompt_embeds:
+            from pagedlm.engine.prompt_embeds import model_accepts_embeds
+
+            if not model_accepts_embeds(type(self.model)):
+                raise ValueError(f"--enable-prompt-embeds: {type(self.model).__name__} cannot take prompts given as "
+                                 "embeddings (its forward takes no inputs_embeds)")
 
     # ---- start-up -------------------------------------------------------------------
     def _make_lora_manager(self):
@@ -319,9 +328,12 @@ class ModelRunner:
 
     def _call_model(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     intermediate: IntermediateTensors | None = None,
-                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
+                    token_type_ids: torch.Tensor | None = None,
+                    inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
         if token_type_ids is not None:  # (encoders only: no pipeline stages)
             return self.model(input_ids, positions, token_type_ids=token_type_ids)
+        if inputs_embeds is not None:  # (prompt embeds: one stage, checked at start-up)
+            return self.model(input_ids, positions, inputs_embeds=inputs_embeds)
         if get_parallel_state().pp_size == 1:
             return self.model(input_ids, positions)
         return self.model(input_ids, positions, intermediate)
@@ -344,8 +356,32 @@ class ModelRunner:
             types[int(inputs.query_start_loc[i]) + boundary : int(inputs.query_start_loc[i + 1])] = 1
         return None if types is None else torch.from_numpy(types).to(self.device)
 
+    def _embeds_spans(self, inputs: StepInputs) -> list[tuple[int, torch.Tensor]]:
+        """(first token index in the step, rows) for each request whose scheduled tokens include
+        positions of a prompt given as embeddings: those rows replace the embedding lookup."""
+        spans = []
+        for i, req_id in enumerate(inputs.req_ids):
+            embeds = self.requests[req_id].prompt_embeds
+            if embeds is None:
+                continue
+            lo, hi = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1])
+            start = int(inputs.num_computed[i])
+            end = min(start + hi - lo, embeds.shape[0])
+            if start < end:
+                spans.append((lo, embeds[start:end]))
+        return spans
+
+    def _inputs_embeds(self, input_ids: torch.Tensor, spans: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """[T, hidden]: the embedding table's rows for the step's tokens, with the prompt rows
+        given as embeddings written over their (placeholder) positions."""
+        embeds = self.model.embed_input_ids(input_ids)  # a fresh tensor: written in place
+        for first, rows in spans:
+            embeds[first:first + rows.shape[0]] = rows.to(embeds.dtype)
+        return embeds
+
     def _run_stage(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+                   token_type_ids: torch.Tensor | None = None,
+                   embeds_spans: list[tuple[int, torch.Tensor]] | None = None) -> torch.Tensor | None:
         """This pipeline stage's part of the forward: receive the previous stage's hidden
         states and residual, run, and send on; None on every stage but the last."""
         intermediate = None
@@ -353,7 +389,8 @@ class ModelRunner:
             shape = (len(input_ids), self.config.model_config.hf_config.hidden_size)
             hidden, residual = pp_recv([shape, shape], self.config.model_config.torch_dtype, self.device)
             intermediate = IntermediateTensors(hidden, residual)
-        out = self._call_model(input_ids, positions, intermediate, token_type_ids)
+        inputs_embeds = self._inputs_embeds(input_ids, embeds_spans) if embeds_spans else None
+        out = self._call_model(input_ids, positions, intermediate, token_type_ids, inputs_embeds)
         if isinstance(out, IntermediateTensors):
             pp_send([out.hidden_states, out.residual])
             return None
@@ -367,7 +404,12 @@ class ModelRunner:
         num_seqs, num_tokens = len(inputs.seq_lens), len(inputs.input_ids)
         max_query_len = int(np.diff(inputs.query_start_loc).max())
         graphs, shape = None, None
+        # Prompt rows given as embeddings run eagerly (a decode graph embeds token ids); the
+        # decode steps after such a prompt read token ids only and replay graphs as usual.
+        embeds_spans = self._embeds_spans(inputs) if self.has_prompt_embeds else []
         for candidate in (self.graph_runner, self.verify_graphs):  # decode steps, verify steps
+            if embeds_spans:
+                break
             if candidate is not None and (shape := candidate.shape_for(num_seqs, max_query_len)) is not None:
                 graphs = candidate
                 break
@@ -392,7 +434,7 @@ class ModelRunner:
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
-            return self._run_stage(input_ids, positions, self._token_type_ids(inputs))
+            return self._run_stage(input_ids, positions, self._token_type_ids(inputs), embeds_spans)
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

@@ -230,7 +230,9 @@ def completion_fields(api: Api) -> dict[str, Callable[[], bool]]:
         and c().json()["choices"][0]["logprobs"] is None,
         # The demo tokenizer adds no special tokens; one that does is used there.
         "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
-        "prompt_embeds": _unsupported(c, "prompt_embeds", "AAAA"),
+        # Refused without --enable-prompt-embeds (this server); served with it: the named test.
+        "prompt_embeds": lambda: refused(c(prompt_embeds="AAAA"), "--enable-prompt-embeds")
+        and _shown_by("tests/e2e/test_prompt_embeds_server.py", "test_base64_payloads_give_the_tokens_of_the_ids"),
     }
 
 

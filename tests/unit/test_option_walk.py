@@ -86,6 +86,9 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "skip_tokenizer_init": Changes(True, lambda c: c.model_config.skip_tokenizer_init,
                                    "tests/unit/test_skip_tokenizer_init.py::test_token_id_prompts_give_the_same_"
                                    "tokens_with_empty_text"),
+    "enable_prompt_embeds": Changes(True, lambda c: c.model_config.enable_prompt_embeds,
+                                    "tests/unit/test_prompt_embeds.py::test_embeds_give_the_same_tokens_and_logprobs_"
+                                    "as_the_ids"),
     "enable_sleep_mode": Changes(True, lambda c: c.cache_config.enable_sleep_mode,
                                  "tests/unit/test_sleep_mode.py::test_level1_round_trip"),
     "enable_expert_parallel": Changes(True, lambda c: c.parallel_config.enable_expert_parallel,

@@ -35,7 +35,7 @@ _OTHER = {"watermarking": True, "truncation_side": "right", "logprob_token_ids":
           "return_token_ids": True, "return_prompt_text": True, "routed_experts_prompt_start": 2,
           "return_token_offsets": True, "return_mm_kwargs": False, "repetition_detection": {"max_pattern_size": 4},
           "thinking_token_budget": 8, "stream_interval": 4, "ec_transfer_params": {"a": 1},
-          "media_io_kwargs": {"image": {}}, "prompt_embeds": "AAAA"}
+          "media_io_kwargs": {"image": {}}}
 
 
 @pytest.mark.parametrize("name", sorted(_UNSUPPORTED))

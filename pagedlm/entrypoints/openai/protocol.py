@@ -221,7 +221,7 @@ class SamplingFields(OpenAIBaseModel):
 
 
 # vLLM request field -> (values that change nothing, why another value is refused). A field
-# of one endpoint only (prompt_embeds, media_io_kwargs, return_prompt_text) is declared there.
+# of one endpoint only (media_io_kwargs, return_prompt_text) is declared there.
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "logits_processors": ((None,), "logits processors named in a request are not supported (load them at start-up "
                                    "with --logits-processors and configure them per request with vllm_xargs)"),
@@ -229,7 +229,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "kv_transfer_params": ((None,), "no disaggregated prefill / KV transfer"),
     "mm_processor_kwargs": ((None,), "text models only"),
     "media_io_kwargs": ((None, {}), "text models only"),
-    "prompt_embeds": ((None,), "prompts given as embeddings are not accepted"),
     "ec_transfer_params": ((None,), "no encoder-cache transfer"),
     "watermarking": ((None, False), "no watermarking"),
     "truncation_side": ((None, "left"), "truncate_prompt_tokens keeps the last tokens (truncation_side 'left')"),
@@ -248,18 +247,22 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Any
+    prompt: Any = None  # may be left out when prompt_embeds is given
     max_tokens: int | None = 16  # OpenAI's and vLLM's default for completions; null: the rest of the context
     suffix: str | None = None
     echo: bool | None = False  # null: false, as OpenAI's API
     # Not -1 here: vLLM's completions protocol refuses a negative logprobs (prompt_logprobs may be -1).
     logprobs: int | None = Field(None, ge=0)  # the engine enforces --max-logprobs
     add_special_tokens: bool = True
-    prompt_embeds: Any = None  # refused (_UNSUPPORTED)
+    # vLLM's: base64 of torch.save(tensor [num_tokens, hidden]), or a list of them; served only
+    # with --enable-prompt-embeds (serving_completion loads them).
+    prompt_embeds: str | list[str] | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _check_prompt(cls, prompt: Any) -> str | list[str] | list[int] | list[list[int]]:
+    def _check_prompt(cls, prompt: Any) -> str | list[str] | list[int] | list[list[int]] | None:
+        if prompt is None:  # (then prompt_embeds must be given: _check_prompt_or_embeds)
+            return None
         if isinstance(prompt, str):
             return prompt
         if isinstance(prompt, list) and prompt:
@@ -273,8 +276,16 @@ class CompletionRequest(SamplingFields):
             raise ValueError("the prompt cannot be empty")
         raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of token ids")
 
+    @model_validator(mode="after")
+    def _check_prompt_or_embeds(self) -> "CompletionRequest":
+        if self.prompt is None and not self.prompt_embeds:
+            raise ValueError("either prompt or prompt_embeds must be given")
+        return self
+
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
+        if p is None:
+            return []
         if isinstance(p, str) or (p and all(_is_token_id(t) for t in p)):
             return [p]
         return list(p)

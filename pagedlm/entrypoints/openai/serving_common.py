@@ -81,13 +81,16 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
 
-    def add_output(self, output: RequestOutput) -> None:
+    def add_output(self, output: RequestOutput, num_prompt_tokens: int | None = None) -> None:
         """A final (FINAL_ONLY) output: its prompt and all its tokens."""
-        self.add_prompt(output)
+        self.add_prompt(output, num_prompt_tokens)
         self.add_completion(output)
 
-    def add_prompt(self, output: RequestOutput) -> None:
-        self.prompt_tokens += len(output.prompt_token_ids)
+    def add_prompt(self, output: RequestOutput, num_prompt_tokens: int | None = None) -> None:
+        """``num_prompt_tokens``: the prompt's length where its output has no token ids (a
+        prompt given as embeddings)."""
+        self.prompt_tokens += (num_prompt_tokens if output.prompt_token_ids is None and num_prompt_tokens is not None
+                               else len(output.prompt_token_ids or ()))
         self.cached_tokens += output.num_cached_tokens
 
     def add_completion(self, output: RequestOutput) -> None:
@@ -290,7 +293,8 @@ class OpenAIServing:
     async def start(self, request_id: str, prompts: list[tuple[str | None, list[int]]],
                     params: SamplingParams, stream: bool, request: SamplingFields | None = None,
                     model: str | None = None, priority: int = 0,
-                    token_type_ids: list[list[int] | None] | None = None) -> RequestGroup:
+                    token_type_ids: list[list[int] | None] | None = None,
+                    prompt_embeds: list[Any] | None = None) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
         request's ``model`` (or ``model``) may name a LoRA adapter. ``token_type_ids``: per
@@ -314,6 +318,8 @@ class OpenAIServing:
         try:
             for i, (text, token_ids) in enumerate(prompts):
                 engine_prompt = {"prompt_token_ids": token_ids, "prompt": text, **salt}
+                if prompt_embeds is not None and i < len(prompt_embeds):  # (they come first)
+                    engine_prompt = {"prompt_embeds": prompt_embeds[i], **salt}
                 if token_type_ids is not None and token_type_ids[i] is not None:
                     engine_prompt["token_type_ids"] = token_type_ids[i]
                 sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"

@@ -33,7 +33,10 @@ class OpenAIServingCompletion(OpenAIServing):
         # echo with max_tokens 0 (lm-eval's loglikelihood requests): the prompt alone, with its
         # logprobs; as vLLM, one token is generated and left out of the text.
         params = self.make_params(request, request.logprobs, 1 if _echo_only(request) else request.max_tokens)
-        prompts = [await self._tokenize(p, request) for p in request.prompts()]
+        # As vLLM's: the prompts given as embeddings first, then the text / token prompts.
+        embeds = self._load_embeds(request)
+        prompts = [(None, [0] * int(t.shape[0])) for t in embeds]
+        prompts += [await self._tokenize(p, request) for p in request.prompts()]
         for _, token_ids in prompts:
             self.check_length(len(token_ids), request.max_tokens)
         if request.echo and request.logprobs is not None:
@@ -42,13 +45,44 @@ class OpenAIServingCompletion(OpenAIServing):
             if params.prompt_logprobs != -1:
                 params.prompt_logprobs = max(params.prompt_logprobs or 0, request.logprobs)
         request_id = self.response_id("cmpl", request, raw)
-        group = await self.start(request_id, prompts, params, bool(request.stream), request)
+        group = await self.start(request_id, prompts, params, bool(request.stream), request,
+                                 prompt_embeds=embeds or None)
         model = self.model_name(request)
         return await self.respond(
             raw, group, bool(request.stream),
             lambda g: self._stream(request, g, request_id, model),
             lambda g: self._full(request, g, request_id, model),
         )
+
+    def _load_embeds(self, request: CompletionRequest) -> list[Any]:
+        """The request's prompt_embeds (base64 torch.save payloads) as [num_tokens, hidden]
+        tensors, cut to truncate_prompt_tokens; only under --enable-prompt-embeds."""
+        payloads = request.prompt_embeds
+        if not payloads:
+            return []
+        model_config = self.engine.model_config
+        if not model_config.enable_prompt_embeds:
+            raise OpenAIError("prompt_embeds is only accepted when the server was started with "
+                              "--enable-prompt-embeds.", 400, "prompt_embeds")
+        for name, value in (("echo", request.echo), ("suffix", request.suffix),
+                            ("use_beam_search", request.use_beam_search)):
+            if value:
+                raise OpenAIError(f"{name} is not supported with prompt_embeds (the prompt has no text or token "
+                                  "ids).", 400, name)
+        from pagedlm.engine.prompt_embeds import PromptEmbedsError, check_tensor, load_base64
+
+        hidden = model_config.hf_config.hidden_size
+        max_bytes = self.max_model_len * hidden * 4 + (64 << 10)  # float32 rows plus torch.save's framing
+        tensors = []
+        for payload in payloads if isinstance(payloads, list) else [payloads]:
+            try:
+                tensor = check_tensor(load_base64(payload, max_bytes), hidden)
+            except PromptEmbedsError as e:
+                raise OpenAIError(str(e), 400, "prompt_embeds") from e
+            if request.truncate_prompt_tokens is not None:
+                tensor = tensor[-len(self.truncate(list(range(tensor.shape[0])), request)):]
+            tensors.append(tensor)
+        return tensors
 
     async def _tokenize(self, prompt: str | list[int], request: CompletionRequest) -> tuple[str | None, list[int]]:
         """-> (text, token ids), cut to the request's truncate_prompt_tokens."""
@@ -82,7 +116,7 @@ class OpenAIServingCompletion(OpenAIServing):
         for index, output in enumerate(finals):
             if output is None or not output.finished:
                 raise OpenAIError("the request was aborted before it finished", 500)
-            usage.add_output(output)
+            usage.add_output(output, len(group.prompts[index][1]))
             for completion in output.outputs:
                 choices.append(self._choice(request, group, index, output, completion))
         return {
@@ -141,7 +175,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     yield sse(chunk)
             usage.add_completion(output)
             if output.finished:
-                usage.add_prompt(output)
+                usage.add_prompt(output, len(group.prompts[index][1]))
         if include_usage:
             yield sse({**head, "choices": [], "usage": usage.to_dict()})
 
