@@ -25,8 +25,9 @@
 #   cuda-kernels   the CUDA C++ decode GEMMs (int4, 8-bit): their tests, then per layer against the
 #                  Triton kinds, and AWQ / int8 / fp8 at batch 1 with and without them     (~8 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
-#                  the kernels they touched, sleep mode, the transformers backend, logprobs
-#                  modes, the new architectures                                       (~8 min)
+#                  the kernels they touched (fused MoE incl. expert parallelism's skipped
+#                  routes), sleep mode, the transformers backend, logprobs modes, prompt
+#                  embeddings, the new architectures                                  (~8 min)
 # On a two-GPU host two stages can run side by side (CUDA_VISIBLE_DEVICES=0 / 1, one each).
 # Wheels the machine lacks travel in .whl/ (installed into /tmp/site first when present). Beyond
 # the server's and client's packages, the GPU tests want xgrammar with its apache-tvm-ffi, and
@@ -161,10 +162,13 @@ case "${1:-}" in
       > tests/unit/test_zcuda_logprobs_mode.py
     sed 's/device="cpu"/device="cuda", kv_cache_memory_bytes=1 << 28/' tests/models/test_transformers_backend.py \
       > tests/models/test_zcuda_transformers_backend.py
+    sed 's/device="cpu"/device="cuda", kv_cache_memory_bytes=1 << 28/' tests/unit/test_prompt_embeds.py \
+      > tests/unit/test_zcuda_prompt_embeds.py
     timeout 200 python3 -m pytest -q tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_logprobs_mode.py \
-      tests/models/test_zcuda_transformers_backend.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
+      tests/models/test_zcuda_transformers_backend.py tests/unit/test_zcuda_prompt_embeds.py \
+      tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
     rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_logprobs_mode.py \
-      tests/models/test_zcuda_transformers_backend.py ;;
+      tests/models/test_zcuda_transformers_backend.py tests/unit/test_zcuda_prompt_embeds.py ;;
   *)
     echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma" >&2
     exit 2 ;;
