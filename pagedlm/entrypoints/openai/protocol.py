@@ -276,12 +276,6 @@ class CompletionRequest(SamplingFields):
             raise ValueError("the prompt cannot be empty")
         raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of token ids")
 
-    @model_validator(mode="after")
-    def _check_prompt_or_embeds(self) -> "CompletionRequest":
-        if self.prompt is None and not self.prompt_embeds:
-            raise ValueError("either prompt or prompt_embeds must be given")
-        return self
-
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if p is None:

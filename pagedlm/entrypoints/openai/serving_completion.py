@@ -27,6 +27,8 @@ from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, request: CompletionRequest, raw: Request) -> Response:
         self.check_request(request)
+        if request.prompt is None and not request.prompt_embeds:
+            raise OpenAIError("prompt: field required (or prompt_embeds, with --enable-prompt-embeds)", 400, "prompt")
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
         self.check_logprobs("logprobs", request.logprobs)
