@@ -126,3 +126,40 @@ def check_launch(fn, err: int, what: str) -> None:
     """Raise if a launcher returned a CUDA error."""
     if err:
         raise RuntimeError(f"{what} launch failed: {fn.error_string(err).decode()} (cudaError {err})")
+
+
+def indexed(device: torch.device) -> torch.device:
+    """``device`` with its index (the current GPU where it has none), as the kernels are keyed."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class Kernel:
+    """One launcher of ``csrc/<name>.cu``, bound per device on first use (``entry_point``'s
+    arguments); ``None`` where the library cannot be built."""
+
+    def __init__(self, name: str, entry: str, pointers: int, ints: int, error_string: str) -> None:
+        self.name, self._signature = name, (entry, pointers, ints, error_string)
+        self._bound: dict[torch.device, object] = {}
+
+    def function(self, device: torch.device):
+        device = indexed(device)
+        if device not in self._bound:
+            self.use_build(device, ())
+        return self._bound[device]
+
+    def use_build(self, device: torch.device, defines: tuple[str, ...]) -> None:
+        """Launch the build with ``defines`` on ``device`` from now on (benchmarks compare a
+        source's build-time knobs this way)."""
+        device = indexed(device)
+        lib = load(self.name, device, defines)
+        self._bound[device] = entry_point(lib, *self._signature) if lib is not None else None
+
+    def available(self, device: torch.device | None = None) -> bool:
+        """Whether the kernel is built (or buildable) for ``device`` (default: the current GPU)."""
+        if device is None:
+            if not torch.cuda.is_available():
+                return False
+            device = torch.device("cuda")
+        return device.type == "cuda" and self.function(device) is not None

@@ -12,8 +12,6 @@ offered.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from pagedlm.kernels import cuda_build, pdl
@@ -24,44 +22,14 @@ WARPS = (4, 8)
 UNROLL = (1, 2, 4)
 BLOCK_N = 32
 
-_fn: dict[torch.device, object] = {}
-
-
-def bind(lib: ctypes.CDLL):
-    """The kernel's entry point in a loaded library, with its argument types."""
-    return cuda_build.entry_point(lib, "pagedlm_w4a16_mma", 8, 10, "pagedlm_w4a16_error_string")
-
-
-def indexed(device: torch.device) -> torch.device:
-    """``device`` with its index (the current GPU where it has none), as the kernels are keyed."""
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def use_build(device: torch.device, defines: tuple[str, ...]) -> None:
-    """Launch the kernel built with ``defines`` on ``device`` from now on (benchmarks compare a
-    source's build-time knobs this way)."""
-    device = indexed(device)
-    lib = cuda_build.load(NAME, device, defines)
-    _fn[device] = bind(lib) if lib is not None else None
-
-
-def _function(device: torch.device):
-    device = indexed(device)
-    if device not in _fn:
-        lib = cuda_build.load(NAME, device)
-        _fn[device] = bind(lib) if lib is not None else None
-    return _fn[device]
+_KERNEL = cuda_build.Kernel(NAME, "pagedlm_w4a16_mma", 8, 10, "pagedlm_w4a16_error_string")
+_function = _KERNEL.function
+use_build = _KERNEL.use_build
 
 
 def available(device: torch.device | None = None) -> bool:
     """Whether the kernel is built (or buildable) for ``device`` (default: the current GPU)."""
-    if device is None:
-        if not torch.cuda.is_available():
-            return False
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device.type == "cuda" and _function(device) is not None
+    return _KERNEL.available(device)
 
 
 def layer_fits(k: int, n: int, group_size: int, bits: int, row_groups: bool) -> bool:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from pagedlm.kernels import cuda_build, pdl
-from pagedlm.kernels.cuda_w4a16 import indexed
 
 NAME = "w8a8_mma"
 MAX_M = 8
@@ -20,7 +19,8 @@ UNROLL = (1, 2)
 BLOCK_N = 16
 _OUT_KINDS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
-_fn: dict[torch.device, object] = {}
+_KERNEL = cuda_build.Kernel(NAME, "pagedlm_w8a8_mma", 8, 14, "pagedlm_w8a8_error_string")
+_function = _KERNEL.function
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +40,9 @@ def quick_configs(m: int) -> list[CudaW8A8Config]:
             CudaW8A8Config(8, 2, 1)]
 
 
-def _function(device: torch.device):
-    device = indexed(device)
-    if device not in _fn:
-        lib = cuda_build.load(NAME, device)
-        _fn[device] = (cuda_build.entry_point(lib, "pagedlm_w8a8_mma", 8, 14, "pagedlm_w8a8_error_string")
-                       if lib is not None else None)
-    return _fn[device]
-
-
 def available(device: torch.device | None = None) -> bool:
     """Whether the kernel is built (or buildable) for ``device`` (default: the current GPU)."""
-    if device is None:
-        if not torch.cuda.is_available():
-            return False
-        device = torch.device("cuda")
-    return device.type == "cuda" and _function(device) is not None
+    return _KERNEL.available(device)
 
 
 def fits(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
