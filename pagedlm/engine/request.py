@@ -66,7 +66,6 @@ class Request:
         self.priority = priority  # --scheduling-policy priority: lower values are served first
         # messages.PromptEmbeds of a prompt given as embeddings (prompt_token_ids are placeholders).
         self.prompt_embeds = prompt_embeds
-        self._embeds_digests: dict[int, str] = {}  # block start -> digest of its prompt rows
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -112,12 +111,9 @@ class Request:
         extra = self.block_hash_extra
         if self.prompt_embeds is None or start >= self.num_prompt_tokens:
             return extra
-        digest = self._embeds_digests.get(start)
-        if digest is None:
-            from pagedlm.engine.prompt_embeds import block_digest
+        from pagedlm.engine.prompt_embeds import block_digest  # each block's hash is made once
 
-            digest = self._embeds_digests[start] = block_digest(self.prompt_embeds, start,
-                                                                min(end, self.num_prompt_tokens))
+        digest = block_digest(self.prompt_embeds, start, min(end, self.num_prompt_tokens))
         return f"embeds:{digest}" if extra is None else f"{extra}\x00embeds:{digest}"
 
     @property

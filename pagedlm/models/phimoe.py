@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.config import attention_shape
@@ -21,17 +19,6 @@ from pagedlm.models.llama import LlamaAttention, rope_settings
 from pagedlm.models.mixtral import MixtralSparseMoeBlock, MoEDecoderLayer, MoEForCausalLM
 
 
-class ResidualLayerNorm(LayerNorm):
-    """LayerNorm with RMSNorm's fused residual interface: ``norm(x, residual)`` -> (normed
-    x + residual, x + residual)."""
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:  # type: ignore[override]
-        if residual is not None:
-            x = x + residual
-        out = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return out if residual is None else (out, x)
-
-
 class PhimoeForCausalLM(MoEForCausalLM):
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
@@ -39,14 +26,12 @@ class PhimoeForCausalLM(MoEForCausalLM):
                               qk_norm=False, layer=layer_idx)
         moe = MixtralSparseMoeBlock(config, renormalize=False, scoring_func="sparsemixer",
                                     jitter_eps=float(getattr(config, "router_jitter_noise", 0.01)))
-        layer = MoEDecoderLayer(config, attn, moe, "block_sparse_moe")
-        layer.input_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
-        layer.post_attention_layernorm = ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
-        return layer
+        return MoEDecoderLayer(config, attn, moe, "block_sparse_moe",
+                               make_norm=lambda: LayerNorm(config.hidden_size, config.rms_norm_eps))
 
     @staticmethod
     def make_norm(config: Any) -> nn.Module:
-        return ResidualLayerNorm(config.hidden_size, config.rms_norm_eps)
+        return LayerNorm(config.hidden_size, config.rms_norm_eps)
 
     @staticmethod
     def make_rotary_embedding(config: Any, max_position: int) -> RotaryEmbedding | None:

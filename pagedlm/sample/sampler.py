@@ -24,7 +24,6 @@ from pagedlm.sample.custom_logits import CustomLogits
 from pagedlm.sample.logprobs import (
     LOGPROBS_MODES,
     LogprobsTensors,
-    compute_logprobs,
     gather_logprobs,
     is_processed_mode,
     mode_values,
@@ -171,8 +170,7 @@ class Sampler:
         processed = wanted and is_processed_mode(self.logprobs_mode)
         values = None
         if wanted and not processed:
-            values = compute_logprobs(logits) if self.logprobs_mode == "raw_logprobs" \
-                else mode_values(logits, self.logprobs_mode)  # [B, V]
+            values = mode_values(logits, self.logprobs_mode)  # [B, V]
         logits = apply_logits_processors(logits, metadata)
         if self.custom_logits is not None:
             logits = self.custom_logits.apply(logits, metadata.batch_rows, argmax_invariant=False)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs, is_processed_mode, mode_values
+from pagedlm.sample.logprobs import LogprobsTensors, gather_logprobs, is_processed_mode, mode_values
 from pagedlm.sample.metadata import SamplingMetadata
 from pagedlm.sample.sampler import _apply_to_rows, apply_logits_processors, apply_min_p, apply_top_k_top_p
 from pagedlm.sampling_params import SAMPLING_EPS
@@ -95,7 +95,7 @@ def rejection_sample(
     keep_processed = wanted and is_processed_mode(logprobs_mode)
     raw_logprobs = None
     if wanted and not keep_processed:
-        raw_logprobs = compute_logprobs(logits) if logprobs_mode == "raw_logprobs" else mode_values(logits, logprobs_mode)
+        raw_logprobs = mode_values(logits, logprobs_mode)
     processed = apply_logits_processors(logits, md)
     greedy_tokens = processed.argmax(dim=-1)  # [N]
     drafts = draft_token_ids.clamp(min=0).unsqueeze(1)  # [N, 1]

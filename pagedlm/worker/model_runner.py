@@ -100,12 +100,8 @@ class ModelRunner:
         # --enable-prompt-embeds (checked at start-up: one pipeline stage, no speculation, a
         # generative model whose forward takes inputs_embeds).
         self.has_prompt_embeds = config.model_config.enable_prompt_embeds
-        if self.has_prompt_embeds:
-            from pagedlm.engine.prompt_embeds import model_accepts_embeds
-
-            if not model_accepts_embeds(type(self.model)):
-                raise ValueError(f"--enable-prompt-embeds: {type(self.model).__name__} cannot take prompts given as "
-                                 "embeddings (its forward takes no inputs_embeds)")
+        # requests whose prompt rows given as embeddings are not all computed yet
+        self._embeds_pending: set[str] = set()
 
     # ---- start-up -------------------------------------------------------------------
     def _make_lora_manager(self):
@@ -235,7 +231,7 @@ class ModelRunner:
             for param, _ in self._discarded:
                 param.data = torch.empty(0, dtype=param.dtype, device=param.device)
         if on_cuda:  # the buffers (and at level 1 the weights) wait in pinned host memory
-            self.model._apply(_pinned_host_copy)
+            self.model._apply(pinned_copy)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
         self.sleep_level = level
@@ -288,8 +284,10 @@ class ModelRunner:
             if state is not None and state.generator is not None:
                 self._paused_generators[req_id] = state.generator
             self.batch.remove(req_id)
+            self._embeds_pending.discard(req_id)
         for req_id in sched.finished_req_ids:
             self.requests.pop(req_id, None)
+            self._embeds_pending.discard(req_id)
             self._paused_generators.pop(req_id, None)
             self.batch.remove(req_id)
         # New requests fill the holes first (lowest row first), then the last rows fill the
@@ -297,6 +295,8 @@ class ModelRunner:
         for data in sched.scheduled_new_reqs:
             state = CachedRequestState.from_new(data, self.device, self._paused_generators.pop(data.req_id, None))
             self.requests[data.req_id] = state
+            if state.prompt_embeds is not None:
+                self._embeds_pending.add(data.req_id)
             # The runner's own lists: the output list is the live one custom processors read.
             self.batch.add(data.req_id, state.prompt_token_ids, state.output_token_ids, data.block_ids,
                            data.num_computed_tokens, None if data.pooling_params else data.sampling_params)
@@ -358,17 +358,24 @@ class ModelRunner:
 
     def _embeds_spans(self, inputs: StepInputs) -> list[tuple[int, torch.Tensor]]:
         """(first token index in the step, rows) for each request whose scheduled tokens include
-        positions of a prompt given as embeddings: those rows replace the embedding lookup."""
+        positions of a prompt given as embeddings: those rows replace the embedding lookup. A
+        request's rows are let go once its step reaches their end (a preempted request gets
+        them again with its recompute), so decode steps do no work here."""
         spans = []
+        if not self._embeds_pending:
+            return spans
         for i, req_id in enumerate(inputs.req_ids):
-            embeds = self.requests[req_id].prompt_embeds
-            if embeds is None:
+            if req_id not in self._embeds_pending:
                 continue
+            state = self.requests[req_id]
             lo, hi = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1])
             start = int(inputs.num_computed[i])
-            end = min(start + hi - lo, embeds.shape[0])
+            end = min(start + hi - lo, state.prompt_embeds.shape[0])
             if start < end:
-                spans.append((lo, embeds[start:end]))
+                spans.append((lo, state.prompt_embeds[start:end]))
+            if end >= state.prompt_embeds.shape[0]:
+                state.prompt_embeds = None
+                self._embeds_pending.discard(req_id)
         return spans
 
     def _inputs_embeds(self, input_ids: torch.Tensor, spans: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
@@ -406,7 +413,7 @@ class ModelRunner:
         graphs, shape = None, None
         # Prompt rows given as embeddings run eagerly (a decode graph embeds token ids); the
         # decode steps after such a prompt read token ids only and replay graphs as usual.
-        embeds_spans = self._embeds_spans(inputs) if self.has_prompt_embeds else []
+        embeds_spans = self._embeds_spans(inputs)
         for candidate in (self.graph_runner, self.verify_graphs):  # decode steps, verify steps
             if embeds_spans:
                 break
@@ -660,12 +667,6 @@ class InflightStep:
                     landed_ids.append(token_id)
         if landed_rows:
             batch.append_sampled(np.array(landed_rows), np.array(landed_ids))
-
-
-def _pinned_host_copy(t: torch.Tensor) -> torch.Tensor:
-    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
-    host.copy_(t)
-    return host
 
 
 def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> list[int]:

@@ -20,19 +20,11 @@ import json
 import re
 
 from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
-from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, skip_ws, value_end
+from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, is_valid_json, skip_ws, value_end
 
 _BLOCKS = [re.compile(r"```(?:json)?\s*([\s\S]*?)```"), re.compile(r"\[TOOL_CALLS\]([\s\S]*?)(?=\n|$)"),
            re.compile(r"<tool_call>([\s\S]*?)</tool_call>")]
 _THINK_END = re.compile(r"</think>([\s\S]*)")
-
-
-def _valid(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _preprocess(output: str) -> tuple[str | None, str | None]:
@@ -40,17 +32,17 @@ def _preprocess(output: str) -> tuple[str | None, str | None]:
     think = _THINK_END.search(output)
     if think:
         content, after = output[:think.start() + len("</think>")].strip(), think.group(1).strip()
-        if _valid(after):
+        if is_valid_json(after):
             return content, after
         for pattern in _BLOCKS:
             for found in pattern.findall(after):
-                if _valid(found):
+                if is_valid_json(found):
                     return content, found
     for pattern in _BLOCKS:
         for found in pattern.findall(output):
-            if _valid(found):
+            if is_valid_json(found):
                 return pattern.sub("", output).strip(), found
-    if output.strip().startswith("[") and (_valid(output) or all(w in output for w in ("{", "name", "arguments"))):
+    if output.strip().startswith("[") and (is_valid_json(output) or all(w in output for w in ("{", "name", "arguments"))):
         return None, output
     return output, None
 
