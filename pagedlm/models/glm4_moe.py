@@ -19,7 +19,7 @@ from torch import nn
 
 from pagedlm.config import attention_shape
 from pagedlm.layers.fused_moe import FusedMoE
-from pagedlm.layers.linear import ReplicatedLinear, RowParallelLinear
+from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.gpt_neox import partial_rotary_embedding
 from pagedlm.models.llama import LlamaAttention
@@ -31,8 +31,7 @@ from pagedlm.models.qwen2_moe import Qwen2MoeMLP, check_moe_config
 class Glm4MoeAttention(LlamaAttention):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int) -> None:
         super().__init__(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
-                         qk_norm=bool(getattr(config, "use_qk_norm", False)), layer=layer)
-        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size, False)
+                         qk_norm=bool(getattr(config, "use_qk_norm", False)), layer=layer, o_bias=False)
 
 
 class Glm4MoeRouter(ReplicatedLinear):

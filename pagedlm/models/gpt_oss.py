@@ -26,8 +26,6 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from pagedlm.config import layer_sliding_window
-from pagedlm.layers.attention import Attention
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear
 from pagedlm.layers.quantization import QuantizationConfig, QuantizationError
@@ -41,9 +39,7 @@ from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 class GptOssAttention(LlamaAttention):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int) -> None:
         bias = bool(getattr(config, "attention_bias", True))
-        super().__init__(config, rotary_emb, qkv_bias=bias, qk_norm=False, layer=layer, o_bias=bias)
-        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim**-0.5,
-                              layer_sliding_window(config, layer), sinks=True)
+        super().__init__(config, rotary_emb, qkv_bias=bias, qk_norm=False, layer=layer, o_bias=bias, sinks=True)
 
 
 class GptOssMoE(nn.Module):

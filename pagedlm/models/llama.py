@@ -72,14 +72,14 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, qkv_bias: bool | None = None,
                  qk_norm: bool | None = None, quant_config: QuantizationConfig | None = None,
                  prefix: str = "", layer: int | None = None, o_bias: bool | None = None,
-                 qk_norm_after_rope: bool = False) -> None:
+                 qk_norm_after_rope: bool = False, sinks: bool = False) -> None:
         """``qkv_bias`` / ``qk_norm`` override what the config implies (model files of other
         families, e.g. the MoE ones, set them). ``layer``: the layer's index, for its sliding
         window (``layer_sliding_window``); None: the model's window. ``rotary_emb`` None: a
         NoPE layer (q and k reach the cache unrotated). ``o_bias``: o_proj's bias (default:
         ``attention_out_bias`` where the config has it, as Seed-OSS, else ``attention_bias``).
         ``qk_norm_after_rope``: the per-head q / k norms apply to the rotated q and k
-        (HunYuan), not before RoPE."""
+        (HunYuan), not before RoPE. ``sinks``: learned attention sinks per head (gpt-oss)."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         model_type = getattr(config, "model_type", "llama")
@@ -101,7 +101,7 @@ class LlamaAttention(nn.Module):
         self.rotary_emb = rotary_emb
         self.qk_norm_after_rope = qk_norm_after_rope
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, attention_scale(config, self.head_dim),
-                              layer_sliding_window(config, layer))
+                              layer_sliding_window(config, layer), sinks=sinks)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
