@@ -34,10 +34,14 @@ class Olmo2Attention(LlamaAttention):
         super().__init__(config, rotary_emb, qk_norm=False, quant_config=quant_config, prefix=prefix, layer=layer)
         self.q_norm = RMSNorm(self.q_size, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.kv_size, config.rms_norm_eps)
+        clip = getattr(config, "clip_qkv", None)  # OLMoE: q, k, v clamped after the norms
+        self.clip_qkv = None if clip is None else float(clip)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
 
 

@@ -21,15 +21,6 @@ from pagedlm.models.qwen2_moe import check_moe_config
 class OlmoeAttention(Olmo2Attention):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int) -> None:
         super().__init__(config, rotary_emb, None, f"model.layers.{layer}.self_attn", layer)
-        clip = getattr(config, "clip_qkv", None)
-        self.clip_qkv = None if clip is None else float(clip)
-
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
-        if self.clip_qkv is not None:
-            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        return self.o_proj(self.attn(q, k, v, positions, self.rotary_emb))  # RoPE with the cache write
 
 
 class OlmoeSparseMoeBlock(nn.Module):
