@@ -10,6 +10,7 @@ import numpy as np
 
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
+from pagedlm.engine.sleep_mode import SLEEP_TAGS
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,13 @@ class Executor(ABC):
             logger.warning("The executor is already sleeping.")
             return
         self.collective_rpc("sleep", level)
-        self.sleeping_tags = frozenset(("weights", "kv_cache"))
+        self.sleeping_tags = frozenset(SLEEP_TAGS)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         if not self.sleeping_tags:
             logger.warning("The executor is not sleeping.")
             return
-        tags = [t for t in (tags or ("weights", "kv_cache")) if t in self.sleeping_tags]
+        tags = [t for t in (tags or SLEEP_TAGS) if t in self.sleeping_tags]
         if tags:
             self.collective_rpc("wake_up", tags)
         self.sleeping_tags = self.sleeping_tags - set(tags)

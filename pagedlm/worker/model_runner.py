@@ -14,6 +14,7 @@ import torch
 from pagedlm.attention.metadata import AttentionMetadata
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedlm.engine.sleep_mode import SLEEP_TAGS
 from pagedlm.forward_context import set_forward_context
 from pagedlm.kernels import ops
 from pagedlm.layers.pooler import Pooler
@@ -235,15 +236,15 @@ class ModelRunner:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
         self.sleep_level = level
-        self.sleeping_tags = {"weights", "kv_cache"}
+        self.sleeping_tags = set(SLEEP_TAGS)
         logger.info("Sleeping (level %d): KV cache freed, weights %s", level,
                     "discarded" if level == 2 else "offloaded to host memory" if on_cuda else "kept in place (CPU)")
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Restore ``tags`` ("weights", "kv_cache"; None: both). The KV cache comes back
         zeroed; the CUDA graphs are captured again once neither part sleeps."""
-        tags = ["weights", "kv_cache"] if tags is None else list(tags)
-        unknown = sorted(set(tags) - {"weights", "kv_cache"})
+        tags = list(SLEEP_TAGS) if tags is None else list(tags)
+        unknown = sorted(set(tags) - set(SLEEP_TAGS))
         if unknown:
             raise ValueError(f"unknown wake_up tags {unknown}; expected 'weights' and/or 'kv_cache'")
         if "weights" in tags and "weights" in self.sleeping_tags:
