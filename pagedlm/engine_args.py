@@ -100,10 +100,9 @@ def _verify_prompt_embeds(model_config: ModelConfig, pipeline_parallel_size: int
 def _verify_transformers_backend(model_config: ModelConfig, world_size: int) -> None:
     """The transformers backend (pagedlm/models/transformers.py) runs on one rank, and its model
     must not be a hybrid one (layers other than softmax attention)."""
-    from pagedlm.models.registry import resolve_model_class
+    from pagedlm.models.registry import uses_transformers_backend
 
-    model_cls = resolve_model_class(model_config.architectures, model_config.model_impl)
-    if not getattr(model_cls, "is_transformers_backend", False):
+    if not uses_transformers_backend(model_config.architectures, model_config.model_impl):
         return
     if world_size > 1:
         raise ConfigError(f"the transformers backend (model_impl={model_config.model_impl!r}, architectures "
