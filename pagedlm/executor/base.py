@@ -14,6 +14,12 @@ from pagedlm.engine.sleep_mode import SLEEP_TAGS
 
 logger = logging.getLogger(__name__)
 
+# The Worker methods ``collective_rpc`` may call on every rank, whatever carries the call
+# (a worker process's pipe, a Ray actor): the engine's set-up and sleep calls, and the
+# introspection that benchmarks and tests ask for.
+WORKER_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "runtime_stats",
+                      "time_step_collectives", "expert_layout", "sleep", "wake_up", "reload_weights")
+
 
 class WorkerDiedError(RuntimeError):
     """A worker process or actor died or failed; the engine cannot continue."""
@@ -114,9 +120,17 @@ class Executor(ABC):
         """The oldest started step's output (waits for it)."""
         return self.take_output()
 
-    @abstractmethod
     def collective_rpc(self, method: str, *args: object) -> list:
-        """Call ``method`` on every worker; their results in rank order."""
+        """Call ``method`` (one of ``WORKER_RPC_METHODS``) on every worker; their results in
+        rank order. Any other name is refused here, before it reaches a worker: a step
+        method called this way would take a worker down with the engine."""
+        if method not in WORKER_RPC_METHODS:
+            raise ValueError(f"unknown worker call {method!r} (supported: {list(WORKER_RPC_METHODS)})")
+        return self._rpc(method, *args)
+
+    @abstractmethod
+    def _rpc(self, method: str, *args: object) -> list:
+        """``collective_rpc`` once the name is checked."""
 
     @abstractmethod
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

@@ -34,13 +34,11 @@ import zmq
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.executor import serial
-from pagedlm.executor.base import Executor, WorkerDiedError
+from pagedlm.executor.base import WORKER_RPC_METHODS, Executor, WorkerDiedError
 
 logger = logging.getLogger(__name__)
 
 _POLL_MS = 200
-_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "runtime_stats",
-                "time_step_collectives", "expert_layout", "sleep", "wake_up", "reload_weights")
 
 
 class MultiprocExecutor(Executor):
@@ -133,7 +131,7 @@ class MultiprocExecutor(Executor):
         raise WorkerDiedError(why)
 
     # ---- Executor ---------------------------------------------------------------------
-    def collective_rpc(self, method: str, *args: object) -> list:
+    def _rpc(self, method: str, *args: object) -> list:
         self._send(method, *args)
         results = self._wait(set(range(self.world_size)))
         return [results[rank] for rank in range(self.world_size)]
@@ -263,7 +261,7 @@ def _serve(worker: Any, commands: zmq.Socket, reply: Any, parent: int) -> None:
             out = worker.take_output()
         elif method == "sample_deferred":
             out = worker.sample_deferred(serial.decode_ndarray(serial.decode_raw(args[0])))
-        elif method in _RPC_METHODS:
+        elif method in WORKER_RPC_METHODS:
             reply(True, getattr(worker, method)(*args))
             continue
         else:

@@ -20,12 +20,11 @@ from typing import Any
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.executor import serial
-from pagedlm.executor.base import Executor, WorkerDiedError
+from pagedlm.executor.base import WORKER_RPC_METHODS, Executor, WorkerDiedError
 
 logger = logging.getLogger(__name__)
 
 _PLACEMENT_TIMEOUT_S = 120.0
-_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "sleep", "wake_up", "reload_weights")
 
 
 class RayWorkerWrapper:
@@ -54,7 +53,7 @@ class RayWorkerWrapper:
         self.worker.load_model()
 
     def rpc(self, method: str, *args: Any) -> Any:
-        if method not in _RPC_METHODS:
+        if method not in WORKER_RPC_METHODS:
             raise ValueError(f"unknown worker call {method!r}")
         return getattr(self.worker, method)(*args)
 
@@ -137,7 +136,7 @@ class RayExecutor(Executor):
             self.shutdown()
             raise WorkerDiedError(self._dead) from e
 
-    def collective_rpc(self, method: str, *args: object) -> list:
+    def _rpc(self, method: str, *args: object) -> list:
         return self._get([a.rpc.remote(method, *args) for a in self.actors])
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

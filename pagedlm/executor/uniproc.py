@@ -19,7 +19,7 @@ class UniProcExecutor(Executor):
         self.worker.init_device()
         self.worker.load_model()
 
-    def collective_rpc(self, method: str, *args: object) -> list:
+    def _rpc(self, method: str, *args: object) -> list:
         return [getattr(self.worker, method)(*args)]
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

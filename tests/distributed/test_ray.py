@@ -50,6 +50,12 @@ def test_tp2_over_ray_equals_tp1(cluster, checkpoint: str, reference: list) -> N
         executor = llm.llm_engine.engine_core.executor
         assert len(set(executor.node_ids)) == 2  # one rank per node
         outputs = run_workload(llm)
+        # the introspection calls reach every actor, as they reach worker processes
+        stats = executor.collective_rpc("runtime_stats")
+        assert [s["rank"] for s in stats] == [0, 1] and all(sum(s["forward_counts"].values()) > 0 for s in stats)
+        assert executor.collective_rpc("expert_layout") == [{}, {}]  # a dense model
+        with pytest.raises(ValueError, match="unknown worker call"):
+            executor.collective_rpc("execute_model")
     finally:
         llm.llm_engine.engine_core.shutdown()
     assert_same(reference, outputs)

@@ -157,7 +157,7 @@ def test_every_rank_gets_the_smallest_block_count() -> None:
             super().__init__(None)
             self.calls: list[tuple] = []
 
-        def collective_rpc(self, method: str, *args: object) -> list:
+        def _rpc(self, method: str, *args: object) -> list:
             self.calls.append((method, *args))
             return {"determine_num_blocks": [10, 7, 9], "describe": ["a", "b", "c"]}.get(method, [None] * 3)
 
@@ -166,3 +166,7 @@ def test_every_rank_gets_the_smallest_block_count() -> None:
     executor = Recording()
     assert executor.initialize() == 7
     assert executor.calls == [("determine_num_blocks",), ("initialize_kv_cache", 7), ("warm_up",), ("describe",)]
+    # a step method is no worker call: refused before any worker sees it
+    with pytest.raises(ValueError, match="unknown worker call 'execute_model'"):
+        executor.collective_rpc("execute_model")
+    assert len(executor.calls) == 4
