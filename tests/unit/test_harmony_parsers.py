@@ -119,6 +119,32 @@ def test_cut_off_or_nameless_call_is_dropped(text: str) -> None:
     check_tool_output("openai", TOOLS, text, "", [])
 
 
+OPEN_CALL = "<|start|>user<|message|>hi<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather " \
+            "<|constrain|>json<|message|>"
+
+
+@pytest.mark.parametrize("reasoning_parser", [None, "openai_gptoss"])
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_prompt_that_opens_a_call(reasoning_parser: str | None, seed: int | None) -> None:
+    """A prompt that ends inside a call's header (a template or prefill that opens it): the
+    output is the call's arguments, whole or streamed, with or without the reasoning parser."""
+    options = ServingOptions(True, "openai", reasoning_parser)
+    shaper = ChoiceShaper(plan_tools(TOOLS, "auto", None, options), options, OPEN_CALL)
+    output = '{"city":"Paris"}<|call|>'
+    if seed is None:
+        message = shaper.message(output)
+        assert message["content"] is None and message.get("reasoning_content") is None
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
+    else:
+        chunks = random_chunks(output, seed) if seed else list(output)
+        deltas = [shaper.feed(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+        assert not "".join(d.get("content", "") + d.get("reasoning_content", "") for d in deltas)
+        entries = [e for d in deltas for e in d.get("tool_calls", [])]
+        calls = [(entries[0]["function"]["name"], "".join(e["function"]["arguments"] for e in entries))]
+    assert calls == [("get_weather", '{"city":"Paris"}')]
+    assert shaper.finish_reason("stop", output) == "tool_calls"
+
+
 def _both(tool_choice: str | None = "auto", parallel: bool | None = None) -> ChoiceShaper:
     options = ServingOptions(True, "openai", "openai_gptoss")
     return ChoiceShaper(plan_tools(TOOLS, tool_choice, parallel, options), options, "<|start|>assistant")

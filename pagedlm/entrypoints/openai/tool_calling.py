@@ -184,6 +184,7 @@ class ChoiceShaper:
                         if options.tool_call_parser is not None else tool_call_id)
         if plan.mode == "auto":
             self.tools = get_tool_parser(options.tool_call_parser)(plan.tools)
+            self.tools.set_prompt(prompt_text)
         elif plan.mode == "required":
             self.tools = _RequiredParser()
         elif plan.mode == "named":

@@ -30,6 +30,10 @@ class ToolParser:
         # arguments as text and convert them by the schema's types, as Qwen3-Coder's).
         self.tools = tools or {}
 
+    def set_prompt(self, prompt_text: str | None) -> None:
+        """The prompt's text, for a format whose prompt may end inside the output's first
+        message (harmony's open header); the others ignore it."""
+
     @staticmethod
     def new_call_id() -> str:
         """A tool call's id (OpenAI's ``call_...``; some chat templates want another shape)."""

@@ -19,12 +19,15 @@ Where vLLM differs: its non-streamed reply re-serializes JSON arguments (``json.
 content is the last final message (else the last preamble); here the arguments are the text the
 model wrote (so a stream's fragments concatenate to them) and the content is every final and
 preamble message, newline-joined (vLLM's stream concatenates them with nothing between).
-Output that is not harmony is all content.
+Output that is not harmony is all content. As with the ``openai_gptoss`` reasoning parser, a
+prompt that ends inside a header (``...to=functions.get_weather <|constrain|>json<|message|>``,
+a template or a prefill that opens the message) makes the output that message's body.
 """
 
 from __future__ import annotations
 
 from pagedlm.entrypoints.openai import harmony_text as harmony
+from pagedlm.entrypoints.openai.reasoning.gpt_oss import open_header
 from pagedlm.entrypoints.openai.tool_parsers.base import ToolParser
 from pagedlm.entrypoints.openai.tool_parsers.json_scan import PartialCall, is_valid_json
 
@@ -34,9 +37,13 @@ FUNCTIONS = "functions."
 class OpenAIHarmonyToolParser(ToolParser):
     keep_special_tokens = True
     whole_output = True
+    prefix = ""  # the header the prompt leaves open
+
+    def set_prompt(self, prompt_text: str | None) -> None:
+        self.prefix = open_header(prompt_text or "")
 
     def parse(self, text: str, final: bool) -> tuple[str | None, list[PartialCall]]:
-        messages = harmony.parse_messages(text, final)
+        messages = harmony.parse_messages(self.prefix + text, final)
         if messages is None:
             if not final and harmony.may_open(text):
                 return None, []
