@@ -27,7 +27,7 @@ from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, 
 from pagedlm.engine.llm_engine import EngineStats
 from pagedlm.engine.messages import EngineCoreOutputs, SchedulerStats
 from pagedlm.engine.output_processor import IterationStats, OutputProcessor
-from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, check_sleep_args, typed_utility_error
+from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, check_sleep_args, utility_errors_typed
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import CompletionOutput, RequestOutput
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
@@ -291,13 +291,8 @@ class AsyncLLM:
 
     async def _call(self, method: str, *args: Any) -> list[Any]:
         self._check_alive()
-        try:
+        with utility_errors_typed():
             return await asyncio.wrap_future(self.client.call_utility_future(method, *args))
-        except (RuntimeError, ValueError, NotImplementedError) as e:
-            typed = typed_utility_error(e)
-            if typed is e:
-                raise
-            raise typed from None
 
     async def sleep(self, level: int = 1) -> None:
         """vLLM's sleep mode (LLMEngine.sleep): raises SleepModeError when it is off or

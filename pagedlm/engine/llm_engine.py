@@ -17,7 +17,7 @@ from pagedlm.engine.core_client import InprocClient, MPClient
 from pagedlm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType, fan_out, load_tokenizer
 from pagedlm.engine.messages import SchedulerStats
 from pagedlm.engine.output_processor import IterationStats, OutputProcessor
-from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, EngineSleepingError, check_sleep_args, typed_utility_error
+from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, EngineSleepingError, check_sleep_args, utility_errors_typed
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import RequestOutput
 from pagedlm.pooling_params import PoolingParams
@@ -130,13 +130,8 @@ class LLMEngine:
         return all(self.core_client.call_utility("reset_prefix_cache"))
 
     def _call(self, method: str, *args: Any) -> list[Any]:
-        try:
+        with utility_errors_typed():
             return self.core_client.call_utility(method, *args)
-        except (RuntimeError, ValueError, NotImplementedError) as e:
-            typed = typed_utility_error(e)
-            if typed is e:
-                raise
-            raise typed from None
 
     def sleep(self, level: int = 1) -> None:
         """vLLM's sleep mode: empty the prefix cache, free the KV cache and offload (level 1)

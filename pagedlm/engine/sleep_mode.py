@@ -7,6 +7,9 @@ runner does it: pagedlm/worker/model_runner.py (``ModelRunner.sleep``); docs/sle
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 SLEEP_TAGS = ("weights", "kv_cache")
 
 
@@ -34,12 +37,16 @@ def check_sleep_args(enabled: bool, level: int | None = None, tags: list[str] | 
 SLEEPING_MESSAGE = "The engine is sleeping (sleep mode); wake it up before sending requests."
 
 
-def typed_utility_error(e: BaseException) -> BaseException:
-    """An engine-core process reports a utility's error as text ("SleepModeError: ..."):
-    the same typed error again for the caller."""
-    text = str(e)
-    for cls in (SleepModeError, ValueError, NotImplementedError):
-        prefix = f"{cls.__name__}: "
-        if text.startswith(prefix):
-            return cls(text[len(prefix):])
-    return e
+@contextlib.contextmanager
+def utility_errors_typed() -> Iterator[None]:
+    """Around a call of an engine-core utility: an engine-core process reports a utility's
+    error as text ("SleepModeError: ..."); the caller gets the same typed error again."""
+    try:
+        yield
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        text = str(e)
+        for cls in (SleepModeError, ValueError, NotImplementedError):
+            prefix = f"{cls.__name__}: "
+            if text.startswith(prefix):
+                raise cls(text[len(prefix):]) from None
+        raise
