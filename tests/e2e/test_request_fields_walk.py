@@ -175,6 +175,7 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         "cache_salt": lambda: _salted(call, long_input),
         "return_tokens_as_token_ids": lambda: _first_logprob_token(_with_logprobs(call, return_tokens_as_token_ids=True))
         .startswith("token_id:") and not _first_logprob_token(_with_logprobs(call)).startswith("token_id:"),
+        "return_token_ids": lambda: _token_ids_returned(call, greedy),
         "request_id": lambda: call(request_id="walk-7").json()["id"].endswith("-walk-7")
         and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
         "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
@@ -190,11 +191,23 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         **{name: _refused_unless_default(call, greedy, name, value, default) for name, value, default in (
             ("ec_transfer_params", {"a": 1}, None), ("watermarking", True, False),
             ("truncation_side", "right", "left"), ("logprob_token_ids", [1], None), ("session_id", "s", None),
-            ("return_token_ids", True, False), ("routed_experts_prompt_start", 2, 0),
+            ("routed_experts_prompt_start", 2, 0),
             ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
             ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1),
             ("stream_interval", 4, 1))},
     }
+
+
+def _token_ids_returned(call: Callable[..., httpx.Response], greedy: Callable[..., str]) -> bool:
+    """The prompt's ids (completions: per choice; chat: at the top) and the choice's ids, as
+    many as usage counts; the text as without the field; absent unless asked for."""
+    resp = call(return_token_ids=True)
+    body, choice = resp.json(), resp.json()["choices"][0]
+    prompt_ids = choice["prompt_token_ids"] if "text" in choice else body["prompt_token_ids"]
+    plain = call().json()
+    return (text(resp) == greedy() and len(choice["token_ids"]) == tokens(resp)
+            and len(prompt_ids) == prompt_tokens(resp) and all(isinstance(t, int) for t in prompt_ids)
+            and "token_ids" not in plain["choices"][0] and "prompt_token_ids" not in plain)
 
 
 def _refused_unless_default(call: Callable[..., httpx.Response], greedy: Callable[..., str], name: str, value: Any,

@@ -99,6 +99,9 @@ class SamplingFields(OpenAIBaseModel):
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: up to max_model_len)
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
+    # vLLM's: the prompt's and each choice's token ids beside the text (prompt_token_ids /
+    # token_ids; in a stream the prompt's with a choice's first chunk, then each chunk's new ids)
+    return_token_ids: bool | None = None
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
     # vLLM's: SamplingParams.extra_args, read by the server's custom logits processors
     # (--logits-processors); refused by the engine when none is loaded.
@@ -114,7 +117,6 @@ class SamplingFields(OpenAIBaseModel):
     truncation_side: Any = None
     logprob_token_ids: Any = None
     session_id: Any = None
-    return_token_ids: Any = None
     routed_experts_prompt_start: Any = 0
     return_token_offsets: Any = False
     return_mm_kwargs: Any = True
@@ -234,8 +236,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "truncation_side": ((None, "left"), "truncate_prompt_tokens keeps the last tokens (truncation_side 'left')"),
     "logprob_token_ids": ((None,), "logprobs come as the top-k of each position (logprobs / top_logprobs)"),
     "session_id": ((None,), "no session identity is kept"),
-    "return_token_ids": ((None, False), "responses carry no token ids (use /tokenize, or logprobs with "
-                                        "return_tokens_as_token_ids)"),
     "return_prompt_text": ((None, False), "the rendered prompt is not returned (use /tokenize)"),
     "routed_experts_prompt_start": ((0,), "no routed-expert data is returned"),
     "return_token_offsets": ((None, False), "vLLM's /render endpoints only"),

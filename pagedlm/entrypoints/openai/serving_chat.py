@@ -94,14 +94,16 @@ class OpenAIServingChat(OpenAIServing):
                 "logprobs": self._logprobs(request, c.token_ids, c.logprobs),
                 "finish_reason": shapers[c.index].finish_reason(c.finish_reason, c.text),
                 "stop_reason": c.stop_reason,
+                **({"token_ids": list(c.token_ids)} if request.return_token_ids else {}),
             }
             for c in final.outputs
         ]
         return {
             "id": request_id, "object": "chat.completion", "created": group.created, "model": model,
             "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,
-            # vLLM's extra, at the top level for chat
+            # vLLM's extras, at the top level for chat
             "prompt_logprobs": prompt_logprobs_json(final) if request.prompt_logprobs is not None else None,
+            **({"prompt_token_ids": list(group.prompts[0][1])} if request.return_token_ids else {}),
         }
 
     def _logprobs(self, request: ChatCompletionRequest, token_ids: list[int],
@@ -124,10 +126,12 @@ class OpenAIServingChat(OpenAIServing):
         # The role goes first, for every choice, before any token is generated (as vLLM).
         role = chat_role(request, self.options.response_role)
         echo = echo_text(request, role)
+        # return_token_ids: the prompt's ids with each choice's first chunk, as vLLM's
+        prompt_ids = {"prompt_token_ids": list(group.prompts[0][1])} if request.return_token_ids else {}
         for index in range(request.n):
             first = {"index": index, "delta": {"role": role, "content": ""}, "logprobs": None,
                      "finish_reason": None}
-            yield sse({**head, "choices": [first], **extra})
+            yield sse({**head, "choices": [first], **extra, **prompt_ids})
             if echo:
                 yield sse({**head, "choices": [{"index": index, "delta": {"content": echo}, "logprobs": None,
                                                 "finish_reason": None}], **extra})
@@ -179,6 +183,7 @@ class OpenAIServingChat(OpenAIServing):
             "logprobs": self._logprobs(request, new_ids, new_lps),
             "finish_reason": shaper.finish_reason(completion.finish_reason, shaper.text) if finishing else None,
             "stop_reason": completion.stop_reason,
+            **({"token_ids": new_ids} if request.return_token_ids else {}),
         }
 
 

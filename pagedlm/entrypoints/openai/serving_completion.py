@@ -128,15 +128,15 @@ class OpenAIServingCompletion(OpenAIServing):
 
     def _choice(self, request: CompletionRequest, group: RequestGroup, index: int, output: RequestOutput,
                 completion: CompletionOutput) -> dict[str, Any]:
-        prefix = self._prompt_text(group, index) if request.echo else ""
+        prefix = self._echo_text(request, group, index)
         echo_only = _echo_only(request)
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if request.echo else _empty_logprobs()
             if not echo_only:
-                _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [], len(prefix),
-                                 as_token_ids=self.as_token_ids(request))
-        return {
+                _extend_logprobs(logprobs, completion.token_ids, completion.logprobs or [],
+                                 _text_end(logprobs, prefix), as_token_ids=self.as_token_ids(request))
+        choice = {
             "index": index * request.n + completion.index,
             "text": prefix if echo_only else prefix + completion.text,
             "logprobs": logprobs,
@@ -144,6 +144,22 @@ class OpenAIServingCompletion(OpenAIServing):
             "stop_reason": completion.stop_reason,
             "prompt_logprobs": prompt_logprobs_json(output) if request.prompt_logprobs is not None else None,
         }
+        if request.return_token_ids:
+            choice["prompt_token_ids"] = self._prompt_token_ids(request, group, index)
+            choice["token_ids"] = list(completion.token_ids)
+        return choice
+
+    def _echo_text(self, request: CompletionRequest, group: RequestGroup, index: int) -> str:
+        """What echo puts before the completion: the prompt's text; nothing when the token ids
+        are returned (vLLM's: the prompt then comes as prompt_token_ids alone)."""
+        return self._prompt_text(group, index) if request.echo and not request.return_token_ids else ""
+
+    @staticmethod
+    def _prompt_token_ids(request: CompletionRequest, group: RequestGroup, index: int) -> list[int] | None:
+        """A prompt's token ids for return_token_ids; None for one given as embeddings (it has none)."""
+        embeds = request.prompt_embeds
+        num_embeds = len(embeds) if isinstance(embeds, list) else int(bool(embeds))
+        return None if index < num_embeds else list(group.prompts[index][1])
 
     def _echo_logprobs(self, output: RequestOutput, as_token_ids: bool) -> dict[str, list]:
         logprobs = _empty_logprobs()
@@ -191,27 +207,41 @@ class OpenAIServingCompletion(OpenAIServing):
         echo_only = _echo_only(request)  # the generated token is not part of the answer
         delta = "" if echo_only else completion.text
         finishing = completion.finish_reason is not None
-        prefix = self._prompt_text(group, index) if request.echo and not state.started else ""
+        echoing = request.echo and not state.started  # this chunk echoes the prompt
+        prefix = self._echo_text(request, group, index) if echoing else ""
         new_ids, new_lps = ([], []) if echo_only else (completion.token_ids, completion.logprobs or [])
-        if not delta and not finishing and not prefix and not new_ids:
+        if not delta and not finishing and not echoing and not new_ids:
             return None
         logprobs = None
         if request.logprobs is not None:
-            logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if prefix else _empty_logprobs()
-            _extend_logprobs(logprobs, new_ids, new_lps, state.num_chars + len(prefix),
-                             as_token_ids=self.as_token_ids(request))
-        state.started = True
-        state.num_chars += len(prefix) + len(delta)
-        state.finished = finishing
-        return {
+            logprobs = self._echo_logprobs(output, self.as_token_ids(request)) if echoing else _empty_logprobs()
+            start = _text_end(logprobs, prefix) if echoing else state.num_chars
+            _extend_logprobs(logprobs, new_ids, new_lps, start, as_token_ids=self.as_token_ids(request))
+        choice = {
             "index": choice_index, "text": prefix + delta, "logprobs": logprobs,
             "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason,
         }
+        if request.return_token_ids:
+            if not state.started:
+                choice["prompt_token_ids"] = self._prompt_token_ids(request, group, index)
+            choice["token_ids"] = list(completion.token_ids)  # (echo alone: the one token generated, as vLLM)
+        state.started = True
+        state.num_chars += len(prefix) + len(delta)
+        state.finished = finishing
+        return choice
 
 
 def _echo_only(request: CompletionRequest) -> bool:
     """echo with max_tokens 0: the answer is the prompt alone."""
     return request.echo and request.max_tokens == 0
+
+
+def _text_end(logprobs: dict[str, list], prefix: str) -> int:
+    """Where the completion's tokens start in the text: after the echoed prompt's text, or,
+    when the prompt's tokens are listed without their text (return_token_ids), after them."""
+    if prefix or not logprobs["tokens"]:
+        return len(prefix)
+    return logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
 
 
 def _empty_logprobs() -> dict[str, list]:
