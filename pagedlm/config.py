@@ -181,10 +181,27 @@ def falcon_kv_heads(hf_config: Any) -> int:
     return 1 if getattr(hf_config, "multi_query", True) else num_heads
 
 
+def mla_head_dims(hf_config: Any) -> tuple[int, int, int] | None:
+    """(qk_nope_head_dim, qk_rope_head_dim, v_head_dim) of a multi-head latent attention
+    config (DeepSeek-V2 / V3: ``kv_lora_rank`` and the per-part head dims); None for others."""
+    dims = [getattr(hf_config, name, None) for name in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")]
+    if getattr(hf_config, "kv_lora_rank", None) is None or any(d is None for d in dims):
+        return None
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
 def attention_shape(hf_config: Any) -> tuple[int, int, int]:
     """(num_heads, num_kv_heads, head_dim) of a HF config; head_dim and the KV head count
-    are optional there (defaulting to hidden_size / heads and to no GQA)."""
+    are optional there (defaulting to hidden_size / heads and to no GQA).
+
+    Multi-head latent attention (``mla_head_dims``) is cached decompressed: one K and one V
+    per query head, both max(qk_nope + qk_rope, v_head_dim) wide (V zero-padded), so the
+    shape is the cache's, not the config's ``head_dim`` (which there is qk_rope_head_dim)."""
     num_heads = hf_config.num_attention_heads
+    mla = mla_head_dims(hf_config)
+    if mla is not None:
+        qk_nope, qk_rope, v_head_dim = mla
+        return num_heads, num_heads, max(qk_nope + qk_rope, v_head_dim)
     if getattr(hf_config, "model_type", None) == "falcon":
         num_kv_heads = falcon_kv_heads(hf_config)
     else:

@@ -30,6 +30,11 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Te
     return torch.where(is_medium, smoothed, scaled)
 
 
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude factor for a context stretched ``scale`` times (1 when not stretched)."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
 def _yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, params: dict[str, Any],
                    original_max: int, config_max_position: int) -> tuple[torch.Tensor, float]:
     """YaRN (transformers' _compute_yarn_parameters): interpolate low frequencies by ``factor``,
@@ -38,16 +43,13 @@ def _yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, base: float, params: d
     original_max = params.get("original_max_position_embeddings", original_max)
     factor = params.get("factor") or config_max_position / original_max
 
-    def get_mscale(scale: float, mscale: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
-
     attention_factor = params.get("attention_factor")
     if attention_factor is None:
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
         if mscale and mscale_all_dim:
-            attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+            attention_factor = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all_dim)
         else:
-            attention_factor = get_mscale(factor)
+            attention_factor = yarn_get_mscale(factor)
     beta_fast = params.get("beta_fast") or 32
     beta_slow = params.get("beta_slow") or 1
 

@@ -44,13 +44,19 @@ class Glm4MoeRouter(ReplicatedLinear):
 
 
 class Glm4MoeMoE(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, scoring_func: str = "sigmoid", correction_bias: bool = True,
+                 grouped: bool = True) -> None:
+        """The defaults are GLM-4.5's (and DeepSeek-V3's) routing; DeepSeek-V2 scores with a
+        softmax, has no correction bias, and limits the choice to groups only with its
+        ``group_limited_greedy`` (``grouped``)."""
         super().__init__()
         num_experts = config.n_routed_experts
-        self.gate = Glm4MoeRouter(config.hidden_size, num_experts)
+        self.gate = (Glm4MoeRouter(config.hidden_size, num_experts) if correction_bias
+                     else ReplicatedLinear(config.hidden_size, num_experts))
         self.experts = FusedMoE(num_experts, config.num_experts_per_tok, config.hidden_size,
                                 config.moe_intermediate_size, renormalize=bool(config.norm_topk_prob),
-                                scoring_func="sigmoid", num_expert_group=int(getattr(config, "n_group", 1) or 1),
+                                scoring_func=scoring_func,
+                                num_expert_group=int(getattr(config, "n_group", 1) or 1) if grouped else None,
                                 topk_group=int(getattr(config, "topk_group", 1) or 1),
                                 routed_scaling_factor=float(getattr(config, "routed_scaling_factor", 1.0)))
         shared = int(getattr(config, "n_shared_experts", 0) or 0)
@@ -58,7 +64,8 @@ class Glm4MoeMoE(nn.Module):
                                if shared else None)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = self.experts(hidden_states, self.gate(hidden_states), self.gate.e_score_correction_bias)
+        bias = getattr(self.gate, "e_score_correction_bias", None)
+        out = self.experts(hidden_states, self.gate(hidden_states), bias)
         return out if self.shared_experts is None else out + self.shared_experts(hidden_states)
 
 

@@ -9,6 +9,7 @@ from pagedlm.models.bert import BertModel, RobertaModel
 from pagedlm.models.bert_classifier import BertForSequenceClassification, RobertaForSequenceClassification
 from pagedlm.models.cohere import Cohere2ForCausalLM, CohereForCausalLM
 from pagedlm.models.decoder_classifier import Qwen2ForRewardModel, as_seq_cls_model
+from pagedlm.models.deepseek_v2 import DeepseekV2ForCausalLM, DeepseekV3ForCausalLM
 from pagedlm.models.ernie45 import Ernie4_5ForCausalLM
 from pagedlm.models.ernie45_moe import Ernie4_5_MoeForCausalLM
 from pagedlm.models.falcon import FalconForCausalLM
@@ -92,6 +93,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "PhimoeForCausalLM": PhimoeForCausalLM,  # sparsemixer routing
     "Ernie4_5_MoeForCausalLM": Ernie4_5_MoeForCausalLM,
     "Glm4MoeForCausalLM": Glm4MoeForCausalLM,  # sigmoid, grouped top-k with a correction bias
+    "DeepseekV2ForCausalLM": DeepseekV2ForCausalLM,  # MLA (decompressed KV cache), softmax routing
+    "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,  # MLA, sigmoid grouped routing with a correction bias
     "GptOssForCausalLM": GptOssForCausalLM,  # attention sinks, clamped SwiGLU experts with biases, MXFP4
     "GPT2LMHeadModel": GPT2LMHeadModel,
     "GPTNeoXForCausalLM": GPTNeoXForCausalLM,

@@ -152,7 +152,7 @@ def test_rotary_embedding(dtype, num_tokens, num_q_heads, num_kv_heads, head_dim
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_size", [16, 32])
-@pytest.mark.parametrize("num_kv_heads,head_dim", [(8, 128), (2, 64)])
+@pytest.mark.parametrize("num_kv_heads,head_dim", [(8, 128), (2, 64), (4, 192)])
 def test_write_kv_cache(dtype, block_size, num_kv_heads, head_dim) -> None:
     g = gen(6)
     num_tokens, num_blocks, q_size = 50, 12, 4 * head_dim
@@ -234,6 +234,7 @@ HEAD_CONFIGS = [
     (torch.float16, 32, 16, 4, 64),  # GQA 4, fp16
     (torch.float16, 16, 16, 2, 128),  # GQA 8, fp16
     (torch.bfloat16, 32, 4, 4, 128),  # MHA, block 32
+    (torch.bfloat16, 16, 4, 4, 192),  # DeepSeek MLA's decompressed heads: 128 + 64, masked in a 256 tile
 ]
 
 
