@@ -1,4 +1,5 @@
-"""The architectures of tests/models/test_parity_archs_{more,other,round3,round4,moe_round2}.py on
+"""The architectures of tests/models/test_parity_archs_{more,other,round3,round4,moe_round2}.py and
+test_parity_deepseek.py (decompressed MLA heads of 24 and 32, widths the kernels mask) on
 a GPU (Triton attention and fused-MoE kernels, CUDA graphs; partial, GPT-J-style and no RoPE
 before the cache write): greedy
 outputs agree with the CPU engine on the same tiny float32 checkpoints (which those files hold
@@ -15,13 +16,14 @@ from models.test_parity_archs_more import CHECKPOINTS as LLAMA_VARIANTS
 from models.test_parity_archs_other import CHECKPOINTS as OTHER_DECODERS
 from models.test_parity_archs_round3 import CHECKPOINTS as ROUND3
 from models.test_parity_archs_round4 import CHECKPOINTS as ROUND4
+from models.test_parity_deepseek import CHECKPOINTS as DEEPSEEK
 
 from pagedlm import LLM, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-CHECKPOINTS = {**LLAMA_VARIANTS, **OTHER_DECODERS, **ROUND3, **ROUND4, **MOE_ROUND2}
-assert len(CHECKPOINTS) == sum(map(len, (LLAMA_VARIANTS, OTHER_DECODERS, ROUND3, ROUND4, MOE_ROUND2)))
+CHECKPOINTS = {**LLAMA_VARIANTS, **OTHER_DECODERS, **ROUND3, **ROUND4, **MOE_ROUND2, **DEEPSEEK}
+assert len(CHECKPOINTS) == sum(map(len, (LLAMA_VARIANTS, OTHER_DECODERS, ROUND3, ROUND4, MOE_ROUND2, DEEPSEEK)))
 PROMPTS = [[7], [11, 23, 5, 60, 2], list(range(30, 46)), [(i * 37) % 500 + 5 for i in range(41)],
            [(i * 13) % 490 + 7 for i in range(70)]]
 
