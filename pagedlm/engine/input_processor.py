@@ -155,14 +155,16 @@ class InputProcessor:
             raise InvalidRequestError(f"cache_salt must be a non-empty string, got {salt!r}")
         return salt
 
-    def truncate(self, token_ids: list[int], keep: int | None) -> list[int]:
-        """truncate_prompt_tokens: the last ``keep`` tokens (-1: the last max_model_len)."""
+    def truncate(self, token_ids: list[int], keep: int | None, side: str = "left") -> list[int]:
+        """truncate_prompt_tokens: the last ``keep`` tokens (-1: up to max_model_len), or the
+        first ones with ``side`` "right" (the server's truncation_side, vLLM's)."""
         if keep is None:
             return token_ids
         if keep > self.max_model_len:
             raise InvalidRequestError(f"truncate_prompt_tokens ({keep}) is greater than the maximum model "
                                       f"length ({self.max_model_len}); use at most that, or -1")
-        return token_ids[-(self.max_model_len if keep == -1 else keep):]
+        keep = self.max_model_len if keep == -1 else keep
+        return token_ids[:keep] if side == "right" else token_ids[-keep:]
 
     def validate_prompt(self, token_ids: list[int], pooling: bool = False) -> None:
         if not token_ids:

@@ -176,6 +176,7 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         "return_tokens_as_token_ids": lambda: _first_logprob_token(_with_logprobs(call, return_tokens_as_token_ids=True))
         .startswith("token_id:") and not _first_logprob_token(_with_logprobs(call)).startswith("token_id:"),
         "return_token_ids": lambda: _token_ids_returned(call, greedy),
+        "truncation_side": lambda: _truncated_from(call, long_input),
         "request_id": lambda: call(request_id="walk-7").json()["id"].endswith("-walk-7")
         and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
         "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
@@ -190,12 +191,24 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         # vLLM's newer fields: vLLM's default is accepted (the answer unchanged), another value refused.
         **{name: _refused_unless_default(call, greedy, name, value, default) for name, value, default in (
             ("ec_transfer_params", {"a": 1}, None), ("watermarking", True, False),
-            ("truncation_side", "right", "left"), ("logprob_token_ids", [1], None), ("session_id", "s", None),
+            ("logprob_token_ids", [1], None), ("session_id", "s", None),
             ("routed_experts_prompt_start", 2, 0),
             ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
             ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1),
             ("stream_interval", 4, 1))},
     }
+
+
+def _truncated_from(call: Callable[..., httpx.Response], long_input: dict[str, Any]) -> bool:
+    """truncate_prompt_tokens keeps the prompt's last tokens, or its first with "right"."""
+    def kept(**patch: Any) -> list[int]:
+        body = call(**long_input, return_token_ids=True, max_tokens=1, **patch).json()
+        return body["prompt_token_ids"] if "prompt_token_ids" in body else body["choices"][0]["prompt_token_ids"]
+
+    full = kept()
+    return (kept(truncate_prompt_tokens=5) == kept(truncate_prompt_tokens=5, truncation_side="left") == full[-5:]
+            and kept(truncate_prompt_tokens=5, truncation_side="right") == full[:5] and full[:5] != full[-5:]
+            and refused(call(truncation_side="middle"), "truncation_side"))
 
 
 def _token_ids_returned(call: Callable[..., httpx.Response], greedy: Callable[..., str]) -> bool:

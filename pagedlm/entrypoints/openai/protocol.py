@@ -97,6 +97,7 @@ class SamplingFields(OpenAIBaseModel):
     structural_tag: str | dict[str, Any] | None = None  # vLLM's older spelling of structured_outputs.structural_tag
     guided_decoding_backend: str | None = None  # the server's own backend (xgrammar), or refused
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: up to max_model_len)
+    truncation_side: Literal["left", "right"] | None = None  # "right": keep the first k instead (vLLM's)
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
     # vLLM's: the prompt's and each choice's token ids beside the text (prompt_token_ids /
@@ -114,7 +115,6 @@ class SamplingFields(OpenAIBaseModel):
     mm_processor_kwargs: Any = None
     ec_transfer_params: Any = None
     watermarking: Any = None
-    truncation_side: Any = None
     logprob_token_ids: Any = None
     session_id: Any = None
     routed_experts_prompt_start: Any = 0
@@ -233,7 +233,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "media_io_kwargs": ((None, {}), "text models only"),
     "ec_transfer_params": ((None,), "no encoder-cache transfer"),
     "watermarking": ((None, False), "no watermarking"),
-    "truncation_side": ((None, "left"), "truncate_prompt_tokens keeps the last tokens (truncation_side 'left')"),
     "logprob_token_ids": ((None,), "logprobs come as the top-k of each position (logprobs / top_logprobs)"),
     "session_id": ((None,), "no session identity is kept"),
     "return_prompt_text": ((None, False), "the rendered prompt is not returned (use /tokenize)"),

@@ -248,9 +248,11 @@ class OpenAIServing:
         return self.options.return_tokens_as_token_ids
 
     def truncate(self, token_ids: list[int], request: SamplingFields) -> list[int]:
-        """truncate_prompt_tokens, before the length check (as vLLM: a long prompt is cut, not refused)."""
+        """truncate_prompt_tokens, before the length check (as vLLM: a long prompt is cut, not
+        refused), from the side truncation_side names (default "left": the last tokens stay)."""
         try:
-            return self.engine.input_processor.truncate(token_ids, request.truncate_prompt_tokens)
+            return self.engine.input_processor.truncate(token_ids, request.truncate_prompt_tokens,
+                                                        request.truncation_side or "left")
         except InvalidRequestError as e:
             raise to_openai_error(e) from e
 

@@ -82,7 +82,7 @@ class OpenAIServingCompletion(OpenAIServing):
             except PromptEmbedsError as e:
                 raise OpenAIError(str(e), 400, "prompt_embeds") from e
             if request.truncate_prompt_tokens is not None:
-                tensor = tensor[-len(self.truncate(list(range(tensor.shape[0])), request)):]
+                tensor = tensor[self.truncate(list(range(tensor.shape[0])), request)]
             tensors.append(tensor)
         return tensors
 
