@@ -293,7 +293,10 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
                                               "test_reasoning_effort_reaches_the_chat_template")
         and refused(c(reasoning_effort="extreme"), "reasoning_effort"),
         "media_io_kwargs": _unsupported(c, "media_io_kwargs", {"image": {}}),
-        "return_prompt_text": _unsupported(c, "return_prompt_text", True),
+        "return_prompt_text": lambda: "Hello" in c(return_prompt_text=True).json()["prompt_text"]
+        and "prompt_text" not in c().json()
+        and sse_events(c(return_prompt_text=True, stream=True))[0]["prompt_text"] == c(return_prompt_text=True).json()[
+            "prompt_text"],
     }
 
 

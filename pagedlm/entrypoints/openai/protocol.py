@@ -223,7 +223,7 @@ class SamplingFields(OpenAIBaseModel):
 
 
 # vLLM request field -> (values that change nothing, why another value is refused). A field
-# of one endpoint only (media_io_kwargs, return_prompt_text) is declared there.
+# of one endpoint only (media_io_kwargs) is declared there.
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "logits_processors": ((None,), "logits processors named in a request are not supported (load them at start-up "
                                    "with --logits-processors and configure them per request with vllm_xargs)"),
@@ -235,7 +235,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "watermarking": ((None, False), "no watermarking"),
     "logprob_token_ids": ((None,), "logprobs come as the top-k of each position (logprobs / top_logprobs)"),
     "session_id": ((None,), "no session identity is kept"),
-    "return_prompt_text": ((None, False), "the rendered prompt is not returned (use /tokenize)"),
     "routed_experts_prompt_start": ((0,), "no routed-expert data is returned"),
     "return_token_offsets": ((None, False), "vLLM's /render endpoints only"),
     "return_mm_kwargs": ((True,), "vLLM's /render endpoints only"),
@@ -319,7 +318,7 @@ class ChatCompletionRequest(SamplingFields):
     # unless chat_template_kwargs sets it, as vLLM does.
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     media_io_kwargs: Any = None  # refused (_UNSUPPORTED)
-    return_prompt_text: Any = None  # refused (_UNSUPPORTED)
+    return_prompt_text: bool | None = None  # vLLM's: the rendered chat template's text as prompt_text
 
     @model_validator(mode="after")
     def _check_chat(self) -> "ChatCompletionRequest":

@@ -103,7 +103,7 @@ class OpenAIServingChat(OpenAIServing):
             "choices": choices, "usage": usage.to_dict(), "system_fingerprint": None,
             # vLLM's extras, at the top level for chat
             "prompt_logprobs": prompt_logprobs_json(final) if request.prompt_logprobs is not None else None,
-            **({"prompt_token_ids": list(group.prompts[0][1])} if request.return_token_ids else {}),
+            **_prompt_extras(request, group),
         }
 
     def _logprobs(self, request: ChatCompletionRequest, token_ids: list[int],
@@ -126,12 +126,11 @@ class OpenAIServingChat(OpenAIServing):
         # The role goes first, for every choice, before any token is generated (as vLLM).
         role = chat_role(request, self.options.response_role)
         echo = echo_text(request, role)
-        # return_token_ids: the prompt's ids with each choice's first chunk, as vLLM's
-        prompt_ids = {"prompt_token_ids": list(group.prompts[0][1])} if request.return_token_ids else {}
+        prompt_extras = _prompt_extras(request, group)  # with each choice's first chunk, as vLLM's
         for index in range(request.n):
             first = {"index": index, "delta": {"role": role, "content": ""}, "logprobs": None,
                      "finish_reason": None}
-            yield sse({**head, "choices": [first], **extra, **prompt_ids})
+            yield sse({**head, "choices": [first], **extra, **prompt_extras})
             if echo:
                 yield sse({**head, "choices": [{"index": index, "delta": {"content": echo}, "logprobs": None,
                                                 "finish_reason": None}], **extra})
@@ -185,6 +184,14 @@ class OpenAIServingChat(OpenAIServing):
             "stop_reason": completion.stop_reason,
             **({"token_ids": new_ids} if request.return_token_ids else {}),
         }
+
+
+def _prompt_extras(request: ChatCompletionRequest, group: RequestGroup) -> dict[str, Any]:
+    """vLLM's top-level extras about the prompt: its token ids (return_token_ids) and the chat
+    template's rendered text (return_prompt_text)."""
+    text, token_ids = group.prompts[0]
+    return {**({"prompt_token_ids": list(token_ids)} if request.return_token_ids else {}),
+            **({"prompt_text": text} if request.return_prompt_text else {})}
 
 
 def _with_echo(message: dict[str, Any], role: str, echo: str) -> dict[str, Any]:
