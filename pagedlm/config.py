@@ -119,6 +119,7 @@ class SchedulerConfig:
     spec_disable_by_batch_size: int | None = None  # steps with this many running requests speculate not
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" (engine/request_queue.py)
     long_prefill_token_threshold: int = 0  # > 0: a request's prompt tokens per step at most this many
+    stream_interval: int = 1  # streamed outputs every this many tokens (output_processor; vLLM's)
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,9 @@ class EngineArgs:
     scheduling_policy: str = opt("fcfs", "order of waiting requests: fcfs (arrival), or priority (each request's "
                                  "priority, lowest value first, then arrival; preemption takes the lowest first)",
                                  SCHED, choices=["fcfs", "priority"])
+    stream_interval: int = opt(1, "streamed outputs carry this many new tokens each (the first and the last "
+                               "come at once; fewer, larger chunks); a request's stream_interval may raise it",
+                               SCHED)
     tensor_parallel_size: int = opt(1, "tensor-parallel ranks", PARALLEL, flags=("-tp",))
     enable_expert_parallel: bool = opt(False, "MoE layers: each tensor-parallel rank holds a contiguous share of "
                                        "the experts whole (vLLM's expert parallelism) instead of a slice of every "
@@ -369,6 +372,9 @@ class EngineArgs:
             raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
         self._structured_outputs()  # refuses what it cannot honour (and an unknown reasoning parser)
         self._check_skip_tokenizer_init()
+        if isinstance(self.stream_interval, bool) or not isinstance(self.stream_interval, int) \
+                or self.stream_interval < 1:
+            raise ConfigError(f"stream_interval must be a positive integer, got {self.stream_interval!r}")
         if self.max_logprobs < -1:
             raise ConfigError(f"max_logprobs must be non-negative (or -1: no cap), got {self.max_logprobs}")
 
@@ -607,6 +613,7 @@ class EngineArgs:
                 spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
                 scheduling_policy=self.scheduling_policy,
                 long_prefill_token_threshold=self.long_prefill_token_threshold,
+                stream_interval=self.stream_interval,
             ),
             parallel_config=parallel_config,
             device_config=self._device_config(device, max_num_seqs),

@@ -19,7 +19,6 @@ MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 # vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
 VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "stream_interval": ((None, 1), "outputs stream after every token"),
     "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
     "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
     "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
@@ -200,9 +199,11 @@ class SamplingParams:
     # Read by custom logits processors (vLLM's LogitsProcessor interface); the frontend refuses
     # them when the engine loads none (pagedlm.sample.custom_logits.validate_request_params).
     extra_args: dict[str, Any] | None = field(default=None, repr=False)
+    # A DELTA / CUMULATIVE request's outputs come every this many tokens (the first and the last
+    # at once); it can only raise the engine's --stream-interval (vLLM's).
+    stream_interval: int | None = field(default=None, repr=False)
     # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
     # by name (VLLM_ONLY_FIELDS), never ignored.
-    stream_interval: int | None = field(default=None, repr=False)
     flat_logprobs: bool = field(default=False, repr=False)
     logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)

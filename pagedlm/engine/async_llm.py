@@ -162,7 +162,8 @@ class AsyncLLM:
         self.input_processor = InputProcessor(self.model_config, self.tokenizer, self.config.lora_config,
                                               self.config.scheduler_config.scheduling_policy,
                                               self.config.logits_processors)
-        self.output_processor = OutputProcessor(load_tokenizer(self.model_config))
+        self.output_processor = OutputProcessor(load_tokenizer(self.model_config),
+                                                self.config.scheduler_config.stream_interval)
         self.stat_logger = stat_logger
         self.on_dead: list[Callable[[BaseException], None]] = []
         self._streams: dict[str, RequestStream] = {}

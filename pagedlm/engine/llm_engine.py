@@ -42,7 +42,7 @@ class LLMEngine:
         self.input_processor = InputProcessor(config.model_config, self.tokenizer, config.lora_config,
                                               config.scheduler_config.scheduling_policy,
                                               config.logits_processors)
-        self.output_processor = OutputProcessor(self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer, config.scheduler_config.stream_interval)
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
         if multiprocess or data_parallel_size > 1:

@@ -43,6 +43,7 @@ class ChildState:
     # per sequence of an n > 1 request, so each counts as a request (TTFT, ITL, success, ...).
     timing: RequestMetrics | None = None
     num_generated: int = 0
+    num_sent: int = 0  # of num_generated, how many an output has carried (stream_interval)
 
     def completion(self, kind: RequestOutputKind) -> CompletionOutput:
         finished = self.finish_reason is not None
@@ -84,6 +85,7 @@ class ParentState:
     lora_request: LoRARequest | None = None  # its adapter (RequestOutput.lora_request, as vLLM's)
     max_tokens: int | None = None  # SamplingParams.max_tokens, for the metrics
     num_prompt_tokens: int = 0  # (prompt_token_ids is None for a prompt given as embeddings)
+    stream_interval: int = 1  # outputs every this many new tokens of a sequence (DELTA / CUMULATIVE)
 
     def __post_init__(self) -> None:
         self.num_unfinished = len(self.children)
@@ -144,8 +146,9 @@ def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode) -> dict[i
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, stream_interval: int = 1) -> None:
         self.tokenizer = tokenizer
+        self.stream_interval = stream_interval  # the engine's --stream-interval
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, str] = {}
 
@@ -171,6 +174,7 @@ class OutputProcessor:
             is_pooling=first.pooling_params is not None,
             lora_request=LoRARequest.from_wire(first.lora_request),
             max_tokens=getattr(params, "max_tokens", None) if first.pooling_params is None else None,
+            stream_interval=max(self.stream_interval, getattr(params, "stream_interval", None) or 1),
         )
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float | None = None) -> ProcessedOutputs:
@@ -244,6 +248,8 @@ class OutputProcessor:
         kind = parent.output_kind
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
+        if not finished and not self._due(parent):
+            return None
         if finished:
             parent.metrics.finished_time = time.time()
         if parent.is_pooling:
@@ -258,6 +264,8 @@ class OutputProcessor:
             if parent.num_outputs_sent > 0:
                 prompt_logprobs = None
         parent.num_outputs_sent += 1
+        for child in parent.children.values():
+            child.num_sent = child.num_generated
         return RequestOutput(
             request_id=parent.request_id,
             prompt=parent.prompt,
@@ -270,6 +278,15 @@ class OutputProcessor:
             error=parent.error,
             lora_request=parent.lora_request,
         )
+
+    @staticmethod
+    def _due(parent: ParentState) -> bool:
+        """stream_interval (vLLM's): an unfinished request's first output goes at once, later
+        ones once a sequence has that many tokens not yet handed out (DELTA outputs then carry
+        them together)."""
+        if parent.stream_interval == 1 or parent.num_outputs_sent == 0:
+            return True
+        return max(c.num_generated - c.num_sent for c in parent.children.values()) >= parent.stream_interval
 
     def abort_request(self, parent_id: str) -> list[str]:
         """Forget a request; returns its child ids still to abort in the engine core."""

@@ -177,6 +177,7 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         .startswith("token_id:") and not _first_logprob_token(_with_logprobs(call)).startswith("token_id:"),
         "return_token_ids": lambda: _token_ids_returned(call, greedy),
         "truncation_side": lambda: _truncated_from(call, long_input),
+        "stream_interval": lambda: _chunked_by(call),
         "request_id": lambda: call(request_id="walk-7").json()["id"].endswith("-walk-7")
         and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
         "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
@@ -194,9 +195,23 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
             ("logprob_token_ids", [1], None), ("session_id", "s", None),
             ("routed_experts_prompt_start", 2, 0),
             ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
-            ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1),
-            ("stream_interval", 4, 1))},
+            ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1))},
     }
+
+
+def _chunked_by(call: Callable[..., httpx.Response]) -> bool:
+    """stream_interval 3: the token-bearing chunks carry the first token, then 3 each, then the
+    rest; the text as streamed without it."""
+    def token_chunks(**patch: Any) -> list[int]:
+        events = sse_events(call(stream=True, ignore_eos=True, max_tokens=8, return_token_ids=True, **patch))
+        return [len(c["token_ids"]) for e in events for c in e["choices"] if c.get("token_ids")]
+
+    def streamed_text(**patch: Any) -> str:
+        events = sse_events(call(stream=True, ignore_eos=True, max_tokens=8, **patch))
+        return "".join(c.get("text", c.get("delta", {}).get("content") or "") for e in events for c in e["choices"])
+
+    return (token_chunks() == [1] * 8 and token_chunks(stream_interval=3) == [1, 3, 3, 1]
+            and streamed_text(stream_interval=3) == streamed_text() and refused(call(stream_interval=0), "stream_interval"))
 
 
 def _truncated_from(call: Callable[..., httpx.Response], long_input: dict[str, Any]) -> bool:

@@ -134,11 +134,15 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     # vLLM's fields for features pagedlm lacks: the default changes nothing, another value is refused.
     **{name: (lambda g, name=name, value=value: g(**{name: VLLM_ONLY_FIELDS[name][0][0]}).token_ids
               == g.base.token_ids and _refused(lambda: SamplingParams(**{name: value}), name))
-       for name, value in (("stream_interval", 4), ("flat_logprobs", True),
+       for name, value in (("flat_logprobs", True),
                            ("logprob_token_ids", [1]), ("prompt_logprob_token_ids", [1]),
                            ("prompt_logprob_start", 2), ("skip_reading_prefix_cache", True),
                            ("thinking_token_budget", 64), ("repetition_detection", {"max_pattern_size": 2}),
                            ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},
+    # Outputs of a streamed request every k tokens (tests/unit/test_stream_interval.py); a final
+    # answer is the same.
+    "stream_interval": lambda g: g(stream_interval=4).token_ids == g.base.token_ids
+    and _refused(lambda: SamplingParams(stream_interval=0), "stream_interval"),
     # Read by custom logits processors: refused by an engine that loads none (the processors
     # themselves: tests/unit/test_custom_logits_processors.py).
     "extra_args": lambda g: g(extra_args={}).token_ids == g.base.token_ids

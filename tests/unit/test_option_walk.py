@@ -175,6 +175,8 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "scheduling_policy": Changes("priority", lambda c: c.scheduler_config.scheduling_policy == "priority",
                                  "tests/unit/test_priority_scheduling.py::"
                                  "test_priority_orders_admission_and_keeps_the_tokens"),
+    "stream_interval": Changes(4, lambda c: c.scheduler_config.stream_interval == 4,
+                               "tests/unit/test_stream_interval.py::test_engine_streams_in_chunks"),
     "tensor_parallel_size": Changes(2, lambda c: c.parallel_config.tensor_parallel_size == 2,
                                     "tests/distributed/test_parallel_parity.py::test_parallel_equals_single_rank"),
     "pipeline_parallel_size": Changes(2, lambda c: c.parallel_config.pipeline_parallel_size == 2,

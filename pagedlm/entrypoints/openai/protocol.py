@@ -98,6 +98,8 @@ class SamplingFields(OpenAIBaseModel):
     guided_decoding_backend: str | None = None  # the server's own backend (xgrammar), or refused
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: up to max_model_len)
     truncation_side: Literal["left", "right"] | None = None  # "right": keep the first k instead (vLLM's)
+    # vLLM's: a stream's chunks carry this many tokens each (raises the server's --stream-interval)
+    stream_interval: int | None = Field(None, ge=1)
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
     # vLLM's: the prompt's and each choice's token ids beside the text (prompt_token_ids /
@@ -122,7 +124,6 @@ class SamplingFields(OpenAIBaseModel):
     return_mm_kwargs: Any = True
     repetition_detection: Any = None
     thinking_token_budget: Any = None
-    stream_interval: Any = None
 
     @field_validator("n", mode="before")
     @classmethod
@@ -219,6 +220,7 @@ class SamplingFields(OpenAIBaseModel):
             structured_outputs=request_structured_outputs(self),
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             extra_args=self.vllm_xargs or None,
+            stream_interval=self.stream_interval,
         )
 
 
@@ -240,7 +242,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "return_mm_kwargs": ((True,), "vLLM's /render endpoints only"),
     "repetition_detection": ((None,), "no repetition detection"),
     "thinking_token_budget": ((None, -1), "no thinking-token budget"),
-    "stream_interval": ((None, 1), "outputs stream after every token"),
 }
 
 
