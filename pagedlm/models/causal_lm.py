@@ -1,23 +1,14 @@
-"""The wrapper a decoder-only model file puts around its decoder stack (the "body"): it
-builds the body, adds the LM head, ties the head to the input embedding when the config
-says so, and gives the engine ``forward``, ``compute_logits`` and ``attention_layers``.
+"""The ``...ForCausalLM`` wrapper around a decoder stack (the "body"): it builds the body,
+adds the LM head, ties the head to the token embedding when the config says so, and gives
+the engine ``forward``, ``compute_logits`` and ``attention_layers``.
 
-Many architectures differ only below this level, so their ``...ForCausalLM`` classes were
-the same dozen lines with other attribute names. The names are kept (they are the
-checkpoint's prefixes: ``transformer.h.0...``, ``gpt_neox.embed_in.weight``), so a
-subclass says where things are instead of rewriting the wrapper:
-
-- ``body_name`` / ``head_name``: the attributes of the body and the LM head;
-- ``tie_word_embeddings_default``: whether the head is tied when the config does not say
-  (checkpoints of one family tie, those of another do not);
-- ``make_body``: how to build the body (it runs ``forward(input_ids, positions)``);
-- ``input_embedding``: the body's token embedding, whose weight a tied head shares;
-- ``attention_layers``: where each layer's ``Attention`` sits, when not at
-  ``<body>.layers[i].self_attn.attn``.
-
-Config checks, logit extras (a head bias, soft-capping, scaling) and ``load_weights`` stay
-in the model files: they are what makes each architecture different. Llama's wrapper is not
-built on this one: pipeline stages, quantization and LoRA change how it builds its head."""
+Many architectures differ only below this level, so their wrappers were the same dozen
+lines with other module names. The names must stay (they are the checkpoint's: GPT-2's
+``transformer.h.0.attn``, GPT-NeoX's ``embed_out``), so a subclass states them as class
+attributes, says how its body is built (``make_body``) and whether its head is tied when
+the config does not say (``tie_word_embeddings_default``). Config checks, logit extras (a
+head bias, soft-capping, scaling) and ``load_weights`` stay in the model files. Llama's
+wrapper is not one of these: pipeline stages, quantization and LoRA shape how it is built."""
 
 from __future__ import annotations
 
@@ -31,9 +22,12 @@ from pagedlm.layers.embedding import ParallelLMHead
 
 
 class CausalLMWrapper(nn.Module):
-    body_name = "model"  # the checkpoint's prefix of the decoder stack: model, transformer, gpt_neox
-    head_name = "lm_head"  # the checkpoint's name of the output projection (GPT-NeoX: embed_out)
-    tie_word_embeddings_default = True  # when the config has no tie_word_embeddings
+    body_name = "model"  # the decoder stack
+    embedding_name = "embed_tokens"  # its token embedding (in the body)
+    layers_name = "layers"  # its list of decoder layers (in the body)
+    attention_name = "self_attn.attn"  # each decoder layer's Attention (in the layer)
+    head_name = "lm_head"
+    tie_word_embeddings_default = True
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         super().__init__()
@@ -42,10 +36,10 @@ class CausalLMWrapper(nn.Module):
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", self.tie_word_embeddings_default))
         self.add_module(self.head_name, ParallelLMHead(config.vocab_size, config.hidden_size))
         if self.tie_word_embeddings:
-            self.head.weight = self.input_embedding().weight
+            self.head.weight = self.body.get_submodule(self.embedding_name).weight
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        """The decoder stack: embedding, layers, final norm; hidden states out."""
+        """The decoder stack: (input_ids, positions) -> final hidden states."""
         raise NotImplementedError
 
     @property
@@ -56,9 +50,6 @@ class CausalLMWrapper(nn.Module):
     def head(self) -> ParallelLMHead:
         return getattr(self, self.head_name)
 
-    def input_embedding(self) -> nn.Module:
-        return self.body.embed_tokens
-
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.body(input_ids, positions)
 
@@ -66,4 +57,5 @@ class CausalLMWrapper(nn.Module):
         return self.head.compute_logits(hidden_states)
 
     def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.body.layers]
+        layers = self.body.get_submodule(self.layers_name)
+        return [layer.get_submodule(self.attention_name) for layer in layers]

@@ -133,6 +133,9 @@ def check_falcon_config(config: Any) -> None:
 
 class FalconForCausalLM(CausalLMWrapper):
     body_name = "transformer"
+    embedding_name = "word_embeddings"
+    layers_name = "h"
+    attention_name = "self_attention.attn"
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         check_falcon_config(config)
@@ -140,12 +143,6 @@ class FalconForCausalLM(CausalLMWrapper):
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         return FalconModel(config, max_position)
-
-    def input_embedding(self) -> nn.Module:
-        return self.transformer.word_embeddings
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attention.attn for layer in self.transformer.h]
 
     def _split_qkv(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The checkpoint's fused rows (weight [rows, hidden] or bias [rows]) -> q, k, v."""

@@ -106,6 +106,9 @@ def _checkpoint_tensors(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator
 
 class GPT2LMHeadModel(CausalLMWrapper):
     body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         if getattr(config, "add_cross_attention", False):
@@ -117,12 +120,6 @@ class GPT2LMHeadModel(CausalLMWrapper):
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         return GPT2Model(config)
-
-    def input_embedding(self) -> nn.Module:
-        return self.transformer.wte
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters(remove_duplicate=False))

@@ -78,6 +78,9 @@ def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any) -> It
 
 class GPTBigCodeForCausalLM(CausalLMWrapper):
     body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
         if getattr(config, "add_cross_attention", False):
@@ -94,12 +97,6 @@ class GPTBigCodeForCausalLM(CausalLMWrapper):
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         return GPTBigCodeModel(config)
-
-    def input_embedding(self) -> nn.Module:
-        return self.transformer.wte
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:

@@ -121,6 +121,8 @@ def split_per_head_qkv(weights: Iterable[tuple[str, torch.Tensor]], num_heads: i
 
 class GPTNeoXForCausalLM(CausalLMWrapper):
     body_name = "gpt_neox"
+    embedding_name = "embed_in"
+    attention_name = "attention.attn"
     head_name = "embed_out"
     tie_word_embeddings_default = False
 
@@ -131,12 +133,6 @@ class GPTNeoXForCausalLM(CausalLMWrapper):
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         return GPTNeoXModel(config, max_position)
-
-    def input_embedding(self) -> nn.Module:
-        return self.gpt_neox.embed_in
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.attention.attn for layer in self.gpt_neox.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:

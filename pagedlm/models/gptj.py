@@ -86,6 +86,9 @@ class GPTJModel(nn.Module):
 
 class GPTJForCausalLM(CausalLMWrapper):
     body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
     tie_word_embeddings_default = False
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
@@ -101,14 +104,8 @@ class GPTJForCausalLM(CausalLMWrapper):
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         return GPTJModel(config, max_position)
 
-    def input_embedding(self) -> nn.Module:
-        return self.transformer.wte
-
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) + self.lm_head_bias
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def renamed() -> Iterable[tuple[str, torch.Tensor]]:
