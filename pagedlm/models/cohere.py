@@ -18,9 +18,10 @@ from torch import nn
 
 from pagedlm.config import ConfigError, attention_shape, layer_sliding_window
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import QKVParallelLinear, RowParallelLinear, default_weight_loader
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import LlamaMLP, rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 from pagedlm.worker.distributed import get_tensor_model_parallel_rank
@@ -113,30 +114,21 @@ class CohereModel(nn.Module):
         return self.norm(hidden_states)
 
 
-class CohereForCausalLM(nn.Module):
+class CohereForCausalLM(CausalLMWrapper):
     nope_global_layers = False  # Cohere 2's global layers take no position embedding
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ConfigError(f"Cohere hidden_act {config.hidden_act!r} is not supported (only silu)")
-        self.config = config
-        self.model = CohereModel(config, max_position or config.max_position_embeddings, self.nope_global_layers)
+        super().__init__(config, max_position)
         scale = getattr(config, "logit_scale", None)
         self.logit_scale = 1.0 if scale is None else float(scale)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return CohereModel(config, max_position, self.nope_global_layers)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) * self.logit_scale
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.",) if self.tie_word_embeddings else ()

@@ -21,10 +21,11 @@ from torch import nn
 from pagedlm.config import ConfigError, attention_shape
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
 from pagedlm.models.utils import load_shards
 
@@ -130,25 +131,18 @@ def check_falcon_config(config: Any) -> None:
         raise ConfigError(f"Falcon activation {config.activation!r} is not supported (a GELU variant)") from e
 
 
-class FalconForCausalLM(nn.Module):
+class FalconForCausalLM(CausalLMWrapper):
+    body_name = "transformer"
+    embedding_name = "word_embeddings"
+    layers_name = "h"
+    attention_name = "self_attention.attn"
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         check_falcon_config(config)
-        self.config = config
-        self.transformer = FalconModel(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.word_embeddings.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attention.attn for layer in self.transformer.h]
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return FalconModel(config, max_position)
 
     def _split_qkv(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The checkpoint's fused rows (weight [rows, hidden] or bias [rows]) -> q, k, v."""

@@ -15,10 +15,11 @@ from torch import nn
 from pagedlm.config import attention_shape
 from pagedlm.layers.activation import GeluAndMul, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import LMHead, VocabEmbedding
+from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
@@ -128,27 +129,18 @@ class Gemma2Model(nn.Module):
         return hidden_states
 
 
-class Gemma2ForCausalLM(nn.Module):
-    model_cls: type[nn.Module] = Gemma2Model
+class Gemma2ForCausalLM(CausalLMWrapper):
+    model_cls: type[nn.Module] = Gemma2Model  # Gemma 3's text model in Gemma3ForCausalLM
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.model = self.model_cls(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, max_position)
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return self.model_cls(config, max_position)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head.compute_logits(hidden_states), self.final_logit_softcapping)
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.",) if self.tie_word_embeddings else ()

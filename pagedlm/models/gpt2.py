@@ -15,9 +15,10 @@ from torch import nn
 
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import LMHead, VocabEmbedding
+from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.models.causal_lm import CausalLMWrapper
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
@@ -103,29 +104,22 @@ def _checkpoint_tensors(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator
             yield name, tensor, None
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(CausalLMWrapper):
+    body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         if getattr(config, "add_cross_attention", False):
             raise ValueError("GPT-2 with cross-attention (add_cross_attention) is not supported")
         if max_position is not None and max_position > config.max_position_embeddings:
             raise ValueError(f"max_model_len {max_position} exceeds GPT-2's {config.max_position_embeddings} "
                              "learned positions")
-        self.config = config
-        self.transformer = GPT2Model(config)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))  # GPT-2 checkpoints tie
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return GPT2Model(config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters(remove_duplicate=False))

@@ -16,9 +16,10 @@ from torch import nn
 
 from pagedlm.config import ConfigError
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.gpt2 import GPT2Block
 from pagedlm.models.utils import load_shards
 
@@ -75,9 +76,13 @@ def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any) -> It
                 yield name, per_head[:, index].reshape(-1, *tensor.shape[1:]), shard
 
 
-class GPTBigCodeForCausalLM(nn.Module):
+class GPTBigCodeForCausalLM(CausalLMWrapper):
+    body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         if getattr(config, "add_cross_attention", False):
             raise ConfigError("GPT-BigCode with cross-attention (add_cross_attention) is not supported")
         if max_position is not None and max_position > config.max_position_embeddings:
@@ -88,21 +93,10 @@ class GPTBigCodeForCausalLM(nn.Module):
             # The KV cache is sized from num_key_value_heads: it must say what multi_query does.
             raise ConfigError(f"GPT-BigCode config has num_key_value_heads {config.num_key_value_heads} but "
                               f"multi_query={config.multi_query} means {num_kv_heads} KV heads")
-        self.config = config
-        self.transformer = GPTBigCodeModel(config)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return GPTBigCodeModel(config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:

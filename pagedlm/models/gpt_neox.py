@@ -18,10 +18,11 @@ from torch import nn
 from pagedlm.config import ConfigError
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
 from pagedlm.models.utils import load_shards
 
@@ -118,26 +119,20 @@ def split_per_head_qkv(weights: Iterable[tuple[str, torch.Tensor]], num_heads: i
             yield name, tensor, None
 
 
-class GPTNeoXForCausalLM(nn.Module):
+class GPTNeoXForCausalLM(CausalLMWrapper):
+    body_name = "gpt_neox"
+    embedding_name = "embed_in"
+    attention_name = "attention.attn"
+    head_name = "embed_out"
+    tie_word_embeddings_default = False
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         if getattr(config, "hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
             raise ConfigError(f"GPT-NeoX hidden_act {config.hidden_act!r} is not supported (GELU variants only)")
-        self.config = config
-        self.gpt_neox = GPTNeoXModel(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.embed_out = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.embed_out.weight = self.gpt_neox.embed_in.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.gpt_neox(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.embed_out.compute_logits(hidden_states)
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.attention.attn for layer in self.gpt_neox.layers]
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return GPTNeoXModel(config, max_position)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:

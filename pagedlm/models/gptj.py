@@ -16,10 +16,11 @@ from torch import nn
 from pagedlm.config import ConfigError
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear, default_weight_loader
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.utils import load_params
 
 _QKV = [(".q_proj", ".qkv_proj", "q"), (".k_proj", ".qkv_proj", "k"), (".v_proj", ".qkv_proj", "v")]
@@ -83,31 +84,28 @@ class GPTJModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
-class GPTJForCausalLM(nn.Module):
+class GPTJForCausalLM(CausalLMWrapper):
+    body_name = "transformer"
+    embedding_name = "wte"
+    layers_name = "h"
+    attention_name = "attn.attn"
+    tie_word_embeddings_default = False
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         head_dim = config.hidden_size // config.num_attention_heads
         if not config.rotary_dim or config.rotary_dim > head_dim:
             raise ConfigError(f"GPT-J rotary_dim {config.rotary_dim!r} is not supported: it must be set and at most "
                               f"the head size {head_dim}")
-        self.config = config
-        self.transformer = GPTJModel(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+        super().__init__(config, max_position)
         # The head's bias over the whole vocabulary, added after the ranks' logits are gathered.
         self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size), requires_grad=False)
         self.lm_head_bias.weight_loader = lambda p, w, shard_id=None: default_weight_loader(p, w)  # type: ignore[attr-defined]
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids, positions)
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return GPTJModel(config, max_position)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) + self.lm_head_bias
-
-    def attention_layers(self) -> list[Attention]:
-        return [block.attn.attn for block in self.transformer.h]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def renamed() -> Iterable[tuple[str, torch.Tensor]]:

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from pagedlm.config import attention_shape
-from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import LMHead, VocabEmbedding
+from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear, default_weight_loader
 from pagedlm.layers.norm import RMSNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import LlamaAttention, PreNormDecoderLayer, rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
@@ -85,23 +85,16 @@ class MoEModel(nn.Module):
         return hidden_states
 
 
-class MoEForCausalLM(nn.Module):
+class MoEForCausalLM(CausalLMWrapper):
     """Embedding, MoE decoder stack, LM head; subclasses give the layer and expert names.
     Granite's ``logits_scaling`` divides the logits; ``lm_head_bias`` adds a bias to them."""
 
     expert_names = ("w1", "w2", "w3")  # checkpoint names of (gate, down, up) per expert
     extra_params_mapping: list[tuple[str, str, Any]] = []  # a family's own fused names, matched first
+    tie_word_embeddings_default = False
 
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
-        self.config = config
-        max_position = max_position or config.max_position_embeddings
-        self.model = MoEModel(config, max_position, self.make_layer, self.make_rotary_embedding(config, max_position),
-                              self.make_norm)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, max_position)
         self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))
         self.lm_head_bias: nn.Parameter | None = None
         if self.has_lm_head_bias(config):
@@ -117,6 +110,10 @@ class MoEForCausalLM(nn.Module):
         return None  # the default
 
     make_norm: Callable[[Any], nn.Module] | None = None
+
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return MoEModel(config, max_position, self.make_layer, self.make_rotary_embedding(config, max_position),
+                        self.make_norm)
 
     @staticmethod
     def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
@@ -139,9 +136,6 @@ class MoEForCausalLM(nn.Module):
         if self.lm_head_bias is not None:
             logits = logits + self.lm_head_bias
         return logits if self.logits_scaling == 1.0 else logits / self.logits_scaling
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         gate, down, up = self.expert_names

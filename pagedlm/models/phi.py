@@ -17,10 +17,11 @@ from torch import nn
 from pagedlm.config import ConfigError, attention_shape
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear, default_weight_loader
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.gpt_neox import partial_rotary_embedding
 from pagedlm.models.llama import rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
@@ -97,31 +98,24 @@ class PhiModel(nn.Module):
         return self.final_layernorm(hidden_states)
 
 
-class PhiForCausalLM(nn.Module):
+class PhiForCausalLM(CausalLMWrapper):
+    tie_word_embeddings_default = False
+
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         try:
             gelu_approximation(getattr(config, "hidden_act", "gelu_new"))
         except ValueError as e:
             raise ConfigError(f"Phi hidden_act {config.hidden_act!r} is not supported (a GELU variant)") from e
-        self.config = config
-        self.model = PhiModel(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, max_position)
         # The head's bias over the whole vocabulary, added after the ranks' logits are gathered.
         self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size), requires_grad=False)
         self.lm_head_bias.weight_loader = lambda p, w, shard_id=None: default_weight_loader(p, w)  # type: ignore[attr-defined]
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return PhiModel(config, max_position)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) + self.lm_head_bias
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def renamed() -> Iterable[tuple[str, torch.Tensor]]:

@@ -15,10 +15,11 @@ from torch import nn
 from pagedlm.config import ConfigError, attention_shape, layer_sliding_window
 from pagedlm.layers.activation import Gelu, gelu_approximation
 from pagedlm.layers.attention import Attention
-from pagedlm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
 from pagedlm.layers.rotary import RotaryEmbedding
+from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
 from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
@@ -84,26 +85,14 @@ class Starcoder2Model(nn.Module):
         return self.norm(hidden_states)
 
 
-class Starcoder2ForCausalLM(nn.Module):
+class Starcoder2ForCausalLM(CausalLMWrapper):
     def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__()
         if config.hidden_act not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
             raise ConfigError(f"StarCoder2 hidden_act {config.hidden_act!r} is not supported (GELU variants only)")
-        self.config = config
-        self.model = Starcoder2Model(config, max_position or config.max_position_embeddings)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", True))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, max_position)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, positions)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden_states)
-
-    def attention_layers(self) -> list[Attention]:
-        return [layer.self_attn.attn for layer in self.model.layers]
+    def make_body(self, config: Any, max_position: int) -> nn.Module:
+        return Starcoder2Model(config, max_position)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.",) if self.tie_word_embeddings else ()
