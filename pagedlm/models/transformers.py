@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -44,6 +45,10 @@ ATTENTION_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 # The model whose forward is running (set by TransformersForCausalLM.forward): its attention
 # layers, which the registered attention function looks up by the HF module's layer_idx.
 _active: list["TransformersForCausalLM"] = []
+
+
+# A checkpoint tensor of one expert (Mixtral's block_sparse_moe.experts.3.w1, Qwen's mlp.experts.3.gate_proj).
+_PER_EXPERT = re.compile(r"\.experts\.\d+\.")
 
 
 def _causal_lm_names() -> set[str]:
@@ -249,6 +254,12 @@ class TransformersForCausalLM(nn.Module):
             if target is None:
                 if tied and name.startswith("lm_head."):
                     continue
+                if _PER_EXPERT.search(name):
+                    raise ConfigError(
+                        f"{self.architecture}: the checkpoint stores each expert's weights apart ({name!r}) and "
+                        f"transformers' {type(self.hf_model).__name__} holds them fused; the transformers backend "
+                        "loads tensors by name and does not convert them. Use pagedlm's own implementation "
+                        "(--model-impl auto) where there is one")
                 raise ValueError(f"checkpoint tensor {name!r} has no matching parameter or buffer in "
                                  f"{type(self.hf_model).__name__}")
             if tuple(target.shape) != tuple(tensor.shape):

@@ -143,3 +143,12 @@ def test_forced_on_a_native_architecture(checkpoint_factory, name):
                        model_impl="transformers")
     assert isinstance(_model(llm), TransformersForCausalLM)
     check_close(ref, outputs, PROMPTS)
+
+
+def test_per_expert_checkpoint_is_refused_clearly(checkpoint_factory):
+    """transformers 5 holds a MoE block's experts fused (3-D tensors) while checkpoints store each
+    expert apart; the backend loads by name, so it says so instead of a bare missing-name error."""
+    from pagedlm import LLM
+
+    with pytest.raises(ConfigError, match="stores each expert's weights apart"):
+        LLM(checkpoint_factory("mixtral"), device="cpu", max_model_len=64, model_impl="transformers")
