@@ -54,7 +54,7 @@ def build_1_2_5_buckets(max_value: int) -> list[int]:
         scale *= 10
 
 # Finish reasons counted by request_success_total (all pre-created so they read 0, not absent).
-FINISH_REASONS = ("stop", "length", "abort", "error")
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 class PrometheusStatLogger:

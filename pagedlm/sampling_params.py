@@ -25,7 +25,6 @@ VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
     "skip_reading_prefix_cache": ((None,), "a per-request prefix-cache switch"),
     "thinking_token_budget": ((None,), "a thinking-token budget"),
-    "repetition_detection": ((None,), "repetition detection"),
     "routed_experts_prompt_start": ((0,), "returning MoE routing data"),
     "trace_decode_token_ids": ((None,), "forced decode tokens"),
 }
@@ -37,6 +36,40 @@ class RequestOutputKind(enum.IntEnum):
     CUMULATIVE = 0  # everything so far
     DELTA = 1  # only what is new since the last output
     FINAL_ONLY = 2  # one output, when the request finishes
+
+
+@dataclass
+class RepetitionDetectionParams:
+    """vLLM's: end a request whose output tokens end in a pattern of ``min_pattern_size`` ..
+    ``max_pattern_size`` tokens repeated ``min_count`` times in a row (finish_reason
+    "repetition", stop_reason "repetition_detected"). max_pattern_size 0 turns it off."""
+
+    max_pattern_size: int = 0
+    min_pattern_size: int = 0  # 0: 1
+    min_count: int = 0  # at least 2 when on
+
+    def __post_init__(self) -> None:
+        sizes = (self.max_pattern_size, self.min_pattern_size, self.min_count)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in sizes):
+            raise ValueError(f"repetition_detection: sizes and count must be integers, got {sizes}")
+        if self.max_pattern_size < 0 or self.min_pattern_size < 0 or self.min_pattern_size > self.max_pattern_size:
+            raise ValueError("repetition_detection: max_pattern_size and min_pattern_size must be >= 0, with "
+                             f"min_pattern_size <= max_pattern_size, got {self.min_pattern_size} and "
+                             f"{self.max_pattern_size}")
+        if self.max_pattern_size > 0 and self.min_count < 2:
+            raise ValueError(f"repetition_detection: min_count must be at least 2, got {self.min_count}")
+
+    def repeats(self, token_ids: list[int]) -> bool:
+        """Whether ``token_ids`` end in one pattern repeated min_count times (vLLM's check)."""
+        if self.max_pattern_size == 0:
+            return False
+        for size in range(max(self.min_pattern_size, 1), self.max_pattern_size + 1):
+            if size * self.min_count > len(token_ids):
+                return False
+            tail = token_ids[-size:]
+            if all(token_ids[-size * (m + 1): len(token_ids) - size * m] == tail for m in range(1, self.min_count)):
+                return True
+        return False
 
 
 @dataclass
@@ -199,6 +232,9 @@ class SamplingParams:
     # Read by custom logits processors (vLLM's LogitsProcessor interface); the frontend refuses
     # them when the engine loads none (pagedlm.sample.custom_logits.validate_request_params).
     extra_args: dict[str, Any] | None = field(default=None, repr=False)
+    # vLLM's: end the request once its output repeats a pattern (RepetitionDetectionParams; a dict
+    # of its fields is taken too).
+    repetition_detection: RepetitionDetectionParams | None = field(default=None, repr=False)
     # A DELTA / CUMULATIVE request's outputs come every this many tokens (the first and the last
     # at once); it can only raise the engine's --stream-interval (vLLM's).
     stream_interval: int | None = field(default=None, repr=False)
@@ -210,7 +246,6 @@ class SamplingParams:
     prompt_logprob_start: int | None = field(default=None, repr=False)
     skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
     thinking_token_budget: int | None = field(default=None, repr=False)
-    repetition_detection: Any = field(default=None, repr=False)
     routed_experts_prompt_start: int = field(default=0, repr=False)
     trace_decode_token_ids: list[int] | None = field(default=None, repr=False)
     # Filled in by the engine's input processor, not by users.
@@ -315,6 +350,14 @@ class SamplingParams:
 
     def _verify_vllm_fields(self, bad) -> None:
         """vLLM's fields pagedlm takes only at values that change nothing here (VLLM_ONLY_FIELDS)."""
+        if isinstance(self.repetition_detection, dict):
+            try:
+                self.repetition_detection = RepetitionDetectionParams(**self.repetition_detection)
+            except TypeError as e:
+                raise bad("repetition_detection", f"has unknown fields ({e})") from e
+        elif self.repetition_detection is not None and not isinstance(self.repetition_detection,
+                                                                      RepetitionDetectionParams):
+            raise bad("repetition_detection", "must be a RepetitionDetectionParams or a dict of its fields")
         if self.stream_interval is not None and (not isinstance(self.stream_interval, int) or self.stream_interval < 1):
             raise bad("stream_interval", "must be at least 1")
         if not isinstance(self.skip_clone, bool):

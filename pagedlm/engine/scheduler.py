@@ -419,6 +419,11 @@ class Scheduler:
             if num_output >= request.max_tokens or len(request.all_token_ids) >= self.max_model_len:
                 request.status = RequestStatus.FINISHED_LENGTH_CAPPED
                 return new_ids[:n]
+            if (params.repetition_detection is not None and num_output >= params.min_tokens
+                    and params.repetition_detection.repeats(request.output_token_ids)):
+                request.status = RequestStatus.FINISHED_REPETITION
+                request.stop_reason = "repetition_detected"
+                return new_ids[:n]
         return new_ids
 
     def _grammar_finished(self, request: Request, token_id: int) -> bool:

@@ -178,6 +178,9 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         "return_token_ids": lambda: _token_ids_returned(call, greedy),
         "truncation_side": lambda: _truncated_from(call, long_input),
         "stream_interval": lambda: _chunked_by(call),
+        "repetition_detection": lambda: refused(call(repetition_detection={"max_pattern_size": 2}), "min_count")
+        and greedy(repetition_detection={"max_pattern_size": 0}) == greedy()
+        and _shown_by("tests/unit/test_repetition_detection.py", "test_the_engine_stops_at_the_repetition"),
         "request_id": lambda: call(request_id="walk-7").json()["id"].endswith("-walk-7")
         and call(request_id="walk-7", max_tokens=2).json()["id"].endswith("-walk-7"),
         "logits_processors": _unsupported(call, "logits_processors", ["my.module:Processor"]),
@@ -195,13 +198,13 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
             ("logprob_token_ids", [1], None), ("session_id", "s", None),
             ("routed_experts_prompt_start", 2, 0),
             ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
-            ("repetition_detection", {"max_pattern_size": 4}, None), ("thinking_token_budget", 8, -1))},
+("thinking_token_budget", 8, -1))},
     }
 
 
 def _chunked_by(call: Callable[..., httpx.Response]) -> bool:
-    """stream_interval 3: the token-bearing chunks carry the first token, then 3 each, then the
-    rest; the text as streamed without it."""
+    """stream_interval 3: after the first, the token-bearing chunks carry 3 tokens or more (the
+    last the rest); the text as streamed without it."""
     def token_chunks(**patch: Any) -> list[int]:
         events = sse_events(call(stream=True, ignore_eos=True, max_tokens=8, return_token_ids=True, **patch))
         return [len(c["token_ids"]) for e in events for c in e["choices"] if c.get("token_ids")]
@@ -210,7 +213,10 @@ def _chunked_by(call: Callable[..., httpx.Response]) -> bool:
         events = sse_events(call(stream=True, ignore_eos=True, max_tokens=8, **patch))
         return "".join(c.get("text", c.get("delta", {}).get("content") or "") for e in events for c in e["choices"])
 
-    return (token_chunks() == [1] * 8 and token_chunks(stream_interval=3) == [1, 3, 3, 1]
+    # (a busy server may merge a slow reader's chunks, never split them: tests/unit/test_stream_interval.py
+    # checks the exact cut)
+    sizes = token_chunks(stream_interval=3)
+    return (sum(token_chunks()) == sum(sizes) == 8 and len(sizes) <= 4 and all(n >= 3 for n in sizes[1:-1])
             and streamed_text(stream_interval=3) == streamed_text() and refused(call(stream_interval=0), "stream_interval"))
 
 

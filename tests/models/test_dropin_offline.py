@@ -137,8 +137,11 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
        for name, value in (("flat_logprobs", True),
                            ("logprob_token_ids", [1]), ("prompt_logprob_token_ids", [1]),
                            ("prompt_logprob_start", 2), ("skip_reading_prefix_cache", True),
-                           ("thinking_token_budget", 64), ("repetition_detection", {"max_pattern_size": 2}),
+                           ("thinking_token_budget", 64),
                            ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},
+    # Ends a request that repeats itself (tests/unit/test_repetition_detection.py); off, the same.
+    "repetition_detection": lambda g: g(repetition_detection={"max_pattern_size": 0}).token_ids == g.base.token_ids
+    and _refused(lambda: SamplingParams(repetition_detection={"max_pattern_size": 2}), "min_count"),
     # Outputs of a streamed request every k tokens (tests/unit/test_stream_interval.py); a final
     # answer is the same.
     "stream_interval": lambda g: g(stream_interval=4).token_ids == g.base.token_ids

@@ -31,11 +31,9 @@ def test_vllm_fields_pagedlm_lacks_are_refused(name: str, value: object) -> None
 
 # vLLM's request fields pagedlm lacks (protocol._UNSUPPORTED): vLLM's default (or a value that
 # means the same here) is accepted, anything else is a 400 naming the field; never dropped.
-_OTHER = {"watermarking": True, "logprob_token_ids": [1], "session_id": "s",
-          "routed_experts_prompt_start": 2,
-          "return_token_offsets": True, "return_mm_kwargs": False, "repetition_detection": {"max_pattern_size": 4},
-          "thinking_token_budget": 8, "stream_interval": 4, "ec_transfer_params": {"a": 1},
-          "media_io_kwargs": {"image": {}}}
+_OTHER = {"watermarking": True, "logprob_token_ids": [1], "session_id": "s", "routed_experts_prompt_start": 2,
+          "return_token_offsets": True, "return_mm_kwargs": False, "thinking_token_budget": 8,
+          "ec_transfer_params": {"a": 1}, "media_io_kwargs": {"image": {}}}
 
 
 @pytest.mark.parametrize("name", sorted(_UNSUPPORTED))

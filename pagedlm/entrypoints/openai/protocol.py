@@ -100,6 +100,8 @@ class SamplingFields(OpenAIBaseModel):
     truncation_side: Literal["left", "right"] | None = None  # "right": keep the first k instead (vLLM's)
     # vLLM's: a stream's chunks carry this many tokens each (raises the server's --stream-interval)
     stream_interval: int | None = Field(None, ge=1)
+    # vLLM's: {max_pattern_size, min_pattern_size, min_count}: stop once the output repeats itself
+    repetition_detection: dict[str, int] | None = None
     cache_salt: str | None = None  # prefix-cache blocks are shared only between requests of the same salt
     return_tokens_as_token_ids: bool | None = None  # None: the server's --return-tokens-as-token-ids
     # vLLM's: the prompt's and each choice's token ids beside the text (prompt_token_ids /
@@ -122,7 +124,6 @@ class SamplingFields(OpenAIBaseModel):
     routed_experts_prompt_start: Any = 0
     return_token_offsets: Any = False
     return_mm_kwargs: Any = True
-    repetition_detection: Any = None
     thinking_token_budget: Any = None
 
     @field_validator("n", mode="before")
@@ -221,6 +222,7 @@ class SamplingFields(OpenAIBaseModel):
             truncate_prompt_tokens=self.truncate_prompt_tokens,
             extra_args=self.vllm_xargs or None,
             stream_interval=self.stream_interval,
+            repetition_detection=self.repetition_detection,
         )
 
 
@@ -240,7 +242,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "routed_experts_prompt_start": ((0,), "no routed-expert data is returned"),
     "return_token_offsets": ((None, False), "vLLM's /render endpoints only"),
     "return_mm_kwargs": ((True,), "vLLM's /render endpoints only"),
-    "repetition_detection": ((None,), "no repetition detection"),
     "thinking_token_budget": ((None, -1), "no thinking-token budget"),
 }
 
