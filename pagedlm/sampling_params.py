@@ -23,7 +23,6 @@ VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
     "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
     "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
-    "skip_reading_prefix_cache": ((None,), "a per-request prefix-cache switch"),
     "thinking_token_budget": ((None,), "a thinking-token budget"),
     "routed_experts_prompt_start": ((0,), "returning MoE routing data"),
     "trace_decode_token_ids": ((None,), "forced decode tokens"),
@@ -232,6 +231,9 @@ class SamplingParams:
     # Read by custom logits processors (vLLM's LogitsProcessor interface); the frontend refuses
     # them when the engine loads none (pagedlm.sample.custom_logits.validate_request_params).
     extra_args: dict[str, Any] | None = field(default=None, repr=False)
+    # vLLM's: the request takes no blocks from the prefix cache (its own still go in); None: only
+    # when it asks for prompt_logprobs, which need every prompt token computed.
+    skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
     # vLLM's: end the request once its output repeats a pattern (RepetitionDetectionParams; a dict
     # of its fields is taken too).
     repetition_detection: RepetitionDetectionParams | None = field(default=None, repr=False)
@@ -244,7 +246,6 @@ class SamplingParams:
     logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_start: int | None = field(default=None, repr=False)
-    skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
     thinking_token_budget: int | None = field(default=None, repr=False)
     routed_experts_prompt_start: int = field(default=0, repr=False)
     trace_decode_token_ids: list[int] | None = field(default=None, repr=False)
@@ -350,6 +351,13 @@ class SamplingParams:
 
     def _verify_vllm_fields(self, bad) -> None:
         """vLLM's fields pagedlm takes only at values that change nothing here (VLLM_ONLY_FIELDS)."""
+        if self.skip_reading_prefix_cache is None:
+            self.skip_reading_prefix_cache = self.prompt_logprobs is not None
+        elif not isinstance(self.skip_reading_prefix_cache, bool):
+            raise bad("skip_reading_prefix_cache", "must be true or false")
+        elif not self.skip_reading_prefix_cache and self.prompt_logprobs is not None:
+            raise bad("skip_reading_prefix_cache", "cannot be false with prompt_logprobs (they need every prompt "
+                      "token computed, none read from the prefix cache)")
         if isinstance(self.repetition_detection, dict):
             try:
                 self.repetition_detection = RepetitionDetectionParams(**self.repetition_detection)

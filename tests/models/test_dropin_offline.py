@@ -136,9 +136,13 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
               == g.base.token_ids and _refused(lambda: SamplingParams(**{name: value}), name))
        for name, value in (("flat_logprobs", True),
                            ("logprob_token_ids", [1]), ("prompt_logprob_token_ids", [1]),
-                           ("prompt_logprob_start", 2), ("skip_reading_prefix_cache", True),
+                           ("prompt_logprob_start", 2),
                            ("thinking_token_budget", 64),
                            ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},
+    # No prefix-cache hits for the request (test_skip_reading_prefix_cache); the same tokens.
+    "skip_reading_prefix_cache": lambda g: g(skip_reading_prefix_cache=True).token_ids == g.base.token_ids
+    and _refused(lambda: SamplingParams(skip_reading_prefix_cache=False, prompt_logprobs=1),
+                 "skip_reading_prefix_cache"),
     # Ends a request that repeats itself (tests/unit/test_repetition_detection.py); off, the same.
     "repetition_detection": lambda g: g(repetition_detection={"max_pattern_size": 0}).token_ids == g.base.token_ids
     and _refused(lambda: SamplingParams(repetition_detection={"max_pattern_size": 2}), "min_count"),
@@ -354,3 +358,20 @@ def test_time_per_output_token_series_have_vllms_names_and_meanings(llm: LLM) ->
     delta = {name: after[name] - before.get(name, 0.0) for name in after}
     assert delta["vllm:request_time_per_output_token_seconds"] == 1
     assert delta["vllm:time_per_output_token_seconds"] == delta["vllm:inter_token_latency_seconds"] == 4
+
+
+def test_skip_reading_prefix_cache(llm: LLM) -> None:
+    """vLLM's skip_reading_prefix_cache: the request computes its whole prompt (its blocks still
+    go into the cache for others); on by default with prompt_logprobs, off otherwise."""
+    prompt = {"prompt_token_ids": list(range(70, 120))}
+    params = dict(temperature=0, max_tokens=2)
+    llm.reset_prefix_cache()
+    first = llm.generate(prompt, SamplingParams(**params), use_tqdm=False)[0]
+    skipped = llm.generate(prompt, SamplingParams(**params, skip_reading_prefix_cache=True), use_tqdm=False)[0]
+    again = llm.generate(prompt, SamplingParams(**params), use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0 and skipped.num_cached_tokens == 0 and again.num_cached_tokens >= 32
+    assert first.outputs[0].token_ids == skipped.outputs[0].token_ids == again.outputs[0].token_ids
+    assert SamplingParams(prompt_logprobs=1).skip_reading_prefix_cache
+    assert not SamplingParams().skip_reading_prefix_cache
+    with_lp = llm.generate(prompt, SamplingParams(**params, prompt_logprobs=1), use_tqdm=False)[0]
+    assert with_lp.num_cached_tokens == 0 and len(with_lp.prompt_logprobs) == 50
