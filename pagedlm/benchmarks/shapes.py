@@ -40,6 +40,19 @@ SHAPES = {
         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
         max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1000000.0, torch_dtype="bfloat16",
     ),
+    # DeepSeek-V2-Lite (15.7B, 2.4B active): multi-head latent attention (cached decompressed,
+    # 16 heads x 192), 64 routed experts top-6 plus 2 shared, softmax greedy routing.
+    "deepseek-v2-lite": dict(
+        architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2",
+        hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=27,
+        num_attention_heads=16, num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
+        num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1, kv_lora_rank=512, q_lora_rank=None,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, topk_method="greedy", n_group=1, topk_group=1,
+        norm_topk_prob=False, scoring_func="softmax", routed_scaling_factor=1.0, vocab_size=102400,
+        max_position_embeddings=163840, rope_theta=10000.0, rms_norm_eps=1e-6, torch_dtype="bfloat16",
+        rope_scaling={"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                      "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096},
+    ),
     # The MoE code path at toy size (CPU smoke run of benchmarks/gpu_moe.py).
     "moe-tiny": dict(
         architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
