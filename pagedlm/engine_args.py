@@ -190,7 +190,8 @@ class EngineArgs:
                           "(the Hugging Face model class with pagedlm's paged attention)", MODEL,
                           choices=["auto", "vllm", "pagedlm", "transformers", "terratorch"])
     skip_tokenizer_init: bool = opt(False, "run without a tokenizer: prompts are token ids, outputs carry token "
-                                    "ids and empty text (offline engine only)", MODEL)
+                                    "ids and empty text (the server: token-id completions, return_token_ids)",
+                                    MODEL)
     enable_prompt_embeds: bool = opt(False, "accept prompts given as embeddings ({'prompt_embeds': tensor "
                                      "[num_tokens, hidden]} offline, base64 torch.save payloads in /v1/completions' "
                                      "prompt_embeds); Llama-family and MoE decoders, one pipeline stage, no "
@@ -431,9 +432,6 @@ class EngineArgs:
         that need one are refused by the input processor)."""
         if not self.skip_tokenizer_init:
             return
-        if self.usage_context == "server":
-            raise ConfigError("--skip-tokenizer-init is not supported by pagedlm's OpenAI server (its endpoints "
-                              "take and return text); use it with the offline LLM and token-id prompts")
         if self._structured_outputs().reasoning_parser:
             raise ConfigError("reasoning_parser needs a tokenizer (its markers are tokenized), so it cannot be "
                               "used with skip_tokenizer_init")

@@ -91,9 +91,40 @@ def test_detokenize_true_is_ignored_and_tokenizer_is_none(llms):
     assert all(o.outputs[0].text == "" and len(o.outputs[0].token_ids) == 3 for o in out)
 
 
-def test_server_refuses_the_flag(ckpt):
-    from pagedlm.config import ConfigError
-    from pagedlm.engine_args import ServerEngineArgs
+def test_server_without_a_tokenizer(ckpt):
+    """`pagedlm serve --skip-tokenizer-init` (vLLM's): completions take token-id prompts and give
+    ids (return_token_ids) with empty text and token-id logprob names, the same ids as a server
+    with its tokenizer; what needs text is a 400 that says so."""
+    from fastapi.testclient import TestClient
 
-    with pytest.raises(ConfigError, match="skip-tokenizer-init"):
-        ServerEngineArgs(model=str(ckpt), device="cpu", skip_tokenizer_init=True).create_engine_config()
+    from pagedlm.engine.async_llm import AsyncLLM
+    from pagedlm.engine_args import ServerEngineArgs
+    from pagedlm.entrypoints.openai.api_server import build_app
+    from pagedlm.metrics import PrometheusStatLogger
+
+    def client(**kwargs):
+        engine = AsyncLLM.from_engine_args(ServerEngineArgs(model=str(ckpt), device="cpu", max_model_len=64,
+                                                            num_gpu_blocks_override=32, **kwargs))
+        engine.stat_logger = PrometheusStatLogger("notok")
+        return TestClient(build_app(engine, engine.stat_logger, served_model_names=["m"]))
+
+    body = {"model": "m", "prompt": [1, 5, 9, 14], "max_tokens": 5, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True, "logprobs": 1}
+    with client() as full:
+        expected = full.post("/v1/completions", json=body).json()["choices"][0]["token_ids"]
+    with client(skip_tokenizer_init=True) as bare:
+        choice = bare.post("/v1/completions", json=body).json()["choices"][0]
+        assert choice["token_ids"] == expected and choice["text"] == ""
+        assert choice["logprobs"]["tokens"] == [f"token_id:{t}" for t in expected]
+        streamed = bare.post("/v1/completions", json={**body, "stream": True}).text
+        assert '"token_ids":[%d]' % expected[0] in streamed.replace(" ", "")
+        for path, payload, needle in (
+                ("/v1/completions", {**body, "prompt": "hello"}, "text prompts"),
+                ("/v1/completions", {**body, "echo": True, "return_token_ids": False}, "echo"),
+                ("/v1/completions", {**body, "stop": ["x"]}, "stop strings"),
+                ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "Chat"),
+                ("/v1/responses", {"model": "m", "input": "hi"}, "Responses"),
+                ("/tokenize", {"model": "m", "prompt": "hi"}, "/tokenize"),
+                ("/detokenize", {"model": "m", "tokens": [1, 2]}, "/detokenize")):
+            resp = bare.post(path, json=payload)
+            assert resp.status_code == 400 and needle in resp.json()["error"]["message"], (path, resp.text)

@@ -32,6 +32,7 @@ from pagedlm.outputs import CompletionOutput, Logprob, RequestOutput
 class OpenAIServingChat(OpenAIServing):
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request) -> Response:
+        self.require_tokenizer("Chat (its template renders text)", "messages")
         self.check_request(request)
         self._check_chat_features(request)
         plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls, self.options)

@@ -106,6 +106,11 @@ class Usage:
         }
 
 
+def no_tokenizer_message(what: str) -> str:
+    return (f"{what} needs a tokenizer, and this server runs without one (--skip-tokenizer-init): send token-id "
+            "prompts to /v1/completions and read the output's ids with return_token_ids")
+
+
 def stream_usage_flags(request: SamplingFields, force_include_usage: bool = False) -> tuple[bool, bool]:
     """(include_usage, continuous_usage_stats) as vLLM reads them: usage on every chunk only
     when both are set; --enable-force-include-usage sets the first for every stream."""
@@ -220,6 +225,11 @@ class OpenAIServing:
             raise OpenAIError(f"The model `{model}` does not exist.", 404, "model")
         return lora
 
+    def require_tokenizer(self, what: str, param: str | None = None) -> None:
+        """400 for what needs text when the server runs without a tokenizer (--skip-tokenizer-init)."""
+        if self.tokenizer is None:
+            raise OpenAIError(no_tokenizer_message(what), 400, param)
+
     def check_request(self, request: SamplingFields) -> None:
         self.lora_for(request.model)
         if self.engine.model_config.runner == "pooling":
@@ -242,7 +252,10 @@ class OpenAIServing:
         return f"{prefix}-{request.request_id}" if request.request_id else random_id(prefix)
 
     def as_token_ids(self, request: SamplingFields) -> bool:
-        """Logprob entries name tokens "token_id:N": the request's choice, else the server flag's."""
+        """Logprob entries name tokens "token_id:N": the request's choice, else the server flag's;
+        always without a tokenizer (there is no text to name them by)."""
+        if self.loop_tokenizer is None:
+            return True
         if request.return_tokens_as_token_ids is not None:
             return request.return_tokens_as_token_ids
         return self.options.return_tokens_as_token_ids

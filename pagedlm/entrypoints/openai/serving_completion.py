@@ -32,6 +32,8 @@ class OpenAIServingCompletion(OpenAIServing):
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
         self.check_logprobs("logprobs", request.logprobs)
+        if request.echo and not request.return_token_ids:
+            self.require_tokenizer("echo (the prompt's text)", "echo")
         # echo with max_tokens 0 (lm-eval's loglikelihood requests): the prompt alone, with its
         # logprobs; as vLLM, one token is generated and left out of the text.
         params = self.make_params(request, request.logprobs, 1 if _echo_only(request) else request.max_tokens)

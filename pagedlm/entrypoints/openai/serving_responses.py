@@ -218,6 +218,7 @@ def reasoning_template_kwargs(reasoning: dict[str, Any] | None) -> dict[str, Any
 
 class OpenAIServingResponses(OpenAIServing):
     async def create_response(self, req: ResponsesRequest, raw: Request) -> Response:
+        self.require_tokenizer("The Responses API (its chat template renders text)", "input")
         _refuse_unsupported(req)
         try:
             chat = to_chat_request(req)
