@@ -13,6 +13,8 @@ from pagedlm.arg_utils import is_no_op
 SAMPLING_EPS = 1e-5  # a temperature below it is greedy (every sampling path reads this one)
 MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
+# vLLM's MAX_LOGPROB_TOKEN_IDS: the longest logprob_token_ids list (a fixed bound, not --max-logprobs).
+MAX_LOGPROB_TOKEN_IDS = 128
 # The seeds torch.Generator.manual_seed takes (a negative seed stands for seed mod 2**64).
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
@@ -20,7 +22,6 @@ MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 # vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
 VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
-    "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
     "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
     "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
     "skip_reading_prefix_cache": ((None,), "a per-request prefix-cache switch"),
@@ -238,10 +239,12 @@ class SamplingParams:
     # A DELTA / CUMULATIVE request's outputs come every this many tokens (the first and the last
     # at once); it can only raise the engine's --stream-interval (vLLM's).
     stream_interval: int | None = field(default=None, repr=False)
+    # vLLM's: the logprobs of these token ids at each generated position (with the sampled
+    # token's), instead of the top-k; logprobs is then len(logprob_token_ids) (set when None).
+    logprob_token_ids: list[int] | None = field(default=None, repr=False)
     # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
     # by name (VLLM_ONLY_FIELDS), never ignored.
     flat_logprobs: bool = field(default=False, repr=False)
-    logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_start: int | None = field(default=None, repr=False)
     skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
@@ -364,10 +367,31 @@ class SamplingParams:
             raise bad("skip_clone", "must be true or false")
         if self.extra_args is not None and not isinstance(self.extra_args, dict):
             raise bad("extra_args", "must be a dict")
+        self._verify_logprob_token_ids(bad)
         for name, (no_op, why) in VLLM_ONLY_FIELDS.items():
             value = getattr(self, name)
             if not is_no_op(value, no_op):
                 raise ValueError(f"{name} is not supported by pagedlm ({why}), got {value!r}.")
+
+    def _verify_logprob_token_ids(self, bad) -> None:
+        """vLLM's rules: a non-empty list of token ids, at most MAX_LOGPROB_TOKEN_IDS, and logprobs
+        unset (it becomes the list's length) or equal to that length."""
+        ids = self.logprob_token_ids
+        if ids is None:
+            return
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise bad("logprob_token_ids", "must be a non-empty list of token ids")
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in ids):
+            raise bad("logprob_token_ids", "must contain non-negative integers")
+        if len(ids) > MAX_LOGPROB_TOKEN_IDS:
+            raise ValueError(f"logprob_token_ids has {len(ids)} token ids, more than the {MAX_LOGPROB_TOKEN_IDS} "
+                             "allowed.")
+        self.logprob_token_ids = list(ids)
+        if self.logprobs is None:
+            self.logprobs = len(ids)
+        elif self.logprobs != len(ids):
+            raise ValueError(f"logprobs must be unset or equal to len(logprob_token_ids)={len(ids)} when "
+                             f"logprob_token_ids is set, got logprobs={self.logprobs}.")
 
     @property
     def sampling_type_greedy(self) -> bool:
@@ -379,6 +403,7 @@ class SamplingParams:
             ("stop_token_ids", self.stop_token_ids),
             ("allowed_token_ids", self.allowed_token_ids or []),
             ("logit_bias", list((self.logit_bias or {}).keys())),
+            ("logprob_token_ids", self.logprob_token_ids or []),
         ):
             out_of_range = [t for t in ids if not 0 <= t < vocab_size]
             if out_of_range:
