@@ -24,41 +24,27 @@ IDS = [4, 17, 30]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from pagedlm.demo import build_tiny_checkpoint
-
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("lptids"))
-
-
-@pytest.fixture(scope="module")
-def hf_model(ckpt):
-    import transformers
-
-    return transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), torch_dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def llm(ckpt):
+def llm(demo_checkpoint):
     from pagedlm import LLM
 
-    return LLM(str(ckpt), device="cpu", dtype="float32", max_model_len=128, enable_prefix_caching=False)
+    return LLM(str(demo_checkpoint), device="cpu", dtype="float32", max_model_len=128, enable_prefix_caching=False)
 
 
 def _greedy(**kwargs) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, **kwargs)
 
 
-def _reference(hf_model, tokens: list[int]) -> torch.Tensor:
+def _reference(demo_hf_model, tokens: list[int]) -> torch.Tensor:
     """[MAX_TOKENS, V] float64: the raw logprobs after the prompt and each generated token."""
     with torch.no_grad():
-        logits = hf_model(torch.tensor([PROMPT + tokens[:-1]])).logits[0].double()
+        logits = demo_hf_model(torch.tensor([PROMPT + tokens[:-1]])).logits[0].double()
     return logits[len(PROMPT) - 1:].log_softmax(-1)
 
 
-def _check_listed(completion, hf_model, ids: list[int]) -> None:
+def _check_listed(completion, demo_hf_model, ids: list[int]) -> None:
     tokens = list(completion.token_ids)
     assert len(tokens) == MAX_TOKENS and len(completion.logprobs) == MAX_TOKENS
-    want = _reference(hf_model, tokens)
+    want = _reference(demo_hf_model, tokens)
     for i, step in enumerate(completion.logprobs):
         assert set(step) == {tokens[i], *ids}, i  # the sampled token and exactly the listed ids
         for token_id, lp in step.items():
@@ -67,16 +53,16 @@ def _check_listed(completion, hf_model, ids: list[int]) -> None:
         assert step[tokens[i]].rank == 1  # greedy
 
 
-def test_listed_ids_values_and_ranks(llm, hf_model):
+def test_listed_ids_values_and_ranks(llm, demo_hf_model):
     out = llm.generate([{"prompt_token_ids": PROMPT}], _greedy(logprob_token_ids=IDS), use_tqdm=False)
     completion = out[0].outputs[0]
-    _check_listed(completion, hf_model, IDS)
+    _check_listed(completion, demo_hf_model, IDS)
     # the cumulative logprob sums the sampled tokens' values, as with top-k logprobs
     assert completion.cumulative_logprob == pytest.approx(
         sum(step[t].logprob for step, t in zip(completion.logprobs, completion.token_ids)), abs=1e-4)
 
 
-def test_mixed_batch_gives_each_request_what_it_asked(llm, hf_model):
+def test_mixed_batch_gives_each_request_what_it_asked(llm, demo_hf_model):
     """A request with ids, one with top-2, one without logprobs, one with a longer list and an
     explicit logprobs equal to its length (vLLM's rule), and one listing its own sampled token."""
     solo = llm.generate([{"prompt_token_ids": PROMPT}], _greedy(), use_tqdm=False)[0].outputs[0]
@@ -86,12 +72,12 @@ def test_mixed_batch_gives_each_request_what_it_asked(llm, hf_model):
               _greedy(logprobs=len(longer), logprob_token_ids=longer), _greedy(logprob_token_ids=[first, 6])]
     outs = [o.outputs[0] for o in llm.generate([{"prompt_token_ids": PROMPT}] * len(params), params, use_tqdm=False)]
     assert all(o.token_ids == solo.token_ids for o in outs)
-    _check_listed(outs[0], hf_model, IDS)
-    _check_listed(outs[3], hf_model, longer)
-    _check_listed(outs[4], hf_model, [first, 6])
+    _check_listed(outs[0], demo_hf_model, IDS)
+    _check_listed(outs[3], demo_hf_model, longer)
+    _check_listed(outs[4], demo_hf_model, [first, 6])
     assert len(outs[4].logprobs[0]) == 2  # the sampled token listed: once, with its own rank
     assert outs[2].logprobs is None
-    want = _reference(hf_model, list(solo.token_ids))
+    want = _reference(demo_hf_model, list(solo.token_ids))
     for i, step in enumerate(outs[1].logprobs):  # top-2 (greedy: the sampled token is the first)
         assert sorted(lp.rank for lp in step.values()) == [1, 2]
         assert sorted((lp.logprob for lp in step.values()), reverse=True) == pytest.approx(
@@ -116,11 +102,11 @@ def test_out_of_vocab_ids_are_refused_by_the_engine(llm):
         llm.generate([{"prompt_token_ids": PROMPT}], _greedy(logprob_token_ids=[1, 10**6]), use_tqdm=False)
 
 
-def test_long_lists_pass_max_logprobs_as_vllm(llm, hf_model):
+def test_long_lists_pass_max_logprobs_as_vllm(llm, demo_hf_model):
     """vLLM bounds the list by its own MAX_LOGPROB_TOKEN_IDS, not --max-logprobs (20 here)."""
     ids = list(range(40))
     out = llm.generate([{"prompt_token_ids": PROMPT}], _greedy(logprob_token_ids=ids), use_tqdm=False)
-    _check_listed(out[0].outputs[0], hf_model, ids)
+    _check_listed(out[0].outputs[0], demo_hf_model, ids)
     with pytest.raises(ValueError, match="max-logprobs"):
         llm.generate([{"prompt_token_ids": PROMPT}], _greedy(logprobs=40), use_tqdm=False)
 
@@ -205,7 +191,7 @@ def test_rejection_sampler_reports_listed_ids(mode):
     assert torch.equal(out.top_ranks, plain.top_ranks)
 
 
-def test_speculative_decoding_and_async_scheduling_report_listed_ids(ckpt, llm):
+def test_speculative_decoding_and_async_scheduling_report_listed_ids(demo_checkpoint, llm):
     """ngram speculation and async scheduling give the same tokens and listed-id logprobs as the
     plain engine."""
     from pagedlm import LLM
@@ -218,7 +204,7 @@ def test_speculative_decoding_and_async_scheduling_report_listed_ids(ckpt, llm):
     for settings in (dict(speculative_config={"method": "ngram", "num_speculative_tokens": 3,
                                               "prompt_lookup_min": 1, "prompt_lookup_max": 3}),
                      dict(async_scheduling=True)):
-        other = LLM(str(ckpt), device="cpu", dtype="float32", max_model_len=128, enable_prefix_caching=False,
+        other = LLM(str(demo_checkpoint), device="cpu", dtype="float32", max_model_len=128, enable_prefix_caching=False,
                     **settings)
         got = other.generate(prompts, params, use_tqdm=False)
         for g, w in zip(got, want):
