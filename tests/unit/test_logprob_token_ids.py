@@ -196,10 +196,10 @@ def test_speculative_decoding_and_async_scheduling_report_listed_ids(demo_checkp
     plain engine."""
     from pagedlm import LLM
 
-    prompt = [3, 4, 5, 3, 4, 5, 3, 4]
-    params = [SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprob_token_ids=IDS),
-              SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)]
-    prompts = [{"prompt_token_ids": prompt}] * 2
+    # 24 tokens: this model's greedy output repeats itself there, so n-gram drafts are made
+    params = [SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprob_token_ids=IDS),
+              SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)]
+    prompts = [{"prompt_token_ids": PROMPT}] * 2
     want = llm.generate(prompts, params, use_tqdm=False)
     for settings in (dict(speculative_config={"method": "ngram", "num_speculative_tokens": 3,
                                               "prompt_lookup_min": 1, "prompt_lookup_max": 3}),
@@ -207,6 +207,8 @@ def test_speculative_decoding_and_async_scheduling_report_listed_ids(demo_checkp
         other = LLM(str(demo_checkpoint), device="cpu", dtype="float32", max_model_len=128, enable_prefix_caching=False,
                     **settings)
         got = other.generate(prompts, params, use_tqdm=False)
+        if "speculative_config" in settings:  # drafts were verified (accepted or not)
+            assert other.llm_engine.engine_core.scheduler.spec_stats.snapshot()["num_drafts"] > 0
         for g, w in zip(got, want):
             g, w = g.outputs[0], w.outputs[0]
             assert g.token_ids == w.token_ids
