@@ -13,6 +13,8 @@ from pagedlm.arg_utils import is_no_op
 SAMPLING_EPS = 1e-5  # a temperature below it is greedy (every sampling path reads this one)
 MAX_N = 128
 MAX_LOGPROBS = 20  # the engine's default --max-logprobs (the engine enforces its own setting)
+# vLLM's MAX_LOGPROB_TOKEN_IDS: the longest logprob_token_ids list (a fixed bound, not --max-logprobs).
+MAX_LOGPROB_TOKEN_IDS = 128
 # The seeds torch.Generator.manual_seed takes (a negative seed stands for seed mod 2**64).
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
@@ -20,7 +22,6 @@ MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 # vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
 VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
-    "logprob_token_ids": ((None,), "logprobs of chosen token ids; use logprobs=k or -1"),
     "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
     "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
     "thinking_token_budget": ((None,), "a thinking-token budget"),
@@ -232,7 +233,8 @@ class SamplingParams:
     # them when the engine loads none (pagedlm.sample.custom_logits.validate_request_params).
     extra_args: dict[str, Any] | None = field(default=None, repr=False)
     # vLLM's: the request takes no blocks from the prefix cache (its own still go in); None: only
-    # when it asks for prompt_logprobs, which need every prompt token computed.
+    # when it asks for prompt_logprobs, which need every prompt token computed (the KV cache
+    # manager reads both).
     skip_reading_prefix_cache: bool | None = field(default=None, repr=False)
     # vLLM's: end the request once its output repeats a pattern (RepetitionDetectionParams; a dict
     # of its fields is taken too).
@@ -240,10 +242,12 @@ class SamplingParams:
     # A DELTA / CUMULATIVE request's outputs come every this many tokens (the first and the last
     # at once); it can only raise the engine's --stream-interval (vLLM's).
     stream_interval: int | None = field(default=None, repr=False)
+    # vLLM's: the logprobs of these token ids at each generated position (with the sampled
+    # token's), instead of the top-k; logprobs is then len(logprob_token_ids) (set when None).
+    logprob_token_ids: list[int] | None = field(default=None, repr=False)
     # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
     # by name (VLLM_ONLY_FIELDS), never ignored.
     flat_logprobs: bool = field(default=False, repr=False)
-    logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_start: int | None = field(default=None, repr=False)
     thinking_token_budget: int | None = field(default=None, repr=False)
@@ -351,8 +355,9 @@ class SamplingParams:
 
     def _verify_vllm_fields(self, bad) -> None:
         """vLLM's fields pagedlm takes only at values that change nothing here (VLLM_ONLY_FIELDS)."""
-        if self.skip_reading_prefix_cache is None:
-            self.skip_reading_prefix_cache = self.prompt_logprobs is not None
+        if self.skip_reading_prefix_cache is None:  # (left None without prompt_logprobs: a copy made
+            if self.prompt_logprobs is not None:    # before they are set, as the server's echo does, stays open)
+                self.skip_reading_prefix_cache = True
         elif not isinstance(self.skip_reading_prefix_cache, bool):
             raise bad("skip_reading_prefix_cache", "must be true or false")
         elif not self.skip_reading_prefix_cache and self.prompt_logprobs is not None:
@@ -372,10 +377,31 @@ class SamplingParams:
             raise bad("skip_clone", "must be true or false")
         if self.extra_args is not None and not isinstance(self.extra_args, dict):
             raise bad("extra_args", "must be a dict")
+        self._verify_logprob_token_ids(bad)
         for name, (no_op, why) in VLLM_ONLY_FIELDS.items():
             value = getattr(self, name)
             if not is_no_op(value, no_op):
                 raise ValueError(f"{name} is not supported by pagedlm ({why}), got {value!r}.")
+
+    def _verify_logprob_token_ids(self, bad) -> None:
+        """vLLM's rules: a non-empty list of token ids, at most MAX_LOGPROB_TOKEN_IDS, and logprobs
+        unset (it becomes the list's length) or equal to that length."""
+        ids = self.logprob_token_ids
+        if ids is None:
+            return
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise bad("logprob_token_ids", "must be a non-empty list of token ids")
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in ids):
+            raise bad("logprob_token_ids", "must contain non-negative integers")
+        if len(ids) > MAX_LOGPROB_TOKEN_IDS:
+            raise ValueError(f"logprob_token_ids has {len(ids)} token ids, more than the {MAX_LOGPROB_TOKEN_IDS} "
+                             "allowed.")
+        self.logprob_token_ids = list(ids)
+        if self.logprobs is None:
+            self.logprobs = len(ids)
+        elif self.logprobs != len(ids):
+            raise ValueError(f"logprobs must be unset or equal to len(logprob_token_ids)={len(ids)} when "
+                             f"logprob_token_ids is set, got logprobs={self.logprobs}.")
 
     @property
     def sampling_type_greedy(self) -> bool:
@@ -387,6 +413,7 @@ class SamplingParams:
             ("stop_token_ids", self.stop_token_ids),
             ("allowed_token_ids", self.allowed_token_ids or []),
             ("logit_bias", list((self.logit_bias or {}).keys())),
+            ("logprob_token_ids", self.logprob_token_ids or []),
         ):
             out_of_range = [t for t in ids if not 0 <= t < vocab_size]
             if out_of_range:

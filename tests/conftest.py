@@ -95,6 +95,23 @@ def llama_checkpoint(checkpoint_factory) -> str:
     return checkpoint_factory("llama")
 
 
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """pagedlm.demo's tiny checkpoint as built by default (seed 0)."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def demo_hf_model(demo_checkpoint):
+    """demo_checkpoint through transformers in float32: an independent reference for logits."""
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(str(demo_checkpoint), torch_dtype=torch.float32).eval()
+
+
 @pytest.fixture
 def pagedlm_warnings():
     """The messages pagedlm's loggers emit at WARNING or above during the test (its logger

@@ -213,7 +213,8 @@ class InputProcessor:
             validate_request_params(self.logits_processor_classes, params)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
-        for name in ("logprobs", "prompt_logprobs"):
+        # logprob_token_ids (logprobs is its length) has vLLM's own cap, not --max-logprobs.
+        for name in ("prompt_logprobs",) if params.logprob_token_ids else ("logprobs", "prompt_logprobs"):
             setattr(params, name, self.num_logprobs(name, getattr(params, name)))
         if self.tokenizer is None:
             self._check_without_tokenizer(params)

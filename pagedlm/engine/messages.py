@@ -105,11 +105,13 @@ class SchedulerOutput:
 
 
 class LogprobsLists(msgspec.Struct, array_like=True, gc=False):
-    """Per position: the target token first, then the top-k."""
+    """Per position: the target token first, then the top-k (or the request's logprob_token_ids)."""
 
     token_ids: list[list[int]]
     logprobs: list[list[float]]
     ranks: list[int]
+    # Per position, the ranks of the entries after the first; None: their positions 1..k.
+    top_ranks: list[list[int]] | None = None
 
 
 @dataclass(slots=True)

@@ -136,12 +136,14 @@ class ProcessedOutputs:
     iteration_stats: IterationStats
 
 
-def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode) -> dict[int, Logprob]:
-    # Column 0 is the sampled / target token (with its true rank), then the top-k by rank.
+def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode,
+                  top_ranks: list[int] | None = None) -> dict[int, Logprob]:
+    # Column 0 is the sampled / target token (with its true rank), then the top-k by rank, or
+    # the request's logprob_token_ids with their own ranks (top_ranks).
     out = {ids[0]: Logprob(lps[0], rank, decode(ids[0]))}
     for r, (tid, lp) in enumerate(zip(ids[1:], lps[1:]), start=1):
         if tid not in out:
-            out[tid] = Logprob(lp, r, decode(tid))
+            out[tid] = Logprob(lp, r if top_ranks is None else top_ranks[r - 1], decode(tid))
     return out
 
 
@@ -241,6 +243,9 @@ class OutputProcessor:
 
     def _to_dicts(self, lists: LogprobsLists, child: ChildState) -> list[dict[int, Logprob]]:
         decode = child.detokenizer.decode_token
+        if lists.top_ranks is not None:
+            return [_logprob_dict(ids, lps, rank, decode, top) for ids, lps, rank, top
+                    in zip(lists.token_ids, lists.logprobs, lists.ranks, lists.top_ranks)]
         return [_logprob_dict(ids, lps, rank, decode) for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks)]
 
     def _make_output(self, parent: ParentState) -> RequestOutput | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pagedlm.sample.logprobs import ListedTokenIds
 from pagedlm.sampling_params import SAMPLING_EPS, SamplingParams
 
 
@@ -45,6 +46,8 @@ class SamplingMetadata:
     min_p: torch.Tensor | None  # [B] float32, 0 where unused; None when no row uses it
     generators: dict[int, torch.Generator]  # row -> generator of a seeded random row
     max_num_logprobs: int | None  # None: no row asked for logprobs
+    # Rows with logprob_token_ids (None: none, always so when no row asked for logprobs).
+    logprob_token_ids: ListedTokenIds | None
     allowed_token_ids_mask: torch.Tensor | None  # [B, V] bool, True = not allowed
     # Tokens forced to -inf this step: bad words whose prefix matched, and stop tokens
     # while min_tokens is not reached.
@@ -149,6 +152,21 @@ def _logit_bias(
     )
 
 
+def _listed_token_ids(params: list[SamplingParams], device: torch.device) -> ListedTokenIds | None:
+    """The rows with logprob_token_ids (SamplingParams gave them logprobs = the list's length);
+    called only when some row asked for logprobs."""
+    rows = [i for i, sp in enumerate(params) if sp.logprob_token_ids]
+    if not rows:
+        return None
+    lists = [params[i].logprob_token_ids for i in rows]
+    width = max(len(ids) for ids in lists)
+    padded = [ids + [ids[0]] * (width - len(ids)) for ids in lists]
+    listed = set(rows)
+    top_ks = [sp.logprobs for i, sp in enumerate(params) if sp.logprobs is not None and i not in listed]
+    return ListedTokenIds(_to_device(rows, torch.int64, device), _to_device(padded, torch.int64, device),
+                          max(top_ks, default=0))
+
+
 def _has_penalties(sp: SamplingParams) -> bool:
     return (
         abs(sp.presence_penalty) >= SAMPLING_EPS
@@ -247,6 +265,7 @@ def build_sampling_metadata(
         # A greedy row never draws, so its generator stays untouched.
         generators={i: gen for i, gen in enumerate(generators) if gen is not None and not greedy[i]},
         max_num_logprobs=max(requested) if requested else None,
+        logprob_token_ids=_listed_token_ids(params, device) if requested else None,
         allowed_token_ids_mask=_allowed_mask(params, vocab_size, device),
         banned_token_indices=banned,
         min_tokens_grammar_stops=grammar_stops,

@@ -179,7 +179,7 @@ class Sampler:
             values = processed_values
         logprobs = None
         if values is not None:
-            logprobs = gather_logprobs(values, sampled, metadata.max_num_logprobs)
+            logprobs = gather_logprobs(values, sampled, metadata.max_num_logprobs, metadata.logprob_token_ids)
         return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
 
     def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:

@@ -131,7 +131,7 @@ def rejection_sample(
         tokens = torch.where(accepted, drafts.squeeze(1), torch.where(greedy_row, greedy_tokens, recovered))
     logprobs = None
     if raw_logprobs is not None:
-        logprobs = gather_logprobs(raw_logprobs, tokens, md.max_num_logprobs)
+        logprobs = gather_logprobs(raw_logprobs, tokens, md.max_num_logprobs, md.logprob_token_ids)
     return RejectionOutput(tokens=tokens, accepted=accepted, logprobs=logprobs)
 
 

@@ -687,4 +687,5 @@ def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], 
 
 
 def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
-    return LogprobsLists(t.token_ids[:, : k + 1].tolist(), t.logprobs[:, : k + 1].tolist(), t.ranks.tolist())
+    top_ranks = None if t.top_ranks is None else t.top_ranks[:, :k].tolist()
+    return LogprobsLists(t.token_ids[:, : k + 1].tolist(), t.logprobs[:, : k + 1].tolist(), t.ranks.tolist(), top_ranks)

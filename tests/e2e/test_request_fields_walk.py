@@ -23,6 +23,7 @@ from pagedlm.entrypoints.openai.protocol import (
 )
 
 INFORMATIONAL = {"user"}
+LOGPROB_TOKEN_IDS_TEST = ("tests/e2e/test_logprob_token_ids_server.py", "test_completions_values_match_offline")
 ADD_SPECIAL_TOKENS_TEST = ("tests/e2e/test_app_inprocess.py", "test_add_special_tokens_reaches_the_tokenizer")
 BOS, EOS, RBRACKET = 0, 4, 65  # token ids of the demo tokenizer: <|begin_of_text|>, <|eot_id|>, "]"
 
@@ -195,7 +196,7 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         # vLLM's newer fields: vLLM's default is accepted (the answer unchanged), another value refused.
         **{name: _refused_unless_default(call, greedy, name, value, default) for name, value, default in (
             ("ec_transfer_params", {"a": 1}, None), ("watermarking", True, False),
-            ("logprob_token_ids", [1], None), ("session_id", "s", None),
+            ("session_id", "s", None),
             ("routed_experts_prompt_start", 2, 0),
             ("return_token_offsets", True, False), ("return_mm_kwargs", False, True),
 ("thinking_token_budget", 8, -1))},
@@ -275,6 +276,10 @@ def completion_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "echo": lambda: text(c(echo=True)) == "Hello world, this is" + text(c()),
         "logprobs": lambda: c(logprobs=2).json()["choices"][0]["logprobs"] is not None
         and c().json()["choices"][0]["logprobs"] is None,
+        "logprob_token_ids": lambda: all({"token_id:65", "token_id:66"} <= set(top) and len(top) <= 3 for top in c(
+            logprobs=1, logprob_token_ids=[65, 66], return_tokens_as_token_ids=True).json()["choices"][0]["logprobs"][
+            "top_logprobs"])
+        and refused(c(logprob_token_ids=[65]), "requires logprobs") and _shown_by(*LOGPROB_TOKEN_IDS_TEST),
         # The demo tokenizer adds no special tokens; one that does is used there.
         "add_special_tokens": lambda: _shown_by(*ADD_SPECIAL_TOKENS_TEST),
         # Refused without --enable-prompt-embeds (this server); served with it: the named test.
@@ -292,6 +297,11 @@ def chat_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "messages": lambda: prompt_tokens(c(messages=[{"role": "user", "content": "Hi there you"}]))
         != prompt_tokens(c()),
         "logprobs": lambda: c(logprobs=True).json()["choices"][0]["logprobs"] is not None,
+        "logprob_token_ids": lambda: all({"token_id:65", "token_id:66"} <= {t["token"] for t in entry["top_logprobs"]}
+                                         for entry in c(logprobs=True, logprob_token_ids=[65, 66],
+                                                        return_tokens_as_token_ids=True).json()["choices"][0][
+                                             "logprobs"]["content"])
+        and refused(c(logprob_token_ids=[65]), "requires logprobs") and _shown_by(*LOGPROB_TOKEN_IDS_TEST),
         "top_logprobs": lambda: len(c(logprobs=True, top_logprobs=2).json()["choices"][0]["logprobs"]["content"][0][
             "top_logprobs"]) == 2,
         "max_completion_tokens": lambda: tokens(c(max_completion_tokens=3)) == 3,

@@ -131,11 +131,16 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     "skip_clone": lambda g: (lambda sp: sp.clone() is sp)(SamplingParams(skip_clone=True))
     and [o.token_ids for o in g.all(n=2, temperature=1.0, seed=1, skip_clone=True).outputs]
     == [o.token_ids for o in g.all(n=2, temperature=1.0, seed=1).outputs],
+    # The listed ids' logprobs at each position, with the sampled token's, in place of the top-k
+    # (values and ranks: tests/unit/test_logprob_token_ids.py).
+    "logprob_token_ids": lambda g: (lambda out: out.token_ids == g.base.token_ids and all(
+        set(step) == {t, 65, 66} for t, step in zip(out.token_ids, out.logprobs)))(g(logprob_token_ids=[65, 66]))
+    and _refused(lambda: SamplingParams(logprob_token_ids=[]), "logprob_token_ids"),
     # vLLM's fields for features pagedlm lacks: the default changes nothing, another value is refused.
     **{name: (lambda g, name=name, value=value: g(**{name: VLLM_ONLY_FIELDS[name][0][0]}).token_ids
               == g.base.token_ids and _refused(lambda: SamplingParams(**{name: value}), name))
        for name, value in (("flat_logprobs", True),
-                           ("logprob_token_ids", [1]), ("prompt_logprob_token_ids", [1]),
+                           ("prompt_logprob_token_ids", [1]),
                            ("prompt_logprob_start", 2),
                            ("thinking_token_budget", 64),
                            ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},

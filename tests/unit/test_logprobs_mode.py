@@ -26,28 +26,14 @@ GREEDY = dict(temperature=0.0, repetition_penalty=1.4, presence_penalty=0.6)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from pagedlm.demo import build_tiny_checkpoint
-
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("lpmode"))
-
-
-@pytest.fixture(scope="module")
-def hf_model(ckpt):
-    import transformers
-
-    return transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), torch_dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def engines(ckpt):
+def engines(demo_checkpoint):
     """One offline engine per mode (the mode is engine-wide), with a random and a greedy
     request of each kind run once; returns mode -> (llm, random output, greedy output)."""
     from pagedlm import LLM
 
     out = {}
     for mode in MODES:
-        llm = LLM(str(ckpt), device="cpu", dtype="float32", logprobs_mode=mode, max_model_len=128,
+        llm = LLM(str(demo_checkpoint), device="cpu", dtype="float32", logprobs_mode=mode, max_model_len=128,
                   enable_prefix_caching=False)
         results = llm.generate(
             [{"prompt_token_ids": PROMPT}, {"prompt_token_ids": PROMPT}],
@@ -102,10 +88,10 @@ def _reference(mode: str, logits: torch.Tensor, output: list[int], params: dict)
     return values if mode.endswith("_logits") else values.log_softmax(-1)
 
 
-def _check(mode: str, completion, hf_model, params: dict) -> None:
+def _check(mode: str, completion, demo_hf_model, params: dict) -> None:
     tokens = list(completion.token_ids)
     assert len(tokens) == MAX_TOKENS and len(completion.logprobs) == MAX_TOKENS
-    hf = _hf_logits(hf_model, PROMPT + tokens[:-1])
+    hf = _hf_logits(demo_hf_model, PROMPT + tokens[:-1])
     for i, step in enumerate(completion.logprobs):
         want = _reference(mode, hf[i], tokens[:i], params)
         assert tokens[i] in step
@@ -123,13 +109,13 @@ def _check(mode: str, completion, hf_model, params: dict) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_random_request_values_match_an_independent_computation(engines, hf_model, mode):
-    _check(mode, engines[mode][1], hf_model, RANDOM)
+def test_random_request_values_match_an_independent_computation(engines, demo_hf_model, mode):
+    _check(mode, engines[mode][1], demo_hf_model, RANDOM)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_greedy_request_values_match_an_independent_computation(engines, hf_model, mode):
-    _check(mode, engines[mode][2], hf_model, GREEDY)
+def test_greedy_request_values_match_an_independent_computation(engines, demo_hf_model, mode):
+    _check(mode, engines[mode][2], demo_hf_model, GREEDY)
 
 
 def test_modes_differ_and_sample_the_same_tokens(engines):
@@ -146,12 +132,12 @@ def test_modes_differ_and_sample_the_same_tokens(engines):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_prompt_logprobs_stay_raw_logprobs(engines, hf_model, mode):
+def test_prompt_logprobs_stay_raw_logprobs(engines, demo_hf_model, mode):
     """vLLM's runner computes prompt logprobs as raw logprobs whatever the mode."""
     prompt_lps = engines[mode][3]
     assert prompt_lps[0] is None
     with torch.no_grad():
-        want = hf_model(torch.tensor([PROMPT])).logits[0].double().log_softmax(-1)
+        want = demo_hf_model(torch.tensor([PROMPT])).logits[0].double().log_softmax(-1)
     for pos in range(1, len(PROMPT)):
         lp = prompt_lps[pos][PROMPT[pos]].logprob
         assert lp == pytest.approx(want[pos - 1, PROMPT[pos]].item(), abs=2e-3)
@@ -167,11 +153,11 @@ def test_beam_search_is_refused_under_logits_modes(engines):
     assert len(out[0].sequences) == 2
 
 
-def test_unknown_mode_is_refused(ckpt):
+def test_unknown_mode_is_refused(demo_checkpoint):
     from pagedlm import LLM
 
     with pytest.raises(Exception, match="logprobs"):
-        LLM(str(ckpt), device="cpu", logprobs_mode="processed")
+        LLM(str(demo_checkpoint), device="cpu", logprobs_mode="processed")
 
 
 # ---- the samplers directly ------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_vllm_fields_pagedlm_lacks_are_refused(name: str, value: object) -> None
 
 # vLLM's request fields pagedlm lacks (protocol._UNSUPPORTED): vLLM's default (or a value that
 # means the same here) is accepted, anything else is a 400 naming the field; never dropped.
-_OTHER = {"watermarking": True, "logprob_token_ids": [1], "session_id": "s", "routed_experts_prompt_start": 2,
+_OTHER = {"watermarking": True, "session_id": "s", "routed_experts_prompt_start": 2,
           "return_token_offsets": True, "return_mm_kwargs": False, "thinking_token_budget": 8,
           "ec_transfer_params": {"a": 1}, "media_io_kwargs": {"image": {}}}
 

@@ -107,6 +107,9 @@ class SamplingFields(OpenAIBaseModel):
     # vLLM's: the prompt's and each choice's token ids beside the text (prompt_token_ids /
     # token_ids; in a stream the prompt's with a choice's first chunk, then each chunk's new ids)
     return_token_ids: bool | None = None
+    # vLLM's: the logprobs of these token ids at each generated position (with the sampled
+    # token's), in place of the top-k; needs logprobs (completions) / logprobs true (chat).
+    logprob_token_ids: list[int] | None = Field(None, min_length=1)
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
     # vLLM's: SamplingParams.extra_args, read by the server's custom logits processors
     # (--logits-processors); refused by the engine when none is loaded.
@@ -119,7 +122,6 @@ class SamplingFields(OpenAIBaseModel):
     mm_processor_kwargs: Any = None
     ec_transfer_params: Any = None
     watermarking: Any = None
-    logprob_token_ids: Any = None
     session_id: Any = None
     routed_experts_prompt_start: Any = 0
     return_token_offsets: Any = False
@@ -167,6 +169,8 @@ class SamplingFields(OpenAIBaseModel):
             raise ValueError("length_penalty applies to beam search only; set use_beam_search or remove it")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of is not supported (only best_of == n); remove best_of")
+        if self.logprob_token_ids is not None and self.use_beam_search:
+            raise ValueError("logprob_token_ids is not supported with beam search")
         return self
 
     def unsupported_feature(self) -> tuple[str, str] | None:
@@ -211,7 +215,9 @@ class SamplingFields(OpenAIBaseModel):
             ignore_eos=self.ignore_eos,
             max_tokens=min(caps) if caps else None,
             min_tokens=self.min_tokens,
-            logprobs=logprobs,
+            # As vLLM's: the listed ids take the place of the top-k (logprobs becomes their count).
+            logprobs=None if self.logprob_token_ids else logprobs,
+            logprob_token_ids=self.logprob_token_ids,
             prompt_logprobs=self.prompt_logprobs,
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
@@ -237,7 +243,6 @@ _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "media_io_kwargs": ((None, {}), "text models only"),
     "ec_transfer_params": ((None,), "no encoder-cache transfer"),
     "watermarking": ((None, False), "no watermarking"),
-    "logprob_token_ids": ((None,), "logprobs come as the top-k of each position (logprobs / top_logprobs)"),
     "session_id": ((None,), "no session identity is kept"),
     "routed_experts_prompt_start": ((0,), "no routed-expert data is returned"),
     "return_token_offsets": ((None, False), "vLLM's /render endpoints only"),
@@ -257,6 +262,16 @@ class CompletionRequest(SamplingFields):
     # vLLM's: base64 of torch.save(tensor [num_tokens, hidden]), or a list of them; served only
     # with --enable-prompt-embeds (serving_completion loads them).
     prompt_embeds: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check_logprob_token_ids(self) -> "CompletionRequest":
+        if self.logprob_token_ids is not None:  # vLLM's rules
+            if self.echo and self.max_tokens == 0:
+                raise ValueError("logprob_token_ids is not supported when echo is true and max_tokens is 0 (no "
+                                 "output tokens are generated)")
+            if self.logprobs is None:
+                raise ValueError("logprob_token_ids requires logprobs to be set")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -326,6 +341,8 @@ class ChatCompletionRequest(SamplingFields):
     def _check_chat(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and self.top_logprobs != 0 and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        if self.logprob_token_ids is not None and not self.logprobs:
+            raise ValueError("logprob_token_ids requires logprobs to be true")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true; "
                              "set add_generation_prompt to false to continue the final message")
@@ -340,6 +357,13 @@ class ChatCompletionRequest(SamplingFields):
 
     def num_logprobs(self) -> int | None:
         if not self.logprobs:
+            return None
+        return self.top_logprobs or 0
+
+    def num_top_logprobs(self) -> int | None:
+        """How many entries each token's top_logprobs lists; None: all of them (top_logprobs -1,
+        or logprob_token_ids: the listed ids, as vLLM's)."""
+        if self.logprob_token_ids or self.top_logprobs == -1:
             return None
         return self.top_logprobs or 0
 

@@ -111,8 +111,7 @@ class OpenAIServingChat(OpenAIServing):
                   entries: list[dict[int, Logprob]] | None) -> dict[str, Any] | None:
         if not request.logprobs:
             return None
-        num_top = request.top_logprobs or 0
-        content = chat_logprobs(token_ids, entries or [], num_top if num_top != -1 else None, self.as_token_ids(request))
+        content = chat_logprobs(token_ids, entries or [], request.num_top_logprobs(), self.as_token_ids(request))
         return {"content": content, "refusal": None}
 
     # ------------------------------------------------------------------ streaming

@@ -31,7 +31,8 @@ class OpenAIServingCompletion(OpenAIServing):
             raise OpenAIError("prompt: field required (or prompt_embeds, with --enable-prompt-embeds)", 400, "prompt")
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported.", 400, "suffix")
-        self.check_logprobs("logprobs", request.logprobs)
+        if not request.logprob_token_ids:  # (the listed ids replace the top-k: vLLM's own cap)
+            self.check_logprobs("logprobs", request.logprobs)
         if request.echo and not request.return_token_ids:
             self.require_tokenizer("echo (the prompt's text)", "echo")
         # echo with max_tokens 0 (lm-eval's loglikelihood requests): the prompt alone, with its
