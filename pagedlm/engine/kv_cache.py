@@ -194,9 +194,9 @@ class KVCacheManager:
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest cached prefix of the request, in whole blocks. The last token is never
-        served from cache, so the step still computes it and produces logits. None for a request
-        that skips reading the cache (SamplingParams.skip_reading_prefix_cache, on with
-        prompt_logprobs)."""
+        served from cache, so the step still computes it and produces logits. Nothing for a
+        request that skips reading the cache (SamplingParams.skip_reading_prefix_cache, and any
+        request with prompt_logprobs)."""
         params = request.sampling_params  # (prompt_logprobs may be set after the params were made)
         if not self.enable_caching or params.skip_reading_prefix_cache or params.prompt_logprobs is not None:
             return [], 0
