@@ -21,7 +21,6 @@ MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 
 # vLLM SamplingParams fields for features pagedlm lacks: field -> (values that change nothing, why not).
 VLLM_ONLY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "flat_logprobs": ((False,), "logprobs come as a list of dicts (vLLM's default form)"),
     "prompt_logprob_token_ids": ((None,), "prompt logprobs of chosen token ids; use prompt_logprobs=k or -1"),
     "prompt_logprob_start": ((None, 0), "prompt logprobs from a later row; use prompt_logprobs"),
     "thinking_token_budget": ((None,), "a thinking-token budget"),
@@ -245,9 +244,11 @@ class SamplingParams:
     # vLLM's: the logprobs of these token ids at each generated position (with the sampled
     # token's), instead of the top-k; logprobs is then len(logprob_token_ids) (set when None).
     logprob_token_ids: list[int] | None = field(default=None, repr=False)
+    # vLLM's: logprobs (and prompt logprobs) as a FlatLogprobs (pagedlm.logprobs) instead of a
+    # list of dicts: the same entries in flat lists, a constant number of Python objects.
+    flat_logprobs: bool = field(default=False, repr=False)
     # vLLM's fields for features pagedlm lacks: their defaults are accepted, other values refused
     # by name (VLLM_ONLY_FIELDS), never ignored.
-    flat_logprobs: bool = field(default=False, repr=False)
     prompt_logprob_token_ids: list[int] | None = field(default=None, repr=False)
     prompt_logprob_start: int | None = field(default=None, repr=False)
     thinking_token_budget: int | None = field(default=None, repr=False)
@@ -373,6 +374,8 @@ class SamplingParams:
             raise bad("repetition_detection", "must be a RepetitionDetectionParams or a dict of its fields")
         if self.stream_interval is not None and (not isinstance(self.stream_interval, int) or self.stream_interval < 1):
             raise bad("stream_interval", "must be at least 1")
+        if not isinstance(self.flat_logprobs, bool):
+            raise bad("flat_logprobs", "must be true or false")
         if not isinstance(self.skip_clone, bool):
             raise bad("skip_clone", "must be true or false")
         if self.extra_args is not None and not isinstance(self.extra_args, dict):

@@ -14,6 +14,7 @@ from typing import Any
 
 from pagedlm.engine.detokenizer import IncrementalDetokenizer
 from pagedlm.engine.messages import EngineCoreOutput, EngineCoreRequest, LogprobsLists
+from pagedlm.logprobs import FlatLogprobs
 from pagedlm.lora.request import LoRARequest
 from pagedlm.outputs import (
     CompletionOutput,
@@ -52,7 +53,7 @@ class ChildState:
             # A DELTA request keeps no history here: what is handed out is forgotten.
             token_ids, logprobs = self.token_ids, self.logprobs
             self.token_ids = []
-            self.logprobs = [] if logprobs is not None else None
+            self.logprobs = type(logprobs)() if logprobs is not None else None  # (a list or FlatLogprobs)
         else:
             token_ids, logprobs = list(self.token_ids), self.logprobs
         return CompletionOutput(
@@ -147,6 +148,15 @@ def _logprob_dict(ids: list[int], lps: list[float], rank: int, decode,
     return out
 
 
+def _new_logprobs(params: Any, start: list | None = None) -> SampleLogprobs | FlatLogprobs:
+    """A request's logprobs container: a list of dicts, or vLLM's FlatLogprobs (flat_logprobs)."""
+    if not getattr(params, "flat_logprobs", False):
+        return list(start or [])
+    flat = FlatLogprobs()
+    flat.extend(start or [])
+    return flat
+
+
 class OutputProcessor:
     def __init__(self, tokenizer: Any, stream_interval: int = 1) -> None:
         self.tokenizer = tokenizer
@@ -164,14 +174,14 @@ class OutputProcessor:
             detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, child.sampling_params)
             state = ChildState(index, detok, timing=RequestMetrics(arrival_time=first.arrival_time))
             if params.logprobs is not None:
-                state.logprobs, state.cumulative_logprob = [], 0.0
+                state.logprobs, state.cumulative_logprob = _new_logprobs(params), 0.0
             states[child.request_id] = state
             self.child_to_parent[child.request_id] = parent_id
         self.parents[parent_id] = ParentState(
             request_id=parent_id, prompt=prompt, children=states,
             prompt_token_ids=None if first.prompt_embeds is not None else first.prompt_token_ids,
             num_prompt_tokens=first.num_prompt_tokens,
-            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+            prompt_logprobs=_new_logprobs(params, [None]) if params.prompt_logprobs is not None else None,
             metrics=RequestMetrics(arrival_time=first.arrival_time), output_kind=params.output_kind,
             is_pooling=first.pooling_params is not None,
             lora_request=LoRARequest.from_wire(first.lora_request),
@@ -208,7 +218,7 @@ class OutputProcessor:
     def _process_one(self, parent: ParentState, child: ChildState, out: EngineCoreOutput, now: float,
                      stats: IterationStats) -> bool:
         if out.new_prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
-            parent.prompt_logprobs.extend(self._to_dicts(out.new_prompt_logprobs, child))
+            self._extend(parent.prompt_logprobs, out.new_prompt_logprobs, child)
         parent.num_cached_tokens = out.num_cached_tokens
         for metrics in (parent.metrics, child.timing):
             if metrics.first_scheduled_time is None:
@@ -227,7 +237,7 @@ class OutputProcessor:
             child.num_generated += len(out.new_token_ids)
         child.token_ids.extend(out.new_token_ids)
         if out.new_logprobs is not None and child.logprobs is not None:
-            child.logprobs.extend(self._to_dicts(out.new_logprobs, child))
+            self._extend(child.logprobs, out.new_logprobs, child)
             child.cumulative_logprob += sum(row[0] for row in out.new_logprobs.logprobs)
         # EOS (stop_reason None) or a stop token id ended it: that last token is not text.
         stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
@@ -241,12 +251,17 @@ class OutputProcessor:
             _observe_finished(parent, child, now, stats)
         return False
 
-    def _to_dicts(self, lists: LogprobsLists, child: ChildState) -> list[dict[int, Logprob]]:
+    def _extend(self, target: SampleLogprobs | FlatLogprobs, lists: LogprobsLists, child: ChildState) -> None:
+        """Append a step's rows: one dict per position, or, into FlatLogprobs, the columns."""
         decode = child.detokenizer.decode_token
-        if lists.top_ranks is not None:
-            return [_logprob_dict(ids, lps, rank, decode, top) for ids, lps, rank, top
-                    in zip(lists.token_ids, lists.logprobs, lists.ranks, lists.top_ranks)]
-        return [_logprob_dict(ids, lps, rank, decode) for ids, lps, rank in zip(lists.token_ids, lists.logprobs, lists.ranks)]
+        tops = lists.top_ranks or [None] * len(lists.ranks)
+        if isinstance(target, FlatLogprobs):
+            for ids, lps, rank, top in zip(lists.token_ids, lists.logprobs, lists.ranks, tops):
+                ranks = [rank, *(top if top is not None else range(1, len(ids)))]
+                target.append_position(ids, lps, ranks, map(decode, ids))
+            return
+        target.extend(_logprob_dict(ids, lps, rank, decode, top)
+                      for ids, lps, rank, top in zip(lists.token_ids, lists.logprobs, lists.ranks, tops))
 
     def _make_output(self, parent: ParentState) -> RequestOutput | None:
         finished = parent.finished

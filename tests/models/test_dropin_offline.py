@@ -139,11 +139,13 @@ SAMPLING_FIELDS: dict[str, Callable[[Gen], bool] | str | None] = {
     # vLLM's fields for features pagedlm lacks: the default changes nothing, another value is refused.
     **{name: (lambda g, name=name, value=value: g(**{name: VLLM_ONLY_FIELDS[name][0][0]}).token_ids
               == g.base.token_ids and _refused(lambda: SamplingParams(**{name: value}), name))
-       for name, value in (("flat_logprobs", True),
-                           ("prompt_logprob_token_ids", [1]),
+       for name, value in (("prompt_logprob_token_ids", [1]),
                            ("prompt_logprob_start", 2),
                            ("thinking_token_budget", 64),
                            ("routed_experts_prompt_start", 1), ("trace_decode_token_ids", [1, 2]))},
+    # The same logprobs in vLLM's FlatLogprobs (tests/unit/test_flat_logprobs.py).
+    "flat_logprobs": lambda g: [dict(p) for p in g(flat_logprobs=True, logprobs=2).logprobs]
+    == g(logprobs=2).logprobs and _refused(lambda: SamplingParams(flat_logprobs=1), "flat_logprobs"),
     # No prefix-cache hits for the request (test_skip_reading_prefix_cache); the same tokens.
     "skip_reading_prefix_cache": lambda g: g(skip_reading_prefix_cache=True).token_ids == g.base.token_ids
     and _refused(lambda: SamplingParams(skip_reading_prefix_cache=False, prompt_logprobs=1),

@@ -22,6 +22,9 @@ from pagedlm.worker import distributed as parallel
 
 # (module under vLLM's path, name) -> the pagedlm object it must be.
 ALIASES = [
+    ("pagedlm.logprobs", "Logprob", pagedlm.Logprob),
+    ("pagedlm.sampling_params", "RepetitionDetectionParams",
+     importlib.import_module("pagedlm.sampling_params").RepetitionDetectionParams),
     ("pagedlm.utils", "FlexibleArgumentParser", FlexibleArgumentParser),
     ("pagedlm.utils.argparse_utils", "FlexibleArgumentParser", FlexibleArgumentParser),
     ("pagedlm.engine.arg_utils", "EngineArgs", EngineArgs),
