@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedlm.config import ConfigError
 from pagedlm.kernels import ops
 
 
@@ -100,3 +103,21 @@ def plain_activation(act: str) -> nn.Module:
         return Gelu(gelu_approximation(act))
     except ValueError:
         raise ValueError(f"hidden_act {act!r} is not supported (relu2, xielu, silu, relu or a GELU variant)") from None
+
+
+# The encoders' activations by their HF names (ModernBERT, NomicBERT, GTE), as plain functions.
+_ENCODER_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def encoder_activation(name: str, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``name``'s function; ``what`` names the setting in the refusal (e.g. "ModernBERT hidden_activation")."""
+    if name not in _ENCODER_ACTIVATIONS:
+        raise ConfigError(f"{what} {name!r} is not supported (supported: {sorted(_ENCODER_ACTIVATIONS)})")
+    return _ENCODER_ACTIVATIONS[name]

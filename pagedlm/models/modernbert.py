@@ -12,13 +12,13 @@ are packed, each sequence attends within itself). Weight names are the checkpoin
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.config import ConfigError
+from pagedlm.layers.activation import encoder_activation
 from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.encoder_attention import EncoderOnlyAttention
 from pagedlm.layers.linear import ReplicatedLinear
@@ -26,19 +26,6 @@ from pagedlm.models.bert import LayerNorm
 from pagedlm.models.encoder_rope import apply_rope, rope_cos_sin, rope_theta
 from pagedlm.models.utils import load_params
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
-
-
-def _activation(name: str, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name not in _ACTIVATIONS:
-        raise ConfigError(f"ModernBERT {what} {name!r} is not supported (supported: {sorted(_ACTIVATIONS)})")
-    return _ACTIVATIONS[name]
 
 
 def _layer_types(config: Any) -> list[str]:
@@ -72,7 +59,7 @@ class ModernBertMLP(nn.Module):
         bias = bool(getattr(config, "mlp_bias", False))
         self.Wi = ReplicatedLinear(config.hidden_size, 2 * config.intermediate_size, bias)
         self.Wo = ReplicatedLinear(config.intermediate_size, config.hidden_size, bias)
-        self.act = _activation(getattr(config, "hidden_activation", "gelu"), "hidden_activation")
+        self.act = encoder_activation(getattr(config, "hidden_activation", "gelu"), "ModernBERT hidden_activation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inp, gate = self.Wi(x).chunk(2, dim=-1)
@@ -146,7 +133,8 @@ class ModernBertPredictionHead(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.dense = ReplicatedLinear(config.hidden_size, config.hidden_size, bool(config.classifier_bias))
-        self.act = _activation(getattr(config, "classifier_activation", "gelu"), "classifier_activation")
+        self.act = encoder_activation(getattr(config, "classifier_activation", "gelu"),
+                                      "ModernBERT classifier_activation")
         self.norm = LayerNorm(config.hidden_size, config.norm_eps, bool(config.norm_bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.config import ConfigError
+from pagedlm.layers.activation import encoder_activation
 from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.encoder_attention import EncoderOnlyAttention
 from pagedlm.layers.linear import ReplicatedLinear
@@ -29,22 +29,8 @@ from pagedlm.models.bert import LayerNorm
 from pagedlm.models.encoder_rope import apply_rope, rope_cos_sin, rope_theta
 from pagedlm.models.utils import load_params
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
-
-
 def _activation(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    act = getattr(config, "hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
-        raise ConfigError(f"{type(config).__name__} hidden_act {act!r} is not supported "
-                          f"(supported: {sorted(_ACTIVATIONS)})")
-    return _ACTIVATIONS[act]
+    return encoder_activation(getattr(config, "hidden_act", "gelu"), f"{type(config).__name__} hidden_act")
 
 
 class _Attention(nn.Module):
