@@ -46,7 +46,7 @@ from pagedlm.entrypoints.openai.protocol import (
     TokenizeRequest,
 )
 from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
-from pagedlm.entrypoints.openai.serving_common import no_tokenizer_message
+from pagedlm.entrypoints.openai.serving_common import require_tokenizer
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
@@ -335,22 +335,18 @@ def _add_tokenizer_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_
         if model and model not in names:
             raise OpenAIError(f"The model `{model}` does not exist.", 404, "model")
 
-    def check_tokenizer(what: str) -> None:
-        if tokenizer is None:
-            raise OpenAIError(no_tokenizer_message(what), 400)
-
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
         body = await read_json_body(request, TokenizeRequest, max_body_bytes)
         check_model(body.model)
-        check_tokenizer("/tokenize")
+        require_tokenizer(tokenizer, "/tokenize")
         return await engine.run_in_tokenizer(_tokenize, tokenizer, body, max_model_len, content_format)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         body = await read_json_body(request, DetokenizeRequest, max_body_bytes)
         check_model(body.model)
-        check_tokenizer("/detokenize")
+        require_tokenizer(tokenizer, "/detokenize")
         bad = [t for t in body.tokens if not 0 <= t < vocab_size]
         if bad:
             raise OpenAIError(f"Token ids {bad[:5]} are out of vocabulary (size {vocab_size}).", 400, "tokens")

@@ -106,9 +106,12 @@ class Usage:
         }
 
 
-def no_tokenizer_message(what: str) -> str:
-    return (f"{what} needs a tokenizer, and this server runs without one (--skip-tokenizer-init): send token-id "
-            "prompts to /v1/completions and read the output's ids with return_token_ids")
+def require_tokenizer(tokenizer: Any, what: str, param: str | None = None) -> None:
+    """400 for what needs text when the server runs without a tokenizer (--skip-tokenizer-init)."""
+    if tokenizer is None:
+        raise OpenAIError(f"{what} needs a tokenizer, and this server runs without one (--skip-tokenizer-init): "
+                          "send token-id prompts to /v1/completions and read the output's ids with "
+                          "return_token_ids", 400, param)
 
 
 def stream_usage_flags(request: SamplingFields, force_include_usage: bool = False) -> tuple[bool, bool]:
@@ -226,9 +229,7 @@ class OpenAIServing:
         return lora
 
     def require_tokenizer(self, what: str, param: str | None = None) -> None:
-        """400 for what needs text when the server runs without a tokenizer (--skip-tokenizer-init)."""
-        if self.tokenizer is None:
-            raise OpenAIError(no_tokenizer_message(what), 400, param)
+        require_tokenizer(self.tokenizer, what, param)
 
     def check_request(self, request: SamplingFields) -> None:
         self.lora_for(request.model)
