@@ -51,8 +51,12 @@ def arch_flag(capability: tuple[int, int]) -> str:
     return f"sm_{major}{minor}" + ("a" if major in (9, 10) else "")
 
 
-def build_command(nvcc: str, source: Path, output: Path, arch: str, defines: tuple[str, ...] = ()) -> list[str]:
-    return [nvcc, "-O3", f"-arch={arch}", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
+def build_command(nvcc: str, source: Path, output: Path, arch: str, defines: tuple[str, ...] = (),
+                  includes: tuple[str, ...] = ()) -> list[str]:
+    """nvcc's command line; a source built against a header library (``includes``: CUTLASS)
+    also gets the flags that library needs (constexpr host functions in device code)."""
+    library = ["--expt-relaxed-constexpr", "-DNDEBUG", *(f"-I{i}" for i in includes)] if includes else []
+    return [nvcc, "-O3", f"-arch={arch}", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo", *library,
             *(f"-D{d}" for d in defines), "-o", str(output), str(source)]
 
 
@@ -61,14 +65,17 @@ def _nvcc_version(nvcc: str) -> str:
     return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def library_path(name: str, device: torch.device, defines: tuple[str, ...] = ()) -> Path | None:
+def library_path(name: str, device: torch.device, defines: tuple[str, ...] = (),
+                 includes: tuple[str, ...] = ()) -> Path | None:
     """The built library of ``csrc/<name>.cu`` for ``device`` (with ``-D`` ``defines``: a
-    source's build-time knobs), building it if needed; None where it cannot be built (logged)."""
-    return _library_path(name, torch.cuda.get_device_capability(device), tuple(defines))
+    source's build-time knobs; ``includes``: a header library's directories, whose version
+    the caller puts in ``defines``), building it if needed; None where it cannot be built (logged)."""
+    return _library_path(name, torch.cuda.get_device_capability(device), tuple(defines), tuple(includes))
 
 
 @functools.cache
-def _library_path(name: str, capability: tuple[int, int], defines: tuple[str, ...] = ()) -> Path | None:
+def _library_path(name: str, capability: tuple[int, int], defines: tuple[str, ...] = (),
+                  includes: tuple[str, ...] = ()) -> Path | None:
     nvcc = nvcc_path()
     if not enabled() or nvcc is None:
         logger.info("CUDA kernel %s not built: %s", name, "PAGEDLM_CUDA_KERNELS=0" if nvcc else "no nvcc found")
@@ -78,13 +85,13 @@ def _library_path(name: str, capability: tuple[int, int], defines: tuple[str, ..
     try:
         headers = b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.cuh")))  # what sources include
         digest = hashlib.sha256(source.read_bytes() + headers + _nvcc_version(nvcc).encode() + arch.encode()
-                                + "\0".join(defines).encode()).hexdigest()[:16]
+                                + "\0".join(defines + includes).encode()).hexdigest()[:16]
         target = cache_root() / "cuda" / f"{name}-{arch}-{digest}.so"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 built = Path(tmp) / target.name
-                proc = subprocess.run(build_command(nvcc, source, built, arch, defines), capture_output=True,
+                proc = subprocess.run(build_command(nvcc, source, built, arch, defines, includes), capture_output=True,
                                       text=True, timeout=600)
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stderr.strip()[-2000:])
@@ -101,11 +108,12 @@ def _load(path: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(path))
 
 
-def load(name: str, device: torch.device, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+def load(name: str, device: torch.device, defines: tuple[str, ...] = (),
+         includes: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The loaded library of ``csrc/<name>.cu`` for ``device``, or None (see the module docstring)."""
     if device.type != "cuda" or torch.version.hip is not None:
         return None
-    path = library_path(name, device, defines)
+    path = library_path(name, device, defines, includes)
     return _load(path) if path is not None else None
 
 

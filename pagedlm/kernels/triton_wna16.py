@@ -41,6 +41,11 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          costs about one integer instruction. On an H200 0.78x the mma kind's time per
          Llama-3.1-8B layer at M = 8, 0.95x the paired gemv's at M = 1 (BENCHMARKS.md, session
          24). Offered only where the library builds (an nvcc, ``PAGEDLM_CUDA_KERNELS`` not 0).
+  cutlass  M >= 16 (4-bit, bf16, Hopper): CUTLASS's mixed-input wgmma GEMM (``cutlass_w4a16``,
+         ``csrc/w4a16_cutlass.cu``) over its own copy of the codes, which a layer keeps beside
+         the internal layout when the library builds (``wna16.WNA16LinearMethod``). On an H200
+         0.91-0.96x bf16 cuBLAS's time per Llama-3.1-8B layer at M = 16-128 and 1.01-1.08x at
+         M = 256-2,048, where dequantize + cuBLAS takes 1.2-1.9x (BENCHMARKS.md, session 26).
   dequantize + cuBLAS for large M (compute-bound; the weight traffic is amortised).
 
 Split-K partial sums are float32 [SPLIT_K, M, N], added in a fixed order inside the same
@@ -61,7 +66,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from pagedlm.kernels import cuda_w4a16, wna16_reference, wna16_tuning
+from pagedlm.kernels import cuda_w4a16, cutlass_w4a16, wna16_reference, wna16_tuning
 from pagedlm.kernels import triton_wna16_kernels as K
 from pagedlm.kernels.pdl import launch_kwargs
 from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
@@ -70,7 +75,7 @@ from pagedlm.kernels.tickets import MAX_TICKETS, ticket_counters
 _DEQUANT_MIN_M = 256  # at and above: dequantize + cuBLAS
 _GEMV_MAX_M = 1  # at and below: the FMA kind (more rows: the tensor-core kinds do less per weight)
 _DOT_MIN_R = 16  # tl.dot needs K >= 16 per step
-KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t", "mma", "cuda")
+KINDS = ("gemv", "dot", "dot_t", "wide", "wide_t", "mma", "cuda", "cutlass")
 _MMA_MAX_M = 8  # the mma kind: x rows are the MMA's 8 B columns
 _DEQUANT_MODES = ("int", "half", "f32")  # the DEQUANT constexpr is the index
 # the dequant forms each kind has (the tensor-core kinds not named here: _DEQUANT_MODES)
@@ -109,6 +114,8 @@ class KernelConfig:
             raise ValueError(f"the cuda kind takes up to {cuda_w4a16.MAX_M} rows (block_m {cuda_w4a16.MAX_M}), "
                              f"{cuda_w4a16.BLOCK_N}-column slices, {cuda_w4a16.WARPS} warps and unroll "
                              f"{cuda_w4a16.UNROLL}")
+        if self.kind == "cutlass":
+            cutlass_w4a16.tile_of(self.block_n, self.block_m)  # raises for a tile that is not built
         if self.kind not in ("gemv", "mma", "cuda") and self.block_m < 16:
             raise ValueError("the tensor-core kinds need block_m >= 16")
         if self.kind == "gemv" and self.block_m != 1:
@@ -165,6 +172,8 @@ def config_fits(cfg: KernelConfig, k: int, group_size: int, bits: int, row_group
     gemv takes 4-bit codes, K tiles that lie in one group each, no act-order row groups,
     and a GPU (inline PTX: not the interpreter)."""
     r = layout_rows(k, group_size, bits)
+    if cfg.kind == "cutlass":  # N is checked when the layer's operands are made (cutlass_w4a16.layer_fits)
+        return bits == 4 and not row_groups and k % cutlass_w4a16.TILE_K == 0 and group_size % cutlass_w4a16.TILE_K == 0
     if cfg.kind == "cuda":  # N is checked at launch (whole 16-byte column quads)
         return cuda_w4a16.layer_fits(k, 4, group_size, bits, row_groups) and r == 16 and not _interpreting()
     if cfg.dequant == "pair":
@@ -188,6 +197,8 @@ def wna16_gemm_with_config(x2d: torch.Tensor, qweight: torch.Tensor, scales: tor
     if not config_fits(cfg, k, group_size, bits, row_groups is not None):
         raise ValueError(f"{wna16_tuning.describe(cfg)} cannot run this layer (K {k}, group {group_size}, {bits}-bit, "
                          f"{r} interleaved rows{', row groups' if row_groups is not None else ''})")
+    if cfg.kind == "cutlass":
+        raise ValueError("the cutlass kind runs over a layer's own operands: cutlass_w4a16.gemm")
     if cfg.kind == "cuda":
         return cuda_w4a16.mma(x2d, qweight, scales, zeros, group_size, cfg.num_warps, cfg.unroll, cfg.split_k,
                               ticket_counters(x2d.device, "wna16"), None if bias is None else bias.to(x2d.dtype))
@@ -273,8 +284,9 @@ def wna16_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.T
 
 def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                perm: torch.Tensor | None, row_groups: torch.Tensor | None, group_size: int, bits: int,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x[..., perm] @ W (+ bias); x: [..., K] -> [..., N] in x's dtype."""
+               bias: torch.Tensor | None = None, cutlass_ops: tuple | None = None) -> torch.Tensor:
+    """y = x[..., perm] @ W (+ bias); x: [..., K] -> [..., N] in x's dtype. ``cutlass_ops``: the
+    layer's operands for the cutlass kind (``cutlass_w4a16.prepare``), where it keeps them."""
     if x.dtype not in (torch.float16, torch.bfloat16) or x.device.type == "cpu" and not _interpreting():
         return wna16_reference.wna16_gemm(x, qweight, scales, zeros, perm, row_groups, group_size, bits, bias)
     lead_shape = x.shape[:-1]
@@ -284,6 +296,13 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     x2d = x2d.contiguous()
     cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device),
                       row_groups is not None)
+    if cfg is not None and cfg.kind == "cutlass":
+        if cutlass_ops is not None and x2d.dtype == torch.bfloat16:
+            y = cutlass_w4a16.gemm(x2d, *cutlass_ops, group_size, cutlass_w4a16.tile_of(cfg.block_n, cfg.block_m),
+                                   bias)
+            return y.reshape(*lead_shape, y.shape[-1])
+        # measured on a layer of this shape that keeps the kernel's operands; this one does not
+        cfg = default_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device))
     if cfg is not None and cfg.kind == "cuda" and not cuda_w4a16.operands_fit(
             x2d, qweight, scales.to(x.dtype), zeros.to(x.dtype), None if bias is None else bias.to(x.dtype)):
         # measured on this shape's layers, but these operands (a view, another dtype) do not fit it

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 # (compute-bound GEMMs, where cuBLAS wins and the dequant is amortised over many rows).
 SMALL_M_BUCKETS = (1, 2, 4, 8, 16)
 TILED_M_BUCKETS = (32, 64, 128, 256, 512)
+# with the cutlass kind (a layer that keeps its operands): measured up to here, where it can
+# still beat dequantize + cuBLAS (H200, Llama-3.1-8B layers: 1.05x bf16 at 2,048 rows against
+# 1.18x; 1.13x at 16,384 against 1.06x)
+LARGE_M_BUCKETS = (1024, 2048, 4096)
 NOT_TUNED: Any = object()
 
 # (n, k, bits, group_size, act-order row groups) -> [(m_max, config or None for dequantize + cuBLAS)]
@@ -139,53 +143,72 @@ def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
 
 
+def cutlass_candidates(m: int, device: torch.device) -> list[Any]:
+    """The cutlass kind's built tiles, for a layer that keeps its operands (M >= 16)."""
+    from pagedlm.kernels import cutlass_w4a16  # noqa: PLC0415
+    from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
+
+    if m < SMALL_M_BUCKETS[-1]:
+        return []
+    return [KernelConfig("cutlass", tile_m, tile_n, 1, 4, 1) for tile_n, tile_m, _ in cutlass_w4a16.built_tiles(device)]
+
+
 def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
                row_groups: bool = False) -> list[Any]:
     if m <= SMALL_M_BUCKETS[-1]:
         return small_m_candidates(m, n, k, bits, group_size, num_sms, row_groups) + [None]
+    if m > TILED_M_BUCKETS[-1]:
+        return [None]  # Triton's tiles lose to dequantize + cuBLAS there (the cutlass kind may not)
     return tiled_candidates(m, n, k, bits, group_size, num_sms)
 
 
 def run_choice(choice: Any, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               row_groups: torch.Tensor | None, group_size: int, bits: int) -> torch.Tensor:
-    from pagedlm.kernels import triton_wna16  # noqa: PLC0415
+               row_groups: torch.Tensor | None, group_size: int, bits: int,
+               cutlass_ops: tuple | None = None) -> torch.Tensor:
+    from pagedlm.kernels import cutlass_w4a16, triton_wna16  # noqa: PLC0415
 
     if choice is None:
         return x @ triton_wna16.wna16_dequantize(qweight, scales, zeros, row_groups, group_size, bits)
+    if choice.kind == "cutlass":
+        return cutlass_w4a16.gemm(x, *cutlass_ops, group_size, cutlass_w4a16.tile_of(choice.block_n, choice.block_m))
     return triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, row_groups, group_size, bits, choice)
 
 
 def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_groups: torch.Tensor | None,
-         group_size: int, bits: int) -> None:
+         group_size: int, bits: int, cutlass_ops: tuple | None = None) -> None:
     """Measure and record the fastest choice per M bucket for this weight shape (once; a
-    start with the same card, software and kernels reads it from ``tuning_cache``)."""
+    start with the same card, software and kernels reads it from ``tuning_cache``).
+    ``cutlass_ops``: the layer's operands for the cutlass kind, which then joins the
+    candidates (layers of this shape without them run ``default_config`` where it wins)."""
     k, n = qweight.shape[0] * (32 // bits), qweight.shape[1]
     key = (n, k, bits, group_size, row_groups is not None)
     if key in _TABLE or qweight.device.type != "cuda":
         return
     from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
 
-    entries = tuning_cache.cached("wna16", (*key, scales.dtype, mma_enabled(), cuda_enabled()), qweight.device,
-                                  (KernelConfig,),
-                                  lambda: _measure(qweight, scales, zeros, row_groups, group_size, bits, key))
+    entries = tuning_cache.cached("wna16", (*key, scales.dtype, mma_enabled(), cuda_enabled(), cutlass_ops is not None),
+                                  qweight.device, (KernelConfig,),
+                                  lambda: _measure(qweight, scales, zeros, row_groups, group_size, bits, key,
+                                                   cutlass_ops))
     _TABLE[key] = entries
     logger.info("w4a16 kernels for N=%d K=%d (%d-bit, group %d): %s", n, k, bits, group_size,
                 ", ".join(f"M<={m}: {describe(c)}" for m, c in entries))
 
 
 def _measure(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_groups: torch.Tensor | None,
-             group_size: int, bits: int, key: tuple) -> list[tuple[int, Any]]:
+             group_size: int, bits: int, key: tuple, cutlass_ops: tuple | None = None) -> list[tuple[int, Any]]:
     """The fastest choice per M bucket, timed on the device (``key``: the table's, for the log)."""
     n, k = key[0], key[1]
     num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
     entries: list[tuple[int, Any]] = []
-    for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS:
+    for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS + (LARGE_M_BUCKETS if cutlass_ops is not None else ()):
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
         timed = []
-        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None):
+        extra = cutlass_candidates(m_max, qweight.device) if cutlass_ops is not None else []
+        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None) + extra:
             try:
                 run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
-                                                        group_size, bits)
+                                                        group_size, bits, cutlass_ops)
                 run()  # compiled and run once outside the timing graph
                 timed.append((decode_time_ms(run, qweight.device), choice))
             except Exception as exc:  # noqa: BLE001 - a config the device cannot run (resources) is skipped
@@ -200,6 +223,8 @@ def describe(choice: Any) -> str:
     the kind's default: f32 for gemv, half for the tensor-core kinds)."""
     if choice is None:
         return "dequant+cuBLAS"
+    if choice.kind == "cutlass":
+        return f"cutlass:{choice.block_n}x{choice.block_m}"
     default = "f32" if choice.kind == "gemv" else "half"
     tag = (f"/u{choice.unroll}" if choice.unroll != 1 else "") + (f"/{choice.dequant}" if choice.dequant != default
                                                                   else "")

@@ -63,6 +63,12 @@ def input_order(g_idx: torch.Tensor, group_size: int) -> tuple[torch.Tensor | No
     return perm.to(torch.int32), sorted_ids.to(torch.int32), sorted_ids
 
 
+# A layer's operands for the CUTLASS kernel (``cutlass_w4a16.prepare``), where it keeps them:
+# non-persistent buffers, so they follow the module (sleep mode's offload) and never reach a
+# checkpoint.
+_CUTLASS_BUFFERS = ("wna16_cutlass_codes", "wna16_cutlass_scales", "wna16_cutlass_zeros")
+
+
 class WNA16LinearMethod(QuantMethod):
     """The apply half of AWQ and GPTQ; subclasses create and repack the checkpoint tensors."""
 
@@ -87,19 +93,44 @@ class WNA16LinearMethod(QuantMethod):
         layer.register_buffer("wna16_perm", perm, persistent=False)
         layer.register_buffer("wna16_row_groups", row_group_ids, persistent=False)
         layer.wna16_group_size = group_size
+        cutlass_ops = None
+        if ops.current_backend() == "triton" and codes.is_cuda:
+            cutlass_ops = self._cutlass_operands(layer, codes, scales, zeros, row_group_ids, group_size)
+        for name, tensor in zip(_CUTLASS_BUFFERS, cutlass_ops or (None,) * len(_CUTLASS_BUFFERS)):
+            layer.register_buffer(name, tensor, persistent=False)
         if ops.current_backend() == "triton" and codes.is_cuda:
             from pagedlm.kernels import wna16_tuning  # noqa: PLC0415 - CUDA only
 
             # Once per weight shape: the fastest kernel per batch-size bucket on this device.
-            wna16_tuning.tune(layer.qweight, layer.scales, layer.zeros, row_group_ids, group_size, self.bits)
+            wna16_tuning.tune(layer.qweight, layer.scales, layer.zeros, row_group_ids, group_size, self.bits,
+                              cutlass_ops)
+
+    def _cutlass_operands(self, layer: nn.Module, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                          row_group_ids: torch.Tensor | None, group_size: int) -> tuple | None:
+        """The CUTLASS kernel's copy of the codes (``cutlass_w4a16``: batched decode and prefill
+        on Hopper), where the layer fits it, the library builds and its memory budget allows."""
+        from pagedlm.kernels import cutlass_w4a16  # noqa: PLC0415
+
+        k, n = codes.shape
+        if (scales.dtype != torch.bfloat16 or not cutlass_w4a16.layer_fits(k, n, group_size, self.bits,
+                                                                           row_group_ids is not None)
+                or not cutlass_w4a16.available(codes.device)
+                or not cutlass_w4a16.reserve(layer, codes.device, k * n // 2 + 2 * scales.numel() * 2)):
+            return None
+        return cutlass_w4a16.prepare_codes(codes, scales, zeros, group_size, self.bits)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if ops.current_backend() == "triton":
-            from pagedlm.kernels import triton_wna16 as impl  # noqa: PLC0415 - needs CUDA + Triton
-        else:
-            impl = wna16_reference
-        return impl.wna16_gemm(x, layer.qweight, layer.scales, layer.zeros, layer.wna16_perm,
-                               layer.wna16_row_groups, layer.wna16_group_size, self.bits, bias)
+            from pagedlm.kernels import triton_wna16  # noqa: PLC0415 - needs CUDA + Triton
+
+            cutlass_ops = getattr(layer, _CUTLASS_BUFFERS[0], None)
+            if cutlass_ops is not None:
+                cutlass_ops = tuple(getattr(layer, name) for name in _CUTLASS_BUFFERS)
+            return triton_wna16.wna16_gemm(x, layer.qweight, layer.scales, layer.zeros, layer.wna16_perm,
+                                           layer.wna16_row_groups, layer.wna16_group_size, self.bits, bias,
+                                           cutlass_ops)
+        return wna16_reference.wna16_gemm(x, layer.qweight, layer.scales, layer.zeros, layer.wna16_perm,
+                                          layer.wna16_row_groups, layer.wna16_group_size, self.bits, bias)
 
 
 def init_dummy_wna16(layer: nn.Module, bits: int, generator: torch.Generator) -> None:
