@@ -165,7 +165,7 @@ _copies: dict[torch.device, weakref.WeakKeyDictionary] = {}
 def reserve(owner: object, device: torch.device, nbytes: int) -> bool:
     """Whether ``owner`` (a layer) may keep ``nbytes`` of this kernel's operands beside its
     internal layout: up to ``BUDGET_FRACTION`` of the GPU's memory in all (an 8B model's copies
-    take 4 GB; on a card where a model's 4-bit weights are much of the memory, the later layers
+    take 3.7 GB; on a card where a model's 4-bit weights are much of the memory, the later layers
     keep only the internal layout and run the other kernels)."""
     device = cuda_build.indexed(device)
     held = _copies.setdefault(device, weakref.WeakKeyDictionary())
