@@ -197,25 +197,39 @@ def tune(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_g
 
 def _measure(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, row_groups: torch.Tensor | None,
              group_size: int, bits: int, key: tuple, cutlass_ops: tuple | None = None) -> list[tuple[int, Any]]:
-    """The fastest choice per M bucket, timed on the device (``key``: the table's, for the log)."""
+    """The fastest choice per M bucket, timed on the device (``key``: the table's, for the log).
+    A candidate whose product disagrees with dequantize + cuBLAS's is dropped (logged): a
+    kernel wrong on some shape costs speed there, never correctness."""
     n, k = key[0], key[1]
     num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
     entries: list[tuple[int, Any]] = []
     for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS + (LARGE_M_BUCKETS if cutlass_ops is not None else ()):
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
+        expect = run_choice(None, x, qweight, scales, zeros, row_groups, group_size, bits).float()
         timed = []
         extra = cutlass_candidates(m_max, qweight.device) if cutlass_ops is not None else []
         for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None) + extra:
             try:
                 run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
                                                         group_size, bits, cutlass_ops)
-                run()  # compiled and run once outside the timing graph
+                err = relative_error(run(), expect)  # also compiles it, outside the timing graph
+                if not err < AGREEMENT:
+                    logger.warning("w4a16 config %s disagrees with dequantize + cuBLAS on N=%d K=%d at M=%d "
+                                   "(relative error %.2e); not used", describe(choice), n, k, m_max, err)
+                    continue
                 timed.append((decode_time_ms(run, qweight.device), choice))
             except Exception as exc:  # noqa: BLE001 - a config the device cannot run (resources) is skipped
                 logger.debug("w4a16 config %s failed on %s: %s", choice, key, exc)
         # Nothing ran (should not happen): the dequantize path is always correct.
         entries.append((m_max, min(timed, key=lambda t: t[0])[1] if timed else None))
     return entries
+
+
+AGREEMENT = 2e-2  # relative error (Frobenius) a candidate may show against dequantize + cuBLAS
+
+
+def relative_error(out: torch.Tensor, expect: torch.Tensor) -> float:
+    return ((out.float() - expect).norm() / expect.norm().clamp_min(1e-12)).item()
 
 
 def describe(choice: Any) -> str:

@@ -110,6 +110,35 @@ def test_budget_counts_each_layer_once(monkeypatch):
     assert cutlass_w4a16.reserve(c, dev, 60)
 
 
+def test_tuner_drops_a_candidate_that_computes_wrong_sums(monkeypatch):
+    """The load-time tuner checks every candidate against dequantize + cuBLAS before timing it:
+    a wrong kernel (here a fast one) is never picked."""
+    good = KernelConfig("cutlass", 64, 128, 1, 4, 1)
+    wrong = KernelConfig("cutlass", 16, 128, 1, 4, 1)
+
+    class Props:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    monkeypatch.setattr(wna16_tuning, "SMALL_M_BUCKETS", (16,))
+    monkeypatch.setattr(wna16_tuning, "TILED_M_BUCKETS", (32,))
+    monkeypatch.setattr(wna16_tuning, "candidates", lambda *a, **kw: [None])
+    monkeypatch.setattr(wna16_tuning, "cutlass_candidates", lambda m, device: [wrong, good])
+    times = {None: 3.0, good: 2.0, wrong: 1.0}
+    monkeypatch.setattr(wna16_tuning, "decode_time_ms", lambda run, device: times[run.__defaults__[0]])
+
+    def run_choice(choice, x, *args):
+        y = x @ torch.ones(x.shape[1], 8)
+        return -y if choice is wrong else y
+
+    monkeypatch.setattr(wna16_tuning, "run_choice", run_choice)
+    qweight = torch.zeros(8, 8, dtype=torch.int32)  # K = 64 at 4 bits
+    entries = wna16_tuning._measure(qweight, torch.ones(1, 8), torch.zeros(1, 8), None, 64, 4, (8, 64, 4, 64, False),
+                                    cutlass_ops=("ops",))
+    assert [m for m, _ in entries][:2] == [16, 32]
+    assert all(choice is good for _, choice in entries)
+
+
 # ---- on the GPU ----
 
 
