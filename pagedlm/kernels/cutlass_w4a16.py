@@ -92,9 +92,14 @@ def built_tiles(device: torch.device | None = None, tiles: tuple = TILES) -> lis
     device = cuda_build.indexed(device)
     if not cuda_build.enabled() or not _supported(device):
         return []
+    return list(_build(device, tuple(tiles)))
+
+
+@functools.cache
+def _build(device: torch.device, tiles: tuple) -> tuple:
     with ThreadPoolExecutor(max_workers=len(tiles)) as pool:
         found = list(pool.map(lambda t: _functions(device, t), tiles))
-    return [t for t, f in zip(tiles, found) if f is not None]
+    return tuple(t for t, f in zip(tiles, found) if f is not None)
 
 
 def available(device: torch.device | None = None) -> bool:
