@@ -24,6 +24,9 @@
 #                  batch 8 with and without it (kernels vs gaps)                     (~7 min)
 #   cuda-kernels   the CUDA C++ decode GEMMs (int4, 8-bit): their tests, then per layer against the
 #                  Triton kinds, and AWQ / int8 / fp8 at batch 1 with and without them     (~8 min)
+#   cutlass        the CUTLASS int4 GEMM (needs the nvidia-cutlass wheel; builds its 8 tiles
+#                  first, ~2 min): its tests and the AWQ / GPTQ engine tests, per 8B layer at
+#                  M = 16-16,384, then AWQ against bf16 at 1,000 x 512/256 (issue 10's row) (~9 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
 #                  routes), sleep mode, the transformers backend, logprobs modes, prompt
@@ -53,7 +56,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 - <<'PY'
 import importlib
 missing = []
-for name in ("xgrammar", "jsonschema", "fastapi", "uvicorn", "openai", "zmq", "msgspec", "gguf"):
+for name in ("xgrammar", "jsonschema", "fastapi", "uvicorn", "openai", "zmq", "msgspec", "gguf", "cutlass_library"):
     try:
         importlib.import_module(name)
     except Exception as e:  # a package present but broken (xgrammar without tvm_ffi) counts too
@@ -153,6 +156,15 @@ case "${1:-}" in
         > "$OUT/cuda_batch1_$on.log" 2>&1
       echo "PAGEDLM_CUDA_KERNELS=$on:"; grep '"tpot_ms"' "$OUT/cuda_batch1_$on.log" | cut -c1-160
     done ;;
+  cutlass)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_cutlass_w4a16.py tests/gpu/test_gpu_wna16.py \
+      > "$OUT/tests_cutlass.log" 2>&1
+    grep -E "passed|failed|FAILED" "$OUT/tests_cutlass.log" | tail -n 8
+    timeout 90 python3 benchmarks/gpu_w4a16_cutlass.py --m 16,64,256,1024,16384 > "$OUT/cutlass_layers.log" 2>&1
+    grep -A 7 "^per decoder layer" "$OUT/cutlass_layers.log"
+    timeout 240 python3 benchmarks/gpu_quant.py --formats bf16,awq --iters 1 --output-json "$OUT/cutlass_engine.json" \
+      > "$OUT/cutlass_engine.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/cutlass_engine.log" | tail -n 4 ;;
   new-paths)
     timeout 300 python3 -m pytest -q tests/kernels/test_attention_sinks.py tests/models/test_parity_gpt_oss.py \
       tests/kernels/test_triton_kernels.py tests/kernels/test_fused_moe.py tests/kernels/test_fp8_kv_kernels.py \
@@ -167,6 +179,6 @@ case "${1:-}" in
       tests/gpu/test_gpu_model_impl_and_logprobs.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
     rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_prompt_embeds.py ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|new-paths" >&2
     exit 2 ;;
 esac
