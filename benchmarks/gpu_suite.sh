@@ -55,12 +55,15 @@ WORKLOAD=(--shape llama-3.1-8b --num-prompts 1000 --input-len 512 --output-len 2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 - <<'PY'
 import importlib
+import importlib.util
 missing = []
-for name in ("xgrammar", "jsonschema", "fastapi", "uvicorn", "openai", "zmq", "msgspec", "gguf", "cutlass_library"):
+for name in ("xgrammar", "jsonschema", "fastapi", "uvicorn", "openai", "zmq", "msgspec", "gguf"):
     try:
         importlib.import_module(name)
     except Exception as e:  # a package present but broken (xgrammar without tvm_ffi) counts too
         missing.append(f"{name} ({type(e).__name__}: {e})")
+if importlib.util.find_spec("cutlass_library") is None:  # only its headers are used (nvidia-cutlass)
+    missing.append("cutlass_library (nvidia-cutlass: the CUTLASS int4 GEMM is not built)")
 print("optional packages missing: " + ("; ".join(missing) if missing else "none"))
 PY
 floors() { timeout 60 python3 benchmarks/floors.py 2>&1 | tail -n 1; }
