@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 from pagedlm.kernels import cuda_build, cuda_w4a16, triton_wna16, wna16_reference, wna16_tuning  # noqa: E402
 from pagedlm.kernels.tickets import ticket_counters  # noqa: E402
 from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: E402
+from tests.kernels.w4a16_helpers import int4_layer, rel_err  # noqa: E402
 
 GPU = torch.cuda.is_available() and cuda_w4a16.available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs CUDA and an nvcc to build the kernel")
@@ -110,23 +111,10 @@ def test_config_checks():
 # ---- on the GPU ----
 
 
-def _weights(k: int, n: int, group_size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 16, (k, n), generator=g)
-    scales = (torch.rand(k // group_size, n, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
-    zeros = torch.randint(0, 16, (k // group_size, n), generator=g).to(torch.bfloat16)
-    qweight = wna16_reference.pack_internal(codes, 4, group_size)
-    return qweight.cuda(), scales.cuda(), zeros.cuda()
-
-
-def _rel_err(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
-
-
 @needs_gpu
 @pytest.mark.parametrize("k,n,group_size", [(4096, 6144, 128), (1280, 200, 128), (768, 132, 256), (14336, 256, 128)])
 def test_kernel_matches_reference(k, n, group_size):
-    qweight, scales, zeros = _weights(k, n, group_size, seed=k + n)
+    qweight, scales, zeros = int4_layer(k, n, group_size, seed=k + n)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     counters = ticket_counters(torch.device("cuda"), "wna16")
     for m in (1, 2, 3, 5, 8):
@@ -139,7 +127,7 @@ def test_kernel_matches_reference(k, n, group_size):
                     for split in (1, 3, 64):
                         out = cuda_w4a16.mma(x, qweight, scales, zeros, group_size, warps, unroll, split, counters, b)
                         assert out.shape == (m, n) and out.dtype == torch.bfloat16
-                        err = _rel_err(out, ref)
+                        err = rel_err(out, ref)
                         assert err < 1e-2, (m, b is not None, warps, unroll, split, err)
     torch.cuda.synchronize()
     assert int(counters.abs().sum()) == 0  # every launch leaves its tickets at zero
@@ -147,7 +135,7 @@ def test_kernel_matches_reference(k, n, group_size):
 
 @needs_gpu
 def test_kernel_refuses_what_it_cannot_run():
-    qweight, scales, zeros = _weights(256, 64, 128, seed=0)
+    qweight, scales, zeros = int4_layer(256, 64, 128, seed=0)
     counters = ticket_counters(torch.device("cuda"), "wna16")
     x = torch.randn(9, 256, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="1-8 rows"):
@@ -161,14 +149,14 @@ def test_kernel_refuses_what_it_cannot_run():
 @needs_gpu
 def test_kernel_in_a_cuda_graph_and_through_the_kind():
     k, n, gs = 4096, 4096, 128
-    qweight, scales, zeros = _weights(k, n, gs, seed=1)
+    qweight, scales, zeros = int4_layer(k, n, gs, seed=1)
     x = torch.randn(4, k, device="cuda", dtype=torch.bfloat16)
     cfg = KernelConfig("cuda", 8, 32, 2, 4, 1, 1)
     bias = torch.randn(n, device="cuda", dtype=torch.float16)  # cast to the activations' dtype
     eager = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, gs, 4, cfg, bias)
     ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4,
                                      bias.float())
-    assert _rel_err(eager, ref) < 1e-2
+    assert rel_err(eager, ref) < 1e-2
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = triton_wna16.wna16_gemm_with_config(x, qweight, scales, zeros, None, gs, 4, cfg, bias)
@@ -176,7 +164,7 @@ def test_kernel_in_a_cuda_graph_and_through_the_kind():
     graph.replay()
     ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4,
                                      bias.float())
-    assert _rel_err(out, ref) < 1e-2
+    assert rel_err(out, ref) < 1e-2
 
 
 @needs_gpu
@@ -184,7 +172,7 @@ def test_dispatch_falls_back_where_operands_do_not_fit(monkeypatch):
     """A measured cuda choice for a weight shape, and a layer of that shape whose words are not
     16-byte aligned (a view): wna16_gemm runs a Triton kind instead, with the same result."""
     k, n, gs = 1024, 256, 128
-    qweight, scales, zeros = _weights(k, n, gs, seed=2)
+    qweight, scales, zeros = int4_layer(k, n, gs, seed=2)
     backing = torch.empty(qweight.numel() + 1, dtype=torch.int32, device="cuda")
     shifted = backing[1:].view_as(qweight)
     shifted.copy_(qweight)
@@ -194,4 +182,4 @@ def test_dispatch_falls_back_where_operands_do_not_fit(monkeypatch):
     x = torch.randn(2, k, device="cuda", dtype=torch.bfloat16)
     ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4)
     for w in (qweight, shifted):
-        assert _rel_err(triton_wna16.wna16_gemm(x, w, scales, zeros, None, None, gs, 4), ref) < 1e-2
+        assert rel_err(triton_wna16.wna16_gemm(x, w, scales, zeros, None, None, gs, 4), ref) < 1e-2

@@ -17,6 +17,7 @@ pytest.importorskip("triton")
 
 from pagedlm.kernels import cuda_build, cutlass_w4a16, triton_wna16, wna16_reference, wna16_tuning  # noqa: E402
 from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: E402
+from tests.kernels.w4a16_helpers import int4_layer, rel_err  # noqa: E402
 
 GPU = torch.cuda.is_available() and cutlass_w4a16.available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs an sm_90 GPU, nvcc and the nvidia-cutlass package")
@@ -142,23 +143,10 @@ def test_tuner_drops_a_candidate_that_computes_wrong_sums(monkeypatch):
 # ---- on the GPU ----
 
 
-def _weights(k: int, n: int, group_size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 16, (k, n), generator=g)
-    scales = (torch.rand(k // group_size, n, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
-    zeros = torch.randint(0, 16, (k // group_size, n), generator=g).to(torch.bfloat16)
-    qweight = wna16_reference.pack_internal(codes, 4, group_size)
-    return qweight.cuda(), scales.cuda(), zeros.cuda()
-
-
-def _rel_err(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
-
-
 @needs_gpu
 @pytest.mark.parametrize("k,n,group_size", [(4096, 6144, 128), (1024, 384, 64), (768, 256, 768), (14336, 256, 128)])
 def test_every_tile_matches_reference(k, n, group_size):
-    qweight, scales, zeros = _weights(k, n, group_size, seed=k + n)
+    qweight, scales, zeros = int4_layer(k, n, group_size, seed=k + n)
     ops = cutlass_w4a16.prepare(qweight, scales, zeros, group_size, 4)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     tiles = cutlass_w4a16.built_tiles()
@@ -171,13 +159,13 @@ def test_every_tile_matches_reference(k, n, group_size):
             for tile in tiles:
                 out = cutlass_w4a16.gemm(x, *ops, group_size, tile, b)
                 assert out.shape == (m, n) and out.dtype == torch.bfloat16
-                assert _rel_err(out, ref) < 1e-2, (m, tile, b is not None)
+                assert rel_err(out, ref) < 1e-2, (m, tile, b is not None)
 
 
 @needs_gpu
 def test_graph_replay():
     k, n, gs = 1024, 512, 128
-    qweight, scales, zeros = _weights(k, n, gs, seed=5)
+    qweight, scales, zeros = int4_layer(k, n, gs, seed=5)
     ops = cutlass_w4a16.prepare(qweight, scales, zeros, gs, 4)
     x = torch.randn(64, k, device="cuda", dtype=torch.bfloat16)
     tile = cutlass_w4a16.built_tiles()[0]
@@ -190,7 +178,7 @@ def test_graph_replay():
     graph.replay()
     torch.cuda.synchronize()
     ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4)
-    assert _rel_err(out, ref) < 1e-2
+    assert rel_err(out, ref) < 1e-2
 
 
 @needs_gpu
@@ -224,10 +212,10 @@ def test_awq_layer_keeps_operands_and_the_table_routes_to_them(monkeypatch):
     real = cutlass_w4a16.gemm
     monkeypatch.setattr(cutlass_w4a16, "gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     out = method.apply(layer, x)
-    assert calls and _rel_err(out, ref) < 1e-2
+    assert calls and rel_err(out, ref) < 1e-2
     # a layer of the same shape without the operands (over the budget) runs the defaults
     for name in ("wna16_cutlass_codes", "wna16_cutlass_scales", "wna16_cutlass_zeros"):
         setattr(layer, name, None)
     calls.clear()
     out = method.apply(layer, x)
-    assert not calls and _rel_err(out, ref) < 1e-2
+    assert not calls and rel_err(out, ref) < 1e-2
