@@ -22,6 +22,8 @@ import ctypes
 import functools
 import importlib.metadata
 import importlib.util
+import logging
+import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,8 @@ from pathlib import Path
 import torch
 
 from pagedlm.kernels import cuda_build
+
+logger = logging.getLogger(__name__)
 
 NAME = "w4a16_cutlass"
 # (tile_n: weight rows, tile_m: activation rows, pingpong)
@@ -97,7 +101,11 @@ def built_tiles(device: torch.device | None = None, tiles: tuple = TILES) -> lis
 
 @functools.cache
 def _build(device: torch.device, tiles: tuple) -> tuple:
-    with ThreadPoolExecutor(max_workers=len(tiles)) as pool:
+    # one nvcc per core at most (each takes a minute or two and a GB or two of memory)
+    workers = max(1, min(len(tiles), os.cpu_count() or 1))
+    logger.info("CUTLASS W4A16 kernels: loading %d tile libraries (built with nvcc on the first start: about "
+                "%d minutes)", len(tiles), max(2, 2 * -(-len(tiles) // workers)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         found = list(pool.map(lambda t: _functions(device, t), tiles))
     return tuple(t for t, f in zip(tiles, found) if f is not None)
 
