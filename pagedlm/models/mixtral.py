@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 import torch
@@ -14,6 +15,8 @@ from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear, default_weight_loader
 from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.quantization.base import QuantizationConfig
+from pagedlm.layers.quantization.moe_experts import dequantized_experts
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import LlamaAttention, PreNormDecoderLayer, rope_settings
@@ -87,13 +90,19 @@ class MoEModel(nn.Module):
 
 class MoEForCausalLM(CausalLMWrapper):
     """Embedding, MoE decoder stack, LM head; subclasses give the layer and expert names.
-    Granite's ``logits_scaling`` divides the logits; ``lm_head_bias`` adds a bias to them."""
+    Granite's ``logits_scaling`` divides the logits; ``lm_head_bias`` adds a bias to them.
+
+    A family that sets ``supports_quantization`` takes ``quant_config`` in its ``make_layer``
+    (attention and dense layers quantized by their linear methods); a quantized checkpoint's
+    routed experts are dequantized while loading (``moe_experts``)."""
 
     expert_names = ("w1", "w2", "w3")  # checkpoint names of (gate, down, up) per expert
     extra_params_mapping: list[tuple[str, str, Any]] = []  # a family's own fused names, matched first
     tie_word_embeddings_default = False
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
+        self._quant_config = quant_config  # read by make_body, which the base __init__ calls
         super().__init__(config, max_position)
         self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))
         self.lm_head_bias: nn.Parameter | None = None
@@ -112,7 +121,10 @@ class MoEForCausalLM(CausalLMWrapper):
     make_norm: Callable[[Any], nn.Module] | None = None
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return MoEModel(config, max_position, self.make_layer, self.make_rotary_embedding(config, max_position),
+        make_layer = self.make_layer
+        if self._quant_config is not None:
+            make_layer = functools.partial(make_layer, quant_config=self._quant_config)
+        return MoEModel(config, max_position, make_layer, self.make_rotary_embedding(config, max_position),
                         self.make_norm)
 
     @staticmethod
@@ -144,14 +156,27 @@ class MoEForCausalLM(CausalLMWrapper):
         mapping = (list(self.extra_params_mapping) + FusedMoE.expert_params_mapping(self.num_experts(), gate, down, up)
                    + FusedMoE.stacked_expert_params_mapping() + LLAMA_STACKED_PARAMS)
         weights = ((("lm_head_bias" if name == "lm_head.bias" else name), tensor) for name, tensor in weights)
+        if self._quant_config is not None:
+            weights = dequantized_experts(weights, self._quant_config, self.expert_sizes())
         skip = ("lm_head.weight",) if self.tie_word_embeddings else ()
         return load_params(self, weights, mapping, skip)
 
+    def expert_sizes(self) -> dict[str, tuple[int, int]]:
+        """Checkpoint name of each expert projection -> (input size, output size)."""
+        gate, down, up = self.expert_names
+        experts = next(m for m in self.modules() if isinstance(m, FusedMoE))
+        hidden, inter = self.config.hidden_size, experts.intermediate_size * experts.tp_size  # unsharded
+        return {gate: (hidden, inter), up: (hidden, inter), down: (inter, hidden)}
+
 
 class MixtralForCausalLM(MoEForCausalLM):
+    supports_quantization = True  # attention quantized; a quantized checkpoint's experts dequantized at load
+
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
-        attn = LlamaAttention(config, rotary_emb, qkv_bias=False, qk_norm=False, layer=layer_idx)
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
+        attn = LlamaAttention(config, rotary_emb, qkv_bias=False, qk_norm=False, layer=layer_idx,
+                              quant_config=quant_config, prefix=f"model.layers.{layer_idx}.self_attn")
         return MoEDecoderLayer(config, attn, MixtralSparseMoeBlock(config), "block_sparse_moe")
 
     def num_experts(self) -> int:

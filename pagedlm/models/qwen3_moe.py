@@ -7,26 +7,20 @@ from typing import Any
 
 from torch import nn
 
+from pagedlm.layers.quantization.base import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.llama import LlamaAttention
 from pagedlm.models.mixtral import MoEDecoderLayer
-from pagedlm.models.qwen2_moe import (
-    Qwen2MoeForCausalLM,
-    Qwen2MoeMLP,
-    Qwen2MoeSparseMoeBlock,
-    check_moe_config,
-    is_sparse_layer,
-)
+from pagedlm.models.qwen2_moe import Qwen2MoeForCausalLM, check_moe_config, qwen_moe_mlp
 
 
 class Qwen3MoeForCausalLM(Qwen2MoeForCausalLM):
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
+        prefix = f"model.layers.{layer_idx}"
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
-                              qk_norm=True, layer=layer_idx)
-        if is_sparse_layer(config, layer_idx):
-            mlp: nn.Module = Qwen2MoeSparseMoeBlock(config, shared_expert=False)
-        else:
-            mlp = Qwen2MoeMLP(config.hidden_size, config.intermediate_size)
-        return MoEDecoderLayer(config, attn, mlp, "mlp")
+                              qk_norm=True, layer=layer_idx, quant_config=quant_config, prefix=f"{prefix}.self_attn")
+        return MoEDecoderLayer(config, attn, qwen_moe_mlp(config, layer_idx, False, quant_config, f"{prefix}.mlp"),
+                               "mlp")

@@ -3,7 +3,9 @@ workload (chunked prefill, prefix hits, preemption). The act-order checkpoint co
 cases at once: qweight narrowed along its packed input dim (row-parallel), qzeros along its
 packed output dim (column-parallel, fused q/k/v and gate/up parts at packed offsets), and
 row-parallel ranks that keep every group because their rows index any group. AWQ's packed
-tensors go through the same narrowing (packed output dim), so one format keeps the test short."""
+tensors go through the same narrowing (packed output dim), so one format keeps the test short.
+A quantized MoE checkpoint (AWQ Qwen3-MoE) adds its experts, dequantized whole while loading
+and then split by the fused-MoE loader like a float checkpoint's."""
 
 from __future__ import annotations
 
@@ -26,9 +28,26 @@ def float_checkpoint(tmp_path_factory) -> str:
     return str(build_tiny_checkpoint(tmp_path_factory.mktemp("wna16_tp_float"), seed=21))
 
 
+@pytest.fixture(scope="module")
+def moe_checkpoint(tmp_path_factory) -> str:
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("wna16_tp_moe"), "Qwen3MoeForCausalLM", seed=22,
+                                     head_dim=16, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
+                                     norm_topk_prob=True))
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tp2_equals_tp1(float_checkpoint, tmp_path, variant: str) -> None:
     fmt, options = VARIANTS[variant]
+    compare_tp(float_checkpoint, tmp_path, fmt, options)
+
+
+def test_quantized_moe_tp2_equals_tp1(moe_checkpoint, tmp_path) -> None:
+    compare_tp(moe_checkpoint, tmp_path, "awq", dict(group_size=16))
+
+
+def compare_tp(float_checkpoint: str, tmp_path, fmt: str, options: dict) -> None:
     qdir, _ = quantize_checkpoint(float_checkpoint, tmp_path / "q", tmp_path / "ref", fmt, **options)
     single = LLM(str(qdir), **ENGINE_KWARGS)
     try:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                   "w1", "w2", "w3")  # the last: Mixtral's experts
 
 
 # --------------------------------------------------------------------------- AutoAWQ

@@ -149,6 +149,12 @@ class QuantMethod(ABC):
         token), so a producer may fuse the quantization; None: float activations only."""
         return None
 
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        """W [N, K] in float32 after ``process_weights_after_loading`` (a checkpoint's MoE experts
+        run dequantized: ``moe_experts``); formats that cannot say refuse."""
+        raise QuantizationError(f"{type(self).__name__} cannot dequantize a layer; MoE experts in this format are "
+                                "not supported")
+
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
         """Random but valid values for ``--load-format dummy``, drawn from ``generator`` (on the
         layer's device). The default suits float parameters only; quantized methods override it."""

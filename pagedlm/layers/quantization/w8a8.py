@@ -101,6 +101,9 @@ class W8LinearMethod(QuantMethod):
             _log_fp8_fallback()
             self.weight_only = True
 
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        return layer.weight.float() * layer.weight_scale.reshape(-1, 1)
+
     def _quantize_input(self, x: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         ops, dtype = self.ops, self.scheme.weight_dtype
         if self.scheme.activations == "token":

@@ -119,6 +119,15 @@ class WNA16LinearMethod(QuantMethod):
             return None
         return cutlass_w4a16.prepare_codes(codes, scales, zeros, group_size, self.bits)
 
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        dense = wna16_reference.wna16_dequantize(layer.qweight, layer.scales.float(), layer.zeros.float(),
+                                                 layer.wna16_row_groups, layer.wna16_group_size, self.bits)
+        if layer.wna16_perm is not None:  # kernel row k is the layer's input perm[k]
+            ordered = torch.empty_like(dense)
+            ordered[layer.wna16_perm.long()] = dense
+            dense = ordered
+        return dense.t()
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if ops.current_backend() == "triton":
             from pagedlm.kernels import triton_wna16  # noqa: PLC0415 - needs CUDA + Triton
