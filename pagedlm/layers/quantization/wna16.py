@@ -93,12 +93,11 @@ class WNA16LinearMethod(QuantMethod):
         layer.register_buffer("wna16_perm", perm, persistent=False)
         layer.register_buffer("wna16_row_groups", row_group_ids, persistent=False)
         layer.wna16_group_size = group_size
-        cutlass_ops = None
-        if ops.current_backend() == "triton" and codes.is_cuda:
-            cutlass_ops = self._cutlass_operands(layer, codes, scales, zeros, row_group_ids, group_size)
+        on_gpu = ops.current_backend() == "triton" and codes.is_cuda
+        cutlass_ops = self._cutlass_operands(layer, codes, scales, zeros, row_group_ids, group_size) if on_gpu else None
         for name, tensor in zip(_CUTLASS_BUFFERS, cutlass_ops or (None,) * len(_CUTLASS_BUFFERS)):
             layer.register_buffer(name, tensor, persistent=False)
-        if ops.current_backend() == "triton" and codes.is_cuda:
+        if on_gpu:
             from pagedlm.kernels import wna16_tuning  # noqa: PLC0415 - CUDA only
 
             # Once per weight shape: the fastest kernel per batch-size bucket on this device.
