@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 FP8 = torch.float8_e4m3fn
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,40 @@ def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: 
     config["quantization_config"] = _quant_config(scheme)
     (out / "config.json").write_text(json.dumps(config))
     return input_scales
+
+
+def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -> None:
+    """``out``: the checkpoint with every linear weight in block-wise fp8 (``weight`` e4m3 codes,
+    ``weight_scale_inv`` float32 [out / bn, in / bk], scale = the block's amax / 448), as Qwen's
+    and DeepSeek's fp8 releases store it; ``oracle``: the dequantized float32 weights."""
+    from safetensors.torch import load_file, save_file
+
+    for d in (out, oracle):
+        shutil.copytree(src, d)
+        for f in d.glob("*.safetensors*"):
+            f.unlink()
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(src).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    bn, bk = block
+    quant, dequant = {}, {}
+    for name, t in tensors.items():
+        module = name.removesuffix(".weight")
+        if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS):
+            quant[name] = dequant[name] = t
+            continue
+        n, k = t.shape
+        blocks = t.float().reshape(n // bn, bn, k // bk, bk)
+        scale = (blocks.abs().amax(dim=(1, 3)) / 448.0).clamp(min=1e-12)
+        codes = (blocks / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8)
+        quant[name], quant[f"{module}.weight_scale_inv"] = codes.reshape(n, k), scale
+        dequant[name] = (codes.float() * scale[:, None, :, None]).reshape(n, k)
+    save_file(quant, str(out / "model.safetensors"))
+    save_file(dequant, str(oracle / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                                     "weight_block_size": list(block)}
+    (out / "config.json").write_text(json.dumps(config))
 
 
 def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: dict[str, float]) -> None:

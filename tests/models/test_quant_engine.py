@@ -99,9 +99,13 @@ def test_refusals(llama: str, checkpoint_factory, tmp_path: Path) -> None:
     unknown = _with_quant_config(llama, tmp_path / "unknown", {"quant_method": "bitsandbytes_9bit"})
     with pytest.raises(ConfigError, match="quant_method 'bitsandbytes_9bit'.*supported.*fp8"):
         LLM(str(unknown), **ENGINE)
+    # block-wise fp8 runs (test_block_fp8.py), but this model's 64-wide layers are not whole 128-row blocks
     block = _with_quant_config(llama, tmp_path / "block", {"quant_method": "fp8", "weight_block_size": [128, 128]})
-    with pytest.raises(ConfigError, match="block-wise"):
+    with pytest.raises(ConfigError, match="block-wise fp8 needs whole 128 x 128 blocks"):
         LLM(str(block), **ENGINE)
+    bad_block = _with_quant_config(llama, tmp_path / "bad_block", {"quant_method": "fp8", "weight_block_size": [128]})
+    with pytest.raises(ConfigError, match="weight_block_size must be two positive integers"):
+        LLM(str(bad_block), **ENGINE)
     packed = _with_quant_config(llama, tmp_path / "packed", {**INT8_W8A8, "format": "pack-quantized"})
     with pytest.raises(ConfigError, match="format 'pack-quantized' is not supported"):
         LLM(str(packed), **ENGINE)

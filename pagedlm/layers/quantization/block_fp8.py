@@ -1,0 +1,79 @@
+"""Block-wise fp8 checkpoints (``quant_method: fp8`` with ``weight_block_size: [bn, bk]``), as
+Qwen's own ``*-FP8`` releases and DeepSeek-V3 ship: per linear layer ``weight`` float8_e4m3fn
+[out, in] and ``weight_scale_inv`` float32 [ceil(out / bn), ceil(in / bk)], one scale per
+[bn, bk] block of the weight (W = code * scale; "inv" is the checkpoint's name for it).
+
+pagedlm has no block-scaled fp8 GEMM yet, so these layers run **W8A16**: the weight stays fp8
+in memory and is dequantized to the activation dtype per call (one fused multiply per block
+of codes, then the dense GEMM), activations unquantized — the checkpoint's weights exactly,
+slower than a bf16 checkpoint (the dequantized copy is written and read on every call). vLLM
+quantizes the activations per 128-wide group on Hopper; the logprobs differ by that rounding.
+
+Fused layers (q/k/v, gate/up) and tensor-parallel shards keep whole blocks: every part's
+output width and each rank's input width must be multiples of the block (true of the
+checkpoints that use it: 128 x 128 blocks over 128-wide heads); others are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedlm.kernels.quant_reference import FP8_DTYPE, FP8_MAX
+from pagedlm.layers.quantization.base import QuantizationError, QuantMethod, WeightLoader, fill_uniform, new_param
+
+logger = logging.getLogger("pagedlm")
+_logged = False
+
+
+class BlockFp8LinearMethod(QuantMethod):
+    def __init__(self, block: tuple[int, int]) -> None:
+        self.block = block
+
+    def create_weights(self, layer: nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
+                       input_size: int, output_size: int, params_dtype: torch.dtype,
+                       weight_loader: WeightLoader) -> None:
+        bn, bk = self.block
+        ragged = [size for size in output_partition_sizes if size % bn]
+        if ragged or input_size_per_partition % bk:
+            raise QuantizationError(
+                f"{getattr(layer, 'prefix', '') or 'a linear layer'}: block-wise fp8 needs whole {bn} x {bk} blocks "
+                f"per part and rank (output widths {output_partition_sizes}, input width {input_size_per_partition});"
+                " use a smaller tensor_parallel_size")
+        n = sum(output_partition_sizes)
+        layer.register_parameter("weight", new_param((n, input_size_per_partition), FP8_DTYPE, output_dim=0,
+                                                     input_dim=1, weight_loader=weight_loader))
+        # One row of scales per bn output rows: a fused part's offset and width in blocks.
+        layer.register_parameter("weight_scale_inv", new_param((n // bn, input_size_per_partition // bk), torch.float32,
+                                                               output_dim=0, input_dim=1, packed_dim=0, pack_factor=bn,
+                                                               weight_loader=weight_loader))
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        global _logged
+        if not _logged:
+            _logged = True
+            logger.warning("block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay fp8 and are "
+                           "dequantized per call (no block-scaled fp8 GEMM yet), slower than bf16", list(self.block))
+
+    def _dequantize(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        bn, bk = self.block
+        w, scale = layer.weight, layer.weight_scale_inv
+        n, k = w.shape
+        blocks = w.view(n // bn, bn, k // bk, bk).to(dtype) * scale.to(dtype)[:, None, :, None]
+        return blocks.view(n, k)
+
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        return self._dequantize(layer, torch.float32)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self._dequantize(layer, x.dtype), bias)
+
+    def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
+        """Codes over the fp8 range, block scales that keep weights near +-0.05."""
+        codes = torch.empty(layer.weight.shape, dtype=torch.float32, device=layer.weight.device)
+        fill_uniform(codes, -FP8_MAX, FP8_MAX, generator)
+        layer.weight.data.copy_(codes.to(FP8_DTYPE))
+        fill_uniform(layer.weight_scale_inv, 0.04 / FP8_MAX, 0.06 / FP8_MAX, generator)
