@@ -53,3 +53,18 @@ def assert_same(ref: list, ours: list, tol: float = 1e-4) -> None:
             for ref_pos, our_pos in zip(r.prompt_logprobs[1:], o.prompt_logprobs[1:], strict=True):
                 for tid, lp in ref_pos.items():
                     assert abs(our_pos[tid].logprob - lp.logprob) < tol
+
+
+def assert_tp2_equals_tp1(path: str) -> None:
+    """The shared workload on one rank, then on two (gloo): the same ids and logprobs."""
+    single = LLM(path, **ENGINE_KWARGS)
+    try:
+        reference = run_workload(single)
+    finally:
+        single.llm_engine.engine_core.shutdown()
+    llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
+    try:
+        outputs = run_workload(llm)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert_same(reference, outputs)

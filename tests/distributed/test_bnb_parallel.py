@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from pagedlm import LLM
 from tests.models.bnb_helpers import write_bnb_checkpoint
 
-from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+from .parallel_helpers import assert_tp2_equals_tp1
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +25,4 @@ def float_checkpoint(tmp_path_factory) -> str:
 def test_tp2_equals_tp1(float_checkpoint, tmp_path) -> None:
     qdir = tmp_path / "q"
     write_bnb_checkpoint(float_checkpoint, qdir, tmp_path / "ref", "nf4", True)
-    single = LLM(str(qdir), **ENGINE_KWARGS)
-    try:
-        reference = run_workload(single)
-    finally:
-        single.llm_engine.engine_core.shutdown()
-    llm = LLM(str(qdir), tensor_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        outputs = run_workload(llm)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-    assert_same(reference, outputs)
+    assert_tp2_equals_tp1(str(qdir))

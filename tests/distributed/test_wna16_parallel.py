@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from pagedlm import LLM
 from tests.models.wna16_helpers import quantize_checkpoint
 
-from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+from .parallel_helpers import assert_tp2_equals_tp1
 
 VARIANTS = {
     "gptq_act_order": ("gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
@@ -49,14 +48,4 @@ def test_quantized_moe_tp2_equals_tp1(moe_checkpoint, tmp_path) -> None:
 
 def compare_tp(float_checkpoint: str, tmp_path, fmt: str, options: dict) -> None:
     qdir, _ = quantize_checkpoint(float_checkpoint, tmp_path / "q", tmp_path / "ref", fmt, **options)
-    single = LLM(str(qdir), **ENGINE_KWARGS)
-    try:
-        reference = run_workload(single)
-    finally:
-        single.llm_engine.engine_core.shutdown()
-    llm = LLM(str(qdir), tensor_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        outputs = run_workload(llm)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-    assert_same(reference, outputs)
+    assert_tp2_equals_tp1(str(qdir))

@@ -21,7 +21,6 @@ pagedlm's loader:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -188,15 +187,9 @@ def write_bnb_checkpoint(src: str, out: Path, oracle: Path, quant_type: str, dou
                          config_overrides: dict | None = None) -> None:
     """``out``: ``src`` quantized in bitsandbytes' 4-bit format (linear layers except lm_head and
     ``skip``); ``oracle``: the same model with those weights dequantized, float32, unquantized."""
-    from safetensors.torch import load_file, save_file
+    from tests.models.quant_helpers import read_for_quantizing, write_quantized_pair  # noqa: PLC0415
 
-    for d in (out, oracle):
-        shutil.copytree(src, d)
-        for f in d.glob("*.safetensors*"):
-            f.unlink()
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(src).glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
+    tensors = read_for_quantizing(src, out, oracle)
     quant, dequant = {}, {}
     for name, t in tensors.items():
         module = name.removesuffix(".weight")
@@ -206,10 +199,6 @@ def write_bnb_checkpoint(src: str, out: Path, oracle: Path, quant_type: str, dou
         parts, w = quantize_weight(t, quant_type, double_quant, quant_storage=quant_storage)
         quant.update({f"{module}.{k}": v for k, v in parts.items()})
         dequant[name] = w  # float32
-    save_file(quant, str(out / "model.safetensors"))
-    save_file(dequant, str(oracle / "model.safetensors"))
-    config = json.loads((out / "config.json").read_text())
     storage = str(quant_storage).removeprefix("torch.")
-    config["quantization_config"] = {**quant_config(quant_type, double_quant, skip, storage),
-                                     **(config_overrides or {})}
-    (out / "config.json").write_text(json.dumps(config))
+    write_quantized_pair(out, oracle, quant, dequant, {**quant_config(quant_type, double_quant, skip, storage),
+                                                       **(config_overrides or {})})

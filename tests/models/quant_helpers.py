@@ -82,10 +82,9 @@ def calibrate_input_amax(src: str, prompts: list[list[int]]) -> dict[str, float]
     return amax
 
 
-def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: list[list[int]]) -> dict[str, float]:
-    """``out``: the checkpoint in ``scheme``'s format; ``oracle``: its dequantized float32
-    copy. Returns the static input scales by module name (empty unless static)."""
-    from safetensors.torch import load_file, save_file
+def read_for_quantizing(src: str, out: Path, oracle: Path) -> dict[str, torch.Tensor]:
+    """Copy ``src``'s files but its weights into ``out`` and ``oracle``; return its tensors."""
+    from safetensors.torch import load_file
 
     for d in (out, oracle):
         shutil.copytree(src, d)
@@ -94,6 +93,25 @@ def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: 
     tensors: dict[str, torch.Tensor] = {}
     for f in sorted(Path(src).glob("*.safetensors")):
         tensors.update(load_file(str(f)))
+    return tensors
+
+
+def write_quantized_pair(out: Path, oracle: Path, quant: dict, dequant: dict, quantization_config: dict) -> None:
+    """Save the quantized tensors with ``quantization_config`` in ``out``'s config.json, and the
+    dequantized float weights in ``oracle``."""
+    from safetensors.torch import save_file
+
+    save_file(quant, str(out / "model.safetensors"))
+    save_file(dequant, str(oracle / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = quantization_config
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: list[list[int]]) -> dict[str, float]:
+    """``out``: the checkpoint in ``scheme``'s format; ``oracle``: its dequantized float32
+    copy. Returns the static input scales by module name (empty unless static)."""
+    tensors = read_for_quantizing(src, out, oracle)
     input_scales = {k: v / scheme.qmax for k, v in calibrate_input_amax(src, prompts).items()} \
         if scheme.activations == "static" else {}
     quant, dequant = {}, {}
@@ -109,11 +127,7 @@ def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: 
         dequant[name] = codes.float() * scale
         if module in input_scales:
             quant[f"{module}.input_scale"] = torch.tensor(input_scales[module], dtype=torch.float32)
-    save_file(quant, str(out / "model.safetensors"))
-    save_file(dequant, str(oracle / "model.safetensors"))
-    config = json.loads((out / "config.json").read_text())
-    config["quantization_config"] = _quant_config(scheme)
-    (out / "config.json").write_text(json.dumps(config))
+    write_quantized_pair(out, oracle, quant, dequant, _quant_config(scheme))
     return input_scales
 
 
@@ -121,15 +135,7 @@ def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -
     """``out``: the checkpoint with every linear weight in block-wise fp8 (``weight`` e4m3 codes,
     ``weight_scale_inv`` float32 [out / bn, in / bk], scale = the block's amax / 448), as Qwen's
     and DeepSeek's fp8 releases store it; ``oracle``: the dequantized float32 weights."""
-    from safetensors.torch import load_file, save_file
-
-    for d in (out, oracle):
-        shutil.copytree(src, d)
-        for f in d.glob("*.safetensors*"):
-            f.unlink()
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(src).glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
+    tensors = read_for_quantizing(src, out, oracle)
     bn, bk = block
     quant, dequant = {}, {}
     for name, t in tensors.items():
@@ -143,12 +149,8 @@ def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -
         codes = (blocks / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8)
         quant[name], quant[f"{module}.weight_scale_inv"] = codes.reshape(n, k), scale
         dequant[name] = (codes.float() * scale[:, None, :, None]).reshape(n, k)
-    save_file(quant, str(out / "model.safetensors"))
-    save_file(dequant, str(oracle / "model.safetensors"))
-    config = json.loads((out / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                                     "weight_block_size": list(block)}
-    (out / "config.json").write_text(json.dumps(config))
+    write_quantized_pair(out, oracle, quant, dequant, {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                                       "fmt": "e4m3", "weight_block_size": list(block)})
 
 
 def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: dict[str, float]) -> None:

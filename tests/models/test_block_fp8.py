@@ -35,22 +35,11 @@ def test_block_fp8_matches_transformers_on_dequantized_weights(checkpoint_factor
 def test_tensor_parallel_equals_single_rank(checkpoint_factory, tmp_path):
     """q/k/v and gate/up scales placed per part in whole blocks, row-parallel inputs split by
     blocks, on two gloo ranks: TP=2 gives TP=1's ids and logprobs on the shared workload."""
-    from distributed.parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
-
-    from pagedlm import LLM
+    from distributed.parallel_helpers import assert_tp2_equals_tp1
 
     qdir = tmp_path / "q"
     write_block_fp8(checkpoint_factory("llama"), qdir, tmp_path / "oracle", (16, 16))
-    single = LLM(str(qdir), **ENGINE_KWARGS)
-    try:
-        reference = run_workload(single)
-    finally:
-        single.llm_engine.engine_core.shutdown()
-    llm = LLM(str(qdir), tensor_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        assert_same(reference, run_workload(llm))
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    assert_tp2_equals_tp1(str(qdir))
 
 
 def test_dummy_weights_run(checkpoint_factory, tmp_path):
