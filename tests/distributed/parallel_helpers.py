@@ -55,16 +55,20 @@ def assert_same(ref: list, ours: list, tol: float = 1e-4) -> None:
                     assert abs(our_pos[tid].logprob - lp.logprob) < tol
 
 
-def assert_tp2_equals_tp1(path: str) -> None:
-    """The shared workload on one rank, then on two (gloo): the same ids and logprobs."""
+def assert_equals_single_rank(path: str, **parallel) -> None:
+    """The shared workload on one rank, then split as ``parallel`` says (gloo workers): the
+    same ids and logprobs."""
     single = LLM(path, **ENGINE_KWARGS)
     try:
         reference = run_workload(single)
     finally:
         single.llm_engine.engine_core.shutdown()
-    llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
+    llm = LLM(path, **parallel, **ENGINE_KWARGS)
     try:
-        outputs = run_workload(llm)
+        assert_same(reference, run_workload(llm))
     finally:
         llm.llm_engine.engine_core.shutdown()
-    assert_same(reference, outputs)
+
+
+def assert_tp2_equals_tp1(path: str) -> None:
+    assert_equals_single_rank(path, tensor_parallel_size=2)

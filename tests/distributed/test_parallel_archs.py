@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagedlm import LLM
-
-from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+from .parallel_helpers import assert_tp2_equals_tp1
 
 ARCHS = ["gemma2", "qwen3_moe", "qwen2_moe", "phi3", "gpt2"]
 
@@ -18,10 +16,4 @@ ARCHS = ["gemma2", "qwen3_moe", "qwen2_moe", "phi3", "gpt2"]
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tp2_equals_tp1(checkpoint_factory, arch: str) -> None:
     path = checkpoint_factory(arch)
-    reference = run_workload(LLM(path, **ENGINE_KWARGS))
-    llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        outputs = run_workload(llm)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-    assert_same(reference, outputs)
+    assert_tp2_equals_tp1(path)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from pagedlm import LLM
 
 from models.arch_parity_helpers import checkpoint_getter
 from models.test_parity_archs_other import CHECKPOINTS as OTHER_CHECKPOINTS
 from models.test_parity_deepseek import CHECKPOINTS as DEEPSEEK_CHECKPOINTS
 
-from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+from .parallel_helpers import assert_tp2_equals_tp1
 
 CHECKPOINTS = {**OTHER_CHECKPOINTS, **DEEPSEEK_CHECKPOINTS}
 ARCHS = ["gpt_neox", "starcoder2", "cohere", "gpt_bigcode", "deepseek_v3", "deepseek_v2_lite"]
@@ -26,10 +25,4 @@ ARCHS = ["gpt_neox", "starcoder2", "cohere", "gpt_bigcode", "deepseek_v3", "deep
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tp2_equals_tp1(tmp_path_factory, arch: str) -> None:
     path = checkpoint_getter(tmp_path_factory, CHECKPOINTS, 7)(arch)
-    reference = run_workload(LLM(path, **ENGINE_KWARGS))
-    llm = LLM(path, tensor_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        outputs = run_workload(llm)
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-    assert_same(reference, outputs)
+    assert_tp2_equals_tp1(path)

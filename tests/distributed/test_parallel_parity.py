@@ -11,7 +11,7 @@ import pytest
 
 from pagedlm import LLM
 
-from .parallel_helpers import ENGINE_KWARGS, assert_same, run_workload
+from .parallel_helpers import ENGINE_KWARGS, assert_equals_single_rank, assert_same, run_workload
 
 CHECKPOINTS = {
     "kv1_tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
@@ -80,14 +80,4 @@ def test_parallel_equals_single_rank(checkpoints, references, checkpoint: str, t
 def test_phi3_pipeline_stages_equal_single_rank(checkpoint_factory) -> None:
     """Phi-3 (fused qkv / gate_up tensors in the checkpoint) split over two pipeline stages:
     each stage loads only its layers, and the outputs equal the single-rank engine's."""
-    path = checkpoint_factory("phi3")
-    single = LLM(path, **ENGINE_KWARGS)
-    try:
-        expected = run_workload(single)
-    finally:
-        single.llm_engine.engine_core.shutdown()
-    staged = LLM(path, pipeline_parallel_size=2, **ENGINE_KWARGS)
-    try:
-        assert_same(expected, run_workload(staged))
-    finally:
-        staged.llm_engine.engine_core.shutdown()
+    assert_equals_single_rank(checkpoint_factory("phi3"), pipeline_parallel_size=2)

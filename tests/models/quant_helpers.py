@@ -108,26 +108,37 @@ def write_quantized_pair(out: Path, oracle: Path, quant: dict, dequant: dict, qu
     (out / "config.json").write_text(json.dumps(config))
 
 
-def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: list[list[int]]) -> dict[str, float]:
-    """``out``: the checkpoint in ``scheme``'s format; ``oracle``: its dequantized float32
-    copy. Returns the static input scales by module name (empty unless static)."""
-    tensors = read_for_quantizing(src, out, oracle)
-    input_scales = {k: v / scheme.qmax for k, v in calibrate_input_amax(src, prompts).items()} \
-        if scheme.activations == "static" else {}
+def quantize_linears(tensors: dict[str, torch.Tensor], quantize) -> tuple[dict, dict]:
+    """Every linear weight through ``quantize(module, weight)`` -> (its checkpoint tensors by
+    suffix, its dequantized float32 weight); other tensors as they are, in both."""
     quant, dequant = {}, {}
     for name, t in tensors.items():
         module = name.removesuffix(".weight")
         if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS):
             quant[name] = dequant[name] = t
             continue
+        parts, dequant[name] = quantize(module, t)
+        quant.update({f"{module}.{suffix}": v for suffix, v in parts.items()})
+    return quant, dequant
+
+
+def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: list[list[int]]) -> dict[str, float]:
+    """``out``: the checkpoint in ``scheme``'s format; ``oracle``: its dequantized float32
+    copy. Returns the static input scales by module name (empty unless static)."""
+    tensors = read_for_quantizing(src, out, oracle)
+    input_scales = {k: v / scheme.qmax for k, v in calibrate_input_amax(src, prompts).items()} \
+        if scheme.activations == "static" else {}
+
+    def quantize(module: str, t: torch.Tensor):
         amax = t.abs().amax(dim=1, keepdim=True) if scheme.per_channel else t.abs().amax()
         scale = (amax.float() / scheme.qmax).clamp(min=1e-12)
         codes = to_codes(t, scale, scheme.dtype)
-        quant[name], quant[f"{module}.weight_scale"] = codes, scale
-        dequant[name] = codes.float() * scale
+        parts = {"weight": codes, "weight_scale": scale}
         if module in input_scales:
-            quant[f"{module}.input_scale"] = torch.tensor(input_scales[module], dtype=torch.float32)
-    write_quantized_pair(out, oracle, quant, dequant, _quant_config(scheme))
+            parts["input_scale"] = torch.tensor(input_scales[module], dtype=torch.float32)
+        return parts, codes.float() * scale
+
+    write_quantized_pair(out, oracle, *quantize_linears(tensors, quantize), _quant_config(scheme))
     return input_scales
 
 
@@ -135,20 +146,17 @@ def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -
     """``out``: the checkpoint with every linear weight in block-wise fp8 (``weight`` e4m3 codes,
     ``weight_scale_inv`` float32 [out / bn, in / bk], scale = the block's amax / 448), as Qwen's
     and DeepSeek's fp8 releases store it; ``oracle``: the dequantized float32 weights."""
-    tensors = read_for_quantizing(src, out, oracle)
     bn, bk = block
-    quant, dequant = {}, {}
-    for name, t in tensors.items():
-        module = name.removesuffix(".weight")
-        if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS):
-            quant[name] = dequant[name] = t
-            continue
+
+    def quantize(module: str, t: torch.Tensor):
         n, k = t.shape
         blocks = t.float().reshape(n // bn, bn, k // bk, bk)
         scale = (blocks.abs().amax(dim=(1, 3)) / 448.0).clamp(min=1e-12)
         codes = (blocks / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8)
-        quant[name], quant[f"{module}.weight_scale_inv"] = codes.reshape(n, k), scale
-        dequant[name] = (codes.float() * scale[:, None, :, None]).reshape(n, k)
+        return ({"weight": codes.reshape(n, k), "weight_scale_inv": scale},
+                (codes.float() * scale[:, None, :, None]).reshape(n, k))
+
+    quant, dequant = quantize_linears(read_for_quantizing(src, out, oracle), quantize)
     write_quantized_pair(out, oracle, quant, dequant, {"quant_method": "fp8", "activation_scheme": "dynamic",
                                                        "fmt": "e4m3", "weight_block_size": list(block)})
 
