@@ -91,7 +91,8 @@ class Qwen2MoeForCausalLM(MoEForCausalLM):
         prefix = f"model.layers.{layer_idx}"
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "qkv_bias", True)), qk_norm=False,
                               layer=layer_idx, quant_config=quant_config, prefix=f"{prefix}.self_attn")
-        return MoEDecoderLayer(config, attn, qwen_moe_mlp(config, layer_idx, True, quant_config, f"{prefix}.mlp"), "mlp")
+        mlp = qwen_moe_mlp(config, layer_idx, True, quant_config, f"{prefix}.mlp")
+        return MoEDecoderLayer(config, attn, mlp, "mlp")
 
     def num_experts(self) -> int:
         return self.config.num_experts
