@@ -154,6 +154,7 @@ def is_moe_layer(config: Any, layer_idx: int) -> bool:
 
 class DeepseekV2ForCausalLM(Glm4MoeForCausalLM):
     is_v3 = False  # DeepSeek-V3's routing (sigmoid, correction bias, noaux_tc)
+    supports_quantization = False  # the MLA projections do not take a quantization config yet
     # V2-Lite's plain q_proj must not load into a fused qkv_proj: matched first, loaded as is.
     extra_params_mapping = [(".self_attn.q_proj.", ".self_attn.q_proj.", None)]
 

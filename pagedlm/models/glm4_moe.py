@@ -20,6 +20,7 @@ from torch import nn
 from pagedlm.config import attention_shape
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.quantization.base import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.gpt_neox import partial_rotary_embedding
 from pagedlm.models.llama import LlamaAttention
@@ -29,9 +30,11 @@ from pagedlm.models.qwen2_moe import Qwen2MoeMLP, check_moe_config
 
 
 class Glm4MoeAttention(LlamaAttention):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int,
+                 quant_config: QuantizationConfig | None = None) -> None:
         super().__init__(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
-                         qk_norm=bool(getattr(config, "use_qk_norm", False)), layer=layer, o_bias=False)
+                         qk_norm=bool(getattr(config, "use_qk_norm", False)), layer=layer, o_bias=False,
+                         quant_config=quant_config, prefix=f"model.layers.{layer}.self_attn")
 
 
 class Glm4MoeRouter(ReplicatedLinear):
@@ -45,10 +48,11 @@ class Glm4MoeRouter(ReplicatedLinear):
 
 class Glm4MoeMoE(nn.Module):
     def __init__(self, config: Any, scoring_func: str = "sigmoid", correction_bias: bool = True,
-                 grouped: bool = True) -> None:
+                 grouped: bool = True, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         """The defaults are GLM-4.5's (and DeepSeek-V3's) routing; DeepSeek-V2 scores with a
         softmax, has no correction bias, and limits the choice to groups only with its
-        ``group_limited_greedy`` (``grouped``)."""
+        ``group_limited_greedy`` (``grouped``). ``quant_config`` reaches the shared experts (the
+        router stays unquantized)."""
         super().__init__()
         num_experts = config.n_routed_experts
         self.gate = (Glm4MoeRouter(config.hidden_size, num_experts) if correction_bias
@@ -60,7 +64,8 @@ class Glm4MoeMoE(nn.Module):
                                 topk_group=int(getattr(config, "topk_group", 1) or 1),
                                 routed_scaling_factor=float(getattr(config, "routed_scaling_factor", 1.0)))
         shared = int(getattr(config, "n_shared_experts", 0) or 0)
-        self.shared_experts = (Qwen2MoeMLP(config.hidden_size, config.moe_intermediate_size * shared)
+        self.shared_experts = (Qwen2MoeMLP(config.hidden_size, config.moe_intermediate_size * shared,
+                                           quant_config=quant_config, prefix=f"{prefix}.shared_experts")
                                if shared else None)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -74,15 +79,19 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 class Glm4MoeForCausalLM(MoEForCausalLM):
     expert_names = ("gate_proj", "down_proj", "up_proj")
+    supports_quantization = True  # attention, dense and shared-expert MLPs quantized; routed experts dequantized
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
+        prefix = f"model.layers.{layer_idx}.mlp"
         if layer_idx >= int(getattr(config, "first_k_dense_replace", 0)):
-            mlp: nn.Module = Glm4MoeMoE(config)
+            mlp: nn.Module = Glm4MoeMoE(config, quant_config=quant_config, prefix=prefix)
         else:
-            mlp = Qwen2MoeMLP(config.hidden_size, config.intermediate_size)
-        return MoEDecoderLayer(config, Glm4MoeAttention(config, rotary_emb, layer_idx), mlp, "mlp")
+            mlp = Qwen2MoeMLP(config.hidden_size, config.intermediate_size, quant_config=quant_config, prefix=prefix)
+        attn = Glm4MoeAttention(config, rotary_emb, layer_idx, quant_config)
+        return MoEDecoderLayer(config, attn, mlp, "mlp")
 
     @staticmethod
     def make_rotary_embedding(config: Any, max_position: int) -> RotaryEmbedding | None:

@@ -47,6 +47,35 @@ def source(arch: str, checkpoint_factory, qwen2_moe_checkpoint) -> str:
     return qwen2_moe_checkpoint if arch == "qwen2_moe" else checkpoint_factory(arch)
 
 
+@pytest.fixture(scope="module")
+def round2_checkpoint(tmp_path_factory):
+    from models.arch_parity_helpers import checkpoint_getter
+    from models.test_parity_archs_moe_round2 import CHECKPOINTS
+
+    return checkpoint_getter(tmp_path_factory, CHECKPOINTS, 600)
+
+
+@pytest.mark.parametrize("fmt", ["awq", "block_fp8"])
+def test_glm4_moe(round2_checkpoint, tmp_path, fmt):
+    """GLM-4.5's layout (a dense first layer, a shared expert, q / k / v biases) in AWQ and in
+    the block-wise fp8 of its own FP8 release."""
+    from quant_helpers import write_block_fp8
+
+    if fmt == "awq":
+        qdir, refdir = quantize_checkpoint(round2_checkpoint("glm4_moe"), tmp_path / "q", tmp_path / "ref", "awq",
+                                           group_size=32)
+    else:
+        qdir, refdir = tmp_path / "q", tmp_path / "ref"
+        write_block_fp8(round2_checkpoint("glm4_moe"), qdir, refdir, (16, 16))
+    prompts = PROMPTS[:4]
+    ref = hf_reference(str(refdir), prompts, 10)
+    llm, outputs = run(str(qdir), prompts, max_model_len=128)
+    check_close(ref, outputs, prompts)
+    model = llm.llm_engine.engine_core.runner.model.model
+    assert model.layers[1].mlp.experts.w13_weight.dtype == torch.float32
+    assert type(model.layers[1].mlp.shared_experts.down_proj.quant_method).__name__ != "UnquantizedLinearMethod"
+
+
 def experts_and_attention(llm: LLM):
     layer = llm.llm_engine.engine_core.runner.model.model.layers[0]
     moe = getattr(layer, layer.ffn_name)
