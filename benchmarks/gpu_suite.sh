@@ -25,7 +25,8 @@
 #   cuda-kernels   the CUDA C++ decode GEMMs (int4, 8-bit): their tests, then per layer against the
 #                  Triton kinds, and AWQ / int8 / fp8 at batch 1 with and without them     (~8 min)
 #   cutlass        the CUTLASS int4 GEMM (needs the nvidia-cutlass wheel; builds its 8 tiles
-#                  first, ~2 min): its tests and the AWQ / GPTQ engine tests, per 8B layer at
+#                  first, ~2 min): its tests and the AWQ / GPTQ engine tests (with session 26's
+#                  quantized MoE and block-wise fp8 checkpoints against the CPU engine), per 8B layer at
 #                  M = 16-16,384, then AWQ against bf16 at 1,000 x 512/256 (issue 10's row) (~9 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
@@ -161,7 +162,7 @@ case "${1:-}" in
     done ;;
   cutlass)
     timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_cutlass_w4a16.py tests/gpu/test_gpu_wna16.py \
-      > "$OUT/tests_cutlass.log" 2>&1
+      tests/gpu/test_gpu_quantized_moe.py > "$OUT/tests_cutlass.log" 2>&1
     grep -E "passed|failed|FAILED" "$OUT/tests_cutlass.log" | tail -n 8
     timeout 90 python3 benchmarks/gpu_w4a16_cutlass.py --m 16,64,256,1024,16384 > "$OUT/cutlass_layers.log" 2>&1
     grep -A 7 "^per decoder layer" "$OUT/cutlass_layers.log"
