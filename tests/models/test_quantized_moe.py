@@ -76,6 +76,28 @@ def test_glm4_moe(round2_checkpoint, tmp_path, fmt):
     assert type(model.layers[1].mlp.shared_experts.down_proj.quant_method).__name__ != "UnquantizedLinearMethod"
 
 
+def test_bitsandbytes_moe(tmp_path):
+    """bitsandbytes NF4 with double quantization (as unsloth's ``*-bnb-4bit`` MoE exports):
+    every expert's packed codes, absmax and quant state through the format's method."""
+    from bnb_helpers import write_bnb_checkpoint
+
+    from pagedlm.demo import build_tiny_checkpoint
+
+    # 64-wide expert inputs and outputs: whole bitsandbytes blocks along every row
+    src = build_tiny_checkpoint(tmp_path / "float", "Qwen3MoeForCausalLM", seed=9,
+                                **{**QWEN3_MOE_BNB, "moe_intermediate_size": 64})
+    write_bnb_checkpoint(str(src), tmp_path / "q", tmp_path / "ref", "nf4", True)
+    prompts = PROMPTS[:4]
+    ref = hf_reference(str(tmp_path / "ref"), prompts, 10)
+    llm, outputs = run(str(tmp_path / "q"), prompts, max_model_len=128)
+    check_close(ref, outputs, prompts)
+    experts, qkv = experts_and_attention(llm)
+    assert qkv.weight.dtype == torch.uint8 and experts.w13_weight.dtype == torch.float32
+
+
+QWEN3_MOE_BNB = dict(head_dim=16, num_experts=8, num_experts_per_tok=3, norm_topk_prob=True)
+
+
 def experts_and_attention(llm: LLM):
     layer = llm.llm_engine.engine_core.runner.model.model.layers[0]
     moe = getattr(layer, layer.ffn_name)

@@ -297,6 +297,9 @@ class BitsAndBytesLinearMethod(QuantMethod):
         replace_param(layer, "bnb_table", byte_table(torch.tensor(TABLES[self.config.quant_type])).to(
             layer.weight.device))
 
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        return dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, torch.float32)
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         weight = dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, x.dtype)
         return F.linear(x, weight, bias)
