@@ -31,6 +31,26 @@ def tile_name(tile: tuple[int, int, int]) -> str:
     return f"{tile[0]}x{tile[1]}{'p' if tile[2] else 'c'}"
 
 
+def time_tiles(name: str, m: int, x: torch.Tensor, ref: torch.Tensor, ops: tuple, built: list,
+               dev: torch.device) -> tuple[list, int]:
+    """(graph-timed µs, tile, relative error) of every tile that agrees with ``ref``; failures."""
+    timed, failures = [], 0
+    for tile in built:
+        run = lambda t=tile: cutlass_w4a16.gemm(x, *ops, GROUP, t)  # noqa: E731
+        try:
+            err = ((run().float() - ref).norm() / ref.norm()).item()
+        except RuntimeError as exc:
+            print(f"ERR {name} M={m} {tile_name(tile)}: {exc}")
+            failures += 1
+            continue
+        if not err < 1e-2:
+            print(f"ERR {name} M={m} {tile_name(tile)}: relative error {err:.2e}")
+            failures += 1
+            continue
+        timed.append((decode_time_ms(run, dev) * 1e3, tile, err))
+    return timed, failures
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--m", default=",".join(map(str, M_VALUES)))
@@ -60,31 +80,16 @@ def main() -> None:
         ops = cutlass_w4a16.prepare(qweight, scales, zeros, GROUP, BITS, built[0])
         for m in m_values:
             x = (torch.randn(m, k, device=dev) * 0.5).to(torch.bfloat16)
-            ref = x.float() @ w_kn.float()
             bf16 = decode_time_ms(lambda: F.linear(x, w_nk), dev) * 1e3
             deq = decode_time_ms(lambda: wna16_tuning.run_choice(None, x, qweight, scales, zeros, None, GROUP, BITS),
                                  dev) * 1e3
-            timed = []
-            for tile in built:
-                run = lambda t=tile: cutlass_w4a16.gemm(x, *ops, GROUP, t)  # noqa: E731
-                try:
-                    out = run()
-                    err = ((out.float() - ref).norm() / ref.norm()).item()
-                except RuntimeError as exc:
-                    print(f"ERR {name} M={m} {tile_name(tile)}: {exc}")
-                    failures += 1
-                    continue
-                if not err < 1e-2:
-                    print(f"ERR {name} M={m} {tile_name(tile)}: relative error {err:.2e}")
-                    failures += 1
-                    continue
-                timed.append((decode_time_ms(run, dev) * 1e3, tile, err))
+            timed, failed = time_tiles(name, m, x, x.float() @ w_kn.float(), ops, built, dev)
+            failures += failed
             if not timed:
                 continue
             best_us, best_tile, best_err = min(timed)
-            per_layer[m]["bf16"] += bf16
-            per_layer[m]["deq"] += deq
-            per_layer[m]["cutlass"] += best_us
+            for key, us in (("bf16", bf16), ("deq", deq), ("cutlass", best_us)):
+                per_layer[m][key] += us
             others = " ".join(f"{tile_name(t)}:{us:.1f}" for us, t, _ in sorted(timed)[1:4])
             print(f"{name:<8} {m:>6} {bf16:>9.1f} {deq:>10.1f} {best_us:>9.1f} {tile_name(best_tile):<10} "
                   f"{best_us / bf16:>6.2f} {best_us / deq:>6.2f}  err {best_err:.1e}; {others}", flush=True)
@@ -96,7 +101,6 @@ def main() -> None:
                   f"{row['cutlass']:>9.1f} {row['cutlass'] / row['bf16']:>6.2f}")
     if failures:
         raise SystemExit(f"{failures} tile runs failed")
-
 
 if __name__ == "__main__":
     main()
