@@ -36,6 +36,12 @@ def _log_once(logger: logging.Logger, level: int, msg: str, *args: Hashable) -> 
     logger.log(level, msg, *args, stacklevel=4)  # the line of the *_once call
 
 
+def log_once(logger: logging.Logger, level: int, msg: str, *args: Hashable) -> None:
+    """``logger.log(level, msg, *args)`` the first time this message and these arguments come,
+    in this process (for pagedlm's own modules, which use plain ``logging`` loggers)."""
+    _log_once(logger, level, msg, *args)
+
+
 def _first_rank(scope: str) -> bool:
     """vLLM's log scopes: "process" logs in every process, "global" only on rank 0 of the
     distributed world, "local" only on each host's first rank (LOCAL_RANK 0)."""

@@ -137,20 +137,21 @@ def pack_codes_nk(codes_kn: torch.Tensor) -> torch.Tensor:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
 
 
-def prepare(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int,
-            tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+            bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's operands from the internal layout (``wna16_reference``): (reordered
     codes uint8 [N, K // 2], scales bf16 [G, N], zeros bf16 [G, N] = -zero * scale)."""
     from pagedlm.kernels import wna16_reference  # noqa: PLC0415
 
     k = qweight.shape[0] * (32 // bits)
     codes = wna16_reference.unpack_codes(qweight, bits, wna16_reference.interleave_rows(k, group_size, bits))
-    return prepare_codes(codes, scales, zeros, group_size, bits, tile)
+    return prepare_codes(codes, scales, zeros, group_size, bits)
 
 
-def prepare_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int,
-                  tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``prepare`` from unsigned codes [K, N] (rows in kernel order) on the GPU."""
+def prepare_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                  bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``prepare`` from unsigned codes [K, N] (rows in kernel order) on the GPU. The reordered
+    layout is the same for every tile, so any built library reorders."""
     k, n = codes.shape
     if not layer_fits(k, n, group_size, bits, False):
         raise ValueError(f"the CUTLASS W4A16 kernel cannot take K {k}, N {n}, {bits}-bit, group {group_size}")
@@ -158,10 +159,9 @@ def prepare_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     tiles = built_tiles(device)  # every tile's library, built in parallel on first use
     if not tiles:
         raise RuntimeError("the CUTLASS W4A16 kernel is not available (no nvidia-cutlass, nvcc or sm_90 GPU)")
-    fns = _functions(device, tile or tiles[0])
     plain = pack_codes_nk(codes)
     reordered = torch.empty_like(plain)
-    reorder = fns[2]
+    reorder = _functions(device, tiles[0])[2]
     err = reorder(plain.data_ptr(), reordered.data_ptr(), n, k, torch.cuda.current_stream(device).cuda_stream)
     cuda_build.check_launch(reorder, err, "CUTLASS W4A16 reorder")
     scales_bf16 = scales.to(torch.bfloat16).contiguous()
@@ -196,10 +196,21 @@ _workspaces: dict[torch.device, torch.Tensor] = {}
 def _size_workspace(device: torch.device, n: int, k: int, group_size: int, max_m: int = 65536) -> None:
     """Allocate the largest workspace any tile needs for this layer up to ``max_m`` rows now,
     so that no launch inside a CUDA graph capture has to."""
-    need = max((_functions(device, tile)[1](max_m, n, k, group_size) for tile in built_tiles(device)), default=0)
+    _workspace(device, max((_functions(device, tile)[1](max_m, n, k, group_size) for tile in built_tiles(device)),
+                           default=0))
+
+
+def _workspace(device: torch.device, need: int) -> torch.Tensor | None:
+    """The device's workspace, grown to ``need`` bytes (never inside a graph capture); None
+    when a launch needs none."""
+    if need <= 0:
+        return None
     ws = _workspaces.get(device)
-    if need > 0 and (ws is None or ws.numel() < need):
-        _workspaces[device] = torch.empty(need, device=device, dtype=torch.uint8)
+    if ws is None or ws.numel() < need:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("the CUTLASS W4A16 workspace must be sized before graph capture")
+        ws = _workspaces[device] = torch.empty(max(need, 1 << 20), device=device, dtype=torch.uint8)
+    return ws
 
 
 def gemm(x2d: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
@@ -217,13 +228,9 @@ def gemm(x2d: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: t
     fn, workspace_size, _ = fns
     out = torch.empty((m, n), device=x2d.device, dtype=torch.bfloat16)
     need = workspace_size(m, n, k, group_size)
-    ws = _workspaces.get(device)
-    if need > 0 and (ws is None or ws.numel() < need):
-        if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("the CUTLASS W4A16 workspace must be sized before graph capture")
-        ws = _workspaces[device] = torch.empty(max(need, 1 << 20), device=device, dtype=torch.uint8)
+    ws = _workspace(device, need)
     err = fn(x2d.data_ptr(), weight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),
-             ws.data_ptr() if need > 0 else None, m, n, k, group_size, int(need),
+             ws.data_ptr() if ws is not None else None, m, n, k, group_size, int(need),
              torch.cuda.current_stream(device).cuda_stream)
     cuda_build.check_launch(fn, err, "CUTLASS W4A16 kernel")
     return out if bias is None else out.add_(bias.to(out.dtype))

@@ -24,9 +24,9 @@ from torch import nn
 
 from pagedlm.kernels.quant_reference import FP8_DTYPE, FP8_MAX
 from pagedlm.layers.quantization.base import QuantizationError, QuantMethod, WeightLoader, fill_uniform, new_param
+from pagedlm.logger import log_once
 
 logger = logging.getLogger("pagedlm")
-_logged = False
 
 
 class BlockFp8LinearMethod(QuantMethod):
@@ -52,11 +52,8 @@ class BlockFp8LinearMethod(QuantMethod):
                                                                weight_loader=weight_loader))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        global _logged
-        if not _logged:
-            _logged = True
-            logger.warning("block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay fp8 and are "
-                           "dequantized per call (no block-scaled fp8 GEMM yet), slower than bf16", list(self.block))
+        log_once(logger, logging.WARNING, "block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay "
+                 "fp8 and are dequantized per call (no block-scaled fp8 GEMM yet), slower than bf16", self.block)
 
     def _dequantize(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         bn, bk = self.block
