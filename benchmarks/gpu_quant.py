@@ -155,7 +155,7 @@ def run_format(model_dir: Path, fmt: str, args, copy_bw: float | None) -> dict:
     from pagedlm import SamplingParams
 
     _, quantization = FORMATS[fmt]
-    llm = LLM(str(model_dir), load_format="dummy", quantization=quantization, device=args.device,
+    llm = LLM(str(model_dir), load_format="dummy", quantization=quantization, device=args.device, dtype=args.dtype,
               num_gpu_blocks_override=args.kv_blocks, max_num_seqs=args.max_num_seqs,
               max_model_len=args.input_len + args.output_len + 16)
     row = {"format": fmt, "check": check_layer(llm, fmt)}
@@ -197,7 +197,8 @@ def verdict(ratio: float, target: float | None, at_most: bool) -> str:
 def print_table(rows: list[dict], floors: dict | None) -> None:
     base = next((r for r in rows if r["format"] == "bf16"), None)
     card = floors["card"] if floors else "cpu"
-    print(f"\n{card}, shape {rows[0]['shape']}: batch-1 TPOT vs weight-bytes floor; throughput out tok/s")
+    print(f"\n{card}, shape {rows[0]['shape']}, {rows[0]['dtype']} activations: batch-1 TPOT vs weight-bytes floor; "
+          "throughput out tok/s ('bf16' is the unquantized model in that dtype)")
     print(f"{'format':<12} {'check':<5} {'weights GB':>10} {'+copies':>7} {'TPOT ms':>8} {'floor ms':>8} {'x floor':>7} "
           f"{'x bf16':>6} {'TPOT target':<14} {'out tok/s':>10} {'x bf16':>6} {'tput target':<14}")
     for r in rows:
@@ -225,6 +226,9 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--kv-blocks", type=int, default=12288, help="fixed KV blocks (16 tokens) for every format")
     p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                   help="the activations' dtype of every format (AutoAWQ writes float16 checkpoints); the 'bf16' "
+                        "format is then the unquantized model in this dtype")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--profile-batch1", action="store_true", help="print where a batch-1 decode step's time goes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -247,6 +251,7 @@ def main() -> None:
             continue
         row = run_format(model_dir, fmt, args, floors["copy_bytes_per_s"] if floors else None)
         row["shape"] = args.shape
+        row["dtype"] = args.dtype
         rows.append(row)
         print(json.dumps(row))
     if rows:

@@ -143,6 +143,8 @@ def variants_table():
     for variant in args.variants.split(";"):
         defines = tuple(d for d in variant.split(",") if d)
         cuda_w4a16.use_build(dev, defines)
+        bad = correctness()
+        print(f"VARIANT [{variant or 'default'}] correctness:", "OK" if not bad else f"BAD {bad[:8]}", flush=True)
         for m in args.m:
             xs = {name: torch.randn(m, shapes[name][0], device=dev, dtype=dt) for name in shapes}
             total, picks = 0.0, []
@@ -158,9 +160,9 @@ def variants_table():
                   + " ".join(picks), flush=True)
 
 
-bad = correctness()
-print("correctness:", "OK" if not bad else f"BAD {bad[:8]}", flush=True)
 if args.variants is None:
+    bad = correctness()
+    print("correctness:", "OK" if not bad else f"BAD {bad[:8]}", flush=True)
     full_comparison()
 else:
     variants_table()

@@ -1,5 +1,5 @@
 """Host side of the CUDA 4-bit decode GEMM (``csrc/w4a16_mma.cu``): the W4A16 "cuda" kind of
-``triton_wna16`` for 1-8 rows of bf16 activations on tensor-core steps, same semantics as
+``triton_wna16`` for 1-8 rows of bf16 or fp16 activations on tensor-core steps, same semantics as
 ``wna16_reference.wna16_gemm`` on the internal layout with 16 interleaved rows (the zero point
 applied per group on the float32 result).
 
@@ -22,7 +22,9 @@ WARPS = (4, 8)
 UNROLL = (1, 2, 4)
 BLOCK_N = 32
 
-_KERNEL = cuda_build.Kernel(NAME, "pagedlm_w4a16_mma", 8, 10, "pagedlm_w4a16_error_string")
+DTYPES = (torch.bfloat16, torch.float16)  # the activations', scales', zeros', bias' and output's dtype
+
+_KERNEL = cuda_build.Kernel(NAME, "pagedlm_w4a16_mma", 8, 11, "pagedlm_w4a16_error_string")
 _function = _KERNEL.function
 use_build = _KERNEL.use_build
 
@@ -41,12 +43,12 @@ def layer_fits(k: int, n: int, group_size: int, bits: int, row_groups: bool) -> 
 def operands_fit(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  bias: torch.Tensor | None = None) -> bool:
     """Whether the operands are laid out as the kernel reads them: contiguous, the words 16-byte
-    aligned, scales / zeros / activation rows 8-byte aligned, bf16 throughout."""
+    aligned, scales / zeros / activation rows 8-byte aligned, bf16 or fp16 throughout."""
     tensors = (x2d, qweight, scales, zeros) + ((bias,) if bias is not None else ())
     return (x2d.dim() == 2 and x2d.stride(1) == 1 and x2d.stride(0) % 4 == 0 and x2d.data_ptr() % 8 == 0
             and qweight.data_ptr() % 16 == 0 and scales.data_ptr() % 8 == 0 and zeros.data_ptr() % 8 == 0
-            and all(t.is_contiguous() for t in tensors[1:])
-            and all(t.dtype == torch.bfloat16 for t in tensors if t is not qweight))
+            and all(t.is_contiguous() for t in tensors[1:]) and x2d.dtype in DTYPES
+            and all(t.dtype == x2d.dtype for t in tensors if t is not qweight))
 
 
 def split_plan(k: int, split_k: int) -> tuple[int, int]:
@@ -58,27 +60,29 @@ def split_plan(k: int, split_k: int) -> tuple[int, int]:
 
 def mma(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
         warps: int, unroll: int, split_k: int, counters: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] = x2d [M, K] @ W (+ bias) in bf16, M <= 8; ``counters`` the zeroed ticket counters."""
+    """y [M, N] = x2d [M, K] @ W (+ bias) in x2d's dtype (bf16 or fp16), M <= 8; ``counters`` the
+    zeroed ticket counters."""
     m, k = x2d.shape
     n = qweight.shape[1]
     fn = _function(x2d.device)
     if fn is None:
         raise RuntimeError("the CUDA W4A16 kernel is not available (no nvcc, or PAGEDLM_CUDA_KERNELS=0)")
-    if not 1 <= m <= MAX_M or x2d.dtype != torch.bfloat16:
-        raise ValueError(f"the cuda kind takes 1-{MAX_M} rows of bf16 activations (got {m} of {x2d.dtype})")
+    if not 1 <= m <= MAX_M or x2d.dtype not in DTYPES:
+        raise ValueError(f"the cuda kind takes 1-{MAX_M} rows of bf16 or fp16 activations (got {m} of {x2d.dtype})")
     if warps not in WARPS or unroll not in UNROLL:
         raise ValueError(f"the cuda kind takes {WARPS} warps and unroll {UNROLL} (got {warps}, {unroll})")
     if not layer_fits(k, n, group_size, 4, False):
         raise ValueError(f"the cuda kind cannot run K {k}, N {n}, group {group_size}")
     if not operands_fit(x2d, qweight, scales, zeros, bias):
         raise ValueError("the cuda kind needs contiguous, aligned operands (activation rows 8-byte aligned) and "
-                         "bf16 scales, zeros and bias")
+                         "scales, zeros and bias in the activations' dtype")
     split, per_split = split_plan(k, split_k)
-    out = torch.empty((m, n), device=x2d.device, dtype=torch.bfloat16)
+    out = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
     part = torch.empty((split, m, n), device=x2d.device, dtype=torch.float32) if split > 1 else out
     err = fn(x2d.data_ptr(), qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr(),
              bias.data_ptr() if bias is not None else None, part.data_ptr(), counters.data_ptr(), out.data_ptr(),
-             m, n, k, x2d.stride(0), group_size, split, per_split, warps, unroll, int(pdl.enabled()),
+             m, n, k, x2d.stride(0), group_size, split, per_split, warps, unroll, int(x2d.dtype == torch.float16),
+             int(pdl.enabled()),
              torch.cuda.current_stream(x2d.device).cuda_stream)
     cuda_build.check_launch(fn, err, "CUDA W4A16 kernel")
     return out

@@ -1,5 +1,5 @@
-"""Host side of the CUTLASS W4A16 GEMM (``csrc/w4a16_cutlass.cu``): 4-bit weights times bf16
-activations for batched decode and prefill on Hopper, the weight dequantized in registers by
+"""Host side of the CUTLASS W4A16 GEMM (``csrc/w4a16_cutlass.cu``): 4-bit weights times bf16 or
+fp16 activations for batched decode and prefill on Hopper, the weight dequantized in registers by
 CUTLASS's mixed-input mainloop (no bf16 copy of the weight is ever written).
 
 Same product as ``wna16_reference.wna16_gemm`` for 4-bit layers whose groups are whole
@@ -10,7 +10,8 @@ reordered on the device), with zeros folded as ``-zero * scale`` so that a weigh
 ``(code - zero) * scale`` by a rounding step, as any two kernels' sums do).
 
 Each tile configuration (``TILES``: weight rows x activation rows, two consumer warp groups on
-one tile or alternating between two) is its own library, built at first use with the
+one tile or alternating between two) and activation dtype (``DTYPES``: a model's dtype builds
+only its own eight) is its own library, built at first use with the
 device's nvcc against the headers of the ``nvidia-cutlass`` package (``cuda_build``; a minute or
 two each, in parallel, then cached). Where the package, an nvcc or an sm_90 GPU is missing, or
 ``PAGEDLM_CUDA_KERNELS=0``, ``available`` is False and callers keep their other kernels.
@@ -38,7 +39,8 @@ NAME = "w4a16_cutlass"
 # (tile_n: weight rows, tile_m: activation rows, pingpong)
 TILES = ((128, 16, 0), (128, 32, 0), (128, 64, 0), (128, 128, 0), (128, 256, 0), (64, 64, 1), (64, 128, 1),
          (64, 256, 1))
-TILE_K = 64  # 128 bytes of bf16: the mainloop's K step, so groups are whole multiples of it
+TILE_K = 64  # 128 bytes of 16-bit activations: the mainloop's K step, so groups are whole multiples of it
+DTYPES = (torch.bfloat16, torch.float16)  # the activations' (and scales', output's) dtype of a build
 
 
 @functools.cache
@@ -62,9 +64,12 @@ def _cutlass_version() -> str:
         return "unknown"
 
 
-def _defines(tile: tuple[int, int, int]) -> tuple[str, ...]:
+def _defines(tile: tuple[int, int, int], dtype: torch.dtype = torch.bfloat16) -> tuple[str, ...]:
+    if dtype not in DTYPES:
+        raise ValueError(f"the CUTLASS W4A16 kernel takes {DTYPES} activations, not {dtype}")
     tile_n, tile_m, pingpong = tile
-    return (f"TILE_N={tile_n}", f"TILE_M={tile_m}", f"PINGPONG={pingpong}", f"PAGEDLM_CUTLASS_PKG={_cutlass_version()}")
+    return (f"TILE_N={tile_n}", f"TILE_M={tile_m}", f"PINGPONG={pingpong}", f"PAGEDLM_CUTLASS_PKG={_cutlass_version()}",
+            *(("PAGEDLM_FP16=1",) if dtype == torch.float16 else ()))
 
 
 def _supported(device: torch.device) -> bool:
@@ -73,9 +78,9 @@ def _supported(device: torch.device) -> bool:
 
 
 @functools.cache
-def _functions(device: torch.device, tile: tuple[int, int, int]):
-    """(gemm, workspace, reorder) of ``tile``'s library on ``device``, or None."""
-    lib = cuda_build.load(NAME, device, _defines(tile), include_dirs() or ())
+def _functions(device: torch.device, tile: tuple[int, int, int], dtype: torch.dtype = torch.bfloat16):
+    """(gemm, workspace, reorder) of ``tile``'s library for ``dtype`` on ``device``, or None."""
+    lib = cuda_build.load(NAME, device, _defines(tile, dtype), include_dirs() or ())
     if lib is None:
         return None
     gemm = cuda_build.entry_point(lib, "pagedlm_w4a16_cutlass", 6, 5, "pagedlm_w4a16_cutlass_error_string")
@@ -86,32 +91,33 @@ def _functions(device: torch.device, tile: tuple[int, int, int]):
     return gemm, workspace, reorder
 
 
-def built_tiles(device: torch.device | None = None, tiles: tuple = TILES) -> list[tuple[int, int, int]]:
-    """The tiles whose libraries build on ``device`` (default: the current GPU), built in
-    parallel; empty where the kernel is not available."""
+def built_tiles(device: torch.device | None = None, tiles: tuple = TILES,
+                dtype: torch.dtype = torch.bfloat16) -> list[tuple[int, int, int]]:
+    """The tiles whose libraries for ``dtype`` activations build on ``device`` (default: the
+    current GPU), built in parallel; empty where the kernel is not available."""
     if device is None:
         if not torch.cuda.is_available():
             return []
         device = torch.device("cuda")
     device = cuda_build.indexed(device)
-    if not cuda_build.enabled() or not _supported(device):
+    if not cuda_build.enabled() or not _supported(device) or dtype not in DTYPES:
         return []
-    return list(_build(device, tuple(tiles)))
+    return list(_build(device, tuple(tiles), dtype))
 
 
 @functools.cache
-def _build(device: torch.device, tiles: tuple) -> tuple:
+def _build(device: torch.device, tiles: tuple, dtype: torch.dtype) -> tuple:
     # one nvcc per core at most (each takes a minute or two and a GB or two of memory)
     workers = max(1, min(len(tiles), os.cpu_count() or 1))
-    logger.info("CUTLASS W4A16 kernels: loading %d tile libraries (built with nvcc on the first start: about "
-                "%d minutes)", len(tiles), max(2, 2 * -(-len(tiles) // workers)))
+    logger.info("CUTLASS W4A16 kernels: loading %d %s tile libraries (built with nvcc on the first start: about "
+                "%d minutes)", len(tiles), str(dtype).removeprefix("torch."), max(2, 2 * -(-len(tiles) // workers)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = list(pool.map(lambda t: _functions(device, t), tiles))
+        found = list(pool.map(lambda t: _functions(device, t, dtype), tiles))
     return tuple(t for t, f in zip(tiles, found) if f is not None)
 
 
-def available(device: torch.device | None = None) -> bool:
-    return bool(built_tiles(device))
+def available(device: torch.device | None = None, dtype: torch.dtype = torch.bfloat16) -> bool:
+    return bool(built_tiles(device, dtype=dtype))
 
 
 def layer_fits(k: int, n: int, group_size: int, bits: int, row_groups: bool) -> bool:
@@ -140,7 +146,8 @@ def pack_codes_nk(codes_kn: torch.Tensor) -> torch.Tensor:
 def prepare(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
             bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's operands from the internal layout (``wna16_reference``): (reordered
-    codes uint8 [N, K // 2], scales bf16 [G, N], zeros bf16 [G, N] = -zero * scale)."""
+    codes uint8 [N, K // 2], scales [G, N], zeros [G, N] = -zero * scale), in the scales' dtype
+    (bf16 or fp16: the activations' dtype the layer runs)."""
     from pagedlm.kernels import wna16_reference  # noqa: PLC0415
 
     k = qweight.shape[0] * (32 // bits)
@@ -153,21 +160,22 @@ def prepare_codes(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     """``prepare`` from unsigned codes [K, N] (rows in kernel order) on the GPU. The reordered
     layout is the same for every tile, so any built library reorders."""
     k, n = codes.shape
-    if not layer_fits(k, n, group_size, bits, False):
-        raise ValueError(f"the CUTLASS W4A16 kernel cannot take K {k}, N {n}, {bits}-bit, group {group_size}")
+    dtype = scales.dtype
+    if not layer_fits(k, n, group_size, bits, False) or dtype not in DTYPES:
+        raise ValueError(f"the CUTLASS W4A16 kernel cannot take K {k}, N {n}, {bits}-bit, group {group_size}, "
+                         f"{dtype} scales")
     device = cuda_build.indexed(codes.device)
-    tiles = built_tiles(device)  # every tile's library, built in parallel on first use
+    tiles = built_tiles(device, dtype=dtype)  # every tile's library, built in parallel on first use
     if not tiles:
         raise RuntimeError("the CUTLASS W4A16 kernel is not available (no nvidia-cutlass, nvcc or sm_90 GPU)")
     plain = pack_codes_nk(codes)
     reordered = torch.empty_like(plain)
-    reorder = _functions(device, tiles[0])[2]
+    reorder = _functions(device, tiles[0], dtype)[2]
     err = reorder(plain.data_ptr(), reordered.data_ptr(), n, k, torch.cuda.current_stream(device).cuda_stream)
     cuda_build.check_launch(reorder, err, "CUTLASS W4A16 reorder")
-    scales_bf16 = scales.to(torch.bfloat16).contiguous()
-    folded = (-(zeros.float() * scales.float())).to(torch.bfloat16).contiguous()
-    _size_workspace(device, n, k, group_size)
-    return reordered, scales_bf16, folded
+    folded = (-(zeros.float() * scales.float())).to(dtype).contiguous()
+    _size_workspace(device, n, k, group_size, dtype)
+    return reordered, scales.contiguous(), folded
 
 
 BUDGET_FRACTION = 0.1  # of the GPU's memory, for the kernel's copies of the 4-bit weights
@@ -193,11 +201,12 @@ def reserve(owner: object, device: torch.device, nbytes: int) -> bool:
 _workspaces: dict[torch.device, torch.Tensor] = {}
 
 
-def _size_workspace(device: torch.device, n: int, k: int, group_size: int, max_m: int = 65536) -> None:
+def _size_workspace(device: torch.device, n: int, k: int, group_size: int, dtype: torch.dtype,
+                    max_m: int = 65536) -> None:
     """Allocate the largest workspace any tile needs for this layer up to ``max_m`` rows now,
     so that no launch inside a CUDA graph capture has to."""
-    _workspace(device, max((_functions(device, tile)[1](max_m, n, k, group_size) for tile in built_tiles(device)),
-                           default=0))
+    _workspace(device, max((_functions(device, tile, dtype)[1](max_m, n, k, group_size)
+                            for tile in built_tiles(device, dtype=dtype)), default=0))
 
 
 def _workspace(device: torch.device, need: int) -> torch.Tensor | None:
@@ -215,18 +224,18 @@ def _workspace(device: torch.device, need: int) -> torch.Tensor | None:
 
 def gemm(x2d: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
          tile: tuple[int, int, int], bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] = x2d [M, K] @ W (+ bias) in bf16 over ``prepare``'s operands."""
+    """y [M, N] = x2d [M, K] @ W (+ bias) in x2d's dtype (that of ``prepare``'s operands)."""
     m, k = x2d.shape
     n = weight.shape[0]
+    if (x2d.dtype != scales.dtype or not x2d.is_contiguous() or x2d.data_ptr() % 16 or weight.shape[1] * 2 != k):
+        raise ValueError(f"the CUTLASS W4A16 kernel takes contiguous, 16-byte aligned activations of the weight's "
+                         f"width in the operands' dtype ({scales.dtype}; got {x2d.dtype})")
     device = cuda_build.indexed(x2d.device)
-    fns = _functions(device, tile)
+    fns = _functions(device, tile, x2d.dtype)
     if fns is None:
-        raise RuntimeError(f"the CUTLASS W4A16 kernel with tile {tile} is not available")
-    if x2d.dtype != torch.bfloat16 or not x2d.is_contiguous() or x2d.data_ptr() % 16 or weight.shape[1] * 2 != k:
-        raise ValueError("the CUTLASS W4A16 kernel takes contiguous, 16-byte aligned bf16 activations of the "
-                         "weight's width")
+        raise RuntimeError(f"the CUTLASS W4A16 kernel with tile {tile} is not available for {x2d.dtype}")
     fn, workspace_size, _ = fns
-    out = torch.empty((m, n), device=x2d.device, dtype=torch.bfloat16)
+    out = torch.empty((m, n), device=x2d.device, dtype=x2d.dtype)
     need = workspace_size(m, n, k, group_size)
     ws = _workspace(device, need)
     err = fn(x2d.data_ptr(), weight.data_ptr(), scales.data_ptr(), zeros.data_ptr(), out.data_ptr(),

@@ -35,13 +35,13 @@ measured at load, ``wna16_tuning``, else ``pick_config``'s defaults):
          (no shared memory, no layout change), x rows as the MMA's 8 B columns. On an H200 at
          M = 8 0.69-0.73x the time of the best 16-row tile per Llama-3.1-8B layer; at M = 1 about
          level with the paired gemv (BENCHMARKS.md, session 21).
-  cuda   M <= 8 (4-bit, bf16): the same tensor-core step in CUDA C++ (``cuda_w4a16``,
+  cuda   M <= 8 (4-bit, bf16 or fp16): the same tensor-core step in CUDA C++ (``cuda_w4a16``,
          ``csrc/w4a16_mma.cu``, built with nvcc at first use): 16-byte weight loads, B fragments
          straight from x, the zero point applied per group on the float32 result, so a weight
          costs about one integer instruction. On an H200 0.78x the mma kind's time per
          Llama-3.1-8B layer at M = 8, 0.95x the paired gemv's at M = 1 (BENCHMARKS.md, session
          24). Offered only where the library builds (an nvcc, ``PAGEDLM_CUDA_KERNELS`` not 0).
-  cutlass  M >= 16 (4-bit, bf16, Hopper): CUTLASS's mixed-input wgmma GEMM (``cutlass_w4a16``,
+  cutlass  M >= 16 (4-bit, bf16 or fp16, Hopper): CUTLASS's mixed-input wgmma GEMM (``cutlass_w4a16``,
          ``csrc/w4a16_cutlass.cu``) over its own copy of the codes, which a layer keeps beside
          the internal layout when the library builds (``wna16.WNA16LinearMethod``). On an H200
          0.91-0.96x bf16 cuBLAS's time per Llama-3.1-8B layer at M = 16-128 and 1.01-1.08x at
@@ -297,7 +297,7 @@ def wna16_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     cfg = pick_config(x2d.shape[0], qweight.shape[1], x2d.shape[1], bits, group_size, _sms(x2d.device),
                       row_groups is not None)
     if cfg is not None and cfg.kind == "cutlass":
-        if cutlass_ops is not None and x2d.dtype == torch.bfloat16:
+        if cutlass_ops is not None and x2d.dtype == cutlass_ops[1].dtype:
             y = cutlass_w4a16.gemm(x2d, *cutlass_ops, group_size, cutlass_w4a16.tile_of(cfg.block_n, cfg.block_m),
                                    bias)
             return y.reshape(*lead_shape, y.shape[-1])

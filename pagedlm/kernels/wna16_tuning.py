@@ -143,14 +143,16 @@ def tiled_candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms
     return [c for c in dict.fromkeys(out) if config_fits(c, k, group_size, bits)] + [None]
 
 
-def cutlass_candidates(m: int, device: torch.device) -> list[Any]:
-    """The cutlass kind's built tiles, for a layer that keeps its operands (M >= 16)."""
+def cutlass_candidates(m: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> list[Any]:
+    """The cutlass kind's built tiles for ``dtype`` activations, for a layer that keeps its
+    operands (M >= 16)."""
     from pagedlm.kernels import cutlass_w4a16  # noqa: PLC0415
     from pagedlm.kernels.triton_wna16 import KernelConfig  # noqa: PLC0415
 
     if m < SMALL_M_BUCKETS[-1]:
         return []
-    return [KernelConfig("cutlass", tile_m, tile_n, 1, 4, 1) for tile_n, tile_m, _ in cutlass_w4a16.built_tiles(device)]
+    return [KernelConfig("cutlass", tile_m, tile_n, 1, 4, 1)
+            for tile_n, tile_m, _ in cutlass_w4a16.built_tiles(device, dtype=dtype)]
 
 
 def candidates(m: int, n: int, k: int, bits: int, group_size: int, num_sms: int,
@@ -207,7 +209,7 @@ def _measure(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, r
         x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
         expect = run_choice(None, x, qweight, scales, zeros, row_groups, group_size, bits).float()
         timed = []
-        extra = cutlass_candidates(m_max, qweight.device) if cutlass_ops is not None else []
+        extra = cutlass_candidates(m_max, qweight.device, scales.dtype) if cutlass_ops is not None else []
         for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None) + extra:
             try:
                 run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731

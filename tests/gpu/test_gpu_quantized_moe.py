@@ -53,6 +53,6 @@ def test_gpu_matches_cpu(moe_checkpoint, llama_checkpoint, tmp_path, case):
     qdir = quantized(fmt, moe_checkpoint if model == "moe" else llama_checkpoint, tmp_path)
     cpu = run(LLM(str(qdir), device="cpu", max_model_len=128))
     for enforce_eager in (True, False):
-        gpu = run(LLM(str(qdir), device="cuda", dtype="bfloat16", max_model_len=128, max_num_seqs=8,
+        gpu = run(LLM(str(qdir), device="cuda", dtype="float32", max_model_len=128, max_num_seqs=8,
                       enforce_eager=enforce_eager, num_gpu_blocks_override=256))
         assert_agree(cpu, gpu)

@@ -3,7 +3,8 @@
 On any machine: how the library is built and when the kind is offered (nvcc found or not,
 ``PAGEDLM_CUDA_KERNELS=0``), the kind's config checks, and - where an nvcc is installed - that
 the source compiles for sm_90a and exports its entry points. On CUDA: the kernel against the
-float32 reference over rows, splits, warps, unroll, bias, ragged N and wider groups; its ticket
+float32 reference over rows, splits, warps, unroll, bias, ragged N, wider groups and bf16 / fp16
+activations; its ticket
 counters left at zero; CUDA-graph capture; and the tuner's dispatch through
 ``wna16_gemm_with_config``.
 """
@@ -112,13 +113,15 @@ def test_config_checks():
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("k,n,group_size", [(4096, 6144, 128), (1280, 200, 128), (768, 132, 256), (14336, 256, 128)])
-def test_kernel_matches_reference(k, n, group_size):
+def test_kernel_matches_reference(k, n, group_size, dtype):
     qweight, scales, zeros = int4_layer(k, n, group_size, seed=k + n)
-    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    scales, zeros = scales.to(dtype), zeros.to(dtype)
+    bias = torch.randn(n, device="cuda", dtype=dtype)
     counters = ticket_counters(torch.device("cuda"), "wna16")
     for m in (1, 2, 3, 5, 8):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 3
+        x = torch.randn(m, k, device="cuda", dtype=dtype) * 3
         for b in (None, bias):
             ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None,
                                              group_size, 4, None if b is None else b.float())
@@ -126,7 +129,7 @@ def test_kernel_matches_reference(k, n, group_size):
                 for unroll in cuda_w4a16.UNROLL:
                     for split in (1, 3, 64):
                         out = cuda_w4a16.mma(x, qweight, scales, zeros, group_size, warps, unroll, split, counters, b)
-                        assert out.shape == (m, n) and out.dtype == torch.bfloat16
+                        assert out.shape == (m, n) and out.dtype == dtype
                         err = rel_err(out, ref)
                         assert err < 1e-2, (m, b is not None, warps, unroll, split, err)
     torch.cuda.synchronize()
@@ -140,10 +143,12 @@ def test_kernel_refuses_what_it_cannot_run():
     x = torch.randn(9, 256, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="1-8 rows"):
         cuda_w4a16.mma(x, qweight, scales, zeros, 128, 4, 1, 1, counters)
-    with pytest.raises(ValueError, match="bf16"):
-        cuda_w4a16.mma(x[:1].half(), qweight, scales, zeros, 128, 4, 1, 1, counters)
-    with pytest.raises(ValueError, match="scales"):
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        cuda_w4a16.mma(x[:1].float(), qweight, scales, zeros, 128, 4, 1, 1, counters)
+    with pytest.raises(ValueError, match="scales"):  # the operands in another dtype than the activations
         cuda_w4a16.mma(x[:1], qweight, scales.half(), zeros, 128, 4, 1, 1, counters)
+    with pytest.raises(ValueError, match="scales"):
+        cuda_w4a16.mma(x[:1].half(), qweight, scales, zeros, 128, 4, 1, 1, counters)
 
 
 @needs_gpu

@@ -4,7 +4,7 @@ On any machine: the operand packing against hand-made vectors, the tile and conf
 which layers fit, the memory budget, how the library is built (CUTLASS's include flags) and
 when the kind is offered. On an sm_90 GPU with the nvidia-cutlass package and an nvcc: every
 built tile against the float32 reference over ragged M and N, per-channel and 64-input groups,
-bias, CUDA-graph replay, and an AWQ layer that keeps the operands running them through the
+bias, fp16 activations, CUDA-graph replay, and an AWQ layer that keeps the operands running them through the
 tuner's table (and one that does not falling back).
 """
 
@@ -66,21 +66,26 @@ def test_build_command_adds_the_header_library():
     assert cmd.index("-I/inc/a") < cmd.index("-o")
 
 
-def test_defines_carry_the_tile_and_the_headers_version():
+def test_defines_carry_the_tile_the_dtype_and_the_headers_version():
     defines = cutlass_w4a16._defines((64, 128, 1))
     assert defines[:3] == ("TILE_N=64", "TILE_M=128", "PINGPONG=1") and defines[3].startswith("PAGEDLM_CUTLASS_PKG=")
+    assert len(defines) == 4  # bf16: the source's default element type
+    assert cutlass_w4a16._defines((64, 128, 1), torch.float16) == (*defines, "PAGEDLM_FP16=1")
+    with pytest.raises(ValueError, match="activations"):
+        cutlass_w4a16._defines((64, 128, 1), torch.float32)
+    assert cutlass_w4a16.built_tiles(torch.device("cuda", 0), dtype=torch.float32) == []
 
 
 def test_no_headers_no_kind(monkeypatch):
     monkeypatch.setattr(cutlass_w4a16, "include_dirs", lambda: None)
     assert not cutlass_w4a16._supported(torch.device("cuda", 0))
     assert cutlass_w4a16.built_tiles(torch.device("cuda", 0)) == []
-    monkeypatch.setattr(cutlass_w4a16, "built_tiles", lambda device, tiles=(): [])
+    monkeypatch.setattr(cutlass_w4a16, "built_tiles", lambda device, tiles=(), dtype=None: [])
     assert wna16_tuning.cutlass_candidates(64, torch.device("cuda", 0)) == []
 
 
 def test_candidates(monkeypatch):
-    monkeypatch.setattr(cutlass_w4a16, "built_tiles", lambda device, tiles=(): [(128, 16, 0), (64, 256, 1)])
+    monkeypatch.setattr(cutlass_w4a16, "built_tiles", lambda device, tiles=(), dtype=None: [(128, 16, 0), (64, 256, 1)])
     dev = torch.device("cuda", 0)
     assert wna16_tuning.cutlass_candidates(8, dev) == []
     offered = wna16_tuning.cutlass_candidates(16, dev)
@@ -124,7 +129,7 @@ def test_tuner_drops_a_candidate_that_computes_wrong_sums(monkeypatch):
     monkeypatch.setattr(wna16_tuning, "SMALL_M_BUCKETS", (16,))
     monkeypatch.setattr(wna16_tuning, "TILED_M_BUCKETS", (32,))
     monkeypatch.setattr(wna16_tuning, "candidates", lambda *a, **kw: [None])
-    monkeypatch.setattr(wna16_tuning, "cutlass_candidates", lambda m, device: [wrong, good])
+    monkeypatch.setattr(wna16_tuning, "cutlass_candidates", lambda m, device, dtype: [wrong, good])
     times = {None: 3.0, good: 2.0, wrong: 1.0}
     monkeypatch.setattr(wna16_tuning, "decode_time_ms", lambda run, device: times[run.__defaults__[0]])
 
@@ -160,6 +165,25 @@ def test_every_tile_matches_reference(k, n, group_size):
                 out = cutlass_w4a16.gemm(x, *ops, group_size, tile, b)
                 assert out.shape == (m, n) and out.dtype == torch.bfloat16
                 assert rel_err(out, ref) < 1e-2, (m, tile, b is not None)
+
+
+@needs_gpu
+def test_fp16_tiles_match_reference():
+    """fp16 activations (AutoAWQ's checkpoints are fp16): the fp16 build of every tile."""
+    k, n, gs = 4096, 768, 128
+    qweight, scales, zeros = int4_layer(k, n, gs, seed=21)
+    ops = cutlass_w4a16.prepare(qweight, scales.half(), zeros.half(), gs, 4)
+    assert all(t.dtype == torch.float16 for t in ops[1:])
+    tiles = cutlass_w4a16.built_tiles(dtype=torch.float16)
+    assert tiles
+    for m in (16, 300):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        ref = wna16_reference.wna16_gemm(x.float(), qweight, scales.float(), zeros.float(), None, None, gs, 4)
+        for tile in tiles:
+            out = cutlass_w4a16.gemm(x, *ops, gs, tile)
+            assert out.dtype == torch.float16 and rel_err(out, ref) < 1e-2, (m, tile)
+    with pytest.raises(ValueError, match="operands' dtype"):
+        cutlass_w4a16.gemm(x.bfloat16(), *ops, gs, tiles[0])
 
 
 @needs_gpu

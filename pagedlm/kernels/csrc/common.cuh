@@ -1,4 +1,4 @@
-// Pieces the CUDA kernels of csrc/ share: streaming loads, bf16 rounding, programmatic
+// Pieces the CUDA kernels of csrc/ share: streaming loads, bf16 and fp16 conversions, programmatic
 // dependent launch, and the end of a split-K block (warps summed in a fixed order, slices summed
 // in slice order by the block that takes the last ticket of its columns:
 // pagedlm/kernels/tickets.py). Included by the .cu files; cuda_build.py hashes it with them.
@@ -36,6 +36,18 @@ __device__ __forceinline__ uint16_t to_bf16(float f) {  // round to nearest even
   uint32_t u = __float_as_uint(f);
   if ((u & 0x7F800000u) == 0x7F800000u) return (uint16_t)((u >> 16) | ((u & 0xFFFFu) ? 0x40u : 0u));
   return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ uint16_t to_fp16(float f) {  // round to nearest even
+  uint16_t h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+__device__ __forceinline__ float fp16_to_float(uint16_t h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
 }
 
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }

@@ -1,22 +1,25 @@
 // W4A16 GEMM for batched decode and prefill on Hopper (sm_90a): CUTLASS 3's mixed-input
 // warp-specialized mainloop. The 4-bit weight is the wgmma's register operand (TMA brings its
 // packed tile to shared memory, each consumer thread reads its 16 codes with one 64-bit load,
-// upconverts them to bf16 with one LOP3 + one HSUB2 per pair and applies the group's scale and
-// zero as scale * code + zero); the activations are the shared-memory operand. So a weight is
-// read once per output tile and dequantized in registers, never written back to memory, and
-// the tensor cores run the bf16 MMA at full width: at large M the layer costs about what the
-// bf16 GEMM costs, not that plus a dequantized copy of the weight.
+// upconverts them to the activations' 16-bit type with one LOP3 + one HSUB2 per pair and
+// applies the group's scale and zero as scale * code + zero); the activations are the
+// shared-memory operand. So a weight is read once per output tile and dequantized in registers,
+// never written back to memory, and the tensor cores run the 16-bit MMA at full width: at
+// large M the layer costs about what the bf16 GEMM costs, not that plus a dequantized copy of
+// the weight.
 //
-// Operands: x bf16 [M, K] row-major; the weight as unsigned 4-bit codes [N, K] (K contiguous,
-// two per byte, the lower input in the low nibble), reordered once at load by
-// pagedlm_w4a16_cutlass_reorder into the layout the mainloop reads (CUTLASS's shuffled atom);
-// scales and zeros bf16 [K / group, N] (N contiguous) with zeros = -zero_point * scale, so
-// W[k, n] = scale * code + zeros; out bf16 [M, N] row-major. The GEMM runs swapped
-// (out^T = W x^T: the weight on the MMA's M side), which lets the epilogue store with TMA.
+// Operands, bf16 throughout (fp16 in a build with -D PAGEDLM_FP16=1): x [M, K] row-major; the
+// weight as unsigned 4-bit codes [N, K] (K contiguous, two per byte, the lower input in the low
+// nibble), reordered once at load by pagedlm_w4a16_cutlass_reorder into the layout the mainloop
+// reads (CUTLASS's shuffled atom); scales and zeros [K / group, N] (N contiguous) with
+// zeros = -zero_point * scale, so W[k, n] = scale * code + zeros; out [M, N] row-major. The GEMM
+// runs swapped (out^T = W x^T: the weight on the MMA's M side), which lets the epilogue store
+// with TMA.
 //
-// One tile configuration per built library (-D TILE_N, TILE_M, PINGPONG); the host side,
-// pagedlm/kernels/cutlass_w4a16.py, builds the ones it times. Built at first use by
-// pagedlm/kernels/cuda_build.py against the CUTLASS headers of the nvidia-cutlass package.
+// One tile configuration and element type per built library (-D TILE_N, TILE_M, PINGPONG,
+// PAGEDLM_FP16); the host side, pagedlm/kernels/cutlass_w4a16.py, builds the ones it times.
+// Built at first use by pagedlm/kernels/cuda_build.py against the CUTLASS headers of the
+// nvidia-cutlass package.
 #include <cuda_runtime.h>
 #include <cstdint>
 
@@ -34,7 +37,7 @@ using namespace cute;
 namespace pagedlm_w4 {
 
 // The reordering of the 4-bit operand that lets a thread read its 16 values of a wgmma step
-// with one 64-bit shared-memory load, in the order [0,2,4,6,1,3,5,7] that the bf16 upconversion
+// with one 64-bit shared-memory load, in the order [0,2,4,6,1,3,5,7] that the 16-bit upconversion
 // takes: CUTLASS's compute_memory_reordering_atom and reorder_tensor (tools/util,
 // mixed_dtype_utils.hpp, BSD-3-Clause), copied here so that the build needs only CUTLASS's
 // include directory.
@@ -78,9 +81,16 @@ void reorder(T const* src, LayoutSrc const& layout_src, T* dst, LayoutDst const&
   reorder_kernel<TileShape><<<blocks, 128, 0, stream>>>(S, D, tiled_copy);
 }
 
+#ifndef PAGEDLM_FP16
+#define PAGEDLM_FP16 0
+#endif
+#if PAGEDLM_FP16
+using MmaType = cutlass::half_t;
+#else
 using MmaType = cutlass::bfloat16_t;
+#endif
 using QuantType = cutlass::uint4b_t;
-constexpr int kTileK = 64;  // 128 bytes of bf16 per TMA row
+constexpr int kTileK = 64;  // 128 bytes of 16-bit activations per TMA row
 
 using LayoutX = cutlass::layout::RowMajor;     // activations [M, K]
 using LayoutW = cutlass::layout::ColumnMajor;  // weight as the [K, N] operand: [N, K] K-contiguous

@@ -1,7 +1,8 @@
-// W4A16 GEMM for decode batches (M = 1..8 rows of bf16 activations) on mma.sync tensor-core
+// W4A16 GEMM for decode batches (M = 1..8 rows of bf16 or fp16 activations) on mma.sync tensor-core
 // steps, over pagedlm's internal 4-bit layout (pagedlm/kernels/wna16_reference.py): qweight
 // int32 [K / 8, N], N contiguous, packed rows interleaved in tiles of 16 (field j of packed row
-// r holds input (r / 16) * 128 + j * 16 + r % 16); scales and zeros bf16 [K / group_size, N];
+// r holds input (r / 16) * 128 + j * 16 + r % 16); scales and zeros [K / group_size, N] in the
+// activations' dtype;
 // group_size a multiple of 128, so each K tile of 128 inputs lies in one group.
 //
 // D^T = W^T x^T per 16-column MMA tile: the weight is the A operand (16 output columns x 16
@@ -16,7 +17,8 @@
 //     (one 8-byte load, straight from global memory: x is a few KB that every block reads, so
 //     it stays in L1/L2, and no block spends a prologue arranging it): K slots (2t, 2t + 1) are
 //     packed rows 4t and 4t + 1, whose words one PRMT puts side by side, so per step a shift and
-//     a LOP3 ((p >> 4i) & 0x000F000F | 0x43004300) give both codes as 128 + code in bf16;
+//     a LOP3 ((p >> 4i) & 0x000F000F | 0x43004300) give both codes as 128 + code in bf16
+//     (| 0x64006400: 1024 + code in fp16, whose unit in the last place is 1 from 1024 up);
 //   * the zero point is not subtracted per weight: the MMA sums (128 + code) * x in float32
 //     (products exact), a second MMA chain with an all-ones A sums x itself, and per group and
 //     column the result is scale * (D - (128 + zero) * sum(x)). So two words (16 weights) cost
@@ -42,19 +44,50 @@ constexpr int kBlockN = 32;
 constexpr int kMaxM = 8;
 
 
-__device__ __forceinline__ uint32_t codes(uint32_t q, int i) {  // fields i, i + 4 as 128 + code
-  uint32_t r;
-  asm("lop3.b32 %0, %1, 0x000F000F, 0x43004300, 0xEA;" : "=r"(r) : "r"(q >> (4 * i)));
-  return r;
-}
+// The 16-bit type's constants: the code's base (exact base + code for codes 0..15), that base
+// and 1.0 in both halves of a word, and its conversions.
+template <bool FP16>
+struct Half;
 
-__device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+template <>
+struct Half<false> {  // bf16
+  static constexpr float kBase = 128.f;
+  static constexpr uint32_t kBase2 = 0x43004300u, kOne2 = 0x3F803F80u;
+  __device__ __forceinline__ static float lo(uint32_t v) { return bf16_lo(v); }
+  __device__ __forceinline__ static float hi(uint32_t v) { return bf16_hi(v); }
+  __device__ __forceinline__ static uint16_t from_float(float f) { return to_bf16(f); }
+  __device__ __forceinline__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Half<true> {  // fp16
+  static constexpr float kBase = 1024.f;
+  static constexpr uint32_t kBase2 = 0x64006400u, kOne2 = 0x3C003C00u;
+  __device__ __forceinline__ static float lo(uint32_t v) { return fp16_to_float((uint16_t)(v & 0xFFFFu)); }
+  __device__ __forceinline__ static float hi(uint32_t v) { return fp16_to_float((uint16_t)(v >> 16)); }
+  __device__ __forceinline__ static uint16_t from_float(float f) { return to_fp16(f); }
+  __device__ __forceinline__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+template <bool FP16>
+__device__ __forceinline__ uint32_t codes(uint32_t q, int i) {  // fields i, i + 4 as base + code
+  uint32_t r;
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(r) : "r"(q >> (4 * i)), "n"(Half<FP16>::kBase2));
+  return r;
 }
 
 // One K tile of a lane: packed rows 4t .. 4t + 3 of the tile, columns 4g .. 4g + 3; the
@@ -95,7 +128,9 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 // lanes past M read the last row, whose products land in D columns nobody writes out). A
 // second MMA chain with an all-ones A sums the same B: sum(x) of the tile for the lane's D
 // columns (x rows 2t, 2t + 1), which takes the zero point out per group.
+template <bool FP16>
 __device__ __forceinline__ void use_tile(const Tile& d, const uint16_t* xg, float (&acc)[2][4]) {
+  using H = Half<FP16>;
   uint2 b[8];
 #pragma unroll
   for (int st = 0; st < 8; ++st) b[st] = load_nc2(xg + 16 * st);
@@ -116,17 +151,17 @@ __device__ __forceinline__ void use_tile(const Tile& d, const uint16_t* xg, floa
       const int st = 4 * half + i;
 #pragma unroll
       for (int tt = 0; tt < 2; ++tt)
-        mma(dd[tt][half], codes(p[0][2 * tt], i), codes(p[0][2 * tt + 1], i), codes(p[1][2 * tt], i),
-            codes(p[1][2 * tt + 1], i), b[st].x, b[st].y);
-      mma(ones, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u, 0x3F803F80u, b[st].x, b[st].y);
+        H::mma(dd[tt][half], codes<FP16>(p[0][2 * tt], i), codes<FP16>(p[0][2 * tt + 1], i),
+               codes<FP16>(p[1][2 * tt], i), codes<FP16>(p[1][2 * tt + 1], i), b[st].x, b[st].y);
+      H::mma(ones, H::kOne2, H::kOne2, H::kOne2, H::kOne2, b[st].x, b[st].y);
     }
   }
 #pragma unroll
   for (int tt = 0; tt < 2; ++tt) {
     // columns 4g + 2tt (elements 0, 1) and 4g + 2tt + 1 (elements 2, 3)
     const uint32_t s = tt ? d.s.y : d.s.x, z = tt ? d.z.y : d.z.x;
-    const float s0 = bf16_lo(s), s1 = bf16_hi(s);
-    const float zz0 = 128.f + bf16_lo(z), zz1 = 128.f + bf16_hi(z);
+    const float s0 = H::lo(s), s1 = H::hi(s);
+    const float zz0 = H::kBase + H::lo(z), zz1 = H::kBase + H::hi(z);
     acc[tt][0] += s0 * (dd[tt][0][0] + dd[tt][1][0] - zz0 * ones[0]);
     acc[tt][1] += s0 * (dd[tt][0][1] + dd[tt][1][1] - zz0 * ones[1]);
     acc[tt][2] += s1 * (dd[tt][0][2] + dd[tt][1][2] - zz1 * ones[2]);
@@ -135,7 +170,7 @@ __device__ __forceinline__ void use_tile(const Tile& d, const uint16_t* xg, floa
 }
 
 // grid (ceil(N / 32), split); dynamic shared memory: WARPS * m * 32 floats for the reduction.
-template <int WARPS, int UNROLL>
+template <int WARPS, int UNROLL, bool FP16>
 __global__ void __launch_bounds__(WARPS * 32) w4a16_mma_kernel(
     const uint16_t* __restrict__ x, const int32_t* __restrict__ qweight, const uint16_t* __restrict__ scales,
     const uint16_t* __restrict__ zeros, const uint16_t* __restrict__ bias, float* __restrict__ part,
@@ -165,7 +200,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_mma_kernel(
   const uint16_t* xg = x + (size_t)min(g, m - 1) * x_stride + 4 * t;
   float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
   auto compute = [&](const Tile& d, int j) {  // the warp's j-th tile
-    use_tile(d, xg + (size_t)tile_of(j) * 128, acc);
+    use_tile<FP16>(d, xg + (size_t)tile_of(j) * 128, acc);
   };
   for (int it = 0; it < my_tiles; it += 2 * UNROLL) {
 #pragma unroll
@@ -193,16 +228,16 @@ __global__ void __launch_bounds__(WARPS * 32) w4a16_mma_kernel(
       if (row < m) red[(warp * m + row) * kBlockN + 4 * g + 2 * tt + e / 2] = acc[tt][e];
     }
   finish_block<kBlockN>(red, WARPS, m, n, n0, part, counters, [&](int row, int cc, float v) {
-    if (bias != nullptr) v += bf16_lo(bias[cc]);
-    out[(size_t)row * n + cc] = to_bf16(v);
+    if (bias != nullptr) v += Half<FP16>::lo(bias[cc]);
+    out[(size_t)row * n + cc] = Half<FP16>::from_float(v);
   });
 }
 
-template <int WARPS, int UNROLL>
+template <int WARPS, int UNROLL, bool FP16>
 cudaError_t launch(const void* x, const void* qweight, const void* scales, const void* zeros, const void* bias,
                    float* part, int* counters, void* out, int m, int n, int k, int x_stride, int group_size,
                    int split, int tiles_per_split, int pdl, cudaStream_t stream) {
-  auto kernel = w4a16_mma_kernel<WARPS, UNROLL>;
+  auto kernel = w4a16_mma_kernel<WARPS, UNROLL, FP16>;
   const size_t smem = (size_t)WARPS * m * kBlockN * sizeof(float);
   static bool attr_set = false;  // the limit for dynamic shared memory above the default 48 KB
   if (!attr_set) {
@@ -220,20 +255,23 @@ cudaError_t launch(const void* x, const void* qweight, const void* scales, const
 }  // namespace
 
 // The entry point the host side calls through ctypes; returns a cudaError_t (0: launched).
-// warps in {4, 8}, unroll in {1, 2, 4}; m in 1..8; n % 4 == 0; k and group_size multiples of
-// 128; bias may be null; part and counters are used when split > 1.
+// warps in {4, 8}, unroll in {1, 2, 4}; fp16: 1 for fp16 activations, scales, zeros, bias and
+// output, 0 for bf16; m in 1..8; n % 4 == 0; k and group_size multiples of 128; bias may be
+// null; part and counters are used when split > 1.
 extern "C" int pagedlm_w4a16_mma(const void* x, const void* qweight, const void* scales, const void* zeros,
                                  const void* bias, void* part, void* counters, void* out, int m, int n, int k,
                                  int x_stride, int group_size, int split, int tiles_per_split, int warps, int unroll,
-                                 int pdl, void* stream) {
+                                 int fp16, int pdl, void* stream) {
   if (m < 1 || m > kMaxM) return (int)cudaErrorInvalidValue;
   auto s = static_cast<cudaStream_t>(stream);
   float* p = static_cast<float*>(part);
   int* c = static_cast<int*>(counters);
-#define PAGEDLM_W4A16_CASE(WARPS, UNROLL)                                                                        \
-  if (warps == WARPS && unroll == UNROLL)                                                                     \
-    return (int)launch<WARPS, UNROLL>(x, qweight, scales, zeros, bias, p, c, out, m, n, k, x_stride, group_size, \
-                                      split, tiles_per_split, pdl, s);
+#define PAGEDLM_W4A16_CASE(WARPS, UNROLL)                                                                          \
+  if (warps == WARPS && unroll == UNROLL)                                                                       \
+    return (int)(fp16 ? launch<WARPS, UNROLL, true>(x, qweight, scales, zeros, bias, p, c, out, m, n, k, x_stride,  \
+                                                    group_size, split, tiles_per_split, pdl, s)                   \
+                      : launch<WARPS, UNROLL, false>(x, qweight, scales, zeros, bias, p, c, out, m, n, k, x_stride, \
+                                                     group_size, split, tiles_per_split, pdl, s));
   PAGEDLM_W4A16_CASE(4, 1) PAGEDLM_W4A16_CASE(4, 2) PAGEDLM_W4A16_CASE(4, 4)
   PAGEDLM_W4A16_CASE(8, 1) PAGEDLM_W4A16_CASE(8, 2) PAGEDLM_W4A16_CASE(8, 4)
 #undef PAGEDLM_W4A16_CASE

@@ -63,17 +63,8 @@ struct Acc<false> {  // s8 x s8 -> int32
   __device__ __forceinline__ float get(int e) const { return (float)d[e]; }
 };
 
-__device__ __forceinline__ uint16_t to_fp16(float f) {
-  uint16_t h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-  return h;
-}
-
 __device__ __forceinline__ float from_16(uint16_t h, int kind) {  // kind 0: bf16, 1: fp16
-  if (kind == 0) return __uint_as_float((uint32_t)h << 16);
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
+  return kind == 0 ? __uint_as_float((uint32_t)h << 16) : fp16_to_float(h);
 }
 
 // A lane's weights of one 128-input chunk: 32 bytes of column g (w0) and of column g + 8 (w1).

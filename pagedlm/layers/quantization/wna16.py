@@ -111,9 +111,9 @@ class WNA16LinearMethod(QuantMethod):
         from pagedlm.kernels import cutlass_w4a16  # noqa: PLC0415
 
         k, n = codes.shape
-        if (scales.dtype != torch.bfloat16 or not cutlass_w4a16.layer_fits(k, n, group_size, self.bits,
-                                                                           row_group_ids is not None)
-                or not cutlass_w4a16.available(codes.device)
+        if (scales.dtype not in cutlass_w4a16.DTYPES
+                or not cutlass_w4a16.layer_fits(k, n, group_size, self.bits, row_group_ids is not None)
+                or not cutlass_w4a16.available(codes.device, scales.dtype)
                 or not cutlass_w4a16.reserve(layer, codes.device, k * n // 2 + 2 * scales.numel() * 2)):
             return None
         return cutlass_w4a16.prepare_codes(codes, scales, zeros, group_size, self.bits)
