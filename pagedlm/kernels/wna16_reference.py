@@ -47,9 +47,10 @@ def interleave_rows(k: int, group_size: int, bits: int) -> int:
     return 1
 
 
-def _sequential_order(k: int, pack: int, interleave: int) -> torch.Tensor:
-    """order[s] = the input row whose code sits at sequential slot s (word s // pack, field s % pack)."""
-    s = torch.arange(k)
+def _sequential_order(k: int, pack: int, interleave: int, device: torch.device) -> torch.Tensor:
+    """order[s] = the input row whose code sits at sequential slot s (word s // pack, field s % pack),
+    made on ``device`` (no host copy: a CUDA graph capture of the GEMM forbids one)."""
+    s = torch.arange(k, device=device)
     r, j = s // pack, s % pack
     return (r // interleave) * (interleave * pack) + j * interleave + r % interleave
 
@@ -61,7 +62,7 @@ def unpack_codes(qweight: torch.Tensor, bits: int, interleave: int = 1) -> torch
     codes = codes.reshape(-1, qweight.shape[1])
     if interleave == 1:
         return codes
-    order = _sequential_order(codes.shape[0], 32 // bits, interleave).to(qweight.device)
+    order = _sequential_order(codes.shape[0], 32 // bits, interleave, qweight.device)
     out = torch.empty_like(codes)
     out[order] = codes
     return out
@@ -75,7 +76,7 @@ def pack_codes(codes: torch.Tensor, bits: int, interleave: int = 1) -> torch.Ten
         raise ValueError(f"input size {k} is not a multiple of {pack * interleave} ({bits}-bit codes per int32, "
                          f"{interleave} interleaved rows)")
     if interleave != 1:
-        codes = codes[_sequential_order(k, pack, interleave).to(codes.device)]
+        codes = codes[_sequential_order(k, pack, interleave, codes.device)]
     shifts = torch.arange(0, 32, bits, device=codes.device, dtype=torch.int64)
     grouped = codes.to(torch.int64).reshape(k // pack, pack, n) << shifts[None, :, None]
     packed = grouped.sum(dim=1)  # disjoint bit ranges: the sum is the bitwise or

@@ -214,3 +214,27 @@ def test_excluded_modules_stay_unquantized():
         GPTQConfig.from_config({"quant_method": "gptq", "bits": 4, "group_size": 32,
                                 "modules_in_block_to_quantize": [["self_attn.q_proj"]]}
                                ).get_quant_method(None, "model.layers.0.self_attn.qkv_proj")
+
+
+def test_reference_gemm_makes_nothing_on_the_host():
+    """The reference GEMM (the GPU's path for float32 activations) allocates its index tensors
+    on the weight's device: a CUDA graph capture forbids host-to-device copies. Run on the meta
+    device, every tensor an op makes is a meta tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class NoHostTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                assert not (isinstance(t, torch.Tensor) and t.device.type == "cpu"), func
+            return out
+
+    k, n, group_size = 256, 32, 64
+    assert wna16_reference.interleave_rows(k, group_size, 4) > 1  # the interleaved layout's row order
+    meta = torch.device("meta")
+    qweight = torch.empty(k // 8, n, dtype=torch.int32, device=meta)
+    scales = torch.empty(k // group_size, n, device=meta)
+    with NoHostTensors():
+        y = wna16_reference.wna16_gemm(torch.empty(3, k, device=meta), qweight, scales, torch.empty_like(scales),
+                                       torch.arange(k, device=meta), None, group_size, 4)
+    assert y.shape == (3, n) and y.device == meta
