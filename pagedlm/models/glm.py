@@ -23,7 +23,7 @@ from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.gpt_neox import partial_rotary_embedding
 from pagedlm.models.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP, LlamaModel, PreNormDecoderLayer
 from pagedlm.models.phi import partial_rotary_dim
-from pagedlm.models.phi3 import split_fused
+from pagedlm.models.phi3 import split_fused_for
 
 
 class GlmAttention(LlamaAttention):
@@ -84,19 +84,19 @@ class Glm4Model(GlmModel):
 
 class GlmForCausalLM(LlamaForCausalLM):
     model_cls: type[LlamaModel] = GlmModel
-    # gate_up is fused in the checkpoints: splitting quantized scales is not built, and PEFT
-    # adapters on the fused gate_up_proj are not supported by the LoRA layers (as Phi-3).
-    supports_quantization = False
+    # gate_up is fused in the checkpoints (split per part, quantized tensors too: phi3.split_fused);
+    # PEFT adapters on the fused gate_up_proj are not supported by the LoRA layers (as Phi-3).
+    supports_quantization = True
     supports_lora = False
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ConfigError(f"GLM hidden_act {config.hidden_act!r} is not supported (only silu)")
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        num_heads, num_kv_heads, head_dim = attention_shape(self.config)
-        return super().load_weights(split_fused(weights, num_heads * head_dim, num_kv_heads * head_dim))
+        return super().load_weights(split_fused_for(self, weights))
 
 
 class Glm4ForCausalLM(GlmForCausalLM):

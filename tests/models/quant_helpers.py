@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 FP8 = torch.float8_e4m3fn
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3")
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3",
+           "qkv_proj", "gate_up_proj")  # the last two: fused in Phi-3's and GLM's checkpoints
 
 
 @dataclass(frozen=True)

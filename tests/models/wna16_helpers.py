@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                   "w1", "w2", "w3")  # the last: Mixtral's experts
+                   "qkv_proj", "gate_up_proj",  # fused in Phi-3's and GLM's checkpoints
+                   "w1", "w2", "w3")  # Mixtral's experts
 
 
 # --------------------------------------------------------------------------- AutoAWQ
