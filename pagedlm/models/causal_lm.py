@@ -6,9 +6,11 @@ Many architectures differ only below this level, so their wrappers were the same
 lines with other module names. The names must stay (they are the checkpoint's: GPT-2's
 ``transformer.h.0.attn``, GPT-NeoX's ``embed_out``), so a subclass states them as class
 attributes, says how its body is built (``make_body``) and whether its head is tied when
-the config does not say (``tie_word_embeddings_default``). Config checks, logit extras (a
+the config does not say (``tie_word_embeddings_default``). A family that sets
+``supports_quantization`` reads ``self.quant_config`` in its ``make_body`` (set before the body
+is built; the model loader passes it only to such families). Config checks, logit extras (a
 head bias, soft-capping, scaling) and ``load_weights`` stay in the model files. Llama's
-wrapper is not one of these: pipeline stages, quantization and LoRA shape how it is built."""
+wrapper is not one of these: pipeline stages and LoRA shape how it is built."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import nn
 
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import ParallelLMHead
+from pagedlm.layers.quantization import QuantizationConfig
 
 
 class CausalLMWrapper(nn.Module):
@@ -29,9 +32,11 @@ class CausalLMWrapper(nn.Module):
     head_name = "lm_head"
     tie_word_embeddings_default = True
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         super().__init__()
         self.config = config
+        self.quant_config = quant_config
         self.add_module(self.body_name, self.make_body(config, max_position or config.max_position_embeddings))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", self.tie_word_embeddings_default))
         self.add_module(self.head_name, ParallelLMHead(config.vocab_size, config.hidden_size))

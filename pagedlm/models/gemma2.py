@@ -18,6 +18,7 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
@@ -44,11 +45,13 @@ def check_causal(config: Any) -> None:
 
 
 class Gemma2MLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         act = getattr(config, "hidden_activation", None) or config.hidden_act
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2,
+                                                       quant_config=quant_config, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, quant_config=quant_config,
+                                           prefix=f"{prefix}.down_proj")
         self.act_fn = GeluAndMul(gelu_approximation(act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,14 +60,16 @@ class Gemma2MLP(nn.Module):
 
 class Gemma2Attention(nn.Module):
     def __init__(self, config: Any, rotary_emb: RotaryEmbedding, sliding_window: int | None,
-                 softcap: float | None) -> None:
+                 softcap: float | None, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = attention_shape(config)
         bias = bool(getattr(config, "attention_bias", False))
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         # This tensor-parallel rank's widths of q and of k / v.
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size, bias)
+        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, config.hidden_size, bias,
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.rotary_emb = rotary_emb
         scale = config.query_pre_attn_scalar**-0.5
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, scale, sliding_window, softcap)
@@ -78,10 +83,11 @@ class Gemma2Attention(nn.Module):
 
 
 class Gemma2DecoderLayer(nn.Module):
-    def __init__(self, config: Any, self_attn: nn.Module) -> None:
+    def __init__(self, config: Any, self_attn: nn.Module, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.self_attn = self_attn
-        self.mlp = Gemma2MLP(config)
+        self.mlp = Gemma2MLP(config, quant_config, f"{prefix}.mlp")
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, unit_offset=True)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, unit_offset=True)
@@ -103,7 +109,8 @@ class Gemma2DecoderLayer(nn.Module):
 
 
 class Gemma2Model(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         check_causal(config)
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
@@ -115,8 +122,10 @@ class Gemma2Model(nn.Module):
                                      config.max_position_embeddings)
         softcap = getattr(config, "attn_logit_softcapping", None)
         self.layers = nn.ModuleList(
-            Gemma2DecoderLayer(config, Gemma2Attention(config, rotary_emb, window, softcap))
-            for window in layer_sliding_windows(config)
+            Gemma2DecoderLayer(config, Gemma2Attention(config, rotary_emb, window, softcap, quant_config,
+                                                       f"{prefix}.layers.{i}.self_attn"), quant_config,
+                               f"{prefix}.layers.{i}")
+            for i, window in enumerate(layer_sliding_windows(config))
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, unit_offset=True)
 
@@ -131,13 +140,15 @@ class Gemma2Model(nn.Module):
 
 class Gemma2ForCausalLM(CausalLMWrapper):
     model_cls: type[nn.Module] = Gemma2Model  # Gemma 3's text model in Gemma3ForCausalLM
+    supports_quantization = True  # the attention and MLP projections (the LM head stays unquantized)
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
-        super().__init__(config, max_position)
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
+        super().__init__(config, max_position, quant_config)
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return self.model_cls(config, max_position)
+        return self.model_cls(config, max_position, self.quant_config)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head.compute_logits(hidden_states), self.final_logit_softcapping)

@@ -14,6 +14,7 @@ from torch import nn
 from pagedlm.config import attention_shape
 from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.gemma2 import (
     Gemma2Attention,
@@ -38,8 +39,9 @@ def layer_type_rotary(config: Any, layer_type: str, max_position: int) -> Rotary
 
 
 class Gemma3Attention(Gemma2Attention):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, sliding_window: int | None) -> None:
-        super().__init__(config, rotary_emb, sliding_window, softcap=None)
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, sliding_window: int | None,
+                 quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+        super().__init__(config, rotary_emb, sliding_window, None, quant_config, prefix)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset=True)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, unit_offset=True)
 
@@ -52,7 +54,8 @@ class Gemma3Attention(Gemma2Attention):
 
 
 class Gemma3TextModel(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         check_causal(config)
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
@@ -61,7 +64,10 @@ class Gemma3TextModel(nn.Module):
         layer_types = ["sliding_attention" if w is not None else "full_attention" for w in windows]
         rotary = {t: layer_type_rotary(config, t, max_position) for t in sorted(set(layer_types))}
         self.layers = nn.ModuleList(
-            Gemma2DecoderLayer(config, Gemma3Attention(config, rotary[t], w)) for t, w in zip(layer_types, windows)
+            Gemma2DecoderLayer(config, Gemma3Attention(config, rotary[t], w, quant_config,
+                                                       f"{prefix}.layers.{i}.self_attn"), quant_config,
+                               f"{prefix}.layers.{i}")
+            for i, (t, w) in enumerate(zip(layer_types, windows))
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, unit_offset=True)
 

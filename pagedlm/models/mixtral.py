@@ -102,8 +102,7 @@ class MoEForCausalLM(CausalLMWrapper):
 
     def __init__(self, config: Any, max_position: int | None = None,
                  quant_config: QuantizationConfig | None = None) -> None:
-        self._quant_config = quant_config  # read by make_body, which the base __init__ calls
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
         self.logits_scaling = float(getattr(config, "logits_scaling", 1.0))
         self.lm_head_bias: nn.Parameter | None = None
         if self.has_lm_head_bias(config):
@@ -122,8 +121,8 @@ class MoEForCausalLM(CausalLMWrapper):
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
         make_layer = self.make_layer
-        if self._quant_config is not None:
-            make_layer = functools.partial(make_layer, quant_config=self._quant_config)
+        if self.quant_config is not None:
+            make_layer = functools.partial(make_layer, quant_config=self.quant_config)
         return MoEModel(config, max_position, make_layer, self.make_rotary_embedding(config, max_position),
                         self.make_norm)
 
@@ -156,8 +155,8 @@ class MoEForCausalLM(CausalLMWrapper):
         mapping = (list(self.extra_params_mapping) + FusedMoE.expert_params_mapping(self.num_experts(), gate, down, up)
                    + FusedMoE.stacked_expert_params_mapping() + LLAMA_STACKED_PARAMS)
         weights = ((("lm_head_bias" if name == "lm_head.bias" else name), tensor) for name, tensor in weights)
-        if self._quant_config is not None:
-            weights = dequantized_experts(weights, self._quant_config, self.expert_sizes())
+        if self.quant_config is not None:
+            weights = dequantized_experts(weights, self.quant_config, self.expert_sizes())
         skip = ("lm_head.weight",) if self.tie_word_embeddings else ()
         return load_params(self, weights, mapping, skip)
 

@@ -18,7 +18,7 @@ TEXT_ONLY_ARCHITECTURES = ("Gemma3ForConditionalGeneration",)
 
 def text_only_config(hf_config: Any) -> Any:
     """``hf_config`` itself, or for a supported multimodal checkpoint its ``text_config``
-    carrying the checkpoint's architecture, dtype and embedding tying."""
+    carrying the checkpoint's architecture, dtype, embedding tying and quantization config."""
     architectures = list(getattr(hf_config, "architectures", None) or [])
     arch = next((a for a in architectures if a in TEXT_ONLY_ARCHITECTURES), None)
     text = getattr(hf_config, "text_config", None)
@@ -30,6 +30,10 @@ def text_only_config(hf_config: Any) -> Any:
     # The top-level flag is the one transformers' multimodal model ties its LM head by.
     if getattr(hf_config, "tie_word_embeddings", None) is not None:
         text.tie_word_embeddings = hf_config.tie_word_embeddings
+    # A quantized checkpoint's quantization_config sits at the top level (the quantizers write it
+    # for the whole model; the vision tower's layers are skipped with the rest of it).
+    if getattr(hf_config, "quantization_config", None) is not None and getattr(text, "quantization_config", None) is None:
+        text.quantization_config = hf_config.quantization_config
     return text
 
 
