@@ -20,6 +20,7 @@ from pagedlm.config import ConfigError, attention_shape, layer_sliding_window
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import QKVParallelLinear, RowParallelLinear, default_weight_loader
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import LlamaMLP, rope_settings
@@ -51,13 +52,16 @@ class CohereLayerNorm(nn.Module):
 
 
 class CohereAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
         bias = bool(getattr(config, "attention_bias", False))
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias)
+        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias, quant_config=quant_config,
+                                        prefix=f"{prefix}.o_proj")
         self.use_qk_norm = bool(getattr(config, "use_qk_norm", False))
         if self.use_qk_norm:
             eps = config.layer_norm_eps
@@ -78,11 +82,12 @@ class CohereAttention(nn.Module):
 
 
 class CohereDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = CohereLayerNorm((config.hidden_size,), config.layer_norm_eps)
-        self.self_attn = CohereAttention(config, rotary_emb, layer)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = CohereAttention(config, rotary_emb, layer, quant_config, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         normed = self.input_layernorm(hidden_states)
@@ -90,7 +95,8 @@ class CohereDecoderLayer(nn.Module):
 
 
 class CohereModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, nope_global_layers: bool = False) -> None:
+    def __init__(self, config: Any, max_position: int, nope_global_layers: bool = False, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
@@ -103,7 +109,7 @@ class CohereModel(nn.Module):
             nope = nope_global_layers and config.layer_types[i] != "sliding_attention"
             return None if nope else rotary_emb
 
-        self.layers = nn.ModuleList(CohereDecoderLayer(config, layer_rotary(i), i)
+        self.layers = nn.ModuleList(CohereDecoderLayer(config, layer_rotary(i), i, quant_config, f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
         self.norm = CohereLayerNorm((config.hidden_size,), config.layer_norm_eps)
 
@@ -116,16 +122,17 @@ class CohereModel(nn.Module):
 
 class CohereForCausalLM(CausalLMWrapper):
     nope_global_layers = False  # Cohere 2's global layers take no position embedding
+    supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ConfigError(f"Cohere hidden_act {config.hidden_act!r} is not supported (only silu)")
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
         scale = getattr(config, "logit_scale", None)
         self.logit_scale = 1.0 if scale is None else float(scale)
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return CohereModel(config, max_position, self.nope_global_layers)
+        return CohereModel(config, max_position, self.nope_global_layers, self.quant_config)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) * self.logit_scale
@@ -141,7 +148,7 @@ class Cohere2ForCausalLM(CohereForCausalLM):
 
     nope_global_layers = True
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         if not getattr(config, "layer_types", None):
             raise ConfigError("Cohere2 config has no layer_types (which layers slide and use RoPE)")
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)

@@ -20,6 +20,7 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear, default_weight_loader
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.gpt_neox import partial_rotary_embedding
@@ -36,12 +37,14 @@ def partial_rotary_dim(config: Any, head_dim: int, default: float = 1.0) -> int:
 
 
 class PhiAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias=True)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias=True,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        self.dense = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias=True)
+        self.dense = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias=True,
+                                       quant_config=quant_config, prefix=f"{prefix}.dense")
         self.qk_layernorm = bool(getattr(config, "qk_layernorm", False))
         if self.qk_layernorm:  # over each head's features, the same weights for every head
             self.q_layernorm = LayerNorm(self.head_dim, config.layer_norm_eps)
@@ -59,10 +62,12 @@ class PhiAttention(nn.Module):
 
 
 class PhiMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
-        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
-        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True,
+                                        quant_config=quant_config, prefix=f"{prefix}.fc1")
+        self.fc2 = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=True,
+                                     quant_config=quant_config, prefix=f"{prefix}.fc2")
         self.act = Gelu(gelu_approximation(config.hidden_act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +75,11 @@ class PhiMLP(nn.Module):
 
 
 class PhiDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.self_attn = PhiAttention(config, rotary_emb)
-        self.mlp = PhiMLP(config)
+        self.self_attn = PhiAttention(config, rotary_emb, quant_config, f"{prefix}.self_attn")
+        self.mlp = PhiMLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         normed = self.input_layernorm(hidden_states)
@@ -82,13 +87,14 @@ class PhiDecoderLayer(nn.Module):
 
 
 class PhiModel(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
         rotary_emb = partial_rotary_embedding(config, head_dim, max_position,
                                               rotary_dim=partial_rotary_dim(config, head_dim, 0.5))
-        self.layers = nn.ModuleList(PhiDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(PhiDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.layers.{i}")
+                                    for i in range(config.num_hidden_layers))
         self.final_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -100,19 +106,20 @@ class PhiModel(nn.Module):
 
 class PhiForCausalLM(CausalLMWrapper):
     tie_word_embeddings_default = False
+    supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         try:
             gelu_approximation(getattr(config, "hidden_act", "gelu_new"))
         except ValueError as e:
             raise ConfigError(f"Phi hidden_act {config.hidden_act!r} is not supported (a GELU variant)") from e
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
         # The head's bias over the whole vocabulary, added after the ranks' logits are gathered.
         self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size), requires_grad=False)
         self.lm_head_bias.weight_loader = lambda p, w, shard_id=None: default_weight_loader(p, w)  # type: ignore[attr-defined]
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return PhiModel(config, max_position)
+        return PhiModel(config, max_position, self.quant_config)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden_states) + self.lm_head_bias

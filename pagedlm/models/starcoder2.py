@@ -18,6 +18,7 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
@@ -25,13 +26,16 @@ from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
 
 class Starcoder2Attention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
         bias = bool(config.use_bias)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
-        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias)
+        self.o_proj = RowParallelLinear(num_heads * self.head_dim, config.hidden_size, bias, quant_config=quant_config,
+                                        prefix=f"{prefix}.o_proj")
         self.rotary_emb = rotary_emb
         self.attn = Attention(num_heads, self.head_dim, num_kv_heads, self.head_dim**-0.5,
                               layer_sliding_window(config, layer))
@@ -42,11 +46,13 @@ class Starcoder2Attention(nn.Module):
 
 
 class Starcoder2MLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         bias = bool(config.use_bias)
-        self.c_fc = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias)
-        self.c_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias)
+        self.c_fc = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias, quant_config=quant_config,
+                                         prefix=f"{prefix}.c_fc")
+        self.c_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias, quant_config=quant_config,
+                                        prefix=f"{prefix}.c_proj")
         self.act = Gelu(gelu_approximation(config.hidden_act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,12 +60,13 @@ class Starcoder2MLP(nn.Module):
 
 
 class Starcoder2DecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config.norm_epsilon)
-        self.self_attn = Starcoder2Attention(config, rotary_emb, layer)
+        self.self_attn = Starcoder2Attention(config, rotary_emb, layer, quant_config, f"{prefix}.self_attn")
         self.post_attention_layernorm = LayerNorm(config.hidden_size, config.norm_epsilon)
-        self.mlp = Starcoder2MLP(config)
+        self.mlp = Starcoder2MLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(positions, self.input_layernorm(hidden_states))
@@ -67,14 +74,14 @@ class Starcoder2DecoderLayer(nn.Module):
 
 
 class Starcoder2Model(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
         base, rope_type, params, original_max = rope_settings(config)
         rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
                                      config.max_position_embeddings)
-        self.layers = nn.ModuleList(Starcoder2DecoderLayer(config, rotary_emb, i)
+        self.layers = nn.ModuleList(Starcoder2DecoderLayer(config, rotary_emb, i, quant_config, f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
         self.norm = LayerNorm(config.hidden_size, config.norm_epsilon)
 
@@ -86,13 +93,15 @@ class Starcoder2Model(nn.Module):
 
 
 class Starcoder2ForCausalLM(CausalLMWrapper):
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    supports_quantization = True  # every projection but the LM head
+
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         if config.hidden_act not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
             raise ConfigError(f"StarCoder2 hidden_act {config.hidden_act!r} is not supported (GELU variants only)")
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return Starcoder2Model(config, max_position)
+        return Starcoder2Model(config, max_position, self.quant_config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("lm_head.",) if self.tie_word_embeddings else ()

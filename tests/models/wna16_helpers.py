@@ -25,6 +25,7 @@ import torch
 
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                    "qkv_proj", "gate_up_proj",  # fused in Phi-3's and GLM's checkpoints
+                   "c_fc", "c_proj", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out",  # StarCoder2, Phi, GPT-J
                    "w1", "w2", "w3")  # Mixtral's experts
 
 

@@ -1,0 +1,82 @@
+"""Quantized checkpoints of the decoders built on ``CausalLMWrapper`` with their own layer names
+(StarCoder2's c_fc / c_proj with biases, Phi-1/2's dense / fc1 / fc2 beside a parallel MLP,
+Command-R's and Command-R7B's Llama-named projections under LayerNorms, GPT-J's out_proj /
+fc_in / fc_out): every projection but the LM head runs its linear method. Against transformers
+running the dequantized weights (float32, CPU): greedy ids and top-k logprobs at the parity
+tolerance for AWQ and GPTQ, and at test_quant_parity's tolerance for fp8 with per-token
+activations (the layers quantize their own inputs: the LayerNorms emit no activation codes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedlm import LLM
+
+from models.test_parity_archs_other import CHECKPOINTS as OTHER
+from models.test_parity_archs_round3 import CHECKPOINTS as ROUND3
+from quant_helpers import FP8, Scheme, write_quantized
+from test_parity import PROMPTS, check_close, greedy, hf_reference, run
+from test_quant_parity import check_close as check_close_flips
+from test_quant_parity import hf_reference as hf_reference_fake_quant
+from wna16_helpers import quantize_checkpoint
+
+CHECKPOINTS = {name: OTHER[name] for name in ("starcoder2", "cohere", "cohere2", "gptj")} | {"phi": ROUND3["phi"]}
+# each architecture's (attention output, MLP output) projection, which the test finds quantized
+PROJECTIONS = {"starcoder2": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.c_proj"),
+               "phi": ("model.layers.0.self_attn.dense", "model.layers.0.mlp.fc2"),
+               "cohere": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"),
+               "cohere2": ("model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"),
+               "gptj": ("transformer.h.0.attn.out_proj", "transformer.h.0.mlp.fc_out")}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """name -> its tiny checkpoint, each with a fixed seed (701, 702, ... in CHECKPOINTS' order,
+    whichever tests run): how many activations sit on an fp8 rounding boundary depends on the
+    weights (test_quant_parity's FLIP_TOL)."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            arch, overrides = CHECKPOINTS[name]
+            seed = 701 + list(CHECKPOINTS).index(name)
+            built[name] = str(build_tiny_checkpoint(tmp_path_factory.mktemp(name), arch, seed=seed, **overrides))
+        return built[name]
+
+    return get
+
+
+def projections(llm: LLM, name: str) -> list[torch.nn.Module]:
+    model = llm.llm_engine.engine_core.runner.model
+    return [model.get_submodule(p) for p in PROJECTIONS[name]]
+
+
+@pytest.mark.parametrize("name,fmt,options", [
+    ("starcoder2", "awq", dict(group_size=16)),
+    ("phi", "awq", dict(group_size=32)),
+    ("cohere", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    ("cohere2", "awq", dict(group_size=16)),
+    ("gptj", "gptq", dict(bits=8, group_size=32, sym=True)),
+])
+def test_wna16_matches_transformers_on_dequantized_weights(checkpoint, tmp_path, name, fmt, options):
+    qdir, refdir = quantize_checkpoint(checkpoint(name), tmp_path / "q", tmp_path / "ref", fmt, **options)
+    prompts = PROMPTS[:4]
+    ref = hf_reference(str(refdir), prompts, 10)
+    llm, outputs = run(str(qdir), prompts, max_model_len=128)
+    check_close(ref, outputs, prompts)
+    assert all(layer.qweight.dtype == torch.int32 for layer in projections(llm, name))
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_fp8_per_token(checkpoint, tmp_path, name):
+    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    write_quantized(checkpoint(name), qdir, oracle, scheme, PROMPTS)
+    ref = hf_reference_fake_quant(str(oracle), scheme, {})
+    llm = LLM(str(qdir), device="cpu", max_model_len=128)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
+    check_close_flips(ref, outputs, PROMPTS)
+    assert all(layer.weight.dtype == FP8 for layer in projections(llm, name))
