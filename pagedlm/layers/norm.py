@@ -17,6 +17,8 @@ class RMSNorm(nn.Module):
     ``unit_offset``: the checkpoint stores w and the norm multiplies by (1 + w) (Gemma). The
     loader stores 1 + w once, so the forward is the plain kernel."""
 
+    emits_codes = True  # ``codes_dtype``: the next layer's input quantized in the same kernel
+
     def __init__(self, hidden_size: int, eps: float = 1e-6, unit_offset: bool = False) -> None:
         super().__init__()
         self.eps = eps

@@ -124,6 +124,13 @@ def input_codes_dtype(layer: nn.Module | None) -> torch.dtype | None:
     return fn() if fn is not None else None
 
 
+def codes_for(norm: nn.Module, layer: nn.Module | None) -> torch.dtype | None:
+    """The 8-bit type ``norm`` emits for ``layer`` (``input_codes_dtype``), or None: float output,
+    where the layer takes float input or the norm cannot quantize (a LayerNorm: the layer then
+    quantizes its own input)."""
+    return input_codes_dtype(layer) if getattr(norm, "emits_codes", False) else None
+
+
 def _codes_kw(codes: torch.dtype | None) -> dict:
     # Only when fusing: a norm may be nn.Identity (EAGLE's first layer).
     return {} if codes is None else {"codes_dtype": codes}
@@ -196,9 +203,9 @@ class PreNormDecoderLayer(nn.Module):
         self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # An 8-bit qkv_proj / gate_up_proj with per-token activations: the norm quantizes for it.
-        attn_codes = input_codes_dtype(getattr(self.self_attn, "qkv_proj", None))
+        attn_codes = codes_for(self.input_layernorm, getattr(self.self_attn, "qkv_proj", None))
         ffn = getattr(self, self.ffn_name)
-        ffn_codes = input_codes_dtype(getattr(ffn, "gate_up_proj", None))
+        ffn_codes = codes_for(self.post_attention_layernorm, getattr(ffn, "gate_up_proj", None))
         if residual is None:
             residual = hidden_states
             hidden_states = self.input_layernorm(hidden_states, **_codes_kw(attn_codes))

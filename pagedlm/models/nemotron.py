@@ -36,6 +36,6 @@ class NemotronModel(LlamaModel):
 
 class NemotronForCausalLM(LlamaForCausalLM):
     model_cls = NemotronModel
-    supports_quantization = False  # the LayerNorms do not emit quantized activations
+    supports_quantization = True  # an 8-bit layer after a LayerNorm quantizes its own input (codes_for)
     supports_lora = False  # the LoRA wrappers expect the fused gate_up_proj
     stacked_params_mapping = QKV_STACKED_PARAMS

@@ -70,7 +70,7 @@ class OlmoModel(LlamaModel):
 
 class OlmoForCausalLM(LlamaForCausalLM):
     model_cls = OlmoModel
-    # The parameter-free norms cannot emit 8-bit activation codes for a quantized layer, and
-    # LoRA on OLMo 1 is not tested.
-    supports_quantization = False
+    # The parameter-free norms emit no 8-bit activation codes: an 8-bit layer quantizes its own
+    # input (codes_for). LoRA on OLMo 1 is not tested.
+    supports_quantization = True
     supports_lora = False

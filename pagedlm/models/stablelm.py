@@ -106,7 +106,7 @@ class StableLmModel(LlamaModel):
 
 class StableLmForCausalLM(LlamaForCausalLM):
     model_cls = StableLmModel
-    supports_quantization = False  # the LayerNorms do not emit quantized activations
+    supports_quantization = True  # an 8-bit layer after a LayerNorm quantizes its own input (codes_for)
     supports_lora = False
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -1,7 +1,9 @@
 """Quantized checkpoints of the decoders built on ``CausalLMWrapper`` with their own layer names
 (StarCoder2's c_fc / c_proj with biases, Phi-1/2's dense / fc1 / fc2 beside a parallel MLP,
 Command-R's and Command-R7B's Llama-named projections under LayerNorms, GPT-J's out_proj /
-fc_in / fc_out): every projection but the LM head runs its linear method. Against transformers
+fc_in / fc_out), and of the Llama-layout decoders with LayerNorms (StableLM with its parallel
+residual, Nemotron's ungated MLP, OLMo's parameter-free norms and clip_qkv): every projection
+but the LM head runs its linear method. Against transformers
 running the dequantized weights (float32, CPU): greedy ids and top-k logprobs at the parity
 tolerance for AWQ and GPTQ, and at test_quant_parity's tolerance for fp8 with per-token
 activations (the layers quantize their own inputs: the LayerNorms emit no activation codes)."""
@@ -15,19 +17,25 @@ from pagedlm import LLM
 
 from models.test_parity_archs_other import CHECKPOINTS as OTHER
 from models.test_parity_archs_round3 import CHECKPOINTS as ROUND3
+from models.test_parity_archs_round4 import CHECKPOINTS as ROUND4
 from quant_helpers import FP8, Scheme, write_quantized
 from test_parity import PROMPTS, check_close, greedy, hf_reference, run
 from test_quant_parity import check_close as check_close_flips
 from test_quant_parity import hf_reference as hf_reference_fake_quant
 from wna16_helpers import quantize_checkpoint
 
-CHECKPOINTS = {name: OTHER[name] for name in ("starcoder2", "cohere", "cohere2", "gptj")} | {"phi": ROUND3["phi"]}
+CHECKPOINTS = ({name: OTHER[name] for name in ("starcoder2", "cohere", "cohere2", "gptj")}
+               | {name: ROUND3[name] for name in ("phi", "olmo")}
+               | {name: ROUND4[name] for name in ("stablelm_par", "nemotron")})
 # each architecture's (attention output, MLP output) projection, which the test finds quantized
 PROJECTIONS = {"starcoder2": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.c_proj"),
                "phi": ("model.layers.0.self_attn.dense", "model.layers.0.mlp.fc2"),
                "cohere": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"),
                "cohere2": ("model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"),
-               "gptj": ("transformer.h.0.attn.out_proj", "transformer.h.0.mlp.fc_out")}
+               "gptj": ("transformer.h.0.attn.out_proj", "transformer.h.0.mlp.fc_out"),
+               "olmo": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"),
+               "stablelm_par": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"),
+               "nemotron": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj")}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,9 @@ def projections(llm: LLM, name: str) -> list[torch.nn.Module]:
     ("cohere", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
     ("cohere2", "awq", dict(group_size=16)),
     ("gptj", "gptq", dict(bits=8, group_size=32, sym=True)),
+    ("olmo", "awq", dict(group_size=16)),
+    ("stablelm_par", "gptq", dict(bits=4, group_size=16, sym=True, desc_act=False)),
+    ("nemotron", "awq", dict(group_size=16)),
 ])
 def test_wna16_matches_transformers_on_dequantized_weights(checkpoint, tmp_path, name, fmt, options):
     qdir, refdir = quantize_checkpoint(checkpoint(name), tmp_path / "q", tmp_path / "ref", fmt, **options)
