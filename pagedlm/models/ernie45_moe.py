@@ -16,6 +16,7 @@ from torch import nn
 from pagedlm.config import attention_shape
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.ernie45 import Ernie4_5Attention, Ernie4_5MLP
 from pagedlm.models.llama import rope_settings
@@ -31,7 +32,7 @@ class Ernie4_5_MoeStatics(nn.Module):
 
 
 class Ernie4_5_MoeSparseMoeBlock(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         num_experts = config.moe_num_experts
         self.gate = ReplicatedLinear(config.hidden_size, num_experts)
@@ -40,7 +41,8 @@ class Ernie4_5_MoeSparseMoeBlock(nn.Module):
                                 renormalize=True)
         shared = int(getattr(config, "moe_num_shared_experts", 0) or 0)
         self.shared_experts = (Qwen2MoeMLP(config.hidden_size, config.moe_intermediate_size * shared,
-                                           bool(getattr(config, "use_bias", False))) if shared else None)
+                                           bool(getattr(config, "use_bias", False)), quant_config,
+                                           f"{prefix}.shared_experts") if shared else None)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.experts(hidden_states, self.gate(hidden_states), self.moe_statics.e_score_correction_bias)
@@ -57,12 +59,15 @@ def is_moe_layer(config: Any, layer_idx: int) -> bool:
 
 class Ernie4_5_MoeForCausalLM(MoEForCausalLM):
     expert_names = ("gate_proj", "down_proj", "up_proj")
+    supports_quantization = True  # attention, dense and shared-expert MLPs quantized; routed experts dequantized
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
-        attn = Ernie4_5Attention(config, rotary_emb, None, f"model.layers.{layer_idx}.self_attn", layer_idx)
-        mlp = Ernie4_5_MoeSparseMoeBlock(config) if is_moe_layer(config, layer_idx) else Ernie4_5MLP(config)
+        prefix = f"model.layers.{layer_idx}"
+        attn = Ernie4_5Attention(config, rotary_emb, quant_config, f"{prefix}.self_attn", layer_idx)
+        mlp = (Ernie4_5_MoeSparseMoeBlock(config, quant_config, f"{prefix}.mlp") if is_moe_layer(config, layer_idx)
+               else Ernie4_5MLP(config, quant_config, f"{prefix}.mlp"))
         return MoEDecoderLayer(config, attn, mlp, "mlp")
 
     @staticmethod

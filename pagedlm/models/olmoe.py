@@ -12,6 +12,7 @@ from torch import nn
 
 from pagedlm.layers.fused_moe import FusedMoE
 from pagedlm.layers.linear import ReplicatedLinear
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.mixtral import MoEDecoderLayer, MoEForCausalLM
 from pagedlm.models.olmo2 import Olmo2Attention
@@ -19,8 +20,8 @@ from pagedlm.models.qwen2_moe import check_moe_config
 
 
 class OlmoeAttention(Olmo2Attention):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int) -> None:
-        super().__init__(config, rotary_emb, None, f"model.layers.{layer}.self_attn", layer)
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None) -> None:
+        super().__init__(config, rotary_emb, quant_config, f"model.layers.{layer}.self_attn", layer)
 
 
 class OlmoeSparseMoeBlock(nn.Module):
@@ -36,12 +37,13 @@ class OlmoeSparseMoeBlock(nn.Module):
 
 class OlmoeForCausalLM(MoEForCausalLM):
     expert_names = ("gate_proj", "down_proj", "up_proj")
+    supports_quantization = True  # attention quantized; a quantized checkpoint's experts dequantized at load
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
-        return MoEDecoderLayer(config, OlmoeAttention(config, rotary_emb, layer_idx), OlmoeSparseMoeBlock(config),
-                               "mlp")
+        return MoEDecoderLayer(config, OlmoeAttention(config, rotary_emb, layer_idx, quant_config),
+                               OlmoeSparseMoeBlock(config), "mlp")
 
     def num_experts(self) -> int:
         return self.config.num_experts

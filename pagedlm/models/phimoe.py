@@ -14,16 +14,20 @@ from torch import nn
 
 from pagedlm.config import attention_shape
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.llama import LlamaAttention, rope_settings
 from pagedlm.models.mixtral import MixtralSparseMoeBlock, MoEDecoderLayer, MoEForCausalLM
 
 
 class PhimoeForCausalLM(MoEForCausalLM):
+    supports_quantization = True  # attention quantized; a quantized checkpoint's experts dequantized at load
+
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
-                              qk_norm=False, layer=layer_idx)
+                              qk_norm=False, layer=layer_idx, quant_config=quant_config,
+                              prefix=f"model.layers.{layer_idx}.self_attn")
         moe = MixtralSparseMoeBlock(config, renormalize=False, scoring_func="sparsemixer",
                                     jitter_eps=float(getattr(config, "router_jitter_noise", 0.01)))
         return MoEDecoderLayer(config, attn, moe, "block_sparse_moe",

@@ -3,7 +3,8 @@ methods, the routed experts are dequantized while loading (``moe_experts``). Aga
 transformers running the dequantized weights (float32, CPU): greedy ids and top-k logprobs at
 the parity tolerance for AWQ and GPTQ (Mixtral, Qwen2-MoE with a shared expert and a dense
 layer, Qwen3-MoE), and at test_quant_parity's tolerance for fp8 with per-token activations;
-a checkpoint missing part of an expert is refused by name."""
+OLMoE, PhiMoE and ERNIE 4.5 MoE in AWQ / GPTQ; a checkpoint missing part of an expert is refused
+by name."""
 
 from __future__ import annotations
 
@@ -76,6 +77,23 @@ def test_glm4_moe(round2_checkpoint, tmp_path, fmt):
     assert type(model.layers[1].mlp.shared_experts.down_proj.quant_method).__name__ != "UnquantizedLinearMethod"
 
 
+@pytest.mark.parametrize("name,fmt,options", [
+    ("olmoe", "awq", dict(group_size=16)),
+    ("phimoe", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    ("ernie4_5_moe", "awq", dict(group_size=16)),
+])
+def test_more_moe_families(round2_checkpoint, tmp_path, name, fmt, options):
+    """OLMoE (whole-projection q / k norms, clip_qkv), PhiMoE (LayerNorms, sparsemixer routing,
+    biases) and ERNIE 4.5 MoE (a dense layer, two shared experts, biases everywhere)."""
+    qdir, refdir = quantize_checkpoint(round2_checkpoint(name), tmp_path / "q", tmp_path / "ref", fmt, **options)
+    prompts = PROMPTS[:4]
+    ref = hf_reference(str(refdir), prompts, 10)
+    llm, outputs = run(str(qdir), prompts, max_model_len=128)
+    check_close(ref, outputs, prompts)
+    experts, qkv = experts_and_attention(llm)
+    assert qkv.qweight.dtype == torch.int32 and experts.w13_weight.dtype == torch.float32
+
+
 def test_bitsandbytes_moe(tmp_path):
     """bitsandbytes NF4 with double quantization (as unsloth's ``*-bnb-4bit`` MoE exports):
     every expert's packed codes, absmax and quant state through the format's method."""
@@ -99,9 +117,10 @@ QWEN3_MOE_BNB = dict(head_dim=16, num_experts=8, num_experts_per_tok=3, norm_top
 
 
 def experts_and_attention(llm: LLM):
-    layer = llm.llm_engine.engine_core.runner.model.model.layers[0]
-    moe = getattr(layer, layer.ffn_name)
-    return moe.experts, layer.self_attn.qkv_proj
+    """The first MoE layer's experts and its attention's qkv_proj."""
+    layers = llm.llm_engine.engine_core.runner.model.model.layers
+    layer = next(layer for layer in layers if hasattr(getattr(layer, layer.ffn_name), "experts"))
+    return getattr(layer, layer.ffn_name).experts, layer.self_attn.qkv_proj
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
