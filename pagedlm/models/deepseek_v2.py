@@ -28,9 +28,10 @@ has it off) and scaled by ``routed_scaling_factor``.
 
 Tensor parallelism splits the heads (q_proj / q_b_proj and kv_b_proj by output, o_proj by
 input) and keeps q_a_proj, kv_a_proj_with_mqa and the latent norms whole on every rank; the
-experts split as in the other MoE models. Not supported, and refused: pipeline parallelism,
-quantized checkpoints (DeepSeek-V3's fp8 block quantization included), LoRA, other routing
-methods. The multi-token-prediction layers (``num_nextn_predict_layers``, past
+experts split as in the other MoE models. Quantized checkpoints (DeepSeek-V3's own block-wise
+fp8 among them) run the MLA, dense and shared-expert projections through their linear
+methods and dequantize the routed experts while loading, as the other MoE models do. Not
+supported, and refused: pipeline parallelism, LoRA, other routing methods. The multi-token-prediction layers (``num_nextn_predict_layers``, past
 ``num_hidden_layers``) are not loaded."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pagedlm.config import ConfigError, attention_shape, mla_head_dims
 from pagedlm.layers.attention import Attention
 from pagedlm.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from pagedlm.layers.norm import RMSNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.rotary import RotaryEmbedding, yarn_get_mscale
 from pagedlm.models.glm4_moe import Glm4MoeForCausalLM, Glm4MoeMoE
 from pagedlm.models.gpt_neox import partial_rotary_embedding
@@ -74,7 +76,7 @@ def mla_softmax_scale(config: Any) -> float:
 class DeepseekV2MLAAttention(nn.Module):
     """Multi-head latent attention over a decompressed paged cache (see the module docstring)."""
 
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = mla_head_dims(config)
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
@@ -83,16 +85,20 @@ class DeepseekV2MLAAttention(nn.Module):
         num_heads, _, self.head_dim = attention_shape(config)  # head_dim: the cache's (padded) width
         self.num_heads, _ = local_attention_heads(num_heads, num_heads)  # this rank's
         hidden, bias = config.hidden_size, bool(getattr(config, "attention_bias", False))
+        quant = {"quant_config": quant_config}
         if self.q_lora_rank is None:
-            self.q_proj = ColumnParallelLinear(hidden, num_heads * self.qk_head_dim)
+            self.q_proj = ColumnParallelLinear(hidden, num_heads * self.qk_head_dim, **quant, prefix=f"{prefix}.q_proj")
         else:
-            self.q_a_proj = ReplicatedLinear(hidden, self.q_lora_rank, bias)
+            self.q_a_proj = ReplicatedLinear(hidden, self.q_lora_rank, bias, **quant, prefix=f"{prefix}.q_a_proj")
             self.q_a_layernorm = RMSNorm(self.q_lora_rank, LATENT_NORM_EPS)
-            self.q_b_proj = ColumnParallelLinear(self.q_lora_rank, num_heads * self.qk_head_dim)
-        self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_lora_rank + self.qk_rope_head_dim, bias)
+            self.q_b_proj = ColumnParallelLinear(self.q_lora_rank, num_heads * self.qk_head_dim, **quant,
+                                                 prefix=f"{prefix}.q_b_proj")
+        self.kv_a_proj_with_mqa = ReplicatedLinear(hidden, self.kv_lora_rank + self.qk_rope_head_dim, bias, **quant,
+                                                   prefix=f"{prefix}.kv_a_proj_with_mqa")
         self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, LATENT_NORM_EPS)
-        self.kv_b_proj = ColumnParallelLinear(self.kv_lora_rank, num_heads * (self.qk_nope_head_dim + self.v_head_dim))
-        self.o_proj = RowParallelLinear(num_heads * self.v_head_dim, hidden, bias)
+        self.kv_b_proj = ColumnParallelLinear(self.kv_lora_rank, num_heads * (self.qk_nope_head_dim + self.v_head_dim),
+                                              **quant, prefix=f"{prefix}.kv_b_proj")
+        self.o_proj = RowParallelLinear(num_heads * self.v_head_dim, hidden, bias, **quant, prefix=f"{prefix}.o_proj")
         self.rotary_emb = rotary_emb
         self.attn = Attention(num_heads, self.head_dim, num_heads, mla_softmax_scale(config))
 
@@ -154,20 +160,24 @@ def is_moe_layer(config: Any, layer_idx: int) -> bool:
 
 class DeepseekV2ForCausalLM(Glm4MoeForCausalLM):
     is_v3 = False  # DeepSeek-V3's routing (sigmoid, correction bias, noaux_tc)
-    supports_quantization = False  # the MLA projections do not take a quantization config yet
+    supports_quantization = True  # MLA, dense and shared-expert projections quantized; routed experts dequantized
     # V2-Lite's plain q_proj must not load into a fused qkv_proj: matched first, loaded as is.
     extra_params_mapping = [(".self_attn.q_proj.", ".self_attn.q_proj.", None)]
 
     @classmethod
-    def make_layer(cls, config: Any, layer_idx: int, rotary_emb: RotaryEmbedding) -> nn.Module:
+    def make_layer(cls, config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
+        prefix = f"model.layers.{layer_idx}"
         if not is_moe_layer(config, layer_idx):
-            mlp: nn.Module = Qwen2MoeMLP(config.hidden_size, config.intermediate_size)
+            mlp: nn.Module = Qwen2MoeMLP(config.hidden_size, config.intermediate_size, quant_config=quant_config,
+                                         prefix=f"{prefix}.mlp")
         elif cls.is_v3:
-            mlp = Glm4MoeMoE(config)
+            mlp = Glm4MoeMoE(config, quant_config=quant_config, prefix=f"{prefix}.mlp")
         else:
             mlp = Glm4MoeMoE(config, scoring_func="softmax", correction_bias=False,
-                             grouped=getattr(config, "topk_method", None) == "group_limited_greedy")
-        return MoEDecoderLayer(config, DeepseekV2MLAAttention(config, rotary_emb), mlp, "mlp")
+                             grouped=getattr(config, "topk_method", None) == "group_limited_greedy",
+                             quant_config=quant_config, prefix=f"{prefix}.mlp")
+        attn = DeepseekV2MLAAttention(config, rotary_emb, quant_config, f"{prefix}.self_attn")
+        return MoEDecoderLayer(config, attn, mlp, "mlp")
 
     @classmethod
     def make_rotary_embedding(cls, config: Any, max_position: int) -> RotaryEmbedding | None:

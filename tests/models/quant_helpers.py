@@ -19,7 +19,8 @@ import torch
 FP8 = torch.float8_e4m3fn
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3",
            "qkv_proj", "gate_up_proj",  # fused in Phi-3's and GLM's checkpoints
-           "c_fc", "c_proj", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out")  # StarCoder2, Phi, GPT-J
+           "c_fc", "c_proj", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out",  # StarCoder2, Phi, GPT-J
+           "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # DeepSeek's multi-head latent attention
 
 
 @dataclass(frozen=True)
@@ -146,17 +147,20 @@ def write_quantized(src: str, out: Path, oracle: Path, scheme: Scheme, prompts: 
 
 def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -> None:
     """``out``: the checkpoint with every linear weight in block-wise fp8 (``weight`` e4m3 codes,
-    ``weight_scale_inv`` float32 [out / bn, in / bk], scale = the block's amax / 448), as Qwen's
-    and DeepSeek's fp8 releases store it; ``oracle``: the dequantized float32 weights."""
+    ``weight_scale_inv`` float32 [ceil(out / bn), ceil(in / bk)], scale = the block's amax / 448;
+    a partial last block where a width is not whole blocks), as Qwen's and DeepSeek's fp8
+    releases store it; ``oracle``: the dequantized float32 weights."""
     bn, bk = block
 
     def quantize(module: str, t: torch.Tensor):
         n, k = t.shape
-        blocks = t.float().reshape(n // bn, bn, k // bk, bk)
+        rows, cols = -(-n // bn), -(-k // bk)
+        padded = torch.nn.functional.pad(t.float(), (0, cols * bk - k, 0, rows * bn - n))  # zeros: no amax change
+        blocks = padded.reshape(rows, bn, cols, bk)
         scale = (blocks.abs().amax(dim=(1, 3)) / 448.0).clamp(min=1e-12)
-        codes = (blocks / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8)
-        return ({"weight": codes.reshape(n, k), "weight_scale_inv": scale},
-                (codes.float() * scale[:, None, :, None]).reshape(n, k))
+        codes = (blocks / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8).reshape(rows * bn, cols * bk)[:n, :k]
+        full = scale.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+        return {"weight": codes.contiguous(), "weight_scale_inv": scale}, codes.float() * full
 
     quant, dequant = quantize_linears(read_for_quantizing(src, out, oracle), quantize)
     write_quantized_pair(out, oracle, quant, dequant, {"quant_method": "fp8", "activation_scheme": "dynamic",

@@ -1,7 +1,7 @@
 """DeepSeek-V2 / V3 (multi-head latent attention, DeepSeek MoE): greedy token ids and logprobs
 equal transformers (float32, CPU) on tiny random checkpoints, plainly and with chunked
 prefill over 4-token blocks; the routing against transformers' routers; the decompressed KV
-cache's size; what the model file refuses."""
+cache's size; what the model file refuses. Quantized checkpoints: test_quantized_deepseek.py."""
 
 from __future__ import annotations
 
@@ -175,18 +175,6 @@ def test_v2_refuses_other_routing(checkpoint, tmp_path):
     path = _copy_with_config(checkpoint("deepseek_v2_lite"), tmp_path / "ckpt", topk_method="noaux_tc")
     with pytest.raises(ValueError, match="group_limited_greedy"):
         LLM(path, device="cpu", max_model_len=64)
-
-
-def test_quantization_is_refused(checkpoint, tmp_path):
-    """DeepSeek-V3's own fp8 block quantization, and quantizing on load."""
-    from pagedlm import LLM
-
-    path = _copy_with_config(checkpoint("deepseek_v3_neox"), tmp_path / "ckpt", quantization_config={
-        "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": [128, 128]})
-    with pytest.raises(ValueError, match="DeepseekV3ForCausalLM does not support quantization"):
-        LLM(path, device="cpu", max_model_len=64)
-    with pytest.raises(ValueError, match="does not support quantization"):
-        LLM(checkpoint("deepseek_v3_neox"), device="cpu", max_model_len=64, quantization="fp8")
 
 
 def test_pipeline_parallel_is_refused(checkpoint):

@@ -11,7 +11,10 @@ quantizes the activations per 128-wide group on Hopper; the logprobs differ by t
 
 Fused layers (q/k/v, gate/up) and tensor-parallel shards keep whole blocks: every part's
 output width and each rank's input width must be multiples of the block (true of the
-checkpoints that use it: 128 x 128 blocks over 128-wide heads); others are refused.
+checkpoints that use it: 128 x 128 blocks over 128-wide heads); others are refused. A layer
+whose output is one part on every rank may end in a partial block, as may an input no rank
+splits (DeepSeek-V3's kv_a_proj_with_mqa: 576 = 4.5 blocks of 128 rows); the scales then
+cover ceil(out / bn) x ceil(in / bk) blocks, as the checkpoint stores them.
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ class BlockFp8LinearMethod(QuantMethod):
                        input_size: int, output_size: int, params_dtype: torch.dtype,
                        weight_loader: WeightLoader) -> None:
         bn, bk = self.block
-        ragged = [size for size in output_partition_sizes if size % bn]
-        if ragged or input_size_per_partition % bk:
+        n = sum(output_partition_sizes)
+        # a partial last block only where no part or rank boundary falls inside a block
+        whole_output = len(output_partition_sizes) == 1 and n == output_size
+        ragged = [size for size in output_partition_sizes if size % bn and not whole_output]
+        if ragged or input_size_per_partition % bk and input_size_per_partition != input_size:
             raise QuantizationError(
                 f"{getattr(layer, 'prefix', '') or 'a linear layer'}: block-wise fp8 needs whole {bn} x {bk} blocks "
                 f"per part and rank (output widths {output_partition_sizes}, input width {input_size_per_partition});"
                 " use a smaller tensor_parallel_size")
-        n = sum(output_partition_sizes)
         layer.register_parameter("weight", new_param((n, input_size_per_partition), FP8_DTYPE, output_dim=0,
                                                      input_dim=1, weight_loader=weight_loader))
         # One row of scales per bn output rows: a fused part's offset and width in blocks.
-        layer.register_parameter("weight_scale_inv", new_param((n // bn, input_size_per_partition // bk), torch.float32,
-                                                               output_dim=0, input_dim=1, packed_dim=0, pack_factor=bn,
-                                                               weight_loader=weight_loader))
+        layer.register_parameter("weight_scale_inv", new_param((-(-n // bn), -(-input_size_per_partition // bk)),
+                                                               torch.float32, output_dim=0, input_dim=1, packed_dim=0,
+                                                               pack_factor=bn, weight_loader=weight_loader))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         log_once(logger, logging.WARNING, "block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay "
@@ -59,6 +64,8 @@ class BlockFp8LinearMethod(QuantMethod):
         bn, bk = self.block
         w, scale = layer.weight, layer.weight_scale_inv
         n, k = w.shape
+        if n % bn or k % bk:  # a partial last block: each weight's scale spelled out
+            return w.to(dtype) * scale.to(dtype).repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
         blocks = w.view(n // bn, bn, k // bk, bk).to(dtype) * scale.to(dtype)[:, None, :, None]
         return blocks.view(n, k)
 
