@@ -3,7 +3,8 @@ workload (chunked prefill, prefix hits, preemption). The act-order checkpoint co
 cases at once: qweight narrowed along its packed input dim (row-parallel), qzeros along its
 packed output dim (column-parallel, fused q/k/v and gate/up parts at packed offsets), and
 row-parallel ranks that keep every group because their rows index any group. AWQ's packed
-tensors go through the same narrowing (packed output dim), so one format keeps the test short.
+tensors go through the same narrowing (packed output dim); compressed-tensors' pack-quantized
+tensors are the transposed orientation (weight_packed [N, K / pack], zero points packed along N).
 A quantized MoE checkpoint (AWQ Qwen3-MoE) adds its experts, dequantized whole while loading
 and then split by the fused-MoE loader like a float checkpoint's."""
 
@@ -17,6 +18,9 @@ from .parallel_helpers import assert_tp2_equals_tp1
 
 VARIANTS = {
     "gptq_act_order": ("gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    # compressed-tensors' [N, K] orientation: weight_packed narrowed along its packed input dim
+    # (row-parallel) and its rows (column-parallel), weight_zero_point along its packed rows
+    "compressed_tensors_act_order": ("compressed-tensors", dict(bits=4, group_size=16, sym=False, desc_act=True)),
 }
 
 

@@ -213,6 +213,57 @@ def gptq_quantize_linear(weight: torch.Tensor, bits: int, group_size: int, sym: 
     return tensors, dense.t().contiguous()
 
 
+# --------------------------------------------------------------------------- compressed-tensors
+
+
+def ct_pack(unsigned: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """compressed-tensors' ``pack_to_int32``: unsigned values [R, C] (the signed codes plus
+    2**(bits - 1)) packed ``32 // bits`` per int32 along ``dim``, field i of a word at bits
+    ``bits * i`` (sequential), the dim padded with zeros to whole words."""
+    pack = 32 // bits
+    v = unsigned.to(torch.int64)
+    if dim == 0:
+        v = v.t()
+    pad = -v.shape[1] % pack
+    v = torch.nn.functional.pad(v, (0, pad)).reshape(v.shape[0], -1, pack)
+    words = sum(v[:, :, i] << (bits * i) for i in range(pack))
+    words = (words - ((words >> 31) & 1) * (1 << 32)).to(torch.int32)
+    return words.t().contiguous() if dim == 0 else words
+
+
+def ct_quantize_linear(weight: torch.Tensor, bits: int, group_size: int, sym: bool, actorder: bool, seed: int):
+    """llm-compressor's round-to-nearest W{bits}A16 of a [N, K] weight: per (row, group) scales
+    (symmetric: zero point 0; else min / max with a zero point), signed codes in
+    [-2**(bits-1), 2**(bits-1) - 1], groups in act order when ``actorder``; the
+    ``PackedQuantizationCompressor`` tensors and the dequantized weight (q - zp) * scale."""
+    n, k = weight.shape
+    group = group_size if group_size != -1 else k
+    g_idx = act_order_g_idx(k, group, seed) if actorder else (torch.arange(k) // group).to(torch.int32)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w = weight.float()
+    scale = torch.empty(n, k // group)
+    zp = torch.zeros(n, k // group, dtype=torch.int64)
+    for g in range(k // group):
+        wg = w[:, g_idx == g]
+        if sym:
+            scale[:, g] = (wg.abs().amax(dim=1) * 2 / (qmax - qmin)).clamp(min=1e-8)
+        else:
+            lo, hi = wg.amin(dim=1).clamp(max=0), wg.amax(dim=1).clamp(min=0)
+            scale[:, g] = ((hi - lo) / (qmax - qmin)).clamp(min=1e-8)
+            zp[:, g] = torch.round(qmin - lo / scale[:, g]).clamp(qmin, qmax).to(torch.int64)
+    cols = g_idx.long()
+    q = (torch.round(w / scale[:, cols]) + zp[:, cols]).clamp(qmin, qmax).to(torch.int64)
+    dense = (q - zp[:, cols]).float() * scale[:, cols]
+    offset = 2 ** (bits - 1)
+    tensors = {"weight_packed": ct_pack(q + offset, bits, 1), "weight_scale": scale,
+               "weight_shape": torch.tensor([n, k], dtype=torch.int32)}
+    if not sym:
+        tensors["weight_zero_point"] = ct_pack(zp + offset, bits, 0)
+    if actorder:
+        tensors["weight_g_idx"] = g_idx
+    return tensors, dense
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -262,11 +313,22 @@ def _quantize(w: torch.Tensor, fmt: str, seed: int, group_size: int = 32, bits: 
               desc_act: bool = False, checkpoint_format: str = "gptq"):
     if fmt == "awq":
         return awq_quantize_linear(w, group_size)
+    if fmt == "compressed-tensors":
+        return ct_quantize_linear(w, bits, group_size, sym, desc_act, seed)
     return gptq_quantize_linear(w, bits, group_size, sym, desc_act, checkpoint_format == "gptq_v2", seed)
 
 
 def _quant_config(fmt: str, group_size: int = 32, bits: int = 4, sym: bool = True, desc_act: bool = False,
                   checkpoint_format: str = "gptq") -> dict:
+    if fmt == "compressed-tensors":  # what llm-compressor writes for W4A16 / W8A16 (pack-quantized)
+        weights = {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False, "observer": "minmax",
+                   "strategy": "group" if group_size != -1 else "channel",
+                   "group_size": group_size if group_size != -1 else None,
+                   "actorder": "group" if desc_act else None}
+        return {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+                "quantization_status": "compressed", "config_groups": {"group_0": {
+                    "targets": ["Linear"], "weights": weights, "input_activations": None,
+                    "output_activations": None}}}
     if fmt == "awq":  # what AutoAWQ's save_quantized writes (transformers' AwqConfig)
         return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
                 "version": "gemm", "modules_to_not_convert": None}

@@ -1,17 +1,23 @@
-"""``compressed-tensors`` (llm-compressor) checkpoints with 8-bit weights stored as is.
+"""``compressed-tensors`` (llm-compressor) checkpoints: 8-bit weights stored as is, and int
+weights packed into int32 (``pack-quantized``: W4A16 / W8A16).
 
 Read from ``quantization_config``: ``format`` (``float-quantized``, ``int-quantized`` or
-``naive-quantized``: weights saved unpacked), ``config_groups`` (each: ``targets``,
-``weights``, ``input_activations``), and ``ignore``. Each layer takes the scheme of the group
-whose targets match it (``Linear`` matches every linear layer; ``re:`` entries are regexes
-over module names; a name or regex match in any group wins over ``Linear``); a layer no
-group targets stays unquantized.
+``naive-quantized``: weights saved unpacked; ``pack-quantized``; a config group's own
+``format`` where it has one, as ``mixed-precision`` checkpoints write it), ``config_groups``
+(each: ``targets``, ``weights``, ``input_activations``), and ``ignore``. Each layer takes the
+scheme of the group whose targets match it (``Linear`` matches every linear layer; ``re:``
+entries are regexes over module names; a name or regex match in any group wins over
+``Linear``); a layer no group targets stays unquantized.
 
-Runs: weights 8-bit ``float`` (fp8 e4m3) or symmetric ``int``, ``strategy`` ``tensor`` or
-``channel``; input activations none (W8A16), dynamic per ``token``, or per ``tensor`` (static
-``input_scale`` or dynamic). Everything else (group / block strategies, asymmetric ints,
-packed 4-bit ``pack-quantized``, output activations, sparse weights stored compressed by
-``sparsity_config``, online transforms of ``transform_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain weights.
+Runs: unpacked weights 8-bit ``float`` (fp8 e4m3) or symmetric ``int``, ``strategy`` ``tensor``
+or ``channel``, with input activations none (W8A16), dynamic per ``token``, or per ``tensor``
+(static ``input_scale`` or dynamic) (``w8a8.py``); packed ``int`` weights of 4 or 8 bits,
+``strategy`` ``group`` or ``channel``, symmetric or with zero points, with or without
+``actorder``, activations unquantized (``compressed_tensors_wna16.py``, the AWQ / GPTQ kernels).
+Everything else (block strategies, asymmetric unpacked ints, packed activations, output
+activations, sparse weights stored compressed by ``sparsity_config``, online transforms of
+``transform_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain
+weights.
 """
 
 from __future__ import annotations
@@ -31,16 +37,19 @@ from pagedlm.layers.quantization.base import (
     is_layer_skipped,
     matches_name,
 )
+from pagedlm.layers.quantization.compressed_tensors_wna16 import CompressedTensorsWNA16Method, WNA16Scheme
 from pagedlm.layers.quantization.w8a8 import W8LinearMethod, W8Scheme
 
 UNPACKED_FORMATS = ("float-quantized", "int-quantized", "naive-quantized")
+PACKED_FORMAT = "pack-quantized"
 # Symmetric schemes store zero points of zeros (older llm-compressor versions): not needed.
 _ZERO_POINT_SUFFIXES = (".weight_zero_point", ".input_zero_point")
 
 
 def _refuse(what: str) -> QuantizationError:
     return QuantizationError(f"compressed-tensors: {what} is not supported (pagedlm runs 8-bit fp8/int8 weights "
-                             "with per-tensor or per-channel scales)")
+                             "with per-tensor or per-channel scales, and pack-quantized 4- / 8-bit int weights with "
+                             "group or channel scales)")
 
 
 def _weight_dtype(args: dict[str, Any]) -> torch.dtype:
@@ -71,12 +80,19 @@ def _activations(args: dict[str, Any] | None, weight_dtype: torch.dtype) -> str 
     raise _refuse(f"input activation strategy {strategy!r} (dynamic={dynamic})")
 
 
-def parse_scheme(group: dict[str, Any]) -> W8Scheme:
+def parse_scheme(group: dict[str, Any], fmt: str | None = None) -> W8Scheme | WNA16Scheme:
+    """A config group's scheme; ``fmt``: the checkpoint's format, which the group's own
+    ``format`` overrides."""
     weights = group.get("weights")
     if not weights:
         raise _refuse("a config group without weights")
     if group.get("output_activations"):
         raise _refuse("output activation quantization")
+    fmt = group.get("format") or fmt
+    if fmt == PACKED_FORMAT:
+        return _packed_scheme(weights, group.get("input_activations"))
+    if fmt not in UNPACKED_FORMATS:
+        raise _refuse(f"format {fmt!r}")
     dtype = _weight_dtype(weights)
     strategy = weights.get("strategy", "tensor")
     if strategy not in ("tensor", "channel") or weights.get("dynamic", False):
@@ -85,11 +101,28 @@ def parse_scheme(group: dict[str, Any]) -> W8Scheme:
                     activations=_activations(group.get("input_activations"), dtype))
 
 
+def _packed_scheme(weights: dict[str, Any], activations: dict[str, Any] | None) -> WNA16Scheme:
+    bits, kind = weights.get("num_bits"), weights.get("type", "int")
+    if kind != "int" or bits not in (4, 8):
+        raise _refuse(f"pack-quantized {kind}{bits} weights")
+    if activations:
+        raise _refuse("pack-quantized weights with quantized input activations (W4A8)")
+    strategy = weights.get("strategy", "group")
+    if strategy not in ("group", "channel") or weights.get("dynamic", False):
+        raise _refuse(f"pack-quantized weight strategy {strategy!r}")
+    group_size = int(weights.get("group_size") or 0) if strategy == "group" else -1
+    if strategy == "group" and group_size <= 0:
+        raise _refuse(f"pack-quantized group strategy with group_size {weights.get('group_size')!r}")
+    actorder = weights.get("actorder")
+    return WNA16Scheme(bits, group_size, bool(weights.get("symmetric", True)),
+                       actorder not in (None, False, "static"))
+
+
 @register_quantization_config
 class CompressedTensorsConfig(QuantizationConfig):
     name = "compressed-tensors"
 
-    def __init__(self, groups: list[tuple[list[str], W8Scheme]], ignore: list[str]) -> None:
+    def __init__(self, groups: list[tuple[list[str], W8Scheme | WNA16Scheme]], ignore: list[str]) -> None:
         self.groups = groups
         self.ignore = ignore
 
@@ -104,16 +137,14 @@ class CompressedTensorsConfig(QuantizationConfig):
                           f"{sparsity.get('sparsity_structure')})")
         if (hf_quant_cfg.get("transform_config") or {}).get("config_groups"):
             raise _refuse("transform_config (online Hadamard / rotation transforms, e.g. QuIP or SpinQuant)")
-        groups = [(list(g.get("targets") or []), parse_scheme(g))
-                  for g in (hf_quant_cfg.get("config_groups") or {}).values()]
         # No config groups (a checkpoint with only kv_cache_scheme, or dense sparsity): every
         # linear layer stays unquantized, as in vLLM; the weights' format is then moot.
         fmt = hf_quant_cfg.get("format")
-        if groups and fmt not in UNPACKED_FORMATS:
-            raise _refuse(f"format {fmt!r}")
+        groups = [(list(g.get("targets") or []), parse_scheme(g, fmt))
+                  for g in (hf_quant_cfg.get("config_groups") or {}).values()]
         return cls(groups, list(hf_quant_cfg.get("ignore") or []))
 
-    def _scheme_for(self, name: str) -> W8Scheme | None:
+    def _scheme_for(self, name: str) -> W8Scheme | WNA16Scheme | None:
         """As compressed-tensors and vLLM resolve targets: a layer name or ``re:`` regex in any
         group wins over a module class (``Linear``), whatever the order of the groups."""
         for by_name in (True, False):
@@ -130,7 +161,14 @@ class CompressedTensorsConfig(QuantizationConfig):
             raise QuantizationError(f"{prefix}: the checkpoint quantizes the parts of this fused layer with "
                                     "different schemes; pagedlm needs one scheme per fused layer")
         scheme = schemes.pop()
-        return W8LinearMethod(scheme) if scheme is not None else None
+        if scheme is None:
+            return None
+        return CompressedTensorsWNA16Method(scheme) if isinstance(scheme, WNA16Scheme) else W8LinearMethod(scheme)
 
     def skip_checkpoint_tensor(self, name: str) -> bool:
-        return name.endswith(_ZERO_POINT_SUFFIXES)
+        """Zero points of symmetric schemes (zeros, which older llm-compressor versions store);
+        an asymmetric packed scheme's weight_zero_point loads."""
+        if not name.endswith(_ZERO_POINT_SUFFIXES):
+            return False
+        scheme = self._scheme_for(name.rsplit(".", 1)[0])
+        return not (isinstance(scheme, WNA16Scheme) and not scheme.symmetric and name.endswith(".weight_zero_point"))
