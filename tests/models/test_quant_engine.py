@@ -107,7 +107,7 @@ def test_refusals(llama: str, checkpoint_factory, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="weight_block_size must be two positive integers"):
         LLM(str(bad_block), **ENGINE)
     packed = _with_quant_config(llama, tmp_path / "packed", {**INT8_W8A8, "format": "pack-quantized"})
-    with pytest.raises(ConfigError, match="format 'pack-quantized' is not supported"):
+    with pytest.raises(ConfigError, match="pack-quantized weights with quantized input activations"):
         LLM(str(packed), **ENGINE)
     group = {**INT8_W8A8, "config_groups": {"g": {**INT8_W8A8["config_groups"]["g"], "weights": {
         "num_bits": 8, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128}}}}
