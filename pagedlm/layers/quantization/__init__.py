@@ -38,6 +38,8 @@ _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.gptq",
     "pagedlm.layers.quantization.mxfp4",
     "pagedlm.layers.quantization.bitsandbytes",
+    "pagedlm.layers.quantization.fbgemm_fp8",
+    "pagedlm.layers.quantization.modelopt",
 )
 _loaded = False
 

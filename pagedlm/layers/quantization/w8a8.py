@@ -5,7 +5,10 @@ at all (W8A16). The one linear method behind the ``fp8`` and ``compressed-tensor
 After loading, every layer holds ``weight`` [N, K] (row-major, read as the [K, N]
 column-major view the GEMMs want), ``weight_scale`` [1, N] float32 (per-tensor scales of
 fused parts expanded per channel: exact, no requantization), and for static activations
-``input_scale`` [1, 1] (the largest of the fused parts' scales, as vLLM does).
+``input_scale`` [1, 1] (the largest of the fused parts' scales, as vLLM does); a scheme with an
+activation upper bound (``fbgemm_fp8``) holds ``input_scale_ub`` [1, 1] and clamps each
+token's activations to it before quantizing (the same codes as capping the token's scale at
+ub / fp8 max, as vLLM's ``scale_ub`` does).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class W8Scheme:
     # "static": the checkpoint's per-tensor input_scale.
     activations: str | None
     online: bool = False  # the checkpoint's weights are float, quantized per channel while loading
+    # per-token activations clamped to +-ub first (fbgemm_fp8's activation_scale_ub, the default
+    # of the checkpoint's per-layer input_scale_ub)
+    activation_ub: float | None = None
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATION_SCHEMES:
@@ -81,6 +87,10 @@ class W8LinearMethod(QuantMethod):
         if s.activations == "static":
             layer.register_parameter("input_scale", new_param((parts,), torch.float32, shard_indexed=True,
                                                               weight_loader=weight_loader))
+        if s.activation_ub is not None:
+            ub = new_param((parts,), torch.float32, shard_indexed=True, weight_loader=weight_loader)
+            ub.data.fill_(s.activation_ub)
+            layer.register_parameter("input_scale_ub", ub)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         s = self.scheme
@@ -95,6 +105,8 @@ class W8LinearMethod(QuantMethod):
         replace_param(layer, "weight_scale", scale.reshape(1, -1).float().contiguous())
         if s.activations == "static":
             replace_param(layer, "input_scale", layer.input_scale.data.float().max().reshape(1, 1))
+        if s.activation_ub is not None:
+            replace_param(layer, "input_scale_ub", layer.input_scale_ub.data.float().max().reshape(1, 1))
         self.ops = quant_ops(layer.weight.device)
         self.gemm = gemm_for(self.ops, s.is_fp8, layer.weight.shape[1], layer.weight.shape[0])
         if s.is_fp8 and not self.ops.fp8_gemm and not self.weight_only:
@@ -107,14 +119,18 @@ class W8LinearMethod(QuantMethod):
     def _quantize_input(self, x: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         ops, dtype = self.ops, self.scheme.weight_dtype
         if self.scheme.activations == "token":
+            if self.scheme.activation_ub is not None:
+                ub = layer.input_scale_ub.to(x.dtype)
+                x = torch.clamp(x, -ub, ub)
             return ops.per_token_quant(x, dtype)
         if self.scheme.activations == "tensor":
             return ops.per_tensor_quant(x, dtype)
         return ops.per_tensor_quant(x, dtype, layer.input_scale)
 
     def input_codes_dtype(self, layer: nn.Module) -> torch.dtype | None:
-        """Dynamic per-token activations: a producer may hand over the codes (fp8 / int8)."""
-        if self.weight_only or self.scheme.activations != "token":
+        """Dynamic per-token activations: a producer may hand over the codes (fp8 / int8); not
+        with an activation upper bound, which the layer applies itself."""
+        if self.weight_only or self.scheme.activations != "token" or self.scheme.activation_ub is not None:
             return None
         return self.scheme.weight_dtype
 

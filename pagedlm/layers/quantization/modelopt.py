@@ -1,0 +1,66 @@
+"""NVIDIA TensorRT Model Optimizer (ModelOpt) FP8 checkpoints (``quant_method: modelopt``, e.g.
+``nvidia/*-FP8``): ``quant_algo`` ``FP8`` is per-tensor fp8 weights (``weight``,
+``weight_scale``) with static per-tensor activation scales (``input_scale``), the HF ``fp8``
+format's static scheme; ``FP8_PER_CHANNEL_PER_TOKEN`` has per-channel weight scales and
+dynamic per-token activations. ``exclude_modules`` (names, or ``*`` wildcards as ModelOpt
+writes them) and the LM head stay unquantized; fp8 KV-cache scales (``k_proj.k_scale``) are
+read by the loader's KV-scale pass. Other algorithms (NVFP4, W4A8 AWQ, ...) are refused. The
+older ``hf_quant_config.json`` layout (``{"quantization": {...}}``) is read from
+``quantization_config`` the same way."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from torch import nn
+
+from pagedlm.kernels.quant_reference import FP8_DTYPE
+from pagedlm.layers.quantization import register_quantization_config
+from pagedlm.layers.quantization.base import (
+    QuantizationConfig,
+    QuantizationError,
+    QuantMethod,
+    checkpoint_names,
+    matches_name,
+)
+from pagedlm.layers.quantization.w8a8 import W8LinearMethod, W8Scheme
+
+_SCHEMES = {
+    "FP8": W8Scheme(FP8_DTYPE, weight_per_channel=False, activations="static"),
+    "FP8_PER_CHANNEL_PER_TOKEN": W8Scheme(FP8_DTYPE, weight_per_channel=True, activations="token"),
+}
+
+
+def _excluded(pattern: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) if "*" in pattern or "?" in pattern else matches_name(pattern, name)
+
+
+@register_quantization_config
+class ModelOptConfig(QuantizationConfig):
+    name = "modelopt"
+
+    def __init__(self, scheme: W8Scheme, excluded: list[str]) -> None:
+        self.scheme = scheme
+        self.excluded = excluded
+
+    @classmethod
+    def from_config(cls, hf_quant_cfg: dict[str, Any]) -> "ModelOptConfig":
+        if not hf_quant_cfg:
+            raise QuantizationError("--quantization modelopt needs a ModelOpt checkpoint (config.json "
+                                    "quantization_config with quant_method 'modelopt')")
+        cfg = hf_quant_cfg.get("quantization", hf_quant_cfg)  # hf_quant_config.json nests it
+        algo = cfg.get("quant_algo")
+        if algo not in _SCHEMES:
+            raise QuantizationError(f"ModelOpt quant_algo {algo!r} is not supported; pagedlm runs {sorted(_SCHEMES)}")
+        return cls(_SCHEMES[algo], list(cfg.get("exclude_modules") or []))
+
+    def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantMethod | None:
+        names = checkpoint_names(prefix)
+        hits = [prefix.split(".")[-1] == "lm_head" or any(_excluded(p, n) for p in self.excluded) for n in names]
+        if all(hits):
+            return None
+        if any(hits):
+            raise QuantizationError(f"{prefix}: the checkpoint quantizes some of {names} but not all; pagedlm fuses "
+                                    "them and needs one scheme for the fused layer")
+        return W8LinearMethod(self.scheme)

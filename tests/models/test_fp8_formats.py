@@ -1,0 +1,107 @@
+"""fp8 checkpoints in the formats of other exporters: ``fbgemm_fp8`` (transformers'
+FbgemmFp8Config, Meta's Llama 3.1 405B FP8: per-channel weights, per-token activations clamped
+to ``input_scale_ub``) and NVIDIA ModelOpt (``quant_method: modelopt``, ``quant_algo`` FP8 with
+static per-tensor activation scales, or FP8_PER_CHANNEL_PER_TOKEN). Written by the test in the
+formats' tensor names, against transformers running the dequantized weights with the
+activations fake-quantized the same way (test_quant_parity's tolerance); the bound is set low
+enough that it clamps. Which layers ModelOpt's ``exclude_modules`` (names and ``*`` wildcards)
+leaves unquantized; what is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pagedlm import LLM
+from pagedlm.layers.quantization import QuantizationError
+from pagedlm.layers.quantization.modelopt import ModelOptConfig
+
+from quant_helpers import FP8, LINEARS, Scheme, fake_quant_rows, write_quantized
+from test_parity import PROMPTS, greedy
+from test_quant_parity import ENGINE, check_close
+from test_quant_parity import hf_reference as hf_reference_fake_quant
+
+UB = 0.5  # below the tiny model's largest activations
+
+
+def _rewrite(qdir, quantization_config: dict, extra_tensors=None) -> None:
+    path = qdir / "config.json"
+    config = json.loads(path.read_text())
+    config["quantization_config"] = quantization_config
+    path.write_text(json.dumps(config))
+    if extra_tensors is not None:
+        tensors = load_file(str(qdir / "model.safetensors"))
+        tensors.update(extra_tensors(tensors))
+        save_file(tensors, str(qdir / "model.safetensors"))
+
+
+def _clamped_reference(oracle: str, scheme: Scheme) -> list:
+    """transformers on the dequantized weights, every linear layer's input clamped to +-UB and
+    fake-quantized per token."""
+    from transformers import AutoModelForCausalLM
+
+    from test_parity import MAX_TOKENS
+
+    model = AutoModelForCausalLM.from_pretrained(oracle, dtype=torch.float32).eval()
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LINEARS:
+            module.register_forward_pre_hook(lambda _m, args: (fake_quant_rows(args[0].clamp(-UB, UB), scheme, None),))
+    results = []
+    for prompt in PROMPTS:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
+                                 do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        results.append((out.sequences[0, len(prompt):].tolist(), [s[0].float().log_softmax(-1) for s in out.logits]))
+    return results
+
+
+def _qkv(llm: LLM):
+    return llm.llm_engine.engine_core.runner.model.model.layers[0].self_attn.qkv_proj
+
+
+def test_fbgemm_fp8(llama_checkpoint, tmp_path):
+    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    write_quantized(llama_checkpoint, qdir, oracle, scheme, PROMPTS)
+    _rewrite(qdir, {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0, "modules_to_not_convert": ["lm_head"]},
+             lambda t: {k.replace(".weight_scale", ".input_scale_ub"): torch.tensor([UB]) for k in t
+                        if k.endswith(".weight_scale")})
+    llm = LLM(str(qdir), **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "fbgemm_fp8"
+    qkv = _qkv(llm)
+    assert qkv.weight.dtype == FP8 and qkv.input_scale_ub.item() == UB  # the layer's own bound
+    assert qkv.quant_method.input_codes_dtype(qkv) is None  # the norm does not quantize for it
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
+    check_close(_clamped_reference(str(oracle), scheme), outputs, PROMPTS)
+
+
+@pytest.mark.parametrize("algo,scheme", [
+    ("FP8", Scheme("fp8", FP8, per_channel=False, activations="static")),
+    ("FP8_PER_CHANNEL_PER_TOKEN", Scheme("compressed-tensors", FP8, per_channel=True, activations="token")),
+])
+def test_modelopt(llama_checkpoint, tmp_path, algo, scheme):
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    input_scales = write_quantized(llama_checkpoint, qdir, oracle, scheme, PROMPTS)
+    _rewrite(qdir, {"quant_method": "modelopt", "quant_algo": algo, "kv_cache_quant_algo": None,
+                    "exclude_modules": ["lm_head"]})
+    llm = LLM(str(qdir), **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "modelopt" and _qkv(llm).weight.dtype == FP8
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
+    check_close(hf_reference_fake_quant(str(oracle), scheme, input_scales), outputs, PROMPTS)
+
+
+def test_modelopt_exclusions_and_refusals():
+    cfg = ModelOptConfig.from_config({"quantization": {"quant_algo": "FP8", "exclude_modules": [
+        "*.mlp.down_proj", "model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.q_proj"]}})
+    assert cfg.get_quant_method(None, "model.layers.3.mlp.down_proj") is None
+    assert cfg.get_quant_method(None, "model.layers.0.self_attn.o_proj") is None
+    assert cfg.get_quant_method(None, "model.layers.2.self_attn.o_proj") is not None
+    assert cfg.get_quant_method(None, "lm_head") is None
+    assert cfg.get_quant_method(None, "model.layers.0.self_attn.qkv_proj") is not None
+    with pytest.raises(QuantizationError, match="some of"):  # q excluded, k and v not
+        cfg.get_quant_method(None, "model.layers.1.self_attn.qkv_proj")
+    with pytest.raises(QuantizationError, match="quant_algo 'NVFP4' is not supported"):
+        ModelOptConfig.from_config({"quant_method": "modelopt", "quant_algo": "NVFP4"})
