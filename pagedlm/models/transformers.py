@@ -15,8 +15,13 @@ Used for ``model_impl="transformers"``, and by ``"auto"`` for an architecture pa
 native class for whose transformers class supports the attention interface
 (``_supports_attention_backend``); see ``pagedlm.models.registry``.
 
-Limits: one rank (no tensor / pipeline parallelism), unquantized checkpoints, no LoRA, decoder
-layers that are all softmax attention (``full_attention`` / ``sliding_attention``; hybrid
+Quantized checkpoints: with a quantization config every ``nn.Linear`` of the model but its LM
+head is replaced by a pagedlm ``ReplicatedLinear`` of the format's method, named as the module
+(so ignore lists and the checkpoint's tensor names match), loaded through the method's loaders
+and run by its kernels; the norms hand over float activations (an 8-bit layer quantizes its own).
+
+Limits: one rank (no tensor / pipeline parallelism), no LoRA, decoder layers that are all
+softmax attention (``full_attention`` / ``sliding_attention``; hybrid
 models with recurrent or linear-attention layers keep state this backend has no cache for),
 K and V of one head size, no attention sinks. The decode steps run eagerly (no CUDA graphs).
 """
@@ -35,6 +40,7 @@ from torch import nn
 from pagedlm.config import ConfigError, attention_shape, layer_sliding_window
 from pagedlm.forward_context import set_forward_context
 from pagedlm.layers.attention import Attention
+from pagedlm.layers.quantization import QuantizationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +162,13 @@ class TransformersForCausalLM(nn.Module):
     load_weights(checkpoint pairs)."""
 
     supports_pp = False
-    supports_quantization = False
+    supports_quantization = True  # its nn.Linear layers replaced by the format's (see the module docstring)
     supports_lora = False
     supports_cuda_graphs = False  # decode steps run eagerly (see the module docstring)
     is_transformers_backend = True
 
-    def __init__(self, config: Any, max_position: int | None = None, architecture: str | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, architecture: str | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         super().__init__()
         _register()
         architectures = list(getattr(config, "architectures", None) or [])
@@ -184,6 +191,8 @@ class TransformersForCausalLM(nn.Module):
         logger.info("%s runs on the transformers backend: transformers' %s with pagedlm's paged attention",
                     architecture, hf_cls.__name__)
         self.hf_model.tie_weights()  # (skipped with the weight init) a tied LM head shares the embedding
+        if quant_config is not None:
+            self._quantize_linears(quant_config)
         self.hf_model.eval()
         # Keep the engine's config the one the model holds (from_config records its dtype on it).
         text_config = _text_config(self.hf_model.config)
@@ -198,6 +207,21 @@ class TransformersForCausalLM(nn.Module):
         self.logit_scale = float(getattr(text_config, "logit_scale", None) or 1.0)  # Cohere multiplies
         self.logits_scaling = float(getattr(text_config, "logits_scaling", None) or 1.0)  # Granite divides
         self._checked = False
+
+    def _quantize_linears(self, quant_config: QuantizationConfig) -> None:
+        """Every ``nn.Linear`` but the LM head becomes a ``ReplicatedLinear`` of the format's
+        method (unquantized where the config leaves the layer out), under the module's name."""
+        from pagedlm.layers.linear import ReplicatedLinear  # noqa: PLC0415 - linear imports quantization
+
+        head = self.hf_model.get_output_embeddings()
+        for parent_name, parent in list(self.hf_model.named_modules()):
+            for child_name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear or child is head:
+                    continue
+                prefix = f"{parent_name}.{child_name}" if parent_name else child_name
+                setattr(parent, child_name, ReplicatedLinear(child.in_features, child.out_features,
+                                                             bias=child.bias is not None, quant_config=quant_config,
+                                                             prefix=prefix))
 
     @property
     def decoder(self) -> nn.Module:
@@ -262,6 +286,12 @@ class TransformersForCausalLM(nn.Module):
                         "(--model-impl auto) where there is one")
                 raise ValueError(f"checkpoint tensor {name!r} has no matching parameter or buffer in "
                                  f"{type(self.hf_model).__name__}")
+            loader = getattr(target, "weight_loader", None)  # a pagedlm layer's parameter (quantized models)
+            if loader is not None:
+                with torch.no_grad():
+                    loader(target, tensor)
+                loaded.add(alias.get(id(target), f"hf_model.{name}"))
+                continue
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, the model's "
                                  f"{tuple(target.shape)}")

@@ -3,7 +3,8 @@ pagedlm has no class for): transformers' own model class runs the forward, with 
 paged attention plugged in through the attention interface. Greedy token ids and logprobs
 equal transformers' generate and pagedlm's native model (float32, CPU, tiny random
 checkpoints), for a batch of prompts of 1 to 70 tokens, with chunked prefill and prefix
-caching; and what the backend refuses."""
+caching; quantized checkpoints (AWQ, GPTQ, fp8) with the model's linear layers replaced; and what
+the backend refuses."""
 
 from __future__ import annotations
 
@@ -152,3 +153,39 @@ def test_per_expert_checkpoint_is_refused_clearly(checkpoint_factory):
 
     with pytest.raises(ConfigError, match="stores each expert's weights apart"):
         LLM(checkpoint_factory("mixtral"), device="cpu", max_model_len=64, model_impl="transformers")
+
+
+@pytest.mark.parametrize("fmt,options", [("awq", dict(group_size=16)),
+                                         ("gptq", dict(bits=4, group_size=16, sym=False, desc_act=True))])
+def test_quantized_checkpoint(non_native, tmp_path, fmt, options):
+    """A quantized checkpoint of an architecture only the backend runs (Ministral): its
+    nn.Linear layers become the format's layers, against transformers on the dequantized
+    weights at the parity tolerance."""
+    import torch
+    from wna16_helpers import quantize_checkpoint
+
+    from pagedlm.layers.linear import ReplicatedLinear
+
+    qdir, refdir = quantize_checkpoint(non_native("ministral"), tmp_path / "q", tmp_path / "ref", fmt, **options)
+    ref = hf_reference(str(refdir), PROMPTS, MAX_TOKENS)
+    llm, outputs = run(str(qdir), PROMPTS, max_model_len=128)
+    check_close(ref, outputs, PROMPTS)
+    model = _model(llm)
+    assert type(model).__name__ == "TransformersForCausalLM"
+    q_proj = model.hf_model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, ReplicatedLinear) and q_proj.qweight.dtype == torch.int32
+    assert type(model.hf_model.lm_head) is torch.nn.Linear  # the LM head stays as it is
+
+
+def test_fp8_per_token_checkpoint(non_native, tmp_path):
+    """compressed-tensors fp8 with per-token activations: each layer quantizes its own input."""
+    from quant_helpers import FP8, Scheme, write_quantized
+    from test_quant_parity import check_close as check_close_flips
+    from test_quant_parity import hf_reference as hf_reference_fake_quant
+
+    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    write_quantized(non_native("ministral"), qdir, oracle, scheme, PROMPTS)
+    llm, outputs = run(str(qdir), PROMPTS, max_model_len=128)
+    check_close_flips(hf_reference_fake_quant(str(oracle), scheme, {}), outputs, PROMPTS)
+    assert _model(llm).hf_model.model.layers[0].mlp.down_proj.weight.dtype == FP8
