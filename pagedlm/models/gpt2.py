@@ -18,6 +18,7 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.models.causal_lm import CausalLMWrapper
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
@@ -43,11 +44,13 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         inner = config.n_inner or 4 * config.hidden_size
-        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, bias=True)
-        self.c_proj = RowParallelLinear(inner, config.hidden_size, bias=True)
+        self.c_fc = ColumnParallelLinear(config.hidden_size, inner, bias=True, quant_config=quant_config,
+                                         prefix=f"{prefix}.c_fc")
+        self.c_proj = RowParallelLinear(inner, config.hidden_size, bias=True, quant_config=quant_config,
+                                        prefix=f"{prefix}.c_proj")
         self.act = Gelu(gelu_approximation(config.activation_function))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,13 +61,13 @@ class GPT2Block(nn.Module):
     """Pre-LayerNorm attention then the GELU MLP; ``attn`` is the family's attention
     (GPT-2's, or GPT-BigCode's multi-query one), called on the normed hidden states."""
 
-    def __init__(self, config: Any, attn: nn.Module) -> None:
+    def __init__(self, config: Any, attn: nn.Module, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = LayerNorm(config.hidden_size, eps)
         self.attn = attn
         self.ln_2 = LayerNorm(config.hidden_size, eps)
-        self.mlp = GPT2MLP(config)
+        self.mlp = GPT2MLP(config, quant_config, f"{prefix}.mlp")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.ln_1(hidden_states))

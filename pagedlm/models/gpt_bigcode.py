@@ -5,7 +5,10 @@ weights and multi-query attention (``multi_query``: one K/V head shared by all q
 The fused ``c_attn`` holds [q | k | v] with multi-query, and per-head [q | k | v] blocks
 without it (transformers views it as [heads, 3 * head_dim]); either is split at load into
 q, k and v shards of the fused projection, so tensor-parallel ranks take their query heads
-(the single K/V head is replicated)."""
+(the single K/V head is replicated). A quantized checkpoint's c_attn tensors (GPTQ / AWQ
+StarCoder exports) split the same way along the output dim their parameter declares, in
+packed units where the format packs it; a tensor without one (GPTQ's g_idx) goes whole to
+every shard."""
 
 from __future__ import annotations
 
@@ -19,21 +22,25 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
+from pagedlm.layers.quantization.base import QuantizationError
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.gpt2 import GPT2Block
 from pagedlm.models.utils import load_shards
 
 
 class GPTBigCodeAttention(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         hidden = config.hidden_size
         num_heads = config.num_attention_heads
         self.head_dim = hidden // num_heads
         num_kv_heads = 1 if config.multi_query else num_heads
-        self.c_attn = QKVParallelLinear(hidden, self.head_dim, num_heads, num_kv_heads, bias=True)
+        self.c_attn = QKVParallelLinear(hidden, self.head_dim, num_heads, num_kv_heads, bias=True,
+                                        quant_config=quant_config, prefix=f"{prefix}.c_attn")
         self.q_size, self.kv_size = self.c_attn.q_size, self.c_attn.kv_size
-        self.c_proj = RowParallelLinear(hidden, hidden, bias=True)
+        self.c_proj = RowParallelLinear(hidden, hidden, bias=True, quant_config=quant_config,
+                                        prefix=f"{prefix}.c_proj")
         scale = self.head_dim**-0.5 if config.scale_attn_weights else 1.0
         self.attn = Attention(num_heads, self.head_dim, num_kv_heads, scale)
 
@@ -43,11 +50,13 @@ class GPTBigCodeAttention(nn.Module):
 
 
 class GPTBigCodeModel(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "transformer") -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = VocabParallelEmbedding(config.max_position_embeddings, config.hidden_size)
-        self.h = nn.ModuleList(GPT2Block(config, GPTBigCodeAttention(config)) for _ in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(GPT2Block(config, GPTBigCodeAttention(config, quant_config, f"{prefix}.h.{i}.attn"),
+                                         quant_config, f"{prefix}.h.{i}")
+                               for i in range(config.num_hidden_layers))
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -57,23 +66,37 @@ class GPTBigCodeModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
-def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any) -> Iterator[tuple[str, torch.Tensor, Any]]:
-    """(name, tensor, shard id): c_attn's rows split into q, k and v (contiguous with
-    multi-query, per head without it); old checkpoints' causal-mask buffers dropped."""
+def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any,
+                 params: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor, Any]]:
+    """(name, tensor, shard id): c_attn's rows (its parameter's output dim, in packed units
+    where packed) split into q, k and v (contiguous with multi-query, per head without it); a
+    tensor with no output dim or one value per shard goes whole to each; old checkpoints'
+    causal-mask buffers dropped."""
     num_heads = config.num_attention_heads
     head_dim = config.hidden_size // num_heads
     for name, tensor in weights:
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue
-        if ".attn.c_attn." not in name:
+        param = params.get(name)
+        if ".attn.c_attn." not in name or param is None:
             yield name, tensor, None
-        elif config.multi_query:
-            for shard, piece in zip("qkv", tensor.split([config.hidden_size, head_dim, head_dim])):
-                yield name, piece, shard
+            continue
+        dim = getattr(param, "output_dim", None)
+        if dim is None or getattr(param, "shard_indexed", False):
+            for shard in "qkv":
+                yield name, tensor, shard
+            continue
+        pack = param.pack_factor if getattr(param, "packed_dim", None) == dim else 1
+        if head_dim % pack:
+            raise QuantizationError(f"{name}: a head ({head_dim} outputs) is not whole {pack}-output words")
+        rows = tensor.movedim(dim, 0)  # the output dim first
+        if config.multi_query:
+            pieces = rows.split([config.hidden_size // pack, head_dim // pack, head_dim // pack])
         else:
-            per_head = tensor.reshape(num_heads, 3, head_dim, *tensor.shape[1:])  # [H, 3, D(, hidden)]
-            for index, shard in enumerate("qkv"):
-                yield name, per_head[:, index].reshape(-1, *tensor.shape[1:]), shard
+            per_head = rows.reshape(num_heads, 3, head_dim // pack, *rows.shape[1:])
+            pieces = [per_head[:, index].reshape(-1, *rows.shape[1:]) for index in range(3)]
+        for shard, piece in zip("qkv", pieces):
+            yield name, piece.movedim(0, dim).contiguous(), shard
 
 
 class GPTBigCodeForCausalLM(CausalLMWrapper):
@@ -82,7 +105,9 @@ class GPTBigCodeForCausalLM(CausalLMWrapper):
     layers_name = "h"
     attention_name = "attn.attn"
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    supports_quantization = True  # every projection but the LM head
+
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "add_cross_attention", False):
             raise ConfigError("GPT-BigCode with cross-attention (add_cross_attention) is not supported")
         if max_position is not None and max_position > config.max_position_embeddings:
@@ -93,12 +118,12 @@ class GPTBigCodeForCausalLM(CausalLMWrapper):
             # The KV cache is sized from num_key_value_heads: it must say what multi_query does.
             raise ConfigError(f"GPT-BigCode config has num_key_value_heads {config.num_key_value_heads} but "
                               f"multi_query={config.multi_query} means {num_kv_heads} KV heads")
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return GPTBigCodeModel(config)
+        return GPTBigCodeModel(config, self.quant_config)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:
             weights = ((n, t) for n, t in weights if not n.startswith("lm_head."))
-        return load_shards(self, split_c_attn(weights, self.config))
+        return load_shards(self, split_c_attn(weights, self.config, dict(self.named_parameters(remove_duplicate=False))))

@@ -25,7 +25,7 @@ import torch
 
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                    "qkv_proj", "gate_up_proj",  # fused in Phi-3's and GLM's checkpoints
-                   "c_fc", "c_proj", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out",  # StarCoder2, Phi, GPT-J
+                   "c_fc", "c_proj", "c_attn", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out",  # StarCoder 1 / 2, Phi, GPT-J
                    "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # DeepSeek's latent attention
                    "w1", "w2", "w3")  # Mixtral's experts
 
