@@ -26,7 +26,7 @@ from pagedlm.layers.quantization import QuantizationConfig
 from pagedlm.layers.quantization.base import QuantizationError
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.gpt2 import GPT2Block
-from pagedlm.models.utils import load_shards
+from pagedlm.models.utils import fused_parts, load_shards, per_head_parts
 
 
 class GPTBigCodeAttention(nn.Module):
@@ -66,37 +66,30 @@ class GPTBigCodeModel(nn.Module):
         return self.ln_f(hidden_states)
 
 
+def c_attn_parts(rows: torch.Tensor, pack: int, config: Any, name: str) -> list[torch.Tensor]:
+    """c_attn's rows (in units of ``pack`` outputs) as q, k and v: contiguous with multi-query,
+    per head without it."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    if not config.multi_query:
+        return per_head_parts(rows, config.num_attention_heads, 3, name)
+    if head_dim % pack:
+        raise QuantizationError(f"{name}: the K / V head ({head_dim} outputs) is not whole {pack}-output words")
+    return list(rows.split([config.hidden_size // pack, head_dim // pack, head_dim // pack]))
+
+
 def split_c_attn(weights: Iterable[tuple[str, torch.Tensor]], config: Any,
                  params: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor, Any]]:
-    """(name, tensor, shard id): c_attn's rows (its parameter's output dim, in packed units
-    where packed) split into q, k and v (contiguous with multi-query, per head without it); a
-    tensor with no output dim or one value per shard goes whole to each; old checkpoints'
-    causal-mask buffers dropped."""
-    num_heads = config.num_attention_heads
-    head_dim = config.hidden_size // num_heads
+    """(name, tensor, shard id): c_attn's tensors split into q, k and v along their parameter's
+    output dim (``fused_parts``); old checkpoints' causal-mask buffers dropped."""
     for name, tensor in weights:
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue
-        param = params.get(name)
-        if ".attn.c_attn." not in name or param is None:
+        if ".attn.c_attn." not in name:
             yield name, tensor, None
             continue
-        dim = getattr(param, "output_dim", None)
-        if dim is None or getattr(param, "shard_indexed", False):
-            for shard in "qkv":
-                yield name, tensor, shard
-            continue
-        pack = param.pack_factor if getattr(param, "packed_dim", None) == dim else 1
-        if head_dim % pack:
-            raise QuantizationError(f"{name}: a head ({head_dim} outputs) is not whole {pack}-output words")
-        rows = tensor.movedim(dim, 0)  # the output dim first
-        if config.multi_query:
-            pieces = rows.split([config.hidden_size // pack, head_dim // pack, head_dim // pack])
-        else:
-            per_head = rows.reshape(num_heads, 3, head_dim // pack, *rows.shape[1:])
-            pieces = [per_head[:, index].reshape(-1, *rows.shape[1:]) for index in range(3)]
-        for shard, piece in zip("qkv", pieces):
-            yield name, piece.movedim(0, dim).contiguous(), shard
+        cut = lambda rows, pack, name=name: c_attn_parts(rows, pack, config, name)  # noqa: E731
+        for shard, piece in fused_parts(tensor, params.get(name), "qkv", cut):
+            yield name, piece, shard
 
 
 class GPTBigCodeForCausalLM(CausalLMWrapper):

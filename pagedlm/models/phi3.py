@@ -18,6 +18,7 @@ import torch
 from pagedlm.config import attention_shape
 from pagedlm.layers.quantization.base import QuantizationConfig, QuantizationError
 from pagedlm.models.llama import LlamaForCausalLM
+from pagedlm.models.utils import fused_parts
 
 _FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -33,20 +34,18 @@ def split_fused(weights: Iterable[tuple[str, torch.Tensor]], q_size: int, kv_siz
         if param is None:
             yield name, tensor
             continue
-        parts = _FUSED[fused]
-        dim = getattr(param, "output_dim", None)
-        if dim is None or getattr(param, "shard_indexed", False):  # g_idx, a per-tensor scale: every part's
-            for part in parts:
-                yield name.replace(fused, part), tensor
-            continue
         sizes = [q_size, kv_size, kv_size] if fused == "qkv_proj" else [intermediate_size] * 2
-        if getattr(param, "packed_dim", None) == dim:
-            sizes = [-(-size // param.pack_factor) for size in sizes]
-        if tensor.dim() <= dim or tensor.shape[dim] != sum(sizes):
-            raise QuantizationError(f"{name}: a fused checkpoint tensor of shape {tuple(tensor.shape)} cannot be split "
-                                    f"into {'/'.join(parts)} of {sizes} along dim {dim}")
-        for part, piece in zip(parts, tensor.split(sizes, dim=dim)):
+        cut = lambda rows, pack, name=name, sizes=sizes: _split_sizes(rows, pack, sizes, name)  # noqa: E731
+        for part, piece in fused_parts(tensor, param, _FUSED[fused], cut):
             yield name.replace(fused, part), piece
+
+
+def _split_sizes(rows: torch.Tensor, pack: int, sizes: list[int], name: str) -> list[torch.Tensor]:
+    units = [-(-size // pack) for size in sizes]
+    if rows.shape[0] != sum(units):
+        raise QuantizationError(f"{name}: a fused checkpoint tensor of {rows.shape[0]} rows along its output dim "
+                                f"cannot be split into parts of {units}")
+    return list(rows.split(units))
 
 
 class Phi3ForCausalLM(LlamaForCausalLM):

@@ -19,7 +19,9 @@ import torch
 FP8 = torch.float8_e4m3fn
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3",
            "qkv_proj", "gate_up_proj",  # fused in Phi-3's and GLM's checkpoints
-           "c_fc", "c_proj", "c_attn", "dense", "fc1", "fc2", "out_proj", "fc_in", "fc_out",  # StarCoder 1 / 2, Phi, GPT-J
+           "c_fc", "c_proj", "c_attn", "dense", "fc1", "fc2",  # StarCoder 1 / 2, Phi-1/2
+           "out_proj", "fc_in", "fc_out",  # GPT-J
+           "query_key_value", "dense_h_to_4h", "dense_4h_to_h",  # GPT-NeoX
            "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # DeepSeek's multi-head latent attention
 
 
