@@ -24,10 +24,12 @@ from pagedlm.layers.attention import Attention
 from pagedlm.layers.embedding import VocabParallelEmbedding
 from pagedlm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedlm.layers.norm import LayerNorm
+from pagedlm.layers.quantization import QuantizationConfig
+from pagedlm.layers.quantization.base import QuantizationError
 from pagedlm.layers.rotary import RotaryEmbedding
 from pagedlm.models.causal_lm import CausalLMWrapper
 from pagedlm.models.llama import rope_settings
-from pagedlm.models.utils import load_shards
+from pagedlm.models.utils import fused_parts, load_shards
 
 
 def _num_ln(config: Any) -> int:
@@ -38,13 +40,15 @@ def _num_ln(config: Any) -> int:
 
 
 class FalconAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, head_dim = attention_shape(config)
         bias = bool(config.bias)
-        self.query_key_value = QKVParallelLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, bias)
+        self.query_key_value = QKVParallelLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, bias,
+                                                 quant_config=quant_config, prefix=f"{prefix}.query_key_value")
         self.q_size, self.kv_size = self.query_key_value.q_size, self.query_key_value.kv_size
-        self.dense = RowParallelLinear(num_heads * head_dim, config.hidden_size, bias)
+        self.dense = RowParallelLinear(num_heads * head_dim, config.hidden_size, bias, quant_config=quant_config,
+                                       prefix=f"{prefix}.dense")
         self.rotary_emb = rotary_emb
         self.attn = Attention(num_heads, head_dim, num_kv_heads, head_dim**-0.5)
 
@@ -54,23 +58,25 @@ class FalconAttention(nn.Module):
 
 
 class FalconMLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         inner = config.ffn_hidden_size or 4 * config.hidden_size
-        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, inner, bias=bool(config.bias))
+        self.dense_h_to_4h = ColumnParallelLinear(config.hidden_size, inner, bias=bool(config.bias),
+                                                  quant_config=quant_config, prefix=f"{prefix}.dense_h_to_4h")
         self.act = Gelu(gelu_approximation(config.activation))
-        self.dense_4h_to_h = RowParallelLinear(inner, config.hidden_size, bias=bool(config.bias))
+        self.dense_4h_to_h = RowParallelLinear(inner, config.hidden_size, bias=bool(config.bias),
+                                               quant_config=quant_config, prefix=f"{prefix}.dense_4h_to_h")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
 
 
 class FalconDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
-        self.self_attention = FalconAttention(config, rotary_emb)
-        self.mlp = FalconMLP(config)
+        self.self_attention = FalconAttention(config, rotary_emb, quant_config, f"{prefix}.self_attention")
+        self.mlp = FalconMLP(config, quant_config, f"{prefix}.mlp")
         self.parallel = bool(config.new_decoder_architecture or config.parallel_attn)
         self.two_norms = _num_ln(config) == 2
         if self.two_norms:
@@ -94,14 +100,15 @@ class FalconDecoderLayer(nn.Module):
 
 
 class FalconModel(nn.Module):
-    def __init__(self, config: Any, max_position: int) -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "transformer") -> None:
         super().__init__()
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
         base, rope_type, params, original_max = rope_settings(config)
         rotary_emb = RotaryEmbedding(head_dim, max_position, base, rope_type, params, original_max,
                                      config.max_position_embeddings)
-        self.h = nn.ModuleList(FalconDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers))
+        self.h = nn.ModuleList(FalconDecoderLayer(config, rotary_emb, quant_config, f"{prefix}.h.{i}")
+                               for i in range(config.num_hidden_layers))
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -136,36 +143,44 @@ class FalconForCausalLM(CausalLMWrapper):
     embedding_name = "word_embeddings"
     layers_name = "h"
     attention_name = "self_attention.attn"
+    supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
         check_falcon_config(config)
-        super().__init__(config, max_position)
+        super().__init__(config, max_position, quant_config)
 
     def make_body(self, config: Any, max_position: int) -> nn.Module:
-        return FalconModel(config, max_position)
+        return FalconModel(config, max_position, self.quant_config)
 
-    def _split_qkv(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The checkpoint's fused rows (weight [rows, hidden] or bias [rows]) -> q, k, v."""
+    def _split_qkv(self, tensor: torch.Tensor, pack: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The checkpoint's fused rows (weight [rows, hidden], bias [rows], or a quantized
+        tensor with its output dim first, in units of ``pack`` outputs) -> q, k, v."""
         num_heads, num_kv_heads, head_dim = attention_shape(self.config)
+        if head_dim % pack:
+            raise QuantizationError(f"Falcon query_key_value: a head ({head_dim} outputs) is not whole "
+                                    f"{pack}-output words")
+        head_dim //= pack
         rest = tensor.shape[1:]
         if self.config.new_decoder_architecture:  # [group: its query heads | k | v]
-            groups = tensor.view(num_kv_heads, num_heads // num_kv_heads + 2, head_dim, *rest)
+            groups = tensor.reshape(num_kv_heads, num_heads // num_kv_heads + 2, head_dim, *rest)
             q, k, v = groups[:, :-2], groups[:, -2], groups[:, -1]
         elif self.config.multi_query:  # [query heads | k | v]
-            heads = tensor.view(num_heads + 2, head_dim, *rest)
+            heads = tensor.reshape(num_heads + 2, head_dim, *rest)
             q, k, v = heads[:-2], heads[-2], heads[-1]
         else:  # per head [q | k | v]
-            heads = tensor.view(num_heads, 3, head_dim, *rest)
+            heads = tensor.reshape(num_heads, 3, head_dim, *rest)
             q, k, v = heads[:, 0], heads[:, 1], heads[:, 2]
         return tuple(x.reshape(-1, *rest) for x in (q, k, v))  # type: ignore[return-value]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters(remove_duplicate=False))
+
         def triples() -> Iterator[tuple[str, torch.Tensor, Any]]:
             for name, tensor in weights:
                 if self.tie_word_embeddings and name == "lm_head.weight":
                     continue
-                if ".query_key_value." in name:
-                    for shard_id, part in zip("qkv", self._split_qkv(tensor)):
+                if ".query_key_value." in name:  # along its output dim (utils.fused_parts)
+                    for shard_id, part in fused_parts(tensor, params.get(name), "qkv", self._split_qkv):
                         yield name, part, shard_id
                 else:
                     yield name, tensor, None

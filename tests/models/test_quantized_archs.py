@@ -4,7 +4,8 @@ Command-R's and Command-R7B's Llama-named projections under LayerNorms, GPT-J's 
 fc_in / fc_out), and of the Llama-layout decoders with LayerNorms (StableLM with its parallel
 residual, Nemotron's ungated MLP, OLMo's parameter-free norms and clip_qkv), StarCoder 1
 (GPT-BigCode: c_attn fused in the checkpoint, [q | k | v] with multi-query and per head
-without it, split in packed units) and GPT-NeoX (query_key_value per head): every projection but the LM head runs its linear method. Against transformers
+without it, split in packed units), GPT-NeoX (query_key_value per head) and Falcon
+(query_key_value multi-query, per head, or in K / V groups): every projection but the LM head runs its linear method. Against transformers
 running the dequantized weights (float32, CPU): greedy ids and top-k logprobs at the parity
 tolerance for AWQ and GPTQ, and at test_quant_parity's tolerance for fp8 with per-token
 activations (the layers quantize their own inputs: the LayerNorms emit no activation codes)."""
@@ -28,7 +29,8 @@ from wna16_helpers import quantize_checkpoint
 CHECKPOINTS = ({name: OTHER[name] for name in ("starcoder2", "cohere", "cohere2", "gptj")}
                | {name: ROUND3[name] for name in ("phi", "olmo")}
                | {name: ROUND4[name] for name in ("stablelm_par", "nemotron")}
-               | {name: OTHER[name] for name in ("gpt_bigcode", "gpt_bigcode_mha", "gpt_neox")})
+               | {name: OTHER[name] for name in ("gpt_bigcode", "gpt_bigcode_mha", "gpt_neox")}
+               | {name: ROUND3[name] for name in ("falcon_mq", "falcon_new", "falcon_seq")})
 # each architecture's (attention output, MLP output) projection, which the test finds quantized
 PROJECTIONS = {"starcoder2": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.c_proj"),
                "phi": ("model.layers.0.self_attn.dense", "model.layers.0.mlp.fc2"),
@@ -40,7 +42,9 @@ PROJECTIONS = {"starcoder2": ("model.layers.0.self_attn.o_proj", "model.layers.0
                "nemotron": ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj"),
                "gpt_bigcode": ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"),
                "gpt_bigcode_mha": ("transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"),
-               "gpt_neox": ("gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.0.mlp.dense_4h_to_h")}
+               "gpt_neox": ("gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.0.mlp.dense_4h_to_h"),
+               **{name: ("transformer.h.0.self_attention.query_key_value", "transformer.h.0.mlp.dense_4h_to_h")
+                  for name in ("falcon_mq", "falcon_new", "falcon_seq")}}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,9 @@ def projections(llm: LLM, name: str) -> list[torch.nn.Module]:
     ("gpt_bigcode", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
     ("gpt_bigcode_mha", "awq", dict(group_size=16)),
     ("gpt_neox", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    ("falcon_mq", "awq", dict(group_size=16)),
+    ("falcon_new", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    ("falcon_seq", "awq", dict(group_size=16)),
 ])
 def test_wna16_matches_transformers_on_dequantized_weights(checkpoint, tmp_path, name, fmt, options):
     qdir, refdir = quantize_checkpoint(checkpoint(name), tmp_path / "q", tmp_path / "ref", fmt, **options)
