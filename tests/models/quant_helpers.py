@@ -169,7 +169,10 @@ def write_block_fp8(src: str, out: Path, oracle: Path, block: tuple[int, int]) -
                                                        "fmt": "e4m3", "weight_block_size": list(block)})
 
 
-def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: dict[str, float]) -> None:
+def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: dict[str, float],
+                         clamp: float | None = None) -> None:
+    """Every linear layer's input fake-quantized as the scheme's activations are (``clamp``: to
+    +-clamp first, fbgemm_fp8's activation upper bound)."""
     if scheme.activations is None:
         return
     for name, module in model.named_modules():
@@ -177,5 +180,6 @@ def add_fake_quant_hooks(model: torch.nn.Module, scheme: Scheme, input_scales: d
             static = input_scales.get(name) if scheme.activations == "static" else None
 
             def hook(_m, args, static=static):
-                return (fake_quant_rows(args[0], scheme, static),)
+                x = args[0] if clamp is None else args[0].clamp(-clamp, clamp)
+                return (fake_quant_rows(x, scheme, static),)
             module.register_forward_pre_hook(hook)

@@ -19,7 +19,7 @@ from pagedlm import LLM
 from pagedlm.layers.quantization import QuantizationError
 from pagedlm.layers.quantization.wna16 import unpack_along_cols, unpack_along_rows
 
-from test_parity import PROMPTS, check_close, hf_reference, run
+from quant_parity_helpers import assert_wna16_parity
 from wna16_helpers import ct_pack, quantize_checkpoint
 
 
@@ -42,23 +42,14 @@ def test_known_vectors():
     dict(bits=8, group_size=-1, sym=True),
 ], ids=["w4a16-sym-g16", "w4a16-asym-actorder", "w8a16-channel"])
 def test_matches_transformers_on_dequantized_weights(llama_checkpoint, tmp_path, options):
-    qdir, refdir = quantize_checkpoint(llama_checkpoint, tmp_path / "q", tmp_path / "ref", "compressed-tensors",
-                                       **options)
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
+    llm = assert_wna16_parity(llama_checkpoint, tmp_path, "compressed-tensors", **options)
     qkv = llm.llm_engine.engine_core.runner.model.model.layers[0].self_attn.qkv_proj
     assert type(qkv.quant_method).__name__ == "CompressedTensorsWNA16Method" and qkv.qweight.dtype == torch.int32
 
 
 def test_moe_experts(checkpoint_factory, tmp_path):
-    qdir, refdir = quantize_checkpoint(checkpoint_factory("qwen3_moe"), tmp_path / "q", tmp_path / "ref",
-                                       "compressed-tensors", bits=4, group_size=16, sym=False)
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
+    llm = assert_wna16_parity(checkpoint_factory("qwen3_moe"), tmp_path, "compressed-tensors", bits=4, group_size=16,
+                              sym=False)
     moe = llm.llm_engine.engine_core.runner.model.model.layers[0].mlp
     assert moe.experts.w13_weight.dtype == torch.float32
 

@@ -19,7 +19,7 @@ from pagedlm import LLM
 from pagedlm.layers.quantization import QuantizationError
 from pagedlm.layers.quantization.modelopt import ModelOptConfig
 
-from quant_helpers import FP8, LINEARS, Scheme, fake_quant_rows, write_quantized
+from quant_helpers import FP8, Scheme, write_quantized
 from test_parity import PROMPTS, greedy
 from test_quant_parity import ENGINE, check_close
 from test_quant_parity import hf_reference as hf_reference_fake_quant
@@ -38,34 +38,21 @@ def _rewrite(qdir, quantization_config: dict, extra_tensors=None) -> None:
         save_file(tensors, str(qdir / "model.safetensors"))
 
 
-def _clamped_reference(oracle: str, scheme: Scheme) -> list:
-    """transformers on the dequantized weights, every linear layer's input clamped to +-UB and
-    fake-quantized per token."""
-    from transformers import AutoModelForCausalLM
-
-    from test_parity import MAX_TOKENS
-
-    model = AutoModelForCausalLM.from_pretrained(oracle, dtype=torch.float32).eval()
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in LINEARS:
-            module.register_forward_pre_hook(lambda _m, args: (fake_quant_rows(args[0].clamp(-UB, UB), scheme, None),))
-    results = []
-    for prompt in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
-                                 do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-        results.append((out.sequences[0, len(prompt):].tolist(), [s[0].float().log_softmax(-1) for s in out.logits]))
-    return results
+@pytest.fixture(scope="module")
+def llama(seeded_checkpoint) -> str:
+    """test_quant_parity's llama (a fixed seed): how many activations sit on an fp8 rounding
+    boundary depends on the weights."""
+    return seeded_checkpoint("llama", 1)
 
 
 def _qkv(llm: LLM):
     return llm.llm_engine.engine_core.runner.model.model.layers[0].self_attn.qkv_proj
 
 
-def test_fbgemm_fp8(llama_checkpoint, tmp_path):
+def test_fbgemm_fp8(llama, tmp_path):
     scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
     qdir, oracle = tmp_path / "q", tmp_path / "oracle"
-    write_quantized(llama_checkpoint, qdir, oracle, scheme, PROMPTS)
+    write_quantized(llama, qdir, oracle, scheme, PROMPTS)
     _rewrite(qdir, {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0, "modules_to_not_convert": ["lm_head"]},
              lambda t: {k.replace(".weight_scale", ".input_scale_ub"): torch.tensor([UB]) for k in t
                         if k.endswith(".weight_scale")})
@@ -75,16 +62,16 @@ def test_fbgemm_fp8(llama_checkpoint, tmp_path):
     assert qkv.weight.dtype == FP8 and qkv.input_scale_ub.item() == UB  # the layer's own bound
     assert qkv.quant_method.input_codes_dtype(qkv) is None  # the norm does not quantize for it
     outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
-    check_close(_clamped_reference(str(oracle), scheme), outputs, PROMPTS)
+    check_close(hf_reference_fake_quant(str(oracle), scheme, {}, clamp=UB), outputs, PROMPTS)
 
 
 @pytest.mark.parametrize("algo,scheme", [
     ("FP8", Scheme("fp8", FP8, per_channel=False, activations="static")),
     ("FP8_PER_CHANNEL_PER_TOKEN", Scheme("compressed-tensors", FP8, per_channel=True, activations="token")),
 ])
-def test_modelopt(llama_checkpoint, tmp_path, algo, scheme):
+def test_modelopt(llama, tmp_path, algo, scheme):
     qdir, oracle = tmp_path / "q", tmp_path / "oracle"
-    input_scales = write_quantized(llama_checkpoint, qdir, oracle, scheme, PROMPTS)
+    input_scales = write_quantized(llama, qdir, oracle, scheme, PROMPTS)
     _rewrite(qdir, {"quant_method": "modelopt", "quant_algo": algo, "kv_cache_quant_algo": None,
                     "exclude_modules": ["lm_head"]})
     llm = LLM(str(qdir), **ENGINE)

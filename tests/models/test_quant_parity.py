@@ -33,11 +33,11 @@ FLIP_TOL, FLIPS_ALLOWED = 2e-2, 2
 ENGINE = dict(device="cpu", max_model_len=128, max_num_batched_tokens=32, block_size=4)
 
 
-def hf_reference(path: str, scheme: Scheme, input_scales: dict[str, float]) -> list:
+def hf_reference(path: str, scheme: Scheme, input_scales: dict[str, float], clamp: float | None = None) -> list:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    add_fake_quant_hooks(model, scheme, input_scales)
+    add_fake_quant_hooks(model, scheme, input_scales, clamp)
     results = []
     for prompt in PROMPTS:
         with torch.no_grad():

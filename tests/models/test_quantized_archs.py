@@ -20,11 +20,8 @@ from pagedlm import LLM
 from models.test_parity_archs_other import CHECKPOINTS as OTHER
 from models.test_parity_archs_round3 import CHECKPOINTS as ROUND3
 from models.test_parity_archs_round4 import CHECKPOINTS as ROUND4
-from quant_helpers import FP8, Scheme, write_quantized
-from test_parity import PROMPTS, check_close, greedy, hf_reference, run
-from test_quant_parity import check_close as check_close_flips
-from test_quant_parity import hf_reference as hf_reference_fake_quant
-from wna16_helpers import quantize_checkpoint
+from quant_helpers import FP8
+from quant_parity_helpers import assert_fp8_token_parity, assert_wna16_parity
 
 CHECKPOINTS = ({name: OTHER[name] for name in ("starcoder2", "cohere", "cohere2", "gptj")}
                | {name: ROUND3[name] for name in ("phi", "olmo")}
@@ -88,21 +85,11 @@ def projections(llm: LLM, name: str) -> list[torch.nn.Module]:
     ("falcon_seq", "awq", dict(group_size=16)),
 ])
 def test_wna16_matches_transformers_on_dequantized_weights(checkpoint, tmp_path, name, fmt, options):
-    qdir, refdir = quantize_checkpoint(checkpoint(name), tmp_path / "q", tmp_path / "ref", fmt, **options)
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
+    llm = assert_wna16_parity(checkpoint(name), tmp_path, fmt, **options)
     assert all(layer.qweight.dtype == torch.int32 for layer in projections(llm, name))
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_fp8_per_token(checkpoint, tmp_path, name):
-    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
-    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
-    write_quantized(checkpoint(name), qdir, oracle, scheme, PROMPTS)
-    ref = hf_reference_fake_quant(str(oracle), scheme, {})
-    llm = LLM(str(qdir), device="cpu", max_model_len=128)
-    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
-    check_close_flips(ref, outputs, PROMPTS)
+    llm = assert_fp8_token_parity(checkpoint(name), tmp_path)
     assert all(layer.weight.dtype == FP8 for layer in projections(llm, name))

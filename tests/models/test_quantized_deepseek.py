@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from models.test_parity_deepseek import CHECKPOINTS as DEEPSEEK
-from quant_helpers import FP8, write_block_fp8
-from test_parity import PROMPTS, check_close, hf_reference, run
-from wna16_helpers import quantize_checkpoint
+from quant_helpers import FP8
+from quant_parity_helpers import assert_block_fp8_parity, assert_wna16_parity
 
 CHECKPOINTS = {
     "deepseek_v3_ragged": (DEEPSEEK["deepseek_v3"][0], {**DEEPSEEK["deepseek_v3"][1], "kv_lora_rank": 20}),
@@ -39,13 +38,7 @@ def attention_and_experts(llm):
 
 
 def test_deepseek_v3_block_fp8(checkpoint, tmp_path):
-    qdir, refdir = tmp_path / "q", tmp_path / "ref"
-    write_block_fp8(checkpoint("deepseek_v3_ragged"), qdir, refdir, (16, 16))
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
-    attn, experts = attention_and_experts(llm)
+    attn, experts = attention_and_experts(assert_block_fp8_parity(checkpoint("deepseek_v3_ragged"), tmp_path))
     assert attn.kv_a_proj_with_mqa.weight.dtype == FP8 and attn.kv_a_proj_with_mqa.weight_scale_inv.shape == (2, 4)
     assert attn.kv_b_proj.weight_scale_inv.shape[1] == 2  # 20 inputs: one whole block and a partial one
     assert experts.w13_weight.dtype == torch.float32
@@ -54,12 +47,7 @@ def test_deepseek_v3_block_fp8(checkpoint, tmp_path):
 @pytest.mark.parametrize("fmt,options", [("awq", dict(group_size=16)),
                                          ("gptq", dict(bits=4, group_size=16, sym=False, desc_act=True))])
 def test_deepseek_v2_lite_wna16(checkpoint, tmp_path, fmt, options):
-    qdir, refdir = quantize_checkpoint(checkpoint("deepseek_v2_lite_q"), tmp_path / "q", tmp_path / "ref", fmt,
-                                       **options)
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
-    attn, experts = attention_and_experts(llm)
+    attn, experts = attention_and_experts(assert_wna16_parity(checkpoint("deepseek_v2_lite_q"), tmp_path, fmt,
+                                                              **options))
     assert attn.q_proj.qweight.dtype == torch.int32 and attn.kv_b_proj.qweight.dtype == torch.int32
     assert experts.w13_weight.dtype == torch.float32

@@ -13,10 +13,9 @@ import torch
 
 from pagedlm import LLM
 
-from quant_helpers import FP8, Scheme, write_quantized
-from test_parity import PROMPTS, check_close, greedy, hf_reference, run
-from test_quant_parity import check_close as check_close_flips
-from test_quant_parity import hf_reference as hf_reference_fake_quant
+from quant_helpers import FP8
+from quant_parity_helpers import PARITY_PROMPTS, assert_fp8_token_parity, assert_wna16_parity
+from test_parity import check_close, run
 from wna16_helpers import quantize_checkpoint
 
 
@@ -29,12 +28,7 @@ def layer0(llm: LLM):
     ("gemma3", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
 ])
 def test_wna16_matches_transformers_on_dequantized_weights(checkpoint_factory, tmp_path, arch, fmt, options):
-    qdir, refdir = quantize_checkpoint(checkpoint_factory(arch), tmp_path / "q", tmp_path / "ref", fmt, **options)
-    prompts = PROMPTS[:4]
-    ref = hf_reference(str(refdir), prompts, 10)
-    llm, outputs = run(str(qdir), prompts, max_model_len=128)
-    check_close(ref, outputs, prompts)
-    layer = layer0(llm)
+    layer = layer0(assert_wna16_parity(checkpoint_factory(arch), tmp_path, fmt, **options))
     assert layer.self_attn.qkv_proj.qweight.dtype == torch.int32 and layer.mlp.down_proj.qweight.dtype == torch.int32
 
 
@@ -45,7 +39,7 @@ def test_multimodal_gemma3_awq(tmp_path):
 
     src = _build(tmp_path / "float")
     qdir, refdir = quantize_checkpoint(src, tmp_path / "q", tmp_path / "ref", "awq", group_size=16)
-    prompts = PROMPTS[:4]
+    prompts = PARITY_PROMPTS
     from transformers import Gemma3ForConditionalGeneration
 
     model = Gemma3ForConditionalGeneration.from_pretrained(str(refdir), dtype=torch.float32).eval()
@@ -68,11 +62,5 @@ def test_fp8_per_token_gemma2(tmp_path):
     src = build_tiny_checkpoint(tmp_path / "float", "Gemma2ForCausalLM", seed=23, head_dim=16,
                                 query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=50.0,
                                 final_logit_softcapping=30.0, attn_implementation="eager")
-    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
-    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
-    write_quantized(str(src), qdir, oracle, scheme, PROMPTS)
-    ref = hf_reference_fake_quant(str(oracle), scheme, {})
-    llm = LLM(str(qdir), device="cpu", max_model_len=128)
-    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
-    check_close_flips(ref, outputs, PROMPTS)
+    llm = assert_fp8_token_parity(str(src), tmp_path)
     assert layer0(llm).self_attn.o_proj.weight.dtype == FP8

@@ -179,13 +179,8 @@ def test_quantized_checkpoint(non_native, tmp_path, fmt, options):
 
 def test_fp8_per_token_checkpoint(non_native, tmp_path):
     """compressed-tensors fp8 with per-token activations: each layer quantizes its own input."""
-    from quant_helpers import FP8, Scheme, write_quantized
-    from test_quant_parity import check_close as check_close_flips
-    from test_quant_parity import hf_reference as hf_reference_fake_quant
+    from quant_helpers import FP8
+    from quant_parity_helpers import assert_fp8_token_parity
 
-    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
-    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
-    write_quantized(non_native("ministral"), qdir, oracle, scheme, PROMPTS)
-    llm, outputs = run(str(qdir), PROMPTS, max_model_len=128)
-    check_close_flips(hf_reference_fake_quant(str(oracle), scheme, {}), outputs, PROMPTS)
+    llm = assert_fp8_token_parity(non_native("ministral"), tmp_path)
     assert _model(llm).hf_model.model.layers[0].mlp.down_proj.weight.dtype == FP8
