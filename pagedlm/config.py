@@ -318,7 +318,23 @@ def load_hf_config(model: str, trust_remote_code: bool = False) -> Any:
             raise
         raise ConfigError(f"model {model!r} ships its own configuration code; run it with --trust-remote-code "
                           "(trust_remote_code=True) if you trust it") from None
+    _read_modelopt_quant_config(config, path)
     return text_only_config(config)
+
+
+def _read_modelopt_quant_config(config: Any, path: Path) -> None:
+    """NVIDIA ModelOpt's older exports keep their quantization in ``hf_quant_config.json``
+    beside a config.json without one: read it as ``quant_method: modelopt`` (as vLLM does)."""
+    quant_file = path / "hf_quant_config.json"
+    if getattr(config, "quantization_config", None) is not None or not quant_file.is_file():
+        return
+    try:
+        data = json.loads(quant_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{quant_file} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("quantization"), dict):
+        raise ConfigError(f"{quant_file} has no 'quantization' object (NVIDIA ModelOpt's layout)")
+    config.quantization_config = {"quant_method": "modelopt", **data["quantization"]}
 
 
 def model_sliding_window(hf_config: Any) -> int | None:

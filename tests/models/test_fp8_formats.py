@@ -92,3 +92,24 @@ def test_modelopt_exclusions_and_refusals():
         cfg.get_quant_method(None, "model.layers.1.self_attn.qkv_proj")
     with pytest.raises(QuantizationError, match="quant_algo 'NVFP4' is not supported"):
         ModelOptConfig.from_config({"quant_method": "modelopt", "quant_algo": "NVFP4"})
+
+
+def test_modelopt_hf_quant_config_file(llama, tmp_path):
+    """ModelOpt's older exports: config.json without quantization_config, the quantization in
+    hf_quant_config.json beside it."""
+    scheme = Scheme("fp8", FP8, per_channel=False, activations="static")
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    input_scales = write_quantized(llama, qdir, oracle, scheme, PROMPTS)
+    config = json.loads((qdir / "config.json").read_text())
+    del config["quantization_config"]
+    (qdir / "config.json").write_text(json.dumps(config))
+    (qdir / "hf_quant_config.json").write_text(json.dumps({
+        "producer": {"name": "modelopt", "version": "0.19.0"},
+        "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": None, "exclude_modules": ["lm_head"]}}))
+    llm = LLM(str(qdir), **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "modelopt" and _qkv(llm).weight.dtype == FP8
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
+    check_close(hf_reference_fake_quant(str(oracle), scheme, input_scales), outputs, PROMPTS)
+    (qdir / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}}))
+    with pytest.raises(ValueError, match="no 'quantization' object"):
+        LLM(str(qdir), **ENGINE)

@@ -5,8 +5,8 @@ format's static scheme; ``FP8_PER_CHANNEL_PER_TOKEN`` has per-channel weight sca
 dynamic per-token activations. ``exclude_modules`` (names, or ``*`` wildcards as ModelOpt
 writes them) and the LM head stay unquantized; fp8 KV-cache scales (``k_proj.k_scale``) are
 read by the loader's KV-scale pass. Other algorithms (NVFP4, W4A8 AWQ, ...) are refused. The
-older ``hf_quant_config.json`` layout (``{"quantization": {...}}``) is read from
-``quantization_config`` the same way."""
+older exports' ``hf_quant_config.json`` beside config.json (``{"quantization": {...}}``) is
+read as this config when config.json has no quantization_config (``config.load_hf_config``)."""
 
 from __future__ import annotations
 
