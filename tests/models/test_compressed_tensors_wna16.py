@@ -75,3 +75,17 @@ def test_refused(llama_checkpoint, tmp_path, change, match):
     _with_weights(qdir, **change)
     with pytest.raises(QuantizationError, match=match):
         LLM(str(qdir), device="cpu", max_model_len=128)
+
+
+def test_act_order_kinds():
+    """Only ``actorder: group`` stores weight_g_idx ("weight" quantizes in activation order but
+    keeps the groups contiguous)."""
+    from pagedlm.layers.quantization.compressed_tensors import parse_scheme
+
+    def scheme(actorder):
+        weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 128,
+                   "actorder": actorder}
+        return parse_scheme({"weights": weights}, "pack-quantized")
+
+    assert scheme("group").actorder and not scheme("weight").actorder and not scheme(None).actorder
+    assert scheme(None).group_size == 128 and scheme(None).bits == 4

@@ -113,9 +113,9 @@ def _packed_scheme(weights: dict[str, Any], activations: dict[str, Any] | None) 
     group_size = int(weights.get("group_size") or 0) if strategy == "group" else -1
     if strategy == "group" and group_size <= 0:
         raise _refuse(f"pack-quantized group strategy with group_size {weights.get('group_size')!r}")
-    actorder = weights.get("actorder")
-    return WNA16Scheme(bits, group_size, bool(weights.get("symmetric", True)),
-                       actorder not in (None, False, "static"))
+    # only "group" act order stores weight_g_idx ("weight" / "static" quantize in activation order
+    # but keep the groups contiguous, as vLLM reads it)
+    return WNA16Scheme(bits, group_size, bool(weights.get("symmetric", True)), weights.get("actorder") == "group")
 
 
 @register_quantization_config

@@ -11,7 +11,7 @@ writes them (``pack_to_int32``):
   weight_scale       [N, G]                the model's dtype
   weight_zero_point  int32 [N / pack, G]   asymmetric only: the signed zero points plus
                                            2**(bits - 1), packed along the output dim
-  weight_g_idx       int32 [K]             ``actorder``: the group of each input
+  weight_g_idx       int32 [K]             ``actorder: group``: the group of each input
   weight_shape       int32 [2]             (N, K)
   W[n, k] = (q[n, k] - zero[n, g(k)]) * scale[n, g(k)]
 
@@ -44,7 +44,7 @@ class WNA16Scheme:
     bits: int  # 4 or 8
     group_size: int  # -1: one group over the input (the ``channel`` strategy)
     symmetric: bool
-    actorder: bool  # weight_g_idx stored (``actorder`` "group" / "weight" / true)
+    actorder: bool  # weight_g_idx stored (``actorder: "group"``)
 
 
 class CompressedTensorsWNA16Method(WNA16LinearMethod):
