@@ -113,3 +113,18 @@ def test_modelopt_hf_quant_config_file(llama, tmp_path):
     (qdir / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}}))
     with pytest.raises(ValueError, match="no 'quantization' object"):
         LLM(str(qdir), **ENGINE)
+
+
+def test_ptpc_fp8_is_online_fp8(llama, tmp_path):
+    """vLLM's ``--quantization ptpc_fp8`` (per-channel weights, per-token activations, quantized
+    while loading) is pagedlm's online fp8; a checkpoint already quantized refuses it."""
+    from pagedlm.layers.quantization.w8a8 import W8LinearMethod
+
+    llm = LLM(llama, quantization="ptpc_fp8", **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "fp8"
+    method = _qkv(llm).quant_method
+    assert isinstance(method, W8LinearMethod) and method.scheme.online and method.scheme.activations == "token"
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    write_quantized(llama, qdir, oracle, Scheme("fp8", FP8, per_channel=False, activations="static"), PROMPTS)
+    with pytest.raises(QuantizationError, match="already quantized"):
+        LLM(str(qdir), quantization="ptpc_fp8", **ENGINE)

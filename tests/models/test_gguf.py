@@ -139,3 +139,15 @@ def test_unsupported_architecture_and_missing_tokenizer(tiny_llama, tmp_path):
     no_tokenizer = write_llama_gguf(tiny_llama, tmp_path / "tiny-notok.gguf")
     with pytest.raises(ConfigError, match="no tokenizer in its metadata; pass one with --tokenizer"):
         LLM(str(no_tokenizer), device="cpu")
+
+
+def test_quantization_gguf_names_the_file_format(tiny_llama, tmp_path):
+    """``--quantization gguf`` (vLLM's name for how a .gguf file is stored) runs a GGUF model as
+    without it, and is refused for a checkpoint directory."""
+    from pagedlm.config import ConfigError
+
+    gguf_path = write_llama_gguf(tiny_llama, tmp_path / "tiny-f32.gguf")
+    plain = _as_reference(_run(str(gguf_path), tokenizer=str(tiny_llama)))
+    _assert_same(*plain, _run(str(gguf_path), tokenizer=str(tiny_llama), quantization="gguf"), tol=1e-6)
+    with pytest.raises(ConfigError, match="--quantization gguf needs a .gguf model file"):
+        LLM(str(tiny_llama), device="cpu", max_model_len=128, quantization="gguf")

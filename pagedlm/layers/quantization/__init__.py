@@ -89,6 +89,9 @@ def _config_for_checkpoint_method(quant_method: str) -> type[QuantizationConfig]
 # vLLM's names for a format run by another of its kernels (Marlin): the same checkpoint format,
 # which pagedlm runs with its own kernels.
 KERNEL_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq"}
+# vLLM's online methods that pagedlm's online fp8 is: ptpc_fp8 (per-channel weights, per-token
+# dynamic activations), for a float checkpoint only.
+ONLINE_ALIASES = {"ptpc_fp8": "fp8"}
 
 
 def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationConfig | None:
@@ -100,6 +103,11 @@ def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationC
     fp8``) with an empty config."""
     requested = KERNEL_ALIASES.get(requested, requested) if requested is not None else None
     hf_quant = _checkpoint_quant_config(hf_config)
+    if requested in ONLINE_ALIASES:
+        if hf_quant is not None:
+            raise QuantizationError(f"--quantization {requested} quantizes a float checkpoint while loading; this "
+                                    f"checkpoint is already quantized ({hf_quant.get('quant_method')!r})")
+        requested = ONLINE_ALIASES[requested]
     if hf_quant is None:
         if requested is None:
             return None
