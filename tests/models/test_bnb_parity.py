@@ -156,9 +156,27 @@ def test_bad_configs_refused(overrides: dict, message: str) -> None:
         resolve_quantization(_Cfg({**quant_config("nf4", True), **overrides}), None)
 
 
+def test_in_flight_nf4_matches_the_reference_quantizer(llama_checkpoint, tmp_path) -> None:
+    """``--quantization bitsandbytes`` on a float checkpoint quantizes it while loading to what
+    bitsandbytes' quantize_4bit makes of it (NF4, blocks of 64, no double quantization): the
+    reference quantizer's dequantized weights in transformers give the same ids and logprobs."""
+    oracle = tmp_path / "oracle"
+    write_bnb_checkpoint(llama_checkpoint, tmp_path / "q", oracle, "nf4", False)
+    ref = hf_reference(str(oracle), PROMPTS, MAX_TOKENS)
+    llm = LLM(llama_checkpoint, quantization="bitsandbytes", **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "bitsandbytes"
+    qkv = llm.llm_engine.engine_core.runner.model.model.layers[0].self_attn.qkv_proj
+    assert qkv.weight.dtype == torch.uint8 and qkv.bnb_absmax.shape == (qkv.weight.shape[0], qkv.weight.shape[1] // 32)
+    check_close(ref, llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False), PROMPTS)
+
+
 def test_refusals_at_layers_and_online() -> None:
-    with pytest.raises(QuantizationError, match="does not quantize to bitsandbytes while loading"):
-        resolve_quantization(_Cfg(None), "bitsandbytes")
+    class Layer:
+        prefix = "model.layers.0.mlp.down_proj"
+
+    online = resolve_quantization(_Cfg(None), "bitsandbytes")
+    with pytest.raises(QuantizationError, match="blocks of 64"):  # an input width not whole blocks
+        online.get_quant_method(Layer(), Layer.prefix).create_weights(Layer(), 96, [64], 96, 64, torch.float32, None)
     cfg = resolve_quantization(_Cfg(quant_config("nf4", False, ["q_proj"])), None)
     with pytest.raises(QuantizationError, match="some of"):
         cfg.get_quant_method(torch.nn.Module(), "model.layers.0.self_attn.qkv_proj")

@@ -31,8 +31,11 @@ cross rows: K, and each rank's input width, must be multiples of the blocksize (
 real model; refused otherwise). ``apply`` dequantizes the weight to the activations' dtype on
 every call and multiplies (a PyTorch reference, on CPU and GPU alike; no fused kernel yet).
 
-8-bit LLM.int8 checkpoints (``load_in_8bit``) and quantizing an unquantized checkpoint while
-loading are refused.
+In-flight (``--quantization bitsandbytes`` on a float checkpoint, as vLLM runs it): each linear
+layer's weight is quantized while loading to NF4 in blocks of 64 along its rows (the codes
+nearest the block-normalised weights, bitsandbytes' ``quantize_4bit``) with float32 absmax (no
+double quantization), then runs as a checkpoint's would; a layer's input width must be whole
+blocks. 8-bit LLM.int8 checkpoints (``load_in_8bit``) are refused.
 """
 
 from __future__ import annotations
@@ -111,6 +114,29 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Ten
     return values.view(n, k).to(dtype)
 
 
+ONLINE_BLOCKSIZE = 64  # bitsandbytes' default blocksize, as vLLM quantizes in flight
+
+
+def quantize_4bit_rows(weight: torch.Tensor, table: torch.Tensor,
+                       blocksize: int = ONLINE_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (codes packed uint8 [N, K / 2], high nibble first; absmax float32 [N, K /
+    blocksize]): each block of ``blocksize`` inputs of a row scaled by its largest magnitude,
+    each weight the index of the nearest value of the ascending ``table`` (bitsandbytes'
+    ``quantize_4bit``)."""
+    n, k = weight.shape
+    blocks = weight.float().view(n, k // blocksize, blocksize)
+    absmax = blocks.abs().amax(dim=-1)
+    scaled = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    table = table.to(weight.device, torch.float32)
+    if not bool((table[1:] > table[:-1]).all()):
+        raise ValueError("quantize_4bit_rows needs an ascending code table (NF4)")
+    # the nearest value by the midpoints between neighbours (a tie goes to the lower code, as
+    # argmin's first minimum would), without a [N, K, 16] distance tensor
+    codes = torch.bucketize(scaled, (table[1:] + table[:-1]) / 2).view(n, k)
+    packed = (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+    return packed.contiguous(), absmax.contiguous()
+
+
 def parse_quant_state(blob: torch.Tensor) -> dict[str, Any]:
     try:
         return json.loads(bytes(blob.detach().cpu().to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
@@ -133,18 +159,16 @@ def _skip_match(name: str, pattern: str) -> bool:
 class BitsAndBytesConfig(QuantizationConfig):
     name = "bitsandbytes"
 
-    def __init__(self, quant_type: str, double_quant: bool, skip_modules: list[str]) -> None:
+    def __init__(self, quant_type: str, double_quant: bool, skip_modules: list[str], online: bool = False) -> None:
         self.quant_type = quant_type
         self.double_quant = double_quant
         self.skip_modules = skip_modules
+        self.online = online  # a float checkpoint quantized while loading
 
     @classmethod
     def from_config(cls, hf_quant_cfg: dict[str, Any]) -> "BitsAndBytesConfig":
-        if not hf_quant_cfg:
-            raise QuantizationError("--quantization bitsandbytes needs a checkpoint saved pre-quantized in 4 bits by "
-                                    "bitsandbytes (config.json quantization_config with quant_method 'bitsandbytes' "
-                                    "and load_in_4bit); pagedlm does not quantize to bitsandbytes while loading "
-                                    "(try --quantization fp8)")
+        if not hf_quant_cfg:  # --quantization bitsandbytes on a float checkpoint: NF4 while loading
+            return cls("nf4", False, [], online=True)
         in_4bit = bool(hf_quant_cfg.get("load_in_4bit", hf_quant_cfg.get("_load_in_4bit", False)))
         in_8bit = bool(hf_quant_cfg.get("load_in_8bit", hf_quant_cfg.get("_load_in_8bit", False)))
         if in_8bit:
@@ -206,6 +230,13 @@ class BitsAndBytesLinearMethod(QuantMethod):
                        weight_loader: WeightLoader) -> None:
         prefix = getattr(layer, "prefix", "")
         k, n = input_size_per_partition, sum(output_partition_sizes)
+        if self.config.online:
+            if k % ONLINE_BLOCKSIZE:
+                raise QuantizationError(f"{prefix}: in-flight bitsandbytes quantizes blocks of {ONLINE_BLOCKSIZE} "
+                                        f"inputs along each row; this layer's input width per rank is {k}")
+            layer.register_parameter("weight", new_param((n, k), params_dtype, output_dim=0, input_dim=1,
+                                                         weight_loader=weight_loader))
+            return
         if k % 2 or input_size % 2:
             raise QuantizationError(f"{prefix}: bitsandbytes 4-bit layers need an even input width per rank, got {k}")
         layer.bnb_input_size = input_size
@@ -274,6 +305,13 @@ class BitsAndBytesLinearMethod(QuantMethod):
         return absmax.view(rows, k // blocksize), blocksize
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
+        if self.config.online:
+            packed, absmax = quantize_4bit_rows(layer.weight.data, torch.tensor(TABLES[self.config.quant_type]))
+            replace_param(layer, "weight", packed)
+            replace_param(layer, "bnb_absmax", absmax)
+            replace_param(layer, "bnb_table", byte_table(torch.tensor(TABLES[self.config.quant_type])).to(
+                packed.device))
+            return
         parts, n, k_local = layer.bnb_parts, *layer.bnb_local_shape
         for name in self._aux_names():
             delattr(layer, name)
@@ -305,6 +343,8 @@ class BitsAndBytesLinearMethod(QuantMethod):
         return F.linear(x, weight, bias)
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
+        if self.config.online:  # float weights, quantized after loading
+            return QuantMethod.init_dummy(self, layer, generator)
         n, k_local = layer.bnb_local_shape
         device = generator.device
         layer.weight.data.copy_(torch.randint(0, 256, layer.weight.shape, generator=generator, device=device,
