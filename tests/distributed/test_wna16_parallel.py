@@ -6,7 +6,8 @@ row-parallel ranks that keep every group because their rows index any group. AWQ
 tensors go through the same narrowing (packed output dim); compressed-tensors' pack-quantized
 tensors are the transposed orientation (weight_packed [N, K / pack], zero points packed along N).
 A quantized MoE checkpoint (AWQ Qwen3-MoE) adds its experts, dequantized whole while loading
-and then split by the fused-MoE loader like a float checkpoint's."""
+and then split by the fused-MoE loader like a float checkpoint's; a Phi-3 checkpoint its fused
+qkv_proj / gate_up_proj tensors, split per part before the ranks narrow them."""
 
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def test_tp2_equals_tp1(float_checkpoint, tmp_path, variant: str) -> None:
 
 def test_quantized_moe_tp2_equals_tp1(moe_checkpoint, tmp_path) -> None:
     compare_tp(moe_checkpoint, tmp_path, "awq", dict(group_size=16))
+
+
+def test_fused_checkpoint_tp2_equals_tp1(tmp_path_factory, tmp_path) -> None:
+    """Phi-3's fused qkv_proj / gate_up_proj in GPTQ with act order: each fused tensor split per
+    part (qzeros in packed units, g_idx whole) and then narrowed per rank."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path_factory.mktemp("wna16_tp_phi3"), "Phi3ForCausalLM", seed=23, pad_token_id=0)
+    compare_tp(str(src), tmp_path, "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True))
 
 
 def compare_tp(float_checkpoint: str, tmp_path, fmt: str, options: dict) -> None:
