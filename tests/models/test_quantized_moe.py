@@ -174,3 +174,16 @@ def test_online_fp8_quantizes_the_linear_layers_and_keeps_the_experts(checkpoint
     ref = _prompt_logprobs(LLM(path, **ENGINE).generate(prompts, TEACHER_FORCED, use_tqdm=False))
     errors = [abs(a - b) for a, b in zip(quant, ref, strict=True)]
     assert 0 < statistics.mean(errors) < ONLINE_FP8_MEAN_TOL
+
+
+def test_moe_wna16_names_the_checkpoint_format(checkpoint_factory, tmp_path):
+    """vLLM's ``--quantization moe_wna16`` (its MoE kernel for AWQ / GPTQ checkpoints) runs the
+    checkpoint's own format; a checkpoint of another kind refuses it."""
+    from pagedlm.layers.quantization import QuantizationError
+
+    qdir, _ = quantize_checkpoint(checkpoint_factory("qwen3_moe"), tmp_path / "q", tmp_path / "ref", "awq",
+                                  group_size=32)
+    llm = LLM(str(qdir), device="cpu", max_model_len=128, quantization="moe_wna16")
+    assert llm.llm_engine.config.model_config.quantization == "awq"
+    with pytest.raises(QuantizationError, match="moe_wna16 runs awq / gptq checkpoints; this one is unquantized"):
+        LLM(checkpoint_factory("qwen3_moe"), device="cpu", max_model_len=128, quantization="moe_wna16")

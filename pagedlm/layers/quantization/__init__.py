@@ -92,6 +92,9 @@ KERNEL_ALIASES = {"awq_marlin": "awq", "gptq_marlin": "gptq"}
 # vLLM's online methods that pagedlm's online fp8 is: ptpc_fp8 (per-channel weights, per-token
 # dynamic activations), for a float checkpoint only.
 ONLINE_ALIASES = {"ptpc_fp8": "fp8"}
+# vLLM's name for its MoE kernel over AWQ / GPTQ checkpoints: the checkpoint's own format here
+# (attention quantized, routed experts dequantized while loading).
+CHECKPOINT_ALIASES = {"moe_wna16": ("awq", "gptq")}
 
 
 def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationConfig | None:
@@ -103,6 +106,12 @@ def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationC
     fp8``) with an empty config."""
     requested = KERNEL_ALIASES.get(requested, requested) if requested is not None else None
     hf_quant = _checkpoint_quant_config(hf_config)
+    if requested in CHECKPOINT_ALIASES:
+        method = str((hf_quant or {}).get("quant_method", "")).lower()
+        if method not in CHECKPOINT_ALIASES[requested]:
+            raise QuantizationError(f"--quantization {requested} runs {' / '.join(CHECKPOINT_ALIASES[requested])} "
+                                    f"checkpoints; this one is {method or 'unquantized'}")
+        requested = method
     if requested in ONLINE_ALIASES:
         if hf_quant is not None:
             raise QuantizationError(f"--quantization {requested} quantizes a float checkpoint while loading; this "
