@@ -52,3 +52,40 @@ def test_dummy_weights_run(checkpoint_factory, tmp_path):
                                                                          ignore_eos=True), use_tqdm=False)
     lps = [lp.logprob for step in out[0].outputs[0].logprobs for lp in step.values()]
     assert len(out[0].outputs[0].token_ids) == 3 and all(torch.isfinite(torch.tensor(lps)))
+
+
+def test_compressed_tensors_fp8_block(checkpoint_factory, tmp_path):
+    """llm-compressor's FP8_BLOCK (compressed-tensors float-quantized, ``strategy: block``): the
+    same tensors with the scales named ``weight_scale``, activations dynamic per group in the
+    config (run W8A16 here): equal to transformers on the dequantized weights."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pagedlm.layers.quantization import QuantizationError
+
+    from quant_parity_helpers import PARITY_PROMPTS, PARITY_TOKENS
+
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    write_block_fp8(checkpoint_factory("llama"), qdir, oracle, (16, 16))
+    tensors = load_file(str(qdir / "model.safetensors"))
+    save_file({k.replace(".weight_scale_inv", ".weight_scale"): v for k, v in tensors.items()},
+              str(qdir / "model.safetensors"))
+    config = json.loads((qdir / "config.json").read_text())
+    group = {"targets": ["Linear"], "output_activations": None,
+             "weights": {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False, "strategy": "block",
+                         "block_structure": [16, 16]},
+             "input_activations": {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": True,
+                                   "strategy": "group", "group_size": 16}}
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                     "ignore": ["lm_head"], "config_groups": {"group_0": group}}
+    (qdir / "config.json").write_text(json.dumps(config))
+    ref = hf_reference(str(oracle), PARITY_PROMPTS, PARITY_TOKENS)
+    llm, outputs = run(str(qdir), PARITY_PROMPTS, max_model_len=128)
+    check_close(ref, outputs, PARITY_PROMPTS)
+    qkv = llm.llm_engine.engine_core.runner.model.model.layers[0].self_attn.qkv_proj
+    assert isinstance(qkv.quant_method, BlockFp8LinearMethod) and qkv.weight_scale.dtype == torch.float32
+    group["weights"]["block_structure"] = [16]
+    (qdir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QuantizationError, match="block_structure"):
+        run(str(qdir), PARITY_PROMPTS, max_model_len=128)

@@ -9,6 +9,10 @@ of codes, then the dense GEMM), activations unquantized — the checkpoint's wei
 slower than a bf16 checkpoint (the dequantized copy is written and read on every call). vLLM
 quantizes the activations per 128-wide group on Hopper; the logprobs differ by that rounding.
 
+llm-compressor's block strategy (compressed-tensors ``float-quantized`` with ``strategy: block``
+and ``block_structure``) stores the same tensors with the scales named ``weight_scale``; it runs
+here the same way (its per-group activation quantization is not applied: W8A16).
+
 Fused layers (q/k/v, gate/up) and tensor-parallel shards keep whole blocks: every part's
 output width and each rank's input width must be multiples of the block (true of the
 checkpoints that use it: 128 x 128 blocks over 128-wide heads); others are refused. A layer
@@ -33,8 +37,9 @@ logger = logging.getLogger("pagedlm")
 
 
 class BlockFp8LinearMethod(QuantMethod):
-    def __init__(self, block: tuple[int, int]) -> None:
+    def __init__(self, block: tuple[int, int], scale_name: str = "weight_scale_inv") -> None:
         self.block = block
+        self.scale_name = scale_name  # the checkpoint's name (compressed-tensors': weight_scale)
 
     def create_weights(self, layer: nn.Module, input_size_per_partition: int, output_partition_sizes: list[int],
                        input_size: int, output_size: int, params_dtype: torch.dtype,
@@ -52,7 +57,7 @@ class BlockFp8LinearMethod(QuantMethod):
         layer.register_parameter("weight", new_param((n, input_size_per_partition), FP8_DTYPE, output_dim=0,
                                                      input_dim=1, weight_loader=weight_loader))
         # One row of scales per bn output rows: a fused part's offset and width in blocks.
-        layer.register_parameter("weight_scale_inv", new_param((-(-n // bn), -(-input_size_per_partition // bk)),
+        layer.register_parameter(self.scale_name, new_param((-(-n // bn), -(-input_size_per_partition // bk)),
                                                                torch.float32, output_dim=0, input_dim=1, packed_dim=0,
                                                                pack_factor=bn, weight_loader=weight_loader))
 
@@ -62,7 +67,7 @@ class BlockFp8LinearMethod(QuantMethod):
 
     def _dequantize(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         bn, bk = self.block
-        w, scale = layer.weight, layer.weight_scale_inv
+        w, scale = layer.weight, getattr(layer, self.scale_name)
         n, k = w.shape
         if n % bn or k % bk:  # a partial last block: each weight's scale spelled out
             return w.to(dtype) * scale.to(dtype).repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
@@ -80,4 +85,4 @@ class BlockFp8LinearMethod(QuantMethod):
         codes = torch.empty(layer.weight.shape, dtype=torch.float32, device=layer.weight.device)
         fill_uniform(codes, -FP8_MAX, FP8_MAX, generator)
         layer.weight.data.copy_(codes.to(FP8_DTYPE))
-        fill_uniform(layer.weight_scale_inv, 0.04 / FP8_MAX, 0.06 / FP8_MAX, generator)
+        fill_uniform(getattr(layer, self.scale_name), 0.04 / FP8_MAX, 0.06 / FP8_MAX, generator)

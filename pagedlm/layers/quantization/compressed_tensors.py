@@ -14,7 +14,9 @@ or ``channel``, with input activations none (W8A16), dynamic per ``token``, or p
 (static ``input_scale`` or dynamic) (``w8a8.py``); packed ``int`` weights of 4 or 8 bits,
 ``strategy`` ``group`` or ``channel``, symmetric or with zero points, with or without
 ``actorder``, activations unquantized (``compressed_tensors_wna16.py``, the AWQ / GPTQ kernels).
-Everything else (block strategies, asymmetric unpacked ints, packed activations, output
+fp8 weights with ``strategy: block`` (llm-compressor's FP8_BLOCK) run as block-wise fp8 W8A16
+(``block_fp8.py``; the activations are not quantized). Everything else (int block
+strategies, asymmetric unpacked ints, packed activations, output
 activations, sparse weights stored compressed by ``sparsity_config``, online transforms of
 ``transform_config``) is refused with the reason; a ``dense`` ``sparsity_config`` is plain
 weights.
@@ -22,6 +24,7 @@ weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +40,7 @@ from pagedlm.layers.quantization.base import (
     is_layer_skipped,
     matches_name,
 )
+from pagedlm.layers.quantization.block_fp8 import BlockFp8LinearMethod
 from pagedlm.layers.quantization.compressed_tensors_wna16 import CompressedTensorsWNA16Method, WNA16Scheme
 from pagedlm.layers.quantization.w8a8 import W8LinearMethod, W8Scheme
 
@@ -80,7 +84,7 @@ def _activations(args: dict[str, Any] | None, weight_dtype: torch.dtype) -> str 
     raise _refuse(f"input activation strategy {strategy!r} (dynamic={dynamic})")
 
 
-def parse_scheme(group: dict[str, Any], fmt: str | None = None) -> W8Scheme | WNA16Scheme:
+def parse_scheme(group: dict[str, Any], fmt: str | None = None) -> W8Scheme | WNA16Scheme | BlockScheme:
     """A config group's scheme; ``fmt``: the checkpoint's format, which the group's own
     ``format`` overrides."""
     weights = group.get("weights")
@@ -95,10 +99,31 @@ def parse_scheme(group: dict[str, Any], fmt: str | None = None) -> W8Scheme | WN
         raise _refuse(f"format {fmt!r}")
     dtype = _weight_dtype(weights)
     strategy = weights.get("strategy", "tensor")
+    if strategy == "block":
+        return _block_scheme(weights, dtype, group.get("input_activations"))
     if strategy not in ("tensor", "channel") or weights.get("dynamic", False):
         raise _refuse(f"weight strategy {strategy!r}" + (" (dynamic)" if weights.get("dynamic") else ""))
     return W8Scheme(dtype, weight_per_channel=strategy == "channel",
                     activations=_activations(group.get("input_activations"), dtype))
+
+
+@dataclass(frozen=True)
+class BlockScheme:
+    block: tuple[int, int]  # [output rows, input columns] per weight scale
+
+
+def _block_scheme(weights: dict[str, Any], dtype: torch.dtype, activations: dict[str, Any] | None) -> BlockScheme:
+    """llm-compressor's FP8_BLOCK: fp8 weights with one scale per block (run as W8A16, as the
+    ``fp8`` format's block-wise checkpoints are); its activations, if quantized, dynamically."""
+    structure = weights.get("block_structure")
+    if dtype != FP8_DTYPE or weights.get("dynamic", False):
+        raise _refuse(f"block weight strategy with {weights.get('type')} weights")
+    if (not isinstance(structure, (list, tuple)) or len(structure) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in structure)):
+        raise _refuse(f"block weight strategy with block_structure {structure!r}")
+    if activations and not activations.get("dynamic", False):
+        raise _refuse("block weights with static input activation scales")
+    return BlockScheme((int(structure[0]), int(structure[1])))
 
 
 def _packed_scheme(weights: dict[str, Any], activations: dict[str, Any] | None) -> WNA16Scheme:
@@ -122,7 +147,7 @@ def _packed_scheme(weights: dict[str, Any], activations: dict[str, Any] | None) 
 class CompressedTensorsConfig(QuantizationConfig):
     name = "compressed-tensors"
 
-    def __init__(self, groups: list[tuple[list[str], W8Scheme | WNA16Scheme]], ignore: list[str]) -> None:
+    def __init__(self, groups: list[tuple[list[str], W8Scheme | WNA16Scheme | BlockScheme]], ignore: list[str]) -> None:
         self.groups = groups
         self.ignore = ignore
 
@@ -144,7 +169,7 @@ class CompressedTensorsConfig(QuantizationConfig):
                   for g in (hf_quant_cfg.get("config_groups") or {}).values()]
         return cls(groups, list(hf_quant_cfg.get("ignore") or []))
 
-    def _scheme_for(self, name: str) -> W8Scheme | WNA16Scheme | None:
+    def _scheme_for(self, name: str) -> W8Scheme | WNA16Scheme | BlockScheme | None:
         """As compressed-tensors and vLLM resolve targets: a layer name or ``re:`` regex in any
         group wins over a module class (``Linear``), whatever the order of the groups."""
         for by_name in (True, False):
@@ -163,6 +188,8 @@ class CompressedTensorsConfig(QuantizationConfig):
         scheme = schemes.pop()
         if scheme is None:
             return None
+        if isinstance(scheme, BlockScheme):
+            return BlockFp8LinearMethod(scheme.block, scale_name="weight_scale")
         return CompressedTensorsWNA16Method(scheme) if isinstance(scheme, WNA16Scheme) else W8LinearMethod(scheme)
 
     def skip_checkpoint_tensor(self, name: str) -> bool:
