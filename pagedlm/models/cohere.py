@@ -52,7 +52,8 @@ class CohereLayerNorm(nn.Module):
 
 
 class CohereAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None,
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int,
+                 quant_config: QuantizationConfig | None = None,
                  prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
@@ -82,7 +83,8 @@ class CohereAttention(nn.Module):
 
 
 class CohereDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None,
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int,
+                 quant_config: QuantizationConfig | None = None,
                  prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = CohereLayerNorm((config.hidden_size,), config.layer_norm_eps)
@@ -95,7 +97,8 @@ class CohereDecoderLayer(nn.Module):
 
 
 class CohereModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, nope_global_layers: bool = False, quant_config: QuantizationConfig | None = None,
+    def __init__(self, config: Any, max_position: int, nope_global_layers: bool = False,
+                 quant_config: QuantizationConfig | None = None,
                  prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
@@ -124,7 +127,8 @@ class CohereForCausalLM(CausalLMWrapper):
     nope_global_layers = False  # Cohere 2's global layers take no position embedding
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "hidden_act", "silu") != "silu":
             raise ConfigError(f"Cohere hidden_act {config.hidden_act!r} is not supported (only silu)")
         super().__init__(config, max_position, quant_config)
@@ -148,7 +152,8 @@ class Cohere2ForCausalLM(CohereForCausalLM):
 
     nope_global_layers = True
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if not getattr(config, "layer_types", None):
             raise ConfigError("Cohere2 config has no layer_types (which layers slide and use RoPE)")
         super().__init__(config, max_position, quant_config)

@@ -31,8 +31,9 @@ input) and keeps q_a_proj, kv_a_proj_with_mqa and the latent norms whole on ever
 experts split as in the other MoE models. Quantized checkpoints (DeepSeek-V3's own block-wise
 fp8 among them) run the MLA, dense and shared-expert projections through their linear
 methods and dequantize the routed experts while loading, as the other MoE models do. Not
-supported, and refused: pipeline parallelism, LoRA, other routing methods. The multi-token-prediction layers (``num_nextn_predict_layers``, past
-``num_hidden_layers``) are not loaded."""
+supported, and refused: pipeline parallelism, LoRA, other routing methods. The
+multi-token-prediction layers (``num_nextn_predict_layers``, past ``num_hidden_layers``) are
+not loaded."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def mla_softmax_scale(config: Any) -> float:
 class DeepseekV2MLAAttention(nn.Module):
     """Multi-head latent attention over a decompressed paged cache (see the module docstring)."""
 
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = mla_head_dims(config)
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
@@ -165,7 +167,8 @@ class DeepseekV2ForCausalLM(Glm4MoeForCausalLM):
     extra_params_mapping = [(".self_attn.q_proj.", ".self_attn.q_proj.", None)]
 
     @classmethod
-    def make_layer(cls, config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
+    def make_layer(cls, config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         prefix = f"model.layers.{layer_idx}"
         if not is_moe_layer(config, layer_idx):
             mlp: nn.Module = Qwen2MoeMLP(config.hidden_size, config.intermediate_size, quant_config=quant_config,

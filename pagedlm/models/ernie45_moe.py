@@ -62,7 +62,8 @@ class Ernie4_5_MoeForCausalLM(MoEForCausalLM):
     supports_quantization = True  # attention, dense and shared-expert MLPs quantized; routed experts dequantized
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
         prefix = f"model.layers.{layer_idx}"
         attn = Ernie4_5Attention(config, rotary_emb, quant_config, f"{prefix}.self_attn", layer_idx)

@@ -40,7 +40,8 @@ def _num_ln(config: Any) -> int:
 
 
 class FalconAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, head_dim = attention_shape(config)
         bias = bool(config.bias)
@@ -72,7 +73,8 @@ class FalconMLP(nn.Module):
 
 
 class FalconDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
         self.self_attention = FalconAttention(config, rotary_emb, quant_config, f"{prefix}.self_attention")
@@ -100,7 +102,8 @@ class FalconDecoderLayer(nn.Module):
 
 
 class FalconModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "transformer") -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "transformer") -> None:
         super().__init__()
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
@@ -145,7 +148,8 @@ class FalconForCausalLM(CausalLMWrapper):
     attention_name = "self_attention.attn"
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         check_falcon_config(config)
         super().__init__(config, max_position, quant_config)
 

@@ -61,7 +61,8 @@ class GPT2Block(nn.Module):
     """Pre-LayerNorm attention then the GELU MLP; ``attn`` is the family's attention
     (GPT-2's, or GPT-BigCode's multi-query one), called on the normed hidden states."""
 
-    def __init__(self, config: Any, attn: nn.Module, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, attn: nn.Module, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = LayerNorm(config.hidden_size, eps)

@@ -50,7 +50,8 @@ class GPTBigCodeAttention(nn.Module):
 
 
 class GPTBigCodeModel(nn.Module):
-    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None, prefix: str = "transformer") -> None:
+    def __init__(self, config: Any, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "transformer") -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.wpe = VocabParallelEmbedding(config.max_position_embeddings, config.hidden_size)
@@ -100,7 +101,8 @@ class GPTBigCodeForCausalLM(CausalLMWrapper):
 
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "add_cross_attention", False):
             raise ConfigError("GPT-BigCode with cross-attention (add_cross_attention) is not supported")
         if max_position is not None and max_position > config.max_position_embeddings:
@@ -119,4 +121,5 @@ class GPTBigCodeForCausalLM(CausalLMWrapper):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.tie_word_embeddings:
             weights = ((n, t) for n, t in weights if not n.startswith("lm_head."))
-        return load_shards(self, split_c_attn(weights, self.config, dict(self.named_parameters(remove_duplicate=False))))
+        params = dict(self.named_parameters(remove_duplicate=False))
+        return load_shards(self, split_c_attn(weights, self.config, params))

@@ -45,7 +45,8 @@ def partial_rotary_embedding(config: Any, head_dim: int, max_position: int, is_n
 
 
 class GPTNeoXAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -77,7 +78,8 @@ class GPTNeoXMLP(nn.Module):
 
 
 class GPTNeoXLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.use_parallel_residual = bool(config.use_parallel_residual)
         self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
@@ -94,7 +96,8 @@ class GPTNeoXLayer(nn.Module):
 
 
 class GPTNeoXModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "gpt_neox") -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "gpt_neox") -> None:
         super().__init__()
         self.embed_in = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         head_dim = config.hidden_size // config.num_attention_heads
@@ -134,7 +137,8 @@ class GPTNeoXForCausalLM(CausalLMWrapper):
     tie_word_embeddings_default = False
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if getattr(config, "hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
             raise ConfigError(f"GPT-NeoX hidden_act {config.hidden_act!r} is not supported (GELU variants only)")
         super().__init__(config, max_position, quant_config)

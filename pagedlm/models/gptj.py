@@ -28,7 +28,8 @@ _QKV = [(".q_proj", ".qkv_proj", "q"), (".k_proj", ".qkv_proj", "k"), (".v_proj"
 
 
 class GPTJAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         hidden = config.hidden_size
         num_heads = config.num_attention_heads
@@ -61,7 +62,8 @@ class GPTJMLP(nn.Module):
 
 
 class GPTJBlock(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.ln_1 = LayerNorm(config.hidden_size, config.layer_norm_epsilon)
         self.attn = GPTJAttention(config, rotary_emb, quant_config, f"{prefix}.attn")
@@ -73,7 +75,8 @@ class GPTJBlock(nn.Module):
 
 
 class GPTJModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "transformer") -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "transformer") -> None:
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         head_dim = config.hidden_size // config.num_attention_heads
@@ -98,7 +101,8 @@ class GPTJForCausalLM(CausalLMWrapper):
     tie_word_embeddings_default = False
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         head_dim = config.hidden_size // config.num_attention_heads
         if not config.rotary_dim or config.rotary_dim > head_dim:
             raise ConfigError(f"GPT-J rotary_dim {config.rotary_dim!r} is not supported: it must be set and at most "

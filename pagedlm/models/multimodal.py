@@ -32,8 +32,9 @@ def text_only_config(hf_config: Any) -> Any:
         text.tie_word_embeddings = hf_config.tie_word_embeddings
     # A quantized checkpoint's quantization_config sits at the top level (the quantizers write it
     # for the whole model; the vision tower's layers are skipped with the rest of it).
-    if getattr(hf_config, "quantization_config", None) is not None and getattr(text, "quantization_config", None) is None:
-        text.quantization_config = hf_config.quantization_config
+    quant = getattr(hf_config, "quantization_config", None)
+    if quant is not None and getattr(text, "quantization_config", None) is None:
+        text.quantization_config = quant
     return text
 
 

@@ -20,7 +20,8 @@ from pagedlm.models.qwen2_moe import check_moe_config
 
 
 class OlmoeAttention(Olmo2Attention):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding | None, layer: int,
+                 quant_config: QuantizationConfig | None = None) -> None:
         super().__init__(config, rotary_emb, quant_config, f"model.layers.{layer}.self_attn", layer)
 
 
@@ -40,7 +41,8 @@ class OlmoeForCausalLM(MoEForCausalLM):
     supports_quantization = True  # attention quantized; a quantized checkpoint's experts dequantized at load
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         check_moe_config(config)
         return MoEDecoderLayer(config, OlmoeAttention(config, rotary_emb, layer_idx, quant_config),
                                OlmoeSparseMoeBlock(config), "mlp")

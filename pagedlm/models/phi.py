@@ -37,7 +37,8 @@ def partial_rotary_dim(config: Any, head_dim: int, default: float = 1.0) -> int:
 
 
 class PhiAttention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, num_heads, num_kv_heads, bias=True,
@@ -75,7 +76,8 @@ class PhiMLP(nn.Module):
 
 
 class PhiDecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.self_attn = PhiAttention(config, rotary_emb, quant_config, f"{prefix}.self_attn")
@@ -87,7 +89,8 @@ class PhiDecoderLayer(nn.Module):
 
 
 class PhiModel(nn.Module):
-    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "model") -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
@@ -108,7 +111,8 @@ class PhiForCausalLM(CausalLMWrapper):
     tie_word_embeddings_default = False
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         try:
             gelu_approximation(getattr(config, "hidden_act", "gelu_new"))
         except ValueError as e:

@@ -24,7 +24,8 @@ class PhimoeForCausalLM(MoEForCausalLM):
     supports_quantization = True  # attention quantized; a quantized checkpoint's experts dequantized at load
 
     @staticmethod
-    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding, quant_config: QuantizationConfig | None = None) -> nn.Module:
+    def make_layer(config: Any, layer_idx: int, rotary_emb: RotaryEmbedding,
+                   quant_config: QuantizationConfig | None = None) -> nn.Module:
         attn = LlamaAttention(config, rotary_emb, qkv_bias=bool(getattr(config, "attention_bias", False)),
                               qk_norm=False, layer=layer_idx, quant_config=quant_config,
                               prefix=f"model.layers.{layer_idx}.self_attn")

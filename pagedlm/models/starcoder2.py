@@ -26,7 +26,8 @@ from pagedlm.models.utils import LLAMA_STACKED_PARAMS, load_params
 
 
 class Starcoder2Attention(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int, quant_config: QuantizationConfig | None = None,
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int,
+                 quant_config: QuantizationConfig | None = None,
                  prefix: str = "") -> None:
         super().__init__()
         num_heads, num_kv_heads, self.head_dim = attention_shape(config)
@@ -60,7 +61,8 @@ class Starcoder2MLP(nn.Module):
 
 
 class Starcoder2DecoderLayer(nn.Module):
-    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int, quant_config: QuantizationConfig | None = None,
+    def __init__(self, config: Any, rotary_emb: RotaryEmbedding, layer: int,
+                 quant_config: QuantizationConfig | None = None,
                  prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, config.norm_epsilon)
@@ -74,7 +76,8 @@ class Starcoder2DecoderLayer(nn.Module):
 
 
 class Starcoder2Model(nn.Module):
-    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None, prefix: str = "model") -> None:
+    def __init__(self, config: Any, max_position: int, quant_config: QuantizationConfig | None = None,
+                 prefix: str = "model") -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         _, _, head_dim = attention_shape(config)
@@ -95,7 +98,8 @@ class Starcoder2Model(nn.Module):
 class Starcoder2ForCausalLM(CausalLMWrapper):
     supports_quantization = True  # every projection but the LM head
 
-    def __init__(self, config: Any, max_position: int | None = None, quant_config: QuantizationConfig | None = None) -> None:
+    def __init__(self, config: Any, max_position: int | None = None,
+                 quant_config: QuantizationConfig | None = None) -> None:
         if config.hidden_act not in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
             raise ConfigError(f"StarCoder2 hidden_act {config.hidden_act!r} is not supported (GELU variants only)")
         super().__init__(config, max_position, quant_config)

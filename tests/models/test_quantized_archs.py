@@ -5,10 +5,11 @@ fc_in / fc_out), and of the Llama-layout decoders with LayerNorms (StableLM with
 residual, Nemotron's ungated MLP, OLMo's parameter-free norms and clip_qkv), StarCoder 1
 (GPT-BigCode: c_attn fused in the checkpoint, [q | k | v] with multi-query and per head
 without it, split in packed units), GPT-NeoX (query_key_value per head) and Falcon
-(query_key_value multi-query, per head, or in K / V groups): every projection but the LM head runs its linear method. Against transformers
-running the dequantized weights (float32, CPU): greedy ids and top-k logprobs at the parity
-tolerance for AWQ and GPTQ, and at test_quant_parity's tolerance for fp8 with per-token
-activations (the layers quantize their own inputs: the LayerNorms emit no activation codes)."""
+(query_key_value multi-query, per head, or in K / V groups): every projection but the LM head
+runs its linear method. Against transformers running the dequantized weights (float32, CPU):
+greedy ids and top-k logprobs at the parity tolerance for AWQ and GPTQ, and at
+test_quant_parity's tolerance for fp8 with per-token activations (the layers quantize their own
+inputs: the LayerNorms emit no activation codes)."""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def byte_table(table: torch.Tensor) -> torch.Tensor:
     return torch.stack((table.repeat_interleave(16), table.repeat(16)), dim=-1)
 
 
-def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
     """W [N, K] from codes packed [N, K / 2], absmax [N, K / blocksize] (float32) and the
     code table (16 values, or ``byte_table``'s [256, 2])."""
     pairs = table if table.dim() == 2 else byte_table(table)
