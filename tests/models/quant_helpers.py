@@ -22,7 +22,8 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
            "c_fc", "c_proj", "c_attn", "dense", "fc1", "fc2",  # StarCoder 1 / 2, Phi-1/2
            "out_proj", "fc_in", "fc_out",  # GPT-J
            "query_key_value", "dense_h_to_4h", "dense_4h_to_h",  # GPT-NeoX
-           "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")  # DeepSeek's multi-head latent attention
+           "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # DeepSeek's multi-head latent attention
+           "input_linear", "output_linear")  # GraniteMoE's shared MLP (its 3-D expert tensors are no linear layers)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def quantize_linears(tensors: dict[str, torch.Tensor], quantize) -> tuple[dict, 
     quant, dequant = {}, {}
     for name, t in tensors.items():
         module = name.removesuffix(".weight")
-        if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS):
+        if not (name.endswith(".weight") and module.rsplit(".", 1)[-1] in LINEARS and t.dim() == 2):
             quant[name] = dequant[name] = t
             continue
         parts, dequant[name] = quantize(module, t)

@@ -78,17 +78,23 @@ def test_glm4_moe(round2_checkpoint, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("name,fmt,options", [
+    ("granitemoeshared", "awq", dict(group_size=16)),
     ("olmoe", "awq", dict(group_size=16)),
     ("phimoe", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
     ("ernie4_5_moe", "awq", dict(group_size=16)),
 ])
 def test_more_moe_families(round2_checkpoint, tmp_path, name, fmt, options):
-    """OLMoE (whole-projection q / k norms, clip_qkv), PhiMoE (LayerNorms, sparsemixer routing,
-    biases) and ERNIE 4.5 MoE (a dense layer, two shared experts, biases everywhere)."""
+    """GraniteMoeShared (its shared MLP's fused input_linear split per part; the 3-D experts stay
+    float, as the quantizers leave them), OLMoE (whole-projection q / k norms, clip_qkv), PhiMoE
+    (LayerNorms, sparsemixer routing, biases) and ERNIE 4.5 MoE (a dense layer, two shared
+    experts, biases everywhere)."""
     from quant_parity_helpers import assert_wna16_parity
 
-    experts, qkv = experts_and_attention(assert_wna16_parity(round2_checkpoint(name), tmp_path, fmt, **options))
+    llm = assert_wna16_parity(round2_checkpoint(name), tmp_path, fmt, **options)
+    experts, qkv = experts_and_attention(llm)
     assert qkv.qweight.dtype == torch.int32 and experts.w13_weight.dtype == torch.float32
+    shared = getattr(llm.llm_engine.engine_core.runner.model.model.layers[0], "shared_mlp", None)
+    assert shared is None or shared.gate_up_proj.qweight.dtype == torch.int32
 
 
 def test_bitsandbytes_moe(tmp_path):

@@ -29,6 +29,7 @@ LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
                    "out_proj", "fc_in", "fc_out",  # GPT-J
                    "query_key_value", "dense_h_to_4h", "dense_4h_to_h",  # GPT-NeoX
                    "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # DeepSeek's latent attention
+                   "input_linear", "output_linear",  # GraniteMoE's shared MLP (not its 3-D experts)
                    "w1", "w2", "w3")  # Mixtral's experts
 
 
@@ -283,7 +284,7 @@ def quantize_checkpoint(float_dir: str | Path, out_dir: str | Path, ref_dir: str
     quantized, dense = {}, {}
     for name, w in sorted(tensors.items()):
         layer = name.removesuffix(".weight")
-        if not (name.endswith(".weight") and layer.split(".")[-1] in LINEAR_SUFFIXES):
+        if not (name.endswith(".weight") and layer.split(".")[-1] in LINEAR_SUFFIXES and w.dim() == 2):
             quantized[name] = dense[name] = w
             continue
         q, deq = _quantize(w, fmt, _input_seed(layer), **options)
