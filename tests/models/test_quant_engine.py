@@ -60,6 +60,28 @@ def test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float(llama: str,
     assert 0 < statistics.mean(errors) < ONLINE_FP8_MEAN_TOL
 
 
+def test_online_int8_is_the_per_channel_checkpoint_and_close_to_float(llama: str, tmp_path: Path) -> None:
+    """``--quantization int8``: per-channel int8 weights quantized while loading, per-token int8
+    activations; the same as compressed-tensors' int8 W8A8 checkpoint of those weights."""
+    online = LLM(llama, quantization="int8", **ENGINE)
+    assert online.llm_engine.config.model_config.quantization == "int8"
+    layer = online.llm_engine.engine_core.runner.model.model.layers[0].mlp.down_proj
+    assert layer.weight.dtype == torch.int8 and layer.weight_scale.shape == (1, layer.weight.shape[0])
+    scheme = Scheme("compressed-tensors", torch.int8, per_channel=True, activations="token")
+    write_quantized(llama, tmp_path / "ckpt", tmp_path / "oracle", scheme, PROMPTS)
+    saved = LLM(str(tmp_path / "ckpt"), **ENGINE)
+    ours, theirs = (llm.generate(_prompts(), greedy(), use_tqdm=False) for llm in (online, saved))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for lp_a, lp_b in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+            assert all(abs(lp_a[t].logprob - lp_b[t].logprob) < 1e-5 for t in lp_a)
+    quant = _prompt_logprobs(online.generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
+    ref = _prompt_logprobs(LLM(llama, **ENGINE).generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
+    assert 0 < statistics.mean(abs(a - b) for a, b in zip(quant, ref, strict=True)) < ONLINE_FP8_MEAN_TOL
+    with pytest.raises(ConfigError, match="does not match the checkpoint"):  # a quantized checkpoint
+        LLM(str(tmp_path / "ckpt"), quantization="int8", **ENGINE)
+
+
 def _with_quant_config(src: str, out: Path, quant_config: dict) -> Path:
     shutil.copytree(src, out)
     config = json.loads((out / "config.json").read_text())

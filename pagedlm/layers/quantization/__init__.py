@@ -40,6 +40,7 @@ _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.bitsandbytes",
     "pagedlm.layers.quantization.fbgemm_fp8",
     "pagedlm.layers.quantization.modelopt",
+    "pagedlm.layers.quantization.int8",
 )
 _loaded = False
 
