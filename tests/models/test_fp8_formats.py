@@ -128,3 +128,46 @@ def test_ptpc_fp8_is_online_fp8(llama, tmp_path):
     write_quantized(llama, qdir, oracle, Scheme("fp8", FP8, per_channel=False, activations="static"), PROMPTS)
     with pytest.raises(QuantizationError, match="already quantized"):
         LLM(str(qdir), quantization="ptpc_fp8", **ENGINE)
+
+
+def _quark_config(dtype: str, weight_qscheme: str, input_dynamic: bool | None, **extra) -> dict:
+    weight = {"dtype": dtype, "qscheme": weight_qscheme, "is_dynamic": False, "symmetric": True, "ch_axis": 0}
+    inputs = None if input_dynamic is None else {"dtype": dtype, "qscheme": "per_tensor", "is_dynamic": input_dynamic,
+                                                  "symmetric": True}
+    return {"quant_method": "quark", "export": {"weight_format": "real_quantized", "pack_method": "reorder"},
+            "global_quant_config": {"weight": weight, "input_tensors": inputs, "output_tensors": None, "bias": None},
+            "layer_quant_config": {}, "exclude": ["lm_head"], **extra}
+
+
+@pytest.mark.parametrize("dtype,scheme", [
+    ("fp8_e4m3", Scheme("fp8", FP8, per_channel=False, activations="static")),
+    ("int8", Scheme("compressed-tensors", torch.int8, per_channel=False, activations="static")),
+])
+def test_quark(llama, tmp_path, dtype, scheme):
+    """AMD Quark: per-tensor 8-bit weights with static per-tensor activation scales."""
+    qdir, oracle = tmp_path / "q", tmp_path / "oracle"
+    input_scales = write_quantized(llama, qdir, oracle, scheme, PROMPTS)
+    _rewrite(qdir, _quark_config(dtype, "per_tensor", False))
+    llm = LLM(str(qdir), **ENGINE)
+    assert llm.llm_engine.config.model_config.quantization == "quark" and _qkv(llm).weight.dtype == scheme.dtype
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], greedy(), use_tqdm=False)
+    check_close(hf_reference_fake_quant(str(oracle), scheme, input_scales), outputs, PROMPTS)
+
+
+def test_quark_layer_overrides_exclusions_and_refusals():
+    from pagedlm.layers.quantization.quark import QuarkConfig
+
+    cfg = QuarkConfig.from_config(_quark_config("fp8_e4m3", "per_channel", True, exclude=["lm_head", "*.mlp.down_proj"],
+                                                layer_quant_config={"*.self_attn.o_proj": {"weight": {
+                                                    "dtype": "int8", "qscheme": "per_tensor", "is_dynamic": False}}}))
+    qkv = cfg.get_quant_method(None, "model.layers.0.self_attn.qkv_proj")
+    assert qkv.scheme.weight_dtype == FP8 and qkv.scheme.weight_per_channel and qkv.scheme.activations == "tensor"
+    o = cfg.get_quant_method(None, "model.layers.0.self_attn.o_proj")
+    assert o.scheme.weight_dtype == torch.int8 and o.scheme.activations is None  # the override: W8A16
+    assert cfg.get_quant_method(None, "model.layers.2.mlp.down_proj") is None
+    assert cfg.get_quant_method(None, "lm_head") is None
+    for bad, match in ((_quark_config("fp4", "per_group", None), "'fp4' weights"),
+                       (_quark_config("int8", "per_tensor", True), "dynamic int8 activations"),
+                       (_quark_config("fp8_e4m3", "per_group", False), "weight qscheme 'per_group'")):
+        with pytest.raises(QuantizationError, match=match):
+            QuarkConfig.from_config(bad)

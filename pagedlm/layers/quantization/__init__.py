@@ -41,6 +41,7 @@ _BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
     "pagedlm.layers.quantization.fbgemm_fp8",
     "pagedlm.layers.quantization.modelopt",
     "pagedlm.layers.quantization.int8",
+    "pagedlm.layers.quantization.quark",
 )
 _loaded = False
 
