@@ -89,3 +89,27 @@ def test_act_order_kinds():
 
     assert scheme("group").actorder and not scheme("weight").actorder and not scheme(None).actorder
     assert scheme(None).group_size == 128 and scheme(None).bits == 4
+
+
+def test_mixed_precision_groups():
+    """A ``mixed-precision`` checkpoint: each config group says its own format (fp8 attention,
+    packed int4 MLP), and each layer takes its group's method."""
+    from pagedlm.layers.quantization.compressed_tensors import CompressedTensorsConfig
+
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel", "dynamic": False}
+    int4 = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 128}
+    cfg = CompressedTensorsConfig.from_config({"quant_method": "compressed-tensors", "format": "mixed-precision",
+                                               "ignore": ["lm_head"], "config_groups": {
+        "attn": {"format": "float-quantized", "targets": ["re:.*self_attn.*"], "weights": fp8,
+                 "input_activations": {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True}},
+        "mlp": {"format": "pack-quantized", "targets": ["re:.*mlp.*"], "weights": int4}}})
+    qkv = cfg.get_quant_method(None, "model.layers.0.self_attn.qkv_proj")
+    down = cfg.get_quant_method(None, "model.layers.0.mlp.down_proj")
+    assert type(qkv).__name__ == "W8LinearMethod" and qkv.scheme.activations == "token"
+    assert type(down).__name__ == "CompressedTensorsWNA16Method" and not down.scheme.symmetric
+    assert cfg.get_quant_method(None, "lm_head") is None
+    assert not cfg.skip_checkpoint_tensor("model.layers.0.mlp.down_proj.weight_zero_point")  # packed, asymmetric
+    assert cfg.skip_checkpoint_tensor("model.layers.0.self_attn.q_proj.weight_zero_point")
+    with pytest.raises(QuantizationError, match="format 'mixed-precision'"):  # a group without its own format
+        CompressedTensorsConfig.from_config({"quant_method": "compressed-tensors", "format": "mixed-precision",
+                                             "config_groups": {"g": {"targets": ["Linear"], "weights": fp8}}})
