@@ -40,12 +40,16 @@ def llama(checkpoint_factory) -> str:
     return checkpoint_factory("llama")
 
 
-def test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float(llama: str, tmp_path: Path) -> None:
-    online = LLM(llama, quantization="fp8", **ENGINE)
+def _assert_online_is_the_checkpoint_and_close_to_float(llama: str, tmp_path: Path, quantization: str,
+                                                        dtype: torch.dtype) -> LLM:
+    """Online ``quantization`` (per-channel weights quantized while loading, per-token
+    activations) gives the outputs of the same quantization written as a compressed-tensors
+    checkpoint, and teacher-forced prompt logprobs close to the float model's."""
+    online = LLM(llama, quantization=quantization, **ENGINE)
+    assert online.llm_engine.config.model_config.quantization == quantization
     layer = online.llm_engine.engine_core.runner.model.model.layers[0].mlp.down_proj
-    assert layer.weight.dtype == FP8 and layer.weight_scale.shape == (1, layer.weight.shape[0])
-    # The same quantization written as a compressed-tensors checkpoint gives the same outputs.
-    scheme = Scheme("compressed-tensors", FP8, per_channel=True, activations="token")
+    assert layer.weight.dtype == dtype and layer.weight_scale.shape == (1, layer.weight.shape[0])
+    scheme = Scheme("compressed-tensors", dtype, per_channel=True, activations="token")
     write_quantized(llama, tmp_path / "ckpt", tmp_path / "oracle", scheme, PROMPTS)
     saved = LLM(str(tmp_path / "ckpt"), **ENGINE)
     ours, theirs = (llm.generate(_prompts(), greedy(), use_tqdm=False) for llm in (online, saved))
@@ -58,27 +62,18 @@ def test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float(llama: str,
     ref = _prompt_logprobs(LLM(llama, **ENGINE).generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
     errors = [abs(a - b) for a, b in zip(quant, ref, strict=True)]
     assert 0 < statistics.mean(errors) < ONLINE_FP8_MEAN_TOL
+    return online
+
+
+def test_online_fp8_is_the_per_channel_checkpoint_and_close_to_float(llama: str, tmp_path: Path) -> None:
+    _assert_online_is_the_checkpoint_and_close_to_float(llama, tmp_path, "fp8", FP8)
 
 
 def test_online_int8_is_the_per_channel_checkpoint_and_close_to_float(llama: str, tmp_path: Path) -> None:
-    """``--quantization int8``: per-channel int8 weights quantized while loading, per-token int8
-    activations; the same as compressed-tensors' int8 W8A8 checkpoint of those weights."""
-    online = LLM(llama, quantization="int8", **ENGINE)
-    assert online.llm_engine.config.model_config.quantization == "int8"
-    layer = online.llm_engine.engine_core.runner.model.model.layers[0].mlp.down_proj
-    assert layer.weight.dtype == torch.int8 and layer.weight_scale.shape == (1, layer.weight.shape[0])
-    scheme = Scheme("compressed-tensors", torch.int8, per_channel=True, activations="token")
-    write_quantized(llama, tmp_path / "ckpt", tmp_path / "oracle", scheme, PROMPTS)
-    saved = LLM(str(tmp_path / "ckpt"), **ENGINE)
-    ours, theirs = (llm.generate(_prompts(), greedy(), use_tqdm=False) for llm in (online, saved))
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.outputs[0].token_ids == b.outputs[0].token_ids
-        for lp_a, lp_b in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
-            assert all(abs(lp_a[t].logprob - lp_b[t].logprob) < 1e-5 for t in lp_a)
-    quant = _prompt_logprobs(online.generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
-    ref = _prompt_logprobs(LLM(llama, **ENGINE).generate(_prompts(), TEACHER_FORCED, use_tqdm=False))
-    assert 0 < statistics.mean(abs(a - b) for a, b in zip(quant, ref, strict=True)) < ONLINE_FP8_MEAN_TOL
-    with pytest.raises(ConfigError, match="does not match the checkpoint"):  # a quantized checkpoint
+    """``--quantization int8``: int8 weights per channel, int8 activations per token; a quantized
+    checkpoint refuses it."""
+    _assert_online_is_the_checkpoint_and_close_to_float(llama, tmp_path, "int8", torch.int8)
+    with pytest.raises(ConfigError, match="does not match the checkpoint"):
         LLM(str(tmp_path / "ckpt"), quantization="int8", **ENGINE)
 
 

@@ -30,9 +30,9 @@ from torch import nn
 from pagedlm.layers.quantization.base import QuantizationError, WeightLoader, new_param
 from pagedlm.layers.quantization.wna16 import (
     WNA16LinearMethod,
-    check_group_size,
     fill_dummy_scales,
-    input_order,
+    order_rows,
+    plan_groups,
     random_codes_int32,
     unpack_along_cols,
     unpack_along_rows,
@@ -62,12 +62,8 @@ class CompressedTensorsWNA16Method(WNA16LinearMethod):
             raise QuantizationError(f"{prefix}: {self.bits}-bit pack-quantized weights need input widths per rank "
                                     f"(and, with zero points, output widths) that are multiples of {pack}, got {k} "
                                     f"and {output_partition_sizes}")
-        group_size = self.group_size if self.group_size != -1 else input_size
-        # act-order shards of a row-parallel layer index any group: every rank keeps all groups
-        sharded_groups = self.group_size != -1 and not (self.scheme.actorder and k != input_size)
-        if sharded_groups:
-            check_group_size(group_size, k, prefix)
-        num_groups = k // group_size if sharded_groups else -(-input_size // group_size)
+        num_groups, sharded_groups = plan_groups(layer, self.group_size, self.scheme.actorder, k, input_size,
+                                                 params_dtype)
         group_dims = {"input_dim": 1} if sharded_groups else {}
         loader = {"weight_loader": weight_loader}
         layer.register_parameter("weight_packed", new_param((n, k // pack), torch.int32, output_dim=0, input_dim=1,
@@ -82,10 +78,6 @@ class CompressedTensorsWNA16Method(WNA16LinearMethod):
             layer.register_parameter("weight_g_idx", new_param((k,), torch.int32, input_dim=0, **loader))
         layer.register_parameter("weight_shape", new_param((2,), torch.int32,
                                                            weight_loader=_shape_loader(prefix, input_size)))
-        layer.wna16_act_dtype = params_dtype
-        layer.wna16_first_row = getattr(layer, "tp_rank", 0) * k if k != input_size else 0
-        layer.wna16_first_group = layer.wna16_first_row // group_size if sharded_groups else 0
-        layer.wna16_group_size = group_size
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         codes = unpack_along_cols(layer.weight_packed.data, self.bits).t()  # [K, N], unsigned
@@ -94,18 +86,8 @@ class CompressedTensorsWNA16Method(WNA16LinearMethod):
             zeros = torch.full_like(scales, 2 ** (self.bits - 1), dtype=torch.int32)
         else:
             zeros = unpack_along_rows(layer.weight_zero_point.data, self.bits).t()  # [G, N], unsigned
-        group_size = layer.wna16_group_size
-        perm = row_groups = None
-        if self.group_size == -1:
-            group_size = codes.shape[0]
-        elif self.scheme.actorder:
-            local_ids = layer.weight_g_idx.data.long() - layer.wna16_first_group
-            if local_ids.numel() and (local_ids.min() < 0 or local_ids.max() >= scales.shape[0]):
-                raise QuantizationError(f"{getattr(layer, 'prefix', '')}: weight_g_idx names groups outside the "
-                                        f"checkpoint's {scales.shape[0]} scale columns")
-            perm, row_groups, _ = input_order(local_ids, group_size)
-            if perm is not None:
-                codes = codes[perm.long()]
+        g_idx = layer.weight_g_idx.data if self.scheme.actorder else None
+        codes, perm, row_groups, group_size = order_rows(layer, codes, g_idx, scales.shape[0], self.group_size)
         dtype = layer.wna16_act_dtype
         self.finish_repack(layer, codes.contiguous(), scales.to(dtype), zeros.to(dtype), perm, row_groups, group_size,
                            drop=("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape"))

@@ -34,9 +34,9 @@ from pagedlm.layers.quantization.base import (
 )
 from pagedlm.layers.quantization.wna16 import (
     WNA16LinearMethod,
-    check_group_size,
     init_dummy_wna16,
-    input_order,
+    order_rows,
+    plan_groups,
     unpack_along_cols,
     unpack_along_rows,
 )
@@ -114,12 +114,8 @@ class GPTQLinearMethod(WNA16LinearMethod):
         if k % pack or any(size % pack for size in output_partition_sizes):
             raise QuantizationError(f"{prefix}: {self.bits}-bit GPTQ needs input and output widths per rank that are "
                                     f"multiples of {pack}, got {k} and {output_partition_sizes}")
-        group_size = self.group_size if self.group_size != -1 else input_size
-        # Act-order shards of a row-parallel layer index any group: keep all groups (as vLLM does).
-        sharded_groups = self.group_size != -1 and not (self.config.desc_act and k != input_size)
-        if sharded_groups:
-            check_group_size(group_size, k, prefix)
-        num_groups = k // group_size if sharded_groups else -(-input_size // group_size)
+        num_groups, sharded_groups = plan_groups(layer, self.group_size, self.config.desc_act, k, input_size,
+                                                 params_dtype)
         group_dims = {"input_dim": 0} if sharded_groups else {}
         loader = {"weight_loader": weight_loader}
         layer.register_parameter("qweight", new_param((k // pack, n), torch.int32, input_dim=0, output_dim=1,
@@ -129,30 +125,14 @@ class GPTQLinearMethod(WNA16LinearMethod):
         layer.register_parameter("scales", new_param((num_groups, n), torch.float16, output_dim=1, **group_dims,
                                                      **loader))
         layer.register_parameter("g_idx", new_param((k,), torch.int32, input_dim=0, **loader))
-        layer.wna16_act_dtype = params_dtype
-        # This rank's first input row (row-parallel shards), and its first group when the
-        # groups are sharded with the rows.
-        layer.wna16_first_row = getattr(layer, "tp_rank", 0) * k if k != input_size else 0
-        layer.wna16_first_group = layer.wna16_first_row // group_size if sharded_groups else 0
-        layer.wna16_group_size = group_size
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         codes = unpack_along_rows(layer.qweight.data, self.bits)  # [K, N]
         zeros = unpack_along_cols(layer.qzeros.data, self.bits)  # [G, N]
         if self.config.zeros_minus_one:
             zeros = zeros + 1
-        group_size = layer.wna16_group_size
-        if self.group_size == -1:  # one group: nothing to reorder, whatever g_idx says
-            perm = row_groups = None
-            group_size = codes.shape[0]
-        else:
-            local_ids = layer.g_idx.data.long() - layer.wna16_first_group
-            if local_ids.numel() and (local_ids.min() < 0 or local_ids.max() >= zeros.shape[0]):
-                raise QuantizationError(f"{getattr(layer, 'prefix', '')}: g_idx names groups outside the checkpoint's "
-                                        f"{zeros.shape[0]} scale rows")
-            perm, row_groups, _ = input_order(local_ids, group_size)
-            if perm is not None:
-                codes = codes[perm.long()]
+        codes, perm, row_groups, group_size = order_rows(layer, codes, layer.g_idx.data, zeros.shape[0],
+                                                         self.group_size)
         dtype = layer.wna16_act_dtype
         self.finish_repack(layer, codes, layer.scales.data.to(dtype), zeros.to(dtype), perm, row_groups, group_size,
                            drop=("qzeros", "g_idx"))

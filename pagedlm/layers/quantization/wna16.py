@@ -37,6 +37,42 @@ def unpack_along_cols(packed: torch.Tensor, bits: int, order: list[int] | None =
     return fields.reshape(packed.shape[0], -1)
 
 
+def plan_groups(layer: nn.Module, group_size: int, act_order: bool, input_size_per_partition: int,
+                input_size: int, params_dtype: torch.dtype) -> tuple[int, bool]:
+    """(scale groups this rank holds, whether its groups are its own rows' ``group_size`` runs)
+    for a layer of ``group_size`` (-1: one group over the input), and the layer's bookkeeping
+    for the repack: its activation dtype, first input row and first group, and group size.
+    Act-order shards of a row-parallel layer index any group: every rank then keeps all groups
+    (as vLLM does)."""
+    k = input_size_per_partition
+    size = group_size if group_size != -1 else input_size
+    sharded = group_size != -1 and not (act_order and k != input_size)
+    if sharded:
+        check_group_size(size, k, getattr(layer, "prefix", ""))
+    layer.wna16_act_dtype = params_dtype
+    layer.wna16_first_row = getattr(layer, "tp_rank", 0) * k if k != input_size else 0
+    layer.wna16_first_group = layer.wna16_first_row // size if sharded else 0
+    layer.wna16_group_size = size
+    return (k // size if sharded else -(-input_size // size)), sharded
+
+
+def order_rows(layer: nn.Module, codes: torch.Tensor, g_idx: torch.Tensor | None, num_groups: int,
+               group_size: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+    """(codes [K, N] in kernel order, perm, per-row group ids, group size) from the checkpoint's
+    per-input group ids ``g_idx`` (None: groups in input order); ``group_size`` -1 is one group."""
+    if group_size == -1:  # one group: nothing to reorder, whatever g_idx says
+        return codes, None, None, codes.shape[0]
+    size = layer.wna16_group_size
+    if g_idx is None:
+        return codes, None, None, size
+    local_ids = g_idx.long() - layer.wna16_first_group
+    if local_ids.numel() and (local_ids.min() < 0 or local_ids.max() >= num_groups):
+        raise QuantizationError(f"{getattr(layer, 'prefix', '')}: the checkpoint's group indices name groups outside "
+                                f"its {num_groups} scale groups")
+    perm, row_groups, _ = input_order(local_ids, size)
+    return (codes[perm.long()] if perm is not None else codes), perm, row_groups, size
+
+
 def check_group_size(group_size: int, input_size_per_partition: int, prefix: str) -> None:
     if input_size_per_partition % group_size:
         raise QuantizationError(f"{prefix or 'a linear layer'}: input size per rank {input_size_per_partition} is "
