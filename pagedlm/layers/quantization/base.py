@@ -114,6 +114,18 @@ def checkpoint_names(prefix: str) -> list[str]:
     return [f"{head}.{p}" if head else p for p in parts]
 
 
+def fused_scheme(prefix: str, scheme_for: Callable[[str], Any]) -> Any:
+    """The scheme of the (possibly fused) layer at ``prefix``: ``scheme_for`` of each checkpoint
+    layer it stands for (None: unquantized), which must agree: pagedlm runs one scheme per
+    fused layer."""
+    names = checkpoint_names(prefix)
+    schemes = {scheme_for(name) for name in names}
+    if len(schemes) > 1:
+        raise QuantizationError(f"{prefix}: the checkpoint quantizes some of {names} differently from the others; "
+                                "pagedlm fuses them and needs one scheme for the fused layer")
+    return schemes.pop()
+
+
 def is_layer_skipped(prefix: str, ignored: Iterable[str]) -> bool:
     """Whether the layer at ``prefix`` stays unquantized. A fused layer is skipped when all its
     parts are; some but not all is a checkpoint pagedlm cannot fuse, refused."""

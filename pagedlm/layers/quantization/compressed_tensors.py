@@ -36,7 +36,7 @@ from pagedlm.layers.quantization.base import (
     QuantizationConfig,
     QuantizationError,
     QuantMethod,
-    checkpoint_names,
+    fused_scheme,
     is_layer_skipped,
     matches_name,
 )
@@ -181,11 +181,7 @@ class CompressedTensorsConfig(QuantizationConfig):
     def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantMethod | None:
         if is_layer_skipped(prefix, ["lm_head", *self.ignore]):
             return None
-        schemes = {self._scheme_for(name) for name in checkpoint_names(prefix)}
-        if len(schemes) > 1:
-            raise QuantizationError(f"{prefix}: the checkpoint quantizes the parts of this fused layer with "
-                                    "different schemes; pagedlm needs one scheme per fused layer")
-        scheme = schemes.pop()
+        scheme = fused_scheme(prefix, self._scheme_for)
         if scheme is None:
             return None
         if isinstance(scheme, BlockScheme):

@@ -21,7 +21,7 @@ from pagedlm.layers.quantization.base import (
     QuantizationConfig,
     QuantizationError,
     QuantMethod,
-    checkpoint_names,
+    fused_scheme,
     matches_name,
 )
 from pagedlm.layers.quantization.w8a8 import W8LinearMethod, W8Scheme
@@ -55,12 +55,10 @@ class ModelOptConfig(QuantizationConfig):
             raise QuantizationError(f"ModelOpt quant_algo {algo!r} is not supported; pagedlm runs {sorted(_SCHEMES)}")
         return cls(_SCHEMES[algo], list(cfg.get("exclude_modules") or []))
 
+    def _scheme_for(self, name: str) -> W8Scheme | None:
+        excluded = name.split(".")[-1] == "lm_head" or any(_excluded(p, name) for p in self.excluded)
+        return None if excluded else self.scheme
+
     def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantMethod | None:
-        names = checkpoint_names(prefix)
-        hits = [prefix.split(".")[-1] == "lm_head" or any(_excluded(p, n) for p in self.excluded) for n in names]
-        if all(hits):
-            return None
-        if any(hits):
-            raise QuantizationError(f"{prefix}: the checkpoint quantizes some of {names} but not all; pagedlm fuses "
-                                    "them and needs one scheme for the fused layer")
-        return W8LinearMethod(self.scheme)
+        scheme = fused_scheme(prefix, self._scheme_for)
+        return W8LinearMethod(scheme) if scheme is not None else None

@@ -25,7 +25,7 @@ from pagedlm.layers.quantization.base import (
     QuantizationConfig,
     QuantizationError,
     QuantMethod,
-    checkpoint_names,
+    fused_scheme,
     matches_name,
 )
 from pagedlm.layers.quantization.w8a8 import W8LinearMethod, W8Scheme
@@ -105,9 +105,5 @@ class QuarkConfig(QuantizationConfig):
         return self.global_scheme
 
     def get_quant_method(self, layer: nn.Module, prefix: str) -> QuantMethod | None:
-        schemes = {self._scheme_for(name) for name in checkpoint_names(prefix)}
-        if len(schemes) > 1:
-            raise QuantizationError(f"{prefix}: the checkpoint quantizes the parts of this fused layer differently; "
-                                    "pagedlm needs one scheme per fused layer")
-        scheme = schemes.pop()
+        scheme = fused_scheme(prefix, self._scheme_for)
         return W8LinearMethod(scheme) if scheme is not None else None
