@@ -151,3 +151,15 @@ def test_quantization_gguf_names_the_file_format(tiny_llama, tmp_path):
     _assert_same(*plain, _run(str(gguf_path), tokenizer=str(tiny_llama), quantization="gguf"), tol=1e-6)
     with pytest.raises(ConfigError, match="--quantization gguf needs a .gguf model file"):
         LLM(str(tiny_llama), device="cpu", max_model_len=128, quantization="gguf")
+
+
+def test_phi3_gguf_matches_safetensors_original(tmp_path):
+    """Phi-3's GGUF (llama.cpp's ``phi3``: fused attn_qkv and ffn_up, no Q/K permutation), F32:
+    the same ids and logprobs as the safetensors original; the config's pad id default (32000,
+    outside the tiny vocabulary, not in the file's metadata) is dropped."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path / "phi3", "Phi3ForCausalLM", seed=3, pad_token_id=0)
+    gguf_path = write_llama_gguf(src, tmp_path / "phi3-f32.gguf", arch="phi3")
+    ref_ids, ref_lps = _as_reference(_run(str(src)))
+    _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)

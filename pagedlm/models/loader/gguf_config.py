@@ -77,7 +77,20 @@ def fix_gemma3(reader: Any, config: Any) -> None:
 _ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma3": fix_gemma3}
 
 
+def fix_token_ids(reader: Any, config: Any) -> None:
+    """Special token ids from the tokenizer metadata (llama.cpp's ``tokenizer.ggml.*_token_id``);
+    a config class default the file did not set that lies outside the vocabulary (Phi-3's pad id
+    32000 in a smaller vocabulary) is dropped."""
+    for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
+        value = field_value(reader, f"tokenizer.ggml.{key}_token_id")
+        if value is not None:
+            setattr(config, attr, int(value))
+        elif isinstance(getattr(config, attr, None), int) and not 0 <= getattr(config, attr) < config.vocab_size:
+            setattr(config, attr, None)
+
+
 def fix_config(reader: Any, arch: str, config: Any) -> None:
     fix_head_dim(reader, config)
+    fix_token_ids(reader, config)
     if arch in _ARCH_FIXES:
         _ARCH_FIXES[arch](reader, config)
