@@ -102,13 +102,32 @@ def write_llama_gguf(checkpoint_dir: str | Path, out: str | Path,
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
-    for i, (name, w) in enumerate(gguf_tensors(state, config, permute=arch == "llama").items()):
+    tensors = gguf_tensors(state, config, permute=arch == "llama")
+    if arch == "qwen3moe":
+        tensors.update(_qwen3moe_metadata_and_experts(writer, state, config))
+    for i, (name, w) in enumerate(tensors.items()):
         _add_tensor(writer, name, np.ascontiguousarray(w, dtype=np.float32), tensor_type(name, w), seed=i)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return Path(out)
+
+
+def _qwen3moe_metadata_and_experts(writer, state: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """What convert_hf_to_gguf.py's Qwen3MoeModel adds: the expert metadata, and per layer the
+    router (ffn_gate_inp) and the experts stacked into 3-D tensors (ffn_{gate,up,down}_exps)."""
+    writer.add_expert_count(config.num_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+    out = {}
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}.mlp"
+        out[f"blk.{i}.ffn_gate_inp.weight"] = state[f"{prefix}.gate.weight"]
+        for hf, cpp in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
+            out[f"blk.{i}.{cpp}.weight"] = np.stack([state[f"{prefix}.experts.{e}.{hf}.weight"]
+                                                     for e in range(config.num_experts)])
+    return out
 
 
 def _add_tensor(writer, name: str, w: np.ndarray, type_name: str, seed: int) -> None:

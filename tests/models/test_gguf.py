@@ -163,3 +163,16 @@ def test_phi3_gguf_matches_safetensors_original(tmp_path):
     gguf_path = write_llama_gguf(src, tmp_path / "phi3-f32.gguf", arch="phi3")
     ref_ids, ref_lps = _as_reference(_run(str(src)))
     _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)
+
+
+def test_qwen3moe_gguf_matches_safetensors_original(tmp_path):
+    """Qwen3-MoE's GGUF (llama.cpp's ``qwen3moe``: each layer's experts stacked in
+    ffn_{gate,up,down}_exps, the router in ffn_gate_inp), F32: the same ids and logprobs as the
+    safetensors original; the experts' width comes from ``expert_feed_forward_length``."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path / "qwen3moe", "Qwen3MoeForCausalLM", seed=4, head_dim=16, num_experts=8,
+                                num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=True)
+    gguf_path = write_llama_gguf(src, tmp_path / "qwen3moe-f32.gguf", arch="qwen3moe")
+    ref_ids, ref_lps = _as_reference(_run(str(src)))
+    _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)

@@ -38,7 +38,7 @@ _SIDECAR_VERSION = 2
 _NO_TOKENIZER_MARKER = "NO_TOKENIZER"
 
 # GGUF general.architecture -> what we map; the rest is refused before any weight is read.
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe")
 
 SUPPORTED_TENSOR_TYPES = (
     "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -167,6 +167,10 @@ def iterate_gguf(gguf_path: str, hf_config: Any, dtype: torch.dtype) -> Iterator
         if result.name not in name_map:
             continue  # e.g. rope_freqs: derived from the config, not loaded
         yield name_map[result.name], torch.from_numpy(np.array(result.weights, copy=True)).to(dtype)
+    # What the processors assemble across tensors (MoE experts: each file tensor holds one of
+    # gate / up / down for every expert; transformers' fused gate_up_proj / down_proj by HF name)
+    for name, tensor in parsed["tensors"].items():
+        yield name, tensor.to(dtype)
 
 
 def _check_tensor_types(reader: Any, gguf_path: str) -> None:

@@ -2,8 +2,9 @@
 
 transformers maps the GGUF metadata keys it knows to a HF config and leaves the rest at the
 config class's defaults. For some architectures that is not the model llama.cpp runs from the
-same file (llama.cpp is the format's reference): qwen3 loses ``attention.key_length``, and
-gemma3 loses its RoPE scaling and gets a query scale that only fits head_dim 256. The fixes
+same file (llama.cpp is the format's reference): qwen3 loses ``attention.key_length``,
+gemma3 loses its RoPE scaling and gets a query scale that only fits head_dim 256, and qwen3moe
+loses its experts' width. The fixes
 here are per architecture (one function each), applied once when the sidecar config is written.
 """
 
@@ -74,7 +75,21 @@ def fix_gemma3(reader: Any, config: Any) -> None:
     config.layer_types = _gemma3_layer_types(reader, config.num_hidden_layers, config.sliding_window)
 
 
-_ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma3": fix_gemma3}
+def fix_qwen3moe(reader: Any, config: Any) -> None:
+    """transformers' mapping leaves the experts' width at the config class default; llama.cpp
+    reads ``expert_feed_forward_length`` (else the expert tensors' shape) and renormalises the
+    chosen experts' weights (``expert_weights_norm``, on unless the file says otherwise)."""
+    width = field_value(reader, "qwen3moe.expert_feed_forward_length")
+    if width is None:
+        gate = next((t for t in reader.tensors if t.name == "blk.0.ffn_gate_exps.weight"), None)
+        width = int(gate.shape[1]) if gate is not None else None  # ggml shape: [hidden, width, experts]
+    if width is not None:
+        config.moe_intermediate_size = int(width)
+    norm = field_value(reader, "qwen3moe.expert_weights_norm")
+    config.norm_topk_prob = bool(norm) if norm is not None else True
+
+
+_ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma3": fix_gemma3, "qwen3moe": fix_qwen3moe}
 
 
 def fix_token_ids(reader: Any, config: Any) -> None:
