@@ -229,7 +229,9 @@ def gemma3_tensors(state: dict[str, np.ndarray], config) -> dict[str, np.ndarray
         out["output.weight"] = text["lm_head.weight"]
     for i in range(config.num_hidden_layers):
         for hf, cpp in _GEMMA3_LAYER_NAMES.items():
-            w = text[f"model.layers.{i}.{hf}"]
+            w = text.get(f"model.layers.{i}.{hf}")
+            if w is None:  # Gemma 2: no q / k norms
+                continue
             out[f"blk.{i}.{cpp}"] = w + 1 if hf.endswith("norm.weight") else w
     return out
 
@@ -248,6 +250,13 @@ def _gemma3_metadata(writer, config) -> None:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
+    if config.model_type == "gemma2":  # Gemma2Model.set_gguf_parameters: the soft-caps, one RoPE
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        return
     full = config.rope_parameters["full_attention"]
     writer.add_rope_freq_base(full["rope_theta"])
     writer.add_sliding_window(config.sliding_window)
@@ -261,8 +270,9 @@ def _gemma3_metadata(writer, config) -> None:
 def write_gemma3_gguf(checkpoint_dir: str | Path, out: str | Path,
                       tensor_type: Callable[[str, np.ndarray], str] = lambda name, w: "F32",
                       with_tokenizer: bool = True) -> Path:
-    """A Gemma 3 checkpoint (Gemma3ForCausalLM, or the text part of Gemma3ForConditionalGeneration)
-    as llama.cpp's converter writes it, with a Gemma-style tokenizer of the model's vocab size."""
+    """A Gemma 3 checkpoint (Gemma3ForCausalLM, or the text part of Gemma3ForConditionalGeneration),
+    or a Gemma 2 one, as llama.cpp's converter writes it, with a Gemma-style tokenizer of the
+    model's vocab size."""
     import gguf
     import torch
     from safetensors.torch import load_file
@@ -273,7 +283,7 @@ def write_gemma3_gguf(checkpoint_dir: str | Path, out: str | Path,
     state = {}
     for f in sorted(Path(checkpoint_dir).glob("*.safetensors")):
         state.update({k: v.to(torch.float32).numpy() for k, v in load_file(str(f)).items()})
-    writer = gguf.GGUFWriter(str(out), "gemma3")
+    writer = gguf.GGUFWriter(str(out), "gemma2" if config.model_type == "gemma2" else "gemma3")
     _gemma3_metadata(writer, config)
     if with_tokenizer:
         _add_gemma_tokenizer(writer, config.vocab_size)

@@ -192,3 +192,22 @@ def _linear(name: str = "LINEAR"):
     import gguf
 
     return gguf.RopeScalingType[name]
+
+
+def test_f32_gemma2_gguf_matches_transformers_on_the_original(tmp_path):
+    """Gemma 2's GGUF (llama.cpp's ``gemma2``): the soft-caps the file states (not the config
+    class's defaults), the query scale 1/sqrt(head_dim), every other layer sliding from the
+    first; F32 equal to transformers on the original checkpoint."""
+    from pagedlm.demo import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path / "gemma2", "Gemma2ForCausalLM", seed=6, num_hidden_layers=4, head_dim=16,
+                                query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=20.0,
+                                final_logit_softcapping=15.0, tie_word_embeddings=True, attn_implementation="eager")
+    path = write_gemma3_gguf(src, tmp_path / "gemma2-f32.gguf")
+    ref = hf_reference(str(src), PROMPTS, MAX_TOKENS)
+    llm, outputs = run(str(path), PROMPTS, max_model_len=128)
+    check_close(ref, outputs, PROMPTS)
+    config = llm.llm_engine.model_config.hf_config
+    assert config.architectures == ["Gemma2ForCausalLM"] and config.query_pre_attn_scalar == 16
+    assert (config.attn_logit_softcapping, config.final_logit_softcapping) == (20.0, 15.0)
+    assert config.layer_types == ["sliding_attention", "full_attention"] * 2

@@ -3,8 +3,8 @@
 transformers maps the GGUF metadata keys it knows to a HF config and leaves the rest at the
 config class's defaults. For some architectures that is not the model llama.cpp runs from the
 same file (llama.cpp is the format's reference): qwen3 loses ``attention.key_length``,
-gemma3 loses its RoPE scaling and gets a query scale that only fits head_dim 256, and qwen3moe
-loses its experts' width. The fixes
+gemma2 and gemma3 get a query scale that only fits head_dim 256 (and gemma2 the class's
+soft-caps, gemma3 loses its RoPE scaling), and qwen3moe loses its experts' width. The fixes
 here are per architecture (one function each), applied once when the sidecar config is written.
 """
 
@@ -75,6 +75,26 @@ def fix_gemma3(reader: Any, config: Any) -> None:
     config.layer_types = _gemma3_layer_types(reader, config.num_hidden_layers, config.sliding_window)
 
 
+# llama.cpp's Gemma 2: every other layer sliding (from the first), and the 27B's 46 layers
+# scale queries by 1/sqrt(hidden / heads) (llama-model.cpp, LLM_ARCH_GEMMA2)
+_GEMMA2_27B_LAYERS = 46
+
+
+def fix_gemma2(reader: Any, config: Any) -> None:
+    """The soft-caps the file states (transformers keeps the class defaults), the query scale
+    (1/sqrt(head_dim); hidden / heads for the 27B) and the alternating sliding layers."""
+    for attr in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = field_value(reader, f"gemma2.{attr}")
+        if value is not None:
+            setattr(config, attr, float(value))
+    if config.num_hidden_layers == _GEMMA2_27B_LAYERS:
+        config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads
+    else:
+        config.query_pre_attn_scalar = config.head_dim
+    config.layer_types = ["sliding_attention" if i % 2 == 0 and config.sliding_window else "full_attention"
+                          for i in range(config.num_hidden_layers)]
+
+
 def fix_qwen3moe(reader: Any, config: Any) -> None:
     """transformers' mapping leaves the experts' width at the config class default; llama.cpp
     reads ``expert_feed_forward_length`` (else the expert tensors' shape) and renormalises the
@@ -89,7 +109,8 @@ def fix_qwen3moe(reader: Any, config: Any) -> None:
     config.norm_topk_prob = bool(norm) if norm is not None else True
 
 
-_ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma3": fix_gemma3, "qwen3moe": fix_qwen3moe}
+_ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma2": fix_gemma2, "gemma3": fix_gemma3,
+                                                       "qwen3moe": fix_qwen3moe}
 
 
 def fix_token_ids(reader: Any, config: Any) -> None:
