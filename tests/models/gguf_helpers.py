@@ -103,8 +103,8 @@ def write_llama_gguf(checkpoint_dir: str | Path, out: str | Path,
     writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
     tensors = gguf_tensors(state, config, permute=arch == "llama")
-    if arch == "qwen3moe":
-        tensors.update(_qwen3moe_metadata_and_experts(writer, state, config))
+    if arch in ("qwen2moe", "qwen3moe"):
+        tensors.update(_moe_metadata_and_experts(writer, state, config))
     for i, (name, w) in enumerate(tensors.items()):
         _add_tensor(writer, name, np.ascontiguousarray(w, dtype=np.float32), tensor_type(name, w), seed=i)
     writer.write_header_to_file()
@@ -114,12 +114,17 @@ def write_llama_gguf(checkpoint_dir: str | Path, out: str | Path,
     return Path(out)
 
 
-def _qwen3moe_metadata_and_experts(writer, state: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    """What convert_hf_to_gguf.py's Qwen3MoeModel adds: the expert metadata, and per layer the
-    router (ffn_gate_inp) and the experts stacked into 3-D tensors (ffn_{gate,up,down}_exps)."""
+def _moe_metadata_and_experts(writer, state: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """What convert_hf_to_gguf.py's Qwen2MoeModel / Qwen3MoeModel add: the expert metadata, and
+    per layer the router (ffn_gate_inp) and the experts stacked into 3-D tensors
+    (ffn_{gate,up,down}_exps); Qwen2-MoE's shared expert as ffn_{gate,up,down}_shexp and its
+    gate as ffn_gate_inp_shexp."""
     writer.add_expert_count(config.num_experts)
     writer.add_expert_used_count(config.num_experts_per_tok)
     writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+    shared = getattr(config, "shared_expert_intermediate_size", None)
+    if shared:
+        writer.add_expert_shared_feed_forward_length(shared)
     out = {}
     for i in range(config.num_hidden_layers):
         prefix = f"model.layers.{i}.mlp"
@@ -127,6 +132,11 @@ def _qwen3moe_metadata_and_experts(writer, state: dict[str, np.ndarray], config)
         for hf, cpp in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
             out[f"blk.{i}.{cpp}.weight"] = np.stack([state[f"{prefix}.experts.{e}.{hf}.weight"]
                                                      for e in range(config.num_experts)])
+        if shared:
+            for hf, cpp in (("gate_proj", "ffn_gate_shexp"), ("up_proj", "ffn_up_shexp"),
+                            ("down_proj", "ffn_down_shexp")):
+                out[f"blk.{i}.{cpp}.weight"] = state[f"{prefix}.shared_expert.{hf}.weight"]
+            out[f"blk.{i}.ffn_gate_inp_shexp.weight"] = state[f"{prefix}.shared_expert_gate.weight"].reshape(-1)
     return out
 
 

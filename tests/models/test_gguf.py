@@ -165,14 +165,20 @@ def test_phi3_gguf_matches_safetensors_original(tmp_path):
     _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)
 
 
-def test_qwen3moe_gguf_matches_safetensors_original(tmp_path):
-    """Qwen3-MoE's GGUF (llama.cpp's ``qwen3moe``: each layer's experts stacked in
-    ffn_{gate,up,down}_exps, the router in ffn_gate_inp), F32: the same ids and logprobs as the
-    safetensors original; the experts' width comes from ``expert_feed_forward_length``."""
+@pytest.mark.parametrize("arch,hf_arch,overrides", [
+    ("qwen3moe", "Qwen3MoeForCausalLM", dict(head_dim=16, num_experts=8, num_experts_per_tok=3,
+                                             moe_intermediate_size=32, norm_topk_prob=True)),
+    ("qwen2moe", "Qwen2MoeForCausalLM", dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=64, norm_topk_prob=False)),
+])
+def test_moe_gguf_matches_safetensors_original(arch, hf_arch, overrides, tmp_path):
+    """Qwen3-MoE's and Qwen2-MoE's GGUF (llama.cpp's ``qwen3moe`` / ``qwen2moe``: each layer's
+    experts stacked in ffn_{gate,up,down}_exps, the router in ffn_gate_inp; Qwen2-MoE's shared
+    expert in ffn_*_shexp and its gate in ffn_gate_inp_shexp), F32: the same ids and logprobs as
+    the safetensors original; the experts' widths come from the expert metadata."""
     from pagedlm.demo import build_tiny_checkpoint
 
-    src = build_tiny_checkpoint(tmp_path / "qwen3moe", "Qwen3MoeForCausalLM", seed=4, head_dim=16, num_experts=8,
-                                num_experts_per_tok=3, moe_intermediate_size=32, norm_topk_prob=True)
-    gguf_path = write_llama_gguf(src, tmp_path / "qwen3moe-f32.gguf", arch="qwen3moe")
+    src = build_tiny_checkpoint(tmp_path / arch, hf_arch, seed=4, **overrides)
+    gguf_path = write_llama_gguf(src, tmp_path / f"{arch}-f32.gguf", arch=arch)
     ref_ids, ref_lps = _as_reference(_run(str(src)))
     _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)

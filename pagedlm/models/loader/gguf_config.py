@@ -4,7 +4,7 @@ transformers maps the GGUF metadata keys it knows to a HF config and leaves the 
 config class's defaults. For some architectures that is not the model llama.cpp runs from the
 same file (llama.cpp is the format's reference): qwen3 loses ``attention.key_length``,
 gemma2 and gemma3 get a query scale that only fits head_dim 256 (and gemma2 the class's
-soft-caps, gemma3 loses its RoPE scaling), and qwen3moe loses its experts' width. The fixes
+soft-caps, gemma3 loses its RoPE scaling), and qwen2moe / qwen3moe lose their experts' widths. The fixes
 here are per architecture (one function each), applied once when the sidecar config is written.
 """
 
@@ -95,22 +95,38 @@ def fix_gemma2(reader: Any, config: Any) -> None:
                           for i in range(config.num_hidden_layers)]
 
 
-def fix_qwen3moe(reader: Any, config: Any) -> None:
-    """transformers' mapping leaves the experts' width at the config class default; llama.cpp
-    reads ``expert_feed_forward_length`` (else the expert tensors' shape) and renormalises the
-    chosen experts' weights (``expert_weights_norm``, on unless the file says otherwise)."""
-    width = field_value(reader, "qwen3moe.expert_feed_forward_length")
-    if width is None:
-        gate = next((t for t in reader.tensors if t.name == "blk.0.ffn_gate_exps.weight"), None)
-        width = int(gate.shape[1]) if gate is not None else None  # ggml shape: [hidden, width, experts]
+def _tensor_dim(reader: Any, name: str, dim: int) -> int | None:
+    tensor = next((t for t in reader.tensors if t.name == name), None)
+    return int(tensor.shape[dim]) if tensor is not None else None
+
+
+def _fix_qwen_moe(reader: Any, config: Any, arch: str, norm_default: bool) -> None:
+    """transformers' mapping leaves the experts' widths at the config class defaults; llama.cpp
+    reads ``expert_feed_forward_length`` and ``expert_shared_feed_forward_length`` (else the
+    tensors' shapes: ggml's [hidden, width, experts]) and renormalises the chosen experts'
+    weights per architecture (qwen3moe yes, qwen2moe no) unless ``expert_weights_norm`` says."""
+    width = field_value(reader, f"{arch}.expert_feed_forward_length")
+    width = width if width is not None else _tensor_dim(reader, "blk.0.ffn_gate_exps.weight", 1)
     if width is not None:
         config.moe_intermediate_size = int(width)
-    norm = field_value(reader, "qwen3moe.expert_weights_norm")
-    config.norm_topk_prob = bool(norm) if norm is not None else True
+    if hasattr(config, "shared_expert_intermediate_size"):
+        shared = field_value(reader, f"{arch}.expert_shared_feed_forward_length")
+        shared = shared if shared is not None else _tensor_dim(reader, "blk.0.ffn_gate_shexp.weight", 1)
+        config.shared_expert_intermediate_size = int(shared) if shared is not None else 0
+    norm = field_value(reader, f"{arch}.expert_weights_norm")
+    config.norm_topk_prob = bool(norm) if norm is not None else norm_default
+
+
+def fix_qwen2moe(reader: Any, config: Any) -> None:
+    _fix_qwen_moe(reader, config, "qwen2moe", norm_default=False)
+
+
+def fix_qwen3moe(reader: Any, config: Any) -> None:
+    _fix_qwen_moe(reader, config, "qwen3moe", norm_default=True)
 
 
 _ARCH_FIXES: dict[str, Callable[[Any, Any], None]] = {"gemma2": fix_gemma2, "gemma3": fix_gemma3,
-                                                       "qwen3moe": fix_qwen3moe}
+                                                       "qwen2moe": fix_qwen2moe, "qwen3moe": fix_qwen3moe}
 
 
 def fix_token_ids(reader: Any, config: Any) -> None:
