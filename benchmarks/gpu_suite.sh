@@ -28,6 +28,10 @@
 #                  first, ~2 min): its tests and the AWQ / GPTQ engine tests (with session 26's
 #                  quantized MoE and block-wise fp8 checkpoints against the CPU engine), per 8B layer at
 #                  M = 16-16,384, then AWQ against bf16 at 1,000 x 512/256 (issue 10's row) (~9 min)
+#   quant-archs    session 27's quantized paths not yet run on a GPU: the new architectures and
+#                  formats (Phi-3, Gemma 2, Falcon, compressed-tensors W4A16, DeepSeek-V3 block fp8,
+#                  fbgemm_fp8, in-flight bitsandbytes, online int8) and the quantized-MoE test in
+#                  float32, each against the CPU engine                                (~5 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
 #                  routes), sleep mode, the transformers backend, logprobs modes, prompt
@@ -169,6 +173,10 @@ case "${1:-}" in
     timeout 240 python3 benchmarks/gpu_quant.py --formats bf16,awq --iters 1 --output-json "$OUT/cutlass_engine.json" \
       > "$OUT/cutlass_engine.log" 2>&1
     grep -E "^(PASS|FAIL)|^(bf16|awq) " "$OUT/cutlass_engine.log" | tail -n 4 ;;
+  quant-archs)
+    timeout 500 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_quantized_archs.py \
+      tests/gpu/test_gpu_quantized_moe.py > "$OUT/tests_quant_archs.log" 2>&1
+    grep -E "passed|failed|FAILED" "$OUT/tests_quant_archs.log" | tail -n 12 ;;
   new-paths)
     timeout 300 python3 -m pytest -q tests/kernels/test_attention_sinks.py tests/models/test_parity_gpt_oss.py \
       tests/kernels/test_triton_kernels.py tests/kernels/test_fused_moe.py tests/kernels/test_fp8_kv_kernels.py \
@@ -183,6 +191,6 @@ case "${1:-}" in
       tests/gpu/test_gpu_model_impl_and_logprobs.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
     rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_prompt_embeds.py ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|new-paths" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|quant-archs|new-paths" >&2
     exit 2 ;;
 esac
