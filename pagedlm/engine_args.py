@@ -540,23 +540,10 @@ class EngineArgs:
                                                          self.override_generation_config),
             generation_config_dir=(source.model if self.generation_config in ("auto", "vllm")
                                    else str(Path(self.generation_config).expanduser())),
-            quantization=resolve_quantization_name(hf_config, self._checkpoint_quantization(source.model),
-                                                   self.model_impl),
+            quantization=resolve_quantization_name(hf_config, self.quantization, self.model_impl, source.model),
             model_impl=self.model_impl,
             enable_prompt_embeds=self.enable_prompt_embeds,
         )
-
-    def _checkpoint_quantization(self, model: str) -> str | None:
-        """--quantization as the checkpoint formats read it: ``gguf`` names how a .gguf file is
-        stored (its tensors are dequantized while loading), so it asks for nothing more there and
-        is refused elsewhere."""
-        if self.quantization != "gguf":
-            return self.quantization
-        from pagedlm.models.loader.gguf import is_gguf_file
-
-        if not is_gguf_file(Path(model)):
-            raise ConfigError(f"--quantization gguf needs a .gguf model file; {model!r} is not one")
-        return None
 
     def _async_scheduling(self, device: str, pipeline_parallel_size: int, logits_processors: tuple[str, ...],
                           pooling: bool, speculative: bool) -> bool:

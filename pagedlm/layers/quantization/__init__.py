@@ -136,8 +136,17 @@ def resolve_quantization(hf_config: Any, requested: str | None) -> QuantizationC
     return cls.from_config(hf_quant)
 
 
-def resolve_quantization_name(hf_config: Any, requested: str | None, model_impl: str = "auto") -> str | None:
-    """Check the checkpoint and ``--quantization`` at config time; the name the workers build."""
+def resolve_quantization_name(hf_config: Any, requested: str | None, model_impl: str = "auto",
+                              model: str | None = None) -> str | None:
+    """Check the checkpoint and ``--quantization`` at config time; the name the workers build.
+    ``gguf`` names how a .gguf ``model`` file is stored (its tensors are dequantized while
+    loading): it asks for nothing more there and is refused for anything else."""
+    if requested == "gguf":
+        from pagedlm.models.loader.gguf import is_gguf_file
+
+        if model is None or not is_gguf_file(model):
+            raise QuantizationError(f"--quantization gguf needs a .gguf model file; {model!r} is not one")
+        requested = None
     quant_config = resolve_quantization(hf_config, requested)
     if quant_config is None:
         return None
