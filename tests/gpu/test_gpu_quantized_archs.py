@@ -89,10 +89,17 @@ def agree(cpu: list, gpu: list, dynamic_activations: bool) -> None:
 
 
 def test_gpu_in_flight_bitsandbytes_and_online_int8(tmp_path):
-    """``--quantization bitsandbytes`` and ``int8`` on a float checkpoint, on the GPU."""
+    """``--quantization bitsandbytes`` and ``int8`` on a float checkpoint, on the GPU. The
+    checkpoint's weights are rounded to fp16 first: each engine quantizes the weights it loaded
+    (float32 on the CPU, fp16 here), and one NF4 code flipped by that rounding is an eighth of
+    its block's absmax (it moved a logprob by 0.12 on the H200)."""
+    from safetensors.torch import load_file, save_file
+
     from pagedlm.demo import build_tiny_checkpoint
 
     src = str(build_tiny_checkpoint(tmp_path / "float", "LlamaForCausalLM", seed=32))
+    weights = Path(src) / "model.safetensors"
+    save_file({k: v.half().to(v.dtype) for k, v in load_file(str(weights)).items()}, str(weights))
     for quantization in ("bitsandbytes", "int8"):
         cpu = run(LLM(src, device="cpu", max_model_len=128, quantization=quantization))
         gpu = run(LLM(src, device="cuda", dtype="float16", max_model_len=128, max_num_seqs=8,
