@@ -45,6 +45,14 @@ from pagedlm.config import (
     resolve_device,
     resolve_dtype,
 )
+from pagedlm.feature_checks import (
+    check_custom_logits_fit,
+    verify_pipeline,
+    verify_prompt_embeds,
+    verify_transformers_backend,
+    verify_transformers_speculation,
+)
+from pagedlm.hf_overrides import apply_hf_overrides
 from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculative_config
 from pagedlm.lora.config import build_lora_config
 from pagedlm.engine.logits_processor_loading import engine_logits_processors
@@ -65,81 +73,6 @@ def default_async_scheduling(device: str, pipeline_parallel_size: int) -> bool:
     """On by default on CUDA (with or without speculation), except with pipeline stages
     (their batch queue overlaps steps instead)."""
     return device == "cuda" and pipeline_parallel_size == 1
-
-
-def _verify_pipeline(model_config: ModelConfig, pipeline_parallel_size: int, async_scheduling: bool | None,
-                     pooling: bool) -> None:
-    from pagedlm.engine.batch_queue import verify_pipeline_options
-    from pagedlm.models.registry import verify_pipeline_support
-
-    verify_pipeline_support(model_config.architectures, model_config.model_impl)
-    verify_pipeline_options(pipeline_parallel_size, async_scheduling, pooling)
-
-
-def _verify_prompt_embeds(model_config: ModelConfig, pipeline_parallel_size: int, speculative: bool) -> None:
-    """--enable-prompt-embeds: where prompts given as embeddings cannot run, refuse at start-up."""
-    from pagedlm.engine.prompt_embeds import model_accepts_embeds
-    from pagedlm.models.registry import resolve_model_class
-
-    if model_config.pooler_config is not None:
-        raise ConfigError("--enable-prompt-embeds is not supported with runner='pooling' (pagedlm takes prompt "
-                          "embeddings for generation only)")
-    if pipeline_parallel_size > 1:
-        raise ConfigError("--enable-prompt-embeds is not supported with pipeline parallelism "
-                          "(pipeline_parallel_size > 1)")
-    if speculative:
-        raise ConfigError("--enable-prompt-embeds is not supported with speculative decoding (a draft model or "
-                          "n-gram proposer has no prompt tokens to read)")
-    model_cls = resolve_model_class(model_config.architectures, model_config.model_impl)
-    if not model_accepts_embeds(model_cls):
-        raise ConfigError(f"--enable-prompt-embeds: {model_cls.__name__} ({model_config.architectures}) cannot take "
-                          "prompts given as embeddings; supported: Llama-family decoders and the MoE decoders "
-                          "built on pagedlm.models.mixtral.MoEForCausalLM")
-
-
-def _verify_transformers_backend(model_config: ModelConfig, world_size: int) -> None:
-    """The transformers backend (pagedlm/models/transformers.py) runs on one rank, and its model
-    must not be a hybrid one (layers other than softmax attention)."""
-    from pagedlm.models.registry import uses_transformers_backend
-
-    if not uses_transformers_backend(model_config.architectures, model_config.model_impl):
-        return
-    if world_size > 1:
-        raise ConfigError(f"the transformers backend (model_impl={model_config.model_impl!r}, architectures "
-                          f"{model_config.architectures}) runs on one rank: use tensor_parallel_size=1 and "
-                          "pipeline_parallel_size=1")
-    from pagedlm.models.transformers import check_layer_types
-
-    check_layer_types(model_config.hf_config, (model_config.architectures or ["?"])[0])
-
-
-def _verify_transformers_speculation(model_config: ModelConfig, method: str) -> None:
-    """EAGLE heads read the target's embedding and layer inputs, which a model on the
-    transformers backend does not expose as pagedlm's models do."""
-    from pagedlm.models.registry import uses_transformers_backend
-
-    if method in ("eagle", "eagle3") and uses_transformers_backend(model_config.architectures, model_config.model_impl):
-        raise ConfigError(f"speculative decoding with {method} needs pagedlm's own implementation of the target "
-                          f"model, not the transformers backend (model_impl={model_config.model_impl!r}); use "
-                          "ngram or a draft model")
-
-
-def check_custom_logits_fit(pooling: bool, speculative: bool, pipeline_parallel_size: int,
-                            async_scheduling: bool | None) -> None:
-    """The paths custom logits processors cannot run on correctly: refused, never skipped."""
-    if pooling:
-        raise ConfigError("Pooling models do not support custom logits processors: remove logits_processors "
-                          "(or run the model with --runner generate)")
-    if speculative:
-        raise ConfigError("custom logits processors are not supported with speculative decoding (draft tokens "
-                          "are verified by the rejection sampler, which does not run them); remove "
-                          "speculative_config or logits_processors")
-    if pipeline_parallel_size > 1:
-        raise ConfigError("custom logits processors are not supported with pipeline parallelism yet; use "
-                          "--tensor-parallel-size instead of --pipeline-parallel-size")
-    if async_scheduling:
-        raise ConfigError("custom logits processors need each request's output tokens on the host before its "
-                          "next step is sampled, which async scheduling defers; remove --async-scheduling")
 
 
 def _takes_vllm_kwargs(cls: type) -> type:
@@ -560,61 +493,78 @@ class EngineArgs:
                                               "sampled.")
         return False
 
-    def create_engine_config(self) -> EngineConfig:
-        self._verify()
-        device = resolve_device(self.device)
-        model_config = self._model_config(device)
+    def _speculative_config(self, model_config: ModelConfig, world_size: int) -> Any:
+        """--speculative-config resolved against the model, and what it cannot run with refused."""
+        spec = resolve_speculative_config(self.speculative_config, model_config.pooler_config is not None,
+                                          model_config.max_model_len)
+        if spec is not None:
+            check_speculation_fits(world_size)
+            if self.enable_sleep_mode:  # the draft's weights, cache and graphs are not put to sleep
+                raise ConfigError("--enable-sleep-mode does not combine with speculative decoding yet")
+            verify_transformers_speculation(model_config, spec.method)
+        return spec
+
+    def _cache_config(self, device: str, pooling: bool) -> CacheConfig:
+        return CacheConfig(
+            block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
+            # A prefix hit would skip the hidden states the pooler reads.
+            enable_prefix_caching=self.enable_prefix_caching and not pooling,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            cache_dtype=resolve_kv_cache_dtype(self.kv_cache_dtype, device),
+            calculate_kv_scales=self.calculate_kv_scales,
+            enable_sleep_mode=self.enable_sleep_mode,
+            memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
+            "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
+        )
+
+    def _scheduler_config(self, device: str, model_config: ModelConfig, spec: Any,
+                          async_scheduling: bool) -> SchedulerConfig:
+        """The batch limits (the device's defaults where not given), the step budget and chunked
+        prefill, and the speculative tokens each step makes room for."""
         max_model_len, pooling = model_config.max_model_len, model_config.pooler_config is not None
-        parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
-                                                  self.distributed_executor_backend, device,
-                                                  self.enable_expert_parallel)
-        verify_parallel_shapes(model_config.hf_config, parallel_config)
-        _verify_transformers_backend(model_config, parallel_config.world_size)
-        if parallel_config.pipeline_parallel_size > 1:
-            _verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling, pooling)
         max_num_seqs, default_batched = self._batch_defaults(device)
         max_batched, chunked_prefill = self._step_budget(default_batched, max_model_len, pooling)
         if self.long_prefill_token_threshold and not chunked_prefill:
             raise ConfigError("--long-prefill-token-threshold splits prompts over steps, which needs chunked prefill "
                               "(on by default; not with --no-enable-chunked-prefill or runner='pooling')")
-        spec = resolve_speculative_config(self.speculative_config, pooling, max_model_len)
-        if spec is not None:
-            check_speculation_fits(parallel_config.world_size)
-            if self.enable_sleep_mode:  # the draft's weights, cache and graphs are not put to sleep
-                raise ConfigError("--enable-sleep-mode does not combine with speculative decoding yet")
-            _verify_transformers_speculation(model_config, spec.method)
+        return SchedulerConfig(
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
+            async_scheduling=async_scheduling,
+            enable_chunked_prefill=chunked_prefill,
+            num_spec_tokens=spec.num_speculative_tokens if spec else 0,
+            num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
+            spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
+            scheduling_policy=self.scheduling_policy,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
+            stream_interval=self.stream_interval,
+        )
+
+    def create_engine_config(self) -> EngineConfig:
+        self._verify()
+        device = resolve_device(self.device)
+        model_config = self._model_config(device)
+        pooling = model_config.pooler_config is not None
+        parallel_config = resolve_parallel_config(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                                  self.distributed_executor_backend, device,
+                                                  self.enable_expert_parallel)
+        verify_parallel_shapes(model_config.hf_config, parallel_config)
+        verify_transformers_backend(model_config, parallel_config.world_size)
+        if parallel_config.pipeline_parallel_size > 1:
+            verify_pipeline(model_config, parallel_config.pipeline_parallel_size, self.async_scheduling, pooling)
+        spec = self._speculative_config(model_config, parallel_config.world_size)
         if self.enable_prompt_embeds:
-            _verify_prompt_embeds(model_config, parallel_config.pipeline_parallel_size, spec is not None)
+            verify_prompt_embeds(model_config, parallel_config.pipeline_parallel_size, spec is not None)
         logits_processors = engine_logits_processors(self.logits_processors, pooling, spec is not None)
         async_scheduling = self._async_scheduling(device, parallel_config.pipeline_parallel_size, logits_processors,
                                                   pooling, spec is not None)
+        scheduler_config = self._scheduler_config(device, model_config, spec, async_scheduling)
         return EngineConfig(
             model_config=model_config,
-            cache_config=CacheConfig(
-                block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
-                # A prefix hit would skip the hidden states the pooler reads.
-                enable_prefix_caching=self.enable_prefix_caching and not pooling,
-                num_gpu_blocks_override=self.num_gpu_blocks_override,
-                kv_cache_memory_bytes=self.kv_cache_memory_bytes,
-                cache_dtype=resolve_kv_cache_dtype(self.kv_cache_dtype, device),
-                calculate_kv_scales=self.calculate_kv_scales,
-                enable_sleep_mode=self.enable_sleep_mode,
-                memory_hint="raise --kv-cache-memory-bytes" if device == "cpu" else
-                "raise --gpu-memory-utilization (or --kv-cache-memory-bytes)",
-            ),
-            scheduler_config=SchedulerConfig(
-                max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched, max_model_len=max_model_len,
-                async_scheduling=async_scheduling,
-                enable_chunked_prefill=chunked_prefill,
-                num_spec_tokens=spec.num_speculative_tokens if spec else 0,
-                num_lookahead_tokens=spec.num_lookahead_tokens if spec else 0,
-                spec_disable_by_batch_size=spec.disable_by_batch_size if spec else None,
-                scheduling_policy=self.scheduling_policy,
-                long_prefill_token_threshold=self.long_prefill_token_threshold,
-                stream_interval=self.stream_interval,
-            ),
+            cache_config=self._cache_config(device, pooling),
+            scheduler_config=scheduler_config,
             parallel_config=parallel_config,
-            device_config=self._device_config(device, max_num_seqs),
+            device_config=self._device_config(device, scheduler_config.max_num_seqs),
             structured_outputs_config=self._structured_outputs(),
             speculative_config=spec,
             lora_config=build_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras,
@@ -648,51 +598,6 @@ def _one_of(a: Any, b: Any, name_a: str, name_b: str) -> Any:
     if a and b and a != b:
         raise ConfigError(f"{name_a} {a!r} and {name_b} {b!r} disagree: give one of them")
     return a or b
-
-
-# Top-level RoPE keys that transformers 5 keeps inside ``config.rope_parameters`` (for models
-# with per-layer-type RoPE, e.g. Gemma 3: (the layer type, its key); None = every layer type).
-_ROPE_KEYS = {"rope_theta": ("full_attention", "rope_theta"), "partial_rotary_factor": (None, "partial_rotary_factor"),
-              "rope_local_base_freq": ("sliding_attention", "rope_theta")}
-
-
-def apply_hf_overrides(config: Any, overrides: dict[str, Any] | None) -> None:
-    """vLLM's --hf-overrides: each key set on the config; a JSON object merges into an attribute
-    that is itself a config or a dict (e.g. rope_scaling), key by key. RoPE keys also reach
-    ``rope_parameters`` where the config keeps them there (transformers 5), which the models
-    read. A key the config did not have is set too (custom code may read it) and logged."""
-    if overrides is not None and not isinstance(overrides, dict):
-        raise ConfigError(f"hf_overrides must be a JSON object (a dict), got {type(overrides).__name__}")
-    for key, value in (overrides or {}).items():
-        current = getattr(config, key, None)
-        if current is None and key not in _ROPE_KEYS and not hasattr(config, key):
-            logging.getLogger("pagedlm").warning("hf_overrides sets %r, which the model's config does not have: "
-                                                 "it takes effect only where code reads it", key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            setattr(config, key, {**current, **value})
-        elif isinstance(value, dict) and current is not None and hasattr(current, "to_dict"):
-            apply_hf_overrides(current, value)
-        else:
-            setattr(config, key, value)
-    _sync_rope_parameters(config, overrides or {})
-
-
-def _sync_rope_parameters(config: Any, overrides: dict[str, Any]) -> None:
-    params = getattr(config, "rope_parameters", None)
-    if not isinstance(params, dict) or not params:
-        return
-    per_layer_type = all(isinstance(v, dict) for v in params.values())
-    for key, (layer_type, name) in _ROPE_KEYS.items():
-        if key not in overrides:
-            continue
-        if not per_layer_type:
-            if layer_type != "sliding_attention":
-                params[name] = overrides[key]
-            continue
-        for kind, kind_params in params.items():
-            if layer_type is None or kind == layer_type:
-                kind_params[name] = overrides[key]
-
 
 
 def _position_offset(hf_config: Any, model_impl: str = "auto") -> int:

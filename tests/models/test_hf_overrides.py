@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pagedlm import LLM, SamplingParams
-from pagedlm.engine_args import apply_hf_overrides
+from pagedlm.hf_overrides import apply_hf_overrides
 
 PROMPT = [5, 17, 23, 9, 41, 7]
 
