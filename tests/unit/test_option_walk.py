@@ -451,7 +451,7 @@ def test_api_key_takes_several_keys_as_vllm(monkeypatch: pytest.MonkeyPatch) -> 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from pagedlm.entrypoints.openai.api_server import HTTPOptions, _add_middleware
+    from pagedlm.entrypoints.openai.http_middleware import HTTPOptions, add_middleware
 
     for var in ("PAGEDLM_API_KEY", "VLLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)
@@ -461,7 +461,7 @@ def test_api_key_takes_several_keys_as_vllm(monkeypatch: pytest.MonkeyPatch) -> 
     assert ServerArgs.from_cli_args(parse_serve_args(["/m"])).api_key == ["from-env"]
     app = FastAPI()
     app.get("/v1/models")(lambda: {"ok": True})
-    _add_middleware(app, keys, HTTPOptions())
+    add_middleware(app, keys, HTTPOptions())
     client = TestClient(app)
     for key, status in (("k1", 200), ("k2", 200), ("k3", 401), ("k1 k2", 401)):
         assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == status, key

@@ -11,34 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-import math
-import os
 import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect
 
-from pagedlm.engine.async_llm import AsyncLLM, RequestFailedError
+from pagedlm.engine.async_llm import AsyncLLM
 from pagedlm.engine.core_client import EngineStartupError
 from pagedlm.engine.gc_heap import freeze_startup_heap
 from pagedlm.entrypoints.openai.chat_utils import render_chat
-from pagedlm.entrypoints.openai.errors import (
-    OpenAIError,
-    error_body,
-    from_validation_error,
-    install_error_handlers,
-)
+from pagedlm.entrypoints.openai.errors import OpenAIError, error_body, install_error_handlers
+from pagedlm.entrypoints.openai.http_middleware import MAX_BODY_BYTES, HTTPOptions, add_middleware, read_json_body
 from pagedlm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -48,6 +36,13 @@ from pagedlm.entrypoints.openai.protocol import (
 from pagedlm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagedlm.entrypoints.openai.serving_common import require_tokenizer
 from pagedlm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagedlm.entrypoints.openai.server_lifecycle import (
+    GracefulServer,
+    ServerStartError,
+    bind_socket,
+    bind_unix_socket,
+    close_socket,
+)
 from pagedlm.entrypoints.openai.serving_responses import OpenAIServingResponses, ResponsesRequest
 from pagedlm.entrypoints.openai.tool_calling import ServingOptions
 from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding, PoolingRequest
@@ -65,119 +60,6 @@ from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
 from pagedlm.version import __version__
 
 logger = logging.getLogger("pagedlm.server")
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
-# Paths that stay reachable without the API key (probes and scrapers carry no key).
-OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class APIKeyMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware: it would buffer streams and hide disconnects)."""
-
-    def __init__(self, app: Any, api_keys: Sequence[str]) -> None:
-        self.app = app
-        self.expected = [f"Bearer {key}".encode() for key in api_keys]
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _route_path(scope) in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        # Every key compared (no early exit), so the time taken does not tell which one matched.
-        if sum(hmac.compare_digest(given, expected) for expected in self.expected):
-            await self.app(scope, receive, send)
-            return
-        response = JSONResponse(error_body("Unauthorized: a valid API key is required (Authorization: Bearer "
-                                           "<key>).", 401), status_code=401)
-        await response(scope, receive, send)
-
-
-def _route_path(scope: dict) -> str:
-    """The path the routes see: behind --root-path a request may still carry the prefix."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-class RequestIdMiddleware:
-    """--enable-request-id-headers: every response carries X-Request-Id, the request's own when
-    it sent one, else a new one (pure ASGI, so streams are not buffered)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex.encode()
-
-        async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-@dataclass(frozen=True)
-class HTTPOptions:
-    """Server flags that shape HTTP itself: CORS (vLLM's defaults allow every origin, method and
-    header, without credentials) and request-id headers. (--root-path goes to uvicorn.)"""
-
-    allowed_origins: tuple[str, ...] = ("*",)
-    allow_credentials: bool = False
-    allowed_methods: tuple[str, ...] = ("*",)
-    allowed_headers: tuple[str, ...] = ("*",)
-    request_id_headers: bool = False
-
-
-async def read_json_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Read at most ``max_bytes`` (413 beyond), parse strict JSON (no NaN/Infinity) that must
-    be an object, and validate it; every failure is a 400 in the OpenAI envelope."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise OpenAIError(f"The request body is larger than {max_bytes} bytes.", 413)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # Nobody is left to answer; one line, not an ERROR with tracebacks.
-        logger.info("Client disconnected while sending the request body of %s %s", request.method,
-                    request.url.path)
-        raise OpenAIError("The client disconnected before the request body was complete.", 499) from None
-    raw = b"".join(chunks)
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-        if b"\\ud" in raw.lower():  # an escaped surrogate: lone ones cannot become UTF-8 text
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError) as e:  # UnicodeError is a ValueError
-        raise OpenAIError(f"The request body is not valid JSON: {e}", 400) from e
-    if not isinstance(data, dict):
-        raise OpenAIError(f"The request body must be a JSON object, got {type(data).__name__}.", 400)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise from_validation_error(e) from e
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 parses to inf; no sampling field has a meaning for it.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of the range of a float")
-    return value
-
 
 def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
               api_key: str | Sequence[str] | None = None,
@@ -199,7 +81,7 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if disable_docs else {}
     app = FastAPI(title="pagedlm OpenAI-compatible server", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
-    _add_middleware(app, api_key, http or HTTPOptions())
+    add_middleware(app, api_key, http or HTTPOptions())
     app.state.engine = engine
     app.state.stat_logger = stat_logger
     completions = OpenAIServingCompletion(engine, names)
@@ -209,21 +91,9 @@ def build_app(engine: AsyncLLM, stat_logger: PrometheusStatLogger | None = None,
     for serving in (completions, chat, responses):
         serving.lora_modules = lora_modules
 
-    @app.post("/v1/completions")
-    async def create_completion(request: Request) -> Response:
-        body = await read_json_body(request, CompletionRequest, max_body_bytes)
-        return await completions.create_completion(body, request)
-
-    @app.post("/v1/chat/completions")
-    async def create_chat_completion(request: Request) -> Response:
-        body = await read_json_body(request, ChatCompletionRequest, max_body_bytes)
-        return await chat.create_chat_completion(body, request)
-
-    @app.post("/v1/responses")
-    async def create_response(request: Request) -> Response:
-        body = await read_json_body(request, ResponsesRequest, max_body_bytes)
-        return await responses.create_response(body, request)
-
+    _json_route(app, ["/v1/completions"], CompletionRequest, completions.create_completion, max_body_bytes)
+    _json_route(app, ["/v1/chat/completions"], ChatCompletionRequest, chat.create_chat_completion, max_body_bytes)
+    _json_route(app, ["/v1/responses"], ResponsesRequest, responses.create_response, max_body_bytes)
     _add_pooling_routes(app, engine, names, max_body_bytes, chat.options)
     _add_info_routes(app, engine, names, stat_logger, lora_modules)
     add_lora_routes(app, lora_modules, lambda request, model: read_json_body(request, model, max_body_bytes))
@@ -242,46 +112,25 @@ def _add_pooling_routes(app: FastAPI, engine: AsyncLLM, names: list[str], max_bo
     classification = OpenAIServingClassification(engine, names)
     embeddings.options = scores.options = classification.options = options  # the chat template's content format
 
-    @app.post("/classify")
-    @app.post("/v1/classify")
-    async def create_classify(request: Request) -> Response:
-        body = await read_json_body(request, ClassificationRequest, max_body_bytes)
-        return await classification.create_classify(body, request)
-
-    @app.post("/v1/embeddings")
-    async def create_embedding(request: Request) -> Response:
-        body = await read_json_body(request, EmbeddingRequest, max_body_bytes)
-        return await embeddings.create_embedding(body, request)
-
-    @app.post("/pooling")
-    async def create_pooling(request: Request) -> Response:
-        body = await read_json_body(request, PoolingRequest, max_body_bytes)
-        return await embeddings.create_pooling(body, request)
-
-    @app.post("/score")
-    @app.post("/v1/score")
-    async def create_score(request: Request) -> Response:
-        body = await read_json_body(request, ScoreRequest, max_body_bytes)
-        return await scores.create_score(body, request)
-
-    @app.post("/rerank")
-    @app.post("/v1/rerank")
-    @app.post("/v2/rerank")  # Cohere's v2 client (as vLLM)
-    async def create_rerank(request: Request) -> Response:
-        body = await read_json_body(request, RerankRequest, max_body_bytes)
-        return await scores.create_rerank(body, request)
+    _json_route(app, ["/classify", "/v1/classify"], ClassificationRequest, classification.create_classify,
+                max_body_bytes)
+    _json_route(app, ["/v1/embeddings"], EmbeddingRequest, embeddings.create_embedding, max_body_bytes)
+    _json_route(app, ["/pooling"], PoolingRequest, embeddings.create_pooling, max_body_bytes)
+    _json_route(app, ["/score", "/v1/score"], ScoreRequest, scores.create_score, max_body_bytes)
+    # /v2/rerank: Cohere's v2 client (as vLLM)
+    _json_route(app, ["/rerank", "/v1/rerank", "/v2/rerank"], RerankRequest, scores.create_rerank, max_body_bytes)
 
 
-def _add_middleware(app: FastAPI, api_key: str | Sequence[str] | None, http: HTTPOptions) -> None:
-    """The API key(s: any one of them opens the API), request ids, then CORS: the last added is
-    outermost, so a browser's preflight is answered before the API key is asked for."""
-    api_keys = [key for key in ([api_key] if isinstance(api_key, str) else api_key or ()) if key]
-    if api_keys:
-        app.add_middleware(APIKeyMiddleware, api_keys=api_keys)
-    if http.request_id_headers:
-        app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
-                       allow_methods=list(http.allowed_methods), allow_headers=list(http.allowed_headers))
+def _json_route(app: FastAPI, paths: list[str], body_model: type, handler: Callable[..., Awaitable[Response]],
+                max_body_bytes: int) -> None:
+    """POST ``paths`` -> ``handler(body, request)``, the body read and validated into
+    ``body_model`` first (read_json_body: a 4xx in the OpenAI shape when it is not one)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handler(await read_json_body(request, body_model, max_body_bytes), request)
+
+    for path in paths:
+        app.add_api_route(path, endpoint, methods=["POST"], name=handler.__name__)
 
 
 def _add_info_routes(app: FastAPI, engine: AsyncLLM, names: list[str],
@@ -370,115 +219,6 @@ def _tokenize(tokenizer: Any, body: TokenizeRequest, max_model_len: int, content
 # ---------------------------------------------------------------------- CLI entry
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """Bind before loading the model, so a busy port fails in a second, not after the load.
-    ``reuse_port``: one of a pool's sockets on the same port (SO_REUSEPORT: the kernel spreads
-    new connections evenly over the listening ones); the pool's launcher binds without
-    listening, to hold the port and fail early, and takes no connections."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as e:
-        raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Give --host an address or name "
-                               "of this machine (0.0.0.0 for all of them).") from e
-    try:
-        if not reuse_port:
-            return socket.create_server((host, port), family=family)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            if listen:
-                sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    except OSError as e:
-        raise ServerStartError(f"cannot listen on {host}:{port}: {e.strerror or e}. Pick another --port.") from e
-
-
-def bind_unix_socket(path: str) -> socket.socket:
-    """--uds: listen on a Unix domain socket (the file keeps the process umask's permissions);
-    an existing file at the path is an error, not replaced."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(2048)
-    except OSError as e:
-        sock.close()
-        raise ServerStartError(f"cannot listen on unix:{path}: {e.strerror or e}. Remove the stale socket file "
-                               "or pick another --uds.") from e
-    return sock
-
-
-def _close(sock: socket.socket, uds: str | None) -> None:
-    sock.close()
-    if uds:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(uds)
-
-
-class ServerStartError(RuntimeError):
-    """The server cannot start as configured; the message says what to change."""
-
-
-class GracefulServer:
-    """uvicorn, with vLLM-style lifecycle on top:
-
-    - SIGTERM / Ctrl-C: refuse new requests (503), let unfinished ones run up to the grace
-      period, then abort the rest (their clients get the error event and ``[DONE]``; the log
-      gets one line per aborted request) and exit 0. A second signal exits at once.
-    - An engine core that dies: in-flight requests have already failed; the server stops and
-      the process exits 1, so a supervisor restarts it.
-    """
-
-    def __init__(self, config: Any, app: FastAPI, engine: AsyncLLM, grace_period_s: float) -> None:
-        import uvicorn
-
-        outer = self
-
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:  # runs in the signal handler
-                loop = getattr(app.state, "loop", None)
-                if outer.draining or loop is None:
-                    super().handle_exit(sig, frame)
-                else:
-                    outer.draining = True
-                    loop.call_soon_threadsafe(outer.start_drain)
-
-        self.server = _Server(config)
-        self.engine = engine
-        self.grace_period_s = grace_period_s
-        self.draining = False
-        self.exit_code = 0
-        engine.on_dead.append(self._on_engine_dead)
-
-    def run(self, sock: socket.socket) -> int:
-        self.server.run(sockets=[sock])
-        return self.exit_code
-
-    def start_drain(self) -> None:
-        self.engine.draining = True
-        logger.info("Shutting down: no new requests; waiting up to %.1fs for %d unfinished request(s)",
-                    self.grace_period_s, self.engine.num_unfinished_requests)
-        asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        deadline = time.monotonic() + self.grace_period_s
-        while self.engine.num_unfinished_requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        error = RequestFailedError("The server is shutting down; the request was aborted.", status=503)
-        for request_id in self.engine.abort_all(error):
-            logger.warning("Aborted request %s: the server is shutting down", request_id)
-        await asyncio.sleep(0)  # let the aborted streams write their last events
-        self.server.should_exit = True
-
-    def _on_engine_dead(self, error: BaseException) -> None:
-        logger.error("The engine is dead (%s); the server exits", error)
-        self.exit_code = 1
-        self.server.should_exit = True
-
-
 @dataclass
 class ServerSetup:
     """Everything ``pagedlm serve`` checked before taking the port or loading the model."""
@@ -522,7 +262,7 @@ class ServerSetup:
 
     def close(self, sock: socket.socket, owner: bool = True) -> None:
         """Close the listening socket; its owner (the process that bound it) also removes a --uds file."""
-        _close(sock, self.server_args.uds if owner else None)
+        close_socket(sock, self.server_args.uds if owner else None)
 
 
 def run_server(args: argparse.Namespace) -> None:
