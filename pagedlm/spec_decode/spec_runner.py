@@ -23,7 +23,8 @@ from pagedlm.structured_output.apply import apply_grammar_bitmask
 if TYPE_CHECKING:
     from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner
     from pagedlm.worker.input_batch import CachedRequestState, StepInputs
-    from pagedlm.worker.model_runner import InflightStep, ModelRunner
+    from pagedlm.worker.inflight_step import InflightStep
+    from pagedlm.worker.model_runner import ModelRunner
     from pagedlm.worker.persistent_batch import PersistentBatch
 
 
@@ -280,7 +281,7 @@ def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedReque
             batch: "PersistentBatch | None") -> None:
     """The verify step's one device-to-host copy, then each request's emitted tokens (the
     accepted drafts and the bonus token) into the runner's requests and persistent rows."""
-    from pagedlm.worker.model_runner import _to_lists
+    from pagedlm.worker.inflight_step import logprobs_lists
 
     result = spec.result
     packed = torch.stack((result.tokens, result.accepted.to(torch.int64))).tolist()
@@ -295,7 +296,7 @@ def resolve(step: "InflightStep", spec: SpecStep, states: dict[str, "CachedReque
         step.output.sampled_token_ids[i] = emitted
         k = step.num_logprobs[b]
         if logprobs is not None and k is not None:
-            step.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(first, first + counts[b]), k)
+            step.output.logprobs[req_id] = logprobs_lists(logprobs.slice_rows(first, first + counts[b]), k)
         state = states.get(req_id)
         if state is not None:
             state.output_token_ids.extend(emitted)

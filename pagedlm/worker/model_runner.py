@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from pagedlm.attention.metadata import AttentionMetadata
 from pagedlm.config import EngineConfig
-from pagedlm.engine.messages import LogprobsLists, ModelRunnerOutput, SchedulerOutput
+from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.engine.sleep_mode import SLEEP_TAGS
 from pagedlm.forward_context import set_forward_context
 from pagedlm.kernels import ops
@@ -21,11 +19,11 @@ from pagedlm.layers.pooler import Pooler
 from pagedlm.models.loader import load_model
 from pagedlm.models.pipeline import IntermediateTensors
 from pagedlm.sample.custom_logits import build_custom_logits
-from pagedlm.sample.logprobs import LogprobsTensors, compute_logprobs, gather_logprobs, pinned_copy
+from pagedlm.sample.logprobs import compute_logprobs, gather_logprobs, pinned_copy
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
 from pagedlm.structured_output.apply import apply_grammar_bitmask
-from pagedlm.worker import memory
+from pagedlm.worker import memory, step_extras
 from pagedlm.worker.distributed import (
     broadcast_from_output_rank,
     get_parallel_state,
@@ -36,6 +34,7 @@ from pagedlm.worker.distributed import (
 )
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner, capture_sizes
 from pagedlm.worker.graph_sampling import GraphSampler
+from pagedlm.worker.inflight_step import InflightStep, logprobs_lists
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
 from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers
@@ -339,54 +338,6 @@ class ModelRunner:
             return self.model(input_ids, positions)
         return self.model(input_ids, positions, intermediate)
 
-    def _token_type_ids(self, inputs: StepInputs) -> torch.Tensor | None:
-        """[T] token types of the step, for models that take them (BERT cross-encoders), when a
-        request is a text pair: its second segment is type 1. Pooling prompts run whole in one
-        step (the engine config guarantees it), so a request's rows are its prompt from position
-        0 and its second segment starts ``compressed_token_type_ids`` rows in."""
-        if not getattr(self.model, "accepts_token_type_ids", False):
-            return None
-        types = None
-        for i, req_id in enumerate(inputs.req_ids):
-            params = self.requests[req_id].pooling_params
-            boundary = (params.extra_kwargs or {}).get("compressed_token_type_ids") if params is not None else None
-            if boundary is None:
-                continue
-            if types is None:
-                types = np.zeros(int(inputs.query_start_loc[-1]), dtype=np.int64)
-            types[int(inputs.query_start_loc[i]) + boundary : int(inputs.query_start_loc[i + 1])] = 1
-        return None if types is None else torch.from_numpy(types).to(self.device)
-
-    def _embeds_spans(self, inputs: StepInputs) -> list[tuple[int, torch.Tensor]]:
-        """(first token index in the step, rows) for each request whose scheduled tokens include
-        positions of a prompt given as embeddings: those rows replace the embedding lookup. A
-        request's rows are let go once its step reaches their end (a preempted request gets
-        them again with its recompute), so decode steps do no work here."""
-        spans = []
-        if not self._embeds_pending:
-            return spans
-        for i, req_id in enumerate(inputs.req_ids):
-            if req_id not in self._embeds_pending:
-                continue
-            state = self.requests[req_id]
-            lo, hi = int(inputs.query_start_loc[i]), int(inputs.query_start_loc[i + 1])
-            start = int(inputs.num_computed[i])
-            end = min(start + hi - lo, state.prompt_embeds.shape[0])
-            if start < end:
-                spans.append((lo, state.prompt_embeds[start:end]))
-            if end >= state.prompt_embeds.shape[0]:
-                state.prompt_embeds = None
-                self._embeds_pending.discard(req_id)
-        return spans
-
-    def _inputs_embeds(self, input_ids: torch.Tensor, spans: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-        """[T, hidden]: the embedding table's rows for the step's tokens, with the prompt rows
-        given as embeddings written over their (placeholder) positions."""
-        embeds = self.model.embed_input_ids(input_ids)  # a fresh tensor: written in place
-        for first, rows in spans:
-            embeds[first:first + rows.shape[0]] = rows.to(embeds.dtype)
-        return embeds
-
     def _run_stage(self, input_ids: torch.Tensor, positions: torch.Tensor,
                    token_type_ids: torch.Tensor | None = None,
                    embeds_spans: list[tuple[int, torch.Tensor]] | None = None) -> torch.Tensor | None:
@@ -397,8 +348,8 @@ class ModelRunner:
             shape = (len(input_ids), self.config.model_config.hf_config.hidden_size)
             hidden, residual = pp_recv([shape, shape], self.config.model_config.torch_dtype, self.device)
             intermediate = IntermediateTensors(hidden, residual)
-        inputs_embeds = self._inputs_embeds(input_ids, embeds_spans) if embeds_spans else None
-        out = self._call_model(input_ids, positions, intermediate, token_type_ids, inputs_embeds)
+        embeds = step_extras.inputs_embeds(self.model, input_ids, embeds_spans) if embeds_spans else None
+        out = self._call_model(input_ids, positions, intermediate, token_type_ids, embeds)
         if isinstance(out, IntermediateTensors):
             pp_send([out.hidden_states, out.residual])
             return None
@@ -414,7 +365,7 @@ class ModelRunner:
         graphs, shape = None, None
         # Prompt rows given as embeddings run eagerly (a decode graph embeds token ids); the
         # decode steps after such a prompt read token ids only and replay graphs as usual.
-        embeds_spans = self._embeds_spans(inputs)
+        embeds_spans = step_extras.take_embeds_spans(self.requests, self._embeds_pending, inputs)
         for candidate in (self.graph_runner, self.verify_graphs):  # decode steps, verify steps
             if embeds_spans:
                 break
@@ -442,7 +393,7 @@ class ModelRunner:
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
         with set_forward_context(meta):
-            return self._run_stage(input_ids, positions, self._token_type_ids(inputs), embeds_spans)
+            return self._run_stage(input_ids, positions, step_extras.token_type_ids(self.model, self.requests, inputs, self.device), embeds_spans)
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -503,7 +454,7 @@ class ModelRunner:
             self.spec.propose(step.output, self.requests)
         return step.output
 
-    def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: "InflightStep",
+    def _sample(self, hidden: torch.Tensor | None, inputs: StepInputs, step: InflightStep,
                 sched: SchedulerOutput) -> None:
         states = [self.requests[inputs.req_ids[i]] for i in inputs.sample_rows]
         logits = None
@@ -527,7 +478,7 @@ class ModelRunner:
         self._deferred = None
         self._sample_logits(logits, states, step, req_ids, bitmask)
 
-    def _sample_logits(self, logits: torch.Tensor | None, states: list[CachedRequestState], step: "InflightStep",
+    def _sample_logits(self, logits: torch.Tensor | None, states: list[CachedRequestState], step: InflightStep,
                        grammar_req_ids: list[str], bitmask: np.ndarray | None) -> None:
         """The output rank samples; with several ranks it broadcasts the ids, so every rank's
         copy of each request (and the on-device feedback of async scheduling) stays identical."""
@@ -561,7 +512,7 @@ class ModelRunner:
         for state in states:
             state.num_pending += 1
 
-    def _sample_in_graph(self, inputs: StepInputs, step: "InflightStep", sched: SchedulerOutput,
+    def _sample_in_graph(self, inputs: StepInputs, step: InflightStep, sched: SchedulerOutput,
                          rows: np.ndarray) -> bool:
         """A decode-graph step whose rows all sample plainly: lm_head and sampling replay as
         the size's sampling graph. False (nothing done) for every other step."""
@@ -600,74 +551,7 @@ class ModelRunner:
             targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
             # Always raw logprobs, whatever --logprobs-mode says: vLLM's runner does the same.
             tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
-            output.prompt_logprobs[state.req_id] = _to_lists(tensors, k)
-
-
-@dataclass
-class InflightStep:
-    """A launched step: its sampled ids stay on the device until resolve()."""
-
-    output: ModelRunnerOutput
-    sampled: torch.Tensor | None = None  # [S] int64 on the device
-    logprobs: LogprobsTensors | None = None
-    rows: list[int] = field(default_factory=list)  # sample row -> index in output.req_ids
-    row_of: dict[str, int] = field(default_factory=dict)  # req_id -> sample row
-    num_logprobs: list[int | None] = field(default_factory=list)  # per sample row
-    resolved: bool = False
-    feeds_states: bool = True  # append the samples to the runner's requests (False: the scheduler sends them)
-    # CUDA: the samples' copy to pinned host memory, queued right behind the sampler, and the
-    # event that marks it done. Under async scheduling the next step is launched before this
-    # one is collected; waiting on this event (not the stream) keeps the collection from also
-    # waiting for that next step, which would delay every token by a step and idle the device
-    # while the host processes outputs.
-    host_sampled: torch.Tensor | None = None
-    host_logprobs: LogprobsTensors | None = None
-    ready: torch.cuda.Event | None = None
-    # A step sampled another way (speculative verification) brings its results back itself.
-    resolver: Callable[["InflightStep", dict[str, CachedRequestState], PersistentBatch | None], None] | None = None
-
-    def start_host_copy(self) -> None:
-        if self.sampled is None or self.sampled.device.type != "cuda":
-            return
-        self.host_sampled = pinned_copy(self.sampled)
-        self.host_logprobs = self.logprobs.to_host_async() if self.logprobs is not None else None
-        self.ready = torch.cuda.Event()
-        self.ready.record()
-
-    def resolve(self, states: dict[str, CachedRequestState], batch: PersistentBatch | None = None) -> None:
-        """Bring the sampled ids to the host (the step's one device-to-host copy) and append
-        them to the runner's copy of each request that still exists."""
-        if self.resolved or self.sampled is None:
-            self.resolved = True
-            return
-        self.resolved = True
-        if self.resolver is not None:
-            return self.resolver(self, states, batch)
-        if self.ready is not None:
-            self.ready.synchronize()
-            sampled, logprobs = self.host_sampled.tolist(), self.host_logprobs
-        else:
-            sampled = self.sampled.tolist()
-            logprobs = self.logprobs.to_cpu() if self.logprobs is not None else None
-        landed_rows: list[int] = []  # persistent rows of the requests still there, and their tokens
-        landed_ids: list[int] = []
-        for row, i in enumerate(self.rows):
-            req_id = self.output.req_ids[i]
-            token_id = sampled[row]
-            self.output.sampled_token_ids[i] = [token_id]
-            k = self.num_logprobs[row]
-            if logprobs is not None and k is not None:
-                self.output.logprobs[req_id] = _to_lists(logprobs.slice_rows(row, row + 1), k)
-            state = states.get(req_id) if self.feeds_states else None
-            if state is not None:  # gone if finished or preempted meanwhile
-                state.output_token_ids.append(token_id)
-                state.token_ids.append(token_id)
-                state.num_pending -= 1
-                if batch is not None:
-                    landed_rows.append(batch.row_of[req_id])
-                    landed_ids.append(token_id)
-        if landed_rows:
-            batch.append_sampled(np.array(landed_rows), np.array(landed_ids))
+            output.prompt_logprobs[state.req_id] = logprobs_lists(tensors, k)
 
 
 def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> list[int]:
@@ -684,8 +568,3 @@ def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], 
     state.token_ids.extend(tail)
     state.output_token_ids.extend(tail)
     return tail
-
-
-def _to_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
-    top_ranks = None if t.top_ranks is None else t.top_ranks[:, :k].tolist()
-    return LogprobsLists(t.token_ids[:, : k + 1].tolist(), t.logprobs[:, : k + 1].tolist(), t.ranks.tolist(), top_ranks)
