@@ -57,7 +57,13 @@ from pagedlm.spec_decode.config import check_speculation_fits, resolve_speculati
 from pagedlm.lora.config import build_lora_config
 from pagedlm.engine.logits_processor_loading import engine_logits_processors
 from pagedlm.entrypoints.openai.reasoning import REASONING_PARSERS
-from pagedlm.pooling_config import resolve_pooling, sentence_transformers_max_len, whole_prompt_batched_tokens
+from pagedlm.pooling_config import (
+    check_pooling_kind,
+    requested_runner,
+    resolve_pooling,
+    sentence_transformers_max_len,
+    whole_prompt_batched_tokens,
+)
 
 MODEL, LOAD, CACHE, SCHED, PARALLEL, DEVICE, LORA, SPEC, OBS = (
     "Model", "Model loading", "KV cache", "Scheduler", "Parallelism", "Device", "LoRA", "Speculative decoding",
@@ -339,8 +345,8 @@ class EngineArgs:
                               "prompt runs in one step); leave it unset")
         if self.enable_chunked_prefill is not False and not pooling:
             return max_batched, True
-        return whole_prompt_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len,
-                                           "with runner='pooling'" if pooling else "with chunked prefill disabled"), False
+        why = "with runner='pooling'" if pooling else "with chunked prefill disabled"
+        return whole_prompt_batched_tokens(self.max_num_batched_tokens, max_batched, max_model_len, why), False
 
     def _structured_outputs(self) -> StructuredOutputsConfig:
         """--structured-outputs-config / --guided-decoding-backend, as far as they mean something
@@ -407,37 +413,6 @@ class EngineArgs:
         return self.allow_long_max_model_len or any(os.environ.get(v, "") in ("1", "true", "True")
                                                     for v in LONG_LEN_ENV_VARS)
 
-    def _requested_runner(self) -> str:
-        """--runner, or what vLLM's --convert embed / --task (embed, generate) ask for."""
-        if self.convert not in ("auto", "none", "embed", "classify"):
-            raise ConfigError(f"convert {self.convert!r} is not supported: use embed (a pooling model), classify "
-                              "(a sequence-classification checkpoint), auto or none")
-        if self.task not in ("auto", "generate", "embed", "embedding", "classify", "score"):
-            raise ConfigError(f"task {self.task!r} is not supported: use generate, embed, classify, score, or "
-                              "runner='pooling' / 'generate' (vLLM's newer names)")
-        asked = [(name, value, "generate" if value == "generate" else "pooling")
-                 for name, value in (("convert", self.convert), ("task", self.task)) if value not in ("auto", "none")]
-        if self.runner != "auto":
-            asked.append(("runner", self.runner, self.runner))
-        if len({runner for _, _, runner in asked}) > 1:
-            raise ConfigError("conflicting runner choices: " + ", ".join(f"{k}={v!r}" for k, v, _ in asked)
-                              + " (convert or task embed means runner 'pooling')")
-        return asked[0][2] if asked else "auto"
-
-    def _check_pooling_kind(self, pooler_config: Any) -> None:
-        """convert / task classify or score need a sequence-classification checkpoint (pagedlm
-        does not put a new head on a generative one, vLLM's as_seq_cls_model); embed needs an
-        embedding model."""
-        asked = {v for v in (self.convert, self.task) if v not in ("auto", "none", "generate")}
-        is_classifier = pooler_config is not None and pooler_config.is_classifier
-        if asked & {"classify", "score"} and not is_classifier:
-            raise ConfigError(f"task/convert {sorted(asked)}: classify and score need a *ForSequenceClassification "
-                              "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa, Llama, Mistral, Qwen2, Qwen3, Gemma 2); "
-                              "converting another model is not supported")
-        if asked & {"embed", "embedding"} and is_classifier:
-            raise ConfigError("task/convert embed: this checkpoint is a sequence-classification model; it serves "
-                              "classify and score (leave task and convert unset)")
-
     def _model_config(self, device: str) -> ModelConfig:
         """Where the model comes from, its HF config (with --hf-overrides), runner, context
         length, dtype and the rest of what describes the model itself."""
@@ -453,10 +428,11 @@ class EngineArgs:
         if self.model_impl == "terratorch":
             raise ConfigError("model_impl 'terratorch' (the TerraTorch backend) is not supported; use auto, vllm "
                               "(pagedlm's own models) or transformers")
-        runner, pooler_config = resolve_pooling(self._requested_runner(), source.model, hf_config,
+        runner, pooler_config = resolve_pooling(requested_runner(self.convert, self.task, self.runner),
+                                                source.model, hf_config,
                                                 list(getattr(hf_config, "architectures", None) or []),
                                                 self.pooler_config, self.model_impl)
-        self._check_pooling_kind(pooler_config)
+        check_pooling_kind(self.convert, self.task, pooler_config)
         max_model_len = derive_max_model_len(hf_config, self.max_model_len or (
             sentence_transformers_max_len(source.model) if pooler_config else None), self._allow_long(),
             self.disable_sliding_window, _position_offset(hf_config, self.model_impl))

@@ -273,3 +273,36 @@ def whole_prompt_batched_tokens(requested: int | None, default: int, max_model_l
         raise ConfigError(f"{why}, max_num_batched_tokens ({requested}) must be at least max_model_len "
                           f"({max_model_len}): prompts are scheduled whole, never in chunks")
     return max(default, max_model_len)
+
+
+def requested_runner(convert: str, task: str, runner: str) -> str:
+    """--runner, or what vLLM's --convert embed / --task (embed, generate) ask for."""
+    if convert not in ("auto", "none", "embed", "classify"):
+        raise ConfigError(f"convert {convert!r} is not supported: use embed (a pooling model), classify "
+                          "(a sequence-classification checkpoint), auto or none")
+    if task not in ("auto", "generate", "embed", "embedding", "classify", "score"):
+        raise ConfigError(f"task {task!r} is not supported: use generate, embed, classify, score, or "
+                          "runner='pooling' / 'generate' (vLLM's newer names)")
+    asked = [(name, value, "generate" if value == "generate" else "pooling")
+             for name, value in (("convert", convert), ("task", task)) if value not in ("auto", "none")]
+    if runner != "auto":
+        asked.append(("runner", runner, runner))
+    if len({choice for _, _, choice in asked}) > 1:
+        raise ConfigError("conflicting runner choices: " + ", ".join(f"{k}={v!r}" for k, v, _ in asked)
+                          + " (convert or task embed means runner 'pooling')")
+    return asked[0][2] if asked else "auto"
+
+
+def check_pooling_kind(convert: str, task: str, pooler_config: Any) -> None:
+    """convert / task classify or score need a sequence-classification checkpoint (pagedlm
+    does not put a new head on a generative one, vLLM's as_seq_cls_model); embed needs an
+    embedding model."""
+    asked = {v for v in (convert, task) if v not in ("auto", "none", "generate")}
+    is_classifier = pooler_config is not None and pooler_config.is_classifier
+    if asked & {"classify", "score"} and not is_classifier:
+        raise ConfigError(f"task/convert {sorted(asked)}: classify and score need a *ForSequenceClassification "
+                          "checkpoint (supported: BERT, RoBERTa, XLM-RoBERTa, Llama, Mistral, Qwen2, Qwen3, Gemma 2); "
+                          "converting another model is not supported")
+    if asked & {"embed", "embedding"} and is_classifier:
+        raise ConfigError("task/convert embed: this checkpoint is a sequence-classification model; it serves "
+                          "classify and score (leave task and convert unset)")

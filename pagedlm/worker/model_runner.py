@@ -392,8 +392,9 @@ class ModelRunner:
             return graphs.replay(shape.size, num_tokens)
         input_ids, positions, meta = self.buffers.device_inputs(
             num_tokens, num_seqs, max_query_len, int(inputs.seq_lens.max()), num_tokens)
+        token_types = step_extras.token_type_ids(self.model, self.requests, inputs, self.device)
         with set_forward_context(meta):
-            return self._run_stage(input_ids, positions, step_extras.token_type_ids(self.model, self.requests, inputs, self.device), embeds_spans)
+            return self._run_stage(input_ids, positions, token_types, embeds_spans)
 
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:

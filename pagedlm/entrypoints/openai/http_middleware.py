@@ -143,5 +143,6 @@ def add_middleware(app: FastAPI, api_key: str | Sequence[str] | None, http: HTTP
         app.add_middleware(APIKeyMiddleware, api_keys=api_keys)
     if http.request_id_headers:
         app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins), allow_credentials=http.allow_credentials,
-                       allow_methods=list(http.allowed_methods), allow_headers=list(http.allowed_headers))
+    app.add_middleware(CORSMiddleware, allow_origins=list(http.allowed_origins),
+                       allow_credentials=http.allow_credentials, allow_methods=list(http.allowed_methods),
+                       allow_headers=list(http.allowed_headers))
