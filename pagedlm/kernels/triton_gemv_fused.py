@@ -93,8 +93,18 @@ def _widen(w):
 
 
 @triton.jit
+def _block_scaled(x, s_row, k_idx, BLOCK_SK: tl.constexpr):
+    """Block-wise fp8 (``BLOCK_SK`` > 0): x (float32) times the weight's block scale at each
+    input, from this program's row of scales (one per BLOCK_SK inputs; the program's columns
+    share one row). sum_k x_k * s_k * code_k is then the product with the dequantized weight."""
+    if BLOCK_SK > 0:
+        x = x * tl.load(s_row + k_idx // BLOCK_SK)
+    return x
+
+
+@triton.jit
 def _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  CHUNK: tl.constexpr, PDL: tl.constexpr):
+                  CHUNK: tl.constexpr, PDL: tl.constexpr, s_row=None, BLOCK_SK: tl.constexpr = 0):
     """Row 0 of x[:, k_lo:k_hi] @ w[cols, k_lo:k_hi]^T in float32 [1, BLOCK_N]: each K tile is
     loaded as [BLOCK_N, BLOCK_K / CHUNK, CHUNK] and its runs of CHUNK products are summed in
     the thread that loaded them (no shuffles), into a [BLOCK_N, BLOCK_K / CHUNK] accumulator."""
@@ -102,10 +112,10 @@ def _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N: tl.cons
     w_tiles = w_ptr + rn_load[:, None, None] * stride_wn + koff[None, :, :]
     w = tl.load(w_tiles + k_lo)  # before the PDL wait: the weights are never written in a step
     pdl_prologue(PDL)
-    x = tl.load(x_ptr + k_lo + koff).to(tl.float32)
+    x = _block_scaled(tl.load(x_ptr + k_lo + koff).to(tl.float32), s_row, k_lo + koff, BLOCK_SK)
     acc = tl.sum(x[None, :, :] * _widen(w), axis=2)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
-        x = tl.load(x_ptr + k0 + koff).to(tl.float32)
+        x = _block_scaled(tl.load(x_ptr + k0 + koff).to(tl.float32), s_row, k0 + koff, BLOCK_SK)
         acc += tl.sum(x[None, :, :] * _widen(tl.load(w_tiles + k0)), axis=2)
     return tl.sum(acc, axis=1)[None, :]
 
@@ -114,23 +124,25 @@ def _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N: tl.cons
 def _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
                   COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
-                  CHUNK: tl.constexpr = 0):
+                  CHUNK: tl.constexpr = 0, s_row=None, BLOCK_SK: tl.constexpr = 0):
     """x[rows, k_lo:k_hi] @ w[cols, k_lo:k_hi]^T in float32 [BLOCK_M, BLOCK_N] (k_hi > k_lo).
 
     The first weight tile is loaded before the PDL prologue: the weights are never written
     during a step, so this program's weight stream starts while the kernel ahead drains."""
     if CHUNK > 0:  # one row (BLOCK_M == 1)
-        sums = _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N, BLOCK_K, CHUNK, PDL)
+        sums = _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N, BLOCK_K, CHUNK, PDL, s_row,
+                             BLOCK_SK)
     else:
         sums = _tile_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn, BLOCK_M, BLOCK_N,
-                          BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL)
+                          BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL, s_row, BLOCK_SK)
     return sums
 
 
 @triton.jit
 def _tile_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
-               COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr):
+               COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr, s_row=None,
+               BLOCK_SK: tl.constexpr = 0):
     """``_partial_sums`` on [BLOCK_M, BLOCK_N, BLOCK_K] FMA tiles or tensor-core dots."""
     code_ty = w_ptr.dtype.element_ty
     w_rows = w_ptr + rn_load[:, None] * stride_wn
@@ -144,21 +156,32 @@ def _tile_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_hi, stride_xm, stride_wn,
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if NATIVE and code_ty == tl.int8 else tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    acc = _tile_product(acc, tl.load(x_rows + rk[None, :]), w, DOT, COMPUTE_BF16, NATIVE)
+    acc = _tile_product(acc, _tile_x(x_rows, rk, s_row, BLOCK_SK), w, DOT, COMPUTE_BF16, NATIVE)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        acc = _tile_product(acc, tl.load(x_rows + rk[None, :]), tl.load(w_rows + rk[None, :]), DOT, COMPUTE_BF16,
-                            NATIVE)
+        acc = _tile_product(acc, _tile_x(x_rows, rk, s_row, BLOCK_SK), tl.load(w_rows + rk[None, :]), DOT,
+                            COMPUTE_BF16, NATIVE)
     return acc.to(tl.float32) if DOT else tl.sum(acc, axis=2)
+
+
+@triton.jit
+def _tile_x(x_rows, rk, s_row, BLOCK_SK: tl.constexpr):
+    """One K tile of x [BLOCK_M, BLOCK_K]: as stored, or in float32 times the block scales."""
+    if BLOCK_SK > 0:
+        x = _block_scaled(tl.load(x_rows + rk[None, :]).to(tl.float32), s_row, rk[None, :], BLOCK_SK)
+    else:
+        x = tl.load(x_rows + rk[None, :])
+    return x
 
 
 @triton.jit
 def _fused_gemv_kernel(
     x_ptr, w_ptr, sx_ptr, sw_ptr, bias_ptr, part_ptr, count_ptr, out_ptr, M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_sx, stride_om,
+    stride_xm, stride_wn, stride_sx, stride_om, bs_ptr, stride_bs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     HAS_SX: tl.constexpr, HAS_SW: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
     COMPUTE_BF16: tl.constexpr, NATIVE: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_SN: tl.constexpr = 1, BLOCK_SK: tl.constexpr = 0,
 ):
     # No masks in the loop: K is a multiple of BLOCK_K * SPLIT_K (the host checks), and rows /
     # columns past M / N re-read the last valid one (clamped index); only stores are masked.
@@ -166,8 +189,9 @@ def _fused_gemv_kernel(
     pid_k = tl.program_id(1)
     rn, rm, rn_load, rm_load = _tile_indices(pid_n, M, N, BLOCK_M, BLOCK_N)
     k_lo = pid_k * k_per_split
+    s_row = bs_ptr + ((pid_n * BLOCK_N) // BLOCK_SN) * stride_bs  # block-wise fp8: the columns' scales
     acc = _partial_sums(x_ptr, w_ptr, rm_load, rn_load, k_lo, k_lo + k_per_split, stride_xm, stride_wn,
-                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL, CHUNK)
+                        BLOCK_M, BLOCK_N, BLOCK_K, DOT, COMPUTE_BF16, NATIVE, PDL, CHUNK, s_row, BLOCK_SK)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     last = True
     if SPLIT_K > 1:
@@ -197,13 +221,21 @@ def fits(m: int, k: int, config: FusedGemvConfig) -> bool:
 
 def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, scale_w: torch.Tensor | None,
                out_dtype: torch.dtype, bias: torch.Tensor | None = None,
-               config: FusedGemvConfig = FusedGemvConfig()) -> torch.Tensor:
+               config: FusedGemvConfig = FusedGemvConfig(), block_scale: torch.Tensor | None = None,
+               block: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """x [M <= 8, K] (values, or 8-bit codes with scale_x [M, 1] / [1, 1]), w [N, K] (values or
     8-bit codes with scale_w [N] / [1, N] float32) -> [M, N] in ``out_dtype``.
-    K must be a multiple of block_k * split_k (``fits``)."""
+    K must be a multiple of block_k * split_k (``fits``).
+
+    Block-wise fp8 (``block_scale`` [ceil(N / bn), ceil(K / bk)] float32 with ``block`` (bn, bk),
+    no scale_x / scale_w; x in 16 bits): W = code * the scale of its block, activations
+    unquantized (W8A16); config.block_n must divide bn (``fits_block``)."""
     m, k = x.shape
     n = w.shape[0]
     eight_bit = w.element_size() == 1
+    if block_scale is not None and not fits_block(config, block, scale_x, scale_w, x):
+        raise ValueError(f"a block-wise fp8 GEMV takes 16-bit x, no other scales, block_n dividing the block's "
+                         f"{block[0]} rows and no native dot; got block_n {config.block_n}, x {x.dtype}")
     if config.native and not (config.dot and eight_bit and x.dtype == w.dtype):
         raise ValueError("a native config multiplies 8-bit codes of one type on the tensor cores")
     if config.chunk and (config.dot or m != 1 or config.block_k % config.chunk):
@@ -225,13 +257,24 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
     _fused_gemv_kernel[(grid_n, config.split_k)](
         x, w, sx, sw, bias if bias is not None else out, part, counters, out, m, n, k, k // config.split_k,
         x.stride(0), w.stride(0), 1 if scale_x is not None and scale_x.numel() > 1 else 0, out.stride(0),
+        block_scale if block_scale is not None else out, block_scale.stride(0) if block_scale is not None else 0,
         BLOCK_M=max(16, triton.next_power_of_2(m)) if config.dot else triton.next_power_of_2(m),
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         HAS_SX=scale_x is not None, HAS_SW=scale_w is not None, HAS_BIAS=bias is not None, DOT=config.dot,
         COMPUTE_BF16=torch.bfloat16 in (x.dtype, w.dtype), NATIVE=config.native, CHUNK=config.chunk,
+        BLOCK_SN=block[0] if block_scale is not None else 1, BLOCK_SK=block[1] if block_scale is not None else 0,
         num_warps=config.num_warps, num_stages=config.num_stages, **launch_kwargs(),
     )
     return out
+
+
+def fits_block(config: FusedGemvConfig, block: tuple[int, int], scale_x: torch.Tensor | None = None,
+               scale_w: torch.Tensor | None = None, x: torch.Tensor | None = None) -> bool:
+    """Whether ``config`` can run a block-wise fp8 layer of ``block`` (bn, bk): a program's
+    columns within one block row, the scales folded into 16-bit activations."""
+    bn, bk = block
+    return (bn > 0 and bk > 0 and bn % config.block_n == 0 and not config.native and scale_x is None
+            and scale_w is None and (x is None or x.element_size() == 2))
 
 
 def quick_configs(m: int, eight_bit: bool = False) -> list[FusedGemvConfig]:

@@ -43,13 +43,17 @@ CASES = {
                                                                           desc_act=True), "float16"),
     "deepseek_v3_block_fp8": ("DeepseekV3ForCausalLM", MLA, "block_fp8", {}, "float32"),
     "llama_fbgemm_fp8": ("LlamaForCausalLM", {}, "fbgemm_fp8", {}, "float16"),
+    # wide enough (K 512-1,024) for the block-scaled decode GEMV's tiles
+    "llama_block_fp8": ("LlamaForCausalLM", dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8,
+                                                 num_key_value_heads=4, head_dim=64), "block_fp8",
+                        dict(block=(128, 128)), "float16"),
 }
 
 
 def _write(src: str, tmp_path: Path, fmt: str, options: dict) -> Path:
     qdir = tmp_path / "q"
     if fmt == "block_fp8":
-        write_block_fp8(src, qdir, tmp_path / "ref", (16, 16))
+        write_block_fp8(src, qdir, tmp_path / "ref", options.get("block", (16, 16)))
     elif fmt == "fbgemm_fp8":
         write_quantized(src, qdir, tmp_path / "ref", Scheme("compressed-tensors", FP8, per_channel=True,
                                                             activations="token"), PROMPTS)

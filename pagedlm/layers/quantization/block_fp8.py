@@ -3,10 +3,13 @@ Qwen's own ``*-FP8`` releases and DeepSeek-V3 ship: per linear layer ``weight`` 
 [out, in] and ``weight_scale_inv`` float32 [ceil(out / bn), ceil(in / bk)], one scale per
 [bn, bk] block of the weight (W = code * scale; "inv" is the checkpoint's name for it).
 
-pagedlm has no block-scaled fp8 GEMM yet, so these layers run **W8A16**: the weight stays fp8
-in memory and is dequantized to the activation dtype per call (one fused multiply per block
-of codes, then the dense GEMM), activations unquantized — the checkpoint's weights exactly,
-slower than a bf16 checkpoint (the dequantized copy is written and read on every call). vLLM
+These layers run **W8A16**: the weight stays fp8 in memory, activations unquantized — the
+checkpoint's weights exactly. Decode batches of up to 8 rows on a GPU go through the one-launch
+GEMV with the block scales folded into the activations (``scaled_gemv.block_fp8_gemv_or_none``:
+one pass over the fp8 codes, where it beats the alternative for the shape); everything else
+dequantizes the weight to the activation dtype per call (one fused multiply per block of
+codes, then the dense GEMM: the dequantized copy is written and read on every call, so
+prefill runs slower than a bf16 checkpoint's; pagedlm has no block-scaled fp8 GEMM). vLLM
 quantizes the activations per 128-wide group on Hopper; the logprobs differ by that rounding.
 
 llm-compressor's block strategy (compressed-tensors ``float-quantized`` with ``strategy: block``
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.kernels.quant_reference import FP8_DTYPE, FP8_MAX
+from pagedlm.kernels.scaled_gemv import block_fp8_gemv_or_none
 from pagedlm.layers.quantization.base import QuantizationError, QuantMethod, WeightLoader, fill_uniform, new_param
 from pagedlm.logger import log_once
 
@@ -62,8 +66,11 @@ class BlockFp8LinearMethod(QuantMethod):
                                                                pack_factor=bn, weight_loader=weight_loader))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
+        how = ("decode batches read them through a block-scaled GEMV, larger batches dequantize them per call "
+               "(no block-scaled fp8 GEMM yet: prefill slower than bf16)" if layer.weight.is_cuda
+               else "dequantized per call")
         log_once(logger, logging.WARNING, "block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay "
-                 "fp8 and are dequantized per call (no block-scaled fp8 GEMM yet), slower than bf16", self.block)
+                 "fp8, %s", self.block, how)
 
     def _dequantize(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         bn, bk = self.block
@@ -78,6 +85,12 @@ class BlockFp8LinearMethod(QuantMethod):
         return self._dequantize(layer, torch.float32)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.is_cuda:  # decode batches: the block-scaled GEMV where it wins
+            x2 = x.reshape(-1, x.shape[-1])
+            y = block_fp8_gemv_or_none(x2, layer.weight, getattr(layer, self.scale_name), self.block, bias,
+                                       lambda a: F.linear(a, self._dequantize(layer, a.dtype)))
+            if y is not None:
+                return y.reshape(*x.shape[:-1], y.shape[-1])
         return F.linear(x, self._dequantize(layer, x.dtype), bias)
 
     def init_dummy(self, layer: nn.Module, generator: torch.Generator) -> None:
