@@ -32,6 +32,9 @@
 #                  formats (Phi-3, Gemma 2, Falcon, compressed-tensors W4A16, DeepSeek-V3 block fp8,
 #                  fbgemm_fp8, in-flight bitsandbytes, online int8) and the quantized-MoE test in
 #                  float32, each against the CPU engine                                (~5 min)
+#   block-fp8      session 28's block-scaled decode GEMV (block-wise fp8: Qwen / DeepSeek FP8 checkpoints):
+#                  its kernel and dispatch tests, the GPU engine against the CPU engine, then batch-1
+#                  TPOT of bf16 / fp8 / fp8-block                                     (~6 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
 #                  routes), sleep mode, the transformers backend, logprobs modes, prompt
@@ -177,6 +180,13 @@ case "${1:-}" in
     timeout 500 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_quantized_archs.py \
       tests/gpu/test_gpu_quantized_moe.py > "$OUT/tests_quant_archs.log" 2>&1
     grep -E "passed|failed|FAILED" "$OUT/tests_quant_archs.log" | tail -n 12 ;;
+  block-fp8)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_gemv_fused.py tests/kernels/test_scaled_gemv.py \
+      "tests/gpu/test_gpu_quantized_archs.py::test_gpu_matches_cpu[llama_block_fp8]" 2>&1 | tail -n 5
+    floors
+    timeout 300 python3 benchmarks/gpu_quant.py --formats bf16,fp8,fp8-block --iters 2 --skip-throughput \
+      --output-json "$OUT/block_fp8.json" > "$OUT/block_fp8.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|fp8|fp8-block) " "$OUT/block_fp8.log" | tail -n 6 ;;
   new-paths)
     timeout 300 python3 -m pytest -q tests/kernels/test_attention_sinks.py tests/models/test_parity_gpt_oss.py \
       tests/kernels/test_triton_kernels.py tests/kernels/test_fused_moe.py tests/kernels/test_fp8_kv_kernels.py \
@@ -191,6 +201,6 @@ case "${1:-}" in
       tests/gpu/test_gpu_model_impl_and_logprobs.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
     rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_prompt_embeds.py ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|quant-archs|new-paths" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|quant-archs|block-fp8|new-paths" >&2
     exit 2 ;;
 esac
