@@ -32,9 +32,10 @@
 #                  formats (Phi-3, Gemma 2, Falcon, compressed-tensors W4A16, DeepSeek-V3 block fp8,
 #                  fbgemm_fp8, in-flight bitsandbytes, online int8) and the quantized-MoE test in
 #                  float32, each against the CPU engine                                (~5 min)
-#   block-fp8      session 28's block-scaled decode GEMV (block-wise fp8: Qwen / DeepSeek FP8 checkpoints):
-#                  its kernel and dispatch tests, the GPU engine against the CPU engine, then batch-1
-#                  TPOT of bf16 / fp8 / fp8-block                                     (~6 min)
+#   block-fp8      session 28's block-scaled kernels (block-wise fp8: Qwen / DeepSeek FP8 checkpoints; the
+#                  decode GEMV and the tiled GEMM to 1,024 rows): their kernel and dispatch tests, the
+#                  GPU engine against the CPU engine, then bf16 / fp8 / fp8-block at batch 1 and
+#                  1,000 x 512/256                                                    (~9 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
 #                  routes), sleep mode, the transformers backend, logprobs modes, prompt
@@ -181,10 +182,10 @@ case "${1:-}" in
       tests/gpu/test_gpu_quantized_moe.py > "$OUT/tests_quant_archs.log" 2>&1
     grep -E "passed|failed|FAILED" "$OUT/tests_quant_archs.log" | tail -n 12 ;;
   block-fp8)
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_gemv_fused.py tests/kernels/test_scaled_gemv.py \
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_block_fp8.py tests/kernels/test_gemv_fused.py \
       "tests/gpu/test_gpu_quantized_archs.py::test_gpu_matches_cpu[llama_block_fp8]" 2>&1 | tail -n 5
     floors
-    timeout 300 python3 benchmarks/gpu_quant.py --formats bf16,fp8,fp8-block --iters 2 --skip-throughput \
+    timeout 330 python3 benchmarks/gpu_quant.py --formats bf16,fp8,fp8-block --iters 1 \
       --output-json "$OUT/block_fp8.json" > "$OUT/block_fp8.log" 2>&1
     grep -E "^(PASS|FAIL)|^(bf16|fp8|fp8-block) " "$OUT/block_fp8.log" | tail -n 6 ;;
   new-paths)

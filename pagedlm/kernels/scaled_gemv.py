@@ -15,10 +15,6 @@ decision is kept on disk for later starts (``tuning_cache``).
 (Quantizing the activations inside the one-launch GEMV, every program computing its rows'
 scales, measured slower than the separate quantization launch at every 8B shape: the
 activations come in quantized.)
-
-``block_fp8_gemv_or_none`` does the same for block-wise fp8 weights (one scale per [bn, bk]
-block) on 16-bit activations: the one-launch GEMV with each program's block row of scales
-folded into the activations, against the layer's dequantize-then-GEMM.
 """
 
 from __future__ import annotations
@@ -126,42 +122,3 @@ def _runs_here(config: object, a: torch.Tensor, w: torch.Tensor, scale_a: torch.
     if not isinstance(config, cuda_w8a8.CudaW8A8Config):
         return True
     return cuda_w8a8.available(a.device) and cuda_w8a8.fits(a, w, scale_a, scale_b, out_dtype)
-
-
-_block_choice: dict[tuple, object] = {}  # (bucket, N, K, x dtype, bn, bk) -> FusedGemvConfig, or None
-
-
-def block_fp8_gemv_or_none(x: torch.Tensor, w: torch.Tensor, block_scale: torch.Tensor, block: tuple[int, int],
-                           bias: torch.Tensor | None,
-                           baseline: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
-    """x [M, K] (16-bit) @ dequantized(w)^T (+ bias) through the one-launch GEMV where one of
-    its configs wins for this shape and agrees with ``baseline(x)`` (the layer's own product,
-    without bias); None otherwise, and during graph capture for an undecided shape."""
-    from pagedlm.kernels import triton_gemv_fused as fused  # noqa: PLC0415
-
-    m, k = x.shape
-    if (not x.is_cuda or not 1 <= m <= fused.MAX_M or x.element_size() != 2 or x.stride(1) != 1
-            or w.stride(1) != 1 or block_scale.stride(1) != 1):
-        return None
-    key = (_bucket(m), w.shape[0], k, x.dtype, *block)
-    if key not in _block_choice:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        rows = key[0]
-        x_t = x[:1].expand(rows, -1).contiguous() if rows != m else x
-
-        def tune() -> object:
-            configs = [c for c in fused.quick_configs(rows, eight_bit=True)
-                       if fused.fits(rows, k, c) and fused.fits_block(c, block)]
-            best, best_ms, baseline_ms = fastest_agreeing(
-                lambda: baseline(x_t), configs,
-                lambda c: fused.fused_gemv(x_t, w, None, None, x.dtype, None, c, block_scale, block))
-            logger.debug("block-wise fp8 GEMV, M=%d N=%d K=%d block %s: %s (%.1f us; dequantize + GEMM %.1f us)",
-                         rows, w.shape[0], k, block, best or "dequantize + GEMM", best_ms * 1e3, baseline_ms * 1e3)
-            return best
-
-        _block_choice[key] = tuning_cache.cached("block_fp8_gemv", key, x.device, (fused.FusedGemvConfig,), tune)
-    config = _block_choice[key]
-    if config is None:
-        return None
-    return fused.fused_gemv(x, w, None, None, x.dtype, bias, config, block_scale, block)

@@ -101,35 +101,3 @@ def test_dispatch_decides_once_and_matches_the_gemm() -> None:
 def test_native_dots_are_candidates_only_for_activation_codes() -> None:
     assert any(getattr(c, "native", False) for c in dispatch._candidates(4, 4096, True))
     assert not any(getattr(c, "native", False) for c in dispatch._candidates(4, 4096, False))
-
-
-def test_block_fp8_dispatch() -> None:
-    """Block-wise fp8 at decode sizes: on CUDA the GEMV is decided once per bucket and, where it
-    wins, agrees with dequantize + GEMM (which it must beat: an 8B qkv layer's shape); CPU
-    tensors and batches past 8 rows take the layer's own product (None)."""
-    block = (128, 128)
-    g = torch.Generator().manual_seed(9)
-    codes = (torch.rand(6144, 4096, generator=g) * 400 - 200).to(ref.FP8_DTYPE).to(DEVICE)
-    scale = (torch.rand(48, 32, generator=g) * 1e-3 + 1e-4).to(DEVICE)
-    weight = codes.float() * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
-    calls = []
-
-    def baseline(a):
-        calls.append(a.shape[0])
-        return torch.nn.functional.linear(a, weight.to(a.dtype))
-
-    x = torch.randn(9, 4096, generator=g).to(DEVICE, DTYPE)
-    assert dispatch.block_fp8_gemv_or_none(x, codes, scale, block, None, baseline) is None  # 9 rows
-    if DEVICE != "cuda":
-        assert dispatch.block_fp8_gemv_or_none(x[:1], codes, scale, block, None, baseline) is None
-        return
-    dispatch._block_choice.clear()
-    out = dispatch.block_fp8_gemv_or_none(x[:3], codes, scale, block, None, baseline)
-    assert list(dispatch._block_choice) == [(4, 6144, 4096, DTYPE, 128, 128)]
-    if out is not None:
-        assert _rel(out, torch.nn.functional.linear(x[:3].float(), weight)) < 1e-2
-    n_calls = len(calls)
-    dispatch.block_fp8_gemv_or_none(x[:3], codes, scale, block, None, baseline)
-    assert len(calls) == n_calls  # decided: no second timing
-    assert dispatch.block_fp8_gemv_or_none(x[:1], codes, scale, block, None, baseline) is not None, \
-        "one row of an 8B qkv layer: the GEMV reads 25 MB of fp8 codes, the dequantize + GEMM 126 MB"

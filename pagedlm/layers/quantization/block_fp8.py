@@ -4,13 +4,13 @@ Qwen's own ``*-FP8`` releases and DeepSeek-V3 ship: per linear layer ``weight`` 
 [bn, bk] block of the weight (W = code * scale; "inv" is the checkpoint's name for it).
 
 These layers run **W8A16**: the weight stays fp8 in memory, activations unquantized — the
-checkpoint's weights exactly. Decode batches of up to 8 rows on a GPU go through the one-launch
-GEMV with the block scales folded into the activations (``scaled_gemv.block_fp8_gemv_or_none``:
-one pass over the fp8 codes, where it beats the alternative for the shape); everything else
-dequantizes the weight to the activation dtype per call (one fused multiply per block of
-codes, then the dense GEMM: the dequantized copy is written and read on every call, so
-prefill runs slower than a bf16 checkpoint's; pagedlm has no block-scaled fp8 GEMM). vLLM
-quantizes the activations per 128-wide group on Hopper; the logprobs differ by that rounding.
+checkpoint's weights exactly. On a GPU, batches of up to 1,024 rows read the fp8 codes once,
+through the one-launch GEMV (up to 8 rows; the block scales folded into the activations) or a
+tiled block-scaled GEMM (``pagedlm/kernels/block_fp8_linear.py``, where one beats the
+alternative for the shape); everything else (and the CPU) dequantizes the weight to the
+activation dtype per call (one fused multiply per block of codes, then the dense GEMM: the
+dequantized copy is written and read on every call). No fp8 tensor-core GEMM: vLLM quantizes
+the activations per 128-wide group on Hopper; the logprobs differ by that rounding.
 
 llm-compressor's block strategy (compressed-tensors ``float-quantized`` with ``strategy: block``
 and ``block_structure``) stores the same tensors with the scales named ``weight_scale``; it runs
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedlm.kernels.quant_reference import FP8_DTYPE, FP8_MAX
-from pagedlm.kernels.scaled_gemv import block_fp8_gemv_or_none
+from pagedlm.kernels.block_fp8_linear import block_fp8_linear
 from pagedlm.layers.quantization.base import QuantizationError, QuantMethod, WeightLoader, fill_uniform, new_param
 from pagedlm.logger import log_once
 
@@ -66,9 +66,8 @@ class BlockFp8LinearMethod(QuantMethod):
                                                                pack_factor=bn, weight_loader=weight_loader))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        how = ("decode batches read them through a block-scaled GEMV, larger batches dequantize them per call "
-               "(no block-scaled fp8 GEMM yet: prefill slower than bf16)" if layer.weight.is_cuda
-               else "dequantized per call")
+        how = ("batches of up to 1,024 rows read them through block-scaled kernels where those win, larger "
+               "ones dequantize them per call" if layer.weight.is_cuda else "dequantized per call")
         log_once(logger, logging.WARNING, "block-wise fp8 (weight_block_size %s) runs as W8A16: the weights stay "
                  "fp8, %s", self.block, how)
 
@@ -85,10 +84,10 @@ class BlockFp8LinearMethod(QuantMethod):
         return self._dequantize(layer, torch.float32)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.is_cuda:  # decode batches: the block-scaled GEMV where it wins
+        if x.is_cuda:  # up to 1,024 rows: a block-scaled GEMV / GEMM where one wins
             x2 = x.reshape(-1, x.shape[-1])
-            y = block_fp8_gemv_or_none(x2, layer.weight, getattr(layer, self.scale_name), self.block, bias,
-                                       lambda a: F.linear(a, self._dequantize(layer, a.dtype)))
+            y = block_fp8_linear(x2, layer.weight, getattr(layer, self.scale_name), self.block, bias,
+                                 lambda a: F.linear(a, self._dequantize(layer, a.dtype)))
             if y is not None:
                 return y.reshape(*x.shape[:-1], y.shape[-1])
         return F.linear(x, self._dequantize(layer, x.dtype), bias)
