@@ -1,6 +1,6 @@
 """Block-wise fp8 (W8A16) kernels against the dequantized product (CUDA, or TRITON_INTERPRET=1
-on CPU): the tiled block-scaled GEMM, and the dispatch that picks it, the GEMV or the layer's
-dequantize + GEMM per M bucket."""
+on CPU): the one-launch GEMV with block scales, the tiled block-scaled GEMM, and the dispatch
+that picks one of them or the layer's dequantize + GEMM per M bucket."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ pytest.importorskip("triton")
 from pagedlm.kernels import block_fp8_linear as dispatch  # noqa: E402
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels.triton_block_fp8 import BlockFp8GemmConfig, block_fp8_gemm  # noqa: E402
+from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig, fused_gemv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 is wrong
@@ -33,6 +34,31 @@ def _problem(n: int, k: int, block: tuple[int, int], seed: int) -> tuple[torch.T
 
 def _rel(out: torch.Tensor, expect: torch.Tensor) -> float:
     return ((out.float() - expect.float()).norm() / expect.float().norm()).item()
+
+
+@pytest.mark.parametrize("m,config", [(1, FusedGemvConfig(4, 256, 1, chunk=16)), (1, FusedGemvConfig(2, 256, 2, chunk=16)),
+                                      (3, FusedGemvConfig(8, 128, 2)), (5, FusedGemvConfig(16, 128, 1, dot=True))])
+def test_gemv_matches_the_dequantized_product(m: int, config: FusedGemvConfig) -> None:
+    """The one-launch GEMV folds each program's block row of scales into the activations;
+    64 x 128 blocks, a partial last block row (N = 150), split-K, a bias."""
+    block = (64, 128)
+    codes, scale, weight = _problem(150, 512, block, m)
+    g = torch.Generator().manual_seed(m + 1)
+    x = torch.randn(m, 512, generator=g).to(DEVICE, DTYPE)
+    bias = torch.randn(150, generator=g).to(DEVICE, DTYPE)
+    out = fused_gemv(x, codes, None, None, DTYPE, bias, config, block_scale=scale, block=block)
+    expect = torch.nn.functional.linear(x.float(), weight, bias.float())
+    assert out.shape == (m, 150) and _rel(out, expect) < 1e-2
+    # the block scales matter: the same codes under per-row scales give another product
+    row_scales = scale[:, :1].repeat_interleave(64, 0)[:150].reshape(1, -1)
+    assert _rel(fused_gemv(x, codes, None, row_scales, DTYPE, bias, config), expect) > 0.05
+
+
+def test_gemv_refuses_configs_that_straddle_block_rows() -> None:
+    codes, scale, _ = _problem(128, 512, (32, 128), 3)
+    x = torch.zeros(1, 512, device=DEVICE, dtype=DTYPE)
+    with pytest.raises(ValueError, match="block-wise fp8"):
+        fused_gemv(x, codes, None, None, DTYPE, None, FusedGemvConfig(64, 128, 1), block_scale=scale, block=(32, 128))
 
 
 @pytest.mark.parametrize("m,config", [(16, BlockFp8GemmConfig(16, 64, 4, 2)), (37, BlockFp8GemmConfig(32, 128, 4, 3)),

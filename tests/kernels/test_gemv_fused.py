@@ -88,45 +88,6 @@ def test_one_row_chunked_sums_match_the_references(config: FusedGemvConfig) -> N
                     ref.weight_only_mm(x, wq.t(), w_scale)) < 1e-2
 
 
-def _block_fp8(n: int, k: int, block: tuple[int, int], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes over the fp8 range and one positive scale per (block row, block column), partial
-    last blocks included."""
-    codes = (torch.rand(n, k, generator=g) * 400 - 200).to(ref.FP8_DTYPE)
-    scale = torch.rand(-(-n // block[0]), -(-k // block[1]), generator=g) * 1e-3 + 1e-4
-    return codes.to(DEVICE), scale.to(DEVICE)
-
-
-def _dequantized(codes: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    n, k = codes.shape
-    return codes.float() * scale.repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
-
-
-@pytest.mark.parametrize("m,config", [(1, FusedGemvConfig(4, 256, 1, chunk=16)), (1, FusedGemvConfig(2, 256, 2, chunk=16)),
-                                      (3, FusedGemvConfig(8, 128, 2)), (5, FusedGemvConfig(16, 128, 1, dot=True))])
-def test_block_fp8_weights_match_the_dequantized_product(m: int, config: FusedGemvConfig) -> None:
-    """Block-wise fp8 (W = code * its block's scale): each program folds its block row of
-    scales into the activations; 64 x 128 blocks, a partial last block row (N = 150), split-K."""
-    block = (64, 128)
-    g = torch.Generator().manual_seed(m)
-    codes, scale = _block_fp8(150, 512, block, g)
-    x = torch.randn(m, 512, generator=g).to(DEVICE, DTYPE)
-    bias = torch.randn(150, generator=g).to(DEVICE, DTYPE)
-    out = fused_gemv(x, codes, None, None, DTYPE, bias, config, block_scale=scale, block=block)
-    expect = torch.nn.functional.linear(x.float(), _dequantized(codes, scale, block), bias.float())
-    assert out.shape == (m, 150) and _rel(out, expect) < 1e-2
-    # the block scales matter: the same codes under per-row scales give another product
-    assert _rel(fused_gemv(x, codes, None, scale[:, :1].repeat_interleave(64, 0)[:150].reshape(1, -1), DTYPE, bias,
-                           config), expect) > 0.05
-
-
-def test_block_fp8_refuses_configs_that_straddle_block_rows() -> None:
-    g = torch.Generator().manual_seed(3)
-    codes, scale = _block_fp8(128, 512, (32, 128), g)
-    x = torch.randn(1, 512, generator=g).to(DEVICE, DTYPE)
-    with pytest.raises(ValueError, match="block-wise fp8"):
-        fused_gemv(x, codes, None, None, DTYPE, None, FusedGemvConfig(64, 128, 1), block_scale=scale, block=(32, 128))
-
-
 def test_refuses_what_it_cannot_do() -> None:
     x, w = torch.zeros(9, 512, device=DEVICE, dtype=DTYPE), torch.zeros(16, 512, device=DEVICE, dtype=DTYPE)
     with pytest.raises(ValueError, match="M <= 8"):
