@@ -36,8 +36,9 @@ def _rel(out: torch.Tensor, expect: torch.Tensor) -> float:
     return ((out.float() - expect.float()).norm() / expect.float().norm()).item()
 
 
-@pytest.mark.parametrize("m,config", [(1, FusedGemvConfig(4, 256, 1, chunk=16)), (1, FusedGemvConfig(2, 256, 2, chunk=16)),
-                                      (3, FusedGemvConfig(8, 128, 2)), (5, FusedGemvConfig(16, 128, 1, dot=True))])
+@pytest.mark.parametrize("m,config", [(1, FusedGemvConfig(4, 256, 1, chunk=16)),
+                                      (1, FusedGemvConfig(2, 256, 2, chunk=16)), (3, FusedGemvConfig(8, 128, 2)),
+                                      (5, FusedGemvConfig(16, 128, 1, dot=True))])
 def test_gemv_matches_the_dequantized_product(m: int, config: FusedGemvConfig) -> None:
     """The one-launch GEMV folds each program's block row of scales into the activations;
     64 x 128 blocks, a partial last block row (N = 150), split-K, a bias."""
