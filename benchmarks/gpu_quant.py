@@ -44,6 +44,7 @@ FORMATS: dict[str, tuple[dict | None, str | None]] = {
     "fp8-online": (None, "fp8"),
     # Qwen's / DeepSeek's block-wise fp8 (W8A16: the block-scaled GEMV at decode)
     "fp8-block": ({"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}, None),
+    "bnb-online": (None, "bitsandbytes"),  # NF4 in flight (the tiled 4-bit GEMM up to 1,024 rows)
     "int8": (INT8_W8A8, None),
     "int8-w8a16": ({**INT8_W8A8, "format": "naive-quantized", "config_groups": {"group_0": {
         **INT8_W8A8["config_groups"]["group_0"], "input_activations": None}}}, None),
@@ -88,7 +89,8 @@ def check_layer(llm: LLM, fmt: str) -> bool:
         print(f"CHECK {fmt}: unquantized")
         return True
     layer, method = layers[0], layers[0].quant_method
-    x = torch.randn(7, layer.weight.shape[1] if hasattr(layer, "weight") else layer.input_size,
+    # the layer's own input width (a packed weight's second dim is not: bitsandbytes, AWQ)
+    x = torch.randn(7, getattr(layer, "input_size_per_partition", layer.input_size),
                     device=next(layer.parameters()).device, dtype=llm.llm_engine.model_config.torch_dtype)
     with torch.inference_mode():
         out = method.apply(layer, x).float()

@@ -32,10 +32,12 @@
 #                  formats (Phi-3, Gemma 2, Falcon, compressed-tensors W4A16, DeepSeek-V3 block fp8,
 #                  fbgemm_fp8, in-flight bitsandbytes, online int8) and the quantized-MoE test in
 #                  float32, each against the CPU engine                                (~5 min)
-#   block-fp8      session 28's block-scaled kernels (block-wise fp8: Qwen / DeepSeek FP8 checkpoints; the
-#                  decode GEMV and the tiled GEMM to 1,024 rows): their kernel and dispatch tests, the
-#                  GPU engine against the CPU engine, then bf16 / fp8 / fp8-block at batch 1 and
-#                  1,000 x 512/256                                                    (~9 min)
+#   dequant-kernels  session 28's kernels for the layers that dequantized per call: block-wise fp8
+#                  (Qwen / DeepSeek FP8: the decode GEMV with block scales, a tiled block-scaled GEMM)
+#                  and bitsandbytes 4-bit (a tiled NF4 / FP4 GEMM), to 1,024 rows: kernel and dispatch
+#                  tests, the GPU engine against the CPU engine, batch-1 TPOT of bf16 / fp8 / fp8-block
+#                  / bnb-online                                                       (~7 min)
+#   dequant-throughput  the same formats at 1,000 x 512/256                          (~8 min)
 #   new-paths      the paths of session 24 not yet run on a GPU: attention sinks and gpt-oss,
 #                  the kernels they touched (fused MoE incl. expert parallelism's skipped
 #                  routes), sleep mode, the transformers backend, logprobs modes, prompt
@@ -181,13 +183,19 @@ case "${1:-}" in
     timeout 500 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_quantized_archs.py \
       tests/gpu/test_gpu_quantized_moe.py > "$OUT/tests_quant_archs.log" 2>&1
     grep -E "passed|failed|FAILED" "$OUT/tests_quant_archs.log" | tail -n 12 ;;
-  block-fp8)
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_block_fp8.py tests/kernels/test_gemv_fused.py \
-      "tests/gpu/test_gpu_quantized_archs.py::test_gpu_matches_cpu[llama_block_fp8]" 2>&1 | tail -n 5
+  dequant-kernels)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_block_fp8.py tests/kernels/test_nf4_kernel.py \
+      tests/kernels/test_gemv_fused.py "tests/gpu/test_gpu_quantized_archs.py::test_gpu_matches_cpu[llama_block_fp8]" \
+      tests/gpu/test_gpu_quantized_archs.py::test_gpu_in_flight_bitsandbytes_and_online_int8 2>&1 | tail -n 5
     floors
-    timeout 330 python3 benchmarks/gpu_quant.py --formats bf16,fp8,fp8-block --iters 1 \
-      --output-json "$OUT/block_fp8.json" > "$OUT/block_fp8.log" 2>&1
-    grep -E "^(PASS|FAIL)|^(bf16|fp8|fp8-block) " "$OUT/block_fp8.log" | tail -n 6 ;;
+    timeout 240 python3 benchmarks/gpu_quant.py --formats bf16,fp8,fp8-block,bnb-online --iters 2 --skip-throughput \
+      --output-json "$OUT/dequant_batch1.json" > "$OUT/dequant_batch1.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|fp8|fp8-block|bnb-online) " "$OUT/dequant_batch1.log" | tail -n 8 ;;
+  dequant-throughput)
+    floors
+    timeout 540 python3 benchmarks/gpu_quant.py --formats bf16,fp8-block,bnb-online --iters 1 \
+      --output-json "$OUT/dequant_tput.json" > "$OUT/dequant_tput.log" 2>&1
+    grep -E "^(PASS|FAIL)|^(bf16|fp8-block|bnb-online) " "$OUT/dequant_tput.log" | tail -n 6 ;;
   new-paths)
     timeout 300 python3 -m pytest -q tests/kernels/test_attention_sinks.py tests/models/test_parity_gpt_oss.py \
       tests/kernels/test_triton_kernels.py tests/kernels/test_fused_moe.py tests/kernels/test_fp8_kv_kernels.py \
@@ -202,6 +210,6 @@ case "${1:-}" in
       tests/gpu/test_gpu_model_impl_and_logprobs.py tests/gpu/test_gpu_archs_new.py 2>&1 | tail -n 5
     rm -f tests/unit/test_zcuda_sleep_mode.py tests/unit/test_zcuda_prompt_embeds.py ;;
   *)
-    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|quant-archs|block-fp8|new-paths" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh tests-gpu|tests-kernels|batch1|uniform|mixed|serve|serve-pool|attention|int4-tiles|int4-engine|int4-mma|cuda-kernels|cutlass|quant-archs|dequant-kernels|dequant-throughput|new-paths" >&2
     exit 2 ;;
 esac

@@ -105,7 +105,7 @@ def test_dispatch_by_bucket() -> None:
         return torch.nn.functional.linear(a, weight.to(a.dtype))
 
     x = torch.randn(1025, 4096, generator=torch.Generator().manual_seed(1)).to(DEVICE, DTYPE)
-    assert dispatch.block_fp8_linear(x, codes, scale, block, None, baseline) is None  # past the tiled buckets
+    assert dispatch.block_fp8_linear(x, codes, scale, block, None, baseline) is None  # past the buckets
     if DEVICE != "cuda":
         assert dispatch.block_fp8_linear(x[:1], codes, scale, block, None, baseline) is None
         return

@@ -28,8 +28,10 @@ default backend's ``_dequantize_4bit_impl``.) Here the codes stay packed, reshap
 quantization is dequantized once at load, per checkpoint tensor (each of q/k/v, gate/up has its
 own offset and nested scales), and kept as float32 [N, K / blocksize]. Blocks must therefore not
 cross rows: K, and each rank's input width, must be multiples of the blocksize (true of every
-real model; refused otherwise). ``apply`` dequantizes the weight to the activations' dtype on
-every call and multiplies (a PyTorch reference, on CPU and GPU alike; no fused kernel yet).
+real model; refused otherwise). On a GPU, batches of up to 1,024 rows go through a tiled 4-bit
+GEMM that reads the packed codes once (``pagedlm/kernels/triton_nf4.py``, where it beats the
+alternative for the shape: ``kernels/bnb_linear.py``); otherwise ``apply`` dequantizes the weight
+to the activations' dtype on every call and multiplies (the PyTorch reference, and the CPU path).
 
 In-flight (``--quantization bitsandbytes`` on a float checkpoint, as vLLM runs it): each linear
 layer's weight is quantized while loading to NF4 in blocks of 64 along its rows (the codes
@@ -48,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pagedlm.kernels.bnb_linear import bnb_linear
 from pagedlm.layers.quantization import register_quantization_config
 from pagedlm.layers.quantization.base import (
     QuantizationConfig,
@@ -340,6 +343,14 @@ class BitsAndBytesLinearMethod(QuantMethod):
         return dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, torch.float32)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.is_cuda:  # up to 1,024 rows: the 4-bit GEMM where it wins
+            x2 = x.reshape(-1, x.shape[-1])
+            # bnb_table[:16, 1]: the 16 code values (the low nibble's column of bytes 0-15)
+            y = bnb_linear(x2, layer.weight, layer.bnb_absmax, layer.bnb_table[:16, 1], bias,
+                           lambda a: F.linear(a, dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table,
+                                                                 a.dtype)))
+            if y is not None:
+                return y.reshape(*x.shape[:-1], y.shape[-1])
         weight = dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, x.dtype)
         return F.linear(x, weight, bias)
 
