@@ -38,8 +38,8 @@ QUICK_CONFIGS = (Nf4GemmConfig(16, 32, 4, 3), Nf4GemmConfig(16, 64, 4, 3), Nf4Ge
 
 @triton.jit
 def _nf4_gemm_kernel(x_ptr, w_ptr, absmax_ptr, table_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn,
-                     stride_an, stride_t, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                     GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
+                     stride_an, stride_t, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCKSIZE: tl.constexpr, GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False):
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
@@ -86,7 +86,8 @@ def nf4_gemm(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, table:
     if (tuple(absmax.shape) != (n, blocks) or blocksize * blocks != k or blocksize < 32
             or blocksize & (blocksize - 1) or table.shape != (16,) or table.dtype != torch.float32):
         raise ValueError(f"nf4_gemm: absmax {tuple(absmax.shape)} for a {n} x {k} weight (blocks of a power of two "
-                         f"of at least 32 inputs along each row) and a float32 table of 16 values ({table.dtype} {tuple(table.shape)} given)")
+                         f"of at least 32 inputs along each row) and a float32 table of 16 values ({table.dtype} "
+                         f"{tuple(table.shape)} given)")
     if x.stride(1) != 1 or packed.stride(1) != 1 or absmax.stride(1) != 1:
         raise ValueError("nf4_gemm needs unit stride along K")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
