@@ -218,7 +218,8 @@ def print_table(rows: list[dict], floors: dict | None) -> None:
 
 
 def main() -> None:
-    for name in ("pagedlm.kernels.scaled_gemv", "pagedlm.kernels.gemv"):  # which decode GEMMs the GEMVs replaced
+    # which decode GEMMs the GEMVs (and the block-fp8 / 4-bit kernels) replaced
+    for name in ("pagedlm.kernels.scaled_gemv", "pagedlm.kernels.gemv", "pagedlm.kernels.bucket_tuner"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     p = argparse.ArgumentParser()
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")

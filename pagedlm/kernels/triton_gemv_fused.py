@@ -112,12 +112,21 @@ def _chunked_sums(x_ptr, w_ptr, rn_load, k_lo, k_hi, stride_wn, BLOCK_N: tl.cons
     w_tiles = w_ptr + rn_load[:, None, None] * stride_wn + koff[None, :, :]
     w = tl.load(w_tiles + k_lo)  # before the PDL wait: the weights are never written in a step
     pdl_prologue(PDL)
-    x = _block_scaled(tl.load(x_ptr + k_lo + koff).to(tl.float32), s_row, k_lo + koff, BLOCK_SK)
-    acc = tl.sum(x[None, :, :] * _widen(w), axis=2)
+    acc = _run_sums(x_ptr, w, k_lo, koff, s_row, BLOCK_K, CHUNK, BLOCK_SK)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
-        x = _block_scaled(tl.load(x_ptr + k0 + koff).to(tl.float32), s_row, k0 + koff, BLOCK_SK)
-        acc += tl.sum(x[None, :, :] * _widen(tl.load(w_tiles + k0)), axis=2)
+        acc += _run_sums(x_ptr, tl.load(w_tiles + k0), k0, koff, s_row, BLOCK_K, CHUNK, BLOCK_SK)
     return tl.sum(acc, axis=1)[None, :]
+
+
+@triton.jit
+def _run_sums(x_ptr, w, k0, koff, s_row, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, BLOCK_SK: tl.constexpr):
+    """One K tile's runs of CHUNK products, [BLOCK_N, BLOCK_K / CHUNK]. Block-wise fp8: each
+    run times its block's scale (a run never crosses a block: CHUNK divides BLOCK_SK), one
+    scale and one multiply per run instead of per input."""
+    sums = tl.sum(tl.load(x_ptr + k0 + koff).to(tl.float32)[None, :, :] * _widen(w), axis=2)
+    if BLOCK_SK > 0:
+        sums = sums * tl.load(s_row + (k0 + tl.arange(0, BLOCK_K // CHUNK) * CHUNK) // BLOCK_SK)[None, :]
+    return sums
 
 
 @triton.jit
@@ -271,9 +280,11 @@ def fused_gemv(x: torch.Tensor, w: torch.Tensor, scale_x: torch.Tensor | None, s
 def fits_block(config: FusedGemvConfig, block: tuple[int, int], scale_x: torch.Tensor | None = None,
                scale_w: torch.Tensor | None = None, x: torch.Tensor | None = None) -> bool:
     """Whether ``config`` can run a block-wise fp8 layer of ``block`` (bn, bk): a program's
-    columns within one block row, the scales folded into 16-bit activations."""
+    columns within one block row, the scales folded into 16-bit activations (one row's runs of
+    ``chunk`` products inside one block)."""
     bn, bk = block
     return (bn > 0 and bk > 0 and bn % config.block_n == 0 and not config.native and scale_x is None
+            and (not config.chunk or bk % config.chunk == 0)
             and scale_w is None and (x is None or x.element_size() == 2))
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 from pagedlm.kernels import block_fp8_linear as dispatch  # noqa: E402
 from pagedlm.kernels import quant_reference as ref  # noqa: E402
 from pagedlm.kernels.triton_block_fp8 import BlockFp8GemmConfig, block_fp8_gemm  # noqa: E402
-from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig, fused_gemv  # noqa: E402
+from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig, fits_block, fused_gemv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 is wrong
@@ -60,6 +60,9 @@ def test_gemv_refuses_configs_that_straddle_block_rows() -> None:
     x = torch.zeros(1, 512, device=DEVICE, dtype=DTYPE)
     with pytest.raises(ValueError, match="block-wise fp8"):
         fused_gemv(x, codes, None, None, DTYPE, None, FusedGemvConfig(64, 128, 1), block_scale=scale, block=(32, 128))
+    # one row's runs of products are scaled per run: a run must not cross a block boundary
+    assert fits_block(FusedGemvConfig(2, 256, chunk=16), (32, 128))
+    assert not fits_block(FusedGemvConfig(2, 256, chunk=16), (32, 8))
 
 
 @pytest.mark.parametrize("m,config", [(16, BlockFp8GemmConfig(16, 64, 4, 2)), (37, BlockFp8GemmConfig(32, 128, 4, 3)),

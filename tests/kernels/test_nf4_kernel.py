@@ -1,5 +1,6 @@
-"""bitsandbytes 4-bit GEMM (pagedlm.kernels.triton_nf4) against the PyTorch dequantization
-(CUDA, or TRITON_INTERPRET=1 on CPU), and the dispatch that picks it per bucket of rows."""
+"""bitsandbytes 4-bit kernels (pagedlm.kernels.triton_nf4: the tiled GEMM, the one-row GEMV,
+the dequantization) against the PyTorch dequantization (CUDA, or TRITON_INTERPRET=1 on CPU),
+and the dispatch that picks among them per bucket of rows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from pagedlm.kernels import bnb_linear as dispatch  # noqa: E402
-from pagedlm.kernels.triton_nf4 import Nf4GemmConfig, nf4_gemm  # noqa: E402
+from pagedlm.kernels.triton_nf4 import Nf4GemmConfig, Nf4GemvConfig, nf4_dequantize, nf4_gemm, nf4_gemv  # noqa: E402
 from pagedlm.layers.quantization.bitsandbytes import (  # noqa: E402
     TABLES,
     byte_table,
@@ -64,43 +65,87 @@ def test_gemm_matches_the_dequantized_product(quant_type: str, blocksize: int, m
     assert _rel(nf4_gemm(x, swapped, absmax, table, bias, config), expect) > 0.1
 
 
-def test_gemm_refuses_what_it_cannot_do() -> None:
+@pytest.mark.parametrize("quant_type,blocksize", [("nf4", 64), ("fp4", 32), ("nf4", 256)])
+@pytest.mark.parametrize("config", [Nf4GemvConfig(2, 256, 2), Nf4GemvConfig(8, 128, 4)])
+def test_gemv_matches_the_dequantized_product(quant_type: str, blocksize: int, config: Nf4GemvConfig) -> None:
+    """One row, ragged N (90 columns: the last program's clamped columns), K of several tiles
+    and blocks (blocks shorter and longer than a tile), a bias."""
+    packed, absmax, pairs, table = _layer(90, 512, quant_type, blocksize, blocksize)
+    g = torch.Generator().manual_seed(blocksize + 1)
+    x = torch.randn(1, 512, generator=g).to(DEVICE, DTYPE)
+    bias = torch.randn(90, generator=g).to(DEVICE, DTYPE)
+    weight = dequantize_4bit(packed, absmax, pairs, torch.float32)
+    expect = torch.nn.functional.linear(x.float(), weight, bias.float())
+    out = nf4_gemv(x, packed, absmax, table, bias, config)
+    assert out.shape == (1, 90) and out.dtype == DTYPE
+    assert _rel(out, expect) < 1e-2
+    assert _rel(nf4_gemv(x, packed, absmax, table, None, config), expect - bias.float()) < 1e-2
+    # each block's own absmax: scaling one block of one column moves only that column
+    scaled = absmax.clone()
+    scaled[5, 1] *= 3
+    moved = nf4_gemv(x, packed, scaled, table, bias, config)
+    weight[5, blocksize:2 * blocksize] *= 3
+    assert _rel(moved, torch.nn.functional.linear(x.float(), weight, bias.float())) < 1e-2
+    others = torch.arange(90, device=DEVICE) != 5
+    assert torch.equal(moved[:, others], out[:, others]) and abs(moved[0, 5] - out[0, 5]) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [DTYPE, torch.float32])
+@pytest.mark.parametrize("quant_type,blocksize", [("nf4", 64), ("fp4", 128)])
+def test_dequantize_equals_the_pytorch_dequantization(quant_type: str, blocksize: int, dtype: torch.dtype) -> None:
+    """Bit for bit (table value times absmax in float32, then rounded), rows of a length that
+    is not a whole number of the kernel's blocks; a strided table (the layer's column view)."""
+    packed, absmax, pairs, table = _layer(7, 3 * 1024 + 128, quant_type, blocksize, 5)
+    assert table.stride(0) == 2
+    assert torch.equal(nf4_dequantize(packed, absmax, table, dtype), dequantize_4bit(packed, absmax, pairs, dtype))
+
+
+def test_kernels_refuse_what_they_cannot_do() -> None:
     packed, absmax, _, table = _layer(64, 256, "nf4", 64, 0)
     x = torch.zeros(4, 256, device=DEVICE, dtype=DTYPE)
-    with pytest.raises(ValueError, match="16-bit x"):
-        nf4_gemm(x.float(), packed, absmax, table)
+    for run in (nf4_gemm, nf4_gemv):
+        with pytest.raises(ValueError, match="16-bit x"):
+            run(x[:1].float(), packed, absmax, table)
+        with pytest.raises(ValueError, match="absmax"):
+            run(x[:1], packed, absmax[:, :3].contiguous(), table)
+        with pytest.raises(ValueError, match="table"):
+            run(x[:1], packed, absmax, table[:8])
+    with pytest.raises(ValueError, match="one row"):
+        nf4_gemv(x, packed, absmax, table)
+    with pytest.raises(ValueError, match="multiple of block_k"):
+        nf4_gemv(x[:1], packed, absmax, table, config=Nf4GemvConfig(2, 512))
     with pytest.raises(ValueError, match="absmax"):
-        nf4_gemm(x, packed, absmax[:, :3].contiguous(), table)
-    with pytest.raises(ValueError, match="table"):
-        nf4_gemm(x, packed, absmax, table[:8])
+        nf4_dequantize(packed, absmax[:, :3].contiguous(), table, DTYPE)
 
 
-def test_dispatch() -> None:
-    """On CUDA: decided once per bucket of rows and, where the kernel won, equal to the
-    layer's product; one row of an 8B gate_up layer must take the kernel (it reads 59 MB of
-    codes; the dequantization writes a 235 MB copy first). CPU tensors, float32 activations
-    and batches past 1,024 rows take the layer's own product."""
-    packed, absmax, pairs, table = _layer(28672 if DEVICE == "cuda" else 256, 4096 if DEVICE == "cuda" else 256,
-                                          "nf4", 64, 3)
-    k = packed.shape[1] * 2
+def test_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA: decided once per bucket of rows and equal to the layer's product; one row of an
+    8B gate_up layer must take a 4-bit kernel (it reads 59 MB of codes; the dequantization
+    writes a 235 MB copy first). Batches past 1,024 rows, float32 activations and CPU tensors
+    take the dequantize + GEMM, undecided."""
+    n, k = (28672, 4096) if DEVICE == "cuda" else (256, 256)
+    packed, absmax, pairs, table = _layer(n, k, "nf4", 64, 3)
     calls = []
+    real = dispatch.dequantize
+    monkeypatch.setattr(dispatch, "dequantize", lambda *a: calls.append(a[-1]) or real(*a))
 
-    def baseline(a):
-        calls.append(a.shape[0])
-        return torch.nn.functional.linear(a, dequantize_4bit(packed, absmax, pairs, a.dtype))
+    def expect(a):
+        return torch.nn.functional.linear(a.float(), dequantize_4bit(packed, absmax, pairs, torch.float32))
 
     x = torch.randn(1025, k, generator=torch.Generator().manual_seed(1)).to(DEVICE, DTYPE)
-    assert dispatch.bnb_linear(x, packed, absmax, table, None, baseline) is None
-    assert dispatch.bnb_linear(x[:2].float(), packed, absmax, table, None, baseline) is None
-    if DEVICE != "cuda":
-        assert dispatch.bnb_linear(x[:1], packed, absmax, table, None, baseline) is None
-        return
     dispatch._choice.clear()
-    out = dispatch.bnb_linear(x[:3], packed, absmax, table, None, baseline)
-    assert list(dispatch._choice) == [(4, 28672, 4096, DTYPE, 64)]
-    if out is not None:
-        assert _rel(out, baseline(x[:3])) < 1e-2
+    assert _rel(dispatch.bnb_linear(x, packed, absmax, table, None), expect(x)) < 1e-2
+    assert _rel(dispatch.bnb_linear(x[:2].float(), packed, absmax, table, None), expect(x[:2])) < 1e-5
+    assert calls == [DTYPE, torch.float32] and not dispatch._choice
+    if DEVICE != "cuda":
+        assert _rel(dispatch.bnb_linear(x[:1], packed, absmax, table, None), expect(x[:1])) < 1e-2
+        assert not dispatch._choice
+        return
+    out = dispatch.bnb_linear(x[:3], packed, absmax, table, None)
+    assert list(dispatch._choice) == [(4, n, k, DTYPE, 64)]
+    assert _rel(out, expect(x[:3])) < 1e-2
     n_calls = len(calls)
-    dispatch.bnb_linear(x[:3], packed, absmax, table, None, baseline)
-    assert len(calls) == n_calls
-    assert dispatch.bnb_linear(x[:1], packed, absmax, table, None, baseline) is not None
+    dispatch.bnb_linear(x[:3], packed, absmax, table, None)
+    assert len(calls) == n_calls + (dispatch._choice[(4, n, k, DTYPE, 64)] is None)
+    assert _rel(dispatch.bnb_linear(x[:1], packed, absmax, table, None), expect(x[:1])) < 1e-2
+    assert dispatch._choice[(1, n, k, DTYPE, 64)] is not None

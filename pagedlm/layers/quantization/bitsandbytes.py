@@ -28,10 +28,11 @@ default backend's ``_dequantize_4bit_impl``.) Here the codes stay packed, reshap
 quantization is dequantized once at load, per checkpoint tensor (each of q/k/v, gate/up has its
 own offset and nested scales), and kept as float32 [N, K / blocksize]. Blocks must therefore not
 cross rows: K, and each rank's input width, must be multiples of the blocksize (true of every
-real model; refused otherwise). On a GPU, batches of up to 1,024 rows go through a tiled 4-bit
-GEMM that reads the packed codes once (``pagedlm/kernels/triton_nf4.py``, where it beats the
-alternative for the shape: ``kernels/bnb_linear.py``); otherwise ``apply`` dequantizes the weight
-to the activations' dtype on every call and multiplies (the PyTorch reference, and the CPU path).
+real model; refused otherwise). On a GPU (``kernels/bnb_linear.py``) one row goes through a
+4-bit GEMV and batches of up to 1,024 rows through a tiled 4-bit GEMM, each reading the packed
+codes once (``pagedlm/kernels/triton_nf4.py``), where they beat dequantizing the weight in one
+kernel and running the dense GEMM, which serves the rest; on the CPU ``apply`` dequantizes the
+weight to the activations' dtype on every call and multiplies (the PyTorch reference).
 
 In-flight (``--quantization bitsandbytes`` on a float checkpoint, as vLLM runs it): each linear
 layer's weight is quantized while loading to NF4 in blocks of 64 along its rows (the codes
@@ -343,14 +344,10 @@ class BitsAndBytesLinearMethod(QuantMethod):
         return dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, torch.float32)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.is_cuda:  # up to 1,024 rows: the 4-bit GEMM where it wins
-            x2 = x.reshape(-1, x.shape[-1])
+        if x.is_cuda:  # the 4-bit kernels where they win, else the GPU's dequantize + GEMM
             # bnb_table[:16, 1]: the 16 code values (the low nibble's column of bytes 0-15)
-            y = bnb_linear(x2, layer.weight, layer.bnb_absmax, layer.bnb_table[:16, 1], bias,
-                           lambda a: F.linear(a, dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table,
-                                                                 a.dtype)))
-            if y is not None:
-                return y.reshape(*x.shape[:-1], y.shape[-1])
+            y = bnb_linear(x.reshape(-1, x.shape[-1]), layer.weight, layer.bnb_absmax, layer.bnb_table[:16, 1], bias)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
         weight = dequantize_4bit(layer.weight, layer.bnb_absmax, layer.bnb_table, x.dtype)
         return F.linear(x, weight, bias)
 
