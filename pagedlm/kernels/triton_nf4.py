@@ -111,9 +111,10 @@ class Nf4GemvConfig:
     num_stages: int = 2
 
 
-# One row: the tiles the load-time tuner times (``bnb_linear``).
-GEMV_CONFIGS = (Nf4GemvConfig(1, 2048, 2), Nf4GemvConfig(2, 1024, 2), Nf4GemvConfig(2, 2048, 4),
-                Nf4GemvConfig(4, 1024, 4), Nf4GemvConfig(4, 2048, 4), Nf4GemvConfig(8, 1024, 4))
+# One row: the tiles the load-time tuner times (``bnb_linear``): the best of a 93-tile sweep per
+# 8B layer (``benchmarks/gpu_nf4.py``, H200) and the tuner's earlier picks.
+GEMV_CONFIGS = (Nf4GemvConfig(8, 1024, 4, 3), Nf4GemvConfig(8, 1024, 8, 3), Nf4GemvConfig(4, 512, 2, 3),
+                Nf4GemvConfig(8, 1024, 4, 2), Nf4GemvConfig(4, 2048, 4, 2), Nf4GemvConfig(2, 1024, 2, 2))
 _CHUNK = 16  # bytes a thread loads at once: 32 weights, never across an absmax block (blocks >= 32)
 
 
