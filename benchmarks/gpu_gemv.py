@@ -1,6 +1,7 @@
 """Decode GEMV at the Llama-3.1-8B linear shapes: the kernels the engine can pick against the
 copy floor (weight bytes / measured copy bandwidth), for bf16 weights and 8-bit weights
-(fp8 / int8 codes times per-token activation codes, as W8A8 runs them).
+(fp8 / int8 codes times per-token activation codes, as W8A8 runs them; ``fp8w``: fp8 codes
+times the bf16 activations, as W8A16 runs them, with no activation quantization).
 
 Every time is taken the way a decode step runs the kernel: a CUDA graph of back-to-back
 launches over distinct weight copies (more bytes than L2), with PDL where the card has it, so
@@ -23,7 +24,7 @@ codes), qkv, o's input quantization, o, add + norm (with codes), gate_up, SiLU·
 quantization, down; each layer its own weights) with the engine's picks and with the best
 candidate of each layer, against the weight-bytes floor.
 
-  python3 benchmarks/gpu_gemv.py [--formats bf16,fp8,int8] [--m 1,4] [--layer-chain] [--output-json gemv.json]
+  python3 benchmarks/gpu_gemv.py [--formats bf16,fp8,int8,fp8w] [--m 1,4] [--layer-chain] [--output-json gemv.json]
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from pagedlm.kernels.triton_gemv_fused import FusedGemvConfig
 HIDDEN, INTER, VOCAB, Q, KV = 4096, 14336, 128256, 4096, 1024
 SHAPES = {"qkv_proj": (Q + 2 * KV, HIDDEN), "o_proj": (HIDDEN, Q), "gate_up_proj": (2 * INTER, HIDDEN),
           "down_proj": (HIDDEN, INTER), "lm_head": (VOCAB, HIDDEN)}
-CODES = {"fp8": ref.FP8_DTYPE, "int8": torch.int8}
+CODES = {"fp8": ref.FP8_DTYPE, "int8": torch.int8, "fp8w": ref.FP8_DTYPE}
+WEIGHT_ONLY = {"fp8w"}  # 8-bit weights, bf16 activations
 FAMILIES = ("base", "splitk", "tiles", "chunk", "dots", "cuda", "engine")
 
 
@@ -66,7 +68,8 @@ def family(config: object) -> str:
 def sweep(fmt: str, m: int, k: int) -> list[object]:
     """The engine's candidates plus a wider grid around the tiles that won before."""
     eight_bit = fmt != "bf16"
-    configs = (w8_dispatch._candidates(m, k, True) if eight_bit else gemv_dispatch.candidates(m, k))
+    codes = fmt not in WEIGHT_ONLY
+    configs = (w8_dispatch._candidates(m, k, codes) if eight_bit else gemv_dispatch.candidates(m, k))
     tiles = [(4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)] if m <= 2 else [(4, 512), (8, 256)]
     configs += [FusedGemvConfig(bn, bk, s) for bn, bk in tiles for s in (1, 2, 4)]
     if m == 1:  # chunked tiles: block_k counted in bytes' worth of 8-bit codes, halved for 16 bits
@@ -80,10 +83,10 @@ def sweep(fmt: str, m: int, k: int) -> list[object]:
     dots = [FusedGemvConfig(bn, bk, s, w, st, dot=True) for bn, bk, s, w, st in
             [(64, 128, 2, 4, 2), (32, 512, 2, 4, 2), (64, 512, 2, 4, 2), (64, 512, 4, 4, 3), (128, 512, 1, 8, 3),
              (128, 256, 4, 8, 3), (64, 256, 4, 4, 4)]]
-    configs += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit else [])
+    configs += dots + ([dataclasses.replace(c, native=True) for c in dots] if eight_bit and codes else [])
     from pagedlm.kernels import cuda_w8a8
 
-    if eight_bit and m <= cuda_w8a8.MAX_M and k % 128 == 0 and cuda_w8a8.available():
+    if eight_bit and codes and m <= cuda_w8a8.MAX_M and k % 128 == 0 and cuda_w8a8.available():
         configs += [cuda_w8a8.CudaW8A8Config(w, u, s) for w in cuda_w8a8.WARPS for u in cuda_w8a8.UNROLL
                     for s in (1, 2, 4, 8)]
     fits = [c for c in configs if (triton_gemv_fused.fits(m, k, c) if isinstance(c, FusedGemvConfig)
@@ -112,9 +115,12 @@ class Problem:
                      for _ in range(copies)]
             self.ws = [w for w, _ in pairs]
             self.scales = [s.reshape(1, -1).contiguous() for _, s in pairs]
-            self.gemm = gemm_for(quant_ops(x.device), fmt == "fp8", k, n)
-            self.a, self.sa = ref.per_token_quant(x, CODES[fmt])
-            self.expect = ref.scaled_mm(self.a, self.ws[0].t(), self.sa, self.scales[0], torch.bfloat16).float()
+            if fmt in WEIGHT_ONLY:
+                self.a, self.sa = x, None
+                self.expect = ref.weight_only_mm(x, self.ws[0].t(), self.scales[0]).float()
+            else:
+                self.a, self.sa = ref.per_token_quant(x, CODES[fmt])
+                self.expect = ref.scaled_mm(self.a, self.ws[0].t(), self.sa, self.scales[0], torch.bfloat16).float()
             self.weight_bytes = n * k
         self.floor_bytes = self.weight_bytes + m * k * 2 + m * n * 2
 
@@ -153,6 +159,8 @@ def run_linear(config: object, a: torch.Tensor, sa: torch.Tensor | None, w: torc
     if config is None:
         from pagedlm.kernels.quant_ops import gemm_for, quant_ops
 
+        if sa is None:  # W8A16
+            return quant_ops(a.device).weight_only_mm(a, w.t(), sw)
         return gemm_for(quant_ops(a.device), w.dtype == ref.FP8_DTYPE, w.shape[1], w.shape[0])(
             a, w.t(), sa, sw, torch.bfloat16)
     return w8_dispatch._run(config, a, w, sa, sw, torch.bfloat16, None)
@@ -190,6 +198,7 @@ class LayerChain:
     def __init__(self, fmt: str, layers: int) -> None:
         g = torch.Generator(device="cuda").manual_seed(7)
         self.code = CODES.get(fmt)
+        self.act_code = None if fmt in WEIGHT_ONLY else self.code  # what the activations are quantized to
         self.w = []
         for _ in range(layers):
             weights = {}
@@ -206,15 +215,15 @@ class LayerChain:
     def _norm(self, h, res):
         from pagedlm.kernels import triton_norm
 
-        if self.code is None:
+        if self.act_code is None:
             x, res = triton_norm.fused_add_rms_norm(h, res, self.norm, 1e-5)
             return x, None, res
-        return triton_norm.fused_add_rms_norm_quant(h, res, self.norm, 1e-5, self.code)
+        return triton_norm.fused_add_rms_norm_quant(h, res, self.norm, 1e-5, self.act_code)
 
     def _quant(self, x):
         from pagedlm.kernels.quant_ops import quant_ops
 
-        return (x, None) if self.code is None else quant_ops(x.device).per_token_quant(x, self.code)
+        return (x, None) if self.act_code is None else quant_ops(x.device).per_token_quant(x, self.act_code)
 
     def run(self, picks: dict) -> torch.Tensor:
         from pagedlm.kernels import triton_activation

@@ -48,10 +48,14 @@ FORMATS: dict[str, tuple[dict | None, str | None]] = {
     "int8": (INT8_W8A8, None),
     "int8-w8a16": ({**INT8_W8A8, "format": "naive-quantized", "config_groups": {"group_0": {
         **INT8_W8A8["config_groups"]["group_0"], "input_activations": None}}}, None),
+    # fp8 weights times 16-bit activations (compressed-tensors W8A16): no activation quantization
+    "fp8-w8a16": ({**INT8_W8A8, "format": "float-quantized", "config_groups": {"group_0": {
+        **INT8_W8A8["config_groups"]["group_0"], "input_activations": None,
+        "weights": {**INT8_W8A8["config_groups"]["group_0"]["weights"], "type": "float"}}}}, None),
     "awq": ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}, None),
     "gptq": ({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}, None),
 }
-TPOT_TARGETS = {"fp8": 0.6, "fp8-online": 0.6, "fp8-block": 0.6, "int8": 0.6, "awq": 0.4, "gptq": 0.4}
+TPOT_TARGETS = {"fp8": 0.6, "fp8-online": 0.6, "fp8-block": 0.6, "fp8-w8a16": 0.6, "int8": 0.6, "awq": 0.4, "gptq": 0.4}
 THROUGHPUT_TARGETS = {"fp8": 1.3, "fp8-online": 1.3, "awq": 1.0, "gptq": 1.0}
 
 
