@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from pagedlm.kernels import tuning_cache
+from pagedlm.kernels import precompile, tuning_cache
 from pagedlm.kernels.cpu_linear import cpu_linear
 from pagedlm.kernels.timing import decode_time_ms
 
@@ -41,7 +41,9 @@ def fastest_agreeing(baseline: Callable[[], torch.Tensor], configs: Iterable[obj
     """The config whose ``run(config)`` agrees with ``baseline()`` (1e-2 relative) and beats it
     by time: (config or None when none does, its ms, the baseline's ms). A config that raises
     (e.g. more shared memory than the card has) is no candidate."""
+    configs = list(configs)
     expect = baseline().float()
+    precompile.warm([lambda c=config: run(c) for config in configs], expect.device)  # compiles side by side
     baseline_ms = decode_time_ms(baseline, expect.device)
     best, best_ms = None, baseline_ms
     for config in configs:

@@ -27,5 +27,6 @@ def ticket_counters(device: torch.device, user: str) -> torch.Tensor:
     if key not in _buffers:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"{user}: make the ticket counters on an eager call before capturing a CUDA graph")
-        _buffers[key] = torch.zeros(MAX_TICKETS, dtype=torch.int32, device=device)
+        # setdefault: tuner threads compiling side by side (precompile.warm) share one buffer
+        _buffers.setdefault(key, torch.zeros(MAX_TICKETS, dtype=torch.int32, device=device))
     return _buffers[key]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pagedlm.kernels import tuning_cache
+from pagedlm.kernels import precompile, tuning_cache
 from pagedlm.kernels.timing import decode_time_ms
 
 logger = logging.getLogger(__name__)
@@ -204,16 +204,26 @@ def _measure(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, r
     kernel wrong on some shape costs speed there, never correctness."""
     n, k = key[0], key[1]
     num_sms = torch.cuda.get_device_properties(qweight.device).multi_processor_count
+    buckets = SMALL_M_BUCKETS + TILED_M_BUCKETS + (LARGE_M_BUCKETS if cutlass_ops is not None else ())
+    xs = {m: torch.randn(m, k, device=qweight.device, dtype=scales.dtype) for m in buckets}
+    choices = {m: candidates(m, n, k, bits, group_size, num_sms, row_groups is not None)
+               + (cutlass_candidates(m, qweight.device, scales.dtype) if cutlass_ops is not None else [])
+               for m in buckets}
+
+    def runner(choice: Any, x: torch.Tensor):
+        return lambda: run_choice(choice, x, qweight, scales, zeros, row_groups, group_size, bits, cutlass_ops)
+
+    # The Triton kinds compile side by side first (the CUDA C++ kinds are built libraries).
+    precompile.warm([runner(c, xs[m]) for m in buckets for c in choices[m]
+                     if c is not None and c.kind not in ("cuda", "cutlass")], qweight.device)
     entries: list[tuple[int, Any]] = []
-    for m_max in SMALL_M_BUCKETS + TILED_M_BUCKETS + (LARGE_M_BUCKETS if cutlass_ops is not None else ()):
-        x = torch.randn(m_max, k, device=qweight.device, dtype=scales.dtype)
+    for m_max in buckets:
+        x = xs[m_max]
         expect = run_choice(None, x, qweight, scales, zeros, row_groups, group_size, bits).float()
         timed = []
-        extra = cutlass_candidates(m_max, qweight.device, scales.dtype) if cutlass_ops is not None else []
-        for choice in candidates(m_max, n, k, bits, group_size, num_sms, row_groups is not None) + extra:
+        for choice in choices[m_max]:
             try:
-                run = lambda c=choice, xx=x: run_choice(c, xx, qweight, scales, zeros, row_groups,  # noqa: E731
-                                                        group_size, bits, cutlass_ops)
+                run = runner(choice, x)
                 err = relative_error(run(), expect)  # also compiles it, outside the timing graph
                 if not err < AGREEMENT:
                     logger.warning("w4a16 config %s disagrees with dequantize + cuBLAS on N=%d K=%d at M=%d "
