@@ -51,6 +51,8 @@ def warm(calls: Iterable[Callable[[], object]], device: torch.device) -> int:
     count = min(threads(), len(calls))
     if device.type != "cuda" or count <= 1:
         return 0
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.synchronize(device)  # what the caller queued on its stream (the inputs) is done
 
     def quiet(call: Callable[[], object]) -> bool:
