@@ -46,6 +46,7 @@ __all__ = ["EngineDeadError", "EngineStartupError", "InprocClient", "MPClient"]
 logger = logging.getLogger(__name__)
 
 PID_POLL_S = 0.5
+RECEIVER_JOIN_S = 5.0  # how long shutdown waits for the receiver thread (it polls in 200 ms steps)
 
 
 class EngineDeadError(RuntimeError):
@@ -288,12 +289,20 @@ class MPClient:
         self._deliver(self.dead_error)
 
     def shutdown(self) -> None:
-        """Close the sockets; stop the cores when this client started them."""
+        """Close the sockets; stop the cores when this client started them. The receiver
+        thread is joined first: a ZMQ socket is not thread-safe, and closing one under a
+        thread still polling it could crash the process."""
         if self._closing:
             return
         self._closing = True
         if self._own_cores is not None:
             self._own_cores.shutdown()
+        if self._receiver is not threading.current_thread():
+            self._receiver.join(timeout=RECEIVER_JOIN_S)  # its poll wakes within 200 ms, sees _closing
+            if self._receiver.is_alive():  # left open rather than closed under it: they go with the process
+                logger.warning("the core client's receiver thread did not stop within %.0f s; its sockets stay "
+                               "open", RECEIVER_JOIN_S)
+                return
         self.context.destroy(linger=0)
 
 

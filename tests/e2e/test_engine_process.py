@@ -351,3 +351,23 @@ def test_a_request_that_cannot_be_sent_is_refused_and_forgotten(mp_engine) -> No
         batch = mp_engine.core_client.get_output(timeout=30)
         finished = [o for o in mp_engine.output_processor.process_outputs(batch.outputs).request_outputs if o.finished]
     assert finished[0].request_id == "fine-after" and not mp_engine.has_unfinished_requests()
+
+
+def test_shutdown_stops_the_receiver_before_closing_the_sockets(mp_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ZMQ socket is not thread-safe: the client's receiver thread, which polls the output
+    socket, must be done before shutdown destroys the context (closing the socket under its poll
+    crashed the test process with SIGSEGV now and then). Runs last: it shuts the engine's client."""
+    client = mp_engine.core_client
+    destroy = type(client.context).destroy
+    receiver_alive = []
+
+    def spy(context, *args, **kwargs):
+        if context is client.context:  # (stopping the cores uses a context of its own)
+            receiver_alive.append(client._receiver.is_alive())
+        return destroy(context, *args, **kwargs)
+
+    monkeypatch.setattr(type(client.context), "destroy", spy)
+    assert client._receiver.is_alive()
+    client.shutdown()
+    assert receiver_alive == [False]
+    assert client.output_socket.closed
