@@ -131,9 +131,11 @@ def test_tuner_drops_a_candidate_that_computes_wrong_sums(monkeypatch):
     monkeypatch.setattr(wna16_tuning, "candidates", lambda *a, **kw: [None])
     monkeypatch.setattr(wna16_tuning, "cutlass_candidates", lambda m, device, dtype: [wrong, good])
     times = {None: 3.0, good: 2.0, wrong: 1.0}
-    monkeypatch.setattr(wna16_tuning, "decode_time_ms", lambda run, device: times[run.__defaults__[0]])
+    ran = []  # the choices run_choice was called with, last one last
+    monkeypatch.setattr(wna16_tuning, "decode_time_ms", lambda run, device: (run(), times[ran[-1]])[1])
 
     def run_choice(choice, x, *args):
+        ran.append(choice)
         y = x @ torch.ones(x.shape[1], 8)
         return -y if choice is wrong else y
 
