@@ -3,8 +3,9 @@
 The first-use tuners (``gemv``, ``scaled_gemv``, ``wna16_tuning``) time a few kernel configs per
 weight shape on the card: tens of seconds per model at start-up (an AWQ Llama-3.1-8B's int4
 choices, about 47 s on an H200 with the candidates compiled side by side: ``precompile``). Their
-choices are kept in one JSON file per *fingerprint* under ``$PAGEDLM_CACHE_DIR/tuning`` (default ``~/.cache/pagedlm/tuning``), and a later start on the
-same card with the same software and kernel code reads them back instead of timing again. The
+choices are kept in one JSON file per *fingerprint* under ``$PAGEDLM_CACHE_DIR/tuning`` (default
+``~/.cache/pagedlm/tuning``), and a later start on the same card with the same software and
+kernel code reads them back instead of timing again. The
 fingerprint covers the GPU (name, compute capability, SM count), the torch, CUDA and Triton
 versions, whether programmatic dependent launch is on, and a hash of the kernel sources
 (``pagedlm/kernels/*.py`` and ``csrc/*``): a change to any of them starts a new file. ``PAGEDLM_TUNING_CACHE=0``
