@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from pagedlm import process_context
 from pagedlm.engine.messages import EngineFailed, EngineReady, Shutdown
 
 logger = logging.getLogger(__name__)
@@ -87,14 +88,16 @@ class EngineCores:
             raise
 
     def _spawn(self, engine_args: Any, index: int) -> multiprocessing.Process:
+        from pagedlm.config import resolve_device
         from pagedlm.engine.core_proc import run_engine_core
 
-        reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        ctx = process_context.context(resolve_device(getattr(engine_args, "device", "auto")))
+        reader, writer = ctx.Pipe(duplex=False)
         outputs = [self.addresses.output(c) for c in range(self.addresses.num_clients)]
-        process = multiprocessing.get_context("spawn").Process(
+        process = ctx.Process(
             target=run_engine_core, name=f"pagedlm-engine-core-{index}", daemon=True,
             args=(engine_args, index, self.addresses.input(index), outputs, writer, os.getpid(),
-                  _device_env(engine_args, index, self.addresses.num_engines)))
+                  process_context.child_env(_device_env(engine_args, index, self.addresses.num_engines))))
         process.start()
         writer.close()  # the child holds its copy; EOF on the reader means the child is gone
         self._ready_pipes.append(reader)
@@ -171,12 +174,14 @@ def _device_env(engine_args: Any, index: int, num_engines: int) -> dict[str, str
 
 def exit_with_parent(parent_pid: int, what: str) -> None:
     """A watchdog thread that ends this process when ``parent_pid`` is gone, so a killed
-    server never leaves an orphan holding the GPU or the port."""
+    server never leaves an orphan holding the GPU or the port. ``parent_pid`` need not be the
+    parent the OS knows (a forkserver's child: process_context.py); either one going ends it."""
+    os_parent = os.getppid()
 
     def watch() -> None:
         while True:
             time.sleep(PARENT_POLL_S)
-            if os.getppid() != parent_pid:
+            if os.getppid() != os_parent or not process_exists(parent_pid):
                 logger.warning("The process %d that started %s is gone; %s exits", parent_pid, what, what)
                 os._exit(1)
 

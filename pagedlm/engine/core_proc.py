@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import msgspec
 import zmq
 
+from pagedlm import process_context
 from pagedlm.engine.core_launcher import exit_with_parent
 from pagedlm.engine.gc_heap import freeze_startup_heap
 from pagedlm.engine.messages import (
@@ -229,8 +230,10 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
                     ready_pipe: Connection, parent_pid: int, env: dict[str, str]) -> None:
     """Entry point of an engine-core process (spawned by core_launcher.EngineCores): binds
     ``input_address``, connects to each frontend's output address, reports ready (or why it
-    could not start) on ``ready_pipe``, then serves until told to shut down."""
-    os.environ.update(env)
+    could not start) on ``ready_pipe``, then serves until told to shut down. ``env``: the
+    whole environment to run with (process_context.child_env)."""
+    process_context.apply_env(env)
+    process_context.set_process_name(f"pagedlm-core{engine_index}")
     # Ctrl-C in a terminal signals the whole process group: the frontend owns shutdown and
     # tells the core to stop (or disappears, which the watchdog notices).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import zmq
 
+from pagedlm import process_context
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.executor import serial
@@ -179,17 +180,9 @@ def _children_allowed() -> Iterator[None]:
 
 
 def _process_context(config: EngineConfig) -> multiprocessing.context.BaseContext:
-    """On CPU, a forkserver that has imported torch, transformers (with this model's config
-    class) and the worker code once: every worker (of this engine and of later ones in the
-    same process) forks from it instead of paying those imports again (seconds each on a
-    busy host). On CUDA, plain spawn: a fresh interpreter per rank can never inherit CUDA
-    state, and a few seconds of imports are small next to loading a GPU model."""
-    if config.device_config.device == "cuda":
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", type(config.model_config.hf_config).__module__,
-                                "pagedlm.worker.model_runner", "pagedlm.entrypoints.llm"])
-    return ctx
+    """On CPU the forkserver (process_context.py), which also imports this model's config
+    class; on CUDA plain spawn."""
+    return process_context.context(config.device_config.device, [type(config.model_config.hf_config).__module__])
 
 
 def _cleanup(procs: list, commands: list, results: Any, ctx: zmq.Context, directory: str) -> None:
@@ -219,6 +212,7 @@ def worker_main(config: EngineConfig, rank: int, local_rank: int, init_method: s
     from pagedlm.worker.distributed import destroy_distributed_environment
     from pagedlm.worker.worker import Worker
 
+    process_context.set_process_name(f"pagedlm-worker{rank}")
     parent = os.getppid()
     ctx = zmq.Context()
     commands = ctx.socket(zmq.PULL)

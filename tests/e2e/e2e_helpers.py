@@ -124,6 +124,35 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """The live processes below ``pid``: its children, theirs, and so on (engine cores are
+    children of a forkserver the server started)."""
+    out, todo = [], [pid]
+    while todo:
+        children = child_pids(todo.pop())
+        out += children
+        todo += children
+    return out
+
+
+def named_pids(pid: int, prefix: str) -> list[int]:
+    """The processes below ``pid`` whose name (``/proc/<pid>/comm``) starts with ``prefix``:
+    engine cores name themselves pagedlm-core<index>, CPU workers pagedlm-worker<rank>."""
+    pids = []
+    for child in descendant_pids(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().startswith(prefix):
+                pids.append(child)
+        except OSError:
+            continue
+    return pids
+
+
+def core_pids(pid: int) -> list[int]:
+    """The engine-core processes below ``pid``."""
+    return named_pids(pid, "pagedlm-core")
+
+
 def wait_until(predicate, timeout: float) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
     deadline = time.monotonic() + timeout

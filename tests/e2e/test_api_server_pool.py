@@ -24,6 +24,8 @@ from e2e_helpers import (
     REPO_ROOT,
     Server,
     child_pids,
+    core_pids,
+    descendant_pids,
     free_port,
     launch,
     metric_values,
@@ -157,8 +159,8 @@ def test_metrics_sum_over_both_processes(pool: Server) -> None:
 
 
 def test_sigterm_stops_the_whole_pool(pool: Server) -> None:
-    children = child_pids(pool.proc.pid)
-    assert len(children) >= 3  # two API servers and the engine core
+    children = descendant_pids(pool.proc.pid)
+    assert len(core_pids(pool.proc.pid)) == 1 and len(children) >= 3  # two API servers and the engine core
     pool.proc.send_signal(signal.SIGTERM)
     assert pool.proc.wait(timeout=30) == 0
     assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=10)
@@ -170,8 +172,7 @@ def test_core_killed_mid_stream_stops_the_pool(checkpoint: Path, tmp_path: Path)
         wait_healthy(server, 120)
         assert wait_until(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
         api_servers = _api_servers(server)
-        [core] = [pid for pid in child_pids(server.proc.pid) if pid not in api_servers
-                  and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        [core] = core_pids(server.proc.pid)
         body = {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
         events = []
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as c:

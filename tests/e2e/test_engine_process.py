@@ -23,7 +23,7 @@ from e2e_helpers import (
     NUM_BLOCKS,
     REPO_ROOT,
     Server,
-    child_pids,
+    core_pids,
     free_port,
     launch,
     metric_values,
@@ -44,16 +44,8 @@ def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
 
 
 def _core_pids(server: Server) -> list[int]:
-    """The engine-core processes (spawned children that run pagedlm's core entry point)."""
-    pids = []
-    for pid in child_pids(server.proc.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"multiprocessing" in cmdline and b"spawn_main" in cmdline:
-            pids.append(pid)
-    return pids
+    """The engine-core processes of ``server``."""
+    return core_pids(server.proc.pid)
 
 
 def _alive(pid: int) -> bool:

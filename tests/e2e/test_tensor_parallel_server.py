@@ -18,6 +18,7 @@ from e2e_helpers import (
     MODEL_NAME,
     NUM_BLOCKS,
     Server,
+    named_pids,
     running_server,
 )
 
@@ -42,31 +43,9 @@ def tp_client(tp_server: Server):
     return openai.OpenAI(base_url=f"{tp_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out.extend(int(c) for c in (task / "children").read_text().split())
-    except FileNotFoundError:  # exited meanwhile
-        pass
-    return out
-
-
 def _worker_pids(server_pid: int) -> list[int]:
-    """Workers fork from a forkserver somewhere below the server (under its engine core)."""
-    pids, todo = [], [server_pid]
-    while todo:
-        pid = todo.pop()
-        children = _children(pid)
-        try:
-            is_forkserver = b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if is_forkserver:
-            pids.extend(children)
-        else:
-            todo.extend(children)
-    return pids
+    """The CPU workers below the server (they fork from a forkserver under its engine core)."""
+    return named_pids(server_pid, "pagedlm-worker")
 
 
 def test_layout_logged(tp_server: Server) -> None:

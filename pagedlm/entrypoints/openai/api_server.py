@@ -271,6 +271,11 @@ def run_server(args: argparse.Namespace) -> None:
     (api_server_pool.py)."""
     from prometheus_client import disable_created_metrics
 
+    from pagedlm import process_context
+
+    # On CPU the engine core forks from a forkserver: start it now, so that its imports run
+    # beside the checks and config loading below.
+    process_context.start_early(getattr(args, "device", "auto"))
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
     setup = ServerSetup.from_cli_args(args)
     setup.engine_args.log_notices()
