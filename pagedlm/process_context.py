@@ -97,3 +97,16 @@ def set_process_name(name: str) -> None:
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
+
+
+def thread_lock_progress_bars() -> None:
+    """Give tqdm a thread lock in this process. Its default lock holds a multiprocessing
+    semaphore (to share a terminal between processes), which a process that ends with
+    ``os._exit`` (an engine core) never unlinks: the resource tracker then warns of a leaked
+    semaphore when the server stops. A process's own progress bars (loading a GGUF file) need
+    only a thread lock."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())

@@ -234,6 +234,7 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
     whole environment to run with (process_context.child_env)."""
     process_context.apply_env(env)
     process_context.set_process_name(f"pagedlm-core{engine_index}")
+    process_context.thread_lock_progress_bars()
     # Ctrl-C in a terminal signals the whole process group: the frontend owns shutdown and
     # tells the core to stop (or disappears, which the watchdog notices).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -119,3 +119,29 @@ def test_an_early_forkserver_ends_with_the_process_that_started_it(tmp_path) -> 
     pid = int(out_file.read_text())
     # gone already, not after its imports (seconds): no wait here
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("thread_lock", [False, True])
+def test_a_progress_bar_in_a_child_that_exits_hard_leaks_no_semaphore(tmp_path, thread_lock) -> None:
+    # An engine core ends with os._exit; a tqdm bar (GGUF loading) made its default lock, a
+    # multiprocessing semaphore, which the resource tracker then reported as leaked.
+    out = _run(f"""
+        import multiprocessing
+        import os
+
+        def child():
+            from pagedlm import process_context
+            if {thread_lock}:
+                process_context.thread_lock_progress_bars()
+            from tqdm import tqdm
+            for _ in tqdm(range(3), disable=False, file=open(os.devnull, "w")):
+                pass
+            os._exit(0)
+
+        if __name__ == "__main__":
+            p = multiprocessing.get_context("spawn").Process(target=child)
+            p.start()
+            p.join()
+    """, tmp_path)
+    assert out.returncode == 0
+    assert ("leaked semaphore" in out.stderr) is not thread_lock, out.stderr
