@@ -182,3 +182,22 @@ def test_moe_gguf_matches_safetensors_original(arch, hf_arch, overrides, tmp_pat
     gguf_path = write_llama_gguf(src, tmp_path / f"{arch}-f32.gguf", arch=arch)
     ref_ids, ref_lps = _as_reference(_run(str(src)))
     _assert_same(ref_ids, ref_lps, _run(str(gguf_path), tokenizer=str(src)), tol=1e-4)
+
+
+def test_name_map_equals_transformers_own_and_leaves_gguf_as_it_was():
+    # _hf_name_map builds gguf's TensorNameMap once for transformers' per-submodule walk.
+    import gguf
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    from pagedlm.models.loader.gguf import _hf_name_map
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256)
+    processor = TensorProcessor(config=config.to_dict())
+    build = gguf.get_tensor_name_map
+    ours = _hf_name_map(config, processor)
+    assert gguf.get_tensor_name_map is build
+    with torch.device("meta"):
+        expected = get_gguf_hf_weights_map(AutoModelForCausalLM.from_config(config), processor)
+    assert ours == expected and ours["blk.2.attn_q.weight"] == "model.layers.2.self_attn.q_proj.weight"

@@ -17,6 +17,7 @@ tensor names to HF names (undoing llama.cpp's rotary permutation of Q/K for llam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -138,13 +139,23 @@ def _write_tokenizer(path: Path, out: Path) -> None:
 
 
 def _hf_name_map(hf_config: Any, processor: Any) -> dict[str, str]:
-    """llama.cpp tensor name -> HF parameter name, from a weightless HF model of the config."""
+    """llama.cpp tensor name -> HF parameter name, from a weightless HF model of the config.
+
+    transformers' ``get_gguf_hf_weights_map`` walks every submodule and builds gguf's
+    ``TensorNameMap`` for the architecture anew at each one (397 times for SmolLM2: 14 s of a
+    2-core host); the same map is built once here, for the length of the call."""
+    import gguf
     from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config)
-    return get_gguf_hf_weights_map(skeleton, processor)
+    build = gguf.get_tensor_name_map  # transformers imports it from the package at each call
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(build)
+    try:
+        return get_gguf_hf_weights_map(skeleton, processor)
+    finally:
+        gguf.get_tensor_name_map = build
 
 
 def iterate_gguf(gguf_path: str, hf_config: Any, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
