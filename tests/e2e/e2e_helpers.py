@@ -153,6 +153,11 @@ def core_pids(pid: int) -> list[int]:
     return named_pids(pid, "pagedlm-core")
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The CPU tensor / pipeline-parallel workers below ``pid`` (under its engine core)."""
+    return named_pids(pid, "pagedlm-worker")
+
+
 def wait_until(predicate, timeout: float) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
     deadline = time.monotonic() + timeout

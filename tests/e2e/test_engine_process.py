@@ -43,11 +43,6 @@ def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
 
 
 
-def _core_pids(server: Server) -> list[int]:
-    """The engine-core processes of ``server``."""
-    return core_pids(server.proc.pid)
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -154,7 +149,7 @@ def test_core_killed_mid_stream(checkpoint: Path, tmp_path: Path) -> None:
     server = _start(checkpoint, tmp_path)
     try:
         wait_healthy(server, 120)
-        [core] = _core_pids(server)
+        [core] = core_pids(server.proc.pid)
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as c:
             with c.stream("POST", "/v1/completions", json={**LONG, "prompt": "Hi", "stream": True}) as resp:
                 events = []
@@ -174,7 +169,7 @@ def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> 
     server = _start(checkpoint, tmp_path)
     try:
         wait_healthy(server, 120)
-        cores = _core_pids(server)
+        cores = core_pids(server.proc.pid)
         assert len(cores) == 1
         server.proc.kill()
         server.proc.wait(timeout=10)
@@ -224,7 +219,7 @@ def test_sigterm_aborts_what_outlives_the_grace_period(checkpoint: Path, tmp_pat
     server = _start(checkpoint, tmp_path, "--shutdown-grace-period", "0")
     try:
         wait_healthy(server, 120)
-        cores = _core_pids(server)
+        cores = core_pids(server.proc.pid)
         results: dict[str, list[str]] = {}
         started = threading.Event()
         thread = _stream_in_thread(server, "long", MAX_MODEL_LEN - 8, results, started)
@@ -258,7 +253,7 @@ def test_data_parallel_two_cores(checkpoint: Path, tmp_path: Path, offline_llm) 
     server = _start(checkpoint, tmp_path, "--data-parallel-size", "2")
     try:
         wait_healthy(server, 120)
-        assert len(_core_pids(server)) == 2
+        assert len(core_pids(server.proc.pid)) == 2
         prompts = [f"Count to {i}:" for i in range(8)]
         expected = [o.outputs[0].text for o in offline_llm.generate(prompts, SamplingParams(temperature=0,
                                                                                               max_tokens=8))]

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, launch, stop, wait_healthy
-from test_tensor_parallel_server import _worker_pids
+from e2e_helpers import API_KEY, MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, launch, stop, wait_healthy, worker_pids
 
 
 def test_worker_killed_while_idle_stops_the_server(checkpoint: Path, tmp_path: Path) -> None:
@@ -21,7 +20,7 @@ def test_worker_killed_while_idle_stops_the_server(checkpoint: Path, tmp_path: P
     server = launch(args, tmp_path / "server.log")
     try:
         wait_healthy(server, 120)
-        workers = _worker_pids(server.proc.pid)
+        workers = worker_pids(server.proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         start = time.monotonic()

@@ -18,8 +18,8 @@ from e2e_helpers import (
     MODEL_NAME,
     NUM_BLOCKS,
     Server,
-    named_pids,
     running_server,
+    worker_pids,
 )
 
 from pagedlm import SamplingParams
@@ -41,11 +41,6 @@ def tp_client(tp_server: Server):
     import openai
 
     return openai.OpenAI(base_url=f"{tp_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
-
-
-def _worker_pids(server_pid: int) -> list[int]:
-    """The CPU workers below the server (they fork from a forkserver under its engine core)."""
-    return named_pids(server_pid, "pagedlm-worker")
 
 
 def test_layout_logged(tp_server: Server) -> None:
@@ -71,7 +66,7 @@ def test_chat(tp_client) -> None:
 def test_killed_worker_fails_stream_and_health(tp_server: Server, tp_client) -> None:
     import openai
 
-    workers = _worker_pids(tp_server.proc.pid)
+    workers = worker_pids(tp_server.proc.pid)
     assert len(workers) == 2
     stream = tp_client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], max_tokens=MAX_MODEL_LEN - 16,
                                           stream=True, extra_body={"ignore_eos": True})
