@@ -60,8 +60,7 @@ def make_kv_caches(attention_layers: list, num_blocks: int, block_size: int, dty
                    device: torch.device) -> None:
     """A proposer's own KV cache, indexed by the target's block ids."""
     for attn in attention_layers:
-        attn.kv_cache = torch.zeros(2, num_blocks, block_size, attn.num_kv_heads, attn.head_dim,
-                                    dtype=dtype, device=device)
+        attn.kv_cache = memory.zeroed_kv_cache((2, num_blocks, block_size, attn.num_kv_heads, attn.head_dim), dtype, device)
 
 
 def collect_drafts(drafted: list[torch.Tensor], probs: list[torch.Tensor | None],

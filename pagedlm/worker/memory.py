@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 import os
 from typing import Callable
 
@@ -15,6 +17,21 @@ from pagedlm.worker.distributed import local_attention_heads, pp_layer_range
 logger = logging.getLogger(__name__)
 
 _CPU_KV_CACHE_MAX_BYTES = 4 << 30
+
+
+def zeroed_kv_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A KV cache tensor of zeros. On CPU its memory is an anonymous mapping, whose pages the
+    OS supplies zeroed when they are first written: start-up does not fill gigabytes that
+    ``torch.zeros`` would (the default 4 GiB cache took 5.6 s of a 2-core host), and the
+    process holds only the pages of blocks in use. Elsewhere ``torch.zeros``."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # The tensor keeps the mapping alive; it is unmapped when the last view is freed.
+    return torch.frombuffer(pages, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
 
 
 def kv_cache_dtype(config: EngineConfig) -> torch.dtype:

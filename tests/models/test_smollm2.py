@@ -59,8 +59,11 @@ def test_greedy_ids_equal_transformers_on_the_same_gguf(llm, prompts):
 
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     ours = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    hf = AutoModelForCausalLM.from_pretrained(str(MODEL_FILE.parent), gguf_file=MODEL_FILE.name,
-                                              dtype=torch.float32).eval()
+    from pagedlm.models.loader.gguf import tensor_name_maps_built_once
+
+    with tensor_name_maps_built_once():  # the same map as transformers builds, once (test_gguf.py)
+        hf = AutoModelForCausalLM.from_pretrained(str(MODEL_FILE.parent), gguf_file=MODEL_FILE.name,
+                                                  dtype=torch.float32).eval()
     for prompt, out in zip(prompts, ours):
         generated = list(out.outputs[0].token_ids)
         assert len(generated) == MAX_TOKENS

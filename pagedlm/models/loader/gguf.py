@@ -12,17 +12,20 @@ tensor names to HF names (undoing llama.cpp's rotary permutation of Q/K for llam
   config and tokenizer are read several times per start-up (engine, API frontend); with the
   sidecar every later read is an ordinary HF directory load;
 - streaming the weights into the model one tensor at a time (dequantized to the model dtype),
-  with a progress bar, refusing tensor types outside the set we support by name.
+  with a progress bar, refusing tensor types outside the set we support by name; the tensor
+  table is read without parsing the metadata values (``gguf_tensors.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +34,7 @@ import torch
 from pagedlm.cache_dir import cache_root
 from pagedlm.config import ConfigError
 from pagedlm.models.loader.gguf_config import fix_config
+from pagedlm.models.loader.gguf_tensors import GGUFTensor, read_gguf_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -138,24 +142,31 @@ def _write_tokenizer(path: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _hf_name_map(hf_config: Any, processor: Any) -> dict[str, str]:
-    """llama.cpp tensor name -> HF parameter name, from a weightless HF model of the config.
-
-    transformers' ``get_gguf_hf_weights_map`` walks every submodule and builds gguf's
-    ``TensorNameMap`` for the architecture anew at each one (397 times for SmolLM2: 14 s of a
-    2-core host); the same map is built once here, for the length of the call."""
+@contextlib.contextmanager
+def tensor_name_maps_built_once() -> Iterator[None]:
+    """Within the block, gguf's ``get_tensor_name_map`` is memoized. transformers'
+    ``get_gguf_hf_weights_map`` walks every submodule and builds gguf's ``TensorNameMap`` for
+    the architecture anew at each one (397 times for SmolLM2: 14 s of a 2-core host); it
+    imports the builder from the package at each call, so the memo is seen there."""
     import gguf
+
+    build = gguf.get_tensor_name_map
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(build)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = build
+
+
+def _hf_name_map(hf_config: Any, processor: Any) -> dict[str, str]:
+    """llama.cpp tensor name -> HF parameter name, from a weightless HF model of the config."""
     from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config)
-    build = gguf.get_tensor_name_map  # transformers imports it from the package at each call
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(build)
-    try:
+    with tensor_name_maps_built_once():
         return get_gguf_hf_weights_map(skeleton, processor)
-    finally:
-        gguf.get_tensor_name_map = build
 
 
 def iterate_gguf(gguf_path: str, hf_config: Any, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -165,13 +176,15 @@ def iterate_gguf(gguf_path: str, hf_config: Any, dtype: torch.dtype) -> Iterator
     from tqdm.auto import tqdm
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-    reader = _open_reader(Path(gguf_path))
-    _check_tensor_types(reader, gguf_path)
-    arch = _field_str(reader, "general.architecture") or ""
-    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=hf_config.to_dict())
+    try:
+        table = read_gguf_tensors(gguf_path)
+    except (ValueError, OSError, KeyError, struct.error) as e:
+        raise ConfigError(f"{gguf_path!r} is not a readable GGUF file: {e}") from e
+    _check_tensor_types(table.tensors, gguf_path)
+    processor = TENSOR_PROCESSORS.get(table.architecture or "", TensorProcessor)(config=hf_config.to_dict())
     name_map = _hf_name_map(hf_config, processor)
     parsed: dict[str, Any] = {"config": hf_config.to_dict(), "tensors": {}}
-    for tensor in tqdm(reader.tensors, desc="Loading GGUF tensors", unit="tensor"):
+    for tensor in tqdm(table.tensors, desc="Loading GGUF tensors", unit="tensor"):
         weights = dequantize(tensor.data, tensor.tensor_type)
         result = processor.process(weights=weights, name=tensor.name, tensor_key_mapping=name_map,
                                    parsed_parameters=parsed)
@@ -184,8 +197,8 @@ def iterate_gguf(gguf_path: str, hf_config: Any, dtype: torch.dtype) -> Iterator
         yield name, tensor.to(dtype)
 
 
-def _check_tensor_types(reader: Any, gguf_path: str) -> None:
-    for tensor in reader.tensors:
+def _check_tensor_types(tensors: list[GGUFTensor], gguf_path: str) -> None:
+    for tensor in tensors:
         type_name = tensor.tensor_type.name
         if type_name not in SUPPORTED_TENSOR_TYPES:
             raise ConfigError(

@@ -1,0 +1,46 @@
+"""The CPU KV cache costs no start-up fill and no memory until its blocks are written
+(``memory.zeroed_kv_cache``: an anonymous mapping instead of ``torch.zeros``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pagedlm.worker.memory import zeroed_kv_cache
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
+def test_zeroed_kv_cache_is_a_writable_contiguous_tensor_of_zeros(dtype):
+    shape = (2, 5, 16, 2, 8)
+    cache = zeroed_kv_cache(shape, dtype, torch.device("cpu"))
+    assert cache.shape == shape and cache.dtype == dtype and cache.is_contiguous()
+    assert torch.count_nonzero(cache.float()) == 0
+    cache[1, 3, 7] = 2.0
+    assert cache.float().sum().item() == 2.0 * 2 * 8
+    view = cache[0]
+    del cache  # a view keeps the mapping alive
+    assert torch.count_nonzero(view.float()) == 0
+
+
+def test_zeroed_kv_cache_of_no_blocks():
+    assert zeroed_kv_cache((2, 0, 16, 2, 8), torch.bfloat16, torch.device("cpu")).numel() == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident set from /proc")
+def test_cpu_kv_cache_pages_are_resident_only_once_written():
+    size = 512 << 20
+    shape = (2, size // (2 * 16 * 8 * 128 * 2), 16, 8, 128)  # 512 MiB of bf16 blocks
+    before = _resident_bytes()
+    cache = zeroed_kv_cache(shape, torch.bfloat16, torch.device("cpu"))
+    allocated = _resident_bytes()
+    assert allocated - before < 32 << 20, "the cache was filled at allocation"
+    cache[:, :64] = 1.0  # 64 blocks: 4 MiB
+    written = _resident_bytes()
+    assert (4 << 20) <= written - allocated < 64 << 20
