@@ -47,14 +47,14 @@ def context(device: str, preload: Iterable[str] = ()) -> multiprocessing.context
     return ctx
 
 
-def start_early(device: str) -> bool:
+def start_early(device: str, preload: Iterable[str] = ()) -> bool:
     """Start the forkserver now (its imports then overlap the caller's) when ``device`` (a
     ``--device`` value) will resolve to the CPU: "cpu", or "auto" on a host without NVIDIA
-    devices. Only a head start: which context a child gets is ``context``'s choice. Returns
-    whether it started one."""
+    devices; ``preload``: modules the coming children need beyond ``PRELOAD``. Only a head
+    start: which context a child gets is ``context``'s choice. Returns whether it started one."""
     if device == "cuda" or (device == "auto" and glob.glob("/dev/nvidia[0-9]*")):
         return False
-    context("cpu")
+    context("cpu", preload)
     multiprocessing.forkserver.ensure_running()
     atexit.register(_stop_forkserver)
     return True

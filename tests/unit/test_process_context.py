@@ -28,6 +28,13 @@ def test_start_early_skips_cuda() -> None:
     assert process_context.start_early("cuda") is False
 
 
+def test_a_gguf_models_core_gets_modeling_utils_preloaded() -> None:
+    from pagedlm.entrypoints.openai.api_server import core_preload
+
+    assert core_preload("/models/SmolLM2.Q4_1.gguf") == ("transformers.modeling_utils",)
+    assert core_preload("/models/llama") == () and core_preload(None) == ()
+
+
 def _run(code: str, tmp_path) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"  # a file: a forkserver's child imports its target from it
     script.write_text(textwrap.dedent(code))
@@ -145,3 +152,25 @@ def test_a_progress_bar_in_a_child_that_exits_hard_leaks_no_semaphore(tmp_path, 
     """, tmp_path)
     assert out.returncode == 0
     assert ("leaked semaphore" in out.stderr) is not thread_lock, out.stderr
+
+
+def test_start_early_preloads_what_the_coming_children_need(tmp_path) -> None:
+    out = _run("""
+        import sys
+        from pagedlm import process_context
+
+        def child(queue):
+            queue.put("colorsys" in sys.modules)
+
+        if __name__ == "__main__":
+            process_context.PRELOAD = ()  # the mechanism without the engine's imports (seconds)
+            assert "colorsys" not in sys.modules
+            assert process_context.start_early("cpu", ["colorsys"])
+            ctx = process_context.context("cpu")
+            queue = ctx.Queue()
+            p = ctx.Process(target=child, args=(queue,))
+            p.start()
+            print(queue.get(timeout=60), "colorsys" in sys.modules)
+            p.join()
+    """, tmp_path)
+    assert out.stdout.split() == ["True", "False"], out.stderr

@@ -57,6 +57,7 @@ from pagedlm.entrypoints.openai.serving_lora import (
 )
 from pagedlm.lora.registry import LoRAModules
 from pagedlm.metrics import CONTENT_TYPE_LATEST, PrometheusStatLogger
+from pagedlm.models.loader.gguf import is_gguf_file
 from pagedlm.version import __version__
 
 logger = logging.getLogger("pagedlm.server")
@@ -265,6 +266,14 @@ class ServerSetup:
         close_socket(sock, self.server_args.uds if owner else None)
 
 
+def core_preload(model: str | None) -> tuple[str, ...]:
+    """Modules an engine core of ``model`` imports beyond ``process_context.PRELOAD``: a GGUF
+    model's loader builds a weightless HF model of the config (to map llama.cpp's tensor
+    names), which needs ``transformers.modeling_utils`` (1.1 s of a 2-core host that the core
+    would pay after its fork, and a directory checkpoint's core never needs)."""
+    return ("transformers.modeling_utils",) if model and is_gguf_file(model) else ()
+
+
 def run_server(args: argparse.Namespace) -> None:
     """Bind, start the engine cores (minutes for a big model), then serve until interrupted.
     With ``--api-server-count`` N > 1, N API server processes share the port
@@ -275,7 +284,7 @@ def run_server(args: argparse.Namespace) -> None:
 
     # On CPU the engine core forks from a forkserver: start it now, so that its imports run
     # beside the checks and config loading below.
-    process_context.start_early(getattr(args, "device", "auto"))
+    process_context.start_early(getattr(args, "device", "auto"), core_preload(getattr(args, "model", None)))
     disable_created_metrics()  # vLLM does too: the *_created series only add noise
     setup = ServerSetup.from_cli_args(args)
     setup.engine_args.log_notices()
