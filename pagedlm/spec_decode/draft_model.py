@@ -22,6 +22,7 @@ from pagedlm.config import ConfigError, load_hf_config
 from pagedlm.forward_context import set_forward_context
 from pagedlm.sampling_params import SAMPLING_EPS
 from pagedlm.spec_decode.config import SpeculativeConfig
+from pagedlm.worker import memory
 
 if TYPE_CHECKING:
     from pagedlm.spec_decode.draft_graphs import DraftGraphs
