@@ -11,7 +11,9 @@ file in the same private directory.
 Failure: every wait polls with a short timeout and checks that each worker is alive, so a
 worker that dies (or reports an exception) raises WorkerDiedError within a fraction of a
 second; the executor then stops the remaining workers. Workers exit on their own when the
-engine process disappears (their parent pid changes).
+engine process disappears: they watch multiprocessing's parent sentinel (a pipe whose other end
+only the engine holds), not their parent pid, since a CPU worker's OS parent is the engine's
+forkserver, which outlives a killed engine while the workers hold its liveness pipe.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import shutil
 import tempfile
 import time
@@ -213,7 +214,6 @@ def worker_main(config: EngineConfig, rank: int, local_rank: int, init_method: s
     from pagedlm.worker.worker import Worker
 
     process_context.set_process_name(f"pagedlm-worker{rank}")
-    parent = os.getppid()
     ctx = zmq.Context()
     commands = ctx.socket(zmq.PULL)
     commands.connect(f"ipc://{directory}/commands-{rank}")
@@ -229,7 +229,7 @@ def worker_main(config: EngineConfig, rank: int, local_rank: int, init_method: s
         worker.init_device()
         worker.load_model()
         reply(True, None)
-        _serve(worker, commands, reply, parent)
+        _serve(worker, commands, reply)
     except Exception:  # noqa: BLE001 - reported to the engine, which stops every rank
         reply(False, traceback.format_exc())
     finally:
@@ -239,10 +239,11 @@ def worker_main(config: EngineConfig, rank: int, local_rank: int, init_method: s
         ctx.term()
 
 
-def _serve(worker: Any, commands: zmq.Socket, reply: Any, parent: int) -> None:
+def _serve(worker: Any, commands: zmq.Socket, reply: Any) -> None:
+    engine = multiprocessing.parent_process()  # the process that started this worker
     while True:
         if not commands.poll(1000):
-            if os.getppid() != parent:  # the engine is gone: nobody will ever read our results
+            if not engine.is_alive():  # the engine is gone: nobody will ever read our results
                 return
             continue
         method, *args = serial.decode_raw(commands.recv())

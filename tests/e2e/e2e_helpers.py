@@ -110,6 +110,15 @@ def running_server(args: list[str], log_path: Path, env: dict[str, str] | None =
         stop(srv.proc)
 
 
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def child_pids(pid: int) -> list[int]:
     """The live (not zombie) child processes of ``pid``."""
     out = []

@@ -23,6 +23,7 @@ from e2e_helpers import (
     NUM_BLOCKS,
     REPO_ROOT,
     Server,
+    alive,
     core_pids,
     free_port,
     launch,
@@ -39,16 +40,6 @@ def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
     args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
             "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY, *extra]
     return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log")
-
-
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 
@@ -173,7 +164,7 @@ def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> 
         assert len(cores) == 1
         server.proc.kill()
         server.proc.wait(timeout=10)
-        assert wait_until(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+        assert wait_until(lambda: not any(alive(pid) for pid in cores), timeout=10.0)
     finally:
         stop(server.proc)
 
@@ -231,7 +222,7 @@ def test_sigterm_aborts_what_outlives_the_grace_period(checkpoint: Path, tmp_pat
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 503
         log = server.log_tail(400)
         assert log.count("Aborted request") == 1 and "Traceback" not in log
-        assert wait_until(lambda: not any(_alive(pid) for pid in cores), timeout=10.0)
+        assert wait_until(lambda: not any(alive(pid) for pid in cores), timeout=10.0)
     finally:
         stop(server.proc)
 

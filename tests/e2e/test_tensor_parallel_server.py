@@ -1,7 +1,8 @@
 """``pagedlm serve --tensor-parallel-size 2`` (two worker processes, gloo): completions and
 chat, streamed and not, equal the single-rank offline engine; then a worker killed in the
 middle of a stream ends that stream with an error and the server exits (its engine is
-dead), within a bounded time, leaving no worker process behind."""
+dead), within a bounded time, leaving no worker process behind; and a killed engine core
+leaves no worker behind either."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from e2e_helpers import (
     MODEL_NAME,
     NUM_BLOCKS,
     Server,
+    alive,
+    core_pids,
     running_server,
+    wait_until,
     worker_pids,
 )
 
@@ -27,12 +31,15 @@ from pagedlm import SamplingParams
 PROMPTS = ["Hello, my name is", "The capital of France is"]
 
 
-@pytest.fixture(scope="module")
-def tp_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+def _tp_args(checkpoint: Path) -> list[str]:
+    return [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
             "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY,
             "--tensor-parallel-size", "2"]
-    with running_server(args, tmp_path_factory.mktemp("tp_server") / "server.log") as srv:
+
+
+@pytest.fixture(scope="module")
+def tp_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(_tp_args(checkpoint), tmp_path_factory.mktemp("tp_server") / "server.log") as srv:
         yield srv
 
 
@@ -82,7 +89,21 @@ def test_killed_worker_fails_stream_and_health(tp_server: Server, tp_client) -> 
     tp_server.proc.wait(timeout=30)
     assert tp_server.proc.returncode != 0
     assert "worker process(es) died: rank 1" in tp_server.log_tail(300)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
-        time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=20.0)
+
+
+def test_killed_core_leaves_no_worker(checkpoint: Path, tmp_path: Path) -> None:
+    """The workers' OS parent is the core's forkserver, which a SIGKILLed core leaves running
+    (the workers hold its liveness pipe): they must notice the core itself is gone."""
+    with running_server(_tp_args(checkpoint), tmp_path / "server.log") as srv:
+        [core] = core_pids(srv.proc.pid)
+        workers = worker_pids(srv.proc.pid)
+        assert len(workers) == 2
+        os.kill(core, signal.SIGKILL)
+        try:
+            assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10.0)
+        finally:  # a failure here leaves no process behind either
+            for pid in filter(alive, workers):
+                os.kill(pid, signal.SIGKILL)
+        srv.proc.wait(timeout=30)
+        assert srv.proc.returncode != 0
