@@ -268,7 +268,7 @@ class MPClient:
         self._die(f"engine core {index} exited unexpectedly (exit code {self.processes[index].exitcode})")
 
     def _watch_pids(self) -> None:
-        """Cores another process started: gone once their launcher has reaped them."""
+        """Cores another process started: gone once they have exited (reaped or not)."""
         while not self._closing:
             for index, pid in enumerate(self._core_pids):
                 if not process_exists(pid):

@@ -189,8 +189,15 @@ def exit_with_parent(parent_pid: int, what: str) -> None:
 
 
 def process_exists(pid: int) -> bool:
+    """``pid`` runs. A zombie does not: it has died and waits for its parent to collect its exit
+    status, which a supervisor may not do at once (a killed server would otherwise keep its
+    engine core, and the GPU, until then)."""
     try:
         os.kill(pid, 0)
     except OSError:  # no such process, or someone else's took the number: ours is gone
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc here: the signal test alone
+        return True

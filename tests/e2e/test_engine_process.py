@@ -163,8 +163,10 @@ def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> 
         cores = core_pids(server.proc.pid)
         assert len(cores) == 1
         server.proc.kill()
-        server.proc.wait(timeout=10)
+        # Not reaped yet (a zombie, as under a supervisor that has not collected it): the core
+        # must not take the dead server for a live one.
         assert wait_until(lambda: not any(alive(pid) for pid in cores), timeout=10.0)
+        server.proc.wait(timeout=10)
     finally:
         stop(server.proc)
 

@@ -174,3 +174,19 @@ def test_start_early_preloads_what_the_coming_children_need(tmp_path) -> None:
             p.join()
     """, tmp_path)
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_a_zombie_is_not_a_running_process() -> None:
+    # A killed server that its supervisor has not reaped yet is gone for its engine core.
+    from pagedlm.engine.core_launcher import process_exists
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert process_exists(child.pid) and process_exists(os.getpid())
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, and left unreaped
+        assert not process_exists(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_exists(child.pid)
