@@ -42,8 +42,6 @@ def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
     return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log")
 
 
-
-
 def _sse_events(resp: httpx.Response):
     for line in resp.iter_lines():
         if line.startswith("data: "):
