@@ -172,10 +172,12 @@ def _device_env(engine_args: Any, index: int, num_engines: int) -> dict[str, str
     return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
 
 
-def exit_with_parent(parent_pid: int, what: str) -> None:
+def exit_with_parent(parent_pid: int, what: str, leftovers: tuple[str, ...] = ()) -> None:
     """A watchdog thread that ends this process when ``parent_pid`` is gone, so a killed
     server never leaves an orphan holding the GPU or the port. ``parent_pid`` need not be the
-    parent the OS knows (a forkserver's child: process_context.py); either one going ends it."""
+    parent the OS knows (a forkserver's child: process_context.py); either one going ends it.
+    ``leftovers``: the dead parent's private directories (its ipc:// sockets), removed on the
+    way out."""
     os_parent = os.getppid()
 
     def watch() -> None:
@@ -183,6 +185,8 @@ def exit_with_parent(parent_pid: int, what: str) -> None:
             time.sleep(PARENT_POLL_S)
             if os.getppid() != os_parent or not process_exists(parent_pid):
                 logger.warning("The process %d that started %s is gone; %s exits", parent_pid, what, what)
+                for path in leftovers:
+                    shutil.rmtree(path, ignore_errors=True)
                 os._exit(1)
 
     threading.Thread(target=watch, name="pagedlm-parent-watchdog", daemon=True).start()

@@ -237,6 +237,8 @@ def worker_main(config: EngineConfig, rank: int, local_rank: int, init_method: s
         commands.close(linger=0)
         results.close()
         ctx.term()
+        if not multiprocessing.parent_process().is_alive():  # nobody else will remove the sockets
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve(worker: Any, commands: zmq.Socket, reply: Any) -> None:

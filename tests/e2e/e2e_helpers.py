@@ -110,6 +110,18 @@ def running_server(args: list[str], log_path: Path, env: dict[str, str] | None =
         stop(srv.proc)
 
 
+def private_tmpdir(tmp_path: Path) -> dict[str, str]:
+    """The environment that gives a server ``tmp_path/tmp`` as its temporary directory (where
+    it makes its private ipc:// socket directories), for ``sockets_dirs``."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {"TMPDIR": str(tmp_path / "tmp")}
+
+
+def sockets_dirs(tmp_path: Path) -> list[str]:
+    """pagedlm's socket directories left in a ``private_tmpdir``."""
+    return sorted(p.name for p in (tmp_path / "tmp").glob("pagedlm-*"))
+
+
 def alive(pid: int) -> bool:
     """``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
     try:

@@ -23,23 +23,26 @@ from e2e_helpers import (
     NUM_BLOCKS,
     REPO_ROOT,
     Server,
+    alive,
     child_pids,
     core_pids,
     descendant_pids,
     free_port,
     launch,
     metric_values,
+    private_tmpdir,
+    sockets_dirs,
     stop,
     wait_healthy,
     wait_until,
 )
 
 
-def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
+def _start(checkpoint: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
             "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY,
             "--api-server-count", "2", *extra]
-    return launch(args, tmp_path / f"pool-{len(list(tmp_path.glob('pool-*')))}.log")
+    return launch(args, tmp_path / f"pool-{len(list(tmp_path.glob('pool-*')))}.log", env)
 
 
 def _port(server: Server) -> int:
@@ -186,6 +189,20 @@ def test_core_killed_mid_stream_stops_the_pool(checkpoint: Path, tmp_path: Path)
         assert server.proc.wait(timeout=30) == 1
         assert "engine core 0 exited unexpectedly" in server.log_tail(200)
         assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in api_servers), timeout=10)
+    finally:
+        stop(server.proc)
+
+
+def test_launcher_killed_leaves_no_process_and_no_sockets(checkpoint: Path, tmp_path: Path) -> None:
+    server = _start(checkpoint, tmp_path, env=private_tmpdir(tmp_path))
+    try:
+        wait_healthy(server, 120)
+        assert wait_until(lambda: len(_api_servers(server)) == 2, timeout=60), server.log_tail()
+        children = descendant_pids(server.proc.pid)
+        assert sockets_dirs(tmp_path)  # the cores' ipc:// sockets and the metrics files
+        server.proc.kill()  # and left unreaped while its children notice
+        assert wait_until(lambda: not any(alive(pid) for pid in children), timeout=15)
+        assert sockets_dirs(tmp_path) == []
     finally:
         stop(server.proc)
 

@@ -28,6 +28,8 @@ from e2e_helpers import (
     free_port,
     launch,
     metric_values,
+    private_tmpdir,
+    sockets_dirs,
     stop,
     wait_healthy,
     wait_until,
@@ -36,10 +38,10 @@ from e2e_helpers import (
 LONG = {"model": MODEL_NAME, "max_tokens": 200, "ignore_eos": True, "temperature": 1.0}
 
 
-def _start(checkpoint: Path, tmp_path: Path, *extra: str) -> Server:
+def _start(checkpoint: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     args = [str(checkpoint), "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
             "--num-gpu-blocks-override", str(NUM_BLOCKS), "--device", "cpu", "--api-key", API_KEY, *extra]
-    return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log")
+    return launch(args, tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log", env)
 
 
 def _sse_events(resp: httpx.Response):
@@ -155,16 +157,18 @@ def test_core_killed_mid_stream(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_api_process_killed_leaves_no_core(checkpoint: Path, tmp_path: Path) -> None:
-    server = _start(checkpoint, tmp_path)
+    server = _start(checkpoint, tmp_path, env=private_tmpdir(tmp_path))
     try:
         wait_healthy(server, 120)
         cores = core_pids(server.proc.pid)
         assert len(cores) == 1
+        assert sockets_dirs(tmp_path)  # the server's ipc:// sockets to its core
         server.proc.kill()
         # Not reaped yet (a zombie, as under a supervisor that has not collected it): the core
         # must not take the dead server for a live one.
         assert wait_until(lambda: not any(alive(pid) for pid in cores), timeout=10.0)
         server.proc.wait(timeout=10)
+        assert sockets_dirs(tmp_path) == []  # the exiting core removed the dead server's sockets
     finally:
         stop(server.proc)
 

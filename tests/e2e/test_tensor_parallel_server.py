@@ -21,7 +21,9 @@ from e2e_helpers import (
     Server,
     alive,
     core_pids,
+    private_tmpdir,
     running_server,
+    sockets_dirs,
     wait_until,
     worker_pids,
 )
@@ -95,10 +97,11 @@ def test_killed_worker_fails_stream_and_health(tp_server: Server, tp_client) -> 
 def test_killed_core_leaves_no_worker(checkpoint: Path, tmp_path: Path) -> None:
     """The workers' OS parent is the core's forkserver, which a SIGKILLed core leaves running
     (the workers hold its liveness pipe): they must notice the core itself is gone."""
-    with running_server(_tp_args(checkpoint), tmp_path / "server.log") as srv:
+    with running_server(_tp_args(checkpoint), tmp_path / "server.log", private_tmpdir(tmp_path)) as srv:
         [core] = core_pids(srv.proc.pid)
         workers = worker_pids(srv.proc.pid)
         assert len(workers) == 2
+        assert len(sockets_dirs(tmp_path)) == 2  # the server's to its core, the core's to its workers
         os.kill(core, signal.SIGKILL)
         try:
             assert wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10.0)
@@ -107,3 +110,4 @@ def test_killed_core_leaves_no_worker(checkpoint: Path, tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         srv.proc.wait(timeout=30)
         assert srv.proc.returncode != 0
+        assert sockets_dirs(tmp_path) == []  # the workers removed their dead core's sockets

@@ -153,7 +153,7 @@ def run_api_server(args: argparse.Namespace, sock: socket.socket | None, cores: 
     from pagedlm.metrics import PrometheusStatLogger
 
     configure_logging()
-    exit_with_parent(launcher_pid, f"API server {client_index}")
+    exit_with_parent(launcher_pid, f"API server {client_index}", (os.environ[METRICS_DIR_ENV], cores.ipc_dir))
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()
