@@ -242,8 +242,8 @@ def run_engine_core(engine_args: Any, engine_index: int, input_address: str, out
     from pagedlm.logger import configure_logging
 
     configure_logging()
-    sockets_dir = os.path.dirname(input_address.removeprefix("ipc://")) if input_address.startswith("ipc://") else None
-    exit_with_parent(parent_pid, f"engine core {engine_index}", (sockets_dir,) if sockets_dir else ())
+    sockets_dir = os.path.dirname(input_address.removeprefix("ipc://"))  # CoreAddresses: always ipc://
+    exit_with_parent(parent_pid, f"engine core {engine_index}", (sockets_dir,))
     context = zmq.Context()
     output_sockets = []
     for address in output_addresses:
