@@ -52,8 +52,11 @@ def main() -> None:
         compiles[phase[0]].append((repr, time.perf_counter() - t0 if t0 else float("nan")))
         return None
 
-    triton.knobs.runtime.jit_cache_hook = before
-    triton.knobs.runtime.jit_post_compile_hook = after
+    runtime = triton.knobs.runtime
+    if not hasattr(runtime, "jit_post_compile_hook"):  # older Triton: one hook, before the compile
+        runtime.jit_cache_hook = after
+    else:
+        runtime.jit_cache_hook, runtime.jit_post_compile_hook = before, after
 
     model_dir = make_shape_dir(args.shape, tempfile.mkdtemp())
     vocab = SHAPES[args.shape]["vocab_size"]
