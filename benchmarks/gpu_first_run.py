@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import tempfile
 import time
 
@@ -27,7 +28,7 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--runs", type=float, nargs="+", default=[0.0, 0.0, 0.5],
-                   help="one run per value: its --random-range-ratio (same seed for equal values)")
+                   help="one run per value: its --random-range-ratio (each run its own prompts: no prefix-cache hits)")
     p.add_argument("--keep-cache", action="store_true", help="use the usual Triton cache (default: an empty one)")
     args = p.parse_args()
     if not args.keep_cache:
@@ -67,7 +68,7 @@ def main() -> None:
     rows = [("start-up", start_s, None)]
     for i, ratio in enumerate(args.runs, 1):
         phase[0] = f"run {i} (ratio {ratio})"
-        reqs = random_requests(args.num_prompts, args.input_len, args.output_len, ratio, vocab)
+        reqs = random_requests(args.num_prompts, args.input_len, args.output_len, ratio, vocab, seed=i)
         params = [SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=r.output_len, detokenize=False)
                   for r in reqs]
         t0 = time.perf_counter()
@@ -82,7 +83,12 @@ def main() -> None:
         print(f"| {name} | {secs:.1f} | {'' if tps is None else f'{tps:,.0f}'} | {len(c)} | {sum(s for _, s in c):.1f} |")
     for name, _, _ in rows[1:]:
         for r, s in compiles.get(name, []):
-            print(f"  {name}: {s:.2f} s  {r[:300]}")
+            kernel, _, arg_list = r.partition("](")
+            seen = [c for c, _ in compiles["start-up"] if c.partition("](")[0] == kernel]
+            first = set(re.split(r", (?=\w+: )", seen[0].partition("](")[2])) if seen else set()
+            new = [a for a in re.split(r", (?=\w+: )", arg_list) if a not in first]
+            print(f"  {name}: {s:.2f} s  {kernel.partition('[')[0]}: "
+                  + (f"args unlike its first start-up compile: {new}" if seen else "not compiled at start-up"))
 
 
 if __name__ == "__main__":
