@@ -20,6 +20,54 @@ import re
 import tempfile
 import time
 
+_ARG_SPLIT = re.compile(r", (?=\w+: )")  # Triton's "name: spec, name: spec" (specs hold ", " themselves)
+
+
+class CompileLog:
+    """Triton compiles by phase, through its jit cache hooks: (kernel repr, seconds)."""
+
+    def __init__(self) -> None:
+        import triton
+
+        self.phase = "start-up"
+        self.compiles: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
+        self._started: dict[tuple[str, str], float] = {}
+        runtime = triton.knobs.runtime
+        if hasattr(runtime, "jit_post_compile_hook"):
+            runtime.jit_cache_hook, runtime.jit_post_compile_hook = self._before, self._after
+        else:  # older Triton: one hook, before the compile (durations unknown)
+            runtime.jit_cache_hook = self._after
+
+    def _before(self, *, key, fn, **_) -> None:
+        self._started[(fn.name, str(key))] = time.perf_counter()
+
+    def _after(self, *, key, repr, fn, **_) -> None:  # noqa: A002 - Triton's keyword name
+        t0 = self._started.pop((fn.name, str(key)), None)
+        self.compiles[self.phase].append((repr, time.perf_counter() - t0 if t0 else float("nan")))
+
+    def explain(self, kernel_repr: str) -> str:
+        """A run-time compile against the start-up's compiles of the same kernel: the arguments
+        its nearest start-up variant differs in, or that start-up never compiled it."""
+        kernel, _, args = kernel_repr.partition("](")
+        variants = [set(_ARG_SPLIT.split(c.partition("](")[2])) for c, _ in self.compiles["start-up"]
+                    if c.partition("](")[0] == kernel]
+        name = kernel.partition("[")[0]
+        if not variants:
+            return f"{name}: not compiled at start-up"
+        new = min(([a for a in _ARG_SPLIT.split(args) if a not in v] for v in variants), key=len)
+        return f"{name}: args unlike its nearest start-up variant: {new}"
+
+
+def print_report(log: CompileLog, rows: list[tuple[str, float, float | None]]) -> None:
+    print("\n| phase | seconds | out tok/s | Triton compiles | compile s |")
+    print("|---|---|---|---|---|")
+    for name, secs, tps in rows:
+        c = log.compiles.get(name, [])
+        print(f"| {name} | {secs:.1f} | {'' if tps is None else f'{tps:,.0f}'} | {len(c)} | {sum(s for _, s in c):.1f} |")
+    for name, _, _ in rows[1:]:
+        for r, s in log.compiles.get(name, []):
+            print(f"  {name}: {s:.2f} s  {log.explain(r)}")
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -34,61 +82,24 @@ def main() -> None:
     if not args.keep_cache:
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cache-")
 
-    import triton
-
-    from pagedlm import LLM, SamplingParams
+    from pagedlm import LLM
     from pagedlm.benchmarks.datasets import random_requests
     from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
+    from pagedlm.benchmarks.throughput import time_generate
 
-    phase = ["start-up"]
-    compiles: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
-    started: dict[object, float] = {}
-
-    def before(*, key, repr, fn, **_):  # noqa: A002 - Triton's keyword names
-        started[(fn.name, str(key))] = time.perf_counter()
-        return None
-
-    def after(*, key, repr, fn, **_):  # noqa: A002
-        t0 = started.pop((fn.name, str(key)), None)
-        compiles[phase[0]].append((repr, time.perf_counter() - t0 if t0 else float("nan")))
-        return None
-
-    runtime = triton.knobs.runtime
-    if not hasattr(runtime, "jit_post_compile_hook"):  # older Triton: one hook, before the compile
-        runtime.jit_cache_hook = after
-    else:
-        runtime.jit_cache_hook, runtime.jit_post_compile_hook = before, after
-
+    log = CompileLog()
     model_dir = make_shape_dir(args.shape, tempfile.mkdtemp())
-    vocab = SHAPES[args.shape]["vocab_size"]
     t0 = time.perf_counter()
     llm = LLM(model=str(model_dir), load_format="dummy",
               max_model_len=int(args.input_len * 1.5 + args.output_len * 1.5) + 16)
-    start_s = time.perf_counter() - t0
-    rows = [("start-up", start_s, None)]
+    rows: list[tuple[str, float, float | None]] = [("start-up", time.perf_counter() - t0, None)]
     for i, ratio in enumerate(args.runs, 1):
-        phase[0] = f"run {i} (ratio {ratio})"
-        reqs = random_requests(args.num_prompts, args.input_len, args.output_len, ratio, vocab, seed=i)
-        params = [SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=r.output_len, detokenize=False)
-                  for r in reqs]
-        t0 = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in reqs], params, use_tqdm=False)
-        dt = time.perf_counter() - t0
-        rows.append((phase[0], dt, sum(len(o.outputs[0].token_ids) for o in outs) / dt))
-
-    print("\n| phase | seconds | out tok/s | Triton compiles | compile s |")
-    print("|---|---|---|---|---|")
-    for name, secs, tps in rows:
-        c = compiles.get(name, [])
-        print(f"| {name} | {secs:.1f} | {'' if tps is None else f'{tps:,.0f}'} | {len(c)} | {sum(s for _, s in c):.1f} |")
-    for name, _, _ in rows[1:]:
-        for r, s in compiles.get(name, []):
-            kernel, _, arg_list = r.partition("](")
-            seen = [c for c, _ in compiles["start-up"] if c.partition("](")[0] == kernel]
-            first = set(re.split(r", (?=\w+: )", seen[0].partition("](")[2])) if seen else set()
-            new = [a for a in re.split(r", (?=\w+: )", arg_list) if a not in first]
-            print(f"  {name}: {s:.2f} s  {kernel.partition('[')[0]}: "
-                  + (f"args unlike its first start-up compile: {new}" if seen else "not compiled at start-up"))
+        log.phase = f"run {i} (ratio {ratio})"
+        reqs = random_requests(args.num_prompts, args.input_len, args.output_len, ratio,
+                               SHAPES[args.shape]["vocab_size"], seed=i)
+        r = time_generate(llm, reqs)
+        rows.append((log.phase, r["elapsed_s"], r["output_tokens_per_s"]))
+    print_report(log, rows)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,18 @@ def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_pagedlm(engine_args: EngineArgs, requests, use_tqdm: bool = False, n: int = 1,
                 detokenize: bool = False) -> dict:
-    from pagedlm import LLM, SamplingParams
+    from pagedlm import LLM
 
     llm = LLM(**vars(engine_args))
+    result = time_generate(llm, requests, use_tqdm, n, detokenize)
+    del llm
+    return result
+
+
+def time_generate(llm, requests, use_tqdm: bool = False, n: int = 1, detokenize: bool = False) -> dict:
+    """One timed ``llm.generate`` over ``requests`` on an engine already started."""
+    from pagedlm import SamplingParams
+
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
     # Fixed output lengths (ignore_eos): the engine is measured, not where a sample happens to stop.
     params = [SamplingParams(n=n, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=r.output_len,
@@ -62,7 +71,6 @@ def run_pagedlm(engine_args: EngineArgs, requests, use_tqdm: bool = False, n: in
     num_out = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     num_in = sum(len(r.prompt_token_ids) for r in requests)
     stats = llm.llm_engine.get_stats()
-    del llm
     return summarize("pagedlm", len(requests), num_in, num_out, elapsed, preemptions=stats.num_preemptions_total)
 
 
