@@ -64,6 +64,11 @@ def print_report(log: CompileLog, rows: list[tuple[str, float, float | None]]) -
     for name, secs, tps in rows:
         c = log.compiles.get(name, [])
         print(f"| {name} | {secs:.1f} | {'' if tps is None else f'{tps:,.0f}'} | {len(c)} | {sum(s for _, s in c):.1f} |")
+    by_kernel: dict[str, list[float]] = collections.defaultdict(list)
+    for r, s in log.compiles.get("start-up", []):
+        by_kernel[r.partition("[")[0]].append(s)
+    print("  start-up: " + ", ".join(f"{k} {len(v)} ({sum(v):.1f} s)" for k, v in
+                                      sorted(by_kernel.items(), key=lambda kv: -sum(kv[1]))))
     for name, _, _ in rows[1:]:
         for r, s in log.compiles.get(name, []):
             print(f"  {name}: {s:.2f} s  {log.explain(r)}")

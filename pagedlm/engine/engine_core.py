@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pagedlm.config import EngineConfig
+from pagedlm.engine import warm_up
 from pagedlm.engine.batch_queue import BatchQueue
 from pagedlm.engine.messages import EngineCoreOutput, SchedulerOutput
 from pagedlm.engine.request import Request, RequestStatus
@@ -27,9 +28,26 @@ class EngineCore:
             self.executor.shutdown()
             raise
         self.structured_output = StructuredOutputManager.from_config(config)
+        self._start_scheduler(num_blocks)
+        try:
+            if warm_up.enabled(config):
+                warm_up.run(self, num_blocks)
+                self._start_scheduler(num_blocks, previous=self.scheduler)
+            self.executor.collective_rpc("ready")
+        except BaseException:
+            self.executor.shutdown()
+            raise
+
+    def _start_scheduler(self, num_blocks: int, previous: Scheduler | None = None) -> None:
+        """A fresh scheduler (and what keeps state beside it). After the warm-up the runners
+        still hold the warm-up requests' rows: the first real step tells them to drop them."""
+        config = self.config
         lora = config.lora_config
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks, self.structured_output,
                                    max_loras=lora.max_loras if lora is not None else None)
+        if previous is not None:
+            self.scheduler.finished_req_ids |= previous.finished_req_ids
+            self.scheduler.preempted_req_ids |= previous.preempted_req_ids
         self._inflight: SchedulerOutput | None = None  # launched, not yet collected (async scheduling)
         self.spec_logger = SpecDecodingLogger() if config.speculative_config is not None and config.log_stats else None
         # Pipeline parallelism: up to one batch per stage in flight (engine/batch_queue.py).

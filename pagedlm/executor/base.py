@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 # The Worker methods ``collective_rpc`` may call on every rank, whatever carries the call
 # (a worker process's pipe, a Ray actor): the engine's set-up and sleep calls, and the
 # introspection that benchmarks and tests ask for.
-WORKER_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "describe", "runtime_stats",
+WORKER_RPC_METHODS = ("determine_num_blocks", "initialize_kv_cache", "warm_up", "ready", "describe", "runtime_stats",
                       "time_step_collectives", "expert_layout", "sleep", "wake_up", "reload_weights")
 
 

@@ -178,10 +178,15 @@ class ModelRunner:
         return capture_sizes(self.config.scheduler_config.max_num_seqs) if chosen is None else list(chosen)
 
     def warm_up(self) -> None:
-        """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager);
-        then arm --calculate-kv-scales, so that the first real batch, not a warm-up one, sets
-        the fp8 cache's scales."""
+        """Capture the decode CUDA graphs once the KV cache exists (GPU, unless enforce_eager)."""
         self._capture_graphs()
+
+    def ready(self) -> None:
+        """Start-up is over (graphs captured, the engine's warm-up steps run: engine/warm_up.py).
+        Re-seed the sampling generator, so that the first requests draw the same numbers
+        whether or not warm-up steps sampled; arm --calculate-kv-scales, so that the first real
+        batch, not a warm-up one, sets the fp8 cache's scales."""
+        torch.manual_seed(self.config.model_config.seed)
         if self.config.cache_config.calculate_kv_scales:
             for attn in self.model.attention_layers():
                 attn.calculate_kv_scales = True

@@ -65,6 +65,9 @@ class Worker:
     def warm_up(self) -> None:
         self.runner.warm_up()
 
+    def ready(self) -> None:
+        self.runner.ready()
+
     def sleep(self, level: int = 1) -> None:
         self.runner.sleep(level)
         if self.config.device_config.device == "cuda":
