@@ -24,13 +24,9 @@ class EngineCore:
         self.executor = Executor.create(config)
         try:
             num_blocks = self.executor.initialize()
-        except BaseException:
-            self.executor.shutdown()
-            raise
-        self.structured_output = StructuredOutputManager.from_config(config)
-        self._start_scheduler(num_blocks)
-        try:
-            if warm_up.enabled(config):
+            self.structured_output = StructuredOutputManager.from_config(config)
+            self._start_scheduler(num_blocks)
+            if warm_up.enabled(config):  # engine/warm_up.py: a few requests through step(), then a fresh start
                 warm_up.run(self, num_blocks)
                 self._start_scheduler(num_blocks, previous=self.scheduler)
             self.executor.collective_rpc("ready")

@@ -13,7 +13,9 @@ from pagedlm.kernels import reference
 PROMPTS = [{"prompt_token_ids": [5, 17, 200, 33, 9, 41]}, {"prompt_token_ids": [300, 7, 7, 12]}]  # vocabulary 512
 
 
-def test_first_batch_sets_the_scales_once(llama_checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("warm_up", ["0", "1"])  # the start-up warm-up's requests write KV but set no scale
+def test_first_batch_sets_the_scales_once(llama_checkpoint, monkeypatch: pytest.MonkeyPatch, warm_up: str) -> None:
+    monkeypatch.setenv("PAGEDLM_WARM_UP", warm_up)
     writes = []
     write = reference.write_kv_cache
 
@@ -24,8 +26,9 @@ def test_first_batch_sets_the_scales_once(llama_checkpoint, monkeypatch: pytest.
     monkeypatch.setattr(reference, "write_kv_cache", recording_write)
     llm = LLM(llama_checkpoint, device="cpu", max_model_len=128, kv_cache_dtype="fp8", calculate_kv_scales=True)
     layers = llm.llm_engine.engine_core.runner.model.attention_layers()
-    assert writes == []  # nothing was armed by the start-up runs
-    assert all(layer.k_scale.item() == 1.0 for layer in layers)
+    assert bool(writes) == (warm_up == "1")  # the profile run writes no KV; the warm-up's requests do
+    assert all(layer.k_scale.item() == layer.v_scale.item() == 1.0 for layer in layers)  # nothing armed
+    writes.clear()
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     first = llm.generate(PROMPTS, params, use_tqdm=False)
     # The first step's writes, one per layer: the unfused path (rotate, then write) that run takes.
