@@ -92,9 +92,11 @@ def test_client_certificates_required(checkpoint: Path, tmp_path: Path) -> None:
             httpx.get(f"{srv.url}/v1/models", verify=ssl.create_default_context(cafile=str(cert)), timeout=10)
 
 
-@pytest.mark.parametrize("case", ["key without certificate", "missing file", "key of another certificate",
-                                  "client certificates without CAs"])
-def test_unusable_tls_files_are_refused_before_the_model_loads(tmp_path: Path, case: str) -> None:
+CASES = ["key without certificate", "missing file", "key of another certificate", "client certificates without CAs"]
+
+
+def _refusal(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    """(flags, the words of the error) of an unusable TLS setting."""
     cert, key = write_self_signed(tmp_path)
     other_dir = tmp_path / "other"
     other_dir.mkdir()
@@ -104,11 +106,29 @@ def test_unusable_tls_files_are_refused_before_the_model_loads(tmp_path: Path, c
              "key of another certificate": ["--ssl-certfile", str(cert), "--ssl-keyfile", str(other_key)],
              "client certificates without CAs": ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
                                                  "--ssl-cert-reqs", "2"]}[case]
-    # A model path that does not exist: the TLS files are checked before the model is looked at.
+    needle = {"key without certificate": "need --ssl-certfile",
+              "client certificates without CAs": "--ssl-cert-reqs needs --ssl-ca-certs"}.get(case, "cannot load the TLS")
+    return flags, needle
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unusable_tls_files_are_refused_by_the_flag_parser(tmp_path: Path, case: str) -> None:
+    from pagedlm.config import ConfigError
+    from pagedlm.entrypoints.cli import parse_serve_args
+    from pagedlm.entrypoints.server_args import ServerArgs
+
+    flags, needle = _refusal(tmp_path, case)
+    with pytest.raises(ConfigError) as exc:
+        ServerArgs.from_cli_args(parse_serve_args([str(tmp_path / "no-model"), *flags]), notices=False)
+    assert needle in str(exc.value)
+
+
+def test_unusable_tls_files_are_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """The whole command, once: one line on stderr, and a model path that does not exist is
+    never looked at (the TLS files are checked first)."""
+    flags, needle = _refusal(tmp_path, "key of another certificate")
     proc = subprocess.run([sys.executable, "-m", "pagedlm", "serve", str(tmp_path / "no-model"), *flags],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     err = proc.stderr.strip().splitlines()[-1]
-    needle = {"key without certificate": "need --ssl-certfile",
-              "client certificates without CAs": "--ssl-cert-reqs needs --ssl-ca-certs"}.get(case, "cannot load the TLS")
     assert needle in err, proc.stderr[-2000:]
