@@ -70,6 +70,21 @@ def test_batch_queue_on_one_rank_equals_one_batch_engine(checkpoint: str) -> Non
     assert_same(reference, outputs)
 
 
+def test_start_up_warm_up_under_pp2(checkpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up's requests (engine/warm_up.py) run through the batch queue of two stages;
+    then the core starts again from a fresh scheduler and batch queue: outputs as without it."""
+    reference = run_workload(LLM(checkpoint, **ENGINE_KWARGS))
+    monkeypatch.setenv("PAGEDLM_WARM_UP", "1")
+    llm = LLM(checkpoint, pipeline_parallel_size=2, **ENGINE_KWARGS)
+    core = llm.llm_engine.engine_core
+    try:
+        assert core.batch_queue.scheduler is core.scheduler and core.stats().num_steps_total == 0
+        assert core.scheduler.finished_req_ids  # the warm-up's last requests, for the workers to drop
+        assert_same(reference, run_workload(llm))
+    finally:
+        core.shutdown()
+
+
 def _start_up_log(start) -> tuple[object, str]:
     records: list[str] = []
     handler = logging.Handler()
