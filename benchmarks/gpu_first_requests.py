@@ -22,9 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
-
 from benchmarks.serve_vs_offline import start_server, wait_healthy
+from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
 
 
 def first_token_s(url: str, prompt: list[int], max_tokens: int) -> float:

@@ -68,13 +68,14 @@ class _Builder:
         self.vocab = config.model_config.vocab_size
         self.num_prompts = self.num_requests = 0
 
-    def _blocks(self, prompt_len: int) -> int:
+    def blocks(self, prompt_len: int) -> int:
+        """KV blocks one request of ``prompt_len`` prompt tokens may hold (with slack)."""
         return -(-(prompt_len + MAX_TOKENS + 1) // self.block_size) + 1
 
     def fit(self, num: int, prompt_len: int) -> tuple[int, int]:
         """(requests, prompt length) for a wave of ``num`` prompts of ``prompt_len`` tokens."""
         prompt_len = max(1, min(prompt_len, self.max_prompt))
-        num = min(num, self.max_seqs, self.num_blocks // self._blocks(prompt_len))
+        num = min(num, self.max_seqs, self.num_blocks // self.blocks(prompt_len))
         return num, prompt_len
 
     def prompt(self, length: int) -> list[int]:
@@ -107,7 +108,8 @@ def waves(config: EngineConfig, num_blocks: int) -> list[Wave]:
     if num:
         prompts = [build.prompt(length) for _ in range(num)]
         cached = max(0, length - 2) // build.block_size * build.block_size
-        num_late = 0 if length < 2 else max(0, min(3, num, build.max_seqs - num, build.num_blocks // build._blocks(length) - num))
+        room = min(build.max_seqs, build.num_blocks // build.blocks(length)) - num
+        num_late = max(0, min(3, num, room)) if length >= 2 else 0
         late = [build.request(prompts[i][:cached] + build.prompt(2), filtered) for i in range(num_late)]
         result.append(Wave([build.request(p, sampled) for p in prompts], late))
     # A batch of 16 (Triton's divisibility specialization), with penalties.
