@@ -13,40 +13,39 @@ did not run, land in these requests.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 from benchmarks.serve_vs_offline import start_server, wait_healthy
+from pagedlm.benchmarks.serve import send_request
 from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
 
 
+async def _send(url: str, prompts: list[list[int]], max_tokens: int) -> list[tuple[float, float]]:
+    """Streams the prompts at once (``pagedlm bench serve``'s request); [(TTFT s, latency s)]."""
+    async with httpx.AsyncClient(timeout=600) as client:
+        results = await asyncio.gather(*(send_request(
+            client, f"{url}/v1/completions", {"model": "bench", "prompt": prompt, "max_tokens": max_tokens,
+                                              "stream": True, "ignore_eos": True}, len(prompt)) for prompt in prompts))
+    failed = [r.error for r in results if not r.success]
+    if failed:
+        raise RuntimeError(f"requests failed: {failed[:3]}")
+    return [(r.ttft, r.latency) for r in results]
+
+
 def first_token_s(url: str, prompt: list[int], max_tokens: int) -> float:
-    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
-    t0 = time.perf_counter()
-    first = None
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if first is None and line.startswith("data: ") and line != "data: [DONE]":
-                first = time.perf_counter() - t0
-    return first
+    return asyncio.run(_send(url, [prompt], max_tokens))[0][0]
 
 
 def burst_s(url: str, prompts: list[list[int]], max_tokens: int) -> float:
-    def one(prompt: list[int]) -> None:
-        body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
-        httpx.post(f"{url}/v1/completions", json=body, timeout=600).raise_for_status()
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        list(pool.map(one, prompts))
-    return time.perf_counter() - t0
+    """The slowest request's latency."""
+    return max(latency for _, latency in asyncio.run(_send(url, prompts, max_tokens)))
 
 
 def main() -> None:
