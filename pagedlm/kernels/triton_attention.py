@@ -226,6 +226,22 @@ def _init_with_sinks(m_i, l_i, sinks_ptr, head, SPLIT: tl.constexpr):
     return m_init, l_init
 
 
+@triton.jit
+def _query_rows(query_ptr, q_start, q_block, q_len, kv_head, offs_d, d_valid, stride_qt, stride_qh,
+                QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """The program's rows: BLOCK_Q queries of the sequence times the QUERIES_PER_KV query heads
+    that share kv_head. Returns their queries [BLOCK_M, HEAD_PAD] and, per row, the query's index
+    within the sequence, its token, its head and whether the row is real."""
+    offs_m = tl.arange(0, BLOCK_M)
+    q_idx = q_block * BLOCK_Q + offs_m // QUERIES_PER_KV
+    head = kv_head * QUERIES_PER_KV + offs_m % QUERIES_PER_KV
+    row_valid = (q_idx < q_len) & (offs_m < BLOCK_Q * QUERIES_PER_KV)
+    token = (q_start + q_idx).to(tl.int64)
+    q = tl.load(query_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+    return q, q_idx, token, head, row_valid
+
+
 # num_seqs == 1 must not become a compile-time constant (the binary search re-assigns it).
 @triton.jit(do_not_specialize=["num_seqs", "tiles_per_segment", "num_segments"])
 def _paged_attention_kernel(
@@ -248,15 +264,10 @@ def _paged_attention_kernel(
     seq_len = tl.load(seq_lens_ptr + seq_idx).to(tl.int32)
     context_len = seq_len - q_len  # tokens cached before this step's queries
 
-    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_PAD)
     d_valid = offs_d < HEAD_DIM
-    q_idx = q_block * BLOCK_Q + offs_m // QUERIES_PER_KV  # query index within the sequence
-    head = kv_head * QUERIES_PER_KV + offs_m % QUERIES_PER_KV
-    row_valid = (q_idx < q_len) & (offs_m < BLOCK_Q * QUERIES_PER_KV)
-    token = (q_start + q_idx).to(tl.int64)
-    q = tl.load(query_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+    q, q_idx, token, head, row_valid = _query_rows(query_ptr, q_start, q_block, q_len, kv_head, offs_d, d_valid,
+                                                   stride_qt, stride_qh, QUERIES_PER_KV, BLOCK_M, BLOCK_Q)
     q_pos = context_len + q_idx  # absolute position of each row's query token
     if KV_FP8:
         # The cache holds K / k_scale: fold k_scale into the logit scale (q . k_fp8 is exact
