@@ -195,13 +195,15 @@ def _attend_tile(acc, m_i, l_i, q, q_pos, tile, kv_end, table_row, k_cache_ptr, 
 
 
 @triton.jit
-def _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr, part_max_ptr,
-                part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD: tl.constexpr,
+def _store_rows(acc, m_i, l_i, seq_idx, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr,
+                part_max_ptr, part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD: tl.constexpr,
                 SPLIT: tl.constexpr):
     """The program's rows: normalised into the output, or (SPLIT) this segment's unnormalised
-    sums with their running max and sum, for the combine kernel."""
+    sums with their running max and sum, for the combine kernel. Only decode launches split,
+    one query per sequence, so the partial sums are kept per sequence, not per token: a step
+    with a long prefill beside a few decodes needs no buffer the size of its tokens."""
     if SPLIT:
-        part = (token * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
+        part = (seq_idx.to(tl.int64) * num_q_heads + head) * num_segments + tl.program_id(2)  # [BLOCK_M]
         tl.store(part_max_ptr + part, m_i, mask=row_valid)
         tl.store(part_sum_ptr + part, l_i, mask=row_valid)
         tl.store(part_out_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
@@ -299,8 +301,8 @@ def _paged_attention_kernel(
                                      TILE_N, SLIDING_WINDOW, SOFTCAP, MASKED=True, EVEN_D=HEAD_PAD == HEAD_DIM)
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr)
-    _store_rows(acc, m_i, l_i, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr, part_max_ptr,
-                part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD, SPLIT)
+    _store_rows(acc, m_i, l_i, seq_idx, token, head, row_valid, offs_d, d_valid, out_ptr, part_out_ptr,
+                part_max_ptr, part_sum_ptr, num_q_heads, num_segments, stride_ot, stride_oh, HEAD_PAD, SPLIT)
 
 
 @triton.jit
@@ -320,7 +322,7 @@ def _combine_segments_kernel(
     offs_s = tl.arange(0, SEG_PAD)
     offs_d = tl.arange(0, HEAD_PAD)
     seg_valid = offs_s < num_segments
-    part = (q_start * num_q_heads + head) * num_segments + offs_s
+    part = (seq_idx.to(tl.int64) * num_q_heads + head) * num_segments + offs_s
     m = tl.load(part_max_ptr + part, mask=seg_valid, other=float("-inf"))
     l = tl.load(part_sum_ptr + part, mask=seg_valid, other=0.0)
     m_max = tl.max(m, axis=0)
@@ -429,8 +431,9 @@ def _launch(out, query, kv_cache, query_start_loc, seq_lens, block_tables, max_s
         num_segments = triton.cdiv(num_tiles, tiles_per_segment)
     split = num_segments > 1
     if split:
-        part_out = torch.empty((num_tokens, num_q_heads, num_segments, head_pad), dtype=torch.float32, device=query.device)
-        part_max = torch.empty((num_tokens, num_q_heads, num_segments), dtype=torch.float32, device=query.device)
+        # per sequence: a split launch has one query per sequence (decode rows only)
+        part_out = torch.empty((num_seqs, num_q_heads, num_segments, head_pad), dtype=torch.float32, device=query.device)
+        part_max = torch.empty((num_seqs, num_q_heads, num_segments), dtype=torch.float32, device=query.device)
         part_sum = torch.empty_like(part_max)
     else:
         part_out = part_max = part_sum = out  # unused

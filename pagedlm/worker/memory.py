@@ -78,15 +78,18 @@ def no_kv_num_blocks(config: EngineConfig) -> int:
     return config.scheduler_config.max_num_seqs * -(-config.scheduler_config.max_model_len // bs)
 
 
-def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], None]) -> int:
-    """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves."""
+def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], int]) -> int:
+    """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves.
+
+    profile_run returns the bytes of the scratch KV cache it held while it ran (freed when it
+    returns): the real cache takes that memory's place, so it is not counted as activations."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     free_before, total = torch.cuda.mem_get_info()
     used_before = total - free_before
-    profile_run()
+    scratch_kv = profile_run()
     torch.cuda.synchronize()
-    peak_activation = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+    peak_activation = max(0, torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated() - scratch_kv)
     torch.cuda.empty_cache()
     free_after, _ = torch.cuda.mem_get_info()
     used_now = total - free_after

@@ -127,8 +127,9 @@ class ModelRunner:
         memory.check_max_model_len_fits(self.config, num_blocks)
         return num_blocks
 
-    def _profile_run(self) -> None:
-        """A forward (and logits) at the largest step the scheduler can produce."""
+    def _profile_run(self) -> int:
+        """A forward (and logits) at the largest step the scheduler can produce, over a scratch
+        KV cache just large enough for it; returns that cache's bytes (freed on return)."""
         num_tokens = self.config.scheduler_config.max_num_batched_tokens
         input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
         positions = torch.arange(num_tokens, device=self.device) % self.config.model_config.max_model_len
@@ -154,9 +155,12 @@ class ModelRunner:
             # Pooling models have no LM head; a pipeline stage but the last has no logits.
             if self.pooler is None and not isinstance(hidden, IntermediateTensors):
                 self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
+        scratch = 0
         for attn in self.model.attention_layers():
+            scratch += attn.kv_cache.numel() * attn.kv_cache.element_size()
             attn.kv_cache = None
         del hidden
+        return scratch
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks

@@ -399,6 +399,32 @@ def test_prefill_rows_read_this_steps_keys(scenario, heads) -> None:
     assert_close(out, expected)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="measures CUDA allocations")
+def test_split_decodes_beside_a_prefill_keep_partials_per_sequence() -> None:
+    """A step with prefill work runs its decode rows in a launch that splits their contexts
+    into segments; the segments' partial sums are kept per sequence, not per token of the
+    step (per token, the engine's 16,384-token profile run held 16 GiB of them on an 8B
+    model, and the KV cache lost that much)."""
+    from pagedlm.kernels.triton_attention import default_config
+
+    q_lens, seq_lens = PREFILL_SCENARIOS["mixed"]
+    args, ref = make_paged_batch(q_lens, seq_lens, 32, 8, 128, 16, ATTN_DTYPE, seed=5)
+    query, kv, qsl, lens, tables, max_q, max_s, scale = args
+    assert default_config(len(q_lens), 32, 8, 128, 1, max_s, query.device, len(q_lens)).num_segments > 1
+    key, value = step_kv(kv, tables, q_lens, seq_lens, strided=False)
+    call = lambda: triton_ops.paged_attention(query, kv, qsl, lens, tables, max_q, max_s, scale,  # noqa: E731
+                                              key=key, value=value)
+    call()  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = call()
+    torch.cuda.synchronize()
+    scratch = torch.cuda.max_memory_allocated() - before - out.numel() * out.element_size()
+    assert scratch < query.shape[0] * 32 * 128 * 4  # less than one float32 row per token and head
+    assert_close(out, ref(None))
+
+
 @pytest.mark.parametrize("tile", [(128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
                          ids=lambda t: "M{}-N{}-w{}-s{}".format(*t))
 def test_prefill_kernel_tile_configs(tile) -> None:

@@ -44,3 +44,50 @@ def test_cpu_kv_cache_pages_are_resident_only_once_written():
     cache[:, :64] = 1.0  # 64 blocks: 4 MiB
     written = _resident_bytes()
     assert (4 << 20) <= written - allocated < 64 << 20
+
+
+class _FakeCudaMemory:
+    """torch.cuda's memory counters for a card of `total` bytes with `outside` bytes held
+    outside the caching allocator (the CUDA context, cuBLAS workspaces)."""
+
+    def __init__(self, total: int, outside: int) -> None:
+        self.total, self.outside, self.allocated, self.peak = total, outside, 0, 0
+
+    def alloc(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (self.total - self.outside - self.allocated, self.total))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: self.peak)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: setattr(self, "peak", self.allocated))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+def test_gpu_budget_counts_the_profile_runs_activations_but_not_its_scratch_kv(tmp_path, monkeypatch):
+    """The profile run's scratch KV cache is replaced by the real one: only what the forward
+    itself held at its peak comes off the KV budget."""
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine.arg_utils import EngineArgs
+    from pagedlm.worker import memory
+
+    config = EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu",
+                        gpu_memory_utilization=0.5).create_engine_config()
+    gib = 1 << 30
+    fake = _FakeCudaMemory(total=80 * gib, outside=gib)
+    fake.install(monkeypatch)
+    fake.alloc(10 * gib)  # the weights
+    scratch, activations = 3 * gib, 2 * gib
+
+    def profile_run() -> int:
+        fake.alloc(scratch)
+        fake.alloc(activations)
+        fake.alloc(-activations)
+        fake.alloc(-scratch)
+        return scratch
+
+    per_block = memory.kv_cache_bytes_per_block(config)
+    expect = (40 * gib - 11 * gib - activations) // per_block
+    assert memory.gpu_num_blocks(config, profile_run) == expect
