@@ -91,3 +91,20 @@ def test_gpu_budget_counts_the_profile_runs_activations_but_not_its_scratch_kv(t
     per_block = memory.kv_cache_bytes_per_block(config)
     expect = (40 * gib - 11 * gib - activations) // per_block
     assert memory.gpu_num_blocks(config, profile_run) == expect
+
+
+def test_profile_run_returns_the_bytes_of_its_scratch_kv_cache(tmp_path):
+    """The GPU start-up's profile forward (run here on CPU, where start-up skips it): a step of
+    max_num_batched_tokens tokens over a scratch cache of just enough blocks, which it frees and
+    reports, so the budget does not count it as activations."""
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine.arg_utils import EngineArgs
+    from pagedlm.worker import memory
+    from pagedlm.worker.model_runner import ModelRunner
+
+    config = EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu", max_model_len=96,
+                        max_num_batched_tokens=100, max_num_seqs=4).create_engine_config()
+    runner = ModelRunner(config)
+    blocks = -(-100 // config.cache_config.block_size)
+    assert runner._profile_run() == blocks * memory.kv_cache_bytes_per_block(config)
+    assert all(attn.kv_cache is None for attn in runner.model.attention_layers())
