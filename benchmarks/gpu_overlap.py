@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pagedlm.kernels.timing import replay_ms
 from pagedlm.kernels.triton_activation import silu_and_mul
 from pagedlm.kernels.triton_attention import default_config, paged_attention_with_config
 
@@ -136,19 +137,7 @@ def run_graph(fn, reps: int = 20) -> tuple[float, torch.cuda.CUDAGraph]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2], graph
+    return replay_ms(graph, reps), graph  # the graph holds the outputs the caller checks
 
 
 def main() -> int:
