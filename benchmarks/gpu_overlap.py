@@ -163,9 +163,8 @@ def main() -> int:
         ref_parts = [Part(layers, slice(0, batch), x0)]
         serial(layers, ref_parts)
         ref = ref_parts[0].x.float()
-        kv_bytes = sum(int(n) for n in layers.seq_lens.tolist()) * HKV * D * 2 * 2 * args.layers
-        flops = 2 * batch * sum(w.numel() for w in layers.w[0].values()) * args.layers
-        variants = [("serial", 1, None, 0), ("gemm only", 1, "gemm", 0), ("attn only", 1, "attn", 0), *[(f"split{k}", k, None, 0) for k in args.parts],
+        variants = [("serial", 1, None, 0), ("gemm only", 1, "gemm", 0), ("attn only", 1, "attn", 0),
+                    *[(f"split{k}", k, None, 0) for k in args.parts],
                     *[(f"overlap{k}", k, "overlap", 0) for k in args.parts],
                     *[(f"overlap{k}+c{c}", k, "overlap", c) for k in args.parts for c in args.carveouts]]
         for name, k, kind, carve in variants:
@@ -174,7 +173,7 @@ def main() -> int:
             x_in = [p.x.clone() for p in parts]
             side = torch.cuda.Stream()
 
-            def step(parts=parts, x_in=x_in, kind=kind, side=side):
+            def step(layers=layers, parts=parts, x_in=x_in, kind=kind, side=side):
                 for p, x in zip(parts, x_in):
                     p.x = x
                 if kind == "overlap":
@@ -185,16 +184,15 @@ def main() -> int:
             ms, graph = run_graph(step)
             out = torch.cat([p.x for p in parts]).float()
             err = ((out - ref).norm() / ref.norm()).item()
-            rows.append((batch, name, ms, err, flops, kv_bytes))
+            rows.append((batch, name, ms, err))
             del graph
             torch._C._set_sm_carveout_experimental(None)
         del layers
         torch.cuda.empty_cache()
-    # GEMM-only and attention-only at batch, for the ideal overlap bound.
     print("\n| batch | schedule | ms for the layers | µs a layer | × serial | rel err vs serial |")
     print("|---|---|---|---|---|---|")
     base = {}
-    for batch, name, ms, err, flops, kv_bytes in rows:
+    for batch, name, ms, err in rows:
         base.setdefault(batch, ms)
         print(f"| {batch} | {name} | {ms:.3f} | {ms * 1e3 / args.layers:.1f} | {ms / base[batch]:.3f} | {err:.1e} |")
     return 0
