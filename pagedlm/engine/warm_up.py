@@ -108,8 +108,7 @@ def waves(config: EngineConfig, num_blocks: int) -> list[Wave]:
     if num:
         prompts = [build.prompt(length) for _ in range(num)]
         cached = max(0, length - 2) // build.block_size * build.block_size
-        room = min(build.max_seqs, build.num_blocks // build.blocks(length)) - num
-        num_late = max(0, min(3, num, room)) if length >= 2 else 0
+        num_late = max(0, min(num, build.fit(num + 3, length)[0] - num)) if length >= 2 else 0  # up to 3 more
         late = [build.request(prompts[i][:cached] + build.prompt(2), filtered) for i in range(num_late)]
         result.append(Wave([build.request(p, sampled) for p in prompts], late))
     # A batch of 16 (Triton's divisibility specialization), with penalties.
