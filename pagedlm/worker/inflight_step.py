@@ -87,3 +87,12 @@ class InflightStep:
 def logprobs_lists(t: LogprobsTensors, k: int) -> LogprobsLists:
     top_ranks = None if t.top_ranks is None else t.top_ranks[:, :k].tolist()
     return LogprobsLists(t.token_ids[:, : k + 1].tolist(), t.logprobs[:, : k + 1].tolist(), t.ranks.tolist(), top_ranks)
+
+
+def concat_logprobs_lists(parts: list[LogprobsLists]) -> LogprobsLists:
+    """The rows of ``parts`` in order, as one LogprobsLists (prompt logprobs computed in slices)."""
+    if len(parts) == 1:
+        return parts[0]
+    top_ranks = None if parts[0].top_ranks is None else [r for p in parts for r in p.top_ranks]
+    return LogprobsLists([r for p in parts for r in p.token_ids], [r for p in parts for r in p.logprobs],
+                         [r for p in parts for r in p.ranks], top_ranks)

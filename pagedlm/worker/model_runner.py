@@ -22,6 +22,7 @@ from pagedlm.sample.custom_logits import build_custom_logits
 from pagedlm.sample.logprobs import compute_logprobs, gather_logprobs, pinned_copy
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
+from pagedlm.sampling_params import SamplingParams
 from pagedlm.structured_output.apply import apply_grammar_bitmask
 from pagedlm.worker import memory, step_extras
 from pagedlm.worker.distributed import (
@@ -34,7 +35,7 @@ from pagedlm.worker.distributed import (
 )
 from pagedlm.worker.cuda_graphs import CUDAGraphRunner, capture_sizes
 from pagedlm.worker.graph_sampling import GraphSampler
-from pagedlm.worker.inflight_step import InflightStep, logprobs_lists
+from pagedlm.worker.inflight_step import InflightStep, concat_logprobs_lists, logprobs_lists
 from pagedlm.worker.input_batch import CachedRequestState, StepInputs, build_step_inputs
 from pagedlm.worker.persistent_batch import PersistentBatch
 from pagedlm.worker.step_buffers import StepBuffers
@@ -151,16 +152,45 @@ class ModelRunner:
             if not is_first_pp_rank():  # stand-in for what the previous stage would send
                 zeros = torch.zeros(num_tokens, hidden_size, dtype=dtype, device=self.device)
                 intermediate = IntermediateTensors(zeros, zeros.clone())
+            # The persistent batch's penalty state, allocated at run time by the first request
+            # with a penalty, lives beside every later step's activations.
+            penalty_state = self._penalty_state_like(self.config.scheduler_config.max_num_seqs)
             hidden = self._call_model(input_ids, positions, intermediate)
             # Pooling models have no LM head; a pipeline stage but the last has no logits.
             if self.pooler is None and not isinstance(hidden, IntermediateTensors):
-                self.model.compute_logits(hidden[-min(num_tokens, self.config.scheduler_config.max_num_seqs):])
+                self._profile_sampling(hidden, penalty_state)
+            del penalty_state
         scratch = 0
         for attn in self.model.attention_layers():
             scratch += attn.kv_cache.numel() * attn.kv_cache.element_size()
             attn.kv_cache = None
         del hidden
         return scratch
+
+    def _penalty_state_like(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros shaped as ``PersistentBatch``'s output counts and prompt mask for ``rows`` rows."""
+        return (torch.zeros(rows, self.vocab_size, dtype=torch.int32, device=self.device),
+                torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=self.device))
+
+    def _profile_sampling(self, hidden: torch.Tensor, penalty_state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The logits and the costliest sampling a step can run, at the most rows a step
+        samples (vLLM's dummy sampler run): every processor that holds [rows, vocab] tensors
+        (penalties, min-p, the top-k / top-p sort) and --max-logprobs logprobs per row. At 1,024
+        rows of a 128k vocabulary each such float32 tensor is 0.5 GiB."""
+        sched = self.config.scheduler_config
+        spec = self.config.speculative_config
+        rows = min(hidden.shape[0], sched.max_num_seqs * (1 + (spec.num_speculative_tokens if spec else 0)))
+        logits = self.model.compute_logits(hidden[-rows:])
+        max_logprobs = self.config.model_config.max_logprobs
+        params = SamplingParams(
+            temperature=0.5, top_p=0.9, top_k=max(1, self.vocab_size - 1), min_p=0.01, presence_penalty=0.1,
+            frequency_penalty=0.1, repetition_penalty=1.1,
+            logprobs=self.vocab_size if max_logprobs < 0 else min(max_logprobs, self.vocab_size))
+        index = torch.arange(rows, device=self.device) % penalty_state[0].shape[0]
+        metadata = build_sampling_metadata(
+            [params] * rows, [[]] * rows, [[]] * rows, [None] * rows, self.vocab_size, self.device,
+            (penalty_state[0].index_select(0, index), penalty_state[1].index_select(0, index)))
+        self.sampler(logits, metadata)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
@@ -554,14 +584,22 @@ class ModelRunner:
             output.pooler_output[state.req_id] = result
 
     def _prompt_logprobs(self, hidden: torch.Tensor, inputs: StepInputs, output: ModelRunnerOutput) -> None:
+        """A chunk's prompt logprobs, max_num_seqs rows at a time: the [rows, vocab] logits and
+        logprobs of a whole chunk (up to max_num_batched_tokens rows: 16 GiB at 16,384 rows of a
+        128k vocabulary) would outgrow what the start-up profile reserved, whose sampling pass
+        covers max_num_seqs rows (``_profile_sampling``)."""
+        rows = self.config.scheduler_config.max_num_seqs
         for i, (first, count, target_pos) in inputs.prompt_logprob_spans.items():
             state = self.requests[inputs.req_ids[i]]
             k = state.sampling_params.prompt_logprobs
-            logits = self.model.compute_logits(hidden[first : first + count])
             targets = torch.tensor(state.token_ids[target_pos : target_pos + count], device=self.device)
-            # Always raw logprobs, whatever --logprobs-mode says: vLLM's runner does the same.
-            tensors = gather_logprobs(compute_logprobs(logits.float()), targets, k).to_cpu()
-            output.prompt_logprobs[state.req_id] = logprobs_lists(tensors, k)
+            parts = []
+            for lo in range(0, count, rows):
+                logits = self.model.compute_logits(hidden[first + lo : first + min(count, lo + rows)])
+                # Always raw logprobs, whatever --logprobs-mode says: vLLM's runner does the same.
+                tensors = gather_logprobs(compute_logprobs(logits.float()), targets[lo : lo + rows], k).to_cpu()
+                parts.append(logprobs_lists(tensors, k))
+            output.prompt_logprobs[state.req_id] = concat_logprobs_lists(parts)
 
 
 def _append_missing_tokens(state: CachedRequestState, new_token_ids: list[int], num_tokens: int) -> list[int]:

@@ -135,6 +135,33 @@ def test_parity_under_preemption(llama_ref, async_scheduling):
     assert stats.num_free_blocks == stats.num_total_blocks
 
 
+def test_prompt_logprobs_come_in_slices_of_max_num_seqs_rows(llama_ref, monkeypatch):
+    """A chunk's prompt logprobs are computed max_num_seqs rows at a time (the [rows, vocab]
+    logits of a whole 16k-token chunk would outgrow the start-up profile's reservation), with
+    the same values as the forward."""
+    from transformers import AutoModelForCausalLM
+
+    from pagedlm.layers.embedding import ParallelLMHead
+
+    path, prompts, _ = llama_ref
+    prompt = prompts[4]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt])).logits[0].log_softmax(-1)
+    rows = []
+    original = ParallelLMHead.compute_logits
+    monkeypatch.setattr(ParallelLMHead, "compute_logits", lambda self, h: rows.append(h.shape[0]) or original(self, h))
+    llm = LLM(path, max_model_len=128, block_size=4, max_num_batched_tokens=16, max_num_seqs=3, device="cpu")
+    out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(max_tokens=1, prompt_logprobs=2), use_tqdm=False)[0]
+    assert len(prompt) > 16 and max(rows) == 3
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+    for pos in range(1, len(prompt)):
+        entry = out.prompt_logprobs[pos]
+        assert abs(entry[prompt[pos]].logprob - ref[pos - 1, prompt[pos]].item()) < 1e-4
+        assert entry[prompt[pos]].rank == int((ref[pos - 1] >= ref[pos - 1, prompt[pos]]).sum())
+        assert set(torch.topk(ref[pos - 1], 2).indices.tolist()) <= set(entry)
+
+
 def test_prompt_logprobs_match_forward(llama_ref):
     from transformers import AutoModelForCausalLM
 

@@ -108,3 +108,38 @@ def test_profile_run_returns_the_bytes_of_its_scratch_kv_cache(tmp_path):
     blocks = -(-100 // config.cache_config.block_size)
     assert runner._profile_run() == blocks * memory.kv_cache_bytes_per_block(config)
     assert all(attn.kv_cache is None for attn in runner.model.attention_layers())
+
+
+@pytest.mark.parametrize("max_logprobs, expected_k", [(5, 5), (-1, "vocab")])
+def test_profile_run_samples_max_num_seqs_rows_through_every_costly_processor(tmp_path, monkeypatch, max_logprobs,
+                                                                              expected_k):
+    """The profile's peak covers sampling (vLLM's dummy sampler run): max_num_seqs rows of
+    logits through penalties over the persistent batch's [rows, vocab] state, min-p, the
+    top-k / top-p sort, and --max-logprobs logprobs (-1: the whole vocabulary)."""
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine.arg_utils import EngineArgs
+    from pagedlm.sample.sampler import Sampler
+    from pagedlm.worker.model_runner import ModelRunner
+
+    config = EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu", max_model_len=96,
+                        max_num_batched_tokens=100, max_num_seqs=6,
+                        max_logprobs=max_logprobs).create_engine_config()
+    runner = ModelRunner(config)
+    seen = []
+    original = Sampler.__call__
+
+    def spy(self, logits, metadata):
+        out = original(self, logits, metadata)
+        seen.append((logits.shape, metadata, out))
+        return out
+
+    monkeypatch.setattr(Sampler, "__call__", spy)
+    runner._profile_run()
+    (shape, md, out), = seen
+    vocab = runner.vocab_size
+    assert shape == (6, vocab)
+    assert not md.all_greedy and md.filter_rows is None and md.top_k is not None and md.top_p is not None
+    assert md.min_p is not None and md.penalties is not None
+    assert md.penalties.output_counts.shape == md.penalties.prompt_mask.shape == (6, vocab)
+    k = vocab if expected_k == "vocab" else expected_k
+    assert md.max_num_logprobs == k and out.logprobs.token_ids.shape == (6, k + 1)
