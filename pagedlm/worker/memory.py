@@ -78,11 +78,27 @@ def no_kv_num_blocks(config: EngineConfig) -> int:
     return config.scheduler_config.max_num_seqs * -(-config.scheduler_config.max_model_len // bs)
 
 
-def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], int]) -> int:
-    """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves.
+GRAPH_MEMORY_ENV_VARS = ("PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS", "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS")
+
+
+def estimate_graph_memory() -> bool:
+    """Whether the KV cache budget leaves room for the CUDA graphs (on unless one of
+    GRAPH_MEMORY_ENV_VARS is 0, as in vLLM since its v0.21)."""
+    values = [os.environ[v] for v in GRAPH_MEMORY_ENV_VARS if os.environ.get(v, "") != ""]
+    for value in values:
+        if value not in ("0", "1"):
+            raise ConfigError(f"{'/'.join(GRAPH_MEMORY_ENV_VARS)} must be 0 or 1, not {value!r}")
+    return "0" not in values
+
+
+def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], int],
+                   graph_memory: Callable[[], int] = lambda: 0) -> int:
+    """Run the worst-case forward, then give the KV cache what gpu_memory_utilization leaves
+    after it and after the CUDA graphs.
 
     profile_run returns the bytes of the scratch KV cache it held while it ran (freed when it
-    returns): the real cache takes that memory's place, so it is not counted as activations."""
+    returns): the real cache takes that memory's place, so it is not counted as activations.
+    graph_memory returns the bytes the CUDA graphs captured after the KV cache will hold."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     free_before, total = torch.cuda.mem_get_info()
@@ -93,15 +109,16 @@ def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], int]) -> int:
     torch.cuda.empty_cache()
     free_after, _ = torch.cuda.mem_get_info()
     used_now = total - free_after
-    budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation
+    graphs = graph_memory() if config.cache_config.kv_cache_memory_bytes is None else 0
+    budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation - graphs
     if config.cache_config.kv_cache_memory_bytes is not None:  # the user sized it: no guessing
         budget = config.cache_config.kv_cache_memory_bytes
     per_block = kv_cache_bytes_per_block(config)
     num_blocks = int(budget // per_block)
     logger.info(
         "GPU memory: total %.2f GiB, in use %.2f GiB (before profiling %.2f), peak activations %.2f GiB, "
-        "KV cache budget %.2f GiB", total / 2**30, used_now / 2**30, used_before / 2**30,
-        peak_activation / 2**30, max(budget, 0) / 2**30,
+        "CUDA graphs %.2f GiB, KV cache budget %.2f GiB", total / 2**30, used_now / 2**30, used_before / 2**30,
+        peak_activation / 2**30, graphs / 2**30, max(budget, 0) / 2**30,
     )
     if num_blocks < 1:
         raise ConfigError(

@@ -120,7 +120,7 @@ class ModelRunner:
         elif not self.model.attention_layers():
             num_blocks = memory.no_kv_num_blocks(self.config)
         elif self.device.type == "cuda":
-            num_blocks = memory.gpu_num_blocks(self.config, self._profile_run)
+            num_blocks = memory.gpu_num_blocks(self.config, self._profile_run, self._graph_memory)
         else:
             num_blocks = memory.cpu_num_blocks(self.config)
         if self.spec is not None and override is None:  # the draft's cache shares the budget
@@ -225,26 +225,71 @@ class ModelRunner:
             for attn in self.model.attention_layers():
                 attn.calculate_kv_scales = True
 
-    def _capture_graphs(self) -> None:
+    def _graph_sizes(self) -> list[int]:
+        """The decode graph sizes this runner captures; empty: it runs every step eagerly."""
+        sizes = self.decode_graph_sizes()
         # Pooling runs whole prompts only: decode graphs would never replay. Pipeline stages
-        # exchange tensors between graph replays; those steps run eagerly.
-        sched, sizes = self.config.scheduler_config, self.decode_graph_sizes()
-        # A model may run eagerly only (the transformers backend: its forward is transformers' code).
+        # exchange tensors between graph replays; those steps run eagerly. A model may run
+        # eagerly only (the transformers backend: its forward is transformers' code).
         if self.device.type == "cuda" and not self.config.device_config.enforce_eager and sizes and self.pooler is None \
                 and get_parallel_state().pp_size == 1 and (self.spec is None or self.spec.allows_target_graphs) \
                 and getattr(self.model, "supports_cuda_graphs", True):
+            return sizes
+        return []
+
+    def _samples_in_graphs(self) -> bool:
+        # Sampled ids are broadcast under TP (eager there). Speculation samples through
+        # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
+        # Custom logits processors run in the eager Sampler only.
+        return get_parallel_state().world_size == 1 and self.custom_logits is None
+
+    def _capture_graphs(self) -> None:
+        sched, sizes = self.config.scheduler_config, self._graph_sizes()
+        if sizes:
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sizes, sched.max_model_len)
             self.graph_runner.capture()
             if self.spec is not None:
                 self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)
                 self.spec.capture_proposer_graphs()  # a draft model's, after the target's it mirrors
-            # Sampled ids are broadcast under TP (eager there). Speculation samples through
-            # these graphs in decode steps without drafts (e.g. paused by disable_by_batch_size).
-            # Custom logits processors run in the eager Sampler only.
-            if get_parallel_state().world_size == 1 and self.custom_logits is None:
+            if self._samples_in_graphs():
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
+
+    def _graph_memory(self) -> int:
+        """What the decode CUDA graphs will hold, in bytes, measured before the KV cache is
+        sized (they are captured after it, over its addresses): the largest graph and its
+        sampling graph captured over a one-block scratch cache, then dropped, plus the output
+        that every smaller graph keeps (the graphs share one pool, captured largest first, so
+        the smaller ones reuse the largest one's scratch). vLLM's CUDA-graph memory profiling;
+        ``PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0`` (or the ``VLLM_`` name) leaves it out."""
+        sizes = self._graph_sizes()
+        if not sizes or not memory.estimate_graph_memory():
+            return 0
+        sched, largest = self.config.scheduler_config, max(sizes)
+        dtype = memory.kv_cache_dtype(self.config)
+        for attn in self.model.attention_layers():
+            attn.kv_cache = torch.zeros(2, 1, self.block_size, attn.num_kv_heads, attn.head_dim, dtype=dtype,
+                                        device=self.device)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free_before = torch.cuda.mem_get_info()[0]
+        runner = CUDAGraphRunner(self.model, self.buffers, [largest], sched.max_model_len)
+        runner.capture()
+        sampler = None
+        if self._samples_in_graphs():
+            sampler = GraphSampler(self.model, runner.outputs, runner.pool, sched.max_num_seqs, self.device)
+            sampler.capture()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the warm-up forwards' eager scratch is not the graphs'
+        measured = free_before - torch.cuda.mem_get_info()[0]
+        del runner, sampler
+        for attn in self.model.attention_layers():
+            attn.kv_cache = None
+        torch.cuda.empty_cache()
+        hidden = self.config.model_config.hf_config.hidden_size
+        outputs = sum(s for s in sizes if s != largest) * hidden * self.config.model_config.torch_dtype.itemsize
+        return max(0, measured) + outputs
 
     # ---- sleep mode (vLLM's LLM.sleep / wake_up) ---------------------------------------
     # The decode CUDA graphs hold the addresses of the weights and of the KV cache; both move

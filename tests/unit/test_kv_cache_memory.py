@@ -91,6 +91,29 @@ def test_gpu_budget_counts_the_profile_runs_activations_but_not_its_scratch_kv(t
     per_block = memory.kv_cache_bytes_per_block(config)
     expect = (40 * gib - 11 * gib - activations) // per_block
     assert memory.gpu_num_blocks(config, profile_run) == expect
+    # The CUDA graphs, captured after the KV cache, come off its budget too.
+    graphs = gib // 2
+    assert memory.gpu_num_blocks(config, profile_run, lambda: graphs) == (40 * gib - 11 * gib - activations
+                                                                          - graphs) // per_block
+
+
+@pytest.mark.parametrize("env, expected", [({}, True), ({"PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "0"}, False),
+                                           ({"VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "0"}, False),
+                                           ({"VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "1"}, True),
+                                           ({"PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS": "yes"}, None)])
+def test_graph_memory_estimate_switch(monkeypatch, env, expected):
+    from pagedlm.config import ConfigError
+    from pagedlm.worker import memory
+
+    for name in memory.GRAPH_MEMORY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if expected is None:
+        with pytest.raises(ConfigError, match="must be 0 or 1"):
+            memory.estimate_graph_memory()
+    else:
+        assert memory.estimate_graph_memory() is expected
 
 
 def test_profile_run_returns_the_bytes_of_its_scratch_kv_cache(tmp_path):
