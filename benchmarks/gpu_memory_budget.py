@@ -37,7 +37,9 @@ def used() -> int:
 
 def run_phase(name: str, fn, outside: int, total: int, target: float) -> dict:
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # each phase's own peak, not what the last one left cached
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     start = time.perf_counter()
     try:
         fn()
@@ -49,9 +51,10 @@ def run_phase(name: str, fn, outside: int, total: int, target: float) -> dict:
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_reserved() + outside
     row = {"phase": name, "status": status, "seconds": time.perf_counter() - start,
-           "peak_gib": peak / 2**30, "peak_fraction": peak / total, "target": target}
-    print(f"| {name} | {status} | {row['seconds']:.1f} | {row['peak_gib']:.2f} | {row['peak_fraction']:.3f} "
-          f"| {target} |", flush=True)
+           "peak_gib": peak / 2**30, "peak_fraction": peak / total, "target": target,
+           "allocated_gib": (torch.cuda.max_memory_allocated() - base) / 2**30}
+    print(f"| {name} | {status} | {row['seconds']:.1f} | {row['allocated_gib']:.2f} | {row['peak_gib']:.2f} "
+          f"| {row['peak_fraction']:.3f} | {target} |", flush=True)
     return row
 
 
@@ -87,7 +90,8 @@ def main() -> None:
                            frequency_penalty=0.1, repetition_penalty=1.1, logprobs=20, max_tokens=args.output_len,
                            ignore_eos=True, detokenize=False)
     long = SamplingParams(max_tokens=1, prompt_logprobs=5, detokenize=False)
-    print("| phase | status | s | peak GiB | peak / total | gpu_memory_utilization |\n|---|---|---|---|---|---|")
+    print("| phase | status | s | allocated above the start, peak GiB | card's peak GiB (reserved + outside torch) "
+          "| peak / total | gpu_memory_utilization |\n|---|---|---|---|---|---|---|")
     run_phase("sampling", lambda: llm.generate([prompt(args.prompt_len) for _ in range(sched.max_num_seqs)], heavy,
                                                use_tqdm=False), outside, total, args.gpu_memory_utilization)
     run_phase("prompt-logprobs", lambda: llm.generate([prompt(args.long_prompt)], long, use_tqdm=False), outside,

@@ -30,8 +30,7 @@ WAYS = ("tuner", "plain", "copies", "between")
 
 
 def _plain_decode_ms(fn) -> float:
-    buf = timing._flush_buffers.setdefault(torch.device("cuda", torch.cuda.current_device()),
-                                           torch.empty(timing._FLUSH_BYTES, dtype=torch.int8, device="cuda"))
+    buf = timing.flush_buffer(torch.device("cuda", torch.cuda.current_device()))
     both = timing._graph_ms(lambda: (buf.zero_(), fn()))
     flush = timing._graph_ms(lambda: buf.zero_())
     return max(both - flush, 0.0) / timing._CALLS

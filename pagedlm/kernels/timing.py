@@ -15,7 +15,6 @@ import torch
 
 _FLUSH_BYTES = 256 << 20  # more than any GPU's L2
 _CALLS = 8  # calls per graph replay
-_flush_buffers: dict[torch.device, torch.Tensor] = {}
 
 
 def _graph_ms(body: Callable[[], object]) -> float:
@@ -62,14 +61,22 @@ def _flush(buf: torch.Tensor) -> None:
     pdl.zero_(buf.view(torch.int32))
 
 
+def flush_buffer(device: torch.device) -> torch.Tensor:
+    """A buffer larger than any GPU's L2, for ``_flush``."""
+    return torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=device)
+
+
 def decode_time_ms(fn: Callable[[], object], device: torch.device) -> float:
     """Device time of one ``fn()`` the way a decode step runs it: replayed from a CUDA graph
     (an eager timing of a short kernel mostly measures the host's launch, Triton's above
     all), with L2 flushed before every call (a step's weights are not in L2; ``_flush``):
-    graph(flush, fn) minus graph(flush)."""
-    if device not in _flush_buffers:
-        _flush_buffers[device] = torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=device)
-    buf = _flush_buffers[device]
+    graph(flush, fn) minus graph(flush).
+
+    The flush buffer is made per call (the caching allocator serves the next one from the
+    same block): kept in a module dict it held 256 MiB of the card for good once a tuner had
+    run, after the KV cache was sized (a tuner runs at the first use of a shape, e.g. in the
+    decode graphs' capture)."""
+    buf = flush_buffer(device)
     both = _graph_ms(lambda: (_flush(buf), fn()))
     flush = _graph_ms(lambda: _flush(buf))
     return max(both - flush, 0.0) / _CALLS

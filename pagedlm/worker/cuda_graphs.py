@@ -37,9 +37,10 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, meta,
-                    pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+                    pool, out: torch.Tensor | None = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Two warm-up forwards (Triton compiles, cuBLAS picks its kernels), then one forward
-    captured into a new graph in ``pool``: (graph, its output tensor)."""
+    captured into a new graph in ``pool``: (graph, its output tensor). ``out``: a buffer of at
+    least as many rows that the graph copies its output into (and returns a view of)."""
     with set_forward_context(meta):
         for _ in range(2):
             model(input_ids, positions)
@@ -47,6 +48,8 @@ def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
             output = model(input_ids, positions)
+            if out is not None:
+                output = out[: output.shape[0]].copy_(output)
     return graph, output
 
 
@@ -58,6 +61,10 @@ class CUDAGraphRunner:
         # Kernels size their grids by max_seq_len, so graphs are captured for the longest context.
         self.max_seq_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # Every graph's output is a view of one buffer of the largest graph's rows, so the pool
+        # keeps no output per graph: those interleave with the freed scratch and split it, and
+        # the memory the graphs take would grow past what start-up measures by capturing the
+        # largest one alone (ModelRunner._graph_memory).
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
 
@@ -82,10 +89,14 @@ class CUDAGraphRunner:
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
+        out = None
         for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
             self._dummy_step(size)
             input_ids, positions, meta = self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
-            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool)
+            if out is None:  # outside the pool: shaped like the largest graph's output
+                with set_forward_context(meta):
+                    out = torch.empty_like(self.model(input_ids, positions))
+            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool, out)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph

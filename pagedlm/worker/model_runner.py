@@ -49,6 +49,7 @@ class ModelRunner:
         self.device = torch.device(config.device_config.device)
         self.block_size = config.cache_config.block_size
         ops.use_backend("triton" if self.device.type == "cuda" else "torch")
+        memory.use_expandable_segments(self.device)  # before the weights take their memory
         torch.manual_seed(config.model_config.seed)
         self.model = load_model(config.model_config, self.device.type)
         self.vocab_size = config.model_config.vocab_size
@@ -259,9 +260,9 @@ class ModelRunner:
     def _graph_memory(self) -> int:
         """What the decode CUDA graphs will hold, in bytes, measured before the KV cache is
         sized (they are captured after it, over its addresses): the largest graph and its
-        sampling graph captured over a one-block scratch cache, then dropped, plus the output
-        that every smaller graph keeps (the graphs share one pool, captured largest first, so
-        the smaller ones reuse the largest one's scratch). vLLM's CUDA-graph memory profiling;
+        sampling graph captured over a one-block scratch cache, then dropped. The graphs share
+        one pool, captured largest first, and write their outputs into one buffer, so the
+        smaller ones live in the largest one's scratch. vLLM's CUDA-graph memory profiling;
         ``PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0`` (or the ``VLLM_`` name) leaves it out."""
         sizes = self._graph_sizes()
         if not sizes or not memory.estimate_graph_memory():
@@ -287,9 +288,7 @@ class ModelRunner:
         for attn in self.model.attention_layers():
             attn.kv_cache = None
         torch.cuda.empty_cache()
-        hidden = self.config.model_config.hf_config.hidden_size
-        outputs = sum(s for s in sizes if s != largest) * hidden * self.config.model_config.torch_dtype.itemsize
-        return max(0, measured) + outputs
+        return max(0, measured)
 
     # ---- sleep mode (vLLM's LLM.sleep / wake_up) ---------------------------------------
     # The decode CUDA graphs hold the addresses of the weights and of the KV cache; both move

@@ -166,3 +166,19 @@ def test_profile_run_samples_max_num_seqs_rows_through_every_costly_processor(tm
     assert md.penalties.output_counts.shape == md.penalties.prompt_mask.shape == (6, vocab)
     k = vocab if expected_k == "vocab" else expected_k
     assert md.max_num_logprobs == k and out.logprobs.token_ids.shape == (6, k + 1)
+
+
+@pytest.mark.parametrize("device, env, expected", [("cuda", {}, True), ("cpu", {}, False),
+                                                   ("cuda", {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, False),
+                                                   ("cuda", {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}, False)])
+def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch, device, env, expected):
+    from pagedlm.worker import memory
+
+    for name in memory.ALLOC_CONF_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
+    assert memory.use_expandable_segments(torch.device(device)) is expected
+    assert calls == (["expandable_segments:True"] if expected else [])
