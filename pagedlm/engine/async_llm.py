@@ -147,9 +147,13 @@ def merge_deltas(outputs: list[RequestOutput]) -> RequestOutput:
 
 class AsyncLLM:
     def __init__(self, engine_args: EngineArgs, stat_logger: StatLogger | None = None,
-                 data_parallel_size: int = 1, cores: CoreAddresses | None = None, client_index: int = 0) -> None:
-        """Starts ``data_parallel_size`` engine cores, or joins running ones (``cores``, as API
-        server ``client_index`` of several: see entrypoints/openai/api_server_pool.py)."""
+                 data_parallel_size: int | None = None, cores: CoreAddresses | None = None,
+                 client_index: int = 0) -> None:
+        """Starts ``data_parallel_size`` engine cores (None: ``engine_args.data_parallel_size``),
+        or joins running ones (``cores``, as API server ``client_index`` of several: see
+        entrypoints/openai/api_server_pool.py)."""
+        if data_parallel_size is None:
+            data_parallel_size = engine_args.data_parallel_size
         if data_parallel_size < 1:
             raise ValueError(f"data_parallel_size must be at least 1, got {data_parallel_size}")
         self.config = engine_args.create_engine_config()  # a bad setting fails here, before any process
@@ -178,7 +182,7 @@ class AsyncLLM:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, stat_logger: StatLogger | None = None,
-                         data_parallel_size: int = 1, cores: CoreAddresses | None = None,
+                         data_parallel_size: int | None = None, cores: CoreAddresses | None = None,
                          client_index: int = 0) -> "AsyncLLM":
         return cls(args, stat_logger, data_parallel_size, cores, client_index)
 

@@ -34,7 +34,11 @@ class EngineStats(SchedulerStats):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, engine_args: EngineArgs | None = None,
-                 multiprocess: bool = False, data_parallel_size: int = 1) -> None:
+                 multiprocess: bool = False, data_parallel_size: int | None = None) -> None:
+        """``data_parallel_size``: engine cores to start (None: ``engine_args.data_parallel_size``,
+        else 1)."""
+        if data_parallel_size is None:
+            data_parallel_size = engine_args.data_parallel_size if engine_args is not None else 1
         self.config = config
         self.model_config = config.model_config
         logger.info("Initialising engine: %s", dump_config(config))
@@ -59,7 +63,7 @@ class LLMEngine:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False,
-                         data_parallel_size: int = 1) -> "LLMEngine":
+                         data_parallel_size: int | None = None) -> "LLMEngine":
         return cls(args.create_engine_config(), args, multiprocess, data_parallel_size)
 
     @property

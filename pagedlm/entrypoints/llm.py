@@ -54,8 +54,7 @@ class LLM:
         engine_args = EngineArgs(model=model, **kwargs)
         engine_args.log_notices()
         multiprocess = os.environ.get(MULTIPROCESSING_ENV, "0") == "1"
-        self.llm_engine = LLMEngine.from_engine_args(engine_args, multiprocess=multiprocess,
-                                                     data_parallel_size=engine_args.data_parallel_size)
+        self.llm_engine = LLMEngine.from_engine_args(engine_args, multiprocess=multiprocess)
         self._counter = itertools.count()
         self._stat_logger = PrometheusStatLogger(engine_args.served_model_names()[0], prefix=OFFLINE_METRICS_PREFIX,
                                                  engine_config=self.llm_engine.config)

@@ -301,7 +301,7 @@ def run_server(args: argparse.Namespace) -> None:
             sys.exit(exit_code)
         return
     try:
-        engine = AsyncLLM.from_engine_args(setup.engine_args, data_parallel_size=setup.engine_args.data_parallel_size)
+        engine = AsyncLLM.from_engine_args(setup.engine_args)
     except (ValueError, EngineStartupError) as e:  # bad model path, KV cache too small
         setup.close(sock)
         raise startup_error(e) from e
