@@ -183,6 +183,19 @@ def refuse_unsupported(obj: Any) -> None:
                               "yet in pagedlm; remove the option.")
 
 
+def check_choices(obj: Any) -> None:
+    """An option with a fixed set of values (``opt(choices=...)``) refuses any other, given as a
+    keyword too (its flag's parser refuses it on the command line): LLM(logprobs_mode="raw")
+    would otherwise run as the default. Unset (None, or "" where the default is None) passes."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        value = getattr(obj, f.name)
+        if choices is None or value is None or (value == "" and f.default is None):
+            continue
+        if isinstance(value, bool) or value not in choices:
+            raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
+
+
 def log_no_effect(obj: Any) -> None:
     """One notice per option that is set but has no effect here. Called once, by the entry
     point (LLM, serve), not wherever a config is built (engine-core processes build it too)."""

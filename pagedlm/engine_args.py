@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from pagedlm.arg_utils import (
     add_dataclass_args,
+    check_choices,
     dataclass_kwargs,
     human_readable_int,
     json_object_or_int,
@@ -317,6 +318,7 @@ class EngineArgs:
             raise ConfigError(f"stream_interval must be a positive integer, got {self.stream_interval!r}")
         if self.max_logprobs < -1:
             raise ConfigError(f"max_logprobs must be non-negative (or -1: no cap), got {self.max_logprobs}")
+        check_choices(self)
 
     def _batch_defaults(self, device: str) -> tuple[int, int]:
         """(max_num_seqs, max_num_batched_tokens) where they are not given: vLLM's defaults. GPUs

@@ -4,10 +4,13 @@ EngineArgs is dropped because the caller did not repeat it elsewhere."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
+from pagedlm.arg_utils import check_choices
+from pagedlm.config import ConfigError
 from pagedlm.engine import async_llm, llm_engine
 from pagedlm.engine_args import EngineArgs
 
@@ -47,3 +50,19 @@ def test_async_llm_from_engine_args_starts_the_data_parallel_cores(llama_checkpo
     async_llm.AsyncLLM.from_engine_args(EngineArgs(model=llama_checkpoint, device="cpu", max_model_len=64,
                                                    data_parallel_size=2))
     assert fake_cores == [2]
+
+
+CHOICE_OPTIONS = sorted(f.name for f in dataclasses.fields(EngineArgs) if f.metadata.get("choices"))
+
+
+@pytest.mark.parametrize("name", CHOICE_OPTIONS)
+def test_a_value_outside_an_options_choices_is_refused_as_a_keyword(llama_checkpoint: str, name: str) -> None:
+    """The flag's parser refuses it on the command line; LLM(logprobs_mode="raw") ran as raw_logprobs."""
+    args = EngineArgs(**{"model": llama_checkpoint, "device": "cpu", "max_model_len": 64, name: "no-such-value"})
+    with pytest.raises(ConfigError, match="no-such-value"):
+        args.create_engine_config()
+
+
+def test_choices_accept_their_values_and_unset() -> None:
+    check_choices(EngineArgs(model="m", logprobs_mode="processed_logits", scheduling_policy="priority",
+                             reasoning_parser="", distributed_executor_backend=None))
