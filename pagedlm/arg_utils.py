@@ -196,6 +196,18 @@ def check_choices(obj: Any) -> None:
             raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
 
 
+def check_switches(obj: Any) -> None:
+    """An on/off option (annotated ``bool``) takes True or False (None where it is optional):
+    LLM(enforce_eager="false") would otherwise read as on, any non-empty string being true."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        value = getattr(obj, f.name)
+        if kinds - {type(None)} != {bool} or isinstance(value, bool) or (value is None and type(None) in kinds):
+            continue
+        raise ConfigError(f"{f.name} must be True or False, got {value!r}")
+
+
 def log_no_effect(obj: Any) -> None:
     """One notice per option that is set but has no effect here. Called once, by the entry
     point (LLM, serve), not wherever a config is built (engine-core processes build it too)."""

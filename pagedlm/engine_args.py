@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from pagedlm.arg_utils import (
     add_dataclass_args,
     check_choices,
+    check_switches,
     dataclass_kwargs,
     human_readable_int,
     json_object_or_int,
@@ -319,6 +320,7 @@ class EngineArgs:
         if self.max_logprobs < -1:
             raise ConfigError(f"max_logprobs must be non-negative (or -1: no cap), got {self.max_logprobs}")
         check_choices(self)
+        check_switches(self)
 
     def _batch_defaults(self, device: str) -> tuple[int, int]:
         """(max_num_seqs, max_num_batched_tokens) where they are not given: vLLM's defaults. GPUs

@@ -5,11 +5,12 @@ EngineArgs is dropped because the caller did not repeat it elsewhere."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import pytest
 
-from pagedlm.arg_utils import check_choices
+from pagedlm.arg_utils import check_choices, check_switches
 from pagedlm.config import ConfigError
 from pagedlm.engine import async_llm, llm_engine
 from pagedlm.engine_args import EngineArgs
@@ -66,3 +67,21 @@ def test_a_value_outside_an_options_choices_is_refused_as_a_keyword(llama_checkp
 def test_choices_accept_their_values_and_unset() -> None:
     check_choices(EngineArgs(model="m", logprobs_mode="processed_logits", scheduling_policy="priority",
                              reasoning_parser="", distributed_executor_backend=None))
+
+
+SWITCHES = sorted(f.name for f in dataclasses.fields(EngineArgs) if typing.get_type_hints(EngineArgs)[f.name] in
+                  (bool, bool | None))
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_an_on_off_option_refuses_a_string(llama_checkpoint: str, name: str) -> None:
+    """LLM(enforce_eager="false") read as on (a non-empty string is true); vLLM's configs read it as off."""
+    args = EngineArgs(**{"model": llama_checkpoint, "device": "cpu", "max_model_len": 64, name: "false"})
+    with pytest.raises(ConfigError, match=f"{name} must be True or False"):
+        args.create_engine_config()
+
+
+def test_switches_take_bools_and_none_where_optional() -> None:
+    check_switches(EngineArgs(model="m", enforce_eager=True, async_scheduling=None, enable_chunked_prefill=False))
+    with pytest.raises(ConfigError, match="enforce_eager"):
+        check_switches(EngineArgs(model="m", enforce_eager=None))
