@@ -210,7 +210,8 @@ def check_switches(obj: Any) -> None:
 
 def log_no_effect(obj: Any) -> None:
     """One notice per option that is set but has no effect here. Called once, by the entry
-    point (LLM, serve), not wherever a config is built (engine-core processes build it too)."""
+    point (LLM, serve, LLMEngine / AsyncLLM.from_engine_args: EngineArgs.log_notices), not
+    wherever a config is built (engine-core processes build it too)."""
     for name, _ in _changed(obj):
         if name in NO_EFFECT:
             logger.warning("%s has no effect: %s.", flag_name(name), NO_EFFECT[name])

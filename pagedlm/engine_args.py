@@ -380,7 +380,11 @@ class EngineArgs:
                               "used with skip_tokenizer_init")
 
     def log_notices(self) -> None:
-        """One line per option that is set but has no effect here (entry points call this once)."""
+        """One line per option that is set but has no effect here, once per EngineArgs (the entry
+        points call it before they start anything, LLMEngine / AsyncLLM.from_engine_args again)."""
+        if getattr(self, "_notices_logged", False):
+            return
+        self._notices_logged = True
         log_no_effect(self)
         for line in compilation_notices(self.compilation_config):
             logging.getLogger("pagedlm").warning(line)

@@ -184,6 +184,8 @@ class AsyncLLM:
     def from_engine_args(cls, args: EngineArgs, stat_logger: StatLogger | None = None,
                          data_parallel_size: int | None = None, cores: CoreAddresses | None = None,
                          client_index: int = 0) -> "AsyncLLM":
+        if cores is None:  # (joining running cores: the process that started them logged them)
+            args.log_notices()
         return cls(args, stat_logger, data_parallel_size, cores, client_index)
 
     # ------------------------------------------------------------------ lifecycle

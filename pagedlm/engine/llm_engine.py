@@ -64,6 +64,7 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, args: EngineArgs, multiprocess: bool = False,
                          data_parallel_size: int | None = None) -> "LLMEngine":
+        args.log_notices()
         return cls(args.create_engine_config(), args, multiprocess, data_parallel_size)
 
     @property

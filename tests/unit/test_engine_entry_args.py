@@ -85,3 +85,18 @@ def test_switches_take_bools_and_none_where_optional() -> None:
     check_switches(EngineArgs(model="m", enforce_eager=True, async_scheduling=None, enable_chunked_prefill=False))
     with pytest.raises(ConfigError, match="enforce_eager"):
         check_switches(EngineArgs(model="m", enforce_eager=None))
+
+
+@pytest.mark.parametrize("engine_class", [llm_engine.LLMEngine, async_llm.AsyncLLM])
+def test_from_engine_args_gives_the_no_effect_notices_once(llama_checkpoint: str, fake_cores: list[int],
+                                                           pagedlm_warnings: list[str], engine_class: Any) -> None:
+    """An option with no effect here is accepted with its one-line notice on the engine surface too
+    (LLM() and serve gave it; LLMEngine.from_engine_args(EngineArgs(swap_space=8)) said nothing)."""
+    args = EngineArgs(model=llama_checkpoint, device="cpu", max_model_len=64, swap_space=8, data_parallel_size=2)
+    args.log_notices()  # as LLM() and serve do before building the engine: not twice
+    engine_class.from_engine_args(args)
+    assert sum("--swap-space has no effect" in m for m in pagedlm_warnings) == 1
+    pagedlm_warnings.clear()
+    engine_class.from_engine_args(EngineArgs(model=llama_checkpoint, device="cpu", max_model_len=64, swap_space=8,
+                                             data_parallel_size=2))
+    assert sum("--swap-space has no effect" in m for m in pagedlm_warnings) == 1
