@@ -392,7 +392,7 @@ class LLM:
         engine = self.llm_engine
         finished: dict[str, RequestOutput] = {}
         pbar = None
-        if use_tqdm and len(request_ids) > 1:
+        if use_tqdm:  # (one prompt too, as vLLM's: a factory the caller passes is always used)
             from tqdm.auto import tqdm
 
             # As vLLM's: use_tqdm may be the progress bar's factory (functools.partial(tqdm, leave=False)).

@@ -1,6 +1,6 @@
-"""The engine surface (LLMEngine / AsyncLLM.from_engine_args, EngineArgs built by hand) honours
-or refuses every engine argument as LLM(...) and `pagedlm serve` do: nothing set on the
-EngineArgs is dropped because the caller did not repeat it elsewhere."""
+"""Engine arguments and LLM keyword arguments are honoured or refused, never dropped: on the
+engine surface (LLMEngine / AsyncLLM.from_engine_args with EngineArgs built by hand) as through
+LLM(...) and `pagedlm serve`, values of the wrong kind included, and LLM.generate's use_tqdm."""
 
 from __future__ import annotations
 
@@ -100,3 +100,32 @@ def test_from_engine_args_gives_the_no_effect_notices_once(llama_checkpoint: str
     engine_class.from_engine_args(EngineArgs(model=llama_checkpoint, device="cpu", max_model_len=64, swap_space=8,
                                              data_parallel_size=2))
     assert sum("--swap-space has no effect" in m for m in pagedlm_warnings) == 1
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from pagedlm import LLM
+    from pagedlm.demo import build_tiny_checkpoint
+
+    return LLM(str(build_tiny_checkpoint(tmp_path_factory.mktemp("tqdm"))), device="cpu", max_model_len=64)
+
+
+def test_use_tqdm_factory_makes_the_bar_for_one_prompt_too(llm: Any) -> None:
+    """vLLM's LLM.generate(prompt, use_tqdm=functools.partial(tqdm, ...)) uses the factory for a
+    single prompt as well; it was dropped (no bar) below two prompts."""
+    from pagedlm import SamplingParams
+
+    bars: list[dict[str, Any]] = []
+
+    class Bar:
+        def __init__(self, **kwargs: Any) -> None:
+            bars.append({**kwargs, "n": 0})
+
+        def update(self, n: int) -> None:
+            bars[-1]["n"] += n
+
+        def close(self) -> None:
+            bars[-1]["closed"] = True
+
+    llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=Bar)
+    assert [(b["total"], b["n"], b.get("closed")) for b in bars] == [(1, 1, True)]
