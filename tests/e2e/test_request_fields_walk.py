@@ -153,7 +153,11 @@ def shared_fields(call: Callable[..., httpx.Response], long_input: dict[str, Any
         "bad_words": lambda: "]" not in greedy(allowed_token_ids=[RBRACKET, RBRACKET + 1], bad_words=["]"]),
         "prompt_logprobs": lambda: _prompt_logprobs(call),
         "use_beam_search": lambda: len({c.get("text", (c.get("message") or {}).get("content")) for c in call(
-            use_beam_search=True, n=2).json()["choices"]}) == 2,
+            use_beam_search=True, n=2).json()["choices"]}) == 2
+        # the search's one-token step requests carry neither: refused with it, not dropped
+        and refused(call(use_beam_search=True, n=2, repetition_detection={"max_pattern_size": 2, "min_count": 2}),
+                    "cannot be combined with repetition_detection")
+        and refused(call(use_beam_search=True, n=2, vllm_xargs={"k": 1}), "cannot be combined with vllm_xargs"),
         "length_penalty": lambda: refused(call(length_penalty=2.0), "beam search")
         and call(use_beam_search=True, n=2, length_penalty=2.0).status_code == 200,
         "best_of": lambda: refused(call(best_of=3), "best_of"),

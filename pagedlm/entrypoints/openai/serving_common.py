@@ -327,6 +327,12 @@ class OpenAIServing:
                 raise OpenAIError("use_beam_search cannot be combined with structured output (response_format, "
                                   "structured_outputs, guided_*, or a tool_choice that forces a call).", 400,
                                   "use_beam_search")
+            # Its one-token step requests (BeamSearch.step_params) carry neither: refused, not dropped.
+            detection = params.repetition_detection
+            for name, on in (("repetition_detection", detection is not None and detection.max_pattern_size > 0),
+                             ("vllm_xargs", bool(params.extra_args))):
+                if on:
+                    raise OpenAIError(f"use_beam_search cannot be combined with {name}.", 400, name)
             return self.start_beam_search(request_id, prompts, request, params, lora)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         salt = {"cache_salt": request.cache_salt} if request is not None and request.cache_salt else {}
