@@ -1,7 +1,7 @@
 """POST /classify (and /v1/classify), vLLM's classification API for sequence-classification
 models: ``input`` (a string, a list of strings, token ids or lists of token ids), vLLM's
-``truncate_prompt_tokens``, ``add_special_tokens``, ``priority``, ``request_id`` and
-``use_activation`` (false: the logits; ``softmax`` and ``activation`` are its deprecated names).
+``truncate_prompt_tokens`` (``truncation_side``), ``add_special_tokens``, ``priority``, ``request_id``,
+``cache_salt`` and ``use_activation`` (false: the logits; ``softmax`` and ``activation`` are its deprecated names).
 The answer: ``{"id": "classify-...", "object": "list", "created", "model", "data": [{"index",
 "label", "probs", "num_classes"}], "usage"}``, ``label`` the checkpoint's id2label name of the
 most probable class.
@@ -13,23 +13,22 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
-from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
 from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id
-from pagedlm.entrypoints.openai.serving_embedding import EmbeddingRequest, OpenAIServingEmbedding, _no_stream
+from pagedlm.entrypoints.openai.serving_embedding import (
+    EmbeddingRequest,
+    OpenAIServingEmbedding,
+    PoolingFields,
+    _no_stream,
+)
 from pagedlm.pooling_params import PoolingParams
 
 
-class ClassificationRequest(OpenAIBaseModel):
+class ClassificationRequest(PoolingFields):
     input: Any
-    model: str | None = None
-    user: str | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
     add_special_tokens: bool = True
-    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
-    request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
     use_activation: bool | None = None
     softmax: bool | None = None  # deprecated names of use_activation (vLLM's)
     activation: bool | None = None
@@ -51,6 +50,7 @@ class OpenAIServingClassification(OpenAIServingEmbedding):
         if pooler_config is None or not pooler_config.is_classifier:
             raise OpenAIError("The model does not support Classification API: it needs a sequence-classification "
                               "(*ForSequenceClassification) checkpoint.", 400, "model")
+        self.check_pooling_fields(request)
         inputs = request.inputs()
         try:
             params = PoolingParams(request.truncate_prompt_tokens, softmax=request.softmax,
@@ -59,10 +59,11 @@ class OpenAIServingClassification(OpenAIServingEmbedding):
         except ValueError as e:
             raise OpenAIError(str(e), 400, "use_activation") from e
         check_chars = request.truncate_prompt_tokens is None
-        prompts = [await self._tokenize(item, request.add_special_tokens, check_chars) for item in inputs]
+        prompts = self.cut([await self._tokenize(item, request.add_special_tokens, check_chars) for item in inputs],
+                           request)
         request_id = self.response_id("classify", request, raw)
         group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
-                                 priority=request.priority)
+                                 priority=request.priority, cache_salt=request.cache_salt)
         model, labels = self.model_name(request), pooler_config.id2label
 
         async def full(group: RequestGroup) -> dict[str, Any]:

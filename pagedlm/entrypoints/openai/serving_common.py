@@ -310,11 +310,12 @@ class OpenAIServing:
                     params: SamplingParams, stream: bool, request: SamplingFields | None = None,
                     model: str | None = None, priority: int = 0,
                     token_type_ids: list[list[int] | None] | None = None,
-                    prompt_embeds: list[Any] | None = None) -> RequestGroup:
+                    prompt_embeds: list[Any] | None = None, cache_salt: str | None = None) -> RequestGroup:
         """Add one engine request per prompt; on any failure abort those already added.
         Streams get DELTA outputs, full responses one FINAL_ONLY output per prompt. The
         request's ``model`` (or ``model``) may name a LoRA adapter. ``token_type_ids``: per
-        prompt, a text pair's token types (cross-encoder scoring), or None."""
+        prompt, a text pair's token types (cross-encoder scoring), or None. ``priority`` and
+        ``cache_salt``: those of a request that is not given (a pooling request)."""
         lora = self.lora_for(request.model if request is not None else model)
         if request is not None and request.use_beam_search:
             try:  # a beam search makes its engine requests later: refuse a bad priority now
@@ -335,7 +336,8 @@ class OpenAIServing:
                     raise OpenAIError(f"use_beam_search cannot be combined with {name}.", 400, name)
             return self.start_beam_search(request_id, prompts, request, params, lora)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
-        salt = {"cache_salt": request.cache_salt} if request is not None and request.cache_salt else {}
+        cache_salt = request.cache_salt if request is not None else cache_salt
+        salt = {"cache_salt": cache_salt} if cache_salt else {}
         streams: list[RequestStream] = []
         try:
             for i, (text, token_ids) in enumerate(prompts):

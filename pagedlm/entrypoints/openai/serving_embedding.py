@@ -5,9 +5,10 @@ ids (one embedding per item); ``encoding_format`` "float", "base64" (little-endi
 what the ``openai`` client decodes, and what it asks for by default), or vLLM's "bytes" (the
 raw arrays end to end as application/octet-stream, described by a JSON ``metadata`` header)
 and "bytes_only" (the same body, no header); ``dimensions`` only for Matryoshka models. vLLM
-extras: ``truncate_prompt_tokens``, ``normalize``, ``add_special_tokens``, ``priority``,
-``request_id``, and for base64 and bytes ``embed_dtype`` (float32, float16, bfloat16,
-fp8_e4m3, fp8_e5m2) and ``endianness`` (native, little, big).
+extras: ``truncate_prompt_tokens`` (``truncation_side``), ``normalize`` (``use_activation``, its
+newer name), ``add_special_tokens``, ``priority``, ``request_id``, ``cache_salt``, and for base64
+and bytes ``embed_dtype`` (float32, float16, bfloat16, fp8_e4m3, fp8_e5m2) and ``endianness``
+(native, little, big); vLLM's fields it lacks are refused (PoolingFields).
 Chat-style input (vLLM's): ``messages`` instead of ``input``, rendered by the model's chat
 template (``add_generation_prompt`` off and ``add_special_tokens`` off by default) into one
 prompt. ``POST /pooling`` takes the same body plus ``task`` ("token_embed", the default: one
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 
+from pagedlm.arg_utils import is_no_op
 from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
 from pagedlm.entrypoints.openai.protocol import ChatMessage, OpenAIBaseModel
@@ -41,17 +43,44 @@ def _is_token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class EmbeddingRequest(OpenAIBaseModel):
-    input: Any = None  # this, or messages
+class PoolingFields(OpenAIBaseModel):
+    """vLLM's fields of every pooling request (/v1/embeddings, /pooling, /classify, /score,
+    /rerank); those pagedlm does not implement are declared and refused when set
+    (unsupported_feature), never dropped as unknown fields."""
+
     model: str | None = None
-    encoding_format: EncodingFormat = "float"
-    dimensions: int | None = None
-    user: str | None = None
+    user: str | None = None  # an end-user id for the caller's records: OpenAI and vLLM leave it alone
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    normalize: bool | None = None
-    add_special_tokens: bool | None = None  # None: True for input, False for messages (the template adds them)
+    truncation_side: Literal["left", "right"] | None = None  # "right": keep the first k tokens instead (vLLM's)
     priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
     request_id: str | None = Field(None, min_length=1, max_length=256)  # the response id's suffix
+    cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # reaches the engine with each prompt
+    padding: Literal["max_length", "do_not_pad"] | None = None  # refused: "max_length"
+    mm_processor_kwargs: Any = None  # refused: text models only
+
+    # vLLM field -> (values that change nothing, why another value is refused); a field of some
+    # requests only is looked up where it is declared.
+    UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
+        "padding": ((None, "do_not_pad"), "prompts are never padded to max_length"),
+        "mm_processor_kwargs": ((None,), "text models only"),
+        "media_io_kwargs": ((None, {}), "text models only"),
+    }
+
+    def unsupported_feature(self) -> tuple[str, str] | None:
+        """(param, message) for a vLLM field that is set but that pagedlm does not implement."""
+        for name, (no_op, why) in self.UNSUPPORTED.items():
+            if not is_no_op(getattr(self, name, None), no_op):
+                return name, f"{name} is not supported by pagedlm ({why}); remove it."
+        return None
+
+
+class EmbeddingRequest(PoolingFields):
+    input: Any = None  # this, or messages
+    encoding_format: EncodingFormat = "float"
+    dimensions: int | None = None
+    normalize: bool | None = None
+    use_activation: bool | None = None  # vLLM's newer name of normalize
+    add_special_tokens: bool | None = None  # None: True for input, False for messages (the template adds them)
     embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"  # not for float
     endianness: Literal["native", "little", "big"] = "native"  # not for float
     # vLLM's chat-style embedding request: messages through the chat template, instead of input.
@@ -60,6 +89,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     continue_final_message: bool = False
     chat_template: str | None = None  # refused, as on /v1/chat/completions
     chat_template_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: Any = None  # refused: text models only
 
     @field_validator("input")
     @classmethod
@@ -111,21 +141,37 @@ class OpenAIServingEmbedding(OpenAIServing):
             api = "Embeddings" if kind == "embedding" else "Pooling"
             raise OpenAIError(f"This model generates text and does not support the {api} API; start "
                               "it with --runner pooling to embed.", 400, "model")
+        normalize = request.normalize if request.use_activation is None else request.use_activation
         try:
-            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, request.normalize, task=task)
+            params = PoolingParams(request.truncate_prompt_tokens, request.dimensions, normalize, task=task)
             pooler_config.check_dimensions(request.dimensions)
         except ValueError as e:
             raise OpenAIError(str(e), 400, str(e).split(" ", 1)[0].strip(":")) from e
-        prompts = await self._prompts(request)
+        prompts = self.cut(await self._prompts(request), request)
         request_id = self.response_id(id_prefix, request, raw)
         group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
-                                 priority=request.priority)
+                                 priority=request.priority, cache_salt=request.cache_salt)
         model = self.model_name(request)
         return await self.respond(raw, group, False, _no_stream,
                                   lambda g: self._full(g, request_id, model, request, kind))
 
+    def cut(self, prompts: list[tuple[str | None, list[int]]],
+            request: PoolingFields) -> list[tuple[str | None, list[int]]]:
+        """truncate_prompt_tokens from the side truncation_side names, here (the engine would
+        keep the last tokens; what is cut here it leaves as it is)."""
+        return [(text, self.truncate(token_ids, request)) for text, token_ids in prompts]
+
     @staticmethod
-    def _check_fields(request: EmbeddingRequest) -> None:
+    def check_pooling_fields(request: PoolingFields) -> None:
+        unsupported = request.unsupported_feature()
+        if unsupported is not None:
+            raise OpenAIError(unsupported[1], 400, unsupported[0])
+
+    def _check_fields(self, request: EmbeddingRequest) -> None:
+        self.check_pooling_fields(request)
+        if None not in (request.normalize, request.use_activation) and request.normalize != request.use_activation:
+            raise OpenAIError("normalize and use_activation (vLLM's newer name of normalize) disagree; set only "
+                              "use_activation.", 400, "use_activation")
         if (request.input is None) == (request.messages is None):
             raise OpenAIError("Give either input or messages (chat-style), not both and not neither.", 400,
                               "input" if request.input is None else "messages")

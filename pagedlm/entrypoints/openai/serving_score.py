@@ -10,26 +10,31 @@ vLLM's other names for the pair (``data_1`` / ``data_2``, ``queries`` / ``docume
 ``queries`` / ``items``) work the same. ``/rerank`` (also ``/v2/rerank``, Cohere's v2 client):
 ``query`` against ``documents``, results ordered by relevance, the best ``top_n`` (0: all).
 Both take ``truncate_prompt_tokens`` (a cross-encoder's pair is cut by the tokenizer, longest
-text first) and ``priority``, and for cross-encoders ``use_activation``; with an embedding model
+text first, so ``truncation_side`` "right" is refused there), ``priority``, ``request_id`` and
+``cache_salt``, and for cross-encoders ``use_activation``; with an embedding model
 each distinct input is embedded once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from pagedlm.entrypoints.openai.errors import OpenAIError
-from pagedlm.entrypoints.openai.protocol import OpenAIBaseModel
 from pagedlm.engine.input_processor import InvalidRequestError
-from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id, random_id, to_openai_error
+from pagedlm.entrypoints.openai.serving_common import RequestGroup, engine_request_id, to_openai_error
 from pagedlm.entrypoints.score_utils import cross_encoder_prompt, pair_max_length
-from pagedlm.entrypoints.openai.serving_embedding import MAX_EMBEDDING_INPUTS, OpenAIServingEmbedding, _no_stream
+from pagedlm.entrypoints.openai.serving_embedding import (
+    MAX_EMBEDDING_INPUTS,
+    OpenAIServingEmbedding,
+    PoolingFields,
+    _no_stream,
+)
 from pagedlm.pooling_params import PoolingParams
 
 
@@ -43,11 +48,21 @@ def _texts(value: Any) -> str | list[str]:
     return value
 
 
-class _ScoreFields(OpenAIBaseModel):
-    model: str | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)  # --scheduling-policy priority: lower first
+class _ScoreFields(PoolingFields):
     use_activation: bool | None = None  # cross-encoders: False gives the raw logit (vLLM's)
+    # vLLM's, refused when set: per-text truncation and score chat templates.
+    max_tokens_per_query: int = 0
+    max_tokens_per_doc: int = 0
+    instruction: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
+        **PoolingFields.UNSUPPORTED,
+        "max_tokens_per_query": ((0,), "no per-text truncation; use truncate_prompt_tokens"),
+        "max_tokens_per_doc": ((0,), "no per-text truncation; use truncate_prompt_tokens"),
+        "instruction": ((None,), "no score chat templates"),
+        "chat_template_kwargs": ((None,), "no score chat templates"),
+    }
 
 
 # vLLM's names for /score's two sides; a request uses exactly one pair.
@@ -109,7 +124,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             raise OpenAIError(f"{name_1} has {len(first)} texts and {name_2} {len(second)}: give one {name_1}, or "
                               f"as many as {name_2}", 400, name_1)
         pairs = [(0 if len(first) == 1 else i, i) for i in range(len(second))]
-        request_id, model = random_id("score"), self.model_name(request)
+        request_id, model = self.response_id("score", request, raw), self.model_name(request)
 
         def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
             return {"id": request_id, "object": "list", "created": group.created, "model": model,
@@ -121,7 +136,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
     async def create_rerank(self, request: RerankRequest, raw: Request) -> Response:
         if not request.documents:
             raise OpenAIError("documents must not be empty", 400, "documents")
-        request_id, model = random_id("rerank"), self.model_name(request)
+        request_id, model = self.response_id("rerank", request, raw), self.model_name(request)
         pairs = [(0, i) for i in range(len(request.documents))]
 
         def body(group: RequestGroup, scores: list[float], tokens: int) -> dict[str, Any]:
@@ -140,6 +155,7 @@ class OpenAIServingScore(OpenAIServingEmbedding):
         if self.engine.model_config.pooler_config is None:
             raise OpenAIError("This model generates text and cannot score; scoring needs an embedding model "
                               "(--runner pooling).", 400, "model")
+        self.check_pooling_fields(request)
         if self.engine.model_config.pooler_config.is_classifier:
             return await self._cross_encoder_score(request, raw, request_id, first, second, pairs, body)
         try:
@@ -148,9 +164,9 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             raise OpenAIError(str(e), 400, "use_activation") from e
         check_chars = request.truncate_prompt_tokens is None
         texts = list(dict.fromkeys(first + second))  # each distinct text embedded once
-        prompts = [await self._tokenize(text, True, check_chars) for text in texts]
-        group = await self.start(engine_request_id(request_id, False), prompts, params, False,
-                                 priority=request.priority)
+        prompts = self.cut([await self._tokenize(text, True, check_chars) for text in texts], request)
+        group = await self.start(engine_request_id(request_id, bool(request.request_id)), prompts, params, False,
+                                 priority=request.priority, cache_salt=request.cache_salt)
 
         async def full(group: RequestGroup) -> dict[str, Any]:
             vectors: list[torch.Tensor | None] = [None] * len(texts)
@@ -170,6 +186,9 @@ class OpenAIServingScore(OpenAIServingEmbedding):
                                    second: list[str], pairs: list[tuple[int, int]], body: Any) -> Response:
         """Each pair one request: the tokenizer's pair encoding ([CLS] text_1 [SEP] text_2 [SEP]
         with its token types for BERT; see score_utils for decoders)."""
+        if request.truncation_side == "right":  # the tokenizer cuts a pair longest text first
+            raise OpenAIError("truncation_side 'right' is not supported by a cross-encoder: truncate_prompt_tokens "
+                              "cuts the pair's longer text first; remove truncation_side.", 400, "truncation_side")
         try:
             model_config = self.engine.model_config
             max_length = pair_max_length(request.truncate_prompt_tokens, model_config.max_model_len)
@@ -178,9 +197,10 @@ class OpenAIServingScore(OpenAIServingEmbedding):
             params = PoolingParams(use_activation=request.use_activation, task="score")
         except (InvalidRequestError, ValueError) as e:
             raise to_openai_error(e) from e
-        group = await self.start(engine_request_id(request_id, False),
+        group = await self.start(engine_request_id(request_id, bool(request.request_id)),
                                  [(p["prompt"], p["prompt_token_ids"]) for p in prompts], params, False,
-                                 priority=request.priority, token_type_ids=[p.get("token_type_ids") for p in prompts])
+                                 priority=request.priority, token_type_ids=[p.get("token_type_ids") for p in prompts],
+                                 cache_salt=request.cache_salt)
 
         async def full(group: RequestGroup) -> dict[str, Any]:
             scores, tokens = [0.0] * len(pairs), 0
