@@ -34,6 +34,14 @@ def test_store_true_is_ignored_as_vllm(oai) -> None:
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
 
 
+def test_truncation_is_echoed(oai) -> None:
+    """truncation "auto" keeps the end of a prompt longer than the context, and the response
+    says which truncation it ran with (as vLLM's echoes the request's)."""
+    for truncation in ("auto", "disabled"):
+        resp = oai.responses.create(model="tiny", input="Hello", max_output_tokens=2, truncation=truncation)
+        assert resp.truncation == truncation
+
+
 def test_previous_response_id_is_not_found(oai) -> None:
     with pytest.raises(openai.NotFoundError, match="resp_nope"):
         oai.responses.create(model="tiny", input="x", previous_response_id="resp_nope")

@@ -5,8 +5,9 @@ reasoning split out by --reasoning-parser; non-streaming and streaming events.
 A responses request becomes a chat request (instructions -> system message, input items ->
 messages, function_call / function_call_output items -> assistant tool calls / tool
 messages) and goes through the same template, constraints and ChoiceShaper as chat. Nothing
-is stored: ``previous_response_id`` and ``store: true`` are refused, as is any field this
-server does not implement (a 400 naming it).
+is stored: ``store: true`` is answered with ``store: false`` (vLLM's behaviour without a response
+store) and ``previous_response_id`` is a 404; any field this server does not implement is a 400
+naming it.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ class OpenAIServingResponses(OpenAIServing):
             "tool_choice": req.tool_choice or "auto", "top_logprobs": req.top_logprobs,
             "parallel_tool_calls": req.parallel_tool_calls is not False, "text": req.text or {"format": {"type": "text"}},
             "metadata": req.metadata or {}, "previous_response_id": None, "reasoning": req.reasoning, "store": False,
-            "truncation": "disabled", "user": req.user, "usage": None,
+            "truncation": req.truncation or "disabled", "user": req.user, "usage": None,
         }
 
     def _logprobs(self, completion: Any, num_top: int | None) -> list[dict[str, Any]]:
