@@ -75,3 +75,27 @@ def test_vllm_extra_fields_and_reasoning(oai) -> None:
     assert stopped.usage.output_tokens < 8
     with pytest.raises(openai.BadRequestError, match="reasoning.effort"):
         oai.responses.create(model="tiny", input="x", reasoning={"effort": "max"})
+
+
+def test_vllm_store_fields_at_their_defaults_and_xargs(oai) -> None:
+    """vLLM's ResponsesRequest fields: background / enable_response_messages at their defaults
+    and prompt_cache_key (vLLM ignores it) are accepted; true is refused by name; vllm_xargs
+    goes to the engine as on chat (refused there without a logits processor to read it)."""
+    resp = oai.responses.create(model="tiny", input="Hello", max_output_tokens=2, background=False,
+                                prompt_cache_key="k", extra_body={"enable_response_messages": False})
+    assert resp.usage.output_tokens == 2
+    for name in ("background", "enable_response_messages"):
+        with pytest.raises(openai.BadRequestError, match=f"{name}: true"):
+            oai.responses.create(model="tiny", input="x", extra_body={name: True})
+    kwargs = dict(model="tiny", max_tokens=2, extra_body={"vllm_xargs": {"k": 1}})
+    try:
+        oai.chat.completions.create(messages=[{"role": "user", "content": "x"}], **kwargs)
+        chat_error = None
+    except openai.BadRequestError as e:
+        chat_error = e.body
+    try:
+        oai.responses.create(model="tiny", input="x", max_output_tokens=2, extra_body={"vllm_xargs": {"k": 1}})
+        responses_error = None
+    except openai.BadRequestError as e:
+        responses_error = e.body
+    assert responses_error == chat_error

@@ -75,6 +75,11 @@ class ResponsesRequest(OpenAIBaseModel):
     cache_salt: str | None = None
     request_id: str | None = None
     structured_outputs: dict[str, Any] | None = None
+    vllm_xargs: dict[str, Any] | None = None  # to the custom logits processors, as on chat
+    # vLLM's fields that ask for a response store or its messages: their defaults are accepted
+    background: bool | None = None  # True: refused (a background response needs a store)
+    enable_response_messages: bool | None = None  # True: refused (no harmony messages)
+    prompt_cache_key: str | None = None  # accepted and ignored, as vLLM documents it
 
     def output_logprobs(self) -> bool:
         return "message.output_text.logprobs" in (self.include or [])
@@ -84,6 +89,10 @@ def _refuse_unsupported(req: ResponsesRequest) -> None:
     extra = sorted(k for k, v in (req.model_extra or {}).items() if v is not None)
     if extra:
         raise OpenAIError(f"/v1/responses does not support {extra}", 400, extra[0])
+    for name, why in (("background", "a background response needs a response store, and pagedlm keeps none"),
+                      ("enable_response_messages", "responses carry no harmony messages here")):
+        if getattr(req, name):
+            raise OpenAIError(f"/v1/responses does not support {name}: true ({why}).", 400, name)
     if req.previous_response_id is not None:  # as vLLM without a store: no such response
         raise OpenAIError(f"Response with id '{req.previous_response_id}' not found.", 404, "previous_response_id")
     text_extra = sorted(k for k, v in (req.text or {}).items() if k != "format" and v is not None)
@@ -193,7 +202,7 @@ def _check_text_format_type(kind: Any) -> None:
 
 _CHAT_EXTRAS = ("seed", "top_k", "repetition_penalty", "stop", "ignore_eos", "skip_special_tokens",
                 "include_stop_str_in_output", "logit_bias", "priority", "cache_salt", "request_id",
-                "structured_outputs")
+                "structured_outputs", "vllm_xargs")
 
 
 def reasoning_template_kwargs(reasoning: dict[str, Any] | None) -> dict[str, Any]:
