@@ -360,6 +360,8 @@ def tokenizer_fields(api: Api) -> dict[str, Callable[[], bool]]:
         "chat_template": lambda: refused(api.post("/tokenize", {"messages": msgs, "chat_template": "{{ 'x' }}"}),
                                          "chat_template"),
         "mm_processor_kwargs": lambda: refused(api.tok(mm_processor_kwargs={}), "mm_processor_kwargs"),
+        "media_io_kwargs": lambda: refused(api.tok(media_io_kwargs={"image": {"x": 1}}), "media_io_kwargs")
+        and count(api.tok(media_io_kwargs={})) == count(api.tok()),
     }
 
 

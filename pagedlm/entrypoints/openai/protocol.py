@@ -383,6 +383,7 @@ class TokenizeRequest(OpenAIBaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template: str | None = None  # refused, as on /v1/chat/completions (--chat-template)
     mm_processor_kwargs: Any = None  # refused: text models only
+    media_io_kwargs: Any = None  # refused unless empty: text models only
 
     @model_validator(mode="after")
     def _one_input(self) -> "TokenizeRequest":
@@ -395,6 +396,8 @@ class TokenizeRequest(OpenAIBaseModel):
             raise ValueError("chat_template in the request is not allowed; start the server with --chat-template")
         if self.mm_processor_kwargs is not None:
             raise ValueError("mm_processor_kwargs is not supported (text models only)")
+        if self.media_io_kwargs not in (None, {}):
+            raise ValueError("media_io_kwargs is not supported (text models only)")
         return self
 
 
