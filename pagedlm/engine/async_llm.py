@@ -16,6 +16,7 @@ and ``on_dead`` callbacks run (the server uses one to exit so a supervisor can r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from pagedlm.engine.output_processor import IterationStats, OutputProcessor
 from pagedlm.engine.sleep_mode import SLEEPING_MESSAGE, check_sleep_args, utility_errors_typed
 from pagedlm.engine_args import EngineArgs
 from pagedlm.outputs import CompletionOutput, RequestOutput
+from pagedlm.pooling_params import PoolingParams
 from pagedlm.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -221,7 +223,7 @@ class AsyncLLM:
         """Run tokenizer work (encode, chat templates) on the tokenizer thread."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
 
-    async def encode(self, text: str, add_special_tokens: bool = True, check_chars: bool = True) -> list[int]:
+    async def tokenize(self, text: str, add_special_tokens: bool = True, check_chars: bool = True) -> list[int]:
         """``check_chars``: refuse a text whose length alone proves it too long (off when it will be truncated)."""
         return await self.run_in_tokenizer(self.input_processor.encode, text, add_special_tokens, check_chars)
 
@@ -268,6 +270,29 @@ class AsyncLLM:
         """add_request + iterate; aborts the request if the caller stops early. Keyword names
         as vLLM's (``engine.generate(request_id=..., prompt=..., sampling_params=...)``)."""
         stream = await self.add_request(request_id, prompt, sampling_params, arrival_time, lora_request, priority)
+        try:
+            async for output in stream:
+                yield output
+        finally:
+            stream.cancel()
+
+    async def encode(self, prompt: PromptType, pooling_params: PoolingParams, request_id: str,
+                     lora_request: Any = None, trace_headers: Any = None, priority: int = 0,
+                     truncate_prompt_tokens: int | None = None,
+                     tokenization_kwargs: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        """A pooling request (a ``--runner pooling`` model), as vLLM's ``AsyncLLM.encode``: yields
+        its PoolingRequestOutput. ``truncate_prompt_tokens`` is vLLM's older place for the pooling
+        parameter of that name. Tracing and tokenizer keyword arguments are refused."""
+        if trace_headers is not None:
+            raise ValueError("trace_headers is not supported (pagedlm has no request tracing)")
+        if tokenization_kwargs:
+            raise ValueError("tokenization_kwargs is not supported; use truncate_prompt_tokens")
+        if truncate_prompt_tokens is not None:
+            if pooling_params.truncate_prompt_tokens not in (None, truncate_prompt_tokens):
+                raise ValueError("truncate_prompt_tokens differs from pooling_params.truncate_prompt_tokens")
+            pooling_params = dataclasses.replace(pooling_params, truncate_prompt_tokens=truncate_prompt_tokens)
+        stream = await self.add_request(request_id, prompt, pooling_params, lora_request=lora_request,
+                                        priority=priority)
         try:
             async for output in stream:
                 yield output

@@ -165,3 +165,27 @@ def test_vllm_pooling_request_fields_are_all_declared() -> None:
     assert score | {"text_1", "text_2", "data_1", "data_2", "queries", "documents", "items"} <= set(
         ScoreRequest.model_fields)
     assert score | {"query", "documents", "top_n"} <= set(RerankRequest.model_fields)
+
+
+def test_async_llm_encode_is_vllms_pooling_call(embed_app) -> None:
+    """AsyncLLM.encode(prompt, pooling_params, request_id) as in vLLM: the request's pooled
+    output, equal to /v1/embeddings'; vLLM's older truncate_prompt_tokens argument works and
+    what pagedlm does not implement is refused."""
+    from pagedlm.pooling_params import PoolingParams
+
+    engine, client = embed_app
+
+    async def encode(request_id: str, params: PoolingParams, **kwargs: Any) -> list[Any]:
+        return [out async for out in engine.encode({"prompt_token_ids": IDS}, params, request_id, **kwargs)]
+
+    (out,) = [o for o in client.portal.call(encode, "enc-1", PoolingParams(task="embed")) if o.finished]
+    np.testing.assert_allclose(np.asarray(out.outputs.data, dtype=np.float64), _embedding(client, input=IDS),
+                               rtol=0, atol=1e-5)
+    assert out.prompt_token_ids == IDS
+    (cut,) = [o for o in client.portal.call(lambda: encode("enc-2", PoolingParams(task="embed"),
+                                                           truncate_prompt_tokens=3)) if o.finished]
+    assert cut.prompt_token_ids == IDS[-3:]
+    for kwargs, needle in (({"trace_headers": {"a": "b"}}, "trace_headers"),
+                           ({"tokenization_kwargs": {"truncation": True}}, "tokenization_kwargs")):
+        with pytest.raises(ValueError, match=needle):
+            client.portal.call(lambda: encode("enc-3", PoolingParams(task="embed"), **kwargs))

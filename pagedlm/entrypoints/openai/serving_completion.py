@@ -94,7 +94,7 @@ class OpenAIServingCompletion(OpenAIServing):
         if isinstance(prompt, str):
             truncating = request.truncate_prompt_tokens is not None  # then a long text is cut, not refused
             try:
-                token_ids = (await self.engine.encode(prompt, request.add_special_tokens, check_chars=not truncating)
+                token_ids = (await self.engine.tokenize(prompt, request.add_special_tokens, check_chars=not truncating)
                              if prompt else [])
             except ValueError as e:  # too long to be worth tokenizing
                 raise to_openai_error(e) from e
