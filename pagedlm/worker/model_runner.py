@@ -177,7 +177,8 @@ class ModelRunner:
         """The logits and the costliest sampling a step can run, at the most rows a step
         samples (vLLM's dummy sampler run): every processor that holds [rows, vocab] tensors
         (penalties, min-p, the top-k / top-p sort) and --max-logprobs logprobs per row. At 1,024
-        rows of a 128k vocabulary each such float32 tensor is 0.5 GiB."""
+        rows of a 128k vocabulary each such float32 tensor is 0.5 GiB. The built-in processors
+        only: custom logits processors (user code) need the persistent batch's real rows."""
         sched = self.config.scheduler_config
         spec = self.config.speculative_config
         rows = min(hidden.shape[0], sched.max_num_seqs * (1 + (spec.num_speculative_tokens if spec else 0)))
@@ -191,7 +192,7 @@ class ModelRunner:
         metadata = build_sampling_metadata(
             [params] * rows, [[]] * rows, [[]] * rows, [None] * rows, self.vocab_size, self.device,
             (penalty_state[0].index_select(0, index), penalty_state[1].index_select(0, index)))
-        self.sampler(logits, metadata)
+        Sampler(logprobs_mode=self.sampler.logprobs_mode)(logits, metadata)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,21 @@ def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatc
     monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
     assert memory.use_expandable_segments(torch.device(device)) is expected
     assert calls == (["expandable_segments:True"] if expected else [])
+
+
+def test_profile_run_with_custom_logits_processors(tmp_path, monkeypatch):
+    """The profile's sampling pass runs the built-in processors only: a custom logits
+    processor (user code) needs the persistent batch's rows, which a profile run has not."""
+    import sys
+
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine.arg_utils import EngineArgs
+    from pagedlm.worker.model_runner import ModelRunner
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu", max_model_len=96,
+                        max_num_batched_tokens=100, max_num_seqs=4,
+                        logits_processors=["custom_logits_procs:DummyLogitsProcessor"]).create_engine_config()
+    runner = ModelRunner(config)
+    assert runner.custom_logits is not None and "custom_logits_procs" in sys.modules
+    assert runner._profile_run() > 0
