@@ -61,10 +61,10 @@ class CUDAGraphRunner:
         # Kernels size their grids by max_seq_len, so graphs are captured for the longest context.
         self.max_seq_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # Every graph's output is a view of one buffer of the largest graph's rows, so the pool
-        # keeps no output per graph: those interleave with the freed scratch and split it, and
-        # the memory the graphs take would grow past what start-up measures by capturing the
-        # largest one alone (ModelRunner._graph_memory).
+        # The smaller graphs copy their outputs into the largest graph's, so the pool keeps one
+        # output: one per graph would interleave with the freed scratch and split it, and the
+        # graphs would take more than start-up measures by capturing the largest one alone
+        # (profile_run.graph_memory).
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
 
@@ -89,16 +89,13 @@ class CUDAGraphRunner:
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
-        out = None
+        out = None  # the largest graph's output, once captured
         for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
             self._dummy_step(size)
             input_ids, positions, meta = self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
-            if out is None:  # outside the pool: shaped like the largest graph's output
-                with set_forward_context(meta):
-                    out = torch.empty_like(self.model(input_ids, positions))
             graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool, out)
             if self.pool is None:
-                self.pool = graph.pool()
+                self.pool, out = graph.pool(), self.outputs[size]
             self.graphs[size] = graph
         torch.cuda.synchronize()
         logger.info("Captured %d CUDA graphs (batch sizes %d..%d) in %.1f s", len(self.graphs), self.sizes[0],

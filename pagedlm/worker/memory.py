@@ -125,10 +125,11 @@ def gpu_num_blocks(config: EngineConfig, profile_run: Callable[[], int],
     torch.cuda.empty_cache()
     free_after, _ = torch.cuda.mem_get_info()
     used_now = total - free_after
-    graphs = graph_memory() if config.cache_config.kv_cache_memory_bytes is None else 0
-    budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation - graphs
     if config.cache_config.kv_cache_memory_bytes is not None:  # the user sized it: no guessing
-        budget = config.cache_config.kv_cache_memory_bytes
+        graphs, budget = 0, config.cache_config.kv_cache_memory_bytes
+    else:
+        graphs = graph_memory()
+        budget = total * config.cache_config.gpu_memory_utilization - used_now - peak_activation - graphs
     per_block = kv_cache_bytes_per_block(config)
     num_blocks = int(budget // per_block)
     logger.info(

@@ -9,7 +9,6 @@ from collections import deque
 import numpy as np
 import torch
 
-from pagedlm.attention.metadata import AttentionMetadata
 from pagedlm.config import EngineConfig
 from pagedlm.engine.messages import ModelRunnerOutput, SchedulerOutput
 from pagedlm.engine.sleep_mode import SLEEP_TAGS
@@ -22,9 +21,8 @@ from pagedlm.sample.custom_logits import build_custom_logits
 from pagedlm.sample.logprobs import compute_logprobs, gather_logprobs, pinned_copy
 from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
-from pagedlm.sampling_params import SamplingParams
 from pagedlm.structured_output.apply import apply_grammar_bitmask
-from pagedlm.worker import memory, step_extras
+from pagedlm.worker import memory, profile_run, step_extras
 from pagedlm.worker.distributed import (
     broadcast_from_output_rank,
     get_parallel_state,
@@ -130,69 +128,9 @@ class ModelRunner:
         return num_blocks
 
     def _profile_run(self) -> int:
-        """A forward (and logits) at the largest step the scheduler can produce, over a scratch
-        KV cache just large enough for it; returns that cache's bytes (freed on return)."""
-        num_tokens = self.config.scheduler_config.max_num_batched_tokens
-        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        positions = torch.arange(num_tokens, device=self.device) % self.config.model_config.max_model_len
-        num_blocks = -(-num_tokens // self.block_size)
-        dtype = self.config.model_config.torch_dtype
-        for attn in self.model.attention_layers():
-            attn.kv_cache = torch.empty(2, num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim,
-                                        dtype=memory.kv_cache_dtype(self.config), device=self.device)
-        meta = AttentionMetadata(
-            slot_mapping=torch.arange(num_tokens, device=self.device),
-            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
-            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
-            max_query_len=num_tokens, max_seq_len=num_tokens, num_actual_tokens=num_tokens,
-        )
-        hidden_size = self.config.model_config.hf_config.hidden_size
-        with torch.inference_mode(), set_forward_context(meta):
-            intermediate = None
-            if not is_first_pp_rank():  # stand-in for what the previous stage would send
-                zeros = torch.zeros(num_tokens, hidden_size, dtype=dtype, device=self.device)
-                intermediate = IntermediateTensors(zeros, zeros.clone())
-            # The persistent batch's penalty state, allocated at run time by the first request
-            # with a penalty, lives beside every later step's activations.
-            penalty_state = self._penalty_state_like(self.config.scheduler_config.max_num_seqs)
-            hidden = self._call_model(input_ids, positions, intermediate)
-            # Pooling models have no LM head; a pipeline stage but the last has no logits.
-            if self.pooler is None and not isinstance(hidden, IntermediateTensors):
-                self._profile_sampling(hidden, penalty_state)
-            del penalty_state
-        scratch = 0
-        for attn in self.model.attention_layers():
-            scratch += attn.kv_cache.numel() * attn.kv_cache.element_size()
-            attn.kv_cache = None
-        del hidden
-        return scratch
-
-    def _penalty_state_like(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeros shaped as ``PersistentBatch``'s output counts and prompt mask for ``rows`` rows."""
-        return (torch.zeros(rows, self.vocab_size, dtype=torch.int32, device=self.device),
-                torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=self.device))
-
-    def _profile_sampling(self, hidden: torch.Tensor, penalty_state: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """The logits and the costliest sampling a step can run, at the most rows a step
-        samples (vLLM's dummy sampler run): every processor that holds [rows, vocab] tensors
-        (penalties, min-p, the top-k / top-p sort) and --max-logprobs logprobs per row. At 1,024
-        rows of a 128k vocabulary each such float32 tensor is 0.5 GiB. The built-in processors
-        only: custom logits processors (user code) need the persistent batch's real rows."""
-        sched = self.config.scheduler_config
-        spec = self.config.speculative_config
-        rows = min(hidden.shape[0], sched.max_num_seqs * (1 + (spec.num_speculative_tokens if spec else 0)))
-        logits = self.model.compute_logits(hidden[-rows:])
-        max_logprobs = self.config.model_config.max_logprobs
-        params = SamplingParams(
-            temperature=0.5, top_p=0.9, top_k=max(1, self.vocab_size - 1), min_p=0.01, presence_penalty=0.1,
-            frequency_penalty=0.1, repetition_penalty=1.1,
-            logprobs=self.vocab_size if max_logprobs < 0 else min(max_logprobs, self.vocab_size))
-        index = torch.arange(rows, device=self.device) % penalty_state[0].shape[0]
-        metadata = build_sampling_metadata(
-            [params] * rows, [[]] * rows, [[]] * rows, [None] * rows, self.vocab_size, self.device,
-            (penalty_state[0].index_select(0, index), penalty_state[1].index_select(0, index)))
-        Sampler(logprobs_mode=self.sampler.logprobs_mode)(logits, metadata)
+        """The start-up profile forward and sampling (``profile_run.profile_run``); returns the
+        bytes of the scratch KV cache it ran over."""
+        return profile_run.profile_run(self)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
@@ -259,37 +197,8 @@ class ModelRunner:
                 self.graph_sampler = sampler if sampler.capture() else None
 
     def _graph_memory(self) -> int:
-        """What the decode CUDA graphs will hold, in bytes, measured before the KV cache is
-        sized (they are captured after it, over its addresses): the largest graph and its
-        sampling graph captured over a one-block scratch cache, then dropped. The graphs share
-        one pool, captured largest first, and write their outputs into one buffer, so the
-        smaller ones live in the largest one's scratch. vLLM's CUDA-graph memory profiling;
-        ``PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0`` (or the ``VLLM_`` name) leaves it out."""
-        sizes = self._graph_sizes()
-        if not sizes or not memory.estimate_graph_memory():
-            return 0
-        sched, largest = self.config.scheduler_config, max(sizes)
-        dtype = memory.kv_cache_dtype(self.config)
-        for attn in self.model.attention_layers():
-            attn.kv_cache = torch.zeros(2, 1, self.block_size, attn.num_kv_heads, attn.head_dim, dtype=dtype,
-                                        device=self.device)
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        free_before = torch.cuda.mem_get_info()[0]
-        runner = CUDAGraphRunner(self.model, self.buffers, [largest], sched.max_model_len)
-        runner.capture()
-        sampler = None
-        if self._samples_in_graphs():
-            sampler = GraphSampler(self.model, runner.outputs, runner.pool, sched.max_num_seqs, self.device)
-            sampler.capture()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # the warm-up forwards' eager scratch is not the graphs'
-        measured = free_before - torch.cuda.mem_get_info()[0]
-        del runner, sampler
-        for attn in self.model.attention_layers():
-            attn.kv_cache = None
-        torch.cuda.empty_cache()
-        return max(0, measured)
+        """The bytes the decode CUDA graphs will hold (``profile_run.graph_memory``)."""
+        return profile_run.graph_memory(self)
 
     # ---- sleep mode (vLLM's LLM.sleep / wake_up) ---------------------------------------
     # The decode CUDA graphs hold the addresses of the weights and of the KV cache; both move

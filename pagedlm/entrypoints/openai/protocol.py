@@ -175,11 +175,9 @@ class SamplingFields(OpenAIBaseModel):
 
     def unsupported_feature(self) -> tuple[str, str] | None:
         """(param, message) for a vLLM field that is set but that pagedlm does not implement."""
-        fields = type(self).model_fields
-        for name, (no_op, why) in _UNSUPPORTED.items():
-            value = getattr(self, name, None) if name in fields else None
-            if not is_no_op(value, no_op):
-                return name, f"{name} is not supported by pagedlm ({why}); remove it."
+        found = first_unsupported(self, _UNSUPPORTED)
+        if found is not None:
+            return found
         backend = self.guided_decoding_backend
         if backend is not None and backend not in ("auto", "xgrammar"):
             return "guided_decoding_backend", (f"guided_decoding_backend {backend!r} is not available: pagedlm's "
@@ -230,6 +228,18 @@ class SamplingFields(OpenAIBaseModel):
             stream_interval=self.stream_interval,
             repetition_detection=self.repetition_detection,
         )
+
+
+def first_unsupported(request: OpenAIBaseModel, table: dict[str, tuple[tuple[Any, ...], str]]
+                      ) -> tuple[str, str] | None:
+    """(param, message) for the first field of ``table`` (vLLM field -> (values that change
+    nothing, why another value is refused)) that ``request`` declares and sets otherwise."""
+    fields = type(request).model_fields
+    for name, (no_op, why) in table.items():
+        value = getattr(request, name, None) if name in fields else None
+        if not is_no_op(value, no_op):
+            return name, f"{name} is not supported by pagedlm ({why}); remove it."
+    return None
 
 
 # vLLM request field -> (values that change nothing, why another value is refused). A field

@@ -28,10 +28,9 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 
-from pagedlm.arg_utils import is_no_op
 from pagedlm.entrypoints.openai.chat_utils import message_text, render_chat
 from pagedlm.entrypoints.openai.errors import OpenAIError
-from pagedlm.entrypoints.openai.protocol import ChatMessage, OpenAIBaseModel
+from pagedlm.entrypoints.openai.protocol import ChatMessage, OpenAIBaseModel, first_unsupported
 from pagedlm.entrypoints.openai.serving_common import OpenAIServing, RequestGroup, engine_request_id, to_openai_error
 from pagedlm.pooling_params import PoolingParams
 
@@ -68,10 +67,7 @@ class PoolingFields(OpenAIBaseModel):
 
     def unsupported_feature(self) -> tuple[str, str] | None:
         """(param, message) for a vLLM field that is set but that pagedlm does not implement."""
-        for name, (no_op, why) in self.UNSUPPORTED.items():
-            if not is_no_op(getattr(self, name, None), no_op):
-                return name, f"{name} is not supported by pagedlm ({why}); remove it."
-        return None
+        return first_unsupported(self, self.UNSUPPORTED)
 
 
 class EmbeddingRequest(PoolingFields):
