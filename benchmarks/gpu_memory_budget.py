@@ -15,6 +15,8 @@ memory once the engine is up). A phase that runs out of memory is reported as su
 Run on the GPU machine from the repo root (an in-process engine core, as ``LLM`` starts it):
     PYTHONPATH=. python3 benchmarks/gpu_memory_budget.py [--shape llama-3.1-8b]
         [--gpu-memory-utilization 0.9] [--long-prompt 16000]
+        [--draft-shape llama-3.2-1b | --ngram] [--num-speculative-tokens 3]
+        [--disable-by-batch-size N|none] [--skip-phases]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 
 import torch
 
+from pagedlm.benchmarks.graph_memory import watch_graph_capture
 from pagedlm.benchmarks.shapes import SHAPES, make_shape_dir
 
 
@@ -65,12 +68,30 @@ def main() -> None:
     parser.add_argument("--long-prompt", type=int, default=16000)
     parser.add_argument("--output-len", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--draft-shape", choices=sorted(SHAPES), default=None,
+                        help="speculative decoding with a draft model of this shape (dummy weights)")
+    parser.add_argument("--ngram", action="store_true", help="speculative decoding with n-gram proposals")
+    parser.add_argument("--num-speculative-tokens", type=int, default=3)
+    parser.add_argument("--disable-by-batch-size", default=None,
+                        help="speculative_config's disable_by_batch_size: an integer, or 'none' for never "
+                             "(left out: pagedlm's default)")
+    parser.add_argument("--skip-phases", action="store_true", help="report the start-up only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     from pagedlm import LLM, SamplingParams
 
-    llm = LLM(str(make_shape_dir(args.shape, tempfile.mkdtemp())), load_format="dummy",
-              gpu_memory_utilization=args.gpu_memory_utilization)
+    spec = None
+    if args.draft_shape:
+        spec = {"method": "draft_model", "model": str(make_shape_dir(args.draft_shape, tempfile.mkdtemp())),
+                "num_speculative_tokens": args.num_speculative_tokens}
+    elif args.ngram:
+        spec = {"method": "ngram", "num_speculative_tokens": args.num_speculative_tokens}
+    if spec is not None and args.disable_by_batch_size is not None:
+        value = args.disable_by_batch_size.lower()
+        spec["disable_by_batch_size"] = None if value == "none" else int(value)
+    with watch_graph_capture() as graph_bytes:
+        llm = LLM(str(make_shape_dir(args.shape, tempfile.mkdtemp())), load_format="dummy",
+                  gpu_memory_utilization=args.gpu_memory_utilization, speculative_config=spec)
     config = llm.llm_engine.config
     sched = config.scheduler_config
     torch.cuda.synchronize()
@@ -79,7 +100,12 @@ def main() -> None:
     outside = after_start - torch.cuda.memory_reserved()
     print(f"started: {after_start / 2**30:.2f} GiB of {total / 2**30:.2f} in use ({after_start / total:.3f}); "
           f"outside torch's allocator {outside / 2**30:.2f} GiB; max_num_seqs {sched.max_num_seqs}, "
-          f"max_num_batched_tokens {sched.max_num_batched_tokens}", flush=True)
+          f"max_num_batched_tokens {sched.max_num_batched_tokens}; KV blocks "
+          f"{llm.llm_engine.engine_core.runner.num_blocks}", flush=True)
+    print(f"CUDA graphs: start-up estimate {graph_bytes['estimate'] / 2**30:.3f} GiB, the capture took "
+          f"{graph_bytes['captured'] / 2**30:.3f} GiB", flush=True)
+    if args.skip_phases:
+        return
     vocab = config.model_config.hf_config.vocab_size
     rng = random.Random(0)
 

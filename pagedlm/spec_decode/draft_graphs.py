@@ -40,9 +40,11 @@ logger = logging.getLogger(__name__)
 
 class Replayable:
     """A captured graph and its static output; off CUDA (CPU tests) the same forward over
-    the same static buffers, run eagerly at each replay."""
+    the same static buffers, run eagerly at each replay. ``out``: a buffer of at least as
+    many rows that the graph copies its output into (and whose view is its output)."""
 
-    def __init__(self, forward: Callable[[], torch.Tensor], pool: tuple | None, on_cuda: bool) -> None:
+    def __init__(self, forward: Callable[[], torch.Tensor], pool: tuple | None, on_cuda: bool,
+                 out: torch.Tensor | None = None) -> None:
         self.forward = forward
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
@@ -52,7 +54,8 @@ class Replayable:
             torch.cuda.synchronize()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool):
-                self.out = forward()
+                result = forward()
+                self.out = result if out is None else out[: result.shape[0]].copy_(result)
 
     def replay(self) -> torch.Tensor:
         if self.graph is None:
@@ -80,6 +83,11 @@ class DraftGraphs:
         self.chain: dict[int, Replayable] = {}
         self.mirror: dict[tuple[str, int, int], Replayable] = {}  # (target graphs, size, tokens)
         self.pool = None
+        # Each group's graphs (the chain's; the mirrors of the target's decode, of its verify
+        # graphs) are captured largest first and copy their outputs into the first one's, as
+        # the target's ladders do (cuda_graphs.capture_ladder): a chain graph's own [size, V]
+        # logits each would hold gigabytes over the ladder with a 128k vocabulary.
+        self._outputs: dict[str, torch.Tensor] = {}
         self.num_chain_replays = 0  # chain steps through this class (tests, benchmarks)
         self.num_mirror_replays = 0
 
@@ -149,16 +157,18 @@ class DraftGraphs:
     def recapture_verify_mirrors(self) -> None:
         """(benchmarks) after the target's verify graphs were captured again for another k."""
         self.mirror = {key: g for key, g in self.mirror.items() if key[0] != "verify"}
+        self._outputs.pop("verify", None)
         if self.runner.verify_graphs is not None:
             with torch.inference_mode():
                 for size in reversed(self.runner.verify_graphs.sizes):
                     self._capture_mirror("verify", self.runner.verify_graphs, size)
 
     # ---- capture ------------------------------------------------------------------------
-    def _capture(self, forward: Callable[[], torch.Tensor]) -> Replayable:
-        graph = Replayable(forward, self.pool, self.device.type == "cuda")
-        if self.pool is None and graph.graph is not None:
-            self.pool = graph.graph.pool()
+    def _capture(self, forward: Callable[[], torch.Tensor], group: str) -> Replayable:
+        graph = Replayable(forward, self.pool, self.device.type == "cuda", self._outputs.get(group))
+        if graph.graph is not None:
+            self.pool = graph.graph.pool() if self.pool is None else self.pool
+            self._outputs.setdefault(group, graph.out)
         return graph
 
     @torch.inference_mode()
@@ -167,7 +177,7 @@ class DraftGraphs:
         graphs are eager stand-ins over the same buffers (CPU tests of this path)."""
         start = time.perf_counter()
         for size in reversed(self.chain_sizes):  # largest first, so smaller graphs reuse its memory
-            self.chain[size] = self._capture(lambda size=size: self._chain_forward(size))
+            self.chain[size] = self._capture(lambda size=size: self._chain_forward(size), "chain")
         for name, graphs in self._target_graphs():
             for size in reversed(graphs.sizes):
                 self._capture_mirror(name, graphs, size)
@@ -192,4 +202,4 @@ class DraftGraphs:
             with set_forward_context(meta):
                 return self.model(input_ids, positions)
 
-        self.mirror[(name, size, shape.num_tokens)] = self._capture(forward)
+        self.mirror[(name, size, shape.num_tokens)] = self._capture(forward, name)

@@ -61,33 +61,46 @@ class SpecDecodeRunner:
         """EAGLE-3 reads target layers' inputs through hooks, which a graph replay skips."""
         return self.config.method != "eagle3"
 
-    def capture_verify_graphs(self, pool: tuple | None) -> "VerifyGraphRunner":
+    def capture_verify_graphs(self, pool: tuple | None, largest_only: bool = False) -> "VerifyGraphRunner":
         """CUDA graphs for verify steps (1 + k query tokens per request), in the decode
-        graphs' memory pool."""
-        from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner, verify_sizes
+        graphs' memory pool (``largest_only``: the largest size alone, ModelRunner._capture_graphs)."""
+        from pagedlm.spec_decode.verify_graphs import VerifyGraphRunner
 
-        runner, sched = self.runner, self.runner.config.scheduler_config
-        query_len = self.config.num_speculative_tokens + 1
-        sizes = verify_sizes(runner.decode_graph_sizes(), query_len, runner.buffers.max_seqs, runner.buffers.max_tokens,
-                             self.config.disable_by_batch_size)
-        graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes, query_len, sched.max_model_len, pool)
+        runner, sizes = self.runner, self._verify_sizes()
+        graphs = VerifyGraphRunner(runner.model, runner.buffers, sizes[-1:] if largest_only else sizes,
+                                   self.config.num_speculative_tokens + 1, runner.config.scheduler_config.max_model_len,
+                                   pool)
         graphs.capture()
         return graphs
 
-    def capture_proposer_graphs(self, capture: bool = True) -> None:
+    def capture_proposer_graphs(self, capture: bool = True, largest_only: bool = False) -> None:
         """A draft model's chain steps (one token per request, batch sizes on the decode
-        ladder up to where speculation pauses) and mirrors of the target's graphs."""
+        ladder up to where speculation pauses; ``largest_only``: the largest alone) and
+        mirrors of the target's graphs."""
         if not hasattr(self.proposer, "use_graphs"):
             return
+        sizes = self._chain_sizes()
+        try:
+            self.proposer.use_graphs(sizes[-1:] if largest_only else sizes, capture)
+        except Exception:  # a model whose forward cannot be captured still drafts, eagerly
+            logger.warning("draft model CUDA graphs not captured; the draft model runs eagerly", exc_info=True)
+            self.proposer.graphs = None
+
+    def _verify_sizes(self) -> list[int]:
+        from pagedlm.spec_decode.verify_graphs import verify_sizes
+
+        buffers = self.runner.buffers
+        return verify_sizes(self.runner.decode_graph_sizes(), self.config.num_speculative_tokens + 1, buffers.max_seqs,
+                            buffers.max_tokens, self.config.disable_by_batch_size)
+
+    def _chain_sizes(self) -> list[int]:
         from pagedlm.spec_decode.verify_graphs import verify_sizes
 
         unbounded = 1 << 62  # the chain has buffers of its own: only the ladder and the pause bound it
-        sizes = verify_sizes(self.runner.decode_graph_sizes(), 1, unbounded, unbounded,
-                             self.config.disable_by_batch_size)
-        try:
-            self.proposer.use_graphs(sizes, capture)
-        except Exception:  # a model whose forward cannot be captured still drafts, eagerly
-            logger.warning("draft model CUDA graphs not captured; the draft model runs eagerly", exc_info=True)
+        return verify_sizes(self.runner.decode_graph_sizes(), 1, unbounded, unbounded, self.config.disable_by_batch_size)
+
+    def drop_proposer_graphs(self) -> None:
+        if getattr(self.proposer, "graphs", None) is not None:
             self.proposer.graphs = None
 
     def share_kv_budget(self, num_blocks: int) -> int:

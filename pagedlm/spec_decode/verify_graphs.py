@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pagedlm.forward_context import set_forward_context
-from pagedlm.worker.cuda_graphs import GraphShape, capture_forward
+from pagedlm.worker.cuda_graphs import GraphShape, capture_ladder
 from pagedlm.worker.input_batch import StepInputs
 from pagedlm.worker.step_buffers import StepBuffers
 
@@ -66,7 +66,7 @@ class VerifyGraphRunner:
         # max_seq_len; the longest context keeps the captured metadata a valid bound anyway.
         self.max_seq_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # views of one buffer (capture_ladder)
         self.pool = pool  # shared with the decode graphs: one step replays one graph at a time
         self.num_replays = 0  # verify steps that went through this runner (tests, benchmarks)
         self.num_padded_replays = 0  # ... with padding tokens (fewer requests than the size, or fewer than k drafts)
@@ -96,17 +96,15 @@ class VerifyGraphRunner:
         self.buffers.stage(empty, shape.num_tokens, shape.num_seqs, shape.pad_query_len)
         self.buffers.upload(shape.num_seqs)
 
+    def _dummy_inputs(self, size: int) -> tuple:
+        shape = self._shape(size)
+        self._dummy_step(shape)
+        return self._metadata(shape)
+
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
-        for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
-            shape = self._shape(size)
-            self._dummy_step(shape)
-            input_ids, positions, meta = self._metadata(shape)
-            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[size] = graph
+        self.graphs, self.outputs, self.pool = capture_ladder(self.model, self.sizes, self._dummy_inputs, self.pool)
         torch.cuda.synchronize()
         if self.sizes:
             logger.info("Captured %d verify CUDA graphs (%d query tokens per request, batch sizes %d..%d) in %.1f s",

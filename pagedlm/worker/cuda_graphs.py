@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,6 +54,28 @@ def capture_forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.
     return graph, output
 
 
+def capture_ladder(model: nn.Module, sizes: list[int], inputs_for: Callable[[int], tuple], pool
+                   ) -> tuple[dict[int, torch.cuda.CUDAGraph], dict[int, torch.Tensor], tuple]:
+    """One graph per size, largest first, all in ``pool`` (a new one when None): (graphs,
+    outputs, pool). ``inputs_for(size)`` stages a dummy step of that size and returns the
+    (input_ids, positions, metadata) the graph reads. The smaller graphs reuse the largest
+    one's freed scratch and copy their outputs into its output, so the pool keeps one output
+    per ladder: one per graph would hold the sum of all sizes' rows and split the freed
+    scratch, and the ladder would take more than start-up measures by capturing its largest
+    graph alone (profile_run.graph_memory)."""
+    graphs: dict[int, torch.cuda.CUDAGraph] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    out = None  # the largest graph's output, once captured
+    for size in sorted(sizes, reverse=True):
+        input_ids, positions, meta = inputs_for(size)
+        graphs[size], outputs[size] = capture_forward(model, input_ids, positions, meta, pool, out)
+        if pool is None:
+            pool = graphs[size].pool()
+        if out is None:
+            out = outputs[size]
+    return graphs, outputs, pool
+
+
 class CUDAGraphRunner:
     def __init__(self, model: nn.Module, buffers: StepBuffers, sizes: list[int], max_model_len: int) -> None:
         self.model = model
@@ -61,11 +84,7 @@ class CUDAGraphRunner:
         # Kernels size their grids by max_seq_len, so graphs are captured for the longest context.
         self.max_seq_len = max_model_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # The smaller graphs copy their outputs into the largest graph's, so the pool keeps one
-        # output: one per graph would interleave with the freed scratch and split it, and the
-        # graphs would take more than start-up measures by capturing the largest one alone
-        # (profile_run.graph_memory).
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # views of one buffer (capture_ladder)
         self.pool = None
 
     def padded_size(self, num_seqs: int) -> int | None:
@@ -86,17 +105,14 @@ class CUDAGraphRunner:
         self.buffers.stage(empty, size, size)
         self.buffers.upload(size)
 
+    def _dummy_inputs(self, size: int) -> tuple:
+        self._dummy_step(size)
+        return self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
+
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
-        out = None  # the largest graph's output, once captured
-        for size in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-            self._dummy_step(size)
-            input_ids, positions, meta = self.buffers.device_inputs(size, size, 1, self.max_seq_len, size)
-            graph, self.outputs[size] = capture_forward(self.model, input_ids, positions, meta, self.pool, out)
-            if self.pool is None:
-                self.pool, out = graph.pool(), self.outputs[size]
-            self.graphs[size] = graph
+        self.graphs, self.outputs, self.pool = capture_ladder(self.model, self.sizes, self._dummy_inputs, self.pool)
         torch.cuda.synchronize()
         logger.info("Captured %d CUDA graphs (batch sizes %d..%d) in %.1f s", len(self.graphs), self.sizes[0],
                     self.sizes[-1], time.perf_counter() - start)

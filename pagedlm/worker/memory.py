@@ -90,8 +90,15 @@ def use_expandable_segments(device: torch.device) -> bool:
     expandable segments. Returns whether it set them."""
     if device.type != "cuda" or any(os.environ.get(v) for v in ALLOC_CONF_ENV_VARS):
         return False
-    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    set_allocator_settings("expandable_segments:True")
     return True
+
+
+def set_allocator_settings(settings: str) -> None:
+    """The allocator's settings (PYTORCH_CUDA_ALLOC_CONF's syntax) for the rest of the process:
+    torch's accelerator call where it has one (torch 2.10+; the CUDA one warns there)."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    (setter or torch.cuda.memory._set_allocator_settings)(settings)
 
 
 GRAPH_MEMORY_ENV_VARS = ("PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS", "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS")

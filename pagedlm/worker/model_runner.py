@@ -3,6 +3,7 @@ tensors and the runner-side copy of every running request."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import deque
 
@@ -183,21 +184,26 @@ class ModelRunner:
         # Custom logits processors run in the eager Sampler only.
         return get_parallel_state().world_size == 1 and self.custom_logits is None
 
-    def _capture_graphs(self) -> None:
+    def _capture_graphs(self, largest_only: bool = False) -> None:
+        """Every CUDA graph the steps replay. ``largest_only``: each ladder (decode, verify, a
+        draft's chain) its largest size alone, which holds what the whole ladder holds: the
+        start-up's measurement before the KV cache is sized (profile_run.graph_memory)."""
         sched, sizes = self.config.scheduler_config, self._graph_sizes()
         if sizes:
+            sizes = sizes[-1:] if largest_only else sizes
             self.graph_runner = CUDAGraphRunner(self.model, self.buffers, sizes, sched.max_model_len)
             self.graph_runner.capture()
             if self.spec is not None:
-                self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool)
-                self.spec.capture_proposer_graphs()  # a draft model's, after the target's it mirrors
+                self.verify_graphs = self.spec.capture_verify_graphs(self.graph_runner.pool, largest_only)
+                # a draft model's, after the target's it mirrors
+                self.spec.capture_proposer_graphs(largest_only=largest_only)
             if self._samples_in_graphs():
                 sampler = GraphSampler(self.model, self.graph_runner.outputs, self.graph_runner.pool,
                                        sched.max_num_seqs, self.device)
                 self.graph_sampler = sampler if sampler.capture() else None
 
     def _graph_memory(self) -> int:
-        """The bytes the decode CUDA graphs will hold (``profile_run.graph_memory``)."""
+        """The bytes the CUDA graphs will hold (``profile_run.graph_memory``)."""
         return profile_run.graph_memory(self)
 
     # ---- sleep mode (vLLM's LLM.sleep / wake_up) ---------------------------------------
@@ -269,6 +275,11 @@ class ModelRunner:
         self.verify_graphs = None
         self.graph_sampler = None
         self._graph_size = None
+        if self.spec is not None:
+            self.spec.drop_proposer_graphs()
+        # Graphs held in reference cycles (a draft's capture closures) die now: a CUDA graph
+        # destroyed by a garbage collection during a later capture invalidates that capture.
+        gc.collect()
 
     # ---- one step ---------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:

@@ -3,9 +3,9 @@
 
 - ``profile_run``: one forward at the largest step the scheduler can produce, then the logits
   and the costliest sampling at the most rows a step samples (vLLM's dummy sampler run);
-- ``graph_memory``: the decode CUDA graphs, captured after the KV cache over its addresses,
-  so measured here by capturing the largest one over a scratch cache (vLLM's CUDA-graph
-  memory profiling).
+- ``graph_memory``: the CUDA graphs, captured after the KV cache over its addresses, so
+  measured here by capturing each ladder's largest graph over a scratch cache (vLLM's
+  CUDA-graph memory profiling).
 
 Both run over a scratch KV cache (``scratch_kv_cache``) that the real cache replaces.
 """
@@ -24,9 +24,7 @@ from pagedlm.sample.metadata import build_sampling_metadata
 from pagedlm.sample.sampler import Sampler
 from pagedlm.sampling_params import SamplingParams
 from pagedlm.worker import memory
-from pagedlm.worker.cuda_graphs import CUDAGraphRunner
 from pagedlm.worker.distributed import is_first_pp_rank
-from pagedlm.worker.graph_sampling import GraphSampler
 
 if TYPE_CHECKING:
     from pagedlm.worker.model_runner import ModelRunner
@@ -91,9 +89,7 @@ def profile_sampling(runner: "ModelRunner", hidden: torch.Tensor,
     vocabulary each such float32 tensor is 0.5 GiB. The built-in processors only: custom
     logits processors (user code) need the persistent batch's real rows."""
     config, vocab = runner.config, runner.vocab_size
-    spec = config.speculative_config
-    rows = min(hidden.shape[0],
-               config.scheduler_config.max_num_seqs * (1 + (spec.num_speculative_tokens if spec else 0)))
+    rows = min(hidden.shape[0], max_sampled_rows(config))
     logits = runner.model.compute_logits(hidden[-rows:])
     max_logprobs = config.model_config.max_logprobs
     params = SamplingParams(
@@ -107,30 +103,46 @@ def profile_sampling(runner: "ModelRunner", hidden: torch.Tensor,
     Sampler(logprobs_mode=runner.sampler.logprobs_mode)(logits, metadata)
 
 
+def max_sampled_rows(config) -> int:
+    """The most rows a step samples: one per request, plus k drafts for each request that
+    speculates, and no request speculates in a step with disable_by_batch_size running."""
+    max_num_seqs, spec = config.scheduler_config.max_num_seqs, config.speculative_config
+    if spec is None:
+        return max_num_seqs
+    speculating = max_num_seqs if spec.disable_by_batch_size is None else min(max_num_seqs,
+                                                                              spec.disable_by_batch_size - 1)
+    return max_num_seqs + speculating * spec.num_speculative_tokens
+
+
 def graph_memory(runner: "ModelRunner") -> int:
-    """What the decode CUDA graphs will hold, in bytes, measured before the KV cache is sized
-    (they are captured after it, over its addresses): the largest graph and its sampling graph
-    captured over a one-block scratch cache, then dropped. The graphs share one pool, captured
-    largest first, and the smaller ones write their outputs into the largest one's, so they
-    live in its scratch. ``PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0`` (or the ``VLLM_``
-    name) leaves it out."""
-    sizes = runner._graph_sizes()
-    if not sizes or not memory.estimate_graph_memory():
+    """What the CUDA graphs will hold, in bytes, measured before the KV cache is sized (they
+    are captured after it, over its addresses): every ladder's largest graph (decode and its
+    sampling graph; with speculation the verify graphs and a draft model's) captured over a
+    one-block scratch cache as the real capture does, then dropped. A ladder's graphs share
+    one pool, captured largest first, and the smaller ones write their outputs into the
+    largest one's (cuda_graphs.capture_ladder), so they live in its scratch. What each further
+    graph holds of its own (its instantiated launches) is left out: about 0.1-0.6 MB a graph
+    on an H200, 0.23 GiB over the 415 graphs of Llama-3.1-8B with a 1B draft (BENCHMARKS.md).
+    ``PAGEDLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0`` (or the ``VLLM_`` name) leaves it out."""
+    if not runner._graph_sizes() or not memory.estimate_graph_memory():
         return 0
-    max_num_seqs, max_model_len = runner.config.scheduler_config.max_num_seqs, runner.config.scheduler_config.max_model_len
+    proposer = runner.spec.proposer if runner.spec is not None else None
     with scratch_kv_cache(runner, 1):
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        free_before = torch.cuda.mem_get_info()[0]
-        graphs = CUDAGraphRunner(runner.model, runner.buffers, [max(sizes)], max_model_len)
-        graphs.capture()
-        sampler = None
-        if runner._samples_in_graphs():
-            sampler = GraphSampler(runner.model, graphs.outputs, graphs.pool, max_num_seqs, runner.device)
-            sampler.capture()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # the warm-up forwards' eager scratch is not the graphs'
-        measured = free_before - torch.cuda.mem_get_info()[0]
-        del graphs, sampler
+        if proposer is not None:  # a draft's own cache (the target's block ids), for its graphs
+            proposer.initialize_kv_cache(1)
+        free_before = _settled_free_memory()
+        runner._capture_graphs(largest_only=True)
+        measured = free_before - _settled_free_memory()
+        runner._drop_graphs()
+        if proposer is not None:
+            proposer.initialize_kv_cache(0)  # dropped: the real one is made with the target's
     torch.cuda.empty_cache()
     return max(0, measured)
+
+
+def _settled_free_memory() -> int:
+    """The card's free memory once queued work is done and torch's cache holds nothing unused
+    (the warm-up forwards' eager scratch is not the graphs')."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0]

@@ -169,6 +169,27 @@ def test_profile_run_samples_max_num_seqs_rows_through_every_costly_processor(tm
     assert md.max_num_logprobs == k and out.logprobs.token_ids.shape == (6, k + 1)
 
 
+@pytest.mark.parametrize("spec, expected", [
+    (None, 64),
+    ({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": None}, 64 * 4),
+    # no request speculates in a step with 9 running: 8 requests verify 3 drafts each, and
+    # the others (admitted in the same step) sample one row each
+    ({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 9}, 64 + 8 * 3),
+    ({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 500}, 64 * 4)])
+def test_profile_samples_the_most_rows_a_step_samples(tmp_path, spec, expected):
+    """With speculation a verify step samples 1 + k rows per speculating request; with
+    disable_by_batch_size at most that many - 1 requests speculate in a step (the default, 32
+    for k = 3, had made the start-up profile sample 4 x 1,024 rows of a 128k vocabulary and
+    take 26 GiB of an H200 from the KV cache)."""
+    from pagedlm.demo import build_tiny_checkpoint
+    from pagedlm.engine.arg_utils import EngineArgs
+    from pagedlm.worker.profile_run import max_sampled_rows
+
+    config = EngineArgs(model=str(build_tiny_checkpoint(tmp_path)), device="cpu", max_model_len=96,
+                        max_num_seqs=64, speculative_config=spec).create_engine_config()
+    assert max_sampled_rows(config) == expected
+
+
 @pytest.mark.parametrize("device, env, expected", [("cuda", {}, True), ("cpu", {}, False),
                                                    ("cuda", {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, False),
                                                    ("cuda", {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}, False)])
@@ -180,7 +201,7 @@ def test_expandable_segments_unless_the_user_configured_the_allocator(monkeypatc
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     calls = []
-    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
+    monkeypatch.setattr(memory, "set_allocator_settings", calls.append)
     assert memory.use_expandable_segments(torch.device(device)) is expected
     assert calls == (["expandable_segments:True"] if expected else [])
 
